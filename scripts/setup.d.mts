@@ -1,0 +1,13 @@
+export interface Toolchain {
+  temporalCli: string;
+  testServer: string;
+  databaseUrl: string;
+  cacheDir: string;
+}
+export type SetupStep = 'npm' | 'temporal-cli' | 'test-server' | 'postgres';
+export const TEMPORAL_CLI_VERSION: string;
+export const TEST_SERVER_VERSION: string;
+export class SetupError extends Error {}
+export function setup(only?: SetupStep[]): Promise<Toolchain>;
+export function readManifest(): Toolchain;
+export function freePort(): Promise<number>;

@@ -1,0 +1,442 @@
+#!/usr/bin/env node
+// Brings up everything rekey needs, idempotently: npm packages, the `temporal` CLI (dev server with
+// Web UI, built from source with Go), the Java time-skipping test server (from Maven Central), and a
+// local PostgreSQL cluster (unless DATABASE_URL is set). Tools are cached outside the clone, keyed by
+// version, so every clone on this machine reuses them.
+//
+// Plain Node with no dependencies on purpose: it runs before `npm ci` has installed anything.
+// It writes `.toolchain.json` in the project root; the test harness and the demo read paths from it.
+
+import { spawnSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const TEMPORAL_CLI_VERSION = '1.5.1';
+// h1: hash of the module zip, as in Go's checksum database; checked even when that database answers.
+export const TEMPORAL_CLI_MODULE_SUM = 'h1:0RZMk14BWxz44Xg6ciDQvpfAMffoG3J7/K03ql80teY=';
+export const TEMPORAL_CLI_MIN_GO = [1, 25];
+export const TEST_SERVER_VERSION = '1.38.0';
+export const DEFAULT_PG_PORT = 54329;
+
+const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const manifestPath = path.join(projectRoot, '.toolchain.json');
+
+export class SetupError extends Error {}
+
+const isRoot = () => typeof process.getuid === 'function' && process.getuid() === 0;
+
+export function cacheRoot() {
+  if (process.env.REKEY_CACHE_DIR) return path.resolve(process.env.REKEY_CACHE_DIR);
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'rekey');
+}
+
+function log(message) {
+  if (!process.env.REKEY_SETUP_QUIET) process.stderr.write(`setup: ${message}\n`);
+}
+
+function which(command) {
+  for (const dir of (process.env.PATH || '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, command);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      return candidate;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+function run(command, args, options = {}) {
+  const result = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...options });
+  if (result.error) throw result.error;
+  return result;
+}
+
+function lastLines(text, n = 3) {
+  return (text || '').trim().split('\n').slice(-n).join(' | ');
+}
+
+// ---------------------------------------------------------------- npm packages
+
+export function ensureNodeModules() {
+  const installedLock = path.join(projectRoot, 'node_modules', '.package-lock.json');
+  const lock = path.join(projectRoot, 'package-lock.json');
+  if (fs.existsSync(installedLock) && fs.statSync(installedLock).mtimeMs >= fs.statSync(lock).mtimeMs) return;
+  log('installing npm packages (npm ci)');
+  const npm = which('npm');
+  if (!npm) throw new SetupError('npm not found on PATH: install Node.js 20 with npm (https://nodejs.org)');
+  const result = run(npm, ['ci', '--no-audit', '--no-fund'], { cwd: projectRoot, stdio: ['ignore', 'ignore', 'pipe'] });
+  if (result.status !== 0) {
+    throw new SetupError(`npm ci failed (is the npm registry reachable?): ${lastLines(result.stderr)}`);
+  }
+}
+
+// ---------------------------------------------------------------- temporal CLI (dev server)
+
+function goVersion(go) {
+  const result = run(go, ['env', 'GOVERSION'], { env: { ...process.env, GOTOOLCHAIN: 'local' } });
+  const match = /go(\d+)\.(\d+)/.exec(result.stdout || '');
+  return match ? [Number(match[1]), Number(match[2])] : undefined;
+}
+
+function isSumDbFailure(stderr) {
+  return /sum\.golang\.org|checksum database|verifying module: .*(dial|lookup|timeout|connection)/i.test(stderr);
+}
+
+export function ensureTemporalCli() {
+  const dir = path.join(cacheRoot(), `temporal-cli-${TEMPORAL_CLI_VERSION}`);
+  const binary = path.join(dir, 'temporal');
+  if (fs.existsSync(binary)) return binary;
+
+  const go = which('go');
+  if (!go) {
+    throw new SetupError(
+      `Go not found on PATH: install Go >= ${TEMPORAL_CLI_MIN_GO.join('.')} (https://go.dev/dl) to build the temporal CLI`,
+    );
+  }
+  const version = goVersion(go);
+  const [wantMajor, wantMinor] = TEMPORAL_CLI_MIN_GO;
+  if (!version || version[0] < wantMajor || (version[0] === wantMajor && version[1] < wantMinor)) {
+    throw new SetupError(
+      `Go ${version ? version.join('.') : '(unknown version)'} is too old: temporal CLI ${TEMPORAL_CLI_VERSION} needs Go >= ${wantMajor}.${wantMinor}`,
+    );
+  }
+
+  const module = 'github.com/temporalio/cli';
+  const baseEnv = { ...process.env, CGO_ENABLED: '0', GOTOOLCHAIN: 'local', GOFLAGS: '-buildvcs=false' };
+  // Go's checksum database vouches for the CLI module; if it cannot be reached we still pin the module's
+  // own hash here, and every dependency is verified against the module's go.sum either way.
+  let env = baseEnv;
+  log(`building temporal CLI ${TEMPORAL_CLI_VERSION} with ${go} (first time only; several minutes)`);
+  let download = run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
+  if (download.status !== 0 && isSumDbFailure(download.stderr + download.stdout)) {
+    log("Go's checksum database did not answer: verifying the CLI module against the pinned hash instead");
+    env = { ...baseEnv, GONOSUMDB: module };
+    download = run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
+  }
+  if (download.status !== 0) {
+    throw new SetupError(
+      `could not download ${module}@v${TEMPORAL_CLI_VERSION} (is the Go module proxy reachable? GOPROXY=${process.env.GOPROXY || 'default'}): ${lastLines(download.stderr + download.stdout, 2)}`,
+    );
+  }
+  const sum = JSON.parse(download.stdout).Sum;
+  if (sum !== TEMPORAL_CLI_MODULE_SUM) {
+    throw new SetupError(
+      `${module}@v${TEMPORAL_CLI_VERSION} has hash ${sum}, expected ${TEMPORAL_CLI_MODULE_SUM}: refusing to build it`,
+    );
+  }
+
+  const staging = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-temporal-'));
+  const install = run(
+    go,
+    [
+      'install',
+      '-trimpath',
+      '-ldflags',
+      `-X ${module}/temporalcli.Version=${TEMPORAL_CLI_VERSION}`,
+      `${module}/cmd/temporal@v${TEMPORAL_CLI_VERSION}`,
+    ],
+    { env: { ...env, GOBIN: staging }, cwd: os.tmpdir() },
+  );
+  if (install.status !== 0) {
+    throw new SetupError(`go install of the temporal CLI failed: ${lastLines(install.stderr, 3)}`);
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  fs.renameSync(path.join(staging, 'temporal'), binary); // atomic: a half-built binary is never cached
+  fs.rmSync(staging, { recursive: true, force: true });
+  return binary;
+}
+
+// ---------------------------------------------------------------- time-skipping test server
+
+function testServerPom() {
+  return `<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.rekey</groupId>
+  <artifactId>temporal-test-server-classpath</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>io.temporal</groupId>
+      <artifactId>temporal-test-server</artifactId>
+      <version>${TEST_SERVER_VERSION}</version>
+    </dependency>
+  </dependencies>
+</project>
+`;
+}
+
+async function waitForPort(port, timeoutMs) {
+  const start = Date.now();
+  while (Date.now() - start < timeoutMs) {
+    if (await canConnect(port)) return Date.now() - start;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  return undefined;
+}
+
+function canConnect(port, host = '127.0.0.1') {
+  return new Promise((resolve) => {
+    const socket = net.connect({ port, host });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function ensureTestServer() {
+  const dir = path.join(cacheRoot(), `temporal-test-server-${TEST_SERVER_VERSION}`);
+  const wrapper = path.join(dir, 'temporal-test-server');
+  if (fs.existsSync(wrapper)) return wrapper;
+
+  const java = which('java');
+  if (!java) {
+    throw new SetupError('Java not found on PATH: install a JDK 17 or newer (e.g. apt install openjdk-17-jdk-headless) for the time-skipping test server');
+  }
+  const mvn = which('mvn');
+  if (!mvn) throw new SetupError('Maven not found on PATH: install Maven 3 (e.g. apt install maven) to fetch the time-skipping test server');
+
+  const staging = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-test-server-'));
+  fs.writeFileSync(path.join(staging, 'pom.xml'), testServerPom());
+  log(`fetching io.temporal:temporal-test-server:${TEST_SERVER_VERSION} from Maven Central`);
+  const fetch = run(
+    mvn,
+    ['-B', '-q', 'dependency:copy-dependencies', '-DincludeScope=runtime', '-DoutputDirectory=lib'],
+    { cwd: staging },
+  );
+  if (fetch.status !== 0) {
+    throw new SetupError(
+      `Maven could not fetch io.temporal:temporal-test-server:${TEST_SERVER_VERSION} (is Maven Central reachable?): ${lastLines(fetch.stdout + fetch.stderr, 2)}`,
+    );
+  }
+  // The final directory is fixed before the class-data archive is made: the archive records the classpath.
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.renameSync(staging, dir);
+  const jars = fs
+    .readdirSync(path.join(dir, 'lib'))
+    .filter((name) => name.endsWith('.jar'))
+    .sort()
+    .map((name) => path.join(dir, 'lib', name));
+  const classpath = jars.join(':');
+  const archive = path.join(dir, 'classes.jsa');
+  // A JVM that starts from an application class-data archive and compiles with C1 only is ready in
+  // well under a second on 2 cores; the SDK allows 5 seconds.
+  const jvmFlags = ['-XX:TieredStopAtLevel=1', '-XX:+UseSerialGC', '-Xlog:disable'];
+
+  log('recording a class-data archive for a fast test-server start');
+  const port = await freePort();
+  const trainer = spawn(
+    java,
+    [...jvmFlags, `-XX:ArchiveClassesAtExit=${archive}`, '-cp', classpath, 'io.temporal.testserver.TestServer', String(port)],
+    { stdio: 'ignore' },
+  );
+  const readyAfter = await waitForPort(port, 60_000);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  trainer.kill('SIGTERM'); // a normal JVM shutdown writes the archive
+  await new Promise((resolve) => trainer.once('exit', resolve));
+  if (readyAfter === undefined) throw new SetupError(`the time-skipping test server did not start with ${java}`);
+
+  const sharedArchive = fs.existsSync(archive) ? [`-XX:SharedArchiveFile=${archive}`, '-Xshare:auto'] : [];
+  const script = [
+    '#!/bin/sh',
+    `# temporal-test-server ${TEST_SERVER_VERSION}, written by rekey's scripts/setup.mjs.`,
+    '# Usage: temporal-test-server <port> [--enable-time-skipping]',
+    '# exec: the SDK stops the server with SIGKILL, which must reach the JVM itself.',
+    `exec ${java} ${[...jvmFlags, ...sharedArchive].join(' ')} -cp ${classpath} io.temporal.testserver.TestServer "$@"`,
+    '',
+  ].join('\n');
+  const tmpWrapper = `${wrapper}.tmp`;
+  fs.writeFileSync(tmpWrapper, script, { mode: 0o755 });
+  fs.renameSync(tmpWrapper, wrapper);
+  return wrapper;
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+function findPgBin() {
+  if (process.env.REKEY_PG_BIN) {
+    if (fs.existsSync(path.join(process.env.REKEY_PG_BIN, 'initdb'))) return process.env.REKEY_PG_BIN;
+    return undefined;
+  }
+  const debian = '/usr/lib/postgresql';
+  if (fs.existsSync(debian)) {
+    const versions = fs
+      .readdirSync(debian)
+      .filter((v) => /^\d+$/.test(v) && fs.existsSync(path.join(debian, v, 'bin', 'initdb')))
+      .sort((a, b) => Number(b) - Number(a));
+    if (versions.length > 0) return path.join(debian, versions[0], 'bin');
+  }
+  const initdb = which('initdb');
+  return initdb ? path.dirname(initdb) : undefined;
+}
+
+function pgDataDir(pgBin) {
+  if (process.env.REKEY_PG_DATA) return path.resolve(process.env.REKEY_PG_DATA);
+  const major = path.basename(path.dirname(pgBin));
+  const name = `postgres-${/^\d+$/.test(major) ? major : 'local'}`;
+  // initdb refuses to run as root, and postgres cannot enter root's home: as root the cluster lives in
+  // /var/cache, owned by the unprivileged `postgres` user.
+  return path.join(isRoot() ? '/var/cache/rekey' : cacheRoot(), name);
+}
+
+function asPostgresUser(command, args) {
+  if (!isRoot()) return [command, args];
+  const runuser = which('runuser') || '/usr/sbin/runuser';
+  return [runuser, ['-u', process.env.REKEY_PG_USER || 'postgres', '--', command, ...args]];
+}
+
+function pgUrl(port) {
+  return `postgres://postgres@127.0.0.1:${port}/postgres`;
+}
+
+export async function ensurePostgres() {
+  if (process.env.DATABASE_URL) return { databaseUrl: process.env.DATABASE_URL, managed: false };
+
+  const port = Number(process.env.REKEY_PG_PORT || DEFAULT_PG_PORT);
+  const pgBin = findPgBin();
+  if (!pgBin) {
+    throw new SetupError(
+      'PostgreSQL server binaries not found: install PostgreSQL 15+ (e.g. apt install postgresql), set REKEY_PG_BIN to its bin directory, or set DATABASE_URL',
+    );
+  }
+  const dataDir = pgDataDir(pgBin);
+  const [pgCtl, pgCtlArgs] = asPostgresUser(path.join(pgBin, 'pg_ctl'), ['-D', dataDir, 'status']);
+  const status = run(pgCtl, pgCtlArgs);
+  if (status.status === 0 && (await canConnect(port))) return { databaseUrl: pgUrl(port), managed: true, dataDir };
+  if (await canConnect(port)) {
+    throw new SetupError(
+      `port ${port} is taken by another program: set REKEY_PG_PORT to a free port, or DATABASE_URL to use that server`,
+    );
+  }
+
+  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
+    log(`creating a PostgreSQL cluster in ${dataDir}`);
+    fs.mkdirSync(path.dirname(dataDir), { recursive: true, mode: 0o755 });
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    if (isRoot()) {
+      const owner = run('chown', ['-R', `${process.env.REKEY_PG_USER || 'postgres'}:`, dataDir]);
+      if (owner.status !== 0) {
+        throw new SetupError(
+          `running as root, the cluster must belong to an unprivileged user: create user 'postgres' or set REKEY_PG_USER (${lastLines(owner.stderr, 1)})`,
+        );
+      }
+    }
+    const [initdb, initdbArgs] = asPostgresUser(path.join(pgBin, 'initdb'), [
+      '-D',
+      dataDir,
+      '-U',
+      'postgres',
+      '--auth=trust',
+      '--encoding=UTF8',
+      '--no-instructions',
+    ]);
+    const init = run(initdb, initdbArgs, { cwd: '/' });
+    if (init.status !== 0) throw new SetupError(`initdb failed: ${lastLines(init.stderr, 2)}`);
+    // Loopback only, no Unix socket (its default directory may not exist or be writable).
+    fs.appendFileSync(
+      path.join(dataDir, 'postgresql.conf'),
+      `\n# rekey local cluster\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nmax_connections = 200\nshared_buffers = 256MB\n`,
+    );
+  }
+  log(`starting PostgreSQL on 127.0.0.1:${port}`);
+  const [start, startArgs] = asPostgresUser(path.join(pgBin, 'pg_ctl'), [
+    '-D',
+    dataDir,
+    '-l',
+    path.join(dataDir, 'server.log'),
+    '-o',
+    `-p ${port}`,
+    '-w',
+    '-t',
+    '60',
+    'start',
+  ]);
+  const started = run(start, startArgs, { cwd: '/' });
+  if (started.status !== 0) {
+    throw new SetupError(`PostgreSQL did not start (see ${path.join(dataDir, 'server.log')}): ${lastLines(started.stderr, 2)}`);
+  }
+  return { databaseUrl: pgUrl(port), managed: true, dataDir };
+}
+
+export function stopPostgres() {
+  const pgBin = findPgBin();
+  if (!pgBin) return;
+  const dataDir = pgDataDir(pgBin);
+  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) return;
+  const [stop, stopArgs] = asPostgresUser(path.join(pgBin, 'pg_ctl'), ['-D', dataDir, '-m', 'fast', 'stop']);
+  run(stop, stopArgs, { cwd: '/', stdio: 'ignore' });
+}
+
+// ---------------------------------------------------------------- main
+
+export function readManifest() {
+  return JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
+}
+
+const steps = ['npm', 'temporal-cli', 'test-server', 'postgres'];
+
+export async function setup(only = steps) {
+  const manifest = fs.existsSync(manifestPath) ? readManifest() : {};
+  if (only.includes('npm')) ensureNodeModules();
+  if (only.includes('temporal-cli')) manifest.temporalCli = ensureTemporalCli();
+  if (only.includes('test-server')) manifest.testServer = await ensureTestServer();
+  if (only.includes('postgres')) {
+    const pg = await ensurePostgres();
+    manifest.databaseUrl = pg.databaseUrl;
+  }
+  manifest.cacheDir = cacheRoot();
+  const serialized = `${JSON.stringify(manifest, null, 2)}\n`;
+  const digest = (text) => createHash('sha256').update(text).digest('hex');
+  if (!fs.existsSync(manifestPath) || digest(fs.readFileSync(manifestPath, 'utf8')) !== digest(serialized)) {
+    fs.writeFileSync(manifestPath, serialized);
+  }
+  return manifest;
+}
+
+async function main(argv) {
+  if (argv.includes('--stop-postgres')) {
+    stopPostgres();
+    return;
+  }
+  const onlyIndex = argv.indexOf('--only');
+  const only = onlyIndex >= 0 ? argv[onlyIndex + 1].split(',') : steps;
+  for (const step of only) {
+    if (!steps.includes(step)) throw new SetupError(`unknown step '${step}': choose from ${steps.join(', ')}`);
+  }
+  const started = Date.now();
+  await setup(only);
+  log(`ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main(process.argv.slice(2)).catch((error) => {
+    if (error instanceof SetupError) {
+      process.stderr.write(`rekey setup: ${error.message}\n`);
+    } else {
+      process.stderr.write(`rekey setup: unexpected failure: ${error && error.message ? error.message : error}\n`);
+    }
+    process.exit(1);
+  });
+}

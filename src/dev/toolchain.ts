@@ -1,0 +1,17 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { projectRoot } from '../project-paths';
+
+export interface Toolchain {
+  temporalCli: string;
+  testServer: string;
+  databaseUrl: string;
+  cacheDir: string;
+}
+
+/** Paths written by `scripts/setup.mjs`; the demo, benchmark and chaos scripts read them. */
+export function readToolchain(): Toolchain {
+  const manifest = path.join(projectRoot, '.toolchain.json');
+  if (!fs.existsSync(manifest)) throw new Error(`${manifest} is missing: run 'npm run setup' first`);
+  return JSON.parse(fs.readFileSync(manifest, 'utf8')) as Toolchain;
+}
