@@ -72,7 +72,13 @@ export function ensureNodeModules() {
   log('installing npm packages (npm ci)');
   const npm = which('npm');
   if (!npm) throw new SetupError('npm not found on PATH: install Node.js 20 with npm (https://nodejs.org)');
-  const result = run(npm, ['ci', '--no-audit', '--no-fund'], { cwd: projectRoot, stdio: ['ignore', 'ignore', 'pipe'] });
+  const quiet = { cwd: projectRoot, stdio: ['ignore', 'ignore', 'pipe'] };
+  let result = run(npm, ['ci', '--no-audit', '--no-fund'], quiet);
+  if (result.status !== 0 && /EUSAGE|in sync/.test(result.stderr)) {
+    // A registry mirror that lacks other platforms' optional packages (e.g. @swc/core-darwin-*) yields a
+    // lock file that `npm ci` calls out of sync; `npm install` honours the locked versions all the same.
+    result = run(npm, ['install', '--no-save', '--no-audit', '--no-fund'], quiet);
+  }
   if (result.status !== 0) {
     throw new SetupError(`npm ci failed (is the npm registry reachable?): ${lastLines(result.stderr)}`);
   }
