@@ -21,7 +21,14 @@ export default tseslint.config(
     rules: {
       'no-restricted-imports': [
         'error',
-        { patterns: [{ group: ['node:*', 'fs', 'crypto', 'pg', 'child_process', 'net', 'os', 'path'], message: 'Workflows must be deterministic: do I/O and crypto in activities.' }] },
+        {
+          patterns: [
+            {
+              group: ['node:*', 'fs', 'crypto', 'pg', 'child_process', 'net', 'os', 'path'],
+              message: 'Workflows must be deterministic: do I/O and crypto in activities.',
+            },
+          ],
+        },
       ],
     },
   },

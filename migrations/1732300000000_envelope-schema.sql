@@ -17,7 +17,7 @@ CREATE UNIQUE INDEX keks_at_most_one_active ON keks ((true)) WHERE state = 'acti
 -- No foreign key to keks: the rewrap engine rewrites kek_id on millions of rows, and the registry
 -- checks (verify, retire) count DEKs per KEK explicitly.
 CREATE TABLE tenant_deks (
-  tenant_id   text COLLATE "C" PRIMARY KEY,
+  tenant_id   text COLLATE "C" PRIMARY KEY CHECK (tenant_id <> ''),
   kek_id      text COLLATE "C" NOT NULL,
   wrapped_dek bytea NOT NULL,
   version     bigint NOT NULL DEFAULT 1,
@@ -45,7 +45,24 @@ CREATE TABLE app_instances (
   last_seen      timestamptz NOT NULL DEFAULT now()
 );
 
+-- Rewrap progress per slice, written in the same statement as the batch of DEKs it counts: a slice that is
+-- retried resumes from here, and no tenant is counted twice (or lost) whatever fails between a batch and its
+-- heartbeat. Kept after the run as an audit trail.
+CREATE TABLE rewrap_progress (
+  progress_key      text PRIMARY KEY,
+  cursor            text COLLATE "C",
+  done              boolean NOT NULL DEFAULT false,
+  rewrapped         bigint NOT NULL DEFAULT 0,
+  already_on_target bigint NOT NULL DEFAULT 0,
+  skipped           bigint NOT NULL DEFAULT 0,
+  cas_conflicts     bigint NOT NULL DEFAULT 0,
+  contended         bigint NOT NULL DEFAULT 0,
+  failed            bigint NOT NULL DEFAULT 0,
+  updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
 -- Down Migration
+DROP TABLE rewrap_progress;
 DROP TABLE app_instances;
 DROP TABLE tenant_records;
 DROP TABLE tenant_deks;

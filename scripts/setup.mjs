@@ -218,10 +218,15 @@ export async function ensureTestServer() {
 
   const java = which('java');
   if (!java) {
-    throw new SetupError('Java not found on PATH: install a JDK 17 or newer (e.g. apt install openjdk-17-jdk-headless) for the time-skipping test server');
+    throw new SetupError(
+      'Java not found on PATH: install a JDK 17 or newer (e.g. apt install openjdk-17-jdk-headless) for the time-skipping test server',
+    );
   }
   const mvn = which('mvn');
-  if (!mvn) throw new SetupError('Maven not found on PATH: install Maven 3 (e.g. apt install maven) to fetch the time-skipping test server');
+  if (!mvn)
+    throw new SetupError(
+      'Maven not found on PATH: install Maven 3 (e.g. apt install maven) to fetch the time-skipping test server',
+    );
 
   const staging = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-test-server-'));
   fs.writeFileSync(path.join(staging, 'pom.xml'), testServerPom());
@@ -255,7 +260,14 @@ export async function ensureTestServer() {
   const port = await freePort();
   const trainer = spawn(
     java,
-    [...jvmFlags, `-XX:ArchiveClassesAtExit=${archive}`, '-cp', classpath, 'io.temporal.testserver.TestServer', String(port)],
+    [
+      ...jvmFlags,
+      `-XX:ArchiveClassesAtExit=${archive}`,
+      '-cp',
+      classpath,
+      'io.temporal.testserver.TestServer',
+      String(port),
+    ],
     { stdio: 'ignore' },
   );
   const readyAfter = await waitForPort(port, 60_000);
@@ -381,7 +393,9 @@ export async function ensurePostgres() {
   ]);
   const started = run(start, startArgs, { cwd: '/' });
   if (started.status !== 0) {
-    throw new SetupError(`PostgreSQL did not start (see ${path.join(dataDir, 'server.log')}): ${lastLines(started.stderr, 2)}`);
+    throw new SetupError(
+      `PostgreSQL did not start (see ${path.join(dataDir, 'server.log')}): ${lastLines(started.stderr, 2)}`,
+    );
   }
   return { databaseUrl: pgUrl(port), managed: true, dataDir };
 }

@@ -4,7 +4,10 @@ const EnvSchema = z.object({
   DATABASE_URL: z
     .string({ error: 'DATABASE_URL is required (e.g. postgres://user:pass@host:5432/db)' })
     .regex(/^postgres(ql)?:\/\//, 'DATABASE_URL must start with postgres:// or postgresql://'),
-  TEMPORAL_ADDRESS: z.string().regex(/^[^:\s]+:\d+$/, 'TEMPORAL_ADDRESS must be host:port').default('localhost:7233'),
+  TEMPORAL_ADDRESS: z
+    .string()
+    .regex(/^[^:\s]+:\d+$/, 'TEMPORAL_ADDRESS must be host:port')
+    .default('localhost:7233'),
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
   REKEY_TASK_QUEUE: z.string().min(1).default('rekey'),
 });

@@ -28,6 +28,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   }
   const url = withDatabase(adminUrl, name);
   const pool = new Pool({ connectionString: url, max: 8 });
+  pool.on('error', () => undefined); // idle clients are terminated when the database is dropped
   const client = await pool.connect();
   try {
     await migrate(client);

@@ -65,7 +65,10 @@ describe('setup names the missing prerequisite in one line', () => {
       GOCACHE: path.join(os.homedir(), '.cache', 'go-build'),
     });
     expect(status).toBe(1);
-    expectOneLine(stderr, /could not download github\.com\/temporalio\/cli@v1\.5\.1 \(is the Go module proxy reachable\? GOPROXY=off\)/);
+    expectOneLine(
+      stderr,
+      /could not download github\.com\/temporalio\/cli@v1\.5\.1 \(is the Go module proxy reachable\? GOPROXY=off\)/,
+    );
   });
 
   it('without Java it says to install a JDK', () => {
@@ -81,7 +84,10 @@ describe('setup names the missing prerequisite in one line', () => {
   });
 
   it('without PostgreSQL server binaries it says to install them or set DATABASE_URL', () => {
-    const { status, stderr } = runSetup('postgres', { PATH: pathWith(), REKEY_PG_BIN: path.join(scratch, 'no-such-dir') });
+    const { status, stderr } = runSetup('postgres', {
+      PATH: pathWith(),
+      REKEY_PG_BIN: path.join(scratch, 'no-such-dir'),
+    });
     expect(status).toBe(1);
     expectOneLine(stderr, /PostgreSQL server binaries not found: install PostgreSQL 15\+.*or set DATABASE_URL/);
   });

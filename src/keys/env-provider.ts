@@ -1,0 +1,56 @@
+import { KeyMaterialError } from '../envelope/errors';
+import { decodeKek, InMemoryKeys, LocalKeyProvider } from './key-provider';
+
+const PREFIX_PATTERN = /^[A-Z][A-Z0-9_]*$/;
+
+/**
+ * KEKs from environment variables, as in the gateway runbook: `<PREFIX>_KEK_<id>` holds a base64url key and
+ * `<PREFIX>_CURRENT_KEK_ID` names the current one. With prefix TALOS, `TALOS_KEK_v2` works as it is.
+ * The environment is read-only, so this provider cannot generate KEKs.
+ */
+export class EnvKeyProvider extends LocalKeyProvider {
+  readonly description: string;
+
+  constructor(
+    private readonly env: NodeJS.ProcessEnv = process.env,
+    readonly prefix: string = env.REKEY_ENV_PREFIX || 'REKEY',
+  ) {
+    if (!PREFIX_PATTERN.test(prefix)) {
+      throw new KeyMaterialError(
+        `REKEY_ENV_PREFIX '${prefix}' must be upper-case letters, digits and '_' (e.g. TALOS)`,
+        'REKEY_ENV_PREFIX',
+      );
+    }
+    const description = `environment variables ${prefix}_KEK_<id>`;
+    super(description);
+    this.description = description;
+    this.keys.replaceWith(this.load());
+  }
+
+  protected load(): InMemoryKeys {
+    const keys = new InMemoryKeys(this.description);
+    const marker = `${this.prefix}_KEK_`;
+    try {
+      for (const [name, value] of Object.entries(this.env)) {
+        if (!name.startsWith(marker) || value === undefined) continue;
+        keys.add(name.slice(marker.length), decodeKek(value, name), name);
+      }
+      if (keys.ids().length === 0) {
+        throw new KeyMaterialError(
+          `no KEK in the environment: set ${marker}<id> to 32 random bytes in base64url (openssl rand -base64 32 | tr '+/' '-_' | tr -d '=')`,
+          marker,
+        );
+      }
+      const currentVar = `${this.prefix}_CURRENT_KEK_ID`;
+      const current = this.env[currentVar]?.trim() || undefined;
+      if (current !== undefined && !keys.has(current)) {
+        throw new KeyMaterialError(`${currentVar} names '${current}', but ${marker}${current} is not set`, currentVar);
+      }
+      this.configuredCurrentKekId = current;
+      return keys;
+    } catch (err) {
+      keys.clear();
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,144 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { KEY_BYTES } from '../envelope/dek-wrapping';
+import { KeyMaterialError } from '../envelope/errors';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider } from './key-provider';
+
+const KeyringFile = z.object({
+  format: z.literal('rekey-keyring/v1'),
+  current: z.string().optional(),
+  keks: z.array(z.object({ id: z.string(), key: z.string(), createdAt: z.string() })),
+});
+type KeyringFile = z.infer<typeof KeyringFile>;
+
+/**
+ * KEKs in a local JSON file with mode 0600: the embedded default for the demo and development.
+ * A keyring that group or others can read is refused.
+ */
+export class FileKeyring extends LocalKeyProvider {
+  readonly description: string;
+
+  constructor(readonly file: string) {
+    const description = `keyring file ${file}`;
+    super(description);
+    this.description = description;
+    this.keys.replaceWith(this.load());
+  }
+
+  /** Creates an empty keyring (mode 0600) unless one exists; returns the provider over it. */
+  static open(file: string, options: { create?: boolean } = {}): FileKeyring {
+    if (options.create && !fs.existsSync(file)) {
+      writeKeyring(file, { format: 'rekey-keyring/v1', keks: [] }, 'wx');
+    }
+    return new FileKeyring(file);
+  }
+
+  protected load(): InMemoryKeys {
+    const parsed = readKeyring(this.file);
+    const keys = new InMemoryKeys(this.description);
+    try {
+      for (const kek of parsed.keks) keys.add(kek.id, decodeKek(kek.key, `${this.file} (KEK '${kek.id}')`), this.file);
+      if (parsed.current !== undefined && !keys.has(parsed.current)) {
+        throw new KeyMaterialError(
+          `${this.file} names '${parsed.current}' as current, but holds no such KEK`,
+          this.file,
+        );
+      }
+    } catch (err) {
+      keys.clear();
+      throw err;
+    }
+    this.configuredCurrentKekId = parsed.current;
+    return keys;
+  }
+
+  /** Adds a new random KEK to the file (ids v1, v2, ... by default) and loads it. */
+  async generate(kekId?: string): Promise<string> {
+    const updated = await withLock(this.file, () => {
+      const parsed = readKeyring(this.file);
+      const id = kekId ?? nextKekId(parsed.keks.map((k) => k.id));
+      if (!KEK_ID_PATTERN.test(id)) {
+        throw new KeyMaterialError(`KEK id '${id}' must be 1-64 letters, digits, '_', '.' or '-'`, this.file);
+      }
+      if (parsed.keks.some((k) => k.id === id)) {
+        throw new KeyMaterialError(`${this.file} already holds a KEK '${id}'`, this.file);
+      }
+      const key = randomBytes(KEY_BYTES);
+      parsed.keks.push({ id, key: key.toString('base64url'), createdAt: new Date().toISOString() });
+      key.fill(0);
+      parsed.current ??= id;
+      writeKeyring(this.file, parsed, 'replace');
+      return id;
+    });
+    await this.reload();
+    return updated;
+  }
+}
+
+export function nextKekId(existing: string[]): string {
+  const numbers = existing.map((id) => /^v(\d+)$/.exec(id)?.[1]).filter((n): n is string => n !== undefined);
+  const highest = numbers.reduce((max, n) => Math.max(max, Number(n)), 0);
+  return `v${highest + 1}`;
+}
+
+function readKeyring(file: string): KeyringFile {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(file);
+  } catch {
+    throw new KeyMaterialError(`keyring ${file} does not exist: create it with 'rekey keys generate'`, file);
+  }
+  if ((stat.mode & 0o077) !== 0) {
+    throw new KeyMaterialError(
+      `keyring ${file} is readable by others (mode ${(stat.mode & 0o777).toString(8)}): run 'chmod 600 ${file}'`,
+      file,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new KeyMaterialError(`keyring ${file} is not valid JSON: ${(err as Error).message}`, file);
+  }
+  const parsed = KeyringFile.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new KeyMaterialError(`keyring ${file} is malformed at '${issue?.path.join('.')}': ${issue?.message}`, file);
+  }
+  return parsed.data;
+}
+
+function writeKeyring(file: string, contents: KeyringFile, mode: 'wx' | 'replace'): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const text = `${JSON.stringify(contents, null, 2)}\n`;
+  if (mode === 'wx') {
+    fs.writeFileSync(file, text, { flag: 'wx', mode: 0o600 });
+    return;
+  }
+  // Write a sibling then rename: a crash never leaves a half-written keyring, and keys are never lost.
+  const temp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(temp, text, { flag: 'wx', mode: 0o600 });
+  fs.renameSync(temp, file);
+}
+
+async function withLock<T>(file: string, fn: () => T): Promise<T> {
+  const lock = `${file}.lock`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      fs.writeFileSync(lock, String(process.pid), { flag: 'wx', mode: 0o600 });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 100) {
+        throw new KeyMaterialError(`cannot lock ${file} (remove ${lock} if no rekey process is running)`, file);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  try {
+    return fn();
+  } finally {
+    fs.rmSync(lock, { force: true });
+  }
+}

@@ -1,0 +1,154 @@
+import { randomBytes } from 'node:crypto';
+import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
+import { KeyMaterialError, UnknownKekError } from '../envelope/errors';
+
+export const KEK_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** Where KEKs come from. Key bytes stay inside the provider; callers name KEKs by id only. */
+export interface KeyProvider {
+  /** e.g. `env (prefix TALOS)` or `file /path/keyring.json`, for messages. */
+  readonly description: string;
+  /** The KEK the configuration names as current; it seeds the registry's first active KEK. */
+  readonly configuredCurrentKekId: string | undefined;
+  kekIds(): string[];
+  has(kekId: string): boolean;
+  fingerprint(kekId: string): string;
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer;
+  /** Batch form for the rewrap engine: writes the wrapped DEK into `out` at `offset`. */
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void;
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer;
+  /** Re-reads the source, so a KEK added by another process becomes usable without a restart. */
+  reload(): Promise<void>;
+  /** Creates a new KEK and returns its id, where the provider can (`undefined` when it cannot). */
+  generate?(kekId?: string): Promise<string>;
+  /** Zeroizes every key held in memory. */
+  close(): void;
+}
+
+/** Keys held in this process's memory: the env and file providers load into one of these. */
+export class InMemoryKeys {
+  private readonly keys = new Map<string, { key: Buffer; fingerprint: string }>();
+
+  constructor(private readonly where: string) {}
+
+  add(kekId: string, key: Buffer, source: string): void {
+    if (!KEK_ID_PATTERN.test(kekId)) {
+      throw new KeyMaterialError(
+        `${source}: KEK id '${kekId}' must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit`,
+        source,
+      );
+    }
+    if (key.length !== KEY_BYTES) {
+      throw new KeyMaterialError(`${source}: a KEK is ${KEY_BYTES} bytes, got ${key.length}`, source);
+    }
+    this.keys.get(kekId)?.key.fill(0);
+    this.keys.set(kekId, { key, fingerprint: kekFingerprint(key) });
+  }
+
+  ids(): string[] {
+    return [...this.keys.keys()].sort();
+  }
+
+  has(kekId: string): boolean {
+    return this.keys.has(kekId);
+  }
+
+  fingerprint(kekId: string): string {
+    return this.entry(kekId).fingerprint;
+  }
+
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(WRAPPED_DEK_BYTES);
+    this.wrapInto(out, 0, kekId, tenantId, dek, randomBytes(12));
+    return out;
+  }
+
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
+    wrapDekInto(out, offset, this.entry(kekId).key, kekId, tenantId, dek, nonce);
+  }
+
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
+    return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
+  }
+
+  /** Replaces the whole set (reload); old buffers are zeroized. */
+  replaceWith(other: InMemoryKeys): void {
+    this.clear();
+    for (const [id, entry] of other.keys) this.keys.set(id, entry);
+    other.keys.clear();
+  }
+
+  clear(): void {
+    for (const { key } of this.keys.values()) key.fill(0);
+    this.keys.clear();
+  }
+
+  private entry(kekId: string) {
+    const entry = this.keys.get(kekId);
+    if (!entry) throw new UnknownKekError(kekId, this.where);
+    return entry;
+  }
+}
+
+const BASE64URL_32_BYTES = /^[A-Za-z0-9_-]{43}$/;
+
+/** Decodes a 32-byte key written as base64url without padding; the message says exactly what is wrong. */
+export function decodeKek(value: string, source: string): Buffer {
+  const trimmed = value.trim();
+  let problem: string | undefined;
+  if (trimmed.length === 0) problem = 'it is empty';
+  else if (/[+/]/.test(trimmed))
+    problem = "it is standard base64: use base64url (replace '+' with '-' and '/' with '_')";
+  else if (trimmed.endsWith('=')) problem = "remove the '=' padding";
+  else if (!/^[A-Za-z0-9_-]+$/.test(trimmed)) problem = 'it contains characters outside the base64url alphabet';
+  else if (!BASE64URL_32_BYTES.test(trimmed)) {
+    problem = `it decodes to ${Buffer.from(trimmed, 'base64url').length} bytes (${trimmed.length} characters), not 32 bytes (43 characters)`;
+  }
+  if (problem) {
+    throw new KeyMaterialError(
+      `${source} must hold 32 random bytes as base64url without padding (openssl rand -base64 32 | tr '+/' '-_' | tr -d '='): ${problem}`,
+      source,
+    );
+  }
+  return Buffer.from(trimmed, 'base64url');
+}
+
+/** A provider whose keys are loaded into this process's memory; subclasses say where from. */
+export abstract class LocalKeyProvider implements KeyProvider {
+  abstract readonly description: string;
+  configuredCurrentKekId: string | undefined;
+  protected readonly keys: InMemoryKeys;
+
+  protected constructor(where: string) {
+    this.keys = new InMemoryKeys(where);
+  }
+
+  /** Reads every KEK from the source; sets configuredCurrentKekId. */
+  protected abstract load(): InMemoryKeys;
+
+  kekIds(): string[] {
+    return this.keys.ids();
+  }
+  has(kekId: string): boolean {
+    return this.keys.has(kekId);
+  }
+  fingerprint(kekId: string): string {
+    return this.keys.fingerprint(kekId);
+  }
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
+    return this.keys.wrap(kekId, tenantId, dek);
+  }
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
+    this.keys.wrapInto(out, offset, kekId, tenantId, dek, nonce);
+  }
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
+    return this.keys.unwrap(kekId, tenantId, wrapped);
+  }
+  reload(): Promise<void> {
+    this.keys.replaceWith(this.load());
+    return Promise.resolve();
+  }
+  close(): void {
+    this.keys.clear();
+  }
+}

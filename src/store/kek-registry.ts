@@ -1,0 +1,138 @@
+import type { Pool, PoolClient } from 'pg';
+import { KekFingerprintMismatchError, KekTransitionError, UnknownKekError } from '../envelope/errors';
+import { assertTransition, type KekState } from '../envelope/kek-lifecycle';
+
+export interface KekRecord {
+  kekId: string;
+  state: KekState;
+  fingerprint: string;
+  provisionedAt: Date;
+  activatedAt: Date | null;
+  decryptOnlyAt: Date | null;
+  retiredAt: Date | null;
+}
+
+interface KekRow {
+  kek_id: string;
+  state: KekState;
+  fingerprint: string;
+  provisioned_at: Date;
+  activated_at: Date | null;
+  decrypt_only_at: Date | null;
+  retired_at: Date | null;
+}
+
+const toRecord = (row: KekRow): KekRecord => ({
+  kekId: row.kek_id,
+  state: row.state,
+  fingerprint: row.fingerprint,
+  provisionedAt: row.provisioned_at,
+  activatedAt: row.activated_at,
+  decryptOnlyAt: row.decrypt_only_at,
+  retiredAt: row.retired_at,
+});
+
+const TIMESTAMP_COLUMN: Record<KekState, string> = {
+  provisioned: 'provisioned_at',
+  active: 'activated_at',
+  decrypt_only: 'decrypt_only_at',
+  retired: 'retired_at',
+};
+
+/** The KEK registry in PostgreSQL: each KEK's state, fingerprint and transition times. Never key bytes. */
+export class KekRegistry {
+  constructor(private readonly db: Pool) {}
+
+  async list(): Promise<KekRecord[]> {
+    const { rows } = await this.db.query<KekRow>('SELECT * FROM keks ORDER BY provisioned_at, kek_id');
+    return rows.map(toRecord);
+  }
+
+  async get(kekId: string, client: Pool | PoolClient = this.db): Promise<KekRecord | undefined> {
+    const { rows } = await client.query<KekRow>('SELECT * FROM keks WHERE kek_id = $1', [kekId]);
+    return rows[0] && toRecord(rows[0]);
+  }
+
+  async require(kekId: string, client: Pool | PoolClient = this.db): Promise<KekRecord> {
+    const record = await this.get(kekId, client);
+    if (!record) throw new UnknownKekError(kekId, 'the KEK registry');
+    return record;
+  }
+
+  async active(): Promise<KekRecord | undefined> {
+    const { rows } = await this.db.query<KekRow>(`SELECT * FROM keks WHERE state = 'active'`);
+    return rows[0] && toRecord(rows[0]);
+  }
+
+  /**
+   * Records a KEK as provisioned. Idempotent: registering the same key again is a no-op, but the same id with a
+   * different fingerprint is refused (a different key under a known name would make DEKs unreadable).
+   */
+  async register(kekId: string, fingerprint: string): Promise<KekRecord> {
+    await this.db.query(
+      `INSERT INTO keks (kek_id, state, fingerprint) VALUES ($1, 'provisioned', $2) ON CONFLICT (kek_id) DO NOTHING`,
+      [kekId, fingerprint],
+    );
+    const record = await this.require(kekId);
+    if (record.fingerprint !== fingerprint) {
+      throw new KekFingerprintMismatchError(kekId, record.fingerprint, fingerprint);
+    }
+    return record;
+  }
+
+  /** Seeds the first active KEK (from `<PREFIX>_CURRENT_KEK_ID`) when the registry has none. */
+  async seedActive(kekId: string, fingerprint: string): Promise<KekRecord> {
+    const record = await this.register(kekId, fingerprint);
+    if (record.state !== 'provisioned' || (await this.active())) return record;
+    try {
+      return await this.transition(kekId, 'active');
+    } catch (err) {
+      // Another process seeded at the same moment; the unique index kept it to one active KEK.
+      if ((err as { code?: string }).code === '23505') return this.require(kekId);
+      throw err;
+    }
+  }
+
+  /** One checked transition, as a compare-and-swap on the state that was read. */
+  async transition(kekId: string, to: KekState, client: Pool | PoolClient = this.db): Promise<KekRecord> {
+    const current = await this.require(kekId, client);
+    if (current.state === to) return current;
+    assertTransition(kekId, current.state, to);
+    const updated = await client.query<KekRow>(
+      `UPDATE keks SET state = $2, ${TIMESTAMP_COLUMN[to]} = now() WHERE kek_id = $1 AND state = $3 RETURNING *`,
+      [kekId, to, current.state],
+    );
+    if (!updated.rows[0]) {
+      throw new KekTransitionError(kekId, current.state, to, 'its state changed concurrently; retry');
+    }
+    return toRecord(updated.rows[0]);
+  }
+
+  /**
+   * Makes `to` active and `from` decrypt-only in one transaction, only if `from` is still the active KEK
+   * (or `to` already is: a retried promote is a no-op).
+   */
+  async promote(from: string, to: string): Promise<void> {
+    const client = await this.db.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT 1 FROM keks WHERE kek_id = ANY($1) FOR UPDATE', [[from, to]]);
+      const target = await this.require(to, client);
+      if (target.state !== 'active') {
+        const source = await this.require(from, client);
+        if (source.state !== 'active') {
+          throw new KekTransitionError(to, target.state, 'active', `'${from}' is ${source.state}, not the active KEK`);
+        }
+        assertTransition(to, target.state, 'active');
+        await this.transition(from, 'decrypt_only', client);
+        await this.transition(to, 'active', client);
+      }
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK');
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+}

@@ -1,0 +1,189 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import os from 'node:os';
+import type { Pool } from 'pg';
+import { KEY_BYTES } from './envelope/dek-wrapping';
+import { KekFingerprintMismatchError, UnknownKekError } from './envelope/errors';
+import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cipher';
+import type { KeyProvider } from './keys/key-provider';
+import { AppInstances } from './store/app-instances';
+import { KekRegistry } from './store/kek-registry';
+import { TenantDekStore } from './store/tenant-deks';
+
+export interface TenantCryptoOptions {
+  db: Pool;
+  keys: KeyProvider;
+  instanceId?: string;
+  /** How stale this process's idea of the current KEK may be: a promotion reaches it within this time. */
+  registryTtlMs?: number;
+  dekCacheTtlMs?: number;
+  dekCacheMax?: number;
+  warn?: (message: string) => void;
+}
+
+interface CachedDek {
+  dek: Buffer;
+  expiresAt: number;
+}
+
+/**
+ * The application's side of envelope encryption: per-tenant DEKs created on first use, wrapped with the current
+ * KEK, cached unwrapped for a bounded time, and tenant data encrypted under them as `v2:` ciphertexts.
+ */
+export class TenantCrypto {
+  readonly instanceId: string;
+  private readonly registry: KekRegistry;
+  private readonly deks: TenantDekStore;
+  private readonly instances: AppInstances;
+  private readonly cache = new Map<string, CachedDek>();
+  private current: { kekId: string; readAt: number } | undefined;
+  private refreshTimer: NodeJS.Timeout | undefined;
+  private warnedMismatch = false;
+
+  constructor(private readonly options: TenantCryptoOptions) {
+    this.instanceId = options.instanceId ?? `${os.hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+    this.registry = new KekRegistry(options.db);
+    this.deks = new TenantDekStore(options.db);
+    this.instances = new AppInstances(options.db);
+  }
+
+  private get registryTtlMs() {
+    return this.options.registryTtlMs ?? 5_000;
+  }
+
+  /** Seeds the registry's first active KEK from configuration if it has none, announces this instance, keeps both fresh. */
+  async start(): Promise<void> {
+    const seed = this.options.keys.configuredCurrentKekId;
+    if (seed && !(await this.registry.active())) {
+      await this.registry.seedActive(seed, this.options.keys.fingerprint(seed));
+    }
+    await this.refresh();
+    this.refreshTimer = setInterval(() => {
+      this.refresh().catch((err: unknown) => this.warn(`refreshing the current KEK failed: ${String(err)}`));
+    }, this.registryTtlMs);
+    this.refreshTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.refreshTimer);
+    await this.instances.withdraw(this.instanceId);
+    for (const entry of this.cache.values()) entry.dek.fill(0);
+    this.cache.clear();
+  }
+
+  /** Re-reads the active KEK, loads keys added since start (e.g. a newly provisioned KEK), and announces. */
+  async refresh(): Promise<void> {
+    const active = await this.registry.active();
+    if (!active) throw new UnknownKekError('(none active)', 'the KEK registry: seed it with <PREFIX>_CURRENT_KEK_ID');
+    if (!this.options.keys.has(active.kekId)) await this.options.keys.reload();
+    if (this.options.keys.has(active.kekId) && this.options.keys.fingerprint(active.kekId) !== active.fingerprint) {
+      // Same id, different key: wrapping with it would make every new DEK unreadable to the rest of the fleet.
+      throw new KekFingerprintMismatchError(
+        active.kekId,
+        active.fingerprint,
+        this.options.keys.fingerprint(active.kekId),
+      );
+    }
+    const configured = this.options.keys.configuredCurrentKekId;
+    if (configured && configured !== active.kekId && !this.warnedMismatch) {
+      this.warnedMismatch = true;
+      this.warn(
+        `configuration names '${configured}' as the current KEK, but the registry's active KEK is '${active.kekId}': using the registry`,
+      );
+    }
+    this.current = { kekId: active.kekId, readAt: Date.now() };
+    await this.instances.announce({
+      instanceId: this.instanceId,
+      unwrapKekIds: this.options.keys.kekIds(),
+      wrapKekId: this.options.keys.has(active.kekId) ? active.kekId : null,
+    });
+  }
+
+  async currentKekId(): Promise<string> {
+    if (!this.current || Date.now() - this.current.readAt > this.registryTtlMs) await this.refresh();
+    return this.current!.kekId;
+  }
+
+  encrypt(tenantId: string, plaintext: string | Buffer): Promise<string> {
+    return this.withDek(tenantId, (dek) => encryptTenantData(dek, tenantId, plaintext));
+  }
+
+  decrypt(tenantId: string, ciphertext: string): Promise<Buffer> {
+    return this.withDek(tenantId, (dek) => decryptTenantData(dek, tenantId, ciphertext));
+  }
+
+  /**
+   * Runs `use` on the tenant's DEK within one synchronous step after the cache lookup, so an eviction (which zeroizes
+   * the buffer) can never happen between finding the DEK and using it.
+   */
+  private async withDek<T>(tenantId: string, use: (dek: Buffer) => T): Promise<T> {
+    for (;;) {
+      await this.load(tenantId);
+      const entry = this.cache.get(tenantId);
+      if (entry && entry.expiresAt > Date.now()) return use(entry.dek);
+    }
+  }
+
+  /**
+   * An application write of the tenant's DEK row: the same DEK, re-wrapped with the current KEK, by compare-and-swap.
+   * (Whatever else the application updates alongside, the DEK it writes is always wrapped with the current KEK.)
+   */
+  async rewriteDek(tenantId: string): Promise<void> {
+    for (;;) {
+      const stored = await this.deks.find(tenantId);
+      if (!stored) {
+        await this.load(tenantId);
+        return;
+      }
+      const dek = this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek);
+      try {
+        const kekId = await this.currentKekId();
+        const wrapped = this.options.keys.wrap(kekId, tenantId, dek);
+        if (await this.deks.compareAndSwap(tenantId, stored.version, kekId, wrapped)) return;
+      } finally {
+        dek.fill(0);
+      }
+    }
+  }
+
+  /** Puts the tenant's DEK in the cache, creating it (wrapped with the current KEK) on first use. */
+  private async load(tenantId: string): Promise<void> {
+    const cached = this.cache.get(tenantId);
+    if (cached && cached.expiresAt > Date.now()) return;
+    if (cached) this.evict(tenantId);
+
+    let stored = await this.deks.find(tenantId);
+    if (!stored) {
+      const kekId = await this.currentKekId();
+      const fresh = randomBytes(KEY_BYTES);
+      const created = await this.deks.insert(tenantId, kekId, this.options.keys.wrap(kekId, tenantId, fresh));
+      if (created) {
+        this.remember(tenantId, fresh);
+        return;
+      }
+      fresh.fill(0); // another instance created the tenant's DEK first: use theirs
+      stored = await this.deks.find(tenantId);
+      if (!stored) throw new Error(`tenant '${tenantId}' DEK vanished while being created`);
+    }
+    this.remember(tenantId, this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek));
+  }
+
+  private remember(tenantId: string, dek: Buffer): void {
+    const max = this.options.dekCacheMax ?? 10_000;
+    while (this.cache.size >= max) {
+      const oldest = this.cache.keys().next().value;
+      if (oldest === undefined) break;
+      this.evict(oldest);
+    }
+    this.evict(tenantId); // two concurrent loads of one tenant: keep one buffer, zeroize the other
+    this.cache.set(tenantId, { dek, expiresAt: Date.now() + (this.options.dekCacheTtlMs ?? 60_000) });
+  }
+
+  private evict(tenantId: string): void {
+    this.cache.get(tenantId)?.dek.fill(0);
+    this.cache.delete(tenantId);
+  }
+
+  private warn(message: string): void {
+    (this.options.warn ?? ((m: string) => process.stderr.write(`rekey: ${m}\n`)))(message);
+  }
+}

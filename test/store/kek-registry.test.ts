@@ -1,0 +1,63 @@
+import { describe, expect, it } from 'vitest';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { useTestDatabase } from '../helpers/database';
+
+describe('KEK registry', () => {
+  const db = useTestDatabase();
+  const registry = () => new KekRegistry(db.pool);
+  let n = 0;
+  const id = (label: string) => `${label}-${n++}`;
+
+  it('the database itself refuses a second active KEK', async () => {
+    await db.pool.query(`INSERT INTO keks (kek_id, state, fingerprint) VALUES ('one', 'active', 'kcv1:a')`);
+    await expect(
+      db.pool.query(`INSERT INTO keks (kek_id, state, fingerprint) VALUES ('two', 'active', 'kcv1:b')`),
+    ).rejects.toThrow(/keks_at_most_one_active/);
+    await db.pool.query(`DELETE FROM keks`);
+  });
+
+  it('promote makes the new KEK active and the old one decrypt-only, and is idempotent', async () => {
+    const [from, to] = [id('from'), id('to')];
+    await registry().seedActive(from, 'kcv1:from');
+    await registry().register(to, 'kcv1:to');
+    await registry().promote(from, to);
+    await registry().promote(from, to);
+    expect((await registry().require(from)).state).toBe('decrypt_only');
+    const promoted = await registry().require(to);
+    expect(promoted.state).toBe('active');
+    expect(promoted.activatedAt).toBeInstanceOf(Date);
+    expect((await registry().active())?.kekId).toBe(to);
+    await registry().transition(from, 'retired');
+    await registry().transition(to, 'decrypt_only');
+  });
+
+  it('a retired KEK cannot come back', async () => {
+    const kek = id('old');
+    await registry().register(kek, 'kcv1:old');
+    await registry().transition(kek, 'retired');
+    await expect(registry().transition(kek, 'active')).rejects.toThrow(/nothing comes back from retired/);
+    expect((await registry().require(kek)).state).toBe('retired');
+  });
+
+  it('the active KEK cannot be retired', async () => {
+    const kek = id('live');
+    await registry().seedActive(kek, 'kcv1:live');
+    await expect(registry().transition(kek, 'retired')).rejects.toThrow(/cannot go from active to retired/);
+    expect((await registry().require(kek)).state).toBe('active');
+    await registry().transition(kek, 'decrypt_only');
+  });
+
+  it('promote refuses when the old KEK is not the active one', async () => {
+    const [from, to] = [id('stale'), id('next')];
+    await registry().register(from, 'kcv1:x');
+    await registry().register(to, 'kcv1:y');
+    await expect(registry().promote(from, to)).rejects.toThrow(`'${from}' is provisioned, not the active KEK`);
+    expect((await registry().require(to)).state).toBe('provisioned');
+  });
+
+  it('registering a known id with a different key is refused', async () => {
+    const kek = id('dup');
+    await registry().register(kek, 'kcv1:first');
+    await expect(registry().register(kek, 'kcv1:second')).rejects.toThrow(/this is a different key/);
+  });
+});

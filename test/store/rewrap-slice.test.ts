@@ -1,0 +1,240 @@
+import { describe, expect, it } from 'vitest';
+import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
+import { rewrapSlice, type RewrapSliceInput } from '../../src/rewrap/rewrap-slice';
+import { TenantDekStore } from '../../src/store/tenant-deks';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+
+const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
+const fullRange = {
+  from: 'v1',
+  to: 'v2',
+  after: '',
+  until: null,
+  batchSize: 500,
+  dryRun: false,
+} satisfies RewrapSliceInput;
+
+/** Each test gets its own database: the counters must describe exactly the rows it seeded. */
+async function withDatabase(fn: (db: TestDatabase) => Promise<void>): Promise<void> {
+  const db = await createTestDatabase();
+  try {
+    await fn(db);
+  } finally {
+    await db.drop();
+  }
+}
+
+async function staleCount(db: TestDatabase, kekId = 'v1'): Promise<number> {
+  return new TenantDekStore(db.pool).countOnKek(kekId);
+}
+
+describe('rewrapSlice', () => {
+  it('rewraps every tenant, leaves every DEK byte-identical and none stale', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 5_000 });
+      const before = await dekFingerprints(db.pool, keys);
+
+      const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
+
+      expect(result.done).toBe(true);
+      expect(result.counters).toEqual({
+        rewrapped: 5_000,
+        alreadyOnTarget: 0,
+        skipped: 0,
+        casConflicts: 0,
+        contended: 0,
+        failed: 0,
+      });
+      expect(await staleCount(db)).toBe(0);
+      expect(await dekFingerprints(db.pool, keys)).toEqual(before);
+      const { rows } = await db.pool.query<{ n: string }>(`SELECT count(*) AS n FROM tenant_deks WHERE version = 2`);
+      expect(Number(rows[0]?.n)).toBe(5_000);
+    }));
+
+  it('tenant data encrypted before a rewrap decrypts after it', () =>
+    withDatabase(async (db) => {
+      const app = new TenantCrypto({ db: db.pool, keys });
+      await app.start();
+      const ciphertexts = await Promise.all(['a', 'b', 'c'].map((t) => app.encrypt(t, `secret of ${t}`)));
+      await app.stop();
+
+      await rewrapSlice({ db: db.pool, keys }, fullRange);
+
+      const fresh = new TenantCrypto({ db: db.pool, keys });
+      await fresh.start();
+      const plaintexts = await Promise.all(['a', 'b', 'c'].map((t, i) => fresh.decrypt(t, ciphertexts[i]!)));
+      await fresh.stop();
+      expect(plaintexts.map(String)).toEqual(['secret of a', 'secret of b', 'secret of c']);
+      expect(await staleCount(db)).toBe(0);
+    }));
+
+  it('counts DEKs already on the target as already done and those on a third KEK as skipped', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 300, prefix: 'a-' });
+      await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 200, prefix: 'b-' });
+      await seedTenants({ db: db.pool, keys, kekId: 'v3', count: 100, prefix: 'c-' });
+      const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
+      expect(result.counters).toMatchObject({ rewrapped: 300, alreadyOnTarget: 200, skipped: 100 });
+      expect(await staleCount(db, 'v3')).toBe(100);
+    }));
+
+  it('a concurrent writer loses no update, and a second pass leaves no stale row', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 4_000 });
+      const before = await dekFingerprints(db.pool, keys);
+      const store = new TenantDekStore(db.pool);
+      // A writer that has not seen the promotion: it re-wraps random tenants' DEKs with v1, as a live service would.
+      let writes = 0;
+      let writing = true;
+      const writer = (async () => {
+        while (writing) {
+          const tenantId = `tenant-${String(Math.floor(Math.random() * 4_000)).padStart(8, '0')}`;
+          const row = await store.find(tenantId);
+          if (!row) continue;
+          const dek = keys.unwrap(row.kekId, tenantId, row.wrappedDek);
+          if (await store.compareAndSwap(tenantId, row.version, 'v1', keys.wrap('v1', tenantId, dek))) writes++;
+          dek.fill(0);
+        }
+      })();
+
+      const first = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, batchSize: 100 });
+      writing = false;
+      await writer;
+      expect(writes).toBeGreaterThan(0);
+      expect(await dekFingerprints(db.pool, keys)).toEqual(before);
+
+      expect(first.counters.rewrapped).toBeGreaterThan(0);
+      const staleBeforeSecondPass = await staleCount(db);
+      const second = await rewrapSlice({ db: db.pool, keys }, fullRange);
+      expect(second.counters.rewrapped).toBe(staleBeforeSecondPass);
+      expect(await staleCount(db)).toBe(0);
+      expect(await dekFingerprints(db.pool, keys)).toEqual(before);
+    }));
+
+  it('a corrupt DEK is reported with its tenant and reason, and left untouched', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 50 });
+      await db.pool.query(
+        `UPDATE tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000007'`,
+      );
+      const { rows: tampered } = await db.pool.query<{ wrapped_dek: Buffer; version: string }>(
+        `SELECT wrapped_dek, version FROM tenant_deks WHERE tenant_id = 'tenant-00000007'`,
+      );
+
+      const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
+
+      expect(result.counters).toMatchObject({ rewrapped: 49, failed: 1 });
+      expect(result.failures).toEqual([
+        { tenantId: 'tenant-00000007', reason: 'authentication failed (tampered, wrong key, or not this tenant)' },
+      ]);
+      const after = await new TenantDekStore(db.pool).find('tenant-00000007');
+      expect(after?.kekId).toBe('v1');
+      expect(after?.version.toString()).toBe(tampered[0]?.version);
+      expect(after?.wrappedDek.equals(tampered[0]!.wrapped_dek)).toBe(true);
+    }));
+
+  it('a dry run reports what it would do and writes nothing', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 1_000 });
+      const snapshot = async () =>
+        (
+          await db.pool.query<object>(
+            `SELECT tenant_id, kek_id, version, wrapped_dek FROM tenant_deks ORDER BY tenant_id`,
+          )
+        ).rows;
+      const before = await snapshot();
+
+      const result = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, dryRun: true, progressKey: 'dry' });
+
+      expect(result.counters.rewrapped).toBe(1_000);
+      expect(await snapshot()).toEqual(before);
+      expect((await db.pool.query(`SELECT 1 FROM rewrap_progress`)).rowCount).toBe(0);
+    }));
+
+  it('rotates a single tenant on its own', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20 });
+      const result = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, tenantId: 'tenant-00000003' });
+      expect(result.counters.rewrapped).toBe(1);
+      expect(await staleCount(db)).toBe(19);
+      expect((await new TenantDekStore(db.pool).find('tenant-00000003'))?.kekId).toBe('v2');
+    }));
+
+  it('respects its range bounds: (after, until]', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 100 });
+      const result = await rewrapSlice(
+        { db: db.pool, keys },
+        { ...fullRange, after: 'tenant-00000009', until: 'tenant-00000019' },
+      );
+      expect(result.counters.rewrapped).toBe(10);
+      const moved = await db.pool.query<{ tenant_id: string }>(
+        `SELECT tenant_id FROM tenant_deks WHERE kek_id = 'v2' ORDER BY 1`,
+      );
+      expect(moved.rows.map((r) => r.tenant_id)).toEqual(
+        Array.from({ length: 10 }, (_, i) => `tenant-000000${10 + i}`),
+      );
+    }));
+
+  it('a slice stopped midway and run again resumes from its committed progress and counts each tenant once', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 2_000 });
+      await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 30, prefix: 'done-' });
+      let batches = 0;
+      const input = { ...fullRange, batchSize: 100, progressKey: 'rotation-x/pass-1/slice-0' };
+      // The first attempt "crashes" after 5 batches: its last heartbeat is older than its last committed batch.
+      let lastHeartbeat: { cursor: string } | undefined;
+      const first = await rewrapSlice({ db: db.pool, keys }, input, {
+        shouldStop: () => batches >= 5,
+        onBatch: (checkpoint) => {
+          batches++;
+          if (batches < 4) lastHeartbeat = { cursor: checkpoint.cursor };
+        },
+      });
+      expect(first.done).toBe(false);
+      expect(lastHeartbeat).toBeDefined();
+
+      const second = await rewrapSlice(
+        { db: db.pool, keys },
+        { ...input, resumeFrom: { cursor: lastHeartbeat!.cursor, counters: first.counters } },
+      );
+      expect(second.done).toBe(true);
+      expect(second.counters).toEqual({
+        rewrapped: 2_000,
+        alreadyOnTarget: 30,
+        skipped: 0,
+        casConflicts: 0,
+        contended: 0,
+        failed: 0,
+      });
+
+      const third = await rewrapSlice({ db: db.pool, keys }, input);
+      expect(third).toMatchObject({ done: true, counters: second.counters });
+      expect(await staleCount(db)).toBe(0);
+    }));
+
+  it('a time budget stops the slice at a batch boundary with the cursor to go on from', () =>
+    withDatabase(async (db) => {
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 1_000 });
+      const first = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, batchSize: 100, timeBudgetMs: 0 });
+      expect(first).toMatchObject({ done: false, cursor: '' });
+      const rest = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, after: first.cursor });
+      expect(rest.counters.rewrapped).toBe(1_000);
+    }));
+});
+
+describe('kekStatus', () => {
+  it('gives the current KEK and the stale count per KEK id', () =>
+    withDatabase(async (db) => {
+      await db.pool.query(`INSERT INTO keks (kek_id, state, fingerprint) VALUES ('v2', 'active', 'kcv1:x')`);
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 7, prefix: 'x-' });
+      await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 5, prefix: 'y-' });
+      expect(await new TenantDekStore(db.pool).kekStatus()).toEqual({
+        currentKekId: 'v2',
+        dekCounts: { v1: 7, v2: 5 },
+        staleCounts: { v1: 7 },
+      });
+    }));
+});

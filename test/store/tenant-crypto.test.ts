@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { AppInstances } from '../../src/store/app-instances';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantDekStore } from '../../src/store/tenant-deks';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { useTestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+
+describe('application API (TenantCrypto)', () => {
+  const db = useTestDatabase();
+  const keys = testKeys(['v1', 'v2'], 'v1');
+
+  it('creates a DEK on first use, wrapped with the current KEK, and round-trips data; a promotion reaches it within the TTL', async () => {
+    const warnings: string[] = [];
+    const app = new TenantCrypto({ db: db.pool, keys, registryTtlMs: 50, warn: (m) => warnings.push(m) });
+    await app.start();
+    try {
+      const ciphertext = await app.encrypt('acme', 'totp seed');
+      expect(ciphertext.startsWith('v2:')).toBe(true);
+      expect((await new TenantDekStore(db.pool).find('acme'))?.kekId).toBe('v1');
+
+      const registry = new KekRegistry(db.pool);
+      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.promote('v1', 'v2');
+      await new Promise((resolve) => setTimeout(resolve, 120));
+
+      await app.encrypt('globex', 'webhook secret');
+      expect((await new TenantDekStore(db.pool).find('globex'))?.kekId).toBe('v2');
+      await app.rewriteDek('acme');
+      const acme = await new TenantDekStore(db.pool).find('acme');
+      expect(acme?.kekId).toBe('v2');
+      expect(acme?.version).toBe(2n);
+      expect((await app.decrypt('acme', ciphertext)).toString()).toBe('totp seed');
+      expect(warnings).toEqual([
+        "configuration names 'v1' as the current KEK, but the registry's active KEK is 'v2': using the registry",
+      ]);
+
+      const fleet = await new AppInstances(db.pool).live(60_000);
+      expect(fleet.find((i) => i.instanceId === app.instanceId)).toMatchObject({
+        unwrapKekIds: ['v1', 'v2'],
+        wrapKekId: 'v2',
+      });
+    } finally {
+      await app.stop();
+    }
+    expect((await new AppInstances(db.pool).live(60_000)).map((i) => i.instanceId)).not.toContain(app.instanceId);
+  });
+
+  it('two instances creating the same tenant at once end up sharing one DEK', async () => {
+    const a = new TenantCrypto({ db: db.pool, keys });
+    const b = new TenantCrypto({ db: db.pool, keys });
+    await a.start();
+    await b.start();
+    try {
+      const [fromA, fromB] = await Promise.all([a.encrypt('initech', 'x'), b.encrypt('initech', 'y')]);
+      expect((await b.decrypt('initech', fromA)).toString()).toBe('x');
+      expect((await a.decrypt('initech', fromB)).toString()).toBe('y');
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  it('an instance whose current KEK has the right id but different key bytes refuses to start', async () => {
+    const impostor = new TenantCrypto({ db: db.pool, keys: testKeys(['v2']) });
+    await expect(impostor.start()).rejects.toThrow(
+      /KEK 'v2' in the key provider has fingerprint kcv1:\w+, but the registry recorded/,
+    );
+  });
+});

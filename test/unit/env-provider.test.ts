@@ -1,0 +1,73 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { KeyMaterialError } from '../../src/envelope/errors';
+import { EnvKeyProvider } from '../../src/keys/env-provider';
+
+const key = () => randomBytes(32).toString('base64url');
+
+describe('env key provider', () => {
+  it("reads the gateway runbook's TALOS_ variables as they are", () => {
+    const provider = new EnvKeyProvider(
+      { TALOS_KEK_v1: key(), TALOS_KEK_v2: key(), TALOS_CURRENT_KEK_ID: 'v2' },
+      'TALOS',
+    );
+    expect(provider.kekIds()).toEqual(['v1', 'v2']);
+    expect(provider.configuredCurrentKekId).toBe('v2');
+    const dek = randomBytes(32);
+    expect(provider.unwrap('v1', 't', provider.wrap('v1', 't', dek)).equals(dek)).toBe(true);
+  });
+
+  it('takes the prefix from REKEY_ENV_PREFIX, REKEY by default', () => {
+    expect(new EnvKeyProvider({ REKEY_KEK_a: key() }).kekIds()).toEqual(['a']);
+    expect(new EnvKeyProvider({ REKEY_ENV_PREFIX: 'ACME', ACME_KEK_b: key(), REKEY_KEK_a: key() }).kekIds()).toEqual([
+      'b',
+    ]);
+  });
+
+  it.each([
+    [
+      'a key of the wrong length',
+      randomBytes(16).toString('base64url'),
+      /TALOS_KEK_v1 .*decodes to 16 bytes \(22 characters\), not 32 bytes/,
+    ],
+    ['padding', `${key()}=`, /TALOS_KEK_v1 .*remove the '=' padding/],
+    [
+      'standard base64',
+      randomBytes(32).toString('base64').replace(/=+$/, '').replace(/^./, '+'),
+      /TALOS_KEK_v1 .*use base64url/,
+    ],
+    ['characters outside base64url', `${key().slice(0, 42)}!`, /TALOS_KEK_v1 .*outside the base64url alphabet/],
+    ['an empty value', '', /TALOS_KEK_v1 .*it is empty/],
+  ])('refuses %s and names the variable', (_what, value, message) => {
+    expect(() => new EnvKeyProvider({ TALOS_KEK_v1: value }, 'TALOS')).toThrow(message);
+    expect(() => new EnvKeyProvider({ TALOS_KEK_v1: value }, 'TALOS')).toThrow(KeyMaterialError);
+  });
+
+  it('refuses a current KEK id whose key is not set', () => {
+    expect(() => new EnvKeyProvider({ TALOS_KEK_v1: key(), TALOS_CURRENT_KEK_ID: 'v3' }, 'TALOS')).toThrow(
+      "TALOS_CURRENT_KEK_ID names 'v3', but TALOS_KEK_v3 is not set",
+    );
+  });
+
+  it('refuses an environment without any KEK', () => {
+    expect(() => new EnvKeyProvider({}, 'TALOS')).toThrow(/no KEK in the environment: set TALOS_KEK_<id>/);
+  });
+
+  it('refuses a malformed prefix or KEK id', () => {
+    expect(() => new EnvKeyProvider({}, 'talos')).toThrow(/REKEY_ENV_PREFIX 'talos' must be upper-case/);
+    expect(() => new EnvKeyProvider({ TALOS_KEK_: key() }, 'TALOS')).toThrow(/KEK id '' must be 1-64/);
+  });
+
+  it('asked for a KEK it does not hold, names the KEK and the provider', () => {
+    const provider = new EnvKeyProvider({ TALOS_KEK_v1: key() }, 'TALOS');
+    expect(() => provider.wrap('v9', 't', randomBytes(32))).toThrow(
+      "KEK 'v9' is not known to environment variables TALOS_KEK_<id>",
+    );
+  });
+
+  it('close() zeroizes the keys it held', () => {
+    const provider = new EnvKeyProvider({ TALOS_KEK_v1: key() }, 'TALOS');
+    provider.close();
+    expect(provider.kekIds()).toEqual([]);
+  });
+});
