@@ -10,6 +10,8 @@ const EnvSchema = z.object({
     .default('localhost:7233'),
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
   REKEY_TASK_QUEUE: z.string().min(1).default('rekey'),
+  REKEY_KEY_PROVIDER: z.enum(['env', 'file'], { error: "REKEY_KEY_PROVIDER must be 'env' or 'file'" }).default('env'),
+  REKEY_KEYRING_FILE: z.string().min(1).optional(),
 });
 
 export type Config = z.infer<typeof EnvSchema>;

@@ -1,48 +1,206 @@
-import { randomUUID } from 'node:crypto';
+// `npm run demo`: a KEK rotation end to end on embedded defaults, while a simulated application keeps reading and
+// writing tenant data. Dev server with Web UI, local PostgreSQL, file keyring, worker: all in this process's care.
+import fs from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
-import { Pool } from 'pg';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import { Client as PgClient, Pool } from 'pg';
+import { describeCounters, describeProgress } from './cli/format';
+import { startRotation } from './client/rotations';
 import { startDevServer } from './dev/dev-server';
+import { seedTenants, tenantIdFor } from './dev/tenants';
 import { readToolchain } from './dev/toolchain';
+import { FileKeyring } from './keys/file-keyring';
+import { KekRegistry } from './store/kek-registry';
 import { migrate } from './store/migrate';
+import { TenantDekStore } from './store/tenant-deks';
+import { TenantCrypto } from './tenant-crypto';
 import { createWorker } from './worker';
-import { rotateKek } from './workflows';
+import { progressQuery } from './workflows';
+
+const TENANTS = Number(process.env.REKEY_DEMO_TENANTS ?? 200_000);
+const RECORDS = 2_000;
+const TASK_QUEUE = 'rekey-demo';
+
+async function freshDatabase(adminUrl: string, name: string): Promise<string> {
+  const admin = new PgClient({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** A stand-in for the real service: reads tenant data, re-writes DEKs, onboards tenants, counting any error. */
+class SimulatedApplication {
+  reads = 0;
+  writes = 0;
+  created = 0;
+  errors: string[] = [];
+  private running = true;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly app: TenantCrypto,
+    private readonly db: Pool,
+  ) {}
+
+  start(): void {
+    this.loop = (async () => {
+      while (this.running) {
+        const i = Math.floor(Math.random() * RECORDS);
+        const tenantId = tenantIdFor('tenant-', i);
+        try {
+          const { rows } = await this.db.query<{ ciphertext: string }>(
+            'SELECT ciphertext FROM tenant_records WHERE tenant_id = $1',
+            [tenantId],
+          );
+          if (rows[0]) await this.app.decrypt(tenantId, rows[0].ciphertext);
+          this.reads++;
+          if (this.reads % 4 === 0) {
+            await this.app.rewriteDek(tenantIdFor('tenant-', Math.floor(Math.random() * TENANTS)));
+            this.writes++;
+          }
+          if (this.reads % 20 === 0) {
+            const newTenant = `onboarded-${this.created++}`;
+            await storeRecord(this.db, newTenant, await this.app.encrypt(newTenant, `welcome ${newTenant}`));
+          }
+        } catch (err) {
+          this.errors.push(`${tenantId}: ${(err as Error).message}`);
+        }
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+  }
+}
+
+async function storeRecord(db: Pool, tenantId: string, ciphertext: string): Promise<void> {
+  await db.query(
+    `INSERT INTO tenant_records (tenant_id, record_id, ciphertext) VALUES ($1, 'profile', $2)
+     ON CONFLICT (tenant_id, record_id) DO UPDATE SET ciphertext = EXCLUDED.ciphertext`,
+    [tenantId, ciphertext],
+  );
+}
 
 async function main(): Promise<void> {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
   const toolchain = readToolchain();
+  const demoDir = path.join(toolchain.cacheDir, 'demo');
+  fs.rmSync(demoDir, { recursive: true, force: true });
+  fs.mkdirSync(demoDir, { recursive: true, mode: 0o700 });
+
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  say('rekey demo: starting the Temporal dev server (Web UI included) ...');
   const server = await startDevServer({
     temporalCli: toolchain.temporalCli,
     port: Number(process.env.REKEY_DEMO_PORT ?? 7233),
     uiPort: Number(process.env.REKEY_DEMO_UI_PORT ?? 8233),
-    dbFilename: path.join(toolchain.cacheDir, 'demo-temporal.db'),
+    dbFilename: path.join(demoDir, 'temporal.db'),
   });
-  const db = new Pool({ connectionString: process.env.DATABASE_URL ?? toolchain.databaseUrl });
+  const databaseUrl = await freshDatabase(process.env.DATABASE_URL ?? toolchain.databaseUrl, 'rekey_demo');
+  const db = new Pool({ connectionString: databaseUrl, max: 12 });
+  const keys = FileKeyring.open(path.join(demoDir, 'keyring.json'), { create: true });
+  const nativeConnection = await NativeConnection.connect({ address: server.address });
+  const connection = await Connection.connect({ address: server.address });
+  let application: TenantCrypto | undefined;
   try {
     const migrationClient = await db.connect();
     await migrate(migrationClient).finally(() => migrationClient.release());
-    const worker = await createWorker({
-      connection: await NativeConnection.connect({ address: server.address }),
-      taskQueue: 'rekey-demo',
-      db,
+    const from = await keys.generate();
+    await new KekRegistry(db).seedActive(from, keys.fingerprint(from));
+
+    say(`seeding ${TENANTS.toLocaleString('en-US')} tenants with DEKs under KEK '${from}' ...`);
+    await seedTenants({ db, keys, kekId: from, count: TENANTS });
+    application = new TenantCrypto({ db, keys, registryTtlMs: 1_000, instanceId: 'demo-app-1' });
+    await application.start();
+    const plaintexts = new Map<string, string>();
+    for (let i = 0; i < RECORDS; i++) {
+      const tenantId = tenantIdFor('tenant-', i);
+      const plaintext = `profile of ${tenantId}`;
+      plaintexts.set(tenantId, plaintext);
+      await storeRecord(db, tenantId, await application.encrypt(tenantId, plaintext));
+    }
+    const simulated = new SimulatedApplication(application, db);
+    simulated.start();
+
+    const worker = await createWorker({ connection: nativeConnection, taskQueue: TASK_QUEUE, db, keys });
+    const client = new Client({ connection });
+    const report = await worker.runUntil(async () => {
+      const started = await startRotation(
+        client,
+        { from, to: 'new', gracePeriod: '15s', batchSize: 500, parallelism: 2, fleetLiveWithin: '30s' },
+        { taskQueue: TASK_QUEUE },
+      );
+      say(`rotation started: workflow ${started.handle.workflowId}, while the application keeps reading and writing`);
+      say(`watch it live: ${server.uiUrl}/namespaces/default/workflows/${started.handle.workflowId}`);
+      const result = started.handle.result();
+      let finished = false;
+      void result.finally(() => (finished = true)).catch(() => undefined);
+      let last = '';
+      while (!finished) {
+        const line = describeProgress(await started.handle.query(progressQuery));
+        if (line !== last) say(`  ${line}`);
+        last = line;
+        await new Promise((resolve) => setTimeout(resolve, process.stdout.isTTY ? 250 : 1_000));
+      }
+      return result;
     });
-    const client = new Client({ connection: await Connection.connect({ address: server.address }) });
-    const workflowId = `rekey-demo-${randomUUID()}`;
-    const result = await worker.runUntil(
-      client.workflow.execute(rotateKek, {
-        taskQueue: 'rekey-demo',
-        workflowId,
-        args: [{ from: 'v1', to: 'v2', gracePeriod: '2 seconds' }],
-      }),
+    await simulated.stop();
+
+    // The proof: every record the application wrote still decrypts, read back by a fresh instance.
+    const reader = new TenantCrypto({ db, keys, instanceId: 'demo-verifier' });
+    await reader.start();
+    let decrypted = 0;
+    for (const [tenantId, plaintext] of plaintexts) {
+      const { rows } = await db.query<{ ciphertext: string }>(
+        'SELECT ciphertext FROM tenant_records WHERE tenant_id = $1',
+        [tenantId],
+      );
+      if ((await reader.decrypt(tenantId, rows[0]!.ciphertext)).toString() === plaintext) decrypted++;
+    }
+    await reader.stop();
+    const status = await new TenantDekStore(db).kekStatus();
+    const old = await new KekRegistry(db).require(report.from);
+
+    say('');
+    say(`rotation ${report.outcome}: '${report.from}' → '${report.to}' in ${report.passes} pass(es)`);
+    say(`  ${describeCounters(report)}`);
+    say(
+      `  application during the run: ${simulated.reads} reads, ${simulated.writes} DEK writes, ${simulated.created} new tenants, ${simulated.errors.length} errors`,
     );
-    console.log('workflow result:', JSON.stringify(result));
-    console.log(`Web UI: ${server.uiUrl}/namespaces/default/workflows/${workflowId}`);
-    if (process.stdin.isTTY) {
-      console.log('The dev server stays up so you can look around: press Ctrl-C to stop.');
+    say(`  tenant data that still decrypts: ${decrypted}/${plaintexts.size}`);
+    say(`  DEKs per KEK now: ${JSON.stringify(status.dekCounts)} (current: ${status.currentKekId})`);
+    say(`  old KEK '${old.kekId}': ${old.state}${old.retiredAt ? ` at ${old.retiredAt.toISOString()}` : ''}`);
+    say(
+      `  Web UI: ${server.uiUrl}/namespaces/default/workflows?query=${encodeURIComponent("WorkflowType='rotateKek'")}`,
+    );
+    if (simulated.errors.length > 0) say(`  first application error: ${simulated.errors[0]}`);
+    const clean =
+      report.outcome === 'completed' &&
+      decrypted === plaintexts.size &&
+      simulated.errors.length === 0 &&
+      old.state === 'retired';
+    if (!clean) process.exitCode = 1;
+
+    if (process.stdin.isTTY && process.stdout.isTTY) {
+      say('The dev server stays up so you can look around in the Web UI: press Ctrl-C to stop.');
       await new Promise((resolve) => process.once('SIGINT', resolve));
     }
   } finally {
+    await application?.stop().catch(() => undefined);
+    await connection.close();
+    await nativeConnection.close();
     await db.end();
+    keys.close();
     await server.stop();
   }
 }

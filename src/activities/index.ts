@@ -1,16 +1,12 @@
-import type { Pool } from 'pg';
+import { createKekActivities } from './kek';
+import { createRewrapActivities } from './rewrap';
+import type { ActivityDependencies } from './dependencies';
 
-export interface ActivityDependencies {
-  db: Pool;
-}
+export type { ActivityDependencies } from './dependencies';
 
-export function createActivities({ db }: ActivityDependencies) {
-  return {
-    async describeDatabase(): Promise<string> {
-      const { rows } = await db.query<{ version: string }>('SELECT current_setting($1) AS version', ['server_version']);
-      return `PostgreSQL ${rows[0]?.version ?? 'unknown'}`;
-    },
-  };
+/** Every activity, over injected dependencies: the worker passes its pool and key provider, tests theirs. */
+export function createActivities(deps: ActivityDependencies) {
+  return { ...createKekActivities(deps), ...createRewrapActivities(deps) };
 }
 
 export type Activities = ReturnType<typeof createActivities>;

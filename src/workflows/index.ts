@@ -1,1 +1,2 @@
 export * from './rotate-kek';
+export * from './messages';

@@ -1,10 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { EnvKeyProvider } from '../../src/keys/env-provider';
 
-/** A key provider over fresh random KEKs, through the real env provider (prefix TEST). */
-export function testKeys(ids: string[], current = ids[0]): EnvKeyProvider {
+/** Fresh random KEKs through the real env provider (prefix TEST), and their encodings for leak scans. */
+export function createTestKeys(ids: string[], current = ids[0]): { provider: EnvKeyProvider; secrets: string[] } {
   const env: NodeJS.ProcessEnv = {};
-  for (const id of ids) env[`TEST_KEK_${id}`] = randomBytes(32).toString('base64url');
+  const secrets: string[] = [];
+  for (const id of ids) {
+    const key = randomBytes(32);
+    env[`TEST_KEK_${id}`] = key.toString('base64url');
+    secrets.push(key.toString('base64url'), key.toString('base64'), key.toString('hex'));
+  }
   if (current) env.TEST_CURRENT_KEK_ID = current;
-  return new EnvKeyProvider(env, 'TEST');
+  return { provider: new EnvKeyProvider(env, 'TEST'), secrets };
+}
+
+export function testKeys(ids: string[], current = ids[0]): EnvKeyProvider {
+  return createTestKeys(ids, current).provider;
 }

@@ -1,0 +1,67 @@
+// Measures rewrapSlice alone (no Temporal) on N tenants: `npm run bench:slice -- [N] [slices]`.
+import { randomBytes } from 'node:crypto';
+import { Client, Pool } from 'pg';
+import { readToolchain } from '../src/dev/toolchain';
+import { seedTenants } from '../src/dev/tenants';
+import { EnvKeyProvider } from '../src/keys/env-provider';
+import { rewrapSlice } from '../src/rewrap/rewrap-slice';
+import { migrate } from '../src/store/migrate';
+
+async function main(): Promise<void> {
+  const count = Number(process.argv[2] ?? 1_000_000);
+  const slices = Number(process.argv[3] ?? 1);
+  const batchSize = Number(process.env.BATCH ?? 2_000);
+  const adminUrl = process.env.DATABASE_URL ?? readToolchain().databaseUrl;
+  const name = `rekey_bench_${Date.now()}`;
+  const admin = new Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const db = new Pool({ connectionString: url.toString(), max: 4 * slices + 2 });
+  db.on('error', () => undefined); // the drop at the end terminates idle connections
+  try {
+    const client = await db.connect();
+    await migrate(client);
+    client.release();
+    const keys = new EnvKeyProvider(
+      { B_KEK_v1: randomBytes(32).toString('base64url'), B_KEK_v2: randomBytes(32).toString('base64url') },
+      'B',
+    );
+    let t = Date.now();
+    await seedTenants({ db, keys, kekId: 'v1', count });
+    await db.query('VACUUM ANALYZE tenant_deks');
+    console.log(`seeded ${count} tenants in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+
+    const bounds: (string | null)[] = [''];
+    for (let i = 1; i < slices; i++)
+      bounds.push(`tenant-${String(Math.floor((count * i) / slices) - 1).padStart(8, '0')}`);
+    bounds.push(null);
+    t = Date.now();
+    const results = await Promise.all(
+      bounds
+        .slice(0, -1)
+        .map((after, i) =>
+          rewrapSlice(
+            { db, keys },
+            { from: 'v1', to: 'v2', after: after ?? '', until: bounds[i + 1] ?? null, batchSize, dryRun: false },
+          ),
+        ),
+    );
+    const seconds = (Date.now() - t) / 1000;
+    const rewrapped = results.reduce((sum, r) => sum + r.counters.rewrapped, 0);
+    console.log(
+      `rewrapSlice: ${rewrapped} tenants in ${seconds.toFixed(2)} s = ${Math.round(rewrapped / seconds)} tenants/s ` +
+        `(${slices} slice(s), batch ${batchSize}, peak RSS ${Math.round(process.memoryUsage().rss / 2 ** 20)} MiB)`,
+    );
+  } finally {
+    await db.end();
+    await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
+    await admin.end();
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,129 @@
+import { addCounters, emptyCounters, type RewrapCounters } from '../rewrap/counters';
+
+export const PHASES = ['validate', 'provision', 'promote', 'rewrap', 'verify', 'grace', 'retire', 'done'] as const;
+export type Phase = (typeof PHASES)[number];
+export type Outcome = 'running' | 'completed' | 'aborted' | 'dry-run' | 'canary' | 'failed';
+
+export interface TenantFailure {
+  tenantId: string;
+  reason: string;
+}
+
+/** Everything the `progress` query answers; plain data, carried across continue-as-new. */
+export interface RotationProgress {
+  from: string;
+  to: string;
+  phase: Phase;
+  outcome: Outcome;
+  dryRun: boolean;
+  /** Epoch ms (workflow time) when each phase started and ended. */
+  phases: Partial<Record<Phase, { startedAt: number; endedAt?: number }>>;
+  /** DEKs that were on `from` when the first pass was planned. */
+  staleAtStart: number;
+  counters: RewrapCounters;
+  passes: number;
+  paused: boolean;
+  pausedMs: number;
+  pausedSince?: number;
+  /** Bounded: the first ones met. */
+  failedTenants: TenantFailure[];
+  graceEndsAt?: number;
+  fleet?: { live: number; ready: number; waitingFor: string[] };
+  note?: string;
+}
+
+export const MAX_FAILED_TENANTS = 50;
+
+export function initialProgress(from: string, to: string, dryRun: boolean, now: number): RotationProgress {
+  return {
+    from,
+    to,
+    phase: 'validate',
+    outcome: 'running',
+    dryRun,
+    phases: { validate: { startedAt: now } },
+    staleAtStart: 0,
+    counters: emptyCounters(),
+    passes: 0,
+    paused: false,
+    pausedMs: 0,
+    failedTenants: [],
+  };
+}
+
+export function enterPhase(progress: RotationProgress, phase: Phase, now: number): RotationProgress {
+  const previous = progress.phases[progress.phase];
+  const phases = { ...progress.phases };
+  if (previous && previous.endedAt === undefined) phases[progress.phase] = { ...previous, endedAt: now };
+  phases[phase] = { startedAt: now, ...(phase === 'done' ? { endedAt: now } : {}) };
+  return { ...progress, phase, phases };
+}
+
+/** Adds a finished slice's counters and failures: called exactly once per finished slice. */
+export function addSliceResult(
+  progress: RotationProgress,
+  counters: RewrapCounters,
+  failures: TenantFailure[],
+): RotationProgress {
+  const failedTenants = [...progress.failedTenants];
+  for (const failure of failures) {
+    if (failedTenants.length >= MAX_FAILED_TENANTS) break;
+    if (!failedTenants.some((f) => f.tenantId === failure.tenantId)) failedTenants.push(failure);
+  }
+  return { ...progress, counters: addCounters(progress.counters, counters), failedTenants };
+}
+
+export function setPaused(progress: RotationProgress, paused: boolean, now: number): RotationProgress {
+  if (paused === progress.paused) return progress;
+  if (paused) return { ...progress, paused, pausedSince: now };
+  return {
+    ...progress,
+    paused,
+    pausedSince: undefined,
+    pausedMs: progress.pausedMs + (progress.pausedSince === undefined ? 0 : now - progress.pausedSince),
+  };
+}
+
+/** Share of the rewrap done, 0..100 (100 once past rewrap). */
+export function percentComplete(progress: RotationProgress): number {
+  const after = PHASES.indexOf(progress.phase) > PHASES.indexOf('rewrap');
+  if (after) return 100;
+  if (progress.staleAtStart === 0) return progress.phase === 'rewrap' ? 100 : 0;
+  return Math.min(100, Math.floor((progress.counters.rewrapped / progress.staleAtStart) * 1000) / 10);
+}
+
+/** Rewrapped DEKs per second of unpaused rewrap time. */
+export function rewrapRate(progress: RotationProgress, now: number): number {
+  const rewrap = progress.phases.rewrap;
+  if (!rewrap) return 0;
+  const end = rewrap.endedAt ?? now;
+  const paused = progress.pausedMs + (progress.pausedSince === undefined ? 0 : now - progress.pausedSince);
+  const seconds = (end - rewrap.startedAt - paused) / 1000;
+  return seconds > 0 ? progress.counters.rewrapped / seconds : 0;
+}
+
+/** Seconds until the rewrap is done at the current rate; undefined when unknown or not rewrapping. */
+export function etaSeconds(progress: RotationProgress, now: number): number | undefined {
+  if (progress.phase !== 'rewrap' || progress.paused) return undefined;
+  const rate = rewrapRate(progress, now);
+  if (rate <= 0) return undefined;
+  return Math.max(0, progress.staleAtStart - progress.counters.rewrapped) / rate;
+}
+
+/** The answer of the `progress` query: the state plus derived figures. */
+export interface ProgressReport extends RotationProgress {
+  percent: number;
+  ratePerSecond: number;
+  etaSeconds?: number;
+  at: number;
+}
+
+export function report(progress: RotationProgress, now: number): ProgressReport {
+  return {
+    ...progress,
+    percent: percentComplete(progress),
+    ratePerSecond: Math.round(rewrapRate(progress, now)),
+    etaSeconds: etaSeconds(progress, now),
+    at: now,
+  };
+}

@@ -1,0 +1,164 @@
+import { parseDuration } from './durations';
+
+/** What an operator asks for. KEK ids only: key bytes never travel in a workflow payload. */
+export interface RotationRequest {
+  /** The KEK in use now ('current' = whatever the registry says is active when the run starts). */
+  from: string;
+  /** The KEK to rotate to, or 'new' to generate one where the key provider can. */
+  to: string;
+  batchSize?: number;
+  parallelism?: number;
+  /** How long the old KEK stays decrypt-only before it is retired, e.g. '7d' (default). */
+  gracePeriod?: string;
+  dryRun?: boolean;
+  /** Canary: rewrap one tenant under the new KEK, verify it, and stop (no promote, no retire). */
+  tenantId?: string;
+  /** Full passes over what is still stale before the run gives up and names the tenants left. */
+  maxPasses?: number;
+  /** Longest a slice activity runs before handing back a cursor (keeps pause and abort prompt). */
+  sliceTimeBudget?: string;
+  /** How long promotion waits for every live application instance; then it fails (override: update). */
+  fleetTimeout?: string;
+  /** An instance is live if it announced itself within this window. */
+  fleetLiveWithin?: string;
+  /** Continue-as-new after this many history events even if the server does not suggest it (tests). */
+  maxHistoryEvents?: number;
+}
+
+export interface RotationSettings {
+  from: string;
+  to: string;
+  batchSize: number;
+  parallelism: number;
+  gracePeriodMs: number;
+  dryRun: boolean;
+  tenantId: string | undefined;
+  maxPasses: number;
+  sliceTimeBudgetMs: number;
+  fleetTimeoutMs: number;
+  fleetLiveWithinMs: number;
+  maxHistoryEvents: number;
+}
+
+export const DEFAULTS = {
+  batchSize: 2_000,
+  parallelism: 2,
+  gracePeriod: '7d',
+  maxPasses: 5,
+  sliceTimeBudget: '30s',
+  fleetTimeout: '1h',
+  fleetLiveWithin: '2m',
+  maxHistoryEvents: 10_000,
+} as const;
+
+export const KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** A request that cannot succeed however often it is retried. */
+export class InvalidRotationError extends Error {
+  override readonly name = 'InvalidRotationError';
+}
+
+function integer(name: string, value: number | undefined, fallback: number, min: number, max: number): number {
+  const n = value ?? fallback;
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new InvalidRotationError(`${name} must be a whole number from ${min} to ${max}, got ${String(value)}`);
+  }
+  return n;
+}
+
+function duration(name: string, value: string | undefined, fallback: string, minMs = 0): number {
+  const text = value ?? fallback;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms < minMs) {
+    throw new InvalidRotationError(`${name} '${text}' is not a duration like 7d, 36h, 90m or 30s`);
+  }
+  return ms;
+}
+
+/** Checks the shape of a request (no I/O): numbers in range, durations that parse, KEK ids that are ids. */
+export function parseRotationRequest(request: RotationRequest): RotationSettings {
+  const { from, to } = request;
+  if (from !== 'current' && !KEK_ID.test(from)) {
+    throw new InvalidRotationError(`from '${from}' is not a KEK id (letters, digits, '_', '.', '-'; at most 64)`);
+  }
+  if (to !== 'new' && !KEK_ID.test(to)) {
+    throw new InvalidRotationError(
+      `to '${to}' is not a KEK id (letters, digits, '_', '.', '-'; at most 64), nor 'new'`,
+    );
+  }
+  if (from === to) throw new InvalidRotationError(`from and to are both '${from}': rotate to a different KEK`);
+  if (request.tenantId !== undefined && request.tenantId.length === 0) {
+    throw new InvalidRotationError('tenantId must not be empty');
+  }
+  return {
+    from,
+    to,
+    batchSize: integer('batchSize', request.batchSize, DEFAULTS.batchSize, 1, 50_000),
+    parallelism: integer('parallelism', request.parallelism, DEFAULTS.parallelism, 1, 64),
+    gracePeriodMs: duration('gracePeriod', request.gracePeriod, DEFAULTS.gracePeriod),
+    dryRun: request.dryRun ?? false,
+    tenantId: request.tenantId,
+    maxPasses: integer('maxPasses', request.maxPasses, DEFAULTS.maxPasses, 1, 100),
+    sliceTimeBudgetMs: duration('sliceTimeBudget', request.sliceTimeBudget, DEFAULTS.sliceTimeBudget, 100),
+    fleetTimeoutMs: duration('fleetTimeout', request.fleetTimeout, DEFAULTS.fleetTimeout),
+    fleetLiveWithinMs: duration('fleetLiveWithin', request.fleetLiveWithin, DEFAULTS.fleetLiveWithin, 1_000),
+    maxHistoryEvents: integer('maxHistoryEvents', request.maxHistoryEvents, DEFAULTS.maxHistoryEvents, 20, 50_000),
+  };
+}
+
+/** What the registry and the key provider say about the KEKs named in a request. */
+export interface KekFacts {
+  activeKekId: string | undefined;
+  from: { registryState?: string; inProvider: boolean };
+  to: { registryState?: string; inProvider: boolean } | undefined;
+  providerCanGenerate: boolean;
+  providerDescription: string;
+}
+
+/** The checks that need the registry and the key provider; returns the resolved `from`. */
+export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): string {
+  const from = settings.from === 'current' ? facts.activeKekId : settings.from;
+  if (from === undefined) {
+    throw new InvalidRotationError('the KEK registry has no active KEK: seed it with <PREFIX>_CURRENT_KEK_ID first');
+  }
+  if (!facts.from.registryState && !facts.from.inProvider) {
+    throw new InvalidRotationError(
+      `unknown KEK '${from}': neither the registry nor ${facts.providerDescription} holds it`,
+    );
+  }
+  if (!facts.from.inProvider) {
+    throw new InvalidRotationError(
+      `KEK '${from}' is not in ${facts.providerDescription}: its DEKs cannot be unwrapped`,
+    );
+  }
+  if (from !== facts.activeKekId) {
+    throw new InvalidRotationError(
+      `'${from}' is not the KEK in use (the active KEK is '${facts.activeKekId ?? 'none'}'): rotate from the active KEK`,
+    );
+  }
+  if (settings.to === 'new') {
+    if (!facts.providerCanGenerate) {
+      throw new InvalidRotationError(
+        `${facts.providerDescription} cannot generate KEKs: add the new KEK to every worker and application instance and name it with 'to'`,
+      );
+    }
+    return from;
+  }
+  if (from === settings.to) throw new InvalidRotationError(`'${from}' is already the active KEK: nothing to rotate to`);
+  if (facts.to?.registryState === 'retired') {
+    throw new InvalidRotationError(
+      `KEK '${settings.to}' is retired: nothing comes back from retired, choose a new KEK`,
+    );
+  }
+  if (!facts.to?.inProvider) {
+    throw new InvalidRotationError(
+      `unknown KEK '${settings.to}': ${facts.providerDescription} does not hold it (add it everywhere first, or use 'new')`,
+    );
+  }
+  return from;
+}
+
+/** One workflow id per pair of KEKs: two rotations of the same pair never run at once. */
+export function rotationWorkflowId(from: string, to: string): string {
+  return `kek-rotation-${from}-to-${to}`;
+}

@@ -1,0 +1,27 @@
+// Every signal, query and update of the rotation workflow, defined once; clients import these.
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { ProgressReport } from '../rotation/progress';
+
+/** Fire-and-forget controls (Web UI, `temporal workflow signal`, scripts). */
+export const pauseSignal = defineSignal('pause');
+export const resumeSignal = defineSignal('resume');
+export const abortSignal = defineSignal<[reason?: string]>('abort');
+
+/** The same controls for callers that need an answer ("paused at 41%"). */
+export const pauseUpdate = defineUpdate<ProgressReport>('pauseRotation');
+export const resumeUpdate = defineUpdate<ProgressReport>('resumeRotation');
+export const abortUpdate = defineUpdate<ProgressReport, [reason?: string]>('abortRotation');
+
+export interface GraceChange {
+  /** Add this much to the grace period, e.g. '2d'. */
+  extendBy?: string;
+  /** End the grace period now: retire as soon as the checks pass. */
+  endNow?: boolean;
+}
+/** Shortens or extends the grace period; answers with the new end time (ISO 8601). */
+export const setGraceUpdate = defineUpdate<{ graceEndsAt: string }, [GraceChange]>('setGrace');
+
+/** Operator override of the fleet gate: promote (or run the last pass) without waiting for every instance. */
+export const overrideFleetGateUpdate = defineUpdate<ProgressReport, [reason: string]>('overrideFleetGate');
+
+export const progressQuery = defineQuery<ProgressReport>('progress');

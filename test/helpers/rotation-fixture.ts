@@ -1,0 +1,87 @@
+import { randomUUID } from 'node:crypto';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker } from '@temporalio/worker';
+import { createActivities, type Activities } from '../../src/activities';
+import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
+import type { EnvKeyProvider } from '../../src/keys/env-provider';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantDekStore } from '../../src/store/tenant-deks';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { createTestDatabase, type TestDatabase } from './database';
+import { createTestKeys } from './keys';
+import { workflowBundle } from './temporal';
+
+/** A fresh database with `v1` active, tenants on it, some tenant data, and `v2` in the key provider only. */
+export class RotationFixture {
+  readonly taskQueue = `rotation-${randomUUID()}`;
+  readonly ciphertexts = new Map<string, { plaintext: string; ciphertext: string }>();
+  before = new Map<string, string>();
+
+  private constructor(
+    readonly db: TestDatabase,
+    readonly keys: EnvKeyProvider,
+    readonly secrets: string[],
+  ) {}
+
+  static async create(options: { tenants: number; dataTenants?: number }): Promise<RotationFixture> {
+    const db = await createTestDatabase();
+    const { provider, secrets } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
+    const fixture = new RotationFixture(db, provider, secrets);
+    await new KekRegistry(db.pool).seedActive('v1', provider.fingerprint('v1'));
+    await seedTenants({ db: db.pool, keys: provider, kekId: 'v1', count: options.tenants });
+    const app = new TenantCrypto({ db: db.pool, keys: provider });
+    await app.start();
+    for (let i = 0; i < (options.dataTenants ?? 10); i++) {
+      const tenantId = tenantIdFor('tenant-', i * Math.max(1, Math.floor(options.tenants / 10)));
+      const plaintext = `secret of ${tenantId}`;
+      fixture.ciphertexts.set(tenantId, { plaintext, ciphertext: await app.encrypt(tenantId, plaintext) });
+    }
+    await app.stop();
+    fixture.before = await dekFingerprints(db.pool, provider);
+    return fixture;
+  }
+
+  activities(): Activities {
+    return createActivities({ db: this.db.pool, keys: this.keys });
+  }
+
+  worker(env: TestWorkflowEnvironment, activities: object = this.activities()): Promise<Worker> {
+    return Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: this.taskQueue,
+      workflowBundle: workflowBundle(),
+      activities,
+    });
+  }
+
+  async staleOn(kekId: string): Promise<number> {
+    return new TenantDekStore(this.db.pool).countOnKek(kekId);
+  }
+
+  async kekState(kekId: string): Promise<string | undefined> {
+    return (await new KekRegistry(this.db.pool).get(kekId))?.state;
+  }
+
+  /** Every DEK unwraps, byte-identical to before (tenants created since are ignored), and the data decrypts. */
+  async expectNothingLost(): Promise<void> {
+    const after = await dekFingerprints(this.db.pool, this.keys);
+    for (const [tenantId, fingerprint] of this.before) {
+      if (after.get(tenantId) !== fingerprint) throw new Error(`DEK of ${tenantId} changed or vanished`);
+    }
+    const app = new TenantCrypto({ db: this.db.pool, keys: this.keys });
+    await app.start();
+    try {
+      for (const [tenantId, { plaintext, ciphertext }] of this.ciphertexts) {
+        const decrypted = (await app.decrypt(tenantId, ciphertext)).toString();
+        if (decrypted !== plaintext) throw new Error(`data of ${tenantId} decrypts to something else`);
+      }
+    } finally {
+      await app.stop();
+    }
+  }
+
+  async drop(): Promise<void> {
+    this.keys.close();
+    await this.db.drop();
+  }
+}

@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import {
+  checkAgainstKeks,
+  InvalidRotationError,
+  parseRotationRequest,
+  rotationWorkflowId,
+  type KekFacts,
+} from '../../src/rotation/rotation-input';
+
+const facts = (overrides: Partial<KekFacts> = {}): KekFacts => ({
+  activeKekId: 'v1',
+  from: { registryState: 'active', inProvider: true },
+  to: { registryState: undefined, inProvider: true },
+  providerCanGenerate: false,
+  providerDescription: 'the test provider',
+  ...overrides,
+});
+
+describe('rotation request', () => {
+  it('fills in the documented defaults', () => {
+    expect(parseRotationRequest({ from: 'v1', to: 'v2' })).toEqual({
+      from: 'v1',
+      to: 'v2',
+      batchSize: 2_000,
+      parallelism: 2,
+      gracePeriodMs: 7 * 86_400_000,
+      dryRun: false,
+      tenantId: undefined,
+      maxPasses: 5,
+      sliceTimeBudgetMs: 30_000,
+      fleetTimeoutMs: 3_600_000,
+      fleetLiveWithinMs: 120_000,
+      maxHistoryEvents: 10_000,
+    });
+  });
+
+  it.each([
+    [{ from: 'v1', to: 'v1' }, "from and to are both 'v1'"],
+    [{ from: 'v 1', to: 'v2' }, "from 'v 1' is not a KEK id"],
+    [{ from: 'v1', to: '' }, "to '' is not a KEK id"],
+    [{ from: 'v1', to: 'v2', parallelism: 0 }, 'parallelism must be a whole number from 1 to 64, got 0'],
+    [{ from: 'v1', to: 'v2', batchSize: 2.5 }, 'batchSize must be a whole number from 1 to 50000, got 2.5'],
+    [{ from: 'v1', to: 'v2', gracePeriod: '7 fortnights' }, "gracePeriod '7 fortnights' is not a duration"],
+    [{ from: 'v1', to: 'v2', tenantId: '' }, 'tenantId must not be empty'],
+  ])('refuses %j: %s', (request, message) => {
+    expect(() => parseRotationRequest(request)).toThrow(InvalidRotationError);
+    expect(() => parseRotationRequest(request)).toThrow(message);
+  });
+
+  it('resolves from=current to the active KEK', () => {
+    expect(checkAgainstKeks(parseRotationRequest({ from: 'current', to: 'v2' }), facts())).toBe('v1');
+  });
+
+  it.each([
+    ['a source that is not active', { activeKekId: 'v0' }, "'v1' is not the KEK in use (the active KEK is 'v0')"],
+    [
+      'an unknown source',
+      { from: { inProvider: false } },
+      "unknown KEK 'v1': neither the registry nor the test provider holds it",
+    ],
+    [
+      'a source the provider lacks',
+      { from: { registryState: 'active', inProvider: false } },
+      "KEK 'v1' is not in the test provider",
+    ],
+    ['a retired target', { to: { registryState: 'retired', inProvider: true } }, "KEK 'v2' is retired"],
+    ['an unknown target', { to: { inProvider: false } }, "unknown KEK 'v2': the test provider does not hold it"],
+    ['no active KEK at all', { activeKekId: undefined }, "'v1' is not the KEK in use (the active KEK is 'none')"],
+  ])('refuses %s', (_what, overrides, message) => {
+    expect(() => checkAgainstKeks(parseRotationRequest({ from: 'v1', to: 'v2' }), facts(overrides))).toThrow(message);
+  });
+
+  it("accepts 'new' only where the provider can generate", () => {
+    const settings = parseRotationRequest({ from: 'v1', to: 'new' });
+    expect(() => checkAgainstKeks(settings, facts())).toThrow('the test provider cannot generate KEKs');
+    expect(checkAgainstKeks(settings, facts({ providerCanGenerate: true }))).toBe('v1');
+  });
+
+  it('derives the workflow id from the KEKs', () => {
+    expect(rotationWorkflowId('v1', 'v2')).toBe('kek-rotation-v1-to-v2');
+  });
+});

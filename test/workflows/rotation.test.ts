@@ -1,0 +1,383 @@
+import { randomUUID } from 'node:crypto';
+import { Context } from '@temporalio/activity';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRotation } from '../../src/client/rotations';
+import type { RewrapSliceArgs } from '../../src/activities/rewrap';
+import { tenantIdFor } from '../../src/dev/tenants';
+import type { ProgressReport } from '../../src/rotation/progress';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { abortSignal, pauseUpdate, progressQuery, resumeSignal, rotateKek } from '../../src/workflows';
+import { RotationFixture } from '../helpers/rotation-fixture';
+import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+
+const DAY = 24 * 3600 * 1000;
+
+describe('rotateKek on the time-skipping server, with real activities on real PostgreSQL', () => {
+  let env: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    env = await createTimeSkippingEnv();
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  it('a full rotation with the default 7-day grace period finishes in seconds: no stale DEK, every DEK byte-identical, from retired', async () => {
+    const fixture = await RotationFixture.create({ tenants: 3_000 });
+    try {
+      const worker = await fixture.worker(env);
+      const serverStart = await env.currentTimeMs();
+      const wallStart = Date.now();
+
+      const result = await worker.runUntil(
+        env.client.workflow.execute(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2' }],
+        }),
+      );
+
+      expect(result.outcome).toBe('completed');
+      expect(result.phase).toBe('done');
+      expect(result.counters).toMatchObject({ rewrapped: 3_000, failed: 0, contended: 0 });
+      expect(result.staleAtStart).toBe(3_000);
+      expect(result.percent).toBe(100);
+      expect(Object.keys(result.phases)).toEqual([
+        'validate',
+        'provision',
+        'promote',
+        'rewrap',
+        'verify',
+        'grace',
+        'retire',
+        'done',
+      ]);
+      expect(result.phases.grace!.endedAt! - result.phases.grace!.startedAt).toBeGreaterThanOrEqual(7 * DAY);
+      expect((await env.currentTimeMs()) - serverStart).toBeGreaterThanOrEqual(7 * DAY);
+      expect(Date.now() - wallStart).toBeLessThan(30_000);
+
+      expect(await fixture.staleOn('v1')).toBe(0);
+      expect(await fixture.kekState('v1')).toBe('retired');
+      expect(await fixture.kekState('v2')).toBe('active');
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  /** Polls the progress query (in real time: nothing is awaiting a result, so the server does not skip). */
+  async function waitFor(
+    handle: WorkflowHandle<typeof rotateKek>,
+    predicate: (p: ProgressReport) => boolean,
+  ): Promise<ProgressReport> {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const progress = await handle.query(progressQuery);
+      if (predicate(progress)) return progress;
+      if (Date.now() > deadline) throw new Error(`timed out waiting; last progress ${JSON.stringify(progress)}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+
+  // Small batches and short slice parts: a run that takes a few seconds, so it can be paused or aborted midway.
+  const slow = {
+    from: 'v1',
+    to: 'v2',
+    batchSize: 20,
+    parallelism: 1,
+    sliceTimeBudget: '150ms',
+  } satisfies RotationRequest;
+
+  it('pause holds the run across days of skipped time, and resume finishes it', async () => {
+    const fixture = await RotationFixture.create({ tenants: 6_000 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [slow],
+        });
+        await waitFor(handle, (p) => p.counters.rewrapped > 0);
+
+        const paused = await handle.executeUpdate(pauseUpdate);
+        expect(paused.paused).toBe(true);
+        expect(paused.phase).toBe('rewrap');
+        expect(paused.percent).toBeGreaterThan(0);
+        expect(paused.percent).toBeLessThan(100);
+        // Running slices stop at a batch boundary; then nothing moves, in the workflow or in the database.
+        const settled = await waitFor(handle, (p) => p.counters.rewrapped > 0 && p.paused);
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        const staleWhilePaused = await fixture.staleOn('v1');
+        const heldProgress = (await handle.query(progressQuery)).counters.rewrapped;
+        await env.sleep('3 days');
+        const later = await handle.query(progressQuery);
+        expect(later.paused).toBe(true);
+        expect(later.counters.rewrapped).toBe(heldProgress);
+        expect(await fixture.staleOn('v1')).toBe(staleWhilePaused);
+        expect(staleWhilePaused).toBeGreaterThan(0);
+        expect(settled.etaSeconds).toBeUndefined();
+
+        await handle.signal(resumeSignal);
+        const result = await handle.result();
+        expect(result.outcome).toBe('completed');
+        expect(result.counters.rewrapped).toBe(6_000);
+        expect(result.pausedMs).toBeGreaterThanOrEqual(3 * DAY);
+      });
+      expect(await fixture.staleOn('v1')).toBe(0);
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('abort mid-rewrap ends without retiring, with both keys usable and data still readable', async () => {
+    const fixture = await RotationFixture.create({ tenants: 6_000 });
+    try {
+      const worker = await fixture.worker(env);
+      const result = await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [slow],
+        });
+        await waitFor(handle, (p) => p.counters.rewrapped > 0);
+        await handle.signal(abortSignal, 'change freeze');
+        return handle.result();
+      });
+      expect(result.outcome).toBe('aborted');
+      expect(result.note).toBe("aborted: change freeze; both 'v1' and 'v2' still unwrap, nothing was retired");
+      expect(result.counters.rewrapped).toBeGreaterThan(0);
+      expect(result.counters.rewrapped).toBeLessThan(6_000);
+      expect(await fixture.staleOn('v1')).toBe(6_000 - result.counters.rewrapped);
+      expect(await fixture.kekState('v1')).toBe('decrypt_only');
+      expect(await fixture.kekState('v2')).toBe('active');
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('a slice activity that fails midway resumes from its checkpoint, and the final counters count each tenant once', async () => {
+    const fixture = await RotationFixture.create({ tenants: 4_000 });
+    try {
+      // A fault in PostgreSQL itself: the first write of tenant 2500 fails once (a sequence survives the rollback).
+      await fixture.db.pool.query(`
+        CREATE SEQUENCE fault_once;
+        CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.tenant_id = 'tenant-00002500' AND nextval('fault_once') = 1 THEN
+            RAISE EXCEPTION 'injected fault while writing %', NEW.tenant_id;
+          END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER inject_fault BEFORE UPDATE ON tenant_deks FOR EACH ROW EXECUTE FUNCTION inject_fault();`);
+      const real = fixture.activities();
+      const attempts: { attempt: number; cursor?: string }[] = [];
+      const activities = {
+        ...real,
+        async rewrapSlice(args: RewrapSliceArgs) {
+          const info = Context.current().info;
+          attempts.push({
+            attempt: info.attempt,
+            cursor: (info.heartbeatDetails as { cursor?: string } | undefined)?.cursor,
+          });
+          return real.rewrapSlice(args);
+        },
+      };
+      const worker = await fixture.worker(env, activities);
+      const result = await worker.runUntil(
+        env.client.workflow.execute(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2', batchSize: 100, parallelism: 1, gracePeriod: '1d' }],
+        }),
+      );
+      expect(attempts.some((a) => a.attempt === 2)).toBe(true);
+      const { rows } = await fixture.db.pool.query<{ rewrapped: string }>(
+        `SELECT sum(rewrapped) AS rewrapped FROM rewrap_progress`,
+      );
+      expect(Number(rows[0]?.rewrapped)).toBe(4_000);
+      expect(result.counters).toMatchObject({ rewrapped: 4_000, failed: 0 });
+      expect(result.outcome).toBe('completed');
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('a concurrent writer during the run does not stop it from finishing clean', async () => {
+    const fixture = await RotationFixture.create({ tenants: 5_000 });
+    const app = new TenantCrypto({ db: fixture.db.pool, keys: fixture.keys, registryTtlMs: 100 });
+    await app.start();
+    let writing = true;
+    let updates = 0;
+    let created = 0;
+    const writer = (async () => {
+      while (writing) {
+        await app.rewriteDek(tenantIdFor('tenant-', Math.floor(Math.random() * 5_000)));
+        updates++;
+        if (updates % 10 === 0) await app.encrypt(`new-tenant-${created++}`, 'fresh');
+      }
+    })();
+    try {
+      const worker = await fixture.worker(env);
+      const result = await worker.runUntil(
+        env.client.workflow.execute(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2', batchSize: 50, parallelism: 2, gracePeriod: '2d', fleetLiveWithin: '1h' }],
+        }),
+      );
+      writing = false;
+      await writer;
+      expect(updates).toBeGreaterThan(0);
+      expect(result.outcome).toBe('completed');
+      expect(await fixture.staleOn('v1')).toBe(0);
+      expect(await fixture.kekState('v1')).toBe('retired');
+      await fixture.expectNothingLost();
+    } finally {
+      writing = false;
+      await writer;
+      await app.stop();
+      await fixture.drop();
+    }
+  });
+
+  describe('invalid input fails fast with its message', () => {
+    const cases: [string, RotationRequest, RegExp][] = [
+      ['from equal to to', { from: 'v1', to: 'v1' }, /from and to are both 'v1'/],
+      ['an unknown target KEK', { from: 'v1', to: 'v9' }, /unknown KEK 'v9'.*does not hold it/],
+      ['an unknown source KEK', { from: 'nope', to: 'v2' }, /unknown KEK 'nope': neither the registry nor/],
+      [
+        'a source that is not the KEK in use',
+        { from: 'v3', to: 'v2' },
+        /'v3' is not the KEK in use \(the active KEK is 'v1'\)/,
+      ],
+      [
+        'a target that is already retired',
+        { from: 'v1', to: 'v3' },
+        /KEK 'v3' is retired: nothing comes back from retired/,
+      ],
+      [
+        'a batch size out of range',
+        { from: 'v1', to: 'v2', batchSize: 0 },
+        /batchSize must be a whole number from 1 to 50000/,
+      ],
+      [
+        'a grace period that is not a duration',
+        { from: 'v1', to: 'v2', gracePeriod: 'soon' },
+        /gracePeriod 'soon' is not a duration/,
+      ],
+      ['generating with a provider that cannot', { from: 'v1', to: 'new' }, /cannot generate KEKs/],
+    ];
+    let fixture: RotationFixture;
+    beforeAll(async () => {
+      fixture = await RotationFixture.create({ tenants: 10 });
+      const registry = new KekRegistry(fixture.db.pool);
+      await registry.register('v3', fixture.keys.fingerprint('v3'));
+      await registry.transition('v3', 'retired');
+    });
+    afterAll(async () => {
+      await fixture?.drop();
+    });
+
+    it.each(cases)('%s', async (_what, request, message) => {
+      const worker = await fixture.worker(env);
+      const started = Date.now();
+      const failure = await worker
+        .runUntil(
+          env.client.workflow.execute(rotateKek, {
+            taskQueue: fixture.taskQueue,
+            workflowId: `rotation-${randomUUID()}`,
+            args: [request],
+          }),
+        )
+        .then(
+          () => undefined,
+          (err: unknown) => err,
+        );
+      expect(failure).toBeInstanceOf(WorkflowFailedError);
+      expect((failure as WorkflowFailedError).cause?.message).toMatch(message);
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(await fixture.kekState('v1')).toBe('active');
+      expect(await fixture.staleOn('v1')).toBe(10);
+    });
+  });
+
+  it('a second start of a finished rotation says already done, and the history replays and holds no key bytes', async () => {
+    const fixture = await RotationFixture.create({ tenants: 500 });
+    try {
+      const worker = await fixture.worker(env);
+      const request = { from: 'v1', to: 'v2', gracePeriod: '1d' };
+      const first = await startRotation(env.client, request, {
+        taskQueue: fixture.taskQueue,
+        workflowId: `rotation-${randomUUID()}`,
+      });
+      expect(first.kind).toBe('started');
+      const report = await worker.runUntil(first.handle.result());
+      expect(report.outcome).toBe('completed');
+
+      const second = await startRotation(env.client, request, {
+        taskQueue: fixture.taskQueue,
+        workflowId: first.handle.workflowId,
+      });
+      expect(second.kind).toBe('already-done');
+      expect(second.kind === 'already-done' && second.report.counters.rewrapped).toBe(500);
+
+      const history = await first.handle.fetchHistory();
+      await Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, first.handle.workflowId);
+      // Every payload decoded (they are base64 in the JSON form), and the raw form too.
+      const payloads: string[] = [];
+      const raw = JSON.stringify(history, (key, value: unknown) => {
+        if (key === 'data' && typeof value === 'string') payloads.push(Buffer.from(value, 'base64').toString('utf8'));
+        return value;
+      });
+      const decoded = payloads.join('\n');
+      expect(decoded).toContain('"to":"v2"');
+      expect(decoded).toContain('"outcome":"completed"');
+      for (const secret of fixture.secrets) {
+        expect(raw).not.toContain(secret);
+        expect(decoded).not.toContain(secret);
+      }
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('a run over more tenants than one history holds continues as new and ends with correct totals', async () => {
+    const fixture = await RotationFixture.create({ tenants: 3_000 });
+    try {
+      const worker = await fixture.worker(env);
+      const handle = await env.client.workflow.start(rotateKek, {
+        taskQueue: fixture.taskQueue,
+        workflowId: `rotation-${randomUUID()}`,
+        args: [
+          {
+            from: 'v1',
+            to: 'v2',
+            batchSize: 20,
+            parallelism: 2,
+            sliceTimeBudget: '100ms',
+            maxHistoryEvents: 60,
+            gracePeriod: '1d',
+          },
+        ],
+      });
+      const result = await worker.runUntil(handle.result());
+      const latest = await env.client.workflow.getHandle(handle.workflowId).describe();
+      expect(latest.runId).not.toBe(handle.firstExecutionRunId);
+      expect(latest.historyLength).toBeLessThan(200);
+      expect(result.outcome).toBe('completed');
+      expect(result.counters.rewrapped).toBe(3_000);
+      expect(await fixture.staleOn('v1')).toBe(0);
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+});
