@@ -98,21 +98,24 @@ export function createRewrapActivities({ db, keys }: ActivityDependencies) {
       return result;
     },
 
-    /** Nothing left on `from`, and a random sample of DEKs on `to` unwraps. */
-    async verifyRotation({
-      from,
-      to,
-      sampleSize,
-    }: {
+    /** Nothing left on `from`, and a random sample of DEKs on `to` unwraps (for a canary: its one tenant). */
+    async verifyRotation(args: {
       from: string;
       to: string;
       sampleSize: number;
+      tenantId?: string;
     }): Promise<VerifyOutcome> {
+      const { from, to, sampleSize, tenantId } = args;
       await keys.reload();
-      const stale = await deks.countOnKek(from);
+      const tenant = tenantId ?? null;
+      const { rows: counted } = await db.query<{ n: string }>(
+        'SELECT count(*) AS n FROM tenant_deks WHERE kek_id = $1 AND ($2::text IS NULL OR tenant_id = $2)',
+        [from, tenant],
+      );
       const { rows } = await db.query<{ tenant_id: string; wrapped_dek: Buffer }>(
-        'SELECT tenant_id, wrapped_dek FROM tenant_deks WHERE kek_id = $1 ORDER BY random() LIMIT $2',
-        [to, sampleSize],
+        `SELECT tenant_id, wrapped_dek FROM tenant_deks WHERE kek_id = $1 AND ($3::text IS NULL OR tenant_id = $3)
+         ORDER BY random() LIMIT $2`,
+        [to, sampleSize, tenant],
       );
       const unreadable: TenantFailure[] = [];
       for (const row of rows) {
@@ -122,7 +125,7 @@ export function createRewrapActivities({ db, keys }: ActivityDependencies) {
           unreadable.push({ tenantId: row.tenant_id, reason: (err as Error).message });
         }
       }
-      return { stale, sampled: rows.length, unreadable };
+      return { stale: Number(counted[0]?.n ?? 0), sampled: rows.length, unreadable };
     },
 
     async staleTenants({ from, limit }: { from: string; limit: number }): Promise<string[]> {

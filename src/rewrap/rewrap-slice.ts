@@ -139,6 +139,8 @@ class SliceRun {
         await pendingWrite;
         this.hooks.onBatch?.({ cursor: this.cursor, counters: this.counters });
         pendingWrite = this.write(prepared, last);
+        // Awaited before the next write or at the end; until then a failure must not count as unhandled.
+        pendingWrite.catch(() => undefined);
         this.cursor = last;
         if (this.input.tenantId !== undefined) {
           done = true;

@@ -84,7 +84,9 @@ const slices = proxyActivities<Activities>({
   },
 });
 
-const FLEET_POLL = '10 seconds';
+// Fleet polls back off from 5 s to 5 min: prompt when the fleet is nearly ready, cheap when it waits for a deploy.
+const FLEET_POLL_FIRST_MS = 5_000;
+const FLEET_POLL_MAX_MS = 300_000;
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
 
@@ -401,11 +403,22 @@ class RotationRun {
 
   private async verifyPhase(): Promise<RotationReport> {
     this.enter('verify');
-    const verdict = await steps.verifyRotation({ from: this.state.from, to: this.state.to, sampleSize: VERIFY_SAMPLE });
+    const verdict = await steps.verifyRotation({
+      from: this.state.from,
+      to: this.state.to,
+      sampleSize: VERIFY_SAMPLE,
+      tenantId: this.settings.tenantId,
+    });
     if (verdict.unreadable.length > 0) {
       throw ApplicationFailure.nonRetryable(
         `verify: ${verdict.unreadable.length} of ${verdict.sampled} sampled DEKs do not unwrap with '${this.state.to}': ` +
           verdict.unreadable.map((u) => `${u.tenantId} (${u.reason})`).join(', '),
+        'VerifyFailed',
+      );
+    }
+    if (verdict.stale > 0 && this.settings.tenantId !== undefined) {
+      throw ApplicationFailure.nonRetryable(
+        `canary tenant '${this.settings.tenantId}' is still on '${this.state.from}'`,
         'VerifyFailed',
       );
     }
@@ -439,6 +452,7 @@ class RotationRun {
   /** Waits until every live application instance can unwrap (or wraps) with `to`; fails after the fleet timeout. */
   private async waitForFleet(kind: 'unwrap' | 'wrap'): Promise<void> {
     const deadline = Date.now() + this.settings.fleetTimeoutMs;
+    let interval = FLEET_POLL_FIRST_MS;
     for (;;) {
       const fleet = await steps.fleetReadiness({ kekId: this.state.to, liveWithinMs: this.settings.fleetLiveWithinMs });
       const waitingFor = kind === 'unwrap' ? fleet.cannotUnwrap : fleet.notWrapping;
@@ -453,7 +467,11 @@ class RotationRun {
           'FleetNotReady',
         );
       }
-      await condition(() => this.state.fleetOverridden || this.state.aborted, FLEET_POLL);
+      await condition(
+        () => this.state.fleetOverridden || this.state.aborted,
+        Math.min(interval, deadline - Date.now()),
+      );
+      interval = Math.min(interval * 2, FLEET_POLL_MAX_MS);
     }
   }
 
