@@ -1,6 +1,7 @@
 import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { TypedSearchAttributes } from '@temporalio/common';
 import { rotationWorkflowId, type RotationRequest } from '../rotation/rotation-input';
-import { rotateKek, type RotationReport } from '../workflows';
+import { RekeyFromKek, RekeyPhase, RekeyToKek, rotateKek, type RotationReport } from '../workflows';
 
 export type StartOutcome =
   | { kind: 'started'; handle: WorkflowHandle<typeof rotateKek> }
@@ -24,6 +25,11 @@ export async function startRotation(
       args: [request],
       workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY',
       workflowIdConflictPolicy: 'FAIL',
+      typedSearchAttributes: new TypedSearchAttributes([
+        { key: RekeyPhase, value: 'validate' },
+        { key: RekeyFromKek, value: request.from },
+        { key: RekeyToKek, value: request.to },
+      ]),
     });
     return { kind: 'started', handle };
   } catch (err) {

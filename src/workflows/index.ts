@@ -1,2 +1,3 @@
 export * from './rotate-kek';
 export * from './messages';
+export * from './search-attributes';

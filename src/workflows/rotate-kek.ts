@@ -12,6 +12,7 @@ import {
   isCancellation,
   proxyActivities,
   setHandler,
+  upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
@@ -46,6 +47,7 @@ import {
   setGraceUpdate,
   type GraceChange,
 } from './messages';
+import { RekeyFromKek, RekeyPhase, RekeyToKek } from './search-attributes';
 
 /** Errors no retry can fix: the activity fails at once and the workflow reports why. */
 const NON_RETRYABLE = [
@@ -497,6 +499,11 @@ class RotationRun {
 
   private enter(phase: Phase): void {
     this.progress = enterPhase(this.progress, phase, Date.now());
+    upsertSearchAttributes([
+      { key: RekeyPhase, value: phase },
+      { key: RekeyFromKek, value: this.state.from },
+      { key: RekeyToKek, value: this.state.to },
+    ]);
   }
 
   private finish(outcome: RotationProgress['outcome']): RotationReport {

@@ -6,13 +6,15 @@ export default class PlainSummaryReporter implements Reporter {
     let passed = 0;
     let failed = unhandledErrors.length;
     for (const testModule of testModules) {
-      // A file that fails to load has no tests but must still count as a failure.
-      if (testModule.state() === 'failed' && testModule.children.size === 0) failed += 1;
+      let failedHere = 0;
       for (const test of testModule.children.allTests()) {
         const state = test.result().state;
         if (state === 'passed') passed += 1;
-        else if (state === 'failed') failed += 1;
+        else if (state === 'failed') failedHere += 1;
       }
+      // A file that fails outside any test (import, beforeAll) still counts, even if its tests were skipped.
+      if (testModule.state() === 'failed' && failedHere === 0) failedHere = 1;
+      failed += failedHere;
     }
     process.stdout.write(`\n${passed} passed, ${failed} failed\n`);
   }

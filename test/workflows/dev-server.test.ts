@@ -20,7 +20,7 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
     await env?.teardown();
   });
 
-  it('runs a rotation end to end through the project worker, and lists it by visibility', async () => {
+  it('runs a rotation end to end through the project worker, findable by its search attributes', async () => {
     const fixture = await RotationFixture.create({ tenants: 2_000 });
     try {
       const worker = await createWorker({
@@ -47,7 +47,8 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
       await fixture.expectNothingLost();
 
       const listed: string[] = [];
-      for await (const execution of env.client.workflow.list({ query: `WorkflowId = '${workflowId}'` })) {
+      const query = `WorkflowId = '${workflowId}' AND RekeyPhase = 'done' AND RekeyFromKek = 'v1' AND RekeyToKek = 'v2'`;
+      for await (const execution of env.client.workflow.list({ query })) {
         listed.push(execution.workflowId);
       }
       expect(listed).toEqual([workflowId]);
