@@ -1,9 +1,15 @@
 import path from 'node:path';
-import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { Pool } from 'pg';
+import { z } from 'zod';
 import { createActivities } from './activities';
-import { loadConfig } from './config';
+import { ensureSearchAttributes } from './client/search-attributes';
+import { ConfigError, loadConfig } from './config';
 import { openKeyProvider, type KeyProvider } from './keys';
+import { createLogger, temporalLogger } from './observability/logger';
+import { RekeyMetrics, serveMetrics } from './observability/metrics';
+import { migrate } from './store/migrate';
 
 export const workflowsPath = path.join(__dirname, 'workflows');
 
@@ -13,25 +19,56 @@ export interface RekeyWorkerOptions {
   taskQueue: string;
   db: Pool;
   keys: KeyProvider;
+  metrics?: RekeyMetrics;
   /** A pre-built bundle (tests build it once); otherwise the workflows are bundled from source. */
   workflowBundle?: WorkerOptions['workflowBundle'];
 }
 
 export async function createWorker(options: RekeyWorkerOptions): Promise<Worker> {
-  const { connection, namespace, taskQueue, db, keys, workflowBundle } = options;
+  const { connection, namespace, taskQueue, db, keys, metrics, workflowBundle } = options;
   return Worker.create({
     connection,
     namespace,
     taskQueue,
-    activities: createActivities({ db, keys }),
+    activities: createActivities({ db, keys, metrics }),
     ...(workflowBundle ? { workflowBundle } : { workflowsPath }),
   });
 }
 
+const WorkerEnv = z.object({
+  REKEY_METRICS_PORT: z.coerce.number().int().min(1).max(65535).default(9464),
+  REKEY_TEMPORAL_METRICS_PORT: z.coerce.number().int().min(1).max(65535).default(9465),
+});
+
+/** The worker process: config from the environment, JSON logs, Prometheus metrics, migrations, then poll. */
 async function run(): Promise<void> {
   const config = loadConfig();
+  const ports = WorkerEnv.safeParse(process.env);
+  if (!ports.success)
+    throw new ConfigError(
+      `invalid configuration: ${ports.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
+  const logger = createLogger();
+  Runtime.install({
+    logger: temporalLogger(logger),
+    telemetryOptions: {
+      metrics: { prometheus: { bindAddress: `127.0.0.1:${ports.data.REKEY_TEMPORAL_METRICS_PORT}` } },
+    },
+  });
   const keys = openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE });
   const db = new Pool({ connectionString: config.DATABASE_URL });
+  const migrationClient = await db.connect();
+  await migrate(migrationClient).finally(() => migrationClient.release());
+
+  const clientConnection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+  await ensureSearchAttributes(clientConnection, config.TEMPORAL_NAMESPACE);
+  const metrics = new RekeyMetrics();
+  metrics.watch(db, new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE }));
+  const metricsServer = await serveMetrics(metrics, {
+    port: ports.data.REKEY_METRICS_PORT,
+    temporalMetricsUrl: `http://127.0.0.1:${ports.data.REKEY_TEMPORAL_METRICS_PORT}/metrics`,
+  });
+
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
   try {
     const worker = await createWorker({
@@ -40,10 +77,20 @@ async function run(): Promise<void> {
       taskQueue: config.REKEY_TASK_QUEUE,
       db,
       keys,
+      metrics,
     });
+    logger.info(
+      {
+        taskQueue: config.REKEY_TASK_QUEUE,
+        keys: keys.kekIds().map((id) => ({ id, fingerprint: keys.fingerprint(id) })),
+      },
+      'rekey worker started',
+    );
     await worker.run();
   } finally {
+    metricsServer.close();
     await connection.close();
+    await clientConnection.close();
     await db.end();
     keys.close();
   }

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { KEY_BYTES } from '../envelope/dek-wrapping';
 import { KeyMaterialError } from '../envelope/errors';
 import { nextKekId } from '../keys/file-keyring';
+import { formatDuration } from '../rotation/durations';
 import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { AppInstances } from '../store/app-instances';
 import { KekRegistry } from '../store/kek-registry';
@@ -29,23 +30,32 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
   const instances = new AppInstances(db);
 
   return {
-    /** The first step: the request against the registry and the key provider. Returns the resolved `from`. */
-    async validateRotation(request: RotationRequest): Promise<{ from: string }> {
+    /**
+     * The first step: the request against the registry and the key provider. Returns the resolved `from`, and
+     * why there is nothing to do when the active KEK is younger than `minKekAge`.
+     */
+    async validateRotation(request: RotationRequest): Promise<{ from: string; nothingToDo?: string }> {
       const settings = parseRotationRequest(request);
       await keys.reload();
       const active = await registry.active();
       const from = settings.from === 'current' ? active?.kekId : settings.from;
       const fromRecord = from === undefined ? undefined : await registry.get(from);
       const toRecord = settings.to === 'new' ? undefined : await registry.get(settings.to);
-      return {
-        from: checkAgainstKeks(settings, {
-          activeKekId: active?.kekId,
-          from: { registryState: fromRecord?.state, inProvider: from !== undefined && keys.has(from) },
-          to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: keys.has(settings.to) },
-          providerCanGenerate: keys.generate !== undefined,
-          providerDescription: keys.description,
-        }),
-      };
+      const resolved = checkAgainstKeks(settings, {
+        activeKekId: active?.kekId,
+        from: { registryState: fromRecord?.state, inProvider: from !== undefined && keys.has(from) },
+        to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: keys.has(settings.to) },
+        providerCanGenerate: keys.generate !== undefined,
+        providerDescription: keys.description,
+      });
+      const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
+      if (age < settings.minKekAgeMs) {
+        return {
+          from: resolved,
+          nothingToDo: `KEK '${resolved}' became active ${formatDuration(age)} ago; rotations are due after ${formatDuration(settings.minKekAgeMs)}`,
+        };
+      }
+      return { from: resolved };
     },
 
     /** The id a generated KEK will get. Read-only, so a retry is harmless; provisionKek creates it. */

@@ -37,7 +37,7 @@ export interface VerifyOutcome {
   unreadable: TenantFailure[];
 }
 
-export function createRewrapActivities({ db, keys }: ActivityDependencies) {
+export function createRewrapActivities({ db, keys, metrics }: ActivityDependencies) {
   const deks = new TenantDekStore(db);
 
   return {
@@ -73,6 +73,7 @@ export function createRewrapActivities({ db, keys }: ActivityDependencies) {
     async rewrapSlice(args: RewrapSliceArgs): Promise<SliceOutcome> {
       const context = Context.current();
       const resumeFrom = context.info.heartbeatDetails as RewrapCheckpoint | undefined;
+      let previous: RewrapCounters | undefined;
       const result = await rewrapSlice(
         { db, keys },
         {
@@ -88,7 +89,11 @@ export function createRewrapActivities({ db, keys }: ActivityDependencies) {
           resumeFrom,
         },
         {
-          onBatch: (checkpoint) => context.heartbeat(checkpoint),
+          onBatch: (checkpoint) => {
+            context.heartbeat(checkpoint);
+            if (previous) metrics?.recordBatch(previous, checkpoint.counters);
+            previous = checkpoint.counters;
+          },
           shouldStop: () => context.cancellationSignal.aborted,
         },
       );

@@ -1,7 +1,12 @@
-import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
 import { TypedSearchAttributes } from '@temporalio/common';
 import { rotationWorkflowId, type RotationRequest } from '../rotation/rotation-input';
-import { RekeyFromKek, RekeyPhase, RekeyToKek, rotateKek, type RotationReport } from '../workflows';
+import { progressQuery, RekeyFromKek, RekeyPhase, RekeyToKek, rotateKek, type RotationReport } from '../workflows';
 
 export type StartOutcome =
   | { kind: 'started'; handle: WorkflowHandle<typeof rotateKek> }
@@ -39,4 +44,48 @@ export async function startRotation(
     if (status.name === 'RUNNING') return { kind: 'already-running', handle };
     return { kind: 'already-done', handle, report: await handle.result() };
   }
+}
+
+export class RotationNotFoundError extends Error {
+  override readonly name = 'RotationNotFoundError';
+}
+
+/** A rotation is named by its workflow id, or by its KEKs as `from:to`. */
+export function resolveRotationId(reference: string): string {
+  const pair = /^([^:\s]+):([^:\s]+)$/.exec(reference);
+  return pair ? rotationWorkflowId(pair[1]!, pair[2]!) : reference;
+}
+
+export interface RotationStatus {
+  workflowId: string;
+  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ... */
+  status: string;
+  progress?: RotationReport;
+  failure?: string;
+}
+
+export async function rotationStatus(client: Client, reference: string): Promise<RotationStatus> {
+  const workflowId = resolveRotationId(reference);
+  const handle = client.workflow.getHandle<typeof rotateKek>(workflowId);
+  let status: string;
+  try {
+    status = (await handle.describe()).status.name;
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new RotationNotFoundError(`no rotation '${workflowId}'`);
+    throw err;
+  }
+  if (status === 'RUNNING') return { workflowId, status, progress: await handle.query(progressQuery) };
+  if (status === 'COMPLETED') return { workflowId, status, progress: await handle.result() };
+  const failure = await handle.result().then(
+    () => undefined,
+    (err: unknown) => failureMessage(err),
+  );
+  return { workflowId, status, failure };
+}
+
+/** The innermost message of a workflow failure: the one that says what went wrong. */
+export function failureMessage(err: unknown): string {
+  let current: unknown = err;
+  while (current instanceof Error && current.cause instanceof Error) current = current.cause;
+  return current instanceof Error ? current.message : String(current);
 }

@@ -2,7 +2,7 @@ import { addCounters, emptyCounters, type RewrapCounters } from '../rewrap/count
 
 export const PHASES = ['validate', 'provision', 'promote', 'rewrap', 'verify', 'grace', 'retire', 'done'] as const;
 export type Phase = (typeof PHASES)[number];
-export type Outcome = 'running' | 'completed' | 'aborted' | 'dry-run' | 'canary' | 'failed';
+export type Outcome = 'running' | 'completed' | 'aborted' | 'dry-run' | 'canary' | 'nothing-to-do';
 
 export interface TenantFailure {
   tenantId: string;

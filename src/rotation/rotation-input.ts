@@ -23,6 +23,8 @@ export interface RotationRequest {
   fleetLiveWithin?: string;
   /** Continue-as-new after this many history events even if the server does not suggest it (tests). */
   maxHistoryEvents?: number;
+  /** Do nothing (and say so) if the active KEK was promoted less than this long ago: for schedules. */
+  minKekAge?: string;
 }
 
 export interface RotationSettings {
@@ -38,6 +40,7 @@ export interface RotationSettings {
   fleetTimeoutMs: number;
   fleetLiveWithinMs: number;
   maxHistoryEvents: number;
+  minKekAgeMs: number;
 }
 
 export const DEFAULTS = {
@@ -103,6 +106,7 @@ export function parseRotationRequest(request: RotationRequest): RotationSettings
     fleetTimeoutMs: duration('fleetTimeout', request.fleetTimeout, DEFAULTS.fleetTimeout),
     fleetLiveWithinMs: duration('fleetLiveWithin', request.fleetLiveWithin, DEFAULTS.fleetLiveWithin, 1_000),
     maxHistoryEvents: integer('maxHistoryEvents', request.maxHistoryEvents, DEFAULTS.maxHistoryEvents, 20, 50_000),
+    minKekAgeMs: duration('minKekAge', request.minKekAge, '0s'),
   };
 }
 

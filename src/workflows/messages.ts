@@ -10,7 +10,7 @@ export const abortSignal = defineSignal<[reason?: string]>('abort');
 /** The same controls for callers that need an answer ("paused at 41%"). */
 export const pauseUpdate = defineUpdate<ProgressReport>('pauseRotation');
 export const resumeUpdate = defineUpdate<ProgressReport>('resumeRotation');
-export const abortUpdate = defineUpdate<ProgressReport, [reason?: string]>('abortRotation');
+export const abortUpdate = defineUpdate<ProgressReport, [reason: string]>('abortRotation');
 
 export interface GraceChange {
   /** Add this much to the grace period, e.g. '2d'. */

@@ -227,7 +227,7 @@ class RotationRun {
   abort(reason?: string): void {
     if (this.progress.phase === 'retire' || this.progress.outcome !== 'running') return;
     this.state.aborted = true;
-    this.state.abortReason = reason;
+    this.state.abortReason = reason || undefined;
     this.cancelRunningSlices();
   }
 
@@ -254,9 +254,13 @@ class RotationRun {
   async execute(): Promise<RotationReport> {
     const { settings } = this;
     if (this.progress.phase === 'validate') {
-      const { from } = await steps.validateRotation(this.request);
+      const { from, nothingToDo } = await steps.validateRotation(this.request);
       this.state.from = from;
       this.progress = { ...this.progress, from };
+      if (nothingToDo !== undefined) {
+        this.progress = { ...this.progress, note: `nothing to do: ${nothingToDo}` };
+        return this.finish('nothing-to-do');
+      }
       if (this.state.aborted) return this.finish('aborted');
       if (settings.dryRun) {
         this.enter('rewrap');

@@ -31,6 +31,7 @@ describe('rotation request', () => {
       fleetTimeoutMs: 3_600_000,
       fleetLiveWithinMs: 120_000,
       maxHistoryEvents: 10_000,
+      minKekAgeMs: 0,
     });
   });
 

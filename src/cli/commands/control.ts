@@ -1,0 +1,101 @@
+import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { Command } from 'commander';
+import { failureMessage, resolveRotationId } from '../../client/rotations';
+import {
+  abortUpdate,
+  overrideFleetGateUpdate,
+  pauseUpdate,
+  resumeUpdate,
+  rotateKek,
+  setGraceUpdate,
+} from '../../workflows';
+import { CliError, EXIT, type CliContext } from '../context';
+import { describeProgress } from '../format';
+import { duration, withContext } from '../options';
+
+async function handleFor(context: CliContext, reference: string) {
+  const workflowId = resolveRotationId(reference);
+  const handle = (await context.temporal()).workflow.getHandle<typeof rotateKek>(workflowId);
+  try {
+    const { status } = await handle.describe();
+    if (status.name !== 'RUNNING')
+      throw new CliError(`rotation ${workflowId} is ${status.name.toLowerCase()}, not running`, EXIT.conflict);
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new CliError(`no rotation '${workflowId}'`, EXIT.notFound);
+    throw err;
+  }
+  return handle;
+}
+
+async function update<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    if (err instanceof WorkflowUpdateFailedError) throw new CliError(failureMessage(err), EXIT.usage);
+    throw err;
+  }
+}
+
+export function controlCommands(): Command[] {
+  const pause = new Command('pause')
+    .description('no new batch starts; running slices stop at a batch boundary')
+    .argument('<rotation>')
+    .action(
+      withContext(async (context, reference: string) => {
+        const handle = await handleFor(context, reference);
+        const report = await update(() => handle.executeUpdate(pauseUpdate));
+        context.print(report, () => [`paused at ${report.percent}%: ${describeProgress(report)}`]);
+      }),
+    );
+  const resume = new Command('resume')
+    .description('resume a paused rotation')
+    .argument('<rotation>')
+    .action(
+      withContext(async (context, reference: string) => {
+        const handle = await handleFor(context, reference);
+        const report = await update(() => handle.executeUpdate(resumeUpdate));
+        context.print(report, () => [`resumed at ${report.percent}%: ${describeProgress(report)}`]);
+      }),
+    );
+  const abort = new Command('abort')
+    .description('stop at a batch boundary and end with a report; both KEKs stay usable, nothing is retired')
+    .argument('<rotation>')
+    .option('--reason <text>', 'recorded in the report')
+    .action(
+      withContext(async (context, reference: string, options: { reason?: string }) => {
+        const handle = await handleFor(context, reference);
+        await update(() => handle.executeUpdate(abortUpdate, { args: [options.reason ?? ''] }));
+        const report = await handle.result();
+        context.print(report, () => [`aborted at ${report.percent}%: ${report.note ?? ''}`]);
+      }),
+    );
+  const grace = new Command('grace')
+    .description('extend or end the grace period; prints the new end time')
+    .argument('<rotation>')
+    .option('--extend <duration>', 'add this much, e.g. 2d', duration)
+    .option('--end-now', 'end the grace period now: retire once the checks pass')
+    .action(
+      withContext(async (context, reference: string, options: { extend?: string; endNow?: boolean }) => {
+        if (Boolean(options.extend) === Boolean(options.endNow)) {
+          throw new CliError('give exactly one of --extend <duration> or --end-now', EXIT.usage);
+        }
+        const handle = await handleFor(context, reference);
+        const answer = await update(() =>
+          handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: options.extend, endNow: options.endNow }] }),
+        );
+        context.print(answer, () => [`grace period now ends at ${answer.graceEndsAt}`]);
+      }),
+    );
+  const overrideFleet = new Command('override-fleet')
+    .description('promote (or run the last pass) without waiting for every application instance')
+    .argument('<rotation>')
+    .requiredOption('--reason <text>', 'why: recorded in the progress note')
+    .action(
+      withContext(async (context, reference: string, options: { reason: string }) => {
+        const handle = await handleFor(context, reference);
+        const report = await update(() => handle.executeUpdate(overrideFleetGateUpdate, { args: [options.reason] }));
+        context.print(report, () => [report.note ?? 'fleet gate overridden']);
+      }),
+    );
+  return [pause, resume, abort, grace, overrideFleet];
+}

@@ -1,0 +1,88 @@
+import { ScheduleAlreadyRunning, ScheduleNotFoundError } from '@temporalio/client';
+import { Command } from 'commander';
+import {
+  createRotationSchedule,
+  DEFAULT_SCHEDULE_ID,
+  listRotationSchedules,
+  QUARTERLY_CRON,
+} from '../../client/schedules';
+import { CliError, EXIT } from '../context';
+import { duration, withContext } from '../options';
+
+export function scheduleCommand(): Command {
+  const schedule = new Command('schedule').description('a Temporal Schedule that rotates to a newly generated KEK');
+  schedule
+    .command('create')
+    .description(`quarterly by default (${QUARTERLY_CRON}); overlapping runs are skipped`)
+    .option('--id <id>', 'schedule id', DEFAULT_SCHEDULE_ID)
+    .option('--cron <expression>', 'cron expression (UTC)')
+    .option('--every <duration>', 'a fixed interval instead, e.g. 90d', duration)
+    .option('--grace <duration>', 'grace period of each rotation', duration, '7d')
+    .option('--min-kek-age <duration>', 'a run does nothing if the active KEK is younger than this', duration, '30d')
+    .action(
+      withContext(
+        async (context, options: { id: string; cron?: string; every?: string; grace: string; minKekAge: string }) => {
+          if (options.cron && options.every) throw new CliError('give --cron or --every, not both', EXIT.usage);
+          try {
+            const id = await createRotationSchedule(await context.temporal(), {
+              scheduleId: options.id,
+              cron: options.cron,
+              every: options.every,
+              gracePeriod: options.grace,
+              minKekAge: options.minKekAge,
+              taskQueue: context.options.taskQueue,
+            });
+            context.print({ scheduleId: id, created: true }, () => [`created schedule ${id}`]);
+          } catch (err) {
+            if (err instanceof ScheduleAlreadyRunning)
+              throw new CliError(`schedule ${options.id} already exists`, EXIT.conflict);
+            throw err;
+          }
+        },
+      ),
+    );
+  schedule
+    .command('list')
+    .description('rotation schedules, their next and recent runs')
+    .action(
+      withContext(async (context) => {
+        const schedules = await listRotationSchedules(await context.temporal());
+        context.print(schedules, () =>
+          schedules.length === 0
+            ? ['no rotation schedules']
+            : schedules.map(
+                (s) => `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next ${s.nextRuns[0] ?? '-'}`,
+              ),
+        );
+      }),
+    );
+  schedule
+    .command('trigger')
+    .description('start the scheduled rotation now')
+    .argument('<id>')
+    .action(
+      withContext(async (context, id: string) => {
+        await notFoundAsExit(id, () => (async () => (await context.temporal()).schedule.getHandle(id).trigger())());
+        context.print({ scheduleId: id, triggered: true }, () => [`triggered schedule ${id}`]);
+      }),
+    );
+  schedule
+    .command('delete')
+    .argument('<id>')
+    .action(
+      withContext(async (context, id: string) => {
+        await notFoundAsExit(id, () => (async () => (await context.temporal()).schedule.getHandle(id).delete())());
+        context.print({ scheduleId: id, deleted: true }, () => [`deleted schedule ${id}`]);
+      }),
+    );
+  return schedule;
+}
+
+async function notFoundAsExit(id: string, run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (err) {
+    if (err instanceof ScheduleNotFoundError) throw new CliError(`no schedule '${id}'`, EXIT.notFound);
+    throw err;
+  }
+}

@@ -1,0 +1,64 @@
+import { SingleBar } from 'cli-progress';
+import { Command } from 'commander';
+import { rotationStatus, RotationNotFoundError, type RotationStatus } from '../../client/rotations';
+import { CliError, EXIT, type CliContext } from '../context';
+import { describeCounters, describeProgress } from '../format';
+import { withContext } from '../options';
+
+function humanStatus(s: RotationStatus): string[] {
+  const lines = [`rotation ${s.workflowId}: ${s.status.toLowerCase()}`];
+  if (s.progress) {
+    lines.push(`  ${describeProgress(s.progress)}`, `  ${describeCounters(s.progress)}`);
+    if (s.progress.note) lines.push(`  note: ${s.progress.note}`);
+    for (const f of s.progress.failedTenants.slice(0, 5)) lines.push(`  unreadable: ${f.tenantId} (${f.reason})`);
+  }
+  if (s.failure) lines.push(`  failed: ${s.failure}`);
+  return lines;
+}
+
+async function statusOf(context: CliContext, reference: string): Promise<RotationStatus> {
+  try {
+    return await rotationStatus(await context.temporal(), reference);
+  } catch (err) {
+    if (err instanceof RotationNotFoundError) throw new CliError(err.message, EXIT.notFound);
+    throw err;
+  }
+}
+
+/** Follows a rotation until it ends: a live bar on a terminal, a line every few seconds otherwise. */
+export async function watchRotation(context: CliContext, reference: string): Promise<void> {
+  const tty = process.stdout.isTTY && !context.options.json;
+  const bar = tty ? new SingleBar({ format: ' {bar} {percentage}% | {line}', hideCursor: true }) : undefined;
+  let status = await statusOf(context, reference);
+  bar?.start(100, 0, { line: '' });
+  let last = '';
+  while (status.status === 'RUNNING') {
+    const line = status.progress ? describeProgress(status.progress) : '';
+    if (bar) bar.update(status.progress?.percent ?? 0, { line });
+    else if (line !== last && !context.options.json) context.out(`  ${line}`);
+    last = line;
+    await new Promise((resolve) => setTimeout(resolve, tty ? 500 : 2_000));
+    status = await statusOf(context, reference);
+  }
+  bar?.update(status.progress?.percent ?? 0, { line: status.status.toLowerCase() });
+  bar?.stop();
+  context.print(status, () => humanStatus(status));
+  if (status.status !== 'COMPLETED')
+    throw new CliError(
+      `rotation ${status.workflowId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
+    );
+}
+
+export function statusCommand(): Command {
+  return new Command('status')
+    .description('phase and counters of a rotation (workflow id, or from:to)')
+    .argument('<rotation>')
+    .option('--watch', 'follow it with a live progress bar, rate and ETA until it ends')
+    .action(
+      withContext(async (context, reference: string, options: { watch?: boolean }) => {
+        if (options.watch) return watchRotation(context, reference);
+        const status = await statusOf(context, reference);
+        context.print(status, () => humanStatus(status));
+      }),
+    );
+}

@@ -1,0 +1,82 @@
+import { Client, Connection } from '@temporalio/client';
+import { Pool } from 'pg';
+import { FileKeyring } from '../keys/file-keyring';
+
+/** Exit codes: 0 done, 1 the operation failed, 2 bad input, 3 not found, 4 conflict (already running). */
+export const EXIT = { ok: 0, failed: 1, usage: 2, notFound: 3, conflict: 4 } as const;
+
+/** An error the CLI reports as one line on stderr, with a meaningful exit code. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT.failed,
+  ) {
+    super(message);
+  }
+}
+
+export interface GlobalOptions {
+  address: string;
+  namespace: string;
+  taskQueue: string;
+  json?: boolean;
+}
+
+/** Connections opened on first use and closed once, whatever the command did. */
+export class CliContext {
+  private connection?: Connection;
+  private temporalClient?: Client;
+  private pool?: Pool;
+
+  constructor(
+    readonly options: GlobalOptions,
+    private readonly env: NodeJS.ProcessEnv = process.env,
+    readonly out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
+  ) {}
+
+  async temporal(): Promise<Client> {
+    if (!this.temporalClient) {
+      try {
+        this.connection = await Connection.connect({ address: this.options.address, connectTimeout: '5s' });
+      } catch (err) {
+        throw new CliError(
+          `cannot reach Temporal at ${this.options.address}: ${(err as Error).message} (set TEMPORAL_ADDRESS or --address)`,
+        );
+      }
+      this.temporalClient = new Client({ connection: this.connection, namespace: this.options.namespace });
+    }
+    return this.temporalClient;
+  }
+
+  db(): Pool {
+    if (!this.pool) {
+      const url = this.env.DATABASE_URL;
+      if (!url)
+        throw new CliError('DATABASE_URL is not set: point it at the database that holds the tenant DEKs', EXIT.usage);
+      this.pool = new Pool({ connectionString: url, max: 2 });
+    }
+    return this.pool;
+  }
+
+  keyring(file?: string): FileKeyring {
+    const path = file ?? this.env.REKEY_KEYRING_FILE;
+    if (!path) throw new CliError('no keyring file: pass --keyring or set REKEY_KEYRING_FILE', EXIT.usage);
+    return FileKeyring.open(path, { create: true });
+  }
+
+  /** Prints `value` as JSON with --json, else the human lines. */
+  print(value: unknown, human: () => string[]): void {
+    if (this.options.json) this.out(JSON.stringify(value, null, 2));
+    else for (const line of human()) this.out(line);
+  }
+
+  webUiUrl(workflowId: string): string {
+    const base = this.env.REKEY_WEB_UI_URL ?? 'http://localhost:8233';
+    return `${base}/namespaces/${this.options.namespace}/workflows/${encodeURIComponent(workflowId)}`;
+  }
+
+  async close(): Promise<void> {
+    await this.connection?.close();
+    await this.pool?.end();
+  }
+}

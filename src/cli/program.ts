@@ -1,0 +1,49 @@
+import { Command, CommanderError } from 'commander';
+import { controlCommands } from './commands/control';
+import { kekStatusCommand, keysCommand } from './commands/keks';
+import { rotateCommand } from './commands/rotate';
+import { scheduleCommand } from './commands/schedule';
+import { statusCommand } from './commands/status';
+import { CliError, EXIT } from './context';
+
+export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
+  const program = new Command('rekey')
+    .description('durable KEK rotation for envelope encryption, on Temporal')
+    .option('--address <host:port>', 'Temporal frontend', env.TEMPORAL_ADDRESS ?? 'localhost:7233')
+    .option('--namespace <ns>', 'Temporal namespace', env.TEMPORAL_NAMESPACE ?? 'default')
+    .option('--task-queue <name>', 'task queue of the rekey workers', env.REKEY_TASK_QUEUE ?? 'rekey')
+    .option('--json', 'machine-readable output')
+    .showHelpAfterError()
+    .exitOverride();
+  for (const command of [
+    rotateCommand(),
+    statusCommand(),
+    ...controlCommands(),
+    kekStatusCommand(),
+    keysCommand(),
+    scheduleCommand(),
+  ]) {
+    program.addCommand(command.exitOverride());
+  }
+  return program;
+}
+
+/** Runs the CLI; returns the exit code. Errors become one line on stderr. */
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  try {
+    await createProgram(env).parseAsync(argv, { from: 'user' });
+    return EXIT.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Commander has printed its own message (or the help, which is not an error).
+      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    if (err instanceof CliError) {
+      process.stderr.write(`rekey: ${err.message}\n`);
+      return err.exitCode;
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`rekey: ${message.split('\n')[0]}\n`);
+    return EXIT.failed;
+  }
+}

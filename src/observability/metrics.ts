@@ -1,0 +1,97 @@
+import http from 'node:http';
+import type { Client } from '@temporalio/client';
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { Pool } from 'pg';
+import type { RewrapCounters } from '../rewrap/counters';
+import { PHASES } from '../rotation/progress';
+import { TenantDekStore } from '../store/tenant-deks';
+import { RekeyPhase } from '../workflows/search-attributes';
+
+/** rekey's own metrics; the worker's metrics endpoint serves them next to Temporal's. */
+export class RekeyMetrics {
+  readonly registry = new Registry();
+  readonly rewrapped = new Counter({
+    name: 'rekey_deks_rewrapped_total',
+    help: 'DEKs rewrapped to a new KEK',
+    registers: [this.registry],
+  });
+  readonly casConflicts = new Counter({
+    name: 'rekey_cas_conflicts_total',
+    help: 'Compare-and-swap races lost to a live writer during rewrap',
+    registers: [this.registry],
+  });
+  readonly unreadable = new Counter({
+    name: 'rekey_unreadable_deks_total',
+    help: 'DEKs that did not unwrap during rewrap (left untouched)',
+    registers: [this.registry],
+  });
+
+  /** Adds what one batch did (the difference between two checkpoints). */
+  recordBatch(before: RewrapCounters, after: RewrapCounters): void {
+    this.rewrapped.inc(Math.max(0, after.rewrapped - before.rewrapped));
+    this.casConflicts.inc(Math.max(0, after.casConflicts - before.casConflicts));
+    this.unreadable.inc(Math.max(0, after.failed - before.failed));
+  }
+
+  /** Gauges read at scrape time: DEKs per KEK (stale counts) and the phase of each running rotation. */
+  watch(db: Pool, client?: Client): void {
+    new Gauge({
+      name: 'rekey_deks',
+      help: 'DEKs wrapped by each KEK',
+      labelNames: ['kek_id', 'current'],
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        const status = await new TenantDekStore(db).kekStatus();
+        for (const [kekId, n] of Object.entries(status.dekCounts)) {
+          this.set({ kek_id: kekId, current: String(kekId === status.currentKekId) }, n);
+        }
+      },
+    });
+    if (!client) return;
+    new Gauge({
+      name: 'rekey_rotation_phase',
+      help: 'Running rotations by phase (1 = in this phase)',
+      labelNames: ['workflow_id', 'phase'],
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        const query = `WorkflowType = 'rotateKek' AND ExecutionStatus = 'Running'`;
+        for await (const execution of client.workflow.list({ query })) {
+          const phase = execution.typedSearchAttributes.get(RekeyPhase) ?? 'validate';
+          for (const p of PHASES) this.set({ workflow_id: execution.workflowId, phase: p }, p === phase ? 1 : 0);
+        }
+      },
+    });
+  }
+}
+
+/** Serves rekey's metrics and, appended, the Temporal SDK's own (scraped from the core's Prometheus endpoint). */
+export function serveMetrics(
+  metrics: RekeyMetrics,
+  options: { port: number; host?: string; temporalMetricsUrl?: string },
+) {
+  const server = http.createServer((request, response) => {
+    if (request.url !== '/metrics') {
+      response.writeHead(404).end();
+      return;
+    }
+    void (async () => {
+      try {
+        let body = await metrics.registry.metrics();
+        if (options.temporalMetricsUrl) {
+          const temporal = await fetch(options.temporalMetricsUrl)
+            .then((r) => r.text())
+            .catch(() => '');
+          body += `\n${temporal}`;
+        }
+        response.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
+      } catch (err) {
+        response.writeHead(500).end(String(err));
+      }
+    })();
+  });
+  return new Promise<http.Server>((resolve) =>
+    server.listen(options.port, options.host ?? '0.0.0.0', () => resolve(server)),
+  );
+}

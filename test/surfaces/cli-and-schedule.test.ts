@@ -1,0 +1,228 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { seedTenants } from '../../src/dev/tenants';
+import { FileKeyring } from '../../src/keys/file-keyring';
+import { RekeyMetrics, serveMetrics } from '../../src/observability/metrics';
+import { projectRoot } from '../../src/project-paths';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantDekStore } from '../../src/store/tenant-deks';
+import { createWorker } from '../../src/worker';
+import type { rotateKek } from '../../src/workflows';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+
+const starter = path.join(projectRoot, 'dist', 'src', 'starter.js');
+const TENANTS = 3_000;
+
+describe('the rekey CLI, the quarterly schedule and the metrics, against the dev server and PostgreSQL', () => {
+  let env: TestWorkflowEnvironment;
+  let db: TestDatabase;
+  let keyring: FileKeyring;
+  let keyringFile: string;
+  let worker: Worker;
+  let running: Promise<void>;
+  const metrics = new RekeyMetrics();
+  const taskQueue = 'rekey-cli-test';
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-cli-'));
+
+  /** Runs the built CLI as a user would; never throws, returns what the user would see. */
+  function rekey(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(
+        process.execPath,
+        [starter, '--address', env.address, '--task-queue', taskQueue, ...args],
+        { env: { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEYRING_FILE: keyringFile }, timeout: 90_000 },
+        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+  }
+
+  beforeAll(async () => {
+    env = await createDevServerEnv();
+    db = await createTestDatabase();
+    keyringFile = path.join(scratch, 'keyring.json');
+    keyring = FileKeyring.open(keyringFile, { create: true });
+    await keyring.generate('v1');
+    await keyring.generate('v2');
+    await new KekRegistry(db.pool).seedActive('v1', keyring.fingerprint('v1'));
+    await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: TENANTS });
+    metrics.watch(db.pool, env.client);
+    worker = await createWorker({
+      connection: env.nativeConnection,
+      taskQueue,
+      db: db.pool,
+      keys: keyring,
+      metrics,
+      workflowBundle: workflowBundle(),
+    });
+    running = worker.run();
+  });
+
+  afterAll(async () => {
+    worker?.shutdown();
+    await running;
+    keyring?.close();
+    await db?.drop();
+    await env?.teardown();
+    fs.rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it('rotate --dry-run prints Migrated / Skipped / Already done / Unreadable and writes nothing', async () => {
+    const human = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--dry-run');
+    expect(human).toMatchObject({ code: 0, stderr: '' });
+    expect(human.stdout).toContain(
+      `Migrated: ${TENANTS.toLocaleString('en-US')}  Skipped: 0  Already done: 0  Unreadable: 0`,
+    );
+
+    const json = await rekey('--json', 'rotate', '--from', 'v1', '--to', 'v2', '--dry-run');
+    const parsed = JSON.parse(json.stdout) as {
+      dryRun: boolean;
+      report: { outcome: string; counters: { rewrapped: number } };
+    };
+    expect(parsed).toMatchObject({ dryRun: true, report: { outcome: 'dry-run', counters: { rewrapped: TENANTS } } });
+    expect(await new TenantDekStore(db.pool).countOnKek('v1')).toBe(TENANTS);
+  });
+
+  it('bad input exits 2 with one line that says what to fix', async () => {
+    for (const [args, message] of [
+      [['rotate', '--from', 'v1', '--to', 'v1'], "rekey: from and to are both 'v1': rotate to a different KEK"],
+      [
+        ['rotate', '--from', 'v1', '--to', 'v2', '--grace', 'soon'],
+        "error: option '--grace <duration>' argument 'soon' is invalid",
+      ],
+      [['grace', 'kek-rotation-v1-to-v2'], 'rekey: give exactly one of --extend <duration> or --end-now'],
+    ] as const) {
+      const result = await rekey(...args);
+      expect(result.code).toBe(2);
+      expect(result.stderr.trim().split('\n')[0]).toContain(message);
+    }
+  });
+
+  it('an unknown rotation exits 3', async () => {
+    const result = await rekey('status', 'no-such-rotation');
+    expect(result).toMatchObject({ code: 3, stderr: "rekey: no rotation 'no-such-rotation'\n" });
+  });
+
+  it('rotate --wait runs to the end; a second rotate says already done; status and kek-status agree; metrics count it', async () => {
+    const run = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--grace', '1s', '--wait');
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain('started rotation kek-rotation-v1-to-v2');
+    expect(run.stdout).toContain('rotation kek-rotation-v1-to-v2: completed');
+
+    const again = await rekey('rotate', '--from', 'v1', '--to', 'v2');
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain('already done: rotation kek-rotation-v1-to-v2 completed');
+
+    const status = JSON.parse((await rekey('--json', 'status', 'v1:v2')).stdout) as {
+      status: string;
+      progress: { counters: { rewrapped: number } };
+    };
+    expect(status).toMatchObject({ status: 'COMPLETED', progress: { counters: { rewrapped: TENANTS } } });
+
+    const kekStatus = JSON.parse((await rekey('--json', 'kek-status')).stdout) as Record<string, unknown>;
+    expect(kekStatus).toMatchObject({ current_kek_id: 'v2', stale_counts: {}, dek_counts: { v2: TENANTS } });
+
+    const server = await serveMetrics(metrics, { port: 0, host: '127.0.0.1' });
+    try {
+      const { port } = server.address() as { port: number };
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      expect(text).toMatch(/^rekey_deks_rewrapped_total (\d+)$/m);
+      expect(Number(/^rekey_deks_rewrapped_total (\d+)$/m.exec(text)?.[1])).toBeGreaterThan(0);
+      expect(text).toContain('rekey_cas_conflicts_total 0');
+      expect(text).toContain(`rekey_deks{kek_id="v2",current="true"} ${TENANTS}`);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('pause answers with how far it got, resume and abort steer a running rotation', async () => {
+    const start = await rekey('rotate', '--from', 'v2', '--to', 'new', '--batch-size', '10', '--parallelism', '1');
+    expect(start.code).toBe(0);
+    const id = /started rotation (\S+)/.exec(start.stdout)?.[1];
+    expect(id).toBe('kek-rotation-v2-to-new');
+    const paused = await rekey('pause', id!);
+    expect(paused.code).toBe(0);
+    expect(paused.stdout).toMatch(/^paused at [\d.]+%: .*\(paused\)/);
+    const resumed = await rekey('resume', id!);
+    expect(resumed.stdout).toMatch(/^resumed at [\d.]+%/);
+    const aborted = await rekey('abort', id!, '--reason', 'test over');
+    expect(aborted.code).toBe(0);
+    expect(aborted.stdout).toContain("aborted: test over; both 'v2' and 'v3' still unwrap, nothing was retired");
+    const afterwards = await rekey('pause', id!);
+    expect(afterwards).toMatchObject({ code: 4, stderr: `rekey: rotation ${id} is completed, not running\n` });
+  });
+
+  it('keys generate and list show ids and fingerprints, never key bytes', async () => {
+    const file = path.join(scratch, 'other-keyring.json');
+    const generated = JSON.parse((await rekey('--json', 'keys', '--keyring', file, 'generate')).stdout) as {
+      kekId: string;
+      fingerprint: string;
+    };
+    expect(generated).toMatchObject({
+      kekId: 'v1',
+      fingerprint: expect.stringMatching(/^kcv1:[0-9a-f]{32}$/) as unknown,
+    });
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    const listed = await rekey('keys', '--keyring', file, 'list');
+    expect(listed.stdout.trim()).toBe(`v1           ${generated.fingerprint}`);
+    const stored = JSON.parse(fs.readFileSync(file, 'utf8')) as { keks: { key: string }[] };
+    expect(listed.stdout).not.toContain(stored.keks[0]!.key);
+  });
+
+  it('a schedule is created, triggered once, and its rotation to a new KEK completes; a run with nothing to do says so', async () => {
+    const created = await rekey(
+      'schedule',
+      'create',
+      '--id',
+      'rekey-test',
+      '--every',
+      '90d',
+      '--grace',
+      '1s',
+      '--min-kek-age',
+      '0s',
+    );
+    expect(created).toMatchObject({ code: 0, stdout: 'created schedule rekey-test\n' });
+    expect((await rekey('schedule', 'create', '--id', 'rekey-test')).code).toBe(4);
+    const listed = JSON.parse((await rekey('--json', 'schedule', 'list')).stdout) as {
+      scheduleId: string;
+      spec: string;
+    }[];
+    expect(listed).toContainEqual(expect.objectContaining({ scheduleId: 'rekey-test', spec: 'every 90d' }));
+
+    const active = (await new KekRegistry(db.pool).active())!.kekId;
+    expect((await rekey('schedule', 'trigger', 'rekey-test')).code).toBe(0);
+    const handle = env.client.schedule.getHandle('rekey-test');
+    let workflowId: string | undefined;
+    for (let i = 0; i < 100 && !workflowId; i++) {
+      workflowId = (await handle.describe()).info.recentActions[0]?.action.workflow.workflowId;
+      if (!workflowId) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const report = await env.client.workflow.getHandle<typeof rotateKek>(workflowId!).result();
+    expect(report).toMatchObject({ outcome: 'completed', from: active });
+    expect((await new KekRegistry(db.pool).active())!.kekId).toBe(report.to);
+    expect(await new KekRegistry(db.pool).get(active)).toMatchObject({ state: 'retired' });
+
+    const second = await rekey('schedule', 'create', '--id', 'rekey-young', '--every', '90d', '--min-kek-age', '30d');
+    expect(second.code).toBe(0);
+    await env.client.schedule.getHandle('rekey-young').trigger();
+    let idle: string | undefined;
+    for (let i = 0; i < 100 && !idle; i++) {
+      idle = (await env.client.schedule.getHandle('rekey-young').describe()).info.recentActions[0]?.action.workflow
+        .workflowId;
+      if (!idle) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const nothing = await env.client.workflow.getHandle<typeof rotateKek>(idle!).result();
+    expect(nothing.outcome).toBe('nothing-to-do');
+    expect(nothing.note).toMatch(/^nothing to do: KEK '\w+' became active .* ago; rotations are due after 30d 0h$/);
+
+    expect((await rekey('schedule', 'delete', 'rekey-test')).code).toBe(0);
+    expect((await rekey('schedule', 'delete', 'rekey-test')).code).toBe(3);
+  });
+});
