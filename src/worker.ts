@@ -36,8 +36,10 @@ export async function createWorker(options: RekeyWorkerOptions): Promise<Worker>
 }
 
 const WorkerEnv = z.object({
-  REKEY_METRICS_PORT: z.coerce.number().int().min(1).max(65535).default(9464),
-  REKEY_TEMPORAL_METRICS_PORT: z.coerce.number().int().min(1).max(65535).default(9465),
+  /** 0 picks a free port. */
+  REKEY_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
+  /** Where the Temporal SDK's own Prometheus endpoint listens (proxied by the one above); 0 turns it off. */
+  REKEY_TEMPORAL_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9465),
 });
 
 /** The worker process: config from the environment, JSON logs, Prometheus metrics, migrations, then poll. */
@@ -49,11 +51,12 @@ async function run(): Promise<void> {
       `invalid configuration: ${ports.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
     );
   const logger = createLogger();
+  const temporalMetricsPort = ports.data.REKEY_TEMPORAL_METRICS_PORT;
   Runtime.install({
     logger: temporalLogger(logger),
-    telemetryOptions: {
-      metrics: { prometheus: { bindAddress: `127.0.0.1:${ports.data.REKEY_TEMPORAL_METRICS_PORT}` } },
-    },
+    ...(temporalMetricsPort > 0 && {
+      telemetryOptions: { metrics: { prometheus: { bindAddress: `127.0.0.1:${temporalMetricsPort}` } } },
+    }),
   });
   const keys = openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE });
   const db = new Pool({ connectionString: config.DATABASE_URL });
@@ -66,7 +69,7 @@ async function run(): Promise<void> {
   metrics.watch(db, new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE }));
   const metricsServer = await serveMetrics(metrics, {
     port: ports.data.REKEY_METRICS_PORT,
-    temporalMetricsUrl: `http://127.0.0.1:${ports.data.REKEY_TEMPORAL_METRICS_PORT}/metrics`,
+    temporalMetricsUrl: temporalMetricsPort > 0 ? `http://127.0.0.1:${temporalMetricsPort}/metrics` : undefined,
   });
 
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });

@@ -309,12 +309,10 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         try {
           const { status } = await handle.describe();
           if (status.name !== 'RUNNING') {
-            return reply
-              .status(409)
-              .send({
-                error: 'conflict',
-                message: `rotation ${request.params.op_id} is ${status.name.toLowerCase()}, not running`,
-              });
+            return reply.status(409).send({
+              error: 'conflict',
+              message: `rotation ${request.params.op_id} is ${status.name.toLowerCase()}, not running`,
+            });
           }
         } catch (err) {
           if (err instanceof WorkflowNotFoundError)

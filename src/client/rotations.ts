@@ -23,12 +23,12 @@ export async function startRotation(
   options: { taskQueue: string; workflowId?: string },
 ): Promise<StartOutcome> {
   const workflowId = options.workflowId ?? rotationWorkflowId(request.from, request.to);
-  try {
-    const handle = await client.workflow.start(rotateKek, {
+  const start = (workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY' | 'ALLOW_DUPLICATE') =>
+    client.workflow.start(rotateKek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],
-      workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY',
+      workflowIdReusePolicy,
       workflowIdConflictPolicy: 'FAIL',
       typedSearchAttributes: new TypedSearchAttributes([
         { key: RekeyPhase, value: 'validate' },
@@ -36,13 +36,19 @@ export async function startRotation(
         { key: RekeyToKek, value: request.to },
       ]),
     });
-    return { kind: 'started', handle };
+  try {
+    return { kind: 'started', handle: await start('ALLOW_DUPLICATE_FAILED_ONLY') };
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     const handle = client.workflow.getHandle<typeof rotateKek>(workflowId);
     const { status } = await handle.describe();
     if (status.name === 'RUNNING') return { kind: 'already-running', handle };
-    return { kind: 'already-done', handle, report: await handle.result() };
+    const report = await handle.result();
+    // An aborted run (or one that found nothing to do) ended with a report, not a failure: it may run again.
+    if (report.outcome === 'aborted' || report.outcome === 'nothing-to-do') {
+      return { kind: 'started', handle: await start('ALLOW_DUPLICATE') };
+    }
+    return { kind: 'already-done', handle, report };
   }
 }
 

@@ -1,13 +1,16 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Pool } from 'pg';
-import { KEY_BYTES, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { from as copyFrom } from 'pg-copy-streams';
+import { KEY_BYTES, NONCE_BYTES, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
 import type { KeyProvider } from '../keys/key-provider';
 
 export const tenantIdFor = (prefix: string, n: number) => `${prefix}${String(n).padStart(8, '0')}`;
 
 /**
- * Creates `count` tenants with random DEKs wrapped by `kekId`, in chunks of one INSERT each (every wrapped DEK
- * of a chunk travels as one binary parameter).
+ * Creates `count` tenants with random DEKs wrapped by `kekId`, streamed into PostgreSQL with COPY (text format,
+ * bytea as hex): a million tenants in seconds, never a statement per row.
  */
 export async function seedTenants(options: {
   db: Pool;
@@ -18,25 +21,30 @@ export async function seedTenants(options: {
   chunk?: number;
 }): Promise<void> {
   const { db, keys, kekId, count, prefix = 'tenant-', chunk = 10_000 } = options;
-  for (let start = 0; start < count; start += chunk) {
-    const n = Math.min(chunk, count - start);
-    const ids: string[] = [];
-    const wrapped = Buffer.allocUnsafe(n * WRAPPED_DEK_BYTES);
-    const deks = randomBytes(n * KEY_BYTES);
-    const nonces = randomBytes(n * 12);
-    for (let i = 0; i < n; i++) {
-      const id = tenantIdFor(prefix, start + i);
-      ids.push(id);
-      const dek = deks.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES);
-      keys.wrapInto(wrapped, i * WRAPPED_DEK_BYTES, kekId, id, dek, nonces.subarray(i * 12, (i + 1) * 12));
+  const client = await db.connect();
+  try {
+    const sink = client.query(copyFrom('COPY tenant_deks (tenant_id, kek_id, wrapped_dek) FROM STDIN'));
+    await pipeline(Readable.from(chunks()), sink);
+  } finally {
+    client.release();
+  }
+
+  function* chunks(): Generator<string> {
+    const wrapped = Buffer.allocUnsafe(WRAPPED_DEK_BYTES);
+    for (let start = 0; start < count; start += chunk) {
+      const n = Math.min(chunk, count - start);
+      const deks = randomBytes(n * KEY_BYTES);
+      const nonces = randomBytes(n * NONCE_BYTES);
+      const lines: string[] = [];
+      for (let i = 0; i < n; i++) {
+        const id = tenantIdFor(prefix, start + i);
+        const dek = deks.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES);
+        keys.wrapInto(wrapped, 0, kekId, id, dek, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+        lines.push(`${id}\t${kekId}\t\\\\x${wrapped.toString('hex')}\n`);
+      }
+      deks.fill(0);
+      yield lines.join('');
     }
-    deks.fill(0);
-    await db.query(
-      `INSERT INTO tenant_deks (tenant_id, kek_id, wrapped_dek)
-       SELECT u.id, $2, substring($3::bytea FROM ((u.ord - 1) * ${WRAPPED_DEK_BYTES} + 1)::int FOR ${WRAPPED_DEK_BYTES})
-       FROM unnest($1::text[]) WITH ORDINALITY AS u(id, ord)`,
-      [ids, kekId, wrapped],
-    );
   }
 }
 

@@ -135,7 +135,10 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): s
       `KEK '${from}' is not in ${facts.providerDescription}: its DEKs cannot be unwrapped`,
     );
   }
-  if (from !== facts.activeKekId) {
+  // A rotation that was aborted after its promotion is taken up again: `to` is active, `from` decrypt-only.
+  const resuming =
+    from !== facts.activeKekId && settings.to === facts.activeKekId && facts.from.registryState === 'decrypt_only';
+  if (from !== facts.activeKekId && !resuming) {
     throw new InvalidRotationError(
       `'${from}' is not the KEK in use (the active KEK is '${facts.activeKekId ?? 'none'}'): rotate from the active KEK`,
     );
@@ -148,7 +151,7 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): s
     }
     return from;
   }
-  if (from === settings.to) throw new InvalidRotationError(`'${from}' is already the active KEK: nothing to rotate to`);
+  if (from === settings.to) throw new InvalidRotationError(`from and to are both '${from}': rotate to a different KEK`);
   if (facts.to?.registryState === 'retired') {
     throw new InvalidRotationError(
       `KEK '${settings.to}' is retired: nothing comes back from retired, choose a new KEK`,

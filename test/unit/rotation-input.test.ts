@@ -71,6 +71,19 @@ describe('rotation request', () => {
     expect(() => checkAgainstKeks(parseRotationRequest({ from: 'v1', to: 'v2' }), facts(overrides))).toThrow(message);
   });
 
+  it('takes up a rotation aborted after its promotion: to active, from decrypt-only', () => {
+    const settings = parseRotationRequest({ from: 'v1', to: 'v2' });
+    expect(
+      checkAgainstKeks(
+        settings,
+        facts({ activeKekId: 'v2', from: { registryState: 'decrypt_only', inProvider: true } }),
+      ),
+    ).toBe('v1');
+    expect(() =>
+      checkAgainstKeks(settings, facts({ activeKekId: 'v2', from: { registryState: 'retired', inProvider: true } })),
+    ).toThrow("'v1' is not the KEK in use (the active KEK is 'v2')");
+  });
+
   it("accepts 'new' only where the provider can generate", () => {
     const settings = parseRotationRequest({ from: 'v1', to: 'new' });
     expect(() => checkAgainstKeks(settings, facts())).toThrow('the test provider cannot generate KEKs');

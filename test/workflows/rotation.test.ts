@@ -135,19 +135,16 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     }
   });
 
-  it('abort mid-rewrap ends without retiring, with both keys usable and data still readable', async () => {
+  it('abort mid-rewrap ends without retiring, with both keys usable and data still readable; starting again finishes it', async () => {
     const fixture = await RotationFixture.create({ tenants: 6_000 });
     try {
       const worker = await fixture.worker(env);
+      const workflowId = `rotation-${randomUUID()}`;
       const result = await worker.runUntil(async () => {
-        const handle = await env.client.workflow.start(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [slow],
-        });
-        await waitFor(handle, (p) => p.counters.rewrapped > 0);
-        await handle.signal(abortSignal, 'change freeze');
-        return handle.result();
+        const started = await startRotation(env.client, slow, { taskQueue: fixture.taskQueue, workflowId });
+        await waitFor(started.handle, (p) => p.counters.rewrapped > 0);
+        await started.handle.signal(abortSignal, 'change freeze');
+        return started.handle.result();
       });
       expect(result.outcome).toBe('aborted');
       expect(result.note).toBe("aborted: change freeze; both 'v1' and 'v2' still unwrap, nothing was retired");
@@ -156,6 +153,21 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       expect(await fixture.staleOn('v1')).toBe(6_000 - result.counters.rewrapped);
       expect(await fixture.kekState('v1')).toBe('decrypt_only');
       expect(await fixture.kekState('v2')).toBe('active');
+      await fixture.expectNothingLost();
+
+      const again = await fixture.worker(env);
+      const finished = await again.runUntil(async () => {
+        const restarted = await startRotation(
+          env.client,
+          { ...slow, sliceTimeBudget: '30s', gracePeriod: '1d' },
+          { taskQueue: fixture.taskQueue, workflowId },
+        );
+        expect(restarted.kind).toBe('started');
+        return restarted.handle.result();
+      });
+      expect(finished.outcome).toBe('completed');
+      expect(finished.counters.rewrapped).toBe(6_000 - result.counters.rewrapped);
+      expect(await fixture.kekState('v1')).toBe('retired');
       await fixture.expectNothingLost();
     } finally {
       await fixture.drop();
