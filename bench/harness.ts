@@ -1,0 +1,131 @@
+// What the benchmark and the chaos suite share: a dev server, a fresh database, env keys, worker processes.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { Client as TemporalClient, Connection } from '@temporalio/client';
+import { Client, Pool } from 'pg';
+import { startDevServer, type DevServer } from '../src/dev/dev-server';
+import { readToolchain, type Toolchain } from '../src/dev/toolchain';
+import { EnvKeyProvider } from '../src/keys/env-provider';
+import { projectRoot } from '../src/project-paths';
+import { migrate } from '../src/store/migrate';
+import { REKEY_SEARCH_ATTRIBUTES } from '../src/workflows/search-attributes';
+
+export const TASK_QUEUE = 'rekey-harness';
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
+  return startDevServer({
+    temporalCli: toolchain.temporalCli,
+    port: port ?? (await freePort()),
+    dbFilename,
+    searchAttributes: Object.fromEntries(REKEY_SEARCH_ATTRIBUTES.map((k) => [k.name, 'Keyword' as const])),
+  });
+}
+
+export async function freshDatabase(name: string): Promise<{ url: string; pool: Pool; drop(): Promise<void> }> {
+  const adminUrl = process.env.DATABASE_URL ?? readToolchain().databaseUrl;
+  const admin = new Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const pool = new Pool({ connectionString: url.toString(), max: 10 });
+  pool.on('error', () => undefined); // connections die on purpose in the chaos runs
+  const client = await pool.connect();
+  await migrate(client);
+  client.release();
+  return {
+    url: url.toString(),
+    pool,
+    async drop() {
+      await pool.end();
+      const dropper = new Client({ connectionString: adminUrl });
+      await dropper.connect();
+      await dropper.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await dropper.end();
+    },
+  };
+}
+
+/** Random KEKs as the env provider reads them; the same variables go to every worker process. */
+export function envKeys(ids: string[], current: string): { env: Record<string, string>; provider: EnvKeyProvider } {
+  const env: Record<string, string> = { REKEY_CURRENT_KEK_ID: current };
+  for (const id of ids) env[`REKEY_KEK_${id}`] = randomBytes(32).toString('base64url');
+  return { env, provider: new EnvKeyProvider(env) };
+}
+
+export interface WorkerProcess {
+  child: ChildProcess;
+  /** Peak resident set size so far (VmHWM), in MiB. */
+  peakRssMiB(): number;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** The real worker (`dist/src/worker.js`) in its own process, so it can be killed and measured. */
+export function spawnWorker(options: { databaseUrl: string; address: string; keyEnv: Record<string, string> }): WorkerProcess {
+  const log = fs.openSync(path.join(projectRoot, 'bench', 'results', 'worker.log.tmp'), 'a');
+  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', 'worker.js')], {
+    env: {
+      PATH: process.env.PATH,
+      DATABASE_URL: options.databaseUrl,
+      TEMPORAL_ADDRESS: options.address,
+      REKEY_TASK_QUEUE: TASK_QUEUE,
+      REKEY_KEY_PROVIDER: 'env',
+      REKEY_METRICS_PORT: '0',
+      REKEY_TEMPORAL_METRICS_PORT: '0',
+      LOG_LEVEL: 'warn',
+      ...options.keyEnv,
+    },
+    stdio: ['ignore', log, log],
+  });
+  let peak = 0;
+  const sample = setInterval(() => {
+    try {
+      const status = fs.readFileSync(`/proc/${child.pid}/status`, 'utf8');
+      peak = Math.max(peak, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024);
+    } catch {
+      // exited
+    }
+  }, 200);
+  child.once('exit', () => clearInterval(sample));
+  return {
+    child,
+    peakRssMiB: () => Math.round(peak),
+    async kill(signal = 'SIGTERM') {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill(signal);
+      await exited;
+    },
+  };
+}
+
+export async function temporalClient(address: string): Promise<{ client: TemporalClient; close(): Promise<void> }> {
+  const connection = await Connection.connect({ address });
+  return { client: new TemporalClient({ connection }), close: () => connection.close() };
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function gitCommit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: projectRoot, encoding: 'utf8' }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
