@@ -12,8 +12,18 @@ const nonces = randomBytes(NONCE_BYTES * n);
 const started = process.hrtime.bigint();
 for (let i = 0; i < n; i++) {
   const dek = unwrapDek(from, 'v1', ids[i]!, wrapped[i]!);
-  wrapDekInto(out, i * WRAPPED_DEK_BYTES, to, 'v2', ids[i]!, dek, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+  wrapDekInto(
+    out,
+    i * WRAPPED_DEK_BYTES,
+    to,
+    'v2',
+    ids[i]!,
+    dek,
+    nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES),
+  );
   dek.fill(0);
 }
 const micros = Number(process.hrtime.bigint() - started) / 1e3 / n;
-console.log(`unwrap + wrap of one DEK: ${micros.toFixed(2)} µs on one core (${n.toLocaleString('en-US')} DEKs); 1,000,000 DEKs = ${micros.toFixed(1)} s`);
+console.log(
+  `unwrap + wrap of one DEK: ${micros.toFixed(2)} µs on one core (${n.toLocaleString('en-US')} DEKs); 1,000,000 DEKs = ${micros.toFixed(1)} s`,
+);

@@ -71,13 +71,19 @@ export function envKeys(ids: string[], current: string): { env: Record<string, s
 
 export interface WorkerProcess {
   child: ChildProcess;
+  /** True if the process ended without being asked to (a crash). */
+  crashed(): boolean;
   /** Peak resident set size so far (VmHWM), in MiB. */
   peakRssMiB(): number;
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /** The real worker (`dist/src/worker.js`) in its own process, so it can be killed and measured. */
-export function spawnWorker(options: { databaseUrl: string; address: string; keyEnv: Record<string, string> }): WorkerProcess {
+export function spawnWorker(options: {
+  databaseUrl: string;
+  address: string;
+  keyEnv: Record<string, string>;
+}): WorkerProcess {
   const log = fs.openSync(path.join(projectRoot, 'bench', 'results', 'worker.log.tmp'), 'a');
   const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', 'worker.js')], {
     env: {
@@ -94,6 +100,7 @@ export function spawnWorker(options: { databaseUrl: string; address: string; key
     stdio: ['ignore', log, log],
   });
   let peak = 0;
+  let asked = false;
   const sample = setInterval(() => {
     try {
       const status = fs.readFileSync(`/proc/${child.pid}/status`, 'utf8');
@@ -105,8 +112,10 @@ export function spawnWorker(options: { databaseUrl: string; address: string; key
   child.once('exit', () => clearInterval(sample));
   return {
     child,
+    crashed: () => !asked && (child.exitCode !== null || child.signalCode !== null),
     peakRssMiB: () => Math.round(peak),
     async kill(signal = 'SIGTERM') {
+      asked = true;
       if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill(signal);
@@ -115,7 +124,7 @@ export function spawnWorker(options: { databaseUrl: string; address: string; key
   };
 }
 
-export async function temporalClient(address: string): Promise<{ client: TemporalClient; close(): Promise<void> }> {
+export async function temporalClient(address: string): Promise<{ client: TemporalClient; close: () => Promise<void> }> {
   const connection = await Connection.connect({ address });
   return { client: new TemporalClient({ connection }), close: () => connection.close() };
 }

@@ -63,7 +63,13 @@ async function main(): Promise<void> {
 
     const started = await startRotation(
       client,
-      { from: 'v1', to: 'v2', gracePeriod: '1s', batchSize: Number(process.env.BATCH ?? 2_000), parallelism: Number(process.env.PARALLELISM ?? 2) },
+      {
+        from: 'v1',
+        to: 'v2',
+        gracePeriod: '1s',
+        batchSize: Number(process.env.BATCH ?? 2_000),
+        parallelism: Number(process.env.PARALLELISM ?? 2),
+      },
       { taskQueue: TASK_QUEUE },
     );
     const report = await started.handle.result();
@@ -83,20 +89,32 @@ async function main(): Promise<void> {
     const naiveSeconds = (Date.now() - t) / 1000;
     const naiveRate = naiveDone / naiveSeconds;
 
-    const fingerprint = createHash('sha256').update(os.cpus().map((c) => c.model).join()).digest('hex').slice(0, 8);
+    const fingerprint = createHash('sha256')
+      .update(
+        os
+          .cpus()
+          .map((c) => c.model)
+          .join(),
+      )
+      .digest('hex')
+      .slice(0, 8);
     say('');
     say(`| measure | value |`);
     say(`|---|---|`);
     say(`| tenants | ${tenants.toLocaleString('en-US')} |`);
     say(`| rewrap phase (workflow, wall) | ${rewrapSeconds.toFixed(1)} s |`);
     say(`| rekey throughput | ${Math.round(rate).toLocaleString('en-US')} tenants/s |`);
-    say(`| naive script (one UPDATE per row, ${naiveDone.toLocaleString('en-US')} tenants) | ${Math.round(naiveRate).toLocaleString('en-US')} tenants/s, ${(tenants / naiveRate).toFixed(0)} s for all ${tenants.toLocaleString('en-US')} |`);
+    say(
+      `| naive script (one UPDATE per row, ${naiveDone.toLocaleString('en-US')} tenants) | ${Math.round(naiveRate).toLocaleString('en-US')} tenants/s, ${(tenants / naiveRate).toFixed(0)} s for all ${tenants.toLocaleString('en-US')} |`,
+    );
     say(`| ratio rekey / naive | ${(rate / naiveRate).toFixed(1)}x |`);
     say(`| worker peak RSS | ${workerPeak} MiB |`);
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
     say(`| outcome | ${report.outcome}, ${report.passes} pass(es), CAS conflicts ${report.counters.casConflicts} |`);
     say('');
-    say(`Command: \`npm run bench -- ${tenants}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on.`);
+    say(
+      `Command: \`npm run bench -- ${tenants}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on.`,
+    );
     fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `rotation-${tenants}.md`), `${lines.join('\n')}\n`);
   } finally {
     await worker.kill();

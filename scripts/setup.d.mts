@@ -11,3 +11,4 @@ export class SetupError extends Error {}
 export function setup(only?: SetupStep[]): Promise<Toolchain>;
 export function readManifest(): Toolchain;
 export function freePort(): Promise<number>;
+export function restartPostgres(): void;

@@ -400,6 +400,26 @@ export async function ensurePostgres() {
   return { databaseUrl: pgUrl(port), managed: true, dataDir };
 }
 
+/** Restarts the local cluster with an immediate (crash-like) stop: the chaos suite's PostgreSQL fault. */
+export function restartPostgres() {
+  const pgBin = findPgBin();
+  if (!pgBin || process.env.DATABASE_URL)
+    throw new SetupError('only the local cluster made by the setup can be restarted');
+  const dataDir = pgDataDir(pgBin);
+  const [restart, restartArgs] = asPostgresUser(path.join(pgBin, 'pg_ctl'), [
+    '-D',
+    dataDir,
+    '-l',
+    path.join(dataDir, 'server.log'),
+    '-m',
+    'immediate',
+    '-w',
+    'restart',
+  ]);
+  const result = run(restart, restartArgs, { cwd: '/', stdio: ['ignore', 'ignore', 'pipe'] });
+  if (result.status !== 0) throw new SetupError(`PostgreSQL did not restart: ${lastLines(result.stderr, 2)}`);
+}
+
 export function stopPostgres() {
   const pgBin = findPgBin();
   if (!pgBin) return;

@@ -60,6 +60,8 @@ async function run(): Promise<void> {
   });
   const keys = openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE });
   const db = new Pool({ connectionString: config.DATABASE_URL });
+  // An idle connection dropped by the server (restart, failover) is replaced on next use, not fatal.
+  db.on('error', (err) => logger.warn({ err: err.message }, 'idle PostgreSQL connection lost'));
   const migrationClient = await db.connect();
   await migrate(migrationClient).finally(() => migrationClient.release());
 

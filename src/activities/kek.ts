@@ -5,6 +5,7 @@ import { nextKekId } from '../keys/file-keyring';
 import { formatDuration } from '../rotation/durations';
 import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { AppInstances } from '../store/app-instances';
+import { checkout } from '../store/connect';
 import { KekRegistry } from '../store/kek-registry';
 import { TenantDekStore } from '../store/tenant-deks';
 import type { ActivityDependencies } from './dependencies';
@@ -108,7 +109,7 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
 
     /** Retires `from` only if no DEK uses it at this moment; otherwise refuses and says how many do. */
     async retireKek({ from }: { from: string }): Promise<{ retiredAt: string }> {
-      const client = await db.connect();
+      const client = await checkout(db);
       try {
         await client.query('BEGIN');
         await client.query('SELECT 1 FROM keks WHERE kek_id = $1 FOR UPDATE', [from]);
@@ -123,7 +124,7 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
         await client.query('COMMIT');
         return { retiredAt: (retired.retiredAt ?? new Date()).toISOString() };
       } catch (err) {
-        await client.query('ROLLBACK');
+        await client.query('ROLLBACK').catch(() => undefined); // a broken connection rolls back by itself
         throw err;
       } finally {
         client.release();

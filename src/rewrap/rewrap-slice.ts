@@ -3,6 +3,7 @@ import type { Pool, PoolClient } from 'pg';
 import { NONCE_BYTES, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
 import { DekUnwrapError } from '../envelope/errors';
 import type { KeyProvider } from '../keys/key-provider';
+import { checkout } from '../store/connect';
 import { addCounters, emptyCounters, type RewrapCounters } from './counters';
 
 export interface RewrapSliceInput {
@@ -89,14 +90,18 @@ export async function rewrapSlice(
   input: RewrapSliceInput,
   hooks: RewrapHooks = {},
 ): Promise<RewrapSliceResult> {
-  const { db } = deps;
-  const reader = await db.connect();
-  const writer = await db.connect();
+  const reader = await checkout(deps.db);
+  const writer = await checkout(deps.db);
+  let failure: Error | undefined;
   try {
     return await new SliceRun(deps, input, hooks, reader, writer).run();
+  } catch (err) {
+    failure = err instanceof Error ? err : new Error(String(err));
+    throw err;
   } finally {
-    reader.release();
-    writer.release();
+    // After a failure the connections may be broken: the pool discards them instead of handing them out again.
+    reader.release(failure);
+    writer.release(failure);
   }
 }
 

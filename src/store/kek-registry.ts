@@ -1,6 +1,7 @@
 import type { Pool, PoolClient } from 'pg';
 import { KekFingerprintMismatchError, KekTransitionError, UnknownKekError } from '../envelope/errors';
 import { assertTransition, type KekState } from '../envelope/kek-lifecycle';
+import { checkout } from './connect';
 
 export interface KekRecord {
   kekId: string;
@@ -113,7 +114,7 @@ export class KekRegistry {
    * (or `to` already is: a retried promote is a no-op).
    */
   async promote(from: string, to: string): Promise<void> {
-    const client = await this.db.connect();
+    const client = await checkout(this.db);
     try {
       await client.query('BEGIN');
       await client.query('SELECT 1 FROM keks WHERE kek_id = ANY($1) FOR UPDATE', [[from, to]]);
@@ -129,7 +130,7 @@ export class KekRegistry {
       }
       await client.query('COMMIT');
     } catch (err) {
-      await client.query('ROLLBACK');
+      await client.query('ROLLBACK').catch(() => undefined); // a broken connection rolls back by itself
       throw err;
     } finally {
       client.release();

@@ -1,0 +1,414 @@
+// `npm run chaos -- [--tenants N] [--scenarios a,b] [--kills K]`: rotations under faults. Every scenario records
+// each tenant's DEK fingerprint and some tenant data first, and checks afterwards that every DEK is byte-identical,
+// the data decrypts, nothing is stale and the old KEK is retired (or, after an abort, that both keys still work).
+// Exits non-zero on any loss.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Client } from '@temporalio/client';
+import { buildAdminServer } from '../src/admin/server';
+import { failureMessage, startRotation, type StartOutcome } from '../src/client/rotations';
+import { dekFingerprints, seedTenants, tenantIdFor } from '../src/dev/tenants';
+import { readToolchain } from '../src/dev/toolchain';
+import { EnvKeyProvider } from '../src/keys/env-provider';
+import { projectRoot } from '../src/project-paths';
+import type { RotationRequest } from '../src/rotation/rotation-input';
+import { KekRegistry } from '../src/store/kek-registry';
+import { TenantDekStore } from '../src/store/tenant-deks';
+import { TenantCrypto } from '../src/tenant-crypto';
+import { pauseUpdate, resumeSignal, abortSignal } from '../src/workflows';
+import {
+  envKeys,
+  freshDatabase,
+  gitCommit,
+  sleep,
+  spawnWorker,
+  startServer,
+  TASK_QUEUE,
+  temporalClient,
+  type WorkerProcess,
+} from './harness';
+
+interface Options {
+  tenants: number;
+  scenarios: string[];
+  kills: number;
+}
+
+interface Row {
+  scenario: string;
+  faults: string;
+  tenantsChecked: number;
+  losses: number;
+  note: string;
+}
+
+const ROTATION: RotationRequest = {
+  from: 'v1',
+  to: 'v2',
+  batchSize: 20,
+  parallelism: 2,
+  sliceTimeBudget: '2s',
+  gracePeriod: '1s',
+};
+const DATA_TENANTS = 200;
+const SCENARIO_TIMEOUT_MS = 240_000;
+
+/** One scenario's world: its own dev server (on-disk), database, keys, worker process and tenant data. */
+class World {
+  readonly keys: EnvKeyProvider;
+  readonly keyEnv: Record<string, string>;
+  worker!: WorkerProcess;
+  client!: Client;
+  private closeClient!: () => Promise<void>;
+  before = new Map<string, string>();
+  readonly data = new Map<string, string>();
+  private server!: Awaited<ReturnType<typeof startServer>>;
+  private database!: Awaited<ReturnType<typeof freshDatabase>>;
+  private readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-chaos-'));
+
+  constructor(readonly tenants: number) {
+    const { env, provider } = envKeys(['v1', 'v2'], 'v1');
+    this.keyEnv = env;
+    this.keys = provider;
+  }
+
+  get db() {
+    return this.database.pool;
+  }
+
+  async start(): Promise<void> {
+    this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'));
+    this.database = await freshDatabase('rekey_chaos');
+    await new KekRegistry(this.db).seedActive('v1', this.keys.fingerprint('v1'));
+    await seedTenants({ db: this.db, keys: this.keys, kekId: 'v1', count: this.tenants });
+    const app = new TenantCrypto({ db: this.db, keys: this.keys, instanceId: 'chaos-seeder' });
+    await app.start();
+    for (let i = 0; i < DATA_TENANTS; i++) {
+      const tenantId = tenantIdFor('tenant-', Math.floor((i * this.tenants) / DATA_TENANTS));
+      this.data.set(tenantId, await app.encrypt(tenantId, `data of ${tenantId}`));
+    }
+    await app.stop();
+    this.before = await dekFingerprints(this.db, this.keys);
+    ({ client: this.client, close: this.closeClient } = await temporalClient(this.server.address));
+    this.startWorker();
+  }
+
+  crashes = 0;
+
+  startWorker(): void {
+    if (this.worker?.crashed()) this.crashes++;
+    this.worker = spawnWorker({ databaseUrl: this.database.url, address: this.server.address, keyEnv: this.keyEnv });
+  }
+
+  async restartServer(): Promise<void> {
+    const port = Number(this.server.address.split(':')[1]);
+    await this.server.stop();
+    await sleep(500);
+    this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'), port);
+  }
+
+  rotate(request: RotationRequest = ROTATION): Promise<StartOutcome> {
+    return startRotation(this.client, request, { taskQueue: TASK_QUEUE, workflowId: 'kek-rotation-chaos' });
+  }
+
+  stale(): Promise<number> {
+    return new TenantDekStore(this.db).countOnKek('v1');
+  }
+
+  /** Waits until at least `fraction` of the tenants have left v1 (a point in the middle of the rewrap). */
+  async waitForRewrapped(fraction: number): Promise<void> {
+    const deadline = Date.now() + 120_000;
+    while ((await this.stale()) > this.tenants * (1 - fraction)) {
+      if (Date.now() > deadline) throw new Error(`the rewrap never reached ${Math.round(fraction * 100)}%`);
+      await sleep(50);
+    }
+  }
+
+  /** Counts what was lost: DEKs changed or gone, data that no longer decrypts, stale rows, a wrong KEK state. */
+  async losses(expect: {
+    retired: boolean;
+    except?: string;
+  }): Promise<{ losses: number; checked: number; notes: string[] }> {
+    const notes: string[] = [];
+    let losses = 0;
+    let after: Map<string, string>;
+    try {
+      after = await dekFingerprints(this.db, this.keys, expect.except);
+    } catch (err) {
+      after = new Map();
+      notes.push(`DEKs do not unwrap: ${(err as Error).message}`);
+    }
+    for (const [tenantId, fingerprint] of this.before) {
+      if (tenantId === expect.except) continue;
+      if (after.get(tenantId) !== fingerprint) losses++;
+    }
+    const reader = new TenantCrypto({
+      db: this.db,
+      keys: this.keys,
+      instanceId: 'chaos-verifier',
+      warn: () => undefined,
+    });
+    await reader.start();
+    for (const [tenantId, ciphertext] of this.data) {
+      if (tenantId === expect.except) continue;
+      try {
+        if ((await reader.decrypt(tenantId, ciphertext)).toString() !== `data of ${tenantId}`) losses++;
+      } catch {
+        losses++;
+      }
+    }
+    await reader.stop();
+    if (this.worker?.crashed()) this.crashes++;
+    if (this.crashes > 0) {
+      losses += this.crashes;
+      notes.push(`the worker crashed ${this.crashes} time(s) (see bench/results/worker.log.tmp)`);
+    }
+    const registry = new KekRegistry(this.db);
+    const v1 = (await registry.get('v1'))?.state;
+    const v2 = (await registry.get('v2'))?.state;
+    if (expect.retired) {
+      const stale = await this.stale();
+      if (stale > 0) notes.push(`${stale} DEK(s) still on v1`);
+      losses += stale;
+      if (v1 !== 'retired') notes.push(`v1 is ${v1}, not retired`);
+    } else if (v1 === 'retired' || v2 === 'retired') {
+      losses++;
+      notes.push('a KEK was retired after an abort');
+    }
+    const checked = this.before.size - (expect.except !== undefined && this.before.has(expect.except) ? 1 : 0);
+    return { losses, checked, notes };
+  }
+
+  async stop(): Promise<void> {
+    await this.worker?.kill('SIGKILL');
+    await this.closeClient?.();
+    await this.database?.drop();
+    await this.server?.stop();
+    this.keys.close();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+type Scenario = (
+  world: World,
+  options: Options,
+) => Promise<{ faults: string; retired: boolean; except?: string; note?: string }>;
+
+const SCENARIOS: Record<string, Scenario> = {
+  async 'worker-kill'(world, options) {
+    const started = await world.rotate();
+    let kills = 0;
+    for (let k = 1; k <= options.kills; k++) {
+      await world.waitForRewrapped(Math.min(0.9, k / (options.kills + 1)));
+      if ((await world.stale()) === 0) break;
+      await world.worker.kill('SIGKILL');
+      kills++;
+      await sleep(200);
+      world.startWorker();
+    }
+    await started.handle.result();
+    return { faults: `${kills} × SIGKILL of the worker`, retired: true };
+  },
+
+  async 'postgres-restart'(world) {
+    if (process.env.DATABASE_URL)
+      return { faults: 'skipped: DATABASE_URL points at a server this suite does not own', retired: false };
+    const started = await world.rotate();
+    await world.waitForRewrapped(0.3);
+    // The setup script is plain ESM beside the sources (it runs before anything is built).
+    const setup = (await import(
+      path.join(projectRoot, 'scripts', 'setup.mjs')
+    )) as typeof import('../scripts/setup.mjs');
+    setup.restartPostgres();
+    await started.handle.result();
+    return { faults: '1 × PostgreSQL immediate restart', retired: true };
+  },
+
+  async 'temporal-restart'(world) {
+    const started = await world.rotate();
+    await world.waitForRewrapped(0.3);
+    await world.restartServer();
+    await started.handle.result();
+    return { faults: '1 × dev server restart (on-disk history)', retired: true };
+  },
+
+  async 'live-writers'(world) {
+    const app = new TenantCrypto({ db: world.db, keys: world.keys, registryTtlMs: 300, instanceId: 'chaos-app' });
+    await app.start();
+    let writes = 0;
+    let created = 0;
+    let running = true;
+    const writer = (async () => {
+      while (running) {
+        await app.rewriteDek(tenantIdFor('tenant-', Math.floor(Math.random() * world.tenants)));
+        writes++;
+        if (writes % 10 === 0) await app.encrypt(`new-${created++}`, 'fresh');
+      }
+    })();
+    try {
+      const started = await world.rotate({ ...ROTATION, fleetLiveWithin: '10s' });
+      await started.handle.result();
+    } finally {
+      running = false;
+      await writer;
+      await app.stop();
+    }
+    return { faults: `${writes} DEK writes, ${created} new tenants by a live writer`, retired: true };
+  },
+
+  async 'pause-resume'(world) {
+    const started = await world.rotate();
+    await world.waitForRewrapped(0.3);
+    await started.handle.executeUpdate(pauseUpdate);
+    await sleep(2_000); // running slices stop at their next batch boundary
+    const held = await world.stale();
+    await sleep(3_000);
+    const moved = held !== (await world.stale());
+    await started.handle.signal(resumeSignal);
+    await started.handle.result();
+    return {
+      faults: '1 × pause of 5 s, then resume',
+      retired: true,
+      note: moved ? 'rewrap moved while paused' : undefined,
+    };
+  },
+
+  async 'abort-restart'(world) {
+    const first = await world.rotate();
+    await world.waitForRewrapped(0.3);
+    await first.handle.signal(abortSignal, 'chaos');
+    const aborted = await first.handle.result();
+    const midway = await world.losses({ retired: false });
+    if (aborted.outcome !== 'aborted' || midway.losses > 0) {
+      return {
+        faults: '1 × abort',
+        retired: false,
+        note: `after the abort: ${aborted.outcome}, ${midway.losses} lost`,
+      };
+    }
+    const second = await world.rotate();
+    await second.handle.result();
+    return { faults: '1 × abort mid-rewrap, then start again', retired: true };
+  },
+
+  async 'bad-input'(world) {
+    const refusals: string[] = [];
+    const cli = await new Promise<number>((resolve) =>
+      execFile(
+        process.execPath,
+        [path.join(projectRoot, 'dist/src/starter.js'), 'rotate', '--from', 'v1', '--to', 'v2', '--batch-size', '0'],
+        (err) => resolve(err ? Number(err.code) : 0),
+      ),
+    );
+    if (cli === 2) refusals.push('CLI flag');
+    const api = await buildAdminServer({
+      client: world.client,
+      db: world.db,
+      taskQueue: TASK_QUEUE,
+      token: 'chaos-token-0123456789',
+    });
+    const http = await api.inject({
+      method: 'POST',
+      url: '/admin/v1/secrets/rotate-all',
+      headers: { authorization: 'Bearer chaos-token-0123456789', 'content-type': 'application/json' },
+      payload: '{"batch_size": "lots"',
+    });
+    await api.close();
+    if (http.statusCode === 400) refusals.push('HTTP body');
+    try {
+      new EnvKeyProvider({ REKEY_KEK_v9: 'not-a-key' }).close();
+    } catch {
+      refusals.push('env key');
+    }
+    // A tampered wrapped DEK: reported, never rewritten; the run fails naming it and retires nothing.
+    const victim = tenantIdFor('tenant-', 7);
+    await world.db.query(
+      `UPDATE tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = $1`,
+      [victim],
+    );
+    const tampered = (await new TenantDekStore(world.db).find(victim))!;
+    const started = await world.rotate({ ...ROTATION, maxPasses: 2 });
+    const failure = await started.handle.result().then(
+      () => 'completed',
+      (err: unknown) => failureMessage(err),
+    );
+    const after = (await new TenantDekStore(world.db).find(victim))!;
+    if (
+      failure.includes(victim) &&
+      after.wrappedDek.equals(tampered.wrappedDek) &&
+      after.version === tampered.version
+    ) {
+      refusals.push('tampered DEK');
+    }
+    return {
+      faults: `4 bad inputs: ${refusals.length} refused clearly (${refusals.join(', ')})`,
+      retired: false,
+      except: victim,
+      note: refusals.length === 4 ? undefined : 'a bad input was not refused',
+    };
+  },
+};
+
+function parseOptions(argv: string[]): Options {
+  const value = (flag: string) => {
+    const i = argv.indexOf(flag);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const scenarios = value('--scenarios')?.split(',') ?? Object.keys(SCENARIOS);
+  for (const s of scenarios)
+    if (!SCENARIOS[s]) throw new Error(`unknown scenario '${s}': choose from ${Object.keys(SCENARIOS).join(', ')}`);
+  return { tenants: Number(value('--tenants') ?? 20_000), scenarios, kills: Number(value('--kills') ?? 3) };
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2));
+  const rows: Row[] = [];
+  for (const name of options.scenarios) {
+    const world = new World(options.tenants);
+    const started = Date.now();
+    try {
+      await world.start();
+      const outcome = await Promise.race([
+        SCENARIOS[name]!(world, options),
+        sleep(SCENARIO_TIMEOUT_MS).then(() => {
+          throw new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`);
+        }),
+      ]);
+      const verdict = await world.losses({ retired: outcome.retired, except: outcome.except });
+      const notes = [outcome.note, ...verdict.notes].filter((n): n is string => Boolean(n));
+      rows.push({
+        scenario: name,
+        faults: outcome.faults,
+        tenantsChecked: verdict.checked,
+        losses: verdict.losses + (outcome.note ? 1 : 0),
+        note: `${((Date.now() - started) / 1000).toFixed(0)} s${notes.length ? `; ${notes.join('; ')}` : ''}`,
+      });
+    } catch (err) {
+      rows.push({ scenario: name, faults: 'scenario failed', tenantsChecked: 0, losses: 1, note: failureMessage(err) });
+    } finally {
+      await world.stop();
+    }
+    process.stdout.write(`${name}: done\n`);
+  }
+  const lines = [
+    '| scenario | faults injected | tenants checked | losses |',
+    '|---|---|---|---|',
+    ...rows.map(
+      (r) => `| ${r.scenario} | ${r.faults} | ${r.tenantsChecked.toLocaleString('en-US')} | ${r.losses} (${r.note}) |`,
+    ),
+    '',
+    `Command: \`npm run chaos -- ${process.argv.slice(2).join(' ')}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}.`,
+  ];
+  process.stdout.write(`\n${lines.join('\n')}\n`);
+  if (process.argv.includes('--write'))
+    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', 'chaos.md'), `${lines.join('\n')}\n`);
+  const lost = rows.reduce((sum, r) => sum + r.losses, 0);
+  process.exitCode = lost === 0 ? 0 : 1;
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
