@@ -372,8 +372,12 @@ async function main(): Promise<void> {
       await world.start();
       const outcome = await Promise.race([
         SCENARIOS[name]!(world, options),
-        sleep(SCENARIO_TIMEOUT_MS).then(() => {
-          throw new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`);
+        new Promise<never>((_, reject) => {
+          // unref: a scenario that finished must not keep the process waiting for this timer
+          setTimeout(
+            () => reject(new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`)),
+            SCENARIO_TIMEOUT_MS,
+          ).unref();
         }),
       ]);
       const verdict = await world.losses({ retired: outcome.retired, except: outcome.except });

@@ -11,7 +11,6 @@ import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { EnvKeyProvider } from '../src/keys/env-provider';
 import { projectRoot } from '../src/project-paths';
 import { migrate } from '../src/store/migrate';
-import { REKEY_SEARCH_ATTRIBUTES } from '../src/workflows/search-attributes';
 
 export const TASK_QUEUE = 'rekey-harness';
 
@@ -31,7 +30,6 @@ export async function startServer(toolchain: Toolchain, dbFilename?: string, por
     temporalCli: toolchain.temporalCli,
     port: port ?? (await freePort()),
     dbFilename,
-    searchAttributes: Object.fromEntries(REKEY_SEARCH_ATTRIBUTES.map((k) => [k.name, 'Keyword' as const])),
   });
 }
 

@@ -72,6 +72,7 @@ class SimulatedApplication {
           }
         } catch (err) {
           this.errors.push(`${tenantId}: ${(err as Error).message}`);
+          await new Promise((resolve) => setTimeout(resolve, 100)); // never spin on a failing dependency
         }
       }
     })();
@@ -112,6 +113,7 @@ async function main(): Promise<void> {
   const nativeConnection = await NativeConnection.connect({ address: server.address });
   const connection = await Connection.connect({ address: server.address });
   let application: TenantCrypto | undefined;
+  let simulated: SimulatedApplication | undefined;
   try {
     const migrationClient = await db.connect();
     await migrate(migrationClient).finally(() => migrationClient.release());
@@ -120,7 +122,9 @@ async function main(): Promise<void> {
 
     say(`seeding ${TENANTS.toLocaleString('en-US')} tenants with DEKs under KEK '${from}' ...`);
     await seedTenants({ db, keys, kekId: from, count: TENANTS });
-    application = new TenantCrypto({ db, keys, registryTtlMs: 1_000, instanceId: 'demo-app-1' });
+    // The keyring still names v1 as its first KEK; after the promotion the registry rightly says otherwise.
+    const quiet = () => undefined;
+    application = new TenantCrypto({ db, keys, registryTtlMs: 1_000, instanceId: 'demo-app-1', warn: quiet });
     await application.start();
     const plaintexts = new Map<string, string>();
     for (let i = 0; i < RECORDS; i++) {
@@ -129,7 +133,7 @@ async function main(): Promise<void> {
       plaintexts.set(tenantId, plaintext);
       await storeRecord(db, tenantId, await application.encrypt(tenantId, plaintext));
     }
-    const simulated = new SimulatedApplication(application, db);
+    simulated = new SimulatedApplication(application, db);
     simulated.start();
 
     const worker = await createWorker({ connection: nativeConnection, taskQueue: TASK_QUEUE, db, keys });
@@ -157,7 +161,7 @@ async function main(): Promise<void> {
     await simulated.stop();
 
     // The proof: every record the application wrote still decrypts, read back by a fresh instance.
-    const reader = new TenantCrypto({ db, keys, instanceId: 'demo-verifier' });
+    const reader = new TenantCrypto({ db, keys, instanceId: 'demo-verifier', warn: quiet });
     await reader.start();
     let decrypted = 0;
     for (const [tenantId, plaintext] of plaintexts) {
@@ -196,6 +200,7 @@ async function main(): Promise<void> {
       await new Promise((resolve) => process.once('SIGINT', resolve));
     }
   } finally {
+    await simulated?.stop();
     await application?.stop().catch(() => undefined);
     await connection.close();
     await nativeConnection.close();

@@ -5,7 +5,7 @@ import { Pool } from 'pg';
 import { z } from 'zod';
 import { createActivities } from './activities';
 import { ensureSearchAttributes } from './client/search-attributes';
-import { ConfigError, loadConfig } from './config';
+import { loadConfig, parseEnv } from './config';
 import { openKeyProvider, type KeyProvider } from './keys';
 import { createLogger, temporalLogger } from './observability/logger';
 import { RekeyMetrics, serveMetrics } from './observability/metrics';
@@ -45,13 +45,9 @@ const WorkerEnv = z.object({
 /** The worker process: config from the environment, JSON logs, Prometheus metrics, migrations, then poll. */
 async function run(): Promise<void> {
   const config = loadConfig();
-  const ports = WorkerEnv.safeParse(process.env);
-  if (!ports.success)
-    throw new ConfigError(
-      `invalid configuration: ${ports.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
-    );
+  const ports = parseEnv(WorkerEnv);
   const logger = createLogger();
-  const temporalMetricsPort = ports.data.REKEY_TEMPORAL_METRICS_PORT;
+  const temporalMetricsPort = ports.REKEY_TEMPORAL_METRICS_PORT;
   Runtime.install({
     logger: temporalLogger(logger),
     ...(temporalMetricsPort > 0 && {
@@ -70,7 +66,7 @@ async function run(): Promise<void> {
   const metrics = new RekeyMetrics();
   metrics.watch(db, new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE }));
   const metricsServer = await serveMetrics(metrics, {
-    port: ports.data.REKEY_METRICS_PORT,
+    port: ports.REKEY_METRICS_PORT,
     temporalMetricsUrl: temporalMetricsPort > 0 ? `http://127.0.0.1:${temporalMetricsPort}/metrics` : undefined,
   });
 

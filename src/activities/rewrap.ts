@@ -21,6 +21,8 @@ export interface RewrapSliceArgs {
   timeBudgetMs: number;
   /** Unique per slice part; a retry of the same part resumes from its committed progress. */
   progressKey: string;
+  /** Count what is already on `to` or another KEK first: only for the first part of a first-pass slice. */
+  countExisting: boolean;
 }
 
 export interface SliceOutcome {
@@ -86,6 +88,7 @@ export function createRewrapActivities({ db, keys, metrics }: ActivityDependenci
           dryRun: args.dryRun,
           timeBudgetMs: args.timeBudgetMs,
           progressKey: args.progressKey,
+          countExisting: args.countExisting,
           resumeFrom,
         },
         {

@@ -1,7 +1,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
 import { z } from 'zod';
-import { ConfigError, loadConfig } from '../config';
+import { loadConfig, parseEnv } from '../config';
 import { buildAdminServer } from './server';
 
 const AdminEnv = z.object({
@@ -16,23 +16,19 @@ const AdminEnv = z.object({
 /** The admin HTTP API process (`node dist/src/admin/main.js`). */
 async function run(): Promise<void> {
   const config = loadConfig();
-  const admin = AdminEnv.safeParse(process.env);
-  if (!admin.success)
-    throw new ConfigError(
-      `invalid configuration: ${admin.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
-    );
+  const admin = parseEnv(AdminEnv);
   const db = new Pool({ connectionString: config.DATABASE_URL, max: 4 });
   const connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
   const server = await buildAdminServer({
     client: new Client({ connection, namespace: config.TEMPORAL_NAMESPACE }),
     db,
     taskQueue: config.REKEY_TASK_QUEUE,
-    token: admin.data.REKEY_ADMIN_TOKEN,
+    token: admin.REKEY_ADMIN_TOKEN,
     // As in the runbook: after <PREFIX>_CURRENT_KEK_ID names a new KEK, rotate-all rotates to it.
-    configuredCurrentKekId: process.env[`${admin.data.REKEY_ENV_PREFIX}_CURRENT_KEK_ID`],
+    configuredCurrentKekId: process.env[`${admin.REKEY_ENV_PREFIX}_CURRENT_KEK_ID`],
     logger: true,
   });
-  await server.listen({ port: admin.data.REKEY_ADMIN_PORT, host: admin.data.REKEY_ADMIN_HOST });
+  await server.listen({ port: admin.REKEY_ADMIN_PORT, host: admin.REKEY_ADMIN_HOST });
 }
 
 run().catch((err: unknown) => {

@@ -1,6 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { Connection } from '@temporalio/client';
+import { REKEY_SEARCH_ATTRIBUTES } from '../workflows/search-attributes';
+
+const REKEY_KEYWORDS = Object.fromEntries(REKEY_SEARCH_ATTRIBUTES.map((key) => [key.name, 'Keyword' as const]));
 
 export interface DevServerOptions {
   temporalCli: string;
@@ -8,6 +11,7 @@ export interface DevServerOptions {
   uiPort?: number;
   /** On-disk SQLite database: history survives a restart of the server. */
   dbFilename?: string;
+  /** Registered at start; rekey's own (RekeyPhase, RekeyFromKek, RekeyToKek) unless given. */
   searchAttributes?: Record<string, 'Keyword' | 'Text' | 'Int' | 'Double' | 'Bool' | 'Datetime' | 'KeywordList'>;
 }
 
@@ -28,7 +32,8 @@ function portIsFree(port: number): Promise<boolean> {
 
 /** Starts `temporal server start-dev` (Web UI included unless uiPort is omitted) and waits until it answers. */
 export async function startDevServer(options: DevServerOptions): Promise<DevServer> {
-  const { temporalCli, port, uiPort, dbFilename, searchAttributes = {} } = options;
+  const { temporalCli, port, uiPort, dbFilename } = options;
+  const searchAttributes = options.searchAttributes ?? REKEY_KEYWORDS;
   for (const p of [port, uiPort].filter((p): p is number => p !== undefined)) {
     if (!(await portIsFree(p))) throw new Error(`port ${p} is taken: stop what uses it or choose another port`);
   }

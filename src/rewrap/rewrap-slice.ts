@@ -28,6 +28,12 @@ export interface RewrapSliceInput {
   progressKey?: string;
   /** Where a previous attempt got to (heartbeat details); the progress row wins when it is further. */
   resumeFrom?: RewrapCheckpoint;
+  /**
+   * Count the DEKs in range already on `to` ("Already done") and on a third KEK ("Skipped") before starting.
+   * Default true; a rotation asks for it only on the first part of each slice of its first pass, so that later
+   * passes and continuations do not count the same rows again.
+   */
+  countExisting?: boolean;
 }
 
 export interface RewrapCheckpoint {
@@ -168,7 +174,9 @@ class SliceRun {
       this.counters = { ...resumeFrom.counters };
     }
     if (progressKey === undefined || this.input.dryRun) {
-      if (!resumeFrom) this.counters = addCounters(this.counters, await this.countExisting(this.reader));
+      if (!resumeFrom && this.input.countExisting !== false) {
+        this.counters = addCounters(this.counters, await this.countExisting(this.reader));
+      }
       return false;
     }
     const existing = await this.reader.query<ProgressRow>('SELECT * FROM rewrap_progress WHERE progress_key = $1', [
@@ -181,7 +189,7 @@ class SliceRun {
       this.counters = countersOf(row);
       return row.done;
     }
-    const initial = await this.countExisting(this.reader);
+    const initial = this.input.countExisting === false ? emptyCounters() : await this.countExisting(this.reader);
     await this.writer.query(
       `INSERT INTO rewrap_progress (progress_key, cursor, already_on_target, skipped) VALUES ($1, $2, $3, $4)
        ON CONFLICT (progress_key) DO NOTHING`,

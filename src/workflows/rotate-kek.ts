@@ -97,6 +97,7 @@ interface PendingPart {
   progressKey: string;
   range: TenantRange;
   part: number;
+  pass: number;
 }
 
 /** What continue-as-new carries to the next run. */
@@ -321,6 +322,7 @@ class RotationRun {
           progressKey: `${this.state.runKey}/pass-${pass}/slice-${i}`,
           range,
           part: 0,
+          pass,
         }));
       }
       const stopped = await this.runPending();
@@ -387,6 +389,7 @@ class RotationRun {
           dryRun: this.settings.dryRun,
           timeBudgetMs: this.settings.sliceTimeBudgetMs,
           progressKey: `${part.progressKey}/part-${part.part}`,
+          countExisting: part.pass === 1 && part.part === 0,
         }),
       );
     } catch (err) {

@@ -7,6 +7,8 @@ import type { EnvKeyProvider } from '../../src/keys/env-provider';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { TenantCrypto } from '../../src/tenant-crypto';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
+import { rotateKek, type RotationReport } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from './database';
 import { createTestKeys } from './keys';
 import { workflowBundle } from './temporal';
@@ -52,6 +54,18 @@ export class RotationFixture {
       workflowBundle: workflowBundle(),
       activities,
     });
+  }
+
+  /** Runs one rotation to its end on a fresh worker; returns its report (or rejects with its failure). */
+  async execute(env: TestWorkflowEnvironment, request: RotationRequest, activities?: object): Promise<RotationReport> {
+    const worker = await this.worker(env, activities);
+    return worker.runUntil(
+      env.client.workflow.execute(rotateKek, {
+        taskQueue: this.taskQueue,
+        workflowId: `rotation-${randomUUID()}`,
+        args: [request],
+      }),
+    );
   }
 
   async staleOn(kekId: string): Promise<number> {

@@ -102,15 +102,8 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
       wrapKekId: 'v1',
     });
     try {
-      const worker = await fixture.worker(env);
-      const failure = await worker
-        .runUntil(
-          env.client.workflow.execute(rotateKek, {
-            taskQueue: fixture.taskQueue,
-            workflowId: `rotation-${randomUUID()}`,
-            args: [{ from: 'v1', to: 'v2', fleetLiveWithin: '30d', fleetTimeout: '2h' }],
-          }),
-        )
+      const failure = await fixture
+        .execute(env, { from: 'v1', to: 'v2', fleetLiveWithin: '30d', fleetTimeout: '2h' })
         .catch((err: unknown) => err);
       expect(failure).toBeInstanceOf(WorkflowFailedError);
       expect((failure as WorkflowFailedError).cause?.message).toBe(
@@ -126,14 +119,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('a dry run reports Migrated / Already done and writes nothing: no provision, no promotion', async () => {
     const fixture = await RotationFixture.create({ tenants: 700 });
     try {
-      const worker = await fixture.worker(env);
-      const result = await worker.runUntil(
-        env.client.workflow.execute(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [{ from: 'v1', to: 'v2', dryRun: true }],
-        }),
-      );
+      const result = await fixture.execute(env, { from: 'v1', to: 'v2', dryRun: true });
       expect(result.outcome).toBe('dry-run');
       expect(result.counters).toMatchObject({ rewrapped: 700, alreadyOnTarget: 0, failed: 0 });
       expect(await fixture.staleOn('v1')).toBe(700);
@@ -148,14 +134,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('a canary rotates one tenant under the new, still provisioned, KEK and stops there', async () => {
     const fixture = await RotationFixture.create({ tenants: 50 });
     try {
-      const worker = await fixture.worker(env);
-      const result = await worker.runUntil(
-        env.client.workflow.execute(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [{ from: 'v1', to: 'v2', tenantId: 'tenant-00000007' }],
-        }),
-      );
+      const result = await fixture.execute(env, { from: 'v1', to: 'v2', tenantId: 'tenant-00000007' });
       expect(result.outcome).toBe('canary');
       expect(result.counters.rewrapped).toBe(1);
       expect(await fixture.staleOn('v1')).toBe(49);

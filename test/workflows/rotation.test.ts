@@ -29,17 +29,10 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
   it('a full rotation with the default 7-day grace period finishes in seconds: no stale DEK, every DEK byte-identical, from retired', async () => {
     const fixture = await RotationFixture.create({ tenants: 3_000 });
     try {
-      const worker = await fixture.worker(env);
       const serverStart = await env.currentTimeMs();
       const wallStart = Date.now();
 
-      const result = await worker.runUntil(
-        env.client.workflow.execute(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [{ from: 'v1', to: 'v2' }],
-        }),
-      );
+      const result = await fixture.execute(env, { from: 'v1', to: 'v2' });
 
       expect(result.outcome).toBe('completed');
       expect(result.phase).toBe('done');
@@ -201,13 +194,10 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
           return real.rewrapSlice(args);
         },
       };
-      const worker = await fixture.worker(env, activities);
-      const result = await worker.runUntil(
-        env.client.workflow.execute(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [{ from: 'v1', to: 'v2', batchSize: 100, parallelism: 1, gracePeriod: '1d' }],
-        }),
+      const result = await fixture.execute(
+        env,
+        { from: 'v1', to: 'v2', batchSize: 100, parallelism: 1, gracePeriod: '1d' },
+        activities,
       );
       expect(attempts.some((a) => a.attempt === 2)).toBe(true);
       const { rows } = await fixture.db.pool.query<{ rewrapped: string }>(
@@ -237,14 +227,14 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       }
     })();
     try {
-      const worker = await fixture.worker(env);
-      const result = await worker.runUntil(
-        env.client.workflow.execute(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [{ from: 'v1', to: 'v2', batchSize: 50, parallelism: 2, gracePeriod: '2d', fleetLiveWithin: '1h' }],
-        }),
-      );
+      const result = await fixture.execute(env, {
+        from: 'v1',
+        to: 'v2',
+        batchSize: 50,
+        parallelism: 2,
+        gracePeriod: '2d',
+        fleetLiveWithin: '1h',
+      });
       writing = false;
       await writer;
       expect(updates).toBeGreaterThan(0);
@@ -299,20 +289,11 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     });
 
     it.each(cases)('%s', async (_what, request, message) => {
-      const worker = await fixture.worker(env);
       const started = Date.now();
-      const failure = await worker
-        .runUntil(
-          env.client.workflow.execute(rotateKek, {
-            taskQueue: fixture.taskQueue,
-            workflowId: `rotation-${randomUUID()}`,
-            args: [request],
-          }),
-        )
-        .then(
-          () => undefined,
-          (err: unknown) => err,
-        );
+      const failure = await fixture.execute(env, request).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
       expect(failure).toBeInstanceOf(WorkflowFailedError);
       expect((failure as WorkflowFailedError).cause?.message).toMatch(message);
       expect(Date.now() - started).toBeLessThan(10_000);
