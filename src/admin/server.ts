@@ -3,13 +3,8 @@ import swagger from '@fastify/swagger';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Pool } from 'pg';
-import { rotationStatus, RotationNotFoundError, startRotation } from '../client/rotations';
-import {
-  InvalidRotationError,
-  parseRotationRequest,
-  rotationWorkflowId,
-  type RotationRequest,
-} from '../rotation/rotation-input';
+import { rotationStatus, RotationNotFoundError, startRotation, type StartOutcome } from '../client/rotations';
+import { InvalidRotationError, type RotationRequest } from '../rotation/rotation-input';
 import type { ProgressReport } from '../rotation/progress';
 import { KekRegistry } from '../store/kek-registry';
 import { TenantDekStore } from '../store/tenant-deks';
@@ -218,20 +213,14 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         gracePeriod: body.grace_period,
         tenantId: body.tenant_id,
       };
+      let started: StartOutcome;
       try {
-        parseRotationRequest(rotation);
+        started = await startRotation(client, rotation, { taskQueue });
       } catch (err) {
         if (err instanceof InvalidRotationError)
           return reply.status(400).send({ error: 'bad_request', message: err.message });
         throw err;
       }
-      const base = rotationWorkflowId(from, to);
-      const workflowId = body.dry_run
-        ? `${base}-dry-run-${Date.now()}`
-        : body.tenant_id
-          ? `${base}-canary-${body.tenant_id}-${Date.now()}`
-          : base;
-      const started = await startRotation(client, rotation, { taskQueue, workflowId });
       const opId = started.handle.workflowId;
       const statusUrl = `/admin/v1/secrets/rotation-status/${encodeURIComponent(opId)}`;
       if (started.kind === 'already-running') {

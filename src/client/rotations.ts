@@ -5,7 +5,7 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { TypedSearchAttributes } from '@temporalio/common';
-import { rotationWorkflowId, type RotationRequest } from '../rotation/rotation-input';
+import { parseRotationRequest, rotationWorkflowId, type RotationRequest } from '../rotation/rotation-input';
 import { progressQuery, RekeyFromKek, RekeyPhase, RekeyToKek, rotateKek, type RotationReport } from '../workflows';
 
 export type StartOutcome =
@@ -13,8 +13,16 @@ export type StartOutcome =
   | { kind: 'already-running'; handle: WorkflowHandle<typeof rotateKek> }
   | { kind: 'already-done'; handle: WorkflowHandle<typeof rotateKek>; report: RotationReport };
 
+/** The rotation's workflow id; dry runs and canaries get ids of their own, never in the way of the real rotation. */
+export function workflowIdFor(request: RotationRequest, now = Date.now()): string {
+  const base = rotationWorkflowId(request.from, request.to);
+  if (request.dryRun) return `${base}-dry-run-${now}`;
+  if (request.tenantId !== undefined) return `${base}-canary-${request.tenantId}-${now}`;
+  return base;
+}
+
 /**
- * Starts a rotation under the id derived from its KEKs. A completed rotation of the same pair is reported as
+ * Checks the request's shape (InvalidRotationError says what to fix) and starts it under the id derived from its KEKs. A completed rotation of the same pair is reported as
  * already done instead of being redone; a failed, terminated or cancelled one may be started again.
  */
 export async function startRotation(
@@ -22,7 +30,8 @@ export async function startRotation(
   request: RotationRequest,
   options: { taskQueue: string; workflowId?: string },
 ): Promise<StartOutcome> {
-  const workflowId = options.workflowId ?? rotationWorkflowId(request.from, request.to);
+  parseRotationRequest(request);
+  const workflowId = options.workflowId ?? workflowIdFor(request);
   const start = (workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY' | 'ALLOW_DUPLICATE') =>
     client.workflow.start(rotateKek, {
       taskQueue: options.taskQueue,

@@ -1,11 +1,6 @@
 import { Command } from 'commander';
-import { failureMessage, startRotation } from '../../client/rotations';
-import {
-  InvalidRotationError,
-  parseRotationRequest,
-  rotationWorkflowId,
-  type RotationRequest,
-} from '../../rotation/rotation-input';
+import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
+import { InvalidRotationError, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { CliError, EXIT } from '../context';
 import { describeCounters } from '../format';
 import { duration, positiveInteger, withContext } from '../options';
@@ -47,21 +42,14 @@ export function rotateCommand(): Command {
           parallelism: options.parallelism,
           gracePeriod: options.grace,
         };
+        let started: StartOutcome;
         try {
-          parseRotationRequest(request);
+          parseRotationRequest(request); // bad input is reported even when Temporal is unreachable
+          started = await startRotation(await context.temporal(), request, { taskQueue: context.options.taskQueue });
         } catch (err) {
           if (err instanceof InvalidRotationError) throw new CliError(err.message, EXIT.usage);
           throw err;
         }
-        // Dry runs and canaries get ids of their own, so they never stand in the way of the real rotation.
-        const base = rotationWorkflowId(options.from, options.to);
-        const workflowId = options.dryRun
-          ? `${base}-dry-run-${Date.now()}`
-          : options.tenantId
-            ? `${base}-canary-${options.tenantId}-${Date.now()}`
-            : base;
-        const client = await context.temporal();
-        const started = await startRotation(client, request, { taskQueue: context.options.taskQueue, workflowId });
         const id = started.handle.workflowId;
         if (started.kind === 'already-running') {
           throw new CliError(
