@@ -149,6 +149,9 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     const paused = await rekey('pause', id!);
     expect(paused.code).toBe(0);
     expect(paused.stdout).toMatch(/^paused at [\d.]+%: .*\(paused\)/);
+    const scraped = await metrics.registry.getSingleMetricAsString('rekey_rotation_phase');
+    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="${id}",phase="rewrap"} 1`);
+    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="${id}",phase="grace"} 0`);
     const resumed = await rekey('resume', id!);
     expect(resumed.stdout).toMatch(/^resumed at [\d.]+%/);
     const aborted = await rekey('abort', id!, '--reason', 'test over');
