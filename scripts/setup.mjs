@@ -92,8 +92,18 @@ function goVersion(go) {
   return match ? [Number(match[1]), Number(match[2])] : undefined;
 }
 
-function isSumDbFailure(stderr) {
-  return /sum\.golang\.org|checksum database|verifying module: .*(dial|lookup|timeout|connection)/i.test(stderr);
+function isSumDbFailure(output) {
+  // e.g. "verifying go.mod: …: initializing sumdb.Client: … dial tcp …: connection refused"
+  return /sumdb|sum\.golang\.org|checksum database|verifying (module|go\.mod)/i.test(output);
+}
+
+/** `go mod download -json` reports its failure in the JSON's Error field, not on stderr. */
+function downloadError(result) {
+  try {
+    return JSON.parse(result.stdout).Error || lastLines(result.stderr, 2);
+  } catch {
+    return lastLines(result.stderr + result.stdout, 2);
+  }
 }
 
 export function ensureTemporalCli() {
@@ -116,23 +126,25 @@ export function ensureTemporalCli() {
   }
 
   const module = 'github.com/temporalio/cli';
+  const ldflags = `-X ${module}/temporalcli.Version=${TEMPORAL_CLI_VERSION}`;
   const baseEnv = { ...process.env, CGO_ENABLED: '0', GOTOOLCHAIN: 'local', GOFLAGS: '-buildvcs=false' };
-  // Go's checksum database vouches for the CLI module; if it cannot be reached we still pin the module's
-  // own hash here, and every dependency is verified against the module's go.sum either way.
-  let env = baseEnv;
   log(`building temporal CLI ${TEMPORAL_CLI_VERSION} with ${go} (first time only; several minutes)`);
-  let download = run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
-  if (download.status !== 0 && isSumDbFailure(download.stderr + download.stdout)) {
-    log("Go's checksum database did not answer: verifying the CLI module against the pinned hash instead");
-    env = { ...baseEnv, GONOSUMDB: module };
-    download = run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
+  const download = (env) => run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
+
+  // Normally Go's checksum database vouches for every module. If it does not answer, the CLI module is checked
+  // against the hash pinned here instead, and every dependency against that module's own go.sum.
+  let sumDbAnswered = true;
+  let fetched = download(baseEnv);
+  if (fetched.status !== 0 && isSumDbFailure(downloadError(fetched))) {
+    sumDbAnswered = false;
+    fetched = download({ ...baseEnv, GONOSUMDB: module });
   }
-  if (download.status !== 0) {
+  if (fetched.status !== 0) {
     throw new SetupError(
-      `could not download ${module}@v${TEMPORAL_CLI_VERSION} (is the Go module proxy reachable? GOPROXY=${process.env.GOPROXY || 'default'}): ${lastLines(download.stderr + download.stdout, 2)}`,
+      `could not download ${module}@v${TEMPORAL_CLI_VERSION} (is the Go module proxy reachable? GOPROXY=${process.env.GOPROXY || 'default'}): ${downloadError(fetched)}`,
     );
   }
-  const sum = JSON.parse(download.stdout).Sum;
+  const { Sum: sum, Dir: moduleDir } = JSON.parse(fetched.stdout);
   if (sum !== TEMPORAL_CLI_MODULE_SUM) {
     throw new SetupError(
       `${module}@v${TEMPORAL_CLI_VERSION} has hash ${sum}, expected ${TEMPORAL_CLI_MODULE_SUM}: refusing to build it`,
@@ -140,19 +152,24 @@ export function ensureTemporalCli() {
   }
 
   const staging = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-temporal-'));
-  const install = run(
-    go,
-    [
-      'install',
-      '-trimpath',
-      '-ldflags',
-      `-X ${module}/temporalcli.Version=${TEMPORAL_CLI_VERSION}`,
-      `${module}/cmd/temporal@v${TEMPORAL_CLI_VERSION}`,
-    ],
-    { env: { ...env, GOBIN: staging }, cwd: os.tmpdir() },
-  );
-  if (install.status !== 0) {
-    throw new SetupError(`go install of the temporal CLI failed: ${lastLines(install.stderr, 3)}`);
+  let built;
+  if (sumDbAnswered) {
+    built = run(go, ['install', '-trimpath', '-ldflags', ldflags, `${module}/cmd/temporal@v${TEMPORAL_CLI_VERSION}`], {
+      env: { ...baseEnv, GOBIN: staging },
+      cwd: os.tmpdir(),
+    });
+    sumDbAnswered = !(built.status !== 0 && isSumDbFailure(built.stderr));
+  }
+  if (!sumDbAnswered) {
+    log("Go's checksum database did not answer: building against the pinned module's own go.sum instead");
+    // Built as the main module, read-only: each dependency must match its go.sum line, none may be added.
+    built = run(go, ['build', '-trimpath', '-ldflags', ldflags, '-o', path.join(staging, 'temporal'), './cmd/temporal'], {
+      env: { ...baseEnv, GOSUMDB: 'off', GOFLAGS: '-buildvcs=false -mod=readonly' },
+      cwd: moduleDir,
+    });
+  }
+  if (built.status !== 0) {
+    throw new SetupError(`building the temporal CLI failed: ${lastLines(built.stderr, 3)}`);
   }
   fs.mkdirSync(dir, { recursive: true });
   fs.renameSync(path.join(staging, 'temporal'), binary); // atomic: a half-built binary is never cached
