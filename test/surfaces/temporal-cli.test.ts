@@ -1,0 +1,96 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { seedTenants } from '../../src/dev/tenants';
+import { projectRoot } from '../../src/project-paths';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { createWorker } from '../../src/worker';
+import { progressQuery, rotateKek } from '../../src/workflows';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createTestKeys } from '../helpers/keys';
+import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+
+/** The `temporal …` lines of the README's section on the plain temporal CLI, continuation lines joined. */
+function readmeTemporalLines(): string[] {
+  const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('### The same with the `temporal` CLI'));
+  const block = /```sh\n([\s\S]*?)```/.exec(section)?.[1] ?? '';
+  return block
+    .replace(/\\\n\s*/g, '')
+    .split('\n')
+    .map((line) => line.replace(/\s+#.*$/, '').trim())
+    .filter((line) => line.startsWith('temporal '));
+}
+
+/** Splits a shell line into arguments (single quotes only, as the README uses). */
+function shellWords(line: string): string[] {
+  return [...line.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+}
+
+describe("the README's plain temporal CLI lines work against a real worker", () => {
+  let env: TestWorkflowEnvironment;
+  let db: TestDatabase;
+  let worker: Worker;
+  let running: Promise<void>;
+  const { provider: keys } = createTestKeys(['v1', 'v2'], 'v1');
+
+  beforeAll(async () => {
+    env = await createDevServerEnv();
+    db = await createTestDatabase();
+    await new KekRegistry(db.pool).seedActive('v1', keys.fingerprint('v1'));
+    await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20_000 });
+    worker = await createWorker({
+      connection: env.nativeConnection,
+      taskQueue: 'rekey',
+      db: db.pool,
+      keys,
+      workflowBundle: workflowBundle(),
+    });
+    running = worker.run();
+  });
+  afterAll(async () => {
+    worker?.shutdown();
+    await running;
+    await db?.drop();
+    await env?.teardown();
+  });
+
+  it('start, query, signal, update and list, each as written', async () => {
+    const lines = readmeTemporalLines();
+    expect(lines.map((l) => shellWords(l).slice(0, 3).join(' '))).toEqual([
+      'temporal workflow start',
+      'temporal workflow query',
+      'temporal workflow signal',
+      'temporal workflow update',
+      'temporal workflow update',
+      'temporal workflow update',
+      'temporal workflow list',
+    ]);
+    const outputs: string[] = [];
+    for (const line of lines) {
+      const [, ...args] = shellWords(line);
+      const result = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+        execFile(
+          inject('toolchain').temporalCli,
+          [...args, '--address', env.address],
+          { timeout: 30_000 },
+          (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+        ),
+      );
+      expect({ line, code: result.code, stderr: result.stderr }).toEqual({ line, code: 0, stderr: '' });
+      outputs.push(result.stdout);
+    }
+    expect(outputs[1]).toMatch(/"from":\s*"v1"/);
+    expect(outputs[3]).toMatch(/"?paused"?:\s*true/);
+    expect(outputs[4]).toContain('graceEndsAt');
+    expect(outputs[5]).toContain('fleet gate overridden: pods drained');
+
+    const progress = await env.client.workflow
+      .getHandle<typeof rotateKek>('kek-rotation-v1-to-v2')
+      .query(progressQuery);
+    expect(progress).toMatchObject({ paused: true, note: 'fleet gate overridden: pods drained' });
+  });
+});
