@@ -1,14 +1,21 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
-import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Pool } from 'pg';
-import { rotationStatus, RotationNotFoundError, startRotation, type StartOutcome } from '../client/rotations';
+import {
+  rotationStatus,
+  RotationNotFoundError,
+  RotationNotRunningError,
+  runningRotation,
+  startRotation,
+  type StartOutcome,
+} from '../client/rotations';
 import { InvalidRotationError, type RotationRequest } from '../rotation/rotation-input';
 import type { ProgressReport } from '../rotation/progress';
 import { KekRegistry } from '../store/kek-registry';
 import { TenantDekStore } from '../store/tenant-deks';
-import { abortUpdate, pauseUpdate, resumeUpdate, rotateKek } from '../workflows';
+import { abortUpdate, pauseUpdate, resumeUpdate } from '../workflows';
 
 export interface AdminServerOptions {
   client: Client;
@@ -294,18 +301,14 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         },
       },
       async (request, reply) => {
-        const handle = client.workflow.getHandle<typeof rotateKek>(request.params.op_id);
+        let handle: Awaited<ReturnType<typeof runningRotation>>;
         try {
-          const { status } = await handle.describe();
-          if (status.name !== 'RUNNING') {
-            return reply.status(409).send({
-              error: 'conflict',
-              message: `rotation ${request.params.op_id} is ${status.name.toLowerCase()}, not running`,
-            });
-          }
+          handle = await runningRotation(client, request.params.op_id);
         } catch (err) {
-          if (err instanceof WorkflowNotFoundError)
-            return reply.status(404).send({ error: 'not_found', message: `no rotation '${request.params.op_id}'` });
+          if (err instanceof RotationNotFoundError)
+            return reply.status(404).send({ error: 'not_found', message: err.message });
+          if (err instanceof RotationNotRunningError)
+            return reply.status(409).send({ error: 'conflict', message: err.message });
           throw err;
         }
         const progress =

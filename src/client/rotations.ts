@@ -79,16 +79,40 @@ export interface RotationStatus {
   failure?: string;
 }
 
-export async function rotationStatus(client: Client, reference: string): Promise<RotationStatus> {
+export class RotationNotRunningError extends Error {
+  override readonly name = 'RotationNotRunningError';
+}
+
+/** A rotation by workflow id or `from:to`; RotationNotFoundError for an unknown id or a workflow that is not one. */
+export async function findRotation(
+  client: Client,
+  reference: string,
+): Promise<{ handle: WorkflowHandle<typeof rotateKek>; status: string }> {
   const workflowId = resolveRotationId(reference);
   const handle = client.workflow.getHandle<typeof rotateKek>(workflowId);
-  let status: string;
+  let description: Awaited<ReturnType<typeof handle.describe>>;
   try {
-    status = (await handle.describe()).status.name;
+    description = await handle.describe();
   } catch (err) {
     if (err instanceof WorkflowNotFoundError) throw new RotationNotFoundError(`no rotation '${workflowId}'`);
     throw err;
   }
+  if (description.type !== 'rotateKek') throw new RotationNotFoundError(`'${workflowId}' is not a rotation`);
+  return { handle, status: description.status.name };
+}
+
+/** A rotation that is still running (to pause, resume, abort or change); RotationNotRunningError otherwise. */
+export async function runningRotation(client: Client, reference: string): Promise<WorkflowHandle<typeof rotateKek>> {
+  const { handle, status } = await findRotation(client, reference);
+  if (status !== 'RUNNING') {
+    throw new RotationNotRunningError(`rotation ${handle.workflowId} is ${status.toLowerCase()}, not running`);
+  }
+  return handle;
+}
+
+export async function rotationStatus(client: Client, reference: string): Promise<RotationStatus> {
+  const { handle, status } = await findRotation(client, reference);
+  const { workflowId } = handle;
   if (status === 'RUNNING') return { workflowId, status, progress: await handle.query(progressQuery) };
   if (status === 'COMPLETED') return { workflowId, status, progress: await handle.result() };
   const failure = await handle.result().then(

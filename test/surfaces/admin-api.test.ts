@@ -110,6 +110,16 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(response.json()).toEqual({ error: 'not_found', message: "no rotation 'nope'" });
     const pause = await api.inject({ method: 'POST', url: '/admin/v1/secrets/rotation/nope/pause', headers: auth });
     expect(pause.statusCode).toBe(404);
+
+    // Another workflow in the same namespace is not a rotation, and the admin API does not touch it.
+    await env.client.workflow.start('someOtherWorkflow', { taskQueue: 'elsewhere', workflowId: 'not-a-rotation' });
+    const other = await api.inject({
+      method: 'POST',
+      url: '/admin/v1/secrets/rotation/not-a-rotation/abort',
+      headers: auth,
+    });
+    expect(other.statusCode).toBe(404);
+    expect(other.json()).toEqual({ error: 'not_found', message: "'not-a-rotation' is not a rotation" });
   });
 
   it('rotate-all answers 202 with op_id and status_url, 409 while it runs; pause, resume, status; then kek-status shows no stale DEK', async () => {

@@ -1,30 +1,24 @@
-import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { Command } from 'commander';
-import { failureMessage, resolveRotationId } from '../../client/rotations';
 import {
-  abortUpdate,
-  overrideFleetGateUpdate,
-  pauseUpdate,
-  resumeUpdate,
-  rotateKek,
-  setGraceUpdate,
-} from '../../workflows';
+  failureMessage,
+  RotationNotFoundError,
+  RotationNotRunningError,
+  runningRotation,
+} from '../../client/rotations';
+import { abortUpdate, overrideFleetGateUpdate, pauseUpdate, resumeUpdate, setGraceUpdate } from '../../workflows';
 import { CliError, EXIT, type CliContext } from '../context';
 import { describeProgress } from '../format';
 import { duration, withContext } from '../options';
 
 async function handleFor(context: CliContext, reference: string) {
-  const workflowId = resolveRotationId(reference);
-  const handle = (await context.temporal()).workflow.getHandle<typeof rotateKek>(workflowId);
   try {
-    const { status } = await handle.describe();
-    if (status.name !== 'RUNNING')
-      throw new CliError(`rotation ${workflowId} is ${status.name.toLowerCase()}, not running`, EXIT.conflict);
+    return await runningRotation(await context.temporal(), reference);
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw new CliError(`no rotation '${workflowId}'`, EXIT.notFound);
+    if (err instanceof RotationNotFoundError) throw new CliError(err.message, EXIT.notFound);
+    if (err instanceof RotationNotRunningError) throw new CliError(err.message, EXIT.conflict);
     throw err;
   }
-  return handle;
 }
 
 async function update<T>(run: () => Promise<T>): Promise<T> {
