@@ -2,28 +2,16 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
-import { Client, Pool } from 'pg';
+import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
+import { freePort } from '../src/dev/ports';
 import { startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { EnvKeyProvider } from '../src/keys/env-provider';
 import { projectRoot } from '../src/project-paths';
-import { migrate } from '../src/store/migrate';
 
 export const TASK_QUEUE = 'rekey-harness';
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
   return startDevServer({
@@ -33,31 +21,8 @@ export async function startServer(toolchain: Toolchain, dbFilename?: string, por
   });
 }
 
-export async function freshDatabase(name: string): Promise<{ url: string; pool: Pool; drop(): Promise<void> }> {
-  const adminUrl = process.env.DATABASE_URL ?? readToolchain().databaseUrl;
-  const admin = new Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  const pool = new Pool({ connectionString: url.toString(), max: 10 });
-  pool.on('error', () => undefined); // connections die on purpose in the chaos runs
-  const client = await pool.connect();
-  await migrate(client);
-  client.release();
-  return {
-    url: url.toString(),
-    pool,
-    async drop() {
-      await pool.end();
-      const dropper = new Client({ connectionString: adminUrl });
-      await dropper.connect();
-      await dropper.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await dropper.end();
-    },
-  };
+export function freshDatabase(name: string): Promise<ScratchDatabase> {
+  return createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 10);
 }
 
 /** Random KEKs as the env provider reads them; the same variables go to every worker process. */

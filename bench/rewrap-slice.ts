@@ -1,29 +1,22 @@
 // Measures rewrapSlice alone (no Temporal) on N tenants: `npm run bench:slice -- [N] [slices]`.
 import { randomBytes } from 'node:crypto';
-import { Client, Pool } from 'pg';
+import { createDatabase } from '../src/dev/databases';
 import { readToolchain } from '../src/dev/toolchain';
 import { seedTenants } from '../src/dev/tenants';
 import { EnvKeyProvider } from '../src/keys/env-provider';
 import { rewrapSlice } from '../src/rewrap/rewrap-slice';
-import { migrate } from '../src/store/migrate';
 
 async function main(): Promise<void> {
   const count = Number(process.argv[2] ?? 1_000_000);
   const slices = Number(process.argv[3] ?? 1);
   const batchSize = Number(process.env.BATCH ?? 2_000);
-  const adminUrl = process.env.DATABASE_URL ?? readToolchain().databaseUrl;
-  const name = `rekey_bench_${Date.now()}`;
-  const admin = new Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  const db = new Pool({ connectionString: url.toString(), max: 4 * slices + 2 });
-  db.on('error', () => undefined); // the drop at the end terminates idle connections
+  const database = await createDatabase(
+    process.env.DATABASE_URL ?? readToolchain().databaseUrl,
+    `rekey_bench_${Date.now()}`,
+    4 * slices + 2,
+  );
+  const db = database.pool;
   try {
-    const client = await db.connect();
-    await migrate(client);
-    client.release();
     const keys = new EnvKeyProvider(
       { B_KEK_v1: randomBytes(32).toString('base64url'), B_KEK_v2: randomBytes(32).toString('base64url') },
       'B',
@@ -55,9 +48,7 @@ async function main(): Promise<void> {
         `(${slices} slice(s), batch ${batchSize}, peak RSS ${Math.round(process.memoryUsage().rss / 2 ** 20)} MiB)`,
     );
   } finally {
-    await db.end();
-    await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
-    await admin.end();
+    await database.drop();
   }
 }
 

@@ -10,5 +10,4 @@ export const TEST_SERVER_VERSION: string;
 export class SetupError extends Error {}
 export function setup(only?: SetupStep[]): Promise<Toolchain>;
 export function readManifest(): Toolchain;
-export function freePort(): Promise<number>;
 export function restartPostgres(): void;

@@ -217,7 +217,7 @@ function canConnect(port, host = '127.0.0.1') {
   });
 }
 
-export function freePort() {
+function freePort() {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);

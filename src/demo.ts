@@ -4,15 +4,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
-import { Client as PgClient, Pool } from 'pg';
+import type { Pool } from 'pg';
 import { describeCounters, describeProgress } from './cli/format';
 import { startRotation } from './client/rotations';
+import { createDatabase } from './dev/databases';
 import { startDevServer } from './dev/dev-server';
 import { seedTenants, tenantIdFor } from './dev/tenants';
 import { readToolchain } from './dev/toolchain';
 import { FileKeyring } from './keys/file-keyring';
 import { KekRegistry } from './store/kek-registry';
-import { migrate } from './store/migrate';
 import { TenantDekStore } from './store/tenant-deks';
 import { TenantCrypto } from './tenant-crypto';
 import { createWorker } from './worker';
@@ -21,20 +21,6 @@ import { progressQuery } from './workflows';
 const TENANTS = Number(process.env.REKEY_DEMO_TENANTS ?? 200_000);
 const RECORDS = 2_000;
 const TASK_QUEUE = 'rekey-demo';
-
-async function freshDatabase(adminUrl: string, name: string): Promise<string> {
-  const admin = new PgClient({ connectionString: adminUrl });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await admin.end();
-  }
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
 
 /** A stand-in for the real service: reads tenant data, re-writes DEKs, onboards tenants, counting any error. */
 class SimulatedApplication {
@@ -107,16 +93,14 @@ async function main(): Promise<void> {
     uiPort: Number(process.env.REKEY_DEMO_UI_PORT ?? 8233),
     dbFilename: path.join(demoDir, 'temporal.db'),
   });
-  const databaseUrl = await freshDatabase(process.env.DATABASE_URL ?? toolchain.databaseUrl, 'rekey_demo');
-  const db = new Pool({ connectionString: databaseUrl, max: 12 });
+  // Left in place afterwards, to look at; the next run replaces it.
+  const { pool: db } = await createDatabase(process.env.DATABASE_URL ?? toolchain.databaseUrl, 'rekey_demo', 12);
   const keys = FileKeyring.open(path.join(demoDir, 'keyring.json'), { create: true });
   const nativeConnection = await NativeConnection.connect({ address: server.address });
   const connection = await Connection.connect({ address: server.address });
   let application: TenantCrypto | undefined;
   let simulated: SimulatedApplication | undefined;
   try {
-    const migrationClient = await db.connect();
-    await migrate(migrationClient).finally(() => migrationClient.release());
     const from = await keys.generate();
     await new KekRegistry(db).seedActive(from, keys.fingerprint(from));
 

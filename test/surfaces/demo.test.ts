@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { freePort } from '../../scripts/setup.mjs';
+import { freePort } from '../../src/dev/ports';
 import { projectRoot } from '../../src/project-paths';
 
 describe('the demo (the README main command, built)', () => {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../scripts/setup.mjs';
+import { freePort } from '../../src/dev/ports';
 import { startRotation } from '../../src/client/rotations';
 import { createWorker } from '../../src/worker';
 import { progressQuery } from '../../src/workflows';
