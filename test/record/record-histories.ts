@@ -1,0 +1,169 @@
+// `npm run record-histories`: records workflow histories from this build into
+// test/workflows/histories/<commit>/, for the replay test. Run it at a commit whose workflow code changed.
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { WorkflowHandle } from '@temporalio/client';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ProgressReport } from '../../src/rotation/progress';
+import { AppInstances } from '../../src/store/app-instances';
+import {
+  abortSignal,
+  overrideFleetGateUpdate,
+  pauseUpdate,
+  progressQuery,
+  resumeSignal,
+  rotateKek,
+  setGraceUpdate,
+} from '../../src/workflows';
+import { RotationFixture } from '../helpers/rotation-fixture';
+import { createTimeSkippingEnv } from '../helpers/temporal';
+
+const out = path.join(__dirname, '..', 'workflows', 'histories', process.env.HISTORY_BUILD ?? 'unknown');
+
+describe('record', () => {
+  let env: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    env = await createTimeSkippingEnv();
+    fs.mkdirSync(out, { recursive: true });
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  async function save(name: string, handle: WorkflowHandle, runId?: string) {
+    const h = runId ? env.client.workflow.getHandle(handle.workflowId, runId) : handle;
+    const history = await h.fetchHistory();
+    fs.writeFileSync(path.join(out, `${name}.json`), historyToJSON(history));
+  }
+
+  async function waitFor(handle: WorkflowHandle<typeof rotateKek>, predicate: (p: ProgressReport) => boolean) {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const progress = await handle.query(progressQuery);
+      if (predicate(progress)) return progress;
+      if (Date.now() > deadline) throw new Error(`timed out; ${JSON.stringify(progress)}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+
+  const slow = { from: 'v1', to: 'v2', batchSize: 20, parallelism: 2, sliceTimeBudget: '150ms' };
+
+  it('full rotation with pause, resume and grace update; partial histories while paused and in grace', async () => {
+    const fixture = await RotationFixture.create({ tenants: 3_000 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ ...slow, gracePeriod: '7d' }],
+        });
+        await waitFor(handle, (p) => p.counters.rewrapped > 0);
+        await handle.executeUpdate(pauseUpdate);
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        await save('paused-in-rewrap', handle);
+        await handle.signal(resumeSignal);
+        await waitFor(handle, (p) => p.phase === 'grace');
+        await save('in-grace', handle);
+        await handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: '1d' }] });
+        const result = await handle.result();
+        expect(result.outcome).toBe('completed');
+        await save('completed-pause-resume-grace-update', handle);
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('continue-as-new', async () => {
+    const fixture = await RotationFixture.create({ tenants: 2_000 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ ...slow, sliceTimeBudget: '100ms', maxHistoryEvents: 60, gracePeriod: '1d' }],
+        });
+        const result = await handle.result();
+        expect(result.outcome).toBe('completed');
+        await save('continue-as-new-first-run', handle, handle.firstExecutionRunId);
+        await save('continue-as-new-last-run', handle);
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('abort after promotion', async () => {
+    const fixture = await RotationFixture.create({ tenants: 3_000 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [slow],
+        });
+        await waitFor(handle, (p) => p.counters.rewrapped > 0);
+        await handle.signal(abortSignal, 'change freeze');
+        const result = await handle.result();
+        expect(result.outcome).toBe('aborted');
+        await save('aborted-mid-rewrap', handle);
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('fleet gate override', async () => {
+    const fixture = await RotationFixture.create({ tenants: 100 });
+    await new AppInstances(fixture.db.pool).announce({ instanceId: 'old-pod', unwrapKekIds: ['v1'], wrapKekId: 'v1' });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
+        });
+        await waitFor(handle, (p) => p.phase === 'promote' && p.fleet !== undefined);
+        await env.sleep('1h');
+        await handle.executeUpdate(overrideFleetGateUpdate, { args: ['drained'] });
+        const result = await handle.result();
+        expect(result.outcome).toBe('completed');
+        await save('fleet-override', handle);
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('dry run and canary', async () => {
+    const fixture = await RotationFixture.create({ tenants: 300 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const dry = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2', dryRun: true }],
+        });
+        expect((await dry.result()).outcome).toBe('dry-run');
+        await save('dry-run', dry);
+        const canary = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2', tenantId: 'tenant-00000007' }],
+        });
+        expect((await canary.result()).outcome).toBe('canary');
+        await save('canary', canary);
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+});
