@@ -2,6 +2,7 @@
 // each tenant's DEK fingerprint and some tenant data first, and checks afterwards that every DEK is byte-identical,
 // the data decrypts, nothing is stale and the old KEK is retired (or, after an abort, that both keys still work).
 // Exits non-zero on any loss.
+import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -81,7 +82,7 @@ class World {
   async start(): Promise<void> {
     this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'));
     this.database = await freshDatabase('rekey_chaos');
-    await new KekRegistry(this.db).seedActive('v1', this.keys.fingerprint('v1'));
+    await new KekRegistry(this.db, BUILTIN_TARGET).seedActive('v1', this.keys.fingerprint('v1'));
     await seedTenants({ db: this.db, keys: this.keys, kekId: 'v1', count: this.tenants });
     const app = new TenantCrypto({ db: this.db, keys: this.keys, instanceId: 'chaos-seeder' });
     await app.start();
@@ -165,7 +166,7 @@ class World {
       losses += this.crashes;
       notes.push(`the worker crashed ${this.crashes} time(s) (see bench/results/worker.log.tmp)`);
     }
-    const registry = new KekRegistry(this.db);
+    const registry = new KekRegistry(this.db, BUILTIN_TARGET);
     const v1 = (await registry.get('v1'))?.state;
     const v2 = (await registry.get('v2'))?.state;
     if (expect.retired) {
@@ -325,7 +326,7 @@ const SCENARIOS: Record<string, Scenario> = {
     // A tampered wrapped DEK: reported, never rewritten; the run fails naming it and retires nothing.
     const victim = tenantIdFor('tenant-', 7);
     await world.db.query(
-      `UPDATE tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = $1`,
+      `UPDATE rekey.tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = $1`,
       [victim],
     );
     const tampered = (await new TenantDekStore(world.db).find(victim))!;

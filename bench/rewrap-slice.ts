@@ -23,7 +23,7 @@ async function main(): Promise<void> {
     );
     let t = Date.now();
     await seedTenants({ db, keys, kekId: 'v1', count });
-    await db.query('VACUUM ANALYZE tenant_deks');
+    await db.query('VACUUM ANALYZE rekey.tenant_deks');
     console.log(`seeded ${count} tenants in ${((Date.now() - t) / 1000).toFixed(1)} s`);
 
     const bounds: (string | null)[] = [''];

@@ -1,5 +1,6 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
 // a naive one-off script on the same data. Writes bench/results/rotation-<tenants>.md.
+import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -21,7 +22,7 @@ async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: stri
   let done = 0;
   while (done < limit) {
     const { rows } = await db.query<{ tenant_id: string; wrapped_dek: Buffer; version: string }>(
-      'SELECT tenant_id, wrapped_dek, version FROM tenant_deks WHERE kek_id = $1 AND tenant_id > $2 ORDER BY tenant_id LIMIT 1000',
+      'SELECT tenant_id, wrapped_dek, version FROM rekey.tenant_deks WHERE kek_id = $1 AND tenant_id > $2 ORDER BY tenant_id LIMIT 1000',
       [from, cursor],
     );
     if (rows.length === 0) break;
@@ -31,7 +32,7 @@ async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: stri
       const wrapped = keys.wrap(to, row.tenant_id, dek);
       dek.fill(0);
       await db.query(
-        'UPDATE tenant_deks SET kek_id = $1, wrapped_dek = $2, version = version + 1 WHERE tenant_id = $3 AND version = $4',
+        'UPDATE rekey.tenant_deks SET kek_id = $1, wrapped_dek = $2, version = version + 1 WHERE tenant_id = $3 AND version = $4',
         [to, wrapped, row.tenant_id, row.version],
       );
       done++;
@@ -55,10 +56,10 @@ async function main(): Promise<void> {
     process.stdout.write(`${line}\n`);
   };
   try {
-    await new KekRegistry(database.pool).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     let t = Date.now();
     await seedTenants({ db: database.pool, keys, kekId: 'v1', count: tenants });
-    await database.pool.query('VACUUM ANALYZE tenant_deks');
+    await database.pool.query('VACUUM ANALYZE rekey.tenant_deks');
     say(`seeded ${tenants.toLocaleString('en-US')} tenants with COPY in ${((Date.now() - t) / 1000).toFixed(1)} s`);
 
     const started = await startRotation(

@@ -1,5 +1,6 @@
 // `npm run demo`: a KEK rotation end to end on embedded defaults, while a simulated application keeps reading and
 // writing tenant data. Dev server with Web UI, local PostgreSQL, file keyring, worker: all in this process's care.
+import { BUILTIN_TARGET } from './targets/builtin';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
@@ -43,7 +44,7 @@ class SimulatedApplication {
         const tenantId = tenantIdFor('tenant-', i);
         try {
           const { rows } = await this.db.query<{ ciphertext: string }>(
-            'SELECT ciphertext FROM tenant_records WHERE tenant_id = $1',
+            'SELECT ciphertext FROM rekey.tenant_records WHERE tenant_id = $1',
             [tenantId],
           );
           if (rows[0]) await this.app.decrypt(tenantId, rows[0].ciphertext);
@@ -72,7 +73,7 @@ class SimulatedApplication {
 
 async function storeRecord(db: Pool, tenantId: string, ciphertext: string): Promise<void> {
   await db.query(
-    `INSERT INTO tenant_records (tenant_id, record_id, ciphertext) VALUES ($1, 'profile', $2)
+    `INSERT INTO rekey.tenant_records (tenant_id, record_id, ciphertext) VALUES ($1, 'profile', $2)
      ON CONFLICT (tenant_id, record_id) DO UPDATE SET ciphertext = EXCLUDED.ciphertext`,
     [tenantId, ciphertext],
   );
@@ -102,7 +103,7 @@ async function main(): Promise<void> {
   let simulated: SimulatedApplication | undefined;
   try {
     const from = await keys.generate();
-    await new KekRegistry(db).seedActive(from, keys.fingerprint(from));
+    await new KekRegistry(db, BUILTIN_TARGET).seedActive(from, keys.fingerprint(from));
 
     say(`seeding ${TENANTS.toLocaleString('en-US')} tenants with DEKs under KEK '${from}' ...`);
     await seedTenants({ db, keys, kekId: from, count: TENANTS });
@@ -150,14 +151,14 @@ async function main(): Promise<void> {
     let decrypted = 0;
     for (const [tenantId, plaintext] of plaintexts) {
       const { rows } = await db.query<{ ciphertext: string }>(
-        'SELECT ciphertext FROM tenant_records WHERE tenant_id = $1',
+        'SELECT ciphertext FROM rekey.tenant_records WHERE tenant_id = $1',
         [tenantId],
       );
       if ((await reader.decrypt(tenantId, rows[0]!.ciphertext)).toString() === plaintext) decrypted++;
     }
     await reader.stop();
     const status = await new TenantDekStore(db).kekStatus();
-    const old = await new KekRegistry(db).require(report.from);
+    const old = await new KekRegistry(db, BUILTIN_TARGET).require(report.from);
 
     say('');
     say(`rotation ${report.outcome}: '${report.from}' → '${report.to}' in ${report.passes} pass(es)`);

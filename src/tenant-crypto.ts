@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from './targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Pool } from 'pg';
@@ -41,9 +42,9 @@ export class TenantCrypto {
 
   constructor(private readonly options: TenantCryptoOptions) {
     this.instanceId = options.instanceId ?? `${os.hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
-    this.registry = new KekRegistry(options.db);
+    this.registry = new KekRegistry(options.db, BUILTIN_TARGET);
     this.deks = new TenantDekStore(options.db);
-    this.instances = new AppInstances(options.db);
+    this.instances = new AppInstances(options.db, BUILTIN_TARGET);
   }
 
   private get registryTtlMs() {

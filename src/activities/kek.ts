@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../targets/builtin';
 import { randomBytes } from 'node:crypto';
 import { KEY_BYTES } from '../envelope/dek-wrapping';
 import { KeyMaterialError } from '../envelope/errors';
@@ -26,9 +27,9 @@ export class RetireRefusedError extends Error {
 }
 
 export function createKekActivities({ db, keys }: ActivityDependencies) {
-  const registry = new KekRegistry(db);
+  const registry = new KekRegistry(db, BUILTIN_TARGET);
   const deks = new TenantDekStore(db);
-  const instances = new AppInstances(db);
+  const instances = new AppInstances(db, BUILTIN_TARGET);
 
   return {
     /**
@@ -112,10 +113,14 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
       const client = await checkout(db);
       try {
         await client.query('BEGIN');
-        await client.query('SELECT 1 FROM keks WHERE kek_id = $1 FOR UPDATE', [from]);
-        const { rows } = await client.query<{ n: string }>('SELECT count(*) AS n FROM tenant_deks WHERE kek_id = $1', [
+        await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR UPDATE', [
+          BUILTIN_TARGET,
           from,
         ]);
+        const { rows } = await client.query<{ n: string }>(
+          'SELECT count(*) AS n FROM rekey.tenant_deks WHERE kek_id = $1',
+          [from],
+        );
         const stillUsing = Number(rows[0]?.n ?? 0);
         if (stillUsing > 0) {
           throw new RetireRefusedError(`KEK '${from}' still wraps ${stillUsing} DEK(s): not retiring it`);

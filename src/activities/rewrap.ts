@@ -62,7 +62,7 @@ export function createRewrapActivities({ db, keys, metrics }: ActivityDependenci
       const fractions = Array.from({ length: slices - 1 }, (_, i) => (i + 1) / slices);
       const { rows } = await db.query<{ boundaries: string[] | null }>(
         `SELECT percentile_disc($2::float8[]) WITHIN GROUP (ORDER BY tenant_id) AS boundaries
-         FROM tenant_deks WHERE kek_id = $1`,
+         FROM rekey.tenant_deks WHERE kek_id = $1`,
         [from, fractions],
       );
       return { stale, ranges: rangesFromBoundaries(rows[0]?.boundaries ?? []) };
@@ -117,11 +117,11 @@ export function createRewrapActivities({ db, keys, metrics }: ActivityDependenci
       await keys.reload();
       const tenant = tenantId ?? null;
       const { rows: counted } = await db.query<{ n: string }>(
-        'SELECT count(*) AS n FROM tenant_deks WHERE kek_id = $1 AND ($2::text IS NULL OR tenant_id = $2)',
+        'SELECT count(*) AS n FROM rekey.tenant_deks WHERE kek_id = $1 AND ($2::text IS NULL OR tenant_id = $2)',
         [from, tenant],
       );
       const { rows } = await db.query<{ tenant_id: string; wrapped_dek: Buffer }>(
-        `SELECT tenant_id, wrapped_dek FROM tenant_deks WHERE kek_id = $1 AND ($3::text IS NULL OR tenant_id = $3)
+        `SELECT tenant_id, wrapped_dek FROM rekey.tenant_deks WHERE kek_id = $1 AND ($3::text IS NULL OR tenant_id = $3)
          ORDER BY random() LIMIT $2`,
         [to, sampleSize, tenant],
       );

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../targets/builtin';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
@@ -202,7 +203,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     },
     async (request, reply) => {
       const body = request.body ?? {};
-      const active = (await new KekRegistry(db).active())?.kekId;
+      const active = (await new KekRegistry(db, BUILTIN_TARGET).active())?.kekId;
       const from = body.from === undefined || body.from === 'current' ? active : body.from;
       if (from === undefined) {
         return reply

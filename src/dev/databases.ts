@@ -18,10 +18,16 @@ async function asAdmin(adminUrl: string, sql: string): Promise<void> {
 }
 
 /**
- * A new, migrated database `name` beside the one at `adminUrl` (one of that name is replaced), with a pool over it.
+ * A new database `name` beside the one at `adminUrl` (one of that name is replaced), with a pool over it; migrated
+ * unless asked not to (a test that builds another system's schema first).
  * The tests, the demo, the benchmark and the chaos suite all start from one of these.
  */
-export async function createDatabase(adminUrl: string, name: string, poolSize = 8): Promise<ScratchDatabase> {
+export async function createDatabase(
+  adminUrl: string,
+  name: string,
+  poolSize = 8,
+  options: { migrate?: boolean } = {},
+): Promise<ScratchDatabase> {
   if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`'${name}' is not a plain database name`);
   await asAdmin(adminUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   await asAdmin(adminUrl, `CREATE DATABASE ${name}`);
@@ -29,11 +35,13 @@ export async function createDatabase(adminUrl: string, name: string, poolSize = 
   url.pathname = `/${name}`;
   const pool = new Pool({ connectionString: url.toString(), max: poolSize });
   pool.on('error', () => undefined); // idle connections die when the database is dropped or the server restarts
-  const client = await pool.connect();
-  try {
-    await migrate(client);
-  } finally {
-    client.release();
+  if (options.migrate !== false) {
+    const client = await pool.connect();
+    try {
+      await migrate(client);
+    } finally {
+      client.release();
+    }
   }
   return {
     url: url.toString(),

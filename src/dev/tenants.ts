@@ -23,7 +23,7 @@ export async function seedTenants(options: {
   const { db, keys, kekId, count, prefix = 'tenant-', chunk = 10_000 } = options;
   const client = await db.connect();
   try {
-    const sink = client.query(copyFrom('COPY tenant_deks (tenant_id, kek_id, wrapped_dek) FROM STDIN'));
+    const sink = client.query(copyFrom('COPY rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) FROM STDIN'));
     await pipeline(Readable.from(chunks()), sink);
   } finally {
     client.release();
@@ -54,7 +54,7 @@ export async function seedTenants(options: {
  */
 export async function dekFingerprints(db: Pool, keys: KeyProvider, except?: string): Promise<Map<string, string>> {
   const { rows } = await db.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
-    'SELECT tenant_id, kek_id, wrapped_dek FROM tenant_deks WHERE tenant_id IS DISTINCT FROM $1 ORDER BY tenant_id',
+    'SELECT tenant_id, kek_id, wrapped_dek FROM rekey.tenant_deks WHERE tenant_id IS DISTINCT FROM $1 ORDER BY tenant_id',
     [except ?? null],
   );
   const fingerprints = new Map<string, string>();

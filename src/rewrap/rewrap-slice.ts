@@ -179,9 +179,10 @@ class SliceRun {
       }
       return false;
     }
-    const existing = await this.reader.query<ProgressRow>('SELECT * FROM rewrap_progress WHERE progress_key = $1', [
-      progressKey,
-    ]);
+    const existing = await this.reader.query<ProgressRow>(
+      'SELECT * FROM rekey.rewrap_progress WHERE progress_key = $1',
+      [progressKey],
+    );
     const row = existing.rows[0];
     if (row) {
       // Committed together with the DEKs it counts, so it is never behind them.
@@ -191,8 +192,8 @@ class SliceRun {
     }
     const initial = this.input.countExisting === false ? emptyCounters() : await this.countExisting(this.reader);
     await this.writer.query(
-      `INSERT INTO rewrap_progress (progress_key, cursor, already_on_target, skipped) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (progress_key) DO NOTHING`,
+      `INSERT INTO rekey.rewrap_progress (target, progress_key, cursor, already_on_target, skipped)
+       VALUES ('rekey', $1, $2, $3, $4) ON CONFLICT (progress_key) DO NOTHING`,
       [progressKey, this.input.after, initial.alreadyOnTarget, initial.skipped],
     );
     this.counters = initial;
@@ -205,7 +206,7 @@ class SliceRun {
     const { rows } = await client.query<{ on_target: string; other: string }>(
       `SELECT count(*) FILTER (WHERE kek_id = $1) AS on_target,
               count(*) FILTER (WHERE kek_id <> $1 AND kek_id <> $2) AS other
-       FROM tenant_deks WHERE ${sql}`,
+       FROM rekey.tenant_deks WHERE ${sql}`,
       [this.input.to, this.input.from, ...params],
     );
     return { ...emptyCounters(), alreadyOnTarget: Number(rows[0]?.on_target), skipped: Number(rows[0]?.other) };
@@ -225,7 +226,7 @@ class SliceRun {
   private async readBatch(): Promise<DekRow[]> {
     const { sql, params } = this.rangeFilter(2);
     const { rows } = await this.reader.query<DekRow>(
-      `SELECT tenant_id, version, wrapped_dek FROM tenant_deks
+      `SELECT tenant_id, version, wrapped_dek FROM rekey.tenant_deks
        WHERE kek_id = $1 AND ${sql} ORDER BY tenant_id LIMIT ${Math.trunc(this.input.batchSize)}`,
       [this.input.from, ...params],
     );
@@ -292,7 +293,7 @@ class SliceRun {
   /** Re-reads rows that lost a race; those no longer on `from` are counted, the rest are rewrapped again. */
   private async reprepare(tenantIds: string[]): Promise<PreparedBatch> {
     const { rows } = await this.writer.query<DekRow & { kek_id: string }>(
-      'SELECT tenant_id, kek_id, version, wrapped_dek FROM tenant_deks WHERE tenant_id = ANY($1) ORDER BY tenant_id',
+      'SELECT tenant_id, kek_id, version, wrapped_dek FROM rekey.tenant_deks WHERE tenant_id = ANY($1) ORDER BY tenant_id',
       [tenantIds],
     );
     const stillStale = rows.filter((r) => r.kek_id === this.input.from);
@@ -314,7 +315,7 @@ class SliceRun {
     const withProgress = this.input.progressKey !== undefined;
     const progress = withProgress
       ? `, progress AS (
-           UPDATE rewrap_progress SET
+           UPDATE rekey.rewrap_progress SET
              cursor = COALESCE($7, cursor),
              rewrapped = rewrapped + (SELECT count(*) FROM updated),
              cas_conflicts = cas_conflicts + ($8::int - (SELECT count(*) FROM updated)),
@@ -326,7 +327,7 @@ class SliceRun {
     if (withProgress) values.push(this.input.progressKey, cursor, batch.ids.length, batch.failed);
     const { rows } = await this.writer.query<{ tenant_id: string }>(
       `WITH updated AS (
-         UPDATE tenant_deks AS t SET
+         UPDATE rekey.tenant_deks AS t SET
            kek_id = $4,
            wrapped_dek = substring($3::bytea FROM ((u.ord - 1) * ${WRAPPED_DEK_BYTES} + 1)::int FOR ${WRAPPED_DEK_BYTES}),
            version = t.version + 1,
@@ -350,7 +351,7 @@ class SliceRun {
   private async recordDelta(delta: RewrapCounters): Promise<void> {
     if (this.input.progressKey === undefined) return;
     await this.writer.query(
-      `UPDATE rewrap_progress SET already_on_target = already_on_target + $2, skipped = skipped + $3,
+      `UPDATE rekey.rewrap_progress SET already_on_target = already_on_target + $2, skipped = skipped + $3,
          contended = contended + $4, updated_at = now() WHERE progress_key = $1`,
       [this.input.progressKey, delta.alreadyOnTarget, delta.skipped, delta.contended],
     );
@@ -358,7 +359,7 @@ class SliceRun {
 
   private async markDone(): Promise<void> {
     if (this.input.progressKey === undefined || this.input.dryRun) return;
-    await this.writer.query('UPDATE rewrap_progress SET cursor = $2, done = true WHERE progress_key = $1', [
+    await this.writer.query('UPDATE rekey.rewrap_progress SET cursor = $2, done = true WHERE progress_key = $1', [
       this.input.progressKey,
       this.cursor,
     ]);

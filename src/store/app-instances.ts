@@ -9,19 +9,25 @@ export interface AppInstance {
 
 /** Application processes announce what they can unwrap and what they wrap with; rotation reads the live fleet. */
 export class AppInstances {
-  constructor(private readonly db: Pool) {}
+  constructor(
+    private readonly db: Pool,
+    readonly target: string,
+  ) {}
 
   async announce(instance: Omit<AppInstance, 'lastSeen'>): Promise<void> {
     await this.db.query(
-      `INSERT INTO app_instances (instance_id, unwrap_kek_ids, wrap_kek_id) VALUES ($1, $2, $3)
-       ON CONFLICT (instance_id) DO UPDATE
+      `INSERT INTO rekey.app_instances (target, instance_id, unwrap_kek_ids, wrap_kek_id) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (target, instance_id) DO UPDATE
          SET unwrap_kek_ids = EXCLUDED.unwrap_kek_ids, wrap_kek_id = EXCLUDED.wrap_kek_id, last_seen = now()`,
-      [instance.instanceId, instance.unwrapKekIds, instance.wrapKekId],
+      [this.target, instance.instanceId, instance.unwrapKekIds, instance.wrapKekId],
     );
   }
 
   async withdraw(instanceId: string): Promise<void> {
-    await this.db.query('DELETE FROM app_instances WHERE instance_id = $1', [instanceId]);
+    await this.db.query('DELETE FROM rekey.app_instances WHERE target = $1 AND instance_id = $2', [
+      this.target,
+      instanceId,
+    ]);
   }
 
   /** Instances seen within `liveWithinMs` (by the database clock). */
@@ -32,9 +38,9 @@ export class AppInstances {
       wrap_kek_id: string | null;
       last_seen: Date;
     }>(
-      `SELECT instance_id, unwrap_kek_ids, wrap_kek_id, last_seen FROM app_instances
-       WHERE last_seen > now() - make_interval(secs => $1) ORDER BY instance_id`,
-      [liveWithinMs / 1000],
+      `SELECT instance_id, unwrap_kek_ids, wrap_kek_id, last_seen FROM rekey.app_instances
+       WHERE target = $1 AND last_seen > now() - make_interval(secs => $2) ORDER BY instance_id`,
+      [this.target, liveWithinMs / 1000],
     );
     return rows.map((r) => ({
       instanceId: r.instance_id,

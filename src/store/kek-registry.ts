@@ -40,28 +40,42 @@ const TIMESTAMP_COLUMN: Record<KekState, string> = {
   retired: 'retired_at',
 };
 
-/** The KEK registry in PostgreSQL: each KEK's state, fingerprint and transition times. Never key bytes. */
+/**
+ * The KEK registry of one target (keyspace) in PostgreSQL: each KEK's state, fingerprint and transition times.
+ * Never key bytes.
+ */
 export class KekRegistry {
-  constructor(private readonly db: Pool) {}
+  constructor(
+    private readonly db: Pool,
+    readonly target: string,
+  ) {}
 
   async list(): Promise<KekRecord[]> {
-    const { rows } = await this.db.query<KekRow>('SELECT * FROM keks ORDER BY provisioned_at, kek_id');
+    const { rows } = await this.db.query<KekRow>(
+      'SELECT * FROM rekey.keks WHERE target = $1 ORDER BY provisioned_at, kek_id',
+      [this.target],
+    );
     return rows.map(toRecord);
   }
 
   async get(kekId: string, client: Pool | PoolClient = this.db): Promise<KekRecord | undefined> {
-    const { rows } = await client.query<KekRow>('SELECT * FROM keks WHERE kek_id = $1', [kekId]);
+    const { rows } = await client.query<KekRow>('SELECT * FROM rekey.keks WHERE target = $1 AND kek_id = $2', [
+      this.target,
+      kekId,
+    ]);
     return rows[0] && toRecord(rows[0]);
   }
 
   async require(kekId: string, client: Pool | PoolClient = this.db): Promise<KekRecord> {
     const record = await this.get(kekId, client);
-    if (!record) throw new UnknownKekError(kekId, 'the KEK registry');
+    if (!record) throw new UnknownKekError(kekId, `the KEK registry of target '${this.target}'`);
     return record;
   }
 
   async active(): Promise<KekRecord | undefined> {
-    const { rows } = await this.db.query<KekRow>(`SELECT * FROM keks WHERE state = 'active'`);
+    const { rows } = await this.db.query<KekRow>(`SELECT * FROM rekey.keks WHERE target = $1 AND state = 'active'`, [
+      this.target,
+    ]);
     return rows[0] && toRecord(rows[0]);
   }
 
@@ -71,8 +85,9 @@ export class KekRegistry {
    */
   async register(kekId: string, fingerprint: string): Promise<KekRecord> {
     await this.db.query(
-      `INSERT INTO keks (kek_id, state, fingerprint) VALUES ($1, 'provisioned', $2) ON CONFLICT (kek_id) DO NOTHING`,
-      [kekId, fingerprint],
+      `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ($1, $2, 'provisioned', $3)
+       ON CONFLICT (target, kek_id) DO NOTHING`,
+      [this.target, kekId, fingerprint],
     );
     const record = await this.require(kekId);
     if (record.fingerprint !== fingerprint) {
@@ -100,8 +115,9 @@ export class KekRegistry {
     if (current.state === to) return current;
     assertTransition(kekId, current.state, to);
     const updated = await client.query<KekRow>(
-      `UPDATE keks SET state = $2, ${TIMESTAMP_COLUMN[to]} = now() WHERE kek_id = $1 AND state = $3 RETURNING *`,
-      [kekId, to, current.state],
+      `UPDATE rekey.keks SET state = $3, ${TIMESTAMP_COLUMN[to]} = now()
+       WHERE target = $1 AND kek_id = $2 AND state = $4 RETURNING *`,
+      [this.target, kekId, to, current.state],
     );
     if (!updated.rows[0]) {
       throw new KekTransitionError(kekId, current.state, to, 'its state changed concurrently; retry');
@@ -117,7 +133,10 @@ export class KekRegistry {
     const client = await checkout(this.db);
     try {
       await client.query('BEGIN');
-      await client.query('SELECT 1 FROM keks WHERE kek_id = ANY($1) FOR UPDATE', [[from, to]]);
+      await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = ANY($2) FOR UPDATE', [
+        this.target,
+        [from, to],
+      ]);
       const target = await this.require(to, client);
       if (target.state !== 'active') {
         const source = await this.require(from, client);

@@ -1,4 +1,5 @@
 import type { Pool } from 'pg';
+import { BUILTIN_TARGET } from '../targets/builtin';
 
 export interface StoredDek {
   tenantId: string;
@@ -36,7 +37,7 @@ export class TenantDekStore {
 
   async find(tenantId: string): Promise<StoredDek | undefined> {
     const { rows } = await this.db.query<DekRow>(
-      'SELECT tenant_id, kek_id, wrapped_dek, version FROM tenant_deks WHERE tenant_id = $1',
+      'SELECT tenant_id, kek_id, wrapped_dek, version FROM rekey.tenant_deks WHERE tenant_id = $1',
       [tenantId],
     );
     return rows[0] && toStored(rows[0]);
@@ -45,7 +46,7 @@ export class TenantDekStore {
   /** Inserts a tenant's first DEK; false if another writer created one first. */
   async insert(tenantId: string, kekId: string, wrappedDek: Buffer): Promise<boolean> {
     const { rowCount } = await this.db.query(
-      `INSERT INTO tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING`,
+      `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING`,
       [tenantId, kekId, wrappedDek],
     );
     return rowCount === 1;
@@ -54,7 +55,7 @@ export class TenantDekStore {
   /** Replaces a DEK only if its version is still `expectedVersion`; false when another writer got there first. */
   async compareAndSwap(tenantId: string, expectedVersion: bigint, kekId: string, wrappedDek: Buffer): Promise<boolean> {
     const { rowCount } = await this.db.query(
-      `UPDATE tenant_deks SET kek_id = $3, wrapped_dek = $4, version = version + 1, updated_at = now()
+      `UPDATE rekey.tenant_deks SET kek_id = $3, wrapped_dek = $4, version = version + 1, updated_at = now()
        WHERE tenant_id = $1 AND version = $2`,
       [tenantId, expectedVersion.toString(), kekId, wrappedDek],
     );
@@ -63,16 +64,17 @@ export class TenantDekStore {
 
   /** Number of DEKs on `kekId` (index-only on tenant_deks_by_kek). */
   async countOnKek(kekId: string): Promise<number> {
-    const { rows } = await this.db.query<{ n: string }>('SELECT count(*) AS n FROM tenant_deks WHERE kek_id = $1', [
-      kekId,
-    ]);
+    const { rows } = await this.db.query<{ n: string }>(
+      'SELECT count(*) AS n FROM rekey.tenant_deks WHERE kek_id = $1',
+      [kekId],
+    );
     return Number(rows[0]?.n ?? 0);
   }
 
   /** Up to `limit` tenant ids still on `kekId`, for reports. */
   async tenantsOnKek(kekId: string, limit: number): Promise<string[]> {
     const { rows } = await this.db.query<{ tenant_id: string }>(
-      'SELECT tenant_id FROM tenant_deks WHERE kek_id = $1 ORDER BY tenant_id LIMIT $2',
+      'SELECT tenant_id FROM rekey.tenant_deks WHERE kek_id = $1 ORDER BY tenant_id LIMIT $2',
       [kekId, limit],
     );
     return rows.map((r) => r.tenant_id);
@@ -81,9 +83,11 @@ export class TenantDekStore {
   async kekStatus(): Promise<KekStatus> {
     const [counts, current] = await Promise.all([
       this.db.query<{ kek_id: string; n: string }>(
-        'SELECT kek_id, count(*) AS n FROM tenant_deks GROUP BY kek_id ORDER BY kek_id',
+        'SELECT kek_id, count(*) AS n FROM rekey.tenant_deks GROUP BY kek_id ORDER BY kek_id',
       ),
-      this.db.query<{ kek_id: string }>(`SELECT kek_id FROM keks WHERE state = 'active'`),
+      this.db.query<{ kek_id: string }>(`SELECT kek_id FROM rekey.keks WHERE target = $1 AND state = 'active'`, [
+        BUILTIN_TARGET,
+      ]),
     ]);
     const currentKekId = current.rows[0]?.kek_id ?? null;
     const dekCounts: Record<string, number> = {};

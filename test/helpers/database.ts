@@ -5,9 +5,9 @@ import { createDatabase, type ScratchDatabase } from '../../src/dev/databases';
 
 export type TestDatabase = ScratchDatabase;
 
-/** A fresh, migrated database on the test PostgreSQL; `drop()` removes it. */
-export function createTestDatabase(): Promise<TestDatabase> {
-  return createDatabase(inject('toolchain').databaseUrl, `rekey_test_${randomBytes(6).toString('hex')}`);
+/** A fresh database on the test PostgreSQL, migrated unless asked not to; `drop()` removes it. */
+export function createTestDatabase(options: { migrate?: boolean } = {}): Promise<TestDatabase> {
+  return createDatabase(inject('toolchain').databaseUrl, `rekey_test_${randomBytes(6).toString('hex')}`, 8, options);
 }
 
 /** One fresh database for the calling test file, dropped after its last test. */

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
@@ -29,7 +30,7 @@ export class RotationFixture {
     const db = await createTestDatabase();
     const { provider, secrets } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
     const fixture = new RotationFixture(db, provider, secrets);
-    await new KekRegistry(db.pool).seedActive('v1', provider.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', provider.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: provider, kekId: 'v1', count: options.tenants });
     const app = new TenantCrypto({ db: db.pool, keys: provider });
     await app.start();
@@ -73,7 +74,7 @@ export class RotationFixture {
   }
 
   async kekState(kekId: string): Promise<string | undefined> {
-    return (await new KekRegistry(this.db.pool).get(kekId))?.state;
+    return (await new KekRegistry(this.db.pool, BUILTIN_TARGET).get(kekId))?.state;
   }
 
   /** Every DEK unwraps, byte-identical to before (tenants created since are ignored), and the data decrypts. */

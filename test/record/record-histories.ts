@@ -1,5 +1,6 @@
 // `npm run record-histories`: records workflow histories from this build into
 // test/workflows/histories/<commit>/, for the replay test. Run it at a commit whose workflow code changed.
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -121,7 +122,11 @@ describe('record', () => {
 
   it('fleet gate override', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
-    await new AppInstances(fixture.db.pool).announce({ instanceId: 'old-pod', unwrapKekIds: ['v1'], wrapKekId: 'v1' });
+    await new AppInstances(fixture.db.pool, BUILTIN_TARGET).announce({
+      instanceId: 'old-pod',
+      unwrapKekIds: ['v1'],
+      wrapKekId: 'v1',
+    });
     try {
       const worker = await fixture.worker(env);
       await worker.runUntil(async () => {

@@ -6,9 +6,11 @@ describe('test database', () => {
 
   it('is migrated and round-trips a wrapped DEK row', async () => {
     const wrapped = Buffer.from([1, 2, 3, 250]);
-    await db.pool.query(`INSERT INTO tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ('t-1', 'v1', $1)`, [wrapped]);
+    await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ('t-1', 'v1', $1)`, [
+      wrapped,
+    ]);
     const { rows } = await db.pool.query<{ wrapped_dek: Buffer; version: string }>(
-      `SELECT wrapped_dek, version FROM tenant_deks WHERE tenant_id = 't-1'`,
+      `SELECT wrapped_dek, version FROM rekey.tenant_deks WHERE tenant_id = 't-1'`,
     );
     expect(rows).toHaveLength(1);
     expect(rows[0]?.wrapped_dek.equals(wrapped)).toBe(true);

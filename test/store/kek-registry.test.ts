@@ -1,19 +1,26 @@
 import { describe, expect, it } from 'vitest';
 import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { useTestDatabase } from '../helpers/database';
 
 describe('KEK registry', () => {
   const db = useTestDatabase();
-  const registry = () => new KekRegistry(db.pool);
+  const registry = () => new KekRegistry(db.pool, BUILTIN_TARGET);
   let n = 0;
   const id = (label: string) => `${label}-${n++}`;
 
-  it('the database itself refuses a second active KEK', async () => {
-    await db.pool.query(`INSERT INTO keks (kek_id, state, fingerprint) VALUES ('one', 'active', 'kcv1:a')`);
-    await expect(
-      db.pool.query(`INSERT INTO keks (kek_id, state, fingerprint) VALUES ('two', 'active', 'kcv1:b')`),
-    ).rejects.toThrow(/keks_at_most_one_active/);
-    await db.pool.query(`DELETE FROM keks`);
+  it('the database itself refuses a second active KEK in one target, and each target has its own', async () => {
+    const insert = (target: string, kekId: string) =>
+      db.pool.query(`INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ($1, $2, 'active', 'kcv1:a')`, [
+        target,
+        kekId,
+      ]);
+    await insert('rekey', 'one');
+    await expect(insert('rekey', 'two')).rejects.toThrow(/keks_one_active_per_target/);
+    await insert('talos', 'one');
+    expect((await new KekRegistry(db.pool, 'talos').active())?.kekId).toBe('one');
+    expect(await new KekRegistry(db.pool, 'mycelium').active()).toBeUndefined();
+    await db.pool.query(`DELETE FROM rekey.keks`);
   });
 
   it('promote makes the new KEK active and the old one decrypt-only, and is idempotent', async () => {

@@ -49,7 +49,9 @@ describe('rewrapSlice', () => {
       });
       expect(await staleCount(db)).toBe(0);
       expect(await dekFingerprints(db.pool, keys)).toEqual(before);
-      const { rows } = await db.pool.query<{ n: string }>(`SELECT count(*) AS n FROM tenant_deks WHERE version = 2`);
+      const { rows } = await db.pool.query<{ n: string }>(
+        `SELECT count(*) AS n FROM rekey.tenant_deks WHERE version = 2`,
+      );
       expect(Number(rows[0]?.n)).toBe(5_000);
     }));
 
@@ -117,10 +119,10 @@ describe('rewrapSlice', () => {
     withDatabase(async (db) => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 50 });
       await db.pool.query(
-        `UPDATE tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000007'`,
+        `UPDATE rekey.tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000007'`,
       );
       const { rows: tampered } = await db.pool.query<{ wrapped_dek: Buffer; version: string }>(
-        `SELECT wrapped_dek, version FROM tenant_deks WHERE tenant_id = 'tenant-00000007'`,
+        `SELECT wrapped_dek, version FROM rekey.tenant_deks WHERE tenant_id = 'tenant-00000007'`,
       );
 
       const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
@@ -141,7 +143,7 @@ describe('rewrapSlice', () => {
       const snapshot = async () =>
         (
           await db.pool.query<object>(
-            `SELECT tenant_id, kek_id, version, wrapped_dek FROM tenant_deks ORDER BY tenant_id`,
+            `SELECT tenant_id, kek_id, version, wrapped_dek FROM rekey.tenant_deks ORDER BY tenant_id`,
           )
         ).rows;
       const before = await snapshot();
@@ -150,7 +152,7 @@ describe('rewrapSlice', () => {
 
       expect(result.counters.rewrapped).toBe(1_000);
       expect(await snapshot()).toEqual(before);
-      expect((await db.pool.query(`SELECT 1 FROM rewrap_progress`)).rowCount).toBe(0);
+      expect((await db.pool.query(`SELECT 1 FROM rekey.rewrap_progress`)).rowCount).toBe(0);
     }));
 
   it('rotates a single tenant on its own', () =>
@@ -171,7 +173,7 @@ describe('rewrapSlice', () => {
       );
       expect(result.counters.rewrapped).toBe(10);
       const moved = await db.pool.query<{ tenant_id: string }>(
-        `SELECT tenant_id FROM tenant_deks WHERE kek_id = 'v2' ORDER BY 1`,
+        `SELECT tenant_id FROM rekey.tenant_deks WHERE kek_id = 'v2' ORDER BY 1`,
       );
       expect(moved.rows.map((r) => r.tenant_id)).toEqual(
         Array.from({ length: 10 }, (_, i) => `tenant-000000${10 + i}`),
@@ -228,7 +230,9 @@ describe('rewrapSlice', () => {
 describe('kekStatus', () => {
   it('gives the current KEK and the stale count per KEK id', () =>
     withDatabase(async (db) => {
-      await db.pool.query(`INSERT INTO keks (kek_id, state, fingerprint) VALUES ('v2', 'active', 'kcv1:x')`);
+      await db.pool.query(
+        `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ('rekey', 'v2', 'active', 'kcv1:x')`,
+      );
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 7, prefix: 'x-' });
       await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 5, prefix: 'y-' });
       expect(await new TenantDekStore(db.pool).kekStatus()).toEqual({

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { describe, expect, it } from 'vitest';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -19,7 +20,7 @@ describe('application API (TenantCrypto)', () => {
       expect(ciphertext.startsWith('v2:')).toBe(true);
       expect((await new TenantDekStore(db.pool).find('acme'))?.kekId).toBe('v1');
 
-      const registry = new KekRegistry(db.pool);
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
       await registry.register('v2', keys.fingerprint('v2'));
       await registry.promote('v1', 'v2');
       await new Promise((resolve) => setTimeout(resolve, 120));
@@ -35,7 +36,7 @@ describe('application API (TenantCrypto)', () => {
         "configuration names 'v1' as the current KEK, but the registry's active KEK is 'v2': using the registry",
       ]);
 
-      const fleet = await new AppInstances(db.pool).live(60_000);
+      const fleet = await new AppInstances(db.pool, BUILTIN_TARGET).live(60_000);
       expect(fleet.find((i) => i.instanceId === app.instanceId)).toMatchObject({
         unwrapKekIds: ['v1', 'v2'],
         wrapKekId: 'v2',
@@ -43,7 +44,9 @@ describe('application API (TenantCrypto)', () => {
     } finally {
       await app.stop();
     }
-    expect((await new AppInstances(db.pool).live(60_000)).map((i) => i.instanceId)).not.toContain(app.instanceId);
+    expect((await new AppInstances(db.pool, BUILTIN_TARGET).live(60_000)).map((i) => i.instanceId)).not.toContain(
+      app.instanceId,
+    );
   });
 
   it('two instances creating the same tenant at once end up sharing one DEK', async () => {

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
@@ -24,7 +25,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 4_000 });
     worker = await createWorker({
       connection: env.nativeConnection,

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -49,7 +50,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     keyring = FileKeyring.open(keyringFile, { create: true });
     await keyring.generate('v1');
     await keyring.generate('v2');
-    await new KekRegistry(db.pool).seedActive('v1', keyring.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: TENANTS });
     metrics.watch(db.pool, env.client);
     worker = await createWorker({
@@ -199,7 +200,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }[];
     expect(listed).toContainEqual(expect.objectContaining({ scheduleId: 'rekey-test', spec: 'every 90d' }));
 
-    const active = (await new KekRegistry(db.pool).active())!.kekId;
+    const active = (await new KekRegistry(db.pool, BUILTIN_TARGET).active())!.kekId;
     expect((await rekey('schedule', 'trigger', 'rekey-test')).code).toBe(0);
     const handle = env.client.schedule.getHandle('rekey-test');
     let workflowId: string | undefined;
@@ -209,8 +210,8 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }
     const report = await env.client.workflow.getHandle<typeof rotateKek>(workflowId!).result();
     expect(report).toMatchObject({ outcome: 'completed', from: active });
-    expect((await new KekRegistry(db.pool).active())!.kekId).toBe(report.to);
-    expect(await new KekRegistry(db.pool).get(active)).toMatchObject({ state: 'retired' });
+    expect((await new KekRegistry(db.pool, BUILTIN_TARGET).active())!.kekId).toBe(report.to);
+    expect(await new KekRegistry(db.pool, BUILTIN_TARGET).get(active)).toMatchObject({ state: 'retired' });
 
     const second = await rekey('schedule', 'create', '--id', 'rekey-young', '--every', '90d', '--min-kek-age', '30d');
     expect(second.code).toBe(0);

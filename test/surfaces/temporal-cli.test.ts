@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -40,7 +41,7 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20_000 });
     worker = await createWorker({
       connection: env.nativeConnection,

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
 import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -66,7 +67,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
 
   it('promotion waits for a live instance that cannot unwrap the new KEK; an operator override lets it go on', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
-    const instances = new AppInstances(fixture.db.pool);
+    const instances = new AppInstances(fixture.db.pool, BUILTIN_TARGET);
     await instances.announce({ instanceId: 'old-pod-1', unwrapKekIds: ['v1'], wrapKekId: 'v1' });
     try {
       const worker = await fixture.worker(env);
@@ -96,7 +97,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
 
   it('promotion fails after the fleet timeout, naming the instances, and promotes nothing', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
-    await new AppInstances(fixture.db.pool).announce({
+    await new AppInstances(fixture.db.pool, BUILTIN_TARGET).announce({
       instanceId: 'old-pod-2',
       unwrapKekIds: ['v1'],
       wrapKekId: 'v1',
@@ -125,7 +126,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
       expect(await fixture.staleOn('v1')).toBe(700);
       expect(await fixture.kekState('v2')).toBeUndefined();
       expect(await fixture.kekState('v1')).toBe('active');
-      expect((await fixture.db.pool.query('SELECT 1 FROM rewrap_progress')).rowCount).toBe(0);
+      expect((await fixture.db.pool.query('SELECT 1 FROM rekey.rewrap_progress')).rowCount).toBe(0);
     } finally {
       await fixture.drop();
     }

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
@@ -180,7 +181,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
           END IF;
           RETURN NEW;
         END $$;
-        CREATE TRIGGER inject_fault BEFORE UPDATE ON tenant_deks FOR EACH ROW EXECUTE FUNCTION inject_fault();`);
+        CREATE TRIGGER inject_fault BEFORE UPDATE ON rekey.tenant_deks FOR EACH ROW EXECUTE FUNCTION inject_fault();`);
       const real = fixture.activities();
       const attempts: { attempt: number; cursor?: string }[] = [];
       const activities = {
@@ -201,7 +202,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       );
       expect(attempts.some((a) => a.attempt === 2)).toBe(true);
       const { rows } = await fixture.db.pool.query<{ rewrapped: string }>(
-        `SELECT sum(rewrapped) AS rewrapped FROM rewrap_progress`,
+        `SELECT sum(rewrapped) AS rewrapped FROM rekey.rewrap_progress`,
       );
       expect(Number(rows[0]?.rewrapped)).toBe(4_000);
       expect(result.counters).toMatchObject({ rewrapped: 4_000, failed: 0 });
@@ -280,7 +281,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     let fixture: RotationFixture;
     beforeAll(async () => {
       fixture = await RotationFixture.create({ tenants: 10 });
-      const registry = new KekRegistry(fixture.db.pool);
+      const registry = new KekRegistry(fixture.db.pool, BUILTIN_TARGET);
       await registry.register('v3', fixture.keys.fingerprint('v3'));
       await registry.transition('v3', 'retired');
     });

@@ -1,3 +1,4 @@
+import { BUILTIN_TARGET } from '../../targets/builtin';
 import { Command } from 'commander';
 import { KekRegistry } from '../../store/kek-registry';
 import { TenantDekStore } from '../../store/tenant-deks';
@@ -9,7 +10,7 @@ export function kekStatusCommand(): Command {
     .action(
       withContext(async (context) => {
         const status = await new TenantDekStore(context.db()).kekStatus();
-        const keks = await new KekRegistry(context.db()).list();
+        const keks = await new KekRegistry(context.db(), BUILTIN_TARGET).list();
         context.print(
           { current_kek_id: status.currentKekId, stale_counts: status.staleCounts, dek_counts: status.dekCounts, keks },
           () => [
