@@ -129,7 +129,7 @@ describe('rewrapSlice', () => {
 
       expect(result.counters).toMatchObject({ rewrapped: 49, failed: 1 });
       expect(result.failures).toEqual([
-        { tenantId: 'tenant-00000007', reason: 'authentication failed (tampered, wrong key, or not this tenant)' },
+        { tenantId: 'tenant-00000007', reason: 'authentication failed (wrong key, tampered, or not this row)' },
       ]);
       const after = await new TenantDekStore(db.pool).find('tenant-00000007');
       expect(after?.kekId).toBe('v1');

@@ -39,9 +39,11 @@ describe('DEK wrapping', () => {
 
   it('a truncated or unknown-format wrapped DEK is rejected with the reason', () => {
     const wrapped = wrapDek(kek, 'v1', 'tenant-a', dek);
-    expect(() => unwrapDek(kek, 'v1', 'tenant-a', wrapped.subarray(0, 40))).toThrow(/40 bytes, expected 61/);
+    expect(() => unwrapDek(kek, 'v1', 'tenant-a', wrapped.subarray(0, 40))).toThrow(
+      /ciphertext is 11 bytes, expected 32/,
+    );
     wrapped[0] = 9;
-    expect(() => unwrapDek(kek, 'v1', 'tenant-a', wrapped)).toThrow(/unknown format version 9/);
+    expect(() => unwrapDek(kek, 'v1', 'tenant-a', wrapped)).toThrow(/does not start with the format byte\(s\) 01/);
   });
 
   it('the fingerprint identifies a key and does not contain it', () => {
@@ -59,6 +61,6 @@ describe('tenant data ciphertexts', () => {
     expect(ciphertext).toMatch(/^v2:[A-Za-z0-9_-]+$/);
     expect(decryptTenantData(dek, 'tenant-a', ciphertext).toString()).toBe('webhook secret');
     expect(() => decryptTenantData(dek, 'tenant-b', ciphertext)).toThrow(/tenant 'tenant-b'.*authentication failed/);
-    expect(() => decryptTenantData(dek, 'tenant-a', 'v1:abc')).toThrow(/expected the 'v2:' prefix/);
+    expect(() => decryptTenantData(dek, 'tenant-a', 'v1:abc')).toThrow(/does not start with 'v2:'/);
   });
 });

@@ -1,0 +1,307 @@
+// One description of how an application stores an AES-256-GCM value (a wrapped DEK, or a secret encrypted directly
+// by a KEK) and binds it with associated data. rekey's own format and the presets for Mycelium and Talos are all
+// written in it (src/codec/formats.ts); the compiled codec below reads and writes any of them.
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+
+export const KEY_BYTES = 32;
+export const NONCE_BYTES = 12;
+export const TAG_BYTES = 16;
+
+/** How bytes are written in a column: bytea, or text in one of three alphabets. */
+export type Encoding = 'bytea' | 'base64' | 'base64url' | 'hex';
+export const ENCODINGS: readonly Encoding[] = ['bytea', 'base64', 'base64url', 'hex'];
+
+export type ValueLayout =
+  | {
+      /** nonce ‖ ciphertext ‖ tag in one column, after an optional prefix. */
+      kind: 'combined';
+      column: string;
+      encoding: Encoding;
+      /**
+       * Required on read and written on write: text before the encoded bytes ('v2:'), or for bytea the leading bytes
+       * in hex ('01', rekey's format byte).
+       */
+      prefix?: string;
+    }
+  | {
+      /** Ciphertext, nonce and tag each in a column of its own. */
+      kind: 'split';
+      ciphertext: string;
+      nonce: string;
+      tag: string;
+      encoding: Encoding;
+    };
+
+/** One piece of associated data. A recipe is the concatenation of its parts. */
+export type AadPart =
+  | { text: string }
+  | { hex: string }
+  | {
+      column: string;
+      /** utf8: the column's text; uuid: the 16 raw bytes of a UUID. */
+      as?: 'utf8' | 'uuid';
+      /** Prefix the part with its length as a 32-bit big-endian integer (keeps concatenations unambiguous). */
+      lengthPrefix?: boolean;
+    }
+  | { kekId: true; lengthPrefix?: boolean };
+
+export interface AadSpec {
+  /** Recipes a reader tries in order; a write always uses the first. */
+  read: AadPart[][];
+  /** A column where a write stores the associated data it used (Talos: `aad`, base64url). */
+  store?: { column: string; encoding: Exclude<Encoding, 'bytea'> | 'bytea' };
+}
+
+export interface SealedFormat {
+  value: ValueLayout;
+  aad: AadSpec;
+  /** Fixed plaintext length (32 for a DEK); omitted for secrets of any length. */
+  plaintextBytes?: number;
+}
+
+/** A row as the database returned it: column name → text, bytea (Buffer) or null. */
+export type Row = Readonly<Record<string, unknown>>;
+export type ColumnValue = string | Buffer;
+
+/** A stored value that cannot be read; `reason` says why, without any secret. */
+export class UnreadableValueError extends Error {
+  override readonly name = 'UnreadableValueError';
+  constructor(readonly reason: string) {
+    super(reason);
+  }
+}
+
+/** A format description that cannot work; the message names the field. */
+export class FormatError extends Error {
+  override readonly name = 'FormatError';
+}
+
+export interface Codec {
+  readonly format: SealedFormat;
+  /** Every column a reader needs: the value's and those the AAD recipes read. */
+  readonly readColumns: readonly string[];
+  /** The columns a write sets, in the order `seal` returns their values. */
+  readonly writeColumns: readonly string[];
+  /** Why the stored form is malformed (before any key is tried), or undefined when it is well-formed. */
+  check(row: Row): string | undefined;
+  /** Decrypts the row's value with `key`, trying each AAD recipe; throws UnreadableValueError. */
+  open(key: Buffer, row: Row, kekId: string): Buffer;
+  /** Encrypts `plaintext` for the row under a KEK labelled `kekId`: the values of writeColumns. */
+  seal(key: Buffer, plaintext: Buffer, row: Row, kekId: string, nonce: Buffer): ColumnValue[];
+}
+
+const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
+  base64: /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/,
+  base64url: /^[A-Za-z0-9_-]*={0,2}$/,
+  hex: /^(?:[0-9a-fA-F]{2})*$/,
+};
+
+function decode(value: unknown, encoding: Encoding, what: string): Buffer {
+  if (value === null || value === undefined) throw new UnreadableValueError(`${what} is NULL`);
+  if (encoding === 'bytea') {
+    if (!Buffer.isBuffer(value)) throw new UnreadableValueError(`${what} is not bytea`);
+    return value;
+  }
+  if (typeof value !== 'string') throw new UnreadableValueError(`${what} is not text`);
+  if (!TEXT_PATTERN[encoding].test(value)) throw new UnreadableValueError(`${what} is not ${encoding}`);
+  return Buffer.from(value, encoding);
+}
+
+function encode(bytes: Buffer, encoding: Encoding): ColumnValue {
+  if (encoding === 'bytea') return bytes;
+  return bytes.toString(encoding); // Node writes base64 with padding and base64url without, as the formats want
+}
+
+const UUID = /^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$/;
+
+/** The 16 raw bytes of a UUID written as text. */
+export function uuidBytes(text: string): Buffer {
+  if (!UUID.test(text)) throw new UnreadableValueError(`'${text}' is not a UUID`);
+  return Buffer.from(text.replace(/-/g, ''), 'hex');
+}
+
+type AadBuilder = (row: Row, kekId: string) => Buffer;
+
+function compileRecipe(parts: AadPart[]): AadBuilder {
+  const pieces = parts.map((part): ((row: Row, kekId: string) => Buffer) => {
+    let bytes: (row: Row, kekId: string) => Buffer;
+    let prefixed = false;
+    if ('text' in part) {
+      const fixed = Buffer.from(part.text, 'utf8');
+      bytes = () => fixed;
+    } else if ('hex' in part) {
+      const fixed = Buffer.from(part.hex, 'hex');
+      bytes = () => fixed;
+    } else if ('column' in part) {
+      const { column } = part;
+      const asUuid = part.as === 'uuid';
+      prefixed = part.lengthPrefix === true;
+      bytes = (row) => {
+        const value = row[column];
+        if (value === null || value === undefined) throw new UnreadableValueError(`${column} is NULL`);
+        // The store reads associated-data columns as text (ids, names, UUIDs).
+        if (typeof value !== 'string') throw new UnreadableValueError(`${column} is not text`);
+        return asUuid ? uuidBytes(value) : Buffer.from(value, 'utf8');
+      };
+    } else {
+      prefixed = part.lengthPrefix === true;
+      bytes = (_row, kekId) => Buffer.from(kekId, 'utf8');
+    }
+    if (!prefixed) return bytes;
+    return (row, kekId) => {
+      const inner = bytes(row, kekId);
+      const out = Buffer.allocUnsafe(4 + inner.length);
+      out.writeUInt32BE(inner.length, 0);
+      inner.copy(out, 4);
+      return out;
+    };
+  });
+  if (pieces.length === 1) return pieces[0]!;
+  return (row, kekId) => Buffer.concat(pieces.map((piece) => piece(row, kekId)));
+}
+
+function recipeColumns(parts: AadPart[]): string[] {
+  return parts.flatMap((part) => ('column' in part ? [part.column] : []));
+}
+
+interface Sealed {
+  nonce: Buffer;
+  ciphertext: Buffer;
+  tag: Buffer;
+}
+
+/** Checks a description and compiles it into a codec; FormatError names what is wrong. */
+export function compileFormat(format: SealedFormat): Codec {
+  const { value, aad } = format;
+  if (aad.read.length === 0) throw new FormatError('aad.read needs at least one recipe');
+  if (format.plaintextBytes !== undefined && !(Number.isInteger(format.plaintextBytes) && format.plaintextBytes > 0)) {
+    throw new FormatError('plaintextBytes must be a positive whole number');
+  }
+  const recipes = aad.read.map(compileRecipe);
+  const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
+  const readColumns = [...new Set([...valueColumns, ...aad.read.flatMap(recipeColumns)])];
+  const writeColumns = [...valueColumns, ...(aad.store ? [aad.store.column] : [])];
+  if (new Set(writeColumns).size !== writeColumns.length) throw new FormatError('a column is written twice');
+
+  let parse: (row: Row) => Sealed;
+  let store: (sealed: Sealed) => ColumnValue[];
+  if (value.kind === 'combined') {
+    const { column, encoding } = value;
+    const prefix = value.prefix ?? '';
+    const prefixBytes = encoding === 'bytea' ? Buffer.from(prefix, 'hex') : Buffer.alloc(0);
+    if (encoding === 'bytea' && prefixBytes.length * 2 !== prefix.length) {
+      throw new FormatError(`value.prefix '${prefix}' must be hex bytes for a bytea column`);
+    }
+    const minimum = NONCE_BYTES + TAG_BYTES;
+    parse = (row) => {
+      let raw: Buffer;
+      if (encoding === 'bytea') {
+        const bytes = decode(row[column], 'bytea', column);
+        if (prefixBytes.length > 0 && !bytes.subarray(0, prefixBytes.length).equals(prefixBytes)) {
+          throw new UnreadableValueError(`${column} does not start with the format byte(s) ${prefix}`);
+        }
+        raw = bytes.subarray(prefixBytes.length);
+      } else {
+        const text = row[column];
+        if (typeof text === 'string' && !text.startsWith(prefix)) {
+          throw new UnreadableValueError(`${column} does not start with '${prefix}'`);
+        }
+        raw = decode(typeof text === 'string' ? text.slice(prefix.length) : text, encoding, column);
+      }
+      if (raw.length < minimum) throw new UnreadableValueError(`${column} is ${raw.length} bytes, too short`);
+      return {
+        nonce: raw.subarray(0, NONCE_BYTES),
+        ciphertext: raw.subarray(NONCE_BYTES, raw.length - TAG_BYTES),
+        tag: raw.subarray(raw.length - TAG_BYTES),
+      };
+    };
+    store = ({ nonce, ciphertext, tag }) => {
+      const body = Buffer.concat([prefixBytes, nonce, ciphertext, tag]);
+      return [encoding === 'bytea' ? body : prefix + body.toString(encoding)];
+    };
+  } else {
+    const { encoding } = value;
+    parse = (row) => ({
+      nonce: decode(row[value.nonce], encoding, value.nonce),
+      ciphertext: decode(row[value.ciphertext], encoding, value.ciphertext),
+      tag: decode(row[value.tag], encoding, value.tag),
+    });
+    store = ({ nonce, ciphertext, tag }) => [
+      encode(ciphertext, encoding),
+      encode(nonce, encoding),
+      encode(tag, encoding),
+    ];
+  }
+
+  const checkSealed = (sealed: Sealed): void => {
+    if (sealed.nonce.length !== NONCE_BYTES) {
+      throw new UnreadableValueError(`nonce is ${sealed.nonce.length} bytes, not ${NONCE_BYTES}`);
+    }
+    // A shorter tag would be accepted by OpenSSL and weaken authentication: refuse it outright.
+    if (sealed.tag.length !== TAG_BYTES) {
+      throw new UnreadableValueError(`tag is ${sealed.tag.length} bytes, not ${TAG_BYTES}`);
+    }
+    if (format.plaintextBytes !== undefined && sealed.ciphertext.length !== format.plaintextBytes) {
+      throw new UnreadableValueError(
+        `ciphertext is ${sealed.ciphertext.length} bytes, expected ${format.plaintextBytes}`,
+      );
+    }
+  };
+
+  return {
+    format,
+    readColumns,
+    writeColumns,
+    check(row) {
+      try {
+        checkSealed(parse(row));
+        return undefined;
+      } catch (err) {
+        if (err instanceof UnreadableValueError) return err.reason;
+        throw err;
+      }
+    },
+    open(key, row, kekId) {
+      const sealed = parse(row);
+      checkSealed(sealed);
+      for (const recipe of recipes) {
+        let associated: Buffer;
+        try {
+          associated = recipe(row, kekId);
+        } catch (err) {
+          if (err instanceof UnreadableValueError && recipes.length > 1) continue; // e.g. no name to bind to
+          throw err;
+        }
+        const decipher = createDecipheriv('aes-256-gcm', key, sealed.nonce, { authTagLength: TAG_BYTES });
+        decipher.setAAD(associated);
+        decipher.setAuthTag(sealed.tag);
+        const plaintext = decipher.update(sealed.ciphertext);
+        try {
+          decipher.final();
+          return plaintext;
+        } catch {
+          plaintext.fill(0);
+        }
+      }
+      throw new UnreadableValueError(
+        recipes.length === 1
+          ? 'authentication failed (wrong key, tampered, or not this row)'
+          : `authentication failed under each of its ${recipes.length} associated-data bindings (wrong key, tampered, or not this row)`,
+      );
+    },
+    seal(key, plaintext, row, kekId, nonce) {
+      if (format.plaintextBytes !== undefined && plaintext.length !== format.plaintextBytes) {
+        throw new RangeError(`plaintext is ${plaintext.length} bytes, expected ${format.plaintextBytes}`);
+      }
+      if (nonce.length !== NONCE_BYTES) throw new RangeError(`a nonce is ${NONCE_BYTES} bytes`);
+      const associated = recipes[0]!(row, kekId);
+      const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
+      cipher.setAAD(associated);
+      const ciphertext = cipher.update(plaintext);
+      cipher.final();
+      const values = store({ nonce, ciphertext, tag: cipher.getAuthTag() });
+      if (aad.store) values.push(encode(associated, aad.store.encoding));
+      return values;
+    },
+  };
+}
