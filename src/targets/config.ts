@@ -1,0 +1,240 @@
+// The targets configuration file (REKEY_CONFIG): YAML or JSON, checked when a process starts; every error names the
+// key and says what to fix. The README has a complete example.
+import fs from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { compileFormat, ENCODINGS, FormatError, type SealedFormat } from '../codec/sealed-format';
+import { PRESETS } from './presets';
+import {
+  IDENTIFIER,
+  TARGET_NAME,
+  type CasToken,
+  type KekLabel,
+  type TargetDefinition,
+} from './target';
+
+/** A configuration that cannot work: the message names the file, the key and what to fix. */
+export class TargetConfigError extends Error {
+  override readonly name = 'TargetConfigError';
+}
+
+const identifier = z.string().regex(IDENTIFIER, 'must be a plain SQL identifier (letters, digits, _; at most 63)');
+const tableName = z
+  .string()
+  .regex(
+    /^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/,
+    "must be 'table' or 'schema.table' with plain SQL identifiers",
+  );
+const encoding = z.enum(ENCODINGS as [string, ...string[]], {
+  error: `must be one of ${ENCODINGS.join(', ')}`,
+});
+const envName = z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name (A-Z, 0-9, _)');
+
+const aadPart = z.union([
+  z.strictObject({ text: z.string() }),
+  z.strictObject({ hex: z.string().regex(/^(?:[0-9a-fA-F]{2})*$/, 'must be hex bytes') }),
+  z.strictObject({ column: identifier, as: z.enum(['utf8', 'uuid']).optional(), lengthPrefix: z.boolean().optional() }),
+  z.strictObject({ kekId: z.literal(true), lengthPrefix: z.boolean().optional() }),
+]);
+
+const format = z.strictObject({
+  value: z.discriminatedUnion('kind', [
+    z.strictObject({
+      kind: z.literal('combined'),
+      column: identifier,
+      encoding,
+      prefix: z.string().optional(),
+    }),
+    z.strictObject({
+      kind: z.literal('split'),
+      ciphertext: identifier,
+      nonce: identifier,
+      tag: identifier,
+      encoding,
+    }),
+  ]),
+  aad: z.strictObject({
+    read: z.array(z.array(aadPart).min(1, 'a recipe needs at least one part')).min(1, 'needs at least one recipe'),
+    store: z.strictObject({ column: identifier, encoding }).optional(),
+  }),
+  plaintextBytes: z.number().int().positive().optional(),
+});
+
+const secretSource = z.union([z.strictObject({ env: envName }), z.strictObject({ file: z.string().min(1) })]);
+
+const keys = z.discriminatedUnion('provider', [
+  z.strictObject({ provider: z.literal('default') }),
+  z.strictObject({
+    provider: z.literal('env'),
+    prefix: z.string().regex(/^[A-Z][A-Z0-9_]*$/, 'must be upper-case letters, digits and _ (e.g. TALOS)'),
+    idPattern: z.string().optional(),
+  }),
+  z.strictObject({ provider: z.literal('file'), file: z.string().min(1).optional(), fileEnv: envName.optional() }),
+  z.strictObject({ provider: z.literal('mycelium-token-secret'), current: secretSource, old: secretSource }),
+]);
+
+const probe = z.discriminatedUnion('kind', [
+  z.strictObject({
+    kind: z.literal('http'),
+    url: z.url({ error: 'must be an http(s) URL' }),
+    path: z.string().min(1),
+    tokenEnv: envName.optional(),
+  }),
+  z.strictObject({ kind: z.literal('rows-written'), timestampColumn: identifier }),
+]);
+const step = z.strictObject({ instructions: z.string().min(1), probe: probe.optional() });
+
+const currentKek = z.discriminatedUnion('owner', [
+  z.strictObject({ owner: z.literal('registry') }),
+  z.strictObject({ owner: z.literal('application'), promote: step, retire: step, currentKekEnv: envName.optional() }),
+]);
+
+const target = z.strictObject({
+  preset: z.enum(Object.keys(PRESETS) as [string, ...string[]]).optional(),
+  database: z
+    .strictObject({
+      url: z
+        .string()
+        .regex(/^postgres(ql)?:\/\//, 'must start with postgres://')
+        .optional(),
+      urlEnv: envName.optional(),
+    })
+    .optional(),
+  table: tableName.optional(),
+  id: identifier.optional(),
+  kekLabel: z.strictObject({ column: identifier, generation: z.boolean().optional() }).optional(),
+  cas: z
+    .union([z.strictObject({ versionColumn: identifier }), z.strictObject({ storedValue: z.literal(true) })])
+    .optional(),
+  setOnWrite: z.record(identifier, z.literal('now', { error: "the only value is 'now'" })).optional(),
+  format: format.optional(),
+  keys: keys.optional(),
+  currentKek: currentKek.optional(),
+  noun: z.string().min(1).optional(),
+});
+
+const file = z.strictObject({
+  /** The target a command uses when none is named (default: rekey's own). */
+  defaultTarget: z.string().optional(),
+  targets: z.record(z.string().regex(TARGET_NAME, 'a target name is lower-case letters, digits, - and _'), target),
+});
+
+type TargetEntry = z.infer<typeof target>;
+
+export interface TargetsConfig {
+  defaultTarget: string;
+  targets: ReadonlyMap<string, TargetDefinition>;
+}
+
+function problem(source: string, issue: z.core.$ZodIssue): string {
+  const key = issue.path.map(String).join('.');
+  // A bad record key (a target name) carries the key's own issue inside.
+  const message = issue.code === 'invalid_key' ? (issue.issues[0]?.message ?? issue.message) : issue.message;
+  return `${source}: ${key || '(top level)'}: ${message}`;
+}
+
+function definitionOf(name: string, entry: TargetEntry, source: string): TargetDefinition {
+  const base = entry.preset !== undefined ? PRESETS[entry.preset] : PRESETS[name];
+  const missing = (key: string) =>
+    new TargetConfigError(
+      `${source}: targets.${name}.${key} is required (or start from a preset: preset: ${Object.keys(PRESETS).join(' | ')})`,
+    );
+  const table = entry.table ?? (base ? `${base.table.schema}.${base.table.name}` : undefined);
+  if (table === undefined) throw missing('table');
+  const [schema, tableOnly] = table.includes('.') ? table.split('.') : ['public', table];
+  const id = entry.id ?? base?.id;
+  if (id === undefined) throw missing('id');
+  const label: KekLabel | undefined = entry.kekLabel
+    ? { column: entry.kekLabel.column, kind: entry.kekLabel.generation ? 'generation' : 'text' }
+    : base?.label;
+  if (label === undefined) throw missing('kekLabel');
+  const cas: CasToken | undefined = entry.cas
+    ? 'versionColumn' in entry.cas
+      ? { kind: 'version', column: entry.cas.versionColumn }
+      : { kind: 'stored-value' }
+    : base?.cas;
+  if (cas === undefined) throw missing('cas');
+  const sealed = (entry.format as SealedFormat | undefined) ?? base?.format;
+  if (sealed === undefined) throw missing('format');
+  try {
+    compileFormat(sealed);
+  } catch (err) {
+    if (err instanceof FormatError) throw new TargetConfigError(`${source}: targets.${name}.format: ${err.message}`);
+    throw err;
+  }
+  if (entry.keys?.provider === 'env' && entry.keys.idPattern !== undefined) {
+    try {
+      new RegExp(entry.keys.idPattern);
+    } catch {
+      throw new TargetConfigError(`${source}: targets.${name}.keys.idPattern is not a regular expression`);
+    }
+  }
+  return {
+    name,
+    database: entry.database ?? base?.database ?? { urlEnv: 'DATABASE_URL' },
+    table: { schema: schema!, name: tableOnly! },
+    id,
+    label,
+    cas,
+    setOnWrite: entry.setOnWrite ?? base?.setOnWrite ?? {},
+    format: sealed,
+    keys: (entry.keys) ?? base?.keys ?? { provider: 'default' },
+    currentKek: (entry.currentKek) ?? base?.currentKek ?? { owner: 'registry' },
+    noun: entry.noun ?? base?.noun ?? 'key',
+  };
+}
+
+/** Parses and checks a configuration document; the presets are always there, a file adds or overrides targets. */
+export function parseTargetsConfig(text: string | undefined, source = 'REKEY_CONFIG'): TargetsConfig {
+  const targets = new Map<string, TargetDefinition>(Object.entries(PRESETS));
+  if (text === undefined) return { defaultTarget: 'rekey', targets };
+  let document: unknown;
+  try {
+    document = parseYaml(text);
+  } catch (err) {
+    // The parser's message points at a line and column; it does not quote the document (which could hold a URL).
+    throw new TargetConfigError(`${source} is not valid YAML or JSON: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const parsed = file.safeParse(document ?? {});
+  if (!parsed.success) {
+    throw new TargetConfigError(parsed.error.issues.map((issue) => problem(source, issue)).join('; '));
+  }
+  for (const [name, entry] of Object.entries(parsed.data.targets)) targets.set(name, definitionOf(name, entry, source));
+  const defaultTarget = parsed.data.defaultTarget ?? 'rekey';
+  if (!targets.has(defaultTarget)) {
+    throw new TargetConfigError(
+      `${source}: defaultTarget '${defaultTarget}' is not a target (known: ${[...targets.keys()].join(', ')})`,
+    );
+  }
+  return { defaultTarget, targets };
+}
+
+/** The configuration named by REKEY_CONFIG (a file path), or the presets alone. */
+export function loadTargetsConfig(env: NodeJS.ProcessEnv = process.env): TargetsConfig {
+  const path = env.REKEY_CONFIG?.trim();
+  if (!path) {
+    const fallback = env.REKEY_DEFAULT_TARGET?.trim();
+    const config = parseTargetsConfig(undefined);
+    return fallback ? withDefault(config, fallback, 'REKEY_DEFAULT_TARGET') : config;
+  }
+  let text: string;
+  try {
+    text = fs.readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new TargetConfigError(
+      `REKEY_CONFIG names ${path}, which cannot be read: ${(err as NodeJS.ErrnoException).code}`,
+    );
+  }
+  const config = parseTargetsConfig(text, path);
+  const override = env.REKEY_DEFAULT_TARGET?.trim();
+  return override ? withDefault(config, override, 'REKEY_DEFAULT_TARGET') : config;
+}
+
+function withDefault(config: TargetsConfig, name: string, source: string): TargetsConfig {
+  if (!config.targets.has(name)) {
+    throw new TargetConfigError(
+      `${source} names '${name}', which is not a target (known: ${[...config.targets.keys()].join(', ')})`,
+    );
+  }
+  return { ...config, defaultTarget: name };
+}

@@ -1,0 +1,88 @@
+// The targets that need no configuration file: rekey's own table, and the two systems rekey was written to take over,
+// with their real table and column names (../shared/seed-systems.md).
+import { MYCELIUM_DEK_FORMAT, REKEY_DEK_FORMAT, TALOS_SECRET_FORMAT } from '../codec/formats';
+import { BUILTIN_TARGET } from './builtin';
+import type { TargetDefinition } from './target';
+
+/** rekey's own `rekey.tenant_deks`, written by the TenantCrypto API, which reads the registry for the current KEK. */
+export const REKEY_PRESET: TargetDefinition = {
+  name: BUILTIN_TARGET,
+  database: { urlEnv: 'DATABASE_URL' },
+  table: { schema: 'rekey', name: 'tenant_deks' },
+  id: 'tenant_id',
+  label: { column: 'kek_id', kind: 'text' },
+  cas: { kind: 'version', column: 'version' },
+  setOnWrite: { updated_at: 'now' },
+  format: REKEY_DEK_FORMAT,
+  keys: { provider: 'default' },
+  currentKek: { owner: 'registry' },
+  noun: 'DEK',
+};
+
+/**
+ * Mycelium's per-tenant DEKs: `tenant.encrypted_dek` ('v2:' + base64, bound to the tenant UUID), labelled with the
+ * integer `kek_version`; no row-version column, so a write compares the stored value. KEKs from token_secret UUIDs.
+ * The gateway's settings choose the current token_secret.
+ */
+export const MYCELIUM_PRESET: TargetDefinition = {
+  name: 'mycelium',
+  database: { urlEnv: 'DATABASE_URL' },
+  table: { schema: 'public', name: 'tenant' },
+  id: 'id',
+  label: { column: 'kek_version', kind: 'generation' },
+  cas: { kind: 'stored-value' },
+  setOnWrite: {},
+  format: MYCELIUM_DEK_FORMAT,
+  keys: {
+    provider: 'mycelium-token-secret',
+    current: { env: 'MYC_TOKEN_SECRET' },
+    old: { env: 'MYC_OLD_TOKEN_SECRET' },
+  },
+  currentKek: {
+    owner: 'application',
+    promote: {
+      instructions:
+        "set the new token_secret (generation {to}) in every gateway's settings (or Vault) and restart them; then confirm",
+    },
+    retire: {
+      instructions:
+        'discard the old token_secret (generation {from}) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
+    },
+  },
+  noun: 'DEK',
+};
+
+/**
+ * Talos's secrets, each encrypted directly by a KEK: three base64url columns in `secrets`, labelled with `key_id`,
+ * versioned by `version`; a write also sets `aad` and `rotated_at`, as Talos's own rotation does. KEKs from
+ * `TALOS_KEK_<id>`; the gateway's `TALOS_CURRENT_KEK_ID` (and a restart) chooses the current one.
+ */
+export const TALOS_PRESET: TargetDefinition = {
+  name: 'talos',
+  database: { urlEnv: 'DATABASE_URL' },
+  table: { schema: 'public', name: 'secrets' },
+  id: 'id',
+  label: { column: 'key_id', kind: 'text' },
+  cas: { kind: 'version', column: 'version' },
+  setOnWrite: { rotated_at: 'now' },
+  format: TALOS_SECRET_FORMAT,
+  keys: { provider: 'env', prefix: 'TALOS', idPattern: '^[a-z0-9][a-z0-9_-]{0,31}$' },
+  currentKek: {
+    owner: 'application',
+    currentKekEnv: 'TALOS_CURRENT_KEK_ID',
+    promote: {
+      instructions: 'set TALOS_CURRENT_KEK_ID={to} on every gateway and restart it; then confirm',
+      probe: { kind: 'rows-written', timestampColumn: 'updated_at' },
+    },
+    retire: {
+      instructions: "remove TALOS_KEK_{from} from every gateway's environment and restart it; then confirm",
+    },
+  },
+  noun: 'secret',
+};
+
+export const PRESETS: Readonly<Record<string, TargetDefinition>> = {
+  [REKEY_PRESET.name]: REKEY_PRESET,
+  [MYCELIUM_PRESET.name]: MYCELIUM_PRESET,
+  [TALOS_PRESET.name]: TALOS_PRESET,
+};

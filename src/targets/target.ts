@@ -1,0 +1,101 @@
+// A target is one keyspace that rekey rotates: the table where wrapped keys (or secrets encrypted directly by a KEK)
+// live, how rows name their KEK, how a write is made safe, how values are stored, where the KEKs come from, and who
+// decides which KEK is current. Targets come from presets (src/targets/presets.ts) or a configuration file
+// (src/targets/config.ts); both produce this shape.
+import type { SealedFormat } from '../codec/sealed-format';
+
+export const TARGET_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+export const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+export interface TableRef {
+  schema: string;
+  name: string;
+}
+
+/** How a row names the KEK that wrapped it. */
+export type KekLabel =
+  | { column: string; kind: 'text' }
+  /** An integer generation (Mycelium's kek_version); generation N is KEK id 'N'. */
+  | { column: string; kind: 'generation' };
+
+/** What makes a write a compare-and-swap. */
+export type CasToken =
+  /** A column every write increments (Talos `version`, rekey `version`). */
+  | { kind: 'version'; column: string }
+  /** No such column: the stored value itself (`WHERE encrypted_dek = $old`). */
+  | { kind: 'stored-value' };
+
+/** Where a target's KEKs come from, in the worker (and the admin API, for ids and fingerprints). */
+export type KeySourceSpec =
+  /** The worker's own provider (REKEY_KEY_PROVIDER: env REKEY_KEK_<id>, or the file keyring). */
+  | { provider: 'default' }
+  /** `<PREFIX>_KEK_<id>` variables and `<PREFIX>_CURRENT_KEK_ID`; ids must match `idPattern`. */
+  | { provider: 'env'; prefix: string; idPattern?: string }
+  /** A keyring file. */
+  | { provider: 'file'; file?: string; fileEnv?: string }
+  /**
+   * Mycelium: KEK = SHA-256 of a token_secret UUID's 16 bytes. The current secret and, during a rotation, the old
+   * one, each from an environment variable or a file.
+   */
+  | {
+      provider: 'mycelium-token-secret';
+      current: SecretSource;
+      old: SecretSource;
+    };
+
+export type SecretSource = { env: string } | { file: string };
+
+/** Evidence that the application did what an operator was asked to do. */
+export type Probe =
+  /** GET a JSON document (Talos's kek-status); `path` is dotted; bearer token from an environment variable. */
+  | { kind: 'http'; url: string; path: string; tokenEnv?: string }
+  /** A row written by the application since the rotation began, carrying the new KEK (promotion only). */
+  | { kind: 'rows-written'; timestampColumn: string };
+
+export interface ApplicationStep {
+  /** What the operator must do, with {from} and {to} replaced; the run then waits for a confirmation or a probe. */
+  instructions: string;
+  probe?: Probe;
+}
+
+/**
+ * Who decides which KEK new writes use. 'registry': the application reads rekey's registry (the TenantCrypto API),
+ * so rekey promotes and retires by itself once the fleet is ready. 'application': the application's own configuration
+ * decides (an env variable and a restart; a settings file), so promotion and retirement are waits for evidence.
+ */
+export type CurrentKekOwner =
+  | { owner: 'registry' }
+  | {
+      owner: 'application';
+      promote: ApplicationStep;
+      retire: ApplicationStep;
+      /** The environment variable that, in rekey's own environment, names the application's current KEK. */
+      currentKekEnv?: string;
+    };
+
+export interface TargetDefinition {
+  name: string;
+  /** Where the target's table is; the connection string, or the variable holding it (default DATABASE_URL). */
+  database: { url?: string; urlEnv?: string };
+  table: TableRef;
+  /** The row id column (the keyset rewrap walks it in order). */
+  id: string;
+  label: KekLabel;
+  cas: CasToken;
+  /** Columns set on every write rekey makes, e.g. `rotated_at`: now(). */
+  setOnWrite: Record<string, 'now'>;
+  format: SealedFormat;
+  keys: KeySourceSpec;
+  currentKek: CurrentKekOwner;
+  /** Human name of what a row holds, for messages and counters: 'DEK' or 'secret'. */
+  noun: string;
+}
+
+/** The id a row's label means: text as it is, generation N as 'N'. */
+export function kekIdOfLabel(label: unknown): string {
+  return String(label);
+}
+
+export function describeTable(table: TableRef): string {
+  return `${table.schema}.${table.name}`;
+}
