@@ -72,3 +72,15 @@ export class KekFingerprintMismatchError extends Error {
     );
   }
 }
+
+/** The registry knows a KEK by its fingerprint, and this process holds no key with that fingerprint. */
+export class KekNotHeldError extends Error {
+  override readonly name = 'KekNotHeldError';
+  constructor(
+    readonly kekId: string,
+    readonly fingerprint: string,
+    where: string,
+  ) {
+    super(`KEK '${kekId}' (${fingerprint} in the registry) is not in ${where}: add that key here, not another one`);
+  }
+}

@@ -11,9 +11,13 @@ const PREFIX_PATTERN = /^[A-Z][A-Z0-9_]*$/;
 export class EnvKeyProvider extends LocalKeyProvider {
   readonly description: string;
 
+  private readonly idPattern: RegExp | undefined;
+
   constructor(
     private readonly env: NodeJS.ProcessEnv = process.env,
     readonly prefix: string = env.REKEY_ENV_PREFIX || 'REKEY',
+    /** A target's own rule for KEK ids (Talos: lower-case), checked on top of the general one. */
+    idPattern?: string,
   ) {
     if (!PREFIX_PATTERN.test(prefix)) {
       throw new KeyMaterialError(
@@ -24,6 +28,7 @@ export class EnvKeyProvider extends LocalKeyProvider {
     const description = `environment variables ${prefix}_KEK_<id>`;
     super(description);
     this.description = description;
+    this.idPattern = idPattern === undefined ? undefined : new RegExp(idPattern);
     this.keys.replaceWith(this.load());
   }
 
@@ -32,8 +37,16 @@ export class EnvKeyProvider extends LocalKeyProvider {
     const marker = `${this.prefix}_KEK_`;
     try {
       for (const [name, value] of Object.entries(this.env)) {
-        if (!name.startsWith(marker) || value === undefined) continue;
-        keys.add(name.slice(marker.length), decodeKek(value, name), name);
+        // An empty variable means unset, as compose files pass `REKEY_KEK_v2=${REKEY_KEK_v2:-}` through.
+        if (!name.startsWith(marker) || value === undefined || value.trim() === '') continue;
+        const kekId = name.slice(marker.length);
+        if (this.idPattern && !this.idPattern.test(kekId)) {
+          throw new KeyMaterialError(
+            `${name}: KEK id '${kekId}' does not match this target's rule ${this.idPattern.source}, so the application ignores it; rename the variable`,
+            name,
+          );
+        }
+        keys.add(kekId, decodeKek(value, name), name);
       }
       if (keys.ids().length === 0) {
         throw new KeyMaterialError(

@@ -23,6 +23,21 @@ export interface KeyProvider {
   generate?(kekId?: string): Promise<string>;
   /** Zeroizes every key held in memory. */
   close(): void;
+  /** Every key held, by fingerprint, with the id the source gives it. */
+  held(): HeldKey[];
+  /** A copy of the key with this fingerprint, if held; the caller zeroizes it when done. */
+  copyByFingerprint(fingerprint: string): Buffer | undefined;
+  /**
+   * For a source that does not name its keys (Mycelium's old and current token_secret): the ids a rotation gives
+   * them, `from` for the old key and `to` for the current one.
+   */
+  bindRotation?(from: string, to: string): void;
+}
+
+export interface HeldKey {
+  /** Undefined for a key the source does not name and no rotation has named yet. */
+  kekId?: string;
+  fingerprint: string;
 }
 
 /** Keys held in this process's memory: the env and file providers load into one of these. */
@@ -69,6 +84,15 @@ export class InMemoryKeys {
 
   unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
     return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
+  }
+
+  held(): HeldKey[] {
+    return [...this.keys].map(([kekId, { fingerprint }]) => ({ kekId, fingerprint }));
+  }
+
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    for (const entry of this.keys.values()) if (entry.fingerprint === fingerprint) return Buffer.from(entry.key);
+    return undefined;
   }
 
   /** Replaces the whole set (reload); old buffers are zeroized. */
@@ -150,5 +174,11 @@ export abstract class LocalKeyProvider implements KeyProvider {
   }
   close(): void {
     this.keys.clear();
+  }
+  held(): HeldKey[] {
+    return this.keys.held();
+  }
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    return this.keys.copyByFingerprint(fingerprint);
   }
 }

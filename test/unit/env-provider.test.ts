@@ -37,10 +37,25 @@ describe('env key provider', () => {
       /TALOS_KEK_v1 .*use base64url/,
     ],
     ['characters outside base64url', `${key().slice(0, 42)}!`, /TALOS_KEK_v1 .*outside the base64url alphabet/],
-    ['an empty value', '', /TALOS_KEK_v1 .*it is empty/],
+    ['a value of blanks', '   x', /TALOS_KEK_v1 .*decodes to 0 bytes/],
   ])('refuses %s and names the variable', (_what, value, message) => {
     expect(() => new EnvKeyProvider({ TALOS_KEK_v1: value }, 'TALOS')).toThrow(message);
     expect(() => new EnvKeyProvider({ TALOS_KEK_v1: value }, 'TALOS')).toThrow(KeyMaterialError);
+  });
+
+  it('an empty variable means unset (a compose file passes unset variables as empty strings)', () => {
+    const provider = new EnvKeyProvider({ TALOS_KEK_v1: key(), TALOS_KEK_v2: '', TALOS_CURRENT_KEK_ID: '' }, 'TALOS');
+    expect(provider.kekIds()).toEqual(['v1']);
+    expect(provider.configuredCurrentKekId).toBeUndefined();
+    expect(() => new EnvKeyProvider({ TALOS_KEK_v1: '' }, 'TALOS')).toThrow(/no KEK in the environment/);
+  });
+
+  it("refuses an id the target's own rule forbids (Talos ids are lower-case), naming the variable", () => {
+    const talosRule = '^[a-z0-9][a-z0-9_-]{0,31}$';
+    expect(() => new EnvKeyProvider({ TALOS_KEK_V2: key() }, 'TALOS', talosRule)).toThrow(
+      "TALOS_KEK_V2: KEK id 'V2' does not match this target's rule ^[a-z0-9][a-z0-9_-]{0,31}$, so the application ignores it; rename the variable",
+    );
+    expect(new EnvKeyProvider({ TALOS_KEK_v2: key() }, 'TALOS', talosRule).kekIds()).toEqual(['v2']);
   });
 
   it('refuses a current KEK id whose key is not set', () => {

@@ -1,0 +1,158 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { kekFingerprint, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
+import { KeyMaterialError, UnknownKekError } from '../envelope/errors';
+import type { SecretSource } from '../targets/target';
+import type { HeldKey, KeyProvider } from './key-provider';
+
+const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+/** Mycelium's KEK: SHA-256 of the token_secret UUID's 16 raw bytes (not of its text). No salt, no KDF. */
+export function myceliumKek(tokenSecret: string, source: string): Buffer {
+  const text = tokenSecret.trim();
+  if (!UUID.test(text)) {
+    throw new KeyMaterialError(
+      `${source} must hold the gateway's token_secret, a UUID such as 550e8400-e29b-41d4-a716-446655440000: it holds ${text.length} characters that are not one`,
+      source,
+    );
+  }
+  return createHash('sha256')
+    .update(Buffer.from(text.replace(/-/g, ''), 'hex'))
+    .digest();
+}
+
+function describeSource(source: SecretSource): string {
+  return 'env' in source ? source.env : `file ${source.file}`;
+}
+
+function readSource(source: SecretSource, env: NodeJS.ProcessEnv): string | undefined {
+  if ('env' in source) {
+    const value = env[source.env];
+    return value === undefined || value.trim() === '' ? undefined : value;
+  }
+  try {
+    return fs.readFileSync(source.file, 'utf8');
+  } catch (err) {
+    throw new KeyMaterialError(
+      `${describeSource(source)} cannot be read: ${(err as NodeJS.ErrnoException).code}`,
+      source.file,
+    );
+  }
+}
+
+type Role = 'current' | 'old';
+interface Loaded {
+  key: Buffer;
+  fingerprint: string;
+}
+
+/**
+ * Mycelium's KEKs: the gateway's current token_secret (MYC_TOKEN_SECRET, or a file) and, during a rotation, the old
+ * one (MYC_OLD_TOKEN_SECRET). Generations are not written next to the secrets, so a rotation names them: its `from`
+ * is the old secret and its `to` the current one, as Mycelium's own `rotate-kek --from-version --to-version` does.
+ * The registry then records each generation's fingerprint, and every later use is checked against it.
+ */
+export class MyceliumTokenSecrets implements KeyProvider {
+  readonly description: string;
+  private loaded = new Map<Role, Loaded>();
+  private readonly bound = new Map<string, Role>();
+
+  constructor(
+    private readonly sources: { current: SecretSource; old: SecretSource },
+    private readonly env: NodeJS.ProcessEnv = process.env,
+  ) {
+    this.description = `Mycelium token secrets (${describeSource(sources.current)}, ${describeSource(sources.old)})`;
+    this.loaded = this.load();
+  }
+
+  private load(): Map<Role, Loaded> {
+    const loaded = new Map<Role, Loaded>();
+    for (const role of ['current', 'old'] as const) {
+      const source = this.sources[role];
+      const text = readSource(source, this.env);
+      if (text === undefined) {
+        if (role === 'current') {
+          throw new KeyMaterialError(
+            `${describeSource(source)} is not set: set it to the gateway's current token_secret (a UUID)`,
+            describeSource(source),
+          );
+        }
+        continue;
+      }
+      const key = myceliumKek(text, describeSource(source));
+      loaded.set(role, { key, fingerprint: kekFingerprint(key) });
+    }
+    return loaded;
+  }
+
+  get configuredCurrentKekId(): string | undefined {
+    for (const [kekId, role] of this.bound) if (role === 'current') return kekId;
+    return undefined;
+  }
+
+  bindRotation(from: string, to: string): void {
+    this.bound.clear();
+    if (this.loaded.has('old')) this.bound.set(from, 'old');
+    this.bound.set(to, 'current');
+  }
+
+  kekIds(): string[] {
+    return [...this.bound.keys()].sort();
+  }
+
+  has(kekId: string): boolean {
+    const role = this.bound.get(kekId);
+    return role !== undefined && this.loaded.has(role);
+  }
+
+  fingerprint(kekId: string): string {
+    return this.entry(kekId).fingerprint;
+  }
+
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
+    return wrapDek(this.entry(kekId).key, kekId, tenantId, dek);
+  }
+
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
+    wrapDek(this.entry(kekId).key, kekId, tenantId, dek, nonce).copy(out, offset);
+  }
+
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
+    return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
+  }
+
+  held(): HeldKey[] {
+    return [...this.loaded].map(([role, { fingerprint }]) => ({
+      kekId: [...this.bound].find(([, r]) => r === role)?.[0],
+      fingerprint,
+    }));
+  }
+
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    for (const { key, fingerprint: held } of this.loaded.values()) if (held === fingerprint) return Buffer.from(key);
+    return undefined;
+  }
+
+  reload(): Promise<void> {
+    const fresh = this.load();
+    this.close();
+    this.loaded = fresh;
+    return Promise.resolve();
+  }
+
+  close(): void {
+    for (const { key } of this.loaded.values()) key.fill(0);
+    this.loaded.clear();
+  }
+
+  private entry(kekId: string): Loaded {
+    const role = this.bound.get(kekId);
+    const entry = role && this.loaded.get(role);
+    if (!entry) {
+      const hint =
+        role === 'old' || role === undefined ? `; set ${describeSource(this.sources.old)} to its token_secret` : '';
+      throw new UnknownKekError(kekId, `${this.description}${hint}`);
+    }
+    return entry;
+  }
+}
