@@ -5,6 +5,8 @@ import { readToolchain } from '../src/dev/toolchain';
 import { seedTenants } from '../src/dev/tenants';
 import { EnvKeyProvider } from '../src/keys/env-provider';
 import { rewrapSlice } from '../src/rewrap/rewrap-slice';
+import { engineFor } from '../src/dev/engine';
+import { REKEY_PRESET } from '../src/targets/presets';
 
 async function main(): Promise<void> {
   const count = Number(process.argv[2] ?? 1_000_000);
@@ -30,15 +32,13 @@ async function main(): Promise<void> {
     for (let i = 1; i < slices; i++)
       bounds.push(`tenant-${String(Math.floor((count * i) / slices) - 1).padStart(8, '0')}`);
     bounds.push(null);
+    const engine = await engineFor(db, REKEY_PRESET, keys);
     t = Date.now();
     const results = await Promise.all(
       bounds
         .slice(0, -1)
         .map((after, i) =>
-          rewrapSlice(
-            { db, keys },
-            { from: 'v1', to: 'v2', after: after ?? '', until: bounds[i + 1] ?? null, batchSize, dryRun: false },
-          ),
+          rewrapSlice(engine, { after: after ?? '', until: bounds[i + 1] ?? null, batchSize, dryRun: false }),
         ),
     );
     const seconds = (Date.now() - t) / 1000;

@@ -1,12 +1,14 @@
+import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { createKekActivities } from './kek';
 import { createRewrapActivities } from './rewrap';
-import type { ActivityDependencies } from './dependencies';
 
 export type { ActivityDependencies } from './dependencies';
 
-/** Every activity, over injected dependencies: the worker passes its pool and key provider, tests theirs. */
+/** Every activity, over injected dependencies: the worker passes its pool, key provider and targets, tests theirs. */
 export function createActivities(deps: ActivityDependencies) {
-  return { ...createKekActivities(deps), ...createRewrapActivities(deps) };
+  // One set of target runtimes for all activities: each target is opened (and its table checked) once.
+  const shared = { ...deps, targets: targetRuntimes(deps) };
+  return { ...createKekActivities(shared), ...createRewrapActivities(shared) };
 }
 
 export type Activities = ReturnType<typeof createActivities>;

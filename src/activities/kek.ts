@@ -1,15 +1,16 @@
-import { BUILTIN_TARGET } from '../targets/builtin';
 import { randomBytes } from 'node:crypto';
-import { KEY_BYTES } from '../envelope/dek-wrapping';
+import { KEY_BYTES, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
 import { KeyMaterialError } from '../envelope/errors';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration } from '../rotation/durations';
 import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
-import { AppInstances } from '../store/app-instances';
 import { checkout } from '../store/connect';
-import { KekRegistry } from '../store/kek-registry';
-import { TenantDekStore } from '../store/tenant-deks';
-import type { ActivityDependencies } from './dependencies';
+import { TargetSchemaError } from '../store/target-store';
+import { BUILTIN_TARGET } from '../targets/builtin';
+import type { TargetRuntime } from '../targets/runtime';
+import { describeTable } from '../targets/target';
+import { targetRuntimes, type ActivityDependencies } from './dependencies';
+import { withKeks } from './keys';
 
 export interface FleetReadiness {
   live: number;
@@ -21,26 +22,67 @@ export interface FleetReadiness {
   notWrapping: string[];
 }
 
-/** Thrown by retire when DEKs still use the KEK: retrying now would not change that. */
+/** Thrown by retire when rows still use the KEK: retrying now would not change that. */
 export class RetireRefusedError extends Error {
   override readonly name = 'RetireRefusedError';
 }
 
-export function createKekActivities({ db, keys }: ActivityDependencies) {
-  const registry = new KekRegistry(db, BUILTIN_TARGET);
-  const deks = new TenantDekStore(db);
-  const instances = new AppInstances(db, BUILTIN_TARGET);
+/** How many rows first contact reads to prove the codec reads the table before anything is written. */
+const FIRST_CONTACT_SAMPLE = 200;
+
+/** Target of an activity's input; absent in inputs recorded before targets existed (rekey's own). */
+interface OnTarget {
+  target?: string;
+}
+
+export function createKekActivities(deps: ActivityDependencies) {
+  const targets = targetRuntimes(deps);
+
+  /** Before rekey writes to a table it did not create, it proves that it can read it. */
+  async function firstContact(runtime: TargetRuntime): Promise<void> {
+    const sample = await runtime.store.sampleAny(FIRST_CONTACT_SAMPLE);
+    if (sample.length === 0) return;
+    const reasons = sample.map((row) => runtime.store.codec.check(row));
+    if (reasons.every((reason) => reason !== undefined)) {
+      throw new TargetSchemaError(
+        `target '${runtime.definition.name}': the format reads none of ${sample.length} sampled rows of ${describeTable(runtime.definition.table)} ` +
+          `(first: ${reasons[0]}); check the target's format: nothing was written`,
+      );
+    }
+  }
 
   return {
     /**
-     * The first step: the request against the registry and the key provider. Returns the resolved `from`, and
-     * why there is nothing to do when the active KEK is younger than `minKekAge`.
+     * The first step: the request against the target's table, its registry and its key source. Returns the resolved
+     * `from`, and why there is nothing to do when the active KEK is younger than `minKekAge`.
      */
     async validateRotation(request: RotationRequest): Promise<{ from: string; nothingToDo?: string }> {
       const settings = parseRotationRequest(request);
+      const runtime = await targets.get(settings.target);
+      const { keys, registry, definition } = runtime;
       await keys.reload();
-      const active = await registry.active();
+      let active = await registry.active();
       const from = settings.from === 'current' ? active?.kekId : settings.from;
+      if (definition.label.kind === 'generation') {
+        for (const [what, id] of [
+          ['from', from],
+          ['to', settings.to],
+        ] as const) {
+          if (id !== undefined && id !== 'new' && !/^[1-9][0-9]{0,8}$/.test(id)) {
+            throw new KeyMaterialError(
+              `target '${definition.name}' labels KEKs with integer generations: ${what} '${id}' is not one (e.g. --from-version 1 --to-version 2)`,
+              what,
+            );
+          }
+        }
+      }
+      if (from !== undefined && settings.to !== 'new') keys.bindRotation?.(from, settings.to);
+      await firstContact(runtime);
+      // A target met for the first time: the KEK its rows use now is the active one.
+      if (!active && from !== undefined && keys.has(from) && definition.currentKek.owner === 'application') {
+        await registry.seedActive(from, keys.fingerprint(from));
+        active = await registry.active();
+      }
       const fromRecord = from === undefined ? undefined : await registry.get(from);
       const toRecord = settings.to === 'new' ? undefined : await registry.get(settings.to);
       const resolved = checkAgainstKeks(settings, {
@@ -50,6 +92,8 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
         providerCanGenerate: keys.generate !== undefined,
         providerDescription: keys.description,
       });
+      // The fingerprints this worker holds must be the registry's before anything else happens.
+      await withKeks(runtime, { from: resolved, to: settings.to }, [resolved], () => Promise.resolve());
       const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
       if (age < settings.minKekAgeMs) {
         return {
@@ -61,36 +105,56 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
     },
 
     /** The id a generated KEK will get. Read-only, so a retry is harmless; provisionKek creates it. */
-    async proposeKekId(): Promise<string> {
+    async proposeKekId({ target }: OnTarget = {}): Promise<string> {
+      const { keys, registry } = await targets.get(target);
       await keys.reload();
       const known = new Set([...keys.kekIds(), ...(await registry.list()).map((k) => k.kekId)]);
       return nextKekId([...known]);
     },
 
     /**
-     * The new KEK exists in the provider (generated if asked and not there yet), is recorded in the registry with
-     * its fingerprint, and this worker can wrap and unwrap with it. Idempotent.
+     * The new KEK exists in the key source (generated if asked and not there yet), is recorded in the target's
+     * registry with its fingerprint, and this worker can seal and open with it. Idempotent.
      */
-    async provisionKek({ kekId, generate }: { kekId: string; generate: boolean }): Promise<{ fingerprint: string }> {
+    async provisionKek({
+      kekId,
+      generate,
+      target,
+      from,
+    }: { kekId: string; generate: boolean; from?: string } & OnTarget): Promise<{ fingerprint: string }> {
+      const runtime = await targets.get(target);
+      const { keys, registry } = runtime;
       await keys.reload();
+      if (from !== undefined) keys.bindRotation?.(from, kekId);
       if (!keys.has(kekId)) {
         if (!generate || !keys.generate) {
           throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
         }
         await keys.generate(kekId);
       }
-      const fingerprint = keys.fingerprint(kekId);
-      await registry.register(kekId, fingerprint);
-      const probe = randomBytes(KEY_BYTES);
-      const unwrapped = keys.unwrap(kekId, 'rekey-self-test', keys.wrap(kekId, 'rekey-self-test', probe));
-      const works = unwrapped.equals(probe);
-      probe.fill(0);
-      unwrapped.fill(0);
-      if (!works) throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, keys.description);
-      return { fingerprint };
+      await registry.register(kekId, keys.fingerprint(kekId));
+      return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], ([kek]) => {
+        const probe = randomBytes(KEY_BYTES);
+        const unwrapped = unwrapDek(
+          kek!.key,
+          kekId,
+          'rekey-self-test',
+          wrapDek(kek!.key, kekId, 'rekey-self-test', probe),
+        );
+        const works = unwrapped.equals(probe);
+        probe.fill(0);
+        unwrapped.fill(0);
+        if (!works) throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, keys.description);
+        return Promise.resolve({ fingerprint: kek!.fingerprint });
+      });
     },
 
-    async fleetReadiness({ kekId, liveWithinMs }: { kekId: string; liveWithinMs: number }): Promise<FleetReadiness> {
+    async fleetReadiness({
+      kekId,
+      liveWithinMs,
+      target,
+    }: { kekId: string; liveWithinMs: number } & OnTarget): Promise<FleetReadiness> {
+      const { instances } = await targets.get(target);
       const live = await instances.live(liveWithinMs);
       const cannotUnwrap = live.filter((i) => !i.unwrapKekIds.includes(kekId)).map((i) => i.instanceId);
       const notWrapping = live.filter((i) => i.wrapKekId !== kekId).map((i) => i.instanceId);
@@ -104,26 +168,26 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
     },
 
     /** `to` becomes active and `from` decrypt-only, in one transaction; a retry after success is a no-op. */
-    async promoteKek({ from, to }: { from: string; to: string }): Promise<void> {
+    async promoteKek({ from, to, target }: { from: string; to: string } & OnTarget): Promise<void> {
+      const { registry } = await targets.get(target);
       await registry.promote(from, to);
     },
 
-    /** Retires `from` only if no DEK uses it at this moment; otherwise refuses and says how many do. */
-    async retireKek({ from }: { from: string }): Promise<{ retiredAt: string }> {
+    /** Retires `from` only if no row uses it at this moment; otherwise refuses and says how many do. */
+    async retireKek({ from, target }: { from: string } & OnTarget): Promise<{ retiredAt: string }> {
+      const { db, store, registry, definition } = await targets.get(target);
       const client = await checkout(db);
       try {
         await client.query('BEGIN');
         await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR UPDATE', [
-          BUILTIN_TARGET,
+          definition.name,
           from,
         ]);
-        const { rows } = await client.query<{ n: string }>(
-          'SELECT count(*) AS n FROM rekey.tenant_deks WHERE kek_id = $1',
-          [from],
-        );
-        const stillUsing = Number(rows[0]?.n ?? 0);
+        const stillUsing = await store.countOnLabel(from, client);
         if (stillUsing > 0) {
-          throw new RetireRefusedError(`KEK '${from}' still wraps ${stillUsing} DEK(s): not retiring it`);
+          throw new RetireRefusedError(
+            `KEK '${from}' still wraps ${stillUsing} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it`,
+          );
         }
         const retired = await registry.transition(from, 'retired', client);
         await client.query('COMMIT');
@@ -136,8 +200,11 @@ export function createKekActivities({ db, keys }: ActivityDependencies) {
       }
     },
 
-    async kekStatus() {
-      return deks.kekStatus();
+    async kekStatus({ target }: OnTarget = {}) {
+      const { store, registry } = await targets.get(target ?? BUILTIN_TARGET);
+      const [{ byLabel }, active] = await Promise.all([store.countsByLabel(), registry.active()]);
+      const staleCounts = Object.fromEntries(Object.entries(byLabel).filter(([kekId]) => kekId !== active?.kekId));
+      return { currentKekId: active?.kekId ?? null, dekCounts: byLabel, staleCounts };
     },
   };
 }

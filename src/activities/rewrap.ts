@@ -1,20 +1,24 @@
 import { Context } from '@temporalio/activity';
+import { UnreadableValueError } from '../codec/sealed-format';
 import type { RewrapCounters } from '../rewrap/counters';
 import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewrap/rewrap-slice';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
-import { TenantDekStore } from '../store/tenant-deks';
-import type { ActivityDependencies } from './dependencies';
+import { targetRuntimes, type ActivityDependencies } from './dependencies';
+import { withKeks } from './keys';
 
 export interface SlicePlan {
-  /** DEKs on `from` right now. */
+  /** Rows on `from` right now. */
   stale: number;
   ranges: TenantRange[];
 }
 
 export interface RewrapSliceArgs {
+  /** Absent in inputs recorded before targets existed: rekey's own. */
+  target?: string;
   from: string;
   to: string;
   range: TenantRange;
+  /** A canary's one row. */
   tenantId?: string;
   batchSize: number;
   dryRun: boolean;
@@ -39,33 +43,31 @@ export interface VerifyOutcome {
   unreadable: TenantFailure[];
 }
 
-export function createRewrapActivities({ db, keys, metrics }: ActivityDependencies) {
-  const deks = new TenantDekStore(db);
+export function createRewrapActivities(deps: ActivityDependencies) {
+  const targets = targetRuntimes(deps);
+  const { metrics } = deps;
 
   return {
-    /** Splits the DEKs still on `from` into up to `slices` ranges of about equal size. */
+    /** Splits the rows still on `from` into up to `slices` ranges of about equal size. */
     async planSlices({
       from,
       slices,
       tenantId,
+      target,
     }: {
       from: string;
       slices: number;
       tenantId?: string;
+      target?: string;
     }): Promise<SlicePlan> {
+      const { store } = await targets.get(target);
       if (tenantId !== undefined) {
-        const stale = (await deks.find(tenantId))?.kekId === from ? 1 : 0;
-        return { stale, ranges: [{ after: '', until: null }] };
+        return { stale: await store.countOnLabel(from, store.db, tenantId), ranges: [{ after: '', until: null }] };
       }
-      const stale = await deks.countOnKek(from);
+      const stale = await store.countOnLabel(from);
       if (slices <= 1 || stale < slices * 2) return { stale, ranges: rangesFromBoundaries([]) };
       const fractions = Array.from({ length: slices - 1 }, (_, i) => (i + 1) / slices);
-      const { rows } = await db.query<{ boundaries: string[] | null }>(
-        `SELECT percentile_disc($2::float8[]) WITHIN GROUP (ORDER BY tenant_id) AS boundaries
-         FROM rekey.tenant_deks WHERE kek_id = $1`,
-        [from, fractions],
-      );
-      return { stale, ranges: rangesFromBoundaries(rows[0]?.boundaries ?? []) };
+      return { stale, ranges: rangesFromBoundaries(await store.boundaries(from, fractions)) };
     },
 
     /**
@@ -75,30 +77,33 @@ export function createRewrapActivities({ db, keys, metrics }: ActivityDependenci
     async rewrapSlice(args: RewrapSliceArgs): Promise<SliceOutcome> {
       const context = Context.current();
       const resumeFrom = context.info.heartbeatDetails as RewrapCheckpoint | undefined;
+      const runtime = await targets.get(args.target);
       let previous: RewrapCounters | undefined;
-      const result = await rewrapSlice(
-        { db, keys },
-        {
-          from: args.from,
-          to: args.to,
-          after: args.range.after,
-          until: args.range.until,
-          tenantId: args.tenantId,
-          batchSize: args.batchSize,
-          dryRun: args.dryRun,
-          timeBudgetMs: args.timeBudgetMs,
-          progressKey: args.progressKey,
-          countExisting: args.countExisting,
-          resumeFrom,
-        },
-        {
-          onBatch: (checkpoint) => {
-            context.heartbeat(checkpoint);
-            if (previous) metrics?.recordBatch(previous, checkpoint.counters);
-            previous = checkpoint.counters;
+      const canary = args.tenantId !== undefined;
+      const result = await withKeks(runtime, args, [args.from, args.to], ([from, to]) =>
+        rewrapSlice(
+          // A canary writes under the still-provisioned KEK; anything else only under the active one.
+          { store: runtime.store, from: from!, to: to!, writable: canary ? ['active', 'provisioned'] : ['active'] },
+          {
+            after: args.range.after,
+            until: args.range.until,
+            rowId: args.tenantId,
+            batchSize: args.batchSize,
+            dryRun: args.dryRun,
+            timeBudgetMs: args.timeBudgetMs,
+            progressKey: args.progressKey,
+            countExisting: args.countExisting,
+            resumeFrom,
           },
-          shouldStop: () => context.cancellationSignal.aborted,
-        },
+          {
+            onBatch: (checkpoint) => {
+              context.heartbeat(checkpoint);
+              if (previous) metrics?.recordBatch(previous, checkpoint.counters);
+              previous = checkpoint.counters;
+            },
+            shouldStop: () => context.cancellationSignal.aborted,
+          },
+        ),
       );
       // Cancelled (paused or aborted): what was done is committed with its progress row; the next run of this part
       // resumes from there.
@@ -106,38 +111,38 @@ export function createRewrapActivities({ db, keys, metrics }: ActivityDependenci
       return result;
     },
 
-    /** Nothing left on `from`, and a random sample of DEKs on `to` unwraps (for a canary: its one tenant). */
+    /** Nothing left on `from`, and a random sample of rows on `to` decrypts with it (a canary: its one row). */
     async verifyRotation(args: {
+      target?: string;
       from: string;
       to: string;
       sampleSize: number;
       tenantId?: string;
     }): Promise<VerifyOutcome> {
       const { from, to, sampleSize, tenantId } = args;
+      const runtime = await targets.get(args.target);
+      const { store, keys } = runtime;
       await keys.reload();
-      const tenant = tenantId ?? null;
-      const { rows: counted } = await db.query<{ n: string }>(
-        'SELECT count(*) AS n FROM rekey.tenant_deks WHERE kek_id = $1 AND ($2::text IS NULL OR tenant_id = $2)',
-        [from, tenant],
-      );
-      const { rows } = await db.query<{ tenant_id: string; wrapped_dek: Buffer }>(
-        `SELECT tenant_id, wrapped_dek FROM rekey.tenant_deks WHERE kek_id = $1 AND ($3::text IS NULL OR tenant_id = $3)
-         ORDER BY random() LIMIT $2`,
-        [to, sampleSize, tenant],
-      );
+      const stale = await store.countOnLabel(from, store.db, tenantId);
+      const rows = await store.sampleOnLabel(to, sampleSize, tenantId);
       const unreadable: TenantFailure[] = [];
-      for (const row of rows) {
-        try {
-          keys.unwrap(to, row.tenant_id, row.wrapped_dek).fill(0);
-        } catch (err) {
-          unreadable.push({ tenantId: row.tenant_id, reason: (err as Error).message });
+      await withKeks(runtime, args, [to], ([kek]) => {
+        for (const row of rows) {
+          try {
+            store.codec.open(kek!.key, row, to).fill(0);
+          } catch (err) {
+            if (!(err instanceof UnreadableValueError)) throw err;
+            unreadable.push({ tenantId: row.$id, reason: err.reason });
+          }
         }
-      }
-      return { stale: Number(counted[0]?.n ?? 0), sampled: rows.length, unreadable };
+        return Promise.resolve();
+      });
+      return { stale, sampled: rows.length, unreadable };
     },
 
-    async staleTenants({ from, limit }: { from: string; limit: number }): Promise<string[]> {
-      return deks.tenantsOnKek(from, limit);
+    async staleTenants({ from, limit, target }: { from: string; limit: number; target?: string }): Promise<string[]> {
+      const { store } = await targets.get(target);
+      return store.idsOnLabel(from, limit);
     },
   };
 }

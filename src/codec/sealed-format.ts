@@ -122,42 +122,69 @@ export function uuidBytes(text: string): Buffer {
 
 type AadBuilder = (row: Row, kekId: string) => Buffer;
 
+/** One part of a recipe: its bytes (a fixed buffer, or text written as UTF-8, or a UUID's 16 bytes). */
+type PartValue = Buffer | string;
+
+function uuidHex(text: string): string {
+  if (!UUID.test(text)) throw new UnreadableValueError(`'${text}' is not a UUID`);
+  return text.replace(/-/g, '');
+}
+
+/**
+ * Compiles a recipe into a function that builds the associated data in a single allocation: it runs twice per row
+ * in a rewrap, so it must not allocate a buffer per part.
+ */
 function compileRecipe(parts: AadPart[]): AadBuilder {
-  const pieces = parts.map((part): ((row: Row, kekId: string) => Buffer) => {
-    let bytes: (row: Row, kekId: string) => Buffer;
-    let prefixed = false;
-    if ('text' in part) {
-      const fixed = Buffer.from(part.text, 'utf8');
-      bytes = () => fixed;
-    } else if ('hex' in part) {
-      const fixed = Buffer.from(part.hex, 'hex');
-      bytes = () => fixed;
-    } else if ('column' in part) {
-      const { column } = part;
-      const asUuid = part.as === 'uuid';
-      prefixed = part.lengthPrefix === true;
-      bytes = (row) => {
-        const value = row[column];
-        if (value === null || value === undefined) throw new UnreadableValueError(`${column} is NULL`);
-        // The store reads associated-data columns as text (ids, names, UUIDs).
-        if (typeof value !== 'string') throw new UnreadableValueError(`${column} is not text`);
-        return asUuid ? uuidBytes(value) : Buffer.from(value, 'utf8');
-      };
-    } else {
-      prefixed = part.lengthPrefix === true;
-      bytes = (_row, kekId) => Buffer.from(kekId, 'utf8');
+  const pieces = parts.map(
+    (part): { value: (row: Row, kekId: string) => PartValue; prefixed: boolean; uuid: boolean } => {
+      if ('text' in part) {
+        const fixed = Buffer.from(part.text, 'utf8');
+        return { value: () => fixed, prefixed: false, uuid: false };
+      }
+      if ('hex' in part) {
+        const fixed = Buffer.from(part.hex, 'hex');
+        return { value: () => fixed, prefixed: false, uuid: false };
+      }
+      if ('column' in part) {
+        const { column } = part;
+        const uuid = part.as === 'uuid';
+        return {
+          value: (row) => {
+            const value = row[column];
+            if (value === null || value === undefined) throw new UnreadableValueError(`${column} is NULL`);
+            // The store reads associated-data columns as text (ids, names, UUIDs).
+            if (typeof value !== 'string') throw new UnreadableValueError(`${column} is not text`);
+            return uuid ? uuidHex(value) : value;
+          },
+          prefixed: part.lengthPrefix === true,
+          uuid,
+        };
+      }
+      return { value: (_row, kekId) => kekId, prefixed: part.lengthPrefix === true, uuid: false };
+    },
+  );
+  const values: PartValue[] = new Array<PartValue>(pieces.length);
+  const sizes: number[] = new Array<number>(pieces.length);
+  return (row, kekId) => {
+    let total = 0;
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i]!;
+      const value = piece.value(row, kekId);
+      values[i] = value;
+      const size = typeof value === 'string' ? (piece.uuid ? 16 : Buffer.byteLength(value, 'utf8')) : value.length;
+      sizes[i] = size;
+      total += size + (piece.prefixed ? 4 : 0);
     }
-    if (!prefixed) return bytes;
-    return (row, kekId) => {
-      const inner = bytes(row, kekId);
-      const out = Buffer.allocUnsafe(4 + inner.length);
-      out.writeUInt32BE(inner.length, 0);
-      inner.copy(out, 4);
-      return out;
-    };
-  });
-  if (pieces.length === 1) return pieces[0]!;
-  return (row, kekId) => Buffer.concat(pieces.map((piece) => piece(row, kekId)));
+    const out = Buffer.allocUnsafe(total);
+    let offset = 0;
+    for (let i = 0; i < pieces.length; i++) {
+      const value = values[i]!;
+      if (pieces[i]!.prefixed) offset = out.writeUInt32BE(sizes[i]!, offset);
+      if (typeof value !== 'string') offset += value.copy(out, offset);
+      else offset += out.write(value, offset, pieces[i]!.uuid ? 'hex' : 'utf8');
+    }
+    return out;
+  };
 }
 
 function recipeColumns(parts: AadPart[]): string[] {

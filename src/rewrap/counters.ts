@@ -1,9 +1,11 @@
 /**
  * What a rewrap did, in the terms of the `rotate-kek` CLI it replaces: rewrapped = "Migrated",
- * alreadyOnTarget = "Already done", skipped = "Skipped" (on a third KEK), failed = unreadable DEKs.
+ * alreadyOnTarget = "Already done", skipped = "Skipped" (on a third KEK, or no value), failed = unreadable.
  */
 export interface RewrapCounters {
   rewrapped: number;
+  /** Rows labelled with the old KEK whose value was already under the new one: their label was corrected. */
+  relabelled: number;
   alreadyOnTarget: number;
   skipped: number;
   /** Compare-and-swap races lost to a live writer (each retry that lost counts). */
@@ -15,6 +17,7 @@ export interface RewrapCounters {
 
 export const emptyCounters = (): RewrapCounters => ({
   rewrapped: 0,
+  relabelled: 0,
   alreadyOnTarget: 0,
   skipped: 0,
   casConflicts: 0,
@@ -22,13 +25,16 @@ export const emptyCounters = (): RewrapCounters => ({
   failed: 0,
 });
 
+/** Sums two sets of counters; a field missing from either (counters recorded before it existed) counts as 0. */
 export function addCounters(a: RewrapCounters, b: RewrapCounters): RewrapCounters {
+  const sum = (key: keyof RewrapCounters) => (a[key] ?? 0) + (b[key] ?? 0);
   return {
-    rewrapped: a.rewrapped + b.rewrapped,
-    alreadyOnTarget: a.alreadyOnTarget + b.alreadyOnTarget,
-    skipped: a.skipped + b.skipped,
-    casConflicts: a.casConflicts + b.casConflicts,
-    contended: a.contended + b.contended,
-    failed: a.failed + b.failed,
+    rewrapped: sum('rewrapped'),
+    relabelled: sum('relabelled'),
+    alreadyOnTarget: sum('alreadyOnTarget'),
+    skipped: sum('skipped'),
+    casConflicts: sum('casConflicts'),
+    contended: sum('contended'),
+    failed: sum('failed'),
   };
 }

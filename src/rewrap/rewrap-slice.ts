@@ -1,20 +1,19 @@
 import { randomBytes } from 'node:crypto';
-import type { Pool, PoolClient } from 'pg';
-import { NONCE_BYTES, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
-import { DekUnwrapError } from '../envelope/errors';
-import type { KeyProvider } from '../keys/key-provider';
+import type { PoolClient } from 'pg';
+import { NONCE_BYTES, UnreadableValueError } from '../codec/sealed-format';
+import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
+import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
+import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
 import { addCounters, emptyCounters, type RewrapCounters } from './counters';
 
 export interface RewrapSliceInput {
-  from: string;
-  to: string;
-  /** Exclusive lower bound of the slice's tenant-id range ('' = from the start). */
+  /** Exclusive lower bound of the slice's id range ('' = from the start). */
   after: string;
   /** Inclusive upper bound (null = to the end). */
   until: string | null;
-  /** Rotate this one tenant only. */
-  tenantId?: string;
+  /** Rotate this one row only (a canary). */
+  rowId?: string;
   batchSize: number;
   dryRun: boolean;
   /** Re-reads and retries of a row that lost the compare-and-swap race, before it is left for a later pass. */
@@ -22,14 +21,14 @@ export interface RewrapSliceInput {
   /** Stop at the first batch boundary after this long; the result's cursor says where to go on. */
   timeBudgetMs?: number;
   /**
-   * Names this slice's row in rewrap_progress. With it, each batch's DEK writes and its counters commit in one
+   * Names this slice's row in rekey.rewrap_progress. With it, each batch's writes and its counters commit in one
    * statement, and a retried slice resumes from what was committed: nothing is counted twice or lost.
    */
   progressKey?: string;
   /** Where a previous attempt got to (heartbeat details); the progress row wins when it is further. */
   resumeFrom?: RewrapCheckpoint;
   /**
-   * Count the DEKs in range already on `to` ("Already done") and on a third KEK ("Skipped") before starting.
+   * Count the rows in range already on `to` ("Already done") and on anything else ("Skipped") before starting.
    * Default true; a rotation asks for it only on the first part of each slice of its first pass, so that later
    * passes and continuations do not count the same rows again.
    */
@@ -41,6 +40,7 @@ export interface RewrapCheckpoint {
   counters: RewrapCounters;
 }
 
+/** A row that did not decrypt, under either KEK; it is never written. */
 export interface TenantFailure {
   tenantId: string;
   reason: string;
@@ -49,7 +49,7 @@ export interface TenantFailure {
 export interface RewrapSliceResult extends RewrapCheckpoint {
   /** True when the range holds nothing more to scan; false when stopped early (time budget, pause, abort). */
   done: boolean;
-  /** DEKs that did not unwrap (bounded list); they are never rewritten. */
+  /** Rows that did not decrypt (bounded list); they are never rewritten. */
   failures: TenantFailure[];
   /** Rows still contended after the retries (bounded list); a later pass picks them up. */
   contendedTenants: string[];
@@ -63,41 +63,36 @@ export interface RewrapHooks {
 }
 
 export interface RewrapDependencies {
-  db: Pool;
-  keys: KeyProvider;
+  store: TargetStore;
+  /** The KEK rows are labelled with now, and the one they move to: copies, which the caller zeroizes. */
+  from: ResolvedKek;
+  to: ResolvedKek;
+  /** Registry states in which `to` may wrap: active, and for a canary also provisioned. */
+  writable: readonly string[];
 }
 
 const MAX_LISTED = 100;
 
-interface DekRow {
-  tenant_id: string;
-  /** bigint, kept as the decimal text PostgreSQL sends: it only travels back in the compare-and-swap. */
-  version: string;
-  wrapped_dek: Buffer;
-}
-
 interface PreparedBatch {
-  ids: string[];
-  versions: string[];
-  /** Every wrapped DEK of the batch, back to back: one binary parameter instead of a text-encoded array. */
-  wrapped: Buffer;
-  /** DEKs of the batch that did not unwrap: counted in the same statement as the batch's writes. */
+  writes: RowWrite[];
+  /** Rows of the batch that did not decrypt: counted in the same statement as the batch's writes. */
   failed: number;
 }
 
 /**
- * Rewraps the DEKs of one tenant range from KEK `from` to KEK `to`, in batches ordered by tenant id (keyset
- * pagination). Each batch is written with one compare-and-swap statement: a row is updated only if its version is
- * still the one read. Rows that lost the race are re-read and retried with jitter, then left for a later pass.
- * A DEK that does not unwrap is reported and never rewritten.
+ * Moves the rows of one id range from KEK `from` to KEK `to`, in batches ordered by id (keyset pagination). Each
+ * row is decrypted with `from` and sealed with `to`; a row labelled `from` whose value is in fact under `to` (a
+ * lazily provisioned DEK that kept the default label) is only relabelled; a row that decrypts under neither is
+ * reported and never written. Each batch is one compare-and-swap statement: a row is written only if it is still as
+ * read. Rows that lost the race are re-read and retried with jitter, then left for a later pass.
  */
 export async function rewrapSlice(
   deps: RewrapDependencies,
   input: RewrapSliceInput,
   hooks: RewrapHooks = {},
 ): Promise<RewrapSliceResult> {
-  const reader = await checkout(deps.db);
-  const writer = await checkout(deps.db);
+  const reader = await checkout(deps.store.db);
+  const writer = await checkout(deps.store.db);
   let failure: Error | undefined;
   try {
     return await new SliceRun(deps, input, hooks, reader, writer).run();
@@ -139,12 +134,18 @@ class SliceRun {
       for (;;) {
         if (this.hooks.shouldStop?.()) break;
         if (this.input.timeBudgetMs !== undefined && Date.now() - started >= this.input.timeBudgetMs) break;
-        const rows = await this.readBatch();
+        const rows = await this.deps.store.readBatch(
+          this.reader,
+          this.deps.from.kekId,
+          { after: this.cursor, until: this.input.until },
+          this.input.batchSize,
+          this.input.rowId,
+        );
         if (rows.length === 0) {
           done = true;
           break;
         }
-        const last = rows[rows.length - 1]!.tenant_id;
+        const last = rows[rows.length - 1]!.$id;
         const prepared = this.prepare(rows);
         // The previous batch's write overlaps this batch's crypto; writes themselves stay in order.
         await pendingWrite;
@@ -153,7 +154,7 @@ class SliceRun {
         // Awaited before the next write or at the end; until then a failure must not count as unhandled.
         pendingWrite.catch(() => undefined);
         this.cursor = last;
-        if (this.input.tenantId !== undefined) {
+        if (this.input.rowId !== undefined) {
           done = true;
           break;
         }
@@ -161,7 +162,9 @@ class SliceRun {
     } finally {
       await pendingWrite;
     }
-    if (done) await this.markDone();
+    if (done && this.input.progressKey !== undefined && !this.input.dryRun) {
+      await markProgressDone(this.writer, this.input.progressKey, this.cursor);
+    }
     this.hooks.onBatch?.({ cursor: this.cursor, counters: this.counters });
     return this.result(done);
   }
@@ -171,116 +174,98 @@ class SliceRun {
     const { progressKey, resumeFrom } = this.input;
     if (resumeFrom) {
       this.cursor = resumeFrom.cursor;
-      this.counters = { ...resumeFrom.counters };
+      this.counters = addCounters(emptyCounters(), resumeFrom.counters);
     }
     if (progressKey === undefined || this.input.dryRun) {
       if (!resumeFrom && this.input.countExisting !== false) {
-        this.counters = addCounters(this.counters, await this.countExisting(this.reader));
+        this.counters = addCounters(this.counters, await this.countExisting());
       }
       return false;
     }
-    const existing = await this.reader.query<ProgressRow>(
-      'SELECT * FROM rekey.rewrap_progress WHERE progress_key = $1',
-      [progressKey],
-    );
-    const row = existing.rows[0];
-    if (row) {
-      // Committed together with the DEKs it counts, so it is never behind them.
-      this.cursor = row.cursor ?? this.input.after;
-      this.counters = countersOf(row);
-      return row.done;
+    const existing = await readProgress(this.reader, progressKey);
+    if (existing) {
+      // Committed together with the rows it counts, so it is never behind them.
+      this.cursor = existing.cursor ?? this.input.after;
+      this.counters = existing.counters;
+      return existing.done;
     }
-    const initial = this.input.countExisting === false ? emptyCounters() : await this.countExisting(this.reader);
-    await this.writer.query(
-      `INSERT INTO rekey.rewrap_progress (target, progress_key, cursor, already_on_target, skipped)
-       VALUES ('rekey', $1, $2, $3, $4) ON CONFLICT (progress_key) DO NOTHING`,
-      [progressKey, this.input.after, initial.alreadyOnTarget, initial.skipped],
-    );
+    const initial = this.input.countExisting === false ? emptyCounters() : await this.countExisting();
+    await createProgress(this.writer, this.deps.store.target.name, progressKey, this.input.after, initial);
     this.counters = initial;
     return false;
   }
 
-  /** DEKs in range that are already on `to` ("Already done") or on another KEK ("Skipped"). */
-  private async countExisting(client: PoolClient): Promise<RewrapCounters> {
-    const { sql, params } = this.rangeFilter(3);
-    const { rows } = await client.query<{ on_target: string; other: string }>(
-      `SELECT count(*) FILTER (WHERE kek_id = $1) AS on_target,
-              count(*) FILTER (WHERE kek_id <> $1 AND kek_id <> $2) AS other
-       FROM rekey.tenant_deks WHERE ${sql}`,
-      [this.input.to, this.input.from, ...params],
+  /** Rows in range already on `to` ("Already done") or on another KEK, or with no value ("Skipped"). */
+  private async countExisting(): Promise<RewrapCounters> {
+    const { onTarget, other } = await this.deps.store.countExisting(
+      this.reader,
+      this.deps.from.kekId,
+      this.deps.to.kekId,
+      { after: this.input.after, until: this.input.until },
+      this.input.rowId,
     );
-    return { ...emptyCounters(), alreadyOnTarget: Number(rows[0]?.on_target), skipped: Number(rows[0]?.other) };
+    return { ...emptyCounters(), alreadyOnTarget: onTarget, skipped: other };
   }
 
-  private rangeFilter(firstParam: number): { sql: string; params: string[] } {
-    if (this.input.tenantId !== undefined) return { sql: `tenant_id = $${firstParam}`, params: [this.input.tenantId] };
-    const params = [this.cursor];
-    let sql = `tenant_id > $${firstParam}`;
-    if (this.input.until !== null) {
-      sql += ` AND tenant_id <= $${firstParam + 1}`;
-      params.push(this.input.until);
-    }
-    return { sql, params };
-  }
-
-  private async readBatch(): Promise<DekRow[]> {
-    const { sql, params } = this.rangeFilter(2);
-    const { rows } = await this.reader.query<DekRow>(
-      `SELECT tenant_id, version, wrapped_dek FROM rekey.tenant_deks
-       WHERE kek_id = $1 AND ${sql} ORDER BY tenant_id LIMIT ${Math.trunc(this.input.batchSize)}`,
-      [this.input.from, ...params],
-    );
-    return rows;
-  }
-
-  /** Unwraps with `from` and wraps with `to`; DEKs that do not unwrap are reported and left as they are. */
-  private prepare(rows: DekRow[]): PreparedBatch {
-    const { keys } = this.deps;
-    const { from, to, dryRun } = this.input;
-    const nonces = dryRun ? Buffer.alloc(0) : randomBytes(NONCE_BYTES * rows.length);
-    const wrapped = dryRun ? Buffer.alloc(0) : Buffer.allocUnsafe(WRAPPED_DEK_BYTES * rows.length);
-    const ids: string[] = [];
-    const versions: string[] = [];
+  /** Decrypts with `from` (or finds the value already under `to`) and seals with `to`; unreadable rows are left. */
+  private prepare(rows: TargetRow[]): PreparedBatch {
+    const { store, from, to } = this.deps;
+    const { codec } = store;
+    const nonces = this.input.dryRun ? Buffer.alloc(0) : randomBytes(NONCE_BYTES * rows.length);
+    const writes: RowWrite[] = [];
     let failed = 0;
     for (let i = 0; i < rows.length; i++) {
       const row = rows[i]!;
-      let dek: Buffer;
+      let plaintext: Buffer;
+      let relabel = false;
       try {
-        dek = keys.unwrap(from, row.tenant_id, row.wrapped_dek);
+        plaintext = codec.open(from.key, row, from.kekId);
       } catch (err) {
-        if (!(err instanceof DekUnwrapError)) throw err;
-        failed += 1;
-        if (this.failures.length < MAX_LISTED) this.failures.push({ tenantId: row.tenant_id, reason: err.reason });
-        continue;
+        if (!(err instanceof UnreadableValueError)) throw err;
+        try {
+          plaintext = codec.open(to.key, row, to.kekId);
+          relabel = true;
+        } catch (second) {
+          if (!(second instanceof UnreadableValueError)) throw second;
+          failed += 1;
+          if (this.failures.length < MAX_LISTED) this.failures.push({ tenantId: row.$id, reason: err.reason });
+          continue;
+        }
       }
-      if (!dryRun) {
-        const nonce = nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES);
-        keys.wrapInto(wrapped, ids.length * WRAPPED_DEK_BYTES, to, row.tenant_id, dek, nonce);
-      }
-      dek.fill(0);
-      ids.push(row.tenant_id);
-      versions.push(row.version);
+      const values = this.input.dryRun
+        ? []
+        : codec.seal(to.key, plaintext, row, to.kekId, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+      plaintext.fill(0);
+      writes.push({ id: row.$id, row, values, relabel });
     }
-    return { ids, versions, wrapped: wrapped.subarray(0, ids.length * WRAPPED_DEK_BYTES), failed };
+    return { writes, failed };
   }
 
   private async write(batch: PreparedBatch, cursor: string): Promise<void> {
     if (this.input.dryRun) {
-      this.counters = {
-        ...this.counters,
-        rewrapped: this.counters.rewrapped + batch.ids.length,
-        failed: this.counters.failed + batch.failed,
-      };
+      const relabelled = batch.writes.filter((w) => w.relabel).length;
+      this.counters = addCounters(this.counters, {
+        ...emptyCounters(),
+        rewrapped: batch.writes.length - relabelled,
+        relabelled,
+        failed: batch.failed,
+      });
       return;
     }
     let pending = batch;
     for (let attempt = 0; ; attempt++) {
       const won = await this.compareAndSwap(pending, attempt === 0 ? cursor : null);
-      const losers = pending.ids.filter((id) => !won.has(id));
+      const losers = pending.writes.filter((w) => !won.has(w.id)).map((w) => w.id);
       if (losers.length === 0) return;
       if (attempt >= this.maxCasRetries) {
         this.counters = { ...this.counters, contended: this.counters.contended + losers.length };
-        await this.recordDelta({ ...emptyCounters(), contended: losers.length });
+        if (this.input.progressKey !== undefined) {
+          await addToProgress(this.writer, this.input.progressKey, {
+            alreadyOnTarget: 0,
+            skipped: 0,
+            contended: losers.length,
+          });
+        }
         for (const id of losers) if (this.contended.length < MAX_LISTED) this.contended.push(id);
         return;
       }
@@ -290,79 +275,40 @@ class SliceRun {
     }
   }
 
-  /** Re-reads rows that lost a race; those no longer on `from` are counted, the rest are rewrapped again. */
-  private async reprepare(tenantIds: string[]): Promise<PreparedBatch> {
-    const { rows } = await this.writer.query<DekRow & { kek_id: string }>(
-      'SELECT tenant_id, kek_id, version, wrapped_dek FROM rekey.tenant_deks WHERE tenant_id = ANY($1) ORDER BY tenant_id',
-      [tenantIds],
-    );
-    const stillStale = rows.filter((r) => r.kek_id === this.input.from);
-    const movedToTarget = rows.filter((r) => r.kek_id === this.input.to).length;
-    const movedElsewhere = rows.length - stillStale.length - movedToTarget;
+  /** Re-reads rows that lost a race; those no longer on `from` are counted, the rest are prepared again. */
+  private async reprepare(ids: string[]): Promise<PreparedBatch> {
+    const rows = await this.deps.store.readByIds(this.writer, ids);
+    const { from, to } = this.deps;
+    const stillStale = rows.filter((r) => r.$label === from.kekId);
+    const movedToTarget = rows.filter((r) => r.$label === to.kekId).length;
+    const movedElsewhere = ids.length - stillStale.length - movedToTarget;
     if (movedToTarget + movedElsewhere > 0) {
-      const delta = { ...emptyCounters(), alreadyOnTarget: movedToTarget, skipped: movedElsewhere };
-      this.counters = addCounters(this.counters, delta);
-      await this.recordDelta(delta);
+      const delta = { alreadyOnTarget: movedToTarget, skipped: movedElsewhere, contended: 0 };
+      this.counters = addCounters(this.counters, { ...emptyCounters(), ...delta });
+      if (this.input.progressKey !== undefined) await addToProgress(this.writer, this.input.progressKey, delta);
     }
     return this.prepare(stillStale);
   }
 
-  /**
-   * One statement: update the rows whose version is still the one read, and (with a progress key) add what it did
-   * to the slice's progress row. Returns the tenants that were written.
-   */
+  /** One statement: the batch's writes, and (with a progress key) what they did. Returns the ids written. */
   private async compareAndSwap(batch: PreparedBatch, cursor: string | null): Promise<Set<string>> {
-    const withProgress = this.input.progressKey !== undefined;
-    const progress = withProgress
-      ? `, progress AS (
-           UPDATE rekey.rewrap_progress SET
-             cursor = COALESCE($7, cursor),
-             rewrapped = rewrapped + (SELECT count(*) FROM updated),
-             cas_conflicts = cas_conflicts + ($8::int - (SELECT count(*) FROM updated)),
-             failed = failed + $9::int,
-             updated_at = now()
-           WHERE progress_key = $6)`
-      : '';
-    const values: unknown[] = [batch.ids, batch.versions, batch.wrapped, this.input.to, this.input.from];
-    if (withProgress) values.push(this.input.progressKey, cursor, batch.ids.length, batch.failed);
-    const { rows } = await this.writer.query<{ tenant_id: string }>(
-      `WITH updated AS (
-         UPDATE rekey.tenant_deks AS t SET
-           kek_id = $4,
-           wrapped_dek = substring($3::bytea FROM ((u.ord - 1) * ${WRAPPED_DEK_BYTES} + 1)::int FOR ${WRAPPED_DEK_BYTES}),
-           version = t.version + 1,
-           updated_at = now()
-         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(tenant_id, version, ord)
-         WHERE t.tenant_id = u.tenant_id AND t.version = u.version AND t.kek_id = $5
-         RETURNING t.tenant_id)${progress}
-       SELECT tenant_id FROM updated`,
-      values,
+    const { progressKey } = this.input;
+    const outcome = await this.deps.store.compareAndSwap(
+      this.writer,
+      this.deps.from.kekId,
+      this.deps.to.kekId,
+      batch.writes,
+      this.deps.writable,
+      progressKey === undefined ? undefined : { progressKey, cursor, failed: batch.failed },
     );
-    const won = new Set(rows.map((r) => r.tenant_id));
-    this.counters = {
-      ...this.counters,
-      rewrapped: this.counters.rewrapped + won.size,
-      casConflicts: this.counters.casConflicts + (batch.ids.length - won.size),
-      failed: this.counters.failed + batch.failed,
-    };
-    return won;
-  }
-
-  private async recordDelta(delta: RewrapCounters): Promise<void> {
-    if (this.input.progressKey === undefined) return;
-    await this.writer.query(
-      `UPDATE rekey.rewrap_progress SET already_on_target = already_on_target + $2, skipped = skipped + $3,
-         contended = contended + $4, updated_at = now() WHERE progress_key = $1`,
-      [this.input.progressKey, delta.alreadyOnTarget, delta.skipped, delta.contended],
-    );
-  }
-
-  private async markDone(): Promise<void> {
-    if (this.input.progressKey === undefined || this.input.dryRun) return;
-    await this.writer.query('UPDATE rekey.rewrap_progress SET cursor = $2, done = true WHERE progress_key = $1', [
-      this.input.progressKey,
-      this.cursor,
-    ]);
+    this.counters = addCounters(this.counters, {
+      ...emptyCounters(),
+      rewrapped: outcome.won.size - outcome.relabelled,
+      relabelled: outcome.relabelled,
+      casConflicts: batch.writes.length - outcome.won.size,
+      failed: batch.failed,
+    });
+    return outcome.won;
   }
 
   private result(done: boolean): RewrapSliceResult {
@@ -375,23 +321,3 @@ class SliceRun {
     };
   }
 }
-
-interface ProgressRow {
-  cursor: string | null;
-  done: boolean;
-  rewrapped: string;
-  already_on_target: string;
-  skipped: string;
-  cas_conflicts: string;
-  contended: string;
-  failed: string;
-}
-
-const countersOf = (row: ProgressRow): RewrapCounters => ({
-  rewrapped: Number(row.rewrapped),
-  alreadyOnTarget: Number(row.already_on_target),
-  skipped: Number(row.skipped),
-  casConflicts: Number(row.cas_conflicts),
-  contended: Number(row.contended),
-  failed: Number(row.failed),
-});

@@ -2,6 +2,8 @@ import { parseDuration } from './durations';
 
 /** What an operator asks for. KEK ids only: key bytes never travel in a workflow payload. */
 export interface RotationRequest {
+  /** The keyspace to rotate: a target name (default 'rekey', rekey's own table). */
+  target?: string;
   /** The KEK in use now ('current' = whatever the registry says is active when the run starts). */
   from: string;
   /** The KEK to rotate to, or 'new' to generate one where the key provider can. */
@@ -28,6 +30,7 @@ export interface RotationRequest {
 }
 
 export interface RotationSettings {
+  target: string;
   from: string;
   to: string;
   batchSize: number;
@@ -55,6 +58,7 @@ export const DEFAULTS = {
 } as const;
 
 export const KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const TARGET = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 /** A request that cannot succeed however often it is retried. */
 export class InvalidRotationError extends Error {
@@ -81,6 +85,10 @@ function duration(name: string, value: string | undefined, fallback: string, min
 /** Checks the shape of a request (no I/O): numbers in range, durations that parse, KEK ids that are ids. */
 export function parseRotationRequest(request: RotationRequest): RotationSettings {
   const { from, to } = request;
+  const target = request.target ?? 'rekey';
+  if (!TARGET.test(target)) {
+    throw new InvalidRotationError(`target '${target}' is not a target name (lower-case letters, digits, '-', '_')`);
+  }
   if (from !== 'current' && !KEK_ID.test(from)) {
     throw new InvalidRotationError(`from '${from}' is not a KEK id (letters, digits, '_', '.', '-'; at most 64)`);
   }
@@ -94,6 +102,7 @@ export function parseRotationRequest(request: RotationRequest): RotationSettings
     throw new InvalidRotationError('tenantId must not be empty');
   }
   return {
+    target,
     from,
     to,
     batchSize: integer('batchSize', request.batchSize, DEFAULTS.batchSize, 1, 50_000),

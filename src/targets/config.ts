@@ -5,13 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { compileFormat, ENCODINGS, FormatError, type SealedFormat } from '../codec/sealed-format';
 import { PRESETS } from './presets';
-import {
-  IDENTIFIER,
-  TARGET_NAME,
-  type CasToken,
-  type KekLabel,
-  type TargetDefinition,
-} from './target';
+import { IDENTIFIER, TARGET_NAME, type CasToken, type KekLabel, type TargetDefinition } from './target';
 
 /** A configuration that cannot work: the message names the file, the key and what to fix. */
 export class TargetConfigError extends Error {
@@ -178,8 +172,8 @@ function definitionOf(name: string, entry: TargetEntry, source: string): TargetD
     cas,
     setOnWrite: entry.setOnWrite ?? base?.setOnWrite ?? {},
     format: sealed,
-    keys: (entry.keys) ?? base?.keys ?? { provider: 'default' },
-    currentKek: (entry.currentKek) ?? base?.currentKek ?? { owner: 'registry' },
+    keys: entry.keys ?? base?.keys ?? { provider: 'default' },
+    currentKek: entry.currentKek ?? base?.currentKek ?? { owner: 'registry' },
     noun: entry.noun ?? base?.noun ?? 'key',
   };
 }

@@ -2,14 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
 import { rewrapSlice, type RewrapSliceInput } from '../../src/rewrap/rewrap-slice';
 import { TenantDekStore } from '../../src/store/tenant-deks';
+import { REKEY_PRESET } from '../../src/targets/presets';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { engineFor } from '../../src/dev/engine';
 import { testKeys } from '../helpers/keys';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
 const fullRange = {
-  from: 'v1',
-  to: 'v2',
   after: '',
   until: null,
   batchSize: 500,
@@ -36,11 +36,12 @@ describe('rewrapSlice', () => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 5_000 });
       const before = await dekFingerprints(db.pool, keys);
 
-      const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
+      const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
 
       expect(result.done).toBe(true);
       expect(result.counters).toEqual({
         rewrapped: 5_000,
+        relabelled: 0,
         alreadyOnTarget: 0,
         skipped: 0,
         casConflicts: 0,
@@ -62,7 +63,7 @@ describe('rewrapSlice', () => {
       const ciphertexts = await Promise.all(['a', 'b', 'c'].map((t) => app.encrypt(t, `secret of ${t}`)));
       await app.stop();
 
-      await rewrapSlice({ db: db.pool, keys }, fullRange);
+      await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
 
       const fresh = new TenantCrypto({ db: db.pool, keys });
       await fresh.start();
@@ -77,7 +78,7 @@ describe('rewrapSlice', () => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 300, prefix: 'a-' });
       await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 200, prefix: 'b-' });
       await seedTenants({ db: db.pool, keys, kekId: 'v3', count: 100, prefix: 'c-' });
-      const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
+      const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
       expect(result.counters).toMatchObject({ rewrapped: 300, alreadyOnTarget: 200, skipped: 100 });
       expect(await staleCount(db, 'v3')).toBe(100);
     }));
@@ -101,7 +102,7 @@ describe('rewrapSlice', () => {
         }
       })();
 
-      const first = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, batchSize: 100 });
+      const first = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), { ...fullRange, batchSize: 100 });
       writing = false;
       await writer;
       expect(writes).toBeGreaterThan(0);
@@ -109,7 +110,7 @@ describe('rewrapSlice', () => {
 
       expect(first.counters.rewrapped).toBeGreaterThan(0);
       const staleBeforeSecondPass = await staleCount(db);
-      const second = await rewrapSlice({ db: db.pool, keys }, fullRange);
+      const second = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
       expect(second.counters.rewrapped).toBe(staleBeforeSecondPass);
       expect(await staleCount(db)).toBe(0);
       expect(await dekFingerprints(db.pool, keys)).toEqual(before);
@@ -125,7 +126,7 @@ describe('rewrapSlice', () => {
         `SELECT wrapped_dek, version FROM rekey.tenant_deks WHERE tenant_id = 'tenant-00000007'`,
       );
 
-      const result = await rewrapSlice({ db: db.pool, keys }, fullRange);
+      const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
 
       expect(result.counters).toMatchObject({ rewrapped: 49, failed: 1 });
       expect(result.failures).toEqual([
@@ -148,7 +149,11 @@ describe('rewrapSlice', () => {
         ).rows;
       const before = await snapshot();
 
-      const result = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, dryRun: true, progressKey: 'dry' });
+      const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
+        ...fullRange,
+        dryRun: true,
+        progressKey: 'dry',
+      });
 
       expect(result.counters.rewrapped).toBe(1_000);
       expect(await snapshot()).toEqual(before);
@@ -158,7 +163,10 @@ describe('rewrapSlice', () => {
   it('rotates a single tenant on its own', () =>
     withDatabase(async (db) => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20 });
-      const result = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, tenantId: 'tenant-00000003' });
+      const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
+        ...fullRange,
+        rowId: 'tenant-00000003',
+      });
       expect(result.counters.rewrapped).toBe(1);
       expect(await staleCount(db)).toBe(19);
       expect((await new TenantDekStore(db.pool).find('tenant-00000003'))?.kekId).toBe('v2');
@@ -167,10 +175,11 @@ describe('rewrapSlice', () => {
   it('respects its range bounds: (after, until]', () =>
     withDatabase(async (db) => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 100 });
-      const result = await rewrapSlice(
-        { db: db.pool, keys },
-        { ...fullRange, after: 'tenant-00000009', until: 'tenant-00000019' },
-      );
+      const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
+        ...fullRange,
+        after: 'tenant-00000009',
+        until: 'tenant-00000019',
+      });
       expect(result.counters.rewrapped).toBe(10);
       const moved = await db.pool.query<{ tenant_id: string }>(
         `SELECT tenant_id FROM rekey.tenant_deks WHERE kek_id = 'v2' ORDER BY 1`,
@@ -188,7 +197,7 @@ describe('rewrapSlice', () => {
       const input = { ...fullRange, batchSize: 100, progressKey: 'rotation-x/pass-1/slice-0' };
       // The first attempt "crashes" after 5 batches: its last heartbeat is older than its last committed batch.
       let lastHeartbeat: { cursor: string } | undefined;
-      const first = await rewrapSlice({ db: db.pool, keys }, input, {
+      const first = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), input, {
         shouldStop: () => batches >= 5,
         onBatch: (checkpoint) => {
           batches++;
@@ -198,13 +207,14 @@ describe('rewrapSlice', () => {
       expect(first.done).toBe(false);
       expect(lastHeartbeat).toBeDefined();
 
-      const second = await rewrapSlice(
-        { db: db.pool, keys },
-        { ...input, resumeFrom: { cursor: lastHeartbeat!.cursor, counters: first.counters } },
-      );
+      const second = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
+        ...input,
+        resumeFrom: { cursor: lastHeartbeat!.cursor, counters: first.counters },
+      });
       expect(second.done).toBe(true);
       expect(second.counters).toEqual({
         rewrapped: 2_000,
+        relabelled: 0,
         alreadyOnTarget: 30,
         skipped: 0,
         casConflicts: 0,
@@ -212,7 +222,7 @@ describe('rewrapSlice', () => {
         failed: 0,
       });
 
-      const third = await rewrapSlice({ db: db.pool, keys }, input);
+      const third = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), input);
       expect(third).toMatchObject({ done: true, counters: second.counters });
       expect(await staleCount(db)).toBe(0);
     }));
@@ -220,9 +230,16 @@ describe('rewrapSlice', () => {
   it('a time budget stops the slice at a batch boundary with the cursor to go on from', () =>
     withDatabase(async (db) => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 1_000 });
-      const first = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, batchSize: 100, timeBudgetMs: 0 });
+      const first = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
+        ...fullRange,
+        batchSize: 100,
+        timeBudgetMs: 0,
+      });
       expect(first).toMatchObject({ done: false, cursor: '' });
-      const rest = await rewrapSlice({ db: db.pool, keys }, { ...fullRange, after: first.cursor });
+      const rest = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
+        ...fullRange,
+        after: first.cursor,
+      });
       expect(rest.counters.rewrapped).toBe(1_000);
     }));
 });

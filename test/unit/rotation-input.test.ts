@@ -19,6 +19,7 @@ const facts = (overrides: Partial<KekFacts> = {}): KekFacts => ({
 describe('rotation request', () => {
   it('fills in the documented defaults', () => {
     expect(parseRotationRequest({ from: 'v1', to: 'v2' })).toEqual({
+      target: 'rekey',
       from: 'v1',
       to: 'v2',
       batchSize: 2_000,
@@ -40,6 +41,7 @@ describe('rotation request', () => {
     [{ from: 'v 1', to: 'v2' }, "from 'v 1' is not a KEK id"],
     [{ from: 'v1', to: '' }, "to '' is not a KEK id"],
     [{ from: 'v1', to: 'v2', parallelism: 0 }, 'parallelism must be a whole number from 1 to 64, got 0'],
+    [{ target: 'Talos', from: 'v1', to: 'v2' }, "target 'Talos' is not a target name"],
     [{ from: 'v1', to: 'v2', batchSize: 2.5 }, 'batchSize must be a whole number from 1 to 50000, got 2.5'],
     [{ from: 'v1', to: 'v2', gracePeriod: '7 fortnights' }, "gracePeriod '7 fortnights' is not a duration"],
     [{ from: 'v1', to: 'v2', tenantId: '' }, 'tenantId must not be empty'],

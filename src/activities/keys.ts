@@ -1,0 +1,25 @@
+import { resolveKek, type ResolvedKek } from '../keys/kek-resolver';
+import type { TargetRuntime } from '../targets/runtime';
+
+/**
+ * Runs `use` with the KEKs of a rotation, each checked against the fingerprint the target's registry recorded, and
+ * zeroizes the copies afterwards, whatever happens.
+ */
+export async function withKeks<T>(
+  runtime: TargetRuntime,
+  rotation: { from: string; to: string },
+  kekIds: string[],
+  use: (keks: ResolvedKek[]) => Promise<T>,
+): Promise<T> {
+  runtime.keys.bindRotation?.(rotation.from, rotation.to);
+  const resolved: ResolvedKek[] = [];
+  try {
+    for (const kekId of kekIds) {
+      const registered = await runtime.registry.get(kekId);
+      resolved.push(resolveKek(runtime.keys, kekId, registered));
+    }
+    return await use(resolved);
+  } finally {
+    for (const kek of resolved) kek.key.fill(0);
+  }
+}

@@ -1,0 +1,509 @@
+// Every statement rekey runs against a target's table, generated from its definition. Identifiers come from a
+// checked configuration (plain SQL identifiers) and are quoted; values are always parameters.
+import type { Pool, PoolClient } from 'pg';
+import type { Codec, ColumnValue, Row } from '../codec/sealed-format';
+import { describeTable, type TargetDefinition } from '../targets/target';
+import { quoteIdent } from './migrate';
+
+/** The target's table is not what its definition says: a retry cannot fix it. */
+export class TargetSchemaError extends Error {
+  override readonly name = 'TargetSchemaError';
+}
+
+/** A write under a KEK the registry does not allow to wrap (retired meanwhile, or not yet promoted). */
+export class KekNotWritableError extends Error {
+  override readonly name = 'KekNotWritableError';
+  constructor(
+    readonly target: string,
+    readonly kekId: string,
+    readonly state: string | null,
+  ) {
+    super(
+      `target '${target}': KEK '${kekId}' is ${state ?? 'not in the registry'}, and may not wrap: nothing was written`,
+    );
+  }
+}
+
+interface ColumnInfo {
+  type: string;
+  typname: string;
+  category: string;
+}
+
+/** A row read for rewrap: the target's own columns by name, plus rekey's. */
+export interface TargetRow extends Row {
+  /** The row id, as text. */
+  readonly $id: string;
+  /** The KEK label, as text (a generation's number). */
+  readonly $label: string;
+  /** The version token, as text; absent when the stored value is the token. */
+  readonly $token?: string;
+}
+
+export interface RowWrite {
+  id: string;
+  /** The version read (version tokens) or the row as read (stored-value tokens). */
+  row: TargetRow;
+  /** New values for the codec's write columns, in its order. */
+  values: ColumnValue[];
+  /** The row's value was already under `to` (mislabelled); only its label (and binding) change. */
+  relabel: boolean;
+}
+
+export interface CasOutcome {
+  /** Ids written; the others lost the race to another writer. */
+  won: Set<string>;
+  relabelled: number;
+}
+
+export interface ProgressDelta {
+  progressKey: string;
+  /** The slice's cursor after this batch (null: unchanged). */
+  cursor: string | null;
+  /** Rows in the batch that did not decrypt: counted in the same statement as the batch's writes. */
+  failed: number;
+}
+
+export interface IdRange {
+  /** Exclusive lower bound; '' = from the start. */
+  after: string;
+  /** Inclusive upper bound; null = to the end. */
+  until: string | null;
+}
+
+const TEXT = 'S';
+const INTEGER_TYPES = ['int2', 'int4', 'int8'];
+const TIME_TYPES = ['timestamp', 'timestamptz', 'date'];
+
+/** Rows, counts and compare-and-swap writes of one target's table, and the target's rewrap progress rows. */
+export class TargetStore {
+  readonly table: string;
+  private readonly q: Record<string, string> = {};
+  private types: Map<string, ColumnInfo> | undefined;
+  private readonly valueColumn: string;
+
+  constructor(
+    readonly db: Pool,
+    readonly target: TargetDefinition,
+    readonly codec: Codec,
+  ) {
+    this.table = `${quoteIdent(target.table.schema)}.${quoteIdent(target.table.name)}`;
+    const { value } = target.format;
+    this.valueColumn = value.kind === 'combined' ? value.column : value.ciphertext;
+  }
+
+  private col(name: string): string {
+    return (this.q[name] ??= quoteIdent(name));
+  }
+
+  private type(name: string): string {
+    const info = this.types?.get(name);
+    if (!info) throw new Error(`target '${this.target.name}': call inspect() before using the store`);
+    return info.type;
+  }
+
+  /**
+   * Checks that the table exists and every column the definition names is there with a usable type. Before anything
+   * is written: an unknown table or column, or a wrong type, is refused with what to fix.
+   */
+  async inspect(): Promise<void> {
+    const { target } = this;
+    const where = describeTable(target.table);
+    const { rows } = await this.db.query<{ name: string; type: string; typname: string; category: string }>(
+      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, t.typname, t.typcategory AS category
+       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+       WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`,
+      [`${this.table}`],
+    );
+    if (rows.length === 0) {
+      const { rows: db } = await this.db.query<{ name: string }>('SELECT current_database() AS name');
+      throw new TargetSchemaError(
+        `target '${target.name}': table ${where} does not exist in database ${db[0]?.name ?? '?'} (check the target's table, or the database it points at)`,
+      );
+    }
+    const types = new Map(rows.map((r) => [r.name, { type: r.type, typname: r.typname, category: r.category }]));
+    const need = (column: string, role: string, ok: (c: ColumnInfo) => boolean, wanted: string) => {
+      const info = types.get(column);
+      if (!info) throw new TargetSchemaError(`target '${target.name}': ${where} has no column ${column} (${role})`);
+      if (!ok(info)) {
+        throw new TargetSchemaError(
+          `target '${target.name}': ${where}.${column} (${role}) is ${info.type}; it must be ${wanted}`,
+        );
+      }
+    };
+    const text = (c: ColumnInfo) => c.category === TEXT;
+    need(
+      target.id,
+      'row id',
+      (c) => text(c) || c.typname === 'uuid' || INTEGER_TYPES.includes(c.typname),
+      'text, uuid or an integer',
+    );
+    if (target.label.kind === 'generation') {
+      need(target.label.column, 'KEK generation', (c) => INTEGER_TYPES.includes(c.typname), 'an integer');
+    } else {
+      need(target.label.column, 'KEK id', text, 'text');
+    }
+    if (target.cas.kind === 'version') {
+      need(target.cas.column, 'version', (c) => INTEGER_TYPES.includes(c.typname), 'an integer');
+    }
+    const { value, aad } = target.format;
+    const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
+    for (const column of valueColumns) {
+      if (value.encoding === 'bytea') need(column, 'stored value', (c) => c.typname === 'bytea', 'bytea');
+      else need(column, 'stored value', text, `text (it holds ${value.encoding})`);
+    }
+    for (const column of this.codec.readColumns.filter((c) => !valueColumns.includes(c))) {
+      need(column, 'associated data', (c) => text(c) || c.typname === 'uuid', 'text or uuid');
+    }
+    if (aad.store) {
+      const bytea = aad.store.encoding === 'bytea';
+      need(
+        aad.store.column,
+        'stored associated data',
+        (c) => (bytea ? c.typname === 'bytea' : text(c)),
+        bytea ? 'bytea' : 'text',
+      );
+    }
+    for (const column of Object.keys(target.setOnWrite)) {
+      need(column, 'set on write', (c) => TIME_TYPES.includes(c.typname), 'a timestamp');
+    }
+    this.types = types;
+  }
+
+  /**
+   * SELECT list of a rewrap read: rekey's aliases, then every column the codec reads, under its own name. A read of
+   * rows on one KEK leaves out the label it already knows; the id is read once even when the codec reads it too.
+   */
+  private selectList(withLabel = true): string {
+    const { target } = this;
+    const parts = [`t.${this.col(target.id)}::text AS "$id"`];
+    if (withLabel) parts.push(`t.${this.col(target.label.column)}::text AS "$label"`);
+    if (target.cas.kind === 'version') parts.push(`t.${this.col(target.cas.column)}::text AS "$token"`);
+    const bytea = target.format.value.encoding === 'bytea';
+    for (const column of this.codec.readColumns) {
+      if (column === target.id) continue;
+      const isBytea = bytea && this.type(column) === 'bytea';
+      parts.push(isBytea ? `t.${this.col(column)}` : `t.${this.col(column)}::text AS ${this.col(column)}`);
+    }
+    return parts.join(', ');
+  }
+
+  /** Rows as the codec wants them: the id under its own name too, when the codec reads it. */
+  private complete(rows: TargetRow[], label?: string): TargetRow[] {
+    const id = this.target.id;
+    const idRead = this.codec.readColumns.includes(id);
+    if (!idRead && label === undefined) return rows;
+    for (const row of rows as Record<string, unknown>[]) {
+      if (idRead) row[id] = row.$id;
+      if (label !== undefined) row.$label = label;
+    }
+    return rows;
+  }
+
+  private labelParam(n: number): string {
+    return `$${n}::${this.type(this.target.label.column)}`;
+  }
+
+  private idCast(expression: string): string {
+    return `${expression}::${this.type(this.target.id)}`;
+  }
+
+  /** `id > after AND id <= until` from parameter `first` on; '' and null leave a side open. */
+  private rangeSql(range: IdRange, first: number): { sql: string; params: string[] } {
+    const parts: string[] = [];
+    const params: string[] = [];
+    if (range.after !== '') {
+      params.push(range.after);
+      parts.push(`t.${this.col(this.target.id)} > ${this.idCast(`$${first + params.length - 1}`)}`);
+    }
+    if (range.until !== null) {
+      params.push(range.until);
+      parts.push(`t.${this.col(this.target.id)} <= ${this.idCast(`$${first + params.length - 1}`)}`);
+    }
+    return { sql: parts.length > 0 ? parts.join(' AND ') : 'true', params };
+  }
+
+  /** The next rows labelled `kekId` with a stored value, in id order (keyset pagination). */
+  async readBatch(
+    client: PoolClient | Pool,
+    kekId: string,
+    range: IdRange,
+    limit: number,
+    onlyId?: string,
+  ): Promise<TargetRow[]> {
+    const { sql, params } =
+      onlyId === undefined
+        ? this.rangeSql(range, 2)
+        : { sql: `t.${this.col(this.target.id)} = ${this.idCast('$2')}`, params: [onlyId] };
+    const { rows } = await client.query<TargetRow>(
+      `SELECT ${this.selectList(false)} FROM ${this.table} t
+       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(this.valueColumn)} IS NOT NULL
+         AND ${sql}
+       ORDER BY t.${this.col(this.target.id)} LIMIT ${Math.trunc(limit)}`,
+      [kekId, ...params],
+    );
+    return this.complete(rows, kekId);
+  }
+
+  /** Re-reads rows by id, whatever their label (after a lost compare-and-swap). */
+  async readByIds(client: PoolClient | Pool, ids: string[]): Promise<TargetRow[]> {
+    const { rows } = await client.query<TargetRow>(
+      `SELECT ${this.selectList()} FROM ${this.table} t
+       WHERE t.${this.col(this.target.id)} = ANY(${this.idCast('$1')}[]) AND t.${this.col(this.valueColumn)} IS NOT NULL
+       ORDER BY t.${this.col(this.target.id)}`,
+      [ids],
+    );
+    return this.complete(rows);
+  }
+
+  /** In a range: rows already on `to` ("Already done"), and rows on any other KEK or with no value ("Skipped"). */
+  async countExisting(
+    client: PoolClient | Pool,
+    from: string,
+    to: string,
+    range: IdRange,
+    onlyId?: string,
+  ): Promise<{ onTarget: number; other: number }> {
+    const { sql, params } =
+      onlyId === undefined
+        ? this.rangeSql(range, 3)
+        : { sql: `t.${this.col(this.target.id)} = ${this.idCast('$3')}`, params: [onlyId] };
+    const label = `t.${this.col(this.target.label.column)}`;
+    const value = `t.${this.col(this.valueColumn)}`;
+    const { rows } = await client.query<{ on_target: string; other: string }>(
+      `SELECT count(*) FILTER (WHERE ${label} = ${this.labelParam(1)} AND ${value} IS NOT NULL) AS on_target,
+              count(*) FILTER (WHERE ${value} IS NULL OR ${label} IS DISTINCT FROM ${this.labelParam(1)}
+                               AND ${label} IS DISTINCT FROM ${this.labelParam(2)}) AS other
+       FROM ${this.table} t WHERE ${sql}`,
+      [to, from, ...params],
+    );
+    return { onTarget: Number(rows[0]?.on_target ?? 0), other: Number(rows[0]?.other ?? 0) };
+  }
+
+  /**
+   * One statement: writes the batch where each row is still as read (its version, or its stored value) and still
+   * labelled `from`, only while the registry lets `to` wrap (a shared lock on its registry row, which retire takes
+   * exclusively), and adds what it did to the slice's progress row. KekNotWritableError when `to` may not wrap.
+   */
+  async compareAndSwap(
+    client: PoolClient | Pool,
+    from: string,
+    to: string,
+    writes: RowWrite[],
+    writable: readonly string[],
+    progress?: ProgressDelta,
+  ): Promise<CasOutcome> {
+    const { target, codec } = this;
+    if (writes.length === 0) {
+      // Nothing decrypted in this batch: its failures and cursor are still recorded.
+      if (progress) await this.recordOnly(client, progress);
+      return { won: new Set(), relabelled: 0 };
+    }
+    const params: unknown[] = [target.name, to, writable, from];
+    const param = (value: unknown) => {
+      params.push(value);
+      return `$${params.length}`;
+    };
+    const unnestArgs = [`${param(writes.map((w) => w.id))}::text[]`];
+    const unnestNames = ['id'];
+    // Relabelled rows are rare: their ids travel on their own, not as a flag on every row.
+    const relabelIds = param(writes.filter((w) => w.relabel).map((w) => w.id));
+    const conditions = [
+      `t.${this.col(target.id)} = ${this.idCast('u.id')}`,
+      `t.${this.col(target.label.column)} = ${this.labelParam(4)}`,
+    ];
+    if (target.cas.kind === 'version') {
+      unnestArgs.push(`${param(writes.map((w) => w.row.$token))}::${this.type(target.cas.column)}[]`);
+      unnestNames.push('token');
+      conditions.push(`t.${this.col(target.cas.column)} = u.token`);
+    } else {
+      // No version column: every stored value column must still hold what was read.
+      const { value } = target.format;
+      const columns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
+      columns.forEach((column, i) => {
+        const { expression, arg } = this.columnParam(
+          writes.map((w) => w.row[column] as ColumnValue),
+          param,
+          `old${i}`,
+        );
+        if (arg) {
+          unnestArgs.push(arg);
+          unnestNames.push(`old${i}`);
+        }
+        conditions.push(`t.${this.col(column)} = ${expression}`);
+      });
+    }
+    const sets = [`${this.col(target.label.column)} = ${this.labelParam(2)}`];
+    codec.writeColumns.forEach((column, i) => {
+      const { expression, arg } = this.columnParam(
+        writes.map((w) => w.values[i]!),
+        param,
+        `new${i}`,
+      );
+      if (arg) {
+        unnestArgs.push(arg);
+        unnestNames.push(`new${i}`);
+      }
+      sets.push(`${this.col(column)} = ${expression}`);
+    });
+    if (target.cas.kind === 'version') {
+      sets.push(`${this.col(target.cas.column)} = t.${this.col(target.cas.column)} + 1`);
+    }
+    for (const column of Object.keys(target.setOnWrite)) sets.push(`${this.col(column)} = now()`);
+
+    let progressSql = '';
+    if (progress) {
+      const key = param(progress.progressKey);
+      const cursor = param(progress.cursor);
+      const attempted = param(writes.length);
+      const failed = param(progress.failed);
+      progressSql = `, progress AS (
+           UPDATE rekey.rewrap_progress SET
+             cursor = COALESCE(${cursor}::text, cursor),
+             rewrapped = rewrapped + (SELECT count(*) FILTER (WHERE NOT relabel) FROM updated),
+             relabelled = relabelled + (SELECT count(*) FILTER (WHERE relabel) FROM updated),
+             cas_conflicts = cas_conflicts + (${attempted}::int - (SELECT count(*) FROM updated)),
+             failed = failed + ${failed}::int,
+             updated_at = now()
+           WHERE progress_key = ${key})`;
+    }
+    const { rows } = await client.query<{ kek_state: string | null; ids: string[] | null; relabelled: string }>(
+      `WITH guard AS (
+         SELECT state FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR SHARE
+       ), updated AS (
+         UPDATE ${this.table} AS t SET ${sets.join(', ')}
+         FROM unnest(${unnestArgs.join(', ')}) WITH ORDINALITY AS u(${unnestNames.join(', ')}, ord)
+         WHERE ${conditions.join(' AND ')} AND (SELECT state FROM guard) = ANY($3::text[])
+         RETURNING t.${this.col(target.id)}::text AS id, u.id = ANY(${relabelIds}::text[]) AS relabel
+       )${progressSql}
+       SELECT (SELECT state FROM guard) AS kek_state, (SELECT array_agg(id) FROM updated) AS ids,
+              (SELECT count(*) FILTER (WHERE relabel) FROM updated) AS relabelled`,
+      params,
+    );
+    const result = rows[0]!;
+    if (!writable.includes(result.kek_state ?? '')) {
+      throw new KekNotWritableError(target.name, to, result.kek_state);
+    }
+    return { won: new Set(result.ids ?? []), relabelled: Number(result.relabelled) };
+  }
+
+  private async recordOnly(client: PoolClient | Pool, progress: ProgressDelta): Promise<void> {
+    await client.query(
+      `UPDATE rekey.rewrap_progress SET cursor = COALESCE($2::text, cursor), failed = failed + $3::int, updated_at = now()
+       WHERE progress_key = $1`,
+      [progress.progressKey, progress.cursor, progress.failed],
+    );
+  }
+
+  /**
+   * A column of values as one parameter. Text goes as a text[] unnested per row. Bytea goes as one binary parameter
+   * cut with substring (node-postgres would send a bytea[] as escaped text): by ordinal when every value has one
+   * length, else by offsets.
+   */
+  private columnParam(
+    values: ColumnValue[],
+    param: (value: unknown) => string,
+    name: string,
+  ): { expression: string; arg?: string } {
+    if (values.length === 0 || typeof values[0] === 'string') {
+      return { expression: `u.${name}`, arg: `${param(values)}::text[]` };
+    }
+    const buffers = values as Buffer[];
+    const joined = param(Buffer.concat(buffers));
+    const length = buffers[0]!.length;
+    if (buffers.every((b) => b.length === length)) {
+      return { expression: `substring(${joined}::bytea FROM ((u.ord - 1) * ${length} + 1)::int FOR ${length})` };
+    }
+    const offsets: number[] = [];
+    let offset = 1;
+    for (const b of buffers) {
+      offsets.push(offset);
+      offset += b.length;
+    }
+    const lengths = param(buffers.map((b) => b.length));
+    const starts = param(offsets);
+    return {
+      expression: `substring(${joined}::bytea FROM (${starts}::int[])[u.ord] FOR (${lengths}::int[])[u.ord])`,
+    };
+  }
+
+  /** Rows labelled `kekId` with a stored value. */
+  async countOnLabel(kekId: string, client: PoolClient | Pool = this.db, onlyId?: string): Promise<number> {
+    const idFilter = onlyId === undefined ? '' : ` AND t.${this.col(this.target.id)} = ${this.idCast('$2')}`;
+    const { rows } = await client.query<{ n: string }>(
+      `SELECT count(*) AS n FROM ${this.table} t
+       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(this.valueColumn)} IS NOT NULL${idFilter}`,
+      onlyId === undefined ? [kekId] : [kekId, onlyId],
+    );
+    return Number(rows[0]?.n ?? 0);
+  }
+
+  /** Rows with a stored value, per KEK label (Talos's stale_counts), and rows with none. */
+  async countsByLabel(): Promise<{ byLabel: Record<string, number>; withoutValue: number }> {
+    const { rows } = await this.db.query<{ label: string | null; has_value: boolean; n: string }>(
+      `SELECT t.${this.col(this.target.label.column)}::text AS label, t.${this.col(this.valueColumn)} IS NOT NULL AS has_value,
+              count(*) AS n
+       FROM ${this.table} t GROUP BY 1, 2 ORDER BY 1`,
+    );
+    const byLabel: Record<string, number> = {};
+    let withoutValue = 0;
+    for (const row of rows) {
+      if (!row.has_value) withoutValue += Number(row.n);
+      else byLabel[row.label ?? '(none)'] = (byLabel[row.label ?? '(none)'] ?? 0) + Number(row.n);
+    }
+    return { byLabel, withoutValue };
+  }
+
+  /** Up to `limit` ids of rows still labelled `kekId`, for reports. */
+  async idsOnLabel(kekId: string, limit: number): Promise<string[]> {
+    const { rows } = await this.db.query<{ id: string }>(
+      `SELECT t.${this.col(this.target.id)}::text AS id FROM ${this.table} t
+       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(this.valueColumn)} IS NOT NULL
+       ORDER BY t.${this.col(this.target.id)} LIMIT $2`,
+      [kekId, limit],
+    );
+    return rows.map((r) => r.id);
+  }
+
+  /** A random sample of rows labelled `kekId` (or, with `onlyId`, that one row). */
+  async sampleOnLabel(kekId: string, size: number, onlyId?: string): Promise<TargetRow[]> {
+    const idFilter = onlyId === undefined ? '' : ` AND t.${this.col(this.target.id)} = ${this.idCast('$3')}`;
+    const { rows } = await this.db.query<TargetRow>(
+      `SELECT ${this.selectList()} FROM ${this.table} t
+       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(this.valueColumn)} IS NOT NULL${idFilter}
+       ORDER BY random() LIMIT $2`,
+      onlyId === undefined ? [kekId, size] : [kekId, size, onlyId],
+    );
+    return this.complete(rows);
+  }
+
+  /** A sample of rows with a stored value, whatever their label: what first contact reads. */
+  async sampleAny(size: number): Promise<TargetRow[]> {
+    const { rows } = await this.db.query<TargetRow>(
+      `SELECT ${this.selectList()} FROM ${this.table} t WHERE t.${this.col(this.valueColumn)} IS NOT NULL LIMIT $1`,
+      [size],
+    );
+    return this.complete(rows);
+  }
+
+  /** Ids splitting the rows labelled `kekId` into parts of about equal size. */
+  async boundaries(kekId: string, fractions: number[]): Promise<string[]> {
+    const { rows } = await this.db.query<{ boundaries: string[] | null }>(
+      `SELECT percentile_disc($2::float8[]) WITHIN GROUP (ORDER BY t.${this.col(this.target.id)})::text[] AS boundaries
+       FROM ${this.table} t
+       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(this.valueColumn)} IS NOT NULL`,
+      [kekId, fractions],
+    );
+    return rows[0]?.boundaries ?? [];
+  }
+
+  /** Whether the application wrote a row under `kekId` after `since` (evidence that it wraps with it). */
+  async writtenSince(kekId: string, timestampColumn: string, since: Date): Promise<boolean> {
+    const { rows } = await this.db.query(
+      `SELECT 1 FROM ${this.table} t
+       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(timestampColumn)} > $2 LIMIT 1`,
+      [kekId, since],
+    );
+    return rows.length > 0;
+  }
+}

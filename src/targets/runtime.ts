@@ -1,0 +1,123 @@
+import { Pool } from 'pg';
+import { compileFormat } from '../codec/sealed-format';
+import { KeyMaterialError } from '../envelope/errors';
+import { openTargetKeys } from '../keys';
+import type { KeyProvider } from '../keys/key-provider';
+import { AppInstances } from '../store/app-instances';
+import { KekRegistry } from '../store/kek-registry';
+import { migrate } from '../store/migrate';
+import { TargetStore } from '../store/target-store';
+import { BUILTIN_TARGET } from './builtin';
+import { TargetConfigError, type TargetsConfig } from './config';
+import { PRESETS } from './presets';
+import type { TargetDefinition } from './target';
+
+/** Everything one target needs at run time, opened on first use. */
+export interface TargetRuntime {
+  definition: TargetDefinition;
+  /** The target's database; rekey's bookkeeping (schema rekey) is in the same one. */
+  db: Pool;
+  store: TargetStore;
+  keys: KeyProvider;
+  registry: KekRegistry;
+  instances: AppInstances;
+}
+
+export interface TargetRuntimesOptions {
+  /** The process's own database (DATABASE_URL), already migrated. */
+  db: Pool;
+  /** The process's own key provider, for targets whose keys are 'default'. */
+  keys: KeyProvider;
+  config?: TargetsConfig;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * The targets one worker serves. Each is opened when first used: its database (migrated, for rekey's bookkeeping),
+ * its table checked against its definition, its key source read. A target that cannot open fails its own
+ * rotations with the reason and leaves the others alone.
+ */
+export class TargetRuntimes {
+  private readonly opened = new Map<string, Promise<TargetRuntime>>();
+  private readonly pools = new Map<string, Pool>();
+
+  constructor(private readonly options: TargetRuntimesOptions) {}
+
+  get names(): string[] {
+    return [...(this.options.config?.targets.keys() ?? Object.keys(PRESETS))];
+  }
+
+  definition(name: string): TargetDefinition {
+    const definition = this.options.config?.targets.get(name) ?? (this.options.config ? undefined : PRESETS[name]);
+    if (!definition) {
+      throw new TargetConfigError(
+        `unknown target '${name}' (known: ${this.names.join(', ')}): add it to the file REKEY_CONFIG names`,
+      );
+    }
+    return definition;
+  }
+
+  get(name: string = BUILTIN_TARGET): Promise<TargetRuntime> {
+    let runtime = this.opened.get(name);
+    if (!runtime) {
+      runtime = this.open(name);
+      // A failure (an unreachable database, a key not set yet) is not remembered: the next use tries again.
+      runtime.catch(() => this.opened.delete(name));
+      this.opened.set(name, runtime);
+    }
+    return runtime;
+  }
+
+  private async open(name: string): Promise<TargetRuntime> {
+    const definition = this.definition(name);
+    const db = await this.database(definition);
+    const keys = openTargetKeys(definition.keys, () => this.options.keys, this.options.env);
+    const store = new TargetStore(db, definition, compileFormat(definition.format));
+    await store.inspect();
+    return {
+      definition,
+      db,
+      store,
+      keys,
+      registry: new KekRegistry(db, name),
+      instances: new AppInstances(db, name),
+    };
+  }
+
+  private async database(definition: TargetDefinition): Promise<Pool> {
+    const env = this.options.env ?? process.env;
+    const variable = definition.database.urlEnv ?? 'DATABASE_URL';
+    const url = definition.database.url ?? (variable === 'DATABASE_URL' ? undefined : env[variable]);
+    if (url === undefined) {
+      if (variable !== 'DATABASE_URL') {
+        throw new KeyMaterialError(
+          `${variable} is not set: target '${definition.name}' reads its database URL from it`,
+          variable,
+        );
+      }
+      return this.options.db;
+    }
+    let pool = this.pools.get(url);
+    if (!pool) {
+      pool = new Pool({ connectionString: url, max: 8 });
+      pool.on('error', () => undefined); // an idle connection dropped by the server is replaced on next use
+      this.pools.set(url, pool);
+      const client = await pool.connect();
+      try {
+        await migrate(client);
+      } finally {
+        client.release();
+      }
+    }
+    return pool;
+  }
+
+  /** Closes the pools this object opened and zeroizes the keys of the targets it opened (not the process's own). */
+  async close(): Promise<void> {
+    for (const runtime of this.opened.values()) {
+      const opened = await runtime.catch(() => undefined);
+      if (opened && opened.keys !== this.options.keys) opened.keys.close();
+    }
+    await Promise.all([...this.pools.values()].map((pool) => pool.end()));
+  }
+}
