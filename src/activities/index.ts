@@ -1,4 +1,5 @@
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
+import { createApplicationActivities } from './application';
 import { createKekActivities } from './kek';
 import { createRewrapActivities } from './rewrap';
 
@@ -8,7 +9,11 @@ export type { ActivityDependencies } from './dependencies';
 export function createActivities(deps: ActivityDependencies) {
   // One set of target runtimes for all activities: each target is opened (and its table checked) once.
   const shared = { ...deps, targets: targetRuntimes(deps) };
-  return { ...createKekActivities(shared), ...createRewrapActivities(shared) };
+  return {
+    ...createKekActivities(shared),
+    ...createRewrapActivities(shared),
+    ...createApplicationActivities(shared),
+  };
 }
 
 export type Activities = ReturnType<typeof createActivities>;

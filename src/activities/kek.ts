@@ -22,6 +22,16 @@ export interface FleetReadiness {
   notWrapping: string[];
 }
 
+/** What the first step learned: the KEK in use, who owns promotion and retirement, and what to ask of operators. */
+export interface ValidatedRotation {
+  from: string;
+  nothingToDo?: string;
+  /** Absent in results recorded before targets existed (rekey's own: the registry). */
+  currentKekOwner?: 'registry' | 'application';
+  /** For an application-owned target: what the operator must do at each step. */
+  instructions?: { promote: string; retire: string };
+}
+
 /** Thrown by retire when rows still use the KEK: retrying now would not change that. */
 export class RetireRefusedError extends Error {
   override readonly name = 'RetireRefusedError';
@@ -56,7 +66,7 @@ export function createKekActivities(deps: ActivityDependencies) {
      * The first step: the request against the target's table, its registry and its key source. Returns the resolved
      * `from`, and why there is nothing to do when the active KEK is younger than `minKekAge`.
      */
-    async validateRotation(request: RotationRequest): Promise<{ from: string; nothingToDo?: string }> {
+    async validateRotation(request: RotationRequest): Promise<ValidatedRotation> {
       const settings = parseRotationRequest(request);
       const runtime = await targets.get(settings.target);
       const { keys, registry, definition } = runtime;
@@ -94,14 +104,24 @@ export function createKekActivities(deps: ActivityDependencies) {
       });
       // The fingerprints this worker holds must be the registry's before anything else happens.
       await withKeks(runtime, { from: resolved, to: settings.to }, [resolved], () => Promise.resolve());
+      const owner = definition.currentKek;
+      const fill = (text: string) =>
+        text.replaceAll('{from}', resolved).replaceAll('{to}', settings.to === 'new' ? 'the new KEK' : settings.to);
+      const facts: ValidatedRotation = {
+        from: resolved,
+        currentKekOwner: owner.owner,
+        ...(owner.owner === 'application' && {
+          instructions: { promote: fill(owner.promote.instructions), retire: fill(owner.retire.instructions) },
+        }),
+      };
       const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
       if (age < settings.minKekAgeMs) {
         return {
-          from: resolved,
+          ...facts,
           nothingToDo: `KEK '${resolved}' became active ${formatDuration(age)} ago; rotations are due after ${formatDuration(settings.minKekAgeMs)}`,
         };
       }
-      return { from: resolved };
+      return facts;
     },
 
     /** The id a generated KEK will get. Read-only, so a retry is harmless; provisionKek creates it. */

@@ -9,8 +9,22 @@ export interface TenantFailure {
   reason: string;
 }
 
+/** What a run is waiting for, in plain words, and how to move it on. */
+export interface Wait {
+  /** fleet: every live application instance; application: the application's own configuration (an operator). */
+  kind: 'fleet' | 'application';
+  step: 'promote' | 'retire' | 'last-passes';
+  /** What must happen, e.g. "set TALOS_CURRENT_KEK_ID=v2 on every gateway and restart it; then confirm". */
+  instructions: string;
+  /** The command that moves the run on once it has. */
+  command?: string;
+  since: number;
+}
+
 /** Everything the `progress` query answers; plain data, carried across continue-as-new. */
 export interface RotationProgress {
+  /** The keyspace; absent in progress recorded before targets existed (rekey's own). */
+  target?: string;
   from: string;
   to: string;
   phase: Phase;
@@ -29,13 +43,22 @@ export interface RotationProgress {
   failedTenants: TenantFailure[];
   graceEndsAt?: number;
   fleet?: { live: number; ready: number; waitingFor: string[] };
+  /** Set while the run waits for the fleet or the application. */
+  waiting?: Wait;
   note?: string;
 }
 
 export const MAX_FAILED_TENANTS = 50;
 
-export function initialProgress(from: string, to: string, dryRun: boolean, now: number): RotationProgress {
+export function initialProgress(
+  from: string,
+  to: string,
+  dryRun: boolean,
+  now: number,
+  target?: string,
+): RotationProgress {
   return {
+    ...(target !== undefined && { target }),
     from,
     to,
     phase: 'validate',

@@ -23,6 +23,11 @@ export interface RotationRequest {
   fleetTimeout?: string;
   /** An instance is live if it announced itself within this window. */
   fleetLiveWithin?: string;
+  /**
+   * How long a step the application owns (promotion, retirement of a target whose application picks its own current
+   * KEK) waits for its evidence or an operator's confirmation before the run fails, saying what it waited for.
+   */
+  confirmTimeout?: string;
   /** Continue-as-new after this many history events even if the server does not suggest it (tests). */
   maxHistoryEvents?: number;
   /** Do nothing (and say so) if the active KEK was promoted less than this long ago: for schedules. */
@@ -42,6 +47,7 @@ export interface RotationSettings {
   sliceTimeBudgetMs: number;
   fleetTimeoutMs: number;
   fleetLiveWithinMs: number;
+  confirmTimeoutMs: number;
   maxHistoryEvents: number;
   minKekAgeMs: number;
 }
@@ -54,6 +60,7 @@ export const DEFAULTS = {
   sliceTimeBudget: '30s',
   fleetTimeout: '1h',
   fleetLiveWithin: '2m',
+  confirmTimeout: '3d',
   maxHistoryEvents: 10_000,
 } as const;
 
@@ -114,6 +121,7 @@ export function parseRotationRequest(request: RotationRequest): RotationSettings
     sliceTimeBudgetMs: duration('sliceTimeBudget', request.sliceTimeBudget, DEFAULTS.sliceTimeBudget, 100),
     fleetTimeoutMs: duration('fleetTimeout', request.fleetTimeout, DEFAULTS.fleetTimeout),
     fleetLiveWithinMs: duration('fleetLiveWithin', request.fleetLiveWithin, DEFAULTS.fleetLiveWithin, 1_000),
+    confirmTimeoutMs: duration('confirmTimeout', request.confirmTimeout, DEFAULTS.confirmTimeout),
     maxHistoryEvents: integer('maxHistoryEvents', request.maxHistoryEvents, DEFAULTS.maxHistoryEvents, 20, 50_000),
     minKekAgeMs: duration('minKekAge', request.minKekAge, '0s'),
   };

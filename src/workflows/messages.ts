@@ -24,4 +24,13 @@ export const setGraceUpdate = defineUpdate<{ graceEndsAt: string }, [GraceChange
 /** Operator override of the fleet gate: promote (or run the last pass) without waiting for every instance. */
 export const overrideFleetGateUpdate = defineUpdate<ProgressReport, [reason: string]>('overrideFleetGate');
 
+export interface StepConfirmation {
+  /** The step the application owns that the operator has done: promote (it wraps with `to`) or retire. */
+  step: 'promote' | 'retire';
+  /** Who did what, for the record. */
+  note: string;
+}
+/** An operator's word that the application did what the run waits for (the run also checks what it can). */
+export const confirmStepUpdate = defineUpdate<ProgressReport, [StepConfirmation]>('confirmStep');
+
 export const progressQuery = defineQuery<ProgressReport>('progress');

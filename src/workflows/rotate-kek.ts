@@ -1,43 +1,22 @@
-// The rotation workflow: provision → promote → rewrap → verify → grace → retire.
-// Thin and deterministic: it sequences activities, holds progress and answers signals, queries and updates.
-// All I/O and crypto live in the activities (src/activities); the arithmetic in src/rotation.
-import {
-  ActivityCancellationType,
-  ActivityFailure,
-  ApplicationFailure,
-  CancellationScope,
-  condition,
-  continueAsNew,
-  allHandlersFinished,
-  isCancellation,
-  proxyActivities,
-  setHandler,
-  upsertSearchAttributes,
-  workflowInfo,
-} from '@temporalio/workflow';
-import type { Activities } from '../activities';
-import type { SliceOutcome } from '../activities/rewrap';
-import { formatDuration, parseDuration } from '../rotation/durations';
-import {
-  addSliceResult,
-  enterPhase,
-  initialProgress,
-  report,
-  setPaused,
-  type Phase,
-  type ProgressReport,
-  type RotationProgress,
-} from '../rotation/progress';
+// The rotation workflow: validate → provision → promote → rewrap → verify → grace → retire, for one target.
+// Thin and deterministic: this file wires every message to the rotation's state (rotation-state.ts) and runs the
+// phases in order; which phases a run takes is one table (src/rotation/phase-plan.ts). Activities do all I/O and
+// crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
+import { ActivityFailure, ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
+import { parseDuration } from '../rotation/durations';
 import {
   InvalidRotationError,
   parseRotationRequest,
   type RotationRequest,
   type RotationSettings,
 } from '../rotation/rotation-input';
-import type { TenantRange } from '../rotation/slices';
+import { steps } from './activity-proxies';
+import { waitForApplication, waitForFleet } from './gates';
+import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
 import {
   abortSignal,
   abortUpdate,
+  confirmStepUpdate,
   overrideFleetGateUpdate,
   pauseSignal,
   pauseUpdate,
@@ -46,122 +25,229 @@ import {
   resumeUpdate,
   setGraceUpdate,
   type GraceChange,
+  type StepConfirmation,
 } from './messages';
-import { RekeyFromKek, RekeyPhase, RekeyToKek } from './search-attributes';
+import { RotationState, type CarriedState, type RotationReport } from './rotation-state';
+import { runPending } from './slice-scheduler';
 
-/** Errors no retry can fix: the activity fails at once and the workflow reports why. */
-const NON_RETRYABLE = [
-  'InvalidRotationError',
-  'KeyMaterialError',
-  'UnknownKekError',
-  'KekTransitionError',
-  'KekFingerprintMismatchError',
-  'RetireRefusedError',
-];
+export type { CarriedState, RotationReport } from './rotation-state';
 
-// Registry and bookkeeping steps: quick statements; retried with backoff through database or worker outages.
-const steps = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: {
-    initialInterval: '1 second',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    maximumAttempts: 30,
-    nonRetryableErrorTypes: NON_RETRYABLE,
-  },
-});
+/** Marks histories written by this workflow; those without it were written by build 47ef157 (the legacy code). */
+export const TARGETS_PATCH = 'rekey-targets-1';
 
-// Slice parts: bounded by their time budget; a lost worker is noticed within the heartbeat timeout and the part
-// resumes elsewhere from its committed progress. Cancelled on pause and abort, and awaited until they stop.
-const slices = proxyActivities<Activities>({
-  startToCloseTimeout: '10 minutes',
-  heartbeatTimeout: '20 seconds',
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-  retry: {
-    initialInterval: '1 second',
-    backoffCoefficient: 2,
-    maximumInterval: '30 seconds',
-    maximumAttempts: 30,
-    nonRetryableErrorTypes: NON_RETRYABLE,
-  },
-});
-
-// Fleet polls back off from 5 s to 5 min: prompt when the fleet is nearly ready, cheap when it waits for a deploy.
-const FLEET_POLL_FIRST_MS = 5_000;
-const FLEET_POLL_MAX_MS = 300_000;
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
 
-/** A part of a slice still to run. Its progress key is stable across retries, pauses and continue-as-new. */
-interface PendingPart {
-  progressKey: string;
-  range: TenantRange;
-  part: number;
-  pass: number;
-}
-
-/** What continue-as-new carries to the next run. */
-export interface CarriedState {
-  runKey: string;
-  from: string;
-  to: string;
-  progress: RotationProgress;
-  pending: PendingPart[];
-  graceEndsAt?: number;
-  fleetOverridden: boolean;
-  aborted: boolean;
-  abortReason?: string;
-  promoted: boolean;
-  /** Set by a grace change made before the grace period started. */
-  gracePeriodMs?: number;
-}
-
-export type RotationReport = ProgressReport;
-
-export async function rotateKek(request: RotationRequest, carried?: CarriedState): Promise<RotationReport> {
-  let settings: RotationSettings;
-  try {
-    settings = parseRotationRequest(request);
-  } catch (err) {
-    if (err instanceof InvalidRotationError) throw ApplicationFailure.nonRetryable(err.message, err.name);
-    throw err;
+export async function rotateKek(
+  request: RotationRequest,
+  carried?: CarriedState | LegacyCarriedState,
+): Promise<RotationReport> {
+  // A rotation started by build 47ef157 finishes on its own code, continue-as-new runs included.
+  if ((carried !== undefined && !('version' in carried)) || !patched(TARGETS_PATCH)) {
+    return rotateKekLegacy(request, carried);
   }
-  const run = new RotationRun(request, settings, carried);
+  const settings = parseOrFail(request);
+  const run = new RotationState(request, settings, carried);
+
   setHandler(progressQuery, () => run.report());
   setHandler(pauseSignal, () => run.pause());
   setHandler(resumeSignal, () => run.resume());
   setHandler(abortSignal, (reason) => run.abort(reason));
-  setHandler(pauseUpdate, () => {
-    run.pause();
-    return run.report();
-  });
-  setHandler(resumeUpdate, () => {
-    run.resume();
-    return run.report();
-  });
-  setHandler(abortUpdate, (reason) => {
-    run.abort(reason);
-    return run.report();
-  });
-  setHandler(setGraceUpdate, (change) => run.setGrace(change), {
-    validator: (change: GraceChange) => validateGraceChange(change),
-  });
-  setHandler(
-    overrideFleetGateUpdate,
-    (reason) => {
-      run.overrideFleetGate(reason);
-      return run.report();
+  setHandler(pauseUpdate, () => (run.pause(), run.report()));
+  setHandler(resumeUpdate, () => (run.resume(), run.report()));
+  setHandler(abortUpdate, (reason) => (run.abort(reason), run.report()));
+  setHandler(setGraceUpdate, (change) => run.setGrace(change), { validator: validateGraceChange });
+  setHandler(overrideFleetGateUpdate, (reason) => (run.overrideFleetGate(reason), run.report()), {
+    validator: (reason: string) => {
+      if (!reason || reason.trim().length === 0) throw new Error('say why the fleet gate is overridden');
     },
-    {
-      validator: (reason: string) => {
-        if (!reason || reason.trim().length === 0) throw new Error('say why the fleet gate is overridden');
-      },
-    },
-  );
+  });
+  setHandler(confirmStepUpdate, (confirmation) => (run.confirm(confirmation), run.report()), {
+    validator: (confirmation: StepConfirmation) => validateConfirmation(run, confirmation),
+  });
+
   try {
-    return await run.execute();
+    for (;;) {
+      const finished = await PHASES[run.phase](run);
+      if (finished !== undefined) return finished;
+    }
   } catch (err) {
     throw explain(err);
+  }
+}
+
+/** Each phase does its work and moves the run on; a phase that ends the run returns its report. */
+const PHASES: Record<RotationState['phase'], (run: RotationState) => Promise<RotationReport | undefined>> = {
+  validate,
+  provision,
+  promote,
+  rewrap,
+  verify,
+  grace,
+  retire,
+  done: (run) => Promise.resolve(run.report()),
+};
+
+async function validate(run: RotationState): Promise<RotationReport | undefined> {
+  const checked = await steps.validateRotation(run.request);
+  run.carried.from = checked.from;
+  run.carried.currentKekOwner = checked.currentKekOwner ?? 'registry';
+  run.carried.instructions = checked.instructions;
+  run.progress = { ...run.progress, from: checked.from };
+  if (checked.nothingToDo !== undefined) {
+    run.progress = { ...run.progress, note: `nothing to do: ${checked.nothingToDo}` };
+    return run.finish('nothing-to-do');
+  }
+  if (run.aborted) return run.finish('aborted');
+  run.advance();
+  return undefined;
+}
+
+async function provision(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried, settings } = run;
+  if (carried.to === 'new') carried.to = await steps.proposeKekId({ target: carried.target });
+  run.progress = { ...run.progress, to: carried.to };
+  await steps.provisionKek({
+    target: carried.target,
+    kekId: carried.to,
+    generate: settings.to === 'new',
+    from: carried.from,
+  });
+  if (run.aborted) return run.finish('aborted');
+  run.advance();
+  return undefined;
+}
+
+async function promote(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried } = run;
+  if (!carried.promoted) {
+    // No reader may meet a row it cannot decrypt: the fleet (or the application) holds `to` before it wraps anything.
+    if (carried.currentKekOwner === 'application') await waitForApplication(run, 'promote');
+    else await waitForFleet(run, 'unwrap');
+    if (run.aborted) return run.finish('aborted');
+    await steps.promoteKek({ target: carried.target, from: carried.from, to: carried.to });
+    carried.promoted = true;
+  }
+  run.advance();
+  return undefined;
+}
+
+/** Passes over what is still on `from`, slice by slice, until none is left. */
+async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried, settings } = run;
+  for (;;) {
+    if (carried.pending.length === 0) {
+      if (run.progress.passes > 0 && run.kind !== 'full') break;
+      if (run.progress.passes === 1 && carried.currentKekOwner === 'registry') {
+        // The last passes start only once every live instance wraps with `to`: no late writer re-creates stale rows.
+        await waitForFleet(run, 'wrap');
+        if (run.aborted) return run.finish('aborted');
+      }
+      const plan = await steps.planSlices({
+        target: carried.target,
+        from: carried.from,
+        slices: settings.parallelism * 2,
+        tenantId: settings.tenantId,
+      });
+      if (run.progress.passes === 0) run.progress = { ...run.progress, staleAtStart: plan.stale };
+      else if (plan.stale === 0) break;
+      if (run.progress.passes >= settings.maxPasses) return failWithStale(run, plan.stale);
+      run.progress = { ...run.progress, passes: run.progress.passes + 1 };
+      const pass = run.progress.passes;
+      carried.pending = plan.ranges.map((range, i) => ({
+        progressKey: `${carried.runKey}/pass-${pass}/slice-${i}`,
+        range,
+        part: 0,
+        pass,
+      }));
+    }
+    const stopped = await runPending(run);
+    if (stopped === 'aborted') return run.finish('aborted');
+    if (stopped === 'continue-as-new') return run.continueAsNew();
+  }
+  if (run.kind === 'dry-run') return run.finish('dry-run');
+  run.advance();
+  return undefined;
+}
+
+async function verify(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried, settings } = run;
+  const verdict = await steps.verifyRotation({
+    target: carried.target,
+    from: carried.from,
+    to: carried.to,
+    sampleSize: VERIFY_SAMPLE,
+    tenantId: settings.tenantId,
+  });
+  if (verdict.unreadable.length > 0) {
+    throw ApplicationFailure.nonRetryable(
+      `verify: ${verdict.unreadable.length} of ${verdict.sampled} sampled rows do not decrypt with '${carried.to}': ` +
+        verdict.unreadable.map((u) => `${u.tenantId} (${u.reason})`).join(', '),
+      'VerifyFailed',
+    );
+  }
+  if (verdict.stale > 0 && run.kind === 'canary') {
+    throw ApplicationFailure.nonRetryable(
+      `canary row '${settings.tenantId}' is still on '${carried.from}'`,
+      'VerifyFailed',
+    );
+  }
+  if (verdict.stale > 0) {
+    // Written meanwhile by an instance that had not yet seen the promotion: one more pass, if the bound allows.
+    if (run.progress.passes >= settings.maxPasses) return failWithStale(run, verdict.stale);
+    run.enter('rewrap');
+    return undefined;
+  }
+  if (run.kind === 'canary') return run.finish('canary');
+  run.advance();
+  return undefined;
+}
+
+async function grace(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried, settings } = run;
+  carried.graceEndsAt ??= Date.now() + (carried.gracePeriodMs ?? settings.gracePeriodMs);
+  run.progress = { ...run.progress, graceEndsAt: carried.graceEndsAt };
+  for (;;) {
+    if (run.aborted) return run.finish('aborted');
+    const remaining = carried.graceEndsAt - Date.now();
+    if (remaining <= 0) break;
+    if (run.shouldContinueAsNew()) return run.continueAsNew();
+    const changes = run.changeCount();
+    await condition(() => run.aborted || run.changeCount() !== changes, remaining);
+  }
+  run.advance();
+  return undefined;
+}
+
+async function retire(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried } = run;
+  if (carried.currentKekOwner === 'application') {
+    // Nothing may still be on `from` before the operator is asked to remove it from the application.
+    const stale = await steps.countOnKek({ target: carried.target, kekId: carried.from });
+    if (stale > 0) return failWithStale(run, stale);
+    await waitForApplication(run, 'retire');
+  }
+  await steps.retireKek({ target: carried.target, from: carried.from });
+  return run.finish('completed');
+}
+
+async function failWithStale(run: RotationState, stale: number): Promise<never> {
+  const { carried } = run;
+  const ids = await steps.staleTenants({ target: carried.target, from: carried.from, limit: LISTED_TENANTS });
+  const unreadable = run.progress.failedTenants.map((f) => `${f.tenantId}: ${f.reason}`);
+  throw ApplicationFailure.nonRetryable(
+    `${stale} row(s) still on '${carried.from}' after ${run.progress.passes} pass(es): ${ids.join(', ')}` +
+      (unreadable.length > 0 ? `; unreadable: ${unreadable.join('; ')}` : ''),
+    'RewrapIncomplete',
+  );
+}
+
+function parseOrFail(request: RotationRequest): RotationSettings {
+  try {
+    return parseRotationRequest(request);
+  } catch (err) {
+    if (err instanceof InvalidRotationError) throw ApplicationFailure.nonRetryable(err.message, err.name);
+    throw err;
   }
 }
 
@@ -173,353 +259,22 @@ function validateGraceChange(change: GraceChange): void {
   }
 }
 
+function validateConfirmation(run: RotationState, confirmation: StepConfirmation): void {
+  if (confirmation.step !== 'promote' && confirmation.step !== 'retire') {
+    throw new Error("step must be 'promote' or 'retire'");
+  }
+  if (!confirmation.note || confirmation.note.trim().length === 0) throw new Error('say who did what, in note');
+  if (run.carried.currentKekOwner !== 'application') {
+    throw new Error(
+      `target '${run.carried.target}' reads its current KEK from rekey's registry: there is nothing to confirm`,
+    );
+  }
+}
+
 /** An activity that failed for good becomes the workflow's failure, with the activity's own message. */
 function explain(err: unknown): unknown {
   if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure) {
     return ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? 'RotationFailed');
   }
   return err;
-}
-
-class RotationRun {
-  private progress: RotationProgress;
-  private readonly state: Omit<CarriedState, 'progress'>;
-  private readonly running = new Map<string, CancellationScope>();
-  private graceVersion = 0;
-
-  constructor(
-    private readonly request: RotationRequest,
-    private readonly settings: RotationSettings,
-    carried: CarriedState | undefined,
-  ) {
-    const info = workflowInfo();
-    if (carried) {
-      const { progress, ...rest } = carried;
-      this.progress = progress;
-      this.state = rest;
-    } else {
-      this.progress = initialProgress(settings.from, settings.to, settings.dryRun, Date.now());
-      this.state = {
-        runKey: `${info.workflowId}/${info.firstExecutionRunId}`,
-        from: settings.from,
-        to: settings.to,
-        pending: [],
-        fleetOverridden: false,
-        aborted: false,
-        promoted: false,
-      };
-    }
-  }
-
-  report(): ProgressReport {
-    return report(this.progress, Date.now());
-  }
-
-  pause(): void {
-    if (this.progress.outcome !== 'running') return;
-    this.progress = setPaused(this.progress, true, Date.now());
-    this.cancelRunningSlices();
-  }
-
-  resume(): void {
-    this.progress = setPaused(this.progress, false, Date.now());
-  }
-
-  abort(reason?: string): void {
-    if (this.progress.phase === 'retire' || this.progress.outcome !== 'running') return;
-    this.state.aborted = true;
-    this.state.abortReason = reason || undefined;
-    this.cancelRunningSlices();
-  }
-
-  overrideFleetGate(reason: string): void {
-    this.state.fleetOverridden = true;
-    this.progress = { ...this.progress, note: `fleet gate overridden: ${reason}` };
-  }
-
-  setGrace(change: GraceChange): { graceEndsAt: string } {
-    const now = Date.now();
-    if (this.state.graceEndsAt === undefined) {
-      // Not in grace yet: change the period it will start with.
-      const current = this.state.gracePeriodMs ?? this.settings.gracePeriodMs;
-      const period = change.endNow ? 0 : current + (parseDuration(change.extendBy!) ?? 0);
-      this.state.gracePeriodMs = period;
-      return { graceEndsAt: new Date(now + period).toISOString() };
-    }
-    this.state.graceEndsAt = change.endNow ? now : this.state.graceEndsAt + (parseDuration(change.extendBy!) ?? 0);
-    this.progress = { ...this.progress, graceEndsAt: this.state.graceEndsAt };
-    this.graceVersion++;
-    return { graceEndsAt: new Date(this.state.graceEndsAt).toISOString() };
-  }
-
-  async execute(): Promise<RotationReport> {
-    const { settings } = this;
-    if (this.progress.phase === 'validate') {
-      const { from, nothingToDo } = await steps.validateRotation(this.request);
-      this.state.from = from;
-      this.progress = { ...this.progress, from };
-      if (nothingToDo !== undefined) {
-        this.progress = { ...this.progress, note: `nothing to do: ${nothingToDo}` };
-        return this.finish('nothing-to-do');
-      }
-      if (this.state.aborted) return this.finish('aborted');
-      if (settings.dryRun) {
-        this.enter('rewrap');
-        return this.rewrapPhase();
-      }
-      this.enter('provision');
-    }
-    if (this.progress.phase === 'provision') {
-      if (this.state.to === 'new') this.state.to = await steps.proposeKekId();
-      this.progress = { ...this.progress, to: this.state.to };
-      await steps.provisionKek({ kekId: this.state.to, generate: settings.to === 'new' });
-      if (this.state.aborted) return this.finish('aborted');
-      if (settings.tenantId !== undefined) {
-        // Canary: one tenant under the new (still provisioned) KEK; no promotion, nothing retired.
-        this.enter('rewrap');
-        return this.rewrapPhase();
-      }
-      this.enter('promote');
-    }
-    if (this.progress.phase === 'promote') {
-      if (!this.state.promoted) {
-        // No live instance may meet a DEK it cannot unwrap: all must hold `to` before it wraps anything.
-        await this.waitForFleet('unwrap');
-        if (this.state.aborted) return this.finish('aborted');
-        await steps.promoteKek({ from: this.state.from, to: this.state.to });
-        this.state.promoted = true;
-      }
-      this.enter('rewrap');
-    }
-    if (this.progress.phase === 'rewrap') return this.rewrapPhase();
-    if (this.progress.phase === 'grace') return this.gracePhase();
-    throw ApplicationFailure.nonRetryable(`cannot resume a rotation in phase ${this.progress.phase}`);
-  }
-
-  /** Passes over what is still on `from`, slice by slice, until none is left; then verify. */
-  private async rewrapPhase(): Promise<RotationReport> {
-    const { settings } = this;
-    for (;;) {
-      if (this.state.pending.length === 0) {
-        const singlePass = settings.dryRun || settings.tenantId !== undefined;
-        if (this.progress.passes > 0 && singlePass) break;
-        if (this.progress.passes === 1) {
-          // The last passes start only once every live instance wraps with `to`: no late writer re-creates stale rows.
-          await this.waitForFleet('wrap');
-          if (this.state.aborted) return this.finish('aborted');
-        }
-        const plan = await steps.planSlices({
-          from: this.state.from,
-          slices: settings.parallelism * 2,
-          tenantId: settings.tenantId,
-        });
-        if (this.progress.passes === 0) this.progress = { ...this.progress, staleAtStart: plan.stale };
-        else if (plan.stale === 0) break;
-        if (this.progress.passes >= settings.maxPasses) return this.failWithStale(plan.stale);
-        this.progress = { ...this.progress, passes: this.progress.passes + 1 };
-        const pass = this.progress.passes;
-        this.state.pending = plan.ranges.map((range, i) => ({
-          progressKey: `${this.state.runKey}/pass-${pass}/slice-${i}`,
-          range,
-          part: 0,
-          pass,
-        }));
-      }
-      const stopped = await this.runPending();
-      if (stopped === 'aborted') return this.finish('aborted');
-      if (stopped === 'continue-as-new') return this.continueAsNew();
-    }
-    if (settings.dryRun) return this.finish('dry-run');
-    return this.verifyPhase();
-  }
-
-  /** Runs pending slice parts, at most `parallelism` at once, until none is left or the run must stop. */
-  private async runPending(): Promise<'done' | 'aborted' | 'continue-as-new'> {
-    const inFlight = new Set<Promise<void>>();
-    let failure: Error | undefined;
-    for (;;) {
-      if (failure !== undefined) throw failure;
-      if (this.state.aborted && inFlight.size === 0) return 'aborted';
-      const rotate = this.shouldContinueAsNew();
-      if (rotate && inFlight.size === 0) return 'continue-as-new';
-      while (
-        !this.state.aborted &&
-        !this.progress.paused &&
-        !rotate &&
-        inFlight.size < this.settings.parallelism &&
-        this.state.pending.length > 0
-      ) {
-        const part = this.state.pending.shift()!;
-        const promise: Promise<void> = this.runPart(part)
-          .catch((err: unknown) => {
-            failure ??= err instanceof Error ? err : new Error(String(err));
-          })
-          .finally(() => inFlight.delete(promise));
-        inFlight.add(promise);
-      }
-      if (inFlight.size === 0 && this.state.pending.length === 0) return 'done';
-      // Sleep until something changes: a part finishes (or is handed back), pause, resume, abort.
-      const started = inFlight.size;
-      const pendingBefore = this.state.pending.length;
-      const { paused } = this.progress;
-      const { aborted } = this.state;
-      await condition(
-        () =>
-          inFlight.size < started ||
-          this.state.pending.length !== pendingBefore ||
-          this.progress.paused !== paused ||
-          this.state.aborted !== aborted ||
-          failure !== undefined,
-      );
-    }
-  }
-
-  private async runPart(part: PendingPart): Promise<void> {
-    const scope = new CancellationScope();
-    this.running.set(part.progressKey, scope);
-    let outcome: SliceOutcome;
-    try {
-      outcome = await scope.run(() =>
-        slices.rewrapSlice({
-          from: this.state.from,
-          to: this.state.to,
-          range: part.range,
-          tenantId: this.settings.tenantId,
-          batchSize: this.settings.batchSize,
-          dryRun: this.settings.dryRun,
-          timeBudgetMs: this.settings.sliceTimeBudgetMs,
-          progressKey: `${part.progressKey}/part-${part.part}`,
-          countExisting: part.pass === 1 && part.part === 0,
-        }),
-      );
-    } catch (err) {
-      if (!isCancellation(err)) throw err;
-      // Paused or aborted: the part resumes later from its committed progress, under the same key.
-      this.state.pending.unshift(part);
-      return;
-    } finally {
-      this.running.delete(part.progressKey);
-    }
-    this.progress = addSliceResult(this.progress, outcome.counters, outcome.failures);
-    if (!outcome.done) {
-      this.state.pending.push({ ...part, range: { ...part.range, after: outcome.cursor }, part: part.part + 1 });
-    }
-  }
-
-  private cancelRunningSlices(): void {
-    for (const scope of this.running.values()) scope.cancel();
-  }
-
-  private async verifyPhase(): Promise<RotationReport> {
-    this.enter('verify');
-    const verdict = await steps.verifyRotation({
-      from: this.state.from,
-      to: this.state.to,
-      sampleSize: VERIFY_SAMPLE,
-      tenantId: this.settings.tenantId,
-    });
-    if (verdict.unreadable.length > 0) {
-      throw ApplicationFailure.nonRetryable(
-        `verify: ${verdict.unreadable.length} of ${verdict.sampled} sampled DEKs do not unwrap with '${this.state.to}': ` +
-          verdict.unreadable.map((u) => `${u.tenantId} (${u.reason})`).join(', '),
-        'VerifyFailed',
-      );
-    }
-    if (verdict.stale > 0 && this.settings.tenantId !== undefined) {
-      throw ApplicationFailure.nonRetryable(
-        `canary tenant '${this.settings.tenantId}' is still on '${this.state.from}'`,
-        'VerifyFailed',
-      );
-    }
-    if (verdict.stale > 0) {
-      // Written meanwhile by an instance that had not yet seen the promotion: one more pass, if the bound allows.
-      if (this.progress.passes >= this.settings.maxPasses) return this.failWithStale(verdict.stale);
-      this.enter('rewrap');
-      return this.rewrapPhase();
-    }
-    if (this.settings.tenantId !== undefined) return this.finish('canary');
-    this.enter('grace');
-    return this.gracePhase();
-  }
-
-  private async gracePhase(): Promise<RotationReport> {
-    this.state.graceEndsAt ??= Date.now() + (this.state.gracePeriodMs ?? this.settings.gracePeriodMs);
-    this.progress = { ...this.progress, graceEndsAt: this.state.graceEndsAt };
-    for (;;) {
-      if (this.state.aborted) return this.finish('aborted');
-      const remaining = this.state.graceEndsAt - Date.now();
-      if (remaining <= 0) break;
-      if (this.shouldContinueAsNew()) return this.continueAsNew();
-      const version = this.graceVersion;
-      await condition(() => this.state.aborted || this.graceVersion !== version, remaining);
-    }
-    this.enter('retire');
-    await steps.retireKek({ from: this.state.from });
-    return this.finish('completed');
-  }
-
-  /** Waits until every live application instance can unwrap (or wraps) with `to`; fails after the fleet timeout. */
-  private async waitForFleet(kind: 'unwrap' | 'wrap'): Promise<void> {
-    const deadline = Date.now() + this.settings.fleetTimeoutMs;
-    let interval = FLEET_POLL_FIRST_MS;
-    for (;;) {
-      const fleet = await steps.fleetReadiness({ kekId: this.state.to, liveWithinMs: this.settings.fleetLiveWithinMs });
-      const waitingFor = kind === 'unwrap' ? fleet.cannotUnwrap : fleet.notWrapping;
-      const ready = kind === 'unwrap' ? fleet.canUnwrap : fleet.wrapsWith;
-      this.progress = { ...this.progress, fleet: { live: fleet.live, ready, waitingFor } };
-      if (ready === fleet.live || this.state.fleetOverridden || this.state.aborted) return;
-      if (Date.now() >= deadline) {
-        throw ApplicationFailure.nonRetryable(
-          `fleet not ready after ${formatDuration(this.settings.fleetTimeoutMs)}: ${fleet.live - ready} of ${fleet.live} live ` +
-            `instance(s) ${kind === 'unwrap' ? 'cannot unwrap with' : 'do not wrap with'} '${this.state.to}' ` +
-            `(${waitingFor.join(', ')}); deploy the key to them, or override the fleet gate`,
-          'FleetNotReady',
-        );
-      }
-      await condition(
-        () => this.state.fleetOverridden || this.state.aborted,
-        Math.min(interval, deadline - Date.now()),
-      );
-      interval = Math.min(interval * 2, FLEET_POLL_MAX_MS);
-    }
-  }
-
-  private async failWithStale(stale: number): Promise<never> {
-    const tenants = await steps.staleTenants({ from: this.state.from, limit: LISTED_TENANTS });
-    const unreadable = this.progress.failedTenants.map((f) => `${f.tenantId}: ${f.reason}`);
-    throw ApplicationFailure.nonRetryable(
-      `${stale} DEK(s) still on '${this.state.from}' after ${this.progress.passes} pass(es): ${tenants.join(', ')}` +
-        (unreadable.length > 0 ? `; unreadable: ${unreadable.join('; ')}` : ''),
-      'RewrapIncomplete',
-    );
-  }
-
-  private shouldContinueAsNew(): boolean {
-    const info = workflowInfo();
-    return info.continueAsNewSuggested || info.historyLength >= this.settings.maxHistoryEvents;
-  }
-
-  private async continueAsNew(): Promise<never> {
-    await condition(allHandlersFinished);
-    return continueAsNew<typeof rotateKek>(this.request, { ...this.state, progress: this.progress });
-  }
-
-  private enter(phase: Phase): void {
-    this.progress = enterPhase(this.progress, phase, Date.now());
-    upsertSearchAttributes([
-      { key: RekeyPhase, value: phase },
-      { key: RekeyFromKek, value: this.state.from },
-      { key: RekeyToKek, value: this.state.to },
-    ]);
-  }
-
-  private finish(outcome: RotationProgress['outcome']): RotationReport {
-    this.enter('done');
-    const note =
-      outcome === 'aborted'
-        ? `aborted${this.state.abortReason ? `: ${this.state.abortReason}` : ''}; both '${this.state.from}' and '${this.state.to}' still unwrap, nothing was retired`
-        : this.progress.note;
-    this.progress = { ...this.progress, outcome, paused: false, note };
-    return this.report();
-  }
 }

@@ -5,5 +5,7 @@ import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/commo
 export const RekeyPhase = defineSearchAttributeKey('RekeyPhase', SearchAttributeType.KEYWORD);
 export const RekeyFromKek = defineSearchAttributeKey('RekeyFromKek', SearchAttributeType.KEYWORD);
 export const RekeyToKek = defineSearchAttributeKey('RekeyToKek', SearchAttributeType.KEYWORD);
+/** The keyspace a rotation works on (a target name). */
+export const RekeyTarget = defineSearchAttributeKey('RekeyTarget', SearchAttributeType.KEYWORD);
 
-export const REKEY_SEARCH_ATTRIBUTES = [RekeyPhase, RekeyFromKek, RekeyToKek];
+export const REKEY_SEARCH_ATTRIBUTES = [RekeyPhase, RekeyFromKek, RekeyToKek, RekeyTarget];

@@ -31,6 +31,7 @@ describe('rotation request', () => {
       sliceTimeBudgetMs: 30_000,
       fleetTimeoutMs: 3_600_000,
       fleetLiveWithinMs: 120_000,
+      confirmTimeoutMs: 3 * 86_400_000,
       maxHistoryEvents: 10_000,
       minKekAgeMs: 0,
     });

@@ -1,0 +1,46 @@
+// The activities as the rotation workflow calls them, with their options. A retry cannot fix the error types listed
+// in NON_RETRYABLE: the activity fails at once and the workflow reports why.
+import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+
+export const NON_RETRYABLE = [
+  'InvalidRotationError',
+  'KeyMaterialError',
+  'UnknownKekError',
+  'KekTransitionError',
+  'KekFingerprintMismatchError',
+  'KekNotHeldError',
+  'KekNotWritableError',
+  'RetireRefusedError',
+  'TargetSchemaError',
+  'TargetConfigError',
+];
+
+/** Registry and bookkeeping steps: quick statements; retried with backoff through database or worker outages. */
+export const steps = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 30,
+    nonRetryableErrorTypes: NON_RETRYABLE,
+  },
+});
+
+/**
+ * Slice parts: bounded by their time budget; a lost worker is noticed within the heartbeat timeout and the part
+ * resumes elsewhere from its committed progress. Cancelled on pause and abort, and awaited until they stop.
+ */
+export const slices = proxyActivities<Activities>({
+  startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '20 seconds',
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '30 seconds',
+    maximumAttempts: 30,
+    nonRetryableErrorTypes: NON_RETRYABLE,
+  },
+});

@@ -1,0 +1,97 @@
+// The waits between a rotation's steps: for the fleet of application instances that read rekey's registry, or, where
+// the application's own configuration picks the current KEK, for evidence that it did what an operator was asked.
+// Both are durable, back off from 5 s to 5 min, show in the progress (and so in `status`), and fail after their
+// timeout saying what they waited for.
+import { ApplicationFailure, condition, workflowInfo } from '@temporalio/workflow';
+import { formatDuration } from '../rotation/durations';
+import { steps } from './activity-proxies';
+import type { RotationState } from './rotation-state';
+
+const POLL_FIRST_MS = 5_000;
+const POLL_MAX_MS = 300_000;
+
+/** Waits until every live application instance can unwrap (or wraps) with `to`; fails after the fleet timeout. */
+export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'): Promise<void> {
+  const { settings, carried } = run;
+  const deadline = Date.now() + settings.fleetTimeoutMs;
+  let interval = POLL_FIRST_MS;
+  for (;;) {
+    const fleet = await steps.fleetReadiness({
+      target: carried.target,
+      kekId: carried.to,
+      liveWithinMs: settings.fleetLiveWithinMs,
+    });
+    const waitingFor = kind === 'unwrap' ? fleet.cannotUnwrap : fleet.notWrapping;
+    const ready = kind === 'unwrap' ? fleet.canUnwrap : fleet.wrapsWith;
+    run.progress = { ...run.progress, fleet: { live: fleet.live, ready, waitingFor } };
+    if (ready === fleet.live || carried.fleetOverridden || run.aborted) {
+      run.waiting(undefined);
+      return;
+    }
+    run.waiting({
+      kind: 'fleet',
+      step: kind === 'unwrap' ? 'promote' : 'last-passes',
+      instructions: `every live application instance must ${kind === 'unwrap' ? 'hold' : 'wrap with'} '${carried.to}' (waiting for ${waitingFor.join(', ')})`,
+      command: `rekey override-fleet ${workflowInfo().workflowId} --reason "…"`,
+    });
+    if (Date.now() >= deadline) {
+      throw ApplicationFailure.nonRetryable(
+        `fleet not ready after ${formatDuration(settings.fleetTimeoutMs)}: ${fleet.live - ready} of ${fleet.live} live ` +
+          `instance(s) ${kind === 'unwrap' ? 'cannot unwrap with' : 'do not wrap with'} '${carried.to}' ` +
+          `(${waitingFor.join(', ')}); deploy the key to them, or override the fleet gate`,
+        'FleetNotReady',
+      );
+    }
+    await condition(() => carried.fleetOverridden || run.aborted, Math.min(interval, deadline - Date.now()));
+    interval = Math.min(interval * 2, POLL_MAX_MS);
+  }
+}
+
+/**
+ * Waits until the application has done a step it owns: its configuration names `to` as current (promotion), or it
+ * no longer holds `from` (retirement). Evidence is rekey's own configuration or the target's probe; an operator's
+ * confirmation also moves the run on. Fails after the confirm timeout, naming what it waited for.
+ */
+export async function waitForApplication(run: RotationState, step: 'promote' | 'retire'): Promise<void> {
+  const { settings, carried } = run;
+  const deadline = Date.now() + settings.confirmTimeoutMs;
+  const instructions = carried.instructions?.[step] ?? `the application must ${step} '${carried.to}'`;
+  let interval = POLL_FIRST_MS;
+  for (;;) {
+    if (run.aborted) return;
+    const evidence = await steps.applicationEvidence({
+      target: carried.target,
+      step,
+      from: carried.from,
+      to: carried.to,
+      since: carried.startedAt,
+    });
+    const confirmed = carried.confirmed[step];
+    if (evidence.satisfied || confirmed !== undefined) {
+      run.waiting(undefined);
+      run.progress = {
+        ...run.progress,
+        note: evidence.satisfied ? `${step}: ${evidence.detail}` : `${step} confirmed by an operator: ${confirmed}`,
+      };
+      return;
+    }
+    run.waiting({
+      kind: 'application',
+      step,
+      instructions,
+      command: `rekey confirm ${workflowInfo().workflowId} --step ${step} --note "…"`,
+    });
+    run.progress = { ...run.progress, note: evidence.detail };
+    if (Date.now() >= deadline) {
+      throw ApplicationFailure.nonRetryable(
+        `waited ${formatDuration(settings.confirmTimeoutMs)} for the application to ${step}: ${instructions} (${evidence.detail})`,
+        'ApplicationNotReady',
+      );
+    }
+    await condition(
+      () => carried.confirmed[step] !== undefined || run.aborted,
+      Math.min(interval, deadline - Date.now()),
+    );
+    interval = Math.min(interval * 2, POLL_MAX_MS);
+  }
+}

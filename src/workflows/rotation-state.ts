@@ -1,0 +1,234 @@
+// The state of one rotation and what each message does to it. The workflow (rotate-kek.ts) wires messages to these
+// methods and runs the phases; nothing here schedules an activity.
+import {
+  allHandlersFinished,
+  CancellationScope,
+  condition,
+  continueAsNew,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { parseDuration } from '../rotation/durations';
+import { nextPhase, runKind, type RunKind } from '../rotation/phase-plan';
+import {
+  enterPhase,
+  initialProgress,
+  report,
+  setPaused,
+  type Outcome,
+  type Phase,
+  type ProgressReport,
+  type RotationProgress,
+  type Wait,
+} from '../rotation/progress';
+import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
+import type { TenantRange } from '../rotation/slices';
+import type { GraceChange, StepConfirmation } from './messages';
+import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
+
+/** A part of a slice still to run. Its progress key is stable across retries, pauses and continue-as-new. */
+export interface PendingPart {
+  progressKey: string;
+  range: TenantRange;
+  part: number;
+  pass: number;
+}
+
+/** What continue-as-new carries to the next run. `version` tells it from what build 47ef157 carried. */
+export interface CarriedState {
+  version: 2;
+  runKey: string;
+  target: string;
+  from: string;
+  to: string;
+  /** When the rotation began (epoch ms, workflow time): rows the application writes after it are evidence. */
+  startedAt: number;
+  progress: RotationProgress;
+  pending: PendingPart[];
+  graceEndsAt?: number;
+  fleetOverridden: boolean;
+  aborted: boolean;
+  abortReason?: string;
+  promoted: boolean;
+  /** Set by a grace change made before the grace period started. */
+  gracePeriodMs?: number;
+  currentKekOwner: 'registry' | 'application';
+  instructions?: { promote: string; retire: string };
+  /** Operators' confirmations of the steps the application owns. */
+  confirmed: Partial<Record<StepConfirmation['step'], string>>;
+}
+
+export type RotationReport = ProgressReport;
+
+export class RotationState {
+  progress: RotationProgress;
+  readonly carried: Omit<CarriedState, 'progress'>;
+  readonly kind: RunKind;
+  /** Bumped by every message that may change what a waiting step should do. */
+  private changes = 0;
+  private readonly running = new Map<string, CancellationScope>();
+
+  constructor(
+    readonly request: RotationRequest,
+    readonly settings: RotationSettings,
+    carried: CarriedState | undefined,
+  ) {
+    this.kind = runKind(settings);
+    if (carried) {
+      const { progress, ...rest } = carried;
+      this.progress = progress;
+      this.carried = rest;
+    } else {
+      const info = workflowInfo();
+      const now = Date.now();
+      this.progress = initialProgress(settings.from, settings.to, settings.dryRun, now, settings.target);
+      this.carried = {
+        version: 2,
+        runKey: `${info.workflowId}/${info.firstExecutionRunId}`,
+        target: settings.target,
+        from: settings.from,
+        to: settings.to,
+        startedAt: now,
+        pending: [],
+        fleetOverridden: false,
+        aborted: false,
+        promoted: false,
+        currentKekOwner: 'registry',
+        confirmed: {},
+      };
+    }
+  }
+
+  get phase(): Phase {
+    return this.progress.phase;
+  }
+
+  get aborted(): boolean {
+    return this.carried.aborted;
+  }
+
+  report(): ProgressReport {
+    return report(this.progress, Date.now());
+  }
+
+  /** A counter every message bumps: a wait compares it to wake up when anything changed. */
+  changeCount(): number {
+    return this.changes;
+  }
+
+  private changed(): void {
+    this.changes++;
+  }
+
+  // ------------------------------------------------------------------ messages
+
+  pause(): void {
+    if (this.progress.outcome !== 'running') return;
+    this.progress = setPaused(this.progress, true, Date.now());
+    this.cancelRunningSlices();
+    this.changed();
+  }
+
+  resume(): void {
+    this.progress = setPaused(this.progress, false, Date.now());
+    this.changed();
+  }
+
+  abort(reason?: string): void {
+    if (this.progress.phase === 'retire' || this.progress.outcome !== 'running') return;
+    this.carried.aborted = true;
+    this.carried.abortReason = reason || undefined;
+    this.cancelRunningSlices();
+    this.changed();
+  }
+
+  overrideFleetGate(reason: string): void {
+    this.carried.fleetOverridden = true;
+    this.progress = { ...this.progress, note: `fleet gate overridden: ${reason}` };
+    this.changed();
+  }
+
+  confirm(confirmation: StepConfirmation): void {
+    this.carried.confirmed[confirmation.step] = confirmation.note;
+    this.progress = { ...this.progress, note: `${confirmation.step} confirmed: ${confirmation.note}` };
+    this.changed();
+  }
+
+  setGrace(change: GraceChange): { graceEndsAt: string } {
+    const now = Date.now();
+    this.changed();
+    if (this.carried.graceEndsAt === undefined) {
+      // Not in grace yet: change the period it will start with.
+      const current = this.carried.gracePeriodMs ?? this.settings.gracePeriodMs;
+      const period = change.endNow ? 0 : current + (parseDuration(change.extendBy!) ?? 0);
+      this.carried.gracePeriodMs = period;
+      return { graceEndsAt: new Date(now + period).toISOString() };
+    }
+    this.carried.graceEndsAt = change.endNow ? now : this.carried.graceEndsAt + (parseDuration(change.extendBy!) ?? 0);
+    this.progress = { ...this.progress, graceEndsAt: this.carried.graceEndsAt };
+    return { graceEndsAt: new Date(this.carried.graceEndsAt).toISOString() };
+  }
+
+  // ------------------------------------------------------------------ slices in flight
+
+  track(progressKey: string, scope: CancellationScope): void {
+    this.running.set(progressKey, scope);
+  }
+
+  untrack(progressKey: string): void {
+    this.running.delete(progressKey);
+  }
+
+  private cancelRunningSlices(): void {
+    for (const scope of this.running.values()) scope.cancel();
+  }
+
+  // ------------------------------------------------------------------ phases
+
+  /** Moves to the next phase this kind of run takes. */
+  advance(): void {
+    this.enter(nextPhase(this.kind, this.progress.phase));
+  }
+
+  enter(phase: Phase): void {
+    this.progress = enterPhase(this.progress, phase, Date.now());
+    upsertSearchAttributes([
+      { key: RekeyPhase, value: phase },
+      { key: RekeyTarget, value: this.carried.target },
+      { key: RekeyFromKek, value: this.carried.from },
+      { key: RekeyToKek, value: this.carried.to },
+    ]);
+  }
+
+  waiting(wait: Omit<Wait, 'since'> | undefined): void {
+    if (wait === undefined) {
+      if (this.progress.waiting !== undefined) this.progress = { ...this.progress, waiting: undefined };
+      return;
+    }
+    if (this.progress.waiting?.step === wait.step && this.progress.waiting.kind === wait.kind) return;
+    this.progress = { ...this.progress, waiting: { ...wait, since: Date.now() } };
+  }
+
+  finish(outcome: Outcome): RotationReport {
+    this.enter('done');
+    const note =
+      outcome === 'aborted'
+        ? `aborted${this.carried.abortReason ? `: ${this.carried.abortReason}` : ''}; both '${this.carried.from}' and '${this.carried.to}' still unwrap, nothing was retired`
+        : this.progress.note;
+    this.progress = { ...this.progress, outcome, paused: false, note, waiting: undefined };
+    return this.report();
+  }
+
+  shouldContinueAsNew(): boolean {
+    const info = workflowInfo();
+    return info.continueAsNewSuggested || info.historyLength >= this.settings.maxHistoryEvents;
+  }
+
+  async continueAsNew(): Promise<never> {
+    await condition(allHandlersFinished);
+    return continueAsNew<(request: RotationRequest, carried?: CarriedState) => Promise<RotationReport>>(this.request, {
+      ...this.carried,
+      progress: this.progress,
+    });
+  }
+}
