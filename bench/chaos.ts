@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { buildAdminServer } from '../src/admin/server';
+import { TargetRuntimes } from '../src/targets/runtime';
 import { failureMessage, startRotation, type StartOutcome } from '../src/client/rotations';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
@@ -306,9 +307,11 @@ const SCENARIOS: Record<string, Scenario> = {
     if (cli === 2) refusals.push('CLI flag');
     const api = await buildAdminServer({
       client: world.client,
-      db: world.db,
+      targets: new TargetRuntimes({ db: world.db, keys: world.keys }),
+      defaultTarget: 'rekey',
       taskQueue: TASK_QUEUE,
       token: 'chaos-token-0123456789',
+      configuredCurrentKekId: () => undefined,
     });
     const http = await api.inject({
       method: 'POST',

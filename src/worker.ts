@@ -10,6 +10,8 @@ import { openKeyProvider, type KeyProvider } from './keys';
 import { createLogger, temporalLogger } from './observability/logger';
 import { RekeyMetrics, serveMetrics } from './observability/metrics';
 import { migrate } from './store/migrate';
+import { loadTargetsConfig } from './targets/config';
+import { TargetRuntimes } from './targets/runtime';
 
 export const workflowsPath = path.join(__dirname, 'workflows');
 
@@ -20,17 +22,19 @@ export interface RekeyWorkerOptions {
   db: Pool;
   keys: KeyProvider;
   metrics?: RekeyMetrics;
+  /** The targets it serves (REKEY_CONFIG); the presets alone when not given. */
+  targets?: TargetRuntimes;
   /** A pre-built bundle (tests build it once); otherwise the workflows are bundled from source. */
   workflowBundle?: WorkerOptions['workflowBundle'];
 }
 
 export async function createWorker(options: RekeyWorkerOptions): Promise<Worker> {
-  const { connection, namespace, taskQueue, db, keys, metrics, workflowBundle } = options;
+  const { connection, namespace, taskQueue, db, keys, metrics, targets, workflowBundle } = options;
   return Worker.create({
     connection,
     namespace,
     taskQueue,
-    activities: createActivities({ db, keys, metrics }),
+    activities: createActivities({ db, keys, metrics, targets }),
     ...(workflowBundle ? { workflowBundle } : { workflowsPath }),
   });
 }
@@ -54,6 +58,7 @@ async function run(): Promise<void> {
       telemetryOptions: { metrics: { prometheus: { bindAddress: `127.0.0.1:${temporalMetricsPort}` } } },
     }),
   });
+  const targetsConfig = loadTargetsConfig();
   const keys = openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE });
   const db = new Pool({ connectionString: config.DATABASE_URL });
   // An idle connection dropped by the server (restart, failover) is replaced on next use, not fatal.
@@ -63,8 +68,9 @@ async function run(): Promise<void> {
 
   const clientConnection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
   await ensureSearchAttributes(clientConnection, config.TEMPORAL_NAMESPACE);
+  const targets = new TargetRuntimes({ db, keys, config: targetsConfig });
   const metrics = new RekeyMetrics();
-  metrics.watch(db, new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE }));
+  metrics.watch(targets, new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE }));
   const metricsServer = await serveMetrics(metrics, {
     port: ports.REKEY_METRICS_PORT,
     temporalMetricsUrl: temporalMetricsPort > 0 ? `http://127.0.0.1:${temporalMetricsPort}/metrics` : undefined,
@@ -79,10 +85,13 @@ async function run(): Promise<void> {
       db,
       keys,
       metrics,
+      targets,
     });
     logger.info(
       {
         taskQueue: config.REKEY_TASK_QUEUE,
+        targets: targets.names,
+        defaultTarget: targetsConfig.defaultTarget,
         keys: keys.kekIds().map((id) => ({ id, fingerprint: keys.fingerprint(id) })),
       },
       'rekey worker started',
@@ -90,6 +99,7 @@ async function run(): Promise<void> {
     await worker.run();
   } finally {
     metricsServer.close();
+    await targets.close();
     await connection.close();
     await clientConnection.close();
     await db.end();

@@ -25,7 +25,13 @@ export interface FleetReadiness {
 /** What the first step learned: the KEK in use, who owns promotion and retirement, and what to ask of operators. */
 export interface ValidatedRotation {
   from: string;
+  /** Set when the registry decided `to`: an unfinished rotation to the active KEK is taken up again. */
+  to?: string;
+  /** `to` is already active: promotion is done. */
+  resumes?: boolean;
   nothingToDo?: string;
+  /** What the target's rows hold ('DEK', 'secret'). */
+  noun?: string;
   /** Absent in results recorded before targets existed (rekey's own: the registry). */
   currentKekOwner?: 'registry' | 'application';
   /** For an application-owned target: what the operator must do at each step. */
@@ -47,6 +53,16 @@ interface OnTarget {
 
 export function createKekActivities(deps: ActivityDependencies) {
   const targets = targetRuntimes(deps);
+
+  /** A decrypt-only KEK that still wraps rows: the `from` of a rotation to the active KEK that did not finish. */
+  async function unfinishedRotation(runtime: TargetRuntime): Promise<{ kekId: string; rows: number } | undefined> {
+    for (const kek of await runtime.registry.list()) {
+      if (kek.state !== 'decrypt_only') continue;
+      const rows = await runtime.store.countOnLabel(kek.kekId);
+      if (rows > 0) return { kekId: kek.kekId, rows };
+    }
+    return undefined;
+  }
 
   /** Before rekey writes to a table it did not create, it proves that it can read it. */
   async function firstContact(runtime: TargetRuntime): Promise<void> {
@@ -101,24 +117,31 @@ export function createKekActivities(deps: ActivityDependencies) {
         to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: keys.has(settings.to) },
         providerCanGenerate: keys.generate !== undefined,
         providerDescription: keys.description,
+        unfinished: await unfinishedRotation(runtime),
       });
-      // The fingerprints this worker holds must be the registry's before anything else happens.
-      await withKeks(runtime, { from: resolved, to: settings.to }, [resolved], () => Promise.resolve());
+      const to = resolved.to ?? settings.to;
       const owner = definition.currentKek;
       const fill = (text: string) =>
-        text.replaceAll('{from}', resolved).replaceAll('{to}', settings.to === 'new' ? 'the new KEK' : settings.to);
+        text.replaceAll('{from}', resolved.from).replaceAll('{to}', to === 'new' ? 'the new KEK' : to);
       const facts: ValidatedRotation = {
-        from: resolved,
+        from: resolved.from,
+        ...(resolved.to !== undefined && { to: resolved.to }),
+        ...(resolved.resumes && { resumes: true }),
         currentKekOwner: owner.owner,
+        noun: definition.noun,
         ...(owner.owner === 'application' && {
           instructions: { promote: fill(owner.promote.instructions), retire: fill(owner.retire.instructions) },
         }),
       };
+      if (resolved.alreadyDone !== undefined) return { ...facts, nothingToDo: resolved.alreadyDone };
+      if (to !== 'new') keys.bindRotation?.(resolved.from, to);
+      // The fingerprints this worker holds must be the registry's before anything else happens.
+      await withKeks(runtime, { from: resolved.from, to }, [resolved.from], () => Promise.resolve());
       const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
-      if (age < settings.minKekAgeMs) {
+      if (age < settings.minKekAgeMs && !resolved.resumes) {
         return {
           ...facts,
-          nothingToDo: `KEK '${resolved}' became active ${formatDuration(age)} ago; rotations are due after ${formatDuration(settings.minKekAgeMs)}`,
+          nothingToDo: `KEK '${resolved.from}' became active ${formatDuration(age)} ago; rotations are due after ${formatDuration(settings.minKekAgeMs)}`,
         };
       }
       return facts;

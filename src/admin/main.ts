@@ -2,6 +2,10 @@ import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
 import { z } from 'zod';
 import { loadConfig, parseEnv } from '../config';
+import { openKeyProvider } from '../keys';
+import { loadTargetsConfig } from '../targets/config';
+import { TargetRuntimes } from '../targets/runtime';
+import { configuredCurrentKekId } from '../targets/target';
 import { buildAdminServer } from './server';
 
 const AdminEnv = z.object({
@@ -10,22 +14,28 @@ const AdminEnv = z.object({
     .min(16, 'REKEY_ADMIN_TOKEN must be at least 16 characters'),
   REKEY_ADMIN_PORT: z.coerce.number().int().min(1).max(65535).default(8080),
   REKEY_ADMIN_HOST: z.string().default('127.0.0.1'),
-  REKEY_ENV_PREFIX: z.string().default('REKEY'),
 });
 
 /** The admin HTTP API process (`node dist/src/admin/main.js`). */
 async function run(): Promise<void> {
   const config = loadConfig();
   const admin = parseEnv(AdminEnv);
+  const targetsConfig = loadTargetsConfig();
   const db = new Pool({ connectionString: config.DATABASE_URL, max: 4 });
   const connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+  const targets = new TargetRuntimes({
+    db,
+    keys: () => openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE }),
+    config: targetsConfig,
+  });
   const server = await buildAdminServer({
     client: new Client({ connection, namespace: config.TEMPORAL_NAMESPACE }),
-    db,
+    targets,
+    defaultTarget: targetsConfig.defaultTarget,
     taskQueue: config.REKEY_TASK_QUEUE,
     token: admin.REKEY_ADMIN_TOKEN,
     // As in the runbook: after <PREFIX>_CURRENT_KEK_ID names a new KEK, rotate-all rotates to it.
-    configuredCurrentKekId: process.env[`${admin.REKEY_ENV_PREFIX}_CURRENT_KEK_ID`],
+    configuredCurrentKekId: (target) => configuredCurrentKekId(targets.definition(target), process.env),
     logger: true,
   });
   await server.listen({ port: admin.REKEY_ADMIN_PORT, host: admin.REKEY_ADMIN_HOST });

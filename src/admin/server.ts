@@ -1,44 +1,51 @@
-import { BUILTIN_TARGET } from '../targets/builtin';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Pool } from 'pg';
+import { scanned } from '../cli/format';
 import {
   rotationStatus,
   RotationNotFoundError,
   RotationNotRunningError,
   runningRotation,
   startRotation,
+  type RotationStatus,
   type StartOutcome,
 } from '../client/rotations';
+import { KeyMaterialError } from '../envelope/errors';
 import { InvalidRotationError, type RotationRequest } from '../rotation/rotation-input';
-import type { ProgressReport } from '../rotation/progress';
-import { KekRegistry } from '../store/kek-registry';
-import { TenantDekStore } from '../store/tenant-deks';
-import { abortUpdate, pauseUpdate, resumeUpdate } from '../workflows';
+import { TargetConfigError } from '../targets/config';
+import { targetKekStatus } from '../targets/kek-status';
+import type { TargetRuntimes } from '../targets/runtime';
+import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
 
 export interface AdminServerOptions {
   client: Client;
-  db: Pool;
+  /** The targets this API serves (their tables, registries and, for loaded_kek_ids, key sources). */
+  targets: TargetRuntimes;
+  /** The target a request names none of. */
+  defaultTarget: string;
   taskQueue: string;
   /** Bearer token every request must carry (compared in constant time). */
   token: string;
-  /** The KEK the deployment's configuration names as current: `rotate-all` rotates to it when it is not active yet. */
-  configuredCurrentKekId?: string;
+  /**
+   * The KEK the deployment's configuration names as current, per target (e.g. TALOS_CURRENT_KEK_ID): `rotate-all`
+   * rotates to it when it is not active yet, as after the runbook's step 2.
+   */
+  configuredCurrentKekId: (target: string) => string | undefined;
   logger?: boolean;
 }
 
 const errorBody = {
   type: 'object',
-  properties: { error: { type: 'string' }, message: { type: 'string' } },
+  properties: { error: { type: 'string' }, message: { type: 'string' }, op_id: { type: 'string' } },
   required: ['error', 'message'],
 } as const;
 
 const counters = {
   type: 'object',
   properties: Object.fromEntries(
-    ['rewrapped', 'alreadyOnTarget', 'skipped', 'casConflicts', 'contended', 'failed'].map((k) => [
+    ['rewrapped', 'relabelled', 'alreadyOnTarget', 'skipped', 'casConflicts', 'contended', 'failed'].map((k) => [
       k,
       { type: 'integer' },
     ]),
@@ -48,8 +55,25 @@ const counters = {
 const rotationStatusBody = {
   type: 'object',
   properties: {
+    // Talos's rotation-status fields, so that its scripts and dashboards keep working.
+    id: { type: 'string' },
+    status: { type: 'string', enum: ['running', 'completed', 'failed'] },
+    target_kek_id: { type: 'string' },
+    cursor: { type: 'string', nullable: true },
+    stats: {
+      type: 'object',
+      properties: { scanned: { type: 'integer' }, rotated: { type: 'integer' }, failed: { type: 'integer' } },
+    },
+    started_at: { type: 'string', nullable: true },
+    completed_at: { type: 'string', nullable: true },
+    last_error: { type: 'string', nullable: true },
+    // rekey's own.
     op_id: { type: 'string' },
-    status: { type: 'string', description: 'Temporal execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ...' },
+    target: { type: 'string' },
+    execution_status: {
+      type: 'string',
+      description: 'Temporal execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ...',
+    },
     phase: { type: 'string' },
     outcome: { type: 'string' },
     from: { type: 'string' },
@@ -65,10 +89,20 @@ const rotationStatusBody = {
       type: 'array',
       items: { type: 'object', properties: { tenantId: { type: 'string' }, reason: { type: 'string' } } },
     },
+    waiting: {
+      type: 'object',
+      properties: {
+        kind: { type: 'string' },
+        step: { type: 'string' },
+        instructions: { type: 'string' },
+        command: { type: 'string' },
+        since: { type: 'number' },
+      },
+    },
     note: { type: 'string' },
     failure: { type: 'string' },
   },
-  required: ['op_id', 'status'],
+  required: ['id', 'op_id', 'status'],
 } as const;
 
 const opIdParams = {
@@ -77,11 +111,32 @@ const opIdParams = {
   required: ['op_id'],
 } as const;
 
-function toStatusBody(opId: string, status: string, progress?: ProgressReport, failure?: string) {
+/** Talos's three states: a rotation that ended without finishing (aborted, failed) is `failed`. */
+function talosStatus(s: RotationStatus): 'running' | 'completed' | 'failed' {
+  if (s.status === 'RUNNING') return 'running';
+  if (s.status === 'COMPLETED' && s.progress?.outcome !== 'aborted') return 'completed';
+  return 'failed';
+}
+
+function toStatusBody(s: RotationStatus) {
+  const progress = s.progress;
+  const lastError = s.failure ?? (progress?.outcome === 'aborted' ? progress.note : undefined);
   return {
-    op_id: opId,
-    status,
+    id: s.opId,
+    status: talosStatus(s),
+    target_kek_id: progress?.to,
+    stats: progress && {
+      scanned: scanned(progress),
+      rotated: progress.counters.rewrapped + (progress.counters.relabelled ?? 0),
+      failed: progress.counters.failed,
+    },
+    started_at: s.startedAt?.toISOString() ?? null,
+    completed_at: s.closedAt?.toISOString() ?? null,
+    last_error: lastError ?? null,
+    op_id: s.opId,
+    execution_status: s.status,
     ...(progress && {
+      target: progress.target ?? 'rekey',
       phase: progress.phase,
       outcome: progress.outcome,
       from: progress.from,
@@ -94,9 +149,10 @@ function toStatusBody(opId: string, status: string, progress?: ProgressReport, f
       eta_seconds: progress.etaSeconds,
       counters: progress.counters,
       failed_tenants: progress.failedTenants,
+      waiting: progress.waiting,
       note: progress.note,
     }),
-    ...(failure !== undefined && { failure }),
+    ...(s.failure !== undefined && { failure: s.failure }),
   };
 }
 
@@ -109,15 +165,15 @@ function sameToken(given: string, expected: string): boolean {
 
 /** The admin API of the gateway runbook, on rekey: rotate-all, rotation-status, kek-status, and controls. */
 export async function buildAdminServer(options: AdminServerOptions): Promise<FastifyInstance> {
-  const { client, db, taskQueue, token } = options;
+  const { client, targets, taskQueue, token } = options;
   // Unknown fields are refused (400), not silently dropped: a typo in a rotation request must not go unnoticed.
   const app = Fastify({ logger: options.logger ?? false, ajv: { customOptions: { removeAdditional: false } } });
   await app.register(swagger, {
     openapi: {
       info: {
         title: 'rekey admin API',
-        version: '1.0.0',
-        description: 'KEK rotation, as a drop-in for the gateway runbook',
+        version: '2.0.0',
+        description: 'KEK rotation of any target, as a drop-in for the gateway runbook',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
@@ -125,10 +181,27 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   });
 
   app.setErrorHandler((error: Error & { statusCode?: number; validation?: unknown }, _request, reply) => {
-    const status = error.statusCode ?? 500;
+    const known =
+      error instanceof InvalidRotationError || error instanceof TargetConfigError
+        ? 400
+        : error instanceof RotationNotFoundError
+          ? 404
+          : error instanceof RotationNotRunningError
+            ? 409
+            : undefined;
+    const status = known ?? error.statusCode ?? 500;
     if (status >= 500) app.log.error(error);
     void reply.status(status).send({
-      error: status === 400 ? 'bad_request' : status >= 500 ? 'internal' : 'error',
+      error:
+        status === 400
+          ? 'bad_request'
+          : status === 404
+            ? 'not_found'
+            : status === 409
+              ? 'conflict'
+              : status >= 500
+                ? 'internal'
+                : 'error',
       message: status >= 500 ? 'internal error' : error.message,
     });
   });
@@ -151,6 +224,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   app.post<{
     Body:
       | {
+          target?: string;
           from?: string;
           to?: string;
           dry_run?: boolean;
@@ -164,14 +238,15 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     '/admin/v1/secrets/rotate-all',
     {
       schema: {
-        summary: 'Start re-wrapping every DEK under a new KEK',
+        summary: 'Start re-wrapping every row of a target under a new KEK',
         description:
-          "Rotates from the active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one.",
+          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. At most one rotation runs per target: a second request answers 409 with the running op_id.",
         body: {
           type: 'object',
           nullable: true,
           additionalProperties: false,
           properties: {
+            target: { type: 'string', minLength: 1, maxLength: 63 },
             from: { type: 'string', minLength: 1, maxLength: 64 },
             to: { type: 'string', minLength: 1, maxLength: 64 },
             dry_run: { type: 'boolean' },
@@ -184,35 +259,34 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         response: {
           202: {
             type: 'object',
-            properties: { op_id: { type: 'string' }, status_url: { type: 'string' } },
-            required: ['op_id', 'status_url'],
-          },
-          200: {
-            type: 'object',
             properties: {
               op_id: { type: 'string' },
+              status: { type: 'string' },
+              message: { type: 'string' },
               status_url: { type: 'string' },
-              already_done: { type: 'boolean' },
+              target: { type: 'string' },
             },
+            required: ['op_id', 'status_url'],
           },
           400: errorBody,
           401: errorBody,
-          409: { type: 'object', properties: { ...errorBody.properties, op_id: { type: 'string' } } },
+          409: errorBody,
         },
       },
     },
     async (request, reply) => {
       const body = request.body ?? {};
-      const active = (await new KekRegistry(db, BUILTIN_TARGET).active())?.kekId;
-      const from = body.from === undefined || body.from === 'current' ? active : body.from;
-      if (from === undefined) {
-        return reply
-          .status(409)
-          .send({ error: 'conflict', message: 'the KEK registry has no active KEK to rotate from' });
+      const target = body.target ?? options.defaultTarget;
+      const runtime = await targets.get(target);
+      const from = body.from ?? 'current';
+      let to = body.to;
+      if (to === undefined) {
+        const configured = options.configuredCurrentKekId(target);
+        const active = (await runtime.registry.active())?.kekId;
+        to = configured !== undefined && configured !== active ? configured : 'new';
       }
-      const configured = options.configuredCurrentKekId;
-      const to = body.to ?? (configured && configured !== from ? configured : 'new');
       const rotation: RotationRequest = {
+        target,
         from,
         to,
         dryRun: body.dry_run,
@@ -221,24 +295,22 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         gracePeriod: body.grace_period,
         tenantId: body.tenant_id,
       };
-      let started: StartOutcome;
-      try {
-        started = await startRotation(client, rotation, { taskQueue });
-      } catch (err) {
-        if (err instanceof InvalidRotationError)
-          return reply.status(400).send({ error: 'bad_request', message: err.message });
-        throw err;
-      }
-      const opId = started.handle.workflowId;
-      const statusUrl = `/admin/v1/secrets/rotation-status/${encodeURIComponent(opId)}`;
+      const started: StartOutcome = await startRotation(client, rotation, { taskQueue });
+      const statusUrl = `/admin/v1/secrets/rotation-status/${encodeURIComponent(started.opId)}`;
       if (started.kind === 'already-running') {
-        return reply
-          .status(409)
-          .send({ error: 'conflict', message: `rotation ${opId} is already running`, op_id: opId });
+        return reply.status(409).send({
+          error: 'ROTATION_ALREADY_RUNNING',
+          message: `a rotation of target '${target}' is already running: ${started.opId}`,
+          op_id: started.opId,
+        });
       }
-      if (started.kind === 'already-done')
-        return reply.status(200).send({ op_id: opId, status_url: statusUrl, already_done: true });
-      return reply.status(202).send({ op_id: opId, status_url: statusUrl });
+      return reply.status(202).send({
+        op_id: started.opId,
+        status: 'running',
+        message: `rotation of target '${target}' started ('${from}' → '${to}')`,
+        status_url: statusUrl,
+        target,
+      });
     },
   );
 
@@ -246,44 +318,59 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     '/admin/v1/secrets/rotation-status/:op_id',
     {
       schema: {
-        summary: 'Progress of one rotation',
+        summary: 'Progress of one rotation (an op_id, a workflow id, or a target name for its latest rotation)',
         params: opIdParams,
         response: { 200: rotationStatusBody, 401: errorBody, 404: errorBody },
       },
     },
-    async (request, reply) => {
-      try {
-        const status = await rotationStatus(client, request.params.op_id);
-        return toStatusBody(request.params.op_id, status.status, status.progress, status.failure);
-      } catch (err) {
-        if (err instanceof RotationNotFoundError)
-          return reply.status(404).send({ error: 'not_found', message: err.message });
-        throw err;
-      }
-    },
+    async (request) => toStatusBody(await rotationStatus(client, request.params.op_id)),
   );
 
-  app.get(
+  app.get<{ Querystring: { target?: string } }>(
     '/admin/v1/secrets/kek-status',
     {
       schema: {
-        summary: 'The current KEK and DEK counts per KEK id',
+        summary: "A target's current KEK, the KEKs this process holds, and the rows each KEK wraps",
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { target: { type: 'string', minLength: 1, maxLength: 63 } },
+        },
         response: {
           200: {
             type: 'object',
             properties: {
+              target: { type: 'string' },
               current_kek_id: { type: 'string', nullable: true },
+              loaded_kek_ids: { type: 'array', items: { type: 'string' } },
               stale_counts: { type: 'object', additionalProperties: { type: 'integer' } },
               dek_counts: { type: 'object', additionalProperties: { type: 'integer' } },
+              rows_without_value: { type: 'integer' },
             },
           },
+          400: errorBody,
           401: errorBody,
         },
       },
     },
-    async () => {
-      const status = await new TenantDekStore(db).kekStatus();
-      return { current_kek_id: status.currentKekId, stale_counts: status.staleCounts, dek_counts: status.dekCounts };
+    async (request) => {
+      const runtime = await targets.get(request.query.target ?? options.defaultTarget);
+      const status = await targetKekStatus(runtime);
+      let loaded: string[] = [];
+      try {
+        loaded = runtime.keys.kekIds();
+      } catch (err) {
+        if (!(err instanceof KeyMaterialError)) throw err; // this process holds no key for the target: none loaded
+      }
+      return {
+        target: status.target,
+        current_kek_id: status.currentKekId,
+        loaded_kek_ids: loaded,
+        // As Talos counts: rows per key_id, the current one included.
+        stale_counts: status.counts,
+        dek_counts: status.counts,
+        rows_without_value: status.withoutValue,
+      };
     },
   );
 
@@ -301,25 +388,36 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           response: { 200: rotationStatusBody, 401: errorBody, 404: errorBody, 409: errorBody },
         },
       },
-      async (request, reply) => {
-        let handle: Awaited<ReturnType<typeof runningRotation>>;
-        try {
-          handle = await runningRotation(client, request.params.op_id);
-        } catch (err) {
-          if (err instanceof RotationNotFoundError)
-            return reply.status(404).send({ error: 'not_found', message: err.message });
-          if (err instanceof RotationNotRunningError)
-            return reply.status(409).send({ error: 'conflict', message: err.message });
-          throw err;
-        }
-        const progress =
-          definition === abortUpdate
-            ? await handle.executeUpdate(abortUpdate, { args: ['admin API'] })
-            : await handle.executeUpdate(definition as typeof pauseUpdate);
-        return toStatusBody(request.params.op_id, 'RUNNING', progress);
+      async (request) => {
+        const handle = await runningRotation(client, request.params.op_id);
+        if (definition === abortUpdate) await handle.executeUpdate(abortUpdate, { args: ['admin API'] });
+        else await handle.executeUpdate(definition as typeof pauseUpdate);
+        return toStatusBody(await rotationStatus(client, request.params.op_id));
       },
     );
   }
+
+  app.post<{ Params: { op_id: string }; Body: { step: 'promote' | 'retire'; note: string } }>(
+    '/admin/v1/secrets/rotation/:op_id/confirm',
+    {
+      schema: {
+        summary: 'Confirm that the application did the step the rotation waits for (promote or retire)',
+        params: opIdParams,
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { step: { type: 'string', enum: ['promote', 'retire'] }, note: { type: 'string', minLength: 1 } },
+          required: ['step', 'note'],
+        },
+        response: { 200: rotationStatusBody, 400: errorBody, 401: errorBody, 404: errorBody, 409: errorBody },
+      },
+    },
+    async (request) => {
+      const handle = await runningRotation(client, request.params.op_id);
+      await handle.executeUpdate(confirmStepUpdate, { args: [request.body] });
+      return toStatusBody(await rotationStatus(client, request.params.op_id));
+    },
+  );
 
   await app.ready();
   return app;

@@ -1,6 +1,10 @@
 import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
+import { loadConfig } from '../config';
+import { openKeyProvider } from '../keys';
 import { FileKeyring } from '../keys/file-keyring';
+import { loadTargetsConfig } from '../targets/config';
+import { TargetRuntimes } from '../targets/runtime';
 
 /** Exit codes: 0 done, 1 the operation failed, 2 bad input, 3 not found, 4 conflict (already running). */
 export const EXIT = { ok: 0, failed: 1, usage: 2, notFound: 3, conflict: 4 } as const;
@@ -27,6 +31,7 @@ export class CliContext {
   private connection?: Connection;
   private temporalClient?: Client;
   private pool?: Pool;
+  private runtimes?: TargetRuntimes;
 
   constructor(
     readonly options: GlobalOptions,
@@ -58,6 +63,23 @@ export class CliContext {
     return this.pool;
   }
 
+  /** The targets of REKEY_CONFIG (or the presets), over DATABASE_URL; keys are read only if a command needs them. */
+  targets(): TargetRuntimes {
+    this.runtimes ??= new TargetRuntimes({
+      db: this.db(),
+      keys: () => {
+        const config = loadConfig(this.env);
+        return openKeyProvider(
+          { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
+          this.env,
+        );
+      },
+      config: loadTargetsConfig(this.env),
+      env: this.env,
+    });
+    return this.runtimes;
+  }
+
   keyring(file?: string): FileKeyring {
     const path = file ?? this.env.REKEY_KEYRING_FILE;
     if (!path) throw new CliError('no keyring file: pass --keyring or set REKEY_KEYRING_FILE', EXIT.usage);
@@ -76,6 +98,7 @@ export class CliContext {
   }
 
   async close(): Promise<void> {
+    await this.runtimes?.close();
     await this.connection?.close();
     await this.pool?.end();
   }

@@ -5,7 +5,7 @@ const n = (value: number) => value.toLocaleString('en-US');
 
 /** One line for people: phase, counters in the terms of the rotate-kek CLI, rate and ETA. */
 export function describeProgress(p: ProgressReport): string {
-  const parts = [`${p.phase}${p.paused ? ' (paused)' : ''}`];
+  const parts = [`${p.target ? `${p.target} · ` : ''}${p.phase}${p.paused ? ' (paused)' : ''}`];
   if (p.phase === 'rewrap' || p.passes > 0) {
     parts.push(
       `${p.percent}%`,
@@ -22,17 +22,30 @@ export function describeProgress(p: ProgressReport): string {
   if (p.fleet && (p.phase === 'promote' || p.fleet.ready < p.fleet.live)) {
     parts.push(`fleet ${p.fleet.ready}/${p.fleet.live} ready`);
   }
+  if (p.waiting) parts.push(`waiting: ${p.waiting.instructions}`);
   return parts.join(' · ');
 }
 
-/** The counters operators know from `rotate-kek`: Migrated / Skipped / Already done, plus unreadable. */
+/** Rows a run looked at: every one it moved, found done, skipped, could not read, or left contended. */
+export function scanned(p: ProgressReport): number {
+  const c = p.counters;
+  return c.rewrapped + (c.relabelled ?? 0) + c.alreadyOnTarget + c.skipped + c.failed + c.contended;
+}
+
+/**
+ * The counters operators know from `rotate-kek` (Tenants scanned, Migrated, Already done, Skipped), then rekey's
+ * own (Unreadable, Relabelled, CAS conflicts).
+ */
 export function describeCounters(p: ProgressReport): string {
   const c = p.counters;
+  const rows = p.noun === 'secret' ? 'Secrets' : p.noun === 'DEK' || p.noun === undefined ? 'Tenants' : 'Rows';
   return [
+    `${rows} scanned: ${n(scanned(p))}`,
     `Migrated: ${n(c.rewrapped)}`,
-    `Skipped: ${n(c.skipped)}`,
     `Already done: ${n(c.alreadyOnTarget)}`,
+    `Skipped: ${n(c.skipped)}`,
     `Unreadable: ${n(c.failed)}`,
+    `Relabelled: ${n(c.relabelled ?? 0)}`,
     `CAS conflicts: ${n(c.casConflicts)}`,
   ].join('  ');
 }

@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../rotation/durations';
 import { CliContext, CliError, EXIT, type GlobalOptions } from './context';
 
@@ -31,4 +31,11 @@ export function withContext<A extends unknown[]>(
 
 export function notFound(message: string): CliError {
   return new CliError(message, EXIT.notFound);
+}
+
+/** `--target <name>`: the keyspace a command works on (REKEY_TARGET, else REKEY_DEFAULT_TARGET, else rekey). */
+export function targetOption(): Option {
+  return new Option('--target <name>', 'the keyspace: rekey (its own table), mycelium, talos, or one of REKEY_CONFIG')
+    .env('REKEY_TARGET')
+    .default(process.env.REKEY_DEFAULT_TARGET || 'rekey');
 }

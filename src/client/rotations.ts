@@ -1,3 +1,7 @@
+// Starting and finding rotations, for every surface (CLI, admin API, demo, schedules): one place decides a rotation's
+// identity. A rotation is its target's: at most one runs per target, whoever starts it, and a new one may start once
+// the last has ended. Whether a rotation was already done is decided by the registry (in the workflow), never by an
+// old workflow id.
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
@@ -5,59 +9,66 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { TypedSearchAttributes } from '@temporalio/common';
-import { parseRotationRequest, rotationWorkflowId, type RotationRequest } from '../rotation/rotation-input';
-import { progressQuery, RekeyFromKek, RekeyPhase, RekeyToKek, rotateKek, type RotationReport } from '../workflows';
+import { rotationWorkflowId } from '../rotation/identity';
+import { parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import { BUILTIN_TARGET } from '../targets/builtin';
+import {
+  progressQuery,
+  RekeyFromKek,
+  RekeyPhase,
+  RekeyTarget,
+  RekeyToKek,
+  rotateKek,
+  type RotationReport,
+} from '../workflows';
 
-export type StartOutcome =
-  | { kind: 'started'; handle: WorkflowHandle<typeof rotateKek> }
-  | { kind: 'already-running'; handle: WorkflowHandle<typeof rotateKek> }
-  | { kind: 'already-done'; handle: WorkflowHandle<typeof rotateKek>; report: RotationReport };
+export { rotationWorkflowId };
 
-/** The rotation's workflow id; dry runs and canaries get ids of their own, never in the way of the real rotation. */
+/** Dry runs write nothing, so they get ids of their own and never stand in the way of a real rotation. */
 export function workflowIdFor(request: RotationRequest, now = Date.now()): string {
-  const base = rotationWorkflowId(request.from, request.to);
-  if (request.dryRun) return `${base}-dry-run-${now}`;
-  if (request.tenantId !== undefined) return `${base}-canary-${request.tenantId}-${now}`;
-  return base;
+  const base = rotationWorkflowId(request.target ?? BUILTIN_TARGET);
+  return request.dryRun ? `${base}-dry-run-${now}` : base;
 }
 
+/** One rotation (a workflow id and the first run of its continue-as-new chain), as `rotation-status` names it. */
+export function opIdOf(workflowId: string, firstRunId: string): string {
+  return `${workflowId}@${firstRunId}`;
+}
+
+export type StartOutcome =
+  | { kind: 'started'; handle: WorkflowHandle<typeof rotateKek>; opId: string }
+  | { kind: 'already-running'; handle: WorkflowHandle<typeof rotateKek>; opId: string };
+
 /**
- * Checks the request's shape (InvalidRotationError says what to fix) and starts it under the id derived from its KEKs. A completed rotation of the same pair is reported as
- * already done instead of being redone; a failed, terminated or cancelled one may be started again.
+ * Checks the request's shape (InvalidRotationError says what to fix) and starts it under its target's id. If a
+ * rotation of that target is running, nothing starts and the running one is returned.
  */
 export async function startRotation(
   client: Client,
   request: RotationRequest,
   options: { taskQueue: string; workflowId?: string },
 ): Promise<StartOutcome> {
-  parseRotationRequest(request);
+  const settings = parseRotationRequest(request);
   const workflowId = options.workflowId ?? workflowIdFor(request);
-  const start = (workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY' | 'ALLOW_DUPLICATE') =>
-    client.workflow.start(rotateKek, {
+  try {
+    const handle = await client.workflow.start(rotateKek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],
-      workflowIdReusePolicy,
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE',
       workflowIdConflictPolicy: 'FAIL',
       typedSearchAttributes: new TypedSearchAttributes([
         { key: RekeyPhase, value: 'validate' },
+        { key: RekeyTarget, value: settings.target },
         { key: RekeyFromKek, value: request.from },
         { key: RekeyToKek, value: request.to },
       ]),
     });
-  try {
-    return { kind: 'started', handle: await start('ALLOW_DUPLICATE_FAILED_ONLY') };
+    return { kind: 'started', handle, opId: opIdOf(workflowId, handle.firstExecutionRunId) };
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
-    const handle = client.workflow.getHandle<typeof rotateKek>(workflowId);
-    const { status } = await handle.describe();
-    if (status.name === 'RUNNING') return { kind: 'already-running', handle };
-    const report = await handle.result();
-    // An aborted run (or one that found nothing to do) ended with a report, not a failure: it may run again.
-    if (report.outcome === 'aborted' || report.outcome === 'nothing-to-do') {
-      return { kind: 'started', handle: await start('ALLOW_DUPLICATE') };
-    }
-    return { kind: 'already-done', handle, report };
+    const { handle, opId } = await findRotation(client, workflowId);
+    return { kind: 'already-running', handle, opId };
   }
 }
 
@@ -65,61 +76,95 @@ export class RotationNotFoundError extends Error {
   override readonly name = 'RotationNotFoundError';
 }
 
-/** A rotation is named by its workflow id, or by its KEKs as `from:to`. */
-export function resolveRotationId(reference: string): string {
-  const pair = /^([^:\s]+):([^:\s]+)$/.exec(reference);
-  return pair ? rotationWorkflowId(pair[1]!, pair[2]!) : reference;
-}
-
-export interface RotationStatus {
-  workflowId: string;
-  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ... */
-  status: string;
-  progress?: RotationReport;
-  failure?: string;
-}
-
 export class RotationNotRunningError extends Error {
   override readonly name = 'RotationNotRunningError';
 }
 
-/** A rotation by workflow id or `from:to`; RotationNotFoundError for an unknown id or a workflow that is not one. */
-export async function findRotation(
-  client: Client,
-  reference: string,
-): Promise<{ handle: WorkflowHandle<typeof rotateKek>; status: string }> {
-  const workflowId = resolveRotationId(reference);
-  const handle = client.workflow.getHandle<typeof rotateKek>(workflowId);
-  let description: Awaited<ReturnType<typeof handle.describe>>;
+/**
+ * What names a rotation: an op id (`<workflow id>@<first run id>`), a workflow id, a target name (its latest
+ * rotation), or `from:to` (a rotation started before targets existed).
+ */
+export function resolveRotationReference(reference: string): { workflowId: string; firstRunId?: string } {
+  const at = reference.lastIndexOf('@');
+  if (at > 0) return { workflowId: reference.slice(0, at), firstRunId: reference.slice(at + 1) };
+  const pair = /^([^:\s]+):([^:\s]+)$/.exec(reference);
+  if (pair) return { workflowId: `kek-rotation-${pair[1]}-to-${pair[2]}` };
+  if (reference.startsWith('kek-rotation-')) return { workflowId: reference };
+  return { workflowId: rotationWorkflowId(reference) };
+}
+
+export interface FoundRotation {
+  handle: WorkflowHandle<typeof rotateKek>;
+  /** Temporal's status of the chain's latest run: RUNNING, COMPLETED, FAILED, TERMINATED, ... */
+  status: string;
+  opId: string;
+}
+
+/** A rotation by reference; RotationNotFoundError for an unknown one or a workflow that is not a rotation. */
+export async function findRotation(client: Client, reference: string): Promise<FoundRotation> {
+  const { workflowId, firstRunId } = resolveRotationReference(reference);
+  const latest = client.workflow.getHandle<typeof rotateKek>(workflowId);
+  let description: Awaited<ReturnType<typeof latest.describe>>;
   try {
-    description = await handle.describe();
+    description = await latest.describe();
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw new RotationNotFoundError(`no rotation '${workflowId}'`);
+    if (err instanceof WorkflowNotFoundError) throw new RotationNotFoundError(`no rotation '${reference}'`);
     throw err;
   }
   if (description.type !== 'rotateKek') throw new RotationNotFoundError(`'${workflowId}' is not a rotation`);
-  return { handle, status: description.status.name };
+  const latestChain = description.raw.workflowExecutionInfo?.firstRunId || description.runId;
+  if (firstRunId === undefined || firstRunId === latestChain) {
+    return { handle: latest, status: description.status.name, opId: opIdOf(workflowId, latestChain) };
+  }
+  // An earlier rotation of the same target: its chain has ended, and its result follows the chain to its end.
+  const handle = client.workflow.getHandle<typeof rotateKek>(workflowId, undefined, {
+    firstExecutionRunId: firstRunId,
+  });
+  try {
+    const first = await client.workflow.getHandle<typeof rotateKek>(workflowId, firstRunId).describe();
+    const status = await handle.result().then(
+      () => 'COMPLETED',
+      () => (first.status.name === 'CONTINUED_AS_NEW' ? 'FAILED' : first.status.name),
+    );
+    return { handle, status, opId: opIdOf(workflowId, firstRunId) };
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new RotationNotFoundError(`no rotation '${reference}'`);
+    throw err;
+  }
 }
 
-/** A rotation that is still running (to pause, resume, abort or change); RotationNotRunningError otherwise. */
+/** A rotation that is still running (to pause, resume, abort, confirm or change); RotationNotRunningError otherwise. */
 export async function runningRotation(client: Client, reference: string): Promise<WorkflowHandle<typeof rotateKek>> {
-  const { handle, status } = await findRotation(client, reference);
+  const { handle, status, opId } = await findRotation(client, reference);
   if (status !== 'RUNNING') {
-    throw new RotationNotRunningError(`rotation ${handle.workflowId} is ${status.toLowerCase()}, not running`);
+    throw new RotationNotRunningError(`rotation ${opId} is ${status.toLowerCase()}, not running`);
   }
   return handle;
 }
 
+export interface RotationStatus {
+  workflowId: string;
+  opId: string;
+  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ... */
+  status: string;
+  progress?: RotationReport;
+  failure?: string;
+  startedAt?: Date;
+  closedAt?: Date;
+}
+
 export async function rotationStatus(client: Client, reference: string): Promise<RotationStatus> {
-  const { handle, status } = await findRotation(client, reference);
+  const { handle, status, opId } = await findRotation(client, reference);
   const { workflowId } = handle;
-  if (status === 'RUNNING') return { workflowId, status, progress: await handle.query(progressQuery) };
-  if (status === 'COMPLETED') return { workflowId, status, progress: await handle.result() };
+  const description = await handle.describe().catch(() => undefined);
+  const times = { startedAt: description?.startTime, closedAt: description?.closeTime };
+  if (status === 'RUNNING') return { workflowId, opId, status, progress: await handle.query(progressQuery), ...times };
+  if (status === 'COMPLETED') return { workflowId, opId, status, progress: await handle.result(), ...times };
   const failure = await handle.result().then(
     () => undefined,
     (err: unknown) => failureMessage(err),
   );
-  return { workflowId, status, failure };
+  return { workflowId, opId, status, failure, ...times };
 }
 
 /** The innermost message of a workflow failure: the one that says what went wrong. */

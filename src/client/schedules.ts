@@ -1,6 +1,6 @@
 import { ScheduleOverlapPolicy, type Client, type ScheduleSpec } from '@temporalio/client';
 import type { RotationRequest } from '../rotation/rotation-input';
-import { rotateKek } from '../workflows';
+import { scheduledRotation } from '../workflows';
 
 export const DEFAULT_SCHEDULE_ID = 'rekey-quarterly';
 /** 03:00 UTC on the first day of every quarter. */
@@ -14,11 +14,14 @@ export interface RotationScheduleOptions {
   gracePeriod?: string;
   /** A run finds nothing to do if the active KEK is younger than this (someone rotated by hand meanwhile). */
   minKekAge?: string;
+  /** The target it rotates (default rekey's own). */
+  target?: string;
 }
 
 /**
- * A Temporal Schedule that rotates the active KEK to a newly generated one. Overlapping runs are skipped: a
- * rotation still in its grace period is never joined by a second one.
+ * A Temporal Schedule that rotates a target's active KEK to a newly generated one. Each run starts the rotation under
+ * its target's id (see scheduledRotation): a rotation still running, whoever started it, is never joined by a
+ * second one.
  */
 export async function createRotationSchedule(client: Client, options: RotationScheduleOptions): Promise<string> {
   const scheduleId = options.scheduleId ?? DEFAULT_SCHEDULE_ID;
@@ -26,6 +29,7 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     ? { intervals: [{ every: options.every }] }
     : { cronExpressions: [options.cron ?? QUARTERLY_CRON] };
   const request: RotationRequest = {
+    target: options.target ?? 'rekey',
     from: 'current',
     to: 'new',
     gracePeriod: options.gracePeriod ?? '7d',
@@ -36,10 +40,10 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     spec,
     action: {
       type: 'startWorkflow',
-      workflowType: rotateKek,
+      workflowType: scheduledRotation,
       args: [request],
       taskQueue: options.taskQueue,
-      workflowId: `kek-rotation-${scheduleId}`,
+      workflowId: `kek-rotation-schedule-${scheduleId}`,
     },
     policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
     memo: { spec: options.every ? `every ${options.every}` : (options.cron ?? QUARTERLY_CRON) },
@@ -58,7 +62,7 @@ export interface ScheduleSummary {
 export async function listRotationSchedules(client: Client): Promise<ScheduleSummary[]> {
   const summaries: ScheduleSummary[] = [];
   for await (const listed of client.schedule.list()) {
-    if (listed.action?.type !== 'startWorkflow' || listed.action.workflowType !== 'rotateKek') continue;
+    if (listed.action?.type !== 'startWorkflow' || listed.action.workflowType !== 'scheduledRotation') continue;
     const described = await client.schedule.getHandle(listed.scheduleId).describe();
     summaries.push({
       scheduleId: listed.scheduleId,

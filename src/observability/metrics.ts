@@ -1,10 +1,10 @@
 import http from 'node:http';
 import type { Client } from '@temporalio/client';
 import { Counter, Gauge, Registry } from 'prom-client';
-import type { Pool } from 'pg';
 import type { RewrapCounters } from '../rewrap/counters';
 import { PHASES } from '../rotation/progress';
-import { TenantDekStore } from '../store/tenant-deks';
+import { targetKekStatus } from '../targets/kek-status';
+import type { TargetRuntimes } from '../targets/runtime';
 import { RekeyPhase } from '../workflows/search-attributes';
 
 /** rekey's own metrics; the worker's metrics endpoint serves them next to Temporal's. */
@@ -33,18 +33,23 @@ export class RekeyMetrics {
     this.unreadable.inc(Math.max(0, after.failed - before.failed));
   }
 
-  /** Gauges read at scrape time: DEKs per KEK (stale counts) and the phase of each running rotation. */
-  watch(db: Pool, client?: Client): void {
+  /**
+   * Gauges read at scrape time: rows per KEK (stale counts) of each target this worker has served, and the phase of
+   * each running rotation.
+   */
+  watch(targets: TargetRuntimes, client?: Client): void {
     new Gauge({
       name: 'rekey_deks',
-      help: 'DEKs wrapped by each KEK',
-      labelNames: ['kek_id', 'current'],
+      help: 'Rows (DEKs, or secrets) wrapped by each KEK, per target',
+      labelNames: ['target', 'kek_id', 'current'],
       registers: [this.registry],
       async collect() {
         this.reset();
-        const status = await new TenantDekStore(db).kekStatus();
-        for (const [kekId, n] of Object.entries(status.dekCounts)) {
-          this.set({ kek_id: kekId, current: String(kekId === status.currentKekId) }, n);
+        for (const runtime of await targets.openedRuntimes()) {
+          const status = await targetKekStatus(runtime);
+          for (const [kekId, n] of Object.entries(status.counts)) {
+            this.set({ target: status.target, kek_id: kekId, current: String(kekId === status.currentKekId) }, n);
+          }
         }
       },
     });

@@ -25,6 +25,8 @@ export interface Wait {
 export interface RotationProgress {
   /** The keyspace; absent in progress recorded before targets existed (rekey's own). */
   target?: string;
+  /** What the target's rows hold ('DEK', 'secret'), for messages and counters. */
+  noun?: string;
   from: string;
   to: string;
   phase: Phase;

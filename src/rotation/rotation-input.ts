@@ -134,10 +134,39 @@ export interface KekFacts {
   to: { registryState?: string; inProvider: boolean } | undefined;
   providerCanGenerate: boolean;
   providerDescription: string;
+  /** A decrypt-only KEK that still wraps rows: a rotation to the active KEK that did not finish (aborted, failed). */
+  unfinished?: { kekId: string; rows: number };
 }
 
-/** The checks that need the registry and the key provider; returns the resolved `from`. */
-export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): string {
+/** How the registry resolves a request. */
+export interface ResolvedRotation {
+  from: string;
+  /** Set when the registry decides `to` (a rotation that did not finish is taken up again). */
+  to?: string;
+  /** `to` is already active: the run takes up an unfinished rotation after its promotion. */
+  resumes?: boolean;
+  /** The registry says this rotation is already done: the run ends at once, saying so. */
+  alreadyDone?: string;
+}
+
+/** The checks that need the registry and the key provider. */
+export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): ResolvedRotation {
+  if (
+    settings.from !== 'current' &&
+    settings.to !== 'new' &&
+    facts.from.registryState === 'retired' &&
+    facts.to?.registryState === 'active'
+  ) {
+    return {
+      from: settings.from,
+      alreadyDone: `already done: '${settings.from}' is retired and '${settings.to}' is the active KEK`,
+    };
+  }
+  // `current` while an earlier rotation left rows on a decrypt-only KEK: finish that one first, or its rows would be
+  // stranded on a KEK that no later rotation moves.
+  if (settings.from === 'current' && facts.unfinished && facts.activeKekId !== undefined) {
+    return { from: facts.unfinished.kekId, to: facts.activeKekId, resumes: true };
+  }
   const from = settings.from === 'current' ? facts.activeKekId : settings.from;
   if (from === undefined) {
     throw new InvalidRotationError('the KEK registry has no active KEK: seed it with <PREFIX>_CURRENT_KEK_ID first');
@@ -153,9 +182,9 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): s
     );
   }
   // A rotation that was aborted after its promotion is taken up again: `to` is active, `from` decrypt-only.
-  const resuming =
+  const resumes =
     from !== facts.activeKekId && settings.to === facts.activeKekId && facts.from.registryState === 'decrypt_only';
-  if (from !== facts.activeKekId && !resuming) {
+  if (from !== facts.activeKekId && !resumes) {
     throw new InvalidRotationError(
       `'${from}' is not the KEK in use (the active KEK is '${facts.activeKekId ?? 'none'}'): rotate from the active KEK`,
     );
@@ -166,7 +195,7 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): s
         `${facts.providerDescription} cannot generate KEKs: add the new KEK to every worker and application instance and name it with 'to'`,
       );
     }
-    return from;
+    return { from };
   }
   if (from === settings.to) throw new InvalidRotationError(`from and to are both '${from}': rotate to a different KEK`);
   if (facts.to?.registryState === 'retired') {
@@ -179,10 +208,5 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): s
       `unknown KEK '${settings.to}': ${facts.providerDescription} does not hold it (add it everywhere first, or use 'new')`,
     );
   }
-  return from;
-}
-
-/** One workflow id per pair of KEKs: two rotations of the same pair never run at once. */
-export function rotationWorkflowId(from: string, to: string): string {
-  return `kek-rotation-${from}-to-${to}`;
+  return resumes ? { from, resumes } : { from };
 }

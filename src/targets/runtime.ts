@@ -21,13 +21,15 @@ export interface TargetRuntime {
   keys: KeyProvider;
   registry: KekRegistry;
   instances: AppInstances;
+  /** Zeroizes the target's own keys, if they were opened (not the process's provider). */
+  close(): void;
 }
 
 export interface TargetRuntimesOptions {
   /** The process's own database (DATABASE_URL), already migrated. */
   db: Pool;
-  /** The process's own key provider, for targets whose keys are 'default'. */
-  keys: KeyProvider;
+  /** The process's own key provider, for targets whose keys are 'default' (a function: opened when first needed). */
+  keys: KeyProvider | (() => KeyProvider);
   config?: TargetsConfig;
   env?: NodeJS.ProcessEnv;
 }
@@ -41,7 +43,15 @@ export class TargetRuntimes {
   private readonly opened = new Map<string, Promise<TargetRuntime>>();
   private readonly pools = new Map<string, Pool>();
 
+  private ownKeys: KeyProvider | undefined;
+
   constructor(private readonly options: TargetRuntimesOptions) {}
+
+  /** The process's own key provider. */
+  private processKeys(): KeyProvider {
+    const { keys } = this.options;
+    return (this.ownKeys ??= typeof keys === 'function' ? keys() : keys);
+  }
 
   get names(): string[] {
     return [...(this.options.config?.targets.keys() ?? Object.keys(PRESETS))];
@@ -71,17 +81,25 @@ export class TargetRuntimes {
   private async open(name: string): Promise<TargetRuntime> {
     const definition = this.definition(name);
     const db = await this.database(definition);
-    const keys = openTargetKeys(definition.keys, () => this.options.keys, this.options.env);
     const store = new TargetStore(db, definition, compileFormat(definition.format));
     await store.inspect();
-    return {
+    // Key material is read when first needed: counts and the registry need none (kek-status, status).
+    let keys: KeyProvider | undefined;
+    const openKeys = () => (keys ??= openTargetKeys(definition.keys, () => this.processKeys(), this.options.env));
+    const opened: TargetRuntime = {
       definition,
       db,
       store,
-      keys,
+      get keys() {
+        return openKeys();
+      },
       registry: new KekRegistry(db, name),
       instances: new AppInstances(db, name),
+      close: () => {
+        if (keys !== undefined && keys !== this.ownKeys) keys.close();
+      },
     };
+    return opened;
   }
 
   private async database(definition: TargetDefinition): Promise<Pool> {
@@ -112,12 +130,15 @@ export class TargetRuntimes {
     return pool;
   }
 
+  /** The targets opened so far (metrics count their rows; nothing else is opened for them). */
+  async openedRuntimes(): Promise<TargetRuntime[]> {
+    const opened = await Promise.all([...this.opened.values()].map((runtime) => runtime.catch(() => undefined)));
+    return opened.filter((runtime): runtime is TargetRuntime => runtime !== undefined);
+  }
+
   /** Closes the pools this object opened and zeroizes the keys of the targets it opened (not the process's own). */
   async close(): Promise<void> {
-    for (const runtime of this.opened.values()) {
-      const opened = await runtime.catch(() => undefined);
-      if (opened && opened.keys !== this.options.keys) opened.keys.close();
-    }
+    for (const runtime of this.opened.values()) (await runtime.catch(() => undefined))?.close();
     await Promise.all([...this.pools.values()].map((pool) => pool.end()));
   }
 }

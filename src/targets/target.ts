@@ -99,3 +99,17 @@ export function kekIdOfLabel(label: unknown): string {
 export function describeTable(table: TableRef): string {
   return `${table.schema}.${table.name}`;
 }
+
+/**
+ * The KEK a deployment's own configuration names as current for a target, if it names one: the target's
+ * `currentKekEnv`, else `<PREFIX>_CURRENT_KEK_ID` of its env key source (REKEY_ENV_PREFIX for the default one).
+ * An empty variable means unset.
+ */
+export function configuredCurrentKekId(definition: TargetDefinition, env: NodeJS.ProcessEnv): string | undefined {
+  const owner = definition.currentKek;
+  let variable: string | undefined;
+  if (owner.owner === 'application' && owner.currentKekEnv) variable = owner.currentKekEnv;
+  else if (definition.keys.provider === 'env') variable = `${definition.keys.prefix}_CURRENT_KEK_ID`;
+  else if (definition.keys.provider === 'default') variable = `${env.REKEY_ENV_PREFIX || 'REKEY'}_CURRENT_KEK_ID`;
+  return variable === undefined ? undefined : env[variable]?.trim() || undefined;
+}

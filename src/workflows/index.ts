@@ -1,3 +1,4 @@
 export * from './rotate-kek';
+export * from './scheduled-rotation';
 export * from './messages';
 export * from './search-attributes';

@@ -91,9 +91,12 @@ const PHASES: Record<RotationState['phase'], (run: RotationState) => Promise<Rot
 async function validate(run: RotationState): Promise<RotationReport | undefined> {
   const checked = await steps.validateRotation(run.request);
   run.carried.from = checked.from;
+  if (checked.to !== undefined) run.carried.to = checked.to;
+  // An unfinished rotation taken up again: its `to` is already the active KEK.
+  if (checked.resumes) run.carried.promoted = true;
   run.carried.currentKekOwner = checked.currentKekOwner ?? 'registry';
   run.carried.instructions = checked.instructions;
-  run.progress = { ...run.progress, from: checked.from };
+  run.progress = { ...run.progress, from: checked.from, to: run.carried.to, noun: checked.noun };
   if (checked.nothingToDo !== undefined) {
     run.progress = { ...run.progress, note: `nothing to do: ${checked.nothingToDo}` };
     return run.finish('nothing-to-do');
@@ -104,15 +107,11 @@ async function validate(run: RotationState): Promise<RotationReport | undefined>
 }
 
 async function provision(run: RotationState): Promise<RotationReport | undefined> {
-  const { carried, settings } = run;
-  if (carried.to === 'new') carried.to = await steps.proposeKekId({ target: carried.target });
+  const { carried } = run;
+  const generate = carried.to === 'new';
+  if (generate) carried.to = await steps.proposeKekId({ target: carried.target });
   run.progress = { ...run.progress, to: carried.to };
-  await steps.provisionKek({
-    target: carried.target,
-    kekId: carried.to,
-    generate: settings.to === 'new',
-    from: carried.from,
-  });
+  await steps.provisionKek({ target: carried.target, kekId: carried.to, generate, from: carried.from });
   if (run.aborted) return run.finish('aborted');
   run.advance();
   return undefined;

@@ -12,7 +12,7 @@ import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { rotateKek, type RotationReport } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from './database';
 import { createTestKeys } from './keys';
-import { workflowBundle } from './temporal';
+import { resultWithin, workflowBundle } from './temporal';
 
 /** A fresh database with `v1` active, tenants on it, some tenant data, and `v2` in the key provider only. */
 export class RotationFixture {
@@ -60,13 +60,14 @@ export class RotationFixture {
   /** Runs one rotation to its end on a fresh worker; returns its report (or rejects with its failure). */
   async execute(env: TestWorkflowEnvironment, request: RotationRequest, activities?: object): Promise<RotationReport> {
     const worker = await this.worker(env, activities);
-    return worker.runUntil(
-      env.client.workflow.execute(rotateKek, {
+    return worker.runUntil(async () => {
+      const handle = await env.client.workflow.start(rotateKek, {
         taskQueue: this.taskQueue,
         workflowId: `rotation-${randomUUID()}`,
         args: [request],
-      }),
-    );
+      });
+      return resultWithin<RotationReport>(handle);
+    });
   }
 
   async staleOn(kekId: string): Promise<number> {

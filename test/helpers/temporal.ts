@@ -1,5 +1,6 @@
+import type { WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { inject } from 'vitest';
+import { afterEach, beforeEach, inject } from 'vitest';
 import { ensureSearchAttributes } from '../../src/client/search-attributes';
 import { REKEY_SEARCH_ATTRIBUTES } from '../../src/workflows/search-attributes';
 
@@ -10,6 +11,29 @@ export async function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> 
   });
   await ensureSearchAttributes(env.connection, env.namespace ?? 'default');
   return env;
+}
+
+/**
+ * A fresh time-skipping server for every test of the calling file (it starts in well under a second). The test
+ * server has open bugs that leave its time-skipping lock held after a rejected workflow task or a run that ends with
+ * activities outstanding (temporalio/sdk-java#2391, #1138): one test would then leave every later test of the file
+ * running in real time. Tests that cancel running activities (pause, abort mid-rewrap) use the dev server instead.
+ */
+export function useTimeSkippingEnv(): { readonly env: TestWorkflowEnvironment } {
+  let current: TestWorkflowEnvironment | undefined;
+  beforeEach(async () => {
+    current = await createTimeSkippingEnv();
+  });
+  afterEach(async () => {
+    await current?.teardown();
+    current = undefined;
+  });
+  return {
+    get env() {
+      if (!current) throw new Error('the time-skipping server is only available inside tests');
+      return current;
+    },
+  };
 }
 
 /** The go-built `temporal server start-dev` (in-memory unless dbFilename is given). */
@@ -29,4 +53,38 @@ export function createDevServerEnv(
 
 export function workflowBundle(): { code: string } {
   return { code: inject('workflowCode') };
+}
+
+/**
+ * A workflow's result, or, after `withinMs` of real time, a failure that says where the run is stuck: its status,
+ * its pending activities with their attempts and last failures, and its last events. Well inside the test timeout,
+ * so that a stuck test fails with its reason instead of a bare timeout.
+ */
+export async function resultWithin<T>(handle: WorkflowHandle, withinMs = 60_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      void describeStuck(handle).then(
+        (why) => reject(new Error(`workflow ${handle.workflowId} did not finish within ${withinMs} ms: ${why}`)),
+        (err: unknown) =>
+          reject(new Error(`workflow ${handle.workflowId} did not finish; describe failed: ${String(err)}`)),
+      );
+    }, withinMs);
+  });
+  try {
+    return (await Promise.race([handle.result(), stuck])) as T;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function describeStuck(handle: WorkflowHandle): Promise<string> {
+  const description = await handle.describe();
+  const pending = (description.raw.pendingActivities ?? []).map(
+    (a) =>
+      `${a.activityType?.name} attempt ${a.attempt} (${a.state})${a.lastFailure?.message ? `: ${a.lastFailure.message}` : ''}`,
+  );
+  const history = await handle.fetchHistory();
+  const last = (history.events ?? []).slice(-5).map((e) => String(e.eventType).replace('EVENT_TYPE_', ''));
+  return `status ${description.status.name}; pending activities: ${pending.join('; ') || 'none'}; last events: ${last.join(', ')}`;
 }

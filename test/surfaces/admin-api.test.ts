@@ -1,4 +1,3 @@
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
@@ -6,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
 import { seedTenants } from '../../src/dev/tenants';
 import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
@@ -38,10 +39,11 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     // As after the runbook's step 2: the configuration already names v2 as current.
     api = await buildAdminServer({
       client: env.client,
-      db: db.pool,
+      targets: new TargetRuntimes({ db: db.pool, keys }),
+      defaultTarget: BUILTIN_TARGET,
       taskQueue: 'rekey-admin-test',
       token: TOKEN,
-      configuredCurrentKekId: 'v2',
+      configuredCurrentKekId: () => 'v2',
     });
   });
 
@@ -113,17 +115,20 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(pause.statusCode).toBe(404);
 
     // Another workflow in the same namespace is not a rotation, and the admin API does not touch it.
-    await env.client.workflow.start('someOtherWorkflow', { taskQueue: 'elsewhere', workflowId: 'not-a-rotation' });
+    await env.client.workflow.start('someOtherWorkflow', {
+      taskQueue: 'elsewhere',
+      workflowId: 'kek-rotation-impostor',
+    });
     const other = await api.inject({
       method: 'POST',
-      url: '/admin/v1/secrets/rotation/not-a-rotation/abort',
+      url: '/admin/v1/secrets/rotation/kek-rotation-impostor/abort',
       headers: auth,
     });
     expect(other.statusCode).toBe(404);
-    expect(other.json()).toEqual({ error: 'not_found', message: "'not-a-rotation' is not a rotation" });
+    expect(other.json()).toEqual({ error: 'not_found', message: "'kek-rotation-impostor' is not a rotation" });
   });
 
-  it('rotate-all answers 202 with op_id and status_url, 409 while it runs; pause, resume, status; then kek-status shows no stale DEK', async () => {
+  it("Finding 4 (two rotations of one keyspace): the same rotate-all again while one runs answers 409 with the running op_id; pause, resume and status in Talos's fields; then kek-status counts as Talos does", async () => {
     const started = await api.inject({
       method: 'POST',
       url: '/admin/v1/secrets/rotate-all',
@@ -131,13 +136,23 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       payload: { batch_size: 10, parallelism: 1, grace_period: '1s' },
     });
     expect(started.statusCode).toBe(202);
-    const { op_id: opId, status_url: statusUrl } = started.json<{ op_id: string; status_url: string }>();
-    expect(opId).toBe('kek-rotation-v1-to-v2');
-    expect(statusUrl).toBe('/admin/v1/secrets/rotation-status/kek-rotation-v1-to-v2');
+    const body = started.json<{ op_id: string; status: string; status_url: string; target: string }>();
+    const opId = body.op_id;
+    expect(opId).toMatch(/^kek-rotation-rekey@[0-9a-f-]{36}$/);
+    expect(body).toMatchObject({ status: 'running', target: 'rekey' });
+    expect(body.status_url).toBe(`/admin/v1/secrets/rotation-status/${encodeURIComponent(opId)}`);
 
+    // The runbook's rotate-all, run again a few seconds later: today's code answered 202 and started a second one.
     const again = await api.inject({ method: 'POST', url: '/admin/v1/secrets/rotate-all', headers: auth });
     expect(again.statusCode).toBe(409);
-    expect(again.json()).toMatchObject({ error: 'conflict', op_id: opId });
+    expect(again.json()).toMatchObject({ error: 'ROTATION_ALREADY_RUNNING', op_id: opId });
+    const explicit = await api.inject({
+      method: 'POST',
+      url: '/admin/v1/secrets/rotate-all',
+      headers: auth,
+      payload: { from: 'v1', to: 'v2' },
+    });
+    expect(explicit.statusCode).toBe(409);
 
     const paused = await api.inject({ method: 'POST', url: `/admin/v1/secrets/rotation/${opId}/pause`, headers: auth });
     expect(paused.statusCode).toBe(200);
@@ -149,15 +164,33 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     });
     expect(resumed.json()).toMatchObject({ paused: false });
 
-    let status: { status: string; outcome?: string; counters?: { rewrapped: number } } = { status: 'RUNNING' };
-    for (let i = 0; i < 300 && status.status === 'RUNNING'; i++) {
+    let status: Record<string, unknown> = { status: 'running' };
+    for (let i = 0; i < 600 && status.status === 'running'; i++) {
       await new Promise((resolve) => setTimeout(resolve, 100));
-      status = (await api.inject({ method: 'GET', url: statusUrl, headers: auth })).json();
+      status = (await api.inject({ method: 'GET', url: body.status_url, headers: auth })).json();
     }
-    expect(status).toMatchObject({ status: 'COMPLETED', outcome: 'completed', counters: { rewrapped: 4_000 } });
+    expect(status).toMatchObject({
+      id: opId,
+      status: 'completed',
+      target_kek_id: 'v2',
+      stats: { scanned: 4_000, rotated: 4_000, failed: 0 },
+      last_error: null,
+      execution_status: 'COMPLETED',
+      outcome: 'completed',
+      target: 'rekey',
+      counters: { rewrapped: 4_000 },
+    });
+    expect(Date.parse(status.completed_at as string)).toBeGreaterThanOrEqual(Date.parse(status.started_at as string));
 
     const kekStatus = await api.inject({ method: 'GET', url: '/admin/v1/secrets/kek-status', headers: auth });
-    expect(kekStatus.json()).toEqual({ current_kek_id: 'v2', stale_counts: {}, dek_counts: { v2: 4_000 } });
+    expect(kekStatus.json()).toEqual({
+      target: 'rekey',
+      current_kek_id: 'v2',
+      loaded_kek_ids: ['v1', 'v2'],
+      stale_counts: { v2: 4_000 },
+      dek_counts: { v2: 4_000 },
+      rows_without_value: 0,
+    });
 
     const afterwards = await api.inject({
       method: 'POST',
@@ -176,6 +209,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       '/admin/v1/secrets/rotate-all',
       '/admin/v1/secrets/rotation-status/{op_id}',
       '/admin/v1/secrets/rotation/{op_id}/abort',
+      '/admin/v1/secrets/rotation/{op_id}/confirm',
       '/admin/v1/secrets/rotation/{op_id}/pause',
       '/admin/v1/secrets/rotation/{op_id}/resume',
     ]);

@@ -1,4 +1,3 @@
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -12,8 +11,10 @@ import { RekeyMetrics, serveMetrics } from '../../src/observability/metrics';
 import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import type { rotateKek } from '../../src/workflows';
+import type { rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
 
@@ -52,17 +53,30 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     await keyring.generate('v2');
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: TENANTS });
-    metrics.watch(db.pool, env.client);
+    const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
+    metrics.watch(targets, env.client);
     worker = await createWorker({
       connection: env.nativeConnection,
       taskQueue,
       db: db.pool,
       keys: keyring,
       metrics,
+      targets,
       workflowBundle: workflowBundle(),
     });
     running = worker.run();
   });
+
+  /** The result of the schedule's latest run: the launcher says which rotation it started, or why none. */
+  async function scheduledRun(scheduleId: string): Promise<ScheduledRotationResult> {
+    const handle = env.client.schedule.getHandle(scheduleId);
+    for (let i = 0; i < 200; i++) {
+      const launcher = (await handle.describe()).info.recentActions[0]?.action.workflow.workflowId;
+      if (launcher) return env.client.workflow.getHandle<typeof scheduledRotation>(launcher).result();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    throw new Error(`schedule ${scheduleId} never ran`);
+  }
 
   afterAll(async () => {
     worker?.shutdown();
@@ -73,11 +87,12 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     fs.rmSync(scratch, { recursive: true, force: true });
   });
 
-  it('rotate --dry-run prints Migrated / Skipped / Already done / Unreadable and writes nothing', async () => {
+  it("rotate --dry-run prints the rotate-kek counters (Tenants scanned, Migrated, Already done, Skipped) and rekey's, and writes nothing", async () => {
     const human = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--dry-run');
     expect(human).toMatchObject({ code: 0, stderr: '' });
+    const n = TENANTS.toLocaleString('en-US');
     expect(human.stdout).toContain(
-      `Migrated: ${TENANTS.toLocaleString('en-US')}  Skipped: 0  Already done: 0  Unreadable: 0`,
+      `Tenants scanned: ${n}  Migrated: ${n}  Already done: 0  Skipped: 0  Unreadable: 0  Relabelled: 0  CAS conflicts: 0`,
     );
 
     const json = await rekey('--json', 'rotate', '--from', 'v1', '--to', 'v2', '--dry-run');
@@ -96,7 +111,12 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
         ['rotate', '--from', 'v1', '--to', 'v2', '--grace', 'soon'],
         "error: option '--grace <duration>' argument 'soon' is invalid",
       ],
-      [['grace', 'kek-rotation-v1-to-v2'], 'rekey: give exactly one of --extend <duration> or --end-now'],
+      [['grace', 'rekey'], 'rekey: give exactly one of --extend <duration> or --end-now'],
+      [
+        ['rotate', '--from', 'v1', '--from-version', '1', '--to', 'v2'],
+        'rekey: give --from or --from-version, not both',
+      ],
+      [['rotate', '--to', 'v2'], 'rekey: --from <id> (or --from-version <n>) is required'],
     ] as const) {
       const result = await rekey(...args);
       expect(result.code).toBe(2);
@@ -109,25 +129,26 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     expect(result).toMatchObject({ code: 3, stderr: "rekey: no rotation 'no-such-rotation'\n" });
   });
 
-  it('rotate --wait runs to the end; a second rotate says already done; status and kek-status agree; metrics count it', async () => {
+  it('rotate --wait runs to the end; a second rotate of the same KEKs is decided by the registry: already done; status and kek-status agree; metrics count it', async () => {
     const run = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--grace', '1s', '--wait');
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
-    expect(run.stdout).toContain('started rotation kek-rotation-v1-to-v2');
-    expect(run.stdout).toContain('rotation kek-rotation-v1-to-v2: completed');
+    const opId = /started rotation (\S+)/.exec(run.stdout)?.[1];
+    expect(opId).toMatch(/^kek-rotation-rekey@/);
+    expect(run.stdout).toContain(`rotation ${opId}: completed`);
 
-    const again = await rekey('rotate', '--from', 'v1', '--to', 'v2');
+    const again = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--wait');
     expect(again.code).toBe(0);
-    expect(again.stdout).toContain('already done: rotation kek-rotation-v1-to-v2 completed');
+    expect(again.stdout).toContain("nothing to do: already done: 'v1' is retired and 'v2' is the active KEK");
 
-    const status = JSON.parse((await rekey('--json', 'status', 'v1:v2')).stdout) as {
+    const status = JSON.parse((await rekey('--json', 'status', opId!)).stdout) as {
       status: string;
       progress: { counters: { rewrapped: number } };
     };
     expect(status).toMatchObject({ status: 'COMPLETED', progress: { counters: { rewrapped: TENANTS } } });
 
     const kekStatus = JSON.parse((await rekey('--json', 'kek-status')).stdout) as Record<string, unknown>;
-    expect(kekStatus).toMatchObject({ current_kek_id: 'v2', stale_counts: {}, dek_counts: { v2: TENANTS } });
+    expect(kekStatus).toMatchObject({ target: 'rekey', current_kek_id: 'v2', stale_counts: { v2: TENANTS } });
 
     const server = await serveMetrics(metrics, { port: 0, host: '127.0.0.1' });
     try {
@@ -136,7 +157,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       expect(text).toMatch(/^rekey_deks_rewrapped_total (\d+)$/m);
       expect(Number(/^rekey_deks_rewrapped_total (\d+)$/m.exec(text)?.[1])).toBeGreaterThan(0);
       expect(text).toContain('rekey_cas_conflicts_total 0');
-      expect(text).toContain(`rekey_deks{kek_id="v2",current="true"} ${TENANTS}`);
+      expect(text).toContain(`rekey_deks{target="rekey",kek_id="v2",current="true"} ${TENANTS}`);
     } finally {
       server.close();
     }
@@ -146,13 +167,13 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     const start = await rekey('rotate', '--from', 'v2', '--to', 'new', '--batch-size', '10', '--parallelism', '1');
     expect(start.code).toBe(0);
     const id = /started rotation (\S+)/.exec(start.stdout)?.[1];
-    expect(id).toBe('kek-rotation-v2-to-new');
+    expect(id).toMatch(/^kek-rotation-rekey@/);
     const paused = await rekey('pause', id!);
     expect(paused.code).toBe(0);
     expect(paused.stdout).toMatch(/^paused at [\d.]+%: .*\(paused\)/);
     const scraped = await metrics.registry.getSingleMetricAsString('rekey_rotation_phase');
-    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="${id}",phase="rewrap"} 1`);
-    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="${id}",phase="grace"} 0`);
+    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="rewrap"} 1`);
+    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="grace"} 0`);
     const resumed = await rekey('resume', id!);
     expect(resumed.stdout).toMatch(/^resumed at [\d.]+%/);
     const aborted = await rekey('abort', id!, '--reason', 'test over');
@@ -179,7 +200,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     expect(listed.stdout).not.toContain(stored.keks[0]!.key);
   });
 
-  it('a schedule is created, triggered once, and its rotation to a new KEK completes; a run with nothing to do says so', async () => {
+  it('Finding 4: a schedule run after an abort that followed promotion finishes that rotation instead of promoting a third KEK; a run with nothing to do says so', async () => {
     const created = await rekey(
       'schedule',
       'create',
@@ -200,29 +221,37 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }[];
     expect(listed).toContainEqual(expect.objectContaining({ scheduleId: 'rekey-test', spec: 'every 90d' }));
 
-    const active = (await new KekRegistry(db.pool, BUILTIN_TARGET).active())!.kekId;
-    expect((await rekey('schedule', 'trigger', 'rekey-test')).code).toBe(0);
-    const handle = env.client.schedule.getHandle('rekey-test');
-    let workflowId: string | undefined;
-    for (let i = 0; i < 100 && !workflowId; i++) {
-      workflowId = (await handle.describe()).info.recentActions[0]?.action.workflow.workflowId;
-      if (!workflowId) await new Promise((resolve) => setTimeout(resolve, 100));
+    // The state an abort after promotion leaves: `to` active, `from` decrypt-only and still wrapping DEKs. The
+    // previous test aborts v2 → v3 midway; if its rewrap had already finished, make that state here.
+    const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+    const deks = new TenantDekStore(db.pool);
+    let active = (await registry.active())!.kekId;
+    let unfinished: string | undefined;
+    for (const kek of await registry.list()) {
+      if (kek.state === 'decrypt_only' && (await deks.countOnKek(kek.kekId)) > 0) unfinished = kek.kekId;
     }
-    const report = await env.client.workflow.getHandle<typeof rotateKek>(workflowId!).result();
-    expect(report).toMatchObject({ outcome: 'completed', from: active });
-    expect((await new KekRegistry(db.pool, BUILTIN_TARGET).active())!.kekId).toBe(report.to);
-    expect(await new KekRegistry(db.pool, BUILTIN_TARGET).get(active)).toMatchObject({ state: 'retired' });
+    if (unfinished === undefined) {
+      const next = await keyring.generate();
+      await registry.register(next, keyring.fingerprint(next));
+      await registry.promote(active, next);
+      [unfinished, active] = [active, next];
+    }
+    const keksBefore = (await registry.list()).length;
+    expect((await rekey('schedule', 'trigger', 'rekey-test')).code).toBe(0);
+    const launched = await scheduledRun('rekey-test');
+    expect(launched).toMatchObject({ started: true, workflowId: 'kek-rotation-rekey' });
+    const report = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').result();
+    expect(report).toMatchObject({ outcome: 'completed', from: unfinished, to: active });
+    expect((await registry.active())!.kekId).toBe(active);
+    expect(await registry.get(unfinished)).toMatchObject({ state: 'retired' });
+    expect(await deks.countOnKek(unfinished)).toBe(0);
+    expect((await registry.list()).length).toBe(keksBefore); // no third KEK was generated and promoted
 
     const second = await rekey('schedule', 'create', '--id', 'rekey-young', '--every', '90d', '--min-kek-age', '30d');
     expect(second.code).toBe(0);
     await env.client.schedule.getHandle('rekey-young').trigger();
-    let idle: string | undefined;
-    for (let i = 0; i < 100 && !idle; i++) {
-      idle = (await env.client.schedule.getHandle('rekey-young').describe()).info.recentActions[0]?.action.workflow
-        .workflowId;
-      if (!idle) await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    const nothing = await env.client.workflow.getHandle<typeof rotateKek>(idle!).result();
+    expect(await scheduledRun('rekey-young')).toMatchObject({ started: true });
+    const nothing = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').result();
     expect(nothing.outcome).toBe('nothing-to-do');
     expect(nothing.note).toMatch(/^nothing to do: KEK '\w+' became active .* ago; rotations are due after 30d 0h$/);
 

@@ -3,7 +3,6 @@ import {
   checkAgainstKeks,
   InvalidRotationError,
   parseRotationRequest,
-  rotationWorkflowId,
   type KekFacts,
 } from '../../src/rotation/rotation-input';
 
@@ -52,7 +51,7 @@ describe('rotation request', () => {
   });
 
   it('resolves from=current to the active KEK', () => {
-    expect(checkAgainstKeks(parseRotationRequest({ from: 'current', to: 'v2' }), facts())).toBe('v1');
+    expect(checkAgainstKeks(parseRotationRequest({ from: 'current', to: 'v2' }), facts())).toEqual({ from: 'v1' });
   });
 
   it.each([
@@ -81,19 +80,38 @@ describe('rotation request', () => {
         settings,
         facts({ activeKekId: 'v2', from: { registryState: 'decrypt_only', inProvider: true } }),
       ),
-    ).toBe('v1');
+    ).toEqual({ from: 'v1', resumes: true });
     expect(() =>
       checkAgainstKeks(settings, facts({ activeKekId: 'v2', from: { registryState: 'retired', inProvider: true } })),
     ).toThrow("'v1' is not the KEK in use (the active KEK is 'v2')");
   });
 
+  it('says already done when the registry shows from retired and to active, even without from in the provider', () => {
+    const settings = parseRotationRequest({ from: 'v1', to: 'v2' });
+    expect(
+      checkAgainstKeks(
+        settings,
+        facts({
+          activeKekId: 'v2',
+          from: { registryState: 'retired', inProvider: false },
+          to: { registryState: 'active', inProvider: true },
+        }),
+      ),
+    ).toEqual({ from: 'v1', alreadyDone: "already done: 'v1' is retired and 'v2' is the active KEK" });
+  });
+
+  it("takes 'current' to an unfinished rotation first, so that its rows are not stranded on a decrypt-only KEK", () => {
+    const settings = parseRotationRequest({ from: 'current', to: 'new' });
+    expect(checkAgainstKeks(settings, facts({ activeKekId: 'v2', unfinished: { kekId: 'v1', rows: 1_200 } }))).toEqual({
+      from: 'v1',
+      to: 'v2',
+      resumes: true,
+    });
+  });
+
   it("accepts 'new' only where the provider can generate", () => {
     const settings = parseRotationRequest({ from: 'v1', to: 'new' });
     expect(() => checkAgainstKeks(settings, facts())).toThrow('the test provider cannot generate KEKs');
-    expect(checkAgainstKeks(settings, facts({ providerCanGenerate: true }))).toBe('v1');
-  });
-
-  it('derives the workflow id from the KEKs', () => {
-    expect(rotationWorkflowId('v1', 'v2')).toBe('kek-rotation-v1-to-v2');
+    expect(checkAgainstKeks(settings, facts({ providerCanGenerate: true }))).toEqual({ from: 'v1' });
   });
 });

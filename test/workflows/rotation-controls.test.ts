@@ -1,23 +1,22 @@
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
 import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AppInstances } from '../../src/store/app-instances';
-import { overrideFleetGateUpdate, progressQuery, rotateKek, setGraceUpdate } from '../../src/workflows';
+import {
+  overrideFleetGateUpdate,
+  progressQuery,
+  rotateKek,
+  setGraceUpdate,
+  type RotationReport,
+} from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { createTimeSkippingEnv } from '../helpers/temporal';
+import { resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
 
 const DAY = 86_400_000;
 
 describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
-  let env: TestWorkflowEnvironment;
-  beforeAll(async () => {
-    env = await createTimeSkippingEnv();
-  });
-  afterAll(async () => {
-    await env?.teardown();
-  });
+  const server = useTimeSkippingEnv();
 
   async function waitForPhase(
     handle: { query: (q: typeof progressQuery) => Promise<{ phase: string }> },
@@ -33,9 +32,9 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('an update extends the grace period and answers with the new end; another ends it now', async () => {
     const fixture = await RotationFixture.create({ tenants: 200 });
     try {
-      const worker = await fixture.worker(env);
+      const worker = await fixture.worker(server.env);
       const result = await worker.runUntil(async () => {
-        const handle = await env.client.workflow.start(rotateKek, {
+        const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
           workflowId: `rotation-${randomUUID()}`,
           args: [{ from: 'v1', to: 'v2', gracePeriod: '7d' }],
@@ -51,12 +50,12 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
         expect((refused as WorkflowUpdateFailedError).cause?.message).toBe(
           "extendBy 'a while' is not a duration like 2d, 12h or 30m",
         );
-        await env.sleep('8d');
+        await server.env.sleep('8d');
         expect((await handle.query(progressQuery)).phase).toBe('grace');
         expect(await fixture.kekState('v1')).toBe('decrypt_only');
         const ended = await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
         expect(Date.parse(ended.graceEndsAt)).toBeLessThan(before + 2 * DAY);
-        return handle.result();
+        return resultWithin<RotationReport>(handle);
       });
       expect(result.outcome).toBe('completed');
       expect(await fixture.kekState('v1')).toBe('retired');
@@ -70,15 +69,15 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
     const instances = new AppInstances(fixture.db.pool, BUILTIN_TARGET);
     await instances.announce({ instanceId: 'old-pod-1', unwrapKekIds: ['v1'], wrapKekId: 'v1' });
     try {
-      const worker = await fixture.worker(env);
+      const worker = await fixture.worker(server.env);
       const result = await worker.runUntil(async () => {
-        const handle = await env.client.workflow.start(rotateKek, {
+        const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
           workflowId: `rotation-${randomUUID()}`,
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
         });
         await waitForPhase(handle, 'promote');
-        await env.sleep('1h');
+        await server.env.sleep('1h');
         const waiting = await handle.query(progressQuery);
         expect(waiting.phase).toBe('promote');
         expect(waiting.fleet).toEqual({ live: 1, ready: 0, waitingFor: ['old-pod-1'] });
@@ -87,7 +86,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
           args: ['old-pod-1 is being drained'],
         });
         expect(overridden.note).toBe('fleet gate overridden: old-pod-1 is being drained');
-        return handle.result();
+        return resultWithin<RotationReport>(handle);
       });
       expect(result.outcome).toBe('completed');
     } finally {
@@ -104,7 +103,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
     });
     try {
       const failure = await fixture
-        .execute(env, { from: 'v1', to: 'v2', fleetLiveWithin: '30d', fleetTimeout: '2h' })
+        .execute(server.env, { from: 'v1', to: 'v2', fleetLiveWithin: '30d', fleetTimeout: '2h' })
         .catch((err: unknown) => err);
       expect(failure).toBeInstanceOf(WorkflowFailedError);
       expect((failure as WorkflowFailedError).cause?.message).toBe(
@@ -120,7 +119,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('a dry run reports Migrated / Already done and writes nothing: no provision, no promotion', async () => {
     const fixture = await RotationFixture.create({ tenants: 700 });
     try {
-      const result = await fixture.execute(env, { from: 'v1', to: 'v2', dryRun: true });
+      const result = await fixture.execute(server.env, { from: 'v1', to: 'v2', dryRun: true });
       expect(result.outcome).toBe('dry-run');
       expect(result.counters).toMatchObject({ rewrapped: 700, alreadyOnTarget: 0, failed: 0 });
       expect(await fixture.staleOn('v1')).toBe(700);
@@ -135,7 +134,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('a canary rotates one tenant under the new, still provisioned, KEK and stops there', async () => {
     const fixture = await RotationFixture.create({ tenants: 50 });
     try {
-      const result = await fixture.execute(env, { from: 'v1', to: 'v2', tenantId: 'tenant-00000007' });
+      const result = await fixture.execute(server.env, { from: 'v1', to: 'v2', tenantId: 'tenant-00000007' });
       expect(result.outcome).toBe('canary');
       expect(result.counters.rewrapped).toBe(1);
       expect(await fixture.staleOn('v1')).toBe(49);

@@ -1,39 +1,31 @@
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startRotation } from '../../src/client/rotations';
+import { resolveRotationReference, startRotation } from '../../src/client/rotations';
 import type { RewrapSliceArgs } from '../../src/activities/rewrap';
 import { tenantIdFor } from '../../src/dev/tenants';
-import type { ProgressReport } from '../../src/rotation/progress';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { abortSignal, pauseUpdate, progressQuery, resumeSignal, rotateKek } from '../../src/workflows';
+import { rotateKek, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
 const DAY = 24 * 3600 * 1000;
 
 describe('rotateKek on the time-skipping server, with real activities on real PostgreSQL', () => {
-  let env: TestWorkflowEnvironment;
-  beforeAll(async () => {
-    env = await createTimeSkippingEnv();
-  });
-  afterAll(async () => {
-    await env?.teardown();
-  });
+  const server = useTimeSkippingEnv();
 
   it('a full rotation with the default 7-day grace period finishes in seconds: no stale DEK, every DEK byte-identical, from retired', async () => {
     const fixture = await RotationFixture.create({ tenants: 3_000 });
     try {
-      const serverStart = await env.currentTimeMs();
+      const serverStart = await server.env.currentTimeMs();
       const wallStart = Date.now();
 
-      const result = await fixture.execute(env, { from: 'v1', to: 'v2' });
+      const result = await fixture.execute(server.env, { from: 'v1', to: 'v2' });
 
       expect(result.outcome).toBe('completed');
       expect(result.phase).toBe('done');
@@ -51,117 +43,12 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
         'done',
       ]);
       expect(result.phases.grace!.endedAt! - result.phases.grace!.startedAt).toBeGreaterThanOrEqual(7 * DAY);
-      expect((await env.currentTimeMs()) - serverStart).toBeGreaterThanOrEqual(7 * DAY);
+      expect((await server.env.currentTimeMs()) - serverStart).toBeGreaterThanOrEqual(7 * DAY);
       expect(Date.now() - wallStart).toBeLessThan(30_000);
 
       expect(await fixture.staleOn('v1')).toBe(0);
       expect(await fixture.kekState('v1')).toBe('retired');
       expect(await fixture.kekState('v2')).toBe('active');
-      await fixture.expectNothingLost();
-    } finally {
-      await fixture.drop();
-    }
-  });
-
-  /** Polls the progress query (in real time: nothing is awaiting a result, so the server does not skip). */
-  async function waitFor(
-    handle: WorkflowHandle<typeof rotateKek>,
-    predicate: (p: ProgressReport) => boolean,
-  ): Promise<ProgressReport> {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const progress = await handle.query(progressQuery);
-      if (predicate(progress)) return progress;
-      if (Date.now() > deadline) throw new Error(`timed out waiting; last progress ${JSON.stringify(progress)}`);
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
-
-  // Small batches and short slice parts: a run that takes a few seconds, so it can be paused or aborted midway.
-  const slow = {
-    from: 'v1',
-    to: 'v2',
-    batchSize: 20,
-    parallelism: 1,
-    sliceTimeBudget: '150ms',
-  } satisfies RotationRequest;
-
-  it('pause holds the run across days of skipped time, and resume finishes it', async () => {
-    const fixture = await RotationFixture.create({ tenants: 6_000 });
-    try {
-      const worker = await fixture.worker(env);
-      await worker.runUntil(async () => {
-        const handle = await env.client.workflow.start(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [slow],
-        });
-        await waitFor(handle, (p) => p.counters.rewrapped > 0);
-
-        const paused = await handle.executeUpdate(pauseUpdate);
-        expect(paused.paused).toBe(true);
-        expect(paused.phase).toBe('rewrap');
-        expect(paused.percent).toBeGreaterThan(0);
-        expect(paused.percent).toBeLessThan(100);
-        // Running slices stop at a batch boundary; then nothing moves, in the workflow or in the database.
-        const settled = await waitFor(handle, (p) => p.counters.rewrapped > 0 && p.paused);
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
-        const staleWhilePaused = await fixture.staleOn('v1');
-        const heldProgress = (await handle.query(progressQuery)).counters.rewrapped;
-        await env.sleep('3 days');
-        const later = await handle.query(progressQuery);
-        expect(later.paused).toBe(true);
-        expect(later.counters.rewrapped).toBe(heldProgress);
-        expect(await fixture.staleOn('v1')).toBe(staleWhilePaused);
-        expect(staleWhilePaused).toBeGreaterThan(0);
-        expect(settled.etaSeconds).toBeUndefined();
-
-        await handle.signal(resumeSignal);
-        const result = await handle.result();
-        expect(result.outcome).toBe('completed');
-        expect(result.counters.rewrapped).toBe(6_000);
-        expect(result.pausedMs).toBeGreaterThanOrEqual(3 * DAY);
-      });
-      expect(await fixture.staleOn('v1')).toBe(0);
-      await fixture.expectNothingLost();
-    } finally {
-      await fixture.drop();
-    }
-  });
-
-  it('abort mid-rewrap ends without retiring, with both keys usable and data still readable; starting again finishes it', async () => {
-    const fixture = await RotationFixture.create({ tenants: 6_000 });
-    try {
-      const worker = await fixture.worker(env);
-      const workflowId = `rotation-${randomUUID()}`;
-      const result = await worker.runUntil(async () => {
-        const started = await startRotation(env.client, slow, { taskQueue: fixture.taskQueue, workflowId });
-        await waitFor(started.handle, (p) => p.counters.rewrapped > 0);
-        await started.handle.signal(abortSignal, 'change freeze');
-        return started.handle.result();
-      });
-      expect(result.outcome).toBe('aborted');
-      expect(result.note).toBe("aborted: change freeze; both 'v1' and 'v2' still unwrap, nothing was retired");
-      expect(result.counters.rewrapped).toBeGreaterThan(0);
-      expect(result.counters.rewrapped).toBeLessThan(6_000);
-      expect(await fixture.staleOn('v1')).toBe(6_000 - result.counters.rewrapped);
-      expect(await fixture.kekState('v1')).toBe('decrypt_only');
-      expect(await fixture.kekState('v2')).toBe('active');
-      await fixture.expectNothingLost();
-
-      const again = await fixture.worker(env);
-      const finished = await again.runUntil(async () => {
-        const restarted = await startRotation(
-          env.client,
-          { ...slow, sliceTimeBudget: '30s', gracePeriod: '1d' },
-          { taskQueue: fixture.taskQueue, workflowId },
-        );
-        expect(restarted.kind).toBe('started');
-        return restarted.handle.result();
-      });
-      expect(finished.outcome).toBe('completed');
-      expect(finished.counters.rewrapped).toBe(6_000 - result.counters.rewrapped);
-      expect(await fixture.kekState('v1')).toBe('retired');
       await fixture.expectNothingLost();
     } finally {
       await fixture.drop();
@@ -196,7 +83,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
         },
       };
       const result = await fixture.execute(
-        env,
+        server.env,
         { from: 'v1', to: 'v2', batchSize: 100, parallelism: 1, gracePeriod: '1d' },
         activities,
       );
@@ -228,7 +115,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       }
     })();
     try {
-      const result = await fixture.execute(env, {
+      const result = await fixture.execute(server.env, {
         from: 'v1',
         to: 'v2',
         batchSize: 50,
@@ -291,7 +178,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
 
     it.each(cases)('%s', async (_what, request, message) => {
       const started = Date.now();
-      const failure = await fixture.execute(env, request).then(
+      const failure = await fixture.execute(server.env, request).then(
         () => undefined,
         (err: unknown) => err,
       );
@@ -303,28 +190,28 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     });
   });
 
-  it('a second start of a finished rotation says already done, and the history replays and holds no key bytes', async () => {
+  it('a second start of a finished rotation is told by the registry that it is already done, and the history replays and holds no key bytes', async () => {
     const fixture = await RotationFixture.create({ tenants: 500 });
     try {
-      const worker = await fixture.worker(env);
+      const worker = await fixture.worker(server.env);
       const request = { from: 'v1', to: 'v2', gracePeriod: '1d' };
-      const first = await startRotation(env.client, request, {
-        taskQueue: fixture.taskQueue,
-        workflowId: `rotation-${randomUUID()}`,
-      });
+      const workflowId = `rotation-${randomUUID()}`;
+      const first = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, workflowId });
       expect(first.kind).toBe('started');
-      const report = await worker.runUntil(first.handle.result());
+      const report = await worker.runUntil(resultWithin<RotationReport>(first.handle));
       expect(report.outcome).toBe('completed');
 
-      const second = await startRotation(env.client, request, {
-        taskQueue: fixture.taskQueue,
-        workflowId: first.handle.workflowId,
+      const second = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, workflowId });
+      expect(second.kind).toBe('started');
+      const again = await (await fixture.worker(server.env)).runUntil(resultWithin<RotationReport>(second.handle));
+      expect(again).toMatchObject({
+        outcome: 'nothing-to-do',
+        note: "nothing to do: already done: 'v1' is retired and 'v2' is the active KEK",
       });
-      expect(second.kind).toBe('already-done');
-      expect(second.kind === 'already-done' && second.report.counters.rewrapped).toBe(500);
 
-      const history = await first.handle.fetchHistory();
-      await Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, first.handle.workflowId);
+      const firstRun = resolveRotationReference(first.opId).firstRunId;
+      const history = await server.env.client.workflow.getHandle(workflowId, firstRun).fetchHistory();
+      await Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, workflowId);
       // Every payload decoded (they are base64 in the JSON form), and the raw form too.
       const payloads: string[] = [];
       const raw = JSON.stringify(history, (key, value: unknown) => {
@@ -346,8 +233,8 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
   it('a run over more tenants than one history holds continues as new and ends with correct totals', async () => {
     const fixture = await RotationFixture.create({ tenants: 3_000 });
     try {
-      const worker = await fixture.worker(env);
-      const handle = await env.client.workflow.start(rotateKek, {
+      const worker = await fixture.worker(server.env);
+      const handle = await server.env.client.workflow.start(rotateKek, {
         taskQueue: fixture.taskQueue,
         workflowId: `rotation-${randomUUID()}`,
         args: [
@@ -362,8 +249,8 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
           },
         ],
       });
-      const result = await worker.runUntil(handle.result());
-      const latest = await env.client.workflow.getHandle(handle.workflowId).describe();
+      const result = await worker.runUntil(resultWithin<RotationReport>(handle));
+      const latest = await server.env.client.workflow.getHandle(handle.workflowId).describe();
       expect(latest.runId).not.toBe(handle.firstExecutionRunId);
       expect(latest.historyLength).toBeLessThan(200);
       expect(result.outcome).toBe('completed');

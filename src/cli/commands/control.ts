@@ -1,12 +1,19 @@
 import { WorkflowUpdateFailedError } from '@temporalio/client';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import {
   failureMessage,
   RotationNotFoundError,
   RotationNotRunningError,
   runningRotation,
 } from '../../client/rotations';
-import { abortUpdate, overrideFleetGateUpdate, pauseUpdate, resumeUpdate, setGraceUpdate } from '../../workflows';
+import {
+  abortUpdate,
+  confirmStepUpdate,
+  overrideFleetGateUpdate,
+  pauseUpdate,
+  resumeUpdate,
+  setGraceUpdate,
+} from '../../workflows';
 import { CliError, EXIT, type CliContext } from '../context';
 import { describeProgress } from '../format';
 import { duration, withContext } from '../options';
@@ -91,5 +98,23 @@ export function controlCommands(): Command[] {
         context.print(report, () => [report.note ?? 'fleet gate overridden']);
       }),
     );
-  return [pause, resume, abort, grace, overrideFleet];
+  const confirm = new Command('confirm')
+    .description(
+      "tell a rotation that the application did the step it waits for (Talos's restart, Mycelium's settings)",
+    )
+    .argument('<rotation>')
+    .addOption(
+      new Option('--step <step>', 'the step the application owns').choices(['promote', 'retire']).makeOptionMandatory(),
+    )
+    .requiredOption('--note <text>', 'who did what: recorded in the progress')
+    .action(
+      withContext(async (context, reference: string, options: { step: 'promote' | 'retire'; note: string }) => {
+        const handle = await handleFor(context, reference);
+        const report = await update(() =>
+          handle.executeUpdate(confirmStepUpdate, { args: [{ step: options.step, note: options.note }] }),
+        );
+        context.print(report, () => [report.note ?? `${options.step} confirmed`]);
+      }),
+    );
+  return [pause, resume, abort, grace, overrideFleet, confirm];
 }

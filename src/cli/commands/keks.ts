@@ -1,24 +1,31 @@
-import { BUILTIN_TARGET } from '../../targets/builtin';
 import { Command } from 'commander';
-import { KekRegistry } from '../../store/kek-registry';
-import { TenantDekStore } from '../../store/tenant-deks';
-import { withContext } from '../options';
+import { targetKekStatus } from '../../targets/kek-status';
+import { targetOption, withContext } from '../options';
 
 export function kekStatusCommand(): Command {
   return new Command('kek-status')
-    .description('the current KEK and the number of DEKs per KEK id (stale counts)')
+    .description("a target's current KEK, each KEK's state and fingerprint, and the rows each one wraps")
+    .addOption(targetOption())
     .action(
-      withContext(async (context) => {
-        const status = await new TenantDekStore(context.db()).kekStatus();
-        const keks = await new KekRegistry(context.db(), BUILTIN_TARGET).list();
+      withContext(async (context, options: { target: string }) => {
+        const status = await targetKekStatus(await context.targets().get(options.target));
+        const noun = context.targets().definition(options.target).noun;
+        const labels = [...new Set([...status.keks.map((k) => k.kekId), ...Object.keys(status.counts)])];
         context.print(
-          { current_kek_id: status.currentKekId, stale_counts: status.staleCounts, dek_counts: status.dekCounts, keks },
+          {
+            target: status.target,
+            current_kek_id: status.currentKekId,
+            stale_counts: status.counts,
+            rows_without_value: status.withoutValue,
+            keks: status.keks,
+          },
           () => [
-            `current KEK: ${status.currentKekId ?? '(none)'}`,
-            ...keks.map(
-              (k) =>
-                `  ${k.kekId.padEnd(12)} ${k.state.padEnd(13)} ${String(status.dekCounts[k.kekId] ?? 0).padStart(10)} DEKs  ${k.fingerprint}`,
-            ),
+            `target ${status.target}: current KEK ${status.currentKekId ?? '(none)'}`,
+            ...labels.map((kekId) => {
+              const kek = status.keks.find((k) => k.kekId === kekId);
+              return `  ${kekId.padEnd(12)} ${(kek?.state ?? 'not in registry').padEnd(15)} ${String(status.counts[kekId] ?? 0).padStart(10)} ${noun}s  ${kek?.fingerprint ?? ''}`;
+            }),
+            ...(status.withoutValue > 0 ? [`  ${status.withoutValue} row(s) hold no ${noun} yet`] : []),
           ],
         );
       }),

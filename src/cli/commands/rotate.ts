@@ -1,46 +1,78 @@
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
 import { InvalidRotationError, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { CliError, EXIT } from '../context';
 import { describeCounters } from '../format';
-import { duration, positiveInteger, withContext } from '../options';
+import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
 
 interface RotateOptions {
-  from: string;
-  to: string;
+  target: string;
+  from?: string;
+  to?: string;
+  fromVersion?: number;
+  toVersion?: number;
   dryRun?: boolean;
   tenantId?: string;
   batchSize?: number;
   parallelism?: number;
   grace?: string;
+  confirmTimeout?: string;
   wait?: boolean;
+}
+
+function generation(value: string): number {
+  if (!/^[1-9][0-9]{0,8}$/.test(value)) throw new InvalidArgumentError('expected a KEK generation: 1, 2, ...');
+  return Number(value);
+}
+
+/** `--from`/`--from-version` (Mycelium's spelling), exactly one of them. */
+function pick(id: string | undefined, version: number | undefined, name: 'from' | 'to'): string {
+  if (id !== undefined && version !== undefined) {
+    throw new CliError(`give --${name} or --${name}-version, not both`, EXIT.usage);
+  }
+  if (id === undefined && version === undefined) {
+    throw new CliError(`--${name} <id> (or --${name}-version <n>) is required`, EXIT.usage);
+  }
+  return id ?? String(version);
 }
 
 export function rotateCommand(): Command {
   return new Command('rotate')
-    .description('start a KEK rotation: provision, promote, rewrap, verify, grace, retire')
-    .requiredOption('--from <id>', "the KEK in use now ('current' for the active one)")
-    .requiredOption('--to <id>', "the KEK to rotate to, or 'new' to generate one")
+    .description('start a KEK rotation of one target: provision, promote, rewrap, verify, grace, retire')
+    .addOption(targetOption())
+    .option('--from <id>', "the KEK in use now ('current' for the active one)")
+    .option('--to <id>', "the KEK to rotate to, or 'new' to generate one")
+    .option('--from-version <n>', "the KEK generation in use now (Mycelium's kek_version)", generation)
+    .option('--to-version <n>', 'the KEK generation to rotate to', generation)
     .option(
       '--dry-run',
-      'count what a real run would do (Migrated / Skipped / Already done / Unreadable); write nothing',
+      'count what a real run would do (Migrated / Already done / Skipped / Unreadable / Relabelled); write nothing',
     )
-    .option('--tenant-id <id>', 'canary: rotate this one tenant under the new KEK and stop')
-    .option('--batch-size <n>', 'DEKs per batch', positiveInteger)
+    .option('--tenant-id <id>', 'canary: rotate this one row under the new KEK and stop')
+    .option('--batch-size <n>', 'rows per batch', positiveInteger)
     .option('--parallelism <n>', 'slices rewrapped at once', positiveInteger)
     .option('--grace <duration>', 'how long the old KEK stays decrypt-only before it is retired', duration, '7d')
+    .option(
+      '--confirm-timeout <duration>',
+      'how long a step the application owns waits for its evidence or a confirmation',
+      duration,
+    )
     .option('--wait', 'watch the run until it ends')
     .action(
       withContext(async (context, options: RotateOptions) => {
+        const from = pick(options.from, options.fromVersion, 'from');
+        const to = pick(options.to, options.toVersion, 'to');
         const request: RotationRequest = {
-          from: options.from,
-          to: options.to,
+          target: options.target,
+          from,
+          to,
           dryRun: options.dryRun,
           tenantId: options.tenantId,
           batchSize: options.batchSize,
           parallelism: options.parallelism,
           gracePeriod: options.grace,
+          confirmTimeout: options.confirmTimeout,
         };
         let started: StartOutcome;
         try {
@@ -50,39 +82,36 @@ export function rotateCommand(): Command {
           if (err instanceof InvalidRotationError) throw new CliError(err.message, EXIT.usage);
           throw err;
         }
-        const id = started.handle.workflowId;
+        const { opId } = started;
         if (started.kind === 'already-running') {
           throw new CliError(
-            `rotation ${id} is already running: watch it with 'rekey status ${id} --watch'`,
+            `a rotation of target '${options.target}' is already running: ${opId}; watch it with 'rekey status ${opId} --watch'`,
             EXIT.conflict,
           );
         }
-        if (started.kind === 'already-done') {
-          context.print({ workflowId: id, alreadyDone: true, report: started.report }, () => [
-            `already done: rotation ${id} ${started.report.outcome} ('${started.report.from}' → '${started.report.to}')`,
-            `  ${describeCounters(started.report)}`,
-          ]);
-          return;
-        }
+        const versions = options.fromVersion !== undefined || options.toVersion !== undefined;
+        const header = versions ? [`From version: ${from}`, `To version: ${to}`] : [];
         if (options.dryRun) {
           const report = await started.handle.result().catch((err: unknown) => {
             throw new CliError(`dry run failed: ${failureMessage(err)}`);
           });
-          context.print({ workflowId: id, dryRun: true, report }, () => [
-            `dry run of '${report.from}' → '${report.to}': nothing was written`,
+          context.print({ opId, dryRun: true, report }, () => [
+            `dry run of target '${options.target}', '${report.from}' → '${report.to}': nothing was written`,
+            ...header.map((line) => `  ${line}`),
             `  ${describeCounters(report)}`,
           ]);
           return;
         }
         if (!context.options.json) {
-          context.out(`started rotation ${id} ('${options.from}' → '${options.to}')`);
-          context.out(`  watch:    rekey status ${id} --watch`);
-          context.out(`  Web UI:   ${context.webUiUrl(id)}`);
-          context.out(`  temporal: temporal workflow query --workflow-id ${id} --name progress`);
+          context.out(`started rotation ${opId} of target '${options.target}' ('${from}' → '${to}')`);
+          for (const line of header) context.out(`  ${line}`);
+          context.out(`  watch:    rekey status ${opId} --watch`);
+          context.out(`  Web UI:   ${context.webUiUrl(started.handle.workflowId)}`);
+          context.out(`  temporal: temporal workflow query --workflow-id ${started.handle.workflowId} --name progress`);
         } else if (!options.wait) {
-          context.out(JSON.stringify({ workflowId: id, started: true }));
+          context.out(JSON.stringify({ opId, workflowId: started.handle.workflowId, started: true }));
         }
-        if (options.wait) await watchRotation(context, id);
+        if (options.wait) await watchRotation(context, opId);
       }),
     );
 }

@@ -7,7 +7,7 @@ import {
   QUARTERLY_CRON,
 } from '../../client/schedules';
 import { CliError, EXIT } from '../context';
-import { duration, withContext } from '../options';
+import { duration, targetOption, withContext } from '../options';
 
 export function scheduleCommand(): Command {
   const schedule = new Command('schedule').description('a Temporal Schedule that rotates to a newly generated KEK');
@@ -19,9 +19,13 @@ export function scheduleCommand(): Command {
     .option('--every <duration>', 'a fixed interval instead, e.g. 90d', duration)
     .option('--grace <duration>', 'grace period of each rotation', duration, '7d')
     .option('--min-kek-age <duration>', 'a run does nothing if the active KEK is younger than this', duration, '30d')
+    .addOption(targetOption())
     .action(
       withContext(
-        async (context, options: { id: string; cron?: string; every?: string; grace: string; minKekAge: string }) => {
+        async (
+          context,
+          options: { id: string; cron?: string; every?: string; grace: string; minKekAge: string; target: string },
+        ) => {
           if (options.cron && options.every) throw new CliError('give --cron or --every, not both', EXIT.usage);
           try {
             const id = await createRotationSchedule(await context.temporal(), {
@@ -30,6 +34,7 @@ export function scheduleCommand(): Command {
               every: options.every,
               gracePeriod: options.grace,
               minKekAge: options.minKekAge,
+              target: options.target,
               taskQueue: context.options.taskQueue,
             });
             context.print({ scheduleId: id, created: true }, () => [`created schedule ${id}`]);

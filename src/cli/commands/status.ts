@@ -6,10 +6,14 @@ import { describeCounters, describeProgress } from '../format';
 import { withContext } from '../options';
 
 function humanStatus(s: RotationStatus): string[] {
-  const lines = [`rotation ${s.workflowId}: ${s.status.toLowerCase()}`];
+  const lines = [`rotation ${s.opId}: ${s.status.toLowerCase()}`];
   if (s.progress) {
     lines.push(`  ${describeProgress(s.progress)}`, `  ${describeCounters(s.progress)}`);
     if (s.progress.note) lines.push(`  note: ${s.progress.note}`);
+    if (s.progress.waiting) {
+      lines.push(`  waiting for the ${s.progress.waiting.kind}: ${s.progress.waiting.instructions}`);
+      if (s.progress.waiting.command) lines.push(`  then: ${s.progress.waiting.command}`);
+    }
     for (const f of s.progress.failedTenants.slice(0, 5)) lines.push(`  unreadable: ${f.tenantId} (${f.reason})`);
   }
   if (s.failure) lines.push(`  failed: ${s.failure}`);
@@ -45,7 +49,7 @@ export async function watchRotation(context: CliContext, reference: string): Pro
   context.print(status, () => humanStatus(status));
   if (status.status !== 'COMPLETED')
     throw new CliError(
-      `rotation ${status.workflowId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
+      `rotation ${status.opId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
     );
 }
 

@@ -1,0 +1,135 @@
+import { randomUUID } from 'node:crypto';
+import type { WorkflowHandle } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRotation } from '../../src/client/rotations';
+import type { ProgressReport } from '../../src/rotation/progress';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
+import {
+  abortSignal,
+  pauseUpdate,
+  progressQuery,
+  resumeSignal,
+  rotateKek,
+  type RotationReport,
+} from '../../src/workflows';
+import { RotationFixture } from '../helpers/rotation-fixture';
+import { createDevServerEnv, resultWithin } from '../helpers/temporal';
+
+// Pause and abort cancel running slice activities. On the time-skipping test server a cancellation that races the
+// activity's completion gets the workflow task rejected (ACTIVITY_UNKNOWN, temporalio/sdk-java#2391) and the run
+// stuck; a real server accepts it. So these run on the dev server, in real time.
+describe('pause and abort mid-rewrap, on the dev server', () => {
+  let env: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    env = await createDevServerEnv();
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  /** Polls the progress query until `predicate` holds; fails with the last progress after 60 s. */
+  async function waitFor(
+    handle: WorkflowHandle<typeof rotateKek>,
+    predicate: (p: ProgressReport) => boolean,
+  ): Promise<ProgressReport> {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const progress = await handle.query(progressQuery);
+      if (predicate(progress)) return progress;
+      if (Date.now() > deadline) throw new Error(`timed out waiting; last progress ${JSON.stringify(progress)}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+
+  // Small batches and short slice parts: a run that takes a few seconds, so it can be paused or aborted midway.
+  const slow = {
+    from: 'v1',
+    to: 'v2',
+    batchSize: 20,
+    parallelism: 1,
+    sliceTimeBudget: '150ms',
+    gracePeriod: '1s',
+  } satisfies RotationRequest;
+
+  it('pause stops the rewrap at a batch boundary and holds it; resume finishes it', async () => {
+    const fixture = await RotationFixture.create({ tenants: 6_000 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [slow],
+        });
+        await waitFor(handle, (p) => p.counters.rewrapped > 0);
+
+        const paused = await handle.executeUpdate(pauseUpdate);
+        expect(paused.paused).toBe(true);
+        expect(paused.phase).toBe('rewrap');
+        expect(paused.percent).toBeGreaterThan(0);
+        expect(paused.percent).toBeLessThan(100);
+        // Running slices stop at a batch boundary; then nothing moves, in the workflow or in the database.
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        const staleWhilePaused = await fixture.staleOn('v1');
+        const heldProgress = (await handle.query(progressQuery)).counters.rewrapped;
+        await new Promise((resolve) => setTimeout(resolve, 2_000));
+        const later = await handle.query(progressQuery);
+        expect(later.paused).toBe(true);
+        expect(later.etaSeconds).toBeUndefined();
+        expect(later.counters.rewrapped).toBe(heldProgress);
+        expect(await fixture.staleOn('v1')).toBe(staleWhilePaused);
+        expect(staleWhilePaused).toBeGreaterThan(0);
+
+        await handle.signal(resumeSignal);
+        const result = await resultWithin<RotationReport>(handle);
+        expect(result.outcome).toBe('completed');
+        expect(result.counters.rewrapped).toBe(6_000);
+        expect(result.pausedMs).toBeGreaterThanOrEqual(2_000);
+      });
+      expect(await fixture.staleOn('v1')).toBe(0);
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('abort mid-rewrap ends without retiring, with both keys usable and data still readable; starting again finishes it', async () => {
+    const fixture = await RotationFixture.create({ tenants: 6_000 });
+    try {
+      const worker = await fixture.worker(env);
+      const workflowId = `rotation-${randomUUID()}`;
+      const result = await worker.runUntil(async () => {
+        const started = await startRotation(env.client, slow, { taskQueue: fixture.taskQueue, workflowId });
+        await waitFor(started.handle, (p) => p.counters.rewrapped > 0);
+        await started.handle.signal(abortSignal, 'change freeze');
+        return resultWithin<RotationReport>(started.handle);
+      });
+      expect(result.outcome).toBe('aborted');
+      expect(result.note).toBe("aborted: change freeze; both 'v1' and 'v2' still unwrap, nothing was retired");
+      expect(result.counters.rewrapped).toBeGreaterThan(0);
+      expect(result.counters.rewrapped).toBeLessThan(6_000);
+      expect(await fixture.staleOn('v1')).toBe(6_000 - result.counters.rewrapped);
+      expect(await fixture.kekState('v1')).toBe('decrypt_only');
+      expect(await fixture.kekState('v2')).toBe('active');
+      await fixture.expectNothingLost();
+
+      const again = await fixture.worker(env);
+      const finished = await again.runUntil(async () => {
+        const restarted = await startRotation(
+          env.client,
+          { ...slow, sliceTimeBudget: '30s' },
+          { taskQueue: fixture.taskQueue, workflowId },
+        );
+        expect(restarted.kind).toBe('started');
+        return resultWithin<RotationReport>(restarted.handle);
+      });
+      expect(finished.outcome).toBe('completed');
+      expect(finished.counters.rewrapped).toBe(6_000 - result.counters.rewrapped);
+      expect(await fixture.kekState('v1')).toBe('retired');
+      await fixture.expectNothingLost();
+    } finally {
+      await fixture.drop();
+    }
+  });
+});
