@@ -105,11 +105,5 @@ export function createApplicationActivities(deps: ActivityDependencies) {
       if (!spec) return { satisfied: false, detail: 'no probe: waiting for an operator to confirm' };
       return probe(spec, step, from, to, new Date(args.since), target);
     },
-
-    /** Rows still on a KEK right now (a check before asking an operator to remove it). */
-    async countOnKek({ target, kekId }: { target: string; kekId: string }): Promise<number> {
-      const { store } = await targets.get(target);
-      return store.countOnLabel(kekId);
-    },
   };
 }

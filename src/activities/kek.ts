@@ -4,6 +4,7 @@ import { KeyMaterialError } from '../envelope/errors';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration } from '../rotation/durations';
 import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import { rowsLabelled } from '../rewrap/still-on';
 import { checkout } from '../store/connect';
 import { TargetSchemaError } from '../store/target-store';
 import { BUILTIN_TARGET } from '../targets/builtin';
@@ -42,6 +43,9 @@ export interface ValidatedRotation {
 export class RetireRefusedError extends Error {
   override readonly name = 'RetireRefusedError';
 }
+
+/** Above this many rows still labelled with a KEK, retire refuses at once instead of trying each one. */
+const MAX_TRIED_AT_RETIRE = 10_000;
 
 /** How many rows first contact reads to prove the codec reads the table before anything is written. */
 const FIRST_CONTACT_SAMPLE = 200;
@@ -216,9 +220,13 @@ export function createKekActivities(deps: ActivityDependencies) {
       await registry.promote(from, to);
     },
 
-    /** Retires `from` only if no row uses it at this moment; otherwise refuses and says how many do. */
+    /**
+     * Retires `from` only if no row needs it at this moment, under a lock on its registry row; otherwise refuses and
+     * says how many do. Rows labelled `from` are tried: one whose value opens under the active KEK does not need it.
+     */
     async retireKek({ from, target }: { from: string } & OnTarget): Promise<{ retiredAt: string }> {
-      const { db, store, registry, definition } = await targets.get(target);
+      const runtime = await targets.get(target);
+      const { db, store, registry, definition } = runtime;
       const client = await checkout(db);
       try {
         await client.query('BEGIN');
@@ -226,7 +234,15 @@ export function createKekActivities(deps: ActivityDependencies) {
           definition.name,
           from,
         ]);
-        const stillUsing = await store.countOnLabel(from, client);
+        let stillUsing = await store.countOnLabel(from, client);
+        const active = (await registry.active())?.kekId;
+        if (stillUsing > 0 && stillUsing <= MAX_TRIED_AT_RETIRE && active !== undefined && active !== from) {
+          stillUsing = (
+            await withKeks(runtime, { from, to: active }, [from, active], ([fromKek, toKek]) =>
+              rowsLabelled(store, client, fromKek!, toKek!),
+            )
+          ).onFrom;
+        }
         if (stillUsing > 0) {
           throw new RetireRefusedError(
             `KEK '${from}' still wraps ${stillUsing} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it`,

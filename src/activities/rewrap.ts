@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import { UnreadableValueError } from '../codec/sealed-format';
 import type { RewrapCounters } from '../rewrap/counters';
 import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewrap/rewrap-slice';
+import { rowsLabelled } from '../rewrap/still-on';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
@@ -27,6 +28,8 @@ export interface RewrapSliceArgs {
   progressKey: string;
   /** Count what is already on `to` or another KEK first: only for the first part of a first-pass slice. */
   countExisting: boolean;
+  /** 'others': the rows labelled with neither KEK, tried under `from` (absent: the rows labelled `from`). */
+  scan?: 'from' | 'others';
 }
 
 export interface SliceOutcome {
@@ -38,10 +41,17 @@ export interface SliceOutcome {
 }
 
 export interface VerifyOutcome {
+  /** Rows labelled `from` whose value is under `from` (or under neither): they still need it. */
   stale: number;
+  /** Rows labelled `from` whose value is under `to`: only their label is wrong; they do not need `from`. */
+  mislabelled?: number;
+  /** Rows labelled with neither KEK that open under `from`: on it in fact; another pass moves them. */
+  hidden?: number;
   sampled: number;
   unreadable: TenantFailure[];
 }
+
+const HIDDEN_SCAN_BATCH = 2_000;
 
 export function createRewrapActivities(deps: ActivityDependencies) {
   const targets = targetRuntimes(deps);
@@ -88,6 +98,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
             after: args.range.after,
             until: args.range.until,
             rowId: args.tenantId,
+            scan: args.scan,
             batchSize: args.batchSize,
             dryRun: args.dryRun,
             timeBudgetMs: args.timeBudgetMs,
@@ -111,7 +122,11 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       return result;
     },
 
-    /** Nothing left on `from`, and a random sample of rows on `to` decrypts with it (a canary: its one row). */
+    /**
+     * Nothing left under `from` (rows labelled `from` are tried: one whose value opens under `to` only has a label to
+     * put right), no row labelled with another KEK hides under `from`, and a random sample of rows on `to` decrypts
+     * with it (a canary: its one row).
+     */
     async verifyRotation(args: {
       target?: string;
       from: string;
@@ -123,21 +138,52 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       const runtime = await targets.get(args.target);
       const { store, keys } = runtime;
       await keys.reload();
-      const stale = await store.countOnLabel(from, store.db, tenantId);
       const rows = await store.sampleOnLabel(to, sampleSize, tenantId);
       const unreadable: TenantFailure[] = [];
-      await withKeks(runtime, args, [to], ([kek]) => {
+      return withKeks(runtime, args, [to, from], async ([toKek, fromKek]) => {
         for (const row of rows) {
           try {
-            store.codec.open(kek!.key, row, to).fill(0);
+            store.codec.open(toKek!.key, row, to).fill(0);
           } catch (err) {
             if (!(err instanceof UnreadableValueError)) throw err;
             unreadable.push({ tenantId: row.$id, reason: err.reason });
           }
         }
-        return Promise.resolve();
+        const labelled = await rowsLabelled(store, store.db, fromKek!, toKek!, tenantId);
+        let hidden = 0;
+        if (tenantId === undefined) {
+          // A label can lie: every row labelled with neither KEK is tried under `from` before `from` may retire.
+          let after = '';
+          for (;;) {
+            const batch = await store.readBatch(
+              store.db,
+              { kind: 'others', from, to },
+              { after, until: null },
+              HIDDEN_SCAN_BATCH,
+            );
+            if (batch.length === 0) break;
+            for (const row of batch) {
+              try {
+                store.codec.open(fromKek!.key, row, from).fill(0);
+                hidden += 1;
+              } catch (err) {
+                if (!(err instanceof UnreadableValueError)) throw err;
+              }
+            }
+            after = batch[batch.length - 1]!.$id;
+            Context.current().heartbeat();
+          }
+        }
+        return {
+          stale: labelled.onFrom,
+          mislabelled: labelled.mislabelled,
+          hidden,
+          sampled: rows.length,
+          // Rows on `to` that do not decrypt: a failed rotation. Rows still labelled `from` that do not open are part
+          // of `stale`, and the passes already named them.
+          unreadable,
+        };
       });
-      return { stale, sampled: rows.length, unreadable };
     },
 
     async staleTenants({ from, limit, target }: { from: string; limit: number; target?: string }): Promise<string[]> {

@@ -14,6 +14,11 @@ export interface RewrapSliceInput {
   until: string | null;
   /** Rotate this one row only (a canary). */
   rowId?: string;
+  /**
+   * 'from' (default): the rows labelled with the old KEK. 'others': the rows labelled with neither KEK, each tried
+   * under the old one; those it opens are in fact on it (their label lies) and are moved too, counted as relabelled.
+   */
+  scan?: 'from' | 'others';
   batchSize: number;
   dryRun: boolean;
   /** Re-reads and retries of a row that lost the compare-and-swap race, before it is left for a later pass. */
@@ -112,6 +117,7 @@ class SliceRun {
   private readonly failures: TenantFailure[] = [];
   private readonly contended: string[] = [];
   private readonly maxCasRetries: number;
+  private readonly others: boolean;
 
   constructor(
     private readonly deps: RewrapDependencies,
@@ -122,6 +128,7 @@ class SliceRun {
   ) {
     this.cursor = input.after;
     this.maxCasRetries = input.maxCasRetries ?? 3;
+    this.others = input.scan === 'others';
   }
 
   async run(): Promise<RewrapSliceResult> {
@@ -136,7 +143,9 @@ class SliceRun {
         if (this.input.timeBudgetMs !== undefined && Date.now() - started >= this.input.timeBudgetMs) break;
         const rows = await this.deps.store.readBatch(
           this.reader,
-          this.deps.from.kekId,
+          this.others
+            ? { kind: 'others', from: this.deps.from.kekId, to: this.deps.to.kekId }
+            : { kind: 'label', kekId: this.deps.from.kekId },
           { after: this.cursor, until: this.input.until },
           this.input.batchSize,
           this.input.rowId,
@@ -177,7 +186,7 @@ class SliceRun {
       this.counters = addCounters(emptyCounters(), resumeFrom.counters);
     }
     if (progressKey === undefined || this.input.dryRun) {
-      if (!resumeFrom && this.input.countExisting !== false) {
+      if (!resumeFrom && this.input.countExisting !== false && !this.others) {
         this.counters = addCounters(this.counters, await this.countExisting());
       }
       return false;
@@ -189,7 +198,7 @@ class SliceRun {
       this.counters = existing.counters;
       return existing.done;
     }
-    const initial = this.input.countExisting === false ? emptyCounters() : await this.countExisting();
+    const initial = this.input.countExisting === false || this.others ? emptyCounters() : await this.countExisting();
     await createProgress(this.writer, this.deps.store.target.name, progressKey, this.input.after, initial);
     this.counters = initial;
     return false;
@@ -220,8 +229,12 @@ class SliceRun {
       let relabel = false;
       try {
         plaintext = codec.open(from.key, row, from.kekId);
+        // Labelled with another KEK, but under `from`: it moves with the rest, and its label is put right.
+        relabel = this.others;
       } catch (err) {
         if (!(err instanceof UnreadableValueError)) throw err;
+        // A row on a third KEK that says so is left alone; the count of those was taken at the start.
+        if (this.others) continue;
         try {
           plaintext = codec.open(to.key, row, to.kekId);
           relabel = true;
@@ -279,6 +292,10 @@ class SliceRun {
   private async reprepare(ids: string[]): Promise<PreparedBatch> {
     const rows = await this.deps.store.readByIds(this.writer, ids);
     const { from, to } = this.deps;
+    if (this.others) {
+      // A scan of the others only moves rows still labelled neither KEK; the rest are another scan's.
+      return this.prepare(rows.filter((r) => r.$label !== from.kekId && r.$label !== to.kekId));
+    }
     const stillStale = rows.filter((r) => r.$label === from.kekId);
     const movedToTarget = rows.filter((r) => r.$label === to.kekId).length;
     const movedElsewhere = ids.length - stillStale.length - movedToTarget;

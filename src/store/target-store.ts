@@ -64,6 +64,9 @@ export interface ProgressDelta {
   failed: number;
 }
 
+/** Which rows a rewrap reads: those labelled with a KEK, or those labelled with neither KEK of the rotation. */
+export type Scan = { kind: 'label'; kekId: string } | { kind: 'others'; from: string; to: string };
+
 export interface IdRange {
   /** Exclusive lower bound; '' = from the start. */
   after: string;
@@ -223,26 +226,37 @@ export class TargetStore {
     return { sql: parts.length > 0 ? parts.join(' AND ') : 'true', params };
   }
 
-  /** The next rows labelled `kekId` with a stored value, in id order (keyset pagination). */
+  /**
+   * The next rows of a scan, in id order (keyset pagination): rows labelled `kekId`, or, for a scan of the others,
+   * rows labelled with neither `from` nor `to` (a label can lie: such a row may still be under `from`).
+   */
   async readBatch(
     client: PoolClient | Pool,
-    kekId: string,
+    scan: Scan,
     range: IdRange,
     limit: number,
     onlyId?: string,
   ): Promise<TargetRow[]> {
+    const label = `t.${this.col(this.target.label.column)}`;
+    const [which, labels] =
+      scan.kind === 'label'
+        ? [`${label} = ${this.labelParam(1)}`, [scan.kekId]]
+        : [
+            `${label} IS NOT NULL AND ${label} <> ${this.labelParam(1)} AND ${label} <> ${this.labelParam(2)}`,
+            [scan.from, scan.to],
+          ];
+    const first = labels.length + 1;
     const { sql, params } =
       onlyId === undefined
-        ? this.rangeSql(range, 2)
-        : { sql: `t.${this.col(this.target.id)} = ${this.idCast('$2')}`, params: [onlyId] };
+        ? this.rangeSql(range, first)
+        : { sql: `t.${this.col(this.target.id)} = ${this.idCast(`$${first}`)}`, params: [onlyId] };
     const { rows } = await client.query<TargetRow>(
-      `SELECT ${this.selectList(false)} FROM ${this.table} t
-       WHERE t.${this.col(this.target.label.column)} = ${this.labelParam(1)} AND t.${this.col(this.valueColumn)} IS NOT NULL
-         AND ${sql}
+      `SELECT ${this.selectList(scan.kind !== 'label')} FROM ${this.table} t
+       WHERE ${which} AND t.${this.col(this.valueColumn)} IS NOT NULL AND ${sql}
        ORDER BY t.${this.col(this.target.id)} LIMIT ${Math.trunc(limit)}`,
-      [kekId, ...params],
+      [...labels, ...params],
     );
-    return this.complete(rows, kekId);
+    return scan.kind === 'label' ? this.complete(rows, scan.kekId) : this.complete(rows);
   }
 
   /** Re-reads rows by id, whatever their label (after a lost compare-and-swap). */
@@ -308,10 +322,16 @@ export class TargetStore {
     const unnestNames = ['id'];
     // Relabelled rows are rare: their ids travel on their own, not as a flag on every row.
     const relabelIds = param(writes.filter((w) => w.relabel).map((w) => w.id));
-    const conditions = [
-      `t.${this.col(target.id)} = ${this.idCast('u.id')}`,
-      `t.${this.col(target.label.column)} = ${this.labelParam(4)}`,
-    ];
+    // Each row must still carry the label it was read with: `from`, or for a scan of the others, its own.
+    const labelled = writes.some((w) => w.row.$label !== from);
+    const conditions = [`t.${this.col(target.id)} = ${this.idCast('u.id')}`];
+    if (labelled) {
+      unnestArgs.push(`${param(writes.map((w) => w.row.$label))}::text[]`);
+      unnestNames.push('label');
+      conditions.push(`t.${this.col(target.label.column)} = u.label::${this.type(target.label.column)}`);
+    } else {
+      conditions.push(`t.${this.col(target.label.column)} = ${this.labelParam(4)}`);
+    }
     if (target.cas.kind === 'version') {
       unnestArgs.push(`${param(writes.map((w) => w.row.$token))}::${this.type(target.cas.column)}[]`);
       unnestNames.push('token');

@@ -4,6 +4,7 @@
 // crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
 import { ActivityFailure, ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
 import { parseDuration } from '../rotation/durations';
+import type { TenantRange } from '../rotation/slices';
 import {
   InvalidRotationError,
   parseRotationRequest,
@@ -27,7 +28,7 @@ import {
   type GraceChange,
   type StepConfirmation,
 } from './messages';
-import { RotationState, type CarriedState, type RotationReport } from './rotation-state';
+import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
 import { runPending } from './slice-scheduler';
 
 export type { CarriedState, RotationReport } from './rotation-state';
@@ -149,16 +150,13 @@ async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
         tenantId: settings.tenantId,
       });
       if (run.progress.passes === 0) run.progress = { ...run.progress, staleAtStart: plan.stale };
-      else if (plan.stale === 0) break;
+      // Done when nothing is labelled `from`, or when the last pass moved nothing under it (what is left only has a
+      // label to put right, or cannot be read): verify decides from the values, not the labels.
+      else if (plan.stale === 0 || run.progress.counters.rewrapped === carried.passBaseline) break;
+      carried.passBaseline = run.progress.counters.rewrapped;
       if (run.progress.passes >= settings.maxPasses) return failWithStale(run, plan.stale);
       run.progress = { ...run.progress, passes: run.progress.passes + 1 };
-      const pass = run.progress.passes;
-      carried.pending = plan.ranges.map((range, i) => ({
-        progressKey: `${carried.runKey}/pass-${pass}/slice-${i}`,
-        range,
-        part: 0,
-        pass,
-      }));
+      carried.pending = passParts(run, plan.ranges);
     }
     const stopped = await runPending(run);
     if (stopped === 'aborted') return run.finish('aborted');
@@ -167,6 +165,37 @@ async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
   if (run.kind === 'dry-run') return run.finish('dry-run');
   run.advance();
   return undefined;
+}
+
+/**
+ * The parts of a pass: a slice per range of the rows labelled `from`, and one part for the rows labelled with
+ * neither KEK (a label can lie; those that open under `from` move too). A canary has its one row only.
+ */
+function passParts(run: RotationState, ranges: TenantRange[]): PendingPart[] {
+  const { carried } = run;
+  const pass = run.progress.passes;
+  const parts: PendingPart[] = ranges.map((range, i) => ({
+    progressKey: `${carried.runKey}/pass-${pass}/slice-${i}`,
+    range,
+    part: 0,
+    pass,
+  }));
+  if (run.kind !== 'canary') {
+    parts.push({
+      progressKey: `${carried.runKey}/pass-${pass}/others`,
+      range: { after: '', until: null },
+      part: 0,
+      pass,
+      scan: 'others',
+    });
+  }
+  return parts;
+}
+
+/** Back to rewrap for one more pass (the caller checked the bound): planned afresh, whatever the last pass moved. */
+function anotherPass(run: RotationState): void {
+  run.carried.passBaseline = undefined;
+  run.enter('rewrap');
 }
 
 async function verify(run: RotationState): Promise<RotationReport | undefined> {
@@ -185,6 +214,12 @@ async function verify(run: RotationState): Promise<RotationReport | undefined> {
       'VerifyFailed',
     );
   }
+  if ((verdict.mislabelled ?? 0) > 0) {
+    run.progress = {
+      ...run.progress,
+      note: `${verdict.mislabelled} row(s) labelled '${carried.from}' are under '${carried.to}' (written by the application since): they do not need '${carried.from}'`,
+    };
+  }
   if (verdict.stale > 0 && run.kind === 'canary') {
     throw ApplicationFailure.nonRetryable(
       `canary row '${settings.tenantId}' is still on '${carried.from}'`,
@@ -194,6 +229,14 @@ async function verify(run: RotationState): Promise<RotationReport | undefined> {
   if (verdict.stale > 0) {
     // Written meanwhile by an instance that had not yet seen the promotion: one more pass, if the bound allows.
     if (run.progress.passes >= settings.maxPasses) return failWithStale(run, verdict.stale);
+    anotherPass(run);
+    return undefined;
+  }
+  if ((verdict.hidden ?? 0) > 0) {
+    // Rows whose label names neither KEK but whose value is under `from`: one more pass over those.
+    if (run.progress.passes >= settings.maxPasses) return failWithStale(run, verdict.hidden ?? 0);
+    run.progress = { ...run.progress, passes: run.progress.passes + 1 };
+    carried.pending = passParts(run, []);
     run.enter('rewrap');
     return undefined;
   }
@@ -221,9 +264,18 @@ async function grace(run: RotationState): Promise<RotationReport | undefined> {
 async function retire(run: RotationState): Promise<RotationReport | undefined> {
   const { carried } = run;
   if (carried.currentKekOwner === 'application') {
-    // Nothing may still be on `from` before the operator is asked to remove it from the application.
-    const stale = await steps.countOnKek({ target: carried.target, kekId: carried.from });
-    if (stale > 0) return failWithStale(run, stale);
+    // Nothing may still need `from` before the operator is asked to remove it from the application.
+    const verdict = await steps.verifyRotation({
+      target: carried.target,
+      from: carried.from,
+      to: carried.to,
+      sampleSize: 0,
+    });
+    if (verdict.stale > 0 || (verdict.hidden ?? 0) > 0) {
+      if (run.progress.passes >= run.settings.maxPasses) return failWithStale(run, verdict.stale);
+      anotherPass(run);
+      return undefined;
+    }
     await waitForApplication(run, 'retire');
   }
   await steps.retireKek({ target: carried.target, from: carried.from });

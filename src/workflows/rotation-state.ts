@@ -32,6 +32,8 @@ export interface PendingPart {
   range: TenantRange;
   part: number;
   pass: number;
+  /** 'others': the rows labelled with neither KEK, tried under `from` (absent: the rows labelled `from`). */
+  scan?: 'others';
 }
 
 /** What continue-as-new carries to the next run. `version` tells it from what build 47ef157 carried. */
@@ -56,6 +58,8 @@ export interface CarriedState {
   instructions?: { promote: string; retire: string };
   /** Operators' confirmations of the steps the application owns. */
   confirmed: Partial<Record<StepConfirmation['step'], string>>;
+  /** Rows rewrapped when the current pass began: a pass that moves none ends the passes. */
+  passBaseline?: number;
 }
 
 export type RotationReport = ProgressReport;

@@ -67,7 +67,8 @@ async function runPart(run: RotationState, part: PendingPart): Promise<void> {
         dryRun: settings.dryRun,
         timeBudgetMs: settings.sliceTimeBudgetMs,
         progressKey: `${part.progressKey}/part-${part.part}`,
-        countExisting: part.pass === 1 && part.part === 0,
+        countExisting: part.pass === 1 && part.part === 0 && part.scan === undefined,
+        ...(part.scan && { scan: part.scan }),
       }),
     );
   } catch (err) {

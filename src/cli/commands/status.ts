@@ -48,9 +48,7 @@ export async function watchRotation(context: CliContext, reference: string): Pro
   bar?.stop();
   context.print(status, () => humanStatus(status));
   if (status.status !== 'COMPLETED')
-    throw new CliError(
-      `rotation ${status.opId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
-    );
+    throw new CliError(`rotation ${status.opId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`);
 }
 
 export function statusCommand(): Command {

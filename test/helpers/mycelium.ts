@@ -1,0 +1,258 @@
+// A stand-in for Mycelium's database and gateway, written from ../shared/seed-systems.md with node:crypto alone: it
+// shares no code with rekey's codecs, so a test that passes proves rekey reads and writes Mycelium's real formats.
+import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
+import type { Pool } from 'pg';
+
+export const SYSTEM_TENANT = '00000000-0000-0000-0000-000000000000';
+
+/** KEK = SHA-256 of the token_secret UUID's 16 raw bytes. */
+export function kekOf(tokenSecret: string): Buffer {
+  return createHash('sha256')
+    .update(Buffer.from(tokenSecret.replace(/-/g, ''), 'hex'))
+    .digest();
+}
+
+const uuid = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');
+
+function seal(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {
+  const nonce = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(aad);
+  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]);
+}
+
+function open(key: Buffer, sealed: Buffer, aad: Buffer): Buffer {
+  const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, 12));
+  decipher.setAAD(aad);
+  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+  return Buffer.concat([decipher.update(sealed.subarray(12, sealed.length - 16)), decipher.final()]);
+}
+
+/** A tenant's wrapped DEK: 'v2:' + base64(nonce ‖ ciphertext ‖ tag), bound to the tenant id's 16 bytes. */
+export function wrapDek(kek: Buffer, tenantId: string, dek: Buffer): string {
+  return `v2:${seal(kek, dek, uuid(tenantId)).toString('base64')}`;
+}
+
+export function unwrapDek(kek: Buffer, tenantId: string, stored: string): Buffer {
+  if (!stored.startsWith('v2:')) throw new Error('not a v2 value');
+  return open(kek, Buffer.from(stored.slice(3), 'base64'), uuid(tenantId));
+}
+
+/** A v2 data field: the same text layout under the tenant's DEK, bound to the tenant id's bytes and the field name. */
+export function encryptField(dek: Buffer, tenantId: string, field: string, value: string): string {
+  return `v2:${seal(dek, Buffer.from(value), Buffer.concat([uuid(tenantId), Buffer.from(field, 'ascii')])).toString('base64')}`;
+}
+
+export function decryptField(dek: Buffer, tenantId: string, field: string, stored: string): string {
+  if (!stored.startsWith('v2:')) throw new Error('not a v2 value');
+  const aad = Buffer.concat([uuid(tenantId), Buffer.from(field, 'ascii')]);
+  return open(dek, Buffer.from(stored.slice(3), 'base64'), aad).toString();
+}
+
+/** A legacy v1 value: base64(nonce ‖ ciphertext ‖ tag) under the KEK itself, no prefix, empty associated data. */
+export function encryptV1(kek: Buffer, value: string): string {
+  return seal(kek, Buffer.from(value), Buffer.alloc(0)).toString('base64');
+}
+
+export function decryptV1(kek: Buffer, stored: string): string {
+  return open(kek, Buffer.from(stored, 'base64'), Buffer.alloc(0)).toString();
+}
+
+/**
+ * Mycelium's tables as its migrations leave them: `tenant` with its jsonb `meta`, and the envelope migration's
+ * `encrypted_dek TEXT` (NULL until first needed) and `kek_version INTEGER NOT NULL DEFAULT 1`; `user.mfa` and
+ * `webhook.secret`, the other encrypted fields.
+ */
+export async function createMyceliumSchema(db: Pool): Promise<void> {
+  await db.query(`
+    CREATE TABLE public.tenant (
+      id uuid PRIMARY KEY,
+      name text NOT NULL,
+      meta jsonb NOT NULL DEFAULT '{}'::jsonb,
+      created timestamptz NOT NULL DEFAULT now()
+    );
+    ALTER TABLE public.tenant ADD COLUMN encrypted_dek TEXT;
+    ALTER TABLE public.tenant ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE public."user" (id uuid PRIMARY KEY, tenant_id uuid, email text NOT NULL, mfa jsonb);
+    CREATE TABLE public.webhook (id uuid PRIMARY KEY, url text NOT NULL, secret jsonb);`);
+}
+
+/** The columns, indexes and triggers of Mycelium's tables: a rotation must leave them exactly as they were. */
+export async function myceliumShape(db: Pool): Promise<string[]> {
+  const { rows } = await db.query<{ line: string }>(`
+    SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type AS line
+      FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND NOT t.tgisinternal
+    ORDER BY 1`);
+  return rows.map((r) => r.line);
+}
+
+export interface SeededTenant {
+  id: string;
+  /** The DEK's bytes, or null for a tenant whose DEK is not provisioned yet. */
+  dek: Buffer | null;
+  /** Plaintext of `meta.telegram_bot_token`, encrypted under the DEK. */
+  botToken?: string;
+}
+
+/** Inserts tenants whose DEK is wrapped by `wrapWith`, labelled `label`; or, with `wrapWith` null, none yet. */
+export async function seedMyceliumTenants(
+  db: Pool,
+  count: number,
+  wrapWith: Buffer | null,
+  label: number,
+): Promise<SeededTenant[]> {
+  const tenants: SeededTenant[] = [];
+  const rows: [string, string, string, string | null, number][] = [];
+  for (let i = 0; i < count; i++) {
+    const id = randomUUID();
+    if (wrapWith === null) {
+      tenants.push({ id, dek: null });
+      rows.push([id, `tenant ${id}`, '{}', null, label]);
+      continue;
+    }
+    const dek = randomBytes(32);
+    const botToken = `${i}:bot-token-${randomBytes(8).toString('hex')}`;
+    const meta = { telegram_bot_token: encryptField(dek, id, 'telegram_bot_token', botToken), locale: 'pt-BR' };
+    tenants.push({ id, dek, botToken });
+    rows.push([id, `tenant ${id}`, JSON.stringify(meta), wrapDek(wrapWith, id, dek), label]);
+  }
+  for (let i = 0; i < rows.length; i += 1_000) {
+    const chunk = rows.slice(i, i + 1_000);
+    await db.query(
+      `INSERT INTO public.tenant (id, name, meta, encrypted_dek, kek_version)
+       SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[])`,
+      [0, 1, 2, 3, 4].map((c) => chunk.map((r) => r[c])),
+    );
+  }
+  return tenants;
+}
+
+/**
+ * What the running gateway does meanwhile: it reads tenants' data and writes new bot tokens under their DEKs, and
+ * onboards tenants whose DEK it provisions with its current token_secret, leaving kek_version at the column's
+ * default 1 (Mycelium's own trap).
+ */
+export class MyceliumGateway {
+  reads = 0;
+  rewrites = 0;
+  readonly onboarded: SeededTenant[] = [];
+  readonly errors: string[] = [];
+  private running = false;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Pool,
+    /** Every token_secret the gateway can resolve (current and old, as the guide asks during a rotation). */
+    private readonly keks: Buffer[],
+    private readonly currentKek: Buffer,
+    private readonly tenants: SeededTenant[],
+  ) {}
+
+  private dekOf(id: string, stored: string): Buffer {
+    for (const kek of this.keks) {
+      try {
+        return unwrapDek(kek, id, stored);
+      } catch {
+        // not this token_secret
+      }
+    }
+    throw new Error(`the gateway cannot unwrap the DEK of tenant ${id}`);
+  }
+
+  start(options: { onboard: boolean }): void {
+    this.running = true;
+    const withDek = this.tenants.filter((t) => t.dek !== null);
+    this.loop = (async () => {
+      while (this.running) {
+        const tenant = withDek[Math.floor(Math.random() * withDek.length)]!;
+        try {
+          const { rows } = await this.db.query<{ encrypted_dek: string; meta: { telegram_bot_token: string } }>(
+            'SELECT encrypted_dek, meta FROM public.tenant WHERE id = $1',
+            [tenant.id],
+          );
+          const dek = this.dekOf(tenant.id, rows[0]!.encrypted_dek);
+          const token = decryptField(dek, tenant.id, 'telegram_bot_token', rows[0]!.meta.telegram_bot_token);
+          if (token !== tenant.botToken) throw new Error(`tenant ${tenant.id} reads a bot token it never wrote`);
+          this.reads++;
+          if (this.reads % 3 === 0) {
+            const fresh = `${this.reads}:rotated-${randomBytes(4).toString('hex')}`;
+            await this.db.query(
+              `UPDATE public.tenant SET meta = jsonb_set(meta, '{telegram_bot_token}', to_jsonb($2::text)) WHERE id = $1`,
+              [tenant.id, encryptField(dek, tenant.id, 'telegram_bot_token', fresh)],
+            );
+            tenant.botToken = fresh;
+            this.rewrites++;
+          }
+          if (options.onboard && this.reads % 10 === 0) {
+            const id = randomUUID();
+            const dek = randomBytes(32);
+            const botToken = `new:${id}`;
+            await this.db.query(`INSERT INTO public.tenant (id, name, meta, encrypted_dek) VALUES ($1, $2, $3, $4)`, [
+              id,
+              `onboarded ${id}`,
+              { telegram_bot_token: encryptField(dek, id, 'telegram_bot_token', botToken) },
+              wrapDek(this.currentKek, id, dek),
+            ]);
+            this.onboarded.push({ id, dek, botToken });
+          }
+        } catch (err) {
+          this.errors.push((err as Error).message);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+  }
+}
+
+/**
+ * With one token_secret alone: every DEK unwraps to the bytes it was given, every bot token decrypts to its last
+ * value, and every tenant is labelled with `label`. Returns the problems found (none: []).
+ */
+export async function checkWithOneKek(
+  db: Pool,
+  kek: Buffer,
+  label: number | number[],
+  tenants: SeededTenant[],
+): Promise<string[]> {
+  const labels = Array.isArray(label) ? label : [label];
+  const problems: string[] = [];
+  const { rows } = await db.query<{
+    id: string;
+    encrypted_dek: string | null;
+    kek_version: number;
+    meta: { telegram_bot_token?: string };
+  }>('SELECT id::text, encrypted_dek, kek_version, meta FROM public.tenant WHERE id = ANY($1::uuid[])', [
+    tenants.map((t) => t.id),
+  ]);
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  for (const tenant of tenants) {
+    const row = byId.get(tenant.id);
+    if (!row) {
+      problems.push(`${tenant.id}: row missing`);
+      continue;
+    }
+    if (tenant.dek === null) {
+      if (row.encrypted_dek !== null) problems.push(`${tenant.id}: gained a DEK`);
+      continue;
+    }
+    if (!labels.includes(row.kek_version))
+      problems.push(`${tenant.id}: labelled ${row.kek_version}, not ${labels.join(' or ')}`);
+    try {
+      const dek = unwrapDek(kek, tenant.id, row.encrypted_dek!);
+      if (!dek.equals(tenant.dek)) problems.push(`${tenant.id}: DEK changed`);
+      const token = decryptField(dek, tenant.id, 'telegram_bot_token', row.meta.telegram_bot_token!);
+      if (token !== tenant.botToken) problems.push(`${tenant.id}: bot token changed`);
+    } catch (err) {
+      problems.push(`${tenant.id}: ${(err as Error).message}`);
+    }
+  }
+  return problems;
+}
