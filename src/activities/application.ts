@@ -83,8 +83,8 @@ export function createApplicationActivities(deps: ActivityDependencies) {
       step: 'promote' | 'retire';
       from: string;
       to: string;
-      /** When the rotation began (epoch ms): rows written after it are evidence. */
-      since: number;
+      /** When the rotation began, by the target database's clock (ISO 8601): rows written after it are evidence. */
+      since: string;
     }): Promise<Evidence> {
       const { target, step, from, to } = args;
       const runtime = await targets.get(target);

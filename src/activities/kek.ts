@@ -3,7 +3,12 @@ import { KEY_BYTES, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
 import { KeyMaterialError } from '../envelope/errors';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration } from '../rotation/durations';
-import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import {
+  checkAgainstKeks,
+  InvalidRotationError,
+  parseRotationRequest,
+  type RotationRequest,
+} from '../rotation/rotation-input';
 import { rowsLabelled } from '../rewrap/still-on';
 import { checkout } from '../store/connect';
 import { TargetSchemaError } from '../store/target-store';
@@ -33,6 +38,8 @@ export interface ValidatedRotation {
   nothingToDo?: string;
   /** What the target's rows hold ('DEK', 'secret'). */
   noun?: string;
+  /** The target database's clock when the rotation began: rows the application writes after it are evidence. */
+  since?: string;
   /** Absent in results recorded before targets existed (rekey's own: the registry). */
   currentKekOwner?: 'registry' | 'application';
   /** For an application-owned target: what the operator must do at each step. */
@@ -57,6 +64,19 @@ interface OnTarget {
 
 export function createKekActivities(deps: ActivityDependencies) {
   const targets = targetRuntimes(deps);
+
+  /**
+   * On first contact with a target whose application picks its own current KEK (the runbook's rotate-all has no
+   * body): the one KEK its rows use other than `to`. Several: the request must name one.
+   */
+  async function inUse(runtime: TargetRuntime, to: string): Promise<string | undefined> {
+    const { byLabel } = await runtime.store.countsByLabel();
+    const labels = Object.entries(byLabel).filter(([kekId]) => kekId !== to);
+    if (labels.length <= 1) return labels[0]?.[0];
+    throw new InvalidRotationError(
+      `target '${runtime.definition.name}' has rows on ${labels.map(([kekId, n]) => `'${kekId}' (${n})`).join(', ')}: name the KEK to rotate from`,
+    );
+  }
 
   /** A decrypt-only KEK that still wraps rows: the `from` of a rotation to the active KEK that did not finish. */
   async function unfinishedRotation(runtime: TargetRuntime): Promise<{ kekId: string; rows: number } | undefined> {
@@ -92,7 +112,10 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { keys, registry, definition } = runtime;
       await keys.reload();
       let active = await registry.active();
-      const from = settings.from === 'current' ? active?.kekId : settings.from;
+      let from = settings.from === 'current' ? active?.kekId : settings.from;
+      if (from === undefined && definition.currentKek.owner === 'application') {
+        from = await inUse(runtime, settings.to);
+      }
       if (definition.label.kind === 'generation') {
         for (const [what, id] of [
           ['from', from],
@@ -133,6 +156,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         ...(resolved.resumes && { resumes: true }),
         currentKekOwner: owner.owner,
         noun: definition.noun,
+        since: await runtime.store.now(),
         ...(owner.owner === 'application' && {
           instructions: { promote: fill(owner.promote.instructions), retire: fill(owner.retire.instructions) },
         }),

@@ -517,6 +517,12 @@ export class TargetStore {
     return rows[0]?.boundaries ?? [];
   }
 
+  /** The database's clock (ISO 8601): evidence is compared with times the database wrote, never a worker's. */
+  async now(): Promise<string> {
+    const { rows } = await this.db.query<{ now: Date }>('SELECT now() AS now');
+    return rows[0]!.now.toISOString();
+  }
+
   /** Whether the application wrote a row under `kekId` after `since` (evidence that it wraps with it). */
   async writtenSince(kekId: string, timestampColumn: string, since: Date): Promise<boolean> {
     const { rows } = await this.db.query(

@@ -64,7 +64,7 @@ export async function waitForApplication(run: RotationState, step: 'promote' | '
       step,
       from: carried.from,
       to: carried.to,
-      since: carried.startedAt,
+      since: carried.since ?? new Date(0).toISOString(),
     });
     const confirmed = carried.confirmed[step];
     if (evidence.satisfied || confirmed !== undefined) {

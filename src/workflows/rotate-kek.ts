@@ -96,6 +96,7 @@ async function validate(run: RotationState): Promise<RotationReport | undefined>
   // An unfinished rotation taken up again: its `to` is already the active KEK.
   if (checked.resumes) run.carried.promoted = true;
   run.carried.currentKekOwner = checked.currentKekOwner ?? 'registry';
+  run.carried.since = checked.since;
   run.carried.instructions = checked.instructions;
   run.progress = { ...run.progress, from: checked.from, to: run.carried.to, noun: checked.noun };
   if (checked.nothingToDo !== undefined) {

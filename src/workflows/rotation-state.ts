@@ -43,8 +43,8 @@ export interface CarriedState {
   target: string;
   from: string;
   to: string;
-  /** When the rotation began (epoch ms, workflow time): rows the application writes after it are evidence. */
-  startedAt: number;
+  /** When the rotation began, by the target database's clock: rows the application writes after it are evidence. */
+  since?: string;
   progress: RotationProgress;
   pending: PendingPart[];
   graceEndsAt?: number;
@@ -92,7 +92,6 @@ export class RotationState {
         target: settings.target,
         from: settings.from,
         to: settings.to,
-        startedAt: now,
         pending: [],
         fleetOverridden: false,
         aborted: false,
