@@ -40,10 +40,23 @@ export interface ValidatedRotation {
   noun?: string;
   /** The target database's clock when the rotation began: rows the application writes after it are evidence. */
   since?: string;
+  /** For a dry run: the rows per KEK label, and how many of a sample the format reads and the KEK opens. */
+  census?: CensusLine[];
   /** Absent in results recorded before targets existed (rekey's own: the registry). */
   currentKekOwner?: 'registry' | 'application';
   /** For an application-owned target: what the operator must do at each step. */
   instructions?: { promote: string; retire: string };
+}
+
+export interface CensusLine {
+  /** A KEK label as the rows carry it; '(none)' for rows with no value at all. */
+  kekId: string;
+  rows: number;
+  sampled: number;
+  /** Sampled rows whose stored form the target's format reads. */
+  readable: number;
+  /** Sampled rows that decrypt under this KEK; undefined when this worker holds no key for it. */
+  opens?: number;
 }
 
 /** Thrown by retire when rows still use the KEK: retrying now would not change that. */
@@ -53,6 +66,9 @@ export class RetireRefusedError extends Error {
 
 /** Above this many rows still labelled with a KEK, retire refuses at once instead of trying each one. */
 const MAX_TRIED_AT_RETIRE = 10_000;
+
+/** How many rows per KEK a dry run's census tries. */
+const CENSUS_SAMPLE = 200;
 
 /** How many rows first contact reads to prove the codec reads the table before anything is written. */
 const FIRST_CONTACT_SAMPLE = 200;
@@ -76,6 +92,37 @@ export function createKekActivities(deps: ActivityDependencies) {
     throw new InvalidRotationError(
       `target '${runtime.definition.name}' has rows on ${labels.map(([kekId, n]) => `'${kekId}' (${n})`).join(', ')}: name the KEK to rotate from`,
     );
+  }
+
+  /** Per KEK label: how many rows, and of a sample, how many the format reads and the KEK opens. */
+  async function census(runtime: TargetRuntime, rotation: { from: string; to: string }): Promise<CensusLine[]> {
+    const { store } = runtime;
+    const { byLabel, withoutValue } = await store.countsByLabel();
+    const lines: CensusLine[] = [];
+    for (const [kekId, rows] of Object.entries(byLabel)) {
+      const sample = await store.sampleOnLabel(kekId, CENSUS_SAMPLE);
+      const readable = sample.filter((row) => store.codec.check(row) === undefined).length;
+      let opens: number | undefined;
+      try {
+        opens = await withKeks(runtime, rotation, [kekId], ([kek]) =>
+          Promise.resolve(
+            sample.filter((row) => {
+              try {
+                store.codec.open(kek!.key, row, kekId).fill(0);
+                return true;
+              } catch {
+                return false;
+              }
+            }).length,
+          ),
+        );
+      } catch {
+        opens = undefined; // no key for this KEK here (or not the registered one): the census says so
+      }
+      lines.push({ kekId, rows, sampled: sample.length, readable, ...(opens !== undefined && { opens }) });
+    }
+    if (withoutValue > 0) lines.push({ kekId: '(none)', rows: withoutValue, sampled: 0, readable: 0 });
+    return lines;
   }
 
   /** A decrypt-only KEK that still wraps rows: the `from` of a rotation to the active KEK that did not finish. */
@@ -162,6 +209,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         }),
       };
       if (resolved.alreadyDone !== undefined) return { ...facts, nothingToDo: resolved.alreadyDone };
+      if (settings.dryRun) facts.census = await census(runtime, { from: resolved.from, to });
       if (to !== 'new') keys.bindRotation?.(resolved.from, to);
       // The fingerprints this worker holds must be the registry's before anything else happens.
       await withKeks(runtime, { from: resolved.from, to }, [resolved.from], () => Promise.resolve());

@@ -49,3 +49,13 @@ export function describeCounters(p: ProgressReport): string {
     `CAS conflicts: ${n(c.casConflicts)}`,
   ].join('  ');
 }
+
+/** A dry run's census, a line per KEK label. */
+export function describeCensus(p: ProgressReport): string[] {
+  return (p.census ?? []).map((line) =>
+    line.kekId === '(none)'
+      ? `KEK (none): ${n(line.rows)} rows hold no value`
+      : `KEK '${line.kekId}': ${n(line.rows)} rows; of ${n(line.sampled)} sampled, ${n(line.readable)} read by the format, ` +
+        (line.opens === undefined ? 'no key here to try them' : `${n(line.opens)} open under '${line.kekId}'`),
+  );
+}

@@ -47,6 +47,8 @@ export interface RotationProgress {
   fleet?: { live: number; ready: number; waitingFor: string[] };
   /** Set while the run waits for the fleet or the application. */
   waiting?: Wait;
+  /** A dry run's census: rows per KEK label, and how many of a sample the format reads and the KEK opens. */
+  census?: { kekId: string; rows: number; sampled: number; readable: number; opens?: number }[];
   note?: string;
 }
 

@@ -98,7 +98,13 @@ async function validate(run: RotationState): Promise<RotationReport | undefined>
   run.carried.currentKekOwner = checked.currentKekOwner ?? 'registry';
   run.carried.since = checked.since;
   run.carried.instructions = checked.instructions;
-  run.progress = { ...run.progress, from: checked.from, to: run.carried.to, noun: checked.noun };
+  run.progress = {
+    ...run.progress,
+    from: checked.from,
+    to: run.carried.to,
+    noun: checked.noun,
+    ...(checked.census && { census: checked.census }),
+  };
   if (checked.nothingToDo !== undefined) {
     run.progress = { ...run.progress, note: `nothing to do: ${checked.nothingToDo}` };
     return run.finish('nothing-to-do');

@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
 import { InvalidRotationError, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { CliError, EXIT } from '../context';
-import { describeCounters } from '../format';
+import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
 
@@ -99,6 +99,7 @@ export function rotateCommand(): Command {
             `dry run of target '${options.target}', '${report.from}' → '${report.to}': nothing was written`,
             ...header.map((line) => `  ${line}`),
             `  ${describeCounters(report)}`,
+            ...describeCensus(report).map((line) => `  ${line}`),
           ]);
           return;
         }
