@@ -1,18 +1,31 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
 // a naive one-off script on the same data. Writes bench/results/rotation-<tenants>.md.
 import { BUILTIN_TARGET } from '../src/targets/builtin';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
+import type { Client as TemporalClient } from '@temporalio/client';
 import { startRotation } from '../src/client/rotations';
+import type { RotationRequest } from '../src/rotation/rotation-input';
 import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
 import type { KeyProvider } from '../src/keys/key-provider';
 import { projectRoot } from '../src/project-paths';
 import { KekRegistry } from '../src/store/kek-registry';
-import { envKeys, freshDatabase, gitCommit, spawnWorker, startServer, TASK_QUEUE, temporalClient } from './harness';
+import { confirmStepUpdate, progressQuery, type RotationReport } from '../src/workflows';
+import {
+  envKeys,
+  freshDatabase,
+  gitCommit,
+  sleep,
+  spawnWorker,
+  startServer,
+  TASK_QUEUE,
+  temporalClient,
+} from './harness';
+import { seedMyceliumTable } from './mycelium';
 
 const NAIVE_SAMPLE = Number(process.env.NAIVE_SAMPLE ?? 50_000);
 
@@ -42,12 +55,44 @@ async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: stri
   return done;
 }
 
+/** Vacuums and checkpoints, so that a measured run does not pay for the writes of the one before it. */
+async function settle(db: Pool): Promise<void> {
+  await db.query('VACUUM ANALYZE');
+  await db.query('CHECKPOINT').catch(() => undefined); // needs a superuser (the local cluster's postgres is one)
+}
+
+/** Rotates one target through the workflow, confirming a retire the application owns; the rewrap phase's figures. */
+async function measure(
+  client: TemporalClient,
+  request: RotationRequest,
+): Promise<{ report: RotationReport; seconds: number; rate: number; workflowId: string }> {
+  const started = await startRotation(client, request, { taskQueue: TASK_QUEUE });
+  if (request.target === 'mycelium') {
+    // Retirement is Mycelium's: once the run asks, say it is done.
+    for (;;) {
+      const progress = await started.handle.query(progressQuery);
+      if (progress.waiting?.step === 'retire' || progress.outcome !== 'running') break;
+      await sleep(500);
+    }
+    await started.handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'benchmark' }] });
+  }
+  const report = await started.handle.result();
+  const phase = report.phases.rewrap!;
+  const seconds = ((phase.endedAt ?? 0) - phase.startedAt) / 1000;
+  return { report, seconds, rate: report.counters.rewrapped / seconds, workflowId: started.handle.workflowId };
+}
+
 async function main(): Promise<void> {
   const tenants = Number(process.argv[2] ?? 1_000_000);
   const toolchain = readToolchain();
   const server = await startServer(toolchain);
   const database = await freshDatabase('rekey_bench');
   const { env: keyEnv, provider: keys } = envKeys(['v1', 'v2', 'v3'], 'v1');
+  // The same worker also serves the mycelium preset: the old and the new token_secret, as Mycelium's guide has them.
+  const [oldSecret, newSecret] = [randomUUID(), randomUUID()];
+  keyEnv.MYC_OLD_TOKEN_SECRET = oldSecret;
+  keyEnv.MYC_TOKEN_SECRET = newSecret;
+  const withMycelium = process.env.BENCH_MYCELIUM !== '0';
   const { client, close } = await temporalClient(server.address);
   const worker = spawnWorker({ databaseUrl: database.url, address: server.address, keyEnv });
   const lines: string[] = [];
@@ -55,36 +100,39 @@ async function main(): Promise<void> {
     lines.push(line);
     process.stdout.write(`${line}\n`);
   };
+  const options = { batchSize: Number(process.env.BATCH ?? 2_000), parallelism: Number(process.env.PARALLELISM ?? 2) };
   try {
     await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     let t = Date.now();
     await seedTenants({ db: database.pool, keys, kekId: 'v1', count: tenants });
-    await database.pool.query('VACUUM ANALYZE rekey.tenant_deks');
     say(`seeded ${tenants.toLocaleString('en-US')} tenants with COPY in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    if (withMycelium) {
+      t = Date.now();
+      await seedMyceliumTable(database.pool, tenants, oldSecret);
+      say(
+        `seeded ${tenants.toLocaleString('en-US')} Mycelium tenants with COPY in ${((Date.now() - t) / 1000).toFixed(1)} s`,
+      );
+    }
 
-    const started = await startRotation(
-      client,
-      {
-        from: 'v1',
-        to: 'v2',
-        gracePeriod: '1s',
-        batchSize: Number(process.env.BATCH ?? 2_000),
-        parallelism: Number(process.env.PARALLELISM ?? 2),
-      },
-      { taskQueue: TASK_QUEUE },
-    );
-    const report = await started.handle.result();
-    const rewrap = report.phases.rewrap!;
-    const rewrapSeconds = ((rewrap.endedAt ?? 0) - rewrap.startedAt) / 1000;
+    // Each measured run starts from the same state: no dirty pages or WAL left by the write before it.
+    await settle(database.pool);
+    const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options });
     let historyEvents = 0;
     let runs = 0;
-    for await (const execution of client.workflow.list({ query: `WorkflowId = '${started.handle.workflowId}'` })) {
+    for await (const execution of client.workflow.list({ query: `WorkflowId = '${builtin.workflowId}'` })) {
       historyEvents += execution.historyLength ?? 0;
       runs++;
     }
-    const rate = report.counters.rewrapped / rewrapSeconds;
     const workerPeak = worker.peakRssMiB();
 
+    // The same number of tenants in Mycelium's own table and format, by the same worker, in the same run.
+    let mycelium: Awaited<ReturnType<typeof measure>> | undefined;
+    if (withMycelium) {
+      await settle(database.pool);
+      mycelium = await measure(client, { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s', ...options });
+    }
+
+    await settle(database.pool);
     t = Date.now();
     const naiveDone = await naiveRotation(database.pool, keys, 'v2', 'v3', Math.min(NAIVE_SAMPLE, tenants));
     const naiveSeconds = (Date.now() - t) / 1000;
@@ -99,19 +147,28 @@ async function main(): Promise<void> {
       )
       .digest('hex')
       .slice(0, 8);
+    const n = (value: number) => Math.round(value).toLocaleString('en-US');
     say('');
     say(`| measure | value |`);
     say(`|---|---|`);
     say(`| tenants | ${tenants.toLocaleString('en-US')} |`);
-    say(`| rewrap phase (workflow, wall) | ${rewrapSeconds.toFixed(1)} s |`);
-    say(`| rekey throughput | ${Math.round(rate).toLocaleString('en-US')} tenants/s |`);
+    say(`| rewrap phase (workflow, wall) | ${builtin.seconds.toFixed(1)} s |`);
+    say(`| rekey throughput | ${n(builtin.rate)} tenants/s |`);
     say(
-      `| naive script (one UPDATE per row, ${naiveDone.toLocaleString('en-US')} tenants) | ${Math.round(naiveRate).toLocaleString('en-US')} tenants/s, ${(tenants / naiveRate).toFixed(0)} s for all ${tenants.toLocaleString('en-US')} |`,
+      `| naive script (one UPDATE per row, ${n(naiveDone)} tenants) | ${n(naiveRate)} tenants/s, ${(tenants / naiveRate).toFixed(0)} s for all ${tenants.toLocaleString('en-US')} |`,
     );
-    say(`| ratio rekey / naive | ${(rate / naiveRate).toFixed(1)}x |`);
+    say(`| ratio rekey / naive | ${(builtin.rate / naiveRate).toFixed(1)}x |`);
+    if (mycelium) {
+      say(
+        `| Mycelium-format target (\`tenant.encrypted_dek\`: text, base64, compare on the stored value): rewrap phase | ${mycelium.seconds.toFixed(1)} s, ${n(mycelium.rate)} tenants/s (${mycelium.report.outcome}) |`,
+      );
+      say(`| ratio Mycelium-format / built-in | ${((mycelium.rate / builtin.rate) * 100).toFixed(0)}% |`);
+    }
     say(`| worker peak RSS | ${workerPeak} MiB |`);
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
-    say(`| outcome | ${report.outcome}, ${report.passes} pass(es), CAS conflicts ${report.counters.casConflicts} |`);
+    say(
+      `| outcome | ${builtin.report.outcome}, ${builtin.report.passes} pass(es), CAS conflicts ${builtin.report.counters.casConflicts} |`,
+    );
     say('');
     say(
       `Command: \`npm run bench -- ${tenants}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on.`,

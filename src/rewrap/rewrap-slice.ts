@@ -267,8 +267,8 @@ class SliceRun {
     }
     let pending = batch;
     for (let attempt = 0; ; attempt++) {
-      const won = await this.compareAndSwap(pending, attempt === 0 ? cursor : null);
-      const losers = pending.writes.filter((w) => !won.has(w.id)).map((w) => w.id);
+      const lost = await this.compareAndSwap(pending, attempt === 0 ? cursor : null);
+      const losers = pending.writes.filter((w) => lost.has(w.id)).map((w) => w.id);
       if (losers.length === 0) return;
       if (attempt >= this.maxCasRetries) {
         this.counters = { ...this.counters, contended: this.counters.contended + losers.length };
@@ -307,7 +307,7 @@ class SliceRun {
     return this.prepare(stillStale);
   }
 
-  /** One statement: the batch's writes, and (with a progress key) what they did. Returns the ids written. */
+  /** One statement: the batch's writes, and (with a progress key) what they did. Returns the ids that lost. */
   private async compareAndSwap(batch: PreparedBatch, cursor: string | null): Promise<Set<string>> {
     const { progressKey } = this.input;
     const outcome = await this.deps.store.compareAndSwap(
@@ -320,12 +320,12 @@ class SliceRun {
     );
     this.counters = addCounters(this.counters, {
       ...emptyCounters(),
-      rewrapped: outcome.won.size - outcome.relabelled,
+      rewrapped: outcome.written - outcome.relabelled,
       relabelled: outcome.relabelled,
-      casConflicts: batch.writes.length - outcome.won.size,
+      casConflicts: batch.writes.length - outcome.written,
       failed: batch.failed,
     });
-    return outcome.won;
+    return outcome.lost;
   }
 
   private result(done: boolean): RewrapSliceResult {

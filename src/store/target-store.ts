@@ -51,8 +51,10 @@ export interface RowWrite {
 }
 
 export interface CasOutcome {
-  /** Ids written; the others lost the race to another writer. */
-  won: Set<string>;
+  /** Ids not written: they lost the race to another writer (usually none). */
+  lost: Set<string>;
+  /** Rows written. */
+  written: number;
   relabelled: number;
 }
 
@@ -311,14 +313,15 @@ export class TargetStore {
     if (writes.length === 0) {
       // Nothing decrypted in this batch: its failures and cursor are still recorded.
       if (progress) await this.recordOnly(client, progress);
-      return { won: new Set(), relabelled: 0 };
+      return { lost: new Set(), written: 0, relabelled: 0 };
     }
     const params: unknown[] = [target.name, to, writable, from];
     const param = (value: unknown) => {
       params.push(value);
       return `$${params.length}`;
     };
-    const unnestArgs = [`${param(writes.map((w) => w.id))}::text[]`];
+    const ids = param(writes.map((w) => w.id));
+    const unnestArgs = [`${ids}::text[]`];
     const unnestNames = ['id'];
     // Relabelled rows are rare: their ids travel on their own, not as a flag on every row.
     const relabelIds = param(writes.filter((w) => w.relabel).map((w) => w.id));
@@ -387,7 +390,13 @@ export class TargetStore {
              updated_at = now()
            WHERE progress_key = ${key})`;
     }
-    const { rows } = await client.query<{ kek_state: string | null; ids: string[] | null; relabelled: string }>(
+    // The ids that lost come back, not the ones that won: usually none, so nothing to parse.
+    const { rows } = await client.query<{
+      kek_state: string | null;
+      lost: string[] | null;
+      written: string;
+      relabelled: string;
+    }>(
       `WITH guard AS (
          SELECT state FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR SHARE
        ), updated AS (
@@ -396,7 +405,9 @@ export class TargetStore {
          WHERE ${conditions.join(' AND ')} AND (SELECT state FROM guard) = ANY($3::text[])
          RETURNING t.${this.col(target.id)}::text AS id, u.id = ANY(${relabelIds}::text[]) AS relabel
        )${progressSql}
-       SELECT (SELECT state FROM guard) AS kek_state, (SELECT array_agg(id) FROM updated) AS ids,
+       SELECT (SELECT state FROM guard) AS kek_state,
+              (SELECT array_agg(x) FROM unnest(${ids}::text[]) AS x WHERE x NOT IN (SELECT id FROM updated)) AS lost,
+              (SELECT count(*) FROM updated) AS written,
               (SELECT count(*) FILTER (WHERE relabel) FROM updated) AS relabelled`,
       params,
     );
@@ -404,7 +415,7 @@ export class TargetStore {
     if (!writable.includes(result.kek_state ?? '')) {
       throw new KekNotWritableError(target.name, to, result.kek_state);
     }
-    return { won: new Set(result.ids ?? []), relabelled: Number(result.relabelled) };
+    return { lost: new Set(result.lost ?? []), written: Number(result.written), relabelled: Number(result.relabelled) };
   }
 
   private async recordOnly(client: PoolClient | Pool, progress: ProgressDelta): Promise<void> {

@@ -1,0 +1,58 @@
+// A Mycelium-format `tenant` table for the benchmark, seeded with COPY: 'v2:' + base64(nonce ‖ ciphertext ‖ tag)
+// under SHA-256 of a token_secret UUID, bound to the tenant UUID's bytes (../shared/seed-systems.md). Written with
+// node:crypto alone, not with rekey's codecs.
+import { createCipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Pool } from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+
+export function myceliumKek(tokenSecret: string): Buffer {
+  return createHash('sha256')
+    .update(Buffer.from(tokenSecret.replace(/-/g, ''), 'hex'))
+    .digest();
+}
+
+/**
+ * `order: 'random'` (random UUIDs, as Mycelium makes them: keys in no relation to where rows lie) or 'sequential'
+ * (UUIDs that grow with insertion, as rekey's own benchmark ids do): the same format, two layouts.
+ */
+export async function seedMyceliumTable(
+  db: Pool,
+  count: number,
+  tokenSecret: string,
+  order: 'random' | 'sequential' = 'random',
+): Promise<void> {
+  await db.query(`
+    CREATE TABLE public.tenant (id uuid PRIMARY KEY, name text NOT NULL, meta jsonb NOT NULL DEFAULT '{}'::jsonb);
+    ALTER TABLE public.tenant ADD COLUMN encrypted_dek TEXT;
+    ALTER TABLE public.tenant ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;`);
+  const kek = myceliumKek(tokenSecret);
+  const client = await db.connect();
+  try {
+    const sink = client.query(copyFrom('COPY public.tenant (id, name, encrypted_dek, kek_version) FROM STDIN'));
+    await pipeline(Readable.from(chunks()), sink);
+  } finally {
+    client.release();
+  }
+  await db.query('VACUUM ANALYZE public.tenant');
+
+  function* chunks(): Generator<string> {
+    for (let start = 0; start < count; start += 10_000) {
+      const lines: string[] = [];
+      for (let i = start; i < Math.min(count, start + 10_000); i++) {
+        const id =
+          order === 'random'
+            ? randomUUID()
+            : `${i.toString(16).padStart(8, '0')}-0000-4000-8000-${randomBytes(6).toString('hex')}`;
+        const nonce = randomBytes(12);
+        const cipher = createCipheriv('aes-256-gcm', kek, nonce);
+        cipher.setAAD(Buffer.from(id.replace(/-/g, ''), 'hex'));
+        const dek = randomBytes(32);
+        const sealed = Buffer.concat([nonce, cipher.update(dek), cipher.final(), cipher.getAuthTag()]);
+        lines.push(`${id}\ttenant ${i}\tv2:${sealed.toString('base64')}\t1\n`);
+      }
+      yield lines.join('');
+    }
+  }
+}
