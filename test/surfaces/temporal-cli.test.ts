@@ -89,9 +89,7 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     expect(outputs[4]).toContain('graceEndsAt');
     expect(outputs[5]).toContain('fleet gate overridden: pods drained');
 
-    const progress = await env.client.workflow
-      .getHandle<typeof rotateKek>('kek-rotation-v1-to-v2')
-      .query(progressQuery);
+    const progress = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').query(progressQuery);
     expect(progress).toMatchObject({ paused: true, note: 'fleet gate overridden: pods drained' });
   });
 });
