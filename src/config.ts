@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ConfigError } from './errors';
 
 const EnvSchema = z.object({
   DATABASE_URL: z
@@ -15,10 +16,6 @@ const EnvSchema = z.object({
 });
 
 export type Config = z.infer<typeof EnvSchema>;
-
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
 
 /** Validates environment variables against `schema`; the message names every variable to fix. */
 export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv = process.env): z.infer<S> {

@@ -3,12 +3,12 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Pool } from 'pg';
 import { KEY_BYTES } from './envelope/dek-wrapping';
-import { KekFingerprintMismatchError, UnknownKekError } from './envelope/errors';
 import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cipher';
 import type { KeyProvider } from './keys/key-provider';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry } from './store/kek-registry';
 import { TenantDekStore } from './store/tenant-deks';
+import { KekFingerprintMismatchError, KekNotWritableError, UnknownKekError } from './errors';
 
 export interface TenantCryptoOptions {
   db: Pool;
@@ -20,6 +20,9 @@ export interface TenantCryptoOptions {
   dekCacheMax?: number;
   warn?: (message: string) => void;
 }
+
+/** A write the database refuses this many times in a row (each after re-reading the registry) fails. */
+const MAX_REFUSED_WRITES = 3;
 
 interface CachedDek {
   dek: Buffer;
@@ -137,11 +140,32 @@ export class TenantCrypto {
       }
       const dek = this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek);
       try {
-        const kekId = await this.currentKekId();
-        const wrapped = this.options.keys.wrap(kekId, tenantId, dek);
-        if (await this.deks.compareAndSwap(tenantId, stored.version, kekId, wrapped)) return;
+        const written = await this.withCurrentKek((kekId) =>
+          this.deks.compareAndSwap(tenantId, stored.version, kekId, this.options.keys.wrap(kekId, tenantId, dek)),
+        );
+        if (written) return;
       } finally {
         dek.fill(0);
+      }
+    }
+  }
+
+  /**
+   * Runs a write of a wrapped DEK under the current KEK. The database refuses a KEK that may no longer wrap (this
+   * process's idea of the current KEK was stale: promoted away, or retired, since it last read the registry): then
+   * the registry is read again and the write retried with the KEK it names now.
+   */
+  private async withCurrentKek<T>(write: (kekId: string) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const kekId = await this.currentKekId();
+      try {
+        return await write(kekId);
+      } catch (err) {
+        if (!(err instanceof KekNotWritableError) || attempt >= MAX_REFUSED_WRITES) throw err;
+        this.warn(
+          `the database refused a DEK wrapped with '${kekId}' (${err.state ?? 'unknown'}): re-reading the current KEK`,
+        );
+        await this.refresh();
       }
     }
   }
@@ -154,9 +178,16 @@ export class TenantCrypto {
 
     let stored = await this.deks.find(tenantId);
     if (!stored) {
-      const kekId = await this.currentKekId();
       const fresh = randomBytes(KEY_BYTES);
-      const created = await this.deks.insert(tenantId, kekId, this.options.keys.wrap(kekId, tenantId, fresh));
+      let created: boolean;
+      try {
+        created = await this.withCurrentKek((kekId) =>
+          this.deks.insert(tenantId, kekId, this.options.keys.wrap(kekId, tenantId, fresh)),
+        );
+      } catch (err) {
+        fresh.fill(0);
+        throw err;
+      }
       if (created) {
         this.remember(tenantId, fresh);
         return;

@@ -1,22 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { KEY_BYTES, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
-import { KeyMaterialError } from '../envelope/errors';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration } from '../rotation/durations';
-import {
-  checkAgainstKeks,
-  InvalidRotationError,
-  parseRotationRequest,
-  type RotationRequest,
-} from '../rotation/rotation-input';
+import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { rowsLabelled } from '../rewrap/still-on';
 import { checkout } from '../store/connect';
-import { TargetSchemaError } from '../store/target-store';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
 import { describeTable } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
+import { InvalidRotationError, KeyMaterialError, RetireRefusedError, TargetSchemaError } from '../errors';
 
 export interface FleetReadiness {
   live: number;
@@ -57,11 +51,6 @@ export interface CensusLine {
   readable: number;
   /** Sampled rows that decrypt under this KEK; undefined when this worker holds no key for it. */
   opens?: number;
-}
-
-/** Thrown by retire when rows still use the KEK: retrying now would not change that. */
-export class RetireRefusedError extends Error {
-  override readonly name = 'RetireRefusedError';
 }
 
 /** Above this many rows still labelled with a KEK, retire refuses at once instead of trying each one. */

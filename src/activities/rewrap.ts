@@ -1,11 +1,11 @@
 import { Context } from '@temporalio/activity';
-import { UnreadableValueError } from '../codec/sealed-format';
 import type { RewrapCounters } from '../rewrap/counters';
 import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewrap/rewrap-slice';
 import { rowsLabelled } from '../rewrap/still-on';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
+import { UnreadableValueError } from '../errors';
 
 export interface SlicePlan {
   /** Rows on `from` right now. */

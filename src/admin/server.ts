@@ -4,20 +4,18 @@ import type { Client } from '@temporalio/client';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { scanned } from '../cli/format';
 import {
+  failureMessage,
   rotationStatus,
-  RotationNotFoundError,
-  RotationNotRunningError,
   runningRotation,
   startRotation,
   type RotationStatus,
   type StartOutcome,
 } from '../client/rotations';
-import { KeyMaterialError } from '../envelope/errors';
-import { InvalidRotationError, type RotationRequest } from '../rotation/rotation-input';
-import { TargetConfigError } from '../targets/config';
+import { type RotationRequest } from '../rotation/rotation-input';
 import { targetKekStatus } from '../targets/kek-status';
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
+import { errorKind, httpStatusFor, KeyMaterialError } from '../errors';
 
 export interface AdminServerOptions {
   client: Client;
@@ -163,6 +161,13 @@ function sameToken(given: string, expected: string): boolean {
   return timingSafeEqual(a, b);
 }
 
+const ERROR_CODES: Record<number, string> = {
+  400: 'bad_request',
+  404: 'not_found',
+  409: 'conflict',
+  422: 'refused',
+};
+
 /** The admin API of the gateway runbook, on rekey: rotate-all, rotation-status, kek-status, and controls. */
 export async function buildAdminServer(options: AdminServerOptions): Promise<FastifyInstance> {
   const { client, targets, taskQueue, token } = options;
@@ -181,28 +186,13 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   });
 
   app.setErrorHandler((error: Error & { statusCode?: number; validation?: unknown }, _request, reply) => {
-    const known =
-      error instanceof InvalidRotationError || error instanceof TargetConfigError
-        ? 400
-        : error instanceof RotationNotFoundError
-          ? 404
-          : error instanceof RotationNotRunningError
-            ? 409
-            : undefined;
-    const status = known ?? error.statusCode ?? 500;
+    // rekey's errors by their kind (src/errors.ts, the same mapping as the CLI's exit codes); Fastify's own (schema
+    // validation, bad JSON) by the status Fastify gave them.
+    const status = errorKind(error) !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
     if (status >= 500) app.log.error(error);
     void reply.status(status).send({
-      error:
-        status === 400
-          ? 'bad_request'
-          : status === 404
-            ? 'not_found'
-            : status === 409
-              ? 'conflict'
-              : status >= 500
-                ? 'internal'
-                : 'error',
-      message: status >= 500 ? 'internal error' : error.message,
+      error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
+      message: status >= 500 ? 'internal error' : failureMessage(error),
     });
   });
 

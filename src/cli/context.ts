@@ -5,19 +5,7 @@ import { openKeyProvider } from '../keys';
 import { FileKeyring } from '../keys/file-keyring';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
-
-/** Exit codes: 0 done, 1 the operation failed, 2 bad input, 3 not found, 4 conflict (already running). */
-export const EXIT = { ok: 0, failed: 1, usage: 2, notFound: 3, conflict: 4 } as const;
-
-/** An error the CLI reports as one line on stderr, with a meaningful exit code. */
-export class CliError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode: number = EXIT.failed,
-  ) {
-    super(message);
-  }
-}
+import { CliError } from '../errors';
 
 export interface GlobalOptions {
   address: string;
@@ -57,7 +45,7 @@ export class CliContext {
     if (!this.pool) {
       const url = this.env.DATABASE_URL;
       if (!url)
-        throw new CliError('DATABASE_URL is not set: point it at the database that holds the tenant DEKs', EXIT.usage);
+        throw new CliError('DATABASE_URL is not set: point it at the database that holds the tenant DEKs', 'invalid');
       this.pool = new Pool({ connectionString: url, max: 2 });
     }
     return this.pool;
@@ -82,7 +70,7 @@ export class CliContext {
 
   keyring(file?: string): FileKeyring {
     const path = file ?? this.env.REKEY_KEYRING_FILE;
-    if (!path) throw new CliError('no keyring file: pass --keyring or set REKEY_KEYRING_FILE', EXIT.usage);
+    if (!path) throw new CliError('no keyring file: pass --keyring or set REKEY_KEYRING_FILE', 'invalid');
     return FileKeyring.open(path, { create: true });
   }
 

@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../rotation/durations';
-import { CliContext, CliError, EXIT, type GlobalOptions } from './context';
+import { CliContext, type GlobalOptions } from './context';
+import { CliError } from '../errors';
 
 export function positiveInteger(value: string): number {
   const n = Number(value);
@@ -30,7 +31,7 @@ export function withContext<A extends unknown[]>(
 }
 
 export function notFound(message: string): CliError {
-  return new CliError(message, EXIT.notFound);
+  return new CliError(message, 'not-found');
 }
 
 /** `--target <name>`: the keyspace a command works on (REKEY_TARGET, else REKEY_DEFAULT_TARGET, else rekey). */

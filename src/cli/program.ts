@@ -4,7 +4,7 @@ import { kekStatusCommand, keysCommand } from './commands/keks';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { CliError, EXIT } from './context';
+import { EXIT_CODES, exitCodeFor } from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('rekey')
@@ -32,18 +32,15 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
 export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   try {
     await createProgram(env).parseAsync(argv, { from: 'user' });
-    return EXIT.ok;
+    return EXIT_CODES.ok;
   } catch (err) {
     if (err instanceof CommanderError) {
       // Commander has printed its own message (or the help, which is not an error).
-      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+      return err.exitCode === 0 ? EXIT_CODES.ok : EXIT_CODES.invalid;
     }
-    if (err instanceof CliError) {
-      process.stderr.write(`rekey: ${err.message}\n`);
-      return err.exitCode;
-    }
+    // One line, and the exit code of the error's kind (src/errors.ts): the same mapping as the admin API's statuses.
     const message = err instanceof Error ? err.message : String(err);
     process.stderr.write(`rekey: ${message.split('\n')[0]}\n`);
-    return EXIT.failed;
+    return exitCodeFor(err);
   }
 }

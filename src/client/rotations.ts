@@ -21,6 +21,7 @@ import {
   rotateKek,
   type RotationReport,
 } from '../workflows';
+import { RotationNotFoundError, RotationNotRunningError } from '../errors';
 
 export { rotationWorkflowId };
 
@@ -70,14 +71,6 @@ export async function startRotation(
     const { handle, opId } = await findRotation(client, workflowId);
     return { kind: 'already-running', handle, opId };
   }
-}
-
-export class RotationNotFoundError extends Error {
-  override readonly name = 'RotationNotFoundError';
-}
-
-export class RotationNotRunningError extends Error {
-  override readonly name = 'RotationNotRunningError';
 }
 
 /**

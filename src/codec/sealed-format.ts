@@ -2,6 +2,7 @@
 // by a KEK) and binds it with associated data. rekey's own format and the presets for Mycelium and Talos are all
 // written in it (src/codec/formats.ts); the compiled codec below reads and writes any of them.
 import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { FormatError, UnreadableValueError } from '../errors';
 
 export const KEY_BYTES = 32;
 export const NONCE_BYTES = 12;
@@ -62,19 +63,6 @@ export interface SealedFormat {
 /** A row as the database returned it: column name → text, bytea (Buffer) or null. */
 export type Row = Readonly<Record<string, unknown>>;
 export type ColumnValue = string | Buffer;
-
-/** A stored value that cannot be read; `reason` says why, without any secret. */
-export class UnreadableValueError extends Error {
-  override readonly name = 'UnreadableValueError';
-  constructor(readonly reason: string) {
-    super(reason);
-  }
-}
-
-/** A format description that cannot work; the message names the field. */
-export class FormatError extends Error {
-  override readonly name = 'FormatError';
-}
 
 export interface Codec {
   readonly format: SealedFormat;

@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../codec/formats';
-import { compileFormat, KEY_BYTES, NONCE_BYTES, TAG_BYTES, UnreadableValueError } from '../codec/sealed-format';
-import { DekUnwrapError } from './errors';
+import { compileFormat, KEY_BYTES, NONCE_BYTES, TAG_BYTES } from '../codec/sealed-format';
+import { DekUnwrapError, UnreadableValueError } from '../errors';
 
 // rekey's own wrapped DEK, as the built-in target stores it: format byte 0x01 | nonce (12) | ciphertext (32) | tag
 // (16), bound to the tenant id and the KEK id (REKEY_DEK_FORMAT). These helpers are the application API's view of it.

@@ -1,4 +1,4 @@
-import { KekTransitionError } from './errors';
+import { KekTransitionError } from '../errors';
 
 // provisioned ──promote──▶ active ──(next KEK promoted)──▶ decrypt_only ──retire──▶ retired
 //      │                     ▲                                  │

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { REKEY_DATA_FORMAT } from '../codec/formats';
-import { compileFormat, NONCE_BYTES, UnreadableValueError } from '../codec/sealed-format';
-import { CiphertextError } from './errors';
+import { compileFormat, NONCE_BYTES } from '../codec/sealed-format';
+import { CiphertextError, UnreadableValueError } from '../errors';
 
 /** Tenant data ciphertexts are `v2:` then base64url(nonce | ciphertext | tag), as in the envelope migration guide. */
 export const CIPHERTEXT_PREFIX = 'v2:';

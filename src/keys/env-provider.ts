@@ -1,5 +1,5 @@
-import { KeyMaterialError } from '../envelope/errors';
 import { decodeKek, InMemoryKeys, LocalKeyProvider } from './key-provider';
+import { KeyMaterialError } from '../errors';
 
 const PREFIX_PATTERN = /^[A-Z][A-Z0-9_]*$/;
 

@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { KEY_BYTES } from '../envelope/dek-wrapping';
-import { KeyMaterialError } from '../envelope/errors';
 import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider } from './key-provider';
+import { KeyMaterialError } from '../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),

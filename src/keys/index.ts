@@ -1,9 +1,9 @@
-import { KeyMaterialError } from '../envelope/errors';
 import type { KeySourceSpec } from '../targets/target';
 import { EnvKeyProvider } from './env-provider';
 import { FileKeyring } from './file-keyring';
 import type { KeyProvider } from './key-provider';
 import { MyceliumTokenSecrets } from './mycelium-token-secret';
+import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
 

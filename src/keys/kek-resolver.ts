@@ -1,5 +1,5 @@
-import { KekFingerprintMismatchError, KekNotHeldError, UnknownKekError } from '../envelope/errors';
 import type { KeyProvider } from './key-provider';
+import { KekFingerprintMismatchError, KekNotHeldError, UnknownKekError } from '../errors';
 
 /** A KEK's bytes for one unit of work, copied out of the provider; the holder zeroizes `key` when done. */
 export interface ResolvedKek {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
-import { KeyMaterialError, UnknownKekError } from '../envelope/errors';
+import { KeyMaterialError, UnknownKekError } from '../errors';
 
 export const KEK_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { kekFingerprint, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
-import { KeyMaterialError, UnknownKekError } from '../envelope/errors';
 import type { SecretSource } from '../targets/target';
 import type { HeldKey, KeyProvider } from './key-provider';
+import { KeyMaterialError, UnknownKekError } from '../errors';
 
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 

@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import type { PoolClient } from 'pg';
-import { NONCE_BYTES, UnreadableValueError } from '../codec/sealed-format';
+import { NONCE_BYTES } from '../codec/sealed-format';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
 import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
 import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
 import { addCounters, emptyCounters, type RewrapCounters } from './counters';
+import { UnreadableValueError } from '../errors';
 
 export interface RewrapSliceInput {
   /** Exclusive lower bound of the slice's id range ('' = from the start). */
@@ -98,8 +99,14 @@ export async function rewrapSlice(
 ): Promise<RewrapSliceResult> {
   const reader = await checkout(deps.store.db);
   const writer = await checkout(deps.store.db);
+  // A canary wraps under a KEK that is still provisioned: the database lets this session do so (see the migration
+  // kek-may-wrap), and the connection is closed afterwards rather than pooled with that permission.
+  const wrapsProvisioned = deps.writable.includes('provisioned');
   let failure: Error | undefined;
   try {
+    if (wrapsProvisioned) {
+      await writer.query(`SELECT set_config('rekey.wrap_provisioned', $1, false)`, [deps.to.kekId]);
+    }
     return await new SliceRun(deps, input, hooks, reader, writer).run();
   } catch (err) {
     failure = err instanceof Error ? err : new Error(String(err));
@@ -107,7 +114,7 @@ export async function rewrapSlice(
   } finally {
     // After a failure the connections may be broken: the pool discards them instead of handing them out again.
     reader.release(failure);
-    writer.release(failure);
+    writer.release(failure ?? wrapsProvisioned);
   }
 }
 

@@ -1,8 +1,8 @@
 import type { Pool, PoolClient } from 'pg';
-import { UnreadableValueError } from '../codec/sealed-format';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import type { TargetStore } from '../store/target-store';
 import type { TenantFailure } from './rewrap-slice';
+import { UnreadableValueError } from '../errors';
 
 /** Rows labelled with a KEK, by what their value proves: a label can lie. */
 export interface LabelledRows {

@@ -1,4 +1,5 @@
 import { parseDuration } from './durations';
+import { InvalidRotationError } from '../errors';
 
 /** What an operator asks for. KEK ids only: key bytes never travel in a workflow payload. */
 export interface RotationRequest {
@@ -66,11 +67,6 @@ export const DEFAULTS = {
 
 export const KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const TARGET = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
-/** A request that cannot succeed however often it is retried. */
-export class InvalidRotationError extends Error {
-  override readonly name = 'InvalidRotationError';
-}
 
 function integer(name: string, value: number | undefined, fallback: number, min: number, max: number): number {
   const n = value ?? fallback;

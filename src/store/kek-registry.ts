@@ -1,7 +1,7 @@
 import type { Pool, PoolClient } from 'pg';
-import { KekFingerprintMismatchError, KekTransitionError, UnknownKekError } from '../envelope/errors';
 import { assertTransition, type KekState } from '../envelope/kek-lifecycle';
 import { checkout } from './connect';
+import { KekFingerprintMismatchError, KekTransitionError, UnknownKekError } from '../errors';
 
 export interface KekRecord {
   kekId: string;

@@ -4,25 +4,8 @@ import type { Pool, PoolClient } from 'pg';
 import type { Codec, ColumnValue, Row } from '../codec/sealed-format';
 import { describeTable, type TargetDefinition } from '../targets/target';
 import { quoteIdent } from './migrate';
-
-/** The target's table is not what its definition says: a retry cannot fix it. */
-export class TargetSchemaError extends Error {
-  override readonly name = 'TargetSchemaError';
-}
-
-/** A write under a KEK the registry does not allow to wrap (retired meanwhile, or not yet promoted). */
-export class KekNotWritableError extends Error {
-  override readonly name = 'KekNotWritableError';
-  constructor(
-    readonly target: string,
-    readonly kekId: string,
-    readonly state: string | null,
-  ) {
-    super(
-      `target '${target}': KEK '${kekId}' is ${state ?? 'not in the registry'}, and may not wrap: nothing was written`,
-    );
-  }
-}
+import { refusedAsError } from './tenant-deks';
+import { KekNotWritableError, TargetSchemaError } from '../errors';
 
 interface ColumnInfo {
   type: string;
@@ -391,13 +374,15 @@ export class TargetStore {
            WHERE progress_key = ${key})`;
     }
     // The ids that lost come back, not the ones that won: usually none, so nothing to parse.
-    const { rows } = await client.query<{
-      kek_state: string | null;
-      lost: string[] | null;
-      written: string;
-      relabelled: string;
-    }>(
-      `WITH guard AS (
+    // For rekey's own table the database's trigger refuses the same writes the guard does (see kek-may-wrap).
+    const { rows } = await refusedAsError(to, () =>
+      client.query<{
+        kek_state: string | null;
+        lost: string[] | null;
+        written: string;
+        relabelled: string;
+      }>(
+        `WITH guard AS (
          SELECT state FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR SHARE
        ), updated AS (
          UPDATE ${this.table} AS t SET ${sets.join(', ')}
@@ -409,8 +394,10 @@ export class TargetStore {
               (SELECT array_agg(x) FROM unnest(${ids}::text[]) AS x WHERE x NOT IN (SELECT id FROM updated)) AS lost,
               (SELECT count(*) FROM updated) AS written,
               (SELECT count(*) FILTER (WHERE relabel) FROM updated) AS relabelled`,
-      params,
+        params,
+      ),
     );
+
     const result = rows[0]!;
     if (!writable.includes(result.kek_state ?? '')) {
       throw new KekNotWritableError(target.name, to, result.kek_state);

@@ -1,5 +1,6 @@
 import type { Pool } from 'pg';
 import { BUILTIN_TARGET } from '../targets/builtin';
+import { KekNotWritableError } from '../errors';
 
 export interface StoredDek {
   tenantId: string;
@@ -43,21 +44,31 @@ export class TenantDekStore {
     return rows[0] && toStored(rows[0]);
   }
 
-  /** Inserts a tenant's first DEK; false if another writer created one first. */
+  /**
+   * Inserts a tenant's first DEK; false if another writer created one first. KekNotWritableError when the database
+   * refuses `kekId` (not active: promoted away or retired since the caller read it).
+   */
   async insert(tenantId: string, kekId: string, wrappedDek: Buffer): Promise<boolean> {
-    const { rowCount } = await this.db.query(
-      `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING`,
-      [tenantId, kekId, wrappedDek],
+    const { rowCount } = await refusedAsError(kekId, () =>
+      this.db.query(
+        `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING`,
+        [tenantId, kekId, wrappedDek],
+      ),
     );
     return rowCount === 1;
   }
 
-  /** Replaces a DEK only if its version is still `expectedVersion`; false when another writer got there first. */
+  /**
+   * Replaces a DEK only if its version is still `expectedVersion`; false when another writer got there first.
+   * KekNotWritableError when the database refuses `kekId`.
+   */
   async compareAndSwap(tenantId: string, expectedVersion: bigint, kekId: string, wrappedDek: Buffer): Promise<boolean> {
-    const { rowCount } = await this.db.query(
-      `UPDATE rekey.tenant_deks SET kek_id = $3, wrapped_dek = $4, version = version + 1, updated_at = now()
-       WHERE tenant_id = $1 AND version = $2`,
-      [tenantId, expectedVersion.toString(), kekId, wrappedDek],
+    const { rowCount } = await refusedAsError(kekId, () =>
+      this.db.query(
+        `UPDATE rekey.tenant_deks SET kek_id = $3, wrapped_dek = $4, version = version + 1, updated_at = now()
+         WHERE tenant_id = $1 AND version = $2`,
+        [tenantId, expectedVersion.toString(), kekId, wrappedDek],
+      ),
     );
     return rowCount === 1;
   }
@@ -97,5 +108,19 @@ export class TenantDekStore {
       if (row.kek_id !== currentKekId) staleCounts[row.kek_id] = Number(row.n);
     }
     return { currentKekId, dekCounts, staleCounts };
+  }
+}
+
+/** The SQLSTATE the kek-may-wrap trigger raises; its DETAIL is the KEK's state (absent: not in the registry). */
+export const KEK_MAY_NOT_WRAP = 'RK001';
+
+/** Runs a write of a wrapped DEK; the database's refusal of its KEK becomes KekNotWritableError. */
+export async function refusedAsError<T>(kekId: string, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (err) {
+    const pgError = err as { code?: string; detail?: string };
+    if (pgError.code === KEK_MAY_NOT_WRAP) throw new KekNotWritableError(BUILTIN_TARGET, kekId, pgError.detail ?? null);
+    throw err;
   }
 }

@@ -3,14 +3,10 @@
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { compileFormat, ENCODINGS, FormatError, type SealedFormat } from '../codec/sealed-format';
+import { compileFormat, ENCODINGS, type SealedFormat } from '../codec/sealed-format';
 import { PRESETS } from './presets';
 import { IDENTIFIER, TARGET_NAME, type CasToken, type KekLabel, type TargetDefinition } from './target';
-
-/** A configuration that cannot work: the message names the file, the key and what to fix. */
-export class TargetConfigError extends Error {
-  override readonly name = 'TargetConfigError';
-}
+import { FormatError, TargetConfigError } from '../errors';
 
 const identifier = z.string().regex(IDENTIFIER, 'must be a plain SQL identifier (letters, digits, _; at most 63)');
 const tableName = z

@@ -1,6 +1,5 @@
 import { Pool } from 'pg';
 import { compileFormat } from '../codec/sealed-format';
-import { KeyMaterialError } from '../envelope/errors';
 import { openTargetKeys } from '../keys';
 import type { KeyProvider } from '../keys/key-provider';
 import { AppInstances } from '../store/app-instances';
@@ -8,9 +7,10 @@ import { KekRegistry } from '../store/kek-registry';
 import { migrate } from '../store/migrate';
 import { TargetStore } from '../store/target-store';
 import { BUILTIN_TARGET } from './builtin';
-import { TargetConfigError, type TargetsConfig } from './config';
+import { type TargetsConfig } from './config';
 import { PRESETS } from './presets';
 import type { TargetDefinition } from './target';
+import { KeyMaterialError, TargetConfigError } from '../errors';
 
 /** Everything one target needs at run time, opened on first use. */
 export interface TargetRuntime {

@@ -1,20 +1,8 @@
-// The activities as the rotation workflow calls them, with their options. A retry cannot fix the error types listed
-// in NON_RETRYABLE: the activity fails at once and the workflow reports why.
+// The activities as the rotation workflow calls them, with their options. A retry cannot fix any of rekey's own errors
+// (NON_RETRYABLE, src/errors.ts): the activity fails at once and the workflow reports why.
 import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-
-export const NON_RETRYABLE = [
-  'InvalidRotationError',
-  'KeyMaterialError',
-  'UnknownKekError',
-  'KekTransitionError',
-  'KekFingerprintMismatchError',
-  'KekNotHeldError',
-  'KekNotWritableError',
-  'RetireRefusedError',
-  'TargetSchemaError',
-  'TargetConfigError',
-];
+import { NON_RETRYABLE } from '../errors';
 
 /** Registry and bookkeeping steps: quick statements; retried with backoff through database or worker outages. */
 export const steps = proxyActivities<Activities>({
@@ -24,7 +12,7 @@ export const steps = proxyActivities<Activities>({
     backoffCoefficient: 2,
     maximumInterval: '1 minute',
     maximumAttempts: 30,
-    nonRetryableErrorTypes: NON_RETRYABLE,
+    nonRetryableErrorTypes: [...NON_RETRYABLE],
   },
 });
 
@@ -41,6 +29,6 @@ export const slices = proxyActivities<Activities>({
     backoffCoefficient: 2,
     maximumInterval: '30 seconds',
     maximumAttempts: 30,
-    nonRetryableErrorTypes: NON_RETRYABLE,
+    nonRetryableErrorTypes: [...NON_RETRYABLE],
   },
 });

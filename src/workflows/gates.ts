@@ -2,9 +2,10 @@
 // the application's own configuration picks the current KEK, for evidence that it did what an operator was asked.
 // Both are durable, back off from 5 s to 5 min, show in the progress (and so in `status`), and fail after their
 // timeout saying what they waited for.
-import { ApplicationFailure, condition, workflowInfo } from '@temporalio/workflow';
+import { condition, workflowInfo } from '@temporalio/workflow';
 import { formatDuration } from '../rotation/durations';
 import { steps } from './activity-proxies';
+import { rotationFailure } from '../errors';
 import type { RotationState } from './rotation-state';
 
 const POLL_FIRST_MS = 5_000;
@@ -35,11 +36,11 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
       command: `rekey override-fleet ${workflowInfo().workflowId} --reason "…"`,
     });
     if (Date.now() >= deadline) {
-      throw ApplicationFailure.nonRetryable(
+      throw rotationFailure(
+        'FleetNotReady',
         `fleet not ready after ${formatDuration(settings.fleetTimeoutMs)}: ${fleet.live - ready} of ${fleet.live} live ` +
           `instance(s) ${kind === 'unwrap' ? 'cannot unwrap with' : 'do not wrap with'} '${carried.to}' ` +
           `(${waitingFor.join(', ')}); deploy the key to them, or override the fleet gate`,
-        'FleetNotReady',
       );
     }
     await condition(() => carried.fleetOverridden || run.aborted, Math.min(interval, deadline - Date.now()));
@@ -83,9 +84,9 @@ export async function waitForApplication(run: RotationState, step: 'promote' | '
     });
     run.progress = { ...run.progress, note: evidence.detail };
     if (Date.now() >= deadline) {
-      throw ApplicationFailure.nonRetryable(
-        `waited ${formatDuration(settings.confirmTimeoutMs)} for the application to ${step}: ${instructions} (${evidence.detail})`,
+      throw rotationFailure(
         'ApplicationNotReady',
+        `waited ${formatDuration(settings.confirmTimeoutMs)} for the application to ${step}: ${instructions} (${evidence.detail})`,
       );
     }
     await condition(

@@ -5,12 +5,7 @@
 import { ActivityFailure, ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
 import { parseDuration } from '../rotation/durations';
 import type { TenantRange } from '../rotation/slices';
-import {
-  InvalidRotationError,
-  parseRotationRequest,
-  type RotationRequest,
-  type RotationSettings,
-} from '../rotation/rotation-input';
+import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
 import { steps } from './activity-proxies';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
@@ -30,6 +25,7 @@ import {
 } from './messages';
 import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
 import { runPending } from './slice-scheduler';
+import { InvalidRotationError, rotationFailure } from '../errors';
 
 export type { CarriedState, RotationReport } from './rotation-state';
 
@@ -215,10 +211,10 @@ async function verify(run: RotationState): Promise<RotationReport | undefined> {
     tenantId: settings.tenantId,
   });
   if (verdict.unreadable.length > 0) {
-    throw ApplicationFailure.nonRetryable(
+    throw rotationFailure(
+      'VerifyFailed',
       `verify: ${verdict.unreadable.length} of ${verdict.sampled} sampled rows do not decrypt with '${carried.to}': ` +
         verdict.unreadable.map((u) => `${u.tenantId} (${u.reason})`).join(', '),
-      'VerifyFailed',
     );
   }
   if ((verdict.mislabelled ?? 0) > 0) {
@@ -228,10 +224,7 @@ async function verify(run: RotationState): Promise<RotationReport | undefined> {
     };
   }
   if (verdict.stale > 0 && run.kind === 'canary') {
-    throw ApplicationFailure.nonRetryable(
-      `canary row '${settings.tenantId}' is still on '${carried.from}'`,
-      'VerifyFailed',
-    );
+    throw rotationFailure('VerifyFailed', `canary row '${settings.tenantId}' is still on '${carried.from}'`);
   }
   if (verdict.stale > 0) {
     // Written meanwhile by an instance that had not yet seen the promotion: one more pass, if the bound allows.
@@ -293,10 +286,10 @@ async function failWithStale(run: RotationState, stale: number): Promise<never> 
   const { carried } = run;
   const ids = await steps.staleTenants({ target: carried.target, from: carried.from, limit: LISTED_TENANTS });
   const unreadable = run.progress.failedTenants.map((f) => `${f.tenantId}: ${f.reason}`);
-  throw ApplicationFailure.nonRetryable(
+  throw rotationFailure(
+    'RewrapIncomplete',
     `${stale} row(s) still on '${carried.from}' after ${run.progress.passes} pass(es): ${ids.join(', ')}` +
       (unreadable.length > 0 ? `; unreadable: ${unreadable.join('; ')}` : ''),
-    'RewrapIncomplete',
   );
 }
 

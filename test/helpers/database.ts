@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Pool } from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { createDatabase, type ScratchDatabase } from '../../src/dev/databases';
+import { seedTenants } from '../../src/dev/tenants';
 
 export type TestDatabase = ScratchDatabase;
 
@@ -29,4 +30,18 @@ export function useTestDatabase(): { readonly pool: Pool; readonly url: string }
       return database.url;
     },
   };
+}
+
+/**
+ * Writes DEK rows as a database's past left them (rows on KEKs that were active when they were written and are not
+ * now, or on KEKs the registry has not seen yet): rekey's trigger refuses such writes today, so the fixture turns it
+ * off for its own statements only, in a test's private database.
+ */
+export async function seedPast(db: Pool, options: Omit<Parameters<typeof seedTenants>[0], 'db'>): Promise<void> {
+  await db.query('ALTER TABLE rekey.tenant_deks DISABLE TRIGGER tenant_deks_insert_kek_may_wrap');
+  try {
+    await seedTenants({ db, ...options });
+  } finally {
+    await db.query('ALTER TABLE rekey.tenant_deks ENABLE TRIGGER tenant_deks_insert_kek_may_wrap');
+  }
 }

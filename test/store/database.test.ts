@@ -6,6 +6,9 @@ describe('test database', () => {
 
   it('is migrated and round-trips a wrapped DEK row', async () => {
     const wrapped = Buffer.from([1, 2, 3, 250]);
+    await db.pool.query(
+      `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ('rekey', 'v1', 'active', 'x')`,
+    );
     await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ('t-1', 'v1', $1)`, [
       wrapped,
     ]);

@@ -85,6 +85,10 @@ describe('migrations', () => {
       const progress = await db.pool.query(`SELECT target, progress_key, rewrapped FROM rekey.rewrap_progress`);
       expect(progress.rows).toEqual([{ target: 'rekey', progress_key: 'run/pass-1/slice-0', rewrapped: '1' }]);
       const applied = await db.pool.query<{ name: string }>(`SELECT name FROM rekey.rekey_migrations ORDER BY id`);
-      expect(applied.rows.map((r) => r.name)).toEqual(['1732300000000_envelope-schema', '1764000000000_targets']);
+      expect(applied.rows.map((r) => r.name)).toEqual([
+        '1732300000000_envelope-schema',
+        '1764000000000_targets',
+        '1764100000000_kek-may-wrap',
+      ]);
     }));
 });

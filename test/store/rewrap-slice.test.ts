@@ -1,10 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
+import { dekFingerprints } from '../../src/dev/tenants';
 import { rewrapSlice, type RewrapSliceInput } from '../../src/rewrap/rewrap-slice';
 import { TenantDekStore } from '../../src/store/tenant-deks';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { REKEY_PRESET } from '../../src/targets/presets';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createTestDatabase, seedPast, type TestDatabase } from '../helpers/database';
 import { engineFor } from '../../src/dev/engine';
 import { testKeys } from '../helpers/keys';
 
@@ -33,7 +35,7 @@ async function staleCount(db: TestDatabase, kekId = 'v1'): Promise<number> {
 describe('rewrapSlice', () => {
   it('rewraps every tenant, leaves every DEK byte-identical and none stale', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 5_000 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 5_000 });
       const before = await dekFingerprints(db.pool, keys);
 
       const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
@@ -75,9 +77,9 @@ describe('rewrapSlice', () => {
 
   it('counts DEKs already on the target as already done and those on a third KEK as skipped', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 300, prefix: 'a-' });
-      await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 200, prefix: 'b-' });
-      await seedTenants({ db: db.pool, keys, kekId: 'v3', count: 100, prefix: 'c-' });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 300, prefix: 'a-' });
+      await seedPast(db.pool, { keys, kekId: 'v2', count: 200, prefix: 'b-' });
+      await seedPast(db.pool, { keys, kekId: 'v3', count: 100, prefix: 'c-' });
       const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), fullRange);
       expect(result.counters).toMatchObject({ rewrapped: 300, alreadyOnTarget: 200, skipped: 100 });
       expect(await staleCount(db, 'v3')).toBe(100);
@@ -85,27 +87,28 @@ describe('rewrapSlice', () => {
 
   it('a concurrent writer loses no update, and a second pass leaves no stale row', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 4_000 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 4_000 });
       const before = await dekFingerprints(db.pool, keys);
-      const store = new TenantDekStore(db.pool);
-      // A writer that has not seen the promotion: it re-wraps random tenants' DEKs with v1, as a live service would.
+      // A live service whose idea of the current KEK is an hour stale: it re-wraps random tenants' DEKs with 'v1'
+      // until the database refuses 'v1' (promoted away), then re-reads the registry and wraps with 'v2'.
+      const refusals: string[] = [];
+      const app = new TenantCrypto({ db: db.pool, keys, registryTtlMs: 3_600_000, warn: (m) => refusals.push(m) });
+      await app.start();
       let writes = 0;
       let writing = true;
       const writer = (async () => {
         while (writing) {
-          const tenantId = `tenant-${String(Math.floor(Math.random() * 4_000)).padStart(8, '0')}`;
-          const row = await store.find(tenantId);
-          if (!row) continue;
-          const dek = keys.unwrap(row.kekId, tenantId, row.wrappedDek);
-          if (await store.compareAndSwap(tenantId, row.version, 'v1', keys.wrap('v1', tenantId, dek))) writes++;
-          dek.fill(0);
+          await app.rewriteDek(`tenant-${String(Math.floor(Math.random() * 4_000)).padStart(8, '0')}`);
+          writes++;
         }
       })();
 
       const first = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), { ...fullRange, batchSize: 100 });
       writing = false;
       await writer;
+      await app.stop();
       expect(writes).toBeGreaterThan(0);
+      expect(refusals).toContainEqual(expect.stringContaining("refused a DEK wrapped with 'v1' (decrypt_only)"));
       expect(await dekFingerprints(db.pool, keys)).toEqual(before);
 
       expect(first.counters.rewrapped).toBeGreaterThan(0);
@@ -118,7 +121,8 @@ describe('rewrapSlice', () => {
 
   it('a corrupt DEK is reported with its tenant and reason, and left untouched', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 50 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 50 });
+      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
       await db.pool.query(
         `UPDATE rekey.tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000007'`,
       );
@@ -140,7 +144,7 @@ describe('rewrapSlice', () => {
 
   it('a dry run reports what it would do and writes nothing', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 1_000 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 1_000 });
       const snapshot = async () =>
         (
           await db.pool.query<object>(
@@ -162,7 +166,7 @@ describe('rewrapSlice', () => {
 
   it('rotates a single tenant on its own', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 20 });
       const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
         ...fullRange,
         rowId: 'tenant-00000003',
@@ -174,7 +178,7 @@ describe('rewrapSlice', () => {
 
   it('respects its range bounds: (after, until]', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 100 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 100 });
       const result = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
         ...fullRange,
         after: 'tenant-00000009',
@@ -191,8 +195,8 @@ describe('rewrapSlice', () => {
 
   it('a slice stopped midway and run again resumes from its committed progress and counts each tenant once', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 2_000 });
-      await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 30, prefix: 'done-' });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 2_000 });
+      await seedPast(db.pool, { keys, kekId: 'v2', count: 30, prefix: 'done-' });
       let batches = 0;
       const input = { ...fullRange, batchSize: 100, progressKey: 'rotation-x/pass-1/slice-0' };
       // The first attempt "crashes" after 5 batches: its last heartbeat is older than its last committed batch.
@@ -229,7 +233,7 @@ describe('rewrapSlice', () => {
 
   it('a time budget stops the slice at a batch boundary with the cursor to go on from', () =>
     withDatabase(async (db) => {
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 1_000 });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 1_000 });
       const first = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), {
         ...fullRange,
         batchSize: 100,
@@ -250,8 +254,8 @@ describe('kekStatus', () => {
       await db.pool.query(
         `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ('rekey', 'v2', 'active', 'kcv1:x')`,
       );
-      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 7, prefix: 'x-' });
-      await seedTenants({ db: db.pool, keys, kekId: 'v2', count: 5, prefix: 'y-' });
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 7, prefix: 'x-' });
+      await seedPast(db.pool, { keys, kekId: 'v2', count: 5, prefix: 'y-' });
       expect(await new TenantDekStore(db.pool).kekStatus()).toEqual({
         currentKekId: 'v2',
         dekCounts: { v1: 7, v2: 5 },

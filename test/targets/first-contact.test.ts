@@ -2,10 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { migrate } from '../../src/store/migrate';
-import { TargetSchemaError } from '../../src/store/target-store';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createMyceliumSchema, kekOf, myceliumShape, seedMyceliumTenants } from '../helpers/mycelium';
+import { TargetSchemaError } from '../../src/errors';
 
 const [gen1, gen2] = [randomUUID(), randomUUID()];
 const env = { MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 };

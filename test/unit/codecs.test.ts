@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { MYCELIUM_DEK_FORMAT, REKEY_DEK_FORMAT, TALOS_SECRET_FORMAT } from '../../src/codec/formats';
-import { compileFormat, FormatError, UnreadableValueError } from '../../src/codec/sealed-format';
+import { compileFormat } from '../../src/codec/sealed-format';
 import { wrapDek } from '../../src/envelope/dek-wrapping';
+import { FormatError, UnreadableValueError } from '../../src/errors';
 
 // Fixed vectors made with Python's `cryptography` (AESGCM), not with Node, from the facts in
 // ../shared/seed-systems.md; every one with the nonce 000102…0b.

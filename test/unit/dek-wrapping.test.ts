@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { kekFingerprint, unwrapDek, wrapDek, WRAPPED_DEK_BYTES } from '../../src/envelope/dek-wrapping';
-import { DekUnwrapError } from '../../src/envelope/errors';
 import { decryptTenantData, encryptTenantData } from '../../src/envelope/tenant-data-cipher';
+import { DekUnwrapError } from '../../src/errors';
 
 const kek = randomBytes(32);
 const dek = randomBytes(32);

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { KeyMaterialError } from '../../src/envelope/errors';
 import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { KeyMaterialError } from '../../src/errors';
 
 const key = () => randomBytes(32).toString('base64url');
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { KekTransitionError } from '../../src/envelope/errors';
 import { assertTransition, canTransition, canUnwrap, canWrap, KEK_STATES } from '../../src/envelope/kek-lifecycle';
+import { KekTransitionError } from '../../src/errors';
 
 describe('KEK lifecycle', () => {
   it('nothing comes back from retired', () => {

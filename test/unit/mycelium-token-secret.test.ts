@@ -4,11 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { KekFingerprintMismatchError, KekNotHeldError, KeyMaterialError } from '../../src/envelope/errors';
 import { resolveKek } from '../../src/keys/kek-resolver';
 import { MyceliumTokenSecrets, myceliumKek } from '../../src/keys/mycelium-token-secret';
 import { EnvKeyProvider } from '../../src/keys/env-provider';
 import { MYCELIUM_PRESET } from '../../src/targets/presets';
+import { KekFingerprintMismatchError, KekNotHeldError, KeyMaterialError } from '../../src/errors';
 
 const sources = MYCELIUM_PRESET.keys as { provider: 'mycelium-token-secret'; current: never; old: never };
 

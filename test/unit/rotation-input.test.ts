@@ -1,10 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import {
-  checkAgainstKeks,
-  InvalidRotationError,
-  parseRotationRequest,
-  type KekFacts,
-} from '../../src/rotation/rotation-input';
+import { checkAgainstKeks, parseRotationRequest, type KekFacts } from '../../src/rotation/rotation-input';
+import { InvalidRotationError } from '../../src/errors';
 
 const facts = (overrides: Partial<KekFacts> = {}): KekFacts => ({
   activeKekId: 'v1',

@@ -2,8 +2,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadTargetsConfig, parseTargetsConfig, TargetConfigError } from '../../src/targets/config';
+import { loadTargetsConfig, parseTargetsConfig } from '../../src/targets/config';
 import { MYCELIUM_PRESET, TALOS_PRESET } from '../../src/targets/presets';
+import { TargetConfigError } from '../../src/errors';
 
 const example = fs.readFileSync(path.join(__dirname, '..', '..', 'examples', 'rekey.yaml'), 'utf8');
 

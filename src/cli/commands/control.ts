@@ -1,11 +1,6 @@
 import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { Command, Option } from 'commander';
-import {
-  failureMessage,
-  RotationNotFoundError,
-  RotationNotRunningError,
-  runningRotation,
-} from '../../client/rotations';
+import { failureMessage, runningRotation } from '../../client/rotations';
 import {
   abortUpdate,
   confirmStepUpdate,
@@ -14,25 +9,21 @@ import {
   resumeUpdate,
   setGraceUpdate,
 } from '../../workflows';
-import { CliError, EXIT, type CliContext } from '../context';
+import type { CliContext } from '../context';
 import { describeProgress } from '../format';
 import { duration, withContext } from '../options';
+import { CliError, errorKind } from '../../errors';
 
 async function handleFor(context: CliContext, reference: string) {
-  try {
-    return await runningRotation(await context.temporal(), reference);
-  } catch (err) {
-    if (err instanceof RotationNotFoundError) throw new CliError(err.message, EXIT.notFound);
-    if (err instanceof RotationNotRunningError) throw new CliError(err.message, EXIT.conflict);
-    throw err;
-  }
+  return runningRotation(await context.temporal(), reference);
 }
 
 async function update<T>(run: () => Promise<T>): Promise<T> {
   try {
     return await run();
   } catch (err) {
-    if (err instanceof WorkflowUpdateFailedError) throw new CliError(failureMessage(err), EXIT.usage);
+    // A validator's refusal: its message, and the exit code of its kind (bad input, or not possible now).
+    if (err instanceof WorkflowUpdateFailedError) throw new CliError(failureMessage(err), errorKind(err));
     throw err;
   }
 }
@@ -78,7 +69,7 @@ export function controlCommands(): Command[] {
     .action(
       withContext(async (context, reference: string, options: { extend?: string; endNow?: boolean }) => {
         if (Boolean(options.extend) === Boolean(options.endNow)) {
-          throw new CliError('give exactly one of --extend <duration> or --end-now', EXIT.usage);
+          throw new CliError('give exactly one of --extend <duration> or --end-now', 'invalid');
         }
         const handle = await handleFor(context, reference);
         const answer = await update(() =>

@@ -1,10 +1,10 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
-import { InvalidRotationError, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
-import { CliError, EXIT } from '../context';
+import { parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
+import { CliError, InvalidRotationError } from '../../errors';
 
 interface RotateOptions {
   target: string;
@@ -29,10 +29,10 @@ function generation(value: string): number {
 /** `--from`/`--from-version` (Mycelium's spelling), exactly one of them. */
 function pick(id: string | undefined, version: number | undefined, name: 'from' | 'to'): string {
   if (id !== undefined && version !== undefined) {
-    throw new CliError(`give --${name} or --${name}-version, not both`, EXIT.usage);
+    throw new CliError(`give --${name} or --${name}-version, not both`, 'invalid');
   }
   if (id === undefined && version === undefined) {
-    throw new CliError(`--${name} <id> (or --${name}-version <n>) is required`, EXIT.usage);
+    throw new CliError(`--${name} <id> (or --${name}-version <n>) is required`, 'invalid');
   }
   return id ?? String(version);
 }
@@ -79,14 +79,14 @@ export function rotateCommand(): Command {
           parseRotationRequest(request); // bad input is reported even when Temporal is unreachable
           started = await startRotation(await context.temporal(), request, { taskQueue: context.options.taskQueue });
         } catch (err) {
-          if (err instanceof InvalidRotationError) throw new CliError(err.message, EXIT.usage);
+          if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
           throw err;
         }
         const { opId } = started;
         if (started.kind === 'already-running') {
           throw new CliError(
             `a rotation of target '${options.target}' is already running: ${opId}; watch it with 'rekey status ${opId} --watch'`,
-            EXIT.conflict,
+            'conflict',
           );
         }
         const versions = options.fromVersion !== undefined || options.toVersion !== undefined;

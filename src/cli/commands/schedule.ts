@@ -6,8 +6,8 @@ import {
   listRotationSchedules,
   QUARTERLY_CRON,
 } from '../../client/schedules';
-import { CliError, EXIT } from '../context';
 import { duration, targetOption, withContext } from '../options';
+import { CliError } from '../../errors';
 
 export function scheduleCommand(): Command {
   const schedule = new Command('schedule').description('a Temporal Schedule that rotates to a newly generated KEK');
@@ -26,7 +26,7 @@ export function scheduleCommand(): Command {
           context,
           options: { id: string; cron?: string; every?: string; grace: string; minKekAge: string; target: string },
         ) => {
-          if (options.cron && options.every) throw new CliError('give --cron or --every, not both', EXIT.usage);
+          if (options.cron && options.every) throw new CliError('give --cron or --every, not both', 'invalid');
           try {
             const id = await createRotationSchedule(await context.temporal(), {
               scheduleId: options.id,
@@ -40,7 +40,7 @@ export function scheduleCommand(): Command {
             context.print({ scheduleId: id, created: true }, () => [`created schedule ${id}`]);
           } catch (err) {
             if (err instanceof ScheduleAlreadyRunning)
-              throw new CliError(`schedule ${options.id} already exists`, EXIT.conflict);
+              throw new CliError(`schedule ${options.id} already exists`, 'conflict');
             throw err;
           }
         },
@@ -87,7 +87,7 @@ async function notFoundAsExit(id: string, run: () => Promise<void>): Promise<voi
   try {
     await run();
   } catch (err) {
-    if (err instanceof ScheduleNotFoundError) throw new CliError(`no schedule '${id}'`, EXIT.notFound);
+    if (err instanceof ScheduleNotFoundError) throw new CliError(`no schedule '${id}'`, 'not-found');
     throw err;
   }
 }

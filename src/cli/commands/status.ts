@@ -1,9 +1,10 @@
 import { SingleBar } from 'cli-progress';
 import { Command } from 'commander';
-import { rotationStatus, RotationNotFoundError, type RotationStatus } from '../../client/rotations';
-import { CliError, EXIT, type CliContext } from '../context';
+import { rotationStatus, type RotationStatus } from '../../client/rotations';
+import type { CliContext } from '../context';
 import { describeCounters, describeProgress } from '../format';
 import { withContext } from '../options';
+import { CliError } from '../../errors';
 
 function humanStatus(s: RotationStatus): string[] {
   const lines = [`rotation ${s.opId}: ${s.status.toLowerCase()}`];
@@ -21,12 +22,7 @@ function humanStatus(s: RotationStatus): string[] {
 }
 
 async function statusOf(context: CliContext, reference: string): Promise<RotationStatus> {
-  try {
-    return await rotationStatus(await context.temporal(), reference);
-  } catch (err) {
-    if (err instanceof RotationNotFoundError) throw new CliError(err.message, EXIT.notFound);
-    throw err;
-  }
+  return rotationStatus(await context.temporal(), reference);
 }
 
 /** Follows a rotation until it ends: a live bar on a terminal, a line every few seconds otherwise. */

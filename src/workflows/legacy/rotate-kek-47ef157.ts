@@ -29,12 +29,7 @@ import {
   type ProgressReport,
   type RotationProgress,
 } from '../../rotation/progress';
-import {
-  InvalidRotationError,
-  parseRotationRequest,
-  type RotationRequest,
-  type RotationSettings,
-} from '../../rotation/rotation-input';
+import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../../rotation/rotation-input';
 import type { TenantRange } from '../../rotation/slices';
 import {
   abortSignal,
@@ -49,6 +44,7 @@ import {
   type GraceChange,
 } from '../messages';
 import { RekeyFromKek, RekeyPhase, RekeyToKek } from '../search-attributes';
+import { InvalidRotationError } from '../../errors';
 
 /** Errors no retry can fix: the activity fails at once and the workflow reports why. */
 const NON_RETRYABLE = [

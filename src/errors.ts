@@ -1,0 +1,303 @@
+// Every error rekey raises on purpose, in one place, and the one mapping from an error to what each surface says:
+// the CLI's exit code, the admin API's HTTP status, and whether an activity may retry. Temporal turns an error thrown
+// by an activity into an ApplicationFailure whose type is the class name; the workflow's own failures carry one of
+// WORKFLOW_FAILURES as their type. So a failure keeps its kind from the activity to the operator's terminal.
+//
+// Plain module (no Node APIs): the workflow bundle imports it.
+import { ApplicationFailure } from '@temporalio/common';
+
+/** What an operator should do about an error, which decides its exit code and HTTP status. */
+export type ErrorKind =
+  /** Fix the request or the configuration: exit 2, HTTP 400. */
+  | 'invalid'
+  /** No such rotation, schedule or KEK: exit 3, HTTP 404. */
+  | 'not-found'
+  /** Not now: a rotation of the keyspace is running, or it has ended: exit 4, HTTP 409. */
+  | 'conflict'
+  /** rekey refused a step that could lose data (a key that is not the registered one, a KEK still in use): exit 5, HTTP 422. */
+  | 'refused'
+  /** The operation failed; its message says why: exit 1, HTTP 500. */
+  | 'failed';
+
+export const EXIT_CODES: Readonly<Record<ErrorKind | 'ok', number>> = {
+  ok: 0,
+  failed: 1,
+  invalid: 2,
+  'not-found': 3,
+  conflict: 4,
+  refused: 5,
+};
+
+export const HTTP_STATUSES: Readonly<Record<ErrorKind, number>> = {
+  invalid: 400,
+  'not-found': 404,
+  conflict: 409,
+  refused: 422,
+  failed: 500,
+};
+
+/** Base of rekey's errors: its kind, and whether retrying the same call could ever succeed. */
+export abstract class RekeyError extends Error {
+  static readonly kind: ErrorKind = 'failed';
+  get kind(): ErrorKind {
+    return (this.constructor as typeof RekeyError).kind;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- request and config
+
+/** A rotation request that cannot succeed however often it is retried. */
+export class InvalidRotationError extends RekeyError {
+  override readonly name = 'InvalidRotationError';
+  static override readonly kind = 'invalid';
+}
+
+/** A targets configuration that cannot work: the message names the file, the key and what to fix. */
+export class TargetConfigError extends RekeyError {
+  override readonly name = 'TargetConfigError';
+  static override readonly kind = 'invalid';
+}
+
+/** Environment variables that are missing or malformed; the message names each one. */
+export class ConfigError extends RekeyError {
+  override readonly name = 'ConfigError';
+  static override readonly kind = 'invalid';
+}
+
+/** A sealed-value format description that cannot work; the message names the field. */
+export class FormatError extends RekeyError {
+  override readonly name = 'FormatError';
+  static override readonly kind = 'invalid';
+}
+
+/** Key material that is malformed or missing: an env variable, a keyring file. A retry cannot fix it. */
+export class KeyMaterialError extends RekeyError {
+  override readonly name = 'KeyMaterialError';
+  static override readonly kind = 'invalid';
+  constructor(
+    message: string,
+    readonly source: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The target's table is not what its definition says. */
+export class TargetSchemaError extends RekeyError {
+  override readonly name = 'TargetSchemaError';
+  static override readonly kind = 'invalid';
+}
+
+// ---------------------------------------------------------------------------------------------- keys
+
+/** A KEK id that the key provider or the registry does not know. */
+export class UnknownKekError extends RekeyError {
+  override readonly name = 'UnknownKekError';
+  static override readonly kind = 'not-found';
+  constructor(
+    readonly kekId: string,
+    where: string,
+  ) {
+    super(`KEK '${kekId}' is not known to ${where}`);
+  }
+}
+
+/** The registry and the key provider disagree about a KEK (same id, different key). */
+export class KekFingerprintMismatchError extends RekeyError {
+  override readonly name = 'KekFingerprintMismatchError';
+  static override readonly kind = 'refused';
+  constructor(
+    readonly kekId: string,
+    readonly registered: string,
+    readonly provided: string,
+  ) {
+    super(
+      `KEK '${kekId}' in the key provider has fingerprint ${provided}, but the registry recorded ${registered}: this is a different key`,
+    );
+  }
+}
+
+/** The registry knows a KEK by its fingerprint, and this process holds no key with that fingerprint. */
+export class KekNotHeldError extends RekeyError {
+  override readonly name = 'KekNotHeldError';
+  static override readonly kind = 'refused';
+  constructor(
+    readonly kekId: string,
+    readonly fingerprint: string,
+    where: string,
+  ) {
+    super(`KEK '${kekId}' (${fingerprint} in the registry) is not in ${where}: add that key here, not another one`);
+  }
+}
+
+/** A KEK state change that the lifecycle forbids (e.g. anything out of `retired`). */
+export class KekTransitionError extends RekeyError {
+  override readonly name = 'KekTransitionError';
+  static override readonly kind = 'refused';
+  constructor(
+    readonly kekId: string,
+    readonly from: string,
+    readonly to: string,
+    reason: string,
+  ) {
+    super(`KEK '${kekId}' cannot go from ${from} to ${to}: ${reason}`);
+  }
+}
+
+/** A write under a KEK the registry does not allow to wrap (retired meanwhile, or not yet promoted). */
+export class KekNotWritableError extends RekeyError {
+  override readonly name = 'KekNotWritableError';
+  static override readonly kind = 'refused';
+  constructor(
+    readonly target: string,
+    readonly kekId: string,
+    readonly state: string | null,
+  ) {
+    super(
+      `target '${target}': KEK '${kekId}' is ${state ?? 'not in the registry'}, and may not wrap: nothing was written`,
+    );
+  }
+}
+
+/** Retire found rows that still need the KEK: retrying now would not change that. */
+export class RetireRefusedError extends RekeyError {
+  override readonly name = 'RetireRefusedError';
+  static override readonly kind = 'refused';
+}
+
+// ---------------------------------------------------------------------------------------------- data
+
+/** A wrapped DEK that does not unwrap: tampered, copied from another tenant, relabelled, or corrupt. */
+export class DekUnwrapError extends RekeyError {
+  override readonly name = 'DekUnwrapError';
+  static override readonly kind = 'failed';
+  constructor(
+    readonly tenantId: string,
+    readonly kekId: string,
+    readonly reason: string,
+  ) {
+    super(`DEK of tenant '${tenantId}' does not unwrap with KEK '${kekId}': ${reason}`);
+  }
+}
+
+/** Tenant data that does not decrypt with the tenant's DEK. */
+export class CiphertextError extends RekeyError {
+  override readonly name = 'CiphertextError';
+  static override readonly kind = 'failed';
+  constructor(
+    readonly tenantId: string,
+    reason: string,
+  ) {
+    super(`ciphertext of tenant '${tenantId}' does not decrypt: ${reason}`);
+  }
+}
+
+/** A stored value that cannot be read; `reason` says why, without any secret. */
+export class UnreadableValueError extends RekeyError {
+  override readonly name = 'UnreadableValueError';
+  static override readonly kind = 'failed';
+  constructor(readonly reason: string) {
+    super(reason);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- rotations
+
+export class RotationNotFoundError extends RekeyError {
+  override readonly name = 'RotationNotFoundError';
+  static override readonly kind = 'not-found';
+}
+
+export class RotationNotRunningError extends RekeyError {
+  override readonly name = 'RotationNotRunningError';
+  static override readonly kind = 'conflict';
+}
+
+/** A control (pause, abort, …) the rotation cannot honour where it is: thrown by the workflow's update validators. */
+export class ControlRefusedError extends RekeyError {
+  override readonly name = 'ControlRefusedError';
+  static override readonly kind = 'conflict';
+}
+
+/** An error the CLI reports as one line, with the exit code of its kind. */
+export class CliError extends RekeyError {
+  override readonly name = 'CliError';
+  constructor(
+    message: string,
+    private readonly cliKind: ErrorKind = 'failed',
+  ) {
+    super(message);
+  }
+  override get kind(): ErrorKind {
+    return this.cliKind;
+  }
+}
+
+/** The workflow's own failure types (ApplicationFailure.type), with their kinds. */
+export const WORKFLOW_FAILURES = {
+  /** Some live application instance never held (or wrapped with) the new KEK within the fleet timeout. */
+  FleetNotReady: 'failed',
+  /** The application never did a step it owns (promote, retire) within the confirm timeout. */
+  ApplicationNotReady: 'failed',
+  /** Rows the run wrote do not open under the new KEK, or the canary row did not move. */
+  VerifyFailed: 'refused',
+  /** Rows still need the old KEK after the last pass allowed. */
+  RewrapIncomplete: 'failed',
+  /** An activity failed for good with an error of no known type. */
+  RotationFailed: 'failed',
+} as const satisfies Record<string, ErrorKind>;
+export type WorkflowFailureType = keyof typeof WORKFLOW_FAILURES;
+
+const CLASSES = [
+  InvalidRotationError,
+  TargetConfigError,
+  ConfigError,
+  FormatError,
+  KeyMaterialError,
+  TargetSchemaError,
+  UnknownKekError,
+  KekFingerprintMismatchError,
+  KekNotHeldError,
+  KekTransitionError,
+  KekNotWritableError,
+  RetireRefusedError,
+  DekUnwrapError,
+  CiphertextError,
+  UnreadableValueError,
+  RotationNotFoundError,
+  RotationNotRunningError,
+  ControlRefusedError,
+] as const;
+
+/** The kind of every error type by name: rekey's classes and the workflow's failure types. */
+const KIND_BY_TYPE: ReadonlyMap<string, ErrorKind> = new Map<string, ErrorKind>([
+  ...CLASSES.map((c) => [c.name, c.kind] as [string, ErrorKind]),
+  ...(Object.entries(WORKFLOW_FAILURES) as [string, ErrorKind][]),
+]);
+
+/** Error types an activity must not retry: every rekey error is one (a retry cannot fix what it reports). */
+export const NON_RETRYABLE: readonly string[] = CLASSES.map((c) => c.name);
+
+/**
+ * The kind of any error: a rekey error, or a Temporal failure (workflow, activity or update) whose cause chain names
+ * a rekey error type or a workflow failure type. Anything else failed.
+ */
+export function errorKind(err: unknown): ErrorKind {
+  for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
+    if (e instanceof RekeyError) return e.kind;
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string' && KIND_BY_TYPE.has(type)) return KIND_BY_TYPE.get(type)!;
+    const name = (e as { name?: unknown }).name;
+    if (typeof name === 'string' && KIND_BY_TYPE.has(name)) return KIND_BY_TYPE.get(name)!;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return 'failed';
+}
+
+export const exitCodeFor = (err: unknown): number => EXIT_CODES[errorKind(err)];
+export const httpStatusFor = (err: unknown): number => HTTP_STATUSES[errorKind(err)];
+
+/** The workflow's failure of one of its own types: non-retryable, with a message that says what to do. */
+export function rotationFailure(type: WorkflowFailureType, message: string): ApplicationFailure {
+  return ApplicationFailure.nonRetryable(message, type);
+}
