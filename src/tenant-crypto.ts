@@ -76,9 +76,13 @@ export class TenantCrypto {
 
   /** Re-reads the active KEK, loads keys added since start (e.g. a newly provisioned KEK), and announces. */
   async refresh(): Promise<void> {
-    const active = await this.registry.active();
+    const registered = await this.registry.list();
+    const active = registered.find((k) => k.state === 'active');
     if (!active) throw new UnknownKekError('(none active)', 'the KEK registry: seed it with <PREFIX>_CURRENT_KEK_ID');
-    if (!this.options.keys.has(active.kekId)) await this.options.keys.reload();
+    // A KEK the registry lists that this process lacks (a rotation provisioned it, or made it active): reload the
+    // key source, so that this instance holds it, and says so, before anything is wrapped with it.
+    const usable = registered.filter((k) => k.state !== 'retired');
+    if (usable.some((k) => !this.options.keys.has(k.kekId))) await this.options.keys.reload();
     if (this.options.keys.has(active.kekId) && this.options.keys.fingerprint(active.kekId) !== active.fingerprint) {
       // Same id, different key: wrapping with it would make every new DEK unreadable to the rest of the fleet.
       throw new KekFingerprintMismatchError(
@@ -95,10 +99,12 @@ export class TenantCrypto {
       );
     }
     this.current = { kekId: active.kekId, readAt: Date.now() };
+    const held = this.options.keys.kekIds();
     await this.instances.announce({
       instanceId: this.instanceId,
-      unwrapKekIds: this.options.keys.kekIds(),
+      unwrapKekIds: held,
       wrapKekId: this.options.keys.has(active.kekId) ? active.kekId : null,
+      kekFingerprints: Object.fromEntries(held.map((kekId) => [kekId, this.options.keys.fingerprint(kekId)])),
     });
   }
 

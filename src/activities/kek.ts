@@ -10,6 +10,7 @@ import type { TargetRuntime } from '../targets/runtime';
 import { describeTable } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
+import type { AppInstance } from '../store/app-instances';
 import { InvalidRotationError, KeyMaterialError, RetireRefusedError, TargetSchemaError } from '../errors';
 
 export interface FleetReadiness {
@@ -20,6 +21,11 @@ export interface FleetReadiness {
   cannotUnwrap: string[];
   /** Live instances that do not wrap with the KEK yet (first few). */
   notWrapping: string[];
+  /**
+   * Live instances that hold a key under the KEK's id whose fingerprint is not the registered one, or announce no
+   * fingerprint (first few, with what they hold). Never ready: a key is trusted by its fingerprint, not its name.
+   */
+  wrongKey?: string[];
 }
 
 /** What the first step learned: the KEK in use, who owns promotion and retirement, and what to ask of operators. */
@@ -262,16 +268,26 @@ export function createKekActivities(deps: ActivityDependencies) {
       liveWithinMs,
       target,
     }: { kekId: string; liveWithinMs: number } & OnTarget): Promise<FleetReadiness> {
-      const { instances } = await targets.get(target);
-      const live = await instances.live(liveWithinMs);
-      const cannotUnwrap = live.filter((i) => !i.unwrapKekIds.includes(kekId)).map((i) => i.instanceId);
-      const notWrapping = live.filter((i) => i.wrapKekId !== kekId).map((i) => i.instanceId);
+      const { instances, registry } = await targets.get(target);
+      const [live, registered] = await Promise.all([instances.live(liveWithinMs), registry.require(kekId)]);
+      // An instance holds the KEK only if it announces the registered fingerprint under its id.
+      const holds = (i: AppInstance) => i.kekFingerprints[kekId] === registered.fingerprint;
+      const wrongKey = live
+        .filter((i) => i.unwrapKekIds.includes(kekId) && !holds(i))
+        .map((i) =>
+          i.kekFingerprints[kekId] === undefined
+            ? `${i.instanceId} (announces no fingerprint: upgrade it)`
+            : `${i.instanceId} (holds ${i.kekFingerprints[kekId]}, registry ${registered.fingerprint})`,
+        );
+      const cannotUnwrap = live.filter((i) => !i.unwrapKekIds.includes(kekId) || !holds(i)).map((i) => i.instanceId);
+      const notWrapping = live.filter((i) => i.wrapKekId !== kekId || !holds(i)).map((i) => i.instanceId);
       return {
         live: live.length,
         canUnwrap: live.length - cannotUnwrap.length,
         wrapsWith: live.length - notWrapping.length,
         cannotUnwrap: cannotUnwrap.slice(0, 10),
         notWrapping: notWrapping.slice(0, 10),
+        ...(wrongKey.length > 0 && { wrongKey: wrongKey.slice(0, 10) }),
       };
     },
 

@@ -5,7 +5,8 @@ const n = (value: number) => value.toLocaleString('en-US');
 
 /** One line for people: phase, counters in the terms of the rotate-kek CLI, rate and ETA. */
 export function describeProgress(p: ProgressReport): string {
-  const parts = [`${p.target ? `${p.target} · ` : ''}${p.phase}${p.paused ? ' (paused)' : ''}`];
+  const held = p.paused ? (p.heldBefore !== undefined ? ` (paused: holds before ${p.heldBefore})` : ' (paused)') : '';
+  const parts = [`${p.target ? `${p.target} · ` : ''}${p.phase}${held}`];
   if (p.phase === 'rewrap' || p.passes > 0) {
     parts.push(
       `${p.percent}%`,

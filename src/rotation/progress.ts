@@ -41,6 +41,11 @@ export interface RotationProgress {
   paused: boolean;
   pausedMs: number;
   pausedSince?: number;
+  /** While paused: the step the run holds before (it takes no further step until resumed). */
+  heldBefore?: string;
+  /** Rewrap time of earlier visits (verify can send the run back for another pass), and pauses within rewrap. */
+  rewrapMs?: number;
+  rewrapPausedMs?: number;
   /** Bounded: the first ones met. */
   failedTenants: TenantFailure[];
   graceEndsAt?: number;
@@ -74,6 +79,8 @@ export function initialProgress(
     passes: 0,
     paused: false,
     pausedMs: 0,
+    rewrapMs: 0,
+    rewrapPausedMs: 0,
     failedTenants: [],
   };
 }
@@ -81,9 +88,13 @@ export function initialProgress(
 export function enterPhase(progress: RotationProgress, phase: Phase, now: number): RotationProgress {
   const previous = progress.phases[progress.phase];
   const phases = { ...progress.phases };
-  if (previous && previous.endedAt === undefined) phases[progress.phase] = { ...previous, endedAt: now };
+  let { rewrapMs } = progress;
+  if (previous && previous.endedAt === undefined) {
+    phases[progress.phase] = { ...previous, endedAt: now };
+    if (progress.phase === 'rewrap') rewrapMs = (rewrapMs ?? 0) + (now - previous.startedAt);
+  }
   phases[phase] = { startedAt: now, ...(phase === 'done' ? { endedAt: now } : {}) };
-  return { ...progress, phase, phases };
+  return { ...progress, phase, phases, ...(rewrapMs !== undefined && { rewrapMs }) };
 }
 
 /** Adds a finished slice's counters and failures: called exactly once per finished slice. */
@@ -103,11 +114,14 @@ export function addSliceResult(
 export function setPaused(progress: RotationProgress, paused: boolean, now: number): RotationProgress {
   if (paused === progress.paused) return progress;
   if (paused) return { ...progress, paused, pausedSince: now };
+  const pausedFor = progress.pausedSince === undefined ? 0 : now - progress.pausedSince;
   return {
     ...progress,
     paused,
     pausedSince: undefined,
-    pausedMs: progress.pausedMs + (progress.pausedSince === undefined ? 0 : now - progress.pausedSince),
+    heldBefore: undefined,
+    pausedMs: progress.pausedMs + pausedFor,
+    ...(progress.phase === 'rewrap' && { rewrapPausedMs: (progress.rewrapPausedMs ?? 0) + pausedFor }),
   };
 }
 
@@ -119,13 +133,20 @@ export function percentComplete(progress: RotationProgress): number {
   return Math.min(100, Math.floor((progress.counters.rewrapped / progress.staleAtStart) * 1000) / 10);
 }
 
-/** Rewrapped DEKs per second of unpaused rewrap time. */
+/** Rewrapped DEKs per second of unpaused rewrap time, over every visit of the rewrap phase. */
 export function rewrapRate(progress: RotationProgress, now: number): number {
   const rewrap = progress.phases.rewrap;
   if (!rewrap) return 0;
-  const end = rewrap.endedAt ?? now;
-  const paused = progress.pausedMs + (progress.pausedSince === undefined ? 0 : now - progress.pausedSince);
-  const seconds = (end - rewrap.startedAt - paused) / 1000;
+  const inRewrap = progress.phase === 'rewrap';
+  const current = inRewrap && rewrap.endedAt === undefined ? now - rewrap.startedAt : 0;
+  const pausedNow = inRewrap && progress.pausedSince !== undefined ? now - progress.pausedSince : 0;
+  // Progress carried from a build that did not count rewrap time per visit: its one visit, less every pause.
+  const legacy = progress.rewrapMs === undefined && progress.rewrapPausedMs === undefined;
+  const elapsed = legacy ? (rewrap.endedAt ?? now) - rewrap.startedAt : (progress.rewrapMs ?? 0) + current;
+  const paused = legacy
+    ? progress.pausedMs + (progress.pausedSince === undefined ? 0 : now - progress.pausedSince)
+    : (progress.rewrapPausedMs ?? 0) + pausedNow;
+  const seconds = (elapsed - paused) / 1000;
   return seconds > 0 ? progress.counters.rewrapped / seconds : 0;
 }
 

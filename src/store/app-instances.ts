@@ -4,6 +4,8 @@ export interface AppInstance {
   instanceId: string;
   unwrapKekIds: string[];
   wrapKekId: string | null;
+  /** The fingerprint of each KEK the instance holds (empty for instances of versions that did not announce them). */
+  kekFingerprints: Record<string, string>;
   lastSeen: Date;
 }
 
@@ -16,10 +18,12 @@ export class AppInstances {
 
   async announce(instance: Omit<AppInstance, 'lastSeen'>): Promise<void> {
     await this.db.query(
-      `INSERT INTO rekey.app_instances (target, instance_id, unwrap_kek_ids, wrap_kek_id) VALUES ($1, $2, $3, $4)
+      `INSERT INTO rekey.app_instances (target, instance_id, unwrap_kek_ids, wrap_kek_id, kek_fingerprints)
+       VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (target, instance_id) DO UPDATE
-         SET unwrap_kek_ids = EXCLUDED.unwrap_kek_ids, wrap_kek_id = EXCLUDED.wrap_kek_id, last_seen = now()`,
-      [this.target, instance.instanceId, instance.unwrapKekIds, instance.wrapKekId],
+         SET unwrap_kek_ids = EXCLUDED.unwrap_kek_ids, wrap_kek_id = EXCLUDED.wrap_kek_id,
+             kek_fingerprints = EXCLUDED.kek_fingerprints, last_seen = now()`,
+      [this.target, instance.instanceId, instance.unwrapKekIds, instance.wrapKekId, instance.kekFingerprints],
     );
   }
 
@@ -36,9 +40,10 @@ export class AppInstances {
       instance_id: string;
       unwrap_kek_ids: string[];
       wrap_kek_id: string | null;
+      kek_fingerprints: Record<string, string>;
       last_seen: Date;
     }>(
-      `SELECT instance_id, unwrap_kek_ids, wrap_kek_id, last_seen FROM rekey.app_instances
+      `SELECT instance_id, unwrap_kek_ids, wrap_kek_id, kek_fingerprints, last_seen FROM rekey.app_instances
        WHERE target = $1 AND last_seen > now() - make_interval(secs => $2) ORDER BY instance_id`,
       [this.target, liveWithinMs / 1000],
     );
@@ -46,6 +51,7 @@ export class AppInstances {
       instanceId: r.instance_id,
       unwrapKekIds: r.unwrap_kek_ids,
       wrapKekId: r.wrap_kek_id,
+      kekFingerprints: r.kek_fingerprints,
       lastSeen: r.last_seen,
     }));
   }

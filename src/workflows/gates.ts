@@ -26,13 +26,18 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
     const ready = kind === 'unwrap' ? fleet.canUnwrap : fleet.wrapsWith;
     run.progress = { ...run.progress, fleet: { live: fleet.live, ready, waitingFor } };
     if (ready === fleet.live || carried.fleetOverridden || run.aborted) {
+      // An override lets this one gate go: the next gate waits for the fleet again.
+      carried.fleetOverridden = false;
       run.waiting(undefined);
       return;
     }
+    const wrongKey = fleet.wrongKey ?? [];
     run.waiting({
       kind: 'fleet',
       step: kind === 'unwrap' ? 'promote' : 'last-passes',
-      instructions: `every live application instance must ${kind === 'unwrap' ? 'hold' : 'wrap with'} '${carried.to}' (waiting for ${waitingFor.join(', ')})`,
+      instructions:
+        `every live application instance must ${kind === 'unwrap' ? 'hold' : 'wrap with'} '${carried.to}' (waiting for ${waitingFor.join(', ')})` +
+        (wrongKey.length > 0 ? `; another key under that id, not the registered one: ${wrongKey.join(', ')}` : ''),
       command: `rekey override-fleet ${workflowInfo().workflowId} --reason "…"`,
     });
     if (Date.now() >= deadline) {
@@ -40,7 +45,9 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
         'FleetNotReady',
         `fleet not ready after ${formatDuration(settings.fleetTimeoutMs)}: ${fleet.live - ready} of ${fleet.live} live ` +
           `instance(s) ${kind === 'unwrap' ? 'cannot unwrap with' : 'do not wrap with'} '${carried.to}' ` +
-          `(${waitingFor.join(', ')}); deploy the key to them, or override the fleet gate`,
+          `(${waitingFor.join(', ')})` +
+          (wrongKey.length > 0 ? `; holding another key under that id: ${wrongKey.join(', ')}` : '') +
+          '; deploy the registered key to them, or override the fleet gate',
       );
     }
     await condition(() => carried.fleetOverridden || run.aborted, Math.min(interval, deadline - Date.now()));

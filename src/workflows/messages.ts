@@ -18,8 +18,17 @@ export interface GraceChange {
   /** End the grace period now: retire as soon as the checks pass. */
   endNow?: boolean;
 }
-/** Shortens or extends the grace period; answers with the new end time (ISO 8601). */
-export const setGraceUpdate = defineUpdate<{ graceEndsAt: string }, [GraceChange]>('setGrace');
+/**
+ * The answer to a grace change: in grace, its new end (ISO 8601); before grace has begun, the new period, which
+ * starts once verify passes.
+ */
+export interface GraceAnswer {
+  graceEndsAt?: string;
+  gracePeriod?: string;
+  startsWhenVerified?: boolean;
+}
+/** Shortens or extends the grace period. */
+export const setGraceUpdate = defineUpdate<GraceAnswer, [GraceChange]>('setGrace');
 
 /** Operator override of the fleet gate: promote (or run the last pass) without waiting for every instance. */
 export const overrideFleetGateUpdate = defineUpdate<ProgressReport, [reason: string]>('overrideFleetGate');

@@ -4,6 +4,7 @@
 // crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
 import { ActivityFailure, ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
 import { parseDuration } from '../rotation/durations';
+import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
 import { steps } from './activity-proxies';
@@ -25,7 +26,7 @@ import {
 } from './messages';
 import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
 import { runPending } from './slice-scheduler';
-import { InvalidRotationError, rotationFailure } from '../errors';
+import { ControlRefusedError, InvalidRotationError, rotationFailure } from '../errors';
 
 export type { CarriedState, RotationReport } from './rotation-state';
 
@@ -50,14 +51,15 @@ export async function rotateKek(
   setHandler(pauseSignal, () => run.pause());
   setHandler(resumeSignal, () => run.resume());
   setHandler(abortSignal, (reason) => run.abort(reason));
-  setHandler(pauseUpdate, () => (run.pause(), run.report()));
+  // Updates refuse, with the reason, what the run cannot honour where it is; signals note it in the progress.
+  setHandler(pauseUpdate, () => (run.pause(), run.report()), { validator: () => refuse(run.refusesPause()) });
   setHandler(resumeUpdate, () => (run.resume(), run.report()));
-  setHandler(abortUpdate, (reason) => (run.abort(reason), run.report()));
+  setHandler(abortUpdate, (reason) => (run.abort(reason), run.report()), {
+    validator: (_reason: string) => refuse(run.refusesAbort()),
+  });
   setHandler(setGraceUpdate, (change) => run.setGrace(change), { validator: validateGraceChange });
   setHandler(overrideFleetGateUpdate, (reason) => (run.overrideFleetGate(reason), run.report()), {
-    validator: (reason: string) => {
-      if (!reason || reason.trim().length === 0) throw new Error('say why the fleet gate is overridden');
-    },
+    validator: (reason: string) => validateFleetOverride(run, reason),
   });
   setHandler(confirmStepUpdate, (confirmation) => (run.confirm(confirmation), run.report()), {
     validator: (confirmation: StepConfirmation) => validateConfirmation(run, confirmation),
@@ -65,6 +67,9 @@ export async function rotateKek(
 
   try {
     for (;;) {
+      // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
+      await run.holdIfPaused(run.phase);
+      if (run.aborted) return run.finish('aborted');
       const finished = await PHASES[run.phase](run);
       if (finished !== undefined) return finished;
     }
@@ -127,8 +132,9 @@ async function promote(run: RotationState): Promise<RotationReport | undefined> 
     // No reader may meet a row it cannot decrypt: the fleet (or the application) holds `to` before it wraps anything.
     if (carried.currentKekOwner === 'application') await waitForApplication(run, 'promote');
     else await waitForFleet(run, 'unwrap');
+    await run.holdIfPaused('promote');
     if (run.aborted) return run.finish('aborted');
-    await steps.promoteKek({ target: carried.target, from: carried.from, to: carried.to });
+    await run.commit('promote', () => steps.promoteKek({ target: carried.target, from: carried.from, to: carried.to }));
     carried.promoted = true;
   }
   run.advance();
@@ -138,9 +144,17 @@ async function promote(run: RotationState): Promise<RotationReport | undefined> 
 /** Passes over what is still on `from`, slice by slice, until none is left. */
 async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
   const { carried, settings } = run;
+  if (run.kind === 'canary' && run.progress.passes === 0 && carried.currentKekOwner === 'registry') {
+    // The canary's row goes under `to` too: only once every live instance can unwrap with it.
+    await waitForFleet(run, 'unwrap');
+    await run.holdIfPaused('the canary');
+    if (run.aborted) return run.finish('aborted');
+  }
   for (;;) {
     if (carried.pending.length === 0) {
       if (run.progress.passes > 0 && run.kind !== 'full') break;
+      await run.holdIfPaused(`rewrap pass ${run.progress.passes + 1}`);
+      if (run.aborted) return run.finish('aborted');
       if (run.progress.passes === 1 && carried.currentKekOwner === 'registry') {
         // The last passes start only once every live instance wraps with `to`: no late writer re-creates stale rows.
         await waitForFleet(run, 'wrap');
@@ -158,7 +172,9 @@ async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
       else if (plan.stale === 0 || run.progress.counters.rewrapped === carried.passBaseline) break;
       carried.passBaseline = run.progress.counters.rewrapped;
       if (run.progress.passes >= settings.maxPasses) return failWithStale(run, plan.stale);
-      run.progress = { ...run.progress, passes: run.progress.passes + 1 };
+      // Every pass tries every row still labelled `from`, unreadable ones included: what is unreadable is what the
+      // latest pass found, not the sum over passes.
+      run.progress = { ...run.progress, passes: run.progress.passes + 1, ...withoutFailures(run.progress) };
       carried.pending = passParts(run, plan.ranges);
     }
     const stopped = await runPending(run);
@@ -277,8 +293,10 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
       return undefined;
     }
     await waitForApplication(run, 'retire');
+    await run.holdIfPaused('retire');
+    if (run.aborted) return run.finish('aborted');
   }
-  await steps.retireKek({ target: carried.target, from: carried.from });
+  await run.commit('retire', () => steps.retireKek({ target: carried.target, from: carried.from }));
   return run.finish('completed');
 }
 
@@ -302,21 +320,43 @@ function parseOrFail(request: RotationRequest): RotationSettings {
   }
 }
 
+/** Counters of a new pass: its unreadable rows are counted afresh. */
+function withoutFailures(progress: RotationProgress): Pick<RotationProgress, 'counters' | 'failedTenants'> {
+  return { counters: { ...progress.counters, failed: 0 }, failedTenants: [] };
+}
+
+/** A validator's refusal: a typed error whose kind the CLI and the API map to "not now" (exit 4, HTTP 409). */
+function refuse(reason: string | undefined): void {
+  if (reason !== undefined) throw new ControlRefusedError(reason);
+}
+
+function validateFleetOverride(run: RotationState, reason: string): void {
+  if (!reason || reason.trim().length === 0) throw new InvalidRotationError('say why the fleet gate is overridden');
+  // An override lets one waiting gate go; kept for later, it would also skip the gate before the last passes.
+  if (run.progress.waiting?.kind !== 'fleet') {
+    throw new ControlRefusedError(
+      'nothing waits for the fleet now: override when `status` shows the fleet gate waiting',
+    );
+  }
+}
+
 function validateGraceChange(change: GraceChange): void {
   const asked = (change.extendBy !== undefined ? 1 : 0) + (change.endNow ? 1 : 0);
-  if (asked !== 1) throw new Error('give exactly one of extendBy (e.g. "2d") or endNow');
+  if (asked !== 1) throw new InvalidRotationError('give exactly one of extendBy (e.g. "2d") or endNow');
   if (change.extendBy !== undefined && parseDuration(change.extendBy) === undefined) {
-    throw new Error(`extendBy '${change.extendBy}' is not a duration like 2d, 12h or 30m`);
+    throw new InvalidRotationError(`extendBy '${change.extendBy}' is not a duration like 2d, 12h or 30m`);
   }
 }
 
 function validateConfirmation(run: RotationState, confirmation: StepConfirmation): void {
   if (confirmation.step !== 'promote' && confirmation.step !== 'retire') {
-    throw new Error("step must be 'promote' or 'retire'");
+    throw new InvalidRotationError("step must be 'promote' or 'retire'");
   }
-  if (!confirmation.note || confirmation.note.trim().length === 0) throw new Error('say who did what, in note');
+  if (!confirmation.note || confirmation.note.trim().length === 0) {
+    throw new InvalidRotationError('say who did what, in note');
+  }
   if (run.carried.currentKekOwner !== 'application') {
-    throw new Error(
+    throw new InvalidRotationError(
       `target '${run.carried.target}' reads its current KEK from rekey's registry: there is nothing to confirm`,
     );
   }

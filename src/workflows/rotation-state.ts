@@ -8,7 +8,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { parseDuration } from '../rotation/durations';
+import { formatDuration, parseDuration } from '../rotation/durations';
 import { nextPhase, runKind, type RunKind } from '../rotation/phase-plan';
 import {
   enterPhase,
@@ -23,7 +23,7 @@ import {
 } from '../rotation/progress';
 import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
 import type { TenantRange } from '../rotation/slices';
-import type { GraceChange, StepConfirmation } from './messages';
+import type { GraceAnswer, GraceChange, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
 /** A part of a slice still to run. Its progress key is stable across retries, pauses and continue-as-new. */
@@ -68,6 +68,8 @@ export class RotationState {
   progress: RotationProgress;
   readonly carried: Omit<CarriedState, 'progress'>;
   readonly kind: RunKind;
+  /** A registry step in flight that an abort can no longer stop (the activity commits whatever the workflow does). */
+  committing: 'promote' | 'retire' | undefined;
   /** Bumped by every message that may change what a waiting step should do. */
   private changes = 0;
   private readonly running = new Map<string, CancellationScope>();
@@ -125,8 +127,28 @@ export class RotationState {
 
   // ------------------------------------------------------------------ messages
 
+  /** Why a pause cannot be honoured now, or undefined when it can. */
+  refusesPause(): string | undefined {
+    if (this.progress.outcome !== 'running') return `the rotation has ended (${this.progress.outcome})`;
+    if (this.committing === 'retire') return `'${this.carried.from}' is being retired: nothing is left to pause`;
+    return undefined;
+  }
+
+  /** Why an abort cannot be honoured now, or undefined when it can. */
+  refusesAbort(): string | undefined {
+    if (this.progress.outcome !== 'running') return `the rotation has ended (${this.progress.outcome})`;
+    if (this.committing === 'retire') {
+      return `'${this.carried.from}' is being retired: the rotation completes; nothing is left to abort`;
+    }
+    if (this.committing === 'promote') {
+      return `'${this.carried.to}' is being promoted right now: abort again once it is (the run then stops with both keys usable)`;
+    }
+    return undefined;
+  }
+
   pause(): void {
-    if (this.progress.outcome !== 'running') return;
+    const refused = this.refusesPause();
+    if (refused !== undefined) return this.ignored('pause', refused);
     this.progress = setPaused(this.progress, true, Date.now());
     this.cancelRunningSlices();
     this.changed();
@@ -138,11 +160,45 @@ export class RotationState {
   }
 
   abort(reason?: string): void {
-    if (this.progress.phase === 'retire' || this.progress.outcome !== 'running') return;
+    const refused = this.refusesAbort();
+    if (refused !== undefined) return this.ignored('abort', refused);
     this.carried.aborted = true;
     this.carried.abortReason = reason || undefined;
     this.cancelRunningSlices();
     this.changed();
+  }
+
+  /** A signal cannot be refused like an update: what it asked and why it was not done goes in the progress note. */
+  private ignored(what: string, why: string): void {
+    if (this.progress.outcome !== 'running') return;
+    this.progress = { ...this.progress, note: `${what} signal ignored: ${why}` };
+  }
+
+  /**
+   * Holds the run before `step` while it is paused: no further step (no promotion, no pass, no verify, no
+   * retirement) until it is resumed or aborted. `status` shows what it holds before.
+   */
+  async holdIfPaused(step: string): Promise<void> {
+    if (!this.progress.paused || this.aborted) return;
+    this.holding(step);
+    await condition(() => !this.progress.paused || this.aborted);
+  }
+
+  /** Records what a paused run holds before (shown by `status`). */
+  holding(step: string): void {
+    if (this.progress.paused && this.progress.heldBefore !== step) {
+      this.progress = { ...this.progress, heldBefore: step };
+    }
+  }
+
+  /** Runs a registry step that an abort must not interrupt halfway; aborts are refused while it is in flight. */
+  async commit<T>(step: 'promote' | 'retire', run: () => Promise<T>): Promise<T> {
+    this.committing = step;
+    try {
+      return await run();
+    } finally {
+      this.committing = undefined;
+    }
   }
 
   overrideFleetGate(reason: string): void {
@@ -157,15 +213,15 @@ export class RotationState {
     this.changed();
   }
 
-  setGrace(change: GraceChange): { graceEndsAt: string } {
+  setGrace(change: GraceChange): GraceAnswer {
     const now = Date.now();
     this.changed();
     if (this.carried.graceEndsAt === undefined) {
-      // Not in grace yet: change the period it will start with.
+      // Not in grace yet: change the period it will start with; its end is not known until it starts.
       const current = this.carried.gracePeriodMs ?? this.settings.gracePeriodMs;
       const period = change.endNow ? 0 : current + (parseDuration(change.extendBy!) ?? 0);
       this.carried.gracePeriodMs = period;
-      return { graceEndsAt: new Date(now + period).toISOString() };
+      return { gracePeriod: formatDuration(period), startsWhenVerified: true };
     }
     this.carried.graceEndsAt = change.endNow ? now : this.carried.graceEndsAt + (parseDuration(change.extendBy!) ?? 0);
     this.progress = { ...this.progress, graceEndsAt: this.carried.graceEndsAt };
@@ -182,7 +238,7 @@ export class RotationState {
     this.running.delete(progressKey);
   }
 
-  private cancelRunningSlices(): void {
+  cancelRunningSlices(): void {
     for (const scope of this.running.values()) scope.cancel();
   }
 
@@ -218,7 +274,7 @@ export class RotationState {
       outcome === 'aborted'
         ? `aborted${this.carried.abortReason ? `: ${this.carried.abortReason}` : ''}; both '${this.carried.from}' and '${this.carried.to}' still unwrap, nothing was retired`
         : this.progress.note;
-    this.progress = { ...this.progress, outcome, paused: false, note, waiting: undefined };
+    this.progress = { ...this.progress, outcome, paused: false, heldBefore: undefined, note, waiting: undefined };
     return this.report();
   }
 

@@ -14,11 +14,17 @@ export async function runPending(run: RotationState): Promise<SchedulerStop> {
   const { pending } = run.carried;
   let failure: Error | undefined;
   for (;;) {
-    if (failure !== undefined) throw failure;
+    if (failure !== undefined) {
+      // The first part that fails for good stops its siblings (at a batch boundary) before the run fails.
+      if (inFlight.size === 0) throw failure;
+      run.cancelRunningSlices();
+    }
     if (run.aborted && inFlight.size === 0) return 'aborted';
     const rotate = run.shouldContinueAsNew();
     if (rotate && inFlight.size === 0) return 'continue-as-new';
+    if (run.progress.paused) run.holding(`the next rewrap batch (pass ${run.progress.passes})`);
     while (
+      failure === undefined &&
       !run.aborted &&
       !run.progress.paused &&
       !rotate &&
@@ -39,13 +45,14 @@ export async function runPending(run: RotationState): Promise<SchedulerStop> {
     const pendingBefore = pending.length;
     const { paused } = run.progress;
     const { aborted } = run;
+    const failed = failure !== undefined;
     await condition(
       () =>
         inFlight.size < started ||
         pending.length !== pendingBefore ||
         run.progress.paused !== paused ||
         run.aborted !== aborted ||
-        failure !== undefined,
+        (failure !== undefined) !== failed,
     );
   }
 }
@@ -72,8 +79,11 @@ async function runPart(run: RotationState, part: PendingPart): Promise<void> {
       }),
     );
   } catch (err) {
-    if (!isCancellation(err)) throw err;
-    // Paused or aborted: the part resumes later from its committed progress, under the same key.
+    // Paused or aborted: the part resumes later from its committed progress, under the same key. Once a cancel is
+    // requested the server no longer retries the activity, so a failure that races it (a dead worker's heartbeat
+    // timeout, a database error) means the same: the part was stopped, and runs again on resume.
+    // The part's own scope says whether a cancel was requested, even if a resume came before its failure did.
+    if (!isCancellation(err) && !scope.consideredCancelled) throw err;
     carried.pending.unshift(part);
     return;
   } finally {

@@ -3,6 +3,8 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterEach, beforeEach, inject } from 'vitest';
 import { ensureSearchAttributes } from '../../src/client/search-attributes';
 import { REKEY_SEARCH_ATTRIBUTES } from '../../src/workflows/search-attributes';
+import type { ProgressReport } from '../../src/rotation/progress';
+import { progressQuery, type rotateKek } from '../../src/workflows';
 
 /** The Java time-skipping test server built by the setup (no download), with rekey's search attributes. */
 export async function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
@@ -87,4 +89,25 @@ async function describeStuck(handle: WorkflowHandle): Promise<string> {
   const history = await handle.fetchHistory();
   const last = (history.events ?? []).slice(-5).map((e) => String(e.eventType).replace('EVENT_TYPE_', ''));
   return `status ${description.status.name}; pending activities: ${pending.join('; ') || 'none'}; last events: ${last.join(', ')}`;
+}
+
+/**
+ * Polls the progress until `predicate` holds. On the time-skipping server, `skip` moves workflow time on between
+ * polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart. Fails with the
+ * last progress after `attempts` polls.
+ */
+export async function progressUntil(
+  handle: WorkflowHandle<typeof rotateKek>,
+  predicate: (p: ProgressReport) => boolean,
+  options: { env?: TestWorkflowEnvironment; skip?: string; attempts?: number } = {},
+): Promise<ProgressReport> {
+  const attempts = options.attempts ?? 400;
+  let last: ProgressReport | undefined;
+  for (let i = 0; i < attempts; i++) {
+    last = await handle.query(progressQuery);
+    if (predicate(last)) return last;
+    if (options.env && options.skip) await options.env.sleep(options.skip);
+    else await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`the progress never matched; last: ${JSON.stringify(last)}`);
 }

@@ -126,6 +126,7 @@ describe('record', () => {
       instanceId: 'old-pod',
       unwrapKekIds: ['v1'],
       wrapKekId: 'v1',
+      kekFingerprints: {},
     });
     try {
       const worker = await fixture.worker(env);

@@ -89,6 +89,7 @@ describe('migrations', () => {
         '1732300000000_envelope-schema',
         '1764000000000_targets',
         '1764100000000_kek-may-wrap',
+        '1764200000000_instance-fingerprints',
       ]);
     }));
 });

@@ -7,12 +7,13 @@ import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { seedTenants } from '../../src/dev/tenants';
 import { projectRoot } from '../../src/project-paths';
+import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { createWorker } from '../../src/worker';
 import { progressQuery, rotateKek } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
-import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
 
 /** The `temporal …` lines of the README's section on the plain temporal CLI, continuation lines joined. */
 function readmeTemporalLines(): string[] {
@@ -43,6 +44,13 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     db = await createTestDatabase();
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20_000 });
+    // An instance that does not hold 'v2' yet: the run waits at the fleet gate, which the README's override lets go.
+    await new AppInstances(db.pool, BUILTIN_TARGET).announce({
+      instanceId: 'old-pod',
+      unwrapKekIds: ['v1'],
+      wrapKekId: 'v1',
+      kekFingerprints: { v1: keys.fingerprint('v1') },
+    });
     worker = await createWorker({
       connection: env.nativeConnection,
       taskQueue: 'rekey',
@@ -64,8 +72,8 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     expect(lines.map((l) => shellWords(l).slice(0, 3).join(' '))).toEqual([
       'temporal workflow start',
       'temporal workflow query',
-      'temporal workflow signal',
       'temporal workflow update',
+      'temporal workflow signal',
       'temporal workflow update',
       'temporal workflow update',
       'temporal workflow list',
@@ -73,6 +81,10 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     const outputs: string[] = [];
     for (const line of lines) {
       const [, ...args] = shellWords(line);
+      if (line.includes('overrideFleetGate')) {
+        const handle = env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+        await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
+      }
       const result = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
         execFile(
           inject('toolchain').temporalCli,
@@ -85,11 +97,17 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
       outputs.push(result.stdout);
     }
     expect(outputs[1]).toMatch(/"from":\s*"v1"/);
-    expect(outputs[3]).toMatch(/"?paused"?:\s*true/);
-    expect(outputs[4]).toContain('graceEndsAt');
-    expect(outputs[5]).toContain('fleet gate overridden: pods drained');
+    expect(outputs[2]).toContain('fleet gate overridden: pods drained');
+    expect(outputs[4]).toMatch(/"?paused"?:\s*true/);
+    expect(outputs[5]).toMatch(/gracePeriod|graceEndsAt/);
 
     const progress = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').query(progressQuery);
-    expect(progress).toMatchObject({ paused: true, note: 'fleet gate overridden: pods drained' });
+    expect(progress.paused).toBe(true);
+    // Paused: the run holds before its next step, and says which.
+    const held = await progressUntil(
+      env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey'),
+      (p) => p.heldBefore !== undefined,
+    );
+    expect(held.heldBefore).toBeTruthy();
   });
 });

@@ -43,6 +43,19 @@ describe('progress math', () => {
     expect(rewrapRate(p, t0 + 20_000)).toBe(50);
   });
 
+  it('Finding 11: the rate is not inflated after verify sends the run back to rewrap, nor by pauses outside rewrap', () => {
+    // 500 rewrapped in 10 s; verify; 10 s of grace paused; one more pass rewraps 100 in 2 s: 600 in 12 s.
+    let p = rewrapping(500);
+    p = enterPhase(p, 'verify', t0 + 10_000);
+    p = setPaused(p, true, t0 + 10_000);
+    p = setPaused(p, false, t0 + 20_000);
+    p = enterPhase(p, 'rewrap', t0 + 20_000);
+    p = { ...p, counters: { ...p.counters, rewrapped: 600 } };
+    expect(rewrapRate(p, t0 + 22_000)).toBe(50);
+    p = enterPhase(p, 'verify', t0 + 22_000);
+    expect(rewrapRate(p, t0 + 99_000)).toBe(50);
+  });
+
   it('phases record when they started and ended', () => {
     let p = initialProgress('v1', 'v2', false, t0);
     p = enterPhase(p, 'provision', t0 + 5);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
@@ -10,10 +10,12 @@ import {
   pauseUpdate,
   progressQuery,
   resumeSignal,
+  resumeUpdate,
   rotateKek,
   type RotationReport,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
+import { progressUntil, sliceUntilCancelled, StubRotation } from '../helpers/stub-rotation';
 import { createDevServerEnv, resultWithin } from '../helpers/temporal';
 
 // Pause and abort cancel running slice activities. On the time-skipping test server a cancellation that races the
@@ -131,5 +133,66 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
     } finally {
       await fixture.drop();
     }
+  });
+
+  it('Finding 7: a slice that fails while the rotation is paused goes back in the queue and finishes on resume', async () => {
+    const stub = new StubRotation();
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    // The first part fails as a database error would when it races the pause: not as a cancellation.
+    stub.slices = [
+      {
+        run: sliceUntilCancelled(
+          () => new Error('connection terminated unexpectedly'),
+          () => started(),
+        ),
+      },
+      { counters: { rewrapped: 10 } },
+    ];
+    const result = await stub.run(env, async () => {
+      const handle = await stub.start(env, { gracePeriod: '1s' });
+      await running;
+      await handle.executeUpdate(pauseUpdate);
+      await progressUntil(handle, (p) => p.heldBefore?.startsWith('the next rewrap batch') === true);
+      expect(stub.count('rewrapSlice')).toBe(1);
+      await handle.executeUpdate(resumeUpdate);
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('completed');
+    expect(stub.count('rewrapSlice')).toBe(2);
+    expect(result.counters.rewrapped).toBe(10);
+  });
+
+  it('Finding 11: the first slice that fails for good stops its siblings before the run fails', async () => {
+    const stub = new StubRotation();
+    let siblingStopped: number | undefined;
+    let siblingStarted!: () => void;
+    const sibling = new Promise<void>((resolve) => (siblingStarted = resolve));
+    stub.stalePerPass = [20];
+    stub.ranges = 2;
+    stub.slices = [
+      {
+        run: async () => {
+          await sibling;
+          throw ApplicationFailure.nonRetryable("KEK 'v2' is retired, and may not wrap", 'KekNotWritableError');
+        },
+      },
+      {
+        run: sliceUntilCancelled(
+          () => {
+            siblingStopped = Date.now();
+            return undefined;
+          },
+          () => siblingStarted(),
+        ),
+      },
+    ];
+    const failedAt = await stub.run(env, async () => {
+      const handle = await stub.start(env, { parallelism: 2 });
+      await expect(resultWithin(handle)).rejects.toThrow(WorkflowFailedError);
+      return Date.now();
+    });
+    expect(siblingStopped).toBeDefined();
+    expect(siblingStopped!).toBeLessThanOrEqual(failedAt);
   });
 });

@@ -11,7 +11,7 @@ import {
   type RotationReport,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
+import { progressUntil, resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
 
 const DAY = 86_400_000;
 
@@ -42,7 +42,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
         await waitForPhase(handle, 'grace');
         const before = (await handle.query(progressQuery)).graceEndsAt!;
         const extended = await handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: '2d' }] });
-        expect(Date.parse(extended.graceEndsAt)).toBe(before + 2 * DAY);
+        expect(Date.parse(extended.graceEndsAt!)).toBe(before + 2 * DAY);
         const refused = await handle
           .executeUpdate(setGraceUpdate, { args: [{ extendBy: 'a while' }] })
           .catch((e: unknown) => e);
@@ -54,7 +54,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
         expect((await handle.query(progressQuery)).phase).toBe('grace');
         expect(await fixture.kekState('v1')).toBe('decrypt_only');
         const ended = await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
-        expect(Date.parse(ended.graceEndsAt)).toBeLessThan(before + 2 * DAY);
+        expect(Date.parse(ended.graceEndsAt!)).toBeLessThan(before + 2 * DAY);
         return resultWithin<RotationReport>(handle);
       });
       expect(result.outcome).toBe('completed');
@@ -67,7 +67,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('promotion waits for a live instance that cannot unwrap the new KEK; an operator override lets it go on', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
     const instances = new AppInstances(fixture.db.pool, BUILTIN_TARGET);
-    await instances.announce({ instanceId: 'old-pod-1', unwrapKekIds: ['v1'], wrapKekId: 'v1' });
+    await instances.announce({ instanceId: 'old-pod-1', unwrapKekIds: ['v1'], wrapKekId: 'v1', kekFingerprints: {} });
     try {
       const worker = await fixture.worker(server.env);
       const result = await worker.runUntil(async () => {
@@ -86,6 +86,13 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
           args: ['old-pod-1 is being drained'],
         });
         expect(overridden.note).toBe('fleet gate overridden: old-pod-1 is being drained');
+        // The override was for promotion: the gate before the last passes waits for old-pod-1 again.
+        const again = await progressUntil(handle, (p) => p.waiting?.step === 'last-passes', {
+          env: server.env,
+          skip: '10m',
+        });
+        expect(again.fleet?.waitingFor).toEqual(['old-pod-1']);
+        await handle.executeUpdate(overrideFleetGateUpdate, { args: ['old-pod-1 is gone'] });
         return resultWithin<RotationReport>(handle);
       });
       expect(result.outcome).toBe('completed');
@@ -100,6 +107,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
       instanceId: 'old-pod-2',
       unwrapKekIds: ['v1'],
       wrapKekId: 'v1',
+      kekFingerprints: {},
     });
     try {
       const failure = await fixture
@@ -107,7 +115,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
         .catch((err: unknown) => err);
       expect(failure).toBeInstanceOf(WorkflowFailedError);
       expect((failure as WorkflowFailedError).cause?.message).toBe(
-        "fleet not ready after 2h 0m: 1 of 1 live instance(s) cannot unwrap with 'v2' (old-pod-2); deploy the key to them, or override the fleet gate",
+        "fleet not ready after 2h 0m: 1 of 1 live instance(s) cannot unwrap with 'v2' (old-pod-2); deploy the registered key to them, or override the fleet gate",
       );
       expect(await fixture.kekState('v1')).toBe('active');
       expect(await fixture.staleOn('v1')).toBe(100);

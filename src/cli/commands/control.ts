@@ -8,6 +8,7 @@ import {
   pauseUpdate,
   resumeUpdate,
   setGraceUpdate,
+  type RotationReport,
 } from '../../workflows';
 import type { CliContext } from '../context';
 import { describeProgress } from '../format';
@@ -57,7 +58,14 @@ export function controlCommands(): Command[] {
       withContext(async (context, reference: string, options: { reason?: string }) => {
         const handle = await handleFor(context, reference);
         await update(() => handle.executeUpdate(abortUpdate, { args: [options.reason ?? ''] }));
-        const report = await handle.result();
+        // Say what really happened: the run stops at its next safe point, which is where it ends.
+        const report: RotationReport = await handle.result();
+        if (report.outcome !== 'aborted') {
+          throw new CliError(
+            `the rotation was not aborted: it ended ${report.outcome}. ${report.note ?? ''}`,
+            'conflict',
+          );
+        }
         context.print(report, () => [`aborted at ${report.percent}%: ${report.note ?? ''}`]);
       }),
     );
@@ -75,7 +83,11 @@ export function controlCommands(): Command[] {
         const answer = await update(() =>
           handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: options.extend, endNow: options.endNow }] }),
         );
-        context.print(answer, () => [`grace period now ends at ${answer.graceEndsAt}`]);
+        context.print(answer, () => [
+          answer.graceEndsAt !== undefined
+            ? `grace period now ends at ${answer.graceEndsAt}`
+            : `grace period is now ${answer.gracePeriod}; it starts once verify passes`,
+        ]);
       }),
     );
   const overrideFleet = new Command('override-fleet')

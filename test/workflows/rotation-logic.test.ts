@@ -1,0 +1,166 @@
+// The rotation workflow's own decisions, with stub activities on the time-skipping server: fast, and independent of
+// PostgreSQL. Each test named after a finding of the issue "Safety" failed on the code before its fix.
+import { ApplicationFailure, WorkflowUpdateFailedError } from '@temporalio/client';
+import { describe, expect, it } from 'vitest';
+import {
+  abortSignal,
+  abortUpdate,
+  overrideFleetGateUpdate,
+  pauseUpdate,
+  resumeUpdate,
+  setGraceUpdate,
+} from '../../src/workflows';
+import type { RotationReport } from '../../src/workflows';
+import { progressUntil, StubRotation } from '../helpers/stub-rotation';
+import { resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
+
+/** The reason an update was refused (its validator's message). */
+async function refusal(promise: Promise<unknown>): Promise<string> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
+  const { cause } = err as WorkflowUpdateFailedError;
+  const type = cause instanceof ApplicationFailure ? cause.type : cause?.name;
+  return `${type}: ${cause?.message}`;
+}
+
+describe('rotation workflow logic, with stub activities on the time-skipping server', () => {
+  const server = useTimeSkippingEnv();
+
+  it('Finding 5: a pause during the fleet wait holds the promotion until resumed, and status says what is held', async () => {
+    const stub = new StubRotation();
+    stub.fleet = { unwrap: false, wrap: false };
+    const result = await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env);
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet', { env: server.env, skip: '5s' });
+      await handle.executeUpdate(pauseUpdate);
+      stub.fleet = { unwrap: true, wrap: true };
+      // Fleet polls go on for ten minutes of workflow time: the fleet is ready, and still nothing is promoted.
+      const held = await progressUntil(handle, (p) => p.heldBefore === 'promote', { env: server.env, skip: '1m' });
+      await server.env.sleep('10m');
+      expect(held).toMatchObject({ phase: 'promote', paused: true });
+      expect(stub.count('promoteKek')).toBe(0);
+      await handle.executeUpdate(resumeUpdate);
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('completed');
+    expect(stub.count('promoteKek')).toBe(1);
+    expect(stub.count('retireKek')).toBe(1);
+  });
+
+  it('Finding 5: a pause during grace lets the clock run out but retires nothing until resumed', async () => {
+    const stub = new StubRotation();
+    const result = await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env, { gracePeriod: '1d' });
+      await progressUntil(handle, (p) => p.phase === 'grace', { env: server.env, skip: '1s' });
+      await handle.executeUpdate(pauseUpdate);
+      const held = await progressUntil(handle, (p) => p.heldBefore === 'retire', { env: server.env, skip: '6h' });
+      await server.env.sleep('3d');
+      expect(held).toMatchObject({ phase: 'retire', paused: true });
+      expect(stub.count('retireKek')).toBe(0);
+      await handle.executeUpdate(resumeUpdate);
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('completed');
+    expect(stub.count('retireKek')).toBe(1);
+  });
+
+  it('Finding 6: abort and pause are refused, with the reason, while promotion is in flight and once retire began', async () => {
+    const stub = new StubRotation();
+    const promoting = stub.hold('promoteKek');
+    const result = await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env, { gracePeriod: '7d' });
+      await promoting.entered();
+      expect(await refusal(handle.executeUpdate(abortUpdate, { args: ['stop'] }))).toMatch(
+        /^ControlRefusedError: 'v2' is being promoted right now/,
+      );
+      promoting.release();
+      await progressUntil(handle, (p) => p.phase === 'grace');
+      const retiring = stub.hold('retireKek');
+      await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
+      await retiring.entered();
+      expect(await refusal(handle.executeUpdate(abortUpdate, { args: ['too late'] }))).toMatch(
+        /^ControlRefusedError: 'v1' is being retired: the rotation completes/,
+      );
+      expect(await refusal(handle.executeUpdate(pauseUpdate))).toMatch(/^ControlRefusedError: 'v1' is being retired/);
+      // A signal cannot be refused: the progress says it was ignored, and why.
+      await handle.signal(abortSignal, 'by signal');
+      await progressUntil(handle, (p) => p.note?.startsWith('abort signal ignored') === true);
+      retiring.release();
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('completed');
+  });
+
+  it('Finding 8: a canary waits for every live instance to hold the new KEK before its row goes under it', async () => {
+    const stub = new StubRotation();
+    stub.fleet = { unwrap: false, wrap: false };
+    const result = await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env, { tenantId: 'tenant-1' });
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet', { env: server.env, skip: '5s' });
+      await server.env.sleep('2m');
+      expect(stub.count('rewrapSlice')).toBe(0);
+      stub.fleet = { unwrap: true, wrap: false };
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('canary');
+    expect(stub.count('rewrapSlice')).toBe(1);
+    expect(stub.count('promoteKek')).toBe(0);
+  });
+
+  it('Finding 11: an override lets one fleet gate go, not the later one; an override with nothing waiting is refused', async () => {
+    const stub = new StubRotation();
+    stub.fleet = { unwrap: false, wrap: false };
+    const result = await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env, { gracePeriod: '7d' });
+      await progressUntil(handle, (p) => p.waiting?.step === 'promote', { env: server.env, skip: '5s' });
+      await handle.executeUpdate(overrideFleetGateUpdate, { args: ['old pods drain tonight'] });
+      // The gate before the last passes waits again: the override was for promotion.
+      stub.fleet = { unwrap: true, wrap: false };
+      await progressUntil(handle, (p) => p.waiting?.step === 'last-passes', { env: server.env, skip: '5s' });
+      expect(stub.count('promoteKek')).toBe(1);
+      await handle.executeUpdate(overrideFleetGateUpdate, { args: ['app-1 wraps with v2 after its restart'] });
+      await progressUntil(handle, (p) => p.phase === 'grace', { env: server.env, skip: '5s' });
+      expect(await refusal(handle.executeUpdate(overrideFleetGateUpdate, { args: ['why not'] }))).toMatch(
+        /^ControlRefusedError: nothing waits for the fleet now/,
+      );
+      await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('completed');
+  });
+
+  it('Finding 11: a grace change before grace answers the new period, which starts once verify passes', async () => {
+    const stub = new StubRotation();
+    stub.fleet = { unwrap: false, wrap: false };
+    await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env, { gracePeriod: '7d' });
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet', { env: server.env, skip: '5s' });
+      const answer = await handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: '2d' }] });
+      expect(answer).toEqual({ gracePeriod: '9d 0h', startsWhenVerified: true });
+      expect(await refusal(handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: 'a while' }] }))).toMatch(
+        /^InvalidRotationError: extendBy 'a while' is not a duration/,
+      );
+      await handle.executeUpdate(abortUpdate, { args: ['test over'] });
+      expect((await resultWithin<RotationReport>(handle)).outcome).toBe('aborted');
+    });
+  });
+
+  it('Finding 11: an unreadable row is counted once, however many passes try it', async () => {
+    const stub = new StubRotation();
+    const bad = { tenantId: 'tenant-bad', reason: 'authentication failed' };
+    stub.stalePerPass = [11, 1];
+    stub.slices = [
+      { counters: { rewrapped: 10, failed: 1 }, failures: [bad] },
+      { counters: { failed: 1 }, failures: [bad] },
+    ];
+    const result = await stub.run(server.env, async () =>
+      resultWithin<RotationReport>(await stub.start(server.env, { gracePeriod: '1s' })),
+    );
+    expect(stub.count('rewrapSlice')).toBe(2);
+    expect(result.counters).toMatchObject({ rewrapped: 10, failed: 1 });
+    expect(result.failedTenants).toEqual([bad]);
+  });
+});
