@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,14 +9,15 @@ import { seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keys/file-keyring';
 import { RekeyMetrics, serveMetrics } from '../../src/observability/metrics';
 import { projectRoot } from '../../src/project-paths';
+import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import type { rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
+import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const starter = path.join(projectRoot, 'dist', 'src', 'starter.js');
 const TENANTS = 3_000;
@@ -257,5 +258,69 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
 
     expect((await rekey('schedule', 'delete', 'rekey-test')).code).toBe(0);
     expect((await rekey('schedule', 'delete', 'rekey-test')).code).toBe(3);
+  });
+
+  it('Finding 3: a scheduled rotation to a generated KEK reaches an application that is its own process, which holds it before promotion and wraps with it after', async () => {
+    const app = spawn(process.execPath, [path.join(projectRoot, 'dist', 'test', 'helpers', 'app-process.js')], {
+      env: { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEYRING_FILE: keyringFile, APP_INSTANCE_ID: 'gw-1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    app.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    app.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => app.on('exit', resolve));
+    try {
+      for (let i = 0; i < 200 && !out.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(out, err).toContain('ready');
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      const from = (await registry.active())!.kekId;
+      const created = await rekey(
+        'schedule',
+        'create',
+        '--id',
+        'rekey-q',
+        '--every',
+        '90d',
+        '--grace',
+        '1s',
+        '--min-kek-age',
+        '0s',
+      );
+      expect(created.code).toBe(0);
+      await env.client.schedule.getHandle('rekey-q').trigger();
+      expect(await scheduledRun('rekey-q')).toMatchObject({ started: true, workflowId: 'kek-rotation-rekey' });
+      const handle = env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+      // Before the fix the run sat at "promote · fleet 0/1 ready" until its fleet timeout (1 h).
+      const report = await resultWithin<RotationReport>(handle);
+      expect(report).toMatchObject({ outcome: 'completed', from });
+      const to = report.to;
+      expect(to).not.toBe(from);
+      expect(await registry.get(from)).toMatchObject({ state: 'retired' });
+      // The application process learnt the generated KEK on its own and now wraps new tenants with it.
+      const fleet = await new AppInstances(db.pool, BUILTIN_TARGET).live(60_000);
+      expect(fleet.find((i) => i.instanceId === 'gw-1')).toMatchObject({
+        wrapKekId: to,
+        kekFingerprints: expect.objectContaining({ [to]: keyring.fingerprint(to) }) as unknown,
+      });
+      const wrappedWithTo = async () =>
+        Number(
+          (
+            await db.pool.query<{ n: string }>(
+              `SELECT count(*) AS n FROM rekey.tenant_deks WHERE tenant_id LIKE 'app-tenant-%' AND kek_id = $1`,
+              [to],
+            )
+          ).rows[0]?.n,
+        );
+      for (let i = 0; i < 100 && (await wrappedWithTo()) === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(await wrappedWithTo()).toBeGreaterThan(0);
+    } finally {
+      app.kill('SIGTERM');
+      await exited;
+      await rekey('schedule', 'delete', 'rekey-q');
+    }
+    const stats = JSON.parse(out.trim().split('\n').pop()!) as { tenants: number; errors: number };
+    expect(stats.tenants).toBeGreaterThan(0);
+    expect({ errors: stats.errors, stderr: err }).toEqual({ errors: 0, stderr: expect.any(String) as unknown });
   });
 });
