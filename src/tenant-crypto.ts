@@ -126,10 +126,14 @@ export class TenantCrypto {
    * the buffer) can never happen between finding the DEK and using it.
    */
   private async withDek<T>(tenantId: string, use: (dek: Buffer) => T): Promise<T> {
-    for (;;) {
-      await this.load(tenantId);
-      const entry = this.cache.get(tenantId);
-      if (entry && entry.expiresAt > Date.now()) return use(entry.dek);
+    const cached = this.cache.get(tenantId);
+    if (cached && cached.expiresAt > Date.now()) return use(cached.dek);
+    // The DEK this call loaded is used by this call, whatever the cache's TTL (0: nothing is cached).
+    const dek = await this.load(tenantId);
+    try {
+      return use(dek);
+    } finally {
+      this.keep(tenantId, dek);
     }
   }
 
@@ -141,7 +145,7 @@ export class TenantCrypto {
     for (;;) {
       const stored = await this.deks.find(tenantId);
       if (!stored) {
-        await this.load(tenantId);
+        this.keep(tenantId, await this.load(tenantId));
         return;
       }
       const dek = this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek);
@@ -176,12 +180,8 @@ export class TenantCrypto {
     }
   }
 
-  /** Puts the tenant's DEK in the cache, creating it (wrapped with the current KEK) on first use. */
-  private async load(tenantId: string): Promise<void> {
-    const cached = this.cache.get(tenantId);
-    if (cached && cached.expiresAt > Date.now()) return;
-    if (cached) this.evict(tenantId);
-
+  /** The tenant's DEK, unwrapped from its row or created (wrapped with the current KEK) on first use; the caller owns it. */
+  private async load(tenantId: string): Promise<Buffer> {
     let stored = await this.deks.find(tenantId);
     if (!stored) {
       const fresh = randomBytes(KEY_BYTES);
@@ -194,15 +194,21 @@ export class TenantCrypto {
         fresh.fill(0);
         throw err;
       }
-      if (created) {
-        this.remember(tenantId, fresh);
-        return;
-      }
+      if (created) return fresh;
       fresh.fill(0); // another instance created the tenant's DEK first: use theirs
       stored = await this.deks.find(tenantId);
       if (!stored) throw new Error(`tenant '${tenantId}' DEK vanished while being created`);
     }
-    this.remember(tenantId, this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek));
+    return this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek);
+  }
+
+  /** Caches a DEK for the TTL, or zeroizes it at once when the TTL is 0. */
+  private keep(tenantId: string, dek: Buffer): void {
+    if ((this.options.dekCacheTtlMs ?? 60_000) <= 0) {
+      dek.fill(0);
+      return;
+    }
+    this.remember(tenantId, dek);
   }
 
   private remember(tenantId: string, dek: Buffer): void {

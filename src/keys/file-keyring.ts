@@ -99,8 +99,12 @@ function readKeyring(file: string): KeyringFile {
   let json: unknown;
   try {
     json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new KeyMaterialError(`keyring ${file} is not valid JSON: ${(err as Error).message}`, file);
+  } catch {
+    // Not the parser's message: it quotes the text around the error, and this text holds keys.
+    throw new KeyMaterialError(
+      `keyring ${file} is not valid JSON: restore it from its backup (its content is not shown: it holds keys)`,
+      file,
+    );
   }
   const parsed = KeyringFile.safeParse(json);
   if (!parsed.success) {
@@ -110,17 +114,52 @@ function readKeyring(file: string): KeyringFile {
   return parsed.data;
 }
 
+/**
+ * Writes the keyring durably: a KEK that was registered and used must survive a crash, or every DEK wrapped with it
+ * is lost. The text goes to a sibling with a name of its own (not the pid: every container is PID 1), is flushed to
+ * disk, renamed over the keyring, and the directory is flushed so the rename itself survives. A failure removes the
+ * sibling: no copy of the keys is left behind.
+ */
 function writeKeyring(file: string, contents: KeyringFile, mode: 'wx' | 'replace'): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const text = `${JSON.stringify(contents, null, 2)}\n`;
-  if (mode === 'wx') {
-    fs.writeFileSync(file, text, { flag: 'wx', mode: 0o600 });
-    return;
+  const dir = path.dirname(file);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const text = Buffer.from(`${JSON.stringify(contents, null, 2)}\n`);
+  try {
+    if (mode === 'wx') {
+      writeDurably(file, text);
+    } else {
+      const temp = path.join(dir, `.${path.basename(file)}.${randomBytes(8).toString('hex')}.tmp`);
+      try {
+        writeDurably(temp, text);
+        fs.renameSync(temp, file);
+      } catch (err) {
+        fs.rmSync(temp, { force: true });
+        throw err;
+      }
+    }
+    syncDirectory(dir);
+  } finally {
+    text.fill(0);
   }
-  // Write a sibling then rename: a crash never leaves a half-written keyring, and keys are never lost.
-  const temp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(temp, text, { flag: 'wx', mode: 0o600 });
-  fs.renameSync(temp, file);
+}
+
+function writeDurably(file: string, text: Buffer): void {
+  const fd = fs.openSync(file, 'wx', 0o600);
+  try {
+    fs.writeSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 async function withLock<T>(file: string, fn: () => T): Promise<T> {

@@ -49,6 +49,19 @@ describe('application API (TenantCrypto)', () => {
     );
   });
 
+  it('Finding 11: with dekCacheTtlMs 0 nothing is cached, and every call still ends (it looped forever)', async () => {
+    const app = new TenantCrypto({ db: db.pool, keys, dekCacheTtlMs: 0 });
+    await app.start();
+    try {
+      const ciphertext = await app.encrypt('no-cache', 'webhook secret');
+      expect((await app.decrypt('no-cache', ciphertext)).toString()).toBe('webhook secret');
+      await app.rewriteDek('no-cache');
+      expect((await app.decrypt('no-cache', ciphertext)).toString()).toBe('webhook secret');
+    } finally {
+      await app.stop();
+    }
+  });
+
   it('two instances creating the same tenant at once end up sharing one DEK', async () => {
     const a = new TenantCrypto({ db: db.pool, keys });
     const b = new TenantCrypto({ db: db.pool, keys });

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { FileKeyring, nextKekId } from '../../src/keys/file-keyring';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-keyring-'));
@@ -68,6 +68,49 @@ describe('file keyring', () => {
     const wrongShape = freshPath();
     fs.writeFileSync(wrongShape, JSON.stringify({ format: 'other', keks: [] }), { mode: 0o600 });
     expect(() => new FileKeyring(wrongShape)).toThrow(/malformed at 'format'/);
+  });
+
+  it('Finding 9: a write is flushed to disk with its directory, leaves no copy of the keys behind, and does not trip over a crashed writer’s leftovers', async () => {
+    const file = freshPath();
+    const keyring = FileKeyring.open(file, { create: true });
+    await keyring.generate();
+    // A writer that crashed mid-write, with the pid every container has (and this one): the next write goes on.
+    fs.writeFileSync(`${file}.1.tmp`, 'partial', { mode: 0o600 });
+    fs.writeFileSync(`${file}.${process.pid}.tmp`, 'partial', { mode: 0o600 });
+    const fsync = vi.spyOn(fs, 'fsyncSync');
+    try {
+      expect(await keyring.generate()).toBe('v2');
+      // The new file's contents, then the directory that holds the rename.
+      expect(fsync.mock.calls.length).toBeGreaterThanOrEqual(2);
+    } finally {
+      fsync.mockRestore();
+    }
+    const rename = vi.spyOn(fs, 'renameSync').mockImplementation(() => {
+      throw Object.assign(new Error('EIO: i/o error, rename'), { code: 'EIO' });
+    });
+    try {
+      await expect(keyring.generate()).rejects.toThrow('EIO');
+    } finally {
+      rename.mockRestore();
+    }
+    const siblings = fs.readdirSync(dir).filter((f) => f.startsWith(`.${path.basename(file)}.`));
+    expect(siblings).toEqual([]);
+    expect(new FileKeyring(file).kekIds()).toEqual(['v1', 'v2']);
+  });
+
+  it('Finding 9: a keyring that is not JSON is refused without quoting any of its bytes', () => {
+    const file = freshPath();
+    const key = randomBytes(32).toString('base64url');
+    fs.writeFileSync(file, `{"format":"rekey-keyring/v1","keks":[{"id":"v1","key":"${key}"`, { mode: 0o600 });
+    let message = '';
+    try {
+      new FileKeyring(file);
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toMatch(/is not valid JSON: restore it from its backup/);
+    expect(message).not.toContain(key.slice(0, 8));
+    expect(message).not.toContain('"keks"');
   });
 
   it('numbers new KEKs after the highest vN', () => {

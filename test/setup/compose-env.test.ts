@@ -1,0 +1,142 @@
+// Finding 10 of "Safety": the documented compose setup crash-looped with the minimal .env (only v1), because
+// `REKEY_KEK_v2: ${REKEY_KEK_v2:-}` reaches the worker as an empty string. No Docker engine here: the worker and the
+// admin API run as the compose file's containers would, with exactly its environment, resolved from a minimal .env
+// by compose's own substitution rules. Only what names a host or a port is pointed at this machine's servers.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { freePort } from '../../src/dev/ports';
+import { projectRoot } from '../../src/project-paths';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createDevServerEnv } from '../helpers/temporal';
+
+/** The minimal .env of the compose file's header: one KEK, its id, the admin token, the database password. */
+const DOT_ENV = {
+  POSTGRES_PASSWORD: 'compose-password',
+  REKEY_CURRENT_KEK_ID: 'v1',
+  REKEY_KEK_v1: randomBytes(32).toString('base64url'),
+  REKEY_ADMIN_TOKEN: randomBytes(24).toString('base64url'),
+};
+
+/** Compose's interpolation: ${VAR:?message} (set and non-empty, or fail), ${VAR:-default}, ${VAR}. */
+function interpolate(value: string, vars: Record<string, string>): string {
+  return value.replace(
+    /\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:\?|:-)([^}]*))?\}/g,
+    (_, name: string, op?: string, arg?: string) => {
+      const set = vars[name];
+      if (op === ':?' && !set) throw new Error(`compose would refuse to start: ${arg}`);
+      if (op === ':-' && !set) return arg ?? '';
+      return set ?? '';
+    },
+  );
+}
+
+function composeEnvironment(service: string): Record<string, string> {
+  const compose = parse(fs.readFileSync(path.join(projectRoot, 'docker-compose.yml'), 'utf8')) as {
+    services: Record<string, { environment: Record<string, string> }>;
+  };
+  const environment = compose.services[service]?.environment;
+  if (!environment) throw new Error(`docker-compose.yml has no service ${service}`);
+  return Object.fromEntries(Object.entries(environment).map(([k, v]) => [k, interpolate(String(v), DOT_ENV)]));
+}
+
+interface Running {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+function start(script: string, env: Record<string, string>): Running {
+  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', script)], {
+    env: { PATH: process.env.PATH, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  return { child, output: () => output, exited: new Promise((resolve) => child.on('exit', resolve)) };
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, running: Running): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (running.child.exitCode !== null) throw new Error(`exited with ${running.child.exitCode}: ${running.output()}`);
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${what} never happened; output: ${running.output()}`);
+}
+
+describe('the compose services, started with exactly their compose environment', () => {
+  let env: TestWorkflowEnvironment;
+  let db: TestDatabase;
+  beforeAll(async () => {
+    env = await createDevServerEnv();
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await env?.teardown();
+    await db?.drop();
+  });
+
+  /** The service's compose environment, with its host names and ports pointed at this machine's servers. */
+  function hereFor(service: string, extra: Record<string, string> = {}): Record<string, string> {
+    const environment = composeEnvironment(service);
+    expect(environment.DATABASE_URL).toBe('postgres://rekey:compose-password@postgresql:5432/rekey');
+    expect(environment.TEMPORAL_ADDRESS).toBe('temporal:7233');
+    return { ...environment, DATABASE_URL: db.url, TEMPORAL_ADDRESS: env.address, ...extra };
+  }
+
+  it('Finding 10: the worker and the admin API start with the minimal .env (only v1), where REKEY_KEK_v2 is empty', async () => {
+    const workerEnv = hereFor('rekey-worker', { REKEY_METRICS_PORT: '0', REKEY_TEMPORAL_METRICS_PORT: '0' });
+    expect(workerEnv.REKEY_KEK_v2).toBe('');
+    const worker = start('worker.js', workerEnv);
+    const adminPort = await freePort();
+    const admin = start('admin/main.js', hereFor('rekey-admin', { REKEY_ADMIN_PORT: String(adminPort) }));
+    try {
+      await until('the worker started', () => worker.output().includes('rekey worker started'), worker);
+      expect(worker.output()).toContain('"id":"v1"');
+      await until(
+        'the admin API answered',
+        async () => (await fetch(`http://127.0.0.1:${adminPort}/healthz`).catch(() => undefined))?.ok === true,
+        admin,
+      );
+      const status = await fetch(`http://127.0.0.1:${adminPort}/admin/v1/secrets/kek-status`, {
+        headers: { authorization: `Bearer ${DOT_ENV.REKEY_ADMIN_TOKEN}` },
+      });
+      expect(status.status).toBe(200);
+      expect(await status.json()).toMatchObject({ target: 'rekey' });
+    } finally {
+      worker.child.kill('SIGTERM');
+      admin.child.kill('SIGTERM');
+      await Promise.all([worker.exited, admin.exited]);
+    }
+  });
+
+  it('Finding 11: a worker exits promptly on SIGTERM when the Temporal server is gone', async () => {
+    const own = await createDevServerEnv();
+    const worker = start(
+      'worker.js',
+      hereFor('rekey-worker', {
+        TEMPORAL_ADDRESS: own.address,
+        REKEY_METRICS_PORT: '0',
+        REKEY_TEMPORAL_METRICS_PORT: '0',
+      }),
+    );
+    try {
+      await until('the worker started', () => worker.output().includes('rekey worker started'), worker);
+      await own.teardown();
+      const signalled = Date.now();
+      worker.child.kill('SIGTERM');
+      const timeout = new Promise<'still running'>((resolve) => setTimeout(() => resolve('still running'), 30_000));
+      expect(await Promise.race([worker.exited.then(() => 'exited'), timeout])).toBe('exited');
+      expect(Date.now() - signalled).toBeLessThan(30_000);
+    } finally {
+      worker.child.kill('SIGKILL');
+      await worker.exited;
+    }
+  });
+});
