@@ -139,6 +139,11 @@ describe('record', () => {
         await waitFor(handle, (p) => p.phase === 'promote' && p.fleet !== undefined);
         await env.sleep('1h');
         await handle.executeUpdate(overrideFleetGateUpdate, { args: ['drained'] });
+        // Builds after 47ef157: an override lets one gate go; the gate before the last passes waits again.
+        await waitFor(handle, (p) => p.waiting?.step === 'last-passes' || p.phase === 'grace' || p.phase === 'done');
+        if ((await handle.query(progressQuery)).waiting?.step === 'last-passes') {
+          await handle.executeUpdate(overrideFleetGateUpdate, { args: ['gone'] });
+        }
         const result = await handle.result();
         expect(result.outcome).toBe('completed');
         await save('fleet-override', handle);
