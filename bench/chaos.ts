@@ -4,6 +4,7 @@
 // Exits non-zero on any loss.
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,7 +20,7 @@ import type { RotationRequest } from '../src/rotation/rotation-input';
 import { KekRegistry } from '../src/store/kek-registry';
 import { TenantDekStore } from '../src/store/tenant-deks';
 import { TenantCrypto } from '../src/tenant-crypto';
-import { pauseUpdate, resumeSignal, abortSignal } from '../src/workflows';
+import { pauseUpdate, resumeSignal, resumeUpdate, abortSignal } from '../src/workflows';
 import {
   envKeys,
   freshDatabase,
@@ -78,6 +79,14 @@ class World {
 
   get db() {
     return this.database.pool;
+  }
+
+  get databaseUrl(): string {
+    return this.database.url;
+  }
+
+  get address(): string {
+    return this.server.address;
   }
 
   async start(): Promise<void> {
@@ -293,6 +302,85 @@ const SCENARIOS: Record<string, Scenario> = {
     const second = await world.rotate();
     await second.handle.result();
     return { faults: '1 × abort mid-rewrap, then start again', retired: true };
+  },
+
+  // The faults the issue "Safety" implies: a worker killed while its rotation is paused, an application writer whose
+  // idea of the current KEK is stale across the retirement, and a second worker holding another key under 'v2'.
+  async 'killed-while-paused'(world) {
+    const started = await world.rotate();
+    await world.waitForRewrapped(0.3);
+    await started.handle.executeUpdate(pauseUpdate);
+    await sleep(2_000); // running slices stop at their next batch boundary
+    await world.worker.kill('SIGKILL');
+    const held = await world.stale();
+    await sleep(3_000);
+    world.startWorker();
+    await sleep(3_000);
+    const moved = held !== (await world.stale());
+    await started.handle.executeUpdate(resumeUpdate);
+    await started.handle.result();
+    return {
+      faults: '1 × SIGKILL of the worker while paused, a new worker, then resume',
+      retired: true,
+      note: moved ? 'rewrap moved while paused' : undefined,
+    };
+  },
+
+  async 'writer-stalled-across-retire'(world) {
+    // This instance read "current = v1" and then stalled for the whole rotation (its registry TTL is an hour).
+    const stalled = new TenantCrypto({
+      db: world.db,
+      keys: world.keys,
+      registryTtlMs: 3_600_000,
+      instanceId: 'chaos-stalled',
+      warn: () => undefined,
+    });
+    await stalled.start();
+    try {
+      const started = await world.rotate({ ...ROTATION, fleetLiveWithin: '1s' });
+      await sleep(1_500); // the stalled instance stops announcing: it is not live, and does not hold the gate
+      await started.handle.result();
+      // After v1's retirement the stalled request goes on: a new tenant, and a rewrite of an existing DEK.
+      const ciphertext = await stalled.encrypt('stalled-newcomer', 'written late');
+      await stalled.rewriteDek(tenantIdFor('tenant-', 3));
+      world.data.set('stalled-newcomer', ciphertext);
+      const row = await new TenantDekStore(world.db).find('stalled-newcomer');
+      const onV1 = await world.stale();
+      return {
+        faults: '1 writer stale across the retirement: 1 new tenant, 1 DEK rewrite after v1 was retired',
+        retired: true,
+        note:
+          row?.kekId !== 'v2' || onV1 > 0
+            ? `the late writes went under ${row?.kekId ?? 'nothing'} (${onV1} on the retired v1)`
+            : undefined,
+      };
+    } finally {
+      await stalled.stop();
+    }
+  },
+
+  async 'wrong-key-worker'(world) {
+    // A second worker on the task queue with the right 'v1' and another key under 'v2' (a second openssl rand).
+    const impostorEnv = { ...world.keyEnv, REKEY_KEK_v2: randomBytes(32).toString('base64url') };
+    const started = await world.rotate();
+    const impostor = spawnWorker({ databaseUrl: world.databaseUrl, address: world.address, keyEnv: impostorEnv });
+    try {
+      const outcome = await started.handle.result().then(
+        (report) => `completed (${report.outcome})`,
+        (err: unknown) => failureMessage(err),
+      );
+      const named = outcome.includes(world.keys.fingerprint('v2'));
+      // Either the right worker finished first, or a slice met the impostor and the run failed naming both keys.
+      // In both cases nothing may be under the impostor's key and no KEK may be retired while anything needs it.
+      const finished = outcome.startsWith('completed');
+      return {
+        faults: '1 worker with another key under v2 beside the right one',
+        retired: finished,
+        note: finished || named ? undefined : `the run failed without naming the registered key: ${outcome}`,
+      };
+    } finally {
+      await impostor.kill('SIGKILL');
+    }
   },
 
   async 'bad-input'(world) {

@@ -1,0 +1,69 @@
+// The rewrapSlice activity as Temporal runs it, in a MockActivityEnvironment over real PostgreSQL: cancelled after its
+// first batch (a pause), it stops at that batch boundary with its work committed; the next run of the same part
+// resumes from the committed progress row, and every row is counted exactly once.
+import { CancelledFailure } from '@temporalio/common';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import type { RewrapSliceArgs, SliceOutcome } from '../../src/activities/rewrap';
+import { seedTenants } from '../../src/dev/tenants';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantDekStore } from '../../src/store/tenant-deks';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { createTestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+
+const TENANTS = 2_000;
+
+describe('the rewrapSlice activity in a MockActivityEnvironment', () => {
+  it('cancelled after a batch it stops there; run again under the same progress key it resumes and counts each row once', async () => {
+    const db = await createTestDatabase();
+    const keys = testKeys(['v1', 'v2'], 'v1');
+    try {
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      await registry.seedActive('v1', keys.fingerprint('v1'));
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: TENANTS });
+      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.promote('v1', 'v2');
+      const activities = createActivities({ db: db.pool, keys });
+      const args: RewrapSliceArgs = {
+        from: 'v1',
+        to: 'v2',
+        range: { after: '', until: null },
+        batchSize: 100,
+        dryRun: false,
+        timeBudgetMs: 60_000,
+        progressKey: 'run/pass-1/slice-0/part-0',
+        countExisting: true,
+      };
+
+      const paused = new MockActivityEnvironment();
+      const heartbeats: unknown[] = [];
+      paused.on('heartbeat', (details: unknown) => {
+        heartbeats.push(details);
+        if (heartbeats.length === 1) paused.cancel();
+      });
+      await expect(paused.run((a: RewrapSliceArgs) => activities.rewrapSlice(a), args)).rejects.toBeInstanceOf(
+        CancelledFailure,
+      );
+      const movedBeforePause = TENANTS - (await new TenantDekStore(db.pool).countOnKek('v1'));
+      expect(movedBeforePause).toBeGreaterThanOrEqual(100);
+      expect(movedBeforePause).toBeLessThan(TENANTS);
+
+      const resumed: SliceOutcome = await new MockActivityEnvironment().run(
+        (a: RewrapSliceArgs) => activities.rewrapSlice(a),
+        args,
+      );
+      expect(resumed.done).toBe(true);
+      expect(await new TenantDekStore(db.pool).countOnKek('v1')).toBe(0);
+      const { rows } = await db.pool.query<{ rewrapped: string }>(
+        'SELECT rewrapped FROM rekey.rewrap_progress WHERE progress_key = $1',
+        [args.progressKey],
+      );
+      expect(Number(rows[0]?.rewrapped)).toBe(TENANTS);
+    } finally {
+      keys.close();
+      await db.drop();
+    }
+  });
+});
