@@ -383,7 +383,7 @@ const SCENARIOS: Record<string, Scenario> = {
         };
       }
     } finally {
-      await impostor.kill('SIGKILL');
+      await impostor.kill('SIGTERM'); // the operator removes it: it withdraws from the fleet
     }
     // The right worker again: the same rotation, started anew, finishes what the impostor refused to touch.
     world.startWorker();

@@ -12,6 +12,7 @@ import { RekeyMetrics, serveMetrics } from './observability/metrics';
 import { migrate } from './store/migrate';
 import { loadTargetsConfig } from './targets/config';
 import { TargetRuntimes } from './targets/runtime';
+import { WorkerPresence } from './targets/worker-presence';
 
 export const workflowsPath = path.join(__dirname, 'workflows');
 
@@ -77,7 +78,9 @@ async function run(): Promise<void> {
   });
 
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
+  const presence = new WorkerPresence(targets, (message) => logger.warn(message));
   try {
+    await presence.start();
     const worker = await createWorker({
       connection,
       namespace: config.TEMPORAL_NAMESPACE,
@@ -98,6 +101,7 @@ async function run(): Promise<void> {
     );
     await worker.run();
   } finally {
+    await presence.stop();
     metricsServer.close();
     await targets.close();
     await connection.close();

@@ -280,7 +280,9 @@ export function createKekActivities(deps: ActivityDependencies) {
             : `${i.instanceId} (holds ${i.kekFingerprints[kekId]}, registry ${registered.fingerprint})`,
         );
       const cannotUnwrap = live.filter((i) => !i.unwrapKekIds.includes(kekId) || !holds(i)).map((i) => i.instanceId);
-      const notWrapping = live.filter((i) => i.wrapKekId !== kekId || !holds(i)).map((i) => i.instanceId);
+      // A worker wraps only what a rotation rewraps, under `to`: it is ready for both gates once it holds `to`.
+      const wraps = (i: AppInstance) => holds(i) && (i.role === 'worker' || i.wrapKekId === kekId);
+      const notWrapping = live.filter((i) => !wraps(i)).map((i) => i.instanceId);
       return {
         live: live.length,
         canUnwrap: live.length - cannotUnwrap.length,

@@ -6,6 +6,8 @@ export interface AppInstance {
   wrapKekId: string | null;
   /** The fingerprint of each KEK the instance holds (empty for instances of versions that did not announce them). */
   kekFingerprints: Record<string, string>;
+  /** An application process (wraps new DEKs) or a rekey worker (rewraps); absent: an application. */
+  role?: 'application' | 'worker';
   lastSeen: Date;
 }
 
@@ -18,12 +20,19 @@ export class AppInstances {
 
   async announce(instance: Omit<AppInstance, 'lastSeen'>): Promise<void> {
     await this.db.query(
-      `INSERT INTO rekey.app_instances (target, instance_id, unwrap_kek_ids, wrap_kek_id, kek_fingerprints)
-       VALUES ($1, $2, $3, $4, $5)
+      `INSERT INTO rekey.app_instances (target, instance_id, unwrap_kek_ids, wrap_kek_id, kek_fingerprints, role)
+       VALUES ($1, $2, $3, $4, $5, $6)
        ON CONFLICT (target, instance_id) DO UPDATE
          SET unwrap_kek_ids = EXCLUDED.unwrap_kek_ids, wrap_kek_id = EXCLUDED.wrap_kek_id,
-             kek_fingerprints = EXCLUDED.kek_fingerprints, last_seen = now()`,
-      [this.target, instance.instanceId, instance.unwrapKekIds, instance.wrapKekId, instance.kekFingerprints],
+             kek_fingerprints = EXCLUDED.kek_fingerprints, role = EXCLUDED.role, last_seen = now()`,
+      [
+        this.target,
+        instance.instanceId,
+        instance.unwrapKekIds,
+        instance.wrapKekId,
+        instance.kekFingerprints,
+        instance.role ?? 'application',
+      ],
     );
   }
 
@@ -41,9 +50,10 @@ export class AppInstances {
       unwrap_kek_ids: string[];
       wrap_kek_id: string | null;
       kek_fingerprints: Record<string, string>;
+      role: 'application' | 'worker';
       last_seen: Date;
     }>(
-      `SELECT instance_id, unwrap_kek_ids, wrap_kek_id, kek_fingerprints, last_seen FROM rekey.app_instances
+      `SELECT instance_id, unwrap_kek_ids, wrap_kek_id, kek_fingerprints, role, last_seen FROM rekey.app_instances
        WHERE target = $1 AND last_seen > now() - make_interval(secs => $2) ORDER BY instance_id`,
       [this.target, liveWithinMs / 1000],
     );
@@ -52,6 +62,7 @@ export class AppInstances {
       unwrapKekIds: r.unwrap_kek_ids,
       wrapKekId: r.wrap_kek_id,
       kekFingerprints: r.kek_fingerprints,
+      role: r.role,
       lastSeen: r.last_seen,
     }));
   }

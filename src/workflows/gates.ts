@@ -36,7 +36,7 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
       kind: 'fleet',
       step: kind === 'unwrap' ? 'promote' : 'last-passes',
       instructions:
-        `every live application instance must ${kind === 'unwrap' ? 'hold' : 'wrap with'} '${carried.to}' (waiting for ${waitingFor.join(', ')})` +
+        `every live instance (application or rekey worker) must ${kind === 'unwrap' ? 'hold' : 'wrap with'} '${carried.to}' (waiting for ${waitingFor.join(', ')})` +
         (wrongKey.length > 0 ? `; another key under that id, not the registered one: ${wrongKey.join(', ')}` : ''),
       command: `rekey override-fleet ${workflowInfo().workflowId} --reason "…"`,
     });

@@ -10,6 +10,8 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { freePort } from '../../src/dev/ports';
+import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { AppInstances } from '../../src/store/app-instances';
 import { projectRoot } from '../../src/project-paths';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createDevServerEnv } from '../helpers/temporal';
@@ -99,6 +101,12 @@ describe('the compose services, started with exactly their compose environment',
     try {
       await until('the worker started', () => worker.output().includes('rekey worker started'), worker);
       expect(worker.output()).toContain('"id":"v1"');
+      // It is part of the fleet of rekey's own table, with the fingerprint of the one key it holds.
+      const fingerprint = new EnvKeyProvider(DOT_ENV, 'REKEY').fingerprint('v1');
+      const fleet = await new AppInstances(db.pool, 'rekey').live(60_000);
+      expect(fleet).toEqual([
+        expect.objectContaining({ role: 'worker', unwrapKekIds: ['v1'], kekFingerprints: { v1: fingerprint } }),
+      ]);
       await until(
         'the admin API answered',
         async () => (await fetch(`http://127.0.0.1:${adminPort}/healthz`).catch(() => undefined))?.ok === true,

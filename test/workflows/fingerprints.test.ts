@@ -7,6 +7,8 @@ import { createActivities } from '../../src/activities';
 import { EnvKeyProvider } from '../../src/keys/env-provider';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { WorkerPresence } from '../../src/targets/worker-presence';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { rotateKek } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
@@ -77,6 +79,36 @@ describe('Finding 1: keys are trusted by fingerprint, not by id', () => {
       expect(await fixture.staleOn('v1')).toBe(100);
     } finally {
       await app.stop();
+      impostor.close();
+      await fixture.drop();
+    }
+  });
+
+  it('a worker that holds another key under the new KEK’s id holds the promotion, named, instead of failing slices midway', async () => {
+    const fixture = await RotationFixture.create({ tenants: 100 });
+    const impostor = impostorKeys(fixture);
+    // A second worker process's presence: it serves rekey's own table with its own 'v2'.
+    const presence = new WorkerPresence(new TargetRuntimes({ db: fixture.db.pool, keys: impostor }), () => undefined, {
+      instanceId: 'worker-other-host',
+    });
+    await presence.start();
+    try {
+      const worker = await fixture.worker(server.env);
+      const message = await worker.runUntil(async () => {
+        const handle = await server.env.client.workflow.start(rotateKek, {
+          taskQueue: fixture.taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'v2', gracePeriod: '1h', fleetTimeout: '1h', fleetLiveWithin: '30d' }],
+        });
+        return failureOf(resultWithin(handle));
+      });
+      expect(message).toContain(
+        `worker-other-host (holds ${impostor.fingerprint('v2')}, registry ${fixture.keys.fingerprint('v2')})`,
+      );
+      expect(await fixture.kekState('v2')).toBe('provisioned');
+      expect(await fixture.staleOn('v1')).toBe(100);
+    } finally {
+      await presence.stop();
       impostor.close();
       await fixture.drop();
     }

@@ -1,0 +1,63 @@
+// A worker process announces itself to the fleet of every target whose current KEK is in rekey's registry: the KEKs
+// it holds, with their fingerprints. The fleet gate then counts it like an application instance, so a worker that
+// holds another key under the new KEK's id (or none) holds the promotion, instead of failing its slices halfway
+// through a rewrap. Like an application instance, it reloads its key source when the registry lists a KEK it lacks.
+import os from 'node:os';
+import type { TargetRuntime, TargetRuntimes } from './runtime';
+
+const ANNOUNCE_EVERY_MS = 10_000;
+
+export class WorkerPresence {
+  readonly instanceId: string;
+  private readonly everyMs: number;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly announced = new Set<TargetRuntime>();
+
+  constructor(
+    private readonly targets: TargetRuntimes,
+    private readonly warn: (message: string) => void,
+    options: { instanceId?: string; everyMs?: number } = {},
+  ) {
+    this.instanceId = options.instanceId ?? `worker-${os.hostname()}-${process.pid}`;
+    this.everyMs = options.everyMs ?? ANNOUNCE_EVERY_MS;
+  }
+
+  async start(): Promise<void> {
+    await this.announce();
+    this.timer = setInterval(() => {
+      this.announce().catch((err: unknown) => this.warn(`announcing this worker failed: ${String(err)}`));
+    }, this.everyMs);
+    this.timer.unref();
+  }
+
+  /** Announces to each registry-owned target this worker can open; a target it cannot open is left out. */
+  async announce(): Promise<void> {
+    for (const name of this.targets.names) {
+      if (this.targets.definition(name).currentKek.owner !== 'registry') continue;
+      let runtime: TargetRuntime;
+      try {
+        runtime = await this.targets.get(name);
+      } catch {
+        continue; // no keys or no table for it here: this worker does not serve it, and says nothing
+      }
+      const registered = await runtime.registry.list();
+      if (registered.some((k) => k.state !== 'retired' && !runtime.keys.has(k.kekId))) await runtime.keys.reload();
+      const held = runtime.keys.kekIds();
+      await runtime.instances.announce({
+        instanceId: this.instanceId,
+        unwrapKekIds: held,
+        wrapKekId: null,
+        kekFingerprints: Object.fromEntries(held.map((kekId) => [kekId, runtime.keys.fingerprint(kekId)])),
+        role: 'worker',
+      });
+      this.announced.add(runtime);
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    for (const runtime of this.announced) {
+      await runtime.instances.withdraw(this.instanceId).catch(() => undefined);
+    }
+  }
+}
