@@ -1,8 +1,8 @@
 import { Context } from '@temporalio/activity';
-import type { RewrapCounters } from '../rewrap/counters';
+import { emptyCounters, type RewrapCounters } from '../rewrap/counters';
 import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewrap/rewrap-slice';
 import { rowsLabelled } from '../rewrap/still-on';
-import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
+import { passOfProgressKey, rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
 import { UnreadableValueError } from '../errors';
@@ -88,8 +88,10 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       const context = Context.current();
       const resumeFrom = context.info.heartbeatDetails as RewrapCheckpoint | undefined;
       const runtime = await targets.get(args.target);
-      let previous: RewrapCounters | undefined;
+      // Metrics add each batch's difference from the one before, starting from where this attempt picked up.
+      let previous: RewrapCounters = emptyCounters();
       const canary = args.tenantId !== undefined;
+      const firstPass = (passOfProgressKey(args.progressKey) ?? 1) === 1;
       const result = await withKeks(runtime, args, [args.from, args.to], ([from, to]) =>
         rewrapSlice(
           // A canary writes under the still-provisioned KEK; anything else only under the active one.
@@ -107,9 +109,12 @@ export function createRewrapActivities(deps: ActivityDependencies) {
             resumeFrom,
           },
           {
+            onStart: (counters) => {
+              previous = counters;
+            },
             onBatch: (checkpoint) => {
               context.heartbeat(checkpoint);
-              if (previous) metrics?.recordBatch(previous, checkpoint.counters);
+              metrics?.recordBatch(previous, checkpoint.counters, firstPass);
               previous = checkpoint.counters;
             },
             shouldStop: () => context.cancellationSignal.aborted,

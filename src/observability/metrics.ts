@@ -22,15 +22,18 @@ export class RekeyMetrics {
   });
   readonly unreadable = new Counter({
     name: 'rekey_unreadable_deks_total',
-    help: 'DEKs that did not unwrap during rewrap (left untouched)',
+    help: 'DEKs that did not unwrap during rewrap (left untouched), counted in the first pass that met them',
     registers: [this.registry],
   });
 
-  /** Adds what one batch did (the difference between two checkpoints). */
-  recordBatch(before: RewrapCounters, after: RewrapCounters): void {
+  /**
+   * Adds what one batch did (the difference between two checkpoints). Unreadable rows are tried again by every pass:
+   * only a first pass counts them (`countUnreadable`), so one bad row is one, however many passes there are.
+   */
+  recordBatch(before: RewrapCounters, after: RewrapCounters, countUnreadable = true): void {
     this.rewrapped.inc(Math.max(0, after.rewrapped - before.rewrapped));
     this.casConflicts.inc(Math.max(0, after.casConflicts - before.casConflicts));
-    this.unreadable.inc(Math.max(0, after.failed - before.failed));
+    if (countUnreadable) this.unreadable.inc(Math.max(0, after.failed - before.failed));
   }
 
   /**

@@ -62,6 +62,8 @@ export interface RewrapSliceResult extends RewrapCheckpoint {
 }
 
 export interface RewrapHooks {
+  /** Once, with the counters the slice starts from (a previous attempt's, committed or heartbeated, or the first). */
+  onStart?(counters: RewrapCounters): void;
   /** After every batch: heartbeat here. */
   onBatch?(checkpoint: RewrapCheckpoint): void;
   /** Checked before every batch: true stops the slice at this batch boundary. */
@@ -140,7 +142,9 @@ class SliceRun {
 
   async run(): Promise<RewrapSliceResult> {
     const started = Date.now();
-    if (await this.resume()) return this.result(true);
+    const finished = await this.resume();
+    this.hooks.onStart?.(this.counters);
+    if (finished) return this.result(true);
 
     let pendingWrite: Promise<void> = Promise.resolve();
     let done = false;

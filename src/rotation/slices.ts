@@ -19,3 +19,13 @@ export function rangesFromBoundaries(boundaries: string[]): TenantRange[] {
   ranges.push({ after, until: null });
   return ranges;
 }
+
+/**
+ * The pass a slice part belongs to, read from its progress key (`<run>/pass-<n>/slice-<i>/part-<k>`, and `…/others`),
+ * or undefined for a key of another shape. Every pass tries every row still labelled `from`, unreadable ones included:
+ * a count of unreadable rows over the run takes the first pass's only.
+ */
+export function passOfProgressKey(progressKey: string): number | undefined {
+  const match = /\/pass-(\d+)\//.exec(progressKey);
+  return match ? Number(match[1]) : undefined;
+}

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import type { RewrapSliceArgs, SliceOutcome } from '../../src/activities/rewrap';
 import { seedTenants } from '../../src/dev/tenants';
+import { RekeyMetrics } from '../../src/observability/metrics';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -25,7 +26,8 @@ describe('the rewrapSlice activity in a MockActivityEnvironment', () => {
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: TENANTS });
       await registry.register('v2', keys.fingerprint('v2'));
       await registry.promote('v1', 'v2');
-      const activities = createActivities({ db: db.pool, keys });
+      const metrics = new RekeyMetrics();
+      const activities = createActivities({ db: db.pool, keys, metrics });
       const args: RewrapSliceArgs = {
         from: 'v1',
         to: 'v2',
@@ -61,6 +63,46 @@ describe('the rewrapSlice activity in a MockActivityEnvironment', () => {
         [args.progressKey],
       );
       expect(Number(rows[0]?.rewrapped)).toBe(TENANTS);
+      // The metric counts every batch of both attempts once (it missed each attempt's first batch before).
+      expect((await metrics.rewrapped.get()).values[0]?.value).toBe(TENANTS);
+    } finally {
+      keys.close();
+      await db.drop();
+    }
+  });
+
+  it('Finding 11: an unreadable row is counted once by the metric, however many passes try it', async () => {
+    const db = await createTestDatabase();
+    const keys = testKeys(['v1', 'v2'], 'v1');
+    try {
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      await registry.seedActive('v1', keys.fingerprint('v1'));
+      await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 300 });
+      await db.pool.query(
+        `UPDATE rekey.tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000042'`,
+      );
+      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.promote('v1', 'v2');
+      const metrics = new RekeyMetrics();
+      const activities = createActivities({ db: db.pool, keys, metrics });
+      for (const pass of [1, 2, 3]) {
+        const outcome: SliceOutcome = await new MockActivityEnvironment().run(
+          (a: RewrapSliceArgs) => activities.rewrapSlice(a),
+          {
+            from: 'v1',
+            to: 'v2',
+            range: { after: '', until: null },
+            batchSize: 100,
+            dryRun: false,
+            timeBudgetMs: 60_000,
+            progressKey: `run/pass-${pass}/slice-0/part-0`,
+            countExisting: pass === 1,
+          },
+        );
+        expect(outcome.counters.failed).toBe(1);
+      }
+      expect((await metrics.unreadable.get()).values[0]?.value).toBe(1);
+      expect((await metrics.rewrapped.get()).values[0]?.value).toBe(299);
     } finally {
       keys.close();
       await db.drop();
