@@ -1,7 +1,11 @@
 // `npm run record-histories`: records workflow histories from this build into
 // test/workflows/histories/<commit>/, for the replay test. Run it at a commit whose workflow code changed.
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Worker } from '@temporalio/worker';
+import { createActivities } from '../../src/activities';
+import { migrate } from '../../src/store/migrate';
+import { TargetRuntimes } from '../../src/targets/runtime';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
@@ -12,6 +16,7 @@ import type { ProgressReport } from '../../src/rotation/progress';
 import { AppInstances } from '../../src/store/app-instances';
 import {
   abortSignal,
+  confirmStepUpdate,
   overrideFleetGateUpdate,
   pauseUpdate,
   progressQuery,
@@ -20,7 +25,10 @@ import {
   setGraceUpdate,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { createTimeSkippingEnv } from '../helpers/temporal';
+import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { createTestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+import { createTalosSchema, seedSecrets } from '../helpers/talos';
 
 const out = path.join(__dirname, '..', 'workflows', 'histories', process.env.HISTORY_BUILD ?? 'unknown');
 
@@ -175,6 +183,53 @@ describe('record', () => {
       });
     } finally {
       await fixture.drop();
+    }
+  });
+
+  it('talos: an application-owned target, promotion by configuration, retirement confirmed by an operator', async () => {
+    const db = await createTestDatabase({ migrate: false });
+    await createTalosSchema(db.pool);
+    const client = await db.pool.connect();
+    try {
+      await migrate(client);
+    } finally {
+      client.release();
+    }
+    const keks = { v1: randomBytes(32), v2: randomBytes(32) };
+    const talosEnv: NodeJS.ProcessEnv = {
+      TALOS_KEK_v1: keks.v1.toString('base64url'),
+      TALOS_KEK_v2: keks.v2.toString('base64url'),
+      TALOS_CURRENT_KEK_ID: 'v2',
+    };
+    const targets = new TargetRuntimes({ db: db.pool, keys: testKeys(['v1']), env: talosEnv });
+    try {
+      await seedSecrets(db.pool, keks.v1, 'v1', 50, 'v1');
+      const taskQueue = `talos-${randomUUID()}`;
+      const worker = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), targets, env: talosEnv }),
+      });
+      await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start(rotateKek, {
+          taskQueue,
+          workflowId: `kek-rotation-talos-${randomUUID()}`,
+          args: [{ target: 'talos', from: 'v1', to: 'v2', gracePeriod: '1h' }],
+        });
+        await waitFor(handle, (p) => p.phase === 'grace');
+        await env.sleep('2h');
+        await waitFor(handle, (p) => p.waiting?.step === 'retire');
+        await handle.executeUpdate(confirmStepUpdate, {
+          args: [{ step: 'retire', note: 'TALOS_KEK_v1 removed from every gateway' }],
+        });
+        const result = await handle.result();
+        expect(result.outcome).toBe('completed');
+        await save('talos-confirm-retire', handle);
+      });
+    } finally {
+      await targets.close();
+      await db.drop();
     }
   });
 });
