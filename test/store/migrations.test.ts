@@ -90,6 +90,7 @@ describe('migrations', () => {
         '1764000000000_targets',
         '1764100000000_kek-may-wrap',
         '1764200000000_instance-fingerprints',
+        '1764300000000_worker-presence',
       ]);
     }));
 });

@@ -17,7 +17,7 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const starter = path.join(projectRoot, 'dist', 'src', 'starter.js');
 const TENANTS = 3_000;
@@ -164,24 +164,40 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }
   });
 
-  it('pause answers with how far it got, resume and abort steer a running rotation', async () => {
-    const start = await rekey('rotate', '--from', 'v2', '--to', 'new', '--batch-size', '10', '--parallelism', '1');
-    expect(start.code).toBe(0);
-    const id = /started rotation (\S+)/.exec(start.stdout)?.[1];
-    expect(id).toMatch(/^kek-rotation-rekey@/);
-    const paused = await rekey('pause', id!);
-    expect(paused.code).toBe(0);
-    expect(paused.stdout).toMatch(/^paused at [\d.]+%: .*\(paused\)/);
-    const scraped = await metrics.registry.getSingleMetricAsString('rekey_rotation_phase');
-    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="rewrap"} 1`);
-    expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="grace"} 0`);
-    const resumed = await rekey('resume', id!);
-    expect(resumed.stdout).toMatch(/^resumed at [\d.]+%/);
-    const aborted = await rekey('abort', id!, '--reason', 'test over');
-    expect(aborted.code).toBe(0);
-    expect(aborted.stdout).toContain("aborted: test over; both 'v2' and 'v3' still unwrap, nothing was retired");
-    const afterwards = await rekey('pause', id!);
-    expect(afterwards).toMatchObject({ code: 4, stderr: `rekey: rotation ${id} is completed, not running\n` });
+  it('pause answers with how far it got and what it holds before, resume and abort steer a running rotation', async () => {
+    // An instance that does not hold the new KEK keeps the run at the fleet gate: the controls below meet it there
+    // however fast or slow this machine is (a run left to itself could be past the rewrap before `rekey pause`).
+    const instances = new AppInstances(db.pool, BUILTIN_TARGET);
+    await instances.announce({ instanceId: 'old-gw', unwrapKekIds: ['v2'], wrapKekId: 'v2', kekFingerprints: {} });
+    try {
+      const start = await rekey('rotate', '--from', 'v2', '--to', 'new', '--batch-size', '10', '--parallelism', '1');
+      expect(start.code).toBe(0);
+      const id = /started rotation (\S+)/.exec(start.stdout)?.[1];
+      expect(id).toMatch(/^kek-rotation-rekey@/);
+      const handle = env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
+      const paused = await rekey('pause', id!);
+      expect(paused.code).toBe(0);
+      expect(paused.stdout).toMatch(/^paused at 0%: rekey · promote \(paused\)/);
+      const scraped = await metrics.registry.getSingleMetricAsString('rekey_rotation_phase');
+      expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="promote"} 1`);
+      expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="grace"} 0`);
+      // The instance goes away: the gate would let go, and the paused run holds before promoting instead.
+      await instances.withdraw('old-gw');
+      // The gate polls at 5 s, then 10 s, 20 s …: allow a minute of real time for its next look.
+      const held = await progressUntil(handle, (p) => p.heldBefore === 'promote', { attempts: 2_400 });
+      expect((await rekey('status', id!)).stdout).toContain('promote (paused: holds before promote)');
+      expect(held.phase).toBe('promote');
+      const resumed = await rekey('resume', id!);
+      expect(resumed.stdout).toMatch(/^resumed at [\d.]+%/);
+      const aborted = await rekey('abort', id!, '--reason', 'test over');
+      expect(aborted.code).toBe(0);
+      expect(aborted.stdout).toMatch(/aborted: test over; both 'v2' and 'v\d+' still unwrap, nothing was retired/);
+      const afterwards = await rekey('pause', id!);
+      expect(afterwards).toMatchObject({ code: 4, stderr: `rekey: rotation ${id} is completed, not running\n` });
+    } finally {
+      await instances.withdraw('old-gw');
+    }
   });
 
   it('keys generate and list show ids and fingerprints, never key bytes', async () => {
