@@ -93,21 +93,48 @@ async function describeStuck(handle: WorkflowHandle): Promise<string> {
 
 /**
  * Polls the progress until `predicate` holds. On the time-skipping server, `skip` moves workflow time on between
- * polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart. Fails with the
- * last progress after `attempts` polls.
+ * polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart. Bounded in real
+ * time (`withinMs`, 45 s), each call included: a poll or a time skip that hangs (a busy machine, a server that stopped
+ * answering) fails the test at once with the last progress seen, instead of holding it until the test's timeout.
  */
 export async function progressUntil(
   handle: WorkflowHandle<typeof rotateKek>,
   predicate: (p: ProgressReport) => boolean,
-  options: { env?: TestWorkflowEnvironment; skip?: string; attempts?: number } = {},
+  options: { env?: TestWorkflowEnvironment; skip?: string; withinMs?: number } = {},
 ): Promise<ProgressReport> {
-  const attempts = options.attempts ?? 400;
+  const deadline = Date.now() + (options.withinMs ?? 45_000);
   let last: ProgressReport | undefined;
-  for (let i = 0; i < attempts; i++) {
-    last = await handle.query(progressQuery);
+  const bounded = <T>(what: string, promise: Promise<T>): Promise<T> => {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`${what} did not answer in time; last progress: ${JSON.stringify(last)}`)),
+        Math.max(1, deadline - Date.now()),
+      );
+    });
+    return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+  };
+  while (Date.now() < deadline) {
+    last = await bounded('the progress query', handle.query(progressQuery));
     if (predicate(last)) return last;
-    if (options.env && options.skip) await options.env.sleep(options.skip);
+    if (options.env && options.skip) await bounded(`a time skip of ${options.skip}`, options.env.sleep(options.skip));
     else await new Promise((resolve) => setTimeout(resolve, 25));
   }
   throw new Error(`the progress never matched; last: ${JSON.stringify(last)}`);
+}
+
+/** Moves the time-skipping server's clock on by `duration`, failing after `withinMs` of real time if it does not. */
+export async function skipTime(env: TestWorkflowEnvironment, duration: string, withinMs = 30_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`a time skip of ${duration} did not end within ${withinMs} ms`)),
+      withinMs,
+    );
+  });
+  try {
+    await Promise.race([env.sleep(duration), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

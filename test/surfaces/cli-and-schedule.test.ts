@@ -185,7 +185,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       // The instance goes away: the gate would let go, and the paused run holds before promoting instead.
       await instances.withdraw('old-gw');
       // The gate polls at 5 s, then 10 s, 20 s …: allow a minute of real time for its next look.
-      const held = await progressUntil(handle, (p) => p.heldBefore === 'promote', { attempts: 2_400 });
+      const held = await progressUntil(handle, (p) => p.heldBefore === 'promote', { withinMs: 60_000 });
       expect((await rekey('status', id!)).stdout).toContain('promote (paused: holds before promote)');
       expect(held.phase).toBe('promote');
       const resumed = await rekey('resume', id!);

@@ -12,7 +12,7 @@ import {
 } from '../../src/workflows';
 import type { RotationReport } from '../../src/workflows';
 import { progressUntil, StubRotation } from '../helpers/stub-rotation';
-import { resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
+import { resultWithin, skipTime, useTimeSkippingEnv } from '../helpers/temporal';
 
 /** The reason an update was refused (its validator's message). */
 async function refusal(promise: Promise<unknown>): Promise<string> {
@@ -34,12 +34,12 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
     stub.fleet = { unwrap: false, wrap: false };
     const result = await stub.run(server.env, async () => {
       const handle = await stub.start(server.env);
-      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet', { env: server.env, skip: '5s' });
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
       await handle.executeUpdate(pauseUpdate);
       stub.fleet = { unwrap: true, wrap: true };
       // Fleet polls go on for ten minutes of workflow time: the fleet is ready, and still nothing is promoted.
       const held = await progressUntil(handle, (p) => p.heldBefore === 'promote', { env: server.env, skip: '1m' });
-      await server.env.sleep('10m');
+      await skipTime(server.env, '10m');
       expect(held).toMatchObject({ phase: 'promote', paused: true });
       expect(stub.count('promoteKek')).toBe(0);
       await handle.executeUpdate(resumeUpdate);
@@ -54,10 +54,10 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
     const stub = new StubRotation();
     const result = await stub.run(server.env, async () => {
       const handle = await stub.start(server.env, { gracePeriod: '1d' });
-      await progressUntil(handle, (p) => p.phase === 'grace', { env: server.env, skip: '1s' });
+      await progressUntil(handle, (p) => p.phase === 'grace');
       await handle.executeUpdate(pauseUpdate);
       const held = await progressUntil(handle, (p) => p.heldBefore === 'retire', { env: server.env, skip: '6h' });
-      await server.env.sleep('3d');
+      await skipTime(server.env, '3d');
       expect(held).toMatchObject({ phase: 'retire', paused: true });
       expect(stub.count('retireKek')).toBe(0);
       await handle.executeUpdate(resumeUpdate);
@@ -99,8 +99,8 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
     stub.fleet = { unwrap: false, wrap: false };
     const result = await stub.run(server.env, async () => {
       const handle = await stub.start(server.env, { tenantId: 'tenant-1' });
-      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet', { env: server.env, skip: '5s' });
-      await server.env.sleep('2m');
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
+      await skipTime(server.env, '2m');
       expect(stub.count('rewrapSlice')).toBe(0);
       stub.fleet = { unwrap: true, wrap: false };
       return resultWithin<RotationReport>(handle);
@@ -115,14 +115,14 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
     stub.fleet = { unwrap: false, wrap: false };
     const result = await stub.run(server.env, async () => {
       const handle = await stub.start(server.env, { gracePeriod: '7d' });
-      await progressUntil(handle, (p) => p.waiting?.step === 'promote', { env: server.env, skip: '5s' });
+      await progressUntil(handle, (p) => p.waiting?.step === 'promote');
       await handle.executeUpdate(overrideFleetGateUpdate, { args: ['old pods drain tonight'] });
       // The gate before the last passes waits again: the override was for promotion.
       stub.fleet = { unwrap: true, wrap: false };
-      await progressUntil(handle, (p) => p.waiting?.step === 'last-passes', { env: server.env, skip: '5s' });
+      await progressUntil(handle, (p) => p.waiting?.step === 'last-passes');
       expect(stub.count('promoteKek')).toBe(1);
       await handle.executeUpdate(overrideFleetGateUpdate, { args: ['app-1 wraps with v2 after its restart'] });
-      await progressUntil(handle, (p) => p.phase === 'grace', { env: server.env, skip: '5s' });
+      await progressUntil(handle, (p) => p.phase === 'grace');
       expect(await refusal(handle.executeUpdate(overrideFleetGateUpdate, { args: ['why not'] }))).toMatch(
         /^ControlRefusedError: nothing waits for the fleet now/,
       );
@@ -137,7 +137,7 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
     stub.fleet = { unwrap: false, wrap: false };
     await stub.run(server.env, async () => {
       const handle = await stub.start(server.env, { gracePeriod: '7d' });
-      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet', { env: server.env, skip: '5s' });
+      await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
       const answer = await handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: '2d' }] });
       expect(answer).toEqual({ gracePeriod: '9d 0h', startsWhenVerified: true });
       expect(await refusal(handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: 'a while' }] }))).toMatch(
