@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { ApplicationFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
-import type { ProgressReport } from '../../src/rotation/progress';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import {
   abortSignal,
@@ -15,8 +14,8 @@ import {
   type RotationReport,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { progressUntil, sliceUntilCancelled, StubRotation } from '../helpers/stub-rotation';
-import { createDevServerEnv, resultWithin } from '../helpers/temporal';
+import { sliceUntilCancelled, StubRotation } from '../helpers/stub-rotation';
+import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
 
 // Pause and abort cancel running slice activities. On the time-skipping test server a cancellation that races the
 // activity's completion gets the workflow task rejected (ACTIVITY_UNKNOWN, temporalio/sdk-java#2391) and the run
@@ -29,20 +28,6 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
   afterAll(async () => {
     await env?.teardown();
   });
-
-  /** Polls the progress query until `predicate` holds; fails with the last progress after 60 s. */
-  async function waitFor(
-    handle: WorkflowHandle<typeof rotateKek>,
-    predicate: (p: ProgressReport) => boolean,
-  ): Promise<ProgressReport> {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const progress = await handle.query(progressQuery);
-      if (predicate(progress)) return progress;
-      if (Date.now() > deadline) throw new Error(`timed out waiting; last progress ${JSON.stringify(progress)}`);
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
 
   // Small batches and short slice parts: a run that takes a few seconds, so it can be paused or aborted midway.
   const slow = {
@@ -64,7 +49,7 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
           workflowId: `rotation-${randomUUID()}`,
           args: [slow],
         });
-        await waitFor(handle, (p) => p.counters.rewrapped > 0);
+        await progressUntil(handle, (p) => p.counters.rewrapped > 0);
 
         const paused = await handle.executeUpdate(pauseUpdate);
         expect(paused.paused).toBe(true);
@@ -103,7 +88,7 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
       const workflowId = `rotation-${randomUUID()}`;
       const result = await worker.runUntil(async () => {
         const started = await startRotation(env.client, slow, { taskQueue: fixture.taskQueue, workflowId });
-        await waitFor(started.handle, (p) => p.counters.rewrapped > 0);
+        await progressUntil(started.handle, (p) => p.counters.rewrapped > 0);
         await started.handle.signal(abortSignal, 'change freeze');
         return resultWithin<RotationReport>(started.handle);
       });

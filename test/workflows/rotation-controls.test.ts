@@ -11,23 +11,12 @@ import {
   type RotationReport,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { progressUntil, resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
+import { progressUntil, resultWithin, skipTime, useTimeSkippingEnv } from '../helpers/temporal';
 
 const DAY = 86_400_000;
 
 describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   const server = useTimeSkippingEnv();
-
-  async function waitForPhase(
-    handle: { query: (q: typeof progressQuery) => Promise<{ phase: string }> },
-    phase: string,
-  ) {
-    const deadline = Date.now() + 30_000;
-    while ((await handle.query(progressQuery)).phase !== phase) {
-      if (Date.now() > deadline) throw new Error(`never reached phase ${phase}`);
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
 
   it('an update extends the grace period and answers with the new end; another ends it now', async () => {
     const fixture = await RotationFixture.create({ tenants: 200 });
@@ -39,7 +28,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
           workflowId: `rotation-${randomUUID()}`,
           args: [{ from: 'v1', to: 'v2', gracePeriod: '7d' }],
         });
-        await waitForPhase(handle, 'grace');
+        await progressUntil(handle, (p) => p.phase === 'grace');
         const before = (await handle.query(progressQuery)).graceEndsAt!;
         const extended = await handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: '2d' }] });
         expect(Date.parse(extended.graceEndsAt!)).toBe(before + 2 * DAY);
@@ -50,7 +39,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
         expect((refused as WorkflowUpdateFailedError).cause?.message).toBe(
           "extendBy 'a while' is not a duration like 2d, 12h or 30m",
         );
-        await server.env.sleep('8d');
+        await skipTime(server.env, '8d');
         expect((await handle.query(progressQuery)).phase).toBe('grace');
         expect(await fixture.kekState('v1')).toBe('decrypt_only');
         const ended = await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
@@ -76,8 +65,8 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
           workflowId: `rotation-${randomUUID()}`,
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
         });
-        await waitForPhase(handle, 'promote');
-        await server.env.sleep('1h');
+        await progressUntil(handle, (p) => p.phase === 'promote');
+        await skipTime(server.env, '1h');
         const waiting = await handle.query(progressQuery);
         expect(waiting.phase).toBe('promote');
         expect(waiting.fleet).toEqual({ live: 1, ready: 0, waitingFor: ['old-pod-1'] });
