@@ -3,7 +3,7 @@
 // lets it go. The real activities are tested against PostgreSQL elsewhere; here only the workflow decides.
 import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
-import type { WorkflowHandle } from '@temporalio/client';
+import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import type { Activities } from '../../src/activities';
@@ -187,7 +187,7 @@ export class StubRotation {
   start(
     env: TestWorkflowEnvironment,
     request: Partial<RotationRequest> = {},
-  ): Promise<WorkflowHandle<typeof rotateKek>> {
+  ): Promise<WorkflowHandleWithFirstExecutionRunId<typeof rotateKek>> {
     return env.client.workflow.start(rotateKek, {
       taskQueue: this.taskQueue,
       workflowId: `stub-rotation-${randomUUID()}`,

@@ -1,6 +1,10 @@
 // The rotation workflow's own decisions, with stub activities on the time-skipping server: fast, and independent of
 // PostgreSQL. Each test named after a finding of the issue "Safety" failed on the code before its fix.
-import { ApplicationFailure, WorkflowUpdateFailedError } from '@temporalio/client';
+import { ApplicationFailure, type Client, WorkflowUpdateFailedError } from '@temporalio/client';
+import { Pool } from 'pg';
+import { buildAdminServer } from '../../src/admin/server';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { testKeys } from '../helpers/keys';
 import { describe, expect, it } from 'vitest';
 import {
   abortSignal,
@@ -13,6 +17,22 @@ import {
 import type { RotationReport } from '../../src/workflows';
 import { progressUntil, StubRotation } from '../helpers/stub-rotation';
 import { resultWithin, skipTime, useTimeSkippingEnv } from '../helpers/temporal';
+
+const ADMIN_TOKEN = 'logic-test-token-0123456789';
+
+/** The admin API over this server's client; its database is never opened by the routes these tests call. */
+async function adminApi(client: Client) {
+  const db = new Pool({ connectionString: 'postgres://unused.invalid/unused' });
+  const api = await buildAdminServer({
+    client,
+    targets: new TargetRuntimes({ db, keys: testKeys(['v1']) }),
+    defaultTarget: 'rekey',
+    taskQueue: 'unused',
+    token: ADMIN_TOKEN,
+    configuredCurrentKekId: () => undefined,
+  });
+  return { api, close: async () => (await api.close(), await db.end()) };
+}
 
 /** The reason an update was refused (its validator's message). */
 async function refusal(promise: Promise<unknown>): Promise<string> {
@@ -85,6 +105,23 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
         /^ControlRefusedError: 'v1' is being retired: the rotation completes/,
       );
       expect(await refusal(handle.executeUpdate(pauseUpdate))).toMatch(/^ControlRefusedError: 'v1' is being retired/);
+      // The admin API says the same, as a conflict with the reason.
+      const { api, close } = await adminApi(server.env.client);
+      try {
+        const opId = `${handle.workflowId}@${handle.firstExecutionRunId}`;
+        const answer = await api.inject({
+          method: 'POST',
+          url: `/admin/v1/secrets/rotation/${encodeURIComponent(opId)}/abort`,
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+        });
+        expect(answer.statusCode).toBe(409);
+        expect(answer.json()).toMatchObject({
+          error: 'conflict',
+          message: expect.stringMatching(/^'v1' is being retired: the rotation completes/) as unknown,
+        });
+      } finally {
+        await close();
+      }
       // A signal cannot be refused: the progress says it was ignored, and why.
       await handle.signal(abortSignal, 'by signal');
       await progressUntil(handle, (p) => p.note?.startsWith('abort signal ignored') === true);
