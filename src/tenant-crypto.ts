@@ -4,6 +4,7 @@ import os from 'node:os';
 import type { Pool } from 'pg';
 import { KEY_BYTES } from './envelope/dek-wrapping';
 import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cipher';
+import { heldKeys, reloadForRegistry } from './keys/fleet-keys';
 import type { KeyProvider } from './keys/key-provider';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry } from './store/kek-registry';
@@ -79,10 +80,7 @@ export class TenantCrypto {
     const registered = await this.registry.list();
     const active = registered.find((k) => k.state === 'active');
     if (!active) throw new UnknownKekError('(none active)', 'the KEK registry: seed it with <PREFIX>_CURRENT_KEK_ID');
-    // A KEK the registry lists that this process lacks (a rotation provisioned it, or made it active): reload the
-    // key source, so that this instance holds it, and says so, before anything is wrapped with it.
-    const usable = registered.filter((k) => k.state !== 'retired');
-    if (usable.some((k) => !this.options.keys.has(k.kekId))) await this.options.keys.reload();
+    await reloadForRegistry(this.options.keys, registered);
     if (this.options.keys.has(active.kekId) && this.options.keys.fingerprint(active.kekId) !== active.fingerprint) {
       // Same id, different key: wrapping with it would make every new DEK unreadable to the rest of the fleet.
       throw new KekFingerprintMismatchError(
@@ -99,12 +97,10 @@ export class TenantCrypto {
       );
     }
     this.current = { kekId: active.kekId, readAt: Date.now() };
-    const held = this.options.keys.kekIds();
     await this.instances.announce({
       instanceId: this.instanceId,
-      unwrapKekIds: held,
+      ...heldKeys(this.options.keys),
       wrapKekId: this.options.keys.has(active.kekId) ? active.kekId : null,
-      kekFingerprints: Object.fromEntries(held.map((kekId) => [kekId, this.options.keys.fingerprint(kekId)])),
     });
   }
 

@@ -3,6 +3,7 @@
 // holds another key under the new KEK's id (or none) holds the promotion, instead of failing its slices halfway
 // through a rewrap. Like an application instance, it reloads its key source when the registry lists a KEK it lacks.
 import os from 'node:os';
+import { heldKeys, reloadForRegistry } from '../keys/fleet-keys';
 import type { TargetRuntime, TargetRuntimes } from './runtime';
 
 const ANNOUNCE_EVERY_MS = 10_000;
@@ -40,14 +41,11 @@ export class WorkerPresence {
       } catch {
         continue; // no keys or no table for it here: this worker does not serve it, and says nothing
       }
-      const registered = await runtime.registry.list();
-      if (registered.some((k) => k.state !== 'retired' && !runtime.keys.has(k.kekId))) await runtime.keys.reload();
-      const held = runtime.keys.kekIds();
+      await reloadForRegistry(runtime.keys, await runtime.registry.list());
       await runtime.instances.announce({
         instanceId: this.instanceId,
-        unwrapKekIds: held,
+        ...heldKeys(runtime.keys),
         wrapKekId: null,
-        kekFingerprints: Object.fromEntries(held.map((kekId) => [kekId, runtime.keys.fingerprint(kekId)])),
         role: 'worker',
       });
       this.announced.add(runtime);
