@@ -11,7 +11,7 @@ import type { SliceOutcome } from '../../src/activities/rewrap';
 import { emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { rotateKek } from '../../src/workflows';
-import { workflowBundle } from './temporal';
+import { within, workflowBundle } from './temporal';
 
 export { progressUntil } from './temporal';
 
@@ -28,20 +28,8 @@ function held(activity: string, calls: string[]): Held {
   let release!: () => void;
   const arrived = new Promise<void>((resolve) => (enter = resolve));
   const released = new Promise<void>((resolve) => (release = resolve));
-  const entered = async () => {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`${activity} was never called; activities so far: ${calls.join(', ')}`)),
-        20_000,
-      );
-    });
-    try {
-      await Promise.race([arrived, late]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
+  const entered = () =>
+    within(arrived, 20_000, () => `${activity} was never called; activities so far: ${calls.join(', ')}`);
   return { entered, enter, release, released };
 }
 

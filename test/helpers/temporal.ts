@@ -63,18 +63,32 @@ export function workflowBundle(): { code: string } {
  * so that a stuck test fails with its reason instead of a bare timeout.
  */
 export async function resultWithin<T>(handle: WorkflowHandle, withinMs = 60_000): Promise<T> {
+  return within(handle.result() as Promise<T>, withinMs, () =>
+    describeStuck(handle).then(
+      (why) => `workflow ${handle.workflowId} did not finish within ${withinMs} ms: ${why}`,
+      (err: unknown) => `workflow ${handle.workflowId} did not finish; describe failed: ${String(err)}`,
+    ),
+  );
+}
+
+/**
+ * `promise`, or after `ms` of real time a failure whose message `why` gives (it may ask a server what is stuck): the
+ * one watchdog of the test helpers, so that a wait that hangs fails the test at once with its reason.
+ */
+export async function within<T>(promise: Promise<T>, ms: number, why: () => string | Promise<string>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const stuck = new Promise<never>((_, reject) => {
+  const late = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      void describeStuck(handle).then(
-        (why) => reject(new Error(`workflow ${handle.workflowId} did not finish within ${withinMs} ms: ${why}`)),
-        (err: unknown) =>
-          reject(new Error(`workflow ${handle.workflowId} did not finish; describe failed: ${String(err)}`)),
-      );
-    }, withinMs);
+      void Promise.resolve()
+        .then(why)
+        .then(
+          (message) => reject(new Error(message)),
+          (err: unknown) => reject(err instanceof Error ? err : new Error(String(err))),
+        );
+    }, ms);
   });
   try {
-    return (await Promise.race([handle.result(), stuck])) as T;
+    return await Promise.race([promise, late]);
   } finally {
     clearTimeout(timer);
   }
@@ -104,16 +118,12 @@ export async function progressUntil(
 ): Promise<ProgressReport> {
   const deadline = Date.now() + (options.withinMs ?? 45_000);
   let last: ProgressReport | undefined;
-  const bounded = <T>(what: string, promise: Promise<T>): Promise<T> => {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`${what} did not answer in time; last progress: ${JSON.stringify(last)}`)),
-        Math.max(1, deadline - Date.now()),
-      );
-    });
-    return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-  };
+  const bounded = <T>(what: string, promise: Promise<T>): Promise<T> =>
+    within(
+      promise,
+      Math.max(1, deadline - Date.now()),
+      () => `${what} did not answer in time; last progress: ${JSON.stringify(last)}`,
+    );
   while (Date.now() < deadline) {
     last = await bounded('the progress query', handle.query(progressQuery));
     if (predicate(last)) return last;
@@ -124,17 +134,6 @@ export async function progressUntil(
 }
 
 /** Moves the time-skipping server's clock on by `duration`, failing after `withinMs` of real time if it does not. */
-export async function skipTime(env: TestWorkflowEnvironment, duration: string, withinMs = 30_000): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`a time skip of ${duration} did not end within ${withinMs} ms`)),
-      withinMs,
-    );
-  });
-  try {
-    await Promise.race([env.sleep(duration), late]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function skipTime(env: TestWorkflowEnvironment, duration: string, withinMs = 30_000): Promise<void> {
+  return within(env.sleep(duration), withinMs, () => `a time skip of ${duration} did not end within ${withinMs} ms`);
 }
