@@ -4,7 +4,7 @@ import os from 'node:os';
 import type { Pool } from 'pg';
 import { KEY_BYTES } from './envelope/dek-wrapping';
 import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cipher';
-import { heldKeys, reloadForRegistry } from './keys/fleet-keys';
+import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
 import type { KeyProvider } from './keys/key-provider';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry } from './store/kek-registry';
@@ -41,7 +41,7 @@ export class TenantCrypto {
   private readonly instances: AppInstances;
   private readonly cache = new Map<string, CachedDek>();
   private current: { kekId: string; readAt: number } | undefined;
-  private refreshTimer: NodeJS.Timeout | undefined;
+  private readonly presence: FleetPresence;
   private warnedMismatch = false;
 
   constructor(private readonly options: TenantCryptoOptions) {
@@ -49,6 +49,11 @@ export class TenantCrypto {
     this.registry = new KekRegistry(options.db, BUILTIN_TARGET);
     this.deks = new TenantDekStore(options.db);
     this.instances = new AppInstances(options.db, BUILTIN_TARGET);
+    this.presence = new FleetPresence(
+      () => this.announce(),
+      () => this.instances.withdraw(this.instanceId),
+      (message) => this.warn(message),
+    );
   }
 
   private get registryTtlMs() {
@@ -61,22 +66,22 @@ export class TenantCrypto {
     if (seed && !(await this.registry.active())) {
       await this.registry.seedActive(seed, this.options.keys.fingerprint(seed));
     }
-    await this.refresh();
-    this.refreshTimer = setInterval(() => {
-      this.refresh().catch((err: unknown) => this.warn(`refreshing the current KEK failed: ${String(err)}`));
-    }, this.registryTtlMs);
-    this.refreshTimer.unref();
+    await this.presence.start(this.registryTtlMs);
   }
 
+  /** Withdraws this instance from the fleet (after any announcement under way) and zeroizes the cached DEKs. */
   async stop(): Promise<void> {
-    clearInterval(this.refreshTimer);
-    await this.instances.withdraw(this.instanceId);
+    await this.presence.stop();
     for (const entry of this.cache.values()) entry.dek.fill(0);
     this.cache.clear();
   }
 
   /** Re-reads the active KEK, loads keys added since start (e.g. a newly provisioned KEK), and announces. */
-  async refresh(): Promise<void> {
+  refresh(): Promise<void> {
+    return this.presence.isStopped ? this.readRegistry() : this.presence.now();
+  }
+
+  private async readRegistry(): Promise<void> {
     const registered = await this.registry.list();
     const active = registered.find((k) => k.state === 'active');
     if (!active) throw new UnknownKekError('(none active)', 'the KEK registry: seed it with <PREFIX>_CURRENT_KEK_ID');
@@ -97,10 +102,16 @@ export class TenantCrypto {
       );
     }
     this.current = { kekId: active.kekId, readAt: Date.now() };
+  }
+
+  /** Reads the registry and tells the fleet what this instance holds and wraps with. */
+  private async announce(): Promise<void> {
+    await this.readRegistry();
+    const { kekId } = this.current!;
     await this.instances.announce({
       instanceId: this.instanceId,
       ...heldKeys(this.options.keys),
-      wrapKekId: this.options.keys.has(active.kekId) ? active.kekId : null,
+      wrapKekId: this.options.keys.has(kekId) ? kekId : null,
     });
   }
 

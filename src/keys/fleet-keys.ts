@@ -19,3 +19,50 @@ export function heldKeys(keys: KeyProvider): { unwrapKekIds: string[]; kekFinger
     kekFingerprints: Object.fromEntries(unwrapKekIds.map((kekId) => [kekId, keys.fingerprint(kekId)])),
   };
 }
+
+/**
+ * Repeats a process's announcement to its fleet, and withdraws it on stop after every announcement already under way
+ * has ended: otherwise an announcement that was in flight when `stop` ran lands after the withdrawal, and a stopped
+ * process stays "live" to the fleet gate until its entry ages out.
+ */
+export class FleetPresence {
+  private timer: NodeJS.Timeout | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
+  private stopped = false;
+
+  constructor(
+    private readonly announce: () => Promise<void>,
+    private readonly withdraw: () => Promise<void>,
+    private readonly warn: (message: string) => void,
+  ) {}
+
+  /** Announces once (its failure is the caller's), then every `everyMs` (a failure there is warned about). */
+  async start(everyMs: number): Promise<void> {
+    await this.now();
+    this.timer = setInterval(() => {
+      this.now().catch((err: unknown) => this.warn(`announcing to the fleet failed: ${String(err)}`));
+    }, everyMs);
+    this.timer.unref();
+  }
+
+  /** Announces now, unless stopped; `stop` waits for it. */
+  now(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    const run = this.announce();
+    this.inFlight.add(run);
+    const forget = () => this.inFlight.delete(run);
+    run.then(forget, forget);
+    return run;
+  }
+
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await Promise.allSettled([...this.inFlight]);
+    await this.withdraw();
+  }
+}

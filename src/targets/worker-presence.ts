@@ -3,7 +3,7 @@
 // holds another key under the new KEK's id (or none) holds the promotion, instead of failing its slices halfway
 // through a rewrap. Like an application instance, it reloads its key source when the registry lists a KEK it lacks.
 import os from 'node:os';
-import { heldKeys, reloadForRegistry } from '../keys/fleet-keys';
+import { FleetPresence, heldKeys, reloadForRegistry } from '../keys/fleet-keys';
 import type { TargetRuntime, TargetRuntimes } from './runtime';
 
 const ANNOUNCE_EVERY_MS = 10_000;
@@ -11,7 +11,7 @@ const ANNOUNCE_EVERY_MS = 10_000;
 export class WorkerPresence {
   readonly instanceId: string;
   private readonly everyMs: number;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly presence: FleetPresence;
   private readonly announced = new Set<TargetRuntime>();
 
   constructor(
@@ -21,18 +21,23 @@ export class WorkerPresence {
   ) {
     this.instanceId = options.instanceId ?? `worker-${os.hostname()}-${process.pid}`;
     this.everyMs = options.everyMs ?? ANNOUNCE_EVERY_MS;
+    this.presence = new FleetPresence(
+      () => this.announceToEach(),
+      () => this.withdrawFromEach(),
+      (message) => this.warn(`worker ${this.instanceId}: ${message}`),
+    );
   }
 
-  async start(): Promise<void> {
-    await this.announce();
-    this.timer = setInterval(() => {
-      this.announce().catch((err: unknown) => this.warn(`announcing this worker failed: ${String(err)}`));
-    }, this.everyMs);
-    this.timer.unref();
+  start(): Promise<void> {
+    return this.presence.start(this.everyMs);
   }
 
   /** Announces to each registry-owned target this worker can open; a target it cannot open is left out. */
-  async announce(): Promise<void> {
+  announce(): Promise<void> {
+    return this.presence.now();
+  }
+
+  private async announceToEach(): Promise<void> {
     for (const name of this.targets.names) {
       if (this.targets.definition(name).currentKek.owner !== 'registry') continue;
       let runtime: TargetRuntime;
@@ -52,8 +57,12 @@ export class WorkerPresence {
     }
   }
 
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
+  /** Withdraws from every fleet it announced to, after any announcement under way. */
+  stop(): Promise<void> {
+    return this.presence.stop();
+  }
+
+  private async withdrawFromEach(): Promise<void> {
     for (const runtime of this.announced) {
       await runtime.instances.withdraw(this.instanceId).catch(() => undefined);
     }

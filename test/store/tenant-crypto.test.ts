@@ -49,6 +49,37 @@ describe('application API (TenantCrypto)', () => {
     );
   });
 
+  it('an announcement under way when stop() is called does not outlive it: the stopped instance leaves the fleet (it stayed live)', async () => {
+    const held = keys;
+    const app = new TenantCrypto({ db: db.pool, keys: held, registryTtlMs: 60_000 });
+    await app.start();
+    // The registry lists a KEK this instance lacks, so its next refresh reloads its keys: hold that reload open.
+    await new KekRegistry(db.pool, BUILTIN_TARGET).register('v9', 'f'.repeat(64));
+    let release!: () => void;
+    const reloadHeld = new Promise<void>((resolve) => (release = resolve));
+    let reloading!: () => void;
+    const reloadStarted = new Promise<void>((resolve) => (reloading = resolve));
+    const reload = held.reload.bind(held);
+    held.reload = async () => {
+      reloading();
+      await reloadHeld;
+      return reload();
+    };
+    try {
+      const refreshing = app.refresh();
+      await reloadStarted;
+      const stopping = app.stop();
+      release();
+      await Promise.all([refreshing, stopping]);
+    } finally {
+      held.reload = reload;
+      await db.pool.query(`DELETE FROM rekey.keks WHERE kek_id = 'v9'`);
+    }
+
+    const live = await new AppInstances(db.pool, BUILTIN_TARGET).live(60_000);
+    expect(live.map((i) => i.instanceId)).not.toContain(app.instanceId);
+  });
+
   it('Finding 11: with dekCacheTtlMs 0 nothing is cached, and every call still ends (it looped forever)', async () => {
     const app = new TenantCrypto({ db: db.pool, keys, dekCacheTtlMs: 0 });
     await app.start();
