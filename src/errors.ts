@@ -165,6 +165,15 @@ export class RetireRefusedError extends RekeyError {
   static override readonly kind = 'refused';
 }
 
+/**
+ * A KEK rotation of a target whose fields still hold legacy values, encrypted directly by the KEK being replaced:
+ * retiring it would make them unreadable. `rekey migrate-dek` moves them first.
+ */
+export class LegacyValuesRemainError extends RekeyError {
+  override readonly name = 'LegacyValuesRemainError';
+  static override readonly kind = 'refused';
+}
+
 // ---------------------------------------------------------------------------------------------- data
 
 /** A wrapped DEK that does not unwrap: tampered, copied from another tenant, relabelled, or corrupt. */
@@ -261,6 +270,7 @@ const CLASSES = [
   KekTransitionError,
   KekNotWritableError,
   RetireRefusedError,
+  LegacyValuesRemainError,
   DekUnwrapError,
   CiphertextError,
   UnreadableValueError,

@@ -1,6 +1,7 @@
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { createApplicationActivities } from './application';
 import { createKekActivities } from './kek';
+import { createMigrationActivities } from './migrate';
 import { createRewrapActivities } from './rewrap';
 
 export type { ActivityDependencies } from './dependencies';
@@ -13,6 +14,7 @@ export function createActivities(deps: ActivityDependencies) {
     ...createKekActivities(shared),
     ...createRewrapActivities(shared),
     ...createApplicationActivities(shared),
+    ...createMigrationActivities(shared),
   };
 }
 

@@ -8,10 +8,11 @@ import { checkout } from '../store/connect';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
 import { describeTable } from '../targets/target';
+import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
 import type { AppInstance } from '../store/app-instances';
-import { InvalidRotationError, KeyMaterialError, RetireRefusedError, TargetSchemaError } from '../errors';
+import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
 
 export interface FleetReadiness {
   live: number;
@@ -66,11 +67,30 @@ const MAX_TRIED_AT_RETIRE = 10_000;
 const CENSUS_SAMPLE = 200;
 
 /** How many rows first contact reads to prove the codec reads the table before anything is written. */
-const FIRST_CONTACT_SAMPLE = 200;
 
 /** Target of an activity's input; absent in inputs recorded before targets existed (rekey's own). */
 interface OnTarget {
   target?: string;
+}
+
+/**
+ * Mycelium's guide forbids rotating the KEK while any v1 value remains: a legacy value is encrypted by the KEK itself
+ * and becomes unreadable once it is retired. Refused, naming what is left and the command that moves it, unless the
+ * operator gives a reason to go on.
+ */
+async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: string | undefined): Promise<void> {
+  if (override !== undefined && override.trim() !== '') return;
+  const left = (await legacyLeft(runtime)).filter((field) => field.legacy > 0);
+  if (left.length === 0) return;
+  const total = left.reduce((sum, field) => sum + field.legacy, 0);
+  const name = runtime.definition.name;
+  throw new LegacyValuesRemainError(
+    `target '${name}' still holds ${total} legacy value(s) encrypted directly by its KEK (${left
+      .map((field) => `${field.legacy} in ${field.where}`)
+      .join(
+        ', ',
+      )}): they would become unreadable once the KEK retires. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
+  );
 }
 
 export function createKekActivities(deps: ActivityDependencies) {
@@ -130,19 +150,6 @@ export function createKekActivities(deps: ActivityDependencies) {
     return undefined;
   }
 
-  /** Before rekey writes to a table it did not create, it proves that it can read it. */
-  async function firstContact(runtime: TargetRuntime): Promise<void> {
-    const sample = await runtime.store.sampleAny(FIRST_CONTACT_SAMPLE);
-    if (sample.length === 0) return;
-    const reasons = sample.map((row) => runtime.store.codec.check(row));
-    if (reasons.every((reason) => reason !== undefined)) {
-      throw new TargetSchemaError(
-        `target '${runtime.definition.name}': the format reads none of ${sample.length} sampled rows of ${describeTable(runtime.definition.table)} ` +
-          `(first: ${reasons[0]}); check the target's format: nothing was written`,
-      );
-    }
-  }
-
   return {
     /**
      * The first step: the request against the target's table, its registry and its key source. Returns the resolved
@@ -173,6 +180,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       }
       if (from !== undefined && settings.to !== 'new') keys.bindRotation?.(from, settings.to);
       await firstContact(runtime);
+      await refuseWhileLegacyValuesRemain(runtime, request.allowLegacyValues);
       // A target met for the first time: the KEK its rows use now is the active one.
       if (!active && from !== undefined && keys.has(from) && definition.currentKek.owner === 'application') {
         await registry.seedActive(from, keys.fingerprint(from));

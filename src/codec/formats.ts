@@ -41,3 +41,17 @@ export const REKEY_DATA_FORMAT: SealedFormat = {
   value: { kind: 'combined', column: 'ciphertext', encoding: 'base64url', prefix: 'v2:' },
   aad: { read: [[{ text: 'rekey/data/v2\0' }, { column: 'tenant_id' }]] },
 };
+
+/** A Mycelium v1 field: `base64(nonce ‖ ciphertext ‖ tag)`, no prefix, under the KEK itself, empty associated data. */
+export const MYCELIUM_V1_FIELD_FORMAT: SealedFormat = {
+  value: { kind: 'combined', column: 'value', encoding: 'base64' },
+  aad: { read: [[]] },
+};
+
+/** A Mycelium v2 field: `'v2:' + base64(…)` under a DEK, bound to the tenant UUID's bytes and the field's name. */
+export function myceliumV2FieldFormat(field: string): SealedFormat {
+  return {
+    value: { kind: 'combined', column: 'value', encoding: 'base64', prefix: 'v2:' },
+    aad: { read: [[{ column: 'tenant', as: 'uuid' }, { text: field }]] },
+  };
+}

@@ -33,6 +33,11 @@ export interface RotationRequest {
   maxHistoryEvents?: number;
   /** Do nothing (and say so) if the active KEK was promoted less than this long ago: for schedules. */
   minKekAge?: string;
+  /**
+   * Rotate although the target's fields still hold legacy values encrypted directly by the KEK (they become
+   * unreadable once it is retired): the operator's reason, recorded in the run. Without it such a rotation is refused.
+   */
+  allowLegacyValues?: string;
 }
 
 export interface RotationSettings {

@@ -405,6 +405,61 @@ export class TargetStore {
     return { lost: new Set(result.lost ?? []), written: Number(result.written), relabelled: Number(result.relabelled) };
   }
 
+  /**
+   * One statement: writes a first wrapped DEK, labelled `kekId`, into each row that has none (its value is NULL; a
+   * writer that provisioned one meanwhile wins), only while the registry holds `kekId` active, and counts what it
+   * wrote in a migration's progress row. Returns the ids written.
+   */
+  async provisionMissing(
+    client: PoolClient | Pool,
+    kekId: string,
+    writes: { id: string; values: ColumnValue[] }[],
+    progressKey: string,
+  ): Promise<Set<string>> {
+    const { target, codec } = this;
+    const params: unknown[] = [target.name, kekId];
+    const param = (value: unknown) => {
+      params.push(value);
+      return `$${params.length}`;
+    };
+    const unnestArgs = [`${param(writes.map((w) => w.id))}::text[]`];
+    const unnestNames = ['id'];
+    const sets = [`${this.col(target.label.column)} = ${this.labelParam(2)}`];
+    codec.writeColumns.forEach((column, i) => {
+      const { expression, arg } = this.columnParam(
+        writes.map((w) => w.values[i]!),
+        param,
+        `new${i}`,
+      );
+      if (arg) {
+        unnestArgs.push(arg);
+        unnestNames.push(`new${i}`);
+      }
+      sets.push(`${this.col(column)} = ${expression}`);
+    });
+    for (const column of Object.keys(target.setOnWrite)) sets.push(`${this.col(column)} = now()`);
+    const key = param(progressKey);
+    const { rows } = await client.query<{ kek_state: string | null; written: string[] | null }>(
+      `WITH guard AS (
+         SELECT state FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR SHARE
+       ), updated AS (
+         UPDATE ${this.table} AS t SET ${sets.join(', ')}
+         FROM unnest(${unnestArgs.join(', ')}) WITH ORDINALITY AS u(${unnestNames.join(', ')}, ord)
+         WHERE t.${this.col(target.id)} = ${this.idCast('u.id')} AND t.${this.col(this.valueColumn)} IS NULL
+           AND (SELECT state FROM guard) = 'active'
+         RETURNING t.${this.col(target.id)}::text AS id
+       ), progress AS (
+         UPDATE rekey.field_migration_progress SET deks_provisioned = deks_provisioned + (SELECT count(*) FROM updated),
+           updated_at = now() WHERE progress_key = ${key}
+       )
+       SELECT (SELECT state FROM guard) AS kek_state, (SELECT array_agg(id) FROM updated) AS written`,
+      params,
+    );
+    const result = rows[0]!;
+    if (result.kek_state !== 'active') throw new KekNotWritableError(target.name, kekId, result.kek_state);
+    return new Set(result.written ?? []);
+  }
+
   private async recordOnly(client: PoolClient | Pool, progress: ProgressDelta): Promise<void> {
     await client.query(
       `UPDATE rekey.rewrap_progress SET cursor = COALESCE($2::text, cursor), failed = failed + $3::int, updated_at = now()

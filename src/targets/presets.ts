@@ -1,8 +1,14 @@
 // The targets that need no configuration file: rekey's own table, and the two systems rekey was written to take over,
 // with their real table and column names (../shared/seed-systems.md).
-import { MYCELIUM_DEK_FORMAT, REKEY_DEK_FORMAT, TALOS_SECRET_FORMAT } from '../codec/formats';
+import {
+  MYCELIUM_DEK_FORMAT,
+  MYCELIUM_V1_FIELD_FORMAT,
+  myceliumV2FieldFormat,
+  REKEY_DEK_FORMAT,
+  TALOS_SECRET_FORMAT,
+} from '../codec/formats';
 import { BUILTIN_TARGET } from './builtin';
-import type { TargetDefinition } from './target';
+import type { EncryptedField, TargetDefinition } from './target';
 
 /** rekey's own `rekey.tenant_deks`, written by the TenantCrypto API, which reads the registry for the current KEK. */
 export const REKEY_PRESET: TargetDefinition = {
@@ -18,6 +24,63 @@ export const REKEY_PRESET: TargetDefinition = {
   currentKek: { owner: 'registry' },
   noun: 'DEK',
 };
+
+/** Mycelium's system tenant: its DEK encrypts system-level secrets (TOTP, webhook secrets). */
+export const MYCELIUM_SYSTEM_TENANT = '00000000-0000-0000-0000-000000000000';
+
+function myceliumField(
+  field: Pick<EncryptedField, 'name' | 'group' | 'column' | 'path' | 'tenant'> & { table: string },
+): EncryptedField {
+  return {
+    ...field,
+    table: { schema: 'public', name: field.table },
+    id: 'id',
+    legacy: MYCELIUM_V1_FIELD_FORMAT,
+    current: myceliumV2FieldFormat(field.name),
+  };
+}
+
+/**
+ * Mycelium's encryption inventory, each field with the DEK its running gateway decrypts it with: TOTP secrets and
+ * webhook secrets under the system tenant's (whatever Mycelium's own migrate-dek does), Telegram values under the
+ * tenant's own.
+ */
+export const MYCELIUM_FIELDS: EncryptedField[] = [
+  myceliumField({
+    name: 'totp_secret',
+    group: 'TOTP',
+    table: 'user',
+    column: 'mfa',
+    path: ['totp', 'enabled', 'secret'],
+    tenant: { fixed: MYCELIUM_SYSTEM_TENANT },
+  }),
+  myceliumField({
+    name: 'telegram_bot_token',
+    group: 'Telegram',
+    table: 'tenant',
+    column: 'meta',
+    path: ['telegram_bot_token'],
+    tenant: { column: 'id' },
+  }),
+  myceliumField({
+    name: 'telegram_webhook_secret',
+    group: 'Telegram',
+    table: 'tenant',
+    column: 'meta',
+    path: ['telegram_webhook_secret'],
+    tenant: { column: 'id' },
+  }),
+  ...(['authorizationHeader', 'queryParameter'] as const).map((holder) =>
+    myceliumField({
+      name: 'http_secret',
+      group: 'Webhook secrets',
+      table: 'webhook',
+      column: 'secret',
+      path: [holder, 'token'],
+      tenant: { fixed: MYCELIUM_SYSTEM_TENANT },
+    }),
+  ),
+];
 
 /**
  * Mycelium's per-tenant DEKs: `tenant.encrypted_dek` ('v2:' + base64, bound to the tenant UUID), labelled with the
@@ -50,6 +113,7 @@ export const MYCELIUM_PRESET: TargetDefinition = {
     },
   },
   noun: 'DEK',
+  fields: MYCELIUM_FIELDS,
 };
 
 /**

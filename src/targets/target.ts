@@ -73,6 +73,31 @@ export type CurrentKekOwner =
       currentKekEnv?: string;
     };
 
+/**
+ * A value an application encrypts with a tenant's DEK (Mycelium's "encryption inventory"), which may still be in the
+ * legacy form encrypted directly by the KEK. `rekey migrate-dek` moves legacy values to the current form.
+ */
+export interface EncryptedField {
+  /** The field's name: its associated-data label (Mycelium: `totp_secret`), and how messages name it. */
+  name: string;
+  /** The group its count is reported under: `TOTP` gives "TOTP fields migrated". */
+  group: string;
+  table: TableRef;
+  /** The row id column (the migration walks it in order). */
+  id: string;
+  column: string;
+  /** Keys into a jsonb column (`['totp', 'enabled', 'secret']`); omitted when the column holds the value itself. */
+  path?: string[];
+  /** Whose DEK encrypts it: the tenant a column names (a row of the target's table), or the fixed system tenant. */
+  tenant: { column: string } | { fixed: string };
+  /**
+   * Both forms, over a virtual row of two columns: `value` (the field's text) and `tenant` (the tenant id). `legacy`
+   * is sealed by the KEK itself; `current` by the tenant's DEK.
+   */
+  legacy: SealedFormat;
+  current: SealedFormat;
+}
+
 export interface TargetDefinition {
   name: string;
   /** Where the target's table is; the connection string, or the variable holding it (default DATABASE_URL). */
@@ -89,6 +114,8 @@ export interface TargetDefinition {
   currentKek: CurrentKekOwner;
   /** Human name of what a row holds, for messages and counters: 'DEK' or 'secret'. */
   noun: string;
+  /** Values encrypted under the DEKs of this target's rows (empty: none that rekey migrates). */
+  fields?: EncryptedField[];
 }
 
 /** The id a row's label means: text as it is, generation N as 'N'. */

@@ -1,6 +1,6 @@
 // The activities as the rotation workflow calls them, with their options. A retry cannot fix any of rekey's own errors
 // (NON_RETRYABLE, src/errors.ts): the activity fails at once and the workflow reports why.
-import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, ActivityFailure, ApplicationFailure, proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { NON_RETRYABLE } from '../errors';
 
@@ -32,3 +32,11 @@ export const slices = proxyActivities<Activities>({
     nonRetryableErrorTypes: [...NON_RETRYABLE],
   },
 });
+
+/** An activity that failed for good becomes the workflow's failure, with the activity's own message. */
+export function explainFailure(err: unknown): unknown {
+  if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure) {
+    return ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? 'RotationFailed');
+  }
+  return err;
+}

@@ -2,3 +2,4 @@ export * from './rotate-kek';
 export * from './scheduled-rotation';
 export * from './messages';
 export * from './search-attributes';
+export * from './migrate-dek';

@@ -2,12 +2,12 @@
 // Thin and deterministic: this file wires every message to the rotation's state (rotation-state.ts) and runs the
 // phases in order; which phases a run takes is one table (src/rotation/phase-plan.ts). Activities do all I/O and
 // crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
-import { ActivityFailure, ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
+import { ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
 import { parseDuration } from '../rotation/durations';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
-import { steps } from './activity-proxies';
+import { explainFailure, steps } from './activity-proxies';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
 import {
@@ -74,7 +74,7 @@ export async function rotateKek(
       if (finished !== undefined) return finished;
     }
   } catch (err) {
-    throw explain(err);
+    throw explainFailure(err);
   }
 }
 
@@ -360,12 +360,4 @@ function validateConfirmation(run: RotationState, confirmation: StepConfirmation
       `target '${run.carried.target}' reads its current KEK from rekey's registry: there is nothing to confirm`,
     );
   }
-}
-
-/** An activity that failed for good becomes the workflow's failure, with the activity's own message. */
-function explain(err: unknown): unknown {
-  if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure) {
-    return ApplicationFailure.nonRetryable(err.cause.message, err.cause.type ?? 'RotationFailed');
-  }
-  return err;
 }

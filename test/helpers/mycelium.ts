@@ -256,3 +256,122 @@ export async function checkWithOneKek(
   }
   return problems;
 }
+
+/** One encrypted value of Mycelium's inventory, as the fixture wrote it, and what it must read as. */
+export interface InventoryValue {
+  table: 'tenant' | 'user' | 'webhook';
+  row: string;
+  /** The jsonb column and the path inside it. */
+  column: string;
+  path: string[];
+  /** The associated-data label of the field, and whose DEK the running gateway decrypts it with. */
+  field: string;
+  tenant: string;
+  plaintext: string;
+}
+
+/** The stored text at a jsonb path of a row, read with plain SQL. */
+export async function storedAt(db: Pool, value: InventoryValue): Promise<string | null> {
+  const { rows } = await db.query<{ v: string | null }>(
+    `SELECT ${value.column} #>> $2::text[] AS v FROM public."${value.table}" WHERE id = $1`,
+    [value.row, value.path],
+  );
+  return rows[0]?.v ?? null;
+}
+
+/** How the running gateway reads a value: v2 under the DEK of `value.tenant` (unwrapped with `kek`), v1 under the KEK. */
+export async function gatewayReads(db: Pool, kek: Buffer, value: InventoryValue): Promise<string> {
+  const stored = await storedAt(db, value);
+  if (stored === null)
+    throw new Error(`${value.table}.${value.column} ${value.path.join('.')} of ${value.row}: no value`);
+  if (!stored.startsWith('v2:')) return decryptV1(kek, stored);
+  const { rows } = await db.query<{ encrypted_dek: string | null }>(
+    'SELECT encrypted_dek FROM public.tenant WHERE id = $1',
+    [value.tenant],
+  );
+  const wrapped = rows[0]?.encrypted_dek;
+  if (!wrapped) throw new Error(`tenant ${value.tenant} has no DEK`);
+  return decryptField(unwrapDek(kek, value.tenant, wrapped), value.tenant, value.field, stored);
+}
+
+/**
+ * Mycelium before envelope encryption reached everything: v1 values in all four places of the inventory (TOTP
+ * secrets in `user.mfa`, webhook secrets in `webhook.secret` under both holders, Telegram values in `tenant.meta`),
+ * some already v2, tenants with and without a DEK, and the system tenant's row without one.
+ */
+export async function seedLegacyInventory(
+  db: Pool,
+  kek: Buffer,
+  options: { tenants: number; users: number },
+): Promise<{ values: InventoryValue[]; v2: InventoryValue[]; withoutDek: string[] }> {
+  const values: InventoryValue[] = [];
+  const v2: InventoryValue[] = [];
+  const withoutDek: string[] = [];
+  await db.query(`INSERT INTO public.tenant (id, name) VALUES ($1, 'system')`, [SYSTEM_TENANT]);
+  for (let i = 0; i < options.tenants; i++) {
+    const id = randomUUID();
+    const hasDek = i % 3 !== 0;
+    const dek = randomBytes(32);
+    const bot = `bot-${i}-${randomBytes(4).toString('hex')}`;
+    const hook = `hook-${i}-${randomBytes(4).toString('hex')}`;
+    // Every fifth tenant with a DEK already has its bot token as v2.
+    const botIsV2 = hasDek && i % 5 === 1;
+    const meta = {
+      telegram_bot_token: botIsV2 ? encryptField(dek, id, 'telegram_bot_token', bot) : encryptV1(kek, bot),
+      telegram_webhook_secret: encryptV1(kek, hook),
+      locale: 'pt-BR',
+    };
+    await db.query(`INSERT INTO public.tenant (id, name, meta, encrypted_dek) VALUES ($1, $2, $3, $4)`, [
+      id,
+      `tenant ${i}`,
+      meta,
+      hasDek ? wrapDek(kek, id, dek) : null,
+    ]);
+    if (!hasDek) withoutDek.push(id);
+    const common = { table: 'tenant' as const, row: id, column: 'meta', tenant: id };
+    (botIsV2 ? v2 : values).push({
+      ...common,
+      path: ['telegram_bot_token'],
+      field: 'telegram_bot_token',
+      plaintext: bot,
+    });
+    values.push({ ...common, path: ['telegram_webhook_secret'], field: 'telegram_webhook_secret', plaintext: hook });
+  }
+  for (let i = 0; i < options.users; i++) {
+    const id = randomUUID();
+    const secret = `JBSWY3DP${i}`;
+    await db.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, $2, $3)`, [
+      id,
+      `user${i}@example.com`,
+      { totp: { enabled: { secret: encryptV1(kek, secret), issuer: 'mycelium' } } },
+    ]);
+    values.push({
+      table: 'user',
+      row: id,
+      column: 'mfa',
+      path: ['totp', 'enabled', 'secret'],
+      field: 'totp_secret',
+      tenant: SYSTEM_TENANT,
+      plaintext: secret,
+    });
+  }
+  await db.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, 'nomfa@example.com', NULL)`, [randomUUID()]);
+  for (const holder of ['authorizationHeader', 'queryParameter']) {
+    const id = randomUUID();
+    const token = `${holder}-${randomBytes(6).toString('hex')}`;
+    await db.query(`INSERT INTO public.webhook (id, url, secret) VALUES ($1, 'https://example.com/hook', $2)`, [
+      id,
+      { [holder]: { name: 'X-Hook-Token', token: encryptV1(kek, token) } },
+    ]);
+    values.push({
+      table: 'webhook',
+      row: id,
+      column: 'secret',
+      path: [holder, 'token'],
+      field: 'http_secret',
+      tenant: SYSTEM_TENANT,
+      plaintext: token,
+    });
+  }
+  return { values, v2, withoutDek };
+}

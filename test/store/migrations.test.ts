@@ -91,6 +91,7 @@ describe('migrations', () => {
         '1764100000000_kek-may-wrap',
         '1764200000000_instance-fingerprints',
         '1764300000000_worker-presence',
+        '1764400000000_field-migration',
       ]);
     }));
 });

@@ -1,0 +1,227 @@
+// The activities of `rekey migrate-dek` (the migrateDek workflow): plan the parts, migrate one part, count what is
+// left. Every statement is in src/store (FieldStore, TargetStore); the crypto is in src/rewrap/migrate-fields.ts.
+import { Context } from '@temporalio/activity';
+import { compileFormat } from '../codec/sealed-format';
+import { resolveKek, type ResolvedKek } from '../keys/kek-resolver';
+import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../rewrap/migrate-fields';
+import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
+import { FieldStore, type FieldCounters } from '../store/field-store';
+import type { TargetRuntime } from '../targets/runtime';
+import { targetRuntimes, type ActivityDependencies } from './dependencies';
+import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
+import { InvalidRotationError, KekNotWritableError, TargetConfigError } from '../errors';
+
+export interface FieldPlan {
+  /** Index into the target's fields. */
+  field: number;
+  name: string;
+  group: string;
+  where: string;
+  legacy: number;
+  current: number;
+  ranges: TenantRange[];
+}
+
+export interface MigrationPlan {
+  /** The KEK new DEKs are wrapped with: the target's active one (a generation, for Mycelium). */
+  kekId: string;
+  fields: FieldPlan[];
+  /** The dry run's list: tenants with the most legacy values, per tenant. */
+  byTenant?: { tenant: string; legacy: number }[];
+}
+
+export interface FieldSliceArgs {
+  target: string;
+  field: number;
+  kekId: string;
+  range: TenantRange;
+  batchSize: number;
+  dryRun: boolean;
+  timeBudgetMs: number;
+  progressKey: string;
+  countExisting: boolean;
+}
+
+export interface FieldSliceOutcome {
+  counters: FieldCounters;
+  cursor: string;
+  done: boolean;
+  failures: FieldFailure[];
+}
+
+const LISTED_TENANTS = 50;
+
+export function createMigrationActivities(deps: ActivityDependencies) {
+  const targets = targetRuntimes(deps);
+  const stores = new Map<string, Promise<FieldStore>>();
+
+  function fieldsOf(runtime: TargetRuntime) {
+    const { fields = [] } = runtime.definition;
+    if (fields.length === 0) {
+      throw new TargetConfigError(
+        `target '${runtime.definition.name}' has no encrypted fields to migrate: list them under its 'fields'`,
+      );
+    }
+    return fields;
+  }
+
+  function fieldStore(runtime: TargetRuntime, index: number): Promise<FieldStore> {
+    const key = `${runtime.definition.name}/${index}`;
+    let store = stores.get(key);
+    if (!store) {
+      const field = fieldsOf(runtime)[index];
+      if (!field) throw new TargetConfigError(`target '${runtime.definition.name}' has no field #${index}`);
+      const created = new FieldStore(runtime.db, runtime.definition.name, field);
+      store = created.inspect().then(() => created);
+      store.catch(() => stores.delete(key));
+      stores.set(key, store);
+    }
+    return store;
+  }
+
+  /** The KEK the migration wraps new DEKs with, by the registry's fingerprint, then the other KEKs held. */
+  async function keksFor(runtime: TargetRuntime, kekId: string): Promise<ResolvedKek[]> {
+    runtime.keys.bindRotation?.(kekId, kekId);
+    const resolved: ResolvedKek[] = [];
+    try {
+      resolved.push(resolveKek(runtime.keys, kekId, await runtime.registry.get(kekId)));
+      for (const other of runtime.keys.kekIds()) {
+        if (other === kekId) continue;
+        const registered = await runtime.registry.get(other);
+        if (registered?.state === 'retired') continue;
+        resolved.push(resolveKek(runtime.keys, other, registered));
+      }
+      return resolved;
+    } catch (err) {
+      for (const kek of resolved) kek.key.fill(0);
+      throw err;
+    }
+  }
+
+  return {
+    /**
+     * Checks the target, its fields and its current KEK, and splits each field's legacy values into parts. Refuses
+     * while a rotation of the target is under way: the legacy values are pinned to the KEK it is replacing.
+     */
+    async planFieldMigration(args: {
+      target: string;
+      kekVersion?: string;
+      slices: number;
+      dryRun: boolean;
+    }): Promise<MigrationPlan> {
+      const runtime = await targets.get(args.target);
+      const { registry, keys, definition } = runtime;
+      const fields = fieldsOf(runtime);
+      await keys.reload();
+      const registered = await registry.list();
+      const rotating = registered.find((k) => k.state === 'provisioned' || k.state === 'decrypt_only');
+      if (rotating) {
+        throw new InvalidRotationError(
+          `a rotation of target '${definition.name}' is under way (KEK '${rotating.kekId}' is ${rotating.state}): finish or abort it before migrating`,
+        );
+      }
+      const active = registered.find((k) => k.state === 'active');
+      if (args.kekVersion !== undefined && active !== undefined && active.kekId !== args.kekVersion) {
+        throw new InvalidRotationError(
+          `target '${definition.name}': the registry's current KEK is '${active.kekId}', not '${args.kekVersion}': leave out the KEK version, or check which one the application uses`,
+        );
+      }
+      const kekId = active?.kekId ?? args.kekVersion;
+      if (kekId === undefined) {
+        throw new InvalidRotationError(
+          `target '${definition.name}' has no current KEK recorded yet: name the generation the application's current key is (e.g. --kek-version 1)`,
+        );
+      }
+      if (definition.label.kind === 'generation' && !/^[1-9][0-9]{0,8}$/.test(kekId)) {
+        throw new InvalidRotationError(
+          `target '${definition.name}' labels KEKs with generations: '${kekId}' is not one`,
+        );
+      }
+      keys.bindRotation?.(kekId, kekId);
+      await firstContact(runtime);
+      if (!active && !args.dryRun) await registry.seedActive(kekId, keys.fingerprint(kekId));
+      // The fingerprint this worker holds must be the registry's before anything else happens.
+      (await keksFor(runtime, kekId)).forEach((kek) => kek.key.fill(0));
+
+      const plans: FieldPlan[] = [];
+      for (let index = 0; index < fields.length; index++) {
+        const store = await fieldStore(runtime, index);
+        await provesItReads(store, fields[index]!.name);
+        const { legacy, current } = await store.count();
+        const fractions = Array.from({ length: args.slices - 1 }, (_, i) => (i + 1) / args.slices);
+        const ranges =
+          args.slices <= 1 || legacy < args.slices * 2
+            ? rangesFromBoundaries([])
+            : rangesFromBoundaries(await store.boundaries(fractions));
+        plans.push({
+          field: index,
+          name: store.field.name,
+          group: store.field.group,
+          where: store.where,
+          legacy,
+          current,
+          ranges,
+        });
+      }
+      let byTenant: MigrationPlan['byTenant'];
+      if (args.dryRun) {
+        const counts = new Map<string, number>();
+        for (let index = 0; index < fields.length; index++) {
+          for (const { tenant, legacy } of await (await fieldStore(runtime, index)).legacyByTenant(LISTED_TENANTS)) {
+            counts.set(tenant, (counts.get(tenant) ?? 0) + legacy);
+          }
+        }
+        byTenant = [...counts]
+          .map(([tenant, legacy]) => ({ tenant, legacy }))
+          .sort((a, b) => b.legacy - a.legacy || a.tenant.localeCompare(b.tenant))
+          .slice(0, LISTED_TENANTS);
+      }
+      return { kekId, fields: plans, ...(byTenant && { byTenant }) };
+    },
+
+    /** One part of one field: migrates until the range is done or the time budget is spent; heartbeats each batch. */
+    async migrateFieldSlice(args: FieldSliceArgs): Promise<FieldSliceOutcome> {
+      const context = Context.current();
+      const runtime = await targets.get(args.target);
+      const fields = await fieldStore(runtime, args.field);
+      const keks = await keksFor(runtime, args.kekId);
+      try {
+        const registered = await runtime.registry.get(args.kekId);
+        if (!args.dryRun && registered?.state !== 'active')
+          throw new KekNotWritableError(args.target, args.kekId, registered?.state ?? null);
+        const result = await migrateFieldSlice(
+          {
+            fields,
+            deks: runtime.store,
+            legacy: compileFormat(fields.field.legacy),
+            current: compileFormat(fields.field.current),
+            keks,
+          },
+          {
+            after: args.range.after,
+            until: args.range.until,
+            batchSize: args.batchSize,
+            dryRun: args.dryRun,
+            timeBudgetMs: args.timeBudgetMs,
+            progressKey: args.progressKey,
+            countExisting: args.countExisting,
+            resumeFrom: context.info.heartbeatDetails as FieldCheckpoint | undefined,
+          },
+          {
+            onBatch: (checkpoint) => context.heartbeat(checkpoint),
+            shouldStop: () => context.cancellationSignal.aborted,
+          },
+        );
+        if (context.cancellationSignal.aborted) throw context.cancellationSignal.reason;
+        return result;
+      } finally {
+        for (const kek of keks) kek.key.fill(0);
+      }
+    },
+
+    /** Legacy values left in each field of the target (none for a target without fields). */
+    async legacyValuesLeft({ target }: { target: string }): Promise<LegacyLeft[]> {
+      return legacyLeft(await targets.get(target));
+    },
+  };
+}

@@ -1,0 +1,287 @@
+// The migration workflow (`rekey migrate-dek`): plan → migrate (passes of parallel parts, field by field) → done.
+// It moves every legacy value of a target's encrypted fields (sealed by the KEK itself, Mycelium's v1) to the current
+// form under the tenant's DEK, provisioning missing DEKs. Thin and deterministic like rotateKek: the activities do all
+// I/O and crypto (src/activities/migrate.ts); this file sequences them, holds the counts, and answers messages.
+import {
+  CancellationScope,
+  condition,
+  continueAsNew,
+  defineQuery,
+  isCancellation,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { FieldPlan, MigrationPlan } from '../activities/migrate';
+import type { FieldFailure } from '../rewrap/migrate-fields';
+import { parseDuration } from '../rotation/durations';
+import type { TenantRange } from '../rotation/slices';
+import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
+import { explainFailure, slices, steps } from './activity-proxies';
+import { abortSignal, pauseSignal, resumeSignal } from './messages';
+
+export interface MigrationRequest {
+  target: string;
+  /** The generation (KEK id) the application's current key is, when rekey's registry has none recorded yet. */
+  kekVersion?: string;
+  /** Decrypt and count every legacy value, list the tenants holding them, write nothing. */
+  dryRun?: boolean;
+  parallelism?: number;
+  batchSize?: number;
+  sliceTimeBudget?: string;
+  maxPasses?: number;
+  /** Continue-as-new after this many history events even if the server does not suggest it (tests). */
+  maxHistoryEvents?: number;
+}
+
+export interface FieldReport {
+  name: string;
+  group: string;
+  where: string;
+  /** Legacy values when the run planned its first pass. */
+  legacyAtStart: number;
+  counters: FieldCounters;
+}
+
+export interface MigrationReport {
+  target: string;
+  dryRun: boolean;
+  kekId?: string;
+  phase: 'planning' | 'migrating' | 'done';
+  outcome?: 'completed' | 'aborted' | 'dry-run';
+  paused: boolean;
+  abortReason?: string;
+  passes: number;
+  fields: FieldReport[];
+  totals: FieldCounters;
+  /** Legacy values still there at the end (the unreadable ones, and any a writer put back meanwhile). */
+  legacyLeft?: number;
+  /** Values that did not decrypt (bounded list): reported, counted, never written. */
+  failures: FieldFailure[];
+  /** The dry run's list of tenants holding legacy values. */
+  byTenant?: { tenant: string; legacy: number }[];
+}
+
+interface Part {
+  field: number;
+  range: TenantRange;
+  /** Which run of the slice: a part stopped by its time budget goes on as the next part, from its cursor. */
+  part: number;
+  slice: string;
+  countExisting: boolean;
+}
+
+export interface MigrationCarried {
+  report: MigrationReport;
+  pending: Part[];
+  runKey: string;
+}
+
+export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
+
+const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', maxPasses: 3, maxHistoryEvents: 10_000 };
+const MAX_FAILURES = 100;
+
+export async function migrateDek(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+  try {
+    return await migrate(request, carried);
+  } catch (err) {
+    throw explainFailure(err);
+  }
+}
+
+async function migrate(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+  const settings = {
+    parallelism: request.parallelism ?? DEFAULTS.parallelism,
+    batchSize: request.batchSize ?? DEFAULTS.batchSize,
+    timeBudgetMs: parseDuration(request.sliceTimeBudget ?? DEFAULTS.sliceTimeBudget) ?? 30_000,
+    maxPasses: request.maxPasses ?? DEFAULTS.maxPasses,
+    maxHistoryEvents: request.maxHistoryEvents ?? DEFAULTS.maxHistoryEvents,
+  };
+  const state: MigrationCarried = carried ?? {
+    report: {
+      target: request.target,
+      dryRun: request.dryRun ?? false,
+      phase: 'planning',
+      paused: false,
+      passes: 0,
+      fields: [],
+      totals: emptyFieldCounters(),
+      failures: [],
+    },
+    pending: [],
+    runKey: `${workflowInfo().workflowId}@${workflowInfo().firstExecutionRunId}`,
+  };
+  const { report } = state;
+  let aborted = false;
+  const running = new Map<string, CancellationScope>();
+  const stopRunning = () => running.forEach((scope) => scope.cancel());
+
+  setHandler(migrationProgressQuery, () => report);
+  setHandler(pauseSignal, () => {
+    report.paused = true;
+    stopRunning();
+  });
+  setHandler(resumeSignal, () => {
+    report.paused = false;
+  });
+  setHandler(abortSignal, (reason) => {
+    aborted = true;
+    report.abortReason = reason ?? 'aborted by an operator';
+    stopRunning();
+  });
+
+  const finish = (outcome: MigrationReport['outcome']): MigrationReport => {
+    report.phase = 'done';
+    report.outcome = outcome;
+    return report;
+  };
+
+  for (;;) {
+    if (state.pending.length === 0) {
+      await condition(() => !report.paused || aborted);
+      if (aborted) return finish('aborted');
+      if (report.passes > 0) {
+        const left = (await steps.legacyValuesLeft({ target: request.target })).reduce((n, f) => n + f.legacy, 0);
+        report.legacyLeft = left;
+        // Done when nothing is left but what the last pass could not read (a writer may have put a value back).
+        if (report.dryRun || left <= report.totals.unreadable || report.passes >= settings.maxPasses) {
+          return finish(report.dryRun ? 'dry-run' : 'completed');
+        }
+      }
+      const plan = await steps.planFieldMigration({
+        target: request.target,
+        ...(request.kekVersion !== undefined && { kekVersion: request.kekVersion }),
+        slices: settings.parallelism * 2,
+        dryRun: report.dryRun,
+      });
+      startPass(state, plan);
+    }
+    const stopped = await runParts(state, settings, running, () => aborted);
+    if (stopped === 'aborted') return finish('aborted');
+    if (stopped === 'continue-as-new') return continueAsNew<typeof migrateDek>(request, state);
+  }
+}
+
+function startPass(state: MigrationCarried, plan: MigrationPlan): void {
+  const { report } = state;
+  report.passes += 1;
+  report.phase = 'migrating';
+  report.kekId = plan.kekId;
+  if (report.passes === 1) {
+    report.fields = plan.fields.map((f: FieldPlan) => ({
+      name: f.name,
+      group: f.group,
+      where: f.where,
+      legacyAtStart: f.legacy,
+      counters: emptyFieldCounters(),
+    }));
+    if (plan.byTenant) report.byTenant = plan.byTenant;
+  }
+  // Every pass tries every legacy value, unreadable ones included: what is unreadable is what this pass finds.
+  for (const field of report.fields) field.counters.unreadable = 0;
+  report.totals.unreadable = 0;
+  report.failures = [];
+  state.pending = plan.fields.flatMap((f) =>
+    f.ranges.map((range, i) => ({
+      field: f.field,
+      range,
+      part: 0,
+      slice: `${state.runKey}/pass-${report.passes}/field-${f.field}/slice-${i}`,
+      countExisting: report.passes === 1,
+    })),
+  );
+}
+
+/**
+ * Runs the pending parts, at most `parallelism` at once and one field at a time (two fields of one row must not
+ * lock the same rows in two orders), until none is left or the run must stop.
+ */
+async function runParts(
+  state: MigrationCarried,
+  settings: { parallelism: number; batchSize: number; timeBudgetMs: number; maxHistoryEvents: number },
+  running: Map<string, CancellationScope>,
+  aborted: () => boolean,
+): Promise<'done' | 'aborted' | 'continue-as-new'> {
+  const { report, pending } = state;
+  const inFlight = new Set<Promise<void>>();
+  let field: number | undefined;
+  let failure: Error | undefined;
+  for (;;) {
+    if (failure !== undefined && inFlight.size === 0) throw failure;
+    if (aborted() && inFlight.size === 0) return 'aborted';
+    const info = workflowInfo();
+    const rotate = info.continueAsNewSuggested || info.historyLength >= settings.maxHistoryEvents;
+    if (rotate && inFlight.size === 0) return 'continue-as-new';
+    if (inFlight.size === 0) field = pending[0]?.field;
+    while (
+      failure === undefined &&
+      !aborted() &&
+      !report.paused &&
+      !rotate &&
+      inFlight.size < settings.parallelism &&
+      pending.length > 0 &&
+      pending[0]!.field === field
+    ) {
+      const part = pending.shift()!;
+      const promise: Promise<void> = runPart(state, part, settings, running)
+        .catch((err: unknown) => {
+          failure ??= err instanceof Error ? err : new Error(String(err));
+          running.forEach((scope) => scope.cancel());
+        })
+        .finally(() => inFlight.delete(promise));
+      inFlight.add(promise);
+    }
+    if (inFlight.size === 0 && pending.length === 0) return 'done';
+    const before = { size: inFlight.size, pending: pending.length, paused: report.paused, aborted: aborted() };
+    await condition(
+      () =>
+        inFlight.size !== before.size ||
+        pending.length !== before.pending ||
+        report.paused !== before.paused ||
+        aborted() !== before.aborted,
+    );
+  }
+}
+
+async function runPart(
+  state: MigrationCarried,
+  part: Part,
+  settings: { batchSize: number; timeBudgetMs: number },
+  running: Map<string, CancellationScope>,
+): Promise<void> {
+  const { report } = state;
+  const progressKey = `${part.slice}/part-${part.part}`;
+  const scope = new CancellationScope();
+  running.set(progressKey, scope);
+  let outcome;
+  try {
+    outcome = await scope.run(() =>
+      slices.migrateFieldSlice({
+        target: report.target,
+        field: part.field,
+        kekId: report.kekId!,
+        range: part.range,
+        batchSize: settings.batchSize,
+        dryRun: report.dryRun,
+        timeBudgetMs: settings.timeBudgetMs,
+        progressKey,
+        countExisting: part.countExisting && part.part === 0,
+      }),
+    );
+  } catch (err) {
+    // Paused or aborted: the part resumes later from its committed progress, under the same key.
+    if (!isCancellation(err) && !scope.consideredCancelled) throw err;
+    state.pending.unshift(part);
+    return;
+  } finally {
+    running.delete(progressKey);
+  }
+  // Fields are reported in the target's order: field i of the plan is field i of the report.
+  const field = report.fields[part.field]!;
+  field.counters = addFieldCounters(field.counters, outcome.counters);
+  report.totals = addFieldCounters(report.totals, outcome.counters);
+  report.failures.push(...outcome.failures.slice(0, Math.max(0, MAX_FAILURES - report.failures.length)));
+  if (!outcome.done) {
+    state.pending.unshift({ ...part, range: { ...part.range, after: outcome.cursor }, part: part.part + 1 });
+  }
+}
