@@ -25,6 +25,8 @@ export interface FieldPlan {
 export interface MigrationPlan {
   /** The KEK new DEKs are wrapped with: the target's active one (a generation, for Mycelium). */
   kekId: string;
+  /** Rows of the target's table of DEKs ("Tenants scanned"). */
+  tenants: number;
   fields: FieldPlan[];
   /** The dry run's list: tenants with the most legacy values, per tenant. */
   byTenant?: { tenant: string; legacy: number }[];
@@ -176,7 +178,9 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           .sort((a, b) => b.legacy - a.legacy || a.tenant.localeCompare(b.tenant))
           .slice(0, LISTED_TENANTS);
       }
-      return { kekId, fields: plans, ...(byTenant && { byTenant }) };
+      const { byLabel, withoutValue } = await runtime.store.countsByLabel();
+      const tenants = Object.values(byLabel).reduce((n, rows) => n + rows, withoutValue);
+      return { kekId, tenants, fields: plans, ...(byTenant && { byTenant }) };
     },
 
     /** One part of one field: migrates until the range is done or the time budget is spent; heartbeats each batch. */

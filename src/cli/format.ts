@@ -1,3 +1,4 @@
+import type { MigrationReport } from '../workflows/migrate-dek';
 import { formatDuration } from '../rotation/durations';
 import type { ProgressReport } from '../rotation/progress';
 
@@ -59,4 +60,25 @@ export function describeCensus(p: ProgressReport): string[] {
       : `KEK '${line.kekId}': ${n(line.rows)} rows; of ${n(line.sampled)} sampled, ${n(line.readable)} read by the format, ` +
         (line.opens === undefined ? 'no key here to try them' : `${n(line.opens)} open under '${line.kekId}'`),
   );
+}
+
+/** A migrate-dek report in Mycelium's own terms, then what rekey adds (DEKs provisioned, unreadable values). */
+export function describeMigration(report: MigrationReport): string[] {
+  const groups = new Map<string, number>();
+  for (const field of report.fields) groups.set(field.group, (groups.get(field.group) ?? 0) + field.counters.migrated);
+  const verb = report.dryRun ? 'to migrate' : 'migrated';
+  const lines = [
+    `Tenants scanned: ${report.tenants ?? 0}`,
+    ...[...groups].map(([group, n]) => `${/s$/.test(group) ? group : `${group} fields`} ${verb}: ${n}`),
+    `DEKs provisioned: ${report.totals.deksProvisioned}`,
+    `Already v2: ${report.totals.alreadyCurrent}`,
+    `Unreadable: ${report.totals.unreadable}`,
+    ...report.failures.map((f) => `  ${f.where}, row ${f.row}: ${f.reason}`),
+  ];
+  if (report.byTenant) {
+    lines.push('Tenants with v1 values:');
+    lines.push(...report.byTenant.map((t) => `  ${t.tenant}: ${t.legacy}`));
+  }
+  if (report.legacyLeft !== undefined) lines.push(`Total left: ${report.legacyLeft}`);
+  return lines;
 }

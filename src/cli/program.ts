@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { controlCommands } from './commands/control';
 import { kekStatusCommand, keysCommand } from './commands/keks';
+import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
@@ -17,6 +18,7 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .exitOverride();
   for (const command of [
     rotateCommand(),
+    migrateDekCommand(),
     statusCommand(),
     ...controlCommands(),
     kekStatusCommand(),

@@ -46,6 +46,8 @@ export interface MigrationReport {
   target: string;
   dryRun: boolean;
   kekId?: string;
+  /** Rows of the target's table of DEKs when the run planned ("Tenants scanned"). */
+  tenants?: number;
   phase: 'planning' | 'migrating' | 'done';
   outcome?: 'completed' | 'aborted' | 'dry-run';
   paused: boolean;
@@ -168,6 +170,7 @@ function startPass(state: MigrationCarried, plan: MigrationPlan): void {
   report.phase = 'migrating';
   report.kekId = plan.kekId;
   if (report.passes === 1) {
+    report.tenants = plan.tenants;
     report.fields = plan.fields.map((f: FieldPlan) => ({
       name: f.name,
       group: f.group,

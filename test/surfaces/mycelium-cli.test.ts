@@ -13,6 +13,10 @@ import { testKeys } from '../helpers/keys';
 import {
   checkWithOneKek,
   createMyceliumSchema,
+  encryptV1,
+  gatewayReads,
+  SYSTEM_TENANT,
+  type InventoryValue,
   kekOf,
   seedMyceliumTenants,
   type SeededTenant,
@@ -130,5 +134,50 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     expect(kekStatus).toMatch(/ {2}1 +retired +0 DEKs/);
     expect(kekStatus).toMatch(/ {2}2 +active +130 DEKs/);
     expect(kekStatus).toContain('7 row(s) hold no DEK yet');
+  });
+
+  it("migrate-dek: the dry run lists the v1 values left; the run moves them under the system DEK it provisions, in Mycelium's terms", async () => {
+    // An old gateway's v1 values under the current token_secret, and the system tenant's row without a DEK yet.
+    await db.pool.query(`INSERT INTO public.tenant (id, name) VALUES ($1, 'system')`, [SYSTEM_TENANT]);
+    const user = randomUUID();
+    await db.pool.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, 'ops@example.com', $2)`, [
+      user,
+      { totp: { enabled: { secret: encryptV1(kekOf(gen2), 'JBSWY3DPEHPK3PXP') } } },
+    ]);
+    const totp: InventoryValue = {
+      table: 'user',
+      row: user,
+      column: 'mfa',
+      path: ['totp', 'enabled', 'secret'],
+      field: 'totp_secret',
+      tenant: SYSTEM_TENANT,
+      plaintext: 'JBSWY3DPEHPK3PXP',
+    };
+
+    const dry = await rekey('migrate-dek', '--target', 'mycelium', '--dry-run');
+    expect(dry.stderr).toBe('');
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toContain("dry run of the migration of target 'mycelium': nothing was written");
+    expect(dry.stdout).toContain('TOTP fields to migrate: 1');
+    expect(dry.stdout).toContain(`  ${SYSTEM_TENANT}: 1`);
+    expect(dry.stdout).toContain('Total left: 1');
+    expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
+
+    const run = await rekey('migrate-dek', '--target', 'mycelium', '--wait');
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain("migration of target 'mycelium' completed");
+    expect(run.stdout).toContain('Tenants scanned: 138');
+    expect(run.stdout).toContain('TOTP fields migrated: 1');
+    expect(run.stdout).toContain('Telegram fields migrated: 0');
+    expect(run.stdout).toContain('Webhook secrets migrated: 0');
+    expect(run.stdout).toContain('DEKs provisioned: 1');
+    expect(run.stdout).toContain('Total left: 0');
+    const { rows } = await db.pool.query<{ v: string }>(
+      `SELECT mfa #>> '{totp,enabled,secret}' AS v FROM public."user" WHERE id = $1`,
+      [user],
+    );
+    expect(rows[0]!.v.startsWith('v2:')).toBe(true);
+    expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
   });
 });

@@ -19,6 +19,7 @@ interface RotateOptions {
   grace?: string;
   confirmTimeout?: string;
   wait?: boolean;
+  allowLegacyValues?: string;
 }
 
 function generation(value: string): number {
@@ -58,6 +59,10 @@ export function rotateCommand(): Command {
       'how long a step the application owns waits for its evidence or a confirmation',
       duration,
     )
+    .option(
+      '--allow-legacy-values <reason>',
+      'rotate although v1 values encrypted directly by the KEK remain (they become unreadable once it retires)',
+    )
     .option('--wait', 'watch the run until it ends')
     .action(
       withContext(async (context, options: RotateOptions) => {
@@ -73,6 +78,7 @@ export function rotateCommand(): Command {
           parallelism: options.parallelism,
           gracePeriod: options.grace,
           confirmTimeout: options.confirmTimeout,
+          ...(options.allowLegacyValues !== undefined && { allowLegacyValues: options.allowLegacyValues }),
         };
         let started: StartOutcome;
         try {

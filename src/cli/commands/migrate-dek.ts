@@ -1,0 +1,71 @@
+import { Command } from 'commander';
+import { startMigration } from '../../client/migrations';
+import { failureMessage } from '../../client/rotations';
+import { describeMigration } from '../format';
+import { positiveInteger, targetOption, withContext } from '../options';
+import { CliError, InvalidRotationError } from '../../errors';
+
+interface MigrateOptions {
+  target: string;
+  kekVersion?: string;
+  dryRun?: boolean;
+  batchSize?: number;
+  parallelism?: number;
+  wait?: boolean;
+}
+
+export function migrateDekCommand(): Command {
+  return new Command('migrate-dek')
+    .description(
+      "move every legacy value encrypted directly by the KEK (Mycelium's v1) to the tenant's DEK (v2), provisioning missing DEKs",
+    )
+    .addOption(targetOption())
+    .option('--kek-version <n>', "the generation of the application's current KEK, if rekey has none recorded yet")
+    .option('--dry-run', 'decrypt and count every v1 value, list the tenants holding them; write nothing')
+    .option('--batch-size <n>', 'values per batch', positiveInteger)
+    .option('--parallelism <n>', 'parts migrated at once', positiveInteger)
+    .option('--wait', 'wait until the run ends and print its report (a dry run always waits)')
+    .action(
+      withContext(async (context, options: MigrateOptions) => {
+        let started;
+        try {
+          started = await startMigration(
+            await context.temporal(),
+            {
+              target: options.target,
+              ...(options.kekVersion !== undefined && { kekVersion: options.kekVersion }),
+              ...(options.dryRun && { dryRun: true }),
+              ...(options.batchSize !== undefined && { batchSize: options.batchSize }),
+              ...(options.parallelism !== undefined && { parallelism: options.parallelism }),
+            },
+            { taskQueue: context.options.taskQueue },
+          );
+        } catch (err) {
+          if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
+          throw err;
+        }
+        const { workflowId } = started.handle;
+        if (started.kind === 'already-running') {
+          throw new CliError(`a migration of target '${options.target}' is already running: ${workflowId}`, 'conflict');
+        }
+        if (!options.wait && !options.dryRun) {
+          context.print({ workflowId, started: true }, () => [
+            `started migration ${workflowId} of target '${options.target}'`,
+            `  progress: temporal workflow query --workflow-id ${workflowId} --name progress`,
+            `  pause:    temporal workflow signal --workflow-id ${workflowId} --name pause   (resume, abort alike)`,
+            `  Web UI:   ${context.webUiUrl(workflowId)}`,
+          ]);
+          return;
+        }
+        const report = await started.handle.result().catch((err: unknown) => {
+          throw new CliError(`migration failed: ${failureMessage(err)}`);
+        });
+        context.print({ workflowId, report }, () => [
+          report.dryRun
+            ? `dry run of the migration of target '${options.target}': nothing was written`
+            : `migration of target '${options.target}' ${report.outcome}`,
+          ...describeMigration(report).map((line) => `  ${line}`),
+        ]);
+      }),
+    );
+}
