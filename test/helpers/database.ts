@@ -3,12 +3,38 @@ import type { Pool } from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { createDatabase, type ScratchDatabase } from '../../src/dev/databases';
 import { seedTenants } from '../../src/dev/tenants';
+import { migrate } from '../../src/store/migrate';
 
 export type TestDatabase = ScratchDatabase;
 
 /** A fresh database on the test PostgreSQL, migrated unless asked not to; `drop()` removes it. */
 export function createTestDatabase(options: { migrate?: boolean } = {}): Promise<TestDatabase> {
   return createDatabase(inject('toolchain').databaseUrl, `rekey_test_${randomBytes(6).toString('hex')}`, 8, options);
+}
+
+/** Adds rekey's own schema (schema rekey) to a database, as the worker does when it opens it. */
+export async function migrateDatabase(db: Pool): Promise<void> {
+  const client = await db.connect();
+  try {
+    await migrate(client);
+  } finally {
+    client.release();
+  }
+}
+
+/**
+ * A fresh database as another system's migrations leave it (`createSchema`), then rekey's schema beside it; `shape`
+ * is what `shapeOf` read before rekey touched the database (empty without it).
+ */
+export async function createApplicationDatabase(
+  createSchema: (db: Pool) => Promise<void>,
+  shapeOf?: (db: Pool) => Promise<string[]>,
+): Promise<{ db: TestDatabase; shape: string[] }> {
+  const db = await createTestDatabase({ migrate: false });
+  await createSchema(db.pool);
+  const shape = shapeOf ? await shapeOf(db.pool) : [];
+  await migrateDatabase(db.pool);
+  return { db, shape };
 }
 
 /** One fresh database for the calling test file, dropped after its last test. */

@@ -4,7 +4,6 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Worker } from '@temporalio/worker';
 import { createActivities } from '../../src/activities';
-import { migrate } from '../../src/store/migrate';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,7 +25,7 @@ import {
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
-import { createTestDatabase } from '../helpers/database';
+import { createTestDatabase, migrateDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
 
@@ -189,12 +188,7 @@ describe('record', () => {
   it('talos: an application-owned target, promotion by configuration, retirement confirmed by an operator', async () => {
     const db = await createTestDatabase({ migrate: false });
     await createTalosSchema(db.pool);
-    const client = await db.pool.connect();
-    try {
-      await migrate(client);
-    } finally {
-      client.release();
-    }
+    await migrateDatabase(db.pool);
     const keks = { v1: randomBytes(32), v2: randomBytes(32) };
     const talosEnv: NodeJS.ProcessEnv = {
       TALOS_KEK_v1: keks.v1.toString('base64url'),

@@ -2,8 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { MYCELIUM_FIELDS } from '../../src/targets/presets';
 import { FieldStore } from '../../src/store/field-store';
-import { migrate } from '../../src/store/migrate';
-import { createTestDatabase } from '../helpers/database';
+import { createTestDatabase, migrateDatabase } from '../helpers/database';
 import { createMyceliumSchema, encryptV1, kekOf } from '../helpers/mycelium';
 
 describe('FieldStore (the SQL of migrate-dek)', () => {
@@ -11,8 +10,7 @@ describe('FieldStore (the SQL of migrate-dek)', () => {
     const db = await createTestDatabase({ migrate: false });
     try {
       await createMyceliumSchema(db.pool);
-      const client = await db.pool.connect();
-      await migrate(client).finally(() => client.release());
+      await migrateDatabase(db.pool);
       const kek = kekOf(randomUUID());
       const [kept, replaced] = [randomUUID(), randomUUID()].sort();
       for (const id of [kept!, replaced!]) {

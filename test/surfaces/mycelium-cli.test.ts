@@ -5,10 +5,9 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot } from '../../src/project-paths';
-import { migrate } from '../../src/store/migrate';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import {
   checkWithOneKek,
@@ -56,8 +55,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
       ...(await seedMyceliumTenants(db.pool, 10, kekOf(gen2), 2)),
       ...(await seedMyceliumTenants(db.pool, 7, null, 1)),
     ];
-    const client = await db.pool.connect();
-    await migrate(client).finally(() => client.release());
+    await migrateDatabase(db.pool);
     // The worker holds the old token_secret in MYC_OLD_TOKEN_SECRET and the new one in MYC_TOKEN_SECRET.
     const keys = testKeys(['v1']);
     targets = new TargetRuntimes({

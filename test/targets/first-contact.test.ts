@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
-import { migrate } from '../../src/store/migrate';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createMyceliumSchema, kekOf, myceliumShape, seedMyceliumTenants } from '../helpers/mycelium';
 import { TargetSchemaError } from '../../src/errors';
@@ -15,12 +14,7 @@ async function withDatabase(prepare: (db: TestDatabase) => Promise<void>, check:
   const db = await createTestDatabase({ migrate: false });
   try {
     await prepare(db);
-    const client = await db.pool.connect();
-    try {
-      await migrate(client);
-    } finally {
-      client.release();
-    }
+    await migrateDatabase(db.pool);
     await check(db);
   } finally {
     await db.drop();

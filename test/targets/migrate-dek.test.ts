@@ -6,9 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { startMigration } from '../../src/client/migrations';
 import { startRotation } from '../../src/client/rotations';
-import { migrate } from '../../src/store/migrate';
 import { confirmStepUpdate, type MigrationReport, type RotationReport } from '../../src/workflows';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import {
   createMyceliumSchema,
@@ -24,19 +23,6 @@ import {
   type InventoryValue,
 } from '../helpers/mycelium';
 import { progressUntil, resultWithin, skipTime, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
-
-async function myceliumDatabase(): Promise<{ db: TestDatabase; shape: string[] }> {
-  const db = await createTestDatabase({ migrate: false });
-  await createMyceliumSchema(db.pool);
-  const shape = await myceliumShape(db.pool);
-  const client = await db.pool.connect();
-  try {
-    await migrate(client);
-  } finally {
-    client.release();
-  }
-  return { db, shape };
-}
 
 /** Every value reads back as its plaintext, the way the running gateway reads it, with `kek` alone. */
 async function unreadBy(db: Pool, kek: Buffer, values: InventoryValue[]): Promise<string[]> {
@@ -100,7 +86,7 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
   }
 
   it('moves every v1 value in all four places to v2 under the DEK the gateway reads, provisions missing DEKs, reports the unreadable one; a rotation waits for it, then retires generation 1', async () => {
-    const { db, shape } = await myceliumDatabase();
+    const { db, shape } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
     const taskQueue = `migrate-${randomUUID()}`;
     try {
       const seeded = await seedLegacyInventory(db.pool, kekOf(gen1), { tenants: 90, users: 40 });
@@ -251,7 +237,7 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
   });
 
   it('a dry run lists the tenants with their v1 values, finds the unreadable one, and writes nothing', async () => {
-    const { db } = await myceliumDatabase();
+    const { db } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
     const taskQueue = `migrate-dry-${randomUUID()}`;
     try {
       const seeded = await seedLegacyInventory(db.pool, kekOf(gen1), { tenants: 12, users: 5 });

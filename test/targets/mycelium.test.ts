@@ -8,9 +8,8 @@ import { startRotation } from '../../src/client/rotations';
 import type { ProgressReport } from '../../src/rotation/progress';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { migrate } from '../../src/store/migrate';
 import { confirmStepUpdate, progressQuery, type RotationReport, type rotateKek } from '../../src/workflows';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import {
   checkWithOneKek,
@@ -22,20 +21,6 @@ import {
   type SeededTenant,
 } from '../helpers/mycelium';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
-
-/** A Mycelium database: its schema as its migrations leave it, then rekey's own schema beside it (as the worker does). */
-async function myceliumDatabase(): Promise<{ db: TestDatabase; shape: string[] }> {
-  const db = await createTestDatabase({ migrate: false });
-  await createMyceliumSchema(db.pool);
-  const shape = await myceliumShape(db.pool);
-  const client = await db.pool.connect();
-  try {
-    await migrate(client);
-  } finally {
-    client.release();
-  }
-  return { db, shape };
-}
 
 async function waitFor(
   handle: WorkflowHandle<typeof rotateKek>,
@@ -66,7 +51,7 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
   }
 
   it('rotate --from-version 1 --to-version 2 while the gateway works: every DEK and every data field reads with the new token_secret alone, counters as seeded, no column added', async () => {
-    const { db, shape } = await myceliumDatabase();
+    const { db, shape } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
     const taskQueue = `mycelium-${randomUUID()}`;
     const gateway = new MyceliumGateway(db.pool, [kekOf(gen1), kekOf(gen2), kekOf(gen3)], kekOf(gen2), []);
     try {
@@ -137,7 +122,7 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
   });
 
   it('a DEK that decrypts under neither generation is reported with its tenant, never written, and keeps generation 1 from retiring', async () => {
-    const { db } = await myceliumDatabase();
+    const { db } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
     const taskQueue = `mycelium-${randomUUID()}`;
     try {
       const tenants: SeededTenant[] = await seedMyceliumTenants(db.pool, 40, kekOf(gen1), 1);

@@ -5,10 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { buildAdminServer } from '../../src/admin/server';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { migrate } from '../../src/store/migrate';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { configuredCurrentKekId } from '../../src/targets/target';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { myceliumShape as publicShape } from '../helpers/mycelium';
 import { checkSecrets, createTalosSchema, seedSecrets, TalosGateway, v1Binding } from '../helpers/talos';
@@ -16,19 +15,6 @@ import { useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
 const TOKEN = 'talos-root-token-0123456789';
 const auth = { authorization: `Bearer ${TOKEN}` };
-
-async function talosDatabase(): Promise<{ db: TestDatabase; shape: string[] }> {
-  const db = await createTestDatabase({ migrate: false });
-  await createTalosSchema(db.pool);
-  const shape = await publicShape(db.pool);
-  const client = await db.pool.connect();
-  try {
-    await migrate(client);
-  } finally {
-    client.release();
-  }
-  return { db, shape };
-}
 
 describe("the talos preset, driven as the gateway's runbook says, on a Talos-shaped database", () => {
   const server = useTimeSkippingEnv();
@@ -86,7 +72,7 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
   }
 
   it('rotate-all with no body, as in step 3: every secret (any length, v1- or name-bound) reads with v2 alone, counters as seeded, Talos fields in rotation-status and kek-status, no column added', async () => {
-    const { db, shape } = await talosDatabase();
+    const { db, shape } = await createApplicationDatabase(createTalosSchema, publicShape);
     try {
       const v1Bound = await seedSecrets(db.pool, keks.v1, 'v1', 200, 'v1');
       const nameBound = await seedSecrets(db.pool, keks.v1, 'v1', 30, 'name');
@@ -182,7 +168,7 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
   });
 
   it('a gateway updating the very secrets being rotated loses nothing; a third KEK is skipped and rotate-all without a body says which KEK to name', async () => {
-    const { db } = await talosDatabase();
+    const { db } = await createApplicationDatabase(createTalosSchema, publicShape);
     try {
       const onV1 = await seedSecrets(db.pool, keks.v1, 'v1', 150, 'v1');
       const onV0 = await seedSecrets(db.pool, keks.v0, 'v0', 10, 'name');
