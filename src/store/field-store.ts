@@ -4,7 +4,7 @@
 import type { Pool, PoolClient } from 'pg';
 import { describeTable, type EncryptedField } from '../targets/target';
 import { quoteIdent } from './migrate';
-import type { IdRange } from './target-store';
+import { idRangeSql, type IdRange } from './target-store';
 import type { FieldCounters } from '../rewrap/field-counters';
 
 export type { FieldCounters } from '../rewrap/field-counters';
@@ -77,9 +77,10 @@ export class FieldStore {
     return `t.${quoteIdent(this.field.id)}`;
   }
 
-  private cast(expression: string): string {
+  /** The SQL type of the row id, as inspect() found it. */
+  private get idSqlType(): string {
     if (!this.idType) throw new Error(`field ${this.field.name}: call inspect() before using the store`);
-    return `${expression}::${this.idType}`;
+    return this.idType;
   }
 
   /** The table and its columns exist with usable types: checked before anything is read or written. */
@@ -111,17 +112,7 @@ export class FieldStore {
   }
 
   private range(range: IdRange, first: number): { sql: string; params: string[] } {
-    const parts: string[] = [];
-    const params: string[] = [];
-    if (range.after !== '') {
-      params.push(range.after);
-      parts.push(`${this.id} > ${this.cast(`$${first + params.length - 1}`)}`);
-    }
-    if (range.until !== null) {
-      params.push(range.until);
-      parts.push(`${this.id} <= ${this.cast(`$${first + params.length - 1}`)}`);
-    }
-    return { sql: parts.length > 0 ? parts.join(' AND ') : 'true', params };
+    return idRangeSql(this.id, this.idSqlType, range, first);
   }
 
   /** The next legacy values of a range, in id order (keyset pagination). */
@@ -183,7 +174,7 @@ export class FieldStore {
       `WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, old, value)),
        w AS (
          UPDATE ${this.table} t SET ${set} FROM v
-         WHERE ${this.id} = ${this.cast('v.id')} AND ${this.valueSql} = v.old
+         WHERE ${this.id} = v.id::${this.idSqlType} AND ${this.valueSql} = v.old
          RETURNING ${this.id}::text AS id),
        p AS (
          UPDATE rekey.field_migration_progress SET

@@ -59,6 +59,24 @@ export interface IdRange {
   until: string | null;
 }
 
+/**
+ * `id > after AND id <= until` over the id expression `id` (of SQL type `type`), with parameters from `first` on;
+ * '' and null leave a side open.
+ */
+export function idRangeSql(id: string, type: string, range: IdRange, first: number): { sql: string; params: string[] } {
+  const parts: string[] = [];
+  const params: string[] = [];
+  if (range.after !== '') {
+    params.push(range.after);
+    parts.push(`${id} > $${first + params.length - 1}::${type}`);
+  }
+  if (range.until !== null) {
+    params.push(range.until);
+    parts.push(`${id} <= $${first + params.length - 1}::${type}`);
+  }
+  return { sql: parts.length > 0 ? parts.join(' AND ') : 'true', params };
+}
+
 const TEXT = 'S';
 const INTEGER_TYPES = ['int2', 'int4', 'int8'];
 const TIME_TYPES = ['timestamp', 'timestamptz', 'date'];
@@ -198,17 +216,7 @@ export class TargetStore {
 
   /** `id > after AND id <= until` from parameter `first` on; '' and null leave a side open. */
   private rangeSql(range: IdRange, first: number): { sql: string; params: string[] } {
-    const parts: string[] = [];
-    const params: string[] = [];
-    if (range.after !== '') {
-      params.push(range.after);
-      parts.push(`t.${this.col(this.target.id)} > ${this.idCast(`$${first + params.length - 1}`)}`);
-    }
-    if (range.until !== null) {
-      params.push(range.until);
-      parts.push(`t.${this.col(this.target.id)} <= ${this.idCast(`$${first + params.length - 1}`)}`);
-    }
-    return { sql: parts.length > 0 ? parts.join(' AND ') : 'true', params };
+    return idRangeSql(`t.${this.col(this.target.id)}`, this.type(this.target.id), range, first);
   }
 
   /**
@@ -292,7 +300,7 @@ export class TargetStore {
     writable: readonly string[],
     progress?: ProgressDelta,
   ): Promise<CasOutcome> {
-    const { target, codec } = this;
+    const { target } = this;
     if (writes.length === 0) {
       // Nothing decrypted in this batch: its failures and cursor are still recorded.
       if (progress) await this.recordOnly(client, progress);
@@ -339,19 +347,10 @@ export class TargetStore {
         conditions.push(`t.${this.col(column)} = ${expression}`);
       });
     }
-    const sets = [`${this.col(target.label.column)} = ${this.labelParam(2)}`];
-    codec.writeColumns.forEach((column, i) => {
-      const { expression, arg } = this.columnParam(
-        writes.map((w) => w.values[i]!),
-        param,
-        `new${i}`,
-      );
-      if (arg) {
-        unnestArgs.push(arg);
-        unnestNames.push(`new${i}`);
-      }
-      sets.push(`${this.col(column)} = ${expression}`);
-    });
+    const sets = [
+      `${this.col(target.label.column)} = ${this.labelParam(2)}`,
+      ...this.newValueSets(writes, param, unnestArgs, unnestNames),
+    ];
     if (target.cas.kind === 'version') {
       sets.push(`${this.col(target.cas.column)} = t.${this.col(target.cas.column)} + 1`);
     }
@@ -416,7 +415,7 @@ export class TargetStore {
     writes: { id: string; values: ColumnValue[] }[],
     progressKey: string,
   ): Promise<Set<string>> {
-    const { target, codec } = this;
+    const { target } = this;
     const params: unknown[] = [target.name, kekId];
     const param = (value: unknown) => {
       params.push(value);
@@ -424,19 +423,10 @@ export class TargetStore {
     };
     const unnestArgs = [`${param(writes.map((w) => w.id))}::text[]`];
     const unnestNames = ['id'];
-    const sets = [`${this.col(target.label.column)} = ${this.labelParam(2)}`];
-    codec.writeColumns.forEach((column, i) => {
-      const { expression, arg } = this.columnParam(
-        writes.map((w) => w.values[i]!),
-        param,
-        `new${i}`,
-      );
-      if (arg) {
-        unnestArgs.push(arg);
-        unnestNames.push(`new${i}`);
-      }
-      sets.push(`${this.col(column)} = ${expression}`);
-    });
+    const sets = [
+      `${this.col(target.label.column)} = ${this.labelParam(2)}`,
+      ...this.newValueSets(writes, param, unnestArgs, unnestNames),
+    ];
     for (const column of Object.keys(target.setOnWrite)) sets.push(`${this.col(column)} = now()`);
     const key = param(progressKey);
     const { rows } = await client.query<{ kek_state: string | null; written: string[] | null }>(
@@ -458,6 +448,27 @@ export class TargetStore {
     const result = rows[0]!;
     if (result.kek_state !== 'active') throw new KekNotWritableError(target.name, kekId, result.kek_state);
     return new Set(result.written ?? []);
+  }
+
+  /** `column = new value` for each of the codec's write columns, their values added as unnested parameters. */
+  private newValueSets(
+    writes: { values: ColumnValue[] }[],
+    param: (value: unknown) => string,
+    unnestArgs: string[],
+    unnestNames: string[],
+  ): string[] {
+    return this.codec.writeColumns.map((column, i) => {
+      const { expression, arg } = this.columnParam(
+        writes.map((w) => w.values[i]!),
+        param,
+        `new${i}`,
+      );
+      if (arg) {
+        unnestArgs.push(arg);
+        unnestNames.push(`new${i}`);
+      }
+      return `${this.col(column)} = ${expression}`;
+    });
   }
 
   private async recordOnly(client: PoolClient | Pool, progress: ProgressDelta): Promise<void> {
