@@ -7,7 +7,7 @@ import { rowsLabelled } from '../rewrap/still-on';
 import { checkout } from '../store/connect';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
-import { describeTable } from '../targets/target';
+import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
@@ -170,7 +170,7 @@ export function createKekActivities(deps: ActivityDependencies) {
           ['from', from],
           ['to', settings.to],
         ] as const) {
-          if (id !== undefined && id !== 'new' && !/^[1-9][0-9]{0,8}$/.test(id)) {
+          if (id !== undefined && id !== 'new' && !GENERATION.test(id)) {
             throw new KeyMaterialError(
               `target '${definition.name}' labels KEKs with integer generations: ${what} '${id}' is not one (e.g. --from-version 1 --to-version 2)`,
               what,

@@ -7,6 +7,7 @@ import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../r
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { FieldStore, type FieldCounters } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
+import { GENERATION } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
 import { InvalidRotationError, KekNotWritableError, TargetConfigError } from '../errors';
@@ -134,7 +135,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           `target '${definition.name}' has no current KEK recorded yet: name the generation the application's current key is (e.g. --kek-version 1)`,
         );
       }
-      if (definition.label.kind === 'generation' && !/^[1-9][0-9]{0,8}$/.test(kekId)) {
+      if (definition.label.kind === 'generation' && !GENERATION.test(kekId)) {
         throw new InvalidRotationError(
           `target '${definition.name}' labels KEKs with generations: '${kekId}' is not one`,
         );

@@ -1,10 +1,10 @@
 // Starting `rekey migrate-dek` runs, for every surface (CLI, admin API, tests): one place decides their identity.
 // At most one migration runs per target; a dry run writes nothing and gets an id of its own.
 import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { KEK_ID } from '../rotation/rotation-input';
+import { TARGET_NAME } from '../targets/target';
 import { migrateDek, type MigrationRequest } from '../workflows';
 import { InvalidRotationError } from '../errors';
-
-const TARGET = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 export function migrationWorkflowId(request: MigrationRequest, now = Date.now()): string {
   const base = `dek-migration-${request.target}`;
@@ -21,12 +21,12 @@ export async function startMigration(
   request: MigrationRequest,
   options: { taskQueue: string },
 ): Promise<MigrationStart> {
-  if (!TARGET.test(request.target)) {
+  if (!TARGET_NAME.test(request.target)) {
     throw new InvalidRotationError(
       `target '${request.target}' is not a target name (lower-case letters, digits, '-', '_')`,
     );
   }
-  if (request.kekVersion !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(request.kekVersion)) {
+  if (request.kekVersion !== undefined && !KEK_ID.test(request.kekVersion)) {
     throw new InvalidRotationError(`KEK version '${request.kekVersion}' is not a KEK id (e.g. 1)`);
   }
   for (const [name, value] of [

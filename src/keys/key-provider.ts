@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
+import { KEK_ID } from '../rotation/rotation-input';
 import { KeyMaterialError, UnknownKekError } from '../errors';
 
-export const KEK_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+export const KEK_ID_PATTERN = KEK_ID;
 
 /** Where KEKs come from. Key bytes stay inside the provider; callers name KEKs by id only. */
 export interface KeyProvider {

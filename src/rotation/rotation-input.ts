@@ -1,3 +1,4 @@
+import { TARGET_NAME } from '../targets/target';
 import { parseDuration } from './durations';
 import { InvalidRotationError } from '../errors';
 
@@ -71,7 +72,6 @@ export const DEFAULTS = {
 } as const;
 
 export const KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-const TARGET = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 function integer(name: string, value: number | undefined, fallback: number, min: number, max: number): number {
   const n = value ?? fallback;
@@ -94,7 +94,7 @@ function duration(name: string, value: string | undefined, fallback: string, min
 export function parseRotationRequest(request: RotationRequest): RotationSettings {
   const { from, to } = request;
   const target = request.target ?? 'rekey';
-  if (!TARGET.test(target)) {
+  if (!TARGET_NAME.test(target)) {
     throw new InvalidRotationError(`target '${target}' is not a target name (lower-case letters, digits, '-', '_')`);
   }
   if (from !== 'current' && !KEK_ID.test(from)) {

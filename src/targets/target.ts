@@ -5,6 +5,8 @@
 import type { SealedFormat } from '../codec/sealed-format';
 
 export const TARGET_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+/** A KEK generation (Mycelium's kek_version): 1, 2, … */
+export const GENERATION = /^[1-9][0-9]{0,8}$/;
 export const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
 export interface TableRef {

@@ -1,4 +1,5 @@
 import { Command, InvalidArgumentError } from 'commander';
+import { GENERATION } from '../../targets/target';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
 import { parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { describeCensus, describeCounters } from '../format';
@@ -23,7 +24,7 @@ interface RotateOptions {
 }
 
 function generation(value: string): number {
-  if (!/^[1-9][0-9]{0,8}$/.test(value)) throw new InvalidArgumentError('expected a KEK generation: 1, 2, ...');
+  if (!GENERATION.test(value)) throw new InvalidArgumentError('expected a KEK generation: 1, 2, ...');
   return Number(value);
 }
 
