@@ -1,14 +1,14 @@
 // The activities of `rekey migrate-dek` (the migrateDek workflow): plan the parts, migrate one part, count what is
 // left. Every statement is in src/store (FieldStore, TargetStore); the crypto is in src/rewrap/migrate-fields.ts.
 import { Context } from '@temporalio/activity';
-import { compileFormat } from '../codec/sealed-format';
-import { resolveKek, type ResolvedKek } from '../keys/kek-resolver';
+import type { ResolvedKek } from '../keys/kek-resolver';
 import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../rewrap/migrate-fields';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { FieldStore, type FieldCounters } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
 import { GENERATION } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
+import { withKeks } from './keys';
 import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
 import { InvalidRotationError, KekNotWritableError, TargetConfigError } from '../errors';
 
@@ -82,23 +82,19 @@ export function createMigrationActivities(deps: ActivityDependencies) {
     return store;
   }
 
-  /** The KEK the migration wraps new DEKs with, by the registry's fingerprint, then the other KEKs held. */
-  async function keksFor(runtime: TargetRuntime, kekId: string): Promise<ResolvedKek[]> {
+  /**
+   * Runs `use` with the KEK the migration wraps new DEKs with first, then the other KEKs held that are not retired
+   * (legacy values and DEKs are tried under each), each checked against the registry's fingerprint; zeroized after.
+   */
+  async function withMigrationKeks<T>(
+    runtime: TargetRuntime,
+    kekId: string,
+    use: (keks: ResolvedKek[]) => Promise<T>,
+  ): Promise<T> {
     runtime.keys.bindRotation?.(kekId, kekId);
-    const resolved: ResolvedKek[] = [];
-    try {
-      resolved.push(resolveKek(runtime.keys, kekId, await runtime.registry.get(kekId)));
-      for (const other of runtime.keys.kekIds()) {
-        if (other === kekId) continue;
-        const registered = await runtime.registry.get(other);
-        if (registered?.state === 'retired') continue;
-        resolved.push(resolveKek(runtime.keys, other, registered));
-      }
-      return resolved;
-    } catch (err) {
-      for (const kek of resolved) kek.key.fill(0);
-      throw err;
-    }
+    const retired = new Set((await runtime.registry.list()).filter((k) => k.state === 'retired').map((k) => k.kekId));
+    const others = runtime.keys.kekIds().filter((id) => id !== kekId && !retired.has(id));
+    return withKeks(runtime, { from: kekId, to: kekId }, [kekId, ...others], use);
   }
 
   return {
@@ -144,7 +140,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       await firstContact(runtime);
       if (!active && !args.dryRun) await registry.seedActive(kekId, keys.fingerprint(kekId));
       // The fingerprint this worker holds must be the registry's before anything else happens.
-      (await keksFor(runtime, kekId)).forEach((kek) => kek.key.fill(0));
+      await withMigrationKeks(runtime, kekId, () => Promise.resolve());
 
       const plans: FieldPlan[] = [];
       for (let index = 0; index < fields.length; index++) {
@@ -189,8 +185,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       const context = Context.current();
       const runtime = await targets.get(args.target);
       const fields = await fieldStore(runtime, args.field);
-      const keks = await keksFor(runtime, args.kekId);
-      try {
+      return withMigrationKeks(runtime, args.kekId, async (keks) => {
         const registered = await runtime.registry.get(args.kekId);
         if (!args.dryRun && registered?.state !== 'active')
           throw new KekNotWritableError(args.target, args.kekId, registered?.state ?? null);
@@ -198,8 +193,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           {
             fields,
             deks: runtime.store,
-            legacy: compileFormat(fields.field.legacy),
-            current: compileFormat(fields.field.current),
+            legacy: fields.legacy,
+            current: fields.current,
             keks,
           },
           {
@@ -219,9 +214,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
         );
         if (context.cancellationSignal.aborted) throw context.cancellationSignal.reason;
         return result;
-      } finally {
-        for (const kek of keks) kek.key.fill(0);
-      }
+      });
     },
 
     /** Legacy values left in each field of the target (none for a target without fields). */

@@ -1,6 +1,5 @@
 // Checks on a target's tables that more than one activity makes before it writes: that rekey reads what is there,
 // and what legacy values its fields still hold.
-import { compileFormat } from '../codec/sealed-format';
 import { FieldStore } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
 import { describeTable } from '../targets/target';
@@ -43,8 +42,7 @@ export async function legacyLeft(runtime: TargetRuntime): Promise<LegacyLeft[]> 
 export async function provesItReads(store: FieldStore, name: string): Promise<void> {
   const sample = await store.readLegacy(store.db, { after: '', until: null }, FIELD_SAMPLE);
   if (sample.length === 0) return;
-  const legacy = compileFormat(store.field.legacy);
-  const reasons = sample.map((row) => legacy.check({ value: row.value }));
+  const reasons = sample.map((row) => store.legacy.check({ value: row.value }));
   if (reasons.every((reason) => reason !== undefined)) {
     throw new TargetSchemaError(
       `field ${name} (${store.where}): the legacy format reads none of ${sample.length} sampled values (first: ${reasons[0]}); check the field's formats: nothing was written`,

@@ -2,6 +2,7 @@
 // id order, legacy values only; compare-and-swap writes of the migrated values, counted in the same statement; and
 // the migration's progress rows (rekey.field_migration_progress).
 import type { Pool, PoolClient } from 'pg';
+import { compileFormat, type Codec } from '../codec/sealed-format';
 import { describeTable, type EncryptedField } from '../targets/target';
 import { quoteIdent } from './migrate';
 import { idRangeSql, type IdRange } from './target-store';
@@ -44,6 +45,9 @@ export class FieldStore {
   private readonly valueSql: string;
   private readonly legacySql: string;
   private readonly tenantSql: string;
+  /** The field's two forms, compiled once: the legacy one (under the KEK) and the current one (under a DEK). */
+  readonly legacy: Codec;
+  readonly current: Codec;
 
   constructor(
     readonly db: Pool,
@@ -60,6 +64,8 @@ export class FieldStore {
       );
     }
     this.legacySql = `${this.valueSql} IS NOT NULL AND left(${this.valueSql}, ${value.prefix.length}) <> ${literal(value.prefix)}`;
+    this.legacy = compileFormat(field.legacy);
+    this.current = compileFormat(field.current);
     this.tenantSql =
       'column' in field.tenant ? `t.${quoteIdent(field.tenant.column)}::text` : literal(field.tenant.fixed);
   }
