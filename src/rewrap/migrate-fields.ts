@@ -62,6 +62,8 @@ export interface FieldSliceHooks {
 }
 
 const MAX_LISTED = 100;
+/** In a dry run, a tenant without a DEK: the run would provision one, so its values only need to open. */
+const WOULD_PROVISION = 'would provision';
 
 export async function migrateFieldSlice(
   deps: FieldSliceDependencies,
@@ -203,7 +205,7 @@ class FieldSliceRun {
         this.deks.set(
           tenant,
           this.input.dryRun
-            ? 'would provision'
+            ? WOULD_PROVISION
             : `tenant ${tenant} has no row in ${store.table}: there is no DEK to encrypt it under`,
         );
         continue;
@@ -229,7 +231,7 @@ class FieldSliceRun {
   private migrate(row: FieldRow): FieldWrite | string {
     const { current, keks } = this.deps;
     const dek = this.deks.get(row.tenant);
-    if (dek === 'would provision') {
+    if (dek === WOULD_PROVISION) {
       // A dry run: the DEK does not exist yet; the value only needs to open.
       const plaintext = this.openLegacy(row, keks);
       if (typeof plaintext === 'string') return plaintext;
