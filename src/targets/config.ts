@@ -5,7 +5,15 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { compileFormat, ENCODINGS, type SealedFormat } from '../codec/sealed-format';
 import { PRESETS } from './presets';
-import { IDENTIFIER, TARGET_NAME, type CasToken, type KekLabel, type TargetDefinition } from './target';
+import {
+  IDENTIFIER,
+  TARGET_NAME,
+  type CasToken,
+  type EncryptedField,
+  type KekLabel,
+  type TableRef,
+  type TargetDefinition,
+} from './target';
 import { FormatError, TargetConfigError } from '../errors';
 
 const identifier = z.string().regex(IDENTIFIER, 'must be a plain SQL identifier (letters, digits, _; at most 63)');
@@ -27,27 +35,48 @@ const aadPart = z.union([
   z.strictObject({ kekId: z.literal(true), lengthPrefix: z.boolean().optional() }),
 ]);
 
-const format = z.strictObject({
-  value: z.discriminatedUnion('kind', [
-    z.strictObject({
-      kind: z.literal('combined'),
-      column: identifier,
-      encoding,
-      prefix: z.string().optional(),
+/** A sealed format; `emptyRecipe` admits a recipe of no parts (no associated data: Mycelium's v1 field values). */
+const sealedFormat = (emptyRecipe: boolean) =>
+  z.strictObject({
+    value: z.discriminatedUnion('kind', [
+      z.strictObject({
+        kind: z.literal('combined'),
+        column: identifier,
+        encoding,
+        prefix: z.string().optional(),
+      }),
+      z.strictObject({
+        kind: z.literal('split'),
+        ciphertext: identifier,
+        nonce: identifier,
+        tag: identifier,
+        encoding,
+      }),
+    ]),
+    aad: z.strictObject({
+      read: z
+        .array(emptyRecipe ? z.array(aadPart) : z.array(aadPart).min(1, 'a recipe needs at least one part'))
+        .min(1, 'needs at least one recipe'),
+      store: z.strictObject({ column: identifier, encoding }).optional(),
     }),
-    z.strictObject({
-      kind: z.literal('split'),
-      ciphertext: identifier,
-      nonce: identifier,
-      tag: identifier,
-      encoding,
-    }),
+    plaintextBytes: z.number().int().positive().optional(),
+  });
+const format = sealedFormat(false);
+
+/** An encrypted field the migration moves from `legacy` (under the KEK) to `current` (under a tenant's DEK). */
+const field = z.strictObject({
+  name: z.string().min(1).max(63),
+  group: z.string().min(1).max(63).optional(),
+  table: tableName,
+  id: identifier,
+  column: identifier,
+  path: z.array(z.string().min(1)).min(1).optional(),
+  tenant: z.union([
+    z.strictObject({ column: identifier }),
+    z.strictObject({ fixed: z.string().min(1, 'must be the id of the tenant whose DEK it uses') }),
   ]),
-  aad: z.strictObject({
-    read: z.array(z.array(aadPart).min(1, 'a recipe needs at least one part')).min(1, 'needs at least one recipe'),
-    store: z.strictObject({ column: identifier, encoding }).optional(),
-  }),
-  plaintextBytes: z.number().int().positive().optional(),
+  legacy: sealedFormat(true),
+  current: format,
 });
 
 const secretSource = z.union([z.strictObject({ env: envName }), z.strictObject({ file: z.string().min(1) })]);
@@ -101,6 +130,7 @@ const target = z.strictObject({
   keys: keys.optional(),
   currentKek: currentKek.optional(),
   noun: z.string().min(1).optional(),
+  fields: z.array(field).optional(),
 });
 
 const file = z.strictObject({
@@ -131,7 +161,7 @@ function definitionOf(name: string, entry: TargetEntry, source: string): TargetD
     );
   const table = entry.table ?? (base ? `${base.table.schema}.${base.table.name}` : undefined);
   if (table === undefined) throw missing('table');
-  const [schema, tableOnly] = table.includes('.') ? table.split('.') : ['public', table];
+  const tableRef = splitTable(table);
   const id = entry.id ?? base?.id;
   if (id === undefined) throw missing('id');
   const label: KekLabel | undefined = entry.kekLabel
@@ -152,6 +182,9 @@ function definitionOf(name: string, entry: TargetEntry, source: string): TargetD
     if (err instanceof FormatError) throw new TargetConfigError(`${source}: targets.${name}.format: ${err.message}`);
     throw err;
   }
+  const fields = entry.fields
+    ? entry.fields.map((f, i) => fieldOf(f, `${source}: targets.${name}.fields.${i}`))
+    : base?.fields;
   if (entry.keys?.provider === 'env' && entry.keys.idPattern !== undefined) {
     try {
       new RegExp(entry.keys.idPattern);
@@ -162,7 +195,7 @@ function definitionOf(name: string, entry: TargetEntry, source: string): TargetD
   return {
     name,
     database: entry.database ?? base?.database ?? { urlEnv: 'DATABASE_URL' },
-    table: { schema: schema!, name: tableOnly! },
+    table: tableRef,
     id,
     label,
     cas,
@@ -171,6 +204,52 @@ function definitionOf(name: string, entry: TargetEntry, source: string): TargetD
     keys: entry.keys ?? base?.keys ?? { provider: 'default' },
     currentKek: entry.currentKek ?? base?.currentKek ?? { owner: 'registry' },
     noun: entry.noun ?? base?.noun ?? 'key',
+    ...(fields && { fields }),
+  };
+}
+
+function splitTable(table: string): TableRef {
+  const [schema, name] = table.includes('.') ? table.split('.') : ['public', table];
+  return { schema: schema!, name: name! };
+}
+
+function fieldOf(entry: z.infer<typeof field>, where: string): EncryptedField {
+  const forms = { legacy: entry.legacy as SealedFormat, current: entry.current as SealedFormat };
+  for (const [form, sealed] of Object.entries(forms)) {
+    if (sealed.value.kind !== 'combined' || sealed.value.column !== 'value') {
+      throw new TargetConfigError(
+        `${where}.${form}.value: a field's value is one text: kind 'combined' over the column 'value'`,
+      );
+    }
+    const columns = sealed.aad.read.flat().flatMap((part) => ('column' in part ? [part.column] : []));
+    const unknown = columns.find((column) => column !== 'tenant' && column !== 'value');
+    if (unknown !== undefined) {
+      throw new TargetConfigError(
+        `${where}.${form}.aad: a field's associated data can use the columns 'tenant' (the tenant id) and 'value', not '${unknown}'`,
+      );
+    }
+    try {
+      compileFormat(sealed);
+    } catch (err) {
+      if (err instanceof FormatError) throw new TargetConfigError(`${where}.${form}: ${err.message}`);
+      throw err;
+    }
+  }
+  const current = forms.current.value;
+  if (current.kind === 'combined' && !current.prefix) {
+    throw new TargetConfigError(
+      `${where}.current.value.prefix is required: it tells a migrated value (such as 'v2:…') from a legacy one`,
+    );
+  }
+  return {
+    name: entry.name,
+    group: entry.group ?? entry.name,
+    table: splitTable(entry.table),
+    id: entry.id,
+    column: entry.column,
+    ...(entry.path && { path: entry.path }),
+    tenant: entry.tenant,
+    ...forms,
   };
 }
 

@@ -58,7 +58,57 @@ describe('targets configuration', () => {
       prefix: 'k1:',
     });
     expect(config.targets.get('talos')).toEqual({ ...TALOS_PRESET, database: { urlEnv: 'TALOS_DATABASE_URL' } });
-    expect(config.targets.get('mycelium')).toEqual(MYCELIUM_PRESET);
+    // A preset on another database keeps everything else of the preset, its encrypted fields included.
+    expect(config.targets.get('mycelium')).toEqual({
+      ...MYCELIUM_PRESET,
+      database: { urlEnv: 'MYCELIUM_DATABASE_URL' },
+    });
+    expect(config.targets.get('mycelium')!.fields).toHaveLength(5);
+    expect(billing.fields).toEqual([
+      {
+        name: 'card_token',
+        group: 'Card tokens',
+        table: { schema: 'billing', name: 'payment_methods' },
+        id: 'method_id',
+        column: 'details',
+        path: ['card', 'token'],
+        tenant: { column: 'account_id' },
+        legacy: { value: { kind: 'combined', column: 'value', encoding: 'base64' }, aad: { read: [[]] } },
+        current: {
+          value: { kind: 'combined', column: 'value', encoding: 'base64', prefix: 'f1:' },
+          aad: { read: [[{ column: 'tenant' }, { text: ':card_token' }]] },
+        },
+      },
+    ]);
+  });
+
+  it("names the key and what to fix in an encrypted field's description", () => {
+    const field = (change: string) =>
+      `targets:\n  x:\n    preset: mycelium\n    fields:\n      - name: f\n        table: t\n        id: id\n        column: c\n        tenant: { column: tenant_id }\n        legacy: { value: { kind: combined, column: value, encoding: base64 }, aad: { read: [[]] } }\n${change}`;
+    const current = (value: string, aad = '[[{ column: tenant }]]') =>
+      `        current: { value: ${value}, aad: { read: ${aad} } }\n`;
+    expect(refusal(field(current('{ kind: combined, column: value, encoding: base64 }')))).toBe(
+      "rekey.yaml: targets.x.fields.0.current.value.prefix is required: it tells a migrated value (such as 'v2:…') from a legacy one",
+    );
+    expect(refusal(field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }", '[[]]')))).toBe(
+      'rekey.yaml: targets.x.fields.0.current.aad.read.0: a recipe needs at least one part',
+    );
+    expect(
+      refusal(
+        field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }", '[[{ column: id }]]')),
+      ),
+    ).toBe(
+      "rekey.yaml: targets.x.fields.0.current.aad: a field's associated data can use the columns 'tenant' (the tenant id) and 'value', not 'id'",
+    );
+    expect(refusal(field(current("{ kind: combined, column: blob, encoding: base64, prefix: 'v2:' }")))).toBe(
+      "rekey.yaml: targets.x.fields.0.current.value: a field's value is one text: kind 'combined' over the column 'value'",
+    );
+    expect(refusal(field(`        tenant2: {}\n`))).toMatch(/targets\.x\.fields\.0: Unrecognized key: "tenant2"/);
+    // What parses is a field the migration can use.
+    const ok = parseTargetsConfig(field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }")));
+    expect(ok.targets.get('x')!.fields).toMatchObject([
+      { name: 'f', group: 'f', table: { schema: 'public', name: 't' } },
+    ]);
   });
 
   it('names the key and what to fix for each mistake', () => {
