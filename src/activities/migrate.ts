@@ -6,7 +6,7 @@ import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../r
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { FieldStore, type FieldCounters } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
-import { GENERATION } from '../targets/target';
+import { describeTable, GENERATION } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
 import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
@@ -38,6 +38,8 @@ export interface FieldSliceArgs {
   field: number;
   kekId: string;
   range: TenantRange;
+  /** Only the values under this tenant's DEK (`--tenant-id`). */
+  tenant?: string;
   batchSize: number;
   dryRun: boolean;
   timeBudgetMs: number;
@@ -105,6 +107,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
     async planFieldMigration(args: {
       target: string;
       kekVersion?: string;
+      /** Only the values under this tenant's DEK: it must be a row of the target's table. */
+      tenant?: string;
       slices: number;
       dryRun: boolean;
     }): Promise<MigrationPlan> {
@@ -138,6 +142,12 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       }
       keys.bindRotation?.(kekId, kekId);
       await firstContact(runtime);
+      const { tenant } = args;
+      if (tenant !== undefined && !(await runtime.store.hasRow(tenant))) {
+        throw new InvalidRotationError(
+          `target '${definition.name}' has no tenant '${tenant}' in ${describeTable(definition.table)}: check the tenant id`,
+        );
+      }
       if (!active && !args.dryRun) await registry.seedActive(kekId, keys.fingerprint(kekId));
       // The fingerprint this worker holds must be the registry's before anything else happens.
       await withMigrationKeks(runtime, kekId, () => Promise.resolve());
@@ -146,12 +156,16 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       for (let index = 0; index < fields.length; index++) {
         const store = await fieldStore(runtime, index);
         await provesItReads(store, fields[index]!.name);
-        const { legacy, current } = await store.count();
+        const { legacy, current } = await store.count(store.db, {
+          after: '',
+          until: null,
+          ...(tenant !== undefined && { tenant }),
+        });
         const fractions = Array.from({ length: args.slices - 1 }, (_, i) => (i + 1) / args.slices);
         const ranges =
           args.slices <= 1 || legacy < args.slices * 2
             ? rangesFromBoundaries([])
-            : rangesFromBoundaries(await store.boundaries(fractions));
+            : rangesFromBoundaries(await store.boundaries(fractions, tenant));
         plans.push({
           field: index,
           name: store.field.name,
@@ -166,8 +180,9 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       if (args.dryRun) {
         const counts = new Map<string, number>();
         for (let index = 0; index < fields.length; index++) {
-          for (const { tenant, legacy } of await (await fieldStore(runtime, index)).legacyByTenant(LISTED_TENANTS)) {
-            counts.set(tenant, (counts.get(tenant) ?? 0) + legacy);
+          const store = await fieldStore(runtime, index);
+          for (const { tenant: owner, legacy } of await store.legacyByTenant(LISTED_TENANTS, tenant)) {
+            counts.set(owner, (counts.get(owner) ?? 0) + legacy);
           }
         }
         byTenant = [...counts]
@@ -176,7 +191,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           .slice(0, LISTED_TENANTS);
       }
       const { byLabel, withoutValue } = await runtime.store.countsByLabel();
-      const tenants = Object.values(byLabel).reduce((n, rows) => n + rows, withoutValue);
+      const tenants = tenant !== undefined ? 1 : Object.values(byLabel).reduce((n, rows) => n + rows, withoutValue);
       return { kekId, tenants, fields: plans, ...(byTenant && { byTenant }) };
     },
 
@@ -200,6 +215,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           {
             after: args.range.after,
             until: args.range.until,
+            ...(args.tenant !== undefined && { tenant: args.tenant }),
             batchSize: args.batchSize,
             dryRun: args.dryRun,
             timeBudgetMs: args.timeBudgetMs,
@@ -217,9 +233,9 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       });
     },
 
-    /** Legacy values left in each field of the target (none for a target without fields). */
-    async legacyValuesLeft({ target }: { target: string }): Promise<LegacyLeft[]> {
-      return legacyLeft(await targets.get(target));
+    /** Legacy values left in each field of the target, or of one tenant (none for a target without fields). */
+    async legacyValuesLeft({ target, tenant }: { target: string; tenant?: string }): Promise<LegacyLeft[]> {
+      return legacyLeft(await targets.get(target), tenant);
     },
   };
 }

@@ -28,12 +28,13 @@ export interface LegacyLeft {
 }
 
 /** Legacy values left in each field of a target: a KEK rotation waits for none (they are pinned to its KEK). */
-export async function legacyLeft(runtime: TargetRuntime): Promise<LegacyLeft[]> {
+export async function legacyLeft(runtime: TargetRuntime, tenant?: string): Promise<LegacyLeft[]> {
   const left: LegacyLeft[] = [];
   for (const field of runtime.definition.fields ?? []) {
     const store = new FieldStore(runtime.db, runtime.definition.name, field);
     await store.inspect();
-    left.push({ name: field.name, where: store.where, legacy: (await store.count()).legacy });
+    const range = { after: '', until: null, ...(tenant !== undefined && { tenant }) };
+    left.push({ name: field.name, where: store.where, legacy: (await store.count(store.db, range)).legacy });
   }
   return left;
 }

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
+import { errorBody, opIdParams } from './schemas';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { scanned } from '../cli/format';
 import {
@@ -13,6 +14,7 @@ import {
 } from '../client/rotations';
 import { type RotationRequest } from '../rotation/rotation-input';
 import { targetKekStatus } from '../targets/kek-status';
+import { registerMigrationRoutes } from './migration-routes';
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
 import { errorKind, httpStatusFor, KeyMaterialError } from '../errors';
@@ -33,12 +35,6 @@ export interface AdminServerOptions {
   configuredCurrentKekId: (target: string) => string | undefined;
   logger?: boolean;
 }
-
-const errorBody = {
-  type: 'object',
-  properties: { error: { type: 'string' }, message: { type: 'string' }, op_id: { type: 'string' } },
-  required: ['error', 'message'],
-} as const;
 
 const counters = {
   type: 'object',
@@ -101,12 +97,6 @@ const rotationStatusBody = {
     failure: { type: 'string' },
   },
   required: ['id', 'op_id', 'status'],
-} as const;
-
-const opIdParams = {
-  type: 'object',
-  properties: { op_id: { type: 'string', minLength: 1, maxLength: 200 } },
-  required: ['op_id'],
 } as const;
 
 /** Talos's three states: a rotation that ended without finishing (aborted, failed) is `failed`. */
@@ -408,6 +398,8 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       return toStatusBody(await rotationStatus(client, request.params.op_id));
     },
   );
+
+  registerMigrationRoutes(app, { client, taskQueue, defaultTarget: options.defaultTarget });
 
   await app.ready();
   return app;

@@ -63,11 +63,31 @@ export function describeCensus(p: ProgressReport): string[] {
 }
 
 /** A migrate-dek report in Mycelium's own terms, then what rekey adds (DEKs provisioned, unreadable values). */
+/** One line of a running migration: `migrating, pass 1: 120 of 400 v1 values done (30%), paused`. */
+export function describeMigrationProgress(report: MigrationReport): string {
+  const atStart = report.fields.reduce((n, f) => n + f.legacyAtStart, 0);
+  const { migrated, unreadable, casConflicts } = report.totals;
+  const done = migrated + unreadable + casConflicts;
+  const percent = atStart === 0 ? 100 : Math.min(100, Math.floor((done / atStart) * 1000) / 10);
+  const state = [
+    report.phase === 'done' ? `${report.outcome ?? 'done'}` : report.phase,
+    ...(report.passes > 0 ? [`pass ${report.passes}`] : []),
+  ].join(', ');
+  return [
+    `${state}: ${done} of ${atStart} v1 values done (${percent}%)`,
+    ...(report.paused
+      ? [report.partsRunning ? `pausing (${report.partsRunning} part(s) finishing their batch)` : 'paused']
+      : []),
+    ...(report.abortReason !== undefined ? [`aborted: ${report.abortReason}`] : []),
+  ].join(', ');
+}
+
 export function describeMigration(report: MigrationReport): string[] {
   const groups = new Map<string, number>();
   for (const field of report.fields) groups.set(field.group, (groups.get(field.group) ?? 0) + field.counters.migrated);
   const verb = report.dryRun ? 'to migrate' : 'migrated';
   const lines = [
+    ...(report.tenantId !== undefined ? [`Tenant: ${report.tenantId} (only the values under its DEK)`] : []),
     `Tenants scanned: ${report.tenants ?? 0}`,
     ...[...groups].map(([group, n]) => `${/s$/.test(group) ? group : `${group} fields`} ${verb}: ${n}`),
     `DEKs provisioned: ${report.totals.deksProvisioned}`,

@@ -1,13 +1,22 @@
 // Starting `rekey migrate-dek` runs, for every surface (CLI, admin API, tests): one place decides their identity.
 // At most one migration runs per target; a dry run writes nothing and gets an id of its own.
-import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
-import { migrateDek, type MigrationRequest } from '../workflows';
-import { InvalidRotationError } from '../errors';
+import { migrateDek, migrationProgressQuery, type MigrationReport, type MigrationRequest } from '../workflows';
+import { failureMessage } from './rotations';
+import { InvalidRotationError, RotationNotFoundError, RotationNotRunningError } from '../errors';
+
+const PREFIX = 'dek-migration-';
+const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
 export function migrationWorkflowId(request: MigrationRequest, now = Date.now()): string {
-  const base = `dek-migration-${request.target}`;
+  const base = `${PREFIX}${request.target}`;
   return request.dryRun ? `${base}-dry-run-${now}` : base;
 }
 
@@ -28,6 +37,11 @@ export async function startMigration(
   }
   if (request.kekVersion !== undefined && !KEK_ID.test(request.kekVersion)) {
     throw new InvalidRotationError(`KEK version '${request.kekVersion}' is not a KEK id (e.g. 1)`);
+  }
+  if (request.tenantId !== undefined && !TENANT_ID.test(request.tenantId)) {
+    throw new InvalidRotationError(
+      `tenant id '${request.tenantId}' is not an id (letters, digits, '-', '_', '.', ':'; at most 128), such as a tenant's UUID`,
+    );
   }
   for (const [name, value] of [
     ['parallelism', request.parallelism],
@@ -51,4 +65,48 @@ export async function startMigration(
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     return { kind: 'already-running', handle: client.workflow.getHandle<typeof migrateDek>(workflowId) };
   }
+}
+
+/** Whether a reference names a migration (its workflow id) rather than a rotation. */
+export function isMigrationReference(reference: string): boolean {
+  return reference.startsWith(PREFIX);
+}
+
+export interface MigrationStatus {
+  workflowId: string;
+  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ... */
+  status: string;
+  report?: MigrationReport;
+  failure?: string;
+  startedAt?: Date;
+  closedAt?: Date;
+}
+
+/** A migration by its workflow id (`dek-migration-<target>`, or a dry run's); RotationNotFoundError if none. */
+export async function migrationStatus(client: Client, workflowId: string): Promise<MigrationStatus> {
+  const handle = client.workflow.getHandle<typeof migrateDek>(workflowId);
+  let description: Awaited<ReturnType<typeof handle.describe>>;
+  try {
+    description = await handle.describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new RotationNotFoundError(`no migration '${workflowId}'`);
+    throw err;
+  }
+  if (description.type !== 'migrateDek') throw new RotationNotFoundError(`'${workflowId}' is not a migration`);
+  const status = description.status.name;
+  const times = { startedAt: description.startTime, closedAt: description.closeTime };
+  if (status === 'RUNNING') return { workflowId, status, report: await handle.query(migrationProgressQuery), ...times };
+  const ended = await handle.result().then(
+    (report) => ({ report }),
+    (err: unknown) => ({ failure: failureMessage(err) }),
+  );
+  return { workflowId, status, ...ended, ...times };
+}
+
+/** A migration that is still running (to pause, resume or abort); RotationNotRunningError otherwise. */
+export async function runningMigration(client: Client, workflowId: string): Promise<WorkflowHandle<typeof migrateDek>> {
+  const { status } = await migrationStatus(client, workflowId);
+  if (status !== 'RUNNING')
+    throw new RotationNotRunningError(`migration ${workflowId} is ${status.toLowerCase()}, not running`);
+  return client.workflow.getHandle<typeof migrateDek>(workflowId);
 }

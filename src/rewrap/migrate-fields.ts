@@ -24,6 +24,8 @@ export interface FieldFailure {
 export interface FieldSliceInput {
   after: string;
   until: string | null;
+  /** Only the values under this tenant's DEK (`--tenant-id`). */
+  tenant?: string;
   batchSize: number;
   /** Decrypt and count, write nothing (no progress row either). */
   dryRun: boolean;
@@ -106,10 +108,17 @@ class FieldSliceRun {
     const started = Date.now();
     if (await this.resume()) return this.result(true);
     let done = false;
-    for (;;) {
+    // At least one batch per attempt, whatever the budget: a part that stopped before its first batch would be
+    // continued from the same cursor, again and again, without ever moving.
+    for (let batches = 0; ; batches++) {
       if (this.hooks.shouldStop?.()) break;
-      if (input.timeBudgetMs !== undefined && Date.now() - started >= input.timeBudgetMs) break;
-      const rows = await fields.readLegacy(this.client, { after: this.cursor, until: input.until }, input.batchSize);
+      if (batches > 0 && input.timeBudgetMs !== undefined && Date.now() - started >= input.timeBudgetMs) break;
+      const range = {
+        after: this.cursor,
+        until: input.until,
+        ...(input.tenant !== undefined && { tenant: input.tenant }),
+      };
+      const rows = await fields.readLegacy(this.client, range, input.batchSize);
       if (rows.length === 0) {
         done = true;
         break;

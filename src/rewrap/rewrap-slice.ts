@@ -149,9 +149,11 @@ class SliceRun {
     let pendingWrite: Promise<void> = Promise.resolve();
     let done = false;
     try {
-      for (;;) {
+      // At least one batch per attempt, whatever the budget (a slow resume must not leave the slice where it was).
+      for (let batches = 0; ; batches++) {
         if (this.hooks.shouldStop?.()) break;
-        if (this.input.timeBudgetMs !== undefined && Date.now() - started >= this.input.timeBudgetMs) break;
+        const spent = Date.now() - started;
+        if (batches > 0 && this.input.timeBudgetMs !== undefined && spent >= this.input.timeBudgetMs) break;
         const rows = await this.deps.store.readBatch(
           this.reader,
           this.others

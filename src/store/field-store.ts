@@ -18,6 +18,11 @@ export interface FieldRow {
   value: string;
 }
 
+/** A range of row ids, and optionally one tenant: only the values under that tenant's DEK (`--tenant-id`). */
+export interface FieldRange extends IdRange {
+  tenant?: string;
+}
+
 export interface FieldWrite {
   id: string;
   /** The value as read: the write happens only if it is still there (a live writer that replaced it wins). */
@@ -41,6 +46,7 @@ function literal(text: string): string {
 export class FieldStore {
   readonly table: string;
   private idType: string | undefined;
+  private tenantType: string | undefined;
   /** The stored text of the field, as an SQL expression over alias t. */
   private readonly valueSql: string;
   private readonly legacySql: string;
@@ -115,14 +121,23 @@ export class FieldStore {
       need(field.tenant.column, 'tenant', (t, c) => c === TEXT || t === 'uuid', 'text or uuid');
     }
     this.idType = types.get(field.id)!.typname;
+    if ('column' in field.tenant) this.tenantType = types.get(field.tenant.column)!.typname;
   }
 
-  private range(range: IdRange, first: number): { sql: string; params: string[] } {
-    return idRangeSql(this.id, this.idSqlType, range, first);
+  /** The id range, and the tenant if one is named (a field of a fixed tenant holds nothing of another). */
+  private range(range: FieldRange, first: number): { sql: string; params: string[] } {
+    const ids = idRangeSql(this.id, this.idSqlType, range, first);
+    if (range.tenant === undefined) return ids;
+    const param = `$${first + ids.params.length}`;
+    const tenant =
+      'column' in this.field.tenant
+        ? `t.${quoteIdent(this.field.tenant.column)} = ${param}::${this.tenantType}`
+        : `lower(${this.tenantSql}) = lower(${param})`;
+    return { sql: `${ids.sql} AND ${tenant}`, params: [...ids.params, range.tenant] };
   }
 
   /** The next legacy values of a range, in id order (keyset pagination). */
-  async readLegacy(client: Pool | PoolClient, range: IdRange, limit: number): Promise<FieldRow[]> {
+  async readLegacy(client: Pool | PoolClient, range: FieldRange, limit: number): Promise<FieldRow[]> {
     const { sql, params } = this.range(range, 1);
     const { rows } = await client.query<FieldRow>(
       `SELECT ${this.id}::text AS id, ${this.tenantSql} AS tenant, ${this.valueSql} AS value FROM ${this.table} t
@@ -133,7 +148,7 @@ export class FieldStore {
   }
 
   /** Legacy and current values in a range (all rows without one). */
-  async count(client: Pool | PoolClient = this.db, range: IdRange = { after: '', until: null }) {
+  async count(client: Pool | PoolClient = this.db, range: FieldRange = { after: '', until: null }) {
     const { sql, params } = this.range(range, 1);
     const { rows } = await client.query<{ legacy: string; total: string }>(
       `SELECT count(*) FILTER (WHERE ${this.legacySql}) AS legacy, count(${this.valueSql}) AS total
@@ -145,20 +160,23 @@ export class FieldStore {
   }
 
   /** Legacy values per tenant, most first (the dry run's list). */
-  async legacyByTenant(limit: number): Promise<{ tenant: string; legacy: number }[]> {
+  async legacyByTenant(limit: number, tenant?: string): Promise<{ tenant: string; legacy: number }[]> {
+    const { sql, params } = this.range({ after: '', until: null, ...(tenant !== undefined && { tenant }) }, 1);
     const { rows } = await this.db.query<{ tenant: string; legacy: string }>(
-      `SELECT ${this.tenantSql} AS tenant, count(*) AS legacy FROM ${this.table} t WHERE ${this.legacySql}
+      `SELECT ${this.tenantSql} AS tenant, count(*) AS legacy FROM ${this.table} t WHERE ${this.legacySql} AND ${sql}
        GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ${Math.trunc(limit)}`,
+      params,
     );
     return rows.map((r) => ({ tenant: r.tenant, legacy: Number(r.legacy) }));
   }
 
   /** Ids that split the rows holding legacy values into parts of about equal size. */
-  async boundaries(fractions: number[]): Promise<string[]> {
+  async boundaries(fractions: number[], tenant?: string): Promise<string[]> {
+    const { sql, params } = this.range({ after: '', until: null, ...(tenant !== undefined && { tenant }) }, 2);
     const { rows } = await this.db.query<{ boundaries: string[] | null }>(
       `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY ${this.id})::text[] AS boundaries
-       FROM ${this.table} t WHERE ${this.legacySql}`,
-      [fractions],
+       FROM ${this.table} t WHERE ${this.legacySql} AND ${sql}`,
+      [fractions, ...params],
     );
     return rows[0]?.boundaries ?? [];
   }

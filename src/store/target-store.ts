@@ -5,7 +5,7 @@ import type { Codec, ColumnValue, Row } from '../codec/sealed-format';
 import { describeTable, type TargetDefinition } from '../targets/target';
 import { quoteIdent } from './migrate';
 import { refusedAsError } from './tenant-deks';
-import { KekNotWritableError, TargetSchemaError } from '../errors';
+import { InvalidRotationError, KekNotWritableError, TargetSchemaError } from '../errors';
 
 interface ColumnInfo {
   type: string;
@@ -509,6 +509,27 @@ export class TargetStore {
     return {
       expression: `substring(${joined}::bytea FROM (${starts}::int[])[u.ord] FOR (${lengths}::int[])[u.ord])`,
     };
+  }
+
+  /**
+   * Whether the table has a row with this id, with or without a value (`--tenant-id` must name a tenant that exists).
+   * An id that is not of the column's type (not a UUID, for a uuid column) is refused with what it should be.
+   */
+  async hasRow(id: string): Promise<boolean> {
+    try {
+      const { rows } = await this.db.query(
+        `SELECT 1 FROM ${this.table} t WHERE t.${this.col(this.target.id)} = ${this.idCast('$1')} LIMIT 1`,
+        [id],
+      );
+      return rows.length > 0;
+    } catch (err) {
+      if ((err as { code?: string }).code === '22P02') {
+        throw new InvalidRotationError(
+          `'${id}' is not an id of ${describeTable(this.target.table)}: its ${this.target.id} column is ${this.type(this.target.id)}`,
+        );
+      }
+      throw err;
+    }
   }
 
   /** Rows labelled `kekId` with a stored value. */

@@ -7,6 +7,7 @@ import {
   condition,
   continueAsNew,
   defineQuery,
+  defineUpdate,
   isCancellation,
   setHandler,
   workflowInfo,
@@ -23,6 +24,8 @@ export interface MigrationRequest {
   target: string;
   /** The generation (KEK id) the application's current key is, when rekey's registry has none recorded yet. */
   kekVersion?: string;
+  /** Only the values under this tenant's DEK (Mycelium's `--tenant-id`); the system tenant's for TOTP and webhooks. */
+  tenantId?: string;
   /** Decrypt and count every legacy value, list the tenants holding them, write nothing. */
   dryRun?: boolean;
   parallelism?: number;
@@ -45,12 +48,16 @@ export interface FieldReport {
 export interface MigrationReport {
   target: string;
   dryRun: boolean;
+  /** The one tenant the run migrates, if it was given one. */
+  tenantId?: string;
   kekId?: string;
   /** Rows of the target's table of DEKs when the run planned ("Tenants scanned"). */
   tenants?: number;
   phase: 'planning' | 'migrating' | 'done';
   outcome?: 'completed' | 'aborted' | 'dry-run';
   paused: boolean;
+  /** Parts running now: paused with none running, nothing is being written. */
+  partsRunning?: number;
   abortReason?: string;
   passes: number;
   fields: FieldReport[];
@@ -79,6 +86,13 @@ export interface MigrationCarried {
 }
 
 export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
+/**
+ * The `pause`, `resume` and `abort` signals for callers that need an answer (`rekey pause dek-migration-<target>`, the
+ * admin API): each returns the report once the run has taken it in. Running parts stop at their next batch.
+ */
+export const pauseMigrationUpdate = defineUpdate<MigrationReport>('pauseMigration');
+export const resumeMigrationUpdate = defineUpdate<MigrationReport>('resumeMigration');
+export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: string]>('abortMigration');
 
 const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', maxPasses: 3, maxHistoryEvents: 10_000 };
 const MAX_FAILURES = 100;
@@ -103,6 +117,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
     report: {
       target: request.target,
       dryRun: request.dryRun ?? false,
+      ...(request.tenantId !== undefined && { tenantId: request.tenantId }),
       phase: 'planning',
       paused: false,
       passes: 0,
@@ -114,23 +129,34 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
     runKey: `${workflowInfo().workflowId}@${workflowInfo().firstExecutionRunId}`,
   };
   const { report } = state;
+  const tenant = request.tenantId !== undefined ? { tenant: request.tenantId } : {};
   let aborted = false;
   const running = new Map<string, CancellationScope>();
   const stopRunning = () => running.forEach((scope) => scope.cancel());
 
-  setHandler(migrationProgressQuery, () => report);
-  setHandler(pauseSignal, () => {
+  const pause = () => {
     report.paused = true;
     stopRunning();
-  });
-  setHandler(resumeSignal, () => {
+  };
+  const resume = () => {
     report.paused = false;
-  });
-  setHandler(abortSignal, (reason) => {
+  };
+  const abort = (reason?: string) => {
     aborted = true;
-    report.abortReason = reason ?? 'aborted by an operator';
+    report.abortReason = reason || 'aborted by an operator';
     stopRunning();
-  });
+  };
+  const answering = (control: () => void) => () => {
+    control();
+    return report;
+  };
+  setHandler(migrationProgressQuery, () => ({ ...report, partsRunning: running.size }));
+  setHandler(pauseSignal, pause);
+  setHandler(resumeSignal, resume);
+  setHandler(abortSignal, abort);
+  setHandler(pauseMigrationUpdate, answering(pause));
+  setHandler(resumeMigrationUpdate, answering(resume));
+  setHandler(abortMigrationUpdate, (reason) => answering(() => abort(reason))());
 
   const finish = (outcome: MigrationReport['outcome']): MigrationReport => {
     report.phase = 'done';
@@ -143,7 +169,10 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
       await condition(() => !report.paused || aborted);
       if (aborted) return finish('aborted');
       if (report.passes > 0) {
-        const left = (await steps.legacyValuesLeft({ target: request.target })).reduce((n, f) => n + f.legacy, 0);
+        const left = (await steps.legacyValuesLeft({ target: request.target, ...tenant })).reduce(
+          (n, f) => n + f.legacy,
+          0,
+        );
         report.legacyLeft = left;
         // Done when nothing is left but what the last pass could not read (a writer may have put a value back).
         if (report.dryRun || left <= report.totals.unreadable || report.passes >= settings.maxPasses) {
@@ -153,6 +182,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
       const plan = await steps.planFieldMigration({
         target: request.target,
         ...(request.kekVersion !== undefined && { kekVersion: request.kekVersion }),
+        ...tenant,
         slices: settings.parallelism * 2,
         dryRun: report.dryRun,
       });
@@ -264,6 +294,7 @@ async function runPart(
         field: part.field,
         kekId: report.kekId!,
         range: part.range,
+        ...(report.tenantId !== undefined && { tenant: report.tenantId }),
         batchSize: settings.batchSize,
         dryRun: report.dryRun,
         timeBudgetMs: settings.timeBudgetMs,

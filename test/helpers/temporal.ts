@@ -4,7 +4,7 @@ import { afterEach, beforeEach, inject } from 'vitest';
 import { ensureSearchAttributes } from '../../src/client/search-attributes';
 import { REKEY_SEARCH_ATTRIBUTES } from '../../src/workflows/search-attributes';
 import type { ProgressReport } from '../../src/rotation/progress';
-import { progressQuery, type rotateKek } from '../../src/workflows';
+import { progressQuery } from '../../src/workflows';
 
 /** The Java time-skipping test server built by the setup (no download), with rekey's search attributes. */
 export async function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
@@ -106,18 +106,18 @@ async function describeStuck(handle: WorkflowHandle): Promise<string> {
 }
 
 /**
- * Polls the progress until `predicate` holds. On the time-skipping server, `skip` moves workflow time on between
+ * Polls the progress (of a rotation, or of a migration with R = MigrationReport) until `predicate` holds. On the time-skipping server, `skip` moves workflow time on between
  * polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart. Bounded in real
  * time (`withinMs`, 45 s), each call included: a poll or a time skip that hangs (a busy machine, a server that stopped
  * answering) fails the test at once with the last progress seen, instead of holding it until the test's timeout.
  */
-export async function progressUntil(
-  handle: WorkflowHandle<typeof rotateKek>,
-  predicate: (p: ProgressReport) => boolean,
+export async function progressUntil<R = ProgressReport>(
+  handle: WorkflowHandle,
+  predicate: (p: R) => boolean,
   options: { env?: TestWorkflowEnvironment; skip?: string; withinMs?: number } = {},
-): Promise<ProgressReport> {
+): Promise<R> {
   const deadline = Date.now() + (options.withinMs ?? 45_000);
-  let last: ProgressReport | undefined;
+  let last: R | undefined;
   const bounded = <T>(what: string, promise: Promise<T>): Promise<T> =>
     within(
       promise,
@@ -125,7 +125,8 @@ export async function progressUntil(
       () => `${what} did not answer in time; last progress: ${JSON.stringify(last)}`,
     );
   while (Date.now() < deadline) {
-    last = await bounded('the progress query', handle.query(progressQuery));
+    // Both workflows answer 'progress': a rotation with its ProgressReport, a migration with its MigrationReport.
+    last = await bounded('the progress query', handle.query<R>(progressQuery.name));
     if (predicate(last)) return last;
     if (options.env && options.skip) await bounded(`a time skip of ${options.skip}`, options.env.sleep(options.skip));
     else await new Promise((resolve) => setTimeout(resolve, 25));

@@ -1,17 +1,22 @@
 import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { Command, Option } from 'commander';
+import { isMigrationReference, runningMigration } from '../../client/migrations';
 import { failureMessage, runningRotation } from '../../client/rotations';
 import {
+  abortMigrationUpdate,
   abortUpdate,
   confirmStepUpdate,
   overrideFleetGateUpdate,
+  pauseMigrationUpdate,
   pauseUpdate,
+  resumeMigrationUpdate,
   resumeUpdate,
   setGraceUpdate,
+  type MigrationReport,
   type RotationReport,
 } from '../../workflows';
 import type { CliContext } from '../context';
-import { describeProgress } from '../format';
+import { describeMigrationProgress, describeProgress } from '../format';
 import { duration, withContext } from '../options';
 import { CliError, errorKind } from '../../errors';
 
@@ -29,22 +34,44 @@ async function update<T>(run: () => Promise<T>): Promise<T> {
   }
 }
 
+/** pause, resume and abort of a migration (`dek-migration-<target>`): the same words as for a rotation. */
+async function controlMigration(
+  context: CliContext,
+  workflowId: string,
+  control: 'pause' | 'resume' | 'abort',
+  reason = '',
+): Promise<void> {
+  const handle = await runningMigration(await context.temporal(), workflowId);
+  if (control === 'abort') {
+    await update(() => handle.executeUpdate(abortMigrationUpdate, { args: [reason] }));
+    const report: MigrationReport = await handle.result();
+    context.print(report, () => [describeMigrationProgress(report)]);
+    return;
+  }
+  const report = await update(() =>
+    handle.executeUpdate(control === 'pause' ? pauseMigrationUpdate : resumeMigrationUpdate),
+  );
+  context.print(report, () => [`${control === 'pause' ? 'paused' : 'resumed'}: ${describeMigrationProgress(report)}`]);
+}
+
 export function controlCommands(): Command[] {
   const pause = new Command('pause')
-    .description('no new batch starts; running slices stop at a batch boundary')
+    .description('no new batch starts; running slices stop at a batch boundary (a rotation or a migration)')
     .argument('<rotation>')
     .action(
       withContext(async (context, reference: string) => {
+        if (isMigrationReference(reference)) return controlMigration(context, reference, 'pause');
         const handle = await handleFor(context, reference);
         const report = await update(() => handle.executeUpdate(pauseUpdate));
         context.print(report, () => [`paused at ${report.percent}%: ${describeProgress(report)}`]);
       }),
     );
   const resume = new Command('resume')
-    .description('resume a paused rotation')
+    .description('resume a paused rotation or migration')
     .argument('<rotation>')
     .action(
       withContext(async (context, reference: string) => {
+        if (isMigrationReference(reference)) return controlMigration(context, reference, 'resume');
         const handle = await handleFor(context, reference);
         const report = await update(() => handle.executeUpdate(resumeUpdate));
         context.print(report, () => [`resumed at ${report.percent}%: ${describeProgress(report)}`]);
@@ -56,6 +83,7 @@ export function controlCommands(): Command[] {
     .option('--reason <text>', 'recorded in the report')
     .action(
       withContext(async (context, reference: string, options: { reason?: string }) => {
+        if (isMigrationReference(reference)) return controlMigration(context, reference, 'abort', options.reason);
         const handle = await handleFor(context, reference);
         await update(() => handle.executeUpdate(abortUpdate, { args: [options.reason ?? ''] }));
         // Say what really happened: the run stops at its next safe point, which is where it ends.

@@ -8,6 +8,7 @@ import { CliError, InvalidRotationError } from '../../errors';
 interface MigrateOptions {
   target: string;
   kekVersion?: string;
+  tenantId?: string;
   dryRun?: boolean;
   batchSize?: number;
   parallelism?: number;
@@ -21,6 +22,10 @@ export function migrateDekCommand(): Command {
     )
     .addOption(targetOption())
     .option('--kek-version <n>', "the generation of the application's current KEK, if rekey has none recorded yet")
+    .option(
+      '--tenant-id <id>',
+      "only the values under this tenant's DEK (TOTP and webhook secrets are the system tenant's, the nil UUID)",
+    )
     .option('--dry-run', 'decrypt and count every v1 value, list the tenants holding them; write nothing')
     .option('--batch-size <n>', 'values per batch', positiveInteger)
     .option('--parallelism <n>', 'parts migrated at once', positiveInteger)
@@ -34,6 +39,7 @@ export function migrateDekCommand(): Command {
             {
               target: options.target,
               ...(options.kekVersion !== undefined && { kekVersion: options.kekVersion }),
+              ...(options.tenantId !== undefined && { tenantId: options.tenantId }),
               ...(options.dryRun && { dryRun: true }),
               ...(options.batchSize !== undefined && { batchSize: options.batchSize }),
               ...(options.parallelism !== undefined && { parallelism: options.parallelism }),
@@ -51,8 +57,8 @@ export function migrateDekCommand(): Command {
         if (!options.wait && !options.dryRun) {
           context.print({ workflowId, started: true }, () => [
             `started migration ${workflowId} of target '${options.target}'`,
-            `  progress: temporal workflow query --workflow-id ${workflowId} --name progress`,
-            `  pause:    temporal workflow signal --workflow-id ${workflowId} --name pause   (resume, abort alike)`,
+            `  progress: rekey status ${workflowId} [--watch]`,
+            `  pause:    rekey pause ${workflowId}   (resume, abort alike)`,
             `  Web UI:   ${context.webUiUrl(workflowId)}`,
           ]);
           return;

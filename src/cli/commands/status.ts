@@ -1,8 +1,9 @@
 import { SingleBar } from 'cli-progress';
 import { Command } from 'commander';
+import { isMigrationReference, migrationStatus, type MigrationStatus } from '../../client/migrations';
 import { rotationStatus, type RotationStatus } from '../../client/rotations';
 import type { CliContext } from '../context';
-import { describeCounters, describeProgress } from '../format';
+import { describeCounters, describeMigration, describeMigrationProgress, describeProgress } from '../format';
 import { withContext } from '../options';
 import { CliError } from '../../errors';
 
@@ -19,6 +20,32 @@ function humanStatus(s: RotationStatus): string[] {
   }
   if (s.failure) lines.push(`  failed: ${s.failure}`);
   return lines;
+}
+
+function humanMigrationStatus(s: MigrationStatus): string[] {
+  const lines = [`migration ${s.workflowId}: ${s.status.toLowerCase()}`];
+  if (s.report) {
+    lines.push(`  ${describeMigrationProgress(s.report)}`, ...describeMigration(s.report).map((l) => `  ${l}`));
+  }
+  if (s.failure) lines.push(`  failed: ${s.failure}`);
+  return lines;
+}
+
+/** Follows a migration until it ends: its progress line whenever it changes, then its report. */
+async function watchMigration(context: CliContext, workflowId: string): Promise<void> {
+  const temporal = await context.temporal();
+  let status = await migrationStatus(temporal, workflowId);
+  let last = '';
+  while (status.status === 'RUNNING') {
+    const line = status.report ? describeMigrationProgress(status.report) : '';
+    if (line !== last && !context.options.json) context.out(`  ${line}`);
+    last = line;
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    status = await migrationStatus(temporal, workflowId);
+  }
+  context.print(status, () => humanMigrationStatus(status));
+  if (status.status !== 'COMPLETED')
+    throw new CliError(`migration ${workflowId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`);
 }
 
 async function statusOf(context: CliContext, reference: string): Promise<RotationStatus> {
@@ -49,11 +76,19 @@ export async function watchRotation(context: CliContext, reference: string): Pro
 
 export function statusCommand(): Command {
   return new Command('status')
-    .description('phase and counters of a rotation (workflow id, or from:to)')
+    .description(
+      'phase and counters of a rotation (target, workflow id, or from:to) or a migration (dek-migration-<target>)',
+    )
     .argument('<rotation>')
     .option('--watch', 'follow it with a live progress bar, rate and ETA until it ends')
     .action(
       withContext(async (context, reference: string, options: { watch?: boolean }) => {
+        if (isMigrationReference(reference)) {
+          if (options.watch) return watchMigration(context, reference);
+          const status = await migrationStatus(await context.temporal(), reference);
+          context.print(status, () => humanMigrationStatus(status));
+          return;
+        }
         if (options.watch) return watchRotation(context, reference);
         const status = await statusOf(context, reference);
         context.print(status, () => humanStatus(status));
