@@ -205,6 +205,11 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     const document = response.json<{ openapi: string; paths: Record<string, object> }>();
     expect(document.openapi).toMatch(/^3\./);
     expect(Object.keys(document.paths).sort()).toEqual([
+      '/admin/v1/migrations/migrate-dek',
+      '/admin/v1/migrations/{op_id}',
+      '/admin/v1/migrations/{op_id}/abort',
+      '/admin/v1/migrations/{op_id}/pause',
+      '/admin/v1/migrations/{op_id}/resume',
       '/admin/v1/secrets/kek-status',
       '/admin/v1/secrets/rotate-all',
       '/admin/v1/secrets/rotation-status/{op_id}',

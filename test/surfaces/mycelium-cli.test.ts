@@ -4,7 +4,9 @@ import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildAdminServer } from '../../src/admin/server';
 import { projectRoot } from '../../src/project-paths';
+import type { MigrationReport } from '../../src/workflows';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
@@ -177,5 +179,73 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     );
     expect(rows[0]!.v.startsWith('v2:')).toBe(true);
     expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
+  });
+
+  it("migrate-dek through the admin API, for the system tenant only; then the CLI's status of it, and its refusals", async () => {
+    const user = randomUUID();
+    await db.pool.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, 'late@example.com', $2)`, [
+      user,
+      { totp: { enabled: { secret: encryptV1(kekOf(gen2), 'GEZDGNBVGY3TQOJQ') } } },
+    ]);
+    const api = await buildAdminServer({
+      client: env.client,
+      targets,
+      defaultTarget: 'mycelium',
+      taskQueue,
+      token: 'migration-token',
+      configuredCurrentKekId: () => undefined,
+    });
+    try {
+      const call = (method: 'GET' | 'POST', url: string, payload?: object) =>
+        api.inject({ method, url, headers: { authorization: 'Bearer migration-token' }, ...(payload && { payload }) });
+      const bad = await call('POST', '/admin/v1/migrations/migrate-dek', { tenant: SYSTEM_TENANT });
+      expect(bad.statusCode).toBe(400);
+      const started = await call('POST', '/admin/v1/migrations/migrate-dek', { tenant_id: SYSTEM_TENANT });
+      expect(started.statusCode).toBe(202);
+      expect(started.json()).toMatchObject({
+        op_id: 'dek-migration-mycelium',
+        status_url: '/admin/v1/migrations/dek-migration-mycelium',
+      });
+      let status = (await call('GET', '/admin/v1/migrations/dek-migration-mycelium')).json<{
+        execution_status: string;
+        report?: MigrationReport;
+      }>();
+      for (const deadline = Date.now() + 60_000; status.execution_status === 'RUNNING' && Date.now() < deadline;) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        status = (await call('GET', '/admin/v1/migrations/dek-migration-mycelium')).json();
+      }
+      expect(status.execution_status).toBe('COMPLETED');
+      expect(status.report).toMatchObject({ outcome: 'completed', tenantId: SYSTEM_TENANT, tenants: 1, legacyLeft: 0 });
+      expect(status.report!.totals).toMatchObject({ migrated: 1, unreadable: 0 });
+      expect((await call('POST', '/admin/v1/migrations/dek-migration-mycelium/pause')).statusCode).toBe(409);
+      expect((await call('GET', '/admin/v1/migrations/dek-migration-nobody')).statusCode).toBe(404);
+    } finally {
+      await api.close();
+    }
+    const totp: InventoryValue = {
+      table: 'user',
+      row: user,
+      column: 'mfa',
+      path: ['totp', 'enabled', 'secret'],
+      field: 'totp_secret',
+      tenant: SYSTEM_TENANT,
+      plaintext: 'GEZDGNBVGY3TQOJQ',
+    };
+    expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
+
+    const status = await rekey('status', 'dek-migration-mycelium');
+    expect(status.stderr).toBe('');
+    expect(status.stdout).toContain('migration dek-migration-mycelium: completed');
+    expect(status.stdout).toContain(`Tenant: ${SYSTEM_TENANT} (only the values under its DEK)`);
+    expect(status.stdout).toContain('TOTP fields migrated: 1');
+    const pause = await rekey('pause', 'dek-migration-mycelium');
+    expect(pause.code).not.toBe(0);
+    expect(pause.stderr).toContain('migration dek-migration-mycelium is completed, not running');
+    const nobody = randomUUID();
+    const refused = await rekey('migrate-dek', '--target', 'mycelium', '--tenant-id', nobody, '--wait');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(
+      `target 'mycelium' has no tenant '${nobody}' in public.tenant: check the tenant id`,
+    );
   });
 });
