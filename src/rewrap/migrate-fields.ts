@@ -126,14 +126,20 @@ class FieldSliceRun {
       await this.loadDeks(rows);
       const writes: FieldWrite[] = [];
       let unreadable = 0;
-      for (const row of rows) {
-        const written = this.migrate(row);
-        if (typeof written === 'string') {
-          unreadable += 1;
-          if (this.failures.length < MAX_LISTED) {
-            this.failures.push({ where: fields.where, row: row.id, field: fields.field.name, reason: written });
-          }
-        } else writes.push(written);
+      try {
+        for (const row of rows) {
+          const written = this.migrate(row);
+          if (typeof written === 'string') {
+            unreadable += 1;
+            if (this.failures.length < MAX_LISTED) {
+              this.failures.push({ where: fields.where, row: row.id, field: fields.field.name, reason: written });
+            }
+          } else writes.push(written);
+        }
+      } finally {
+        // A batch's DEKs are zeroized once it is sealed: the next batch is other tenants (memory stays one batch's).
+        for (const dek of this.deks.values()) if (Buffer.isBuffer(dek)) dek.fill(0);
+        this.deks.clear();
       }
       const last = rows[rows.length - 1]!.id;
       if (input.dryRun) {
@@ -184,8 +190,9 @@ class FieldSliceRun {
     const { deks: store, keks } = this.deps;
     const wanted = [...new Set(rows.map((r) => r.tenant))].filter((t) => !this.deks.has(t));
     if (wanted.length === 0) return;
-    let found = await store.readByIds(this.client, wanted);
-    const missing = wanted.filter((t) => !found.some((r) => r.$id === t));
+    const byId = (rows: TargetRow[]) => new Map(rows.map((r) => [r.$id, r]));
+    let found = byId(await store.readByIds(this.client, wanted));
+    const missing = wanted.filter((t) => !found.has(t));
     if (missing.length > 0 && !this.input.dryRun) {
       const fresh = new Map(missing.map((t) => [t, randomBytes(KEY_BYTES)]));
       try {
@@ -206,10 +213,10 @@ class FieldSliceRun {
         for (const dek of fresh.values()) dek.fill(0);
       }
       // Whoever won (this migration, or the application provisioning lazily meanwhile), the stored DEK is the one.
-      found = await store.readByIds(this.client, wanted);
+      found = byId(await store.readByIds(this.client, wanted));
     }
     for (const tenant of wanted) {
-      const row = found.find((r) => r.$id === tenant);
+      const row = found.get(tenant);
       if (!row) {
         this.deks.set(
           tenant,
