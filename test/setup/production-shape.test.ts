@@ -29,7 +29,10 @@ const read = (file: string) => fs.readFileSync(path.join(projectRoot, file), 'ut
 
 describe('production shape (checked without a Docker engine)', () => {
   const compose = parse(read('docker-compose.yml')) as {
-    services: Record<string, { build?: string; command?: string[]; image?: string }>;
+    services: Record<
+      string,
+      { build?: string; command?: string[]; image?: string; depends_on?: Record<string, { condition: string }> }
+    >;
   };
 
   it('docker-compose.yml is valid against the Compose specification', () => {
@@ -51,9 +54,35 @@ describe('production shape (checked without a Docker engine)', () => {
       'rekey-admin',
       'rekey-worker',
       'temporal',
+      'temporal-namespace',
+      'temporal-schema',
       'temporal-ui',
     ]);
-    expect(compose.services.temporal?.image).toMatch(/^temporalio\/auto-setup:/);
+    // The supported images, pinned to one exact version: the server, and admin-tools for its schema and namespace.
+    const images = Object.values(compose.services).flatMap((s) => (s.image ? [s.image] : []));
+    expect(images.filter((image) => image.includes('auto-setup'))).toEqual([]);
+    // Temporal's images exactly (postgres:16 follows its minor releases, which are its security fixes).
+    for (const image of images.filter((i) => i.startsWith('temporalio/'))) expect(image).toMatch(/:\d+\.\d+\.\d+$/);
+    const version = compose.services.temporal?.image?.replace('temporalio/server:', '');
+    expect(compose.services.temporal?.image).toMatch(/^temporalio\/server:\d+\.\d+\.\d+$/);
+    expect(compose.services['temporal-schema']?.image).toBe(`temporalio/admin-tools:${version}`);
+    expect(compose.services['temporal-namespace']?.image).toBe(`temporalio/admin-tools:${version}`);
+    // The schema of both databases, each set up then brought to the version the image ships.
+    const setup = (compose.services['temporal-schema']?.command ?? []).join('\n');
+    for (const db of ['temporal', 'temporal_visibility']) {
+      expect(setup).toContain(`--db ${db} create`);
+      expect(setup).toContain(`--db ${db} setup-schema -v 0.0`);
+    }
+    expect(setup).toContain('update-schema -d /etc/temporal/schema/postgresql/v12/temporal/versioned');
+    expect(setup).toContain('update-schema -d /etc/temporal/schema/postgresql/v12/visibility/versioned');
+    // Everything starts in order: schema, then the server, then the namespace, then rekey.
+    const after = (service: string) => compose.services[service]?.depends_on;
+    expect(after('temporal-schema')).toEqual({ postgresql: { condition: 'service_healthy' } });
+    expect(after('temporal')).toEqual({ 'temporal-schema': { condition: 'service_completed_successfully' } });
+    expect(after('temporal-namespace')).toEqual({ temporal: { condition: 'service_healthy' } });
+    for (const rekey of ['rekey-worker', 'rekey-admin']) {
+      expect(after(rekey)).toEqual({ 'temporal-namespace': { condition: 'service_completed_successfully' } });
+    }
     expect(compose.services['rekey-worker']?.build).toBe('.');
     expect(compose.services['rekey-admin']?.command).toEqual(['node', 'dist/src/admin/main.js']);
   });
