@@ -129,7 +129,8 @@ export function ensureTemporalCli() {
   const ldflags = `-X ${module}/temporalcli.Version=${TEMPORAL_CLI_VERSION}`;
   const baseEnv = { ...process.env, CGO_ENABLED: '0', GOTOOLCHAIN: 'local', GOFLAGS: '-buildvcs=false' };
   log(`building temporal CLI ${TEMPORAL_CLI_VERSION} with ${go} (first time only; several minutes)`);
-  const download = (env) => run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
+  const download = (env) =>
+    run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
 
   // Normally Go's checksum database vouches for every module. If it does not answer, the CLI module is checked
   // against the hash pinned here instead, and every dependency against that module's own go.sum.
@@ -163,10 +164,14 @@ export function ensureTemporalCli() {
   if (!sumDbAnswered) {
     log("Go's checksum database did not answer: building against the pinned module's own go.sum instead");
     // Built as the main module, read-only: each dependency must match its go.sum line, none may be added.
-    built = run(go, ['build', '-trimpath', '-ldflags', ldflags, '-o', path.join(staging, 'temporal'), './cmd/temporal'], {
-      env: { ...baseEnv, GOSUMDB: 'off', GOFLAGS: '-buildvcs=false -mod=readonly' },
-      cwd: moduleDir,
-    });
+    built = run(
+      go,
+      ['build', '-trimpath', '-ldflags', ldflags, '-o', path.join(staging, 'temporal'), './cmd/temporal'],
+      {
+        env: { ...baseEnv, GOSUMDB: 'off', GOFLAGS: '-buildvcs=false -mod=readonly' },
+        cwd: moduleDir,
+      },
+    );
   }
   if (built.status !== 0) {
     throw new SetupError(`building the temporal CLI failed: ${lastLines(built.stderr, 3)}`);
@@ -446,13 +451,62 @@ export function stopPostgres() {
   run(stop, stopArgs, { cwd: '/', stdio: 'ignore' });
 }
 
+// ---------------------------------------------------------------- chromium (the Web UI test's browser)
+
+const CHROMIUM_NAMES = ['chromium', 'chromium-browser', 'google-chrome-stable', 'google-chrome'];
+const CHROMIUM_PATHS = [
+  '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
+  '/Applications/Chromium.app/Contents/MacOS/Chromium',
+];
+
+function findChromium() {
+  const given = process.env.REKEY_CHROMIUM;
+  if (given) {
+    if (!fs.existsSync(given)) throw new SetupError(`REKEY_CHROMIUM names ${given}, which does not exist`);
+    return given;
+  }
+  for (const name of CHROMIUM_NAMES) {
+    const found = which(name);
+    if (found) return found;
+  }
+  return CHROMIUM_PATHS.find((candidate) => fs.existsSync(candidate));
+}
+
+/**
+ * A headless Chromium for the test that opens the Web UI: found on PATH (or REKEY_CHROMIUM), else installed with
+ * Debian's apt-get where this process may. Where it cannot, the manifest says why and that one test fails with it.
+ */
+export function ensureChromium() {
+  const found = findChromium();
+  if (found) return { chromium: found };
+  const why =
+    'Chromium not found: install it (Debian/Ubuntu: apt-get install chromium; macOS: brew install --cask chromium) or set REKEY_CHROMIUM to a Chrome or Chromium binary';
+  const aptGet = which('apt-get');
+  if (!aptGet || typeof process.getuid !== 'function' || process.getuid() !== 0) {
+    log(why);
+    return { chromiumMissing: why };
+  }
+  log('installing chromium with apt-get (first time only)');
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  let installed = run(aptGet, ['install', '-y', '--no-install-recommends', 'chromium'], { env });
+  if (installed.status !== 0) {
+    run(aptGet, ['update'], { env });
+    installed = run(aptGet, ['install', '-y', '--no-install-recommends', 'chromium'], { env });
+  }
+  const after = findChromium();
+  if (after) return { chromium: after };
+  const reason = `apt-get install chromium failed: ${lastLines(installed.stdout + installed.stderr, 2)}`;
+  log(reason);
+  return { chromiumMissing: `${reason}; ${why}` };
+}
+
 // ---------------------------------------------------------------- main
 
 export function readManifest() {
   return JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
 }
 
-const steps = ['npm', 'temporal-cli', 'test-server', 'postgres'];
+const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'chromium'];
 
 export async function setup(only = steps) {
   const manifest = fs.existsSync(manifestPath) ? readManifest() : {};
@@ -462,6 +516,12 @@ export async function setup(only = steps) {
   if (only.includes('postgres')) {
     const pg = await ensurePostgres();
     manifest.databaseUrl = pg.databaseUrl;
+  }
+  if (only.includes('chromium')) {
+    const { chromium, chromiumMissing } = ensureChromium();
+    delete manifest.chromium;
+    delete manifest.chromiumMissing;
+    Object.assign(manifest, chromium ? { chromium } : { chromiumMissing });
   }
   manifest.cacheDir = cacheRoot();
   const serialized = `${JSON.stringify(manifest, null, 2)}\n`;

@@ -127,7 +127,7 @@ async function main(): Promise<void> {
       const started = await startRotation(
         client,
         { from, to: 'new', gracePeriod: '15s', batchSize: 500, parallelism: 2, fleetLiveWithin: '30s' },
-        { taskQueue: TASK_QUEUE },
+        { taskQueue: TASK_QUEUE, startedBy: 'demo' },
       );
       say(`rotation started: workflow ${started.handle.workflowId}, while the application keeps reading and writing`);
       say(`watch it live: ${server.uiUrl}/namespaces/default/workflows/${started.handle.workflowId}`);

@@ -275,7 +275,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         gracePeriod: body.grace_period,
         tenantId: body.tenant_id,
       };
-      const started: StartOutcome = await startRotation(client, rotation, { taskQueue });
+      const started: StartOutcome = await startRotation(client, rotation, { taskQueue, startedBy: 'admin API' });
       const statusUrl = `/admin/v1/secrets/rotation-status/${encodeURIComponent(started.opId)}`;
       if (started.kind === 'already-running') {
         return reply.status(409).send({

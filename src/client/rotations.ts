@@ -2,6 +2,7 @@
 // identity. A rotation is its target's: at most one runs per target, whoever starts it, and a new one may start once
 // the last has ended. Whether a rotation was already done is decided by the registry (in the workflow), never by an
 // old workflow id.
+import { staticDetails, staticSummary, type StartedBy } from '../rotation/web-ui';
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
@@ -47,15 +48,19 @@ export type StartOutcome =
 export async function startRotation(
   client: Client,
   request: RotationRequest,
-  options: { taskQueue: string; workflowId?: string },
+  options: { taskQueue: string; workflowId?: string; startedBy?: StartedBy },
 ): Promise<StartOutcome> {
   const settings = parseRotationRequest(request);
   const workflowId = options.workflowId ?? workflowIdFor(request);
+  const description = { ...request, target: settings.target };
   try {
     const handle = await client.workflow.start(rotateKek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],
+      // What the Web UI shows of the run before anyone queries it (src/rotation/web-ui.ts).
+      staticSummary: staticSummary(description),
+      staticDetails: staticDetails(description, options.startedBy ?? 'a rekey client'),
       workflowIdReusePolicy: 'ALLOW_DUPLICATE',
       workflowIdConflictPolicy: 'FAIL',
       typedSearchAttributes: new TypedSearchAttributes([

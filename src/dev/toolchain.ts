@@ -7,6 +7,9 @@ export interface Toolchain {
   testServer: string;
   databaseUrl: string;
   cacheDir: string;
+  /** A Chromium or Chrome binary for the Web UI test, or why there is none. */
+  chromium?: string;
+  chromiumMissing?: string;
 }
 
 /** Paths written by `scripts/setup.mjs`; the demo, benchmark and chaos scripts read them. */

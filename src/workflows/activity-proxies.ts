@@ -1,6 +1,12 @@
 // The activities as the rotation workflow calls them, with their options. A retry cannot fix any of rekey's own errors
 // (NON_RETRYABLE, src/errors.ts): the activity fails at once and the workflow reports why.
-import { ActivityCancellationType, ActivityFailure, ApplicationFailure, proxyActivities } from '@temporalio/workflow';
+import {
+  ActivityCancellationType,
+  ActivityFailure,
+  ApplicationFailure,
+  proxyActivities,
+  type ActivityOptions,
+} from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { NON_RETRYABLE } from '../errors';
 
@@ -20,7 +26,7 @@ export const steps = proxyActivities<Activities>({
  * Slice parts: bounded by their time budget; a lost worker is noticed within the heartbeat timeout and the part
  * resumes elsewhere from its committed progress. Cancelled on pause and abort, and awaited until they stop.
  */
-export const slices = proxyActivities<Activities>({
+const SLICE_OPTIONS: ActivityOptions = {
   startToCloseTimeout: '10 minutes',
   heartbeatTimeout: '20 seconds',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -31,7 +37,13 @@ export const slices = proxyActivities<Activities>({
     maximumAttempts: 30,
     nonRetryableErrorTypes: [...NON_RETRYABLE],
   },
-});
+};
+export const slices = proxyActivities<Activities>(SLICE_OPTIONS);
+
+/** The same, with the one-line summary the Web UI shows for this call (`rewrap slice 3/4, pass 1`). */
+export function slicesWithSummary(summary: string) {
+  return proxyActivities<Activities>({ ...SLICE_OPTIONS, summary });
+}
 
 /** An activity that failed for good becomes the workflow's failure, with the activity's own message. */
 export function explainFailure(err: unknown): unknown {

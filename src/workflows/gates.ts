@@ -50,7 +50,9 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
           '; deploy the registered key to them, or override the fleet gate',
       );
     }
-    await condition(() => carried.fleetOverridden || run.aborted, Math.min(interval, deadline - Date.now()));
+    await condition(() => carried.fleetOverridden || run.aborted, Math.min(interval, deadline - Date.now()), {
+      summary: `fleet: ${ready} of ${fleet.live} ready; next check`,
+    });
     interval = Math.min(interval * 2, POLL_MAX_MS);
   }
 }
@@ -99,6 +101,7 @@ export async function waitForApplication(run: RotationState, step: 'promote' | '
     await condition(
       () => carried.confirmed[step] !== undefined || run.aborted,
       Math.min(interval, deadline - Date.now()),
+      { summary: `waiting for the application to ${step}; next check` },
     );
     interval = Math.min(interval * 2, POLL_MAX_MS);
   }

@@ -198,6 +198,7 @@ function passParts(run: RotationState, ranges: TenantRange[]): PendingPart[] {
     range,
     part: 0,
     pass,
+    label: `slice ${i + 1}/${ranges.length}`,
   }));
   if (run.kind !== 'canary') {
     parts.push({
@@ -206,6 +207,7 @@ function passParts(run: RotationState, ranges: TenantRange[]): PendingPart[] {
       part: 0,
       pass,
       scan: 'others',
+      label: 'rows on neither KEK',
     });
   }
   return parts;
@@ -271,7 +273,9 @@ async function grace(run: RotationState): Promise<RotationReport | undefined> {
     if (remaining <= 0) break;
     if (run.shouldContinueAsNew()) return run.continueAsNew();
     const changes = run.changeCount();
-    await condition(() => run.aborted || run.changeCount() !== changes, remaining);
+    await condition(() => run.aborted || run.changeCount() !== changes, remaining, {
+      summary: `grace until ${new Date(carried.graceEndsAt).toISOString()}`,
+    });
   }
   run.advance();
   return undefined;

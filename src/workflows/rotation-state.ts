@@ -5,6 +5,7 @@ import {
   CancellationScope,
   condition,
   continueAsNew,
+  setCurrentDetails,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -22,6 +23,7 @@ import {
   type Wait,
 } from '../rotation/progress';
 import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
+import { currentDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
 import type { GraceAnswer, GraceChange, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
@@ -34,6 +36,8 @@ export interface PendingPart {
   pass: number;
   /** 'others': the rows labelled with neither KEK, tried under `from` (absent: the rows labelled `from`). */
   scan?: 'others';
+  /** How the Web UI names it: `slice 3/4` (absent in parts planned before it existed). */
+  label?: string;
 }
 
 /** What continue-as-new carries to the next run. `version` tells it from what build 47ef157 carried. */
@@ -65,7 +69,7 @@ export interface CarriedState {
 export type RotationReport = ProgressReport;
 
 export class RotationState {
-  progress: RotationProgress;
+  private current!: RotationProgress;
   readonly carried: Omit<CarriedState, 'progress'>;
   readonly kind: RunKind;
   /** A registry step in flight that an abort can no longer stop (the activity commits whatever the workflow does). */
@@ -102,6 +106,16 @@ export class RotationState {
         confirmed: {},
       };
     }
+  }
+
+  /** Every change of the progress also updates what the Web UI shows as the run's current details. */
+  get progress(): RotationProgress {
+    return this.current;
+  }
+
+  set progress(progress: RotationProgress) {
+    this.current = progress;
+    setCurrentDetails(currentDetails(report(progress, Date.now()), workflowInfo().workflowId));
   }
 
   get phase(): Phase {

@@ -3,9 +3,10 @@
 // rotation of the target is already running (started by hand, or a previous schedule run still in grace), it
 // starts nothing and says so.
 import { TypedSearchAttributes, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
-import { ParentClosePolicy, startChild, WorkflowIdReusePolicy } from '@temporalio/workflow';
+import { ParentClosePolicy, startChild, workflowInfo, WorkflowIdReusePolicy } from '@temporalio/workflow';
 import { rotationWorkflowId } from '../rotation/identity';
 import type { RotationRequest } from '../rotation/rotation-input';
+import { staticDetails, staticSummary } from '../rotation/web-ui';
 import { rotateKek } from './rotate-kek';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
@@ -23,6 +24,8 @@ export async function scheduledRotation(request: RotationRequest): Promise<Sched
       workflowId,
       args: [request],
       parentClosePolicy: ParentClosePolicy.ABANDON,
+      staticSummary: staticSummary({ ...request, target }),
+      staticDetails: staticDetails({ ...request, target }, `schedule (${workflowInfo().workflowId})`),
       workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
       typedSearchAttributes: new TypedSearchAttributes([
         { key: RekeyPhase, value: 'validate' },

@@ -4,7 +4,7 @@
 import { CancellationScope, condition, isCancellation } from '@temporalio/workflow';
 import type { SliceOutcome } from '../activities/rewrap';
 import { addSliceResult } from '../rotation/progress';
-import { slices } from './activity-proxies';
+import { slicesWithSummary } from './activity-proxies';
 import type { PendingPart, RotationState } from './rotation-state';
 
 export type SchedulerStop = 'done' | 'aborted' | 'continue-as-new';
@@ -63,8 +63,9 @@ async function runPart(run: RotationState, part: PendingPart): Promise<void> {
   const { carried, settings } = run;
   let outcome: SliceOutcome;
   try {
+    const summary = `rewrap ${part.label ?? 'slice'}${part.part > 0 ? ` (part ${part.part + 1})` : ''}, pass ${part.pass}`;
     outcome = await scope.run(() =>
-      slices.rewrapSlice({
+      slicesWithSummary(summary).rewrapSlice({
         target: carried.target,
         from: carried.from,
         to: carried.to,

@@ -84,7 +84,10 @@ export function rotateCommand(): Command {
         let started: StartOutcome;
         try {
           parseRotationRequest(request); // bad input is reported even when Temporal is unreachable
-          started = await startRotation(await context.temporal(), request, { taskQueue: context.options.taskQueue });
+          started = await startRotation(await context.temporal(), request, {
+            taskQueue: context.options.taskQueue,
+            startedBy: 'rekey CLI',
+          });
         } catch (err) {
           if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
           throw err;

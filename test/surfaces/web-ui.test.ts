@@ -1,0 +1,121 @@
+// What an operator sees in the Temporal Web UI, checked in a real browser: the dev server's own UI, a headless
+// Chromium (found or installed by the setup), and a rotation paused mid-rewrap.
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import puppeteer, { type Browser } from 'puppeteer-core';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startRotation } from '../../src/client/rotations';
+import { freePort } from '../../src/dev/ports';
+import { projectRoot } from '../../src/project-paths';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
+import { pauseUpdate, resumeUpdate, type RotationReport } from '../../src/workflows';
+import { RotationFixture } from '../helpers/rotation-fixture';
+import { createDevServerEnv, progressUntil, resultWithin, within } from '../helpers/temporal';
+
+const SCREENSHOT = path.join(projectRoot, 'test-results', 'web-ui-rotation.png');
+
+describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
+  let env: TestWorkflowEnvironment;
+  let uiPort: number;
+  let browser: Browser | undefined;
+  beforeAll(async () => {
+    uiPort = await freePort();
+    env = await createDevServerEnv({ ui: true, uiPort });
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await env?.teardown();
+  });
+
+  it('shows its summary, who started it, its progress and that it is paused, with the command that resumes it', async () => {
+    const { chromium, chromiumMissing } = inject('toolchain');
+    if (!chromium) throw new Error(`no browser for this test: ${chromiumMissing ?? 'the setup found no Chromium'}`);
+    const fixture = await RotationFixture.create({ tenants: 6_000 });
+    const workflowId = `rotation-${randomUUID()}`;
+    const request = {
+      from: 'v1',
+      to: 'v2',
+      batchSize: 20,
+      parallelism: 1,
+      sliceTimeBudget: '150ms',
+      gracePeriod: '1s',
+    } satisfies RotationRequest;
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const started = await startRotation(env.client, request, {
+          taskQueue: fixture.taskQueue,
+          workflowId,
+          startedBy: 'rekey CLI',
+        });
+        const { handle } = started;
+        await progressUntil(handle, (p) => p.counters.rewrapped > 0);
+        await handle.executeUpdate(pauseUpdate);
+        await progressUntil(handle, (p) => p.paused);
+
+        // What the server holds: the starter's summary and details, and the workflow's current details.
+        const description = await handle.describe();
+        expect(await description.staticSummary()).toBe('rotate rekey: v1 → v2');
+        expect(await description.staticDetails()).toContain('**Started by:** rekey CLI');
+        const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+        expect(metadata.currentDetails).toMatch(/\*\*Phase:\*\* rewrap · pass 1 · \*\*[\d.]+%\*\*/);
+        expect(metadata.currentDetails).toContain(`To go on: \`rekey resume ${workflowId}\``);
+
+        // What the operator sees on the run's page.
+        browser = await puppeteer.launch({
+          executablePath: chromium,
+          headless: true,
+          args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+        });
+        const page = await browser.newPage();
+        await page.setViewport({ width: 1440, height: 1800 });
+        await page.goto(`http://127.0.0.1:${uiPort}/namespaces/default/workflows/${workflowId}`, {
+          waitUntil: 'networkidle2',
+          timeout: 30_000,
+        });
+        // The run's page has a tab for what the workflow and its starter say about it.
+        await page.locator('::-p-text(User Metadata)').setTimeout(30_000).click();
+        const visible = [
+          'rotate rekey: v1 → v2',
+          'Started by: rekey CLI',
+          'Phase: rewrap',
+          `rekey resume ${workflowId}`,
+        ];
+        // The markdown is rendered in frames of its own: read the page and every frame in it.
+        const pageText = async () => {
+          const texts = await Promise.all(
+            page
+              .frames()
+              .map((frame) =>
+                (frame.evaluate('document.body ? document.body.innerText : ""') as Promise<string>).catch(() => ''),
+              ),
+          );
+          return texts.join('\n');
+        };
+        let text = '';
+        for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
+          text = await within(pageText(), 10_000, () => 'the page did not answer');
+          if (visible.every((t) => text.includes(t))) break;
+          await new Promise((resolve) => setTimeout(resolve, 250));
+        }
+        fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+        await page.screenshot({ path: SCREENSHOT, fullPage: true });
+        const missing = visible.filter((t) => !text.includes(t));
+        if (missing.length > 0) {
+          throw new Error(
+            `the page (screenshot: ${SCREENSHOT}) does not show ${JSON.stringify(missing)}; it shows:\n${text.slice(0, 3000)}`,
+          );
+        }
+        expect(text).toMatch(/Paused before|Paused\. To go on/);
+
+        await handle.executeUpdate(resumeUpdate);
+        const result = await resultWithin<RotationReport>(handle);
+        expect(result.outcome).toBe('completed');
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+});
