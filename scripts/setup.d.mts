@@ -6,8 +6,11 @@ export interface Toolchain {
   /** A Chromium or Chrome binary for the Web UI test, or why there is none. */
   chromium?: string;
   chromiumMissing?: string;
+  /** Prometheus's promtool, for the alert rules' tests, or why there is none. */
+  promtool?: string;
+  promtoolMissing?: string;
 }
-export type SetupStep = 'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'chromium';
+export type SetupStep = 'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'chromium' | 'promtool';
 export const TEMPORAL_CLI_VERSION: string;
 export const TEST_SERVER_VERSION: string;
 export class SetupError extends Error {}

@@ -451,53 +451,72 @@ export function stopPostgres() {
   run(stop, stopArgs, { cwd: '/', stdio: 'ignore' });
 }
 
-// ---------------------------------------------------------------- chromium (the Web UI test's browser)
-
-const CHROMIUM_NAMES = ['chromium', 'chromium-browser', 'google-chrome-stable', 'google-chrome'];
-const CHROMIUM_PATHS = [
-  '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
-  '/Applications/Chromium.app/Contents/MacOS/Chromium',
-];
-
-function findChromium() {
-  const given = process.env.REKEY_CHROMIUM;
-  if (given) {
-    if (!fs.existsSync(given)) throw new SetupError(`REKEY_CHROMIUM names ${given}, which does not exist`);
-    return given;
-  }
-  for (const name of CHROMIUM_NAMES) {
-    const found = which(name);
-    if (found) return found;
-  }
-  return CHROMIUM_PATHS.find((candidate) => fs.existsSync(candidate));
-}
+// ---------------------------------------------------------------- Debian tools: Chromium, promtool
 
 /**
- * A headless Chromium for the test that opens the Web UI: found on PATH (or REKEY_CHROMIUM), else installed with
- * Debian's apt-get where this process may. Where it cannot, the manifest says why and that one test fails with it.
+ * A tool some tests need, found on PATH (or by its variable), else installed with Debian's apt-get where this process
+ * may. Where it cannot, the manifest says why and only the tests that need it fail, with that line.
  */
-export function ensureChromium() {
-  const found = findChromium();
-  if (found) return { chromium: found };
-  const why =
-    'Chromium not found: install it (Debian/Ubuntu: apt-get install chromium; macOS: brew install --cask chromium) or set REKEY_CHROMIUM to a Chrome or Chromium binary';
+function ensureDebianTool({ label, variable, names, paths = [], debianPackage, install }) {
+  const find = () => {
+    const given = process.env[variable];
+    if (given) {
+      if (!fs.existsSync(given)) throw new SetupError(`${variable} names ${given}, which does not exist`);
+      return given;
+    }
+    for (const name of names) {
+      const found = which(name);
+      if (found) return found;
+    }
+    return paths.find((candidate) => fs.existsSync(candidate));
+  };
+  const found = find();
+  if (found) return { path: found };
+  const why = `${label} not found: install it (${install}) or set ${variable} to its binary`;
   const aptGet = which('apt-get');
   if (!aptGet || typeof process.getuid !== 'function' || process.getuid() !== 0) {
     log(why);
-    return { chromiumMissing: why };
+    return { missing: why };
   }
-  log('installing chromium with apt-get (first time only)');
+  log(`installing ${debianPackage} with apt-get (first time only)`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  let installed = run(aptGet, ['install', '-y', '--no-install-recommends', 'chromium'], { env });
+  const args = ['install', '-y', '--no-install-recommends', debianPackage];
+  let installed = run(aptGet, args, { env });
   if (installed.status !== 0) {
     run(aptGet, ['update'], { env });
-    installed = run(aptGet, ['install', '-y', '--no-install-recommends', 'chromium'], { env });
+    installed = run(aptGet, args, { env });
   }
-  const after = findChromium();
-  if (after) return { chromium: after };
-  const reason = `apt-get install chromium failed: ${lastLines(installed.stdout + installed.stderr, 2)}`;
+  const after = find();
+  if (after) return { path: after };
+  const reason = `apt-get install ${debianPackage} failed: ${lastLines(installed.stdout + installed.stderr, 2)}`;
   log(reason);
-  return { chromiumMissing: `${reason}; ${why}` };
+  return { missing: `${reason}; ${why}` };
+}
+
+/** A headless Chromium for the test that opens the Web UI. */
+export function ensureChromium() {
+  return ensureDebianTool({
+    label: 'Chromium',
+    variable: 'REKEY_CHROMIUM',
+    names: ['chromium', 'chromium-browser', 'google-chrome-stable', 'google-chrome'],
+    paths: [
+      '/Applications/Google Chrome.app/Contents/MacOS/Google Chrome',
+      '/Applications/Chromium.app/Contents/MacOS/Chromium',
+    ],
+    debianPackage: 'chromium',
+    install: 'Debian/Ubuntu: apt-get install chromium; macOS: brew install --cask chromium',
+  });
+}
+
+/** Prometheus's promtool, which checks and unit-tests the shipped alert rules. */
+export function ensurePromtool() {
+  return ensureDebianTool({
+    label: 'promtool',
+    variable: 'REKEY_PROMTOOL',
+    names: ['promtool'],
+    debianPackage: 'prometheus',
+    install: 'Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus',
+  });
 }
 
 // ---------------------------------------------------------------- main
@@ -506,7 +525,7 @@ export function readManifest() {
   return JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
 }
 
-const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'chromium'];
+const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'chromium', 'promtool'];
 
 export async function setup(only = steps) {
   const manifest = fs.existsSync(manifestPath) ? readManifest() : {};
@@ -517,11 +536,15 @@ export async function setup(only = steps) {
     const pg = await ensurePostgres();
     manifest.databaseUrl = pg.databaseUrl;
   }
-  if (only.includes('chromium')) {
-    const { chromium, chromiumMissing } = ensureChromium();
-    delete manifest.chromium;
-    delete manifest.chromiumMissing;
-    Object.assign(manifest, chromium ? { chromium } : { chromiumMissing });
+  for (const [step, ensure] of [
+    ['chromium', ensureChromium],
+    ['promtool', ensurePromtool],
+  ]) {
+    if (!only.includes(step)) continue;
+    const tool = ensure();
+    delete manifest[step];
+    delete manifest[`${step}Missing`];
+    Object.assign(manifest, tool.path ? { [step]: tool.path } : { [`${step}Missing`]: tool.missing });
   }
   manifest.cacheDir = cacheRoot();
   const serialized = `${JSON.stringify(manifest, null, 2)}\n`;

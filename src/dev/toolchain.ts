@@ -10,6 +10,9 @@ export interface Toolchain {
   /** A Chromium or Chrome binary for the Web UI test, or why there is none. */
   chromium?: string;
   chromiumMissing?: string;
+  /** Prometheus's promtool, for the alert rules' tests, or why there is none. */
+  promtool?: string;
+  promtoolMissing?: string;
 }
 
 /** Paths written by `scripts/setup.mjs`; the demo, benchmark and chaos scripts read them. */

@@ -6,6 +6,7 @@ import { PHASES } from '../rotation/progress';
 import { targetKekStatus } from '../targets/kek-status';
 import type { TargetRuntimes } from '../targets/runtime';
 import { RekeyPhase } from '../workflows/search-attributes';
+import { registerRotationGauges } from './rotation-gauges';
 
 /** rekey's own metrics; the worker's metrics endpoint serves them next to Temporal's. */
 export class RekeyMetrics {
@@ -57,6 +58,7 @@ export class RekeyMetrics {
       },
     });
     if (!client) return;
+    registerRotationGauges(this.registry, targets, client);
     new Gauge({
       name: 'rekey_rotation_phase',
       help: 'Running rotations by phase (1 = in this phase)',

@@ -8,6 +8,8 @@ import puppeteer, { type Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
 import { freePort } from '../../src/dev/ports';
+import { RekeyMetrics } from '../../src/observability/metrics';
+import { TargetRuntimes } from '../../src/targets/runtime';
 import { projectRoot } from '../../src/project-paths';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { pauseUpdate, resumeUpdate, type RotationReport } from '../../src/workflows';
@@ -62,6 +64,20 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
         const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
         expect(metadata.currentDetails).toMatch(/\*\*Phase:\*\* rewrap · pass 1 · \*\*[\d.]+%\*\*/);
         expect(metadata.currentDetails).toContain(`To go on: \`rekey resume ${workflowId}\``);
+
+        // What Prometheus scrapes from a worker meanwhile (the shipped dashboard and alert rules use these).
+        const metrics = new RekeyMetrics();
+        const targets = new TargetRuntimes({ db: fixture.db.pool, keys: fixture.keys });
+        await targets.get('rekey');
+        metrics.watch(targets, env.client);
+        const scraped = await metrics.registry.metrics().finally(() => targets.close());
+        const series = (name: string) =>
+          new RegExp(`^${name}\\{[^}]*workflow_id="${workflowId}"[^}]*\\} (\\S+)$`, 'm').exec(scraped)?.[1];
+        expect(series('rekey_rotation_paused')).toBe('1');
+        expect(Number(series('rekey_rotation_progress_ratio'))).toBeGreaterThan(0);
+        expect(Number(series('rekey_rotation_progress_ratio'))).toBeLessThan(1);
+        expect(Number(series('rekey_rotation_phase_seconds'))).toBeGreaterThanOrEqual(0);
+        expect(scraped).toMatch(/^rekey_kek_state\{target="rekey",kek_id="v2",state="active"\} 1$/m);
 
         // What the operator sees on the run's page.
         browser = await puppeteer.launch({
