@@ -25,17 +25,19 @@ export interface RekeyWorkerOptions {
   metrics?: RekeyMetrics;
   /** The targets it serves (REKEY_CONFIG); the presets alone when not given. */
   targets?: TargetRuntimes;
+  /** For the activities that read schedules (rotation notices). */
+  temporal?: Client;
   /** A pre-built bundle (tests build it once); otherwise the workflows are bundled from source. */
   workflowBundle?: WorkerOptions['workflowBundle'];
 }
 
 export async function createWorker(options: RekeyWorkerOptions): Promise<Worker> {
-  const { connection, namespace, taskQueue, db, keys, metrics, targets, workflowBundle } = options;
+  const { connection, namespace, taskQueue, db, keys, metrics, targets, workflowBundle, temporal } = options;
   return Worker.create({
     connection,
     namespace,
     taskQueue,
-    activities: createActivities({ db, keys, metrics, targets }),
+    activities: createActivities({ db, keys, metrics, targets, ...(temporal && { temporal }) }),
     ...(workflowBundle ? { workflowBundle } : { workflowsPath }),
   });
 }
@@ -71,7 +73,8 @@ async function run(): Promise<void> {
   await ensureSearchAttributes(clientConnection, config.TEMPORAL_NAMESPACE);
   const targets = new TargetRuntimes({ db, keys, config: targetsConfig });
   const metrics = new RekeyMetrics();
-  metrics.watch(targets, new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE }));
+  const temporal = new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE });
+  metrics.watch(targets, temporal);
   const metricsServer = await serveMetrics(metrics, {
     port: ports.REKEY_METRICS_PORT,
     temporalMetricsUrl: temporalMetricsPort > 0 ? `http://127.0.0.1:${temporalMetricsPort}/metrics` : undefined,
@@ -89,6 +92,7 @@ async function run(): Promise<void> {
       keys,
       metrics,
       targets,
+      temporal,
     });
     logger.info(
       {

@@ -1,3 +1,4 @@
+import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
 import type { KeyProvider } from '../keys/key-provider';
 import type { RekeyMetrics } from '../observability/metrics';
@@ -15,6 +16,8 @@ export interface ActivityDependencies {
   /** Where target key sources and database variables are read (default: process.env). */
   env?: NodeJS.ProcessEnv;
   metrics?: RekeyMetrics;
+  /** A Temporal client, for the activities that read schedules (rotation notices). */
+  temporal?: Client;
 }
 
 export function targetRuntimes(deps: ActivityDependencies): TargetRuntimes {

@@ -3,6 +3,7 @@ import { createApplicationActivities } from './application';
 import { createKekActivities } from './kek';
 import { createMigrationActivities } from './migrate';
 import { createRewrapActivities } from './rewrap';
+import { createScheduleActivities } from './schedules';
 
 export type { ActivityDependencies } from './dependencies';
 
@@ -15,6 +16,7 @@ export function createActivities(deps: ActivityDependencies) {
     ...createRewrapActivities(shared),
     ...createApplicationActivities(shared),
     ...createMigrationActivities(shared),
+    ...createScheduleActivities(shared),
   };
 }
 

@@ -228,7 +228,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
             shouldStop: () => context.cancellationSignal.aborted,
           },
         );
-        if (context.cancellationSignal.aborted) throw context.cancellationSignal.reason;
+        // Cancelled (paused or aborted): it stopped at a batch boundary and returns what it did (see rewrapSlice).
         return result;
       });
     },

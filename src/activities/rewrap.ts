@@ -121,9 +121,9 @@ export function createRewrapActivities(deps: ActivityDependencies) {
           },
         ),
       );
-      // Cancelled (paused or aborted): what was done is committed with its progress row; the next run of this part
-      // resumes from there.
-      if (context.cancellationSignal.aborted) throw context.cancellationSignal.reason;
+      // Cancelled (paused or aborted), the slice stopped at a batch boundary: it returns what it did, so that the run
+      // counts the batches it committed before it saw the cancellation (its report would otherwise miss them), and
+      // goes on later from its cursor as the next part.
       return result;
     },
 

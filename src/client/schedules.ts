@@ -1,6 +1,8 @@
-import { ScheduleOverlapPolicy, type Client, type ScheduleSpec } from '@temporalio/client';
+import { ScheduleOverlapPolicy, WorkflowNotFoundError, type Client, type ScheduleSpec } from '@temporalio/client';
 import type { RotationRequest } from '../rotation/rotation-input';
-import { scheduledRotation } from '../workflows';
+import { parseDuration } from '../rotation/durations';
+import { noticeStateQuery, scheduledRotation, scheduleNotices } from '../workflows';
+import { InvalidRotationError } from '../errors';
 
 export const DEFAULT_SCHEDULE_ID = 'rekey-quarterly';
 /** 03:00 UTC on the first day of every quarter. */
@@ -16,6 +18,15 @@ export interface RotationScheduleOptions {
   minKekAge?: string;
   /** The target it rotates (default rekey's own). */
   target?: string;
+  /** Announce each rotation this long before it starts (a log event, a metric, and the webhook if given). */
+  notifyBefore?: string;
+  /** Where the signed JSON notice is POSTed. */
+  notifyUrl?: string;
+}
+
+/** The workflow that gives notice of a schedule's rotations. */
+export function noticeWorkflowId(scheduleId: string): string {
+  return `rekey-schedule-notice-${scheduleId}`;
 }
 
 /**
@@ -24,6 +35,7 @@ export interface RotationScheduleOptions {
  * second one.
  */
 export async function createRotationSchedule(client: Client, options: RotationScheduleOptions): Promise<string> {
+  checkNoticeOptions(options);
   const scheduleId = options.scheduleId ?? DEFAULT_SCHEDULE_ID;
   const spec: ScheduleSpec = options.every
     ? { intervals: [{ every: options.every }] }
@@ -48,7 +60,45 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
     memo: { spec: options.every ? `every ${options.every}` : (options.cron ?? QUARTERLY_CRON) },
   });
+  if (options.notifyBefore !== undefined) {
+    // Replaces the notices of an earlier schedule of the same id, if one is still running.
+    await client.workflow.start(scheduleNotices, {
+      taskQueue: options.taskQueue,
+      workflowId: noticeWorkflowId(scheduleId),
+      args: [
+        {
+          scheduleId,
+          target: request.target ?? 'rekey',
+          notifyBefore: options.notifyBefore,
+          ...(options.notifyUrl !== undefined && { webhookUrl: options.notifyUrl }),
+        },
+      ],
+      workflowIdConflictPolicy: 'TERMINATE_EXISTING',
+      staticSummary: `notice of ${scheduleId}'s rotations, ${options.notifyBefore} before`,
+    });
+  }
   return scheduleId;
+}
+
+/** Checks a schedule's notice options before anything is created. */
+export function checkNoticeOptions(options: { notifyBefore?: string; notifyUrl?: string }): void {
+  if (options.notifyUrl !== undefined && options.notifyBefore === undefined) {
+    throw new InvalidRotationError('--notify-url needs --notify-before (how long before each rotation to notify)');
+  }
+  if (options.notifyBefore !== undefined && !((parseDuration(options.notifyBefore) ?? 0) > 0)) {
+    throw new InvalidRotationError(`--notify-before '${options.notifyBefore}' is not a duration such as 7d`);
+  }
+  if (options.notifyUrl !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(options.notifyUrl);
+    } catch {
+      url = undefined;
+    }
+    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
+      throw new InvalidRotationError(`--notify-url '${options.notifyUrl}' is not an http(s) URL`);
+    }
+  }
 }
 
 export interface ScheduleSummary {
@@ -57,6 +107,10 @@ export interface ScheduleSummary {
   nextRuns: string[];
   recentRuns: string[];
   paused: boolean;
+  /** When the next rotation is announced, if the schedule gives notice (and it has not gone out yet). */
+  nextNotice?: string;
+  /** The rotation the last notice announced. */
+  noticedFor?: string;
 }
 
 export async function listRotationSchedules(client: Client): Promise<ScheduleSummary[]> {
@@ -70,7 +124,35 @@ export async function listRotationSchedules(client: Client): Promise<ScheduleSum
       nextRuns: described.info.nextActionTimes.slice(0, 3).map((d) => d.toISOString()),
       recentRuns: described.info.recentActions.map((a) => a.action.workflow.workflowId),
       paused: described.state.paused,
+      ...(await noticeOf(client, listed.scheduleId)),
     });
   }
   return summaries;
+}
+
+async function noticeOf(
+  client: Client,
+  scheduleId: string,
+): Promise<Pick<ScheduleSummary, 'nextNotice' | 'noticedFor'>> {
+  const state = await client.workflow
+    .getHandle<typeof scheduleNotices>(noticeWorkflowId(scheduleId))
+    .query(noticeStateQuery)
+    .catch(() => undefined);
+  if (!state || state.ended) return {};
+  const pending = state.nextNotice !== undefined && state.noticedFor !== state.nextRotation;
+  return {
+    ...(pending && { nextNotice: state.nextNotice }),
+    ...(state.noticedFor !== undefined && { noticedFor: state.noticedFor }),
+  };
+}
+
+/** Deletes a rotation schedule, and ends the workflow that gave notice of its rotations, if any. */
+export async function deleteRotationSchedule(client: Client, scheduleId: string): Promise<void> {
+  await client.schedule.getHandle(scheduleId).delete();
+  await client.workflow
+    .getHandle(noticeWorkflowId(scheduleId))
+    .terminate('its schedule was deleted')
+    .catch((err: unknown) => {
+      if (!(err instanceof WorkflowNotFoundError)) throw err;
+    });
 }

@@ -4,7 +4,7 @@
 import type { Client } from '@temporalio/client';
 import { Gauge, type Registry } from 'prom-client';
 import type { TargetRuntimes } from '../targets/runtime';
-import { progressQuery, type RotationReport } from '../workflows';
+import { noticeStateQuery, progressQuery, type NoticeState, type RotationReport } from '../workflows';
 
 interface Snapshot {
   rotations: { workflowId: string; report: RotationReport }[];
@@ -17,6 +17,7 @@ interface Snapshot {
     /** Whether the launcher the last run started has ended well (it starts the rotation and ends at once). */
     lastRunCompleted?: boolean;
   }[];
+  notices: NoticeState[];
 }
 
 const KEK_STATES = ['provisioned', 'active', 'decrypt_only', 'retired'] as const;
@@ -34,6 +35,8 @@ export const ROTATION_GAUGES = [
   'rekey_schedule_next_run_timestamp_seconds',
   'rekey_schedule_last_run_timestamp_seconds',
   'rekey_schedule_last_run_completed',
+  'rekey_schedule_next_notice_timestamp_seconds',
+  'rekey_rotation_upcoming',
 ] as const;
 
 export function registerRotationGauges(registry: Registry, targets: TargetRuntimes, client: Client): void {
@@ -145,6 +148,29 @@ export function registerRotationGauges(registry: Registry, targets: TargetRuntim
       }
     },
   );
+  gauge(
+    'rekey_schedule_next_notice_timestamp_seconds',
+    'When the next notice of a scheduled rotation goes out (Unix seconds), for schedules that give notice',
+    ['schedule_id', 'target'],
+    (s, set) => {
+      for (const notice of s.notices) {
+        if (notice.nextNotice === undefined || notice.noticedFor === notice.nextRotation) continue;
+        set({ schedule_id: notice.scheduleId, target: notice.target }, Date.parse(notice.nextNotice) / 1000);
+      }
+    },
+  );
+  gauge(
+    'rekey_rotation_upcoming',
+    '1 from the notice of a scheduled rotation until it starts',
+    ['schedule_id', 'target', 'rotation_at'],
+    (s, set, now) => {
+      for (const notice of s.notices) {
+        const announced = notice.noticedFor;
+        if (announced === undefined || Date.parse(announced) <= now) continue;
+        set({ schedule_id: notice.scheduleId, target: notice.target, rotation_at: announced }, 1);
+      }
+    },
+  );
 }
 
 type Fill = (snapshot: Snapshot, set: (labels: Record<string, string>, value: number) => void, now: number) => void;
@@ -185,5 +211,15 @@ async function take(targets: TargetRuntimes, client: Client): Promise<Snapshot> 
       ...(lastRunCompleted !== undefined && { lastRunCompleted }),
     });
   }
-  return { rotations, keks, schedules };
+  const notices: NoticeState[] = [];
+  for await (const execution of client.workflow.list({
+    query: `WorkflowType = 'scheduleNotices' AND ExecutionStatus = 'Running'`,
+  })) {
+    const state = await client.workflow
+      .getHandle(execution.workflowId, execution.runId)
+      .query(noticeStateQuery)
+      .catch(() => undefined);
+    if (state) notices.push(state);
+  }
+  return { rotations, keks, schedules, notices };
 }

@@ -3,3 +3,4 @@ export * from './scheduled-rotation';
 export * from './messages';
 export * from './search-attributes';
 export * from './migrate-dek';
+export * from './schedule-notices';

@@ -63,6 +63,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       keys: keyring,
       metrics,
       targets,
+      temporal: env.client,
       workflowBundle: workflowBundle(),
     });
     running = worker.run();
@@ -274,6 +275,36 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
 
     expect((await rekey('schedule', 'delete', 'rekey-test')).code).toBe(0);
     expect((await rekey('schedule', 'delete', 'rekey-test')).code).toBe(3);
+
+    // With notice: refused when it cannot work; given at once inside its period; shown by schedule list.
+    const badUrl = await rekey(
+      'schedule',
+      'create',
+      '--id',
+      'rekey-notice',
+      '--notify-before',
+      '7d',
+      '--notify-url',
+      'ftp://x',
+    );
+    expect(badUrl).toMatchObject({ code: 2, stderr: "rekey: --notify-url 'ftp://x' is not an http(s) URL\n" });
+    const noticed = await rekey(
+      'schedule',
+      'create',
+      '--id',
+      'rekey-notice',
+      '--every',
+      '90d',
+      '--notify-before',
+      '90d',
+    );
+    expect(noticed.code).toBe(0);
+    let line = '';
+    for (const deadline = Date.now() + 30_000; !line.includes('announced') && Date.now() < deadline;) {
+      line = (await rekey('schedule', 'list')).stdout.split('\n').find((l) => l.startsWith('rekey-notice:')) ?? '';
+    }
+    expect(line).toMatch(/^rekey-notice: every 90d; next rotation (\S+); announced \1$/);
+    expect((await rekey('schedule', 'delete', 'rekey-notice')).code).toBe(0);
   });
 
   it('Finding 3: a scheduled rotation to a generated KEK reaches an application that is its own process, which holds it before promotion and wraps with it after', async () => {

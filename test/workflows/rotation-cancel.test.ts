@@ -1,11 +1,14 @@
 import { randomUUID } from 'node:crypto';
+import { Context } from '@temporalio/activity';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
+import { emptyCounters } from '../../src/rewrap/counters';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import {
   abortSignal,
+  abortUpdate,
   pauseUpdate,
   progressQuery,
   resumeSignal,
@@ -146,6 +149,43 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
     expect(result.outcome).toBe('completed');
     expect(stub.count('rewrapSlice')).toBe(2);
     expect(result.counters.rewrapped).toBe(10);
+  });
+
+  it('a slice that committed batches before it saw the abort returns them, and the aborted report counts them', async () => {
+    const stub = new StubRotation();
+    stub.stalePerPass = [100];
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    stub.slices = [
+      {
+        // As rewrapSlice does: it stops at a batch boundary and answers with what it committed (40 of 100 rows).
+        run: async () => {
+          const context = Context.current();
+          started();
+          for (;;) {
+            context.heartbeat();
+            if (context.cancellationSignal.aborted) {
+              return {
+                counters: { ...emptyCounters(), rewrapped: 40 },
+                cursor: 'tenant-40',
+                done: false,
+                failures: [],
+                contendedTenants: [],
+              };
+            }
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+        },
+      },
+    ];
+    const result = await stub.run(env, async () => {
+      const handle = await stub.start(env, { gracePeriod: '1s' });
+      await running;
+      await handle.executeUpdate(abortUpdate, { args: ['change freeze'] });
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result.outcome).toBe('aborted');
+    expect(result.counters.rewrapped).toBe(40);
   });
 
   it('Finding 11: the first slice that fails for good stops its siblings before the run fails', async () => {

@@ -1,13 +1,15 @@
 import { ScheduleAlreadyRunning, ScheduleNotFoundError } from '@temporalio/client';
 import { Command } from 'commander';
 import {
+  checkNoticeOptions,
   createRotationSchedule,
   DEFAULT_SCHEDULE_ID,
+  deleteRotationSchedule,
   listRotationSchedules,
   QUARTERLY_CRON,
 } from '../../client/schedules';
 import { duration, targetOption, withContext } from '../options';
-import { CliError } from '../../errors';
+import { CliError, InvalidRotationError } from '../../errors';
 
 export function scheduleCommand(): Command {
   const schedule = new Command('schedule').description('a Temporal Schedule that rotates to a newly generated KEK');
@@ -19,14 +21,31 @@ export function scheduleCommand(): Command {
     .option('--every <duration>', 'a fixed interval instead, e.g. 90d', duration)
     .option('--grace <duration>', 'grace period of each rotation', duration, '7d')
     .option('--min-kek-age <duration>', 'a run does nothing if the active KEK is younger than this', duration, '30d')
+    .option('--notify-before <duration>', 'announce each rotation this long before it starts, e.g. 7d', duration)
+    .option('--notify-url <url>', 'POST the notice there as JSON, signed with REKEY_NOTIFY_SECRET (set on the worker)')
     .addOption(targetOption())
     .action(
       withContext(
         async (
           context,
-          options: { id: string; cron?: string; every?: string; grace: string; minKekAge: string; target: string },
+          options: {
+            id: string;
+            cron?: string;
+            every?: string;
+            grace: string;
+            minKekAge: string;
+            target: string;
+            notifyBefore?: string;
+            notifyUrl?: string;
+          },
         ) => {
           if (options.cron && options.every) throw new CliError('give --cron or --every, not both', 'invalid');
+          try {
+            checkNoticeOptions(options);
+          } catch (err) {
+            if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
+            throw err;
+          }
           try {
             const id = await createRotationSchedule(await context.temporal(), {
               scheduleId: options.id,
@@ -36,6 +55,8 @@ export function scheduleCommand(): Command {
               minKekAge: options.minKekAge,
               target: options.target,
               taskQueue: context.options.taskQueue,
+              ...(options.notifyBefore !== undefined && { notifyBefore: options.notifyBefore }),
+              ...(options.notifyUrl !== undefined && { notifyUrl: options.notifyUrl }),
             });
             context.print({ scheduleId: id, created: true }, () => [`created schedule ${id}`]);
           } catch (err) {
@@ -56,7 +77,9 @@ export function scheduleCommand(): Command {
           schedules.length === 0
             ? ['no rotation schedules']
             : schedules.map(
-                (s) => `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next ${s.nextRuns[0] ?? '-'}`,
+                (s) =>
+                  `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next rotation ${s.nextRuns[0] ?? '-'}` +
+                  (s.nextNotice ? `; notice ${s.nextNotice}` : s.noticedFor ? `; announced ${s.noticedFor}` : ''),
               ),
         );
       }),
@@ -76,7 +99,7 @@ export function scheduleCommand(): Command {
     .argument('<id>')
     .action(
       withContext(async (context, id: string) => {
-        await notFoundAsExit(id, () => (async () => (await context.temporal()).schedule.getHandle(id).delete())());
+        await notFoundAsExit(id, async () => deleteRotationSchedule(await context.temporal(), id));
         context.print({ scheduleId: id, deleted: true }, () => [`deleted schedule ${id}`]);
       }),
     );

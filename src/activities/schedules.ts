@@ -1,0 +1,65 @@
+// The activities of rotation notices (workflows/schedule-notices.ts): when a schedule runs next, and the notice
+// itself: a log event, and a JSON body POSTed to the webhook, signed with HMAC-SHA256 under REKEY_NOTIFY_SECRET.
+import { createHmac } from 'node:crypto';
+import { log } from '@temporalio/activity';
+import { ScheduleNotFoundError } from '@temporalio/client';
+import type { ActivityDependencies } from './dependencies';
+import { ConfigError } from '../errors';
+
+export interface RotationNotice {
+  scheduleId: string;
+  target: string;
+  rotationAt: string;
+  noticeAt: string;
+  webhookUrl?: string;
+}
+
+/** The webhook's headers: `X-Rekey-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`, and the timestamp. */
+export function signNotice(secret: string, body: string, timestamp: number): Record<string, string> {
+  const signature = createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
+  return { 'x-rekey-timestamp': String(timestamp), 'x-rekey-signature': `v1=${signature}` };
+}
+
+export function createScheduleActivities(deps: ActivityDependencies) {
+  const temporal = () => {
+    if (!deps.temporal) throw new ConfigError('this worker has no Temporal client for schedule notices');
+    return deps.temporal;
+  };
+  return {
+    /** When the schedule runs next; whether it still exists, and is paused. */
+    async nextScheduledRotation({ scheduleId }: { scheduleId: string }) {
+      try {
+        const described = await temporal().schedule.getHandle(scheduleId).describe();
+        const next = described.info.nextActionTimes[0];
+        return { exists: true, paused: described.state.paused, ...(next && { nextRun: next.toISOString() }) };
+      } catch (err) {
+        if (err instanceof ScheduleNotFoundError) return { exists: false, paused: false };
+        throw err;
+      }
+    },
+
+    /** Announces an upcoming rotation: a log event always; the signed webhook when the schedule names one. */
+    async sendRotationNotice(notice: RotationNotice): Promise<{ webhookStatus?: number }> {
+      const { webhookUrl, ...announced } = notice;
+      log.info('rotation upcoming', { event: 'rekey.rotation.upcoming', ...announced });
+      if (webhookUrl === undefined) return {};
+      const secret = (deps.env ?? process.env).REKEY_NOTIFY_SECRET;
+      if (!secret || secret.length < 16) {
+        throw new ConfigError(
+          'REKEY_NOTIFY_SECRET must be set on the worker (16+ characters) to sign the rotation notice webhook',
+        );
+      }
+      const body = JSON.stringify({ event: 'rekey.rotation.upcoming', ...announced });
+      const headers = signNotice(secret, body, Math.floor(Date.now() / 1000));
+      const response = await fetch(webhookUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body,
+        signal: AbortSignal.timeout(10_000),
+      });
+      // A failing receiver is retried with backoff (the activity's retry policy), not given up on.
+      if (!response.ok) throw new Error(`the notice webhook answered ${response.status}`);
+      return { webhookStatus: response.status };
+    },
+  };
+}

@@ -1,0 +1,190 @@
+// Notice of scheduled rotations: on the time-skipping server, each notice goes out exactly its period before the
+// rotation it announces (by the server's clock), one per rotation, and the workflow ends when the schedule goes;
+// on the dev server, a real schedule's notice reaches a webhook signed so that independent code verifies it.
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Context } from '@temporalio/activity';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import type { RotationNotice } from '../../src/activities/schedules';
+import {
+  createRotationSchedule,
+  deleteRotationSchedule,
+  listRotationSchedules,
+  noticeWorkflowId,
+} from '../../src/client/schedules';
+import { RekeyMetrics } from '../../src/observability/metrics';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+import { createDevServerEnv, resultWithin, useTimeSkippingEnv, within, workflowBundle } from '../helpers/temporal';
+
+const DAY = 86_400_000;
+
+describe('notice of scheduled rotations, on the time-skipping server', () => {
+  const server = useTimeSkippingEnv();
+
+  it('each notice goes out 7 days before its rotation, once per rotation; the workflow ends with its schedule', async () => {
+    const { env } = server;
+    const taskQueue = `notices-${randomUUID()}`;
+    const start = await env.currentTimeMs();
+    // The schedule as the stub reports it: rotations at +10 days and +100 days, then it is deleted.
+    const runs = [start + 10 * DAY, start + 100 * DAY];
+    const sent: { notice: RotationNotice; at: number }[] = [];
+    const serverNow = () => Context.current().info.scheduledTimestampMs;
+    const activities = {
+      nextScheduledRotation: () => {
+        const now = serverNow();
+        if (now > runs[1]! + DAY) return Promise.resolve({ exists: false, paused: false });
+        const next = runs.find((run) => run > now);
+        return Promise.resolve({
+          exists: true,
+          paused: false,
+          ...(next !== undefined && { nextRun: new Date(next).toISOString() }),
+        });
+      },
+      sendRotationNotice: (notice: RotationNotice) => {
+        sent.push({ notice, at: serverNow() });
+        return Promise.resolve({});
+      },
+    };
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities,
+    });
+    const state = await worker.runUntil(async () => {
+      const handle = await env.client.workflow.start(scheduleNotices, {
+        taskQueue,
+        workflowId: `notices-${randomUUID()}`,
+        args: [{ scheduleId: 'quarterly', target: 'talos', notifyBefore: '7d', maxHistoryEvents: 120 }],
+      });
+      return resultWithin<NoticeState>(handle, 90_000);
+    });
+    expect(sent.map((s) => s.notice.rotationAt)).toEqual(runs.map((run) => new Date(run).toISOString()));
+    for (const [i, { notice, at }] of sent.entries()) {
+      // Not before its time, and within the minute after it (the server's clock, which time skipping moves).
+      expect(at).toBeGreaterThanOrEqual(runs[i]! - 7 * DAY);
+      expect(at).toBeLessThan(runs[i]! - 7 * DAY + 60_000);
+      expect(notice).toEqual({
+        scheduleId: 'quarterly',
+        target: 'talos',
+        rotationAt: new Date(runs[i]!).toISOString(),
+        noticeAt: new Date(runs[i]! - 7 * DAY).toISOString(),
+      });
+    }
+    expect(state).toMatchObject({ ended: 'the schedule was deleted', noticedFor: new Date(runs[1]!).toISOString() });
+  });
+});
+
+describe('notice of a real schedule, on the dev server, to a signed webhook', () => {
+  let env: TestWorkflowEnvironment;
+  let db: TestDatabase;
+  let receiver: http.Server;
+  const received: { headers: http.IncomingHttpHeaders; body: string }[] = [];
+  const secret = randomBytes(24).toString('base64url');
+  beforeAll(async () => {
+    env = await createDevServerEnv();
+    db = await createTestDatabase();
+    receiver = http.createServer((request, response) => {
+      let body = '';
+      request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      request.on('end', () => {
+        received.push({ headers: request.headers, body });
+        response.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => receiver?.close(resolve));
+    await db?.drop();
+    await env?.teardown();
+  });
+
+  it('a schedule created inside its notice period announces its next rotation at once; schedule list and the metrics show it', async () => {
+    const taskQueue = `notices-${randomUUID()}`;
+    const scheduleId = `notice-${randomUUID()}`;
+    const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/rekey`;
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities: createActivities({
+        db: db.pool,
+        keys: testKeys(['v1']),
+        temporal: env.client,
+        env: { REKEY_NOTIFY_SECRET: secret },
+      }),
+    });
+    await worker.runUntil(async () => {
+      // Every 30 days, notice 30 days before: the next rotation is inside its notice period already.
+      await createRotationSchedule(env.client, {
+        scheduleId,
+        every: '30d',
+        taskQueue,
+        notifyBefore: '30d',
+        notifyUrl: url,
+        target: 'rekey',
+      });
+      const nextRun = (await env.client.schedule.getHandle(scheduleId).describe()).info.nextActionTimes[0]!;
+      const handle = env.client.workflow.getHandle<typeof scheduleNotices>(noticeWorkflowId(scheduleId));
+      for (const deadline = Date.now() + 30_000; received.length === 0 && Date.now() < deadline;) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      expect(received).toHaveLength(1);
+      const [{ headers, body }] = received as [(typeof received)[0]];
+      // Verified as a receiver would, with its own HMAC: over "<timestamp>.<body>", under the shared secret.
+      const expected = createHmac('sha256', secret)
+        .update(`${String(headers['x-rekey-timestamp'])}.${body}`)
+        .digest('hex');
+      expect(headers['x-rekey-signature']).toBe(`v1=${expected}`);
+      expect(Math.abs(Number(headers['x-rekey-timestamp']) - Date.now() / 1000)).toBeLessThan(120);
+      expect(JSON.parse(body)).toEqual({
+        event: 'rekey.rotation.upcoming',
+        scheduleId,
+        target: 'rekey',
+        rotationAt: nextRun.toISOString(),
+        noticeAt: new Date(nextRun.getTime() - 30 * DAY).toISOString(),
+      });
+      expect(body).not.toContain(secret);
+
+      const state = await within(handle.query(noticeStateQuery), 10_000, () => 'the notice workflow did not answer');
+      expect(state.noticedFor).toBe(nextRun.toISOString());
+      const listed = (await listRotationSchedules(env.client)).find((s) => s.scheduleId === scheduleId)!;
+      expect(listed.noticedFor).toBe(nextRun.toISOString());
+      expect(listed.nextRuns[0]).toBe(nextRun.toISOString());
+      expect(listed.nextNotice).toBeUndefined(); // it went out
+      const metrics = new RekeyMetrics();
+      const targets = new TargetRuntimes({ db: db.pool, keys: testKeys(['v1']) });
+      metrics.watch(targets, env.client);
+      const scraped = await metrics.registry.metrics().finally(() => targets.close());
+      expect(scraped).toContain(
+        `rekey_rotation_upcoming{schedule_id="${scheduleId}",target="rekey",rotation_at="${nextRun.toISOString()}"} 1`,
+      );
+
+      // Deleting the schedule ends its notices.
+      await deleteRotationSchedule(env.client, scheduleId);
+      expect((await handle.describe()).status.name).toBe('TERMINATED');
+    });
+  });
+
+  it('refuses notice options that cannot work, before anything is created', async () => {
+    const attempt = (options: { notifyBefore?: string; notifyUrl?: string }) =>
+      createRotationSchedule(env.client, { scheduleId: `bad-${randomUUID()}`, taskQueue: 'x', ...options }).catch(
+        (err: Error) => err.message,
+      );
+    expect(await attempt({ notifyUrl: 'https://hooks.example.com/x' })).toBe(
+      '--notify-url needs --notify-before (how long before each rotation to notify)',
+    );
+    expect(await attempt({ notifyBefore: 'soon' })).toBe("--notify-before 'soon' is not a duration such as 7d");
+    expect(await attempt({ notifyBefore: '7d', notifyUrl: 'ftp://x' })).toBe(
+      "--notify-url 'ftp://x' is not an http(s) URL",
+    );
+  });
+});
