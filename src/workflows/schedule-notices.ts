@@ -2,7 +2,7 @@
 // planned rotation policies give it (`notify_days_before`). One long-lived workflow per schedule: it reads when the
 // schedule runs next, sleeps until that time less the notice period, and announces it (a log event, the
 // rekey_rotation_upcoming gauge, and an optional signed webhook). It ends when the schedule is deleted.
-import { continueAsNew, defineQuery, setHandler, sleep, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, continueAsNew, defineQuery, setHandler, sleep, workflowInfo } from '@temporalio/workflow';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { steps } from './activity-proxies';
 
@@ -37,8 +37,13 @@ const RECHECK_MS = 6 * 3_600_000;
 
 export async function scheduleNotices(request: NoticeRequest, carried?: NoticeState): Promise<NoticeState> {
   const notifyMs = parseDuration(request.notifyBefore);
-  if (notifyMs === undefined || notifyMs <= 0)
-    throw new Error(`notifyBefore '${request.notifyBefore}' is not a duration`);
+  if (notifyMs === undefined || notifyMs <= 0) {
+    // Fails the run with the reason (a plain Error would fail the workflow task and retry it forever).
+    throw ApplicationFailure.nonRetryable(
+      `notifyBefore '${request.notifyBefore}' is not a duration such as 7d`,
+      'InvalidRotationError',
+    );
+  }
   const state: NoticeState = carried ?? {
     scheduleId: request.scheduleId,
     target: request.target,
@@ -70,7 +75,10 @@ export async function scheduleNotices(request: NoticeRequest, carried?: NoticeSt
     const now = Date.now();
     if (state.noticedFor === schedule.nextRun) {
       // Announced: wait until that rotation has started, then look for the next one.
-      await sleep(Math.min(runAt - now + 60_000, RECHECK_MS), { summary: `rotation at ${schedule.nextRun} announced` });
+      // At least a minute: a scheduler that still reports a time already past must not make this a busy loop.
+      await sleep(Math.max(60_000, Math.min(runAt - now + 60_000, RECHECK_MS)), {
+        summary: `rotation at ${schedule.nextRun} announced`,
+      });
       continue;
     }
     if (now < noticeAt) {
