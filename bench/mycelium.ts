@@ -26,7 +26,10 @@ export async function seedMyceliumTable(
   await db.query(`
     CREATE TABLE public.tenant (id uuid PRIMARY KEY, name text NOT NULL, meta jsonb NOT NULL DEFAULT '{}'::jsonb);
     ALTER TABLE public.tenant ADD COLUMN encrypted_dek TEXT;
-    ALTER TABLE public.tenant ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;`);
+    ALTER TABLE public.tenant ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;
+    -- The rest of Mycelium's encryption inventory, empty here: the preset's fields live there.
+    CREATE TABLE public."user" (id uuid PRIMARY KEY, email text NOT NULL, mfa jsonb);
+    CREATE TABLE public.webhook (id uuid PRIMARY KEY, url text NOT NULL, secret jsonb);`);
   const kek = myceliumKek(tokenSecret);
   const client = await db.connect();
   try {
