@@ -6,19 +6,31 @@ import path from 'node:path';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
 import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
 import { freePort } from '../src/dev/ports';
-import { startDevServer, type DevServer } from '../src/dev/dev-server';
+import { DevServerExitedError, startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { EnvKeyProvider } from '../src/keys/env-provider';
 import { projectRoot } from '../src/project-paths';
 
 export const TASK_QUEUE = 'rekey-harness';
 
+/**
+ * A dev server on a free port. The port is free when chosen, not when the server binds it (nor are the ports the
+ * server picks for itself): on a busy machine another process can take one in between, and the server exits at start.
+ * Then it is started again on a new port, up to three times. A given port (a restart of the same server) is kept.
+ */
 export async function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
-  return startDevServer({
-    temporalCli: toolchain.temporalCli,
-    port: port ?? (await freePort()),
-    dbFilename,
-  });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDevServer({
+        temporalCli: toolchain.temporalCli,
+        port: port ?? (await freePort()),
+        dbFilename,
+      });
+    } catch (err) {
+      if (!(err instanceof DevServerExitedError) || port !== undefined || attempt >= 3) throw err;
+      process.stderr.write(`${err.message}; starting it again on another port\n`);
+    }
+  }
 }
 
 export function freshDatabase(name: string): Promise<ScratchDatabase> {

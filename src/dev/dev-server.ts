@@ -30,6 +30,23 @@ function portIsFree(port: number): Promise<boolean> {
   });
 }
 
+/** The dev server ended while starting; the message carries its reason (a Go panic's first line), not a stack frame. */
+export class DevServerExitedError extends Error {
+  constructor(stderr: string) {
+    const lines = stderr
+      .trim()
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line !== '');
+    const reason =
+      lines.find((line) => /^(panic|fatal|error)\b|bind: address already in use/i.test(line)) ??
+      lines.find((line) => !line.startsWith('goroutine') && !/\.go:\d+/.test(line)) ??
+      lines.pop();
+    super(`temporal dev server exited: ${reason ?? 'no output'}`);
+    this.name = 'DevServerExitedError';
+  }
+}
+
 /** Starts `temporal server start-dev` (Web UI included unless uiPort is omitted) and waits until it answers. */
 export async function startDevServer(options: DevServerOptions): Promise<DevServer> {
   const { temporalCli, port, uiPort, dbFilename } = options;
@@ -48,7 +65,7 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
   const address = `127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`temporal dev server exited: ${stderr.trim().split('\n').pop()}`);
+    if (child.exitCode !== null) throw new DevServerExitedError(stderr);
     try {
       const connection = await Connection.connect({ address, connectTimeout: 1000 });
       await connection.workflowService.describeNamespace({ namespace: 'default' });
