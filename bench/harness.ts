@@ -1,7 +1,8 @@
 // What the benchmark and the chaos suite share: a dev server, a fresh database, env keys, worker processes.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
 import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
@@ -112,4 +113,17 @@ export function gitCommit(): string {
   } catch {
     return 'unknown';
   }
+}
+
+/**
+ * The line every result file ends with: the command, the date, the commit, the cores (and a fingerprint of their
+ * model, so that runs on one machine can be told apart), and anything the run adds.
+ */
+export function provenance(command: string, extra = ''): string {
+  const cpus = os.cpus();
+  const fingerprint = createHash('sha256')
+    .update(cpus.map((c) => c.model).join())
+    .digest('hex')
+    .slice(0, 8);
+  return `Command: \`${command}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${cpus.length} cores (${cpus[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on${extra}.`;
 }

@@ -5,9 +5,8 @@
 // The fixture is written with node:crypto alone, from ../shared/seed-systems.md, not with rekey's codecs: v1 is
 // base64(nonce ‖ ciphertext ‖ tag) under the KEK with no associated data; a DEK is 'v2:' + the same under the KEK
 // bound to the tenant UUID's bytes; a v2 field is 'v2:' + the same under the DEK bound to the UUID bytes ‖ field name.
-import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -20,7 +19,7 @@ import type { MigrationReport } from '../src/workflows';
 import {
   envKeys,
   freshDatabase,
-  gitCommit,
+  provenance,
   sleep,
   spawnWorker,
   startServer,
@@ -28,28 +27,11 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
-import { myceliumKek } from './mycelium';
+import { myceliumKek, open, seal, uuidBytes } from './mycelium';
 
 const FIELDS = ['telegram_bot_token', 'telegram_webhook_secret'] as const;
 const SYSTEM_TENANT = '00000000-0000-0000-0000-000000000000';
 const NAIVE_SAMPLE = Number(process.env.NAIVE_SAMPLE ?? 40_000);
-
-function seal(key: Buffer, plaintext: Buffer, aad?: Buffer): string {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  if (aad) cipher.setAAD(aad);
-  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]).toString('base64');
-}
-
-function open(key: Buffer, sealed: string, aad?: Buffer): Buffer {
-  const bytes = Buffer.from(sealed, 'base64');
-  const decipher = createDecipheriv('aes-256-gcm', key, bytes.subarray(0, 12));
-  if (aad) decipher.setAAD(aad);
-  decipher.setAuthTag(bytes.subarray(bytes.length - 16));
-  return Buffer.concat([decipher.update(bytes.subarray(12, bytes.length - 16)), decipher.final()]);
-}
-
-const uuidBytes = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');
 
 /** `tenants` tenants, each with both Telegram fields as v1; every tenth without a DEK yet. */
 async function seed(db: Pool, tenants: number, kek: Buffer): Promise<void> {
@@ -250,13 +232,11 @@ async function main(): Promise<void> {
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
     say(`| check | every value moved, none left; ${checked} random tenants' fields open under their DEK as v2 |`);
     say('');
-    const cpus = os.cpus();
-    const fingerprint = createHash('sha256')
-      .update(cpus.map((c) => c.model).join())
-      .digest('hex')
-      .slice(0, 8);
     say(
-      `Command: \`npm run bench:migrate -- ${fields}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${cpus.length} cores (${cpus[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on; batch ${options.batchSize}, parallelism ${options.parallelism}.`,
+      provenance(
+        `npm run bench:migrate -- ${fields}`,
+        `; batch ${options.batchSize}, parallelism ${options.parallelism}`,
+      ),
     );
     fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `migrate-dek-${fields}.md`), `${lines.join('\n')}\n`);
   } finally {

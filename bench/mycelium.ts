@@ -1,7 +1,7 @@
 // A Mycelium-format `tenant` table for the benchmark, seeded with COPY: 'v2:' + base64(nonce ‖ ciphertext ‖ tag)
 // under SHA-256 of a token_secret UUID, bound to the tenant UUID's bytes (../shared/seed-systems.md). Written with
 // node:crypto alone, not with rekey's codecs.
-import { createCipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Pool } from 'pg';
@@ -11,6 +11,26 @@ export function myceliumKek(tokenSecret: string): Buffer {
   return createHash('sha256')
     .update(Buffer.from(tokenSecret.replace(/-/g, ''), 'hex'))
     .digest();
+}
+
+/** A tenant UUID's 16 raw bytes (Mycelium's associated data). */
+export const uuidBytes = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');
+
+/** base64(nonce ‖ ciphertext ‖ tag), AES-256-GCM with a random 12-byte nonce; no associated data when none is given. */
+export function seal(key: Buffer, plaintext: Buffer, aad?: Buffer): string {
+  const nonce = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  if (aad) cipher.setAAD(aad);
+  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]).toString('base64');
+}
+
+/** The reverse of seal. */
+export function open(key: Buffer, sealed: string, aad?: Buffer): Buffer {
+  const bytes = Buffer.from(sealed, 'base64');
+  const decipher = createDecipheriv('aes-256-gcm', key, bytes.subarray(0, 12));
+  if (aad) decipher.setAAD(aad);
+  decipher.setAuthTag(bytes.subarray(bytes.length - 16));
+  return Buffer.concat([decipher.update(bytes.subarray(12, bytes.length - 16)), decipher.final()]);
 }
 
 /**
@@ -48,12 +68,7 @@ export async function seedMyceliumTable(
           order === 'random'
             ? randomUUID()
             : `${i.toString(16).padStart(8, '0')}-0000-4000-8000-${randomBytes(6).toString('hex')}`;
-        const nonce = randomBytes(12);
-        const cipher = createCipheriv('aes-256-gcm', kek, nonce);
-        cipher.setAAD(Buffer.from(id.replace(/-/g, ''), 'hex'));
-        const dek = randomBytes(32);
-        const sealed = Buffer.concat([nonce, cipher.update(dek), cipher.final(), cipher.getAuthTag()]);
-        lines.push(`${id}\ttenant ${i}\tv2:${sealed.toString('base64')}\t1\n`);
+        lines.push(`${id}\ttenant ${i}\tv2:${seal(kek, randomBytes(32), uuidBytes(id))}\t1\n`);
       }
       yield lines.join('');
     }

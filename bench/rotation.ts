@@ -1,9 +1,8 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
 // a naive one-off script on the same data. Writes bench/results/rotation-<tenants>.md.
 import { BUILTIN_TARGET } from '../src/targets/builtin';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
 import { WorkflowUpdateFailedError, type Client as TemporalClient } from '@temporalio/client';
@@ -18,7 +17,7 @@ import { confirmStepUpdate, progressQuery, type RotationReport } from '../src/wo
 import {
   envKeys,
   freshDatabase,
-  gitCommit,
+  provenance,
   sleep,
   spawnWorker,
   startServer,
@@ -161,15 +160,6 @@ async function main(): Promise<void> {
     const naiveSeconds = (Date.now() - t) / 1000;
     const naiveRate = naiveDone / naiveSeconds;
 
-    const fingerprint = createHash('sha256')
-      .update(
-        os
-          .cpus()
-          .map((c) => c.model)
-          .join(),
-      )
-      .digest('hex')
-      .slice(0, 8);
     const n = (value: number) => Math.round(value).toLocaleString('en-US');
     say('');
     say(`| measure | value |`);
@@ -193,9 +183,7 @@ async function main(): Promise<void> {
       `| outcome | ${builtin.report.outcome}, ${builtin.report.passes} pass(es), CAS conflicts ${builtin.report.counters.casConflicts} |`,
     );
     say('');
-    say(
-      `Command: \`npm run bench -- ${tenants}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on.`,
-    );
+    say(provenance(`npm run bench -- ${tenants}`));
     fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `rotation-${tenants}.md`), `${lines.join('\n')}\n`);
   } finally {
     await worker.kill();
