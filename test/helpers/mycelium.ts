@@ -294,6 +294,30 @@ export async function gatewayReads(db: Pool, kek: Buffer, value: InventoryValue)
   return decryptField(unwrapDek(kek, value.tenant, wrapped), value.tenant, value.field, stored);
 }
 
+/** A user whose TOTP secret is still v1 (under the KEK itself); the gateway reads it under the system DEK once v2. */
+export async function insertLegacyTotpUser(
+  db: Pool,
+  kek: Buffer,
+  email: string,
+  secret: string,
+): Promise<InventoryValue> {
+  const id = randomUUID();
+  await db.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, $2, $3)`, [
+    id,
+    email,
+    { totp: { enabled: { secret: encryptV1(kek, secret), issuer: 'mycelium' } } },
+  ]);
+  return {
+    table: 'user',
+    row: id,
+    column: 'mfa',
+    path: ['totp', 'enabled', 'secret'],
+    field: 'totp_secret',
+    tenant: SYSTEM_TENANT,
+    plaintext: secret,
+  };
+}
+
 /**
  * Mycelium before envelope encryption reached everything: v1 values in all four places of the inventory (TOTP
  * secrets in `user.mfa`, webhook secrets in `webhook.secret` under both holders, Telegram values in `tenant.meta`),
@@ -338,22 +362,7 @@ export async function seedLegacyInventory(
     values.push({ ...common, path: ['telegram_webhook_secret'], field: 'telegram_webhook_secret', plaintext: hook });
   }
   for (let i = 0; i < options.users; i++) {
-    const id = randomUUID();
-    const secret = `JBSWY3DP${i}`;
-    await db.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, $2, $3)`, [
-      id,
-      `user${i}@example.com`,
-      { totp: { enabled: { secret: encryptV1(kek, secret), issuer: 'mycelium' } } },
-    ]);
-    values.push({
-      table: 'user',
-      row: id,
-      column: 'mfa',
-      path: ['totp', 'enabled', 'secret'],
-      field: 'totp_secret',
-      tenant: SYSTEM_TENANT,
-      plaintext: secret,
-    });
+    values.push(await insertLegacyTotpUser(db, kek, `user${i}@example.com`, `JBSWY3DP${i}`));
   }
   await db.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, 'nomfa@example.com', NULL)`, [randomUUID()]);
   for (const holder of ['authorizationHeader', 'queryParameter']) {

@@ -14,10 +14,9 @@ import { testKeys } from '../helpers/keys';
 import {
   checkWithOneKek,
   createMyceliumSchema,
-  encryptV1,
+  insertLegacyTotpUser,
   gatewayReads,
   SYSTEM_TENANT,
-  type InventoryValue,
   kekOf,
   seedMyceliumTenants,
   type SeededTenant,
@@ -139,20 +138,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
   it("migrate-dek: the dry run lists the v1 values left; the run moves them under the system DEK it provisions, in Mycelium's terms", async () => {
     // An old gateway's v1 values under the current token_secret, and the system tenant's row without a DEK yet.
     await db.pool.query(`INSERT INTO public.tenant (id, name) VALUES ($1, 'system')`, [SYSTEM_TENANT]);
-    const user = randomUUID();
-    await db.pool.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, 'ops@example.com', $2)`, [
-      user,
-      { totp: { enabled: { secret: encryptV1(kekOf(gen2), 'JBSWY3DPEHPK3PXP') } } },
-    ]);
-    const totp: InventoryValue = {
-      table: 'user',
-      row: user,
-      column: 'mfa',
-      path: ['totp', 'enabled', 'secret'],
-      field: 'totp_secret',
-      tenant: SYSTEM_TENANT,
-      plaintext: 'JBSWY3DPEHPK3PXP',
-    };
+    const totp = await insertLegacyTotpUser(db.pool, kekOf(gen2), 'ops@example.com', 'JBSWY3DPEHPK3PXP');
 
     const dry = await rekey('migrate-dek', '--target', 'mycelium', '--dry-run');
     expect(dry.stderr).toBe('');
@@ -175,18 +161,14 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     expect(run.stdout).toContain('Total left: 0');
     const { rows } = await db.pool.query<{ v: string }>(
       `SELECT mfa #>> '{totp,enabled,secret}' AS v FROM public."user" WHERE id = $1`,
-      [user],
+      [totp.row],
     );
     expect(rows[0]!.v.startsWith('v2:')).toBe(true);
     expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
   });
 
   it("migrate-dek through the admin API, for the system tenant only; then the CLI's status of it, and its refusals", async () => {
-    const user = randomUUID();
-    await db.pool.query(`INSERT INTO public."user" (id, email, mfa) VALUES ($1, 'late@example.com', $2)`, [
-      user,
-      { totp: { enabled: { secret: encryptV1(kekOf(gen2), 'GEZDGNBVGY3TQOJQ') } } },
-    ]);
+    const totp = await insertLegacyTotpUser(db.pool, kekOf(gen2), 'late@example.com', 'GEZDGNBVGY3TQOJQ');
     const api = await buildAdminServer({
       client: env.client,
       targets,
@@ -222,15 +204,6 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     } finally {
       await api.close();
     }
-    const totp: InventoryValue = {
-      table: 'user',
-      row: user,
-      column: 'mfa',
-      path: ['totp', 'enabled', 'secret'],
-      field: 'totp_secret',
-      tenant: SYSTEM_TENANT,
-      plaintext: 'GEZDGNBVGY3TQOJQ',
-    };
     expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
 
     const status = await rekey('status', 'dek-migration-mycelium');
