@@ -15,6 +15,16 @@ import { createTestKeys } from './keys';
 import { resultWithin, workflowBundle } from './temporal';
 
 /** A fresh database with `v1` active, tenants on it, some tenant data, and `v2` in the key provider only. */
+/** Small batches and short slice parts: a rotation of a few thousand rows that takes seconds, to stop midway. */
+export const SLOW_ROTATION = {
+  from: 'v1',
+  to: 'v2',
+  batchSize: 20,
+  parallelism: 1,
+  sliceTimeBudget: '150ms',
+  gracePeriod: '1s',
+} satisfies RotationRequest;
+
 export class RotationFixture {
   readonly taskQueue = `rotation-${randomUUID()}`;
   readonly ciphertexts = new Map<string, { plaintext: string; ciphertext: string }>();

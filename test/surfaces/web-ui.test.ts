@@ -11,9 +11,8 @@ import { freePort } from '../../src/dev/ports';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { projectRoot } from '../../src/project-paths';
-import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { pauseUpdate, resumeUpdate, type RotationReport } from '../../src/workflows';
-import { RotationFixture } from '../helpers/rotation-fixture';
+import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
 import { createDevServerEnv, progressUntil, resultWithin, within } from '../helpers/temporal';
 
 const SCREENSHOT = path.join(projectRoot, 'test-results', 'web-ui-rotation.png');
@@ -36,14 +35,7 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
     if (!chromium) throw new Error(`no browser for this test: ${chromiumMissing ?? 'the setup found no Chromium'}`);
     const fixture = await RotationFixture.create({ tenants: 6_000 });
     const workflowId = `rotation-${randomUUID()}`;
-    const request = {
-      from: 'v1',
-      to: 'v2',
-      batchSize: 20,
-      parallelism: 1,
-      sliceTimeBudget: '150ms',
-      gracePeriod: '1s',
-    } satisfies RotationRequest;
+    const request = SLOW_ROTATION;
     try {
       const worker = await fixture.worker(env);
       await worker.runUntil(async () => {

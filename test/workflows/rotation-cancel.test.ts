@@ -5,7 +5,6 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
 import { emptyCounters } from '../../src/rewrap/counters';
-import type { RotationRequest } from '../../src/rotation/rotation-input';
 import {
   abortSignal,
   abortUpdate,
@@ -16,7 +15,7 @@ import {
   rotateKek,
   type RotationReport,
 } from '../../src/workflows';
-import { RotationFixture } from '../helpers/rotation-fixture';
+import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
 import { sliceUntilCancelled, StubRotation } from '../helpers/stub-rotation';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
 
@@ -32,15 +31,7 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
     await env?.teardown();
   });
 
-  // Small batches and short slice parts: a run that takes a few seconds, so it can be paused or aborted midway.
-  const slow = {
-    from: 'v1',
-    to: 'v2',
-    batchSize: 20,
-    parallelism: 1,
-    sliceTimeBudget: '150ms',
-    gracePeriod: '1s',
-  } satisfies RotationRequest;
+  const slow = SLOW_ROTATION;
 
   it('pause stops the rewrap at a batch boundary and holds it; resume finishes it', async () => {
     const fixture = await RotationFixture.create({ tenants: 6_000 });
