@@ -113,10 +113,16 @@ export interface ScheduleSummary {
   noticedFor?: string;
 }
 
+/** The schedules that start rotations (their launcher), as Temporal lists them. */
+export async function* rotationSchedules(client: Client) {
+  for await (const listed of client.schedule.list()) {
+    if (listed.action?.type === 'startWorkflow' && listed.action.workflowType === 'scheduledRotation') yield listed;
+  }
+}
+
 export async function listRotationSchedules(client: Client): Promise<ScheduleSummary[]> {
   const summaries: ScheduleSummary[] = [];
-  for await (const listed of client.schedule.list()) {
-    if (listed.action?.type !== 'startWorkflow' || listed.action.workflowType !== 'scheduledRotation') continue;
+  for await (const listed of rotationSchedules(client)) {
     const described = await client.schedule.getHandle(listed.scheduleId).describe();
     summaries.push({
       scheduleId: listed.scheduleId,

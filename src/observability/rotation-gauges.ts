@@ -3,6 +3,7 @@
 // gauge of a scrape.
 import type { Client } from '@temporalio/client';
 import { Gauge, type Registry } from 'prom-client';
+import { rotationSchedules } from '../client/schedules';
 import type { TargetRuntimes } from '../targets/runtime';
 import { noticeStateQuery, progressQuery, type NoticeState, type RotationReport } from '../workflows';
 
@@ -191,8 +192,7 @@ async function take(targets: TargetRuntimes, client: Client): Promise<Snapshot> 
     }
   }
   const schedules: Snapshot['schedules'] = [];
-  for await (const listed of client.schedule.list()) {
-    if (listed.action?.type !== 'startWorkflow' || listed.action.workflowType !== 'scheduledRotation') continue;
+  for await (const listed of rotationSchedules(client)) {
     const last = listed.info.recentActions.at(-1);
     let lastRunCompleted: boolean | undefined;
     if (last?.action.type === 'startWorkflow') {
