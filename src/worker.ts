@@ -4,6 +4,7 @@ import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporal
 import { Pool } from 'pg';
 import { z } from 'zod';
 import { createActivities } from './activities';
+import { createRowCrypto, cryptoThreadsFromEnv, type RowCrypto } from './crypto/row-crypto';
 import { ensureSearchAttributes } from './client/search-attributes';
 import { loadConfig, parseEnv } from './config';
 import { openKeyProvider, type KeyProvider } from './keys';
@@ -27,17 +28,34 @@ export interface RekeyWorkerOptions {
   targets?: TargetRuntimes;
   /** For the activities that read schedules (rotation notices). */
   temporal?: Client;
+  /** Where rewrap crypto runs; the process's shared pool (REKEY_CRYPTO_THREADS) when not given. */
+  crypto?: RowCrypto;
+  /** Activity executions at once (the SDK's default when not given). */
+  maxConcurrentActivityTaskExecutions?: number;
+  /** The worker's identity in the history (the SDK's pid@host when not given). */
+  identity?: string;
   /** A pre-built bundle (tests build it once); otherwise the workflows are bundled from source. */
   workflowBundle?: WorkerOptions['workflowBundle'];
 }
 
 export async function createWorker(options: RekeyWorkerOptions): Promise<Worker> {
-  const { connection, namespace, taskQueue, db, keys, metrics, targets, workflowBundle, temporal } = options;
+  const { connection, namespace, taskQueue, db, keys, metrics, targets, workflowBundle, temporal, crypto } = options;
   return Worker.create({
     connection,
     namespace,
     taskQueue,
-    activities: createActivities({ db, keys, metrics, targets, ...(temporal && { temporal }) }),
+    ...(options.identity !== undefined && { identity: options.identity }),
+    ...(options.maxConcurrentActivityTaskExecutions !== undefined && {
+      maxConcurrentActivityTaskExecutions: options.maxConcurrentActivityTaskExecutions,
+    }),
+    activities: createActivities({
+      db,
+      keys,
+      metrics,
+      targets,
+      ...(temporal && { temporal }),
+      ...(crypto && { crypto }),
+    }),
     ...(workflowBundle ? { workflowBundle } : { workflowsPath }),
   });
 }
@@ -47,6 +65,8 @@ const WorkerEnv = z.object({
   REKEY_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
   /** Where the Temporal SDK's own Prometheus endpoint listens (proxied by the one above); 0 turns it off. */
   REKEY_TEMPORAL_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9465),
+  /** Activities this process runs at once (each rewrap part holds two database connections); the SDK's default. */
+  REKEY_MAX_CONCURRENT_ACTIVITIES: z.coerce.number().int().min(1).max(1000).optional(),
 });
 
 /** The worker process: config from the environment, JSON logs, Prometheus metrics, migrations, then poll. */
@@ -62,6 +82,7 @@ async function run(): Promise<void> {
     }),
   });
   const targetsConfig = loadTargetsConfig();
+  const crypto = createRowCrypto(cryptoThreadsFromEnv());
   const keys = openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE });
   const db = new Pool({ connectionString: config.DATABASE_URL });
   // An idle connection dropped by the server (restart, failover) is replaced on next use, not fatal.
@@ -93,10 +114,13 @@ async function run(): Promise<void> {
       metrics,
       targets,
       temporal,
+      crypto,
+      maxConcurrentActivityTaskExecutions: ports.REKEY_MAX_CONCURRENT_ACTIVITIES,
     });
     logger.info(
       {
         taskQueue: config.REKEY_TASK_QUEUE,
+        cryptoThreads: crypto.threads,
         targets: targets.names,
         defaultTarget: targetsConfig.defaultTarget,
         keys: keys.kekIds().map((id) => ({ id, fingerprint: keys.fingerprint(id) })),
@@ -111,6 +135,7 @@ async function run(): Promise<void> {
     await connection.close();
     await clientConnection.close();
     await db.end();
+    await crypto.close();
     keys.close();
   }
 }

@@ -1,5 +1,6 @@
 import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
+import type { RowCrypto } from '../crypto/row-crypto';
 import type { KeyProvider } from '../keys/key-provider';
 import type { RekeyMetrics } from '../observability/metrics';
 import type { TargetsConfig } from '../targets/config';
@@ -18,6 +19,8 @@ export interface ActivityDependencies {
   metrics?: RekeyMetrics;
   /** A Temporal client, for the activities that read schedules (rotation notices). */
   temporal?: Client;
+  /** Where rewrap crypto runs (REKEY_CRYPTO_THREADS); the process's shared pool when not given. */
+  crypto?: RowCrypto;
 }
 
 export function targetRuntimes(deps: ActivityDependencies): TargetRuntimes {

@@ -95,7 +95,13 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       const result = await withKeks(runtime, args, [args.from, args.to], ([from, to]) =>
         rewrapSlice(
           // A canary writes under the still-provisioned KEK; anything else only under the active one.
-          { store: runtime.store, from: from!, to: to!, writable: canary ? ['active', 'provisioned'] : ['active'] },
+          {
+            store: runtime.store,
+            from: from!,
+            to: to!,
+            writable: canary ? ['active', 'provisioned'] : ['active'],
+            crypto: deps.crypto,
+          },
           {
             after: args.range.after,
             until: args.range.until,

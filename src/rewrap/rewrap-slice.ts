@@ -1,12 +1,10 @@
-import { randomBytes } from 'node:crypto';
 import type { PoolClient } from 'pg';
-import { NONCE_BYTES } from '../codec/sealed-format';
+import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
 import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
 import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
 import { addCounters, emptyCounters, type RewrapCounters } from './counters';
-import { UnreadableValueError } from '../errors';
 
 export interface RewrapSliceInput {
   /** Exclusive lower bound of the slice's id range ('' = from the start). */
@@ -77,6 +75,8 @@ export interface RewrapDependencies {
   to: ResolvedKek;
   /** Registry states in which `to` may wrap: active, and for a canary also provisioned. */
   writable: readonly string[];
+  /** Where the crypto runs: the process's thread pool when not given. */
+  crypto?: RowCrypto;
 }
 
 const MAX_LISTED = 100;
@@ -168,8 +168,8 @@ class SliceRun {
           break;
         }
         const last = rows[rows.length - 1]!.$id;
-        const prepared = this.prepare(rows);
-        // The previous batch's write overlaps this batch's crypto; writes themselves stay in order.
+        // The previous batch's write overlaps this batch's read and crypto; writes themselves stay in order.
+        const prepared = await this.prepare(rows);
         await pendingWrite;
         this.hooks.onBatch?.({ cursor: this.cursor, counters: this.counters });
         pendingWrite = this.write(prepared, last);
@@ -230,41 +230,23 @@ class SliceRun {
   }
 
   /** Decrypts with `from` (or finds the value already under `to`) and seals with `to`; unreadable rows are left. */
-  private prepare(rows: TargetRow[]): PreparedBatch {
+  private async prepare(rows: TargetRow[]): Promise<PreparedBatch> {
     const { store, from, to } = this.deps;
-    const { codec } = store;
-    const nonces = this.input.dryRun ? Buffer.alloc(0) : randomBytes(NONCE_BYTES * rows.length);
-    const writes: RowWrite[] = [];
-    let failed = 0;
-    for (let i = 0; i < rows.length; i++) {
-      const row = rows[i]!;
-      let plaintext: Buffer;
-      let relabel = false;
-      try {
-        plaintext = codec.open(from.key, row, from.kekId);
-        // Labelled with another KEK, but under `from`: it moves with the rest, and its label is put right.
-        relabel = this.others;
-      } catch (err) {
-        if (!(err instanceof UnreadableValueError)) throw err;
-        // A row on a third KEK that says so is left alone; the count of those was taken at the start.
-        if (this.others) continue;
-        try {
-          plaintext = codec.open(to.key, row, to.kekId);
-          relabel = true;
-        } catch (second) {
-          if (!(second instanceof UnreadableValueError)) throw second;
-          failed += 1;
-          if (this.failures.length < MAX_LISTED) this.failures.push({ tenantId: row.$id, reason: err.reason });
-          continue;
-        }
-      }
-      const values = this.input.dryRun
-        ? []
-        : codec.seal(to.key, plaintext, row, to.kekId, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
-      plaintext.fill(0);
-      writes.push({ id: row.$id, row, values, relabel });
+    const crypto = this.deps.crypto ?? sharedRowCrypto();
+    const result = await crypto.rewrap(store.codec, from, to, rows, { others: this.others, dryRun: this.input.dryRun });
+    for (const failure of result.failures) {
+      if (this.failures.length >= MAX_LISTED) break;
+      this.failures.push({ tenantId: rows[failure.index]!.$id, reason: failure.reason });
     }
-    return { writes, failed };
+    return {
+      writes: result.writes.map((w) => ({
+        id: rows[w.index]!.$id,
+        row: rows[w.index]!,
+        values: w.values,
+        relabel: w.relabel,
+      })),
+      failed: result.failures.length,
+    };
   }
 
   private async write(batch: PreparedBatch, cursor: string): Promise<void> {

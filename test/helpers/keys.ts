@@ -2,8 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { EnvKeyProvider } from '../../src/keys/env-provider';
 
 /** Fresh random KEKs through the real env provider (prefix TEST), and their encodings for leak scans. */
-export function createTestKeys(ids: string[], current = ids[0]): { provider: EnvKeyProvider; secrets: string[] } {
-  const env: NodeJS.ProcessEnv = {};
+export function createTestKeys(
+  ids: string[],
+  current = ids[0],
+): { provider: EnvKeyProvider; secrets: string[]; env: Record<string, string> } {
+  const env: Record<string, string> = { REKEY_ENV_PREFIX: 'TEST' };
   const secrets: string[] = [];
   for (const id of ids) {
     const key = randomBytes(32);
@@ -11,7 +14,7 @@ export function createTestKeys(ids: string[], current = ids[0]): { provider: Env
     secrets.push(key.toString('base64url'), key.toString('base64'), key.toString('hex'));
   }
   if (current) env.TEST_CURRENT_KEK_ID = current;
-  return { provider: new EnvKeyProvider(env, 'TEST'), secrets };
+  return { provider: new EnvKeyProvider(env, 'TEST'), secrets, env };
 }
 
 export function testKeys(ids: string[], current = ids[0]): EnvKeyProvider {

@@ -34,12 +34,14 @@ export class RotationFixture {
     readonly db: TestDatabase,
     readonly keys: EnvKeyProvider,
     readonly secrets: string[],
+    /** The keys as a worker process reads them from its environment. */
+    readonly keyEnv: Record<string, string>,
   ) {}
 
   static async create(options: { tenants: number; dataTenants?: number }): Promise<RotationFixture> {
     const db = await createTestDatabase();
-    const { provider, secrets } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
-    const fixture = new RotationFixture(db, provider, secrets);
+    const { provider, secrets, env } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
+    const fixture = new RotationFixture(db, provider, secrets, env);
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', provider.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: provider, kekId: 'v1', count: options.tenants });
     const app = new TenantCrypto({ db: db.pool, keys: provider });

@@ -1,12 +1,17 @@
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import path from 'node:path';
+import { temporal } from '@temporalio/proto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../src/dev/ports';
 import { startRotation } from '../../src/client/rotations';
+import { projectRoot } from '../../src/project-paths';
 import { createWorker } from '../../src/worker';
-import { progressQuery } from '../../src/workflows';
+import { progressQuery, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, resultWithin, within, workflowBundle } from '../helpers/temporal';
 
 describe('rotation on the dev server built from the pinned temporal CLI', () => {
   let env: TestWorkflowEnvironment;
@@ -53,6 +58,79 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
       }
       expect(listed).toEqual([workflowId]);
     } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('two worker processes on one task queue split the slices, and every row moves exactly once', async () => {
+    const fixture = await RotationFixture.create({ tenants: 20_000 });
+    // One activity at a time each: the two slices running at once cannot both be on one process.
+    const workers = [0, 1].map(() =>
+      spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', 'worker.js')], {
+        env: {
+          PATH: process.env.PATH,
+          DATABASE_URL: fixture.db.url,
+          TEMPORAL_ADDRESS: env.address,
+          REKEY_TASK_QUEUE: fixture.taskQueue,
+          REKEY_METRICS_PORT: '0',
+          REKEY_TEMPORAL_METRICS_PORT: '0',
+          REKEY_MAX_CONCURRENT_ACTIVITIES: '1',
+          LOG_LEVEL: 'warn',
+          ...fixture.keyEnv,
+        },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      }),
+    );
+    const stderr = workers.map((child) => {
+      const lines: string[] = [];
+      child.stderr!.on('data', (chunk: Buffer) => lines.push(chunk.toString()));
+      return lines;
+    });
+    try {
+      const identities = workers.map((child) => `${child.pid}@`);
+      // Both poll for activities before the rotation starts: the task queue lists each as a poller.
+      await within(
+        (async () => {
+          for (;;) {
+            const { pollers } = await env.client.connection.workflowService.describeTaskQueue({
+              namespace: 'default',
+              taskQueue: { name: fixture.taskQueue },
+              taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            });
+            const polling = (pollers ?? []).map((p) => p.identity ?? '');
+            if (identities.every((id) => polling.some((p) => p.startsWith(id)))) return;
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
+        })(),
+        60_000,
+        () =>
+          `the two worker processes did not poll within 60 s; their stderr: ${stderr.map((l) => l.join('')).join(' | ')}`,
+      );
+      const started = await startRotation(
+        env.client,
+        { from: 'v1', to: 'v2', gracePeriod: '1s', batchSize: 200, parallelism: 2 },
+        { taskQueue: fixture.taskQueue },
+      );
+      const report = await resultWithin<RotationReport>(started.handle, 120_000);
+      expect(report).toMatchObject({ outcome: 'completed', counters: { rewrapped: 20_000, casConflicts: 0 } });
+      await fixture.expectNothingLost();
+
+      // Who ran each slice part, as the history records it.
+      const history = await started.handle.fetchHistory();
+      const scheduled = new Map<string, string>();
+      const ranSlices = new Set<string>();
+      for (const event of history.events ?? []) {
+        const scheduledAttrs = event.activityTaskScheduledEventAttributes;
+        if (scheduledAttrs) scheduled.set(String(event.eventId), scheduledAttrs.activityType?.name ?? '');
+        const startedAttrs = event.activityTaskStartedEventAttributes;
+        if (startedAttrs && scheduled.get(String(startedAttrs.scheduledEventId)) === 'rewrapSlice') {
+          ranSlices.add(startedAttrs.identity ?? '');
+        }
+      }
+      expect([...ranSlices].map((id) => identities.findIndex((pid) => id.startsWith(pid))).sort()).toEqual([0, 1]);
+    } finally {
+      for (const child of workers) child.kill('SIGTERM');
+      await Promise.all(workers.map((child) => (child.exitCode !== null ? undefined : once(child, 'exit'))));
       await fixture.drop();
     }
   });

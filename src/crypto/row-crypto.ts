@@ -1,0 +1,170 @@
+// Where a rewrap's crypto runs. A worker process spreads each batch over a pool of threads sized to its cores
+// (REKEY_CRYPTO_THREADS), so one activity uses every core while its own thread keeps PostgreSQL busy; 0 runs the
+// crypto in the activity's thread. Both run the same rewrapRows and give the same result.
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Piscina } from 'piscina';
+import type { Codec, Row } from '../codec/sealed-format';
+import { rewrapRows, type RewrapRowsOptions, type RewrapRowsResult, type RowKek } from '../rewrap/rewrap-rows';
+import type { RewrapChunk } from './rewrap-thread';
+import { ConfigError } from '../errors';
+
+export interface RowCrypto {
+  /** Crypto threads (0: the caller's thread). */
+  readonly threads: number;
+  rewrap(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: readonly Row[],
+    options: RewrapRowsOptions,
+  ): Promise<RewrapRowsResult>;
+  close(): Promise<void>;
+}
+
+/** In the caller's thread (REKEY_CRYPTO_THREADS=0). */
+export const inlineRowCrypto: RowCrypto = {
+  threads: 0,
+  rewrap: (codec, from, to, rows, options) => Promise.resolve(rewrapRows(codec, from, to, rows, options)),
+  close: () => Promise.resolve(),
+};
+
+/** Rows below this go to one thread: splitting a small batch costs more in messages than it saves. */
+const MIN_CHUNK_ROWS = 128;
+
+export class ThreadedRowCrypto implements RowCrypto {
+  private readonly pool: Piscina;
+
+  constructor(readonly threads: number) {
+    if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be ≥ 1, got ${threads}`);
+    // Idle threads do not keep the process alive (Piscina unrefs them); they stay up while the worker runs.
+    this.pool = new Piscina({ filename: rewrapThreadEntry(), minThreads: threads, maxThreads: threads });
+  }
+
+  async rewrap(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: readonly Row[],
+    options: RewrapRowsOptions,
+  ): Promise<RewrapRowsResult> {
+    if (rows.length === 0) return { writes: [], failures: [] };
+    const chunks = Math.min(this.threads, Math.ceil(rows.length / MIN_CHUNK_ROWS));
+    const size = Math.ceil(rows.length / chunks);
+    const parts = await Promise.all(
+      Array.from({ length: chunks }, (_, c) =>
+        this.runChunk(codec, from, to, rows.slice(c * size, (c + 1) * size), options),
+      ),
+    );
+    const result: RewrapRowsResult = { writes: [], failures: [] };
+    parts.forEach((part, c) => {
+      const offset = c * size;
+      for (const write of part.writes) {
+        result.writes.push({ index: write.index + offset, values: write.values.map(asBuffer), relabel: write.relabel });
+      }
+      for (const failure of part.failures)
+        result.failures.push({ index: failure.index + offset, reason: failure.reason });
+    });
+    return result;
+  }
+
+  private async runChunk(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: Row[],
+    options: RewrapRowsOptions,
+  ): Promise<RewrapRowsResult> {
+    // Each chunk carries its own copies of the two keys, moved (not copied) to the thread that zeroizes them.
+    const fromKey = keyCopy(from.key);
+    const toKey = keyCopy(to.key);
+    const task: RewrapChunk = {
+      format: codec.format,
+      from: { kekId: from.kekId, key: fromKey },
+      to: { kekId: to.kekId, key: toKey },
+      rows,
+      options,
+    };
+    try {
+      return (await this.pool.run(task, { name: 'rewrapChunk', transferList: [fromKey, toKey] })) as RewrapRowsResult;
+    } finally {
+      // Moved: these are detached and empty. Not moved (the pool refused the task): zeroized here.
+      for (const key of [fromKey, toKey]) if (key.byteLength > 0) new Uint8Array(key).fill(0);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}
+
+function keyCopy(key: Buffer): ArrayBuffer {
+  const copy = new ArrayBuffer(key.length);
+  new Uint8Array(copy).set(key);
+  return copy;
+}
+
+function asBuffer<T>(value: T): T | Buffer {
+  return value instanceof Uint8Array && !Buffer.isBuffer(value)
+    ? Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+    : value;
+}
+
+/** REKEY_CRYPTO_THREADS: a whole number of threads, 0 for none; unset, the cores this process may use. */
+export function cryptoThreadsFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.REKEY_CRYPTO_THREADS;
+  if (raw === undefined || raw.trim() === '') return os.availableParallelism();
+  const threads = Number(raw);
+  if (!Number.isInteger(threads) || threads < 0 || threads > 256) {
+    throw new ConfigError(
+      `REKEY_CRYPTO_THREADS must be a whole number from 0 (crypto in the activity's thread) to 256, got '${raw}'`,
+    );
+  }
+  return threads;
+}
+
+export function createRowCrypto(threads: number): RowCrypto {
+  return threads === 0 ? inlineRowCrypto : new ThreadedRowCrypto(threads);
+}
+
+let shared: RowCrypto | undefined;
+
+/** The process's pool, made on first use from REKEY_CRYPTO_THREADS, for activities not given one. */
+export function sharedRowCrypto(): RowCrypto {
+  shared ??= createRowCrypto(cryptoThreadsFromEnv());
+  return shared;
+}
+
+/**
+ * The thread's script: compiled JavaScript beside this file. Run from the TypeScript sources (the tests), there is
+ * none: the entry is bundled once with esbuild (a development dependency) into the temporary directory, named by
+ * its content, so every process of a run shares it.
+ */
+function rewrapThreadEntry(): string {
+  const compiled = path.join(__dirname, 'rewrap-thread.js');
+  if (fs.existsSync(compiled)) return compiled;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const esbuild = require('esbuild') as typeof import('esbuild');
+  const built = esbuild.buildSync({
+    entryPoints: [path.join(__dirname, 'rewrap-thread.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    write: false,
+    logLevel: 'silent',
+  });
+  const text = built.outputFiles[0]!.text;
+  const file = path.join(
+    os.tmpdir(),
+    `rekey-rewrap-thread-${createHash('sha256').update(text).digest('hex').slice(0, 16)}.js`,
+  );
+  if (!fs.existsSync(file)) {
+    const temporary = `${file}.${process.pid}.tmp`;
+    fs.writeFileSync(temporary, text);
+    fs.renameSync(temporary, file);
+  }
+  return file;
+}

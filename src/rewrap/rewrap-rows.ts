@@ -1,0 +1,79 @@
+import { randomBytes } from 'node:crypto';
+import { NONCE_BYTES, type Codec, type ColumnValue, type Row } from '../codec/sealed-format';
+import { UnreadableValueError } from '../errors';
+
+/** A KEK for one unit of work: its bytes are the caller's, who zeroizes them. */
+export interface RowKek {
+  kekId: string;
+  key: Buffer;
+}
+
+export interface RewrapRowsOptions {
+  /**
+   * false: the rows are labelled `from`; one that opens under `to` instead is relabelled, one that opens under
+   * neither fails. true: the rows are labelled with neither KEK; those that open under `from` move (relabelled), the
+   * rest are on a third KEK and are left alone.
+   */
+  others: boolean;
+  /** Decrypt only: nothing is sealed, `values` stay empty. */
+  dryRun: boolean;
+}
+
+export interface RowRewrap {
+  /** The row's position in the input. */
+  index: number;
+  /** New values for the codec's write columns (empty in a dry run). */
+  values: ColumnValue[];
+  relabel: boolean;
+}
+
+export interface RewrapRowsResult {
+  writes: RowRewrap[];
+  /** Rows that opened under neither KEK, with why (under `from`); they are never written. */
+  failures: { index: number; reason: string }[];
+}
+
+/**
+ * The crypto of a rewrap batch, and nothing else: each row is opened with `from` (or found already under `to`) and
+ * sealed with `to`; every plaintext is zeroized as soon as it is sealed. Runs in the activity's thread or in a crypto
+ * thread (src/crypto/row-crypto.ts), with the same result.
+ */
+export function rewrapRows(
+  codec: Codec,
+  from: RowKek,
+  to: RowKek,
+  rows: readonly Row[],
+  options: RewrapRowsOptions,
+): RewrapRowsResult {
+  const nonces = options.dryRun ? Buffer.alloc(0) : randomBytes(NONCE_BYTES * rows.length);
+  const writes: RowRewrap[] = [];
+  const failures: { index: number; reason: string }[] = [];
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i]!;
+    let plaintext: Buffer;
+    let relabel = false;
+    try {
+      plaintext = codec.open(from.key, row, from.kekId);
+      // Labelled with another KEK, but under `from`: it moves with the rest, and its label is put right.
+      relabel = options.others;
+    } catch (err) {
+      if (!(err instanceof UnreadableValueError)) throw err;
+      // A row on a third KEK that says so is left alone.
+      if (options.others) continue;
+      try {
+        plaintext = codec.open(to.key, row, to.kekId);
+        relabel = true;
+      } catch (second) {
+        if (!(second instanceof UnreadableValueError)) throw second;
+        failures.push({ index: i, reason: err.reason });
+        continue;
+      }
+    }
+    const values = options.dryRun
+      ? []
+      : codec.seal(to.key, plaintext, row, to.kekId, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+    plaintext.fill(0);
+    writes.push({ index: i, values, relabel });
+  }
+  return { writes, failures };
+}

@@ -1,0 +1,100 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MYCELIUM_DEK_FORMAT } from '../../src/codec/formats';
+import { compileFormat, type Row } from '../../src/codec/sealed-format';
+import { rewrapChunk } from '../../src/crypto/rewrap-thread';
+import { cryptoThreadsFromEnv, inlineRowCrypto, ThreadedRowCrypto } from '../../src/crypto/row-crypto';
+import { unwrapDek, wrapDek } from '../../src/envelope/dek-wrapping';
+import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
+import { ConfigError } from '../../src/errors';
+
+const from = { kekId: 'v1', key: randomBytes(32) };
+const to = { kekId: 'v2', key: randomBytes(32) };
+const third = { kekId: 'v0', key: randomBytes(32) };
+const builtin = compileFormat(REKEY_DEK_FORMAT);
+const threaded = new ThreadedRowCrypto(2);
+
+afterAll(() => threaded.close());
+
+/** 1,000 rows of rekey's own table: most on `from`, every 7th already under `to`, every 11th under a third KEK. */
+function builtinRows(): { rows: Row[]; deks: Buffer[] } {
+  const deks: Buffer[] = [];
+  const rows: Row[] = [];
+  for (let i = 0; i < 1_000; i++) {
+    const id = `tenant-${String(i).padStart(5, '0')}`;
+    const dek = randomBytes(32);
+    const kek = i % 11 === 0 ? third : i % 7 === 0 ? to : from;
+    deks.push(dek);
+    rows.push({ $id: id, $label: 'v1', tenant_id: id, wrapped_dek: wrapDek(kek.key, kek.kekId, id, dek) });
+  }
+  return { rows, deks };
+}
+
+describe('rewrap crypto in threads', () => {
+  it('gives what the inline crypto gives: the same rows written, relabelled and failed, each DEK intact under `to`', async () => {
+    const { rows, deks } = builtinRows();
+    const options = { others: false, dryRun: false };
+    const inline = await inlineRowCrypto.rewrap(builtin, from, to, rows, options);
+    const pooled = await threaded.rewrap(builtin, from, to, rows, options);
+    const shape = (r: typeof inline) => ({
+      writes: r.writes.map((w) => [w.index, w.relabel]),
+      failures: r.failures.map((f) => [f.index, f.reason]),
+    });
+    expect(shape(pooled)).toEqual(shape(inline));
+    expect(pooled.failures.map((f) => f.index)).toEqual(rows.map((_, i) => i).filter((i) => i % 11 === 0));
+    expect(pooled.writes.filter((w) => w.relabel).map((w) => w.index)).toEqual(
+      rows.map((_, i) => i).filter((i) => i % 7 === 0 && i % 11 !== 0),
+    );
+    for (const write of pooled.writes) {
+      const value = write.values[0];
+      expect(Buffer.isBuffer(value)).toBe(true);
+      const id = rows[write.index]!.$id as string;
+      expect(unwrapDek(to.key, 'v2', id, value as Buffer).equals(deks[write.index]!)).toBe(true);
+    }
+    // The caller's keys are its own: copies went to the threads.
+    expect(from.key.some((b) => b !== 0) && to.key.some((b) => b !== 0)).toBe(true);
+  });
+
+  it("reads a text format (Mycelium's) the same way, and a scan of the others leaves a third KEK's rows alone", async () => {
+    const mycelium = compileFormat(MYCELIUM_DEK_FORMAT);
+    const rows: Row[] = Array.from({ length: 600 }, (_, i) => {
+      const id = randomUUID();
+      const dek = randomBytes(32);
+      const kek = i % 2 === 0 ? from : third;
+      const nonce = randomBytes(12);
+      const sealed = mycelium.seal(kek.key, dek, { id }, kek.kekId, nonce);
+      return { $id: id, $label: '9', id, encrypted_dek: sealed[0] };
+    });
+    const pooled = await threaded.rewrap(mycelium, from, to, rows, { others: true, dryRun: false });
+    expect(pooled.failures).toEqual([]);
+    expect(pooled.writes.map((w) => w.index)).toEqual(rows.map((_, i) => i).filter((i) => i % 2 === 0));
+    expect(pooled.writes.every((w) => w.relabel && typeof w.values[0] === 'string')).toBe(true);
+    const dry = await threaded.rewrap(mycelium, from, to, rows, { others: true, dryRun: true });
+    expect(dry.writes.every((w) => w.values.length === 0)).toBe(true);
+  });
+
+  it('a chunk zeroizes the key copies it was given', () => {
+    const fromCopy = new Uint8Array(from.key).buffer;
+    const toCopy = new Uint8Array(to.key).buffer;
+    const { rows } = builtinRows();
+    const result = rewrapChunk({
+      format: REKEY_DEK_FORMAT,
+      from: { kekId: 'v1', key: fromCopy },
+      to: { kekId: 'v2', key: toCopy },
+      // As a thread receives them: bytea values as plain Uint8Arrays.
+      rows: rows.slice(0, 20).map((r) => ({ ...r, wrapped_dek: new Uint8Array(r.wrapped_dek as Buffer) })),
+      options: { others: false, dryRun: false },
+    });
+    expect(result.writes.length + result.failures.length).toBe(20);
+    expect(new Uint8Array(fromCopy).every((b) => b === 0)).toBe(true);
+    expect(new Uint8Array(toCopy).every((b) => b === 0)).toBe(true);
+  });
+
+  it('REKEY_CRYPTO_THREADS: the cores by default, 0 for none, anything else named', () => {
+    expect(cryptoThreadsFromEnv({})).toBeGreaterThanOrEqual(1);
+    expect(cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: '0' })).toBe(0);
+    expect(cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: '3' })).toBe(3);
+    expect(() => cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: 'all' })).toThrow(ConfigError);
+    expect(() => cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: '-1' })).toThrow(/REKEY_CRYPTO_THREADS.*'-1'/);
+  });
+});
