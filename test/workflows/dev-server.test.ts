@@ -83,7 +83,7 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
     );
     const stderr = workers.map((child) => {
       const lines: string[] = [];
-      child.stderr!.on('data', (chunk: Buffer) => lines.push(chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => lines.push(chunk.toString()));
       return lines;
     });
     try {
@@ -130,7 +130,7 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
       expect([...ranSlices].map((id) => identities.findIndex((pid) => id.startsWith(pid))).sort()).toEqual([0, 1]);
     } finally {
       for (const child of workers) child.kill('SIGTERM');
-      await Promise.all(workers.map((child) => (child.exitCode !== null ? undefined : once(child, 'exit'))));
+      await Promise.all(workers.filter((child) => child.exitCode === null).map((child) => once(child, 'exit')));
       await fixture.drop();
     }
   });
