@@ -81,6 +81,7 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
         stdio: ['ignore', 'ignore', 'pipe'],
       }),
     );
+    const exited = workers.map((child) => once(child, 'exit'));
     const stderr = workers.map((child) => {
       const lines: string[] = [];
       child.stderr.on('data', (chunk: Buffer) => lines.push(chunk.toString()));
@@ -130,7 +131,7 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
       expect([...ranSlices].map((id) => identities.findIndex((pid) => id.startsWith(pid))).sort()).toEqual([0, 1]);
     } finally {
       for (const child of workers) child.kill('SIGTERM');
-      await Promise.all(workers.filter((child) => child.exitCode === null).map((child) => once(child, 'exit')));
+      await Promise.all(exited);
       await fixture.drop();
     }
   });
