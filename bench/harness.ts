@@ -127,3 +127,66 @@ export function provenance(command: string, extra = ''): string {
     .slice(0, 8);
   return `Command: \`${command}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}, ${cpus.length} cores (${cpus[0]?.model ?? '?'} #${fingerprint}), PostgreSQL with fsync on${extra}.`;
 }
+
+/** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux this runs on). */
+const TICKS = 100;
+
+/** CPU seconds (user + system) a process has used, its threads included; 0 once it has gone. */
+export function processCpuSeconds(pid: number | undefined, withReapedChildren = false): number {
+  if (pid === undefined) return 0;
+  try {
+    // The command name may hold spaces: the fields counted from after its closing parenthesis.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const [utime, stime, cutime, cstime] = [11, 12, 13, 14].map((i) => Number(fields[i]));
+    return (utime! + stime! + (withReapedChildren ? cutime! + cstime! : 0)) / TICKS;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * CPU seconds used by the PostgreSQL server so far: every live `postgres` process, and the postmaster's reaped
+ * children (a backend that has exited counts there). Differences between two readings are what the server spent.
+ */
+export function postgresCpuSeconds(): number {
+  let total = 0;
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let comm: string;
+    let ppid: string;
+    try {
+      comm = fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim();
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      ppid = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]!;
+    } catch {
+      continue;
+    }
+    if (comm !== 'postgres') continue;
+    const postmaster = fs.existsSync(`/proc/${ppid}/comm`)
+      ? fs.readFileSync(`/proc/${ppid}/comm`, 'utf8').trim() !== 'postgres'
+      : true;
+    total += processCpuSeconds(Number(entry), postmaster);
+  }
+  return total;
+}
+
+/** What each process of a benchmark spent between two moments, and the machine's whole capacity over the time. */
+export class CpuMeter {
+  private start: Record<string, number> = {};
+  private startedAt = 0;
+
+  constructor(private readonly sources: Record<string, () => number>) {}
+
+  begin(): void {
+    this.startedAt = Date.now();
+    this.start = Object.fromEntries(Object.entries(this.sources).map(([name, read]) => [name, read()]));
+  }
+
+  end(): { seconds: number; cpu: Record<string, number> } {
+    const cpu = Object.fromEntries(
+      Object.entries(this.sources).map(([name, read]) => [name, read() - (this.start[name] ?? 0)]),
+    );
+    return { seconds: (Date.now() - this.startedAt) / 1000, cpu };
+  }
+}

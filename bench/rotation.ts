@@ -1,8 +1,13 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
 // a naive one-off script on the same data. Writes bench/results/rotation-<tenants>.md.
 import { BUILTIN_TARGET } from '../src/targets/builtin';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { REKEY_DEK_FORMAT } from '../src/codec/formats';
+import { compileFormat } from '../src/codec/sealed-format';
+import { ThreadedRowCrypto } from '../src/crypto/row-crypto';
+import { wrapDek } from '../src/envelope/dek-wrapping';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
 import { WorkflowUpdateFailedError, type Client as TemporalClient } from '@temporalio/client';
@@ -15,7 +20,10 @@ import { projectRoot } from '../src/project-paths';
 import { KekRegistry } from '../src/store/kek-registry';
 import { confirmStepUpdate, progressQuery, type RotationReport } from '../src/workflows';
 import {
+  CpuMeter,
   envKeys,
+  postgresCpuSeconds,
+  processCpuSeconds,
   freshDatabase,
   provenance,
   sleep,
@@ -64,16 +72,32 @@ async function settle(db: Pool): Promise<void> {
 async function measure(
   client: TemporalClient,
   request: RotationRequest,
-): Promise<{ report: RotationReport; seconds: number; rate: number; workflowId: string }> {
+  meter: CpuMeter,
+): Promise<{
+  report: RotationReport;
+  seconds: number;
+  rate: number;
+  workflowId: string;
+  cpu: ReturnType<CpuMeter['end']> | undefined;
+}> {
   const started = await startRotation(client, request, { taskQueue: TASK_QUEUE });
   // The benchmark is the operator: it confirms each step the application owns when the run asks (Mycelium's promote
   // and retire), and fails with the run's last progress if the run stops moving for ten minutes.
   let last = '';
   let movedAt = Date.now();
+  // The processes' CPU over the rewrap phase, read when the run is first seen in it and when first seen past it.
+  let inRewrap = false;
+  let cpu: ReturnType<CpuMeter['end']> | undefined;
   for (;;) {
     // A run that failed keeps answering its last progress: its status says it ended (result() then says why).
     if ((await started.handle.describe()).status.name !== 'RUNNING') break;
     const progress = await started.handle.query(progressQuery);
+    if (!inRewrap && progress.phase === 'rewrap') {
+      inRewrap = true;
+      meter.begin();
+    } else if (inRewrap && cpu === undefined && progress.phase !== 'rewrap') {
+      cpu = meter.end();
+    }
     if (progress.outcome !== 'running') break;
     const now = JSON.stringify([progress.phase, progress.counters, progress.waiting?.step]);
     if (now !== last) {
@@ -91,12 +115,53 @@ async function measure(
           if (!(err instanceof WorkflowUpdateFailedError)) throw err;
         });
     }
-    await sleep(500);
+    await sleep(inRewrap && cpu === undefined ? 100 : 500);
   }
   const report = await started.handle.result();
   const phase = report.phases.rewrap!;
   const seconds = ((phase.endedAt ?? 0) - phase.startedAt) / 1000;
-  return { report, seconds, rate: report.counters.rewrapped / seconds, workflowId: started.handle.workflowId };
+  return { report, seconds, rate: report.counters.rewrapped / seconds, workflowId: started.handle.workflowId, cpu };
+}
+
+/**
+ * The database's floor: one UPDATE of every row of the table, writing the same columns a rewrap writes (the label,
+ * the wrapped DEK, the version) through the same indexes and trigger, with no crypto and no round trips.
+ */
+async function databaseFloor(db: Pool, to: string, meter: CpuMeter): Promise<ReturnType<CpuMeter['end']>> {
+  meter.begin();
+  await db.query('UPDATE rekey.tenant_deks SET kek_id = $1, wrapped_dek = wrapped_dek, version = version + 1', [to]);
+  return meter.end();
+}
+
+/** The rewrap crypto alone, on every core of this process (its thread pool), over in-memory rows: µs per DEK. */
+async function cryptoAlone(count: number): Promise<{ micros: number; threads: number }> {
+  const crypto = new ThreadedRowCrypto(os.availableParallelism());
+  const from = { kekId: 'v1', key: randomBytes(32) };
+  const to = { kekId: 'v2', key: randomBytes(32) };
+  const codec = compileFormat(REKEY_DEK_FORMAT);
+  const batch = 2_000;
+  const batches = Array.from({ length: Math.ceil(count / batch) }, (_, b) =>
+    Array.from({ length: Math.min(batch, count - b * batch) }, (_, i) => {
+      const id = `tenant-${String(b * batch + i).padStart(8, '0')}`;
+      return { $id: id, $label: 'v1', tenant_id: id, wrapped_dek: wrapDek(from.key, 'v1', id, randomBytes(32)) };
+    }),
+  );
+  try {
+    await crypto.rewrap(codec, from, to, batches[0]!, { others: false, dryRun: false }); // threads up
+    const t = process.hrtime.bigint();
+    // Two batches in flight, as two slices would have them.
+    let next = 0;
+    const lane = async () => {
+      while (next < batches.length)
+        await crypto.rewrap(codec, from, to, batches[next++]!, { others: false, dryRun: false });
+    };
+    await Promise.all([lane(), lane()]);
+    return { micros: Number(process.hrtime.bigint() - t) / 1e3 / count, threads: crypto.threads };
+  } finally {
+    from.key.fill(0);
+    to.key.fill(0);
+    await crypto.close();
+  }
 }
 
 async function main(): Promise<void> {
@@ -109,9 +174,15 @@ async function main(): Promise<void> {
   const [oldSecret, newSecret] = [randomUUID(), randomUUID()];
   keyEnv.MYC_OLD_TOKEN_SECRET = oldSecret;
   keyEnv.MYC_TOKEN_SECRET = newSecret;
-  const withMycelium = process.env.BENCH_MYCELIUM !== '0';
+  // Mycelium's table doubles the run: at ten million the run measures memory and history, on rekey's own table only.
+  const withMycelium = (process.env.BENCH_MYCELIUM ?? (tenants <= 1_000_000 ? '1' : '0')) !== '0';
   const { client, close } = await temporalClient(server.address);
   const worker = spawnWorker({ databaseUrl: database.url, address: server.address, keyEnv });
+  const meter = new CpuMeter({
+    worker: () => processCpuSeconds(worker.child.pid),
+    postgres: postgresCpuSeconds,
+    temporal: () => processCpuSeconds(server.process.pid),
+  });
   const lines: string[] = [];
   const say = (line: string) => {
     lines.push(line);
@@ -133,7 +204,7 @@ async function main(): Promise<void> {
 
     // Each measured run starts from the same state: no dirty pages or WAL left by the write before it.
     await settle(database.pool);
-    const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options });
+    const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options }, meter);
     let historyEvents = 0;
     let runs = 0;
     for await (const execution of client.workflow.list({ query: `WorkflowId = '${builtin.workflowId}'` })) {
@@ -146,7 +217,11 @@ async function main(): Promise<void> {
     let mycelium: Awaited<ReturnType<typeof measure>> | undefined;
     if (withMycelium) {
       await settle(database.pool);
-      mycelium = await measure(client, { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s', ...options });
+      mycelium = await measure(
+        client,
+        { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s', ...options },
+        meter,
+      );
     }
 
     // The database refuses a DEK written under a KEK its registry does not let wrap: the naive script's v3 is made
@@ -160,6 +235,11 @@ async function main(): Promise<void> {
     const naiveSeconds = (Date.now() - t) / 1000;
     const naiveRate = naiveDone / naiveSeconds;
 
+    // The floor, on the same rows in the same state of the database, after the same settling.
+    await settle(database.pool);
+    const floor = await databaseFloor(database.pool, 'v3', meter);
+    const crypto = await cryptoAlone(Math.min(tenants, 200_000));
+
     const n = (value: number) => Math.round(value).toLocaleString('en-US');
     say('');
     say(`| measure | value |`);
@@ -167,6 +247,13 @@ async function main(): Promise<void> {
     say(`| tenants | ${tenants.toLocaleString('en-US')} |`);
     say(`| rewrap phase (workflow, wall) | ${builtin.seconds.toFixed(1)} s |`);
     say(`| rekey throughput | ${n(builtin.rate)} tenants/s |`);
+    say(
+      `| database floor (one UPDATE of all ${tenants.toLocaleString('en-US')} rows: same columns, indexes and trigger, no crypto) | ${floor.seconds.toFixed(1)} s |`,
+    );
+    say(`| **ratio rekey / floor** | **${(builtin.seconds / floor.seconds).toFixed(2)}x** |`);
+    say(
+      `| crypto alone on ${crypto.threads} thread(s) (unwrap + wrap, ${Math.min(tenants, 200_000).toLocaleString('en-US')} DEKs in memory) | ${crypto.micros.toFixed(2)} µs per DEK = ${((crypto.micros * tenants) / 1e6).toFixed(1)} s for ${tenants.toLocaleString('en-US')} |`,
+    );
     say(
       `| naive script (one UPDATE per row, ${n(naiveDone)} tenants) | ${n(naiveRate)} tenants/s, ${(tenants / naiveRate).toFixed(0)} s for all ${tenants.toLocaleString('en-US')} |`,
     );
@@ -177,6 +264,17 @@ async function main(): Promise<void> {
       );
       say(`| ratio Mycelium-format / built-in | ${((mycelium.rate / builtin.rate) * 100).toFixed(0)}% |`);
     }
+    const cpuLine = (what: string, run: ReturnType<CpuMeter['end']> | undefined) => {
+      if (!run) return;
+      const parts = Object.entries(run.cpu).map(([name, seconds]) => `${name} ${seconds.toFixed(1)} s`);
+      const used = Object.values(run.cpu).reduce((a, b) => a + b, 0);
+      const capacity = run.seconds * os.availableParallelism();
+      say(
+        `| CPU during ${what} (${run.seconds.toFixed(1)} s × ${os.availableParallelism()} cores = ${capacity.toFixed(1)} s) | ${parts.join(', ')}; ${((used / capacity) * 100).toFixed(0)}% of the machine |`,
+      );
+    };
+    cpuLine('the rewrap phase', builtin.cpu);
+    cpuLine('the floor', floor);
     say(`| worker peak RSS | ${workerPeak} MiB |`);
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
     say(

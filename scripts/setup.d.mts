@@ -9,8 +9,11 @@ export interface Toolchain {
   /** Prometheus's promtool, for the alert rules' tests, or why there is none. */
   promtool?: string;
   promtoolMissing?: string;
+  /** The native AES-GCM addon built by cargo, or why there is none (rekey then uses Node's AES-GCM). */
+  aesGcmAddon?: string;
+  aesGcmAddonMissing?: string;
 }
-export type SetupStep = 'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'chromium' | 'promtool';
+export type SetupStep = 'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'chromium' | 'promtool' | 'aes-gcm';
 export const TEMPORAL_CLI_VERSION: string;
 export const TEST_SERVER_VERSION: string;
 export class SetupError extends Error {}

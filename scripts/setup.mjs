@@ -519,13 +519,65 @@ export function ensurePromtool() {
   });
 }
 
+// ---------------------------------------------------------------- native AES-GCM
+
+/**
+ * The native AES-GCM addon (native/aes-gcm), built with cargo into the tool cache, keyed by its sources, the Rust
+ * toolchain and the platform. Optional: without cargo, or when the build fails, the manifest says why and rekey uses
+ * Node's AES-GCM (REKEY_AES_GCM=auto).
+ */
+export function ensureAesGcmAddon() {
+  const crate = path.join(projectRoot, 'native', 'aes-gcm');
+  const cargo = which('cargo') ?? [path.join(os.homedir(), '.cargo', 'bin', 'cargo')].find((c) => fs.existsSync(c));
+  if (!cargo) {
+    const why =
+      "cargo not found: install Rust (https://rustup.rs) to build the native AES-GCM addon; without it rekey uses Node's AES-GCM";
+    log(why);
+    return { missing: why };
+  }
+  const env = { ...process.env, PATH: `${path.dirname(cargo)}${path.delimiter}${process.env.PATH ?? ''}` };
+  const toolchain = run(cargo, ['--version'], { env }).stdout.trim();
+  const hash = createHash('sha256');
+  for (const file of ['Cargo.toml', 'Cargo.lock', 'build.rs', path.join('src', 'lib.rs')]) {
+    hash.update(file).update(fs.readFileSync(path.join(crate, file)));
+  }
+  hash.update(`${toolchain} ${process.platform} ${process.arch}`);
+  const dir = path.join(cacheRoot(), 'aes-gcm', hash.digest('hex').slice(0, 16));
+  const addon = path.join(dir, 'rekey_aes_gcm.node');
+  if (fs.existsSync(addon)) return { path: addon };
+  log('building the native AES-GCM addon with cargo (first time only)');
+  const targetDir = path.join(cacheRoot(), 'aes-gcm', 'target');
+  const built = run(cargo, ['build', '--release', '--locked', '--manifest-path', path.join(crate, 'Cargo.toml')], {
+    env: { ...env, CARGO_TARGET_DIR: targetDir },
+  });
+  const library = path.join(
+    targetDir,
+    'release',
+    process.platform === 'darwin'
+      ? 'librekey_aes_gcm.dylib'
+      : process.platform === 'win32'
+        ? 'rekey_aes_gcm.dll'
+        : 'librekey_aes_gcm.so',
+  );
+  if (built.status !== 0 || !fs.existsSync(library)) {
+    const why = `cargo build of native/aes-gcm failed (rekey uses Node's AES-GCM): ${lastLines(built.stderr, 3)}`;
+    log(why);
+    return { missing: why };
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  const temporary = `${addon}.${process.pid}.tmp`;
+  fs.copyFileSync(library, temporary);
+  fs.renameSync(temporary, addon);
+  return { path: addon };
+}
+
 // ---------------------------------------------------------------- main
 
 export function readManifest() {
   return JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
 }
 
-const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'chromium', 'promtool'];
+const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'chromium', 'promtool', 'aes-gcm'];
 
 export async function setup(only = steps) {
   const manifest = fs.existsSync(manifestPath) ? readManifest() : {};
@@ -536,15 +588,16 @@ export async function setup(only = steps) {
     const pg = await ensurePostgres();
     manifest.databaseUrl = pg.databaseUrl;
   }
-  for (const [step, ensure] of [
-    ['chromium', ensureChromium],
-    ['promtool', ensurePromtool],
+  for (const [step, ensure, key] of [
+    ['chromium', ensureChromium, 'chromium'],
+    ['promtool', ensurePromtool, 'promtool'],
+    ['aes-gcm', ensureAesGcmAddon, 'aesGcmAddon'],
   ]) {
     if (!only.includes(step)) continue;
     const tool = ensure();
-    delete manifest[step];
-    delete manifest[`${step}Missing`];
-    Object.assign(manifest, tool.path ? { [step]: tool.path } : { [`${step}Missing`]: tool.missing });
+    delete manifest[key];
+    delete manifest[`${key}Missing`];
+    Object.assign(manifest, tool.path ? { [key]: tool.path } : { [`${key}Missing`]: tool.missing });
   }
   manifest.cacheDir = cacheRoot();
   const serialized = `${JSON.stringify(manifest, null, 2)}\n`;

@@ -1,7 +1,7 @@
 // One description of how an application stores an AES-256-GCM value (a wrapped DEK, or a secret encrypted directly
 // by a KEK) and binds it with associated data. rekey's own format and the presets for Mycelium and Talos are all
 // written in it (src/codec/formats.ts); the compiled codec below reads and writes any of them.
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { gcmOpen, gcmSeal, type AeadKey } from '../crypto/aes-gcm';
 import { FormatError, UnreadableValueError } from '../errors';
 
 export const KEY_BYTES = 32;
@@ -73,9 +73,9 @@ export interface Codec {
   /** Why the stored form is malformed (before any key is tried), or undefined when it is well-formed. */
   check(row: Row): string | undefined;
   /** Decrypts the row's value with `key`, trying each AAD recipe; throws UnreadableValueError. */
-  open(key: Buffer, row: Row, kekId: string): Buffer;
+  open(key: AeadKey, row: Row, kekId: string): Buffer;
   /** Encrypts `plaintext` for the row under a KEK labelled `kekId`: the values of writeColumns. */
-  seal(key: Buffer, plaintext: Buffer, row: Row, kekId: string, nonce: Buffer): ColumnValue[];
+  seal(key: AeadKey, plaintext: Buffer, row: Row, kekId: string, nonce: Buffer): ColumnValue[];
 }
 
 const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
@@ -317,16 +317,8 @@ export function compileFormat(format: SealedFormat): Codec {
           if (err instanceof UnreadableValueError && recipes.length > 1) continue; // e.g. no name to bind to
           throw err;
         }
-        const decipher = createDecipheriv('aes-256-gcm', key, sealed.nonce, { authTagLength: TAG_BYTES });
-        decipher.setAAD(associated);
-        decipher.setAuthTag(sealed.tag);
-        const plaintext = decipher.update(sealed.ciphertext);
-        try {
-          decipher.final();
-          return plaintext;
-        } catch {
-          plaintext.fill(0);
-        }
+        const plaintext = gcmOpen(key, sealed.nonce, sealed.ciphertext, sealed.tag, associated);
+        if (plaintext) return plaintext;
       }
       throw new UnreadableValueError(
         recipes.length === 1
@@ -340,11 +332,8 @@ export function compileFormat(format: SealedFormat): Codec {
       }
       if (nonce.length !== NONCE_BYTES) throw new RangeError(`a nonce is ${NONCE_BYTES} bytes`);
       const associated = recipes[0]!(row, kekId);
-      const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
-      cipher.setAAD(associated);
-      const ciphertext = cipher.update(plaintext);
-      cipher.final();
-      const values = store({ nonce, ciphertext, tag: cipher.getAuthTag() });
+      const { ciphertext, tag } = gcmSeal(key, nonce, plaintext, associated);
+      const values = store({ nonce, ciphertext, tag });
       if (aad.store) values.push(encode(associated, aad.store.encoding));
       return values;
     },

@@ -7,8 +7,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { Piscina } from 'piscina';
 import type { Codec, Row } from '../codec/sealed-format';
+import { projectRoot } from '../project-paths';
 import { rewrapRows, type RewrapRowsOptions, type RewrapRowsResult, type RowKek } from '../rewrap/rewrap-rows';
-import type { RewrapChunk } from './rewrap-thread';
+import { packRows, transferables } from './columns';
+import { chunkResult, type RewrapChunk, type RewrapChunkResult } from './rewrap-thread';
 import { ConfigError } from '../errors';
 
 export interface RowCrypto {
@@ -36,11 +38,16 @@ const MIN_CHUNK_ROWS = 128;
 
 export class ThreadedRowCrypto implements RowCrypto {
   private readonly pool: Piscina;
+  /** A thread failed outside any task (its script did not load): every later call fails with this at once. */
+  private broken: Error | undefined;
 
   constructor(readonly threads: number) {
     if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be ≥ 1, got ${threads}`);
     // Idle threads do not keep the process alive (Piscina unrefs them); they stay up while the worker runs.
     this.pool = new Piscina({ filename: rewrapThreadEntry(), minThreads: threads, maxThreads: threads });
+    this.pool.on('error', (err: unknown) => {
+      this.broken = new Error(`a crypto thread failed: ${err instanceof Error ? err.message : String(err)}`);
+    });
   }
 
   async rewrap(
@@ -50,6 +57,7 @@ export class ThreadedRowCrypto implements RowCrypto {
     rows: readonly Row[],
     options: RewrapRowsOptions,
   ): Promise<RewrapRowsResult> {
+    if (this.broken) throw this.broken;
     if (rows.length === 0) return { writes: [], failures: [] };
     const chunks = Math.min(this.threads, Math.ceil(rows.length / MIN_CHUNK_ROWS));
     const size = Math.ceil(rows.length / chunks);
@@ -62,7 +70,7 @@ export class ThreadedRowCrypto implements RowCrypto {
     parts.forEach((part, c) => {
       const offset = c * size;
       for (const write of part.writes) {
-        result.writes.push({ index: write.index + offset, values: write.values.map(asBuffer), relabel: write.relabel });
+        result.writes.push({ index: write.index + offset, values: write.values, relabel: write.relabel });
       }
       for (const failure of part.failures)
         result.failures.push({ index: failure.index + offset, reason: failure.reason });
@@ -80,15 +88,20 @@ export class ThreadedRowCrypto implements RowCrypto {
     // Each chunk carries its own copies of the two keys, moved (not copied) to the thread that zeroizes them.
     const fromKey = keyCopy(from.key);
     const toKey = keyCopy(to.key);
+    const packed = packRows(rows);
     const task: RewrapChunk = {
       format: codec.format,
       from: { kekId: from.kekId, key: fromKey },
       to: { kekId: to.kekId, key: toKey },
-      rows,
+      rows: packed,
       options,
     };
     try {
-      return (await this.pool.run(task, { name: 'rewrapChunk', transferList: [fromKey, toKey] })) as RewrapRowsResult;
+      const chunk = (await this.pool.run(task, {
+        name: 'rewrapChunk',
+        transferList: [fromKey, toKey, ...transferables(packed.columns)],
+      })) as RewrapChunkResult;
+      return chunkResult(chunk);
     } finally {
       // Moved: these are detached and empty. Not moved (the pool refused the task): zeroized here.
       for (const key of [fromKey, toKey]) if (key.byteLength > 0) new Uint8Array(key).fill(0);
@@ -104,12 +117,6 @@ function keyCopy(key: Buffer): ArrayBuffer {
   const copy = new ArrayBuffer(key.length);
   new Uint8Array(copy).set(key);
   return copy;
-}
-
-function asBuffer<T>(value: T): T | Buffer {
-  return value instanceof Uint8Array && !Buffer.isBuffer(value)
-    ? Buffer.from(value.buffer, value.byteOffset, value.byteLength)
-    : value;
 }
 
 /** REKEY_CRYPTO_THREADS: a whole number of threads, 0 for none; unset, the cores this process may use. */
@@ -139,8 +146,8 @@ export function sharedRowCrypto(): RowCrypto {
 
 /**
  * The thread's script: compiled JavaScript beside this file. Run from the TypeScript sources (the tests), there is
- * none: the entry is bundled once with esbuild (a development dependency) into the temporary directory, named by
- * its content, so every process of a run shares it.
+ * none: the entry is bundled once with esbuild (a development dependency) into node_modules/.cache, named by its
+ * content, so every process of a run shares it.
  */
 function rewrapThreadEntry(): string {
   const compiled = path.join(__dirname, 'rewrap-thread.js');
@@ -158,10 +165,14 @@ function rewrapThreadEntry(): string {
   });
   const text = built.outputFiles[0]!.text;
   const file = path.join(
-    os.tmpdir(),
+    projectRoot,
+    'node_modules',
+    '.cache',
+    'rekey',
     `rekey-rewrap-thread-${createHash('sha256').update(text).digest('hex').slice(0, 16)}.js`,
   );
   if (!fs.existsSync(file)) {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
     const temporary = `${file}.${process.pid}.tmp`;
     fs.writeFileSync(temporary, text);
     fs.renameSync(temporary, file);

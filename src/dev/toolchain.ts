@@ -13,6 +13,9 @@ export interface Toolchain {
   /** Prometheus's promtool, for the alert rules' tests, or why there is none. */
   promtool?: string;
   promtoolMissing?: string;
+  /** The native AES-GCM addon built by cargo, or why there is none (rekey then uses Node's AES-GCM). */
+  aesGcmAddon?: string;
+  aesGcmAddonMissing?: string;
 }
 
 /** Paths written by `scripts/setup.mjs`; the demo, benchmark and chaos scripts read them. */

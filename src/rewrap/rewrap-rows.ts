@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { NONCE_BYTES, type Codec, type ColumnValue, type Row } from '../codec/sealed-format';
+import { releaseKey, scheduleKey, type AeadKey } from '../crypto/aes-gcm';
 import { UnreadableValueError } from '../errors';
 
 /** A KEK for one unit of work: its bytes are the caller's, who zeroizes them. */
@@ -42,6 +43,24 @@ export function rewrapRows(
   codec: Codec,
   from: RowKek,
   to: RowKek,
+  rows: readonly Row[],
+  options: RewrapRowsOptions,
+): RewrapRowsResult {
+  // One key schedule per KEK for the whole chunk (the native addon), released (zeroized) when it is done.
+  const fromKey = scheduleKey(from.key);
+  const toKey = scheduleKey(to.key);
+  try {
+    return rewrapWith(codec, { kekId: from.kekId, key: fromKey }, { kekId: to.kekId, key: toKey }, rows, options);
+  } finally {
+    releaseKey(fromKey);
+    releaseKey(toKey);
+  }
+}
+
+function rewrapWith(
+  codec: Codec,
+  from: { kekId: string; key: AeadKey },
+  to: { kekId: string; key: AeadKey },
   rows: readonly Row[],
   options: RewrapRowsOptions,
 ): RewrapRowsResult {

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MYCELIUM_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat, type Row } from '../../src/codec/sealed-format';
+import { packRows, unpackRows } from '../../src/crypto/columns';
 import { rewrapChunk } from '../../src/crypto/rewrap-thread';
 import { cryptoThreadsFromEnv, inlineRowCrypto, ThreadedRowCrypto } from '../../src/crypto/row-crypto';
 import { unwrapDek, wrapDek } from '../../src/envelope/dek-wrapping';
@@ -81,13 +82,23 @@ describe('rewrap crypto in threads', () => {
       format: REKEY_DEK_FORMAT,
       from: { kekId: 'v1', key: fromCopy },
       to: { kekId: 'v2', key: toCopy },
-      // As a thread receives them: bytea values as plain Uint8Arrays.
-      rows: rows.slice(0, 20).map((r) => ({ ...r, wrapped_dek: new Uint8Array(r.wrapped_dek as Buffer) })),
+      rows: packRows(rows.slice(0, 20)),
       options: { others: false, dryRun: false },
     });
-    expect(result.writes.length + result.failures.length).toBe(20);
+    expect(result.indexes.length + result.failures.length).toBe(20);
     expect(new Uint8Array(fromCopy).every((b) => b === 0)).toBe(true);
     expect(new Uint8Array(toCopy).every((b) => b === 0)).toBe(true);
+  });
+
+  it('rows cross by column and come back as they were: text, bytes, NULL', () => {
+    const rows = [
+      { id: 'a', wrapped: Buffer.from('0102', 'hex'), note: null },
+      { id: 'b', wrapped: null, note: 'x' },
+      { id: 'c', wrapped: Buffer.alloc(0), note: 'y' },
+    ];
+    const packed = packRows(rows);
+    expect(packed.columns.wrapped?.kind).toBe('bytes');
+    expect(unpackRows(packed)).toEqual(rows);
   });
 
   it('REKEY_CRYPTO_THREADS: the cores by default, 0 for none, anything else named', () => {

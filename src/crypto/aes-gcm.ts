@@ -1,0 +1,144 @@
+// AES-256-GCM for the codecs. A key is either a Buffer (Node's crypto: a cipher object and a key schedule per value)
+// or a KeySchedule from the native addon (native/aes-gcm: one schedule per KEK, reused for a whole chunk of rows).
+// Both give byte-identical output (test/unit/aes-gcm.test.ts). REKEY_AES_GCM picks: auto (the addon when it loads),
+// native (the addon or an error), node.
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConfigError } from '../errors';
+
+const TAG_BYTES = 16;
+
+/** A key expanded once in native memory; `release` zeroizes it. */
+export interface KeySchedule {
+  readonly native: true;
+  seal(nonce: Buffer, plaintext: Buffer, aad: Buffer): { ciphertext: Buffer; tag: Buffer };
+  /** undefined when authentication fails. */
+  open(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Buffer | undefined;
+  release(): void;
+}
+
+export type AeadKey = Buffer | KeySchedule;
+
+export function gcmSeal(
+  key: AeadKey,
+  nonce: Buffer,
+  plaintext: Buffer,
+  aad: Buffer,
+): { ciphertext: Buffer; tag: Buffer } {
+  if (!Buffer.isBuffer(key)) return key.seal(nonce, plaintext, aad);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
+  cipher.setAAD(aad);
+  const ciphertext = cipher.update(plaintext);
+  cipher.final();
+  return { ciphertext, tag: cipher.getAuthTag() };
+}
+
+export function gcmOpen(key: AeadKey, nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Buffer | undefined {
+  if (!Buffer.isBuffer(key)) return key.open(nonce, ciphertext, tag, aad);
+  const decipher = createDecipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
+  decipher.setAAD(aad);
+  decipher.setAuthTag(tag);
+  const plaintext = decipher.update(ciphertext);
+  try {
+    decipher.final();
+    return plaintext;
+  } catch {
+    plaintext.fill(0);
+    return undefined;
+  }
+}
+
+interface NativeGcmKey {
+  sealInto(nonce: Buffer, plaintext: Buffer, aad: Buffer, out: Buffer): void;
+  openInto(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer, out: Buffer): boolean;
+  release(): void;
+}
+interface NativeAddon {
+  GcmKey: new (key: Buffer) => NativeGcmKey;
+}
+
+export interface AesGcmBackend {
+  name: 'native' | 'node';
+  /** Where the addon came from, or why Node's AES-GCM is used. */
+  detail: string;
+  addon?: NativeAddon;
+}
+
+let backend: AesGcmBackend | undefined;
+
+/** Where the addon is: REKEY_AES_GCM_ADDON, else where `npm run setup` built it (.toolchain.json). */
+function addonPath(env: NodeJS.ProcessEnv): { file?: string; why: string } {
+  if (env.REKEY_AES_GCM_ADDON) return { file: env.REKEY_AES_GCM_ADDON, why: 'REKEY_AES_GCM_ADDON' };
+  try {
+    // Required here, not at the top: a crypto thread's bundle must load even where no project root is found.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { projectRoot } = require('../project-paths') as typeof import('../project-paths');
+    const manifest = JSON.parse(fs.readFileSync(path.join(projectRoot, '.toolchain.json'), 'utf8')) as {
+      aesGcmAddon?: string;
+      aesGcmAddonMissing?: string;
+    };
+    if (manifest.aesGcmAddon) return { file: manifest.aesGcmAddon, why: 'built by npm run setup' };
+    return { why: manifest.aesGcmAddonMissing ?? 'npm run setup has not built it' };
+  } catch {
+    return { why: 'REKEY_AES_GCM_ADDON is not set and there is no .toolchain.json' };
+  }
+}
+
+/** Decides once per thread which AES-GCM the rewrap uses. */
+export function loadAesGcmBackend(env: NodeJS.ProcessEnv = process.env): AesGcmBackend {
+  const mode = env.REKEY_AES_GCM ?? 'auto';
+  if (!['auto', 'native', 'node'].includes(mode)) {
+    throw new ConfigError(`REKEY_AES_GCM must be auto, native or node, got '${mode}'`);
+  }
+  if (mode === 'node') return { name: 'node', detail: 'REKEY_AES_GCM=node' };
+  const { file, why } = addonPath(env);
+  let failure = why;
+  if (file) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const addon = require(file) as NativeAddon;
+      return { name: 'native', detail: `${file} (${why})`, addon };
+    } catch (err) {
+      failure = `${file} did not load: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+  if (mode === 'native') throw new ConfigError(`REKEY_AES_GCM=native, but the native AES-GCM addon: ${failure}`);
+  return { name: 'node', detail: `the native addon is not in use: ${failure}` };
+}
+
+export function aesGcmBackend(): AesGcmBackend {
+  backend ??= loadAesGcmBackend();
+  return backend;
+}
+
+/**
+ * The key as the codecs should use it for many values: a native schedule when the addon is in use (release it when
+ * done), else the key itself.
+ */
+export function scheduleKey(key: Buffer): AeadKey {
+  const { addon } = aesGcmBackend();
+  return addon ? nativeSchedule(addon, key) : key;
+}
+
+export function nativeSchedule(addon: NativeAddon, key: Buffer): KeySchedule {
+  const native = new addon.GcmKey(key);
+  return {
+    native: true,
+    seal(nonce, plaintext, aad) {
+      const sealed = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
+      native.sealInto(nonce, plaintext, aad, sealed);
+      return { ciphertext: sealed.subarray(0, plaintext.length), tag: sealed.subarray(plaintext.length) };
+    },
+    open(nonce, ciphertext, tag, aad) {
+      const plaintext = Buffer.allocUnsafe(ciphertext.length);
+      return native.openInto(nonce, ciphertext, tag, aad, plaintext) ? plaintext : undefined;
+    },
+    release: () => native.release(),
+  };
+}
+
+/** Releases a schedule made by scheduleKey (a Buffer is the caller's to zeroize). */
+export function releaseKey(key: AeadKey): void {
+  if (!Buffer.isBuffer(key)) key.release();
+}
