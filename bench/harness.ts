@@ -71,6 +71,12 @@ export function spawnWorker(options: {
       REKEY_METRICS_PORT: '0',
       REKEY_TEMPORAL_METRICS_PORT: '0',
       LOG_LEVEL: 'warn',
+      // What the benchmark compares: the crypto backend and threads, as the caller's environment gives them.
+      ...Object.fromEntries(
+        ['REKEY_AES_GCM', 'REKEY_CRYPTO_THREADS', 'REKEY_AES_GCM_ADDON']
+          .filter((name) => process.env[name] !== undefined)
+          .map((name) => [name, process.env[name]!]),
+      ),
       ...options.keyEnv,
     },
     stdio: ['ignore', log, log],

@@ -4,6 +4,7 @@ import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporal
 import { Pool } from 'pg';
 import { z } from 'zod';
 import { createActivities } from './activities';
+import { aesGcmBackend } from './crypto/aes-gcm';
 import { createRowCrypto, cryptoThreadsFromEnv, type RowCrypto } from './crypto/row-crypto';
 import { ensureSearchAttributes } from './client/search-attributes';
 import { loadConfig, parseEnv } from './config';
@@ -121,6 +122,7 @@ async function run(): Promise<void> {
       {
         taskQueue: config.REKEY_TASK_QUEUE,
         cryptoThreads: crypto.threads,
+        aesGcm: `${aesGcmBackend().name}: ${aesGcmBackend().detail}`,
         targets: targets.names,
         defaultTarget: targetsConfig.defaultTarget,
         keys: keys.kekIds().map((id) => ({ id, fingerprint: keys.fingerprint(id) })),

@@ -41,10 +41,19 @@ export class ThreadedRowCrypto implements RowCrypto {
   /** A thread failed outside any task (its script did not load): every later call fails with this at once. */
   private broken: Error | undefined;
 
-  constructor(readonly threads: number) {
+  /** `env`: the threads' environment (REKEY_AES_GCM, …); the process's own when not given. */
+  constructor(
+    readonly threads: number,
+    env?: NodeJS.ProcessEnv,
+  ) {
     if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be ≥ 1, got ${threads}`);
     // Idle threads do not keep the process alive (Piscina unrefs them); they stay up while the worker runs.
-    this.pool = new Piscina({ filename: rewrapThreadEntry(), minThreads: threads, maxThreads: threads });
+    this.pool = new Piscina({
+      filename: rewrapThreadEntry(),
+      minThreads: threads,
+      maxThreads: threads,
+      ...(env && { env: env as Record<string, string> }),
+    });
     this.pool.on('error', (err: unknown) => {
       this.broken = new Error(`a crypto thread failed: ${err instanceof Error ? err.message : String(err)}`);
     });
