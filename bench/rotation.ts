@@ -299,7 +299,10 @@ async function main(): Promise<void> {
         `; worker: AES-GCM ${backend}, crypto threads ${process.env.REKEY_CRYPTO_THREADS ?? 'one per core'}`,
       ),
     );
-    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `rotation-${tenants}${backend === 'auto' ? '' : `-${backend}`}.md`), `${lines.join('\n')}\n`);
+    fs.writeFileSync(
+      path.join(projectRoot, 'bench', 'results', `rotation-${tenants}${backend === 'auto' ? '' : `-${backend}`}.md`),
+      `${lines.join('\n')}\n`,
+    );
   } finally {
     await worker.kill();
     await close();
