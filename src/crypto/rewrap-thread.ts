@@ -59,15 +59,18 @@ export function rewrapChunk(task: RewrapChunk): RewrapChunkResult {
   }
 }
 
-/** The chunk's result as rewrapRows gives it, the values as views of the buffers that came back. */
-export function chunkResult(chunk: RewrapChunkResult): RewrapRowsResult {
+/**
+ * The chunk's result as rewrapRows gives it for the whole batch: indexes shifted by where the chunk starts in it, the
+ * values as views of the buffers that came back.
+ */
+export function chunkResult(chunk: RewrapChunkResult, offset: number): RewrapRowsResult {
   const values = chunk.values.map((column) => unpackColumn(column) as ColumnValue[]);
   return {
     writes: Array.from(chunk.indexes, (index, i) => ({
-      index,
+      index: index + offset,
       relabel: chunk.relabel[i] === 1,
       values: values.map((column) => column[i]!),
     })),
-    failures: chunk.failures,
+    failures: chunk.failures.map((failure) => ({ index: failure.index + offset, reason: failure.reason })),
   };
 }

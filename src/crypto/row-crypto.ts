@@ -72,19 +72,10 @@ export class ThreadedRowCrypto implements RowCrypto {
     const size = Math.ceil(rows.length / chunks);
     const parts = await Promise.all(
       Array.from({ length: chunks }, (_, c) =>
-        this.runChunk(codec, from, to, rows.slice(c * size, (c + 1) * size), options),
+        this.runChunk(codec, from, to, rows.slice(c * size, (c + 1) * size), c * size, options),
       ),
     );
-    const result: RewrapRowsResult = { writes: [], failures: [] };
-    parts.forEach((part, c) => {
-      const offset = c * size;
-      for (const write of part.writes) {
-        result.writes.push({ index: write.index + offset, values: write.values, relabel: write.relabel });
-      }
-      for (const failure of part.failures)
-        result.failures.push({ index: failure.index + offset, reason: failure.reason });
-    });
-    return result;
+    return { writes: parts.flatMap((part) => part.writes), failures: parts.flatMap((part) => part.failures) };
   }
 
   private async runChunk(
@@ -92,6 +83,8 @@ export class ThreadedRowCrypto implements RowCrypto {
     from: RowKek,
     to: RowKek,
     rows: Row[],
+    /** Where the chunk starts in its batch. */
+    offset: number,
     options: RewrapRowsOptions,
   ): Promise<RewrapRowsResult> {
     // Each chunk carries its own copies of the two keys, moved (not copied) to the thread that zeroizes them.
@@ -110,7 +103,7 @@ export class ThreadedRowCrypto implements RowCrypto {
         name: 'rewrapChunk',
         transferList: [fromKey, toKey, ...transferables(packed.columns)],
       })) as RewrapChunkResult;
-      return chunkResult(chunk);
+      return chunkResult(chunk, offset);
     } finally {
       // Moved: these are detached and empty. Not moved (the pool refused the task): zeroized here.
       for (const key of [fromKey, toKey]) if (key.byteLength > 0) new Uint8Array(key).fill(0);
