@@ -3,8 +3,7 @@
 // Both give byte-identical output (test/unit/aes-gcm.test.ts). REKEY_AES_GCM picks: auto (the addon when it loads),
 // native (the addon or an error), node.
 import { createCipheriv, createDecipheriv } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
+import { readToolchain, type Toolchain } from '../dev/toolchain';
 import { ConfigError } from '../errors';
 
 const TAG_BYTES = 16;
@@ -70,19 +69,14 @@ let backend: AesGcmBackend | undefined;
 /** Where the addon is: REKEY_AES_GCM_ADDON, else where `npm run setup` built it (.toolchain.json). */
 function addonPath(env: NodeJS.ProcessEnv): { file?: string; why: string } {
   if (env.REKEY_AES_GCM_ADDON) return { file: env.REKEY_AES_GCM_ADDON, why: 'REKEY_AES_GCM_ADDON' };
+  let toolchain: Toolchain;
   try {
-    // Required here, not at the top: a crypto thread's bundle must load even where no project root is found.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { projectRoot } = require('../project-paths') as typeof import('../project-paths');
-    const manifest = JSON.parse(fs.readFileSync(path.join(projectRoot, '.toolchain.json'), 'utf8')) as {
-      aesGcmAddon?: string;
-      aesGcmAddonMissing?: string;
-    };
-    if (manifest.aesGcmAddon) return { file: manifest.aesGcmAddon, why: 'built by npm run setup' };
-    return { why: manifest.aesGcmAddonMissing ?? 'npm run setup has not built it' };
-  } catch {
-    return { why: 'REKEY_AES_GCM_ADDON is not set and there is no .toolchain.json' };
+    toolchain = readToolchain();
+  } catch (err) {
+    return { why: `REKEY_AES_GCM_ADDON is not set and ${err instanceof Error ? err.message : String(err)}` };
   }
+  if (toolchain.aesGcmAddon) return { file: toolchain.aesGcmAddon, why: 'built by npm run setup' };
+  return { why: toolchain.aesGcmAddonMissing ?? 'npm run setup has not built it' };
 }
 
 /** Decides once per thread which AES-GCM the rewrap uses. */

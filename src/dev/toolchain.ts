@@ -1,22 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Toolchain } from '../../scripts/setup.mjs';
 import { projectRoot } from '../project-paths';
 
-export interface Toolchain {
-  temporalCli: string;
-  testServer: string;
-  databaseUrl: string;
-  cacheDir: string;
-  /** A Chromium or Chrome binary for the Web UI test, or why there is none. */
-  chromium?: string;
-  chromiumMissing?: string;
-  /** Prometheus's promtool, for the alert rules' tests, or why there is none. */
-  promtool?: string;
-  promtoolMissing?: string;
-  /** The native AES-GCM addon built by cargo, or why there is none (rekey then uses Node's AES-GCM). */
-  aesGcmAddon?: string;
-  aesGcmAddonMissing?: string;
-}
+/** The setup's manifest (`.toolchain.json`), declared once beside the setup itself (scripts/setup.d.mts). */
+export type { Toolchain };
 
 /** Paths written by `scripts/setup.mjs`; the demo, benchmark and chaos scripts read them. */
 export function readToolchain(): Toolchain {
