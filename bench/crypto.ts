@@ -5,21 +5,14 @@ import { randomBytes } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
 import { compileFormat } from '../src/codec/sealed-format';
 import { loadAesGcmBackend } from '../src/crypto/aes-gcm';
-import { wrapDek } from '../src/envelope/dek-wrapping';
 import { rewrapRows } from '../src/rewrap/rewrap-rows';
-import { provenance } from './harness';
+import { inMemoryBatches, provenance } from './harness';
 
 const n = Number(process.argv[2] ?? 200_000);
-const batch = 2_000;
 const from = { kekId: 'v1', key: randomBytes(32) };
 const to = { kekId: 'v2', key: randomBytes(32) };
 const codec = compileFormat(REKEY_DEK_FORMAT);
-const batches = Array.from({ length: Math.ceil(n / batch) }, (_, b) =>
-  Array.from({ length: Math.min(batch, n - b * batch) }, (_, i) => {
-    const id = `tenant-${String(b * batch + i).padStart(8, '0')}`;
-    return { $id: id, $label: 'v1', tenant_id: id, wrapped_dek: wrapDek(from.key, 'v1', id, randomBytes(32)) };
-  }),
-);
+const batches = inMemoryBatches(n, from);
 
 function measure(): number {
   const started = process.hrtime.bigint();

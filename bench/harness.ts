@@ -9,6 +9,7 @@ import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
 import { freePort } from '../src/dev/ports';
 import { DevServerExitedError, startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
+import { wrapDek } from '../src/envelope/dek-wrapping';
 import { EnvKeyProvider } from '../src/keys/env-provider';
 import { projectRoot } from '../src/project-paths';
 
@@ -195,4 +196,26 @@ export class CpuMeter {
     );
     return { seconds: (Date.now() - this.startedAt) / 1000, cpu };
   }
+}
+
+/**
+ * `count` rows of rekey's own table in memory, as the engine reads them, in batches of 2,000, each DEK wrapped under
+ * `from` (the crypto benchmarks' input).
+ */
+export function inMemoryBatches(
+  count: number,
+  from: { kekId: string; key: Buffer },
+): { $id: string; $label: string; tenant_id: string; wrapped_dek: Buffer }[][] {
+  const batch = 2_000;
+  return Array.from({ length: Math.ceil(count / batch) }, (_, b) =>
+    Array.from({ length: Math.min(batch, count - b * batch) }, (_, i) => {
+      const id = `tenant-${String(b * batch + i).padStart(8, '0')}`;
+      return {
+        $id: id,
+        $label: from.kekId,
+        tenant_id: id,
+        wrapped_dek: wrapDek(from.key, from.kekId, id, randomBytes(32)),
+      };
+    }),
+  );
 }

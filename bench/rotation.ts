@@ -5,7 +5,6 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
 import { compileFormat } from '../src/codec/sealed-format';
 import { ThreadedRowCrypto } from '../src/crypto/row-crypto';
-import { wrapDek } from '../src/envelope/dek-wrapping';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +21,7 @@ import { confirmStepUpdate, progressQuery, type RotationReport } from '../src/wo
 import {
   CpuMeter,
   envKeys,
+  inMemoryBatches,
   postgresCpuSeconds,
   processCpuSeconds,
   freshDatabase,
@@ -139,13 +139,7 @@ async function cryptoAlone(count: number, aesGcm: 'native' | 'node'): Promise<{ 
   const from = { kekId: 'v1', key: randomBytes(32) };
   const to = { kekId: 'v2', key: randomBytes(32) };
   const codec = compileFormat(REKEY_DEK_FORMAT);
-  const batch = 2_000;
-  const batches = Array.from({ length: Math.ceil(count / batch) }, (_, b) =>
-    Array.from({ length: Math.min(batch, count - b * batch) }, (_, i) => {
-      const id = `tenant-${String(b * batch + i).padStart(8, '0')}`;
-      return { $id: id, $label: 'v1', tenant_id: id, wrapped_dek: wrapDek(from.key, 'v1', id, randomBytes(32)) };
-    }),
-  );
+  const batches = inMemoryBatches(count, from);
   try {
     await crypto.rewrap(codec, from, to, batches[0]!, { others: false, dryRun: false }); // threads up
     const t = process.hrtime.bigint();
