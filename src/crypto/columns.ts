@@ -61,9 +61,9 @@ export function unpackColumn(column: Column): unknown[] {
   return column.kind === 'values' ? column.values : unpackByteColumn(column.column);
 }
 
-/** Rows (all with the same keys) as columns. */
-export function packRows(rows: readonly Record<string, unknown>[]): Columns {
-  const names = rows.length === 0 ? [] : Object.keys(rows[0]!);
+/** The named columns of `rows` (all of them when not named; the rows all have the same keys). */
+export function packRows(rows: readonly Record<string, unknown>[], names?: readonly string[]): Columns {
+  names ??= rows.length === 0 ? [] : Object.keys(rows[0]!);
   const columns: Record<string, Column> = {};
   for (const name of names) columns[name] = packColumn(rows.map((row) => row[name]));
   return { count: rows.length, columns };

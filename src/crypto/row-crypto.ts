@@ -90,7 +90,8 @@ export class ThreadedRowCrypto implements RowCrypto {
     // Each chunk carries its own copies of the two keys, moved (not copied) to the thread that zeroizes them.
     const fromKey = keyCopy(from.key);
     const toKey = keyCopy(to.key);
-    const packed = packRows(rows);
+    // Only what the codec reads: the rest of the row ($id, $label, the version) stays here.
+    const packed = packRows(rows, codec.readColumns);
     const task: RewrapChunk = {
       format: codec.format,
       from: { kekId: from.kekId, key: fromKey },
