@@ -3,6 +3,8 @@ export interface Toolchain {
   testServer: string;
   databaseUrl: string;
   cacheDir: string;
+  /** moto's standalone server (AWS Secrets Manager and KMS for the tests), in a virtual environment. */
+  motoServer: string;
   /** A Chromium or Chrome binary for the Web UI test, or why there is none. */
   chromium?: string;
   chromiumMissing?: string;
@@ -13,7 +15,8 @@ export interface Toolchain {
   aesGcmAddon?: string;
   aesGcmAddonMissing?: string;
 }
-export type SetupStep = 'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'chromium' | 'promtool' | 'aes-gcm';
+export type SetupStep =
+  'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'moto' | 'chromium' | 'promtool' | 'aes-gcm';
 export const TEMPORAL_CLI_VERSION: string;
 export const TEST_SERVER_VERSION: string;
 export class SetupError extends Error {}

@@ -571,13 +571,83 @@ export function ensureAesGcmAddon() {
   return { path: addon };
 }
 
+// ---------------------------------------------------------------- moto (AWS Secrets Manager and KMS, for tests)
+
+export const MOTO_MIN_PYTHON = [3, 10];
+
+/** Python 3 from REKEY_PYTHON or PATH, with its version; a missing or old one stops the setup in one line. */
+function findPython() {
+  const python = process.env.REKEY_PYTHON || which('python3');
+  if (!python) {
+    throw new SetupError(
+      `Python 3 not found on PATH: install Python >= ${MOTO_MIN_PYTHON.join('.')} with venv (Debian/Ubuntu: apt-get install python3 python3-venv; macOS: brew install python), or set REKEY_PYTHON`,
+    );
+  }
+  const version = run(python, ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])']).stdout.trim();
+  const [major, minor] = version.split('.').map(Number);
+  if (!(major > MOTO_MIN_PYTHON[0] || (major === MOTO_MIN_PYTHON[0] && minor >= MOTO_MIN_PYTHON[1]))) {
+    throw new SetupError(
+      `Python ${version} is too old: moto (the AWS server the tests use) needs Python >= ${MOTO_MIN_PYTHON.join('.')}`,
+    );
+  }
+  return { python, version };
+}
+
+/**
+ * moto's standalone server, the AWS Secrets Manager and KMS the tests run against: pip installs the pinned
+ * scripts/moto-requirements.txt into a virtual environment in the tool cache, keyed by that file and the Python
+ * version. The environment counts only once its last step wrote `.complete`; a half-built one is removed and rebuilt.
+ */
+export function ensureMoto() {
+  const { python, version } = findPython();
+  const requirements = path.join(projectRoot, 'scripts', 'moto-requirements.txt');
+  const hash = createHash('sha256').update(fs.readFileSync(requirements)).update(version).digest('hex').slice(0, 16);
+  const dir = path.join(cacheRoot(), 'moto', hash);
+  const server = path.join(dir, 'bin', 'moto_server');
+  const complete = path.join(dir, '.complete');
+  if (fs.existsSync(complete) && fs.existsSync(server)) return server;
+  fs.rmSync(dir, { recursive: true, force: true });
+  log('installing moto (the AWS server for the tests) from PyPI (first time only)');
+  const venv = run(python, ['-m', 'venv', dir]);
+  if (venv.status !== 0) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw new SetupError(
+      `python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv): ${lastLines(venv.stderr || venv.stdout, 2)}`,
+    );
+  }
+  const pip = run(path.join(dir, 'bin', 'python'), [
+    '-m',
+    'pip',
+    'install',
+    '--disable-pip-version-check',
+    '--no-input',
+    '--quiet',
+    '-r',
+    requirements,
+  ]);
+  if (pip.status !== 0) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    const output = `${pip.stderr}\n${pip.stdout}`;
+    const unreachable =
+      /ConnectionError|NewConnectionError|Temporary failure in name resolution|No matching distribution/.test(output);
+    throw new SetupError(
+      unreachable
+        ? `cannot download moto from PyPI (check the network, or PIP_INDEX_URL for a mirror): ${lastLines(pip.stderr, 2)}`
+        : `pip install of moto failed: ${lastLines(pip.stderr || pip.stdout, 2)}`,
+    );
+  }
+  if (!fs.existsSync(server)) throw new SetupError(`pip installed moto, but ${server} is missing`);
+  fs.writeFileSync(complete, `${new Date().toISOString()}\n`);
+  return server;
+}
+
 // ---------------------------------------------------------------- main
 
 export function readManifest() {
   return JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
 }
 
-const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'chromium', 'promtool', 'aes-gcm'];
+const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'moto', 'chromium', 'promtool', 'aes-gcm'];
 
 export async function setup(only = steps) {
   const manifest = fs.existsSync(manifestPath) ? readManifest() : {};
@@ -588,6 +658,7 @@ export async function setup(only = steps) {
     const pg = await ensurePostgres();
     manifest.databaseUrl = pg.databaseUrl;
   }
+  if (only.includes('moto')) manifest.motoServer = ensureMoto();
   for (const [step, ensure, key] of [
     ['chromium', ensureChromium, 'chromium'],
     ['promtool', ensurePromtool, 'promtool'],

@@ -24,7 +24,9 @@ const stopHogs = () => spinners.forEach((hog) => hog.kill('SIGKILL'));
 process.on('exit', stopHogs);
 process.on('SIGINT', () => process.exit(130));
 
-process.stdout.write(`test-under-load: ${runs} run(s) of 'npm test' beside ${hogs} busy process(es), ${os.cpus().length} cores\n`);
+process.stdout.write(
+  `test-under-load: ${runs} run(s) of 'npm test' beside ${hogs} busy process(es), ${os.cpus().length} cores\n`,
+);
 const results = [];
 for (let run = 1; run <= runs; run++) {
   const started = Date.now();

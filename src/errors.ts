@@ -130,6 +130,23 @@ export class KekNotHeldError extends RekeyError {
   }
 }
 
+/**
+ * A retired KEK asked to wrap or unwrap. The store may still hold it (for the restore window), and a store such as
+ * moto or a KMS key still enabled would use it: the registry is what refuses.
+ */
+export class KekRetiredError extends RekeyError {
+  override readonly name = 'KekRetiredError';
+  static override readonly kind = 'refused';
+  constructor(
+    readonly kekId: string,
+    readonly target: string,
+  ) {
+    super(
+      `KEK '${kekId}' of target '${target}' is retired: it may neither wrap nor unwrap. Within its restore window, 'rekey keys restore ${kekId} --target ${target} --reason "..."' brings it back as decrypt-only`,
+    );
+  }
+}
+
 /** A KEK state change that the lifecycle forbids (e.g. anything out of `retired`). */
 export class KekTransitionError extends RekeyError {
   override readonly name = 'KekTransitionError';
@@ -267,6 +284,7 @@ const CLASSES = [
   UnknownKekError,
   KekFingerprintMismatchError,
   KekNotHeldError,
+  KekRetiredError,
   KekTransitionError,
   KekNotWritableError,
   RetireRefusedError,

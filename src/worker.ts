@@ -84,7 +84,13 @@ async function run(): Promise<void> {
   });
   const targetsConfig = loadTargetsConfig();
   const crypto = createRowCrypto(cryptoThreadsFromEnv());
-  const keys = openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE });
+  const keys = openKeyProvider(
+    { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
+    process.env,
+    (detected) => logger.info(detected, `key provider detected: ${detected.provider} (${detected.why})`),
+  );
+  // A remote store is read now: wrong credentials or a missing permission stop the worker here, with the reason.
+  await keys.reload();
   const db = new Pool({ connectionString: config.DATABASE_URL });
   // An idle connection dropped by the server (restart, failover) is replaced on next use, not fatal.
   db.on('error', (err) => logger.warn({ err: err.message }, 'idle PostgreSQL connection lost'));
@@ -125,6 +131,7 @@ async function run(): Promise<void> {
         aesGcm: `${aesGcmBackend().name}: ${aesGcmBackend().detail}`,
         targets: targets.names,
         defaultTarget: targetsConfig.defaultTarget,
+        keyProvider: keys.description,
         keys: keys.kekIds().map((id) => ({ id, fingerprint: keys.fingerprint(id) })),
       },
       'rekey worker started',

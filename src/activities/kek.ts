@@ -303,8 +303,10 @@ export function createKekActivities(deps: ActivityDependencies) {
 
     /** `to` becomes active and `from` decrypt-only, in one transaction; a retry after success is a no-op. */
     async promoteKek({ from, to, target }: { from: string; to: string } & OnTarget): Promise<void> {
-      const { registry } = await targets.get(target);
+      const { registry, keys } = await targets.get(target);
       await registry.promote(from, to);
+      // A store that marks its current key itself (Secrets Manager's AWSCURRENT) follows the registry.
+      await keys.promote?.(from, to);
     },
 
     /**
@@ -337,6 +339,8 @@ export function createKekActivities(deps: ActivityDependencies) {
         }
         const retired = await registry.transition(from, 'retired', client);
         await client.query('COMMIT');
+        // The store marks it too (a retry after a failure here finds the registry done and does only this).
+        await runtime.keys.retire?.(from);
         return { retiredAt: (retired.retiredAt ?? new Date()).toISOString() };
       } catch (err) {
         await client.query('ROLLBACK').catch(() => undefined); // a broken connection rolls back by itself

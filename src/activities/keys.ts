@@ -16,6 +16,8 @@ export async function withKeks<T>(
   try {
     for (const kekId of kekIds) {
       const registered = await runtime.registry.get(kekId);
+      // A KEK another process provisioned, or a remote store not read yet: read the source again first.
+      if (!runtime.keys.has(kekId)) await runtime.keys.reload();
       resolved.push(resolveKek(runtime.keys, kekId, registered));
     }
     return await use(resolved);

@@ -1,8 +1,9 @@
 import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
-import { loadConfig } from '../config';
+import { loadConfig, loadKeyConfig } from '../config';
 import { openKeyProvider } from '../keys';
 import { FileKeyring } from '../keys/file-keyring';
+import type { KeyProvider } from '../keys/key-provider';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
 import { CliError } from '../errors';
@@ -72,6 +73,28 @@ export class CliContext {
     const path = file ?? this.env.REKEY_KEYRING_FILE;
     if (!path) throw new CliError('no keyring file: pass --keyring or set REKEY_KEYRING_FILE', 'invalid');
     return FileKeyring.open(path, { create: true });
+  }
+
+  /**
+   * The key store `rekey keys` works on: the keyring file given with --keyring, else the process's provider
+   * (REKEY_KEY_PROVIDER; a keyring file when it is unset and REKEY_KEYRING_FILE is), read.
+   */
+  async keyStore(file?: string): Promise<KeyProvider> {
+    if (file !== undefined) return this.keyring(file);
+    const config = loadKeyConfig(this.env);
+    if (
+      config.REKEY_KEY_PROVIDER === 'env' &&
+      this.env.REKEY_KEY_PROVIDER === undefined &&
+      this.env.REKEY_KEYRING_FILE
+    ) {
+      return this.keyring();
+    }
+    const keys = openKeyProvider(
+      { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
+      this.env,
+    );
+    await keys.reload();
+    return keys;
   }
 
   /** Prints `value` as JSON with --json, else the human lines. */

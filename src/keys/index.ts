@@ -3,18 +3,57 @@ import { EnvKeyProvider } from './env-provider';
 import { FileKeyring } from './file-keyring';
 import type { KeyProvider } from './key-provider';
 import { MyceliumTokenSecrets } from './mycelium-token-secret';
+import type { KeyProviderName } from '../config';
+import { awsRegion } from './aws';
+import { SecretsManagerKeys } from './aws-secrets-manager';
 import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
 
 export interface KeySource {
-  provider: 'env' | 'file';
+  provider: KeyProviderName;
   keyringFile?: string;
 }
 
-/** The key provider a worker or application process is configured with (REKEY_KEY_PROVIDER). */
-export function openKeyProvider(source: KeySource, env: NodeJS.ProcessEnv = process.env): KeyProvider {
-  if (source.provider === 'env') return new EnvKeyProvider(env);
+/**
+ * The store `auto` picks, as the secrets-manager guide detects it: AWS Secrets Manager when AWS_REGION or
+ * AWS_DEFAULT_REGION is set, else Vault when VAULT_ADDR is set, else the file keyring. The reason comes with it, to
+ * be logged once.
+ */
+export function detectKeyProvider(env: NodeJS.ProcessEnv): { provider: Exclude<KeyProviderName, 'auto'>; why: string } {
+  if (awsRegion(env)) {
+    return {
+      provider: 'aws-secrets-manager',
+      why: `${env.AWS_REGION?.trim() ? 'AWS_REGION' : 'AWS_DEFAULT_REGION'} is set`,
+    };
+  }
+  if (env.VAULT_ADDR?.trim()) return { provider: 'vault', why: 'VAULT_ADDR is set' };
+  return { provider: 'file', why: 'neither AWS_REGION, AWS_DEFAULT_REGION nor VAULT_ADDR is set' };
+}
+
+/**
+ * The key provider a worker or application process is configured with (REKEY_KEY_PROVIDER). `onDetected` hears
+ * which store `auto` picked, and why. A remote store is read on the provider's first `reload`.
+ */
+export function openKeyProvider(
+  source: KeySource,
+  env: NodeJS.ProcessEnv = process.env,
+  onDetected?: (detected: { provider: string; why: string }) => void,
+): KeyProvider {
+  let provider = source.provider;
+  if (provider === 'auto') {
+    const detected = detectKeyProvider(env);
+    onDetected?.(detected);
+    provider = detected.provider;
+  }
+  if (provider === 'env') return new EnvKeyProvider(env);
+  if (provider === 'aws-secrets-manager') return SecretsManagerKeys.fromEnv(env);
+  if (provider === 'vault') {
+    throw new KeyMaterialError(
+      'the Vault key provider is not supported yet (no Vault server could be had to test it against): keep the KEKs in AWS Secrets Manager, a keyring file or the environment, and set REKEY_KEY_PROVIDER accordingly',
+      'REKEY_KEY_PROVIDER',
+    );
+  }
   if (!source.keyringFile) {
     throw new KeyMaterialError(
       'REKEY_KEYRING_FILE must name the keyring file for the file provider',

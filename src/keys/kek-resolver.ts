@@ -1,5 +1,5 @@
 import type { KeyProvider } from './key-provider';
-import { KekFingerprintMismatchError, KekNotHeldError, UnknownKekError } from '../errors';
+import { KekFingerprintMismatchError, KekNotHeldError, KekRetiredError, UnknownKekError } from '../errors';
 
 /** A KEK's bytes for one unit of work, copied out of the provider; the holder zeroizes `key` when done. */
 export interface ResolvedKek {
@@ -16,8 +16,9 @@ export interface ResolvedKek {
 export function resolveKek(
   provider: KeyProvider,
   kekId: string,
-  registered: { fingerprint: string } | undefined,
+  registered: { fingerprint: string; state?: string; target?: string } | undefined,
 ): ResolvedKek {
+  if (registered?.state === 'retired') throw new KekRetiredError(kekId, registered.target ?? '?');
   if (registered === undefined) {
     if (!provider.has(kekId)) throw new UnknownKekError(kekId, provider.description);
     const fingerprint = provider.fingerprint(kekId);

@@ -22,6 +22,13 @@ export interface KeyProvider {
   reload(): Promise<void>;
   /** Creates a new KEK and returns its id, where the provider can (`undefined` when it cannot). */
   generate?(kekId?: string): Promise<string>;
+  /**
+   * For a store that marks its current key itself (Secrets Manager's AWSCURRENT): marks `to` current and `from` the
+   * previous one, after the registry promoted `to`. Idempotent.
+   */
+  promote?(from: string, to: string): Promise<void>;
+  /** Marks a KEK retired in the store, keeping its material for the restore window. Idempotent. */
+  retire?(kekId: string): Promise<void>;
   /** Zeroizes every key held in memory. */
   close(): void;
   /** Every key held, by fingerprint, with the id the source gives it. */
@@ -149,7 +156,7 @@ export abstract class LocalKeyProvider implements KeyProvider {
   }
 
   /** Reads every KEK from the source; sets configuredCurrentKekId. */
-  protected abstract load(): InMemoryKeys;
+  protected abstract load(): InMemoryKeys | Promise<InMemoryKeys>;
 
   kekIds(): string[] {
     return this.keys.ids();
@@ -169,9 +176,8 @@ export abstract class LocalKeyProvider implements KeyProvider {
   unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
     return this.keys.unwrap(kekId, tenantId, wrapped);
   }
-  reload(): Promise<void> {
-    this.keys.replaceWith(this.load());
-    return Promise.resolve();
+  async reload(): Promise<void> {
+    this.keys.replaceWith(await this.load());
   }
   close(): void {
     this.keys.clear();

@@ -4,6 +4,8 @@ import { checkout } from './connect';
 import { KekFingerprintMismatchError, KekTransitionError, UnknownKekError } from '../errors';
 
 export interface KekRecord {
+  /** The target (keyspace) whose registry holds it. */
+  target: string;
   kekId: string;
   state: KekState;
   fingerprint: string;
@@ -14,6 +16,7 @@ export interface KekRecord {
 }
 
 interface KekRow {
+  target: string;
   kek_id: string;
   state: KekState;
   fingerprint: string;
@@ -24,6 +27,7 @@ interface KekRow {
 }
 
 const toRecord = (row: KekRow): KekRecord => ({
+  target: row.target,
   kekId: row.kek_id,
   state: row.state,
   fingerprint: row.fingerprint,

@@ -49,6 +49,20 @@ describe('setup names the missing prerequisite in one line', () => {
     expectOneLine(stderr, /Go not found on PATH: install Go >= 1\.25/);
   });
 
+  it('without Python 3 it says to install it (moto, the AWS server of the tests, runs on it)', () => {
+    const { status, stderr } = runSetup('moto', { PATH: pathWith() });
+    expect(status).toBe(1);
+    expectOneLine(stderr, /Python 3 not found on PATH: install Python >= 3\.10 with venv/);
+  });
+
+  it('with a Python older than 3.10 it says which version is needed', () => {
+    const bin = fs.mkdtempSync(path.join(scratch, 'oldpython-'));
+    fs.writeFileSync(path.join(bin, 'python3'), '#!/bin/sh\necho 3.8\n', { mode: 0o755 });
+    const { status, stderr } = runSetup('moto', { PATH: bin });
+    expect(status).toBe(1);
+    expectOneLine(stderr, /Python 3\.8 is too old: moto \(the AWS server the tests use\) needs Python >= 3\.10/);
+  });
+
   it('with a Go older than 1.25 it says which version is needed', () => {
     const bin = fs.mkdtempSync(path.join(scratch, 'oldgo-'));
     fs.writeFileSync(path.join(bin, 'go'), '#!/bin/sh\necho go1.21.0\n', { mode: 0o755 });

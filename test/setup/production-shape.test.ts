@@ -103,14 +103,14 @@ describe('production shape (checked without a Docker engine)', () => {
         PATH: process.env.PATH,
         DATABASE_URL: 'mysql://x',
         TEMPORAL_ADDRESS: 'no-port',
-        REKEY_KEY_PROVIDER: 'vault',
+        REKEY_KEY_PROVIDER: 'hsm',
       },
       encoding: 'utf8',
       timeout: 20_000,
     });
     expect(result.status).toBe(1);
     expect(result.stderr.trim()).toBe(
-      "rekey worker: invalid configuration: DATABASE_URL: DATABASE_URL must start with postgres:// or postgresql://; TEMPORAL_ADDRESS: TEMPORAL_ADDRESS must be host:port; REKEY_KEY_PROVIDER: REKEY_KEY_PROVIDER must be 'env' or 'file'",
+      'rekey worker: invalid configuration: DATABASE_URL: DATABASE_URL must start with postgres:// or postgresql://; TEMPORAL_ADDRESS: TEMPORAL_ADDRESS must be host:port; REKEY_KEY_PROVIDER: REKEY_KEY_PROVIDER must be one of env, file, aws-secrets-manager, vault, auto',
     );
   });
 

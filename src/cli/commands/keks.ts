@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { targetKekStatus } from '../../targets/kek-status';
 import { targetOption, withContext } from '../options';
+import { CliError } from '../../errors';
 
 export function kekStatusCommand(): Command {
   return new Command('kek-status')
@@ -34,36 +35,41 @@ export function kekStatusCommand(): Command {
 
 export function keysCommand(): Command {
   const keys = new Command('keys')
-    .description('the file keyring (REKEY_KEYRING_FILE, mode 0600)')
+    .description(
+      'the key store: the keyring file (--keyring or REKEY_KEYRING_FILE, mode 0600), or the store REKEY_KEY_PROVIDER names',
+    )
     .option('--keyring <file>', 'keyring file');
   keys
     .command('generate')
-    .description('add a new random KEK to the keyring; prints its id and fingerprint, never the key')
+    .description('add a new random KEK to the store; prints its id and fingerprint, never the key')
     .option('--id <id>', 'KEK id (default: the next vN)')
     .action(
       withContext(async (context, options: { id?: string }) => {
-        const keyring = context.keyring(keys.opts<{ keyring?: string }>().keyring);
+        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
         try {
-          const id = await keyring.generate(options.id);
-          context.print({ kekId: id, fingerprint: keyring.fingerprint(id), file: keyring.file }, () => [
-            `generated KEK '${id}' (${keyring.fingerprint(id)}) in ${keyring.file}`,
+          if (!store.generate) {
+            throw new CliError(`${store.description} is read-only to rekey: add the KEK there yourself`, 'invalid');
+          }
+          const id = await store.generate(options.id);
+          context.print({ kekId: id, fingerprint: store.fingerprint(id), store: store.description }, () => [
+            `generated KEK '${id}' (${store.fingerprint(id)}) in ${store.description}`,
           ]);
         } finally {
-          keyring.close();
+          store.close();
         }
       }),
     );
   keys
     .command('list')
-    .description('KEK ids and fingerprints in the keyring')
+    .description('KEK ids and fingerprints in the store')
     .action(
-      withContext((context) => {
-        const keyring = context.keyring(keys.opts<{ keyring?: string }>().keyring);
+      withContext(async (context) => {
+        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
         try {
-          const listed = keyring.kekIds().map((kekId) => ({ kekId, fingerprint: keyring.fingerprint(kekId) }));
+          const listed = store.kekIds().map((kekId) => ({ kekId, fingerprint: store.fingerprint(kekId) }));
           context.print(listed, () => listed.map((k) => `${k.kekId.padEnd(12)} ${k.fingerprint}`));
         } finally {
-          keyring.close();
+          store.close();
         }
       }),
     );

@@ -1,0 +1,282 @@
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  CreateSecretCommand,
+  DescribeSecretCommand,
+  GetSecretValueCommand,
+  PutSecretValueCommand,
+  SecretsManagerClient,
+  UpdateSecretVersionStageCommand,
+} from '@aws-sdk/client-secrets-manager';
+import { KEY_BYTES } from '../envelope/dek-wrapping';
+import { awsCall, awsClientConfig, awsFind } from './aws';
+import { nextKekId } from './file-keyring';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider } from './key-provider';
+import { KeyMaterialError } from '../errors';
+
+/** The staging label that names a version's KEK while it may be used: `rekey-kek-v2`. */
+export const KEK_LABEL = 'rekey-kek-';
+/** The label that names a retired KEK's version: kept (not deprecated) until it is destroyed. */
+export const RETIRED_LABEL = 'rekey-retired-';
+
+const CURRENT = 'AWSCURRENT';
+const PENDING = 'AWSPENDING';
+const PREVIOUS = 'AWSPREVIOUS';
+
+/**
+ * The ClientRequestToken (and so the VersionId) of a KEK's version: derived from the secret and the KEK id, so a
+ * provision that is retried (an activity that timed out after AWS stored the value) names the same version and
+ * never creates a second one.
+ */
+export function versionToken(secretId: string, kekId: string): string {
+  const hex = createHash('sha256').update(`rekey-kek-version\0${secretId}\0${kekId}`).digest('hex');
+  // UUID layout (version 8, "custom"), 36 characters: within the API's 32-64.
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-a${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+interface Version {
+  versionId: string;
+  stages: string[];
+  retired: boolean;
+}
+
+/** The KEK id a version's labels give it, and whether it is retired; undefined for a version rekey does not name. */
+function kekIdOf(stages: string[]): { kekId: string; retired: boolean } | undefined {
+  for (const stage of stages) {
+    if (stage.startsWith(KEK_LABEL)) return { kekId: stage.slice(KEK_LABEL.length), retired: false };
+    if (stage.startsWith(RETIRED_LABEL)) return { kekId: stage.slice(RETIRED_LABEL.length), retired: true };
+  }
+  return undefined;
+}
+
+/**
+ * KEKs held as versions of one AWS Secrets Manager secret per keyspace, each version's value a KEK in base64url (as
+ * in the env provider), named by a staging label of rekey's own (`rekey-kek-<id>`). The store's stages follow the
+ * KEK lifecycle as AWS's rotation steps do: a provisioned KEK is AWSPENDING, the active one AWSCURRENT, the one it
+ * replaced AWSPREVIOUS (decrypt-only), and a retired one carries `rekey-retired-<id>` instead of its name, so the
+ * version keeps a label (a version without one is deprecated, and AWS may delete it) until it is destroyed.
+ *
+ * The version carrying AWSCURRENT is read even without a rekey label (a secret created by hand or by the
+ * application's own tooling): its KEK id is then its VersionId. Other unlabelled versions are not rekey's and are
+ * left alone.
+ */
+export class SecretsManagerKeys extends LocalKeyProvider {
+  readonly description: string;
+  private versions = new Map<string, Version>();
+
+  constructor(
+    readonly secretId: string,
+    private readonly client: SecretsManagerClient,
+  ) {
+    const description = `AWS Secrets Manager secret '${secretId}'`;
+    super(description);
+    this.description = description;
+  }
+
+  /** From REKEY_AWS_SECRET_ID and the AWS settings of `env`. Nothing is read until `reload`. */
+  static fromEnv(env: NodeJS.ProcessEnv): SecretsManagerKeys {
+    const secretId = env.REKEY_AWS_SECRET_ID?.trim();
+    if (!secretId) {
+      throw new KeyMaterialError(
+        'REKEY_AWS_SECRET_ID must name the Secrets Manager secret that holds the KEKs (its name or ARN, e.g. rekey/kek)',
+        'REKEY_AWS_SECRET_ID',
+      );
+    }
+    return new SecretsManagerKeys(secretId, new SecretsManagerClient(awsClientConfig(env, 'SECRETS_MANAGER')));
+  }
+
+  private call<T>(action: string, run: () => Promise<T>): Promise<T> {
+    return awsCall(this.description, `secretsmanager:${action}`, run);
+  }
+
+  /**
+   * Every version rekey names (and the AWSCURRENT one), by KEK id, from DescribeSecret's map of versions to stages
+   * (deprecated versions, which carry no stage, are not in it); undefined when the secret does not exist.
+   */
+  private async listVersions(): Promise<Map<string, Version> | undefined> {
+    const described = await awsFind(this.description, 'secretsmanager:DescribeSecret', () =>
+      this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })),
+    );
+    if (described === undefined) return undefined;
+    if (described.DeletedDate !== undefined) {
+      throw new KeyMaterialError(
+        `${this.description} is scheduled for deletion (${described.DeletedDate.toISOString()}): restore it with 'aws secretsmanager restore-secret' before rekey uses it`,
+        this.description,
+      );
+    }
+    const versions = new Map<string, Version>();
+    for (const [versionId, stages] of Object.entries(described.VersionIdsToStages ?? {})) {
+      const named = kekIdOf(stages) ?? (stages.includes(CURRENT) ? { kekId: versionId, retired: false } : undefined);
+      if (!named) continue;
+      if (versions.has(named.kekId)) {
+        throw new KeyMaterialError(
+          `${this.description}: two versions are labelled for KEK '${named.kekId}'; remove one label`,
+          this.description,
+        );
+      }
+      versions.set(named.kekId, { versionId, stages, retired: named.retired });
+    }
+    return versions;
+  }
+
+  protected async load(): Promise<InMemoryKeys> {
+    const versions = (await this.listVersions()) ?? new Map<string, Version>();
+    const keys = new InMemoryKeys(this.description);
+    let current: string | undefined;
+    try {
+      for (const [kekId, version] of versions) {
+        const value = await this.call('GetSecretValue', () =>
+          this.client.send(new GetSecretValueCommand({ SecretId: this.secretId, VersionId: version.versionId })),
+        );
+        const where = `${this.description} version ${version.versionId} (KEK '${kekId}')`;
+        if (value.SecretString === undefined) {
+          throw new KeyMaterialError(`${where} holds binary data: a KEK is stored as a base64url string`, where);
+        }
+        keys.add(kekId, decodeKek(value.SecretString, where), where);
+        if (version.stages.includes(CURRENT)) current = kekId;
+      }
+    } catch (err) {
+      keys.clear();
+      throw err;
+    }
+    this.versions = versions;
+    this.configuredCurrentKekId = current;
+    return keys;
+  }
+
+  /**
+   * A new random KEK as a new version: AWSPENDING with its rekey label, or, in a secret that does not exist yet,
+   * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
+   * that id is used as it is: a retried provision creates nothing.
+   */
+  async generate(kekId?: string): Promise<string> {
+    await this.reload();
+    const id = kekId ?? nextKekId([...this.versions.keys()]);
+    if (!KEK_ID_PATTERN.test(id)) {
+      throw new KeyMaterialError(`KEK id '${id}' must be 1-64 letters, digits, '_', '.' or '-'`, this.description);
+    }
+    if (this.versions.has(id)) return id;
+    const token = versionToken(this.secretId, id);
+    const existing = await this.versionById(token);
+    if (existing === undefined) {
+      const key = randomBytes(KEY_BYTES);
+      const value = key.toString('base64url');
+      key.fill(0);
+      const label = `${KEK_LABEL}${id}`;
+      const secretExists = (await this.listVersions()) !== undefined;
+      if (secretExists) {
+        await this.call('PutSecretValue', () =>
+          this.client.send(
+            new PutSecretValueCommand({
+              SecretId: this.secretId,
+              ClientRequestToken: token,
+              SecretString: value,
+              VersionStages: [PENDING, label],
+            }),
+          ),
+        );
+      } else {
+        await this.call('CreateSecret', () =>
+          this.client.send(
+            new CreateSecretCommand({
+              Name: this.secretId,
+              ClientRequestToken: token,
+              SecretString: value,
+              Description: 'KEKs of a rekey keyspace: one version per KEK, named by its rekey-kek-<id> label',
+            }),
+          ),
+        );
+        await this.moveLabel(label, { to: token });
+      }
+    } else if (!existing.includes(`${KEK_LABEL}${id}`)) {
+      // The value was stored, the label was not (a crash in between): label it now.
+      await this.moveLabel(`${KEK_LABEL}${id}`, { to: token });
+    }
+    await this.reload();
+    if (!this.versions.has(id)) {
+      throw new KeyMaterialError(`${this.description}: KEK '${id}' was written but is not listed`, this.description);
+    }
+    return id;
+  }
+
+  /** AWSCURRENT moves to `to`'s version (AWS moves AWSPREVIOUS to the version it left), AWSPENDING leaves it. */
+  async promote(from: string, to: string): Promise<void> {
+    await this.reload();
+    const target = this.requireVersion(to);
+    const holder = [...this.versions].find(([, v]) => v.stages.includes(CURRENT));
+    if (holder && holder[1].versionId !== target.versionId) {
+      if (holder[0] !== from) {
+        throw new KeyMaterialError(
+          `${this.description}: AWSCURRENT is on KEK '${holder[0]}', not on '${from}': someone else changed the secret; promote by hand or re-run the rotation`,
+          this.description,
+        );
+      }
+      await this.moveLabel(CURRENT, { to: target.versionId, from: holder[1].versionId });
+    } else if (!holder) {
+      await this.moveLabel(CURRENT, { to: target.versionId });
+    }
+    if (target.stages.includes(PENDING)) await this.moveLabel(PENDING, { from: target.versionId });
+    await this.reload();
+  }
+
+  /** The version's name becomes `rekey-retired-<id>`, and AWSPREVIOUS leaves it: no application reads it any more. */
+  async retire(kekId: string): Promise<void> {
+    await this.reload();
+    const version = this.requireVersion(kekId);
+    if (version.stages.includes(CURRENT)) {
+      throw new KeyMaterialError(
+        `${this.description}: KEK '${kekId}' is AWSCURRENT; promote another KEK first`,
+        this.description,
+      );
+    }
+    // The new label first, so the version is never left without one (AWS may delete an unlabelled version).
+    if (!version.stages.includes(`${RETIRED_LABEL}${kekId}`)) {
+      await this.moveLabel(`${RETIRED_LABEL}${kekId}`, { to: version.versionId });
+    }
+    for (const stage of [`${KEK_LABEL}${kekId}`, PREVIOUS, PENDING]) {
+      if (version.stages.includes(stage)) await this.moveLabel(stage, { from: version.versionId });
+    }
+    await this.reload();
+  }
+
+  /** Whether a KEK's version is labelled retired in the store. */
+  isRetiredInStore(kekId: string): boolean {
+    return this.versions.get(kekId)?.retired ?? false;
+  }
+
+  /** The version's stages, for status and tests. */
+  stagesOf(kekId: string): string[] {
+    return [...(this.versions.get(kekId)?.stages ?? [])];
+  }
+
+  private requireVersion(kekId: string): Version {
+    const version = this.versions.get(kekId);
+    if (!version) throw new KeyMaterialError(`${this.description} holds no KEK '${kekId}'`, this.description);
+    return version;
+  }
+
+  /** The stages of the version with this id, or undefined when there is none. */
+  private async versionById(versionId: string): Promise<string[] | undefined> {
+    const value = await awsFind(this.description, 'secretsmanager:GetSecretValue', () =>
+      this.client.send(new GetSecretValueCommand({ SecretId: this.secretId, VersionId: versionId })),
+    );
+    return value && (value.VersionStages ?? []);
+  }
+
+  private async moveLabel(stage: string, { to, from }: { to?: string; from?: string }): Promise<void> {
+    await this.call('UpdateSecretVersionStage', () =>
+      this.client.send(
+        new UpdateSecretVersionStageCommand({
+          SecretId: this.secretId,
+          VersionStage: stage,
+          ...(to !== undefined && { MoveToVersionId: to }),
+          ...(from !== undefined && { RemoveFromVersionId: from }),
+        }),
+      ),
+    );
+  }
+
+  override close(): void {
+    super.close();
+    this.client.destroy();
+  }
+}

@@ -1,0 +1,271 @@
+import { spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import {
+  GetSecretValueCommand,
+  ListSecretVersionIdsCommand,
+  SecretsManagerClient,
+} from '@aws-sdk/client-secrets-manager';
+import { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities, type Activities } from '../../src/activities';
+import { projectRoot } from '../../src/project-paths';
+import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
+import { awsClientConfig } from '../../src/keys/aws';
+import { SecretsManagerKeys, versionToken } from '../../src/keys/aws-secrets-manager';
+import { detectKeyProvider, openKeyProvider } from '../../src/keys';
+import { resolveKek } from '../../src/keys/kek-resolver';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { rotateKek, type RotationReport } from '../../src/workflows';
+import { KekRetiredError, KeyMaterialError } from '../../src/errors';
+import { throttlingProxy, useMoto } from '../helpers/aws';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+
+const TENANTS = 2_000;
+
+/** The versions of a secret as moto lists them: id and stages. */
+async function versionsOf(client: SecretsManagerClient, secretId: string) {
+  const listed = await client.send(new ListSecretVersionIdsCommand({ SecretId: secretId, IncludeDeprecated: true }));
+  return (listed.Versions ?? []).map((v) => ({ id: v.VersionId!, stages: [...(v.VersionStages ?? [])].sort() }));
+}
+
+describe('aws-secrets-manager key provider against a moto server', () => {
+  const moto = useMoto();
+  const temporal = useTimeSkippingEnv();
+  let db: TestDatabase;
+  let client: SecretsManagerClient;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    client = new SecretsManagerClient(awsClientConfig(moto.server.env, 'SECRETS_MANAGER'));
+  });
+  afterAll(async () => {
+    client?.destroy();
+    await db?.drop();
+  });
+
+  /** A keyspace of its own in the shared database: a fresh secret holding v1 (AWSCURRENT), tenants wrapped by it. */
+  async function keyspace(env: Record<string, string> = moto.server.env) {
+    const secretId = `rekey/${randomUUID()}`;
+    const keys = SecretsManagerKeys.fromEnv({ ...env, REKEY_AWS_SECRET_ID: secretId });
+    await keys.generate('v1');
+    await db.pool.query('TRUNCATE rekey.tenant_deks, rekey.keks, rekey.rewrap_progress');
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await seedTenants({ db: db.pool, keys, kekId: 'v1', count: TENANTS });
+    return { secretId, keys, before: await dekFingerprints(db.pool, keys) };
+  }
+
+  async function rotate(activities: Activities, request: RotationRequest): Promise<RotationReport> {
+    const taskQueue = `sm-${randomUUID()}`;
+    const worker = await Worker.create({
+      connection: temporal.env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities,
+    });
+    return worker.runUntil(async () => {
+      const handle = await temporal.env.client.workflow.start(rotateKek, {
+        taskQueue,
+        workflowId: `rotation-${randomUUID()}`,
+        args: [request],
+      });
+      return resultWithin<RotationReport>(handle, 90_000);
+    });
+  }
+
+  it('a full rotation to a new KEK: provisioned as AWSPENDING, promoted to AWSCURRENT, the old one retired under a rekey label; a live writer reads and writes throughout, and every DEK unwraps from a fresh read of the store', async () => {
+    const { secretId, keys, before } = await keyspace();
+    // The application: another process, with its own view of the same secret.
+    const appKeys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    await appKeys.reload();
+    const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
+    await app.start();
+    let writing = true;
+    let writes = 0;
+    const writer = (async () => {
+      while (writing) {
+        await app.rewriteDek(tenantIdFor('tenant-', writes % TENANTS));
+        if (writes % 10 === 0) await app.encrypt(`new-tenant-${writes}`, 'fresh');
+        writes++;
+      }
+    })();
+    try {
+      const report = await rotate(createActivities({ db: db.pool, keys }), {
+        from: 'v1',
+        to: 'new',
+        batchSize: 100,
+        gracePeriod: '1d',
+        fleetLiveWithin: '1h',
+      });
+      writing = false;
+      await writer;
+      expect(report.outcome).toBe('completed');
+      expect(writes).toBeGreaterThan(0);
+
+      const versions = await versionsOf(client, secretId);
+      expect(versions).toHaveLength(2);
+      expect(versions).toContainEqual({ id: versionToken(secretId, 'v2'), stages: ['AWSCURRENT', 'rekey-kek-v2'] });
+      expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual(['rekey-retired-v1']);
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      expect((await registry.get('v1'))?.state).toBe('retired');
+      expect((await registry.get('v2'))?.state).toBe('active');
+      const { rows } = await db.pool.query<{ kek_id: string; n: string }>(
+        'SELECT kek_id, count(*) AS n FROM rekey.tenant_deks GROUP BY kek_id',
+      );
+      expect(rows.map((r) => r.kek_id)).toEqual(['v2']);
+
+      // Every DEK, read with keys fetched afresh from the store, is byte-identical to before the rotation.
+      const fresh = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+      await fresh.reload();
+      expect(fresh.fingerprint('v2')).toBe((await registry.get('v2'))?.fingerprint);
+      const after = await dekFingerprints(db.pool, fresh);
+      for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
+      fresh.close();
+
+      // moto still serves v1's material (as AWS would until the version is destroyed): the registry refuses it.
+      const served = await client.send(
+        new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'rekey-retired-v1' }),
+      );
+      expect(served.SecretString).toHaveLength(43);
+      await keys.reload();
+      expect(keys.has('v1')).toBe(true);
+      const v1Record = await registry.get('v1');
+      expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
+    } finally {
+      writing = false;
+      await writer;
+      await app.stop();
+      appKeys.close();
+      keys.close();
+    }
+  });
+
+  it('a provision whose answer was lost after AWS stored the value is retried by Temporal and creates one version, the one registered', async () => {
+    const { secretId, keys } = await keyspace();
+    const lossy = new SecretsManagerClient(awsClientConfig(moto.server.env, 'SECRETS_MANAGER'));
+    let lost = 0;
+    lossy.middlewareStack.add(
+      (next, context) => async (args) => {
+        const result = await next(args);
+        if (context.commandName === 'PutSecretValueCommand' && lost === 0) {
+          lost++;
+          throw new Error('socket hang up (the answer to PutSecretValue was lost; AWS stored the value)');
+        }
+        return result;
+      },
+      { step: 'initialize', name: 'loseOneAnswer' },
+    );
+    const lossyKeys = new SecretsManagerKeys(secretId, lossy);
+    try {
+      const report = await rotate(createActivities({ db: db.pool, keys: lossyKeys }), {
+        from: 'v1',
+        to: 'new',
+        gracePeriod: '1d',
+        fleetLiveWithin: '1h',
+      });
+      expect(lost).toBe(1);
+      expect(report.outcome).toBe('completed');
+      const versions = await versionsOf(client, secretId);
+      expect(versions).toHaveLength(2);
+      const stored = await client.send(new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }));
+      expect(stored.VersionId).toBe(versionToken(secretId, 'v2'));
+      await keys.reload();
+      expect((await new KekRegistry(db.pool, BUILTIN_TARGET).get('v2'))?.fingerprint).toBe(keys.fingerprint('v2'));
+    } finally {
+      lossyKeys.close();
+      keys.close();
+    }
+  });
+
+  it('a rotation whose every other AWS call is throttled rides it out with the SDK backoff and completes', async () => {
+    const proxy = await throttlingProxy(moto.server.endpoint, 2);
+    const { keys, before } = await keyspace({ ...moto.server.env, AWS_ENDPOINT_URL: proxy.endpoint });
+    try {
+      const report = await rotate(createActivities({ db: db.pool, keys }), {
+        from: 'v1',
+        to: 'new',
+        gracePeriod: '1d',
+        fleetLiveWithin: '1h',
+      });
+      expect(report.outcome).toBe('completed');
+      expect(proxy.throttled).toBeGreaterThan(5);
+      expect(proxy.forwarded.get('PutSecretValue')).toBe(1);
+      expect(proxy.forwarded.get('UpdateSecretVersionStage')).toBeGreaterThan(0);
+      const after = await dekFingerprints(db.pool, keys);
+      for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
+    } finally {
+      keys.close();
+      await proxy.close();
+    }
+  });
+
+  it('REKEY_KEY_PROVIDER=auto picks Secrets Manager from AWS_REGION or AWS_DEFAULT_REGION, Vault from VAULT_ADDR (refused: not supported yet), else the file keyring', () => {
+    expect(detectKeyProvider({ AWS_REGION: 'eu-west-1', VAULT_ADDR: 'http://vault:8200' })).toEqual({
+      provider: 'aws-secrets-manager',
+      why: 'AWS_REGION is set',
+    });
+    expect(detectKeyProvider({ AWS_DEFAULT_REGION: 'eu-west-1' }).why).toBe('AWS_DEFAULT_REGION is set');
+    expect(detectKeyProvider({ VAULT_ADDR: 'http://vault:8200' }).provider).toBe('vault');
+    expect(detectKeyProvider({}).provider).toBe('file');
+    const heard: string[] = [];
+    const provider = openKeyProvider({ provider: 'auto' }, { ...moto.server.env, REKEY_AWS_SECRET_ID: 'x' }, (d) =>
+      heard.push(d.provider),
+    );
+    expect(provider).toBeInstanceOf(SecretsManagerKeys);
+    expect(heard).toEqual(['aws-secrets-manager']);
+    provider.close();
+    expect(() => openKeyProvider({ provider: 'auto' }, { VAULT_ADDR: 'http://vault:8200' })).toThrow(
+      /Vault key provider is not supported yet/,
+    );
+    expect(() => openKeyProvider({ provider: 'aws-secrets-manager' }, { AWS_REGION: 'us-east-1' })).toThrow(
+      KeyMaterialError,
+    );
+  });
+
+  it('rekey keys generate and list, with REKEY_KEY_PROVIDER=auto and AWS_DEFAULT_REGION, create the secret and show ids and fingerprints, never key bytes', async () => {
+    const secretId = `rekey/${randomUUID()}`;
+    const { AWS_REGION, ...rest } = moto.server.env;
+    const env = {
+      PATH: process.env.PATH,
+      ...rest,
+      AWS_DEFAULT_REGION: AWS_REGION!,
+      REKEY_KEY_PROVIDER: 'auto',
+      REKEY_AWS_SECRET_ID: secretId,
+    };
+    const rekey = (...args: string[]) =>
+      spawnSync(process.execPath, [path.join(projectRoot, 'dist', 'src', 'starter.js'), ...args], {
+        env,
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+    const generated = rekey('--json', 'keys', 'generate');
+    expect(generated.status, generated.stderr).toBe(0);
+    const { kekId, fingerprint } = JSON.parse(generated.stdout) as { kekId: string; fingerprint: string };
+    expect(kekId).toBe('v1');
+    expect(rekey('keys', 'generate').stdout).toMatch(
+      /^generated KEK 'v2' \(kcv1:[0-9a-f]{32}\) in AWS Secrets Manager secret/,
+    );
+    const listed = rekey('keys', 'list');
+    expect(listed.stdout.split('\n')[0]).toBe(`v1           ${fingerprint}`);
+    const stored = await client.send(new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }));
+    expect(stored.VersionStages).toContain('rekey-kek-v1');
+    expect(listed.stdout + generated.stdout).not.toContain(stored.SecretString!);
+    const versions = await versionsOf(client, secretId);
+    expect(versions.find((v) => v.id === versionToken(secretId, 'v2'))?.stages).toEqual(['AWSPENDING', 'rekey-kek-v2']);
+  });
+
+  it('a secret whose value is not a base64url KEK, and a secret that does not exist, each fail with what to fix', async () => {
+    const secretId = `rekey/${randomUUID()}`;
+    const keys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    await keys.reload();
+    expect(keys.kekIds()).toEqual([]);
+    const { CreateSecretCommand } = await import('@aws-sdk/client-secrets-manager');
+    await client.send(new CreateSecretCommand({ Name: secretId, SecretString: 'your-encryption-key-32-bytes-hex' }));
+    await expect(keys.reload()).rejects.toThrow(/must hold 32 random bytes as base64url/);
+    keys.close();
+  });
+});
