@@ -140,11 +140,20 @@ export class KekRetiredError extends RekeyError {
   constructor(
     readonly kekId: string,
     readonly target: string,
+    state: 'retired' | 'destroyed' = 'retired',
   ) {
     super(
-      `KEK '${kekId}' of target '${target}' is retired: it may neither wrap nor unwrap. Within its restore window, 'rekey keys restore ${kekId} --target ${target} --reason "..."' brings it back as decrypt-only`,
+      state === 'destroyed'
+        ? `KEK '${kekId}' of target '${target}' was destroyed after its restore window: nothing can use it again`
+        : `KEK '${kekId}' of target '${target}' is retired: it may neither wrap nor unwrap. Within its restore window, 'rekey keys restore ${kekId} --target ${target} --reason "..."' brings it back as decrypt-only`,
     );
   }
+}
+
+/** A restore of a KEK that cannot be restored: not retired, destroyed, or past its restore window. */
+export class KekRestoreRefusedError extends RekeyError {
+  override readonly name = 'KekRestoreRefusedError';
+  static override readonly kind = 'refused';
 }
 
 /** A KEK state change that the lifecycle forbids (e.g. anything out of `retired`). */
@@ -285,6 +294,7 @@ const CLASSES = [
   KekFingerprintMismatchError,
   KekNotHeldError,
   KekRetiredError,
+  KekRestoreRefusedError,
   KekTransitionError,
   KekNotWritableError,
   RetireRefusedError,

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { KEY_BYTES, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
 import { nextKekId } from '../keys/file-keyring';
-import { formatDuration } from '../rotation/durations';
-import { checkAgainstKeks, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import { formatDuration, parseDuration } from '../rotation/durations';
+import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { rowsLabelled } from '../rewrap/still-on';
 import { checkout } from '../store/connect';
 import { BUILTIN_TARGET } from '../targets/builtin';
@@ -58,6 +58,15 @@ export interface CensusLine {
   readable: number;
   /** Sampled rows that decrypt under this KEK; undefined when this worker holds no key for it. */
   opens?: number;
+}
+
+/** What the destroy step did: `not-yet` (the window has not ended: wait `waitMs`), `kept` (restored), `destroyed`. */
+export interface DestroyReport {
+  outcome: 'not-yet' | 'kept' | 'destroyed';
+  detail: string;
+  waitMs?: number;
+  /** The store is read-only to rekey (the environment): `detail` says what the operator must remove. */
+  operatorMustRemove?: boolean;
 }
 
 /** Above this many rows still labelled with a KEK, retire refuses at once instead of trying each one. */
@@ -313,16 +322,20 @@ export function createKekActivities(deps: ActivityDependencies) {
      * Retires `from` only if no row needs it at this moment, under a lock on its registry row; otherwise refuses and
      * says how many do. Rows labelled `from` are tried: one whose value opens under the active KEK does not need it.
      */
-    async retireKek({ from, target }: { from: string } & OnTarget): Promise<{ retiredAt: string }> {
+    async retireKek({
+      from,
+      target,
+      restoreWindowMs = parseDuration(DEFAULTS.restoreWindow)!,
+    }: { from: string; restoreWindowMs?: number } & OnTarget): Promise<{
+      retiredAt: string;
+      restorableUntil?: string;
+    }> {
       const runtime = await targets.get(target);
       const { db, store, registry, definition } = runtime;
       const client = await checkout(db);
       try {
         await client.query('BEGIN');
-        await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR UPDATE', [
-          definition.name,
-          from,
-        ]);
+        await registry.lock(from, client);
         let stillUsing = await store.countOnLabel(from, client);
         const active = (await registry.active())?.kekId;
         if (stillUsing > 0 && stillUsing <= MAX_TRIED_AT_RETIRE && active !== undefined && active !== from) {
@@ -337,13 +350,70 @@ export function createKekActivities(deps: ActivityDependencies) {
             `KEK '${from}' still wraps ${stillUsing} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it`,
           );
         }
-        const retired = await registry.transition(from, 'retired', client);
+        const already = await registry.require(from, client);
+        const retired = already.state === 'retired' ? already : await registry.retire(from, restoreWindowMs, client);
         await client.query('COMMIT');
         // The store marks it too (a retry after a failure here finds the registry done and does only this).
         await runtime.keys.retire?.(from);
-        return { retiredAt: (retired.retiredAt ?? new Date()).toISOString() };
+        return {
+          retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
+          ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
+        };
       } catch (err) {
         await client.query('ROLLBACK').catch(() => undefined); // a broken connection rolls back by itself
+        throw err;
+      } finally {
+        client.release();
+      }
+    },
+
+    /**
+     * The durable step after a retired KEK's restore window: destroys its material where the store can, and marks it
+     * destroyed, in one transaction holding its registry row (a restore waits, then finds it destroyed). Nothing is
+     * destroyed while the KEK is restored, before its window ends by the database's clock, or while any row is still
+     * labelled with it.
+     */
+    async destroyKek({ kekId, target }: { kekId: string } & OnTarget): Promise<DestroyReport> {
+      const runtime = await targets.get(target);
+      const { db, store, registry, keys, definition } = runtime;
+      const client = await checkout(db);
+      try {
+        await client.query('BEGIN');
+        await registry.lock(kekId, client);
+        const record = await registry.require(kekId, client);
+        if (record.state === 'destroyed') {
+          await client.query('COMMIT');
+          return { outcome: 'destroyed', detail: 'already destroyed' };
+        }
+        if (record.state !== 'retired') {
+          await client.query('COMMIT');
+          return { outcome: 'kept', detail: `it is ${record.state} (restored): not destroyed` };
+        }
+        const now = await registry.now(client);
+        if (record.restorableUntil && record.restorableUntil > now) {
+          await client.query('COMMIT');
+          return {
+            outcome: 'not-yet',
+            detail: `restorable until ${record.restorableUntil.toISOString()}`,
+            waitMs: record.restorableUntil.getTime() - now.getTime(),
+          };
+        }
+        const rows = await store.countOnLabel(kekId, client);
+        if (rows > 0) {
+          throw new RetireRefusedError(
+            `KEK '${kekId}' still labels ${rows} ${definition.noun}(s) in ${describeTable(definition.table)}: not destroying it`,
+          );
+        }
+        await keys.reload();
+        const done = keys.destroy
+          ? await keys.destroy(kekId)
+          : { destroyed: false, detail: `${keys.description} is read-only to rekey: remove KEK '${kekId}' from it` };
+        await registry.transition(kekId, 'destroyed', client);
+        await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
+        await client.query('COMMIT');
+        return { outcome: 'destroyed', detail: done.detail, ...(!done.destroyed && { operatorMustRemove: true }) };
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
         throw err;
       } finally {
         client.release();

@@ -1,3 +1,4 @@
+import { canUnwrap } from '../envelope/kek-lifecycle';
 // The activities of `rekey migrate-dek` (the migrateDek workflow): plan the parts, migrate one part, count what is
 // left. Every statement is in src/store (FieldStore, TargetStore); the crypto is in src/rewrap/migrate-fields.ts.
 import { Context } from '@temporalio/activity';
@@ -94,7 +95,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
     use: (keks: ResolvedKek[]) => Promise<T>,
   ): Promise<T> {
     runtime.keys.bindRotation?.(kekId, kekId);
-    const retired = new Set((await runtime.registry.list()).filter((k) => k.state === 'retired').map((k) => k.kekId));
+    const retired = new Set((await runtime.registry.list()).filter((k) => !canUnwrap(k.state)).map((k) => k.kekId));
     const others = runtime.keys.kekIds().filter((id) => id !== kekId && !retired.has(id));
     return withKeks(runtime, { from: kekId, to: kekId }, [kekId, ...others], use);
   }

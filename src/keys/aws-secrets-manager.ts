@@ -10,7 +10,7 @@ import {
 import { KEY_BYTES } from '../envelope/dek-wrapping';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
-import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider } from './key-provider';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider, type DestroyOutcome } from './key-provider';
 import { KeyMaterialError } from '../errors';
 
 /** The staging label that names a version's KEK while it may be used: `rekey-kek-v2`. */
@@ -236,6 +236,42 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       if (version.stages.includes(stage)) await this.moveLabel(stage, { from: version.versionId });
     }
     await this.reload();
+  }
+
+  /** The version is named `rekey-kek-<id>` again (decrypt-only: AWSPREVIOUS stays where it is). */
+  async restore(kekId: string): Promise<void> {
+    await this.reload();
+    const version = this.requireVersion(kekId);
+    if (!version.stages.includes(`${KEK_LABEL}${kekId}`)) {
+      await this.moveLabel(`${KEK_LABEL}${kekId}`, { to: version.versionId });
+    }
+    if (version.stages.includes(`${RETIRED_LABEL}${kekId}`)) {
+      await this.moveLabel(`${RETIRED_LABEL}${kekId}`, { from: version.versionId });
+    }
+    await this.reload();
+  }
+
+  /**
+   * Every label leaves the version: it is deprecated, no application and no rekey process reads it again, and AWS
+   * deletes it in its own time (Secrets Manager has no call that deletes one version; deleting the secret would take
+   * the live KEKs with it).
+   */
+  async destroy(kekId: string): Promise<DestroyOutcome> {
+    await this.reload();
+    const version = this.versions.get(kekId);
+    if (!version) return { destroyed: true, detail: `no version of ${this.description} is named '${kekId}' any more` };
+    if (version.stages.includes(CURRENT)) {
+      throw new KeyMaterialError(
+        `${this.description}: KEK '${kekId}' is AWSCURRENT: it cannot be destroyed`,
+        this.description,
+      );
+    }
+    for (const stage of version.stages) await this.moveLabel(stage, { from: version.versionId });
+    await this.reload();
+    return {
+      destroyed: true,
+      detail: `version ${version.versionId} of ${this.description} has no label left: deprecated, unreadable to rekey and to applications that read by stage, deleted by AWS in its own time`,
+    };
   }
 
   /** Whether a KEK's version is labelled retired in the store. */

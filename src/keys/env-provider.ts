@@ -1,4 +1,4 @@
-import { decodeKek, InMemoryKeys, LocalKeyProvider } from './key-provider';
+import { decodeKek, InMemoryKeys, LocalKeyProvider, type DestroyOutcome } from './key-provider';
 import { KeyMaterialError } from '../errors';
 
 const PREFIX_PATTERN = /^[A-Z][A-Z0-9_]*$/;
@@ -30,6 +30,14 @@ export class EnvKeyProvider extends LocalKeyProvider {
     this.description = description;
     this.idPattern = idPattern === undefined ? undefined : new RegExp(idPattern);
     this.keys.replaceWith(this.load());
+  }
+
+  /** The environment is read-only to rekey: the operator removes the variable. */
+  destroy(kekId: string): Promise<DestroyOutcome> {
+    return Promise.resolve({
+      destroyed: false,
+      detail: `rekey cannot remove an environment variable: remove ${this.prefix}_KEK_${kekId} from every worker, admin API and application process (and from wherever their environment is kept: compose files, secrets, CI)`,
+    });
   }
 
   protected load(): InMemoryKeys {

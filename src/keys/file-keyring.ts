@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { KEY_BYTES } from '../envelope/dek-wrapping';
-import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider } from './key-provider';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider, type DestroyOutcome } from './key-provider';
 import { KeyMaterialError } from '../errors';
 
 const KeyringFile = z.object({
@@ -74,6 +74,24 @@ export class FileKeyring extends LocalKeyProvider {
     });
     await this.reload();
     return updated;
+  }
+
+  /** Removes a KEK from the file for good (its restore window ended). */
+  async destroy(kekId: string): Promise<DestroyOutcome> {
+    const removed = await withLock(this.file, () => {
+      const parsed = readKeyring(this.file);
+      const kept = parsed.keks.filter((k) => k.id !== kekId);
+      if (kept.length === parsed.keks.length) return false;
+      // `current` only seeds an empty registry; it no longer names a KEK that is gone.
+      const { current, ...rest } = parsed;
+      writeKeyring(this.file, { ...rest, ...(current !== kekId && { current }), keks: kept }, 'replace');
+      return true;
+    });
+    await this.reload();
+    return {
+      destroyed: true,
+      detail: removed ? `removed from ${this.file}` : `already absent from ${this.file}`,
+    };
   }
 }
 

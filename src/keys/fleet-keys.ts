@@ -1,5 +1,6 @@
 // What a process in a target's fleet (an application instance or a rekey worker) does with its keys against the
 // registry: learn the KEKs a rotation provisioned, and say which keys it holds, by fingerprint.
+import { canUnwrap } from '../envelope/kek-lifecycle';
 import type { KekRecord } from '../store/kek-registry';
 import type { KeyProvider } from './key-provider';
 
@@ -8,7 +9,7 @@ import type { KeyProvider } from './key-provider';
  * provisioned it, or made it active), so that the process holds it, and says so, before anything is wrapped with it.
  */
 export async function reloadForRegistry(keys: KeyProvider, registered: readonly KekRecord[]): Promise<void> {
-  if (registered.some((k) => k.state !== 'retired' && !keys.has(k.kekId))) await keys.reload();
+  if (registered.some((k) => canUnwrap(k.state) && !keys.has(k.kekId))) await keys.reload();
 }
 
 /** The keys this process holds, as it announces them: their ids, and the fingerprint of each. */

@@ -18,7 +18,9 @@ export function resolveKek(
   kekId: string,
   registered: { fingerprint: string; state?: string; target?: string } | undefined,
 ): ResolvedKek {
-  if (registered?.state === 'retired') throw new KekRetiredError(kekId, registered.target ?? '?');
+  if (registered?.state === 'retired' || registered?.state === 'destroyed') {
+    throw new KekRetiredError(kekId, registered.target ?? '?', registered.state);
+  }
   if (registered === undefined) {
     if (!provider.has(kekId)) throw new UnknownKekError(kekId, provider.description);
     const fingerprint = provider.fingerprint(kekId);

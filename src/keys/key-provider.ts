@@ -29,6 +29,13 @@ export interface KeyProvider {
   promote?(from: string, to: string): Promise<void>;
   /** Marks a KEK retired in the store, keeping its material for the restore window. Idempotent. */
   retire?(kekId: string): Promise<void>;
+  /** Undoes `retire` in the store (the registry restored the KEK to decrypt-only). Idempotent. */
+  restore?(kekId: string): Promise<void>;
+  /**
+   * Destroys a retired KEK's material where the store can; says what it did, or what the operator must do where it
+   * cannot (the environment). Idempotent: a KEK already gone is destroyed.
+   */
+  destroy?(kekId: string): Promise<DestroyOutcome>;
   /** Zeroizes every key held in memory. */
   close(): void;
   /** Every key held, by fingerprint, with the id the source gives it. */
@@ -40,6 +47,13 @@ export interface KeyProvider {
    * them, `from` for the old key and `to` for the current one.
    */
   bindRotation?(from: string, to: string): void;
+}
+
+export interface DestroyOutcome {
+  /** The store no longer holds the material (or holds it where only its own deletion process removes it). */
+  destroyed: boolean;
+  /** What was done, or what the operator must do. */
+  detail: string;
 }
 
 export interface HeldKey {

@@ -1,3 +1,4 @@
+import { KEK_STATES } from '../envelope/kek-lifecycle';
 // Gauges read at scrape time from Temporal and the registries: what the shipped Grafana dashboard draws and the
 // Prometheus alert rules watch (ops/grafana/rekey.json, ops/prometheus/rekey-alerts.yml). One snapshot serves every
 // gauge of a scrape.
@@ -21,7 +22,6 @@ interface Snapshot {
   notices: NoticeState[];
 }
 
-const KEK_STATES = ['provisioned', 'active', 'decrypt_only', 'retired'] as const;
 const SNAPSHOT_TTL_MS = 1_000;
 
 /** The names of every gauge below, for the test that checks the dashboard and rules name only metrics that exist. */

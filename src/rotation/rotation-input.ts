@@ -39,6 +39,11 @@ export interface RotationRequest {
    * unreadable once it is retired): the operator's reason, recorded in the run. Without it such a rotation is refused.
    */
   allowLegacyValues?: string;
+  /**
+   * How long a retired KEK keeps its material and may be restored (`rekey keys restore`), e.g. '30d' (default); a
+   * durable step destroys it in its store afterwards.
+   */
+  restoreWindow?: string;
 }
 
 export interface RotationSettings {
@@ -57,6 +62,7 @@ export interface RotationSettings {
   confirmTimeoutMs: number;
   maxHistoryEvents: number;
   minKekAgeMs: number;
+  restoreWindowMs: number;
 }
 
 export const DEFAULTS = {
@@ -69,6 +75,7 @@ export const DEFAULTS = {
   fleetLiveWithin: '2m',
   confirmTimeout: '3d',
   maxHistoryEvents: 10_000,
+  restoreWindow: '30d',
 } as const;
 
 export const KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -125,6 +132,7 @@ export function parseRotationRequest(request: RotationRequest): RotationSettings
     confirmTimeoutMs: duration('confirmTimeout', request.confirmTimeout, DEFAULTS.confirmTimeout),
     maxHistoryEvents: integer('maxHistoryEvents', request.maxHistoryEvents, DEFAULTS.maxHistoryEvents, 20, 50_000),
     minKekAgeMs: duration('minKekAge', request.minKekAge, '0s'),
+    restoreWindowMs: duration('restoreWindow', request.restoreWindow, DEFAULTS.restoreWindow),
   };
 }
 
@@ -155,7 +163,7 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): R
   if (
     settings.from !== 'current' &&
     settings.to !== 'new' &&
-    facts.from.registryState === 'retired' &&
+    (facts.from.registryState === 'retired' || facts.from.registryState === 'destroyed') &&
     facts.to?.registryState === 'active'
   ) {
     return {
@@ -199,9 +207,9 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): R
     return { from };
   }
   if (from === settings.to) throw new InvalidRotationError(`from and to are both '${from}': rotate to a different KEK`);
-  if (facts.to?.registryState === 'retired') {
+  if (facts.to?.registryState === 'retired' || facts.to?.registryState === 'destroyed') {
     throw new InvalidRotationError(
-      `KEK '${settings.to}' is retired: nothing comes back from retired, choose a new KEK`,
+      `KEK '${settings.to}' is ${facts.to.registryState}: a rotation never goes back to it, choose a new KEK`,
     );
   }
   if (!facts.to?.inProvider) {

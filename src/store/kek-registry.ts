@@ -13,6 +13,9 @@ export interface KekRecord {
   activatedAt: Date | null;
   decryptOnlyAt: Date | null;
   retiredAt: Date | null;
+  /** A retired KEK may be restored until then; absent for KEKs retired before the window existed. */
+  restorableUntil?: Date | null;
+  destroyedAt?: Date | null;
 }
 
 interface KekRow {
@@ -24,6 +27,8 @@ interface KekRow {
   activated_at: Date | null;
   decrypt_only_at: Date | null;
   retired_at: Date | null;
+  restorable_until: Date | null;
+  destroyed_at: Date | null;
 }
 
 const toRecord = (row: KekRow): KekRecord => ({
@@ -35,13 +40,25 @@ const toRecord = (row: KekRow): KekRecord => ({
   activatedAt: row.activated_at,
   decryptOnlyAt: row.decrypt_only_at,
   retiredAt: row.retired_at,
+  restorableUntil: row.restorable_until,
+  destroyedAt: row.destroyed_at,
 });
+
+/** A restore or a destruction, as the audit trail (rekey.kek_events) keeps it. */
+export interface KekEvent {
+  kekId: string;
+  event: 'restored' | 'destroyed';
+  reason: string;
+  actor: string;
+  at: Date;
+}
 
 const TIMESTAMP_COLUMN: Record<KekState, string> = {
   provisioned: 'provisioned_at',
   active: 'activated_at',
   decrypt_only: 'decrypt_only_at',
   retired: 'retired_at',
+  destroyed: 'destroyed_at',
 };
 
 /**
@@ -158,5 +175,92 @@ export class KekRegistry {
     } finally {
       client.release();
     }
+  }
+
+  /**
+   * `from` becomes retired and restorable for `restoreWindowMs` (from the database's clock), inside the caller's
+   * transaction, which holds the row's lock (see `lock`).
+   */
+  async retire(kekId: string, restoreWindowMs: number, client: PoolClient): Promise<KekRecord> {
+    const retired = await this.transition(kekId, 'retired', client);
+    const { rows } = await client.query<KekRow>(
+      `UPDATE rekey.keks SET restorable_until = retired_at + $3 * interval '1 millisecond'
+       WHERE target = $1 AND kek_id = $2 RETURNING *`,
+      [this.target, kekId, restoreWindowMs],
+    );
+    return rows[0] ? toRecord(rows[0]) : retired;
+  }
+
+  /** Locks a KEK's row until the caller's transaction ends: retire, restore and destroy each hold it. */
+  async lock(kekId: string, client: PoolClient): Promise<void> {
+    await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR UPDATE', [this.target, kekId]);
+  }
+
+  /** The database's clock (restore windows are measured by it, whatever the clocks of the processes say). */
+  async now(client: Pool | PoolClient = this.db): Promise<Date> {
+    const { rows } = await client.query<{ now: Date }>('SELECT now() AS now');
+    return rows[0]!.now;
+  }
+
+  /**
+   * A retired KEK back to decrypt-only, if its restore window has not ended, with who asked and why recorded in the
+   * same transaction. Already decrypt-only (a repeated restore): nothing changes. Refused otherwise, saying why.
+   */
+  async restore(kekId: string, reason: string, actor: string, refuse: (why: string) => Error): Promise<KekRecord> {
+    const client = await checkout(this.db);
+    try {
+      await client.query('BEGIN');
+      await this.lock(kekId, client);
+      const record = await this.require(kekId, client);
+      if (record.state === 'decrypt_only') {
+        await client.query('COMMIT');
+        return record;
+      }
+      if (record.state !== 'retired') throw refuse(`it is ${record.state}, not retired`);
+      const now = await this.now(client);
+      if (record.restorableUntil && record.restorableUntil <= now) {
+        throw refuse(`its restore window ended at ${record.restorableUntil.toISOString()}; it is being destroyed`);
+      }
+      await this.transition(kekId, 'decrypt_only', client);
+      const { rows } = await client.query<KekRow>(
+        `UPDATE rekey.keks SET retired_at = NULL, restorable_until = NULL WHERE target = $1 AND kek_id = $2 RETURNING *`,
+        [this.target, kekId],
+      );
+      await this.record(client, kekId, 'restored', reason, actor);
+      await client.query('COMMIT');
+      return toRecord(rows[0]!);
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+
+  async record(
+    client: Pool | PoolClient,
+    kekId: string,
+    event: KekEvent['event'],
+    reason: string,
+    actor: string,
+  ): Promise<void> {
+    await client.query(
+      'INSERT INTO rekey.kek_events (target, kek_id, event, reason, actor) VALUES ($1, $2, $3, $4, $5)',
+      [this.target, kekId, event, reason, actor],
+    );
+  }
+
+  async events(kekId: string): Promise<KekEvent[]> {
+    const { rows } = await this.db.query<{
+      kek_id: string;
+      event: KekEvent['event'];
+      reason: string;
+      actor: string;
+      at: Date;
+    }>('SELECT kek_id, event, reason, actor, at FROM rekey.kek_events WHERE target = $1 AND kek_id = $2 ORDER BY id', [
+      this.target,
+      kekId,
+    ]);
+    return rows.map((r) => ({ kekId: r.kek_id, event: r.event, reason: r.reason, actor: r.actor, at: r.at }));
   }
 }

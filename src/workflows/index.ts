@@ -1,4 +1,5 @@
 export * from './rotate-kek';
+export * from './destroy-kek';
 export * from './scheduled-rotation';
 export * from './messages';
 export * from './search-attributes';

@@ -2,7 +2,16 @@
 // Thin and deterministic: this file wires every message to the rotation's state (rotation-state.ts) and runs the
 // phases in order; which phases a run takes is one table (src/rotation/phase-plan.ts). Activities do all I/O and
 // crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
-import { ApplicationFailure, condition, patched, setHandler } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  condition,
+  ParentClosePolicy,
+  patched,
+  setHandler,
+  startChild,
+} from '@temporalio/workflow';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import { destroyRetiredKek, destroyWorkflowId } from './destroy-kek';
 import { parseDuration } from '../rotation/durations';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
@@ -32,6 +41,8 @@ export type { CarriedState, RotationReport } from './rotation-state';
 
 /** Marks histories written by this workflow; those without it were written by build 47ef157 (the legacy code). */
 export const TARGETS_PATCH = 'rekey-targets-1';
+/** Marks histories whose retirement schedules the retired KEK's destruction after its restore window. */
+export const DESTROY_PATCH = 'rekey-destroy-after-window-1';
 
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
@@ -300,8 +311,26 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
     await run.holdIfPaused('retire');
     if (run.aborted) return run.finish('aborted');
   }
-  await run.commit('retire', () => steps.retireKek({ target: carried.target, from: carried.from }));
+  await run.commit('retire', () =>
+    steps.retireKek({ target: carried.target, from: carried.from, restoreWindowMs: run.settings.restoreWindowMs }),
+  );
+  // Histories recorded before restore windows existed end here without scheduling a destruction.
+  if (patched(DESTROY_PATCH)) await scheduleDestruction(carried.target, carried.from, run.settings.restoreWindowMs);
   return run.finish('completed');
+}
+
+/** Starts the retired KEK's destruction after its restore window, as a workflow of its own that outlives this run. */
+async function scheduleDestruction(target: string, kekId: string, restoreWindowMs: number): Promise<void> {
+  try {
+    await startChild(destroyRetiredKek, {
+      workflowId: destroyWorkflowId(target, kekId),
+      args: [{ target, kekId, restoreWindowMs }],
+      parentClosePolicy: ParentClosePolicy.ABANDON,
+    });
+  } catch (err) {
+    // Already scheduled (this KEK was restored and retired again): that one waits for the new window.
+    if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+  }
 }
 
 async function failWithStale(run: RotationState, stale: number): Promise<never> {

@@ -19,8 +19,11 @@ import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { rotateKek, type RotationReport } from '../../src/workflows';
-import { KekRetiredError, KeyMaterialError } from '../../src/errors';
+import { destroyWorkflowId, rotateKek, type RotationReport } from '../../src/workflows';
+import type { DestroyReport } from '../../src/activities/kek';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { restoreKek } from '../../src/targets/restore-kek';
+import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
 import { throttlingProxy, useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
@@ -53,7 +56,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     const secretId = `rekey/${randomUUID()}`;
     const keys = SecretsManagerKeys.fromEnv({ ...env, REKEY_AWS_SECRET_ID: secretId });
     await keys.generate('v1');
-    await db.pool.query('TRUNCATE rekey.tenant_deks, rekey.keks, rekey.rewrap_progress');
+    await db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: TENANTS });
     return { secretId, keys, before: await dekFingerprints(db.pool, keys) };
@@ -135,11 +138,57 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       expect(keys.has('v1')).toBe(true);
       const v1Record = await registry.get('v1');
       expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
+
+      // Within its window (30 days by default) v1 is restored: decrypt-only in the registry, named again in the store.
+      const runtime = await new TargetRuntimes({ db: db.pool, keys }).get();
+      await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
+      expect((await registry.get('v1'))?.state).toBe('decrypt_only');
+      expect((await versionsOf(client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([
+        'rekey-kek-v1',
+      ]);
+      resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
     } finally {
       writing = false;
       await writer;
       await app.stop();
       appKeys.close();
+      keys.close();
+    }
+  });
+
+  it('after its restore window the retired version loses every label (deprecated: AWS deletes it in its own time), the registry says destroyed, and a restore is refused', async () => {
+    const { secretId, keys } = await keyspace();
+    const taskQueue = `sm-${randomUUID()}`;
+    const worker = await Worker.create({
+      connection: temporal.env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities: createActivities({ db: db.pool, keys }),
+    });
+    try {
+      const report = await worker.runUntil(async () => {
+        const rotation = await temporal.env.client.workflow.start(rotateKek, {
+          taskQueue,
+          workflowId: `rotation-${randomUUID()}`,
+          args: [{ from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' }],
+        });
+        await resultWithin(rotation, 90_000);
+        return resultWithin<DestroyReport>(
+          temporal.env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v1')),
+          60_000,
+        );
+      });
+      expect(report.outcome).toBe('destroyed');
+      expect(report.detail).toMatch(/has no label left: deprecated/);
+      const versions = await versionsOf(client, secretId);
+      expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([]);
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      expect((await registry.get('v1'))?.state).toBe('destroyed');
+      await keys.reload();
+      expect(keys.has('v1')).toBe(false);
+      const runtime = await new TargetRuntimes({ db: db.pool, keys }).get();
+      await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
+    } finally {
       keys.close();
     }
   });

@@ -92,6 +92,7 @@ describe('migrations', () => {
         '1764200000000_instance-fingerprints',
         '1764300000000_worker-presence',
         '1764400000000_field-migration',
+        '1764500000000_kek-restore-window',
       ]);
     }));
 });

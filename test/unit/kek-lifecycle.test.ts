@@ -3,11 +3,19 @@ import { assertTransition, canTransition, canUnwrap, canWrap, KEK_STATES } from 
 import { KekTransitionError } from '../../src/errors';
 
 describe('KEK lifecycle', () => {
-  it('nothing comes back from retired', () => {
-    for (const to of KEK_STATES.filter((s) => s !== 'retired')) {
+  it('a retired KEK is only restored (to decrypt_only) or destroyed, and nothing comes back from destroyed', () => {
+    expect(canTransition('retired', 'decrypt_only')).toBe(true);
+    expect(canTransition('retired', 'destroyed')).toBe(true);
+    for (const to of ['provisioned', 'active'] as const) {
       expect(canTransition('retired', to)).toBe(false);
-      expect(() => assertTransition('v1', 'retired', to)).toThrow(/nothing comes back from retired/);
+      expect(() => assertTransition('v1', 'retired', to)).toThrow(/only restored .* or destroyed/);
     }
+    for (const to of KEK_STATES.filter((s) => s !== 'destroyed')) {
+      expect(canTransition('destroyed', to)).toBe(false);
+      expect(() => assertTransition('v1', 'destroyed', to)).toThrow(/nothing comes back from destroyed/);
+    }
+    expect(canUnwrap('destroyed')).toBe(false);
+    expect(canWrap('destroyed')).toBe(false);
   });
 
   it('the active KEK cannot be retired', () => {

@@ -29,6 +29,7 @@ describe('rotation request', () => {
       confirmTimeoutMs: 3 * 86_400_000,
       maxHistoryEvents: 10_000,
       minKekAgeMs: 0,
+      restoreWindowMs: 30 * 24 * 3600 * 1000,
     });
   });
 

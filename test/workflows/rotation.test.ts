@@ -151,7 +151,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       [
         'a target that is already retired',
         { from: 'v1', to: 'v3' },
-        /KEK 'v3' is retired: nothing comes back from retired/,
+        /KEK 'v3' is retired: a rotation never goes back to it/,
       ],
       [
         'a batch size out of range',

@@ -1,4 +1,6 @@
+import os from 'node:os';
 import { Command } from 'commander';
+import { restoreKek } from '../../targets/restore-kek';
 import { targetKekStatus } from '../../targets/kek-status';
 import { targetOption, withContext } from '../options';
 import { CliError } from '../../errors';
@@ -71,6 +73,29 @@ export function keysCommand(): Command {
         } finally {
           store.close();
         }
+      }),
+    );
+  keys
+    .command('restore')
+    .description(
+      'bring a retired KEK back to decrypt-only within its restore window (the runbook\'s "re-add the old KEK"); recorded with the reason',
+    )
+    .argument('<id>', 'KEK id')
+    .addOption(targetOption())
+    .requiredOption('--reason <text>', 'why (recorded in rekey.kek_events with the actor)')
+    .option('--actor <name>', 'who asks (default: the OS user)')
+    .action(
+      withContext(async (context, kekId: string, options: { target: string; reason: string; actor?: string }) => {
+        const runtime = await context.targets().get(options.target);
+        const actor = options.actor ?? os.userInfo().username;
+        const restored = await restoreKek(runtime, kekId, options.reason, actor);
+        context.print(
+          { target: options.target, kekId, state: restored.state, fingerprint: restored.fingerprint, actor },
+          () => [
+            `KEK '${kekId}' of target '${options.target}' is ${restored.state} again (${restored.fingerprint}); recorded: ${actor}: ${options.reason}`,
+            'It unwraps, and wraps nothing. Applications and workers load it on their next registry read; rotate again or retire it when you are done.',
+          ],
+        );
       }),
     );
   return keys;

@@ -18,6 +18,7 @@ interface RotateOptions {
   batchSize?: number;
   parallelism?: number;
   grace?: string;
+  restoreWindow?: string;
   confirmTimeout?: string;
   wait?: boolean;
   allowLegacyValues?: string;
@@ -56,6 +57,11 @@ export function rotateCommand(): Command {
     .option('--parallelism <n>', 'slices rewrapped at once', positiveInteger)
     .option('--grace <duration>', 'how long the old KEK stays decrypt-only before it is retired', duration, '7d')
     .option(
+      '--restore-window <duration>',
+      'how long the retired KEK stays restorable (rekey keys restore) before it is destroyed',
+      duration,
+    )
+    .option(
       '--confirm-timeout <duration>',
       'how long a step the application owns waits for its evidence or a confirmation',
       duration,
@@ -79,6 +85,7 @@ export function rotateCommand(): Command {
           parallelism: options.parallelism,
           gracePeriod: options.grace,
           confirmTimeout: options.confirmTimeout,
+          ...(options.restoreWindow !== undefined && { restoreWindow: options.restoreWindow }),
           ...(options.allowLegacyValues !== undefined && { allowLegacyValues: options.allowLegacyValues }),
         };
         let started: StartOutcome;

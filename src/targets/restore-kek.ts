@@ -1,0 +1,32 @@
+import { resolveKek } from '../keys/kek-resolver';
+import type { KekRecord } from '../store/kek-registry';
+import type { TargetRuntime } from './runtime';
+import { KekRestoreRefusedError } from '../errors';
+
+/**
+ * Brings a retired KEK back to decrypt-only within its restore window (the runbook's "re-add the old KEK
+ * immediately to restore service"): the store must still hold the key the registry recorded, the registry records who
+ * asked and why in the same transaction, and then the store names the key again. A repeated restore changes nothing.
+ */
+export async function restoreKek(
+  runtime: TargetRuntime,
+  kekId: string,
+  reason: string,
+  actor: string,
+): Promise<KekRecord> {
+  const { keys, registry, definition } = runtime;
+  const refuse = (why: string) =>
+    new KekRestoreRefusedError(`KEK '${kekId}' of target '${definition.name}' cannot be restored: ${why}`);
+  if (reason.trim() === '') throw refuse('give the reason (--reason): it is recorded with the restore');
+  const registered = await registry.get(kekId);
+  if (!registered) throw refuse('the registry does not know it');
+  await keys.reload();
+  if (registered.state === 'retired') {
+    // The material must still be there, and be the registered key, before the registry says it can be used again.
+    if (!keys.has(kekId)) throw refuse(`${keys.description} no longer holds it`);
+    resolveKek(keys, kekId, { fingerprint: registered.fingerprint }).key.fill(0);
+  }
+  const restored = await registry.restore(kekId, reason.trim(), actor, refuse);
+  await keys.restore?.(kekId);
+  return restored;
+}
