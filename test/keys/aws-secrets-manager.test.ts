@@ -1,6 +1,4 @@
-import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import path from 'node:path';
 import {
   GetSecretValueCommand,
   ListSecretVersionIdsCommand,
@@ -9,7 +7,6 @@ import {
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
-import { projectRoot } from '../../src/project-paths';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import { awsClientConfig } from '../../src/keys/aws';
 import { SecretsManagerKeys, versionToken } from '../../src/keys/aws-secrets-manager';
@@ -24,6 +21,7 @@ import type { DestroyReport } from '../../src/activities/kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
+import { runRekey } from '../helpers/cli';
 import { throttlingProxy, useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
@@ -285,20 +283,15 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       REKEY_KEY_PROVIDER: 'auto',
       REKEY_AWS_SECRET_ID: secretId,
     };
-    const rekey = (...args: string[]) =>
-      spawnSync(process.execPath, [path.join(projectRoot, 'dist', 'src', 'starter.js'), ...args], {
-        env,
-        encoding: 'utf8',
-        timeout: 60_000,
-      });
-    const generated = rekey('--json', 'keys', 'generate');
-    expect(generated.status, generated.stderr).toBe(0);
+    const rekey = (...args: string[]) => runRekey(args, env, 60_000);
+    const generated = await rekey('--json', 'keys', 'generate');
+    expect(generated.code, generated.stderr).toBe(0);
     const { kekId, fingerprint } = JSON.parse(generated.stdout) as { kekId: string; fingerprint: string };
     expect(kekId).toBe('v1');
-    expect(rekey('keys', 'generate').stdout).toMatch(
+    expect((await rekey('keys', 'generate')).stdout).toMatch(
       /^generated KEK 'v2' \(kcv1:[0-9a-f]{32}\) in AWS Secrets Manager secret/,
     );
-    const listed = rekey('keys', 'list');
+    const listed = await rekey('keys', 'list');
     expect(listed.stdout.split('\n')[0]).toBe(`v1           ${fingerprint}`);
     const stored = await client.send(new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }));
     expect(stored.VersionStages).toContain('rekey-kek-v1');

@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,16 +10,15 @@ import type { DestroyReport } from '../../src/activities/kek';
 import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keys/file-keyring';
 import { resolveKek } from '../../src/keys/kek-resolver';
-import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { createWorker } from '../../src/worker';
 import { destroyWorkflowId, rotateKek, type RotationReport } from '../../src/workflows';
 import { KekRetiredError } from '../../src/errors';
+import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
 
-const starter = path.join(projectRoot, 'dist', 'src', 'starter.js');
 const TENANTS = 500;
 
 /**
@@ -37,23 +35,12 @@ describe('a retired KEK is restorable within its window and destroyed after it',
   const taskQueue = `restore-${randomUUID()}`;
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-restore-'));
 
-  function rekey(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return new Promise((resolve) => {
-      execFile(
-        process.execPath,
-        [starter, ...args],
-        {
-          env: {
-            PATH: process.env.PATH,
-            DATABASE_URL: db.url,
-            REKEY_KEY_PROVIDER: 'file',
-            REKEY_KEYRING_FILE: keyringFile,
-          },
-          timeout: 60_000,
-        },
-        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-      );
-    });
+  function rekey(...args: string[]): Promise<CliResult> {
+    return runRekey(
+      args,
+      { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEY_PROVIDER: 'file', REKEY_KEYRING_FILE: keyringFile },
+      60_000,
+    );
   }
 
   beforeAll(async () => {

@@ -1,4 +1,4 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,10 +16,10 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
+import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
-const starter = path.join(projectRoot, 'dist', 'src', 'starter.js');
 const TENANTS = 3_000;
 
 describe('the rekey CLI, the quarterly schedule and the metrics, against the dev server and PostgreSQL', () => {
@@ -34,14 +34,11 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-cli-'));
 
   /** Runs the built CLI as a user would; never throws, returns what the user would see. */
-  function rekey(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return new Promise((resolve) => {
-      execFile(
-        process.execPath,
-        [starter, '--address', env.address, '--task-queue', taskQueue, ...args],
-        { env: { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEYRING_FILE: keyringFile }, timeout: 90_000 },
-        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-      );
+  function rekey(...args: string[]): Promise<CliResult> {
+    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+      PATH: process.env.PATH,
+      DATABASE_URL: db.url,
+      REKEY_KEYRING_FILE: keyringFile,
     });
   }
 

@@ -1,14 +1,12 @@
-import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
-import { projectRoot } from '../../src/project-paths';
 import type { MigrationReport } from '../../src/workflows';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
+import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import {
@@ -23,8 +21,6 @@ import {
 } from '../helpers/mycelium';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
 
-const starter = path.join(projectRoot, 'dist', 'src', 'starter.js');
-
 describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --from-version 1 --to-version 2", () => {
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
@@ -36,14 +32,10 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
   const [gen1, gen2] = [randomUUID(), randomUUID()];
 
   /** The built CLI, as an operator runs it: DATABASE_URL names the Mycelium database. */
-  function rekey(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return new Promise((resolve) => {
-      execFile(
-        process.execPath,
-        [starter, '--address', env.address, '--task-queue', taskQueue, ...args],
-        { env: { PATH: process.env.PATH, DATABASE_URL: db.url }, timeout: 90_000 },
-        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-      );
+  function rekey(...args: string[]): Promise<CliResult> {
+    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+      PATH: process.env.PATH,
+      DATABASE_URL: db.url,
     });
   }
 
