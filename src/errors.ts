@@ -140,7 +140,7 @@ export class KekRetiredError extends RekeyError {
   constructor(
     readonly kekId: string,
     readonly target: string,
-    state: 'retired' | 'destroyed' = 'retired',
+    state = 'retired',
   ) {
     super(
       state === 'destroyed'

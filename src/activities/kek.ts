@@ -4,7 +4,7 @@ import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { rowsLabelled } from '../rewrap/still-on';
-import { checkout } from '../store/connect';
+import { inTransaction } from '../store/connect';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
 import { describeTable, GENERATION } from '../targets/target';
@@ -332,9 +332,7 @@ export function createKekActivities(deps: ActivityDependencies) {
     }> {
       const runtime = await targets.get(target);
       const { db, store, registry, definition } = runtime;
-      const client = await checkout(db);
-      try {
-        await client.query('BEGIN');
+      const retired = await inTransaction(db, async (client) => {
         await registry.lock(from, client);
         let stillUsing = await store.countOnLabel(from, client);
         const active = (await registry.active())?.kekId;
@@ -350,21 +348,14 @@ export function createKekActivities(deps: ActivityDependencies) {
             `KEK '${from}' still wraps ${stillUsing} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it`,
           );
         }
-        const already = await registry.require(from, client);
-        const retired = already.state === 'retired' ? already : await registry.retire(from, restoreWindowMs, client);
-        await client.query('COMMIT');
-        // The store marks it too (a retry after a failure here finds the registry done and does only this).
-        await runtime.keys.retire?.(from);
-        return {
-          retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
-          ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
-        };
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => undefined); // a broken connection rolls back by itself
-        throw err;
-      } finally {
-        client.release();
-      }
+        return registry.retire(from, restoreWindowMs, client);
+      });
+      // The store marks it too (a retry after a failure here finds the registry done and does only this).
+      await runtime.keys.retire?.(from);
+      return {
+        retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
+        ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
+      };
     },
 
     /**
@@ -376,22 +367,15 @@ export function createKekActivities(deps: ActivityDependencies) {
     async destroyKek({ kekId, target }: { kekId: string } & OnTarget): Promise<DestroyReport> {
       const runtime = await targets.get(target);
       const { db, store, registry, keys, definition } = runtime;
-      const client = await checkout(db);
-      try {
-        await client.query('BEGIN');
+      return inTransaction(db, async (client): Promise<DestroyReport> => {
         await registry.lock(kekId, client);
         const record = await registry.require(kekId, client);
-        if (record.state === 'destroyed') {
-          await client.query('COMMIT');
-          return { outcome: 'destroyed', detail: 'already destroyed' };
-        }
+        if (record.state === 'destroyed') return { outcome: 'destroyed', detail: 'already destroyed' };
         if (record.state !== 'retired') {
-          await client.query('COMMIT');
           return { outcome: 'kept', detail: `it is ${record.state} (restored): not destroyed` };
         }
         const now = await registry.now(client);
         if (record.restorableUntil && record.restorableUntil > now) {
-          await client.query('COMMIT');
           return {
             outcome: 'not-yet',
             detail: `restorable until ${record.restorableUntil.toISOString()}`,
@@ -404,20 +388,13 @@ export function createKekActivities(deps: ActivityDependencies) {
             `KEK '${kekId}' still labels ${rows} ${definition.noun}(s) in ${describeTable(definition.table)}: not destroying it`,
           );
         }
-        await keys.reload();
         const done = keys.destroy
           ? await keys.destroy(kekId)
           : { destroyed: false, detail: `${keys.description} is read-only to rekey: remove KEK '${kekId}' from it` };
         await registry.transition(kekId, 'destroyed', client);
         await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
-        await client.query('COMMIT');
         return { outcome: 'destroyed', detail: done.detail, ...(!done.destroyed && { operatorMustRemove: true }) };
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => undefined);
-        throw err;
-      } finally {
-        client.release();
-      }
+      });
     },
 
     async kekStatus({ target }: OnTarget = {}) {

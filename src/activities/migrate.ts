@@ -1,7 +1,7 @@
-import { canUnwrap } from '../envelope/kek-lifecycle';
 // The activities of `rekey migrate-dek` (the migrateDek workflow): plan the parts, migrate one part, count what is
 // left. Every statement is in src/store (FieldStore, TargetStore); the crypto is in src/rewrap/migrate-fields.ts.
 import { Context } from '@temporalio/activity';
+import { canUnwrap } from '../envelope/kek-lifecycle';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../rewrap/migrate-fields';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';

@@ -36,14 +36,13 @@ export function versionToken(secretId: string, kekId: string): string {
 interface Version {
   versionId: string;
   stages: string[];
-  retired: boolean;
 }
 
-/** The KEK id a version's labels give it, and whether it is retired; undefined for a version rekey does not name. */
-function kekIdOf(stages: string[]): { kekId: string; retired: boolean } | undefined {
+/** The KEK id a version's labels give it (usable or retired); undefined for a version rekey does not name. */
+function kekIdOf(stages: string[]): string | undefined {
   for (const stage of stages) {
-    if (stage.startsWith(KEK_LABEL)) return { kekId: stage.slice(KEK_LABEL.length), retired: false };
-    if (stage.startsWith(RETIRED_LABEL)) return { kekId: stage.slice(RETIRED_LABEL.length), retired: true };
+    if (stage.startsWith(KEK_LABEL)) return stage.slice(KEK_LABEL.length);
+    if (stage.startsWith(RETIRED_LABEL)) return stage.slice(RETIRED_LABEL.length);
   }
   return undefined;
 }
@@ -62,6 +61,8 @@ function kekIdOf(stages: string[]): { kekId: string; retired: boolean } | undefi
 export class SecretsManagerKeys extends LocalKeyProvider {
   readonly description: string;
   private versions = new Map<string, Version>();
+  /** Whether the secret existed at the last read (the first KEK creates it). */
+  private secretExists = false;
 
   constructor(
     readonly secretId: string,
@@ -105,21 +106,22 @@ export class SecretsManagerKeys extends LocalKeyProvider {
     }
     const versions = new Map<string, Version>();
     for (const [versionId, stages] of Object.entries(described.VersionIdsToStages ?? {})) {
-      const named = kekIdOf(stages) ?? (stages.includes(CURRENT) ? { kekId: versionId, retired: false } : undefined);
-      if (!named) continue;
-      if (versions.has(named.kekId)) {
+      const kekId = kekIdOf(stages) ?? (stages.includes(CURRENT) ? versionId : undefined);
+      if (kekId === undefined) continue;
+      if (versions.has(kekId)) {
         throw new KeyMaterialError(
-          `${this.description}: two versions are labelled for KEK '${named.kekId}'; remove one label`,
+          `${this.description}: two versions are labelled for KEK '${kekId}'; remove one label`,
           this.description,
         );
       }
-      versions.set(named.kekId, { versionId, stages, retired: named.retired });
+      versions.set(kekId, { versionId, stages });
     }
     return versions;
   }
 
   protected async load(): Promise<InMemoryKeys> {
-    const versions = (await this.listVersions()) ?? new Map<string, Version>();
+    const listed = await this.listVersions();
+    const versions = listed ?? new Map<string, Version>();
     const keys = new InMemoryKeys(this.description);
     let current: string | undefined;
     try {
@@ -139,6 +141,7 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       throw err;
     }
     this.versions = versions;
+    this.secretExists = listed !== undefined;
     this.configuredCurrentKekId = current;
     return keys;
   }
@@ -162,8 +165,7 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       const value = key.toString('base64url');
       key.fill(0);
       const label = `${KEK_LABEL}${id}`;
-      const secretExists = (await this.listVersions()) !== undefined;
-      if (secretExists) {
+      if (this.secretExists) {
         await this.call('PutSecretValue', () =>
           this.client.send(
             new PutSecretValueCommand({
@@ -272,16 +274,6 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       destroyed: true,
       detail: `version ${version.versionId} of ${this.description} has no label left: deprecated, unreadable to rekey and to applications that read by stage, deleted by AWS in its own time`,
     };
-  }
-
-  /** Whether a KEK's version is labelled retired in the store. */
-  isRetiredInStore(kekId: string): boolean {
-    return this.versions.get(kekId)?.retired ?? false;
-  }
-
-  /** The version's stages, for status and tests. */
-  stagesOf(kekId: string): string[] {
-    return [...(this.versions.get(kekId)?.stages ?? [])];
   }
 
   private requireVersion(kekId: string): Version {

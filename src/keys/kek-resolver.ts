@@ -1,3 +1,4 @@
+import { canUnwrap, type KekState } from '../envelope/kek-lifecycle';
 import type { KeyProvider } from './key-provider';
 import { KekFingerprintMismatchError, KekNotHeldError, KekRetiredError, UnknownKekError } from '../errors';
 
@@ -16,9 +17,9 @@ export interface ResolvedKek {
 export function resolveKek(
   provider: KeyProvider,
   kekId: string,
-  registered: { fingerprint: string; state?: string; target?: string } | undefined,
+  registered: { fingerprint: string; state?: KekState; target?: string } | undefined,
 ): ResolvedKek {
-  if (registered?.state === 'retired' || registered?.state === 'destroyed') {
+  if (registered?.state !== undefined && !canUnwrap(registered.state)) {
     throw new KekRetiredError(kekId, registered.target ?? '?', registered.state);
   }
   if (registered === undefined) {

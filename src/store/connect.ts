@@ -17,3 +17,22 @@ export async function checkout(pool: Pool): Promise<PoolClient & { release(err?:
   };
   return client;
 }
+
+/**
+ * Runs `work` in one transaction on a checked-out client: committed when it returns, rolled back when it throws (a
+ * broken connection rolls back by itself, so a failed ROLLBACK is ignored), the client released either way.
+ */
+export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
+  const client = await checkout(pool);
+  try {
+    await client.query('BEGIN');
+    const result = await work(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(ignore);
+    throw err;
+  } finally {
+    client.release();
+  }
+}

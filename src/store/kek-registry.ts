@@ -1,6 +1,6 @@
 import type { Pool, PoolClient } from 'pg';
 import { assertTransition, type KekState } from '../envelope/kek-lifecycle';
-import { checkout } from './connect';
+import { inTransaction } from './connect';
 import { KekFingerprintMismatchError, KekTransitionError, UnknownKekError } from '../errors';
 
 export interface KekRecord {
@@ -151,30 +151,21 @@ export class KekRegistry {
    * (or `to` already is: a retried promote is a no-op).
    */
   async promote(from: string, to: string): Promise<void> {
-    const client = await checkout(this.db);
-    try {
-      await client.query('BEGIN');
+    await inTransaction(this.db, async (client) => {
       await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = ANY($2) FOR UPDATE', [
         this.target,
         [from, to],
       ]);
       const target = await this.require(to, client);
-      if (target.state !== 'active') {
-        const source = await this.require(from, client);
-        if (source.state !== 'active') {
-          throw new KekTransitionError(to, target.state, 'active', `'${from}' is ${source.state}, not the active KEK`);
-        }
-        assertTransition(to, target.state, 'active');
-        await this.transition(from, 'decrypt_only', client);
-        await this.transition(to, 'active', client);
+      if (target.state === 'active') return;
+      const source = await this.require(from, client);
+      if (source.state !== 'active') {
+        throw new KekTransitionError(to, target.state, 'active', `'${from}' is ${source.state}, not the active KEK`);
       }
-      await client.query('COMMIT');
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined); // a broken connection rolls back by itself
-      throw err;
-    } finally {
-      client.release();
-    }
+      assertTransition(to, target.state, 'active');
+      await this.transition(from, 'decrypt_only', client);
+      await this.transition(to, 'active', client);
+    });
   }
 
   /**
@@ -182,6 +173,9 @@ export class KekRegistry {
    * transaction, which holds the row's lock (see `lock`).
    */
   async retire(kekId: string, restoreWindowMs: number, client: PoolClient): Promise<KekRecord> {
+    // Already retired (a retried step): its window stays where the first retirement put it.
+    const current = await this.require(kekId, client);
+    if (current.state === 'retired') return current;
     const retired = await this.transition(kekId, 'retired', client);
     const { rows } = await client.query<KekRow>(
       `UPDATE rekey.keks SET restorable_until = retired_at + $3 * interval '1 millisecond'
@@ -207,15 +201,10 @@ export class KekRegistry {
    * same transaction. Already decrypt-only (a repeated restore): nothing changes. Refused otherwise, saying why.
    */
   async restore(kekId: string, reason: string, actor: string, refuse: (why: string) => Error): Promise<KekRecord> {
-    const client = await checkout(this.db);
-    try {
-      await client.query('BEGIN');
+    return inTransaction(this.db, async (client) => {
       await this.lock(kekId, client);
       const record = await this.require(kekId, client);
-      if (record.state === 'decrypt_only') {
-        await client.query('COMMIT');
-        return record;
-      }
+      if (record.state === 'decrypt_only') return record;
       if (record.state !== 'retired') throw refuse(`it is ${record.state}, not retired`);
       const now = await this.now(client);
       if (record.restorableUntil && record.restorableUntil <= now) {
@@ -227,14 +216,8 @@ export class KekRegistry {
         [this.target, kekId],
       );
       await this.record(client, kekId, 'restored', reason, actor);
-      await client.query('COMMIT');
       return toRecord(rows[0]!);
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   async record(
