@@ -1,8 +1,8 @@
 import { BUILTIN_TARGET } from './targets/builtin';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Pool } from 'pg';
-import { KEY_BYTES } from './envelope/dek-wrapping';
+import { createDek, moveDek, openDek } from './envelope/dek-envelope';
 import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cipher';
 import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
 import type { KeyProvider } from './keys/key-provider';
@@ -155,15 +155,15 @@ export class TenantCrypto {
         this.keep(tenantId, await this.load(tenantId));
         return;
       }
-      const dek = this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek);
-      try {
-        const written = await this.withCurrentKek((kekId) =>
-          this.deks.compareAndSwap(tenantId, stored.version, kekId, this.options.keys.wrap(kekId, tenantId, dek)),
-        );
-        if (written) return;
-      } finally {
-        dek.fill(0);
-      }
+      const written = await this.withCurrentKek(async (kekId) =>
+        this.deks.compareAndSwap(
+          tenantId,
+          stored.version,
+          kekId,
+          await moveDek(this.options.keys, stored.kekId, kekId, tenantId, stored.wrappedDek),
+        ),
+      );
+      if (written) return;
     }
   }
 
@@ -191,22 +191,26 @@ export class TenantCrypto {
   private async load(tenantId: string): Promise<Buffer> {
     let stored = await this.deks.find(tenantId);
     if (!stored) {
-      const fresh = randomBytes(KEY_BYTES);
+      // A DEK drawn for a write the database refused is dropped (zeroized) and a new one drawn for the next KEK.
+      let fresh: Buffer | undefined;
       let created: boolean;
       try {
-        created = await this.withCurrentKek((kekId) =>
-          this.deks.insert(tenantId, kekId, this.options.keys.wrap(kekId, tenantId, fresh)),
-        );
+        created = await this.withCurrentKek(async (kekId) => {
+          fresh?.fill(0);
+          const made = await createDek(this.options.keys, kekId, tenantId);
+          fresh = made.dek;
+          return this.deks.insert(tenantId, kekId, made.wrapped);
+        });
       } catch (err) {
-        fresh.fill(0);
+        fresh?.fill(0);
         throw err;
       }
-      if (created) return fresh;
-      fresh.fill(0); // another instance created the tenant's DEK first: use theirs
+      if (created) return fresh!;
+      fresh!.fill(0); // another instance created the tenant's DEK first: use theirs
       stored = await this.deks.find(tenantId);
       if (!stored) throw new Error(`tenant '${tenantId}' DEK vanished while being created`);
     }
-    return this.options.keys.unwrap(stored.kekId, tenantId, stored.wrappedDek);
+    return openDek(this.options.keys, stored.kekId, tenantId, stored.wrappedDek);
   }
 
   /** Caches a DEK for the TTL, or zeroizes it at once when the TTL is 0. */

@@ -84,10 +84,12 @@ async function run(): Promise<void> {
   });
   const targetsConfig = loadTargetsConfig();
   const crypto = createRowCrypto(cryptoThreadsFromEnv());
+  const metrics = new RekeyMetrics();
   const keys = openKeyProvider(
     { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
     process.env,
     (detected) => logger.info(detected, `key provider detected: ${detected.provider} (${detected.why})`),
+    (operation, outcome) => metrics.keyStoreRequests.inc({ operation, outcome }),
   );
   // A remote store is read now: wrong credentials or a missing permission stop the worker here, with the reason.
   await keys.reload();
@@ -100,7 +102,6 @@ async function run(): Promise<void> {
   const clientConnection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
   await ensureSearchAttributes(clientConnection, config.TEMPORAL_NAMESPACE);
   const targets = new TargetRuntimes({ db, keys, config: targetsConfig });
-  const metrics = new RekeyMetrics();
   const temporal = new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE });
   metrics.watch(targets, temporal);
   const metricsServer = await serveMetrics(metrics, {

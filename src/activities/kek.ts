@@ -10,7 +10,7 @@ import type { TargetRuntime } from '../targets/runtime';
 import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { withKeks } from './keys';
+import { rowCryptoOf, withKeks } from './keys';
 import type { AppInstance } from '../store/app-instances';
 import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
 
@@ -128,17 +128,13 @@ export function createKekActivities(deps: ActivityDependencies) {
       const readable = sample.filter((row) => store.codec.check(row) === undefined).length;
       let opens: number | undefined;
       try {
-        opens = await withKeks(runtime, rotation, [kekId], ([kek]) =>
-          Promise.resolve(
-            sample.filter((row) => {
-              try {
-                store.codec.open(kek!.key, row, kekId).fill(0);
-                return true;
-              } catch {
-                return false;
-              }
-            }).length,
-          ),
+        opens = await withKeks(
+          runtime,
+          rotation,
+          [kekId],
+          async ([kek]) =>
+            (await rowCryptoOf(runtime, deps.crypto).check(store.codec, kek!, sample)).filter((r) => r === undefined)
+              .length,
         );
       } catch {
         opens = undefined; // no key for this KEK here (or not the registered one): the census says so
@@ -264,7 +260,11 @@ export function createKekActivities(deps: ActivityDependencies) {
         await keys.generate(kekId);
       }
       await registry.register(kekId, keys.fingerprint(kekId));
-      return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], ([kek]) => {
+      return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], async ([kek]) => {
+        if (keys.selfTest) {
+          await keys.selfTest(kek!);
+          return { fingerprint: kek!.fingerprint };
+        }
         const probe = randomBytes(KEY_BYTES);
         const unwrapped = unwrapDek(
           kek!.key,
@@ -276,7 +276,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         probe.fill(0);
         unwrapped.fill(0);
         if (!works) throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, keys.description);
-        return Promise.resolve({ fingerprint: kek!.fingerprint });
+        return { fingerprint: kek!.fingerprint };
       });
     },
 
@@ -339,7 +339,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         if (stillUsing > 0 && stillUsing <= MAX_TRIED_AT_RETIRE && active !== undefined && active !== from) {
           stillUsing = (
             await withKeks(runtime, { from, to: active }, [from, active], ([fromKek, toKek]) =>
-              rowsLabelled(store, client, fromKek!, toKek!),
+              rowsLabelled(store, client, rowCryptoOf(runtime, deps.crypto), fromKek!, toKek!),
             )
           ).onFrom;
         }

@@ -1,3 +1,4 @@
+import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
 import { resolveKek, type ResolvedKek } from '../keys/kek-resolver';
 import type { TargetRuntime } from '../targets/runtime';
 
@@ -24,4 +25,9 @@ export async function withKeks<T>(
   } finally {
     for (const kek of resolved) kek.key.fill(0);
   }
+}
+
+/** Where a target's row crypto runs: in its key store when the store does it (KMS), else `local` or the process's pool. */
+export function rowCryptoOf(runtime: TargetRuntime, local?: RowCrypto): RowCrypto {
+  return runtime.keys.rowCrypto?.() ?? local ?? sharedRowCrypto();
 }

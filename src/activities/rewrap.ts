@@ -4,8 +4,7 @@ import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewra
 import { rowsLabelled } from '../rewrap/still-on';
 import { passOfProgressKey, rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { withKeks } from './keys';
-import { UnreadableValueError } from '../errors';
+import { rowCryptoOf, withKeks } from './keys';
 
 export interface SlicePlan {
   /** Rows on `from` right now. */
@@ -100,7 +99,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
             from: from!,
             to: to!,
             writable: canary ? ['active', 'provisioned'] : ['active'],
-            crypto: deps.crypto,
+            crypto: rowCryptoOf(runtime, deps.crypto),
           },
           {
             after: args.range.after,
@@ -151,16 +150,12 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       await keys.reload();
       const rows = await store.sampleOnLabel(to, sampleSize, tenantId);
       const unreadable: TenantFailure[] = [];
+      const crypto = rowCryptoOf(runtime, deps.crypto);
       return withKeks(runtime, args, [to, from], async ([toKek, fromKek]) => {
-        for (const row of rows) {
-          try {
-            store.codec.open(toKek!.key, row, to).fill(0);
-          } catch (err) {
-            if (!(err instanceof UnreadableValueError)) throw err;
-            unreadable.push({ tenantId: row.$id, reason: err.reason });
-          }
-        }
-        const labelled = await rowsLabelled(store, store.db, fromKek!, toKek!, tenantId);
+        (await crypto.check(store.codec, toKek!, rows)).forEach((reason, i) => {
+          if (reason !== undefined) unreadable.push({ tenantId: rows[i]!.$id, reason });
+        });
+        const labelled = await rowsLabelled(store, store.db, crypto, fromKek!, toKek!, tenantId);
         let hidden = 0;
         if (tenantId === undefined) {
           // A label can lie: every row labelled with neither KEK is tried under `from` before `from` may retire.
@@ -173,14 +168,9 @@ export function createRewrapActivities(deps: ActivityDependencies) {
               HIDDEN_SCAN_BATCH,
             );
             if (batch.length === 0) break;
-            for (const row of batch) {
-              try {
-                store.codec.open(fromKek!.key, row, from).fill(0);
-                hidden += 1;
-              } catch (err) {
-                if (!(err instanceof UnreadableValueError)) throw err;
-              }
-            }
+            hidden += (await crypto.check(store.codec, fromKek!, batch)).filter(
+              (reason) => reason === undefined,
+            ).length;
             after = batch[batch.length - 1]!.$id;
             Context.current().heartbeat();
           }

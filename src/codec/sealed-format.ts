@@ -58,6 +58,35 @@ export interface SealedFormat {
   aad: AadSpec;
   /** Fixed plaintext length (32 for a DEK); omitted for secrets of any length. */
   plaintextBytes?: number;
+  /**
+   * Values in the same (bytea, combined) column wrapped by AWS KMS instead of with key bytes: `prefix` (hex), then
+   * KMS's ciphertext blob, bound by an encryption context of the named columns and the KEK id (`rekey:kek`). Only KMS
+   * opens them (src/crypto/kms-row-crypto.ts); the codec reads their form and knows them apart.
+   */
+  kms?: KmsForm;
+}
+
+export interface KmsForm {
+  prefix: string;
+  /** Encryption context key → the column whose text is its value. */
+  context: Record<string, string>;
+}
+
+/** The encryption context key that binds a KMS-wrapped value to the KEK id it is labelled with. */
+export const KMS_CONTEXT_KEK = 'rekey:kek';
+/** KMS's largest ciphertext blob. */
+const KMS_BLOB_MAX = 6144;
+
+/** A KMS-wrapped value in a row: the codec's view of it (`Codec.kms`). */
+export interface KmsValues {
+  /** True when the row's value is in the KMS form (it starts with the prefix). */
+  is(row: Row): boolean;
+  /** The ciphertext blob; UnreadableValueError when the value is not in the KMS form. */
+  blob(row: Row): Buffer;
+  /** The column value that stores `blob`. */
+  value(blob: Uint8Array): Buffer;
+  /** The encryption context a value of this row under `kekId` is bound by. */
+  context(row: Row, kekId: string): Record<string, string>;
 }
 
 /** A row as the database returned it: column name → text, bytea (Buffer) or null. */
@@ -76,6 +105,8 @@ export interface Codec {
   open(key: AeadKey, row: Row, kekId: string): Buffer;
   /** Encrypts `plaintext` for the row under a KEK labelled `kekId`: the values of writeColumns. */
   seal(key: AeadKey, plaintext: Buffer, row: Row, kekId: string, nonce: Buffer): ColumnValue[];
+  /** The KMS form of the format's values, if it has one. */
+  readonly kms?: KmsValues;
 }
 
 const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
@@ -224,7 +255,10 @@ export function compileFormat(format: SealedFormat): Codec {
   }
   const recipes = aad.read.map(compileRecipe);
   const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
-  const readColumns = [...new Set([...valueColumns, ...aad.read.flatMap(recipeColumns)])];
+  const kms = format.kms && compileKmsForm(format.kms, value);
+  const readColumns = [
+    ...new Set([...valueColumns, ...aad.read.flatMap(recipeColumns), ...Object.values(format.kms?.context ?? {})]),
+  ];
   const writeColumns = [...valueColumns, ...(aad.store ? [aad.store.column] : [])];
   if (new Set(writeColumns).size !== writeColumns.length) throw new FormatError('a column is written twice');
 
@@ -297,9 +331,11 @@ export function compileFormat(format: SealedFormat): Codec {
     format,
     readColumns,
     writeColumns,
+    ...(kms && { kms }),
     check(row) {
       try {
-        checkSealed(parse(row));
+        if (kms?.is(row)) kms.blob(row);
+        else checkSealed(parse(row));
         return undefined;
       } catch (err) {
         if (err instanceof UnreadableValueError) return err.reason;
@@ -307,6 +343,9 @@ export function compileFormat(format: SealedFormat): Codec {
       }
     },
     open(key, row, kekId) {
+      if (kms?.is(row)) {
+        throw new UnreadableValueError('wrapped by AWS KMS: only KMS opens it (REKEY_KEY_PROVIDER=aws-kms)');
+      }
       const sealed = parse(row);
       checkSealed(sealed);
       for (const recipe of recipes) {
@@ -336,6 +375,49 @@ export function compileFormat(format: SealedFormat): Codec {
       const values = store({ nonce, ciphertext, tag });
       if (aad.store) values.push(encode(associated, aad.store.encoding));
       return values;
+    },
+  };
+}
+
+function compileKmsForm(form: KmsForm, layout: ValueLayout): KmsValues {
+  if (layout.kind !== 'combined' || layout.encoding !== 'bytea') {
+    throw new FormatError('kms: a KMS form shares a bytea column with a combined layout');
+  }
+  const prefix = Buffer.from(form.prefix, 'hex');
+  if (prefix.length === 0 || prefix.length * 2 !== form.prefix.length) {
+    throw new FormatError(`kms.prefix '${form.prefix}' must be hex bytes`);
+  }
+  if (layout.prefix !== undefined && layout.prefix.toLowerCase() === form.prefix.toLowerCase()) {
+    throw new FormatError('kms.prefix must differ from value.prefix: it is how the two forms are told apart');
+  }
+  const entries = Object.entries(form.context);
+  if (entries.length === 0) throw new FormatError('kms.context must bind at least one column (the row it is for)');
+  if (form.context[KMS_CONTEXT_KEK] !== undefined) throw new FormatError(`kms.context: ${KMS_CONTEXT_KEK} is rekey's`);
+  const { column } = layout;
+  const is = (row: Row) => {
+    const value = row[column];
+    return Buffer.isBuffer(value) && value.length > prefix.length && value.subarray(0, prefix.length).equals(prefix);
+  };
+  return {
+    is,
+    blob(row) {
+      if (!is(row))
+        throw new UnreadableValueError(`${column} is not a KMS ciphertext (no format byte(s) ${form.prefix})`);
+      const blob = (row[column] as Buffer).subarray(prefix.length);
+      if (blob.length > KMS_BLOB_MAX)
+        throw new UnreadableValueError(`${column} is ${blob.length} bytes, too long for KMS`);
+      return blob;
+    },
+    value: (blob) => Buffer.concat([prefix, blob]),
+    context(row, kekId) {
+      const context: Record<string, string> = {};
+      for (const [key, source] of entries) {
+        const text = row[source];
+        if (typeof text !== 'string' || text === '') throw new UnreadableValueError(`${source} is not text`);
+        context[key] = text;
+      }
+      context[KMS_CONTEXT_KEK] = kekId;
+      return context;
     },
   };
 }

@@ -8,7 +8,13 @@ import path from 'node:path';
 import { Piscina } from 'piscina';
 import type { Codec, Row } from '../codec/sealed-format';
 import { projectRoot } from '../project-paths';
-import { rewrapRows, type RewrapRowsOptions, type RewrapRowsResult, type RowKek } from '../rewrap/rewrap-rows';
+import {
+  openReasons,
+  rewrapRows,
+  type RewrapRowsOptions,
+  type RewrapRowsResult,
+  type RowKek,
+} from '../rewrap/rewrap-rows';
 import { packRows, transferables } from './columns';
 import { chunkResult, type RewrapChunk, type RewrapChunkResult } from './rewrap-thread';
 import { ConfigError } from '../errors';
@@ -23,6 +29,8 @@ export interface RowCrypto {
     rows: readonly Row[],
     options: RewrapRowsOptions,
   ): Promise<RewrapRowsResult>;
+  /** For each row, undefined if it opens under `kek`, else why not (verification: nothing is written). */
+  check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]>;
   close(): Promise<void>;
 }
 
@@ -30,6 +38,7 @@ export interface RowCrypto {
 export const inlineRowCrypto: RowCrypto = {
   threads: 0,
   rewrap: (codec, from, to, rows, options) => Promise.resolve(rewrapRows(codec, from, to, rows, options)),
+  check: (codec, kek, rows) => Promise.resolve(openReasons(codec, kek, rows)),
   close: () => Promise.resolve(),
 };
 
@@ -76,6 +85,11 @@ export class ThreadedRowCrypto implements RowCrypto {
       ),
     );
     return { writes: parts.flatMap((part) => part.writes), failures: parts.flatMap((part) => part.failures) };
+  }
+
+  /** Verification is not the hot path (a sample, and rows that hide under another label): in this thread. */
+  check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {
+    return inlineRowCrypto.check(codec, kek, rows);
   }
 
   private async runChunk(

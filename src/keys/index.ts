@@ -6,6 +6,7 @@ import { MyceliumTokenSecrets } from './mycelium-token-secret';
 import type { KeyProviderName } from '../config';
 import { awsRegion } from './aws';
 import { SecretsManagerKeys } from './aws-secrets-manager';
+import { KmsKeys, type KmsRequestListener } from './aws-kms';
 import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
@@ -33,12 +34,14 @@ export function detectKeyProvider(env: NodeJS.ProcessEnv): { provider: Exclude<K
 
 /**
  * The key provider a worker or application process is configured with (REKEY_KEY_PROVIDER). `onDetected` hears
- * which store `auto` picked, and why. A remote store is read on the provider's first `reload`.
+ * which store `auto` picked, and why; `onRequest` each call made to AWS KMS. A remote store is read on the
+ * provider's first `reload`.
  */
 export function openKeyProvider(
   source: KeySource,
   env: NodeJS.ProcessEnv = process.env,
   onDetected?: (detected: { provider: string; why: string }) => void,
+  onRequest?: KmsRequestListener,
 ): KeyProvider {
   let provider = source.provider;
   if (provider === 'auto') {
@@ -48,6 +51,7 @@ export function openKeyProvider(
   }
   if (provider === 'env') return new EnvKeyProvider(env);
   if (provider === 'aws-secrets-manager') return SecretsManagerKeys.fromEnv(env);
+  if (provider === 'aws-kms') return KmsKeys.fromEnv(env, onRequest);
   if (provider === 'vault') {
     throw new KeyMaterialError(
       'the Vault key provider is not supported yet (no Vault server could be had to test it against): keep the KEKs in AWS Secrets Manager, a keyring file or the environment, and set REKEY_KEY_PROVIDER accordingly',

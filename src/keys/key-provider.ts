@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
 import { KEK_ID } from '../rotation/rotation-input';
+import type { RowCrypto } from '../crypto/row-crypto';
 import { KeyMaterialError, UnknownKekError } from '../errors';
 
 export const KEK_ID_PATTERN = KEK_ID;
@@ -36,6 +37,15 @@ export interface KeyProvider {
    * cannot (the environment). Idempotent: a KEK already gone is destroyed.
    */
   destroy?(kekId: string): Promise<DestroyOutcome>;
+  /**
+   * For a store that does the crypto itself (AWS KMS): what the rewrap engine and verification use instead of the
+   * worker's crypto threads.
+   */
+  rowCrypto?(): RowCrypto;
+  /** For a store that does the crypto itself: proves the KEK wraps and opens there (else rekey tests its bytes). */
+  selfTest?(kek: { kekId: string; fingerprint: string }): Promise<void>;
+  /** For a store that wraps DEKs itself (KMS): the application's DEK operations, in place of wrap and unwrap. */
+  readonly deks?: RemoteDeks;
   /** Zeroizes every key held in memory. */
   close(): void;
   /** Every key held, by fingerprint, with the id the source gives it. */
@@ -47,6 +57,16 @@ export interface KeyProvider {
    * them, `from` for the old key and `to` for the current one.
    */
   bindRotation?(from: string, to: string): void;
+}
+
+/** DEK operations done by the key store: plaintext DEKs are returned to the caller, who zeroizes them. */
+export interface RemoteDeks {
+  /** A new DEK and its stored form under `kekId` (KMS: GenerateDataKey). */
+  newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }>;
+  /** KMS: Decrypt. */
+  unwrapDek(kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer>;
+  /** The stored form under `to` of a DEK stored under `from`, with no plaintext leaving the store (KMS: ReEncrypt). */
+  rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer>;
 }
 
 export interface DestroyOutcome {

@@ -21,6 +21,12 @@ export class RekeyMetrics {
     help: 'Compare-and-swap races lost to a live writer during rewrap',
     registers: [this.registry],
   });
+  readonly keyStoreRequests = new Counter({
+    name: 'rekey_kms_requests_total',
+    help: 'Calls made to AWS KMS (REKEY_KEY_PROVIDER=aws-kms), by operation and outcome',
+    labelNames: ['operation', 'outcome'],
+    registers: [this.registry],
+  });
   readonly unreadable = new Counter({
     name: 'rekey_unreadable_deks_total',
     help: 'DEKs that did not unwrap during rewrap (left untouched), counted in the first pass that met them',

@@ -13,6 +13,8 @@ export interface RewrapCounters {
   /** Rows still contended after the retries, left for a later pass. */
   contended: number;
   failed: number;
+  /** Calls made to a remote key store (AWS KMS ReEncrypt), by this attempt's batches; absent for local keys. */
+  keyStoreRequests?: number;
 }
 
 export const emptyCounters = (): RewrapCounters => ({
@@ -36,5 +38,9 @@ export function addCounters(a: RewrapCounters, b: RewrapCounters): RewrapCounter
     casConflicts: sum('casConflicts'),
     contended: sum('contended'),
     failed: sum('failed'),
+    // Only where a remote store was called: counters of local keys keep the shape they always had.
+    ...((a.keyStoreRequests !== undefined || b.keyStoreRequests !== undefined) && {
+      keyStoreRequests: sum('keyStoreRequests'),
+    }),
   };
 }

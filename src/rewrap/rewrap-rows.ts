@@ -7,6 +7,8 @@ import { UnreadableValueError } from '../errors';
 export interface RowKek {
   kekId: string;
   key: Buffer;
+  /** The registry's fingerprint: how a store that keeps its keys (KMS) knows which key to use. */
+  fingerprint?: string;
 }
 
 export interface RewrapRowsOptions {
@@ -32,6 +34,26 @@ export interface RewrapRowsResult {
   writes: RowRewrap[];
   /** Rows that opened under neither KEK, with why (under `from`); they are never written. */
   failures: { index: number; reason: string }[];
+  /** Calls made to a remote key store (KMS) for the batch; absent for local keys. */
+  requests?: number;
+}
+
+/** For each row, undefined if its value opens under `kek`, else why not. Every plaintext is zeroized at once. */
+export function openReasons(codec: Codec, kek: RowKek, rows: readonly Row[]): (string | undefined)[] {
+  const key = scheduleKey(kek.key);
+  try {
+    return rows.map((row) => {
+      try {
+        codec.open(key, row, kek.kekId).fill(0);
+        return undefined;
+      } catch (err) {
+        if (err instanceof UnreadableValueError) return err.reason;
+        throw err;
+      }
+    });
+  } finally {
+    releaseKey(key);
+  }
 }
 
 /**

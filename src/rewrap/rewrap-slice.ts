@@ -234,6 +234,9 @@ class SliceRun {
     const { store, from, to } = this.deps;
     const crypto = this.deps.crypto ?? sharedRowCrypto();
     const result = await crypto.rewrap(store.codec, from, to, rows, { others: this.others, dryRun: this.input.dryRun });
+    if (result.requests !== undefined) {
+      this.counters = addCounters(this.counters, { ...emptyCounters(), keyStoreRequests: result.requests });
+    }
     for (const failure of result.failures) {
       if (this.failures.length >= MAX_LISTED) break;
       this.failures.push({ tenantId: rows[failure.index]!.$id, reason: failure.reason });

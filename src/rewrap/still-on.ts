@@ -2,7 +2,7 @@ import type { Pool, PoolClient } from 'pg';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import type { TargetStore } from '../store/target-store';
 import type { TenantFailure } from './rewrap-slice';
-import { UnreadableValueError } from '../errors';
+import type { RowCrypto } from '../crypto/row-crypto';
 
 /** Rows labelled with a KEK, by what their value proves: a label can lie. */
 export interface LabelledRows {
@@ -24,6 +24,7 @@ const LISTED = 20;
 export async function rowsLabelled(
   store: TargetStore,
   client: Pool | PoolClient,
+  crypto: RowCrypto,
   from: ResolvedKek,
   to: ResolvedKek,
   onlyId?: string,
@@ -39,35 +40,25 @@ export async function rowsLabelled(
       onlyId,
     );
     if (rows.length === 0) break;
-    for (const row of rows) {
-      if (opens(store, from, row)) result.onFrom += 1;
-      else if (opens(store, to, row)) result.mislabelled += 1;
-      else if (result.unreadable.length < LISTED) {
-        result.unreadable.push({ tenantId: row.$id, reason: reasonOf(store, from, row) });
-        result.onFrom += 1;
-      } else result.onFrom += 1;
-    }
+    const underFrom = await crypto.check(store.codec, from, rows);
+    const notOnFrom = rows.flatMap((row, i) => (underFrom[i] === undefined ? [] : [{ row, reason: underFrom[i] }]));
+    const underTo = await crypto.check(
+      store.codec,
+      to,
+      notOnFrom.map(({ row }) => row),
+    );
+    result.onFrom += rows.length - notOnFrom.length;
+    notOnFrom.forEach(({ row, reason }, i) => {
+      if (underTo[i] === undefined) {
+        result.mislabelled += 1;
+        return;
+      }
+      // Opens under neither: it keeps `from` from retiring, and is named (the first few).
+      result.onFrom += 1;
+      if (result.unreadable.length < LISTED) result.unreadable.push({ tenantId: row.$id, reason });
+    });
     if (onlyId !== undefined) break;
     after = rows[rows.length - 1]!.$id;
   }
   return result;
-}
-
-function opens(store: TargetStore, kek: ResolvedKek, row: Parameters<TargetStore['codec']['open']>[1]): boolean {
-  try {
-    store.codec.open(kek.key, row, kek.kekId).fill(0);
-    return true;
-  } catch (err) {
-    if (err instanceof UnreadableValueError) return false;
-    throw err;
-  }
-}
-
-function reasonOf(store: TargetStore, kek: ResolvedKek, row: Parameters<TargetStore['codec']['open']>[1]): string {
-  try {
-    store.codec.open(kek.key, row, kek.kekId).fill(0);
-    return 'opens';
-  } catch (err) {
-    return err instanceof UnreadableValueError ? err.reason : String(err);
-  }
 }

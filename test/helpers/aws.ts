@@ -81,3 +81,38 @@ export async function throttlingProxy(
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
+
+/**
+ * Makes `client` lose the answer to the first call of `operation` (e.g. 'CreateKey') after AWS carried it out, as a
+ * dropped connection does: the caller sees an error, the service has done the work. Returns how many were lost.
+ */
+export function loseFirstAnswer(
+  client: { middlewareStack: { add: (...args: never[]) => void } },
+  operation: string,
+): { readonly lost: number } {
+  let lost = 0;
+  const add = client.middlewareStack.add as unknown as (
+    middleware: (
+      next: (args: unknown) => Promise<unknown>,
+      context: { commandName?: string },
+    ) => (args: unknown) => Promise<unknown>,
+    options: { step: string; name: string },
+  ) => void;
+  add.call(
+    client.middlewareStack,
+    (next, context) => async (args) => {
+      const result = await next(args);
+      if (context.commandName === `${operation}Command` && lost === 0) {
+        lost++;
+        throw new Error(`socket hang up (the answer to ${operation} was lost; AWS carried it out)`);
+      }
+      return result;
+    },
+    { step: 'initialize', name: 'loseOneAnswer' },
+  );
+  return {
+    get lost() {
+      return lost;
+    },
+  };
+}

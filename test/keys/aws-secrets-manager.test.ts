@@ -4,7 +4,6 @@ import {
   ListSecretVersionIdsCommand,
   SecretsManagerClient,
 } from '@aws-sdk/client-secrets-manager';
-import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
@@ -16,15 +15,14 @@ import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { destroyWorkflowId, rotateKek, type RotationReport } from '../../src/workflows';
-import type { DestroyReport } from '../../src/activities/kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
-import { throttlingProxy, useMoto } from '../helpers/aws';
+import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { runRotation } from '../helpers/rotation-run';
+import { useTimeSkippingEnv } from '../helpers/temporal';
 
 const TENANTS = 2_000;
 
@@ -60,23 +58,8 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     return { secretId, keys, before: await dekFingerprints(db.pool, keys) };
   }
 
-  async function rotate(activities: Activities, request: RotationRequest): Promise<RotationReport> {
-    const taskQueue = `sm-${randomUUID()}`;
-    const worker = await Worker.create({
-      connection: temporal.env.nativeConnection,
-      taskQueue,
-      workflowBundle: workflowBundle(),
-      activities,
-    });
-    return worker.runUntil(async () => {
-      const handle = await temporal.env.client.workflow.start(rotateKek, {
-        taskQueue,
-        workflowId: `rotation-${randomUUID()}`,
-        args: [request],
-      });
-      return resultWithin<RotationReport>(handle, 90_000);
-    });
-  }
+  const rotate = async (activities: Activities, request: RotationRequest) =>
+    (await runRotation(temporal.env, activities, request, { timeoutMs: 90_000 })).report;
 
   it('a full rotation to a new KEK: provisioned as AWSPENDING, promoted to AWSCURRENT, the old one retired under a rekey label; a live writer reads and writes throughout, and every DEK unwraps from a fresh read of the store', async () => {
     const { secretId, keys, before } = await keyspace();
@@ -156,28 +139,15 @@ describe('aws-secrets-manager key provider against a moto server', () => {
 
   it('after its restore window the retired version loses every label (deprecated: AWS deletes it in its own time), the registry says destroyed, and a restore is refused', async () => {
     const { secretId, keys } = await keyspace();
-    const taskQueue = `sm-${randomUUID()}`;
-    const worker = await Worker.create({
-      connection: temporal.env.nativeConnection,
-      taskQueue,
-      workflowBundle: workflowBundle(),
-      activities: createActivities({ db: db.pool, keys }),
-    });
     try {
-      const report = await worker.runUntil(async () => {
-        const rotation = await temporal.env.client.workflow.start(rotateKek, {
-          taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
-          args: [{ from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' }],
-        });
-        await resultWithin(rotation, 90_000);
-        return resultWithin<DestroyReport>(
-          temporal.env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v1')),
-          60_000,
-        );
-      });
-      expect(report.outcome).toBe('destroyed');
-      expect(report.detail).toMatch(/has no label left: deprecated/);
+      const { destroyed: report } = await runRotation(
+        temporal.env,
+        createActivities({ db: db.pool, keys }),
+        { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
+        { timeoutMs: 90_000, destroyKek: 'v1' },
+      );
+      expect(report?.outcome).toBe('destroyed');
+      expect(report?.detail).toMatch(/has no label left: deprecated/);
       const versions = await versionsOf(client, secretId);
       expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([]);
       const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
@@ -194,18 +164,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   it('a provision whose answer was lost after AWS stored the value is retried by Temporal and creates one version, the one registered', async () => {
     const { secretId, keys } = await keyspace();
     const lossy = new SecretsManagerClient(awsClientConfig(moto.server.env, 'SECRETS_MANAGER'));
-    let lost = 0;
-    lossy.middlewareStack.add(
-      (next, context) => async (args) => {
-        const result = await next(args);
-        if (context.commandName === 'PutSecretValueCommand' && lost === 0) {
-          lost++;
-          throw new Error('socket hang up (the answer to PutSecretValue was lost; AWS stored the value)');
-        }
-        return result;
-      },
-      { step: 'initialize', name: 'loseOneAnswer' },
-    );
+    const losing = loseFirstAnswer(lossy, 'PutSecretValue');
     const lossyKeys = new SecretsManagerKeys(secretId, lossy);
     try {
       const report = await rotate(createActivities({ db: db.pool, keys: lossyKeys }), {
@@ -214,7 +173,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
         gracePeriod: '1d',
         fleetLiveWithin: '1h',
       });
-      expect(lost).toBe(1);
+      expect(losing.lost).toBe(1);
       expect(report.outcome).toBe('completed');
       const versions = await versionsOf(client, secretId);
       expect(versions).toHaveLength(2);

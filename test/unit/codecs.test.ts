@@ -125,9 +125,13 @@ describe("rekey's own wrapped DEK: bytea 0x01 ‖ nonce ‖ ciphertext ‖ tag, 
   });
 
   it('refuses another format byte and a DEK of the wrong length', () => {
-    expect(rekey.check({ ...row, wrapped_dek: Buffer.concat([Buffer.from([2]), stored.subarray(1)]) })).toBe(
+    expect(rekey.check({ ...row, wrapped_dek: Buffer.concat([Buffer.from([3]), stored.subarray(1)]) })).toBe(
       'wrapped_dek does not start with the format byte(s) 01',
     );
+    // 0x02 is the KMS form: well-formed, and never opened with key bytes.
+    const kmsForm = { ...row, wrapped_dek: Buffer.concat([Buffer.from([2]), stored.subarray(1)]) };
+    expect(rekey.check(kmsForm)).toBeUndefined();
+    expect(() => rekey.open(kek, kmsForm, 'v1')).toThrow(/wrapped by AWS KMS/);
     expect(rekey.check({ ...row, wrapped_dek: stored.subarray(0, 60) })).toBe('ciphertext is 31 bytes, expected 32');
   });
 });

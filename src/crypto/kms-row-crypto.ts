@@ -1,0 +1,137 @@
+// The rewrap engine's crypto for KEKs that never leave AWS KMS: each row's DEK moves from one KMS key to another
+// with ReEncrypt, inside KMS, so no plaintext DEK exists in the worker. Calls are paced (bounded concurrency, a
+// steady rate); throttling is ridden out by the SDK's backoff (AWS_MAX_ATTEMPTS), then by Temporal's retry.
+import { ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
+import type { Codec, KmsValues, Row } from '../codec/sealed-format';
+import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
+import type { RequestPacer } from './request-pacer';
+import type { RowCrypto } from './row-crypto';
+import { awsCall } from '../keys/aws';
+import { ConfigError, UnreadableValueError } from '../errors';
+
+/** The key ARN to use for a KEK of a unit of work (checked against its fingerprint and its state in KMS). */
+export type ArnFor = (kek: RowKek) => string;
+
+/** The answers of KMS that mean "not this key, not this context, or tampered": the row, not the call, is at fault. */
+const REFUSED = new Set(['InvalidCiphertextException', 'IncorrectKeyException']);
+
+type Outcome = { write: RowRewrap } | { failure: string } | undefined;
+
+export class KmsRowCrypto implements RowCrypto {
+  readonly threads = 0;
+
+  constructor(
+    private readonly client: KMSClient,
+    private readonly pacer: RequestPacer,
+    private readonly arnFor: ArnFor,
+    private readonly onRequest?: (operation: string, outcome: 'ok' | 'error') => void,
+  ) {}
+
+  async rewrap(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: readonly Row[],
+    options: RewrapRowsOptions,
+  ): Promise<RewrapRowsResult> {
+    const kms = kmsOf(codec);
+    const source = { kekId: from.kekId, arn: this.arnFor(from) };
+    const target = { kekId: to.kekId, arn: this.arnFor(to) };
+    let requests = 0;
+    const count = () => requests++;
+    const outcomes = await this.pacer.map(rows, async (row, index): Promise<Outcome> => {
+      let blob: Buffer;
+      try {
+        blob = kms.blob(row);
+      } catch (err) {
+        if (!(err instanceof UnreadableValueError)) throw err;
+        return options.others ? undefined : { failure: err.reason };
+      }
+      // A dry run moves nothing: it asks KMS whether the row opens under `from`, re-encrypting it to `from` itself.
+      const moved = await this.reEncrypt(kms, row, blob, source, options.dryRun ? source : target, count);
+      if (moved) {
+        return { write: { index, relabel: options.others, values: options.dryRun ? [] : [kms.value(moved)] } };
+      }
+      // A row on a third KEK that says so is left alone.
+      if (options.others) return undefined;
+      // Labelled `from`, but already under `to`: only its label is put right (its value is written back as it is).
+      if (await this.reEncrypt(kms, row, blob, target, target, count)) {
+        return { write: { index, relabel: true, values: options.dryRun ? [] : [kms.value(blob)] } };
+      }
+      return {
+        failure: `KMS opens it under neither '${from.kekId}' nor '${to.kekId}' (wrong key, context or tampered)`,
+      };
+    });
+    const result: RewrapRowsResult = { writes: [], failures: [], requests };
+    outcomes.forEach((outcome, index) => {
+      if (outcome === undefined) return;
+      if ('write' in outcome) result.writes.push(outcome.write);
+      else result.failures.push({ index, reason: outcome.failure });
+    });
+    return result;
+  }
+
+  async check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {
+    const kms = kmsOf(codec);
+    const key = { kekId: kek.kekId, arn: this.arnFor(kek) };
+    return this.pacer.map(rows, async (row) => {
+      let blob: Buffer;
+      try {
+        blob = kms.blob(row);
+      } catch (err) {
+        if (err instanceof UnreadableValueError) return err.reason;
+        throw err;
+      }
+      const opened = await this.reEncrypt(kms, row, blob, key, key, () => undefined);
+      return opened ? undefined : `KMS does not open it under '${kek.kekId}' (wrong key, context or tampered)`;
+    });
+  }
+
+  /**
+   * ReEncrypt of one row's blob from `source` to `target` (the same key: a check that it opens, with no plaintext).
+   * Undefined when KMS refuses the blob under `source`, or opened it with another key than the one asked for (moto
+   * does not check SourceKeyId; the answer names the key that decrypted).
+   */
+  private async reEncrypt(
+    kms: KmsValues,
+    row: Row,
+    blob: Buffer,
+    source: { kekId: string; arn: string },
+    target: { kekId: string; arn: string },
+    count: () => void,
+  ): Promise<Uint8Array | undefined> {
+    count();
+    try {
+      const answer = await this.client.send(
+        new ReEncryptCommand({
+          CiphertextBlob: blob,
+          SourceKeyId: source.arn,
+          SourceEncryptionContext: kms.context(row, source.kekId),
+          DestinationKeyId: target.arn,
+          DestinationEncryptionContext: kms.context(row, target.kekId),
+        }),
+      );
+      this.onRequest?.('ReEncrypt', 'ok');
+      if (answer.SourceKeyId !== undefined && answer.SourceKeyId !== source.arn) return undefined;
+      return answer.CiphertextBlob;
+    } catch (err) {
+      this.onRequest?.('ReEncrypt', 'error');
+      if (REFUSED.has((err as { name?: string }).name ?? '')) return undefined;
+      // Access, state and configuration errors fail the activity at once, naming the IAM actions; the rest retries.
+      return awsCall('AWS KMS', 'kms:ReEncryptFrom and kms:ReEncryptTo', () => Promise.reject(err as Error));
+    }
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+function kmsOf(codec: Codec): KmsValues {
+  if (!codec.kms) {
+    throw new ConfigError(
+      'the KEKs are in AWS KMS, but this target stores values sealed with key bytes: KMS serves rekey’s own table only',
+    );
+  }
+  return codec.kms;
+}

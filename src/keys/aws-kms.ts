@@ -1,0 +1,509 @@
+import {
+  CreateAliasCommand,
+  CreateKeyCommand,
+  DecryptCommand,
+  DescribeKeyCommand,
+  DisableKeyCommand,
+  EnableKeyCommand,
+  GenerateDataKeyCommand,
+  GenerateDataKeyWithoutPlaintextCommand,
+  KMSClient,
+  ListAliasesCommand,
+  ListKeysCommand,
+  ListResourceTagsCommand,
+  ReEncryptCommand,
+  ScheduleKeyDeletionCommand,
+  UpdateAliasCommand,
+} from '@aws-sdk/client-kms';
+import { REKEY_DEK_FORMAT } from '../codec/formats';
+import { compileFormat, type KmsValues } from '../codec/sealed-format';
+import { KmsRowCrypto } from '../crypto/kms-row-crypto';
+import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
+import type { RowCrypto } from '../crypto/row-crypto';
+import { awsCall, awsClientConfig, awsFind } from './aws';
+import { nextKekId } from './file-keyring';
+import type { DestroyOutcome, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
+import { DekUnwrapError, KeyMaterialError, UnknownKekError } from '../errors';
+
+/** A KEK id a KMS alias can carry: no '.', which alias names refuse. */
+const KMS_KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const DEFAULT_ALIAS_PREFIX = 'alias/rekey/';
+/** The tag a key rekey created carries: the alias it was created for, so a retried provision finds it. */
+export const KMS_KEK_TAG = 'rekey:kek-alias';
+const FINGERPRINT_PREFIX = 'kms:';
+
+/**
+ * A KMS KEK's fingerprint is its key ARN: it names one key for good (an alias can be pointed elsewhere, an ARN
+ * cannot), so the registry trusts the key, not its name, as it does a key check value.
+ */
+export function kmsFingerprint(keyArn: string): string {
+  return `${FINGERPRINT_PREFIX}${keyArn}`;
+}
+
+/** The key ARN a KMS fingerprint names; undefined for any other fingerprint (key bytes held elsewhere). */
+export function keyArnOf(fingerprint: string): string | undefined {
+  return fingerprint.startsWith(FINGERPRINT_PREFIX) ? fingerprint.slice(FINGERPRINT_PREFIX.length) : undefined;
+}
+
+interface KmsKek {
+  keyId: string;
+  arn: string;
+  state: string;
+}
+
+/** What a KMS call did, for the metrics: the operation and whether it succeeded. */
+export type KmsRequestListener = (operation: string, outcome: 'ok' | 'error') => void;
+
+export interface KmsSettings {
+  aliasPrefix: string;
+  limits: PacerLimits;
+  /** Days between ScheduleKeyDeletion and the deletion (AWS: 7-30): AWS's own last chance to cancel. */
+  deletionWindowDays: number;
+}
+
+function whole(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name]?.trim();
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new KeyMaterialError(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`, name);
+  }
+  return value;
+}
+
+/** REKEY_AWS_KMS_* settings, checked. */
+export function kmsSettingsFromEnv(env: NodeJS.ProcessEnv): KmsSettings {
+  const aliasPrefix = env.REKEY_AWS_KMS_ALIAS_PREFIX?.trim() || DEFAULT_ALIAS_PREFIX;
+  if (!/^alias\/[A-Za-z0-9/_-]*$/.test(aliasPrefix) || aliasPrefix.startsWith('alias/aws/')) {
+    throw new KeyMaterialError(
+      `REKEY_AWS_KMS_ALIAS_PREFIX must start with 'alias/' (not 'alias/aws/', which AWS keeps) and hold only letters, digits, '/', '_' and '-', e.g. alias/rekey/prod/; got '${aliasPrefix}'`,
+      'REKEY_AWS_KMS_ALIAS_PREFIX',
+    );
+  }
+  return {
+    aliasPrefix,
+    limits: {
+      concurrency: whole(env, 'REKEY_AWS_KMS_CONCURRENCY', 16, 1, 256),
+      ratePerSecond: whole(env, 'REKEY_AWS_KMS_RATE', 500, 0, 100_000),
+    },
+    deletionWindowDays: whole(env, 'REKEY_AWS_KMS_DELETION_WINDOW_DAYS', 30, 7, 30),
+  };
+}
+
+/**
+ * KEKs that never leave AWS KMS: one symmetric KMS key per KEK, named by the alias `<prefix>kek-<id>`; the alias
+ * `<prefix>current` names the current one. A new DEK comes from GenerateDataKey, unwrap is Decrypt, and a rotation
+ * moves each wrapped DEK with ReEncrypt, inside KMS: no plaintext DEK passes through the worker. Every call binds the
+ * encryption context {rekey:tenant, rekey:kek} (REKEY_DEK_FORMAT's KMS form), the role associated data has for
+ * local keys. Retire disables the key (its material kept, EnableKey restores it); destroy schedules its deletion.
+ *
+ * No key bytes are held here: a KMS KEK's fingerprint is its key ARN, and the crypto is done by KMS through
+ * `rowCrypto()` (the rewrap engine) and the async DEK operations (the application API).
+ */
+export class KmsKeys implements KeyProvider, RemoteDeks {
+  readonly description: string;
+  configuredCurrentKekId: string | undefined;
+  private keks = new Map<string, KmsKek>();
+  /** rekey's own DEK format, whose KMS form this store writes. */
+  private readonly codec = compileFormat(REKEY_DEK_FORMAT);
+  private readonly values: KmsValues;
+  private crypto: KmsRowCrypto | undefined;
+
+  constructor(
+    private readonly client: KMSClient,
+    readonly settings: KmsSettings,
+    private readonly onRequest?: KmsRequestListener,
+  ) {
+    this.description = `AWS KMS keys under ${settings.aliasPrefix}kek-*`;
+    this.values = this.codec.kms!;
+  }
+
+  /** From REKEY_AWS_KMS_* and the AWS settings of `env`. Nothing is read until `reload`. */
+  static fromEnv(env: NodeJS.ProcessEnv, onRequest?: KmsRequestListener): KmsKeys {
+    const settings = kmsSettingsFromEnv(env);
+    return new KmsKeys(new KMSClient(awsClientConfig(env, 'KMS')), settings, onRequest);
+  }
+
+  aliasOf(kekId: string): string {
+    return `${this.settings.aliasPrefix}kek-${kekId}`;
+  }
+
+  private get currentAlias(): string {
+    return `${this.settings.aliasPrefix}current`;
+  }
+
+  /** One KMS call: counted, and an error no retry fixes made a KeyMaterialError naming the IAM action. */
+  private async call<T>(action: string, run: () => Promise<T>, find = false): Promise<T | undefined> {
+    try {
+      const result = await (find ? awsFind : awsCall)(this.description, `kms:${action}`, run);
+      this.onRequest?.(action, 'ok');
+      return result;
+    } catch (err) {
+      this.onRequest?.(action, 'error');
+      throw err;
+    }
+  }
+
+  private async must<T>(action: string, run: () => Promise<T>): Promise<T> {
+    return (await this.call(action, run)) as T;
+  }
+
+  /** Every alias under the prefix, paged: alias name → target key id. */
+  private async aliases(): Promise<Map<string, string>> {
+    const found = new Map<string, string>();
+    let marker: string | undefined;
+    do {
+      const page = await this.must('ListAliases', () =>
+        this.client.send(new ListAliasesCommand({ Marker: marker, Limit: 100 })),
+      );
+      for (const alias of page.Aliases ?? []) {
+        if (alias.AliasName?.startsWith(this.settings.aliasPrefix) && alias.TargetKeyId) {
+          found.set(alias.AliasName, alias.TargetKeyId);
+        }
+      }
+      marker = page.Truncated ? page.NextMarker : undefined;
+    } while (marker);
+    return found;
+  }
+
+  private async describe(keyId: string): Promise<KmsKek | undefined> {
+    const described = await this.call(
+      'DescribeKey',
+      () => this.client.send(new DescribeKeyCommand({ KeyId: keyId })),
+      true,
+    );
+    const meta = described?.KeyMetadata;
+    if (!meta?.Arn || !meta.KeyId) return undefined;
+    return { keyId: meta.KeyId, arn: meta.Arn, state: meta.KeyState ?? 'Unknown' };
+  }
+
+  async reload(): Promise<void> {
+    const aliases = await this.aliases();
+    const keks = new Map<string, KmsKek>();
+    const kekPrefix = `${this.settings.aliasPrefix}kek-`;
+    const byKeyId = new Map<string, string>();
+    for (const [alias, keyId] of aliases) {
+      if (!alias.startsWith(kekPrefix)) continue;
+      const kekId = alias.slice(kekPrefix.length);
+      const kek = await this.describe(keyId);
+      // A key scheduled for deletion is destroyed as far as rekey is concerned: it is not held.
+      if (!kek || kek.state === 'PendingDeletion' || kek.state === 'PendingReplicaDeletion') continue;
+      keks.set(kekId, kek);
+      byKeyId.set(kek.keyId, kekId);
+    }
+    const current = aliases.get(this.currentAlias);
+    this.keks = keks;
+    this.configuredCurrentKekId = current === undefined ? undefined : byKeyId.get(current);
+  }
+
+  kekIds(): string[] {
+    return [...this.keks.keys()].sort();
+  }
+
+  has(kekId: string): boolean {
+    return this.keks.has(kekId);
+  }
+
+  fingerprint(kekId: string): string {
+    return kmsFingerprint(this.kek(kekId).arn);
+  }
+
+  held(): HeldKey[] {
+    return [...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) }));
+  }
+
+  /**
+   * No bytes: a KMS KEK is used by its fingerprint (its ARN) through `rowCrypto()` and the DEK operations. An empty
+   * buffer says "held" to the resolver, which has checked the fingerprint; a local cipher given it fails.
+   */
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    for (const kek of this.keks.values()) if (kmsFingerprint(kek.arn) === fingerprint) return Buffer.alloc(0);
+    return undefined;
+  }
+
+  /** The KEK as last read, read again first when another process made it since. */
+  private async fresh(kekId: string): Promise<KmsKek> {
+    if (!this.keks.has(kekId)) await this.reload();
+    return this.kek(kekId);
+  }
+
+  private kek(kekId: string): KmsKek {
+    const kek = this.keks.get(kekId);
+    if (!kek) throw new UnknownKekError(kekId, this.description);
+    return kek;
+  }
+
+  /**
+   * The key ARN to use for `kekId`, refused unless KMS last said the key is Enabled: a disabled key is one an
+   * operator (or a retire) took out of use, whatever the registry says, and not every KMS refuses it (moto does not).
+   */
+  usableArn(kekId: string): string {
+    const kek = this.kek(kekId);
+    if (kek.state !== 'Enabled') {
+      throw new KeyMaterialError(
+        `KMS key ${kek.arn} (KEK '${kekId}') is ${kek.state}: rekey does not use it. Enable it (aws kms enable-key) or restore the KEK with 'rekey keys restore ${kekId}' if it was retired`,
+        this.description,
+      );
+    }
+    return kek.arn;
+  }
+
+  /** ARN for a KEK the registry recorded by fingerprint: the key itself, not whatever its alias names now. */
+  arnFor(kekId: string, fingerprint: string | undefined): string {
+    const arn = this.usableArn(kekId);
+    if (fingerprint !== undefined && keyArnOf(fingerprint) !== arn) {
+      throw new KeyMaterialError(
+        `KEK '${kekId}': its alias ${this.aliasOf(kekId)} names ${arn}, but the registry recorded ${fingerprint}: point the alias back`,
+        this.description,
+      );
+    }
+    return arn;
+  }
+
+  // ---- The application's DEK operations (TenantCrypto) ----
+
+  get deks(): RemoteDeks {
+    return this;
+  }
+
+  /** A new DEK from GenerateDataKey under `kekId`: the plaintext (the caller zeroizes it) and its stored form. */
+  async newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
+    const arn = this.usableArn(kekId);
+    const generated = await this.must('GenerateDataKey', () =>
+      this.client.send(
+        new GenerateDataKeyCommand({
+          KeyId: arn,
+          KeySpec: 'AES_256',
+          EncryptionContext: this.values.context({ tenant_id: tenantId }, kekId),
+        }),
+      ),
+    );
+    const plaintext = generated.Plaintext!;
+    const dek = Buffer.from(plaintext);
+    plaintext.fill(0);
+    return { dek, wrapped: this.values.value(generated.CiphertextBlob!) };
+  }
+
+  /** Decrypt of a stored DEK; DekUnwrapError when KMS refuses the blob for this tenant and KEK. */
+  async unwrapDek(kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
+    const row = { tenant_id: tenantId, wrapped_dek: wrapped };
+    const arn = this.usableArn(kekId);
+    let plaintext: Uint8Array;
+    try {
+      const decrypted = await this.client.send(
+        new DecryptCommand({
+          CiphertextBlob: this.values.blob(row),
+          KeyId: arn,
+          EncryptionContext: this.values.context(row, kekId),
+        }),
+      );
+      this.onRequest?.('Decrypt', 'ok');
+      plaintext = decrypted.Plaintext!;
+    } catch (err) {
+      this.onRequest?.('Decrypt', 'error');
+      const name = (err as { name?: string }).name;
+      if (name === 'InvalidCiphertextException' || name === 'IncorrectKeyException') {
+        throw new DekUnwrapError(tenantId, kekId, `KMS refused it (${name})`);
+      }
+      return this.must('Decrypt', () => Promise.reject(err as Error));
+    }
+    const dek = Buffer.from(plaintext);
+    plaintext.fill(0);
+    return dek;
+  }
+
+  /** ReEncrypt of a stored DEK from one KEK to another, inside KMS. */
+  async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
+    const row = { tenant_id: tenantId, wrapped_dek: wrapped };
+    const moved = await this.must('ReEncrypt', () =>
+      this.client.send(
+        new ReEncryptCommand({
+          CiphertextBlob: this.values.blob(row),
+          SourceKeyId: this.usableArn(from),
+          SourceEncryptionContext: this.values.context(row, from),
+          DestinationKeyId: this.usableArn(to),
+          DestinationEncryptionContext: this.values.context(row, to),
+        }),
+      ),
+    );
+    return this.values.value(moved.CiphertextBlob!);
+  }
+
+  /** The rewrap engine's crypto for this store: ReEncrypt per row, paced by REKEY_AWS_KMS_CONCURRENCY and _RATE. */
+  rowCrypto(): RowCrypto {
+    this.crypto ??= new KmsRowCrypto(
+      this.client,
+      new RequestPacer(this.settings.limits),
+      (kek) => this.arnFor(kek.kekId, kek.fingerprint),
+      this.onRequest,
+    );
+    return this.crypto;
+  }
+
+  /**
+   * A DEK made under the KEK without its plaintext (GenerateDataKeyWithoutPlaintext), then opened there by the
+   * rewrap engine's own check (ReEncrypt to the same key): the calls a rotation makes, and no plaintext.
+   */
+  async selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
+    const row = { tenant_id: 'rekey-self-test' };
+    const made = await this.must('GenerateDataKeyWithoutPlaintext', () =>
+      this.client.send(
+        new GenerateDataKeyWithoutPlaintextCommand({
+          KeyId: this.arnFor(kek.kekId, kek.fingerprint),
+          KeySpec: 'AES_256',
+          EncryptionContext: this.values.context(row, kek.kekId),
+        }),
+      ),
+    );
+    const stored = { ...row, wrapped_dek: this.values.value(made.CiphertextBlob!) };
+    const [reason] = await this.rowCrypto().check(this.codec, { ...kek, key: Buffer.alloc(0) }, [stored]);
+    if (reason !== undefined) {
+      throw new KeyMaterialError(`KEK '${kek.kekId}' failed its KMS self-test: ${reason}`, this.description);
+    }
+  }
+
+  // ---- Local-key operations: not for keys that never leave KMS ----
+
+  wrap(): Buffer {
+    throw this.noBytes();
+  }
+  wrapInto(): void {
+    throw this.noBytes();
+  }
+  unwrap(): Buffer {
+    throw this.noBytes();
+  }
+  private noBytes(): KeyMaterialError {
+    return new KeyMaterialError(
+      `${this.description}: a KEK in KMS never leaves it; DEKs are wrapped and unwrapped by KMS (newDek, unwrapDek)`,
+      this.description,
+    );
+  }
+
+  // ---- Lifecycle ----
+
+  /**
+   * Creates the KEK's KMS key and alias. Idempotent: an alias already there is the KEK; a key rekey created for the
+   * alias whose answer was lost (the activity timed out after KMS created it) is found by its tag and given the
+   * alias, so a retried provision never leaves a second key. The first KEK also gets the `current` alias.
+   */
+  async generate(kekId?: string): Promise<string> {
+    await this.reload();
+    const aliases = await this.aliases();
+    const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
+    if (!KMS_KEK_ID.test(id)) {
+      throw new KeyMaterialError(
+        `KEK id '${id}' cannot name a KMS alias: use 1-64 letters, digits, '_' or '-', starting with a letter or digit`,
+        this.description,
+      );
+    }
+    const alias = this.aliasOf(id);
+    let keyId = aliases.get(alias);
+    if (keyId === undefined) {
+      keyId = (await this.createdFor(alias)) ?? (await this.createKey(id, alias));
+      await this.must('CreateAlias', () =>
+        this.client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keyId })),
+      );
+    }
+    if (!aliases.has(this.currentAlias)) {
+      await this.must('CreateAlias', () =>
+        this.client.send(new CreateAliasCommand({ AliasName: this.currentAlias, TargetKeyId: keyId })),
+      );
+    }
+    await this.reload();
+    return id;
+  }
+
+  private async createKey(kekId: string, alias: string): Promise<string> {
+    const created = await this.must('CreateKey', () =>
+      this.client.send(
+        new CreateKeyCommand({
+          Description: `rekey KEK '${kekId}' (${alias})`,
+          KeyUsage: 'ENCRYPT_DECRYPT',
+          KeySpec: 'SYMMETRIC_DEFAULT',
+          Tags: [{ TagKey: KMS_KEK_TAG, TagValue: alias }],
+        }),
+      ),
+    );
+    return created.KeyMetadata!.KeyId!;
+  }
+
+  /** A key of this account tagged for `alias` and not scheduled for deletion (a lost CreateKey answer). */
+  private async createdFor(alias: string): Promise<string | undefined> {
+    let marker: string | undefined;
+    do {
+      const page = await this.must('ListKeys', () =>
+        this.client.send(new ListKeysCommand({ Marker: marker, Limit: 1000 })),
+      );
+      for (const key of page.Keys ?? []) {
+        let tags;
+        try {
+          tags = await this.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId }));
+        } catch {
+          continue; // a key this role may not read is not one it created
+        }
+        if (!(tags.Tags ?? []).some((tag) => tag.TagKey === KMS_KEK_TAG && tag.TagValue === alias)) continue;
+        const kek = await this.describe(key.KeyId!);
+        if (kek && kek.state !== 'PendingDeletion') return kek.keyId;
+      }
+      marker = page.Truncated ? page.NextMarker : undefined;
+    } while (marker);
+    return undefined;
+  }
+
+  /** Points `<prefix>current` at `to`'s key (the registry promoted it). */
+  async promote(_from: string, to: string): Promise<void> {
+    const target = (await this.fresh(to)).keyId;
+    const aliases = await this.aliases();
+    if (aliases.get(this.currentAlias) === target) return;
+    const Command = aliases.has(this.currentAlias) ? UpdateAliasCommand : CreateAliasCommand;
+    await this.must(aliases.has(this.currentAlias) ? 'UpdateAlias' : 'CreateAlias', () =>
+      this.client.send(new Command({ AliasName: this.currentAlias, TargetKeyId: target })),
+    );
+    this.configuredCurrentKekId = to;
+  }
+
+  /** Disables the KEK's key: KMS keeps its material and refuses to use it until EnableKey (a restore). */
+  async retire(kekId: string): Promise<void> {
+    const kek = await this.fresh(kekId);
+    await this.must('DisableKey', () => this.client.send(new DisableKeyCommand({ KeyId: kek.keyId })));
+    kek.state = 'Disabled';
+  }
+
+  async restore(kekId: string): Promise<void> {
+    const kek = await this.fresh(kekId);
+    await this.must('EnableKey', () => this.client.send(new EnableKeyCommand({ KeyId: kek.keyId })));
+    kek.state = 'Enabled';
+  }
+
+  /** Schedules the key's deletion after AWS's pending window (REKEY_AWS_KMS_DELETION_WINDOW_DAYS). */
+  async destroy(kekId: string): Promise<DestroyOutcome> {
+    const keyId = (await this.aliases()).get(this.aliasOf(kekId));
+    const kek = keyId === undefined ? undefined : await this.describe(keyId);
+    if (!kek) return { destroyed: true, detail: `no KMS key is named ${this.aliasOf(kekId)}: already gone` };
+    if (kek.state === 'PendingDeletion') {
+      return { destroyed: true, detail: `KMS key ${kek.arn} is already scheduled for deletion` };
+    }
+    const scheduled = await this.must('ScheduleKeyDeletion', () =>
+      this.client.send(
+        new ScheduleKeyDeletionCommand({ KeyId: kek.keyId, PendingWindowInDays: this.settings.deletionWindowDays }),
+      ),
+    );
+    this.keks.delete(kekId);
+    const when = scheduled.DeletionDate?.toISOString() ?? `in ${this.settings.deletionWindowDays} days`;
+    return {
+      destroyed: true,
+      detail: `KMS key ${kek.arn} is scheduled for deletion on ${when} (until then 'aws kms cancel-key-deletion' can still stop it)`,
+    };
+  }
+
+  close(): void {
+    this.crypto = undefined;
+    this.client.destroy();
+  }
+}
+
+/** True for a provider whose KEKs never leave KMS. */
+export function isKms(keys: KeyProvider): keys is KmsKeys {
+  return keys instanceof KmsKeys;
+}

@@ -1,0 +1,294 @@
+import { randomUUID } from 'node:crypto';
+import {
+  DecryptCommand,
+  DescribeKeyCommand,
+  DisableKeyCommand,
+  GenerateDataKeyCommand,
+  KMSClient,
+  ListAliasesCommand,
+  ListKeysCommand,
+  ListResourceTagsCommand,
+} from '@aws-sdk/client-kms';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities, type Activities } from '../../src/activities';
+import { awsClientConfig } from '../../src/keys/aws';
+import { KMS_KEK_TAG, kmsFingerprint, kmsSettingsFromEnv, KmsKeys } from '../../src/keys/aws-kms';
+import { resolveKek } from '../../src/keys/kek-resolver';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { restoreKek } from '../../src/targets/restore-kek';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
+import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { runRotation } from '../helpers/rotation-run';
+import { useTimeSkippingEnv } from '../helpers/temporal';
+
+const TENANTS = 200;
+
+// The stored form as the README documents it, written here with the SDK alone (not rekey's code): format byte 0x02,
+// then KMS's ciphertext blob, under the encryption context {rekey:tenant, rekey:kek}.
+const KMS_FORMAT_BYTE = Buffer.from([0x02]);
+const contextFor = (tenantId: string, kekId: string) => ({ 'rekey:tenant': tenantId, 'rekey:kek': kekId });
+
+describe('aws-kms key provider against a moto server', () => {
+  const moto = useMoto();
+  const temporal = useTimeSkippingEnv();
+  let db: TestDatabase;
+  let kms: KMSClient;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    kms = new KMSClient(awsClientConfig(moto.server.env, 'KMS'));
+  });
+  afterAll(async () => {
+    kms?.destroy();
+    await db?.drop();
+  });
+
+  const arnOf = async (keyId: string) => (await kms.send(new DescribeKeyCommand({ KeyId: keyId }))).KeyMetadata!;
+
+  /**
+   * A keyspace of its own: an alias prefix with v1 (current) created by rekey, and TENANTS DEKs wrapped under v1 by
+   * the test itself with GenerateDataKey; returns each tenant's plaintext DEK, to compare after the rotation.
+   */
+  async function keyspace(env: Record<string, string> = moto.server.env) {
+    const prefix = `alias/rekey-test/${randomUUID()}/`;
+    const settings = { ...env, REKEY_AWS_KMS_ALIAS_PREFIX: prefix, REKEY_AWS_KMS_RATE: '0' };
+    const keys = KmsKeys.fromEnv(settings);
+    await keys.generate('v1');
+    await db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    const v1 = (await arnOf(`${prefix}kek-v1`)).Arn!;
+    const deks = new Map<string, Buffer>();
+    const ids = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(5, '0')}`);
+    const wrapped: Buffer[] = [];
+    for (let i = 0; i < ids.length; i += 25) {
+      const made = await Promise.all(
+        ids
+          .slice(i, i + 25)
+          .map((id) =>
+            kms.send(
+              new GenerateDataKeyCommand({ KeyId: v1, KeySpec: 'AES_256', EncryptionContext: contextFor(id, 'v1') }),
+            ),
+          ),
+      );
+      made.forEach((m, j) => {
+        deks.set(ids[i + j]!, Buffer.from(m.Plaintext!));
+        wrapped.push(Buffer.concat([KMS_FORMAT_BYTE, m.CiphertextBlob!]));
+      });
+    }
+    await db.pool.query(
+      `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) SELECT t, 'v1', w FROM unnest($1::text[], $2::bytea[]) AS u(t, w)`,
+      [ids, wrapped],
+    );
+    return { prefix, settings, keys, deks };
+  }
+
+  /** Each tenant's DEK as KMS decrypts it from the stored row, under the context of the KEK the row is labelled with. */
+  async function storedDeks(): Promise<Map<string, { kekId: string; dek: Buffer }>> {
+    const { rows } = await db.pool.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
+      'SELECT tenant_id, kek_id, wrapped_dek FROM rekey.tenant_deks ORDER BY tenant_id',
+    );
+    const out = new Map<string, { kekId: string; dek: Buffer }>();
+    for (const row of rows) {
+      expect(row.wrapped_dek[0]).toBe(0x02);
+      const opened = await kms.send(
+        new DecryptCommand({
+          CiphertextBlob: row.wrapped_dek.subarray(1),
+          EncryptionContext: contextFor(row.tenant_id, row.kek_id),
+        }),
+      );
+      out.set(row.tenant_id, { kekId: row.kek_id, dek: Buffer.from(opened.Plaintext!) });
+    }
+    return out;
+  }
+
+  // Each DEK is a call to moto, a Python process sharing the machine's cores: a busy machine is given time for it.
+  const rotate = async (activities: Activities, request: RotationRequest) =>
+    (await runRotation(temporal.env, activities, request, { timeoutMs: 200_000 })).report;
+
+  it('a rotation from one KMS key to another moves every DEK with ReEncrypt while a live writer works: the worker never calls Decrypt or GenerateDataKey, every third call is throttled and ridden out, and every DEK is the same after', async () => {
+    const { prefix, settings, keys, deks } = await keyspace();
+    keys.close();
+    // The worker talks to KMS through a proxy that counts its calls by operation and throttles every third one.
+    const proxy = await throttlingProxy(moto.server.endpoint, 3);
+    const workerKeys = KmsKeys.fromEnv({ ...settings, AWS_ENDPOINT_URL: proxy.endpoint });
+    await workerKeys.reload();
+    // The application: another process with its own client, straight to KMS.
+    const appKeys = KmsKeys.fromEnv(settings);
+    await appKeys.reload();
+    const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
+    await app.start();
+    let writing = true;
+    let writes = 0;
+    const written = new Map<string, string>();
+    const writer = (async () => {
+      while (writing) {
+        await app.rewriteDek(`tenant-${String(writes % TENANTS).padStart(5, '0')}`);
+        if (writes % 10 === 0) written.set(`new-tenant-${writes}`, await app.encrypt(`new-tenant-${writes}`, 'fresh'));
+        writes++;
+        // Steady, not flat out: moto is one Python process on the machine's few cores, shared with the worker.
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    })();
+    try {
+      const report = await rotate(createActivities({ db: db.pool, keys: workerKeys }), {
+        from: 'v1',
+        to: 'new',
+        batchSize: 50,
+        gracePeriod: '1d',
+        fleetLiveWithin: '1h',
+      });
+      writing = false;
+      await writer;
+      expect(report.outcome).toBe('completed');
+      expect(writes).toBeGreaterThan(0);
+
+      // The instrumentation: what the worker asked KMS for. No call that returns a plaintext DEK was made.
+      expect(proxy.forwarded.get('Decrypt') ?? 0).toBe(0);
+      expect(proxy.forwarded.get('GenerateDataKey') ?? 0).toBe(0);
+      expect(proxy.forwarded.get('ReEncrypt')).toBeGreaterThanOrEqual(TENANTS);
+      expect(proxy.forwarded.get('CreateKey')).toBe(1);
+      expect(proxy.forwarded.get('DisableKey')).toBe(1);
+      expect(proxy.throttled).toBeGreaterThan(TENANTS / 4);
+      // The progress counts the worker's calls: at least one per DEK it moved.
+      expect(report.counters.rewrapped).toBeGreaterThan(0);
+      expect(report.counters.keyStoreRequests).toBeGreaterThanOrEqual(report.counters.rewrapped);
+
+      // Every DEK, decrypted by KMS from its row under v2's context, is the one the tenant had before.
+      const after = await storedDeks();
+      const v2 = await arnOf(`${prefix}kek-v2`);
+      for (const [tenantId, dek] of deks) {
+        expect(after.get(tenantId)?.kekId).toBe('v2');
+        expect(after.get(tenantId)?.dek.equals(dek)).toBe(true);
+      }
+      // What the application wrote during the rotation reads back, through a fresh application process.
+      const reader = new TenantCrypto({ db: db.pool, keys: KmsKeys.fromEnv(settings), registryTtlMs: 100 });
+      await reader.start();
+      for (const [tenantId, ciphertext] of written) {
+        expect((await reader.decrypt(tenantId, ciphertext)).toString()).toBe('fresh');
+      }
+      await reader.stop();
+
+      // The store: v2 is current, v1's key is disabled (material kept for the restore window).
+      const aliases = await kms.send(new ListAliasesCommand({}));
+      expect(aliases.Aliases?.find((a) => a.AliasName === `${prefix}current`)?.TargetKeyId).toBe(v2.KeyId);
+      expect((await arnOf(`${prefix}kek-v1`)).KeyState).toBe('Disabled');
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      expect((await registry.get('v2'))?.fingerprint).toBe(kmsFingerprint(v2.Arn!));
+      expect((await registry.get('v1'))?.state).toBe('retired');
+      await workerKeys.reload();
+      const v1Record = await registry.get('v1');
+      expect(workerKeys.has('v1')).toBe(true);
+      expect(() => resolveKek(workerKeys, 'v1', v1Record)).toThrow(KekRetiredError);
+
+      // Within its window v1 comes back: decrypt-only in the registry, enabled in KMS.
+      const runtime = await new TargetRuntimes({ db: db.pool, keys: workerKeys }).get();
+      await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
+      expect((await registry.get('v1'))?.state).toBe('decrypt_only');
+      expect((await arnOf(`${prefix}kek-v1`)).KeyState).toBe('Enabled');
+    } finally {
+      writing = false;
+      await writer;
+      await app.stop();
+      appKeys.close();
+      workerKeys.close();
+      await proxy.close();
+    }
+  }, 240_000);
+
+  it('a provision whose CreateKey answer was lost is retried by Temporal and creates one key, found by its tag', async () => {
+    const { prefix, settings, keys } = await keyspace();
+    keys.close();
+    const lossy = new KMSClient(awsClientConfig(moto.server.env, 'KMS'));
+    const losing = loseFirstAnswer(lossy, 'CreateKey');
+    const lossyKeys = new KmsKeys(lossy, kmsSettingsFromEnv(settings));
+    try {
+      const report = await rotate(createActivities({ db: db.pool, keys: lossyKeys }), {
+        from: 'v1',
+        to: 'new',
+        gracePeriod: '1d',
+        fleetLiveWithin: '1h',
+      });
+      expect(losing.lost).toBe(1);
+      expect(report.outcome).toBe('completed');
+      const tagged: string[] = [];
+      for (const key of (await kms.send(new ListKeysCommand({ Limit: 1000 }))).Keys ?? []) {
+        const tags = await kms.send(new ListResourceTagsCommand({ KeyId: key.KeyId }));
+        if (tags.Tags?.some((t) => t.TagKey === KMS_KEK_TAG && t.TagValue === `${prefix}kek-v2`))
+          tagged.push(key.KeyId!);
+      }
+      expect(tagged).toHaveLength(1);
+      expect((await arnOf(`${prefix}kek-v2`)).KeyId).toBe(tagged[0]);
+      const v2 = await new KekRegistry(db.pool, BUILTIN_TARGET).get('v2');
+      expect(v2?.fingerprint).toBe(kmsFingerprint((await arnOf(tagged[0]!)).Arn!));
+    } finally {
+      lossyKeys.close();
+    }
+  }, 240_000);
+
+  it('after its restore window the retired KEK’s key is scheduled for deletion, the registry says destroyed, and a restore is refused', async () => {
+    const { prefix, keys } = await keyspace();
+    try {
+      const { destroyed: report } = await runRotation(
+        temporal.env,
+        createActivities({ db: db.pool, keys }),
+        { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
+        { destroyKek: 'v1' },
+      );
+      expect(report?.outcome).toBe('destroyed');
+      expect(report?.detail).toMatch(/scheduled for deletion on .* cancel-key-deletion/);
+      const v1 = await arnOf(`${prefix}kek-v1`);
+      expect(v1.KeyState).toBe('PendingDeletion');
+      expect(v1.DeletionDate!.getTime() - Date.now()).toBeGreaterThan(29 * 86_400_000);
+      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      expect((await registry.get('v1'))?.state).toBe('destroyed');
+      await keys.reload();
+      expect(keys.has('v1')).toBe(false);
+      const runtime = await new TargetRuntimes({ db: db.pool, keys }).get();
+      await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
+    } finally {
+      keys.close();
+    }
+  });
+
+  it('a key disabled in KMS behind the registry’s back is refused by rekey, though moto itself still uses it', async () => {
+    const { prefix, settings, keys } = await keyspace();
+    keys.close();
+    const v1 = await arnOf(`${prefix}kek-v1`);
+    await kms.send(new DisableKeyCommand({ KeyId: v1.KeyId }));
+    // moto does not refuse a disabled key (AWS would, with DisabledException): rekey must.
+    const served = await kms.send(
+      new GenerateDataKeyCommand({ KeyId: v1.Arn, KeySpec: 'AES_256', EncryptionContext: contextFor('x', 'v1') }),
+    );
+    expect(served.CiphertextBlob?.length).toBeGreaterThan(0);
+    const appKeys = KmsKeys.fromEnv(settings);
+    const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
+    await app.start();
+    try {
+      await expect(app.encrypt('a-new-tenant', 'x')).rejects.toThrow(KeyMaterialError);
+      await expect(app.encrypt('a-new-tenant', 'x')).rejects.toThrow(/is Disabled: rekey does not use it/);
+      await expect(app.decrypt('tenant-00001', 'v2:AAAA')).rejects.toThrow(/is Disabled/);
+      const { rows } = await db.pool.query(`SELECT 1 FROM rekey.tenant_deks WHERE tenant_id = 'a-new-tenant'`);
+      expect(rows).toHaveLength(0);
+    } finally {
+      await app.stop();
+      appKeys.close();
+    }
+  });
+
+  it('refuses settings it cannot use, naming the variable', () => {
+    expect(() => kmsSettingsFromEnv({ REKEY_AWS_KMS_ALIAS_PREFIX: 'rekey/' })).toThrow(/must start with 'alias\/'/);
+    expect(() => kmsSettingsFromEnv({ REKEY_AWS_KMS_ALIAS_PREFIX: 'alias/aws/x/' })).toThrow(/alias\/aws\//);
+    expect(() => kmsSettingsFromEnv({ REKEY_AWS_KMS_CONCURRENCY: '0' })).toThrow(/REKEY_AWS_KMS_CONCURRENCY must be/);
+    expect(() => kmsSettingsFromEnv({ REKEY_AWS_KMS_DELETION_WINDOW_DAYS: '3' })).toThrow(/from 7 to 30/);
+    expect(kmsSettingsFromEnv({})).toEqual({
+      aliasPrefix: 'alias/rekey/',
+      limits: { concurrency: 16, ratePerSecond: 500 },
+      deletionWindowDays: 30,
+    });
+  });
+});

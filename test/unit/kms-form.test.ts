@@ -1,0 +1,90 @@
+import { describe, expect, it } from 'vitest';
+import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
+import { compileFormat } from '../../src/codec/sealed-format';
+import { RateSchedule, RequestPacer } from '../../src/crypto/request-pacer';
+import { addCounters, emptyCounters } from '../../src/rewrap/counters';
+import { wrapDek } from '../../src/envelope/dek-wrapping';
+import { FormatError, UnreadableValueError } from '../../src/errors';
+
+const codec = compileFormat(REKEY_DEK_FORMAT);
+
+describe("rekey's DEK format with its KMS form", () => {
+  const kmsRow = { tenant_id: 't1', wrapped_dek: Buffer.concat([Buffer.from([0x02]), Buffer.alloc(180, 7)]) };
+  const localRow = { tenant_id: 't1', wrapped_dek: wrapDek(Buffer.alloc(32, 1), 'v1', 't1', Buffer.alloc(32, 2)) };
+
+  it('tells the two forms apart by their format byte, and reads both', () => {
+    expect(codec.kms!.is(kmsRow)).toBe(true);
+    expect(codec.kms!.is(localRow)).toBe(false);
+    expect(codec.check(kmsRow)).toBeUndefined();
+    expect(codec.check(localRow)).toBeUndefined();
+    expect(codec.kms!.blob(kmsRow)).toEqual(Buffer.alloc(180, 7));
+    expect(codec.kms!.value(Buffer.alloc(3, 9))).toEqual(Buffer.from([2, 9, 9, 9]));
+  });
+
+  it('binds the tenant and the KEK id in the encryption context', () => {
+    expect(codec.kms!.context(kmsRow, 'v2')).toEqual({ 'rekey:tenant': 't1', 'rekey:kek': 'v2' });
+    expect(() => codec.kms!.context({ tenant_id: null }, 'v2')).toThrow(UnreadableValueError);
+  });
+
+  it('a KMS value is never opened with key bytes, and a local value is not a KMS blob', () => {
+    expect(() => codec.open(Buffer.alloc(32, 1), kmsRow, 'v1')).toThrow(/wrapped by AWS KMS/);
+    expect(() => codec.kms!.blob(localRow)).toThrow(/not a KMS ciphertext/);
+    const tooLong = { tenant_id: 't1', wrapped_dek: Buffer.concat([Buffer.from([0x02]), Buffer.alloc(6145)]) };
+    expect(codec.check(tooLong)).toMatch(/too long for KMS/);
+  });
+
+  it('refuses a KMS form it could not tell apart or bind', () => {
+    const clash = { ...REKEY_DEK_FORMAT, kms: { prefix: '01', context: { 'rekey:tenant': 'tenant_id' } } };
+    expect(() => compileFormat(clash)).toThrow(/must differ from value.prefix/);
+    expect(() => compileFormat({ ...REKEY_DEK_FORMAT, kms: { prefix: '02', context: {} } })).toThrow(FormatError);
+    expect(() => compileFormat({ ...REKEY_DEK_FORMAT, kms: { prefix: '0', context: { a: 'tenant_id' } } })).toThrow(
+      /hex bytes/,
+    );
+  });
+});
+
+describe('pacing of key store calls', () => {
+  it('spaces calls 1/rate apart, never in the past, and lets a call through at once after an idle spell', () => {
+    const schedule = new RateSchedule(100); // 10 ms apart
+    expect([0, 0, 0, 0].map(() => schedule.delay(1_000))).toEqual([0, 10, 20, 30]);
+    expect(schedule.delay(1_035)).toBe(5);
+    expect(schedule.delay(5_000)).toBe(0);
+    expect(schedule.delay(5_000)).toBe(10);
+    expect(new RateSchedule(0).delay(1)).toBe(0);
+  });
+
+  it('runs at most `concurrency` calls at once and keeps results in order', async () => {
+    const pacer = new RequestPacer({ concurrency: 3, ratePerSecond: 0 });
+    let running = 0;
+    let most = 0;
+    const results = await pacer.map([...Array(20).keys()], async (n) => {
+      running++;
+      most = Math.max(most, running);
+      await new Promise((resolve) => setImmediate(resolve));
+      running--;
+      return n * 2;
+    });
+    expect(results).toEqual([...Array(20).keys()].map((n) => n * 2));
+    expect(most).toBe(3);
+  });
+
+  it('stops taking items after a failure and rejects with it', async () => {
+    const pacer = new RequestPacer({ concurrency: 2, ratePerSecond: 0 });
+    const started: number[] = [];
+    await expect(
+      pacer.map([...Array(50).keys()], async (n) => {
+        started.push(n);
+        await new Promise((resolve) => setImmediate(resolve));
+        if (n === 3) throw new Error('AccessDenied');
+        return n;
+      }),
+    ).rejects.toThrow('AccessDenied');
+    expect(started.length).toBeLessThan(10);
+  });
+
+  it('counts key store calls in the progress only where there were any', () => {
+    expect(addCounters(emptyCounters(), emptyCounters())).not.toHaveProperty('keyStoreRequests');
+    const kms = { ...emptyCounters(), keyStoreRequests: 4 };
+    expect(addCounters(addCounters(emptyCounters(), kms), kms).keyStoreRequests).toBe(8);
+  });
+});
