@@ -6,14 +6,39 @@ import type { Codec, KmsValues, Row } from '../codec/sealed-format';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
 import type { RequestPacer } from './request-pacer';
 import type { RowCrypto } from './row-crypto';
-import { awsCall } from '../keys/aws';
 import { ConfigError, UnreadableValueError } from '../errors';
 
 /** The key ARN to use for a KEK of a unit of work (checked against its fingerprint and its state in KMS). */
 export type ArnFor = (kek: RowKek) => string;
 
 /** The answers of KMS that mean "not this key, not this context, or tampered": the row, not the call, is at fault. */
-const REFUSED = new Set(['InvalidCiphertextException', 'IncorrectKeyException']);
+export const KMS_REFUSED: ReadonlySet<string> = new Set(['InvalidCiphertextException', 'IncorrectKeyException']);
+
+/** One counted KMS call (KmsKeys.request): errors no retry fixes mapped, except those `callerHandles` names. */
+export type KmsRequest = <T>(
+  operation: string,
+  run: () => Promise<T>,
+  options?: { iam?: string; callerHandles?: ReadonlySet<string> },
+) => Promise<T>;
+
+/** A KMS key for one call: the KEK id its context binds, and the key's ARN. */
+export interface KmsKey {
+  kekId: string;
+  arn: string;
+}
+
+export const kmsKey = (kekId: string, arn: string): KmsKey => ({ kekId, arn });
+
+/** A ReEncrypt of one row's blob from `source` to `target`, each with the row's context under its own KEK id. */
+export function reEncryptInput(kms: KmsValues, row: Row, blob: Buffer, source: KmsKey, target: KmsKey) {
+  return {
+    CiphertextBlob: blob,
+    SourceKeyId: source.arn,
+    SourceEncryptionContext: kms.context(row, source.kekId),
+    DestinationKeyId: target.arn,
+    DestinationEncryptionContext: kms.context(row, target.kekId),
+  };
+}
 
 type Outcome = { write: RowRewrap } | { failure: string } | undefined;
 
@@ -24,7 +49,7 @@ export class KmsRowCrypto implements RowCrypto {
     private readonly client: KMSClient,
     private readonly pacer: RequestPacer,
     private readonly arnFor: ArnFor,
-    private readonly onRequest?: (operation: string, outcome: 'ok' | 'error') => void,
+    private readonly request: KmsRequest,
   ) {}
 
   async rewrap(
@@ -35,10 +60,9 @@ export class KmsRowCrypto implements RowCrypto {
     options: RewrapRowsOptions,
   ): Promise<RewrapRowsResult> {
     const kms = kmsOf(codec);
-    const source = { kekId: from.kekId, arn: this.arnFor(from) };
-    const target = { kekId: to.kekId, arn: this.arnFor(to) };
+    const source = kmsKey(from.kekId, this.arnFor(from));
+    const target = kmsKey(to.kekId, this.arnFor(to));
     let requests = 0;
-    const count = () => requests++;
     const outcomes = await this.pacer.map(rows, async (row, index): Promise<Outcome> => {
       let blob: Buffer;
       try {
@@ -48,14 +72,16 @@ export class KmsRowCrypto implements RowCrypto {
         return options.others ? undefined : { failure: err.reason };
       }
       // A dry run moves nothing: it asks KMS whether the row opens under `from`, re-encrypting it to `from` itself.
-      const moved = await this.reEncrypt(kms, row, blob, source, options.dryRun ? source : target, count);
+      requests++;
+      const moved = await this.reEncrypt(kms, row, blob, source, options.dryRun ? source : target);
       if (moved) {
         return { write: { index, relabel: options.others, values: options.dryRun ? [] : [kms.value(moved)] } };
       }
       // A row on a third KEK that says so is left alone.
       if (options.others) return undefined;
       // Labelled `from`, but already under `to`: only its label is put right (its value is written back as it is).
-      if (await this.reEncrypt(kms, row, blob, target, target, count)) {
+      requests++;
+      if (await this.reEncrypt(kms, row, blob, target, target)) {
         return { write: { index, relabel: true, values: options.dryRun ? [] : [kms.value(blob)] } };
       }
       return {
@@ -73,7 +99,7 @@ export class KmsRowCrypto implements RowCrypto {
 
   async check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {
     const kms = kmsOf(codec);
-    const key = { kekId: kek.kekId, arn: this.arnFor(kek) };
+    const key = kmsKey(kek.kekId, this.arnFor(kek));
     return this.pacer.map(rows, async (row) => {
       let blob: Buffer;
       try {
@@ -82,7 +108,7 @@ export class KmsRowCrypto implements RowCrypto {
         if (err instanceof UnreadableValueError) return err.reason;
         throw err;
       }
-      const opened = await this.reEncrypt(kms, row, blob, key, key, () => undefined);
+      const opened = await this.reEncrypt(kms, row, blob, key, key);
       return opened ? undefined : `KMS does not open it under '${kek.kekId}' (wrong key, context or tampered)`;
     });
   }
@@ -96,30 +122,23 @@ export class KmsRowCrypto implements RowCrypto {
     kms: KmsValues,
     row: Row,
     blob: Buffer,
-    source: { kekId: string; arn: string },
-    target: { kekId: string; arn: string },
-    count: () => void,
+    source: KmsKey,
+    target: KmsKey,
   ): Promise<Uint8Array | undefined> {
-    count();
+    let answer;
     try {
-      const answer = await this.client.send(
-        new ReEncryptCommand({
-          CiphertextBlob: blob,
-          SourceKeyId: source.arn,
-          SourceEncryptionContext: kms.context(row, source.kekId),
-          DestinationKeyId: target.arn,
-          DestinationEncryptionContext: kms.context(row, target.kekId),
-        }),
-      );
-      this.onRequest?.('ReEncrypt', 'ok');
-      if (answer.SourceKeyId !== undefined && answer.SourceKeyId !== source.arn) return undefined;
-      return answer.CiphertextBlob;
-    } catch (err) {
-      this.onRequest?.('ReEncrypt', 'error');
-      if (REFUSED.has((err as { name?: string }).name ?? '')) return undefined;
       // Access, state and configuration errors fail the activity at once, naming the IAM actions; the rest retries.
-      return awsCall('AWS KMS', 'kms:ReEncryptFrom and kms:ReEncryptTo', () => Promise.reject(err as Error));
+      answer = await this.request(
+        'ReEncrypt',
+        () => this.client.send(new ReEncryptCommand(reEncryptInput(kms, row, blob, source, target))),
+        { iam: 'kms:ReEncryptFrom and kms:ReEncryptTo', callerHandles: KMS_REFUSED },
+      );
+    } catch (err) {
+      if (KMS_REFUSED.has((err as { name?: string }).name ?? '')) return undefined;
+      throw err;
     }
+    if (answer.SourceKeyId !== undefined && answer.SourceKeyId !== source.arn) return undefined;
+    return answer.CiphertextBlob;
   }
 
   close(): Promise<void> {

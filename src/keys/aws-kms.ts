@@ -17,7 +17,7 @@ import {
 } from '@aws-sdk/client-kms';
 import { REKEY_DEK_FORMAT } from '../codec/formats';
 import { compileFormat, type KmsValues } from '../codec/sealed-format';
-import { KmsRowCrypto } from '../crypto/kms-row-crypto';
+import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms-row-crypto';
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import type { RowCrypto } from '../crypto/row-crypto';
 import { awsCall, awsClientConfig, awsFind } from './aws';
@@ -132,20 +132,35 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return `${this.settings.aliasPrefix}current`;
   }
 
-  /** One KMS call: counted, and an error no retry fixes made a KeyMaterialError naming the IAM action. */
-  private async call<T>(action: string, run: () => Promise<T>, find = false): Promise<T | undefined> {
-    try {
-      const result = await (find ? awsFind : awsCall)(this.description, `kms:${action}`, run);
-      this.onRequest?.(action, 'ok');
-      return result;
-    } catch (err) {
-      this.onRequest?.(action, 'error');
-      throw err;
-    }
+  /**
+   * One KMS call, counted by `operation`; an error no retry fixes becomes a KeyMaterialError naming `iam`, except the
+   * answers `callerHandles` names, which the caller gets as they are.
+   */
+  request<T>(
+    operation: string,
+    run: () => Promise<T>,
+    options: { iam?: string; callerHandles?: ReadonlySet<string> } = {},
+  ): Promise<T> {
+    return this.counted(
+      operation,
+      awsCall(this.description, options.iam ?? `kms:${operation}`, run, options.callerHandles),
+    );
   }
 
-  private async must<T>(action: string, run: () => Promise<T>): Promise<T> {
-    return (await this.call(action, run)) as T;
+  /** As `request`, but a key or alias that does not exist is undefined. */
+  private find<T>(operation: string, run: () => Promise<T>): Promise<T | undefined> {
+    return this.counted(operation, awsFind(this.description, `kms:${operation}`, run));
+  }
+
+  private async counted<T>(operation: string, pending: Promise<T>): Promise<T> {
+    try {
+      const result = await pending;
+      this.onRequest?.(operation, 'ok');
+      return result;
+    } catch (err) {
+      this.onRequest?.(operation, 'error');
+      throw err;
+    }
   }
 
   /** Every alias under the prefix, paged: alias name → target key id. */
@@ -153,7 +168,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     const found = new Map<string, string>();
     let marker: string | undefined;
     do {
-      const page = await this.must('ListAliases', () =>
+      const page = await this.request('ListAliases', () =>
         this.client.send(new ListAliasesCommand({ Marker: marker, Limit: 100 })),
       );
       for (const alias of page.Aliases ?? []) {
@@ -167,11 +182,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   }
 
   private async describe(keyId: string): Promise<KmsKek | undefined> {
-    const described = await this.call(
-      'DescribeKey',
-      () => this.client.send(new DescribeKeyCommand({ KeyId: keyId })),
-      true,
-    );
+    const described = await this.find('DescribeKey', () => this.client.send(new DescribeKeyCommand({ KeyId: keyId })));
     const meta = described?.KeyMetadata;
     if (!meta?.Arn || !meta.KeyId) return undefined;
     return { keyId: meta.KeyId, arn: meta.Arn, state: meta.KeyState ?? 'Unknown' };
@@ -269,7 +280,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   /** A new DEK from GenerateDataKey under `kekId`: the plaintext (the caller zeroizes it) and its stored form. */
   async newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
     const arn = this.usableArn(kekId);
-    const generated = await this.must('GenerateDataKey', () =>
+    const generated = await this.request('GenerateDataKey', () =>
       this.client.send(
         new GenerateDataKeyCommand({
           KeyId: arn,
@@ -290,22 +301,23 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     const arn = this.usableArn(kekId);
     let plaintext: Uint8Array;
     try {
-      const decrypted = await this.client.send(
-        new DecryptCommand({
-          CiphertextBlob: this.values.blob(row),
-          KeyId: arn,
-          EncryptionContext: this.values.context(row, kekId),
-        }),
+      const decrypted = await this.request(
+        'Decrypt',
+        () =>
+          this.client.send(
+            new DecryptCommand({
+              CiphertextBlob: this.values.blob(row),
+              KeyId: arn,
+              EncryptionContext: this.values.context(row, kekId),
+            }),
+          ),
+        { callerHandles: KMS_REFUSED },
       );
-      this.onRequest?.('Decrypt', 'ok');
       plaintext = decrypted.Plaintext!;
     } catch (err) {
-      this.onRequest?.('Decrypt', 'error');
-      const name = (err as { name?: string }).name;
-      if (name === 'InvalidCiphertextException' || name === 'IncorrectKeyException') {
-        throw new DekUnwrapError(tenantId, kekId, `KMS refused it (${name})`);
-      }
-      return this.must('Decrypt', () => Promise.reject(err as Error));
+      const name = (err as { name?: string }).name ?? '';
+      if (KMS_REFUSED.has(name)) throw new DekUnwrapError(tenantId, kekId, `KMS refused it (${name})`);
+      throw err;
     }
     const dek = Buffer.from(plaintext);
     plaintext.fill(0);
@@ -315,15 +327,17 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   /** ReEncrypt of a stored DEK from one KEK to another, inside KMS. */
   async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
     const row = { tenant_id: tenantId, wrapped_dek: wrapped };
-    const moved = await this.must('ReEncrypt', () =>
+    const moved = await this.request('ReEncrypt', () =>
       this.client.send(
-        new ReEncryptCommand({
-          CiphertextBlob: this.values.blob(row),
-          SourceKeyId: this.usableArn(from),
-          SourceEncryptionContext: this.values.context(row, from),
-          DestinationKeyId: this.usableArn(to),
-          DestinationEncryptionContext: this.values.context(row, to),
-        }),
+        new ReEncryptCommand(
+          reEncryptInput(
+            this.values,
+            row,
+            this.values.blob(row),
+            kmsKey(from, this.usableArn(from)),
+            kmsKey(to, this.usableArn(to)),
+          ),
+        ),
       ),
     );
     return this.values.value(moved.CiphertextBlob!);
@@ -335,7 +349,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
       this.client,
       new RequestPacer(this.settings.limits),
       (kek) => this.arnFor(kek.kekId, kek.fingerprint),
-      this.onRequest,
+      (operation, run, options) => this.request(operation, run, options),
     );
     return this.crypto;
   }
@@ -346,7 +360,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
    */
   async selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
     const row = { tenant_id: 'rekey-self-test' };
-    const made = await this.must('GenerateDataKeyWithoutPlaintext', () =>
+    const made = await this.request('GenerateDataKeyWithoutPlaintext', () =>
       this.client.send(
         new GenerateDataKeyWithoutPlaintextCommand({
           KeyId: this.arnFor(kek.kekId, kek.fingerprint),
@@ -388,7 +402,6 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
    * alias, so a retried provision never leaves a second key. The first KEK also gets the `current` alias.
    */
   async generate(kekId?: string): Promise<string> {
-    await this.reload();
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
     if (!KMS_KEK_ID.test(id)) {
@@ -401,12 +414,12 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     let keyId = aliases.get(alias);
     if (keyId === undefined) {
       keyId = (await this.createdFor(alias)) ?? (await this.createKey(id, alias));
-      await this.must('CreateAlias', () =>
+      await this.request('CreateAlias', () =>
         this.client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keyId })),
       );
     }
     if (!aliases.has(this.currentAlias)) {
-      await this.must('CreateAlias', () =>
+      await this.request('CreateAlias', () =>
         this.client.send(new CreateAliasCommand({ AliasName: this.currentAlias, TargetKeyId: keyId })),
       );
     }
@@ -415,7 +428,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   }
 
   private async createKey(kekId: string, alias: string): Promise<string> {
-    const created = await this.must('CreateKey', () =>
+    const created = await this.request('CreateKey', () =>
       this.client.send(
         new CreateKeyCommand({
           Description: `rekey KEK '${kekId}' (${alias})`,
@@ -432,13 +445,15 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   private async createdFor(alias: string): Promise<string | undefined> {
     let marker: string | undefined;
     do {
-      const page = await this.must('ListKeys', () =>
+      const page = await this.request('ListKeys', () =>
         this.client.send(new ListKeysCommand({ Marker: marker, Limit: 1000 })),
       );
       for (const key of page.Keys ?? []) {
         let tags;
         try {
-          tags = await this.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId }));
+          tags = await this.request('ListResourceTags', () =>
+            this.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId })),
+          );
         } catch {
           continue; // a key this role may not read is not one it created
         }
@@ -457,7 +472,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     const aliases = await this.aliases();
     if (aliases.get(this.currentAlias) === target) return;
     const Command = aliases.has(this.currentAlias) ? UpdateAliasCommand : CreateAliasCommand;
-    await this.must(aliases.has(this.currentAlias) ? 'UpdateAlias' : 'CreateAlias', () =>
+    await this.request(aliases.has(this.currentAlias) ? 'UpdateAlias' : 'CreateAlias', () =>
       this.client.send(new Command({ AliasName: this.currentAlias, TargetKeyId: target })),
     );
     this.configuredCurrentKekId = to;
@@ -466,13 +481,13 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   /** Disables the KEK's key: KMS keeps its material and refuses to use it until EnableKey (a restore). */
   async retire(kekId: string): Promise<void> {
     const kek = await this.fresh(kekId);
-    await this.must('DisableKey', () => this.client.send(new DisableKeyCommand({ KeyId: kek.keyId })));
+    await this.request('DisableKey', () => this.client.send(new DisableKeyCommand({ KeyId: kek.keyId })));
     kek.state = 'Disabled';
   }
 
   async restore(kekId: string): Promise<void> {
     const kek = await this.fresh(kekId);
-    await this.must('EnableKey', () => this.client.send(new EnableKeyCommand({ KeyId: kek.keyId })));
+    await this.request('EnableKey', () => this.client.send(new EnableKeyCommand({ KeyId: kek.keyId })));
     kek.state = 'Enabled';
   }
 
@@ -484,7 +499,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     if (kek.state === 'PendingDeletion') {
       return { destroyed: true, detail: `KMS key ${kek.arn} is already scheduled for deletion` };
     }
-    const scheduled = await this.must('ScheduleKeyDeletion', () =>
+    const scheduled = await this.request('ScheduleKeyDeletion', () =>
       this.client.send(
         new ScheduleKeyDeletionCommand({ KeyId: kek.keyId, PendingWindowInDays: this.settings.deletionWindowDays }),
       ),

@@ -68,14 +68,20 @@ const NOT_RETRYABLE = new Set([
 /**
  * Runs one AWS call; an error no retry can fix becomes a KeyMaterialError naming the store and the operation (and,
  * for a denial, the IAM action to grant), so the activity fails at once instead of retrying forever. Anything else
- * (throttling past the SDK's own retries, a network failure) is thrown as it is, and Temporal retries the activity.
+ * (throttling past the SDK's own retries, a network failure) is thrown as it is, and Temporal retries the activity,
+ * as are the errors named in `callerHandles` (an answer about the data, not the call: KMS refusing a ciphertext).
  */
-export async function awsCall<T>(where: string, action: string, call: () => Promise<T>): Promise<T> {
+export async function awsCall<T>(
+  where: string,
+  action: string,
+  call: () => Promise<T>,
+  callerHandles?: ReadonlySet<string>,
+): Promise<T> {
   try {
     return await call();
   } catch (err) {
     const name = (err as { name?: string }).name ?? '';
-    if (!NOT_RETRYABLE.has(name)) throw err;
+    if (!NOT_RETRYABLE.has(name) || callerHandles?.has(name)) throw err;
     const hint =
       name === 'AccessDeniedException'
         ? `: grant ${action} on it to this process's role`
