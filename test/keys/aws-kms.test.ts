@@ -24,6 +24,7 @@ import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../..
 import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { runRotation } from '../helpers/rotation-run';
+import { startLiveWriter } from '../helpers/live-writer';
 import { useTimeSkippingEnv } from '../helpers/temporal';
 
 const TENANTS = 200;
@@ -122,18 +123,8 @@ describe('aws-kms key provider against a moto server', () => {
     await appKeys.reload();
     const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
     await app.start();
-    let writing = true;
-    let writes = 0;
-    const written = new Map<string, string>();
-    const writer = (async () => {
-      while (writing) {
-        await app.rewriteDek(`tenant-${String(writes % TENANTS).padStart(5, '0')}`);
-        if (writes % 10 === 0) written.set(`new-tenant-${writes}`, await app.encrypt(`new-tenant-${writes}`, 'fresh'));
-        writes++;
-        // Steady, not flat out: moto is one Python process on the machine's few cores, shared with the worker.
-        await new Promise((resolve) => setTimeout(resolve, 5));
-      }
-    })();
+    // Steady, not flat out: moto is one Python process on the machine's few cores, shared with the worker.
+    const writer = startLiveWriter(app, (n) => `tenant-${String(n % TENANTS).padStart(5, '0')}`, { pauseMs: 5 });
     try {
       const report = await rotate(createActivities({ db: db.pool, keys: workerKeys }), {
         from: 'v1',
@@ -142,10 +133,9 @@ describe('aws-kms key provider against a moto server', () => {
         gracePeriod: '1d',
         fleetLiveWithin: '1h',
       });
-      writing = false;
-      await writer;
+      await writer.stop();
       expect(report.outcome).toBe('completed');
-      expect(writes).toBeGreaterThan(0);
+      expect(writer.writes).toBeGreaterThan(0);
 
       // The instrumentation: what the worker asked KMS for. No call that returns a plaintext DEK was made.
       expect(proxy.forwarded.get('Decrypt') ?? 0).toBe(0);
@@ -168,7 +158,7 @@ describe('aws-kms key provider against a moto server', () => {
       // What the application wrote during the rotation reads back, through a fresh application process.
       const reader = new TenantCrypto({ db: db.pool, keys: KmsKeys.fromEnv(settings), registryTtlMs: 100 });
       await reader.start();
-      for (const [tenantId, ciphertext] of written) {
+      for (const [tenantId, ciphertext] of writer.written) {
         expect((await reader.decrypt(tenantId, ciphertext)).toString()).toBe('fresh');
       }
       await reader.stop();
@@ -191,8 +181,7 @@ describe('aws-kms key provider against a moto server', () => {
       expect((await registry.get('v1'))?.state).toBe('decrypt_only');
       expect((await arnOf(`${prefix}kek-v1`)).KeyState).toBe('Enabled');
     } finally {
-      writing = false;
-      await writer;
+      await writer.stop();
       await app.stop();
       appKeys.close();
       workerKeys.close();

@@ -22,6 +22,7 @@ import { runRekey } from '../helpers/cli';
 import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { runRotation } from '../helpers/rotation-run';
+import { startLiveWriter } from '../helpers/live-writer';
 import { useTimeSkippingEnv } from '../helpers/temporal';
 
 const TENANTS = 2_000;
@@ -68,15 +69,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     await appKeys.reload();
     const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
     await app.start();
-    let writing = true;
-    let writes = 0;
-    const writer = (async () => {
-      while (writing) {
-        await app.rewriteDek(tenantIdFor('tenant-', writes % TENANTS));
-        if (writes % 10 === 0) await app.encrypt(`new-tenant-${writes}`, 'fresh');
-        writes++;
-      }
-    })();
+    const writer = startLiveWriter(app, (n) => tenantIdFor('tenant-', n % TENANTS));
     try {
       const report = await rotate(createActivities({ db: db.pool, keys }), {
         from: 'v1',
@@ -85,10 +78,9 @@ describe('aws-secrets-manager key provider against a moto server', () => {
         gracePeriod: '1d',
         fleetLiveWithin: '1h',
       });
-      writing = false;
-      await writer;
+      await writer.stop();
       expect(report.outcome).toBe('completed');
-      expect(writes).toBeGreaterThan(0);
+      expect(writer.writes).toBeGreaterThan(0);
 
       const versions = await versionsOf(client, secretId);
       expect(versions).toHaveLength(2);
@@ -129,8 +121,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       ]);
       resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
     } finally {
-      writing = false;
-      await writer;
+      await writer.stop();
       await app.stop();
       appKeys.close();
       keys.close();

@@ -9,6 +9,7 @@ import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, seedPast, type TestDatabase } from '../helpers/database';
 import { engineFor } from '../../src/dev/engine';
 import { testKeys } from '../helpers/keys';
+import { startLiveWriter } from '../helpers/live-writer';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
 const fullRange = {
@@ -94,20 +95,16 @@ describe('rewrapSlice', () => {
       const refusals: string[] = [];
       const app = new TenantCrypto({ db: db.pool, keys, registryTtlMs: 3_600_000, warn: (m) => refusals.push(m) });
       await app.start();
-      let writes = 0;
-      let writing = true;
-      const writer = (async () => {
-        while (writing) {
-          await app.rewriteDek(`tenant-${String(Math.floor(Math.random() * 4_000)).padStart(8, '0')}`);
-          writes++;
-        }
-      })();
+      const writer = startLiveWriter(
+        app,
+        () => `tenant-${String(Math.floor(Math.random() * 4_000)).padStart(8, '0')}`,
+        { createEvery: 0 },
+      );
 
       const first = await rewrapSlice(await engineFor(db.pool, REKEY_PRESET, keys), { ...fullRange, batchSize: 100 });
-      writing = false;
-      await writer;
+      await writer.stop();
       await app.stop();
-      expect(writes).toBeGreaterThan(0);
+      expect(writer.writes).toBeGreaterThan(0);
       expect(refusals).toContainEqual(expect.stringContaining("refused a DEK wrapped with 'v1' (decrypt_only)"));
       expect(await dekFingerprints(db.pool, keys)).toEqual(before);
 

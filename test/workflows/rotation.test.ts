@@ -12,6 +12,7 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { rotateKek, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
+import { startLiveWriter } from '../helpers/live-writer';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
 const DAY = 24 * 3600 * 1000;
@@ -104,16 +105,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     const fixture = await RotationFixture.create({ tenants: 5_000 });
     const app = new TenantCrypto({ db: fixture.db.pool, keys: fixture.keys, registryTtlMs: 100 });
     await app.start();
-    let writing = true;
-    let updates = 0;
-    let created = 0;
-    const writer = (async () => {
-      while (writing) {
-        await app.rewriteDek(tenantIdFor('tenant-', Math.floor(Math.random() * 5_000)));
-        updates++;
-        if (updates % 10 === 0) await app.encrypt(`new-tenant-${created++}`, 'fresh');
-      }
-    })();
+    const writer = startLiveWriter(app, () => tenantIdFor('tenant-', Math.floor(Math.random() * 5_000)));
     try {
       const result = await fixture.execute(server.env, {
         from: 'v1',
@@ -123,16 +115,14 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
         gracePeriod: '2d',
         fleetLiveWithin: '1h',
       });
-      writing = false;
-      await writer;
-      expect(updates).toBeGreaterThan(0);
+      await writer.stop();
+      expect(writer.writes).toBeGreaterThan(0);
       expect(result.outcome).toBe('completed');
       expect(await fixture.staleOn('v1')).toBe(0);
       expect(await fixture.kekState('v1')).toBe('retired');
       await fixture.expectNothingLost();
     } finally {
-      writing = false;
-      await writer;
+      await writer.stop();
       await app.stop();
       await fixture.drop();
     }
