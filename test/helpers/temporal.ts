@@ -106,14 +106,29 @@ async function describeStuck(handle: WorkflowHandle): Promise<string> {
 }
 
 /**
- * Polls the progress (of a rotation, or of a migration with R = MigrationReport) until `predicate` holds. On the time-skipping server, `skip` moves workflow time on between
- * polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart. Bounded in real
- * time (`withinMs`, 45 s), each call included: a poll or a time skip that hangs (a busy machine, a server that stopped
- * answering) fails the test at once with the last progress seen, instead of holding it until the test's timeout.
+ * Polls the progress (of a rotation, or of a migration with R = MigrationReport) until `predicate` holds: `queryUntil`
+ * on the 'progress' query, which both workflows answer.
  */
-export async function progressUntil<R = ProgressReport>(
+export function progressUntil<R = ProgressReport>(
   handle: WorkflowHandle,
   predicate: (p: R) => boolean,
+  options: { env?: TestWorkflowEnvironment; skip?: string; withinMs?: number } = {},
+): Promise<R> {
+  return queryUntil<R>(handle, progressQuery.name, predicate, options);
+}
+
+/**
+ * Polls a workflow's query until `predicate` holds on its answer. On the time-skipping server, `skip` moves workflow
+ * time on between polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart.
+ * Bounded in real time (`withinMs`, 45 s), each call included: a poll or a time skip that hangs (a busy machine, a
+ * server that stopped answering) fails the test at once with the last answer seen, instead of holding it until the
+ * test's timeout. What a workflow shows after an activity's side effect is seen (a webhook received, a row written)
+ * waits for the activity's completion to reach the workflow: poll for it, never query once.
+ */
+export async function queryUntil<R>(
+  handle: WorkflowHandle,
+  queryName: string,
+  predicate: (answer: R) => boolean,
   options: { env?: TestWorkflowEnvironment; skip?: string; withinMs?: number } = {},
 ): Promise<R> {
   const deadline = Date.now() + (options.withinMs ?? 45_000);
@@ -122,16 +137,15 @@ export async function progressUntil<R = ProgressReport>(
     within(
       promise,
       Math.max(1, deadline - Date.now()),
-      () => `${what} did not answer in time; last progress: ${JSON.stringify(last)}`,
+      () => `${what} did not answer in time; last answer to '${queryName}': ${JSON.stringify(last)}`,
     );
   while (Date.now() < deadline) {
-    // Both workflows answer 'progress': a rotation with its ProgressReport, a migration with its MigrationReport.
-    last = await bounded('the progress query', handle.query<R>(progressQuery.name));
+    last = await bounded(`the query '${queryName}'`, handle.query<R>(queryName));
     if (predicate(last)) return last;
     if (options.env && options.skip) await bounded(`a time skip of ${options.skip}`, options.env.sleep(options.skip));
     else await new Promise((resolve) => setTimeout(resolve, 25));
   }
-  throw new Error(`the progress never matched; last: ${JSON.stringify(last)}`);
+  throw new Error(`the answer to '${queryName}' never matched; last: ${JSON.stringify(last)}`);
 }
 
 /** Moves the time-skipping server's clock on by `duration`, failing after `withinMs` of real time if it does not. */

@@ -1,14 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { describeCounters } from '../../src/cli/format';
 import { startRotation } from '../../src/client/rotations';
-import type { ProgressReport } from '../../src/rotation/progress';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { confirmStepUpdate, progressQuery, type RotationReport, type rotateKek } from '../../src/workflows';
+import { confirmStepUpdate, type RotationReport } from '../../src/workflows';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import {
@@ -20,20 +19,7 @@ import {
   seedMyceliumTenants,
   type SeededTenant,
 } from '../helpers/mycelium';
-import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
-
-async function waitFor(
-  handle: WorkflowHandle<typeof rotateKek>,
-  predicate: (p: ProgressReport) => boolean,
-): Promise<ProgressReport> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const progress = await handle.query(progressQuery);
-    if (predicate(progress)) return progress;
-    if (Date.now() > deadline) throw new Error(`timed out waiting; last progress ${JSON.stringify(progress)}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+import { progressUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
 describe('the mycelium preset on a Mycelium-shaped database, through Temporal', () => {
   const server = useTimeSkippingEnv();
@@ -71,11 +57,13 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
         const started = await startRotation(server.env.client, request, { taskQueue });
         expect(started.handle.workflowId).toBe('kek-rotation-mycelium');
         // Grace reached: everything is on generation 2; the gateway stops writing so that the counts are exact.
-        await waitFor(started.handle, (p) => p.phase === 'grace');
+        await progressUntil(started.handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
         await live.stop();
         await server.env.sleep('1d');
         // Mycelium's settings, not rekey, decide when generation 1 is gone: the run waits for the operator's word.
-        const waiting = await waitFor(started.handle, (p) => p.waiting?.step === 'retire');
+        const waiting = await progressUntil(started.handle, (p) => p.waiting?.step === 'retire', {
+          withinMs: 60_000,
+        });
         expect(waiting.waiting).toMatchObject({
           kind: 'application',
           instructions:
