@@ -85,7 +85,12 @@ export class TargetRuntimes {
     await store.inspect();
     // Key material is read when first needed: counts and the registry need none (kek-status, status).
     let keys: KeyProvider | undefined;
-    const openKeys = () => (keys ??= openTargetKeys(definition.keys, () => this.processKeys(), this.options.env));
+    const openKeys = () =>
+      (keys ??= servesFormat(
+        definition,
+        store,
+        openTargetKeys(definition.keys, () => this.processKeys(), this.options.env),
+      ));
     const opened: TargetRuntime = {
       definition,
       db,
@@ -141,4 +146,18 @@ export class TargetRuntimes {
     for (const runtime of this.opened.values()) (await runtime.catch(() => undefined))?.close();
     await Promise.all([...this.pools.values()].map((pool) => pool.end()));
   }
+}
+
+/**
+ * A key store whose KEKs never leave it (AWS KMS) opens only values in its own form: a target whose format seals
+ * values with key bytes is refused when its keys are first opened (the rotation's first step, before anything is
+ * written), not at its first rewrap.
+ */
+function servesFormat(definition: TargetDefinition, store: TargetStore, keys: KeyProvider): KeyProvider {
+  if (keys.rowCrypto === undefined || store.codec.kms !== undefined) return keys;
+  throw new TargetConfigError(
+    `target '${definition.name}': its KEKs are in ${keys.description}, which never hands out key bytes, but its format ` +
+      `seals values with key bytes (only rekey's own table has a KMS form): give the target keys of its own ` +
+      `(keys.provider env or file in the file REKEY_CONFIG names), or run it with another REKEY_KEY_PROVIDER`,
+  );
 }

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import {
   DecryptCommand,
   DescribeKeyCommand,
@@ -20,11 +20,13 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
+import { parseTargetsConfig } from '../../src/targets/config';
+import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError, TargetConfigError } from '../../src/errors';
 import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { runRotation } from '../helpers/rotation-run';
 import { startLiveWriter } from '../helpers/live-writer';
+import { createTalosSchema, seedSecrets } from '../helpers/talos';
 import { useTimeSkippingEnv } from '../helpers/temporal';
 
 const TENANTS = 200;
@@ -266,6 +268,32 @@ describe('aws-kms key provider against a moto server', () => {
     } finally {
       await app.stop();
       appKeys.close();
+    }
+  });
+
+  it('a target whose format seals values with key bytes is refused at the rotation’s first step when its keys are in KMS, naming what to change; nothing is written', async () => {
+    const { keys } = await keyspace();
+    // Talos's table, its secrets encrypted directly by a 32-byte KEK, but the target told to use the process's keys.
+    await createTalosSchema(db.pool);
+    try {
+      await seedSecrets(db.pool, randomBytes(32), 'k1', 3, 'v1');
+      const before = (await db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows;
+      const config = parseTargetsConfig('targets:\n  talos:\n    preset: talos\n    keys: { provider: default }\n');
+      const activities = createActivities({ db: db.pool, keys, targets: config });
+      const refused = await activities
+        .validateRotation({ target: 'talos', from: 'k1', to: 'new' })
+        .catch((err: unknown) => err);
+      expect(refused).toBeInstanceOf(TargetConfigError);
+      expect((refused as Error).message).toBe(
+        `target 'talos': its KEKs are in ${keys.description}, which never hands out key bytes, but its format seals ` +
+          `values with key bytes (only rekey's own table has a KMS form): give the target keys of its own ` +
+          `(keys.provider env or file in the file REKEY_CONFIG names), or run it with another REKEY_KEY_PROVIDER`,
+      );
+      expect((await db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows).toEqual(before);
+      expect((await db.pool.query(`SELECT 1 FROM rekey.keks WHERE target = 'talos'`)).rowCount).toBe(0);
+    } finally {
+      keys.close();
+      await db.pool.query('DROP TABLE public.secrets');
     }
   });
 
