@@ -14,6 +14,7 @@ import {
 } from '../client/rotations';
 import { type RotationRequest } from '../rotation/rotation-input';
 import { targetKekStatus } from '../targets/kek-status';
+import { restoreKek } from '../targets/restore-kek';
 import { registerMigrationRoutes } from './migration-routes';
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
@@ -396,6 +397,59 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       const handle = await runningRotation(client, request.params.op_id);
       await handle.executeUpdate(confirmStepUpdate, { args: [request.body] });
       return toStatusBody(await rotationStatus(client, request.params.op_id));
+    },
+  );
+
+  app.post<{ Params: { kek_id: string }; Body: { target?: string; reason: string; actor: string } }>(
+    '/admin/v1/secrets/keks/:kek_id/restore',
+    {
+      schema: {
+        summary: 'Bring a retired KEK back to decrypt-only within its restore window, recorded with who and why',
+        description:
+          'The runbook\'s "re-add the old KEK immediately to restore service", as `rekey keys restore`: the key store must still hold the key the registry recorded; the registry and the audit row (rekey.kek_events) are written in one transaction. A KEK past its window, destroyed or unknown answers 422 with the reason; a KEK already decrypt-only answers 200 and records nothing.',
+        params: {
+          type: 'object',
+          properties: { kek_id: { type: 'string', minLength: 1, maxLength: 64 } },
+          required: ['kek_id'],
+        },
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            target: { type: 'string', minLength: 1, maxLength: 63 },
+            reason: { type: 'string', minLength: 1, maxLength: 1000, description: 'why; recorded with the restore' },
+            actor: { type: 'string', minLength: 1, maxLength: 200, description: 'who asks; recorded with the reason' },
+          },
+          required: ['reason', 'actor'],
+        },
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              target: { type: 'string' },
+              kek_id: { type: 'string' },
+              state: { type: 'string' },
+              fingerprint: { type: 'string' },
+              actor: { type: 'string' },
+            },
+          },
+          400: errorBody,
+          401: errorBody,
+          422: errorBody,
+        },
+      },
+    },
+    async (request) => {
+      const target = request.body.target ?? options.defaultTarget;
+      const kekId = request.params.kek_id;
+      const restored = await restoreKek(await targets.get(target), kekId, request.body.reason, request.body.actor);
+      return {
+        target,
+        kek_id: kekId,
+        state: restored.state,
+        fingerprint: restored.fingerprint,
+        actor: request.body.actor,
+      };
     },
   );
 

@@ -200,6 +200,43 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(afterwards.statusCode).toBe(409);
   });
 
+  it('restores the KEK the rotation above retired, with who and why recorded; refuses a restore without them, and one of a KEK the registry does not know', async () => {
+    const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+    // The rotation of the test above ended by retiring v1 (the default restore window: 30 days).
+    expect(await registry.get('v1')).toMatchObject({ state: 'retired' });
+    const restore = (kekId: string, payload: object) =>
+      api.inject({ method: 'POST', url: `/admin/v1/secrets/keks/${kekId}/restore`, headers: auth, payload });
+
+    const unexplained = await restore('v1', { actor: 'alice' });
+    expect(unexplained.statusCode).toBe(400);
+    expect(unexplained.json<{ message: string }>().message).toMatch(/reason/);
+    const anonymous = await restore('v1', { reason: 'gateway-3 still reads v1' });
+    expect(anonymous.statusCode).toBe(400);
+    expect(anonymous.json<{ message: string }>().message).toMatch(/actor/);
+    expect(await registry.events('v1')).toEqual([]);
+
+    const restored = await restore('v1', { reason: 'gateway-3 still reads v1', actor: 'alice' });
+    expect(restored.statusCode).toBe(200);
+    expect(restored.json()).toEqual({
+      target: 'rekey',
+      kek_id: 'v1',
+      state: 'decrypt_only',
+      fingerprint: keys.fingerprint('v1'),
+      actor: 'alice',
+    });
+    expect(await registry.get('v1')).toMatchObject({ state: 'decrypt_only', retiredAt: null });
+    expect(await registry.events('v1')).toMatchObject([
+      { event: 'restored', reason: 'gateway-3 still reads v1', actor: 'alice' },
+    ]);
+
+    const unknown = await restore('v9', { reason: 'typo', actor: 'alice' });
+    expect(unknown.statusCode).toBe(422);
+    expect(unknown.json()).toEqual({
+      error: 'refused',
+      message: "KEK 'v9' of target 'rekey' cannot be restored: the registry does not know it",
+    });
+  });
+
   it('serves an OpenAPI document that lists every route it has', async () => {
     const response = await api.inject({ method: 'GET', url: '/admin/v1/openapi.json' });
     const document = response.json<{ openapi: string; paths: Record<string, object> }>();
@@ -211,6 +248,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       '/admin/v1/migrations/{op_id}/pause',
       '/admin/v1/migrations/{op_id}/resume',
       '/admin/v1/secrets/kek-status',
+      '/admin/v1/secrets/keks/{kek_id}/restore',
       '/admin/v1/secrets/rotate-all',
       '/admin/v1/secrets/rotation-status/{op_id}',
       '/admin/v1/secrets/rotation/{op_id}/abort',
