@@ -148,6 +148,23 @@ export async function queryUntil<R>(
   throw new Error(`the answer to '${queryName}' never matched; last: ${JSON.stringify(last)}`);
 }
 
+/**
+ * Waits until the run has no activity pending (running, retrying or being cancelled), as the server sees it: after a
+ * pause, the slices have stopped and their last batches have committed. Bounded in real time; a run that keeps one
+ * fails the test with its description.
+ */
+export async function untilNoActivityPending(handle: WorkflowHandle, withinMs = 45_000): Promise<void> {
+  const deadline = Date.now() + withinMs;
+  while (Date.now() < deadline) {
+    const description = await within(handle.describe(), Math.max(1, deadline - Date.now()), () =>
+      describeStuck(handle).then((why) => `describe did not answer in time: ${why}`),
+    );
+    if ((description.raw.pendingActivities ?? []).length === 0) return;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`activities were still pending after ${withinMs} ms: ${await describeStuck(handle)}`);
+}
+
 /** Moves the time-skipping server's clock on by `duration`, failing after `withinMs` of real time if it does not. */
 export function skipTime(env: TestWorkflowEnvironment, duration: string, withinMs = 30_000): Promise<void> {
   return within(env.sleep(duration), withinMs, () => `a time skip of ${duration} did not end within ${withinMs} ms`);

@@ -17,7 +17,7 @@ import {
 } from '../../src/workflows';
 import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
 import { sliceUntilCancelled, StubRotation } from '../helpers/stub-rotation';
-import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
+import { createDevServerEnv, progressUntil, resultWithin, untilNoActivityPending } from '../helpers/temporal';
 
 // Pause and abort cancel running slice activities. On the time-skipping test server a cancellation that races the
 // activity's completion gets the workflow task rejected (ACTIVITY_UNKNOWN, temporalio/sdk-java#2391) and the run
@@ -50,8 +50,9 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
         expect(paused.phase).toBe('rewrap');
         expect(paused.percent).toBeGreaterThan(0);
         expect(paused.percent).toBeLessThan(100);
-        // Running slices stop at a batch boundary; then nothing moves, in the workflow or in the database.
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        // Running slices stop at a batch boundary (their cancellation completes); then nothing moves, in the workflow
+        // or in the database.
+        await untilNoActivityPending(handle);
         const staleWhilePaused = await fixture.staleOn('v1');
         const heldProgress = (await handle.query(progressQuery)).counters.rewrapped;
         await new Promise((resolve) => setTimeout(resolve, 2_000));
