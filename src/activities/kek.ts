@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { activityInfo } from '@temporalio/activity';
 import { KEY_BYTES, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
@@ -100,6 +101,15 @@ async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: s
         ', ',
       )}): they would become unreadable once the KEK retires. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
   );
+}
+
+/** This activity's attempt (1 for the first); 1 when called outside an activity (a test calling it directly). */
+function activityAttempt(): number {
+  try {
+    return activityInfo().attempt;
+  } catch {
+    return 1;
+  }
 }
 
 export function createKekActivities(deps: ActivityDependencies) {
@@ -257,7 +267,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         if (!generate || !keys.generate) {
           throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
         }
-        await keys.generate(kekId);
+        await keys.generate(kekId, { retry: activityAttempt() > 1 });
       }
       await registry.register(kekId, keys.fingerprint(kekId));
       return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], async ([kek]) => {

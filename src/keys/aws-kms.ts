@@ -22,7 +22,7 @@ import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import type { RowCrypto } from '../crypto/row-crypto';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
-import type { DestroyOutcome, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
+import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
 import { DekUnwrapError, KeyMaterialError, UnknownKekError } from '../errors';
 
 /** A KEK id a KMS alias can carry: no '.', which alias names refuse. */
@@ -31,6 +31,8 @@ const DEFAULT_ALIAS_PREFIX = 'alias/rekey/';
 /** The tag a key rekey created carries: the alias it was created for, so a retried provision finds it. */
 export const KMS_KEK_TAG = 'rekey:kek-alias';
 const FINGERPRINT_PREFIX = 'kms:';
+/** ListResourceTags answers that mean "not a key this role created": it may not read it, or it is gone. */
+const NOT_OURS: ReadonlySet<string> = new Set(['AccessDeniedException', 'NotFoundException']);
 
 /**
  * A KMS KEK's fingerprint is its key ARN: it names one key for good (an alias can be pointed elsewhere, an ARN
@@ -397,11 +399,13 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
   // ---- Lifecycle ----
 
   /**
-   * Creates the KEK's KMS key and alias. Idempotent: an alias already there is the KEK; a key rekey created for the
-   * alias whose answer was lost (the activity timed out after KMS created it) is found by its tag and given the
-   * alias, so a retried provision never leaves a second key. The first KEK also gets the `current` alias.
+   * Creates the KEK's KMS key and alias. Idempotent: an alias already there is the KEK; on a retry (`options.retry`),
+   * a key rekey created for the alias whose answer was lost (the activity timed out after KMS created it) is found by
+   * its tag and given the alias, so a retried provision never leaves a second key. A first attempt does not look: the
+   * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
+   * first KEK also gets the `current` alias.
    */
-  async generate(kekId?: string): Promise<string> {
+  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
     if (!KMS_KEK_ID.test(id)) {
@@ -413,7 +417,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     const alias = this.aliasOf(id);
     let keyId = aliases.get(alias);
     if (keyId === undefined) {
-      keyId = (await this.createdFor(alias)) ?? (await this.createKey(id, alias));
+      keyId = (options.retry ? await this.createdFor(alias) : undefined) ?? (await this.createKey(id, alias));
       await this.request('CreateAlias', () =>
         this.client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keyId })),
       );
@@ -441,24 +445,38 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return created.KeyMetadata!.KeyId!;
   }
 
-  /** A key of this account tagged for `alias` and not scheduled for deletion (a lost CreateKey answer). */
+  /**
+   * A key of this account tagged for `alias` and not scheduled for deletion (a lost CreateKey answer). The tags are
+   * read a few keys at a time, on the rotation's request pace (REKEY_AWS_KMS_RATE).
+   */
   private async createdFor(alias: string): Promise<string | undefined> {
+    const pacer = new RequestPacer({
+      ...this.settings.limits,
+      concurrency: Math.min(8, this.settings.limits.concurrency),
+    });
     let marker: string | undefined;
     do {
       const page = await this.request('ListKeys', () =>
         this.client.send(new ListKeysCommand({ Marker: marker, Limit: 1000 })),
       );
-      for (const key of page.Keys ?? []) {
+      const tagged = await pacer.map(page.Keys ?? [], async (key) => {
         let tags;
         try {
-          tags = await this.request('ListResourceTags', () =>
-            this.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId })),
+          tags = await this.request(
+            'ListResourceTags',
+            () => this.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId })),
+            { callerHandles: NOT_OURS },
           );
-        } catch {
-          continue; // a key this role may not read is not one it created
+        } catch (err) {
+          // A key this role may not read is not one it created; one deleted since the listing is gone.
+          if (NOT_OURS.has((err as { name?: string }).name ?? '')) return undefined;
+          throw err;
         }
-        if (!(tags.Tags ?? []).some((tag) => tag.TagKey === KMS_KEK_TAG && tag.TagValue === alias)) continue;
-        const kek = await this.describe(key.KeyId!);
+        return tags.Tags?.some((tag) => tag.TagKey === KMS_KEK_TAG && tag.TagValue === alias) ? key.KeyId : undefined;
+      });
+      for (const keyId of tagged) {
+        if (keyId === undefined) continue;
+        const kek = await this.describe(keyId);
         if (kek && kek.state !== 'PendingDeletion') return kek.keyId;
       }
       marker = page.Truncated ? page.NextMarker : undefined;

@@ -6,6 +6,11 @@ import { KeyMaterialError, UnknownKekError } from '../errors';
 
 export const KEK_ID_PATTERN = KEK_ID;
 
+export interface GenerateOptions {
+  /** An earlier attempt of this provision may have created the KEK (a retried activity). */
+  retry?: boolean;
+}
+
 /** Where KEKs come from. Key bytes stay inside the provider; callers name KEKs by id only. */
 export interface KeyProvider {
   /** e.g. `env (prefix TALOS)` or `file /path/keyring.json`, for messages. */
@@ -21,8 +26,12 @@ export interface KeyProvider {
   unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer;
   /** Re-reads the source, so a KEK added by another process becomes usable without a restart. */
   reload(): Promise<void>;
-  /** Creates a new KEK and returns its id, where the provider can (`undefined` when it cannot). */
-  generate?(kekId?: string): Promise<string>;
+  /**
+   * Creates a new KEK and returns its id, where the provider can (`undefined` when it cannot). `retry`: an earlier
+   * attempt of the same provision may have created it before its answer was lost (a store without idempotent
+   * creation looks for it first).
+   */
+  generate?(kekId?: string, options?: GenerateOptions): Promise<string>;
   /**
    * For a store that marks its current key itself (Secrets Manager's AWSCURRENT): marks `to` current and `from` the
    * previous one, after the registry promoted `to`. Idempotent.

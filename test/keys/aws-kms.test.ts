@@ -144,6 +144,9 @@ describe('aws-kms key provider against a moto server', () => {
       expect(proxy.forwarded.get('GenerateDataKey') ?? 0).toBe(0);
       expect(proxy.forwarded.get('ReEncrypt')).toBeGreaterThanOrEqual(TENANTS);
       expect(proxy.forwarded.get('CreateKey')).toBe(1);
+      // A first attempt does not search the account for a key an earlier attempt created: it reads no key's tags.
+      expect(proxy.forwarded.get('ListKeys') ?? 0).toBe(0);
+      expect(proxy.forwarded.get('ListResourceTags') ?? 0).toBe(0);
       expect(proxy.forwarded.get('DisableKey')).toBe(1);
       expect(proxy.throttled).toBeGreaterThan(TENANTS / 4);
       // The progress counts the worker's calls: at least one per DEK it moved.
@@ -191,7 +194,7 @@ describe('aws-kms key provider against a moto server', () => {
     }
   }, 240_000);
 
-  it('a provision whose CreateKey answer was lost is retried by Temporal and creates one key, found by its tag', async () => {
+  it('a provision whose CreateKey answer was lost is retried by Temporal and creates one key: the retry finds it by its tag', async () => {
     const { prefix, settings, keys } = await keyspace();
     keys.close();
     const lossy = new KMSClient(awsClientConfig(moto.server.env, 'KMS'));
