@@ -46,6 +46,8 @@ export class RequestPacer {
         const index = next++;
         const wait = this.schedule.delay(Date.now());
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        // Another lane failed while this one waited its turn: the batch has failed, and what `work` uses may be gone.
+        if (failed) return;
         try {
           results[index] = await work(items[index]!, index);
         } catch (err) {

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { RateSchedule, RequestPacer } from '../../src/crypto/request-pacer';
@@ -80,6 +80,23 @@ describe('pacing of key store calls', () => {
       }),
     ).rejects.toThrow('AccessDenied');
     expect(started.length).toBeLessThan(10);
+  });
+
+  it('a lane still waiting its turn when another lane fails does not start its item', async () => {
+    vi.useFakeTimers();
+    try {
+      const pacer = new RequestPacer({ concurrency: 2, ratePerSecond: 50 }); // 20 ms apart
+      const started: number[] = [];
+      const mapped = pacer.map([0, 1, 2], (n) => {
+        started.push(n);
+        return n === 0 ? Promise.reject(new Error('AccessDenied')) : Promise.resolve(n);
+      });
+      await expect(mapped).rejects.toThrow('AccessDenied');
+      await vi.advanceTimersByTimeAsync(100); // past the second lane's turn
+      expect(started).toEqual([0]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('counts key store calls in the progress only where there were any', () => {
