@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { activityInfo } from '@temporalio/activity';
-import { KEY_BYTES, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
+import { wrapsAndOpens } from '../envelope/dek-wrapping';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
@@ -275,17 +274,8 @@ export function createKekActivities(deps: ActivityDependencies) {
           await keys.selfTest(kek!);
           return { fingerprint: kek!.fingerprint };
         }
-        const probe = randomBytes(KEY_BYTES);
-        const unwrapped = unwrapDek(
-          kek!.key,
-          kekId,
-          'rekey-self-test',
-          wrapDek(kek!.key, kekId, 'rekey-self-test', probe),
-        );
-        const works = unwrapped.equals(probe);
-        probe.fill(0);
-        unwrapped.fill(0);
-        if (!works) throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, keys.description);
+        if (!wrapsAndOpens(kek!.key, kekId))
+          throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, keys.description);
         return { fingerprint: kek!.fingerprint };
       });
     },

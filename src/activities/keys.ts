@@ -29,5 +29,6 @@ export async function withKeks<T>(
 
 /** Where a target's row crypto runs: in its key store when the store does it (KMS), else `local` or the process's pool. */
 export function rowCryptoOf(runtime: TargetRuntime, local?: RowCrypto): RowCrypto {
-  return runtime.keys.rowCrypto?.() ?? local ?? sharedRowCrypto();
+  const worker = local ?? sharedRowCrypto();
+  return runtime.keys.rowCrypto?.(worker) ?? worker;
 }

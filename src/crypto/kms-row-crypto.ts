@@ -1,9 +1,10 @@
 // The rewrap engine's crypto for KEKs that never leave AWS KMS: each row's DEK moves from one KMS key to another
 // with ReEncrypt, inside KMS, so no plaintext DEK exists in the worker. Calls are paced (bounded concurrency, a
 // steady rate); throttling is ridden out by the SDK's backoff (AWS_MAX_ATTEMPTS), then by Temporal's retry.
-import { ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
+import { EncryptCommand, ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import type { Codec, KmsValues, Row } from '../codec/sealed-format';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
+import { releaseKey, scheduleKey } from './aes-gcm';
 import type { RequestPacer } from './request-pacer';
 import type { RowCrypto } from './row-crypto';
 import { ConfigError, UnreadableValueError } from '../errors';
@@ -38,6 +39,11 @@ export function reEncryptInput(kms: KmsValues, row: Row, blob: Buffer, source: K
     DestinationKeyId: target.arn,
     DestinationEncryptionContext: kms.context(row, target.kekId),
   };
+}
+
+/** An Encrypt of one row's plaintext DEK under `target`, with the row's context under its KEK id. */
+export function encryptInput(kms: KmsValues, row: Row, dek: Buffer, target: KmsKey) {
+  return { KeyId: target.arn, Plaintext: dek, EncryptionContext: kms.context(row, target.kekId) };
 }
 
 type Outcome = { write: RowRewrap } | { failure: string } | undefined;
@@ -88,13 +94,62 @@ export class KmsRowCrypto implements RowCrypto {
         failure: `KMS opens it under neither '${from.kekId}' nor '${to.kekId}' (wrong key, context or tampered)`,
       };
     });
-    const result: RewrapRowsResult = { writes: [], failures: [], requests };
-    outcomes.forEach((outcome, index) => {
-      if (outcome === undefined) return;
-      if ('write' in outcome) result.writes.push(outcome.write);
-      else result.failures.push({ index, reason: outcome.failure });
-    });
-    return result;
+    return collect(outcomes, requests);
+  }
+
+  /**
+   * Moves rows from a KEK held locally (`from`, its bytes) into KMS (`to`): each DEK is opened here and sent to KMS
+   * with Encrypt under the row's context, then zeroized. The one way a plaintext DEK reaches KMS: a DEK under key
+   * bytes has no other way in. A row already in the KMS form is checked under `to` (ReEncrypt to itself) and only
+   * relabelled; with `others`, rows that do not open under `from` are left alone.
+   */
+  async importRows(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: readonly Row[],
+    options: RewrapRowsOptions,
+  ): Promise<RewrapRowsResult> {
+    const kms = kmsOf(codec);
+    const target = kmsKey(to.kekId, this.arnFor(to));
+    const key = scheduleKey(from.key);
+    let requests = 0;
+    try {
+      const outcomes = await this.pacer.map(rows, async (row, index): Promise<Outcome> => {
+        if (kms.is(row)) {
+          // A KMS blob is under no local KEK: on a third KEK, or (labelled `from`) already under `to`.
+          if (options.others) return undefined;
+          requests++;
+          const blob = kms.blob(row);
+          if (await this.reEncrypt(kms, row, blob, target, target)) {
+            return { write: { index, relabel: true, values: options.dryRun ? [] : [kms.value(blob)] } };
+          }
+          return { failure: `KMS does not open it under '${to.kekId}' and '${from.kekId}' is no KMS key` };
+        }
+        let dek: Buffer;
+        try {
+          dek = codec.open(key, row, from.kekId);
+        } catch (err) {
+          if (!(err instanceof UnreadableValueError)) throw err;
+          return options.others ? undefined : { failure: err.reason };
+        }
+        try {
+          if (options.dryRun) return { write: { index, relabel: options.others, values: [] } };
+          requests++;
+          const sealed = await this.request(
+            'Encrypt',
+            () => this.client.send(new EncryptCommand(encryptInput(kms, row, dek, target))),
+            { iam: 'kms:Encrypt' },
+          );
+          return { write: { index, relabel: options.others, values: [kms.value(sealed.CiphertextBlob!)] } };
+        } finally {
+          dek.fill(0);
+        }
+      });
+      return collect(outcomes, requests);
+    } finally {
+      releaseKey(key);
+    }
   }
 
   async check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {
@@ -153,4 +208,15 @@ function kmsOf(codec: Codec): KmsValues {
     );
   }
   return codec.kms;
+}
+
+/** A batch's result from its rows' outcomes, in row order. */
+function collect(outcomes: readonly Outcome[], requests: number): RewrapRowsResult {
+  const result: RewrapRowsResult = { writes: [], failures: [], requests };
+  outcomes.forEach((outcome, index) => {
+    if (outcome === undefined) return;
+    if ('write' in outcome) result.writes.push(outcome.write);
+    else result.failures.push({ index, reason: outcome.failure });
+  });
+  return result;
 }

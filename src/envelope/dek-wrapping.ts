@@ -40,6 +40,16 @@ export function unwrapDek(kek: Buffer, kekId: string, tenantId: string, wrapped:
   }
 }
 
+/** A KEK's self-test: a random DEK wrapped under it opens again, the same. Every buffer is zeroized. */
+export function wrapsAndOpens(kek: Buffer, kekId: string): boolean {
+  const probe = randomBytes(KEY_BYTES);
+  const unwrapped = unwrapDek(kek, kekId, 'rekey-self-test', wrapDek(kek, kekId, 'rekey-self-test', probe));
+  const works = unwrapped.equals(probe);
+  probe.fill(0);
+  unwrapped.fill(0);
+  return works;
+}
+
 /**
  * Key check value: an HMAC of a fixed label under the key. It identifies a key without revealing anything about it,
  * so it may be logged, stored in the registry and carried in workflow history.

@@ -5,6 +5,7 @@ import {
   DescribeKeyCommand,
   DisableKeyCommand,
   EnableKeyCommand,
+  EncryptCommand,
   GenerateDataKeyCommand,
   GenerateDataKeyWithoutPlaintextCommand,
   KMSClient,
@@ -17,9 +18,8 @@ import {
 } from '@aws-sdk/client-kms';
 import { REKEY_DEK_FORMAT } from '../codec/formats';
 import { compileFormat, type KmsValues } from '../codec/sealed-format';
-import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms-row-crypto';
+import { encryptInput, KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms-row-crypto';
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
-import type { RowCrypto } from '../crypto/row-crypto';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
 import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
@@ -61,6 +61,8 @@ export interface KmsSettings {
   limits: PacerLimits;
   /** Days between ScheduleKeyDeletion and the deletion (AWS: 7-30): AWS's own last chance to cancel. */
   deletionWindowDays: number;
+  /** REKEY_AWS_KMS_LOCAL_KEYS: where KEKs still held locally are, while their rows move into KMS. */
+  localKeys?: 'env' | 'file';
 }
 
 function whole(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -89,7 +91,20 @@ export function kmsSettingsFromEnv(env: NodeJS.ProcessEnv): KmsSettings {
       ratePerSecond: whole(env, 'REKEY_AWS_KMS_RATE', 500, 0, 100_000),
     },
     deletionWindowDays: whole(env, 'REKEY_AWS_KMS_DELETION_WINDOW_DAYS', 30, 7, 30),
+    ...localKeysFromEnv(env),
   };
+}
+
+function localKeysFromEnv(env: NodeJS.ProcessEnv): Pick<KmsSettings, 'localKeys'> {
+  const raw = env.REKEY_AWS_KMS_LOCAL_KEYS?.trim();
+  if (raw === undefined || raw === '') return {};
+  if (raw !== 'env' && raw !== 'file') {
+    throw new KeyMaterialError(
+      `REKEY_AWS_KMS_LOCAL_KEYS must be 'env' (REKEY_KEK_<id>) or 'file' (REKEY_KEYRING_FILE): where the KEKs your rows use now are, while they move into KMS; got '${raw}'`,
+      'REKEY_AWS_KMS_LOCAL_KEYS',
+    );
+  }
+  return { localKeys: raw };
 }
 
 /**
@@ -345,8 +360,23 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return this.values.value(moved.CiphertextBlob!);
   }
 
+  /**
+   * The stored form under the KMS KEK `kekId` of a DEK opened elsewhere (Encrypt): how a DEK wrapped by a KEK held
+   * locally moves into KMS. The caller zeroizes `dek`.
+   */
+  async encryptDek(kekId: string, tenantId: string, dek: Buffer): Promise<Buffer> {
+    const row = { tenant_id: tenantId };
+    const sealed = await this.request(
+      'Encrypt',
+      () =>
+        this.client.send(new EncryptCommand(encryptInput(this.values, row, dek, kmsKey(kekId, this.usableArn(kekId))))),
+      { iam: 'kms:Encrypt' },
+    );
+    return this.values.value(sealed.CiphertextBlob!);
+  }
+
   /** The rewrap engine's crypto for this store: ReEncrypt per row, paced by REKEY_AWS_KMS_CONCURRENCY and _RATE. */
-  rowCrypto(): RowCrypto {
+  rowCrypto(): KmsRowCrypto {
     this.crypto ??= new KmsRowCrypto(
       this.client,
       new RequestPacer(this.settings.limits),
@@ -403,7 +433,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
    * a key rekey created for the alias whose answer was lost (the activity timed out after KMS created it) is found by
    * its tag and given the alias, so a retried provision never leaves a second key. A first attempt does not look: the
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
-   * first KEK also gets the `current` alias.
+   * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const aliases = await this.aliases();
@@ -422,7 +452,8 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
         this.client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keyId })),
       );
     }
-    if (!aliases.has(this.currentAlias)) {
+    // While KEKs move in from a local source, the current KEK is a local one until the registry promotes a KMS key.
+    if (!aliases.has(this.currentAlias) && this.settings.localKeys === undefined) {
       await this.request('CreateAlias', () =>
         this.client.send(new CreateAliasCommand({ AliasName: this.currentAlias, TargetKeyId: keyId })),
       );

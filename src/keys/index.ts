@@ -7,6 +7,7 @@ import type { KeyProviderName } from '../config';
 import { awsRegion } from './aws';
 import { SecretsManagerKeys } from './aws-secrets-manager';
 import { KmsKeys, type KmsRequestListener } from './aws-kms';
+import { KmsWithLocalKeys } from './kms-move-in';
 import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
@@ -51,20 +52,29 @@ export function openKeyProvider(
   }
   if (provider === 'env') return new EnvKeyProvider(env);
   if (provider === 'aws-secrets-manager') return SecretsManagerKeys.fromEnv(env);
-  if (provider === 'aws-kms') return KmsKeys.fromEnv(env, onRequest);
+  if (provider === 'aws-kms') {
+    const kms = KmsKeys.fromEnv(env, onRequest);
+    const { localKeys } = kms.settings;
+    if (localKeys === undefined) return kms;
+    return new KmsWithLocalKeys(
+      kms,
+      localKeys === 'env' ? new EnvKeyProvider(env) : FileKeyring.open(keyringFile(source)),
+    );
+  }
   if (provider === 'vault') {
     throw new KeyMaterialError(
       'the Vault key provider is not supported yet (no Vault server could be had to test it against): keep the KEKs in AWS Secrets Manager, a keyring file or the environment, and set REKEY_KEY_PROVIDER accordingly',
       'REKEY_KEY_PROVIDER',
     );
   }
+  return FileKeyring.open(keyringFile(source), { create: true });
+}
+
+function keyringFile(source: KeySource): string {
   if (!source.keyringFile) {
-    throw new KeyMaterialError(
-      'REKEY_KEYRING_FILE must name the keyring file for the file provider',
-      'REKEY_KEYRING_FILE',
-    );
+    throw new KeyMaterialError('REKEY_KEYRING_FILE must name the keyring file', 'REKEY_KEYRING_FILE');
   }
-  return FileKeyring.open(source.keyringFile, { create: true });
+  return source.keyringFile;
 }
 
 /** The KEKs of one target, as its definition says; `fallback` is the process's own provider ('default'). */

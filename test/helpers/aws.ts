@@ -1,7 +1,10 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, inject } from 'vitest';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startMoto, type MotoServer } from '../../src/dev/moto';
+import { createTestDatabase, type TestDatabase } from './database';
+import { useTimeSkippingEnv } from './temporal';
 
 /** One moto server (AWS Secrets Manager and KMS) for the calling test file, stopped after its last test. */
 export function useMoto(): { readonly server: MotoServer } {
@@ -16,6 +19,46 @@ export function useMoto(): { readonly server: MotoServer } {
     get server() {
       if (!server) throw new Error('moto is only available inside tests');
       return server;
+    },
+  };
+}
+
+/**
+ * What a test file against AWS needs: a moto server, a time-skipping Temporal server and a test database, with an SDK
+ * client to moto made by `client` (destroyed after the last test, the database dropped).
+ */
+export function useAwsServers<C extends { destroy(): void }>(
+  client: (env: NodeJS.ProcessEnv) => C,
+): {
+  readonly moto: { readonly server: MotoServer };
+  readonly temporal: { readonly env: TestWorkflowEnvironment };
+  readonly db: TestDatabase;
+  readonly client: C;
+} {
+  const moto = useMoto();
+  const temporal = useTimeSkippingEnv();
+  let db: TestDatabase | undefined;
+  let made: C | undefined;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    made = client(moto.server.env);
+  });
+  afterAll(async () => {
+    made?.destroy();
+    await db?.drop();
+  });
+  const ready = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('the AWS test servers are only available inside tests');
+    return value;
+  };
+  return {
+    moto,
+    temporal,
+    get db() {
+      return ready(db);
+    },
+    get client() {
+      return ready(made);
     },
   };
 }

@@ -9,7 +9,7 @@ import {
   ListKeysCommand,
   ListResourceTagsCommand,
 } from '@aws-sdk/client-kms';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { awsClientConfig } from '../../src/keys/aws';
 import { KMS_KEK_TAG, kmsFingerprint, kmsSettingsFromEnv, KmsKeys } from '../../src/keys/aws-kms';
@@ -22,12 +22,10 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { parseTargetsConfig } from '../../src/targets/config';
 import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError, TargetConfigError } from '../../src/errors';
-import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
 import { runRotation } from '../helpers/rotation-run';
 import { startLiveWriter } from '../helpers/live-writer';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
-import { useTimeSkippingEnv } from '../helpers/temporal';
 
 const TENANTS = 200;
 
@@ -37,21 +35,10 @@ const KMS_FORMAT_BYTE = Buffer.from([0x02]);
 const contextFor = (tenantId: string, kekId: string) => ({ 'rekey:tenant': tenantId, 'rekey:kek': kekId });
 
 describe('aws-kms key provider against a moto server', () => {
-  const moto = useMoto();
-  const temporal = useTimeSkippingEnv();
-  let db: TestDatabase;
-  let kms: KMSClient;
+  const aws = useAwsServers((env) => new KMSClient(awsClientConfig(env, 'KMS')));
+  const { moto, temporal } = aws;
 
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    kms = new KMSClient(awsClientConfig(moto.server.env, 'KMS'));
-  });
-  afterAll(async () => {
-    kms?.destroy();
-    await db?.drop();
-  });
-
-  const arnOf = async (keyId: string) => (await kms.send(new DescribeKeyCommand({ KeyId: keyId }))).KeyMetadata!;
+  const arnOf = async (keyId: string) => (await aws.client.send(new DescribeKeyCommand({ KeyId: keyId }))).KeyMetadata!;
 
   /**
    * A keyspace of its own: an alias prefix with v1 (current) created by rekey, and TENANTS DEKs wrapped under v1 by
@@ -62,8 +49,8 @@ describe('aws-kms key provider against a moto server', () => {
     const settings = { ...env, REKEY_AWS_KMS_ALIAS_PREFIX: prefix, REKEY_AWS_KMS_RATE: '0' };
     const keys = KmsKeys.fromEnv(settings);
     await keys.generate('v1');
-    await db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await aws.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
+    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     const v1 = (await arnOf(`${prefix}kek-v1`)).Arn!;
     const deks = new Map<string, Buffer>();
     const ids = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(5, '0')}`);
@@ -73,7 +60,7 @@ describe('aws-kms key provider against a moto server', () => {
         ids
           .slice(i, i + 25)
           .map((id) =>
-            kms.send(
+            aws.client.send(
               new GenerateDataKeyCommand({ KeyId: v1, KeySpec: 'AES_256', EncryptionContext: contextFor(id, 'v1') }),
             ),
           ),
@@ -83,7 +70,7 @@ describe('aws-kms key provider against a moto server', () => {
         wrapped.push(Buffer.concat([KMS_FORMAT_BYTE, m.CiphertextBlob!]));
       });
     }
-    await db.pool.query(
+    await aws.db.pool.query(
       `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) SELECT t, 'v1', w FROM unnest($1::text[], $2::bytea[]) AS u(t, w)`,
       [ids, wrapped],
     );
@@ -92,13 +79,13 @@ describe('aws-kms key provider against a moto server', () => {
 
   /** Each tenant's DEK as KMS decrypts it from the stored row, under the context of the KEK the row is labelled with. */
   async function storedDeks(): Promise<Map<string, { kekId: string; dek: Buffer }>> {
-    const { rows } = await db.pool.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
+    const { rows } = await aws.db.pool.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
       'SELECT tenant_id, kek_id, wrapped_dek FROM rekey.tenant_deks ORDER BY tenant_id',
     );
     const out = new Map<string, { kekId: string; dek: Buffer }>();
     for (const row of rows) {
       expect(row.wrapped_dek[0]).toBe(0x02);
-      const opened = await kms.send(
+      const opened = await aws.client.send(
         new DecryptCommand({
           CiphertextBlob: row.wrapped_dek.subarray(1),
           EncryptionContext: contextFor(row.tenant_id, row.kek_id),
@@ -123,12 +110,12 @@ describe('aws-kms key provider against a moto server', () => {
     // The application: another process with its own client, straight to KMS.
     const appKeys = KmsKeys.fromEnv(settings);
     await appKeys.reload();
-    const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
+    const app = new TenantCrypto({ db: aws.db.pool, keys: appKeys, registryTtlMs: 100 });
     await app.start();
     // Steady, not flat out: moto is one Python process on the machine's few cores, shared with the worker.
     const writer = startLiveWriter(app, (n) => `tenant-${String(n % TENANTS).padStart(5, '0')}`, { pauseMs: 5 });
     try {
-      const report = await rotate(createActivities({ db: db.pool, keys: workerKeys }), {
+      const report = await rotate(createActivities({ db: aws.db.pool, keys: workerKeys }), {
         from: 'v1',
         to: 'new',
         batchSize: 50,
@@ -161,7 +148,7 @@ describe('aws-kms key provider against a moto server', () => {
         expect(after.get(tenantId)?.dek.equals(dek)).toBe(true);
       }
       // What the application wrote during the rotation reads back, through a fresh application process.
-      const reader = new TenantCrypto({ db: db.pool, keys: KmsKeys.fromEnv(settings), registryTtlMs: 100 });
+      const reader = new TenantCrypto({ db: aws.db.pool, keys: KmsKeys.fromEnv(settings), registryTtlMs: 100 });
       await reader.start();
       for (const [tenantId, ciphertext] of writer.written) {
         expect((await reader.decrypt(tenantId, ciphertext)).toString()).toBe('fresh');
@@ -169,10 +156,10 @@ describe('aws-kms key provider against a moto server', () => {
       await reader.stop();
 
       // The store: v2 is current, v1's key is disabled (material kept for the restore window).
-      const aliases = await kms.send(new ListAliasesCommand({}));
+      const aliases = await aws.client.send(new ListAliasesCommand({}));
       expect(aliases.Aliases?.find((a) => a.AliasName === `${prefix}current`)?.TargetKeyId).toBe(v2.KeyId);
       expect((await arnOf(`${prefix}kek-v1`)).KeyState).toBe('Disabled');
-      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
       expect((await registry.get('v2'))?.fingerprint).toBe(kmsFingerprint(v2.Arn!));
       expect((await registry.get('v1'))?.state).toBe('retired');
       await workerKeys.reload();
@@ -181,7 +168,7 @@ describe('aws-kms key provider against a moto server', () => {
       expect(() => resolveKek(workerKeys, 'v1', v1Record)).toThrow(KekRetiredError);
 
       // Within its window v1 comes back: decrypt-only in the registry, enabled in KMS.
-      const runtime = await new TargetRuntimes({ db: db.pool, keys: workerKeys }).get();
+      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys: workerKeys }).get();
       await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
       expect((await registry.get('v1'))?.state).toBe('decrypt_only');
       expect((await arnOf(`${prefix}kek-v1`)).KeyState).toBe('Enabled');
@@ -201,7 +188,7 @@ describe('aws-kms key provider against a moto server', () => {
     const losing = loseFirstAnswer(lossy, 'CreateKey');
     const lossyKeys = new KmsKeys(lossy, kmsSettingsFromEnv(settings));
     try {
-      const report = await rotate(createActivities({ db: db.pool, keys: lossyKeys }), {
+      const report = await rotate(createActivities({ db: aws.db.pool, keys: lossyKeys }), {
         from: 'v1',
         to: 'new',
         gracePeriod: '1d',
@@ -210,14 +197,14 @@ describe('aws-kms key provider against a moto server', () => {
       expect(losing.lost).toBe(1);
       expect(report.outcome).toBe('completed');
       const tagged: string[] = [];
-      for (const key of (await kms.send(new ListKeysCommand({ Limit: 1000 }))).Keys ?? []) {
-        const tags = await kms.send(new ListResourceTagsCommand({ KeyId: key.KeyId }));
+      for (const key of (await aws.client.send(new ListKeysCommand({ Limit: 1000 }))).Keys ?? []) {
+        const tags = await aws.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId }));
         if (tags.Tags?.some((t) => t.TagKey === KMS_KEK_TAG && t.TagValue === `${prefix}kek-v2`))
           tagged.push(key.KeyId!);
       }
       expect(tagged).toHaveLength(1);
       expect((await arnOf(`${prefix}kek-v2`)).KeyId).toBe(tagged[0]);
-      const v2 = await new KekRegistry(db.pool, BUILTIN_TARGET).get('v2');
+      const v2 = await new KekRegistry(aws.db.pool, BUILTIN_TARGET).get('v2');
       expect(v2?.fingerprint).toBe(kmsFingerprint((await arnOf(tagged[0]!)).Arn!));
     } finally {
       lossyKeys.close();
@@ -229,7 +216,7 @@ describe('aws-kms key provider against a moto server', () => {
     try {
       const { destroyed: report } = await runRotation(
         temporal.env,
-        createActivities({ db: db.pool, keys }),
+        createActivities({ db: aws.db.pool, keys }),
         { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
         { destroyKek: 'v1' },
       );
@@ -238,11 +225,11 @@ describe('aws-kms key provider against a moto server', () => {
       const v1 = await arnOf(`${prefix}kek-v1`);
       expect(v1.KeyState).toBe('PendingDeletion');
       expect(v1.DeletionDate!.getTime() - Date.now()).toBeGreaterThan(29 * 86_400_000);
-      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
       expect((await registry.get('v1'))?.state).toBe('destroyed');
       await keys.reload();
       expect(keys.has('v1')).toBe(false);
-      const runtime = await new TargetRuntimes({ db: db.pool, keys }).get();
+      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
       await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
     } finally {
       keys.close();
@@ -253,20 +240,20 @@ describe('aws-kms key provider against a moto server', () => {
     const { prefix, settings, keys } = await keyspace();
     keys.close();
     const v1 = await arnOf(`${prefix}kek-v1`);
-    await kms.send(new DisableKeyCommand({ KeyId: v1.KeyId }));
+    await aws.client.send(new DisableKeyCommand({ KeyId: v1.KeyId }));
     // moto does not refuse a disabled key (AWS would, with DisabledException): rekey must.
-    const served = await kms.send(
+    const served = await aws.client.send(
       new GenerateDataKeyCommand({ KeyId: v1.Arn, KeySpec: 'AES_256', EncryptionContext: contextFor('x', 'v1') }),
     );
     expect(served.CiphertextBlob?.length).toBeGreaterThan(0);
     const appKeys = KmsKeys.fromEnv(settings);
-    const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
+    const app = new TenantCrypto({ db: aws.db.pool, keys: appKeys, registryTtlMs: 100 });
     await app.start();
     try {
       await expect(app.encrypt('a-new-tenant', 'x')).rejects.toThrow(KeyMaterialError);
       await expect(app.encrypt('a-new-tenant', 'x')).rejects.toThrow(/is Disabled: rekey does not use it/);
       await expect(app.decrypt('tenant-00001', 'v2:AAAA')).rejects.toThrow(/is Disabled/);
-      const { rows } = await db.pool.query(`SELECT 1 FROM rekey.tenant_deks WHERE tenant_id = 'a-new-tenant'`);
+      const { rows } = await aws.db.pool.query(`SELECT 1 FROM rekey.tenant_deks WHERE tenant_id = 'a-new-tenant'`);
       expect(rows).toHaveLength(0);
     } finally {
       await app.stop();
@@ -277,12 +264,12 @@ describe('aws-kms key provider against a moto server', () => {
   it('a target whose format seals values with key bytes is refused at the rotation’s first step when its keys are in KMS, naming what to change; nothing is written', async () => {
     const { keys } = await keyspace();
     // Talos's table, its secrets encrypted directly by a 32-byte KEK, but the target told to use the process's keys.
-    await createTalosSchema(db.pool);
+    await createTalosSchema(aws.db.pool);
     try {
-      await seedSecrets(db.pool, randomBytes(32), 'k1', 3, 'v1');
-      const before = (await db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows;
+      await seedSecrets(aws.db.pool, randomBytes(32), 'k1', 3, 'v1');
+      const before = (await aws.db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows;
       const config = parseTargetsConfig('targets:\n  talos:\n    preset: talos\n    keys: { provider: default }\n');
-      const activities = createActivities({ db: db.pool, keys, targets: config });
+      const activities = createActivities({ db: aws.db.pool, keys, targets: config });
       const refused = await activities
         .validateRotation({ target: 'talos', from: 'k1', to: 'new' })
         .catch((err: unknown) => err);
@@ -292,11 +279,11 @@ describe('aws-kms key provider against a moto server', () => {
           `values with key bytes (only rekey's own table has a KMS form): give the target keys of its own ` +
           `(keys.provider env or file in the file REKEY_CONFIG names), or run it with another REKEY_KEY_PROVIDER`,
       );
-      expect((await db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows).toEqual(before);
-      expect((await db.pool.query(`SELECT 1 FROM rekey.keks WHERE target = 'talos'`)).rowCount).toBe(0);
+      expect((await aws.db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows).toEqual(before);
+      expect((await aws.db.pool.query(`SELECT 1 FROM rekey.keks WHERE target = 'talos'`)).rowCount).toBe(0);
     } finally {
       keys.close();
-      await db.pool.query('DROP TABLE public.secrets');
+      await aws.db.pool.query('DROP TABLE public.secrets');
     }
   });
 

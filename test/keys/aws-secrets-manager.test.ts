@@ -4,7 +4,7 @@ import {
   ListSecretVersionIdsCommand,
   SecretsManagerClient,
 } from '@aws-sdk/client-secrets-manager';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import { awsClientConfig } from '../../src/keys/aws';
@@ -19,11 +19,9 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
-import { loseFirstAnswer, throttlingProxy, useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
 import { runRotation } from '../helpers/rotation-run';
 import { startLiveWriter } from '../helpers/live-writer';
-import { useTimeSkippingEnv } from '../helpers/temporal';
 
 const TENANTS = 2_000;
 
@@ -34,29 +32,18 @@ async function versionsOf(client: SecretsManagerClient, secretId: string) {
 }
 
 describe('aws-secrets-manager key provider against a moto server', () => {
-  const moto = useMoto();
-  const temporal = useTimeSkippingEnv();
-  let db: TestDatabase;
-  let client: SecretsManagerClient;
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    client = new SecretsManagerClient(awsClientConfig(moto.server.env, 'SECRETS_MANAGER'));
-  });
-  afterAll(async () => {
-    client?.destroy();
-    await db?.drop();
-  });
+  const aws = useAwsServers((env) => new SecretsManagerClient(awsClientConfig(env, 'SECRETS_MANAGER')));
+  const { moto, temporal } = aws;
 
   /** A keyspace of its own in the shared database: a fresh secret holding v1 (AWSCURRENT), tenants wrapped by it. */
   async function keyspace(env: Record<string, string> = moto.server.env) {
     const secretId = `rekey/${randomUUID()}`;
     const keys = SecretsManagerKeys.fromEnv({ ...env, REKEY_AWS_SECRET_ID: secretId });
     await keys.generate('v1');
-    await db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
-    await seedTenants({ db: db.pool, keys, kekId: 'v1', count: TENANTS });
-    return { secretId, keys, before: await dekFingerprints(db.pool, keys) };
+    await aws.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
+    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await seedTenants({ db: aws.db.pool, keys, kekId: 'v1', count: TENANTS });
+    return { secretId, keys, before: await dekFingerprints(aws.db.pool, keys) };
   }
 
   const rotate = async (activities: Activities, request: RotationRequest) =>
@@ -67,11 +54,11 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     // The application: another process, with its own view of the same secret.
     const appKeys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
     await appKeys.reload();
-    const app = new TenantCrypto({ db: db.pool, keys: appKeys, registryTtlMs: 100 });
+    const app = new TenantCrypto({ db: aws.db.pool, keys: appKeys, registryTtlMs: 100 });
     await app.start();
     const writer = startLiveWriter(app, (n) => tenantIdFor('tenant-', n % TENANTS));
     try {
-      const report = await rotate(createActivities({ db: db.pool, keys }), {
+      const report = await rotate(createActivities({ db: aws.db.pool, keys }), {
         from: 'v1',
         to: 'new',
         batchSize: 100,
@@ -82,14 +69,14 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       expect(report.outcome).toBe('completed');
       expect(writer.writes).toBeGreaterThan(0);
 
-      const versions = await versionsOf(client, secretId);
+      const versions = await versionsOf(aws.client, secretId);
       expect(versions).toHaveLength(2);
       expect(versions).toContainEqual({ id: versionToken(secretId, 'v2'), stages: ['AWSCURRENT', 'rekey-kek-v2'] });
       expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual(['rekey-retired-v1']);
-      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
       expect((await registry.get('v1'))?.state).toBe('retired');
       expect((await registry.get('v2'))?.state).toBe('active');
-      const { rows } = await db.pool.query<{ kek_id: string; n: string }>(
+      const { rows } = await aws.db.pool.query<{ kek_id: string; n: string }>(
         'SELECT kek_id, count(*) AS n FROM rekey.tenant_deks GROUP BY kek_id',
       );
       expect(rows.map((r) => r.kek_id)).toEqual(['v2']);
@@ -98,12 +85,12 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       const fresh = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
       await fresh.reload();
       expect(fresh.fingerprint('v2')).toBe((await registry.get('v2'))?.fingerprint);
-      const after = await dekFingerprints(db.pool, fresh);
+      const after = await dekFingerprints(aws.db.pool, fresh);
       for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
       fresh.close();
 
       // moto still serves v1's material (as AWS would until the version is destroyed): the registry refuses it.
-      const served = await client.send(
+      const served = await aws.client.send(
         new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'rekey-retired-v1' }),
       );
       expect(served.SecretString).toHaveLength(43);
@@ -113,12 +100,12 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
 
       // Within its window (30 days by default) v1 is restored: decrypt-only in the registry, named again in the store.
-      const runtime = await new TargetRuntimes({ db: db.pool, keys }).get();
+      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
       await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
       expect((await registry.get('v1'))?.state).toBe('decrypt_only');
-      expect((await versionsOf(client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([
-        'rekey-kek-v1',
-      ]);
+      expect(
+        (await versionsOf(aws.client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages,
+      ).toEqual(['rekey-kek-v1']);
       resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
     } finally {
       await writer.stop();
@@ -133,19 +120,19 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     try {
       const { destroyed: report } = await runRotation(
         temporal.env,
-        createActivities({ db: db.pool, keys }),
+        createActivities({ db: aws.db.pool, keys }),
         { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
         { timeoutMs: 90_000, destroyKek: 'v1' },
       );
       expect(report?.outcome).toBe('destroyed');
       expect(report?.detail).toMatch(/has no label left: deprecated/);
-      const versions = await versionsOf(client, secretId);
+      const versions = await versionsOf(aws.client, secretId);
       expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([]);
-      const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+      const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
       expect((await registry.get('v1'))?.state).toBe('destroyed');
       await keys.reload();
       expect(keys.has('v1')).toBe(false);
-      const runtime = await new TargetRuntimes({ db: db.pool, keys }).get();
+      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
       await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
     } finally {
       keys.close();
@@ -158,7 +145,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     const losing = loseFirstAnswer(lossy, 'PutSecretValue');
     const lossyKeys = new SecretsManagerKeys(secretId, lossy);
     try {
-      const report = await rotate(createActivities({ db: db.pool, keys: lossyKeys }), {
+      const report = await rotate(createActivities({ db: aws.db.pool, keys: lossyKeys }), {
         from: 'v1',
         to: 'new',
         gracePeriod: '1d',
@@ -166,12 +153,14 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       });
       expect(losing.lost).toBe(1);
       expect(report.outcome).toBe('completed');
-      const versions = await versionsOf(client, secretId);
+      const versions = await versionsOf(aws.client, secretId);
       expect(versions).toHaveLength(2);
-      const stored = await client.send(new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }));
+      const stored = await aws.client.send(
+        new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }),
+      );
       expect(stored.VersionId).toBe(versionToken(secretId, 'v2'));
       await keys.reload();
-      expect((await new KekRegistry(db.pool, BUILTIN_TARGET).get('v2'))?.fingerprint).toBe(keys.fingerprint('v2'));
+      expect((await new KekRegistry(aws.db.pool, BUILTIN_TARGET).get('v2'))?.fingerprint).toBe(keys.fingerprint('v2'));
     } finally {
       lossyKeys.close();
       keys.close();
@@ -182,7 +171,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     const proxy = await throttlingProxy(moto.server.endpoint, 2);
     const { keys, before } = await keyspace({ ...moto.server.env, AWS_ENDPOINT_URL: proxy.endpoint });
     try {
-      const report = await rotate(createActivities({ db: db.pool, keys }), {
+      const report = await rotate(createActivities({ db: aws.db.pool, keys }), {
         from: 'v1',
         to: 'new',
         gracePeriod: '1d',
@@ -192,7 +181,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       expect(proxy.throttled).toBeGreaterThan(5);
       expect(proxy.forwarded.get('PutSecretValue')).toBe(1);
       expect(proxy.forwarded.get('UpdateSecretVersionStage')).toBeGreaterThan(0);
-      const after = await dekFingerprints(db.pool, keys);
+      const after = await dekFingerprints(aws.db.pool, keys);
       for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
     } finally {
       keys.close();
@@ -243,10 +232,10 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     );
     const listed = await rekey('keys', 'list');
     expect(listed.stdout.split('\n')[0]).toBe(`v1           ${fingerprint}`);
-    const stored = await client.send(new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }));
+    const stored = await aws.client.send(new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'AWSCURRENT' }));
     expect(stored.VersionStages).toContain('rekey-kek-v1');
     expect(listed.stdout + generated.stdout).not.toContain(stored.SecretString!);
-    const versions = await versionsOf(client, secretId);
+    const versions = await versionsOf(aws.client, secretId);
     expect(versions.find((v) => v.id === versionToken(secretId, 'v2'))?.stages).toEqual(['AWSPENDING', 'rekey-kek-v2']);
   });
 
@@ -256,7 +245,9 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     await keys.reload();
     expect(keys.kekIds()).toEqual([]);
     const { CreateSecretCommand } = await import('@aws-sdk/client-secrets-manager');
-    await client.send(new CreateSecretCommand({ Name: secretId, SecretString: 'your-encryption-key-32-bytes-hex' }));
+    await aws.client.send(
+      new CreateSecretCommand({ Name: secretId, SecretString: 'your-encryption-key-32-bytes-hex' }),
+    );
     await expect(keys.reload()).rejects.toThrow(/must hold 32 random bytes as base64url/);
     keys.close();
   });

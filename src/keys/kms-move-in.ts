@@ -1,0 +1,173 @@
+// KEKs moving into AWS KMS. A deployment of rekey's own table whose KEKs are held locally (the environment or a
+// keyring file) cannot switch to KMS keys at once: every row is still wrapped by a local KEK. With
+// REKEY_AWS_KMS_LOCAL_KEYS the process holds both: the local KEKs, to read rows (and, until the rotation promotes a
+// KMS key, wrap new ones), and the KMS keys, where new KEKs are made. An ordinary rotation from the local KEK to a new
+// one then moves every DEK into KMS (Encrypt), while the application reads each row with whichever KEK its label
+// names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
+import { randomBytes } from 'node:crypto';
+import type { RowCrypto } from '../crypto/row-crypto';
+import { KEY_BYTES, wrapsAndOpens } from '../envelope/dek-wrapping';
+import type { RowKek } from '../rewrap/rewrap-rows';
+import type { KmsKeys } from './aws-kms';
+import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
+import { ConfigError, KeyMaterialError } from '../errors';
+
+const OUT_OF_KMS =
+  'rekey moves KEKs into AWS KMS, not out of it: rotate to a KMS KEK (to: new), or run without REKEY_KEY_PROVIDER=aws-kms';
+
+export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
+  readonly description: string;
+
+  constructor(
+    readonly kms: KmsKeys,
+    readonly local: KeyProvider,
+  ) {
+    this.description = `${kms.description}, with KEKs moving in from ${local.description}`;
+  }
+
+  /** The KMS `current` alias once there is one; until then, what the local source names. */
+  get configuredCurrentKekId(): string | undefined {
+    return this.kms.configuredCurrentKekId ?? this.local.configuredCurrentKekId;
+  }
+
+  private inKms(kekId: string): boolean {
+    return this.kms.has(kekId);
+  }
+
+  /** The store that holds `kekId`: KMS for its keys, the local source for the rest. */
+  private of(kekId: string): KeyProvider {
+    return this.inKms(kekId) ? this.kms : this.local;
+  }
+
+  async reload(): Promise<void> {
+    await Promise.all([this.kms.reload(), this.local.reload()]);
+    const both = this.kms.kekIds().filter((kekId) => this.local.has(kekId));
+    if (both.length > 0) {
+      throw new KeyMaterialError(
+        `KEK id(s) ${both.map((id) => `'${id}'`).join(', ')} name both a KMS key (${this.kms.description}) and a key in ${this.local.description}: a KEK id names one key; remove the local one once no row uses it`,
+        this.description,
+      );
+    }
+  }
+
+  kekIds(): string[] {
+    return [...this.kms.kekIds(), ...this.local.kekIds()].sort();
+  }
+  has(kekId: string): boolean {
+    return this.kms.has(kekId) || this.local.has(kekId);
+  }
+  fingerprint(kekId: string): string {
+    return this.of(kekId).fingerprint(kekId);
+  }
+  held(): HeldKey[] {
+    return [...this.kms.held(), ...this.local.held()];
+  }
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    return this.kms.copyByFingerprint(fingerprint) ?? this.local.copyByFingerprint(fingerprint);
+  }
+
+  // ---- Key bytes: the local KEKs' (a KMS KEK refuses) ----
+
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
+    return this.of(kekId).wrap(kekId, tenantId, dek);
+  }
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
+    this.of(kekId).wrapInto(out, offset, kekId, tenantId, dek, nonce);
+  }
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
+    return this.of(kekId).unwrap(kekId, tenantId, wrapped);
+  }
+
+  // ---- The application's DEK operations, by the KEK's store ----
+
+  get deks(): RemoteDeks {
+    return this;
+  }
+
+  async newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
+    if (this.inKms(kekId)) return this.kms.newDek(kekId, tenantId);
+    const dek = randomBytes(KEY_BYTES);
+    try {
+      return { dek, wrapped: this.local.wrap(kekId, tenantId, dek) };
+    } catch (err) {
+      dek.fill(0);
+      throw err;
+    }
+  }
+
+  unwrapDek(kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
+    if (this.inKms(kekId)) return this.kms.unwrapDek(kekId, tenantId, wrapped);
+    return Promise.resolve(this.local.unwrap(kekId, tenantId, wrapped));
+  }
+
+  async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
+    if (this.inKms(from)) {
+      if (!this.inKms(to)) throw new KeyMaterialError(OUT_OF_KMS, this.description);
+      return this.kms.rewrapDek(from, to, tenantId, wrapped);
+    }
+    const dek = this.local.unwrap(from, tenantId, wrapped);
+    try {
+      return this.inKms(to) ? await this.kms.encryptDek(to, tenantId, dek) : this.local.wrap(to, tenantId, dek);
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  // ---- The rewrap engine ----
+
+  /** Local to local: the worker's threads (`local`); KMS to KMS: ReEncrypt; local to KMS: opened here, then Encrypt. */
+  rowCrypto(local: RowCrypto): RowCrypto {
+    const kms = this.kms.rowCrypto();
+    const inKms = (kek: RowKek) => this.inKms(kek.kekId);
+    return {
+      threads: local.threads,
+      rewrap: (codec, from, to, rows, options) => {
+        if (!inKms(from) && !inKms(to)) return local.rewrap(codec, from, to, rows, options);
+        if (inKms(from) && inKms(to)) return kms.rewrap(codec, from, to, rows, options);
+        if (inKms(to)) return kms.importRows(codec, from, to, rows, options);
+        return Promise.reject(new ConfigError(OUT_OF_KMS));
+      },
+      check: (codec, kek, rows) => (inKms(kek) ? kms.check(codec, kek, rows) : local.check(codec, kek, rows)),
+      // The worker's threads are the worker's to close; KMS's crypto holds nothing.
+      close: () => Promise.resolve(),
+    };
+  }
+
+  async selfTest(kek: { kekId: string; fingerprint: string; key?: Buffer }): Promise<void> {
+    if (this.inKms(kek.kekId)) return this.kms.selfTest(kek);
+    if (!kek.key || !wrapsAndOpens(kek.key, kek.kekId)) {
+      throw new KeyMaterialError(`KEK '${kek.kekId}' failed its wrap/unwrap self-test`, this.local.description);
+    }
+  }
+
+  // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----
+
+  generate(kekId?: string, options?: GenerateOptions): Promise<string> {
+    return this.kms.generate(kekId, options);
+  }
+
+  async promote(from: string, to: string): Promise<void> {
+    if (this.inKms(to)) await this.kms.promote(from, to);
+    else await this.local.promote?.(from, to);
+  }
+
+  async retire(kekId: string): Promise<void> {
+    await this.of(kekId).retire?.(kekId);
+  }
+
+  async restore(kekId: string): Promise<void> {
+    await this.of(kekId).restore?.(kekId);
+  }
+
+  /** A KEK no longer held by either is destroyed by the store that last had it: the local one if it still does. */
+  async destroy(kekId: string): Promise<DestroyOutcome> {
+    const store = this.local.has(kekId) ? this.local : this.kms;
+    if (store.destroy) return store.destroy(kekId);
+    return { destroyed: false, detail: `${store.description} is read-only to rekey: remove KEK '${kekId}' from it` };
+  }
+
+  close(): void {
+    this.kms.close();
+    this.local.close();
+  }
+}
