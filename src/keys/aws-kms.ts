@@ -566,8 +566,3 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     this.client.destroy();
   }
 }
-
-/** True for a provider whose KEKs never leave KMS. */
-export function isKms(keys: KeyProvider): keys is KmsKeys {
-  return keys instanceof KmsKeys;
-}
