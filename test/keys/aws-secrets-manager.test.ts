@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import {
+  CreateSecretCommand,
   GetSecretValueCommand,
   ListSecretVersionIdsCommand,
   SecretsManagerClient,
+  UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
 import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
@@ -19,6 +21,7 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
+import { createTestKeys } from '../helpers/keys';
 import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
 import { runRotation } from '../helpers/rotation-run';
 import { startLiveWriter } from '../helpers/live-writer';
@@ -239,12 +242,38 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     expect(versions.find((v) => v.id === versionToken(secretId, 'v2'))?.stages).toEqual(['AWSPENDING', 'rekey-kek-v2']);
   });
 
+  it('a KEK moved by hand from the environment into the secret (the README’s two commands) is the same KEK: the registry’s fingerprint holds, and it unwraps what the environment’s KEK wrapped', async () => {
+    const secretId = `rekey/${randomUUID()}`;
+    const { provider: envKeys, env } = createTestKeys(['v1']);
+    const wrapped = envKeys.wrap('v1', 'tenant-1', Buffer.alloc(32, 7));
+    // aws secretsmanager create-secret --secret-string "$REKEY_KEK_v1", then update-secret-version-stage.
+    const created = await aws.client.send(new CreateSecretCommand({ Name: secretId, SecretString: env.TEST_KEK_v1 }));
+    await aws.client.send(
+      new UpdateSecretVersionStageCommand({
+        SecretId: secretId,
+        VersionStage: 'rekey-kek-v1',
+        MoveToVersionId: created.VersionId,
+      }),
+    );
+    const keys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    try {
+      await keys.reload();
+      expect(keys.kekIds()).toEqual(['v1']);
+      expect(keys.configuredCurrentKekId).toBe('v1');
+      const kek = resolveKek(keys, 'v1', { fingerprint: envKeys.fingerprint('v1'), state: 'active' });
+      kek.key.fill(0);
+      expect(keys.unwrap('v1', 'tenant-1', wrapped).equals(Buffer.alloc(32, 7))).toBe(true);
+    } finally {
+      keys.close();
+      envKeys.close();
+    }
+  });
+
   it('a secret whose value is not a base64url KEK, and a secret that does not exist, each fail with what to fix', async () => {
     const secretId = `rekey/${randomUUID()}`;
     const keys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
     await keys.reload();
     expect(keys.kekIds()).toEqual([]);
-    const { CreateSecretCommand } = await import('@aws-sdk/client-secrets-manager');
     await aws.client.send(
       new CreateSecretCommand({ Name: secretId, SecretString: 'your-encryption-key-32-bytes-hex' }),
     );
