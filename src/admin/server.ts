@@ -4,6 +4,7 @@ import type { Client } from '@temporalio/client';
 import { errorBody, opIdParams } from './schemas';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { scanned } from '../cli/format';
+import { COUNTER_NAMES } from '../rewrap/counters';
 import {
   failureMessage,
   rotationStatus,
@@ -39,12 +40,7 @@ export interface AdminServerOptions {
 
 const counters = {
   type: 'object',
-  properties: Object.fromEntries(
-    ['rewrapped', 'relabelled', 'alreadyOnTarget', 'skipped', 'casConflicts', 'contended', 'failed'].map((k) => [
-      k,
-      { type: 'integer' },
-    ]),
-  ),
+  properties: Object.fromEntries(COUNTER_NAMES.map((k) => [k, { type: 'integer' }])),
 } as const;
 
 const rotationStatusBody = {

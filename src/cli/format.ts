@@ -36,7 +36,7 @@ export function scanned(p: ProgressReport): number {
 
 /**
  * The counters operators know from `rotate-kek` (Tenants scanned, Migrated, Already done, Skipped), then rekey's
- * own (Unreadable, Relabelled, CAS conflicts).
+ * own (Unreadable, Relabelled, CAS conflicts, and the calls made to a key store that does the crypto: AWS KMS).
  */
 export function describeCounters(p: ProgressReport): string {
   const c = p.counters;
@@ -49,6 +49,7 @@ export function describeCounters(p: ProgressReport): string {
     `Unreadable: ${n(c.failed)}`,
     `Relabelled: ${n(c.relabelled ?? 0)}`,
     `CAS conflicts: ${n(c.casConflicts)}`,
+    ...(c.keyStoreRequests !== undefined ? [`Key store requests: ${n(c.keyStoreRequests)}`] : []),
   ].join('  ');
 }
 

@@ -2,7 +2,9 @@ import { describe, expect, it, vi } from 'vitest';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { RateSchedule, RequestPacer } from '../../src/crypto/request-pacer';
-import { addCounters, emptyCounters } from '../../src/rewrap/counters';
+import { addCounters, emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
+import { describeCounters } from '../../src/cli/format';
+import { initialProgress, type ProgressReport } from '../../src/rotation/progress';
 import { wrapDek } from '../../src/envelope/dek-wrapping';
 import { FormatError, UnreadableValueError } from '../../src/errors';
 
@@ -103,5 +105,10 @@ describe('pacing of key store calls', () => {
     expect(addCounters(emptyCounters(), emptyCounters())).not.toHaveProperty('keyStoreRequests');
     const kms = { ...emptyCounters(), keyStoreRequests: 4 };
     expect(addCounters(addCounters(emptyCounters(), kms), kms).keyStoreRequests).toBe(8);
+    // The CLI's counters line names them only then.
+    const progress = (counters: RewrapCounters) =>
+      describeCounters({ ...initialProgress('v1', 'v2', false, 0), counters } as ProgressReport);
+    expect(progress(kms)).toMatch(/ {2}Key store requests: 4$/);
+    expect(progress(emptyCounters())).not.toContain('Key store requests');
   });
 });
