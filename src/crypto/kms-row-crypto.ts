@@ -1,6 +1,8 @@
 // The rewrap engine's crypto for KEKs that never leave AWS KMS: each row's DEK moves from one KMS key to another
-// with ReEncrypt, inside KMS, so no plaintext DEK exists in the worker. Calls are paced (bounded concurrency, a
-// steady rate); throttling is ridden out by the SDK's backoff (AWS_MAX_ATTEMPTS), then by Temporal's retry.
+// with ReEncrypt, inside KMS, so no plaintext DEK exists in the worker. The one exception is the move of a keyspace
+// into KMS (importRows): a DEK under a KEK held locally is opened here and given to KMS with Encrypt. Calls are paced
+// (bounded concurrency, a steady rate); throttling is ridden out by the SDK's backoff (AWS_MAX_ATTEMPTS), then by
+// Temporal's retry.
 import { EncryptCommand, ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import type { Codec, KmsValues, Row } from '../codec/sealed-format';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
