@@ -1,5 +1,6 @@
 import { activityInfo } from '@temporalio/activity';
 import { wrapsAndOpens } from '../envelope/dek-wrapping';
+import type { GenerateOptions } from '../keys/key-provider';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
@@ -102,13 +103,19 @@ async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: s
   );
 }
 
-/** This activity's attempt (1 for the first); 1 when called outside an activity (a test calling it directly). */
-function activityAttempt(): number {
+/**
+ * What a provision tells the key store of this attempt: on a retry, that an earlier attempt may have created the KEK,
+ * and until when it may look for it (half the attempt's time, so that the step still ends). Nothing outside an
+ * activity (a test calling it directly).
+ */
+function generateOptions(): GenerateOptions {
+  let info;
   try {
-    return activityInfo().attempt;
+    info = activityInfo();
   } catch {
-    return 1;
+    return {};
   }
+  return info.attempt > 1 ? { retry: true, searchUntil: Date.now() + info.startToCloseTimeoutMs / 2 } : {};
 }
 
 export function createKekActivities(deps: ActivityDependencies) {
@@ -266,7 +273,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         if (!generate || !keys.generate) {
           throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
         }
-        await keys.generate(kekId, { retry: activityAttempt() > 1 });
+        await keys.generate(kekId, generateOptions());
       }
       await registry.register(kekId, keys.fingerprint(kekId));
       return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], async ([kek]) => {

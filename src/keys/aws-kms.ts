@@ -447,7 +447,9 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     const alias = this.aliasOf(id);
     let keyId = aliases.get(alias);
     if (keyId === undefined) {
-      keyId = (options.retry ? await this.createdFor(alias) : undefined) ?? (await this.createKey(id, alias));
+      keyId =
+        (options.retry ? await this.createdFor(alias, options.searchUntil) : undefined) ??
+        (await this.createKey(id, alias));
       await this.request('CreateAlias', () =>
         this.client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keyId })),
       );
@@ -478,9 +480,10 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
 
   /**
    * A key of this account tagged for `alias` and not scheduled for deletion (a lost CreateKey answer). The tags are
-   * read a few keys at a time, on the rotation's request pace (REKEY_AWS_KMS_RATE).
+   * read a few keys at a time, on the rotation's request pace (REKEY_AWS_KMS_RATE), until `until` (epoch ms): past
+   * that the search gives up, and the caller creates a key (the earlier one stays tagged, with no alias).
    */
-  private async createdFor(alias: string): Promise<string | undefined> {
+  private async createdFor(alias: string, until = Infinity): Promise<string | undefined> {
     const pacer = new RequestPacer({
       ...this.settings.limits,
       concurrency: Math.min(8, this.settings.limits.concurrency),
@@ -491,6 +494,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
         this.client.send(new ListKeysCommand({ Marker: marker, Limit: 1000 })),
       );
       const tagged = await pacer.map(page.Keys ?? [], async (key) => {
+        if (Date.now() >= until) return undefined;
         let tags;
         try {
           tags = await this.request(
@@ -511,7 +515,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
         if (kek && kek.state !== 'PendingDeletion') return kek.keyId;
       }
       marker = page.Truncated ? page.NextMarker : undefined;
-    } while (marker);
+    } while (marker && Date.now() < until);
     return undefined;
   }
 

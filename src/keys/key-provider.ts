@@ -9,6 +9,8 @@ export const KEK_ID_PATTERN = KEK_ID;
 export interface GenerateOptions {
   /** An earlier attempt of this provision may have created the KEK (a retried activity). */
   retry?: boolean;
+  /** Epoch ms: a retry stops looking for the earlier attempt's KEK then and creates one, so that the step ends. */
+  searchUntil?: number;
 }
 
 /** Where KEKs come from. Key bytes stay inside the provider; callers name KEKs by id only. */

@@ -1,5 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import {
+  CreateKeyCommand,
   DecryptCommand,
   DescribeKeyCommand,
   DisableKeyCommand,
@@ -210,6 +211,30 @@ describe('aws-kms key provider against a moto server', () => {
       lossyKeys.close();
     }
   }, 240_000);
+
+  it('a retried provision looks for the earlier attempt’s key only until its deadline: found within it, and past it a new key is made so that the step ends', async () => {
+    const prefix = `alias/rekey-test/${randomUUID()}/`;
+    const keys = KmsKeys.fromEnv({ ...moto.server.env, REKEY_AWS_KMS_ALIAS_PREFIX: prefix });
+    // Keys an earlier attempt created for the aliases of v1 and v2, whose answers were lost: tagged, no alias.
+    const earlier = async (kekId: string) =>
+      (
+        await aws.client.send(
+          new CreateKeyCommand({ Tags: [{ TagKey: KMS_KEK_TAG, TagValue: `${prefix}kek-${kekId}` }] }),
+        )
+      ).KeyMetadata!.KeyId!;
+    try {
+      const v1 = await earlier('v1');
+      await keys.generate('v1', { retry: true, searchUntil: Date.now() + 60_000 });
+      expect((await arnOf(`${prefix}kek-v1`)).KeyId).toBe(v1);
+      const v2 = await earlier('v2');
+      await keys.generate('v2', { retry: true, searchUntil: Date.now() - 1 });
+      const made = (await arnOf(`${prefix}kek-v2`)).KeyId;
+      expect(made).not.toBe(v2);
+      expect((await arnOf(v2)).KeyState).toBe('Enabled'); // left as it was, for the operator to delete
+    } finally {
+      keys.close();
+    }
+  });
 
   it('after its restore window the retired KEK’s key is scheduled for deletion, the registry says destroyed, and a restore is refused', async () => {
     const { prefix, keys } = await keyspace();
