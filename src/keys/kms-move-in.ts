@@ -4,9 +4,9 @@
 // KMS key, wrap new ones), and the KMS keys, where new KEKs are made. An ordinary rotation from the local KEK to a new
 // one then moves every DEK into KMS (Encrypt), while the application reads each row with whichever KEK its label
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
-import { randomBytes } from 'node:crypto';
 import type { RowCrypto } from '../crypto/row-crypto';
-import { KEY_BYTES, wrapsAndOpens } from '../envelope/dek-wrapping';
+import { createDek, moveDek, openDek } from '../envelope/dek-envelope';
+import { wrapsAndOpens } from '../envelope/dek-wrapping';
 import type { RowKek } from '../rewrap/rewrap-rows';
 import type { KmsKeys } from './aws-kms';
 import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
@@ -84,20 +84,14 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
     return this;
   }
 
-  async newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
-    if (this.inKms(kekId)) return this.kms.newDek(kekId, tenantId);
-    const dek = randomBytes(KEY_BYTES);
-    try {
-      return { dek, wrapped: this.local.wrap(kekId, tenantId, dek) };
-    } catch (err) {
-      dek.fill(0);
-      throw err;
-    }
+  newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
+    return this.inKms(kekId) ? this.kms.newDek(kekId, tenantId) : createDek(this.local, kekId, tenantId);
   }
 
   unwrapDek(kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
-    if (this.inKms(kekId)) return this.kms.unwrapDek(kekId, tenantId, wrapped);
-    return Promise.resolve(this.local.unwrap(kekId, tenantId, wrapped));
+    return this.inKms(kekId)
+      ? this.kms.unwrapDek(kekId, tenantId, wrapped)
+      : openDek(this.local, kekId, tenantId, wrapped);
   }
 
   async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
@@ -105,9 +99,10 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
       if (!this.inKms(to)) throw new KeyMaterialError(OUT_OF_KMS, this.description);
       return this.kms.rewrapDek(from, to, tenantId, wrapped);
     }
+    if (!this.inKms(to)) return moveDek(this.local, from, to, tenantId, wrapped);
     const dek = this.local.unwrap(from, tenantId, wrapped);
     try {
-      return this.inKms(to) ? await this.kms.encryptDek(to, tenantId, dek) : this.local.wrap(to, tenantId, dek);
+      return await this.kms.encryptDek(to, tenantId, dek);
     } finally {
       dek.fill(0);
     }
