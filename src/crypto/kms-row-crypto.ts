@@ -43,11 +43,6 @@ export function reEncryptInput(kms: KmsValues, row: Row, blob: Buffer, source: K
   };
 }
 
-/** An Encrypt of one row's plaintext DEK under `target`, with the row's context under its KEK id. */
-export function encryptInput(kms: KmsValues, row: Row, dek: Buffer, target: KmsKey) {
-  return { KeyId: target.arn, Plaintext: dek, EncryptionContext: kms.context(row, target.kekId) };
-}
-
 type Outcome = { write: RowRewrap } | { failure: string } | undefined;
 
 export class KmsRowCrypto implements RowCrypto {
@@ -87,14 +82,12 @@ export class KmsRowCrypto implements RowCrypto {
       }
       // A row on a third KEK that says so is left alone.
       if (options.others) return undefined;
-      // Labelled `from`, but already under `to`: only its label is put right (its value is written back as it is).
       requests++;
-      if (await this.reEncrypt(kms, row, blob, target, target)) {
-        return { write: { index, relabel: true, values: options.dryRun ? [] : [kms.value(blob)] } };
-      }
-      return {
-        failure: `KMS opens it under neither '${from.kekId}' nor '${to.kekId}' (wrong key, context or tampered)`,
-      };
+      return (
+        (await this.alreadyUnder(kms, row, blob, target, index, options.dryRun)) ?? {
+          failure: `KMS opens it under neither '${from.kekId}' nor '${to.kekId}' (wrong key, context or tampered)`,
+        }
+      );
     });
     return collect(outcomes, requests);
   }
@@ -122,11 +115,11 @@ export class KmsRowCrypto implements RowCrypto {
           // A KMS blob is under no local KEK: on a third KEK, or (labelled `from`) already under `to`.
           if (options.others) return undefined;
           requests++;
-          const blob = kms.blob(row);
-          if (await this.reEncrypt(kms, row, blob, target, target)) {
-            return { write: { index, relabel: true, values: options.dryRun ? [] : [kms.value(blob)] } };
-          }
-          return { failure: `KMS does not open it under '${to.kekId}' and '${from.kekId}' is no KMS key` };
+          return (
+            (await this.alreadyUnder(kms, row, kms.blob(row), target, index, options.dryRun)) ?? {
+              failure: `KMS does not open it under '${to.kekId}' and '${from.kekId}' is no KMS key`,
+            }
+          );
         }
         let dek: Buffer;
         try {
@@ -138,12 +131,7 @@ export class KmsRowCrypto implements RowCrypto {
         try {
           if (options.dryRun) return { write: { index, relabel: options.others, values: [] } };
           requests++;
-          const sealed = await this.request(
-            'Encrypt',
-            () => this.client.send(new EncryptCommand(encryptInput(kms, row, dek, target))),
-            { iam: 'kms:Encrypt' },
-          );
-          return { write: { index, relabel: options.others, values: [kms.value(sealed.CiphertextBlob!)] } };
+          return { write: { index, relabel: options.others, values: [await this.encrypt(kms, row, dek, target)] } };
         } finally {
           dek.fill(0);
         }
@@ -152,6 +140,38 @@ export class KmsRowCrypto implements RowCrypto {
     } finally {
       releaseKey(key);
     }
+  }
+
+  /**
+   * The stored value of a plaintext DEK given to KMS with Encrypt under `target`, bound by the row's context under
+   * its KEK id: the one call by which a DEK under key bytes enters KMS. The caller zeroizes `dek`.
+   */
+  async encrypt(kms: KmsValues, row: Row, dek: Buffer, target: KmsKey): Promise<Buffer> {
+    const sealed = await this.request(
+      'Encrypt',
+      () =>
+        this.client.send(
+          new EncryptCommand({ KeyId: target.arn, Plaintext: dek, EncryptionContext: kms.context(row, target.kekId) }),
+        ),
+      { iam: 'kms:Encrypt' },
+    );
+    return kms.value(sealed.CiphertextBlob!);
+  }
+
+  /**
+   * A row labelled `from` whose blob is already under `target` (ReEncrypt to itself): only its label is put right,
+   * its value written back as it is. Undefined when KMS does not open it there.
+   */
+  private async alreadyUnder(
+    kms: KmsValues,
+    row: Row,
+    blob: Buffer,
+    target: KmsKey,
+    index: number,
+    dryRun: boolean,
+  ): Promise<Outcome> {
+    if (!(await this.reEncrypt(kms, row, blob, target, target))) return undefined;
+    return { write: { index, relabel: true, values: dryRun ? [] : [kms.value(blob)] } };
   }
 
   async check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {

@@ -5,7 +5,6 @@ import {
   DescribeKeyCommand,
   DisableKeyCommand,
   EnableKeyCommand,
-  EncryptCommand,
   GenerateDataKeyCommand,
   GenerateDataKeyWithoutPlaintextCommand,
   KMSClient,
@@ -18,7 +17,7 @@ import {
 } from '@aws-sdk/client-kms';
 import { REKEY_DEK_FORMAT } from '../codec/formats';
 import { compileFormat, type KmsValues } from '../codec/sealed-format';
-import { encryptInput, KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms-row-crypto';
+import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms-row-crypto';
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
@@ -364,15 +363,8 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
    * The stored form under the KMS KEK `kekId` of a DEK opened elsewhere (Encrypt): how a DEK wrapped by a KEK held
    * locally moves into KMS. The caller zeroizes `dek`.
    */
-  async encryptDek(kekId: string, tenantId: string, dek: Buffer): Promise<Buffer> {
-    const row = { tenant_id: tenantId };
-    const sealed = await this.request(
-      'Encrypt',
-      () =>
-        this.client.send(new EncryptCommand(encryptInput(this.values, row, dek, kmsKey(kekId, this.usableArn(kekId))))),
-      { iam: 'kms:Encrypt' },
-    );
-    return this.values.value(sealed.CiphertextBlob!);
+  encryptDek(kekId: string, tenantId: string, dek: Buffer): Promise<Buffer> {
+    return this.rowCrypto().encrypt(this.values, { tenant_id: tenantId }, dek, kmsKey(kekId, this.usableArn(kekId)));
   }
 
   /** The rewrap engine's crypto for this store: ReEncrypt per row, paced by REKEY_AWS_KMS_CONCURRENCY and _RATE. */
