@@ -1,5 +1,5 @@
 import { activityInfo } from '@temporalio/activity';
-import { wrapsAndOpens } from '../envelope/dek-wrapping';
+import { selfTestKek } from '../envelope/dek-wrapping';
 import type { GenerateOptions } from '../keys/key-provider';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
@@ -281,8 +281,7 @@ export function createKekActivities(deps: ActivityDependencies) {
           await keys.selfTest(kek!);
           return { fingerprint: kek!.fingerprint };
         }
-        if (!wrapsAndOpens(kek!.key, kekId))
-          throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, keys.description);
+        selfTestKek(kek!.key, kekId, keys.description);
         return { fingerprint: kek!.fingerprint };
       });
     },

@@ -1,7 +1,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../codec/formats';
 import { compileFormat, KEY_BYTES, NONCE_BYTES, TAG_BYTES } from '../codec/sealed-format';
-import { DekUnwrapError, UnreadableValueError } from '../errors';
+import { DekUnwrapError, KeyMaterialError, UnreadableValueError } from '../errors';
 
 // rekey's own wrapped DEK, as the built-in target stores it: format byte 0x01 | nonce (12) | ciphertext (32) | tag
 // (16), bound to the tenant id and the KEK id (REKEY_DEK_FORMAT). These helpers are the application API's view of it.
@@ -40,14 +40,17 @@ export function unwrapDek(kek: Buffer, kekId: string, tenantId: string, wrapped:
   }
 }
 
-/** A KEK's self-test: a random DEK wrapped under it opens again, the same. Every buffer is zeroized. */
-export function wrapsAndOpens(kek: Buffer, kekId: string): boolean {
+/**
+ * A KEK's self-test: a random DEK wrapped under it opens again, the same; else a KeyMaterialError naming the KEK and
+ * `where` it is kept. Every buffer is zeroized.
+ */
+export function selfTestKek(kek: Buffer, kekId: string, where: string): void {
   const probe = randomBytes(KEY_BYTES);
   const unwrapped = unwrapDek(kek, kekId, 'rekey-self-test', wrapDek(kek, kekId, 'rekey-self-test', probe));
   const works = unwrapped.equals(probe);
   probe.fill(0);
   unwrapped.fill(0);
-  return works;
+  if (!works) throw new KeyMaterialError(`KEK '${kekId}' failed its wrap/unwrap self-test`, where);
 }
 
 /**

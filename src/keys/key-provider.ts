@@ -54,7 +54,7 @@ export interface KeyProvider {
    */
   rowCrypto?(local: RowCrypto): RowCrypto;
   /** For a store that does the crypto itself: proves the KEK wraps and opens there (else rekey tests its bytes). */
-  selfTest?(kek: { kekId: string; fingerprint: string; key?: Buffer }): Promise<void>;
+  selfTest?(kek: { kekId: string; fingerprint: string; key: Buffer }): Promise<void>;
   /** For a store that wraps DEKs itself (KMS): the application's DEK operations, in place of wrap and unwrap. */
   readonly deks?: RemoteDeks;
   /** Zeroizes every key held in memory. */

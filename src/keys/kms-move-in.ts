@@ -6,7 +6,7 @@
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
 import type { RowCrypto } from '../crypto/row-crypto';
 import { createDek, moveDek, openDek } from '../envelope/dek-envelope';
-import { wrapsAndOpens } from '../envelope/dek-wrapping';
+import { selfTestKek } from '../envelope/dek-wrapping';
 import type { RowKek } from '../rewrap/rewrap-rows';
 import type { KmsKeys } from './aws-kms';
 import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RemoteDeks } from './key-provider';
@@ -128,11 +128,9 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
     };
   }
 
-  async selfTest(kek: { kekId: string; fingerprint: string; key?: Buffer }): Promise<void> {
+  async selfTest(kek: { kekId: string; fingerprint: string; key: Buffer }): Promise<void> {
     if (this.inKms(kek.kekId)) return this.kms.selfTest(kek);
-    if (!kek.key || !wrapsAndOpens(kek.key, kek.kekId)) {
-      throw new KeyMaterialError(`KEK '${kek.kekId}' failed its wrap/unwrap self-test`, this.local.description);
-    }
+    selfTestKek(kek.key, kek.kekId, this.local.description);
   }
 
   // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----
