@@ -26,18 +26,25 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
   const aws = useAwsServers((env) => new KMSClient(awsClientConfig(env, 'KMS')));
   const { moto, temporal } = aws;
 
-  it('a rotation from the local KEK to a new one moves every DEK into KMS while the application works: each row is then a KMS blob under the new KEK that KMS decrypts to the DEK it held, and the application reads everything', async () => {
+  /**
+   * A deployment as it was, REKEY_KEK_v1 in the environment (prefix TEST here), now also pointed at KMS under an
+   * alias prefix of its own.
+   */
+  const movingIn = () => {
     const prefix = `alias/rekey-test/${randomUUID()}/`;
-    // The deployment as it was: REKEY_KEK_v1 in the environment (prefix TEST here), now also pointed at KMS.
     const env = {
       ...moto.server.env,
       REKEY_AWS_KMS_ALIAS_PREFIX: prefix,
-      REKEY_AWS_KMS_RATE: '0',
       REKEY_AWS_KMS_LOCAL_KEYS: 'env',
       REKEY_ENV_PREFIX: 'TEST',
       TEST_KEK_v1: randomBytes(32).toString('base64url'),
-      TEST_CURRENT_KEK_ID: 'v1',
     };
+    return { prefix, env };
+  };
+
+  it('a rotation from the local KEK to a new one moves every DEK into KMS while the application works: each row is then a KMS blob under the new KEK that KMS decrypts to the DEK it held, and the application reads everything', async () => {
+    const { prefix, env: movingEnv } = movingIn();
+    const env = { ...movingEnv, REKEY_AWS_KMS_RATE: '0', TEST_CURRENT_KEK_ID: 'v1' };
     const open = async (endpoint?: string): Promise<KeyProvider> => {
       const keys = openKeyProvider(
         { provider: 'aws-kms' },
@@ -151,15 +158,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     expect(() => kmsSettingsFromEnv({ REKEY_AWS_KMS_LOCAL_KEYS: 'vault' })).toThrow(
       /REKEY_AWS_KMS_LOCAL_KEYS must be 'env' \(REKEY_KEK_<id>\) or 'file'/,
     );
-    const prefix = `alias/rekey-test/${randomUUID()}/`;
-    const env = {
-      ...moto.server.env,
-      REKEY_AWS_KMS_ALIAS_PREFIX: prefix,
-      REKEY_AWS_KMS_LOCAL_KEYS: 'env',
-      REKEY_ENV_PREFIX: 'TEST',
-      TEST_KEK_v1: randomBytes(32).toString('base64url'),
-    };
-    const keys = openKeyProvider({ provider: 'aws-kms' }, env);
+    const keys = openKeyProvider({ provider: 'aws-kms' }, movingIn().env);
     try {
       await keys.reload();
       await keys.generate!('v1');
