@@ -29,6 +29,7 @@ export async function withKeks<T>(
 
 /** Where a target's row crypto runs: in its key store when the store does it (KMS), else `local` or the process's pool. */
 export function rowCryptoOf(runtime: TargetRuntime, local?: RowCrypto): RowCrypto {
-  const worker = local ?? sharedRowCrypto();
-  return runtime.keys.rowCrypto?.(worker) ?? worker;
+  // The process's pool is made only if something runs on it: a store that does the crypto may never need it.
+  const worker = () => local ?? sharedRowCrypto();
+  return runtime.keys.rowCrypto?.(worker) ?? worker();
 }

@@ -50,9 +50,9 @@ export interface KeyProvider {
   destroy?(kekId: string): Promise<DestroyOutcome>;
   /**
    * For a store that does the crypto itself (AWS KMS): what the rewrap engine and verification use instead of the
-   * worker's crypto threads (`local`, which a store holding some KEKs locally uses for those).
+   * worker's crypto threads (`local`, which a store holding some KEKs locally uses for those, made when first used).
    */
-  rowCrypto?(local: RowCrypto): RowCrypto;
+  rowCrypto?(local: () => RowCrypto): RowCrypto;
   /** For a store that does the crypto itself: proves the KEK wraps and opens there (else rekey tests its bytes). */
   selfTest?(kek: { kekId: string; fingerprint: string; key: Buffer }): Promise<void>;
   /** For a store that wraps DEKs itself (KMS): the application's DEK operations, in place of wrap and unwrap. */

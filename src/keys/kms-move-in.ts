@@ -111,18 +111,20 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
   // ---- The rewrap engine ----
 
   /** Local to local: the worker's threads (`local`); KMS to KMS: ReEncrypt; local to KMS: opened here, then Encrypt. */
-  rowCrypto(local: RowCrypto): RowCrypto {
+  rowCrypto(local: () => RowCrypto): RowCrypto {
     const kms = this.kms.rowCrypto();
     const inKms = (kek: RowKek) => this.inKms(kek.kekId);
     return {
-      threads: local.threads,
+      get threads() {
+        return local().threads;
+      },
       rewrap: (codec, from, to, rows, options) => {
-        if (!inKms(from) && !inKms(to)) return local.rewrap(codec, from, to, rows, options);
+        if (!inKms(from) && !inKms(to)) return local().rewrap(codec, from, to, rows, options);
         if (inKms(from) && inKms(to)) return kms.rewrap(codec, from, to, rows, options);
         if (inKms(to)) return kms.importRows(codec, from, to, rows, options);
         return Promise.reject(new ConfigError(OUT_OF_KMS));
       },
-      check: (codec, kek, rows) => (inKms(kek) ? kms.check(codec, kek, rows) : local.check(codec, kek, rows)),
+      check: (codec, kek, rows) => (inKms(kek) ? kms.check(codec, kek, rows) : local().check(codec, kek, rows)),
       // The worker's threads are the worker's to close; KMS's crypto holds nothing.
       close: () => Promise.resolve(),
     };

@@ -137,7 +137,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
       const local = { kekId: 'v1', key: randomBytes(32) };
       const onKms = { kekId: 'v2', key: Buffer.alloc(0), fingerprint: kmsFingerprint(v2.Arn!) };
       await expect(
-        workerKeys.rowCrypto!(sharedRowCrypto()).rewrap(codec, onKms, local, [rows[0]!], {
+        workerKeys.rowCrypto!(sharedRowCrypto).rewrap(codec, onKms, local, [rows[0]!], {
           others: false,
           dryRun: false,
         }),
