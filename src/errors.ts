@@ -150,6 +150,16 @@ export class KekRetiredError extends RekeyError {
   }
 }
 
+/**
+ * A key store step refused because it would act on a key other than the one the registry recorded, or strand one the
+ * registry still needs: a KMS alias that names another key, an alias prefix another deployment uses, a Secrets
+ * Manager version that would be left without a label. The message names both keys and what to do.
+ */
+export class KeyStoreRefusedError extends RekeyError {
+  override readonly name = 'KeyStoreRefusedError';
+  static override readonly kind = 'refused';
+}
+
 /** A restore of a KEK that cannot be restored: not retired, destroyed, or past its restore window. */
 export class KekRestoreRefusedError extends RekeyError {
   override readonly name = 'KekRestoreRefusedError';
@@ -293,6 +303,7 @@ const CLASSES = [
   UnknownKekError,
   KekFingerprintMismatchError,
   KekNotHeldError,
+  KeyStoreRefusedError,
   KekRetiredError,
   KekRestoreRefusedError,
   KekTransitionError,

@@ -269,6 +269,8 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { keys, registry } = runtime;
       await keys.reload();
       if (from !== undefined) keys.bindRotation?.(from, kekId);
+      // Before anything is written: the store's names are this registry's (and a key it holds unnamed gets its name).
+      await keys.claim?.(kekId, await registry.list());
       if (!keys.has(kekId)) {
         if (!generate || !keys.generate) {
           throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
@@ -321,7 +323,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { registry, keys } = await targets.get(target);
       await registry.promote(from, to);
       // A store that marks its current key itself (Secrets Manager's AWSCURRENT) follows the registry.
-      await keys.promote?.(from, to);
+      await keys.promote?.(from, to, await registry.list());
     },
 
     /**
@@ -357,7 +359,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         return registry.retire(from, restoreWindowMs, client);
       });
       // The store marks it too (a retry after a failure here finds the registry done and does only this).
-      await runtime.keys.retire?.(from);
+      await runtime.keys.retire?.(from, await registry.list());
       return {
         retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
         ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
@@ -395,7 +397,7 @@ export function createKekActivities(deps: ActivityDependencies) {
           );
         }
         const done = keys.destroy
-          ? await keys.destroy(kekId)
+          ? await keys.destroy(kekId, await registry.list())
           : { destroyed: false, detail: `${keys.description} is read-only to rekey: remove KEK '${kekId}' from it` };
         await registry.transition(kekId, 'destroyed', client);
         await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');

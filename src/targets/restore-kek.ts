@@ -27,6 +27,6 @@ export async function restoreKek(
     resolveKek(keys, kekId, { fingerprint: registered.fingerprint }).key.fill(0);
   }
   const restored = await registry.restore(kekId, reason.trim(), actor, refuse);
-  await keys.restore?.(kekId);
+  await keys.restore?.(kekId, await registry.list());
   return restored;
 }
