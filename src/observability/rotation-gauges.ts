@@ -38,6 +38,7 @@ export const ROTATION_GAUGES = [
   'rekey_schedule_last_run_completed',
   'rekey_schedule_next_notice_timestamp_seconds',
   'rekey_rotation_upcoming',
+  'rekey_notice_failing_since_timestamp_seconds',
 ] as const;
 
 export function registerRotationGauges(registry: Registry, targets: TargetRuntimes, client: Client): void {
@@ -169,6 +170,17 @@ export function registerRotationGauges(registry: Registry, targets: TargetRuntim
         const announced = notice.noticedFor;
         if (announced === undefined || Date.parse(announced) <= now) continue;
         set({ schedule_id: notice.scheduleId, target: notice.target, rotation_at: announced }, 1);
+      }
+    },
+  );
+  gauge(
+    'rekey_notice_failing_since_timestamp_seconds',
+    'Since when the notice of a scheduled rotation has been refused by its receiver (Unix seconds); absent once it went out',
+    ['schedule_id', 'target'],
+    (s, set) => {
+      for (const notice of s.notices) {
+        if (notice.failing === undefined) continue;
+        set({ schedule_id: notice.scheduleId, target: notice.target }, Date.parse(notice.failing.since) / 1000);
       }
     },
   );

@@ -23,6 +23,16 @@ export const steps = proxyActivities<Activities>({
 });
 
 /**
+ * One attempt at a rotation notice. The notice workflow tries again itself, for as long as the receiver refuses, and
+ * records each failure where its query and the metrics show it; `steps`' retries gave up for good after 30 attempts
+ * (about 25 minutes of a receiver's outage).
+ */
+export const noticeAttempts = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { maximumAttempts: 1 },
+});
+
+/**
  * Slice parts: bounded by their time budget; a lost worker is noticed within the heartbeat timeout and the part
  * resumes elsewhere from its committed progress. Cancelled on pause and abort, and awaited until they stop.
  */

@@ -2,6 +2,7 @@
 // test/workflows/histories/<commit>/, for the replay test. Run it at a commit whose workflow code changed.
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { Context } from '@temporalio/activity';
 import { Worker } from '@temporalio/worker';
 import { createActivities } from '../../src/activities';
 import { TargetRuntimes } from '../../src/targets/runtime';
@@ -21,6 +22,7 @@ import {
   progressQuery,
   resumeSignal,
   rotateKek,
+  scheduleNotices,
   setGraceUpdate,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
@@ -225,5 +227,46 @@ describe('record', () => {
       await targets.close();
       await db.drop();
     }
+  });
+
+  it('schedule notice: the receiver refuses it, then takes it; the schedule is deleted after its rotation', async () => {
+    const taskQueue = `notices-${randomUUID()}`;
+    const start = await env.currentTimeMs();
+    const rotationAt = start + 10 * 86_400_000;
+    let refusals = 0;
+    const now = () => Context.current().info.scheduledTimestampMs;
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities: {
+        nextScheduledRotation: () =>
+          Promise.resolve(
+            now() > rotationAt + 86_400_000
+              ? { exists: false, paused: false }
+              : {
+                  exists: true,
+                  paused: false,
+                  ...(now() < rotationAt && { nextRun: new Date(rotationAt).toISOString() }),
+                },
+          ),
+        sendRotationNotice: () => {
+          if (++refusals <= 3) return Promise.reject(new Error('the notice webhook answered 503'));
+          return Promise.resolve({ webhookStatus: 204 });
+        },
+      },
+    });
+    await worker.runUntil(async () => {
+      const handle = await env.client.workflow.start(scheduleNotices, {
+        taskQueue,
+        workflowId: `notices-${randomUUID()}`,
+        args: [
+          { scheduleId: 'quarterly', target: 'talos', notifyBefore: '7d', webhookUrl: 'http://127.0.0.1:9/rekey' },
+        ],
+      });
+      const state = await handle.result();
+      expect(state.noticedFor).toBe(new Date(rotationAt).toISOString());
+      await save('schedule-notice-refused-then-delivered', handle);
+    });
   });
 });
