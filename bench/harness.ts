@@ -62,7 +62,9 @@ export function spawnWorker(options: {
   keyEnv: Record<string, string>;
 }): WorkerProcess {
   const log = fs.openSync(path.join(projectRoot, 'bench', 'results', 'worker.log.tmp'), 'a');
-  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', 'worker.js')], {
+  // BENCH_CPU_PROF=<dir>: the worker writes a V8 CPU profile of each of its threads there when it exits.
+  const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const child = spawn(process.execPath, [...profile, path.join(projectRoot, 'dist', 'src', 'worker.js')], {
     env: {
       PATH: process.env.PATH,
       DATABASE_URL: options.databaseUrl,
@@ -155,8 +157,11 @@ export function processCpuSeconds(pid: number | undefined, withReapedChildren = 
 /**
  * CPU seconds used by the PostgreSQL server so far: every live `postgres` process, and the postmaster's reaped
  * children (a backend that has exited counts there). Differences between two readings are what the server spent.
+ * Given `databases`, only the live backends (and autovacuum workers) of those databases, told by their process
+ * titles: what a run's own connections cost, without the other databases of a shared cluster (nor the checkpointer,
+ * the WAL writer and the reaped backends, which no database owns).
  */
-export function postgresCpuSeconds(): number {
+export function postgresCpuSeconds(databases?: readonly string[]): number {
   let total = 0;
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -164,12 +169,20 @@ export function postgresCpuSeconds(): number {
     let ppid: string;
     try {
       comm = fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim();
+      if (comm !== 'postgres') continue;
       const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
       ppid = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]!;
+      if (databases) {
+        // "postgres: <user> <database> <host(port)> <state>", or "postgres: autovacuum worker <database>".
+        const title = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ').trim().split(/\s+/);
+        const database = title[1] === 'autovacuum' ? title[3] : title[2];
+        if (database === undefined || !databases.includes(database)) continue;
+        total += processCpuSeconds(Number(entry));
+        continue;
+      }
     } catch {
       continue;
     }
-    if (comm !== 'postgres') continue;
     const postmaster = fs.existsSync(`/proc/${ppid}/comm`)
       ? fs.readFileSync(`/proc/${ppid}/comm`, 'utf8').trim() !== 'postgres'
       : true;
