@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
+import { Client, Pool } from 'pg';
 import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
 import { freePort } from '../src/dev/ports';
 import { DevServerExitedError, startDevServer, type DevServer } from '../src/dev/dev-server';
@@ -35,8 +36,110 @@ export async function startServer(toolchain: Toolchain, dbFilename?: string, por
   }
 }
 
-export function freshDatabase(name: string): Promise<ScratchDatabase> {
-  return createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 10);
+export function freshDatabase(name: string, poolSize = 10): Promise<ScratchDatabase> {
+  return createDatabase(adminUrl(), name, poolSize);
+}
+
+function adminUrl(): string {
+  return process.env.DATABASE_URL ?? readToolchain().databaseUrl;
+}
+
+async function asAdmin<T>(run: (admin: Client) => Promise<T>): Promise<T> {
+  const admin = new Client({ connectionString: adminUrl() });
+  await admin.connect();
+  try {
+    return await run(admin);
+  } finally {
+    await admin.end();
+  }
+}
+
+/**
+ * Byte-identical copies of a seeded database (CREATE DATABASE … TEMPLATE, file by file): the same rows on the same
+ * pages, the same indexes, trigger and registry, the same visibility hints. Copying needs the source to have no
+ * session: its pool's connections are ended first (the pool opens new ones when next used), so copy before a worker
+ * connects to it.
+ */
+export async function cloneDatabase(
+  source: ScratchDatabase,
+  names: string[],
+  poolSize = 10,
+): Promise<ScratchDatabase[]> {
+  const sourceName = new URL(source.url).pathname.slice(1);
+  const clones: ScratchDatabase[] = [];
+  await asAdmin(async (admin) => {
+    for (const name of names) {
+      if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`'${name}' is not a plain database name`);
+      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      for (let attempt = 1; ; attempt++) {
+        await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [sourceName]);
+        try {
+          await admin.query(`CREATE DATABASE ${name} TEMPLATE ${sourceName} STRATEGY FILE_COPY`);
+          break;
+        } catch (err) {
+          // 55006: a session reached the source between the two statements.
+          if ((err as { code?: string }).code !== '55006' || attempt >= 5) throw err;
+        }
+      }
+      const url = new URL(source.url);
+      url.pathname = `/${name}`;
+      const pool = new Pool({ connectionString: url.toString(), max: poolSize });
+      pool.on('error', () => undefined);
+      clones.push({
+        url: url.toString(),
+        pool,
+        async drop() {
+          await pool.end();
+          await asAdmin((a) => a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+        },
+      });
+    }
+  });
+  return clones;
+}
+
+/** Vacuums and checkpoints, so that a measured run does not pay for the writes of the one before it. */
+export async function settle(db: Pool): Promise<void> {
+  await db.query('VACUUM ANALYZE');
+  await db.query('CHECKPOINT').catch(() => undefined); // needs a superuser (the local cluster's postgres is one)
+}
+
+/**
+ * The database's floor for a rewrap of rekey's own table: the same UPDATE a rewrap makes of every row (the label, the
+ * wrapped DEK, the version, through the same indexes and trigger), with no crypto and no round trips, split over
+ * `statements` concurrent statements on disjoint id ranges of about equal size (1: one statement, which PostgreSQL
+ * runs on one core). `to` must be a KEK the registry lets wrap. Wall seconds, and the CPU each process spent.
+ */
+export async function databaseFloor(
+  db: Pool,
+  to: string,
+  statements: number,
+  meter: CpuMeter,
+): Promise<ReturnType<CpuMeter['end']>> {
+  const fractions = Array.from({ length: statements - 1 }, (_, i) => (i + 1) / statements);
+  const { rows } = await db.query<{ boundaries: string[] | null }>(
+    `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY tenant_id)::text[] AS boundaries
+     FROM rekey.tenant_deks`,
+    [fractions],
+  );
+  const bounds: (string | null)[] = ['', ...(statements > 1 ? (rows[0]?.boundaries ?? []) : []), null];
+  // Each statement on its own connection, opened before the clock starts.
+  const clients = await Promise.all(bounds.slice(1).map(() => db.connect()));
+  try {
+    meter.begin();
+    await Promise.all(
+      clients.map((client, i) =>
+        client.query(
+          `UPDATE rekey.tenant_deks SET kek_id = $1, wrapped_dek = wrapped_dek, version = version + 1
+           WHERE tenant_id > $2 AND ($3::text IS NULL OR tenant_id <= $3)`,
+          [to, bounds[i], bounds[i + 1]],
+        ),
+      ),
+    );
+    return meter.end();
+  } finally {
+    for (const client of clients) client.release();
+  }
 }
 
 /** Random KEKs as the env provider reads them; the same variables go to every worker process. */
@@ -157,11 +260,11 @@ export function processCpuSeconds(pid: number | undefined, withReapedChildren = 
 /**
  * CPU seconds used by the PostgreSQL server so far: every live `postgres` process, and the postmaster's reaped
  * children (a backend that has exited counts there). Differences between two readings are what the server spent.
- * Given `databases`, only the live backends (and autovacuum workers) of those databases, told by their process
- * titles: what a run's own connections cost, without the other databases of a shared cluster (nor the checkpointer,
+ * Given `databases`, only the live backends (and autovacuum workers, unless `autovacuum` is false) of those
+ * databases, told by their process titles: what a run's own connections cost, without the other databases of a shared cluster (nor the checkpointer,
  * the WAL writer and the reaped backends, which no database owns).
  */
-export function postgresCpuSeconds(databases?: readonly string[]): number {
+export function postgresCpuSeconds(databases?: readonly string[], autovacuum = true): number {
   let total = 0;
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -175,8 +278,9 @@ export function postgresCpuSeconds(databases?: readonly string[]): number {
       if (databases) {
         // "postgres: <user> <database> <host(port)> <state>", or "postgres: autovacuum worker <database>".
         const title = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ').trim().split(/\s+/);
-        const database = title[1] === 'autovacuum' ? title[3] : title[2];
-        if (database === undefined || !databases.includes(database)) continue;
+        const vacuum = title[1] === 'autovacuum';
+        const database = vacuum ? title[3] : title[2];
+        if (database === undefined || !databases.includes(database) || (vacuum && !autovacuum)) continue;
         total += processCpuSeconds(Number(entry));
         continue;
       }

@@ -9,7 +9,7 @@ import os from 'node:os';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
 import { compileFormat } from '../src/codec/sealed-format';
 import { sharedRowCrypto } from '../src/crypto/row-crypto';
-import { createDatabase } from '../src/dev/databases';
+import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
 import { engineFor } from '../src/dev/engine';
 import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
@@ -20,7 +20,16 @@ import { rewrapSlice } from '../src/rewrap/rewrap-slice';
 import { KekRegistry } from '../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { MYCELIUM_PRESET, REKEY_PRESET } from '../src/targets/presets';
-import { gitCommit, inMemoryBatches, postgresCpuSeconds } from './harness';
+import {
+  cloneDatabase,
+  CpuMeter,
+  databaseFloor,
+  gitCommit,
+  inMemoryBatches,
+  postgresCpuSeconds,
+  processCpuSeconds,
+  settle,
+} from './harness';
 import { seedMyceliumTable } from './mycelium';
 
 interface Run {
@@ -28,9 +37,11 @@ interface Run {
   /** CPU µs per row: this process (engine and crypto threads), and PostgreSQL. */
   engineMicros: number;
   postgresMicros: number;
+  /** The all-core floor on an identical copy, when measured. */
+  floorSeconds?: number;
 }
 
-async function once(count: number, slices: number, trigger: boolean, mycelium: boolean): Promise<Run> {
+async function once(count: number, slices: number, trigger: boolean, mycelium: boolean, floor = false): Promise<Run> {
   const batchSize = Number(process.env.BATCH ?? 2_000);
   const name = `rekey_bench_${Date.now()}`;
   const database = await createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 4 * slices + 2);
@@ -46,18 +57,20 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
         'B',
       );
   const [from, to] = mycelium ? ['1', '2'] : ['v1', 'v2'];
+  let copy: ScratchDatabase | undefined;
   try {
-    let t = Date.now();
+    const t = Date.now();
     if (mycelium) {
       await seedMyceliumTable(db, count, oldSecret);
     } else {
       await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
       await seedTenants({ db, keys, kekId: 'v1', count });
     }
-    await db.query('VACUUM ANALYZE');
-    await db.query('CHECKPOINT');
+    await settle(db);
     if (!trigger) await db.query('ALTER TABLE rekey.tenant_deks DISABLE TRIGGER tenant_deks_update_kek_may_wrap');
     console.log(`seeded ${count} ${mycelium ? 'Mycelium ' : ''}tenants in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    // The floor's own copy of the same rows, made before the engine registers `to` (the copy registers it too).
+    if (floor) [copy] = await cloneDatabase(database, [`${name}_floor`], slices + 2);
 
     const engine = await engineFor(db, mycelium ? MYCELIUM_PRESET : REKEY_PRESET, keys, from, to);
     const fractions = Array.from({ length: slices - 1 }, (_, i) => (i + 1) / slices);
@@ -65,9 +78,13 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
     const bounds: (string | null)[] = ['', ...boundaries, null];
     const run = `bench-${Date.now()}`;
     await warmUp();
-    const cpu = process.cpuUsage();
-    const postgres = postgresCpuSeconds([name]);
-    t = Date.now();
+    await settle(db);
+    const meter = new CpuMeter({
+      engine: () => processCpuSeconds(process.pid),
+      postgres: () => postgresCpuSeconds([name], false),
+      autovacuum: () => postgresCpuSeconds([name]) - postgresCpuSeconds([name], false),
+    });
+    meter.begin();
     const results = await Promise.all(
       bounds.slice(0, -1).map((after, i) =>
         rewrapSlice(engine, {
@@ -79,22 +96,36 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
         }),
       ),
     );
-    const seconds = (Date.now() - t) / 1000;
-    const used = process.cpuUsage(cpu);
-    const postgresSeconds = postgresCpuSeconds([name]) - postgres;
+    const { seconds, cpu } = meter.end();
     const rewrapped = results.reduce((sum, r) => sum + r.counters.rewrapped, 0);
     if (rewrapped !== count) throw new Error(`rewrapped ${rewrapped} of ${count} tenants`);
-    const engineMicros = (used.user + used.system) / rewrapped;
-    const postgresMicros = (postgresSeconds * 1e6) / rewrapped;
+    const engineMicros = (cpu.engine! * 1e6) / rewrapped;
+    const postgresMicros = (cpu.postgres! * 1e6) / rewrapped;
     console.log(
       `rewrapSlice${trigger ? '' : ' (trigger off)'}: ${rewrapped} tenants in ${seconds.toFixed(2)} s = ` +
         `${Math.round(rewrapped / seconds)} tenants/s (${slices} slice(s), batch ${batchSize}, ` +
         `peak RSS ${Math.round(process.memoryUsage().rss / 2 ** 20)} MiB); CPU per row: ` +
-        `engine ${engineMicros.toFixed(2)} µs, PostgreSQL ${postgresMicros.toFixed(2)} µs`,
+        `engine ${engineMicros.toFixed(2)} µs, PostgreSQL ${postgresMicros.toFixed(2)} µs ` +
+        `(and its autovacuum ${((cpu.autovacuum! * 1e6) / rewrapped).toFixed(2)} µs)`,
     );
-    return { seconds, engineMicros, postgresMicros };
+    if (!copy) return { seconds, engineMicros, postgresMicros };
+
+    const registry = new KekRegistry(copy.pool, BUILTIN_TARGET);
+    await registry.register(to, keys.fingerprint(to));
+    await registry.promote(from, to);
+    await settle(copy.pool);
+    const statements = Math.max(slices, os.availableParallelism());
+    const floorMeter = new CpuMeter({ postgres: () => postgresCpuSeconds([`${name}_floor`], false) });
+    const measured = await databaseFloor(copy.pool, to, statements, floorMeter);
+    console.log(
+      `all-core floor: ${statements} concurrent UPDATEs of the same rows in ${measured.seconds.toFixed(2)} s, ` +
+        `PostgreSQL ${((measured.cpu.postgres! * 1e6) / count).toFixed(2)} µs per row; ` +
+        `ratio rewrapSlice / all-core floor ${(seconds / measured.seconds).toFixed(2)}x`,
+    );
+    return { seconds, engineMicros, postgresMicros, floorSeconds: measured.seconds };
   } finally {
     keys.close();
+    await copy?.drop();
     await database.drop();
   }
 }
@@ -115,7 +146,7 @@ async function main(): Promise<void> {
   const slices = Number(args[1] ?? 1);
   const mycelium = process.argv.includes('--mycelium');
   if (!process.argv.includes('--trigger-cost')) {
-    await once(count, slices, true, mycelium);
+    await once(count, slices, true, mycelium, !mycelium && !process.argv.includes('--no-floor'));
     process.exit(0); // the crypto threads do not hold the process, but end it at once
   }
   const on: number[] = [];
