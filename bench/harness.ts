@@ -219,6 +219,20 @@ export async function temporalClient(address: string): Promise<{ client: Tempora
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Waits until a process has settled: under 5% of a core over a second (a worker that has started, connected and
+ * polls), so that what it spends starting is not counted in a measurement taken beside it. Fails after `timeoutMs`.
+ */
+export async function untilIdle(pid: number | undefined, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const before = processCpuSeconds(pid);
+    await sleep(1000);
+    if (processCpuSeconds(pid) - before < 0.05) return;
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not settle within ${timeoutMs} ms`);
+  }
+}
+
 export function gitCommit(): string {
   try {
     return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: projectRoot, encoding: 'utf8' }).trim();
@@ -260,39 +274,78 @@ export function processCpuSeconds(pid: number | undefined, withReapedChildren = 
 /**
  * CPU seconds used by the PostgreSQL server so far: every live `postgres` process, and the postmaster's reaped
  * children (a backend that has exited counts there). Differences between two readings are what the server spent.
- * Given `databases`, only the live backends (and autovacuum workers, unless `autovacuum` is false) of those
- * databases, told by their process titles: what a run's own connections cost, without the other databases of a shared cluster (nor the checkpointer,
- * the WAL writer and the reaped backends, which no database owns).
  */
-export function postgresCpuSeconds(databases?: readonly string[], autovacuum = true): number {
+export function postgresCpuSeconds(): number {
   let total = 0;
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let comm: string;
-    let ppid: string;
-    try {
-      comm = fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim();
-      if (comm !== 'postgres') continue;
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      ppid = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]!;
-      if (databases) {
-        // "postgres: <user> <database> <host(port)> <state>", or "postgres: autovacuum worker <database>".
-        const title = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ').trim().split(/\s+/);
-        const vacuum = title[1] === 'autovacuum';
-        const database = vacuum ? title[3] : title[2];
-        if (database === undefined || !databases.includes(database) || (vacuum && !autovacuum)) continue;
-        total += processCpuSeconds(Number(entry));
-        continue;
-      }
-    } catch {
-      continue;
-    }
+  for (const { pid, ppid } of postgresProcesses()) {
     const postmaster = fs.existsSync(`/proc/${ppid}/comm`)
       ? fs.readFileSync(`/proc/${ppid}/comm`, 'utf8').trim() !== 'postgres'
       : true;
-    total += processCpuSeconds(Number(entry), postmaster);
+    total += processCpuSeconds(pid, postmaster);
   }
   return total;
+}
+
+function postgresProcesses(): { pid: number; ppid: number; title: string[] }[] {
+  const found: { pid: number; ppid: number; title: string[] }[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue;
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      // "postgres: <user> <database> <host(port)> <state>", or "postgres: autovacuum worker <database>".
+      const title = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ').trim().split(/\s+/);
+      found.push({ pid: Number(entry), ppid, title });
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return found;
+}
+
+/**
+ * CPU seconds spent by PostgreSQL's backends (and autovacuum workers, unless `autovacuum` is false) for the given
+ * databases, told by their process titles: what a run's own connections cost, without the other databases of a
+ * shared cluster (nor the checkpointer and the WAL writer, which no database owns). A backend's CPU is read every
+ * 250 ms while the counter is open and kept when the backend exits (a pool closes idle connections), so readings only
+ * grow; what a backend spends after its last reading is lost.
+ */
+export class DatabaseCpu {
+  private readonly last = new Map<number, number>();
+  private retired = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly databases: readonly string[],
+    private readonly autovacuum = true,
+  ) {
+    this.read();
+    this.timer = setInterval(() => this.read(), 250).unref();
+  }
+
+  read(): number {
+    const seen = new Set<number>();
+    for (const { pid, title } of postgresProcesses()) {
+      const vacuum = title[1] === 'autovacuum';
+      const database = vacuum ? title[3] : title[2];
+      if (database === undefined || !this.databases.includes(database) || (vacuum && !this.autovacuum)) continue;
+      seen.add(pid);
+      this.last.set(pid, Math.max(this.last.get(pid) ?? 0, processCpuSeconds(pid)));
+    }
+    for (const [pid, seconds] of this.last) {
+      if (seen.has(pid)) continue;
+      this.retired += seconds;
+      this.last.delete(pid);
+    }
+    let total = this.retired;
+    for (const seconds of this.last.values()) total += seconds;
+    return total;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
 }
 
 /** What each process of a benchmark spent between two moments, and the machine's whole capacity over the time. */

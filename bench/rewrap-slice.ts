@@ -26,7 +26,7 @@ import {
   databaseFloor,
   gitCommit,
   inMemoryBatches,
-  postgresCpuSeconds,
+  DatabaseCpu,
   processCpuSeconds,
   settle,
 } from './harness';
@@ -79,10 +79,12 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
     const run = `bench-${Date.now()}`;
     await warmUp();
     await settle(db);
+    const backends = new DatabaseCpu([name], false);
+    const withVacuum = new DatabaseCpu([name]);
     const meter = new CpuMeter({
       engine: () => processCpuSeconds(process.pid),
-      postgres: () => postgresCpuSeconds([name], false),
-      autovacuum: () => postgresCpuSeconds([name]) - postgresCpuSeconds([name], false),
+      postgres: () => backends.read(),
+      autovacuum: () => withVacuum.read() - backends.read(),
     });
     meter.begin();
     const results = await Promise.all(
@@ -97,6 +99,8 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
       ),
     );
     const { seconds, cpu } = meter.end();
+    backends.close();
+    withVacuum.close();
     const rewrapped = results.reduce((sum, r) => sum + r.counters.rewrapped, 0);
     if (rewrapped !== count) throw new Error(`rewrapped ${rewrapped} of ${count} tenants`);
     const engineMicros = (cpu.engine! * 1e6) / rewrapped;
@@ -115,8 +119,9 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
     await registry.promote(from, to);
     await settle(copy.pool);
     const statements = Math.max(slices, os.availableParallelism());
-    const floorMeter = new CpuMeter({ postgres: () => postgresCpuSeconds([`${name}_floor`], false) });
-    const measured = await databaseFloor(copy.pool, to, statements, floorMeter);
+    const floorCpu = new DatabaseCpu([`${name}_floor`], false);
+    const measured = await databaseFloor(copy.pool, to, statements, new CpuMeter({ postgres: () => floorCpu.read() }));
+    floorCpu.close();
     console.log(
       `all-core floor: ${statements} concurrent UPDATEs of the same rows in ${measured.seconds.toFixed(2)} s, ` +
         `PostgreSQL ${((measured.cpu.postgres! * 1e6) / count).toFixed(2)} µs per row; ` +

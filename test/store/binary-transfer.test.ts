@@ -1,5 +1,5 @@
-import type { QueryConfig } from 'pg';
-import { describe, expect, it } from 'vitest';
+import type { Pool, QueryConfig } from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { integerArray, textArray } from '../../src/store/binary-arrays';
 import { literal } from '../../src/store/copy-out';
@@ -10,7 +10,6 @@ import { REKEY_PRESET } from '../../src/targets/presets';
 import { useTestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 
-const db = useTestDatabase();
 const keys = testKeys(['v1', 'v2'], 'v1');
 
 /** Ids that text escaping gets wrong when it is wrong: quotes, backslashes, array punctuation, other scripts. */
@@ -24,13 +23,31 @@ const AWKWARD_IDS = [
   'tenant-Ünïcödé-日本-🔑',
 ];
 
-async function store(): Promise<TargetStore> {
+async function store(db: { pool: Pool }): Promise<TargetStore> {
   const s = new TargetStore(db.pool, REKEY_PRESET, compileFormat(REKEY_PRESET.format));
   await s.inspect();
   return s;
 }
 
+/** One row per awkward id on `v1`, each wrapped DEK holding every byte value, each version beyond 2^53. */
+async function seedAwkward(pool: Pool): Promise<void> {
+  await new KekRegistry(pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+  for (const [i, id] of AWKWARD_IDS.entries()) {
+    await pool.query('INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek, version) VALUES ($1, $2, $3, $4)', [
+      id,
+      'v1',
+      Buffer.concat([EVERY_BYTE, Buffer.from([i])]),
+      9_007_199_254_740_993n + BigInt(i),
+    ]);
+  }
+}
+
+const EVERY_BYTE = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+
 describe('binary transfer between the rewrap engine and PostgreSQL', () => {
+  const db = useTestDatabase();
+  beforeAll(() => seedAwkward(db.pool));
+
   it('a binary text[] parameter arrives as the strings it was built from, NULLs and empty strings included', async () => {
     const values = [...AWKWARD_IDS, '', null, 'x'.repeat(10_000)];
     const { rows } = await db.pool.query<{ v: (string | null)[] }>('SELECT $1::text[] AS v', [textArray(values)]);
@@ -60,20 +77,13 @@ describe('binary transfer between the rewrap engine and PostgreSQL', () => {
   });
 
   it("a rewrap read returns every byte of a bytea and every character of an id, which node-postgres' binary row mode does not", async () => {
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
-    const everyByte = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
-    for (const [i, id] of AWKWARD_IDS.entries()) {
-      await db.pool.query(
-        'INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek, version) VALUES ($1, $2, $3, $4)',
-        [id, 'v1', Buffer.concat([everyByte, Buffer.from([i])]), 9_007_199_254_740_993n + BigInt(i)],
-      );
-    }
+    const everyByte = EVERY_BYTE;
     const expected = await db.pool.query<{ tenant_id: string; wrapped_dek: Buffer; version: string }>(
       `SELECT tenant_id, wrapped_dek, version::text FROM rekey.tenant_deks ORDER BY tenant_id`,
     );
 
     const rows = await (
-      await store()
+      await store(db)
     ).readBatch(db.pool, { kind: 'label', kekId: 'v1' }, { after: '', until: null }, 100);
 
     expect(rows.map((r) => [r.$id, r.tenant_id, r.$label, r.$token, r.wrapped_dek])).toEqual(
@@ -87,7 +97,7 @@ describe('binary transfer between the rewrap engine and PostgreSQL', () => {
   });
 
   it('a rewrap read bounds its range by ids written into the query as literals, whatever they hold', async () => {
-    const s = await store();
+    const s = await store(db);
     const sorted = (
       await db.pool.query<{ tenant_id: string }>('SELECT tenant_id FROM rekey.tenant_deks ORDER BY tenant_id')
     ).rows.map((r) => r.tenant_id);
@@ -110,8 +120,11 @@ describe('binary transfer between the rewrap engine and PostgreSQL', () => {
 });
 
 describe('the batch compare-and-swap', () => {
+  const db = useTestDatabase();
+  beforeAll(() => seedAwkward(db.pool));
+
   it('writes the rows still as read, returns the ones another writer changed, and never writes a row outside the first and last id it was given', async () => {
-    const s = await store();
+    const s = await store(db);
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     await registry.register('v2', keys.fingerprint('v2'));
     await registry.promote('v1', 'v2');
