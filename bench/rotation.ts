@@ -19,6 +19,8 @@ import { readToolchain } from '../src/dev/toolchain';
 import type { KeyProvider } from '../src/keys/key-provider';
 import { projectRoot } from '../src/project-paths';
 import { KekRegistry } from '../src/store/kek-registry';
+import { TargetStore } from '../src/store/target-store';
+import { REKEY_PRESET } from '../src/targets/presets';
 import { confirmStepUpdate, progressQuery, type RotationReport } from '../src/workflows';
 import {
   cloneDatabase,
@@ -234,6 +236,15 @@ async function main(): Promise<void> {
     // Each measured run starts from the same state: no dirty pages or WAL left by the write before it.
     await settle(database.pool);
     const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options }, meter);
+    // The slice planner's reads (src/activities/rewrap.ts planSlices): a count of the rows on the KEK and the ids
+    // that cut them into parts, on the copy the rotation's rows started as (settled as the rotation's was).
+    await settle(copies[1]!.pool);
+    t = Date.now();
+    const plannerStore = new TargetStore(copies[1]!.pool, REKEY_PRESET, compileFormat(REKEY_PRESET.format));
+    await plannerStore.inspect();
+    await plannerStore.countOnLabel('v1');
+    await plannerStore.boundaries('v1', [0.25, 0.5, 0.75]);
+    const plannerSeconds = (Date.now() - t) / 1000;
     const oneStatement = await floor(copies[1]!, 1);
     let historyEvents = 0;
     let runs = 0;
@@ -287,6 +298,9 @@ async function main(): Promise<void> {
       `| all-core floor (the same UPDATE as ${floorStatements} concurrent statements on disjoint id ranges, another identical copy) | ${allCore.seconds.toFixed(1)} s |`,
     );
     say(`| **ratio rekey / all-core floor** | **${(builtin.seconds / allCore.seconds).toFixed(2)}x** |`);
+    say(
+      `| slice planner's reads (count and \`percentile_disc\` of the ${tenants.toLocaleString('en-US')} ids on the KEK, another identical copy) | ${plannerSeconds.toFixed(2)} s |`,
+    );
     for (const [name, run] of [
       ['native AES-GCM', crypto],
       ["Node's AES-GCM", nodeCrypto],
