@@ -213,6 +213,7 @@ describe('rewrapSlice', () => {
           return crypto.rewrap(...args);
         },
       };
+      // Fails after a minute without the keep-alive (one is due every 50 ms).
       const result = await within(
         rewrapSlice(
           { ...deps, crypto: paced },
@@ -227,7 +228,10 @@ describe('rewrapSlice', () => {
           },
         ),
         60_000,
-        () => `the slice never heartbeat while its second batch waited (${beats.length} keep-alives)`,
+        () => {
+          release(); // lets the slice end, so that its database can be dropped
+          return `the slice never heartbeat while its second batch waited (${beats.length} keep-alives)`;
+        },
       );
 
       expect(result.done).toBe(true);
