@@ -75,7 +75,8 @@ async function notAnswered(
   let started = `${workflowId} started`;
   let why = 'its first step has not decided yet';
   try {
-    const description = await client.workflow.getHandle(workflowId).describe();
+    const handle = client.workflow.getHandle(workflowId);
+    const description = await handle.describe();
     const firstRunId = description.raw.workflowExecutionInfo?.firstRunId || description.runId;
     started = `${workflowId}@${firstRunId} started`;
     const pending = description.raw.pendingActivities ?? [];
@@ -89,14 +90,28 @@ async function notAnswered(
             (a.lastFailure?.message ? ` (last failure: ${a.lastFailure.message})` : ''),
         )
         .join('; ');
-    } else if (description.historyLength <= 3) {
-      why = `no worker has taken it up: is a rekey worker polling task queue '${taskQueue}'?`;
+    } else {
+      // A server that describes no pending activity (the time-skipping test server): what the history says.
+      const events = (await handle.fetchHistory()).events ?? [];
+      const scheduled = events.filter((e) => e.activityTaskScheduledEventAttributes);
+      const closed = events.filter(
+        (e) =>
+          e.activityTaskCompletedEventAttributes ||
+          e.activityTaskFailedEventAttributes ||
+          e.activityTaskTimedOutEventAttributes ||
+          e.activityTaskCanceledEventAttributes,
+      ).length;
+      if (!events.some((e) => e.workflowTaskCompletedEventAttributes)) {
+        why = `no worker has taken it up (is a rekey worker polling task queue '${taskQueue}'?)`;
+      } else if (scheduled.length > closed) {
+        why = `${scheduled.at(-1)?.activityTaskScheduledEventAttributes?.activityType?.name} is running`;
+      }
     }
   } catch (err) {
     why = `and describing it failed: ${(err as Error).message}`;
   }
   return new RunFailedError(
-    `${started}, but gave no verdict within ${formatDuration(withinMs)}: ${why}. It stays started; ` +
+    `${started}, but gave no verdict within ${formatDuration(withinMs)}: ${why}; it stays started: ` +
       `'rekey status ${workflowId}' follows it, 'rekey abort ${workflowId}' stops it`,
     'failed',
   );

@@ -346,7 +346,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'no verdict within a minute: the run stays started': {
       api: () => idleApi,
       concurrent: true,
-      says: /kek-rotation-idle(-api)?@\S+ started, but gave no verdict within 1m 0s: no worker has taken it up: is a rekey worker polling task queue 'idle'\?/,
+      says: /kek-rotation-idle(-api)?@\S+ started, but gave no verdict within 1m 0s: no worker has taken it up \(is a rekey worker polling task queue 'idle'\?\)/,
       timeoutMs: 180_000,
     },
     'Temporal does not answer': {
