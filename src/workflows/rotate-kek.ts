@@ -94,8 +94,7 @@ export async function rotateKek(
     for (;;) {
       // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
       await run.holdIfPaused(run.phase);
-      if (run.aborted) return run.finish('aborted');
-      const finished = await PHASES[run.phase](run);
+      const finished = run.aborted ? run.finish('aborted') : await PHASES[run.phase](run);
       if (finished !== undefined) {
         await handlersFinished();
         return finished;
