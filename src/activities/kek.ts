@@ -235,8 +235,12 @@ export function createKekActivities(deps: ActivityDependencies) {
       if (resolved.alreadyDone !== undefined) return { ...facts, nothingToDo: resolved.alreadyDone };
       if (settings.dryRun) facts.census = await census(runtime, { from: resolved.from, to });
       if (to !== 'new') keys.bindRotation?.(resolved.from, to);
-      // The fingerprints this worker holds must be the registry's before anything else happens.
-      await withKeks(runtime, { from: resolved.from, to }, [resolved.from], () => Promise.resolve());
+      // The fingerprints this worker holds must be the registry's before anything else happens: `from`'s, and `to`'s
+      // where an earlier run registered it (a key of another worker's under that id is refused here, not at provision).
+      const registeredTo = to !== 'new' && (resolved.to !== undefined || toRecord !== undefined);
+      await withKeks(runtime, { from: resolved.from, to }, [resolved.from, ...(registeredTo ? [to] : [])], () =>
+        Promise.resolve(),
+      );
       const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
       if (age < settings.minKekAgeMs && !resolved.resumes) {
         return {

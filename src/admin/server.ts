@@ -19,7 +19,7 @@ import { restoreKek } from '../targets/restore-kek';
 import { registerMigrationRoutes } from './migration-routes';
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
-import { errorKind, httpStatusFor, KeyMaterialError } from '../errors';
+import { errorKind, httpStatusFor, KeyMaterialError, RekeyError } from '../errors';
 
 export interface AdminServerOptions {
   client: Client;
@@ -41,6 +41,21 @@ export interface AdminServerOptions {
 const counters = {
   type: 'object',
   properties: Object.fromEntries(COUNTER_NAMES.map((k) => [k, { type: 'integer' }])),
+} as const;
+
+/** rotate-all's answer once validate has accepted the rotation: the KEKs it resolved (`current` named). */
+const startedBody = {
+  type: 'object',
+  properties: {
+    op_id: { type: 'string' },
+    status: { type: 'string' },
+    message: { type: 'string' },
+    status_url: { type: 'string' },
+    target: { type: 'string' },
+    from: { type: 'string' },
+    to: { type: 'string', description: "'new' until the rotation provisions the generated KEK" },
+  },
+  required: ['op_id', 'status_url'],
 } as const;
 
 const rotationStatusBody = {
@@ -177,9 +192,10 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     // validation, bad JSON) by the status Fastify gave them.
     const status = errorKind(error) !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
     if (status >= 500) app.log.error(error);
+    // rekey's own errors say what failed and never carry a secret; anything else is not shown.
     void reply.status(status).send({
       error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
-      message: status >= 500 ? 'internal error' : failureMessage(error),
+      message: status >= 500 && !(error instanceof RekeyError) ? 'internal error' : failureMessage(error),
     });
   });
 
@@ -217,7 +233,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       schema: {
         summary: 'Start re-wrapping every row of a target under a new KEK',
         description:
-          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. At most one rotation runs per target: a second request answers 409 with the running op_id.",
+          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. The answer comes once the rotation's validate step has decided: 202 with the KEKs it resolved; 200 when there is nothing to do; a refusal with the status of its kind (400 an unknown KEK, target or table, 422 legacy values left or a key that is not the registered one), and nothing was written. At most one rotation runs per target: a second request answers 409 with the running op_id.",
         body: {
           type: 'object',
           nullable: true,
@@ -234,20 +250,14 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           },
         },
         response: {
-          202: {
-            type: 'object',
-            properties: {
-              op_id: { type: 'string' },
-              status: { type: 'string' },
-              message: { type: 'string' },
-              status_url: { type: 'string' },
-              target: { type: 'string' },
-            },
-            required: ['op_id', 'status_url'],
-          },
+          200: startedBody,
+          202: startedBody,
           400: errorBody,
           401: errorBody,
+          404: errorBody,
           409: errorBody,
+          422: errorBody,
+          500: errorBody,
         },
       },
     },
@@ -281,12 +291,20 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           op_id: started.opId,
         });
       }
+      const validated = started.validated;
+      const kekFrom = validated?.from ?? from;
+      const kekTo = validated?.to ?? to;
+      const answer = { op_id: started.opId, status_url: statusUrl, target, from: kekFrom, to: kekTo };
+      if (validated?.outcome === 'nothing-to-do') {
+        // Validate decided there is nothing to do: the run has ended, saying why.
+        return reply.status(200).send({ ...answer, status: 'completed', message: validated.note ?? 'nothing to do' });
+      }
       return reply.status(202).send({
-        op_id: started.opId,
+        ...answer,
         status: 'running',
-        message: `rotation of target '${target}' started ('${from}' → '${to}')`,
-        status_url: statusUrl,
-        target,
+        message:
+          `rotation of target '${target}' started ('${kekFrom}' → '${kekTo}')` +
+          (started.unanswered !== undefined ? `; not validated yet: ${started.unanswered}` : ''),
       });
     },
   );

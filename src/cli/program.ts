@@ -25,8 +25,15 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     keysCommand(),
     scheduleCommand(),
   ]) {
-    program.addCommand(command.exitOverride());
+    program.addCommand(command);
   }
+  // Every command, nested ones (schedule create, keys generate) included, reports its parse errors to runCli instead
+  // of exiting by itself with 1: bad input exits 2 wherever it is.
+  const overrideAll = (command: Command): void => {
+    command.exitOverride();
+    command.commands.forEach(overrideAll);
+  };
+  overrideAll(program);
   return program;
 }
 

@@ -3,6 +3,7 @@
 // form under the tenant's DEK, provisioning missing DEKs. Thin and deterministic like rotateKek: the activities do all
 // I/O and crypto (src/activities/migrate.ts); this file sequences them, holds the counts, and answers messages.
 import {
+  allHandlersFinished,
   CancellationScope,
   condition,
   continueAsNew,
@@ -18,7 +19,7 @@ import { parseDuration } from '../rotation/durations';
 import type { TenantRange } from '../rotation/slices';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
 import { explainFailure, slices, steps } from './activity-proxies';
-import { abortSignal, pauseSignal, resumeSignal } from './messages';
+import { abortSignal, migrationPlannedUpdate, pauseSignal, resumeSignal } from './messages';
 
 export interface MigrationRequest {
   target: string;
@@ -98,14 +99,36 @@ const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', max
 const MAX_FAILURES = 100;
 
 export async function migrateDek(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+  // The plan step's refusal is the `migrationPlanned` update's answer: the run fails only once that update has it.
+  const verdict: Verdict = { refusal: undefined };
   try {
-    return await migrate(request, carried);
+    const report = await migrate(request, verdict, carried);
+    await handlersFinished();
+    return report;
   } catch (err) {
-    throw explainFailure(err);
+    const failure = explainFailure(err);
+    if (!verdict.planned) verdict.refusal = failure instanceof Error ? failure : new Error(String(failure));
+    await handlersFinished();
+    throw failure;
   }
 }
 
-async function migrate(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+/** Whether the first plan was made, and the failure that came before it (the run's refusal). */
+interface Verdict {
+  planned?: boolean;
+  refusal: Error | undefined;
+}
+
+/** Waits until every update handler has answered, even when the run is cancelled. Adds no command. */
+function handlersFinished(): Promise<void> {
+  return CancellationScope.nonCancellable(() => condition(allHandlersFinished));
+}
+
+async function migrate(
+  request: MigrationRequest,
+  verdict: Verdict,
+  carried?: MigrationCarried,
+): Promise<MigrationReport> {
   const settings = {
     parallelism: request.parallelism ?? DEFAULTS.parallelism,
     batchSize: request.batchSize ?? DEFAULTS.batchSize,
@@ -157,6 +180,13 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
   setHandler(pauseMigrationUpdate, answering(pause));
   setHandler(resumeMigrationUpdate, answering(resume));
   setHandler(abortMigrationUpdate, (reason) => answering(() => abort(reason))());
+  // Answers once the first plan is made (or the run ended before it): the report, or the plan step's refusal.
+  verdict.planned = report.phase !== 'planning';
+  setHandler(migrationPlannedUpdate, async () => {
+    await condition(() => verdict.refusal !== undefined || report.phase !== 'planning');
+    if (verdict.refusal !== undefined) throw verdict.refusal;
+    return report;
+  });
 
   const finish = (outcome: MigrationReport['outcome']): MigrationReport => {
     report.phase = 'done';
@@ -187,6 +217,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
         dryRun: report.dryRun,
       });
       startPass(state, plan);
+      verdict.planned = true;
     }
     const stopped = await runParts(state, settings, running, () => aborted);
     if (stopped === 'aborted') return finish('aborted');

@@ -3,7 +3,9 @@
 // phases in order; which phases a run takes is one table (src/rotation/phase-plan.ts). Activities do all I/O and
 // crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
 import {
+  allHandlersFinished,
   ApplicationFailure,
+  CancellationScope,
   condition,
   ParentClosePolicy,
   patched,
@@ -30,6 +32,7 @@ import {
   resumeSignal,
   resumeUpdate,
   setGraceUpdate,
+  validatedUpdate,
   type GraceChange,
   type StepConfirmation,
 } from './messages';
@@ -55,9 +58,20 @@ export async function rotateKek(
   if ((carried !== undefined && !('version' in carried)) || !patched(TARGETS_PATCH)) {
     return rotateKekLegacy(request, carried);
   }
-  const settings = parseOrFail(request);
+  let settings: RotationSettings;
+  try {
+    settings = parseOrFail(request);
+  } catch (err) {
+    // A request of the wrong shape (clients check it first; `temporal workflow start` does not): refused, as validate
+    // refuses, and the `validated` update asked with the start gets the refusal before the run fails.
+    setHandler(validatedUpdate, () => Promise.reject(err as Error));
+    await handlersFinished();
+    throw err;
+  }
   const run = new RotationState(request, settings, carried);
 
+  // Answers once validate has decided. It adds no command: histories recorded without it replay as they were.
+  setHandler(validatedUpdate, () => run.validated());
   setHandler(progressQuery, () => run.report());
   setHandler(pauseSignal, () => run.pause());
   setHandler(resumeSignal, () => run.resume());
@@ -80,13 +94,27 @@ export async function rotateKek(
     for (;;) {
       // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
       await run.holdIfPaused(run.phase);
-      if (run.aborted) return run.finish('aborted');
-      const finished = await PHASES[run.phase](run);
-      if (finished !== undefined) return finished;
+      const finished = run.aborted ? run.finish('aborted') : await PHASES[run.phase](run);
+      if (finished !== undefined) {
+        await handlersFinished();
+        return finished;
+      }
     }
   } catch (err) {
-    throw explainFailure(err);
+    const failure = explainFailure(err);
+    // Validate's refusal is the `validated` update's answer: the run fails only once that update has it.
+    run.failed(failure);
+    await handlersFinished();
+    throw failure;
   }
+}
+
+/**
+ * Waits until every update handler has answered (the `validated` update waits for validate's verdict), so that the
+ * run never ends with a question unanswered; even when the run is cancelled. Adds no command.
+ */
+function handlersFinished(): Promise<void> {
+  return CancellationScope.nonCancellable(() => condition(allHandlersFinished));
 }
 
 /** Each phase does its work and moves the run on; a phase that ends the run returns its report. */

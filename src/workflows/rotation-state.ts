@@ -25,7 +25,7 @@ import {
 import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
 import { currentDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
-import type { GraceAnswer, GraceChange, StepConfirmation } from './messages';
+import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
 /** A part of a slice still to run. Its progress key is stable across retries, pauses and continue-as-new. */
@@ -77,6 +77,8 @@ export class RotationState {
   /** Bumped by every message that may change what a waiting step should do. */
   private changes = 0;
   private readonly running = new Map<string, CancellationScope>();
+  /** The failure validate refused the run with (the run ends with it once the `validated` update has it). */
+  private refusal: Error | undefined;
 
   constructor(
     readonly request: RotationRequest,
@@ -140,6 +142,32 @@ export class RotationState {
   }
 
   // ------------------------------------------------------------------ messages
+
+  /**
+   * The `validated` update: waits until validate has decided, then answers with what it established, or throws its
+   * refusal (the error the run fails with, type and all).
+   */
+  async validated(): Promise<RotationValidated> {
+    await condition(() => this.refusal !== undefined || this.progress.phase !== 'validate');
+    if (this.refusal !== undefined) throw this.refusal;
+    const { carried, progress } = this;
+    return {
+      target: carried.target,
+      from: carried.from,
+      to: carried.to,
+      promoted: carried.promoted,
+      currentKekOwner: carried.currentKekOwner,
+      ...(carried.instructions && { instructions: carried.instructions }),
+      outcome: progress.outcome,
+      ...(progress.outcome !== 'running' && progress.note !== undefined && { note: progress.note }),
+    };
+  }
+
+  /** A failure before validate decided is its refusal: the `validated` update answers with it. */
+  failed(failure: unknown): void {
+    if (this.progress.phase !== 'validate') return;
+    this.refusal = failure instanceof Error ? failure : new Error(String(failure));
+  }
 
   /** Why a pause cannot be honoured now, or undefined when it can. */
   refusesPause(): string | undefined {

@@ -49,6 +49,8 @@ export class StubRotation {
   stalePerPass: number[] = [10];
   /** How many slices planSlices cuts a pass into. */
   ranges = 1;
+  /** What validateRotation throws instead of answering (its refusal). */
+  validateRefusal?: Error;
   /** What each rewrapSlice call answers, in call order (then: nothing moved, done). */
   slices: SliceScript[] = [];
   private readonly holds = new Map<string, Held>();
@@ -98,6 +100,7 @@ export class StubRotation {
     return {
       validateRotation: async (request: RotationRequest) => {
         await this.enter('validateRotation');
+        if (this.validateRefusal) throw this.validateRefusal;
         return {
           from: request.from === 'current' ? 'v1' : request.from,
           currentKekOwner: 'registry' as const,

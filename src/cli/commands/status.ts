@@ -5,7 +5,7 @@ import { rotationStatus, type RotationStatus } from '../../client/rotations';
 import type { CliContext } from '../context';
 import { describeCounters, describeMigration, describeMigrationProgress, describeProgress } from '../format';
 import { withContext } from '../options';
-import { CliError } from '../../errors';
+import { CliError, type ErrorKind } from '../../errors';
 
 function humanStatus(s: RotationStatus): string[] {
   const lines = [`rotation ${s.opId}: ${s.status.toLowerCase()}`];
@@ -44,9 +44,36 @@ async function watchMigration(context: CliContext, workflowId: string): Promise<
     status = await migrationStatus(temporal, workflowId);
   }
   context.print(status, () => humanMigrationStatus(status));
-  if (status.status !== 'COMPLETED')
-    throw new CliError(`migration ${workflowId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`);
+  const ended = migrationEnd(status);
+  if (ended) throw ended;
 }
+
+/**
+ * What a command that reports a run's end (`--wait`, `status`) exits with: nothing (0) while it runs or once it
+ * succeeded; the kind of its failure when it failed (VerifyFailed 5, a missing table 2, ...); 1 when it was aborted
+ * (it did not do what was asked) or ended otherwise (terminated, timed out).
+ */
+function runEnd(
+  what: string,
+  status: { status: string; failure?: string; failureKind?: ErrorKind },
+  aborted: string | undefined,
+): CliError | undefined {
+  if (status.status === 'RUNNING') return undefined;
+  if (status.status === 'COMPLETED') return aborted === undefined ? undefined : new CliError(`${what}: ${aborted}`);
+  return new CliError(
+    `${what} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
+    status.failureKind ?? 'failed',
+  );
+}
+
+const migrationEnd = (s: MigrationStatus) =>
+  runEnd(
+    `migration ${s.workflowId}`,
+    s,
+    s.report?.outcome === 'aborted' ? `aborted: ${s.report.abortReason ?? 'by an operator'}` : undefined,
+  );
+const rotationEnd = (s: RotationStatus) =>
+  runEnd(`rotation ${s.opId}`, s, s.progress?.outcome === 'aborted' ? (s.progress.note ?? 'aborted') : undefined);
 
 async function statusOf(context: CliContext, reference: string): Promise<RotationStatus> {
   return rotationStatus(await context.temporal(), reference);
@@ -70,8 +97,8 @@ export async function watchRotation(context: CliContext, reference: string): Pro
   bar?.update(status.progress?.percent ?? 0, { line: status.status.toLowerCase() });
   bar?.stop();
   context.print(status, () => humanStatus(status));
-  if (status.status !== 'COMPLETED')
-    throw new CliError(`rotation ${status.opId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`);
+  const ended = rotationEnd(status);
+  if (ended) throw ended;
 }
 
 export function statusCommand(): Command {
@@ -87,11 +114,16 @@ export function statusCommand(): Command {
           if (options.watch) return watchMigration(context, reference);
           const status = await migrationStatus(await context.temporal(), reference);
           context.print(status, () => humanMigrationStatus(status));
+          const ended = migrationEnd(status);
+          if (ended) throw ended;
           return;
         }
         if (options.watch) return watchRotation(context, reference);
         const status = await statusOf(context, reference);
         context.print(status, () => humanStatus(status));
+        // The exit code says how the run ended, as `--wait` would have.
+        const ended = rotationEnd(status);
+        if (ended) throw ended;
       }),
     );
 }
