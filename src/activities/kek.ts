@@ -187,7 +187,13 @@ async function proveUnderLock(
 }
 
 /** The report of a destruction refused for rows that may need the KEK: what they are and exactly what to do. */
-function refusedDestruction(runtime: TargetRuntime, kekId: string, proof: LabelProof, until: Date): DestroyReport {
+function refusedDestruction(
+  runtime: TargetRuntime,
+  kekId: string,
+  active: string,
+  proof: LabelProof,
+  until: Date,
+): DestroyReport {
   const { definition } = runtime;
   const name = definition.name;
   const retryAt = until.toISOString();
@@ -198,7 +204,7 @@ function refusedDestruction(runtime: TargetRuntime, kekId: string, proof: LabelP
       `labelled '${kekId}' open under no KEK rekey may use, and may need it. ${firstNeeded(proof)}. ` +
       `Its restore window is open again until ${retryAt}. To keep those rows: run ` +
       `\`rekey keys restore ${kekId} --target ${name} --reason "<why>"\` before then, then ` +
-      `\`rekey rotate --target ${name} --from ${kekId} --to <the active KEK>\`, which moves them and retires '${kekId}' again ` +
+      `\`rekey rotate --target ${name} --from ${kekId} --to ${active}\`, which moves them and retires '${kekId}' again ` +
       `(its destruction then waits for the new window). Rows that are not needed: repair or delete them. ` +
       `This step tries again at ${retryAt}.`,
     needed: proof.needed,
@@ -487,13 +493,14 @@ export function createKekActivities(deps: ActivityDependencies) {
         throw new RetireRefusedError(
           `KEK '${from}' still wraps ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it. ` +
             `${firstNeeded(proof)}. Rows under '${from}' move with a rotation to the active KEK ` +
-            `(rekey rotate --target ${definition.name} --from ${from} --to <the active KEK>); a row that opens under no KEK must be repaired or removed first`,
+            `(rekey rotate --target ${definition.name} --from ${from} --to ${(await registry.active())?.kekId ?? '<the active KEK>'}); a row that opens under no KEK must be repaired or removed first`,
         );
       }
       const { retired } = outcome;
       // The store marks it too (a retry after a failure here finds the registry done and does only this).
       await runtime.keys.retire?.(from);
-      const relabelled = progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
+      const relabelled =
+        progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
       return {
         retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
         ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
@@ -535,7 +542,8 @@ export function createKekActivities(deps: ActivityDependencies) {
         const proof = await proveUnderLock(runtime, client, kekId, progressKey, deps.crypto);
         if (proof.needed > 0) {
           const until = await registry.reopen(kekId, reopenForMs, client);
-          return refusedDestruction(runtime, kekId, proof, until);
+          const active = (await registry.active())?.kekId ?? '<the active KEK>';
+          return refusedDestruction(runtime, kekId, active, proof, until);
         }
         const done = keys.destroy
           ? await keys.destroy(kekId)

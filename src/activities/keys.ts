@@ -70,9 +70,7 @@ export async function withProofKeys<T>(
   try {
     const activeKek = resolveKek(keys, active.kekId, active);
     resolved.push(activeKek);
-    const others = records
-      .filter((r) => r.state === 'decrypt_only' && r.kekId !== label)
-      .flatMap((r) => held(r) ?? []);
+    const others = records.filter((r) => r.state === 'decrypt_only' && r.kekId !== label).flatMap((r) => held(r) ?? []);
     const own = records.find((r) => r.kekId === label && r.state === 'decrypt_only');
     const labelKek = own && held(own);
     return await use({ label, active: activeKek, others, ...(labelKek && { labelKek }) });

@@ -49,7 +49,10 @@ export function slicesWithSummary(summary: string) {
  * The proofs of the rows labelled with a KEK before retire and destroy: parts bounded by their time budget, like
  * slices, and resumed from their last heartbeat elsewhere when a worker is lost.
  */
-export const proofs = proxyActivities<Activities>({ ...SLICE_OPTIONS, summary: 'prove the rows labelled with the KEK' });
+export const proofs = proxyActivities<Activities>({
+  ...SLICE_OPTIONS,
+  summary: 'prove the rows labelled with the KEK',
+});
 
 /**
  * Retire and destroy: one transaction holding the KEK's registry row, in which every row still labelled with it is

@@ -1,5 +1,6 @@
 // Every signal, query and update of the rotation workflow, defined once; clients import these.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { DestroyProgress } from '../rotation/destroy-progress';
 import type { ProgressReport } from '../rotation/progress';
 
 /** Fire-and-forget controls (Web UI, `temporal workflow signal`, scripts). */
@@ -43,3 +44,6 @@ export interface StepConfirmation {
 export const confirmStepUpdate = defineUpdate<ProgressReport, [StepConfirmation]>('confirmStep');
 
 export const progressQuery = defineQuery<ProgressReport>('progress');
+
+/** Where a retired KEK's destruction stands (the workflow `rekey-destroy-…`): waiting, proving, refused (and why). */
+export const destroyProgressQuery = defineQuery<DestroyProgress>('destroyProgress');

@@ -14,12 +14,13 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { destroyRetiredKek, destroyWorkflowId } from './destroy-kek';
 import { formatDuration, parseDuration } from '../rotation/durations';
-import { addProofs, startProof, type LabelProof } from '../rotation/label-proof';
+import { startProof, type LabelProof } from '../rotation/label-proof';
 import { addCounters, emptyCounters } from '../rewrap/counters';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
-import { explainFailure, lockedSteps, proofs, steps } from './activity-proxies';
+import { explainFailure, lockedSteps, steps } from './activity-proxies';
+import { proveInParts } from './label-proofs';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
 import {
@@ -321,7 +322,10 @@ function decideDestruction(run: RotationState, firstRun: boolean): void {
   run.progress = {
     ...run.progress,
     destruction: scheduled
-      ? { scheduled, why: `decided when the run started: the retired KEK is destroyed once its restore window (${window}) ends` }
+      ? {
+          scheduled,
+          why: `decided when the run started: the retired KEK is destroyed once its restore window (${window}) ends`,
+        }
       : {
           scheduled,
           why: `the run was started by a build that decided only at retirement (before ${DESTROY_DECIDED_PATCH}): no destruction is scheduled, and the retired KEK stays retired`,
@@ -394,29 +398,31 @@ async function prove(
     carried.proof = { ...startProof(carried.proofRounds), stage };
   }
   const state = carried.proof;
-  for (;;) {
-    run.progress = { ...run.progress, retireProof: { ...state.sum, stage, done: false } };
-    await run.holdIfPaused(`the proof of the rows labelled '${carried.from}'`);
-    if (run.aborted) return 'aborted';
-    if (run.shouldContinueAsNew()) return 'continue-as-new';
-    const part = await proofs.proveLabels({
+  let stopped: 'aborted' | 'continue-as-new' | undefined;
+  const proof = await proveInParts(
+    {
       target: carried.target,
       kekId: carried.from,
-      after: state.cursor,
       batchSize: settings.batchSize,
       timeBudgetMs: settings.sliceTimeBudgetMs,
-      progressKey: `${carried.runKey}/retire-proof-${state.round}/part-${state.part}`,
-    });
-    state.sum = addProofs(state.sum, part);
-    state.cursor = part.cursor;
-    state.part += 1;
-    addRelabelled(run, part.relabelled);
-    if (part.done) {
-      carried.proof = undefined;
-      run.progress = { ...run.progress, retireProof: { ...state.sum, stage, done: true } };
-      return state.sum;
-    }
-  }
+      keyPrefix: `${carried.runKey}/retire-proof`,
+    },
+    state,
+    {
+      beforePart: async () => {
+        run.progress = { ...run.progress, retireProof: { ...state.sum, stage, done: false } };
+        await run.holdIfPaused(`the proof of the rows labelled '${carried.from}'`);
+        if (run.aborted) stopped = 'aborted';
+        else if (run.shouldContinueAsNew()) stopped = 'continue-as-new';
+        return stopped && 'stop';
+      },
+      afterPart: (part) => addRelabelled(run, part.relabelled),
+    },
+  );
+  if (proof === 'stopped') return stopped!;
+  carried.proof = undefined;
+  run.progress = { ...run.progress, retireProof: { ...proof, stage, done: true } };
+  return proof;
 }
 
 /** Rows a proof relabelled count with those the passes relabelled: each part's once, from its progress row. */

@@ -1,10 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import { Worker } from '@temporalio/worker';
-import { describe, expect, it } from 'vitest';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { startRotation } from '../../src/client/rotations';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { confirmStepUpdate, setGraceUpdate, type RotationReport } from '../../src/workflows';
+import type { DestroyReport } from '../../src/activities/kek';
+import type { DestroyProgress } from '../../src/rotation/destroy-progress';
+import {
+  confirmStepUpdate,
+  destroyProgressQuery,
+  destroyWorkflowId,
+  setGraceUpdate,
+  type RotationReport,
+} from '../../src/workflows';
 import { RetireRefusedError } from '../../src/errors';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
@@ -16,7 +25,15 @@ import {
   wrapDek,
   type SeededTenant,
 } from '../helpers/mycelium';
-import { progressUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { runRekey } from '../helpers/cli';
+import {
+  createDevServerEnv,
+  progressUntil,
+  queryUntil,
+  resultWithin,
+  useTimeSkippingEnv,
+  workflowBundle,
+} from '../helpers/temporal';
 
 /** Rows labelled with a generation (with a DEK), by plain SQL. */
 async function labelled(db: TestDatabase, generation: number): Promise<number> {
@@ -136,6 +153,165 @@ describe('retire proves every row labelled with the old KEK, on a Mycelium-shape
       expect([first.relabelled, again.relabelled]).toEqual([2_345, 2_345]);
       expect(again.retiredAt).toBe(first.retiredAt);
       expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, mislabelled)).toEqual([]);
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+describe('destroy proves the rows still labelled with the retired KEK, on a Mycelium-shaped database', () => {
+  const server = useTimeSkippingEnv();
+  const [gen1, gen2] = [randomUUID(), randomUUID()];
+  const env = { MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 };
+
+  /** Rotates generation 1 to 2 (the operator confirms the retirement) and returns the rotated tenants. */
+  async function rotate(db: TestDatabase, taskQueue: string): Promise<RotationReport> {
+    const { handle } = await startRotation(
+      server.env.client,
+      { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d' },
+      { taskQueue },
+    );
+    await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
+    await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
+    await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 60_000 });
+    await handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'generation 1 removed' }] });
+    const report = await resultWithin<RotationReport>(handle, 60_000);
+    expect(await new KekRegistry(db.pool, 'mycelium').get('1')).toMatchObject({ state: 'retired' });
+    return report;
+  }
+
+  /** The restore window ends by the database's clock (the test cannot wait thirty days of it). */
+  async function endWindow(db: TestDatabase): Promise<void> {
+    await db.pool.query(
+      `UPDATE rekey.keks SET restorable_until = now() - interval '1 second' WHERE target = 'mycelium' AND kek_id = '1'`,
+    );
+  }
+
+  function worker(db: TestDatabase, taskQueue: string): Promise<Worker> {
+    return Worker.create({
+      connection: server.env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+    });
+  }
+
+  it('Finding 11: after the window, DEKs the gateway provisioned since (under generation 2, labelled 1) are proved and relabelled, and generation 1 is destroyed', async () => {
+    const { db } = await createApplicationDatabase(createMyceliumSchema);
+    const taskQueue = `destroy-proof-${randomUUID()}`;
+    try {
+      const rotated = await seedMyceliumTenants(db.pool, 100, kekOf(gen1), 1);
+      const running = await worker(db, taskQueue);
+      const report = await running.runUntil(async () => {
+        await rotate(db, taskQueue);
+        // Onboarded after the retirement: the gateway wraps with its current token_secret and leaves the label 1.
+        const provisionedSince = await seedMyceliumTenants(db.pool, 2_500, kekOf(gen2), 1);
+        await endWindow(db);
+        const destroyed = await resultWithin<DestroyReport>(
+          server.env.client.workflow.getHandle(destroyWorkflowId('mycelium', '1')),
+          90_000,
+        );
+        expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, [...rotated, ...provisionedSince])).toEqual([]);
+        return destroyed;
+      });
+      expect(report).toMatchObject({ outcome: 'destroyed', relabelled: 2_500, operatorMustRemove: true });
+      expect(await new KekRegistry(db.pool, 'mycelium').get('1')).toMatchObject({ state: 'destroyed' });
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+/** On the dev server (real time): the destruction's window and its next try are real, and nothing skips them. */
+describe('a destruction refused for a row only the retired KEK opens, on a Mycelium-shaped database', () => {
+  let server: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    server = await createDevServerEnv();
+  });
+  afterAll(async () => {
+    await server?.teardown();
+  });
+  const [gen1, gen2] = [randomUUID(), randomUUID()];
+  const env = { MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 };
+
+  it('Finding 11: a row only the retired generation opens refuses the destruction, which says exactly what to do, keeps it restorable and waits to try again instead of failing; doing what it says saves the row', async () => {
+    const { db } = await createApplicationDatabase(createMyceliumSchema);
+    const taskQueue = `destroy-refused-${randomUUID()}`;
+    const cli = (...args: string[]) =>
+      runRekey(['--address', server.address, '--task-queue', taskQueue, ...args], {
+        PATH: process.env.PATH,
+        DATABASE_URL: db.url,
+        ...env,
+      });
+    try {
+      const rotated = await seedMyceliumTenants(db.pool, 100, kekOf(gen1), 1);
+      const running = await Worker.create({
+        connection: server.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+      });
+      await running.runUntil(async () => {
+        const { handle } = await startRotation(
+          server.client,
+          { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d', restoreWindow: '10s' },
+          { taskQueue },
+        );
+        await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
+        await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
+        await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 60_000 });
+        await handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'generation 1 removed' }] });
+        expect((await resultWithin<RotationReport>(handle)).outcome).toBe('completed');
+
+        // Within the window: DEKs the gateway provisioned since (labelled 1, under generation 2), and one from a
+        // gateway instance that still wrapped with the old token_secret.
+        const provisionedSince = await seedMyceliumTenants(db.pool, 300, kekOf(gen2), 1);
+        const [stranded] = await seedMyceliumTenants(db.pool, 1, kekOf(gen1), 1);
+        const destruction = server.client.workflow.getHandle(destroyWorkflowId('mycelium', '1'));
+        const refused = await queryUntil<DestroyProgress>(
+          destruction,
+          destroyProgressQuery.name,
+          (p) => p.attempts > 0,
+          { withinMs: 60_000 },
+        );
+        expect(refused).toMatchObject({
+          state: 'refused',
+          attempts: 1,
+          refusals: 1,
+          needed: 1,
+          neededRows: [{ tenantId: stranded!.id }],
+          relabelled: 300,
+        });
+        expect(refused.detail).toContain(`${stranded!.id} (it opens under none of '2')`);
+        expect(refused.detail).toContain(
+          'run `rekey keys restore 1 --target mycelium --reason "<why>"` before then, then `rekey rotate --target mycelium --from 1 --to 2`',
+        );
+        expect(refused.detail).toContain(`This step tries again at ${refused.nextAttemptAt}`);
+        // Not failed: it waits an hour for its next try, and generation 1 stays restorable until then.
+        expect((await destruction.describe()).status.name).toBe('RUNNING');
+        const { rows } = await db.pool.query<{ open: boolean }>(
+          `SELECT restorable_until > now() + interval '55 minutes' AS open FROM rekey.keks
+           WHERE target = 'mycelium' AND kek_id = '1'`,
+        );
+        expect(rows[0]).toEqual({ open: true });
+        expect(await labelled(db, 1)).toBe(1);
+
+        // What it says, as written: restore generation 1, then rotate from it again (the operator confirms).
+        const restored = await cli('keys', 'restore', '1', '--target', 'mycelium', '--reason', 'a tenant needs it');
+        expect(restored, restored.stderr).toMatchObject({ code: 0 });
+        const started = await cli('rotate', '--target', 'mycelium', '--from', '1', '--to', '2', '--grace', '1s');
+        expect(started, started.stderr).toMatchObject({ code: 0 });
+        const again = server.client.workflow.getHandle('kek-rotation-mycelium');
+        await progressUntil(again, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
+        await again.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'generation 1 removed' }] });
+        expect((await resultWithin<RotationReport>(again, 90_000)).outcome).toBe('completed');
+        expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, [...rotated, ...provisionedSince, stranded!])).toEqual(
+          [],
+        );
+        expect(await new KekRegistry(db.pool, 'mycelium').get('1')).toMatchObject({ state: 'retired' });
+        // The destruction goes on: at its next try it finds generation 1 retired again, and waits for the new window.
+        expect((await destruction.describe()).status.name).toBe('RUNNING');
+      });
     } finally {
       await db.drop();
     }
