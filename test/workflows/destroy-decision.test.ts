@@ -3,14 +3,21 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import { startRotation } from '../../src/client/rotations';
+import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import {
+  confirmStepUpdate,
   DESTROY_DECIDED_PATCH,
   destroyWorkflowId,
   rotateKek,
   setGraceUpdate,
   type RotationReport,
 } from '../../src/workflows';
+import { createApplicationDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+import { checkWithOneKek, createMyceliumSchema, kekOf, seedMyceliumTenants } from '../helpers/mycelium';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { workflowBundleOf } from '../helpers/old-build';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
@@ -68,6 +75,44 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
       WorkflowNotFoundError,
     );
     await fixture.expectNothingLost();
+  });
+
+  it('Finding 7: a rotation the earlier build brought to its retire step (waiting for the operator), confirmed after the upgrade, schedules no destruction', async () => {
+    const { db } = await createApplicationDatabase(createMyceliumSchema);
+    const taskQueue = `mycelium-${randomUUID()}`;
+    const [gen1, gen2] = [randomUUID(), randomUUID()];
+    const activities = createActivities({
+      db: db.pool,
+      keys: testKeys(['v1']),
+      env: { MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 },
+    });
+    const onBuild = async (code: { code: string }) =>
+      Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: code, activities });
+    try {
+      const tenants = await seedMyceliumTenants(db.pool, 50, kekOf(gen1), 1);
+      const { handle } = await startRotation(
+        env.client,
+        { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s' },
+        { taskQueue },
+      );
+      const before = await onBuild(await workflowBundleOf(BUILD_BEFORE));
+      await before.runUntil(progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 60_000 }));
+
+      const after = await onBuild(workflowBundle());
+      const report = await after.runUntil(async () => {
+        await handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'generation 1 removed' }] });
+        return resultWithin<RotationReport>(handle, 90_000);
+      });
+      expect(report.outcome).toBe('completed');
+      expect(report.destruction).toMatchObject({ scheduled: false });
+      expect(await new KekRegistry(db.pool, 'mycelium').get('1')).toMatchObject({ state: 'retired' });
+      await expect(env.client.workflow.getHandle(destroyWorkflowId('mycelium', '1')).describe()).rejects.toThrow(
+        WorkflowNotFoundError,
+      );
+      expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, tenants)).toEqual([]);
+    } finally {
+      await db.drop();
+    }
   });
 
   it("a rotation started by this build decides at its start, says so from its first query, and schedules the retired KEK's destruction", async () => {
