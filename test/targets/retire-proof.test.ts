@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
 import { Worker } from '@temporalio/worker';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { startRotation } from '../../src/client/rotations';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -34,6 +36,12 @@ import {
   useTimeSkippingEnv,
   workflowBundle,
 } from '../helpers/temporal';
+
+/** The `temporal` CLI of the toolchain, as an operator runs it; its standard output. */
+async function temporalCli(...args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)(inject('toolchain').temporalCli, args, { timeout: 30_000 });
+  return stdout;
+}
 
 /** Rows labelled with a generation (with a DEK), by plain SQL. */
 async function labelled(db: TestDatabase, generation: number): Promise<number> {
@@ -287,6 +295,20 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
           'run `rekey keys restore 1 --target mycelium --reason "<why>"` before then, then `rekey rotate --target mycelium --from 1 --to 2`',
         );
         expect(refused.detail).toContain(`This step tries again at ${refused.nextAttemptAt}`);
+        // The README's command for where it stands.
+        const queried = await temporalCli(
+          'workflow',
+          'query',
+          '--workflow-id',
+          destroyWorkflowId('mycelium', '1'),
+          '--name',
+          'destroyProgress',
+          '--address',
+          server.address,
+          '--output',
+          'json',
+        );
+        expect(JSON.parse(queried)).toMatchObject({ queryResult: [{ state: 'refused', needed: 1 }] });
         // Not failed: it waits an hour for its next try, and generation 1 stays restorable until then.
         expect((await destruction.describe()).status.name).toBe('RUNNING');
         const { rows } = await db.pool.query<{ open: boolean }>(
