@@ -524,7 +524,7 @@ export function createKekActivities(deps: ActivityDependencies) {
     }: { kekId: string; progressKey?: string; reopenForMs?: number } & OnTarget): Promise<DestroyReport> {
       const runtime = await targets.get(target);
       const { db, registry, keys } = runtime;
-      return inTransaction(db, async (client): Promise<DestroyReport> => {
+      const report = await inTransaction(db, async (client): Promise<DestroyReport> => {
         await registry.lock(kekId, client);
         const record = await registry.require(kekId, client);
         if (record.state === 'destroyed') return { outcome: 'destroyed', detail: 'already destroyed' };
@@ -557,6 +557,10 @@ export function createKekActivities(deps: ActivityDependencies) {
           ...(proof.relabelled > 0 && { relabelled: proof.relabelled }),
         };
       });
+      if (progressKey === undefined || report.outcome === 'not-yet' || report.outcome === 'kept') return report;
+      // Counted with the rows it wrote, once: a retry of a step whose answer was lost answers the same count.
+      const relabelled = (await readProgress(db, progressKey))?.counters.relabelled ?? 0;
+      return { ...report, ...(relabelled > 0 && { relabelled }) };
     },
 
     async kekStatus({ target }: OnTarget = {}) {

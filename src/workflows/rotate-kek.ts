@@ -316,7 +316,8 @@ async function grace(run: RotationState): Promise<RotationReport | undefined> {
  * run started by an earlier build has none at that point and replays false, as does progress carried from one.
  */
 function decideDestruction(run: RotationState, firstRun: boolean): void {
-  if (run.progress.destruction !== undefined) return;
+  // A dry run and a canary retire nothing.
+  if (run.progress.destruction !== undefined || run.kind !== 'full') return;
   const scheduled = firstRun && patched(DESTROY_DECIDED_PATCH);
   const window = formatDuration(run.settings.restoreWindowMs);
   run.progress = {
