@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
+import type { Client } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -41,6 +42,29 @@ import {
 async function temporalCli(...args: string[]): Promise<string> {
   const { stdout } = await promisify(execFile)(inject('toolchain').temporalCli, args, { timeout: 30_000 });
   return stdout;
+}
+
+/**
+ * Back along a workflow's chain of continue-as-new runs, from the last: what each run was started with (the state
+ * the run before it carried, as the default converter's JSON) and how long its history is.
+ */
+async function runChain(
+  client: Client,
+  workflowId: string,
+): Promise<{ proof?: { stage: string; part: number }; events: number }[]> {
+  const chain: { proof?: { stage: string; part: number }; events: number }[] = [];
+  let runId: string | undefined;
+  do {
+    const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
+    const started = history.events?.[0]?.workflowExecutionStartedEventAttributes;
+    const input = started?.input?.payloads?.[1]?.data;
+    const carried = input
+      ? (JSON.parse(Buffer.from(input).toString()) as { proof?: { stage: string; part: number } })
+      : {};
+    chain.push({ ...(carried.proof && { proof: carried.proof }), events: history.events?.length ?? 0 });
+    runId = started?.continuedExecutionRunId || undefined;
+  } while (runId !== undefined);
+  return chain;
 }
 
 /** Rows labelled with a generation (with a DEK), by plain SQL. */
@@ -108,6 +132,58 @@ describe('retire proves every row labelled with the old KEK, on a Mycelium-shape
       }
     },
   );
+
+  it('the proof before retire runs in parts that continue as new with the history bounded, going on from the carried cursor: every row is proved and counted once', async () => {
+    const { db } = await createApplicationDatabase(createMyceliumSchema);
+    const taskQueue = `retire-proof-${randomUUID()}`;
+    try {
+      await seedMyceliumTenants(db.pool, 50, kekOf(gen1), 1);
+      const worker = await Worker.create({
+        connection: server.env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: activities(db),
+      });
+      const late = 3_000;
+      const { report, chain } = await worker.runUntil(async () => {
+        const { handle } = await startRotation(
+          server.env.client,
+          {
+            target: 'mycelium',
+            from: '1',
+            to: '2',
+            gracePeriod: '1h',
+            batchSize: 50,
+            sliceTimeBudget: '100ms',
+            maxHistoryEvents: 150,
+          },
+          { taskQueue },
+        );
+        await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
+        await seedMyceliumTenants(db.pool, late, kekOf(gen2), 1);
+        // Grace ends by its timer (an update could race the run's continue-as-new in grace).
+        const asked = await progressUntil(handle, (p) => p.waiting?.step === 'retire', {
+          env: server.env,
+          skip: '1h',
+          withinMs: 90_000,
+        });
+        expect(asked.retireProof).toMatchObject({ stage: 'before-confirm', done: true, tried: late, relabelled: late });
+        await handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'generation 1 removed' }] });
+        const done = await resultWithin<RotationReport>(handle, 90_000);
+        const chain = await runChain(server.env.client, handle.workflowId);
+        return { report: done, chain };
+      });
+      expect(report.outcome).toBe('completed');
+      expect(report.counters.relabelled).toBe(late);
+      // A run began in the middle of the proof before the confirmation, from the part and cursor the run before
+      // carried; no run's history grew much past the bound.
+      expect(chain.some((run) => run.proof?.stage === 'before-confirm' && run.proof.part > 0)).toBe(true);
+      expect(Math.max(...chain.map((run) => run.events))).toBeLessThan(300);
+      expect(await labelled(db, 1)).toBe(0);
+    } finally {
+      await db.drop();
+    }
+  });
 
   it('Finding 4: retireKek proves every row still labelled with the old KEK under the lock, with no cap: 10,001 mislabelled rows are relabelled; a row still under it refuses, named, and nothing is retired', async () => {
     const { db } = await createApplicationDatabase(createMyceliumSchema);
