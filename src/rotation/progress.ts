@@ -1,4 +1,5 @@
 import { addCounters, emptyCounters, type RewrapCounters } from '../rewrap/counters';
+import type { LabelProof } from './label-proof';
 
 export const PHASES = ['validate', 'provision', 'promote', 'rewrap', 'verify', 'grace', 'retire', 'done'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -54,7 +55,24 @@ export interface RotationProgress {
   waiting?: Wait;
   /** A dry run's census: rows per KEK label, and how many of a sample the format reads and the KEK opens. */
   census?: { kekId: string; rows: number; sampled: number; readable: number; opens?: number }[];
+  /** The latest proof of the rows labelled `from` before retirement (absent in runs that never reached it). */
+  retireProof?: RetireProof;
+  /**
+   * Decided when the run started (absent in progress carried from a build that did not decide it): whether retiring
+   * `from` schedules its destruction after the restore window, and why.
+   */
+  destruction?: { scheduled: boolean; why: string };
   note?: string;
+}
+
+/** Where a proof of the rows labelled `from` stands: every row tried, in parts, before retirement. */
+export interface RetireProof extends LabelProof {
+  /**
+   * before-confirm: before the operator is asked to remove `from` (a target whose application owns that step);
+   * before-retire: just before the retirement, which proves what was written since under the registry row's lock.
+   */
+  stage: 'before-confirm' | 'before-retire';
+  done: boolean;
 }
 
 export const MAX_FAILED_TENANTS = 50;

@@ -55,6 +55,31 @@ export function slicesWithSummary(summary: string) {
   return proxyActivities<Activities>({ ...SLICE_OPTIONS, summary });
 }
 
+/**
+ * The proofs of the rows labelled with a KEK before retire and destroy: parts bounded by their time budget, like
+ * slices, and resumed from their last heartbeat elsewhere when a worker is lost.
+ */
+export const proofs = proxyActivities<Activities>({
+  ...SLICE_OPTIONS,
+  summary: 'prove the rows labelled with the KEK',
+});
+
+/**
+ * Retire and destroy: one transaction holding the KEK's registry row, in which every row still labelled with it is
+ * proved (those written since the proof before it). They heartbeat per batch of rows.
+ */
+export const lockedSteps = proxyActivities<Activities>({
+  startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '1 minute',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 30,
+    nonRetryableErrorTypes: [...NON_RETRYABLE],
+  },
+});
+
 /** An activity that failed for good becomes the workflow's failure, with the activity's own message. */
 export function explainFailure(err: unknown): unknown {
   if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure) {

@@ -1,5 +1,6 @@
 // Every signal, query and update of the rotation workflow, defined once; clients import these.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { DestroyProgress } from '../rotation/destroy-progress';
 import type { Outcome, ProgressReport } from '../rotation/progress';
 import type { MigrationReport } from './migrate-dek';
 
@@ -75,3 +76,5 @@ export const validatedUpdate = defineUpdate<RotationValidated>('validated');
  * wraps new DEKs with, the legacy values per field), or with the refusal its plan step gave.
  */
 export const migrationPlannedUpdate = defineUpdate<MigrationReport>('migrationPlanned');
+/** Where a retired KEK's destruction stands (the workflow `rekey-destroy-…`): waiting, proving, refused (and why). */
+export const destroyProgressQuery = defineQuery<DestroyProgress>('destroyProgress');

@@ -19,12 +19,14 @@ import {
   type Outcome,
   type Phase,
   type ProgressReport,
+  type RetireProof,
   type RotationProgress,
   type Wait,
 } from '../rotation/progress';
 import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
 import { currentDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
+import type { ProofState } from '../rotation/label-proof';
 import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
@@ -64,6 +66,10 @@ export interface CarriedState {
   confirmed: Partial<Record<StepConfirmation['step'], string>>;
   /** Rows rewrapped when the current pass began: a pass that moves none ends the passes. */
   passBaseline?: number;
+  /** A proof of the rows labelled `from` under way before retirement (see retire in rotate-kek.ts). */
+  proof?: ProofState & { stage: RetireProof['stage'] };
+  /** Proofs started so far: each names its progress rows by its round. */
+  proofRounds?: number;
 }
 
 export type RotationReport = ProgressReport;

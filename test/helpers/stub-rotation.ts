@@ -149,6 +149,10 @@ export class StubRotation {
         await this.enter('verifyRotation');
         return { stale: 0, sampled: 10, unreadable: [] };
       },
+      proveLabels: async (args) => {
+        await this.enter('proveLabels');
+        return { tried: 0, relabelled: 0, needed: 0, neededRows: [], contended: 0, cursor: args.after, done: true };
+      },
       retireKek: async () => {
         await this.enter('retireKek');
         return { retiredAt: new Date().toISOString() };
