@@ -5,6 +5,7 @@
 import {
   CancellationScope,
   condition,
+  ContinueAsNew,
   continueAsNew,
   defineQuery,
   defineUpdate,
@@ -19,6 +20,8 @@ import type { TenantRange } from '../rotation/slices';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
 import { explainFailure, slices, steps } from './activity-proxies';
 import { abortSignal, pauseSignal, resumeSignal } from './messages';
+import { recordEnd } from './run-record';
+import { migrationRunStatus } from '../rotation/run-status';
 
 export interface MigrationRequest {
   target: string;
@@ -47,6 +50,8 @@ export interface FieldReport {
 
 export interface MigrationReport {
   target: string;
+  /** When the migration began (epoch ms, workflow time); absent in reports of runs started before it was kept. */
+  startedAt?: number;
   dryRun: boolean;
   /** The one tenant the run migrates, if it was given one. */
   tenantId?: string;
@@ -98,14 +103,41 @@ const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', max
 const MAX_FAILURES = 100;
 
 export async function migrateDek(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+  const seen: { report?: MigrationReport } = {};
+  let report: MigrationReport;
   try {
-    return await migrate(request, carried);
+    report = await migrate(request, carried, seen);
   } catch (err) {
-    throw explainFailure(err);
+    const failure = explainFailure(err);
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      await recordMigrationEnd(request, seen.report, (failure as Error).message ?? String(failure));
+    }
+    throw failure;
   }
+  await recordMigrationEnd(request, report);
+  return report;
 }
 
-async function migrate(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+/** The migration's end into rekey's run history, in the one status (a failure with its message). */
+function recordMigrationEnd(request: MigrationRequest, report?: MigrationReport, failure?: string): Promise<void> {
+  return recordEnd({
+    target: request.target,
+    kind: 'migration',
+    ...(report?.kekId !== undefined && { to: report.kekId }),
+    startedAt: report?.startedAt ?? workflowInfo().runStartTime.getTime(),
+    status: migrationRunStatus(
+      failure === undefined ? { execution: 'COMPLETED', report } : { execution: 'FAILED', failure, report },
+      Date.now(),
+    ),
+    rowsUnreadable: report?.totals.unreadable ?? 0,
+  });
+}
+
+async function migrate(
+  request: MigrationRequest,
+  carried: MigrationCarried | undefined,
+  seen: { report?: MigrationReport },
+): Promise<MigrationReport> {
   const settings = {
     parallelism: request.parallelism ?? DEFAULTS.parallelism,
     batchSize: request.batchSize ?? DEFAULTS.batchSize,
@@ -116,6 +148,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
   const state: MigrationCarried = carried ?? {
     report: {
       target: request.target,
+      startedAt: Date.now(),
       dryRun: request.dryRun ?? false,
       ...(request.tenantId !== undefined && { tenantId: request.tenantId }),
       phase: 'planning',
@@ -129,6 +162,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
     runKey: `${workflowInfo().workflowId}@${workflowInfo().firstExecutionRunId}`,
   };
   const { report } = state;
+  seen.report = report;
   const tenant = request.tenantId !== undefined ? { tenant: request.tenantId } : {};
   let aborted = false;
   const running = new Map<string, CancellationScope>();

@@ -5,10 +5,13 @@
 import {
   ApplicationFailure,
   condition,
+  ContinueAsNew,
+  isCancellation,
   ParentClosePolicy,
   patched,
   setHandler,
   startChild,
+  workflowInfo,
 } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { destroyRetiredKek, destroyWorkflowId } from './destroy-kek';
@@ -16,6 +19,7 @@ import { parseDuration } from '../rotation/durations';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
+import { rotationRunStatus } from '../rotation/run-status';
 import { explainFailure, steps } from './activity-proxies';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
@@ -34,6 +38,7 @@ import {
   type StepConfirmation,
 } from './messages';
 import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
+import { recordEnd } from './run-record';
 import { runPending } from './slice-scheduler';
 import { ControlRefusedError, InvalidRotationError, rotationFailure } from '../errors';
 
@@ -76,17 +81,45 @@ export async function rotateKek(
     validator: (confirmation: StepConfirmation) => validateConfirmation(run, confirmation),
   });
 
+  let report: RotationReport;
   try {
-    for (;;) {
-      // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
-      await run.holdIfPaused(run.phase);
-      if (run.aborted) return run.finish('aborted');
-      const finished = await PHASES[run.phase](run);
-      if (finished !== undefined) return finished;
-    }
+    report = await runPhases(run);
   } catch (err) {
-    throw explainFailure(err);
+    const failure = explainFailure(err);
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      await recordRotationEnd(run, (failure as Error).message ?? String(failure));
+    }
+    throw failure;
   }
+  await recordRotationEnd(run);
+  return report;
+}
+
+async function runPhases(run: RotationState): Promise<RotationReport> {
+  for (;;) {
+    // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
+    await run.holdIfPaused(run.phase);
+    if (run.aborted) return run.finish('aborted');
+    const finished = await PHASES[run.phase](run);
+    if (finished !== undefined) return finished;
+  }
+}
+
+/** The run's end into rekey's run history, in the one status (a failure with its message). */
+function recordRotationEnd(run: RotationState, failure?: string): Promise<void> {
+  const { progress } = run;
+  return recordEnd({
+    target: run.carried.target,
+    kind: 'rotation',
+    from: run.carried.from,
+    to: run.carried.to,
+    startedAt: progress.phases.validate?.startedAt ?? workflowInfo().runStartTime.getTime(),
+    status: rotationRunStatus(
+      failure === undefined ? { execution: 'COMPLETED', progress } : { execution: 'FAILED', failure, progress },
+      Date.now(),
+    ),
+    rowsUnreadable: progress.counters.failed,
+  });
 }
 
 /** Each phase does its work and moves the run on; a phase that ends the run returns its report. */

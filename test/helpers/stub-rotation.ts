@@ -158,6 +158,10 @@ export class StubRotation {
         await this.enter('applicationEvidence');
         return { satisfied: true, by: 'registry' as const, detail: 'registry' };
       },
+      recordRun: async () => {
+        await this.enter('recordRun');
+        return { recorded: true };
+      },
     };
   }
 
