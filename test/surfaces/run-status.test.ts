@@ -8,7 +8,9 @@ import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
+import type { History } from '../../src/client/history';
 import type { RotationStatus } from '../../src/client/rotations';
+import type { ScheduleSummary } from '../../src/client/schedules';
 import { seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keys/file-keyring';
 import { RekeyMetrics } from '../../src/observability/metrics';
@@ -17,7 +19,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import type { rotateKek, RotationReport } from '../../src/workflows';
+import type { rotateKek, RotationReport, ScheduledRotationResult } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createDevServerEnv, progressUntil, resultWithin, within, workflowBundle } from '../helpers/temporal';
@@ -241,6 +243,97 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     const report = await resultWithin<RotationReport>(handle(), 90_000);
     expect(report).toMatchObject({ outcome: 'completed', from: 'v2', to: 'v3' });
     expect((await cliStatus(opId)).run).toMatchObject({ state: 'succeeded' });
+  });
+
+  it('history lists a run still going and one Temporal terminated (from its visibility) beside the runs rekey recorded, newest first, in the same words', async () => {
+    const instances = new AppInstances(db.pool, BUILTIN_TARGET);
+    await instances.announce({ instanceId: 'old-gw', unwrapKekIds: ['v3'], wrapKekId: 'v3', kekFingerprints: {} });
+    try {
+      const opId = await rotate('--from', 'v3', '--to', 'v4', '--grace', '1s');
+      await progressUntil(handle(), (p) => p.waiting?.kind === 'fleet');
+      const history = async () => {
+        const listed = await rekey('--json', 'history');
+        expect(listed, listed.stderr).toMatchObject({ code: 0 });
+        return JSON.parse(listed.stdout) as History;
+      };
+      const whileRunning = await history();
+      expect(whileRunning.runs[0]).toMatchObject({
+        opId,
+        kind: 'rotation',
+        from: 'v3',
+        to: 'v4',
+        state: 'waiting',
+        label: 'Waiting for the fleet',
+        source: 'temporal',
+      });
+      expect(whileRunning.runs[0]!.endedAt).toBeUndefined();
+      // The three runs of the tests above, as each recorded its end: newest first.
+      expect(whileRunning.runs.slice(1).map((r) => [r.from, r.to, r.state, r.source])).toEqual([
+        ['v2', 'v3', 'succeeded', 'rekey'],
+        ['v1', 'v2', 'succeeded', 'rekey'],
+        ['v1', 'v2', 'aborted', 'rekey'],
+      ]);
+
+      await handle().terminate('operator cleanup');
+      const afterwards = await history();
+      expect(afterwards.runs[0]).toMatchObject({
+        opId,
+        state: 'failed',
+        reason: expect.stringMatching(/^terminated in Temporal \(operator cleanup\)/) as unknown,
+        source: 'temporal',
+      });
+      expect(afterwards.runs[0]!.endedAt).toBeDefined();
+      expect(afterwards.runs).toHaveLength(4);
+    } finally {
+      await instances.withdraw('old-gw');
+    }
+  });
+
+  it('schedule list shows each run of a schedule with the rotation it started, in the words of rekey status', async () => {
+    const created = await rekey(
+      'schedule',
+      'create',
+      '--id',
+      'rekey-status-test',
+      '--every',
+      '90d',
+      '--grace',
+      '1s',
+      '--min-kek-age',
+      '0s',
+    );
+    expect(created, created.stderr).toMatchObject({ code: 0 });
+    try {
+      expect((await rekey('schedule', 'trigger', 'rekey-status-test')).code).toBe(0);
+      const schedule = env.client.schedule.getHandle('rekey-status-test');
+      let launcher: string | undefined;
+      for (const deadline = Date.now() + 30_000; launcher === undefined && Date.now() < deadline;) {
+        launcher = (await schedule.describe()).info.recentActions[0]?.action.workflow.workflowId;
+        if (launcher === undefined) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      expect(launcher, 'the schedule never ran').toBeDefined();
+      // The launcher ends once it has started the rotation: from then on, the rotation's id names that run.
+      expect(await resultWithin<ScheduledRotationResult>(env.client.workflow.getHandle(launcher!))).toMatchObject({
+        started: true,
+      });
+      const report = await resultWithin<RotationReport>(handle(), 90_000);
+      expect(report.outcome).toBe('completed');
+
+      const listed = JSON.parse((await rekey('--json', 'schedule', 'list')).stdout) as ScheduleSummary[];
+      const runs = listed.find((s) => s.scheduleId === 'rekey-status-test')!.runs;
+      expect(runs).toEqual([
+        expect.objectContaining({
+          rotation: expect.stringMatching(/^kek-rotation-rekey@/) as unknown,
+          state: 'succeeded',
+          line: `Succeeded: '${report.from}' → '${report.to}': ${TENANTS} of ${TENANTS} rows moved, verified; '${report.from}' retired`,
+        }),
+      ]);
+      const human = (await rekey('schedule', 'list')).stdout.split('\n');
+      const at = human.findIndex((line) => line.startsWith('rekey-status-test: every 90d'));
+      expect(human[at + 1]).toBe(`  ${runs[0]!.at}  ${runs[0]!.rotation}: ${runs[0]!.line}`);
+    } finally {
+      await rekey('schedule', 'delete', 'rekey-status-test');
+    }
   });
 });
 
