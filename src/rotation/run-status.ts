@@ -219,6 +219,9 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
   }
   if (!progress) return make('running', 'starting', base);
 
+  if (facts.execution !== 'RUNNING' && progress.outcome === 'running') {
+    return make('failed', `the run ended in ${progress.phase} without an outcome; see its page in the Web UI`, base);
+  }
   if (progress.outcome !== 'running' && facts.execution !== 'RUNNING') {
     const note = progress.note ?? '';
     switch (progress.outcome) {
@@ -229,7 +232,8 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
           { ...base, step: 'done' },
         );
       case 'aborted': {
-        const why = note.replace(/^aborted(: )?/, '') || 'aborted by an operator';
+        // The run's note: `aborted: <reason>; both … still unwrap`, or `aborted; both …` when no reason was given.
+        const why = note.replace(/^aborted(: )?/, '').replace(/^; /, 'no reason given; ') || 'no reason given';
         const moved =
           progress.phases.rewrap === undefined ? `no ${noun} moved` : rowsText(rows.moved, rows.total, noun);
         return make('aborted', `${why}; ${moved}`, { ...base, step: lastStep(progress) });

@@ -47,11 +47,15 @@ describe('one status for a rotation, from what is known of it', () => {
     const status = rotationRunStatus({ execution: 'COMPLETED', progress: midway }, t0);
     expect(pick(status)).toEqual({
       state: 'aborted',
-      line: 'Aborted: aborted by an operator; 250 of 1,000 secrets moved',
+      line: 'Aborted: no reason given; 250 of 1,000 secrets moved',
       percent: 25,
       ended: true,
     });
     expect(status.step).toBe('rewrap');
+    const unexplained = ended(rotation(), 'aborted', "aborted; both 'v1' and 'v2' still unwrap, nothing was retired");
+    expect(rotationRunStatus({ execution: 'COMPLETED', progress: unexplained }, t0).line).toBe(
+      "Aborted: no reason given; both 'v1' and 'v2' still unwrap, nothing was retired; no secret moved",
+    );
   });
 
   it('each way a run ends has its own words: Succeeded, Nothing to do, Dry run done, Canary done, Failed', () => {
