@@ -2,7 +2,7 @@
 // client functions as the CLI's (src/client/migrations.ts), so both surfaces start the same one-per-target workflow.
 import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
-import { errorBody, opIdParams } from './schemas';
+import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
 import { migrationStatus, runningMigration, startMigration, type MigrationStatus } from '../client/migrations';
 import {
   abortMigrationUpdate,
@@ -22,8 +22,10 @@ const migrationStatusBody = {
     completed_at: { type: 'string', nullable: true },
     report: { type: 'object', additionalProperties: true, description: 'phase, outcome, per-field counters, totals' },
     failure: { type: 'string' },
+    run_status: runStatusBody,
+    retrying: retryingBody,
   },
-  required: ['op_id', 'execution_status'],
+  required: ['op_id', 'execution_status', 'run_status'],
 } as const;
 
 function toBody(s: MigrationStatus) {
@@ -34,6 +36,7 @@ function toBody(s: MigrationStatus) {
     completed_at: s.closedAt?.toISOString() ?? null,
     ...(s.report && { report: s.report }),
     ...(s.failure !== undefined && { failure: s.failure }),
+    ...runStatusFields(s.run),
   };
 }
 

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { controlCommands } from './commands/control';
+import { historyCommand } from './commands/history';
 import { kekStatusCommand, keysCommand } from './commands/keks';
 import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
@@ -20,6 +21,7 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     rotateCommand(),
     migrateDekCommand(),
     statusCommand(),
+    historyCommand(),
     ...controlCommands(),
     kekStatusCommand(),
     keysCommand(),

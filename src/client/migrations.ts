@@ -16,6 +16,7 @@ import {
   type MigrationReport,
   type MigrationRequest,
 } from '../workflows';
+import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { startAnswered } from './start-answered';
 import {
   errorKind,
@@ -113,6 +114,10 @@ export interface MigrationStatus {
   failureKind?: ErrorKind;
   startedAt?: Date;
   closedAt?: Date;
+  /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
+  retrying?: RetryingStep[];
+  /** The one status every surface shows (src/rotation/run-status.ts), as of the moment it was read. */
+  run: RunStatus;
 }
 
 /** A migration by its workflow id (`dek-migration-<target>`, or a dry run's); RotationNotFoundError if none. */
@@ -128,12 +133,19 @@ export async function migrationStatus(client: Client, workflowId: string): Promi
   if (description.type !== 'migrateDek') throw new RotationNotFoundError(`'${workflowId}' is not a migration`);
   const status = description.status.name;
   const times = { startedAt: description.startTime, closedAt: description.closeTime };
-  if (status === 'RUNNING') return { workflowId, status, report: await handle.query(migrationProgressQuery), ...times };
-  const ended = await handle.result().then(
-    (report) => ({ report }),
-    (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
-  );
-  return { workflowId, status, ...ended, ...times };
+  let found: Omit<MigrationStatus, 'run'>;
+  if (status === 'RUNNING') {
+    const retrying = retryingSteps(description.raw.pendingActivities);
+    const report = await handle.query(migrationProgressQuery);
+    found = { workflowId, status, report, ...times, ...(retrying.length > 0 && { retrying }) };
+  } else {
+    const ended = await handle.result().then(
+      (report) => ({ report }),
+      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+    );
+    found = { workflowId, status, ...ended, ...times };
+  }
+  return { ...found, run: migrationRunStatus({ execution: status, ...found }, Date.now()) };
 }
 
 /** A migration that is still running (to pause, resume or abort); RotationNotRunningError otherwise. */

@@ -2,6 +2,7 @@
 // identity. A rotation is its target's: at most one runs per target, whoever starts it, and a new one may start once
 // the last has ended. Whether a rotation was already done is decided by the registry (in the workflow), never by an
 // old workflow id.
+import { retryingSteps, rotationRunStatus, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { staticDetails, staticSummary, type StartedBy } from '../rotation/web-ui';
 import {
   WithStartWorkflowOperation,
@@ -174,6 +175,10 @@ export interface RotationStatus {
   failureKind?: ErrorKind;
   startedAt?: Date;
   closedAt?: Date;
+  /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
+  retrying?: RetryingStep[];
+  /** The one status every surface shows (src/rotation/run-status.ts), as of the moment it was read. */
+  run: RunStatus;
 }
 
 export async function rotationStatus(client: Client, reference: string): Promise<RotationStatus> {
@@ -181,11 +186,22 @@ export async function rotationStatus(client: Client, reference: string): Promise
   const { workflowId } = handle;
   const description = await handle.describe().catch(() => undefined);
   const times = { startedAt: description?.startTime, closedAt: description?.closeTime };
-  if (status === 'RUNNING') return { workflowId, opId, status, progress: await handle.query(progressQuery), ...times };
-  if (status === 'COMPLETED') return { workflowId, opId, status, progress: await handle.result(), ...times };
-  const failed = await handle.result().then(
-    () => undefined,
-    (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
-  );
-  return { workflowId, opId, status, ...failed, ...times };
+  let found: Omit<RotationStatus, 'run'>;
+  if (status === 'RUNNING') {
+    const progress = await handle.query(progressQuery);
+    const retrying = retryingSteps(description?.raw.pendingActivities);
+    found = { workflowId, opId, status, progress, ...times, ...(retrying.length > 0 && { retrying }) };
+  } else if (status === 'COMPLETED') {
+    found = { workflowId, opId, status, progress: await handle.result(), ...times };
+  } else {
+    const failed = await handle.result().then(
+      () => undefined,
+      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+    );
+    found = { workflowId, opId, status, ...failed, ...times };
+  }
+  return {
+    ...found,
+    run: rotationRunStatus({ execution: status, ...found }, Date.now()),
+  };
 }

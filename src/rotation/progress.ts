@@ -19,6 +19,8 @@ export interface Wait {
   instructions: string;
   /** The command that moves the run on once it has. */
   command?: string;
+  /** The application step has no probe: only an operator's confirmation moves the run on. */
+  confirmationOnly?: boolean;
   since: number;
 }
 
@@ -143,12 +145,21 @@ export function setPaused(progress: RotationProgress, paused: boolean, now: numb
   };
 }
 
-/** Share of the rewrap done, 0..100 (100 once past rewrap). */
+/** Rows moved off `from`: rewrapped, or relabelled where the value already was under `to`. */
+export function rowsMoved(progress: RotationProgress): number {
+  return progress.counters.rewrapped + (progress.counters.relabelled ?? 0);
+}
+
+/**
+ * Share of the rows to move that have moved, 0..100, counted in rows: a run aborted before it moved any row is at 0%
+ * whatever phase it ended in. 100 once verify has passed (grace, retire, completed: nothing is left on `from`), and
+ * for a run with nothing to move once its rewrap is over (or it found nothing to do).
+ */
 export function percentComplete(progress: RotationProgress): number {
-  const after = PHASES.indexOf(progress.phase) > PHASES.indexOf('rewrap');
-  if (after) return 100;
-  if (progress.staleAtStart === 0) return progress.phase === 'rewrap' ? 100 : 0;
-  return Math.min(100, Math.floor((progress.counters.rewrapped / progress.staleAtStart) * 1000) / 10);
+  const { outcome, phase } = progress;
+  if (outcome === 'completed' || outcome === 'nothing-to-do' || phase === 'grace' || phase === 'retire') return 100;
+  if (progress.staleAtStart === 0) return progress.phases.rewrap?.endedAt !== undefined ? 100 : 0;
+  return Math.min(100, Math.floor((rowsMoved(progress) / progress.staleAtStart) * 1000) / 10);
 }
 
 /** Rewrapped DEKs per second of unpaused rewrap time, over every visit of the rewrap phase. */

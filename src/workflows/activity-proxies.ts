@@ -33,6 +33,21 @@ export const noticeAttempts = proxyActivities<Activities>({
 });
 
 /**
+ * The run's record in rekey's history, its last step: a few tries over a few minutes, so that a database that is down
+ * delays the end of a run only that long (Temporal's visibility lists the run meanwhile).
+ */
+export const bookkeeping = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '30 seconds',
+    maximumAttempts: 10,
+    nonRetryableErrorTypes: [...NON_RETRYABLE],
+  },
+});
+
+/**
  * Slice parts: bounded by their time budget; a lost worker is noticed within the heartbeat timeout and the part
  * resumes elsewhere from its committed progress. Cancelled on pause and abort, and awaited until they stop.
  */

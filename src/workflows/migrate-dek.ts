@@ -6,6 +6,7 @@ import {
   allHandlersFinished,
   CancellationScope,
   condition,
+  ContinueAsNew,
   continueAsNew,
   defineQuery,
   defineUpdate,
@@ -20,6 +21,8 @@ import type { TenantRange } from '../rotation/slices';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
 import { explainFailure, slices, steps } from './activity-proxies';
 import { abortSignal, migrationPlannedUpdate, pauseSignal, resumeSignal } from './messages';
+import { recordEnd } from './run-record';
+import { migrationRunStatus } from '../rotation/run-status';
 
 export interface MigrationRequest {
   target: string;
@@ -48,6 +51,8 @@ export interface FieldReport {
 
 export interface MigrationReport {
   target: string;
+  /** When the migration began (epoch ms, workflow time); absent in reports of runs started before it was kept. */
+  startedAt?: number;
   dryRun: boolean;
   /** The one tenant the run migrates, if it was given one. */
   tenantId?: string;
@@ -101,16 +106,22 @@ const MAX_FAILURES = 100;
 export async function migrateDek(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
   // The plan step's refusal is the `migrationPlanned` update's answer: the run fails only once that update has it.
   const verdict: Verdict = { refusal: undefined };
+  const seen: { report?: MigrationReport } = {};
+  let report: MigrationReport;
   try {
-    const report = await migrate(request, verdict, carried);
-    await handlersFinished();
-    return report;
+    report = await migrate(request, verdict, carried, seen);
   } catch (err) {
     const failure = explainFailure(err);
     if (!verdict.planned) verdict.refusal = failure instanceof Error ? failure : new Error(String(failure));
     await handlersFinished();
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      await recordMigrationEnd(request, seen.report, (failure as Error).message ?? String(failure));
+    }
     throw failure;
   }
+  await handlersFinished();
+  await recordMigrationEnd(request, report);
+  return report;
 }
 
 /** Whether the first plan was made, and the failure that came before it (the run's refusal). */
@@ -124,10 +135,26 @@ function handlersFinished(): Promise<void> {
   return CancellationScope.nonCancellable(() => condition(allHandlersFinished));
 }
 
+/** The migration's end into rekey's run history, in the one status (a failure with its message). */
+function recordMigrationEnd(request: MigrationRequest, report?: MigrationReport, failure?: string): Promise<void> {
+  return recordEnd({
+    target: request.target,
+    kind: 'migration',
+    ...(report?.kekId !== undefined && { to: report.kekId }),
+    startedAt: report?.startedAt ?? workflowInfo().runStartTime.getTime(),
+    status: migrationRunStatus(
+      failure === undefined ? { execution: 'COMPLETED', report } : { execution: 'FAILED', failure, report },
+      Date.now(),
+    ),
+    rowsUnreadable: report?.totals.unreadable ?? 0,
+  });
+}
+
 async function migrate(
   request: MigrationRequest,
   verdict: Verdict,
-  carried?: MigrationCarried,
+  carried: MigrationCarried | undefined,
+  seen: { report?: MigrationReport },
 ): Promise<MigrationReport> {
   const settings = {
     parallelism: request.parallelism ?? DEFAULTS.parallelism,
@@ -139,6 +166,7 @@ async function migrate(
   const state: MigrationCarried = carried ?? {
     report: {
       target: request.target,
+      startedAt: Date.now(),
       dryRun: request.dryRun ?? false,
       ...(request.tenantId !== undefined && { tenantId: request.tenantId }),
       phase: 'planning',
@@ -152,6 +180,7 @@ async function migrate(
     runKey: `${workflowInfo().workflowId}@${workflowInfo().firstExecutionRunId}`,
   };
   const { report } = state;
+  seen.report = report;
   const tenant = request.tenantId !== undefined ? { tenant: request.tenantId } : {};
   let aborted = false;
   const running = new Map<string, CancellationScope>();

@@ -7,6 +7,8 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
+  ContinueAsNew,
+  isCancellation,
   ParentClosePolicy,
   patched,
   setHandler,
@@ -21,6 +23,7 @@ import { addCounters, emptyCounters } from '../rewrap/counters';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
+import { rotationRunStatus } from '../rotation/run-status';
 import { explainFailure, lockedSteps, steps } from './activity-proxies';
 import { proveInParts } from './label-proofs';
 import { waitForApplication, waitForFleet } from './gates';
@@ -41,6 +44,7 @@ import {
   type StepConfirmation,
 } from './messages';
 import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
+import { recordEnd } from './run-record';
 import { runPending } from './slice-scheduler';
 import { ControlRefusedError, InvalidRotationError, rotationFailure } from '../errors';
 
@@ -108,23 +112,48 @@ export async function rotateKek(
     validator: (confirmation: StepConfirmation) => validateConfirmation(run, confirmation),
   });
 
+  let report: RotationReport;
   try {
-    for (;;) {
-      // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
-      await run.holdIfPaused(run.phase);
-      const finished = run.aborted ? run.finish('aborted') : await PHASES[run.phase](run);
-      if (finished !== undefined) {
-        await handlersFinished();
-        return finished;
-      }
-    }
+    report = await runPhases(run);
   } catch (err) {
     const failure = explainFailure(err);
     // Validate's refusal is the `validated` update's answer: the run fails only once that update has it.
     run.failed(failure);
     await handlersFinished();
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      await recordRotationEnd(run, (failure as Error).message ?? String(failure));
+    }
     throw failure;
   }
+  await handlersFinished();
+  await recordRotationEnd(run);
+  return report;
+}
+
+async function runPhases(run: RotationState): Promise<RotationReport> {
+  for (;;) {
+    // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
+    await run.holdIfPaused(run.phase);
+    const finished = run.aborted ? run.finish('aborted') : await PHASES[run.phase](run);
+    if (finished !== undefined) return finished;
+  }
+}
+
+/** The run's end into rekey's run history, in the one status (a failure with its message). */
+function recordRotationEnd(run: RotationState, failure?: string): Promise<void> {
+  const { progress } = run;
+  return recordEnd({
+    target: run.carried.target,
+    kind: 'rotation',
+    from: run.carried.from,
+    to: run.carried.to,
+    startedAt: progress.phases.validate?.startedAt ?? workflowInfo().runStartTime.getTime(),
+    status: rotationRunStatus(
+      failure === undefined ? { execution: 'COMPLETED', progress } : { execution: 'FAILED', failure, progress },
+      Date.now(),
+    ),
+    rowsUnreadable: progress.counters.failed,
+  });
 }
 
 /**

@@ -10,6 +10,7 @@ import type { Activities } from '../../src/activities';
 import type { SliceOutcome } from '../../src/activities/rewrap';
 import { emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
+import type { RunRecord } from '../../src/store/run-history';
 import { rotateKek } from '../../src/workflows';
 import { within, workflowBundle } from './temporal';
 
@@ -53,6 +54,10 @@ export class StubRotation {
   validateRefusal?: Error;
   /** What each rewrapSlice call answers, in call order (then: nothing moved, done). */
   slices: SliceScript[] = [];
+  /** Runs recorded in the run history (recordRun), in call order. */
+  readonly recorded: RunRecord[] = [];
+  /** Fails every recordRun with this (retryable) error: the history cannot be written. */
+  recordFails: Error | undefined;
   private readonly holds = new Map<string, Held>();
   private readonly all: Held[] = [];
 
@@ -164,6 +169,12 @@ export class StubRotation {
       applicationEvidence: async () => {
         await this.enter('applicationEvidence');
         return { satisfied: true, by: 'registry' as const, detail: 'registry' };
+      },
+      recordRun: async (run: RunRecord) => {
+        await this.enter('recordRun');
+        if (this.recordFails) throw this.recordFails;
+        this.recorded.push(run);
+        return { recorded: true };
       },
     };
   }

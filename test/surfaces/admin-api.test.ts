@@ -190,6 +190,10 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       stale_counts: { v2: 4_000 },
       dek_counts: { v2: 4_000 },
       rows_without_value: 0,
+      keks: [
+        expect.objectContaining({ kek_id: 'v1', state: 'retired', restorable_until: expect.any(String) as unknown }),
+        expect.objectContaining({ kek_id: 'v2', state: 'active', restorable_until: null }),
+      ],
     });
 
     const afterwards = await api.inject({
@@ -256,6 +260,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       '/admin/v1/secrets/rotation/{op_id}/confirm',
       '/admin/v1/secrets/rotation/{op_id}/pause',
       '/admin/v1/secrets/rotation/{op_id}/resume',
+      '/admin/v1/secrets/rotations',
     ]);
     const routes = api.printRoutes({ commonPrefix: false });
     for (const path of ['rotate-all', 'kek-status', 'rotation-status/', ':op_id']) expect(routes).toContain(path);

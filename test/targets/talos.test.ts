@@ -143,6 +143,10 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
         stale_counts: { v2: 250 },
         dek_counts: { v2: 250 },
         rows_without_value: 0,
+        keks: [
+          expect.objectContaining({ kek_id: 'v1', state: 'retired', restorable_until: expect.any(String) as unknown }),
+          expect.objectContaining({ kek_id: 'v2', state: 'active', restorable_until: null }),
+        ],
       });
       // With v2 alone, by the fixture's own AES-GCM.
       expect(await checkSecrets(db.pool, keks.v2, 'v2', [...all, ...gateway.created])).toEqual([]);

@@ -7,27 +7,35 @@ import { describeCounters, describeMigration, describeMigrationProgress, describ
 import { withContext } from '../options';
 import { CliError, type ErrorKind } from '../../errors';
 
-function humanStatus(s: RotationStatus): string[] {
-  const lines = [`rotation ${s.opId}: ${s.status.toLowerCase()}`];
+/** What `rekey status` prints of a rotation: its one status (src/rotation/run-status.ts), then the details. */
+export function humanStatus(s: RotationStatus): string[] {
+  const { run } = s;
+  const lines = [`rotation ${s.opId}: ${run.line}`];
   if (s.progress) {
     lines.push(`  ${describeProgress(s.progress)}`, `  ${describeCounters(s.progress)}`);
-    if (s.progress.note) lines.push(`  note: ${s.progress.note}`);
-    if (s.progress.waiting) {
-      lines.push(`  waiting for the ${s.progress.waiting.kind}: ${s.progress.waiting.instructions}`);
-      if (s.progress.waiting.command) lines.push(`  then: ${s.progress.waiting.command}`);
-    }
+    // An ended run's note is its reason, already on the first line.
+    if (s.progress.note && !run.ended) lines.push(`  note: ${s.progress.note}`);
+    if (run.command) lines.push(`  then: ${run.command}`);
     for (const f of s.progress.failedTenants.slice(0, 5)) lines.push(`  unreadable: ${f.tenantId} (${f.reason})`);
   }
-  if (s.failure) lines.push(`  failed: ${s.failure}`);
+  if (run.retrying) {
+    lines.push(
+      `  retrying: ${run.retrying.step} step ${run.retrying.activity}, attempt ${run.retrying.attempt}; last error: ${run.retrying.lastError ?? '(none recorded)'}`,
+    );
+  }
   return lines;
 }
 
 function humanMigrationStatus(s: MigrationStatus): string[] {
-  const lines = [`migration ${s.workflowId}: ${s.status.toLowerCase()}`];
+  const lines = [`migration ${s.workflowId}: ${s.run.line}`];
   if (s.report) {
     lines.push(`  ${describeMigrationProgress(s.report)}`, ...describeMigration(s.report).map((l) => `  ${l}`));
   }
-  if (s.failure) lines.push(`  failed: ${s.failure}`);
+  if (s.run.retrying) {
+    lines.push(
+      `  retrying: ${s.run.retrying.step} step ${s.run.retrying.activity}, attempt ${s.run.retrying.attempt}; last error: ${s.run.retrying.lastError ?? '(none recorded)'}`,
+    );
+  }
   return lines;
 }
 
@@ -37,7 +45,8 @@ async function watchMigration(context: CliContext, workflowId: string): Promise<
   let status = await migrationStatus(temporal, workflowId);
   let last = '';
   while (status.status === 'RUNNING') {
-    const line = status.report ? describeMigrationProgress(status.report) : '';
+    const line =
+      status.run.state === 'running' && status.report ? describeMigrationProgress(status.report) : status.run.line;
     if (line !== last && !context.options.json) context.out(`  ${line}`);
     last = line;
     await new Promise((resolve) => setTimeout(resolve, 2_000));
@@ -87,14 +96,15 @@ export async function watchRotation(context: CliContext, reference: string): Pro
   bar?.start(100, 0, { line: '' });
   let last = '';
   while (status.status === 'RUNNING') {
-    const line = status.progress ? describeProgress(status.progress) : '';
-    if (bar) bar.update(status.progress?.percent ?? 0, { line });
+    const line =
+      status.run.state === 'running' && status.progress ? describeProgress(status.progress) : status.run.line;
+    if (bar) bar.update(status.run.percent, { line });
     else if (line !== last && !context.options.json) context.out(`  ${line}`);
     last = line;
     await new Promise((resolve) => setTimeout(resolve, tty ? 500 : 2_000));
     status = await statusOf(context, reference);
   }
-  bar?.update(status.progress?.percent ?? 0, { line: status.status.toLowerCase() });
+  bar?.update(status.run.percent, { line: status.run.label });
   bar?.stop();
   context.print(status, () => humanStatus(status));
   const ended = rotationEnd(status);
