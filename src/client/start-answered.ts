@@ -50,10 +50,9 @@ export async function startAnswered<W extends Workflow, R>(
       return { answered: true, answer, firstRunId };
     } catch (err) {
       if (!(err instanceof WorkflowUpdateFailedError)) throw err;
-      // A refusal ends the run in the same workflow task; a run still going was answered by a build that lacks the
-      // update (it rejects what it has no handler for).
-      const { status } = await client.workflow.getHandle(workflowId, firstRunId).describe();
-      if (status.name === 'RUNNING') return { answered: false, firstRunId, why: failureMessage(err) };
+      // A worker of a build that lacks the update rejects it as having no handler: the run goes on. Anything else is
+      // the first step's refusal (the run then fails with it, after recording its end).
+      if (isUnknownUpdate(err)) return { answered: false, firstRunId, why: failureMessage(err) };
       throw new RunFailedError(failureMessage(err), errorKind(err));
     }
   } catch (err) {
@@ -63,6 +62,11 @@ export async function startAnswered<W extends Workflow, R>(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The SDK's rejection of an update the workflow has no handler for (its build predates the update). */
+function isUnknownUpdate(err: WorkflowUpdateFailedError): boolean {
+  return /^No registered handler for update: /.test(failureMessage(err));
 }
 
 /** What a run that gave no verdict in time is doing, as the server describes it. */

@@ -57,24 +57,25 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
     const stub = new StubRotation();
     stub.validateRefusal = new LegacyValuesRemainError('target still holds 3 legacy value(s)');
     const workflowId = `stub-rotation-${randomUUID()}`;
-    const refused = await stub.run(server.env, () =>
-      startRotation(server.env.client, { from: 'v1', to: 'v2' }, { taskQueue: stub.taskQueue, workflowId }).catch(
-        (err: unknown) => err,
-      ),
-    );
-    expect(refused).toBeInstanceOf(RunFailedError);
-    expect(refused).toMatchObject({ kind: 'refused', message: 'target still holds 3 legacy value(s)' });
-    const failed: unknown = await server.env.client.workflow
-      .getHandle(workflowId)
-      .result()
-      .then(
+    // The worker runs until the run has ended: after its refusal it records its end in the run history.
+    const [refused, failed] = await stub.run(server.env, async () => {
+      const answer: unknown = await startRotation(
+        server.env.client,
+        { from: 'v1', to: 'v2' },
+        { taskQueue: stub.taskQueue, workflowId },
+      ).catch((err: unknown) => err);
+      const ended: unknown = await resultWithin(server.env.client.workflow.getHandle(workflowId)).then(
         () => undefined,
         (err: unknown) => err,
       );
+      return [answer, ended] as const;
+    });
+    expect(refused).toBeInstanceOf(RunFailedError);
+    expect(refused).toMatchObject({ kind: 'refused', message: 'target still holds 3 legacy value(s)' });
     expect(failed).toBeInstanceOf(WorkflowFailedError);
     expect((failed as WorkflowFailedError).cause).toMatchObject({ type: 'LegacyValuesRemainError' });
-    // Nothing but validate ran.
-    expect(stub.calls).toEqual(['validateRotation']);
+    // Nothing but validate ran, and then the record of the run's end.
+    expect(stub.calls).toEqual(['validateRotation', 'recordRun']);
   });
 
   it('a validate step that does not decide in time: the start says the run stays started and what validate is doing; asked later, the validated update answers', async () => {
