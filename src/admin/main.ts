@@ -2,6 +2,7 @@ import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
 import { z } from 'zod';
 import { loadConfig, parseEnv } from '../config';
+import { processHelp } from '../env-vars';
 import { openKeyProvider } from '../keys';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
@@ -39,6 +40,17 @@ async function run(): Promise<void> {
     logger: true,
   });
   await server.listen({ port: admin.REKEY_ADMIN_PORT, host: admin.REKEY_ADMIN_HOST });
+}
+
+export const ADMIN_HELP = processHelp(
+  'admin',
+  "rekey admin API: the gateway runbook's HTTP API (rotate-all, rotation-status, kek-status, controls) over rekey.",
+  'node dist/src/admin/main.js [--help]   (npm run admin)',
+);
+
+if (process.argv.includes('--help') || process.argv.includes('-h')) {
+  process.stdout.write(ADMIN_HELP);
+  process.exit(0);
 }
 
 run().catch((err: unknown) => {

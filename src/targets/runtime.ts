@@ -9,6 +9,7 @@ import { TargetStore } from '../store/target-store';
 import { BUILTIN_TARGET } from './builtin';
 import { type TargetsConfig } from './config';
 import { PRESETS } from './presets';
+import type { ServedTargets } from './served';
 import type { TargetDefinition } from './target';
 import { KeyMaterialError, TargetConfigError } from '../errors';
 
@@ -32,6 +33,8 @@ export interface TargetRuntimesOptions {
   keys: KeyProvider | (() => KeyProvider);
   config?: TargetsConfig;
   env?: NodeJS.ProcessEnv;
+  /** The targets this process serves (a worker: REKEY_TARGETS); every known target when not given. */
+  served?: ServedTargets;
 }
 
 /**
@@ -57,6 +60,11 @@ export class TargetRuntimes {
     return [...(this.options.config?.targets.keys() ?? Object.keys(PRESETS))];
   }
 
+  /** The targets this process serves: its activities refuse the others. */
+  get served(): string[] {
+    return this.options.served?.names ?? this.names;
+  }
+
   definition(name: string): TargetDefinition {
     const definition = this.options.config?.targets.get(name) ?? (this.options.config ? undefined : PRESETS[name]);
     if (!definition) {
@@ -80,6 +88,12 @@ export class TargetRuntimes {
 
   private async open(name: string): Promise<TargetRuntime> {
     const definition = this.definition(name);
+    const { served } = this.options;
+    if (served && !served.names.includes(name)) {
+      throw new TargetConfigError(
+        `this worker serves ${served.names.map((n) => `'${n}'`).join(', ')} (${served.source}), not target '${name}': add it to REKEY_TARGETS, or run a worker for it on its own task queue`,
+      );
+    }
     const db = await this.database(definition);
     const store = new TargetStore(db, definition, compileFormat(definition.format));
     await store.inspect();
