@@ -559,6 +559,25 @@ export class TargetStore {
     return { byLabel, withoutValue };
   }
 
+  /**
+   * The label column's default, when it is a constant (Mycelium's `kek_version INTEGER NOT NULL DEFAULT 1`): the KEK
+   * a row gets when its writer names none. Undefined without a default, or for an expression.
+   */
+  async labelDefault(): Promise<string | undefined> {
+    const { rows } = await this.db.query<{ expr: string }>(
+      `SELECT pg_get_expr(d.adbin, d.adrelid) AS expr
+       FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+       WHERE d.adrelid = to_regclass($1) AND a.attname = $2`,
+      [this.table, this.target.label.column],
+    );
+    const expr = rows[0]?.expr?.trim();
+    if (expr === undefined) return undefined;
+    const integer = /^\(?'?(-?\d+)'?\)?(?:::[a-z ]+)?$/.exec(expr);
+    if (integer) return integer[1];
+    const text = /^'((?:[^']|'')*)'::[a-z ]+(?:\(\d+\))?$/.exec(expr);
+    return text ? text[1]!.replace(/''/g, "'") : undefined;
+  }
+
   /** Up to `limit` ids of rows still labelled `kekId`, for reports. */
   async idsOnLabel(kekId: string, limit: number): Promise<string[]> {
     const { rows } = await this.db.query<{ id: string }>(
