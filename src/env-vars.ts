@@ -20,7 +20,7 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     what: 'postgres://user:password@host:5432/database: the database of the targets (rekey keeps its bookkeeping in its rekey schema)',
     readBy: ALL,
   },
-  { name: 'TEMPORAL_ADDRESS', default: 'localhost:7233', what: "the Temporal frontend, host:port", readBy: ALL },
+  { name: 'TEMPORAL_ADDRESS', default: 'localhost:7233', what: 'the Temporal frontend, host:port', readBy: ALL },
   { name: 'TEMPORAL_NAMESPACE', default: 'default', what: 'the Temporal namespace', readBy: ALL },
   { name: 'REKEY_TASK_QUEUE', default: 'rekey', what: 'the task queue the workers poll', readBy: ALL },
   {
@@ -168,7 +168,12 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     what: "16+ characters that sign a schedule's notice webhook (needed only with --notify-url)",
     readBy: ['worker'],
   },
-  { name: 'LOG_LEVEL', default: 'info', what: 'the JSON log level (trace, debug, info, warn, error)', readBy: ['worker'] },
+  {
+    name: 'LOG_LEVEL',
+    default: 'info',
+    what: 'the JSON log level (trace, debug, info, warn, error)',
+    readBy: ['worker'],
+  },
   {
     name: 'REKEY_ADMIN_TOKEN',
     default: 'required',

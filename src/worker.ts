@@ -96,7 +96,9 @@ async function run(): Promise<void> {
     port: ports.REKEY_METRICS_PORT,
     host: ports.REKEY_METRICS_HOST,
     temporalMetricsUrl:
-      ports.REKEY_TEMPORAL_METRICS_PORT > 0 ? `http://127.0.0.1:${ports.REKEY_TEMPORAL_METRICS_PORT}/metrics` : undefined,
+      ports.REKEY_TEMPORAL_METRICS_PORT > 0
+        ? `http://127.0.0.1:${ports.REKEY_TEMPORAL_METRICS_PORT}/metrics`
+        : undefined,
   });
   const temporalMetricsPort = ports.REKEY_TEMPORAL_METRICS_PORT;
   Runtime.install({

@@ -189,7 +189,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
         );
       }
       // Without a recorded KEK or a named one, the table says which generation is current, and the plan says so.
-      const fromTable = active === undefined && args.kekVersion === undefined ? await currentByTable(runtime) : undefined;
+      const fromTable =
+        active === undefined && args.kekVersion === undefined ? await currentByTable(runtime) : undefined;
       const kekId = active?.kekId ?? args.kekVersion ?? fromTable!.kekId;
       if (definition.label.kind === 'generation' && !GENERATION.test(kekId)) {
         throw new InvalidRotationError(

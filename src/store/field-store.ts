@@ -37,7 +37,6 @@ export interface FieldProgress {
   counters: FieldCounters;
 }
 
-
 function literal(text: string): string {
   return `'${text.replace(/'/g, "''")}'`;
 }

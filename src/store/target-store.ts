@@ -8,7 +8,6 @@ import { refusedAsError } from './tenant-deks';
 import { ddlType, fieldNeeds, SchemaCheck, type ColumnInfo, type ColumnNeed } from './schema-check';
 import { InvalidRotationError, KekNotWritableError } from '../errors';
 
-
 /** A row read for rewrap: the target's own columns by name, plus rekey's. */
 export interface TargetRow extends Row {
   /** The row id, as text. */
@@ -608,11 +607,23 @@ export function targetNeeds(target: TargetDefinition, codec: Codec): ColumnNeed[
           wanted: 'an integer',
           ddl: ddl(target.label.column, 'integer NOT NULL DEFAULT 1'),
         }
-      : { column: target.label.column, role: 'KEK id', ok: text, wanted: 'text', ddl: ddl(target.label.column, 'text') },
+      : {
+          column: target.label.column,
+          role: 'KEK id',
+          ok: text,
+          wanted: 'text',
+          ddl: ddl(target.label.column, 'text'),
+        },
   ];
   if (target.cas.kind === 'version') {
     const { column } = target.cas;
-    needs.push({ column, role: 'version', ok: integer, wanted: 'an integer', ddl: ddl(column, 'integer NOT NULL DEFAULT 1') });
+    needs.push({
+      column,
+      role: 'version',
+      ok: integer,
+      wanted: 'an integer',
+      ddl: ddl(column, 'integer NOT NULL DEFAULT 1'),
+    });
   }
   const { value, aad } = target.format;
   const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
@@ -620,7 +631,13 @@ export function targetNeeds(target: TargetDefinition, codec: Codec): ColumnNeed[
     needs.push(
       value.encoding === 'bytea'
         ? { column, role: 'stored value', ok: (c) => c.typname === 'bytea', wanted: 'bytea', ddl: ddl(column, 'bytea') }
-        : { column, role: 'stored value', ok: text, wanted: `text (it holds ${value.encoding})`, ddl: ddl(column, 'text') },
+        : {
+            column,
+            role: 'stored value',
+            ok: text,
+            wanted: `text (it holds ${value.encoding})`,
+            ddl: ddl(column, 'text'),
+          },
     );
   }
   for (const column of codec.readColumns.filter((c) => !valueColumns.includes(c))) {

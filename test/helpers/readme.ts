@@ -55,9 +55,11 @@ export interface RunningProcess {
 
 /** Runs `npm run <script>` as package.json defines it (`node dist/src/…`), with exactly `env` (and PATH). */
 export function runScript(command: EnvCommand, extra: Record<string, string>): RunningProcess {
-  const scripts = (JSON.parse(fs.readFileSync(path.join(projectRoot, 'package.json'), 'utf8')) as {
-    scripts: Record<string, string>;
-  }).scripts;
+  const scripts = (
+    JSON.parse(fs.readFileSync(path.join(projectRoot, 'package.json'), 'utf8')) as {
+      scripts: Record<string, string>;
+    }
+  ).scripts;
   const [node, ...args] = (scripts[command.script] ?? '').split(' ');
   if (node !== 'node') throw new Error(`npm run ${command.script} is not 'node …': ${scripts[command.script]}`);
   const child = spawn(process.execPath, args, {
@@ -77,7 +79,8 @@ export function runScript(command: EnvCommand, extra: Record<string, string>): R
       const deadline = Date.now() + withinMs;
       while (!output.includes(text)) {
         if (child.exitCode !== null) throw new Error(`npm run ${command.script} exited ${child.exitCode}: ${output}`);
-        if (Date.now() > deadline) throw new Error(`npm run ${command.script}: no '${text}' within ${withinMs} ms: ${output}`);
+        if (Date.now() > deadline)
+          throw new Error(`npm run ${command.script}: no '${text}' within ${withinMs} ms: ${output}`);
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     },

@@ -113,7 +113,16 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
         { DATABASE_URL: db.url, MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 },
         taskQueue,
       );
-      const dry = await rekey('rotate', '--target', 'mycelium', '--from-version', '1', '--to-version', '2', '--dry-run');
+      const dry = await rekey(
+        'rotate',
+        '--target',
+        'mycelium',
+        '--from-version',
+        '1',
+        '--to-version',
+        '2',
+        '--dry-run',
+      );
       expect(dry.stderr).toBe('');
       expect(dry.code).toBe(0);
       expect(dry.stdout).toContain('Tenants scanned: 31  Migrated: 31  Already done: 0  Skipped: 0  Unreadable: 0');
