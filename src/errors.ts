@@ -254,6 +254,11 @@ export class ControlRefusedError extends RekeyError {
   static override readonly kind = 'conflict';
 }
 
+/** No worker polls a task queue that a request needs one on (`rekey schedule create` asks a worker first). */
+export class NoWorkerError extends RekeyError {
+  override readonly name = 'NoWorkerError';
+}
+
 /** An error the CLI reports as one line, with the exit code of its kind. */
 export class CliError extends RekeyError {
   override readonly name = 'CliError';
@@ -305,6 +310,7 @@ const CLASSES = [
   RotationNotFoundError,
   RotationNotRunningError,
   ControlRefusedError,
+  NoWorkerError,
 ] as const;
 
 /** The kind of every error type by name: rekey's classes and the workflow's failure types. */

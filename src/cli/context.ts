@@ -6,6 +6,7 @@ import { FileKeyring } from '../keys/file-keyring';
 import type { KeyProvider } from '../keys/key-provider';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
+import { webUiLink } from '../rotation/web-ui-link';
 import { CliError } from '../errors';
 
 export interface GlobalOptions {
@@ -103,9 +104,14 @@ export class CliContext {
     else for (const line of human()) this.out(line);
   }
 
+  /** The Temporal Web UI's page of a workflow, under REKEY_WEB_UI_URL (default the dev server's). */
   webUiUrl(workflowId: string): string {
-    const base = this.env.REKEY_WEB_UI_URL ?? 'http://localhost:8233';
-    return `${base}/namespaces/${this.options.namespace}/workflows/${encodeURIComponent(workflowId)}`;
+    return this.webUiPage(`workflows/${encodeURIComponent(workflowId)}`);
+  }
+
+  /** A page of the Temporal Web UI in this namespace: `workflows/<id>`, `schedules/<id>`. */
+  webUiPage(page: string): string {
+    return webUiLink(this.env, this.options.namespace, page);
   }
 
   async close(): Promise<void> {

@@ -1,8 +1,23 @@
-import { ScheduleOverlapPolicy, WorkflowNotFoundError, type Client, type ScheduleSpec } from '@temporalio/client';
+import {
+  ScheduleOverlapPolicy,
+  WorkflowFailedError,
+  WorkflowNotFoundError,
+  type Client,
+  type ScheduleExecutionResult,
+  type ScheduleSpec,
+} from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
 import type { RotationRequest } from '../rotation/rotation-input';
 import { parseDuration } from '../rotation/durations';
-import { noticeStateQuery, scheduledRotation, scheduleNotices } from '../workflows';
-import { InvalidRotationError } from '../errors';
+import {
+  checkRotationSchedule,
+  noticeStateQuery,
+  scheduledRotation,
+  scheduleNotices,
+  type ScheduledRotationResult,
+} from '../workflows';
+import { failureMessage, opIdOf, rotationStatus } from './rotations';
+import { errorKind, InvalidRotationError, NoWorkerError } from '../errors';
 
 export const DEFAULT_SCHEDULE_ID = 'rekey-quarterly';
 /** 03:00 UTC on the first day of every quarter. */
@@ -47,6 +62,7 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     gracePeriod: options.gracePeriod ?? '7d',
     minKekAge: options.minKekAge ?? '30d',
   };
+  await checkScheduledRotation(client, request, options.taskQueue, scheduleId);
   await client.schedule.create({
     scheduleId,
     spec,
@@ -80,6 +96,43 @@ export async function createRotationSchedule(client: Client, options: RotationSc
   return scheduleId;
 }
 
+/**
+ * Asks a worker of the task queue whether the schedule's runs can do their work (checkRotationSchedule): a target
+ * whose key source cannot generate a KEK is refused (InvalidRotationError) before the schedule exists, not at its
+ * first run. Refused as well when no worker polls the task queue.
+ */
+async function checkScheduledRotation(
+  client: Client,
+  request: RotationRequest,
+  taskQueue: string,
+  scheduleId: string,
+): Promise<void> {
+  const { pollers } = await client.workflowService.describeTaskQueue({
+    namespace: client.options.namespace,
+    taskQueue: { name: taskQueue },
+    taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+  });
+  if ((pollers ?? []).length === 0) {
+    throw new NoWorkerError(
+      `no worker polls task queue '${taskQueue}' (namespace ${client.options.namespace}): start the worker of target '${request.target ?? 'rekey'}' first; a schedule is checked by it, and each run needs it`,
+    );
+  }
+  try {
+    await client.workflow.execute(checkRotationSchedule, {
+      taskQueue,
+      workflowId: `rekey-schedule-check-${scheduleId}`,
+      args: [request],
+      workflowExecutionTimeout: '1 minute',
+      workflowIdConflictPolicy: 'TERMINATE_EXISTING',
+    });
+  } catch (err) {
+    if (!(err instanceof WorkflowFailedError)) throw err;
+    const reason = failureMessage(err);
+    if (errorKind(err) === 'invalid') throw new InvalidRotationError(reason);
+    throw new NoWorkerError(`the worker could not check the schedule: ${reason}`);
+  }
+}
+
 /** Checks a schedule's notice options before anything is created. */
 export function checkNoticeOptions(options: { notifyBefore?: string; notifyUrl?: string }): void {
   if (options.notifyUrl !== undefined && options.notifyBefore === undefined) {
@@ -101,11 +154,27 @@ export function checkNoticeOptions(options: { notifyBefore?: string; notifyUrl?:
   }
 }
 
+/** One run of a schedule: when, and what came of it (the rotation it started, and that rotation's outcome). */
+export interface ScheduleRun {
+  at: string;
+  /** The launcher workflow the schedule started. */
+  launcher: string;
+  /** The op id of the rotation it started, if it started one. */
+  rotation?: string;
+  /** starting, skipped, running, completed, aborted, nothing-to-do, failed. */
+  outcome: string;
+  /** Why: the rotation's note or failure, the launcher's note; the phase of a running one. */
+  detail?: string;
+}
+
 export interface ScheduleSummary {
   scheduleId: string;
   spec: string;
   nextRuns: string[];
+  /** The launchers of the recent runs (see `runs` for what came of each). */
   recentRuns: string[];
+  /** The recent runs, newest first, each with the outcome of the rotation it started. */
+  runs: ScheduleRun[];
   paused: boolean;
   /** When the next rotation is announced, if the schedule gives notice (and it has not gone out yet). */
   nextNotice?: string;
@@ -129,11 +198,62 @@ export async function listRotationSchedules(client: Client): Promise<ScheduleSum
       spec: typeof described.memo?.spec === 'string' ? described.memo.spec : 'see the Web UI',
       nextRuns: described.info.nextActionTimes.slice(0, 3).map((d) => d.toISOString()),
       recentRuns: described.info.recentActions.map((a) => a.action.workflow.workflowId),
+      runs: await Promise.all(
+        [...described.info.recentActions]
+          .reverse()
+          .slice(0, RUNS_LISTED)
+          .map((run) => runOf(client, run)),
+      ),
       paused: described.state.paused,
       ...(await noticeOf(client, listed.scheduleId)),
     });
   }
   return summaries;
+}
+
+const RUNS_LISTED = 5;
+
+/**
+ * What came of one run: the launcher's answer (started, or skipped because a rotation of the target was running),
+ * then the outcome of the rotation it started, found by the run id its history recorded.
+ */
+async function runOf(client: Client, run: ScheduleExecutionResult): Promise<ScheduleRun> {
+  const { workflowId, firstExecutionRunId } = run.action.workflow;
+  const at = run.scheduledAt.toISOString();
+  const launcher = client.workflow.getHandle<typeof scheduledRotation>(workflowId, firstExecutionRunId);
+  const described = await launcher.describe().catch(() => undefined);
+  if (!described) return { at, launcher: workflowId, outcome: 'unknown', detail: 'its launcher is no longer kept' };
+  if (described.status.name === 'RUNNING') return { at, launcher: workflowId, outcome: 'starting' };
+  let result: ScheduledRotationResult;
+  try {
+    result = await launcher.result();
+  } catch (err) {
+    return { at, launcher: workflowId, outcome: 'failed', detail: failureMessage(err) };
+  }
+  if (!result.started) return { at, launcher: workflowId, outcome: 'skipped', detail: result.note };
+  let started: string | undefined;
+  for (const event of (await launcher.fetchHistory()).events ?? []) {
+    started ??= event.childWorkflowExecutionStartedEventAttributes?.workflowExecution?.runId ?? undefined;
+  }
+  if (!started) return { at, launcher: workflowId, outcome: 'unknown', detail: result.note };
+  const rotation = opIdOf(result.workflowId, started);
+  const status = await rotationStatus(client, rotation).catch(() => undefined);
+  if (!status) return { at, launcher: workflowId, rotation, outcome: 'unknown', detail: 'no longer kept by Temporal' };
+  const { progress } = status;
+  if (status.status === 'RUNNING') {
+    return { at, launcher: workflowId, rotation, outcome: 'running', ...(progress && { detail: progress.phase }) };
+  }
+  if (status.status === 'COMPLETED' && progress) {
+    const note = progress.note?.replace(/^nothing to do: /, '');
+    return { at, launcher: workflowId, rotation, outcome: progress.outcome, ...(note && { detail: note }) };
+  }
+  return {
+    at,
+    launcher: workflowId,
+    rotation,
+    outcome: 'failed',
+    detail: status.failure ?? status.status.toLowerCase(),
+  };
 }
 
 async function noticeOf(
