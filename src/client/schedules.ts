@@ -107,12 +107,7 @@ async function checkScheduledRotation(
   taskQueue: string,
   scheduleId: string,
 ): Promise<void> {
-  const { pollers } = await client.workflowService.describeTaskQueue({
-    namespace: client.options.namespace,
-    taskQueue: { name: taskQueue },
-    taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-  });
-  if ((pollers ?? []).length === 0) {
+  if (!(await hasPoller(client, taskQueue))) {
     throw new NoWorkerError(
       `no worker polls task queue '${taskQueue}' (namespace ${client.options.namespace}): start the worker of target '${request.target ?? 'rekey'}' first; a schedule is checked by it, and each run needs it`,
     );
@@ -132,6 +127,22 @@ async function checkScheduledRotation(
     throw new NoWorkerError(`the worker could not check the schedule: ${reason}`);
   }
 }
+
+/** A worker polls the task queue (one that has just started is given a few seconds to make its first poll). */
+async function hasPoller(client: Client, taskQueue: string): Promise<boolean> {
+  for (const deadline = Date.now() + POLLER_WAIT_MS; ; ) {
+    const { pollers } = await client.workflowService.describeTaskQueue({
+      namespace: client.options.namespace,
+      taskQueue: { name: taskQueue },
+      taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    });
+    if ((pollers ?? []).length > 0) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
+const POLLER_WAIT_MS = 5_000;
 
 /** Checks a schedule's notice options before anything is created. */
 export function checkNoticeOptions(options: { notifyBefore?: string; notifyUrl?: string }): void {
