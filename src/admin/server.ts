@@ -16,7 +16,9 @@ import {
 import { type RotationRequest } from '../rotation/rotation-input';
 import { targetKekStatus } from '../targets/kek-status';
 import { restoreKek } from '../targets/restore-kek';
+import { registerControlRoutes } from './control-routes';
 import { registerMigrationRoutes } from './migration-routes';
+import { rotateAllBody, rotationFromBody, type RotateAllBody } from './rotation-body';
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
 import { errorKind, httpStatusFor, KeyMaterialError } from '../errors';
@@ -35,6 +37,8 @@ export interface AdminServerOptions {
    * rotates to it when it is not active yet, as after the runbook's step 2.
    */
   configuredCurrentKekId: (target: string) => string | undefined;
+  /** A run's page in the Temporal Web UI (REKEY_WEB_UI_URL), given in rotate-all's answer as web_ui_url. */
+  webUiUrl?: (workflowId: string) => string;
   logger?: boolean;
 }
 
@@ -198,41 +202,15 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   app.get('/healthz', { schema: { hide: true } }, () => ({ ok: true }));
   app.get('/admin/v1/openapi.json', { schema: { hide: true } }, () => app.swagger());
 
-  app.post<{
-    Body:
-      | {
-          target?: string;
-          from?: string;
-          to?: string;
-          dry_run?: boolean;
-          batch_size?: number;
-          parallelism?: number;
-          grace_period?: string;
-          tenant_id?: string;
-        }
-      | undefined;
-  }>(
+  app.post<{ Body: RotateAllBody | undefined }>(
     '/admin/v1/secrets/rotate-all',
     {
       schema: {
         summary: 'Start re-wrapping every row of a target under a new KEK',
         description:
           "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. At most one rotation runs per target: a second request answers 409 with the running op_id.",
-        body: {
-          type: 'object',
-          nullable: true,
-          additionalProperties: false,
-          properties: {
-            target: { type: 'string', minLength: 1, maxLength: 63 },
-            from: { type: 'string', minLength: 1, maxLength: 64 },
-            to: { type: 'string', minLength: 1, maxLength: 64 },
-            dry_run: { type: 'boolean' },
-            batch_size: { type: 'integer', minimum: 1, maximum: 50000 },
-            parallelism: { type: 'integer', minimum: 1, maximum: 64 },
-            grace_period: { type: 'string', minLength: 1 },
-            tenant_id: { type: 'string', minLength: 1 },
-          },
-        },
+        // The same fields as `rekey rotate`'s options (src/admin/rotation-body.ts).
+        body: rotateAllBody,
         response: {
           202: {
             type: 'object',
@@ -242,6 +220,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
               message: { type: 'string' },
               status_url: { type: 'string' },
               target: { type: 'string' },
+              web_ui_url: { type: 'string', description: "the run's page in the Temporal Web UI (REKEY_WEB_UI_URL)" },
             },
             required: ['op_id', 'status_url'],
           },
@@ -255,23 +234,12 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       const body = request.body ?? {};
       const target = body.target ?? options.defaultTarget;
       const runtime = await targets.get(target);
-      const from = body.from ?? 'current';
-      let to = body.to;
-      if (to === undefined) {
+      const rotation: RotationRequest = await rotationFromBody(body, target, async () => {
         const configured = options.configuredCurrentKekId(target);
         const active = (await runtime.registry.active())?.kekId;
-        to = configured !== undefined && configured !== active ? configured : 'new';
-      }
-      const rotation: RotationRequest = {
-        target,
-        from,
-        to,
-        dryRun: body.dry_run,
-        batchSize: body.batch_size,
-        parallelism: body.parallelism,
-        gracePeriod: body.grace_period,
-        tenantId: body.tenant_id,
-      };
+        return configured !== undefined && configured !== active ? configured : 'new';
+      });
+      const { from, to } = rotation;
       const started: StartOutcome = await startRotation(client, rotation, { taskQueue, startedBy: 'admin API' });
       const statusUrl = `/admin/v1/secrets/rotation-status/${encodeURIComponent(started.opId)}`;
       if (started.kind === 'already-running') {
@@ -287,6 +255,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         message: `rotation of target '${target}' started ('${from}' → '${to}')`,
         status_url: statusUrl,
         target,
+        ...(options.webUiUrl && { web_ui_url: options.webUiUrl(started.handle.workflowId) }),
       });
     },
   );
@@ -449,6 +418,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     },
   );
 
+  registerControlRoutes(app, { client, statusSchema: rotationStatusBody, toStatusBody });
   registerMigrationRoutes(app, { client, taskQueue, defaultTarget: options.defaultTarget });
 
   await app.ready();
