@@ -130,7 +130,7 @@ async function checkScheduledRotation(
 
 /** A worker polls the task queue (one that has just started is given a few seconds to make its first poll). */
 async function hasPoller(client: Client, taskQueue: string): Promise<boolean> {
-  for (const deadline = Date.now() + POLLER_WAIT_MS; ; ) {
+  for (const deadline = Date.now() + POLLER_WAIT_MS; ;) {
     const { pollers } = await client.workflowService.describeTaskQueue({
       namespace: client.options.namespace,
       taskQueue: { name: taskQueue },

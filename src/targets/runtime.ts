@@ -1,4 +1,5 @@
 import { Pool } from 'pg';
+import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
 import { openTargetKeys } from '../keys';
 import type { KeyProvider } from '../keys/key-provider';
@@ -134,6 +135,10 @@ export class TargetRuntimes {
       }
       return this.options.db;
     }
+    checkDatabaseUrl(
+      url,
+      definition.database.url !== undefined ? `target '${definition.name}': database.url` : variable,
+    );
     let pool = this.pools.get(url);
     if (!pool) {
       pool = new Pool({ connectionString: url, max: 8 });

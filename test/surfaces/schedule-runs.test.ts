@@ -38,6 +38,7 @@ describe('rotation schedules: refused at create when they cannot run, each run w
       PATH: process.env.PATH,
       DATABASE_URL: db.url,
       REKEY_KEYRING_FILE: keyringFile,
+      REKEY_WEB_UI_URL: 'https://temporal.example.com/',
     });
   }
 
@@ -148,7 +149,7 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     );
     expect(created.stderr).toBe('');
     expect(created.stdout).toBe(
-      'created schedule rekey-runs\n  Web UI: http://localhost:8233/namespaces/default/schedules/rekey-runs\n',
+      'created schedule rekey-runs\n  Web UI: https://temporal.example.com/namespaces/default/schedules/rekey-runs\n',
     );
     await env.client.schedule.getHandle('rekey-runs').trigger();
     await launched('rekey-runs', 1);

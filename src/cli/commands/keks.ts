@@ -63,10 +63,10 @@ export function keysCommand(): Command {
     );
   keys
     .command('list')
-    .description('KEK ids and fingerprints in the store')
+    .description('KEK ids and fingerprints in the store (a keyring file that does not exist: exit 3)')
     .action(
       withContext(async (context) => {
-        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
+        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring, { create: false });
         try {
           const listed = store.kekIds().map((kekId) => ({ kekId, fingerprint: store.fingerprint(kekId) }));
           context.print(listed, () => listed.map((k) => `${k.kekId.padEnd(12)} ${k.fingerprint}`));
