@@ -110,9 +110,12 @@ export class KekFingerprintMismatchError extends RekeyError {
     readonly kekId: string,
     readonly registered: string,
     readonly provided: string,
+    /** Where the two keys are, when it is not the key provider and the registry (an import into a store). */
+    message?: string,
   ) {
     super(
-      `KEK '${kekId}' in the key provider has fingerprint ${provided}, but the registry recorded ${registered}: this is a different key`,
+      message ??
+        `KEK '${kekId}' in the key provider has fingerprint ${provided}, but the registry recorded ${registered}: this is a different key`,
     );
   }
 }
