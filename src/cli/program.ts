@@ -1,11 +1,12 @@
 import { Command, CommanderError } from 'commander';
 import { controlCommands } from './commands/control';
+import { historyCommand } from './commands/history';
 import { kekStatusCommand, keysCommand } from './commands/keks';
 import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { EXIT_CODES, exitCodeFor } from '../errors';
+import { EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('rekey')
@@ -20,13 +21,21 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     rotateCommand(),
     migrateDekCommand(),
     statusCommand(),
+    historyCommand(),
     ...controlCommands(),
     kekStatusCommand(),
     keysCommand(),
     scheduleCommand(),
   ]) {
-    program.addCommand(command.exitOverride());
+    program.addCommand(command);
   }
+  // Every command, nested ones (schedule create, keys generate) included, reports its parse errors to runCli instead
+  // of exiting by itself with 1: bad input exits 2 wherever it is.
+  const overrideAll = (command: Command): void => {
+    command.exitOverride();
+    command.commands.forEach(overrideAll);
+  };
+  overrideAll(program);
   return program;
 }
 
@@ -41,8 +50,9 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.en
       return err.exitCode === 0 ? EXIT_CODES.ok : EXIT_CODES.invalid;
     }
     // One line, and the exit code of the error's kind (src/errors.ts): the same mapping as the admin API's statuses.
+    // A configuration file's error keeps the excerpt that shows where the mistake is.
     const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`rekey: ${message.split('\n')[0]}\n`);
+    process.stderr.write(`rekey: ${err instanceof TargetConfigError ? message : message.split('\n')[0]}\n`);
     return exitCodeFor(err);
   }
 }

@@ -10,6 +10,7 @@ import type { Activities } from '../../src/activities';
 import type { SliceOutcome } from '../../src/activities/rewrap';
 import { emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
+import type { RunRecord } from '../../src/store/run-history';
 import { rotateKek } from '../../src/workflows';
 import { within, workflowBundle } from './temporal';
 
@@ -49,8 +50,18 @@ export class StubRotation {
   stalePerPass: number[] = [10];
   /** How many slices planSlices cuts a pass into. */
   ranges = 1;
+  /** What validateRotation throws instead of answering (its refusal). */
+  validateRefusal?: Error;
+  /** Who picks the current KEK: rekey's registry, or the application (whose steps then wait for evidence). */
+  owner: 'registry' | 'application' = 'registry';
+  /** For an application-owned target: the steps whose evidence the application shows (none: it waits for people). */
+  evidence: { promote: boolean; retire: boolean } = { promote: false, retire: false };
   /** What each rewrapSlice call answers, in call order (then: nothing moved, done). */
   slices: SliceScript[] = [];
+  /** Runs recorded in the run history (recordRun), in call order. */
+  readonly recorded: RunRecord[] = [];
+  /** Fails every recordRun with this (retryable) error: the history cannot be written. */
+  recordFails: Error | undefined;
   private readonly holds = new Map<string, Held>();
   private readonly all: Held[] = [];
 
@@ -98,11 +109,15 @@ export class StubRotation {
     return {
       validateRotation: async (request: RotationRequest) => {
         await this.enter('validateRotation');
+        if (this.validateRefusal) throw this.validateRefusal;
         return {
           from: request.from === 'current' ? 'v1' : request.from,
-          currentKekOwner: 'registry' as const,
+          currentKekOwner: this.owner,
           since: new Date(0).toISOString(),
           noun: 'DEK',
+          ...(this.owner === 'application' && {
+            instructions: { promote: 'set CURRENT=v2 and restart', retire: 'remove KEK v1 and restart' },
+          }),
         };
       },
       proposeKekId: async () => {
@@ -146,6 +161,10 @@ export class StubRotation {
         await this.enter('verifyRotation');
         return { stale: 0, sampled: 10, unreadable: [] };
       },
+      proveLabels: async (args) => {
+        await this.enter('proveLabels');
+        return { tried: 0, relabelled: 0, needed: 0, neededRows: [], contended: 0, cursor: args.after, done: true };
+      },
       retireKek: async () => {
         await this.enter('retireKek');
         return { retiredAt: new Date().toISOString() };
@@ -154,9 +173,18 @@ export class StubRotation {
         await this.enter('staleTenants');
         return [];
       },
-      applicationEvidence: async () => {
+      applicationEvidence: async ({ step }: { step: 'promote' | 'retire' }) => {
         await this.enter('applicationEvidence');
-        return { satisfied: true, by: 'registry' as const, detail: 'registry' };
+        if (this.owner === 'registry') return { satisfied: true, by: 'registry' as const, detail: 'registry' };
+        return this.evidence[step]
+          ? { satisfied: true, by: 'configuration' as const, detail: `the application did ${step}` }
+          : { satisfied: false, detail: `no evidence that the application did ${step}` };
+      },
+      recordRun: async (run: RunRecord) => {
+        await this.enter('recordRun');
+        if (this.recordFails) throw this.recordFails;
+        this.recorded.push(run);
+        return { recorded: true };
       },
     };
   }

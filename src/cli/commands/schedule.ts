@@ -58,10 +58,15 @@ export function scheduleCommand(): Command {
               ...(options.notifyBefore !== undefined && { notifyBefore: options.notifyBefore }),
               ...(options.notifyUrl !== undefined && { notifyUrl: options.notifyUrl }),
             });
-            context.print({ scheduleId: id, created: true }, () => [`created schedule ${id}`]);
+            context.print({ scheduleId: id, created: true }, () => [
+              `created schedule ${id}`,
+              `  Web UI: ${context.webUiPage(`schedules/${encodeURIComponent(id)}`)}`,
+            ]);
           } catch (err) {
             if (err instanceof ScheduleAlreadyRunning)
               throw new CliError(`schedule ${options.id} already exists`, 'conflict');
+            // The worker's answer: a target whose runs could never do their work.
+            if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
             throw err;
           }
         },
@@ -76,11 +81,12 @@ export function scheduleCommand(): Command {
         context.print(schedules, () =>
           schedules.length === 0
             ? ['no rotation schedules']
-            : schedules.map(
-                (s) =>
-                  `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next rotation ${s.nextRuns[0] ?? '-'}` +
+            : schedules.flatMap((s) => [
+                `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next rotation ${s.nextRuns[0] ?? '-'}` +
                   (s.nextNotice ? `; notice ${s.nextNotice}` : s.noticedFor ? `; announced ${s.noticedFor}` : ''),
-              ),
+                // Each recent run, in the words of rekey status.
+                ...s.runs.map((run) => `  ${run.at}  ${run.rotation ?? run.launcher}: ${run.line}`),
+              ]),
         );
       }),
     );
