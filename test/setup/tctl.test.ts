@@ -25,7 +25,8 @@ describe('tctl built by the setup from its Go module source', () => {
 
   const tctl = (...args: string[]) => {
     const environment: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: home };
-    return run(inject('toolchain').tctl, ['--address', env.address, ...args], {
+    // A busy machine may take longer than tctl's default 5 s for an RPC.
+    return run(inject('toolchain').tctl, ['--address', env.address, '--context_timeout', '30', ...args], {
       env: environment,
       timeout: 30_000,
     });
