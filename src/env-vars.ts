@@ -22,6 +22,42 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   },
   { name: 'TEMPORAL_ADDRESS', default: 'localhost:7233', what: 'the Temporal frontend, host:port', readBy: ALL },
   { name: 'TEMPORAL_NAMESPACE', default: 'default', what: 'the Temporal namespace', readBy: ALL },
+  {
+    name: 'TEMPORAL_TLS_CLIENT_CERT_PATH',
+    default: 'none',
+    what: "rekey's client certificate (PEM) for Temporal's mTLS, with TEMPORAL_TLS_CLIENT_KEY_PATH; any TEMPORAL_TLS_* turns TLS on",
+    readBy: ALL,
+  },
+  {
+    name: 'TEMPORAL_TLS_CLIENT_KEY_PATH',
+    default: 'none',
+    what: "the client certificate's key (PEM), with TEMPORAL_TLS_CLIENT_CERT_PATH",
+    readBy: ALL,
+  },
+  {
+    name: 'TEMPORAL_TLS_SERVER_CA_CERT_PATH',
+    default: "the system's CAs",
+    what: "the CA that signed the Temporal frontend's certificate (PEM)",
+    readBy: ALL,
+  },
+  {
+    name: 'TEMPORAL_TLS_SERVER_NAME',
+    default: 'the host of TEMPORAL_ADDRESS',
+    what: "the name in the Temporal frontend's certificate",
+    readBy: ALL,
+  },
+  {
+    name: 'TEMPORAL_API_KEY',
+    default: 'none',
+    what: "sent to Temporal as 'authorization: Bearer <key>' (an API key, or the JWT its claim mapper reads)",
+    readBy: ALL,
+  },
+  {
+    name: 'TEMPORAL_TLS',
+    default: 'false, unless another TEMPORAL_TLS_* or TEMPORAL_API_KEY is set',
+    what: 'true: TLS with the system CAs and no client certificate; false beside any TLS setting is refused',
+    readBy: ALL,
+  },
   { name: 'REKEY_TASK_QUEUE', default: 'rekey', what: 'the task queue the workers poll', readBy: ALL },
   {
     name: 'REKEY_TARGETS',

@@ -128,10 +128,13 @@ export function rotateCommand(): Command {
           return;
         }
         if (validated?.outcome === 'nothing-to-do') {
-          // Validate decided there is nothing to do (already done, or a KEK too young for a scheduled run): ended.
-          context.print({ opId, workflowId: started.handle.workflowId, started: true, validated }, () => [
-            `rotation ${opId} of target '${options.target}': ${validated.note ?? validated.outcome}`,
-          ]);
+          // Validate decided there is nothing to do (already done, or a KEK too young for a scheduled run): the run
+          // ends saying why, which is shown as rekey status shows it.
+          if (context.options.json) {
+            context.out(JSON.stringify({ opId, workflowId: started.handle.workflowId, started: true, validated }));
+            return;
+          }
+          await watchRotation(context, opId);
           return;
         }
         if (!context.options.json) {
