@@ -1,3 +1,4 @@
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
@@ -63,7 +64,7 @@ export async function createWorker(options: RekeyWorkerOptions): Promise<Worker>
 }
 
 const WorkerEnv = z.object({
-  /** 0 picks a free port. */
+  /** 0: any free port; the 'rekey worker started' line gives the address (metricsUrl). */
   REKEY_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
   /** Where the Temporal SDK's own Prometheus endpoint listens (proxied by the one above); 0 turns it off. */
   REKEY_TEMPORAL_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9465),
@@ -110,6 +111,8 @@ async function run(): Promise<void> {
     temporalMetricsUrl: temporalMetricsPort > 0 ? `http://127.0.0.1:${temporalMetricsPort}/metrics` : undefined,
   });
 
+  const metricsAddress = metricsServer.address() as AddressInfo;
+
   const connection = await NativeConnection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
   const presence = new WorkerPresence(targets, (message) => logger.warn(message));
   try {
@@ -135,6 +138,7 @@ async function run(): Promise<void> {
         defaultTarget: targetsConfig.defaultTarget,
         keyProvider: keys.description,
         keys: keys.kekIds().map((id) => ({ id, fingerprint: keys.fingerprint(id) })),
+        metricsUrl: `http://${metricsAddress.address}:${metricsAddress.port}/metrics`,
       },
       'rekey worker started',
     );
