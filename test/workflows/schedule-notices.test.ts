@@ -21,6 +21,7 @@ import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { noticeRetryDelayMs, noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 import { createDevServerEnv, queryUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
@@ -253,9 +254,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
       });
       const nextRun = (await env.client.schedule.getHandle(scheduleId).describe()).info.nextActionTimes[0]!;
       const handle = env.client.workflow.getHandle<typeof scheduleNotices>(noticeWorkflowId(scheduleId));
-      for (const deadline = Date.now() + 30_000; received.length === 0 && Date.now() < deadline;) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
+      await eventually('the receiver getting the notice', () => received.length > 0, { every: 100 });
       expect(received).toHaveLength(1);
       const [{ headers, body }] = received as [(typeof received)[0]];
       // Verified as a receiver would, with its own HMAC: over "<timestamp>.<body>", under the shared secret.
