@@ -264,6 +264,33 @@ export class ControlRefusedError extends RekeyError {
   static override readonly kind = 'conflict';
 }
 
+/**
+ * A migration asked for while a rotation of its target is under way: the legacy values are pinned to the KEK the
+ * rotation replaces. Not now: finish or abort the rotation first.
+ */
+export class RotationUnderWayError extends RekeyError {
+  override readonly name = 'RotationUnderWayError';
+  static override readonly kind = 'conflict';
+}
+
+/**
+ * A run's failure as a client reads it back from Temporal (the validate step's refusal of a run just started, a run
+ * that ended failed): the message of the error that caused it, and that error's kind, so that every surface answers
+ * it with the code it would give the error itself.
+ */
+export class RunFailedError extends RekeyError {
+  override readonly name = 'RunFailedError';
+  constructor(
+    message: string,
+    private readonly failureKind: ErrorKind,
+  ) {
+    super(message);
+  }
+  override get kind(): ErrorKind {
+    return this.failureKind;
+  }
+}
+
 /** An error the CLI reports as one line, with the exit code of its kind. */
 export class CliError extends RekeyError {
   override readonly name = 'CliError';
@@ -316,6 +343,7 @@ const CLASSES = [
   RotationNotFoundError,
   RotationNotRunningError,
   ControlRefusedError,
+  RotationUnderWayError,
 ] as const;
 
 /** The kind of every error type by name: rekey's classes and the workflow's failure types. */
@@ -341,6 +369,13 @@ export function errorKind(err: unknown): ErrorKind {
     e = (e as { cause?: unknown }).cause;
   }
   return 'failed';
+}
+
+/** The innermost message of a failure (Temporal wraps an activity's in the workflow's): the one that says why. */
+export function failureMessage(err: unknown): string {
+  let current: unknown = err;
+  while (current instanceof Error && current.cause instanceof Error) current = current.cause;
+  return current instanceof Error ? current.message : String(current);
 }
 
 export const exitCodeFor = (err: unknown): number => EXIT_CODES[errorKind(err)];

@@ -1,5 +1,6 @@
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { createApplicationActivities } from './application';
+import { createHistoryActivities } from './history';
 import { createKekActivities } from './kek';
 import { createMigrationActivities } from './migrate';
 import { createRewrapActivities } from './rewrap';
@@ -17,6 +18,7 @@ export function createActivities(deps: ActivityDependencies) {
     ...createApplicationActivities(shared),
     ...createMigrationActivities(shared),
     ...createScheduleActivities(shared),
+    ...createHistoryActivities(shared),
   };
 }
 

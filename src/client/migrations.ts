@@ -1,6 +1,7 @@
 // Starting `rekey migrate-dek` runs, for every surface (CLI, admin API, tests): one place decides their identity.
 // At most one migration runs per target; a dry run writes nothing and gets an id of its own.
 import {
+  WithStartWorkflowOperation,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   type Client,
@@ -8,9 +9,23 @@ import {
 } from '@temporalio/client';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
-import { migrateDek, migrationProgressQuery, type MigrationReport, type MigrationRequest } from '../workflows';
-import { failureMessage } from './rotations';
-import { InvalidRotationError, RotationNotFoundError, RotationNotRunningError } from '../errors';
+import {
+  migrateDek,
+  migrationPlannedUpdate,
+  migrationProgressQuery,
+  type MigrationReport,
+  type MigrationRequest,
+} from '../workflows';
+import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
+import { startAnswered } from './start-answered';
+import {
+  errorKind,
+  failureMessage,
+  InvalidRotationError,
+  RotationNotFoundError,
+  RotationNotRunningError,
+  type ErrorKind,
+} from '../errors';
 
 const PREFIX = 'dek-migration-';
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
@@ -21,14 +36,25 @@ export function migrationWorkflowId(request: MigrationRequest, now = Date.now())
 }
 
 export type MigrationStart =
-  | { kind: 'started'; handle: WorkflowHandle<typeof migrateDek> }
+  | {
+      kind: 'started';
+      handle: WorkflowHandle<typeof migrateDek>;
+      /** The report once the first plan was made (absent only from a worker whose build predates the update). */
+      planned?: MigrationReport;
+      unanswered?: string;
+    }
   | { kind: 'already-running'; handle: WorkflowHandle<typeof migrateDek> };
 
-/** Checks the request's shape and starts it; if a migration of the target is running, returns that one. */
+/**
+ * Checks the request's shape, starts it and waits for its plan step's verdict, in one call (Update-with-Start): a
+ * refusal (a target with no fields, no current KEK known, a rotation under way) is thrown as a RunFailedError with
+ * the kind of the error that refused it, and nothing was written. If a migration of the target is running, nothing
+ * starts and that one is returned.
+ */
 export async function startMigration(
   client: Client,
   request: MigrationRequest,
-  options: { taskQueue: string },
+  options: { taskQueue: string; answerWithinMs?: number },
 ): Promise<MigrationStart> {
   if (!TARGET_NAME.test(request.target)) {
     throw new InvalidRotationError(
@@ -53,14 +79,20 @@ export async function startMigration(
   }
   const workflowId = migrationWorkflowId(request);
   try {
-    const handle = await client.workflow.start(migrateDek, {
+    const start = new WithStartWorkflowOperation(migrateDek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],
       workflowIdReusePolicy: 'ALLOW_DUPLICATE',
       workflowIdConflictPolicy: 'FAIL',
     });
-    return { kind: 'started', handle };
+    const started = await startAnswered(client, migrationPlannedUpdate, start, options.answerWithinMs);
+    const handle = client.workflow.getHandle<typeof migrateDek>(workflowId, undefined, {
+      firstExecutionRunId: started.firstRunId,
+    });
+    return started.answered
+      ? { kind: 'started', handle, planned: started.answer }
+      : { kind: 'started', handle, unanswered: started.why };
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     return { kind: 'already-running', handle: client.workflow.getHandle<typeof migrateDek>(workflowId) };
@@ -78,8 +110,14 @@ export interface MigrationStatus {
   status: string;
   report?: MigrationReport;
   failure?: string;
+  /** The kind of the error the run failed with (its exit code and HTTP status). */
+  failureKind?: ErrorKind;
   startedAt?: Date;
   closedAt?: Date;
+  /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
+  retrying?: RetryingStep[];
+  /** The one status every surface shows (src/rotation/run-status.ts), as of the moment it was read. */
+  run: RunStatus;
 }
 
 /** A migration by its workflow id (`dek-migration-<target>`, or a dry run's); RotationNotFoundError if none. */
@@ -95,12 +133,19 @@ export async function migrationStatus(client: Client, workflowId: string): Promi
   if (description.type !== 'migrateDek') throw new RotationNotFoundError(`'${workflowId}' is not a migration`);
   const status = description.status.name;
   const times = { startedAt: description.startTime, closedAt: description.closeTime };
-  if (status === 'RUNNING') return { workflowId, status, report: await handle.query(migrationProgressQuery), ...times };
-  const ended = await handle.result().then(
-    (report) => ({ report }),
-    (err: unknown) => ({ failure: failureMessage(err) }),
-  );
-  return { workflowId, status, ...ended, ...times };
+  let found: Omit<MigrationStatus, 'run'>;
+  if (status === 'RUNNING') {
+    const retrying = retryingSteps(description.raw.pendingActivities);
+    const report = await handle.query(migrationProgressQuery);
+    found = { workflowId, status, report, ...times, ...(retrying.length > 0 && { retrying }) };
+  } else {
+    const ended = await handle.result().then(
+      (report) => ({ report }),
+      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+    );
+    found = { workflowId, status, ...ended, ...times };
+  }
+  return { ...found, run: migrationRunStatus({ execution: status, ...found }, Date.now()) };
 }
 
 /** A migration that is still running (to pause, resume or abort); RotationNotRunningError otherwise. */

@@ -2,8 +2,10 @@
 // identity. A rotation is its target's: at most one runs per target, whoever starts it, and a new one may start once
 // the last has ended. Whether a rotation was already done is decided by the registry (in the workflow), never by an
 // old workflow id.
+import { retryingSteps, rotationRunStatus, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { staticDetails, staticSummary, type StartedBy } from '../rotation/web-ui';
 import {
+  WithStartWorkflowOperation,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   type Client,
@@ -20,11 +22,14 @@ import {
   RekeyTarget,
   RekeyToKek,
   rotateKek,
+  validatedUpdate,
   type RotationReport,
+  type RotationValidated,
 } from '../workflows';
-import { RotationNotFoundError, RotationNotRunningError } from '../errors';
+import { startAnswered } from './start-answered';
+import { errorKind, failureMessage, RotationNotFoundError, RotationNotRunningError, type ErrorKind } from '../errors';
 
-export { rotationWorkflowId };
+export { rotationWorkflowId, failureMessage };
 
 /** Dry runs write nothing, so they get ids of their own and never stand in the way of a real rotation. */
 export function workflowIdFor(request: RotationRequest, now = Date.now()): string {
@@ -38,23 +43,35 @@ export function opIdOf(workflowId: string, firstRunId: string): string {
 }
 
 export type StartOutcome =
-  | { kind: 'started'; handle: WorkflowHandle<typeof rotateKek>; opId: string }
+  | {
+      kind: 'started';
+      handle: WorkflowHandle<typeof rotateKek>;
+      opId: string;
+      /**
+       * What validate established (absent only when the worker's build predates the `validated` update; `unanswered`
+       * then says so). A run that ended there says so in its `outcome` (nothing to do).
+       */
+      validated?: RotationValidated;
+      unanswered?: string;
+    }
   | { kind: 'already-running'; handle: WorkflowHandle<typeof rotateKek>; opId: string };
 
 /**
- * Checks the request's shape (InvalidRotationError says what to fix) and starts it under its target's id. If a
- * rotation of that target is running, nothing starts and the running one is returned.
+ * Checks the request's shape (InvalidRotationError says what to fix), starts it under its target's id and waits for
+ * its validate step's verdict, in one call (Update-with-Start). A refusal is thrown as a RunFailedError with the kind
+ * of the error that refused it (an unknown KEK, a missing table: invalid; legacy values left: refused), and nothing
+ * was written. If a rotation of that target is running, nothing starts and the running one is returned.
  */
 export async function startRotation(
   client: Client,
   request: RotationRequest,
-  options: { taskQueue: string; workflowId?: string; startedBy?: StartedBy },
+  options: { taskQueue: string; workflowId?: string; startedBy?: StartedBy; answerWithinMs?: number },
 ): Promise<StartOutcome> {
   const settings = parseRotationRequest(request);
   const workflowId = options.workflowId ?? workflowIdFor(request);
   const description = { ...request, target: settings.target };
   try {
-    const handle = await client.workflow.start(rotateKek, {
+    const start = new WithStartWorkflowOperation(rotateKek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],
@@ -70,7 +87,14 @@ export async function startRotation(
         { key: RekeyToKek, value: request.to },
       ]),
     });
-    return { kind: 'started', handle, opId: opIdOf(workflowId, handle.firstExecutionRunId) };
+    const started = await startAnswered(client, validatedUpdate, start, options.answerWithinMs);
+    const handle = client.workflow.getHandle<typeof rotateKek>(workflowId, undefined, {
+      firstExecutionRunId: started.firstRunId,
+    });
+    const opId = opIdOf(workflowId, started.firstRunId);
+    return started.answered
+      ? { kind: 'started', handle, opId, validated: started.answer }
+      : { kind: 'started', handle, opId, unanswered: started.why };
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     const { handle, opId } = await findRotation(client, workflowId);
@@ -147,8 +171,14 @@ export interface RotationStatus {
   status: string;
   progress?: RotationReport;
   failure?: string;
+  /** The kind of the error the run failed with (its exit code and HTTP status). */
+  failureKind?: ErrorKind;
   startedAt?: Date;
   closedAt?: Date;
+  /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
+  retrying?: RetryingStep[];
+  /** The one status every surface shows (src/rotation/run-status.ts), as of the moment it was read. */
+  run: RunStatus;
 }
 
 export async function rotationStatus(client: Client, reference: string): Promise<RotationStatus> {
@@ -156,18 +186,22 @@ export async function rotationStatus(client: Client, reference: string): Promise
   const { workflowId } = handle;
   const description = await handle.describe().catch(() => undefined);
   const times = { startedAt: description?.startTime, closedAt: description?.closeTime };
-  if (status === 'RUNNING') return { workflowId, opId, status, progress: await handle.query(progressQuery), ...times };
-  if (status === 'COMPLETED') return { workflowId, opId, status, progress: await handle.result(), ...times };
-  const failure = await handle.result().then(
-    () => undefined,
-    (err: unknown) => failureMessage(err),
-  );
-  return { workflowId, opId, status, failure, ...times };
-}
-
-/** The innermost message of a workflow failure: the one that says what went wrong. */
-export function failureMessage(err: unknown): string {
-  let current: unknown = err;
-  while (current instanceof Error && current.cause instanceof Error) current = current.cause;
-  return current instanceof Error ? current.message : String(current);
+  let found: Omit<RotationStatus, 'run'>;
+  if (status === 'RUNNING') {
+    const progress = await handle.query(progressQuery);
+    const retrying = retryingSteps(description?.raw.pendingActivities);
+    found = { workflowId, opId, status, progress, ...times, ...(retrying.length > 0 && { retrying }) };
+  } else if (status === 'COMPLETED') {
+    found = { workflowId, opId, status, progress: await handle.result(), ...times };
+  } else {
+    const failed = await handle.result().then(
+      () => undefined,
+      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+    );
+    found = { workflowId, opId, status, ...failed, ...times };
+  }
+  return {
+    ...found,
+    run: rotationRunStatus({ execution: status, ...found }, Date.now()),
+  };
 }

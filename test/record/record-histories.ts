@@ -25,6 +25,7 @@ import {
   scheduleNotices,
   setGraceUpdate,
 } from '../../src/workflows';
+import { startRotation } from '../../src/client/rotations';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { createTimeSkippingEnv, progressUntil, untilNoActivityPending, workflowBundle } from '../helpers/temporal';
 import { createTestDatabase, migrateDatabase } from '../helpers/database';
@@ -176,6 +177,34 @@ describe('record', () => {
         });
         expect((await canary.result()).outcome).toBe('canary');
         await save('canary', canary);
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+
+  it('started as the clients start it (Update-with-Start, the validated update): a dry run, and a refused rotation', async () => {
+    const fixture = await RotationFixture.create({ tenants: 300 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const options = { taskQueue: fixture.taskQueue };
+        const dry = await startRotation(
+          env.client,
+          { from: 'v1', to: 'v2', dryRun: true },
+          {
+            ...options,
+            workflowId: `rotation-${randomUUID()}`,
+          },
+        );
+        expect(dry.kind === 'started' && dry.validated?.from).toBe('v1');
+        expect((await dry.handle.result()).outcome).toBe('dry-run');
+        await save('validated-dry-run', dry.handle);
+        const workflowId = `rotation-${randomUUID()}`;
+        await expect(startRotation(env.client, { from: 'v1', to: 'v9' }, { ...options, workflowId })).rejects.toThrow(
+          /unknown KEK 'v9'/,
+        );
+        await save('validated-refused', env.client.workflow.getHandle(workflowId));
       });
     } finally {
       await fixture.drop();

@@ -105,15 +105,15 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     );
     let status = '';
     await eventually(
-      "'rekey status' showing the rotation waiting for the application",
+      "'rekey status' showing the rotation waiting for confirmation",
       async () => {
         status = (await rekey('status', 'mycelium')).stdout;
-        return status.includes('waiting for the application');
+        return status.includes('Waiting for confirmation');
       },
       { every: 200, describe: () => `last status: ${status}` },
     );
     expect(status).toContain(
-      'waiting for the application: discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
+      'Waiting for confirmation: discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
     );
     expect(status).toContain('then: rekey confirm kek-rotation-mycelium --step retire --note "…"');
     const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old secret removed from Vault');
@@ -122,7 +122,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     expect(done.stderr).toBe('');
     expect(done.code).toBe(0);
     expect(done.stdout).toContain('From version: 1');
-    expect(done.stdout).toMatch(/rotation kek-rotation-mycelium@\S+: completed/);
+    expect(done.stdout).toMatch(/rotation kek-rotation-mycelium@\S+: Succeeded: '1' → '2': 120 of 120 rows moved/);
     expect(done.stdout).toContain('Tenants scanned: 137  Migrated: 120  Already done: 10  Skipped: 7');
     expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, tenants)).toEqual([]);
     const kekStatus = (await rekey('kek-status', '--target', 'mycelium')).stdout;
@@ -209,7 +209,9 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
 
     const status = await rekey('status', 'dek-migration-mycelium');
     expect(status.stderr).toBe('');
-    expect(status.stdout).toContain('migration dek-migration-mycelium: completed');
+    expect(status.stdout).toContain(
+      "migration dek-migration-mycelium: Succeeded: 1 of 1 values moved under the tenants' DEKs",
+    );
     expect(status.stdout).toContain(`Tenant: ${SYSTEM_TENANT} (only the values under its DEK)`);
     expect(status.stdout).toContain('TOTP fields migrated: 1');
     const pause = await rekey('pause', 'dek-migration-mycelium');
