@@ -17,7 +17,7 @@ import { KekRegistry } from './store/kek-registry';
 import { TenantDekStore } from './store/tenant-deks';
 import { TenantCrypto } from './tenant-crypto';
 import { createWorker } from './worker';
-import { progressQuery } from './workflows';
+import { progressQuery } from './workflows/messages';
 
 const TENANTS = Number(process.env.REKEY_DEMO_TENANTS ?? 200_000);
 const RECORDS = 2_000;

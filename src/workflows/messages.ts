@@ -2,7 +2,7 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { DestroyProgress } from '../rotation/destroy-progress';
 import type { Outcome, ProgressReport } from '../rotation/progress';
-import type { MigrationReport } from './migrate-dek';
+import type { MigrationReport } from '../rotation/migration-report';
 
 /** Fire-and-forget controls (Web UI, `temporal workflow signal`, scripts). */
 export const pauseSignal = defineSignal('pause');
@@ -78,3 +78,46 @@ export const validatedUpdate = defineUpdate<RotationValidated>('validated');
 export const migrationPlannedUpdate = defineUpdate<MigrationReport>('migrationPlanned');
 /** Where a retired KEK's destruction stands (the workflow `rekey-destroy-…`): waiting, proving, refused (and why). */
 export const destroyProgressQuery = defineQuery<DestroyProgress>('destroyProgress');
+
+// The migration's (src/workflows/migrate-dek.ts).
+export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
+/**
+ * The `pause`, `resume` and `abort` signals for callers that need an answer (`rekey pause dek-migration-<target>`, the
+ * admin API): each returns the report once the run has taken it in. Running parts stop at their next batch.
+ */
+export const pauseMigrationUpdate = defineUpdate<MigrationReport>('pauseMigration');
+export const resumeMigrationUpdate = defineUpdate<MigrationReport>('resumeMigration');
+export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: string]>('abortMigration');
+
+// The rotation notices of a schedule (src/workflows/schedule-notices.ts).
+export interface NoticeState {
+  scheduleId: string;
+  target: string;
+  notifyBefore: string;
+  /** The schedule's next rotation and when its notice goes out (ISO 8601), while there is one. */
+  nextRotation?: string;
+  nextNotice?: string;
+  /** The rotation the last notice announced, and when it went out. */
+  noticedFor?: string;
+  lastNoticeAt?: string;
+  /** How many attempts the last notice took (more than 1: its receiver refused it first). */
+  lastNoticeAttempts?: number;
+  /** While the receiver refuses the notice due now: since when, how often, why, and when it is tried again. */
+  failing?: NoticeFailing;
+  /** The last rotation whose notice never went out: its receiver refused it until the schedule moved on. */
+  missedNotice?: string;
+  ended?: string;
+}
+
+export interface NoticeFailing {
+  /** The rotation the notice announces. */
+  rotationAt: string;
+  /** When the first refused attempt was made, and the last. */
+  since: string;
+  lastAttemptAt: string;
+  attempts: number;
+  lastError: string;
+  nextAttemptAt: string;
+}
+
+export const noticeStateQuery = defineQuery<NoticeState>('progress');
