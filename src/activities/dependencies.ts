@@ -10,8 +10,8 @@ import { TargetRuntimes } from '../targets/runtime';
 export interface ActivityDependencies {
   /** The process's own database (DATABASE_URL), migrated: rekey's own target and any target naming no other. */
   db: Pool;
-  /** The process's own key provider (REKEY_KEY_PROVIDER), for targets whose keys are 'default'. */
-  keys: KeyProvider;
+  /** The process's own key provider (REKEY_KEY_PROVIDER), for targets whose keys are 'default'; a function opens it when first needed. */
+  keys: KeyProvider | (() => KeyProvider);
   /** The targets served; the presets alone when not given. */
   targets?: TargetsConfig | TargetRuntimes;
   /** Where target key sources and database variables are read (default: process.env). */

@@ -1,4 +1,5 @@
 import { Pool } from 'pg';
+import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
 import { openTargetKeys } from '../keys';
 import type { KeyProvider } from '../keys/key-provider';
@@ -9,6 +10,7 @@ import { TargetStore } from '../store/target-store';
 import { BUILTIN_TARGET } from './builtin';
 import { type TargetsConfig } from './config';
 import { PRESETS } from './presets';
+import type { ServedTargets } from './served';
 import type { TargetDefinition } from './target';
 import { KeyMaterialError, TargetConfigError } from '../errors';
 
@@ -32,6 +34,8 @@ export interface TargetRuntimesOptions {
   keys: KeyProvider | (() => KeyProvider);
   config?: TargetsConfig;
   env?: NodeJS.ProcessEnv;
+  /** The targets this process serves (a worker: REKEY_TARGETS); every known target when not given. */
+  served?: ServedTargets;
 }
 
 /**
@@ -57,6 +61,11 @@ export class TargetRuntimes {
     return [...(this.options.config?.targets.keys() ?? Object.keys(PRESETS))];
   }
 
+  /** The targets this process serves: its activities refuse the others. */
+  get served(): string[] {
+    return this.options.served?.names ?? this.names;
+  }
+
   definition(name: string): TargetDefinition {
     const definition = this.options.config?.targets.get(name) ?? (this.options.config ? undefined : PRESETS[name]);
     if (!definition) {
@@ -80,6 +89,12 @@ export class TargetRuntimes {
 
   private async open(name: string): Promise<TargetRuntime> {
     const definition = this.definition(name);
+    const { served } = this.options;
+    if (served && !served.names.includes(name)) {
+      throw new TargetConfigError(
+        `this worker serves ${served.names.map((n) => `'${n}'`).join(', ')} (${served.source}), not target '${name}': add it to REKEY_TARGETS, or run a worker for it on its own task queue`,
+      );
+    }
     const db = await this.database(definition);
     const store = new TargetStore(db, definition, compileFormat(definition.format));
     await store.inspect();
@@ -128,6 +143,10 @@ export class TargetRuntimes {
       }
       return this.options.db;
     }
+    checkDatabaseUrl(
+      url,
+      definition.database.url !== undefined ? `target '${definition.name}': database.url` : variable,
+    );
     let pool = this.pools.get(url);
     if (!pool) {
       pool = new Pool({ connectionString: url, max: 8 });

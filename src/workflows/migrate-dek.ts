@@ -57,6 +57,8 @@ export interface MigrationReport {
   /** The one tenant the run migrates, if it was given one. */
   tenantId?: string;
   kekId?: string;
+  /** Why `kekId`, when the table chose it (the registry recorded none and the request named none). */
+  kekChoice?: string;
   /** Rows of the target's table of DEKs when the run planned ("Tenants scanned"). */
   tenants?: number;
   phase: 'planning' | 'migrating' | 'done';
@@ -269,6 +271,7 @@ function startPass(state: MigrationCarried, plan: MigrationPlan): void {
       counters: emptyFieldCounters(),
     }));
     if (plan.byTenant) report.byTenant = plan.byTenant;
+    if (plan.kekChoice) report.kekChoice = plan.kekChoice;
   }
   // Every pass tries every legacy value, unreadable ones included: what is unreadable is what this pass finds.
   for (const field of report.fields) field.counters.unreadable = 0;

@@ -596,4 +596,17 @@ function validateConfirmation(run: RotationState, confirmation: StepConfirmation
       `target '${run.carried.target}' reads its current KEK from rekey's registry: there is nothing to confirm`,
     );
   }
+  // A confirmation answers the step the run waits for, and no other: a promote confirmed while the run waits on
+  // retire (or a retire while nothing asks for it) would be recorded as done without anyone having done it.
+  const waiting = run.progress.waiting;
+  if (waiting?.kind === 'application' && waiting.step !== confirmation.step) {
+    throw new ControlRefusedError(
+      `the rotation waits for the application to ${waiting.step} (${waiting.instructions}), not to ${confirmation.step}: confirm --step ${waiting.step} once that is done`,
+    );
+  }
+  if (waiting?.kind !== 'application') {
+    throw new ControlRefusedError(
+      `the rotation waits for no confirmation now (${run.progress.phase}${waiting ? `, waiting for the fleet: ${waiting.instructions}` : ''}): confirm --step ${confirmation.step} once status shows it waiting for the application to ${confirmation.step}`,
+    );
+  }
 }

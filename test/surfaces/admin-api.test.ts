@@ -258,6 +258,8 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       '/admin/v1/secrets/rotation-status/{op_id}',
       '/admin/v1/secrets/rotation/{op_id}/abort',
       '/admin/v1/secrets/rotation/{op_id}/confirm',
+      '/admin/v1/secrets/rotation/{op_id}/grace',
+      '/admin/v1/secrets/rotation/{op_id}/override-fleet',
       '/admin/v1/secrets/rotation/{op_id}/pause',
       '/admin/v1/secrets/rotation/{op_id}/resume',
       '/admin/v1/secrets/rotations',

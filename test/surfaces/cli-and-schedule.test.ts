@@ -230,7 +230,10 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       '--min-kek-age',
       '0s',
     );
-    expect(created).toMatchObject({ code: 0, stdout: 'created schedule rekey-test\n' });
+    expect(created).toMatchObject({
+      code: 0,
+      stdout: expect.stringMatching(/^created schedule rekey-test\n/) as unknown,
+    });
     expect((await rekey('schedule', 'create', '--id', 'rekey-test')).code).toBe(4);
     const listed = JSON.parse((await rekey('--json', 'schedule', 'list')).stdout) as {
       scheduleId: string;

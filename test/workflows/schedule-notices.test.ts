@@ -2,13 +2,16 @@
 // rotation it announces (by the server's clock), one per rotation, and the workflow ends when the schedule goes;
 // on the dev server, a real schedule's notice reaches a webhook signed so that independent code verifies it.
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Context } from '@temporalio/activity';
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createActivities } from '../../src/activities';
 import type { RotationNotice } from '../../src/activities/schedules';
 import {
@@ -17,6 +20,7 @@ import {
   listRotationSchedules,
   noticeWorkflowId,
 } from '../../src/client/schedules';
+import { FileKeyring } from '../../src/keys/file-keyring';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { noticeRetryDelayMs, noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
@@ -230,13 +234,20 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
     const taskQueue = `notices-${randomUUID()}`;
     const scheduleId = `notice-${randomUUID()}`;
     const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/rekey`;
+    // A key source that generates KEKs: schedule create refuses one that cannot (each run rotates to a new KEK).
+    const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-notices-'));
+    const keyring = FileKeyring.open(path.join(scratch, 'keyring.json'), { create: true });
+    onTestFinished(() => {
+      keyring.close();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    });
     const worker = await Worker.create({
       connection: env.nativeConnection,
       taskQueue,
       workflowBundle: workflowBundle(),
       activities: createActivities({
         db: db.pool,
-        keys: testKeys(['v1']),
+        keys: keyring,
         temporal: env.client,
         env: { REKEY_NOTIFY_SECRET: secret },
       }),
