@@ -258,7 +258,9 @@ export function ensureVault() {
   const binary = path.join(cacheRoot(), `vault-${VAULT_VERSION}`, 'vault');
   if (fs.existsSync(binary)) return binary;
   const go = requireGo(`Vault ${VAULT_VERSION}`, VAULT_MIN_GO);
-  log(`building Vault ${VAULT_VERSION} with ${go} (first time only; about 7 minutes on 2 cores)`);
+  log(
+    `building Vault ${VAULT_VERSION} with ${go} (first time only; from 7 minutes on 2 idle cores to half an hour on busy ones)`,
+  );
   const { dir: moduleDir } = downloadGoModule(go, ...VAULT_MODULE);
   const replaces = VAULT_NESTED_MODULES.map(([module, version, sum]) => [
     module,
@@ -313,7 +315,7 @@ export function ensureTctl() {
   const binary = path.join(cacheRoot(), `tctl-${TCTL_VERSION}`, 'tctl');
   if (fs.existsSync(binary)) return binary;
   const go = requireGo(`tctl ${TCTL_VERSION}`, TCTL_MIN_GO);
-  log(`building tctl ${TCTL_VERSION} with ${go} (first time only; about 2 minutes)`);
+  log(`building tctl ${TCTL_VERSION} with ${go} (first time only; 2 to 6 minutes on 2 cores)`);
   const module = 'github.com/temporalio/tctl';
   const { dir: moduleDir } = downloadGoModule(go, module, `v${TCTL_VERSION}`, TCTL_MODULE_SUM);
   return goBuild(go, { tool: `tctl ${TCTL_VERSION}`, moduleDir, pkg: './cmd/tctl', binary });
