@@ -8,8 +8,6 @@ import {
   condition,
   ContinueAsNew,
   continueAsNew,
-  defineQuery,
-  defineUpdate,
   isCancellation,
   setHandler,
   workflowInfo,
@@ -20,7 +18,16 @@ import { parseDuration } from '../rotation/durations';
 import type { TenantRange } from '../rotation/slices';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
 import { explainFailure, slices, steps } from './activity-proxies';
-import { abortSignal, migrationPlannedUpdate, pauseSignal, resumeSignal } from './messages';
+import {
+  abortMigrationUpdate,
+  abortSignal,
+  migrationPlannedUpdate,
+  migrationProgressQuery,
+  pauseMigrationUpdate,
+  pauseSignal,
+  resumeMigrationUpdate,
+  resumeSignal,
+} from './messages';
 import { recordEnd } from './run-record';
 import { migrationRunStatus } from '../rotation/run-status';
 
@@ -92,15 +99,6 @@ export interface MigrationCarried {
   pending: Part[];
   runKey: string;
 }
-
-export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
-/**
- * The `pause`, `resume` and `abort` signals for callers that need an answer (`rekey pause dek-migration-<target>`, the
- * admin API): each returns the report once the run has taken it in. Running parts stop at their next batch.
- */
-export const pauseMigrationUpdate = defineUpdate<MigrationReport>('pauseMigration');
-export const resumeMigrationUpdate = defineUpdate<MigrationReport>('resumeMigration');
-export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: string]>('abortMigration');
 
 const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', maxPasses: 3, maxHistoryEvents: 10_000 };
 const MAX_FAILURES = 100;
