@@ -595,7 +595,9 @@ function refuse(reason: string | undefined): void {
 }
 
 function validateFleetOverride(run: RotationState, reason: string): void {
-  if (typeof reason !== 'string' || reason.trim().length === 0) throw new InvalidRotationError('say why the fleet gate is overridden');
+  if (typeof reason !== 'string' || reason.trim().length === 0) {
+    throw new InvalidRotationError('say why the fleet gate is overridden');
+  }
   // An override lets one waiting gate go; kept for later, it would also skip the gate before the last passes.
   if (run.progress.waiting?.kind !== 'fleet') {
     throw new ControlRefusedError(
