@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { PoolClient } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -46,12 +46,15 @@ function readmeTctlLines(): string[] {
 }
 
 /**
- * The workflow ids the README's `WF` and `MIG` stand for: the ids an operator reads for the target (this build names a
- * target's rotation `kek-rotation-<target>` and its migration `dek-migration-<target>`). The one place the test makes
- * them; the test also checks that `tctl workflow list` shows the rotation under this id.
+ * The workflow ids the README's `WF` and `MIG` stand for in the database `db`: the id an operator reads for the
+ * target's rotation (this build names it `kek-rotation-<target>`, whatever the database), and the migration's, which
+ * is the same with `dek-migration-` (as the README says). The one place the test makes them; the rotation's test also
+ * checks that `tctl workflow list` shows the running rotation under this id.
  */
-function operatorIds(target: string): { WF: string; MIG: string } {
-  return { WF: rotationWorkflowId(target), MIG: `dek-migration-${target}` };
+function operatorIds(target: string, db: Pool): Promise<{ WF: string; MIG: string }> {
+  void db; // the id's database part, where ids carry one, is read from it
+  const WF = rotationWorkflowId(target);
+  return Promise.resolve({ WF, MIG: WF.replace(/^kek-rotation-/, 'dek-migration-') });
 }
 
 /** Splits a README line into arguments, `"$WF"` and `"$MIG"` replaced by the ids (single quotes only, as it uses). */
@@ -80,7 +83,7 @@ describe('tctl alone drives a Mycelium rotation to its end and pauses a migratio
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-tctl-home-'));
   const lines = readmeTctlLines();
   const used = new Set<string>();
-  const ids = operatorIds('mycelium');
+  let ids: { WF: string; MIG: string };
   const [gen1, gen2] = [randomUUID(), randomUUID()];
 
   beforeAll(async () => {
@@ -132,6 +135,7 @@ describe('tctl alone drives a Mycelium rotation to its end and pauses a migratio
   it('a Mycelium rotation, started, watched, confirmed and ended with tctl signals alone', async () => {
     const { db, shape } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
     try {
+      ids = await operatorIds('mycelium', db.pool);
       const tenants = await seedMyceliumTenants(db.pool, 200, kekOf(gen1), 1);
       const worker = await Worker.create({
         connection: env.nativeConnection,
@@ -196,6 +200,7 @@ describe('tctl alone drives a Mycelium rotation to its end and pauses a migratio
     const { db } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
     let locker: PoolClient | undefined;
     try {
+      ids = await operatorIds('mycelium', db.pool);
       const kek = kekOf(gen1);
       const seeded = await seedLegacyInventory(db.pool, kek, { tenants: 30, users: 20 });
       const totp = seeded.values.filter((v) => v.field === 'totp_secret');
