@@ -102,16 +102,6 @@ export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: strin
 /** Where a retired KEK's destruction stands (the workflow `rekey-destroy-…`): waiting, proving, refused (and why). */
 export const destroyProgressQuery = defineQuery<DestroyProgress>('destroyProgress');
 
-// The migration's (src/workflows/migrate-dek.ts).
-export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
-/**
- * The `pause`, `resume` and `abort` signals for callers that need an answer (`rekey pause dek-migration-<target>`, the
- * admin API): each returns the report once the run has taken it in. Running parts stop at their next batch.
- */
-export const pauseMigrationUpdate = defineUpdate<MigrationReport>('pauseMigration');
-export const resumeMigrationUpdate = defineUpdate<MigrationReport>('resumeMigration');
-export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: string]>('abortMigration');
-
 // The rotation notices of a schedule (src/workflows/schedule-notices.ts).
 export interface NoticeState {
   scheduleId: string;
