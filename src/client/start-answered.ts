@@ -26,7 +26,7 @@ export type Answered<R> =
 
 /**
  * Starts `start` and asks it `update`, which answers once the run's first step has decided. The step's refusal is
- * thrown as a RunFailedError (its message, the kind of its error type); a run of that id already running throws
+ * thrown as a RunFailedError (its message, the kind of its error type) once the refused run has closed; a run of that id already running throws
  * WorkflowExecutionAlreadyStartedError and starts nothing. No answer within `withinMs` (no worker polls the task
  * queue, or the step keeps retrying) throws a RunFailedError of kind `failed` that says what the run is doing: it
  * stays started.
@@ -53,6 +53,16 @@ export async function startAnswered<W extends Workflow, R>(
       // A worker of a build that lacks the update rejects it as having no handler: the run goes on. Anything else is
       // the first step's refusal (the run then fails with it, after recording its end).
       if (isUnknownUpdate(err)) return { answered: false, firstRunId, why: failureMessage(err) };
+      // The refused run records its end before it fails with the refusal. The refusal is told once that run has
+      // closed, so an operator who corrects the input and starts again is not told the refused run is still running.
+      await client
+        .withAbortSignal(deadline.signal, () =>
+          client.workflow
+            .getHandle(workflowId, firstRunId)
+            .result()
+            .catch(() => undefined),
+        )
+        .catch(() => undefined);
       throw new RunFailedError(failureMessage(err), errorKind(err));
     }
   } catch (err) {

@@ -48,10 +48,13 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     });
   }
 
-  /** `rekey --json status`, parsed; fails with what the CLI said if it did not answer. */
-  async function cliStatus(reference: string): Promise<RotationStatus> {
+  /**
+   * `rekey --json status`, parsed; fails with what the CLI said if it did not answer with `code` (the README's exit
+   * codes: 0 for a run going or done, 1 for one aborted).
+   */
+  async function cliStatus(reference: string, code = 0): Promise<RotationStatus> {
     const result = await rekey('--json', 'status', reference);
-    expect(result, result.stderr).toMatchObject({ code: 0 });
+    expect(result, result.stderr).toMatchObject({ code });
     return JSON.parse(result.stdout) as RotationStatus;
   }
 
@@ -136,7 +139,7 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     expect(human.stdout.split('\n')[0]).toMatch(new RegExp(`^rotation kek-rotation-rekey@\\S+: Aborted: ${reason}$`));
     expect(human.stdout).not.toMatch(/completed|100%/);
 
-    const cli = await cliStatus('rekey');
+    const cli = await cliStatus('rekey', 1);
     expect(cli.run).toMatchObject({ state: 'aborted', label: 'Aborted', reason, percent: 0, ended: true });
     const body = await apiStatus(cli.opId);
     expect(body).toMatchObject({

@@ -90,13 +90,18 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
       Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: code, activities });
     try {
       const tenants = await seedMyceliumTenants(db.pool, 50, kekOf(gen1), 1);
-      const { handle } = await startRotation(
-        env.client,
-        { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s' },
-        { taskQueue },
-      );
+      // Started while the earlier build's worker runs: a start waits for the run's first answer (that build has no
+      // validate update, and says so, which the start takes as started without a verdict).
       const before = await onBuild(await workflowBundleOf(BUILD_BEFORE));
-      await before.runUntil(progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 60_000 }));
+      const handle = await before.runUntil(async () => {
+        const started = await startRotation(
+          env.client,
+          { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s' },
+          { taskQueue },
+        );
+        await progressUntil(started.handle, (p) => p.waiting?.step === 'retire', { withinMs: 60_000 });
+        return started.handle;
+      });
 
       const after = await onBuild(workflowBundle());
       const report = await after.runUntil(async () => {
