@@ -44,12 +44,16 @@ export function useVaultServers(): {
 
 /** The README's HCL block that follows the line `<!-- policy: <name> -->`, exactly as documented. */
 export function readmePolicy(name: string): string {
+  return readmeBlock(`<!-- policy: ${name} -->`, 'hcl');
+}
+
+/** The README's code block in `language` that follows the line `marker`, exactly as documented. */
+export function readmeBlock(marker: string, language: string): string {
   const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
-  const marker = `<!-- policy: ${name} -->`;
   const at = readme.indexOf(marker);
   if (at < 0) throw new Error(`README.md has no ${marker}`);
-  const block = /```hcl\n([\s\S]*?)```/.exec(readme.slice(at));
-  if (!block) throw new Error(`README.md has no hcl block after ${marker}`);
+  const block = new RegExp('```' + language + '\\n([\\s\\S]*?)```').exec(readme.slice(at));
+  if (!block) throw new Error(`README.md has no ${language} block after ${marker}`);
   return block[1]!;
 }
 
