@@ -9,6 +9,7 @@ import { SecretsManagerKeys } from './aws-secrets-manager';
 import { KmsKeys, type KmsRequestListener } from './aws-kms';
 import { KmsWithLocalKeys } from './kms-move-in';
 import { VaultKvKeys } from './vault-kv';
+import { VaultTransitKeys } from './vault-transit';
 import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
@@ -63,6 +64,7 @@ export function openKeyProvider(
     );
   }
   if (provider === 'vault') return VaultKvKeys.fromEnv(env, onRequest);
+  if (provider === 'vault-transit') return VaultTransitKeys.fromEnv(env, onRequest);
   return FileKeyring.open(keyringFile(source), { create: true });
 }
 

@@ -68,9 +68,9 @@ export async function tokenWithPolicy(vault: VaultServer, name: string, hcl: str
 }
 
 /**
- * An HTTP proxy in front of Vault that forwards every request and, for the first request `loses` picks, drops the
- * answer after Vault carried the request out (the connection is destroyed, as a network failure does). Counts the
- * requests it forwarded by `METHOD path` (without the query).
+ * An HTTP proxy in front of Vault that forwards every request and, for each request `loses` picks, drops the answer
+ * after Vault carried the request out (the connection is destroyed, as a network failure does). Records the requests
+ * it forwarded as `METHOD path` (without the query), and counts the answers it lost.
  */
 export async function lossyVaultProxy(
   upstream: string,
@@ -85,7 +85,7 @@ export async function lossyVaultProxy(
       const apiPath = (request.url ?? '/').split('?')[0]!.replace(/^\/v1\//, '');
       const method = request.method ?? 'GET';
       state.forwarded.push(`${method} ${apiPath}`);
-      const drop = state.lost === 0 && loses(method, apiPath, body.toString());
+      const drop = loses(method, apiPath, body.toString());
       const target = new URL(request.url ?? '/', upstream);
       const forward = http.request(target, { method, headers: { ...request.headers, host: target.host } }, (answer) => {
         const answered: Buffer[] = [];
