@@ -299,4 +299,26 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     fresh.close();
     auto.close();
   });
+
+  it('the owner record: the first KEK of a secret given its keyspace records it as custom_metadata rekey:keyspace; adopt records it on a secret without one and leaves one that has one', async () => {
+    const env = { ...servers.vault.env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` };
+    const keys = VaultKvKeys.fromEnv(env);
+    try {
+      expect(await keys.owners.ownerOf('v1')).toBeUndefined();
+      await keys.generate('v1', { owner: 'db-1/rekey.tenant_deks' });
+      expect(await keys.owners.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
+      await keys.owners.adopt('db-2/public.tenant');
+      expect(await keys.owners.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
+
+      const handMade = VaultKvKeys.fromEnv({ ...env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` });
+      await vaultRequest(servers.vault, 'POST', `secret/data/${handMade.path}`, {
+        data: { value: Buffer.alloc(32, 3).toString('base64url') },
+      });
+      await handMade.owners.adopt('db-1/rekey.tenant_deks');
+      expect((await metadataOf(handMade.path)).custom_metadata).toEqual({ 'rekey:keyspace': 'db-1/rekey.tenant_deks' });
+      handMade.close();
+    } finally {
+      keys.close();
+    }
+  });
 });
