@@ -447,7 +447,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
    * `trim`s the versions up to the KEK's (their material removed for good). Proven first: the key is the one the
    * registry recorded (the fingerprints of the versions Vault still lists), the KEK is retired in Vault (below
    * `min_decryption_version`, as retire left it: one decryptable since may be in use again), and no KEK of this key
-   * the registry still needs (restored ones included) is that version or an older one. Idempotent.
+   * the registry has not destroyed (needed, restored, or retired within its window) is an older version. Idempotent.
    */
   async destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
     await this.reload();
@@ -463,14 +463,23 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
         `${this.description}: version ${version} (KEK '${kekId}') is decryptable again (min_decryption_version ${state.min_decryption_version}), but retire left it below: perhaps restored for a reader, and rekey does not trim it`,
       );
     }
-    const blocking = this.needed(registry, kekId).filter((k) => k.version <= version);
+    // Older KEKs still in their restore window (retired, not destroyed) would be trimmed with it: they go first.
+    const prefix = `${FINGERPRINT_PREFIX}${this.settings.mount}/${this.settings.key}:`;
+    const olderRetired = registry
+      .filter((r) => r.fingerprint.startsWith(prefix) && r.kekId !== kekId && r.state === 'retired')
+      .filter((r) => (versionOfId(r.kekId) ?? 0) < version)
+      .map((r) => ({ kekId: r.kekId, version: versionOfId(r.kekId) ?? 0 }));
+    const blocking = [...this.needed(registry, kekId).filter((k) => k.version <= version), ...olderRetired];
     if (blocking.length > 0) {
       throw new KeyStoreRefusedError(
-        `${this.description}: trimming to version ${version + 1} would remove ${blocking.map((k) => `'${k.kekId}'`).join(', ')}, still needed: not trimmed`,
+        `${this.description}: trimming to version ${version + 1} would remove ${blocking.map((k) => `'${k.kekId}'`).join(', ')}, which the registry has not destroyed (still needed, or retired within its restore window): not trimmed. Those are destroyed first`,
       );
     }
-    // trim needs min_available_version ≤ min_encryption_version: a floor below every version rekey encrypts with.
-    if (state.min_encryption_version < version + 1) await this.configure({ min_encryption_version: version + 1 });
+    // trim needs min_available_version ≤ min_encryption_version, which Vault keeps ≥ min_decryption_version: the floor
+    // is min_decryption_version (above the KEK, as retire left it), below every version rekey may encrypt with.
+    if (state.min_encryption_version < state.min_decryption_version) {
+      await this.configure({ min_encryption_version: state.min_decryption_version });
+    }
     await this.http.send('POST', `${this.api('keys')}/trim`, {
       operation: 'transit trim',
       needs: ['update'],

@@ -5,6 +5,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keys/vault-transit';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
+import type { KekState } from '../../src/envelope/kek-lifecycle';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
@@ -271,6 +272,29 @@ describe('Vault Transit key store against a real Vault server', () => {
       expect((await registry().get('v1'))?.state).toBe('destroyed');
       const runtime = await new TargetRuntimes({ db: servers.db.pool, keys }).get();
       await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
+    } finally {
+      keys.close();
+    }
+  });
+
+  it('trim removes every older version too: a destroy is refused while an older KEK of the key is retired within its window, naming it, and goes ahead once that one is destroyed', async () => {
+    const key = `rekey-${randomUUID()}`;
+    const keys = VaultTransitKeys.fromEnv({ ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key });
+    try {
+      for (const kekId of ['v1', 'v2', 'v3']) await keys.generate(kekId);
+      const record = (kekId: string, state: KekState) => ({ kekId, fingerprint: keys.fingerprint(kekId), state });
+      const [v1, v2, v3] = [record('v1', 'retired'), record('v2', 'retired'), record('v3', 'active')];
+      await keys.retire('v1', [v1, record('v2', 'decrypt_only'), v3]);
+      await keys.retire('v2', [v1, v2, v3]);
+      expect(await keyState(key)).toMatchObject({ min_decryption_version: 3 });
+      await expect(keys.destroy('v2', [v1, v2, v3])).rejects.toThrow(
+        /trimming to version 3 would remove 'v1', which the registry has not destroyed .*: not trimmed/,
+      );
+      expect(await keyState(key)).toMatchObject({ min_available_version: 0 });
+      await keys.destroy('v1', [v1, v2, v3]);
+      expect(await keyState(key)).toMatchObject({ min_available_version: 2 });
+      await keys.destroy('v2', [{ ...v1, state: 'destroyed' }, v2, v3]);
+      expect(await keyState(key)).toMatchObject({ min_available_version: 3, latest_version: 3 });
     } finally {
       keys.close();
     }
