@@ -141,7 +141,7 @@ describe('production shape (checked without a Docker engine)', () => {
     });
     expect(result.status).toBe(1);
     expect(result.stderr.trim()).toBe(
-      'rekey worker: invalid configuration: DATABASE_URL: DATABASE_URL must start with postgres:// or postgresql://; TEMPORAL_ADDRESS: TEMPORAL_ADDRESS must be host:port; REKEY_KEY_PROVIDER: REKEY_KEY_PROVIDER must be one of env, file, aws-secrets-manager, aws-kms, vault, auto',
+      'rekey worker: invalid configuration: DATABASE_URL: DATABASE_URL must start with postgres:// or postgresql://; TEMPORAL_ADDRESS: TEMPORAL_ADDRESS must be host:port; REKEY_KEY_PROVIDER: REKEY_KEY_PROVIDER must be one of env, file, aws-secrets-manager, aws-kms, vault, vault-transit, auto',
     );
   });
 
