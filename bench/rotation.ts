@@ -11,6 +11,8 @@ import path from 'node:path';
 import type { Pool } from 'pg';
 import { WorkflowUpdateFailedError, type Client as TemporalClient } from '@temporalio/client';
 import { startRotation } from '../src/client/rotations';
+import { PRESETS } from '../src/targets/presets';
+import { targetKeyspace } from '../src/targets/runtime';
 import type { RotationRequest } from '../src/rotation/rotation-input';
 import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
@@ -71,6 +73,7 @@ async function settle(db: Pool): Promise<void> {
 /** Rotates one target through the workflow, confirming a retire the application owns; the rewrap phase's figures. */
 async function measure(
   client: TemporalClient,
+  db: Pool,
   request: RotationRequest,
   meter: CpuMeter,
 ): Promise<{
@@ -80,7 +83,8 @@ async function measure(
   workflowId: string;
   cpu: ReturnType<CpuMeter['end']> | undefined;
 }> {
-  const started = await startRotation(client, request, { taskQueue: TASK_QUEUE });
+  const keyspace = await targetKeyspace(db, PRESETS[request.target ?? BUILTIN_TARGET]);
+  const started = await startRotation(client, request, { taskQueue: TASK_QUEUE, keyspace });
   // The benchmark is the operator: it confirms each step the application owns when the run asks (Mycelium's promote
   // and retire), and fails with the run's last progress if the run stops moving for ten minutes.
   let last = '';
@@ -198,7 +202,12 @@ async function main(): Promise<void> {
 
     // Each measured run starts from the same state: no dirty pages or WAL left by the write before it.
     await settle(database.pool);
-    const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options }, meter);
+    const builtin = await measure(
+      client,
+      database.pool,
+      { from: 'v1', to: 'v2', gracePeriod: '1s', ...options },
+      meter,
+    );
     let historyEvents = 0;
     let runs = 0;
     for await (const execution of client.workflow.list({ query: `WorkflowId = '${builtin.workflowId}'` })) {
@@ -213,6 +222,7 @@ async function main(): Promise<void> {
       await settle(database.pool);
       mycelium = await measure(
         client,
+        database.pool,
         { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s', ...options },
         meter,
       );

@@ -1,6 +1,7 @@
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { createApplicationActivities } from './application';
 import { createKekActivities } from './kek';
+import { createKeyspaceActivities } from './keyspace';
 import { createMigrationActivities } from './migrate';
 import { createRewrapActivities } from './rewrap';
 import { createScheduleActivities } from './schedules';
@@ -17,6 +18,7 @@ export function createActivities(deps: ActivityDependencies) {
     ...createApplicationActivities(shared),
     ...createMigrationActivities(shared),
     ...createScheduleActivities(shared),
+    ...createKeyspaceActivities(shared),
   };
 }
 

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
@@ -14,6 +13,7 @@ import { rotateKek, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { startLiveWriter } from '../helpers/live-writer';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -185,13 +185,15 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     try {
       const worker = await fixture.worker(server.env);
       const request = { from: 'v1', to: 'v2', gracePeriod: '1d' };
-      const workflowId = `rotation-${randomUUID()}`;
-      const first = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, workflowId });
+      const keyspace = await keyspaceIn(fixture.db.pool);
+      const first = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, keyspace });
+      const { workflowId } = first.handle;
       expect(first.kind).toBe('started');
       const report = await worker.runUntil(resultWithin<RotationReport>(first.handle));
       expect(report.outcome).toBe('completed');
 
-      const second = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, workflowId });
+      const second = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, keyspace });
+      expect(second.handle.workflowId).toBe(workflowId);
       expect(second.kind).toBe('started');
       const again = await (await fixture.worker(server.env)).runUntil(resultWithin<RotationReport>(second.handle));
       expect(again).toMatchObject({
@@ -199,7 +201,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
         note: "nothing to do: already done: 'v1' is retired and 'v2' is the active KEK",
       });
 
-      const firstRun = resolveRotationReference(first.opId).firstRunId;
+      const firstRun = (await resolveRotationReference(first.opId)).firstRunId;
       const history = await server.env.client.workflow.getHandle(workflowId, firstRun).fetchHistory();
       await Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, workflowId);
       // Every payload decoded (they are base64 in the JSON form), and the raw form too.
@@ -226,7 +228,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       const worker = await fixture.worker(server.env);
       const handle = await server.env.client.workflow.start(rotateKek, {
         taskQueue: fixture.taskQueue,
-        workflowId: `rotation-${randomUUID()}`,
+        workflowId: await rotationIdIn(fixture.db.pool),
         args: [
           {
             from: 'v1',
