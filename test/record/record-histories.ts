@@ -28,6 +28,8 @@ import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 import { createTestDatabase, migrateDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
+import { workflowIdFor } from '../../src/client/rotations';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 
 const out = path.join(__dirname, '..', 'workflows', 'histories', process.env.HISTORY_BUILD ?? 'unknown');
 
@@ -66,7 +68,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ ...slow, gracePeriod: '7d' }],
         });
         await waitFor(handle, (p) => p.counters.rewrapped > 0);
@@ -93,7 +95,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ ...slow, sliceTimeBudget: '100ms', maxHistoryEvents: 60, gracePeriod: '1d' }],
         });
         const result = await handle.result();
@@ -113,7 +115,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [slow],
         });
         await waitFor(handle, (p) => p.counters.rewrapped > 0);
@@ -140,7 +142,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
         });
         await waitFor(handle, (p) => p.phase === 'promote' && p.fleet !== undefined);
@@ -167,14 +169,14 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const dry = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: workflowIdFor({ from: 'v1', to: 'v2', dryRun: true }, await keyspaceIn(fixture.db.pool)),
           args: [{ from: 'v1', to: 'v2', dryRun: true }],
         });
         expect((await dry.result()).outcome).toBe('dry-run');
         await save('dry-run', dry);
         const canary = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', tenantId: 'tenant-00000007' }],
         });
         expect((await canary.result()).outcome).toBe('canary');
@@ -208,7 +210,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue,
-          workflowId: `kek-rotation-talos-${randomUUID()}`,
+          workflowId: await rotationIdIn(db.pool, 'talos'),
           args: [{ target: 'talos', from: 'v1', to: 'v2', gracePeriod: '1h' }],
         });
         await waitFor(handle, (p) => p.phase === 'grace');

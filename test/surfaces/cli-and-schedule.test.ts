@@ -15,6 +15,7 @@ import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
 import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
@@ -306,6 +307,30 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }
     expect(line).toMatch(/^rekey-notice: every 90d; next rotation (\S+); announced \1$/);
     expect((await rekey('schedule', 'delete', 'rekey-notice')).code).toBe(0);
+  });
+
+  it('a schedule created before keyspaces (no keyspace in its input) still starts the rotation, under the keyspace its worker resolves', async () => {
+    const request: RotationRequest = { target: 'rekey', from: 'current', to: 'new', minKekAge: '30d' };
+    await env.client.schedule.create({
+      scheduleId: 'rekey-old',
+      spec: { intervals: [{ every: '90d' }] },
+      action: {
+        type: 'startWorkflow',
+        workflowType: 'scheduledRotation',
+        args: [request],
+        taskQueue,
+        workflowId: 'kek-rotation-schedule-rekey-old',
+      },
+    });
+    try {
+      await env.client.schedule.getHandle('rekey-old').trigger();
+      const rotationId = await rotationIdIn(db.pool);
+      expect(await scheduledRun('rekey-old')).toMatchObject({ started: true, workflowId: rotationId });
+      const report = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
+      expect(report.outcome).toBe('nothing-to-do');
+    } finally {
+      await env.client.schedule.getHandle('rekey-old').delete();
+    }
   });
 
   it('Finding 3: a scheduled rotation to a generated KEK reaches an application that is its own process, which holds it before promotion and wraps with it after', async () => {
