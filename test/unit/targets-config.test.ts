@@ -103,7 +103,9 @@ describe('targets configuration', () => {
     expect(refusal(field(current("{ kind: combined, column: blob, encoding: base64, prefix: 'v2:' }")))).toBe(
       "rekey.yaml: targets.mycelium.fields.0.current.value: a field's value is one text: kind 'combined' over the column 'value'",
     );
-    expect(refusal(field(`        tenant2: {}\n`))).toMatch(/targets\.mycelium\.fields\.0: Unrecognized key: "tenant2"/);
+    expect(refusal(field(`        tenant2: {}\n`))).toMatch(
+      /targets\.mycelium\.fields\.0: Unrecognized key: "tenant2"/,
+    );
     // What parses is a field the migration can use.
     const ok = parseTargetsConfig(field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }")));
     expect(ok.targets.get('mycelium')!.fields).toMatchObject([
