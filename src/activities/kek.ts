@@ -420,6 +420,9 @@ export function createKekActivities(deps: ActivityDependencies) {
     }> {
       const runtime = await targets.forRequest(on);
       const { db, store, registry, definition } = runtime;
+      // Marking it in the store (KMS disables the key) is this keyspace's to do only if the store records the KEK as
+      // its own: checked before anything changes.
+      if (runtime.keys.retire) await refuseForeignKek(runtime, from, 'retiring');
       const retired = await inTransaction(db, async (client) => {
         await registry.lock(from, client);
         let stillUsing = await store.countOnLabel(from, client);
@@ -438,12 +441,8 @@ export function createKekActivities(deps: ActivityDependencies) {
         }
         return registry.retire(from, restoreWindowMs, client);
       });
-      // The store marks it too (a retry after a failure here finds the registry done and does only this), if it is
-      // this keyspace's to mark (KMS disables the key).
-      if (runtime.keys.retire) {
-        await refuseForeignKek(runtime, from, 'retiring (in its store)');
-        await runtime.keys.retire(from);
-      }
+      // The store marks it too (a retry after a failure here finds the registry done and does only this).
+      await runtime.keys.retire?.(from);
       return {
         retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
         ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),

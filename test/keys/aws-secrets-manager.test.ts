@@ -304,10 +304,15 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       await registry.seedActive('v1', otherKeys.fingerprint('v1'));
       await registry.register('v2', otherKeys.fingerprint('v2'));
       await registry.promote('v1', 'v2');
+      const activities = createActivities({ db: other.pool, keys: otherKeys });
+      // Its retire step would relabel the owner's version: refused before anything changes, here or in the store.
+      const notRetired = await activities.retireKek({ from: 'v1' }).catch((err: unknown) => err);
+      expect(notRetired).toBeInstanceOf(KeyspaceMismatchError);
+      expect((notRetired as Error).message).toMatch(/^not retiring KEK 'v1': AWS Secrets Manager secret /);
+      expect((await registry.get('v1'))?.state).toBe('decrypt_only');
+      // Its window ended: the destroy step.
       await inTransaction(other.pool, (client) => registry.retire('v1', 0, client));
-      const refused = await createActivities({ db: other.pool, keys: otherKeys })
-        .destroyKek({ kekId: 'v1' })
-        .catch((err: unknown) => err);
+      const refused = await activities.destroyKek({ kekId: 'v1' }).catch((err: unknown) => err);
       expect(refused).toBeInstanceOf(KeyspaceMismatchError);
       expect((refused as Error).message).toMatch(
         new RegExp(
