@@ -150,6 +150,16 @@ export class KekRetiredError extends RekeyError {
   }
 }
 
+/**
+ * A key store step refused because it would act on a key other than the one the registry recorded, or strand one the
+ * registry still needs: a KMS alias that names another key, an alias prefix another deployment uses, a Secrets
+ * Manager version that would be left without a label. The message names both keys and what to do.
+ */
+export class KeyStoreRefusedError extends RekeyError {
+  override readonly name = 'KeyStoreRefusedError';
+  static override readonly kind = 'refused';
+}
+
 /** A restore of a KEK that cannot be restored: not retired, destroyed, or past its restore window. */
 export class KekRestoreRefusedError extends RekeyError {
   override readonly name = 'KekRestoreRefusedError';
@@ -264,6 +274,33 @@ export class ControlRefusedError extends RekeyError {
   static override readonly kind = 'conflict';
 }
 
+/**
+ * A migration asked for while a rotation of its target is under way: the legacy values are pinned to the KEK the
+ * rotation replaces. Not now: finish or abort the rotation first.
+ */
+export class RotationUnderWayError extends RekeyError {
+  override readonly name = 'RotationUnderWayError';
+  static override readonly kind = 'conflict';
+}
+
+/**
+ * A run's failure as a client reads it back from Temporal (the validate step's refusal of a run just started, a run
+ * that ended failed): the message of the error that caused it, and that error's kind, so that every surface answers
+ * it with the code it would give the error itself.
+ */
+export class RunFailedError extends RekeyError {
+  override readonly name = 'RunFailedError';
+  constructor(
+    message: string,
+    private readonly failureKind: ErrorKind,
+  ) {
+    super(message);
+  }
+  override get kind(): ErrorKind {
+    return this.failureKind;
+  }
+}
+
 /** An error the CLI reports as one line, with the exit code of its kind. */
 export class CliError extends RekeyError {
   override readonly name = 'CliError';
@@ -303,6 +340,7 @@ const CLASSES = [
   UnknownKekError,
   KekFingerprintMismatchError,
   KekNotHeldError,
+  KeyStoreRefusedError,
   KekRetiredError,
   KekRestoreRefusedError,
   KekTransitionError,
@@ -316,6 +354,7 @@ const CLASSES = [
   RotationNotFoundError,
   RotationNotRunningError,
   ControlRefusedError,
+  RotationUnderWayError,
 ] as const;
 
 /** The kind of every error type by name: rekey's classes and the workflow's failure types. */
@@ -341,6 +380,13 @@ export function errorKind(err: unknown): ErrorKind {
     e = (e as { cause?: unknown }).cause;
   }
   return 'failed';
+}
+
+/** The innermost message of a failure (Temporal wraps an activity's in the workflow's): the one that says why. */
+export function failureMessage(err: unknown): string {
+  let current: unknown = err;
+  while (current instanceof Error && current.cause instanceof Error) current = current.cause;
+  return current instanceof Error ? current.message : String(current);
 }
 
 export const exitCodeFor = (err: unknown): number => EXIT_CODES[errorKind(err)];

@@ -15,6 +15,7 @@ import { migrate } from './store/migrate';
 import { loadTargetsConfig } from './targets/config';
 import { TargetRuntimes } from './targets/runtime';
 import { WorkerPresence } from './targets/worker-presence';
+import { temporalConnectionOptions } from './temporal-connection';
 
 export const workflowsPath = path.join(__dirname, 'workflows');
 
@@ -99,7 +100,7 @@ async function run(): Promise<void> {
   const migrationClient = await db.connect();
   await migrate(migrationClient).finally(() => migrationClient.release());
 
-  const clientConnection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+  const clientConnection = await Connection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
   await ensureSearchAttributes(clientConnection, config.TEMPORAL_NAMESPACE);
   const targets = new TargetRuntimes({ db, keys, config: targetsConfig });
   const temporal = new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE });
@@ -109,7 +110,7 @@ async function run(): Promise<void> {
     temporalMetricsUrl: temporalMetricsPort > 0 ? `http://127.0.0.1:${temporalMetricsPort}/metrics` : undefined,
   });
 
-  const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
+  const connection = await NativeConnection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
   const presence = new WorkerPresence(targets, (message) => logger.warn(message));
   try {
     await presence.start();

@@ -7,6 +7,8 @@ export interface Evidence {
   /** configuration: rekey's own configuration names `to` as current; probe: the target's probe says so. */
   by?: 'configuration' | 'probe' | 'registry';
   detail: string;
+  /** No probe can show it: only an operator's confirmation moves the run on. */
+  confirmationOnly?: boolean;
 }
 
 const PROBE_TIMEOUT_MS = 10_000;
@@ -103,7 +105,8 @@ export function createApplicationActivities(deps: ActivityDependencies) {
         }
       }
       const spec = owner[step].probe;
-      if (!spec) return { satisfied: false, detail: 'no probe: waiting for an operator to confirm' };
+      if (!spec)
+        return { satisfied: false, detail: 'no probe: waiting for an operator to confirm', confirmationOnly: true };
       return probe(spec, step, from, to, new Date(args.since), target);
     },
   };

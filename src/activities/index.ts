@@ -1,5 +1,6 @@
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { createApplicationActivities } from './application';
+import { createHistoryActivities } from './history';
 import { createKekActivities } from './kek';
 import { createKeyspaceActivities } from './keyspace';
 import { createMigrationActivities } from './migrate';
@@ -19,6 +20,7 @@ export function createActivities(deps: ActivityDependencies) {
     ...createMigrationActivities(shared),
     ...createScheduleActivities(shared),
     ...createKeyspaceActivities(shared),
+    ...createHistoryActivities(shared),
   };
 }
 

@@ -1,19 +1,23 @@
-import { activityInfo } from '@temporalio/activity';
+import { activityInfo, Context } from '@temporalio/activity';
 import { selfTestKek } from '../envelope/dek-wrapping';
 import type { GenerateOptions } from '../keys/key-provider';
 import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
-import { rowsLabelled } from '../rewrap/still-on';
+import { proveLabelled, type ProofCheckpoint } from '../rewrap/still-on';
+import { describeNeeded, type LabelProof } from '../rotation/label-proof';
+import { readProgress } from '../store/rewrap-progress';
 import { inTransaction } from '../store/connect';
 import { registryHolders } from '../store/kek-registry';
 import { isRotationIdOf, rotationWorkflowId } from '../rotation/identity';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
+import type { PoolClient } from 'pg';
+import type { RowCrypto } from '../crypto/row-crypto';
 import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { rowCryptoOf, withKeks } from './keys';
+import { rowCryptoOf, withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
 import {
   InvalidRotationError,
@@ -71,17 +75,34 @@ export interface CensusLine {
   opens?: number;
 }
 
-/** What the destroy step did: `not-yet` (the window has not ended: wait `waitMs`), `kept` (restored), `destroyed`. */
+/**
+ * What the destroy step did: `not-yet` (the window has not ended: wait `waitMs`), `kept` (restored), `destroyed`, or
+ * `refused` (rows may still need the KEK: `detail` says what to do; its window is open again until `retryAt`).
+ */
 export interface DestroyReport {
-  outcome: 'not-yet' | 'kept' | 'destroyed';
+  outcome: 'not-yet' | 'kept' | 'destroyed' | 'refused';
   detail: string;
   waitMs?: number;
   /** The store is read-only to rekey (the environment): `detail` says what the operator must remove. */
   operatorMustRemove?: boolean;
+  /** Rows labelled with the KEK that the step proved under a usable KEK and relabelled, under the lock. */
+  relabelled?: number;
+  /** Refused: how many rows may need the KEK, the first few of them, and when the step tries again. */
+  needed?: number;
+  neededRows?: { tenantId: string; reason: string }[];
+  retryAt?: string;
 }
 
-/** Above this many rows still labelled with a KEK, retire refuses at once instead of trying each one. */
-const MAX_TRIED_AT_RETIRE = 10_000;
+/** What one part of a proof did (see proveLabels). */
+export interface ProofOutcome extends LabelProof {
+  /** Where the next part goes on. */
+  cursor: string;
+  /** No row labelled with the KEK is left after `cursor`. */
+  done: boolean;
+}
+
+/** Rows per batch of the proof under the registry row's lock (rows written since the proof before it). */
+const LOCKED_PROOF_BATCH = 2_000;
 
 /** How many rows per KEK a dry run's census tries. */
 const CENSUS_SAMPLE = 200;
@@ -181,6 +202,81 @@ function generateOptions(): GenerateOptions {
     return {};
   }
   return info.attempt > 1 ? { retry: true, searchUntil: Date.now() + info.startToCloseTimeoutMs / 2 } : {};
+}
+
+/** The activity's context, or nothing outside an activity (a test calling it directly). */
+function activityContext(): Context | undefined {
+  try {
+    return Context.current();
+  } catch {
+    return undefined;
+  }
+}
+
+/** How long a refused destruction opens the KEK's restore window again when the caller does not say. */
+const DESTROY_REOPEN_MS = 3_600_000;
+
+/** `The first n: id (why), …` for a refusal. */
+function firstNeeded(proof: LabelProof): string {
+  return `The first ${proof.neededRows.length}: ${describeNeeded(proof)}`;
+}
+
+/**
+ * Proves every row labelled `kekId` inside the caller's transaction, which holds the KEK's registry row: streamed,
+ * no cap, heartbeating where it runs in an activity. Relabels are counted in `progressKey`'s row in the same
+ * transaction.
+ */
+async function proveUnderLock(
+  runtime: TargetRuntime,
+  client: PoolClient,
+  kekId: string,
+  progressKey: string | undefined,
+  crypto?: RowCrypto,
+): Promise<LabelProof> {
+  const context = activityContext();
+  const result = await withProofKeys(runtime, kekId, (keys) =>
+    proveLabelled(runtime.store, client, rowCryptoOf(runtime, crypto), keys, {
+      after: '',
+      batchSize: LOCKED_PROOF_BATCH,
+      ...(progressKey !== undefined && { progressKey }),
+      onBatch: () => context?.heartbeat(),
+    }),
+  );
+  if (result.proof.contended > 0) {
+    // Rows a writer kept changing while they were proved: not known either way. The step runs again (retried).
+    throw new Error(
+      `${result.proof.contended} row(s) labelled '${kekId}' changed under every retry while they were proved; trying again`,
+    );
+  }
+  return result.proof;
+}
+
+/** The report of a destruction refused for rows that may need the KEK: what they are and exactly what to do. */
+function refusedDestruction(
+  runtime: TargetRuntime,
+  kekId: string,
+  active: string,
+  proof: LabelProof,
+  until: Date,
+): DestroyReport {
+  const { definition } = runtime;
+  const name = definition.name;
+  const retryAt = until.toISOString();
+  return {
+    outcome: 'refused',
+    detail:
+      `KEK '${kekId}' of target '${name}' is not destroyed: ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)} ` +
+      `labelled '${kekId}' open under no KEK rekey may use, and may need it. ${firstNeeded(proof)}. ` +
+      `Its restore window is open again until ${retryAt}. To keep those rows: run ` +
+      `\`rekey keys restore ${kekId} --target ${name} --reason "<why>"\` before then, then ` +
+      `\`rekey rotate --target ${name} --from ${kekId} --to ${active}\`, which moves them and retires '${kekId}' again ` +
+      `(its destruction then waits for the new window). Rows that are not needed: repair or delete them. ` +
+      `This step tries again at ${retryAt}.`,
+    needed: proof.needed,
+    neededRows: proof.neededRows,
+    retryAt,
+    ...(proof.relabelled > 0 && { relabelled: proof.relabelled }),
+  };
 }
 
 export function createKekActivities(deps: ActivityDependencies) {
@@ -315,8 +411,12 @@ export function createKekActivities(deps: ActivityDependencies) {
       if (resolved.alreadyDone !== undefined) return { ...facts, nothingToDo: resolved.alreadyDone };
       if (settings.dryRun) facts.census = await census(runtime, { from: resolved.from, to });
       if (to !== 'new') keys.bindRotation?.(resolved.from, to);
-      // The fingerprints this worker holds must be the registry's before anything else happens.
-      await withKeks(runtime, { from: resolved.from, to }, [resolved.from], () => Promise.resolve());
+      // The fingerprints this worker holds must be the registry's before anything else happens: `from`'s, and `to`'s
+      // where an earlier run registered it (a key of another worker's under that id is refused here, not at provision).
+      const registeredTo = to !== 'new' && (resolved.to !== undefined || toRecord !== undefined);
+      await withKeks(runtime, { from: resolved.from, to }, [resolved.from, ...(registeredTo ? [to] : [])], () =>
+        Promise.resolve(),
+      );
       const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
       if (age < settings.minKekAgeMs && !resolved.resumes) {
         return {
@@ -350,6 +450,8 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { keys, registry } = runtime;
       await keys.reload();
       if (from !== undefined) keys.bindRotation?.(from, kekId);
+      // Before anything is written: the store's names are this registry's (and a key it holds unnamed gets its name).
+      await keys.claim?.(kekId, await registry.list());
       if (!keys.has(kekId)) {
         if (!generate || !keys.generate) {
           throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
@@ -403,62 +505,118 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { registry, keys } = await targets.forRequest(on);
       await registry.promote(from, to);
       // A store that marks its current key itself (Secrets Manager's AWSCURRENT) follows the registry.
-      await keys.promote?.(from, to);
+      await keys.promote?.(from, to, await registry.list());
     },
 
     /**
-     * Retires `from` only if no row needs it at this moment, under a lock on its registry row; otherwise refuses and
-     * says how many do. Rows labelled `from` are tried: one whose value opens under the active KEK does not need it.
+     * One part of a proof of the rows labelled `kekId` (retire's and destroy's, outside any lock): from `after`, in id
+     * order, each row is tried under the active KEK and every other usable one; a row that opens is sealed again under
+     * the active KEK and relabelled (compare-and-swap, counted in the progress row `progressKey` by the statement that
+     * writes it); one that opens under none is counted as needing `kekId`. Heartbeats after every batch and resumes
+     * from the last heartbeat; stops at a batch boundary after `timeBudgetMs`, or when cancelled.
+     */
+    async proveLabels(args: {
+      kekId: string;
+      after: string;
+      batchSize: number;
+      timeBudgetMs: number;
+      progressKey: string;
+      target?: string;
+      keyspace?: string;
+    }): Promise<ProofOutcome> {
+      const runtime = await targets.forRequest(args);
+      const context = activityContext();
+      const resumeFrom = context?.info.heartbeatDetails as ProofCheckpoint | undefined;
+      const result = await withProofKeys(runtime, args.kekId, (keys) =>
+        proveLabelled(runtime.store, runtime.db, rowCryptoOf(runtime, deps.crypto), keys, {
+          after: args.after,
+          batchSize: args.batchSize,
+          timeBudgetMs: args.timeBudgetMs,
+          progressKey: args.progressKey,
+          ...(resumeFrom && { resumeFrom }),
+          onBatch: (checkpoint) => context?.heartbeat(checkpoint),
+          shouldStop: () => context?.cancellationSignal.aborted ?? false,
+        }),
+      );
+      // Counted with the rows it wrote: exact even when an attempt died after a batch and before its heartbeat.
+      const counted = await readProgress(runtime.db, args.progressKey);
+      return {
+        ...result.proof,
+        relabelled: counted?.counters.relabelled ?? result.proof.relabelled,
+        cursor: result.cursor,
+        done: result.done,
+      };
+    },
+
+    /**
+     * Retires `from` only if no row needs it, under a lock on its registry row. There every row still labelled
+     * `from` is proved (streamed, no cap): one whose value opens under a usable KEK is sealed again under the active
+     * KEK and relabelled; one that opens under `from`, or under nothing, refuses the retirement, naming the first few.
+     * The rotation proved the rows outside the lock just before (proveLabels): what is left is what was written since.
      */
     async retireKek({
       from,
       restoreWindowMs = parseDuration(DEFAULTS.restoreWindow)!,
+      progressKey,
       ...on
-    }: { from: string; restoreWindowMs?: number } & OnTarget): Promise<{
+    }: { from: string; restoreWindowMs?: number; progressKey?: string } & OnTarget): Promise<{
       retiredAt: string;
       restorableUntil?: string;
+      relabelled?: number;
     }> {
       const runtime = await targets.forRequest(on);
-      const { db, store, registry, definition } = runtime;
+      const { db, registry, definition } = runtime;
       // Marking it in the store (KMS disables the key) is this keyspace's to do only if the store records the KEK as
       // its own: checked before anything changes.
       if (runtime.keys.retire) await refuseForeignKek(runtime, from, 'retiring');
-      const retired = await inTransaction(db, async (client) => {
+      const outcome = await inTransaction(db, async (client) => {
         await registry.lock(from, client);
-        let stillUsing = await store.countOnLabel(from, client);
-        const active = (await registry.active())?.kekId;
-        if (stillUsing > 0 && stillUsing <= MAX_TRIED_AT_RETIRE && active !== undefined && active !== from) {
-          stillUsing = (
-            await withKeks(runtime, { from, to: active }, [from, active], ([fromKek, toKek]) =>
-              rowsLabelled(store, client, rowCryptoOf(runtime, deps.crypto), fromKek!, toKek!),
-            )
-          ).onFrom;
+        const record = await registry.require(from, client);
+        // Retired already (a retried step): proved then. Active: the registry refuses it, saying why.
+        if (record.state === 'decrypt_only' || record.state === 'provisioned') {
+          const proof = await proveUnderLock(runtime, client, from, progressKey, deps.crypto);
+          // Refused after the transaction commits: the rows it relabelled stay relabelled.
+          if (proof.needed > 0) return { refused: proof };
         }
-        if (stillUsing > 0) {
-          throw new RetireRefusedError(
-            `KEK '${from}' still wraps ${stillUsing} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it`,
-          );
-        }
-        return registry.retire(from, restoreWindowMs, client);
+        return { retired: await registry.retire(from, restoreWindowMs, client) };
       });
+      if (outcome.refused) {
+        const proof = outcome.refused;
+        throw new RetireRefusedError(
+          `KEK '${from}' still wraps ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it. ` +
+            `${firstNeeded(proof)}. Rows under '${from}' move with a rotation to the active KEK ` +
+            `(rekey rotate --target ${definition.name} --from ${from} --to ${(await registry.active())?.kekId ?? '<the active KEK>'}); a row that opens under no KEK must be repaired or removed first`,
+        );
+      }
+      const { retired } = outcome;
       // The store marks it too (a retry after a failure here finds the registry done and does only this).
-      await runtime.keys.retire?.(from);
+      await runtime.keys.retire?.(from, await registry.list());
+      const relabelled =
+        progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
       return {
         retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
         ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
+        ...(relabelled !== undefined && { relabelled }),
       };
     },
 
     /**
      * The durable step after a retired KEK's restore window: destroys its material where the store can, and marks it
      * destroyed, in one transaction holding its registry row (a restore waits, then finds it destroyed). Nothing is
-     * destroyed while the KEK is restored, before its window ends by the database's clock, or while any row is still
-     * labelled with it.
+     * destroyed while the KEK is restored, or before its window ends by the database's clock. Every row still
+     * labelled with it is proved there: one that opens under a usable KEK is relabelled; one that opens under none
+     * may need the KEK, and refuses the destruction: the window opens again for `reopenForMs` (so that a restore can
+     * save those rows) and the report says what to do.
      */
-    async destroyKek({ kekId, ...on }: { kekId: string } & OnTarget): Promise<DestroyReport> {
+    async destroyKek({
+      kekId,
+      progressKey,
+      reopenForMs = DESTROY_REOPEN_MS,
+      ...on
+    }: { kekId: string; progressKey?: string; reopenForMs?: number } & OnTarget): Promise<DestroyReport> {
       const runtime = await targets.forRequest(on);
-      const { db, store, registry, keys, definition } = runtime;
-      return inTransaction(db, async (client): Promise<DestroyReport> => {
+      const { db, registry, keys } = runtime;
+      const report = await inTransaction(db, async (client): Promise<DestroyReport> => {
         await registry.lock(kekId, client);
         const record = await registry.require(kekId, client);
         if (record.state === 'destroyed') return { outcome: 'destroyed', detail: 'already destroyed' };
@@ -473,17 +631,17 @@ export function createKekActivities(deps: ActivityDependencies) {
             waitMs: record.restorableUntil.getTime() - now.getTime(),
           };
         }
-        const rows = await store.countOnLabel(kekId, client);
-        if (rows > 0) {
-          throw new RetireRefusedError(
-            `KEK '${kekId}' still labels ${rows} ${definition.noun}(s) in ${describeTable(definition.table)}: not destroying it`,
-          );
+        const proof = await proveUnderLock(runtime, client, kekId, progressKey, deps.crypto);
+        if (proof.needed > 0) {
+          const until = await registry.reopen(kekId, reopenForMs, client);
+          const active = (await registry.active())?.kekId ?? '<the active KEK>';
+          return refusedDestruction(runtime, kekId, active, proof, until);
         }
         // Finding 1: the KEK is this keyspace's by its store's record, and no other registry still holds its key.
         await refuseForeignKek(runtime, kekId, 'destroying');
         const checked = await refuseWhileOtherRegistriesHold(targets, runtime, kekId, record.fingerprint);
         const done = keys.destroy
-          ? await keys.destroy(kekId)
+          ? await keys.destroy(kekId, await registry.list())
           : { destroyed: false, detail: `${keys.description} is read-only to rekey: remove KEK '${kekId}' from it` };
         await registry.transition(kekId, 'destroyed', client);
         await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
@@ -494,8 +652,13 @@ export function createKekActivities(deps: ActivityDependencies) {
             ? done.detail
             : `${done.detail}. ${checked}: make sure none of them reads it before you remove it`,
           ...(!done.destroyed && { operatorMustRemove: true }),
+          ...(proof.relabelled > 0 && { relabelled: proof.relabelled }),
         };
       });
+      if (progressKey === undefined || report.outcome === 'not-yet' || report.outcome === 'kept') return report;
+      // Counted with the rows it wrote, once: a retry of a step whose answer was lost answers the same count.
+      const relabelled = (await readProgress(db, progressKey))?.counters.relabelled ?? 0;
+      return { ...report, ...(relabelled > 0 && { relabelled }) };
     },
 
     async kekStatus({ target, keyspace }: OnTarget = {}) {

@@ -11,7 +11,7 @@ import { describeTable, GENERATION } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
 import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
-import { InvalidRotationError, KekNotWritableError, TargetConfigError } from '../errors';
+import { InvalidRotationError, KekNotWritableError, RotationUnderWayError, TargetConfigError } from '../errors';
 
 export interface FieldPlan {
   /** Index into the target's fields. */
@@ -122,7 +122,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       const registered = await registry.list();
       const rotating = registered.find((k) => k.state === 'provisioned' || k.state === 'decrypt_only');
       if (rotating) {
-        throw new InvalidRotationError(
+        throw new RotationUnderWayError(
           `a rotation of target '${definition.name}' is under way (KEK '${rotating.kekId}' is ${rotating.state}): finish or abort it before migrating`,
         );
       }

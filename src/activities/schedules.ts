@@ -38,28 +38,57 @@ export function createScheduleActivities(deps: ActivityDependencies) {
       }
     },
 
-    /** Announces an upcoming rotation: a log event always; the signed webhook when the schedule names one. */
+    /**
+     * Announces an upcoming rotation: a log event always; the signed webhook when the schedule names one. Each failure
+     * to deliver it is counted (rekey_notice_failures_total).
+     */
     async sendRotationNotice(notice: RotationNotice): Promise<{ webhookStatus?: number }> {
       const { webhookUrl, ...announced } = notice;
       log.info('rotation upcoming', { event: 'rekey.rotation.upcoming', ...announced });
       if (webhookUrl === undefined) return {};
-      const secret = (deps.env ?? process.env).REKEY_NOTIFY_SECRET;
-      if (!secret || secret.length < 16) {
-        throw new ConfigError(
-          'REKEY_NOTIFY_SECRET must be set on the worker (16+ characters) to sign the rotation notice webhook',
-        );
+      try {
+        return await postNotice(webhookUrl, announced);
+      } catch (err) {
+        deps.metrics?.noticeFailures.inc({ schedule_id: notice.scheduleId, target: notice.target });
+        throw err;
       }
-      const body = JSON.stringify({ event: 'rekey.rotation.upcoming', ...announced });
-      const headers = signNotice(secret, body, Math.floor(Date.now() / 1000));
-      const response = await fetch(webhookUrl, {
+    },
+  };
+
+  /** POSTs the notice, signed; throws when the receiver does not take it. */
+  async function postNotice(
+    webhookUrl: string,
+    announced: Omit<RotationNotice, 'webhookUrl'>,
+  ): Promise<{ webhookStatus: number }> {
+    const secret = (deps.env ?? process.env).REKEY_NOTIFY_SECRET;
+    if (!secret || secret.length < 16) {
+      throw new ConfigError(
+        'REKEY_NOTIFY_SECRET must be set on the worker (16+ characters) to sign the rotation notice webhook',
+      );
+    }
+    const body = JSON.stringify({ event: 'rekey.rotation.upcoming', ...announced });
+    const headers = signNotice(secret, body, Math.floor(Date.now() / 1000));
+    let response: Response;
+    try {
+      response = await fetch(webhookUrl, {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...headers },
         body,
         signal: AbortSignal.timeout(10_000),
       });
-      // A failing receiver is retried with backoff (the activity's retry policy), not given up on.
-      if (!response.ok) throw new Error(`the notice webhook answered ${response.status}`);
-      return { webhookStatus: response.status };
-    },
-  };
+    } catch (err) {
+      throw new Error(`the notice webhook did not answer: ${fetchFailure(err)}`);
+    }
+    // A refused notice is tried again by the notice workflow for as long as it is refused, not given up on.
+    if (!response.ok) throw new Error(`the notice webhook answered ${response.status}`);
+    return { webhookStatus: response.status };
+  }
+}
+
+/** Why fetch failed, in a few words (its own message is only "fetch failed"); never the URL, which may hold a token. */
+function fetchFailure(err: unknown): string {
+  const cause = err instanceof Error ? (err.cause as { code?: unknown; message?: unknown } | undefined) : undefined;
+  if (typeof cause?.code === 'string') return cause.code;
+  if (err instanceof Error && err.name === 'TimeoutError') return 'no answer within 10 seconds';
+  return typeof cause?.message === 'string' ? cause.message : err instanceof Error ? err.message : String(err);
 }

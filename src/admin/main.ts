@@ -2,6 +2,7 @@ import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
 import { z } from 'zod';
 import { loadConfig, parseEnv } from '../config';
+import { temporalConnectionOptions } from '../temporal-connection';
 import { openKeyProvider } from '../keys';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
@@ -22,7 +23,7 @@ async function run(): Promise<void> {
   const admin = parseEnv(AdminEnv);
   const targetsConfig = loadTargetsConfig();
   const db = new Pool({ connectionString: config.DATABASE_URL, max: 4 });
-  const connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+  const connection = await Connection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
   const targets = new TargetRuntimes({
     db,
     keys: () => openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE }),

@@ -2,7 +2,7 @@
 // client functions as the CLI's (src/client/migrations.ts), so both surfaces start the same one-per-target workflow.
 import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
-import { errorBody, opIdParams } from './schemas';
+import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
 import { migrationStatus, runningMigration, startMigration, type MigrationStatus } from '../client/migrations';
 import type { KeyspaceLookup } from '../client/rotations';
 import type { Keyspace } from '../rotation/identity';
@@ -24,8 +24,10 @@ const migrationStatusBody = {
     completed_at: { type: 'string', nullable: true },
     report: { type: 'object', additionalProperties: true, description: 'phase, outcome, per-field counters, totals' },
     failure: { type: 'string' },
+    run_status: runStatusBody,
+    retrying: retryingBody,
   },
-  required: ['op_id', 'execution_status'],
+  required: ['op_id', 'execution_status', 'run_status'],
 } as const;
 
 function toBody(s: MigrationStatus) {
@@ -36,6 +38,7 @@ function toBody(s: MigrationStatus) {
     completed_at: s.closedAt?.toISOString() ?? null,
     ...(s.report && { report: s.report }),
     ...(s.failure !== undefined && { failure: s.failure }),
+    ...runStatusFields(s.run),
   };
 }
 
@@ -67,7 +70,7 @@ export function registerMigrationRoutes(
       schema: {
         summary: "Start moving a target's legacy values (encrypted directly by the KEK) under the tenants' DEKs",
         description:
-          'As `rekey migrate-dek`: provisions missing DEKs under the current KEK, then re-encrypts every legacy value under the DEK the application reads it with. At most one migration runs per target: a second request answers 409 with the running op_id. A dry run writes nothing and gets an op_id of its own.',
+          "As `rekey migrate-dek`: provisions missing DEKs under the current KEK, then re-encrypts every legacy value under the DEK the application reads it with. The answer comes once the migration's plan step has decided: 202 with the KEK new DEKs are wrapped with and the legacy values it found; a refusal with the status of its kind (400 a target with no fields or no current KEK known, 409 a rotation of the target under way), and nothing was written. At most one migration runs per target: a second request answers 409 with the running op_id. A dry run writes nothing and gets an op_id of its own.",
         body: {
           type: 'object',
           nullable: true,
@@ -84,12 +87,21 @@ export function registerMigrationRoutes(
         response: {
           202: {
             type: 'object',
-            properties: { op_id: { type: 'string' }, status_url: { type: 'string' }, message: { type: 'string' } },
+            properties: {
+              op_id: { type: 'string' },
+              status_url: { type: 'string' },
+              message: { type: 'string' },
+              kek_id: { type: 'string', description: 'the KEK new DEKs are wrapped with' },
+              legacy_values: { type: 'integer', description: 'legacy values the plan found' },
+            },
             required: ['op_id', 'status_url'],
           },
           400: errorBody,
           401: errorBody,
+          404: errorBody,
           409: errorBody,
+          422: errorBody,
+          500: errorBody,
         },
       },
     },
@@ -113,10 +125,15 @@ export function registerMigrationRoutes(
           op_id: opId,
         });
       }
+      const { planned } = started;
       return reply.status(202).send({
         op_id: opId,
         status_url: `/admin/v1/migrations/${encodeURIComponent(opId)}`,
-        message: `${migration.dryRun ? 'dry run of the migration' : 'migration'} of target '${target}' started`,
+        message:
+          `${migration.dryRun ? 'dry run of the migration' : 'migration'} of target '${target}' started` +
+          (started.unanswered !== undefined ? `; not validated yet: ${started.unanswered}` : ''),
+        ...(planned?.kekId !== undefined && { kek_id: planned.kekId }),
+        ...(planned && { legacy_values: planned.fields.reduce((sum, field) => sum + field.legacyAtStart, 0) }),
       });
     },
   );

@@ -1,3 +1,5 @@
+import type { RunStatus } from '../rotation/run-status';
+
 // Schema pieces every admin route shares.
 export const errorBody = {
   type: 'object',
@@ -10,3 +12,79 @@ export const opIdParams = {
   properties: { op_id: { type: 'string', minLength: 1, maxLength: 200 } },
   required: ['op_id'],
 } as const;
+
+/** The one status of a run (src/rotation/run-status.ts), as every route that shows a run answers it. */
+export const runStatusBody = {
+  type: 'object',
+  description:
+    'The one status of the run, in the words of rekey status: Running, Waiting for …, Paused, Retrying, Succeeded, Failed, Aborted, Nothing to do, Dry run done, Canary done',
+  properties: {
+    state: {
+      type: 'string',
+      enum: [
+        'running',
+        'waiting',
+        'paused',
+        'retrying',
+        'succeeded',
+        'failed',
+        'aborted',
+        'nothing-to-do',
+        'dry-run-done',
+        'canary-done',
+      ],
+    },
+    label: { type: 'string' },
+    reason: { type: 'string' },
+    line: { type: 'string' },
+    step: { type: 'string' },
+    ended: { type: 'boolean' },
+    percent: { type: 'number', description: 'rows moved over rows to move' },
+    rows_moved: { type: 'integer' },
+    rows_total: { type: 'integer' },
+    command: { type: 'string' },
+  },
+  required: ['state', 'label', 'reason', 'line', 'ended', 'percent'],
+} as const;
+
+export const retryingBody = {
+  type: 'object',
+  description: 'A step that failed and is being retried now, with its last error',
+  properties: {
+    step: { type: 'string' },
+    activity: { type: 'string' },
+    attempt: { type: 'integer' },
+    last_error: { type: 'string' },
+    next_attempt_at: { type: 'string' },
+  },
+} as const;
+
+/** The fields every route that shows a run adds: its one status, the grace countdown, a retrying step. */
+export function runStatusFields(run: RunStatus) {
+  return {
+    run_status: {
+      state: run.state,
+      label: run.label,
+      reason: run.reason,
+      line: run.line,
+      step: run.step,
+      ended: run.ended,
+      percent: run.percent,
+      rows_moved: run.rows.moved,
+      rows_total: run.rows.total,
+      ...(run.command !== undefined && { command: run.command }),
+    },
+    ...(run.grace && { grace_ends_at: run.grace.endsAt, grace_remaining_seconds: run.grace.remainingSeconds }),
+    ...(run.retrying && {
+      retrying: {
+        step: run.retrying.step,
+        activity: run.retrying.activity,
+        attempt: run.retrying.attempt,
+        ...(run.retrying.lastError !== undefined && { last_error: run.retrying.lastError }),
+        ...(run.retrying.nextAttemptAt !== undefined && {
+          next_attempt_at: new Date(run.retrying.nextAttemptAt).toISOString(),
+        }),
+      },
+    }),
+  };
+}

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
-import { errorBody, opIdParams } from './schemas';
+import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { scanned } from '../cli/format';
 import { COUNTER_NAMES } from '../rewrap/counters';
@@ -15,12 +15,14 @@ import {
 } from '../client/rotations';
 import { rotationWorkflowId } from '../rotation/identity';
 import { type RotationRequest } from '../rotation/rotation-input';
+import { ENDED_WELL, type RunStatus } from '../rotation/run-status';
 import { targetKekStatus } from '../targets/kek-status';
 import { restoreKek } from '../targets/restore-kek';
 import { registerMigrationRoutes } from './migration-routes';
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
-import { errorKind, httpStatusFor, KeyMaterialError } from '../errors';
+import { runHistory } from '../client/history';
+import { errorKind, httpStatusFor, KeyMaterialError, RekeyError } from '../errors';
 
 export interface AdminServerOptions {
   client: Client;
@@ -42,6 +44,21 @@ export interface AdminServerOptions {
 const counters = {
   type: 'object',
   properties: Object.fromEntries(COUNTER_NAMES.map((k) => [k, { type: 'integer' }])),
+} as const;
+
+/** rotate-all's answer once validate has accepted the rotation: the KEKs it resolved (`current` named). */
+const startedBody = {
+  type: 'object',
+  properties: {
+    op_id: { type: 'string' },
+    status: { type: 'string' },
+    message: { type: 'string' },
+    status_url: { type: 'string' },
+    target: { type: 'string' },
+    from: { type: 'string' },
+    to: { type: 'string', description: "'new' until the rotation provisions the generated KEK" },
+  },
+  required: ['op_id', 'status_url'],
 } as const;
 
 const rotationStatusBody = {
@@ -88,28 +105,36 @@ const rotationStatusBody = {
         step: { type: 'string' },
         instructions: { type: 'string' },
         command: { type: 'string' },
+        confirmationOnly: { type: 'boolean' },
         since: { type: 'number' },
       },
     },
     note: { type: 'string' },
     failure: { type: 'string' },
+    run_status: runStatusBody,
+    grace_ends_at: { type: 'string', description: 'in grace: when the old KEK retires (ISO 8601)' },
+    grace_remaining_seconds: {
+      type: 'integer',
+      description: 'in grace: seconds until then, counted from the moment of this answer',
+    },
+    retrying: retryingBody,
   },
-  required: ['id', 'op_id', 'status'],
+  required: ['id', 'op_id', 'status', 'run_status'],
 } as const;
 
-/** Talos's three states: a rotation that ended without finishing (aborted, failed) is `failed`. */
-function talosStatus(s: RotationStatus): 'running' | 'completed' | 'failed' {
-  if (s.status === 'RUNNING') return 'running';
-  if (s.status === 'COMPLETED' && s.progress?.outcome !== 'aborted') return 'completed';
-  return 'failed';
+/** Talos's three states, from the one status: a run that ended without doing its work (aborted, failed) is `failed`. */
+function talosStatus(run: RunStatus): 'running' | 'completed' | 'failed' {
+  if (!run.ended) return 'running';
+  return ENDED_WELL.includes(run.state) ? 'completed' : 'failed';
 }
 
 function toStatusBody(s: RotationStatus) {
-  const progress = s.progress;
-  const lastError = s.failure ?? (progress?.outcome === 'aborted' ? progress.note : undefined);
+  const { progress, run } = s;
+  const lastError =
+    s.failure ?? (run.state === 'aborted' ? run.reason : undefined) ?? run.retrying?.lastError ?? undefined;
   return {
     id: s.opId,
-    status: talosStatus(s),
+    status: talosStatus(run),
     target_kek_id: progress?.to,
     stats: progress && {
       scanned: scanned(progress),
@@ -127,7 +152,7 @@ function toStatusBody(s: RotationStatus) {
       outcome: progress.outcome,
       from: progress.from,
       to: progress.to,
-      percent: progress.percent,
+      percent: run.percent,
       paused: progress.paused,
       passes: progress.passes,
       stale_at_start: progress.staleAtStart,
@@ -139,8 +164,38 @@ function toStatusBody(s: RotationStatus) {
       note: progress.note,
     }),
     ...(s.failure !== undefined && { failure: s.failure }),
+    ...runStatusFields(run),
   };
 }
+
+const historyBody = {
+  type: 'object',
+  properties: {
+    target: { type: 'string' },
+    rotations: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          op_id: { type: 'string' },
+          kind: { type: 'string', enum: ['rotation', 'migration'] },
+          from: { type: 'string', nullable: true },
+          to: { type: 'string', nullable: true },
+          started_at: { type: 'string' },
+          ended_at: { type: 'string', nullable: true },
+          state: runStatusBody.properties.state,
+          label: { type: 'string' },
+          reason: { type: 'string' },
+          rows_total: { type: 'integer' },
+          rows_moved: { type: 'integer' },
+          rows_unreadable: { type: 'integer' },
+          source: { type: 'string', enum: ['rekey', 'temporal'] },
+        },
+      },
+    },
+    temporal_unavailable: { type: 'string' },
+  },
+} as const;
 
 function sameToken(given: string, expected: string): boolean {
   // Hash both sides first: equal lengths for timingSafeEqual, and no early exit on a length mismatch.
@@ -180,9 +235,10 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     // validation, bad JSON) by the status Fastify gave them.
     const status = errorKind(error) !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
     if (status >= 500) app.log.error(error);
+    // rekey's own errors say what failed and never carry a secret; anything else is not shown.
     void reply.status(status).send({
       error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
-      message: status >= 500 ? 'internal error' : failureMessage(error),
+      message: status >= 500 && !(error instanceof RekeyError) ? 'internal error' : failureMessage(error),
     });
   });
 
@@ -220,7 +276,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       schema: {
         summary: 'Start re-wrapping every row of a target under a new KEK',
         description:
-          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. At most one rotation runs per target: a second request answers 409 with the running op_id.",
+          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. The answer comes once the rotation's validate step has decided: 202 with the KEKs it resolved; 200 when there is nothing to do; a refusal with the status of its kind (400 an unknown KEK, target or table, 422 legacy values left or a key that is not the registered one), and nothing was written. At most one rotation runs per target: a second request answers 409 with the running op_id.",
         body: {
           type: 'object',
           nullable: true,
@@ -237,20 +293,14 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           },
         },
         response: {
-          202: {
-            type: 'object',
-            properties: {
-              op_id: { type: 'string' },
-              status: { type: 'string' },
-              message: { type: 'string' },
-              status_url: { type: 'string' },
-              target: { type: 'string' },
-            },
-            required: ['op_id', 'status_url'],
-          },
+          200: startedBody,
+          202: startedBody,
           400: errorBody,
           401: errorBody,
+          404: errorBody,
           409: errorBody,
+          422: errorBody,
+          500: errorBody,
         },
       },
     },
@@ -288,12 +338,20 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           op_id: started.opId,
         });
       }
+      const validated = started.validated;
+      const kekFrom = validated?.from ?? from;
+      const kekTo = validated?.to ?? to;
+      const answer = { op_id: started.opId, status_url: statusUrl, target, from: kekFrom, to: kekTo };
+      if (validated?.outcome === 'nothing-to-do') {
+        // Validate decided there is nothing to do: the run has ended, saying why.
+        return reply.status(200).send({ ...answer, status: 'completed', message: validated.note ?? 'nothing to do' });
+      }
       return reply.status(202).send({
-        op_id: started.opId,
+        ...answer,
         status: 'running',
-        message: `rotation of target '${target}' started ('${from}' → '${to}')`,
-        status_url: statusUrl,
-        target,
+        message:
+          `rotation of target '${target}' started ('${kekFrom}' → '${kekTo}')` +
+          (started.unanswered !== undefined ? `; not validated yet: ${started.unanswered}` : ''),
       });
     },
   );
@@ -308,6 +366,54 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       },
     },
     async (request) => toStatusBody(await rotationStatus(client, request.params.op_id, keyspaceOf)),
+  );
+
+  app.get<{ Querystring: { target?: string; limit?: number } }>(
+    '/admin/v1/secrets/rotations',
+    {
+      schema: {
+        summary: "A keyspace's rotations and migrations, newest first, as rekey history lists them",
+        description:
+          "Each run with from → to, start, end, the one status it ended in (or is in) and its counts, like `aws kms list-key-rotations`. Read from rekey.run_history (written by each run's last step; kept as long as the database) and, for runs still going or ended by Temporal itself, from Temporal's visibility.",
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            target: { type: 'string', minLength: 1, maxLength: 63 },
+            limit: { type: 'integer', minimum: 1, maximum: 1000, default: 20 },
+          },
+        },
+        response: { 200: historyBody, 400: errorBody, 401: errorBody },
+      },
+    },
+    async (request) => {
+      const target = request.query.target ?? options.defaultTarget;
+      const history = await runHistory({
+        db: await targets.databaseOf(target),
+        client: () => Promise.resolve(client),
+        target,
+        limit: request.query.limit ?? 20,
+      });
+      return {
+        target,
+        rotations: history.runs.map((run) => ({
+          op_id: run.opId,
+          kind: run.kind,
+          from: run.from ?? null,
+          to: run.to ?? null,
+          started_at: run.startedAt,
+          ended_at: run.endedAt ?? null,
+          state: run.state,
+          label: run.label,
+          reason: run.reason,
+          rows_total: run.rows.total,
+          rows_moved: run.rows.moved,
+          rows_unreadable: run.rows.unreadable,
+          source: run.source,
+        })),
+        ...(history.temporalUnavailable !== undefined && { temporal_unavailable: history.temporalUnavailable }),
+      };
+    },
   );
 
   app.get<{ Querystring: { target?: string } }>(
@@ -336,6 +442,22 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
               stale_counts: { type: 'object', additionalProperties: { type: 'integer' } },
               dek_counts: { type: 'object', additionalProperties: { type: 'integer' } },
               rows_without_value: { type: 'integer' },
+              keks: {
+                type: 'array',
+                description: "each KEK of the target's registry; a retired one with its restore deadline",
+                items: {
+                  type: 'object',
+                  properties: {
+                    kek_id: { type: 'string' },
+                    state: { type: 'string' },
+                    fingerprint: { type: 'string' },
+                    activated_at: { type: 'string', nullable: true },
+                    retired_at: { type: 'string', nullable: true },
+                    restorable_until: { type: 'string', nullable: true },
+                    destroyed_at: { type: 'string', nullable: true },
+                  },
+                },
+              },
             },
           },
           400: errorBody,
@@ -363,6 +485,15 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         stale_counts: status.counts,
         dek_counts: status.counts,
         rows_without_value: status.withoutValue,
+        keks: status.keks.map((kek) => ({
+          kek_id: kek.kekId,
+          state: kek.state,
+          fingerprint: kek.fingerprint,
+          activated_at: kek.activatedAt?.toISOString() ?? null,
+          retired_at: kek.retiredAt?.toISOString() ?? null,
+          restorable_until: kek.restorableUntil?.toISOString() ?? null,
+          destroyed_at: kek.destroyedAt?.toISOString() ?? null,
+        })),
       };
     },
   );

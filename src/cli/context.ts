@@ -8,6 +8,7 @@ import type { KeyProvider } from '../keys/key-provider';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
 import { CliError } from '../errors';
+import { temporalConnectionOptions } from '../temporal-connection';
 
 export interface GlobalOptions {
   address: string;
@@ -31,8 +32,9 @@ export class CliContext {
 
   async temporal(): Promise<Client> {
     if (!this.temporalClient) {
+      const options = temporalConnectionOptions(this.options.address, this.env);
       try {
-        this.connection = await Connection.connect({ address: this.options.address, connectTimeout: '5s' });
+        this.connection = await Connection.connect({ ...options, connectTimeout: '5s' });
       } catch (err) {
         throw new CliError(
           `cannot reach Temporal at ${this.options.address}: ${(err as Error).message} (set TEMPORAL_ADDRESS or --address)`,

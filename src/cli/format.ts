@@ -1,11 +1,16 @@
 import type { MigrationReport } from '../workflows/migrate-dek';
 import { formatDuration } from '../rotation/durations';
 import type { ProgressReport } from '../rotation/progress';
+import { graceCountdown, migrationRunStatus } from '../rotation/run-status';
 
 const n = (value: number) => value.toLocaleString('en-US');
 
-/** One line for people: phase, counters in the terms of the rotate-kek CLI, rate and ETA. */
-export function describeProgress(p: ProgressReport): string {
+/**
+ * One line for people: phase, counters in the terms of the rotate-kek CLI, rate and ETA; in grace, when the old KEK
+ * retires, counted down from `now` (the moment it is shown), not from the report's time. What the run waits for is
+ * its status line's (src/rotation/run-status.ts).
+ */
+export function describeProgress(p: ProgressReport, now = Date.now()): string {
   const held = p.paused ? (p.heldBefore !== undefined ? ` (paused: holds before ${p.heldBefore})` : ' (paused)') : '';
   const parts = [`${p.target ? `${p.target} · ` : ''}${p.phase}${held}`];
   if (p.phase === 'rewrap' || p.passes > 0) {
@@ -19,12 +24,12 @@ export function describeProgress(p: ProgressReport): string {
     if (p.counters.failed > 0) parts.push(`unreadable ${n(p.counters.failed)}`);
   }
   if (p.phase === 'grace' && p.graceEndsAt !== undefined) {
-    parts.push(`old KEK retires in ${formatDuration(Math.max(0, p.graceEndsAt - p.at))}`);
+    const grace = graceCountdown(p.graceEndsAt, now);
+    parts.push(`'${p.from}' retires at ${grace.endsAt} (in ${grace.remaining})`);
   }
   if (p.fleet && (p.phase === 'promote' || p.fleet.ready < p.fleet.live)) {
     parts.push(`fleet ${p.fleet.ready}/${p.fleet.live} ready`);
   }
-  if (p.waiting) parts.push(`waiting: ${p.waiting.instructions}`);
   return parts.join(' · ');
 }
 
@@ -63,19 +68,17 @@ export function describeCensus(p: ProgressReport): string[] {
   );
 }
 
-/** A migrate-dek report in Mycelium's own terms, then what rekey adds (DEKs provisioned, unreadable values). */
-/** One line of a running migration: `migrating, pass 1: 120 of 400 v1 values done (30%), paused`. */
+/** One line of a running migration: `migrating, pass 1: 120 of 400 v1 values moved (30%), paused`. */
 export function describeMigrationProgress(report: MigrationReport): string {
-  const atStart = report.fields.reduce((n, f) => n + f.legacyAtStart, 0);
-  const { migrated, unreadable, casConflicts } = report.totals;
-  const done = migrated + unreadable + casConflicts;
-  const percent = atStart === 0 ? 100 : Math.min(100, Math.floor((done / atStart) * 1000) / 10);
+  const { rows, percent } = migrationRunStatus({ execution: 'RUNNING', report }, Date.now());
+  const looked = report.totals.migrated + report.totals.unreadable + report.totals.casConflicts;
   const state = [
     report.phase === 'done' ? `${report.outcome ?? 'done'}` : report.phase,
     ...(report.passes > 0 ? [`pass ${report.passes}`] : []),
   ].join(', ');
   return [
-    `${state}: ${done} of ${atStart} v1 values done (${percent}%)`,
+    `${state}: ${rows.moved} of ${rows.total} v1 values moved (${percent}%)`,
+    ...(looked > rows.moved ? [`${looked - rows.moved} left as they were (unreadable or contended)`] : []),
     ...(report.paused
       ? [report.partsRunning ? `pausing (${report.partsRunning} part(s) finishing their batch)` : 'paused']
       : []),
@@ -83,6 +86,7 @@ export function describeMigrationProgress(report: MigrationReport): string {
   ].join(', ');
 }
 
+/** A migrate-dek report in Mycelium's own terms, then what rekey adds (DEKs provisioned, unreadable values). */
 export function describeMigration(report: MigrationReport): string[] {
   const groups = new Map<string, number>();
   for (const field of report.fields) groups.set(field.group, (groups.get(field.group) ?? 0) + field.counters.migrated);

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { controlCommands } from './commands/control';
+import { historyCommand } from './commands/history';
 import { kekStatusCommand, keysCommand } from './commands/keks';
 import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
@@ -20,13 +21,21 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     rotateCommand(),
     migrateDekCommand(),
     statusCommand(),
+    historyCommand(),
     ...controlCommands(),
     kekStatusCommand(),
     keysCommand(),
     scheduleCommand(),
   ]) {
-    program.addCommand(command.exitOverride());
+    program.addCommand(command);
   }
+  // Every command, nested ones (schedule create, keys generate) included, reports its parse errors to runCli instead
+  // of exiting by itself with 1: bad input exits 2 wherever it is.
+  const overrideAll = (command: Command): void => {
+    command.exitOverride();
+    command.commands.forEach(overrideAll);
+  };
+  overrideAll(program);
   return program;
 }
 

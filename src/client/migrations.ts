@@ -2,6 +2,7 @@
 // src/rotation/identity.ts. At most one migration runs per keyspace (`dek-migration-<target>.<db>`); a dry run writes
 // nothing and gets an id of its own.
 import {
+  WithStartWorkflowOperation,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   type Client,
@@ -10,9 +11,24 @@ import {
 import { isMigrationWorkflowId, migrationWorkflowIdOf, parseWorkflowId, type Keyspace } from '../rotation/identity';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
-import { migrateDek, migrationProgressQuery, type MigrationReport, type MigrationRequest } from '../workflows';
-import { failureMessage, type KeyspaceLookup } from './rotations';
-import { InvalidRotationError, RotationNotFoundError, RotationNotRunningError } from '../errors';
+import {
+  migrateDek,
+  migrationPlannedUpdate,
+  migrationProgressQuery,
+  type MigrationReport,
+  type MigrationRequest,
+} from '../workflows';
+import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
+import { startAnswered } from './start-answered';
+import type { KeyspaceLookup } from './rotations';
+import {
+  errorKind,
+  failureMessage,
+  InvalidRotationError,
+  RotationNotFoundError,
+  RotationNotRunningError,
+  type ErrorKind,
+} from '../errors';
 
 const PREFIX = 'dek-migration-';
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
@@ -22,14 +38,26 @@ export function migrationWorkflowId(request: MigrationRequest, keyspace: Keyspac
 }
 
 export type MigrationStart =
-  | { kind: 'started'; handle: WorkflowHandle<typeof migrateDek> }
+  | {
+      kind: 'started';
+      handle: WorkflowHandle<typeof migrateDek>;
+      /** The report once the first plan was made (absent only from a worker whose build predates the update). */
+      planned?: MigrationReport;
+      unanswered?: string;
+    }
   | { kind: 'already-running'; handle: WorkflowHandle<typeof migrateDek> };
 
-/** Checks the request's shape and starts it; if a migration of the target is running, returns that one. */
+/**
+ * Checks the request's shape, starts it and waits for its plan step's verdict, in one call (Update-with-Start): a
+ * refusal (a target with no fields, no current KEK known, a rotation under way) is thrown as a RunFailedError with
+ * the kind of the error that refused it, and nothing was written. It starts under its keyspace's id with the keyspace
+ * in the request (every step checks it). If a migration of the keyspace is running, or one an older build started
+ * under the target's old id, nothing starts and that one is returned.
+ */
 export async function startMigration(
   client: Client,
   request: MigrationRequest,
-  options: { taskQueue: string; keyspace: Keyspace },
+  options: { taskQueue: string; keyspace: Keyspace; answerWithinMs?: number },
 ): Promise<MigrationStart> {
   if (!TARGET_NAME.test(request.target)) {
     throw new InvalidRotationError(
@@ -66,14 +94,20 @@ export async function startMigration(
     if (running) return { kind: 'already-running', handle: legacy };
   }
   try {
-    const handle = await client.workflow.start(migrateDek, {
+    const start = new WithStartWorkflowOperation(migrateDek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [{ ...request, keyspace: options.keyspace.id }],
       workflowIdReusePolicy: 'ALLOW_DUPLICATE',
       workflowIdConflictPolicy: 'FAIL',
     });
-    return { kind: 'started', handle };
+    const started = await startAnswered(client, migrationPlannedUpdate, start, options.answerWithinMs);
+    const handle = client.workflow.getHandle<typeof migrateDek>(workflowId, undefined, {
+      firstExecutionRunId: started.firstRunId,
+    });
+    return started.answered
+      ? { kind: 'started', handle, planned: started.answer }
+      : { kind: 'started', handle, unanswered: started.why };
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     return { kind: 'already-running', handle: client.workflow.getHandle<typeof migrateDek>(workflowId) };
@@ -110,8 +144,14 @@ export interface MigrationStatus {
   status: string;
   report?: MigrationReport;
   failure?: string;
+  /** The kind of the error the run failed with (its exit code and HTTP status). */
+  failureKind?: ErrorKind;
   startedAt?: Date;
   closedAt?: Date;
+  /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
+  retrying?: RetryingStep[];
+  /** The one status every surface shows (src/rotation/run-status.ts), as of the moment it was read. */
+  run: RunStatus;
 }
 
 /** A migration by its workflow id (`dek-migration-<target>.<db>`, or a dry run's); RotationNotFoundError if none. */
@@ -132,12 +172,19 @@ export async function migrationStatus(
   if (description.type !== 'migrateDek') throw new RotationNotFoundError(`'${workflowId}' is not a migration`);
   const status = description.status.name;
   const times = { startedAt: description.startTime, closedAt: description.closeTime };
-  if (status === 'RUNNING') return { workflowId, status, report: await handle.query(migrationProgressQuery), ...times };
-  const ended = await handle.result().then(
-    (report) => ({ report }),
-    (err: unknown) => ({ failure: failureMessage(err) }),
-  );
-  return { workflowId, status, ...ended, ...times };
+  let found: Omit<MigrationStatus, 'run'>;
+  if (status === 'RUNNING') {
+    const retrying = retryingSteps(description.raw.pendingActivities);
+    const report = await handle.query(migrationProgressQuery);
+    found = { workflowId, status, report, ...times, ...(retrying.length > 0 && { retrying }) };
+  } else {
+    const ended = await handle.result().then(
+      (report) => ({ report }),
+      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+    );
+    found = { workflowId, status, ...ended, ...times };
+  }
+  return { ...found, run: migrationRunStatus({ execution: status, ...found }, Date.now()) };
 }
 
 /** A migration that is still running (to pause, resume or abort); RotationNotRunningError otherwise. */

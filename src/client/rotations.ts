@@ -2,8 +2,10 @@
 // identity. A rotation is its keyspace's (a target's table in one database): at most one runs per keyspace, whoever
 // starts it, and a new one may start once the last has ended. Whether a rotation was already done is decided by the
 // registry (in the workflow), never by an old workflow id.
+import { retryingSteps, rotationRunStatus, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { staticDetails, staticSummary, type StartedBy } from '../rotation/web-ui';
 import {
+  WithStartWorkflowOperation,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   type Client,
@@ -28,11 +30,21 @@ import {
   RekeyTarget,
   RekeyToKek,
   rotateKek,
+  validatedUpdate,
   type RotationReport,
+  type RotationValidated,
 } from '../workflows';
-import { InvalidRotationError, RotationNotFoundError, RotationNotRunningError } from '../errors';
+import { startAnswered } from './start-answered';
+import {
+  errorKind,
+  failureMessage,
+  InvalidRotationError,
+  RotationNotFoundError,
+  RotationNotRunningError,
+  type ErrorKind,
+} from '../errors';
 
-export { rotationWorkflowId };
+export { rotationWorkflowId, failureMessage };
 
 /**
  * The keyspace of a target, as the surface asking sees it (its DATABASE_URL, its REKEY_CONFIG); undefined when it
@@ -52,18 +64,31 @@ export function opIdOf(workflowId: string, firstRunId: string): string {
 }
 
 export type StartOutcome =
-  | { kind: 'started'; handle: WorkflowHandle<typeof rotateKek>; opId: string }
+  | {
+      kind: 'started';
+      handle: WorkflowHandle<typeof rotateKek>;
+      opId: string;
+      /**
+       * What validate established (absent only when the worker's build predates the `validated` update; `unanswered`
+       * then says so). A run that ended there says so in its `outcome` (nothing to do).
+       */
+      validated?: RotationValidated;
+      unanswered?: string;
+    }
   | { kind: 'already-running'; handle: WorkflowHandle<typeof rotateKek>; opId: string };
 
 /**
- * Checks the request's shape (InvalidRotationError says what to fix) and starts it under its keyspace's id, with the
- * keyspace in the request (every step of the run checks it). If a rotation of that keyspace is running, or one of the
- * target that an older build started under `kek-rotation-<target>`, nothing starts and the running one is returned.
+ * Checks the request's shape (InvalidRotationError says what to fix), starts it under its keyspace's id, with the
+ * keyspace in the request (every step of the run checks it), and waits for its validate step's verdict, in one call
+ * (Update-with-Start). A refusal is thrown as a RunFailedError with the kind of the error that refused it (an unknown
+ * KEK, a missing table: invalid; legacy values left: refused), and nothing was written. If a rotation of that keyspace
+ * is running, or one of the target that an older build started under `kek-rotation-<target>`, nothing starts and the
+ * running one is returned.
  */
 export async function startRotation(
   client: Client,
   request: RotationRequest,
-  options: { taskQueue: string; keyspace: Keyspace; startedBy?: StartedBy },
+  options: { taskQueue: string; keyspace: Keyspace; startedBy?: StartedBy; answerWithinMs?: number },
 ): Promise<StartOutcome> {
   const settings = parseRotationRequest(request);
   const { keyspace } = options;
@@ -77,7 +102,7 @@ export async function startRotation(
     if (legacy) return { kind: 'already-running', ...legacy };
   }
   try {
-    const handle = await client.workflow.start(rotateKek, {
+    const start = new WithStartWorkflowOperation(rotateKek, {
       taskQueue: options.taskQueue,
       workflowId,
       args: [{ ...request, keyspace: keyspace.id }],
@@ -93,7 +118,14 @@ export async function startRotation(
         { key: RekeyToKek, value: request.to },
       ]),
     });
-    return { kind: 'started', handle, opId: opIdOf(workflowId, handle.firstExecutionRunId) };
+    const started = await startAnswered(client, validatedUpdate, start, options.answerWithinMs);
+    const handle = client.workflow.getHandle<typeof rotateKek>(workflowId, undefined, {
+      firstExecutionRunId: started.firstRunId,
+    });
+    const opId = opIdOf(workflowId, started.firstRunId);
+    return started.answered
+      ? { kind: 'started', handle, opId, validated: started.answer }
+      : { kind: 'started', handle, opId, unanswered: started.why };
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     const { handle, opId } = await findRotation(client, workflowId);
@@ -218,8 +250,14 @@ export interface RotationStatus {
   status: string;
   progress?: RotationReport;
   failure?: string;
+  /** The kind of the error the run failed with (its exit code and HTTP status). */
+  failureKind?: ErrorKind;
   startedAt?: Date;
   closedAt?: Date;
+  /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
+  retrying?: RetryingStep[];
+  /** The one status every surface shows (src/rotation/run-status.ts), as of the moment it was read. */
+  run: RunStatus;
 }
 
 export async function rotationStatus(
@@ -231,18 +269,22 @@ export async function rotationStatus(
   const { workflowId } = handle;
   const description = await handle.describe().catch(() => undefined);
   const times = { startedAt: description?.startTime, closedAt: description?.closeTime };
-  if (status === 'RUNNING') return { workflowId, opId, status, progress: await handle.query(progressQuery), ...times };
-  if (status === 'COMPLETED') return { workflowId, opId, status, progress: await handle.result(), ...times };
-  const failure = await handle.result().then(
-    () => undefined,
-    (err: unknown) => failureMessage(err),
-  );
-  return { workflowId, opId, status, failure, ...times };
-}
-
-/** The innermost message of a workflow failure: the one that says what went wrong. */
-export function failureMessage(err: unknown): string {
-  let current: unknown = err;
-  while (current instanceof Error && current.cause instanceof Error) current = current.cause;
-  return current instanceof Error ? current.message : String(current);
+  let found: Omit<RotationStatus, 'run'>;
+  if (status === 'RUNNING') {
+    const progress = await handle.query(progressQuery);
+    const retrying = retryingSteps(description?.raw.pendingActivities);
+    found = { workflowId, opId, status, progress, ...times, ...(retrying.length > 0 && { retrying }) };
+  } else if (status === 'COMPLETED') {
+    found = { workflowId, opId, status, progress: await handle.result(), ...times };
+  } else {
+    const failed = await handle.result().then(
+      () => undefined,
+      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+    );
+    found = { workflowId, opId, status, ...failed, ...times };
+  }
+  return {
+    ...found,
+    run: rotationRunStatus({ execution: status, ...found }, Date.now()),
+  };
 }

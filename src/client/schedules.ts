@@ -1,8 +1,16 @@
-import { ScheduleOverlapPolicy, WorkflowNotFoundError, type Client, type ScheduleSpec } from '@temporalio/client';
+import {
+  ScheduleOverlapPolicy,
+  WorkflowNotFoundError,
+  type Client,
+  type ScheduleExecutionResult,
+  type ScheduleSpec,
+} from '@temporalio/client';
 import type { Keyspace } from '../rotation/identity';
+import type { RunState } from '../rotation/run-status';
+import { failureMessage, opIdOf, rotationStatus } from './rotations';
 import type { RotationRequest } from '../rotation/rotation-input';
 import { parseDuration } from '../rotation/durations';
-import { noticeStateQuery, scheduledRotation, scheduleNotices } from '../workflows';
+import { noticeStateQuery, scheduledRotation, scheduleNotices, type ScheduledRotationResult } from '../workflows';
 import { InvalidRotationError } from '../errors';
 
 export const DEFAULT_SCHEDULE_ID = 'rekey-quarterly';
@@ -115,6 +123,20 @@ export interface ScheduleSummary {
   nextNotice?: string;
   /** The rotation the last notice announced. */
   noticedFor?: string;
+  /** Each recent run, newest last: the rotation it started and that rotation's status, or why it started none. */
+  runs: ScheduleRun[];
+}
+
+export interface ScheduleRun {
+  /** When the schedule took the action. */
+  at: string;
+  /** The launcher workflow the schedule started. */
+  launcher: string;
+  /** The rotation it started (`<workflow id>@<first run id>`), if it started one. */
+  rotation?: string;
+  /** The rotation's one status (src/rotation/run-status.ts), or the launcher's own while it has started none. */
+  state: RunState | 'skipped' | 'launching';
+  line: string;
 }
 
 /** The schedules that start rotations (their launcher), as Temporal lists them. */
@@ -135,9 +157,40 @@ export async function listRotationSchedules(client: Client): Promise<ScheduleSum
       recentRuns: described.info.recentActions.map((a) => a.action.workflow.workflowId),
       paused: described.state.paused,
       ...(await noticeOf(client, listed.scheduleId)),
+      runs: await Promise.all(described.info.recentActions.map((action) => scheduleRun(client, action))),
     });
   }
   return summaries;
+}
+
+/** What one run of a schedule did: the rotation its launcher started, in the one status, or why it started none. */
+async function scheduleRun(client: Client, action: ScheduleExecutionResult): Promise<ScheduleRun> {
+  const { workflowId, firstExecutionRunId } = action.action.workflow;
+  const base = { at: action.takenAt.toISOString(), launcher: workflowId };
+  const launcher = client.workflow.getHandle(workflowId, firstExecutionRunId);
+  const described = await launcher.describe().catch(() => undefined);
+  if (described?.status.name === 'RUNNING') {
+    return { ...base, state: 'launching', line: 'its launcher has not ended yet (does a worker poll the task queue?)' };
+  }
+  // The launcher's history says which rotation it started (its child), on any server, visibility or not.
+  const history = await launcher.fetchHistory().catch(() => undefined);
+  const child = history?.events
+    ?.map((event) => event.childWorkflowExecutionStartedEventAttributes?.workflowExecution)
+    .find((execution) => execution?.workflowId && execution.runId);
+  if (child?.workflowId && child.runId) {
+    const rotation = opIdOf(child.workflowId, child.runId);
+    const status = await rotationStatus(client, rotation).catch(() => undefined);
+    if (status) return { ...base, rotation, state: status.run.state, line: status.run.line };
+    return { ...base, rotation, state: 'running', line: 'started; its status cannot be read now' };
+  }
+  if (described === undefined || history === undefined) {
+    return { ...base, state: 'launching', line: 'its launcher cannot be read now' };
+  }
+  const result = await launcher.result().then(
+    (value: ScheduledRotationResult) => value,
+    (err: unknown) => ({ started: false, note: `its launcher failed: ${failureMessage(err)}` }),
+  );
+  return { ...base, state: result.started ? 'launching' : 'skipped', line: result.note };
 }
 
 async function noticeOf(

@@ -22,8 +22,16 @@ import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
-import type { DestroyOutcome, GenerateOptions, HeldKey, KeyOwners, KeyProvider, RemoteDeks } from './key-provider';
-import { DekUnwrapError, KeyMaterialError, UnknownKekError } from '../errors';
+import type {
+  DestroyOutcome,
+  GenerateOptions,
+  HeldKey,
+  KeyOwners,
+  KeyProvider,
+  RecordedKek,
+  RemoteDeks,
+} from './key-provider';
+import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../errors';
 
 /** A KEK id a KMS alias can carry: no '.', which alias names refuse. */
 const KMS_KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -47,6 +55,11 @@ export function kmsFingerprint(keyArn: string): string {
 /** The key ARN a KMS fingerprint names; undefined for any other fingerprint (key bytes held elsewhere). */
 export function keyArnOf(fingerprint: string): string | undefined {
   return fingerprint.startsWith(FINGERPRINT_PREFIX) ? fingerprint.slice(FINGERPRINT_PREFIX.length) : undefined;
+}
+
+/** The key id a key ARN ends with (`arn:aws:kms:<region>:<account>:key/<key id>`), as ListAliases names targets. */
+function keyIdOf(arn: string): string {
+  return arn.slice(arn.lastIndexOf('/') + 1);
 }
 
 interface KmsKek {
@@ -251,12 +264,6 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return undefined;
   }
 
-  /** The KEK as last read, read again first when another process made it since. */
-  private async fresh(kekId: string): Promise<KmsKek> {
-    if (!this.keks.has(kekId)) await this.reload();
-    return this.kek(kekId);
-  }
-
   private kek(kekId: string): KmsKek {
     const kek = this.keks.get(kekId);
     if (!kek) throw new UnknownKekError(kekId, this.description);
@@ -278,16 +285,38 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return kek.arn;
   }
 
-  /** ARN for a KEK the registry recorded by fingerprint: the key itself, not whatever its alias names now. */
+  /**
+   * ARN for a KEK the registry recorded by fingerprint: the recorded key itself, used only while the KEK's alias (as
+   * last read) names it and KMS last said it is Enabled; refused naming both keys otherwise.
+   */
   arnFor(kekId: string, fingerprint: string | undefined): string {
-    const arn = this.usableArn(kekId);
-    if (fingerprint !== undefined && keyArnOf(fingerprint) !== arn) {
-      throw new KeyMaterialError(
-        `KEK '${kekId}': its alias ${this.aliasOf(kekId)} names ${arn}, but the registry recorded ${fingerprint}: point the alias back`,
-        this.description,
+    const named = this.kek(kekId).arn;
+    if (fingerprint !== undefined && keyArnOf(fingerprint) !== named) {
+      throw this.aliasRefused(kekId, fingerprint, named, 'use');
+    }
+    return this.usableArn(kekId);
+  }
+
+  /**
+   * The refusal of a step on KEK `kekId` whose alias does not name the key the registry recorded (`recorded`, its
+   * fingerprint): `named` is the ARN the alias names now, undefined when there is no such alias.
+   */
+  private aliasRefused(kekId: string, recorded: string, named: string | undefined, step: string): KeyStoreRefusedError {
+    const alias = this.aliasOf(kekId);
+    const arn = keyArnOf(recorded);
+    const now = named === undefined ? 'names no key' : `names ${named}`;
+    if (arn === undefined) {
+      return new KeyStoreRefusedError(
+        `KEK '${kekId}': the registry recorded a key held outside KMS (${recorded}), but ${alias} ${now}: rekey does not ${step} either. A KEK id names one key: remove the alias (aws kms delete-alias --alias-name ${alias}) if that KMS key is not this keyspace's KEK '${kekId}'`,
       );
     }
-    return arn;
+    const fix =
+      named === undefined
+        ? `name it again: aws kms create-alias --alias-name ${alias} --target-key-id ${arn}`
+        : `point the alias back: aws kms update-alias --alias-name ${alias} --target-key-id ${arn}`;
+    return new KeyStoreRefusedError(
+      `KEK '${kekId}': the registry recorded KMS key ${arn}, but its alias ${alias} ${now}: rekey does not ${step} either key. If ${arn} is still KEK '${kekId}', ${fix}, then run the step again; if another deployment uses the alias prefix ${this.settings.aliasPrefix}, give each deployment a prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX) first`,
+    );
   }
 
   // ---- The application's DEK operations (TenantCrypto) ----
@@ -517,49 +546,192 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return undefined;
   }
 
-  /** Points `<prefix>current` at `to`'s key (the registry promoted it). */
-  async promote(_from: string, to: string): Promise<void> {
-    const target = (await this.fresh(to)).keyId;
-    const aliases = await this.aliases();
-    if (aliases.get(this.currentAlias) === target) return;
-    const Command = aliases.has(this.currentAlias) ? UpdateAliasCommand : CreateAliasCommand;
-    await this.request(aliases.has(this.currentAlias) ? 'UpdateAlias' : 'CreateAlias', () =>
-      this.client.send(new Command({ AliasName: this.currentAlias, TargetKeyId: target })),
+  /**
+   * Before a provision writes anything: every alias under the prefix must be this keyspace's. A deployment is
+   * recognised by its registry: `<prefix>kek-<id>` must name the key the registry recorded for `<id>`, and
+   * `<prefix>current` a key the registry recorded. An alias of a KEK the registry does not record is refused (another
+   * deployment's, or made by hand), except the one being provisioned when its key is one rekey created for that alias
+   * (tagged `rekey:kek-alias=<alias>`: made by `rekey keys generate`, or by an attempt whose registration was lost).
+   */
+  async claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void> {
+    const recordedKeys = new Set<string>();
+    for (const kek of registry) {
+      const arn = keyArnOf(kek.fingerprint);
+      if (arn !== undefined) recordedKeys.add(keyIdOf(arn));
+    }
+    const kekPrefix = this.aliasOf('');
+    const foreign: string[] = [];
+    for (const [alias, keyId] of await this.aliases()) {
+      if (alias === this.currentAlias) {
+        if (!recordedKeys.has(keyId)) foreign.push(`${alias} (${await this.arnOfKey(keyId)})`);
+        continue;
+      }
+      const kekId = alias.slice(kekPrefix.length);
+      // Another naming under the prefix (a deployment's nested prefix, alias/rekey/prod/...) is not this one's.
+      if (!alias.startsWith(kekPrefix) || !KMS_KEK_ID.test(kekId)) continue;
+      const record = registry.find((kek) => kek.kekId === kekId);
+      if (record) {
+        const arn = keyArnOf(record.fingerprint);
+        if (arn === undefined || keyIdOf(arn) !== keyId) {
+          throw this.aliasRefused(kekId, record.fingerprint, await this.arnOfKey(keyId), 'provision a KEK beside');
+        }
+        continue;
+      }
+      if (kekId === provisioning && (await this.taggedFor(keyId, alias))) continue;
+      const why = kekId === provisioning ? `, which rekey did not create for it (no tag ${KMS_KEK_TAG}=${alias})` : '';
+      foreign.push(`${alias} (${await this.arnOfKey(keyId)}${why})`);
+    }
+    if (foreign.length === 0) return;
+    throw new KeyStoreRefusedError(
+      `the alias prefix ${this.settings.aliasPrefix} holds ${foreign.join(', ')}, which this keyspace's registry does not record: another deployment (or a person) uses this prefix, and rekey does not provision KEKs beside keys a rotation could then disable or delete. Give this keyspace a prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX, e.g. alias/rekey/prod/) and rotate again, or remove the aliases that are not this keyspace's (aws kms delete-alias --alias-name <alias>)`,
     );
+  }
+
+  /** The ARN of a key by its id, for messages; the id itself when KMS no longer describes it. */
+  private async arnOfKey(keyId: string): Promise<string> {
+    return (await this.describe(keyId))?.arn ?? keyId;
+  }
+
+  /** Whether rekey created this key for `alias` (its tag); a key the role may not read or that is gone is not. */
+  private async taggedFor(keyId: string, alias: string): Promise<boolean> {
+    try {
+      const tags = await this.request(
+        'ListResourceTags',
+        () => this.client.send(new ListResourceTagsCommand({ KeyId: keyId })),
+        { callerHandles: NOT_OURS },
+      );
+      return tags.Tags?.some((tag) => tag.TagKey === KMS_KEK_TAG && tag.TagValue === alias) ?? false;
+    } catch (err) {
+      if (NOT_OURS.has((err as { name?: string }).name ?? '')) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * The key the registry recorded for `kekId`, as KMS describes it now by its ARN (undefined once KMS has deleted
+   * it), proven before `step` acts on it: the KEK's alias must name that key now, else the step is refused naming both.
+   * The step then names the key by the id this description gives (the recorded key, in this client's account and
+   * region: moto answers DisableKey, EnableKey and ScheduleKeyDeletion given an ARN with an internal error).
+   */
+  private async recorded(kekId: string, registry: readonly RecordedKek[], step: string): Promise<KmsKek | undefined> {
+    const record = registry.find((kek) => kek.kekId === kekId);
+    if (!record) throw new UnknownKekError(kekId, "this keyspace's registry");
+    const arn = keyArnOf(record.fingerprint);
+    if (arn === undefined) throw this.aliasRefused(kekId, record.fingerprint, undefined, step);
+    // A key of another region is not found from this one: that must not read as "deleted".
+    const region = await this.client.config.region();
+    if (arn.split(':')[3] !== region) {
+      throw new KeyMaterialError(
+        `KMS key ${arn} (KEK '${kekId}') is in another region than this process's AWS_REGION (${region}): rekey does not ${step} it from here. Run it with the region the keyspace's keys are in`,
+        this.description,
+      );
+    }
+    const kek = await this.describe(arn);
+    if (!kek || kek.state === 'PendingDeletion' || kek.state === 'PendingReplicaDeletion') return kek;
+    const named = await this.describe(this.aliasOf(kekId));
+    if (named?.keyId !== kek.keyId) throw this.aliasRefused(kekId, record.fingerprint, named?.arn, step);
+    return kek;
+  }
+
+  /** As `recorded`, for a step that needs the key to exist: one gone or pending deletion is refused. */
+  private async existing(kekId: string, registry: readonly RecordedKek[], step: string): Promise<KmsKek> {
+    const kek = await this.recorded(kekId, registry, step);
+    if (kek && kek.state !== 'PendingDeletion' && kek.state !== 'PendingReplicaDeletion') return kek;
+    const arn = keyArnOf(registry.find((k) => k.kekId === kekId)!.fingerprint)!;
+    throw new KeyMaterialError(
+      kek
+        ? `KMS key ${arn} (KEK '${kekId}') is scheduled for deletion: rekey does not ${step} it. Within AWS's pending window 'aws kms cancel-key-deletion --key-id ${arn}' stops the deletion (then enable it if it was enabled)`
+        : `KMS key ${arn} (KEK '${kekId}') no longer exists: rekey cannot ${step} it`,
+      this.description,
+    );
+  }
+
+  /** Updates the state last read for `kekId`, when it was read as this key. */
+  private noteState(kekId: string, kek: KmsKek, state: string): void {
+    const cached = this.keks.get(kekId);
+    if (cached?.keyId === kek.keyId) cached.state = state;
+  }
+
+  /**
+   * Points `<prefix>current` at the key the registry recorded for `to` (the registry promoted it), proven first: `to`'s
+   * alias names that key, KMS says it is Enabled, and `current` names the key recorded for `from` (or none yet, or
+   * already `to`'s). Anything else was moved behind the registry's back, and is refused.
+   */
+  async promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void> {
+    const target = await this.existing(to, registry, 'promote');
+    if (target.state !== 'Enabled') {
+      throw new KeyMaterialError(
+        `KMS key ${target.arn} (KEK '${to}') is ${target.state}: rekey does not make it current. Enable it (aws kms enable-key --key-id ${target.arn})`,
+        this.description,
+      );
+    }
+    const current = await this.describe(this.currentAlias);
+    if (current?.keyId !== target.keyId) {
+      if (current !== undefined) {
+        const recordedFrom = registry.find((kek) => kek.kekId === from)?.fingerprint;
+        const fromArn = recordedFrom === undefined ? undefined : keyArnOf(recordedFrom);
+        if (fromArn === undefined || keyIdOf(fromArn) !== current.keyId) {
+          throw new KeyStoreRefusedError(
+            `${this.currentAlias} names KMS key ${current.arn}, which is neither the key the registry recorded for '${from}' (${recordedFrom ?? 'none'}) nor the key recorded for '${to}' (${target.arn}): it was moved behind the registry's back, or another deployment uses the alias prefix ${this.settings.aliasPrefix}. rekey does not move it. Give each deployment a prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX), or point it at ${fromArn ?? target.arn} (aws kms update-alias --alias-name ${this.currentAlias} --target-key-id ${fromArn ?? target.arn}) and run the step again`,
+          );
+        }
+      }
+      const Command = current === undefined ? CreateAliasCommand : UpdateAliasCommand;
+      await this.request(current === undefined ? 'CreateAlias' : 'UpdateAlias', () =>
+        this.client.send(new Command({ AliasName: this.currentAlias, TargetKeyId: target.keyId })),
+      );
+    }
     this.configuredCurrentKekId = to;
   }
 
-  /** Disables the KEK's key: KMS keeps its material and refuses to use it until EnableKey (a restore). */
-  async retire(kekId: string): Promise<void> {
-    const kek = await this.fresh(kekId);
-    await this.request('DisableKey', () => this.client.send(new DisableKeyCommand({ KeyId: kek.keyId })));
-    kek.state = 'Disabled';
+  /**
+   * Disables the key the registry recorded for the KEK (its alias proven to name it): KMS keeps its material and
+   * refuses to use it until EnableKey (a restore).
+   */
+  async retire(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    const kek = await this.existing(kekId, registry, 'disable');
+    if (kek.state !== 'Disabled') {
+      await this.request('DisableKey', () => this.client.send(new DisableKeyCommand({ KeyId: kek.keyId })));
+    }
+    this.noteState(kekId, kek, 'Disabled');
   }
 
-  async restore(kekId: string): Promise<void> {
-    const kek = await this.fresh(kekId);
-    await this.request('EnableKey', () => this.client.send(new EnableKeyCommand({ KeyId: kek.keyId })));
-    kek.state = 'Enabled';
+  /** Enables the key the registry recorded for the KEK again (its alias proven to name it). */
+  async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    const kek = await this.existing(kekId, registry, 'enable');
+    if (kek.state !== 'Enabled') {
+      await this.request('EnableKey', () => this.client.send(new EnableKeyCommand({ KeyId: kek.keyId })));
+    }
+    this.noteState(kekId, kek, 'Enabled');
   }
 
-  /** Schedules the key's deletion after AWS's pending window (REKEY_AWS_KMS_DELETION_WINDOW_DAYS). */
-  async destroy(kekId: string): Promise<DestroyOutcome> {
-    const keyId = (await this.aliases()).get(this.aliasOf(kekId));
-    const kek = keyId === undefined ? undefined : await this.describe(keyId);
-    if (!kek) return { destroyed: true, detail: `no KMS key is named ${this.aliasOf(kekId)}: already gone` };
-    if (kek.state === 'PendingDeletion') {
-      return { destroyed: true, detail: `KMS key ${kek.arn} is already scheduled for deletion` };
+  /**
+   * Schedules the deletion of the key the registry recorded for the KEK, after AWS's pending window
+   * (REKEY_AWS_KMS_DELETION_WINDOW_DAYS), once proven: its alias names that key, and KMS says it is Disabled, as retire
+   * left it (a key enabled since may be in use again). A key already gone or pending deletion is destroyed.
+   */
+  async destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
+    const kek = await this.recorded(kekId, registry, 'schedule the deletion of');
+    const arn = keyArnOf(registry.find((k) => k.kekId === kekId)!.fingerprint)!;
+    if (!kek) return { destroyed: true, detail: `KMS key ${arn} no longer exists: already gone` };
+    if (kek.state === 'PendingDeletion' || kek.state === 'PendingReplicaDeletion') {
+      return { destroyed: true, detail: `KMS key ${arn} is already scheduled for deletion` };
+    }
+    if (kek.state !== 'Disabled') {
+      throw new KeyStoreRefusedError(
+        `KMS key ${arn} (KEK '${kekId}') is ${kek.state}, but retire left it Disabled: it was enabled since, perhaps for a reader that still uses it, and rekey does not schedule its deletion. If nothing uses it, disable it (aws kms disable-key --key-id ${arn}) and run the step again; if something does, restore the KEK (rekey keys restore ${kekId} --reason "...")`,
+      );
     }
     const scheduled = await this.request('ScheduleKeyDeletion', () =>
       this.client.send(
         new ScheduleKeyDeletionCommand({ KeyId: kek.keyId, PendingWindowInDays: this.settings.deletionWindowDays }),
       ),
     );
-    this.keks.delete(kekId);
+    if (this.keks.get(kekId)?.keyId === kek.keyId) this.keks.delete(kekId);
     const when = scheduled.DeletionDate?.toISOString() ?? `in ${this.settings.deletionWindowDays} days`;
     return {
       destroyed: true,
-      detail: `KMS key ${kek.arn} is scheduled for deletion on ${when} (until then 'aws kms cancel-key-deletion' can still stop it)`,
+      detail: `KMS key ${arn} is scheduled for deletion on ${when} (until then 'aws kms cancel-key-deletion' can still stop it)`,
     };
   }
 
@@ -578,6 +750,12 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
       }
     },
   };
+
+  /** The KEK as last read, read again first when another process made it since. */
+  private async fresh(kekId: string): Promise<KmsKek> {
+    if (!this.keks.has(kekId)) await this.reload();
+    return this.kek(kekId);
+  }
 
   private async keyspaceTag(keyId: string): Promise<{ owner?: string }> {
     const tags = await this.request('ListResourceTags', () =>

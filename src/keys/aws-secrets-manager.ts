@@ -19,8 +19,9 @@ import {
   type DestroyOutcome,
   type GenerateOptions,
   type KeyOwners,
+  type RecordedKek,
 } from './key-provider';
-import { KeyMaterialError } from '../errors';
+import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../errors';
 
 /** The staging label that names a version's KEK while it may be used: `rekey-kek-v2`. */
 export const KEK_LABEL = 'rekey-kek-';
@@ -47,15 +48,55 @@ export function versionToken(secretId: string, kekId: string): string {
 interface Version {
   versionId: string;
   stages: string[];
+  /** Read without a rekey label (AWSCURRENT or AWSPREVIOUS alone): its KEK id is its VersionId until it is labelled. */
+  unlabelled?: boolean;
 }
 
 /** The KEK id a version's labels give it (usable or retired); undefined for a version rekey does not name. */
-function kekIdOf(stages: string[]): string | undefined {
+function kekIdOf(stages: readonly string[]): string | undefined {
   for (const stage of stages) {
     if (stage.startsWith(KEK_LABEL)) return stage.slice(KEK_LABEL.length);
     if (stage.startsWith(RETIRED_LABEL)) return stage.slice(RETIRED_LABEL.length);
   }
   return undefined;
+}
+
+/**
+ * Each version's stages once AWSCURRENT has moved to `target` (AWS moves AWSPREVIOUS, wherever it was, to the version
+ * AWSCURRENT left) and AWSPENDING has left it: what a promotion leaves, worked out before it is made.
+ */
+export function stagesAfterPromotion(
+  versions: ReadonlyMap<string, readonly string[]>,
+  target: string,
+): Map<string, string[]> {
+  const after = new Map([...versions].map(([versionId, stages]) => [versionId, [...stages]]));
+  const holder = [...versions].find(([, stages]) => stages.includes(CURRENT))?.[0];
+  const without = (stages: string[], stage: string) => stages.filter((s) => s !== stage);
+  if (holder !== target) {
+    for (const [versionId, stages] of after) {
+      let next = without(stages, CURRENT);
+      if (holder !== undefined) next = without(next, PREVIOUS);
+      if (versionId === holder) next.push(PREVIOUS);
+      if (versionId === target) next.push(CURRENT);
+      after.set(versionId, next);
+    }
+  }
+  after.set(target, without(after.get(target) ?? [], PENDING));
+  return after;
+}
+
+/**
+ * The versions of `needed` that a promotion to `target` would leave without a rekey label: AWS deletes a version
+ * with no label at all in its own time, and rekey reads only versions it can name.
+ */
+export function unlabelledByPromotion(
+  versions: ReadonlyMap<string, readonly string[]>,
+  target: string,
+  needed: ReadonlySet<string>,
+): string[] {
+  return [...stagesAfterPromotion(versions, target)]
+    .filter(([versionId, stages]) => needed.has(versionId) && kekIdOf(stages) === undefined)
+    .map(([versionId]) => versionId);
 }
 
 /**
@@ -65,13 +106,16 @@ function kekIdOf(stages: string[]): string | undefined {
  * replaced AWSPREVIOUS (decrypt-only), and a retired one carries `rekey-retired-<id>` instead of its name, so the
  * version keeps a label (a version without one is deprecated, and AWS may delete it) until it is destroyed.
  *
- * The version carrying AWSCURRENT is read even without a rekey label (a secret created by hand or by the
- * application's own tooling): its KEK id is then its VersionId. Other unlabelled versions are not rekey's and are
- * left alone.
+ * The versions carrying AWSCURRENT and AWSPREVIOUS are read even without a rekey label (a secret created by hand or
+ * rotated by the application's own tooling): the KEK id of such a version is its VersionId. Before anything moves
+ * (a provision's `claim`, a promotion), rekey labels each one its registry records with the registry's name for it,
+ * so that no promotion can take its last label; other unlabelled versions are not rekey's and are left alone.
  */
 export class SecretsManagerKeys extends LocalKeyProvider {
   readonly description: string;
   private versions = new Map<string, Version>();
+  /** Every version's stages at the last read, by VersionId, those rekey does not read included. */
+  private stages = new Map<string, string[]>();
   /** Whether the secret existed at the last read (the first KEK creates it). */
   private secretExists = false;
 
@@ -101,8 +145,9 @@ export class SecretsManagerKeys extends LocalKeyProvider {
   }
 
   /**
-   * Every version rekey names (and the AWSCURRENT one), by KEK id, from DescribeSecret's map of versions to stages
-   * (deprecated versions, which carry no stage, are not in it); undefined when the secret does not exist.
+   * Every version rekey names (and the AWSCURRENT and AWSPREVIOUS ones), by KEK id, from DescribeSecret's map of
+   * versions to stages (deprecated versions, which carry no stage, are not in it); undefined when the secret does not
+   * exist. `this.stages` gets every version's stages.
    */
   private async listVersions(): Promise<Map<string, Version> | undefined> {
     const described = await awsFind(this.description, 'secretsmanager:DescribeSecret', () =>
@@ -116,8 +161,11 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       );
     }
     const versions = new Map<string, Version>();
-    for (const [versionId, stages] of Object.entries(described.VersionIdsToStages ?? {})) {
-      const kekId = kekIdOf(stages) ?? (stages.includes(CURRENT) ? versionId : undefined);
+    this.stages = new Map(Object.entries(described.VersionIdsToStages ?? {}));
+    for (const [versionId, stages] of this.stages) {
+      const named = kekIdOf(stages);
+      const unlabelled = named === undefined && (stages.includes(CURRENT) || stages.includes(PREVIOUS));
+      const kekId = named ?? (unlabelled ? versionId : undefined);
       if (kekId === undefined) continue;
       if (versions.has(kekId)) {
         throw new KeyMaterialError(
@@ -125,7 +173,7 @@ export class SecretsManagerKeys extends LocalKeyProvider {
           this.description,
         );
       }
-      versions.set(kekId, { versionId, stages });
+      versions.set(kekId, { versionId, stages, ...(unlabelled && { unlabelled }) });
     }
     return versions;
   }
@@ -141,10 +189,21 @@ export class SecretsManagerKeys extends LocalKeyProvider {
           this.client.send(new GetSecretValueCommand({ SecretId: this.secretId, VersionId: version.versionId })),
         );
         const where = `${this.description} version ${version.versionId} (KEK '${kekId}')`;
-        if (value.SecretString === undefined) {
-          throw new KeyMaterialError(`${where} holds binary data: a KEK is stored as a base64url string`, where);
+        let key: Buffer;
+        try {
+          if (value.SecretString === undefined) {
+            throw new KeyMaterialError(`${where} holds binary data: a KEK is stored as a base64url string`, where);
+          }
+          key = decodeKek(value.SecretString, where);
+        } catch (err) {
+          // An unlabelled AWSPREVIOUS that holds no KEK is what the secret held before its KEKs: not rekey's.
+          if (version.unlabelled && !version.stages.includes(CURRENT) && err instanceof KeyMaterialError) {
+            versions.delete(kekId);
+            continue;
+          }
+          throw err;
         }
-        keys.add(kekId, decodeKek(value.SecretString, where), where);
+        keys.add(kekId, key, where);
         if (version.stages.includes(CURRENT)) current = kekId;
       }
     } catch (err) {
@@ -212,18 +271,76 @@ export class SecretsManagerKeys extends LocalKeyProvider {
     return id;
   }
 
-  /** AWSCURRENT moves to `to`'s version (AWS moves AWSPREVIOUS to the version it left), AWSPENDING leaves it. */
-  async promote(from: string, to: string): Promise<void> {
+  /**
+   * Before a provision writes anything: a version read without a rekey label (a hand-made AWSCURRENT, or an
+   * AWSPREVIOUS left by the application's own rotation or an earlier build) whose key the registry records gets the
+   * registry's name for it, so that no later move of AWS's labels can leave it without one.
+   */
+  async claim(_provisioning: string, registry: readonly RecordedKek[]): Promise<void> {
     await this.reload();
-    const target = this.requireVersion(to);
+    await this.labelUnlabelled(registry);
+  }
+
+  /**
+   * Labels each unlabelled version whose key the registry records (and has not destroyed) `rekey-kek-<id>` (or
+   * `rekey-retired-<id>` for a retired KEK), `<id>` the registry's, and reads the secret again. Adding a label moves
+   * no other label, so it never takes one from any version.
+   */
+  private async labelUnlabelled(registry: readonly RecordedKek[]): Promise<void> {
+    let labelled = false;
+    for (const [kekId, version] of this.versions) {
+      if (!version.unlabelled) continue;
+      const fingerprint = this.fingerprint(kekId);
+      const record = registry.find((kek) => kek.fingerprint === fingerprint && kek.state !== 'destroyed');
+      // Not the registry's key; or its name is another version's already, which the resolver refuses by fingerprint.
+      if (!record || (record.kekId !== kekId && this.versions.has(record.kekId))) continue;
+      const label = `${record.state === 'retired' ? RETIRED_LABEL : KEK_LABEL}${record.kekId}`;
+      await this.moveLabel(label, { to: version.versionId });
+      labelled = true;
+    }
+    if (labelled) await this.reload();
+  }
+
+  /** The version this store names `kekId` holds the key the registry recorded for it; refused otherwise. */
+  private requireRecorded(kekId: string, registry: readonly RecordedKek[]): Version {
+    const version = this.requireVersion(kekId);
+    const recorded = registry.find((kek) => kek.kekId === kekId);
+    if (recorded !== undefined && recorded.fingerprint !== this.fingerprint(kekId)) {
+      throw new KekFingerprintMismatchError(kekId, recorded.fingerprint, this.fingerprint(kekId));
+    }
+    return version;
+  }
+
+  /**
+   * AWSCURRENT moves to `to`'s version (AWS moves AWSPREVIOUS to the version it left), AWSPENDING leaves it. Proven
+   * first: `to`'s version holds the key the registry recorded, every version the registry still needs is labelled
+   * (an unlabelled one is labelled now), and no such version is left without a rekey label by the move.
+   */
+  async promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void> {
+    await this.reload();
+    await this.labelUnlabelled(registry);
+    const target = this.requireRecorded(to, registry);
     const holder = [...this.versions].find(([, v]) => v.stages.includes(CURRENT));
-    if (holder && holder[1].versionId !== target.versionId) {
-      if (holder[0] !== from) {
-        throw new KeyMaterialError(
-          `${this.description}: AWSCURRENT is on KEK '${holder[0]}', not on '${from}': someone else changed the secret; promote by hand or re-run the rotation`,
-          this.description,
-        );
+    if (holder && holder[1].versionId !== target.versionId && holder[0] !== from) {
+      throw new KeyMaterialError(
+        `${this.description}: AWSCURRENT is on KEK '${holder[0]}', not on '${from}': someone else changed the secret; promote by hand or re-run the rotation`,
+        this.description,
+      );
+    }
+    const needed = new Set<string>();
+    for (const [kekId, version] of this.versions) {
+      const fingerprint = this.fingerprint(kekId);
+      if (registry.some((kek) => kek.fingerprint === fingerprint && kek.state !== 'destroyed')) {
+        needed.add(version.versionId);
       }
+    }
+    const stranded = unlabelledByPromotion(this.stages, target.versionId, needed);
+    if (stranded.length > 0) {
+      throw new KeyStoreRefusedError(
+        `${this.description}: moving AWSCURRENT to KEK '${to}' would leave version(s) ${stranded.join(', ')}, whose keys the registry still needs, without a rekey label (AWS deletes a version with no label): not moved. Label each first: aws secretsmanager update-secret-version-stage --secret-id ${this.secretId} --version-stage rekey-kek-<id> --move-to-version-id <VersionId>`,
+      );
+    }
+    if (holder && holder[1].versionId !== target.versionId) {
       await this.moveLabel(CURRENT, { to: target.versionId, from: holder[1].versionId });
     } else if (!holder) {
       await this.moveLabel(CURRENT, { to: target.versionId });
@@ -232,10 +349,13 @@ export class SecretsManagerKeys extends LocalKeyProvider {
     await this.reload();
   }
 
-  /** The version's name becomes `rekey-retired-<id>`, and AWSPREVIOUS leaves it: no application reads it any more. */
-  async retire(kekId: string): Promise<void> {
+  /**
+   * The version's name becomes `rekey-retired-<id>`, and AWSPREVIOUS leaves it: no application reads it any more. Its
+   * key must be the one the registry recorded.
+   */
+  async retire(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
     await this.reload();
-    const version = this.requireVersion(kekId);
+    const version = this.requireRecorded(kekId, registry);
     if (version.stages.includes(CURRENT)) {
       throw new KeyMaterialError(
         `${this.description}: KEK '${kekId}' is AWSCURRENT; promote another KEK first`,
@@ -253,9 +373,9 @@ export class SecretsManagerKeys extends LocalKeyProvider {
   }
 
   /** The version is named `rekey-kek-<id>` again (decrypt-only: AWSPREVIOUS stays where it is). */
-  async restore(kekId: string): Promise<void> {
+  async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
     await this.reload();
-    const version = this.requireVersion(kekId);
+    const version = this.requireRecorded(kekId, registry);
     if (!version.stages.includes(`${KEK_LABEL}${kekId}`)) {
       await this.moveLabel(`${KEK_LABEL}${kekId}`, { to: version.versionId });
     }
@@ -268,16 +388,27 @@ export class SecretsManagerKeys extends LocalKeyProvider {
   /**
    * Every label leaves the version: it is deprecated, no application and no rekey process reads it again, and AWS
    * deletes it in its own time (Secrets Manager has no call that deletes one version; deleting the secret would take
-   * the live KEKs with it).
+   * the live KEKs with it). Proven first: the version holds the key the registry recorded for `kekId`, and no other KEK
+   * the registry still needs is that key.
    */
-  async destroy(kekId: string): Promise<DestroyOutcome> {
+  async destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
     await this.reload();
     const version = this.versions.get(kekId);
     if (!version) return { destroyed: true, detail: `no version of ${this.description} is named '${kekId}' any more` };
+    this.requireRecorded(kekId, registry);
     if (version.stages.includes(CURRENT)) {
       throw new KeyMaterialError(
         `${this.description}: KEK '${kekId}' is AWSCURRENT: it cannot be destroyed`,
         this.description,
+      );
+    }
+    const fingerprint = this.fingerprint(kekId);
+    const other = registry.find(
+      (kek) => kek.kekId !== kekId && kek.fingerprint === fingerprint && kek.state !== 'destroyed',
+    );
+    if (other) {
+      throw new KeyStoreRefusedError(
+        `${this.description}: version ${version.versionId} (KEK '${kekId}') holds the same key as KEK '${other.kekId}', which is ${other.state}: not destroyed`,
       );
     }
     for (const stage of version.stages) await this.moveLabel(stage, { from: version.versionId });

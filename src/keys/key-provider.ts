@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
 import { KEK_ID } from '../rotation/rotation-input';
 import type { RowCrypto } from '../crypto/row-crypto';
+import type { KekState } from '../envelope/kek-lifecycle';
 import { KeyMaterialError, UnknownKekError } from '../errors';
 
 export const KEK_ID_PATTERN = KEK_ID;
@@ -31,6 +32,16 @@ export interface KeyOwners {
   adopt(keyspace: string): Promise<void>;
 }
 
+/**
+ * A KEK as its keyspace's registry records it. A store's lifecycle steps are given the registry's records, and act on
+ * the key with the recorded fingerprint (a KMS key's ARN), never on whatever a name (an alias, a label) names now.
+ */
+export interface RecordedKek {
+  kekId: string;
+  fingerprint: string;
+  state: KekState;
+}
+
 /** Where KEKs come from. Key bytes stay inside the provider; callers name KEKs by id only. */
 export interface KeyProvider {
   /** e.g. `env (prefix TALOS)` or `file /path/keyring.json`, for messages. */
@@ -53,19 +64,25 @@ export interface KeyProvider {
    */
   generate?(kekId?: string, options?: GenerateOptions): Promise<string>;
   /**
+   * Before a provision writes anything: proves that the store's names for this keyspace are the ones its registry
+   * (`registry`) recorded, refusing a store another deployment uses (KMS), and gives a key the store holds without a
+   * name of rekey's its name (Secrets Manager's hand-made AWSCURRENT version). `provisioning` is the KEK to be made.
+   */
+  claim?(provisioning: string, registry: readonly RecordedKek[]): Promise<void>;
+  /**
    * For a store that marks its current key itself (Secrets Manager's AWSCURRENT): marks `to` current and `from` the
    * previous one, after the registry promoted `to`. Idempotent.
    */
-  promote?(from: string, to: string): Promise<void>;
+  promote?(from: string, to: string, registry: readonly RecordedKek[]): Promise<void>;
   /** Marks a KEK retired in the store, keeping its material for the restore window. Idempotent. */
-  retire?(kekId: string): Promise<void>;
+  retire?(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   /** Undoes `retire` in the store (the registry restored the KEK to decrypt-only). Idempotent. */
-  restore?(kekId: string): Promise<void>;
+  restore?(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   /**
    * Destroys a retired KEK's material where the store can; says what it did, or what the operator must do where it
    * cannot (the environment). Idempotent: a KEK already gone is destroyed.
    */
-  destroy?(kekId: string): Promise<DestroyOutcome>;
+  destroy?(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
   /**
    * For a store that does the crypto itself (AWS KMS): what the rewrap engine and verification use instead of the
    * worker's crypto threads (`local`, which a store holding some KEKs locally uses for those, made when first used).

@@ -8,8 +8,16 @@ import type { RowCrypto } from '../crypto/row-crypto';
 import { createDek, moveDek, openDek } from '../envelope/dek-envelope';
 import { selfTestKek } from '../envelope/dek-wrapping';
 import type { RowKek } from '../rewrap/rewrap-rows';
-import type { KmsKeys } from './aws-kms';
-import type { DestroyOutcome, GenerateOptions, HeldKey, KeyOwners, KeyProvider, RemoteDeks } from './key-provider';
+import { keyArnOf, type KmsKeys } from './aws-kms';
+import type {
+  DestroyOutcome,
+  GenerateOptions,
+  HeldKey,
+  KeyOwners,
+  KeyProvider,
+  RecordedKek,
+  RemoteDeks,
+} from './key-provider';
 import { ConfigError, KeyMaterialError } from '../errors';
 
 const OUT_OF_KMS =
@@ -146,27 +154,39 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
 
   // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----
 
+  /** The store that holds the key the registry recorded for `kekId`: KMS for a key ARN, the local source for bytes. */
+  private recordedIn(kekId: string, registry: readonly RecordedKek[]): KeyProvider {
+    const recorded = registry.find((kek) => kek.kekId === kekId);
+    if (recorded === undefined) return this.of(kekId);
+    return keyArnOf(recorded.fingerprint) === undefined ? this.local : this.kms;
+  }
+
+  /** New KEKs are made in KMS: its prefix must be this keyspace's. */
+  claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void> {
+    return this.kms.claim(provisioning, registry);
+  }
+
   generate(kekId?: string, options?: GenerateOptions): Promise<string> {
     return this.kms.generate(kekId, options);
   }
 
-  async promote(from: string, to: string): Promise<void> {
-    if (this.inKms(to)) await this.kms.promote(from, to);
-    else await this.local.promote?.(from, to);
+  async promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void> {
+    const store = this.recordedIn(to, registry);
+    await store.promote?.(from, to, registry);
   }
 
-  async retire(kekId: string): Promise<void> {
-    await this.of(kekId).retire?.(kekId);
+  async retire(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    await this.recordedIn(kekId, registry).retire?.(kekId, registry);
   }
 
-  async restore(kekId: string): Promise<void> {
-    await this.of(kekId).restore?.(kekId);
+  async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    await this.recordedIn(kekId, registry).restore?.(kekId, registry);
   }
 
-  /** A KEK no longer held by either is destroyed by the store that last had it: the local one if it still does. */
-  async destroy(kekId: string): Promise<DestroyOutcome> {
-    const store = this.local.has(kekId) ? this.local : this.kms;
-    if (store.destroy) return store.destroy(kekId);
+  /** Destroyed by the store that holds the key the registry recorded: KMS for a key ARN, else the local source. */
+  async destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
+    const store = this.recordedIn(kekId, registry);
+    if (store.destroy) return store.destroy(kekId, registry);
     return { destroyed: false, detail: `${store.description} is read-only to rekey: remove KEK '${kekId}' from it` };
   }
 

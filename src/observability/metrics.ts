@@ -27,6 +27,12 @@ export class RekeyMetrics {
     labelNames: ['operation', 'outcome'],
     registers: [this.registry],
   });
+  readonly noticeFailures = new Counter({
+    name: 'rekey_notice_failures_total',
+    help: 'Attempts to deliver the webhook notice of a scheduled rotation that failed (the receiver refused or did not answer); each is tried again',
+    labelNames: ['schedule_id', 'target'],
+    registers: [this.registry],
+  });
   readonly unreadable = new Counter({
     name: 'rekey_unreadable_deks_total',
     help: 'DEKs that did not unwrap during rewrap (left untouched), counted in the first pass that met them',

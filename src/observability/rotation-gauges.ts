@@ -2,14 +2,31 @@ import { KEK_STATES } from '../envelope/kek-lifecycle';
 // Gauges read at scrape time from Temporal and the registries: what the shipped Grafana dashboard draws and the
 // Prometheus alert rules watch (ops/grafana/rekey.json, ops/prometheus/rekey-alerts.yml). One snapshot serves every
 // gauge of a scrape.
-import type { Client } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { Gauge, type Registry } from 'prom-client';
 import { rotationSchedules } from '../client/schedules';
 import type { TargetRuntimes } from '../targets/runtime';
-import { noticeStateQuery, progressQuery, type NoticeState, type RotationReport } from '../workflows';
+import {
+  ENDED_STATES,
+  migrationRunStatus,
+  retryingSteps,
+  rotationRunStatus,
+  RUN_STATES,
+  type RetryingStep,
+  type RunStatus,
+} from '../rotation/run-status';
+import {
+  migrationProgressQuery,
+  noticeStateQuery,
+  progressQuery,
+  type NoticeState,
+  type RotationReport,
+} from '../workflows';
 
 interface Snapshot {
   rotations: { workflowId: string; report: RotationReport }[];
+  /** The one status (src/rotation/run-status.ts) of each running rotation and migration. */
+  runs: { kind: 'rotation' | 'migration'; workflowId: string; target: string; status: RunStatus }[];
   keks: { target: string; kekId: string; state: string }[];
   schedules: {
     scheduleId: string;
@@ -26,6 +43,7 @@ const SNAPSHOT_TTL_MS = 1_000;
 
 /** The names of every gauge below, for the test that checks the dashboard and rules name only metrics that exist. */
 export const ROTATION_GAUGES = [
+  'rekey_run_status',
   'rekey_rotation_progress_ratio',
   'rekey_rotation_phase_seconds',
   'rekey_rotation_waiting_seconds',
@@ -38,6 +56,7 @@ export const ROTATION_GAUGES = [
   'rekey_schedule_last_run_completed',
   'rekey_schedule_next_notice_timestamp_seconds',
   'rekey_rotation_upcoming',
+  'rekey_notice_failing_since_timestamp_seconds',
 ] as const;
 
 export function registerRotationGauges(registry: Registry, targets: TargetRuntimes, client: Client): void {
@@ -59,6 +78,21 @@ export function registerRotationGauges(registry: Registry, targets: TargetRuntim
       },
     });
 
+  gauge(
+    'rekey_run_status',
+    'The status of each running rotation and migration, in the words of rekey status (1 = in this status): running, waiting, paused, or retrying (a step keeps failing)',
+    ['kind', 'workflow_id', 'target', 'status'],
+    (s, set) => {
+      for (const run of s.runs) {
+        for (const status of LIVE_STATES) {
+          set(
+            { kind: run.kind, workflow_id: run.workflowId, target: run.target, status },
+            run.status.state === status ? 1 : 0,
+          );
+        }
+      }
+    },
+  );
   gauge('rekey_rotation_progress_ratio', 'Share of the rewrap done, 0 to 1', ['workflow_id', 'target'], (s, set) => {
     for (const { workflowId, report } of s.rotations) {
       set({ workflow_id: workflowId, target: report.target ?? 'rekey' }, report.percent / 100);
@@ -172,18 +206,56 @@ export function registerRotationGauges(registry: Registry, targets: TargetRuntim
       }
     },
   );
+  gauge(
+    'rekey_notice_failing_since_timestamp_seconds',
+    'Since when the notice of a scheduled rotation has been refused by its receiver (Unix seconds); absent once it went out',
+    ['schedule_id', 'target'],
+    (s, set) => {
+      for (const notice of s.notices) {
+        if (notice.failing === undefined) continue;
+        set({ schedule_id: notice.scheduleId, target: notice.target }, Date.parse(notice.failing.since) / 1000);
+      }
+    },
+  );
 }
 
 type Fill = (snapshot: Snapshot, set: (labels: Record<string, string>, value: number) => void, now: number) => void;
 
+/** The states a running run can be in: each gets its series, 1 for the one it is in. */
+const LIVE_STATES = RUN_STATES.filter((state) => !ENDED_STATES.includes(state));
+
 async function take(targets: TargetRuntimes, client: Client): Promise<Snapshot> {
   const rotations: Snapshot['rotations'] = [];
+  const runs: Snapshot['runs'] = [];
+  const now = Date.now();
   const query = `WorkflowType = 'rotateKek' AND ExecutionStatus = 'Running'`;
   for await (const execution of client.workflow.list({ query })) {
     const handle = client.workflow.getHandle(execution.workflowId, execution.runId);
     // A run that cannot answer now (no worker yet) is left out of this scrape, not an error for the others.
     const report = await handle.query(progressQuery).catch(() => undefined);
-    if (report) rotations.push({ workflowId: execution.workflowId, report });
+    if (!report) continue;
+    rotations.push({ workflowId: execution.workflowId, report });
+    const retrying = await retryingNow(handle);
+    runs.push({
+      kind: 'rotation',
+      workflowId: execution.workflowId,
+      target: report.target ?? 'rekey',
+      status: rotationRunStatus({ execution: 'RUNNING', progress: report, retrying }, now),
+    });
+  }
+  for await (const execution of client.workflow.list({
+    query: `WorkflowType = 'migrateDek' AND ExecutionStatus = 'Running'`,
+  })) {
+    const handle = client.workflow.getHandle(execution.workflowId, execution.runId);
+    const report = await handle.query(migrationProgressQuery).catch(() => undefined);
+    if (!report) continue;
+    const retrying = await retryingNow(handle);
+    runs.push({
+      kind: 'migration',
+      workflowId: execution.workflowId,
+      target: report.target,
+      status: migrationRunStatus({ execution: 'RUNNING', report, retrying }, now),
+    });
   }
   const keks: Snapshot['keks'] = [];
   for (const runtime of await targets.openedRuntimes()) {
@@ -221,5 +293,11 @@ async function take(targets: TargetRuntimes, client: Client): Promise<Snapshot> 
       .catch(() => undefined);
     if (state) notices.push(state);
   }
-  return { rotations, keks, schedules, notices };
+  return { rotations, runs, keks, schedules, notices };
+}
+
+/** The steps of a running workflow that Temporal is retrying (none if it cannot be described now). */
+async function retryingNow(handle: WorkflowHandle): Promise<RetryingStep[]> {
+  const description = await handle.describe().catch(() => undefined);
+  return retryingSteps(description?.raw.pendingActivities);
 }

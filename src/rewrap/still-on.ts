@@ -1,8 +1,13 @@
 import type { Pool, PoolClient } from 'pg';
 import type { ResolvedKek } from '../keys/kek-resolver';
-import type { TargetStore } from '../store/target-store';
+import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
+import { createProgress } from '../store/rewrap-progress';
 import type { TenantFailure } from './rewrap-slice';
 import type { RowCrypto } from '../crypto/row-crypto';
+import { emptyCounters } from './counters';
+import { addProofs, emptyProof, NAMED_ROWS, type LabelProof } from '../rotation/label-proof';
+
+export type { LabelProof } from '../rotation/label-proof';
 
 /** Rows labelled with a KEK, by what their value proves: a label can lie. */
 export interface LabelledRows {
@@ -61,4 +66,177 @@ export async function rowsLabelled(
     after = rows[rows.length - 1]!.$id;
   }
   return result;
+}
+
+/**
+ * The KEKs a proof tries the rows labelled `label` under. A row that opens under one of them does not need `label`:
+ * it is sealed again under `active` and labelled with it. `labelKek` is `label`'s own KEK while it may still unwrap
+ * (before retire): a row that opens under it needs it, and is told apart from one that opens under nothing.
+ */
+export interface ProofKeys {
+  label: string;
+  /** The active KEK: every row a proof moves ends under it. */
+  active: ResolvedKek;
+  /** Other KEKs the registry lets unwrap (decrypt-only) that this worker holds, tried after `active`. */
+  others: ResolvedKek[];
+  labelKek?: ResolvedKek;
+}
+
+export interface ProofOptions {
+  /** Exclusive lower bound of the ids still to prove ('' = from the start). */
+  after: string;
+  batchSize: number;
+  /** Stop at the first batch boundary after this long (at least one batch); absent: prove every row. */
+  timeBudgetMs?: number;
+  /** Counts the relabelled rows in rekey.rewrap_progress, in the statement that writes them. */
+  progressKey?: string;
+  /** A previous attempt's last checkpoint: go on after its cursor, with its sums. */
+  resumeFrom?: ProofCheckpoint;
+  /** After every batch (heartbeat here). */
+  onBatch?(checkpoint: ProofCheckpoint): void;
+  /** Checked before every batch: true stops at this batch boundary. */
+  shouldStop?(): boolean;
+}
+
+export interface ProofCheckpoint {
+  cursor: string;
+  proof: LabelProof;
+}
+
+export interface ProofResult extends ProofCheckpoint {
+  /** No row labelled `label` is left after `cursor`. */
+  done: boolean;
+}
+
+/** The registry states in which the KEK a proof moves rows to may wrap. */
+const MOVED_UNDER: readonly string[] = ['active'];
+const CAS_RETRIES = 3;
+
+/**
+ * Proves the rows labelled `keys.label`, in id order (keyset pagination, no cap): each is tried under the active KEK,
+ * then the other usable ones. A row that opens is sealed again under the active KEK and labelled with it, by a
+ * compare-and-swap that writes it only if it is still as read; a row that opens under none needs `label` and is
+ * counted (the first few named). Rows written or relabelled behind the cursor meanwhile are the next proof's.
+ */
+export async function proveLabelled(
+  store: TargetStore,
+  client: Pool | PoolClient,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  options: ProofOptions,
+): Promise<ProofResult> {
+  const started = Date.now();
+  let cursor = options.resumeFrom?.cursor ?? options.after;
+  let proof = options.resumeFrom?.proof ?? emptyProof();
+  if (options.progressKey !== undefined) {
+    await createProgress(client, store.target.name, options.progressKey, options.after, emptyCounters());
+  }
+  for (let batches = 0; ; batches++) {
+    if (options.shouldStop?.()) return { cursor, proof, done: false };
+    if (batches > 0 && options.timeBudgetMs !== undefined && Date.now() - started >= options.timeBudgetMs) {
+      return { cursor, proof, done: false };
+    }
+    const rows = await store.readBatch(
+      client,
+      { kind: 'label', kekId: keys.label },
+      { after: cursor, until: null },
+      options.batchSize,
+    );
+    if (rows.length === 0) return { cursor, proof, done: true };
+    proof = addProofs(proof, await proveRows(store, client, crypto, keys, rows, options.progressKey));
+    cursor = rows[rows.length - 1]!.$id;
+    options.onBatch?.({ cursor, proof });
+  }
+}
+
+/** One batch: moves what opens under a usable KEK, retrying rows a writer changed meanwhile; counts the rest. */
+async function proveRows(
+  store: TargetStore,
+  client: Pool | PoolClient,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  batch: TargetRow[],
+  progressKey: string | undefined,
+): Promise<LabelProof> {
+  const proof = { ...emptyProof(), tried: batch.length };
+  let rows = batch;
+  for (let attempt = 0; rows.length > 0; attempt++) {
+    let lost: string[] = [];
+    let remaining = rows;
+    for (const kek of [keys.active, ...keys.others]) {
+      if (remaining.length === 0) break;
+      const moved = await moveUnderActive(store, client, crypto, keys, kek, remaining, progressKey);
+      proof.relabelled += moved.written;
+      lost = [...lost, ...moved.lost];
+      remaining = moved.notOpened;
+    }
+    const needed = remaining;
+    await countNeeded(store, crypto, keys, needed, proof);
+    if (lost.length === 0) break;
+    if (attempt >= CAS_RETRIES) {
+      proof.contended += lost.length;
+      break;
+    }
+    // A writer changed these rows since they were read: those still labelled `label` are tried again as they are now.
+    rows = (await store.readByIds(client, lost)).filter((row) => row.$label === keys.label);
+  }
+  return proof;
+}
+
+/**
+ * The rows that open under `kek`, sealed again under the active KEK and labelled with it, in one compare-and-swap.
+ * Returns how many it wrote, the ids that lost to a writer, and the rows that do not open under `kek`.
+ */
+async function moveUnderActive(
+  store: TargetStore,
+  client: Pool | PoolClient,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  kek: ResolvedKek,
+  rows: TargetRow[],
+  progressKey: string | undefined,
+): Promise<{ written: number; lost: string[]; notOpened: TargetRow[] }> {
+  // `others`: a row that opens under `kek` is written under the active KEK with its label; the rest are left alone.
+  const result = await crypto.rewrap(store.codec, kek, keys.active, rows, { others: true, dryRun: false });
+  const opened = new Set(result.writes.map((w) => w.index));
+  const notOpened = rows.filter((_, i) => !opened.has(i));
+  if (result.writes.length === 0) return { written: 0, lost: [], notOpened };
+  const writes: RowWrite[] = result.writes.map((w) => ({
+    id: rows[w.index]!.$id,
+    row: rows[w.index]!,
+    values: w.values,
+    relabel: true,
+  }));
+  const outcome = await store.compareAndSwap(
+    client,
+    keys.label,
+    keys.active.kekId,
+    writes,
+    MOVED_UNDER,
+    progressKey === undefined ? undefined : { progressKey, cursor: null, failed: 0 },
+  );
+  return { written: outcome.written, lost: [...outcome.lost], notOpened };
+}
+
+/** Rows no usable KEK opens: they need `label`. Says why for the first few (under `label` itself, where it can tell). */
+async function countNeeded(
+  store: TargetStore,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  rows: TargetRow[],
+  proof: LabelProof,
+): Promise<void> {
+  if (rows.length === 0) return;
+  proof.needed += rows.length;
+  const named = rows.slice(0, Math.max(0, NAMED_ROWS - proof.neededRows.length));
+  if (named.length === 0) return;
+  const usable = [keys.active, ...keys.others].map((k) => `'${k.kekId}'`).join(', ');
+  const underLabel = keys.labelKek ? await crypto.check(store.codec, keys.labelKek, named) : [];
+  named.forEach((row, i) => {
+    const reason =
+      keys.labelKek && underLabel[i] === undefined
+        ? `its value is under '${keys.label}'`
+        : `it opens under none of ${usable}${keys.labelKek ? ` nor '${keys.label}' (${underLabel[i]})` : ''}`;
+    proof.neededRows.push({ tenantId: row.$id, reason });
+  });
 }

@@ -1,4 +1,5 @@
 import { addCounters, emptyCounters, type RewrapCounters } from '../rewrap/counters';
+import type { LabelProof } from './label-proof';
 
 export const PHASES = ['validate', 'provision', 'promote', 'rewrap', 'verify', 'grace', 'retire', 'done'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -18,6 +19,8 @@ export interface Wait {
   instructions: string;
   /** The command that moves the run on once it has. */
   command?: string;
+  /** The application step has no probe: only an operator's confirmation moves the run on. */
+  confirmationOnly?: boolean;
   since: number;
 }
 
@@ -54,7 +57,24 @@ export interface RotationProgress {
   waiting?: Wait;
   /** A dry run's census: rows per KEK label, and how many of a sample the format reads and the KEK opens. */
   census?: { kekId: string; rows: number; sampled: number; readable: number; opens?: number }[];
+  /** The latest proof of the rows labelled `from` before retirement (absent in runs that never reached it). */
+  retireProof?: RetireProof;
+  /**
+   * Decided when the run started (absent in progress carried from a build that did not decide it): whether retiring
+   * `from` schedules its destruction after the restore window, and why.
+   */
+  destruction?: { scheduled: boolean; why: string };
   note?: string;
+}
+
+/** Where a proof of the rows labelled `from` stands: every row tried, in parts, before retirement. */
+export interface RetireProof extends LabelProof {
+  /**
+   * before-confirm: before the operator is asked to remove `from` (a target whose application owns that step);
+   * before-retire: just before the retirement, which proves what was written since under the registry row's lock.
+   */
+  stage: 'before-confirm' | 'before-retire';
+  done: boolean;
 }
 
 export const MAX_FAILED_TENANTS = 50;
@@ -125,12 +145,21 @@ export function setPaused(progress: RotationProgress, paused: boolean, now: numb
   };
 }
 
-/** Share of the rewrap done, 0..100 (100 once past rewrap). */
+/** Rows moved off `from`: rewrapped, or relabelled where the value already was under `to`. */
+export function rowsMoved(progress: RotationProgress): number {
+  return progress.counters.rewrapped + (progress.counters.relabelled ?? 0);
+}
+
+/**
+ * Share of the rows to move that have moved, 0..100, counted in rows: a run aborted before it moved any row is at 0%
+ * whatever phase it ended in. 100 once verify has passed (grace, retire, completed: nothing is left on `from`), and
+ * for a run with nothing to move once its rewrap is over (or it found nothing to do).
+ */
 export function percentComplete(progress: RotationProgress): number {
-  const after = PHASES.indexOf(progress.phase) > PHASES.indexOf('rewrap');
-  if (after) return 100;
-  if (progress.staleAtStart === 0) return progress.phase === 'rewrap' ? 100 : 0;
-  return Math.min(100, Math.floor((progress.counters.rewrapped / progress.staleAtStart) * 1000) / 10);
+  const { outcome, phase } = progress;
+  if (outcome === 'completed' || outcome === 'nothing-to-do' || phase === 'grace' || phase === 'retire') return 100;
+  if (progress.staleAtStart === 0) return progress.phases.rewrap?.endedAt !== undefined ? 100 : 0;
+  return Math.min(100, Math.floor((rowsMoved(progress) / progress.staleAtStart) * 1000) / 10);
 }
 
 /** Rewrapped DEKs per second of unpaused rewrap time, over every visit of the rewrap phase. */

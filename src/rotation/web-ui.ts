@@ -3,6 +3,7 @@
 // command that moves it on). Pure functions: the workflow and the client call them; nothing here has I/O.
 import { formatDuration } from './durations';
 import type { ProgressReport } from './progress';
+import { rotationRunStatus } from './run-status';
 
 /** Who started a rotation, as the Web UI says it: the surface, never a secret. */
 export type StartedBy = 'rekey CLI' | 'admin API' | 'schedule' | 'demo' | (string & {});
@@ -42,10 +43,16 @@ const n = (value: number) => Math.round(value).toLocaleString('en-US');
 export function currentDetails(report: ProgressReport, workflowId: string): string {
   const lines: string[] = [];
   const noun = report.noun ?? 'DEK';
-  if (report.outcome !== 'running') {
-    lines.push(`**Ended:** ${report.outcome}${report.note ? ` — ${report.note}` : ''}`);
+  // The one status (run-status.ts), as the workflow knows it: a step Temporal retries is on the run's page beside this.
+  const run = rotationRunStatus(
+    { execution: report.outcome === 'running' ? 'RUNNING' : 'COMPLETED', progress: report },
+    report.at,
+  );
+  if (run.ended) {
+    lines.push(`**${run.label}:** ${run.reason}`);
   } else {
-    const head = [`**Phase:** ${report.phase}`];
+    // The phase, not the status's reason: that counts the grace period down from the time it was written.
+    const head = [`**${run.label}:** ${report.phase}`];
     if (report.passes > 0) head.push(`pass ${report.passes}`);
     head.push(`**${report.percent}%**`);
     if (report.phase === 'rewrap' && report.ratePerSecond > 0) head.push(`${n(report.ratePerSecond)} ${noun}s/s`);
@@ -72,6 +79,7 @@ export function currentDetails(report: ProgressReport, workflowId: string): stri
     lines.push(`**Fleet:** ${report.fleet.ready} of ${report.fleet.live} instances ready`);
   }
   if (report.graceEndsAt !== undefined && report.phase === 'grace') {
+    // The absolute end only: these details are written when the run changes, so a countdown here would be stale.
     lines.push(
       `**Grace until** ${new Date(report.graceEndsAt).toISOString()}. To change it: \`rekey grace ${workflowId} --extend 2d\` or \`--end-now\``,
     );

@@ -185,6 +185,21 @@ export class KekRegistry {
     return rows[0] ? toRecord(rows[0]) : retired;
   }
 
+  /**
+   * A retired KEK's restore window, open again until at least `forMs` from now (the database's clock), inside the
+   * caller's transaction, which holds the row's lock: a destruction that found rows that may still need the KEK
+   * leaves room to restore it. Returns the window's end.
+   */
+  async reopen(kekId: string, forMs: number, client: PoolClient): Promise<Date> {
+    const { rows } = await client.query<{ restorable_until: Date }>(
+      `UPDATE rekey.keks SET restorable_until = GREATEST(restorable_until, now() + $3 * interval '1 millisecond')
+       WHERE target = $1 AND kek_id = $2 AND state = 'retired' RETURNING restorable_until`,
+      [this.target, kekId, forMs],
+    );
+    if (!rows[0]) throw new KekTransitionError(kekId, 'not retired', 'restorable', 'only a retired KEK has a window');
+    return rows[0].restorable_until;
+  }
+
   /** Locks a KEK's row until the caller's transaction ends: retire, restore and destroy each hold it. */
   async lock(kekId: string, client: PoolClient): Promise<void> {
     await client.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR UPDATE', [this.target, kekId]);

@@ -1,7 +1,7 @@
 import { resolveKek } from '../keys/kek-resolver';
 import type { KekRecord } from '../store/kek-registry';
 import type { TargetRuntime } from './runtime';
-import { KekRestoreRefusedError } from '../errors';
+import { InvalidRotationError, KekNotHeldError, KekRestoreRefusedError, UnknownKekError } from '../errors';
 
 /**
  * Brings a retired KEK back to decrypt-only within its restore window (the runbook's "re-add the old KEK
@@ -14,19 +14,31 @@ export async function restoreKek(
   reason: string,
   actor: string,
 ): Promise<KekRecord> {
-  const { keys, registry, definition } = runtime;
+  // The key source is opened only for a KEK the registry knows: an unknown one is answered without it.
+  const { registry, definition } = runtime;
   const refuse = (why: string) =>
     new KekRestoreRefusedError(`KEK '${kekId}' of target '${definition.name}' cannot be restored: ${why}`);
-  if (reason.trim() === '') throw refuse('give the reason (--reason): it is recorded with the restore');
+  if (reason.trim() === '') {
+    throw new InvalidRotationError(
+      `give the reason (--reason) to restore KEK '${kekId}': it is recorded with the restore`,
+    );
+  }
   const registered = await registry.get(kekId);
-  if (!registered) throw refuse('the registry does not know it');
+  if (!registered) throw new UnknownKekError(kekId, `the registry of target '${definition.name}'`);
+  const { keys } = runtime;
   await keys.reload();
   if (registered.state === 'retired') {
     // The material must still be there, and be the registered key, before the registry says it can be used again.
-    if (!keys.has(kekId)) throw refuse(`${keys.description} no longer holds it`);
-    resolveKek(keys, kekId, { fingerprint: registered.fingerprint }).key.fill(0);
+    // Found by its fingerprint: a source that names its keys only inside a rotation (Mycelium's old and current
+    // token_secret) holds it under no name here.
+    try {
+      resolveKek(keys, kekId, { fingerprint: registered.fingerprint }).key.fill(0);
+    } catch (err) {
+      if (err instanceof KekNotHeldError) throw refuse(`${keys.description} no longer holds it`);
+      throw err;
+    }
   }
   const restored = await registry.restore(kekId, reason.trim(), actor, refuse);
-  await keys.restore?.(kekId);
+  await keys.restore?.(kekId, await registry.list());
   return restored;
 }

@@ -216,6 +216,14 @@ export class TargetRuntimes {
     return { databases: [...byPool.values()], unresolved };
   }
 
+  /**
+   * A target's database (migrated: rekey's bookkeeping is there) without opening the target: its table is not checked,
+   * so a run that failed because its table is missing can still record its end there.
+   */
+  databaseOf(name: string): Promise<Pool> {
+    return this.database(this.definition(name));
+  }
+
   private database(definition: TargetDefinition): Promise<Pool> {
     const env = this.options.env ?? process.env;
     const variable = definition.database.urlEnv ?? 'DATABASE_URL';

@@ -23,6 +23,31 @@ export const steps = proxyActivities<Activities>({
 });
 
 /**
+ * One attempt at a rotation notice. The notice workflow tries again itself, for as long as the receiver refuses, and
+ * records each failure where its query and the metrics show it; `steps`' retries gave up for good after 30 attempts
+ * (about 25 minutes of a receiver's outage).
+ */
+export const noticeAttempts = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { maximumAttempts: 1 },
+});
+
+/**
+ * The run's record in rekey's history, its last step: a few tries over a few minutes, so that a database that is down
+ * delays the end of a run only that long (Temporal's visibility lists the run meanwhile).
+ */
+export const bookkeeping = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '30 seconds',
+    maximumAttempts: 10,
+    nonRetryableErrorTypes: [...NON_RETRYABLE],
+  },
+});
+
+/**
  * Slice parts: bounded by their time budget; a lost worker is noticed within the heartbeat timeout and the part
  * resumes elsewhere from its committed progress. Cancelled on pause and abort, and awaited until they stop.
  */
@@ -44,6 +69,31 @@ export const slices = proxyActivities<Activities>(SLICE_OPTIONS);
 export function slicesWithSummary(summary: string) {
   return proxyActivities<Activities>({ ...SLICE_OPTIONS, summary });
 }
+
+/**
+ * The proofs of the rows labelled with a KEK before retire and destroy: parts bounded by their time budget, like
+ * slices, and resumed from their last heartbeat elsewhere when a worker is lost.
+ */
+export const proofs = proxyActivities<Activities>({
+  ...SLICE_OPTIONS,
+  summary: 'prove the rows labelled with the KEK',
+});
+
+/**
+ * Retire and destroy: one transaction holding the KEK's registry row, in which every row still labelled with it is
+ * proved (those written since the proof before it). They heartbeat per batch of rows.
+ */
+export const lockedSteps = proxyActivities<Activities>({
+  startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '1 minute',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 30,
+    nonRetryableErrorTypes: [...NON_RETRYABLE],
+  },
+});
 
 /** An activity that failed for good becomes the workflow's failure, with the activity's own message. */
 export function explainFailure(err: unknown): unknown {

@@ -90,6 +90,7 @@ export async function waitForApplication(run: RotationState, step: 'promote' | '
       step,
       instructions,
       command: `rekey confirm ${workflowInfo().workflowId} --step ${step} --note "…"`,
+      ...(evidence.confirmationOnly && { confirmationOnly: true }),
     });
     run.progress = { ...run.progress, note: evidence.detail };
     if (Date.now() >= deadline) {

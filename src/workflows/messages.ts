@@ -1,6 +1,8 @@
 // Every signal, query and update of the rotation workflow, defined once; clients import these.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { ProgressReport } from '../rotation/progress';
+import type { DestroyProgress } from '../rotation/destroy-progress';
+import type { Outcome, ProgressReport } from '../rotation/progress';
+import type { MigrationReport } from './migrate-dek';
 
 /** Fire-and-forget controls (Web UI, `temporal workflow signal`, scripts). */
 export const pauseSignal = defineSignal('pause');
@@ -43,3 +45,36 @@ export interface StepConfirmation {
 export const confirmStepUpdate = defineUpdate<ProgressReport, [StepConfirmation]>('confirmStep');
 
 export const progressQuery = defineQuery<ProgressReport>('progress');
+
+/**
+ * What a rotation's validate step established, as the run answers the `validated` update: the KEKs it resolved
+ * (`current` named), who owns promotion and retirement, and, for a run that ended there, why.
+ */
+export interface RotationValidated {
+  target: string;
+  from: string;
+  /** The KEK it rotates to; 'new' until provision names the generated one (the progress then says which). */
+  to: string;
+  /** `to` is the active KEK already: validate took up a rotation that did not finish (or promotion has happened). */
+  promoted: boolean;
+  currentKekOwner: 'registry' | 'application';
+  /** For a target whose application picks its current KEK: what the operator does at promote and at retire. */
+  instructions?: { promote: string; retire: string };
+  /** 'running', or how the run ended at validate ('nothing-to-do', 'aborted'), with `note` saying why. */
+  outcome: Outcome;
+  note?: string;
+}
+/**
+ * Answers once the validate step has decided: with what it established, or with its refusal (the run then fails with
+ * the same error). Clients start a rotation and ask this in one call (Update-with-Start), so that a rotation that
+ * cannot succeed is refused at once, with its error's kind; asked later, it answers at once.
+ */
+export const validatedUpdate = defineUpdate<RotationValidated>('validated');
+
+/**
+ * The same for a migration (`rekey migrate-dek`): answers with the report once its first plan is made (the KEK it
+ * wraps new DEKs with, the legacy values per field), or with the refusal its plan step gave.
+ */
+export const migrationPlannedUpdate = defineUpdate<MigrationReport>('migrationPlanned');
+/** Where a retired KEK's destruction stands (the workflow `rekey-destroy-…`): waiting, proving, refused (and why). */
+export const destroyProgressQuery = defineQuery<DestroyProgress>('destroyProgress');

@@ -3,8 +3,10 @@
 // form under the tenant's DEK, provisioning missing DEKs. Thin and deterministic like rotateKek: the activities do all
 // I/O and crypto (src/activities/migrate.ts); this file sequences them, holds the counts, and answers messages.
 import {
+  allHandlersFinished,
   CancellationScope,
   condition,
+  ContinueAsNew,
   continueAsNew,
   defineQuery,
   defineUpdate,
@@ -18,7 +20,9 @@ import { parseDuration } from '../rotation/durations';
 import type { TenantRange } from '../rotation/slices';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
 import { explainFailure, slices, steps } from './activity-proxies';
-import { abortSignal, pauseSignal, resumeSignal } from './messages';
+import { abortSignal, migrationPlannedUpdate, pauseSignal, resumeSignal } from './messages';
+import { recordEnd } from './run-record';
+import { migrationRunStatus } from '../rotation/run-status';
 
 export interface MigrationRequest {
   target: string;
@@ -51,6 +55,8 @@ export interface MigrationReport {
   target: string;
   /** The keyspace every step checks its worker's target against (absent in runs of builds before keyspaces). */
   keyspace?: string;
+  /** When the migration began (epoch ms, workflow time); absent in reports of runs started before it was kept. */
+  startedAt?: number;
   dryRun: boolean;
   /** The one tenant the run migrates, if it was given one. */
   tenantId?: string;
@@ -102,14 +108,58 @@ const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', max
 const MAX_FAILURES = 100;
 
 export async function migrateDek(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+  // The plan step's refusal is the `migrationPlanned` update's answer: the run fails only once that update has it.
+  const verdict: Verdict = { refusal: undefined };
+  const seen: { report?: MigrationReport } = {};
+  let report: MigrationReport;
   try {
-    return await migrate(request, carried);
+    report = await migrate(request, verdict, carried, seen);
   } catch (err) {
-    throw explainFailure(err);
+    const failure = explainFailure(err);
+    if (!verdict.planned) verdict.refusal = failure instanceof Error ? failure : new Error(String(failure));
+    await handlersFinished();
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      await recordMigrationEnd(request, seen.report, (failure as Error).message ?? String(failure));
+    }
+    throw failure;
   }
+  await handlersFinished();
+  await recordMigrationEnd(request, report);
+  return report;
 }
 
-async function migrate(request: MigrationRequest, carried?: MigrationCarried): Promise<MigrationReport> {
+/** Whether the first plan was made, and the failure that came before it (the run's refusal). */
+interface Verdict {
+  planned?: boolean;
+  refusal: Error | undefined;
+}
+
+/** Waits until every update handler has answered, even when the run is cancelled. Adds no command. */
+function handlersFinished(): Promise<void> {
+  return CancellationScope.nonCancellable(() => condition(allHandlersFinished));
+}
+
+/** The migration's end into rekey's run history, in the one status (a failure with its message). */
+function recordMigrationEnd(request: MigrationRequest, report?: MigrationReport, failure?: string): Promise<void> {
+  return recordEnd({
+    target: request.target,
+    kind: 'migration',
+    ...(report?.kekId !== undefined && { to: report.kekId }),
+    startedAt: report?.startedAt ?? workflowInfo().runStartTime.getTime(),
+    status: migrationRunStatus(
+      failure === undefined ? { execution: 'COMPLETED', report } : { execution: 'FAILED', failure, report },
+      Date.now(),
+    ),
+    rowsUnreadable: report?.totals.unreadable ?? 0,
+  });
+}
+
+async function migrate(
+  request: MigrationRequest,
+  verdict: Verdict,
+  carried: MigrationCarried | undefined,
+  seen: { report?: MigrationReport },
+): Promise<MigrationReport> {
   const settings = {
     parallelism: request.parallelism ?? DEFAULTS.parallelism,
     batchSize: request.batchSize ?? DEFAULTS.batchSize,
@@ -121,6 +171,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
     report: {
       target: request.target,
       ...(request.keyspace !== undefined && { keyspace: request.keyspace }),
+      startedAt: Date.now(),
       dryRun: request.dryRun ?? false,
       ...(request.tenantId !== undefined && { tenantId: request.tenantId }),
       phase: 'planning',
@@ -134,6 +185,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
     runKey: `${workflowInfo().workflowId}@${workflowInfo().firstExecutionRunId}`,
   };
   const { report } = state;
+  seen.report = report;
   const tenant = request.tenantId !== undefined ? { tenant: request.tenantId } : {};
   let aborted = false;
   const running = new Map<string, CancellationScope>();
@@ -162,6 +214,13 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
   setHandler(pauseMigrationUpdate, answering(pause));
   setHandler(resumeMigrationUpdate, answering(resume));
   setHandler(abortMigrationUpdate, (reason) => answering(() => abort(reason))());
+  // Answers once the first plan is made (or the run ended before it): the report, or the plan step's refusal.
+  verdict.planned = report.phase !== 'planning';
+  setHandler(migrationPlannedUpdate, async () => {
+    await condition(() => verdict.refusal !== undefined || report.phase !== 'planning');
+    if (verdict.refusal !== undefined) throw verdict.refusal;
+    return report;
+  });
 
   const finish = (outcome: MigrationReport['outcome']): MigrationReport => {
     report.phase = 'done';
@@ -189,6 +248,7 @@ async function migrate(request: MigrationRequest, carried?: MigrationCarried): P
         dryRun: report.dryRun,
       });
       startPass(state, plan);
+      verdict.planned = true;
     }
     const stopped = await runParts(state, settings, running, () => aborted);
     if (stopped === 'aborted') return finish('aborted');

@@ -3,8 +3,12 @@
 // phases in order; which phases a run takes is one table (src/rotation/phase-plan.ts). Activities do all I/O and
 // crypto (src/activities); the waits are in gates.ts, the parallel slices in slice-scheduler.ts.
 import {
+  allHandlersFinished,
   ApplicationFailure,
+  CancellationScope,
   condition,
+  ContinueAsNew,
+  isCancellation,
   ParentClosePolicy,
   patched,
   setHandler,
@@ -14,11 +18,15 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { destroyRetiredKek } from './destroy-kek';
 import { destroyWorkflowIdOf, legacyDestroyWorkflowId } from '../rotation/identity';
-import { parseDuration } from '../rotation/durations';
+import { formatDuration, parseDuration } from '../rotation/durations';
+import { startProof, type LabelProof } from '../rotation/label-proof';
+import { addCounters, emptyCounters } from '../rewrap/counters';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
-import { explainFailure, steps } from './activity-proxies';
+import { rotationRunStatus } from '../rotation/run-status';
+import { explainFailure, lockedSteps, steps } from './activity-proxies';
+import { proveInParts } from './label-proofs';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
 import {
@@ -32,10 +40,12 @@ import {
   resumeSignal,
   resumeUpdate,
   setGraceUpdate,
+  validatedUpdate,
   type GraceChange,
   type StepConfirmation,
 } from './messages';
 import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
+import { recordEnd } from './run-record';
 import { runPending } from './slice-scheduler';
 import { ControlRefusedError, InvalidRotationError, rotationFailure } from '../errors';
 
@@ -43,12 +53,25 @@ export type { CarriedState, RotationReport } from './rotation-state';
 
 /** Marks histories written by this workflow; those without it were written by build 47ef157 (the legacy code). */
 export const TARGETS_PATCH = 'rekey-targets-1';
-/** Marks histories whose retirement schedules the retired KEK's destruction after its restore window. */
+/**
+ * Marks histories whose retirement scheduled the retired KEK's destruction after its restore window, decided at
+ * retirement (runs that reached retire before RETIRE_PROOF_PATCH replay it as they ran).
+ */
 export const DESTROY_PATCH = 'rekey-destroy-after-window-1';
 /** Marks runs whose first step checks that they run under their keyspace's workflow id. */
 export const KEYSPACE_PATCH = 'rekey-keyspace-1';
 /** Marks runs that start a destruction under an id naming the keyspace (`rekey-destroy-<target>.<db>.<kek>`). */
 export const KEYSPACE_DESTROY_PATCH = 'rekey-keyspace-destroy-id-1';
+/**
+ * Marks runs that decided at their start whether their retirement schedules a destruction (recorded in the first
+ * workflow task; a run started by an earlier build has no marker there and replays false: no destruction).
+ */
+export const DESTROY_DECIDED_PATCH = 'rekey-destroy-decided-at-start-1';
+/**
+ * Marks retirements that prove every row labelled `from` first, in parts outside the lock, before the operator of
+ * an application-owned target is asked to remove it, and again under the lock.
+ */
+export const RETIRE_PROOF_PATCH = 'rekey-retire-proves-rows-1';
 
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
@@ -61,9 +84,21 @@ export async function rotateKek(
   if ((carried !== undefined && !('version' in carried)) || !patched(TARGETS_PATCH)) {
     return rotateKekLegacy(request, carried);
   }
-  const settings = parseOrFail(request);
+  let settings: RotationSettings;
+  try {
+    settings = parseOrFail(request);
+  } catch (err) {
+    // A request of the wrong shape (clients check it first; `temporal workflow start` does not): refused, as validate
+    // refuses, and the `validated` update asked with the start gets the refusal before the run fails.
+    setHandler(validatedUpdate, () => Promise.reject(err as Error));
+    await handlersFinished();
+    throw err;
+  }
   const run = new RotationState(request, settings, carried);
+  decideDestruction(run, carried === undefined);
 
+  // Answers once validate has decided. It adds no command: histories recorded without it replay as they were.
+  setHandler(validatedUpdate, () => run.validated());
   setHandler(progressQuery, () => run.report());
   setHandler(pauseSignal, () => run.pause());
   setHandler(resumeSignal, () => run.resume());
@@ -82,17 +117,56 @@ export async function rotateKek(
     validator: (confirmation: StepConfirmation) => validateConfirmation(run, confirmation),
   });
 
+  let report: RotationReport;
   try {
-    for (;;) {
-      // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
-      await run.holdIfPaused(run.phase);
-      if (run.aborted) return run.finish('aborted');
-      const finished = await PHASES[run.phase](run);
-      if (finished !== undefined) return finished;
-    }
+    report = await runPhases(run);
   } catch (err) {
-    throw explainFailure(err);
+    const failure = explainFailure(err);
+    // Validate's refusal is the `validated` update's answer: the run fails only once that update has it.
+    run.failed(failure);
+    await handlersFinished();
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      await recordRotationEnd(run, (failure as Error).message ?? String(failure));
+    }
+    throw failure;
   }
+  await handlersFinished();
+  await recordRotationEnd(run);
+  return report;
+}
+
+async function runPhases(run: RotationState): Promise<RotationReport> {
+  for (;;) {
+    // A paused run takes no further step: it holds here before each phase (and inside a phase before each step).
+    await run.holdIfPaused(run.phase);
+    const finished = run.aborted ? run.finish('aborted') : await PHASES[run.phase](run);
+    if (finished !== undefined) return finished;
+  }
+}
+
+/** The run's end into rekey's run history, in the one status (a failure with its message). */
+function recordRotationEnd(run: RotationState, failure?: string): Promise<void> {
+  const { progress } = run;
+  return recordEnd({
+    target: run.carried.target,
+    kind: 'rotation',
+    from: run.carried.from,
+    to: run.carried.to,
+    startedAt: progress.phases.validate?.startedAt ?? workflowInfo().runStartTime.getTime(),
+    status: rotationRunStatus(
+      failure === undefined ? { execution: 'COMPLETED', progress } : { execution: 'FAILED', failure, progress },
+      Date.now(),
+    ),
+    rowsUnreadable: progress.counters.failed,
+  });
+}
+
+/**
+ * Waits until every update handler has answered (the `validated` update waits for validate's verdict), so that the
+ * run never ends with a question unanswered; even when the run is cancelled. Adds no command.
+ */
+function handlersFinished(): Promise<void> {
+  return CancellationScope.nonCancellable(() => condition(allHandlersFinished));
 }
 
 /** Each phase does its work and moves the run on; a phase that ends the run returns its report. */
@@ -303,10 +377,134 @@ async function grace(run: RotationState): Promise<RotationReport | undefined> {
   return undefined;
 }
 
+/**
+ * Whether retiring `from` schedules its destruction after the restore window: decided once, in the run's first workflow
+ * task, and carried in its progress through continue-as-new. A run started by this build records the marker there; a
+ * run started by an earlier build has none at that point and replays false, as does progress carried from one.
+ */
+function decideDestruction(run: RotationState, firstRun: boolean): void {
+  // A dry run and a canary retire nothing.
+  if (run.progress.destruction !== undefined || run.kind !== 'full') return;
+  const scheduled = firstRun && patched(DESTROY_DECIDED_PATCH);
+  const window = formatDuration(run.settings.restoreWindowMs);
+  run.progress = {
+    ...run.progress,
+    destruction: scheduled
+      ? {
+          scheduled,
+          why: `decided when the run started: the retired KEK is destroyed once its restore window (${window}) ends`,
+        }
+      : {
+          scheduled,
+          why: `the run was started by a build that decided only at retirement (before ${DESTROY_DECIDED_PATCH}): no destruction is scheduled, and the retired KEK stays retired`,
+        },
+  };
+}
+
 async function retire(run: RotationState): Promise<RotationReport | undefined> {
+  // Runs that reached retire before the proofs existed replay as they ran.
+  if (!patched(RETIRE_PROOF_PATCH)) return retireAsRecorded(run);
+  const { carried } = run;
+  if (carried.currentKekOwner === 'application' && carried.proof?.stage !== 'before-retire') {
+    // Every row labelled `from` is proved, and relabelled where it does not need it, before the operator is asked to
+    // remove `from` from the application.
+    const proof = await prove(run, 'before-confirm');
+    if (proof === 'aborted') return run.finish('aborted');
+    if (proof === 'continue-as-new') return run.continueAsNew();
+    if (proof.needed > 0) return onceMore(run, proof.needed);
+    // What no label shows: rows labelled with neither KEK whose value is under `from` (and rows labelled `from` since).
+    const verdict = await steps.verifyRotation({
+      ...run.on,
+      from: carried.from,
+      to: carried.to,
+      sampleSize: 0,
+    });
+    if (verdict.stale > 0) return onceMore(run, verdict.stale);
+    if ((verdict.hidden ?? 0) > 0) return onceMore(run, verdict.hidden ?? 0);
+    await waitForApplication(run, 'retire');
+    await run.holdIfPaused('retire');
+    if (run.aborted) return run.finish('aborted');
+  }
+  // Rows labelled `from` since: proved outside the lock, so that what retire proves under it is what came after.
+  const proof = await prove(run, 'before-retire');
+  if (proof === 'aborted') return run.finish('aborted');
+  if (proof === 'continue-as-new') return run.continueAsNew();
+  const retired = await run.commit('retire', () =>
+    lockedSteps.retireKek({
+      ...run.on,
+      from: carried.from,
+      restoreWindowMs: run.settings.restoreWindowMs,
+      progressKey: `${carried.runKey}/retire`,
+    }),
+  );
+  if ((retired.relabelled ?? 0) > 0) addRelabelled(run, retired.relabelled ?? 0);
+  if (run.progress.destruction?.scheduled) {
+    await scheduleDestruction(run, carried.from, run.settings.restoreWindowMs);
+  }
+  return run.finish('completed');
+}
+
+/** Rows still need `from` before retirement: another pass moves them, if the bound allows. */
+async function onceMore(run: RotationState, stale: number): Promise<RotationReport | undefined> {
+  if (run.progress.passes >= run.settings.maxPasses) return failWithStale(run, stale);
+  anotherPass(run);
+  return undefined;
+}
+
+/**
+ * Proves every row labelled `from`, in parts of a slice's time budget (each resumable), until none is left after its
+ * cursor: rows under a usable KEK are relabelled, the rest counted. Holds while paused; stops for abort and for
+ * continue-as-new between parts, and goes on from the carried cursor in the next run.
+ */
+async function prove(
+  run: RotationState,
+  stage: 'before-confirm' | 'before-retire',
+): Promise<LabelProof | 'aborted' | 'continue-as-new'> {
+  const { carried, settings } = run;
+  if (carried.proof?.stage !== stage) {
+    carried.proofRounds = (carried.proofRounds ?? 0) + 1;
+    carried.proof = { ...startProof(carried.proofRounds), stage };
+  }
+  const state = carried.proof;
+  let stopped: 'aborted' | 'continue-as-new' | undefined;
+  const proof = await proveInParts(
+    {
+      ...run.on,
+      kekId: carried.from,
+      batchSize: settings.batchSize,
+      timeBudgetMs: settings.sliceTimeBudgetMs,
+      keyPrefix: `${carried.runKey}/retire-proof`,
+    },
+    state,
+    {
+      beforePart: async () => {
+        run.progress = { ...run.progress, retireProof: { ...state.sum, stage, done: false } };
+        await run.holdIfPaused(`the proof of the rows labelled '${carried.from}'`);
+        if (run.aborted) stopped = 'aborted';
+        else if (run.shouldContinueAsNew()) stopped = 'continue-as-new';
+        return stopped && 'stop';
+      },
+      afterPart: (part) => addRelabelled(run, part.relabelled),
+    },
+  );
+  if (proof === 'stopped') return stopped!;
+  carried.proof = undefined;
+  run.progress = { ...run.progress, retireProof: { ...proof, stage, done: true } };
+  return proof;
+}
+
+/** Rows a proof relabelled count with those the passes relabelled: each part's once, from its progress row. */
+function addRelabelled(run: RotationState, relabelled: number): void {
+  run.progress = {
+    ...run.progress,
+    counters: addCounters(run.progress.counters, { ...emptyCounters(), relabelled }),
+  };
+}
+
+/** The retirement as builds before RETIRE_PROOF_PATCH scheduled it, for the histories they wrote. */
+async function retireAsRecorded(run: RotationState): Promise<RotationReport | undefined> {
   const { carried } = run;
   if (carried.currentKekOwner === 'application') {
-    // Nothing may still need `from` before the operator is asked to remove it from the application.
     const verdict = await steps.verifyRotation({
       ...run.on,
       from: carried.from,
@@ -325,8 +523,12 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   await run.commit('retire', () =>
     steps.retireKek({ ...run.on, from: carried.from, restoreWindowMs: run.settings.restoreWindowMs }),
   );
-  // Histories recorded before restore windows existed end here without scheduling a destruction.
-  if (patched(DESTROY_PATCH)) await scheduleDestruction(run, carried.from, run.settings.restoreWindowMs);
+  // Replaying, the history says whether that build scheduled a destruction (its marker). Live, such a run was
+  // started by an earlier build and follows the decision taken at its start (none): see decideDestruction.
+  const scheduled = workflowInfo().unsafe.isReplaying
+    ? patched(DESTROY_PATCH)
+    : run.progress.destruction?.scheduled === true && patched(DESTROY_PATCH);
+  if (scheduled) await scheduleDestruction(run, carried.from, run.settings.restoreWindowMs);
   return run.finish('completed');
 }
 

@@ -19,13 +19,15 @@ import {
   type Outcome,
   type Phase,
   type ProgressReport,
+  type RetireProof,
   type RotationProgress,
   type Wait,
 } from '../rotation/progress';
 import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
 import { currentDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
-import type { GraceAnswer, GraceChange, StepConfirmation } from './messages';
+import type { ProofState } from '../rotation/label-proof';
+import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
 /** A part of a slice still to run. Its progress key is stable across retries, pauses and continue-as-new. */
@@ -66,6 +68,10 @@ export interface CarriedState {
   confirmed: Partial<Record<StepConfirmation['step'], string>>;
   /** Rows rewrapped when the current pass began: a pass that moves none ends the passes. */
   passBaseline?: number;
+  /** A proof of the rows labelled `from` under way before retirement (see retire in rotate-kek.ts). */
+  proof?: ProofState & { stage: RetireProof['stage'] };
+  /** Proofs started so far: each names its progress rows by its round. */
+  proofRounds?: number;
 }
 
 export type RotationReport = ProgressReport;
@@ -79,6 +85,8 @@ export class RotationState {
   /** Bumped by every message that may change what a waiting step should do. */
   private changes = 0;
   private readonly running = new Map<string, CancellationScope>();
+  /** The failure validate refused the run with (the run ends with it once the `validated` update has it). */
+  private refusal: Error | undefined;
 
   constructor(
     readonly request: RotationRequest,
@@ -149,6 +157,32 @@ export class RotationState {
   }
 
   // ------------------------------------------------------------------ messages
+
+  /**
+   * The `validated` update: waits until validate has decided, then answers with what it established, or throws its
+   * refusal (the error the run fails with, type and all).
+   */
+  async validated(): Promise<RotationValidated> {
+    await condition(() => this.refusal !== undefined || this.progress.phase !== 'validate');
+    if (this.refusal !== undefined) throw this.refusal;
+    const { carried, progress } = this;
+    return {
+      target: carried.target,
+      from: carried.from,
+      to: carried.to,
+      promoted: carried.promoted,
+      currentKekOwner: carried.currentKekOwner,
+      ...(carried.instructions && { instructions: carried.instructions }),
+      outcome: progress.outcome,
+      ...(progress.outcome !== 'running' && progress.note !== undefined && { note: progress.note }),
+    };
+  }
+
+  /** A failure before validate decided is its refusal: the `validated` update answers with it. */
+  failed(failure: unknown): void {
+    if (this.progress.phase !== 'validate') return;
+    this.refusal = failure instanceof Error ? failure : new Error(String(failure));
+  }
 
   /** Why a pause cannot be honoured now, or undefined when it can. */
   refusesPause(): string | undefined {

@@ -2,9 +2,23 @@
 // planned rotation policies give it (`notify_days_before`). One long-lived workflow per schedule: it reads when the
 // schedule runs next, sleeps until that time less the notice period, and announces it (a log event, the
 // rekey_rotation_upcoming gauge, and an optional signed webhook). It ends when the schedule is deleted.
-import { ApplicationFailure, continueAsNew, defineQuery, setHandler, sleep, workflowInfo } from '@temporalio/workflow';
+//
+// A receiver that refuses the notice is tried again for as long as it refuses (every 10 seconds at first, doubling
+// to every 10 minutes), and the workflow never fails for it: the query shows the attempts and the last error, the
+// worker counts each failure (rekey_notice_failures_total), and an alert fires on a notice failing for 15 minutes.
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  continueAsNew,
+  defineQuery,
+  patched,
+  setHandler,
+  sleep,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { RotationNotice } from '../activities/schedules';
 import { formatDuration, parseDuration } from '../rotation/durations';
-import { steps } from './activity-proxies';
+import { noticeAttempts, steps } from './activity-proxies';
 
 export interface NoticeRequest {
   scheduleId: string;
@@ -27,13 +41,40 @@ export interface NoticeState {
   /** The rotation the last notice announced, and when it went out. */
   noticedFor?: string;
   lastNoticeAt?: string;
+  /** How many attempts the last notice took (more than 1: its receiver refused it first). */
+  lastNoticeAttempts?: number;
+  /** While the receiver refuses the notice due now: since when, how often, why, and when it is tried again. */
+  failing?: NoticeFailing;
+  /** The last rotation whose notice never went out: its receiver refused it until the schedule moved on. */
+  missedNotice?: string;
   ended?: string;
+}
+
+export interface NoticeFailing {
+  /** The rotation the notice announces. */
+  rotationAt: string;
+  /** When the first refused attempt was made, and the last. */
+  since: string;
+  lastAttemptAt: string;
+  attempts: number;
+  lastError: string;
+  nextAttemptAt: string;
 }
 
 export const noticeStateQuery = defineQuery<NoticeState>('progress');
 
 /** Check again this often while waiting: the schedule may have been changed, paused or deleted meanwhile. */
 const RECHECK_MS = 6 * 3_600_000;
+
+/** Notices are tried again without end, every 10 seconds at first, doubling up to every 10 minutes. */
+export const NOTICE_PATCH = 'rekey-notice-retry-1';
+const NOTICE_RETRY_FIRST_MS = 10_000;
+const NOTICE_RETRY_MAX_MS = 600_000;
+
+/** The wait after the n-th refused attempt in a row (n >= 1). */
+export function noticeRetryDelayMs(attempts: number): number {
+  return Math.min(NOTICE_RETRY_MAX_MS, NOTICE_RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 16));
+}
 
 export async function scheduleNotices(request: NoticeRequest, carried?: NoticeState): Promise<NoticeState> {
   const notifyMs = parseDuration(request.notifyBefore);
@@ -62,6 +103,11 @@ export async function scheduleNotices(request: NoticeRequest, carried?: NoticeSt
       delete state.nextNotice;
       return state;
     }
+    if (state.failing && (schedule.paused || schedule.nextRun !== state.failing.rotationAt)) {
+      // The refused notice is no longer due: the schedule moved on to another rotation, or was paused.
+      if (!schedule.paused) state.missedNotice = state.failing.rotationAt;
+      delete state.failing;
+    }
     if (schedule.nextRun === undefined || schedule.paused) {
       delete state.nextRotation;
       delete state.nextNotice;
@@ -88,14 +134,49 @@ export async function scheduleNotices(request: NoticeRequest, carried?: NoticeSt
       continue;
     }
     // Inside the notice period (a schedule created later than that gives notice at once).
-    await steps.sendRotationNotice({
+    const notice: RotationNotice = {
       scheduleId: request.scheduleId,
       target: request.target,
       rotationAt: schedule.nextRun,
       noticeAt: state.nextNotice,
       ...(request.webhookUrl !== undefined && { webhookUrl: request.webhookUrl }),
-    });
+    };
+    if (patched(NOTICE_PATCH)) {
+      // Refused: wait, then start over from the schedule (it may have moved on, or gone; history stays bounded).
+      if (!(await attemptNotice(notice, state))) continue;
+    } else {
+      await steps.sendRotationNotice(notice);
+    }
     state.noticedFor = schedule.nextRun;
     state.lastNoticeAt = new Date(Date.now()).toISOString();
+  }
+}
+
+/**
+ * One attempt at the notice: true once it went out; false, with the failure recorded in the state and after the
+ * wait before the next attempt, when it did not.
+ */
+async function attemptNotice(notice: RotationNotice, state: NoticeState): Promise<boolean> {
+  const earlier = state.failing?.rotationAt === notice.rotationAt ? state.failing : undefined;
+  try {
+    await noticeAttempts.sendRotationNotice(notice);
+    state.lastNoticeAttempts = (earlier?.attempts ?? 0) + 1;
+    delete state.failing;
+    return true;
+  } catch (err) {
+    if (!(err instanceof ActivityFailure)) throw err;
+    const now = Date.now();
+    const attempts = (earlier?.attempts ?? 0) + 1;
+    const waitMs = noticeRetryDelayMs(attempts);
+    state.failing = {
+      rotationAt: notice.rotationAt,
+      since: earlier?.since ?? new Date(now).toISOString(),
+      lastAttemptAt: new Date(now).toISOString(),
+      attempts,
+      lastError: (err.cause ?? err).message,
+      nextAttemptAt: new Date(now + waitMs).toISOString(),
+    };
+    await sleep(waitMs, { summary: `notice refused ${attempts} time(s); try again` });
+    return false;
   }
 }

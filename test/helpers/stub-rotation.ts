@@ -10,6 +10,7 @@ import type { Activities } from '../../src/activities';
 import type { SliceOutcome } from '../../src/activities/rewrap';
 import { emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
+import type { RunRecord } from '../../src/store/run-history';
 import { rotateKek } from '../../src/workflows';
 import { within, workflowBundle } from './temporal';
 
@@ -49,8 +50,14 @@ export class StubRotation {
   stalePerPass: number[] = [10];
   /** How many slices planSlices cuts a pass into. */
   ranges = 1;
+  /** What validateRotation throws instead of answering (its refusal). */
+  validateRefusal?: Error;
   /** What each rewrapSlice call answers, in call order (then: nothing moved, done). */
   slices: SliceScript[] = [];
+  /** Runs recorded in the run history (recordRun), in call order. */
+  readonly recorded: RunRecord[] = [];
+  /** Fails every recordRun with this (retryable) error: the history cannot be written. */
+  recordFails: Error | undefined;
   private readonly holds = new Map<string, Held>();
   private readonly all: Held[] = [];
 
@@ -98,6 +105,7 @@ export class StubRotation {
     return {
       validateRotation: async (request: RotationRequest) => {
         await this.enter('validateRotation');
+        if (this.validateRefusal) throw this.validateRefusal;
         return {
           from: request.from === 'current' ? 'v1' : request.from,
           currentKekOwner: 'registry' as const,
@@ -146,6 +154,10 @@ export class StubRotation {
         await this.enter('verifyRotation');
         return { stale: 0, sampled: 10, unreadable: [] };
       },
+      proveLabels: async (args) => {
+        await this.enter('proveLabels');
+        return { tried: 0, relabelled: 0, needed: 0, neededRows: [], contended: 0, cursor: args.after, done: true };
+      },
       retireKek: async () => {
         await this.enter('retireKek');
         return { retiredAt: new Date().toISOString() };
@@ -157,6 +169,12 @@ export class StubRotation {
       applicationEvidence: async () => {
         await this.enter('applicationEvidence');
         return { satisfied: true, by: 'registry' as const, detail: 'registry' };
+      },
+      recordRun: async (run: RunRecord) => {
+        await this.enter('recordRun');
+        if (this.recordFails) throw this.recordFails;
+        this.recorded.push(run);
+        return { recorded: true };
       },
     };
   }

@@ -1,5 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import {
+  CreateAliasCommand,
   CreateKeyCommand,
   DecryptCommand,
   DescribeKeyCommand,
@@ -9,6 +10,7 @@ import {
   ListAliasesCommand,
   ListKeysCommand,
   ListResourceTagsCommand,
+  UpdateAliasCommand,
 } from '@aws-sdk/client-kms';
 import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
@@ -22,7 +24,14 @@ import { restoreKek } from '../../src/targets/restore-kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { parseTargetsConfig } from '../../src/targets/config';
-import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError, TargetConfigError } from '../../src/errors';
+import {
+  KekRestoreRefusedError,
+  KekRetiredError,
+  KeyMaterialError,
+  KeyStoreRefusedError,
+  TargetConfigError,
+} from '../../src/errors';
+import { createTestDatabase } from '../helpers/database';
 import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
 import { keyspaceIn } from '../helpers/keyspace';
 import { runRotation } from '../helpers/rotation-run';
@@ -46,7 +55,7 @@ describe('aws-kms key provider against a moto server', () => {
    * A keyspace of its own: an alias prefix with v1 (current) created by rekey, and TENANTS DEKs wrapped under v1 by
    * the test itself with GenerateDataKey; returns each tenant's plaintext DEK, to compare after the rotation.
    */
-  async function keyspace(env: Record<string, string> = moto.server.env) {
+  async function keyspace(env: Record<string, string> = moto.server.env, tenants = TENANTS) {
     const prefix = `alias/rekey-test/${randomUUID()}/`;
     const settings = { ...env, REKEY_AWS_KMS_ALIAS_PREFIX: prefix, REKEY_AWS_KMS_RATE: '0' };
     const keys = KmsKeys.fromEnv(settings);
@@ -55,7 +64,7 @@ describe('aws-kms key provider against a moto server', () => {
     await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     const v1 = (await arnOf(`${prefix}kek-v1`)).Arn!;
     const deks = new Map<string, Buffer>();
-    const ids = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(5, '0')}`);
+    const ids = Array.from({ length: tenants }, (_, i) => `tenant-${String(i).padStart(5, '0')}`);
     const wrapped: Buffer[] = [];
     for (let i = 0; i < ids.length; i += 25) {
       const made = await Promise.all(
@@ -270,6 +279,138 @@ describe('aws-kms key provider against a moto server', () => {
       await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
     } finally {
       keys.close();
+    }
+  });
+
+  /** v1 (current) and v2, provisioned and promoted by the rotation's own activities, on a keyspace with no rows. */
+  async function promotedToV2() {
+    const { prefix, settings, keys } = await keyspace(moto.server.env, 0);
+    const activities = createActivities({ db: aws.db.pool, keys });
+    await activities.provisionKek({ kekId: 'v2', generate: true, from: 'v1' });
+    await activities.promoteKek({ from: 'v1', to: 'v2' });
+    const v1 = await arnOf(`${prefix}kek-v1`);
+    const v2 = await arnOf(`${prefix}kek-v2`);
+    return { prefix, settings, keys, activities, v1, v2 };
+  }
+
+  const pointAlias = (alias: string, keyId: string) =>
+    aws.client.send(new UpdateAliasCommand({ AliasName: alias, TargetKeyId: keyId }));
+
+  it('finding 2: destroy schedules the deletion of the key ARN the registry recorded, never the key the alias names now: with alias kek-v1 moved to the active v2’s key it is refused naming both ARNs, and v2 stays Enabled', async () => {
+    const { prefix, keys, activities, v1, v2 } = await promotedToV2();
+    const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
+    try {
+      await activities.retireKek({ from: 'v1', restoreWindowMs: 0 });
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('Disabled');
+      // By hand, or by a second deployment on the same prefix: v1's alias now names the active KEK's key.
+      await pointAlias(`${prefix}kek-v1`, v2.KeyId!);
+      const refused = await activities.destroyKek({ kekId: 'v1' }).catch((err: unknown) => err);
+      expect((await arnOf(v2.KeyId!)).KeyState).toBe('Enabled');
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('Disabled');
+      expect(refused).toBeInstanceOf(KeyStoreRefusedError);
+      expect((refused as Error).message).toContain(v1.Arn);
+      expect((refused as Error).message).toContain(v2.Arn);
+      expect((refused as Error).message).toContain(
+        `aws kms update-alias --alias-name ${prefix}kek-v1 --target-key-id ${v1.Arn}`,
+      );
+      expect((await registry.get('v1'))?.state).toBe('retired');
+
+      // Pointed back, the destruction goes ahead on v1's key alone.
+      await pointAlias(`${prefix}kek-v1`, v1.KeyId!);
+      const report = await activities.destroyKek({ kekId: 'v1' });
+      expect(report.outcome).toBe('destroyed');
+      expect(report.detail).toContain(v1.Arn);
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('PendingDeletion');
+      expect((await arnOf(v2.KeyId!)).KeyState).toBe('Enabled');
+      expect((await registry.get('v1'))?.state).toBe('destroyed');
+    } finally {
+      keys.close();
+    }
+  });
+
+  it('finding 2: retire, restore and promote act on the recorded key ARN: each is refused naming both ARNs while the KEK’s alias names another key, and the key the alias names is left as it was', async () => {
+    const { prefix, keys, activities, v1, v2 } = await promotedToV2();
+    const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
+    try {
+      // Retire: v1's alias names the active v2's key. Today's code disabled v2.
+      await pointAlias(`${prefix}kek-v1`, v2.KeyId!);
+      const retire = await activities.retireKek({ from: 'v1' }).catch((err: unknown) => err);
+      expect((await arnOf(v2.KeyId!)).KeyState).toBe('Enabled');
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('Enabled');
+      expect(retire).toBeInstanceOf(KeyStoreRefusedError);
+      expect((retire as Error).message).toMatch(new RegExp(`${v1.Arn}[^]*${v2.Arn}`));
+      // Pointed back, the retry disables v1's key (the registry retired it already: the retry only does the store).
+      await pointAlias(`${prefix}kek-v1`, v1.KeyId!);
+      await activities.retireKek({ from: 'v1' });
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('Disabled');
+      expect((await registry.get('v1'))?.state).toBe('retired');
+
+      // Restore: the store's step names the recorded key too, whatever the alias says.
+      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
+      await pointAlias(`${prefix}kek-v1`, v2.KeyId!);
+      await expect(restoreKek(runtime, 'v1', 'a replica reads v1', 'bob')).rejects.toThrow(v2.Arn!);
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('Disabled');
+      await pointAlias(`${prefix}kek-v1`, v1.KeyId!);
+      await restoreKek(runtime, 'v1', 'a replica reads v1', 'bob');
+      expect((await arnOf(v1.KeyId!)).KeyState).toBe('Enabled');
+
+      // Promote: v3's alias moved to v1's key before the promotion; `current` is not pointed at it.
+      await activities.provisionKek({ kekId: 'v3', generate: true, from: 'v2' });
+      const v3 = await arnOf(`${prefix}kek-v3`);
+      await pointAlias(`${prefix}kek-v3`, v1.KeyId!);
+      const promote = await activities.promoteKek({ from: 'v2', to: 'v3' }).catch((err: unknown) => err);
+      expect(promote).toBeInstanceOf(KeyStoreRefusedError);
+      expect((promote as Error).message).toMatch(new RegExp(`${v3.Arn}[^]*${v1.Arn}`));
+      expect((await arnOf(`${prefix}current`)).Arn).toBe(v2.Arn);
+      await pointAlias(`${prefix}kek-v3`, v3.KeyId!);
+      await activities.promoteKek({ from: 'v2', to: 'v3' });
+      expect((await arnOf(`${prefix}current`)).Arn).toBe(v3.Arn);
+    } finally {
+      keys.close();
+    }
+  });
+
+  it('finding 2: a provision refuses an alias prefix another deployment already uses, naming the alias its registry does not record, and creates nothing', async () => {
+    // Deployment A: v1 and v2 under the prefix, in its registry.
+    const { prefix, settings, keys, activities, v2 } = await promotedToV2();
+    // Deployment B: its own database, the same prefix (both left the default). Its application seeds B's registry
+    // from `current`, which names A's v2.
+    const other = await createTestDatabase();
+    const otherKeys = KmsKeys.fromEnv(settings);
+    const app = new TenantCrypto({ db: other.pool, keys: otherKeys, registryTtlMs: 100 });
+    try {
+      await otherKeys.reload();
+      await app.start();
+      expect((await new KekRegistry(other.pool, BUILTIN_TARGET).get('v2'))?.fingerprint).toBe(kmsFingerprint(v2.Arn!));
+      const refused = await createActivities({ db: other.pool, keys: otherKeys })
+        .provisionKek({ kekId: 'v3', generate: true, from: 'v2' })
+        .catch((err: unknown) => err);
+      const aliases = (await aws.client.send(new ListAliasesCommand({}))).Aliases ?? [];
+      expect(aliases.some((a) => a.AliasName === `${prefix}kek-v3`)).toBe(false);
+      expect(await new KekRegistry(other.pool, BUILTIN_TARGET).get('v3')).toBeUndefined();
+      expect(refused).toBeInstanceOf(KeyStoreRefusedError);
+      expect((refused as Error).message).toContain(`${prefix}kek-v1`);
+      expect((refused as Error).message).toContain('REKEY_AWS_KMS_ALIAS_PREFIX');
+
+      // A key rekey created for the alias (`rekey keys generate`, or an attempt whose registration was lost) is A's.
+      await keys.generate('v4');
+      const v4 = await activities.provisionKek({ kekId: 'v4', generate: true, from: 'v2' });
+      expect(v4.fingerprint).toBe(kmsFingerprint((await arnOf(`${prefix}kek-v4`)).Arn!));
+
+      // In A, a key made by hand and aliased kek-v3 is not one rekey created for that alias: refused too.
+      const handMade = (await aws.client.send(new CreateKeyCommand({}))).KeyMetadata!;
+      await aws.client.send(new CreateAliasCommand({ AliasName: `${prefix}kek-v3`, TargetKeyId: handMade.KeyId }));
+      const foreign = await activities
+        .provisionKek({ kekId: 'v3', generate: true, from: 'v2' })
+        .catch((err: unknown) => err);
+      expect(await new KekRegistry(aws.db.pool, BUILTIN_TARGET).get('v3')).toBeUndefined();
+      expect(foreign).toBeInstanceOf(KeyStoreRefusedError);
+      expect((foreign as Error).message).toContain(handMade.Arn);
+    } finally {
+      await app.stop();
+      otherKeys.close();
+      keys.close();
+      await other.drop();
     }
   });
 

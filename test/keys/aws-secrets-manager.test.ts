@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import {
   CreateSecretCommand,
   DescribeSecretCommand,
@@ -143,6 +143,103 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
       await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
     } finally {
+      keys.close();
+    }
+  });
+
+  /**
+   * A secret as a person or DevSkyy's tooling makes it: one version holding a KEK, AWSCURRENT and no rekey label (its
+   * KEK id is its VersionId), seeded as the registry's active KEK with a few tenants wrapped by it.
+   */
+  async function handMadeSecret() {
+    const secretId = `rekey/${randomUUID()}`;
+    const created = await aws.client.send(
+      new CreateSecretCommand({ Name: secretId, SecretString: randomBytes(32).toString('base64url') }),
+    );
+    const handMade = created.VersionId!;
+    const keys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    await keys.reload();
+    expect(keys.kekIds()).toEqual([handMade]);
+    await aws.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
+    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive(handMade, keys.fingerprint(handMade));
+    await seedTenants({ db: aws.db.pool, keys, kekId: handMade, count: 50 });
+    const stagesOf = async (versionId: string) =>
+      (await versionsOf(aws.client, secretId)).find((v) => v.id === versionId)?.stages;
+    return { secretId, handMade, keys, stagesOf, before: await dekFingerprints(aws.db.pool, keys) };
+  }
+
+  it('finding 3: a hand-made AWSCURRENT version without a rekey label is labelled rekey-kek-<VersionId> before anything moves, so the promotion leaves it a label: a fresh read still holds it and every DEK unwraps, and the next AWSCURRENT move leaves every version the registry needs labelled', async () => {
+    const { secretId, handMade, keys, stagesOf, before } = await handMadeSecret();
+    const activities = createActivities({ db: aws.db.pool, keys });
+    const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
+    const fresh = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    try {
+      await activities.provisionKek({ kekId: 'v2', generate: true, from: handMade });
+      await activities.promoteKek({ from: handMade, to: 'v2' });
+      // Today's code left it AWSPREVIOUS alone: not listed, KekNotHeldError for every slice and every restarted app.
+      expect(await stagesOf(handMade)).toEqual(['AWSPREVIOUS', `rekey-kek-${handMade}`]);
+      await fresh.reload();
+      resolveKek(fresh, handMade, await registry.get(handMade)).key.fill(0);
+      const after = await dekFingerprints(aws.db.pool, fresh);
+      for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
+
+      // The next AWSCURRENT move takes AWSPREVIOUS from the hand-made version (AWS moves it to v2): its label stays.
+      await activities.provisionKek({ kekId: 'v3', generate: true, from: 'v2' });
+      await activities.promoteKek({ from: 'v2', to: 'v3' });
+      expect(await stagesOf(handMade)).toEqual([`rekey-kek-${handMade}`]);
+      const versions = await versionsOf(aws.client, secretId);
+      for (const kek of await registry.list()) {
+        const versionId = kek.kekId === handMade ? handMade : versionToken(secretId, kek.kekId);
+        const labels = versions.find((v) => v.id === versionId)?.stages ?? [];
+        expect(labels, `KEK '${kek.kekId}' (${kek.state})`).toContain(`rekey-kek-${kek.kekId}`);
+      }
+      await fresh.reload();
+      expect(fresh.kekIds().sort()).toEqual([handMade, 'v2', 'v3'].sort());
+      const still = await dekFingerprints(aws.db.pool, fresh);
+      for (const [tenantId, fingerprint] of before) expect(still.get(tenantId)).toBe(fingerprint);
+    } finally {
+      fresh.close();
+      keys.close();
+    }
+  });
+
+  it('a version an earlier build’s promotion left with only AWSPREVIOUS is read again under its VersionId (its rows unwrap), and the next provision labels it before anything moves', async () => {
+    const { secretId, handMade, keys, stagesOf, before } = await handMadeSecret();
+    const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
+    const fresh = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    try {
+      // What the earlier build did: v2 stored as AWSPENDING, then AWSCURRENT moved to it (AWS moves AWSPREVIOUS).
+      await keys.generate('v2');
+      const v2 = versionToken(secretId, 'v2');
+      await aws.client.send(
+        new UpdateSecretVersionStageCommand({
+          SecretId: secretId,
+          VersionStage: 'AWSCURRENT',
+          MoveToVersionId: v2,
+          RemoveFromVersionId: handMade,
+        }),
+      );
+      await aws.client.send(
+        new UpdateSecretVersionStageCommand({
+          SecretId: secretId,
+          VersionStage: 'AWSPENDING',
+          RemoveFromVersionId: v2,
+        }),
+      );
+      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.promote(handMade, 'v2');
+      expect(await stagesOf(handMade)).toEqual(['AWSPREVIOUS']);
+
+      await fresh.reload();
+      expect(fresh.has(handMade)).toBe(true);
+      resolveKek(fresh, handMade, await registry.get(handMade)).key.fill(0);
+      const after = await dekFingerprints(aws.db.pool, fresh);
+      for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
+
+      await createActivities({ db: aws.db.pool, keys }).provisionKek({ kekId: 'v3', generate: true, from: 'v2' });
+      expect(await stagesOf(handMade)).toEqual(['AWSPREVIOUS', `rekey-kek-${handMade}`]);
+    } finally {
+      fresh.close();
       keys.close();
     }
   });

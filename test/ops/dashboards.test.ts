@@ -72,7 +72,7 @@ describe('ops/: the Grafana dashboard and the Prometheus alert rules', () => {
 
   it('the alert rules pass promtool check rules, and each alert fires on its series and not before (promtool test rules)', async () => {
     const check = await promtool('check', 'rules', 'rekey-alerts.yml');
-    expect(check.output).toContain('SUCCESS: 10 rules found');
+    expect(check.output).toContain(`SUCCESS: ${rules.groups.flatMap((g) => g.rules).length} rules found`);
     expect(check.code).toBe(0);
     const test = await promtool('test', 'rules', 'rekey-alerts.test.yml');
     expect(test.output).toContain('SUCCESS');

@@ -2,6 +2,7 @@
 // test/workflows/histories/<commit>/, for the replay test. Run it at a commit whose workflow code changed.
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { Context } from '@temporalio/activity';
 import { Worker } from '@temporalio/worker';
 import { createActivities } from '../../src/activities';
 import { TargetRuntimes } from '../../src/targets/runtime';
@@ -21,14 +22,16 @@ import {
   progressQuery,
   resumeSignal,
   rotateKek,
+  scheduleNotices,
   setGraceUpdate,
 } from '../../src/workflows';
+import { startRotation } from '../../src/client/rotations';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 import { createTestDatabase, migrateDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
-import { workflowIdFor } from '../../src/client/rotations';
+import { rotationWorkflowId, workflowIdFor } from '../../src/client/rotations';
 import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 
 const out = path.join(__dirname, '..', 'workflows', 'histories', process.env.HISTORY_BUILD ?? 'unknown');
@@ -187,6 +190,26 @@ describe('record', () => {
     }
   });
 
+  it('started as the clients start it (Update-with-Start, the validated update): a dry run, and a refused rotation', async () => {
+    const fixture = await RotationFixture.create({ tenants: 300 });
+    try {
+      const worker = await fixture.worker(env);
+      await worker.runUntil(async () => {
+        const keyspace = await keyspaceIn(fixture.db.pool);
+        const options = { taskQueue: fixture.taskQueue, keyspace };
+        const dry = await startRotation(env.client, { from: 'v1', to: 'v2', dryRun: true }, options);
+        expect(dry.kind === 'started' && dry.validated?.from).toBe('v1');
+        expect((await dry.handle.result()).outcome).toBe('dry-run');
+        await save('validated-dry-run', dry.handle);
+        const workflowId = rotationWorkflowId(BUILTIN_TARGET, keyspace);
+        await expect(startRotation(env.client, { from: 'v1', to: 'v9' }, options)).rejects.toThrow(/unknown KEK 'v9'/);
+        await save('validated-refused', env.client.workflow.getHandle(workflowId));
+      });
+    } finally {
+      await fixture.drop();
+    }
+  });
+
   it('talos: an application-owned target, promotion by configuration, retirement confirmed by an operator', async () => {
     const db = await createTestDatabase({ migrate: false });
     await createTalosSchema(db.pool);
@@ -227,5 +250,46 @@ describe('record', () => {
       await targets.close();
       await db.drop();
     }
+  });
+
+  it('schedule notice: the receiver refuses it, then takes it; the schedule is deleted after its rotation', async () => {
+    const taskQueue = `notices-${randomUUID()}`;
+    const start = await env.currentTimeMs();
+    const rotationAt = start + 10 * 86_400_000;
+    let refusals = 0;
+    const now = () => Context.current().info.scheduledTimestampMs;
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities: {
+        nextScheduledRotation: () =>
+          Promise.resolve(
+            now() > rotationAt + 86_400_000
+              ? { exists: false, paused: false }
+              : {
+                  exists: true,
+                  paused: false,
+                  ...(now() < rotationAt && { nextRun: new Date(rotationAt).toISOString() }),
+                },
+          ),
+        sendRotationNotice: () => {
+          if (++refusals <= 3) return Promise.reject(new Error('the notice webhook answered 503'));
+          return Promise.resolve({ webhookStatus: 204 });
+        },
+      },
+    });
+    await worker.runUntil(async () => {
+      const handle = await env.client.workflow.start(scheduleNotices, {
+        taskQueue,
+        workflowId: `notices-${randomUUID()}`,
+        args: [
+          { scheduleId: 'quarterly', target: 'talos', notifyBefore: '7d', webhookUrl: 'http://127.0.0.1:9/rekey' },
+        ],
+      });
+      const state = await handle.result();
+      expect(state.noticedFor).toBe(new Date(rotationAt).toISOString());
+      await save('schedule-notice-refused-then-delivered', handle);
+    });
   });
 });

@@ -63,13 +63,18 @@ function start(script: string, env: Record<string, string>): Running {
   return { child, output: () => output, exited: new Promise((resolve) => child.on('exit', resolve)) };
 }
 
+/**
+ * Polls `check` until it holds, the process exits (fails at once, with its output), or 90 s pass: a worker builds its
+ * workflow bundle when it starts, which a loaded machine can take a good part of a minute to do.
+ */
 async function until(what: string, check: () => boolean | Promise<boolean>, running: Running): Promise<void> {
-  for (let i = 0; i < 600; i++) {
+  const deadline = Date.now() + 90_000;
+  while (Date.now() < deadline) {
     if (running.child.exitCode !== null) throw new Error(`exited with ${running.child.exitCode}: ${running.output()}`);
     if (await check()) return;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  throw new Error(`${what} never happened; output: ${running.output()}`);
+  throw new Error(`${what} never happened within 90 s; output: ${running.output()}`);
 }
 
 describe('the compose services, started with exactly their compose environment', () => {
@@ -122,7 +127,7 @@ describe('the compose services, started with exactly their compose environment',
       admin.child.kill('SIGTERM');
       await Promise.all([worker.exited, admin.exited]);
     }
-  });
+  }, 240_000);
 
   it('Finding 11: a worker exits promptly on SIGTERM when the Temporal server is gone', async () => {
     const own = await createDevServerEnv();

@@ -87,6 +87,37 @@ describe('production shape (checked without a Docker engine)', () => {
     expect(compose.services['rekey-admin']?.command).toEqual(['node', 'dist/src/admin/main.js']);
   });
 
+  it('issue 24, finding 6: no service publishes a port on a non-loopback interface except the admin API, which needs its token', () => {
+    // Compose's port forms: "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]", a bare container port (published on a
+    // random port of every interface), or {target, published, host_ip}; IPv6 host addresses in brackets.
+    type Port = string | number | { target: number; published?: string | number; host_ip?: string };
+    const services = (parse(read('docker-compose.yml')) as { services: Record<string, Record<string, unknown>> })
+      .services;
+    const published = Object.entries(services).flatMap(([service, definition]) =>
+      ((definition.ports ?? []) as Port[]).map((port) => {
+        if (typeof port === 'object') return { service, hostIp: port.host_ip ?? '', target: String(port.target) };
+        const text = String(port).replace(/\/\w+$/, '');
+        const bracketed = /^\[([^\]]+)\]:(.+)$/.exec(text);
+        const parts = bracketed ? [bracketed[1]!, ...bracketed[2]!.split(':')] : text.split(':');
+        return { service, hostIp: parts.length === 3 ? parts[0]! : '', target: parts.at(-1)! };
+      }),
+    );
+    const loopback = (ip: string) => /^127\./.test(ip) || ip === '::1' || ip === 'localhost';
+    const open = published.filter(({ hostIp }) => !loopback(hostIp));
+    expect(open).toEqual([{ service: 'rekey-admin', hostIp: '', target: '8080' }]);
+    // Temporal's frontend and Web UI (no TLS, no authorization in this file) are on loopback only, for a tunnel.
+    expect(published.filter(({ service }) => service.startsWith('temporal'))).toEqual([
+      { service: 'temporal', hostIp: '127.0.0.1', target: '7233' },
+      { service: 'temporal-ui', hostIp: '127.0.0.1', target: '8080' },
+    ]);
+    // Nothing joins the host's network, where every port it listens on would be reachable.
+    expect(Object.values(services).filter((definition) => definition.network_mode === 'host')).toEqual([]);
+    // The admin API it leaves open refuses to start without a long token (the next tests run it).
+    expect(String((services['rekey-admin']?.environment as Record<string, string>).REKEY_ADMIN_TOKEN)).toMatch(
+      /^\$\{REKEY_ADMIN_TOKEN:\?/,
+    );
+  });
+
   it("the Dockerfile builds with the README's commands, and what the services run exists after that build", () => {
     const dockerfile = read('Dockerfile');
     const readme = read('README.md');

@@ -96,6 +96,7 @@ describe('migrations', () => {
         '1764300000000_worker-presence',
         '1764400000000_field-migration',
         '1764500000000_kek-restore-window',
+        '1764610000000_run-history',
         '1764620000000_database-identity',
       ]);
     }));

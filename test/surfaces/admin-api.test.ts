@@ -195,6 +195,10 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       stale_counts: { v2: 4_000 },
       dek_counts: { v2: 4_000 },
       rows_without_value: 0,
+      keks: [
+        expect.objectContaining({ kek_id: 'v1', state: 'retired', restorable_until: expect.any(String) as unknown }),
+        expect.objectContaining({ kek_id: 'v2', state: 'active', restorable_until: null }),
+      ],
     });
 
     const afterwards = await api.inject({
@@ -205,7 +209,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(afterwards.statusCode).toBe(409);
   });
 
-  it('restores the KEK the rotation above retired, with who and why recorded; refuses a restore without them, and one of a KEK the registry does not know', async () => {
+  it('restores the KEK the rotation above retired, with who and why recorded; refuses a restore without them, and answers 404 for a KEK the registry does not know', async () => {
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     // The rotation of the test above ended by retiring v1 (the default restore window: 30 days).
     expect(await registry.get('v1')).toMatchObject({ state: 'retired' });
@@ -234,11 +238,12 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       { event: 'restored', reason: 'gateway-3 still reads v1', actor: 'alice' },
     ]);
 
+    // No such KEK: 404, as the README's table of exit codes and statuses says (it answered 422 before).
     const unknown = await restore('v9', { reason: 'typo', actor: 'alice' });
-    expect(unknown.statusCode).toBe(422);
+    expect(unknown.statusCode).toBe(404);
     expect(unknown.json()).toEqual({
-      error: 'refused',
-      message: "KEK 'v9' of target 'rekey' cannot be restored: the registry does not know it",
+      error: 'not_found',
+      message: "KEK 'v9' is not known to the registry of target 'rekey'",
     });
   });
 
@@ -260,6 +265,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       '/admin/v1/secrets/rotation/{op_id}/confirm',
       '/admin/v1/secrets/rotation/{op_id}/pause',
       '/admin/v1/secrets/rotation/{op_id}/resume',
+      '/admin/v1/secrets/rotations',
     ]);
     const routes = api.printRoutes({ commonPrefix: false });
     for (const path of ['rotate-all', 'kek-status', 'rotation-status/', ':op_id']) expect(routes).toContain(path);

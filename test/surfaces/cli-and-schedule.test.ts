@@ -137,11 +137,13 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     const opId = /started rotation (\S+)/.exec(run.stdout)?.[1];
     const rotationId = await rotationIdIn(db.pool);
     expect(opId?.startsWith(`${rotationId}@`)).toBe(true);
-    expect(run.stdout).toContain(`rotation ${opId}: completed`);
+    expect(run.stdout).toContain(
+      `rotation ${opId}: Succeeded: 'v1' → 'v2': ${TENANTS.toLocaleString('en-US')} of ${TENANTS.toLocaleString('en-US')} rows moved, verified; 'v1' retired`,
+    );
 
     const again = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--wait');
     expect(again.code).toBe(0);
-    expect(again.stdout).toContain("nothing to do: already done: 'v1' is retired and 'v2' is the active KEK");
+    expect(again.stdout).toContain("Nothing to do: already done: 'v1' is retired and 'v2' is the active KEK");
 
     const status = JSON.parse((await rekey('--json', 'status', opId!)).stdout) as {
       status: string;

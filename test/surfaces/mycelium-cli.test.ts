@@ -105,12 +105,12 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
       '--wait',
     );
     let status = '';
-    for (let i = 0; i < 300 && !status.includes('waiting for the application'); i++) {
+    for (let i = 0; i < 300 && !status.includes('Waiting for confirmation'); i++) {
       await new Promise((resolve) => setTimeout(resolve, 200));
       status = (await rekey('status', 'mycelium')).stdout;
     }
     expect(status).toContain(
-      'waiting for the application: discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
+      'Waiting for confirmation: discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
     );
     const rotationId = await rotationIdIn(db.pool, 'mycelium');
     expect(status).toContain(`then: rekey confirm ${rotationId} --step retire --note "…"`);
@@ -120,7 +120,9 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     expect(done.stderr).toBe('');
     expect(done.code).toBe(0);
     expect(done.stdout).toContain('From version: 1');
-    expect(done.stdout).toMatch(new RegExp(`rotation ${rotationId.replace('.', '\\.')}@\\S+: completed`));
+    expect(done.stdout).toMatch(
+      new RegExp(`rotation ${rotationId.replace('.', '\\.')}@\\S+: Succeeded: '1' → '2': 120 of 120 rows moved`),
+    );
     expect(done.stdout).toContain('Tenants scanned: 137  Migrated: 120  Already done: 10  Skipped: 7');
     expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, tenants)).toEqual([]);
     const kekStatus = (await rekey('kek-status', '--target', 'mycelium')).stdout;
@@ -206,7 +208,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     const migrationId = migrationWorkflowIdOf('mycelium', await keyspaceIn(db.pool, 'mycelium'));
     const status = await rekey('status', 'dek-migration-mycelium');
     expect(status.stderr).toBe('');
-    expect(status.stdout).toContain(`migration ${migrationId}: completed`);
+    expect(status.stdout).toContain(`migration ${migrationId}: Succeeded: 1 of 1 values moved under the tenants' DEKs`);
     expect(status.stdout).toContain(`Tenant: ${SYSTEM_TENANT} (only the values under its DEK)`);
     expect(status.stdout).toContain('TOTP fields migrated: 1');
     const pause = await rekey('pause', 'dek-migration-mycelium');

@@ -54,7 +54,7 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
         expect(await description.staticSummary()).toBe('rotate rekey: v1 → v2');
         expect(await description.staticDetails()).toContain('**Started by:** rekey CLI');
         const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
-        expect(metadata.currentDetails).toMatch(/\*\*Phase:\*\* rewrap · pass 1 · \*\*[\d.]+%\*\*/);
+        expect(metadata.currentDetails).toMatch(/^\*\*Paused:\*\* rewrap · pass 1 · \*\*[\d.]+%\*\*/);
         expect(metadata.currentDetails).toContain(`To go on: \`rekey resume ${workflowId}\``);
 
         // What Prometheus scrapes from a worker meanwhile (the shipped dashboard and alert rules use these).
@@ -88,7 +88,7 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
         const visible = [
           'rotate rekey: v1 → v2',
           'Started by: rekey CLI',
-          'Phase: rewrap',
+          'Paused: rewrap',
           `rekey resume ${workflowId}`,
         ];
         // The markdown is rendered in frames of its own: read the page and every frame in it.

@@ -1,5 +1,4 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -7,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { startMigration } from '../../src/client/migrations';
 import { startRotation } from '../../src/client/rotations';
+import { RunFailedError } from '../../src/errors';
 import {
   abortMigrationUpdate,
   confirmStepUpdate,
@@ -125,16 +125,15 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
         await worker(db, `${taskQueue}-r0`, rotationEnv)
       )
         .runUntil(async () => {
-          const started = await startRotation(
+          await startRotation(
             server.env.client,
             { target: 'mycelium', from: '1', to: '2' },
             { taskQueue: `${taskQueue}-r0`, keyspace: await keyspaceIn(db.pool, 'mycelium') },
           );
-          return resultWithin(started.handle);
         })
         .catch((err: unknown) => err);
-      expect(refused).toBeInstanceOf(WorkflowFailedError);
-      expect((refused as WorkflowFailedError).cause?.message).toMatch(
+      expect(refused).toBeInstanceOf(RunFailedError);
+      expect((refused as RunFailedError).message).toMatch(
         new RegExp(
           `^target 'mycelium' still holds ${seeded.values.length} legacy value\\(s\\) encrypted directly by its KEK \\(40 in public\\.user\\.mfa → totp\\.enabled\\.secret, .*Run \`rekey migrate-dek --target mycelium\` first`,
         ),
@@ -221,12 +220,14 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
       const rotated = await (
         await worker(db, `${taskQueue}-r1`, rotationEnv)
       ).runUntil(async () => {
+        // Refused at once, by the validate step, with the kind of its error (refused: exit 5, HTTP 422).
         const blocked = await startRotation(
           server.env.client,
           { target: 'mycelium', from: '1', to: '2' },
           { taskQueue: `${taskQueue}-r1`, keyspace: await keyspaceIn(db.pool, 'mycelium') },
-        );
-        await expect(resultWithin(blocked.handle)).rejects.toThrow(WorkflowFailedError);
+        ).catch((err: unknown) => err);
+        expect(blocked).toBeInstanceOf(RunFailedError);
+        expect(blocked).toMatchObject({ kind: 'refused', message: expect.stringMatching(/legacy value/) as unknown });
         const started = await startRotation(
           server.env.client,
           {
@@ -337,10 +338,12 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
         expect(await countV2(db.pool, others)).toBe(8 + 2);
 
         // A tenant that is not there, and an id that cannot be one, are refused before anything is written.
+        // Refused as the migration starts (its plan step's verdict), with the kind of the error (invalid).
         const refusal = async (tenantId: string) => {
-          const failed = await resultWithin((await run(tenantId)).handle).catch((err: unknown) => err);
-          expect(failed).toBeInstanceOf(WorkflowFailedError);
-          return (failed as WorkflowFailedError).cause?.message;
+          const failed = await run(tenantId).catch((err: unknown) => err);
+          expect(failed).toBeInstanceOf(RunFailedError);
+          expect((failed as RunFailedError).kind).toBe('invalid');
+          return (failed as RunFailedError).message;
         };
         const nobody = randomUUID();
         expect(await refusal(nobody)).toBe(

@@ -91,9 +91,12 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
         const started = await api.inject({ method: 'POST', url: '/admin/v1/secrets/rotate-all', headers: auth });
         expect(started.statusCode).toBe(202);
         const body = started.json<{ op_id: string; status: string; status_url: string; message: string }>();
+        // Answered once validate accepted it: 'current' is named.
         expect(body).toMatchObject({
           status: 'running',
-          message: "rotation of target 'talos' started ('current' → 'v2')",
+          message: "rotation of target 'talos' started ('v1' → 'v2')",
+          from: 'v1',
+          to: 'v2',
         });
         // TALOS_CURRENT_KEK_ID=v2 already: promotion counts as done, and the rewrap starts at once.
         await statusUntil(api, body.status_url, (s) => s.phase === 'grace');
@@ -145,6 +148,10 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
         stale_counts: { v2: 250 },
         dek_counts: { v2: 250 },
         rows_without_value: 0,
+        keks: [
+          expect.objectContaining({ kek_id: 'v1', state: 'retired', restorable_until: expect.any(String) as unknown }),
+          expect.objectContaining({ kek_id: 'v2', state: 'active', restorable_until: null }),
+        ],
       });
       // With v2 alone, by the fixture's own AES-GCM.
       expect(await checkSecrets(db.pool, keks.v2, 'v2', [...all, ...gateway.created])).toEqual([]);
@@ -182,15 +189,12 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
       gateway.start({ create: true });
 
       const final = await withApi(db, async (api) => {
+        // Refused at once by the validate step (400: bad input), not accepted and failed a moment later.
         const ambiguous = await api.inject({ method: 'POST', url: '/admin/v1/secrets/rotate-all', headers: auth });
-        const failed = await statusUntil(
-          api,
-          ambiguous.json<{ status_url: string }>().status_url,
-          (s) => s.status !== 'running',
-        );
-        expect(failed).toMatchObject({
-          status: 'failed',
-          last_error: expect.stringMatching(
+        expect(ambiguous.statusCode).toBe(400);
+        expect(ambiguous.json()).toMatchObject({
+          error: 'bad_request',
+          message: expect.stringMatching(
             /^target 'talos' has rows on 'v0' \(10\), 'v1' \(\d+\): name the KEK to rotate from$/,
           ) as unknown,
         });

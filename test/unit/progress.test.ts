@@ -24,12 +24,25 @@ function rewrapping(rewrapped: number, staleAtStart = 1_000) {
 }
 
 describe('progress math', () => {
-  it('percent is rewrapped over what was stale at the start, 100 once past rewrap', () => {
+  it('percent is rows moved over what was stale at the start, 100 once verified, and 0 for a run that moved nothing', () => {
     expect(percentComplete(rewrapping(0))).toBe(0);
     expect(percentComplete(rewrapping(412))).toBe(41.2);
     expect(percentComplete(rewrapping(1_000))).toBe(100);
+    // Relabelled rows (labelled `from`, already under `to`) have moved off `from` too.
+    const relabelled = addSliceResult(rewrapping(400), { ...emptyCounters(), relabelled: 100 }, []);
+    expect(percentComplete(relabelled)).toBe(50);
     expect(percentComplete(enterPhase(rewrapping(10), 'grace', t0))).toBe(100);
-    expect(percentComplete(rewrapping(0, 0))).toBe(100);
+    // Nothing to move: 100 once the rewrap is over, 0 before it has looked.
+    expect(percentComplete(rewrapping(0, 0))).toBe(0);
+    expect(percentComplete(enterPhase(rewrapping(0, 0), 'verify', t0))).toBe(100);
+    // Aborted: what it moved, whatever phase it ended in.
+    const abortedEarly = {
+      ...enterPhase(initialProgress('v1', 'v2', false, t0), 'done', t0),
+      outcome: 'aborted' as const,
+    };
+    expect(percentComplete(abortedEarly)).toBe(0);
+    const abortedMidway = { ...enterPhase(rewrapping(250), 'done', t0), outcome: 'aborted' as const };
+    expect(percentComplete(abortedMidway)).toBe(25);
   });
 
   it('rate counts unpaused rewrap time only, and the ETA follows from it', () => {

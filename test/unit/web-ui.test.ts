@@ -18,7 +18,7 @@ describe('what the Web UI shows of a rotation', () => {
     );
   });
 
-  it('current details: phase, percent, rate, ETA; paused with the command that resumes it', () => {
+  it('current details: the status and phase, percent, rate, ETA; paused with the command that resumes it', () => {
     let progress: RotationProgress = {
       ...initialProgress('v1', 'v2', false, at, 'talos'),
       phase: 'rewrap',
@@ -29,7 +29,7 @@ describe('what the Web UI shows of a rotation', () => {
     progress = { ...progress, counters: { ...progress.counters, rewrapped: 250 } };
     const running = currentDetails(report(progress, at + 10_000), 'kek-rotation-talos');
     expect(running.split('\n\n')).toEqual([
-      '**Phase:** rewrap · pass 1 · **25%** · 25 DEKs/s · ETA 30s',
+      '**Running:** rewrap · pass 1 · **25%** · 25 DEKs/s · ETA 30s',
       '**KEK:** `v1` → `v2` of `talos`',
       '**Rewrapped:** 250 of 1,000 · CAS conflicts 0 · unreadable 0',
     ]);
@@ -37,10 +37,11 @@ describe('what the Web UI shows of a rotation', () => {
       report({ ...setPaused(progress, true, at + 10_000), heldBefore: 'promote' }, at + 20_000),
       'kek-rotation-talos',
     );
+    expect(paused.split('\n\n')[0]).toBe('**Paused:** rewrap · pass 1 · **25%** · 25 DEKs/s');
     expect(paused).toContain('**Paused** before promote. To go on: `rekey resume kek-rotation-talos`');
   });
 
-  it('current details: what the run waits for and the command that moves it on; grace with its end; the end', () => {
+  it('current details: what the run waits for and the command that moves it on; grace with its end; the end in the words of rekey status', () => {
     const base = { ...initialProgress('v1', 'v2', false, at, 'talos'), phase: 'retire' as const };
     const waiting = currentDetails(
       report(
@@ -65,7 +66,36 @@ describe('what the Web UI shows of a rotation', () => {
     expect(grace).toContain(
       '**Grace until** 2026-12-01T00:00:00.000Z. To change it: `rekey grace kek-rotation-talos --extend 2d` or `--end-now`',
     );
-    const ended = currentDetails(report({ ...base, phase: 'done', outcome: 'completed' }, at), 'kek-rotation-talos');
-    expect(ended.split('\n\n')[0]).toBe('**Ended:** completed');
+    expect(waiting.split('\n\n')[0]).toBe('**Waiting for the application:** retire · **100%**');
+    const ended = currentDetails(
+      report(
+        {
+          ...base,
+          phase: 'done',
+          outcome: 'completed',
+          staleAtStart: 10,
+          counters: { ...base.counters, rewrapped: 10 },
+        },
+        at,
+      ),
+      'kek-rotation-talos',
+    );
+    expect(ended.split('\n\n')[0]).toBe("**Succeeded:** 'v1' → 'v2': 10 of 10 rows moved, verified; 'v1' retired");
+    const aborted = currentDetails(
+      report(
+        {
+          ...initialProgress('v1', 'v2', false, at, 'talos'),
+          phase: 'done',
+          phases: { validate: { startedAt: at, endedAt: at }, promote: { startedAt: at, endedAt: at } },
+          outcome: 'aborted',
+          note: "aborted: fleet not ready; both 'v1' and 'v2' still unwrap, nothing was retired",
+        },
+        at,
+      ),
+      'kek-rotation-talos',
+    );
+    expect(aborted.split('\n\n')[0]).toBe(
+      "**Aborted:** fleet not ready; both 'v1' and 'v2' still unwrap, nothing was retired; no row moved",
+    );
   });
 });

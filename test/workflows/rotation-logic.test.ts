@@ -1,6 +1,11 @@
 // The rotation workflow's own decisions, with stub activities on the time-skipping server: fast, and independent of
 // PostgreSQL. Each test named after a finding of the issue "Safety" failed on the code before its fix.
-import { ApplicationFailure, type Client, WorkflowUpdateFailedError } from '@temporalio/client';
+import { randomUUID } from 'node:crypto';
+import { ApplicationFailure, type Client, WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { startRotation } from '../../src/client/rotations';
+import { keyspaceOf, rotationWorkflowId } from '../../src/rotation/identity';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { LegacyValuesRemainError, RunFailedError } from '../../src/errors';
 import { Pool } from 'pg';
 import { buildAdminServer } from '../../src/admin/server';
 import { TargetRuntimes } from '../../src/targets/runtime';
@@ -13,6 +18,7 @@ import {
   pauseUpdate,
   resumeUpdate,
   setGraceUpdate,
+  validatedUpdate,
 } from '../../src/workflows';
 import type { RotationReport } from '../../src/workflows';
 import { progressUntil, StubRotation } from '../helpers/stub-rotation';
@@ -48,6 +54,62 @@ async function refusal(promise: Promise<unknown>): Promise<string> {
 
 describe('rotation workflow logic, with stub activities on the time-skipping server', () => {
   const server = useTimeSkippingEnv();
+
+  it("validate's refusal is the start's answer, with its error's kind, and the run fails with it only once that answer is given", async () => {
+    const stub = new StubRotation();
+    stub.validateRefusal = new LegacyValuesRemainError('target still holds 3 legacy value(s)');
+    // A keyspace of its own (a database identity no other test has): the stub activities open no database.
+    const keyspace = keyspaceOf(randomUUID(), 'rekey.tenant_deks');
+    const workflowId = rotationWorkflowId(BUILTIN_TARGET, keyspace);
+    // The worker runs until the run has ended: after its refusal it records its end in the run history.
+    const [refused, failed] = await stub.run(server.env, async () => {
+      const answer: unknown = await startRotation(
+        server.env.client,
+        { from: 'v1', to: 'v2' },
+        { taskQueue: stub.taskQueue, keyspace },
+      ).catch((err: unknown) => err);
+      const ended: unknown = await resultWithin(server.env.client.workflow.getHandle(workflowId)).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      return [answer, ended] as const;
+    });
+    expect(refused).toBeInstanceOf(RunFailedError);
+    expect(refused).toMatchObject({ kind: 'refused', message: 'target still holds 3 legacy value(s)' });
+    expect(failed).toBeInstanceOf(WorkflowFailedError);
+    expect((failed as WorkflowFailedError).cause).toMatchObject({ type: 'LegacyValuesRemainError' });
+    // Nothing but validate ran, and then the record of the run's end.
+    expect(stub.calls).toEqual(['validateRotation', 'recordRun']);
+  });
+
+  it('a validate step that does not decide in time: the start says the run stays started and what validate is doing; asked later, the validated update answers', async () => {
+    const stub = new StubRotation();
+    const validating = stub.hold('validateRotation');
+    const keyspace = keyspaceOf(randomUUID(), 'rekey.tenant_deks');
+    const workflowId = rotationWorkflowId(BUILTIN_TARGET, keyspace);
+    await stub.run(server.env, async () => {
+      // Ten seconds: time enough for a fresh worker to take up the run and reach validate on a busy machine.
+      const asked = startRotation(
+        server.env.client,
+        { from: 'current', to: 'v2', gracePeriod: '1h' },
+        { taskQueue: stub.taskQueue, keyspace, answerWithinMs: 10_000 },
+      ).catch((err: unknown) => err);
+      await validating.entered();
+      const unanswered = await asked;
+      expect(unanswered).toBeInstanceOf(RunFailedError);
+      expect(unanswered).toMatchObject({ kind: 'failed' });
+      expect((unanswered as RunFailedError).message).toMatch(
+        new RegExp(
+          `^${workflowId.replaceAll('.', '\\.')}@\\S+ started, but gave no verdict within 10s: validateRotation is (running|at attempt 1); it stays started`,
+        ),
+      );
+      validating.release();
+      const handle = server.env.client.workflow.getHandle(workflowId);
+      const answer = await handle.executeUpdate(validatedUpdate);
+      expect(answer).toMatchObject({ from: 'v1', to: 'v2', promoted: false, outcome: 'running' });
+      await handle.terminate('test over');
+    });
+  });
 
   it('Finding 5: a pause during the fleet wait holds the promotion until resumed, and status says what is held', async () => {
     const stub = new StubRotation();

@@ -5,6 +5,7 @@ import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Context } from '@temporalio/activity';
+import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,7 +19,7 @@ import {
 } from '../../src/client/schedules';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
+import { noticeRetryDelayMs, noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createDevServerEnv, queryUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
@@ -81,6 +82,124 @@ describe('notice of scheduled rotations, on the time-skipping server', () => {
       });
     }
     expect(state).toMatchObject({ ended: 'the schedule was deleted', noticedFor: new Date(runs[1]!).toISOString() });
+  });
+});
+
+describe('issue 24, finding 10: a notice outlives any outage of its receiver, and its failures are seen', () => {
+  const server = useTimeSkippingEnv();
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it('a receiver that refuses for hours, past the 30 attempts that used to end the notices, gets the notice once it answers; every refusal is counted and the workflow never fails', async () => {
+    const { env } = server;
+    const taskQueue = `notices-${randomUUID()}`;
+    const workflowId = `notices-${randomUUID()}`;
+    const start = await env.currentTimeMs();
+    const rotationAt = start + 10 * DAY;
+    // The schedule as the stub reports it (the time-skipping server has no schedules): one rotation at +10 days,
+    // then it is deleted. The notice itself goes through the real activity to a real receiver.
+    const serverNow = () => Context.current().info.scheduledTimestampMs;
+    const nextScheduledRotation = () => {
+      const now = serverNow();
+      if (now > rotationAt + DAY) return Promise.resolve({ exists: false, paused: false });
+      return Promise.resolve({
+        exists: true,
+        paused: false,
+        ...(now < rotationAt && { nextRun: new Date(rotationAt).toISOString() }),
+      });
+    };
+    // Refuses the first 31 requests (the old retry policy made 30 attempts), then takes the notice. At the 8th it
+    // asks the workflow what it knows, mid-outage.
+    const REFUSALS = 31;
+    const requests: string[] = [];
+    let handle: WorkflowHandleWithFirstExecutionRunId<typeof scheduleNotices> | undefined;
+    let midOutage: NoticeState | undefined;
+    const receiver = http.createServer((request, response) => {
+      let body = '';
+      request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      request.on('end', () => {
+        void (async () => {
+          requests.push(body);
+          if (requests.length === 8) midOutage = await handle!.query(noticeStateQuery);
+          response.writeHead(requests.length <= REFUSALS ? 503 : 204).end();
+        })();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const metrics = new RekeyMetrics();
+    try {
+      const worker = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: {
+          ...createActivities({
+            db: db.pool,
+            keys: testKeys(['v1']),
+            metrics,
+            env: { REKEY_NOTIFY_SECRET: randomBytes(24).toString('base64url') },
+          }),
+          nextScheduledRotation,
+        },
+      });
+      const state = await worker.runUntil(async () => {
+        handle = await env.client.workflow.start(scheduleNotices, {
+          taskQueue,
+          workflowId,
+          args: [
+            {
+              scheduleId: 'quarterly',
+              target: 'talos',
+              notifyBefore: '7d',
+              webhookUrl: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/rekey`,
+              // Small, so that the outage spans several runs (continue-as-new carries the attempts).
+              maxHistoryEvents: 100,
+            },
+          ],
+        });
+        // Completes (the schedule is deleted after its rotation): a failed run would reject here.
+        return resultWithin<NoticeState>(handle, 100_000);
+      });
+
+      // The notice went out, once the receiver answered.
+      expect(requests).toHaveLength(REFUSALS + 1);
+      expect(JSON.parse(requests.at(-1)!)).toMatchObject({
+        scheduleId: 'quarterly',
+        rotationAt: new Date(rotationAt).toISOString(),
+      });
+      expect(state).toMatchObject({
+        ended: 'the schedule was deleted',
+        noticedFor: new Date(rotationAt).toISOString(),
+        lastNoticeAttempts: REFUSALS + 1,
+      });
+      expect(state.failing).toBeUndefined();
+      expect(state.missedNotice).toBeUndefined();
+      // Mid-outage, the query said how often, since when and why, and when it would try again.
+      expect(midOutage?.failing).toMatchObject({
+        rotationAt: new Date(rotationAt).toISOString(),
+        attempts: 7,
+        lastError: 'the notice webhook answered 503',
+      });
+      const failing = midOutage!.failing!;
+      expect(Date.parse(failing.nextAttemptAt) - Date.parse(failing.lastAttemptAt)).toBe(noticeRetryDelayMs(7));
+      expect(noticeRetryDelayMs(7)).toBe(600_000);
+      // The outage lasted hours of the server's time, far past the old retries' 25 minutes.
+      expect(Date.parse(state.lastNoticeAt!) - Date.parse(failing.since)).toBeGreaterThan(4 * 3_600_000);
+      // Every refusal counted once, by the worker that made the attempt.
+      expect(await metrics.registry.getSingleMetricAsString('rekey_notice_failures_total')).toContain(
+        `rekey_notice_failures_total{schedule_id="quarterly",target="talos"} ${REFUSALS}`,
+      );
+      // The outage spanned more than one run of the workflow: the first continued as new, the last completed.
+      const first = await env.client.workflow.getHandle(workflowId, handle!.firstExecutionRunId).describe();
+      expect(first.status.name).toBe('CONTINUED_AS_NEW');
+    } finally {
+      await new Promise((resolve) => receiver.close(resolve));
+    }
   });
 });
 

@@ -5,16 +5,36 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use std::mem::ManuallyDrop;
 use zeroize::Zeroize;
 
 const KEY_BYTES: usize = 32;
 const NONCE_BYTES: usize = 12;
 const TAG_BYTES: usize = 16;
 
+/// An AES-256-GCM cipher whose every byte is zeroized when it is dropped: the AES round keys (for AES-256 the first
+/// two are the key itself) and GHASH's key. The crates zeroize only part of that themselves: `aes` its round keys
+/// (with its `zeroize` feature, Cargo.toml), while `polyval`'s run-time CPU detection never drops the state that
+/// holds GHASH's key, so its `zeroize` feature never reaches it.
+struct Wiped(ManuallyDrop<Aes256Gcm>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here (ManuallyDrop), then never read again; ManuallyDrop is transparent, so the field's
+        // address is the cipher's. Aes256Gcm owns no memory beyond its own bytes (arrays of round keys and field
+        // elements, zero-sized CPU-feature tokens), so zeroizing those bytes is the whole of it, and all zeroes is a
+        // valid value of every field.
+        unsafe {
+            ManuallyDrop::drop(&mut self.0);
+            zeroize::zeroize_flat_type(std::ptr::addr_of_mut!(self.0).cast::<Aes256Gcm>());
+        }
+    }
+}
+
 #[napi]
 pub struct GcmKey {
-    /// None once released: its round keys were zeroized when it was dropped.
-    cipher: Option<Aes256Gcm>,
+    /// None once released: the cipher was zeroized when it was dropped.
+    cipher: Option<Wiped>,
 }
 
 fn length(what: &str, got: usize, want: usize) -> Result<()> {
@@ -32,11 +52,14 @@ impl GcmKey {
     pub fn new(key: &[u8]) -> Result<Self> {
         length("a key", key.len(), KEY_BYTES)?;
         let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| Error::from_reason("a key is 32 bytes"))?;
-        Ok(GcmKey { cipher: Some(cipher) })
+        Ok(GcmKey { cipher: Some(Wiped(ManuallyDrop::new(cipher))) })
     }
 
     fn cipher(&self) -> Result<&Aes256Gcm> {
-        self.cipher.as_ref().ok_or_else(|| Error::from_reason("this key was released"))
+        self.cipher
+            .as_ref()
+            .map(|wiped| &*wiped.0)
+            .ok_or_else(|| Error::from_reason("this key was released"))
     }
 
     /// Writes `ciphertext ‖ tag` of `plaintext` under `nonce`, bound to `aad`, into `out` (plaintext + 16 bytes).

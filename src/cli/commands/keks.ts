@@ -3,6 +3,8 @@ import { Command } from 'commander';
 import { rotationWorkflowId } from '../../rotation/identity';
 import { restoreKek } from '../../targets/restore-kek';
 import { targetKekStatus } from '../../targets/kek-status';
+import { formatDuration } from '../../rotation/durations';
+import type { KekRecord } from '../../store/kek-registry';
 import { targetOption, withContext } from '../options';
 import { CliError } from '../../errors';
 
@@ -34,13 +36,26 @@ export function kekStatusCommand(): Command {
             `  rotations run under the workflow id ${workflowId}`,
             ...labels.map((kekId) => {
               const kek = status.keks.find((k) => k.kekId === kekId);
-              return `  ${kekId.padEnd(12)} ${(kek?.state ?? 'not in registry').padEnd(15)} ${String(status.counts[kekId] ?? 0).padStart(10)} ${noun}s  ${kek?.fingerprint ?? ''}`;
+              const line = `  ${kekId.padEnd(12)} ${(kek?.state ?? 'not in registry').padEnd(15)} ${String(status.counts[kekId] ?? 0).padStart(10)} ${noun}s  ${kek?.fingerprint ?? ''}`;
+              const window = kek ? restoreWindow(kek, Date.now()) : undefined;
+              return window !== undefined ? `${line}  ${window}` : line;
             }),
             ...(status.withoutValue > 0 ? [`  ${status.withoutValue} row(s) hold no ${noun} yet`] : []),
           ],
         );
       }),
     );
+}
+
+/** A retired KEK's restore deadline, as kek-status says it: until when `rekey keys restore` can bring it back. */
+export function restoreWindow(kek: KekRecord, now: number): string | undefined {
+  if (kek.state === 'destroyed') return kek.destroyedAt ? `destroyed ${kek.destroyedAt.toISOString()}` : 'destroyed';
+  if (kek.state !== 'retired') return undefined;
+  if (!kek.restorableUntil) return 'retired before restore windows existed: not restorable';
+  const until = kek.restorableUntil.getTime();
+  return until > now
+    ? `restorable until ${kek.restorableUntil.toISOString()} (${formatDuration(until - now)} from now)`
+    : `restore window ended ${kek.restorableUntil.toISOString()}; destroyed once no row needs it`;
 }
 
 export function keysCommand(): Command {

@@ -1,9 +1,8 @@
 import { Command } from 'commander';
 import { startMigration } from '../../client/migrations';
-import { failureMessage } from '../../client/rotations';
 import { describeMigration } from '../format';
 import { positiveInteger, targetOption, withContext } from '../options';
-import { CliError, InvalidRotationError } from '../../errors';
+import { CliError, errorKind, failureMessage, InvalidRotationError } from '../../errors';
 
 interface MigrateOptions {
   target: string;
@@ -55,8 +54,17 @@ export function migrateDekCommand(): Command {
           throw new CliError(`a migration of target '${options.target}' is already running: ${workflowId}`, 'conflict');
         }
         if (!options.wait && !options.dryRun) {
-          context.print({ workflowId, started: true }, () => [
-            `started migration ${workflowId} of target '${options.target}'`,
+          // Its plan step accepted it (a refusal was thrown above, with its kind).
+          const { planned } = started;
+          const legacy = planned?.fields.reduce((sum, field) => sum + field.legacyAtStart, 0);
+          context.print({ workflowId, started: true, planned }, () => [
+            `started migration ${workflowId} of target '${options.target}'` +
+              (planned?.kekId !== undefined
+                ? ` (new DEKs under KEK '${planned.kekId}'; ${legacy} legacy value(s))`
+                : ''),
+            ...(started.unanswered !== undefined
+              ? [`  not validated yet: the worker's build does not answer it (${started.unanswered})`]
+              : []),
             `  progress: rekey status ${workflowId} [--watch]`,
             `  pause:    rekey pause ${workflowId}   (resume, abort alike)`,
             `  Web UI:   ${context.webUiUrl(workflowId)}`,
@@ -64,7 +72,7 @@ export function migrateDekCommand(): Command {
           return;
         }
         const report = await started.handle.result().catch((err: unknown) => {
-          throw new CliError(`migration failed: ${failureMessage(err)}`);
+          throw new CliError(`migration failed: ${failureMessage(err)}`, errorKind(err));
         });
         context.print({ workflowId, report }, () => [
           report.dryRun
@@ -72,6 +80,10 @@ export function migrateDekCommand(): Command {
             : `migration of target '${options.target}' ${report.outcome}`,
           ...describeMigration(report).map((line) => `  ${line}`),
         ]);
+        // Aborted meanwhile: it did not do what was asked (as `rekey status` of it says).
+        if (report.outcome === 'aborted') {
+          throw new CliError(`migration ${workflowId}: aborted: ${report.abortReason ?? 'by an operator'}`);
+        }
       }),
     );
 }

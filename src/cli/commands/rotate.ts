@@ -5,7 +5,7 @@ import { parseRotationRequest, type RotationRequest } from '../../rotation/rotat
 import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
-import { CliError, InvalidRotationError } from '../../errors';
+import { CliError, errorKind, InvalidRotationError } from '../../errors';
 
 interface RotateOptions {
   target: string;
@@ -111,9 +111,11 @@ export function rotateCommand(): Command {
         }
         const versions = options.fromVersion !== undefined || options.toVersion !== undefined;
         const header = versions ? [`From version: ${from}`, `To version: ${to}`] : [];
+        // Validate accepted it (a refusal was thrown above, with its kind); `current` is now a KEK id.
+        const { validated } = started;
         if (options.dryRun) {
           const report = await started.handle.result().catch((err: unknown) => {
-            throw new CliError(`dry run failed: ${failureMessage(err)}`);
+            throw new CliError(`dry run failed: ${failureMessage(err)}`, errorKind(err));
           });
           context.print({ opId, dryRun: true, report }, () => [
             `dry run of target '${options.target}', '${report.from}' → '${report.to}': nothing was written`,
@@ -123,14 +125,26 @@ export function rotateCommand(): Command {
           ]);
           return;
         }
+        if (validated?.outcome === 'nothing-to-do') {
+          // Validate decided there is nothing to do (already done, or a KEK too young for a scheduled run): ended.
+          context.print({ opId, workflowId: started.handle.workflowId, started: true, validated }, () => [
+            `rotation ${opId} of target '${options.target}': ${validated.note ?? validated.outcome}`,
+          ]);
+          return;
+        }
         if (!context.options.json) {
-          context.out(`started rotation ${opId} of target '${options.target}' ('${from}' → '${to}')`);
+          const kekFrom = validated?.from ?? from;
+          const kekTo = validated?.to ?? to;
+          context.out(`started rotation ${opId} of target '${options.target}' ('${kekFrom}' → '${kekTo}')`);
+          if (started.unanswered !== undefined) {
+            context.out(`  not validated yet: the worker's build does not answer it (${started.unanswered})`);
+          }
           for (const line of header) context.out(`  ${line}`);
           context.out(`  watch:    rekey status ${opId} --watch`);
           context.out(`  Web UI:   ${context.webUiUrl(started.handle.workflowId)}`);
           context.out(`  temporal: temporal workflow query --workflow-id ${started.handle.workflowId} --name progress`);
         } else if (!options.wait) {
-          context.out(JSON.stringify({ opId, workflowId: started.handle.workflowId, started: true }));
+          context.out(JSON.stringify({ opId, workflowId: started.handle.workflowId, started: true, validated }));
         }
         if (options.wait) await watchRotation(context, opId);
       }),

@@ -77,11 +77,12 @@ export function scheduleCommand(): Command {
         context.print(schedules, () =>
           schedules.length === 0
             ? ['no rotation schedules']
-            : schedules.map(
-                (s) =>
-                  `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next rotation ${s.nextRuns[0] ?? '-'}` +
+            : schedules.flatMap((s) => [
+                `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next rotation ${s.nextRuns[0] ?? '-'}` +
                   (s.nextNotice ? `; notice ${s.nextNotice}` : s.noticedFor ? `; announced ${s.noticedFor}` : ''),
-              ),
+                // Each recent run, in the words of rekey status.
+                ...s.runs.map((run) => `  ${run.at}  ${run.rotation ?? run.launcher}: ${run.line}`),
+              ]),
         );
       }),
     );

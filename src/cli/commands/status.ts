@@ -5,29 +5,37 @@ import { rotationStatus, type RotationStatus } from '../../client/rotations';
 import type { CliContext } from '../context';
 import { describeCounters, describeMigration, describeMigrationProgress, describeProgress } from '../format';
 import { withContext } from '../options';
-import { CliError } from '../../errors';
+import { CliError, type ErrorKind } from '../../errors';
 
-function humanStatus(s: RotationStatus): string[] {
-  const lines = [`rotation ${s.opId}: ${s.status.toLowerCase()}`];
+/** What `rekey status` prints of a rotation: its one status (src/rotation/run-status.ts), then the details. */
+export function humanStatus(s: RotationStatus): string[] {
+  const { run } = s;
+  const lines = [`rotation ${s.opId}: ${run.line}`];
   if (s.progress) {
     lines.push(`  ${describeProgress(s.progress)}`, `  ${describeCounters(s.progress)}`);
-    if (s.progress.note) lines.push(`  note: ${s.progress.note}`);
-    if (s.progress.waiting) {
-      lines.push(`  waiting for the ${s.progress.waiting.kind}: ${s.progress.waiting.instructions}`);
-      if (s.progress.waiting.command) lines.push(`  then: ${s.progress.waiting.command}`);
-    }
+    // An ended run's note is its reason, already on the first line.
+    if (s.progress.note && !run.ended) lines.push(`  note: ${s.progress.note}`);
+    if (run.command) lines.push(`  then: ${run.command}`);
     for (const f of s.progress.failedTenants.slice(0, 5)) lines.push(`  unreadable: ${f.tenantId} (${f.reason})`);
   }
-  if (s.failure) lines.push(`  failed: ${s.failure}`);
+  if (run.retrying) {
+    lines.push(
+      `  retrying: ${run.retrying.step} step ${run.retrying.activity}, attempt ${run.retrying.attempt}; last error: ${run.retrying.lastError ?? '(none recorded)'}`,
+    );
+  }
   return lines;
 }
 
 function humanMigrationStatus(s: MigrationStatus): string[] {
-  const lines = [`migration ${s.workflowId}: ${s.status.toLowerCase()}`];
+  const lines = [`migration ${s.workflowId}: ${s.run.line}`];
   if (s.report) {
     lines.push(`  ${describeMigrationProgress(s.report)}`, ...describeMigration(s.report).map((l) => `  ${l}`));
   }
-  if (s.failure) lines.push(`  failed: ${s.failure}`);
+  if (s.run.retrying) {
+    lines.push(
+      `  retrying: ${s.run.retrying.step} step ${s.run.retrying.activity}, attempt ${s.run.retrying.attempt}; last error: ${s.run.retrying.lastError ?? '(none recorded)'}`,
+    );
+  }
   return lines;
 }
 
@@ -38,16 +46,44 @@ async function watchMigration(context: CliContext, reference: string): Promise<v
   const { workflowId } = status;
   let last = '';
   while (status.status === 'RUNNING') {
-    const line = status.report ? describeMigrationProgress(status.report) : '';
+    const line =
+      status.run.state === 'running' && status.report ? describeMigrationProgress(status.report) : status.run.line;
     if (line !== last && !context.options.json) context.out(`  ${line}`);
     last = line;
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     status = await migrationStatus(temporal, workflowId);
   }
   context.print(status, () => humanMigrationStatus(status));
-  if (status.status !== 'COMPLETED')
-    throw new CliError(`migration ${workflowId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`);
+  const ended = migrationEnd(status);
+  if (ended) throw ended;
 }
+
+/**
+ * What a command that reports a run's end (`--wait`, `status`) exits with: nothing (0) while it runs or once it
+ * succeeded; the kind of its failure when it failed (VerifyFailed 5, a missing table 2, ...); 1 when it was aborted
+ * (it did not do what was asked) or ended otherwise (terminated, timed out).
+ */
+function runEnd(
+  what: string,
+  status: { status: string; failure?: string; failureKind?: ErrorKind },
+  aborted: string | undefined,
+): CliError | undefined {
+  if (status.status === 'RUNNING') return undefined;
+  if (status.status === 'COMPLETED') return aborted === undefined ? undefined : new CliError(`${what}: ${aborted}`);
+  return new CliError(
+    `${what} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
+    status.failureKind ?? 'failed',
+  );
+}
+
+const migrationEnd = (s: MigrationStatus) =>
+  runEnd(
+    `migration ${s.workflowId}`,
+    s,
+    s.report?.outcome === 'aborted' ? `aborted: ${s.report.abortReason ?? 'by an operator'}` : undefined,
+  );
+const rotationEnd = (s: RotationStatus) =>
+  runEnd(`rotation ${s.opId}`, s, s.progress?.outcome === 'aborted' ? (s.progress.note ?? 'aborted') : undefined);
 
 async function statusOf(context: CliContext, reference: string): Promise<RotationStatus> {
   return rotationStatus(await context.temporal(), reference, context.keyspaceOf);
@@ -61,18 +97,19 @@ export async function watchRotation(context: CliContext, reference: string): Pro
   bar?.start(100, 0, { line: '' });
   let last = '';
   while (status.status === 'RUNNING') {
-    const line = status.progress ? describeProgress(status.progress) : '';
-    if (bar) bar.update(status.progress?.percent ?? 0, { line });
+    const line =
+      status.run.state === 'running' && status.progress ? describeProgress(status.progress) : status.run.line;
+    if (bar) bar.update(status.run.percent, { line });
     else if (line !== last && !context.options.json) context.out(`  ${line}`);
     last = line;
     await new Promise((resolve) => setTimeout(resolve, tty ? 500 : 2_000));
     status = await statusOf(context, reference);
   }
-  bar?.update(status.progress?.percent ?? 0, { line: status.status.toLowerCase() });
+  bar?.update(status.run.percent, { line: status.run.label });
   bar?.stop();
   context.print(status, () => humanStatus(status));
-  if (status.status !== 'COMPLETED')
-    throw new CliError(`rotation ${status.opId} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`);
+  const ended = rotationEnd(status);
+  if (ended) throw ended;
 }
 
 export function statusCommand(): Command {
@@ -88,11 +125,16 @@ export function statusCommand(): Command {
           if (options.watch) return watchMigration(context, reference);
           const status = await migrationStatus(await context.temporal(), reference, context.keyspaceOf);
           context.print(status, () => humanMigrationStatus(status));
+          const ended = migrationEnd(status);
+          if (ended) throw ended;
           return;
         }
         if (options.watch) return watchRotation(context, reference);
         const status = await statusOf(context, reference);
         context.print(status, () => humanStatus(status));
+        // The exit code says how the run ended, as `--wait` would have.
+        const ended = rotationEnd(status);
+        if (ended) throw ended;
       }),
     );
 }

@@ -1,0 +1,201 @@
+// The history of a keyspace's rotations and migrations, for `rekey history` and the admin API: newest first, each
+// with from → to, start, end, the one status it ended in (src/rotation/run-status.ts) and its counts, as
+// `aws kms list-key-rotations` lists a key's rotations.
+//
+// Two sources, merged: rekey.run_history, which every run writes as its last step and which lives as long as the
+// keyspace's database; and Temporal's visibility, for what that table cannot hold: runs still going, runs Temporal
+// ended itself (terminated, timed out) and runs of builds that did not record their end, as long as the namespace's
+// retention keeps them. A server without visibility (the time-skipping test server) leaves the table alone.
+import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
+import type { Pool } from 'pg';
+import {
+  labelOf,
+  migrationRunStatus,
+  retryingSteps,
+  rotationRunStatus,
+  type RunState,
+  type RunStatus,
+} from '../rotation/run-status';
+import { RunHistory, type RunRecord } from '../store/run-history';
+import {
+  migrationProgressQuery,
+  progressQuery,
+  RekeyFromKek,
+  RekeyTarget,
+  RekeyToKek,
+  type MigrationReport,
+  type RotationReport,
+} from '../workflows';
+import { failureMessage, opIdOf } from './rotations';
+
+export interface HistoryEntry {
+  /** `<workflow id>@<first run id>`: what `rekey status` and `rotation-status` take. */
+  opId: string;
+  kind: 'rotation' | 'migration';
+  target: string;
+  from?: string;
+  to?: string;
+  startedAt: string;
+  /** Absent while it runs. */
+  endedAt?: string;
+  state: RunState;
+  label: string;
+  reason: string;
+  rows: { total: number; moved: number; unreadable: number };
+  /** Where this entry was read: rekey's run history, or Temporal (a run not recorded there). */
+  source: 'rekey' | 'temporal';
+}
+
+export interface History {
+  target: string;
+  runs: HistoryEntry[];
+  /** Set when Temporal could not be asked: running runs, and runs it ended itself, are then missing. */
+  temporalUnavailable?: string;
+}
+
+function fromRecord(record: RunRecord): HistoryEntry {
+  return {
+    opId: opIdOf(record.workflowId, record.runId),
+    kind: record.kind,
+    target: record.target,
+    ...(record.from !== undefined && { from: record.from }),
+    ...(record.to !== undefined && { to: record.to }),
+    startedAt: new Date(record.startedAt).toISOString(),
+    endedAt: new Date(record.endedAt).toISOString(),
+    state: record.state,
+    label: labelOf(record.state),
+    reason: record.reason,
+    rows: { total: record.rowsTotal, moved: record.rowsMoved, unreadable: record.rowsUnreadable },
+    source: 'rekey',
+  };
+}
+
+function entryOf(
+  execution: WorkflowExecutionInfo,
+  kind: HistoryEntry['kind'],
+  target: string,
+  status: RunStatus,
+  details: { from?: string; to?: string; startedAt?: number; unreadable: number },
+): HistoryEntry {
+  const firstRunId = execution.raw.firstRunId || execution.runId;
+  return {
+    opId: opIdOf(execution.workflowId, firstRunId),
+    kind,
+    target,
+    ...(details.from !== undefined && { from: details.from }),
+    ...(details.to !== undefined && { to: details.to }),
+    startedAt: new Date(details.startedAt ?? execution.startTime.getTime()).toISOString(),
+    ...(execution.closeTime && { endedAt: execution.closeTime.toISOString() }),
+    state: status.state,
+    label: status.label,
+    reason: status.reason,
+    rows: { ...status.rows, unreadable: details.unreadable },
+    source: 'temporal',
+  };
+}
+
+/** A rotation Temporal lists, in the one status. */
+async function rotationEntry(client: Client, execution: WorkflowExecutionInfo, target: string): Promise<HistoryEntry> {
+  const handle = client.workflow.getHandle(execution.workflowId, execution.runId);
+  const status = execution.status.name;
+  let progress: RotationReport | undefined;
+  let failure: string | undefined;
+  let retrying;
+  if (status === 'RUNNING') {
+    progress = await handle.query(progressQuery).catch(() => undefined);
+    retrying = retryingSteps((await handle.describe().catch(() => undefined))?.raw.pendingActivities);
+  } else {
+    await handle.result().then(
+      (report: RotationReport) => (progress = report),
+      (err: unknown) => (failure = failureMessage(err)),
+    );
+  }
+  const run = rotationRunStatus({ execution: status, progress, failure, retrying }, Date.now());
+  return entryOf(execution, 'rotation', target, run, {
+    from: progress?.from ?? execution.typedSearchAttributes.get(RekeyFromKek),
+    to: progress?.to ?? execution.typedSearchAttributes.get(RekeyToKek),
+    startedAt: progress?.phases.validate?.startedAt,
+    unreadable: progress?.counters.failed ?? 0,
+  });
+}
+
+/** A migration Temporal lists, in the one status. */
+async function migrationEntry(client: Client, execution: WorkflowExecutionInfo, target: string): Promise<HistoryEntry> {
+  const handle = client.workflow.getHandle(execution.workflowId, execution.runId);
+  const status = execution.status.name;
+  let report: MigrationReport | undefined;
+  let failure: string | undefined;
+  let retrying;
+  if (status === 'RUNNING') {
+    report = await handle.query(migrationProgressQuery).catch(() => undefined);
+    retrying = retryingSteps((await handle.describe().catch(() => undefined))?.raw.pendingActivities);
+  } else {
+    await handle.result().then(
+      (ended: MigrationReport) => (report = ended),
+      (err: unknown) => (failure = failureMessage(err)),
+    );
+  }
+  const run = migrationRunStatus({ execution: status, report, failure, retrying }, Date.now());
+  return entryOf(execution, 'migration', target, run, {
+    ...(report?.kekId !== undefined && { to: report.kekId }),
+    startedAt: report?.startedAt,
+    unreadable: report?.totals.unreadable ?? 0,
+  });
+}
+
+const quoted = (value: string) => `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+
+/** A keyspace's rotations and migrations, newest first: at most `limit`. */
+export async function runHistory(options: {
+  db: Pool;
+  client: () => Promise<Client>;
+  target: string;
+  limit: number;
+}): Promise<History> {
+  const { target, limit } = options;
+  const recorded = (await new RunHistory(options.db).list(target, limit)).map(fromRecord);
+  const known = new Set(recorded.map((entry) => entry.opId));
+  // A run recorded in the table is that run, however Temporal chains it: its workflow id and time span say so.
+  const covered = (execution: WorkflowExecutionInfo) =>
+    known.has(opIdOf(execution.workflowId, execution.raw.firstRunId || execution.runId)) ||
+    recorded.some(
+      (entry) =>
+        entry.opId.startsWith(`${execution.workflowId}@`) &&
+        Date.parse(entry.startedAt) <= execution.startTime.getTime() &&
+        execution.startTime.getTime() <= Date.parse(entry.endedAt!),
+    );
+  const fromTemporal: HistoryEntry[] = [];
+  let temporalUnavailable: string | undefined;
+  try {
+    const client = await options.client();
+    const lists = [
+      {
+        kind: 'rotation' as const,
+        query: `WorkflowType = 'rotateKek' AND ${RekeyTarget.name} = ${quoted(target)}`,
+        entry: rotationEntry,
+      },
+      {
+        kind: 'migration' as const,
+        query:
+          `WorkflowType = 'migrateDek' AND (WorkflowId = ${quoted(`dek-migration-${target}`)}` +
+          ` OR WorkflowId STARTS_WITH ${quoted(`dek-migration-${target}-dry-run-`)})`,
+        entry: migrationEntry,
+      },
+    ];
+    for (const list of lists) {
+      let seen = 0;
+      for await (const execution of client.workflow.list({ query: list.query })) {
+        // A run that continued as new goes on in a later execution of the same chain: that one stands for it.
+        if (execution.status.name === 'CONTINUED_AS_NEW' || covered(execution)) continue;
+        fromTemporal.push(await list.entry(client, execution, target));
+        if (++seen >= limit) break;
+      }
+    }
+  } catch (err) {
+    temporalUnavailable = (err as Error).message;
+  }
+  const runs = [...recorded, ...fromTemporal]
+    .sort((a, b) => Date.parse(b.startedAt) - Date.parse(a.startedAt))
+    .slice(0, limit);
+  return { target, runs, ...(temporalUnavailable !== undefined && { temporalUnavailable }) };
+}

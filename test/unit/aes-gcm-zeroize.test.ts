@@ -1,0 +1,157 @@
+// Whether the native addon leaves key material in the process after release(), read from the process's own memory
+// (/proc/self/maps and /proc/self/mem, Linux). Its own file, so that its process holds no other test's keys.
+//
+// The test never holds a plain copy of what it looks for, or it would find that copy: it keeps each secret XORed
+// with a random mask (the pair reveals the secret only when combined, byte by byte, at a candidate), and the key
+// Buffer the addon was given is zeroed at once. Only the first 4 bytes of a secret are ever plain (the needle that
+// finds candidates); each candidate is then compared in full.
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { loadAesGcmBackend, nativeSchedule } from '../../src/crypto/aes-gcm';
+
+/** A secret as `masked` XOR `mask`, neither of which is the secret. */
+interface Masked {
+  what: string;
+  masked: Buffer;
+  mask: Buffer;
+}
+
+function masked(what: string, secret: Buffer): Masked {
+  const mask = randomBytes(secret.length);
+  const out = Buffer.alloc(secret.length);
+  for (let i = 0; i < secret.length; i++) out[i] = secret[i]! ^ mask[i]!;
+  return { what, masked: out, mask };
+}
+
+function part(secret: Masked, start: number, end: number, what: string): Masked {
+  return { what, masked: secret.masked.subarray(start, end), mask: secret.mask.subarray(start, end) };
+}
+
+/** GF(2)-linear maps on 16-byte blocks apply to the masked value and the mask alike, so the secret stays masked. */
+function mapBoth(secret: Masked, what: string, f: (block: Buffer) => Buffer): Masked {
+  return { what, masked: f(secret.masked), mask: f(secret.mask) };
+}
+
+/** polyval::mulx (RFC 8452, appendix A): the block as a little-endian 128-bit number, times x modulo POLYVAL's
+ *  polynomial. ghash 0.5 keeps GHASH's key H as mulx(reverse(H)). Linear over GF(2). */
+function mulx(block: Buffer): Buffer {
+  let v = BigInt(`0x${Buffer.from(block).reverse().toString('hex')}`);
+  const high = v >> 127n;
+  v = (v << 1n) & ((1n << 128n) - 1n);
+  v ^= high ^ (high << 127n) ^ (high << 126n) ^ (high << 121n);
+  return Buffer.from(v.toString(16).padStart(32, '0'), 'hex').reverse();
+}
+
+interface Found {
+  what: string;
+  address: string;
+  mapping: string;
+}
+
+/**
+ * Every place in the process's readable private memory (heap, stacks, anonymous mappings, the addon's data) that
+ * holds one of the secrets. Throws if a readable mapping cannot be read, rather than skip it.
+ */
+function findInMemory(secrets: Masked[]): { found: Found[]; bytesRead: number } {
+  const mappings = fs.readFileSync('/proc/self/maps', 'utf8').trim().split('\n');
+  const memory = fs.openSync('/proc/self/mem', 'r');
+  const window = Buffer.alloc(1 << 20);
+  const overlap = Math.max(...secrets.map((s) => s.masked.length)) - 1;
+  const found: Found[] = [];
+  let bytesRead = 0;
+  try {
+    for (const line of mappings) {
+      const [range, perms, , , , ...rest] = line.split(/\s+/);
+      const mapping = rest.join(' ');
+      // Readable and private; the kernel's vvar/vsyscall pages hold no process data (and some cannot be read).
+      if (!perms?.startsWith('r') || perms[3] !== 'p' || /^\[(vvar|vvar_vclock|vsyscall)\]$/.test(mapping)) continue;
+      const [start, end] = range!.split('-').map((hex) => BigInt(`0x${hex}`)) as [bigint, bigint];
+      for (let at = start; at < end; at += BigInt(window.length - overlap)) {
+        const length = Number(end - at < BigInt(window.length) ? end - at : BigInt(window.length));
+        const got = fs.readSync(memory, window, 0, length, at);
+        if (got !== length) throw new Error(`read ${got} of ${length} bytes at 0x${at.toString(16)} (${line})`);
+        bytesRead += got;
+        const view = window.subarray(0, got);
+        for (const secret of secrets) {
+          const needle = Buffer.alloc(4);
+          for (let j = 0; j < 4; j++) needle[j] = secret.masked[j]! ^ secret.mask[j]!;
+          for (let i = view.indexOf(needle); i !== -1; i = view.indexOf(needle, i + 1)) {
+            let same = i + secret.masked.length <= got;
+            for (let j = 0; same && j < secret.masked.length; j++) {
+              same = view[i + j] === (secret.masked[j]! ^ secret.mask[j]!);
+            }
+            if (same) found.push({ what: secret.what, address: `0x${(at + BigInt(i)).toString(16)}`, mapping });
+          }
+          needle.fill(0);
+        }
+        if (got < window.length) break;
+      }
+    }
+  } finally {
+    window.fill(0);
+    fs.closeSync(memory);
+  }
+  return { found, bytesRead };
+}
+
+function addon() {
+  const toolchain = inject('toolchain');
+  if (!toolchain.aesGcmAddon)
+    throw new Error(`no native AES-GCM addon: ${toolchain.aesGcmAddonMissing ?? 'not built'}`);
+  return loadAesGcmBackend({ REKEY_AES_GCM: 'native', REKEY_AES_GCM_ADDON: toolchain.aesGcmAddon }).addon!;
+}
+
+/** Seals and opens values of several sizes under the schedule, as a rewrap chunk does. */
+function use(schedule: ReturnType<typeof nativeSchedule>): void {
+  for (let i = 0; i < 200; i++) {
+    const nonce = randomBytes(12);
+    const plaintext = randomBytes(i % 97);
+    const aad = randomBytes(i % 41);
+    const { ciphertext, tag } = schedule.seal(nonce, plaintext, aad);
+    expect(schedule.open(nonce, ciphertext, tag, aad)?.equals(plaintext)).toBe(true);
+  }
+}
+
+describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived from a key when released', () => {
+  it('after release() no copy of a KEK (neither half) is left anywhere in the process, where one was while in use', () => {
+    const gcm = addon();
+    const key = randomBytes(32);
+    const kek = masked('the KEK', key);
+    const schedule = nativeSchedule(gcm, key);
+    key.fill(0);
+    use(schedule);
+    // For AES-256 the first two round keys are the key; the decryption schedule ends with the first. Looked for
+    // whole and by halves, so a lone round key counts too.
+    const secrets = [kek, part(kek, 0, 16, 'its first half'), part(kek, 16, 32, 'its second half')];
+
+    const live = findInMemory(secrets);
+    // The scan sees the addon's memory: the live schedule holds the key.
+    expect(live.bytesRead).toBeGreaterThan(1 << 20);
+    expect(live.found.map((f) => f.what)).toContain('the KEK');
+
+    schedule.release();
+    const released = findInMemory(secrets);
+    expect(released.found).toEqual([]);
+  });
+
+  it("after release() GHASH's key (H, the key's encryption of the zero block) is left nowhere in the process", () => {
+    const gcm = addon();
+    // GCM's published test case 16 (McGrew and Viega): its key and, from the same paper, H = E(K, 0^128).
+    const key = Buffer.from('feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308', 'hex');
+    const h = Buffer.from('acbef20579b4b8ebce889bac8732dad7', 'hex');
+    const hMasked = masked('H', h);
+    h.fill(0);
+    // What the addon holds: polyval's form of H (ghash 0.5), mulx of H in reverse byte order.
+    const held = mapBoth(hMasked, "GHASH's key as polyval holds it", (block) => mulx(Buffer.from(block).reverse()));
+    const schedule = nativeSchedule(gcm, key);
+    key.fill(0);
+    use(schedule);
+
+    expect(findInMemory([held]).found.map((f) => f.what)).toContain("GHASH's key as polyval holds it");
+
+    schedule.release();
+    expect(findInMemory([held, hMasked]).found).toEqual([]);
+  });
+});
