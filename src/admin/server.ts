@@ -392,6 +392,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         db: await targets.databaseOf(target),
         client: () => Promise.resolve(client),
         target,
+        keyspace: await targets.keyspace(target),
         limit: request.query.limit ?? 20,
       });
       return {

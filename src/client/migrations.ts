@@ -8,7 +8,13 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { isMigrationWorkflowId, migrationWorkflowIdOf, parseWorkflowId, type Keyspace } from '../rotation/identity';
+import {
+  isMigrationWorkflowId,
+  legacyMigrationWorkflowId,
+  migrationWorkflowIdOf,
+  parseWorkflowId,
+  type Keyspace,
+} from '../rotation/identity';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
 import {
@@ -83,7 +89,7 @@ export async function startMigration(
   const workflowId = migrationWorkflowId(request, options.keyspace);
   if (!request.dryRun) {
     // One an older build started under the target's old id and that still runs: a new one waits for it.
-    const legacy = client.workflow.getHandle<typeof migrateDek>(`${PREFIX}${request.target}`);
+    const legacy = client.workflow.getHandle<typeof migrateDek>(legacyMigrationWorkflowId(request.target));
     const running = await legacy.describe().then(
       (d) => d.type === 'migrateDek' && d.status.name === 'RUNNING',
       (err: unknown) => {

@@ -153,6 +153,26 @@ export function legacyDestroyWorkflowId(target: string, kekId: string): string {
   return `${PREFIX.destroy}${target}-${kekId}`;
 }
 
+/** The id builds before keyspaces gave a target's migrations (`dek-migration-<target>`). */
+export function legacyMigrationWorkflowId(target: string): string {
+  return `${PREFIX.migration}${target}`;
+}
+
+/**
+ * The workflow ids of a target's rotations or migrations in one keyspace, as a visibility query asks for them: the
+ * runs' own id, the prefix of their dry runs' ids, and the id builds before keyspaces gave them (which names no
+ * database).
+ */
+export function runIdsOf(
+  kind: 'rotation' | 'migration',
+  target: string,
+  keyspace: Keyspace | string,
+): { id: string; dryRunPrefix: string; legacyId: string } {
+  const id = workflowIdOf({ kind, target, database: databaseOf(keyspace) });
+  const legacyId = `${PREFIX[kind]}${target}`;
+  return { id, dryRunPrefix: `${id}-dry-run-`, legacyId };
+}
+
 /** The id build 47ef157 (before targets) gave a rotation: `kek-rotation-<from>-to-<to>`. */
 export function firstReleaseRotationWorkflowId(from: string, to: string): string {
   return `${PREFIX.rotation}${from}-to-${to}`;

@@ -141,8 +141,10 @@ function handlersFinished(): Promise<void> {
 
 /** The migration's end into rekey's run history, in the one status (a failure with its message). */
 function recordMigrationEnd(request: MigrationRequest, report?: MigrationReport, failure?: string): Promise<void> {
+  const keyspace = report?.keyspace ?? request.keyspace;
   return recordEnd({
     target: request.target,
+    ...(keyspace !== undefined && { keyspace }),
     kind: 'migration',
     ...(report?.kekId !== undefined && { to: report.kekId }),
     startedAt: report?.startedAt ?? workflowInfo().runStartTime.getTime(),

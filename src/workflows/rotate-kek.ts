@@ -148,7 +148,7 @@ async function runPhases(run: RotationState): Promise<RotationReport> {
 function recordRotationEnd(run: RotationState, failure?: string): Promise<void> {
   const { progress } = run;
   return recordEnd({
-    target: run.carried.target,
+    ...run.on,
     kind: 'rotation',
     from: run.carried.from,
     to: run.carried.to,

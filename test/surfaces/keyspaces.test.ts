@@ -7,6 +7,8 @@ import { WorkflowFailedError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import type { History } from '../../src/client/history';
 import { startRotation } from '../../src/client/rotations';
 import { seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keys/file-keyring';
@@ -17,7 +19,7 @@ import { parseTargetsConfig } from '../../src/targets/config';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { destroyRetiredKek, rotateKek, type RotationReport } from '../../src/workflows';
-import { TargetConfigError } from '../../src/errors';
+import { RunFailedError, TargetConfigError } from '../../src/errors';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyspaceIn } from '../helpers/keyspace';
@@ -108,10 +110,10 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
         (p) => p.phase === 'grace',
       );
       const status = await rekey(d, ['status', 'rekey']);
-      expect(status.stdout).toContain(`rotation ${opId}: running`);
+      expect(status.stdout).toContain(`rotation ${opId}: Running: grace`);
       // An op id names the run without a database: DATABASE_URL is not needed for it.
       const direct = await rekey(d, ['status', opId], { withoutDatabase: true });
-      expect(direct.stdout).toContain(`rotation ${opId}: running`);
+      expect(direct.stdout).toContain(`rotation ${opId}: Running: grace`);
     }
     // A target name needs the database it is in.
     const nameless = await rekey(a, ['status', 'rekey'], { withoutDatabase: true });
@@ -133,6 +135,47 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
       const report = await env.client.workflow.getHandle<typeof rotateKek>(opId.split('@')[0]!).result();
       expect(report.outcome).toBe('aborted');
     }
+    // rekey history rekey lists the runs of the database DATABASE_URL names, never the other's, though Temporal's
+    // visibility lists both under the target rekey.
+    for (const [d, opId] of [
+      [a, started[0]!],
+      [b, started[1]!],
+    ] as const) {
+      const listed = await rekey(d, ['--json', 'history', 'rekey']);
+      expect(listed, listed.stderr).toMatchObject({ code: 0 });
+      expect((JSON.parse(listed.stdout) as History).runs.map((run) => [run.opId, run.state])).toEqual([
+        [opId, 'aborted'],
+      ]);
+    }
+  });
+
+  it("a run's end is recorded only in its keyspace's database: a worker of another database answers so and writes nothing", async () => {
+    const [ka, kb] = [await keyspaceIn(a.db.pool), await keyspaceIn(b.db.pool)];
+    const bActivities = createActivities({ db: b.db.pool, keys: b.keys });
+    const rows = async () =>
+      (await b.db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM rekey.run_history')).rows[0]!.n;
+    const before = await rows();
+    const answer = await bActivities.recordRun({
+      workflowId: rotationWorkflowId('rekey', ka),
+      runId: '00000000-0000-4000-8000-000000000000',
+      target: 'rekey',
+      keyspace: ka.id,
+      kind: 'rotation',
+      from: 'v1',
+      to: 'v2',
+      startedAt: Date.now() - 1_000,
+      endedAt: Date.now(),
+      state: 'succeeded',
+      reason: 'test',
+      rowsTotal: 0,
+      rowsMoved: 0,
+      rowsUnreadable: 0,
+    });
+    expect(answer).toEqual({
+      recorded: false,
+      why: `run ${rotationWorkflowId('rekey', ka)} belongs to keyspace ${ka.id}, but target 'rekey' is keyspace ${kb.id} on this worker (database ${kb.databaseId}): not recorded here`,
+    });
+    expect(await rows()).toBe(before);
   });
 
   it('Finding 9: a rotation started by hand under another workflow id is refused at its first step, naming the id to use; nothing is written', async () => {
@@ -163,18 +206,25 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
     const [ka, kb] = [await keyspaceIn(a.db.pool), await keyspaceIn(b.db.pool)];
     const registry = new KekRegistry(b.db.pool, BUILTIN_TARGET);
     const before = await registry.list();
-    // A's rotation, sent to B's task queue (one queue shared by two databases' workers).
-    const started = await startRotation(
+    // A's rotation, sent to B's task queue (one queue shared by two databases' workers): refused at its first step,
+    // which is the start's answer.
+    const refused = await startRotation(
       env.client,
       { from: 'current', to: 'new' },
       { taskQueue: b.taskQueue, keyspace: ka },
-    );
-    const failure = await resultWithin(started.handle).catch((err: unknown) => err);
-    expect(failure).toBeInstanceOf(WorkflowFailedError);
-    expect((failure as WorkflowFailedError).cause?.message).toBe(
-      `this step belongs to keyspace ${ka.id}, but target 'rekey' is keyspace ${kb.id} on this worker (database ${kb.databaseId}): ` +
+    ).catch((err: unknown) => err);
+    expect(refused).toBeInstanceOf(RunFailedError);
+    expect(refused).toMatchObject({
+      kind: 'refused',
+      message:
+        `this step belongs to keyspace ${ka.id}, but target 'rekey' is keyspace ${kb.id} on this worker (database ${kb.databaseId}): ` +
         "a worker of another database polls this task queue; give each database's workers a task queue of their own (REKEY_TASK_QUEUE)",
-    );
+    });
+    // Its end is not recorded in B's history either (B's worker took that step too).
+    const recorded = await b.db.pool.query('SELECT 1 FROM rekey.run_history WHERE workflow_id = $1', [
+      rotationWorkflowId('rekey', ka),
+    ]);
+    expect(recorded.rowCount).toBe(0);
     expect(await registry.list()).toEqual(before);
   });
 
@@ -204,7 +254,7 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
           code: 4,
           stderr: `rekey: a rotation of target 'rekey' is already running: ${opId}; watch it with 'rekey status ${opId} --watch'\n`,
         });
-        expect((await rekey(a, ['status', 'rekey'])).stdout).toContain(`rotation ${opId}: running`);
+        expect((await rekey(a, ['status', 'rekey'])).stdout).toContain(`rotation ${opId}: Running: validate`);
       } finally {
         await legacy.terminate('test over');
         release();
