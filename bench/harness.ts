@@ -6,8 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
 import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
-import { freePort } from '../src/dev/ports';
-import { DevServerExitedError, startDevServer, type DevServer } from '../src/dev/dev-server';
+import { startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { wrapDek } from '../src/envelope/dek-wrapping';
 import { EnvKeyProvider } from '../src/keys/env-provider';
@@ -16,23 +15,12 @@ import { projectRoot } from '../src/project-paths';
 export const TASK_QUEUE = 'rekey-harness';
 
 /**
- * A dev server on a free port. The port is free when chosen, not when the server binds it (nor are the ports the
- * server picks for itself): on a busy machine another process can take one in between, and the server exits at start.
- * Then it is started again on a new port, up to three times. A given port (a restart of the same server) is kept.
+ * A dev server on ports it is started on and, if one is taken, started again on others (`startDevServer`). A given
+ * port (a restart of the same server, whose workers keep its address) is kept: it is outside the ephemeral range, so
+ * only another program that names ports itself could have taken it meanwhile, and then the start fails saying so.
  */
-export async function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await startDevServer({
-        temporalCli: toolchain.temporalCli,
-        port: port ?? (await freePort()),
-        dbFilename,
-      });
-    } catch (err) {
-      if (!(err instanceof DevServerExitedError) || port !== undefined || attempt >= 3) throw err;
-      process.stderr.write(`${err.message}; starting it again on another port\n`);
-    }
-  }
+export function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
+  return startDevServer({ temporalCli: toolchain.temporalCli, port, dbFilename });
 }
 
 export function freshDatabase(name: string): Promise<ScratchDatabase> {

@@ -5,6 +5,10 @@ export interface Toolchain {
   cacheDir: string;
   /** moto's standalone server (AWS Secrets Manager and KMS for the tests), in a virtual environment. */
   motoServer: string;
+  /** HashiCorp Vault built from source, for the Vault tests' dev servers (src/dev/vault.ts). */
+  vault: string;
+  /** tctl built from source, Temporal's older CLI as operators use it. */
+  tctl: string;
   /** A Chromium or Chrome binary for the Web UI test, or why there is none. */
   chromium?: string;
   chromiumMissing?: string;
@@ -16,8 +20,10 @@ export interface Toolchain {
   aesGcmAddonMissing?: string;
 }
 export type SetupStep =
-  'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'moto' | 'chromium' | 'promtool' | 'aes-gcm';
+  'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'moto' | 'vault' | 'tctl' | 'chromium' | 'promtool' | 'aes-gcm';
 export const TEMPORAL_CLI_VERSION: string;
+export const VAULT_VERSION: string;
+export const TCTL_VERSION: string;
 export const TEST_SERVER_VERSION: string;
 export class SetupError extends Error {}
 export function setup(only?: SetupStep[]): Promise<Toolchain>;

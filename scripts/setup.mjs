@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Brings up everything rekey needs, idempotently: npm packages, the `temporal` CLI (dev server with
-// Web UI, built from source with Go), the Java time-skipping test server (from Maven Central), and a
-// local PostgreSQL cluster (unless DATABASE_URL is set). Tools are cached outside the clone, keyed by
+// Web UI, built from source with Go), the Java time-skipping test server (from Maven Central), a
+// local PostgreSQL cluster (unless DATABASE_URL is set), and the tests' other servers and tools (moto,
+// HashiCorp Vault and tctl, the last two built from source with Go). Tools are cached outside the clone, keyed by
 // version, so every clone on this machine reuses them.
 //
 // Plain Node with no dependencies on purpose: it runs before `npm ci` has installed anything.
@@ -84,13 +85,34 @@ export function ensureNodeModules() {
   }
 }
 
-// ---------------------------------------------------------------- temporal CLI (dev server)
+// ---------------------------------------------------------------- Go builds: temporal CLI, Vault, tctl
 
 function goVersion(go) {
   const result = run(go, ['env', 'GOVERSION'], { env: { ...process.env, GOTOOLCHAIN: 'local' } });
   const match = /go(\d+)\.(\d+)/.exec(result.stdout || '');
   return match ? [Number(match[1]), Number(match[2])] : undefined;
 }
+
+/** Go from the PATH, at least `minimum`; `tool` names what it builds in the one-line refusal. */
+function requireGo(tool, minimum) {
+  const go = which('go');
+  if (!go) {
+    throw new SetupError(
+      `Go not found on PATH: install Go >= ${minimum.join('.')} (https://go.dev/dl) to build ${tool}`,
+    );
+  }
+  const version = goVersion(go);
+  const [wantMajor, wantMinor] = minimum;
+  if (!version || version[0] < wantMajor || (version[0] === wantMajor && version[1] < wantMinor)) {
+    throw new SetupError(
+      `Go ${version ? version.join('.') : '(unknown version)'} is too old: ${tool} needs Go >= ${wantMajor}.${wantMinor}`,
+    );
+  }
+  return go;
+}
+
+// Every Go build: no cgo, the local toolchain only (never a downloaded one), no VCS stamping.
+const goEnv = () => ({ ...process.env, CGO_ENABLED: '0', GOTOOLCHAIN: 'local', GOFLAGS: '-buildvcs=false' });
 
 function isSumDbFailure(output) {
   // e.g. "verifying go.mod: …: initializing sumdb.Client: … dial tcp …: connection refused"
@@ -106,51 +128,70 @@ function downloadError(result) {
   }
 }
 
+/**
+ * `module@version` into Go's module cache (GOMODCACHE, shared by every clone), checked against its pinned h1: hash,
+ * the hash of the module zip as Go's checksum database holds it. Normally that database vouches for the module too;
+ * if it does not answer, the module is downloaded without it and the pin alone vouches. Returns its directory in
+ * the module cache (read-only) and whether the checksum database answered.
+ */
+function downloadGoModule(go, module, version, pinnedSum) {
+  const download = (env) => run(go, ['mod', 'download', '-json', `${module}@${version}`], { env, cwd: os.tmpdir() });
+  let sumDbAnswered = true;
+  let fetched = download(goEnv());
+  if (fetched.status !== 0 && isSumDbFailure(downloadError(fetched))) {
+    sumDbAnswered = false;
+    fetched = download({ ...goEnv(), GONOSUMDB: module });
+  }
+  if (fetched.status !== 0) {
+    throw new SetupError(
+      `could not download ${module}@${version} (is the Go module proxy reachable? GOPROXY=${process.env.GOPROXY || 'default'}): ${downloadError(fetched)}`,
+    );
+  }
+  const { Sum: sum, Dir: dir } = JSON.parse(fetched.stdout);
+  if (sum !== pinnedSum) {
+    throw new SetupError(`${module}@${version} has hash ${sum}, expected ${pinnedSum}: refusing to build it`);
+  }
+  return { dir, sumDbAnswered };
+}
+
+/**
+ * Builds a main package of a downloaded module as the main module, read-only (`-mod=readonly`): every dependency must
+ * match that module's own go.sum and none may be added, so the pinned module hash pins the whole build and Go's
+ * checksum database is never asked. The binary is built into a staging directory beside `binary` and renamed into
+ * place, so a half-built binary is never cached.
+ */
+function goBuild(go, { tool, moduleDir, pkg, binary, ldflags = '', modfile }) {
+  fs.mkdirSync(path.dirname(binary), { recursive: true });
+  const staging = fs.mkdtempSync(`${binary}.build-`);
+  try {
+    const args = ['build', '-trimpath', '-ldflags', `-s -w ${ldflags}`.trim(), '-o', path.join(staging, 'bin')];
+    if (modfile) args.push(`-modfile=${modfile}`);
+    const built = run(go, [...args, pkg], {
+      env: { ...goEnv(), GOFLAGS: '-buildvcs=false -mod=readonly' },
+      cwd: moduleDir,
+    });
+    if (built.status !== 0) throw new SetupError(`building ${tool} failed: ${lastLines(built.stderr, 3)}`);
+    fs.renameSync(path.join(staging, 'bin'), binary);
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+  return binary;
+}
+
+// ---------------------------------------------------------------- temporal CLI (dev server)
+
 export function ensureTemporalCli() {
   const dir = path.join(cacheRoot(), `temporal-cli-${TEMPORAL_CLI_VERSION}`);
   const binary = path.join(dir, 'temporal');
   if (fs.existsSync(binary)) return binary;
 
-  const go = which('go');
-  if (!go) {
-    throw new SetupError(
-      `Go not found on PATH: install Go >= ${TEMPORAL_CLI_MIN_GO.join('.')} (https://go.dev/dl) to build the temporal CLI`,
-    );
-  }
-  const version = goVersion(go);
-  const [wantMajor, wantMinor] = TEMPORAL_CLI_MIN_GO;
-  if (!version || version[0] < wantMajor || (version[0] === wantMajor && version[1] < wantMinor)) {
-    throw new SetupError(
-      `Go ${version ? version.join('.') : '(unknown version)'} is too old: temporal CLI ${TEMPORAL_CLI_VERSION} needs Go >= ${wantMajor}.${wantMinor}`,
-    );
-  }
-
+  const go = requireGo(`temporal CLI ${TEMPORAL_CLI_VERSION}`, TEMPORAL_CLI_MIN_GO);
   const module = 'github.com/temporalio/cli';
   const ldflags = `-X ${module}/temporalcli.Version=${TEMPORAL_CLI_VERSION}`;
-  const baseEnv = { ...process.env, CGO_ENABLED: '0', GOTOOLCHAIN: 'local', GOFLAGS: '-buildvcs=false' };
+  const baseEnv = goEnv();
   log(`building temporal CLI ${TEMPORAL_CLI_VERSION} with ${go} (first time only; several minutes)`);
-  const download = (env) =>
-    run(go, ['mod', 'download', '-json', `${module}@v${TEMPORAL_CLI_VERSION}`], { env, cwd: os.tmpdir() });
-
-  // Normally Go's checksum database vouches for every module. If it does not answer, the CLI module is checked
-  // against the hash pinned here instead, and every dependency against that module's own go.sum.
-  let sumDbAnswered = true;
-  let fetched = download(baseEnv);
-  if (fetched.status !== 0 && isSumDbFailure(downloadError(fetched))) {
-    sumDbAnswered = false;
-    fetched = download({ ...baseEnv, GONOSUMDB: module });
-  }
-  if (fetched.status !== 0) {
-    throw new SetupError(
-      `could not download ${module}@v${TEMPORAL_CLI_VERSION} (is the Go module proxy reachable? GOPROXY=${process.env.GOPROXY || 'default'}): ${downloadError(fetched)}`,
-    );
-  }
-  const { Sum: sum, Dir: moduleDir } = JSON.parse(fetched.stdout);
-  if (sum !== TEMPORAL_CLI_MODULE_SUM) {
-    throw new SetupError(
-      `${module}@v${TEMPORAL_CLI_VERSION} has hash ${sum}, expected ${TEMPORAL_CLI_MODULE_SUM}: refusing to build it`,
-    );
-  }
+  const downloaded = downloadGoModule(go, module, `v${TEMPORAL_CLI_VERSION}`, TEMPORAL_CLI_MODULE_SUM);
+  let sumDbAnswered = downloaded.sumDbAnswered;
 
   const staging = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-temporal-'));
   let built;
@@ -169,7 +210,7 @@ export function ensureTemporalCli() {
       ['build', '-trimpath', '-ldflags', ldflags, '-o', path.join(staging, 'temporal'), './cmd/temporal'],
       {
         env: { ...baseEnv, GOSUMDB: 'off', GOFLAGS: '-buildvcs=false -mod=readonly' },
-        cwd: moduleDir,
+        cwd: downloaded.dir,
       },
     );
   }
@@ -180,6 +221,104 @@ export function ensureTemporalCli() {
   fs.renameSync(path.join(staging, 'temporal'), binary); // atomic: a half-built binary is never cached
   fs.rmSync(staging, { recursive: true, force: true });
   return binary;
+}
+
+// ---------------------------------------------------------------- HashiCorp Vault (dev server, for tests)
+
+export const VAULT_VERSION = '1.19.5';
+// The tag's commit, for `vault version` (the module zip has no VCS data).
+const VAULT_COMMIT = '7010adf2c67686681908f04ec8e9357f19066f4f';
+// Vault's go.mod says `go 1.24.0`; with GOTOOLCHAIN=local an older Go refuses it.
+export const VAULT_MIN_GO = [1, 24];
+// The module, and the five nested modules its go.mod replaces with directories (`./api`, `./sdk`, …) that the
+// module zip leaves out, each with its h1: hash. sdk v0.17.0, not the v0.15.2 go.mod requires: the tag's own sdk
+// has consts.PluginTierOfficial, which v0.15.2 lacks; v0.17.0 is the first release with it.
+const VAULT_MODULE = [
+  'github.com/hashicorp/vault',
+  `v${VAULT_VERSION}`,
+  'h1:19wLqRe9MagoARp1nqayb0erZ4TAgGG6URMA+WoB8J0=',
+];
+const VAULT_NESTED_MODULES = [
+  ['github.com/hashicorp/vault/api', 'v1.16.0', 'h1:nbEYGJiAPGzT9U4oWgaaB0g+Rj8E59QuHKyA5LhwQN4='],
+  ['github.com/hashicorp/vault/sdk', 'v0.17.0', 'h1:uqqhFs6omGUtcWg3QejPvIs2a06VfUgkUr5yHdUeTJs='],
+  ['github.com/hashicorp/vault/api/auth/approle', 'v0.1.0', 'h1:/LQp+JcqWoG38MIwapG+0Acde9eFVRTFXbict99NB48='],
+  ['github.com/hashicorp/vault/api/auth/userpass', 'v0.1.0', 'h1:C6OdAYczMbzd1Pe1LLf2SHDulxOq/iybWV3kbgV/PS4='],
+  ['github.com/hashicorp/vault/api/auth/kubernetes', 'v0.6.0', 'h1:K8sKGhtTAqGKfzaaYvUSIOAqTOIn3Gk1EsCEAMzZHtM='],
+];
+
+/**
+ * HashiCorp Vault, for the tests of the Vault key stores (`vault server -dev`; src/dev/vault.ts starts one). Built
+ * from the Go module proxy: `go install` refuses the module because its go.mod replaces its nested modules with
+ * local directories the module zip does not contain. So the five nested modules are downloaded too (pinned), a copy
+ * of go.mod in the tool cache points those replaces at them (`go build -modfile`), and the module is built where Go
+ * unpacked it, read-only against its own go.sum. Vault 1.19 is under the Business Source License: a test dependency
+ * only, never shipped with rekey.
+ */
+export function ensureVault() {
+  const binary = path.join(cacheRoot(), `vault-${VAULT_VERSION}`, 'vault');
+  if (fs.existsSync(binary)) return binary;
+  const go = requireGo(`Vault ${VAULT_VERSION}`, VAULT_MIN_GO);
+  log(
+    `building Vault ${VAULT_VERSION} with ${go} (first time only; from 7 minutes on 2 idle cores to half an hour on busy ones)`,
+  );
+  const { dir: moduleDir } = downloadGoModule(go, ...VAULT_MODULE);
+  const replaces = VAULT_NESTED_MODULES.map(([module, version, sum]) => [
+    module,
+    downloadGoModule(go, module, version, sum).dir,
+  ]);
+
+  fs.mkdirSync(cacheRoot(), { recursive: true });
+  const work = fs.mkdtempSync(path.join(cacheRoot(), `vault-${VAULT_VERSION}.mod-`));
+  try {
+    const modfile = path.join(work, 'go.mod');
+    fs.writeFileSync(modfile, fs.readFileSync(path.join(moduleDir, 'go.mod')));
+    fs.writeFileSync(path.join(work, 'go.sum'), fs.readFileSync(path.join(moduleDir, 'go.sum')));
+    const edit = run(go, ['mod', 'edit', ...replaces.map(([module, dir]) => `-replace=${module}=${dir}`), modfile], {
+      env: goEnv(),
+      cwd: work,
+    });
+    if (edit.status !== 0) throw new SetupError(`go mod edit of Vault's go.mod failed: ${lastLines(edit.stderr, 2)}`);
+    const local = fs
+      .readFileSync(modfile, 'utf8')
+      .split('\n')
+      .filter((line) => /=>\s*\.\.?\//.test(line));
+    if (local.length > 0) {
+      throw new SetupError(
+        `Vault ${VAULT_VERSION}'s go.mod still replaces a module with a local directory: ${local[0]}`,
+      );
+    }
+    return goBuild(go, {
+      tool: `Vault ${VAULT_VERSION}`,
+      moduleDir,
+      pkg: '.',
+      binary,
+      modfile,
+      ldflags: `-X github.com/hashicorp/vault/version.GitCommit=${VAULT_COMMIT}`,
+    });
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------- tctl (Temporal's older CLI, as operators use it)
+
+export const TCTL_VERSION = '1.18.0';
+const TCTL_MODULE_SUM = 'h1:f4kar5U66kPWKcHX767QHBzfhAXVbxdeWREeNvPxFTQ=';
+export const TCTL_MIN_GO = [1, 18];
+
+/**
+ * tctl, which some operators drive Temporal with. Built from its module as the main module, read-only against its own
+ * go.sum (`go install module@version` would first ask the proxy for the module's version list, which a proxy mirror
+ * may refuse).
+ */
+export function ensureTctl() {
+  const binary = path.join(cacheRoot(), `tctl-${TCTL_VERSION}`, 'tctl');
+  if (fs.existsSync(binary)) return binary;
+  const go = requireGo(`tctl ${TCTL_VERSION}`, TCTL_MIN_GO);
+  log(`building tctl ${TCTL_VERSION} with ${go} (first time only; 2 to 6 minutes on 2 cores)`);
+  const module = 'github.com/temporalio/tctl';
+  const { dir: moduleDir } = downloadGoModule(go, module, `v${TCTL_VERSION}`, TCTL_MODULE_SUM);
+  return goBuild(go, { tool: `tctl ${TCTL_VERSION}`, moduleDir, pkg: './cmd/tctl', binary });
 }
 
 // ---------------------------------------------------------------- time-skipping test server
@@ -202,13 +341,45 @@ function testServerPom() {
 `;
 }
 
-async function waitForPort(port, timeoutMs) {
+/**
+ * Waits until process `child` listens on a TCP port, as Linux's /proc says (the socket inodes among its open files, in
+ * the listening sockets of /proc/net/tcp and tcp6): nothing is bound or probed. Resolves with the time it took, or
+ * undefined if the process exits or `timeoutMs` passes first. (src/dev/ports.ts has the same reading: this file runs
+ * unbuilt.)
+ */
+async function waitUntilListening(child, timeoutMs) {
   const start = Date.now();
-  while (Date.now() - start < timeoutMs) {
-    if (await canConnect(port)) return Date.now() - start;
+  while (Date.now() - start < timeoutMs && child.exitCode === null && child.signalCode === null) {
+    if (listensOnSomePort(child.pid)) return Date.now() - start;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   return undefined;
+}
+
+function listensOnSomePort(pid) {
+  let fds;
+  try {
+    fds = fs.readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  const inodes = new Set();
+  for (const fd of fds) {
+    try {
+      const match = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (match) inodes.add(match[1]);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    if (!fs.existsSync(table)) continue;
+    for (const line of fs.readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[3] === '0A' && inodes.has(fields[9])) return true; // 0A: LISTEN
+    }
+  }
+  return false;
 }
 
 function canConnect(port, host = '127.0.0.1') {
@@ -219,17 +390,6 @@ function canConnect(port, host = '127.0.0.1') {
       resolve(true);
     });
     socket.once('error', () => resolve(false));
-  });
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
   });
 }
 
@@ -279,20 +439,13 @@ export async function ensureTestServer() {
   const jvmFlags = ['-XX:TieredStopAtLevel=1', '-XX:+UseSerialGC', '-Xlog:disable'];
 
   log('recording a class-data archive for a fast test-server start');
-  const port = await freePort();
+  // Port 0: the JVM listens on whatever port the kernel gives it; the setup only needs to know that it listens.
   const trainer = spawn(
     java,
-    [
-      ...jvmFlags,
-      `-XX:ArchiveClassesAtExit=${archive}`,
-      '-cp',
-      classpath,
-      'io.temporal.testserver.TestServer',
-      String(port),
-    ],
+    [...jvmFlags, `-XX:ArchiveClassesAtExit=${archive}`, '-cp', classpath, 'io.temporal.testserver.TestServer', '0'],
     { stdio: 'ignore' },
   );
-  const readyAfter = await waitForPort(port, 60_000);
+  const readyAfter = await waitUntilListening(trainer, 60_000);
   await new Promise((resolve) => setTimeout(resolve, 500));
   trainer.kill('SIGTERM'); // a normal JVM shutdown writes the archive
   await new Promise((resolve) => trainer.once('exit', resolve));
@@ -647,7 +800,18 @@ export function readManifest() {
   return JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
 }
 
-const steps = ['npm', 'temporal-cli', 'test-server', 'postgres', 'moto', 'chromium', 'promtool', 'aes-gcm'];
+const steps = [
+  'npm',
+  'temporal-cli',
+  'test-server',
+  'postgres',
+  'moto',
+  'vault',
+  'tctl',
+  'chromium',
+  'promtool',
+  'aes-gcm',
+];
 
 export async function setup(only = steps) {
   const manifest = fs.existsSync(manifestPath) ? readManifest() : {};
@@ -659,6 +823,8 @@ export async function setup(only = steps) {
     manifest.databaseUrl = pg.databaseUrl;
   }
   if (only.includes('moto')) manifest.motoServer = ensureMoto();
+  if (only.includes('vault')) manifest.vault = ensureVault();
+  if (only.includes('tctl')) manifest.tctl = ensureTctl();
   for (const [step, ensure, key] of [
     ['chromium', ensureChromium, 'chromium'],
     ['promtool', ensurePromtool, 'promtool'],

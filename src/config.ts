@@ -13,11 +13,46 @@ const KeyEnvSchema = z.object({
   REKEY_KEYRING_FILE: z.string().min(1).optional(),
 });
 
+/**
+ * Why `value` is not a PostgreSQL connection URL (postgres://user:password@host:5432/database, or a socket given as
+ * `?host=/path`), or undefined when it is one. Never quotes the value: it may hold a password.
+ */
+export function databaseUrlProblem(value: string): string | undefined {
+  if (!/^postgres(ql)?:\/\//.test(value)) return 'must start with postgres:// or postgresql://';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return 'is not a URL (a password with @, :, / or # must be percent-encoded)';
+  }
+  if (url.hostname === '' && !url.searchParams.has('host'))
+    return 'names no host (postgres://user:password@host:5432/database)';
+  if (url.pathname.replace(/^\//, '') === '') return 'names no database (…/database at its end)';
+  return undefined;
+}
+
+/** `value` of the variable `variable` as a PostgreSQL URL, or a ConfigError that names the variable and what to fix. */
+export function checkDatabaseUrl(value: string | undefined, variable: string): string {
+  if (value === undefined || value.trim() === '') {
+    throw new ConfigError(`${variable} is not set: set it to postgres://user:password@host:5432/database`);
+  }
+  const problem = databaseUrlProblem(value.trim());
+  if (problem !== undefined) {
+    throw new ConfigError(
+      `${variable} ${problem}: e.g. postgres://user:password@host:5432/database (its value is not shown: it may hold a password)`,
+    );
+  }
+  return value.trim();
+}
+
 const EnvSchema = z
   .object({
     DATABASE_URL: z
       .string({ error: 'DATABASE_URL is required (e.g. postgres://user:pass@host:5432/db)' })
-      .regex(/^postgres(ql)?:\/\//, 'DATABASE_URL must start with postgres:// or postgresql://'),
+      .superRefine((value, context) => {
+        const problem = databaseUrlProblem(value);
+        if (problem !== undefined) context.addIssue({ code: 'custom', message: `DATABASE_URL ${problem}` });
+      }),
     TEMPORAL_ADDRESS: z
       .string()
       .regex(/^[^:\s]+:\d+$/, 'TEMPORAL_ADDRESS must be host:port')

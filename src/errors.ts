@@ -110,9 +110,12 @@ export class KekFingerprintMismatchError extends RekeyError {
     readonly kekId: string,
     readonly registered: string,
     readonly provided: string,
+    /** Where the two keys are, when it is not the key provider and the registry (an import into a store). */
+    message?: string,
   ) {
     super(
-      `KEK '${kekId}' in the key provider has fingerprint ${provided}, but the registry recorded ${registered}: this is a different key`,
+      message ??
+        `KEK '${kekId}' in the key provider has fingerprint ${provided}, but the registry recorded ${registered}: this is a different key`,
     );
   }
 }
@@ -301,6 +304,11 @@ export class RunFailedError extends RekeyError {
   }
 }
 
+/** No worker polls a task queue that a request needs one on (`rekey schedule create` asks a worker first). */
+export class NoWorkerError extends RekeyError {
+  override readonly name = 'NoWorkerError';
+}
+
 /** An error the CLI reports as one line, with the exit code of its kind. */
 export class CliError extends RekeyError {
   override readonly name = 'CliError';
@@ -355,6 +363,7 @@ const CLASSES = [
   RotationNotRunningError,
   ControlRefusedError,
   RotationUnderWayError,
+  NoWorkerError,
 ] as const;
 
 /** The kind of every error type by name: rekey's classes and the workflow's failure types. */

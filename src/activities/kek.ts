@@ -382,6 +382,30 @@ export function createKekActivities(deps: ActivityDependencies) {
         await registry.seedActive(from, keys.fingerprint(from));
         active = await registry.active();
       }
+      const unfinished = await unfinishedRotation(runtime);
+      const owner = definition.currentKek;
+      const factsFor = async (resolvedFrom: string, to: string): Promise<ValidatedRotation> => {
+        const fill = (text: string) =>
+          text.replaceAll('{from}', resolvedFrom).replaceAll('{to}', to === 'new' ? 'the new KEK' : to);
+        return {
+          from: resolvedFrom,
+          currentKekOwner: owner.owner,
+          noun: definition.noun,
+          since: await runtime.store.now(),
+          ...(owner.owner === 'application' && {
+            instructions: { promote: fill(owner.promote.instructions), retire: fill(owner.retire.instructions) },
+          }),
+        };
+      };
+      // Whether a rotation is due comes first (a schedule's run, from the active KEK): a KEK younger than minKekAge
+      // ends the run with nothing to do, whatever the request could not have done (a source that cannot generate).
+      const activeAge = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
+      if (settings.from === 'current' && active && !unfinished && activeAge < settings.minKekAgeMs) {
+        return {
+          ...(await factsFor(active.kekId, settings.to)),
+          nothingToDo: `KEK '${active.kekId}' became active ${formatDuration(activeAge)} ago; rotations are due after ${formatDuration(settings.minKekAgeMs)}`,
+        };
+      }
       const fromRecord = from === undefined ? undefined : await registry.get(from);
       const toRecord = settings.to === 'new' ? undefined : await registry.get(settings.to);
       const resolved = checkAgainstKeks(settings, {
@@ -390,23 +414,14 @@ export function createKekActivities(deps: ActivityDependencies) {
         to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: keys.has(settings.to) },
         providerCanGenerate: keys.generate !== undefined,
         providerDescription: keys.description,
-        unfinished: await unfinishedRotation(runtime),
+        unfinished,
       });
       const to = resolved.to ?? settings.to;
-      const owner = definition.currentKek;
-      const fill = (text: string) =>
-        text.replaceAll('{from}', resolved.from).replaceAll('{to}', to === 'new' ? 'the new KEK' : to);
       const facts: ValidatedRotation = {
         keyspace: keyspace.id,
-        from: resolved.from,
+        ...(await factsFor(resolved.from, to)),
         ...(resolved.to !== undefined && { to: resolved.to }),
         ...(resolved.resumes && { resumes: true }),
-        currentKekOwner: owner.owner,
-        noun: definition.noun,
-        since: await runtime.store.now(),
-        ...(owner.owner === 'application' && {
-          instructions: { promote: fill(owner.promote.instructions), retire: fill(owner.retire.instructions) },
-        }),
       };
       if (resolved.alreadyDone !== undefined) return { ...facts, nothingToDo: resolved.alreadyDone };
       if (settings.dryRun) facts.census = await census(runtime, { from: resolved.from, to });

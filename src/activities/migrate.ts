@@ -9,7 +9,7 @@ import { FieldStore, type FieldCounters } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
 import { describeTable, GENERATION } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { withKeks } from './keys';
+import { rowCryptoOf, withKeks } from './keys';
 import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
 import { InvalidRotationError, KekNotWritableError, RotationUnderWayError, TargetConfigError } from '../errors';
 
@@ -27,6 +27,8 @@ export interface FieldPlan {
 export interface MigrationPlan {
   /** The KEK new DEKs are wrapped with: the target's active one (a generation, for Mycelium). */
   kekId: string;
+  /** Why `kekId`, when the table chose it (no KEK recorded in the registry and none named): printed with the report. */
+  kekChoice?: string;
   /** Rows of the target's table of DEKs ("Tenants scanned"). */
   tenants: number;
   fields: FieldPlan[];
@@ -57,6 +59,8 @@ export interface FieldSliceOutcome {
 }
 
 const LISTED_TENANTS = 50;
+/** DEKs tried under the current key when the table, not the registry, says which generation it is. */
+const PROOF_SAMPLE = 20;
 
 export function createMigrationActivities(deps: ActivityDependencies) {
   const targets = targetRuntimes(deps);
@@ -84,6 +88,60 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       stores.set(key, store);
     }
     return store;
+  }
+
+  /**
+   * The current KEK as the table says it, for a target whose registry records none and whose request names none:
+   * the one label every stored DEK carries, or, with no DEK stored yet, the label column's default (Mycelium's
+   * `kek_version` defaults to 1). Several labels, or none and no default: the request must name it.
+   */
+  async function currentByTable(runtime: TargetRuntime): Promise<{ kekId: string; why: string; proveOn?: boolean }> {
+    const { definition, store } = runtime;
+    const table = describeTable(definition.table);
+    const column = `${table}.${definition.label.column}`;
+    const named = `name the generation the application's current key is (--kek-version N, kek_version in the admin API)`;
+    const { byLabel, withoutValue } = await store.countsByLabel();
+    const labels = Object.entries(byLabel);
+    if (labels.length > 1) {
+      throw new InvalidRotationError(
+        `target '${definition.name}' has no current KEK recorded yet, and its ${definition.noun}s are on ${labels.map(([id, n]) => `${id} (${n})`).join(', ')}: ${named}`,
+      );
+    }
+    if (labels.length === 1) {
+      const [kekId, rows] = labels[0]!;
+      return {
+        kekId,
+        why: `rekey's registry records none yet, and every ${definition.noun} of ${table} (${rows}) is labelled ${kekId}`,
+        proveOn: true,
+      };
+    }
+    const fallback = await store.labelDefault();
+    if (fallback === undefined) {
+      throw new InvalidRotationError(
+        `target '${definition.name}' has no current KEK recorded yet, ${table} holds no ${definition.noun} and ${column} has no default: ${named}`,
+      );
+    }
+    return {
+      kekId: fallback,
+      why: `rekey's registry records none yet, ${table} holds no ${definition.noun} yet (${withoutValue} row(s) without one), and ${column} defaults to ${fallback}`,
+    };
+  }
+
+  /**
+   * The table's choice is proven before anything is written: a sample of the DEKs labelled with it opens under the
+   * key this worker holds as current. A worker whose current key is another generation is refused, not let seed
+   * the registry with the wrong fingerprint.
+   */
+  async function provesCurrent(runtime: TargetRuntime, kekId: string, why: string): Promise<void> {
+    const sample = await runtime.store.sampleOnLabel(kekId, PROOF_SAMPLE);
+    const opened = await withKeks(runtime, { from: kekId, to: kekId }, [kekId], async ([kek]) =>
+      (await rowCryptoOf(runtime, deps.crypto).check(runtime.store.codec, kek!, sample)).filter((r) => r === undefined),
+    );
+    if (sample.length > 0 && opened.length === 0) {
+      throw new InvalidRotationError(
+        `target '${runtime.definition.name}': ${why}, but none of ${sample.length} sampled ${runtime.definition.noun}s opens under the current key of ${runtime.keys.description}: that key is not generation ${kekId}; name the generation it is (--kek-version N), or give the worker generation ${kekId}'s key`,
+      );
+    }
   }
 
   /**
@@ -132,12 +190,10 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           `target '${definition.name}': the registry's current KEK is '${active.kekId}', not '${args.kekVersion}': leave out the KEK version, or check which one the application uses`,
         );
       }
-      const kekId = active?.kekId ?? args.kekVersion;
-      if (kekId === undefined) {
-        throw new InvalidRotationError(
-          `target '${definition.name}' has no current KEK recorded yet: name the generation the application's current key is (e.g. --kek-version 1)`,
-        );
-      }
+      // Without a recorded KEK or a named one, the table says which generation is current, and the plan says so.
+      const fromTable =
+        active === undefined && args.kekVersion === undefined ? await currentByTable(runtime) : undefined;
+      const kekId = active?.kekId ?? args.kekVersion ?? fromTable!.kekId;
       if (definition.label.kind === 'generation' && !GENERATION.test(kekId)) {
         throw new InvalidRotationError(
           `target '${definition.name}' labels KEKs with generations: '${kekId}' is not one`,
@@ -145,6 +201,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       }
       keys.bindRotation?.(kekId, kekId);
       await firstContact(runtime);
+      if (fromTable?.proveOn) await provesCurrent(runtime, kekId, fromTable.why);
       const { tenant } = args;
       if (tenant !== undefined && !(await runtime.store.hasRow(tenant))) {
         throw new InvalidRotationError(
@@ -195,7 +252,13 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       }
       const { byLabel, withoutValue } = await runtime.store.countsByLabel();
       const tenants = tenant !== undefined ? 1 : Object.values(byLabel).reduce((n, rows) => n + rows, withoutValue);
-      return { kekId, tenants, fields: plans, ...(byTenant && { byTenant }) };
+      return {
+        kekId,
+        ...(fromTable && { kekChoice: `KEK ${kekId}: ${fromTable.why}` }),
+        tenants,
+        fields: plans,
+        ...(byTenant && { byTenant }),
+      };
     },
 
     /** One part of one field: migrates until the range is done or the time budget is spent; heartbeats each batch. */

@@ -3,8 +3,9 @@
 import { createHmac } from 'node:crypto';
 import { log } from '@temporalio/activity';
 import { ScheduleNotFoundError } from '@temporalio/client';
-import type { ActivityDependencies } from './dependencies';
-import { ConfigError } from '../errors';
+import { targetRuntimes, type ActivityDependencies } from './dependencies';
+import { parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import { ConfigError, InvalidRotationError } from '../errors';
 
 export interface RotationNotice {
   scheduleId: string;
@@ -25,7 +26,25 @@ export function createScheduleActivities(deps: ActivityDependencies) {
     if (!deps.temporal) throw new ConfigError('this worker has no Temporal client for schedule notices');
     return deps.temporal;
   };
+  const targets = targetRuntimes(deps);
   return {
+    /**
+     * Whether a schedule of this request can ever do its work, asked by `rekey schedule create` before it creates
+     * one: the target opens (its table as its definition says), and its key source can generate the new KEK each
+     * run rotates to. Says where the keys are.
+     */
+    async checkScheduledRotation(request: RotationRequest): Promise<{ keySource: string }> {
+      const settings = parseRotationRequest(request);
+      const { keys, definition } = await targets.get(settings.target);
+      await keys.reload();
+      if (settings.to === 'new' && keys.generate === undefined) {
+        throw new InvalidRotationError(
+          `target '${definition.name}' takes its KEKs from ${keys.description}, where rekey cannot generate one, and every scheduled run rotates to a newly generated KEK: rotate it by hand (add the new KEK everywhere, then rekey rotate --target ${definition.name} --from current --to <id>), or give it a key source rekey generates in (a keyring file, AWS Secrets Manager, AWS KMS)`,
+        );
+      }
+      return { keySource: keys.description };
+    },
+
     /** When the schedule runs next; whether it still exists, and is paused. */
     async nextScheduledRotation({ scheduleId }: { scheduleId: string }) {
       try {

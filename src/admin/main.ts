@@ -3,6 +3,8 @@ import { Pool } from 'pg';
 import { z } from 'zod';
 import { loadConfig, parseEnv } from '../config';
 import { temporalConnectionOptions } from '../temporal-connection';
+import { processHelp } from '../env-vars';
+import { webUiBase, webUiLink } from '../rotation/web-ui-link';
 import { openKeyProvider } from '../keys';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
@@ -13,7 +15,8 @@ const AdminEnv = z.object({
   REKEY_ADMIN_TOKEN: z
     .string({ error: 'REKEY_ADMIN_TOKEN is required: the bearer token callers must send' })
     .min(16, 'REKEY_ADMIN_TOKEN must be at least 16 characters'),
-  REKEY_ADMIN_PORT: z.coerce.number().int().min(1).max(65535).default(8080),
+  /** 0: any free port; the address it listens on is logged ('rekey admin API listening on http://…'). */
+  REKEY_ADMIN_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   REKEY_ADMIN_HOST: z.string().default('127.0.0.1'),
 });
 
@@ -21,6 +24,7 @@ const AdminEnv = z.object({
 async function run(): Promise<void> {
   const config = loadConfig();
   const admin = parseEnv(AdminEnv);
+  webUiBase(); // a malformed REKEY_WEB_UI_URL stops the API here, not in every answer
   const targetsConfig = loadTargetsConfig();
   const db = new Pool({ connectionString: config.DATABASE_URL, max: 4 });
   const connection = await Connection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
@@ -37,9 +41,26 @@ async function run(): Promise<void> {
     token: admin.REKEY_ADMIN_TOKEN,
     // As in the runbook: after <PREFIX>_CURRENT_KEK_ID names a new KEK, rotate-all rotates to it.
     configuredCurrentKekId: (target) => configuredCurrentKekId(targets.definition(target), process.env),
+    webUiUrl: (workflowId) =>
+      webUiLink(process.env, config.TEMPORAL_NAMESPACE, `workflows/${encodeURIComponent(workflowId)}`),
     logger: true,
   });
-  await server.listen({ port: admin.REKEY_ADMIN_PORT, host: admin.REKEY_ADMIN_HOST });
+  await server.listen({
+    port: admin.REKEY_ADMIN_PORT,
+    host: admin.REKEY_ADMIN_HOST,
+    listenTextResolver: (address) => `rekey admin API listening on ${address}`,
+  });
+}
+
+export const ADMIN_HELP = processHelp(
+  'admin',
+  "rekey admin API: the gateway runbook's HTTP API (rotate-all, rotation-status, kek-status, controls) over rekey.",
+  'node dist/src/admin/main.js [--help]   (npm run admin)',
+);
+
+if (process.argv.includes('--help') || process.argv.includes('-h')) {
+  process.stdout.write(ADMIN_HELP);
+  process.exit(0);
 }
 
 run().catch((err: unknown) => {

@@ -6,13 +6,8 @@ import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } f
 import { migrationStatus, runningMigration, startMigration, type MigrationStatus } from '../client/migrations';
 import type { KeyspaceLookup } from '../client/rotations';
 import type { Keyspace } from '../rotation/identity';
-import {
-  abortMigrationUpdate,
-  pauseMigrationUpdate,
-  resumeMigrationUpdate,
-  type MigrationReport,
-  type MigrationRequest,
-} from '../workflows';
+import type { MigrationReport, MigrationRequest } from '../workflows';
+import { abortMigrationUpdate, pauseMigrationUpdate, resumeMigrationUpdate } from '../workflows/messages';
 
 /** The workflow's report as it is (MigrationReport in src/workflows/migrate-dek.ts): passed through whole. */
 const migrationStatusBody = {

@@ -18,9 +18,11 @@ import { type RotationRequest } from '../rotation/rotation-input';
 import { ENDED_WELL, type RunStatus } from '../rotation/run-status';
 import { targetKekStatus } from '../targets/kek-status';
 import { restoreKek } from '../targets/restore-kek';
+import { registerControlRoutes } from './control-routes';
 import { registerMigrationRoutes } from './migration-routes';
+import { rotateAllBody, rotationFromBody, type RotateAllBody } from './rotation-body';
 import type { TargetRuntimes } from '../targets/runtime';
-import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
+import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows/messages';
 import { runHistory } from '../client/history';
 import { errorKind, httpStatusFor, KeyMaterialError, RekeyError } from '../errors';
 
@@ -38,6 +40,8 @@ export interface AdminServerOptions {
    * rotates to it when it is not active yet, as after the runbook's step 2.
    */
   configuredCurrentKekId: (target: string) => string | undefined;
+  /** A run's page in the Temporal Web UI (REKEY_WEB_UI_URL), given in rotate-all's answer as web_ui_url. */
+  webUiUrl?: (workflowId: string) => string;
   logger?: boolean;
 }
 
@@ -57,6 +61,7 @@ const startedBody = {
     target: { type: 'string' },
     from: { type: 'string' },
     to: { type: 'string', description: "'new' until the rotation provisions the generated KEK" },
+    web_ui_url: { type: 'string', description: "the run's page in the Temporal Web UI (REKEY_WEB_UI_URL)" },
   },
   required: ['op_id', 'status_url'],
 } as const;
@@ -257,41 +262,15 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   app.get('/healthz', { schema: { hide: true } }, () => ({ ok: true }));
   app.get('/admin/v1/openapi.json', { schema: { hide: true } }, () => app.swagger());
 
-  app.post<{
-    Body:
-      | {
-          target?: string;
-          from?: string;
-          to?: string;
-          dry_run?: boolean;
-          batch_size?: number;
-          parallelism?: number;
-          grace_period?: string;
-          tenant_id?: string;
-        }
-      | undefined;
-  }>(
+  app.post<{ Body: RotateAllBody | undefined }>(
     '/admin/v1/secrets/rotate-all',
     {
       schema: {
         summary: 'Start re-wrapping every row of a target under a new KEK',
         description:
           "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. The answer comes once the rotation's validate step has decided: 202 with the KEKs it resolved; 200 when there is nothing to do; a refusal with the status of its kind (400 an unknown KEK, target or table, 422 legacy values left or a key that is not the registered one), and nothing was written. At most one rotation runs per target: a second request answers 409 with the running op_id.",
-        body: {
-          type: 'object',
-          nullable: true,
-          additionalProperties: false,
-          properties: {
-            target: { type: 'string', minLength: 1, maxLength: 63 },
-            from: { type: 'string', minLength: 1, maxLength: 64 },
-            to: { type: 'string', minLength: 1, maxLength: 64 },
-            dry_run: { type: 'boolean' },
-            batch_size: { type: 'integer', minimum: 1, maximum: 50000 },
-            parallelism: { type: 'integer', minimum: 1, maximum: 64 },
-            grace_period: { type: 'string', minLength: 1 },
-            tenant_id: { type: 'string', minLength: 1 },
-          },
-        },
+        // The same fields as `rekey rotate`'s options (src/admin/rotation-body.ts).
+        body: rotateAllBody,
         response: {
           200: startedBody,
           202: startedBody,
@@ -308,23 +287,12 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       const body = request.body ?? {};
       const target = body.target ?? options.defaultTarget;
       const runtime = await targets.get(target);
-      const from = body.from ?? 'current';
-      let to = body.to;
-      if (to === undefined) {
+      const rotation: RotationRequest = await rotationFromBody(body, target, async () => {
         const configured = options.configuredCurrentKekId(target);
         const active = (await runtime.registry.active())?.kekId;
-        to = configured !== undefined && configured !== active ? configured : 'new';
-      }
-      const rotation: RotationRequest = {
-        target,
-        from,
-        to,
-        dryRun: body.dry_run,
-        batchSize: body.batch_size,
-        parallelism: body.parallelism,
-        gracePeriod: body.grace_period,
-        tenantId: body.tenant_id,
-      };
+        return configured !== undefined && configured !== active ? configured : 'new';
+      });
+      const { from, to } = rotation;
       const started: StartOutcome = await startRotation(client, rotation, {
         taskQueue,
         keyspace: runtime.keyspace,
@@ -352,6 +320,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         message:
           `rotation of target '${target}' started ('${kekFrom}' → '${kekTo}')` +
           (started.unanswered !== undefined ? `; not validated yet: ${started.unanswered}` : ''),
+        ...(options.webUiUrl && { web_ui_url: options.webUiUrl(started.handle.workflowId) }),
       });
     },
   );
@@ -597,6 +566,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     },
   );
 
+  registerControlRoutes(app, { client, statusSchema: rotationStatusBody, toStatusBody, keyspaceOf });
   registerMigrationRoutes(app, {
     client,
     taskQueue,

@@ -1,12 +1,14 @@
+import fs from 'node:fs';
 import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
 import type { KeyspaceLookup } from '../client/rotations';
-import { loadConfig, loadKeyConfig } from '../config';
+import { checkDatabaseUrl, loadConfig, loadKeyConfig } from '../config';
 import { openKeyProvider } from '../keys';
 import { FileKeyring } from '../keys/file-keyring';
 import type { KeyProvider } from '../keys/key-provider';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
+import { webUiBase, webUiLink } from '../rotation/web-ui-link';
 import { CliError } from '../errors';
 import { temporalConnectionOptions } from '../temporal-connection';
 
@@ -28,7 +30,10 @@ export class CliContext {
     readonly options: GlobalOptions,
     private readonly env: NodeJS.ProcessEnv = process.env,
     readonly out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
-  ) {}
+  ) {
+    // A malformed REKEY_WEB_UI_URL is said before a command does anything, not after it started a rotation.
+    webUiBase(env);
+  }
 
   async temporal(): Promise<Client> {
     if (!this.temporalClient) {
@@ -47,9 +52,9 @@ export class CliContext {
 
   db(): Pool {
     if (!this.pool) {
-      const url = this.env.DATABASE_URL;
-      if (!url)
+      if (!this.env.DATABASE_URL)
         throw new CliError('DATABASE_URL is not set: point it at the database that holds the tenant DEKs', 'invalid');
+      const url = checkDatabaseUrl(this.env.DATABASE_URL, 'DATABASE_URL');
       this.pool = new Pool({ connectionString: url, max: 2 });
     }
     return this.pool;
@@ -80,25 +85,36 @@ export class CliContext {
     return async (target) => (this.targets().has(target) ? this.targets().keyspace(target) : undefined);
   }
 
-  keyring(file?: string): FileKeyring {
+  /**
+   * The keyring file given, else REKEY_KEYRING_FILE. `create` (the default) makes an empty one where there is none;
+   * without it, a missing keyring is not found (exit 3), saying how to make one, instead of an empty list.
+   */
+  keyring(file?: string, options: { create?: boolean } = {}): FileKeyring {
     const path = file ?? this.env.REKEY_KEYRING_FILE;
     if (!path) throw new CliError('no keyring file: pass --keyring or set REKEY_KEYRING_FILE', 'invalid');
-    return FileKeyring.open(path, { create: true });
+    const create = options.create ?? true;
+    if (!create && !fs.existsSync(path)) {
+      throw new CliError(
+        `no keyring at ${path}${file === undefined ? ' (REKEY_KEYRING_FILE)' : ''}: check the path, or create it with 'rekey keys generate --keyring ${path}'`,
+        'not-found',
+      );
+    }
+    return FileKeyring.open(path, { create });
   }
 
   /**
    * The key store `rekey keys` works on: the keyring file given with --keyring, else the process's provider
-   * (REKEY_KEY_PROVIDER; a keyring file when it is unset and REKEY_KEYRING_FILE is), read.
+   * (REKEY_KEY_PROVIDER; a keyring file when it is unset and REKEY_KEYRING_FILE is), read. `create: false` for the
+   * commands that only read it (a missing keyring file is then an error, not made empty).
    */
-  async keyStore(file?: string): Promise<KeyProvider> {
-    if (file !== undefined) return this.keyring(file);
+  async keyStore(file?: string, options: { create?: boolean } = {}): Promise<KeyProvider> {
+    if (file !== undefined) return this.keyring(file, options);
     const config = loadKeyConfig(this.env);
     if (
-      config.REKEY_KEY_PROVIDER === 'env' &&
-      this.env.REKEY_KEY_PROVIDER === undefined &&
-      this.env.REKEY_KEYRING_FILE
+      config.REKEY_KEY_PROVIDER === 'file' ||
+      (config.REKEY_KEY_PROVIDER === 'env' && this.env.REKEY_KEY_PROVIDER === undefined && this.env.REKEY_KEYRING_FILE)
     ) {
-      return this.keyring();
+      return this.keyring(undefined, options);
     }
     const keys = openKeyProvider(
       { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
@@ -114,9 +130,14 @@ export class CliContext {
     else for (const line of human()) this.out(line);
   }
 
+  /** The Temporal Web UI's page of a workflow, under REKEY_WEB_UI_URL (default the dev server's). */
   webUiUrl(workflowId: string): string {
-    const base = this.env.REKEY_WEB_UI_URL ?? 'http://localhost:8233';
-    return `${base}/namespaces/${this.options.namespace}/workflows/${encodeURIComponent(workflowId)}`;
+    return this.webUiPage(`workflows/${encodeURIComponent(workflowId)}`);
+  }
+
+  /** A page of the Temporal Web UI in this namespace: `workflows/<id>`, `schedules/<id>`. */
+  webUiPage(page: string): string {
+    return webUiLink(this.env, this.options.namespace, page);
   }
 
   async close(): Promise<void> {

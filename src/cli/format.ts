@@ -1,4 +1,4 @@
-import type { MigrationReport } from '../workflows/migrate-dek';
+import type { MigrationReport } from '../rotation/migration-report';
 import { formatDuration } from '../rotation/durations';
 import type { ProgressReport } from '../rotation/progress';
 import { graceCountdown, migrationRunStatus } from '../rotation/run-status';
@@ -92,6 +92,7 @@ export function describeMigration(report: MigrationReport): string[] {
   for (const field of report.fields) groups.set(field.group, (groups.get(field.group) ?? 0) + field.counters.migrated);
   const verb = report.dryRun ? 'to migrate' : 'migrated';
   const lines = [
+    ...(report.kekChoice !== undefined ? [`Current ${report.kekChoice}`] : []),
     ...(report.tenantId !== undefined ? [`Tenant: ${report.tenantId} (only the values under its DEK)`] : []),
     `Tenants scanned: ${report.tenants ?? 0}`,
     ...[...groups].map(([group, n]) => `${/s$/.test(group) ? group : `${group} fields`} ${verb}: ${n}`),

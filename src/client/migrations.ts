@@ -17,13 +17,8 @@ import {
 } from '../rotation/identity';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
-import {
-  migrateDek,
-  migrationPlannedUpdate,
-  migrationProgressQuery,
-  type MigrationReport,
-  type MigrationRequest,
-} from '../workflows';
+import type { migrateDek, MigrationReport, MigrationRequest } from '../workflows';
+import { migrationPlannedUpdate, migrationProgressQuery } from '../workflows/messages';
 import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { startAnswered } from './start-answered';
 import type { KeyspaceLookup } from './rotations';
@@ -100,7 +95,7 @@ export async function startMigration(
     if (running) return { kind: 'already-running', handle: legacy };
   }
   try {
-    const start = new WithStartWorkflowOperation(migrateDek, {
+    const start = new WithStartWorkflowOperation<typeof migrateDek>('migrateDek', {
       taskQueue: options.taskQueue,
       workflowId,
       args: [{ ...request, keyspace: options.keyspace.id }],

@@ -23,17 +23,9 @@ import {
 import { parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import { TARGET_NAME } from '../targets/target';
-import {
-  progressQuery,
-  RekeyFromKek,
-  RekeyPhase,
-  RekeyTarget,
-  RekeyToKek,
-  rotateKek,
-  validatedUpdate,
-  type RotationReport,
-  type RotationValidated,
-} from '../workflows';
+import type { rotateKek, RotationReport } from '../workflows';
+import { progressQuery, validatedUpdate, type RotationValidated } from '../workflows/messages';
+import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from '../workflows/search-attributes';
 import { startAnswered } from './start-answered';
 import {
   errorKind,
@@ -102,7 +94,7 @@ export async function startRotation(
     if (legacy) return { kind: 'already-running', ...legacy };
   }
   try {
-    const start = new WithStartWorkflowOperation(rotateKek, {
+    const start = new WithStartWorkflowOperation<typeof rotateKek>('rotateKek', {
       taskQueue: options.taskQueue,
       workflowId,
       args: [{ ...request, keyspace: keyspace.id }],

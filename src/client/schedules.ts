@@ -1,17 +1,20 @@
 import {
   ScheduleOverlapPolicy,
+  WorkflowFailedError,
   WorkflowNotFoundError,
   type Client,
   type ScheduleExecutionResult,
   type ScheduleSpec,
 } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
 import type { Keyspace } from '../rotation/identity';
 import type { RunState } from '../rotation/run-status';
-import { failureMessage, opIdOf, rotationStatus } from './rotations';
 import type { RotationRequest } from '../rotation/rotation-input';
 import { parseDuration } from '../rotation/durations';
-import { noticeStateQuery, scheduledRotation, scheduleNotices, type ScheduledRotationResult } from '../workflows';
-import { InvalidRotationError } from '../errors';
+import type { checkRotationSchedule, scheduledRotation, scheduleNotices, ScheduledRotationResult } from '../workflows';
+import { noticeStateQuery } from '../workflows/messages';
+import { failureMessage, opIdOf, rotationStatus } from './rotations';
+import { errorKind, InvalidRotationError, NoWorkerError } from '../errors';
 
 export const DEFAULT_SCHEDULE_ID = 'rekey-quarterly';
 /** 03:00 UTC on the first day of every quarter. */
@@ -59,12 +62,13 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     gracePeriod: options.gracePeriod ?? '7d',
     minKekAge: options.minKekAge ?? '30d',
   };
-  await client.schedule.create({
+  await checkScheduledRotation(client, request, options.taskQueue, scheduleId);
+  await client.schedule.create<typeof scheduledRotation>({
     scheduleId,
     spec,
     action: {
       type: 'startWorkflow',
-      workflowType: scheduledRotation,
+      workflowType: 'scheduledRotation',
       args: [request],
       taskQueue: options.taskQueue,
       workflowId: `kek-rotation-schedule-${scheduleId}`,
@@ -74,7 +78,7 @@ export async function createRotationSchedule(client: Client, options: RotationSc
   });
   if (options.notifyBefore !== undefined) {
     // Replaces the notices of an earlier schedule of the same id, if one is still running.
-    await client.workflow.start(scheduleNotices, {
+    await client.workflow.start<typeof scheduleNotices>('scheduleNotices', {
       taskQueue: options.taskQueue,
       workflowId: noticeWorkflowId(scheduleId),
       args: [
@@ -91,6 +95,54 @@ export async function createRotationSchedule(client: Client, options: RotationSc
   }
   return scheduleId;
 }
+
+/**
+ * Asks a worker of the task queue whether the schedule's runs can do their work (checkRotationSchedule): a target
+ * whose key source cannot generate a KEK is refused (InvalidRotationError) before the schedule exists, not at its
+ * first run. Refused as well when no worker polls the task queue.
+ */
+async function checkScheduledRotation(
+  client: Client,
+  request: RotationRequest,
+  taskQueue: string,
+  scheduleId: string,
+): Promise<void> {
+  if (!(await hasPoller(client, taskQueue))) {
+    throw new NoWorkerError(
+      `no worker polls task queue '${taskQueue}' (namespace ${client.options.namespace}): start the worker of target '${request.target ?? 'rekey'}' first; a schedule is checked by it, and each run needs it`,
+    );
+  }
+  try {
+    await client.workflow.execute<typeof checkRotationSchedule>('checkRotationSchedule', {
+      taskQueue,
+      workflowId: `rekey-schedule-check-${scheduleId}`,
+      args: [request],
+      workflowExecutionTimeout: '1 minute',
+      workflowIdConflictPolicy: 'TERMINATE_EXISTING',
+    });
+  } catch (err) {
+    if (!(err instanceof WorkflowFailedError)) throw err;
+    const reason = failureMessage(err);
+    if (errorKind(err) === 'invalid') throw new InvalidRotationError(reason);
+    throw new NoWorkerError(`the worker could not check the schedule: ${reason}`);
+  }
+}
+
+/** A worker polls the task queue (one that has just started is given a few seconds to make its first poll). */
+async function hasPoller(client: Client, taskQueue: string): Promise<boolean> {
+  for (const deadline = Date.now() + POLLER_WAIT_MS; ;) {
+    const { pollers } = await client.workflowService.describeTaskQueue({
+      namespace: client.options.namespace,
+      taskQueue: { name: taskQueue },
+      taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    });
+    if ((pollers ?? []).length > 0) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
+const POLLER_WAIT_MS = 5_000;
 
 /** Checks a schedule's notice options before anything is created. */
 export function checkNoticeOptions(options: { notifyBefore?: string; notifyUrl?: string }): void {
@@ -117,13 +169,14 @@ export interface ScheduleSummary {
   scheduleId: string;
   spec: string;
   nextRuns: string[];
+  /** The launchers of the recent runs (see `runs` for what came of each). */
   recentRuns: string[];
   paused: boolean;
   /** When the next rotation is announced, if the schedule gives notice (and it has not gone out yet). */
   nextNotice?: string;
   /** The rotation the last notice announced. */
   noticedFor?: string;
-  /** Each recent run, newest last: the rotation it started and that rotation's status, or why it started none. */
+  /** The latest runs (up to 5), newest first: the rotation each started and its one status, or why it started none. */
   runs: ScheduleRun[];
 }
 
@@ -157,11 +210,19 @@ export async function listRotationSchedules(client: Client): Promise<ScheduleSum
       recentRuns: described.info.recentActions.map((a) => a.action.workflow.workflowId),
       paused: described.state.paused,
       ...(await noticeOf(client, listed.scheduleId)),
-      runs: await Promise.all(described.info.recentActions.map((action) => scheduleRun(client, action))),
+      // The latest runs, newest first.
+      runs: await Promise.all(
+        [...described.info.recentActions]
+          .reverse()
+          .slice(0, RUNS_LISTED)
+          .map((action) => scheduleRun(client, action)),
+      ),
     });
   }
   return summaries;
 }
+
+const RUNS_LISTED = 5;
 
 /** What one run of a schedule did: the rotation its launcher started, in the one status, or why it started none. */
 async function scheduleRun(client: Client, action: ScheduleExecutionResult): Promise<ScheduleRun> {

@@ -8,7 +8,7 @@ import {
   TagResourceCommand,
   UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
-import { KEY_BYTES } from '../envelope/dek-wrapping';
+import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
 import {
@@ -269,6 +269,63 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       throw new KeyMaterialError(`${this.description}: KEK '${id}' was written but is not listed`, this.description);
     }
     return id;
+  }
+
+  /**
+   * Writes a KEK held elsewhere (`rekey keys import`) as a version named `rekey-kek-<id>`, its value the key in
+   * base64url, as rekey stores every KEK. In a secret that does not exist yet it is the first version (AWSCURRENT), so
+   * the current KEK goes first. Its VersionId comes from the KEK id: an import that is run again, or retried after a
+   * lost answer, writes nothing twice. A KEK already there with these bytes is left alone; another key is refused.
+   */
+  async importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'> {
+    await this.reload();
+    if (this.versions.has(kekId)) {
+      const fingerprint = kekFingerprint(key);
+      if (this.fingerprint(kekId) !== fingerprint) {
+        throw new KekFingerprintMismatchError(kekId, this.fingerprint(kekId), fingerprint);
+      }
+      return 'present';
+    }
+    if (!this.secretExists && !options.current) {
+      throw new KeyMaterialError(
+        `${this.description} does not exist yet, and its first version becomes AWSCURRENT: import the current KEK first (name it with <PREFIX>_CURRENT_KEK_ID)`,
+        this.description,
+      );
+    }
+    const token = versionToken(this.secretId, kekId);
+    const label = `${KEK_LABEL}${kekId}`;
+    const existing = await this.versionById(token);
+    if (existing === undefined) {
+      const value = key.toString('base64url');
+      if (this.secretExists) {
+        await this.call('PutSecretValue', () =>
+          this.client.send(
+            new PutSecretValueCommand({
+              SecretId: this.secretId,
+              ClientRequestToken: token,
+              SecretString: value,
+              VersionStages: [label],
+            }),
+          ),
+        );
+      } else {
+        await this.call('CreateSecret', () =>
+          this.client.send(
+            new CreateSecretCommand({
+              Name: this.secretId,
+              ClientRequestToken: token,
+              SecretString: value,
+              Description: 'KEKs of a rekey keyspace: one version per KEK, named by its rekey-kek-<id> label',
+            }),
+          ),
+        );
+        await this.moveLabel(label, { to: token });
+      }
+    } else if (!existing.includes(label)) {
+      await this.moveLabel(label, { to: token });
+    }
+    await this.reload();
+    return 'added';
   }
 
   /**

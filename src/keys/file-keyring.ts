@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { KEY_BYTES } from '../envelope/dek-wrapping';
+import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
 import {
   decodeKek,
   InMemoryKeys,
@@ -12,7 +12,7 @@ import {
   type GenerateOptions,
   type KeyOwners,
 } from './key-provider';
-import { KeyMaterialError } from '../errors';
+import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),
@@ -108,6 +108,33 @@ export class FileKeyring extends LocalKeyProvider {
     });
     await this.reload();
     return updated;
+  }
+
+  /**
+   * Writes a KEK held elsewhere (`rekey keys import`) into the file under `kekId`, as its bytes: its fingerprint is
+   * the same here. A KEK already there with these bytes is left as it is; another key under the id is refused.
+   * `current` names it as current if the file names none yet.
+   */
+  async importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'> {
+    const outcome = await withLock(this.file, () => {
+      const parsed = readKeyring(this.file);
+      const there = parsed.keks.find((k) => k.id === kekId);
+      if (there) {
+        const stored = decodeKek(there.key, `${this.file} (KEK '${kekId}')`);
+        try {
+          if (stored.length === key.length && timingSafeEqual(stored, key)) return 'present';
+          throw new KekFingerprintMismatchError(kekId, kekFingerprint(stored), kekFingerprint(key));
+        } finally {
+          stored.fill(0);
+        }
+      }
+      parsed.keks.push({ id: kekId, key: key.toString('base64url'), createdAt: new Date().toISOString() });
+      if (options.current) parsed.current ??= kekId;
+      writeKeyring(this.file, parsed, 'replace');
+      return 'added';
+    });
+    await this.reload();
+    return outcome;
   }
 
   /** Removes a KEK from the file for good (its restore window ended). */

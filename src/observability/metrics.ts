@@ -7,6 +7,7 @@ import { targetKekStatus } from '../targets/kek-status';
 import type { TargetRuntimes } from '../targets/runtime';
 import { RekeyPhase } from '../workflows/search-attributes';
 import { registerRotationGauges } from './rotation-gauges';
+import { ConfigError } from '../errors';
 
 /** rekey's own metrics; the worker's metrics endpoint serves them next to Temporal's. */
 export class RekeyMetrics {
@@ -113,7 +114,18 @@ export function serveMetrics(
       }
     })();
   });
-  return new Promise<http.Server>((resolve) =>
-    server.listen(options.port, options.host ?? '0.0.0.0', () => resolve(server)),
-  );
+  const host = options.host ?? '127.0.0.1';
+  return new Promise<http.Server>((resolve, reject) => {
+    // A port in use (or an address this machine does not have) is the operator's to fix: one line naming the variable.
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new ConfigError(
+          err.code === 'EADDRINUSE'
+            ? `REKEY_METRICS_PORT=${options.port}: port ${options.port} on ${host} is in use by another process: set REKEY_METRICS_PORT to a free port (0 picks one)`
+            : `REKEY_METRICS_HOST=${host}, REKEY_METRICS_PORT=${options.port}: /metrics cannot listen there (${err.code ?? err.message}): set them to an address of this machine and a free port`,
+        ),
+      ),
+    );
+    server.listen(options.port, host, () => resolve(server));
+  });
 }

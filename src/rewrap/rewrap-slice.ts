@@ -4,7 +4,7 @@ import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
 import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
 import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
-import { addCounters, emptyCounters, type RewrapCounters } from './counters';
+import { addCounters, emptyCounters, type RewrapCounters, type TenantFailure } from './counters';
 
 export interface RewrapSliceInput {
   /** Exclusive lower bound of the slice's id range ('' = from the start). */
@@ -44,11 +44,7 @@ export interface RewrapCheckpoint {
   counters: RewrapCounters;
 }
 
-/** A row that did not decrypt, under either KEK; it is never written. */
-export interface TenantFailure {
-  tenantId: string;
-  reason: string;
-}
+export type { TenantFailure } from './counters';
 
 export interface RewrapSliceResult extends RewrapCheckpoint {
   /** True when the range holds nothing more to scan; false when stopped early (time budget, pause, abort). */

@@ -5,6 +5,7 @@ import type { Pool, PoolClient } from 'pg';
 import { compileFormat, type Codec } from '../codec/sealed-format';
 import { describeTable, type EncryptedField } from '../targets/target';
 import { quoteIdent } from './migrate';
+import { fieldNeeds, SchemaCheck } from './schema-check';
 import { idRangeSql, type IdRange } from './target-store';
 import type { FieldCounters } from '../rewrap/field-counters';
 
@@ -35,9 +36,6 @@ export interface FieldProgress {
   done: boolean;
   counters: FieldCounters;
 }
-
-const TEXT = 'S';
-const ID_TYPES = ['uuid', 'int2', 'int4', 'int8'];
 
 function literal(text: string): string {
   return `'${text.replace(/'/g, "''")}'`;
@@ -98,28 +96,9 @@ export class FieldStore {
   /** The table and its columns exist with usable types: checked before anything is read or written. */
   async inspect(): Promise<void> {
     const { field } = this;
-    const where = `target '${this.target}', field ${field.name}: ${describeTable(field.table)}`;
-    const { rows } = await this.db.query<{ name: string; typname: string; category: string }>(
-      `SELECT a.attname AS name, t.typname, t.typcategory AS category
-       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-       WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`,
-      [this.table],
-    );
-    if (rows.length === 0) throw new TargetSchemaError(`${where} does not exist (check the field's table)`);
-    const types = new Map(rows.map((r) => [r.name, r]));
-    const need = (column: string, role: string, ok: (typname: string, category: string) => boolean, wanted: string) => {
-      const info = types.get(column);
-      if (!info) throw new TargetSchemaError(`${where} has no column ${column} (${role})`);
-      if (!ok(info.typname, info.category)) {
-        throw new TargetSchemaError(`${where}.${column} (${role}) is ${info.typname}; it must be ${wanted}`);
-      }
-    };
-    need(field.id, 'row id', (t, c) => c === TEXT || ID_TYPES.includes(t), 'text, uuid or an integer');
-    if (field.path) need(field.column, 'encrypted field', (t) => t === 'jsonb', 'jsonb (the field has a path)');
-    else need(field.column, 'encrypted field', (_t, c) => c === TEXT, 'text');
-    if ('column' in field.tenant) {
-      need(field.tenant.column, 'tenant', (t, c) => c === TEXT || t === 'uuid', 'text or uuid');
-    }
+    const check = new SchemaCheck().need(field.table, `field ${field.name}`, fieldNeeds(field));
+    const types = (await check.run(this.db)).get(describeTable(field.table));
+    if (!check.passed || !types) throw check.error(this.target);
     this.idType = types.get(field.id)!.typname;
     if ('column' in field.tenant) this.tenantType = types.get(field.tenant.column)!.typname;
   }

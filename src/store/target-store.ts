@@ -5,13 +5,8 @@ import type { Codec, ColumnValue, Row } from '../codec/sealed-format';
 import { describeTable, type TargetDefinition } from '../targets/target';
 import { quoteIdent } from './migrate';
 import { refusedAsError } from './tenant-deks';
-import { InvalidRotationError, KekNotWritableError, TargetSchemaError } from '../errors';
-
-interface ColumnInfo {
-  type: string;
-  typname: string;
-  category: string;
-}
+import { ddlType, fieldNeeds, SchemaCheck, type ColumnInfo, type ColumnNeed } from './schema-check';
+import { InvalidRotationError, KekNotWritableError } from '../errors';
 
 /** A row read for rewrap: the target's own columns by name, plus rekey's. */
 export interface TargetRow extends Row {
@@ -109,71 +104,22 @@ export class TargetStore {
   }
 
   /**
-   * Checks that the table exists and every column the definition names is there with a usable type. Before anything
-   * is written: an unknown table or column, or a wrong type, is refused with what to fix.
+   * Checks that the table exists and every column the definition names is there with a usable type, its probe's
+   * timestamp column included, and so are the tables of its encrypted fields. Before anything is written: every
+   * missing table or column, and every wrong type, is refused at once, with the DDL the definition expects.
    */
   async inspect(): Promise<void> {
     const { target } = this;
-    const where = describeTable(target.table);
-    const { rows } = await this.db.query<{ name: string; type: string; typname: string; category: string }>(
-      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, t.typname, t.typcategory AS category
-       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-       WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`,
-      [`${this.table}`],
+    const check = new SchemaCheck().need(target.table, '', targetNeeds(target, this.codec));
+    for (const field of target.fields ?? []) check.need(field.table, `field ${field.name}`, fieldNeeds(field));
+    const { rows: db } = await this.db.query<{ name: string }>('SELECT current_database() AS name');
+    const found = await check.run(this.db, (table, purposes) =>
+      purposes.includes('')
+        ? `table ${describeTable(table)} does not exist in database ${db[0]?.name ?? '?'} (check the target's table, or the database it points at)`
+        : `${describeTable(table)} does not exist (${purposes.join(', ')})`,
     );
-    if (rows.length === 0) {
-      const { rows: db } = await this.db.query<{ name: string }>('SELECT current_database() AS name');
-      throw new TargetSchemaError(
-        `target '${target.name}': table ${where} does not exist in database ${db[0]?.name ?? '?'} (check the target's table, or the database it points at)`,
-      );
-    }
-    const types = new Map(rows.map((r) => [r.name, { type: r.type, typname: r.typname, category: r.category }]));
-    const need = (column: string, role: string, ok: (c: ColumnInfo) => boolean, wanted: string) => {
-      const info = types.get(column);
-      if (!info) throw new TargetSchemaError(`target '${target.name}': ${where} has no column ${column} (${role})`);
-      if (!ok(info)) {
-        throw new TargetSchemaError(
-          `target '${target.name}': ${where}.${column} (${role}) is ${info.type}; it must be ${wanted}`,
-        );
-      }
-    };
-    const text = (c: ColumnInfo) => c.category === TEXT;
-    need(
-      target.id,
-      'row id',
-      (c) => text(c) || c.typname === 'uuid' || INTEGER_TYPES.includes(c.typname),
-      'text, uuid or an integer',
-    );
-    if (target.label.kind === 'generation') {
-      need(target.label.column, 'KEK generation', (c) => INTEGER_TYPES.includes(c.typname), 'an integer');
-    } else {
-      need(target.label.column, 'KEK id', text, 'text');
-    }
-    if (target.cas.kind === 'version') {
-      need(target.cas.column, 'version', (c) => INTEGER_TYPES.includes(c.typname), 'an integer');
-    }
-    const { value, aad } = target.format;
-    const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
-    for (const column of valueColumns) {
-      if (value.encoding === 'bytea') need(column, 'stored value', (c) => c.typname === 'bytea', 'bytea');
-      else need(column, 'stored value', text, `text (it holds ${value.encoding})`);
-    }
-    for (const column of this.codec.readColumns.filter((c) => !valueColumns.includes(c))) {
-      need(column, 'associated data', (c) => text(c) || c.typname === 'uuid', 'text or uuid');
-    }
-    if (aad.store) {
-      const bytea = aad.store.encoding === 'bytea';
-      need(
-        aad.store.column,
-        'stored associated data',
-        (c) => (bytea ? c.typname === 'bytea' : text(c)),
-        bytea ? 'bytea' : 'text',
-      );
-    }
-    for (const column of Object.keys(target.setOnWrite)) {
-      need(column, 'set on write', (c) => TIME_TYPES.includes(c.typname), 'a timestamp');
-    }
-    this.types = types;
+    if (!check.passed) throw check.error(target.name);
+    this.types = found.get(describeTable(target.table));
   }
 
   /**
@@ -559,6 +505,25 @@ export class TargetStore {
     return { byLabel, withoutValue };
   }
 
+  /**
+   * The label column's default, when it is a constant (Mycelium's `kek_version INTEGER NOT NULL DEFAULT 1`): the KEK
+   * a row gets when its writer names none. Undefined without a default, or for an expression.
+   */
+  async labelDefault(): Promise<string | undefined> {
+    const { rows } = await this.db.query<{ expr: string }>(
+      `SELECT pg_get_expr(d.adbin, d.adrelid) AS expr
+       FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+       WHERE d.adrelid = to_regclass($1) AND a.attname = $2`,
+      [this.table, this.target.label.column],
+    );
+    const expr = rows[0]?.expr?.trim();
+    if (expr === undefined) return undefined;
+    const integer = /^\(?'?(-?\d+)'?\)?(?:::[a-z ]+)?$/.exec(expr);
+    if (integer) return integer[1];
+    const text = /^'((?:[^']|'')*)'::[a-z ]+(?:\(\d+\))?$/.exec(expr);
+    return text ? text[1]!.replace(/''/g, "'") : undefined;
+  }
+
   /** Up to `limit` ids of rows still labelled `kekId`, for reports. */
   async idsOnLabel(kekId: string, limit: number): Promise<string[]> {
     const { rows } = await this.db.query<{ id: string }>(
@@ -617,4 +582,99 @@ export class TargetStore {
     );
     return rows.length > 0;
   }
+}
+
+const text = (c: ColumnInfo) => c.category === TEXT;
+const integer = (c: ColumnInfo) => INTEGER_TYPES.includes(c.typname);
+
+/** Every column of a target's own table its definition names, with the types that will do (and the DDL's). */
+export function targetNeeds(target: TargetDefinition, codec: Codec): ColumnNeed[] {
+  const ddl = (column: string, fallback: string) => ddlType(target.table, column, fallback);
+  const needs: ColumnNeed[] = [
+    {
+      column: target.id,
+      role: 'row id',
+      ok: (c) => text(c) || c.typname === 'uuid' || integer(c),
+      wanted: 'text, uuid or an integer',
+      ddl: ddl(target.id, 'text'),
+      key: true,
+    },
+    target.label.kind === 'generation'
+      ? {
+          column: target.label.column,
+          role: 'KEK generation',
+          ok: integer,
+          wanted: 'an integer',
+          ddl: ddl(target.label.column, 'integer NOT NULL DEFAULT 1'),
+        }
+      : {
+          column: target.label.column,
+          role: 'KEK id',
+          ok: text,
+          wanted: 'text',
+          ddl: ddl(target.label.column, 'text'),
+        },
+  ];
+  if (target.cas.kind === 'version') {
+    const { column } = target.cas;
+    needs.push({
+      column,
+      role: 'version',
+      ok: integer,
+      wanted: 'an integer',
+      ddl: ddl(column, 'integer NOT NULL DEFAULT 1'),
+    });
+  }
+  const { value, aad } = target.format;
+  const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
+  for (const column of valueColumns) {
+    needs.push(
+      value.encoding === 'bytea'
+        ? { column, role: 'stored value', ok: (c) => c.typname === 'bytea', wanted: 'bytea', ddl: ddl(column, 'bytea') }
+        : {
+            column,
+            role: 'stored value',
+            ok: text,
+            wanted: `text (it holds ${value.encoding})`,
+            ddl: ddl(column, 'text'),
+          },
+    );
+  }
+  for (const column of codec.readColumns.filter((c) => !valueColumns.includes(c))) {
+    needs.push({
+      column,
+      role: 'associated data',
+      ok: (c) => text(c) || c.typname === 'uuid',
+      wanted: 'text or uuid',
+      ddl: ddl(column, 'text'),
+    });
+  }
+  if (aad.store) {
+    const bytea = aad.store.encoding === 'bytea';
+    needs.push({
+      column: aad.store.column,
+      role: 'stored associated data',
+      ok: (c) => (bytea ? c.typname === 'bytea' : text(c)),
+      wanted: bytea ? 'bytea' : 'text',
+      ddl: ddl(aad.store.column, bytea ? 'bytea' : 'text'),
+    });
+  }
+  const timestamp = (column: string, role: string): ColumnNeed => ({
+    column,
+    role,
+    ok: (c) => TIME_TYPES.includes(c.typname),
+    wanted: 'a timestamp',
+    ddl: ddl(column, 'timestamptz'),
+  });
+  for (const column of Object.keys(target.setOnWrite)) needs.push(timestamp(column, 'set on write'));
+  const owner = target.currentKek;
+  if (owner.owner === 'application') {
+    for (const step of ['promote', 'retire'] as const) {
+      const probe = owner[step].probe;
+      if (probe?.kind === 'rows-written') {
+        needs.push(timestamp(probe.timestampColumn, `the ${step} probe's time of the application's writes`));
+      }
+    }
+  }
+  return needs;
 }

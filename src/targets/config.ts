@@ -257,6 +257,31 @@ function fieldOf(entry: z.infer<typeof field>, where: string): EncryptedField {
   };
 }
 
+/** Lines shown before the one a YAML error is on. */
+const EXCERPT_BEFORE = 3;
+
+/**
+ * The lines of `text` up to `line` (1-based), numbered, with a caret under `col`: enough to find the mistake, which
+ * YAML often reports on the line after it. What could be a secret is masked: a URL's password, the value of a key
+ * named password, secret or token, and any long base64 run (a key pasted in by mistake).
+ */
+export function excerpt(text: string, line: number, col: number): string {
+  const lines = text.split(/\r?\n/);
+  const from = Math.max(1, line - EXCERPT_BEFORE);
+  const width = String(line).length;
+  const shown = lines
+    .slice(from - 1, line)
+    .map((content, i) => `  ${String(from + i).padStart(width)} | ${mask(content)}`);
+  return [...shown, `  ${' '.repeat(width)} | ${' '.repeat(Math.max(0, col - 1))}^`].join('\n');
+}
+
+function mask(line: string): string {
+  return line
+    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^@\s]*@/gi, '$1***@')
+    .replace(/(\b(?:password|passwd|secret|token)\s*:\s*)\S.*$/i, '$1***')
+    .replace(/[A-Za-z0-9+/_-]{32,}={0,2}/g, '***');
+}
+
 /**
  * Where a target's database is, as the configuration names it: its URL, or the variable holding it; with `env`, the
  * URL that variable holds too.
@@ -400,8 +425,12 @@ export function parseTargetsConfig(
   try {
     document = parseYaml(text);
   } catch (err) {
-    // The parser's message points at a line and column; it does not quote the document (which could hold a URL).
-    throw new TargetConfigError(`${source} is not valid YAML or JSON: ${(err as Error).message.split('\n')[0]}`);
+    // The parser's first line says what is wrong and where; the excerpt is rekey's own, with secrets masked.
+    const where = (err as { linePos?: { line: number; col: number }[] }).linePos?.[0];
+    const first = (err as Error).message.split('\n')[0]!.replace(/:$/, '');
+    throw new TargetConfigError(
+      `${source} is not valid YAML or JSON: ${first}${where ? `\n${excerpt(text, where.line, where.col)}` : ''}`,
+    );
   }
   const parsed = file.safeParse(document ?? {});
   if (!parsed.success) {

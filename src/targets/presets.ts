@@ -150,3 +150,28 @@ export const PRESETS: Readonly<Record<string, TargetDefinition>> = {
   [MYCELIUM_PRESET.name]: MYCELIUM_PRESET,
   [TALOS_PRESET.name]: TALOS_PRESET,
 };
+
+/**
+ * The columns of Mycelium's and Talos's tables as their own migrations declare them (../shared/seed-systems.md), by
+ * `schema.table.column`: the DDL first contact prints for a table or column that is missing.
+ */
+export const EXPECTED_COLUMNS: Readonly<Record<string, string>> = {
+  'public.tenant.id': 'uuid',
+  'public.tenant.encrypted_dek': 'text',
+  'public.tenant.kek_version': 'integer NOT NULL DEFAULT 1',
+  'public.tenant.meta': "jsonb NOT NULL DEFAULT '{}'::jsonb",
+  'public.user.id': 'uuid',
+  'public.user.mfa': 'jsonb',
+  'public.webhook.id': 'uuid',
+  'public.webhook.secret': 'jsonb',
+  'public.secrets.id': 'varchar(36)',
+  'public.secrets.name': 'varchar(255) NOT NULL UNIQUE',
+  'public.secrets.ciphertext': 'text NOT NULL',
+  'public.secrets.nonce': 'varchar(64) NOT NULL',
+  'public.secrets.tag': 'varchar(64) NOT NULL',
+  'public.secrets.aad': 'text',
+  'public.secrets.key_id': 'varchar(64) NOT NULL',
+  'public.secrets.version': 'integer NOT NULL DEFAULT 1',
+  'public.secrets.rotated_at': 'timestamptz',
+  'public.secrets.updated_at': 'timestamptz NOT NULL DEFAULT now()',
+};

@@ -1,4 +1,5 @@
 import { Pool } from 'pg';
+import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
 import { openTargetKeys } from '../keys';
 import type { KeyProvider } from '../keys/key-provider';
@@ -11,6 +12,7 @@ import { TargetStore } from '../store/target-store';
 import { BUILTIN_TARGET } from './builtin';
 import { type TargetsConfig } from './config';
 import { PRESETS } from './presets';
+import type { ServedTargets } from './served';
 import { describeTable, type TargetDefinition } from './target';
 import { KeyMaterialError, KeyspaceMismatchError, TargetConfigError } from '../errors';
 
@@ -36,6 +38,8 @@ export interface TargetRuntimesOptions {
   keys: KeyProvider | (() => KeyProvider);
   config?: TargetsConfig;
   env?: NodeJS.ProcessEnv;
+  /** The targets this process serves (a worker: REKEY_TARGETS); every known target when not given. */
+  served?: ServedTargets;
 }
 
 /**
@@ -62,9 +66,14 @@ export class TargetRuntimes {
     return [...(this.options.config?.targets.keys() ?? Object.keys(PRESETS))];
   }
 
-  /** Whether this process serves a target of that name. */
+  /** Whether this process's configuration has a target of that name (served or not). */
   has(name: string): boolean {
     return this.options.config ? this.options.config.targets.has(name) : name in PRESETS;
+  }
+
+  /** The targets this process serves: its activities refuse the others. */
+  get served(): string[] {
+    return this.options.served?.names ?? this.names;
   }
 
   definition(name: string): TargetDefinition {
@@ -126,6 +135,12 @@ export class TargetRuntimes {
 
   private async open(name: string): Promise<TargetRuntime> {
     const definition = this.definition(name);
+    const { served } = this.options;
+    if (served && !served.names.includes(name)) {
+      throw new TargetConfigError(
+        `this worker serves ${served.names.map((n) => `'${n}'`).join(', ')} (${served.source}), not target '${name}': add it to REKEY_TARGETS, or run a worker for it on its own task queue`,
+      );
+    }
     const db = await this.database(definition);
     const keyspace = await this.keyspace(name);
     await this.refuseSharedKeyspace(definition, keyspace);
@@ -239,6 +254,10 @@ export class TargetRuntimes {
       }
       return Promise.resolve(this.options.db);
     }
+    checkDatabaseUrl(
+      url,
+      definition.database.url !== undefined ? `target '${definition.name}': database.url` : variable,
+    );
     let pool = this.pools.get(url);
     if (!pool) {
       pool = (async () => {

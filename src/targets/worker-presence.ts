@@ -38,7 +38,7 @@ export class WorkerPresence {
   }
 
   private async announceToEach(): Promise<void> {
-    for (const name of this.targets.names) {
+    for (const name of this.targets.served) {
       if (this.targets.definition(name).currentKek.owner !== 'registry') continue;
       let runtime: TargetRuntime;
       try {

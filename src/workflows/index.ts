@@ -5,3 +5,4 @@ export * from './messages';
 export * from './search-attributes';
 export * from './migrate-dek';
 export * from './schedule-notices';
+export * from './schedule-check';

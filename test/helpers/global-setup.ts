@@ -12,7 +12,17 @@ declare module 'vitest' {
 
 /** Brings the servers up (idempotent, so `npx vitest` alone works too) and bundles the workflows once. */
 export default async function globalSetup(project: TestProject): Promise<void> {
-  const toolchain = await setup(['temporal-cli', 'test-server', 'postgres', 'moto', 'chromium', 'promtool', 'aes-gcm']);
+  const toolchain = await setup([
+    'temporal-cli',
+    'test-server',
+    'postgres',
+    'moto',
+    'vault',
+    'tctl',
+    'chromium',
+    'promtool',
+    'aes-gcm',
+  ]);
   const { code } = await bundleWorkflowCode({ workflowsPath, logger: quietLogger });
   project.provide('toolchain', toolchain);
   project.provide('workflowCode', code);

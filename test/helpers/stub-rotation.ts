@@ -52,6 +52,10 @@ export class StubRotation {
   ranges = 1;
   /** What validateRotation throws instead of answering (its refusal). */
   validateRefusal?: Error;
+  /** Who picks the current KEK: rekey's registry, or the application (whose steps then wait for evidence). */
+  owner: 'registry' | 'application' = 'registry';
+  /** For an application-owned target: the steps whose evidence the application shows (none: it waits for people). */
+  evidence: { promote: boolean; retire: boolean } = { promote: false, retire: false };
   /** What each rewrapSlice call answers, in call order (then: nothing moved, done). */
   slices: SliceScript[] = [];
   /** Runs recorded in the run history (recordRun), in call order. */
@@ -108,9 +112,12 @@ export class StubRotation {
         if (this.validateRefusal) throw this.validateRefusal;
         return {
           from: request.from === 'current' ? 'v1' : request.from,
-          currentKekOwner: 'registry' as const,
+          currentKekOwner: this.owner,
           since: new Date(0).toISOString(),
           noun: 'DEK',
+          ...(this.owner === 'application' && {
+            instructions: { promote: 'set CURRENT=v2 and restart', retire: 'remove KEK v1 and restart' },
+          }),
         };
       },
       proposeKekId: async () => {
@@ -166,9 +173,12 @@ export class StubRotation {
         await this.enter('staleTenants');
         return [];
       },
-      applicationEvidence: async () => {
+      applicationEvidence: async ({ step }: { step: 'promote' | 'retire' }) => {
         await this.enter('applicationEvidence');
-        return { satisfied: true, by: 'registry' as const, detail: 'registry' };
+        if (this.owner === 'registry') return { satisfied: true, by: 'registry' as const, detail: 'registry' };
+        return this.evidence[step]
+          ? { satisfied: true, by: 'configuration' as const, detail: `the application did ${step}` }
+          : { satisfied: false, detail: `no evidence that the application did ${step}` };
       },
       recordRun: async (run: RunRecord) => {
         await this.enter('recordRun');

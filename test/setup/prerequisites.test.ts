@@ -85,6 +85,37 @@ describe('setup names the missing prerequisite in one line', () => {
     );
   });
 
+  it.each([
+    [
+      'vault',
+      /could not download github\.com\/hashicorp\/vault@v1\.19\.5 \(is the Go module proxy reachable\? GOPROXY=off\)/,
+    ],
+    [
+      'tctl',
+      /could not download github\.com\/temporalio\/tctl@v1\.18\.0 \(is the Go module proxy reachable\? GOPROXY=off\)/,
+    ],
+  ])('when the Go module proxy cannot be reached the %s step says so', (step, message) => {
+    const { status, stderr } = runSetup(step, {
+      PATH: pathWith('go'),
+      GOPROXY: 'off',
+      GOMODCACHE: fs.mkdtempSync(path.join(scratch, 'gomod-')),
+      GOCACHE: path.join(os.homedir(), '.cache', 'go-build'),
+    });
+    expect(status).toBe(1);
+    expectOneLine(stderr, message);
+  });
+
+  it('without Go the vault and tctl steps say to install Go, naming what it builds', () => {
+    expectOneLine(
+      runSetup('vault', { PATH: pathWith() }).stderr,
+      /Go not found on PATH: install Go >= 1\.24 .*to build Vault 1\.19\.5/,
+    );
+    expectOneLine(
+      runSetup('tctl', { PATH: pathWith() }).stderr,
+      /Go not found on PATH: install Go >= 1\.18 .*to build tctl 1\.18\.0/,
+    );
+  });
+
   it('without Java it says to install a JDK', () => {
     const { status, stderr } = runSetup('test-server', { PATH: pathWith('mvn') });
     expect(status).toBe(1);

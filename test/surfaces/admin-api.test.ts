@@ -9,6 +9,7 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
 import { rotationWorkflowId } from '../../src/rotation/identity';
@@ -168,10 +169,14 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(resumed.json()).toMatchObject({ paused: false });
 
     let status: Record<string, unknown> = { status: 'running' };
-    for (let i = 0; i < 600 && status.status === 'running'; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      status = (await api.inject({ method: 'GET', url: body.status_url, headers: auth })).json();
-    }
+    await eventually(
+      'the rotation no longer running',
+      async () => {
+        status = (await api.inject({ method: 'GET', url: body.status_url, headers: auth })).json();
+        return status.status !== 'running';
+      },
+      { every: 100, describe: () => `last status: ${JSON.stringify(status)}` },
+    );
     expect(status).toMatchObject({
       id: opId,
       status: 'completed',
@@ -263,6 +268,8 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       '/admin/v1/secrets/rotation-status/{op_id}',
       '/admin/v1/secrets/rotation/{op_id}/abort',
       '/admin/v1/secrets/rotation/{op_id}/confirm',
+      '/admin/v1/secrets/rotation/{op_id}/grace',
+      '/admin/v1/secrets/rotation/{op_id}/override-fleet',
       '/admin/v1/secrets/rotation/{op_id}/pause',
       '/admin/v1/secrets/rotation/{op_id}/resume',
       '/admin/v1/secrets/rotations',

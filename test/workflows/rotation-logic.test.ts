@@ -14,6 +14,7 @@ import { describe, expect, it } from 'vitest';
 import {
   abortSignal,
   abortUpdate,
+  confirmStepUpdate,
   overrideFleetGateUpdate,
   pauseUpdate,
   resumeUpdate,
@@ -229,6 +230,31 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
       return resultWithin<RotationReport>(handle);
     });
     expect(result.outcome).toBe('completed');
+  });
+
+  it('Finding (issue 25): a confirmation of a step the run does not wait for is refused, naming what it waits for: confirm --step promote while the run waits on retire', async () => {
+    const stub = new StubRotation();
+    stub.owner = 'application';
+    stub.evidence = { promote: true, retire: false };
+    const result = await stub.run(server.env, async () => {
+      const handle = await stub.start(server.env, { gracePeriod: '1h' });
+      await progressUntil(handle, (p) => p.phase === 'grace', { env: server.env, skip: '1m' });
+      expect(
+        await refusal(handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'early' }] })),
+      ).toBe(
+        'ControlRefusedError: the rotation waits for no confirmation now (grace): confirm --step retire once status shows it waiting for the application to retire',
+      );
+      await progressUntil(handle, (p) => p.waiting?.step === 'retire', { env: server.env, skip: '10m' });
+      expect(
+        await refusal(handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'promote', note: 'v2 is current' }] })),
+      ).toBe(
+        'ControlRefusedError: the rotation waits for the application to retire (remove KEK v1 and restart), not to promote: confirm --step retire once that is done',
+      );
+      await handle.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'v1 removed everywhere' }] });
+      return resultWithin<RotationReport>(handle);
+    });
+    expect(result).toMatchObject({ outcome: 'completed' });
+    expect(result.note).not.toContain('v2 is current');
   });
 
   it('Finding 11: a grace change before grace answers the new period, which starts once verify passes', async () => {

@@ -2,13 +2,16 @@
 // rotation it announces (by the server's clock), one per rotation, and the workflow ends when the schedule goes;
 // on the dev server, a real schedule's notice reaches a webhook signed so that independent code verifies it.
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Context } from '@temporalio/activity';
 import type { WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createActivities } from '../../src/activities';
 import type { RotationNotice } from '../../src/activities/schedules';
 import {
@@ -17,10 +20,12 @@ import {
   listRotationSchedules,
   noticeWorkflowId,
 } from '../../src/client/schedules';
+import { FileKeyring } from '../../src/keys/file-keyring';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { noticeRetryDelayMs, noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 import { createDevServerEnv, queryUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 import { keyspaceOf } from '../../src/rotation/identity';
@@ -207,7 +212,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
   let receiver: http.Server;
-  const received: { headers: http.IncomingHttpHeaders; body: string }[] = [];
+  const received: { headers: http.IncomingHttpHeaders; body: string; at: number }[] = [];
   const secret = randomBytes(24).toString('base64url');
   beforeAll(async () => {
     env = await createDevServerEnv();
@@ -216,7 +221,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
       let body = '';
       request.on('data', (chunk: Buffer) => (body += chunk.toString()));
       request.on('end', () => {
-        received.push({ headers: request.headers, body });
+        received.push({ headers: request.headers, body, at: Date.now() });
         response.writeHead(204).end();
       });
     });
@@ -232,18 +237,26 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
     const taskQueue = `notices-${randomUUID()}`;
     const scheduleId = `notice-${randomUUID()}`;
     const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/rekey`;
+    // A key source that generates KEKs: schedule create refuses one that cannot (each run rotates to a new KEK).
+    const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-notices-'));
+    const keyring = FileKeyring.open(path.join(scratch, 'keyring.json'), { create: true });
+    onTestFinished(() => {
+      keyring.close();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    });
     const worker = await Worker.create({
       connection: env.nativeConnection,
       taskQueue,
       workflowBundle: workflowBundle(),
       activities: createActivities({
         db: db.pool,
-        keys: testKeys(['v1']),
+        keys: keyring,
         temporal: env.client,
         env: { REKEY_NOTIFY_SECRET: secret },
       }),
     });
     await worker.runUntil(async () => {
+      const signedFrom = Math.floor(Date.now() / 1000);
       // Every 30 days, notice 30 days before: the next rotation is inside its notice period already.
       await createRotationSchedule(env.client, {
         scheduleId,
@@ -256,17 +269,18 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
       });
       const nextRun = (await env.client.schedule.getHandle(scheduleId).describe()).info.nextActionTimes[0]!;
       const handle = env.client.workflow.getHandle<typeof scheduleNotices>(noticeWorkflowId(scheduleId));
-      for (const deadline = Date.now() + 30_000; received.length === 0 && Date.now() < deadline;) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
+      await eventually('the receiver getting the notice', () => received.length > 0, { every: 100 });
       expect(received).toHaveLength(1);
-      const [{ headers, body }] = received as [(typeof received)[0]];
+      const [{ headers, body, at: receivedAt }] = received as [(typeof received)[0]];
       // Verified as a receiver would, with its own HMAC: over "<timestamp>.<body>", under the shared secret.
       const expected = createHmac('sha256', secret)
         .update(`${String(headers['x-rekey-timestamp'])}.${body}`)
         .digest('hex');
       expect(headers['x-rekey-signature']).toBe(`v1=${expected}`);
-      expect(Math.abs(Number(headers['x-rekey-timestamp']) - Date.now() / 1000)).toBeLessThan(120);
+      // Signed with the time it was sent, in seconds: after the schedule was made, before the receiver had it.
+      const signedAt = Number(headers['x-rekey-timestamp']);
+      expect(signedAt).toBeGreaterThanOrEqual(signedFrom);
+      expect(signedAt).toBeLessThanOrEqual(Math.ceil(receivedAt / 1000));
       expect(JSON.parse(body)).toEqual({
         event: 'rekey.rotation.upcoming',
         scheduleId,

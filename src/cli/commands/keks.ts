@@ -1,5 +1,8 @@
 import os from 'node:os';
 import { Command } from 'commander';
+import { EnvKeyProvider } from '../../keys/env-provider';
+import { canImport, importKeks } from '../../keys/import-keks';
+import type { KeyProvider } from '../../keys/key-provider';
 import { rotationWorkflowId } from '../../rotation/identity';
 import { restoreKek } from '../../targets/restore-kek';
 import { targetKekStatus } from '../../targets/kek-status';
@@ -86,15 +89,59 @@ export function keysCommand(): Command {
     );
   keys
     .command('list')
-    .description('KEK ids and fingerprints in the store')
+    .description('KEK ids and fingerprints in the store (a keyring file that does not exist: exit 3)')
     .action(
       withContext(async (context) => {
-        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
+        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring, { create: false });
         try {
           const listed = store.kekIds().map((kekId) => ({ kekId, fingerprint: store.fingerprint(kekId) }));
           context.print(listed, () => listed.map((k) => `${k.kekId.padEnd(12)} ${k.fingerprint}`));
         } finally {
           store.close();
+        }
+      }),
+    );
+  keys
+    .command('import')
+    .description(
+      'copy the KEKs of <PREFIX>_KEK_<id> environment variables into the keyring file (--keyring, REKEY_KEYRING_FILE) or the Secrets Manager secret (REKEY_KEY_PROVIDER=aws-secrets-manager), keeping their fingerprints; never overwrites another key',
+    )
+    .option(
+      '--prefix <prefix>',
+      'the variables to read: <PREFIX>_KEK_<id> and <PREFIX>_CURRENT_KEK_ID (default: REKEY_ENV_PREFIX, else REKEY)',
+    )
+    .action(
+      withContext(async (context, options: { prefix?: string }) => {
+        const source = new EnvKeyProvider(process.env, options.prefix ?? (process.env.REKEY_ENV_PREFIX || 'REKEY'));
+        const keyring = keys.opts<{ keyring?: string }>().keyring;
+        const provider = process.env.REKEY_KEY_PROVIDER?.trim() || 'env';
+        let store: KeyProvider | undefined;
+        try {
+          if (keyring === undefined && provider === 'env' && !process.env.REKEY_KEYRING_FILE) {
+            throw new CliError(
+              'name where to import: --keyring <file> (or REKEY_KEYRING_FILE), or REKEY_KEY_PROVIDER=aws-secrets-manager with REKEY_AWS_SECRET_ID',
+              'invalid',
+            );
+          }
+          store = await context.keyStore(keyring);
+          if (!canImport(store)) {
+            throw new CliError(
+              `${store.description} cannot be given key bytes: import into a keyring file (--keyring <file>) or an AWS Secrets Manager secret (REKEY_KEY_PROVIDER=aws-secrets-manager, REKEY_AWS_SECRET_ID)`,
+              'invalid',
+            );
+          }
+          const destination = store;
+          const imported = await importKeks(source, destination);
+          context.print({ store: destination.description, keks: imported }, () => [
+            `${destination.description} holds the KEKs of ${source.description}, with the same fingerprints:`,
+            ...imported.map(
+              (k) => `  ${k.kekId.padEnd(12)} ${k.fingerprint}  ${k.outcome}${k.current ? ' (current)' : ''}`,
+            ),
+            'The registry trusts them by fingerprint: nothing needs rotating. Point every worker, admin API and application at this store, then remove the variables.',
+          ]);
+        } finally {
+          store?.close();
+          source.close();
         }
       }),
     );

@@ -20,7 +20,10 @@ export function migrateDekCommand(): Command {
       "move every legacy value encrypted directly by the KEK (Mycelium's v1) to the tenant's DEK (v2), provisioning missing DEKs",
     )
     .addOption(targetOption())
-    .option('--kek-version <n>', "the generation of the application's current KEK, if rekey has none recorded yet")
+    .option(
+      '--kek-version <n>',
+      "the generation of the application's current KEK, while rekey's registry records none (default: the one every DEK is labelled with, or the label column's default)",
+    )
     .option(
       '--tenant-id <id>',
       "only the values under this tenant's DEK (TOTP and webhook secrets are the system tenant's, the nil UUID)",

@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { GENERATION } from '../../targets/target';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
-import { parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
+import { DEFAULTS, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
@@ -53,17 +53,22 @@ export function rotateCommand(): Command {
       'count what a real run would do (Migrated / Already done / Skipped / Unreadable / Relabelled); write nothing',
     )
     .option('--tenant-id <id>', 'canary: rotate this one row under the new KEK and stop')
-    .option('--batch-size <n>', 'rows per batch', positiveInteger)
-    .option('--parallelism <n>', 'slices rewrapped at once', positiveInteger)
-    .option('--grace <duration>', 'how long the old KEK stays decrypt-only before it is retired', duration, '7d')
+    .option('--batch-size <n>', `rows per batch (default: ${DEFAULTS.batchSize})`, positiveInteger)
+    .option('--parallelism <n>', `slices rewrapped at once (default: ${DEFAULTS.parallelism})`, positiveInteger)
+    .option(
+      '--grace <duration>',
+      'how long the old KEK stays decrypt-only before it is retired',
+      duration,
+      DEFAULTS.gracePeriod,
+    )
     .option(
       '--restore-window <duration>',
-      'how long the retired KEK stays restorable (rekey keys restore) before it is destroyed',
+      `how long the retired KEK stays restorable (rekey keys restore) before it is destroyed (default: ${DEFAULTS.restoreWindow})`,
       duration,
     )
     .option(
       '--confirm-timeout <duration>',
-      'how long a step the application owns waits for its evidence or a confirmation',
+      `how long a step the application owns waits for its evidence or a confirmation (default: ${DEFAULTS.confirmTimeout})`,
       duration,
     )
     .option(
@@ -126,10 +131,13 @@ export function rotateCommand(): Command {
           return;
         }
         if (validated?.outcome === 'nothing-to-do') {
-          // Validate decided there is nothing to do (already done, or a KEK too young for a scheduled run): ended.
-          context.print({ opId, workflowId: started.handle.workflowId, started: true, validated }, () => [
-            `rotation ${opId} of target '${options.target}': ${validated.note ?? validated.outcome}`,
-          ]);
+          // Validate decided there is nothing to do (already done, or a KEK too young for a scheduled run): the run
+          // ends saying why, which is shown as rekey status shows it.
+          if (context.options.json) {
+            context.out(JSON.stringify({ opId, workflowId: started.handle.workflowId, started: true, validated }));
+            return;
+          }
+          await watchRotation(context, opId);
           return;
         }
         if (!context.options.json) {

@@ -59,10 +59,15 @@ export function scheduleCommand(): Command {
               ...(options.notifyBefore !== undefined && { notifyBefore: options.notifyBefore }),
               ...(options.notifyUrl !== undefined && { notifyUrl: options.notifyUrl }),
             });
-            context.print({ scheduleId: id, created: true }, () => [`created schedule ${id}`]);
+            context.print({ scheduleId: id, created: true }, () => [
+              `created schedule ${id}`,
+              `  Web UI: ${context.webUiPage(`schedules/${encodeURIComponent(id)}`)}`,
+            ]);
           } catch (err) {
             if (err instanceof ScheduleAlreadyRunning)
               throw new CliError(`schedule ${options.id} already exists`, 'conflict');
+            // The worker's answer: a target whose runs could never do their work.
+            if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
             throw err;
           }
         },

@@ -1,0 +1,92 @@
+// The README's commands, as an operator copies them: a test runs them with only what names this machine's servers
+// filled in, so a documented command cannot stop working unnoticed.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { projectRoot } from '../../src/project-paths';
+
+const README = () => fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
+
+/** The shell commands of the first ```sh block under `heading`, continued lines (a trailing `\`) joined. */
+export function readmeCommands(heading: string): string[] {
+  const text = README();
+  const at = text.indexOf(`\n${heading}\n`);
+  if (at < 0) throw new Error(`README.md has no heading '${heading}'`);
+  const block = /```sh\n([\s\S]*?)```/.exec(text.slice(at))?.[1];
+  if (block === undefined) throw new Error(`README.md has no sh block under '${heading}'`);
+  return block
+    .replace(/\\\n\s*/g, '')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+export interface EnvCommand {
+  /** The variables the command sets, with placeholders (`…`, `<…>`) replaced by `fill`. */
+  env: Record<string, string>;
+  /** The npm script it runs (`worker`, `admin`). */
+  script: string;
+}
+
+/**
+ * `NAME=value … npm run <script>   # comment` parsed; each placeholder value is replaced by `fill[NAME]`, and a
+ * placeholder the test does not fill is an error (the README gained a variable the test does not know).
+ */
+export function envCommand(line: string, fill: Record<string, string>): EnvCommand {
+  const match = /^((?:[A-Za-z_][A-Za-z0-9_]*=(?:<[^>]*>|\S+)\s+)*)npm run (\S+)/.exec(line);
+  if (!match) throw new Error(`not an 'NAME=value … npm run <script>' command: ${line}`);
+  const env: Record<string, string> = {};
+  for (const [, name, value] of match[1]!.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(<[^>]*>|\S+)/g)) {
+    const placeholder = value!.includes('…') || value!.startsWith('<');
+    if (placeholder && fill[name!] === undefined) throw new Error(`the README's ${name}=${value} has no test value`);
+    env[name!] = placeholder ? fill[name!]! : value!;
+  }
+  return { env, script: match[2]! };
+}
+
+export interface RunningProcess {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+  /** Resolves once the output contains `text`; rejects, with the output, if the process exits first. */
+  until(text: string, withinMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Runs `npm run <script>` as package.json defines it (`node dist/src/…`), with exactly `env` (and PATH). */
+export function runScript(command: EnvCommand, extra: Record<string, string>): RunningProcess {
+  const scripts = (
+    JSON.parse(fs.readFileSync(path.join(projectRoot, 'package.json'), 'utf8')) as {
+      scripts: Record<string, string>;
+    }
+  ).scripts;
+  const [node, ...args] = (scripts[command.script] ?? '').split(' ');
+  if (node !== 'node') throw new Error(`npm run ${command.script} is not 'node …': ${scripts[command.script]}`);
+  const child = spawn(process.execPath, args, {
+    cwd: projectRoot,
+    env: { PATH: process.env.PATH, ...command.env, ...extra },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return {
+    child,
+    output: () => output,
+    exited,
+    async until(text, withinMs = 60_000) {
+      const deadline = Date.now() + withinMs;
+      while (!output.includes(text)) {
+        if (child.exitCode !== null) throw new Error(`npm run ${command.script} exited ${child.exitCode}: ${output}`);
+        if (Date.now() > deadline)
+          throw new Error(`npm run ${command.script}: no '${text}' within ${withinMs} ms: ${output}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    },
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}

@@ -1,0 +1,185 @@
+// Issue 25, schedules: a schedule that could never run is refused when it is created; a run asks whether a rotation
+// is due before anything else; `schedule list` says what came of each run.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ScheduleNotFoundError } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import { seedTenants } from '../../src/dev/tenants';
+import { FileKeyring } from '../../src/keys/file-keyring';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { createWorker } from '../../src/worker';
+import type { scheduledRotation } from '../../src/workflows';
+import { runRekey, type CliResult } from '../helpers/cli';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+import { createTalosSchema } from '../helpers/talos';
+import { createDevServerEnv, resultWithin, within, workflowBundle } from '../helpers/temporal';
+
+describe('rotation schedules: refused at create when they cannot run, each run with its outcome', () => {
+  let env: TestWorkflowEnvironment;
+  let db: TestDatabase;
+  let keyring: FileKeyring;
+  let worker: Worker;
+  let running: Promise<void>;
+  let targets: TargetRuntimes;
+  const taskQueue = 'rekey-schedule-runs';
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-schedules-'));
+  const keyringFile = path.join(scratch, 'keyring.json');
+
+  function rekey(...args: string[]): Promise<CliResult> {
+    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+      PATH: process.env.PATH,
+      DATABASE_URL: db.url,
+      REKEY_KEYRING_FILE: keyringFile,
+      REKEY_WEB_UI_URL: 'https://temporal.example.com/',
+    });
+  }
+
+  /** The launcher of the schedule's `nth` run (1-based), once it has ended. */
+  async function launched(scheduleId: string, nth: number): Promise<void> {
+    const handle = env.client.schedule.getHandle(scheduleId);
+    await within(
+      (async () => {
+        for (;;) {
+          const action = (await handle.describe()).info.recentActions[nth - 1]?.action.workflow;
+          if (action) {
+            await env.client.workflow.getHandle<typeof scheduledRotation>(action.workflowId).result();
+            return;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      })(),
+      60_000,
+      () => `schedule ${scheduleId} never ran ${nth} time(s)`,
+    );
+  }
+
+  beforeAll(async () => {
+    env = await createDevServerEnv();
+    db = await createTestDatabase();
+    await createTalosSchema(db.pool);
+    keyring = FileKeyring.open(keyringFile, { create: true });
+    await keyring.generate('v1');
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
+    await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 200 });
+    // rekey's own table with a keyring file (rekey generates KEKs there); Talos with its TALOS_KEK_<id> (it cannot).
+    targets = new TargetRuntimes({
+      db: db.pool,
+      keys: keyring,
+      env: { TALOS_KEK_v1: randomBytes(32).toString('base64url') },
+    });
+    worker = await createWorker({
+      connection: env.nativeConnection,
+      taskQueue,
+      db: db.pool,
+      keys: keyring,
+      targets,
+      temporal: env.client,
+      workflowBundle: workflowBundle(),
+    });
+    running = worker.run();
+  });
+
+  afterAll(async () => {
+    worker?.shutdown();
+    await running;
+    await targets?.close();
+    keyring?.close();
+    await db?.drop();
+    await env?.teardown();
+    fs.rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it('Finding: schedule create refuses a target whose key source cannot generate a KEK (env keys), with exit 2 and the reason, and creates no schedule, where the first run used to fail', async () => {
+    const refused = await rekey('schedule', 'create', '--id', 'talos-quarterly', '--target', 'talos');
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toBe(
+      "rekey: target 'talos' takes its KEKs from environment variables TALOS_KEK_<id>, where rekey cannot generate one, and every scheduled run rotates to a newly generated KEK: rotate it by hand (add the new KEK everywhere, then rekey rotate --target talos --from current --to <id>), or give it a key source rekey generates in (a keyring file, AWS Secrets Manager, AWS KMS)\n",
+    );
+    await expect(env.client.schedule.getHandle('talos-quarterly').describe()).rejects.toThrow(ScheduleNotFoundError);
+  });
+
+  it('schedule create refuses, exit 1, when no worker polls the task queue to check it', async () => {
+    const refused = await runRekey(
+      ['--address', env.address, '--task-queue', 'nobody-polls-this', 'schedule', 'create', '--id', 'orphan'],
+      { PATH: process.env.PATH },
+    );
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      "rekey: no worker polls task queue 'nobody-polls-this' (namespace default): start the worker of target 'rekey' first; a schedule is checked by it, and each run needs it\n",
+    );
+    await expect(env.client.schedule.getHandle('orphan').describe()).rejects.toThrow(ScheduleNotFoundError);
+  });
+
+  it('Finding: a run checks --min-kek-age before whether the key source can generate: a young KEK ends it with nothing to do, where it used to fail saying the source cannot generate', async () => {
+    const other = await createTestDatabase();
+    try {
+      const keys = testKeys(['v1']);
+      await new KekRegistry(other.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+      const validated = await createActivities({ db: other.pool, keys }).validateRotation({
+        from: 'current',
+        to: 'new',
+        minKekAge: '30d',
+      });
+      expect(validated.nothingToDo).toMatch(/^KEK 'v1' became active \d+m?s ago; rotations are due after 30d 0h$/);
+    } finally {
+      await other.drop();
+    }
+  });
+
+  it("Finding: schedule list shows each recent run and what came of the rotation it started (completed, failed with its reason), where it showed only the next run and the launcher's started: true", async () => {
+    const created = await rekey(
+      'schedule',
+      'create',
+      '--id',
+      'rekey-runs',
+      '--every',
+      '90d',
+      '--grace',
+      '1s',
+      '--min-kek-age',
+      '0s',
+    );
+    expect(created.stderr).toBe('');
+    expect(created.stdout).toBe(
+      'created schedule rekey-runs\n  Web UI: https://temporal.example.com/namespaces/default/schedules/rekey-runs\n',
+    );
+    await env.client.schedule.getHandle('rekey-runs').trigger();
+    await launched('rekey-runs', 1);
+    await resultWithin(env.client.workflow.getHandle('kek-rotation-rekey'));
+
+    // The next run cannot succeed: the active KEK is gone from the keyring file.
+    const active = (await new KekRegistry(db.pool, BUILTIN_TARGET).active())!.kekId;
+    const other = new FileKeyring(keyringFile);
+    await other.destroy(active);
+    other.close();
+    await env.client.schedule.getHandle('rekey-runs').trigger();
+    await launched('rekey-runs', 2);
+    await expect(resultWithin(env.client.workflow.getHandle('kek-rotation-rekey'))).rejects.toThrow();
+
+    const listed = await rekey('schedule', 'list');
+    expect(listed.stderr).toBe('');
+    const lines = listed.stdout.split('\n');
+    const at = lines.findIndex((line) => line.startsWith('rekey-runs: every 90d; next rotation '));
+    expect(at).toBeGreaterThanOrEqual(0);
+    expect(lines[at + 1]).toMatch(
+      new RegExp(
+        `^ {2}\\S+ {2}kek-rotation-rekey@\\S+: Failed: KEK '${active}' is not in keyring file ${keyringFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: its DEKs cannot be unwrapped$`,
+      ),
+    );
+    expect(lines[at + 2]).toMatch(/^ {2}\S+ {2}kek-rotation-rekey@\S+: Succeeded: /);
+    const json = JSON.parse((await rekey('--json', 'schedule', 'list')).stdout) as {
+      scheduleId: string;
+      runs: { state: string; rotation?: string }[];
+    }[];
+    expect(json.find((s) => s.scheduleId === 'rekey-runs')?.runs.map((r) => r.state)).toEqual(['failed', 'succeeded']);
+    expect((await rekey('schedule', 'delete', 'rekey-runs')).code).toBe(0);
+  });
+});
