@@ -4,6 +4,8 @@ import { spawn } from 'node:child_process';
 export interface MotoServer {
   /** e.g. http://127.0.0.1:41234: AWS_ENDPOINT_URL for the SDK. */
   endpoint: string;
+  /** The server's process (benchmarks read its CPU time). */
+  pid: number | undefined;
   /** What a process needs in its environment to talk to this server as AWS. */
   env: Record<string, string>;
   stop(): Promise<void>;
@@ -43,6 +45,7 @@ export async function startMoto(motoServer: string, timeoutMs = 60_000): Promise
   });
   return {
     endpoint,
+    pid: child.pid,
     env: {
       AWS_ENDPOINT_URL: endpoint,
       AWS_REGION: 'us-east-1',
