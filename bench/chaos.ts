@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { buildAdminServer } from '../src/admin/server';
-import { TargetRuntimes } from '../src/targets/runtime';
+import { TargetRuntimes, targetKeyspace } from '../src/targets/runtime';
 import { failureMessage, startRotation, type StartOutcome } from '../src/client/rotations';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
@@ -120,8 +120,8 @@ class World {
     this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'), port);
   }
 
-  rotate(request: RotationRequest = ROTATION): Promise<StartOutcome> {
-    return startRotation(this.client, request, { taskQueue: TASK_QUEUE, workflowId: 'kek-rotation-chaos' });
+  async rotate(request: RotationRequest = ROTATION): Promise<StartOutcome> {
+    return startRotation(this.client, request, { taskQueue: TASK_QUEUE, keyspace: await targetKeyspace(this.db) });
   }
 
   stale(): Promise<number> {
