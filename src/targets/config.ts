@@ -361,6 +361,14 @@ function processStores(env: NodeJS.ProcessEnv | undefined): StoreName[] {
     if (local === 'env') stores.push(envStore(envPrefix));
     if (local === 'file' && keyring) stores.push(fileStore(keyring));
   }
+  if (provider === 'vault' && env.REKEY_VAULT_KV_PATH?.trim()) {
+    const at = `${env.REKEY_VAULT_KV_MOUNT?.trim() || 'secret'}/${env.REKEY_VAULT_KV_PATH.trim()}`;
+    stores.push({ key: `vault-kv ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault KV v2 secret ${at}` });
+  }
+  if (provider === 'vault-transit' && env.REKEY_VAULT_TRANSIT_KEY?.trim()) {
+    const at = `${env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit'}/keys/${env.REKEY_VAULT_TRANSIT_KEY.trim()}`;
+    stores.push({ key: `vault-transit ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault Transit key ${at}` });
+  }
   return stores;
 }
 
@@ -380,6 +388,13 @@ function fileStore(file: string): StoreName {
 
 function secretStore(secret: SecretSource): StoreName {
   if ('env' in secret) return { key: `secret-env ${secret.env}`, what: `the secret in ${secret.env}` };
+  if ('vault' in secret) {
+    const { mount = 'secret', path, field } = secret.vault;
+    return {
+      key: `secret-vault ${mount}/${path}#${field}`,
+      what: `the Vault KV secret ${mount}/${path} (field ${field})`,
+    };
+  }
   const { key, what } = fileStore(secret.file);
   return { key: `secret-${key}`, what: what.replace('keyring file', 'secret file') };
 }
