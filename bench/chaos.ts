@@ -1,4 +1,4 @@
-// `npm run chaos -- [--tenants N] [--scenarios a,b] [--kills K]`: rotations under faults. Every scenario records
+// `npm run chaos -- [--tenants N] [--scenarios a,b] [--kills K] [--no-postgres-restart]`: rotations under faults. Every scenario records
 // each tenant's DEK fingerprint and some tenant data first, and checks afterwards that every DEK is byte-identical,
 // the data decrypts, nothing is stale and the old KEK is retired (or, after an abort, that both keys still work).
 // Exits non-zero on any loss.
@@ -32,11 +32,13 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
+import { myceliumScenario, type TargetVerdict } from './chaos-targets';
 
 interface Options {
   tenants: number;
   scenarios: string[];
   kills: number;
+  postgresRestart: boolean;
 }
 
 interface Row {
@@ -223,9 +225,10 @@ const SCENARIOS: Record<string, Scenario> = {
     return { faults: `${kills} × SIGKILL of the worker`, retired: true };
   },
 
-  async 'postgres-restart'(world) {
+  async 'postgres-restart'(world, options) {
     if (process.env.DATABASE_URL)
       return { faults: 'skipped: DATABASE_URL points at a server this suite does not own', retired: false };
+    if (!options.postgresRestart) return { faults: 'skipped: --no-postgres-restart', retired: false };
     const started = await world.rotate();
     await world.waitForRewrapped(0.3);
     // The setup script is plain ESM beside the sources (it runs before anything is built).
@@ -455,35 +458,79 @@ const SCENARIOS: Record<string, Scenario> = {
   },
 };
 
+/**
+ * The scenarios of other keyspaces (bench/chaos-targets.ts): each builds its own world and is checked by fixture code
+ * that shares nothing with rekey's codecs.
+ */
+const TARGET_SCENARIOS: Record<string, (options: Options) => Promise<TargetVerdict>> = {
+  mycelium: myceliumScenario,
+};
+
 function parseOptions(argv: string[]): Options {
   const value = (flag: string) => {
     const i = argv.indexOf(flag);
     return i >= 0 ? argv[i + 1] : undefined;
   };
-  const scenarios = value('--scenarios')?.split(',') ?? Object.keys(SCENARIOS);
+  const known = [...Object.keys(SCENARIOS), ...Object.keys(TARGET_SCENARIOS)];
+  const scenarios = value('--scenarios')?.split(',') ?? known;
   for (const s of scenarios)
-    if (!SCENARIOS[s]) throw new Error(`unknown scenario '${s}': choose from ${Object.keys(SCENARIOS).join(', ')}`);
-  return { tenants: Number(value('--tenants') ?? 20_000), scenarios, kills: Number(value('--kills') ?? 3) };
+    if (!known.includes(s)) throw new Error(`unknown scenario '${s}': choose from ${known.join(', ')}`);
+  return {
+    tenants: Number(value('--tenants') ?? 20_000),
+    scenarios,
+    kills: Number(value('--kills') ?? 3),
+    postgresRestart: !argv.includes('--no-postgres-restart'),
+  };
+}
+
+function withinTimeout<T>(work: Promise<T>): Promise<T> {
+  return Promise.race([
+    work,
+    new Promise<never>((_, reject) => {
+      // unref: a scenario that finished must not keep the process waiting for this timer
+      setTimeout(
+        () => reject(new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`)),
+        SCENARIO_TIMEOUT_MS,
+      ).unref();
+    }),
+  ]);
+}
+
+async function runTargetScenario(
+  name: string,
+  scenario: (options: Options) => Promise<TargetVerdict>,
+  options: Options,
+): Promise<Row> {
+  const started = Date.now();
+  try {
+    const verdict = await withinTimeout(scenario(options));
+    const seconds = `${((Date.now() - started) / 1000).toFixed(0)} s`;
+    return {
+      scenario: name,
+      faults: verdict.faults,
+      tenantsChecked: verdict.checked,
+      losses: verdict.losses,
+      note: [seconds, ...verdict.notes].join('; '),
+    };
+  } catch (err) {
+    return { scenario: name, faults: 'scenario failed', tenantsChecked: 0, losses: 1, note: failureMessage(err) };
+  }
 }
 
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   const rows: Row[] = [];
   for (const name of options.scenarios) {
+    if (TARGET_SCENARIOS[name]) {
+      rows.push(await runTargetScenario(name, TARGET_SCENARIOS[name], options));
+      process.stdout.write(`${name}: done\n`);
+      continue;
+    }
     const world = new World(options.tenants);
     const started = Date.now();
     try {
       await world.start();
-      const outcome = await Promise.race([
-        SCENARIOS[name]!(world, options),
-        new Promise<never>((_, reject) => {
-          // unref: a scenario that finished must not keep the process waiting for this timer
-          setTimeout(
-            () => reject(new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`)),
-            SCENARIO_TIMEOUT_MS,
-          ).unref();
-        }),
-      ]);
+      const outcome = await withinTimeout(SCENARIOS[name]!(world, options));
       const verdict = await world.losses({ retired: outcome.retired, except: outcome.except });
       const notes = [outcome.note, ...verdict.notes].filter((n): n is string => Boolean(n));
       rows.push({

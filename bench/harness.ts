@@ -23,8 +23,13 @@ export function startServer(toolchain: Toolchain, dbFilename?: string, port?: nu
   return startDevServer({ temporalCli: toolchain.temporalCli, port, dbFilename });
 }
 
-export function freshDatabase(name: string): Promise<ScratchDatabase> {
-  return createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 10);
+/**
+ * A new database named `<prefix>_<random>`: two runs of a script (or a run and a test) beside one PostgreSQL never
+ * drop each other's database, as one fixed name would (createDatabase replaces a database of its name).
+ */
+export function freshDatabase(prefix: string, options: { migrate?: boolean } = {}): Promise<ScratchDatabase> {
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
+  return createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 10, options);
 }
 
 /** Random KEKs as the env provider reads them; the same variables go to every worker process. */

@@ -1,0 +1,306 @@
+// The chaos scenarios of keyspaces other than rekey's own table: a Mycelium-format and a Talos-format target, each
+// rotated while the application's own code (fixture code written from ../shared/seed-systems.md with node:crypto
+// alone, never rekey's codecs) reads and writes, the worker is killed with SIGKILL mid-rewrap and PostgreSQL is
+// restarted. The verdict is the fixture's too: every row opens under the new KEK alone to the DEK or secret it held
+// before, nothing is left on the old KEK, and the old KEK is retired only once nothing needs it.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import type { Pool } from 'pg';
+import { failureMessage, startRotation } from '../src/client/rotations';
+import type { ScratchDatabase } from '../src/dev/databases';
+import type { DevServer } from '../src/dev/dev-server';
+import { readToolchain } from '../src/dev/toolchain';
+import { projectRoot } from '../src/project-paths';
+import type { ProgressReport } from '../src/rotation/progress';
+import type { RotationRequest } from '../src/rotation/rotation-input';
+import { migrate } from '../src/store/migrate';
+import { KekRegistry } from '../src/store/kek-registry';
+import { confirmStepUpdate, progressQuery } from '../src/workflows/messages';
+import {
+  checkWithOneKek,
+  createMyceliumSchema,
+  kekOf,
+  MyceliumGateway,
+  seedMyceliumTenants,
+  unwrapDek,
+} from '../test/helpers/mycelium';
+import {
+  freshDatabase,
+  sleep,
+  spawnWorker,
+  startServer,
+  TASK_QUEUE,
+  temporalClient,
+  type WorkerProcess,
+} from './harness';
+
+export interface TargetScenarioOptions {
+  tenants: number;
+  kills: number;
+  /** False with `--no-postgres-restart`: a shared cluster other work uses is left alone. */
+  postgresRestart: boolean;
+}
+
+/** What a scenario of this file reports: the row of the chaos table. */
+export interface TargetVerdict {
+  faults: string;
+  checked: number;
+  losses: number;
+  notes: string[];
+}
+
+const SLICES: Pick<RotationRequest, 'batchSize' | 'parallelism' | 'sliceTimeBudget' | 'gracePeriod'> = {
+  batchSize: 20,
+  parallelism: 2,
+  sliceTimeBudget: '2s',
+  gracePeriod: '1s',
+};
+
+/** Errors of the application's own reads that mean data did not open: anything else is a connection lost. */
+const UNREADABLE = /cannot unwrap|never wrote|never held|Unsupported state|unable to authenticate/i;
+
+/**
+ * One run's world: its own dev server (on-disk history), a database of its own holding the application's schema
+ * and rekey's, and the worker process, which is killed and started again.
+ */
+class TargetWorld {
+  client!: Client;
+  worker!: WorkerProcess;
+  crashes = 0;
+  private closeClient!: () => Promise<void>;
+  private server!: DevServer;
+  private database!: ScratchDatabase;
+  private readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-chaos-target-'));
+
+  constructor(private readonly workerEnv: Record<string, string>) {}
+
+  get db(): Pool {
+    return this.database.pool;
+  }
+
+  /** The application's schema first (as it stands before rekey arrives), then rekey's bookkeeping beside it. */
+  async start(createSchema: (db: Pool) => Promise<void>): Promise<void> {
+    this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'));
+    this.database = await freshDatabase('rekey_chaos_target', { migrate: false });
+    await createSchema(this.db);
+    const connection = await this.db.connect();
+    try {
+      await migrate(connection);
+    } finally {
+      connection.release();
+    }
+    ({ client: this.client, close: this.closeClient } = await temporalClient(this.server.address));
+  }
+
+  startWorker(): void {
+    if (this.worker?.crashed()) this.crashes++;
+    this.worker = spawnWorker({
+      databaseUrl: this.database.url,
+      address: this.server.address,
+      keyEnv: this.workerEnv,
+    });
+  }
+
+  async killWorker(): Promise<void> {
+    await this.worker.kill('SIGKILL');
+    await sleep(200);
+    this.startWorker();
+  }
+
+  rotate(request: RotationRequest): Promise<WorkflowHandle> {
+    return startRotation(this.client, request, {
+      taskQueue: TASK_QUEUE,
+      workflowId: `kek-rotation-chaos-${request.target ?? 'rekey'}`,
+    }).then((started) => started.handle);
+  }
+
+  /** A count read with plain SQL; retried while PostgreSQL restarts. */
+  async count(sql: string): Promise<number> {
+    for (;;) {
+      try {
+        const { rows } = await this.db.query<{ n: string }>(sql);
+        return Number(rows[0]!.n);
+      } catch {
+        await sleep(100);
+      }
+    }
+  }
+
+  /** Waits until `done` holds of the count `sql` reads (a point in the middle of the rewrap). */
+  async countUntil(sql: string, done: (n: number) => boolean, what: string): Promise<void> {
+    const deadline = Date.now() + 120_000;
+    while (!done(await this.count(sql))) {
+      if (Date.now() > deadline) throw new Error(`${what} never happened`);
+      await sleep(50);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.worker?.kill('SIGKILL');
+    await this.closeClient?.();
+    await this.database?.drop();
+    await this.server?.stop();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Polls the run's progress until `done` holds of it; fails with the last progress seen. */
+async function progressUntil(
+  handle: WorkflowHandle,
+  done: (p: ProgressReport) => boolean,
+  what: string,
+): Promise<ProgressReport> {
+  const deadline = Date.now() + 180_000;
+  let last: ProgressReport | undefined;
+  for (;;) {
+    try {
+      last = await handle.query(progressQuery);
+      if (done(last)) return last;
+    } catch {
+      // the worker is restarting: a query waits for one
+    }
+    if (Date.now() > deadline)
+      throw new Error(`${what} never happened; last progress: phase ${last?.phase}, waiting ${last?.waiting?.step}`);
+    await sleep(200);
+  }
+}
+
+/** The PostgreSQL restart of the chaos suite: the local cluster the setup made (not one DATABASE_URL names). */
+async function restartPostgres(): Promise<boolean> {
+  if (process.env.DATABASE_URL) return false;
+  // The setup script is plain ESM beside the sources (it runs before anything is built).
+  const setup = (await import(path.join(projectRoot, 'scripts', 'setup.mjs'))) as typeof import('../scripts/setup.mjs');
+  setup.restartPostgres();
+  return true;
+}
+
+/**
+ * The faults of a rewrap: `kills` SIGKILLs of the worker spread over it, and one PostgreSQL restart past the middle;
+ * `moved()` is how many rows have left the old KEK, out of `total`.
+ */
+async function faultsDuringRewrap(
+  world: TargetWorld,
+  options: TargetScenarioOptions,
+  movedSql: string,
+  total: number,
+): Promise<string[]> {
+  const faults: string[] = [];
+  let kills = 0;
+  for (let k = 1; k <= options.kills; k++) {
+    const share = Math.min(0.8, k / (options.kills + 2));
+    await world.countUntil(movedSql, (n) => n >= total * share, `the rewrap reaching ${Math.round(share * 100)}%`);
+    if ((await world.count(movedSql)) >= total) break;
+    await world.killWorker();
+    kills++;
+  }
+  faults.push(`${kills} × SIGKILL of the worker mid-rewrap`);
+  const share = (options.kills + 1) / (options.kills + 2);
+  await world.countUntil(movedSql, (n) => n >= total * share, `the rewrap reaching ${Math.round(share * 100)}%`);
+  if (options.postgresRestart && (await world.count(movedSql)) < total && (await restartPostgres()))
+    faults.push('1 × PostgreSQL restart');
+  return faults;
+}
+
+/**
+ * Mycelium: tenants whose DEKs are wrapped by token_secret generation 1 (kek_version 1), some without a DEK yet; the
+ * gateway (fixture code) reads bot tokens, writes new ones under the tenants' DEKs and onboards tenants with
+ * generation 2 (labelled 1, Mycelium's own trap) throughout. The operator's retire step is confirmed once the
+ * gateways hold generation 2 alone: a gateway restarted with it keeps working until the end.
+ */
+export async function myceliumScenario(options: TargetScenarioOptions): Promise<TargetVerdict> {
+  const [gen1, gen2] = [randomUUID(), randomUUID()];
+  const world = new TargetWorld({
+    REKEY_TARGETS: 'mycelium',
+    MYC_OLD_TOKEN_SECRET: gen1,
+    MYC_TOKEN_SECRET: gen2,
+  });
+  const gateways: MyceliumGateway[] = [];
+  try {
+    await world.start(createMyceliumSchema);
+    const seeded = await seedMyceliumTenants(world.db, options.tenants, kekOf(gen1), 1);
+    const withoutDek = await seedMyceliumTenants(world.db, Math.ceil(options.tenants / 100), null, 1);
+    const tracked = [...seeded];
+    // The gateways during the rotation: both generations held, generation 2 current.
+    const during = new MyceliumGateway(world.db, [kekOf(gen1), kekOf(gen2)], kekOf(gen2), tracked);
+    gateways.push(during);
+    during.start({ onboard: true });
+    world.startWorker();
+    const handle = await world.rotate({ target: 'mycelium', from: '1', to: '2', ...SLICES });
+    const faults = await faultsDuringRewrap(
+      world,
+      options,
+      'SELECT count(*) AS n FROM public.tenant WHERE kek_version = 2',
+      options.tenants,
+    );
+    await progressUntil(handle, (p) => p.waiting?.step === 'retire', 'the run waiting for the retire step');
+    // The operator discards generation 1: the gateways restart holding generation 2 alone, and keep working.
+    await during.stop();
+    const after = new MyceliumGateway(world.db, [kekOf(gen2)], kekOf(gen2), tracked);
+    gateways.push(after);
+    after.start({ onboard: true });
+    await handle.executeUpdate(confirmStepUpdate, {
+      args: [{ step: 'retire', note: 'chaos: generation 1 discarded from every gateway' }],
+    });
+    const report = await handle.result().then(
+      (r: { outcome: string }) => r.outcome,
+      (err: unknown) => `failed: ${failureMessage(err)}`,
+    );
+    await after.stop();
+
+    const notes: string[] = [];
+    if (report !== 'completed') notes.push(`the run ended ${report}`);
+    const onboarded = gateways.flatMap((g) => g.onboarded);
+    const problems = [
+      ...(await checkWithOneKek(world.db, kekOf(gen2), 2, seeded)),
+      // Onboarded while the run went on: wrapped by generation 2, labelled 1 unless a pass relabelled them.
+      ...(await checkWithOneKek(world.db, kekOf(gen2), [1, 2], onboarded)),
+      ...(await checkWithOneKek(world.db, kekOf(gen2), 1, withoutDek)),
+    ];
+    // Nothing at all (tracked or not) still needs generation 1: every DEK in the table opens under generation 2.
+    const { rows } = await world.db.query<{ id: string; encrypted_dek: string }>(
+      'SELECT id::text, encrypted_dek FROM public.tenant WHERE encrypted_dek IS NOT NULL',
+    );
+    let needsOld = 0;
+    for (const row of rows) {
+      try {
+        unwrapDek(kekOf(gen2), row.id, row.encrypted_dek);
+      } catch {
+        needsOld++;
+      }
+    }
+    if (needsOld > 0) notes.push(`${needsOld} DEK(s) do not open under generation 2`);
+    const unreadable = gateways.flatMap((g) => g.errors).filter((e) => UNREADABLE.test(e));
+    const dropped = gateways.flatMap((g) => g.errors).length - unreadable.length;
+    if (unreadable.length > 0) notes.push(`the gateway could not read ${unreadable.length} time(s): ${unreadable[0]}`);
+    if (problems.length > 0) notes.push(`${problems.length} problem(s), e.g. ${problems[0]}`);
+    const registry = new KekRegistry(world.db, 'mycelium');
+    const [old, current] = [(await registry.get('1'))?.state, (await registry.get('2'))?.state];
+    if (old !== 'retired' || current !== 'active') notes.push(`generation 1 is ${old}, generation 2 ${current}`);
+    if (world.worker.crashed()) world.crashes++;
+    if (world.crashes > 0) notes.push(`the worker crashed ${world.crashes} time(s)`);
+    const reads = gateways.reduce((sum, g) => sum + g.reads, 0);
+    const rewrites = gateways.reduce((sum, g) => sum + g.rewrites, 0);
+    if (dropped > 0) notes.push(`${dropped} gateway queries lost to the restart, retried`);
+    return {
+      faults: [
+        ...faults,
+        `the gateway live: ${reads} reads, ${rewrites} bot tokens rewritten, ${onboarded.length} tenants onboarded`,
+      ].join('; '),
+      checked: seeded.length + onboarded.length + withoutDek.length,
+      losses:
+        problems.length +
+        needsOld +
+        unreadable.length +
+        world.crashes +
+        (report === 'completed' ? 0 : 1) +
+        (old === 'retired' && current === 'active' ? 0 : 1),
+      notes,
+    };
+  } finally {
+    for (const gateway of gateways) await gateway.stop();
+    await world.stop();
+  }
+}
