@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { failureMessage, startRotation } from '../src/client/rotations';
@@ -27,6 +27,7 @@ import {
   seedMyceliumTenants,
   unwrapDek,
 } from '../test/helpers/mycelium';
+import { checkSecrets, createTalosSchema, seedSecrets, TalosGateway } from '../test/helpers/talos';
 import {
   freshDatabase,
   sleep,
@@ -59,8 +60,12 @@ const SLICES: Pick<RotationRequest, 'batchSize' | 'parallelism' | 'sliceTimeBudg
   gracePeriod: '1s',
 };
 
-/** Errors of the application's own reads that mean data did not open: anything else is a connection lost. */
-const UNREADABLE = /cannot unwrap|never wrote|never held|Unsupported state|unable to authenticate/i;
+/**
+ * Errors of the application's own queries that are a connection lost to the PostgreSQL restart (the application
+ * retries them). Any other error counts as a loss: a value that did not open, or one that read wrong.
+ */
+const CONNECTION_LOST =
+  /terminating connection|Connection terminated|connection (error|refused|ended)|ECONNRE|EPIPE|starting up|shutting down|not yet accepting connections/i;
 
 /**
  * One run's world: its own dev server (on-disk history), a database of its own holding the application's schema
@@ -179,27 +184,27 @@ async function restartPostgres(): Promise<boolean> {
 
 /**
  * The faults of a rewrap: `kills` SIGKILLs of the worker spread over it, and one PostgreSQL restart past the middle;
- * `moved()` is how many rows have left the old KEK, out of `total`.
+ * `leftSql` counts the seeded rows still on the old KEK, out of `total`.
  */
 async function faultsDuringRewrap(
   world: TargetWorld,
   options: TargetScenarioOptions,
-  movedSql: string,
+  leftSql: string,
   total: number,
 ): Promise<string[]> {
+  const reached = (share: number) =>
+    world.countUntil(leftSql, (n) => n <= total * (1 - share), `the rewrap reaching ${Math.round(share * 100)}%`);
   const faults: string[] = [];
   let kills = 0;
   for (let k = 1; k <= options.kills; k++) {
-    const share = Math.min(0.8, k / (options.kills + 2));
-    await world.countUntil(movedSql, (n) => n >= total * share, `the rewrap reaching ${Math.round(share * 100)}%`);
-    if ((await world.count(movedSql)) >= total) break;
+    await reached(k / (options.kills + 2));
+    if ((await world.count(leftSql)) === 0) break;
     await world.killWorker();
     kills++;
   }
   faults.push(`${kills} × SIGKILL of the worker mid-rewrap`);
-  const share = (options.kills + 1) / (options.kills + 2);
-  await world.countUntil(movedSql, (n) => n >= total * share, `the rewrap reaching ${Math.round(share * 100)}%`);
-  if (options.postgresRestart && (await world.count(movedSql)) < total && (await restartPostgres()))
+  await reached((options.kills + 1) / (options.kills + 2));
+  if (options.postgresRestart && (await world.count(leftSql)) > 0 && (await restartPostgres()))
     faults.push('1 × PostgreSQL restart');
   return faults;
 }
@@ -232,7 +237,8 @@ export async function myceliumScenario(options: TargetScenarioOptions): Promise<
     const faults = await faultsDuringRewrap(
       world,
       options,
-      'SELECT count(*) AS n FROM public.tenant WHERE kek_version = 2',
+      // The seeded tenants alone ('tenant <id>'; the gateway's are 'onboarded <id>') still labelled 1.
+      `SELECT count(*) AS n FROM public.tenant WHERE kek_version = 1 AND encrypted_dek IS NOT NULL AND name LIKE 'tenant %'`,
       options.tenants,
     );
     await progressUntil(handle, (p) => p.waiting?.step === 'retire', 'the run waiting for the retire step');
@@ -272,7 +278,7 @@ export async function myceliumScenario(options: TargetScenarioOptions): Promise<
       }
     }
     if (needsOld > 0) notes.push(`${needsOld} DEK(s) do not open under generation 2`);
-    const unreadable = gateways.flatMap((g) => g.errors).filter((e) => UNREADABLE.test(e));
+    const unreadable = gateways.flatMap((g) => g.errors).filter((e) => !CONNECTION_LOST.test(e));
     const dropped = gateways.flatMap((g) => g.errors).length - unreadable.length;
     if (unreadable.length > 0) notes.push(`the gateway could not read ${unreadable.length} time(s): ${unreadable[0]}`);
     if (problems.length > 0) notes.push(`${problems.length} problem(s), e.g. ${problems[0]}`);
@@ -293,6 +299,95 @@ export async function myceliumScenario(options: TargetScenarioOptions): Promise<
       losses:
         problems.length +
         needsOld +
+        unreadable.length +
+        world.crashes +
+        (report === 'completed' ? 0 : 1) +
+        (old === 'retired' && current === 'active' ? 0 : 1),
+      notes,
+    };
+  } finally {
+    for (const gateway of gateways) await gateway.stop();
+    await world.stop();
+  }
+}
+
+/**
+ * Talos: secrets encrypted directly by TALOS_KEK_v1 (bound to their id, and older ones to their name), of lengths 0
+ * to 4 KiB. The gateway (fixture code), restarted with TALOS_CURRENT_KEK_ID=v2 as the runbook's first steps say,
+ * reads secrets, updates them and creates new ones under v2 throughout. Once the run waits for TALOS_KEK_v1 to go, a
+ * gateway holding v2 alone takes over until the end.
+ */
+export async function talosScenario(options: TargetScenarioOptions): Promise<TargetVerdict> {
+  const keks = { v1: randomBytes(32), v2: randomBytes(32) };
+  const world = new TargetWorld({
+    REKEY_TARGETS: 'talos',
+    TALOS_KEK_v1: keks.v1.toString('base64url'),
+    TALOS_KEK_v2: keks.v2.toString('base64url'),
+    TALOS_CURRENT_KEK_ID: 'v2',
+  });
+  const gateways: TalosGateway[] = [];
+  try {
+    await world.start(createTalosSchema);
+    const nameBound = Math.ceil(options.tenants / 10);
+    const seeded = [
+      ...(await seedSecrets(world.db, keks.v1, 'v1', options.tenants - nameBound, 'v1')),
+      ...(await seedSecrets(world.db, keks.v1, 'v1', nameBound, 'name')),
+    ];
+    const during = new TalosGateway(world.db, keks, 'v2', seeded, seeded);
+    gateways.push(during);
+    during.start({ create: true });
+    world.startWorker();
+    const handle = await world.rotate({ target: 'talos', from: 'v1', to: 'v2', ...SLICES });
+    const faults = await faultsDuringRewrap(
+      world,
+      options,
+      `SELECT count(*) AS n FROM public.secrets WHERE key_id = 'v1'`,
+      seeded.length,
+    );
+    await progressUntil(handle, (p) => p.waiting?.step === 'retire', 'the run waiting for the retire step');
+    // The operator removes TALOS_KEK_v1 and restarts the gateways: they hold v2 alone, and keep working.
+    await during.stop();
+    const after = new TalosGateway(world.db, { v2: keks.v2 }, 'v2', [...seeded, ...during.created], seeded);
+    gateways.push(after);
+    after.start({ create: true });
+    await handle.executeUpdate(confirmStepUpdate, {
+      args: [{ step: 'retire', note: "chaos: TALOS_KEK_v1 removed from every gateway's environment" }],
+    });
+    const report = await handle.result().then(
+      (r: { outcome: string }) => r.outcome,
+      (err: unknown) => `failed: ${failureMessage(err)}`,
+    );
+    await after.stop();
+
+    const notes: string[] = [];
+    if (report !== 'completed') notes.push(`the run ended ${report}`);
+    const created = gateways.flatMap((g) => g.created);
+    const problems = await checkSecrets(world.db, keks.v2, 'v2', [...seeded, ...created]);
+    // Nothing at all (tracked or not) is left on v1.
+    const onOld = await world.count(`SELECT count(*) AS n FROM public.secrets WHERE key_id <> 'v2'`);
+    if (onOld > 0) notes.push(`${onOld} secret(s) not on v2`);
+    const errors = gateways.flatMap((g) => g.errors);
+    const unreadable = errors.filter((e) => !CONNECTION_LOST.test(e));
+    if (unreadable.length > 0) notes.push(`the gateway could not read ${unreadable.length} time(s): ${unreadable[0]}`);
+    if (problems.length > 0) notes.push(`${problems.length} problem(s), e.g. ${problems[0]}`);
+    const registry = new KekRegistry(world.db, 'talos');
+    const [old, current] = [(await registry.get('v1'))?.state, (await registry.get('v2'))?.state];
+    if (old !== 'retired' || current !== 'active') notes.push(`v1 is ${old}, v2 ${current}`);
+    if (world.worker.crashed()) world.crashes++;
+    if (world.crashes > 0) notes.push(`the worker crashed ${world.crashes} time(s)`);
+    if (errors.length > unreadable.length)
+      notes.push(`${errors.length - unreadable.length} gateway queries lost to the restart, retried`);
+    const reads = gateways.reduce((sum, g) => sum + g.reads, 0);
+    const writes = gateways.reduce((sum, g) => sum + g.writes, 0);
+    return {
+      faults: [
+        ...faults,
+        `the gateway live: ${reads} reads, ${writes} secrets updated, ${created.length} created`,
+      ].join('; '),
+      checked: seeded.length + created.length,
+      losses:
+        problems.length +
+        onOld +
         unreadable.length +
         world.crashes +
         (report === 'completed' ? 0 : 1) +

@@ -32,7 +32,7 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
-import { myceliumScenario, type TargetVerdict } from './chaos-targets';
+import { myceliumScenario, talosScenario, type TargetVerdict } from './chaos-targets';
 
 interface Options {
   tenants: number;
@@ -464,6 +464,7 @@ const SCENARIOS: Record<string, Scenario> = {
  */
 const TARGET_SCENARIOS: Record<string, (options: Options) => Promise<TargetVerdict>> = {
   mycelium: myceliumScenario,
+  talos: talosScenario,
 };
 
 function parseOptions(argv: string[]): Options {
