@@ -7,11 +7,16 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { DecryptCommand, DescribeKeyCommand, GenerateDataKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { failureMessage, startRotation } from '../src/client/rotations';
 import type { ScratchDatabase } from '../src/dev/databases';
 import type { DevServer } from '../src/dev/dev-server';
+import { startMoto } from '../src/dev/moto';
+import { KmsKeys } from '../src/keys/aws-kms';
+import { BUILTIN_TARGET } from '../src/targets/builtin';
+import { TenantCrypto } from '../src/tenant-crypto';
 import { readToolchain } from '../src/dev/toolchain';
 import { projectRoot } from '../src/project-paths';
 import type { ProgressReport } from '../src/rotation/progress';
@@ -27,6 +32,8 @@ import {
   seedMyceliumTenants,
   unwrapDek,
 } from '../test/helpers/mycelium';
+import { startLiveWriter } from '../test/helpers/live-writer';
+import { throttlingProxy } from '../test/helpers/throttling-proxy';
 import { checkSecrets, createTalosSchema, seedSecrets, TalosGateway } from '../test/helpers/talos';
 import {
   freshDatabase,
@@ -191,6 +198,8 @@ async function faultsDuringRewrap(
   options: TargetScenarioOptions,
   leftSql: string,
   total: number,
+  /** Another fault, between the last kill and the PostgreSQL restart; it says what it did. */
+  midway?: () => Promise<string>,
 ): Promise<string[]> {
   const reached = (share: number) =>
     world.countUntil(leftSql, (n) => n <= total * (1 - share), `the rewrap reaching ${Math.round(share * 100)}%`);
@@ -203,6 +212,10 @@ async function faultsDuringRewrap(
     kills++;
   }
   faults.push(`${kills} × SIGKILL of the worker mid-rewrap`);
+  if (midway) {
+    await reached((options.kills + 0.5) / (options.kills + 2));
+    faults.push(await midway());
+  }
   await reached((options.kills + 1) / (options.kills + 2));
   if (options.postgresRestart && (await world.count(leftSql)) > 0 && (await restartPostgres()))
     faults.push('1 × PostgreSQL restart');
@@ -397,5 +410,175 @@ export async function talosScenario(options: TargetScenarioOptions): Promise<Tar
   } finally {
     for (const gateway of gateways) await gateway.stop();
     await world.stop();
+  }
+}
+
+/** The stored form of a KMS-held DEK as the README documents it: format byte 0x02, then KMS's ciphertext blob. */
+const KMS_FORMAT_BYTE = 0x02;
+/** The encryption context rekey's documented format binds a KMS-held DEK to. */
+const kmsContext = (tenantId: string, kekId: string) => ({ 'rekey:tenant': tenantId, 'rekey:kek': kekId });
+/** The KMS-held keyspace rekey rotates here: fewer rows than the others, each a call to moto (one Python process). */
+export const KMS_SHARE = 5;
+/**
+ * How long every third KMS call is throttled mid-run. Not the whole run: the SDK's retry quota (AWS_MAX_ATTEMPTS'
+ * standard strategy) is spent by sustained throttling of a third of the calls, and then every slice fails on its
+ * first throttled call and Temporal's retry alone carries it (see the README, Chaos).
+ */
+const THROTTLED_MS = 10_000;
+
+/**
+ * A KMS-held keyspace (rekey's own table, REKEY_KEY_PROVIDER=aws-kms) on a moto server: the DEKs are made by the
+ * fixture with the SDK's GenerateDataKey alone, under the KEK v1 rekey provisioned. The worker reaches KMS through a
+ * proxy that, mid-run, throttles every third call for 10 s and then resets every connection for 3 s or more, until
+ * it has turned the worker away at least once (moto keeps its keys in
+ * memory, so the endpoint's outage stands in for a restart of KMS: a moto process restarted has no keys). The
+ * application (rekey's TenantCrypto, its own process's client straight to moto) rewrites DEKs and onboards tenants
+ * throughout. The verdict is KMS's own Decrypt, called by the fixture: every row opens under v2's key, to the DEK it
+ * held; v1's key is disabled (not scheduled for deletion) and retired in the registry.
+ */
+export async function kmsScenario(options: TargetScenarioOptions): Promise<TargetVerdict> {
+  const tenants = Math.max(100, Math.floor(options.tenants / KMS_SHARE));
+  const moto = await startMoto(readToolchain().motoServer);
+  const proxy = await throttlingProxy(moto.endpoint, 0);
+  const prefix = `alias/rekey-chaos/${randomUUID()}/`;
+  const settings = { ...moto.env, REKEY_AWS_KMS_ALIAS_PREFIX: prefix };
+  const world = new TargetWorld({
+    ...settings,
+    AWS_ENDPOINT_URL: proxy.endpoint,
+    REKEY_KEY_PROVIDER: 'aws-kms',
+    REKEY_TARGETS: BUILTIN_TARGET,
+  });
+  const kms = new KMSClient({
+    endpoint: moto.endpoint,
+    region: moto.env.AWS_REGION!,
+    credentials: { accessKeyId: moto.env.AWS_ACCESS_KEY_ID!, secretAccessKey: moto.env.AWS_SECRET_ACCESS_KEY! },
+  });
+  const keyOf = async (alias: string) => (await kms.send(new DescribeKeyCommand({ KeyId: alias }))).KeyMetadata!;
+  const provisioner = KmsKeys.fromEnv(settings);
+  const appKeys = KmsKeys.fromEnv(settings);
+  let app: TenantCrypto | undefined;
+  let writer: ReturnType<typeof startLiveWriter> | undefined;
+  try {
+    await world.start(async () => undefined);
+    await provisioner.generate('v1');
+    await new KekRegistry(world.db, BUILTIN_TARGET).seedActive('v1', provisioner.fingerprint('v1'));
+    const v1 = await keyOf(`${prefix}kek-v1`);
+    const ids = Array.from({ length: tenants }, (_, i) => `tenant-${String(i).padStart(6, '0')}`);
+    const deks = new Map<string, Buffer>();
+    for (let i = 0; i < ids.length; i += 25) {
+      const chunk = ids.slice(i, i + 25);
+      const made = await Promise.all(
+        chunk.map((id) =>
+          kms.send(
+            new GenerateDataKeyCommand({ KeyId: v1.Arn, KeySpec: 'AES_256', EncryptionContext: kmsContext(id, 'v1') }),
+          ),
+        ),
+      );
+      made.forEach((m, j) => deks.set(chunk[j]!, Buffer.from(m.Plaintext!)));
+      await world.db.query(
+        `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) SELECT t, 'v1', w FROM unnest($1::text[], $2::bytea[]) AS u(t, w)`,
+        [chunk, made.map((m) => Buffer.concat([Buffer.from([KMS_FORMAT_BYTE]), m.CiphertextBlob!]))],
+      );
+    }
+    await appKeys.reload();
+    app = new TenantCrypto({ db: world.db, keys: appKeys, registryTtlMs: 300, instanceId: 'chaos-kms-app' });
+    await app.start();
+    // Steady, not flat out (moto is one Python process on the machine's few cores, shared with the worker), and on a
+    // tenth of the tenants: the rest is the worker's to move.
+    const written = ids.slice(0, Math.ceil(ids.length / 10));
+    writer = startLiveWriter(app, (n) => written[(n * 7) % written.length]!, { pauseMs: 20 });
+    world.startWorker();
+    const handle = await world.rotate({ from: 'v1', to: 'new', ...SLICES, fleetLiveWithin: '1h' });
+    const faults = await faultsDuringRewrap(
+      world,
+      options,
+      `SELECT count(*) AS n FROM rekey.tenant_deks WHERE kek_id = 'v1'`,
+      tenants,
+      async () => {
+        proxy.throttleEvery = 3;
+        await sleep(THROTTLED_MS);
+        proxy.throttleEvery = 0;
+        const started = Date.now();
+        await proxy.outage(3_000, true);
+        const seconds = Math.round((Date.now() - started) / 1000);
+        return `every 3rd KMS call throttled for ${THROTTLED_MS / 1000} s (${proxy.throttled} calls), then KMS unreachable for ${seconds} s (${proxy.refused} request(s) reset)`;
+      },
+    );
+    const report = await handle.result().then(
+      (r: { outcome: string }) => r.outcome,
+      (err: unknown) => `failed: ${failureMessage(err)}`,
+    );
+    await writer.stop();
+    const writes = writer.writes;
+
+    const notes: string[] = [];
+    if (report !== 'completed') notes.push(`the run ended ${report}`);
+    // KMS's own Decrypt, called here: every row is v2's, opens under v2's key and context, to the DEK it held.
+    const v2 = await keyOf(`${prefix}kek-v2`);
+    const { rows } = await world.db.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
+      'SELECT tenant_id, kek_id, wrapped_dek FROM rekey.tenant_deks',
+    );
+    const problems: string[] = [];
+    for (let i = 0; i < rows.length; i += 25) {
+      await Promise.all(
+        rows.slice(i, i + 25).map(async (row) => {
+          if (row.kek_id !== 'v2') return problems.push(`${row.tenant_id}: on ${row.kek_id}`);
+          if (row.wrapped_dek[0] !== KMS_FORMAT_BYTE) return problems.push(`${row.tenant_id}: not KMS's format`);
+          try {
+            const opened = await kms.send(
+              new DecryptCommand({
+                CiphertextBlob: row.wrapped_dek.subarray(1),
+                EncryptionContext: kmsContext(row.tenant_id, 'v2'),
+              }),
+            );
+            if (opened.KeyId !== v2.Arn) problems.push(`${row.tenant_id}: under ${opened.KeyId}, not v2's key`);
+            const dek = deks.get(row.tenant_id);
+            if (dek && !dek.equals(Buffer.from(opened.Plaintext!))) problems.push(`${row.tenant_id}: DEK changed`);
+          } catch (err) {
+            problems.push(`${row.tenant_id}: ${(err as Error).message}`);
+          }
+          return undefined;
+        }),
+      );
+    }
+    const missing = ids.filter((id) => !rows.some((r) => r.tenant_id === id)).length;
+    if (missing > 0) problems.push(`${missing} tenant(s) gone`);
+    // What the application wrote during the run reads back through a fresh application.
+    const reader = new TenantCrypto({ db: world.db, keys: appKeys, instanceId: 'chaos-kms-reader' });
+    await reader.start();
+    for (const [tenantId, ciphertext] of writer.written) {
+      try {
+        if ((await reader.decrypt(tenantId, ciphertext)).toString() !== 'fresh')
+          problems.push(`${tenantId}: reads other data`);
+      } catch (err) {
+        problems.push(`${tenantId}: ${(err as Error).message}`);
+      }
+    }
+    await reader.stop();
+    if (problems.length > 0) notes.push(`${problems.length} problem(s), e.g. ${problems[0]}`);
+    const registry = new KekRegistry(world.db, BUILTIN_TARGET);
+    const [old, current] = [(await registry.get('v1'))?.state, (await registry.get('v2'))?.state];
+    const [oldKey, newKey] = [(await keyOf(v1.Arn!)).KeyState, v2.KeyState];
+    const lifecycle = old === 'retired' && current === 'active' && oldKey === 'Disabled' && newKey === 'Enabled';
+    if (!lifecycle) notes.push(`v1 is ${old} (its key ${oldKey}), v2 ${current} (its key ${newKey})`);
+    if (world.worker.crashed()) world.crashes++;
+    if (world.crashes > 0) notes.push(`the worker crashed ${world.crashes} time(s)`);
+    return {
+      faults: [...faults, `the application live: ${writes} DEK rewrites, ${writer.written.size} new tenants`].join(
+        '; ',
+      ),
+      checked: rows.length,
+      losses: problems.length + world.crashes + (report === 'completed' ? 0 : 1) + (lifecycle ? 0 : 1),
+      notes,
+    };
+  } finally {
+    await writer?.stop().catch(() => undefined);
+    await app?.stop();
+    await world.stop();
+    appKeys.close();
+    provisioner.close();
+    kms.destroy();
+    await proxy.close();
+    await moto.stop();
   }
 }

@@ -32,7 +32,7 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
-import { myceliumScenario, talosScenario, type TargetVerdict } from './chaos-targets';
+import { kmsScenario, myceliumScenario, talosScenario, type TargetVerdict } from './chaos-targets';
 
 interface Options {
   tenants: number;
@@ -465,6 +465,7 @@ const SCENARIOS: Record<string, Scenario> = {
 const TARGET_SCENARIOS: Record<string, (options: Options) => Promise<TargetVerdict>> = {
   mycelium: myceliumScenario,
   talos: talosScenario,
+  kms: kmsScenario,
 };
 
 function parseOptions(argv: string[]): Options {
