@@ -24,7 +24,7 @@ import { pauseUpdate, resumeSignal, resumeUpdate, abortSignal } from '../src/wor
 import {
   envKeys,
   freshDatabase,
-  gitCommit,
+  provenance,
   sleep,
   spawnWorker,
   startServer,
@@ -519,6 +519,27 @@ async function runTargetScenario(
   }
 }
 
+const RESULTS = path.join(projectRoot, 'bench', 'results', 'chaos.md');
+const HEADER = ['| scenario | faults injected | tenants checked | losses |', '|---|---|---|---|'];
+
+/**
+ * Writes bench/results/chaos.md. A run of some scenarios replaces their rows and keeps the others with the lines
+ * saying which runs they come from, so that each row keeps the command, date and commit it was measured with.
+ */
+function writeResults(rows: Row[], table: string[], footer: string, subset: boolean): void {
+  const kept: string[] = [];
+  const provenances: string[] = [];
+  if (subset && fs.existsSync(RESULTS)) {
+    const ran = new Set(rows.map((r) => r.scenario));
+    for (const line of fs.readFileSync(RESULTS, 'utf8').split('\n')) {
+      const scenario = /^\| ([a-z-]+) \|/.exec(line)?.[1];
+      if (scenario && scenario !== 'scenario' && !ran.has(scenario)) kept.push(line);
+      if (line.startsWith('Command: ')) provenances.push(line);
+    }
+  }
+  fs.writeFileSync(RESULTS, `${[...HEADER, ...kept, ...table, '', ...provenances, footer].join('\n')}\n`);
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   const rows: Row[] = [];
@@ -549,18 +570,14 @@ async function main(): Promise<void> {
     }
     process.stdout.write(`${name}: done\n`);
   }
-  const lines = [
-    '| scenario | faults injected | tenants checked | losses |',
-    '|---|---|---|---|',
-    ...rows.map(
-      (r) => `| ${r.scenario} | ${r.faults} | ${r.tenantsChecked.toLocaleString('en-US')} | ${r.losses} (${r.note}) |`,
-    ),
-    '',
-    `Command: \`npm run chaos -- ${process.argv.slice(2).join(' ')}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}.`,
-  ];
-  process.stdout.write(`\n${lines.join('\n')}\n`);
-  if (process.argv.includes('--write'))
-    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', 'chaos.md'), `${lines.join('\n')}\n`);
+  const table = rows.map(
+    (r) => `| ${r.scenario} | ${r.faults} | ${r.tenantsChecked.toLocaleString('en-US')} | ${r.losses} (${r.note}) |`,
+  );
+  const command = `npm run chaos -- ${process.argv.slice(2).join(' ')}`;
+  const subset = options.scenarios.length < Object.keys(SCENARIOS).length + Object.keys(TARGET_SCENARIOS).length;
+  const footer = provenance(command, subset ? `; rows ${options.scenarios.join(', ')}` : '');
+  process.stdout.write(`\n${[...HEADER, ...table, '', footer].join('\n')}\n`);
+  if (process.argv.includes('--write')) writeResults(rows, table, footer, subset);
   const lost = rows.reduce((sum, r) => sum + r.losses, 0);
   process.exitCode = lost === 0 ? 0 : 1;
 }
