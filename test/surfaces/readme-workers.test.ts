@@ -13,15 +13,17 @@ import {
   seedLegacyInventory,
   type InventoryValue,
 } from '../helpers/mycelium';
-import { envCommand, readmeCommands, runScript, type RunningProcess } from '../helpers/readme';
+import { docCommands, envCommand, runScript, type RunningProcess } from '../helpers/readme';
 import { checkSecrets, createTalosSchema, seedSecrets } from '../helpers/talos';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
 import type { RotationReport } from '../../src/workflows';
 
-/** The README's `… npm run worker` line under `heading`. */
+const PAGE = 'docs/02-worker-per-database.md';
+
+/** The guide's `… npm run worker` line under `heading` of the page on workers (docs/02). */
 function workerCommand(heading: string): string {
-  const line = readmeCommands(heading).find((command) => command.includes('npm run worker'));
-  if (!line) throw new Error(`README.md has no 'npm run worker' command under '${heading}'`);
+  const line = docCommands(PAGE, heading).find((command) => command.includes('npm run worker'));
+  if (!line) throw new Error(`${PAGE} has no 'npm run worker' command under '${heading}'`);
   return line;
 }
 
