@@ -242,3 +242,29 @@ export function processHelp(reader: Exclude<Reader, 'cli'>, summary: string, usa
     '',
   ].join('\n');
 }
+
+const READER_NAMES: Record<Reader, string> = { worker: 'worker', admin: 'admin API', cli: 'CLI' };
+
+/**
+ * Every variable as a Markdown table (variable, default, read by, what), its columns padded as Prettier pads them:
+ * the table of docs/08-production.md, which `npm run docs:env` writes and test/docs/env-table.test.ts checks.
+ */
+export function environmentTable(): string {
+  const cell = (text: string) => text.replace(/\|/g, '\\|');
+  const rows = [
+    ['variable', 'default', 'read by', 'what'],
+    ...ENVIRONMENT.map((v) => [
+      `\`${v.name}\``,
+      cell(v.default),
+      v.readBy.map((reader) => READER_NAMES[reader]).join(', '),
+      cell(v.what),
+    ]),
+  ];
+  const widths = rows[0]!.map((_, column) => Math.max(3, ...rows.map((row) => row[column]!.length)));
+  const line = (row: string[]) => `| ${row.map((text, column) => text.padEnd(widths[column]!)).join(' | ')} |`;
+  return [
+    line(rows[0]!),
+    `| ${widths.map((width) => '-'.repeat(width)).join(' | ')} |`,
+    ...rows.slice(1).map(line),
+  ].join('\n');
+}
