@@ -18,15 +18,34 @@ export function docSection(page: string, heading: string): string {
   return text.slice(at);
 }
 
-/** The shell commands of the first ```sh block under `heading` of `page`, continued lines (a trailing `\`) joined. */
-export function docCommands(page: string, heading: string): string[] {
-  const block = /```sh\n([\s\S]*?)```/.exec(docSection(page, heading))?.[1];
-  if (block === undefined) throw new Error(`${page} has no sh block under '${heading}'`);
+/**
+ * The shell commands of the first ```sh block under `heading` of `page` (the first that contains `containing`, if
+ * given), continued lines (a trailing `\`) joined.
+ */
+export function docCommands(page: string, heading: string, containing = ''): string[] {
+  const blocks = [...docSection(page, heading).matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
+  const block = blocks.find((text) => text.includes(containing));
+  if (block === undefined) throw new Error(`${page} has no sh block under '${heading}' with '${containing}'`);
   return block
     .replace(/\\\n\s*/g, '')
     .split('\n')
     .map((line) => line.trim())
     .filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+/**
+ * The variables the `export …` lines of the sh blocks under `heading` set before the first block that contains
+ * `containing`: name → value as written.
+ */
+export function docExports(page: string, heading: string, containing: string): Record<string, string> {
+  const exported: Record<string, string> = {};
+  for (const [, block] of docSection(page, heading).matchAll(/```sh\n([\s\S]*?)```/g)) {
+    if (block!.includes(containing)) return exported;
+    for (const [, assignments] of block!.matchAll(/^export (.+)$/gm))
+      for (const [, name, value] of assignments!.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(\$\([^)]*\)|\S+)/g))
+        exported[name!] = value!;
+  }
+  throw new Error(`${page} has no sh block under '${heading}' with '${containing}'`);
 }
 
 export interface EnvCommand {
@@ -45,7 +64,7 @@ export function envCommand(line: string, fill: Record<string, string>): EnvComma
   if (!match) throw new Error(`not an 'NAME=value … npm run <script>' command: ${line}`);
   const env: Record<string, string> = {};
   for (const [, name, value] of match[1]!.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(<[^>]*>|\S+)/g)) {
-    const placeholder = value!.includes('…') || value!.startsWith('<');
+    const placeholder = value!.includes('…') || value!.startsWith('<') || value!.startsWith('$');
     if (placeholder && fill[name!] === undefined) throw new Error(`the documented ${name}=${value} has no test value`);
     env[name!] = placeholder ? fill[name!]! : value!;
   }
