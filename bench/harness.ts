@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
+import { Client, Pool } from 'pg';
 import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
-import { freePort } from '../src/dev/ports';
-import { DevServerExitedError, startDevServer, type DevServer } from '../src/dev/dev-server';
+import { startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { wrapDek } from '../src/envelope/dek-wrapping';
 import { EnvKeyProvider } from '../src/keys/env-provider';
@@ -16,27 +16,118 @@ import { projectRoot } from '../src/project-paths';
 export const TASK_QUEUE = 'rekey-harness';
 
 /**
- * A dev server on a free port. The port is free when chosen, not when the server binds it (nor are the ports the
- * server picks for itself): on a busy machine another process can take one in between, and the server exits at start.
- * Then it is started again on a new port, up to three times. A given port (a restart of the same server) is kept.
+ * A dev server on ports it is started on and, if one is taken, started again on others (`startDevServer`). A given
+ * port (a restart of the same server, whose workers keep its address) is kept: it is outside the ephemeral range, so
+ * only another program that names ports itself could have taken it meanwhile, and then the start fails saying so.
  */
-export async function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await startDevServer({
-        temporalCli: toolchain.temporalCli,
-        port: port ?? (await freePort()),
-        dbFilename,
-      });
-    } catch (err) {
-      if (!(err instanceof DevServerExitedError) || port !== undefined || attempt >= 3) throw err;
-      process.stderr.write(`${err.message}; starting it again on another port\n`);
-    }
+export function startServer(toolchain: Toolchain, dbFilename?: string, port?: number): Promise<DevServer> {
+  return startDevServer({ temporalCli: toolchain.temporalCli, port, dbFilename });
+}
+
+export function freshDatabase(name: string, poolSize = 10): Promise<ScratchDatabase> {
+  return createDatabase(adminUrl(), name, poolSize);
+}
+
+function adminUrl(): string {
+  return process.env.DATABASE_URL ?? readToolchain().databaseUrl;
+}
+
+async function asAdmin<T>(run: (admin: Client) => Promise<T>): Promise<T> {
+  const admin = new Client({ connectionString: adminUrl() });
+  await admin.connect();
+  try {
+    return await run(admin);
+  } finally {
+    await admin.end();
   }
 }
 
-export function freshDatabase(name: string): Promise<ScratchDatabase> {
-  return createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 10);
+/**
+ * Byte-identical copies of a seeded database (CREATE DATABASE … TEMPLATE, file by file): the same rows on the same
+ * pages, the same indexes, trigger and registry, the same visibility hints. Copying needs the source to have no
+ * session: its pool's connections are ended first (the pool opens new ones when next used), so copy before a worker
+ * connects to it.
+ */
+export async function cloneDatabase(
+  source: ScratchDatabase,
+  names: string[],
+  poolSize = 10,
+): Promise<ScratchDatabase[]> {
+  const sourceName = new URL(source.url).pathname.slice(1);
+  const clones: ScratchDatabase[] = [];
+  await asAdmin(async (admin) => {
+    for (const name of names) {
+      if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`'${name}' is not a plain database name`);
+      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      for (let attempt = 1; ; attempt++) {
+        await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [sourceName]);
+        try {
+          await admin.query(`CREATE DATABASE ${name} TEMPLATE ${sourceName} STRATEGY FILE_COPY`);
+          break;
+        } catch (err) {
+          // 55006: a session reached the source between the two statements.
+          if ((err as { code?: string }).code !== '55006' || attempt >= 5) throw err;
+        }
+      }
+      const url = new URL(source.url);
+      url.pathname = `/${name}`;
+      const pool = new Pool({ connectionString: url.toString(), max: poolSize });
+      pool.on('error', () => undefined);
+      clones.push({
+        url: url.toString(),
+        pool,
+        async drop() {
+          await pool.end();
+          await asAdmin((a) => a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+        },
+      });
+    }
+  });
+  return clones;
+}
+
+/** Vacuums and checkpoints, so that a measured run does not pay for the writes of the one before it. */
+export async function settle(db: Pool): Promise<void> {
+  await db.query('VACUUM ANALYZE');
+  await db.query('CHECKPOINT').catch(() => undefined); // needs a superuser (the local cluster's postgres is one)
+}
+
+/**
+ * The database's floor for a rewrap of rekey's own table: the same UPDATE a rewrap makes of every row (the label, the
+ * wrapped DEK, the version, through the same indexes and trigger), with no crypto and no round trips, split over
+ * `statements` concurrent statements on disjoint id ranges of about equal size (1: one statement, which PostgreSQL
+ * runs on one core). `to` must be a KEK the registry lets wrap. Wall seconds, and the CPU each process spent.
+ */
+export async function databaseFloor(
+  db: Pool,
+  to: string,
+  statements: number,
+  meter: CpuMeter,
+): Promise<ReturnType<CpuMeter['end']>> {
+  const fractions = Array.from({ length: statements - 1 }, (_, i) => (i + 1) / statements);
+  const { rows } = await db.query<{ boundaries: string[] | null }>(
+    `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY tenant_id)::text[] AS boundaries
+     FROM rekey.tenant_deks`,
+    [fractions],
+  );
+  const bounds: (string | null)[] = ['', ...(statements > 1 ? (rows[0]?.boundaries ?? []) : []), null];
+  // Each statement on its own connection, opened before the clock starts.
+  const clients = await Promise.all(bounds.slice(1).map(() => db.connect()));
+  try {
+    meter.begin();
+    await Promise.all(
+      clients.map((client, i) =>
+        client.query(
+          `UPDATE rekey.tenant_deks SET kek_id = $1, wrapped_dek = wrapped_dek, version = version + 1
+           WHERE tenant_id > $2 AND ($3::text IS NULL OR tenant_id <= $3)`,
+          [to, bounds[i], bounds[i + 1]],
+        ),
+      ),
+    );
+    return meter.end();
+  } finally {
+    for (const client of clients) client.release();
+  }
 }
 
 /** Random KEKs as the env provider reads them; the same variables go to every worker process. */
@@ -62,7 +153,9 @@ export function spawnWorker(options: {
   keyEnv: Record<string, string>;
 }): WorkerProcess {
   const log = fs.openSync(path.join(projectRoot, 'bench', 'results', 'worker.log.tmp'), 'a');
-  const child = spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', 'worker.js')], {
+  // BENCH_CPU_PROF=<dir>: the worker writes a V8 CPU profile of each of its threads there when it exits.
+  const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const child = spawn(process.execPath, [...profile, path.join(projectRoot, 'dist', 'src', 'worker.js')], {
     env: {
       PATH: process.env.PATH,
       DATABASE_URL: options.databaseUrl,
@@ -114,6 +207,20 @@ export async function temporalClient(address: string): Promise<{ client: Tempora
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Waits until a process has settled: under 5% of a core over a second (a worker that has started, connected and
+ * polls), so that what it spends starting is not counted in a measurement taken beside it. Fails after `timeoutMs`.
+ */
+export async function untilIdle(pid: number | undefined, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const before = processCpuSeconds(pid);
+    await sleep(1000);
+    if (processCpuSeconds(pid) - before < 0.05) return;
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not settle within ${timeoutMs} ms`);
+  }
+}
+
 export function gitCommit(): string {
   try {
     return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: projectRoot, encoding: 'utf8' }).trim();
@@ -158,24 +265,75 @@ export function processCpuSeconds(pid: number | undefined, withReapedChildren = 
  */
 export function postgresCpuSeconds(): number {
   let total = 0;
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let comm: string;
-    let ppid: string;
-    try {
-      comm = fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim();
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      ppid = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]!;
-    } catch {
-      continue;
-    }
-    if (comm !== 'postgres') continue;
+  for (const { pid, ppid } of postgresProcesses()) {
     const postmaster = fs.existsSync(`/proc/${ppid}/comm`)
       ? fs.readFileSync(`/proc/${ppid}/comm`, 'utf8').trim() !== 'postgres'
       : true;
-    total += processCpuSeconds(Number(entry), postmaster);
+    total += processCpuSeconds(pid, postmaster);
   }
   return total;
+}
+
+function postgresProcesses(): { pid: number; ppid: number; title: string[] }[] {
+  const found: { pid: number; ppid: number; title: string[] }[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue;
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      // "postgres: <user> <database> <host(port)> <state>", or "postgres: autovacuum worker <database>".
+      const title = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ').trim().split(/\s+/);
+      found.push({ pid: Number(entry), ppid, title });
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return found;
+}
+
+/**
+ * CPU seconds spent by PostgreSQL's backends (and autovacuum workers, unless `autovacuum` is false) for the given
+ * databases, told by their process titles: what a run's own connections cost, without the other databases of a
+ * shared cluster (nor the checkpointer and the WAL writer, which no database owns). A backend's CPU is read every
+ * 250 ms while the counter is open and kept when the backend exits (a pool closes idle connections), so readings only
+ * grow; what a backend spends after its last reading is lost.
+ */
+export class DatabaseCpu {
+  private readonly last = new Map<number, number>();
+  private retired = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly databases: readonly string[],
+    private readonly autovacuum = true,
+  ) {
+    this.read();
+    this.timer = setInterval(() => this.read(), 250).unref();
+  }
+
+  read(): number {
+    const seen = new Set<number>();
+    for (const { pid, title } of postgresProcesses()) {
+      const vacuum = title[1] === 'autovacuum';
+      const database = vacuum ? title[3] : title[2];
+      if (database === undefined || !this.databases.includes(database) || (vacuum && !this.autovacuum)) continue;
+      seen.add(pid);
+      this.last.set(pid, Math.max(this.last.get(pid) ?? 0, processCpuSeconds(pid)));
+    }
+    for (const [pid, seconds] of this.last) {
+      if (seen.has(pid)) continue;
+      this.retired += seconds;
+      this.last.delete(pid);
+    }
+    let total = this.retired;
+    for (const seconds of this.last.values()) total += seconds;
+    return total;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
 }
 
 /** What each process of a benchmark spent between two moments, and the machine's whole capacity over the time. */

@@ -1,5 +1,7 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
-// a naive one-off script on the same data. Writes bench/results/rotation-<tenants>.md.
+// the database's floors (the same UPDATE as one statement, and split over every core) and a naive one-off script on
+// the same data. Writes bench/results/rotation-<tenants>.md. `npm run bench -- [tenants] --kms`: a keyspace held in
+// AWS KMS (moto) instead, its request rate against the configured one (bench/kms-rate.ts).
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
@@ -17,21 +19,28 @@ import { readToolchain } from '../src/dev/toolchain';
 import type { KeyProvider } from '../src/keys/key-provider';
 import { projectRoot } from '../src/project-paths';
 import { KekRegistry } from '../src/store/kek-registry';
+import { TargetStore } from '../src/store/target-store';
+import { REKEY_PRESET } from '../src/targets/presets';
 import { confirmStepUpdate, progressQuery, type RotationReport } from '../src/workflows';
 import {
+  cloneDatabase,
   CpuMeter,
+  databaseFloor,
   envKeys,
   inMemoryBatches,
-  postgresCpuSeconds,
+  DatabaseCpu,
   processCpuSeconds,
   freshDatabase,
   provenance,
+  settle,
   sleep,
   spawnWorker,
+  untilIdle,
   startServer,
   TASK_QUEUE,
   temporalClient,
 } from './harness';
+import { kmsBench } from './kms-rate';
 import { seedMyceliumTable } from './mycelium';
 
 const NAIVE_SAMPLE = Number(process.env.NAIVE_SAMPLE ?? 50_000);
@@ -60,12 +69,6 @@ async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: stri
     }
   }
   return done;
-}
-
-/** Vacuums and checkpoints, so that a measured run does not pay for the writes of the one before it. */
-async function settle(db: Pool): Promise<void> {
-  await db.query('VACUUM ANALYZE');
-  await db.query('CHECKPOINT').catch(() => undefined); // needs a superuser (the local cluster's postgres is one)
 }
 
 /** Rotates one target through the workflow, confirming a retire the application owns; the rewrap phase's figures. */
@@ -123,16 +126,6 @@ async function measure(
   return { report, seconds, rate: report.counters.rewrapped / seconds, workflowId: started.handle.workflowId, cpu };
 }
 
-/**
- * The database's floor: one UPDATE of every row of the table, writing the same columns a rewrap writes (the label,
- * the wrapped DEK, the version) through the same indexes and trigger, with no crypto and no round trips.
- */
-async function databaseFloor(db: Pool, to: string, meter: CpuMeter): Promise<ReturnType<CpuMeter['end']>> {
-  meter.begin();
-  await db.query('UPDATE rekey.tenant_deks SET kek_id = $1, wrapped_dek = wrapped_dek, version = version + 1', [to]);
-  return meter.end();
-}
-
 /** The rewrap crypto alone, on every core of this process (its thread pool), over in-memory rows: µs per DEK. */
 async function cryptoAlone(count: number, aesGcm: 'native' | 'node'): Promise<{ micros: number; threads: number }> {
   const crypto = new ThreadedRowCrypto(os.availableParallelism(), { ...process.env, REKEY_AES_GCM: aesGcm });
@@ -159,9 +152,24 @@ async function cryptoAlone(count: number, aesGcm: 'native' | 'node'): Promise<{ 
 }
 
 async function main(): Promise<void> {
-  const tenants = Number(process.argv[2] ?? 1_000_000);
+  const args = process.argv.slice(2);
+  const tenants = Number(args.find((a) => !a.startsWith('--')) ?? 1_000_000);
   const toolchain = readToolchain();
   const server = await startServer(toolchain);
+  if (args.includes('--kms')) {
+    const { client, close } = await temporalClient(server.address);
+    try {
+      const rotation = {
+        batchSize: Number(process.env.BATCH ?? 2_000),
+        parallelism: Number(process.env.PARALLELISM ?? 2),
+      };
+      await kmsBench({ tenants, toolchain, server, client, measure, rotation });
+    } finally {
+      await close();
+      await server.stop();
+    }
+    return;
+  }
   const database = await freshDatabase('rekey_bench');
   const { env: keyEnv, provider: keys } = envKeys(['v1', 'v2', 'v3'], 'v1');
   // The same worker also serves the mycelium preset: the old and the new token_secret, as Mycelium's guide has them.
@@ -170,24 +178,42 @@ async function main(): Promise<void> {
   keyEnv.MYC_TOKEN_SECRET = newSecret;
   // Mycelium's table doubles the run: at ten million the run measures memory and history, on rekey's own table only.
   const withMycelium = (process.env.BENCH_MYCELIUM ?? (tenants <= 1_000_000 ? '1' : '0')) !== '0';
+  const options = { batchSize: Number(process.env.BATCH ?? 2_000), parallelism: Number(process.env.PARALLELISM ?? 2) };
+  // The all-core floor splits the UPDATE over as many statements as the rotation writes with (one connection per
+  // slice running at once), and at least one per core.
+  const floorStatements = Math.max(options.parallelism, os.availableParallelism());
   const { client, close } = await temporalClient(server.address);
-  const worker = spawnWorker({ databaseUrl: database.url, address: server.address, keyEnv });
-  const meter = new CpuMeter({
-    worker: () => processCpuSeconds(worker.child.pid),
-    postgres: postgresCpuSeconds,
-    temporal: () => processCpuSeconds(server.process.pid),
-  });
+  let worker: ReturnType<typeof spawnWorker> | undefined;
+  let postgresCpu: DatabaseCpu | undefined;
+  const copies: Awaited<ReturnType<typeof cloneDatabase>> = [];
   const lines: string[] = [];
   const say = (line: string) => {
     lines.push(line);
     process.stdout.write(`${line}\n`);
   };
-  const options = { batchSize: Number(process.env.BATCH ?? 2_000), parallelism: Number(process.env.PARALLELISM ?? 2) };
   try {
     await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     let t = Date.now();
     await seedTenants({ db: database.pool, keys, kekId: 'v1', count: tenants });
     say(`seeded ${tenants.toLocaleString('en-US')} tenants with COPY in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    // The floors' own copies of the same rows (same pages, indexes, trigger and registry), made before anything else
+    // touches them; each is settled like the rotation's database before it is measured.
+    await settle(database.pool);
+    copies.push(
+      ...(await cloneDatabase(database, ['rekey_bench_floor_all', 'rekey_bench_floor_one'], floorStatements + 2)),
+    );
+    const databases = [database, ...copies].map((d) => new URL(d.url).pathname.slice(1));
+    worker = spawnWorker({ databaseUrl: database.url, address: server.address, keyEnv });
+    const workerProcess = worker;
+    await untilIdle(worker.child.pid); // its start is no part of the floor measured next
+    // CPU of the worker, of PostgreSQL's backends (and autovacuum) for this run's databases, and of Temporal's server.
+    postgresCpu = new DatabaseCpu(databases);
+    const postgres = postgresCpu;
+    const meter = new CpuMeter({
+      worker: () => processCpuSeconds(workerProcess.child.pid),
+      postgres: () => postgres.read(),
+      temporal: () => processCpuSeconds(server.process.pid),
+    });
     if (withMycelium) {
       t = Date.now();
       await seedMyceliumTable(database.pool, tenants, oldSecret);
@@ -196,9 +222,30 @@ async function main(): Promise<void> {
       );
     }
 
+    // The floors, each on its own copy of the rows the rotation started from, after the same settling: `v2` made
+    // active there as the rotation makes it, so that the trigger lets the UPDATE write it. Measured just before and
+    // just after the rotation, so that a machine whose load drifts weighs on the ratios as little as it can.
+    const floor = async (copy: (typeof copies)[number], statements: number) => {
+      const registry = new KekRegistry(copy.pool, BUILTIN_TARGET);
+      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.promote('v1', 'v2');
+      await settle(copy.pool);
+      return databaseFloor(copy.pool, 'v2', statements, meter);
+    };
+    const allCore = await floor(copies[0]!, floorStatements);
     // Each measured run starts from the same state: no dirty pages or WAL left by the write before it.
     await settle(database.pool);
     const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options }, meter);
+    // The slice planner's reads (src/activities/rewrap.ts planSlices): a count of the rows on the KEK and the ids
+    // that cut them into parts, on the copy the rotation's rows started as (settled as the rotation's was).
+    await settle(copies[1]!.pool);
+    t = Date.now();
+    const plannerStore = new TargetStore(copies[1]!.pool, REKEY_PRESET, compileFormat(REKEY_PRESET.format));
+    await plannerStore.inspect();
+    await plannerStore.countOnLabel('v1');
+    await plannerStore.boundaries('v1', [0.25, 0.5, 0.75]);
+    const plannerSeconds = (Date.now() - t) / 1000;
+    const oneStatement = await floor(copies[1]!, 1);
     let historyEvents = 0;
     let runs = 0;
     for await (const execution of client.workflow.list({ query: `WorkflowId = '${builtin.workflowId}'` })) {
@@ -229,9 +276,6 @@ async function main(): Promise<void> {
     const naiveSeconds = (Date.now() - t) / 1000;
     const naiveRate = naiveDone / naiveSeconds;
 
-    // The floor, on the same rows in the same state of the database, after the same settling.
-    await settle(database.pool);
-    const floor = await databaseFloor(database.pool, 'v3', meter);
     const sample = Math.min(tenants, 200_000);
     const crypto = await cryptoAlone(sample, 'native').catch((err: unknown) => {
       say(`native AES-GCM not measured: ${err instanceof Error ? err.message : String(err)}`);
@@ -247,9 +291,16 @@ async function main(): Promise<void> {
     say(`| rewrap phase (workflow, wall) | ${builtin.seconds.toFixed(1)} s |`);
     say(`| rekey throughput | ${n(builtin.rate)} tenants/s |`);
     say(
-      `| database floor (one UPDATE of all ${tenants.toLocaleString('en-US')} rows: same columns, indexes and trigger, no crypto) | ${floor.seconds.toFixed(1)} s |`,
+      `| database floor, one statement (one UPDATE of all ${tenants.toLocaleString('en-US')} rows: same columns, indexes and trigger, no crypto; an identical copy) | ${oneStatement.seconds.toFixed(1)} s |`,
     );
-    say(`| **ratio rekey / floor** | **${(builtin.seconds / floor.seconds).toFixed(2)}x** |`);
+    say(`| ratio rekey / one-statement floor | ${(builtin.seconds / oneStatement.seconds).toFixed(2)}x |`);
+    say(
+      `| all-core floor (the same UPDATE as ${floorStatements} concurrent statements on disjoint id ranges, another identical copy) | ${allCore.seconds.toFixed(1)} s |`,
+    );
+    say(`| **ratio rekey / all-core floor** | **${(builtin.seconds / allCore.seconds).toFixed(2)}x** |`);
+    say(
+      `| slice planner's reads (count and \`percentile_disc\` of the ${tenants.toLocaleString('en-US')} ids on the KEK, another identical copy) | ${plannerSeconds.toFixed(2)} s |`,
+    );
     for (const [name, run] of [
       ['native AES-GCM', crypto],
       ["Node's AES-GCM", nodeCrypto],
@@ -279,7 +330,15 @@ async function main(): Promise<void> {
       );
     };
     cpuLine('the rewrap phase', builtin.cpu);
-    cpuLine('the floor', floor);
+    cpuLine('the one-statement floor', oneStatement);
+    cpuLine('the all-core floor', allCore);
+    if (builtin.cpu) {
+      const perRow = (seconds: number | undefined) =>
+        `${(((seconds ?? 0) * 1e6) / builtin.report.counters.rewrapped).toFixed(1)} µs`;
+      say(
+        `| CPU per rewrapped row during the rewrap phase | worker ${perRow(builtin.cpu.cpu.worker)}, PostgreSQL ${perRow(builtin.cpu.cpu.postgres)} |`,
+      );
+    }
     say(`| worker peak RSS | ${workerPeak} MiB |`);
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
     say(
@@ -298,8 +357,10 @@ async function main(): Promise<void> {
       `${lines.join('\n')}\n`,
     );
   } finally {
-    await worker.kill();
+    postgresCpu?.close();
+    await worker?.kill();
     await close();
+    for (const copy of copies) await copy.drop();
     await database.drop();
     await server.stop();
   }

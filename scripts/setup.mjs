@@ -258,7 +258,9 @@ export function ensureVault() {
   const binary = path.join(cacheRoot(), `vault-${VAULT_VERSION}`, 'vault');
   if (fs.existsSync(binary)) return binary;
   const go = requireGo(`Vault ${VAULT_VERSION}`, VAULT_MIN_GO);
-  log(`building Vault ${VAULT_VERSION} with ${go} (first time only; about 7 minutes on 2 cores)`);
+  log(
+    `building Vault ${VAULT_VERSION} with ${go} (first time only; from 7 minutes on 2 idle cores to half an hour on busy ones)`,
+  );
   const { dir: moduleDir } = downloadGoModule(go, ...VAULT_MODULE);
   const replaces = VAULT_NESTED_MODULES.map(([module, version, sum]) => [
     module,
@@ -313,7 +315,7 @@ export function ensureTctl() {
   const binary = path.join(cacheRoot(), `tctl-${TCTL_VERSION}`, 'tctl');
   if (fs.existsSync(binary)) return binary;
   const go = requireGo(`tctl ${TCTL_VERSION}`, TCTL_MIN_GO);
-  log(`building tctl ${TCTL_VERSION} with ${go} (first time only; about 2 minutes)`);
+  log(`building tctl ${TCTL_VERSION} with ${go} (first time only; 2 to 6 minutes on 2 cores)`);
   const module = 'github.com/temporalio/tctl';
   const { dir: moduleDir } = downloadGoModule(go, module, `v${TCTL_VERSION}`, TCTL_MODULE_SUM);
   return goBuild(go, { tool: `tctl ${TCTL_VERSION}`, moduleDir, pkg: './cmd/tctl', binary });
@@ -339,13 +341,45 @@ function testServerPom() {
 `;
 }
 
-async function waitForPort(port, timeoutMs) {
+/**
+ * Waits until process `child` listens on a TCP port, as Linux's /proc says (the socket inodes among its open files, in
+ * the listening sockets of /proc/net/tcp and tcp6): nothing is bound or probed. Resolves with the time it took, or
+ * undefined if the process exits or `timeoutMs` passes first. (src/dev/ports.ts has the same reading: this file runs
+ * unbuilt.)
+ */
+async function waitUntilListening(child, timeoutMs) {
   const start = Date.now();
-  while (Date.now() - start < timeoutMs) {
-    if (await canConnect(port)) return Date.now() - start;
+  while (Date.now() - start < timeoutMs && child.exitCode === null && child.signalCode === null) {
+    if (listensOnSomePort(child.pid)) return Date.now() - start;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   return undefined;
+}
+
+function listensOnSomePort(pid) {
+  let fds;
+  try {
+    fds = fs.readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  const inodes = new Set();
+  for (const fd of fds) {
+    try {
+      const match = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (match) inodes.add(match[1]);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    if (!fs.existsSync(table)) continue;
+    for (const line of fs.readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[3] === '0A' && inodes.has(fields[9])) return true; // 0A: LISTEN
+    }
+  }
+  return false;
 }
 
 function canConnect(port, host = '127.0.0.1') {
@@ -356,17 +390,6 @@ function canConnect(port, host = '127.0.0.1') {
       resolve(true);
     });
     socket.once('error', () => resolve(false));
-  });
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
   });
 }
 
@@ -416,20 +439,13 @@ export async function ensureTestServer() {
   const jvmFlags = ['-XX:TieredStopAtLevel=1', '-XX:+UseSerialGC', '-Xlog:disable'];
 
   log('recording a class-data archive for a fast test-server start');
-  const port = await freePort();
+  // Port 0: the JVM listens on whatever port the kernel gives it; the setup only needs to know that it listens.
   const trainer = spawn(
     java,
-    [
-      ...jvmFlags,
-      `-XX:ArchiveClassesAtExit=${archive}`,
-      '-cp',
-      classpath,
-      'io.temporal.testserver.TestServer',
-      String(port),
-    ],
+    [...jvmFlags, `-XX:ArchiveClassesAtExit=${archive}`, '-cp', classpath, 'io.temporal.testserver.TestServer', '0'],
     { stdio: 'ignore' },
   );
-  const readyAfter = await waitForPort(port, 60_000);
+  const readyAfter = await waitUntilListening(trainer, 60_000);
   await new Promise((resolve) => setTimeout(resolve, 500));
   trainer.kill('SIGTERM'); // a normal JVM shutdown writes the archive
   await new Promise((resolve) => trainer.once('exit', resolve));

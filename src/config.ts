@@ -2,7 +2,15 @@ import { z } from 'zod';
 import { ConfigError } from './errors';
 
 /** REKEY_KEY_PROVIDER: where the process's KEKs are (`auto` detects it as the secrets-manager guide does). */
-export const KEY_PROVIDERS = ['env', 'file', 'aws-secrets-manager', 'aws-kms', 'vault', 'auto'] as const;
+export const KEY_PROVIDERS = [
+  'env',
+  'file',
+  'aws-secrets-manager',
+  'aws-kms',
+  'vault',
+  'vault-transit',
+  'auto',
+] as const;
 export type KeyProviderName = (typeof KEY_PROVIDERS)[number];
 
 /** Where the process's KEKs are: needed by the commands that touch keys, without a database or Temporal. */

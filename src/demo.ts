@@ -17,7 +17,7 @@ import { KekRegistry } from './store/kek-registry';
 import { TenantDekStore } from './store/tenant-deks';
 import { TenantCrypto } from './tenant-crypto';
 import { createWorker } from './worker';
-import { progressQuery } from './workflows';
+import { progressQuery } from './workflows/messages';
 
 const TENANTS = Number(process.env.REKEY_DEMO_TENANTS ?? 200_000);
 const RECORDS = 2_000;
@@ -79,6 +79,16 @@ async function storeRecord(db: Pool, tenantId: string, ciphertext: string): Prom
   );
 }
 
+function demoPort(name: string, fallback: number): number {
+  const value = process.env[name];
+  if (value === undefined || value === '') return fallback;
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`${name} must be a port number (0 for any free port), not '${value}'`);
+  }
+  return port;
+}
+
 async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('WARN') });
   const toolchain = readToolchain();
@@ -88,12 +98,14 @@ async function main(): Promise<void> {
 
   const say = (line: string) => process.stdout.write(`${line}\n`);
   say('rekey demo: starting the Temporal dev server (Web UI included) ...');
+  // 0: any free port (the dev server is started again on another if one it was given is taken meanwhile).
   const server = await startDevServer({
     temporalCli: toolchain.temporalCli,
-    port: Number(process.env.REKEY_DEMO_PORT ?? 7233),
-    uiPort: Number(process.env.REKEY_DEMO_UI_PORT ?? 8233),
+    port: demoPort('REKEY_DEMO_PORT', 7233),
+    uiPort: demoPort('REKEY_DEMO_UI_PORT', 8233),
     dbFilename: path.join(demoDir, 'temporal.db'),
   });
+  say(`Temporal dev server on ${server.address}, Web UI on ${server.uiUrl}`);
   // Left in place afterwards, to look at; the next run replaces it.
   const { pool: db } = await createDatabase(process.env.DATABASE_URL ?? toolchain.databaseUrl, 'rekey_demo', 12);
   const keys = FileKeyring.open(path.join(demoDir, 'keyring.json'), { create: true });

@@ -68,7 +68,7 @@ export async function createWorker(options: RekeyWorkerOptions): Promise<Worker>
 }
 
 const WorkerEnv = z.object({
-  /** 0 picks a free port. */
+  /** 0: any free port; the 'rekey worker started' line gives the address (metricsUrl). */
   REKEY_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
   /** The interface /metrics listens on: loopback, as the admin API; 0.0.0.0 in a container Prometheus scrapes. */
   REKEY_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
@@ -158,6 +158,7 @@ async function run(): Promise<void> {
         targetsFrom: served.source,
         defaultTarget: targetsConfig.defaultTarget,
         metrics: metricsAddress(metricsServer),
+        metricsUrl: `http://${metricsAddress(metricsServer)}/metrics`,
         ...(keys && {
           keyProvider: keys.description,
           keys: keys.kekIds().map((id) => ({ id, fingerprint: keys!.fingerprint(id) })),

@@ -2,7 +2,7 @@ import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
 import type { RowCrypto } from '../crypto/row-crypto';
 import type { KeyProvider } from '../keys/key-provider';
-import type { RekeyMetrics } from '../observability/metrics';
+import type { RewrapCounters } from '../rewrap/counters';
 import type { TargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
 
@@ -16,11 +16,23 @@ export interface ActivityDependencies {
   targets?: TargetsConfig | TargetRuntimes;
   /** Where target key sources and database variables are read (default: process.env). */
   env?: NodeJS.ProcessEnv;
-  metrics?: RekeyMetrics;
+  /** What the activities count (the worker's RekeyMetrics, src/observability/metrics.ts). */
+  metrics?: ActivityMetrics;
   /** A Temporal client, for the activities that read schedules (rotation notices). */
   temporal?: Client;
   /** Where rewrap crypto runs (REKEY_CRYPTO_THREADS); the process's shared pool when not given. */
   crypto?: RowCrypto;
+}
+
+/**
+ * The metrics the activities add to, as an interface: the module that serves them also reads the running rotations
+ * through the client, which imports the workflows, which import the activities' types.
+ */
+export interface ActivityMetrics {
+  /** Adds what one rewrap batch did (the difference between two checkpoints). */
+  recordBatch(before: RewrapCounters, after: RewrapCounters, countUnreadable?: boolean): void;
+  /** A rotation notice's webhook refused or did not answer. */
+  noticeFailures: { inc(labels: { schedule_id: string; target: string }): void };
 }
 
 export function targetRuntimes(deps: ActivityDependencies): TargetRuntimes {

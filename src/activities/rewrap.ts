@@ -81,7 +81,8 @@ export function createRewrapActivities(deps: ActivityDependencies) {
 
     /**
      * One part of one slice: rewraps until the range is done or the time budget is spent. Heartbeats its cursor and
-     * counters after every batch; stops at a batch boundary when cancelled (pause, abort).
+     * counters after every batch, and every few seconds during a long one; stops at a batch boundary when cancelled
+     * (pause, abort).
      */
     async rewrapSlice(args: RewrapSliceArgs): Promise<SliceOutcome> {
       const context = Context.current();
@@ -122,6 +123,8 @@ export function createRewrapActivities(deps: ActivityDependencies) {
               metrics?.recordBatch(previous, checkpoint.counters, firstPass);
               previous = checkpoint.counters;
             },
+            // A batch paced by a remote key store may outlast the heartbeat timeout: the last checkpoint again.
+            onAlive: (checkpoint) => context.heartbeat(checkpoint),
             shouldStop: () => context.cancellationSignal.aborted,
           },
         ),

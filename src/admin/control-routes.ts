@@ -4,7 +4,7 @@ import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { errorBody, opIdParams } from './schemas';
 import { rotationStatus, runningRotation, type RotationStatus } from '../client/rotations';
-import { overrideFleetGateUpdate, setGraceUpdate } from '../workflows';
+import { overrideFleetGateUpdate, setGraceUpdate } from '../workflows/messages';
 import { InvalidRotationError } from '../errors';
 
 export interface ControlRouteOptions {

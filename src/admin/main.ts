@@ -15,7 +15,8 @@ const AdminEnv = z.object({
   REKEY_ADMIN_TOKEN: z
     .string({ error: 'REKEY_ADMIN_TOKEN is required: the bearer token callers must send' })
     .min(16, 'REKEY_ADMIN_TOKEN must be at least 16 characters'),
-  REKEY_ADMIN_PORT: z.coerce.number().int().min(1).max(65535).default(8080),
+  /** 0: any free port; the address it listens on is logged ('rekey admin API listening on http://…'). */
+  REKEY_ADMIN_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   REKEY_ADMIN_HOST: z.string().default('127.0.0.1'),
 });
 
@@ -44,7 +45,11 @@ async function run(): Promise<void> {
       webUiLink(process.env, config.TEMPORAL_NAMESPACE, `workflows/${encodeURIComponent(workflowId)}`),
     logger: true,
   });
-  await server.listen({ port: admin.REKEY_ADMIN_PORT, host: admin.REKEY_ADMIN_HOST });
+  await server.listen({
+    port: admin.REKEY_ADMIN_PORT,
+    host: admin.REKEY_ADMIN_HOST,
+    listenTextResolver: (address) => `rekey admin API listening on ${address}`,
+  });
 }
 
 export const ADMIN_HELP = processHelp(

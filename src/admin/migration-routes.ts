@@ -4,13 +4,8 @@ import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
 import { migrationStatus, runningMigration, startMigration, type MigrationStatus } from '../client/migrations';
-import {
-  abortMigrationUpdate,
-  pauseMigrationUpdate,
-  resumeMigrationUpdate,
-  type MigrationReport,
-  type MigrationRequest,
-} from '../workflows';
+import type { MigrationReport, MigrationRequest } from '../workflows';
+import { abortMigrationUpdate, pauseMigrationUpdate, resumeMigrationUpdate } from '../workflows/messages';
 
 /** The workflow's report as it is (MigrationReport in src/workflows/migrate-dek.ts): passed through whole. */
 const migrationStatusBody = {

@@ -21,7 +21,7 @@ import { registerControlRoutes } from './control-routes';
 import { registerMigrationRoutes } from './migration-routes';
 import { rotateAllBody, rotationFromBody, type RotateAllBody } from './rotation-body';
 import type { TargetRuntimes } from '../targets/runtime';
-import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows';
+import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows/messages';
 import { runHistory } from '../client/history';
 import { errorKind, httpStatusFor, KeyMaterialError, RekeyError } from '../errors';
 

@@ -1,4 +1,4 @@
-import type { MigrationReport } from '../workflows/migrate-dek';
+import type { MigrationReport } from '../rotation/migration-report';
 import { formatDuration } from '../rotation/durations';
 import type { ProgressReport } from '../rotation/progress';
 import { graceCountdown, migrationRunStatus } from '../rotation/run-status';

@@ -17,15 +17,9 @@ import {
   type RunStatus,
 } from '../rotation/run-status';
 import { RunHistory, type RunRecord } from '../store/run-history';
-import {
-  migrationProgressQuery,
-  progressQuery,
-  RekeyFromKek,
-  RekeyTarget,
-  RekeyToKek,
-  type MigrationReport,
-  type RotationReport,
-} from '../workflows';
+import type { MigrationReport, RotationReport } from '../workflows';
+import { migrationProgressQuery, progressQuery } from '../workflows/messages';
+import { RekeyFromKek, RekeyTarget, RekeyToKek } from '../workflows/search-attributes';
 import { failureMessage, opIdOf } from './rotations';
 
 export interface HistoryEntry {

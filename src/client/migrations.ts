@@ -9,13 +9,8 @@ import {
 } from '@temporalio/client';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
-import {
-  migrateDek,
-  migrationPlannedUpdate,
-  migrationProgressQuery,
-  type MigrationReport,
-  type MigrationRequest,
-} from '../workflows';
+import type { migrateDek, MigrationReport, MigrationRequest } from '../workflows';
+import { migrationPlannedUpdate, migrationProgressQuery } from '../workflows/messages';
 import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { startAnswered } from './start-answered';
 import {
@@ -79,7 +74,7 @@ export async function startMigration(
   }
   const workflowId = migrationWorkflowId(request);
   try {
-    const start = new WithStartWorkflowOperation(migrateDek, {
+    const start = new WithStartWorkflowOperation<typeof migrateDek>('migrateDek', {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],

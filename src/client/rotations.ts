@@ -15,17 +15,9 @@ import { TypedSearchAttributes } from '@temporalio/common';
 import { rotationWorkflowId } from '../rotation/identity';
 import { parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { BUILTIN_TARGET } from '../targets/builtin';
-import {
-  progressQuery,
-  RekeyFromKek,
-  RekeyPhase,
-  RekeyTarget,
-  RekeyToKek,
-  rotateKek,
-  validatedUpdate,
-  type RotationReport,
-  type RotationValidated,
-} from '../workflows';
+import type { rotateKek, RotationReport } from '../workflows';
+import { progressQuery, validatedUpdate, type RotationValidated } from '../workflows/messages';
+import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from '../workflows/search-attributes';
 import { startAnswered } from './start-answered';
 import { errorKind, failureMessage, RotationNotFoundError, RotationNotRunningError, type ErrorKind } from '../errors';
 
@@ -71,7 +63,7 @@ export async function startRotation(
   const workflowId = options.workflowId ?? workflowIdFor(request);
   const description = { ...request, target: settings.target };
   try {
-    const start = new WithStartWorkflowOperation(rotateKek, {
+    const start = new WithStartWorkflowOperation<typeof rotateKek>('rotateKek', {
       taskQueue: options.taskQueue,
       workflowId,
       args: [request],

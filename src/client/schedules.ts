@@ -10,13 +10,8 @@ import { temporal } from '@temporalio/proto';
 import type { RunState } from '../rotation/run-status';
 import type { RotationRequest } from '../rotation/rotation-input';
 import { parseDuration } from '../rotation/durations';
-import {
-  checkRotationSchedule,
-  noticeStateQuery,
-  scheduledRotation,
-  scheduleNotices,
-  type ScheduledRotationResult,
-} from '../workflows';
+import type { checkRotationSchedule, scheduledRotation, scheduleNotices, ScheduledRotationResult } from '../workflows';
+import { noticeStateQuery } from '../workflows/messages';
 import { failureMessage, opIdOf, rotationStatus } from './rotations';
 import { errorKind, InvalidRotationError, NoWorkerError } from '../errors';
 
@@ -64,12 +59,12 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     minKekAge: options.minKekAge ?? '30d',
   };
   await checkScheduledRotation(client, request, options.taskQueue, scheduleId);
-  await client.schedule.create({
+  await client.schedule.create<typeof scheduledRotation>({
     scheduleId,
     spec,
     action: {
       type: 'startWorkflow',
-      workflowType: scheduledRotation,
+      workflowType: 'scheduledRotation',
       args: [request],
       taskQueue: options.taskQueue,
       workflowId: `kek-rotation-schedule-${scheduleId}`,
@@ -79,7 +74,7 @@ export async function createRotationSchedule(client: Client, options: RotationSc
   });
   if (options.notifyBefore !== undefined) {
     // Replaces the notices of an earlier schedule of the same id, if one is still running.
-    await client.workflow.start(scheduleNotices, {
+    await client.workflow.start<typeof scheduleNotices>('scheduleNotices', {
       taskQueue: options.taskQueue,
       workflowId: noticeWorkflowId(scheduleId),
       args: [
@@ -114,7 +109,7 @@ async function checkScheduledRotation(
     );
   }
   try {
-    await client.workflow.execute(checkRotationSchedule, {
+    await client.workflow.execute<typeof checkRotationSchedule>('checkRotationSchedule', {
       taskQueue,
       workflowId: `rekey-schedule-check-${scheduleId}`,
       args: [request],

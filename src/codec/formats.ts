@@ -5,7 +5,8 @@ import type { SealedFormat } from './sealed-format';
 /**
  * rekey's own wrapped DEK (`rekey.tenant_deks.wrapped_dek`): bytea `0x01 ‖ nonce ‖ ciphertext ‖ tag`, bound to the
  * tenant and the KEK id, each length-prefixed, after a fixed label; or, for KEKs in AWS KMS, `0x02 ‖ blob` with the
- * encryption context {rekey:tenant, rekey:kek}.
+ * encryption context {rekey:tenant, rekey:kek}; or, for KEKs in Vault Transit, `0x03 ‖ 'vault:v<n>:…'` under a key
+ * derived from the tenant.
  */
 export const REKEY_DEK_FORMAT: SealedFormat = {
   value: { kind: 'combined', column: 'wrapped_dek', encoding: 'bytea', prefix: '01' },
@@ -17,6 +18,8 @@ export const REKEY_DEK_FORMAT: SealedFormat = {
   plaintextBytes: 32,
   // With REKEY_KEY_PROVIDER=aws-kms: 0x02 ‖ KMS ciphertext blob, bound to the tenant and the KEK id.
   kms: { prefix: '02', context: { 'rekey:tenant': 'tenant_id' } },
+  // With REKEY_KEY_PROVIDER=vault-transit: 0x03 ‖ 'vault:v<n>:…', under a derived key whose context is the tenant.
+  transit: { prefix: '03', context: 'tenant_id' },
 };
 
 /** Mycelium's `tenant.encrypted_dek`: `'v2:' + base64(nonce ‖ ciphertext ‖ tag)`, bound to the tenant UUID's bytes. */

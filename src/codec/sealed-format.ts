@@ -64,6 +64,32 @@ export interface SealedFormat {
    * opens them (src/crypto/kms-row-crypto.ts); the codec reads their form and knows them apart.
    */
   kms?: KmsForm;
+  /**
+   * Values in the same (bytea, combined) column wrapped by Vault Transit: `prefix` (hex), then Transit's ciphertext
+   * (`vault:v<n>:<base64>`, ASCII), under a derived key whose context binds the named column (the tenant). Only Vault
+   * opens them (src/crypto/transit-row-crypto.ts).
+   */
+  transit?: TransitForm;
+}
+
+export interface TransitForm {
+  prefix: string;
+  /** The column whose text the derivation context binds (with a fixed label). */
+  context: string;
+}
+
+/** A Transit-wrapped value in a row: the codec's view of it (`Codec.transit`). */
+export interface TransitValues {
+  /** True when the row's value is in the Transit form (it starts with the prefix). */
+  is(row: Row): boolean;
+  /** Transit's ciphertext text; UnreadableValueError when the value is not a well-formed one. */
+  ciphertext(row: Row): string;
+  /** The key version the ciphertext names (`vault:v<n>:`). */
+  version(ciphertext: string): number;
+  /** The column value that stores `ciphertext`. */
+  value(ciphertext: string): Buffer;
+  /** The derivation context of the row, base64 as Transit takes it. */
+  context(row: Row): string;
 }
 
 export interface KmsForm {
@@ -107,6 +133,8 @@ export interface Codec {
   seal(key: AeadKey, plaintext: Buffer, row: Row, kekId: string, nonce: Buffer): ColumnValue[];
   /** The KMS form of the format's values, if it has one. */
   readonly kms?: KmsValues;
+  /** The Vault Transit form of the format's values, if it has one. */
+  readonly transit?: TransitValues;
 }
 
 const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
@@ -256,8 +284,14 @@ export function compileFormat(format: SealedFormat): Codec {
   const recipes = aad.read.map(compileRecipe);
   const valueColumns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
   const kms = format.kms && compileKmsForm(format.kms, value);
+  const transit = format.transit && compileTransitForm(format.transit, value, format.kms);
   const readColumns = [
-    ...new Set([...valueColumns, ...aad.read.flatMap(recipeColumns), ...Object.values(format.kms?.context ?? {})]),
+    ...new Set([
+      ...valueColumns,
+      ...aad.read.flatMap(recipeColumns),
+      ...Object.values(format.kms?.context ?? {}),
+      ...(format.transit ? [format.transit.context] : []),
+    ]),
   ];
   const writeColumns = [...valueColumns, ...(aad.store ? [aad.store.column] : [])];
   if (new Set(writeColumns).size !== writeColumns.length) throw new FormatError('a column is written twice');
@@ -332,9 +366,11 @@ export function compileFormat(format: SealedFormat): Codec {
     readColumns,
     writeColumns,
     ...(kms && { kms }),
+    ...(transit && { transit }),
     check(row) {
       try {
         if (kms?.is(row)) kms.blob(row);
+        else if (transit?.is(row)) transit.ciphertext(row);
         else checkSealed(parse(row));
         return undefined;
       } catch (err) {
@@ -345,6 +381,11 @@ export function compileFormat(format: SealedFormat): Codec {
     open(key, row, kekId) {
       if (kms?.is(row)) {
         throw new UnreadableValueError('wrapped by AWS KMS: only KMS opens it (REKEY_KEY_PROVIDER=aws-kms)');
+      }
+      if (transit?.is(row)) {
+        throw new UnreadableValueError(
+          'wrapped by Vault Transit: only Vault opens it (REKEY_KEY_PROVIDER=vault-transit)',
+        );
       }
       const sealed = parse(row);
       checkSealed(sealed);
@@ -418,6 +459,55 @@ function compileKmsForm(form: KmsForm, layout: ValueLayout): KmsValues {
       }
       context[KMS_CONTEXT_KEK] = kekId;
       return context;
+    },
+  };
+}
+
+/** Transit's ciphertext: `vault:v<n>:` and standard base64. */
+const TRANSIT_CIPHERTEXT = /^vault:v([1-9][0-9]{0,9}):[A-Za-z0-9+/]+={0,2}$/;
+/** The label the derivation context starts with: a context is rekey's, for a DEK, in this version of the binding. */
+const TRANSIT_CONTEXT_LABEL = 'rekey/transit-dek/v1\0';
+/** Longer than any DEK's ciphertext (a 32-byte DEK is about 70 characters). */
+const TRANSIT_CIPHERTEXT_MAX = 1024;
+
+function compileTransitForm(form: TransitForm, layout: ValueLayout, kms: KmsForm | undefined): TransitValues {
+  if (layout.kind !== 'combined' || layout.encoding !== 'bytea') {
+    throw new FormatError('transit: a Transit form shares a bytea column with a combined layout');
+  }
+  const prefix = Buffer.from(form.prefix, 'hex');
+  if (prefix.length === 0 || prefix.length * 2 !== form.prefix.length) {
+    throw new FormatError(`transit.prefix '${form.prefix}' must be hex bytes`);
+  }
+  for (const other of [layout.prefix, kms?.prefix]) {
+    if (other !== undefined && other.toLowerCase() === form.prefix.toLowerCase()) {
+      throw new FormatError('transit.prefix must differ from value.prefix and kms.prefix: it tells the forms apart');
+    }
+  }
+  const { column } = layout;
+  const is = (row: Row) => {
+    const value = row[column];
+    return Buffer.isBuffer(value) && value.length > prefix.length && value.subarray(0, prefix.length).equals(prefix);
+  };
+  return {
+    is,
+    ciphertext(row) {
+      if (!is(row)) {
+        throw new UnreadableValueError(`${column} is not a Transit ciphertext (no format byte(s) ${form.prefix})`);
+      }
+      const body = (row[column] as Buffer).subarray(prefix.length);
+      if (body.length > TRANSIT_CIPHERTEXT_MAX) throw new UnreadableValueError(`${column} is too long for a DEK`);
+      const text = body.toString('latin1');
+      if (!TRANSIT_CIPHERTEXT.test(text)) {
+        throw new UnreadableValueError(`${column} is not a Transit ciphertext (vault:v<n>:<base64>)`);
+      }
+      return text;
+    },
+    version: (ciphertext) => Number(TRANSIT_CIPHERTEXT.exec(ciphertext)?.[1] ?? NaN),
+    value: (ciphertext) => Buffer.concat([prefix, Buffer.from(ciphertext, 'latin1')]),
+    context(row) {
+      const text = row[form.context];
+      if (typeof text !== 'string' || text === '') throw new UnreadableValueError(`${form.context} is not text`);
+      return Buffer.from(TRANSIT_CONTEXT_LABEL + text, 'utf8').toString('base64');
     },
   };
 }

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort } from './ports';
+import { portToTry } from './ports';
 
 /** A HashiCorp Vault dev server (in memory, unsealed, KV v2 at `secret/`, Transit at `transit/`), for tests and trials. */
 export interface VaultServer {
@@ -21,7 +21,7 @@ export interface VaultOptions {
   /** How long the server may take to start and answer, in ms. */
   timeoutMs?: number;
   /** Where the candidate ports come from (a test gives a taken one first); by default, one the OS has free. */
-  nextPort?: () => Promise<number>;
+  nextPort?: () => number | Promise<number>;
 }
 
 /** Vault's message when its listener's address is taken: `listen tcp 127.0.0.1:N: bind: address already in use`. */
@@ -44,7 +44,7 @@ const PORT_ATTEMPTS = 5;
  */
 export async function startVault(vaultBinary: string, options: VaultOptions = {}): Promise<VaultServer> {
   const timeoutMs = options.timeoutMs ?? 60_000;
-  const nextPort = options.nextPort ?? freePort;
+  const nextPort = options.nextPort ?? (() => portToTry());
   const rootToken = `rekey-dev-${randomBytes(16).toString('hex')}`;
   const deadline = Date.now() + timeoutMs;
   const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-vault-'));

@@ -8,6 +8,8 @@ import { awsRegion } from './aws';
 import { SecretsManagerKeys } from './aws-secrets-manager';
 import { KmsKeys, type KmsRequestListener } from './aws-kms';
 import { KmsWithLocalKeys } from './kms-move-in';
+import { VaultKvKeys } from './vault-kv';
+import { VaultTransitKeys } from './vault-transit';
 import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
@@ -35,7 +37,7 @@ export function detectKeyProvider(env: NodeJS.ProcessEnv): { provider: Exclude<K
 
 /**
  * The key provider a worker or application process is configured with (REKEY_KEY_PROVIDER). `onDetected` hears
- * which store `auto` picked, and why; `onRequest` each call made to AWS KMS. A remote store is read on the
+ * which store `auto` picked, and why; `onRequest` each call made to AWS KMS or Vault. A remote store is read on the
  * provider's first `reload`.
  */
 export function openKeyProvider(
@@ -61,12 +63,8 @@ export function openKeyProvider(
       localKeys === 'env' ? new EnvKeyProvider(env) : FileKeyring.open(keyringFile(source)),
     );
   }
-  if (provider === 'vault') {
-    throw new KeyMaterialError(
-      'the Vault key provider is not supported yet (no Vault server could be had to test it against): keep the KEKs in AWS Secrets Manager, a keyring file or the environment, and set REKEY_KEY_PROVIDER accordingly',
-      'REKEY_KEY_PROVIDER',
-    );
-  }
+  if (provider === 'vault') return VaultKvKeys.fromEnv(env, onRequest);
+  if (provider === 'vault-transit') return VaultTransitKeys.fromEnv(env, onRequest);
   return FileKeyring.open(keyringFile(source), { create: true });
 }
 

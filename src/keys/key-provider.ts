@@ -61,6 +61,11 @@ export interface KeyProvider {
   /** Undoes `retire` in the store (the registry restored the KEK to decrypt-only). Idempotent. */
   restore?(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   /**
+   * The store's `retire` makes the key unreadable (Vault KV's soft delete): a restore calls `restore` first, which
+   * makes it readable and proves it is the registered key, before the registry restores the KEK.
+   */
+  readonly restoresUnreadable?: boolean;
+  /**
    * Destroys a retired KEK's material where the store can; says what it did, or what the operator must do where it
    * cannot (the environment). Idempotent: a KEK already gone is destroyed.
    */

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { kekFingerprint, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
 import type { SecretSource } from '../targets/target';
 import type { HeldKey, KeyProvider } from './key-provider';
+import { VaultHttp } from './vault-http';
 import { KeyMaterialError, UnknownKekError } from '../errors';
 
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
@@ -22,10 +23,13 @@ export function myceliumKek(tokenSecret: string, source: string): Buffer {
 }
 
 function describeSource(source: SecretSource): string {
-  return 'env' in source ? source.env : `file ${source.file}`;
+  if ('env' in source) return source.env;
+  if ('file' in source) return `file ${source.file}`;
+  const { mount = 'secret', path, field, version } = source.vault;
+  return `Vault ${mount}/${path} field ${field}${version === undefined ? '' : ` version ${version}`}`;
 }
 
-function readSource(source: SecretSource, env: NodeJS.ProcessEnv): string | undefined {
+function readLocal(source: { env: string } | { file: string }, env: NodeJS.ProcessEnv): string | undefined {
   if ('env' in source) {
     const value = env[source.env];
     return value === undefined || value.trim() === '' ? undefined : value;
@@ -38,6 +42,24 @@ function readSource(source: SecretSource, env: NodeJS.ProcessEnv): string | unde
       source.file,
     );
   }
+}
+
+/** A field of a KV v2 secret; undefined when the secret (or that version) does not exist or has no such field. */
+async function readVault(
+  source: { vault: { path: string; field: string; mount?: string; version?: number } },
+  vault: VaultHttp,
+): Promise<string | undefined> {
+  const { mount = 'secret', path, field, version } = source.vault;
+  const answer = await vault.send<{ data: { data: Record<string, unknown> | null } }>(
+    'GET',
+    `${mount}/data/${path}${version === undefined ? '' : `?version=${version}`}`,
+    { operation: 'kv read', needs: ['read'], expect: [404] },
+  );
+  const value = answer.status === 404 ? undefined : answer.body?.data.data?.[field];
+  if (value !== undefined && typeof value !== 'string') {
+    throw new KeyMaterialError(`${describeSource(source)} is not a string`, describeSource(source));
+  }
+  return value === undefined || value.trim() === '' ? undefined : value;
 }
 
 type Role = 'current' | 'old';
@@ -56,20 +78,44 @@ export class MyceliumTokenSecrets implements KeyProvider {
   readonly description: string;
   private loaded = new Map<Role, Loaded>();
   private readonly bound = new Map<string, Role>();
+  /** The Vault the secrets are read from, when one of them is there. */
+  private readonly vault: VaultHttp | undefined;
 
   constructor(
     private readonly sources: { current: SecretSource; old: SecretSource },
     private readonly env: NodeJS.ProcessEnv = process.env,
   ) {
     this.description = `Mycelium token secrets (${describeSource(sources.current)}, ${describeSource(sources.old)})`;
-    this.loaded = this.load();
+    const inVault = [sources.current, sources.old].some((source) => 'vault' in source);
+    // Secrets in Vault are read on the first reload (the first step that needs them); the others at once.
+    this.vault = inVault ? VaultHttp.fromEnv(env) : undefined;
+    if (!inVault) this.loaded = this.decode(this.readLocal());
   }
 
-  private load(): Map<Role, Loaded> {
+  /** Both secrets, none of them in Vault. */
+  private readLocal(): Map<Role, string | undefined> {
+    const texts = new Map<Role, string | undefined>();
+    for (const role of ['current', 'old'] as const) {
+      const source = this.sources[role];
+      if (!('vault' in source)) texts.set(role, readLocal(source, this.env));
+    }
+    return texts;
+  }
+
+  private async read(): Promise<Map<Role, string | undefined>> {
+    const texts = new Map<Role, string | undefined>();
+    for (const role of ['current', 'old'] as const) {
+      const source = this.sources[role];
+      texts.set(role, 'vault' in source ? await readVault(source, this.vault!) : readLocal(source, this.env));
+    }
+    return texts;
+  }
+
+  private decode(texts: ReadonlyMap<Role, string | undefined>): Map<Role, Loaded> {
     const loaded = new Map<Role, Loaded>();
     for (const role of ['current', 'old'] as const) {
       const source = this.sources[role];
-      const text = readSource(source, this.env);
+      const text = texts.get(role);
       if (text === undefined) {
         if (role === 'current') {
           throw new KeyMaterialError(
@@ -133,11 +179,10 @@ export class MyceliumTokenSecrets implements KeyProvider {
     return undefined;
   }
 
-  reload(): Promise<void> {
-    const fresh = this.load();
+  async reload(): Promise<void> {
+    const fresh = this.decode(await this.read());
     this.close();
     this.loaded = fresh;
-    return Promise.resolve();
   }
 
   close(): void {

@@ -24,7 +24,7 @@ export class RekeyMetrics {
   });
   readonly keyStoreRequests = new Counter({
     name: 'rekey_kms_requests_total',
-    help: 'Calls made to AWS KMS (REKEY_KEY_PROVIDER=aws-kms), by operation and outcome',
+    help: 'Calls made to a remote key store (AWS KMS, Vault), by operation and outcome',
     labelNames: ['operation', 'outcome'],
     registers: [this.registry],
   });

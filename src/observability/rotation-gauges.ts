@@ -15,13 +15,8 @@ import {
   type RetryingStep,
   type RunStatus,
 } from '../rotation/run-status';
-import {
-  migrationProgressQuery,
-  noticeStateQuery,
-  progressQuery,
-  type NoticeState,
-  type RotationReport,
-} from '../workflows';
+import type { RotationReport } from '../workflows';
+import { migrationProgressQuery, noticeStateQuery, progressQuery, type NoticeState } from '../workflows/messages';
 
 interface Snapshot {
   rotations: { workflowId: string; report: RotationReport }[];

@@ -1,3 +1,9 @@
+/** A tenant whose row did not decrypt (under either KEK), or that a step failed for, and why. */
+export interface TenantFailure {
+  tenantId: string;
+  reason: string;
+}
+
 /**
  * What a rewrap did, in the terms of the `rotate-kek` CLI it replaces: rewrapped = "Migrated",
  * alreadyOnTarget = "Already done", skipped = "Skipped" (on a third KEK, or no value), failed = unreadable.

@@ -4,7 +4,7 @@ import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
 import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
 import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
-import { addCounters, emptyCounters, type RewrapCounters } from './counters';
+import { addCounters, emptyCounters, type RewrapCounters, type TenantFailure } from './counters';
 
 export interface RewrapSliceInput {
   /** Exclusive lower bound of the slice's id range ('' = from the start). */
@@ -44,11 +44,7 @@ export interface RewrapCheckpoint {
   counters: RewrapCounters;
 }
 
-/** A row that did not decrypt, under either KEK; it is never written. */
-export interface TenantFailure {
-  tenantId: string;
-  reason: string;
-}
+export type { TenantFailure } from './counters';
 
 export interface RewrapSliceResult extends RewrapCheckpoint {
   /** True when the range holds nothing more to scan; false when stopped early (time budget, pause, abort). */
@@ -64,6 +60,14 @@ export interface RewrapHooks {
   onStart?(counters: RewrapCounters): void;
   /** After every batch: heartbeat here. */
   onBatch?(checkpoint: RewrapCheckpoint): void;
+  /**
+   * Every `aliveEveryMs` (default 5 s) while no batch has ended, with the last checkpoint given to onBatch (or the one
+   * the slice started from): heartbeat here too. A batch can take longer than an activity's heartbeat timeout (a
+   * key store paced at a few hundred calls a second, shared by the slices); without it the attempt would be taken for
+   * lost and a second one started beside it, spending the store's quota twice and losing its compare-and-swaps.
+   */
+  onAlive?(checkpoint: RewrapCheckpoint): void;
+  aliveEveryMs?: number;
   /** Checked before every batch: true stops the slice at this batch boundary. */
   shouldStop?(): boolean;
 }
@@ -148,6 +152,24 @@ class SliceRun {
 
     let pendingWrite: Promise<void> = Promise.resolve();
     let done = false;
+    let checkpoint: RewrapCheckpoint = { cursor: this.cursor, counters: this.counters };
+    let lastBeat = Date.now();
+    const aliveEveryMs = this.hooks.aliveEveryMs ?? 5_000;
+    const alive =
+      this.hooks.onAlive &&
+      setInterval(
+        () => {
+          if (Date.now() - lastBeat < aliveEveryMs) return;
+          lastBeat = Date.now();
+          this.hooks.onAlive?.(checkpoint);
+        },
+        Math.max(10, aliveEveryMs / 4),
+      );
+    const batchEnded = () => {
+      checkpoint = { cursor: this.cursor, counters: this.counters };
+      lastBeat = Date.now();
+      this.hooks.onBatch?.(checkpoint);
+    };
     try {
       // At least one batch per attempt, whatever the budget (a slow resume must not leave the slice where it was).
       for (let batches = 0; ; batches++) {
@@ -171,7 +193,7 @@ class SliceRun {
         // The previous batch's write overlaps this batch's read and crypto; writes themselves stay in order.
         const prepared = await this.prepare(rows);
         await pendingWrite;
-        this.hooks.onBatch?.({ cursor: this.cursor, counters: this.counters });
+        batchEnded();
         pendingWrite = this.write(prepared, last);
         // Awaited before the next write or at the end; until then a failure must not count as unhandled.
         pendingWrite.catch(() => undefined);
@@ -182,7 +204,11 @@ class SliceRun {
         }
       }
     } finally {
-      await pendingWrite;
+      try {
+        await pendingWrite;
+      } finally {
+        if (alive) clearInterval(alive);
+      }
     }
     if (done && this.input.progressKey !== undefined && !this.input.dryRun) {
       await markProgressDone(this.writer, this.input.progressKey, this.cursor);

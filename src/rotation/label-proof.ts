@@ -1,6 +1,6 @@
 // What a proof of the rows labelled with a KEK found (before retire, before destroy): plain data and its sums, shared
 // by the activity that proves (src/rewrap/still-on.ts) and the workflows that carry it across parts.
-import type { TenantFailure } from './progress';
+import type { TenantFailure } from '../rewrap/counters';
 
 /** A proof's sums over its batches. */
 export interface LabelProof {

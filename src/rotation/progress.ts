@@ -1,14 +1,11 @@
-import { addCounters, emptyCounters, type RewrapCounters } from '../rewrap/counters';
+import { addCounters, emptyCounters, type RewrapCounters, type TenantFailure } from '../rewrap/counters';
 import type { LabelProof } from './label-proof';
 
 export const PHASES = ['validate', 'provision', 'promote', 'rewrap', 'verify', 'grace', 'retire', 'done'] as const;
 export type Phase = (typeof PHASES)[number];
 export type Outcome = 'running' | 'completed' | 'aborted' | 'dry-run' | 'canary' | 'nothing-to-do';
 
-export interface TenantFailure {
-  tenantId: string;
-  reason: string;
-}
+export type { TenantFailure } from '../rewrap/counters';
 
 /** What a run is waiting for, in plain words, and how to move it on. */
 export interface Wait {

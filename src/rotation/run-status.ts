@@ -2,7 +2,7 @@
 // history`, the admin API, the Web UI's current details and the metrics all say it through this module. It turns what
 // is known of a run (Temporal's execution status, the run's own progress report or failure, a step that keeps failing
 // and retrying) into one state with its reason. Pure (no I/O, no Node APIs): the workflow bundle uses it too.
-import type { MigrationReport } from '../workflows/migrate-dek';
+import type { MigrationReport } from './migration-report';
 import { formatDuration } from './durations';
 import { percentComplete, rowsMoved, type RotationProgress } from './progress';
 

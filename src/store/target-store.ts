@@ -3,6 +3,9 @@
 import type { Pool, PoolClient } from 'pg';
 import type { Codec, ColumnValue, Row } from '../codec/sealed-format';
 import { describeTable, type TargetDefinition } from '../targets/target';
+import { integerArray, isIntegerType, textArray, type IntegerType } from './binary-arrays';
+import { checkout } from './connect';
+import { copyOutBinary, literal, parseBinaryCopy, type CopyColumn } from './copy-out';
 import { quoteIdent } from './migrate';
 import { refusedAsError } from './tenant-deks';
 import { ddlType, fieldNeeds, SchemaCheck, type ColumnInfo, type ColumnNeed } from './schema-check';
@@ -127,17 +130,33 @@ export class TargetStore {
    * rows on one KEK leaves out the label it already knows; the id is read once even when the codec reads it too.
    */
   private selectList(withLabel = true): string {
+    return this.selected(withLabel).sql;
+  }
+
+  /** The SELECT list, and how each of its fields is read from a binary COPY (text, or a bytea's bytes). */
+  private selected(withLabel: boolean): { sql: string; columns: CopyColumn[] } {
     const { target } = this;
     const parts = [`t.${this.col(target.id)}::text AS "$id"`];
-    if (withLabel) parts.push(`t.${this.col(target.label.column)}::text AS "$label"`);
-    if (target.cas.kind === 'version') parts.push(`t.${this.col(target.cas.column)}::text AS "$token"`);
+    // The codec may read the id too, under its own name: the same value.
+    const columns: CopyColumn[] = [
+      { name: '$id', bytes: false, ...(this.codec.readColumns.includes(target.id) && { also: target.id }) },
+    ];
+    if (withLabel) {
+      parts.push(`t.${this.col(target.label.column)}::text AS "$label"`);
+      columns.push({ name: '$label', bytes: false });
+    }
+    if (target.cas.kind === 'version') {
+      parts.push(`t.${this.col(target.cas.column)}::text AS "$token"`);
+      columns.push({ name: '$token', bytes: false });
+    }
     const bytea = target.format.value.encoding === 'bytea';
     for (const column of this.codec.readColumns) {
       if (column === target.id) continue;
       const isBytea = bytea && this.type(column) === 'bytea';
       parts.push(isBytea ? `t.${this.col(column)}` : `t.${this.col(column)}::text AS ${this.col(column)}`);
+      columns.push({ name: column, bytes: isBytea });
     }
-    return parts.join(', ');
+    return { sql: parts.join(', '), columns };
   }
 
   /** Rows as the codec wants them: the id under its own name too, when the codec reads it. */
@@ -150,6 +169,13 @@ export class TargetStore {
       if (label !== undefined) row.$label = label;
     }
     return rows;
+  }
+
+  /** An integer column's type as binary arrays name it (inspect() allows only these for versions). */
+  private integerType(name: string): IntegerType {
+    const typname = this.types?.get(name)?.typname ?? '';
+    if (!isIntegerType(typname)) throw new Error(`target '${this.target.name}': ${name} is not an integer column`);
+    return typname;
   }
 
   private labelParam(n: number): string {
@@ -167,7 +193,8 @@ export class TargetStore {
 
   /**
    * The next rows of a scan, in id order (keyset pagination): rows labelled `kekId`, or, for a scan of the others,
-   * rows labelled with neither `from` nor `to` (a label can lie: such a row may still be under `from`).
+   * rows labelled with neither `from` nor `to` (a label can lie: such a row may still be under `from`). Read with a
+   * binary COPY (src/store/copy-out.ts), its values written into the query as literals.
    */
   async readBatch(
     client: PoolClient | Pool,
@@ -177,25 +204,41 @@ export class TargetStore {
     onlyId?: string,
   ): Promise<TargetRow[]> {
     const label = `t.${this.col(this.target.label.column)}`;
-    const [which, labels] =
+    const labelType = this.type(this.target.label.column);
+    const idType = this.type(this.target.id);
+    const id = `t.${this.col(this.target.id)}`;
+    const which =
       scan.kind === 'label'
-        ? [`${label} = ${this.labelParam(1)}`, [scan.kekId]]
-        : [
-            `${label} IS NOT NULL AND ${label} <> ${this.labelParam(1)} AND ${label} <> ${this.labelParam(2)}`,
-            [scan.from, scan.to],
-          ];
-    const first = labels.length + 1;
-    const { sql, params } =
-      onlyId === undefined
-        ? this.rangeSql(range, first)
-        : { sql: `t.${this.col(this.target.id)} = ${this.idCast(`$${first}`)}`, params: [onlyId] };
-    const { rows } = await client.query<TargetRow>(
-      `SELECT ${this.selectList(scan.kind !== 'label')} FROM ${this.table} t
-       WHERE ${which} AND t.${this.col(this.valueColumn)} IS NOT NULL AND ${sql}
-       ORDER BY t.${this.col(this.target.id)} LIMIT ${Math.trunc(limit)}`,
-      [...labels, ...params],
-    );
-    return scan.kind === 'label' ? this.complete(rows, scan.kekId) : this.complete(rows);
+        ? `${label} = ${literal(scan.kekId)}::${labelType}`
+        : `${label} IS NOT NULL AND ${label} <> ${literal(scan.from)}::${labelType} AND ${label} <> ${literal(scan.to)}::${labelType}`;
+    const bounds: string[] = [];
+    if (onlyId !== undefined) bounds.push(`${id} = ${literal(onlyId)}::${idType}`);
+    else {
+      if (range.after !== '') bounds.push(`${id} > ${literal(range.after)}::${idType}`);
+      if (range.until !== null) bounds.push(`${id} <= ${literal(range.until)}::${idType}`);
+    }
+    const { sql, columns } = this.selected(scan.kind !== 'label');
+    const select = `SELECT ${sql} FROM ${this.table} t
+       WHERE ${which} AND t.${this.col(this.valueColumn)} IS NOT NULL${bounds.map((b) => ` AND ${b}`).join('')}
+       ORDER BY ${id} LIMIT ${Math.trunc(limit)}`;
+    let data: Buffer;
+    if ('release' in client) data = await copyOutBinary(client, select);
+    else {
+      // A COPY holds its connection for the whole stream: one of the pool's, returned (or discarded) after.
+      const session = await checkout(client);
+      try {
+        data = await copyOutBinary(session, select);
+        session.release();
+      } catch (err) {
+        session.release(err instanceof Error ? err : true);
+        throw err;
+      }
+    }
+    return parseBinaryCopy(
+      data,
+      columns,
+      scan.kind === 'label' ? { name: '$label', value: scan.kekId } : undefined,
+    ) as unknown as TargetRow[];
   }
 
   /** Re-reads rows by id, whatever their label (after a lost compare-and-swap). */
@@ -237,6 +280,9 @@ export class TargetStore {
    * One statement: writes the batch where each row is still as read (its version, or its stored value) and still
    * labelled `from`, only while the registry lets `to` wrap (a shared lock on its registry row, which retire takes
    * exclusively), and adds what it did to the slice's progress row. KekNotWritableError when `to` may not wrap.
+   * `writes` come in id order, as the store read them: the statement also bounds the rows it looks at by the first
+   * and the last id, so that PostgreSQL may read that stretch of the table's index once instead of looking each row
+   * up (a write out of that order is not lost: it is not written, and comes back as lost, to be tried again).
    */
   async compareAndSwap(
     client: PoolClient | Pool,
@@ -257,23 +303,33 @@ export class TargetStore {
       params.push(value);
       return `$${params.length}`;
     };
-    const ids = param(writes.map((w) => w.id));
+    // Arrays go in binary (src/store/binary-arrays.ts): no quoting here, no parsing of array literals there.
+    const ids = param(textArray(writes.map((w) => w.id)));
     const unnestArgs = [`${ids}::text[]`];
     const unnestNames = ['id'];
     // Relabelled rows are rare: their ids travel on their own, not as a flag on every row.
-    const relabelIds = param(writes.filter((w) => w.relabel).map((w) => w.id));
+    const relabelIds = param(textArray(writes.filter((w) => w.relabel).map((w) => w.id)));
     // Each row must still carry the label it was read with: `from`, or for a scan of the others, its own.
     const labelled = writes.some((w) => w.row.$label !== from);
-    const conditions = [`t.${this.col(target.id)} = ${this.idCast('u.id')}`];
+    const id = `t.${this.col(target.id)}`;
+    const conditions = [
+      `${id} = ${this.idCast('u.id')}`,
+      `${id} >= ${this.idCast(param(writes[0]!.id))}`,
+      `${id} <= ${this.idCast(param(writes[writes.length - 1]!.id))}`,
+    ];
     if (labelled) {
-      unnestArgs.push(`${param(writes.map((w) => w.row.$label))}::text[]`);
+      unnestArgs.push(`${param(textArray(writes.map((w) => w.row.$label)))}::text[]`);
       unnestNames.push('label');
       conditions.push(`t.${this.col(target.label.column)} = u.label::${this.type(target.label.column)}`);
     } else {
       conditions.push(`t.${this.col(target.label.column)} = ${this.labelParam(4)}`);
     }
     if (target.cas.kind === 'version') {
-      unnestArgs.push(`${param(writes.map((w) => w.row.$token))}::${this.type(target.cas.column)}[]`);
+      const tokens = integerArray(
+        writes.map((w) => w.row.$token!),
+        this.integerType(target.cas.column),
+      );
+      unnestArgs.push(`${param(tokens)}::${this.type(target.cas.column)}[]`);
       unnestNames.push('token');
       conditions.push(`t.${this.col(target.cas.column)} = u.token`);
     } else {
@@ -336,7 +392,8 @@ export class TargetStore {
          RETURNING t.${this.col(target.id)}::text AS id, u.id = ANY(${relabelIds}::text[]) AS relabel
        )${progressSql}
        SELECT (SELECT state FROM guard) AS kek_state,
-              (SELECT array_agg(x) FROM unnest(${ids}::text[]) AS x WHERE x NOT IN (SELECT id FROM updated)) AS lost,
+              CASE WHEN (SELECT count(*) FROM updated) = ${param(writes.length)}::int THEN NULL
+                ELSE (SELECT array_agg(x) FROM unnest(${ids}::text[]) AS x WHERE x NOT IN (SELECT id FROM updated)) END AS lost,
               (SELECT count(*) FROM updated) AS written,
               (SELECT count(*) FILTER (WHERE relabel) FROM updated) AS relabelled`,
         params,
@@ -367,7 +424,7 @@ export class TargetStore {
       params.push(value);
       return `$${params.length}`;
     };
-    const unnestArgs = [`${param(writes.map((w) => w.id))}::text[]`];
+    const unnestArgs = [`${param(textArray(writes.map((w) => w.id)))}::text[]`];
     const unnestNames = ['id'];
     const sets = [
       `${this.col(target.label.column)} = ${this.labelParam(2)}`,
@@ -436,7 +493,7 @@ export class TargetStore {
     name: string,
   ): { expression: string; arg?: string } {
     if (values.length === 0 || typeof values[0] === 'string') {
-      return { expression: `u.${name}`, arg: `${param(values)}::text[]` };
+      return { expression: `u.${name}`, arg: `${param(textArray(values as string[]))}::text[]` };
     }
     const buffers = values as Buffer[];
     const joined = param(Buffer.concat(buffers));

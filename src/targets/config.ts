@@ -79,7 +79,24 @@ const field = z.strictObject({
   current: format,
 });
 
-const secretSource = z.union([z.strictObject({ env: envName }), z.strictObject({ file: z.string().min(1) })]);
+const vaultPathText = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/,
+    "must be a Vault path such as 'mycelium/token_secret' (no leading '/')",
+  );
+const secretSource = z.union([
+  z.strictObject({ env: envName }),
+  z.strictObject({ file: z.string().min(1) }),
+  z.strictObject({
+    vault: z.strictObject({
+      path: vaultPathText,
+      field: z.string().min(1),
+      mount: vaultPathText.optional(),
+      version: z.number().int().positive().optional(),
+    }),
+  }),
+]);
 
 const keys = z.discriminatedUnion('provider', [
   z.strictObject({ provider: z.literal('default') }),

@@ -27,18 +27,36 @@ export async function restoreKek(
   if (!registered) throw new UnknownKekError(kekId, `the registry of target '${definition.name}'`);
   const { keys } = runtime;
   await keys.reload();
+  // A store whose retire makes the key unreadable (Vault KV's soft delete) makes it readable first, proving it is the
+  // registered key; if the registry then refuses, the store's retire is done again.
+  let madeReadable = false;
   if (registered.state === 'retired') {
     // The material must still be there, and be the registered key, before the registry says it can be used again.
     // Found by its fingerprint: a source that names its keys only inside a rotation (Mycelium's old and current
     // token_secret) holds it under no name here.
+    const held = () => resolveKek(keys, kekId, { fingerprint: registered.fingerprint }).key.fill(0);
     try {
-      resolveKek(keys, kekId, { fingerprint: registered.fingerprint }).key.fill(0);
+      held();
     } catch (err) {
-      if (err instanceof KekNotHeldError) throw refuse(`${keys.description} no longer holds it`);
-      throw err;
+      if (!(err instanceof KekNotHeldError)) throw err;
+      if (!keys.restoresUnreadable) throw refuse(`${keys.description} no longer holds it`);
+      await keys.restore!(kekId, await registry.list());
+      madeReadable = true;
+      try {
+        held();
+      } catch (again) {
+        if (again instanceof KekNotHeldError) throw refuse(`${keys.description} no longer holds it`);
+        throw again;
+      }
     }
   }
-  const restored = await registry.restore(kekId, reason.trim(), actor, refuse);
+  let restored: KekRecord;
+  try {
+    restored = await registry.restore(kekId, reason.trim(), actor, refuse);
+  } catch (err) {
+    if (madeReadable) await keys.retire?.(kekId, await registry.list());
+    throw err;
+  }
   await keys.restore?.(kekId, await registry.list());
   return restored;
 }

@@ -37,7 +37,7 @@ export type KeySourceSpec =
   | { provider: 'file'; file?: string; fileEnv?: string }
   /**
    * Mycelium: KEK = SHA-256 of a token_secret UUID's 16 bytes. The current secret and, during a rotation, the old
-   * one, each from an environment variable or a file.
+   * one, each from an environment variable, a file or a Vault KV v2 secret.
    */
   | {
       provider: 'mycelium-token-secret';
@@ -45,7 +45,12 @@ export type KeySourceSpec =
       old: SecretSource;
     };
 
-export type SecretSource = { env: string } | { file: string };
+/**
+ * Where a secret is read: an environment variable, a file, or a field of a Vault KV v2 secret (`mount` default
+ * `secret`; the latest version, or `version`), read with the process's VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE.
+ */
+export type SecretSource =
+  { env: string } | { file: string } | { vault: { path: string; field: string; mount?: string; version?: number } };
 
 /** Evidence that the application did what an operator was asked to do. */
 export type Probe =

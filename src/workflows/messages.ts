@@ -1,8 +1,9 @@
-// Every signal, query and update of the rotation workflow, defined once; clients import these.
+// Every signal, query and update of rekey's workflows (rotation, migration, destruction), defined once; clients import
+// these.
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { DestroyProgress } from '../rotation/destroy-progress';
 import type { Outcome, ProgressReport } from '../rotation/progress';
-import type { MigrationReport } from './migrate-dek';
+import type { MigrationReport } from '../rotation/migration-report';
 
 /** Fire-and-forget controls (Web UI, `temporal workflow signal`, scripts). */
 export const pauseSignal = defineSignal('pause');
@@ -47,6 +48,17 @@ export const confirmStepUpdate = defineUpdate<ProgressReport, [StepConfirmation]
 export const progressQuery = defineQuery<ProgressReport>('progress');
 
 /**
+ * Every operator action is also a signal, under the update's name and with its input, for clients that cannot send
+ * an update (tctl v1, scripts, the Web UI's signal form). The signal and the update run one handler body: the update
+ * answers, or is refused with the reason; the signal's effect, or its refusal with the same reason
+ * (`confirmStep signal ignored: …`), is read from the `progress` query. `pause`, `resume` and `abort` above are the
+ * signals of the pauseRotation, resumeRotation and abortRotation updates.
+ */
+export const setGraceSignal = defineSignal<[GraceChange]>('setGrace');
+export const overrideFleetGateSignal = defineSignal<[reason: string]>('overrideFleetGate');
+export const confirmStepSignal = defineSignal<[StepConfirmation]>('confirmStep');
+
+/**
  * What a rotation's validate step established, as the run answers the `validated` update: the KEKs it resolved
  * (`current` named), who owns promotion and retirement, and, for a run that ended there, why.
  */
@@ -76,5 +88,49 @@ export const validatedUpdate = defineUpdate<RotationValidated>('validated');
  * wraps new DEKs with, the legacy values per field), or with the refusal its plan step gave.
  */
 export const migrationPlannedUpdate = defineUpdate<MigrationReport>('migrationPlanned');
+/** A migration's report (`rekey status dek-migration-<target>`). */
+export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
+/**
+ * The migration's `pause`, `resume` and `abort` signals (above) for callers that need an answer (`rekey pause
+ * dek-migration-<target>`, the admin API): each returns the report once the run has taken it in, from the same handler
+ * body as its signal. Running parts stop at their next batch.
+ */
+export const pauseMigrationUpdate = defineUpdate<MigrationReport>('pauseMigration');
+export const resumeMigrationUpdate = defineUpdate<MigrationReport>('resumeMigration');
+export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: string]>('abortMigration');
+
 /** Where a retired KEK's destruction stands (the workflow `rekey-destroy-…`): waiting, proving, refused (and why). */
 export const destroyProgressQuery = defineQuery<DestroyProgress>('destroyProgress');
+
+// The rotation notices of a schedule (src/workflows/schedule-notices.ts).
+export interface NoticeState {
+  scheduleId: string;
+  target: string;
+  notifyBefore: string;
+  /** The schedule's next rotation and when its notice goes out (ISO 8601), while there is one. */
+  nextRotation?: string;
+  nextNotice?: string;
+  /** The rotation the last notice announced, and when it went out. */
+  noticedFor?: string;
+  lastNoticeAt?: string;
+  /** How many attempts the last notice took (more than 1: its receiver refused it first). */
+  lastNoticeAttempts?: number;
+  /** While the receiver refuses the notice due now: since when, how often, why, and when it is tried again. */
+  failing?: NoticeFailing;
+  /** The last rotation whose notice never went out: its receiver refused it until the schedule moved on. */
+  missedNotice?: string;
+  ended?: string;
+}
+
+export interface NoticeFailing {
+  /** The rotation the notice announces. */
+  rotationAt: string;
+  /** When the first refused attempt was made, and the last. */
+  since: string;
+  lastAttemptAt: string;
+  attempts: number;
+  lastError: string;
+  nextAttemptAt: string;
+}
+
+export const noticeStateQuery = defineQuery<NoticeState>('progress');

@@ -8,21 +8,30 @@ import {
   condition,
   ContinueAsNew,
   continueAsNew,
-  defineQuery,
-  defineUpdate,
   isCancellation,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { FieldPlan, MigrationPlan } from '../activities/migrate';
-import type { FieldFailure } from '../rewrap/migrate-fields';
 import { parseDuration } from '../rotation/durations';
 import type { TenantRange } from '../rotation/slices';
-import { addFieldCounters, emptyFieldCounters, type FieldCounters } from '../rewrap/field-counters';
+import { addFieldCounters, emptyFieldCounters } from '../rewrap/field-counters';
+import type { MigrationReport } from '../rotation/migration-report';
 import { explainFailure, slices, steps } from './activity-proxies';
-import { abortSignal, migrationPlannedUpdate, pauseSignal, resumeSignal } from './messages';
+import {
+  abortMigrationUpdate,
+  abortSignal,
+  migrationPlannedUpdate,
+  migrationProgressQuery,
+  pauseMigrationUpdate,
+  pauseSignal,
+  resumeMigrationUpdate,
+  resumeSignal,
+} from './messages';
 import { recordEnd } from './run-record';
 import { migrationRunStatus } from '../rotation/run-status';
+
+export type { FieldReport, MigrationReport } from '../rotation/migration-report';
 
 export interface MigrationRequest {
   target: string;
@@ -40,44 +49,6 @@ export interface MigrationRequest {
   maxHistoryEvents?: number;
 }
 
-export interface FieldReport {
-  name: string;
-  group: string;
-  where: string;
-  /** Legacy values when the run planned its first pass. */
-  legacyAtStart: number;
-  counters: FieldCounters;
-}
-
-export interface MigrationReport {
-  target: string;
-  /** When the migration began (epoch ms, workflow time); absent in reports of runs started before it was kept. */
-  startedAt?: number;
-  dryRun: boolean;
-  /** The one tenant the run migrates, if it was given one. */
-  tenantId?: string;
-  kekId?: string;
-  /** Why `kekId`, when the table chose it (the registry recorded none and the request named none). */
-  kekChoice?: string;
-  /** Rows of the target's table of DEKs when the run planned ("Tenants scanned"). */
-  tenants?: number;
-  phase: 'planning' | 'migrating' | 'done';
-  outcome?: 'completed' | 'aborted' | 'dry-run';
-  paused: boolean;
-  /** Parts running now: paused with none running, nothing is being written. */
-  partsRunning?: number;
-  abortReason?: string;
-  passes: number;
-  fields: FieldReport[];
-  totals: FieldCounters;
-  /** Legacy values still there at the end (the unreadable ones, and any a writer put back meanwhile). */
-  legacyLeft?: number;
-  /** Values that did not decrypt (bounded list): reported, counted, never written. */
-  failures: FieldFailure[];
-  /** The dry run's list of tenants holding legacy values. */
-  byTenant?: { tenant: string; legacy: number }[];
-}
-
 interface Part {
   field: number;
   range: TenantRange;
@@ -92,15 +63,6 @@ export interface MigrationCarried {
   pending: Part[];
   runKey: string;
 }
-
-export const migrationProgressQuery = defineQuery<MigrationReport>('progress');
-/**
- * The `pause`, `resume` and `abort` signals for callers that need an answer (`rekey pause dek-migration-<target>`, the
- * admin API): each returns the report once the run has taken it in. Running parts stop at their next batch.
- */
-export const pauseMigrationUpdate = defineUpdate<MigrationReport>('pauseMigration');
-export const resumeMigrationUpdate = defineUpdate<MigrationReport>('resumeMigration');
-export const abortMigrationUpdate = defineUpdate<MigrationReport, [reason: string]>('abortMigration');
 
 const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', maxPasses: 3, maxHistoryEvents: 10_000 };
 const MAX_FAILURES = 100;

@@ -31,18 +31,22 @@ import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47
 import {
   abortSignal,
   abortUpdate,
+  confirmStepSignal,
   confirmStepUpdate,
+  overrideFleetGateSignal,
   overrideFleetGateUpdate,
   pauseSignal,
   pauseUpdate,
   progressQuery,
   resumeSignal,
   resumeUpdate,
+  setGraceSignal,
   setGraceUpdate,
   validatedUpdate,
   type GraceChange,
   type StepConfirmation,
 } from './messages';
+import { setControlHandlers } from './controls';
 import { RotationState, type CarriedState, type PendingPart, type RotationReport } from './rotation-state';
 import { recordEnd } from './run-record';
 import { runPending } from './slice-scheduler';
@@ -95,22 +99,46 @@ export async function rotateKek(
   // Answers once validate has decided. It adds no command: histories recorded without it replay as they were.
   setHandler(validatedUpdate, () => run.validated());
   setHandler(progressQuery, () => run.report());
-  setHandler(pauseSignal, () => run.pause());
-  setHandler(resumeSignal, () => run.resume());
-  setHandler(abortSignal, (reason) => run.abort(reason));
-  // Updates refuse, with the reason, what the run cannot honour where it is; signals note it in the progress.
-  setHandler(pauseUpdate, () => (run.pause(), run.report()), { validator: () => refuse(run.refusesPause()) });
-  setHandler(resumeUpdate, () => (run.resume(), run.report()));
-  setHandler(abortUpdate, (reason) => (run.abort(reason), run.report()), {
-    validator: (_reason: string) => refuse(run.refusesAbort()),
-  });
-  setHandler(setGraceUpdate, (change) => run.setGrace(change), { validator: validateGraceChange });
-  setHandler(overrideFleetGateUpdate, (reason) => (run.overrideFleetGate(reason), run.report()), {
-    validator: (reason: string) => validateFleetOverride(run, reason),
-  });
-  setHandler(confirmStepUpdate, (confirmation) => (run.confirm(confirmation), run.report()), {
-    validator: (confirmation: StepConfirmation) => validateConfirmation(run, confirmation),
-  });
+  // Every operator action is an update and a signal with one body (controls.ts): the update refuses, with the reason,
+  // what the run cannot honour where it is; the signal notes that refusal in the progress. Adds no command.
+  const ignored = (signal: string, why: string) => run.ignored(signal, why);
+  setControlHandlers(
+    pauseUpdate,
+    pauseSignal,
+    { refuse: () => refuse(run.refusesPause()), apply: () => (run.pause(), run.report()) },
+    ignored,
+  );
+  setControlHandlers(resumeUpdate, resumeSignal, { apply: () => (run.resume(), run.report()) }, ignored);
+  setControlHandlers(
+    abortUpdate,
+    abortSignal,
+    { refuse: () => refuse(run.refusesAbort()), apply: (reason) => (run.abort(reason), run.report()) },
+    ignored,
+  );
+  setControlHandlers(
+    setGraceUpdate,
+    setGraceSignal,
+    { refuse: validateGraceChange, apply: (change) => run.setGrace(change) },
+    ignored,
+  );
+  setControlHandlers(
+    overrideFleetGateUpdate,
+    overrideFleetGateSignal,
+    {
+      refuse: (reason) => validateFleetOverride(run, reason),
+      apply: (reason) => (run.overrideFleetGate(reason), run.report()),
+    },
+    ignored,
+  );
+  setControlHandlers(
+    confirmStepUpdate,
+    confirmStepSignal,
+    {
+      refuse: (confirmation) => validateConfirmation(run, confirmation),
+      apply: (confirmation) => (run.confirm(confirmation), run.report()),
+    },
+    ignored,
+  );
 
   let report: RotationReport;
   try {
@@ -567,7 +595,9 @@ function refuse(reason: string | undefined): void {
 }
 
 function validateFleetOverride(run: RotationState, reason: string): void {
-  if (!reason || reason.trim().length === 0) throw new InvalidRotationError('say why the fleet gate is overridden');
+  if (typeof reason !== 'string' || reason.trim().length === 0) {
+    throw new InvalidRotationError('say why the fleet gate is overridden');
+  }
   // An override lets one waiting gate go; kept for later, it would also skip the gate before the last passes.
   if (run.progress.waiting?.kind !== 'fleet') {
     throw new ControlRefusedError(
@@ -577,6 +607,9 @@ function validateFleetOverride(run: RotationState, reason: string): void {
 }
 
 function validateGraceChange(change: GraceChange): void {
+  if (typeof change !== 'object' || change === null) {
+    throw new InvalidRotationError('give exactly one of extendBy (e.g. "2d") or endNow');
+  }
   const asked = (change.extendBy !== undefined ? 1 : 0) + (change.endNow ? 1 : 0);
   if (asked !== 1) throw new InvalidRotationError('give exactly one of extendBy (e.g. "2d") or endNow');
   if (change.extendBy !== undefined && parseDuration(change.extendBy) === undefined) {
@@ -585,10 +618,10 @@ function validateGraceChange(change: GraceChange): void {
 }
 
 function validateConfirmation(run: RotationState, confirmation: StepConfirmation): void {
-  if (confirmation.step !== 'promote' && confirmation.step !== 'retire') {
+  if (confirmation?.step !== 'promote' && confirmation?.step !== 'retire') {
     throw new InvalidRotationError("step must be 'promote' or 'retire'");
   }
-  if (!confirmation.note || confirmation.note.trim().length === 0) {
+  if (typeof confirmation.note !== 'string' || confirmation.note.trim().length === 0) {
     throw new InvalidRotationError('say who did what, in note');
   }
   if (run.carried.currentKekOwner !== 'application') {

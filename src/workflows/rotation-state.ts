@@ -217,7 +217,7 @@ export class RotationState {
   }
 
   /** A signal cannot be refused like an update: what it asked and why it was not done goes in the progress note. */
-  private ignored(what: string, why: string): void {
+  ignored(what: string, why: string): void {
     if (this.progress.outcome !== 'running') return;
     this.progress = { ...this.progress, note: `${what} signal ignored: ${why}` };
   }
@@ -269,11 +269,17 @@ export class RotationState {
       const current = this.carried.gracePeriodMs ?? this.settings.gracePeriodMs;
       const period = change.endNow ? 0 : current + (parseDuration(change.extendBy!) ?? 0);
       this.carried.gracePeriodMs = period;
+      // The answer is also the progress's note: a signal's sender reads it there.
+      this.progress = {
+        ...this.progress,
+        note: `grace period set to ${formatDuration(period)}: it starts once verify passes`,
+      };
       return { gracePeriod: formatDuration(period), startsWhenVerified: true };
     }
     this.carried.graceEndsAt = change.endNow ? now : this.carried.graceEndsAt + (parseDuration(change.extendBy!) ?? 0);
-    this.progress = { ...this.progress, graceEndsAt: this.carried.graceEndsAt };
-    return { graceEndsAt: new Date(this.carried.graceEndsAt).toISOString() };
+    const graceEndsAt = new Date(this.carried.graceEndsAt).toISOString();
+    this.progress = { ...this.progress, graceEndsAt: this.carried.graceEndsAt, note: `grace ends at ${graceEndsAt}` };
+    return { graceEndsAt };
   }
 
   // ------------------------------------------------------------------ slices in flight

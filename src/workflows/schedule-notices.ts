@@ -10,7 +10,6 @@ import {
   ActivityFailure,
   ApplicationFailure,
   continueAsNew,
-  defineQuery,
   patched,
   setHandler,
   sleep,
@@ -19,6 +18,7 @@ import {
 import type { RotationNotice } from '../activities/schedules';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { noticeAttempts, steps } from './activity-proxies';
+import { noticeStateQuery, type NoticeState } from './messages';
 
 export interface NoticeRequest {
   scheduleId: string;
@@ -30,38 +30,6 @@ export interface NoticeRequest {
   /** Continue-as-new after this many history events (tests). */
   maxHistoryEvents?: number;
 }
-
-export interface NoticeState {
-  scheduleId: string;
-  target: string;
-  notifyBefore: string;
-  /** The schedule's next rotation and when its notice goes out (ISO 8601), while there is one. */
-  nextRotation?: string;
-  nextNotice?: string;
-  /** The rotation the last notice announced, and when it went out. */
-  noticedFor?: string;
-  lastNoticeAt?: string;
-  /** How many attempts the last notice took (more than 1: its receiver refused it first). */
-  lastNoticeAttempts?: number;
-  /** While the receiver refuses the notice due now: since when, how often, why, and when it is tried again. */
-  failing?: NoticeFailing;
-  /** The last rotation whose notice never went out: its receiver refused it until the schedule moved on. */
-  missedNotice?: string;
-  ended?: string;
-}
-
-export interface NoticeFailing {
-  /** The rotation the notice announces. */
-  rotationAt: string;
-  /** When the first refused attempt was made, and the last. */
-  since: string;
-  lastAttemptAt: string;
-  attempts: number;
-  lastError: string;
-  nextAttemptAt: string;
-}
-
-export const noticeStateQuery = defineQuery<NoticeState>('progress');
 
 /** Check again this often while waiting: the schedule may have been changed, paused or deleted meanwhile. */
 const RECHECK_MS = 6 * 3_600_000;

@@ -1,18 +1,106 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import type { WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterEach, beforeEach, inject } from 'vitest';
 import { ensureSearchAttributes } from '../../src/client/search-attributes';
-import { REKEY_SEARCH_ATTRIBUTES } from '../../src/workflows/search-attributes';
+import { startDevServer } from '../../src/dev/dev-server';
+import { listeningPorts } from '../../src/dev/ports';
+import { eventually, within } from './eventually';
 import type { ProgressReport } from '../../src/rotation/progress';
 import { progressQuery } from '../../src/workflows';
 
+export { within };
+
+/**
+ * A Temporal server this file started, and the SDK's test environment over it. The SDK's own `createTimeSkipping` and
+ * `createLocal` choose a port, close it and hand its number to the server, which another process can take in between;
+ * these start the servers themselves, on ports that cannot be taken first (see `startDevServer`, `startTestServer`).
+ * `teardown` also stops the server.
+ */
+export class OwnServerEnvironment extends TestWorkflowEnvironment {
+  stopServer: () => Promise<void> = () => Promise.resolve();
+  /** The dev server's Web UI, when started with one. */
+  uiUrl?: string;
+
+  override async teardown(): Promise<void> {
+    await super.teardown();
+    await this.stopServer();
+  }
+}
+
+/**
+ * The SDK's constructor of an environment over a running server, with time skipping on or off. Its public
+ * `createFromExistingServer` always turns time skipping off (no TimeSkippingClient, a real-time `sleep`), so the
+ * time-skipping server is wrapped through the method behind it (@temporalio/testing 1.24's `create`).
+ */
+function environmentOver(address: string, supportsTimeSkipping: boolean): Promise<OwnServerEnvironment> {
+  const sdk = OwnServerEnvironment as unknown as {
+    create(options: {
+      server: { type: 'existing' };
+      address: string;
+      namespace: string;
+      supportsTimeSkipping: boolean;
+    }): Promise<OwnServerEnvironment>;
+  };
+  return sdk.create({ server: { type: 'existing' }, address, namespace: 'default', supportsTimeSkipping });
+}
+
+/**
+ * The Java time-skipping test server (as the setup built it) on port 0: the JVM listens on a port the kernel gives it,
+ * read from its own listening socket (it prints nothing). A server that exits while starting fails at once with its
+ * output; one that does not listen within `withinMs` (a JVM on a loaded machine is slow, not stuck) fails with that.
+ */
+export async function startTestServer(withinMs = 60_000): Promise<{ address: string; stop: () => Promise<void> }> {
+  // As the SDK starts it, but on port 0 (and without --enable-time-skipping: its client skips time while a test waits).
+  const child = spawn(inject('toolchain').testServer, ['0'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let output = '';
+  child.stderr.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4000)));
+  const exited = once(child, 'exit');
+  // The SDK stops it the same way: nothing of a test server's state outlives it.
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await exited;
+  };
+  try {
+    const port = await eventually(
+      'the time-skipping test server listening',
+      () => {
+        const ports = listeningPorts(child.pid!);
+        if (ports.length > 1) throw new Error(`the time-skipping test server listens on ${ports.join(', ')}: which?`);
+        return ports[0];
+      },
+      {
+        within: withinMs,
+        every: 25,
+        failIf: () =>
+          child.exitCode !== null || child.signalCode !== null
+            ? `the time-skipping test server exited while starting: ${output.trim().slice(-500) || 'no output'}`
+            : undefined,
+      },
+    );
+    return { address: `127.0.0.1:${port}`, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
 /** The Java time-skipping test server built by the setup (no download), with rekey's search attributes. */
 export async function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
-  const env = await TestWorkflowEnvironment.createTimeSkipping({
-    server: { executable: { type: 'existing-path', path: inject('toolchain').testServer } },
-  });
-  await ensureSearchAttributes(env.connection, env.namespace ?? 'default');
-  return env;
+  const server = await startTestServer();
+  try {
+    const env = await environmentOver(server.address, true);
+    env.stopServer = () => server.stop();
+    await ensureSearchAttributes(env.connection, env.namespace ?? 'default');
+    return env;
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
 }
 
 /**
@@ -38,19 +126,28 @@ export function useTimeSkippingEnv(): { readonly env: TestWorkflowEnvironment } 
   };
 }
 
-/** The go-built `temporal server start-dev` (in-memory unless dbFilename is given). */
-export function createDevServerEnv(
-  options: { ui?: boolean; uiPort?: number; dbFilename?: string } = {},
-): Promise<TestWorkflowEnvironment> {
-  return TestWorkflowEnvironment.createLocal({
-    server: {
-      executable: { type: 'existing-path', path: inject('toolchain').temporalCli },
-      ip: '127.0.0.1',
-      ...options,
-      searchAttributes: REKEY_SEARCH_ATTRIBUTES,
-      log: { format: 'json', level: 'error' },
-    },
+/**
+ * The go-built `temporal server start-dev` (in-memory unless dbFilename is given), with rekey's search attributes; with
+ * `ui`, its Web UI too (at `uiUrl`). Its ports are chosen as `startDevServer` says: tried, and tried again on others
+ * when the server finds one taken.
+ */
+export async function createDevServerEnv(
+  options: { ui?: boolean; dbFilename?: string } = {},
+): Promise<OwnServerEnvironment> {
+  const server = await startDevServer({
+    temporalCli: inject('toolchain').temporalCli,
+    ...(options.ui && { uiPort: 0 }),
+    ...(options.dbFilename && { dbFilename: options.dbFilename }),
   });
+  try {
+    const env = await environmentOver(server.address, false);
+    env.stopServer = () => server.stop();
+    env.uiUrl = server.uiUrl;
+    return env;
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
 }
 
 export function workflowBundle(): { code: string } {
@@ -69,29 +166,6 @@ export async function resultWithin<T>(handle: WorkflowHandle, withinMs = 60_000)
       (err: unknown) => `workflow ${handle.workflowId} did not finish; describe failed: ${String(err)}`,
     ),
   );
-}
-
-/**
- * `promise`, or after `ms` of real time a failure whose message `why` gives (it may ask a server what is stuck): the
- * one watchdog of the test helpers, so that a wait that hangs fails the test at once with its reason.
- */
-export async function within<T>(promise: Promise<T>, ms: number, why: () => string | Promise<string>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      void Promise.resolve()
-        .then(why)
-        .then(
-          (message) => reject(new Error(message)),
-          (err: unknown) => reject(err instanceof Error ? err : new Error(String(err))),
-        );
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function describeStuck(handle: WorkflowHandle): Promise<string> {

@@ -11,6 +11,7 @@ import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import { awsClientConfig } from '../../src/keys/aws';
 import { SecretsManagerKeys, versionToken } from '../../src/keys/aws-secrets-manager';
+import { VaultKvKeys } from '../../src/keys/vault-kv';
 import { detectKeyProvider, openKeyProvider } from '../../src/keys';
 import { resolveKek } from '../../src/keys/kek-resolver';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
@@ -289,7 +290,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     }
   });
 
-  it('REKEY_KEY_PROVIDER=auto picks Secrets Manager from AWS_REGION or AWS_DEFAULT_REGION, Vault from VAULT_ADDR (refused: not supported yet), else the file keyring', () => {
+  it('REKEY_KEY_PROVIDER=auto picks Secrets Manager from AWS_REGION or AWS_DEFAULT_REGION, then Vault KV from VAULT_ADDR, else the file keyring', () => {
     expect(detectKeyProvider({ AWS_REGION: 'eu-west-1', VAULT_ADDR: 'http://vault:8200' })).toEqual({
       provider: 'aws-secrets-manager',
       why: 'AWS_REGION is set',
@@ -304,9 +305,12 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     expect(provider).toBeInstanceOf(SecretsManagerKeys);
     expect(heard).toEqual(['aws-secrets-manager']);
     provider.close();
-    expect(() => openKeyProvider({ provider: 'auto' }, { VAULT_ADDR: 'http://vault:8200' })).toThrow(
-      /Vault key provider is not supported yet/,
+    const vault = openKeyProvider(
+      { provider: 'auto' },
+      { VAULT_ADDR: 'http://vault:8200', VAULT_TOKEN: 't', REKEY_VAULT_KV_PATH: 'rekey/kek' },
     );
+    expect(vault).toBeInstanceOf(VaultKvKeys);
+    vault.close();
     expect(() => openKeyProvider({ provider: 'aws-secrets-manager' }, { AWS_REGION: 'us-east-1' })).toThrow(
       KeyMaterialError,
     );

@@ -27,7 +27,7 @@ import {
 } from '../../src/workflows';
 import { startRotation } from '../../src/client/rotations';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { createTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { createTimeSkippingEnv, progressUntil, untilNoActivityPending, workflowBundle } from '../helpers/temporal';
 import { createTestDatabase, migrateDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
@@ -50,14 +50,8 @@ describe('record', () => {
     fs.writeFileSync(path.join(out, `${name}.json`), historyToJSON(history));
   }
 
-  async function waitFor(handle: WorkflowHandle<typeof rotateKek>, predicate: (p: ProgressReport) => boolean) {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const progress = await handle.query(progressQuery);
-      if (predicate(progress)) return progress;
-      if (Date.now() > deadline) throw new Error(`timed out; ${JSON.stringify(progress)}`);
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
+  function waitFor(handle: WorkflowHandle<typeof rotateKek>, predicate: (p: ProgressReport) => boolean) {
+    return progressUntil(handle, predicate, { withinMs: 60_000 });
   }
 
   const slow = { from: 'v1', to: 'v2', batchSize: 20, parallelism: 2, sliceTimeBudget: '150ms' };
@@ -74,7 +68,8 @@ describe('record', () => {
         });
         await waitFor(handle, (p) => p.counters.rewrapped > 0);
         await handle.executeUpdate(pauseUpdate);
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        // Recorded once the slices have stopped (their cancellations in the history).
+        await untilNoActivityPending(handle);
         await save('paused-in-rewrap', handle);
         await handle.signal(resumeSignal);
         await waitFor(handle, (p) => p.phase === 'grace');

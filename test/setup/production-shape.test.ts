@@ -118,7 +118,7 @@ describe('production shape (checked without a Docker engine)', () => {
     );
   });
 
-  it("the Dockerfile builds with the commands docs/08 names, and what the services run exists after that build", () => {
+  it('the Dockerfile builds with the commands docs/08 names, and what the services run exists after that build', () => {
     const dockerfile = read('Dockerfile');
     const readme = read('docs/08-production.md');
     const runs = [...dockerfile.matchAll(/^RUN (.+)$/gm)].map((m) => m[1]!);
@@ -141,7 +141,7 @@ describe('production shape (checked without a Docker engine)', () => {
     });
     expect(result.status).toBe(1);
     expect(result.stderr.trim()).toBe(
-      'rekey worker: invalid configuration: DATABASE_URL: DATABASE_URL must start with postgres:// or postgresql://; TEMPORAL_ADDRESS: TEMPORAL_ADDRESS must be host:port; REKEY_KEY_PROVIDER: REKEY_KEY_PROVIDER must be one of env, file, aws-secrets-manager, aws-kms, vault, auto',
+      'rekey worker: invalid configuration: DATABASE_URL: DATABASE_URL must start with postgres:// or postgresql://; TEMPORAL_ADDRESS: TEMPORAL_ADDRESS must be host:port; REKEY_KEY_PROVIDER: REKEY_KEY_PROVIDER must be one of env, file, aws-secrets-manager, aws-kms, vault, vault-transit, auto',
     );
   });
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { freePort } from '../../src/dev/ports';
+import { portToTry } from '../../src/dev/ports';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 
 interface KvRead {
@@ -78,8 +78,8 @@ describe('startVault', () => {
     const tried: number[] = [];
     try {
       const vault = await startVault(inject('toolchain').vault, {
-        nextPort: async () => {
-          const port = tried.length === 0 ? taken : await freePort();
+        nextPort: () => {
+          const port = tried.length === 0 ? taken : portToTry();
           tried.push(port);
           return port;
         },

@@ -9,6 +9,7 @@ import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
@@ -35,14 +36,16 @@ async function insertRaw(db: Pool | PoolClient, tenantId: string, kekId: string)
 
 /** Resolves once some backend of this database waits for a lock: the statement under test is blocked. */
 async function blockedOnLock(db: Pool): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    const { rows } = await db.query<{ n: string }>(
-      `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-    );
-    if (Number(rows[0]?.n) > 0) return;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  throw new Error('no statement ever waited for the registry lock');
+  await eventually(
+    'a statement waiting for the registry lock',
+    async () => {
+      const { rows } = await db.query<{ n: string }>(
+        `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      );
+      return Number(rows[0]?.n) > 0;
+    },
+    { every: 20 },
+  );
 }
 
 async function registryInState(registry: KekRegistry): Promise<void> {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { dekFingerprints } from '../../src/dev/tenants';
+import { sharedRowCrypto, type RowCrypto } from '../../src/crypto/row-crypto';
 import { rewrapSlice, type RewrapSliceInput } from '../../src/rewrap/rewrap-slice';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -9,6 +10,7 @@ import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, seedPast, type TestDatabase } from '../helpers/database';
 import { engineFor } from '../../src/dev/engine';
 import { testKeys } from '../helpers/keys';
+import { within } from '../helpers/temporal';
 import { startLiveWriter } from '../helpers/live-writer';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
@@ -188,6 +190,55 @@ describe('rewrapSlice', () => {
       expect(moved.rows.map((r) => r.tenant_id)).toEqual(
         Array.from({ length: 10 }, (_, i) => `tenant-000000${10 + i}`),
       );
+    }));
+
+  it('a batch slower than the keep-alive interval heartbeats meanwhile with the last committed checkpoint, so a paced key store is not taken for a lost worker', () =>
+    withDatabase(async (db) => {
+      await seedPast(db.pool, { keys, kekId: 'v1', count: 300 });
+      const deps = await engineFor(db.pool, REKEY_PRESET, keys);
+      const crypto = sharedRowCrypto();
+      // The second batch's crypto waits until the slice has said it is alive while waiting for it (a key store's
+      // pace, shown by the condition rather than by time): without the keep-alive it never ends.
+      let batches = 0;
+      let release: () => void = () => undefined;
+      const alive = new Promise<void>((resolve) => (release = resolve));
+      const beats: { cursor: string; rewrapped: number }[] = [];
+      const committed: string[] = [];
+      const paced: RowCrypto = {
+        threads: crypto.threads,
+        check: (...args) => crypto.check(...args),
+        close: () => Promise.resolve(),
+        async rewrap(...args) {
+          if (++batches === 2) await alive;
+          return crypto.rewrap(...args);
+        },
+      };
+      // Fails after a minute without the keep-alive (one is due every 50 ms).
+      const result = await within(
+        rewrapSlice(
+          { ...deps, crypto: paced },
+          { ...fullRange, batchSize: 100, progressKey: 'rotation-alive/pass-1/slice-0' },
+          {
+            onBatch: (checkpoint) => committed.push(checkpoint.cursor),
+            onAlive: (checkpoint) => {
+              beats.push({ cursor: checkpoint.cursor, rewrapped: checkpoint.counters.rewrapped });
+              release();
+            },
+            aliveEveryMs: 50,
+          },
+        ),
+        60_000,
+        () => {
+          release(); // lets the slice end, so that its database can be dropped
+          return `the slice never heartbeat while its second batch waited (${beats.length} keep-alives)`;
+        },
+      );
+
+      expect(result.done).toBe(true);
+      expect(result.counters.rewrapped).toBe(300);
+      expect(beats.length).toBeGreaterThan(0);
+      // What it heartbeats is a checkpoint onBatch gave (or the start): never a cursor past what was committed.
+      for (const beat of beats) expect(['', ...committed]).toContain(beat.cursor);
     }));
 
   it('a slice stopped midway and run again resumes from its committed progress and counts each tenant once', () =>

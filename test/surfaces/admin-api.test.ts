@@ -9,6 +9,7 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
 
@@ -165,10 +166,14 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(resumed.json()).toMatchObject({ paused: false });
 
     let status: Record<string, unknown> = { status: 'running' };
-    for (let i = 0; i < 600 && status.status === 'running'; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      status = (await api.inject({ method: 'GET', url: body.status_url, headers: auth })).json();
-    }
+    await eventually(
+      'the rotation no longer running',
+      async () => {
+        status = (await api.inject({ method: 'GET', url: body.status_url, headers: auth })).json();
+        return status.status !== 'running';
+      },
+      { every: 100, describe: () => `last status: ${JSON.stringify(status)}` },
+    );
     expect(status).toMatchObject({
       id: opId,
       status: 'completed',

@@ -18,6 +18,7 @@ import { createWorker } from '../../src/worker';
 import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const TENANTS = 3_000;
@@ -69,12 +70,12 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
   /** The result of the schedule's latest run: the launcher says which rotation it started, or why none. */
   async function scheduledRun(scheduleId: string): Promise<ScheduledRotationResult> {
     const handle = env.client.schedule.getHandle(scheduleId);
-    for (let i = 0; i < 200; i++) {
-      const launcher = (await handle.describe()).info.recentActions[0]?.action.workflow.workflowId;
-      if (launcher) return env.client.workflow.getHandle<typeof scheduledRotation>(launcher).result();
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    throw new Error(`schedule ${scheduleId} never ran`);
+    const launcher = await eventually(
+      `schedule ${scheduleId} running`,
+      async () => (await handle.describe()).info.recentActions[0]?.action.workflow.workflowId,
+      { every: 100 },
+    );
+    return resultWithin<ScheduledRotationResult>(env.client.workflow.getHandle<typeof scheduledRotation>(launcher));
   }
 
   afterAll(async () => {
@@ -302,9 +303,14 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     );
     expect(noticed.code).toBe(0);
     let line = '';
-    for (const deadline = Date.now() + 30_000; !line.includes('announced') && Date.now() < deadline;) {
-      line = (await rekey('schedule', 'list')).stdout.split('\n').find((l) => l.startsWith('rekey-notice:')) ?? '';
-    }
+    await eventually(
+      "'rekey schedule list' showing the notice as announced",
+      async () => {
+        line = (await rekey('schedule', 'list')).stdout.split('\n').find((l) => l.startsWith('rekey-notice:')) ?? '';
+        return line.includes('announced');
+      },
+      { describe: () => `last line: ${line}` },
+    );
     expect(line).toMatch(/^rekey-notice: every 90d; next rotation (\S+); announced \1$/);
     expect((await rekey('schedule', 'delete', 'rekey-notice')).code).toBe(0);
   });
@@ -320,8 +326,10 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     app.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
     const exited = new Promise<number | null>((resolve) => app.on('exit', resolve));
     try {
-      for (let i = 0; i < 200 && !out.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
-      expect(out, err).toContain('ready');
+      await eventually('the application process ready', () => out.includes('ready'), {
+        failIf: () => (app.exitCode !== null ? `it exited with ${app.exitCode}` : undefined),
+        describe: () => `its stderr: ${err}`,
+      });
       const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
       const from = (await registry.active())!.kekId;
       const created = await rekey(
@@ -361,8 +369,10 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
             )
           ).rows[0]?.n,
         );
-      for (let i = 0; i < 100 && (await wrappedWithTo()) === 0; i++) await new Promise((r) => setTimeout(r, 50));
-      expect(await wrappedWithTo()).toBeGreaterThan(0);
+      await eventually(
+        `the application wrapping a new tenant's DEK with '${to}'`,
+        async () => (await wrappedWithTo()) > 0,
+      );
     } finally {
       app.kill('SIGTERM');
       await exited;

@@ -8,6 +8,7 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 import {
   checkWithOneKek,
@@ -103,10 +104,14 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
       '--wait',
     );
     let status = '';
-    for (let i = 0; i < 300 && !status.includes('Waiting for confirmation'); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      status = (await rekey('status', 'mycelium')).stdout;
-    }
+    await eventually(
+      "'rekey status' showing the rotation waiting for confirmation",
+      async () => {
+        status = (await rekey('status', 'mycelium')).stdout;
+        return status.includes('Waiting for confirmation');
+      },
+      { every: 200, describe: () => `last status: ${status}` },
+    );
     expect(status).toContain(
       'Waiting for confirmation: discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
     );
@@ -184,10 +189,14 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
         execution_status: string;
         report?: MigrationReport;
       }>();
-      for (const deadline = Date.now() + 60_000; status.execution_status === 'RUNNING' && Date.now() < deadline;) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-        status = (await call('GET', '/admin/v1/migrations/dek-migration-mycelium')).json();
-      }
+      await eventually(
+        'the migration no longer running',
+        async () => {
+          status = (await call('GET', '/admin/v1/migrations/dek-migration-mycelium')).json();
+          return status.execution_status !== 'RUNNING';
+        },
+        { every: 100, describe: () => `last status: ${JSON.stringify(status)}` },
+      );
       expect(status.execution_status).toBe('COMPLETED');
       expect(status.report).toMatchObject({ outcome: 'completed', tenantId: SYSTEM_TENANT, tenants: 1, legacyLeft: 0 });
       expect(status.report!.totals).toMatchObject({ migrated: 1, unreadable: 0 });

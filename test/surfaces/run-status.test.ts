@@ -22,6 +22,7 @@ import { createWorker } from '../../src/worker';
 import type { rotateKek, RotationReport, ScheduledRotationResult } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { createDevServerEnv, progressUntil, resultWithin, within, workflowBundle } from '../helpers/temporal';
 
 const TENANTS = 500;
@@ -199,11 +200,15 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     let opId: string;
     try {
       opId = await rotate('--from', 'v2', '--to', 'v3', '--grace', '1s');
-      let status = await cliStatus(opId);
-      for (const deadline = Date.now() + 45_000; (status.run.retrying?.attempt ?? 0) < 3 && Date.now() < deadline;) {
-        await new Promise((resolve) => setTimeout(resolve, 200));
-        status = await cliStatus(opId);
-      }
+      let last: RotationStatus | undefined;
+      const status = await eventually(
+        "'rekey status' showing promote's third attempt",
+        async () => {
+          last = await cliStatus(opId);
+          return (last.run.retrying?.attempt ?? 0) >= 3 && last;
+        },
+        { every: 200, describe: () => `last status: ${JSON.stringify(last?.run)}` },
+      );
       // Before: `promote` and nothing else; the error and the retries only in `temporal workflow describe`.
       expect(status.run).toMatchObject({
         state: 'retrying',
@@ -309,14 +314,13 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     try {
       expect((await rekey('schedule', 'trigger', 'rekey-status-test')).code).toBe(0);
       const schedule = env.client.schedule.getHandle('rekey-status-test');
-      let launcher: string | undefined;
-      for (const deadline = Date.now() + 30_000; launcher === undefined && Date.now() < deadline;) {
-        launcher = (await schedule.describe()).info.recentActions[0]?.action.workflow.workflowId;
-        if (launcher === undefined) await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      expect(launcher, 'the schedule never ran').toBeDefined();
+      const launcher = await eventually(
+        'the schedule running once',
+        async () => (await schedule.describe()).info.recentActions[0]?.action.workflow.workflowId,
+        { every: 100 },
+      );
       // The launcher ends once it has started the rotation: from then on, the rotation's id names that run.
-      expect(await resultWithin<ScheduledRotationResult>(env.client.workflow.getHandle(launcher!))).toMatchObject({
+      expect(await resultWithin<ScheduledRotationResult>(env.client.workflow.getHandle(launcher))).toMatchObject({
         started: true,
       });
       const report = await resultWithin<RotationReport>(handle(), 90_000);

@@ -15,7 +15,10 @@ import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/te
 
 /** The `temporal …` lines of the guide's section on the plain temporal CLI (docs/04), continuation lines joined. */
 function readmeTemporalLines(): string[] {
-  const section = docSection('docs/04-rotate-watch-pause-confirm.md', '## The same with the `temporal` CLI and the Web UI');
+  const section = docSection(
+    'docs/04-rotate-watch-pause-confirm.md',
+    '## The same with the `temporal` CLI and the Web UI',
+  );
   const block = /```sh\n([\s\S]*?)```/.exec(section)?.[1] ?? '';
   return block
     .replace(/\\\n\s*/g, '')

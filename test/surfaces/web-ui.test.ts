@@ -3,27 +3,30 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import puppeteer, { type Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
-import { freePort } from '../../src/dev/ports';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { projectRoot } from '../../src/project-paths';
 import { pauseUpdate, resumeUpdate, type RotationReport } from '../../src/workflows';
 import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
-import { createDevServerEnv, progressUntil, resultWithin, within } from '../helpers/temporal';
+import { eventually } from '../helpers/eventually';
+import {
+  createDevServerEnv,
+  progressUntil,
+  resultWithin,
+  within,
+  type OwnServerEnvironment,
+} from '../helpers/temporal';
 
 const SCREENSHOT = path.join(projectRoot, 'test-results', 'web-ui-rotation.png');
 
 describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
-  let env: TestWorkflowEnvironment;
-  let uiPort: number;
+  let env: OwnServerEnvironment;
   let browser: Browser | undefined;
   beforeAll(async () => {
-    uiPort = await freePort();
-    env = await createDevServerEnv({ ui: true, uiPort });
+    env = await createDevServerEnv({ ui: true });
   });
   afterAll(async () => {
     await browser?.close();
@@ -79,7 +82,7 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
         });
         const page = await browser.newPage();
         await page.setViewport({ width: 1440, height: 1800 });
-        await page.goto(`http://127.0.0.1:${uiPort}/namespaces/default/workflows/${workflowId}`, {
+        await page.goto(`${env.uiUrl}/namespaces/default/workflows/${workflowId}`, {
           waitUntil: 'networkidle2',
           timeout: 30_000,
         });
@@ -102,19 +105,26 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
           );
           return texts.join('\n');
         };
+        // Until the page shows all of it; the screenshot is kept either way, and a failure says what the page shows.
         let text = '';
-        for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
-          text = await within(pageText(), 10_000, () => 'the page did not answer');
-          if (visible.every((t) => text.includes(t))) break;
-          await new Promise((resolve) => setTimeout(resolve, 250));
-        }
-        fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
-        await page.screenshot({ path: SCREENSHOT, fullPage: true });
-        const missing = visible.filter((t) => !text.includes(t));
-        if (missing.length > 0) {
-          throw new Error(
-            `the page (screenshot: ${SCREENSHOT}) does not show ${JSON.stringify(missing)}; it shows:\n${text.slice(0, 3000)}`,
+        const missing = () => visible.filter((t) => !text.includes(t));
+        try {
+          await eventually(
+            'the page showing the summary, the starter, the phase and the resume command',
+            async () => {
+              text = await within(pageText(), 10_000, () => 'the page did not answer');
+              return missing().length === 0;
+            },
+            {
+              within: 30_000,
+              every: 250,
+              describe: () =>
+                `the page (screenshot: ${SCREENSHOT}) does not show ${JSON.stringify(missing())}; it shows:\n${text.slice(0, 3000)}`,
+            },
           );
+        } finally {
+          fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+          await page.screenshot({ path: SCREENSHOT, fullPage: true });
         }
         expect(text).toMatch(/Paused before|Paused\. To go on/);
 

@@ -8,6 +8,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { configuredCurrentKekId } from '../../src/targets/target';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 import { myceliumShape as publicShape } from '../helpers/mycelium';
 import { checkSecrets, createTalosSchema, seedSecrets, TalosGateway, v1Binding } from '../helpers/talos';
@@ -55,20 +56,20 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
     }
   }
 
-  async function statusUntil(
+  function statusUntil(
     api: FastifyInstance,
     statusUrl: string,
     done: (status: Record<string, unknown>) => boolean,
   ): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const status = (await api.inject({ method: 'GET', url: statusUrl, headers: auth })).json<
-        Record<string, unknown>
-      >();
-      if (done(status)) return status;
-      if (Date.now() > deadline) throw new Error(`timed out; last status ${JSON.stringify(status)}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    let last: Record<string, unknown> | undefined;
+    return eventually(
+      `the rotation's status at ${statusUrl} reaching what the test waits for`,
+      async () => {
+        last = (await api.inject({ method: 'GET', url: statusUrl, headers: auth })).json<Record<string, unknown>>();
+        return done(last) && last;
+      },
+      { describe: () => `last status: ${JSON.stringify(last)}` },
+    );
   }
 
   it('rotate-all with no body, as in step 3: every secret (any length, v1- or name-bound) reads with v2 alone, counters as seeded, Talos fields in rotation-status and kek-status, no column added', async () => {

@@ -124,10 +124,17 @@ describe("rekey's own wrapped DEK: bytea 0x01 ‖ nonce ‖ ciphertext ‖ tag, 
     expect(wrapDek(kek, 'v1', 'tenant-42', DEK, NONCE).equals(stored)).toBe(true);
   });
 
-  it('refuses another format byte and a DEK of the wrong length', () => {
-    expect(rekey.check({ ...row, wrapped_dek: Buffer.concat([Buffer.from([3]), stored.subarray(1)]) })).toBe(
+  it('refuses another format byte and a DEK of the wrong length; tells the KMS (0x02) and Transit (0x03) forms apart', () => {
+    expect(rekey.check({ ...row, wrapped_dek: Buffer.concat([Buffer.from([4]), stored.subarray(1)]) })).toBe(
       'wrapped_dek does not start with the format byte(s) 01',
     );
+    // 0x03 is the Vault Transit form: 'vault:v<n>:' and base64 after it, never opened with key bytes.
+    expect(rekey.check({ ...row, wrapped_dek: Buffer.concat([Buffer.from([3]), stored.subarray(1)]) })).toBe(
+      'wrapped_dek is not a Transit ciphertext (vault:v<n>:<base64>)',
+    );
+    const transitForm = { ...row, wrapped_dek: Buffer.from('\x03vault:v2:AAAA', 'latin1') };
+    expect(rekey.check(transitForm)).toBeUndefined();
+    expect(() => rekey.open(kek, transitForm, 'v1')).toThrow(/wrapped by Vault Transit/);
     // 0x02 is the KMS form: well-formed, and never opened with key bytes.
     const kmsForm = { ...row, wrapped_dek: Buffer.concat([Buffer.from([2]), stored.subarray(1)]) };
     expect(rekey.check(kmsForm)).toBeUndefined();

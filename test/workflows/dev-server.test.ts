@@ -3,23 +3,20 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import path from 'node:path';
 import { temporal } from '@temporalio/proto';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../src/dev/ports';
 import { startRotation } from '../../src/client/rotations';
 import { projectRoot } from '../../src/project-paths';
 import { createWorker } from '../../src/worker';
 import { progressQuery, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
-import { createDevServerEnv, resultWithin, within, workflowBundle } from '../helpers/temporal';
+import { eventually } from '../helpers/eventually';
+import { createDevServerEnv, resultWithin, workflowBundle, type OwnServerEnvironment } from '../helpers/temporal';
 
 describe('rotation on the dev server built from the pinned temporal CLI', () => {
-  let env: TestWorkflowEnvironment;
-  let uiPort: number;
+  let env: OwnServerEnvironment;
 
   beforeAll(async () => {
-    uiPort = await freePort();
-    env = await createDevServerEnv({ ui: true, uiPort });
+    env = await createDevServerEnv({ ui: true });
   });
   afterAll(async () => {
     await env?.teardown();
@@ -90,22 +87,22 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
     try {
       const identities = workers.map((child) => `${child.pid}@`);
       // Both poll for activities before the rotation starts: the task queue lists each as a poller.
-      await within(
-        (async () => {
-          for (;;) {
-            const { pollers } = await env.client.connection.workflowService.describeTaskQueue({
-              namespace: 'default',
-              taskQueue: { name: fixture.taskQueue },
-              taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            });
-            const polling = (pollers ?? []).map((p) => p.identity ?? '');
-            if (identities.every((id) => polling.some((p) => p.startsWith(id)))) return;
-            await new Promise((resolve) => setTimeout(resolve, 100));
-          }
-        })(),
-        60_000,
-        () =>
-          `the two worker processes did not poll within 60 s; their stderr: ${stderr.map((l) => l.join('')).join(' | ')}`,
+      await eventually(
+        'both worker processes polling the task queue',
+        async () => {
+          const { pollers } = await env.client.connection.workflowService.describeTaskQueue({
+            namespace: 'default',
+            taskQueue: { name: fixture.taskQueue },
+            taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+          });
+          const polling = (pollers ?? []).map((p) => p.identity ?? '');
+          return identities.every((id) => polling.some((p) => p.startsWith(id)));
+        },
+        {
+          every: 100,
+          failIf: () => (workers.some((child) => child.exitCode !== null) ? 'a worker process exited' : undefined),
+          describe: () => `their stderr: ${stderr.map((l) => l.join('')).join(' | ')}`,
+        },
       );
       const started = await startRotation(
         env.client,
@@ -136,8 +133,9 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
     }
   });
 
-  it('serves the Web UI on the port it was given', async () => {
-    const response = await fetch(`http://127.0.0.1:${uiPort}/`);
+  it('serves the Web UI at the address it was started with', async () => {
+    expect(env.uiUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const response = await fetch(`${env.uiUrl}/`);
     expect(response.status).toBe(200);
     expect(await response.text()).toContain('<html');
   });

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
+import type { temporal } from '@temporalio/proto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRotation } from '../../src/client/rotations';
@@ -50,13 +51,22 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
         expect(paused.phase).toBe('rewrap');
         expect(paused.percent).toBeGreaterThan(0);
         expect(paused.percent).toBeLessThan(100);
-        // Running slices stop at a batch boundary (their cancellation completes); then nothing moves, in the workflow
-        // or in the database.
+        // Running slices stop at a batch boundary: the server holds no activity (their cancellation has completed).
         await untilNoActivityPending(handle);
         const staleWhilePaused = await fixture.staleOn('v1');
         const heldProgress = (await handle.query(progressQuery)).counters.rewrapped;
-        await new Promise((resolve) => setTimeout(resolve, 2_000));
-        const later = await handle.query(progressQuery);
+        // Then the workflow takes one more workflow task: it answers a second pause (which changes nothing). Every
+        // activity's end is in its history before that task, so whatever it would do on them it has done by now.
+        const later = await handle.executeUpdate(pauseUpdate);
+        // Nothing moves, proven by what happened rather than by waiting: no activity was scheduled from the workflow
+        // task that took the pause on, and without an activity nothing writes a row.
+        const events = (await handle.fetchHistory()).events ?? [];
+        const pauseTask = workflowTaskOfUpdate(events, 'pauseRotation');
+        const scheduledSincePause = events
+          .slice(pauseTask)
+          .filter((e) => e.activityTaskScheduledEventAttributes)
+          .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name);
+        expect(scheduledSincePause).toEqual([]);
         expect(later.paused).toBe(true);
         expect(later.etaSeconds).toBeUndefined();
         expect(later.counters.rewrapped).toBe(heldProgress);
@@ -67,7 +77,14 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
         const result = await resultWithin<RotationReport>(handle);
         expect(result.outcome).toBe('completed');
         expect(result.counters.rewrapped).toBe(6_000);
-        expect(result.pausedMs).toBeGreaterThanOrEqual(2_000);
+        // The pause is counted: at least from the workflow task that took it to the resume signal, by the server's clock.
+        const history = (await handle.fetchHistory()).events ?? [];
+        const pausedFrom = eventMs(history[workflowTaskOfUpdate(history, 'pauseRotation')]!);
+        const resumedAt = eventMs(
+          history.find((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'resume')!,
+        );
+        expect(resumedAt).toBeGreaterThan(pausedFrom);
+        expect(result.pausedMs).toBeGreaterThanOrEqual(Math.floor(resumedAt) - Math.ceil(pausedFrom));
       });
       expect(await fixture.staleOn('v1')).toBe(0);
       await fixture.expectNothingLost();
@@ -213,3 +230,19 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
     expect(siblingStopped!).toBeLessThanOrEqual(failedAt);
   });
 });
+
+type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
+
+/** The index of the WorkflowTaskCompleted event of the workflow task that accepted the first update named `name`. */
+function workflowTaskOfUpdate(events: HistoryEvent[], name: string): number {
+  const accepted = events.findIndex(
+    (e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name === name,
+  );
+  for (let i = accepted - 1; i >= 0; i--) if (events[i]!.workflowTaskCompletedEventAttributes) return i;
+  throw new Error(`no workflow task accepted an update '${name}'`);
+}
+
+/** When the server recorded `event`, in ms since the epoch (fractional). */
+function eventMs(event: HistoryEvent): number {
+  return Number(event.eventTime?.seconds ?? 0) * 1000 + (event.eventTime?.nanos ?? 0) / 1e6;
+}

@@ -25,6 +25,7 @@ import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { noticeRetryDelayMs, noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 import { createDevServerEnv, queryUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
@@ -209,7 +210,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
   let receiver: http.Server;
-  const received: { headers: http.IncomingHttpHeaders; body: string }[] = [];
+  const received: { headers: http.IncomingHttpHeaders; body: string; at: number }[] = [];
   const secret = randomBytes(24).toString('base64url');
   beforeAll(async () => {
     env = await createDevServerEnv();
@@ -218,7 +219,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
       let body = '';
       request.on('data', (chunk: Buffer) => (body += chunk.toString()));
       request.on('end', () => {
-        received.push({ headers: request.headers, body });
+        received.push({ headers: request.headers, body, at: Date.now() });
         response.writeHead(204).end();
       });
     });
@@ -253,6 +254,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
       }),
     });
     await worker.runUntil(async () => {
+      const signedFrom = Math.floor(Date.now() / 1000);
       // Every 30 days, notice 30 days before: the next rotation is inside its notice period already.
       await createRotationSchedule(env.client, {
         scheduleId,
@@ -264,17 +266,18 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
       });
       const nextRun = (await env.client.schedule.getHandle(scheduleId).describe()).info.nextActionTimes[0]!;
       const handle = env.client.workflow.getHandle<typeof scheduleNotices>(noticeWorkflowId(scheduleId));
-      for (const deadline = Date.now() + 30_000; received.length === 0 && Date.now() < deadline;) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
+      await eventually('the receiver getting the notice', () => received.length > 0, { every: 100 });
       expect(received).toHaveLength(1);
-      const [{ headers, body }] = received as [(typeof received)[0]];
+      const [{ headers, body, at: receivedAt }] = received as [(typeof received)[0]];
       // Verified as a receiver would, with its own HMAC: over "<timestamp>.<body>", under the shared secret.
       const expected = createHmac('sha256', secret)
         .update(`${String(headers['x-rekey-timestamp'])}.${body}`)
         .digest('hex');
       expect(headers['x-rekey-signature']).toBe(`v1=${expected}`);
-      expect(Math.abs(Number(headers['x-rekey-timestamp']) - Date.now() / 1000)).toBeLessThan(120);
+      // Signed with the time it was sent, in seconds: after the schedule was made, before the receiver had it.
+      const signedAt = Number(headers['x-rekey-timestamp']);
+      expect(signedAt).toBeGreaterThanOrEqual(signedFrom);
+      expect(signedAt).toBeLessThanOrEqual(Math.ceil(receivedAt / 1000));
       expect(JSON.parse(body)).toEqual({
         event: 'rekey.rotation.upcoming',
         scheduleId,

@@ -12,9 +12,8 @@ import {
   resumeMigrationUpdate,
   resumeUpdate,
   setGraceUpdate,
-  type MigrationReport,
-  type RotationReport,
-} from '../../workflows';
+} from '../../workflows/messages';
+import type { MigrationReport, RotationReport } from '../../workflows';
 import type { CliContext } from '../context';
 import { describeMigrationProgress, describeProgress } from '../format';
 import { duration, withContext } from '../options';

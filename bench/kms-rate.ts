@@ -1,0 +1,134 @@
+// `npm run bench -- <tenants> --kms`: a keyspace whose KEKs never leave AWS KMS (here moto), rotated by the real
+// workflow through a worker process. Such a rotation is one ReEncrypt per row, paced by the worker's request pacer
+// (REKEY_AWS_KMS_RATE, REKEY_AWS_KMS_CONCURRENCY): what bounds it is the key store's quota, not CPU, and what the
+// bench reports is the request rate reached against the rate configured. Writes bench/results/kms-<tenants>.md.
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Client as TemporalClient } from '@temporalio/client';
+import { startMoto } from '../src/dev/moto';
+import type { Toolchain } from '../src/dev/toolchain';
+import { KmsKeys } from '../src/keys/aws-kms';
+import { projectRoot } from '../src/project-paths';
+import type { RotationRequest } from '../src/rotation/rotation-input';
+import { KekRegistry } from '../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../src/targets/builtin';
+import type { RotationReport } from '../src/workflows';
+import { CpuMeter, DatabaseCpu, freshDatabase, processCpuSeconds, provenance, settle, spawnWorker, untilIdle } from './harness';
+
+export type Measure = (
+  client: TemporalClient,
+  request: RotationRequest,
+  meter: CpuMeter,
+) => Promise<{ report: RotationReport; seconds: number; cpu: ReturnType<CpuMeter['end']> | undefined }>;
+
+/** Seeds `tenants` DEKs under the KMS KEK `v1` (GenerateDataKey, many at once, unpaced), then rotates them. */
+export async function kmsBench(options: {
+  tenants: number;
+  toolchain: Toolchain;
+  server: { address: string; process: { pid?: number } };
+  client: TemporalClient;
+  measure: Measure;
+  rotation: { batchSize: number; parallelism: number };
+}): Promise<void> {
+  const { tenants, client } = options;
+  const rate = Number(process.env.REKEY_AWS_KMS_RATE ?? 500);
+  const concurrency = Number(process.env.REKEY_AWS_KMS_CONCURRENCY ?? 16);
+  if (!(rate > 0)) throw new Error('the KMS bench measures the rate reached against REKEY_AWS_KMS_RATE: set it above 0');
+  const lines: string[] = [];
+  const say = (line: string) => {
+    lines.push(line);
+    process.stdout.write(`${line}\n`);
+  };
+  const moto = await startMoto(options.toolchain.motoServer);
+  const database = await freshDatabase('rekey_bench_kms');
+  const keyEnv: Record<string, string> = {
+    ...moto.env,
+    REKEY_KEY_PROVIDER: 'aws-kms',
+    REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-bench/${randomUUID()}/`,
+    REKEY_AWS_KMS_RATE: String(rate),
+    REKEY_AWS_KMS_CONCURRENCY: String(concurrency),
+  };
+  let worker: ReturnType<typeof spawnWorker> | undefined;
+  const postgres = new DatabaseCpu([new URL(database.url).pathname.slice(1)]);
+  const seeder = KmsKeys.fromEnv({ ...keyEnv, REKEY_AWS_KMS_RATE: '0', REKEY_AWS_KMS_CONCURRENCY: '64' });
+  try {
+    await seeder.generate('v1');
+    await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', seeder.fingerprint('v1'));
+    let t = Date.now();
+    const chunk = 1_000;
+    for (let start = 0; start < tenants; start += chunk) {
+      const ids = Array.from(
+        { length: Math.min(chunk, tenants - start) },
+        (_, i) => `tenant-${String(start + i).padStart(8, '0')}`,
+      );
+      const wrapped: Buffer[] = new Array<Buffer>(ids.length);
+      let next = 0;
+      const lane = async () => {
+        while (next < ids.length) {
+          const i = next++;
+          const made = await seeder.newDek('v1', ids[i]!);
+          made.dek.fill(0);
+          wrapped[i] = made.wrapped;
+        }
+      };
+      await Promise.all(Array.from({ length: 32 }, lane));
+      await database.pool.query(
+        `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek)
+         SELECT t, 'v1', w FROM unnest($1::text[], $2::bytea[]) AS u(t, w)`,
+        [ids, wrapped],
+      );
+    }
+    say(
+      `seeded ${tenants.toLocaleString('en-US')} tenants under a KMS key (moto) in ${((Date.now() - t) / 1000).toFixed(1)} s`,
+    );
+    await settle(database.pool);
+    worker = spawnWorker({ databaseUrl: database.url, address: options.server.address, keyEnv });
+    const workerProcess = worker;
+    await untilIdle(worker.child.pid);
+    const meter = new CpuMeter({
+      worker: () => processCpuSeconds(workerProcess.child.pid),
+      postgres: () => postgres.read(),
+      temporal: () => processCpuSeconds(options.server.process.pid),
+      moto: () => processCpuSeconds(moto.pid, true),
+    });
+    t = Date.now();
+    const run = await options.measure(client, { from: 'v1', to: 'new', gracePeriod: '1s', ...options.rotation }, meter);
+    const requests = run.report.counters.keyStoreRequests ?? 0;
+    const reached = requests / run.seconds;
+    const n = (value: number) => Math.round(value).toLocaleString('en-US');
+    say('');
+    say(`| measure | value |`);
+    say(`|---|---|`);
+    say(`| tenants (KEKs in AWS KMS: moto) | ${tenants.toLocaleString('en-US')} |`);
+    say(`| rewrap phase (workflow, wall) | ${run.seconds.toFixed(1)} s, ${run.report.outcome} |`);
+    say(`| KMS requests during the rewrap phase (ReEncrypt, one per row) | ${n(requests)} |`);
+    say(`| configured rate (REKEY_AWS_KMS_RATE), concurrency (REKEY_AWS_KMS_CONCURRENCY) | ${n(rate)}/s, ${concurrency} |`);
+    say(`| requests per second reached | ${n(reached)}/s |`);
+    say(`| **ratio reached / configured rate** | **${((reached / rate) * 100).toFixed(0)}%** |`);
+    if (run.cpu) {
+      const parts = Object.entries(run.cpu.cpu).map(([name, seconds]) => `${name} ${seconds.toFixed(1)} s`);
+      say(
+        `| CPU during the rewrap phase (${run.cpu.seconds.toFixed(1)} s × ${os.availableParallelism()} cores) | ${parts.join(', ')} |`,
+      );
+    }
+    say(
+      `| outcome | ${run.report.outcome}, ${run.report.passes} pass(es), rewrapped ${n(run.report.counters.rewrapped)}, CAS conflicts ${run.report.counters.casConflicts} |`,
+    );
+    say('');
+    say(
+      provenance(
+        `REKEY_AWS_KMS_RATE=${rate} npm run bench -- ${tenants} --kms`,
+        `; moto ${path.basename(options.toolchain.motoServer)} as AWS KMS, on the same machine`,
+      ),
+    );
+    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `kms-${tenants}.md`), `${lines.join('\n')}\n`);
+  } finally {
+    postgres.close();
+    seeder.close();
+    await worker?.kill();
+    await database.drop();
+    await moto.stop();
+  }
+}

@@ -1,0 +1,78 @@
+// Array parameters in PostgreSQL's binary form. node-postgres sends a Buffer parameter as binary and anything else
+// as text: a JavaScript array goes as an array literal, each element quoted and escaped here and parsed again by the
+// server; the same array in binary (array_recv's format) is each element's length and bytes, copied once. The rewrap
+// engine's compare-and-swap sends its ids, version tokens and text values this way, a batch at a time.
+
+/** The element types rekey sends (pg_type OIDs) and the byte width of each fixed-size one. */
+const TEXT_OID = 25;
+const INTEGER_OIDS = { int2: { oid: 21, bytes: 2 }, int4: { oid: 23, bytes: 4 }, int8: { oid: 20, bytes: 8 } } as const;
+export type IntegerType = keyof typeof INTEGER_OIDS;
+
+/** ndim, has-nulls flag, element type; then the one dimension's length and lower bound (none when empty). */
+const HEADER_BYTES = 20;
+const headerBytes = (count: number) => (count === 0 ? 12 : HEADER_BYTES);
+
+function header(out: Buffer, count: number, oid: number, hasNull: boolean): number {
+  out.writeInt32BE(count === 0 ? 0 : 1, 0);
+  out.writeInt32BE(hasNull ? 1 : 0, 4);
+  out.writeInt32BE(oid, 8);
+  if (count === 0) return 12; // an empty array has no dimensions
+  out.writeInt32BE(count, 12);
+  out.writeInt32BE(1, 16);
+  return HEADER_BYTES;
+}
+
+/** A text[] parameter (null elements allowed), to be written in SQL as `$n::text[]`. */
+export function textArray(values: readonly (string | null)[]): Buffer {
+  let total = headerBytes(values.length);
+  let hasNull = false;
+  const lengths = new Int32Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i];
+    if (value === null || value === undefined) {
+      lengths[i] = -1;
+      hasNull = true;
+      total += 4;
+      continue;
+    }
+    const length = Buffer.byteLength(value, 'utf8');
+    lengths[i] = length;
+    total += 4 + length;
+  }
+  const out = Buffer.allocUnsafe(total);
+  let offset = header(out, values.length, TEXT_OID, hasNull);
+  for (let i = 0; i < values.length; i++) {
+    const length = lengths[i]!;
+    offset = out.writeInt32BE(length, offset);
+    if (length > 0) offset += out.write(values[i]!, offset, length, 'utf8');
+  }
+  return out;
+}
+
+/**
+ * An integer array of the given type from the integers' decimal text (how the engine reads a version), to be written
+ * in SQL as `$n::<type>[]`. Text that is not a whole number in the type's range is refused.
+ */
+export function integerArray(values: readonly string[], type: IntegerType): Buffer {
+  const { oid, bytes } = INTEGER_OIDS[type];
+  const out = Buffer.allocUnsafe(headerBytes(values.length) + values.length * (4 + bytes));
+  let offset = header(out, values.length, oid, false);
+  for (const text of values) {
+    offset = out.writeInt32BE(bytes, offset);
+    const value = Number(text);
+    if (!Number.isSafeInteger(value) || String(value) !== text) {
+      // Not a plain safe integer (beyond 2^53, or not a number at all): exactly, or refused.
+      if (bytes !== 8 || !/^-?\d+$/.test(text)) throw new RangeError(`'${text}' is not an integer of type ${type}`);
+      offset = out.writeBigInt64BE(BigInt(text), offset);
+    } else if (bytes === 8) {
+      offset = out.writeInt32BE(Math.floor(value / 2 ** 32), offset);
+      offset = out.writeUInt32BE(value >>> 0, offset);
+    } else if (bytes === 4) offset = out.writeInt32BE(value, offset);
+    else offset = out.writeInt16BE(value, offset);
+  }
+  return out;
+}
+
+export function isIntegerType(type: string): type is IntegerType {
+  return type in INTEGER_OIDS;
+}

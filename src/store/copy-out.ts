@@ -1,0 +1,81 @@
+// Rows read with `COPY (SELECT …) TO STDOUT (FORMAT binary)`: the rewrap engine's reads. node-postgres decodes every
+// field of an ordinary result as UTF-8 text, in text or binary mode alike (pg-protocol's DataRow parser), so a bytea
+// arrives as hex text to be decoded again and every row is parsed into an object by its type parsers; COPY's binary
+// form brings each field's own bytes in one stream, read here into rows in one pass: a text field decoded once, a
+// bytea field a view of the bytes that came (no copy). COPY takes no parameters: the caller writes its values as
+// literals (literal()).
+import { escapeLiteral, type PoolClient } from 'pg';
+import { to as copyTo } from 'pg-copy-streams';
+
+/** How a field of the COPY is read: as text (UTF-8) or as the bytes of a bytea. */
+export interface CopyColumn {
+  name: string;
+  bytes: boolean;
+  /** Another name the row carries the same value under. */
+  also?: string;
+}
+
+/** PGCOPY\n\377\r\n\0: the signature every binary COPY starts with. */
+const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
+const HEADER_BYTES = SIGNATURE.length + 4 + 4;
+
+/** A value written into SQL text, quoted as a literal (a COPY's query takes no parameters). */
+export function literal(value: string): string {
+  if (value.includes('\0')) throw new RangeError('a PostgreSQL text value cannot hold a NUL character');
+  return escapeLiteral(value);
+}
+
+/** The whole output of a binary COPY of `select`, as one buffer. */
+export async function copyOutBinary(client: PoolClient, select: string): Promise<Buffer> {
+  const stream = client.query(copyTo(`COPY (${select}) TO STDOUT (FORMAT binary)`));
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    chunks.push(chunk);
+    length += chunk.length;
+  }
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length);
+}
+
+/**
+ * The rows of a binary COPY, each an object with `columns`' names in their order (and `constant` first): text fields
+ * as strings, bytea fields as views of `data`, NULL as null.
+ */
+export function parseBinaryCopy(
+  data: Buffer,
+  columns: readonly CopyColumn[],
+  constant?: { name: string; value: unknown },
+): Record<string, unknown>[] {
+  if (data.length < HEADER_BYTES + 2 || data.compare(SIGNATURE, 0, SIGNATURE.length, 0, SIGNATURE.length) !== 0) {
+    throw new Error('COPY … (FORMAT binary) returned something else than binary COPY data');
+  }
+  let offset = HEADER_BYTES + data.readUInt32BE(SIGNATURE.length + 4); // the header extension, skipped
+  const rows: Record<string, unknown>[] = [];
+  const count = columns.length;
+  const names = columns.map((c) => c.name);
+  const bytes = columns.map((c) => c.bytes);
+  const also = columns.map((c) => c.also);
+  for (;;) {
+    const fields = data.readInt16BE(offset);
+    offset += 2;
+    if (fields === -1) break; // the trailer
+    if (fields !== count) throw new Error(`COPY returned a row of ${fields} fields, expected ${count}`);
+    const row: Record<string, unknown> = {};
+    if (constant) row[constant.name] = constant.value;
+    for (let i = 0; i < count; i++) {
+      const length = data.readInt32BE(offset);
+      offset += 4;
+      let value: unknown = null;
+      if (length >= 0) {
+        const end = offset + length;
+        if (end > data.length) throw new Error('COPY data ends inside a field');
+        value = bytes[i] ? data.subarray(offset, end) : data.toString('utf8', offset, end);
+        offset = end;
+      }
+      row[names[i]!] = value;
+      if (also[i] !== undefined) row[also[i]!] = value;
+    }
+    rows.push(row);
+  }
+  return rows;
+}

@@ -1,0 +1,157 @@
+import type { Pool, QueryConfig } from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { compileFormat } from '../../src/codec/sealed-format';
+import { integerArray, textArray } from '../../src/store/binary-arrays';
+import { literal } from '../../src/store/copy-out';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TargetStore } from '../../src/store/target-store';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { REKEY_PRESET } from '../../src/targets/presets';
+import { useTestDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+
+const keys = testKeys(['v1', 'v2'], 'v1');
+
+/** Ids that text escaping gets wrong when it is wrong: quotes, backslashes, array punctuation, other scripts. */
+const AWKWARD_IDS = [
+  `tenant-'quoted'`,
+  'tenant-"double"',
+  'tenant-back\\slash\\\\',
+  'tenant-{braces},comma',
+  'tenant-NULL',
+  'tenant- spaced ',
+  'tenant-Ünïcödé-日本-🔑',
+];
+
+async function store(db: { pool: Pool }): Promise<TargetStore> {
+  const s = new TargetStore(db.pool, REKEY_PRESET, compileFormat(REKEY_PRESET.format));
+  await s.inspect();
+  return s;
+}
+
+/** One row per awkward id on `v1`, each wrapped DEK holding every byte value, each version beyond 2^53. */
+async function seedAwkward(pool: Pool): Promise<void> {
+  await new KekRegistry(pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+  for (const [i, id] of AWKWARD_IDS.entries()) {
+    await pool.query('INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek, version) VALUES ($1, $2, $3, $4)', [
+      id,
+      'v1',
+      Buffer.concat([EVERY_BYTE, Buffer.from([i])]),
+      9_007_199_254_740_993n + BigInt(i),
+    ]);
+  }
+}
+
+const EVERY_BYTE = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+
+describe('binary transfer between the rewrap engine and PostgreSQL', () => {
+  const db = useTestDatabase();
+  beforeAll(() => seedAwkward(db.pool));
+
+  it('a binary text[] parameter arrives as the strings it was built from, NULLs and empty strings included', async () => {
+    const values = [...AWKWARD_IDS, '', null, 'x'.repeat(10_000)];
+    const { rows } = await db.pool.query<{ v: (string | null)[] }>('SELECT $1::text[] AS v', [textArray(values)]);
+    expect(rows[0]!.v).toEqual(values);
+    const empty = await db.pool.query<{ n: number }>('SELECT cardinality($1::text[]) AS n', [textArray([])]);
+    expect(empty.rows[0]!.n).toBe(0);
+  });
+
+  it('a binary integer array arrives exactly, for every integer width and beyond 2^53, and refuses what is not one', async () => {
+    const wide = ['0', '1', '-1', '9007199254740993', '-9223372036854775808', '9223372036854775807'];
+    const { rows } = await db.pool.query<{ v: string }>('SELECT x::text AS v FROM unnest($1::int8[]) x', [
+      integerArray(wide, 'int8'),
+    ]);
+    expect(rows.map((r) => r.v)).toEqual(wide);
+    for (const [type, values] of [
+      ['int4', ['2147483647', '-2147483648', '7']],
+      ['int2', ['32767', '-32768', '7']],
+    ] as const) {
+      const result = await db.pool.query<{ v: string }>(`SELECT x::text AS v FROM unnest($1::${type}[]) x`, [
+        integerArray(values, type),
+      ]);
+      expect(result.rows.map((r) => r.v)).toEqual(values);
+    }
+    expect(() => integerArray(['1.5'], 'int8')).toThrow(RangeError);
+    expect(() => integerArray(['abc'], 'int8')).toThrow(RangeError);
+    expect(() => integerArray(['2147483648'], 'int4')).toThrow(RangeError);
+  });
+
+  it("a rewrap read returns every byte of a bytea and every character of an id, which node-postgres' binary row mode does not", async () => {
+    const everyByte = EVERY_BYTE;
+    const expected = await db.pool.query<{ tenant_id: string; wrapped_dek: Buffer; version: string }>(
+      `SELECT tenant_id, wrapped_dek, version::text FROM rekey.tenant_deks ORDER BY tenant_id`,
+    );
+
+    const rows = await (
+      await store(db)
+    ).readBatch(db.pool, { kind: 'label', kekId: 'v1' }, { after: '', until: null }, 100);
+
+    expect(rows.map((r) => [r.$id, r.tenant_id, r.$label, r.$token, r.wrapped_dek])).toEqual(
+      expected.rows.map((r) => [r.tenant_id, r.tenant_id, 'v1', r.version, r.wrapped_dek]),
+    );
+    // The reason the engine reads with COPY: in binary mode node-postgres decodes each field as UTF-8 before any type
+    // parser sees it, so the bytes from 0x80 up are lost.
+    const binaryMode = { text: 'SELECT $1::bytea AS b', values: [everyByte], binary: true }; // not in @types/pg
+    const binary = await db.pool.query<{ b: string | Buffer }>(binaryMode as QueryConfig);
+    expect(Buffer.from(binary.rows[0]!.b).equals(everyByte)).toBe(false);
+  });
+
+  it('a rewrap read bounds its range by ids written into the query as literals, whatever they hold', async () => {
+    const s = await store(db);
+    const sorted = (
+      await db.pool.query<{ tenant_id: string }>('SELECT tenant_id FROM rekey.tenant_deks ORDER BY tenant_id')
+    ).rows.map((r) => r.tenant_id);
+    for (let i = 0; i < sorted.length; i++) {
+      const after = i === 0 ? '' : sorted[i - 1]!;
+      const until = sorted[Math.min(i + 2, sorted.length - 1)]!;
+      const rows = await s.readBatch(db.pool, { kind: 'label', kekId: 'v1' }, { after, until }, 100);
+      expect(rows.map((r) => r.$id)).toEqual(sorted.slice(i, Math.min(i + 3, sorted.length)));
+      const one = await s.readBatch(
+        db.pool,
+        { kind: 'label', kekId: 'v1' },
+        { after: '', until: null },
+        100,
+        sorted[i],
+      );
+      expect(one.map((r) => r.$id)).toEqual([sorted[i]]);
+    }
+    expect(() => literal('tenant\0')).toThrow(RangeError);
+  });
+});
+
+describe('the batch compare-and-swap', () => {
+  const db = useTestDatabase();
+  beforeAll(() => seedAwkward(db.pool));
+
+  it('writes the rows still as read, returns the ones another writer changed, and never writes a row outside the first and last id it was given', async () => {
+    const s = await store(db);
+    const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+    await registry.register('v2', keys.fingerprint('v2'));
+    await registry.promote('v1', 'v2');
+    const rows = await s.readBatch(db.pool, { kind: 'label', kekId: 'v1' }, { after: '', until: null }, 100);
+    expect(rows.length).toBe(AWKWARD_IDS.length);
+    // Another writer changes the second row after it was read.
+    await db.pool.query('UPDATE rekey.tenant_deks SET version = version + 1 WHERE tenant_id = $1', [rows[1]!.$id]);
+    const value = (i: number) => Buffer.from([0x01, i]);
+    // The last row is given second: out of the id order the store read them in, past the last id given.
+    const order = [0, rows.length - 1, ...[...rows.keys()].slice(1, -1)];
+    const writes = order.map((i) => ({ id: rows[i]!.$id, row: rows[i]!, values: [value(i)], relabel: false }));
+
+    const outcome = await s.compareAndSwap(db.pool, 'v1', 'v2', writes, ['active']);
+
+    const last = rows[rows.length - 1]!.$id;
+    expect([...outcome.lost].sort()).toEqual([rows[1]!.$id, last].sort());
+    expect(outcome.written).toBe(rows.length - 2);
+    const after = await db.pool.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
+      'SELECT tenant_id, kek_id, wrapped_dek FROM rekey.tenant_deks ORDER BY tenant_id',
+    );
+    for (const [i, row] of after.rows.entries()) {
+      const written = row.tenant_id !== rows[1]!.$id && row.tenant_id !== last;
+      expect([row.tenant_id, row.kek_id, written && row.wrapped_dek.equals(value(i))]).toEqual([
+        rows[i]!.$id,
+        written ? 'v2' : 'v1',
+        written,
+      ]);
+    }
+  });
+});
