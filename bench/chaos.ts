@@ -1,4 +1,4 @@
-// `npm run chaos -- [--tenants N] [--scenarios a,b] [--kills K]`: rotations under faults. Every scenario records
+// `npm run chaos -- [--tenants N] [--scenarios a,b] [--kills K] [--no-postgres-restart]`: rotations under faults. Every scenario records
 // each tenant's DEK fingerprint and some tenant data first, and checks afterwards that every DEK is byte-identical,
 // the data decrypts, nothing is stale and the old KEK is retired (or, after an abort, that both keys still work).
 // Exits non-zero on any loss.
@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { buildAdminServer } from '../src/admin/server';
-import { TargetRuntimes } from '../src/targets/runtime';
+import { TargetRuntimes, targetKeyspace } from '../src/targets/runtime';
 import { failureMessage, startRotation, type StartOutcome } from '../src/client/rotations';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
@@ -24,7 +24,7 @@ import { pauseUpdate, resumeSignal, resumeUpdate, abortSignal } from '../src/wor
 import {
   envKeys,
   freshDatabase,
-  gitCommit,
+  provenance,
   sleep,
   spawnWorker,
   startServer,
@@ -32,11 +32,13 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
+import { kmsScenario, myceliumScenario, talosScenario, type TargetVerdict } from './chaos-targets';
 
 interface Options {
   tenants: number;
   scenarios: string[];
   kills: number;
+  postgresRestart: boolean;
 }
 
 interface Row {
@@ -120,8 +122,8 @@ class World {
     this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'), port);
   }
 
-  rotate(request: RotationRequest = ROTATION): Promise<StartOutcome> {
-    return startRotation(this.client, request, { taskQueue: TASK_QUEUE, workflowId: 'kek-rotation-chaos' });
+  async rotate(request: RotationRequest = ROTATION): Promise<StartOutcome> {
+    return startRotation(this.client, request, { taskQueue: TASK_QUEUE, keyspace: await targetKeyspace(this.db) });
   }
 
   stale(): Promise<number> {
@@ -223,9 +225,10 @@ const SCENARIOS: Record<string, Scenario> = {
     return { faults: `${kills} × SIGKILL of the worker`, retired: true };
   },
 
-  async 'postgres-restart'(world) {
+  async 'postgres-restart'(world, options) {
     if (process.env.DATABASE_URL)
       return { faults: 'skipped: DATABASE_URL points at a server this suite does not own', retired: false };
+    if (!options.postgresRestart) return { faults: 'skipped: --no-postgres-restart', retired: false };
     const started = await world.rotate();
     await world.waitForRewrapped(0.3);
     // The setup script is plain ESM beside the sources (it runs before anything is built).
@@ -455,35 +458,102 @@ const SCENARIOS: Record<string, Scenario> = {
   },
 };
 
+/**
+ * The scenarios of other keyspaces (bench/chaos-targets.ts): each builds its own world and is checked by fixture code
+ * that shares nothing with rekey's codecs.
+ */
+const TARGET_SCENARIOS: Record<string, (options: Options) => Promise<TargetVerdict>> = {
+  mycelium: myceliumScenario,
+  talos: talosScenario,
+  kms: kmsScenario,
+};
+
 function parseOptions(argv: string[]): Options {
   const value = (flag: string) => {
     const i = argv.indexOf(flag);
     return i >= 0 ? argv[i + 1] : undefined;
   };
-  const scenarios = value('--scenarios')?.split(',') ?? Object.keys(SCENARIOS);
+  const known = [...Object.keys(SCENARIOS), ...Object.keys(TARGET_SCENARIOS)];
+  const scenarios = value('--scenarios')?.split(',') ?? known;
   for (const s of scenarios)
-    if (!SCENARIOS[s]) throw new Error(`unknown scenario '${s}': choose from ${Object.keys(SCENARIOS).join(', ')}`);
-  return { tenants: Number(value('--tenants') ?? 20_000), scenarios, kills: Number(value('--kills') ?? 3) };
+    if (!known.includes(s)) throw new Error(`unknown scenario '${s}': choose from ${known.join(', ')}`);
+  return {
+    tenants: Number(value('--tenants') ?? 20_000),
+    scenarios,
+    kills: Number(value('--kills') ?? 3),
+    postgresRestart: !argv.includes('--no-postgres-restart'),
+  };
+}
+
+function withinTimeout<T>(work: Promise<T>): Promise<T> {
+  return Promise.race([
+    work,
+    new Promise<never>((_, reject) => {
+      // unref: a scenario that finished must not keep the process waiting for this timer
+      setTimeout(
+        () => reject(new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`)),
+        SCENARIO_TIMEOUT_MS,
+      ).unref();
+    }),
+  ]);
+}
+
+async function runTargetScenario(
+  name: string,
+  scenario: (options: Options) => Promise<TargetVerdict>,
+  options: Options,
+): Promise<Row> {
+  const started = Date.now();
+  try {
+    const verdict = await withinTimeout(scenario(options));
+    const seconds = `${((Date.now() - started) / 1000).toFixed(0)} s`;
+    return {
+      scenario: name,
+      faults: verdict.faults,
+      tenantsChecked: verdict.checked,
+      losses: verdict.losses,
+      note: [seconds, ...verdict.notes].join('; '),
+    };
+  } catch (err) {
+    return { scenario: name, faults: 'scenario failed', tenantsChecked: 0, losses: 1, note: failureMessage(err) };
+  }
+}
+
+const RESULTS = path.join(projectRoot, 'bench', 'results', 'chaos.md');
+const HEADER = ['| scenario | faults injected | tenants checked | losses |', '|---|---|---|---|'];
+
+/**
+ * Writes bench/results/chaos.md. A run of some scenarios replaces their rows and keeps the others with the lines
+ * saying which runs they come from, so that each row keeps the command, date and commit it was measured with.
+ */
+function writeResults(rows: Row[], table: string[], footer: string, subset: boolean): void {
+  const kept: string[] = [];
+  const provenances: string[] = [];
+  if (subset && fs.existsSync(RESULTS)) {
+    const ran = new Set(rows.map((r) => r.scenario));
+    for (const line of fs.readFileSync(RESULTS, 'utf8').split('\n')) {
+      const scenario = /^\| ([a-z-]+) \|/.exec(line)?.[1];
+      if (scenario && scenario !== 'scenario' && !ran.has(scenario)) kept.push(line);
+      if (line.startsWith('Command: ')) provenances.push(line);
+    }
+  }
+  fs.writeFileSync(RESULTS, `${[...HEADER, ...kept, ...table, '', ...provenances, footer].join('\n')}\n`);
 }
 
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   const rows: Row[] = [];
   for (const name of options.scenarios) {
+    if (TARGET_SCENARIOS[name]) {
+      rows.push(await runTargetScenario(name, TARGET_SCENARIOS[name], options));
+      process.stdout.write(`${name}: done\n`);
+      continue;
+    }
     const world = new World(options.tenants);
     const started = Date.now();
     try {
       await world.start();
-      const outcome = await Promise.race([
-        SCENARIOS[name]!(world, options),
-        new Promise<never>((_, reject) => {
-          // unref: a scenario that finished must not keep the process waiting for this timer
-          setTimeout(
-            () => reject(new Error(`did not finish within ${SCENARIO_TIMEOUT_MS / 1000} s`)),
-            SCENARIO_TIMEOUT_MS,
-          ).unref();
-        }),
-      ]);
+      const outcome = await withinTimeout(SCENARIOS[name]!(world, options));
       const verdict = await world.losses({ retired: outcome.retired, except: outcome.except });
       const notes = [outcome.note, ...verdict.notes].filter((n): n is string => Boolean(n));
       rows.push({
@@ -500,18 +570,14 @@ async function main(): Promise<void> {
     }
     process.stdout.write(`${name}: done\n`);
   }
-  const lines = [
-    '| scenario | faults injected | tenants checked | losses |',
-    '|---|---|---|---|',
-    ...rows.map(
-      (r) => `| ${r.scenario} | ${r.faults} | ${r.tenantsChecked.toLocaleString('en-US')} | ${r.losses} (${r.note}) |`,
-    ),
-    '',
-    `Command: \`npm run chaos -- ${process.argv.slice(2).join(' ')}\`; ${new Date().toISOString().slice(0, 10)}, commit ${gitCommit()}.`,
-  ];
-  process.stdout.write(`\n${lines.join('\n')}\n`);
-  if (process.argv.includes('--write'))
-    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', 'chaos.md'), `${lines.join('\n')}\n`);
+  const table = rows.map(
+    (r) => `| ${r.scenario} | ${r.faults} | ${r.tenantsChecked.toLocaleString('en-US')} | ${r.losses} (${r.note}) |`,
+  );
+  const command = `npm run chaos -- ${process.argv.slice(2).join(' ')}`;
+  const subset = options.scenarios.length < Object.keys(SCENARIOS).length + Object.keys(TARGET_SCENARIOS).length;
+  const footer = provenance(command, subset ? `; rows ${options.scenarios.join(', ')}` : '');
+  process.stdout.write(`\n${[...HEADER, ...table, '', footer].join('\n')}\n`);
+  if (process.argv.includes('--write')) writeResults(rows, table, footer, subset);
   const lost = rows.reduce((sum, r) => sum + r.losses, 0);
   process.exitCode = lost === 0 ? 0 : 1;
 }

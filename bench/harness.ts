@@ -24,8 +24,16 @@ export function startServer(toolchain: Toolchain, dbFilename?: string, port?: nu
   return startDevServer({ temporalCli: toolchain.temporalCli, port, dbFilename });
 }
 
-export function freshDatabase(name: string, poolSize = 10): Promise<ScratchDatabase> {
-  return createDatabase(adminUrl(), name, poolSize);
+/**
+ * A new database named `<prefix>_<random>`: two runs of a script (or a run and a test) beside one PostgreSQL never
+ * drop each other's database, as one fixed name would (createDatabase replaces a database of its name).
+ */
+export function freshDatabase(
+  prefix: string,
+  options: { migrate?: boolean; poolSize?: number } = {},
+): Promise<ScratchDatabase> {
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
+  return createDatabase(adminUrl(), name, options.poolSize ?? 10, { migrate: options.migrate });
 }
 
 function adminUrl(): string {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Client as TemporalClient } from '@temporalio/client';
+import type { Pool } from 'pg';
 import { startMoto } from '../src/dev/moto';
 import type { Toolchain } from '../src/dev/toolchain';
 import { KmsKeys } from '../src/keys/aws-kms';
@@ -19,6 +20,8 @@ import { CpuMeter, DatabaseCpu, freshDatabase, processCpuSeconds, provenance, se
 
 export type Measure = (
   client: TemporalClient,
+  /** The keyspace's database: the rotation runs under its keyspace's id. */
+  db: Pool,
   request: RotationRequest,
   meter: CpuMeter,
 ) => Promise<{ report: RotationReport; seconds: number; cpu: ReturnType<CpuMeter['end']> | undefined }>;
@@ -94,7 +97,12 @@ export async function kmsBench(options: {
       moto: () => processCpuSeconds(moto.pid, true),
     });
     t = Date.now();
-    const run = await options.measure(client, { from: 'v1', to: 'new', gracePeriod: '1s', ...options.rotation }, meter);
+    const run = await options.measure(
+      client,
+      database.pool,
+      { from: 'v1', to: 'new', gracePeriod: '1s', ...options.rotation },
+      meter,
+    );
     const requests = run.report.counters.keyStoreRequests ?? 0;
     const reached = requests / run.seconds;
     const n = (value: number) => Math.round(value).toLocaleString('en-US');

@@ -13,6 +13,8 @@ import { pipeline } from 'node:stream/promises';
 import type { Pool } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { startMigration } from '../src/client/migrations';
+import { MYCELIUM_PRESET } from '../src/targets/presets';
+import { targetKeyspace } from '../src/targets/runtime';
 import { readToolchain } from '../src/dev/toolchain';
 import { projectRoot } from '../src/project-paths';
 import type { MigrationReport } from '../src/workflows';
@@ -200,7 +202,7 @@ async function main(): Promise<void> {
     const started = await startMigration(
       client,
       { target: 'mycelium', kekVersion: '1', ...options },
-      { taskQueue: TASK_QUEUE },
+      { taskQueue: TASK_QUEUE, keyspace: await targetKeyspace(database.pool, MYCELIUM_PRESET) },
     );
     const report: MigrationReport = await untilWorkerEnds(worker, started.handle.result());
     const seconds = (Date.now() - t) / 1000;

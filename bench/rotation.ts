@@ -13,6 +13,8 @@ import path from 'node:path';
 import type { Pool } from 'pg';
 import { WorkflowUpdateFailedError, type Client as TemporalClient } from '@temporalio/client';
 import { startRotation } from '../src/client/rotations';
+import { PRESETS } from '../src/targets/presets';
+import { targetKeyspace } from '../src/targets/runtime';
 import type { RotationRequest } from '../src/rotation/rotation-input';
 import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
@@ -74,6 +76,7 @@ async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: stri
 /** Rotates one target through the workflow, confirming a retire the application owns; the rewrap phase's figures. */
 async function measure(
   client: TemporalClient,
+  db: Pool,
   request: RotationRequest,
   meter: CpuMeter,
 ): Promise<{
@@ -83,7 +86,8 @@ async function measure(
   workflowId: string;
   cpu: ReturnType<CpuMeter['end']> | undefined;
 }> {
-  const started = await startRotation(client, request, { taskQueue: TASK_QUEUE });
+  const keyspace = await targetKeyspace(db, PRESETS[request.target ?? BUILTIN_TARGET]);
+  const started = await startRotation(client, request, { taskQueue: TASK_QUEUE, keyspace });
   // The benchmark is the operator: it confirms each step the application owns when the run asks (Mycelium's promote
   // and retire), and fails with the run's last progress if the run stops moving for ten minutes.
   let last = '';
@@ -235,7 +239,12 @@ async function main(): Promise<void> {
     const allCore = await floor(copies[0]!, floorStatements);
     // Each measured run starts from the same state: no dirty pages or WAL left by the write before it.
     await settle(database.pool);
-    const builtin = await measure(client, { from: 'v1', to: 'v2', gracePeriod: '1s', ...options }, meter);
+    const builtin = await measure(
+      client,
+      database.pool,
+      { from: 'v1', to: 'v2', gracePeriod: '1s', ...options },
+      meter,
+    );
     // The slice planner's reads (src/activities/rewrap.ts planSlices): a count of the rows on the KEK and the ids
     // that cut them into parts, on the copy the rotation's rows started as (settled as the rotation's was).
     await settle(copies[1]!.pool);
@@ -260,6 +269,7 @@ async function main(): Promise<void> {
       await settle(database.pool);
       mycelium = await measure(
         client,
+        database.pool,
         { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s', ...options },
         meter,
       );

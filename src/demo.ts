@@ -8,6 +8,7 @@ import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import { describeCounters, describeProgress } from './cli/format';
 import { startRotation } from './client/rotations';
+import { targetKeyspace } from './targets/runtime';
 import { createDatabase } from './dev/databases';
 import { startDevServer } from './dev/dev-server';
 import { seedTenants, tenantIdFor } from './dev/tenants';
@@ -139,7 +140,7 @@ async function main(): Promise<void> {
       const started = await startRotation(
         client,
         { from, to: 'new', gracePeriod: '15s', batchSize: 500, parallelism: 2, fleetLiveWithin: '30s' },
-        { taskQueue: TASK_QUEUE, startedBy: 'demo' },
+        { taskQueue: TASK_QUEUE, keyspace: await targetKeyspace(db), startedBy: 'demo' },
       );
       say(`rotation started: workflow ${started.handle.workflowId}, while the application keeps reading and writing`);
       say(`watch it live: ${server.uiUrl}/namespaces/default/workflows/${started.handle.workflowId}`);

@@ -213,6 +213,16 @@ export class LegacyValuesRemainError extends RekeyError {
   static override readonly kind = 'refused';
 }
 
+/**
+ * A keyspace (a table in a database) that is not the one the request names: a rotation's step reached a worker whose
+ * target resolves to another database or table, or a KEK's store records another keyspace as its owner. The message
+ * names both.
+ */
+export class KeyspaceMismatchError extends RekeyError {
+  override readonly name = 'KeyspaceMismatchError';
+  static override readonly kind = 'refused';
+}
+
 // ---------------------------------------------------------------------------------------------- data
 
 /** A wrapped DEK that does not unwrap: tampered, copied from another tenant, relabelled, or corrupt. */
@@ -345,6 +355,7 @@ const CLASSES = [
   KekNotWritableError,
   RetireRefusedError,
   LegacyValuesRemainError,
+  KeyspaceMismatchError,
   DekUnwrapError,
   CiphertextError,
   UnreadableValueError,

@@ -82,6 +82,7 @@ export function createApplicationActivities(deps: ActivityDependencies) {
      */
     async applicationEvidence(args: {
       target: string;
+      keyspace?: string;
       step: 'promote' | 'retire';
       from: string;
       to: string;
@@ -89,7 +90,7 @@ export function createApplicationActivities(deps: ActivityDependencies) {
       since: string;
     }): Promise<Evidence> {
       const { target, step, from, to } = args;
-      const runtime = await targets.get(target);
+      const runtime = await targets.forRequest(args);
       const owner = runtime.definition.currentKek;
       if (owner.owner === 'registry') {
         return { satisfied: true, by: 'registry', detail: 'the application reads the current KEK from the registry' };

@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { RunHistory, type RunRecord } from '../store/run-history';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { KeyMaterialError, TargetConfigError } from '../errors';
+import { KeyMaterialError, KeyspaceMismatchError, TargetConfigError } from '../errors';
 
 export function createHistoryActivities(deps: ActivityDependencies) {
   const targets = targetRuntimes(deps);
@@ -9,14 +9,30 @@ export function createHistoryActivities(deps: ActivityDependencies) {
     /**
      * Records a run's end in rekey.run_history of its keyspace's database (the last step of every rotation and
      * migration). A keyspace whose database cannot be named (an unknown target, a URL variable that is not set) has
-     * nowhere to keep it: that is answered, not retried, and the run's outcome stands.
+     * nowhere to keep it: that is answered, not retried, and the run's outcome stands. A run that names its keyspace is
+     * recorded only in that keyspace's database: a worker whose target is another keyspace answers so and writes nothing.
      */
-    async recordRun(run: RunRecord): Promise<{ recorded: boolean; why?: string }> {
+    async recordRun({
+      keyspace,
+      ...run
+    }: RunRecord & { keyspace?: string }): Promise<{ recorded: boolean; why?: string }> {
       let db: Pool;
       try {
         db = await targets.databaseOf(run.target);
+        if (keyspace !== undefined) {
+          const here = await targets.keyspace(run.target);
+          if (here.id !== keyspace) {
+            throw new KeyspaceMismatchError(
+              `run ${run.workflowId} belongs to keyspace ${keyspace}, but target '${run.target}' is keyspace ${here.id} on this worker (database ${here.databaseId}): not recorded here`,
+            );
+          }
+        }
       } catch (err) {
-        if (err instanceof TargetConfigError || err instanceof KeyMaterialError) {
+        if (
+          err instanceof TargetConfigError ||
+          err instanceof KeyMaterialError ||
+          err instanceof KeyspaceMismatchError
+        ) {
           return { recorded: false, why: err.message };
         }
         throw err;

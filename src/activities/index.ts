@@ -2,6 +2,7 @@ import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { createApplicationActivities } from './application';
 import { createHistoryActivities } from './history';
 import { createKekActivities } from './kek';
+import { createKeyspaceActivities } from './keyspace';
 import { createMigrationActivities } from './migrate';
 import { createRewrapActivities } from './rewrap';
 import { createScheduleActivities } from './schedules';
@@ -18,6 +19,7 @@ export function createActivities(deps: ActivityDependencies) {
     ...createApplicationActivities(shared),
     ...createMigrationActivities(shared),
     ...createScheduleActivities(shared),
+    ...createKeyspaceActivities(shared),
     ...createHistoryActivities(shared),
   };
 }

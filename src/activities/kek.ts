@@ -8,6 +8,8 @@ import { proveLabelled, type ProofCheckpoint } from '../rewrap/still-on';
 import { describeNeeded, type LabelProof } from '../rotation/label-proof';
 import { readProgress } from '../store/rewrap-progress';
 import { inTransaction } from '../store/connect';
+import { registryHolders } from '../store/kek-registry';
+import { isRotationIdOf, rotationWorkflowId } from '../rotation/identity';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
 import type { PoolClient } from 'pg';
@@ -17,7 +19,13 @@ import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { rowCryptoOf, withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
-import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
+import {
+  InvalidRotationError,
+  KeyMaterialError,
+  KeyspaceMismatchError,
+  LegacyValuesRemainError,
+  RetireRefusedError,
+} from '../errors';
 
 export interface FleetReadiness {
   live: number;
@@ -52,6 +60,8 @@ export interface ValidatedRotation {
   currentKekOwner?: 'registry' | 'application';
   /** For an application-owned target: what the operator must do at each step. */
   instructions?: { promote: string; retire: string };
+  /** The keyspace the target is on the worker that validated it; absent in results of builds before keyspaces. */
+  keyspace?: string;
 }
 
 export interface CensusLine {
@@ -99,9 +109,64 @@ const CENSUS_SAMPLE = 200;
 
 /** How many rows first contact reads to prove the codec reads the table before anything is written. */
 
-/** Target of an activity's input; absent in inputs recorded before targets existed (rekey's own). */
+/**
+ * Target of an activity's input; absent in inputs recorded before targets existed (rekey's own). The keyspace the
+ * run belongs to, which the worker's target must be (absent in inputs of builds before keyspaces).
+ */
 interface OnTarget {
   target?: string;
+  keyspace?: string;
+}
+
+/**
+ * Finding 1: a KEK whose store records another keyspace as its owner is not this target's to use, retire, disable or
+ * destroy. Refused, naming both keyspaces and what to change.
+ */
+async function refuseForeignKek(runtime: TargetRuntime, kekId: string, action: string): Promise<void> {
+  const { keys, keyspace, definition } = runtime;
+  const owner = await keys.owners?.ownerOf(kekId);
+  if (owner === undefined || owner === keyspace.id) return;
+  throw new KeyspaceMismatchError(
+    `not ${action} KEK '${kekId}': ${keys.description} records it as keyspace ${owner}'s, and target '${definition.name}' is keyspace ${keyspace.id}. ` +
+      `A key store belongs to one keyspace: two that share one destroy each other's keys. Give target '${definition.name}' keys of its own; ` +
+      `the owner's own rotations retire and destroy this KEK`,
+  );
+}
+
+/**
+ * Before a KEK's material is destroyed: no registry this worker can see (every target's, in every database it serves,
+ * whichever process registered them) holds a key with its fingerprint in any state but destroyed, but the KEK's own
+ * row. Returns what it checked, for the result.
+ */
+async function refuseWhileOtherRegistriesHold(
+  targets: ReturnType<typeof targetRuntimes>,
+  runtime: TargetRuntime,
+  kekId: string,
+  fingerprint: string,
+): Promise<string> {
+  const { databases, unresolved } = await targets.databases();
+  const holders: string[] = [];
+  for (const { db, databaseId } of databases) {
+    for (const holder of await registryHolders(db, fingerprint)) {
+      const own = db === runtime.db && holder.target === runtime.definition.name && holder.kekId === kekId;
+      if (!own)
+        holders.push(`'${holder.kekId}' of target '${holder.target}' (${holder.state}) in database ${databaseId}`);
+    }
+  }
+  if (holders.length > 0) {
+    throw new RetireRefusedError(
+      `KEK '${kekId}' (${fingerprint}) is still in another registry as ${holders.join(', ')}: not destroying it. ` +
+        `A key store belongs to one keyspace; retire it there first, or give that target keys of its own`,
+    );
+  }
+  const checked = databases
+    .map((d) => `target${d.targets.length > 1 ? 's' : ''} ${d.targets.join(', ')} in database ${d.databaseId}`)
+    .join('; ');
+  return (
+    `rekey checked the registries it can see (every target's in the databases of ${checked}) and none holds this key` +
+    (unresolved.length > 0 ? `; not seen: ${unresolved.join(', ')} (database URL not set here)` : '') +
+    `; a process of another configuration or another database is not among them`
+  );
 }
 
 /**
@@ -272,11 +337,21 @@ export function createKekActivities(deps: ActivityDependencies) {
      * The first step: the request against the target's table, its registry and its key source. Returns the resolved
      * `from`, and why there is nothing to do when the active KEK is younger than `minKekAge`.
      */
-    async validateRotation(request: RotationRequest): Promise<ValidatedRotation> {
+    async validateRotation(request: RotationRequest, run?: { workflowId: string }): Promise<ValidatedRotation> {
       const settings = parseRotationRequest(request);
-      const runtime = await targets.get(settings.target);
-      const { keys, registry, definition } = runtime;
+      const runtime = await targets.forRequest({ target: settings.target, keyspace: request.keyspace });
+      const { keys, registry, definition, keyspace } = runtime;
+      // Finding 9: a run of this build runs under its keyspace's workflow id, and no other.
+      if (run !== undefined && !isRotationIdOf(run.workflowId, settings.target, keyspace, settings.dryRun)) {
+        const expected = `${rotationWorkflowId(settings.target, keyspace)}${settings.dryRun ? '-dry-run-<ms>' : ''}`;
+        throw new InvalidRotationError(
+          `a ${settings.dryRun ? 'dry run' : 'rotation'} of target '${settings.target}' in keyspace ${keyspace.id} runs under the workflow id ${expected}, not '${run.workflowId}': ` +
+            `start it again under that id (rekey rotate and the admin API do; rekey kek-status prints it)`,
+        );
+      }
       await keys.reload();
+      // A store written before owners existed belongs to the first keyspace that uses it: recorded before anything else.
+      await keys.owners?.adopt(keyspace.id);
       let active = await registry.active();
       let from = settings.from === 'current' ? active?.kekId : settings.from;
       if (from === undefined && definition.currentKek.owner === 'application') {
@@ -296,6 +371,10 @@ export function createKekActivities(deps: ActivityDependencies) {
         }
       }
       if (from !== undefined && settings.to !== 'new') keys.bindRotation?.(from, settings.to);
+      for (const kekId of [from, settings.to]) {
+        if (kekId !== undefined && kekId !== 'new' && keys.has(kekId))
+          await refuseForeignKek(runtime, kekId, 'rotating with');
+      }
       await firstContact(runtime);
       await refuseWhileLegacyValuesRemain(runtime, request.allowLegacyValues);
       // A target met for the first time: the KEK its rows use now is the active one.
@@ -339,6 +418,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       });
       const to = resolved.to ?? settings.to;
       const facts: ValidatedRotation = {
+        keyspace: keyspace.id,
         ...(await factsFor(resolved.from, to)),
         ...(resolved.to !== undefined && { to: resolved.to }),
         ...(resolved.resumes && { resumes: true }),
@@ -363,8 +443,8 @@ export function createKekActivities(deps: ActivityDependencies) {
     },
 
     /** The id a generated KEK will get. Read-only, so a retry is harmless; provisionKek creates it. */
-    async proposeKekId({ target }: OnTarget = {}): Promise<string> {
-      const { keys, registry } = await targets.get(target);
+    async proposeKekId(on: OnTarget = {}): Promise<string> {
+      const { keys, registry } = await targets.forRequest(on);
       await keys.reload();
       const known = new Set([...keys.kekIds(), ...(await registry.list()).map((k) => k.kekId)]);
       return nextKekId([...known]);
@@ -378,9 +458,10 @@ export function createKekActivities(deps: ActivityDependencies) {
       kekId,
       generate,
       target,
+      keyspace,
       from,
     }: { kekId: string; generate: boolean; from?: string } & OnTarget): Promise<{ fingerprint: string }> {
-      const runtime = await targets.get(target);
+      const runtime = await targets.forRequest({ target, keyspace });
       const { keys, registry } = runtime;
       await keys.reload();
       if (from !== undefined) keys.bindRotation?.(from, kekId);
@@ -390,8 +471,9 @@ export function createKekActivities(deps: ActivityDependencies) {
         if (!generate || !keys.generate) {
           throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
         }
-        await keys.generate(kekId, generateOptions());
+        await keys.generate(kekId, { ...generateOptions(), owner: runtime.keyspace.id });
       }
+      await refuseForeignKek(runtime, kekId, 'provisioning');
       await registry.register(kekId, keys.fingerprint(kekId));
       return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], async ([kek]) => {
         if (keys.selfTest) {
@@ -406,9 +488,9 @@ export function createKekActivities(deps: ActivityDependencies) {
     async fleetReadiness({
       kekId,
       liveWithinMs,
-      target,
+      ...on
     }: { kekId: string; liveWithinMs: number } & OnTarget): Promise<FleetReadiness> {
-      const { instances, registry } = await targets.get(target);
+      const { instances, registry } = await targets.forRequest(on);
       const [live, registered] = await Promise.all([instances.live(liveWithinMs), registry.require(kekId)]);
       // An instance holds the KEK only if it announces the registered fingerprint under its id.
       const holds = (i: AppInstance) => i.kekFingerprints[kekId] === registered.fingerprint;
@@ -434,8 +516,8 @@ export function createKekActivities(deps: ActivityDependencies) {
     },
 
     /** `to` becomes active and `from` decrypt-only, in one transaction; a retry after success is a no-op. */
-    async promoteKek({ from, to, target }: { from: string; to: string } & OnTarget): Promise<void> {
-      const { registry, keys } = await targets.get(target);
+    async promoteKek({ from, to, ...on }: { from: string; to: string } & OnTarget): Promise<void> {
+      const { registry, keys } = await targets.forRequest(on);
       await registry.promote(from, to);
       // A store that marks its current key itself (Secrets Manager's AWSCURRENT) follows the registry.
       await keys.promote?.(from, to, await registry.list());
@@ -455,8 +537,9 @@ export function createKekActivities(deps: ActivityDependencies) {
       timeBudgetMs: number;
       progressKey: string;
       target?: string;
+      keyspace?: string;
     }): Promise<ProofOutcome> {
-      const runtime = await targets.get(args.target);
+      const runtime = await targets.forRequest(args);
       const context = activityContext();
       const resumeFrom = context?.info.heartbeatDetails as ProofCheckpoint | undefined;
       const result = await withProofKeys(runtime, args.kekId, (keys) =>
@@ -488,16 +571,19 @@ export function createKekActivities(deps: ActivityDependencies) {
      */
     async retireKek({
       from,
-      target,
       restoreWindowMs = parseDuration(DEFAULTS.restoreWindow)!,
       progressKey,
+      ...on
     }: { from: string; restoreWindowMs?: number; progressKey?: string } & OnTarget): Promise<{
       retiredAt: string;
       restorableUntil?: string;
       relabelled?: number;
     }> {
-      const runtime = await targets.get(target);
+      const runtime = await targets.forRequest(on);
       const { db, registry, definition } = runtime;
+      // Marking it in the store (KMS disables the key) is this keyspace's to do only if the store records the KEK as
+      // its own: checked before anything changes.
+      if (runtime.keys.retire) await refuseForeignKek(runtime, from, 'retiring');
       const outcome = await inTransaction(db, async (client) => {
         await registry.lock(from, client);
         const record = await registry.require(from, client);
@@ -539,11 +625,11 @@ export function createKekActivities(deps: ActivityDependencies) {
      */
     async destroyKek({
       kekId,
-      target,
       progressKey,
       reopenForMs = DESTROY_REOPEN_MS,
+      ...on
     }: { kekId: string; progressKey?: string; reopenForMs?: number } & OnTarget): Promise<DestroyReport> {
-      const runtime = await targets.get(target);
+      const runtime = await targets.forRequest(on);
       const { db, registry, keys } = runtime;
       const report = await inTransaction(db, async (client): Promise<DestroyReport> => {
         await registry.lock(kekId, client);
@@ -566,6 +652,9 @@ export function createKekActivities(deps: ActivityDependencies) {
           const active = (await registry.active())?.kekId ?? '<the active KEK>';
           return refusedDestruction(runtime, kekId, active, proof, until);
         }
+        // Finding 1: the KEK is this keyspace's by its store's record, and no other registry still holds its key.
+        await refuseForeignKek(runtime, kekId, 'destroying');
+        const checked = await refuseWhileOtherRegistriesHold(targets, runtime, kekId, record.fingerprint);
         const done = keys.destroy
           ? await keys.destroy(kekId, await registry.list())
           : { destroyed: false, detail: `${keys.description} is read-only to rekey: remove KEK '${kekId}' from it` };
@@ -573,7 +662,10 @@ export function createKekActivities(deps: ActivityDependencies) {
         await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
         return {
           outcome: 'destroyed',
-          detail: done.detail,
+          // What the operator removes by hand must not be needed elsewhere: say what rekey could and could not see.
+          detail: done.destroyed
+            ? done.detail
+            : `${done.detail}. ${checked}: make sure none of them reads it before you remove it`,
           ...(!done.destroyed && { operatorMustRemove: true }),
           ...(proof.relabelled > 0 && { relabelled: proof.relabelled }),
         };
@@ -584,8 +676,8 @@ export function createKekActivities(deps: ActivityDependencies) {
       return { ...report, ...(relabelled > 0 && { relabelled }) };
     },
 
-    async kekStatus({ target }: OnTarget = {}) {
-      const { store, registry } = await targets.get(target ?? BUILTIN_TARGET);
+    async kekStatus({ target, keyspace }: OnTarget = {}) {
+      const { store, registry } = await targets.forRequest({ target: target ?? BUILTIN_TARGET, keyspace });
       const [{ byLabel }, active] = await Promise.all([store.countsByLabel(), registry.active()]);
       const staleCounts = Object.fromEntries(Object.entries(byLabel).filter(([kekId]) => kekId !== active?.kekId));
       return { currentKekId: active?.kekId ?? null, dekCounts: byLabel, staleCounts };

@@ -38,6 +38,7 @@ export interface MigrationPlan {
 
 export interface FieldSliceArgs {
   target: string;
+  keyspace?: string;
   field: number;
   kekId: string;
   range: TenantRange;
@@ -165,13 +166,14 @@ export function createMigrationActivities(deps: ActivityDependencies) {
      */
     async planFieldMigration(args: {
       target: string;
+      keyspace?: string;
       kekVersion?: string;
       /** Only the values under this tenant's DEK: it must be a row of the target's table. */
       tenant?: string;
       slices: number;
       dryRun: boolean;
     }): Promise<MigrationPlan> {
-      const runtime = await targets.get(args.target);
+      const runtime = await targets.forRequest(args);
       const { registry, keys, definition } = runtime;
       const fields = fieldsOf(runtime);
       await keys.reload();
@@ -262,7 +264,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
     /** One part of one field: migrates until the range is done or the time budget is spent; heartbeats each batch. */
     async migrateFieldSlice(args: FieldSliceArgs): Promise<FieldSliceOutcome> {
       const context = Context.current();
-      const runtime = await targets.get(args.target);
+      const runtime = await targets.forRequest(args);
       const fields = await fieldStore(runtime, args.field);
       return withMigrationKeks(runtime, args.kekId, async (keks) => {
         const registered = await runtime.registry.get(args.kekId);
@@ -298,8 +300,15 @@ export function createMigrationActivities(deps: ActivityDependencies) {
     },
 
     /** Legacy values left in each field of the target, or of one tenant (none for a target without fields). */
-    async legacyValuesLeft({ target, tenant }: { target: string; tenant?: string }): Promise<LegacyLeft[]> {
-      return legacyLeft(await targets.get(target), tenant);
+    async legacyValuesLeft({
+      tenant,
+      ...on
+    }: {
+      target: string;
+      keyspace?: string;
+      tenant?: string;
+    }): Promise<LegacyLeft[]> {
+      return legacyLeft(await targets.forRequest(on), tenant);
     },
   };
 }

@@ -15,6 +15,8 @@ export interface SlicePlan {
 export interface RewrapSliceArgs {
   /** Absent in inputs recorded before targets existed: rekey's own. */
   target?: string;
+  /** The keyspace the run belongs to, which this worker's target must be; absent in runs before keyspaces. */
+  keyspace?: string;
   from: string;
   to: string;
   range: TenantRange;
@@ -62,14 +64,15 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       from,
       slices,
       tenantId,
-      target,
+      ...on
     }: {
       from: string;
       slices: number;
       tenantId?: string;
       target?: string;
+      keyspace?: string;
     }): Promise<SlicePlan> {
-      const { store } = await targets.get(target);
+      const { store } = await targets.forRequest(on);
       if (tenantId !== undefined) {
         return { stale: await store.countOnLabel(from, store.db, tenantId), ranges: [{ after: '', until: null }] };
       }
@@ -87,7 +90,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
     async rewrapSlice(args: RewrapSliceArgs): Promise<SliceOutcome> {
       const context = Context.current();
       const resumeFrom = context.info.heartbeatDetails as RewrapCheckpoint | undefined;
-      const runtime = await targets.get(args.target);
+      const runtime = await targets.forRequest(args);
       // Metrics add each batch's difference from the one before, starting from where this attempt picked up.
       let previous: RewrapCounters = emptyCounters();
       const canary = args.tenantId !== undefined;
@@ -142,13 +145,14 @@ export function createRewrapActivities(deps: ActivityDependencies) {
      */
     async verifyRotation(args: {
       target?: string;
+      keyspace?: string;
       from: string;
       to: string;
       sampleSize: number;
       tenantId?: string;
     }): Promise<VerifyOutcome> {
       const { from, to, sampleSize, tenantId } = args;
-      const runtime = await targets.get(args.target);
+      const runtime = await targets.forRequest(args);
       const { store, keys } = runtime;
       await keys.reload();
       const rows = await store.sampleOnLabel(to, sampleSize, tenantId);
@@ -190,8 +194,17 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       });
     },
 
-    async staleTenants({ from, limit, target }: { from: string; limit: number; target?: string }): Promise<string[]> {
-      const { store } = await targets.get(target);
+    async staleTenants({
+      from,
+      limit,
+      ...on
+    }: {
+      from: string;
+      limit: number;
+      target?: string;
+      keyspace?: string;
+    }): Promise<string[]> {
+      const { store } = await targets.forRequest(on);
       return store.idsOnLabel(from, limit);
     },
   };

@@ -30,12 +30,13 @@ export function createScheduleActivities(deps: ActivityDependencies) {
   return {
     /**
      * Whether a schedule of this request can ever do its work, asked by `rekey schedule create` before it creates
-     * one: the target opens (its table as its definition says), and its key source can generate the new KEK each
-     * run rotates to. Says where the keys are.
+     * one: the target opens (its table as its definition says) in the keyspace the schedule records, and its key
+     * source can generate the new KEK each run rotates to. Says where the keys are.
      */
     async checkScheduledRotation(request: RotationRequest): Promise<{ keySource: string }> {
       const settings = parseRotationRequest(request);
-      const { keys, definition } = await targets.get(settings.target);
+      // The keyspace the schedule records: a worker of another database refuses it, as it would refuse each run.
+      const { keys, definition } = await targets.forRequest({ target: settings.target, keyspace: request.keyspace });
       await keys.reload();
       if (settings.to === 'new' && keys.generate === undefined) {
         throw new InvalidRotationError(

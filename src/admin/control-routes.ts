@@ -3,7 +3,7 @@
 import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { errorBody, opIdParams } from './schemas';
-import { rotationStatus, runningRotation, type RotationStatus } from '../client/rotations';
+import { rotationStatus, runningRotation, type KeyspaceLookup, type RotationStatus } from '../client/rotations';
 import { overrideFleetGateUpdate, setGraceUpdate } from '../workflows/messages';
 import { InvalidRotationError } from '../errors';
 
@@ -12,10 +12,12 @@ export interface ControlRouteOptions {
   /** The rotation-status body, and its schema: what the other controls answer. */
   statusSchema: object;
   toStatusBody: (status: RotationStatus) => object;
+  /** A target's keyspace, for an `op_id` that names a rotation by its target. */
+  keyspaceOf: KeyspaceLookup;
 }
 
 export function registerControlRoutes(app: FastifyInstance, options: ControlRouteOptions): void {
-  const { client, statusSchema, toStatusBody } = options;
+  const { client, statusSchema, toStatusBody, keyspaceOf } = options;
 
   app.post<{ Params: { op_id: string }; Body: { extend_by?: string; end_now?: boolean } }>(
     '/admin/v1/secrets/rotation/:op_id/grace',
@@ -56,7 +58,7 @@ export function registerControlRoutes(app: FastifyInstance, options: ControlRout
       if ((extendBy !== undefined) === (endNow === true)) {
         throw new InvalidRotationError('give exactly one of extend_by (e.g. "2d") or end_now: true');
       }
-      const handle = await runningRotation(client, request.params.op_id);
+      const handle = await runningRotation(client, request.params.op_id, keyspaceOf);
       const answer = await handle.executeUpdate(setGraceUpdate, {
         args: [extendBy !== undefined ? { extendBy } : { endNow: true }],
       });
@@ -89,9 +91,9 @@ export function registerControlRoutes(app: FastifyInstance, options: ControlRout
       },
     },
     async (request) => {
-      const handle = await runningRotation(client, request.params.op_id);
+      const handle = await runningRotation(client, request.params.op_id, keyspaceOf);
       await handle.executeUpdate(overrideFleetGateUpdate, { args: [request.body.reason] });
-      return toStatusBody(await rotationStatus(client, request.params.op_id));
+      return toStatusBody(await rotationStatus(client, request.params.op_id, keyspaceOf));
     },
   );
 }

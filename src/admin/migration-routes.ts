@@ -4,6 +4,8 @@ import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
 import { migrationStatus, runningMigration, startMigration, type MigrationStatus } from '../client/migrations';
+import type { KeyspaceLookup } from '../client/rotations';
+import type { Keyspace } from '../rotation/identity';
 import type { MigrationReport, MigrationRequest } from '../workflows';
 import { abortMigrationUpdate, pauseMigrationUpdate, resumeMigrationUpdate } from '../workflows/messages';
 
@@ -46,9 +48,16 @@ interface StartBody {
 
 export function registerMigrationRoutes(
   app: FastifyInstance,
-  options: { client: Client; taskQueue: string; defaultTarget: string },
+  options: {
+    client: Client;
+    taskQueue: string;
+    defaultTarget: string;
+    /** A target's keyspace in this API's database: what a migration started here runs in. */
+    keyspace: (target: string) => Promise<Keyspace>;
+    keyspaceOf: KeyspaceLookup;
+  },
 ): void {
-  const { client, taskQueue } = options;
+  const { client, taskQueue, keyspaceOf } = options;
 
   app.post<{ Body: StartBody | undefined }>(
     '/admin/v1/migrations/migrate-dek',
@@ -102,7 +111,7 @@ export function registerMigrationRoutes(
         ...(body.batch_size !== undefined && { batchSize: body.batch_size }),
         ...(body.parallelism !== undefined && { parallelism: body.parallelism }),
       };
-      const started = await startMigration(client, migration, { taskQueue });
+      const started = await startMigration(client, migration, { taskQueue, keyspace: await options.keyspace(target) });
       const opId = started.handle.workflowId;
       if (started.kind === 'already-running') {
         return reply.status(409).send({
@@ -133,7 +142,7 @@ export function registerMigrationRoutes(
         response: { 200: migrationStatusBody, 401: errorBody, 404: errorBody },
       },
     },
-    async (request) => toBody(await migrationStatus(client, request.params.op_id)),
+    async (request) => toBody(await migrationStatus(client, request.params.op_id, keyspaceOf)),
   );
 
   for (const action of ['pause', 'resume', 'abort'] as const) {
@@ -147,7 +156,7 @@ export function registerMigrationRoutes(
         },
       },
       async (request) => {
-        const handle = await runningMigration(client, request.params.op_id);
+        const handle = await runningMigration(client, request.params.op_id, keyspaceOf);
         let report: MigrationReport;
         if (action === 'abort') {
           await handle.executeUpdate(abortMigrationUpdate, { args: ['admin API'] });
@@ -155,7 +164,7 @@ export function registerMigrationRoutes(
         } else {
           report = await handle.executeUpdate(action === 'pause' ? pauseMigrationUpdate : resumeMigrationUpdate);
         }
-        return { ...toBody(await migrationStatus(client, request.params.op_id)), report };
+        return { ...toBody(await migrationStatus(client, request.params.op_id, keyspaceOf)), report };
       },
     );
   }

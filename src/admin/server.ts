@@ -13,6 +13,7 @@ import {
   type RotationStatus,
   type StartOutcome,
 } from '../client/rotations';
+import { rotationWorkflowId } from '../rotation/identity';
 import { type RotationRequest } from '../rotation/rotation-input';
 import { ENDED_WELL, type RunStatus } from '../rotation/run-status';
 import { targetKekStatus } from '../targets/kek-status';
@@ -218,6 +219,8 @@ const ERROR_CODES: Record<number, string> = {
 /** The admin API of the gateway runbook, on rekey: rotate-all, rotation-status, kek-status, and controls. */
 export async function buildAdminServer(options: AdminServerOptions): Promise<FastifyInstance> {
   const { client, targets, taskQueue, token } = options;
+  // A rotation named by its target is that target's in the database this API serves.
+  const keyspaceOf = async (target: string) => (targets.has(target) ? targets.keyspace(target) : undefined);
   // Unknown fields are refused (400), not silently dropped: a typo in a rotation request must not go unnoticed.
   const app = Fastify({ logger: options.logger ?? false, ajv: { customOptions: { removeAdditional: false } } });
   await app.register(swagger, {
@@ -290,7 +293,11 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         return configured !== undefined && configured !== active ? configured : 'new';
       });
       const { from, to } = rotation;
-      const started: StartOutcome = await startRotation(client, rotation, { taskQueue, startedBy: 'admin API' });
+      const started: StartOutcome = await startRotation(client, rotation, {
+        taskQueue,
+        keyspace: runtime.keyspace,
+        startedBy: 'admin API',
+      });
       const statusUrl = `/admin/v1/secrets/rotation-status/${encodeURIComponent(started.opId)}`;
       if (started.kind === 'already-running') {
         return reply.status(409).send({
@@ -327,7 +334,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         response: { 200: rotationStatusBody, 401: errorBody, 404: errorBody },
       },
     },
-    async (request) => toStatusBody(await rotationStatus(client, request.params.op_id)),
+    async (request) => toStatusBody(await rotationStatus(client, request.params.op_id, keyspaceOf)),
   );
 
   app.get<{ Querystring: { target?: string; limit?: number } }>(
@@ -354,6 +361,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         db: await targets.databaseOf(target),
         client: () => Promise.resolve(client),
         target,
+        keyspace: await targets.keyspace(target),
         limit: request.query.limit ?? 20,
       });
       return {
@@ -393,6 +401,12 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
             type: 'object',
             properties: {
               target: { type: 'string' },
+              keyspace: {
+                type: 'object',
+                description: "the target's table in its database (by the database's identity)",
+                properties: { id: { type: 'string' }, database_id: { type: 'string' }, table: { type: 'string' } },
+              },
+              workflow_id: { type: 'string', description: "the workflow id the target's rotations run under" },
               current_kek_id: { type: 'string', nullable: true },
               loaded_kek_ids: { type: 'array', items: { type: 'string' } },
               stale_counts: { type: 'object', additionalProperties: { type: 'integer' } },
@@ -430,8 +444,11 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       } catch (err) {
         if (!(err instanceof KeyMaterialError)) throw err; // this process holds no key for the target: none loaded
       }
+      const { keyspace } = runtime;
       return {
         target: status.target,
+        keyspace: { id: keyspace.id, database_id: keyspace.databaseId, table: keyspace.table },
+        workflow_id: rotationWorkflowId(status.target, keyspace),
         current_kek_id: status.currentKekId,
         loaded_kek_ids: loaded,
         // As Talos counts: rows per key_id, the current one included.
@@ -466,10 +483,10 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         },
       },
       async (request) => {
-        const handle = await runningRotation(client, request.params.op_id);
+        const handle = await runningRotation(client, request.params.op_id, keyspaceOf);
         if (definition === abortUpdate) await handle.executeUpdate(abortUpdate, { args: ['admin API'] });
         else await handle.executeUpdate(definition as typeof pauseUpdate);
-        return toStatusBody(await rotationStatus(client, request.params.op_id));
+        return toStatusBody(await rotationStatus(client, request.params.op_id, keyspaceOf));
       },
     );
   }
@@ -490,9 +507,9 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       },
     },
     async (request) => {
-      const handle = await runningRotation(client, request.params.op_id);
+      const handle = await runningRotation(client, request.params.op_id, keyspaceOf);
       await handle.executeUpdate(confirmStepUpdate, { args: [request.body] });
-      return toStatusBody(await rotationStatus(client, request.params.op_id));
+      return toStatusBody(await rotationStatus(client, request.params.op_id, keyspaceOf));
     },
   );
 
@@ -549,8 +566,14 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     },
   );
 
-  registerControlRoutes(app, { client, statusSchema: rotationStatusBody, toStatusBody });
-  registerMigrationRoutes(app, { client, taskQueue, defaultTarget: options.defaultTarget });
+  registerControlRoutes(app, { client, statusSchema: rotationStatusBody, toStatusBody, keyspaceOf });
+  registerMigrationRoutes(app, {
+    client,
+    taskQueue,
+    defaultTarget: options.defaultTarget,
+    keyspace: (target) => targets.keyspace(target),
+    keyspaceOf,
+  });
 
   await app.ready();
   return app;

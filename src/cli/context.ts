@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
+import type { KeyspaceLookup } from '../client/rotations';
 import { checkDatabaseUrl, loadConfig, loadKeyConfig } from '../config';
 import { openKeyProvider } from '../keys';
 import { FileKeyring } from '../keys/file-keyring';
@@ -74,6 +75,14 @@ export class CliContext {
       env: this.env,
     });
     return this.runtimes;
+  }
+
+  /**
+   * A target's keyspace in the database DATABASE_URL names (through REKEY_CONFIG): what names its rotations. Asked
+   * only when a command names a rotation by its target; a name that is no target is taken as a workflow id.
+   */
+  get keyspaceOf(): KeyspaceLookup {
+    return async (target) => (this.targets().has(target) ? this.targets().keyspace(target) : undefined);
   }
 
   /**

@@ -16,6 +16,7 @@ import {
   type RunState,
   type RunStatus,
 } from '../rotation/run-status';
+import { runIdsOf, type Keyspace } from '../rotation/identity';
 import { RunHistory, type RunRecord } from '../store/run-history';
 import type { MigrationReport, RotationReport } from '../workflows';
 import { migrationProgressQuery, progressQuery } from '../workflows/messages';
@@ -139,14 +140,28 @@ async function migrationEntry(client: Client, execution: WorkflowExecutionInfo, 
 
 const quoted = (value: string) => `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
 
+/**
+ * The keyspace's runs of a kind, by workflow id (src/rotation/identity.ts): theirs and their dry runs', and those an
+ * older build started under the target's old id (which names no database: listed in every keyspace of that target).
+ */
+function idsOf(kind: 'rotation' | 'migration', target: string, keyspace: Keyspace): string {
+  const { id, dryRunPrefix, legacyId } = runIdsOf(kind, target, keyspace);
+  return (
+    `(WorkflowId = ${quoted(id)} OR WorkflowId STARTS_WITH ${quoted(dryRunPrefix)}` +
+    ` OR WorkflowId = ${quoted(legacyId)} OR WorkflowId STARTS_WITH ${quoted(`${legacyId}-dry-run-`)})`
+  );
+}
+
 /** A keyspace's rotations and migrations, newest first: at most `limit`. */
 export async function runHistory(options: {
   db: Pool;
   client: () => Promise<Client>;
   target: string;
+  /** The target's keyspace: Temporal is asked for its runs alone (another database's target of the same name has its own). */
+  keyspace: Keyspace;
   limit: number;
 }): Promise<History> {
-  const { target, limit } = options;
+  const { target, keyspace, limit } = options;
   const recorded = (await new RunHistory(options.db).list(target, limit)).map(fromRecord);
   const known = new Set(recorded.map((entry) => entry.opId));
   // A run recorded in the table is that run, however Temporal chains it: its workflow id and time span say so.
@@ -165,14 +180,12 @@ export async function runHistory(options: {
     const lists = [
       {
         kind: 'rotation' as const,
-        query: `WorkflowType = 'rotateKek' AND ${RekeyTarget.name} = ${quoted(target)}`,
+        query: `WorkflowType = 'rotateKek' AND ${RekeyTarget.name} = ${quoted(target)} AND ${idsOf('rotation', target, keyspace)}`,
         entry: rotationEntry,
       },
       {
         kind: 'migration' as const,
-        query:
-          `WorkflowType = 'migrateDek' AND (WorkflowId = ${quoted(`dek-migration-${target}`)}` +
-          ` OR WorkflowId STARTS_WITH ${quoted(`dek-migration-${target}-dry-run-`)})`,
+        query: `WorkflowType = 'migrateDek' AND ${idsOf('migration', target, keyspace)}`,
         entry: migrationEntry,
       },
     ];

@@ -1,5 +1,6 @@
-// Starting `rekey migrate-dek` runs, for every surface (CLI, admin API, tests): one place decides their identity.
-// At most one migration runs per target; a dry run writes nothing and gets an id of its own.
+// Starting `rekey migrate-dek` runs, for every surface (CLI, admin API, tests): their ids are made by
+// src/rotation/identity.ts. At most one migration runs per keyspace (`dek-migration-<target>.<db>`); a dry run writes
+// nothing and gets an id of its own.
 import {
   WithStartWorkflowOperation,
   WorkflowExecutionAlreadyStartedError,
@@ -7,12 +8,20 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
+import {
+  isMigrationWorkflowId,
+  legacyMigrationWorkflowId,
+  migrationWorkflowIdOf,
+  parseWorkflowId,
+  type Keyspace,
+} from '../rotation/identity';
 import { KEK_ID } from '../rotation/rotation-input';
 import { TARGET_NAME } from '../targets/target';
 import type { migrateDek, MigrationReport, MigrationRequest } from '../workflows';
 import { migrationPlannedUpdate, migrationProgressQuery } from '../workflows/messages';
 import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
 import { startAnswered } from './start-answered';
+import type { KeyspaceLookup } from './rotations';
 import {
   errorKind,
   failureMessage,
@@ -25,9 +34,8 @@ import {
 const PREFIX = 'dek-migration-';
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
-export function migrationWorkflowId(request: MigrationRequest, now = Date.now()): string {
-  const base = `${PREFIX}${request.target}`;
-  return request.dryRun ? `${base}-dry-run-${now}` : base;
+export function migrationWorkflowId(request: MigrationRequest, keyspace: Keyspace, now = Date.now()): string {
+  return migrationWorkflowIdOf(request.target, keyspace, request.dryRun ? now : undefined);
 }
 
 export type MigrationStart =
@@ -43,13 +51,14 @@ export type MigrationStart =
 /**
  * Checks the request's shape, starts it and waits for its plan step's verdict, in one call (Update-with-Start): a
  * refusal (a target with no fields, no current KEK known, a rotation under way) is thrown as a RunFailedError with
- * the kind of the error that refused it, and nothing was written. If a migration of the target is running, nothing
- * starts and that one is returned.
+ * the kind of the error that refused it, and nothing was written. It starts under its keyspace's id with the keyspace
+ * in the request (every step checks it). If a migration of the keyspace is running, or one an older build started
+ * under the target's old id, nothing starts and that one is returned.
  */
 export async function startMigration(
   client: Client,
   request: MigrationRequest,
-  options: { taskQueue: string; answerWithinMs?: number },
+  options: { taskQueue: string; keyspace: Keyspace; answerWithinMs?: number },
 ): Promise<MigrationStart> {
   if (!TARGET_NAME.test(request.target)) {
     throw new InvalidRotationError(
@@ -72,12 +81,24 @@ export async function startMigration(
       throw new InvalidRotationError(`${name} must be a whole number from 1 to 50000, got ${value}`);
     }
   }
-  const workflowId = migrationWorkflowId(request);
+  const workflowId = migrationWorkflowId(request, options.keyspace);
+  if (!request.dryRun) {
+    // One an older build started under the target's old id and that still runs: a new one waits for it.
+    const legacy = client.workflow.getHandle<typeof migrateDek>(legacyMigrationWorkflowId(request.target));
+    const running = await legacy.describe().then(
+      (d) => d.type === 'migrateDek' && d.status.name === 'RUNNING',
+      (err: unknown) => {
+        if (err instanceof WorkflowNotFoundError) return false;
+        throw err;
+      },
+    );
+    if (running) return { kind: 'already-running', handle: legacy };
+  }
   try {
     const start = new WithStartWorkflowOperation<typeof migrateDek>('migrateDek', {
       taskQueue: options.taskQueue,
       workflowId,
-      args: [request],
+      args: [{ ...request, keyspace: options.keyspace.id }],
       workflowIdReusePolicy: 'ALLOW_DUPLICATE',
       workflowIdConflictPolicy: 'FAIL',
     });
@@ -94,9 +115,28 @@ export async function startMigration(
   }
 }
 
-/** Whether a reference names a migration (its workflow id) rather than a rotation. */
+/** Whether a reference names a migration (its workflow id, or `dek-migration-<target>`) rather than a rotation. */
 export function isMigrationReference(reference: string): boolean {
-  return reference.startsWith(PREFIX);
+  return isMigrationWorkflowId(reference);
+}
+
+/**
+ * The workflow id a migration reference names: a workflow id as it is; `dek-migration-<target>` (the id of builds
+ * before keyspaces, and the README's shorthand) names the target's migration in the keyspace `lookup` resolves, unless
+ * an older build's migration still runs under it.
+ */
+async function resolveMigrationReference(client: Client, reference: string, lookup?: KeyspaceLookup): Promise<string> {
+  const target = reference.slice(PREFIX.length);
+  if (parseWorkflowId(reference) !== undefined || !TARGET_NAME.test(target) || lookup === undefined) return reference;
+  const running = await client.workflow
+    .getHandle(reference)
+    .describe()
+    .then(
+      (d) => d.status.name === 'RUNNING',
+      () => false,
+    );
+  const keyspace = running ? undefined : await lookup(target);
+  return keyspace === undefined ? reference : migrationWorkflowIdOf(target, keyspace);
 }
 
 export interface MigrationStatus {
@@ -115,8 +155,13 @@ export interface MigrationStatus {
   run: RunStatus;
 }
 
-/** A migration by its workflow id (`dek-migration-<target>`, or a dry run's); RotationNotFoundError if none. */
-export async function migrationStatus(client: Client, workflowId: string): Promise<MigrationStatus> {
+/** A migration by its workflow id (`dek-migration-<target>.<db>`, or a dry run's); RotationNotFoundError if none. */
+export async function migrationStatus(
+  client: Client,
+  reference: string,
+  lookup?: KeyspaceLookup,
+): Promise<MigrationStatus> {
+  const workflowId = await resolveMigrationReference(client, reference, lookup);
   const handle = client.workflow.getHandle<typeof migrateDek>(workflowId);
   let description: Awaited<ReturnType<typeof handle.describe>>;
   try {
@@ -144,8 +189,12 @@ export async function migrationStatus(client: Client, workflowId: string): Promi
 }
 
 /** A migration that is still running (to pause, resume or abort); RotationNotRunningError otherwise. */
-export async function runningMigration(client: Client, workflowId: string): Promise<WorkflowHandle<typeof migrateDek>> {
-  const { status } = await migrationStatus(client, workflowId);
+export async function runningMigration(
+  client: Client,
+  reference: string,
+  lookup?: KeyspaceLookup,
+): Promise<WorkflowHandle<typeof migrateDek>> {
+  const { status, workflowId } = await migrationStatus(client, reference, lookup);
   if (status !== 'RUNNING')
     throw new RotationNotRunningError(`migration ${workflowId} is ${status.toLowerCase()}, not running`);
   return client.workflow.getHandle<typeof migrateDek>(workflowId);

@@ -7,6 +7,7 @@ import {
   type ScheduleSpec,
 } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import type { Keyspace } from '../rotation/identity';
 import type { RunState } from '../rotation/run-status';
 import type { RotationRequest } from '../rotation/rotation-input';
 import { parseDuration } from '../rotation/durations';
@@ -29,6 +30,8 @@ export interface RotationScheduleOptions {
   minKekAge?: string;
   /** The target it rotates (default rekey's own). */
   target?: string;
+  /** The target's keyspace, as the creator's database resolves it: each run rotates that one, and checks it. */
+  keyspace: Keyspace;
   /** Announce each rotation this long before it starts (a log event, a metric, and the webhook if given). */
   notifyBefore?: string;
   /** Where the signed JSON notice is POSTed. */
@@ -42,8 +45,8 @@ export function noticeWorkflowId(scheduleId: string): string {
 
 /**
  * A Temporal Schedule that rotates a target's active KEK to a newly generated one. Each run starts the rotation under
- * its target's id (see scheduledRotation): a rotation still running, whoever started it, is never joined by a
- * second one.
+ * its keyspace's id (see scheduledRotation), the keyspace recorded here in the run's input: a rotation still running,
+ * whoever started it, is never joined by a second one.
  */
 export async function createRotationSchedule(client: Client, options: RotationScheduleOptions): Promise<string> {
   checkNoticeOptions(options);
@@ -53,6 +56,7 @@ export async function createRotationSchedule(client: Client, options: RotationSc
     : { cronExpressions: [options.cron ?? QUARTERLY_CRON] };
   const request: RotationRequest = {
     target: options.target ?? 'rekey',
+    keyspace: options.keyspace.id,
     from: 'current',
     to: 'new',
     gracePeriod: options.gracePeriod ?? '7d',

@@ -13,6 +13,7 @@ import {
   ListResourceTagsCommand,
   ReEncryptCommand,
   ScheduleKeyDeletionCommand,
+  TagResourceCommand,
   UpdateAliasCommand,
 } from '@aws-sdk/client-kms';
 import { REKEY_DEK_FORMAT } from '../codec/formats';
@@ -21,7 +22,15 @@ import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import { awsCall, awsClientConfig, awsFind } from './aws';
 import { nextKekId } from './file-keyring';
-import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RecordedKek, RemoteDeks } from './key-provider';
+import type {
+  DestroyOutcome,
+  GenerateOptions,
+  HeldKey,
+  KeyOwners,
+  KeyProvider,
+  RecordedKek,
+  RemoteDeks,
+} from './key-provider';
 import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../errors';
 
 /** A KEK id a KMS alias can carry: no '.', which alias names refuse. */
@@ -29,6 +38,8 @@ const KMS_KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const DEFAULT_ALIAS_PREFIX = 'alias/rekey/';
 /** The tag a key rekey created carries: the alias it was created for, so a retried provision finds it. */
 export const KMS_KEK_TAG = 'rekey:kek-alias';
+/** Each key's tag naming the keyspace it belongs to (`<database id>/<schema.table>`). */
+export const KMS_KEYSPACE_TAG = 'rekey:keyspace';
 const FINGERPRINT_PREFIX = 'kms:';
 /** ListResourceTags answers that mean "not a key this role created": it may not read it, or it is gone. */
 const NOT_OURS: ReadonlySet<string> = new Set(['AccessDeniedException', 'NotFoundException']);
@@ -462,7 +473,7 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     if (keyId === undefined) {
       keyId =
         (options.retry ? await this.createdFor(alias, options.searchUntil) : undefined) ??
-        (await this.createKey(id, alias));
+        (await this.createKey(id, alias, options.owner));
       await this.request('CreateAlias', () =>
         this.client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keyId })),
       );
@@ -477,14 +488,17 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     return id;
   }
 
-  private async createKey(kekId: string, alias: string): Promise<string> {
+  private async createKey(kekId: string, alias: string, owner?: string): Promise<string> {
     const created = await this.request('CreateKey', () =>
       this.client.send(
         new CreateKeyCommand({
           Description: `rekey KEK '${kekId}' (${alias})`,
           KeyUsage: 'ENCRYPT_DECRYPT',
           KeySpec: 'SYMMETRIC_DEFAULT',
-          Tags: [{ TagKey: KMS_KEK_TAG, TagValue: alias }],
+          Tags: [
+            { TagKey: KMS_KEK_TAG, TagValue: alias },
+            ...(owner !== undefined ? [{ TagKey: KMS_KEYSPACE_TAG, TagValue: owner }] : []),
+          ],
         }),
       ),
     );
@@ -719,6 +733,36 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
       destroyed: true,
       detail: `KMS key ${arn} is scheduled for deletion on ${when} (until then 'aws kms cancel-key-deletion' can still stop it)`,
     };
+  }
+
+  /** The keyspace each key belongs to: its tag `rekey:keyspace`. */
+  readonly owners: KeyOwners = {
+    ownerOf: async (kekId) => (await this.keyspaceTag((await this.fresh(kekId)).keyId)).owner,
+    adopt: async (keyspace) => {
+      await this.reload();
+      for (const kek of this.keks.values()) {
+        if ((await this.keyspaceTag(kek.keyId)).owner !== undefined) continue;
+        await this.request('TagResource', () =>
+          this.client.send(
+            new TagResourceCommand({ KeyId: kek.keyId, Tags: [{ TagKey: KMS_KEYSPACE_TAG, TagValue: keyspace }] }),
+          ),
+        );
+      }
+    },
+  };
+
+  /** The KEK as last read, read again first when another process made it since. */
+  private async fresh(kekId: string): Promise<KmsKek> {
+    if (!this.keks.has(kekId)) await this.reload();
+    return this.kek(kekId);
+  }
+
+  private async keyspaceTag(keyId: string): Promise<{ owner?: string }> {
+    const tags = await this.request('ListResourceTags', () =>
+      this.client.send(new ListResourceTagsCommand({ KeyId: keyId })),
+    );
+    const owner = tags.Tags?.find((tag) => tag.TagKey === KMS_KEYSPACE_TAG)?.TagValue;
+    return owner === undefined ? {} : { owner };
   }
 
   close(): void {

@@ -5,6 +5,7 @@ import {
   GetSecretValueCommand,
   PutSecretValueCommand,
   SecretsManagerClient,
+  TagResourceCommand,
   UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
 import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
@@ -16,6 +17,8 @@ import {
   KEK_ID_PATTERN,
   LocalKeyProvider,
   type DestroyOutcome,
+  type GenerateOptions,
+  type KeyOwners,
   type RecordedKek,
 } from './key-provider';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../errors';
@@ -24,6 +27,8 @@ import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } f
 export const KEK_LABEL = 'rekey-kek-';
 /** The label that names a retired KEK's version: kept (not deprecated) until it is destroyed. */
 export const RETIRED_LABEL = 'rekey-retired-';
+/** The secret's tag naming the keyspace its KEKs belong to (`<database id>/<schema.table>`). */
+export const KEYSPACE_TAG = 'rekey:keyspace';
 
 const CURRENT = 'AWSCURRENT';
 const PENDING = 'AWSPENDING';
@@ -216,7 +221,7 @@ export class SecretsManagerKeys extends LocalKeyProvider {
    * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
    * that id is used as it is: a retried provision creates nothing.
    */
-  async generate(kekId?: string): Promise<string> {
+  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     await this.reload();
     const id = kekId ?? nextKekId([...this.versions.keys()]);
     if (!KEK_ID_PATTERN.test(id)) {
@@ -249,6 +254,7 @@ export class SecretsManagerKeys extends LocalKeyProvider {
               ClientRequestToken: token,
               SecretString: value,
               Description: 'KEKs of a rekey keyspace: one version per KEK, named by its rekey-kek-<id> label',
+              ...(options.owner !== undefined && { Tags: [{ Key: KEYSPACE_TAG, Value: options.owner }] }),
             }),
           ),
         );
@@ -468,6 +474,30 @@ export class SecretsManagerKeys extends LocalKeyProvider {
       destroyed: true,
       detail: `version ${version.versionId} of ${this.description} has no label left: deprecated, unreadable to rekey and to applications that read by stage, deleted by AWS in its own time`,
     };
+  }
+
+  /** The keyspace the secret belongs to: its tag `rekey:keyspace` (one secret per keyspace, so one owner for all). */
+  readonly owners: KeyOwners = {
+    ownerOf: async () => (await this.keyspaceTag())?.owner,
+    adopt: async (keyspace) => {
+      const tag = await this.keyspaceTag();
+      if (tag === undefined || tag.owner !== undefined) return; // no secret yet: its first KEK creates it, tagged
+      await this.call('TagResource', () =>
+        this.client.send(
+          new TagResourceCommand({ SecretId: this.secretId, Tags: [{ Key: KEYSPACE_TAG, Value: keyspace }] }),
+        ),
+      );
+    },
+  };
+
+  /** The secret's keyspace tag (`owner` undefined when it has none); undefined when there is no secret. */
+  private async keyspaceTag(): Promise<{ owner?: string } | undefined> {
+    const described = await awsFind(this.description, 'secretsmanager:DescribeSecret', () =>
+      this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })),
+    );
+    if (described === undefined) return undefined;
+    const owner = described.Tags?.find((tag) => tag.Key === KEYSPACE_TAG)?.Value;
+    return owner === undefined ? {} : { owner };
   }
 
   private requireVersion(kekId: string): Version {

@@ -3,13 +3,29 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
-import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeyProvider, type DestroyOutcome } from './key-provider';
+import {
+  decodeKek,
+  InMemoryKeys,
+  KEK_ID_PATTERN,
+  LocalKeyProvider,
+  type DestroyOutcome,
+  type GenerateOptions,
+  type KeyOwners,
+} from './key-provider';
 import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),
   current: z.string().optional(),
-  keks: z.array(z.object({ id: z.string(), key: z.string(), createdAt: z.string() })),
+  keks: z.array(
+    z.object({
+      id: z.string(),
+      key: z.string(),
+      createdAt: z.string(),
+      /** The keyspace (`<database id>/<schema.table>`) the KEK belongs to; absent in files written before owners. */
+      owner: z.string().optional(),
+    }),
+  ),
 });
 type KeyringFile = z.infer<typeof KeyringFile>;
 
@@ -54,8 +70,21 @@ export class FileKeyring extends LocalKeyProvider {
     return keys;
   }
 
-  /** Adds a new random KEK to the file (ids v1, v2, ... by default) and loads it. */
-  async generate(kekId?: string): Promise<string> {
+  /** Each KEK's owner, as the file records it (written durably, as every keyring write). */
+  readonly owners: KeyOwners = {
+    ownerOf: (kekId) => Promise.resolve(readKeyring(this.file).keks.find((k) => k.id === kekId)?.owner),
+    adopt: async (keyspace) => {
+      await withLock(this.file, () => {
+        const parsed = readKeyring(this.file);
+        if (parsed.keks.every((k) => k.owner !== undefined)) return;
+        const keks = parsed.keks.map((k) => (k.owner === undefined ? { ...k, owner: keyspace } : k));
+        writeKeyring(this.file, { ...parsed, keks }, 'replace');
+      });
+    },
+  };
+
+  /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
+  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const id = kekId ?? nextKekId(parsed.keks.map((k) => k.id));
@@ -66,7 +95,12 @@ export class FileKeyring extends LocalKeyProvider {
         throw new KeyMaterialError(`${this.file} already holds a KEK '${id}'`, this.file);
       }
       const key = randomBytes(KEY_BYTES);
-      parsed.keks.push({ id, key: key.toString('base64url'), createdAt: new Date().toISOString() });
+      parsed.keks.push({
+        id,
+        key: key.toString('base64url'),
+        createdAt: new Date().toISOString(),
+        ...(options.owner !== undefined && { owner: options.owner }),
+      });
       key.fill(0);
       parsed.current ??= id;
       writeKeyring(this.file, parsed, 'replace');

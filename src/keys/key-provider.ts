@@ -12,6 +12,24 @@ export interface GenerateOptions {
   retry?: boolean;
   /** Epoch ms: a retry stops looking for the earlier attempt's KEK then and creates one, so that the step ends. */
   searchUntil?: number;
+  /** The keyspace (`<database id>/<schema.table>`) the new KEK belongs to, recorded in the store where it can be. */
+  owner?: string;
+}
+
+/**
+ * A store's own record of which keyspace each of its KEKs belongs to (finding 1: a key store belongs to one keyspace):
+ * the keyring file records it per KEK, AWS Secrets Manager as the secret's tag `rekey:keyspace`, AWS KMS as each key's
+ * tag. Before a KEK is retired, disabled or destroyed in its store, rekey checks that the record names the keyspace
+ * asking.
+ */
+export interface KeyOwners {
+  /** The keyspace the store records for a KEK; undefined when it records none. */
+  ownerOf(kekId: string): Promise<string | undefined>;
+  /**
+   * Records `keyspace` as the owner of every KEK of the store that records none yet (a store written before owners
+   * existed is adopted by the first keyspace that uses it), durably, before anything else happens. Idempotent.
+   */
+  adopt(keyspace: string): Promise<void>;
 }
 
 /**
@@ -79,6 +97,8 @@ export interface KeyProvider {
   selfTest?(kek: { kekId: string; fingerprint: string; key: Buffer }): Promise<void>;
   /** For a store that wraps DEKs itself (KMS): the application's DEK operations, in place of wrap and unwrap. */
   readonly deks?: RemoteDeks;
+  /** Where the store can record which keyspace each KEK belongs to (not the environment, nor Mycelium's secrets). */
+  readonly owners?: KeyOwners;
   /** Zeroizes every key held in memory. */
   close(): void;
   /** Every key held, by fingerprint, with the id the source gives it. */

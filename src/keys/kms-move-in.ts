@@ -9,7 +9,15 @@ import { createDek, moveDek, openDek } from '../envelope/dek-envelope';
 import { selfTestKek } from '../envelope/dek-wrapping';
 import type { RowKek } from '../rewrap/rewrap-rows';
 import { keyArnOf, type KmsKeys } from './aws-kms';
-import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RecordedKek, RemoteDeks } from './key-provider';
+import type {
+  DestroyOutcome,
+  GenerateOptions,
+  HeldKey,
+  KeyOwners,
+  KeyProvider,
+  RecordedKek,
+  RemoteDeks,
+} from './key-provider';
 import { ConfigError, KeyMaterialError } from '../errors';
 
 const OUT_OF_KMS =
@@ -38,6 +46,15 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
   private of(kekId: string): KeyProvider {
     return this.inKms(kekId) ? this.kms : this.local;
   }
+
+  /** Each KEK's owner as its own store records it (the environment records none). */
+  readonly owners: KeyOwners = {
+    ownerOf: (kekId) => this.of(kekId).owners?.ownerOf(kekId) ?? Promise.resolve(undefined),
+    adopt: async (keyspace) => {
+      await this.kms.owners.adopt(keyspace);
+      await this.local.owners?.adopt(keyspace);
+    },
+  };
 
   async reload(): Promise<void> {
     await Promise.all([this.kms.reload(), this.local.reload()]);

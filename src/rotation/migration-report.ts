@@ -15,6 +15,8 @@ export interface FieldReport {
 
 export interface MigrationReport {
   target: string;
+  /** The keyspace every step checks its worker's target against (absent in runs of builds before keyspaces). */
+  keyspace?: string;
   /** When the migration began (epoch ms, workflow time); absent in reports of runs started before it was kept. */
   startedAt?: number;
   dryRun: boolean;

@@ -1,11 +1,18 @@
 import { TARGET_NAME } from '../targets/target';
 import { parseDuration } from './durations';
+import { parseKeyspaceId } from './identity';
 import { InvalidRotationError } from '../errors';
 
 /** What an operator asks for. KEK ids only: key bytes never travel in a workflow payload. */
 export interface RotationRequest {
   /** The keyspace to rotate: a target name (default 'rekey', rekey's own table). */
   target?: string;
+  /**
+   * The keyspace the target was when the run was started (`<database id>/<schema.table>`, as the starter's database
+   * said): every step checks that its worker's target is that keyspace. Absent in runs started by hand or by builds
+   * before keyspaces: the first step then says which keyspace it is.
+   */
+  keyspace?: string;
   /** The KEK in use now ('current' = whatever the registry says is active when the run starts). */
   from: string;
   /** The KEK to rotate to, or 'new' to generate one where the key provider can. */
@@ -113,6 +120,11 @@ export function parseRotationRequest(request: RotationRequest): RotationSettings
     );
   }
   if (from === to) throw new InvalidRotationError(`from and to are both '${from}': rotate to a different KEK`);
+  if (request.keyspace !== undefined && parseKeyspaceId(request.keyspace) === undefined) {
+    throw new InvalidRotationError(
+      `keyspace '${request.keyspace}' is not a keyspace id (<database identity>/<schema.table>, as rekey kek-status prints it)`,
+    );
+  }
   if (request.tenantId !== undefined && request.tenantId.length === 0) {
     throw new InvalidRotationError('tenantId must not be empty');
   }

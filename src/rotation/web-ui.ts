@@ -15,6 +15,8 @@ export interface RotationDescription {
   gracePeriod?: string;
   dryRun?: boolean;
   tenantId?: string;
+  /** `<database id>/<schema.table>`: which table in which database the target is. */
+  keyspace?: string;
 }
 
 /** One line: `rotate talos: v1 → v2` (a dry run or a canary says so). */
@@ -26,7 +28,7 @@ export function staticSummary(rotation: RotationDescription): string {
 /** Markdown: the keyspace, the keys, the grace period, and who started it. */
 export function staticDetails(rotation: RotationDescription, startedBy: StartedBy): string {
   return [
-    `**Keyspace:** \`${rotation.target}\``,
+    `**Keyspace:** \`${rotation.target}\`` + (rotation.keyspace !== undefined ? ` (\`${rotation.keyspace}\`)` : ''),
     `**KEK:** \`${rotation.from}\` → \`${rotation.to}\``,
     `**Grace period:** ${rotation.gracePeriod ?? 'the default (7d)'}`,
     ...(rotation.tenantId !== undefined ? [`**Canary tenant:** \`${rotation.tenantId}\``] : []),

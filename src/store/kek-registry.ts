@@ -262,3 +262,22 @@ export class KekRegistry {
     return rows.map((r) => ({ kekId: r.kek_id, event: r.event, reason: r.reason, actor: r.actor, at: r.at }));
   }
 }
+
+/** A KEK as some registry in a database holds it: which target, under which id, in which state. */
+export interface RegistryHolder {
+  target: string;
+  kekId: string;
+  state: KekState;
+}
+
+/**
+ * Every registry row of a database (every target's, whichever process registered it) holding a key with this
+ * fingerprint in a state other than destroyed: before a KEK's material is destroyed, none but its own may be left.
+ */
+export async function registryHolders(db: Pool | PoolClient, fingerprint: string): Promise<RegistryHolder[]> {
+  const { rows } = await db.query<{ target: string; kek_id: string; state: KekState }>(
+    `SELECT target, kek_id, state FROM rekey.keks WHERE fingerprint = $1 AND state <> 'destroyed' ORDER BY target, kek_id`,
+    [fingerprint],
+  );
+  return rows.map((r) => ({ target: r.target, kekId: r.kek_id, state: r.state }));
+}

@@ -1,16 +1,20 @@
 // The targets configuration file (REKEY_CONFIG): YAML or JSON, checked when a process starts; every error names the
 // key and says what to fix. docs/12-configuration-file.md points at a complete example (examples/rekey.yaml).
 import fs from 'node:fs';
+import nodePath from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { compileFormat, ENCODINGS, type SealedFormat } from '../codec/sealed-format';
+import { detectKeyProvider } from '../keys';
 import { PRESETS } from './presets';
 import {
+  describeTable,
   IDENTIFIER,
   TARGET_NAME,
   type CasToken,
   type EncryptedField,
   type KekLabel,
+  type SecretSource,
   type TableRef,
   type TargetDefinition,
 } from './target';
@@ -295,10 +299,160 @@ function mask(line: string): string {
     .replace(/[A-Za-z0-9+/_-]{32,}={0,2}/g, '***');
 }
 
-/** Parses and checks a configuration document; the presets are always there, a file adds or overrides targets. */
-export function parseTargetsConfig(text: string | undefined, source = 'REKEY_CONFIG'): TargetsConfig {
+/**
+ * Where a target's database is, as the configuration names it: its URL, or the variable holding it; with `env`, the
+ * URL that variable holds too.
+ */
+function databaseNames(definition: TargetDefinition, env: NodeJS.ProcessEnv | undefined): string[] {
+  const { url, urlEnv } = definition.database;
+  if (url !== undefined) return [`url ${url}`];
+  const variable = urlEnv ?? 'DATABASE_URL';
+  const resolved = env?.[variable]?.trim();
+  return [`variable ${variable}`, ...(resolved ? [`url ${resolved}`] : [])];
+}
+
+/**
+ * Finding 9: a keyspace is a table in a database. Two targets over one table of one database would get two
+ * registries and two rotations that each move the other's rows: refused, naming both and what to change. Targets
+ * whose databases are named differently but are one database (two URLs) are refused when they are opened
+ * (TargetRuntimes), by the database's identity.
+ */
+function refuseSharedTables(targets: Map<string, TargetDefinition>, source: string, env?: NodeJS.ProcessEnv): void {
+  const list = [...targets.values()];
+  for (const [i, a] of list.entries()) {
+    for (const b of list.slice(i + 1)) {
+      if (describeTable(a.table) !== describeTable(b.table)) continue;
+      const names = databaseNames(a, env);
+      const same = databaseNames(b, env).find((name) => names.includes(name));
+      if (same === undefined) continue;
+      throw new TargetConfigError(
+        `${source}: targets '${a.name}' and '${b.name}' are one keyspace: both are table ${describeTable(a.table)} in the database of ${same.startsWith('url') ? 'the same URL' : same}. ` +
+          `Two registries and two rotations of one table would each move the other's rows: remove targets.${b.name}, or give it its own table or database (database.urlEnv)`,
+      );
+    }
+  }
+}
+
+/** One key store a target's KEKs come from: `key` compares, `what` names it in messages. */
+interface StoreName {
+  key: string;
+  what: string;
+}
+
+/** The store the process's own provider (REKEY_KEY_PROVIDER) reads, as far as the environment says. */
+function processStores(env: NodeJS.ProcessEnv | undefined): StoreName[] {
+  const own = { key: 'default', what: "the process's own key provider (keys: default)" };
+  if (env === undefined) return [own];
+  let provider = env.REKEY_KEY_PROVIDER?.trim() || 'env';
+  if (provider === 'auto') provider = detectKeyProvider(env).provider;
+  const envPrefix = env.REKEY_ENV_PREFIX || 'REKEY';
+  const keyring = env.REKEY_KEYRING_FILE?.trim();
+  const stores = [own];
+  if (provider === 'env') stores.push(envStore(envPrefix));
+  if (provider === 'file' && keyring) stores.push(fileStore(keyring));
+  if (provider === 'aws-secrets-manager' && env.REKEY_AWS_SECRET_ID?.trim()) {
+    const secret = env.REKEY_AWS_SECRET_ID.trim();
+    stores.push({ key: `aws-secrets-manager ${secret}`, what: `AWS Secrets Manager secret '${secret}'` });
+  }
+  if (provider === 'aws-kms') {
+    const prefix = env.REKEY_AWS_KMS_ALIAS_PREFIX?.trim() || 'alias/rekey/';
+    stores.push({ key: `aws-kms ${prefix}`, what: `AWS KMS keys under ${prefix}kek-*` });
+    const local = env.REKEY_AWS_KMS_LOCAL_KEYS?.trim();
+    if (local === 'env') stores.push(envStore(envPrefix));
+    if (local === 'file' && keyring) stores.push(fileStore(keyring));
+  }
+  if (provider === 'vault' && env.REKEY_VAULT_KV_PATH?.trim()) {
+    const at = `${env.REKEY_VAULT_KV_MOUNT?.trim() || 'secret'}/${env.REKEY_VAULT_KV_PATH.trim()}`;
+    stores.push({ key: `vault-kv ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault KV v2 secret ${at}` });
+  }
+  if (provider === 'vault-transit' && env.REKEY_VAULT_TRANSIT_KEY?.trim()) {
+    const at = `${env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit'}/keys/${env.REKEY_VAULT_TRANSIT_KEY.trim()}`;
+    stores.push({ key: `vault-transit ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault Transit key ${at}` });
+  }
+  return stores;
+}
+
+function envStore(prefix: string): StoreName {
+  return { key: `env ${prefix}`, what: `the environment variables ${prefix}_KEK_<id>` };
+}
+
+function fileStore(file: string): StoreName {
+  let resolved = nodePath.resolve(file);
+  try {
+    resolved = fs.realpathSync(resolved);
+  } catch {
+    // not there yet: its path as given
+  }
+  return { key: `file ${resolved}`, what: `the keyring file ${resolved}` };
+}
+
+function secretStore(secret: SecretSource): StoreName {
+  if ('env' in secret) return { key: `secret-env ${secret.env}`, what: `the secret in ${secret.env}` };
+  if ('vault' in secret) {
+    const { mount = 'secret', path, field } = secret.vault;
+    return {
+      key: `secret-vault ${mount}/${path}#${field}`,
+      what: `the Vault KV secret ${mount}/${path} (field ${field})`,
+    };
+  }
+  const { key, what } = fileStore(secret.file);
+  return { key: `secret-${key}`, what: what.replace('keyring file', 'secret file') };
+}
+
+/** Every store a target's KEKs come from (a Mycelium target reads two secrets). */
+function storesOf(definition: TargetDefinition, env: NodeJS.ProcessEnv | undefined): StoreName[] {
+  const keys = definition.keys;
+  switch (keys.provider) {
+    case 'default':
+      return processStores(env);
+    case 'env':
+      return [envStore(keys.prefix)];
+    case 'file': {
+      const file = keys.file ?? (keys.fileEnv ? env?.[keys.fileEnv]?.trim() : undefined);
+      if (file) return [fileStore(file)];
+      return [{ key: `file-variable ${keys.fileEnv}`, what: `the keyring file ${keys.fileEnv} names` }];
+    }
+    case 'mycelium-token-secret':
+      return [secretStore(keys.current), secretStore(keys.old)];
+  }
+}
+
+/**
+ * Finding 1: a key store belongs to one keyspace. Two targets whose KEKs come from one store (both `keys: default`,
+ * one keyring file, one env prefix, one Secrets Manager secret, one KMS alias prefix) would destroy, disable or retire
+ * each other's keys: refused, naming both, the store, and what to change.
+ */
+function refuseSharedKeyStores(targets: Map<string, TargetDefinition>, source: string, env?: NodeJS.ProcessEnv): void {
+  const list = [...targets.values()].map((definition) => ({ definition, stores: storesOf(definition, env) }));
+  for (const [i, a] of list.entries()) {
+    for (const b of list.slice(i + 1)) {
+      const shared = b.stores.find((store) => a.stores.some((other) => other.key === store.key));
+      if (shared === undefined) continue;
+      const name = b.definition.name;
+      throw new TargetConfigError(
+        `${source}: targets '${a.definition.name}' and '${name}' both take their KEKs from ${shared.what}: a key store belongs to one keyspace, ` +
+          `and destroying or retiring a KEK of one would take it from the other. Give targets.${name} keys of its own ` +
+          `(keys: { provider: file, file: <a keyring of its own> } or { provider: env, prefix: <a prefix of its own> })`,
+      );
+    }
+  }
+}
+
+/**
+ * Parses and checks a configuration document; the presets are always there, a file adds or overrides targets. With
+ * `env` (the process's environment), targets are also compared by the database URLs and key stores it resolves.
+ */
+export function parseTargetsConfig(
+  text: string | undefined,
+  source = 'REKEY_CONFIG',
+  env?: NodeJS.ProcessEnv,
+): TargetsConfig {
   const targets = new Map<string, TargetDefinition>(Object.entries(PRESETS));
-  if (text === undefined) return { defaultTarget: 'rekey', targets };
+  if (text === undefined) {
+    refuseSharedTables(targets, source, env);
+    refuseSharedKeyStores(targets, source, env);
+    return { defaultTarget: 'rekey', targets };
+  }
   let document: unknown;
   try {
     document = parseYaml(text);
@@ -315,6 +469,8 @@ export function parseTargetsConfig(text: string | undefined, source = 'REKEY_CON
     throw new TargetConfigError(parsed.error.issues.map((issue) => problem(source, issue)).join('; '));
   }
   for (const [name, entry] of Object.entries(parsed.data.targets)) targets.set(name, definitionOf(name, entry, source));
+  refuseSharedTables(targets, source, env);
+  refuseSharedKeyStores(targets, source, env);
   const defaultTarget = parsed.data.defaultTarget ?? 'rekey';
   if (!targets.has(defaultTarget)) {
     throw new TargetConfigError(
@@ -329,7 +485,7 @@ export function loadTargetsConfig(env: NodeJS.ProcessEnv = process.env): Targets
   const path = env.REKEY_CONFIG?.trim();
   if (!path) {
     const fallback = env.REKEY_DEFAULT_TARGET?.trim();
-    const config = parseTargetsConfig(undefined);
+    const config = parseTargetsConfig(undefined, 'the preset targets', env);
     return fallback ? withDefault(config, fallback, 'REKEY_DEFAULT_TARGET') : config;
   }
   let text: string;
@@ -340,7 +496,7 @@ export function loadTargetsConfig(env: NodeJS.ProcessEnv = process.env): Targets
       `REKEY_CONFIG names ${path}, which cannot be read: ${(err as NodeJS.ErrnoException).code}`,
     );
   }
-  const config = parseTargetsConfig(text, path);
+  const config = parseTargetsConfig(text, path, env);
   const override = env.REKEY_DEFAULT_TARGET?.trim();
   return override ? withDefault(config, override, 'REKEY_DEFAULT_TARGET') : config;
 }

@@ -5,20 +5,24 @@ import { openTargetKeys } from '../keys';
 import type { KeyProvider } from '../keys/key-provider';
 import { AppInstances } from '../store/app-instances';
 import { KekRegistry } from '../store/kek-registry';
+import { keyspaceOf, type Keyspace } from '../rotation/identity';
+import { readDatabaseIdentity } from '../store/database-identity';
 import { migrate } from '../store/migrate';
 import { TargetStore } from '../store/target-store';
 import { BUILTIN_TARGET } from './builtin';
 import { type TargetsConfig } from './config';
 import { PRESETS } from './presets';
 import type { ServedTargets } from './served';
-import type { TargetDefinition } from './target';
-import { KeyMaterialError, TargetConfigError } from '../errors';
+import { describeTable, type TargetDefinition } from './target';
+import { KeyMaterialError, KeyspaceMismatchError, TargetConfigError } from '../errors';
 
 /** Everything one target needs at run time, opened on first use. */
 export interface TargetRuntime {
   definition: TargetDefinition;
   /** The target's database; rekey's bookkeeping (schema rekey) is in the same one. */
   db: Pool;
+  /** What the target rotates: its table in its database (by the database's identity). */
+  keyspace: Keyspace;
   store: TargetStore;
   keys: KeyProvider;
   registry: KekRegistry;
@@ -45,7 +49,8 @@ export interface TargetRuntimesOptions {
  */
 export class TargetRuntimes {
   private readonly opened = new Map<string, Promise<TargetRuntime>>();
-  private readonly pools = new Map<string, Pool>();
+  private readonly pools = new Map<string, Promise<Pool>>();
+  private readonly identities = new Map<Pool, Promise<string>>();
 
   private ownKeys: KeyProvider | undefined;
 
@@ -59,6 +64,11 @@ export class TargetRuntimes {
 
   get names(): string[] {
     return [...(this.options.config?.targets.keys() ?? Object.keys(PRESETS))];
+  }
+
+  /** Whether this process's configuration has a target of that name (served or not). */
+  has(name: string): boolean {
+    return this.options.config ? this.options.config.targets.has(name) : name in PRESETS;
   }
 
   /** The targets this process serves: its activities refuse the others. */
@@ -87,6 +97,42 @@ export class TargetRuntimes {
     return runtime;
   }
 
+  /**
+   * The target of an activity's input, refused (KeyspaceMismatchError, naming both) when the input names a keyspace
+   * that is not the one the target resolves to here: a step of another database's rotation that reached this worker
+   * must not touch this database's rows or keys. Inputs without a keyspace (older builds' runs) are not checked.
+   */
+  async forRequest({ target, keyspace }: { target?: string; keyspace?: string }): Promise<TargetRuntime> {
+    const runtime = await this.get(target);
+    if (keyspace !== undefined && keyspace !== runtime.keyspace.id) {
+      throw new KeyspaceMismatchError(
+        `this step belongs to keyspace ${keyspace}, but target '${runtime.definition.name}' is keyspace ${runtime.keyspace.id} on this worker (database ${runtime.keyspace.databaseId}): ` +
+          `a worker of another database polls this task queue; give each database's workers a task queue of their own (REKEY_TASK_QUEUE)`,
+      );
+    }
+    return runtime;
+  }
+
+  /**
+   * The keyspace of a target (its database's identity and its table), without opening its table or its keys: what a
+   * CLI or the admin API needs to name its rotations.
+   */
+  async keyspace(name: string): Promise<Keyspace> {
+    const definition = this.definition(name);
+    const db = await this.database(definition);
+    return keyspaceOf(await this.identity(db, definition), describeTable(definition.table));
+  }
+
+  private identity(db: Pool, definition: TargetDefinition): Promise<string> {
+    let identity = this.identities.get(db);
+    if (!identity) {
+      identity = readDatabaseIdentity(db, `the database of target '${definition.name}'`);
+      identity.catch(() => this.identities.delete(db));
+      this.identities.set(db, identity);
+    }
+    return identity;
+  }
+
   private async open(name: string): Promise<TargetRuntime> {
     const definition = this.definition(name);
     const { served } = this.options;
@@ -96,6 +142,8 @@ export class TargetRuntimes {
       );
     }
     const db = await this.database(definition);
+    const keyspace = await this.keyspace(name);
+    await this.refuseSharedKeyspace(definition, keyspace);
     const store = new TargetStore(db, definition, compileFormat(definition.format));
     await store.inspect();
     // Key material is read when first needed: counts and the registry need none (kek-status, status).
@@ -109,6 +157,7 @@ export class TargetRuntimes {
     const opened: TargetRuntime = {
       definition,
       db,
+      keyspace,
       store,
       get keys() {
         return openKeys();
@@ -123,6 +172,66 @@ export class TargetRuntimes {
   }
 
   /**
+   * The definitive check behind the configuration's (which compares how targets name their databases): no other target
+   * of this configuration resolves to the same database identity and table, such as one reached by two URLs. Only
+   * targets naming the same table can; a target whose database cannot be reached now cannot rotate now either, and
+   * meets this check when it is opened.
+   */
+  private async refuseSharedKeyspace(definition: TargetDefinition, keyspace: Keyspace): Promise<void> {
+    for (const other of this.names) {
+      if (other === definition.name) continue;
+      const otherDefinition = this.definition(other);
+      if (describeTable(otherDefinition.table) !== keyspace.table) continue;
+      let theirs: Keyspace;
+      try {
+        theirs = await this.keyspace(other);
+      } catch {
+        continue;
+      }
+      if (theirs.id === keyspace.id) {
+        throw new TargetConfigError(
+          `targets '${other}' and '${definition.name}' are one keyspace: both are table ${keyspace.table} in database ${keyspace.databaseId} ` +
+            `(two URLs of one database): two registries and two rotations of one table would each move the other's rows. ` +
+            `Remove one of them from the file REKEY_CONFIG names, or point it at its own table`,
+        );
+      }
+    }
+  }
+
+  /**
+   * Every database this process serves (its own, and each target's that resolves), with the targets in it: where a
+   * destruction proves that no registry still holds a KEK. `unresolved` names the targets whose database URL is not
+   * set here.
+   */
+  async databases(): Promise<{
+    databases: { db: Pool; databaseId: string; targets: string[] }[];
+    unresolved: string[];
+  }> {
+    const byPool = new Map<Pool, { db: Pool; databaseId: string; targets: string[] }>();
+    const unresolved: string[] = [];
+    for (const name of this.names) {
+      const definition = this.definition(name);
+      let db: Pool;
+      try {
+        db = await this.database(definition);
+      } catch (err) {
+        if (err instanceof KeyMaterialError) {
+          unresolved.push(name);
+          continue;
+        }
+        throw err;
+      }
+      let entry = byPool.get(db);
+      if (!entry) {
+        entry = { db, databaseId: await this.identity(db, definition), targets: [] };
+        byPool.set(db, entry);
+      }
+      entry.targets.push(name);
+    }
+    return { databases: [...byPool.values()], unresolved };
+  }
+
+  /**
    * A target's database (migrated: rekey's bookkeeping is there) without opening the target: its table is not checked,
    * so a run that failed because its table is missing can still record its end there.
    */
@@ -130,18 +239,20 @@ export class TargetRuntimes {
     return this.database(this.definition(name));
   }
 
-  private async database(definition: TargetDefinition): Promise<Pool> {
+  private database(definition: TargetDefinition): Promise<Pool> {
     const env = this.options.env ?? process.env;
     const variable = definition.database.urlEnv ?? 'DATABASE_URL';
     const url = definition.database.url ?? (variable === 'DATABASE_URL' ? undefined : env[variable]);
     if (url === undefined) {
       if (variable !== 'DATABASE_URL') {
-        throw new KeyMaterialError(
-          `${variable} is not set: target '${definition.name}' reads its database URL from it`,
-          variable,
+        return Promise.reject(
+          new KeyMaterialError(
+            `${variable} is not set: target '${definition.name}' reads its database URL from it`,
+            variable,
+          ),
         );
       }
-      return this.options.db;
+      return Promise.resolve(this.options.db);
     }
     checkDatabaseUrl(
       url,
@@ -149,15 +260,25 @@ export class TargetRuntimes {
     );
     let pool = this.pools.get(url);
     if (!pool) {
-      pool = new Pool({ connectionString: url, max: 8 });
-      pool.on('error', () => undefined); // an idle connection dropped by the server is replaced on next use
+      pool = (async () => {
+        const opened = new Pool({ connectionString: url, max: 8 });
+        opened.on('error', () => undefined); // an idle connection dropped by the server is replaced on next use
+        try {
+          const client = await opened.connect();
+          try {
+            await migrate(client);
+          } finally {
+            client.release();
+          }
+        } catch (err) {
+          // Not remembered: the next use connects again (the database may be back).
+          this.pools.delete(url);
+          await opened.end().catch(() => undefined);
+          throw err;
+        }
+        return opened;
+      })();
       this.pools.set(url, pool);
-      const client = await pool.connect();
-      try {
-        await migrate(client);
-      } finally {
-        client.release();
-      }
     }
     return pool;
   }
@@ -171,8 +292,20 @@ export class TargetRuntimes {
   /** Closes the pools this object opened and zeroizes the keys of the targets it opened (not the process's own). */
   async close(): Promise<void> {
     for (const runtime of this.opened.values()) (await runtime.catch(() => undefined))?.close();
-    await Promise.all([...this.pools.values()].map((pool) => pool.end()));
+    const pools = await Promise.all([...this.pools.values()].map((pool) => pool.catch(() => undefined)));
+    await Promise.all(pools.flatMap((pool) => (pool ? [pool.end()] : [])));
   }
+}
+
+/** The keyspace of a target whose table is in `db` (already migrated): its database's identity and its table. */
+export async function targetKeyspace(
+  db: Pool,
+  definition: TargetDefinition = PRESETS[BUILTIN_TARGET]!,
+): Promise<Keyspace> {
+  return keyspaceOf(
+    await readDatabaseIdentity(db, `the database of target '${definition.name}'`),
+    describeTable(definition.table),
+  );
 }
 
 /**

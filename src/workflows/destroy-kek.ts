@@ -2,8 +2,9 @@
 // where its store can, unless an operator restored it meanwhile or a row may still need it. The rows still labelled
 // with it are proved first (relabelled where they open under a usable KEK); a row that opens under none refuses the
 // destruction, which says what to do, keeps the KEK restorable and tries again on a bounded schedule: it never fails
-// for good. One workflow per KEK, started by the rotation that retired it and left running when that rotation ends
-// (parent close policy ABANDON); its `destroyProgress` query says where it stands.
+// for good. One workflow per KEK of a keyspace, started by the rotation that retired it and left running when that
+// rotation ends (parent close policy ABANDON); its id is made by src/rotation/identity.ts (destroyWorkflowIdOf), and
+// its `destroyProgress` query says where it stands.
 import { continueAsNew, patched, setHandler, sleep, workflowInfo } from '@temporalio/workflow';
 import type { DestroyReport } from '../activities/kek';
 import { DEFAULTS } from '../rotation/rotation-input';
@@ -18,11 +19,8 @@ export interface DestroyKekInput {
   target: string;
   kekId: string;
   restoreWindowMs: number;
-}
-
-/** The workflow id of a KEK's destruction: one per target and KEK. */
-export function destroyWorkflowId(target: string, kekId: string): string {
-  return `rekey-destroy-${target}-${kekId}`;
+  /** The keyspace (`<database id>/<schema.table>`) the step checks; absent in destructions of older builds. */
+  keyspace?: string;
 }
 
 /**
@@ -43,7 +41,9 @@ export interface DestroyCarried {
 const MAX_HISTORY_EVENTS = 2_000;
 
 export async function destroyRetiredKek(input: DestroyKekInput, carried?: DestroyCarried): Promise<DestroyReport> {
-  const { target, kekId, restoreWindowMs } = input;
+  const { target, kekId, restoreWindowMs, keyspace } = input;
+  // What every step names: the target, and the keyspace its worker must resolve it to (absent from older builds').
+  const on = keyspace === undefined ? { target } : { target, keyspace };
   const state: DestroyCarried = carried ?? {
     progress: initialDestroyProgress(target, kekId, Date.now() + restoreWindowMs),
     rounds: 0,
@@ -63,7 +63,7 @@ export async function destroyRetiredKek(input: DestroyKekInput, carried?: Destro
     // proved in parts, so that the step under the lock proves only what came after.
     const proof = await proveInParts(
       {
-        target,
+        ...on,
         kekId,
         batchSize: DEFAULTS.batchSize,
         timeBudgetMs: parseDuration(DEFAULTS.sliceTimeBudget)!,
@@ -86,7 +86,7 @@ export async function destroyRetiredKek(input: DestroyKekInput, carried?: Destro
     state.proof = undefined;
     const retryInMs = destroyRetryDelayMs(state.progress.refusals + 1);
     const report = await lockedSteps.destroyKek({
-      target,
+      ...on,
       kekId,
       progressKey: `${keyPrefix}/round-${round}/locked`,
       reopenForMs: retryInMs,
@@ -115,10 +115,10 @@ export async function destroyRetiredKek(input: DestroyKekInput, carried?: Destro
 }
 
 /** The loop of builds before DESTROY_PROOF_PATCH, for the histories they wrote. */
-async function destroyAsRecorded({ target, kekId }: DestroyKekInput): Promise<DestroyReport> {
+async function destroyAsRecorded({ target, kekId, keyspace }: DestroyKekInput): Promise<DestroyReport> {
   for (;;) {
     // The window is measured by the database's clock: the step says how long is left if this timer ran early.
-    const report = await steps.destroyKek({ target, kekId });
+    const report = await steps.destroyKek({ target, kekId, ...(keyspace !== undefined && { keyspace }) });
     if (report.outcome !== 'not-yet') return report;
     await sleep(Math.max(report.waitMs ?? 60_000, 1_000));
   }

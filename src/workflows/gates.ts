@@ -18,7 +18,7 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
   let interval = POLL_FIRST_MS;
   for (;;) {
     const fleet = await steps.fleetReadiness({
-      target: carried.target,
+      ...run.on,
       kekId: carried.to,
       liveWithinMs: settings.fleetLiveWithinMs,
     });
@@ -70,7 +70,7 @@ export async function waitForApplication(run: RotationState, step: 'promote' | '
   for (;;) {
     if (run.aborted) return;
     const evidence = await steps.applicationEvidence({
-      target: carried.target,
+      ...run.on,
       step,
       from: carried.from,
       to: carried.to,

@@ -35,6 +35,8 @@ export type { FieldReport, MigrationReport } from '../rotation/migration-report'
 
 export interface MigrationRequest {
   target: string;
+  /** The keyspace the target was when the run was started (`<database id>/<schema.table>`); every step checks it. */
+  keyspace?: string;
   /** The generation (KEK id) the application's current key is, when rekey's registry has none recorded yet. */
   kekVersion?: string;
   /** Only the values under this tenant's DEK (Mycelium's `--tenant-id`); the system tenant's for TOTP and webhooks. */
@@ -101,8 +103,10 @@ function handlersFinished(): Promise<void> {
 
 /** The migration's end into rekey's run history, in the one status (a failure with its message). */
 function recordMigrationEnd(request: MigrationRequest, report?: MigrationReport, failure?: string): Promise<void> {
+  const keyspace = report?.keyspace ?? request.keyspace;
   return recordEnd({
     target: request.target,
+    ...(keyspace !== undefined && { keyspace }),
     kind: 'migration',
     ...(report?.kekId !== undefined && { to: report.kekId }),
     startedAt: report?.startedAt ?? workflowInfo().runStartTime.getTime(),
@@ -130,6 +134,7 @@ async function migrate(
   const state: MigrationCarried = carried ?? {
     report: {
       target: request.target,
+      ...(request.keyspace !== undefined && { keyspace: request.keyspace }),
       startedAt: Date.now(),
       dryRun: request.dryRun ?? false,
       ...(request.tenantId !== undefined && { tenantId: request.tenantId }),
@@ -192,10 +197,7 @@ async function migrate(
       await condition(() => !report.paused || aborted);
       if (aborted) return finish('aborted');
       if (report.passes > 0) {
-        const left = (await steps.legacyValuesLeft({ target: request.target, ...tenant })).reduce(
-          (n, f) => n + f.legacy,
-          0,
-        );
+        const left = (await steps.legacyValuesLeft({ ...on(report), ...tenant })).reduce((n, f) => n + f.legacy, 0);
         report.legacyLeft = left;
         // Done when nothing is left but what the last pass could not read (a writer may have put a value back).
         if (report.dryRun || left <= report.totals.unreadable || report.passes >= settings.maxPasses) {
@@ -203,7 +205,7 @@ async function migrate(
         }
       }
       const plan = await steps.planFieldMigration({
-        target: request.target,
+        ...on(report),
         ...(request.kekVersion !== undefined && { kekVersion: request.kekVersion }),
         ...tenant,
         slices: settings.parallelism * 2,
@@ -254,6 +256,13 @@ function startPass(state: MigrationCarried, plan: MigrationPlan): void {
  * Runs the pending parts, at most `parallelism` at once and one field at a time (two fields of one row must not
  * lock the same rows in two orders), until none is left or the run must stop.
  */
+/** What every activity input names: the target, and the keyspace its worker must resolve it to (when known). */
+function on(report: MigrationReport): { target: string; keyspace?: string } {
+  return report.keyspace === undefined
+    ? { target: report.target }
+    : { target: report.target, keyspace: report.keyspace };
+}
+
 async function runParts(
   state: MigrationCarried,
   settings: { parallelism: number; batchSize: number; timeBudgetMs: number; maxHistoryEvents: number },
@@ -315,7 +324,7 @@ async function runPart(
   try {
     outcome = await scope.run(() =>
       slices.migrateFieldSlice({
-        target: report.target,
+        ...on(report),
         field: part.field,
         kekId: report.kekId!,
         range: part.range,

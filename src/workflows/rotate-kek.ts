@@ -16,7 +16,8 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
-import { destroyRetiredKek, destroyWorkflowId } from './destroy-kek';
+import { destroyRetiredKek } from './destroy-kek';
+import { destroyWorkflowIdOf, legacyDestroyWorkflowId } from '../rotation/identity';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { startProof, type LabelProof } from '../rotation/label-proof';
 import { addCounters, emptyCounters } from '../rewrap/counters';
@@ -61,6 +62,10 @@ export const TARGETS_PATCH = 'rekey-targets-1';
  * retirement (runs that reached retire before RETIRE_PROOF_PATCH replay it as they ran).
  */
 export const DESTROY_PATCH = 'rekey-destroy-after-window-1';
+/** Marks runs whose first step checks that they run under their keyspace's workflow id. */
+export const KEYSPACE_PATCH = 'rekey-keyspace-1';
+/** Marks runs that start a destruction under an id naming the keyspace (`rekey-destroy-<target>.<db>.<kek>`). */
+export const KEYSPACE_DESTROY_PATCH = 'rekey-keyspace-destroy-id-1';
 /**
  * Marks runs that decided at their start whether their retirement schedules a destruction (recorded in the first
  * workflow task; a run started by an earlier build has no marker there and replays false: no destruction).
@@ -171,7 +176,7 @@ async function runPhases(run: RotationState): Promise<RotationReport> {
 function recordRotationEnd(run: RotationState, failure?: string): Promise<void> {
   const { progress } = run;
   return recordEnd({
-    target: run.carried.target,
+    ...run.on,
     kind: 'rotation',
     from: run.carried.from,
     to: run.carried.to,
@@ -205,7 +210,12 @@ const PHASES: Record<RotationState['phase'], (run: RotationState) => Promise<Rot
 };
 
 async function validate(run: RotationState): Promise<RotationReport | undefined> {
-  const checked = await steps.validateRotation(run.request);
+  // A run of this build checks, in its first step, that it runs under its keyspace's workflow id (a run started by
+  // hand under another id is refused, naming the id to use); runs of older builds were validated without it.
+  const checked = patched(KEYSPACE_PATCH)
+    ? await steps.validateRotation(run.request, { workflowId: workflowInfo().workflowId })
+    : await steps.validateRotation(run.request);
+  if (checked.keyspace !== undefined) run.carried.keyspace = checked.keyspace;
   run.carried.from = checked.from;
   if (checked.to !== undefined) run.carried.to = checked.to;
   // An unfinished rotation taken up again: its `to` is already the active KEK.
@@ -232,9 +242,9 @@ async function validate(run: RotationState): Promise<RotationReport | undefined>
 async function provision(run: RotationState): Promise<RotationReport | undefined> {
   const { carried } = run;
   const generate = carried.to === 'new';
-  if (generate) carried.to = await steps.proposeKekId({ target: carried.target });
+  if (generate) carried.to = await steps.proposeKekId(run.on);
   run.progress = { ...run.progress, to: carried.to };
-  await steps.provisionKek({ target: carried.target, kekId: carried.to, generate, from: carried.from });
+  await steps.provisionKek({ ...run.on, kekId: carried.to, generate, from: carried.from });
   if (run.aborted) return run.finish('aborted');
   run.advance();
   return undefined;
@@ -248,7 +258,7 @@ async function promote(run: RotationState): Promise<RotationReport | undefined> 
     else await waitForFleet(run, 'unwrap');
     await run.holdIfPaused('promote');
     if (run.aborted) return run.finish('aborted');
-    await run.commit('promote', () => steps.promoteKek({ target: carried.target, from: carried.from, to: carried.to }));
+    await run.commit('promote', () => steps.promoteKek({ ...run.on, from: carried.from, to: carried.to }));
     carried.promoted = true;
   }
   run.advance();
@@ -275,7 +285,7 @@ async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
         if (run.aborted) return run.finish('aborted');
       }
       const plan = await steps.planSlices({
-        target: carried.target,
+        ...run.on,
         from: carried.from,
         slices: settings.parallelism * 2,
         tenantId: settings.tenantId,
@@ -336,7 +346,7 @@ function anotherPass(run: RotationState): void {
 async function verify(run: RotationState): Promise<RotationReport | undefined> {
   const { carried, settings } = run;
   const verdict = await steps.verifyRotation({
-    target: carried.target,
+    ...run.on,
     from: carried.from,
     to: carried.to,
     sampleSize: VERIFY_SAMPLE,
@@ -432,7 +442,7 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
     if (proof.needed > 0) return onceMore(run, proof.needed);
     // What no label shows: rows labelled with neither KEK whose value is under `from` (and rows labelled `from` since).
     const verdict = await steps.verifyRotation({
-      target: carried.target,
+      ...run.on,
       from: carried.from,
       to: carried.to,
       sampleSize: 0,
@@ -449,7 +459,7 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   if (proof === 'continue-as-new') return run.continueAsNew();
   const retired = await run.commit('retire', () =>
     lockedSteps.retireKek({
-      target: carried.target,
+      ...run.on,
       from: carried.from,
       restoreWindowMs: run.settings.restoreWindowMs,
       progressKey: `${carried.runKey}/retire`,
@@ -457,7 +467,7 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   );
   if ((retired.relabelled ?? 0) > 0) addRelabelled(run, retired.relabelled ?? 0);
   if (run.progress.destruction?.scheduled) {
-    await scheduleDestruction(carried.target, carried.from, run.settings.restoreWindowMs);
+    await scheduleDestruction(run, carried.from, run.settings.restoreWindowMs);
   }
   return run.finish('completed');
 }
@@ -487,7 +497,7 @@ async function prove(
   let stopped: 'aborted' | 'continue-as-new' | undefined;
   const proof = await proveInParts(
     {
-      target: carried.target,
+      ...run.on,
       kekId: carried.from,
       batchSize: settings.batchSize,
       timeBudgetMs: settings.sliceTimeBudgetMs,
@@ -524,7 +534,7 @@ async function retireAsRecorded(run: RotationState): Promise<RotationReport | un
   const { carried } = run;
   if (carried.currentKekOwner === 'application') {
     const verdict = await steps.verifyRotation({
-      target: carried.target,
+      ...run.on,
       from: carried.from,
       to: carried.to,
       sampleSize: 0,
@@ -539,34 +549,47 @@ async function retireAsRecorded(run: RotationState): Promise<RotationReport | un
     if (run.aborted) return run.finish('aborted');
   }
   await run.commit('retire', () =>
-    steps.retireKek({ target: carried.target, from: carried.from, restoreWindowMs: run.settings.restoreWindowMs }),
+    steps.retireKek({ ...run.on, from: carried.from, restoreWindowMs: run.settings.restoreWindowMs }),
   );
   // Replaying, the history says whether that build scheduled a destruction (its marker). Live, such a run was
   // started by an earlier build and follows the decision taken at its start (none): see decideDestruction.
   const scheduled = workflowInfo().unsafe.isReplaying
     ? patched(DESTROY_PATCH)
     : run.progress.destruction?.scheduled === true && patched(DESTROY_PATCH);
-  if (scheduled) await scheduleDestruction(carried.target, carried.from, run.settings.restoreWindowMs);
+  if (scheduled) await scheduleDestruction(run, carried.from, run.settings.restoreWindowMs);
   return run.finish('completed');
 }
 
-/** Starts the retired KEK's destruction after its restore window, as a workflow of its own that outlives this run. */
-async function scheduleDestruction(target: string, kekId: string, restoreWindowMs: number): Promise<void> {
+/**
+ * Starts the retired KEK's destruction after its restore window, as a workflow of its own that outlives this run. Its
+ * id names the target, the database and the KEK unambiguously (finding 8); one already running under it is the same
+ * KEK's in the same keyspace (restored and retired again): it destroys only once the current window has ended, and the
+ * note says so. Runs of builds before keyspaces keep the id they had, whose collisions are reported the same way.
+ */
+async function scheduleDestruction(run: RotationState, kekId: string, restoreWindowMs: number): Promise<void> {
+  const { target, keyspace } = run.carried;
+  const keyspaced = keyspace !== undefined && patched(KEYSPACE_DESTROY_PATCH);
+  const workflowId = keyspaced ? destroyWorkflowIdOf(target, keyspace, kekId) : legacyDestroyWorkflowId(target, kekId);
   try {
     await startChild(destroyRetiredKek, {
-      workflowId: destroyWorkflowId(target, kekId),
-      args: [{ target, kekId, restoreWindowMs }],
+      workflowId,
+      args: [{ target, kekId, restoreWindowMs, ...(keyspaced && { keyspace }) }],
       parentClosePolicy: ParentClosePolicy.ABANDON,
     });
   } catch (err) {
-    // Already scheduled (this KEK was restored and retired again): that one waits for the new window.
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+    run.progress = {
+      ...run.progress,
+      note: keyspaced
+        ? `'${kekId}' retired; its destruction was already scheduled (${workflowId}, the same KEK of the same keyspace, restored and retired since): it destroys '${kekId}' only once its restore window, counted from this retirement, has ended`
+        : `'${kekId}' retired; a destruction is already running under ${workflowId}, an id a build before keyspaces made ambiguous: if it is not '${kekId}' of target '${target}', '${kekId}' stays retired and is not destroyed (rekey keys restore can bring it back; destroy it by hand once nothing needs it)`,
+    };
   }
 }
 
 async function failWithStale(run: RotationState, stale: number): Promise<never> {
   const { carried } = run;
-  const ids = await steps.staleTenants({ target: carried.target, from: carried.from, limit: LISTED_TENANTS });
+  const ids = await steps.staleTenants({ ...run.on, from: carried.from, limit: LISTED_TENANTS });
   const unreadable = run.progress.failedTenants.map((f) => `${f.tenantId}: ${f.reason}`);
   throw rotationFailure(
     'RewrapIncomplete',

@@ -47,6 +47,8 @@ export interface CarriedState {
   version: 2;
   runKey: string;
   target: string;
+  /** The keyspace (`<database id>/<schema.table>`) every step checks; absent in runs of builds before keyspaces. */
+  keyspace?: string;
   from: string;
   to: string;
   /** When the rotation began, by the target database's clock: rows the application writes after it are evidence. */
@@ -104,6 +106,7 @@ export class RotationState {
         version: 2,
         runKey: `${info.workflowId}/${info.firstExecutionRunId}`,
         target: settings.target,
+        ...(request.keyspace !== undefined && { keyspace: request.keyspace }),
         from: settings.from,
         to: settings.to,
         pending: [],
@@ -124,6 +127,12 @@ export class RotationState {
   set progress(progress: RotationProgress) {
     this.current = progress;
     setCurrentDetails(currentDetails(report(progress, Date.now()), workflowInfo().workflowId));
+  }
+
+  /** What every activity input names: the target, and the keyspace its worker must resolve it to (when known). */
+  get on(): { target: string; keyspace?: string } {
+    const { target, keyspace } = this.carried;
+    return keyspace === undefined ? { target } : { target, keyspace };
   }
 
   get phase(): Phase {

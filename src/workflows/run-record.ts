@@ -11,6 +11,8 @@ export const HISTORY_PATCH = 'rekey-status-run-history-1';
 
 export interface RunEnd {
   target: string;
+  /** The keyspace the run belongs to (absent in runs of builds before keyspaces): recorded only in its database. */
+  keyspace?: string;
   kind: RunRecord['kind'];
   from?: string;
   to?: string;
@@ -29,6 +31,7 @@ export async function recordEnd(end: RunEnd): Promise<void> {
       workflowId: info.workflowId,
       runId: info.firstExecutionRunId,
       target: end.target,
+      ...(end.keyspace !== undefined && { keyspace: end.keyspace }),
       kind: end.kind,
       ...(end.from !== undefined && { from: end.from }),
       ...(end.to !== undefined && { to: end.to }),

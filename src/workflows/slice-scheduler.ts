@@ -66,7 +66,7 @@ async function runPart(run: RotationState, part: PendingPart): Promise<void> {
     const summary = `rewrap ${part.label ?? 'slice'}${part.part > 0 ? ` (part ${part.part + 1})` : ''}, pass ${part.pass}`;
     outcome = await scope.run(() =>
       slicesWithSummary(summary).rewrapSlice({
-        target: carried.target,
+        ...run.on,
         from: carried.from,
         to: carried.to,
         range: part.range,

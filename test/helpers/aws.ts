@@ -1,10 +1,11 @@
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, inject } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startMoto, type MotoServer } from '../../src/dev/moto';
 import { createTestDatabase, type TestDatabase } from './database';
 import { useTimeSkippingEnv } from './temporal';
+
+// The throttling proxy needs no test runner: the chaos suite (bench/chaos-targets.ts) uses it too.
+export { throttlingProxy } from './throttling-proxy';
 
 /** One moto server (AWS Secrets Manager and KMS) for the calling test file, stopped after its last test. */
 export function useMoto(): { readonly server: MotoServer } {
@@ -60,68 +61,6 @@ export function useAwsServers<C extends { destroy(): void }>(
     get client() {
       return ready(made);
     },
-  };
-}
-
-/**
- * An HTTP proxy in front of moto that answers some requests as AWS does when it throttles (HTTP 400,
- * ThrottlingException) instead of forwarding them: `throttleEvery` = 2 throttles every second request. Counts what
- * it throttled and what it forwarded, by the operation the SDK named (X-Amz-Target).
- */
-export async function throttlingProxy(
-  upstream: string,
-  throttleEvery: number,
-): Promise<{
-  endpoint: string;
-  throttled: number;
-  forwarded: Map<string, number>;
-  close(): Promise<void>;
-}> {
-  let seen = 0;
-  const state = { throttled: 0, forwarded: new Map<string, number>() };
-  const server = http.createServer((request, response) => {
-    const chunks: Buffer[] = [];
-    request.on('data', (chunk: Buffer) => chunks.push(chunk));
-    request.on('end', () => {
-      seen++;
-      if (seen % throttleEvery === 0) {
-        state.throttled++;
-        response.writeHead(400, {
-          'content-type': 'application/x-amz-json-1.1',
-          'x-amzn-errortype': 'ThrottlingException',
-        });
-        response.end(JSON.stringify({ __type: 'ThrottlingException', message: 'Rate exceeded' }));
-        return;
-      }
-      const operation = String(request.headers['x-amz-target'] ?? '?')
-        .split('.')
-        .pop()!;
-      state.forwarded.set(operation, (state.forwarded.get(operation) ?? 0) + 1);
-      const target = new URL(request.url ?? '/', upstream);
-      const forward = http.request(
-        target,
-        { method: request.method, headers: { ...request.headers, host: target.host } },
-        (answer) => {
-          response.writeHead(answer.statusCode ?? 502, answer.headers);
-          answer.pipe(response);
-        },
-      );
-      forward.on('error', (err) => {
-        response.writeHead(502);
-        response.end(String(err));
-      });
-      forward.end(Buffer.concat(chunks));
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    endpoint: `http://127.0.0.1:${port}`,
-    get throttled() {
-      return state.throttled;
-    },
-    forwarded: state.forwarded,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
 

@@ -10,7 +10,9 @@ import { TenantDekStore } from '../../src/store/tenant-deks';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { rotateKek, type RotationReport } from '../../src/workflows';
+import { workflowIdFor } from '../../src/client/rotations';
 import { createTestDatabase, type TestDatabase } from './database';
+import { keyspaceIn } from './keyspace';
 import { createTestKeys } from './keys';
 import { resultWithin, workflowBundle } from './temporal';
 
@@ -75,7 +77,7 @@ export class RotationFixture {
     return worker.runUntil(async () => {
       const handle = await env.client.workflow.start(rotateKek, {
         taskQueue: this.taskQueue,
-        workflowId: `rotation-${randomUUID()}`,
+        workflowId: workflowIdFor(request, await keyspaceIn(this.db.pool)),
         args: [request],
       });
       return resultWithin<RotationReport>(handle);

@@ -81,6 +81,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
       const { report } = await runRotation(
         temporal.env,
         createActivities({ db: aws.db.pool, keys: workerKeys }),
+        aws.db.pool,
         { from: 'v1', to: 'new', batchSize: 50, gracePeriod: '1d', fleetLiveWithin: '1h' },
         { timeoutMs: 200_000 },
       );

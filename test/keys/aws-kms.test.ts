@@ -33,6 +33,7 @@ import {
 } from '../../src/errors';
 import { createTestDatabase } from '../helpers/database';
 import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
+import { keyspaceIn } from '../helpers/keyspace';
 import { runRotation } from '../helpers/rotation-run';
 import { startLiveWriter } from '../helpers/live-writer';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
@@ -108,7 +109,7 @@ describe('aws-kms key provider against a moto server', () => {
 
   // Each DEK is a call to moto, a Python process sharing the machine's cores: a busy machine is given time for it.
   const rotate = async (activities: Activities, request: RotationRequest) =>
-    (await runRotation(temporal.env, activities, request, { timeoutMs: 200_000 })).report;
+    (await runRotation(temporal.env, activities, aws.db.pool, request, { timeoutMs: 200_000 })).report;
 
   it('a rotation from one KMS key to another moves every DEK with ReEncrypt while a live writer works: the worker never calls Decrypt or GenerateDataKey, every third call is throttled and ridden out, and every DEK is the same after', async () => {
     const { prefix, settings, keys, deks } = await keyspace();
@@ -141,9 +142,12 @@ describe('aws-kms key provider against a moto server', () => {
       expect(proxy.forwarded.get('GenerateDataKey') ?? 0).toBe(0);
       expect(proxy.forwarded.get('ReEncrypt')).toBeGreaterThanOrEqual(TENANTS);
       expect(proxy.forwarded.get('CreateKey')).toBe(1);
-      // A first attempt does not search the account for a key an earlier attempt created: it reads no key's tags.
+      // A first attempt does not search the account for a key an earlier attempt created: it lists no keys, and
+      // reads the tags of no key but those it acts on, for their owner record (finding 1 of issue 24): v1 when the
+      // keyspace adopts the keys it found untagged and again at validate, v2 at provision, v1 at retire.
       expect(proxy.forwarded.get('ListKeys') ?? 0).toBe(0);
-      expect(proxy.forwarded.get('ListResourceTags') ?? 0).toBe(0);
+      expect(proxy.forwarded.get('ListResourceTags') ?? 0).toBe(4);
+      expect(proxy.forwarded.get('TagResource') ?? 0).toBe(1);
       expect(proxy.forwarded.get('DisableKey')).toBe(1);
       expect(proxy.throttled).toBeGreaterThan(TENANTS / 4);
       // The progress counts the worker's calls: at least one per DEK it moved.
@@ -169,6 +173,13 @@ describe('aws-kms key provider against a moto server', () => {
       const aliases = await aws.client.send(new ListAliasesCommand({}));
       expect(aliases.Aliases?.find((a) => a.AliasName === `${prefix}current`)?.TargetKeyId).toBe(v2.KeyId);
       expect((await arnOf(`${prefix}kek-v1`)).KeyState).toBe('Disabled');
+      // Each key records the keyspace it belongs to (issue 24, finding 1): v2 from its creation, v1 once adopted.
+      const { id: keyspaceId } = await keyspaceIn(aws.db.pool);
+      for (const kek of ['v1', 'v2']) {
+        const key = await arnOf(`${prefix}kek-${kek}`);
+        const tags = await aws.client.send(new ListResourceTagsCommand({ KeyId: key.KeyId }));
+        expect(tags.Tags).toContainEqual({ TagKey: 'rekey:keyspace', TagValue: keyspaceId });
+      }
       const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
       expect((await registry.get('v2'))?.fingerprint).toBe(kmsFingerprint(v2.Arn!));
       expect((await registry.get('v1'))?.state).toBe('retired');
@@ -251,6 +262,7 @@ describe('aws-kms key provider against a moto server', () => {
       const { destroyed: report } = await runRotation(
         temporal.env,
         createActivities({ db: aws.db.pool, keys }),
+        aws.db.pool,
         { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
         { destroyKek: 'v1' },
       );
@@ -434,7 +446,10 @@ describe('aws-kms key provider against a moto server', () => {
     try {
       await seedSecrets(aws.db.pool, randomBytes(32), 'k1', 3, 'v1');
       const before = (await aws.db.pool.query('SELECT * FROM public.secrets ORDER BY id')).rows;
-      const config = parseTargetsConfig('targets:\n  talos:\n    preset: talos\n    keys: { provider: default }\n');
+      // rekey's own target gets keys of its own: one key store belongs to one keyspace (refused at load otherwise).
+      const config = parseTargetsConfig(
+        'targets:\n  rekey:\n    keys: { provider: env, prefix: OWN }\n  talos:\n    preset: talos\n    keys: { provider: default }\n',
+      );
       const activities = createActivities({ db: aws.db.pool, keys, targets: config });
       const refused = await activities
         .validateRotation({ target: 'talos', from: 'k1', to: 'new' })

@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import {
   CreateSecretCommand,
+  DescribeSecretCommand,
   GetSecretValueCommand,
   ListSecretVersionIdsCommand,
   SecretsManagerClient,
@@ -20,9 +21,12 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { restoreKek } from '../../src/targets/restore-kek';
-import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError } from '../../src/errors';
+import { inTransaction } from '../../src/store/connect';
+import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError, KeyspaceMismatchError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
+import { createTestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
+import { keyspaceIn } from '../helpers/keyspace';
 import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
 import { runRotation } from '../helpers/rotation-run';
 import { startLiveWriter } from '../helpers/live-writer';
@@ -51,7 +55,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   }
 
   const rotate = async (activities: Activities, request: RotationRequest) =>
-    (await runRotation(temporal.env, activities, request, { timeoutMs: 90_000 })).report;
+    (await runRotation(temporal.env, activities, aws.db.pool, request, { timeoutMs: 90_000 })).report;
 
   it('a full rotation to a new KEK: provisioned as AWSPENDING, promoted to AWSCURRENT, the old one retired under a rekey label; a live writer reads and writes throughout, and every DEK unwraps from a fresh read of the store', async () => {
     const { secretId, keys, before } = await keyspace();
@@ -125,6 +129,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       const { destroyed: report } = await runRotation(
         temporal.env,
         createActivities({ db: aws.db.pool, keys }),
+        aws.db.pool,
         { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
         { timeoutMs: 90_000, destroyKek: 'v1' },
       );
@@ -380,5 +385,57 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     );
     await expect(keys.reload()).rejects.toThrow(/must hold 32 random bytes as base64url/);
     keys.close();
+  });
+
+  it("Finding 1: a secret two keyspaces share belongs to the first that used it (its rekey:keyspace tag); the other's destroy is refused and the version keeps its labels", async () => {
+    const { secretId, keys } = await keyspace();
+    const other = await createTestDatabase();
+    const otherKeys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+    try {
+      // The first keyspace's worker validates a rotation: the secret, made without a tag, is tagged as its own.
+      await createActivities({ db: aws.db.pool, keys }).validateRotation({ from: 'v1', to: 'new', dryRun: true });
+      const owner = await keyspaceIn(aws.db.pool);
+      const described = await aws.client.send(new DescribeSecretCommand({ SecretId: secretId }));
+      expect(described.Tags).toEqual([{ Key: 'rekey:keyspace', Value: owner.id }]);
+
+      // Another database whose registry used the same v1, rotated away from it, and whose restore window ended.
+      await otherKeys.reload();
+      await otherKeys.generate('v2');
+      const registry = new KekRegistry(other.pool, BUILTIN_TARGET);
+      await registry.seedActive('v1', otherKeys.fingerprint('v1'));
+      await registry.register('v2', otherKeys.fingerprint('v2'));
+      await registry.promote('v1', 'v2');
+      const activities = createActivities({ db: other.pool, keys: otherKeys });
+      // Its retire step would relabel the owner's version: refused before anything changes, here or in the store.
+      const notRetired = await activities.retireKek({ from: 'v1' }).catch((err: unknown) => err);
+      expect(notRetired).toBeInstanceOf(KeyspaceMismatchError);
+      expect((notRetired as Error).message).toMatch(/^not retiring KEK 'v1': AWS Secrets Manager secret /);
+      expect((await registry.get('v1'))?.state).toBe('decrypt_only');
+      // Its window ended: the destroy step.
+      await inTransaction(other.pool, (client) => registry.retire('v1', 0, client));
+      const refused = await activities.destroyKek({ kekId: 'v1' }).catch((err: unknown) => err);
+      expect(refused).toBeInstanceOf(KeyspaceMismatchError);
+      expect((refused as Error).message).toMatch(
+        new RegExp(
+          `^not destroying KEK 'v1': AWS Secrets Manager secret '${secretId}' records it as keyspace ${owner.id}'s, and target 'rekey' is keyspace ${(await keyspaceIn(other.pool)).id}\\.`,
+        ),
+      );
+      // v1's version still carries its labels: the first keyspace still reads it.
+      const v1 = (await versionsOf(aws.client, secretId)).find((v) => v.id === versionToken(secretId, 'v1'));
+      expect(v1?.stages).toContain('rekey-kek-v1');
+      expect((await registry.get('v1'))?.state).toBe('retired');
+      // A secret rekey creates for a keyspace is tagged from the start.
+      const fresh = `rekey/${randomUUID()}`;
+      const created = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: fresh });
+      await created.generate('v1', { owner: owner.id });
+      created.close();
+      expect((await aws.client.send(new DescribeSecretCommand({ SecretId: fresh }))).Tags).toEqual([
+        { Key: 'rekey:keyspace', Value: owner.id },
+      ]);
+    } finally {
+      keys.close();
+      otherKeys.close();
+      await other.drop();
+    }
   });
 });

@@ -13,10 +13,11 @@ import { resolveKek } from '../../src/keys/kek-resolver';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { createWorker } from '../../src/worker';
-import { destroyWorkflowId, rotateKek, type RotationReport } from '../../src/workflows';
+import { rotateKek, type RotationReport } from '../../src/workflows';
 import { KekRetiredError } from '../../src/errors';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { destroyIdIn, rotationIdIn } from '../helpers/keyspace';
 import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const TENANTS = 500;
@@ -77,7 +78,7 @@ describe('a retired KEK is restorable within its window and destroyed after it',
     const before = await dekFingerprints(db.pool, keyring);
     const handle = await env.client.workflow.start(rotateKek, {
       taskQueue,
-      workflowId: `rotation-${randomUUID()}`,
+      workflowId: await rotationIdIn(db.pool),
       args: [{ from, to: 'new', gracePeriod: '1s', fleetLiveWithin: '1h', restoreWindow }],
     });
     const report = await resultWithin<RotationReport>(handle, 90_000);
@@ -89,7 +90,7 @@ describe('a retired KEK is restorable within its window and destroyed after it',
   it('within the window: rekey keys restore brings v1 back to decrypt-only with its reason recorded, it unwraps again, and the destroy step leaves it', async () => {
     const { to, before } = await rotateAway('v1', '1h');
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-    const destruction = await env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v1')).describe();
+    const destruction = await env.client.workflow.getHandle(await destroyIdIn(db.pool, 'v1')).describe();
     expect(destruction.status.name).toBe('RUNNING');
     expect(() => resolveKek(keyring, 'v1', { fingerprint: keyring.fingerprint('v1'), state: 'retired' })).toThrow(
       KekRetiredError,
@@ -125,7 +126,7 @@ describe('a retired KEK is restorable within its window and destroyed after it',
     // v2 is active from the first test; rotate from it to v3 with a window of two seconds.
     const { to } = await rotateAway('v2', '2s');
     expect(to).toBe('v3');
-    const destruction = env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v2'));
+    const destruction = env.client.workflow.getHandle(await destroyIdIn(db.pool, 'v2'));
     const report = await resultWithin<DestroyReport>(destruction, 60_000);
     expect(report).toMatchObject({ outcome: 'destroyed', detail: `removed from ${keyringFile}` });
 

@@ -58,7 +58,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
   }
 
   const rotate = async (activities: Activities, request: RotationRequest) =>
-    (await runRotation(servers.temporal.env, activities, request, { timeoutMs: 90_000 })).report;
+    (await runRotation(servers.temporal.env, activities, servers.db.pool, request, { timeoutMs: 90_000 })).report;
   const registry = () => new KekRegistry(servers.db.pool, BUILTIN_TARGET);
 
   it("a full rotation with a live writer, the worker's token holding exactly the README's policy: v2 written as a new version and named, marked current, v1 soft-deleted; every DEK is the same from a fresh read of the store, and v1 restored within its window is undeleted", async () => {
@@ -139,6 +139,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
       const { destroyed: report } = await runRotation(
         servers.temporal.env,
         createActivities({ db: servers.db.pool, keys }),
+        servers.db.pool,
         { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
         { timeoutMs: 90_000, destroyKek: 'v1' },
       );
@@ -171,12 +172,17 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     });
     await keys.reload();
     try {
-      const report = await runRotation(servers.temporal.env, createActivities({ db: servers.db.pool, keys }), {
-        from: 'v1',
-        to: 'new',
-        gracePeriod: '1d',
-        fleetLiveWithin: '1h',
-      }).catch((err: unknown) => err);
+      const report = await runRotation(
+        servers.temporal.env,
+        createActivities({ db: servers.db.pool, keys }),
+        servers.db.pool,
+        {
+          from: 'v1',
+          to: 'new',
+          gracePeriod: '1d',
+          fleetLiveWithin: '1h',
+        },
+      ).catch((err: unknown) => err);
       expect(failureOf(report)).toMatch(new RegExp(`the token's policy lacks "patch" on "secret/metadata/${path}"`));
       expect((await metadataOf(path)).current_version).toBe(1);
       expect((await registry().list()).map((k) => k.kekId)).toEqual(['v1']);
@@ -229,6 +235,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
       const sealed = await runRotation(
         servers.temporal.env,
         createActivities({ db: servers.db.pool, keys }),
+        servers.db.pool,
         request,
       ).catch((err: unknown) => err as Error);
       expect(failureOf(sealed)).toMatch(/Vault at .* is sealed: .*vault operator unseal/);
@@ -238,6 +245,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
       const unreachable = await runRotation(
         servers.temporal.env,
         createActivities({ db: servers.db.pool, keys }),
+        servers.db.pool,
         request,
         {
           timeoutMs: 110_000,

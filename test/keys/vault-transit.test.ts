@@ -103,7 +103,7 @@ describe('Vault Transit key store against a real Vault server', () => {
   }
 
   const rotate = async (activities: Activities, request: RotationRequest) =>
-    (await runRotation(servers.temporal.env, activities, request, { timeoutMs: 120_000 })).report;
+    (await runRotation(servers.temporal.env, activities, servers.db.pool, request, { timeoutMs: 120_000 })).report;
 
   it("a rotation moves every DEK with batched rewrap while a live writer works, the worker's token holding exactly the README's policy: the worker never decrypts or makes a plaintext DEK, its requests are counted, v1 is retired by min_decryption_version, every DEK is the same under v2, and v1 restored within its window decrypts again", async () => {
     const token = await tokenWithPolicy(servers.vault, 'rekey-transit', readmePolicy('vault-transit'));
@@ -243,12 +243,17 @@ describe('Vault Transit key store against a real Vault server', () => {
     const keys = VaultTransitKeys.fromEnv({ ...env, VAULT_TOKEN: token });
     await keys.reload();
     try {
-      const failed = await runRotation(servers.temporal.env, createActivities({ db: servers.db.pool, keys }), {
-        from: 'v1',
-        to: 'new',
-        gracePeriod: '1d',
-        fleetLiveWithin: '1h',
-      }).catch((err: unknown) => err);
+      const failed = await runRotation(
+        servers.temporal.env,
+        createActivities({ db: servers.db.pool, keys }),
+        servers.db.pool,
+        {
+          from: 'v1',
+          to: 'new',
+          gracePeriod: '1d',
+          fleetLiveWithin: '1h',
+        },
+      ).catch((err: unknown) => err);
       expect(failureOf(failed)).toMatch(`the token's policy lacks "update" on "transit/rewrap/${key}"`);
       expect(await keyState(key)).toMatchObject({ latest_version: 1 });
       expect((await registry().list()).map((k) => k.kekId)).toEqual(['v1']);
@@ -263,6 +268,7 @@ describe('Vault Transit key store against a real Vault server', () => {
       const { destroyed: report } = await runRotation(
         servers.temporal.env,
         createActivities({ db: servers.db.pool, keys }),
+        servers.db.pool,
         { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
         { timeoutMs: 120_000, destroyKek: 'v1' },
       );

@@ -31,6 +31,8 @@ import { createTimeSkippingEnv, progressUntil, untilNoActivityPending, workflowB
 import { createTestDatabase, migrateDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
+import { rotationWorkflowId, workflowIdFor } from '../../src/client/rotations';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 
 const out = path.join(__dirname, '..', 'workflows', 'histories', process.env.HISTORY_BUILD ?? 'unknown');
 
@@ -63,7 +65,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ ...slow, gracePeriod: '7d' }],
         });
         await waitFor(handle, (p) => p.counters.rewrapped > 0);
@@ -91,7 +93,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ ...slow, sliceTimeBudget: '100ms', maxHistoryEvents: 60, gracePeriod: '1d' }],
         });
         const result = await handle.result();
@@ -111,7 +113,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [slow],
         });
         await waitFor(handle, (p) => p.counters.rewrapped > 0);
@@ -138,7 +140,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
         });
         await waitFor(handle, (p) => p.phase === 'promote' && p.fleet !== undefined);
@@ -165,14 +167,14 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const dry = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: workflowIdFor({ from: 'v1', to: 'v2', dryRun: true }, await keyspaceIn(fixture.db.pool)),
           args: [{ from: 'v1', to: 'v2', dryRun: true }],
         });
         expect((await dry.result()).outcome).toBe('dry-run');
         await save('dry-run', dry);
         const canary = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', tenantId: 'tenant-00000007' }],
         });
         expect((await canary.result()).outcome).toBe('canary');
@@ -188,22 +190,14 @@ describe('record', () => {
     try {
       const worker = await fixture.worker(env);
       await worker.runUntil(async () => {
-        const options = { taskQueue: fixture.taskQueue };
-        const dry = await startRotation(
-          env.client,
-          { from: 'v1', to: 'v2', dryRun: true },
-          {
-            ...options,
-            workflowId: `rotation-${randomUUID()}`,
-          },
-        );
+        const keyspace = await keyspaceIn(fixture.db.pool);
+        const options = { taskQueue: fixture.taskQueue, keyspace };
+        const dry = await startRotation(env.client, { from: 'v1', to: 'v2', dryRun: true }, options);
         expect(dry.kind === 'started' && dry.validated?.from).toBe('v1');
         expect((await dry.handle.result()).outcome).toBe('dry-run');
         await save('validated-dry-run', dry.handle);
-        const workflowId = `rotation-${randomUUID()}`;
-        await expect(startRotation(env.client, { from: 'v1', to: 'v9' }, { ...options, workflowId })).rejects.toThrow(
-          /unknown KEK 'v9'/,
-        );
+        const workflowId = rotationWorkflowId(BUILTIN_TARGET, keyspace);
+        await expect(startRotation(env.client, { from: 'v1', to: 'v9' }, options)).rejects.toThrow(/unknown KEK 'v9'/);
         await save('validated-refused', env.client.workflow.getHandle(workflowId));
       });
     } finally {
@@ -234,7 +228,7 @@ describe('record', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue,
-          workflowId: `kek-rotation-talos-${randomUUID()}`,
+          workflowId: await rotationIdIn(db.pool, 'talos'),
           args: [{ target: 'talos', from: 'v1', to: 'v2', gracePeriod: '1h' }],
         });
         await waitFor(handle, (p) => p.phase === 'grace');

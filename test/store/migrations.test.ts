@@ -1,6 +1,9 @@
 import { runner } from 'node-pg-migrate';
 import { describe, expect, it } from 'vitest';
-import { migrationsDir } from '../../src/project-paths';
+import fs from 'node:fs';
+import path from 'node:path';
+import { migrationsDir, projectRoot } from '../../src/project-paths';
+import { readDatabaseIdentity } from '../../src/store/database-identity';
 import { migrate } from '../../src/store/migrate';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 
@@ -94,6 +97,34 @@ describe('migrations', () => {
         '1764400000000_field-migration',
         '1764500000000_kek-restore-window',
         '1764610000000_run-history',
+        '1764620000000_database-identity',
       ]);
+    }));
+
+  it('give a database one identity, made once: migrating again keeps it, and the README’s command gives a copy a new one', () =>
+    withEmptyDatabase(async (db) => {
+      await migrateNow(db);
+      const identity = () => readDatabaseIdentity(db.pool, 'the test database');
+      const first = await identity();
+      expect(first).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      await migrateNow(db);
+      expect(await identity()).toBe(first);
+      expect((await db.pool.query('SELECT count(*)::int AS n FROM rekey.database_identity')).rows).toEqual([{ n: 1 }]);
+      await expect(db.pool.query('INSERT INTO rekey.database_identity DEFAULT VALUES')).rejects.toThrow(
+        /duplicate key/,
+      );
+      // "Upgrading and deploying": the statement the README gives a copy of a database that lives beside its original.
+      const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
+      const statement = /psql "\$COPY_DATABASE_URL" -c '([^']+)'/.exec(readme)?.[1];
+      expect(statement).toBe('UPDATE rekey.database_identity SET id = gen_random_uuid()');
+      await db.pool.query(statement!);
+      expect(await identity()).not.toBe(first);
+    }));
+
+  it('a database rekey has not migrated has no identity, and says what to do', () =>
+    withEmptyDatabase(async (db) => {
+      await expect(readDatabaseIdentity(db.pool, "the database of target 'rekey'")).rejects.toThrow(
+        "the database of target 'rekey' has no rekey identity yet (rekey.database_identity): start a rekey worker on it once (it migrates the database), then try again",
+      );
     }));
 });

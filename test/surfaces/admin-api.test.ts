@@ -12,6 +12,8 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { rotationWorkflowId } from '../../src/rotation/identity';
+import { keyspaceIn } from '../helpers/keyspace';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -139,7 +141,8 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(started.statusCode).toBe(202);
     const body = started.json<{ op_id: string; status: string; status_url: string; target: string }>();
     const opId = body.op_id;
-    expect(opId).toMatch(/^kek-rotation-rekey@[0-9a-f-]{36}$/);
+    const keyspace = await keyspaceIn(db.pool);
+    expect(opId).toMatch(new RegExp(`^${rotationWorkflowId('rekey', keyspace)}@[0-9a-f-]{36}$`));
     expect(body).toMatchObject({ status: 'running', target: 'rekey' });
     expect(body.status_url).toBe(`/admin/v1/secrets/rotation-status/${encodeURIComponent(opId)}`);
 
@@ -190,6 +193,8 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     const kekStatus = await api.inject({ method: 'GET', url: '/admin/v1/secrets/kek-status', headers: auth });
     expect(kekStatus.json()).toEqual({
       target: 'rekey',
+      keyspace: { id: keyspace.id, database_id: keyspace.databaseId, table: 'rekey.tenant_deks' },
+      workflow_id: rotationWorkflowId('rekey', keyspace),
       current_kek_id: 'v2',
       loaded_kek_ids: ['v1', 'v2'],
       stale_counts: { v2: 4_000 },

@@ -15,10 +15,12 @@ import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
+import type { RotationRequest } from '../../src/rotation/rotation-input';
 import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
+import { rotationIdIn } from '../helpers/keyspace';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const TENANTS = 3_000;
@@ -134,7 +136,8 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
     const opId = /started rotation (\S+)/.exec(run.stdout)?.[1];
-    expect(opId).toMatch(/^kek-rotation-rekey@/);
+    const rotationId = await rotationIdIn(db.pool);
+    expect(opId?.startsWith(`${rotationId}@`)).toBe(true);
     expect(run.stdout).toContain(
       `rotation ${opId}: Succeeded: 'v1' → 'v2': ${TENANTS.toLocaleString('en-US')} of ${TENANTS.toLocaleString('en-US')} rows moved, verified; 'v1' retired`,
     );
@@ -174,15 +177,16 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       const start = await rekey('rotate', '--from', 'v2', '--to', 'new', '--batch-size', '10', '--parallelism', '1');
       expect(start.code).toBe(0);
       const id = /started rotation (\S+)/.exec(start.stdout)?.[1];
-      expect(id).toMatch(/^kek-rotation-rekey@/);
-      const handle = env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+      const rotationId = await rotationIdIn(db.pool);
+      expect(id?.startsWith(`${rotationId}@`)).toBe(true);
+      const handle = env.client.workflow.getHandle<typeof rotateKek>(rotationId);
       await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
       const paused = await rekey('pause', id!);
       expect(paused.code).toBe(0);
       expect(paused.stdout).toMatch(/^paused at 0%: rekey · promote \(paused\)/);
       const scraped = await metrics.registry.getSingleMetricAsString('rekey_rotation_phase');
-      expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="promote"} 1`);
-      expect(scraped).toContain(`rekey_rotation_phase{workflow_id="kek-rotation-rekey",phase="grace"} 0`);
+      expect(scraped).toContain(`rekey_rotation_phase{workflow_id="${rotationId}",phase="promote"} 1`);
+      expect(scraped).toContain(`rekey_rotation_phase{workflow_id="${rotationId}",phase="grace"} 0`);
       // The instance goes away: the gate would let go, and the paused run holds before promoting instead.
       await instances.withdraw('old-gw');
       // The gate polls at 5 s, then 10 s, 20 s …: allow a minute of real time for its next look.
@@ -260,8 +264,9 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     const keksBefore = (await registry.list()).length;
     expect((await rekey('schedule', 'trigger', 'rekey-test')).code).toBe(0);
     const launched = await scheduledRun('rekey-test');
-    expect(launched).toMatchObject({ started: true, workflowId: 'kek-rotation-rekey' });
-    const report = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').result();
+    const rotationId = await rotationIdIn(db.pool);
+    expect(launched).toMatchObject({ started: true, workflowId: rotationId });
+    const report = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
     expect(report).toMatchObject({ outcome: 'completed', from: unfinished, to: active });
     expect((await registry.active())!.kekId).toBe(active);
     expect(await registry.get(unfinished)).toMatchObject({ state: 'retired' });
@@ -272,7 +277,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     expect(second.code).toBe(0);
     await env.client.schedule.getHandle('rekey-young').trigger();
     expect(await scheduledRun('rekey-young')).toMatchObject({ started: true });
-    const nothing = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').result();
+    const nothing = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
     expect(nothing.outcome).toBe('nothing-to-do');
     expect(nothing.note).toMatch(/^nothing to do: KEK '\w+' became active .* ago; rotations are due after 30d 0h$/);
 
@@ -315,6 +320,30 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     expect((await rekey('schedule', 'delete', 'rekey-notice')).code).toBe(0);
   });
 
+  it('a schedule created before keyspaces (no keyspace in its input) still starts the rotation, under the keyspace its worker resolves', async () => {
+    const request: RotationRequest = { target: 'rekey', from: 'current', to: 'new', minKekAge: '30d' };
+    await env.client.schedule.create({
+      scheduleId: 'rekey-old',
+      spec: { intervals: [{ every: '90d' }] },
+      action: {
+        type: 'startWorkflow',
+        workflowType: 'scheduledRotation',
+        args: [request],
+        taskQueue,
+        workflowId: 'kek-rotation-schedule-rekey-old',
+      },
+    });
+    try {
+      await env.client.schedule.getHandle('rekey-old').trigger();
+      const rotationId = await rotationIdIn(db.pool);
+      expect(await scheduledRun('rekey-old')).toMatchObject({ started: true, workflowId: rotationId });
+      const report = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
+      expect(report.outcome).toBe('nothing-to-do');
+    } finally {
+      await env.client.schedule.getHandle('rekey-old').delete();
+    }
+  });
+
   it('Finding 3: a scheduled rotation to a generated KEK reaches an application that is its own process, which holds it before promotion and wraps with it after', async () => {
     const app = spawn(process.execPath, [path.join(projectRoot, 'dist', 'test', 'helpers', 'app-process.js')], {
       env: { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEYRING_FILE: keyringFile, APP_INSTANCE_ID: 'gw-1' },
@@ -346,8 +375,9 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       );
       expect(created.code).toBe(0);
       await env.client.schedule.getHandle('rekey-q').trigger();
-      expect(await scheduledRun('rekey-q')).toMatchObject({ started: true, workflowId: 'kek-rotation-rekey' });
-      const handle = env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+      const rotationId = await rotationIdIn(db.pool);
+      expect(await scheduledRun('rekey-q')).toMatchObject({ started: true, workflowId: rotationId });
+      const handle = env.client.workflow.getHandle<typeof rotateKek>(rotationId);
       // Before the fix the run sat at "promote · fleet 0/1 ready" until its fleet timeout (1 h).
       const report = await resultWithin<RotationReport>(handle);
       expect(report).toMatchObject({ outcome: 'completed', from });

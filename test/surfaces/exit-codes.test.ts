@@ -10,7 +10,8 @@ import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
-import { findRotation, startRotation } from '../../src/client/rotations';
+import { findRotation, startRotation, type KeyspaceLookup } from '../../src/client/rotations';
+import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { seedTenants } from '../../src/dev/tenants';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
 import { FileKeyring } from '../../src/keys/file-keyring';
@@ -73,8 +74,8 @@ interface Scenario {
   observed?: string;
   /** Brings the fixture to the state the row's examples need; safe to run again. */
   given?: () => Promise<void>;
-  /** What the CLI's one line on stderr (or its output, exit 0) and the API's message say. */
-  says?: RegExp;
+  /** What the CLI's one line on stderr (or its output, exit 0) and the API's message say (a function: once ids are known). */
+  says?: RegExp | (() => RegExp);
   /** The admin API the request goes to (default: the one beside the worker), and whether it carries the token. */
   api?: () => FastifyInstance;
   withoutToken?: boolean;
@@ -107,13 +108,29 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
   const keyringFile = path.join(scratch, 'keyring.json');
 
   const b64u = (key: Buffer) => key.toString('base64url');
-  const talosTarget = (prefix: string) => ({ preset: 'talos', keys: { provider: 'env', prefix } });
+  // A keyspace is a table in a database, and a key store belongs to one: each Talos-shaped target has a table (a copy
+  // of Talos's secrets) and keys of its own.
+  const talosTarget = (prefix: string, table: string) => ({
+    preset: 'talos',
+    table: `public.${table}`,
+    keys: { provider: 'env', prefix },
+  });
+  const TALOS_COPIES = [
+    'gateway_secrets',
+    'late_secrets',
+    'halted_secrets',
+    'fresh_secrets',
+    'fresh_api_secrets',
+    'idle_secrets',
+    'idle_api_secrets',
+  ];
   // Every target the rows name; JSON is YAML.
   const config = {
     targets: {
-      ledger: { preset: 'talos', table: 'public.ledger' },
+      ledger: { preset: 'talos', table: 'public.ledger', keys: { provider: 'env', prefix: 'LEDGER' } },
       gateway: {
         preset: 'talos',
+        table: 'public.gateway_secrets',
         keys: { provider: 'env', prefix: 'GATEWAY', idPattern: '^[a-z0-9][a-z0-9_-]{0,31}$' },
       },
       held: {
@@ -125,13 +142,17 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
           old: { env: 'HELD_OLD_TOKEN_SECRET' },
         },
       },
-      late: talosTarget('LATE'),
-      halted: talosTarget('HALTED'),
-      fresh: talosTarget('FRESH'),
-      'fresh-api': talosTarget('FRESH'),
-      idle: talosTarget('IDLE'),
-      'idle-api': talosTarget('IDLE'),
-      offline: { preset: 'talos', database: { url: 'postgres://rekey@127.0.0.1:1/offline' } },
+      late: talosTarget('LATE', 'late_secrets'),
+      halted: talosTarget('HALTED', 'halted_secrets'),
+      fresh: talosTarget('FRESH', 'fresh_secrets'),
+      'fresh-api': talosTarget('FRESH_API', 'fresh_api_secrets'),
+      idle: talosTarget('IDLE', 'idle_secrets'),
+      'idle-api': talosTarget('IDLE_API', 'idle_api_secrets'),
+      offline: {
+        preset: 'talos',
+        database: { url: 'postgres://rekey@127.0.0.1:1/offline' },
+        keys: { provider: 'env', prefix: 'OFFLINE' },
+      },
     },
   };
 
@@ -147,7 +168,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       HELD_TOKEN_SECRET: held2,
       HELD_DATABASE_URL: heldDb.url,
     };
-    for (const prefix of ['LATE', 'HALTED', 'FRESH', 'IDLE']) {
+    for (const prefix of ['LATE', 'HALTED', 'FRESH', 'FRESH_API', 'IDLE', 'IDLE_API']) {
       keys[`${prefix}_KEK_v1`] = b64u(talosKeys.v1);
       keys[`${prefix}_KEK_v2`] = b64u(talosKeys.v2);
     }
@@ -162,6 +183,8 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       DATABASE_URL: db.url,
       REKEY_CONFIG: configFile,
       REKEY_KEYRING_FILE: keyringFile,
+      // The variable the configuration names for `held`'s database: the CLI computes its keyspace there.
+      HELD_DATABASE_URL: heldDb.url,
     };
     while (/^[A-Z_]+=/.test(parts[0]!)) {
       const [name, ...value] = parts.shift()!.split('=');
@@ -182,14 +205,24 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     });
   }
 
-  const latest = (target: string) => findRotation(env.client, target).catch(() => undefined);
+  /** A target's keyspace as the worker and the admin API resolve it. */
+  const keyspaceOf: KeyspaceLookup = async (target) => (targets.has(target) ? targets.keyspace(target) : undefined);
+  /** The workflow id of a target's rotations (its keyspace's), and of mycelium's migration, escaped for a pattern. */
+  const ids: Record<string, string> = {};
+  const idOf = (target: string) => ids[target]!.replaceAll('.', '\\.');
+
+  const latest = (target: string) => findRotation(env.client, target, keyspaceOf).catch(() => undefined);
 
   /** `held`: a Mycelium rotation from generation 1 to 2 in its grace period (7 days): running, '1' decrypt-only. */
   async function heldRotation(): Promise<void> {
     if ((await latest('held'))?.status !== 'RUNNING') {
-      await startRotation(env.client, { target: 'held', from: '1', to: '2' }, { taskQueue: TASK_QUEUE });
+      await startRotation(
+        env.client,
+        { target: 'held', from: '1', to: '2' },
+        { taskQueue: TASK_QUEUE, keyspace: (await keyspaceOf('held'))! },
+      );
     }
-    const { handle } = await findRotation(env.client, 'held');
+    const { handle } = await findRotation(env.client, 'held', keyspaceOf);
     await progressUntil(handle, (p) => p.phase === 'grace');
   }
 
@@ -197,13 +230,20 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
   async function ledgerRefused(): Promise<void> {
     if ((await latest('ledger'))?.status === 'FAILED') return;
     await expect(
-      startRotation(env.client, { target: 'ledger', from: 'v1', to: 'v2' }, { taskQueue: TASK_QUEUE }),
+      startRotation(
+        env.client,
+        { target: 'ledger', from: 'v1', to: 'v2' },
+        { taskQueue: TASK_QUEUE, keyspace: (await keyspaceOf('ledger'))! },
+      ),
     ).rejects.toThrow(RunFailedError);
   }
 
   const SCENARIOS: Record<string, Scenario> = {
     'started: validate accepted the rotation': {
-      says: /started rotation kek-rotation-fresh@\S+ of target 'fresh' \('v1' → 'v2'\)|rotation of target 'fresh-api' started \('v1' → 'v2'\)/,
+      says: () =>
+        new RegExp(
+          `started rotation ${idOf('fresh')}@\\S+ of target 'fresh' \\('v1' → 'v2'\\)|rotation of target 'fresh-api' started \\('v1' → 'v2'\\)`,
+        ),
     },
     'a dry run: its report': {
       says: /dry run of target 'rekey', 'v1' → 'v2': nothing was written|rotation of target 'rekey' started/,
@@ -265,27 +305,29 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     },
     'a rotation of the target already running': {
       given: heldRotation,
-      says: /a rotation of target 'held' is already running: kek-rotation-held@/,
+      says: () => new RegExp(`a rotation of target 'held' is already running: ${idOf('held')}@`),
       http: (response) => expect(response.json()).toMatchObject({ error: 'ROTATION_ALREADY_RUNNING' }),
     },
     'a migration of the target already running': {
       given: async () => {
         // Paused before its first plan (the signal comes with the start): it holds there, running.
-        const handle = env.client.workflow.getHandle('dek-migration-mycelium');
+        const keyspace = (await keyspaceOf('mycelium'))!;
+        const workflowId = migrationWorkflowIdOf('mycelium', keyspace);
+        const handle = env.client.workflow.getHandle(workflowId);
         const status = await handle.describe().then(
           (d) => d.status.name,
           () => 'NONE',
         );
         if (status === 'RUNNING') return;
         await env.client.workflow.signalWithStart(migrateDek, {
-          workflowId: 'dek-migration-mycelium',
+          workflowId,
           taskQueue: TASK_QUEUE,
-          args: [{ target: 'mycelium' }],
+          args: [{ target: 'mycelium', keyspace: keyspace.id }],
           signal: pauseSignal,
           workflowIdReusePolicy: 'ALLOW_DUPLICATE',
         });
       },
-      says: /a migration of target 'mycelium' is already running: dek-migration-mycelium/,
+      says: () => new RegExp(`a migration of target 'mycelium' is already running: ${idOf('migration of mycelium')}`),
       http: (response) => expect(response.json()).toMatchObject({ error: 'MIGRATION_ALREADY_RUNNING' }),
     },
     'a migration while a rotation of its target is under way': {
@@ -299,7 +341,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     },
     'a control of a run that has ended': {
       given: ledgerRefused,
-      says: /rotation kek-rotation-ledger@\S+ is failed, not running/,
+      says: () => new RegExp(`rotation ${idOf('ledger')}@\\S+ is failed, not running`),
     },
     'legacy values left that the KEK encrypted directly': {
       says: /target 'mycelium' still holds \d+ legacy value\(s\) encrypted directly by its KEK/,
@@ -316,7 +358,8 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'a run that failed, read with `status`: the code of its failure (the API: `status: "failed"`)': {
       observed: '`rekey status` of a failed run exited 0',
       given: ledgerRefused,
-      says: /rotation kek-rotation-ledger@\S+ failed: target 'ledger': table public\.ledger does not exist/,
+      says: () =>
+        new RegExp(`rotation ${idOf('ledger')}@\\S+ failed: target 'ledger': table public\\.ledger does not exist`),
       http: (response) =>
         expect(response.json()).toMatchObject({
           status: 'failed',
@@ -324,8 +367,8 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
         }),
     },
     'a run that fails after validate accepted it, watched with `--wait` (here `ApplicationNotReady`)': {
-      says: /rotation kek-rotation-late@\S+ failed: waited 1s for the application to promote/,
-      cli: (result) => expect(result.stdout).toContain('started rotation kek-rotation-late@'),
+      says: () => new RegExp(`rotation ${idOf('late')}@\\S+ failed: waited 1s for the application to promote`),
+      cli: (result) => expect(result.stdout).toContain(`started rotation ${ids.late}@`),
     },
     'a run that was aborted, read with `status` or `--wait` (the API: `status: "failed"`)': {
       given: async () => {
@@ -334,21 +377,22 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
         const started = await startRotation(
           env.client,
           { target: 'halted', from: 'v1', to: 'v2' },
-          {
-            taskQueue: TASK_QUEUE,
-          },
+          { taskQueue: TASK_QUEUE, keyspace: (await keyspaceOf('halted'))! },
         );
         await progressUntil(started.handle, (p) => p.waiting?.kind === 'application');
         await started.handle.executeUpdate(abortUpdate, { args: ['change window closed'] });
         expect(await resultWithin<RotationReport>(started.handle)).toMatchObject({ outcome: 'aborted' });
       },
-      says: /rotation kek-rotation-halted@\S+: aborted: change window closed/,
+      says: () => new RegExp(`rotation ${idOf('halted')}@\\S+: aborted: change window closed`),
       http: (response) => expect(response.json()).toMatchObject({ status: 'failed', outcome: 'aborted' }),
     },
     'no verdict within a minute: the run stays started': {
       api: () => idleApi,
       concurrent: true,
-      says: /kek-rotation-idle(-api)?@\S+ started, but gave no verdict within 1m 0s: no worker has taken it up \(is a rekey worker polling task queue 'idle'\?\)/,
+      says: () =>
+        new RegExp(
+          `(${idOf('idle')}|${idOf('idle-api')})@\\S+ started, but gave no verdict within 1m 0s: no worker has taken it up \\(is a rekey worker polling task queue 'idle'\\?\\)`,
+        ),
       timeoutMs: 180_000,
     },
     'Temporal does not answer': {
@@ -374,6 +418,10 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 50 });
     await createTalosSchema(db.pool);
     await seedSecrets(db.pool, talosKeys.v1, 'v1', 20, 'v1');
+    for (const table of TALOS_COPIES) {
+      await db.pool.query(`CREATE TABLE public.${table} (LIKE public.secrets INCLUDING ALL)`);
+      await db.pool.query(`INSERT INTO public.${table} SELECT * FROM public.secrets`);
+    }
     await createMyceliumSchema(db.pool);
     await seedLegacyInventory(db.pool, kekOf(gen1), { tenants: 6, users: 3 });
     // `held`'s own Mycelium database, without legacy values: its rotation goes on and waits for its application.
@@ -396,6 +444,10 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       workflowBundle: workflowBundle(),
     });
     running = worker.run();
+    for (const target of ['fresh', 'held', 'ledger', 'late', 'halted', 'idle', 'idle-api', 'mycelium']) {
+      ids[target] = rotationWorkflowId(target, (await keyspaceOf(target))!);
+    }
+    ids['migration of mycelium'] = migrationWorkflowIdOf('mycelium', (await keyspaceOf('mycelium'))!);
     const adminOptions = {
       client: env.client,
       targets,
@@ -450,6 +502,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       title,
       async () => {
         await scenario.given?.();
+        const says = typeof scenario.says === 'function' ? scenario.says() : scenario.says;
         const runCli = () => (row.cli === undefined ? undefined : runExample(row.cli));
         const send = () => (row.http === undefined ? undefined : sendExample(row.http, scenario));
         const [cli, http] = scenario.concurrent
@@ -458,14 +511,14 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
         if (cli) {
           expect({ exit: cli.code, stderr: cli.stderr }).toMatchObject({ exit: row.exit });
           const said = row.exit === 0 ? cli.stdout : cli.stderr;
-          if (scenario.says) expect(said).toMatch(scenario.says);
+          if (says) expect(said).toMatch(says);
           if (row.exit !== 0) expect(cli.stderr.trim().split('\n')[0]).toMatch(/^(rekey|error): /);
           scenario.cli?.(cli);
         }
         if (http) {
           expect({ status: http.statusCode, body: http.body }).toMatchObject({ status: row.status });
           const body = http.json<{ message?: string }>();
-          if (scenario.says && body.message !== undefined) expect(body.message).toMatch(scenario.says);
+          if (says && body.message !== undefined) expect(body.message).toMatch(says);
           scenario.http?.(http);
         }
       },

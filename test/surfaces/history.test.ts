@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
 import type { History } from '../../src/client/history';
+import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import type { rotateKek } from '../../src/workflows';
@@ -47,7 +48,9 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
     });
   }
 
-  const rotation = () => env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-mycelium');
+  /** The ids of the target's rotations and migrations in this database (its keyspace's). */
+  let ids: { rotation: string; migration: string };
+  const rotation = () => env.client.workflow.getHandle<typeof rotateKek>(ids.rotation);
   const rotate = ['rotate', '--target', 'mycelium', '--from-version', '1', '--to-version', '2', '--grace', '1s'];
 
   beforeAll(async () => {
@@ -67,6 +70,11 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
       workflowBundle: workflowBundle(),
     });
     running = worker.run();
+    const keyspace = await targets.keyspace('mycelium');
+    ids = {
+      rotation: rotationWorkflowId('mycelium', keyspace),
+      migration: migrationWorkflowIdOf('mycelium', keyspace),
+    };
     api = await buildAdminServer({
       client: env.client,
       targets,
@@ -127,8 +135,8 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
     for (const run of history.runs) expect(Date.parse(run.endedAt!)).toBeGreaterThanOrEqual(Date.parse(run.startedAt));
     expect(Date.parse(abortedRun!.endedAt!)).toBeLessThanOrEqual(Date.parse(succeeded!.startedAt));
     expect(Date.parse(succeeded!.endedAt!)).toBeLessThanOrEqual(Date.parse(migration!.startedAt));
-    expect(abortedRun!.opId).toMatch(/^kek-rotation-mycelium@[0-9a-f-]{36}$/);
-    expect(migration!.opId).toMatch(/^dek-migration-mycelium@[0-9a-f-]{36}$/);
+    expect(abortedRun!.opId).toMatch(new RegExp(`^${ids.rotation.replaceAll('.', '\\.')}@[0-9a-f-]{36}$`));
+    expect(migration!.opId).toMatch(new RegExp(`^${ids.migration.replaceAll('.', '\\.')}@[0-9a-f-]{36}$`));
 
     const human = (await rekey('history', '--target', 'mycelium')).stdout.split('\n');
     expect(human[0]).toBe(

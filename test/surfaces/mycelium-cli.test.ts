@@ -10,6 +10,8 @@ import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
+import { migrationWorkflowIdOf } from '../../src/rotation/identity';
 import {
   checkWithOneKek,
   createMyceliumSchema,
@@ -115,14 +117,17 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     expect(status).toContain(
       'Waiting for confirmation: discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
     );
-    expect(status).toContain('then: rekey confirm kek-rotation-mycelium --step retire --note "…"');
+    const rotationId = await rotationIdIn(db.pool, 'mycelium');
+    expect(status).toContain(`then: rekey confirm ${rotationId} --step retire --note "…"`);
     const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old secret removed from Vault');
     expect(confirmed).toMatchObject({ code: 0, stdout: 'retire confirmed: old secret removed from Vault\n' });
     const done = await rotation;
     expect(done.stderr).toBe('');
     expect(done.code).toBe(0);
     expect(done.stdout).toContain('From version: 1');
-    expect(done.stdout).toMatch(/rotation kek-rotation-mycelium@\S+: Succeeded: '1' → '2': 120 of 120 rows moved/);
+    expect(done.stdout).toMatch(
+      new RegExp(`rotation ${rotationId.replace('.', '\\.')}@\\S+: Succeeded: '1' → '2': 120 of 120 rows moved`),
+    );
     expect(done.stdout).toContain('Tenants scanned: 137  Migrated: 120  Already done: 10  Skipped: 7');
     expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, tenants)).toEqual([]);
     const kekStatus = (await rekey('kek-status', '--target', 'mycelium')).stdout;
@@ -181,9 +186,11 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
       expect(bad.statusCode).toBe(400);
       const started = await call('POST', '/admin/v1/migrations/migrate-dek', { tenant_id: SYSTEM_TENANT });
       expect(started.statusCode).toBe(202);
+      // Its id names the keyspace; the target's shorthand, dek-migration-mycelium, names it too.
+      const migrationId = migrationWorkflowIdOf('mycelium', await keyspaceIn(db.pool, 'mycelium'));
       expect(started.json()).toMatchObject({
-        op_id: 'dek-migration-mycelium',
-        status_url: '/admin/v1/migrations/dek-migration-mycelium',
+        op_id: migrationId,
+        status_url: `/admin/v1/migrations/${encodeURIComponent(migrationId)}`,
       });
       let status = (await call('GET', '/admin/v1/migrations/dek-migration-mycelium')).json<{
         execution_status: string;
@@ -207,16 +214,15 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     }
     expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
 
+    const migrationId = migrationWorkflowIdOf('mycelium', await keyspaceIn(db.pool, 'mycelium'));
     const status = await rekey('status', 'dek-migration-mycelium');
     expect(status.stderr).toBe('');
-    expect(status.stdout).toContain(
-      "migration dek-migration-mycelium: Succeeded: 1 of 1 values moved under the tenants' DEKs",
-    );
+    expect(status.stdout).toContain(`migration ${migrationId}: Succeeded: 1 of 1 values moved under the tenants' DEKs`);
     expect(status.stdout).toContain(`Tenant: ${SYSTEM_TENANT} (only the values under its DEK)`);
     expect(status.stdout).toContain('TOTP fields migrated: 1');
     const pause = await rekey('pause', 'dek-migration-mycelium');
     expect(pause.code).not.toBe(0);
-    expect(pause.stderr).toContain('migration dek-migration-mycelium is completed, not running');
+    expect(pause.stderr).toContain(`migration ${migrationId} is completed, not running`);
     const nobody = randomUUID();
     const refused = await rekey('migrate-dek', '--target', 'mycelium', '--tenant-id', nobody, '--wait');
     expect(refused.code).not.toBe(0);

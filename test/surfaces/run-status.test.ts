@@ -17,6 +17,7 @@ import { RekeyMetrics } from '../../src/observability/metrics';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { rotationWorkflowId } from '../../src/rotation/identity';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import type { rotateKek, RotationReport, ScheduledRotationResult } from '../../src/workflows';
@@ -76,7 +77,10 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     return /started rotation (\S+)/.exec(started.stdout)![1]!;
   }
 
-  const handle = () => env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+  /** The workflow id rekey's own rotations run under in this database (its keyspace's), and as a pattern. */
+  let rotationId: string;
+  const rotationIdPattern = () => rotationId.replaceAll('.', '\\.');
+  const handle = () => env.client.workflow.getHandle<typeof rotateKek>(rotationId);
 
   beforeAll(async () => {
     env = await createDevServerEnv();
@@ -87,6 +91,7 @@ describe('one status, the same on every surface: rekey status, rotation-status a
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: TENANTS });
     targets = new TargetRuntimes({ db: db.pool, keys: keyring });
+    rotationId = rotationWorkflowId(BUILTIN_TARGET, await targets.keyspace(BUILTIN_TARGET));
     metrics.watch(targets, env.client);
     worker = await createWorker({
       connection: env.nativeConnection,
@@ -137,7 +142,9 @@ describe('one status, the same on every surface: rekey status, rotation-status a
 
     // Before: `completed … done` in the CLI; `status: "failed"` with `percent: 100` in the API.
     const human = await rekey('status', 'rekey');
-    expect(human.stdout.split('\n')[0]).toMatch(new RegExp(`^rotation kek-rotation-rekey@\\S+: Aborted: ${reason}$`));
+    expect(human.stdout.split('\n')[0]).toMatch(
+      new RegExp(`^rotation ${rotationIdPattern()}@\\S+: Aborted: ${reason}$`),
+    );
     expect(human.stdout).not.toMatch(/completed|100%/);
 
     const cli = await cliStatus('rekey', 1);
@@ -239,10 +246,10 @@ describe('one status, the same on every surface: rekey status, rotation-status a
 
       const scraped = await metrics.registry.getSingleMetricAsString('rekey_run_status');
       expect(scraped).toContain(
-        'rekey_run_status{kind="rotation",workflow_id="kek-rotation-rekey",target="rekey",status="retrying"} 1',
+        `rekey_run_status{kind="rotation",workflow_id="${rotationId}",target="rekey",status="retrying"} 1`,
       );
       expect(scraped).toContain(
-        'rekey_run_status{kind="rotation",workflow_id="kek-rotation-rekey",target="rekey",status="running"} 0',
+        `rekey_run_status{kind="rotation",workflow_id="${rotationId}",target="rekey",status="running"} 0`,
       );
     } finally {
       await db.pool.query('DROP TRIGGER refuse_promotion ON rekey.keks; DROP FUNCTION rekey.refuse_promotion()');
@@ -330,7 +337,7 @@ describe('one status, the same on every surface: rekey status, rotation-status a
       const runs = listed.find((s) => s.scheduleId === 'rekey-status-test')!.runs;
       expect(runs).toEqual([
         expect.objectContaining({
-          rotation: expect.stringMatching(/^kek-rotation-rekey@/) as unknown,
+          rotation: expect.stringMatching(new RegExp(`^${rotationIdPattern()}@`)) as unknown,
           state: 'succeeded',
           line: `Succeeded: '${report.from}' → '${report.to}': ${TENANTS} of ${TENANTS} rows moved, verified; '${report.from}' retired`,
         }),

@@ -11,11 +11,12 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createActivities } from '../../src/activities';
-import { rotationWorkflowId } from '../../src/rotation/identity';
+import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import type { ProgressReport } from '../../src/rotation/progress';
 import { KekRegistry } from '../../src/store/kek-registry';
 import type { MigrationReport } from '../../src/workflows';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
+import { keyspaceIn } from '../helpers/keyspace';
 import { testKeys } from '../helpers/keys';
 import {
   checkWithOneKek,
@@ -48,15 +49,16 @@ function readmeTctlLines(): string[] {
 }
 
 /**
- * The workflow ids the README's `WF` and `MIG` stand for in the database `db`: the id an operator reads for the
- * target's rotation (this build names it `kek-rotation-<target>`, whatever the database), and the migration's, which
- * is the same with `dek-migration-` (as the README says). The one place the test makes them; the rotation's test also
- * checks that `tctl workflow list` shows the running rotation under this id.
+ * The workflow ids the README's `WF` and `MIG` stand for in the database `db`: the target's keyspace's rotation id
+ * (`kek-rotation-<target>.<db>`, what `rekey kek-status` prints), and the migration's, which is the same with
+ * `dek-migration-` (as the README says). The one place the test makes them; the rotation's test also checks that
+ * `tctl workflow list` shows the running rotation under this id.
  */
-function operatorIds(target: string, db: Pool): Promise<{ WF: string; MIG: string }> {
-  void db; // the id's database part, where ids carry one, is read from it
-  const WF = rotationWorkflowId(target);
-  return Promise.resolve({ WF, MIG: WF.replace(/^kek-rotation-/, 'dek-migration-') });
+async function operatorIds(target: string, db: Pool): Promise<{ WF: string; MIG: string }> {
+  const keyspace = await keyspaceIn(db, target);
+  const ids = { WF: rotationWorkflowId(target, keyspace), MIG: migrationWorkflowIdOf(target, keyspace) };
+  expect(ids.MIG).toBe(ids.WF.replace(/^kek-rotation-/, 'dek-migration-'));
+  return ids;
 }
 
 /** Splits a README line into arguments, `"$WF"` and `"$MIG"` replaced by the ids (single quotes only, as it uses). */

@@ -10,6 +10,7 @@ import { createWorker } from '../../src/worker';
 import { progressQuery, rotateKek } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
+import { rotationIdIn } from '../helpers/keyspace';
 import { docSection } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
 
@@ -27,9 +28,9 @@ function readmeTemporalLines(): string[] {
     .filter((line) => line.startsWith('temporal '));
 }
 
-/** Splits a shell line into arguments (single quotes only, as the README uses). */
-function shellWords(line: string): string[] {
-  return [...line.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+/** Splits a shell line into arguments (single quotes, and "$WF", the workflow id kek-status printed, as the README uses). */
+function shellWords(line: string, workflowId: string): string[] {
+  return [...line.replaceAll('"$WF"', workflowId).matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
 }
 
 describe("the README's plain temporal CLI lines work against a real worker", () => {
@@ -69,7 +70,9 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
 
   it('start, query, signal, update and list, each as written', async () => {
     const lines = readmeTemporalLines();
-    expect(lines.map((l) => shellWords(l).slice(0, 3).join(' '))).toEqual([
+    // The README sets WF to the id `rekey kek-status` prints: the rotation's of this database's keyspace.
+    const workflowId = await rotationIdIn(db.pool);
+    expect(lines.map((l) => shellWords(l, workflowId).slice(0, 3).join(' '))).toEqual([
       'temporal workflow start',
       'temporal workflow query',
       'temporal workflow update',
@@ -80,9 +83,9 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     ]);
     const outputs: string[] = [];
     for (const line of lines) {
-      const [, ...args] = shellWords(line);
+      const [, ...args] = shellWords(line, workflowId);
       if (line.includes('overrideFleetGate')) {
-        const handle = env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey');
+        const handle = env.client.workflow.getHandle<typeof rotateKek>(workflowId);
         await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
       }
       const result = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
@@ -101,11 +104,11 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     expect(outputs[4]).toMatch(/"?paused"?:\s*true/);
     expect(outputs[5]).toMatch(/gracePeriod|graceEndsAt/);
 
-    const progress = await env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey').query(progressQuery);
+    const progress = await env.client.workflow.getHandle<typeof rotateKek>(workflowId).query(progressQuery);
     expect(progress.paused).toBe(true);
     // Paused: the run holds before its next step, and says which.
     const held = await progressUntil(
-      env.client.workflow.getHandle<typeof rotateKek>('kek-rotation-rekey'),
+      env.client.workflow.getHandle<typeof rotateKek>(workflowId),
       (p) => p.heldBefore !== undefined,
     );
     expect(held.heldBefore).toBeTruthy();

@@ -1,6 +1,5 @@
 // What an operator sees in the Temporal Web UI, checked in a real browser: the dev server's own UI, a headless
 // Chromium (found or installed by the setup), and a rotation paused mid-rewrap.
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import puppeteer, { type Browser } from 'puppeteer-core';
@@ -10,6 +9,7 @@ import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { projectRoot } from '../../src/project-paths';
 import { pauseUpdate, resumeUpdate, type RotationReport } from '../../src/workflows';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
 import { eventually } from '../helpers/eventually';
 import {
@@ -37,14 +37,14 @@ describe('the Temporal Web UI explains a rotation (headless Chromium)', () => {
     const { chromium, chromiumMissing } = inject('toolchain');
     if (!chromium) throw new Error(`no browser for this test: ${chromiumMissing ?? 'the setup found no Chromium'}`);
     const fixture = await RotationFixture.create({ tenants: 6_000 });
-    const workflowId = `rotation-${randomUUID()}`;
+    const workflowId = await rotationIdIn(fixture.db.pool);
     const request = SLOW_ROTATION;
     try {
       const worker = await fixture.worker(env);
       await worker.runUntil(async () => {
         const started = await startRotation(env.client, request, {
           taskQueue: fixture.taskQueue,
-          workflowId,
+          keyspace: await keyspaceIn(fixture.db.pool),
           startedBy: 'rekey CLI',
         });
         const { handle } = started;

@@ -39,6 +39,8 @@ import {
   within,
   workflowBundle,
 } from '../helpers/temporal';
+import { keyspaceIn } from '../helpers/keyspace';
+import { migrationWorkflowIdOf } from '../../src/rotation/identity';
 
 /** Every value reads back as its plaintext, the way the running gateway reads it, with `kek` alone. */
 async function unreadBy(db: Pool, kek: Buffer, values: InventoryValue[]): Promise<string[]> {
@@ -126,9 +128,7 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
           await startRotation(
             server.env.client,
             { target: 'mycelium', from: '1', to: '2' },
-            {
-              taskQueue: `${taskQueue}-r0`,
-            },
+            { taskQueue: `${taskQueue}-r0`, keyspace: await keyspaceIn(db.pool, 'mycelium') },
           );
         })
         .catch((err: unknown) => err);
@@ -147,9 +147,11 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
         const started = await startMigration(
           server.env.client,
           { target: 'mycelium', kekVersion: '1', batchSize: 7, parallelism: 2 },
-          { taskQueue },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
-        expect(started.handle.workflowId).toBe('dek-migration-mycelium');
+        expect(started.handle.workflowId).toBe(
+          migrationWorkflowIdOf('mycelium', await keyspaceIn(db.pool, 'mycelium')),
+        );
         const done = await resultWithin<MigrationReport>(started.handle);
         await writer.stop();
         return done;
@@ -207,7 +209,7 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
         const started = await startMigration(
           server.env.client,
           { target: 'mycelium' },
-          { taskQueue: `${taskQueue}-2` },
+          { taskQueue: `${taskQueue}-2`, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         return resultWithin<MigrationReport>(started.handle);
       });
@@ -222,7 +224,7 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
         const blocked = await startRotation(
           server.env.client,
           { target: 'mycelium', from: '1', to: '2' },
-          { taskQueue: `${taskQueue}-r1` },
+          { taskQueue: `${taskQueue}-r1`, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         ).catch((err: unknown) => err);
         expect(blocked).toBeInstanceOf(RunFailedError);
         expect(blocked).toMatchObject({ kind: 'refused', message: expect.stringMatching(/legacy value/) as unknown });
@@ -235,7 +237,7 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
             gracePeriod: '1d',
             allowLegacyValues: `tenant ${broken.row}'s webhook secret was corrupt before the migration`,
           },
-          { taskQueue: `${taskQueue}-r1` },
+          { taskQueue: `${taskQueue}-r1`, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         await progressUntil(started.handle, (p) => p.phase === 'grace', { env: server.env });
         await skipTime(server.env, '1d');
@@ -278,9 +280,11 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
         const started = await startMigration(
           server.env.client,
           { target: 'mycelium', kekVersion: '1', dryRun: true, batchSize: 4 },
-          { taskQueue },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
-        expect(started.handle.workflowId).toMatch(/^dek-migration-mycelium-dry-run-\d+$/);
+        expect(started.handle.workflowId).toMatch(
+          new RegExp(`^${migrationWorkflowIdOf('mycelium', await keyspaceIn(db.pool, 'mycelium'))}-dry-run-\\d+$`),
+        );
         return resultWithin<MigrationReport>(started.handle);
       });
       expect(report.outcome).toBe('dry-run');
@@ -309,8 +313,9 @@ describe('rekey migrate-dek on a Mycelium-shaped database, through Temporal', ()
       const ofOne = seeded.values.filter((v) => v.tenant === one);
       const others = seeded.values.filter((v) => v.tenant !== one);
       expect(ofOne.length).toBe(2);
+      const keyspace = await keyspaceIn(db.pool, 'mycelium');
       const run = (tenantId: string) =>
-        startMigration(server.env.client, { target: 'mycelium', kekVersion: '1', tenantId }, { taskQueue });
+        startMigration(server.env.client, { target: 'mycelium', kekVersion: '1', tenantId }, { taskQueue, keyspace });
       await (
         await worker(db, taskQueue, { MYC_TOKEN_SECRET: gen1 })
       ).runUntil(async () => {
@@ -381,11 +386,12 @@ describe('rekey migrate-dek paused, resumed and aborted mid-run, on the dev serv
       const seeded = await seedLegacyInventory(db.pool, kek, { tenants: 30, users: 20 });
       const all = seeded.values;
       // One value per batch, one batch per part: a run of many short activities, to stop part-way.
+      const keyspace = await keyspaceIn(db.pool, 'mycelium');
       const run = (parallelism: number) =>
         startMigration(
           env.client,
           { target: 'mycelium', kekVersion: '1', batchSize: 1, parallelism, sliceTimeBudget: '1ms' },
-          { taskQueue },
+          { taskQueue, keyspace },
         );
       const worker = await Worker.create({
         connection: env.nativeConnection,
@@ -412,7 +418,7 @@ describe('rekey migrate-dek paused, resumed and aborted mid-run, on the dev serv
 
         // Pause part-way: once no part runs, nothing is scheduled and nothing is written; resume finishes.
         const pausing = (await run(2)).handle;
-        expect(pausing.workflowId).toBe('dek-migration-mycelium');
+        expect(pausing.workflowId).toBe(migrationWorkflowIdOf('mycelium', keyspace));
         await progressUntil<MigrationReport>(pausing, (p) => p.totals.migrated >= 2);
         const paused = await within(pausing.executeUpdate(pauseMigrationUpdate), 30_000, () => 'pause');
         expect(paused.paused).toBe(true);

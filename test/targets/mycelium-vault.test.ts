@@ -10,6 +10,7 @@ import { confirmStepUpdate, type RotationReport } from '../../src/workflows';
 import { createApplicationDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { checkWithOneKek, createMyceliumSchema, kekOf, myceliumShape, seedMyceliumTenants } from '../helpers/mycelium';
+import { keyspaceIn } from '../helpers/keyspace';
 import { readmeBlock } from '../helpers/vault';
 import { progressUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
@@ -52,7 +53,7 @@ describe("the mycelium preset with the gateway's token_secrets in Vault KV", () 
         const started = await startRotation(
           server.env.client,
           { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d' },
-          { taskQueue },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         await progressUntil(started.handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
         await server.env.sleep('1d');

@@ -10,6 +10,8 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { confirmStepUpdate, type RotationReport } from '../../src/workflows';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { keyspaceIn } from '../helpers/keyspace';
+import { rotationWorkflowId } from '../../src/rotation/identity';
 import {
   checkWithOneKek,
   createMyceliumSchema,
@@ -54,8 +56,9 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
       const running = await worker(db, taskQueue);
       const report = await running.runUntil(async () => {
         const request: RotationRequest = { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d' };
-        const started = await startRotation(server.env.client, request, { taskQueue });
-        expect(started.handle.workflowId).toBe('kek-rotation-mycelium');
+        const keyspace = await keyspaceIn(db.pool, 'mycelium');
+        const started = await startRotation(server.env.client, request, { taskQueue, keyspace });
+        expect(started.handle.workflowId).toBe(rotationWorkflowId('mycelium', keyspace));
         // Grace reached: everything is on generation 2; the gateway stops writing so that the counts are exact.
         await progressUntil(started.handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
         await live.stop();
@@ -68,7 +71,7 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
           kind: 'application',
           instructions:
             'discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
-          command: 'rekey confirm kek-rotation-mycelium --step retire --note "…"',
+          command: `rekey confirm ${started.handle.workflowId} --step retire --note "…"`,
         });
         await started.handle.executeUpdate(confirmStepUpdate, {
           args: [{ step: 'retire', note: 'old token_secret removed from Vault' }],
@@ -128,7 +131,7 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
           const started = await startRotation(
             server.env.client,
             { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d', maxPasses: 2 },
-            { taskQueue },
+            { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
           );
           return resultWithin<RotationReport>(started.handle);
         })

@@ -10,13 +10,7 @@ import { startRotation } from '../../src/client/rotations';
 import { KekRegistry } from '../../src/store/kek-registry';
 import type { DestroyReport } from '../../src/activities/kek';
 import type { DestroyProgress } from '../../src/rotation/destroy-progress';
-import {
-  confirmStepUpdate,
-  destroyProgressQuery,
-  destroyWorkflowId,
-  setGraceUpdate,
-  type RotationReport,
-} from '../../src/workflows';
+import { confirmStepUpdate, destroyProgressQuery, setGraceUpdate, type RotationReport } from '../../src/workflows';
 import { RetireRefusedError } from '../../src/errors';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
@@ -29,6 +23,7 @@ import {
   type SeededTenant,
 } from '../helpers/mycelium';
 import { runRekey } from '../helpers/cli';
+import { destroyIdIn, keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 import {
   createDevServerEnv,
   progressUntil,
@@ -101,7 +96,7 @@ describe('retire proves every row labelled with the old KEK, on a Mycelium-shape
           const { handle } = await startRotation(
             server.env.client,
             { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d', sliceTimeBudget: '1s' },
-            { taskQueue },
+            { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
           );
           await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
           // The gateway provisions DEKs lazily with its current token_secret, leaving kek_version at its default 1.
@@ -159,7 +154,7 @@ describe('retire proves every row labelled with the old KEK, on a Mycelium-shape
             sliceTimeBudget: '100ms',
             maxHistoryEvents: 60,
           },
-          { taskQueue },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
         await seedMyceliumTenants(db.pool, late, kekOf(gen2), 1);
@@ -257,7 +252,7 @@ describe('destroy proves the rows still labelled with the retired KEK, on a Myce
     const { handle } = await startRotation(
       server.env.client,
       { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d' },
-      { taskQueue },
+      { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
     );
     await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
     await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
@@ -296,7 +291,7 @@ describe('destroy proves the rows still labelled with the retired KEK, on a Myce
         const provisionedSince = await seedMyceliumTenants(db.pool, 2_500, kekOf(gen2), 1);
         await endWindow(db);
         const destroyed = await resultWithin<DestroyReport>(
-          server.env.client.workflow.getHandle(destroyWorkflowId('mycelium', '1')),
+          server.env.client.workflow.getHandle(await destroyIdIn(db.pool, '1', 'mycelium')),
           90_000,
         );
         expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, [...rotated, ...provisionedSince])).toEqual([]);
@@ -343,7 +338,7 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
         const { handle } = await startRotation(
           server.client,
           { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d', restoreWindow: '10s' },
-          { taskQueue },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });
         await handle.executeUpdate(setGraceUpdate, { args: [{ endNow: true }] });
@@ -355,7 +350,7 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
         // gateway instance that still wrapped with the old token_secret.
         const provisionedSince = await seedMyceliumTenants(db.pool, 300, kekOf(gen2), 1);
         const [stranded] = await seedMyceliumTenants(db.pool, 1, kekOf(gen1), 1);
-        const destruction = server.client.workflow.getHandle(destroyWorkflowId('mycelium', '1'));
+        const destruction = server.client.workflow.getHandle(await destroyIdIn(db.pool, '1', 'mycelium'));
         const refused = await queryUntil<DestroyProgress>(
           destruction,
           destroyProgressQuery.name,
@@ -380,7 +375,7 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
           'workflow',
           'query',
           '--workflow-id',
-          destroyWorkflowId('mycelium', '1'),
+          await destroyIdIn(db.pool, '1', 'mycelium'),
           '--name',
           'destroyProgress',
           '--address',
@@ -403,7 +398,7 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
         expect(restored, restored.stderr).toMatchObject({ code: 0 });
         const started = await cli('rotate', '--target', 'mycelium', '--from', '1', '--to', '2', '--grace', '1s');
         expect(started, started.stderr).toMatchObject({ code: 0 });
-        const again = server.client.workflow.getHandle('kek-rotation-mycelium');
+        const again = server.client.workflow.getHandle(await rotationIdIn(db.pool, 'mycelium'));
         await progressUntil(again, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
         await again.executeUpdate(confirmStepUpdate, { args: [{ step: 'retire', note: 'generation 1 removed' }] });
         expect((await resultWithin<RotationReport>(again, 90_000)).outcome).toBe('completed');

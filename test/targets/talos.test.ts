@@ -10,6 +10,8 @@ import { configuredCurrentKekId } from '../../src/targets/target';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
+import { keyspaceIn } from '../helpers/keyspace';
+import { rotationWorkflowId } from '../../src/rotation/identity';
 import { myceliumShape as publicShape } from '../helpers/mycelium';
 import { checkSecrets, createTalosSchema, seedSecrets, TalosGateway, v1Binding } from '../helpers/talos';
 import { useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
@@ -137,8 +139,11 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
         target: 'talos',
         counters: { rewrapped: 230, alreadyOnTarget: 20, skipped: 0, failed: 0, casConflicts: 0 },
       });
+      const keyspace = await keyspaceIn(db.pool, 'talos');
       expect(final.kekStatus).toEqual({
         target: 'talos',
+        keyspace: { id: keyspace.id, database_id: keyspace.databaseId, table: 'public.secrets' },
+        workflow_id: rotationWorkflowId('talos', keyspace),
         current_kek_id: 'v2',
         loaded_kek_ids: ['v0', 'v1', 'v2'],
         stale_counts: { v2: 250 },

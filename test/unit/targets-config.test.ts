@@ -84,29 +84,31 @@ describe('targets configuration', () => {
 
   it("names the key and what to fix in an encrypted field's description", () => {
     const field = (change: string) =>
-      `targets:\n  x:\n    preset: mycelium\n    fields:\n      - name: f\n        table: t\n        id: id\n        column: c\n        tenant: { column: tenant_id }\n        legacy: { value: { kind: combined, column: value, encoding: base64 }, aad: { read: [[]] } }\n${change}`;
+      `targets:\n  mycelium:\n    fields:\n      - name: f\n        table: t\n        id: id\n        column: c\n        tenant: { column: tenant_id }\n        legacy: { value: { kind: combined, column: value, encoding: base64 }, aad: { read: [[]] } }\n${change}`;
     const current = (value: string, aad = '[[{ column: tenant }]]') =>
       `        current: { value: ${value}, aad: { read: ${aad} } }\n`;
     expect(refusal(field(current('{ kind: combined, column: value, encoding: base64 }')))).toBe(
-      "rekey.yaml: targets.x.fields.0.current.value.prefix is required: it tells a migrated value (such as 'v2:…') from a legacy one",
+      "rekey.yaml: targets.mycelium.fields.0.current.value.prefix is required: it tells a migrated value (such as 'v2:…') from a legacy one",
     );
     expect(refusal(field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }", '[[]]')))).toBe(
-      'rekey.yaml: targets.x.fields.0.current.aad.read.0: a recipe needs at least one part',
+      'rekey.yaml: targets.mycelium.fields.0.current.aad.read.0: a recipe needs at least one part',
     );
     expect(
       refusal(
         field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }", '[[{ column: id }]]')),
       ),
     ).toBe(
-      "rekey.yaml: targets.x.fields.0.current.aad: a field's associated data can use the columns 'tenant' (the tenant id) and 'value', not 'id'",
+      "rekey.yaml: targets.mycelium.fields.0.current.aad: a field's associated data can use the columns 'tenant' (the tenant id) and 'value', not 'id'",
     );
     expect(refusal(field(current("{ kind: combined, column: blob, encoding: base64, prefix: 'v2:' }")))).toBe(
-      "rekey.yaml: targets.x.fields.0.current.value: a field's value is one text: kind 'combined' over the column 'value'",
+      "rekey.yaml: targets.mycelium.fields.0.current.value: a field's value is one text: kind 'combined' over the column 'value'",
     );
-    expect(refusal(field(`        tenant2: {}\n`))).toMatch(/targets\.x\.fields\.0: Unrecognized key: "tenant2"/);
+    expect(refusal(field(`        tenant2: {}\n`))).toMatch(
+      /targets\.mycelium\.fields\.0: Unrecognized key: "tenant2"/,
+    );
     // What parses is a field the migration can use.
     const ok = parseTargetsConfig(field(current("{ kind: combined, column: value, encoding: base64, prefix: 'v2:' }")));
-    expect(ok.targets.get('x')!.fields).toMatchObject([
+    expect(ok.targets.get('mycelium')!.fields).toMatchObject([
       { name: 'f', group: 'f', table: { schema: 'public', name: 't' } },
     ]);
   });
@@ -153,5 +155,69 @@ describe('targets configuration', () => {
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-config-')), 'rekey.yaml');
     fs.writeFileSync(file, example);
     expect(loadTargetsConfig({ REKEY_CONFIG: file, REKEY_DEFAULT_TARGET: 'talos' }).defaultTarget).toBe('talos');
+  });
+
+  it('Finding 9: two targets over one table of one database are refused at load, naming both and what to change (talos-main beside the built-in talos)', () => {
+    expect(refusal('targets:\n  talos-main:\n    preset: talos\n')).toBe(
+      "rekey.yaml: targets 'talos' and 'talos-main' are one keyspace: both are table public.secrets in the database of variable DATABASE_URL. " +
+        "Two registries and two rotations of one table would each move the other's rows: remove targets.talos-main, or give it its own table or database (database.urlEnv)",
+    );
+    // One database named two ways: the same URL, or two variables holding the same URL in this environment.
+    const twoUrls =
+      'targets:\n  talos:\n    database: { url: "postgres://db/app" }\n  talos-b:\n    preset: talos\n    database: { url: "postgres://db/app" }\n    keys: { provider: env, prefix: TALOSB }\n';
+    expect(refusal(twoUrls)).toMatch(/^rekey\.yaml: targets 'talos' and 'talos-b' are one keyspace: .* the same URL/);
+    const twoVariables =
+      'targets:\n  talos-b:\n    preset: talos\n    database: { urlEnv: TALOS_B_URL }\n    keys: { provider: env, prefix: TALOSB }\n';
+    expect(() =>
+      parseTargetsConfig(twoVariables, 'rekey.yaml', {
+        DATABASE_URL: 'postgres://db/app',
+        TALOS_B_URL: 'postgres://db/app',
+      }),
+    ).toThrow(
+      /targets 'talos' and 'talos-b' are one keyspace: both are table public\.secrets in the database of the same URL/,
+    );
+    // Another database (or another table) is another keyspace.
+    expect(
+      parseTargetsConfig(twoVariables, 'rekey.yaml', {
+        DATABASE_URL: 'postgres://db/app',
+        TALOS_B_URL: 'postgres://db/other',
+      }).targets.has('talos-b'),
+    ).toBe(true);
+  });
+
+  it("Finding 1: two targets whose KEKs come from one key store are refused at load, naming both, the store and what to change (orders with keys: default beside rekey's own)", () => {
+    const orders = (keys: string) =>
+      `targets:\n  orders:\n    preset: rekey\n    table: shop.orders\n    id: order_id\n    keys: ${keys}\n`;
+    expect(refusal(orders('{ provider: default }'))).toBe(
+      "rekey.yaml: targets 'rekey' and 'orders' both take their KEKs from the process's own key provider (keys: default): a key store belongs to one keyspace, " +
+        'and destroying or retiring a KEK of one would take it from the other. Give targets.orders keys of its own ' +
+        '(keys: { provider: file, file: <a keyring of its own> } or { provider: env, prefix: <a prefix of its own> })',
+    );
+    // The same env prefix as Talos's, and the same keyring file as another target's.
+    expect(refusal(orders('{ provider: env, prefix: TALOS }'))).toMatch(
+      /^rekey\.yaml: targets 'talos' and 'orders' both take their KEKs from the environment variables TALOS_KEK_<id>/,
+    );
+    const keyring = path.join(os.tmpdir(), 'rekey-shared-keyring.json');
+    expect(
+      refusal(
+        `targets:\n  talos:\n    keys: { provider: file, file: ${keyring} }\n  orders:\n    preset: rekey\n    table: shop.orders\n    keys: { provider: file, file: ${keyring} }\n`,
+      ),
+    ).toContain(`targets 'talos' and 'orders' both take their KEKs from the keyring file ${keyring}`);
+    // With the environment: what the process's own provider reads is that store too.
+    const ownPrefix = orders('{ provider: env, prefix: REKEY }');
+    expect(parseTargetsConfig(ownPrefix, 'rekey.yaml').targets.has('orders')).toBe(true);
+    expect(() => parseTargetsConfig(ownPrefix, 'rekey.yaml', {})).toThrow(
+      "targets 'rekey' and 'orders' both take their KEKs from the environment variables REKEY_KEK_<id>",
+    );
+    expect(() =>
+      parseTargetsConfig(orders(`{ provider: file, file: ${keyring} }`), 'rekey.yaml', {
+        REKEY_KEY_PROVIDER: 'file',
+        REKEY_KEYRING_FILE: keyring,
+      }),
+    ).toThrow(`targets 'rekey' and 'orders' both take their KEKs from the keyring file ${keyring}`);
+    // Keys of its own: accepted.
+    expect(
+      parseTargetsConfig(orders('{ provider: env, prefix: ORDERS }'), 'rekey.yaml', {}).targets.has('orders'),
+    ).toBe(true);
   });
 });

@@ -10,12 +10,13 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import {
   confirmStepUpdate,
   DESTROY_DECIDED_PATCH,
-  destroyWorkflowId,
   rotateKek,
   setGraceUpdate,
   type RotationReport,
 } from '../../src/workflows';
+import { legacyDestroyWorkflowId } from '../../src/rotation/identity';
 import { createApplicationDatabase } from '../helpers/database';
+import { destroyIdIn, keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 import { testKeys } from '../helpers/keys';
 import { checkWithOneKek, createMyceliumSchema, kekOf, seedMyceliumTenants } from '../helpers/mycelium';
 import { RotationFixture } from '../helpers/rotation-fixture';
@@ -71,9 +72,10 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
       scheduled: false,
       why: `the run was started by a build that decided only at retirement (before ${DESTROY_DECIDED_PATCH}): no destruction is scheduled, and the retired KEK stays retired`,
     });
-    await expect(env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v1')).describe()).rejects.toThrow(
-      WorkflowNotFoundError,
-    );
+    // None under the id an earlier build's run gives its destruction, nor under its keyspace's.
+    for (const id of [legacyDestroyWorkflowId(BUILTIN_TARGET, 'v1'), await destroyIdIn(fixture.db.pool, 'v1')]) {
+      await expect(env.client.workflow.getHandle(id).describe()).rejects.toThrow(WorkflowNotFoundError);
+    }
     await fixture.expectNothingLost();
   });
 
@@ -97,7 +99,7 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
         const started = await startRotation(
           env.client,
           { target: 'mycelium', from: '1', to: '2', gracePeriod: '1s' },
-          { taskQueue },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         await progressUntil(started.handle, (p) => p.waiting?.step === 'retire', { withinMs: 60_000 });
         return started.handle;
@@ -111,9 +113,9 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
       expect(report.outcome).toBe('completed');
       expect(report.destruction).toMatchObject({ scheduled: false });
       expect(await new KekRegistry(db.pool, 'mycelium').get('1')).toMatchObject({ state: 'retired' });
-      await expect(env.client.workflow.getHandle(destroyWorkflowId('mycelium', '1')).describe()).rejects.toThrow(
-        WorkflowNotFoundError,
-      );
+      for (const id of [legacyDestroyWorkflowId('mycelium', '1'), await destroyIdIn(db.pool, '1', 'mycelium')]) {
+        await expect(env.client.workflow.getHandle(id).describe()).rejects.toThrow(WorkflowNotFoundError);
+      }
       expect(await checkWithOneKek(db.pool, kekOf(gen2), 2, tenants)).toEqual([]);
     } finally {
       await db.drop();
@@ -125,7 +127,7 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
     const report = await current.runUntil(async () => {
       const handle = await env.client.workflow.start(rotateKek, {
         taskQueue: fixture.taskQueue,
-        workflowId: `rotation-${randomUUID()}`,
+        workflowId: await rotationIdIn(fixture.db.pool),
         args: [{ from: 'v2', to: 'v3', gracePeriod: '7d', fleetLiveWithin: '1h', restoreWindow: '30d' }],
       });
       const first = await progressUntil(handle, (p) => p.destruction !== undefined, { withinMs: 30_000 });
@@ -140,8 +142,9 @@ describe("whether a retirement schedules its KEK's destruction is decided when t
       return resultWithin<RotationReport>(handle, 90_000);
     });
     expect(report.outcome).toBe('completed');
-    const destruction = await env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v2')).describe();
+    const destroyId = await destroyIdIn(fixture.db.pool, 'v2');
+    const destruction = await env.client.workflow.getHandle(destroyId).describe();
     expect(destruction.status.name).toBe('RUNNING');
-    await env.client.workflow.getHandle(destroyWorkflowId(BUILTIN_TARGET, 'v2')).terminate('test over');
+    await env.client.workflow.getHandle(destroyId).terminate('test over');
   });
 });

@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import path from 'node:path';
 import { temporal } from '@temporalio/proto';
@@ -11,6 +10,8 @@ import { progressQuery, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { eventually } from '../helpers/eventually';
 import { createDevServerEnv, resultWithin, workflowBundle, type OwnServerEnvironment } from '../helpers/temporal';
+import { rotationWorkflowId } from '../../src/rotation/identity';
+import { keyspaceIn } from '../helpers/keyspace';
 
 describe('rotation on the dev server built from the pinned temporal CLI', () => {
   let env: OwnServerEnvironment;
@@ -32,13 +33,15 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
         keys: fixture.keys,
         workflowBundle: workflowBundle(),
       });
-      const workflowId = `kek-rotation-${randomUUID()}`;
+      const keyspace = await keyspaceIn(fixture.db.pool);
+      const workflowId = rotationWorkflowId('rekey', keyspace);
       const report = await worker.runUntil(async () => {
         const started = await startRotation(
           env.client,
           { from: 'v1', to: 'v2', gracePeriod: '1s' },
-          { taskQueue: fixture.taskQueue, workflowId },
+          { taskQueue: fixture.taskQueue, keyspace },
         );
+        expect(started.handle.workflowId).toBe(workflowId);
         expect(started.kind).toBe('started');
         const progress = await started.handle.query(progressQuery);
         expect(progress.from).toBe('v1');
@@ -107,7 +110,7 @@ describe('rotation on the dev server built from the pinned temporal CLI', () => 
       const started = await startRotation(
         env.client,
         { from: 'v1', to: 'v2', gracePeriod: '1s', batchSize: 200, parallelism: 2 },
-        { taskQueue: fixture.taskQueue },
+        { taskQueue: fixture.taskQueue, keyspace: await keyspaceIn(fixture.db.pool) },
       );
       const report = await resultWithin<RotationReport>(started.handle, 120_000);
       expect(report).toMatchObject({ outcome: 'completed', counters: { rewrapped: 20_000, casConflicts: 0 } });

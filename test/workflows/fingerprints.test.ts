@@ -1,6 +1,6 @@
 // Finding 1 of "Safety": keys were trusted by id alone. A worker or an application instance holding another key
 // under the right id ('v2' from a second `openssl rand`) is now refused by fingerprint, before anything is written.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { WorkflowFailedError } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
@@ -13,6 +13,7 @@ import { TenantCrypto } from '../../src/tenant-crypto';
 import { rotateKek } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
+import { rotationIdIn } from '../helpers/keyspace';
 
 /** The fixture's own 'v1', and a 'v2' of its own making: another key under the registered id. */
 function impostorKeys(fixture: RotationFixture): EnvKeyProvider {
@@ -66,7 +67,7 @@ describe('Finding 1: keys are trusted by fingerprint, not by id', () => {
       const message = await worker.runUntil(async () => {
         const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1h', fleetTimeout: '1h', fleetLiveWithin: '30d' }],
         });
         return failureOf(resultWithin(handle));
@@ -97,7 +98,7 @@ describe('Finding 1: keys are trusted by fingerprint, not by id', () => {
       const message = await worker.runUntil(async () => {
         const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1h', fleetTimeout: '1h', fleetLiveWithin: '30d' }],
         });
         return failureOf(resultWithin(handle));

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import type { temporal } from '@temporalio/proto';
@@ -19,6 +18,7 @@ import {
 import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
 import { sliceUntilCancelled, StubRotation } from '../helpers/stub-rotation';
 import { createDevServerEnv, progressUntil, resultWithin, untilNoActivityPending } from '../helpers/temporal';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 
 // Pause and abort cancel running slice activities. On the time-skipping test server a cancellation that races the
 // activity's completion gets the workflow task rejected (ACTIVITY_UNKNOWN, temporalio/sdk-java#2391) and the run
@@ -41,7 +41,7 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
       await worker.runUntil(async () => {
         const handle = await env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [slow],
         });
         await progressUntil(handle, (p) => p.counters.rewrapped > 0);
@@ -97,9 +97,9 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
     const fixture = await RotationFixture.create({ tenants: 6_000 });
     try {
       const worker = await fixture.worker(env);
-      const workflowId = `rotation-${randomUUID()}`;
+      const keyspace = await keyspaceIn(fixture.db.pool);
       const result = await worker.runUntil(async () => {
-        const started = await startRotation(env.client, slow, { taskQueue: fixture.taskQueue, workflowId });
+        const started = await startRotation(env.client, slow, { taskQueue: fixture.taskQueue, keyspace });
         await progressUntil(started.handle, (p) => p.counters.rewrapped > 0);
         await started.handle.signal(abortSignal, 'change freeze');
         return resultWithin<RotationReport>(started.handle);
@@ -118,7 +118,7 @@ describe('pause and abort mid-rewrap, on the dev server', () => {
         const restarted = await startRotation(
           env.client,
           { ...slow, sliceTimeBudget: '30s' },
-          { taskQueue: fixture.taskQueue, workflowId },
+          { taskQueue: fixture.taskQueue, keyspace },
         );
         expect(restarted.kind).toBe('started');
         return resultWithin<RotationReport>(restarted.handle);

@@ -1,5 +1,4 @@
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { randomUUID } from 'node:crypto';
 import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
 import { AppInstances } from '../../src/store/app-instances';
@@ -12,6 +11,7 @@ import {
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { progressUntil, resultWithin, skipTime, useTimeSkippingEnv } from '../helpers/temporal';
+import { rotationIdIn } from '../helpers/keyspace';
 
 const DAY = 86_400_000;
 
@@ -25,7 +25,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
       const result = await worker.runUntil(async () => {
         const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '7d' }],
         });
         await progressUntil(handle, (p) => p.phase === 'grace');
@@ -62,7 +62,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
       const result = await worker.runUntil(async () => {
         const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
         });
         await progressUntil(handle, (p) => p.phase === 'promote');

@@ -3,6 +3,8 @@
 import { randomUUID } from 'node:crypto';
 import { ApplicationFailure, type Client, WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { startRotation } from '../../src/client/rotations';
+import { keyspaceOf, rotationWorkflowId } from '../../src/rotation/identity';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { LegacyValuesRemainError, RunFailedError } from '../../src/errors';
 import { Pool } from 'pg';
 import { buildAdminServer } from '../../src/admin/server';
@@ -57,13 +59,15 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
   it("validate's refusal is the start's answer, with its error's kind, and the run fails with it only once that answer is given", async () => {
     const stub = new StubRotation();
     stub.validateRefusal = new LegacyValuesRemainError('target still holds 3 legacy value(s)');
-    const workflowId = `stub-rotation-${randomUUID()}`;
+    // A keyspace of its own (a database identity no other test has): the stub activities open no database.
+    const keyspace = keyspaceOf(randomUUID(), 'rekey.tenant_deks');
+    const workflowId = rotationWorkflowId(BUILTIN_TARGET, keyspace);
     // The worker runs until the run has ended: after its refusal it records its end in the run history.
     const [refused, failed] = await stub.run(server.env, async () => {
       const answer: unknown = await startRotation(
         server.env.client,
         { from: 'v1', to: 'v2' },
-        { taskQueue: stub.taskQueue, workflowId },
+        { taskQueue: stub.taskQueue, keyspace },
       ).catch((err: unknown) => err);
       const ended: unknown = await resultWithin(server.env.client.workflow.getHandle(workflowId)).then(
         () => undefined,
@@ -82,20 +86,23 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
   it('a validate step that does not decide in time: the start says the run stays started and what validate is doing; asked later, the validated update answers', async () => {
     const stub = new StubRotation();
     const validating = stub.hold('validateRotation');
-    const workflowId = `stub-rotation-${randomUUID()}`;
+    const keyspace = keyspaceOf(randomUUID(), 'rekey.tenant_deks');
+    const workflowId = rotationWorkflowId(BUILTIN_TARGET, keyspace);
     await stub.run(server.env, async () => {
       // Ten seconds: time enough for a fresh worker to take up the run and reach validate on a busy machine.
       const asked = startRotation(
         server.env.client,
         { from: 'current', to: 'v2', gracePeriod: '1h' },
-        { taskQueue: stub.taskQueue, workflowId, answerWithinMs: 10_000 },
+        { taskQueue: stub.taskQueue, keyspace, answerWithinMs: 10_000 },
       ).catch((err: unknown) => err);
       await validating.entered();
       const unanswered = await asked;
       expect(unanswered).toBeInstanceOf(RunFailedError);
       expect(unanswered).toMatchObject({ kind: 'failed' });
       expect((unanswered as RunFailedError).message).toMatch(
-        /^stub-rotation-\S+@\S+ started, but gave no verdict within 10s: validateRotation is (running|at attempt 1); it stays started/,
+        new RegExp(
+          `^${workflowId.replaceAll('.', '\\.')}@\\S+ started, but gave no verdict within 10s: validateRotation is (running|at attempt 1); it stays started`,
+        ),
       );
       validating.release();
       const handle = server.env.client.workflow.getHandle(workflowId);

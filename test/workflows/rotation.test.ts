@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { resolveRotationReference, startRotation } from '../../src/client/rotations';
+import { resolveRotationReference, rotationWorkflowId, startRotation } from '../../src/client/rotations';
 import type { RewrapSliceArgs } from '../../src/activities/rewrap';
 import { tenantIdFor } from '../../src/dev/tenants';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
@@ -14,6 +13,7 @@ import { rotateKek, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { startLiveWriter } from '../helpers/live-writer';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -192,21 +192,24 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     const fixture = await RotationFixture.create({ tenants: 500 });
     try {
       const request = { from: 'v1', to: 'v2', gracePeriod: '1d' };
-      const workflowId = `rotation-${randomUUID()}`;
+      const keyspace = await keyspaceIn(fixture.db.pool);
       // A start answers once validate has decided: a worker runs while it is asked.
       const first = await (
         await fixture.worker(server.env)
       ).runUntil(async () => {
-        const started = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, workflowId });
+        const started = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, keyspace });
         expect(started.kind).toBe('started');
         expect(await resultWithin<RotationReport>(started.handle)).toMatchObject({ outcome: 'completed' });
         return started;
       });
+      const { workflowId } = first.handle;
+      expect(workflowId).toBe(rotationWorkflowId(BUILTIN_TARGET, keyspace));
 
       const again = await (
         await fixture.worker(server.env)
       ).runUntil(async () => {
-        const second = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, workflowId });
+        const second = await startRotation(server.env.client, request, { taskQueue: fixture.taskQueue, keyspace });
+        expect(second.handle.workflowId).toBe(workflowId);
         // The start's own answer says so, and so does the run's result.
         expect(second).toMatchObject({ kind: 'started', validated: { outcome: 'nothing-to-do' } });
         return resultWithin<RotationReport>(second.handle);
@@ -216,7 +219,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
         note: "nothing to do: already done: 'v1' is retired and 'v2' is the active KEK",
       });
 
-      const firstRun = resolveRotationReference(first.opId).firstRunId;
+      const firstRun = (await resolveRotationReference(first.opId)).firstRunId;
       const history = await server.env.client.workflow.getHandle(workflowId, firstRun).fetchHistory();
       await Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, workflowId);
       // Every payload decoded (they are base64 in the JSON form), and the raw form too.
@@ -243,7 +246,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
       const worker = await fixture.worker(server.env);
       const handle = await server.env.client.workflow.start(rotateKek, {
         taskQueue: fixture.taskQueue,
-        workflowId: `rotation-${randomUUID()}`,
+        workflowId: await rotationIdIn(fixture.db.pool),
         args: [
           {
             from: 'v1',

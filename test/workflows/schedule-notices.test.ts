@@ -28,6 +28,8 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
 import { createDevServerEnv, queryUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { keyspaceOf } from '../../src/rotation/identity';
+import { keyspaceIn } from '../helpers/keyspace';
 
 const DAY = 86_400_000;
 
@@ -263,6 +265,7 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
         notifyBefore: '30d',
         notifyUrl: url,
         target: 'rekey',
+        keyspace: await keyspaceIn(db.pool),
       });
       const nextRun = (await env.client.schedule.getHandle(scheduleId).describe()).info.nextActionTimes[0]!;
       const handle = env.client.workflow.getHandle<typeof scheduleNotices>(noticeWorkflowId(scheduleId));
@@ -313,9 +316,12 @@ describe('notice of a real schedule, on the dev server, to a signed webhook', ()
 
   it('refuses notice options that cannot work, before anything is created', async () => {
     const attempt = (options: { notifyBefore?: string; notifyUrl?: string }) =>
-      createRotationSchedule(env.client, { scheduleId: `bad-${randomUUID()}`, taskQueue: 'x', ...options }).catch(
-        (err: Error) => err.message,
-      );
+      createRotationSchedule(env.client, {
+        scheduleId: `bad-${randomUUID()}`,
+        taskQueue: 'x',
+        keyspace: keyspaceOf('00000000-0000-4000-8000-000000000000', 'rekey.tenant_deks'),
+        ...options,
+      }).catch((err: Error) => err.message);
     expect(await attempt({ notifyUrl: 'https://hooks.example.com/x' })).toBe(
       '--notify-url needs --notify-before (how long before each rotation to notify)',
     );

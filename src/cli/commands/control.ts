@@ -20,7 +20,7 @@ import { duration, withContext } from '../options';
 import { CliError, errorKind } from '../../errors';
 
 async function handleFor(context: CliContext, reference: string) {
-  return runningRotation(await context.temporal(), reference);
+  return runningRotation(await context.temporal(), reference, context.keyspaceOf);
 }
 
 async function update<T>(run: () => Promise<T>): Promise<T> {
@@ -40,7 +40,7 @@ async function controlMigration(
   control: 'pause' | 'resume' | 'abort',
   reason = '',
 ): Promise<void> {
-  const handle = await runningMigration(await context.temporal(), workflowId);
+  const handle = await runningMigration(await context.temporal(), workflowId, context.keyspaceOf);
   if (control === 'abort') {
     await update(() => handle.executeUpdate(abortMigrationUpdate, { args: [reason] }));
     const report: MigrationReport = await handle.result();

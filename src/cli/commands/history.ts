@@ -33,6 +33,7 @@ export function historyCommand(): Command {
           db: await context.targets().databaseOf(target),
           client: () => context.temporal(),
           target,
+          keyspace: await context.targets().keyspace(target),
           limit: options.limit,
         });
         context.print(history, () => [

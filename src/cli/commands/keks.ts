@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { EnvKeyProvider } from '../../keys/env-provider';
 import { canImport, importKeks } from '../../keys/import-keks';
 import type { KeyProvider } from '../../keys/key-provider';
+import { rotationWorkflowId } from '../../rotation/identity';
 import { restoreKek } from '../../targets/restore-kek';
 import { targetKekStatus } from '../../targets/kek-status';
 import { formatDuration } from '../../rotation/durations';
@@ -16,12 +17,17 @@ export function kekStatusCommand(): Command {
     .addOption(targetOption())
     .action(
       withContext(async (context, options: { target: string }) => {
-        const status = await targetKekStatus(await context.targets().get(options.target));
+        const runtime = await context.targets().get(options.target);
+        const status = await targetKekStatus(runtime);
         const noun = context.targets().definition(options.target).noun;
         const labels = [...new Set([...status.keks.map((k) => k.kekId), ...Object.keys(status.counts)])];
+        const { keyspace } = runtime;
+        const workflowId = rotationWorkflowId(status.target, keyspace);
         context.print(
           {
             target: status.target,
+            keyspace: { id: keyspace.id, database_id: keyspace.databaseId, table: keyspace.table },
+            workflow_id: workflowId,
             current_kek_id: status.currentKekId,
             stale_counts: status.counts,
             rows_without_value: status.withoutValue,
@@ -29,6 +35,8 @@ export function kekStatusCommand(): Command {
           },
           () => [
             `target ${status.target}: current KEK ${status.currentKekId ?? '(none)'}`,
+            `  keyspace: table ${keyspace.table} in database ${keyspace.databaseId}`,
+            `  rotations run under the workflow id ${workflowId}`,
             ...labels.map((kekId) => {
               const kek = status.keks.find((k) => k.kekId === kekId);
               const line = `  ${kekId.padEnd(12)} ${(kek?.state ?? 'not in registry').padEnd(15)} ${String(status.counts[kekId] ?? 0).padStart(10)} ${noun}s  ${kek?.fingerprint ?? ''}`;

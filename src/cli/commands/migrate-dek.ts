@@ -46,7 +46,7 @@ export function migrateDekCommand(): Command {
               ...(options.batchSize !== undefined && { batchSize: options.batchSize }),
               ...(options.parallelism !== undefined && { parallelism: options.parallelism }),
             },
-            { taskQueue: context.options.taskQueue },
+            { taskQueue: context.options.taskQueue, keyspace: await context.targets().keyspace(options.target) },
           );
         } catch (err) {
           if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');

@@ -96,8 +96,11 @@ export function rotateCommand(): Command {
         let started: StartOutcome;
         try {
           parseRotationRequest(request); // bad input is reported even when Temporal is unreachable
+          // The keyspace of the database DATABASE_URL names: the rotation's id, and what every step checks.
+          const keyspace = await context.targets().keyspace(options.target);
           started = await startRotation(await context.temporal(), request, {
             taskQueue: context.options.taskQueue,
+            keyspace,
             startedBy: 'rekey CLI',
           });
         } catch (err) {

@@ -54,6 +54,7 @@ export function scheduleCommand(): Command {
               gracePeriod: options.grace,
               minKekAge: options.minKekAge,
               target: options.target,
+              keyspace: await context.targets().keyspace(options.target),
               taskQueue: context.options.taskQueue,
               ...(options.notifyBefore !== undefined && { notifyBefore: options.notifyBefore }),
               ...(options.notifyUrl !== undefined && { notifyUrl: options.notifyUrl }),

@@ -40,9 +40,10 @@ function humanMigrationStatus(s: MigrationStatus): string[] {
 }
 
 /** Follows a migration until it ends: its progress line whenever it changes, then its report. */
-async function watchMigration(context: CliContext, workflowId: string): Promise<void> {
+async function watchMigration(context: CliContext, reference: string): Promise<void> {
   const temporal = await context.temporal();
-  let status = await migrationStatus(temporal, workflowId);
+  let status = await migrationStatus(temporal, reference, context.keyspaceOf);
+  const { workflowId } = status;
   let last = '';
   while (status.status === 'RUNNING') {
     const line =
@@ -85,7 +86,7 @@ const rotationEnd = (s: RotationStatus) =>
   runEnd(`rotation ${s.opId}`, s, s.progress?.outcome === 'aborted' ? (s.progress.note ?? 'aborted') : undefined);
 
 async function statusOf(context: CliContext, reference: string): Promise<RotationStatus> {
-  return rotationStatus(await context.temporal(), reference);
+  return rotationStatus(await context.temporal(), reference, context.keyspaceOf);
 }
 
 /** Follows a rotation until it ends: a live bar on a terminal, a line every few seconds otherwise. */
@@ -114,7 +115,7 @@ export async function watchRotation(context: CliContext, reference: string): Pro
 export function statusCommand(): Command {
   return new Command('status')
     .description(
-      'phase and counters of a rotation (target, workflow id, or from:to) or a migration (dek-migration-<target>)',
+      'phase and counters of a rotation (target, workflow id, op id, or from:to) or a migration (its workflow id, or dek-migration-<target>); a target name needs DATABASE_URL',
     )
     .argument('<rotation>')
     .option('--watch', 'follow it with a live progress bar, rate and ETA until it ends')
@@ -122,7 +123,7 @@ export function statusCommand(): Command {
       withContext(async (context, reference: string, options: { watch?: boolean }) => {
         if (isMigrationReference(reference)) {
           if (options.watch) return watchMigration(context, reference);
-          const status = await migrationStatus(await context.temporal(), reference);
+          const status = await migrationStatus(await context.temporal(), reference, context.keyspaceOf);
           context.print(status, () => humanMigrationStatus(status));
           const ended = migrationEnd(status);
           if (ended) throw ended;
