@@ -13,6 +13,7 @@ import {
   seedLegacyInventory,
   type InventoryValue,
 } from '../helpers/mycelium';
+import { rotationIdIn } from '../helpers/keyspace';
 import { docCommands, docExports, envCommand, runScript, type RunningProcess } from '../helpers/readme';
 import { checkSecrets, createTalosSchema, seedSecrets } from '../helpers/talos';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
@@ -149,7 +150,7 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
       );
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
-      const handle = env.client.workflow.getHandle('kek-rotation-mycelium');
+      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'mycelium'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old token_secret removed');
       expect(confirmed.stderr).toBe('');
@@ -181,11 +182,14 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
       );
       expect(worker.output()).toContain('"targets":["talos"]');
       const rekey = (...args: string[]) =>
-        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], { PATH: process.env.PATH });
+        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+          PATH: process.env.PATH,
+          DATABASE_URL: db.url,
+        });
       const started = await rekey('rotate', '--target', 'talos', '--from', 'v1', '--to', 'v2', '--grace', '1s');
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
-      const handle = env.client.workflow.getHandle('kek-rotation-talos');
+      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'talos'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'talos', '--step', 'retire', '--note', 'TALOS_KEK_v1 removed');
       expect(confirmed.stderr).toBe('');
