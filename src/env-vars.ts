@@ -194,7 +194,47 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   {
     name: 'VAULT_ADDR',
     default: 'none',
-    what: 'REKEY_KEY_PROVIDER=auto picks Vault when it is set (refused: not supported yet)',
+    what: 'the Vault server (REKEY_KEY_PROVIDER=vault or vault-transit); REKEY_KEY_PROVIDER=auto picks Vault KV when it is set',
+    readBy: ALL,
+  },
+  {
+    name: 'VAULT_TOKEN',
+    default: 'none',
+    what: "a Vault token whose policy grants rekey's paths (docs/06-key-stores.md, KEKs in Vault, gives the policy)",
+    readBy: ALL,
+  },
+  { name: 'VAULT_NAMESPACE', default: 'none', what: 'the Vault namespace (Vault Enterprise)', readBy: ALL },
+  { name: 'VAULT_CLIENT_TIMEOUT', default: '60', what: 'seconds a Vault call may take (1 to 3600)', readBy: ALL },
+  { name: 'REKEY_VAULT_KV_MOUNT', default: 'secret', what: 'the KV v2 mount (REKEY_KEY_PROVIDER=vault)', readBy: ALL },
+  {
+    name: 'REKEY_VAULT_KV_PATH',
+    default: 'none',
+    what: "the KV v2 secret holding the keyspace's KEKs, within its mount, e.g. encryption/master_key (REKEY_KEY_PROVIDER=vault)",
+    readBy: ALL,
+  },
+  {
+    name: 'REKEY_VAULT_TRANSIT_MOUNT',
+    default: 'transit',
+    what: 'the Transit mount (REKEY_KEY_PROVIDER=vault-transit)',
+    readBy: ALL,
+  },
+  {
+    name: 'REKEY_VAULT_TRANSIT_KEY',
+    default: 'none',
+    what: "the keyspace's Transit key, e.g. rekey-prod (REKEY_KEY_PROVIDER=vault-transit)",
+    readBy: ALL,
+  },
+  { name: 'REKEY_VAULT_TRANSIT_CONCURRENCY', default: '4', what: 'Transit calls at once (1 to 64)', readBy: ALL },
+  {
+    name: 'REKEY_VAULT_TRANSIT_RATE',
+    default: '50',
+    what: 'Transit calls started per second (0: no limit)',
+    readBy: ALL,
+  },
+  {
+    name: 'REKEY_VAULT_TRANSIT_BATCH',
+    default: '250',
+    what: 'items per Transit rewrap request, batch_input (1 to 10,000)',
     readBy: ALL,
   },
   { name: 'REKEY_METRICS_PORT', default: '9464', what: 'the port of /metrics (0: any free port)', readBy: ['worker'] },
@@ -271,5 +311,31 @@ export function processHelp(reader: Exclude<Reader, 'cli'>, summary: string, usa
     '',
     ...variables.map((v) => `  ${v.name.padEnd(width)}  ${v.what} (default: ${v.default})`),
     '',
+  ].join('\n');
+}
+
+const READER_NAMES: Record<Reader, string> = { worker: 'worker', admin: 'admin API', cli: 'CLI' };
+
+/**
+ * Every variable as a Markdown table (variable, default, read by, what), its columns padded as Prettier pads them:
+ * the table of docs/08-production.md, which `npm run docs:env` writes and test/docs/env-table.test.ts checks.
+ */
+export function environmentTable(): string {
+  const cell = (text: string) => text.replace(/\|/g, '\\|');
+  const rows = [
+    ['variable', 'default', 'read by', 'what'],
+    ...ENVIRONMENT.map((v) => [
+      `\`${v.name}\``,
+      cell(v.default),
+      v.readBy.map((reader) => READER_NAMES[reader]).join(', '),
+      cell(v.what),
+    ]),
+  ];
+  const widths = rows[0]!.map((_, column) => Math.max(3, ...rows.map((row) => row[column]!.length)));
+  const line = (row: string[]) => `| ${row.map((text, column) => text.padEnd(widths[column]!)).join(' | ')} |`;
+  return [
+    line(rows[0]!),
+    `| ${widths.map((width) => '-'.repeat(width)).join(' | ')} |`,
+    ...rows.slice(1).map(line),
   ].join('\n');
 }

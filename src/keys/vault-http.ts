@@ -41,7 +41,7 @@ export function vaultSettingsFromEnv(env: NodeJS.ProcessEnv): VaultSettings {
   const token = env.VAULT_TOKEN?.trim();
   if (!token) {
     throw new KeyMaterialError(
-      "VAULT_TOKEN must hold a Vault token whose policy grants rekey's paths (the README's 'KEKs in Vault' gives the policy)",
+      "VAULT_TOKEN must hold a Vault token whose policy grants rekey's paths (docs/06-key-stores.md, 'KEKs in Vault', gives the policy)",
       'VAULT_TOKEN',
     );
   }
@@ -177,7 +177,7 @@ export class VaultHttp {
         );
       }
       return new KeyMaterialError(
-        `${this.description} denied ${what}: the token's policy must grant the capability ${call.needs.map((c) => `"${c}"`).join(' and ')} on path "${path}" (the README's 'KEKs in Vault' gives rekey's policy)`,
+        `${this.description} denied ${what}: the token's policy must grant the capability ${call.needs.map((c) => `"${c}"`).join(' and ')} on path "${path}" (docs/06-key-stores.md, 'KEKs in Vault', gives rekey's policy)`,
         'VAULT_TOKEN',
       );
     }
@@ -219,7 +219,7 @@ export class VaultHttp {
     }
     if (missing.length === 0) return;
     throw new KeyMaterialError(
-      `${this.description}: the token's policy lacks ${missing.join('; ')}, which ${purpose} needs: nothing was written. Grant them (the README's 'KEKs in Vault' gives rekey's policy) and run it again`,
+      `${this.description}: the token's policy lacks ${missing.join('; ')}, which ${purpose} needs: nothing was written. Grant them (docs/06-key-stores.md, 'KEKs in Vault', gives rekey's policy) and run it again`,
       'VAULT_TOKEN',
     );
   }

@@ -99,7 +99,7 @@ export class VaultKvKeys extends LocalKeyProvider {
     return `${this.mount}/${kind}/${this.path}`;
   }
 
-  /** Every capability the store's lifecycle needs, by path: the README's policy grants exactly these. */
+  /** Every capability the store's lifecycle needs, by path: the policy in docs/06-key-stores.md grants exactly these. */
   capabilitiesNeeded(): Record<string, VaultCapability[]> {
     return {
       [this.api('data')]: ['create', 'read', 'update'],

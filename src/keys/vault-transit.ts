@@ -108,7 +108,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
     return kind === 'keys' ? `${mount}/keys/${key}` : `${mount}/${kind}/${key}`;
   }
 
-  /** Every capability the worker's steps need, by path: the README's policy grants exactly these. */
+  /** Every capability the worker's steps need, by path: the policy in docs/06-key-stores.md grants exactly these. */
   capabilitiesNeeded(): Record<string, VaultCapability[]> {
     return {
       [this.api('keys')]: ['create', 'read', 'update'],

@@ -1,5 +1,5 @@
 // The targets configuration file (REKEY_CONFIG): YAML or JSON, checked when a process starts; every error names the
-// key and says what to fix. The README has a complete example.
+// key and says what to fix. docs/12-configuration-file.md points at a complete example (examples/rekey.yaml).
 import fs from 'node:fs';
 import nodePath from 'node:path';
 import { parse as parseYaml } from 'yaml';

@@ -1,24 +1,51 @@
-// The README's commands, as an operator copies them: a test runs them with only what names this machine's servers
-// filled in, so a documented command cannot stop working unnoticed.
+// The commands of the README and of the guide in docs/, as an operator copies them: a test runs them with only what
+// names this machine's servers filled in, so a documented command cannot stop working unnoticed.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { projectRoot } from '../../src/project-paths';
 
-const README = () => fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
+/** A page of the documentation, by its path from the project root (`README.md`, `docs/02-worker-per-database.md`). */
+export function docPage(page: string): string {
+  return fs.readFileSync(path.join(projectRoot, page), 'utf8');
+}
 
-/** The shell commands of the first ```sh block under `heading`, continued lines (a trailing `\`) joined. */
-export function readmeCommands(heading: string): string[] {
-  const text = README();
+/** The text of `page` from the line `heading` on (to the end of the page). */
+export function docSection(page: string, heading: string): string {
+  const text = docPage(page);
   const at = text.indexOf(`\n${heading}\n`);
-  if (at < 0) throw new Error(`README.md has no heading '${heading}'`);
-  const block = /```sh\n([\s\S]*?)```/.exec(text.slice(at))?.[1];
-  if (block === undefined) throw new Error(`README.md has no sh block under '${heading}'`);
+  if (at < 0) throw new Error(`${page} has no heading '${heading}'`);
+  return text.slice(at);
+}
+
+/**
+ * The shell commands of the first ```sh block under `heading` of `page` (the first that contains `containing`, if
+ * given), continued lines (a trailing `\`) joined.
+ */
+export function docCommands(page: string, heading: string, containing = ''): string[] {
+  const blocks = [...docSection(page, heading).matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
+  const block = blocks.find((text) => text.includes(containing));
+  if (block === undefined) throw new Error(`${page} has no sh block under '${heading}' with '${containing}'`);
   return block
     .replace(/\\\n\s*/g, '')
     .split('\n')
     .map((line) => line.trim())
     .filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+/**
+ * The variables the `export …` lines of the sh blocks under `heading` set before the first block that contains
+ * `containing`: name → value as written.
+ */
+export function docExports(page: string, heading: string, containing: string): Record<string, string> {
+  const exported: Record<string, string> = {};
+  for (const [, block] of docSection(page, heading).matchAll(/```sh\n([\s\S]*?)```/g)) {
+    if (block!.includes(containing)) return exported;
+    for (const [, assignments] of block!.matchAll(/^export (.+)$/gm))
+      for (const [, name, value] of assignments!.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(\$\([^)]*\)|\S+)/g))
+        exported[name!] = value!;
+  }
+  throw new Error(`${page} has no sh block under '${heading}' with '${containing}'`);
 }
 
 export interface EnvCommand {
@@ -37,8 +64,8 @@ export function envCommand(line: string, fill: Record<string, string>): EnvComma
   if (!match) throw new Error(`not an 'NAME=value … npm run <script>' command: ${line}`);
   const env: Record<string, string> = {};
   for (const [, name, value] of match[1]!.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(<[^>]*>|\S+)/g)) {
-    const placeholder = value!.includes('…') || value!.startsWith('<');
-    if (placeholder && fill[name!] === undefined) throw new Error(`the README's ${name}=${value} has no test value`);
+    const placeholder = value!.includes('…') || value!.startsWith('<') || value!.startsWith('$');
+    if (placeholder && fill[name!] === undefined) throw new Error(`the documented ${name}=${value} has no test value`);
     env[name!] = placeholder ? fill[name!]! : value!;
   }
   return { env, script: match[2]! };

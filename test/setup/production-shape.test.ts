@@ -118,9 +118,9 @@ describe('production shape (checked without a Docker engine)', () => {
     );
   });
 
-  it("the Dockerfile builds with the README's commands, and what the services run exists after that build", () => {
+  it('the Dockerfile builds with the commands docs/08 names, and what the services run exists after that build', () => {
     const dockerfile = read('Dockerfile');
-    const readme = read('README.md');
+    const readme = read('docs/08-production.md');
     const runs = [...dockerfile.matchAll(/^RUN (.+)$/gm)].map((m) => m[1]!);
     expect(runs).toEqual(['npm ci', 'npm run build', 'npm ci --omit=dev']);
     for (const command of ['npm ci', 'npm run build']) expect(readme).toContain(command);

@@ -1,4 +1,4 @@
-// The README's table of what the caller gets, case by case, run row by row: each row's CLI line against the built
+// The table of what the caller gets (docs/10-exit-codes-and-statuses.md), case by case, run row by row: each row's CLI line against the built
 // CLI and its HTTP request against the admin API, as written, and their answers against the row's exit code and
 // status. A row with no test here fails, and so does a test with no row: the table cannot drift from what rekey does.
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -15,7 +15,6 @@ import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/id
 import { seedTenants } from '../../src/dev/tenants';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
 import { FileKeyring } from '../../src/keys/file-keyring';
-import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { parseTargetsConfig } from '../../src/targets/config';
@@ -27,6 +26,7 @@ import { runRekey, type CliResult } from '../helpers/cli';
 import { createApplicationDatabase, createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createMyceliumSchema, kekOf, seedLegacyInventory, seedMyceliumTenants } from '../helpers/mycelium';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
+import { docPage } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 interface Row {
@@ -38,9 +38,11 @@ interface Row {
   status?: number;
 }
 
-/** The rows of the README's table whose header is `| case | kind | CLI | exit | admin API | HTTP |`. */
+const PAGE = 'docs/10-exit-codes-and-statuses.md';
+
+/** The rows of the table in docs/10 whose header is `| case | kind | CLI | exit | admin API | HTTP |`. */
 function readmeRows(): Row[] {
-  const lines = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8').split('\n');
+  const lines = docPage(PAGE).split('\n');
   const cells = (line: string) =>
     line
       .slice(1, -1)
@@ -49,7 +51,7 @@ function readmeRows(): Row[] {
   const header = lines.findIndex(
     (line) => line.startsWith('|') && cells(line).join(',') === 'case,kind,CLI,exit,admin API,HTTP',
   );
-  if (header < 0) throw new Error("README.md has no table headed 'case | kind | CLI | exit | admin API | HTTP'");
+  if (header < 0) throw new Error(`${PAGE} has no table headed 'case | kind | CLI | exit | admin API | HTTP'`);
   const rows: Row[] = [];
   for (const line of lines.slice(header + 2)) {
     if (!line.startsWith('|')) break;

@@ -11,6 +11,7 @@ import { ENVIRONMENT } from '../../src/env-vars';
 import { RekeyMetrics, serveMetrics } from '../../src/observability/metrics';
 import { projectRoot } from '../../src/project-paths';
 import { runRekey } from '../helpers/cli';
+import { documentedAs, variablesRead } from '../helpers/env-read';
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-details-'));
 const SOME_DATABASE = 'postgres://rekey@127.0.0.1:1/rekey';
@@ -21,27 +22,6 @@ function node(script: string, args: string[], env: NodeJS.ProcessEnv) {
     encoding: 'utf8',
     timeout: 30_000,
   });
-}
-
-/** Every environment variable name the sources read: env.X, env['X'], a 'X' string, a zod schema's X: key. */
-function variablesRead(): string[] {
-  const names = new Set<string>();
-  const walk = (dir: string) => {
-    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-      const file = path.join(dir, entry.name);
-      if (entry.isDirectory()) walk(file);
-      else if (file.endsWith('.ts')) {
-        const text = fs.readFileSync(file, 'utf8');
-        const pattern =
-          /env\??\.([A-Z][A-Z0-9_]+)|env\[['"`]([A-Z][A-Z0-9_]+)['"`]\]|['"`]((?:REKEY|AWS|MYC|TALOS|TEMPORAL|DATABASE|LOG|VAULT)_[A-Z0-9_]+)['"`]|^\s+([A-Z][A-Z0-9_]+): z\./gm;
-        for (const m of text.matchAll(pattern)) names.add((m[1] ?? m[2] ?? m[3] ?? m[4])!);
-      }
-    }
-  };
-  walk(path.join(projectRoot, 'src'));
-  // The demo's own settings, and the test-server and setup helpers under src/dev, are not the worker's or the API's.
-  for (const name of [...names]) if (name.startsWith('REKEY_DEMO_')) names.delete(name);
-  return [...names].sort();
 }
 
 describe('what an operator is told: at once, in one line, with what to fix', () => {
@@ -139,18 +119,10 @@ describe('what an operator is told: at once, in one line, with what to fix', () 
     expect(worker.stdout).toMatch(/^rekey worker: /);
     expect(admin.stdout).toMatch(/^rekey admin API: /);
     const listed = new Map(ENVIRONMENT.map((v) => [v.name, v]));
-    const family = (name: string) =>
-      /^[A-Z]+_KEK_/.test(name)
-        ? '<PREFIX>_KEK_<id>'
-        : /_CURRENT_KEK_ID$/.test(name)
-          ? '<PREFIX>_CURRENT_KEK_ID'
-          : name;
     const missing: string[] = [];
     for (const name of variablesRead()) {
-      const documented =
-        listed.get(family(name)) ??
-        (name.startsWith('AWS_ENDPOINT_URL') ? listed.get('AWS_ENDPOINT_URL') : undefined) ??
-        (['AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN'].includes(name) ? listed.get('AWS_ACCESS_KEY_ID') : undefined);
+      const as = documentedAs(name, new Set(listed.keys()));
+      const documented = as === undefined ? undefined : listed.get(as);
       if (!documented) {
         missing.push(name);
         continue;

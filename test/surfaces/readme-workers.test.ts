@@ -13,19 +13,28 @@ import {
   seedLegacyInventory,
   type InventoryValue,
 } from '../helpers/mycelium';
-import { envCommand, readmeCommands, runScript, type RunningProcess } from '../helpers/readme';
+import { rotationIdIn } from '../helpers/keyspace';
+import { docCommands, docExports, envCommand, runScript, type RunningProcess } from '../helpers/readme';
 import { checkSecrets, createTalosSchema, seedSecrets } from '../helpers/talos';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
 import type { RotationReport } from '../../src/workflows';
 
-/** The README's `… npm run worker` line under `heading`. */
+const PAGE = 'docs/02-worker-per-database.md';
+
+/**
+ * The guide's `… npm run worker` line under `heading` of the page on workers (docs/02), with the variables the
+ * section's `export` lines set before it, as one `NAME=value … npm run worker` line.
+ */
 function workerCommand(heading: string): string {
-  const line = readmeCommands(heading).find((command) => command.includes('npm run worker'));
-  if (!line) throw new Error(`README.md has no 'npm run worker' command under '${heading}'`);
-  return line;
+  const line = docCommands(PAGE, heading, 'npm run worker').find((command) => command.includes('npm run worker'));
+  if (!line) throw new Error(`${PAGE} has no 'npm run worker' command under '${heading}'`);
+  const exported = Object.entries(docExports(PAGE, heading, 'npm run worker')).map(([name, value]) =>
+    value.startsWith('$') ? `${name}=<${value}>` : `${name}=${value}`,
+  );
+  return [...exported, line].join(' ');
 }
 
-describe("the README's Mycelium and Talos commands, on fresh databases of those systems", () => {
+describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases of those systems", () => {
   let env: TestWorkflowEnvironment;
   const running: RunningProcess[] = [];
 
@@ -48,7 +57,8 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
   }
 
   async function startWorker(line: string, fill: Record<string, string>, taskQueue: string): Promise<RunningProcess> {
-    const worker = runScript(envCommand(line, fill), here(taskQueue));
+    // The page's DATABASE_URL names the database it creates; the test's names its own fresh one.
+    const worker = runScript(envCommand(line, fill), { ...here(taskQueue), DATABASE_URL: fill.DATABASE_URL! });
     running.push(worker);
     await worker.until('rekey worker started');
     return worker;
@@ -75,7 +85,7 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
       await db?.drop();
     });
 
-    it("Finding: the README's migrate-dek worker command starts with MYC_TOKEN_SECRET alone, without any REKEY_KEK_<id>; and rekey migrate-dek --target mycelium, typed as Mycelium's guide types it, runs on a fresh database, taking the generation the table says and saying so", async () => {
+    it("Finding: the guide's migrate-dek worker command starts with MYC_TOKEN_SECRET alone, without any REKEY_KEK_<id>; and rekey migrate-dek --target mycelium, typed as Mycelium's guide types it, runs on a fresh database, taking the generation the table says and saying so", async () => {
       const worker = await startWorker(
         workerCommand('#### Before the first rotation: `rekey migrate-dek` (v1 values → per-tenant DEKs)'),
         { DATABASE_URL: db.url, MYC_TOKEN_SECRET: gen1 },
@@ -107,9 +117,9 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
       await worker.stop();
     });
 
-    it("Finding: the README's Mycelium worker command starts with the two token secrets alone, without any REKEY_KEK_<id>, and rotates generation 1 to 2 to its end", async () => {
+    it("Finding: the guide's Mycelium worker command starts with the two token secrets alone, without any REKEY_KEK_<id>, and rotates generation 1 to 2 to its end", async () => {
       await startWorker(
-        workerCommand('### Mycelium (`mycelium`)'),
+        workerCommand('#### Rotating generation 1 to 2'),
         { DATABASE_URL: db.url, MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 },
         taskQueue,
       );
@@ -140,7 +150,7 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
       );
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
-      const handle = env.client.workflow.getHandle('kek-rotation-mycelium');
+      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'mycelium'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old token_secret removed');
       expect(confirmed.stderr).toBe('');
@@ -153,7 +163,7 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
     });
   });
 
-  it("Finding: the README's Talos worker command starts with TALOS_KEK_<id> alone, without any REKEY_KEK_<id>, and a rotation of Talos's secrets runs to its end", async () => {
+  it("Finding: the guide's Talos worker command starts with TALOS_KEK_<id> alone, without any REKEY_KEK_<id>, and a rotation of Talos's secrets runs to its end", async () => {
     const db = await createTestDatabase({ migrate: false });
     const taskQueue = `readme-talos-${randomUUID()}`;
     try {
@@ -162,16 +172,24 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
       const secrets = await seedSecrets(db.pool, v1, 'v1', 40, 'v1');
       const worker = await startWorker(
         workerCommand('### Talos (`talos`)'),
-        { DATABASE_URL: db.url, TALOS_KEK_v1: v1.toString('base64url'), TALOS_KEK_v2: v2.toString('base64url') },
+        {
+          DATABASE_URL: db.url,
+          TALOS_KEK_v1: v1.toString('base64url'),
+          TALOS_KEK_v2: v2.toString('base64url'),
+          REKEY_ADMIN_TOKEN: randomBytes(16).toString('hex'),
+        },
         taskQueue,
       );
       expect(worker.output()).toContain('"targets":["talos"]');
       const rekey = (...args: string[]) =>
-        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], { PATH: process.env.PATH });
+        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+          PATH: process.env.PATH,
+          DATABASE_URL: db.url,
+        });
       const started = await rekey('rotate', '--target', 'talos', '--from', 'v1', '--to', 'v2', '--grace', '1s');
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
-      const handle = env.client.workflow.getHandle('kek-rotation-talos');
+      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'talos'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'talos', '--step', 'retire', '--note', 'TALOS_KEK_v1 removed');
       expect(confirmed.stderr).toBe('');

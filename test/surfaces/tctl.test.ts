@@ -1,6 +1,6 @@
 // Issue 25, "tctl, as the operators in the design use it": with tctl v1 alone (no update command), an operator takes a
 // Mycelium rotation to its end (its confirmation included) and pauses and resumes a migration. The tctl lines run here
-// are the README's, read from its fenced block, so the README cannot drift; no update is sent by this test.
+// are the guide's (docs/04), read from its fenced block, so the guide cannot drift; no update is sent by this test.
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -11,7 +11,6 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createActivities } from '../../src/activities';
-import { projectRoot } from '../../src/project-paths';
 import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import type { ProgressReport } from '../../src/rotation/progress';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -30,13 +29,16 @@ import {
   storedAt,
   type InventoryValue,
 } from '../helpers/mycelium';
+import { docPage } from '../helpers/readme';
 import { createDevServerEnv, resultWithin, untilNoActivityPending, within, workflowBundle } from '../helpers/temporal';
 
-/** The tctl lines of the README's section on the temporal CLI, continuation lines joined, comments dropped. */
+const PAGE = 'docs/04-rotate-watch-pause-confirm.md';
+
+/** The tctl lines of the guide's section on the temporal CLI (docs/04), continuation lines joined, comments dropped. */
 function readmeTctlLines(): string[] {
-  const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
-  const start = readme.indexOf('### The same with the `temporal` CLI');
-  const section = readme.slice(start, readme.indexOf('\n### ', start + 1));
+  const page = docPage(PAGE);
+  const start = page.indexOf('\n## The same with the `temporal` CLI');
+  const section = page.slice(start, page.indexOf('\n## ', start + 1));
   const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
   const block = blocks.find((b) => /^tctl /m.test(b)) ?? '';
   return block

@@ -1,12 +1,9 @@
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { execFile } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { seedTenants } from '../../src/dev/tenants';
-import { projectRoot } from '../../src/project-paths';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { createWorker } from '../../src/worker';
@@ -14,12 +11,15 @@ import { progressQuery, rotateKek } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
 import { rotationIdIn } from '../helpers/keyspace';
+import { docSection } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
 
-/** The `temporal …` lines of the README's section on the plain temporal CLI, continuation lines joined. */
+/** The `temporal …` lines of the guide's section on the plain temporal CLI (docs/04), continuation lines joined. */
 function readmeTemporalLines(): string[] {
-  const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
-  const section = readme.slice(readme.indexOf('### The same with the `temporal` CLI'));
+  const section = docSection(
+    'docs/04-rotate-watch-pause-confirm.md',
+    '## The same with the `temporal` CLI and the Web UI',
+  );
   const block = /```sh\n([\s\S]*?)```/.exec(section)?.[1] ?? '';
   return block
     .replace(/\\\n\s*/g, '')

@@ -7,7 +7,7 @@ import { workflowBundle } from '../helpers/temporal';
 
 // Histories recorded from released builds (test/workflows/histories/<commit>/): a rotation lives for days, so a
 // worker deployed mid-rotation must replay what older builds wrote. Never edit or delete these files; add a folder
-// per build whose workflow code changed (see "Deploys during a rotation" in the README).
+// per build whose workflow code changed (see "Deploys during a rotation" in docs/07-upgrading.md).
 const root = path.join(__dirname, 'histories');
 const recorded = fs
   .readdirSync(root)
