@@ -6,6 +6,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { rotationIdIn } from '../helpers/keyspace';
 import {
   createMyceliumSchema,
   gatewayReads,
@@ -140,7 +141,8 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
       );
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
-      const handle = env.client.workflow.getHandle('kek-rotation-mycelium');
+      // The worker migrated the database: its identity names the rotation.
+      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'mycelium'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old token_secret removed');
       expect(confirmed.stderr).toBe('');
@@ -166,12 +168,16 @@ describe("the README's Mycelium and Talos commands, on fresh databases of those 
         taskQueue,
       );
       expect(worker.output()).toContain('"targets":["talos"]');
+      // The operator's CLI names the database (a target's keyspace, and so its rotations' id, is there).
       const rekey = (...args: string[]) =>
-        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], { PATH: process.env.PATH });
+        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+          PATH: process.env.PATH,
+          DATABASE_URL: db.url,
+        });
       const started = await rekey('rotate', '--target', 'talos', '--from', 'v1', '--to', 'v2', '--grace', '1s');
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
-      const handle = env.client.workflow.getHandle('kek-rotation-talos');
+      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'talos'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'talos', '--step', 'retire', '--note', 'TALOS_KEK_v1 removed');
       expect(confirmed.stderr).toBe('');
