@@ -199,6 +199,10 @@ export function progressUntil<R = ProgressReport>(
  * test's timeout. What a workflow shows after an activity's side effect is seen (a webhook received, a row written)
  * waits for the activity's completion to reach the workflow: poll for it, never query once.
  */
+/** How long one poll of queryUntil waits for its answer before it asks again (see there). */
+const QUERY_RETRY_MS = 5_000;
+const UNANSWERED = 'no answer yet';
+
 export async function queryUntil<R>(
   handle: WorkflowHandle,
   queryName: string,
@@ -214,7 +218,21 @@ export async function queryUntil<R>(
       () => `${what} did not answer in time; last answer to '${queryName}': ${JSON.stringify(last)}`,
     );
   while (Date.now() < deadline) {
-    last = await bounded(`the query '${queryName}'`, handle.query<R>(queryName));
+    // A query that reaches a run as it continues as new is never answered by the time-skipping server (the run it was
+    // sent to has closed): after a few seconds the poll asks again, and the next query reaches the run that goes on.
+    const answer = await within(
+      handle.query<R>(queryName).then((value) => ({ value })),
+      Math.min(QUERY_RETRY_MS, Math.max(1, deadline - Date.now())),
+      () => UNANSWERED,
+    ).catch((err: unknown) => {
+      if (!(err instanceof Error && err.message === UNANSWERED)) throw err;
+      if (Date.now() < deadline) return undefined;
+      throw new Error(
+        `the query '${queryName}' did not answer in time; last answer to '${queryName}': ${JSON.stringify(last)}`,
+      );
+    });
+    if (answer === undefined) continue;
+    last = answer.value;
     if (predicate(last)) return last;
     if (options.env && options.skip) await bounded(`a time skip of ${options.skip}`, options.env.sleep(options.skip));
     else await new Promise((resolve) => setTimeout(resolve, 25));

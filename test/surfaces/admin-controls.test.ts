@@ -16,6 +16,7 @@ import { createWorker } from '../../src/worker';
 import type { RotationReport } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
+import { rotationIdIn } from '../helpers/keyspace';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const TOKEN = 'controls-token-0123456789';
@@ -27,6 +28,8 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
   let api: FastifyInstance;
   let worker: Worker;
   let running: Promise<void>;
+  /** The workflow id rekey's own rotations run under in this database (its keyspace's). */
+  let rotationId: string;
   const { provider: keys } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
 
   const post = (url: string, payload?: object) =>
@@ -45,6 +48,7 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
       workflowBundle: workflowBundle(),
     });
     running = worker.run();
+    rotationId = await rotationIdIn(db.pool);
     api = await buildAdminServer({
       client: env.client,
       targets: new TargetRuntimes({ db: db.pool, keys }),
@@ -100,8 +104,8 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
     const started = await post('/admin/v1/secrets/rotate-all', { from: 'v1', to: 'v2', grace_period: '1s' });
     expect(started.statusCode).toBe(202);
     const { op_id: opId, web_ui_url: webUi } = started.json<{ op_id: string; web_ui_url: string }>();
-    expect(webUi).toBe('https://temporal.example.com/namespaces/default/workflows/kek-rotation-rekey');
-    const handle = env.client.workflow.getHandle('kek-rotation-rekey');
+    expect(webUi).toBe(`https://temporal.example.com/namespaces/default/workflows/${rotationId}`);
+    const handle = env.client.workflow.getHandle(rotationId);
     await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
 
     const unexplained = await post(`/admin/v1/secrets/rotation/${opId}/override-fleet`, {});
@@ -131,7 +135,7 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
     });
     expect(started.statusCode).toBe(202);
     const { op_id: opId } = started.json<{ op_id: string }>();
-    const handle = env.client.workflow.getHandle('kek-rotation-rekey');
+    const handle = env.client.workflow.getHandle(rotationId);
     const history = await handle.fetchHistory();
     const input = history.events![0]!.workflowExecutionStartedEventAttributes!.input!.payloads![0]!.data!;
     expect(JSON.parse(Buffer.from(input).toString('utf8'))).toMatchObject({

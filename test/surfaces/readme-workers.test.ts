@@ -6,6 +6,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { rotationIdIn } from '../helpers/keyspace';
 import {
   createMyceliumSchema,
   gatewayReads,
@@ -13,7 +14,6 @@ import {
   seedLegacyInventory,
   type InventoryValue,
 } from '../helpers/mycelium';
-import { rotationIdIn } from '../helpers/keyspace';
 import { docCommands, docExports, envCommand, runScript, type RunningProcess } from '../helpers/readme';
 import { checkSecrets, createTalosSchema, seedSecrets } from '../helpers/talos';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
@@ -150,6 +150,7 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
       );
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
+      // The worker migrated the database: its identity names the rotation.
       const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'mycelium'));
       await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
       const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old token_secret removed');
@@ -181,6 +182,7 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
         taskQueue,
       );
       expect(worker.output()).toContain('"targets":["talos"]');
+      // The operator's CLI names the database (a target's keyspace, and so its rotations' id, is there).
       const rekey = (...args: string[]) =>
         runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
           PATH: process.env.PATH,

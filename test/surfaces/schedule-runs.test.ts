@@ -19,6 +19,7 @@ import type { scheduledRotation } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { rotationIdIn } from '../helpers/keyspace';
 import { createTalosSchema } from '../helpers/talos';
 import { createDevServerEnv, resultWithin, within, workflowBundle } from '../helpers/temporal';
 
@@ -109,7 +110,8 @@ describe('rotation schedules: refused at create when they cannot run, each run w
   it('schedule create refuses, exit 1, when no worker polls the task queue to check it', async () => {
     const refused = await runRekey(
       ['--address', env.address, '--task-queue', 'nobody-polls-this', 'schedule', 'create', '--id', 'orphan'],
-      { PATH: process.env.PATH },
+      // The database that names the target's keyspace, which the schedule records.
+      { PATH: process.env.PATH, DATABASE_URL: db.url },
     );
     expect(refused.code).toBe(1);
     expect(refused.stderr).toBe(
@@ -153,7 +155,8 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     );
     await env.client.schedule.getHandle('rekey-runs').trigger();
     await launched('rekey-runs', 1);
-    await resultWithin(env.client.workflow.getHandle('kek-rotation-rekey'));
+    const rotationId = await rotationIdIn(db.pool);
+    await resultWithin(env.client.workflow.getHandle(rotationId));
 
     // The next run cannot succeed: the active KEK is gone from the keyring file.
     const active = (await new KekRegistry(db.pool, BUILTIN_TARGET).active())!.kekId;
@@ -162,7 +165,7 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     other.close();
     await env.client.schedule.getHandle('rekey-runs').trigger();
     await launched('rekey-runs', 2);
-    await expect(resultWithin(env.client.workflow.getHandle('kek-rotation-rekey'))).rejects.toThrow();
+    await expect(resultWithin(env.client.workflow.getHandle(rotationId))).rejects.toThrow();
 
     const listed = await rekey('schedule', 'list');
     expect(listed.stderr).toBe('');
@@ -171,10 +174,10 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     expect(at).toBeGreaterThanOrEqual(0);
     expect(lines[at + 1]).toMatch(
       new RegExp(
-        `^ {2}\\S+ {2}kek-rotation-rekey@\\S+: Failed: KEK '${active}' is not in keyring file ${keyringFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: its DEKs cannot be unwrapped$`,
+        `^ {2}\\S+ {2}${rotationId.replaceAll('.', '\\.')}@\\S+: Failed: KEK '${active}' is not in keyring file ${keyringFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: its DEKs cannot be unwrapped$`,
       ),
     );
-    expect(lines[at + 2]).toMatch(/^ {2}\S+ {2}kek-rotation-rekey@\S+: Succeeded: /);
+    expect(lines[at + 2]).toMatch(new RegExp(`^ {2}\\S+ {2}${rotationId.replaceAll('.', '\\.')}@\\S+: Succeeded: `));
     const json = JSON.parse((await rekey('--json', 'schedule', 'list')).stdout) as {
       scheduleId: string;
       runs: { state: string; rotation?: string }[];

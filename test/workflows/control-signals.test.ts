@@ -1,7 +1,6 @@
 // Issue 25, "tctl, as the operators in the design use it": tctl has no update command, so every operator action of a
 // rotation is also a signal, under the update's name, run by the update's own handler body. These tests send signals
 // only (no update): what a signal did, or why it was refused, is read from the `progress` query.
-import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { AppInstances } from '../../src/store/app-instances';
@@ -13,6 +12,7 @@ import {
   setGraceSignal,
   type RotationReport,
 } from '../../src/workflows';
+import { rotationIdIn } from '../helpers/keyspace';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { progressUntil, resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
 
@@ -34,7 +34,7 @@ describe('every operator update of a rotation is also a signal (tctl has no upda
       const result = await worker.runUntil(async () => {
         const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '7d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
         });
         await progressUntil(handle, (p) => p.waiting?.kind === 'fleet' && p.waiting.step === 'promote');
@@ -70,7 +70,7 @@ describe('every operator update of a rotation is also a signal (tctl has no upda
       const result = await worker.runUntil(async () => {
         const handle = await server.env.client.workflow.start(rotateKek, {
           taskQueue: fixture.taskQueue,
-          workflowId: `rotation-${randomUUID()}`,
+          workflowId: await rotationIdIn(fixture.db.pool),
           args: [{ from: 'v1', to: 'v2', gracePeriod: '7d' }],
         });
         const inGrace = await progressUntil(handle, (p) => p.phase === 'grace');
