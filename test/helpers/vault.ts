@@ -42,19 +42,28 @@ export function useVaultServers(): {
   };
 }
 
-/** The README's HCL block that follows the line `<!-- policy: <name> -->`, exactly as documented. */
+/** The guide's HCL block that follows the line `<!-- policy: <name> -->`, exactly as documented (docs/06). */
 export function readmePolicy(name: string): string {
   return readmeBlock(`<!-- policy: ${name} -->`, 'hcl');
 }
 
-/** The README's code block in `language` that follows the line `marker`, exactly as documented. */
+/**
+ * The code block in `language` that follows the line `marker`, exactly as documented, in the one page of the guide
+ * (README.md or docs/*.md) that holds the marker.
+ */
 export function readmeBlock(marker: string, language: string): string {
-  const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
-  const at = readme.indexOf(marker);
-  if (at < 0) throw new Error(`README.md has no ${marker}`);
-  const block = new RegExp('```' + language + '\\n([\\s\\S]*?)```').exec(readme.slice(at));
-  if (!block) throw new Error(`README.md has no ${language} block after ${marker}`);
+  const pages = ['README.md', ...fs.readdirSync(path.join(projectRoot, 'docs')).map((page) => `docs/${page}`)];
+  const holding = pages.filter((page) => page.endsWith('.md') && readPage(page).includes(marker));
+  if (holding.length !== 1)
+    throw new Error(`${holding.length} pages of the guide have ${marker}: ${holding.join(', ')}`);
+  const text = readPage(holding[0]!);
+  const block = new RegExp('```' + language + '\\n([\\s\\S]*?)```').exec(text.slice(text.indexOf(marker)));
+  if (!block) throw new Error(`${holding[0]} has no ${language} block after ${marker}`);
   return block[1]!;
+}
+
+function readPage(page: string): string {
+  return fs.readFileSync(path.join(projectRoot, page), 'utf8');
 }
 
 /** A token (with Vault's default policy, as any token made with policies has) whose policy is `hcl`. */

@@ -101,7 +101,7 @@ describe('migrations', () => {
       ]);
     }));
 
-  it('give a database one identity, made once: migrating again keeps it, and the README’s command gives a copy a new one', () =>
+  it('give a database one identity, made once: migrating again keeps it, and the guide’s command (docs/07) gives a copy a new one', () =>
     withEmptyDatabase(async (db) => {
       await migrateNow(db);
       const identity = () => readDatabaseIdentity(db.pool, 'the test database');
@@ -113,8 +113,8 @@ describe('migrations', () => {
       await expect(db.pool.query('INSERT INTO rekey.database_identity DEFAULT VALUES')).rejects.toThrow(
         /duplicate key/,
       );
-      // "Upgrading and deploying": the statement the README gives a copy of a database that lives beside its original.
-      const readme = fs.readFileSync(path.join(projectRoot, 'README.md'), 'utf8');
+      // docs/07, upgrading: the statement the guide gives a copy of a database that lives beside its original.
+      const readme = fs.readFileSync(path.join(projectRoot, 'docs', '07-upgrading.md'), 'utf8');
       const statement = /psql "\$COPY_DATABASE_URL" -c '([^']+)'/.exec(readme)?.[1];
       expect(statement).toBe('UPDATE rekey.database_identity SET id = gen_random_uuid()');
       await db.pool.query(statement!);
