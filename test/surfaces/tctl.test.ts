@@ -29,6 +29,7 @@ import {
   storedAt,
   type InventoryValue,
 } from '../helpers/mycelium';
+import { eventually } from '../helpers/eventually';
 import { docPage } from '../helpers/readme';
 import { createDevServerEnv, resultWithin, untilNoActivityPending, within, workflowBundle } from '../helpers/temporal';
 
@@ -184,7 +185,15 @@ describe('tctl alone drives a Mycelium rotation to its end and pauses a migratio
         await tctl(line('confirmStep', '"retire"'));
         const done = await queryUntil<ProgressReport>(progress, (p) => p.outcome !== 'running');
         expect(done.outcome).toBe('completed');
-        const described = await tctl(line('workflow describe', '"$WF"'));
+        // The run records its end in the history after its outcome is decided: describe until it has closed.
+        const described = await eventually(
+          'tctl workflow describe to show the run Completed',
+          async () => {
+            const text = await tctl(line('workflow describe', '"$WF"'));
+            return /"status": "Completed"/.test(text) && text;
+          },
+          { every: 500 },
+        );
         expect(described).toMatch(/"status": "Completed"/);
         expect(described).toContain(`"workflowId": "${ids.WF}"`);
       });
