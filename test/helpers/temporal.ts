@@ -220,11 +220,14 @@ export async function queryUntil<R>(
   while (Date.now() < deadline) {
     // A query that reaches a run as it continues as new is never answered by the time-skipping server (the run it was
     // sent to has closed): after a few seconds the poll asks again, and the next query reaches the run that goes on.
+    // The query left unanswered is cancelled, so that its retries do not outlive the test's connection.
+    const abandon = new AbortController();
     const answer = await within(
-      handle.query<R>(queryName).then((value) => ({ value })),
+      handle.client.withAbortSignal(abandon.signal, () => handle.query<R>(queryName)).then((value) => ({ value })),
       Math.min(QUERY_RETRY_MS, Math.max(1, deadline - Date.now())),
       () => UNANSWERED,
     ).catch((err: unknown) => {
+      abandon.abort();
       if (!(err instanceof Error && err.message === UNANSWERED)) throw err;
       if (Date.now() < deadline) return undefined;
       throw new Error(
