@@ -43,13 +43,6 @@ const NOT_RUN_YET: { page: string; block: string; why: string }[] = [
       'its own fixture',
   },
   {
-    page: 'docs/07-upgrading.md',
-    block: 'COPY_DATABASE_URL',
-    why:
-      "the copy's new identity (from main's keyspace branch) uses $COPY_DATABASE_URL, which no page sets: it needs " +
-      'a copy of a database made on the page (createdb --template) and the variable exported before it',
-  },
-  {
     page: 'docs/06-key-stores.md',
     block: 'REKEY_AWS_KMS_LOCAL_KEYS=env',
     why: "the move into AWS KMS needs a KMS (moto in the tests: AWS_ENDPOINT_URL, credentials, a region) and a worker of rekey's own table with REKEY_KEK_v1, which the page does not set up",
@@ -162,7 +155,11 @@ async function dropCreatedDatabases(fences: Fence[]): Promise<void> {
     [...fence.text.matchAll(/^createdb .* (\w+)$/gm)].map((m) => ({ name: m[1]!, line: m[0] })),
   );
   for (const { name, line } of names) {
-    const dropdb = line.replace(/^createdb /, 'dropdb --if-exists --force ').replace(/ \w+$/, ` ${name}`);
+    // A copy (`createdb … --template <original> <name>`) is dropped like any other; the original is not named.
+    const dropdb = line
+      .replace(/^createdb /, 'dropdb --if-exists --force ')
+      .replace(/ (-T|--template)[ =]\S+/, '')
+      .replace(/ \w+$/, ` ${name}`);
     const { code, output } = await runGuide(dropdb, 30_000);
     if (code !== 0) throw new Error(`${dropdb}: ${output}`);
   }
