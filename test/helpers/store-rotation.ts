@@ -42,6 +42,27 @@ export function failureOf(err: unknown): string {
   return cause?.message ?? String(err);
 }
 
+/**
+ * A rotation v1 → new (a day's grace) that the store refuses: the message of its failure. `timeoutMs` bounds a run
+ * whose step retries first (an unreachable store).
+ */
+export async function refusalOf(
+  servers: { env: TestWorkflowEnvironment; db: Pool },
+  keys: KeyProvider,
+  timeoutMs?: number,
+): Promise<string> {
+  const { env, db } = servers;
+  const request: RotationRequest = { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h' };
+  const failed = await runRotation(
+    env,
+    createActivities({ db, keys }),
+    db,
+    request,
+    timeoutMs === undefined ? {} : { timeoutMs },
+  ).catch((err: unknown) => err);
+  return failureOf(failed);
+}
+
 /** What a rotation under a live writer leaves for the test to check: the report, the writer, the running application. */
 export interface RotatedUnderWriter {
   report: Awaited<ReturnType<typeof runRotation>>['report'];
