@@ -65,24 +65,28 @@ describe('rekey migrate-dek: controls the run cannot honour are refused', () => 
           { target: 'mycelium', kekVersion: '1' },
           { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
-        await within(atEnd, 60_000, () => 'the migration did not reach its end');
-        const refusal = async (send: () => Promise<unknown>) => {
-          const refused = await send().catch((err: unknown) => err);
-          expect(refused).toBeInstanceOf(WorkflowUpdateFailedError);
-          return (refused as WorkflowUpdateFailedError).cause;
-        };
-        const pause = await refusal(() => handle.executeUpdate(pauseMigrationUpdate));
-        expect(pause).toMatchObject({ type: 'ControlRefusedError', message: 'the migration has ended (completed)' });
-        const abort = await refusal(() => handle.executeUpdate(abortMigrationUpdate, { args: ['too late'] }));
-        expect(abort).toMatchObject({ type: 'ControlRefusedError', message: 'the migration has ended (completed)' });
-        await handle.signal(pauseSignal);
-        const noted = await queryUntil<MigrationReport>(
-          handle,
-          migrationProgressQuery.name,
-          (p) => p.note !== undefined,
-        );
-        expect(noted.note).toBe('pause signal ignored: the migration has ended (completed)');
-        release();
+        try {
+          await within(atEnd, 60_000, () => 'the migration did not reach its end');
+          const refusal = async (send: () => Promise<unknown>) => {
+            const refused = await send().catch((err: unknown) => err);
+            expect(refused).toBeInstanceOf(WorkflowUpdateFailedError);
+            return (refused as WorkflowUpdateFailedError).cause;
+          };
+          const pause = await refusal(() => handle.executeUpdate(pauseMigrationUpdate));
+          expect(pause).toMatchObject({ type: 'ControlRefusedError', message: 'the migration has ended (completed)' });
+          const abort = await refusal(() => handle.executeUpdate(abortMigrationUpdate, { args: ['too late'] }));
+          expect(abort).toMatchObject({ type: 'ControlRefusedError', message: 'the migration has ended (completed)' });
+          await handle.signal(pauseSignal);
+          const noted = await queryUntil<MigrationReport>(
+            handle,
+            migrationProgressQuery.name,
+            (p) => p.note !== undefined,
+          );
+          expect(noted.note).toBe('pause signal ignored: the migration has ended (completed)');
+        } finally {
+          // Also when an assertion failed: the worker cannot shut down while the held step waits.
+          release();
+        }
         return resultWithin<MigrationReport>(handle);
       });
       expect(report).toMatchObject({ outcome: 'completed', paused: false, legacyLeft: 0 });
