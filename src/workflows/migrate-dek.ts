@@ -1,4 +1,4 @@
-// The migration workflow (`rekey migrate-dek`): plan → migrate (passes of parallel parts, field by field) → done.
+// The migration workflow (`rekey migrate-dek`): plan → migrate (passes of parallel parts, row by row) → done.
 // It moves every legacy value of a target's encrypted fields (sealed by the KEK itself, Mycelium's v1) to the current
 // form under the tenant's DEK, provisioning missing DEKs. Thin and deterministic like rotateKek: the activities do all
 // I/O and crypto (src/activities/migrate.ts); this file sequences them, holds the counts, and answers messages.
@@ -8,6 +8,7 @@ import {
   allHandlersFinished,
   ContinueAsNew,
   isCancellation,
+  patched,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -38,6 +39,13 @@ import { ControlRefusedError } from '../errors';
 
 export type { FieldReport, MigrationReport } from '../rotation/migration-report';
 export type { MigrationCarried, MigrationRequest } from './migration-state';
+
+/**
+ * Marks runs whose passes are planned by row: every legacy field of a row read, sealed and written in one pass (one
+ * statement per batch, one compare-and-swap per row). Runs started before it plan a part per field, one field at a
+ * time, and replay as they ran.
+ */
+export const MIGRATION_ROWS_PATCH = 'migration-rows-1';
 
 const DEFAULTS = { parallelism: 2, batchSize: 1_000, sliceTimeBudget: '30s', maxPasses: 3, maxHistoryEvents: 10_000 };
 
@@ -141,6 +149,7 @@ async function migrate(state: MigrationState): Promise<MigrationReport> {
         ...tenant,
         slices: settings.parallelism * 2,
         dryRun: report.dryRun,
+        ...(patched(MIGRATION_ROWS_PATCH) && { byRow: true }),
       });
       state.startPass(plan);
     }

@@ -2,7 +2,7 @@
 // rotation. The workflow (migrate-dek.ts) wires messages to these methods and runs the passes; nothing here schedules
 // an activity.
 import { allHandlersFinished, CancellationScope, condition, continueAsNew, workflowInfo } from '@temporalio/workflow';
-import type { FieldPlan, FieldSliceOutcome, MigrationPlan } from '../activities/migrate';
+import type { FieldPlan, FieldSliceOutcome, MigrationPlan, RowSliceOutcome } from '../activities/migrate';
 import { addFieldCounters, emptyFieldCounters } from '../rewrap/field-counters';
 import type { MigrationReport } from '../rotation/migration-report';
 import type { TenantRange } from '../rotation/slices';
@@ -35,7 +35,11 @@ export interface MigrationSettings {
 
 /** A part of a slice still to run. Its progress key (`<slice>/part-<part>`) is stable across pauses and continue-as-new. */
 export interface MigrationPart {
+  /** The field (a part of one field), or the group's first field (a part of rows). */
   field: number;
+  /** A part of rows: every legacy field of each row in this group of one table's fields, in one pass (builds after
+   * MIGRATION_ROWS_PATCH). Absent: a part of the one field `field`. */
+  fields?: number[];
   range: TenantRange;
   /** Which run of the slice: a part stopped by its time budget goes on as the next part, from its cursor. */
   part: number;
@@ -187,24 +191,41 @@ export class MigrationState {
     for (const field of report.fields) field.counters.unreadable = 0;
     report.totals.unreadable = 0;
     report.failures = [];
-    this.carried.pending = plan.fields.flatMap((f) =>
-      f.ranges.map((range, i) => ({
-        field: f.field,
-        range,
-        part: 0,
-        slice: `${this.carried.runKey}/pass-${report.passes}/field-${f.field}/slice-${i}`,
-        countExisting: report.passes === 1,
-      })),
-    );
+    const pass = `${this.carried.runKey}/pass-${report.passes}`;
+    this.carried.pending = plan.groups
+      ? plan.groups.flatMap((g) =>
+          g.ranges.map((range, i) => ({
+            field: g.fields[0]!,
+            fields: g.fields,
+            range,
+            part: 0,
+            slice: `${pass}/rows-${g.fields.join('-')}/slice-${i}`,
+            countExisting: report.passes === 1,
+          })),
+        )
+      : plan.fields.flatMap((f) =>
+          f.ranges.map((range, i) => ({
+            field: f.field,
+            range,
+            part: 0,
+            slice: `${pass}/field-${f.field}/slice-${i}`,
+            countExisting: report.passes === 1,
+          })),
+        );
   }
 
   /** Takes in what a part did; returns the part that goes on from its cursor if it did not finish its range. */
-  took(part: MigrationPart, outcome: FieldSliceOutcome): MigrationPart | undefined {
+  took(part: MigrationPart, outcome: FieldSliceOutcome | RowSliceOutcome): MigrationPart | undefined {
     const { report } = this;
     // Fields are reported in the target's order: field i of the plan is field i of the report.
-    const field = report.fields[part.field]!;
-    field.counters = addFieldCounters(field.counters, outcome.counters);
-    report.totals = addFieldCounters(report.totals, outcome.counters);
+    const counted = Array.isArray(outcome.counters)
+      ? outcome.counters.map((counters, i) => [part.fields![i]!, counters] as const)
+      : [[part.field, outcome.counters] as const];
+    for (const [index, counters] of counted) {
+      const field = report.fields[index]!;
+      field.counters = addFieldCounters(field.counters, counters);
+      report.totals = addFieldCounters(report.totals, counters);
+    }
     report.failures.push(...outcome.failures.slice(0, Math.max(0, MAX_FAILURES - report.failures.length)));
     return outcome.done ? undefined : { ...part, range: { ...part.range, after: outcome.cursor }, part: part.part + 1 };
   }

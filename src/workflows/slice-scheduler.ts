@@ -4,7 +4,7 @@
 // the migration's (runMigrationParts); what differs between them is a parameter of PartSchedule.
 import { CancellationScope, condition, isCancellation } from '@temporalio/workflow';
 import type { SliceOutcome } from '../activities/rewrap';
-import type { FieldSliceOutcome } from '../activities/migrate';
+import type { FieldSliceOutcome, RowSliceOutcome } from '../activities/migrate';
 import { addSliceResult } from '../rotation/progress';
 import { slices, slicesWithSummary } from './activity-proxies';
 import type { MigrationPart, MigrationState } from './migration-state';
@@ -159,27 +159,27 @@ export function runPending(run: RotationState): Promise<SchedulerStop> {
 }
 
 /**
- * The migration's pass: one field at a time (two fields of one row must not lock the same rows in two orders); a
- * part stopped by its budget goes on next, so its field finishes before the next field starts.
+ * The migration's pass. Parts of rows (every legacy field of a row written in one statement) run together. Parts of
+ * one field (runs planned before MIGRATION_ROWS_PATCH) run one field at a time: two fields of one row must not lock
+ * the same rows in two orders. A part stopped by its budget goes on next.
  */
 export function runMigrationParts(state: MigrationState): Promise<SchedulerStop> {
   const { report, settings } = state;
-  return runParts<MigrationPart, FieldSliceOutcome>({
+  return runParts<MigrationPart, FieldSliceOutcome | RowSliceOutcome>({
     pending: state.carried.pending,
     parallelism: settings.parallelism,
     paused: () => report.paused,
     aborted: () => state.aborted,
     shouldContinueAsNew: () => state.shouldContinueAsNew(),
-    groupOf: (part) => part.field,
+    groupOf: (part) => (part.fields ? 'rows' : part.field),
     continueAt: 'front',
     key: (part) => `${part.slice}/part-${part.part}`,
     track: (key, scope) => state.track(key, scope),
     untrack: (key) => state.untrack(key),
     cancelRunning: () => state.cancelRunningParts(),
-    run: (part) =>
-      slices.migrateFieldSlice({
+    run: (part) => {
+      const args = {
         ...state.on,
-        field: part.field,
         kekId: report.kekId!,
         range: part.range,
         ...(report.tenantId !== undefined && { tenant: report.tenantId }),
@@ -188,7 +188,11 @@ export function runMigrationParts(state: MigrationState): Promise<SchedulerStop>
         timeBudgetMs: settings.timeBudgetMs,
         progressKey: `${part.slice}/part-${part.part}`,
         countExisting: part.countExisting && part.part === 0,
-      }),
+      };
+      return part.fields
+        ? slices.migrateRowSlice({ ...args, fields: part.fields })
+        : slices.migrateFieldSlice({ ...args, field: part.field });
+    },
     took: (part, outcome) => state.took(part, outcome),
   });
 }
