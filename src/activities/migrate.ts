@@ -5,6 +5,7 @@ import { canUnwrap } from '../envelope/kek-lifecycle';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../rewrap/migrate-fields';
 import { migrateRowSlice, type RowCheckpoint } from '../rewrap/migrate-rows';
+import { ThreadedRowCrypto } from '../crypto/row-crypto';
 import { RowFieldsStore, rowGroups } from '../store/row-fields-store';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { FieldStore, type FieldCounters } from '../store/field-store';
@@ -353,8 +354,11 @@ export function createMigrationActivities(deps: ActivityDependencies) {
         const registered = await runtime.registry.get(args.kekId);
         if (!args.dryRun && registered?.state !== 'active')
           throw new KekNotWritableError(args.target, args.kekId, registered?.state ?? null);
+        // The worker's crypto threads, as the rotation uses them (a store that does its own crypto has none here).
+        const crypto = rowCryptoOf(runtime, deps.crypto);
+        const threads = crypto instanceof ThreadedRowCrypto ? crypto : undefined;
         return migrateRowSlice(
-          { rows, fieldIndexes: args.fields, deks: runtime.store, keks },
+          { rows, fieldIndexes: args.fields, deks: runtime.store, keks, ...(threads && { threads }) },
           {
             after: args.range.after,
             until: args.range.until,

@@ -1,20 +1,27 @@
 // Moves the legacy values of a group of fields of one table (see RowFieldsStore) to their current form, row by row:
 // each row read once with all its legacy fields, its tenant's DEK unwrapped once per batch, every field opened under
 // the KEK and sealed under the DEK, and the row written once, only if every field it writes still holds what was
-// read. AES-GCM through the native schedules of src/crypto/aes-gcm.ts when the addon is in use (one schedule per KEK
-// per part, one per DEK per batch). A tenant without a DEK gets one first; a value that does not decrypt is reported,
-// counted, and never written (the row's other fields still are).
+// read. The crypto (src/rewrap/migrate-chunk.ts) runs on the rotation's crypto threads when the worker has them (the
+// batch split over them), with the native AES-GCM when the addon is in use. A tenant without a DEK gets one first; a
+// value that does not decrypt is reported, counted, and never written (the row's other fields still are).
 import { randomBytes } from 'node:crypto';
 import type { PoolClient } from 'pg';
-import { KEY_BYTES, NONCE_BYTES, type Codec } from '../codec/sealed-format';
-import { releaseKey, scheduleKey, type AeadKey } from '../crypto/aes-gcm';
+import { KEY_BYTES, NONCE_BYTES } from '../codec/sealed-format';
+import type { ThreadedRowCrypto } from '../crypto/row-crypto';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
 import { RowFieldsStore, type FieldsRow, type FieldsWrite } from '../store/row-fields-store';
 import type { TargetRow, TargetStore } from '../store/target-store';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from './field-counters';
+import {
+  migrateChunk,
+  WOULD_PROVISION,
+  type MigrateChunkInput,
+  type MigrateChunkResult,
+  type MigrateChunkTask,
+  type WrappedDek,
+} from './migrate-chunk';
 import type { FieldFailure } from './migrate-fields';
-import { UnreadableValueError } from '../errors';
 
 export interface RowSliceInput {
   after: string;
@@ -47,16 +54,13 @@ export interface RowSliceDependencies {
   deks: TargetStore;
   /** The KEK new DEKs are wrapped with (the active one), then any other held KEK: tried in order. */
   keks: ResolvedKek[];
+  /** The worker's crypto threads; absent: the crypto runs in this thread. */
+  threads?: ThreadedRowCrypto;
 }
 
 const MAX_LISTED = 100;
-const WOULD_PROVISION = 'would provision';
-
-/** A KEK as this part uses it: its schedule, made once for the whole part. */
-interface Kek {
-  kekId: string;
-  key: AeadKey;
-}
+/** Rows below this go to one thread: splitting a small batch costs more in messages than it saves. */
+const MIN_CHUNK_ROWS = 64;
 
 export async function migrateRowSlice(
   deps: RowSliceDependencies,
@@ -64,17 +68,60 @@ export async function migrateRowSlice(
   hooks: { onBatch?(checkpoint: RowCheckpoint): void; shouldStop?(): boolean } = {},
 ): Promise<RowSliceResult> {
   const client = await checkout(deps.rows.db);
-  const keks: Kek[] = deps.keks.map((k) => ({ kekId: k.kekId, key: scheduleKey(k.key) }));
   let failure: Error | undefined;
   try {
-    return await new RowSliceRun(deps, input, hooks, client, keks).run();
+    return await new RowSliceRun(deps, input, hooks, client).run();
   } catch (err) {
     failure = err instanceof Error ? err : new Error(String(err));
     throw err;
   } finally {
     client.release(failure);
-    for (const kek of keks) releaseKey(kek.key);
   }
+}
+
+/** The crypto of one batch: in this thread, or split over the crypto threads (key copies moved to each). */
+function sealBatch(deps: RowSliceDependencies, input: Omit<MigrateChunkInput, 'keks'>): Promise<MigrateChunkResult> {
+  const { rows, threads } = deps;
+  const keks = deps.keks.map((k) => ({ kekId: k.kekId, key: k.key }));
+  const fields = rows.fields;
+  if (!threads) {
+    const codecs = { dek: deps.deks.codec, legacy: fields.map((f) => f.legacy), current: fields.map((f) => f.current) };
+    return Promise.resolve(migrateChunk(codecs, { ...input, keks }));
+  }
+  const formats = {
+    dek: deps.deks.codec.format,
+    legacy: fields.map((f) => f.legacy.format),
+    current: fields.map((f) => f.current.format),
+  };
+  const chunks = Math.max(1, Math.min(threads.threads, Math.ceil(input.rows.length / MIN_CHUNK_ROWS)));
+  const size = Math.ceil(input.rows.length / chunks);
+  return Promise.all(
+    Array.from({ length: chunks }, async (_, c) => {
+      const rows = input.rows.slice(c * size, (c + 1) * size);
+      const deks: Record<string, WrappedDek | string> = {};
+      for (const row of rows) if (input.deks[row.tenant] !== undefined) deks[row.tenant] = input.deks[row.tenant]!;
+      const copies = keks.map((k) => {
+        const key = new ArrayBuffer(k.key.length);
+        new Uint8Array(key).set(k.key);
+        return { kekId: k.kekId, key };
+      });
+      const task: MigrateChunkTask = { formats, keks: copies, rows, deks, dryRun: input.dryRun };
+      try {
+        return await threads.runTask<MigrateChunkResult>(
+          'migrateChunk',
+          task,
+          copies.map((k) => k.key),
+        );
+      } finally {
+        // Moved: detached and empty. Not moved (the pool refused the task): zeroized here.
+        for (const { key } of copies) if (key.byteLength > 0) new Uint8Array(key).fill(0);
+      }
+    }),
+  ).then((parts) => ({
+    writes: parts.flatMap((p) => p.writes),
+    unreadable: fields.map((_, i) => parts.reduce((n, p) => n + p.unreadable[i]!, 0)),
+    failures: parts.flatMap((p) => p.failures),
+  }));
 }
 
 class RowSliceRun {
@@ -82,21 +129,16 @@ class RowSliceRun {
   private cursor: string;
   private readonly failures: FieldFailure[] = [];
   private readonly keys: string[];
-  private readonly legacy: Codec[];
-  private readonly current: Codec[];
 
   constructor(
     private readonly deps: RowSliceDependencies,
     private readonly input: RowSliceInput,
     private readonly hooks: { onBatch?(checkpoint: RowCheckpoint): void; shouldStop?(): boolean },
     private readonly client: PoolClient,
-    private readonly keks: Kek[],
   ) {
     this.cursor = input.after;
     this.counters = deps.rows.fields.map(() => emptyFieldCounters());
     this.keys = deps.fieldIndexes.map((i) => RowFieldsStore.progressKey(input.progressKey, i));
-    this.legacy = deps.rows.fields.map((f) => f.legacy);
-    this.current = deps.rows.fields.map((f) => f.current);
   }
 
   async run(): Promise<RowSliceResult> {
@@ -119,31 +161,19 @@ class RowSliceRun {
         done = true;
         break;
       }
-      const writes: FieldsWrite[] = [];
-      const unreadable = store.fields.map(() => 0);
-      const deks = await this.loadDeks(rows);
-      try {
-        for (const row of rows) {
-          const write = this.migrate(row, deks.get(row.tenant), unreadable);
-          if (write) writes.push(write);
-        }
-      } finally {
-        // A batch's DEKs are released once it is sealed: the next batch is other tenants.
-        for (const dek of deks.values()) if (typeof dek !== 'string') release(dek);
+      const sealed = await sealBatch(this.deps, { rows, deks: await this.loadDeks(rows), dryRun: input.dryRun });
+      for (const failure of sealed.failures) {
+        if (this.failures.length >= MAX_LISTED) break;
+        const field = store.fields[failure.field]!;
+        this.failures.push({ where: field.where, row: failure.row, field: field.field.name, reason: failure.reason });
       }
+      const { writes, unreadable } = sealed;
       const last = rows[rows.length - 1]!.id;
       if (input.dryRun) {
         for (const write of writes) write.value.forEach((v, i) => v !== null && (this.counters[i]!.migrated += 1));
       } else {
         const lost = await store.compareAndSwap(this.client, writes, { keys: this.keys, unreadable, cursor: last });
-        for (const write of writes) {
-          const won = !lost.has(write.id);
-          write.value.forEach((v, i) => {
-            if (v === null) return;
-            if (won) this.counters[i]!.migrated += 1;
-            else this.counters[i]!.casConflicts += 1;
-          });
-        }
+        this.count(writes, lost);
       }
       unreadable.forEach((n, i) => (this.counters[i]!.unreadable += n));
       this.cursor = last;
@@ -151,6 +181,18 @@ class RowSliceRun {
     }
     if (done && !input.dryRun) await store.markDone(this.client, this.keys);
     return this.result(done);
+  }
+
+  /** What the batch's statement counted, here too: each written field migrated, each field of a lost row a conflict. */
+  private count(writes: FieldsWrite[], lost: Set<string>): void {
+    for (const write of writes) {
+      const won = !lost.has(write.id);
+      write.value.forEach((v, i) => {
+        if (v === null) return;
+        if (won) this.counters[i]!.migrated += 1;
+        else this.counters[i]!.casConflicts += 1;
+      });
+    }
   }
 
   /** True if a previous attempt finished the part. */
@@ -180,9 +222,12 @@ class RowSliceRun {
     return progress[0]!.done;
   }
 
-  /** The DEK of every tenant of the batch (a schedule), provisioning those that have none; or why it has none. */
-  private async loadDeks(rows: FieldsRow[]): Promise<Map<string, AeadKey | string>> {
-    const { deks: store } = this.deps;
+  /**
+   * The wrapped DEK of every tenant of the batch, provisioning those that have none (not in a dry run); or why a
+   * tenant has none. Only wrapped DEKs leave this thread: they are unwrapped where the values are sealed.
+   */
+  private async loadDeks(rows: FieldsRow[]): Promise<Record<string, WrappedDek | string>> {
+    const { deks: store, keks } = this.deps;
     const wanted = [...new Set(rows.map((r) => r.tenant))];
     const byId = (found: TargetRow[]) => new Map(found.map((r) => [r.$id, r]));
     let found = byId(await store.readByIds(this.client, wanted));
@@ -190,7 +235,7 @@ class RowSliceRun {
     if (missing.length > 0 && !this.input.dryRun) {
       const fresh = new Map(missing.map((t) => [t, randomBytes(KEY_BYTES)]));
       try {
-        const current = this.keks[0]!;
+        const current = keks[0]!;
         const writes = missing.map((id) => ({
           id,
           values: store.codec.seal(
@@ -210,114 +255,19 @@ class RowSliceRun {
       // Whoever won (this migration, or the application provisioning lazily meanwhile), the stored DEK is the one.
       found = byId(await store.readByIds(this.client, wanted));
     }
-    const deks = new Map<string, AeadKey | string>();
+    const deks: Record<string, WrappedDek | string> = {};
     for (const tenant of wanted) {
       const row = found.get(tenant);
-      if (!row) {
-        deks.set(
-          tenant,
-          this.input.dryRun
-            ? WOULD_PROVISION
-            : `tenant ${tenant} has no row in ${store.table}: there is no DEK to encrypt it under`,
-        );
-        continue;
-      }
-      deks.set(tenant, this.unwrap(row));
+      deks[tenant] = row
+        ? { ...row }
+        : this.input.dryRun
+          ? WOULD_PROVISION
+          : `tenant ${tenant} has no row in ${store.table}: there is no DEK to encrypt it under`;
     }
     return deks;
-  }
-
-  private unwrap(row: TargetRow): AeadKey | string {
-    const reasons: string[] = [];
-    for (const kek of this.keks) {
-      let dek: Buffer;
-      try {
-        dek = this.deps.deks.codec.open(kek.key, row, row.$label);
-      } catch (err) {
-        if (!(err instanceof UnreadableValueError)) throw err;
-        reasons.push(`'${kek.kekId}': ${err.reason}`);
-        continue;
-      }
-      const schedule = scheduleKey(dek);
-      // A native schedule holds its own copy: the raw bytes go at once.
-      if (schedule !== dek) dek.fill(0);
-      return schedule;
-    }
-    return `tenant ${row.$id}'s DEK does not unwrap under any KEK held (${reasons.join('; ')})`;
-  }
-
-  /** The row's write (the fields sealed under its tenant's DEK), or undefined when none of its fields can be. */
-  private migrate(row: FieldsRow, dek: AeadKey | string | undefined, unreadable: number[]): FieldsWrite | undefined {
-    const { rows: store } = this.deps;
-    const old: (string | null)[] = [];
-    const value: (string | null)[] = [];
-    row.values.forEach((stored, i) => {
-      old.push(null);
-      value.push(null);
-      if (stored === null) return;
-      const sealed = this.field(row, i, stored, dek);
-      if (sealed.ok) {
-        old[i] = stored;
-        value[i] = sealed.value;
-        return;
-      }
-      unreadable[i]! += 1;
-      if (this.failures.length < MAX_LISTED) {
-        const field = store.fields[i]!;
-        this.failures.push({ where: field.where, row: row.id, field: field.field.name, reason: sealed.reason });
-      }
-    });
-    return value.some((v) => v !== null) ? { id: row.id, old, value } : undefined;
-  }
-
-  private field(
-    row: FieldsRow,
-    i: number,
-    stored: string,
-    dek: AeadKey | string | undefined,
-  ): { ok: true; value: string } | { ok: false; reason: string } {
-    if (dek === undefined) return { ok: false, reason: `no DEK for tenant ${row.tenant}` };
-    if (typeof dek === 'string' && dek !== WOULD_PROVISION) return { ok: false, reason: dek };
-    const plaintext = this.openLegacy(row, i, stored);
-    if (typeof plaintext === 'string') return { ok: false, reason: plaintext };
-    try {
-      // A dry run whose tenant has no DEK yet: the value only needs to open.
-      if (typeof dek === 'string') return { ok: true, value: '' };
-      const [sealed] = this.current[i]!.seal(
-        dek,
-        plaintext,
-        { value: null, tenant: row.tenant },
-        '',
-        randomBytes(NONCE_BYTES),
-      );
-      return { ok: true, value: String(sealed) };
-    } finally {
-      plaintext.fill(0);
-    }
-  }
-
-  private openLegacy(row: FieldsRow, i: number, stored: string): Buffer | string {
-    const legacy = this.legacy[i]!;
-    const problem = legacy.check({ value: stored });
-    if (problem !== undefined) return problem;
-    const reasons: string[] = [];
-    for (const kek of this.keks) {
-      try {
-        return legacy.open(kek.key, { value: stored, tenant: row.tenant }, kek.kekId);
-      } catch (err) {
-        if (!(err instanceof UnreadableValueError)) throw err;
-        reasons.push(`'${kek.kekId}': ${err.reason}`);
-      }
-    }
-    return `does not decrypt under any KEK held (${reasons.join('; ')})`;
   }
 
   private result(done: boolean): RowSliceResult {
     return { cursor: this.cursor, counters: this.counters, done, failures: this.failures };
   }
-}
-
-function release(key: AeadKey): void {
-  if (Buffer.isBuffer(key)) key.fill(0);
-  else releaseKey(key);
 }
