@@ -24,8 +24,11 @@ import { projectRoot } from '../src/project-paths';
 import type { MigrationReport } from '../src/workflows';
 import {
   cloneDatabase,
+  CpuMeter,
+  DatabaseCpu,
   envKeys,
   freshDatabase,
+  processCpuSeconds,
   provenance,
   sleep,
   spawnWorker,
@@ -145,7 +148,7 @@ async function checkSample(db: Pool, kek: Buffer): Promise<number> {
  * `statements` concurrent statements on disjoint id ranges of about equal size, each on a connection opened before
  * the clock starts. Wall seconds.
  */
-async function migrationFloor(db: Pool, statements: number): Promise<number> {
+async function migrationFloor(db: Pool, statements: number, meter: CpuMeter): Promise<ReturnType<CpuMeter['end']>> {
   const fractions = Array.from({ length: statements - 1 }, (_, i) => (i + 1) / statements);
   const { rows } = await db.query<{ boundaries: string[] | null }>(
     `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY id)::text[] AS boundaries FROM public.tenant`,
@@ -158,7 +161,7 @@ async function migrationFloor(db: Pool, statements: number): Promise<number> {
   );
   const clients = await Promise.all(bounds.slice(1).map(() => db.connect()));
   try {
-    const t = Date.now();
+    meter.begin();
     await Promise.all(
       clients.map((client, i) =>
         client.query(
@@ -169,7 +172,7 @@ async function migrationFloor(db: Pool, statements: number): Promise<number> {
         ),
       ),
     );
-    return (Date.now() - t) / 1000;
+    return meter.end();
   } finally {
     for (const client of clients) client.release();
   }
@@ -232,8 +235,13 @@ async function main(): Promise<void> {
     // The floor's own copy of the seeded rows (same pages and indexes), made before anything touches them.
     await settle(database.pool);
     [copy] = await cloneDatabase(database, ['rekey_bench_migrate_floor'], floorStatements + 2);
+    // CPU of the worker and of PostgreSQL's backends for this run's two databases.
+    const postgres = new DatabaseCpu([database.url, copy!.url].map((url) => new URL(url).pathname.slice(1)));
+    const meter = new CpuMeter({ worker: () => processCpuSeconds(worker.child.pid), postgres: () => postgres.read() });
     await settle(copy!.pool);
-    const floorSeconds = await migrationFloor(copy!.pool, floorStatements);
+    const loadAtFloor = os.loadavg()[0]!;
+    const floor = await migrationFloor(copy!.pool, floorStatements, meter);
+    const floorSeconds = floor.seconds;
     await copy!.drop();
     copy = undefined;
 
@@ -251,6 +259,8 @@ async function main(): Promise<void> {
     await database.pool.query('DROP TABLE public.saved');
     await settle(database.pool);
 
+    const loadAtStart = os.loadavg()[0]!;
+    meter.begin();
     t = Date.now();
     const started = await startMigration(
       client,
@@ -259,6 +269,8 @@ async function main(): Promise<void> {
     );
     const report: MigrationReport = await untilWorkerEnds(worker, started.handle.result());
     const seconds = (Date.now() - t) / 1000;
+    const migrationCpu = meter.end();
+    postgres.close();
     const rate = report.totals.migrated / seconds;
     let historyEvents = 0;
     let runs = 0;
@@ -287,6 +299,19 @@ async function main(): Promise<void> {
       `| all-core floor (every field's jsonb_set, one chain per row, no crypto: ${floorStatements} concurrent statements on disjoint id ranges of an identical copy) | ${floorSeconds.toFixed(1)} s, ${n(total / floorSeconds)} fields/s |`,
     );
     say(`| **ratio migrate-dek / all-core floor** | **${(seconds / floorSeconds).toFixed(2)}x** |`);
+    const cpuLine = (what: string, run: ReturnType<CpuMeter['end']>) => {
+      const parts = Object.entries(run.cpu).map(([name, cpu]) => `${name} ${cpu.toFixed(1)} s`);
+      const used = Object.values(run.cpu).reduce((a, b) => a + b, 0);
+      const capacity = run.seconds * os.availableParallelism();
+      say(
+        `| CPU during ${what} (${run.seconds.toFixed(1)} s × ${os.availableParallelism()} cores = ${capacity.toFixed(1)} s) | ${parts.join(', ')}; ${((used / capacity) * 100).toFixed(0)}% of the machine |`,
+      );
+    };
+    cpuLine('the migration', migrationCpu);
+    cpuLine('the all-core floor', floor);
+    say(
+      `| machine load (1-minute average, all processes) | ${loadAtFloor.toFixed(1)} before the floor, ${loadAtStart.toFixed(1)} before the migration |`,
+    );
     say(`| worker peak RSS | ${worker.peakRssMiB()} MiB |`);
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
     say(`| check | every value moved, none left; ${checked} random tenants' fields open under their DEK as v2 |`);
