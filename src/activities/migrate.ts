@@ -249,8 +249,9 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           ...(tenant !== undefined && { tenant }),
         });
         const fractions = Array.from({ length: args.slices - 1 }, (_, i) => (i + 1) / args.slices);
+        // Planned by row, the parts are the groups' (below): a field's own would be a scan for nothing.
         const ranges =
-          args.slices <= 1 || legacy < args.slices * 2
+          args.byRow || args.slices <= 1 || legacy < args.slices * 2
             ? rangesFromBoundaries([])
             : rangesFromBoundaries(await store.boundaries(fractions, tenant));
         plans.push({
