@@ -43,6 +43,8 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   const keks = input.keks.map((k) => ({ kekId: k.kekId, key: scheduleKey(k.key) }));
   const deks = new Map<string, AeadKey | string>();
   const result: MigrateChunkResult = { writes: [], unreadable: codecs.legacy.map(() => 0), failures: [] };
+  // The chunk's nonces from one call to the CSPRNG (one per value it may seal), each used once.
+  const nonces = new Nonces(input.rows.reduce((n, row) => n + row.values.filter((v) => v !== null).length, 0));
   try {
     for (const row of input.rows) {
       let dek = deks.get(row.tenant);
@@ -55,7 +57,7 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
       const value: (string | null)[] = row.values.map(() => null);
       row.values.forEach((stored, i) => {
         if (stored === null) return;
-        const sealed = seal(codecs, keks, row, i, stored, dek);
+        const sealed = seal(codecs, keks, row, i, stored, dek, nonces);
         if (typeof sealed === 'string') {
           result.unreadable[i]! += 1;
           result.failures.push({ row: row.id, field: i, reason: sealed });
@@ -100,6 +102,7 @@ function seal(
   i: number,
   stored: string,
   dek: AeadKey | string,
+  nonces: Nonces,
 ): { value: string } | string {
   if (typeof dek === 'string' && dek !== WOULD_PROVISION) return dek;
   const plaintext = openLegacy(codecs.legacy[i]!, keks, row, stored);
@@ -107,13 +110,7 @@ function seal(
   try {
     // A dry run whose tenant has no DEK yet: the value only needs to open.
     if (typeof dek === 'string') return { value: '' };
-    const [sealed] = codecs.current[i]!.seal(
-      dek,
-      plaintext,
-      { value: null, tenant: row.tenant },
-      '',
-      randomBytes(NONCE_BYTES),
-    );
+    const [sealed] = codecs.current[i]!.seal(dek, plaintext, { value: null, tenant: row.tenant }, '', nonces.next());
     return { value: String(sealed) };
   } finally {
     plaintext.fill(0);
@@ -138,6 +135,23 @@ function openLegacy(
     }
   }
   return `does not decrypt under any KEK held (${reasons.join('; ')})`;
+}
+
+/** Fresh random nonces cut from one buffer: never the same bytes twice. */
+class Nonces {
+  private readonly pool: Buffer;
+  private used = 0;
+
+  constructor(count: number) {
+    this.pool = randomBytes(Math.max(1, count) * NONCE_BYTES);
+  }
+
+  next(): Buffer {
+    if (this.used + NONCE_BYTES > this.pool.length) return randomBytes(NONCE_BYTES);
+    const nonce = this.pool.subarray(this.used, this.used + NONCE_BYTES);
+    this.used += NONCE_BYTES;
+    return nonce;
+  }
 }
 
 function release(key: AeadKey): void {
