@@ -4,6 +4,7 @@
 import { compileFormat, type Codec, type ColumnValue, type SealedFormat } from '../codec/sealed-format';
 import { rewrapRows, type RewrapRowsOptions, type RewrapRowsResult } from '../rewrap/rewrap-rows';
 import { packColumn, unpackColumn, unpackRows, type Column, type Columns } from './columns';
+import { migrateChunkTask, type MigrateChunkResult, type MigrateChunkTask } from '../rewrap/migrate-chunk';
 
 export interface RewrapChunk {
   format: SealedFormat;
@@ -73,4 +74,9 @@ export function chunkResult(chunk: RewrapChunkResult, offset: number): RewrapRow
     })),
     failures: chunk.failures.map((failure) => ({ index: failure.index + offset, reason: failure.reason })),
   };
+}
+
+/** The migration's task (`rekey migrate-dek`, src/rewrap/migrate-chunk.ts) on the same threads. */
+export function migrateChunk(task: MigrateChunkTask): MigrateChunkResult {
+  return migrateChunkTask(task, codecFor);
 }

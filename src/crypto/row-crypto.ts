@@ -125,6 +125,12 @@ export class ThreadedRowCrypto implements RowCrypto {
     }
   }
 
+  /** Runs another task the threads' script exports (rewrap-thread.ts: `migrateChunk`) on the same threads. */
+  async runTask<T>(name: string, task: unknown, transferList: ArrayBuffer[]): Promise<T> {
+    if (this.broken) throw this.broken;
+    return (await this.pool.run(task, { name, transferList })) as T;
+  }
+
   async close(): Promise<void> {
     await this.pool.destroy();
   }
