@@ -140,12 +140,15 @@ export interface Codec {
 }
 
 /**
- * A format whose stored value is `prefix ‖ nonce ‖ ciphertext ‖ tag` in one bytea column, with one associated-data
- * recipe and nothing else written: a rewrap can read and write such values within packed columns, with no row
- * objects. A row it cannot handle that way (not that form, or not opening under the key) goes through `open`.
+ * A format whose stored value is `prefix ‖ nonce ‖ ciphertext ‖ tag` in one column (bytea, or text: the prefix, then
+ * the encoded bytes), with one associated-data recipe and nothing else written: a rewrap can read and write such
+ * values within packed columns, with no row objects. A row it cannot handle that way (not that form, or not opening
+ * under the key) goes through `open`.
  */
 export interface InPlaceForm {
   readonly column: string;
+  readonly encoding: Encoding;
+  /** The prefix's bytes: for bytea as the format gives them in hex, for text its UTF-8. */
   readonly prefix: Buffer;
   readonly plaintextBytes?: number;
   /** The associated data of the row under `kekId`, in `scratch` when it fits (a view of it). */
@@ -159,7 +162,7 @@ const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
 };
 
 /** How many bytes well-formed text of this length decodes to (Node's decoders skip what they do not know). */
-function decodedLength(text: string, encoding: Exclude<Encoding, 'bytea'>): number {
+export function decodedLength(text: string, encoding: Exclude<Encoding, 'bytea'>): number {
   if (encoding === 'hex') return text.length % 2 === 0 ? text.length / 2 : -1;
   let end = text.length;
   while (end > 0 && text.charCodeAt(end - 1) === 61 /* = */) end--;
@@ -380,13 +383,13 @@ export function compileFormat(format: SealedFormat): Codec {
   // An empty prefix would not tell a KMS or Transit value apart from a sealed one: those go through `open` only.
   const inPlace: InPlaceForm | undefined =
     value.kind === 'combined' &&
-    value.encoding === 'bytea' &&
     !aad.store &&
     recipes.length === 1 &&
     ((value.prefix ?? '') !== '' || (!kms && !transit))
       ? {
           column: value.column,
-          prefix: Buffer.from(value.prefix ?? '', 'hex'),
+          encoding: value.encoding,
+          prefix: Buffer.from(value.prefix ?? '', value.encoding === 'bytea' ? 'hex' : 'utf8'),
           ...(format.plaintextBytes !== undefined && { plaintextBytes: format.plaintextBytes }),
           aad: recipes[0]!,
         }

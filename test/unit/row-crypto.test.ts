@@ -4,13 +4,14 @@ import { MYCELIUM_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat, type Row } from '../../src/codec/sealed-format';
 import { aesGcmBackend, releaseKey, scheduleKey } from '../../src/crypto/aes-gcm';
 import { rewrapColumns } from '../../src/crypto/column-rewrap';
-import { packRows, unpackColumn, unpackRows } from '../../src/crypto/columns';
+import { packRows, unpackColumn, unpackRows, type Columns } from '../../src/crypto/columns';
 import { rewrapChunk } from '../../src/crypto/rewrap-thread';
 import { cryptoThreadsFromEnv, inlineRowCrypto, ThreadedRowCrypto } from '../../src/crypto/row-crypto';
 import { unwrapDek, wrapDek } from '../../src/envelope/dek-wrapping';
 import { REKEY_DEK_FORMAT, TALOS_SECRET_FORMAT } from '../../src/codec/formats';
 import { ConfigError } from '../../src/errors';
 import { rewrapRows } from '../../src/rewrap/rewrap-rows';
+import { unwrapDek as myceliumUnwrap, wrapDek as myceliumWrap } from '../helpers/mycelium';
 
 const from = { kekId: 'v1', key: randomBytes(32) };
 const to = { kekId: 'v2', key: randomBytes(32) };
@@ -113,7 +114,7 @@ describe('rewrap crypto in threads', () => {
   });
 });
 
-describe("rewrap by column, in place (rekey's own format)", () => {
+describe('rewrap by column, in place', () => {
   /** Rows of every kind a chunk may hold: most on `from`, some under `to` or a third KEK, and malformed ones. */
   function mixedRows(): { rows: Row[]; deks: (Buffer | undefined)[] } {
     const deks: (Buffer | undefined)[] = [];
@@ -139,42 +140,97 @@ describe("rewrap by column, in place (rekey's own format)", () => {
     return { rows, deks };
   }
 
-  it('writes, relabels and fails exactly the rows rewrapRows does, with the same reasons, each DEK intact under `to`', () => {
-    expect(aesGcmBackend().name, 'npm run setup builds the native AES-GCM addon the in-place path uses').toBe('native');
-    expect(builtin.inPlace).toBeDefined();
-    const { rows, deks } = mixedRows();
+  /** Columns as TargetStore.readColumns gives them: text packed as its UTF-8 bytes. */
+  function asRead(rows: Columns): Columns {
+    const columns: Columns['columns'] = {};
+    for (const [name, column] of Object.entries(rows.columns)) {
+      if (column.kind !== 'values') columns[name] = column;
+      else {
+        const texts = column.values as (string | null)[];
+        columns[name] = {
+          kind: 'text',
+          column: {
+            lengths: Int32Array.from(texts, (t) => (t === null ? -1 : Buffer.byteLength(t))),
+            bytes: new Uint8Array(Buffer.from(texts.filter((t) => t !== null).join(''), 'utf8')),
+          },
+        };
+      }
+    }
+    return { count: rows.count, columns };
+  }
+
+  /** rewrapColumns against rewrapRows on the same rows: the same outcome for each, and the values written. */
+  function compare(codec: ReturnType<typeof compileFormat>, rows: Row[]) {
     const options = { others: false, dryRun: false };
-    const expected = rewrapRows(builtin, from, to, rows, options);
+    const expected = rewrapRows(codec, from, to, rows, options);
     const fromKey = scheduleKey(Buffer.from(from.key));
     const toKey = scheduleKey(Buffer.from(to.key));
     try {
       const result = rewrapColumns(
-        builtin,
+        codec,
         { kekId: 'v1', key: fromKey },
         { kekId: 'v2', key: toKey },
-        packRows(rows, builtin.readColumns),
+        asRead(packRows(rows, codec.readColumns)),
         options,
       );
       expect([...result.indexes]).toEqual(expected.writes.map((w) => w.index));
       expect([...result.relabel]).toEqual(expected.writes.map((w) => (w.relabel ? 1 : 0)));
       expect(result.failures).toEqual(expected.failures);
-      expect(expected.failures.length).toBeGreaterThan(30);
       expect(result.values).toHaveLength(1);
-      const values = unpackColumn(result.values[0]!) as Buffer[];
-      result.indexes.forEach((index, i) => {
-        const id = rows[index]!.tenant_id as string;
-        expect(values[i]!.length).toBe(61);
-        expect(unwrapDek(to.key, 'v2', id, values[i]!).equals(deks[index]!)).toBe(true);
-      });
-      expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
+      return { result, expected, values: unpackColumn(result.values[0]!) };
     } finally {
       releaseKey(fromKey);
       releaseKey(toKey);
     }
+  }
+
+  it('writes, relabels and fails exactly the rows rewrapRows does, with the same reasons, each DEK intact under `to`', () => {
+    expect(aesGcmBackend().name, 'npm run setup builds the native AES-GCM addon the in-place path uses').toBe('native');
+    expect(builtin.inPlace).toBeDefined();
+    const { rows, deks } = mixedRows();
+    const { result, expected, values } = compare(builtin, rows);
+    expect(expected.failures.length).toBeGreaterThan(30);
+    result.indexes.forEach((index, i) => {
+      const value = values[i] as Buffer;
+      expect(value.length).toBe(61);
+      expect(unwrapDek(to.key, 'v2', rows[index]!.tenant_id as string, value).equals(deks[index]!)).toBe(true);
+    });
+    expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
   });
 
-  it('is only taken for one bytea column holding prefix, nonce, ciphertext and tag, with nothing else written', () => {
-    expect(compileFormat(MYCELIUM_DEK_FORMAT).inPlace).toBeUndefined(); // text
+  it("does the same for Mycelium's text format: base64 decoded and written again in place, malformed text failing as rewrapRows says", () => {
+    const mycelium = compileFormat(MYCELIUM_DEK_FORMAT);
+    expect(mycelium.inPlace).toBeDefined();
+    const deks: (Buffer | undefined)[] = [];
+    const rows: Row[] = Array.from({ length: 300 }, (_, i) => {
+      const id = randomUUID();
+      const dek = randomBytes(32);
+      const kek = i % 11 === 0 ? third : i % 7 === 0 ? to : from;
+      let stored: string | null = myceliumWrap(kek.key, id, dek);
+      if (i % 13 === 0) stored = null;
+      else if (i % 17 === 0)
+        stored = stored.replace('v2:', 'v1:'); // another version's prefix
+      else if (i % 19 === 0)
+        stored = `${stored.slice(0, 20)} ${stored.slice(20)}`; // a space Node's decoder skips
+      else if (i % 23 === 0)
+        stored = `${stored.slice(0, 20)}é${stored.slice(21)}`; // not ASCII
+      else if (i % 29 === 0) stored = stored.slice(0, -4); // short
+      const readable = stored !== null && kek !== third && i % 17 && i % 19 && i % 23 && i % 29;
+      deks.push(readable ? dek : undefined);
+      return { $id: id, $label: '1', id, encrypted_dek: stored };
+    });
+    const { result, expected, values } = compare(mycelium, rows);
+    expect(expected.failures.length).toBeGreaterThan(50);
+    expect(result.values[0]!.kind).toBe('text');
+    result.indexes.forEach((index, i) => {
+      const value = values[i] as string;
+      expect(value.startsWith('v2:')).toBe(true);
+      expect(myceliumUnwrap(to.key, rows[index]!.id as string, value).equals(deks[index]!)).toBe(true);
+    });
+    expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
+  });
+
+  it('is only taken for one column holding prefix, nonce, ciphertext and tag, with nothing else written', () => {
     expect(compileFormat(TALOS_SECRET_FORMAT).inPlace).toBeUndefined(); // three columns, and its AAD stored
     // Without a prefix, a KMS or Transit value could not be told apart from a sealed one by its first byte.
     const unprefixed = { kind: 'combined', column: 'wrapped_dek', encoding: 'bytea' } as const;
