@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { Client as TemporalClient } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { startMigration } from '../src/client/migrations';
@@ -178,6 +179,43 @@ async function migrationFloor(db: Pool, statements: number, meter: CpuMeter): Pr
   }
 }
 
+/**
+ * Where the run's wall time went, from its history: each activity type's span (first scheduled to last completed),
+ * and how long its parts took summed (started to completed): a part's time is the worker's and PostgreSQL's, the rest
+ * waits for a task to be handed out or taken back.
+ */
+async function timeByStep(client: TemporalClient, workflowId: string): Promise<string> {
+  const history = await client.workflow.getHandle(workflowId).fetchHistory();
+  const ms = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) =>
+    Number(t?.seconds ?? 0) * 1000 + (t?.nanos ?? 0) / 1e6;
+  const scheduled = new Map<string, { type: string; at: number; started?: number }>();
+  const spans = new Map<string, { first: number; last: number; busy: number; count: number }>();
+  for (const event of history.events ?? []) {
+    const at = ms(event.eventTime);
+    const id = String(event.eventId);
+    const a = event.activityTaskScheduledEventAttributes;
+    if (a) scheduled.set(id, { type: a.activityType?.name ?? '?', at });
+    const started = event.activityTaskStartedEventAttributes;
+    if (started) scheduled.get(String(started.scheduledEventId))!.started = at;
+    const done = event.activityTaskCompletedEventAttributes;
+    if (done) {
+      const task = scheduled.get(String(done.scheduledEventId))!;
+      const span = spans.get(task.type) ?? { first: task.at, last: at, busy: 0, count: 0 };
+      span.first = Math.min(span.first, task.at);
+      span.last = Math.max(span.last, at);
+      span.busy += at - (task.started ?? task.at);
+      span.count += 1;
+      spans.set(task.type, span);
+    }
+  }
+  return [...spans]
+    .map(
+      ([type, s]) =>
+        `${type} ×${s.count}: ${((s.last - s.first) / 1000).toFixed(1)} s span, ${(s.busy / 1000).toFixed(1)} s running`,
+    )
+    .join('; ');
+}
+
 /** The result, or a failure naming the worker's log as soon as the worker process ends by itself. */
 async function untilWorkerEnds<T>(worker: WorkerProcess, result: Promise<T>): Promise<T> {
   let ended = false;
@@ -278,6 +316,7 @@ async function main(): Promise<void> {
       historyEvents += execution.historyLength ?? 0;
       runs++;
     }
+    const steps = await timeByStep(client, started.handle.workflowId);
     const checked = await checkSample(database.pool, kek);
     if (report.totals.migrated !== total || report.legacyLeft !== 0) {
       throw new Error(`the migration moved ${report.totals.migrated} of ${total} values; ${report.legacyLeft} left`);
@@ -308,6 +347,7 @@ async function main(): Promise<void> {
       );
     };
     cpuLine('the migration', migrationCpu);
+    say(`| the migration's activities (from its history) | ${steps} |`);
     cpuLine('the all-core floor', floor);
     say(
       `| machine load (1-minute average, all processes) | ${loadAtFloor.toFixed(1)} before the floor, ${loadAtStart.toFixed(1)} before the migration |`,

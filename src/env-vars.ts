@@ -253,7 +253,7 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   {
     name: 'REKEY_CRYPTO_THREADS',
     default: 'one per core',
-    what: "threads for the rewrap's crypto (0: in the activity's own thread)",
+    what: "threads for the crypto of rewraps and of migrate-dek (0: in the activity's own thread)",
     readBy: ['worker'],
   },
   { name: 'REKEY_AES_GCM', default: 'auto', what: 'auto, native (the addon or an error) or node', readBy: ['worker'] },
