@@ -167,7 +167,9 @@ describe('retire proves every row labelled with the old KEK, on a Mycelium-shape
         await seedMyceliumTenants(db.pool, late, kekOf(gen2), 1);
         // Grace is ended by the signal (a signal is never lost to a continue-as-new, which the run may be making now).
         await handle.signal(setGraceSignal, { endNow: true });
-        const asked = await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
+        // 12,000 round trips at least, one row per batch: minutes on a loaded machine, so the waits are long; a stuck proof
+        // still fails with the progress it stopped at.
+        const asked = await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 240_000 });
         expect(asked.retireProof).toMatchObject({ stage: 'before-confirm', done: true, tried: late, relabelled: late });
         await handle.signal(confirmStepSignal, { step: 'retire', note: 'generation 1 removed' });
         // The latest run's result (the time-skipping server does not always answer a wait that follows the chain
@@ -191,7 +193,7 @@ describe('retire proves every row labelled with the old KEK, on a Mycelium-shape
     } finally {
       await db.drop();
     }
-  });
+  }, 300_000);
 
   it('Finding 4: retireKek proves every row still labelled with the old KEK under the lock, with no cap: 10,001 mislabelled rows are relabelled; a row still under it refuses, named, and nothing is retired', async () => {
     const { db } = await createApplicationDatabase(createMyceliumSchema);
