@@ -9,6 +9,7 @@ import { openKeyProvider } from '../keys';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
 import { configuredCurrentKekId } from '../targets/target';
+import { createLogger } from '../observability/logger';
 import { buildAdminServer } from './server';
 
 const AdminEnv = z.object({
@@ -27,6 +28,10 @@ async function run(): Promise<void> {
   webUiBase(); // a malformed REKEY_WEB_UI_URL stops the API here, not in every answer
   const targetsConfig = loadTargetsConfig();
   const db = new Pool({ connectionString: config.DATABASE_URL, max: 4 });
+  // An idle connection the server ends (a failover, a restart, pg_terminate_backend) is dropped from the pool and
+  // replaced on next use; without a listener its 'error' event ended the process (seen on a rotate-all under load).
+  const log = createLogger();
+  db.on('error', (err) => log.warn({ err: err.message }, 'idle PostgreSQL connection lost; replaced on next use'));
   const connection = await Connection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
   const targets = new TargetRuntimes({
     db,

@@ -56,6 +56,8 @@ export class CliContext {
         throw new CliError('DATABASE_URL is not set: point it at the database that holds the tenant DEKs', 'invalid');
       const url = checkDatabaseUrl(this.env.DATABASE_URL, 'DATABASE_URL');
       this.pool = new Pool({ connectionString: url, max: 2 });
+      // An idle connection the server ends (`status --watch` across a failover) is replaced on next use, not a crash.
+      this.pool.on('error', () => undefined);
     }
     return this.pool;
   }

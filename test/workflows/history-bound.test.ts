@@ -34,10 +34,11 @@ import {
 const BOUND = 60;
 /**
  * What a run may hold past the bound: the workflow task that sees it (its completion, the continue-as-new) and the
- * messages that arrive before that task completes (each sends the task round again). Without the bound, every message
- * adds four or five events: the run that waits for the retire confirmation here held 256.
+ * messages that arrive before that task completes (each sends the task round again): on a loaded machine a slow task
+ * meets more of them (92 seen under the whole suite). Without the bound, every message adds four or five events: the
+ * run that waits for the retire confirmation here held 199 to 256.
  */
-const OVERSHOOT = 30;
+const OVERSHOOT = 50;
 
 /** The history length of each run of a workflow's chain of continue-as-new, latest first. */
 async function chainLengths(client: Client, workflowId: string): Promise<number[]> {
