@@ -1,0 +1,78 @@
+import type { Pool, PoolClient } from 'pg';
+import { expect } from 'vitest';
+import { inlineRowCrypto } from '../../src/crypto/row-crypto';
+import type { KeyProvider } from '../../src/keys/key-provider';
+import { Keyring } from '../../src/keyring/keyring';
+import { providerDriver } from '../../src/keyring/provider-driver';
+import { emptyProof } from '../../src/rotation/label-proof';
+import { inTransaction } from '../../src/store/connect';
+import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
+import { KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
+
+/**
+ * A keyring over `provider` for keyspace `keyspace` (target `target`'s registry in `db`). The other-registries check
+ * is the database's own: every registry row of another target, or of another KEK id, with the same fingerprint.
+ */
+export function keyringFor(db: Pool, provider: KeyProvider, keyspace: string, target = 'rekey'): Keyring {
+  return new Keyring({
+    driver: providerDriver(provider, () => inlineRowCrypto),
+    db,
+    registry: new KekRegistry(db, target),
+    keyspace,
+    target,
+    otherRegistries: async (kekId, fingerprint) => {
+      const others = (await registryHolders(db, fingerprint)).filter(
+        (holder) => holder.target !== target || holder.kekId !== kekId,
+      );
+      if (others.length > 0) {
+        throw new RetireRefusedError(
+          `KEK '${kekId}' (${fingerprint}) is still in another registry as ${others.map((o) => `'${o.kekId}' of target '${o.target}'`).join(', ')}: not destroying it`,
+        );
+      }
+      return 'rekey checked the registries of this database';
+    },
+  });
+}
+
+/** A proof that found every row under a usable KEK (nothing labelled with the KEK needs it). */
+export const nothingNeeded = (): Promise<ReturnType<typeof emptyProof>> => Promise.resolve(emptyProof());
+
+/** The registry of `target` as a rotation v1 → v2 leaves it: v2 active (registered with `fingerprints.v2`), v1 decrypt-only. */
+export async function rotatedRegistry(
+  db: Pool,
+  target: string,
+  fingerprints: { v1: string; v2: string },
+): Promise<KekRegistry> {
+  const registry = new KekRegistry(db, target);
+  await registry.seedActive('v1', fingerprints.v1);
+  await registry.register('v2', fingerprints.v2);
+  await registry.promote('v1', 'v2');
+  return registry;
+}
+
+/** v1 retired with a window that has ended already. */
+export async function retiredWindowEnded(db: Pool, registry: KekRegistry): Promise<void> {
+  await inTransaction(db, (client: PoolClient) => registry.retire('v1', 0, client));
+}
+
+/**
+ * A keyring of another keyspace than the one its store records for v1 refuses to retire and to destroy v1, naming both
+ * keyspaces, and writes nothing: the registry row stays as it was.
+ */
+export async function expectForeignRefused(
+  db: Pool,
+  keyring: Keyring,
+  registry: KekRegistry,
+  owner: string,
+): Promise<void> {
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+    KeyspaceMismatchError,
+  );
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+    `records it as keyspace ${owner}'s, and target 'rekey' is keyspace ${keyring.keyspace}`,
+  );
+  expect((await registry.require('v1')).state).toBe('decrypt_only');
+  await retiredWindowEnded(db, registry);
+  await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(KeyspaceMismatchError);
+  expect((await registry.require('v1')).state).toBe('retired');
+}
