@@ -28,8 +28,11 @@ export interface StoredKek {
 }
 
 export interface ProvisionOptions {
-  /** The keyspace (`<database id>/<schema.table>`) the new KEK belongs to, recorded in the store where it can be. */
-  owner: string;
+  /**
+   * The keyspace (`<database id>/<schema.table>`) the new KEK belongs to, recorded in the store where it can be.
+   * Absent for a KEK made outside any keyspace (`rekey keys generate`): the first keyspace that uses it adopts it.
+   */
+  owner?: string;
   /** An earlier attempt of this provision may have created the KEK (a retried activity). */
   retry?: boolean;
   /** Epoch ms: a retry stops looking for the earlier attempt's KEK then and creates one, so that the step ends. */

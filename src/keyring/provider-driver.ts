@@ -29,7 +29,7 @@ function environmentInstructions(prefix: string): Instructions {
   const variable = (kekId: string) => `${prefix}_KEK_${kekId}`;
   const everywhere = 'in every worker, admin API and application process';
   return {
-    provision: (kekId) => `set ${variable(kekId)} (${KEY_RECIPE}) ${everywhere}, then run the step again`,
+    provision: (kekId) => `set ${variable(kekId)} (${KEY_RECIPE}) ${everywhere}`,
     promote: (_from, to) =>
       `set ${prefix}_CURRENT_KEK_ID=${to} ${everywhere} that reads it (the registry names '${to}' active already)`,
     retire: (kekId) =>
@@ -45,7 +45,7 @@ function environmentInstructions(prefix: string): Instructions {
 function myceliumInstructions(description: string): Instructions {
   return {
     provision: (kekId) =>
-      `rekey cannot make a token_secret for KEK '${kekId}': give the gateway its new token_secret and set the current secret of ${description} to it (the one before in the old secret), then run the step again`,
+      `rekey cannot make a token_secret for KEK '${kekId}': give the gateway its new token_secret and set the current secret of ${description} to it (the one before in the old secret)`,
     promote: (_from, to) => `the gateway must use the new token_secret (KEK '${to}') as its current one`,
     retire: (kekId) =>
       `keep the old token_secret (KEK '${kekId}') until its restore window ends: rekey says when to remove it once it is destroyed`,
@@ -59,7 +59,7 @@ function myceliumInstructions(description: string): Instructions {
 
 function genericInstructions(description: string): Instructions {
   return {
-    provision: (kekId) => `add KEK '${kekId}' to ${description} yourself, then run the step again`,
+    provision: (kekId) => `add KEK '${kekId}' to ${description} yourself`,
     promote: (_from, to) => `make KEK '${to}' the current one of ${description}`,
     retire: (kekId) => `keep KEK '${kekId}' in ${description} until its restore window ends`,
     restore: (kekId) => `put KEK '${kekId}' back into ${description}, the key the registry recorded`,

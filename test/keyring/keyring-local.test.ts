@@ -61,7 +61,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
     const answers: [Promise<unknown>, string][] = [
       [
         driver.provision('v3', { owner: KEYSPACE }),
-        "set TEST_KEK_v3 (32 random bytes as base64url: openssl rand -base64 32 | tr '+/' '-_' | tr -d '=') in every worker, admin API and application process, then run the step again",
+        "set TEST_KEK_v3 (32 random bytes as base64url: openssl rand -base64 32 | tr '+/' '-_' | tr -d '=')in every worker, admin API and application process",
       ],
       [driver.claim('v3', registry), 'the environment names its keys itself: nothing to claim'],
       [
