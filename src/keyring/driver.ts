@@ -23,8 +23,6 @@ export interface StoredKek {
   fingerprint: string;
   /** For a key the store does not name: its place, which the keyring names for the rotation under way. */
   slot?: 'old' | 'current';
-  /** The keyspace the store records as the key's owner; absent where it records none (or cannot). */
-  owner?: string;
 }
 
 export interface ProvisionOptions {
@@ -53,8 +51,14 @@ export interface StoreDriver {
   readonly configuredCurrent: string | undefined;
   /** Re-reads the store, so that a KEK added by another process becomes usable without a restart. */
   reload(): Promise<void>;
-  /** Every key the store holds, with its fingerprint and the store's owner record (as of the last reload). */
+  /** Every key the store holds, with its fingerprint (as of the last reload). */
   list(): Promise<StoredKek[]>;
+  /**
+   * The keyspace the store records as the owner of `kekId` (the keyring file's `owner`, the tag `rekey:keyspace` of a
+   * Secrets Manager secret or a KMS key, Vault KV's custom_metadata); undefined where it records none or cannot. Asked
+   * per KEK, read fresh: one request to a remote store, whatever the number of keys it holds.
+   */
+  ownerOf(kekId: string): Promise<string | undefined>;
   /**
    * Records `keyspace` as the owner of every KEK of the store that records none yet (a store written before owner
    * records is adopted by the first keyspace that uses it), durably. Idempotent. A store that records no owners

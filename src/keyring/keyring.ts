@@ -175,7 +175,7 @@ export class Keyring {
    * retire, disable or destroy. Refused, naming both keyspaces and what to change.
    */
   async refuseForeign(kekId: string, action: string): Promise<void> {
-    const owner = (await this.driver.list()).find((k) => k.kekId === kekId)?.owner;
+    const owner = await this.driver.ownerOf(kekId);
     const { keyspace, target } = this.options;
     if (owner === undefined || owner === keyspace) return;
     throw new KeyspaceMismatchError(
@@ -266,8 +266,16 @@ export class Keyring {
     const registered = await registry.get(kekId);
     if (!registered) throw new UnknownKekError(kekId, `the registry of target '${this.options.target}'`);
     await driver.reload();
-    // Found by its fingerprint: a store that names its keys only inside a rotation holds it under no name here.
-    const holds = async () => (await driver.list()).some((k) => k.fingerprint === registered.fingerprint);
+    // Found by its fingerprint: a store that names its keys only inside a rotation holds it under no name here. A key
+    // the store holds under the KEK's id with another fingerprint (a KMS alias moved to another key) is refused.
+    const holds = async () => {
+      const held = await driver.list();
+      const byName = held.find((k) => k.kekId === kekId);
+      if (byName !== undefined && byName.fingerprint !== registered.fingerprint) {
+        throw new KekFingerprintMismatchError(kekId, registered.fingerprint, byName.fingerprint);
+      }
+      return held.some((k) => k.fingerprint === registered.fingerprint);
+    };
     let madeReadable = false;
     if (registered.state === 'retired' && !(await holds())) {
       // A store whose retire makes the key unreadable (Vault KV's soft delete, Transit's min_decryption_version)

@@ -86,7 +86,34 @@ function remoteOf(provider: KeyProvider, kekId: string): RemoteKeyStore | undefi
  * A KeyProvider as a store driver. `rows`: the worker's crypto for local keys (its threads), asked for only when rows
  * are rewrapped or checked.
  */
-export function providerDriver(provider: KeyProvider, rows: () => RowCrypto): StoreDriver {
+export function providerDriver(source: KeyProvider | (() => KeyProvider), rows: () => RowCrypto): StoreDriver {
+  if (typeof source !== 'function') return driverOver(source, rows);
+  // Opened when first used: a registry-only step (an unknown KEK's restore) never reads the store.
+  let opened: StoreDriver | undefined;
+  const driver = () => (opened ??= driverOver(source(), rows));
+  return {
+    get description() {
+      return driver().description;
+    },
+    get configuredCurrent() {
+      return driver().configuredCurrent;
+    },
+    reload: () => driver().reload(),
+    list: () => driver().list(),
+    ownerOf: (kekId) => driver().ownerOf(kekId),
+    adopt: (keyspace) => driver().adopt(keyspace),
+    provision: (kekId, options) => driver().provision(kekId, options),
+    claim: (provisioning, registry) => driver().claim(provisioning, registry),
+    promote: (from, to, registry) => driver().promote(from, to, registry),
+    retire: (kekId, registry) => driver().retire(kekId, registry),
+    restore: (kekId, registry) => driver().restore(kekId, registry),
+    destroy: (kekId, registry) => driver().destroy(kekId, registry),
+    cipher: (kek) => driver().cipher(kek),
+    close: () => opened?.close(),
+  };
+}
+
+function driverOver(provider: KeyProvider, rows: () => RowCrypto): StoreDriver {
   // A store rekey may not write: it makes no KEKs (the environment, Mycelium's token secrets).
   const readOnly = provider.generate === undefined;
   const instructions = instructionsFor(provider);
@@ -102,15 +129,14 @@ export function providerDriver(provider: KeyProvider, rows: () => RowCrypto): St
     },
     reload: () => provider.reload(),
 
-    async list(): Promise<StoredKek[]> {
-      if (provider instanceof MyceliumTokenSecrets) return provider.slots();
-      const listed: StoredKek[] = [];
-      for (const { kekId, fingerprint } of provider.held()) {
-        const owner = kekId === undefined ? undefined : await provider.owners?.ownerOf(kekId);
-        listed.push({ ...(kekId !== undefined && { kekId }), fingerprint, ...(owner !== undefined && { owner }) });
-      }
-      return listed;
+    list(): Promise<StoredKek[]> {
+      if (provider instanceof MyceliumTokenSecrets) return Promise.resolve(provider.slots());
+      return Promise.resolve(
+        provider.held().map(({ kekId, fingerprint }) => ({ ...(kekId !== undefined && { kekId }), fingerprint })),
+      );
     },
+
+    ownerOf: async (kekId: string) => provider.owners?.ownerOf(kekId),
 
     async adopt(keyspace: string): Promise<void> {
       if (!provider.owners) throw operator(instructions.owners);

@@ -7,7 +7,7 @@ import { providerDriver } from '../../src/keyring/provider-driver';
 import { emptyProof } from '../../src/rotation/label-proof';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
-import { KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
+import { DekUnwrapError, KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
 
 /**
  * A keyring over `provider` for keyspace `keyspace` (target `target`'s registry in `db`). The other-registries check
@@ -75,4 +75,42 @@ export async function expectForeignRefused(
   await retiredWindowEnded(db, registry);
   await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(KeyspaceMismatchError);
   expect((await registry.require('v1')).state).toBe('retired');
+}
+
+/** `rotatedRegistry` for a store that holds v1 and v2. */
+export const rotatedOn = (db: Pool, store: { fingerprint(kekId: string): string }): Promise<KekRegistry> =>
+  rotatedRegistry(db, 'rekey', { v1: store.fingerprint('v1'), v2: store.fingerprint('v2') });
+
+/**
+ * For a store that records no owner: with another keyspace's registry (target `orders`) holding v1's key, the keyring
+ * retires v1 but refuses to destroy it, naming that registry, and the registry keeps v1 retired.
+ */
+export async function expectDestroyRefusedWhileOthersHold(
+  db: Pool,
+  keyring: Keyring,
+  registry: KekRegistry,
+): Promise<void> {
+  await new KekRegistry(db, 'orders').seedActive('v1', (await registry.require('v1')).fingerprint);
+  await keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
+  await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);
+  await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(
+    "'v1' of target 'orders'",
+  );
+  expect((await registry.require('v1')).state).toBe('retired');
+}
+
+/**
+ * The ciphers of v1 and v2 of a remote store: v1 passes its self-test, a new DEK under v1 opens again, moves to v2
+ * inside the store and opens there, bound to its tenant. The caller releases them and zeroizes `dek`.
+ */
+export async function expectRemoteRoundTrip(keyring: Keyring) {
+  const [v1, v2] = [await keyring.cipher('v1'), await keyring.cipher('v2')];
+  await v1.selfTest();
+  const { dek, wrapped } = await v1.newDek('tenant-1');
+  expect((await v1.open('tenant-1', wrapped)).equals(dek)).toBe(true);
+  const moved = await v1.moveTo(v2, 'tenant-1', wrapped);
+  expect((await v2.open('tenant-1', moved)).equals(dek)).toBe(true);
+  // Bound to its tenant: another tenant's context opens nothing.
+  await expect(v2.open('tenant-2', moved)).rejects.toThrow(DekUnwrapError);
+  return { v1, v2, dek, wrapped };
 }

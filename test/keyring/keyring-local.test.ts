@@ -25,11 +25,12 @@ import {
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
 import {
+  expectDestroyRefusedWhileOthersHold,
   expectForeignRefused,
   keyringFor,
   nothingNeeded,
   retiredWindowEnded,
-  rotatedRegistry,
+  rotatedOn,
 } from '../helpers/keyring';
 import { kekOf } from '../helpers/mycelium';
 
@@ -58,32 +59,35 @@ describe('the keyring and its drivers over keys held in this process', () => {
     const { provider } = createTestKeys(['v1', 'v2']);
     const driver = providerDriver(provider, () => inlineRowCrypto);
     const registry: never[] = [];
-    const answers: [Promise<unknown>, string][] = [
+    const answers: [() => Promise<unknown>, string][] = [
       [
-        driver.provision('v3', { owner: KEYSPACE }),
-        "set TEST_KEK_v3 (32 random bytes as base64url: openssl rand -base64 32 | tr '+/' '-_' | tr -d '=')in every worker, admin API and application process",
+        () => driver.provision('v3', { owner: KEYSPACE }),
+        "set TEST_KEK_v3 (32 random bytes as base64url: openssl rand -base64 32 | tr '+/' '-_' | tr -d '=') in every worker, admin API and application process",
       ],
-      [driver.claim('v3', registry), 'the environment names its keys itself: nothing to claim'],
+      [() => driver.claim('v3', registry), 'the environment names its keys itself: nothing to claim'],
       [
-        driver.promote('v1', 'v2', registry),
+        () => driver.promote('v1', 'v2', registry),
         "set TEST_CURRENT_KEK_ID=v2 in every worker, admin API and application process that reads it (the registry names 'v2' active already)",
       ],
       [
-        driver.retire('v1', registry),
+        () => driver.retire('v1', registry),
         'keep TEST_KEK_v1 set until its restore window ends: rekey says when to remove it once it is destroyed',
       ],
       [
-        driver.restore('v1', registry),
+        () => driver.restore('v1', registry),
         'set TEST_KEK_v1 again in every worker, admin API and application process, to the key the registry recorded',
       ],
       [
-        driver.destroy('v1', registry),
+        () => driver.destroy('v1', registry),
         'rekey cannot remove an environment variable: remove TEST_KEK_v1 from every worker, admin API and application process (and from wherever their environment is kept: compose files, secrets, CI)',
       ],
-      [driver.adopt(KEYSPACE), 'the environment records no owner: give each keyspace variables of its own prefix'],
+      [
+        () => driver.adopt(KEYSPACE),
+        'the environment records no owner: give each keyspace variables of its own prefix',
+      ],
     ];
     for (const [answer, instruction] of answers) {
-      const err = await answer.then(
+      const err = await answer().then(
         () => undefined,
         (e: unknown) => e,
       );
@@ -106,15 +110,15 @@ describe('the keyring and its drivers over keys held in this process', () => {
     );
     const driver = providerDriver(secrets, () => inlineRowCrypto);
     for (const answer of [
-      driver.provision('2', { owner: KEYSPACE }),
-      driver.claim('2', []),
-      driver.promote('1', '2', []),
-      driver.retire('1', []),
-      driver.restore('1', []),
-      driver.destroy('1', []),
-      driver.adopt(KEYSPACE),
+      () => driver.provision('2', { owner: KEYSPACE }),
+      () => driver.claim('2', []),
+      () => driver.promote('1', '2', []),
+      () => driver.retire('1', []),
+      () => driver.restore('1', []),
+      () => driver.destroy('1', []),
+      () => driver.adopt(KEYSPACE),
     ]) {
-      await expect(answer).rejects.toThrow(OperatorMustActError);
+      await expect(answer()).rejects.toThrow(OperatorMustActError);
     }
     await expect(driver.provision('2', { owner: KEYSPACE })).rejects.toThrow(
       "rekey cannot make a token_secret for KEK '2': give the gateway its new token_secret",
@@ -213,10 +217,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
   it('a retirement whose proof finds rows that need the KEK is refused and the registry keeps the KEK decrypt-only; a destruction refused so reopens its window', async () => {
     await fresh();
     const { provider } = createTestKeys(['v1', 'v2']);
-    const registry = await rotatedRegistry(db.pool, 'rekey', {
-      v1: provider.fingerprint('v1'),
-      v2: provider.fingerprint('v2'),
-    });
+    const registry = await rotatedOn(db.pool, provider);
     const keyring = keyringFor(db.pool, provider, KEYSPACE);
     const needs = () =>
       Promise.resolve({
@@ -238,10 +239,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
   it('a KEK in the environment: destroy marks it destroyed and hands on what the operator must remove, with what rekey checked', async () => {
     await fresh();
     const { provider } = createTestKeys(['v1', 'v2']);
-    const registry = await rotatedRegistry(db.pool, 'rekey', {
-      v1: provider.fingerprint('v1'),
-      v2: provider.fingerprint('v2'),
-    });
+    const registry = await rotatedOn(db.pool, provider);
     const keyring = keyringFor(db.pool, provider, KEYSPACE);
     const retired = await keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
     expect(retired).toMatchObject({ operatorMust: expect.stringContaining('keep TEST_KEK_v1 set') as unknown });
@@ -261,10 +259,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
       const store = FileKeyring.open(file, { create: true });
       await store.generate('v1', { owner: OTHER });
       await store.generate('v2', { owner: OTHER });
-      const registry = await rotatedRegistry(db.pool, 'rekey', {
-        v1: store.fingerprint('v1'),
-        v2: store.fingerprint('v2'),
-      });
+      const registry = await rotatedOn(db.pool, store);
       await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
       expect(FileKeyring.open(file).kekIds()).toEqual(['v1', 'v2']);
     });
@@ -272,19 +267,8 @@ describe('the keyring and its drivers over keys held in this process', () => {
     it('the environment (no owner record): destroy is refused while another keyspace’s registry holds the same key', async () => {
       await fresh();
       const { provider } = createTestKeys(['v1', 'v2']);
-      const registry = await rotatedRegistry(db.pool, 'rekey', {
-        v1: provider.fingerprint('v1'),
-        v2: provider.fingerprint('v2'),
-      });
-      await new KekRegistry(db.pool, 'orders').seedActive('v1', provider.fingerprint('v1'));
-      const keyring = keyringFor(db.pool, provider, KEYSPACE);
-      await keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
-      await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);
-      await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(
-        "'v1' of target 'orders'",
-      );
-      expect((await registry.require('v1')).state).toBe('retired');
-      keyring.close();
+      const registry = await rotatedOn(db.pool, provider);
+      await expectDestroyRefusedWhileOthersHold(db.pool, keyringFor(db.pool, provider, KEYSPACE), registry);
     });
 
     it("Mycelium's token secrets (no owner record): destroy is refused while another keyspace’s registry holds the same key", async () => {

@@ -7,18 +7,17 @@ import { KmsKeys } from '../../src/keys/aws-kms';
 import { SecretsManagerKeys } from '../../src/keys/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keys/vault-kv';
 import { VaultTransitKeys } from '../../src/keys/vault-transit';
-import { KekRegistry } from '../../src/store/kek-registry';
-import {
-  CipherReleasedError,
-  DekUnwrapError,
-  KeyMaterialError,
-  KeyStoreRefusedError,
-  RetireRefusedError,
-} from '../../src/errors';
+import { CipherReleasedError, KeyMaterialError, KeyStoreRefusedError } from '../../src/errors';
 import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
-import { expectForeignRefused, keyringFor, nothingNeeded, rotatedRegistry } from '../helpers/keyring';
+import {
+  expectDestroyRefusedWhileOthersHold,
+  expectForeignRefused,
+  expectRemoteRoundTrip,
+  keyringFor,
+  rotatedOn,
+} from '../helpers/keyring';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
 const OTHER = 'db-b/public.orders';
@@ -50,10 +49,7 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
       await store.generate('v1', { owner: OTHER });
       await store.generate('v2', { owner: OTHER });
-      const registry = await rotatedRegistry(db.pool, 'rekey', {
-        v1: store.fingerprint('v1'),
-        v2: store.fingerprint('v2'),
-      });
+      const registry = await rotatedOn(db.pool, store);
       await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
       const after = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
       await after.reload();
@@ -65,10 +61,7 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = kms();
       await store.generate('v1', { owner: OTHER });
       await store.generate('v2', { owner: OTHER });
-      const registry = await rotatedRegistry(db.pool, 'rekey', {
-        v1: store.fingerprint('v1'),
-        v2: store.fingerprint('v2'),
-      });
+      const registry = await rotatedOn(db.pool, store);
       await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
       await store.reload();
       expect(store.has('v1')).toBe(true);
@@ -79,10 +72,7 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = VaultKvKeys.fromEnv({ ...vault.env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` });
       await store.generate('v1', { owner: OTHER });
       await store.generate('v2', { owner: OTHER });
-      const registry = await rotatedRegistry(db.pool, 'rekey', {
-        v1: store.fingerprint('v1'),
-        v2: store.fingerprint('v2'),
-      });
+      const registry = await rotatedOn(db.pool, store);
       await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
       await store.reload();
       expect(store.kekIds()).toEqual(['v1', 'v2']);
@@ -94,15 +84,8 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = transit(key);
       await store.generate('v1');
       await store.generate('v2');
-      const registry = await rotatedRegistry(db.pool, 'rekey', {
-        v1: store.fingerprint('v1'),
-        v2: store.fingerprint('v2'),
-      });
-      await new KekRegistry(db.pool, 'orders').seedActive('v1', store.fingerprint('v1'));
-      const keyring = keyringFor(db.pool, store, KEYSPACE);
-      await keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
-      await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);
-      expect((await registry.require('v1')).state).toBe('retired');
+      const registry = await rotatedOn(db.pool, store);
+      await expectDestroyRefusedWhileOthersHold(db.pool, keyringFor(db.pool, store, KEYSPACE), registry);
       // Retired (min_decryption_version raised), not trimmed: Vault keeps every version (trim would raise this).
       const state = await vaultRequest<{ data: { min_available_version: number } }>(
         vault,
@@ -118,16 +101,8 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
     const store = kms();
     await store.generate('v1', { owner: KEYSPACE });
     await store.generate('v2', { owner: KEYSPACE });
-    await rotatedRegistry(db.pool, 'rekey', { v1: store.fingerprint('v1'), v2: store.fingerprint('v2') });
-    const keyring = keyringFor(db.pool, store, KEYSPACE);
-    const [v1, v2] = [await keyring.cipher('v1'), await keyring.cipher('v2')];
-    await v1.selfTest();
-    const { dek, wrapped } = await v1.newDek('tenant-1');
-    expect((await v1.open('tenant-1', wrapped)).equals(dek)).toBe(true);
-    const moved = await v1.moveTo(v2, 'tenant-1', wrapped);
-    expect((await v2.open('tenant-1', moved)).equals(dek)).toBe(true);
-    // Bound to its tenant: another tenant's context opens nothing.
-    await expect(v2.open('tenant-2', moved)).rejects.toThrow(DekUnwrapError);
+    await rotatedOn(db.pool, store);
+    const { v1, v2, dek, wrapped } = await expectRemoteRoundTrip(keyringFor(db.pool, store, KEYSPACE));
 
     const local = createTestKeys(['l1']);
     const localRing = keyringFor(db.pool, local.provider, 'db-c/public.local', 'local');
@@ -150,15 +125,8 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
     const store = transit();
     await store.generate('v1');
     await store.generate('v2');
-    await rotatedRegistry(db.pool, 'rekey', { v1: store.fingerprint('v1'), v2: store.fingerprint('v2') });
-    const keyring = keyringFor(db.pool, store, KEYSPACE);
-    const [v1, v2] = [await keyring.cipher('v1'), await keyring.cipher('v2')];
-    await v1.selfTest();
-    const { dek, wrapped } = await v1.newDek('tenant-1');
-    expect((await v1.open('tenant-1', wrapped)).equals(dek)).toBe(true);
-    const moved = await v1.moveTo(v2, 'tenant-1', wrapped);
-    expect((await v2.open('tenant-1', moved)).equals(dek)).toBe(true);
-    await expect(v2.open('tenant-2', moved)).rejects.toThrow(DekUnwrapError);
+    await rotatedOn(db.pool, store);
+    const { v1, v2, dek } = await expectRemoteRoundTrip(keyringFor(db.pool, store, KEYSPACE));
 
     const local = createTestKeys(['l1']);
     const l1 = await keyringFor(db.pool, local.provider, 'db-c/public.local', 'local').cipher('l1');
