@@ -33,10 +33,12 @@ export interface KeyringOptions {
   /** The target's name, for messages. */
   target: string;
   /**
-   * Before a KEK's material is destroyed: throws (RetireRefusedError) while another registry this process can see
-   * holds a key with that fingerprint, else says what it checked (finding 1 of issue 24).
+   * Before a KEK is retired (its store may stop it for every reader: KMS disables it, Transit raises
+   * min_decryption_version, Vault KV soft-deletes it) or its material destroyed: throws (RetireRefusedError) while
+   * another registry this process can see holds a key with that fingerprint, else says what it checked (finding 1 of
+   * issue 24).
    */
-  otherRegistries: (kekId: string, fingerprint: string) => Promise<string>;
+  otherRegistries: (kekId: string, fingerprint: string, action: 'retiring' | 'destroying') => Promise<string>;
 }
 
 /** A key the store holds, with the name this keyspace uses for it. */
@@ -238,6 +240,9 @@ export class Keyring {
   ): Promise<RetireOutcome> {
     await this.refuseForeign(kekId, 'retiring');
     const { registry } = this;
+    // Another keyspace's registry that holds the key still needs it: the store's retire would stop it for that
+    // keyspace too. Asked before anything is written, and again on a retried step (before the store's hook).
+    await this.options.otherRegistries(kekId, (await registry.require(kekId)).fingerprint, 'retiring');
     const outcome = await inTransaction(this.options.db, async (client) => {
       await registry.lock(kekId, client);
       const record = await registry.require(kekId, client);
@@ -334,7 +339,7 @@ export class Keyring {
         return { outcome: 'refused', proof, until: await registry.reopen(kekId, reopenForMs, client) };
       // Finding 1: the KEK is this keyspace's by its store's record, and no other registry still holds its key.
       await this.refuseForeign(kekId, 'destroying');
-      const checked = await this.options.otherRegistries(kekId, record.fingerprint);
+      const checked = await this.options.otherRegistries(kekId, record.fingerprint, 'destroying');
       await registry.transition(kekId, 'destroyed', client);
       await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
       let done: DestroyOutcome;

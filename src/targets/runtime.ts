@@ -160,8 +160,8 @@ export class TargetRuntimes {
         openTargetKeys(definition.keys, () => this.processKeys(), this.options.env),
       ));
     const registry = new KekRegistry(db, name);
-    const otherRegistries = (kekId: string, fingerprint: string) =>
-      this.refuseWhileOtherRegistriesHold(db, name, kekId, fingerprint);
+    const otherRegistries = (kekId: string, fingerprint: string, action: 'retiring' | 'destroying') =>
+      this.refuseWhileOtherRegistriesHold(db, name, kekId, fingerprint, action);
     let keyring: Keyring | undefined;
     const opened: TargetRuntime = {
       definition,
@@ -251,11 +251,17 @@ export class TargetRuntimes {
   }
 
   /**
-   * Before a KEK's material is destroyed: no registry this process can see (every target's, in every database it
+   * Before a KEK is retired or its material destroyed: no registry this process can see (every target's, in every database it
    * serves, whichever process registered them) holds a key with its fingerprint in any state but destroyed, but the
    * KEK's own row (finding 1 of issue 24). Returns what it checked, for the result.
    */
-  async refuseWhileOtherRegistriesHold(db: Pool, target: string, kekId: string, fingerprint: string): Promise<string> {
+  async refuseWhileOtherRegistriesHold(
+    db: Pool,
+    target: string,
+    kekId: string,
+    fingerprint: string,
+    action: 'retiring' | 'destroying' = 'destroying',
+  ): Promise<string> {
     const { databases, unresolved } = await this.databases();
     const holders: string[] = [];
     for (const { db: other, databaseId } of databases) {
@@ -267,7 +273,7 @@ export class TargetRuntimes {
     }
     if (holders.length > 0) {
       throw new RetireRefusedError(
-        `KEK '${kekId}' (${fingerprint}) is still in another registry as ${holders.join(', ')}: not destroying it. ` +
+        `KEK '${kekId}' (${fingerprint}) is still in another registry as ${holders.join(', ')}: not ${action} it. ` +
           `A key store belongs to one keyspace; retire it there first, or give that target keys of its own`,
       );
     }

@@ -20,13 +20,13 @@ export function keyringFor(db: Pool, provider: KeyProvider, keyspace: string, ta
     registry: new KekRegistry(db, target),
     keyspace,
     target,
-    otherRegistries: async (kekId, fingerprint) => {
+    otherRegistries: async (kekId, fingerprint, action) => {
       const others = (await registryHolders(db, fingerprint)).filter(
         (holder) => holder.target !== target || holder.kekId !== kekId,
       );
       if (others.length > 0) {
         throw new RetireRefusedError(
-          `KEK '${kekId}' (${fingerprint}) is still in another registry as ${others.map((o) => `'${o.kekId}' of target '${o.target}'`).join(', ')}: not destroying it`,
+          `KEK '${kekId}' (${fingerprint}) is still in another registry as ${others.map((o) => `'${o.kekId}' of target '${o.target}'`).join(', ')}: not ${action} it`,
         );
       }
       return 'rekey checked the registries of this database';
@@ -83,7 +83,8 @@ export const rotatedOn = (db: Pool, store: { fingerprint(kekId: string): string 
 
 /**
  * For a store that records no owner: with another keyspace's registry (target `orders`) holding v1's key, the keyring
- * retires v1 but refuses to destroy it, naming that registry, and the registry keeps v1 retired.
+ * refuses to retire v1 (the store's retire would stop it for orders too) and, with v1 retired in this registry alone,
+ * refuses to destroy it, naming that registry, and the registry keeps v1 retired.
  */
 export async function expectDestroyRefusedWhileOthersHold(
   db: Pool,
@@ -91,7 +92,11 @@ export async function expectDestroyRefusedWhileOthersHold(
   registry: KekRegistry,
 ): Promise<void> {
   await new KekRegistry(db, 'orders').seedActive('v1', (await registry.require('v1')).fingerprint);
-  await keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+    "not retiring it",
+  );
+  expect((await registry.require('v1')).state).toBe('decrypt_only');
+  await retiredWindowEnded(db, registry);
   await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);
   await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(
     "'v1' of target 'orders'",

@@ -14,6 +14,7 @@ import { FileKeyring } from '../../src/keys/file-keyring';
 import { MyceliumTokenSecrets } from '../../src/keys/mycelium-token-secret';
 import { LocalCipher } from '../../src/keyring/cipher';
 import { providerDriver } from '../../src/keyring/provider-driver';
+import { inTransaction } from '../../src/store/connect';
 import { KekRegistry } from '../../src/store/kek-registry';
 import {
   CipherReleasedError,
@@ -286,7 +287,12 @@ describe('the keyring and its drivers over keys held in this process', () => {
       await registry.register('2', v2!);
       await registry.promote('1', '2');
       await new KekRegistry(db.pool, 'orders').seedActive('1', kekFingerprint(kekOf(old)));
-      await keyring.retire('1', { restoreWindowMs: 0, prove: nothingNeeded });
+      // Retire is refused as well (orders still needs the key); retired in this registry alone, destroy is refused.
+      await expect(keyring.retire('1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+        "'1' of target 'orders': not retiring it",
+      );
+      expect((await registry.require('1')).state).toBe('decrypt_only');
+      await inTransaction(db.pool, (client) => registry.retire('1', 0, client));
       await expect(keyring.destroy('1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);
       expect((await registry.require('1')).state).toBe('retired');
       keyring.close();
