@@ -215,6 +215,31 @@ describe('the keyring and its drivers over keys held in this process', () => {
     keyring.close();
   });
 
+  it("the registry is written before the store's hook, in one transaction: a destroy the store fails leaves the KEK retired with no event, and the retry destroys it", async () => {
+    await fresh();
+    const file = path.join(scratch, `${randomUUID()}.json`);
+    const store = FileKeyring.open(file, { create: true });
+    await store.generate('v1', { owner: KEYSPACE });
+    await store.generate('v2', { owner: KEYSPACE });
+    const registry = await rotatedOn(db.pool, store);
+    await retiredWindowEnded(db.pool, registry);
+    const keyring = keyringFor(db.pool, store, KEYSPACE);
+    const written = fs.readFileSync(file);
+    fs.writeFileSync(file, 'not a keyring');
+    await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow();
+    expect((await registry.require('v1')).state).toBe('retired');
+    expect(await registry.events('v1')).toEqual([]);
+    fs.writeFileSync(file, written, { mode: 0o600 });
+    expect(await keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).toMatchObject({
+      outcome: 'destroyed',
+      detail: `removed from ${file}`,
+    });
+    expect((await registry.require('v1')).state).toBe('destroyed');
+    expect((await registry.events('v1')).map((e) => e.event)).toEqual(['destroyed']);
+    expect(keksIn(file).map((k) => k.id)).toEqual(['v2']);
+    keyring.close();
+  });
+
   it('a retirement whose proof finds rows that need the KEK is refused and the registry keeps the KEK decrypt-only; a destruction refused so reopens its window', async () => {
     await fresh();
     const { provider } = createTestKeys(['v1', 'v2']);
