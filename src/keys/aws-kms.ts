@@ -755,7 +755,15 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
 
   /** The keyspace each key belongs to: its tag `rekey:keyspace`. */
   readonly owners: KeyOwners = {
-    ownerOf: async (kekId) => (await this.keyspaceTag((await this.fresh(kekId)).keyId)).owner,
+    // A KEK no alias names any more, or whose key is pending deletion (a destroy whose registry write was lost), has
+    // no owner to read here: the step's own checks act on the recorded ARN and refuse or find it already scheduled.
+    ownerOf: async (kekId) => {
+      const kek = await this.fresh(kekId).catch((err: unknown) => {
+        if (err instanceof UnknownKekError) return undefined;
+        throw err;
+      });
+      return kek === undefined ? undefined : (await this.keyspaceTag(kek.keyId)).owner;
+    },
     adopt: async (keyspace) => {
       await this.reload();
       for (const kek of this.keks.values()) {
