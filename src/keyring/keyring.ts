@@ -340,20 +340,6 @@ export class Keyring {
       // Finding 1: the KEK is this keyspace's by its store's record, and no other registry still holds its key.
       await this.refuseForeign(kekId, 'destroying');
       const checked = await this.options.otherRegistries(kekId, record.fingerprint, 'destroying');
-      // Trusted by fingerprint, not by name: a key the store holds under the KEK's id must be the registered one, or
-      // the driver (which acts by id: the keyring file removes the entry) would destroy another key, perhaps one the
-      // keyring serves by its fingerprint under another id.
-      await driver.reload();
-      const named = (await driver.list()).find((k) => k.kekId === kekId);
-      if (named !== undefined && named.fingerprint !== record.fingerprint) {
-        throw new KekFingerprintMismatchError(
-          kekId,
-          record.fingerprint,
-          named.fingerprint,
-          `${driver.description} holds the key ${named.fingerprint} under KEK '${kekId}', but the registry recorded ${record.fingerprint}: not destroying it (the store would remove the key the id names now). ` +
-            `Give that key its own id in the store, or remove the entry yourself if nothing needs it`,
-        );
-      }
       await registry.transition(kekId, 'destroyed', client);
       await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
       let done: DestroyOutcome;
