@@ -267,6 +267,17 @@ export function processCpuSeconds(pid: number | undefined, withReapedChildren = 
   }
 }
 
+/** CPU seconds used so far by one thread of this process (its main thread: the process's id). */
+export function threadCpuSeconds(tid: number = process.pid): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${process.pid}/task/${tid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / TICKS;
+  } catch {
+    return 0;
+  }
+}
+
 /**
  * CPU seconds used by the PostgreSQL server so far: every live `postgres` process, and the postmaster's reaped
  * children (a backend that has exited counts there). Differences between two readings are what the server spent.

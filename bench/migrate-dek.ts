@@ -1,12 +1,16 @@
 // `npm run bench:migrate -- [fields]`: `rekey migrate-dek` of a Mycelium-shaped database holding that many v1 values
 // (two Telegram fields per tenant, as `tenant.meta` holds them), through the dev server and a worker process, against
-// a naive per-value script on the same data in the same run. Writes bench/results/migrate-dek-<fields>.md.
+// a naive per-value script on the same data in the same run, and against the database's own floor: the same jsonb_set
+// writes of every field with no crypto, as many concurrent statements on disjoint id ranges as the migration writes
+// with (at least one per core), on an identical copy of the seeded table settled the same way. Writes
+// bench/results/migrate-dek-<fields>.md.
 //
 // The fixture is written with node:crypto alone, from ../shared/seed-systems.md, not with rekey's codecs: v1 is
 // base64(nonce ‖ ciphertext ‖ tag) under the KEK with no associated data; a DEK is 'v2:' + the same under the KEK
 // bound to the tenant UUID's bytes; a v2 field is 'v2:' + the same under the DEK bound to the UUID bytes ‖ field name.
 import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -19,8 +23,12 @@ import { readToolchain } from '../src/dev/toolchain';
 import { projectRoot } from '../src/project-paths';
 import type { MigrationReport } from '../src/workflows';
 import {
+  cloneDatabase,
+  CpuMeter,
+  DatabaseCpu,
   envKeys,
   freshDatabase,
+  processCpuSeconds,
   provenance,
   sleep,
   spawnWorker,
@@ -29,6 +37,7 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
+import type { ScratchDatabase } from '../src/dev/databases';
 import { myceliumKek, open, seal, uuidBytes } from './mycelium';
 
 const FIELDS = ['telegram_bot_token', 'telegram_webhook_secret'] as const;
@@ -133,6 +142,42 @@ async function checkSample(db: Pool, kek: Buffer): Promise<number> {
   return rows.length;
 }
 
+/**
+ * The database's floor for the migration: every field written as the migration writes it (one jsonb_set per field,
+ * one chain per row, a value of the same length as its v2 form), with no crypto and no round trips, split over
+ * `statements` concurrent statements on disjoint id ranges of about equal size, each on a connection opened before
+ * the clock starts. Wall seconds.
+ */
+async function migrationFloor(db: Pool, statements: number, meter: CpuMeter): Promise<ReturnType<CpuMeter['end']>> {
+  const fractions = Array.from({ length: statements - 1 }, (_, i) => (i + 1) / statements);
+  const { rows } = await db.query<{ boundaries: string[] | null }>(
+    `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY id)::text[] AS boundaries FROM public.tenant`,
+    [fractions],
+  );
+  const bounds: (string | null)[] = [null, ...(statements > 1 ? (rows[0]?.boundaries ?? []) : []), null];
+  const chain = FIELDS.reduce(
+    (meta, field) => `jsonb_set(${meta}, '{${field}}', to_jsonb('v2:' || (meta ->> '${field}')))`,
+    'meta',
+  );
+  const clients = await Promise.all(bounds.slice(1).map(() => db.connect()));
+  try {
+    meter.begin();
+    await Promise.all(
+      clients.map((client, i) =>
+        client.query(
+          `UPDATE public.tenant SET meta = ${chain}
+           WHERE ($1::uuid IS NULL OR id > $1::uuid) AND ($2::uuid IS NULL OR id <= $2::uuid)
+             AND left(meta ->> '${FIELDS[0]}', 3) <> 'v2:'`,
+          [bounds[i], bounds[i + 1]],
+        ),
+      ),
+    );
+    return meter.end();
+  } finally {
+    for (const client of clients) client.release();
+  }
+}
+
 /** The result, or a failure naming the worker's log as soon as the worker process ends by itself. */
 async function untilWorkerEnds<T>(worker: WorkerProcess, result: Promise<T>): Promise<T> {
   let ended = false;
@@ -176,6 +221,9 @@ async function main(): Promise<void> {
     process.stdout.write(`${line}\n`);
   };
   const options = { batchSize: Number(process.env.BATCH ?? 1_000), parallelism: Number(process.env.PARALLELISM ?? 2) };
+  // As many statements as the migration writes with (one connection per part running at once), at least one per core.
+  const floorStatements = Math.max(options.parallelism, os.availableParallelism());
+  let copy: ScratchDatabase | undefined;
   try {
     let t = Date.now();
     await seed(database.pool, tenants, kek);
@@ -183,6 +231,19 @@ async function main(): Promise<void> {
     say(
       `seeded ${tenants.toLocaleString('en-US')} tenants, ${total.toLocaleString('en-US')} v1 fields, with COPY in ${((Date.now() - t) / 1000).toFixed(1)} s`,
     );
+
+    // The floor's own copy of the seeded rows (same pages and indexes), made before anything touches them.
+    await settle(database.pool);
+    [copy] = await cloneDatabase(database, ['rekey_bench_migrate_floor'], floorStatements + 2);
+    // CPU of the worker and of PostgreSQL's backends for this run's two databases.
+    const postgres = new DatabaseCpu([database.url, copy!.url].map((url) => new URL(url).pathname.slice(1)));
+    const meter = new CpuMeter({ worker: () => processCpuSeconds(worker.child.pid), postgres: () => postgres.read() });
+    await settle(copy!.pool);
+    const loadAtFloor = os.loadavg()[0]!;
+    const floor = await migrationFloor(copy!.pool, floorStatements, meter);
+    const floorSeconds = floor.seconds;
+    await copy!.drop();
+    copy = undefined;
 
     // The naive script first, on a sample; then the sample is put back as it was, so rekey starts from the seed.
     await database.pool.query('CREATE TABLE public.saved AS SELECT id, meta, encrypted_dek FROM public.tenant');
@@ -198,6 +259,8 @@ async function main(): Promise<void> {
     await database.pool.query('DROP TABLE public.saved');
     await settle(database.pool);
 
+    const loadAtStart = os.loadavg()[0]!;
+    meter.begin();
     t = Date.now();
     const started = await startMigration(
       client,
@@ -206,6 +269,8 @@ async function main(): Promise<void> {
     );
     const report: MigrationReport = await untilWorkerEnds(worker, started.handle.result());
     const seconds = (Date.now() - t) / 1000;
+    const migrationCpu = meter.end();
+    postgres.close();
     const rate = report.totals.migrated / seconds;
     let historyEvents = 0;
     let runs = 0;
@@ -230,6 +295,23 @@ async function main(): Promise<void> {
       `| naive script (one UPDATE per value, ${n(naiveDone)} values) | ${n(naiveRate)} fields/s, ${(total / naiveRate).toFixed(0)} s for all ${n(total)} |`,
     );
     say(`| ratio rekey / naive | ${(rate / naiveRate).toFixed(1)}x |`);
+    say(
+      `| all-core floor (every field's jsonb_set, one chain per row, no crypto: ${floorStatements} concurrent statements on disjoint id ranges of an identical copy) | ${floorSeconds.toFixed(1)} s, ${n(total / floorSeconds)} fields/s |`,
+    );
+    say(`| **ratio migrate-dek / all-core floor** | **${(seconds / floorSeconds).toFixed(2)}x** |`);
+    const cpuLine = (what: string, run: ReturnType<CpuMeter['end']>) => {
+      const parts = Object.entries(run.cpu).map(([name, cpu]) => `${name} ${cpu.toFixed(1)} s`);
+      const used = Object.values(run.cpu).reduce((a, b) => a + b, 0);
+      const capacity = run.seconds * os.availableParallelism();
+      say(
+        `| CPU during ${what} (${run.seconds.toFixed(1)} s × ${os.availableParallelism()} cores = ${capacity.toFixed(1)} s) | ${parts.join(', ')}; ${((used / capacity) * 100).toFixed(0)}% of the machine |`,
+      );
+    };
+    cpuLine('the migration', migrationCpu);
+    cpuLine('the all-core floor', floor);
+    say(
+      `| machine load (1-minute average, all processes) | ${loadAtFloor.toFixed(1)} before the floor, ${loadAtStart.toFixed(1)} before the migration |`,
+    );
     say(`| worker peak RSS | ${worker.peakRssMiB()} MiB |`);
     say(`| workflow history events | ${historyEvents} in ${runs} run(s) |`);
     say(`| check | every value moved, none left; ${checked} random tenants' fields open under their DEK as v2 |`);
@@ -242,6 +324,7 @@ async function main(): Promise<void> {
     );
     fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `migrate-dek-${fields}.md`), `${lines.join('\n')}\n`);
   } finally {
+    await copy?.drop();
     await worker.kill();
     await close();
     await database.drop();

@@ -174,6 +174,37 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   },
   { name: 'VAULT_NAMESPACE', default: 'none', what: 'the Vault namespace (Vault Enterprise)', readBy: ALL },
   { name: 'VAULT_CLIENT_TIMEOUT', default: '60', what: 'seconds a Vault call may take (1 to 3600)', readBy: ALL },
+  {
+    name: 'VAULT_CACERT',
+    default: 'system CAs',
+    what: "a PEM file of the CA certificate(s) that verify Vault's (takes precedence over VAULT_CAPATH)",
+    readBy: ALL,
+  },
+  {
+    name: 'VAULT_CAPATH',
+    default: 'system CAs',
+    what: "a directory of PEM CA certificates that verify Vault's",
+    readBy: ALL,
+  },
+  {
+    name: 'VAULT_CLIENT_CERT',
+    default: 'none',
+    what: 'a PEM client certificate for TLS authentication to Vault (with VAULT_CLIENT_KEY)',
+    readBy: ALL,
+  },
+  { name: 'VAULT_CLIENT_KEY', default: 'none', what: 'the PEM private key of VAULT_CLIENT_CERT', readBy: ALL },
+  {
+    name: 'VAULT_TLS_SERVER_NAME',
+    default: 'the host of VAULT_ADDR',
+    what: "the name sent as SNI and checked against Vault's certificate",
+    readBy: ALL,
+  },
+  {
+    name: 'VAULT_SKIP_VERIFY',
+    default: 'false',
+    what: "true: Vault's certificate is not verified (logged as a warning; for a test server only)",
+    readBy: ALL,
+  },
   { name: 'REKEY_VAULT_KV_MOUNT', default: 'secret', what: 'the KV v2 mount (REKEY_KEY_PROVIDER=vault)', readBy: ALL },
   {
     name: 'REKEY_VAULT_KV_PATH',

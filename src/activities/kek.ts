@@ -103,7 +103,7 @@ const CENSUS_SAMPLE = 200;
  * Target of an activity's input; absent in inputs recorded before targets existed (rekey's own). The keyspace the
  * run belongs to, which the worker's target must be (absent in inputs of builds before keyspaces).
  */
-interface OnTarget {
+export interface OnTarget {
   target?: string;
   keyspace?: string;
 }

@@ -4,6 +4,9 @@ import { Context } from '@temporalio/activity';
 import { canUnwrap } from '../envelope/kek-lifecycle';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../rewrap/migrate-fields';
+import { migrateRowSlice, type RowCheckpoint } from '../rewrap/migrate-rows';
+import { ThreadedRowCrypto } from '../crypto/row-crypto';
+import { RowFieldsStore, rowGroups } from '../store/row-fields-store';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { FieldStore, type FieldCounters } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
@@ -24,6 +27,13 @@ export interface FieldPlan {
   ranges: TenantRange[];
 }
 
+/** Fields of one table read and written together, row by row (see RowFieldsStore), and the parts of their rows. */
+export interface RowGroupPlan {
+  /** Indexes into the target's fields. */
+  fields: number[];
+  ranges: TenantRange[];
+}
+
 export interface MigrationPlan {
   /** The KEK new DEKs are wrapped with: the target's active one (a generation, for Mycelium). */
   kekId: string;
@@ -34,6 +44,8 @@ export interface MigrationPlan {
   fields: FieldPlan[];
   /** The dry run's list: tenants with the most legacy values, per tenant. */
   byTenant?: { tenant: string; legacy: number }[];
+  /** Asked for with `byRow`: the fields grouped by the rows that hold them, each group split into parts. */
+  groups?: RowGroupPlan[];
 }
 
 export interface FieldSliceArgs {
@@ -49,6 +61,19 @@ export interface FieldSliceArgs {
   timeBudgetMs: number;
   progressKey: string;
   countExisting: boolean;
+}
+
+export interface RowSliceArgs extends Omit<FieldSliceArgs, 'field'> {
+  /** Indexes into the target's fields: one group of rowGroups. */
+  fields: number[];
+}
+
+export interface RowSliceOutcome {
+  /** By field of the group, in its order. */
+  counters: FieldCounters[];
+  cursor: string;
+  done: boolean;
+  failures: FieldFailure[];
 }
 
 export interface FieldSliceOutcome {
@@ -172,6 +197,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       tenant?: string;
       slices: number;
       dryRun: boolean;
+      /** Plan parts of rows (every legacy field of a row in one pass) rather than of one field each. */
+      byRow?: boolean;
     }): Promise<MigrationPlan> {
       const runtime = await targets.forRequest(args);
       const { registry, keys, definition } = runtime;
@@ -222,8 +249,9 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           ...(tenant !== undefined && { tenant }),
         });
         const fractions = Array.from({ length: args.slices - 1 }, (_, i) => (i + 1) / args.slices);
+        // Planned by row, the parts are the groups' (below): a field's own would be a scan for nothing.
         const ranges =
-          args.slices <= 1 || legacy < args.slices * 2
+          args.byRow || args.slices <= 1 || legacy < args.slices * 2
             ? rangesFromBoundaries([])
             : rangesFromBoundaries(await store.boundaries(fractions, tenant));
         plans.push({
@@ -252,12 +280,28 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       }
       const { byLabel, withoutValue } = await runtime.store.countsByLabel();
       const tenants = tenant !== undefined ? 1 : Object.values(byLabel).reduce((n, rows) => n + rows, withoutValue);
+      let groups: RowGroupPlan[] | undefined;
+      if (args.byRow) {
+        const stores = await Promise.all(fields.map((_, index) => fieldStore(runtime, index)));
+        groups = [];
+        for (const members of rowGroups(stores)) {
+          const rows = new RowFieldsStore(members.map((i) => stores[i]!));
+          const legacy = members.reduce((n, i) => n + plans[i]!.legacy, 0);
+          const fractions = Array.from({ length: args.slices - 1 }, (_, i) => (i + 1) / args.slices);
+          const ranges =
+            args.slices <= 1 || legacy < args.slices * 2
+              ? rangesFromBoundaries([])
+              : rangesFromBoundaries(await rows.boundaries(fractions, tenant));
+          groups.push({ fields: members, ranges });
+        }
+      }
       return {
         kekId,
         ...(fromTable && { kekChoice: `KEK ${kekId}: ${fromTable.why}` }),
         tenants,
         fields: plans,
         ...(byTenant && { byTenant }),
+        ...(groups && { groups }),
       };
     },
 
@@ -296,6 +340,42 @@ export function createMigrationActivities(deps: ActivityDependencies) {
         );
         // Cancelled (paused or aborted): it stopped at a batch boundary and returns what it did (see rewrapSlice).
         return result;
+      });
+    },
+
+    /**
+     * One part of a group of fields of one table: each row read once with all its legacy fields and written once,
+     * until the range is done or the time budget is spent; heartbeats each batch.
+     */
+    async migrateRowSlice(args: RowSliceArgs): Promise<RowSliceOutcome> {
+      const context = Context.current();
+      const runtime = await targets.forRequest(args);
+      const rows = new RowFieldsStore(await Promise.all(args.fields.map((index) => fieldStore(runtime, index))));
+      return withMigrationKeks(runtime, args.kekId, async (keks) => {
+        const registered = await runtime.registry.get(args.kekId);
+        if (!args.dryRun && registered?.state !== 'active')
+          throw new KekNotWritableError(args.target, args.kekId, registered?.state ?? null);
+        // The worker's crypto threads, as the rotation uses them (a store that does its own crypto has none here).
+        const crypto = rowCryptoOf(runtime, deps.crypto);
+        const threads = crypto instanceof ThreadedRowCrypto ? crypto : undefined;
+        return migrateRowSlice(
+          { rows, fieldIndexes: args.fields, deks: runtime.store, keks, ...(threads && { threads }) },
+          {
+            after: args.range.after,
+            until: args.range.until,
+            ...(args.tenant !== undefined && { tenant: args.tenant }),
+            batchSize: args.batchSize,
+            dryRun: args.dryRun,
+            timeBudgetMs: args.timeBudgetMs,
+            progressKey: args.progressKey,
+            countExisting: args.countExisting,
+            resumeFrom: context.info.heartbeatDetails as RowCheckpoint | undefined,
+          },
+          {
+            onBatch: (checkpoint) => context.heartbeat(checkpoint),
+            shouldStop: () => context.cancellationSignal.aborted,
+          },
+        );
       });
     },
 

@@ -195,6 +195,7 @@ const historyBody = {
           rows_moved: { type: 'integer' },
           rows_unreadable: { type: 'integer' },
           source: { type: 'string', enum: ['rekey', 'temporal'] },
+          database_unknown: { type: 'string', nullable: true },
         },
       },
     },
@@ -380,6 +381,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           rows_moved: run.rows.moved,
           rows_unreadable: run.rows.unreadable,
           source: run.source,
+          database_unknown: run.databaseUnknown ?? null,
         })),
         ...(history.temporalUnavailable !== undefined && { temporal_unavailable: history.temporalUnavailable }),
       };

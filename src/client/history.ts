@@ -7,6 +7,7 @@
 // ended itself (terminated, timed out) and runs of builds that did not record their end, as long as the namespace's
 // retention keeps them. A server without visibility (the time-skipping test server) leaves the table alone.
 import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 import type { Pool } from 'pg';
 import {
   labelOf,
@@ -16,7 +17,7 @@ import {
   type RunState,
   type RunStatus,
 } from '../rotation/run-status';
-import { runIdsOf, type Keyspace } from '../rotation/identity';
+import { parseKeyspaceId, runIdsOf, type Keyspace } from '../rotation/identity';
 import { RunHistory, type RunRecord } from '../store/run-history';
 import type { MigrationReport, RotationReport } from '../workflows';
 import { migrationProgressQuery, progressQuery } from '../workflows/messages';
@@ -39,6 +40,12 @@ export interface HistoryEntry {
   rows: { total: number; moved: number; unreadable: number };
   /** Where this entry was read: rekey's run history, or Temporal (a run not recorded there). */
   source: 'rekey' | 'temporal';
+  /**
+   * Set for a run a build before keyspaces started (`kek-rotation-<target>`, an id that names no database) that neither
+   * this database's run history nor the run's own input ties to a database: it may be another database's run of a
+   * target of the same name. Says so, in words.
+   */
+  databaseUnknown?: string;
 }
 
 export interface History {
@@ -152,6 +159,26 @@ function idsOf(kind: 'rotation' | 'migration', target: string, keyspace: Keyspac
   );
 }
 
+/**
+ * Which database a run of a build before keyspaces ran against, as its own input says: the keyspace its request or the
+ * state carried into its run names (a run of such a build taken up by a later worker carries it once validated).
+ * Undefined when its input names none, or cannot be read.
+ */
+async function databaseInInput(client: Client, execution: WorkflowExecutionInfo): Promise<string | undefined> {
+  try {
+    const history = await client.workflow.getHandle(execution.workflowId, execution.runId).fetchHistory();
+    const payloads = history.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads ?? [];
+    for (const payload of payloads) {
+      const value = defaultPayloadConverter.fromPayload<{ keyspace?: unknown } | null>(payload);
+      const keyspace = typeof value?.keyspace === 'string' ? parseKeyspaceId(value.keyspace) : undefined;
+      if (keyspace) return keyspace.databaseId;
+    }
+  } catch {
+    // Not readable (another converter, a history gone): the database stays unknown.
+  }
+  return undefined;
+}
+
 /** A keyspace's rotations and migrations, newest first: at most `limit`. */
 export async function runHistory(options: {
   db: Pool;
@@ -162,6 +189,12 @@ export async function runHistory(options: {
   limit: number;
 }): Promise<History> {
   const { target, keyspace, limit } = options;
+  const legacyIds = new Set([
+    runIdsOf('rotation', target, keyspace).legacyId,
+    runIdsOf('migration', target, keyspace).legacyId,
+  ]);
+  const isLegacy = (workflowId: string) =>
+    legacyIds.has(workflowId) || [...legacyIds].some((id) => workflowId.startsWith(`${id}-dry-run-`));
   const recorded = (await new RunHistory(options.db).list(target, limit)).map(fromRecord);
   const known = new Set(recorded.map((entry) => entry.opId));
   // A run recorded in the table is that run, however Temporal chains it: its workflow id and time span say so.
@@ -194,7 +227,18 @@ export async function runHistory(options: {
       for await (const execution of client.workflow.list({ query: list.query })) {
         // A run that continued as new goes on in a later execution of the same chain: that one stands for it.
         if (execution.status.name === 'CONTINUED_AS_NEW' || covered(execution)) continue;
-        fromTemporal.push(await list.entry(client, execution, target));
+        let databaseUnknown: string | undefined;
+        if (isLegacy(execution.workflowId)) {
+          // Its id names no database: it is this keyspace's only if its own record says so. Another database's run is
+          // left to that database's history; one whose database nothing records is listed, saying so.
+          const database = await databaseInInput(client, execution);
+          if (database !== undefined && database !== keyspace.databaseId) continue;
+          if (database === undefined) {
+            databaseUnknown = `started before keyspaces under ${execution.workflowId}, an id that names no database; neither this database's run history nor the run's input says which database it rotated: it may be another database's target '${target}'`;
+          }
+        }
+        const entry = await list.entry(client, execution, target);
+        fromTemporal.push(databaseUnknown === undefined ? entry : { ...entry, databaseUnknown });
         if (++seen >= limit) break;
       }
     }

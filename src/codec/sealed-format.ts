@@ -135,6 +135,24 @@ export interface Codec {
   readonly kms?: KmsValues;
   /** The Vault Transit form of the format's values, if it has one. */
   readonly transit?: TransitValues;
+  /** Present when a rewrap may work on the stored bytes where they lie (src/crypto/column-rewrap.ts). */
+  readonly inPlace?: InPlaceForm;
+}
+
+/**
+ * A format whose stored value is `prefix ‖ nonce ‖ ciphertext ‖ tag` in one column (bytea, or text: the prefix, then
+ * the encoded bytes), with one associated-data recipe and nothing else written: a rewrap can read and write such
+ * values within packed columns, with no row objects. A row it cannot handle that way (not that form, or not opening
+ * under the key) goes through `open`.
+ */
+export interface InPlaceForm {
+  readonly column: string;
+  readonly encoding: Encoding;
+  /** The prefix's bytes: for bytea as the format gives them in hex, for text its UTF-8. */
+  readonly prefix: Buffer;
+  readonly plaintextBytes?: number;
+  /** The associated data of the row under `kekId`, in `scratch` when it fits (a view of it). */
+  aad(row: Row, kekId: string, scratch: Buffer): Buffer;
 }
 
 const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
@@ -144,7 +162,7 @@ const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
 };
 
 /** How many bytes well-formed text of this length decodes to (Node's decoders skip what they do not know). */
-function decodedLength(text: string, encoding: Exclude<Encoding, 'bytea'>): number {
+export function decodedLength(text: string, encoding: Exclude<Encoding, 'bytea'>): number {
   if (encoding === 'hex') return text.length % 2 === 0 ? text.length / 2 : -1;
   let end = text.length;
   while (end > 0 && text.charCodeAt(end - 1) === 61 /* = */) end--;
@@ -181,7 +199,8 @@ export function uuidBytes(text: string): Buffer {
   return Buffer.from(text.replace(/-/g, ''), 'hex');
 }
 
-type AadBuilder = (row: Row, kekId: string) => Buffer;
+/** Builds a row's associated data: in `scratch` (a view of it) when it fits there, else in a buffer of its own. */
+type AadBuilder = (row: Row, kekId: string, scratch?: Buffer) => Buffer;
 
 /** One part of a recipe: its bytes (a fixed buffer, or text written as UTF-8, or a UUID's 16 bytes). */
 type PartValue = Buffer | string;
@@ -236,7 +255,7 @@ function compileRecipe(parts: AadPart[]): AadBuilder {
   );
   const values: PartValue[] = new Array<PartValue>(pieces.length);
   const sizes: number[] = new Array<number>(pieces.length);
-  return (row, kekId) => {
+  return (row, kekId, scratch) => {
     let total = 0;
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i]!;
@@ -246,7 +265,7 @@ function compileRecipe(parts: AadPart[]): AadBuilder {
       sizes[i] = size;
       total += size + (piece.prefixed ? 4 : 0);
     }
-    const out = Buffer.allocUnsafe(total);
+    const out = scratch && scratch.length >= total ? scratch.subarray(0, total) : Buffer.allocUnsafe(total);
     let offset = 0;
     for (let i = 0; i < pieces.length; i++) {
       const value = values[i]!;
@@ -361,12 +380,28 @@ export function compileFormat(format: SealedFormat): Codec {
     }
   };
 
+  // An empty prefix would not tell a KMS or Transit value apart from a sealed one: those go through `open` only.
+  const inPlace: InPlaceForm | undefined =
+    value.kind === 'combined' &&
+    !aad.store &&
+    recipes.length === 1 &&
+    ((value.prefix ?? '') !== '' || (!kms && !transit))
+      ? {
+          column: value.column,
+          encoding: value.encoding,
+          prefix: Buffer.from(value.prefix ?? '', value.encoding === 'bytea' ? 'hex' : 'utf8'),
+          ...(format.plaintextBytes !== undefined && { plaintextBytes: format.plaintextBytes }),
+          aad: recipes[0]!,
+        }
+      : undefined;
+
   return {
     format,
     readColumns,
     writeColumns,
     ...(kms && { kms }),
     ...(transit && { transit }),
+    ...(inPlace && { inPlace }),
     check(row) {
       try {
         if (kms?.is(row)) kms.blob(row);

@@ -14,6 +14,10 @@ export interface KeySchedule {
   seal(nonce: Buffer, plaintext: Buffer, aad: Buffer): { ciphertext: Buffer; tag: Buffer };
   /** undefined when authentication fails. */
   open(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Buffer | undefined;
+  /** Writes `ciphertext ‖ tag` into `out` (the plaintext's length + 16 bytes). */
+  sealInto(nonce: Buffer, plaintext: Buffer, aad: Buffer, out: Buffer): void;
+  /** Writes the plaintext into `out` (the ciphertext's length): false, and `out` zeroized, when it does not open. */
+  openInto(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer, out: Buffer): boolean;
   release(): void;
 }
 
@@ -128,6 +132,8 @@ export function nativeSchedule(addon: NativeAddon, key: Buffer): KeySchedule {
       const plaintext = Buffer.allocUnsafe(ciphertext.length);
       return native.openInto(nonce, ciphertext, tag, aad, plaintext) ? plaintext : undefined;
     },
+    sealInto: (nonce, plaintext, aad, out) => native.sealInto(nonce, plaintext, aad, out),
+    openInto: (nonce, ciphertext, tag, aad, out) => native.openInto(nonce, ciphertext, tag, aad, out),
     release: () => native.release(),
   };
 }

@@ -8,8 +8,12 @@ export interface ByteColumn {
   bytes: Uint8Array;
 }
 
-/** Values of one column: text (or null) as they are, or bytes packed. */
-export type Column = { kind: 'values'; values: unknown[] } | { kind: 'bytes'; column: ByteColumn };
+/**
+ * Values of one column: text (or null) as they are, bytes packed, or text packed as its UTF-8 bytes (as a binary COPY
+ * brings it: src/store/copy-out.ts; made into strings only where they are read).
+ */
+export type Column =
+  { kind: 'values'; values: unknown[] } | { kind: 'bytes'; column: ByteColumn } | { kind: 'text'; column: ByteColumn };
 
 export interface Columns {
   count: number;
@@ -35,6 +39,23 @@ function packByteColumn(values: unknown[]): ByteColumn {
   return { lengths, bytes };
 }
 
+/** The strings of a packed text column (null for NULL). */
+export function unpackTextColumn({ lengths, bytes }: ByteColumn): (string | null)[] {
+  const out = new Array<string | null>(lengths.length);
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  let offset = 0;
+  for (let i = 0; i < lengths.length; i++) {
+    const length = lengths[i]!;
+    if (length < 0) {
+      out[i] = null;
+      continue;
+    }
+    out[i] = buffer.toString('utf8', offset, offset + length);
+    offset += length;
+  }
+  return out;
+}
+
 function unpackByteColumn({ lengths, bytes }: ByteColumn): (Buffer | null)[] {
   const out = new Array<Buffer | null>(lengths.length);
   let offset = 0;
@@ -58,7 +79,8 @@ export function packColumn(values: unknown[]): Column {
 }
 
 export function unpackColumn(column: Column): unknown[] {
-  return column.kind === 'values' ? column.values : unpackByteColumn(column.column);
+  if (column.kind === 'values') return column.values;
+  return column.kind === 'bytes' ? unpackByteColumn(column.column) : unpackTextColumn(column.column);
 }
 
 /** The named columns of `rows` (all of them when not named; the rows all have the same keys). */
@@ -82,9 +104,39 @@ export function unpackRows({ count, columns }: Columns): Record<string, unknown>
 export function transferables(columns: Record<string, Column>): ArrayBuffer[] {
   const buffers = new Set<ArrayBuffer>();
   for (const column of Object.values(columns)) {
-    if (column.kind !== 'bytes') continue;
+    if (column.kind === 'values') continue;
     buffers.add(column.column.lengths.buffer as ArrayBuffer);
     buffers.add(column.column.bytes.buffer as ArrayBuffer);
   }
   return [...buffers];
+}
+
+/** Rows `start` to `end` (exclusive) of a packed column, in buffers of their own (to be moved to a thread). */
+export function sliceColumn(column: Column, start: number, end: number): Column {
+  if (column.kind === 'values') return { kind: 'values', values: column.values.slice(start, end) };
+  const { lengths, bytes } = column.column;
+  let from = 0;
+  for (let i = 0; i < start; i++) from += Math.max(0, lengths[i]!);
+  let to = from;
+  for (let i = start; i < end; i++) to += Math.max(0, lengths[i]!);
+  return { kind: column.kind, column: { lengths: lengths.slice(start, end), bytes: bytes.slice(from, to) } };
+}
+
+/** Packed columns one after another (the chunks of a batch, back from their threads). */
+export function concatColumns(parts: Column[]): Column {
+  const first = parts[0];
+  if (!first) return { kind: 'values', values: [] };
+  if (first.kind === 'values') return { kind: 'values', values: parts.flatMap((p) => (p as typeof first).values) };
+  const columns = parts.map((p) => (p as typeof first).column);
+  const lengths = new Int32Array(columns.reduce((n, c) => n + c.lengths.length, 0));
+  const bytes = new Uint8Array(columns.reduce((n, c) => n + c.bytes.length, 0));
+  let rows = 0;
+  let offset = 0;
+  for (const c of columns) {
+    lengths.set(c.lengths, rows);
+    bytes.set(c.bytes, offset);
+    rows += c.lengths.length;
+    offset += c.bytes.length;
+  }
+  return { kind: first.kind, column: { lengths, bytes } };
 }

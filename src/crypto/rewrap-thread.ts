@@ -1,9 +1,14 @@
 // The entry of a crypto thread (src/crypto/row-crypto.ts): one chunk of a rewrap batch per task. It holds no key
 // between tasks: each task brings copies of its two KEKs, moved here (not copied) and zeroized when the chunk is done.
-// Rows come and go by column (src/crypto/columns.ts).
+// Rows come and go by column (src/crypto/columns.ts), and are rewrapped by column (src/crypto/column-rewrap.ts).
 import { compileFormat, type Codec, type ColumnValue, type SealedFormat } from '../codec/sealed-format';
-import { rewrapRows, type RewrapRowsOptions, type RewrapRowsResult } from '../rewrap/rewrap-rows';
-import { packColumn, unpackColumn, unpackRows, type Column, type Columns } from './columns';
+import type { RewrapRowsOptions, RewrapRowsResult } from '../rewrap/rewrap-rows';
+import { migrateChunkTask, type MigrateChunkResult, type MigrateChunkTask } from '../rewrap/migrate-chunk';
+import { releaseKey, scheduleKey } from './aes-gcm';
+import { rewrapColumns, type RewrapChunkResult } from './column-rewrap';
+import { unpackColumn, type Columns } from './columns';
+
+export type { RewrapChunkResult } from './column-rewrap';
 
 export interface RewrapChunk {
   format: SealedFormat;
@@ -11,14 +16,6 @@ export interface RewrapChunk {
   to: { kekId: string; key: ArrayBuffer };
   rows: Columns;
   options: RewrapRowsOptions;
-}
-
-/** A chunk's result by column: the written rows' indexes, relabel flags and each write column's new values. */
-export interface RewrapChunkResult {
-  indexes: Int32Array;
-  relabel: Uint8Array;
-  values: Column[];
-  failures: RewrapRowsResult['failures'];
 }
 
 const codecs = new Map<string, Codec>();
@@ -39,20 +36,21 @@ export function rewrapChunk(task: RewrapChunk): RewrapChunkResult {
   const to = Buffer.from(task.to.key);
   try {
     const codec = codecFor(task.format);
-    const result = rewrapRows(
-      codec,
-      { kekId: task.from.kekId, key: from },
-      { kekId: task.to.kekId, key: to },
-      unpackRows(task.rows),
-      task.options,
-    );
-    const width = task.options.dryRun ? 0 : codec.writeColumns.length;
-    return {
-      indexes: Int32Array.from(result.writes, (w) => w.index),
-      relabel: Uint8Array.from(result.writes, (w) => (w.relabel ? 1 : 0)),
-      values: Array.from({ length: width }, (_, c) => packColumn(result.writes.map((w) => w.values[c]))),
-      failures: result.failures,
-    };
+    // One key schedule per KEK for the whole chunk (the native addon), released (zeroized) when it is done.
+    const fromKey = scheduleKey(from);
+    const toKey = scheduleKey(to);
+    try {
+      return rewrapColumns(
+        codec,
+        { kekId: task.from.kekId, key: fromKey },
+        { kekId: task.to.kekId, key: toKey },
+        task.rows,
+        task.options,
+      );
+    } finally {
+      releaseKey(fromKey);
+      releaseKey(toKey);
+    }
   } finally {
     from.fill(0);
     to.fill(0);
@@ -73,4 +71,9 @@ export function chunkResult(chunk: RewrapChunkResult, offset: number): RewrapRow
     })),
     failures: chunk.failures.map((failure) => ({ index: failure.index + offset, reason: failure.reason })),
   };
+}
+
+/** The migration's task (`rekey migrate-dek`, src/rewrap/migrate-chunk.ts) on the same threads. */
+export function migrateChunk(task: MigrateChunkTask): MigrateChunkResult {
+  return migrateChunkTask(task, codecFor);
 }

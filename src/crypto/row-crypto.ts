@@ -15,7 +15,9 @@ import {
   type RewrapRowsResult,
   type RowKek,
 } from '../rewrap/rewrap-rows';
-import { packRows, transferables } from './columns';
+import { releaseKey, scheduleKey } from './aes-gcm';
+import { rewrapColumns } from './column-rewrap';
+import { concatColumns, packRows, sliceColumn, transferables, type Columns } from './columns';
 import { chunkResult, type RewrapChunk, type RewrapChunkResult } from './rewrap-thread';
 import { ConfigError } from '../errors';
 
@@ -29,6 +31,18 @@ export interface RowCrypto {
     rows: readonly Row[],
     options: RewrapRowsOptions,
   ): Promise<RewrapRowsResult>;
+  /**
+   * The same rewrap for rows packed by column (src/crypto/columns.ts: the codec's read columns, as
+   * TargetStore.readColumns reads them), with the result by column: no object per row on either side. Optional: an
+   * implementation without it (a remote key store's) is given rows.
+   */
+  rewrapColumns?(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: Columns,
+    options: RewrapRowsOptions,
+  ): Promise<RewrapChunkResult>;
   /** For each row, undefined if it opens under `kek`, else why not (verification: nothing is written). */
   check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]>;
   close(): Promise<void>;
@@ -38,6 +52,18 @@ export interface RowCrypto {
 export const inlineRowCrypto: RowCrypto = {
   threads: 0,
   rewrap: (codec, from, to, rows, options) => Promise.resolve(rewrapRows(codec, from, to, rows, options)),
+  rewrapColumns: (codec, from, to, rows, options) => {
+    const fromKey = scheduleKey(from.key);
+    const toKey = scheduleKey(to.key);
+    try {
+      return Promise.resolve(
+        rewrapColumns(codec, { kekId: from.kekId, key: fromKey }, { kekId: to.kekId, key: toKey }, rows, options),
+      );
+    } finally {
+      releaseKey(fromKey);
+      releaseKey(toKey);
+    }
+  },
   check: (codec, kek, rows) => Promise.resolve(openReasons(codec, kek, rows)),
   close: () => Promise.resolve(),
 };
@@ -87,6 +113,54 @@ export class ThreadedRowCrypto implements RowCrypto {
     return { writes: parts.flatMap((part) => part.writes), failures: parts.flatMap((part) => part.failures) };
   }
 
+  async rewrapColumns(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: Columns,
+    options: RewrapRowsOptions,
+  ): Promise<RewrapChunkResult> {
+    if (this.broken) throw this.broken;
+    if (rows.count === 0) return inlineRowCrypto.rewrapColumns!(codec, from, to, rows, options);
+    const chunks = Math.max(1, Math.min(this.threads, Math.ceil(rows.count / MIN_CHUNK_ROWS)));
+    const size = Math.ceil(rows.count / chunks);
+    const parts = await Promise.all(
+      Array.from({ length: chunks }, (_, c) => {
+        const start = c * size;
+        const end = Math.min(rows.count, start + size);
+        const columns: Columns['columns'] = {};
+        // Each chunk's columns in buffers of their own, moved to its thread; a column shared by two names once.
+        const sliced = new Map<unknown, Columns['columns'][string]>();
+        for (const name of codec.readColumns) {
+          const column = rows.columns[name]!;
+          const key = column.kind === 'values' ? column : column.column;
+          let part = sliced.get(key);
+          if (!part) {
+            part = sliceColumn(column, start, end);
+            sliced.set(key, part);
+          }
+          columns[name] = part;
+        }
+        return this.runColumns(codec, from, to, { count: end - start, columns }, options);
+      }),
+    );
+    let offset = 0;
+    const indexes = new Int32Array(parts.reduce((n, p) => n + p.indexes.length, 0));
+    const relabel = new Uint8Array(indexes.length);
+    const failures: RewrapChunkResult['failures'] = [];
+    let at = 0;
+    parts.forEach((part, c) => {
+      offset = c * size;
+      for (let i = 0; i < part.indexes.length; i++) indexes[at + i] = part.indexes[i]! + offset;
+      relabel.set(part.relabel, at);
+      at += part.indexes.length;
+      for (const failure of part.failures) failures.push({ index: failure.index + offset, reason: failure.reason });
+    });
+    const width = parts[0]?.values.length ?? 0;
+    const values = Array.from({ length: width }, (_, c) => concatColumns(parts.map((part) => part.values[c]!)));
+    return { indexes, relabel, values, failures };
+  }
+
   /** Verification is not the hot path (a sample, and rows that hide under another label): in this thread. */
   check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {
     return inlineRowCrypto.check(codec, kek, rows);
@@ -121,6 +195,38 @@ export class ThreadedRowCrypto implements RowCrypto {
       return chunkResult(chunk, offset);
     } finally {
       // Moved: these are detached and empty. Not moved (the pool refused the task): zeroized here.
+      for (const key of [fromKey, toKey]) if (key.byteLength > 0) new Uint8Array(key).fill(0);
+    }
+  }
+
+  /** Runs another task the threads' script exports (rewrap-thread.ts: `migrateChunk`) on the same threads. */
+  async runTask<T>(name: string, task: unknown, transferList: ArrayBuffer[]): Promise<T> {
+    if (this.broken) throw this.broken;
+    return (await this.pool.run(task, { name, transferList })) as T;
+  }
+
+  private async runColumns(
+    codec: Codec,
+    from: RowKek,
+    to: RowKek,
+    rows: Columns,
+    options: RewrapRowsOptions,
+  ): Promise<RewrapChunkResult> {
+    const fromKey = keyCopy(from.key);
+    const toKey = keyCopy(to.key);
+    const task: RewrapChunk = {
+      format: codec.format,
+      from: { kekId: from.kekId, key: fromKey },
+      to: { kekId: to.kekId, key: toKey },
+      rows,
+      options,
+    };
+    try {
+      return (await this.pool.run(task, {
+        name: 'rewrapChunk',
+        transferList: [fromKey, toKey, ...transferables(rows.columns)],
+      })) as RewrapChunkResult;
+    } finally {
       for (const key of [fromKey, toKey]) if (key.byteLength > 0) new Uint8Array(key).fill(0);
     }
   }

@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import https from 'node:https';
+import { vaultExchange } from '../keys/vault-http';
 import { portToTry } from './ports';
 
 /** A HashiCorp Vault dev server (in memory, unsealed, KV v2 at `secret/`, Transit at `transit/`), for tests and trials. */
@@ -11,8 +13,10 @@ export interface VaultServer {
   address: string;
   /** The root token, random for each server. */
   rootToken: string;
-  /** What a process needs in its environment to talk to this server: VAULT_ADDR and VAULT_TOKEN. */
+  /** What a process needs in its environment to talk to this server: VAULT_ADDR and VAULT_TOKEN (and VAULT_CACERT). */
   env: Record<string, string>;
+  /** With `tls`: the PEM file of the CA that signed the server's certificate (Vault's `-dev-tls` writes it). */
+  caCert?: string;
   /** Stops the server's process group and waits until it has exited. */
   stop(): Promise<void>;
 }
@@ -22,6 +26,8 @@ export interface VaultOptions {
   timeoutMs?: number;
   /** Where the candidate ports come from (a test gives a taken one first); by default, one the OS has free. */
   nextPort?: () => number | Promise<number>;
+  /** Serve HTTPS (`-dev-tls`): a certificate for 127.0.0.1 and localhost signed by a CA of its own, in its folder. */
+  tls?: boolean;
 }
 
 /** Vault's message when its listener's address is taken: `listen tcp 127.0.0.1:N: bind: address already in use`. */
@@ -54,9 +60,12 @@ export async function startVault(vaultBinary: string, options: VaultOptions = {}
   try {
     for (let attempt = 1; ; attempt++) {
       const port = await nextPort();
-      const started = await launch(vaultBinary, ['-config', config], port, rootToken, deadline);
+      const tlsArgs = options.tls ? ['-dev-tls', `-dev-tls-cert-dir=${configDir}`] : [];
+      const started = await launch(vaultBinary, ['-config', config, ...tlsArgs], port, rootToken, deadline);
       if (started.kind === 'listening') {
-        const server = serverOf(started.child, `http://127.0.0.1:${port}`, rootToken, removeConfig);
+        const caCert = options.tls ? path.join(configDir, 'vault-ca.pem') : undefined;
+        const address = `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+        const server = serverOf(started.child, address, rootToken, removeConfig, caCert);
         try {
           await untilReady(server, started.child, started.output, deadline);
           await vaultRequest(server, 'POST', 'sys/mounts/transit', { type: 'transit' });
@@ -77,23 +86,34 @@ export async function startVault(vaultBinary: string, options: VaultOptions = {}
 
 /** A request to the server's HTTP API as its root token; the parsed answer, or an error naming the status. */
 export async function vaultRequest<T = unknown>(
-  server: Pick<VaultServer, 'address' | 'rootToken'>,
+  server: Pick<VaultServer, 'address' | 'rootToken' | 'caCert'>,
   method: 'GET' | 'POST' | 'PUT' | 'DELETE',
   apiPath: string,
   body?: unknown,
 ): Promise<T> {
-  const response = await fetch(`${server.address}/v1/${apiPath}`, {
+  const { status, text } = await exchange(server, method, apiPath, body);
+  if (status < 200 || status > 299)
+    throw new Error(`vault ${method} /v1/${apiPath} answered ${status}: ${text.trim()}`);
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+/** One request to the server as its root token (over TLS trusting its own CA when it has one), 10 s at most. */
+function exchange(
+  server: Pick<VaultServer, 'address' | 'rootToken' | 'caCert'>,
+  method: string,
+  apiPath: string,
+  body?: unknown,
+): ReturnType<typeof vaultExchange> {
+  return vaultExchange(`${server.address}/v1/${apiPath}`, {
     method,
     headers: {
       'X-Vault-Token': server.rootToken,
-      ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      ...(body !== undefined && { 'Content-Type': 'application/json' }),
     },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(10_000),
+    ...(body !== undefined && { body: JSON.stringify(body) }),
+    ...(server.caCert && { agent: new https.Agent({ ca: fs.readFileSync(server.caCert) }) }),
+    timeoutMs: 10_000,
   });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`vault ${method} /v1/${apiPath} answered ${response.status}: ${text.trim()}`);
-  return (text ? JSON.parse(text) : undefined) as T;
 }
 
 type Launched =
@@ -177,7 +197,7 @@ async function untilReady(
     }
     try {
       // 200 only when initialized, unsealed and active (503 while sealed, 429 on a standby).
-      const health = await fetch(`${server.address}/v1/sys/health`, { signal: AbortSignal.timeout(2000) });
+      const health = await exchange(server, 'GET', 'sys/health');
       if (health.status === 200) {
         await vaultRequest(server, 'GET', 'auth/token/lookup-self');
         return;
@@ -209,11 +229,18 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   }
 }
 
-function serverOf(child: ChildProcess, address: string, rootToken: string, cleanUp: () => void): VaultServer {
+function serverOf(
+  child: ChildProcess,
+  address: string,
+  rootToken: string,
+  cleanUp: () => void,
+  caCert?: string,
+): VaultServer {
   return {
     address,
     rootToken,
-    env: { VAULT_ADDR: address, VAULT_TOKEN: rootToken },
+    env: { VAULT_ADDR: address, VAULT_TOKEN: rootToken, ...(caCert && { VAULT_CACERT: caCert }) },
+    ...(caCert && { caCert }),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((resolve) => child.once('exit', resolve));

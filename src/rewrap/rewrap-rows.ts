@@ -79,10 +79,54 @@ export function rewrapRows(
   }
 }
 
+/** A KEK made ready for many values (scheduleKey): what rewrapOne works with. */
+export interface ScheduledKek {
+  kekId: string;
+  key: AeadKey;
+}
+
+/** What became of one row: written (new values, or none in a dry run), failed (why), or left alone (undefined). */
+export type RowOutcome = { values: ColumnValue[]; relabel: boolean } | { reason: string } | undefined;
+
+/**
+ * One row of a rewrap: opened with `from` (or found already under `to`), sealed with `to` under `nonce`; the
+ * plaintext is zeroized once sealed.
+ */
+export function rewrapOne(
+  codec: Codec,
+  from: ScheduledKek,
+  to: ScheduledKek,
+  row: Row,
+  options: RewrapRowsOptions,
+  nonce: Buffer,
+): RowOutcome {
+  let plaintext: Buffer;
+  let relabel = false;
+  try {
+    plaintext = codec.open(from.key, row, from.kekId);
+    // Labelled with another KEK, but under `from`: it moves with the rest, and its label is put right.
+    relabel = options.others;
+  } catch (err) {
+    if (!(err instanceof UnreadableValueError)) throw err;
+    // A row on a third KEK that says so is left alone.
+    if (options.others) return undefined;
+    try {
+      plaintext = codec.open(to.key, row, to.kekId);
+      relabel = true;
+    } catch (second) {
+      if (!(second instanceof UnreadableValueError)) throw second;
+      return { reason: err.reason };
+    }
+  }
+  const values = options.dryRun ? [] : codec.seal(to.key, plaintext, row, to.kekId, nonce);
+  plaintext.fill(0);
+  return { values, relabel };
+}
+
 function rewrapWith(
   codec: Codec,
-  from: { kekId: string; key: AeadKey },
-  to: { kekId: string; key: AeadKey },
+  from: ScheduledKek,
+  to: ScheduledKek,
   rows: readonly Row[],
   options: RewrapRowsOptions,
 ): RewrapRowsResult {
@@ -90,31 +134,17 @@ function rewrapWith(
   const writes: RowRewrap[] = [];
   const failures: { index: number; reason: string }[] = [];
   for (let i = 0; i < rows.length; i++) {
-    const row = rows[i]!;
-    let plaintext: Buffer;
-    let relabel = false;
-    try {
-      plaintext = codec.open(from.key, row, from.kekId);
-      // Labelled with another KEK, but under `from`: it moves with the rest, and its label is put right.
-      relabel = options.others;
-    } catch (err) {
-      if (!(err instanceof UnreadableValueError)) throw err;
-      // A row on a third KEK that says so is left alone.
-      if (options.others) continue;
-      try {
-        plaintext = codec.open(to.key, row, to.kekId);
-        relabel = true;
-      } catch (second) {
-        if (!(second instanceof UnreadableValueError)) throw second;
-        failures.push({ index: i, reason: err.reason });
-        continue;
-      }
-    }
-    const values = options.dryRun
-      ? []
-      : codec.seal(to.key, plaintext, row, to.kekId, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
-    plaintext.fill(0);
-    writes.push({ index: i, values, relabel });
+    const outcome = rewrapOne(
+      codec,
+      from,
+      to,
+      rows[i]!,
+      options,
+      nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES),
+    );
+    if (outcome === undefined) continue;
+    if ('reason' in outcome) failures.push({ index: i, reason: outcome.reason });
+    else writes.push({ index: i, values: outcome.values, relabel: outcome.relabel });
   }
   return { writes, failures };
 }

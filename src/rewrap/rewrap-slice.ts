@@ -3,7 +3,14 @@ import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
 import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
-import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
+import {
+  batchId,
+  type ColumnBatch,
+  type ColumnWrites,
+  type RowWrite,
+  type TargetRow,
+  type TargetStore,
+} from '../store/target-store';
 import { addCounters, emptyCounters, type RewrapCounters, type TenantFailure } from './counters';
 
 export interface RewrapSliceInput {
@@ -85,11 +92,17 @@ export interface RewrapDependencies {
 
 const MAX_LISTED = 100;
 
-interface PreparedBatch {
-  writes: RowWrite[];
+/**
+ * A batch ready to write: rows (and their writes), or, read and rewrapped by column, the batch and its writes by
+ * column (no object per row).
+ */
+type PreparedBatch = {
   /** Rows of the batch that did not decrypt: counted in the same statement as the batch's writes. */
   failed: number;
-}
+} & ({ kind: 'rows'; writes: RowWrite[] } | { kind: 'columns'; batch: ColumnBatch; writes: ColumnWrites });
+
+const writeCount = (batch: PreparedBatch) =>
+  batch.kind === 'rows' ? batch.writes.length : batch.writes.indexes.length;
 
 /**
  * Moves the rows of one id range from KEK `from` to KEK `to`, in batches ordered by id (keyset pagination). Each
@@ -176,22 +189,14 @@ class SliceRun {
         if (this.hooks.shouldStop?.()) break;
         const spent = Date.now() - started;
         if (batches > 0 && this.input.timeBudgetMs !== undefined && spent >= this.input.timeBudgetMs) break;
-        const rows = await this.deps.store.readBatch(
-          this.reader,
-          this.others
-            ? { kind: 'others', from: this.deps.from.kekId, to: this.deps.to.kekId }
-            : { kind: 'label', kekId: this.deps.from.kekId },
-          { after: this.cursor, until: this.input.until },
-          this.input.batchSize,
-          this.input.rowId,
-        );
-        if (rows.length === 0) {
+        const read = await this.read();
+        if (read === undefined) {
           done = true;
           break;
         }
-        const last = rows[rows.length - 1]!.$id;
+        const { last } = read;
         // The previous batch's write overlaps this batch's read and crypto; writes themselves stay in order.
-        const prepared = await this.prepare(rows);
+        const prepared = read.rows ? await this.prepare(read.rows) : await this.prepareColumns(read.batch!);
         await pendingWrite;
         batchEnded();
         pendingWrite = this.write(prepared, last);
@@ -215,6 +220,31 @@ class SliceRun {
     }
     this.hooks.onBatch?.({ cursor: this.cursor, counters: this.counters });
     return this.result(done);
+  }
+
+  /**
+   * The next batch after the cursor, with its last id; undefined when the range holds no more. By column when the
+   * crypto can rewrap by column and the scan is of the rows on `from` (not a dry run): no object per row.
+   */
+  private async read(): Promise<{ last: string; rows?: TargetRow[]; batch?: ColumnBatch } | undefined> {
+    const { store, from, to } = this.deps;
+    const range = { after: this.cursor, until: this.input.until };
+    if (!this.others && !this.input.dryRun && this.crypto().rewrapColumns) {
+      const batch = await store.readColumns(this.reader, from.kekId, range, this.input.batchSize, this.input.rowId);
+      return batch.count === 0 ? undefined : { last: batchId(batch, batch.count - 1), batch };
+    }
+    const rows = await store.readBatch(
+      this.reader,
+      this.others ? { kind: 'others', from: from.kekId, to: to.kekId } : { kind: 'label', kekId: from.kekId },
+      range,
+      this.input.batchSize,
+      this.input.rowId,
+    );
+    return rows.length === 0 ? undefined : { last: rows[rows.length - 1]!.$id, rows };
+  }
+
+  private crypto(): RowCrypto {
+    return this.deps.crypto ?? sharedRowCrypto();
   }
 
   /** Picks up a previous attempt; true if that attempt already finished the slice. */
@@ -258,7 +288,7 @@ class SliceRun {
   /** Decrypts with `from` (or finds the value already under `to`) and seals with `to`; unreadable rows are left. */
   private async prepare(rows: TargetRow[]): Promise<PreparedBatch> {
     const { store, from, to } = this.deps;
-    const crypto = this.deps.crypto ?? sharedRowCrypto();
+    const crypto = this.crypto();
     const result = await crypto.rewrap(store.codec, from, to, rows, { others: this.others, dryRun: this.input.dryRun });
     if (result.requests !== undefined) {
       this.counters = addCounters(this.counters, { ...emptyCounters(), keyStoreRequests: result.requests });
@@ -268,6 +298,7 @@ class SliceRun {
       this.failures.push({ tenantId: rows[failure.index]!.$id, reason: failure.reason });
     }
     return {
+      kind: 'rows',
       writes: result.writes.map((w) => ({
         id: rows[w.index]!.$id,
         row: rows[w.index]!,
@@ -278,12 +309,29 @@ class SliceRun {
     };
   }
 
+  /** prepare() for a batch read by column: the crypto by column, the writes by column. */
+  private async prepareColumns(batch: ColumnBatch): Promise<PreparedBatch> {
+    const { store, from, to } = this.deps;
+    const result = await this.crypto().rewrapColumns!(store.codec, from, to, batch.columns, {
+      others: false,
+      dryRun: false,
+    });
+    for (const failure of result.failures) {
+      if (this.failures.length >= MAX_LISTED) break;
+      this.failures.push({ tenantId: batchId(batch, failure.index), reason: failure.reason });
+    }
+    return { kind: 'columns', batch, writes: result, failed: result.failures.length };
+  }
+
   private async write(batch: PreparedBatch, cursor: string): Promise<void> {
     if (this.input.dryRun) {
-      const relabelled = batch.writes.filter((w) => w.relabel).length;
+      const relabelled =
+        batch.kind === 'rows'
+          ? batch.writes.filter((w) => w.relabel).length
+          : batch.writes.relabel.reduce((n, r) => n + r, 0);
       this.counters = addCounters(this.counters, {
         ...emptyCounters(),
-        rewrapped: batch.writes.length - relabelled,
+        rewrapped: writeCount(batch) - relabelled,
         relabelled,
         failed: batch.failed,
       });
@@ -292,7 +340,8 @@ class SliceRun {
     let pending = batch;
     for (let attempt = 0; ; attempt++) {
       const lost = await this.compareAndSwap(pending, attempt === 0 ? cursor : null);
-      const losers = pending.writes.filter((w) => lost.has(w.id)).map((w) => w.id);
+      const losers =
+        pending.kind === 'rows' ? pending.writes.filter((w) => lost.has(w.id)).map((w) => w.id) : [...lost];
       if (losers.length === 0) return;
       if (attempt >= this.maxCasRetries) {
         this.counters = { ...this.counters, contended: this.counters.contended + losers.length };
@@ -334,19 +383,25 @@ class SliceRun {
   /** One statement: the batch's writes, and (with a progress key) what they did. Returns the ids that lost. */
   private async compareAndSwap(batch: PreparedBatch, cursor: string | null): Promise<Set<string>> {
     const { progressKey } = this.input;
-    const outcome = await this.deps.store.compareAndSwap(
-      this.writer,
-      this.deps.from.kekId,
-      this.deps.to.kekId,
-      batch.writes,
-      this.deps.writable,
-      progressKey === undefined ? undefined : { progressKey, cursor, failed: batch.failed },
-    );
+    const { store, from, to, writable } = this.deps;
+    const progress = progressKey === undefined ? undefined : { progressKey, cursor, failed: batch.failed };
+    const outcome =
+      batch.kind === 'rows'
+        ? await store.compareAndSwap(this.writer, from.kekId, to.kekId, batch.writes, writable, progress)
+        : await store.compareAndSwapColumns(
+            this.writer,
+            from.kekId,
+            to.kekId,
+            batch.batch,
+            batch.writes,
+            writable,
+            progress,
+          );
     this.counters = addCounters(this.counters, {
       ...emptyCounters(),
       rewrapped: outcome.written - outcome.relabelled,
       relabelled: outcome.relabelled,
-      casConflicts: batch.writes.length - outcome.written,
+      casConflicts: writeCount(batch) - outcome.written,
       failed: batch.failed,
     });
     return outcome.lost;

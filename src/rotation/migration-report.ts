@@ -33,6 +33,8 @@ export interface MigrationReport {
   /** Parts running now: paused with none running, nothing is being written. */
   partsRunning?: number;
   abortReason?: string;
+  /** A control signal the run could not honour, and why (an update is refused with the reason instead). */
+  note?: string;
   passes: number;
   fields: FieldReport[];
   totals: FieldCounters;

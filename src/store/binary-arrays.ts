@@ -76,3 +76,54 @@ export function integerArray(values: readonly string[], type: IntegerType): Buff
 export function isIntegerType(type: string): type is IntegerType {
   return type in INTEGER_OIDS;
 }
+
+/** Packed values (src/crypto/columns.ts's ByteColumn): each one's length (-1 for NULL), the bytes one after another. */
+export interface PackedValues {
+  lengths: Int32Array;
+  bytes: Uint8Array;
+}
+
+/** Where each packed value starts. */
+function starts(lengths: Int32Array): Int32Array {
+  const out = new Int32Array(lengths.length);
+  let offset = 0;
+  for (let i = 0; i < lengths.length; i++) {
+    out[i] = offset;
+    if (lengths[i]! > 0) offset += lengths[i]!;
+  }
+  return out;
+}
+
+/**
+ * An array parameter of the elements `which` (indexes, in order) of packed values whose bytes are already each
+ * element's binary form: UTF-8 text for a text[] (a binary COPY's text field), big-endian integers of the type's width
+ * for an integer array (a binary COPY's integer field). No string, no number per element.
+ */
+export function packedArray(values: PackedValues, which: ArrayLike<number>, type: 'text' | IntegerType): Buffer {
+  const { oid, bytes: width } = type === 'text' ? { oid: TEXT_OID, bytes: 0 } : INTEGER_OIDS[type];
+  const at = starts(values.lengths);
+  let total = headerBytes(which.length);
+  let hasNull = false;
+  for (let i = 0; i < which.length; i++) {
+    const length = values.lengths[which[i]!]!;
+    if (length < 0) {
+      if (type !== 'text') throw new RangeError(`a NULL in an array of ${type}`);
+      hasNull = true;
+    } else if (type !== 'text' && length !== width) {
+      throw new RangeError(`a ${length}-byte value in an array of ${type}`);
+    }
+    total += 4 + Math.max(0, length);
+  }
+  const out = Buffer.allocUnsafe(total);
+  let offset = header(out, which.length, oid, hasNull);
+  const source = values.bytes;
+  for (let i = 0; i < which.length; i++) {
+    const index = which[i]!;
+    const length = values.lengths[index]!;
+    offset = out.writeInt32BE(length, offset);
+    const start = at[index]!;
+    for (let k = 0; k < length; k++) out[offset + k] = source[start + k]!;
+    if (length > 0) offset += length;
+  }
+  return out;
+}

@@ -79,3 +79,74 @@ export function parseBinaryCopy(
   }
   return rows;
 }
+
+/** A field of a binary COPY across its rows: each value's length (-1 for NULL) and the bytes one after another. */
+export interface CopyField {
+  lengths: Int32Array;
+  bytes: Uint8Array;
+}
+
+/**
+ * The fields of a binary COPY of `fields` columns by column, each packed (src/crypto/columns.ts's ByteColumn): what
+ * the rewrap hands its crypto threads and builds its compare-and-swap from, with no object or string per row. Text
+ * comes as its UTF-8 bytes, an integer as its big-endian bytes, a bytea as itself.
+ */
+export function parseBinaryCopyFields(data: Buffer, fields: number): { count: number; fields: CopyField[] } {
+  if (data.length < HEADER_BYTES + 2 || data.compare(SIGNATURE, 0, SIGNATURE.length, 0, SIGNATURE.length) !== 0) {
+    throw new Error('COPY … (FORMAT binary) returned something else than binary COPY data');
+  }
+  const first = HEADER_BYTES + data.readUInt32BE(SIGNATURE.length + 4); // after the header extension
+  // First pass: where each field is, and each column's total size.
+  let capacity = 256;
+  let starts = new Int32Array(capacity * fields);
+  let lengths = new Int32Array(capacity * fields);
+  const totals = new Array<number>(fields).fill(0);
+  let count = 0;
+  let offset = first;
+  for (;;) {
+    const n = data.readInt16BE(offset);
+    offset += 2;
+    if (n === -1) break; // the trailer
+    if (n !== fields) throw new Error(`COPY returned a row of ${n} fields, expected ${fields}`);
+    if (count === capacity) {
+      capacity *= 2;
+      const moreStarts = new Int32Array(capacity * fields);
+      moreStarts.set(starts);
+      starts = moreStarts;
+      const moreLengths = new Int32Array(capacity * fields);
+      moreLengths.set(lengths);
+      lengths = moreLengths;
+    }
+    for (let f = 0; f < fields; f++) {
+      const length = data.readInt32BE(offset);
+      offset += 4;
+      const at = count * fields + f;
+      starts[at] = offset;
+      lengths[at] = length;
+      if (length > 0) {
+        if (offset + length > data.length) throw new Error('COPY data ends inside a field');
+        offset += length;
+        totals[f]! += length;
+      }
+    }
+    count++;
+  }
+  // Second pass: each column's bytes, packed.
+  const out: CopyField[] = [];
+  for (let f = 0; f < fields; f++) {
+    const columnLengths = new Int32Array(count);
+    const bytes = new Uint8Array(totals[f]!);
+    let at = 0;
+    for (let row = 0; row < count; row++) {
+      const length = lengths[row * fields + f]!;
+      columnLengths[row] = length;
+      if (length <= 0) continue;
+      const start = starts[row * fields + f]!;
+      if (length < 64) for (let k = 0; k < length; k++) bytes[at + k] = data[start + k]!;
+      else data.copy(bytes, at, start, start + length);
+      at += length;
+    }
+    out.push({ lengths: columnLengths, bytes });
+  }
+  return { count, fields: out };
+}

@@ -45,10 +45,11 @@ export class FieldStore {
   readonly table: string;
   private idType: string | undefined;
   private tenantType: string | undefined;
-  /** The stored text of the field, as an SQL expression over alias t. */
-  private readonly valueSql: string;
-  private readonly legacySql: string;
-  private readonly tenantSql: string;
+  /** The stored text of the field, as an SQL expression over alias t (RowFieldsStore composes these). */
+  readonly valueSql: string;
+  /** True where the field holds a legacy value. */
+  readonly legacySql: string;
+  readonly tenantSql: string;
   /** The field's two forms, compiled once: the legacy one (under the KEK) and the current one (under a DEK). */
   readonly legacy: Codec;
   readonly current: Codec;
@@ -79,16 +80,16 @@ export class FieldStore {
     return `${describeTable(this.field.table)}.${this.field.column}${this.field.path ? ` → ${this.field.path.join('.')}` : ''}`;
   }
 
-  private get pathSql(): string {
+  get pathSql(): string {
     return `ARRAY[${this.field.path!.map(literal).join(', ')}]::text[]`;
   }
 
-  private get id(): string {
+  get id(): string {
     return `t.${quoteIdent(this.field.id)}`;
   }
 
   /** The SQL type of the row id, as inspect() found it. */
-  private get idSqlType(): string {
+  get idSqlType(): string {
     if (!this.idType) throw new Error(`field ${this.field.name}: call inspect() before using the store`);
     return this.idType;
   }
@@ -104,7 +105,7 @@ export class FieldStore {
   }
 
   /** The id range, and the tenant if one is named (a field of a fixed tenant holds nothing of another). */
-  private range(range: FieldRange, first: number): { sql: string; params: string[] } {
+  range(range: FieldRange, first: number): { sql: string; params: string[] } {
     const ids = idRangeSql(this.id, this.idSqlType, range, first);
     if (range.tenant === undefined) return ids;
     const param = `$${first + ids.params.length}`;

@@ -3,9 +3,17 @@
 import type { Pool, PoolClient } from 'pg';
 import type { Codec, ColumnValue, Row } from '../codec/sealed-format';
 import { describeTable, type TargetDefinition } from '../targets/target';
-import { integerArray, isIntegerType, textArray, type IntegerType } from './binary-arrays';
+import type { Column, Columns } from '../crypto/columns';
+import {
+  integerArray,
+  isIntegerType,
+  packedArray,
+  textArray,
+  type IntegerType,
+  type PackedValues,
+} from './binary-arrays';
 import { checkout } from './connect';
-import { copyOutBinary, literal, parseBinaryCopy, type CopyColumn } from './copy-out';
+import { copyOutBinary, literal, parseBinaryCopy, parseBinaryCopyFields, type CopyColumn } from './copy-out';
 import { quoteIdent } from './migrate';
 import { refusedAsError } from './tenant-deks';
 import { ddlType, fieldNeeds, SchemaCheck, type ColumnInfo, type ColumnNeed } from './schema-check';
@@ -45,6 +53,97 @@ export interface ProgressDelta {
   cursor: string | null;
   /** Rows in the batch that did not decrypt: counted in the same statement as the batch's writes. */
   failed: number;
+}
+
+/**
+ * A batch of rows labelled with one KEK, read by column (TargetStore.readColumns): the ids, the version tokens and the
+ * codec's read columns packed as a binary COPY brings them, with no object or string per row.
+ */
+export interface ColumnBatch {
+  readonly count: number;
+  /** The ids as text (UTF-8), in id order. */
+  readonly ids: PackedValues;
+  /** The version tokens as the column's big-endian integers (targets with a version column). */
+  readonly tokens?: PackedValues;
+  /** The codec's read columns: bytea as bytes, text as UTF-8 ('text'). */
+  readonly columns: Columns;
+}
+
+/** The id of row `index` of a batch. */
+export function batchId(batch: ColumnBatch, index: number): string {
+  const { lengths, bytes } = batch.ids;
+  let offset = 0;
+  for (let i = 0; i < index; i++) offset += Math.max(0, lengths[i]!);
+  return Buffer.from(bytes.buffer, bytes.byteOffset + offset, Math.max(0, lengths[index]!)).toString('utf8');
+}
+
+/** What a rewrap by column gives (RowCrypto.rewrapColumns): the rows to write, by index, and their new values. */
+export interface ColumnWrites {
+  /** The written rows' indexes in the batch, ascending. */
+  indexes: Int32Array;
+  /** 1 where the row was already under `to` (relabelled). */
+  relabel: Uint8Array;
+  /** Each of the codec's write columns: the new values, one per written row. */
+  values: Column[];
+}
+
+/** A column of values as a compare-and-swap parameter: a binary text[], or the bytes one after another. */
+type ValueParam = { kind: 'text'; array: Buffer } | { kind: 'bytes'; joined: Buffer; lengths: ArrayLike<number> };
+
+function valueParam(values: ColumnValue[]): ValueParam {
+  if (values.length === 0 || typeof values[0] === 'string')
+    return { kind: 'text', array: textArray(values as string[]) };
+  const buffers = values as Buffer[];
+  return { kind: 'bytes', joined: Buffer.concat(buffers), lengths: buffers.map((b) => b.length) };
+}
+
+/** The values `which` of packed bytes, one after another. */
+function bytesParam(values: PackedValues, which: ArrayLike<number>): ValueParam {
+  const { lengths, bytes } = values;
+  const starts = new Int32Array(lengths.length);
+  let total = 0;
+  for (let i = 0; i < lengths.length; i++) {
+    starts[i] = total;
+    total += Math.max(0, lengths[i]!);
+  }
+  const picked = new Int32Array(which.length);
+  let size = 0;
+  for (let i = 0; i < which.length; i++) {
+    const length = lengths[which[i]!]!;
+    if (length < 0) throw new RangeError('a NULL among the values of a compare-and-swap');
+    picked[i] = length;
+    size += length;
+  }
+  if (which.length === lengths.length && size === bytes.length) {
+    return { kind: 'bytes', joined: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length), lengths: picked };
+  }
+  const joined = Buffer.allocUnsafe(size);
+  let offset = 0;
+  for (let i = 0; i < which.length; i++) {
+    const start = starts[which[i]!]!;
+    joined.set(bytes.subarray(start, start + picked[i]!), offset);
+    offset += picked[i]!;
+  }
+  return { kind: 'bytes', joined, lengths: picked };
+}
+
+/** A compare-and-swap's values, as parameters. */
+interface CasParams {
+  count: number;
+  /** The rows' ids (text[]), in id order; the first and the last. */
+  ids: Buffer;
+  first: string;
+  last: string;
+  /** The relabelled rows' ids (text[]). */
+  relabelIds: Buffer;
+  /** Each row's label as read (text[]), when they are not all `from`. */
+  labels?: Buffer;
+  /** The version tokens as read (an integer array), for a version compare-and-swap. */
+  tokens?: Buffer;
+  /** The stored value's columns as read, for a stored-value compare-and-swap. */
+  old?: ValueParam[];
+  /** The new values of the codec's write columns. */
+  news: ValueParam[];
 }
 
 /** Which rows a rewrap reads: those labelled with a KEK, or those labelled with neither KEK of the rotation. */
@@ -203,6 +302,53 @@ export class TargetStore {
     limit: number,
     onlyId?: string,
   ): Promise<TargetRow[]> {
+    const { sql, columns } = this.selected(scan.kind !== 'label');
+    const data = await this.copyOut(client, this.scanSelect(sql, scan, range, limit, onlyId));
+    return parseBinaryCopy(
+      data,
+      columns,
+      scan.kind === 'label' ? { name: '$label', value: scan.kekId } : undefined,
+    ) as unknown as TargetRow[];
+  }
+
+  /**
+   * The next rows labelled `kekId` as readBatch reads them, by column (ColumnBatch): what the rewrap hands its crypto
+   * threads and builds its compare-and-swap from. The version comes as the column's own binary integer, the other
+   * fields as readBatch reads them.
+   */
+  async readColumns(
+    client: PoolClient | Pool,
+    kekId: string,
+    range: IdRange,
+    limit: number,
+    onlyId?: string,
+  ): Promise<ColumnBatch> {
+    const { target, codec } = this;
+    const parts = [`t.${this.col(target.id)}::text`];
+    if (target.cas.kind === 'version') parts.push(`t.${this.col(target.cas.column)}`);
+    const bytea = target.format.value.encoding === 'bytea';
+    const read = codec.readColumns.filter((column) => column !== target.id);
+    const isBytea = read.map((column) => bytea && this.type(column) === 'bytea');
+    read.forEach((column, i) => parts.push(isBytea[i] ? `t.${this.col(column)}` : `t.${this.col(column)}::text`));
+    const data = await this.copyOut(
+      client,
+      this.scanSelect(parts.join(', '), { kind: 'label', kekId }, range, limit, onlyId),
+    );
+    const { count, fields } = parseBinaryCopyFields(data, parts.length);
+    const ids = fields[0]!;
+    const tokens = target.cas.kind === 'version' ? fields[1] : undefined;
+    const first = tokens ? 2 : 1;
+    const columns: Columns['columns'] = {};
+    for (const column of codec.readColumns) {
+      const i = read.indexOf(column);
+      columns[column] =
+        i < 0 ? { kind: 'text', column: ids } : { kind: isBytea[i] ? 'bytes' : 'text', column: fields[first + i]! };
+    }
+    return { count, ids, ...(tokens && { tokens }), columns: { count, columns } };
+  }
+
+  /** The SELECT of a scan's next rows, in id order (keyset pagination), its values written in as literals. */
+  private scanSelect(list: string, scan: Scan, range: IdRange, limit: number, onlyId?: string): string {
     const label = `t.${this.col(this.target.label.column)}`;
     const labelType = this.type(this.target.label.column);
     const idType = this.type(this.target.id);
@@ -217,28 +363,24 @@ export class TargetStore {
       if (range.after !== '') bounds.push(`${id} > ${literal(range.after)}::${idType}`);
       if (range.until !== null) bounds.push(`${id} <= ${literal(range.until)}::${idType}`);
     }
-    const { sql, columns } = this.selected(scan.kind !== 'label');
-    const select = `SELECT ${sql} FROM ${this.table} t
+    return `SELECT ${list} FROM ${this.table} t
        WHERE ${which} AND t.${this.col(this.valueColumn)} IS NOT NULL${bounds.map((b) => ` AND ${b}`).join('')}
        ORDER BY ${id} LIMIT ${Math.trunc(limit)}`;
-    let data: Buffer;
-    if ('release' in client) data = await copyOutBinary(client, select);
-    else {
-      // A COPY holds its connection for the whole stream: one of the pool's, returned (or discarded) after.
-      const session = await checkout(client);
-      try {
-        data = await copyOutBinary(session, select);
-        session.release();
-      } catch (err) {
-        session.release(err instanceof Error ? err : true);
-        throw err;
-      }
+  }
+
+  /** A binary COPY of `select`, on the client given or on one of the pool's connections. */
+  private async copyOut(client: PoolClient | Pool, select: string): Promise<Buffer> {
+    if ('release' in client) return copyOutBinary(client, select);
+    // A COPY holds its connection for the whole stream: one of the pool's, returned (or discarded) after.
+    const session = await checkout(client);
+    try {
+      const data = await copyOutBinary(session, select);
+      session.release();
+      return data;
+    } catch (err) {
+      session.release(err instanceof Error ? err : true);
+      throw err;
     }
-    return parseBinaryCopy(
-      data,
-      columns,
-      scan.kind === 'label' ? { name: '$label', value: scan.kekId } : undefined,
-    ) as unknown as TargetRow[];
   }
 
   /** Re-reads rows by id, whatever their label (after a lost compare-and-swap). */
@@ -298,60 +440,145 @@ export class TargetStore {
       if (progress) await this.recordOnly(client, progress);
       return { lost: new Set(), written: 0, relabelled: 0 };
     }
+    // Each row must still carry the label it was read with: `from`, or for a scan of the others, its own.
+    const labelled = writes.some((w) => w.row.$label !== from);
+    const { value } = target.format;
+    const stored = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
+    return this.casStatement(
+      client,
+      from,
+      to,
+      {
+        count: writes.length,
+        ids: textArray(writes.map((w) => w.id)),
+        first: writes[0]!.id,
+        last: writes[writes.length - 1]!.id,
+        // Relabelled rows are rare: their ids travel on their own, not as a flag on every row.
+        relabelIds: textArray(writes.filter((w) => w.relabel).map((w) => w.id)),
+        ...(labelled && { labels: textArray(writes.map((w) => w.row.$label)) }),
+        ...(target.cas.kind === 'version' && {
+          tokens: integerArray(
+            writes.map((w) => w.row.$token!),
+            this.integerType(target.cas.column),
+          ),
+        }),
+        ...(target.cas.kind !== 'version' && {
+          old: stored.map((column) => valueParam(writes.map((w) => w.row[column] as ColumnValue))),
+        }),
+        news: this.codec.writeColumns.map((_, i) => valueParam(writes.map((w) => w.values[i]!))),
+      },
+      writable,
+      progress,
+    );
+  }
+
+  /**
+   * The compare-and-swap of compareAndSwap for a batch read by column (readColumns) and rewrapped by column
+   * (RowCrypto.rewrapColumns): its parameters are built from the packed columns, with no object or string per row.
+   * Every row of such a batch was read labelled `from`.
+   */
+  async compareAndSwapColumns(
+    client: PoolClient | Pool,
+    from: string,
+    to: string,
+    batch: ColumnBatch,
+    writes: ColumnWrites,
+    writable: readonly string[],
+    progress?: ProgressDelta,
+  ): Promise<CasOutcome> {
+    const { target } = this;
+    const count = writes.indexes.length;
+    if (count === 0) {
+      if (progress) await this.recordOnly(client, progress);
+      return { lost: new Set(), written: 0, relabelled: 0 };
+    }
+    const relabelled: number[] = [];
+    for (let i = 0; i < count; i++) if (writes.relabel[i] === 1) relabelled.push(writes.indexes[i]!);
+    const { value } = target.format;
+    const stored = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
+    const packed = (column: Column, which: ArrayLike<number>): ValueParam =>
+      column.kind === 'values'
+        ? valueParam(Array.from(which, (i) => column.values[i] as ColumnValue))
+        : column.kind === 'text'
+          ? { kind: 'text', array: packedArray(column.column, which, 'text') }
+          : bytesParam(column.column, which);
+    const all = Array.from({ length: count }, (_, i) => i);
+    return this.casStatement(
+      client,
+      from,
+      to,
+      {
+        count,
+        ids: packedArray(batch.ids, writes.indexes, 'text'),
+        first: batchId(batch, writes.indexes[0]!),
+        last: batchId(batch, writes.indexes[count - 1]!),
+        relabelIds: packedArray(batch.ids, relabelled, 'text'),
+        ...(target.cas.kind === 'version' && {
+          tokens: packedArray(batch.tokens!, writes.indexes, this.integerType(target.cas.column)),
+        }),
+        ...(target.cas.kind !== 'version' && {
+          old: stored.map((column) => packed(batch.columns.columns[column]!, writes.indexes)),
+        }),
+        news: writes.values.map((column) => packed(column, all)),
+      },
+      writable,
+      progress,
+    );
+  }
+
+  private async casStatement(
+    client: PoolClient | Pool,
+    from: string,
+    to: string,
+    cas: CasParams,
+    writable: readonly string[],
+    progress?: ProgressDelta,
+  ): Promise<CasOutcome> {
+    const { target } = this;
     const params: unknown[] = [target.name, to, writable, from];
     const param = (value: unknown) => {
       params.push(value);
       return `$${params.length}`;
     };
     // Arrays go in binary (src/store/binary-arrays.ts): no quoting here, no parsing of array literals there.
-    const ids = param(textArray(writes.map((w) => w.id)));
+    const ids = param(cas.ids);
     const unnestArgs = [`${ids}::text[]`];
     const unnestNames = ['id'];
-    // Relabelled rows are rare: their ids travel on their own, not as a flag on every row.
-    const relabelIds = param(textArray(writes.filter((w) => w.relabel).map((w) => w.id)));
-    // Each row must still carry the label it was read with: `from`, or for a scan of the others, its own.
-    const labelled = writes.some((w) => w.row.$label !== from);
+    const relabelIds = param(cas.relabelIds);
     const id = `t.${this.col(target.id)}`;
     const conditions = [
       `${id} = ${this.idCast('u.id')}`,
-      `${id} >= ${this.idCast(param(writes[0]!.id))}`,
-      `${id} <= ${this.idCast(param(writes[writes.length - 1]!.id))}`,
+      `${id} >= ${this.idCast(param(cas.first))}`,
+      `${id} <= ${this.idCast(param(cas.last))}`,
     ];
-    if (labelled) {
-      unnestArgs.push(`${param(textArray(writes.map((w) => w.row.$label)))}::text[]`);
+    if (cas.labels) {
+      unnestArgs.push(`${param(cas.labels)}::text[]`);
       unnestNames.push('label');
       conditions.push(`t.${this.col(target.label.column)} = u.label::${this.type(target.label.column)}`);
     } else {
       conditions.push(`t.${this.col(target.label.column)} = ${this.labelParam(4)}`);
     }
+    const column = (values: ValueParam, name: string): string => {
+      const { expression, arg } = this.valueExpression(values, param, name);
+      if (arg) {
+        unnestArgs.push(arg);
+        unnestNames.push(name);
+      }
+      return expression;
+    };
     if (target.cas.kind === 'version') {
-      const tokens = integerArray(
-        writes.map((w) => w.row.$token!),
-        this.integerType(target.cas.column),
-      );
-      unnestArgs.push(`${param(tokens)}::${this.type(target.cas.column)}[]`);
+      unnestArgs.push(`${param(cas.tokens)}::${this.type(target.cas.column)}[]`);
       unnestNames.push('token');
       conditions.push(`t.${this.col(target.cas.column)} = u.token`);
     } else {
       // No version column: every stored value column must still hold what was read.
       const { value } = target.format;
       const columns = value.kind === 'combined' ? [value.column] : [value.ciphertext, value.nonce, value.tag];
-      columns.forEach((column, i) => {
-        const { expression, arg } = this.columnParam(
-          writes.map((w) => w.row[column] as ColumnValue),
-          param,
-          `old${i}`,
-        );
-        if (arg) {
-          unnestArgs.push(arg);
-          unnestNames.push(`old${i}`);
-        }
-        conditions.push(`t.${this.col(column)} = ${expression}`);
-      });
+      columns.forEach((name, i) => conditions.push(`t.${this.col(name)} = ${column(cas.old![i]!, `old${i}`)}`));
     }
     const sets = [
       `${this.col(target.label.column)} = ${this.labelParam(2)}`,
-      ...this.newValueSets(writes, param, unnestArgs, unnestNames),
+      ...this.codec.writeColumns.map((name, i) => `${this.col(name)} = ${column(cas.news[i]!, `new${i}`)}`),
     ];
     if (target.cas.kind === 'version') {
       sets.push(`${this.col(target.cas.column)} = t.${this.col(target.cas.column)} + 1`);
@@ -362,7 +589,7 @@ export class TargetStore {
     if (progress) {
       const key = param(progress.progressKey);
       const cursor = param(progress.cursor);
-      const attempted = param(writes.length);
+      const attempted = param(cas.count);
       const failed = param(progress.failed);
       progressSql = `, progress AS (
            UPDATE rekey.rewrap_progress SET
@@ -392,7 +619,7 @@ export class TargetStore {
          RETURNING t.${this.col(target.id)}::text AS id, u.id = ANY(${relabelIds}::text[]) AS relabel
        )${progressSql}
        SELECT (SELECT state FROM guard) AS kek_state,
-              CASE WHEN (SELECT count(*) FROM updated) = ${param(writes.length)}::int THEN NULL
+              CASE WHEN (SELECT count(*) FROM updated) = ${param(cas.count)}::int THEN NULL
                 ELSE (SELECT array_agg(x) FROM unnest(${ids}::text[]) AS x WHERE x NOT IN (SELECT id FROM updated)) END AS lost,
               (SELECT count(*) FROM updated) AS written,
               (SELECT count(*) FILTER (WHERE relabel) FROM updated) AS relabelled`,
@@ -480,6 +707,34 @@ export class TargetStore {
        WHERE progress_key = $1`,
       [progress.progressKey, progress.cursor, progress.failed],
     );
+  }
+
+  /** A column of values (valueParam) as SQL: an unnested text[], or slices of one bytea parameter. */
+  private valueExpression(
+    values: ValueParam,
+    param: (value: unknown) => string,
+    name: string,
+  ): { expression: string; arg?: string } {
+    if (values.kind === 'text') return { expression: `u.${name}`, arg: `${param(values.array)}::text[]` };
+    const joined = param(values.joined);
+    const { lengths } = values;
+    const length = lengths[0] ?? 0;
+    let same = true;
+    for (let i = 1; i < lengths.length && same; i++) same = lengths[i] === length;
+    if (same) {
+      return { expression: `substring(${joined}::bytea FROM ((u.ord - 1) * ${length} + 1)::int FOR ${length})` };
+    }
+    const offsets: number[] = [];
+    let offset = 1;
+    for (let i = 0; i < lengths.length; i++) {
+      offsets.push(offset);
+      offset += lengths[i]!;
+    }
+    const lengthsParam = param(Array.from(lengths));
+    const startsParam = param(offsets);
+    return {
+      expression: `substring(${joined}::bytea FROM (${startsParam}::int[])[u.ord] FOR (${lengthsParam}::int[])[u.ord])`,
+    };
   }
 
   /**

@@ -2,19 +2,24 @@
 // the application's own configuration picks the current KEK, for evidence that it did what an operator was asked.
 // Both are durable, back off from 5 s to 5 min, show in the progress (and so in `status`), and fail after their
 // timeout saying what they waited for.
-import { condition, workflowInfo } from '@temporalio/workflow';
+import { workflowInfo } from '@temporalio/workflow';
 import { formatDuration } from '../rotation/durations';
 import { steps } from './activity-proxies';
 import { rotationFailure } from '../errors';
+import type { Wait } from '../rotation/progress';
 import type { RotationState } from './rotation-state';
 
 const POLL_FIRST_MS = 5_000;
 const POLL_MAX_MS = 300_000;
 
-/** Waits until every live application instance can unwrap (or wraps) with `to`; fails after the fleet timeout. */
-export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'): Promise<void> {
+/**
+ * Waits until every live application instance can unwrap (or wraps) with `to`; fails after the fleet timeout. Answers
+ * whether an operator's override let it go.
+ */
+export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'): Promise<'ready' | 'overridden'> {
   const { settings, carried } = run;
-  const deadline = Date.now() + settings.fleetTimeoutMs;
+  const step = kind === 'unwrap' ? 'promote' : 'last-passes';
+  const deadline = waitingSince(run, 'fleet', step) + settings.fleetTimeoutMs;
   let interval = POLL_FIRST_MS;
   for (;;) {
     const fleet = await steps.fleetReadiness({
@@ -27,14 +32,15 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
     run.progress = { ...run.progress, fleet: { live: fleet.live, ready, waitingFor } };
     if (ready === fleet.live || carried.fleetOverridden || run.aborted) {
       // An override lets this one gate go: the next gate waits for the fleet again.
+      const overridden = ready !== fleet.live && carried.fleetOverridden;
       carried.fleetOverridden = false;
       run.waiting(undefined);
-      return;
+      return overridden ? 'overridden' : 'ready';
     }
     const wrongKey = fleet.wrongKey ?? [];
     run.waiting({
       kind: 'fleet',
-      step: kind === 'unwrap' ? 'promote' : 'last-passes',
+      step,
       instructions:
         `every live instance (application or rekey worker) must ${kind === 'unwrap' ? 'hold' : 'wrap with'} '${carried.to}' (waiting for ${waitingFor.join(', ')})` +
         (wrongKey.length > 0 ? `; another key under that id, not the registered one: ${wrongKey.join(', ')}` : ''),
@@ -50,9 +56,11 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
           '; deploy the registered key to them, or override the fleet gate',
       );
     }
-    await condition(() => carried.fleetOverridden || run.aborted, Math.min(interval, deadline - Date.now()), {
-      summary: `fleet: ${ready} of ${fleet.live} ready; next check`,
-    });
+    await run.until(
+      () => carried.fleetOverridden || run.aborted,
+      Math.min(interval, deadline - Date.now()),
+      `fleet: ${ready} of ${fleet.live} ready; next check`,
+    );
     interval = Math.min(interval * 2, POLL_MAX_MS);
   }
 }
@@ -64,7 +72,7 @@ export async function waitForFleet(run: RotationState, kind: 'unwrap' | 'wrap'):
  */
 export async function waitForApplication(run: RotationState, step: 'promote' | 'retire'): Promise<void> {
   const { settings, carried } = run;
-  const deadline = Date.now() + settings.confirmTimeoutMs;
+  const deadline = waitingSince(run, 'application', step) + settings.confirmTimeoutMs;
   const instructions = carried.instructions?.[step] ?? `the application must ${step} '${carried.to}'`;
   let interval = POLL_FIRST_MS;
   for (;;) {
@@ -99,11 +107,20 @@ export async function waitForApplication(run: RotationState, step: 'promote' | '
         `waited ${formatDuration(settings.confirmTimeoutMs)} for the application to ${step}: ${instructions} (${evidence.detail})`,
       );
     }
-    await condition(
+    await run.until(
       () => carried.confirmed[step] !== undefined || run.aborted,
       Math.min(interval, deadline - Date.now()),
-      { summary: `waiting for the application to ${step}; next check` },
+      `waiting for the application to ${step}; next check`,
     );
     interval = Math.min(interval * 2, POLL_MAX_MS);
   }
+}
+
+/**
+ * When the run began to wait at this gate: now, or, in a run continued as new from the middle of that wait, when the
+ * run before it began (its progress still shows the wait), so that the gate's timeout counts from the first run.
+ */
+function waitingSince(run: RotationState, kind: Wait['kind'], step: Wait['step']): number {
+  const { waiting } = run.progress;
+  return waiting?.kind === kind && waiting.step === step ? waiting.since : Date.now();
 }

@@ -254,9 +254,11 @@ async function promote(run: RotationState): Promise<RotationReport | undefined> 
   const { carried } = run;
   if (!carried.promoted) {
     // No reader may meet a row it cannot decrypt: the fleet (or the application) holds `to` before it wraps anything.
-    if (carried.currentKekOwner === 'application') await waitForApplication(run, 'promote');
-    else await waitForFleet(run, 'unwrap');
-    await run.holdIfPaused('promote');
+    const gate =
+      carried.currentKekOwner === 'application'
+        ? await waitForApplication(run, 'promote').then(() => 'ready')
+        : await waitForFleet(run, 'unwrap');
+    await run.holdIfPaused('promote', gate === 'overridden');
     if (run.aborted) return run.finish('aborted');
     await run.commit('promote', () => steps.promoteKek({ ...run.on, from: carried.from, to: carried.to }));
     carried.promoted = true;
@@ -270,8 +272,8 @@ async function rewrap(run: RotationState): Promise<RotationReport | undefined> {
   const { carried, settings } = run;
   if (run.kind === 'canary' && run.progress.passes === 0 && carried.currentKekOwner === 'registry') {
     // The canary's row goes under `to` too: only once every live instance can unwrap with it.
-    await waitForFleet(run, 'unwrap');
-    await run.holdIfPaused('the canary');
+    const gate = await waitForFleet(run, 'unwrap');
+    await run.holdIfPaused('the canary', gate === 'overridden');
     if (run.aborted) return run.finish('aborted');
   }
   for (;;) {
@@ -397,9 +399,13 @@ async function grace(run: RotationState): Promise<RotationReport | undefined> {
     if (remaining <= 0) break;
     if (run.shouldContinueAsNew()) return run.continueAsNew();
     const changes = run.changeCount();
-    await condition(() => run.aborted || run.changeCount() !== changes, remaining, {
-      summary: `grace until ${new Date(carried.graceEndsAt).toISOString()}`,
-    });
+    // Under HISTORY_BOUND_PATCH a message that changes nothing (a signal ignored, say) also counts: the wait continues
+    // as new once the history passes the bound, whatever woke it.
+    await run.until(
+      () => run.aborted || run.changeCount() !== changes,
+      remaining,
+      `grace until ${new Date(carried.graceEndsAt).toISOString()}`,
+    );
   }
   run.advance();
   return undefined;
@@ -434,23 +440,29 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   if (!patched(RETIRE_PROOF_PATCH)) return retireAsRecorded(run);
   const { carried } = run;
   if (carried.currentKekOwner === 'application' && carried.proof?.stage !== 'before-retire') {
-    // Every row labelled `from` is proved, and relabelled where it does not need it, before the operator is asked to
-    // remove `from` from the application.
-    const proof = await prove(run, 'before-confirm');
-    if (proof === 'aborted') return run.finish('aborted');
-    if (proof === 'continue-as-new') return run.continueAsNew();
-    if (proof.needed > 0) return onceMore(run, proof.needed);
-    // What no label shows: rows labelled with neither KEK whose value is under `from` (and rows labelled `from` since).
-    const verdict = await steps.verifyRotation({
-      ...run.on,
-      from: carried.from,
-      to: carried.to,
-      sampleSize: 0,
-    });
-    if (verdict.stale > 0) return onceMore(run, verdict.stale);
-    if ((verdict.hidden ?? 0) > 0) return onceMore(run, verdict.hidden ?? 0);
+    // A run continued as new while the operator was asked goes on waiting: the rows were proved before the asking.
+    if (!carried.retireAsked) {
+      // Every row labelled `from` is proved, and relabelled where it does not need it, before the operator is asked
+      // to remove `from` from the application.
+      const proof = await prove(run, 'before-confirm');
+      if (proof === 'aborted') return run.finish('aborted');
+      if (proof === 'continue-as-new') return run.continueAsNew();
+      if (proof.needed > 0) return onceMore(run, proof.needed);
+      // What no label shows: rows labelled with neither KEK whose value is under `from` (and rows labelled `from`
+      // since).
+      const verdict = await steps.verifyRotation({
+        ...run.on,
+        from: carried.from,
+        to: carried.to,
+        sampleSize: 0,
+      });
+      if (verdict.stale > 0) return onceMore(run, verdict.stale);
+      if ((verdict.hidden ?? 0) > 0) return onceMore(run, verdict.hidden ?? 0);
+      carried.retireAsked = true;
+    }
     await waitForApplication(run, 'retire');
     await run.holdIfPaused('retire');
+    carried.retireAsked = undefined;
     if (run.aborted) return run.finish('aborted');
   }
   // Rows labelled `from` since: proved outside the lock, so that what retire proves under it is what came after.

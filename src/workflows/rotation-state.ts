@@ -5,6 +5,7 @@ import {
   CancellationScope,
   condition,
   continueAsNew,
+  patched,
   setCurrentDetails,
   upsertSearchAttributes,
   workflowInfo,
@@ -29,6 +30,13 @@ import type { TenantRange } from '../rotation/slices';
 import type { ProofState } from '../rotation/label-proof';
 import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
+
+/**
+ * Marks runs whose every wait (grace, the fleet and application gates, a pause) continues as new once the history has
+ * passed `maxHistoryEvents` and every handler has finished; runs without it checked the bound only between parts of
+ * work and in grace's own loop, so a run waiting for an operator grew with each message it was sent.
+ */
+export const HISTORY_BOUND_PATCH = 'edges-history-bound-1';
 
 /** A part of a slice still to run. Its progress key is stable across retries, pauses and continue-as-new. */
 export interface PendingPart {
@@ -72,6 +80,11 @@ export interface CarriedState {
   proof?: ProofState & { stage: RetireProof['stage'] };
   /** Proofs started so far: each names its progress rows by its round. */
   proofRounds?: number;
+  /**
+   * Set once the rows were proved and checked before the operator of an application-owned target is asked to retire
+   * `from`: a run continued as new from that wait goes on waiting, without proving again.
+   */
+  retireAsked?: boolean;
 }
 
 export type RotationReport = ProgressReport;
@@ -235,10 +248,46 @@ export class RotationState {
    * Holds the run before `step` while it is paused: no further step (no promotion, no pass, no verify, no
    * retirement) until it is resumed or aborted. `status` shows what it holds before.
    */
-  async holdIfPaused(step: string): Promise<void> {
+  async holdIfPaused(step: string, keepOverride = false): Promise<void> {
     if (!this.progress.paused || this.aborted) return;
     this.holding(step);
-    await condition(() => !this.progress.paused || this.aborted);
+    // A hold right after a fleet gate that an override let go: the next run passes that gate again the same way.
+    const carryOverride = () => {
+      if (keepOverride) this.carried.fleetOverridden = true;
+    };
+    await this.until(() => !this.progress.paused || this.aborted, undefined, `paused before ${step}`, carryOverride);
+  }
+
+  /**
+   * Waits until `done()`, or `timeoutMs` has passed (then false). Under HISTORY_BOUND_PATCH the wait honours the
+   * history bound: once the history has passed `maxHistoryEvents` (or the server suggests it) it continues as new when
+   * every handler has finished, carrying the state; every caller re-enters its wait from the carried state. A signal or
+   * update that arrives meanwhile is applied to the state carried (the server refuses to close a run with a message
+   * it has not yet handed to it). `beforeNew` puts into the carried state what the run's stack alone knew.
+   */
+  async until(
+    done: () => boolean,
+    timeoutMs: number | undefined,
+    summary: string,
+    beforeNew?: () => void,
+  ): Promise<boolean> {
+    if (!patched(HISTORY_BOUND_PATCH)) {
+      if (timeoutMs === undefined) return condition(done).then(() => true);
+      return condition(done, timeoutMs, { summary });
+    }
+    const full = () => this.shouldContinueAsNew();
+    const continued = () => {
+      beforeNew?.();
+      return this.continueAsNew();
+    };
+    if (full() && !done()) return continued();
+    const met =
+      timeoutMs === undefined
+        ? await condition(() => done() || full()).then(() => true)
+        : await condition(() => done() || full(), timeoutMs, { summary });
+    if (done()) return true;
+    if (met && full()) return continued();
+    return false;
   }
 
   /** Records what a paused run holds before (shown by `status`). */

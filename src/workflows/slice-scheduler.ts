@@ -1,38 +1,75 @@
-// Runs the pending parts of a rewrap pass, at most `parallelism` at once, until none is left or the run must stop
-// (pause, abort, continue-as-new). A part cancelled by a pause or an abort goes back to the front of the queue and
-// resumes later from its committed progress, under the same key.
+// Runs the pending parts of a pass, at most `parallelism` at once, until none is left or the run must stop (pause,
+// abort, continue-as-new). A part cancelled by a pause or an abort goes back to the front of the queue and resumes
+// later from its committed progress, under the same key. One engine for the rotation's rewrap passes (runPending) and
+// the migration's (runMigrationParts); what differs between them is a parameter of PartSchedule.
 import { CancellationScope, condition, isCancellation } from '@temporalio/workflow';
 import type { SliceOutcome } from '../activities/rewrap';
+import type { FieldSliceOutcome, RowSliceOutcome } from '../activities/migrate';
 import { addSliceResult } from '../rotation/progress';
-import { slicesWithSummary } from './activity-proxies';
+import { slices, slicesWithSummary } from './activity-proxies';
+import type { MigrationPart, MigrationState } from './migration-state';
 import type { PendingPart, RotationState } from './rotation-state';
 
 export type SchedulerStop = 'done' | 'aborted' | 'continue-as-new';
 
-export async function runPending(run: RotationState): Promise<SchedulerStop> {
+/** What the engine needs of a run: its queue, its controls, and how one part runs and is taken in. */
+export interface PartSchedule<P, O> {
+  /** The parts still to run, in order; the engine takes from the front. */
+  readonly pending: P[];
+  readonly parallelism: number;
+  paused(): boolean;
+  aborted(): boolean;
+  shouldContinueAsNew(): boolean;
+  /** Called on every turn while the run is paused (the rotation shows what it holds before). */
+  whilePaused?(): void;
+  /**
+   * Parts of different groups never run at the same time: the group of the part at the front of the queue runs
+   * until none of it is in flight. Absent: any parts run together.
+   */
+  groupOf?(part: P): string | number;
+  /** Where a part that stopped at its time budget goes on: next ('front'), or after the parts queued ('back'). */
+  continueAt: 'front' | 'back';
+  /** The key its cancellation scope is tracked under while it runs. */
+  key(part: P): string;
+  track(key: string, scope: CancellationScope): void;
+  untrack(key: string): void;
+  cancelRunning(): void;
+  /** Runs the part's activity. */
+  run(part: P): Promise<O>;
+  /** Takes in what a part did; returns the part that goes on from where it stopped, if it did not finish. */
+  took(part: P, outcome: O): P | undefined;
+}
+
+export async function runParts<P, O>(schedule: PartSchedule<P, O>): Promise<SchedulerStop> {
   const inFlight = new Set<Promise<void>>();
-  const { pending } = run.carried;
+  const { pending } = schedule;
   let failure: Error | undefined;
+  let group: string | number | undefined;
+  const sameGroup = (part: P) => schedule.groupOf === undefined || schedule.groupOf(part) === group;
   for (;;) {
     if (failure !== undefined) {
       // The first part that fails for good stops its siblings (at a batch boundary) before the run fails.
       if (inFlight.size === 0) throw failure;
-      run.cancelRunningSlices();
+      schedule.cancelRunning();
     }
-    if (run.aborted && inFlight.size === 0) return 'aborted';
-    const rotate = run.shouldContinueAsNew();
+    if (schedule.aborted() && inFlight.size === 0) return 'aborted';
+    const rotate = schedule.shouldContinueAsNew();
     if (rotate && inFlight.size === 0) return 'continue-as-new';
-    if (run.progress.paused) run.holding(`the next rewrap batch (pass ${run.progress.passes})`);
+    if (schedule.paused()) schedule.whilePaused?.();
+    if (inFlight.size === 0 && schedule.groupOf !== undefined && pending.length > 0) {
+      group = schedule.groupOf(pending[0]!);
+    }
     while (
       failure === undefined &&
-      !run.aborted &&
-      !run.progress.paused &&
+      !schedule.aborted() &&
+      !schedule.paused() &&
       !rotate &&
-      inFlight.size < run.settings.parallelism &&
-      pending.length > 0
+      inFlight.size < schedule.parallelism &&
+      pending.length > 0 &&
+      sameGroup(pending[0]!)
     ) {
       const part = pending.shift()!;
-      const promise: Promise<void> = runPart(run, part)
+      const promise: Promise<void> = runPart(schedule, part)
         .catch((err: unknown) => {
           failure ??= err instanceof Error ? err : new Error(String(err));
         })
@@ -43,29 +80,62 @@ export async function runPending(run: RotationState): Promise<SchedulerStop> {
     // Sleep until something changes: a part finishes (or is handed back), pause, resume, abort.
     const started = inFlight.size;
     const pendingBefore = pending.length;
-    const { paused } = run.progress;
-    const { aborted } = run;
+    const paused = schedule.paused();
+    const aborted = schedule.aborted();
     const failed = failure !== undefined;
     await condition(
       () =>
         inFlight.size < started ||
         pending.length !== pendingBefore ||
-        run.progress.paused !== paused ||
-        run.aborted !== aborted ||
+        schedule.paused() !== paused ||
+        schedule.aborted() !== aborted ||
         (failure !== undefined) !== failed,
     );
   }
 }
 
-async function runPart(run: RotationState, part: PendingPart): Promise<void> {
+async function runPart<P, O>(schedule: PartSchedule<P, O>, part: P): Promise<void> {
   const scope = new CancellationScope();
-  run.track(part.progressKey, scope);
-  const { carried, settings } = run;
-  let outcome: SliceOutcome;
+  const key = schedule.key(part);
+  schedule.track(key, scope);
+  let outcome: O;
   try {
-    const summary = `rewrap ${part.label ?? 'slice'}${part.part > 0 ? ` (part ${part.part + 1})` : ''}, pass ${part.pass}`;
-    outcome = await scope.run(() =>
-      slicesWithSummary(summary).rewrapSlice({
+    outcome = await scope.run(() => schedule.run(part));
+  } catch (err) {
+    // Paused or aborted: the part resumes later from its committed progress, under the same key. Once a cancel is
+    // requested the server no longer retries the activity, so a failure that races it (a dead worker's heartbeat
+    // timeout, a database error) means the same: the part was stopped, and runs again on resume.
+    // The part's own scope says whether a cancel was requested, even if a resume came before its failure did.
+    if (!isCancellation(err) && !scope.consideredCancelled) throw err;
+    schedule.pending.unshift(part);
+    return;
+  } finally {
+    schedule.untrack(key);
+  }
+  const next = schedule.took(part, outcome);
+  if (next === undefined) return;
+  if (schedule.continueAt === 'front') schedule.pending.unshift(next);
+  else schedule.pending.push(next);
+}
+
+/** The rotation's rewrap pass: parts of any slice run together; a part stopped by its budget goes on last. */
+export function runPending(run: RotationState): Promise<SchedulerStop> {
+  const { carried, settings } = run;
+  return runParts<PendingPart, SliceOutcome>({
+    pending: carried.pending,
+    parallelism: settings.parallelism,
+    paused: () => run.progress.paused,
+    aborted: () => run.aborted,
+    shouldContinueAsNew: () => run.shouldContinueAsNew(),
+    whilePaused: () => run.holding(`the next rewrap batch (pass ${run.progress.passes})`),
+    continueAt: 'back',
+    key: (part) => part.progressKey,
+    track: (key, scope) => run.track(key, scope),
+    untrack: (key) => run.untrack(key),
+    cancelRunning: () => run.cancelRunningSlices(),
+    run: (part) => {
+      const summary = `rewrap ${part.label ?? 'slice'}${part.part > 0 ? ` (part ${part.part + 1})` : ''}, pass ${part.pass}`;
+      return slicesWithSummary(summary).rewrapSlice({
         ...run.on,
         from: carried.from,
         to: carried.to,
@@ -77,21 +147,52 @@ async function runPart(run: RotationState, part: PendingPart): Promise<void> {
         progressKey: `${part.progressKey}/part-${part.part}`,
         countExisting: part.pass === 1 && part.part === 0 && part.scan === undefined,
         ...(part.scan && { scan: part.scan }),
-      }),
-    );
-  } catch (err) {
-    // Paused or aborted: the part resumes later from its committed progress, under the same key. Once a cancel is
-    // requested the server no longer retries the activity, so a failure that races it (a dead worker's heartbeat
-    // timeout, a database error) means the same: the part was stopped, and runs again on resume.
-    // The part's own scope says whether a cancel was requested, even if a resume came before its failure did.
-    if (!isCancellation(err) && !scope.consideredCancelled) throw err;
-    carried.pending.unshift(part);
-    return;
-  } finally {
-    run.untrack(part.progressKey);
-  }
-  run.progress = addSliceResult(run.progress, outcome.counters, outcome.failures);
-  if (!outcome.done) {
-    carried.pending.push({ ...part, range: { ...part.range, after: outcome.cursor }, part: part.part + 1 });
-  }
+      });
+    },
+    took: (part, outcome) => {
+      run.progress = addSliceResult(run.progress, outcome.counters, outcome.failures);
+      return outcome.done
+        ? undefined
+        : { ...part, range: { ...part.range, after: outcome.cursor }, part: part.part + 1 };
+    },
+  });
+}
+
+/**
+ * The migration's pass. Parts of rows (every legacy field of a row written in one statement) run together. Parts of
+ * one field (runs planned before MIGRATION_ROWS_PATCH) run one field at a time: two fields of one row must not lock
+ * the same rows in two orders. A part stopped by its budget goes on next.
+ */
+export function runMigrationParts(state: MigrationState): Promise<SchedulerStop> {
+  const { report, settings } = state;
+  return runParts<MigrationPart, FieldSliceOutcome | RowSliceOutcome>({
+    pending: state.carried.pending,
+    parallelism: settings.parallelism,
+    paused: () => report.paused,
+    aborted: () => state.aborted,
+    shouldContinueAsNew: () => state.shouldContinueAsNew(),
+    groupOf: (part) => (part.fields ? 'rows' : part.field),
+    continueAt: 'front',
+    key: (part) => `${part.slice}/part-${part.part}`,
+    track: (key, scope) => state.track(key, scope),
+    untrack: (key) => state.untrack(key),
+    cancelRunning: () => state.cancelRunningParts(),
+    run: (part) => {
+      const args = {
+        ...state.on,
+        kekId: report.kekId!,
+        range: part.range,
+        ...(report.tenantId !== undefined && { tenant: report.tenantId }),
+        batchSize: settings.batchSize,
+        dryRun: report.dryRun,
+        timeBudgetMs: settings.timeBudgetMs,
+        progressKey: `${part.slice}/part-${part.part}`,
+        countExisting: part.countExisting && part.part === 0,
+      };
+      return part.fields
+        ? slices.migrateRowSlice({ ...args, fields: part.fields })
+        : slices.migrateFieldSlice({ ...args, field: part.field });
+    },
+    took: (part, outcome) => state.took(part, outcome),
+  });
 }

@@ -1,10 +1,12 @@
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { randomUUID } from 'node:crypto';
+import type { WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import type { EnvKeyProvider } from '../../src/keys/env-provider';
+import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { TenantCrypto } from '../../src/tenant-crypto';
@@ -71,8 +73,16 @@ export class RotationFixture {
     });
   }
 
-  /** Runs one rotation to its end on a fresh worker; returns its report (or rejects with its failure). */
-  async execute(env: TestWorkflowEnvironment, request: RotationRequest, activities?: object): Promise<RotationReport> {
+  /**
+   * Starts one rotation under its keyspace's workflow id, with a fresh worker running while `steer` works the run (its
+   * queries, signals and updates); returns what `steer` returns.
+   */
+  async drive<T>(
+    env: TestWorkflowEnvironment,
+    request: RotationRequest,
+    steer: (handle: WorkflowHandle<typeof rotateKek>) => Promise<T>,
+    activities?: object,
+  ): Promise<T> {
     const worker = await this.worker(env, activities);
     return worker.runUntil(async () => {
       const handle = await env.client.workflow.start(rotateKek, {
@@ -80,7 +90,22 @@ export class RotationFixture {
         workflowId: workflowIdFor(request, await keyspaceIn(this.db.pool)),
         args: [request],
       });
-      return resultWithin<RotationReport>(handle);
+      return steer(handle);
+    });
+  }
+
+  /** Runs one rotation to its end on a fresh worker; returns its report (or rejects with its failure). */
+  execute(env: TestWorkflowEnvironment, request: RotationRequest, activities?: object): Promise<RotationReport> {
+    return this.drive(env, request, (handle) => resultWithin<RotationReport>(handle), activities);
+  }
+
+  /** A live application instance that can unwrap `v1` only: the fleet gates wait for it until it is overridden. */
+  async announceOldInstance(instanceId: string): Promise<void> {
+    await new AppInstances(this.db.pool, BUILTIN_TARGET).announce({
+      instanceId,
+      unwrapKekIds: ['v1'],
+      wrapKekId: 'v1',
+      kekFingerprints: {},
     });
   }
 

@@ -191,56 +191,63 @@ export function progressUntil<R = ProgressReport>(
   return queryUntil<R>(handle, progressQuery.name, predicate, options);
 }
 
+/** How long one poll of queryUntil waits for its answer before it asks again (see there). */
+const QUERY_RETRY_MS = 5_000;
+const UNANSWERED = 'no answer yet';
+
 /**
  * Polls a workflow's query until `predicate` holds on its answer. On the time-skipping server, `skip` moves workflow
  * time on between polls (timers fire: gates poll again, grace runs); without it, polls are 25 ms of real time apart.
  * Bounded in real time (`withinMs`, 45 s), each call included: a poll or a time skip that hangs (a busy machine, a
  * server that stopped answering) fails the test at once with the last answer seen, instead of holding it until the
  * test's timeout. What a workflow shows after an activity's side effect is seen (a webhook received, a row written)
- * waits for the activity's completion to reach the workflow: poll for it, never query once.
+ * waits for the activity's completion to reach the workflow: poll for it, never query once. One polling mechanism:
+ * `eventually`'s, with a query that goes unanswered for a few seconds cancelled and asked again.
  */
-/** How long one poll of queryUntil waits for its answer before it asks again (see there). */
-const QUERY_RETRY_MS = 5_000;
-const UNANSWERED = 'no answer yet';
-
 export async function queryUntil<R>(
   handle: WorkflowHandle,
   queryName: string,
   predicate: (answer: R) => boolean,
   options: { env?: TestWorkflowEnvironment; skip?: string; withinMs?: number } = {},
 ): Promise<R> {
-  const deadline = Date.now() + (options.withinMs ?? 45_000);
   let last: R | undefined;
-  const bounded = <T>(what: string, promise: Promise<T>): Promise<T> =>
-    within(
-      promise,
-      Math.max(1, deadline - Date.now()),
-      () => `${what} did not answer in time; last answer to '${queryName}': ${JSON.stringify(last)}`,
-    );
-  while (Date.now() < deadline) {
+  // The query in flight, cancelled when it is abandoned: so that its retries do not outlive the test's connection.
+  let asking: AbortController | undefined;
+  const poll = async (): Promise<{ value: R } | undefined> => {
     // A query that reaches a run as it continues as new is never answered by the time-skipping server (the run it was
     // sent to has closed): after a few seconds the poll asks again, and the next query reaches the run that goes on.
-    // The query left unanswered is cancelled, so that its retries do not outlive the test's connection.
-    const abandon = new AbortController();
+    asking = new AbortController();
+    const abandon = asking;
     const answer = await within(
-      handle.client.withAbortSignal(abandon.signal, () => handle.query<R>(queryName)).then((value) => ({ value })),
-      Math.min(QUERY_RETRY_MS, Math.max(1, deadline - Date.now())),
+      handle.client.withAbortSignal(abandon.signal, () => handle.query<R>(queryName)),
+      QUERY_RETRY_MS,
       () => UNANSWERED,
-    ).catch((err: unknown) => {
-      abandon.abort();
-      if (!(err instanceof Error && err.message === UNANSWERED)) throw err;
-      if (Date.now() < deadline) return undefined;
-      throw new Error(
-        `the query '${queryName}' did not answer in time; last answer to '${queryName}': ${JSON.stringify(last)}`,
-      );
-    });
-    if (answer === undefined) continue;
+    ).then(
+      (value) => ({ value }),
+      (err: unknown) => {
+        abandon.abort();
+        if (err instanceof Error && err.message === UNANSWERED) return undefined;
+        throw err;
+      },
+    );
+    if (answer === undefined) return undefined;
     last = answer.value;
-    if (predicate(last)) return last;
-    if (options.env && options.skip) await bounded(`a time skip of ${options.skip}`, options.env.sleep(options.skip));
-    else await new Promise((resolve) => setTimeout(resolve, 25));
+    if (predicate(answer.value)) return answer;
+    // Not yet: on the time-skipping server, workflow time moves on before the next poll (bounded like the poll).
+    if (options.env && options.skip) await options.env.sleep(options.skip);
+    return undefined;
+  };
+  try {
+    const { value } = await eventually(`an answer to '${queryName}' that matches`, poll, {
+      within: options.withinMs ?? 45_000,
+      every: options.env && options.skip ? 0 : 25,
+      describe: () => `last answer to '${queryName}': ${JSON.stringify(last)}`,
+    });
+    return value;
+  } catch (err) {
+    asking?.abort();
+    throw err;
   }
-  throw new Error(`the answer to '${queryName}' never matched; last: ${JSON.stringify(last)}`);
 }
 
 /**

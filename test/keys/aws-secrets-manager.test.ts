@@ -18,18 +18,17 @@ import { resolveKek } from '../../src/keys/kek-resolver';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { TenantCrypto } from '../../src/tenant-crypto';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { inTransaction } from '../../src/store/connect';
-import { KekRestoreRefusedError, KekRetiredError, KeyMaterialError, KeyspaceMismatchError } from '../../src/errors';
+import { KekRetiredError, KeyMaterialError, KeyspaceMismatchError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
 import { createTestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { loseFirstAnswer, throttlingProxy, useAwsServers } from '../helpers/aws';
 import { runRotation } from '../helpers/rotation-run';
-import { startLiveWriter } from '../helpers/live-writer';
+import { destroyedAfterWindow, rotateUnderLiveWriter, seededKeyspace } from '../helpers/store-rotation';
 
 const TENANTS = 2_000;
 
@@ -47,11 +46,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   async function keyspace(env: Record<string, string> = moto.server.env) {
     const secretId = `rekey/${randomUUID()}`;
     const keys = SecretsManagerKeys.fromEnv({ ...env, REKEY_AWS_SECRET_ID: secretId });
-    await keys.generate('v1');
-    await aws.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
-    await seedTenants({ db: aws.db.pool, keys, kekId: 'v1', count: TENANTS });
-    return { secretId, keys, before: await dekFingerprints(aws.db.pool, keys) };
+    return { secretId, keys, before: await seededKeyspace(aws.db.pool, keys, TENANTS) };
   }
 
   const rotate = async (activities: Activities, request: RotationRequest) =>
@@ -62,62 +57,49 @@ describe('aws-secrets-manager key provider against a moto server', () => {
     // The application: another process, with its own view of the same secret.
     const appKeys = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
     await appKeys.reload();
-    const app = new TenantCrypto({ db: aws.db.pool, keys: appKeys, registryTtlMs: 100 });
-    await app.start();
-    const writer = startLiveWriter(app, (n) => tenantIdFor('tenant-', n % TENANTS));
+    const rotation = { tenantAt: (n: number) => tenantIdFor('tenant-', n % TENANTS), timeoutMs: 90_000 };
     try {
-      const report = await rotate(createActivities({ db: aws.db.pool, keys }), {
-        from: 'v1',
-        to: 'new',
-        batchSize: 100,
-        gracePeriod: '1d',
-        fleetLiveWithin: '1h',
+      await rotateUnderLiveWriter({ env: temporal.env, db: aws.db.pool }, { keys, appKeys }, rotation, async () => {
+        const versions = await versionsOf(aws.client, secretId);
+        expect(versions).toHaveLength(2);
+        expect(versions).toContainEqual({ id: versionToken(secretId, 'v2'), stages: ['AWSCURRENT', 'rekey-kek-v2'] });
+        expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual(['rekey-retired-v1']);
+        const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
+        expect((await registry.get('v1'))?.state).toBe('retired');
+        expect((await registry.get('v2'))?.state).toBe('active');
+        const { rows } = await aws.db.pool.query<{ kek_id: string; n: string }>(
+          'SELECT kek_id, count(*) AS n FROM rekey.tenant_deks GROUP BY kek_id',
+        );
+        expect(rows.map((r) => r.kek_id)).toEqual(['v2']);
+
+        // Every DEK, read with keys fetched afresh from the store, is byte-identical to before the rotation.
+        const fresh = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
+        await fresh.reload();
+        expect(fresh.fingerprint('v2')).toBe((await registry.get('v2'))?.fingerprint);
+        const after = await dekFingerprints(aws.db.pool, fresh);
+        for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
+        fresh.close();
+
+        // moto still serves v1's material (as AWS would until the version is destroyed): the registry refuses it.
+        const served = await aws.client.send(
+          new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'rekey-retired-v1' }),
+        );
+        expect(served.SecretString).toHaveLength(43);
+        await keys.reload();
+        expect(keys.has('v1')).toBe(true);
+        const v1Record = await registry.get('v1');
+        expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
+
+        // Within its window (30 days by default) v1 is restored: decrypt-only in the registry, named again in the store.
+        const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
+        await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
+        expect((await registry.get('v1'))?.state).toBe('decrypt_only');
+        expect(
+          (await versionsOf(aws.client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages,
+        ).toEqual(['rekey-kek-v1']);
+        resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
       });
-      await writer.stop();
-      expect(report.outcome).toBe('completed');
-      expect(writer.writes).toBeGreaterThan(0);
-
-      const versions = await versionsOf(aws.client, secretId);
-      expect(versions).toHaveLength(2);
-      expect(versions).toContainEqual({ id: versionToken(secretId, 'v2'), stages: ['AWSCURRENT', 'rekey-kek-v2'] });
-      expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual(['rekey-retired-v1']);
-      const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
-      expect((await registry.get('v1'))?.state).toBe('retired');
-      expect((await registry.get('v2'))?.state).toBe('active');
-      const { rows } = await aws.db.pool.query<{ kek_id: string; n: string }>(
-        'SELECT kek_id, count(*) AS n FROM rekey.tenant_deks GROUP BY kek_id',
-      );
-      expect(rows.map((r) => r.kek_id)).toEqual(['v2']);
-
-      // Every DEK, read with keys fetched afresh from the store, is byte-identical to before the rotation.
-      const fresh = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
-      await fresh.reload();
-      expect(fresh.fingerprint('v2')).toBe((await registry.get('v2'))?.fingerprint);
-      const after = await dekFingerprints(aws.db.pool, fresh);
-      for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
-      fresh.close();
-
-      // moto still serves v1's material (as AWS would until the version is destroyed): the registry refuses it.
-      const served = await aws.client.send(
-        new GetSecretValueCommand({ SecretId: secretId, VersionStage: 'rekey-retired-v1' }),
-      );
-      expect(served.SecretString).toHaveLength(43);
-      await keys.reload();
-      expect(keys.has('v1')).toBe(true);
-      const v1Record = await registry.get('v1');
-      expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
-
-      // Within its window (30 days by default) v1 is restored: decrypt-only in the registry, named again in the store.
-      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
-      await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
-      expect((await registry.get('v1'))?.state).toBe('decrypt_only');
-      expect(
-        (await versionsOf(aws.client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages,
-      ).toEqual(['rekey-kek-v1']);
-      resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
     } finally {
-      await writer.stop();
-      await app.stop();
       appKeys.close();
       keys.close();
     }
@@ -126,23 +108,18 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   it('after its restore window the retired version loses every label (deprecated: AWS deletes it in its own time), the registry says destroyed, and a restore is refused', async () => {
     const { secretId, keys } = await keyspace();
     try {
-      const { destroyed: report } = await runRotation(
-        temporal.env,
-        createActivities({ db: aws.db.pool, keys }),
-        aws.db.pool,
-        { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
-        { timeoutMs: 90_000, destroyKek: 'v1' },
+      const servers = { env: temporal.env, db: aws.db.pool };
+      await destroyedAfterWindow(
+        servers,
+        keys,
+        { detail: /has no label left: deprecated/, timeoutMs: 90_000 },
+        async () => {
+          const versions = await versionsOf(aws.client, secretId);
+          expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([]);
+          await keys.reload();
+          expect(keys.has('v1')).toBe(false);
+        },
       );
-      expect(report?.outcome).toBe('destroyed');
-      expect(report?.detail).toMatch(/has no label left: deprecated/);
-      const versions = await versionsOf(aws.client, secretId);
-      expect(versions.find((v) => v.id !== versionToken(secretId, 'v2'))?.stages).toEqual([]);
-      const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
-      expect((await registry.get('v1'))?.state).toBe('destroyed');
-      await keys.reload();
-      expect(keys.has('v1')).toBe(false);
-      const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
-      await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
     } finally {
       keys.close();
     }

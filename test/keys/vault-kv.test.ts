@@ -11,21 +11,13 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { TenantCrypto } from '../../src/tenant-crypto';
-import { KekRestoreRefusedError } from '../../src/errors';
-import { startLiveWriter } from '../helpers/live-writer';
 import { runRotation } from '../helpers/rotation-run';
 import { lossyVaultProxy, readmePolicy, tokenWithPolicy, useVaultServers } from '../helpers/vault';
+import { destroyedAfterWindow, refusalOf, rotateUnderLiveWriter, seededKeyspace } from '../helpers/store-rotation';
 
 const TENANTS = 1_000;
 /** The path the README's policy names. */
 const README_PATH = 'encryption/master_key';
-
-/** The message of a rotation's failure: the workflow's, which carries the failed step's. */
-const failureOf = (err: unknown): string => {
-  const cause = (err as { cause?: { message?: string } }).cause;
-  return cause?.message ?? String(err);
-};
 
 interface KvMetadata {
   current_version: number;
@@ -50,16 +42,13 @@ describe('Vault KV v2 key store against a real Vault server', () => {
   /** A keyspace of its own: a secret at `path` holding v1 (current), the registry seeded, tenants wrapped by it. */
   async function keyspace(path = `rekey/${randomUUID()}`, env: Record<string, string> = servers.vault.env) {
     const keys = VaultKvKeys.fromEnv({ ...env, REKEY_VAULT_KV_PATH: path });
-    await keys.generate('v1');
-    await servers.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-    await new KekRegistry(servers.db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
-    await seedTenants({ db: servers.db.pool, keys, kekId: 'v1', count: TENANTS });
-    return { path, keys, before: await dekFingerprints(servers.db.pool, keys) };
+    return { path, keys, before: await seededKeyspace(servers.db.pool, keys, TENANTS) };
   }
 
   const rotate = async (activities: Activities, request: RotationRequest) =>
     (await runRotation(servers.temporal.env, activities, servers.db.pool, request, { timeoutMs: 90_000 })).report;
   const registry = () => new KekRegistry(servers.db.pool, BUILTIN_TARGET);
+  const onServers = () => ({ env: servers.temporal.env, db: servers.db.pool });
 
   it("a full rotation with a live writer, the worker's token holding exactly the README's policy: v2 written as a new version and named, marked current, v1 soft-deleted; every DEK is the same from a fresh read of the store, and v1 restored within its window is undeleted", async () => {
     const token = await tokenWithPolicy(servers.vault, 'rekey-kv', readmePolicy('vault-kv'));
@@ -70,64 +59,53 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     await keys.reload();
     const appKeys = VaultKvKeys.fromEnv(env);
     await appKeys.reload();
-    const app = new TenantCrypto({ db: servers.db.pool, keys: appKeys, registryTtlMs: 100 });
-    await app.start();
-    const writer = startLiveWriter(app, (n) => tenantIdFor('tenant-', n % TENANTS));
+    const rotation = { tenantAt: (n: number) => tenantIdFor('tenant-', n % TENANTS), timeoutMs: 90_000 };
     try {
-      const report = await rotate(createActivities({ db: servers.db.pool, keys }), {
-        from: 'v1',
-        to: 'new',
-        batchSize: 100,
-        gracePeriod: '1d',
-        fleetLiveWithin: '1h',
+      await rotateUnderLiveWriter(onServers(), { keys, appKeys }, rotation, async ({ writer, app }) => {
+        const metadata = await metadataOf(path);
+        expect(metadata.current_version).toBe(2);
+        expect(metadata.custom_metadata).toMatchObject({
+          'rekey:kek:v1': '1',
+          'rekey:kek:v2': '2',
+          'rekey:current': 'v2',
+        });
+        expect(await statesOf(path)).toEqual({ 1: 'deleted', 2: 'live' });
+        const latest = await vaultRequest<{ data: { data: Record<string, string> } }>(
+          servers.vault,
+          'GET',
+          `secret/data/${path}`,
+        );
+        expect(Object.keys(latest.data.data).sort()).toEqual(['rekey_kek', 'value']);
+        expect(latest.data.data.rekey_kek).toBe('v2');
+        expect((await registry().get('v1'))?.state).toBe('retired');
+        expect((await registry().get('v2'))?.state).toBe('active');
+        const { rows } = await servers.db.pool.query<{ kek_id: string }>(
+          'SELECT DISTINCT kek_id FROM rekey.tenant_deks',
+        );
+        expect(rows.map((r) => r.kek_id)).toEqual(['v2']);
+
+        const fresh = VaultKvKeys.fromEnv(env);
+        await fresh.reload();
+        expect(fresh.kekIds()).toEqual(['v2']);
+        expect(fresh.configuredCurrentKekId).toBe('v2');
+        expect(fresh.fingerprint('v2')).toBe((await registry().get('v2'))?.fingerprint);
+        const after = await dekFingerprints(servers.db.pool, fresh);
+        for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
+        for (const [tenant, ciphertext] of writer.written)
+          expect((await app.decrypt(tenant, ciphertext)).toString()).toBe('fresh');
+        fresh.close();
+
+        // Within its window v1 is restored: undeleted in Vault, decrypt-only in the registry, usable again.
+        const runtime = await new TargetRuntimes({ db: servers.db.pool, keys }).get();
+        // Soft-deleted: no reader gets its bytes (Vault answers 404 for the version) until it is restored.
+        await keys.reload();
+        expect(keys.has('v1')).toBe(false);
+        await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
+        expect(await statesOf(path)).toEqual({ 1: 'live', 2: 'live' });
+        expect((await registry().get('v1'))?.state).toBe('decrypt_only');
+        resolveKek(keys, 'v1', await registry().get('v1')).key.fill(0);
       });
-      await writer.stop();
-      expect(report.outcome).toBe('completed');
-      expect(writer.writes).toBeGreaterThan(0);
-
-      const metadata = await metadataOf(path);
-      expect(metadata.current_version).toBe(2);
-      expect(metadata.custom_metadata).toMatchObject({
-        'rekey:kek:v1': '1',
-        'rekey:kek:v2': '2',
-        'rekey:current': 'v2',
-      });
-      expect(await statesOf(path)).toEqual({ 1: 'deleted', 2: 'live' });
-      const latest = await vaultRequest<{ data: { data: Record<string, string> } }>(
-        servers.vault,
-        'GET',
-        `secret/data/${path}`,
-      );
-      expect(Object.keys(latest.data.data).sort()).toEqual(['rekey_kek', 'value']);
-      expect(latest.data.data.rekey_kek).toBe('v2');
-      expect((await registry().get('v1'))?.state).toBe('retired');
-      expect((await registry().get('v2'))?.state).toBe('active');
-      const { rows } = await servers.db.pool.query<{ kek_id: string }>('SELECT DISTINCT kek_id FROM rekey.tenant_deks');
-      expect(rows.map((r) => r.kek_id)).toEqual(['v2']);
-
-      const fresh = VaultKvKeys.fromEnv(env);
-      await fresh.reload();
-      expect(fresh.kekIds()).toEqual(['v2']);
-      expect(fresh.configuredCurrentKekId).toBe('v2');
-      expect(fresh.fingerprint('v2')).toBe((await registry().get('v2'))?.fingerprint);
-      const after = await dekFingerprints(servers.db.pool, fresh);
-      for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
-      for (const [tenant, ciphertext] of writer.written)
-        expect((await app.decrypt(tenant, ciphertext)).toString()).toBe('fresh');
-      fresh.close();
-
-      // Within its window v1 is restored: undeleted in Vault, decrypt-only in the registry, usable again.
-      const runtime = await new TargetRuntimes({ db: servers.db.pool, keys }).get();
-      // Soft-deleted: no reader gets its bytes (Vault answers 404 for the version) until it is restored.
-      await keys.reload();
-      expect(keys.has('v1')).toBe(false);
-      await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
-      expect(await statesOf(path)).toEqual({ 1: 'live', 2: 'live' });
-      expect((await registry().get('v1'))?.state).toBe('decrypt_only');
-      resolveKek(keys, 'v1', await registry().get('v1')).key.fill(0);
     } finally {
-      await writer.stop();
-      await app.stop();
       appKeys.close();
       keys.close();
     }
@@ -136,21 +114,12 @@ describe('Vault KV v2 key store against a real Vault server', () => {
   it('after its restore window the retired version is destroyed in Vault (KV destroy), the registry says destroyed, and a restore is refused', async () => {
     const { path, keys } = await keyspace();
     try {
-      const { destroyed: report } = await runRotation(
-        servers.temporal.env,
-        createActivities({ db: servers.db.pool, keys }),
-        servers.db.pool,
-        { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
-        { timeoutMs: 90_000, destroyKek: 'v1' },
-      );
-      expect(report?.outcome).toBe('destroyed');
-      expect(report?.detail).toMatch(/version 1 of Vault KV secret .* is destroyed/);
-      expect(await statesOf(path)).toEqual({ 1: 'destroyed', 2: 'live' });
-      expect((await registry().get('v1'))?.state).toBe('destroyed');
-      await keys.reload();
-      expect(keys.has('v1')).toBe(false);
-      const runtime = await new TargetRuntimes({ db: servers.db.pool, keys }).get();
-      await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
+      const destroyed = { detail: /version 1 of Vault KV secret .* is destroyed/, timeoutMs: 90_000 };
+      await destroyedAfterWindow(onServers(), keys, destroyed, async () => {
+        expect(await statesOf(path)).toEqual({ 1: 'destroyed', 2: 'live' });
+        await keys.reload();
+        expect(keys.has('v1')).toBe(false);
+      });
     } finally {
       keys.close();
     }
@@ -172,20 +141,9 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     });
     await keys.reload();
     try {
-      const report = await runRotation(
-        servers.temporal.env,
-        createActivities({ db: servers.db.pool, keys }),
-        servers.db.pool,
-        {
-          from: 'v1',
-          to: 'new',
-          gracePeriod: '1d',
-          fleetLiveWithin: '1h',
-        },
-      ).catch((err: unknown) => err);
       // Refused by the capability check before a provision, or (where the keyspace's owner record is written first,
       // at load) by Vault's answer to that write: either way naming the capability and the path.
-      expect(failureOf(report)).toMatch(
+      expect(await refusalOf(onServers(), keys)).toMatch(
         new RegExp(
           `the token's policy (lacks "patch" on|must grant the capability "patch" on path) "secret/metadata/${path}"`,
         ),
@@ -236,28 +194,12 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     try {
       keys = (await keyspace(path, own.env)).keys;
       const before = await dekFingerprints(servers.db.pool, keys);
-      const request = { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h' };
       await vaultRequest(own, 'POST', 'sys/seal');
-      const sealed = await runRotation(
-        servers.temporal.env,
-        createActivities({ db: servers.db.pool, keys }),
-        servers.db.pool,
-        request,
-      ).catch((err: unknown) => err as Error);
-      expect(failureOf(sealed)).toMatch(/Vault at .* is sealed: .*vault operator unseal/);
+      expect(await refusalOf(onServers(), keys)).toMatch(/Vault at .* is sealed: .*vault operator unseal/);
       expect((await registry().list()).map((k) => k.kekId)).toEqual(['v1']);
 
       await own.stop();
-      const unreachable = await runRotation(
-        servers.temporal.env,
-        createActivities({ db: servers.db.pool, keys }),
-        servers.db.pool,
-        request,
-        {
-          timeoutMs: 110_000,
-        },
-      ).catch((err: unknown) => err as Error);
-      expect(failureOf(unreachable)).toMatch(/Vault at .* did not answer/);
+      expect(await refusalOf(onServers(), keys, 110_000)).toMatch(/Vault at .* did not answer/);
       expect((await registry().list()).map((k) => k.kekId)).toEqual(['v1']);
       expect(await dekFingerprints(servers.db.pool, keys)).toEqual(before);
     } finally {

@@ -10,10 +10,10 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { DekUnwrapError, KekRestoreRefusedError } from '../../src/errors';
-import { startLiveWriter } from '../helpers/live-writer';
+import { DekUnwrapError } from '../../src/errors';
 import { runRotation } from '../helpers/rotation-run';
 import { lossyVaultProxy, readmePolicy, tokenWithPolicy, useVaultServers } from '../helpers/vault';
+import { destroyedAfterWindow, freshKeyspace, refusalOf, rotateUnderLiveWriter } from '../helpers/store-rotation';
 
 const TENANTS = 600;
 /** The key the README's policy names. */
@@ -30,14 +30,10 @@ interface KeyState {
   min_available_version: number;
 }
 
-const failureOf = (err: unknown): string => {
-  const cause = (err as { cause?: { message?: string } }).cause;
-  return cause?.message ?? String(err);
-};
-
 describe('Vault Transit key store against a real Vault server', () => {
   const servers = useVaultServers();
   const registry = () => new KekRegistry(servers.db.pool, BUILTIN_TARGET);
+  const onServers = () => ({ env: servers.temporal.env, db: servers.db.pool });
   const keyState = async (key: string) =>
     (await vaultRequest<{ data: KeyState }>(servers.vault, 'GET', `transit/keys/${key}`)).data;
 
@@ -48,9 +44,7 @@ describe('Vault Transit key store against a real Vault server', () => {
   async function keyspace(key = `rekey-${randomUUID()}`) {
     const env = { ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     const keys = VaultTransitKeys.fromEnv(env);
-    await keys.generate('v1');
-    await servers.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-    await registry().seedActive('v1', keys.fingerprint('v1'));
+    await freshKeyspace(servers.db.pool, keys);
     const ids = Array.from({ length: TENANTS }, (_, i) => tenantAt(i));
     const deks = new Map(ids.map((id) => [id, randomBytes(32)]));
     const encrypted = await vaultRequest<{ data: { batch_results: { ciphertext: string }[] } }>(
@@ -120,57 +114,48 @@ describe('Vault Transit key store against a real Vault server', () => {
     await workerKeys.reload();
     const appKeys = VaultTransitKeys.fromEnv(env);
     await appKeys.reload();
-    const app = new TenantCrypto({ db: servers.db.pool, keys: appKeys, registryTtlMs: 100 });
-    await app.start();
-    const writer = startLiveWriter(app, (n) => tenantAt(n % TENANTS), { pauseMs: 2 });
+    const rotation = { tenantAt: (n: number) => tenantAt(n % TENANTS), pauseMs: 2, timeoutMs: 120_000 };
     try {
-      const report = await rotate(createActivities({ db: servers.db.pool, keys: workerKeys }), {
-        from: 'v1',
-        to: 'new',
-        batchSize: 100,
-        gracePeriod: '1d',
-        fleetLiveWithin: '1h',
+      await rotateUnderLiveWriter(onServers(), { keys: workerKeys, appKeys }, rotation, async ({ report, writer }) => {
+        const asked = (call: string) => proxy.forwarded.filter((r) => r === call).length;
+        expect(asked(`POST transit/decrypt/${key}`)).toBe(0);
+        expect(asked(`POST transit/datakey/plaintext/${key}`)).toBe(0);
+        expect(asked(`POST transit/keys/${key}/rotate`)).toBe(1);
+        const rewraps = asked(`POST transit/rewrap/${key}`);
+        // Batches of 50: far fewer requests than rows, and the progress counts each request once.
+        expect(rewraps).toBeGreaterThanOrEqual(TENANTS / 50);
+        expect(rewraps).toBeLessThan(TENANTS / 5);
+        expect(report.counters.rewrapped).toBeGreaterThan(0);
+        expect(report.counters.keyStoreRequests).toBeGreaterThanOrEqual(Math.ceil(report.counters.rewrapped / 50));
+        expect(report.counters.keyStoreRequests).toBeLessThanOrEqual(rewraps);
+
+        const after = await storedDeks(key);
+        for (const [tenantId, dek] of deks) {
+          expect(after.get(tenantId)).toMatchObject({ kekId: 'v2', version: 'v2' });
+          expect(after.get(tenantId)?.dek.equals(dek)).toBe(true);
+        }
+        const reader = new TenantCrypto({
+          db: servers.db.pool,
+          keys: VaultTransitKeys.fromEnv(env),
+          registryTtlMs: 100,
+        });
+        await reader.start();
+        for (const [tenantId, ciphertext] of writer.written) {
+          expect((await reader.decrypt(tenantId, ciphertext)).toString()).toBe('fresh');
+        }
+        await reader.stop();
+
+        expect(await keyState(key)).toMatchObject({ latest_version: 2, min_decryption_version: 2 });
+        expect((await registry().get('v1'))?.state).toBe('retired');
+        expect((await registry().get('v2'))?.fingerprint).toMatch(new RegExp(`^vault-transit:transit/${key}:v2@\\d+$`));
+
+        // Within its window v1 comes back: decrypt-only in the registry, decryptable in Vault.
+        const runtime = await new TargetRuntimes({ db: servers.db.pool, keys: workerKeys }).get();
+        await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
+        expect((await registry().get('v1'))?.state).toBe('decrypt_only');
+        expect(await keyState(key)).toMatchObject({ min_decryption_version: 1 });
       });
-      await writer.stop();
-      expect(report.outcome).toBe('completed');
-      expect(writer.writes).toBeGreaterThan(0);
-
-      const asked = (call: string) => proxy.forwarded.filter((r) => r === call).length;
-      expect(asked(`POST transit/decrypt/${key}`)).toBe(0);
-      expect(asked(`POST transit/datakey/plaintext/${key}`)).toBe(0);
-      expect(asked(`POST transit/keys/${key}/rotate`)).toBe(1);
-      const rewraps = asked(`POST transit/rewrap/${key}`);
-      // Batches of 50: far fewer requests than rows, and the progress counts each request once.
-      expect(rewraps).toBeGreaterThanOrEqual(TENANTS / 50);
-      expect(rewraps).toBeLessThan(TENANTS / 5);
-      expect(report.counters.rewrapped).toBeGreaterThan(0);
-      expect(report.counters.keyStoreRequests).toBeGreaterThanOrEqual(Math.ceil(report.counters.rewrapped / 50));
-      expect(report.counters.keyStoreRequests).toBeLessThanOrEqual(rewraps);
-
-      const after = await storedDeks(key);
-      for (const [tenantId, dek] of deks) {
-        expect(after.get(tenantId)).toMatchObject({ kekId: 'v2', version: 'v2' });
-        expect(after.get(tenantId)?.dek.equals(dek)).toBe(true);
-      }
-      const reader = new TenantCrypto({ db: servers.db.pool, keys: VaultTransitKeys.fromEnv(env), registryTtlMs: 100 });
-      await reader.start();
-      for (const [tenantId, ciphertext] of writer.written) {
-        expect((await reader.decrypt(tenantId, ciphertext)).toString()).toBe('fresh');
-      }
-      await reader.stop();
-
-      expect(await keyState(key)).toMatchObject({ latest_version: 2, min_decryption_version: 2 });
-      expect((await registry().get('v1'))?.state).toBe('retired');
-      expect((await registry().get('v2'))?.fingerprint).toMatch(new RegExp(`^vault-transit:transit/${key}:v2@\\d+$`));
-
-      // Within its window v1 comes back: decrypt-only in the registry, decryptable in Vault.
-      const runtime = await new TargetRuntimes({ db: servers.db.pool, keys: workerKeys }).get();
-      await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
-      expect((await registry().get('v1'))?.state).toBe('decrypt_only');
-      expect(await keyState(key)).toMatchObject({ min_decryption_version: 1 });
     } finally {
-      await writer.stop();
-      await app.stop();
       appKeys.close();
       workerKeys.close();
       await proxy.close();
@@ -243,18 +228,9 @@ describe('Vault Transit key store against a real Vault server', () => {
     const keys = VaultTransitKeys.fromEnv({ ...env, VAULT_TOKEN: token });
     await keys.reload();
     try {
-      const failed = await runRotation(
-        servers.temporal.env,
-        createActivities({ db: servers.db.pool, keys }),
-        servers.db.pool,
-        {
-          from: 'v1',
-          to: 'new',
-          gracePeriod: '1d',
-          fleetLiveWithin: '1h',
-        },
-      ).catch((err: unknown) => err);
-      expect(failureOf(failed)).toMatch(`the token's policy lacks "update" on "transit/rewrap/${key}"`);
+      expect(await refusalOf(onServers(), keys)).toMatch(
+        `the token's policy lacks "update" on "transit/rewrap/${key}"`,
+      );
       expect(await keyState(key)).toMatchObject({ latest_version: 1 });
       expect((await registry().list()).map((k) => k.kekId)).toEqual(['v1']);
     } finally {
@@ -265,19 +241,10 @@ describe('Vault Transit key store against a real Vault server', () => {
   it('after its restore window the retired version is trimmed (Transit trim), the registry says destroyed, and a restore is refused', async () => {
     const { key, keys } = await keyspace();
     try {
-      const { destroyed: report } = await runRotation(
-        servers.temporal.env,
-        createActivities({ db: servers.db.pool, keys }),
-        servers.db.pool,
-        { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
-        { timeoutMs: 120_000, destroyKek: 'v1' },
-      );
-      expect(report?.outcome).toBe('destroyed');
-      expect(report?.detail).toMatch(/versions up to 1 of Vault Transit key .* are trimmed/);
-      expect(await keyState(key)).toMatchObject({ min_available_version: 2, min_decryption_version: 2 });
-      expect((await registry().get('v1'))?.state).toBe('destroyed');
-      const runtime = await new TargetRuntimes({ db: servers.db.pool, keys }).get();
-      await expect(restoreKek(runtime, 'v1', 'too late', 'bob')).rejects.toThrow(KekRestoreRefusedError);
+      const destroyed = { detail: /versions up to 1 of Vault Transit key .* are trimmed/, timeoutMs: 120_000 };
+      await destroyedAfterWindow(onServers(), keys, destroyed, async () => {
+        expect(await keyState(key)).toMatchObject({ min_available_version: 2, min_decryption_version: 2 });
+      });
     } finally {
       keys.close();
     }

@@ -33,6 +33,11 @@ import { testKeys } from '../helpers/keys';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
 import { rotationWorkflowId, workflowIdFor } from '../../src/client/rotations';
 import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
+import { startMigration } from '../../src/client/migrations';
+import { migrateDek, migrationProgressQuery, pauseMigrationUpdate, resumeMigrationUpdate } from '../../src/workflows';
+import type { MigrationReport } from '../../src/workflows';
+import { createApplicationDatabase } from '../helpers/database';
+import { createMyceliumSchema, kekOf, myceliumShape, seedLegacyInventory } from '../helpers/mycelium';
 
 const out = path.join(__dirname, '..', 'workflows', 'histories', process.env.HISTORY_BUILD ?? 'unknown');
 
@@ -245,6 +250,78 @@ describe('record', () => {
       await targets.close();
       await db.drop();
     }
+  });
+
+  // A migration (`rekey migrate-dek`) lives for hours: its histories replay like a rotation's. Mycelium's v1 values
+  // in all four places, moved in small parts by a worker holding generation 1.
+  async function migration(
+    name: string,
+    request: { batchSize: number; parallelism: number; sliceTimeBudget?: string; maxHistoryEvents?: number },
+    drive: (handle: WorkflowHandle<typeof migrateDek>) => Promise<void>,
+  ) {
+    const { db } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
+    const tokenSecret = randomUUID();
+    try {
+      await seedLegacyInventory(db.pool, kekOf(tokenSecret), { tenants: 40, users: 20 });
+      const taskQueue = `migrate-${name}-${randomUUID()}`;
+      const worker = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env: { MYC_TOKEN_SECRET: tokenSecret } }),
+      });
+      await worker.runUntil(async () => {
+        const started = await startMigration(
+          env.client,
+          { target: 'mycelium', kekVersion: '1', ...request },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
+        );
+        await drive(started.handle);
+      });
+    } finally {
+      await db.drop();
+    }
+  }
+
+  it('migration: runs to the end', async () => {
+    await migration('completed', { batchSize: 5, parallelism: 2 }, async (handle) => {
+      const report = await handle.result();
+      expect(report.outcome).toBe('completed');
+      await save('migration-completed', handle);
+    });
+  });
+
+  it('migration: paused mid-run, resumed, completed; partial history while paused', async () => {
+    await migration('paused', { batchSize: 1, parallelism: 2, sliceTimeBudget: '1ms' }, async (handle) => {
+      await progressUntil<MigrationReport>(handle, (p) => p.totals.migrated >= 2, { withinMs: 60_000 });
+      const paused = await handle.executeUpdate(pauseMigrationUpdate);
+      expect(paused.paused).toBe(true);
+      await untilNoActivityPending(handle);
+      await progressUntil<MigrationReport>(handle, (p) => p.partsRunning === 0, { withinMs: 60_000 });
+      await save('migration-paused', handle);
+      await handle.executeUpdate(resumeMigrationUpdate);
+      const report = await handle.result();
+      expect(report.outcome).toBe('completed');
+      expect((await handle.query(migrationProgressQuery)).paused).toBe(false);
+      await save('migration-paused-resumed-completed', handle);
+    });
+  });
+
+  it('migration: continues as new', async () => {
+    await migration(
+      'continue-as-new',
+      { batchSize: 2, parallelism: 2, sliceTimeBudget: '1ms', maxHistoryEvents: 40 },
+      async (handle) => {
+        const report = await handle.result();
+        expect(report.outcome).toBe('completed');
+        const last = await handle.fetchHistory();
+        const firstRunId = last.events?.[0]?.workflowExecutionStartedEventAttributes?.firstExecutionRunId ?? '';
+        const first = env.client.workflow.getHandle(handle.workflowId, firstRunId);
+        expect((await first.describe()).status.name).toBe('CONTINUED_AS_NEW');
+        await save('migration-continue-as-new-first-run', handle, firstRunId);
+        await save('migration-continue-as-new-last-run', handle);
+      },
+    );
   });
 
   it('schedule notice: the receiver refuses it, then takes it; the schedule is deleted after its rotation', async () => {

@@ -1,10 +1,11 @@
 import type { Pool, QueryConfig } from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { compileFormat } from '../../src/codec/sealed-format';
-import { integerArray, textArray } from '../../src/store/binary-arrays';
+import { unpackTextColumn, type ByteColumn } from '../../src/crypto/columns';
+import { integerArray, packedArray, textArray } from '../../src/store/binary-arrays';
 import { literal } from '../../src/store/copy-out';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { TargetStore } from '../../src/store/target-store';
+import { batchId, TargetStore } from '../../src/store/target-store';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { REKEY_PRESET } from '../../src/targets/presets';
 import { useTestDatabase } from '../helpers/database';
@@ -44,6 +45,14 @@ async function seedAwkward(pool: Pool): Promise<void> {
 
 const EVERY_BYTE = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 
+/** Values packed as a ByteColumn: each one's length (-1 for null) and the bytes one after another. */
+function pack(values: (Buffer | null)[]): ByteColumn {
+  return {
+    lengths: Int32Array.from(values, (v) => (v === null ? -1 : v.length)),
+    bytes: new Uint8Array(Buffer.concat(values.filter((v): v is Buffer => v !== null))),
+  };
+}
+
 describe('binary transfer between the rewrap engine and PostgreSQL', () => {
   const db = useTestDatabase();
   beforeAll(() => seedAwkward(db.pool));
@@ -74,6 +83,53 @@ describe('binary transfer between the rewrap engine and PostgreSQL', () => {
     expect(() => integerArray(['1.5'], 'int8')).toThrow(RangeError);
     expect(() => integerArray(['abc'], 'int8')).toThrow(RangeError);
     expect(() => integerArray(['2147483648'], 'int4')).toThrow(RangeError);
+  });
+
+  it('an array parameter from packed values arrives exactly: text from its UTF-8 bytes, integers from their big-endian bytes, only the elements asked for', async () => {
+    const texts = [...AWKWARD_IDS, '', null];
+    const packedTexts = pack(texts.map((t) => (t === null ? null : Buffer.from(t, 'utf8'))));
+    const which = [0, 2, 3, 6, 7, 8];
+    const { rows } = await db.pool.query<{ v: (string | null)[] }>('SELECT $1::text[] AS v', [
+      packedArray(packedTexts, which, 'text'),
+    ]);
+    expect(rows[0]!.v).toEqual(which.map((i) => texts[i]));
+    const wide = [0n, -1n, 9_007_199_254_740_993n, -9_223_372_036_854_775_808n, 9_223_372_036_854_775_807n];
+    const packedWide = pack(
+      wide.map((v) => {
+        const b = Buffer.alloc(8);
+        b.writeBigInt64BE(v);
+        return b;
+      }),
+    );
+    const result = await db.pool.query<{ v: string }>('SELECT x::text AS v FROM unnest($1::int8[]) x', [
+      packedArray(packedWide, [4, 0, 2], 'int8'),
+    ]);
+    expect(result.rows.map((r) => r.v)).toEqual([wide[4], wide[0], wide[2]].map(String));
+    expect(() => packedArray(packedWide, [0], 'int4')).toThrow(RangeError);
+    expect(() => packedArray(pack([null]), [0], 'int8')).toThrow(RangeError);
+  });
+
+  it('a rewrap read by column holds every byte of a bytea, every character of an id and every version as the table does', async () => {
+    const expected = await db.pool.query<{ tenant_id: string; wrapped_dek: Buffer; version: string }>(
+      `SELECT tenant_id, wrapped_dek, version::text FROM rekey.tenant_deks ORDER BY tenant_id`,
+    );
+    const batch = await (await store(db)).readColumns(db.pool, 'v1', { after: '', until: null }, 100);
+    expect(batch.count).toBe(AWKWARD_IDS.length);
+    expect(unpackTextColumn(batch.ids)).toEqual(expected.rows.map((r) => r.tenant_id));
+    expect(expected.rows.map((_, i) => batchId(batch, i))).toEqual(expected.rows.map((r) => r.tenant_id));
+    // The codec reads the id too (its associated data): the same packed column.
+    expect(batch.columns.columns.tenant_id).toEqual({ kind: 'text', column: batch.ids });
+    const dek = batch.columns.columns.wrapped_dek!;
+    expect(dek.kind).toBe('bytes');
+    let offset = 0;
+    const tokens = Buffer.from(batch.tokens!.bytes);
+    expected.rows.forEach((row, i) => {
+      const { lengths, bytes } = (dek as { column: ByteColumn }).column;
+      expect(Buffer.from(bytes.subarray(offset, offset + lengths[i]!)).equals(row.wrapped_dek)).toBe(true);
+      offset += lengths[i]!;
+      expect(batch.tokens!.lengths[i]).toBe(8);
+      expect(tokens.readBigInt64BE(i * 8).toString()).toBe(row.version);
+    });
   });
 
   it("a rewrap read returns every byte of a bytea and every character of an id, which node-postgres' binary row mode does not", async () => {
@@ -153,5 +209,59 @@ describe('the batch compare-and-swap', () => {
         written,
       ]);
     }
+  });
+});
+
+describe('the batch compare-and-swap built from columns', () => {
+  const db = useTestDatabase();
+  beforeAll(() => seedAwkward(db.pool));
+
+  it('writes every byte value into the rows still as read, counts the relabelled ones with their progress in the same statement, and returns the ones another writer changed', async () => {
+    const s = await store(db);
+    const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
+    await registry.register('v2', keys.fingerprint('v2'));
+    await registry.promote('v1', 'v2');
+    await db.pool.query(
+      `INSERT INTO rekey.rewrap_progress (target, progress_key, cursor) VALUES ('rekey', 'columns/slice-0', '')`,
+    );
+    const batch = await s.readColumns(db.pool, 'v1', { after: '', until: null }, 100);
+    const ids = unpackTextColumn(batch.ids) as string[];
+    // Another writer changes the third row after it was read; the first row is left out (it did not decrypt).
+    await db.pool.query('UPDATE rekey.tenant_deks SET version = version + 1 WHERE tenant_id = $1', [ids[2]]);
+    const indexes = Int32Array.from(ids.keys()).slice(1);
+    // Values of two lengths (the statement slices them by offsets), holding every byte value.
+    const value = (i: number) => Buffer.concat([EVERY_BYTE.subarray(i), Buffer.from([i])]);
+    const relabel = Uint8Array.from(indexes, (i) => (i === 3 ? 1 : 0));
+    const outcome = await s.compareAndSwapColumns(
+      db.pool,
+      'v1',
+      'v2',
+      batch,
+      { indexes, relabel, values: [{ kind: 'bytes', column: pack(Array.from(indexes, value)) }] },
+      ['active'],
+      { progressKey: 'columns/slice-0', cursor: ids[ids.length - 1]!, failed: 1 },
+    );
+
+    expect([...outcome.lost]).toEqual([ids[2]]);
+    expect(outcome).toMatchObject({ written: ids.length - 2, relabelled: 1 });
+    const after = await db.pool.query<{ tenant_id: string; kek_id: string; wrapped_dek: Buffer }>(
+      'SELECT tenant_id, kek_id, wrapped_dek FROM rekey.tenant_deks ORDER BY tenant_id',
+    );
+    expect(after.rows.map((r) => r.tenant_id)).toEqual(ids);
+    for (const [i, row] of after.rows.entries()) {
+      const written = i !== 0 && i !== 2;
+      expect([row.kek_id, written && row.wrapped_dek.equals(value(i))]).toEqual([written ? 'v2' : 'v1', written]);
+    }
+    const progress = await db.pool.query(
+      `SELECT cursor, rewrapped::int, relabelled::int, cas_conflicts::int, failed::int FROM rekey.rewrap_progress
+       WHERE progress_key = 'columns/slice-0'`,
+    );
+    expect(progress.rows[0]).toEqual({
+      cursor: ids[ids.length - 1],
+      rewrapped: ids.length - 3,
+      relabelled: 1,
+      cas_conflicts: 1,
+      failed: 1,
+    });
   });
 });

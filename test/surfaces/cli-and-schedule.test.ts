@@ -16,11 +16,12 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
-import type { RotationReport, rotateKek, ScheduledRotationResult, scheduledRotation } from '../../src/workflows';
+import type { RotationReport, rotateKek } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { rotationIdIn } from '../helpers/keyspace';
+import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 const TENANTS = 3_000;
@@ -68,17 +69,6 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     });
     running = worker.run();
   });
-
-  /** The result of the schedule's latest run: the launcher says which rotation it started, or why none. */
-  async function scheduledRun(scheduleId: string): Promise<ScheduledRotationResult> {
-    const handle = env.client.schedule.getHandle(scheduleId);
-    const launcher = await eventually(
-      `schedule ${scheduleId} running`,
-      async () => (await handle.describe()).info.recentActions[0]?.action.workflow.workflowId,
-      { every: 100 },
-    );
-    return resultWithin<ScheduledRotationResult>(env.client.workflow.getHandle<typeof scheduledRotation>(launcher));
-  }
 
   afterAll(async () => {
     worker?.shutdown();
@@ -223,18 +213,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
   });
 
   it('Finding 4: a schedule run after an abort that followed promotion finishes that rotation instead of promoting a third KEK; a run with nothing to do says so', async () => {
-    const created = await rekey(
-      'schedule',
-      'create',
-      '--id',
-      'rekey-test',
-      '--every',
-      '90d',
-      '--grace',
-      '1s',
-      '--min-kek-age',
-      '0s',
-    );
+    const created = await rekey('schedule', 'create', '--id', 'rekey-test', ...ROTATES_WHEN_TRIGGERED);
     expect(created).toMatchObject({
       code: 0,
       stdout: expect.stringMatching(/^created schedule rekey-test\n/) as unknown,
@@ -263,7 +242,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }
     const keksBefore = (await registry.list()).length;
     expect((await rekey('schedule', 'trigger', 'rekey-test')).code).toBe(0);
-    const launched = await scheduledRun('rekey-test');
+    const launched = await scheduledRun(env.client, 'rekey-test');
     const rotationId = await rotationIdIn(db.pool);
     expect(launched).toMatchObject({ started: true, workflowId: rotationId });
     const report = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
@@ -276,7 +255,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     const second = await rekey('schedule', 'create', '--id', 'rekey-young', '--every', '90d', '--min-kek-age', '30d');
     expect(second.code).toBe(0);
     await env.client.schedule.getHandle('rekey-young').trigger();
-    expect(await scheduledRun('rekey-young')).toMatchObject({ started: true });
+    expect(await scheduledRun(env.client, 'rekey-young')).toMatchObject({ started: true });
     const nothing = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
     expect(nothing.outcome).toBe('nothing-to-do');
     expect(nothing.note).toMatch(/^nothing to do: KEK '\w+' became active .* ago; rotations are due after 30d 0h$/);
@@ -336,7 +315,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     try {
       await env.client.schedule.getHandle('rekey-old').trigger();
       const rotationId = await rotationIdIn(db.pool);
-      expect(await scheduledRun('rekey-old')).toMatchObject({ started: true, workflowId: rotationId });
+      expect(await scheduledRun(env.client, 'rekey-old')).toMatchObject({ started: true, workflowId: rotationId });
       const report = await env.client.workflow.getHandle<typeof rotateKek>(rotationId).result();
       expect(report.outcome).toBe('nothing-to-do');
     } finally {
@@ -376,7 +355,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       expect(created.code).toBe(0);
       await env.client.schedule.getHandle('rekey-q').trigger();
       const rotationId = await rotationIdIn(db.pool);
-      expect(await scheduledRun('rekey-q')).toMatchObject({ started: true, workflowId: rotationId });
+      expect(await scheduledRun(env.client, 'rekey-q')).toMatchObject({ started: true, workflowId: rotationId });
       const handle = env.client.workflow.getHandle<typeof rotateKek>(rotationId);
       // Before the fix the run sat at "promote · fleet 0/1 ready" until its fleet timeout (1 h).
       const report = await resultWithin<RotationReport>(handle);

@@ -11,7 +11,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
 import { findRotation, startRotation, type KeyspaceLookup } from '../../src/client/rotations';
-import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
+import { keyspaceOf as keyspaceNamed, migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { seedTenants } from '../../src/dev/tenants';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
 import { FileKeyring } from '../../src/keys/file-keyring';
@@ -63,9 +63,11 @@ function readmeRows(): Row[] {
   return rows;
 }
 
-/** Splits a command line as a shell does for these examples: words, and "quoted words". */
-function words(line: string): string[] {
-  return [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+/** Splits a command line as a shell does for these examples: words, "quoted words", and `$NAME` from `env`. */
+function words(line: string, env: NodeJS.ProcessEnv): string[] {
+  return [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) =>
+    (m[1] ?? m[2]!).replace(/\$([A-Z_]+)/g, (_, name: string) => env[name] ?? ''),
+  );
 }
 
 /** What one row needs beyond its examples: the state it names, where its request goes, what its answers say. */
@@ -108,6 +110,9 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-exit-codes-'));
   const configFile = path.join(scratch, 'rekey.yaml');
   const keyringFile = path.join(scratch, 'keyring.json');
+  // `foreign`'s keyring: its KEKs belong to the same table in another database, whose deployment made the file.
+  const foreignKeyringFile = path.join(scratch, 'foreign-keyring.json');
+  const foreignOwner = keyspaceNamed(randomUUID(), 'public.foreign_secrets').id;
 
   const b64u = (key: Buffer) => key.toString('base64url');
   // A keyspace is a table in a database, and a key store belongs to one: each Talos-shaped target has a table (a copy
@@ -125,6 +130,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'fresh_api_secrets',
     'idle_secrets',
     'idle_api_secrets',
+    'foreign_secrets',
   ];
   // Every target the rows name; JSON is YAML.
   const config = {
@@ -150,6 +156,11 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       'fresh-api': talosTarget('FRESH_API', 'fresh_api_secrets'),
       idle: talosTarget('IDLE', 'idle_secrets'),
       'idle-api': talosTarget('IDLE_API', 'idle_api_secrets'),
+      foreign: {
+        preset: 'talos',
+        table: 'public.foreign_secrets',
+        keys: { provider: 'file', file: foreignKeyringFile },
+      },
       offline: {
         preset: 'talos',
         database: { url: 'postgres://rekey@127.0.0.1:1/offline' },
@@ -179,7 +190,6 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
 
   /** A row's CLI line, run as written by the built CLI (leading `NAME=value` words set its environment). */
   function runExample(line: string, extra: Record<string, string> = {}): Promise<CliResult> {
-    const parts = words(line);
     const cliEnv: NodeJS.ProcessEnv = {
       ...extra,
       PATH: process.env.PATH,
@@ -189,6 +199,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       // The variable the configuration names for `held`'s database: the CLI computes its keyspace there.
       HELD_DATABASE_URL: heldDb.url,
     };
+    const parts = words(line, cliEnv);
     while (/^[A-Z_]+=/.test(parts[0]!)) {
       const [name, ...value] = parts.shift()!.split('=');
       cliEnv[name!] = value.join('=');
@@ -298,6 +309,10 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'a setting the command needs is missing': {
       says: /DATABASE_URL is not set/,
     },
+    'a configuration whose targets share a table or a key store (refused when it loads)': {
+      // HELD_DATABASE_URL names mycelium's database: `held` and `mycelium` are then one table of one database.
+      says: /targets 'mycelium' and 'held' are one keyspace: both are table \S+ in the database of the same URL/,
+    },
     'a rotation that does not exist': {
       says: /no rotation 'nosuch'/,
     },
@@ -363,6 +378,12 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       },
       says: /KEK 'v3' in the key provider has fingerprint kcv1:\w+, but the registry recorded kcv1:\w+: this is a different key/,
     },
+    'a KEK whose key store records another keyspace as its owner': {
+      says: () =>
+        new RegExp(
+          `not rotating with KEK 'v1': keyring file \\S+ records it as keyspace ${foreignOwner.replaceAll('.', '\\.')}'s, and target 'foreign' is keyspace`,
+        ),
+    },
     'a run that failed, read with `status`: the code of its failure (the API: `status: "failed"`)': {
       observed: '`rekey status` of a failed run exited 0',
       given: ledgerRefused,
@@ -422,6 +443,10 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     keyring = FileKeyring.open(keyringFile, { create: true });
     await keyring.generate('v1');
     await keyring.generate('v2');
+    const foreignKeyring = FileKeyring.open(foreignKeyringFile, { create: true });
+    await foreignKeyring.generate('v1', { owner: foreignOwner });
+    await foreignKeyring.generate('v2', { owner: foreignOwner });
+    foreignKeyring.close();
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 50 });
     await createTalosSchema(db.pool);

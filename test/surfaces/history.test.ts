@@ -13,6 +13,7 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import type { rotateKek } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
+import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import {
@@ -51,7 +52,7 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
   /** The ids of the target's rotations and migrations in this database (its keyspace's). */
   let ids: { rotation: string; migration: string };
   const rotation = () => env.client.workflow.getHandle<typeof rotateKek>(ids.rotation);
-  const rotate = ['rotate', '--target', 'mycelium', '--from-version', '1', '--to-version', '2', '--grace', '1s'];
+  const rotate = [...MYCELIUM_ROTATE_1_TO_2, '--grace', '1s'];
 
   beforeAll(async () => {
     env = await createDevServerEnv();
@@ -104,11 +105,7 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
 
     // 2. The same rotation again, taken up where the first stopped, confirmed and finished.
     const second = rekey(...rotate, '--wait');
-    await progressUntil(rotation(), (p) => p.waiting?.step === 'retire' && p.outcome === 'running', {
-      withinMs: 90_000,
-    });
-    const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old secret discarded');
-    expect(confirmed, confirmed.stderr).toMatchObject({ code: 0 });
+    await confirmRetireWhenAsked(rekey, rotation(), 'mycelium', 'old secret discarded');
     const done = await second;
     expect(done, done.stderr).toMatchObject({ code: 0 });
 

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure, TypedSearchAttributes } from '@temporalio/common';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,10 +20,12 @@ import { parseTargetsConfig } from '../../src/targets/config';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { destroyRetiredKek, rotateKek, type RotationReport } from '../../src/workflows';
+import { RekeyTarget } from '../../src/workflows/search-attributes';
 import { RunFailedError, TargetConfigError } from '../../src/errors';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyspaceIn } from '../helpers/keyspace';
+import { eventually } from '../helpers/eventually';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 
 /** One deployment: its own database, keyring file and task queue, and a worker of its own on them. */
@@ -264,6 +267,53 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
         `rotation ${rotationWorkflowId('rekey', await keyspaceIn(a.db.pool))}@`,
       );
     });
+  });
+
+  it("Finding (a run from before keyspaces in every database's history): a run under kek-rotation-rekey whose input names no database is listed once in each database's history, marked as from before keyspaces with its database unknown; one whose input names database a is a's alone", async () => {
+    const legacyQueue = 'keyspaces-legacy-history';
+    const legacyWorker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: legacyQueue,
+      workflowBundle: workflowBundle(),
+      activities: {
+        // An older build's run that ended at its first step, and recorded its end in no database.
+        validateRotation: () => Promise.reject(ApplicationFailure.nonRetryable('an older build’s run, ended', 'Test')),
+        recordRun: () => Promise.resolve({ recorded: false, why: 'an older build' }),
+      },
+    });
+    const ka = await keyspaceIn(a.db.pool);
+    const legacyRun = async (request: Record<string, string>) => {
+      const handle = await env.client.workflow.start(rotateKek, {
+        taskQueue: legacyQueue,
+        workflowId: 'kek-rotation-rekey',
+        args: [request as never],
+        typedSearchAttributes: new TypedSearchAttributes([{ key: RekeyTarget, value: 'rekey' }]),
+      });
+      await handle.result().catch(() => undefined);
+      return `kek-rotation-rekey@${handle.firstExecutionRunId}`;
+    };
+    const [inA, unknown] = await legacyWorker.runUntil(async () => [
+      await legacyRun({ from: 'v1', to: 'v2', keyspace: ka.id }),
+      await legacyRun({ from: 'v1', to: 'v2' }),
+    ]);
+    for (const d of [a, b]) {
+      const runs = await eventually(`${d.name}'s history listing ${unknown}`, async () => {
+        const listed = await rekey(d, ['--json', 'history', 'rekey']);
+        const history = JSON.parse(listed.stdout) as History;
+        return history.runs.some((run) => run.opId === unknown) && history.runs;
+      });
+      const listedUnknown = runs.filter((run) => run.opId === unknown);
+      expect(listedUnknown).toHaveLength(1);
+      expect(listedUnknown[0]!.databaseUnknown).toContain(
+        "started before keyspaces under kek-rotation-rekey, an id that names no database; neither this database's run history nor the run's input says which database it rotated",
+      );
+      const ofA = runs.filter((run) => run.opId === inA);
+      if (d === a) expect(ofA.map((run) => run.databaseUnknown)).toEqual([undefined]);
+      else expect(ofA).toEqual([]);
+    }
+    expect((await rekey(b, ['history', 'rekey'])).stdout).toContain(
+      '    database unknown: started before keyspaces under kek-rotation-rekey',
+    );
   });
 
   it('Finding 8: a destruction already running for the same KEK of the same keyspace covers a new retirement, and the run says so instead of dropping it', async () => {

@@ -7,6 +7,7 @@ import type { MigrationReport } from '../../src/workflows';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { runRekey, type CliResult } from '../helpers/cli';
+import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
@@ -79,7 +80,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
   });
 
   it("--dry-run prints Mycelium's counters and the census, and writes nothing", async () => {
-    const dry = await rekey('rotate', '--target', 'mycelium', '--from-version', '1', '--to-version', '2', '--dry-run');
+    const dry = await rekey(...MYCELIUM_ROTATE_1_TO_2, '--dry-run');
     expect(dry.stderr).toBe('');
     expect(dry.code).toBe(0);
     expect(dry.stdout).toContain('From version: 1');
@@ -93,18 +94,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
   });
 
   it('the rotation runs to its end: it waits for the operator to discard the old token_secret, then retires generation 1', async () => {
-    const rotation = rekey(
-      'rotate',
-      '--target',
-      'mycelium',
-      '--from-version',
-      '1',
-      '--to-version',
-      '2',
-      '--grace',
-      '1s',
-      '--wait',
-    );
+    const rotation = rekey(...MYCELIUM_ROTATE_1_TO_2, '--grace', '1s', '--wait');
     let status = '';
     await eventually(
       "'rekey status' showing the rotation waiting for confirmation",
@@ -119,7 +109,8 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     );
     const rotationId = await rotationIdIn(db.pool, 'mycelium');
     expect(status).toContain(`then: rekey confirm ${rotationId} --step retire --note "…"`);
-    const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old secret removed from Vault');
+    const handle = env.client.workflow.getHandle(rotationId);
+    const confirmed = await confirmRetireWhenAsked(rekey, handle, 'mycelium', 'old secret removed from Vault');
     expect(confirmed).toMatchObject({ code: 0, stdout: 'retire confirmed: old secret removed from Vault\n' });
     const done = await rotation;
     expect(done.stderr).toBe('');

@@ -5,6 +5,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runRekey, type CliResult } from '../helpers/cli';
+import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { rotationIdIn } from '../helpers/keyspace';
 import {
@@ -16,7 +17,7 @@ import {
 } from '../helpers/mycelium';
 import { docCommands, docExports, envCommand, runScript, type RunningProcess } from '../helpers/readme';
 import { checkSecrets, createTalosSchema, seedSecrets } from '../helpers/talos';
-import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
+import { createDevServerEnv, resultWithin } from '../helpers/temporal';
 import type { RotationReport } from '../../src/workflows';
 
 const PAGE = 'docs/02-worker-per-database.md';
@@ -123,38 +124,17 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
         { DATABASE_URL: db.url, MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 },
         taskQueue,
       );
-      const dry = await rekey(
-        'rotate',
-        '--target',
-        'mycelium',
-        '--from-version',
-        '1',
-        '--to-version',
-        '2',
-        '--dry-run',
-      );
+      const dry = await rekey(...MYCELIUM_ROTATE_1_TO_2, '--dry-run');
       expect(dry.stderr).toBe('');
       expect(dry.code).toBe(0);
       expect(dry.stdout).toContain('Tenants scanned: 31  Migrated: 31  Already done: 0  Skipped: 0  Unreadable: 0');
 
-      const started = await rekey(
-        'rotate',
-        '--target',
-        'mycelium',
-        '--from-version',
-        '1',
-        '--to-version',
-        '2',
-        '--grace',
-        '1s',
-      );
+      const started = await rekey(...MYCELIUM_ROTATE_1_TO_2, '--grace', '1s');
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
       // The worker migrated the database: its identity names the rotation.
       const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'mycelium'));
-      await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
-      const confirmed = await rekey('confirm', 'mycelium', '--step', 'retire', '--note', 'old token_secret removed');
-      expect(confirmed.stderr).toBe('');
+      await confirmRetireWhenAsked(rekey, handle, 'mycelium', 'old token_secret removed');
       expect(await resultWithin<RotationReport>(handle)).toMatchObject({ outcome: 'completed', from: '1', to: '2' });
       const { rows } = await db.pool.query<{ label: number; n: string }>(
         `SELECT kek_version AS label, count(*) AS n FROM public.tenant WHERE encrypted_dek IS NOT NULL GROUP BY 1`,
@@ -192,9 +172,7 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
       expect(started.stderr).toBe('');
       expect(started.code).toBe(0);
       const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool, 'talos'));
-      await progressUntil(handle, (p) => p.waiting?.step === 'retire', { withinMs: 90_000 });
-      const confirmed = await rekey('confirm', 'talos', '--step', 'retire', '--note', 'TALOS_KEK_v1 removed');
-      expect(confirmed.stderr).toBe('');
+      await confirmRetireWhenAsked(rekey, handle, 'talos', 'TALOS_KEK_v1 removed');
       expect(await resultWithin<RotationReport>(handle)).toMatchObject({ outcome: 'completed', from: 'v1', to: 'v2' });
       expect(await checkSecrets(db.pool, v2, 'v2', secrets)).toEqual([]);
       await worker.stop();

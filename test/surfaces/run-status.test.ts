@@ -20,10 +20,11 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { rotationWorkflowId } from '../../src/rotation/identity';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import type { rotateKek, RotationReport, ScheduledRotationResult } from '../../src/workflows';
+import type { rotateKek, RotationReport } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
+import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
 import { createDevServerEnv, progressUntil, resultWithin, within, workflowBundle } from '../helpers/temporal';
 
 const TENANTS = 500;
@@ -305,31 +306,12 @@ describe('one status, the same on every surface: rekey status, rotation-status a
   });
 
   it('schedule list shows each run of a schedule with the rotation it started, in the words of rekey status', async () => {
-    const created = await rekey(
-      'schedule',
-      'create',
-      '--id',
-      'rekey-status-test',
-      '--every',
-      '90d',
-      '--grace',
-      '1s',
-      '--min-kek-age',
-      '0s',
-    );
+    const created = await rekey('schedule', 'create', '--id', 'rekey-status-test', ...ROTATES_WHEN_TRIGGERED);
     expect(created, created.stderr).toMatchObject({ code: 0 });
     try {
       expect((await rekey('schedule', 'trigger', 'rekey-status-test')).code).toBe(0);
-      const schedule = env.client.schedule.getHandle('rekey-status-test');
-      const launcher = await eventually(
-        'the schedule running once',
-        async () => (await schedule.describe()).info.recentActions[0]?.action.workflow.workflowId,
-        { every: 100 },
-      );
       // The launcher ends once it has started the rotation: from then on, the rotation's id names that run.
-      expect(await resultWithin<ScheduledRotationResult>(env.client.workflow.getHandle(launcher))).toMatchObject({
-        started: true,
-      });
+      expect(await scheduledRun(env.client, 'rekey-status-test')).toMatchObject({ started: true });
       const report = await resultWithin<RotationReport>(handle(), 90_000);
       expect(report.outcome).toBe('completed');
 

@@ -15,13 +15,13 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import type { scheduledRotation } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { rotationIdIn } from '../helpers/keyspace';
 import { createTalosSchema } from '../helpers/talos';
-import { createDevServerEnv, resultWithin, within, workflowBundle } from '../helpers/temporal';
+import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
+import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
 
 describe('rotation schedules: refused at create when they cannot run, each run with its outcome', () => {
   let env: TestWorkflowEnvironment;
@@ -41,25 +41,6 @@ describe('rotation schedules: refused at create when they cannot run, each run w
       REKEY_KEYRING_FILE: keyringFile,
       REKEY_WEB_UI_URL: 'https://temporal.example.com/',
     });
-  }
-
-  /** The launcher of the schedule's `nth` run (1-based), once it has ended. */
-  async function launched(scheduleId: string, nth: number): Promise<void> {
-    const handle = env.client.schedule.getHandle(scheduleId);
-    await within(
-      (async () => {
-        for (;;) {
-          const action = (await handle.describe()).info.recentActions[nth - 1]?.action.workflow;
-          if (action) {
-            await env.client.workflow.getHandle<typeof scheduledRotation>(action.workflowId).result();
-            return;
-          }
-          await new Promise((resolve) => setTimeout(resolve, 100));
-        }
-      })(),
-      60_000,
-      () => `schedule ${scheduleId} never ran ${nth} time(s)`,
-    );
   }
 
   beforeAll(async () => {
@@ -137,24 +118,13 @@ describe('rotation schedules: refused at create when they cannot run, each run w
   });
 
   it("Finding: schedule list shows each recent run and what came of the rotation it started (completed, failed with its reason), where it showed only the next run and the launcher's started: true", async () => {
-    const created = await rekey(
-      'schedule',
-      'create',
-      '--id',
-      'rekey-runs',
-      '--every',
-      '90d',
-      '--grace',
-      '1s',
-      '--min-kek-age',
-      '0s',
-    );
+    const created = await rekey('schedule', 'create', '--id', 'rekey-runs', ...ROTATES_WHEN_TRIGGERED);
     expect(created.stderr).toBe('');
     expect(created.stdout).toBe(
       'created schedule rekey-runs\n  Web UI: https://temporal.example.com/namespaces/default/schedules/rekey-runs\n',
     );
     await env.client.schedule.getHandle('rekey-runs').trigger();
-    await launched('rekey-runs', 1);
+    await scheduledRun(env.client, 'rekey-runs', 1);
     const rotationId = await rotationIdIn(db.pool);
     await resultWithin(env.client.workflow.getHandle(rotationId));
 
@@ -164,7 +134,7 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     await other.destroy(active);
     other.close();
     await env.client.schedule.getHandle('rekey-runs').trigger();
-    await launched('rekey-runs', 2);
+    await scheduledRun(env.client, 'rekey-runs', 2);
     await expect(resultWithin(env.client.workflow.getHandle(rotationId))).rejects.toThrow();
 
     const listed = await rekey('schedule', 'list');

@@ -2,12 +2,16 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MYCELIUM_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat, type Row } from '../../src/codec/sealed-format';
-import { packRows, unpackRows } from '../../src/crypto/columns';
+import { aesGcmBackend, releaseKey, scheduleKey } from '../../src/crypto/aes-gcm';
+import { rewrapColumns } from '../../src/crypto/column-rewrap';
+import { packRows, unpackColumn, unpackRows, type Columns } from '../../src/crypto/columns';
 import { rewrapChunk } from '../../src/crypto/rewrap-thread';
 import { cryptoThreadsFromEnv, inlineRowCrypto, ThreadedRowCrypto } from '../../src/crypto/row-crypto';
 import { unwrapDek, wrapDek } from '../../src/envelope/dek-wrapping';
-import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
+import { REKEY_DEK_FORMAT, TALOS_SECRET_FORMAT } from '../../src/codec/formats';
 import { ConfigError } from '../../src/errors';
+import { rewrapRows } from '../../src/rewrap/rewrap-rows';
+import { unwrapDek as myceliumUnwrap, wrapDek as myceliumWrap } from '../helpers/mycelium';
 
 const from = { kekId: 'v1', key: randomBytes(32) };
 const to = { kekId: 'v2', key: randomBytes(32) };
@@ -107,5 +111,130 @@ describe('rewrap crypto in threads', () => {
     expect(cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: '3' })).toBe(3);
     expect(() => cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: 'all' })).toThrow(ConfigError);
     expect(() => cryptoThreadsFromEnv({ REKEY_CRYPTO_THREADS: '-1' })).toThrow(/REKEY_CRYPTO_THREADS.*'-1'/);
+  });
+});
+
+describe('rewrap by column, in place', () => {
+  /** Rows of every kind a chunk may hold: most on `from`, some under `to` or a third KEK, and malformed ones. */
+  function mixedRows(): { rows: Row[]; deks: (Buffer | undefined)[] } {
+    const deks: (Buffer | undefined)[] = [];
+    const rows: Row[] = [];
+    for (let i = 0; i < 400; i++) {
+      // Ids of several lengths and scripts: the associated data is built in a scratch buffer of its own size.
+      const id = i % 13 === 0 ? `tenant-ü-${'x'.repeat(i)}` : `tenant-${i}`;
+      const dek = randomBytes(32);
+      const kek = i % 11 === 0 ? third : i % 7 === 0 ? to : from;
+      let wrapped: Buffer | null = wrapDek(kek.key, kek.kekId, id, dek);
+      let tenant: string | null = id;
+      if (i % 17 === 0) wrapped = null;
+      else if (i % 19 === 0)
+        wrapped = Buffer.concat([Buffer.from('02', 'hex'), wrapped.subarray(1)]); // KMS's form
+      else if (i % 23 === 0)
+        wrapped = wrapped.subarray(0, 20); // too short
+      else if (i % 29 === 0) wrapped = Buffer.concat([wrapped.subarray(0, 45), Buffer.alloc(1), wrapped.subarray(45)]);
+      else if (i % 31 === 0) tenant = null; // no associated data to bind to
+      const readable = wrapped !== null && tenant !== null && kek !== third && i % 19 && i % 23 && i % 29;
+      deks.push(readable ? dek : undefined);
+      rows.push({ $id: id, $label: 'v1', tenant_id: tenant, wrapped_dek: wrapped });
+    }
+    return { rows, deks };
+  }
+
+  /** Columns as TargetStore.readColumns gives them: text packed as its UTF-8 bytes. */
+  function asRead(rows: Columns): Columns {
+    const columns: Columns['columns'] = {};
+    for (const [name, column] of Object.entries(rows.columns)) {
+      if (column.kind !== 'values') columns[name] = column;
+      else {
+        const texts = column.values as (string | null)[];
+        columns[name] = {
+          kind: 'text',
+          column: {
+            lengths: Int32Array.from(texts, (t) => (t === null ? -1 : Buffer.byteLength(t))),
+            bytes: new Uint8Array(Buffer.from(texts.filter((t) => t !== null).join(''), 'utf8')),
+          },
+        };
+      }
+    }
+    return { count: rows.count, columns };
+  }
+
+  /** rewrapColumns against rewrapRows on the same rows: the same outcome for each, and the values written. */
+  function compare(codec: ReturnType<typeof compileFormat>, rows: Row[]) {
+    const options = { others: false, dryRun: false };
+    const expected = rewrapRows(codec, from, to, rows, options);
+    const fromKey = scheduleKey(Buffer.from(from.key));
+    const toKey = scheduleKey(Buffer.from(to.key));
+    try {
+      const result = rewrapColumns(
+        codec,
+        { kekId: 'v1', key: fromKey },
+        { kekId: 'v2', key: toKey },
+        asRead(packRows(rows, codec.readColumns)),
+        options,
+      );
+      expect([...result.indexes]).toEqual(expected.writes.map((w) => w.index));
+      expect([...result.relabel]).toEqual(expected.writes.map((w) => (w.relabel ? 1 : 0)));
+      expect(result.failures).toEqual(expected.failures);
+      expect(result.values).toHaveLength(1);
+      return { result, expected, values: unpackColumn(result.values[0]!) };
+    } finally {
+      releaseKey(fromKey);
+      releaseKey(toKey);
+    }
+  }
+
+  it('writes, relabels and fails exactly the rows rewrapRows does, with the same reasons, each DEK intact under `to`', () => {
+    expect(aesGcmBackend().name, 'npm run setup builds the native AES-GCM addon the in-place path uses').toBe('native');
+    expect(builtin.inPlace).toBeDefined();
+    const { rows, deks } = mixedRows();
+    const { result, expected, values } = compare(builtin, rows);
+    expect(expected.failures.length).toBeGreaterThan(30);
+    result.indexes.forEach((index, i) => {
+      const value = values[i] as Buffer;
+      expect(value.length).toBe(61);
+      expect(unwrapDek(to.key, 'v2', rows[index]!.tenant_id as string, value).equals(deks[index]!)).toBe(true);
+    });
+    expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
+  });
+
+  it("does the same for Mycelium's text format: base64 decoded and written again in place, malformed text failing as rewrapRows says", () => {
+    const mycelium = compileFormat(MYCELIUM_DEK_FORMAT);
+    expect(mycelium.inPlace).toBeDefined();
+    const deks: (Buffer | undefined)[] = [];
+    const rows: Row[] = Array.from({ length: 300 }, (_, i) => {
+      const id = randomUUID();
+      const dek = randomBytes(32);
+      const kek = i % 11 === 0 ? third : i % 7 === 0 ? to : from;
+      let stored: string | null = myceliumWrap(kek.key, id, dek);
+      if (i % 13 === 0) stored = null;
+      else if (i % 17 === 0)
+        stored = stored.replace('v2:', 'v1:'); // another version's prefix
+      else if (i % 19 === 0)
+        stored = `${stored.slice(0, 20)} ${stored.slice(20)}`; // a space Node's decoder skips
+      else if (i % 23 === 0)
+        stored = `${stored.slice(0, 20)}é${stored.slice(21)}`; // not ASCII
+      else if (i % 29 === 0) stored = stored.slice(0, -4); // short
+      const readable = stored !== null && kek !== third && i % 17 && i % 19 && i % 23 && i % 29;
+      deks.push(readable ? dek : undefined);
+      return { $id: id, $label: '1', id, encrypted_dek: stored };
+    });
+    const { result, expected, values } = compare(mycelium, rows);
+    expect(expected.failures.length).toBeGreaterThan(50);
+    expect(result.values[0]!.kind).toBe('text');
+    result.indexes.forEach((index, i) => {
+      const value = values[i] as string;
+      expect(value.startsWith('v2:')).toBe(true);
+      expect(myceliumUnwrap(to.key, rows[index]!.id as string, value).equals(deks[index]!)).toBe(true);
+    });
+    expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
+  });
+
+  it('is only taken for one column holding prefix, nonce, ciphertext and tag, with nothing else written', () => {
+    expect(compileFormat(TALOS_SECRET_FORMAT).inPlace).toBeUndefined(); // three columns, and its AAD stored
+    // Without a prefix, a KMS or Transit value could not be told apart from a sealed one by its first byte.
+    const unprefixed = { kind: 'combined', column: 'wrapped_dek', encoding: 'bytea' } as const;
+    expect(compileFormat({ ...REKEY_DEK_FORMAT, value: unprefixed }).inPlace).toBeUndefined();
+    expect(compileFormat({ aad: REKEY_DEK_FORMAT.aad, value: unprefixed }).inPlace).toBeDefined();
   });
 });

@@ -2,17 +2,13 @@
 // rotation is also a signal, under the update's name, run by the update's own handler body. These tests send signals
 // only (no update): what a signal did, or why it was refused, is read from the `progress` query.
 import { describe, expect, it } from 'vitest';
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { AppInstances } from '../../src/store/app-instances';
 import {
   confirmStepSignal,
   overrideFleetGateSignal,
   progressQuery,
-  rotateKek,
   setGraceSignal,
   type RotationReport,
 } from '../../src/workflows';
-import { rotationIdIn } from '../helpers/keyspace';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { progressUntil, resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
 
@@ -23,20 +19,10 @@ describe('every operator update of a rotation is also a signal (tctl has no upda
 
   it('the fleet override and the grace change, sent as signals, take a rotation to its end with no update sent', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
-    await new AppInstances(fixture.db.pool, BUILTIN_TARGET).announce({
-      instanceId: 'old-pod-1',
-      unwrapKekIds: ['v1'],
-      wrapKekId: 'v1',
-      kekFingerprints: {},
-    });
+    await fixture.announceOldInstance('old-pod-1');
     try {
-      const worker = await fixture.worker(server.env);
-      const result = await worker.runUntil(async () => {
-        const handle = await server.env.client.workflow.start(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: await rotationIdIn(fixture.db.pool),
-          args: [{ from: 'v1', to: 'v2', gracePeriod: '7d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
-        });
+      const request = { from: 'v1', to: 'v2', gracePeriod: '7d', fleetLiveWithin: '30d', fleetTimeout: '10d' };
+      const result = await fixture.drive(server.env, request, async (handle) => {
         await progressUntil(handle, (p) => p.waiting?.kind === 'fleet' && p.waiting.step === 'promote');
         // Before grace: the signal changes the period grace will start with, and says so in the progress.
         await handle.signal(setGraceSignal, { endNow: true });
@@ -66,13 +52,7 @@ describe('every operator update of a rotation is also a signal (tctl has no upda
   it("a refused signal changes nothing, and the progress says why in the update's words", async () => {
     const fixture = await RotationFixture.create({ tenants: 50 });
     try {
-      const worker = await fixture.worker(server.env);
-      const result = await worker.runUntil(async () => {
-        const handle = await server.env.client.workflow.start(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: await rotationIdIn(fixture.db.pool),
-          args: [{ from: 'v1', to: 'v2', gracePeriod: '7d' }],
-        });
+      const result = await fixture.drive(server.env, { from: 'v1', to: 'v2', gracePeriod: '7d' }, async (handle) => {
         const inGrace = await progressUntil(handle, (p) => p.phase === 'grace');
         const endsAt = inGrace.graceEndsAt!;
         const noteAfter = async (send: () => Promise<void>): Promise<RotationReport> => {

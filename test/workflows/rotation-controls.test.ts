@@ -1,17 +1,13 @@
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
-import { AppInstances } from '../../src/store/app-instances';
 import {
   overrideFleetGateUpdate,
   progressQuery,
-  rotateKek,
   setGraceUpdate,
   type RotationReport,
 } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { progressUntil, resultWithin, skipTime, useTimeSkippingEnv } from '../helpers/temporal';
-import { rotationIdIn } from '../helpers/keyspace';
 
 const DAY = 86_400_000;
 
@@ -21,13 +17,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
   it('an update extends the grace period and answers with the new end; another ends it now', async () => {
     const fixture = await RotationFixture.create({ tenants: 200 });
     try {
-      const worker = await fixture.worker(server.env);
-      const result = await worker.runUntil(async () => {
-        const handle = await server.env.client.workflow.start(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: await rotationIdIn(fixture.db.pool),
-          args: [{ from: 'v1', to: 'v2', gracePeriod: '7d' }],
-        });
+      const result = await fixture.drive(server.env, { from: 'v1', to: 'v2', gracePeriod: '7d' }, async (handle) => {
         await progressUntil(handle, (p) => p.phase === 'grace');
         const before = (await handle.query(progressQuery)).graceEndsAt!;
         const extended = await handle.executeUpdate(setGraceUpdate, { args: [{ extendBy: '2d' }] });
@@ -55,16 +45,10 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
 
   it('promotion waits for a live instance that cannot unwrap the new KEK; an operator override lets it go on', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
-    const instances = new AppInstances(fixture.db.pool, BUILTIN_TARGET);
-    await instances.announce({ instanceId: 'old-pod-1', unwrapKekIds: ['v1'], wrapKekId: 'v1', kekFingerprints: {} });
+    await fixture.announceOldInstance('old-pod-1');
     try {
-      const worker = await fixture.worker(server.env);
-      const result = await worker.runUntil(async () => {
-        const handle = await server.env.client.workflow.start(rotateKek, {
-          taskQueue: fixture.taskQueue,
-          workflowId: await rotationIdIn(fixture.db.pool),
-          args: [{ from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' }],
-        });
+      const request = { from: 'v1', to: 'v2', gracePeriod: '1d', fleetLiveWithin: '30d', fleetTimeout: '10d' };
+      const result = await fixture.drive(server.env, request, async (handle) => {
         await progressUntil(handle, (p) => p.phase === 'promote');
         await skipTime(server.env, '1h');
         const waiting = await handle.query(progressQuery);
@@ -92,12 +76,7 @@ describe('rotateKek controls: grace, fleet gate, dry run, canary', () => {
 
   it('promotion fails after the fleet timeout, naming the instances, and promotes nothing', async () => {
     const fixture = await RotationFixture.create({ tenants: 100 });
-    await new AppInstances(fixture.db.pool, BUILTIN_TARGET).announce({
-      instanceId: 'old-pod-2',
-      unwrapKekIds: ['v1'],
-      wrapKekId: 'v1',
-      kekFingerprints: {},
-    });
+    await fixture.announceOldInstance('old-pod-2');
     try {
       const failure = await fixture
         .execute(server.env, { from: 'v1', to: 'v2', fleetLiveWithin: '30d', fleetTimeout: '2h' })

@@ -15,6 +15,7 @@ function humanEntry(entry: HistoryEntry): string[] {
   return [
     `${entry.startedAt}  ${entry.endedAt ?? 'running'.padEnd(24)}  ${entry.kind.padEnd(9)}  ${keks}  ${entry.label}  ${counts}  ${entry.opId}`,
     ...(entry.state === 'succeeded' ? [] : [`    ${entry.reason}`]),
+    ...(entry.databaseUnknown !== undefined ? [`    database unknown: ${entry.databaseUnknown}`] : []),
   ];
 }
 

@@ -1,0 +1,165 @@
+// The SQL of `rekey migrate-dek` by row: the encrypted fields of one table that share its id and its tenant (Mycelium's
+// two Telegram fields in tenant.meta, its webhook's two secrets) read together, each row once, and written together:
+// one jsonb_set chain per row, one compare-and-swap on the values read, counted per field in the same statement into
+// each field's progress row (rekey.field_migration_progress, one per part and field, sharing the part's cursor).
+import type { Pool, PoolClient } from 'pg';
+import type { FieldProgress, FieldRange, FieldStore } from './field-store';
+import { quoteIdent } from './migrate';
+
+/** A row holding at least one legacy value: its id, the tenant whose DEK they go under, each field's stored text. */
+export interface FieldsRow {
+  id: string;
+  tenant: string;
+  /** By field of the group, in its order: the stored text where it is legacy, else null. */
+  values: (string | null)[];
+}
+
+/** A row's write: for each field of the group, the value read and the new one, or null where it is not written. */
+export interface FieldsWrite {
+  id: string;
+  old: (string | null)[];
+  value: (string | null)[];
+}
+
+/** The fields of a target that can be read and written together: same table, same id column, same tenant. */
+export function rowGroups(fields: readonly FieldStore[]): number[][] {
+  const groups = new Map<string, number[]>();
+  fields.forEach((store, index) => {
+    const { table, id, tenant } = store.field;
+    const key = JSON.stringify([table.schema, table.name, id, tenant]);
+    groups.set(key, [...(groups.get(key) ?? []), index]);
+  });
+  return [...groups.values()];
+}
+
+export class RowFieldsStore {
+  readonly table: string;
+
+  /** `fields`: inspected stores of one group (see rowGroups). */
+  constructor(readonly fields: readonly FieldStore[]) {
+    if (fields.length === 0) throw new Error('a row group needs at least one field');
+    this.table = fields[0]!.table;
+  }
+
+  get db(): Pool {
+    return this.fields[0]!.db;
+  }
+
+  private get first(): FieldStore {
+    return this.fields[0]!;
+  }
+
+  /** The progress row of one field of a part. */
+  static progressKey(partKey: string, field: number): string {
+    return `${partKey}/field-${field}`;
+  }
+
+  /** The next rows of a range holding a legacy value in any field of the group, in id order (keyset pagination). */
+  async readLegacy(client: Pool | PoolClient, range: FieldRange, limit: number): Promise<FieldsRow[]> {
+    const { first } = this;
+    const { sql, params } = first.range(range, 1);
+    const values = this.fields.map((f, i) => `CASE WHEN ${f.legacySql} THEN ${f.valueSql} END AS v${i}`).join(', ');
+    const anyLegacy = this.fields.map((f) => `(${f.legacySql})`).join(' OR ');
+    const { rows } = await client.query<Record<string, string | null>>(
+      `SELECT ${first.id}::text AS id, ${first.tenantSql} AS tenant, ${values} FROM ${this.table} t
+       WHERE (${anyLegacy}) AND ${sql} ORDER BY ${first.id} LIMIT ${Math.trunc(limit)}`,
+      params,
+    );
+    return rows.map((row) => ({
+      id: row.id!,
+      tenant: row.tenant!,
+      values: this.fields.map((_, i) => row[`v${i}`] ?? null),
+    }));
+  }
+
+  /** Ids that split the rows holding a legacy value in any field of the group into parts of about equal size. */
+  async boundaries(fractions: number[], tenant?: string): Promise<string[]> {
+    const { first } = this;
+    const { sql, params } = first.range({ after: '', until: null, ...(tenant !== undefined && { tenant }) }, 2);
+    const anyLegacy = this.fields.map((f) => `(${f.legacySql})`).join(' OR ');
+    const { rows } = await this.db.query<{ boundaries: string[] | null }>(
+      `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY ${first.id})::text[] AS boundaries
+       FROM ${this.table} t WHERE (${anyLegacy}) AND ${sql}`,
+      [fractions, ...params],
+    );
+    return rows[0]?.boundaries ?? [];
+  }
+
+  /**
+   * One statement: writes each row where every field it writes still holds what was read (one compare-and-swap on
+   * the old values; a live writer that replaced any of them wins the whole row), and adds the batch to each field's
+   * progress row (migrated, lost to a live writer, unreadable, cursor). Returns the ids not written.
+   */
+  async compareAndSwap(
+    client: Pool | PoolClient,
+    writes: FieldsWrite[],
+    progress: { keys: string[]; unreadable: number[]; cursor: string },
+  ): Promise<Set<string>> {
+    const n = this.fields.length;
+    const columns = this.fields.map((_, i) => `old${i}, new${i}`).join(', ');
+    const arrays = this.fields.map((_, i) => `$${2 + 2 * i}::text[], $${3 + 2 * i}::text[]`).join(', ');
+    // One assignment per column: a chain of jsonb_set over the fields of that column, each only where it is written.
+    const byColumn = new Map<string, string>();
+    this.fields.forEach((f, i) => {
+      const column = quoteIdent(f.field.column);
+      const current = byColumn.get(column) ?? `t.${column}`;
+      byColumn.set(
+        column,
+        f.field.path
+          ? `CASE WHEN v.new${i} IS NULL THEN ${current} ELSE jsonb_set(${current}, ${f.pathSql}, to_jsonb(v.new${i})) END`
+          : `COALESCE(v.new${i}, ${current})`,
+      );
+    });
+    const set = [...byColumn].map(([column, value]) => `${column} = ${value}`).join(', ');
+    const unchanged = this.fields.map((f, i) => `(v.new${i} IS NULL OR ${f.valueSql} = v.old${i})`).join(' AND ');
+    const written = this.fields.map((_, i) => `count(*) FILTER (WHERE v.new${i} IS NOT NULL)`).join(', ');
+    const attempted = this.fields.map((_, i) => writes.filter((w) => w.value[i] !== null).length);
+    const p = 2 + 2 * n;
+    const { rows } = await client.query<{ id: string }>(
+      `WITH v AS (SELECT * FROM unnest($1::text[], ${arrays}) AS v(id, ${columns})),
+       w AS (
+         UPDATE ${this.table} t SET ${set} FROM v
+         WHERE ${this.first.id} = v.id::${this.first.idSqlType} AND ${unchanged}
+         RETURNING ${this.first.id}::text AS id),
+       m AS (SELECT ARRAY[${written}]::bigint[] AS migrated FROM w JOIN v ON v.id = w.id),
+       k AS (SELECT * FROM unnest($${p}::text[], $${p + 1}::bigint[], $${p + 2}::bigint[])
+             WITH ORDINALITY AS k(key, attempted, unreadable, i)),
+       p AS (
+         UPDATE rekey.field_migration_progress f SET
+           migrated = f.migrated + m.migrated[k.i],
+           cas_conflicts = f.cas_conflicts + k.attempted - m.migrated[k.i],
+           unreadable = f.unreadable + k.unreadable, cursor = $${p + 3}, updated_at = now()
+         FROM k, m WHERE f.progress_key = k.key)
+       SELECT id FROM w`,
+      [
+        writes.map((w) => w.id),
+        ...this.fields.flatMap((_, i) => [writes.map((w) => w.old[i] ?? null), writes.map((w) => w.value[i] ?? null)]),
+        progress.keys,
+        attempted,
+        progress.unreadable,
+        progress.cursor,
+      ],
+    );
+    const done = new Set(rows.map((r) => r.id));
+    return new Set(writes.map((w) => w.id).filter((id) => !done.has(id)));
+  }
+
+  /** Each field's progress of a part, or undefined before its first attempt. */
+  async readProgress(client: Pool | PoolClient, keys: string[]): Promise<FieldProgress[] | undefined> {
+    const all = await Promise.all(keys.map((key, i) => this.fields[i]!.readProgress(client, key)));
+    return all.some((p) => p === undefined) ? undefined : (all as FieldProgress[]);
+  }
+
+  async createProgress(client: Pool | PoolClient, keys: string[], cursor: string, alreadyCurrent: number[]) {
+    for (const [i, key] of keys.entries()) {
+      await this.fields[i]!.createProgress(client, key, cursor, alreadyCurrent[i] ?? 0);
+    }
+  }
+
+  async markDone(client: Pool | PoolClient, keys: string[]): Promise<void> {
+    await client.query(
+      'UPDATE rekey.field_migration_progress SET done = true, updated_at = now() WHERE progress_key = ANY($1::text[])',
+      [keys],
+    );
+  }
+}
