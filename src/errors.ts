@@ -163,6 +163,29 @@ export class KeyStoreRefusedError extends RekeyError {
   static override readonly kind = 'refused';
 }
 
+/**
+ * A step rekey may not carry out in a key store it may not write (the environment, Mycelium's token secrets, a
+ * Secrets Manager secret rekey is not allowed to change): the step is the operator's, and `instruction` says exactly
+ * what to do. Raised by a store driver's hook; the keyring decides whether the step waits on it (a KEK to provision)
+ * or records it for the operator (a key to remove after destruction).
+ */
+export class OperatorMustActError extends RekeyError {
+  override readonly name = 'OperatorMustActError';
+  static override readonly kind = 'invalid';
+  constructor(
+    readonly store: string,
+    readonly instruction: string,
+  ) {
+    super(`${store} is read-only to rekey: ${instruction}`);
+  }
+}
+
+/** A DEK cipher used after its release: its key bytes are zeroized, nothing may be wrapped or opened with it. */
+export class CipherReleasedError extends RekeyError {
+  override readonly name = 'CipherReleasedError';
+  static override readonly kind = 'failed';
+}
+
 /** A restore of a KEK that cannot be restored: not retired, destroyed, or past its restore window. */
 export class KekRestoreRefusedError extends RekeyError {
   override readonly name = 'KekRestoreRefusedError';
@@ -349,6 +372,8 @@ const CLASSES = [
   KekFingerprintMismatchError,
   KekNotHeldError,
   KeyStoreRefusedError,
+  OperatorMustActError,
+  CipherReleasedError,
   KekRetiredError,
   KekRestoreRefusedError,
   KekTransitionError,

@@ -1,14 +1,10 @@
 import { activityInfo, Context } from '@temporalio/activity';
-import { selfTestKek } from '../envelope/dek-wrapping';
 import type { GenerateOptions } from '../keys/key-provider';
-import { nextKekId } from '../keys/file-keyring';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { proveLabelled, type ProofCheckpoint } from '../rewrap/still-on';
 import { describeNeeded, type LabelProof } from '../rotation/label-proof';
 import { readProgress } from '../store/rewrap-progress';
-import { inTransaction } from '../store/connect';
-import { registryHolders } from '../store/kek-registry';
 import { isRotationIdOf, rotationWorkflowId } from '../rotation/identity';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
@@ -19,13 +15,7 @@ import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { rowCryptoOf, withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
-import {
-  InvalidRotationError,
-  KeyMaterialError,
-  KeyspaceMismatchError,
-  LegacyValuesRemainError,
-  RetireRefusedError,
-} from '../errors';
+import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
 
 export interface FleetReadiness {
   live: number;
@@ -116,57 +106,6 @@ const CENSUS_SAMPLE = 200;
 export interface OnTarget {
   target?: string;
   keyspace?: string;
-}
-
-/**
- * Finding 1: a KEK whose store records another keyspace as its owner is not this target's to use, retire, disable or
- * destroy. Refused, naming both keyspaces and what to change.
- */
-async function refuseForeignKek(runtime: TargetRuntime, kekId: string, action: string): Promise<void> {
-  const { keys, keyspace, definition } = runtime;
-  const owner = await keys.owners?.ownerOf(kekId);
-  if (owner === undefined || owner === keyspace.id) return;
-  throw new KeyspaceMismatchError(
-    `not ${action} KEK '${kekId}': ${keys.description} records it as keyspace ${owner}'s, and target '${definition.name}' is keyspace ${keyspace.id}. ` +
-      `A key store belongs to one keyspace: two that share one destroy each other's keys. Give target '${definition.name}' keys of its own; ` +
-      `the owner's own rotations retire and destroy this KEK`,
-  );
-}
-
-/**
- * Before a KEK's material is destroyed: no registry this worker can see (every target's, in every database it serves,
- * whichever process registered them) holds a key with its fingerprint in any state but destroyed, but the KEK's own
- * row. Returns what it checked, for the result.
- */
-async function refuseWhileOtherRegistriesHold(
-  targets: ReturnType<typeof targetRuntimes>,
-  runtime: TargetRuntime,
-  kekId: string,
-  fingerprint: string,
-): Promise<string> {
-  const { databases, unresolved } = await targets.databases();
-  const holders: string[] = [];
-  for (const { db, databaseId } of databases) {
-    for (const holder of await registryHolders(db, fingerprint)) {
-      const own = db === runtime.db && holder.target === runtime.definition.name && holder.kekId === kekId;
-      if (!own)
-        holders.push(`'${holder.kekId}' of target '${holder.target}' (${holder.state}) in database ${databaseId}`);
-    }
-  }
-  if (holders.length > 0) {
-    throw new RetireRefusedError(
-      `KEK '${kekId}' (${fingerprint}) is still in another registry as ${holders.join(', ')}: not destroying it. ` +
-        `A key store belongs to one keyspace; retire it there first, or give that target keys of its own`,
-    );
-  }
-  const checked = databases
-    .map((d) => `target${d.targets.length > 1 ? 's' : ''} ${d.targets.join(', ')} in database ${d.databaseId}`)
-    .join('; ');
-  return (
-    `rekey checked the registries it can see (every target's in the databases of ${checked}) and none holds this key` +
-    (unresolved.length > 0 ? `; not seen: ${unresolved.join(', ')} (database URL not set here)` : '') +
-    `; a process of another configuration or another database is not among them`
-  );
 }
 
 /**
@@ -351,7 +290,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       }
       await keys.reload();
       // A store written before owners existed belongs to the first keyspace that uses it: recorded before anything else.
-      await keys.owners?.adopt(keyspace.id);
+      await runtime.keyring.adopt();
       let active = await registry.active();
       let from = settings.from === 'current' ? active?.kekId : settings.from;
       if (from === undefined && definition.currentKek.owner === 'application') {
@@ -370,10 +309,13 @@ export function createKekActivities(deps: ActivityDependencies) {
           }
         }
       }
-      if (from !== undefined && settings.to !== 'new') keys.bindRotation?.(from, settings.to);
+      if (from !== undefined && settings.to !== 'new') {
+        keys.bindRotation?.(from, settings.to);
+        runtime.keyring.nameRotation(from, settings.to);
+      }
       for (const kekId of [from, settings.to]) {
         if (kekId !== undefined && kekId !== 'new' && keys.has(kekId))
-          await refuseForeignKek(runtime, kekId, 'rotating with');
+          await runtime.keyring.refuseForeign(kekId, 'rotating with');
       }
       await firstContact(runtime);
       await refuseWhileLegacyValuesRemain(runtime, request.allowLegacyValues);
@@ -444,10 +386,7 @@ export function createKekActivities(deps: ActivityDependencies) {
 
     /** The id a generated KEK will get. Read-only, so a retry is harmless; provisionKek creates it. */
     async proposeKekId(on: OnTarget = {}): Promise<string> {
-      const { keys, registry } = await targets.forRequest(on);
-      await keys.reload();
-      const known = new Set([...keys.kekIds(), ...(await registry.list()).map((k) => k.kekId)]);
-      return nextKekId([...known]);
+      return (await targets.forRequest(on)).keyring.proposeKekId();
     },
 
     /**
@@ -461,28 +400,14 @@ export function createKekActivities(deps: ActivityDependencies) {
       keyspace,
       from,
     }: { kekId: string; generate: boolean; from?: string } & OnTarget): Promise<{ fingerprint: string }> {
-      const runtime = await targets.forRequest({ target, keyspace });
-      const { keys, registry } = runtime;
-      await keys.reload();
-      if (from !== undefined) keys.bindRotation?.(from, kekId);
-      // Before anything is written: the store's names are this registry's (and a key it holds unnamed gets its name).
-      await keys.claim?.(kekId, await registry.list());
-      if (!keys.has(kekId)) {
-        if (!generate || !keys.generate) {
-          throw new KeyMaterialError(`KEK '${kekId}' is not in ${keys.description}`, keys.description);
-        }
-        await keys.generate(kekId, { ...generateOptions(), owner: runtime.keyspace.id });
+      const { keys, keyring } = await targets.forRequest({ target, keyspace });
+      if (from !== undefined) {
+        keys.bindRotation?.(from, kekId);
+        keyring.nameRotation(from, kekId);
       }
-      await refuseForeignKek(runtime, kekId, 'provisioning');
-      await registry.register(kekId, keys.fingerprint(kekId));
-      return withKeks(runtime, { from: from ?? kekId, to: kekId }, [kekId], async ([kek]) => {
-        if (keys.selfTest) {
-          await keys.selfTest(kek!);
-          return { fingerprint: kek!.fingerprint };
-        }
-        selfTestKek(kek!.key, kekId, keys.description);
-        return { fingerprint: kek!.fingerprint };
-      });
+      // The keyring checks the store's names and owner, makes the KEK where asked (a store rekey may not write answers
+      // what the operator must add), registers its fingerprint, and proves it wraps and opens.
+      return keyring.provision(kekId, { generate, ...generateOptions() });
     },
 
     async fleetReadiness({
@@ -517,10 +442,8 @@ export function createKekActivities(deps: ActivityDependencies) {
 
     /** `to` becomes active and `from` decrypt-only, in one transaction; a retry after success is a no-op. */
     async promoteKek({ from, to, ...on }: { from: string; to: string } & OnTarget): Promise<void> {
-      const { registry, keys } = await targets.forRequest(on);
-      await registry.promote(from, to);
-      // A store that marks its current key itself (Secrets Manager's AWSCURRENT) follows the registry.
-      await keys.promote?.(from, to, await registry.list());
+      // The registry first; then a store that marks its current key itself (Secrets Manager's AWSCURRENT) follows it.
+      await (await targets.forRequest(on)).keyring.promote(from, to);
     },
 
     /**
@@ -580,22 +503,14 @@ export function createKekActivities(deps: ActivityDependencies) {
       relabelled?: number;
     }> {
       const runtime = await targets.forRequest(on);
-      const { db, registry, definition } = runtime;
-      // Marking it in the store (KMS disables the key) is this keyspace's to do only if the store records the KEK as
-      // its own: checked before anything changes.
-      if (runtime.keys.retire) await refuseForeignKek(runtime, from, 'retiring');
-      const outcome = await inTransaction(db, async (client) => {
-        await registry.lock(from, client);
-        const record = await registry.require(from, client);
-        // Retired already (a retried step): proved then. Active: the registry refuses it, saying why.
-        if (record.state === 'decrypt_only' || record.state === 'provisioned') {
-          const proof = await proveUnderLock(runtime, client, from, progressKey, deps.crypto);
-          // Refused after the transaction commits: the rows it relabelled stay relabelled.
-          if (proof.needed > 0) return { refused: proof };
-        }
-        return { retired: await registry.retire(from, restoreWindowMs, client) };
+      const { db, registry, definition, keyring } = runtime;
+      // The keyring checks the store's owner record first, proves the rows under the registry row's lock, retires the
+      // KEK in the registry, and only then marks it in the store (KMS disables the key).
+      const outcome = await keyring.retire(from, {
+        restoreWindowMs,
+        prove: (client) => proveUnderLock(runtime, client, from, progressKey, deps.crypto),
       });
-      if (outcome.refused) {
+      if ('refused' in outcome) {
         const proof = outcome.refused;
         throw new RetireRefusedError(
           `KEK '${from}' still wraps ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it. ` +
@@ -604,8 +519,6 @@ export function createKekActivities(deps: ActivityDependencies) {
         );
       }
       const { retired } = outcome;
-      // The store marks it too (a retry after a failure here finds the registry done and does only this).
-      await runtime.keys.retire?.(from, await registry.list());
       const relabelled =
         progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
       return {
@@ -630,46 +543,27 @@ export function createKekActivities(deps: ActivityDependencies) {
       ...on
     }: { kekId: string; progressKey?: string; reopenForMs?: number } & OnTarget): Promise<DestroyReport> {
       const runtime = await targets.forRequest(on);
-      const { db, registry, keys } = runtime;
-      const report = await inTransaction(db, async (client): Promise<DestroyReport> => {
-        await registry.lock(kekId, client);
-        const record = await registry.require(kekId, client);
-        if (record.state === 'destroyed') return { outcome: 'destroyed', detail: 'already destroyed' };
-        if (record.state !== 'retired') {
-          return { outcome: 'kept', detail: `it is ${record.state} (restored): not destroyed` };
-        }
-        const now = await registry.now(client);
-        if (record.restorableUntil && record.restorableUntil > now) {
-          return {
-            outcome: 'not-yet',
-            detail: `restorable until ${record.restorableUntil.toISOString()}`,
-            waitMs: record.restorableUntil.getTime() - now.getTime(),
-          };
-        }
-        const proof = await proveUnderLock(runtime, client, kekId, progressKey, deps.crypto);
-        if (proof.needed > 0) {
-          const until = await registry.reopen(kekId, reopenForMs, client);
-          const active = (await registry.active())?.kekId ?? '<the active KEK>';
-          return refusedDestruction(runtime, kekId, active, proof, until);
-        }
-        // Finding 1: the KEK is this keyspace's by its store's record, and no other registry still holds its key.
-        await refuseForeignKek(runtime, kekId, 'destroying');
-        const checked = await refuseWhileOtherRegistriesHold(targets, runtime, kekId, record.fingerprint);
-        const done = keys.destroy
-          ? await keys.destroy(kekId, await registry.list())
-          : { destroyed: false, detail: `${keys.description} is read-only to rekey: remove KEK '${kekId}' from it` };
-        await registry.transition(kekId, 'destroyed', client);
-        await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
-        return {
-          outcome: 'destroyed',
-          // What the operator removes by hand must not be needed elsewhere: say what rekey could and could not see.
-          detail: done.destroyed
-            ? done.detail
-            : `${done.detail}. ${checked}: make sure none of them reads it before you remove it`,
-          ...(!done.destroyed && { operatorMustRemove: true }),
-          ...(proof.relabelled > 0 && { relabelled: proof.relabelled }),
-        };
+      const { db, registry, keyring } = runtime;
+      // One transaction holding the KEK's registry row: the window, the proof of its rows, the store's owner record and
+      // every registry this worker can see; the registry marks it destroyed with its event, then the store destroys it.
+      const step = await keyring.destroy(kekId, {
+        prove: (client) => proveUnderLock(runtime, client, kekId, progressKey, deps.crypto),
+        reopenForMs,
       });
+      let report: DestroyReport;
+      if (step.outcome === 'refused') {
+        const active = (await registry.active())?.kekId ?? '<the active KEK>';
+        report = refusedDestruction(runtime, kekId, active, step.proof, step.until);
+      } else if (step.outcome === 'destroyed') {
+        report = {
+          outcome: 'destroyed',
+          detail: step.detail,
+          ...(step.operatorMustRemove && { operatorMustRemove: true }),
+          ...(step.proof !== undefined && step.proof.relabelled > 0 && { relabelled: step.proof.relabelled }),
+        };
+      } else {
+        report = step;
+      }
       if (progressKey === undefined || report.outcome === 'not-yet' || report.outcome === 'kept') return report;
       // Counted with the rows it wrote, once: a retry of a step whose answer was lost answers the same count.
       const relabelled = (await readProgress(db, progressKey))?.counters.relabelled ?? 0;

@@ -11,6 +11,7 @@ import {
   type DestroyOutcome,
   type GenerateOptions,
   type KeyOwners,
+  type RecordedKek,
 } from './key-provider';
 import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
 
@@ -137,10 +138,29 @@ export class FileKeyring extends LocalKeyProvider {
     return outcome;
   }
 
-  /** Removes a KEK from the file for good (its restore window ended). */
-  async destroy(kekId: string): Promise<DestroyOutcome> {
+  /**
+   * Removes a KEK from the file for good (its restore window ended). Trusted by fingerprint, not by name: an entry
+   * under the KEK's id that holds another key than the registry recorded (the file rebuilt by hand, the key another
+   * KEK is served by) is refused, and stays.
+   */
+  async destroy(kekId: string, registry: readonly RecordedKek[] = []): Promise<DestroyOutcome> {
     const removed = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
+      const entry = parsed.keks.find((k) => k.id === kekId);
+      const recorded = registry.find((r) => r.kekId === kekId);
+      if (entry !== undefined && recorded !== undefined) {
+        const key = decodeKek(entry.key, `${this.file} (KEK '${kekId}')`);
+        const held = kekFingerprint(key);
+        key.fill(0);
+        if (held !== recorded.fingerprint) {
+          throw new KekFingerprintMismatchError(
+            kekId,
+            recorded.fingerprint,
+            held,
+            `${this.file} holds the key ${held} under KEK '${kekId}', but the registry recorded ${recorded.fingerprint}: not removing it (another KEK may be served by that key). Give that key its own id in the file, or remove the entry yourself if nothing needs it`,
+          );
+        }
+      }
       const kept = parsed.keks.filter((k) => k.id !== kekId);
       if (kept.length === parsed.keks.length) return false;
       // `current` only seeds an empty registry; it no longer names a KEK that is gone.

@@ -38,7 +38,7 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
     return this.kms.configuredCurrentKekId ?? this.local.configuredCurrentKekId;
   }
 
-  private inKms(kekId: string): boolean {
+  inKms(kekId: string): boolean {
     return this.kms.has(kekId);
   }
 

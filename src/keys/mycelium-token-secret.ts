@@ -174,6 +174,11 @@ export class MyceliumTokenSecrets implements KeyProvider {
     }));
   }
 
+  /** The secrets held, by their place (old, current), whatever a rotation names them. */
+  slots(): { slot: Role; fingerprint: string }[] {
+    return [...this.loaded].map(([slot, { fingerprint }]) => ({ slot, fingerprint }));
+  }
+
   copyByFingerprint(fingerprint: string): Buffer | undefined {
     for (const { key, fingerprint: held } of this.loaded.values()) if (held === fingerprint) return Buffer.from(key);
     return undefined;

@@ -1,5 +1,6 @@
 import { REKEY_DEK_FORMAT } from '../codec/formats';
-import { compileFormat, type TransitValues } from '../codec/sealed-format';
+import { compileFormat, type Row, type TransitValues } from '../codec/sealed-format';
+import { RemoteCipher, refusedMoveIn, type RemoteKeyStore } from '../keyring/cipher';
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../crypto/transit-row-crypto';
 import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RecordedKek, RemoteDeks } from './key-provider';
@@ -89,6 +90,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
   private readonly codec = compileFormat(REKEY_DEK_FORMAT);
   private readonly values: TransitValues;
   private crypto: TransitRowCrypto | undefined;
+  private remoteStore: RemoteKeyStore | undefined;
 
   constructor(
     readonly http: VaultHttp,
@@ -283,19 +285,37 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
     return this.crypto;
   }
 
-  /** A DEK made under the version without its plaintext (`datakey/wrapped`), then opened there by the engine's check. */
-  async selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
-    const row = { tenant_id: 'rekey-self-test' };
+  /** This store as the keyring's remote ciphers use it (one object: two ciphers of it move DEKs inside Vault). */
+  remote(): RemoteKeyStore {
+    this.remoteStore ??= {
+      description: this.description,
+      kind: 'Transit',
+      codec: this.codec,
+      newDek: (kek, tenantId) => this.newDek(kek.kekId, tenantId),
+      open: (kek, tenantId, wrapped) => this.unwrapDek(kek.kekId, tenantId, wrapped),
+      move: (from, to, tenantId, wrapped) => this.rewrapDek(from.kekId, to.kekId, tenantId, wrapped),
+      sealOpened: () => Promise.reject(refusedMoveIn(this.description)),
+      rowCrypto: () => this.rowCrypto(),
+      importRows: () => Promise.reject(refusedMoveIn(this.description)),
+      probe: (kek, tenantId) => this.probe(kek, tenantId),
+    };
+    return this.remoteStore;
+  }
+
+  /** A DEK made under the version without its plaintext (`datakey/wrapped`): the self-test's probe. */
+  private async probe(kek: { kekId: string; fingerprint: string }, tenantId: string): Promise<Row> {
+    const row = { tenant_id: tenantId };
     const made = await this.http.call<{ data: { ciphertext: string } }>('POST', this.api('datakey/wrapped'), {
       operation: 'transit datakey',
       needs: ['update'],
       body: { context: this.values.context(row), key_version: this.versionFor(kek.kekId, kek.fingerprint), bits: 256 },
     });
-    const stored = { ...row, wrapped_dek: this.values.value(made.data.ciphertext) };
-    const [reason] = await this.rowCrypto().check(this.codec, { ...kek, key: Buffer.alloc(0) }, [stored]);
-    if (reason !== undefined) {
-      throw new KeyMaterialError(`KEK '${kek.kekId}' failed its Transit self-test: ${reason}`, this.description);
-    }
+    return { ...row, wrapped_dek: this.values.value(made.data.ciphertext) };
+  }
+
+  /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
+  selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
+    return new RemoteCipher(this.remote(), kek).selfTest();
   }
 
   // ---- Local-key operations: not for keys that never leave Vault ----

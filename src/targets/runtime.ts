@@ -4,7 +4,10 @@ import { compileFormat } from '../codec/sealed-format';
 import { openTargetKeys } from '../keys';
 import type { KeyProvider } from '../keys/key-provider';
 import { AppInstances } from '../store/app-instances';
-import { KekRegistry } from '../store/kek-registry';
+import { KekRegistry, registryHolders } from '../store/kek-registry';
+import { Keyring } from '../keyring/keyring';
+import { providerDriver } from '../keyring/provider-driver';
+import { sharedRowCrypto } from '../crypto/row-crypto';
 import { keyspaceOf, type Keyspace } from '../rotation/identity';
 import { readDatabaseIdentity } from '../store/database-identity';
 import { migrate } from '../store/migrate';
@@ -14,7 +17,7 @@ import { type TargetsConfig } from './config';
 import { PRESETS } from './presets';
 import type { ServedTargets } from './served';
 import { describeTable, type TargetDefinition } from './target';
-import { KeyMaterialError, KeyspaceMismatchError, TargetConfigError } from '../errors';
+import { KeyMaterialError, KeyspaceMismatchError, RetireRefusedError, TargetConfigError } from '../errors';
 
 /** Everything one target needs at run time, opened on first use. */
 export interface TargetRuntime {
@@ -25,6 +28,8 @@ export interface TargetRuntime {
   keyspace: Keyspace;
   store: TargetStore;
   keys: KeyProvider;
+  /** The one owner of the lifecycle of the target's KEKs (provision, promote, retire, restore, destroy). */
+  keyring: Keyring;
   registry: KekRegistry;
   instances: AppInstances;
   /** Zeroizes the target's own keys, if they were opened (not the process's provider). */
@@ -154,6 +159,10 @@ export class TargetRuntimes {
         store,
         openTargetKeys(definition.keys, () => this.processKeys(), this.options.env),
       ));
+    const registry = new KekRegistry(db, name);
+    const otherRegistries = (kekId: string, fingerprint: string, action: 'retiring' | 'destroying') =>
+      this.refuseWhileOtherRegistriesHold(db, name, kekId, fingerprint, action);
+    let keyring: Keyring | undefined;
     const opened: TargetRuntime = {
       definition,
       db,
@@ -162,7 +171,17 @@ export class TargetRuntimes {
       get keys() {
         return openKeys();
       },
-      registry: new KekRegistry(db, name),
+      get keyring() {
+        return (keyring ??= new Keyring({
+          driver: providerDriver(openKeys, sharedRowCrypto),
+          db,
+          registry,
+          keyspace: keyspace.id,
+          target: name,
+          otherRegistries,
+        }));
+      },
+      registry,
       instances: new AppInstances(db, name),
       close: () => {
         if (keys !== undefined && keys !== this.ownKeys) keys.close();
@@ -229,6 +248,43 @@ export class TargetRuntimes {
       entry.targets.push(name);
     }
     return { databases: [...byPool.values()], unresolved };
+  }
+
+  /**
+   * Before a KEK is retired or its material destroyed: no registry this process can see (every target's, in every database it
+   * serves, whichever process registered them) holds a key with its fingerprint in any state but destroyed, but the
+   * KEK's own row (finding 1 of issue 24). Returns what it checked, for the result.
+   */
+  async refuseWhileOtherRegistriesHold(
+    db: Pool,
+    target: string,
+    kekId: string,
+    fingerprint: string,
+    action: 'retiring' | 'destroying' = 'destroying',
+  ): Promise<string> {
+    const { databases, unresolved } = await this.databases();
+    const holders: string[] = [];
+    for (const { db: other, databaseId } of databases) {
+      for (const holder of await registryHolders(other, fingerprint)) {
+        const own = other === db && holder.target === target && holder.kekId === kekId;
+        if (!own)
+          holders.push(`'${holder.kekId}' of target '${holder.target}' (${holder.state}) in database ${databaseId}`);
+      }
+    }
+    if (holders.length > 0) {
+      throw new RetireRefusedError(
+        `KEK '${kekId}' (${fingerprint}) is still in another registry as ${holders.join(', ')}: not ${action} it. ` +
+          `A key store belongs to one keyspace; retire it there first, or give that target keys of its own`,
+      );
+    }
+    const checked = databases
+      .map((d) => `target${d.targets.length > 1 ? 's' : ''} ${d.targets.join(', ')} in database ${d.databaseId}`)
+      .join('; ');
+    return (
+      `rekey checked the registries it can see (every target's in the databases of ${checked}) and none holds this key` +
+      (unresolved.length > 0 ? `; not seen: ${unresolved.join(', ')} (database URL not set here)` : '') +
+      `; a process of another configuration or another database is not among them`
+    );
   }
 
   /**

@@ -87,6 +87,8 @@ interface Scenario {
   /** The CLI line and the request at once (they name different runs); else one after the other. */
   concurrent?: boolean;
   timeoutMs?: number;
+  /** More of the CLI's environment (a key the line's store holds). */
+  cliEnv?: Record<string, string>;
 }
 
 const TASK_QUEUE = 'rekey-exit-codes';
@@ -187,8 +189,9 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
   }
 
   /** A row's CLI line, run as written by the built CLI (leading `NAME=value` words set its environment). */
-  function runExample(line: string): Promise<CliResult> {
+  function runExample(line: string, extra: Record<string, string> = {}): Promise<CliResult> {
     const cliEnv: NodeJS.ProcessEnv = {
+      ...extra,
       PATH: process.env.PATH,
       DATABASE_URL: db.url,
       REKEY_CONFIG: configFile,
@@ -297,6 +300,11 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'a migration of a target that has no fields to migrate': {
       observed: 'a migration that could not succeed was "started" (exit 0, HTTP 202), then failed',
       says: /target 'talos' has no encrypted fields to migrate/,
+    },
+    'a step a key store rekey may not write leaves to the operator (a new KEK in the environment)': {
+      cliEnv: { REKEY_KEK_v1: talosKeys.v1.toString('base64url') },
+      observed: '`keys generate` on the environment said only "add the KEK there yourself"',
+      says: /environment variables REKEY_KEK_<id> is read-only to rekey: set REKEY_KEK_v2 \(32 random bytes as base64url: openssl rand -base64 32/,
     },
     'a setting the command needs is missing': {
       says: /DATABASE_URL is not set/,
@@ -528,7 +536,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       async () => {
         await scenario.given?.();
         const says = typeof scenario.says === 'function' ? scenario.says() : scenario.says;
-        const runCli = () => (row.cli === undefined ? undefined : runExample(row.cli));
+        const runCli = () => (row.cli === undefined ? undefined : runExample(row.cli, scenario.cliEnv));
         const send = () => (row.http === undefined ? undefined : sendExample(row.http, scenario));
         const [cli, http] = scenario.concurrent
           ? await Promise.all([runCli(), send()])

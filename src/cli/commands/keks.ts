@@ -1,6 +1,9 @@
 import os from 'node:os';
 import { Command } from 'commander';
+import { inlineRowCrypto } from '../../crypto/row-crypto';
 import { EnvKeyProvider } from '../../keys/env-provider';
+import { nextKekId } from '../../keys/file-keyring';
+import { providerDriver } from '../../keyring/provider-driver';
 import { canImport, importKeks } from '../../keys/import-keks';
 import type { KeyProvider } from '../../keys/key-provider';
 import { rotationWorkflowId } from '../../rotation/identity';
@@ -75,10 +78,9 @@ export function keysCommand(): Command {
       withContext(async (context, options: { id?: string }) => {
         const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
         try {
-          if (!store.generate) {
-            throw new CliError(`${store.description} is read-only to rekey: add the KEK there yourself`, 'invalid');
-          }
-          const id = await store.generate(options.id);
+          // A store rekey may not write answers what the operator must do (OperatorMustActError: exit 2).
+          const id = options.id ?? nextKekId(store.kekIds());
+          await providerDriver(store, () => inlineRowCrypto).provision(id, {});
           context.print({ kekId: id, fingerprint: store.fingerprint(id), store: store.description }, () => [
             `generated KEK '${id}' (${store.fingerprint(id)}) in ${store.description}`,
           ]);

@@ -1,0 +1,90 @@
+// The seam between rekey and a key store: what one store does, and nothing else. A driver holds keys (or names them,
+// where they never leave the store) and carries out one step of a KEK's lifecycle when the keyring asks; the keyring
+// (keyring.ts) decides whether a step may happen, records it in the registry first, and only then calls the hook.
+// Every hook is required: a store that cannot do a step answers what the operator must do instead (OperatorMustActError
+// with the exact instruction), so no caller ever asks what a store supports.
+import type { KekState } from '../envelope/kek-lifecycle';
+import type { DekCipher } from './cipher';
+
+/**
+ * A KEK as its keyspace's registry records it. A driver's lifecycle hooks are given the registry's records, and act
+ * on the key with the recorded fingerprint (a KMS key's ARN), never on whatever a name (an alias, a label) names now.
+ */
+export interface RecordedKek {
+  kekId: string;
+  fingerprint: string;
+  state: KekState;
+}
+
+/** One key a store holds, as the store knows it. */
+export interface StoredKek {
+  /** The id the store gives it; absent for a key the store does not name (Mycelium's old and current token_secret). */
+  kekId?: string;
+  fingerprint: string;
+  /** For a key the store does not name: its place, which the keyring names for the rotation under way. */
+  slot?: 'old' | 'current';
+}
+
+export interface ProvisionOptions {
+  /**
+   * The keyspace (`<database id>/<schema.table>`) the new KEK belongs to, recorded in the store where it can be.
+   * Absent for a KEK made outside any keyspace (`rekey keys generate`): the first keyspace that uses it adopts it.
+   */
+  owner?: string;
+  /** An earlier attempt of this provision may have created the KEK (a retried activity). */
+  retry?: boolean;
+  /** Epoch ms: a retry stops looking for the earlier attempt's KEK then and creates one, so that the step ends. */
+  searchUntil?: number;
+}
+
+export interface DestroyOutcome {
+  /** The store no longer holds the material (or holds it where only its own deletion process removes it). */
+  destroyed: boolean;
+  /** What was done, or what the operator must do. */
+  detail: string;
+}
+
+export interface StoreDriver {
+  /** e.g. `environment variables TALOS_KEK_<id>` or `file /path/keyring.json`, for messages. */
+  readonly description: string;
+  /** The KEK the store's configuration names as current (it seeds the registry's first active KEK), if any. */
+  readonly configuredCurrent: string | undefined;
+  /** Re-reads the store, so that a KEK added by another process becomes usable without a restart. */
+  reload(): Promise<void>;
+  /** Every key the store holds, with its fingerprint (as of the last reload). */
+  list(): Promise<StoredKek[]>;
+  /**
+   * The keyspace the store records as the owner of `kekId` (the keyring file's `owner`, the tag `rekey:keyspace` of a
+   * Secrets Manager secret or a KMS key, Vault KV's custom_metadata); undefined where it records none or cannot. Asked
+   * per KEK, read fresh: one request to a remote store, whatever the number of keys it holds.
+   */
+  ownerOf(kekId: string): Promise<string | undefined>;
+  /**
+   * Records `keyspace` as the owner of every KEK of the store that records none yet (a store written before owner
+   * records is adopted by the first keyspace that uses it), durably. Idempotent. A store that records no owners
+   * answers OperatorMustActError.
+   */
+  adopt(keyspace: string): Promise<void>;
+  /** Creates the KEK `kekId` in the store, recording `options.owner`. Idempotent. */
+  provision(kekId: string, options: ProvisionOptions): Promise<void>;
+  /**
+   * Before a provision writes anything: proves that the store's names for this keyspace are the ones its registry
+   * recorded (refusing a store another deployment uses) and gives a key it holds without a name of rekey's its name.
+   */
+  claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void>;
+  /** Marks `to` the store's current KEK and `from` the previous one, after the registry promoted `to`. Idempotent. */
+  promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void>;
+  /** Marks a KEK retired in the store, keeping its material for the restore window. Idempotent. */
+  retire(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
+  /** Undoes `retire`: afterwards the store holds the registered key, readable. Idempotent. */
+  restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
+  /** Destroys a retired KEK's material; says what it did. Idempotent: a KEK already gone is destroyed. */
+  destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
+  /**
+   * The DEK cipher of the key with this fingerprint (the keyring has checked it against the registry), used under the
+   * id `kekId`. Undefined when the store does not hold it.
+   */
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined;
+  /** Zeroizes every key held in memory and closes connections. */
+  close(): void;
+}

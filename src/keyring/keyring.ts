@@ -1,0 +1,367 @@
+// One keyring per keyspace (one per target runtime): the only owner of a KEK's lifecycle. Each step checks the
+// lifecycle table and the registry (fingerprints, states, restore windows, the store's owner record, the other
+// registries that may hold the key), writes the registry and its event, and only then calls the store driver's hook.
+// A store that cannot do a step answers what the operator must do (OperatorMustActError): the keyring either waits on
+// it (a KEK the operator must add) or hands the instruction on (a key the operator removes once destroyed).
+// Callers ask for a DEK cipher by KEK id and never learn what a store can do.
+import type { Pool, PoolClient } from 'pg';
+import { canUnwrap } from '../envelope/kek-lifecycle';
+import { nextKekId } from '../keys/file-keyring';
+import type { LabelProof } from '../rotation/label-proof';
+import { inTransaction } from '../store/connect';
+import type { KekRecord, KekRegistry } from '../store/kek-registry';
+import type { DekCipher } from './cipher';
+import type { DestroyOutcome, ProvisionOptions, StoreDriver, StoredKek } from './driver';
+import {
+  KekFingerprintMismatchError,
+  KekNotHeldError,
+  KekRestoreRefusedError,
+  KekRetiredError,
+  KeyMaterialError,
+  KeyspaceMismatchError,
+  OperatorMustActError,
+  UnknownKekError,
+} from '../errors';
+
+export interface KeyringOptions {
+  driver: StoreDriver;
+  /** The keyspace's database, where its registry is. */
+  db: Pool;
+  registry: KekRegistry;
+  /** The keyspace this keyring belongs to (`<database id>/<schema.table>`). */
+  keyspace: string;
+  /** The target's name, for messages. */
+  target: string;
+  /**
+   * Before a KEK is retired (its store may stop it for every reader: KMS disables it, Transit raises
+   * min_decryption_version, Vault KV soft-deletes it) or its material destroyed: throws (RetireRefusedError) while
+   * another registry this process can see holds a key with that fingerprint, else says what it checked (finding 1 of
+   * issue 24).
+   */
+  otherRegistries: (kekId: string, fingerprint: string, action: 'retiring' | 'destroying') => Promise<string>;
+}
+
+/** A key the store holds, with the name this keyspace uses for it. */
+export interface HeldKek extends StoredKek {
+  kekId: string;
+}
+
+/** A step done in the registry whose part in the store is the operator's: what they must do. */
+export interface StepOutcome {
+  operatorMust?: string;
+}
+
+export type RetireOutcome = { refused: LabelProof } | ({ retired: KekRecord } & StepOutcome);
+
+export type DestroyStep =
+  | { outcome: 'destroyed'; detail: string; operatorMustRemove?: true; proof?: LabelProof }
+  | { outcome: 'not-yet'; detail: string; waitMs: number }
+  | { outcome: 'kept'; detail: string }
+  | { outcome: 'refused'; proof: LabelProof; until: Date };
+
+/** Runs a driver's hook; an answer of what the operator must do is returned, not thrown. */
+async function orInstruction(hook: () => Promise<unknown>): Promise<StepOutcome> {
+  try {
+    await hook();
+    return {};
+  } catch (err) {
+    if (err instanceof OperatorMustActError) return { operatorMust: err.instruction };
+    throw err;
+  }
+}
+
+export class Keyring {
+  private readonly driver: StoreDriver;
+  private readonly registry: KekRegistry;
+  /** The names a rotation gives keys the store does not name (Mycelium's old and current token_secret). */
+  private rotation: { from: string; to: string } | undefined;
+
+  constructor(private readonly options: KeyringOptions) {
+    this.driver = options.driver;
+    this.registry = options.registry;
+  }
+
+  get description(): string {
+    return this.driver.description;
+  }
+
+  get keyspace(): string {
+    return this.options.keyspace;
+  }
+
+  /**
+   * The names of the rotation under way, for a store that does not name its keys: its old key is `from`, its current
+   * one `to`. The one place that naming happens.
+   */
+  nameRotation(from: string, to: string): void {
+    this.rotation = { from, to };
+  }
+
+  /** The KEK the store's configuration names as current: for a store that does not name its keys, the rotation's `to`. */
+  async configuredCurrent(): Promise<string | undefined> {
+    if (this.driver.configuredCurrent !== undefined) return this.driver.configuredCurrent;
+    const current = (await this.driver.list()).find((k) => k.kekId === undefined && k.slot === 'current');
+    return current && this.rotation?.to;
+  }
+
+  /** Every key the store holds under the name this keyspace uses; keys no name reaches yet are left out. */
+  async held(): Promise<HeldKek[]> {
+    const named: HeldKek[] = [];
+    for (const key of await this.driver.list()) {
+      const kekId =
+        key.kekId ??
+        (key.slot === 'old' ? this.rotation?.from : key.slot === 'current' ? this.rotation?.to : undefined);
+      if (kekId !== undefined) named.push({ ...key, kekId });
+    }
+    return named;
+  }
+
+  async reload(): Promise<void> {
+    await this.driver.reload();
+  }
+
+  /** The id a new KEK gets: the next vN after every id the store or the registry knows. */
+  async proposeKekId(): Promise<string> {
+    await this.driver.reload();
+    const known = new Set([
+      ...(await this.held()).map((k) => k.kekId),
+      ...(await this.registry.list()).map((k) => k.kekId),
+    ]);
+    return nextKekId([...known]);
+  }
+
+  /**
+   * The cipher of `kekId`, trusted by fingerprint, not by name: once the registry has recorded a KEK, only a key with
+   * that fingerprint is used, and a key held under the same name with another fingerprint is refused. A KEK the
+   * registry no longer lets unwrap (retired, destroyed) is refused. The caller releases the cipher.
+   */
+  async cipher(kekId: string): Promise<DekCipher> {
+    const registered = await this.registry.get(kekId);
+    return this.cipherFor(kekId, registered);
+  }
+
+  private async cipherFor(kekId: string, registered: KekRecord | undefined): Promise<DekCipher> {
+    if (registered !== undefined && !canUnwrap(registered.state)) {
+      throw new KekRetiredError(kekId, this.options.target, registered.state);
+    }
+    let held = await this.held();
+    // A KEK another process provisioned, or a remote store not read yet: read the store again first.
+    if (!held.some((k) => k.kekId === kekId || k.fingerprint === registered?.fingerprint)) {
+      await this.driver.reload();
+      held = await this.held();
+    }
+    const byName = held.find((k) => k.kekId === kekId);
+    const fingerprint = registered?.fingerprint ?? byName?.fingerprint;
+    if (fingerprint === undefined) throw new UnknownKekError(kekId, this.driver.description);
+    if (byName !== undefined && byName.fingerprint !== fingerprint) {
+      throw new KekFingerprintMismatchError(kekId, fingerprint, byName.fingerprint);
+    }
+    const cipher = this.driver.cipher({ kekId, fingerprint });
+    if (!cipher) throw new KekNotHeldError(kekId, fingerprint, this.driver.description);
+    return cipher;
+  }
+
+  /** Runs `use` with the ciphers of `kekIds` (registry-checked), releasing every one afterwards, whatever happens. */
+  async withCiphers<T>(kekIds: readonly string[], use: (ciphers: DekCipher[]) => Promise<T>): Promise<T> {
+    const ciphers: DekCipher[] = [];
+    try {
+      for (const kekId of kekIds) ciphers.push(await this.cipher(kekId));
+      return await use(ciphers);
+    } finally {
+      for (const cipher of ciphers) cipher.release();
+    }
+  }
+
+  /**
+   * Finding 1 of issue 24: a KEK whose store records another keyspace as its owner is not this keyspace's to use,
+   * retire, disable or destroy. Refused, naming both keyspaces and what to change.
+   */
+  async refuseForeign(kekId: string, action: string): Promise<void> {
+    const owner = await this.driver.ownerOf(kekId);
+    const { keyspace, target } = this.options;
+    if (owner === undefined || owner === keyspace) return;
+    throw new KeyspaceMismatchError(
+      `not ${action} KEK '${kekId}': ${this.driver.description} records it as keyspace ${owner}'s, and target '${target}' is keyspace ${keyspace}. ` +
+        `A key store belongs to one keyspace: two that share one destroy each other's keys. Give target '${target}' keys of its own; ` +
+        `the owner's own rotations retire and destroy this KEK`,
+    );
+  }
+
+  /** The store records this keyspace as the owner of every KEK that has none yet (where it records owners at all). */
+  async adopt(): Promise<StepOutcome> {
+    return orInstruction(() => this.driver.adopt(this.options.keyspace));
+  }
+
+  /**
+   * The KEK `kekId` exists in the store (made there if `generate` and not held yet), is this keyspace's, is recorded
+   * in the registry with its fingerprint, and wraps and opens. Idempotent. A store rekey may not write answers what
+   * the operator must add (OperatorMustActError).
+   */
+  async provision(
+    kekId: string,
+    { generate, ...attempt }: { generate: boolean } & Omit<ProvisionOptions, 'owner'>,
+  ): Promise<{ fingerprint: string }> {
+    const { driver, registry } = this;
+    await driver.reload();
+    // Before anything is written: the store's names are this registry's (and a key it holds unnamed gets its name).
+    // A store that names nothing of rekey's has nothing to claim: the fingerprints below are checked all the same.
+    await orInstruction(async () => driver.claim(kekId, await registry.list()));
+    if (!(await this.held()).some((k) => k.kekId === kekId)) {
+      if (!generate) throw new KeyMaterialError(`KEK '${kekId}' is not in ${driver.description}`, driver.description);
+      await driver.provision(kekId, { ...attempt, owner: this.options.keyspace });
+    }
+    await this.refuseForeign(kekId, 'provisioning');
+    const made = (await this.held()).find((k) => k.kekId === kekId);
+    if (!made) throw new KekNotHeldError(kekId, '(not made)', driver.description);
+    await registry.register(kekId, made.fingerprint);
+    const cipher = await this.cipher(kekId);
+    try {
+      await cipher.selfTest();
+      return { fingerprint: cipher.fingerprint };
+    } finally {
+      cipher.release();
+    }
+  }
+
+  /** `to` becomes active and `from` decrypt-only in the registry; then the store marks its current key. Idempotent. */
+  async promote(from: string, to: string): Promise<StepOutcome> {
+    await this.registry.promote(from, to);
+    return orInstruction(async () => this.driver.promote(from, to, await this.registry.list()));
+  }
+
+  /**
+   * Retires `kekId` if no row needs it: the store's owner record is checked first; under a lock on its registry row,
+   * `prove` proves every row labelled with it (a KEK already retired was proved then); only then the registry retires
+   * it (restorable for `restoreWindowMs`), and after that the store marks it.
+   */
+  async retire(
+    kekId: string,
+    { restoreWindowMs, prove }: { restoreWindowMs: number; prove: (client: PoolClient) => Promise<LabelProof> },
+  ): Promise<RetireOutcome> {
+    await this.refuseForeign(kekId, 'retiring');
+    const { registry } = this;
+    // Another keyspace's registry that holds the key still needs it: the store's retire would stop it for that
+    // keyspace too. Asked before anything is written, and again on a retried step (before the store's hook).
+    await this.options.otherRegistries(kekId, (await registry.require(kekId)).fingerprint, 'retiring');
+    const outcome = await inTransaction(this.options.db, async (client) => {
+      await registry.lock(kekId, client);
+      const record = await registry.require(kekId, client);
+      if (record.state === 'decrypt_only' || record.state === 'provisioned') {
+        const proof = await prove(client);
+        // Refused after the transaction commits: the rows it relabelled stay relabelled.
+        if (proof.needed > 0) return { refused: proof };
+      }
+      return { retired: await registry.retire(kekId, restoreWindowMs, client) };
+    });
+    if ('refused' in outcome) return outcome;
+    // A retry after a failure here finds the registry done and does only this.
+    const step = await orInstruction(async () => this.driver.retire(kekId, await registry.list()));
+    return { ...outcome, ...step };
+  }
+
+  /**
+   * Brings a retired KEK back to decrypt-only within its restore window: the store must still hold (or make readable
+   * again) the key the registry recorded, the registry records who asked and why in the same transaction, and then
+   * the store names the key again. A repeated restore changes nothing.
+   */
+  async restore(kekId: string, reason: string, actor: string): Promise<KekRecord & StepOutcome> {
+    const { registry, driver } = this;
+    const refuse = (why: string) =>
+      new KekRestoreRefusedError(`KEK '${kekId}' of target '${this.options.target}' cannot be restored: ${why}`);
+    const registered = await registry.get(kekId);
+    if (!registered) throw new UnknownKekError(kekId, `the registry of target '${this.options.target}'`);
+    await driver.reload();
+    // Found by its fingerprint: a store that names its keys only inside a rotation holds it under no name here. A key
+    // the store holds under the KEK's id with another fingerprint (a KMS alias moved to another key) is refused.
+    const holds = async () => {
+      const held = await driver.list();
+      const byName = held.find((k) => k.kekId === kekId);
+      if (byName !== undefined && byName.fingerprint !== registered.fingerprint) {
+        throw new KekFingerprintMismatchError(kekId, registered.fingerprint, byName.fingerprint);
+      }
+      return held.some((k) => k.fingerprint === registered.fingerprint);
+    };
+    let madeReadable = false;
+    if (registered.state === 'retired' && !(await holds())) {
+      // A store whose retire makes the key unreadable (Vault KV's soft delete, Transit's min_decryption_version)
+      // makes it readable first, proving it is the registered key; a store that cannot says what the operator must do.
+      try {
+        await driver.restore(kekId, await registry.list());
+      } catch (err) {
+        if (err instanceof OperatorMustActError)
+          throw refuse(`${driver.description} no longer holds it: ${err.instruction}`);
+        throw err;
+      }
+      madeReadable = true;
+      await driver.reload();
+      if (!(await holds())) throw refuse(`${driver.description} no longer holds it`);
+    }
+    let restored: KekRecord;
+    try {
+      restored = await registry.restore(kekId, reason.trim(), actor, refuse);
+    } catch (err) {
+      if (madeReadable) await orInstruction(async () => driver.retire(kekId, await registry.list()));
+      throw err;
+    }
+    const step = await orInstruction(async () => driver.restore(kekId, await registry.list()));
+    return { ...restored, ...step };
+  }
+
+  /**
+   * The durable step after a retired KEK's restore window, in one transaction holding its registry row: nothing is
+   * destroyed while the KEK is restored, or before its window ends by the database's clock; `prove` proves every row
+   * still labelled with it, and one that may need it refuses the destruction (the window opens again for
+   * `reopenForMs`). Then the store's owner record and every other registry this process can see are checked, the
+   * registry marks the KEK destroyed with its event, and only then the store destroys the material (a failure there
+   * rolls the registry back). A store rekey may not write says what the operator must remove.
+   */
+  async destroy(
+    kekId: string,
+    { prove, reopenForMs }: { prove: (client: PoolClient) => Promise<LabelProof>; reopenForMs: number },
+  ): Promise<DestroyStep> {
+    const { registry, driver } = this;
+    return inTransaction(this.options.db, async (client): Promise<DestroyStep> => {
+      await registry.lock(kekId, client);
+      const record = await registry.require(kekId, client);
+      if (record.state === 'destroyed') return { outcome: 'destroyed', detail: 'already destroyed' };
+      if (record.state !== 'retired')
+        return { outcome: 'kept', detail: `it is ${record.state} (restored): not destroyed` };
+      const now = await registry.now(client);
+      if (record.restorableUntil && record.restorableUntil > now) {
+        return {
+          outcome: 'not-yet',
+          detail: `restorable until ${record.restorableUntil.toISOString()}`,
+          waitMs: record.restorableUntil.getTime() - now.getTime(),
+        };
+      }
+      const proof = await prove(client);
+      if (proof.needed > 0)
+        return { outcome: 'refused', proof, until: await registry.reopen(kekId, reopenForMs, client) };
+      // Finding 1: the KEK is this keyspace's by its store's record, and no other registry still holds its key.
+      await this.refuseForeign(kekId, 'destroying');
+      const checked = await this.options.otherRegistries(kekId, record.fingerprint, 'destroying');
+      await registry.transition(kekId, 'destroyed', client);
+      await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
+      let done: DestroyOutcome;
+      try {
+        done = await driver.destroy(kekId, await registry.list());
+      } catch (err) {
+        if (!(err instanceof OperatorMustActError)) throw err;
+        done = { destroyed: false, detail: err.instruction };
+      }
+      return {
+        outcome: 'destroyed',
+        // What the operator removes by hand must not be needed elsewhere: say what rekey could and could not see.
+        detail: done.destroyed
+          ? done.detail
+          : `${done.detail}. ${checked}: make sure none of them reads it before you remove it`,
+        ...(!done.destroyed && { operatorMustRemove: true as const }),
+        ...(proof.relabelled > 0 && { proof }),
+      };
+    });
+  }
+
+  close(): void {
+    this.driver.close();
+  }
+}

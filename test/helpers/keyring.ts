@@ -1,0 +1,121 @@
+import type { Pool, PoolClient } from 'pg';
+import { expect } from 'vitest';
+import { inlineRowCrypto } from '../../src/crypto/row-crypto';
+import type { KeyProvider } from '../../src/keys/key-provider';
+import { Keyring } from '../../src/keyring/keyring';
+import { providerDriver } from '../../src/keyring/provider-driver';
+import { emptyProof } from '../../src/rotation/label-proof';
+import { inTransaction } from '../../src/store/connect';
+import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
+import { DekUnwrapError, KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
+
+/**
+ * A keyring over `provider` for keyspace `keyspace` (target `target`'s registry in `db`). The other-registries check
+ * is the database's own: every registry row of another target, or of another KEK id, with the same fingerprint.
+ */
+export function keyringFor(db: Pool, provider: KeyProvider, keyspace: string, target = 'rekey'): Keyring {
+  return new Keyring({
+    driver: providerDriver(provider, () => inlineRowCrypto),
+    db,
+    registry: new KekRegistry(db, target),
+    keyspace,
+    target,
+    otherRegistries: async (kekId, fingerprint, action) => {
+      const others = (await registryHolders(db, fingerprint)).filter(
+        (holder) => holder.target !== target || holder.kekId !== kekId,
+      );
+      if (others.length > 0) {
+        throw new RetireRefusedError(
+          `KEK '${kekId}' (${fingerprint}) is still in another registry as ${others.map((o) => `'${o.kekId}' of target '${o.target}'`).join(', ')}: not ${action} it`,
+        );
+      }
+      return 'rekey checked the registries of this database';
+    },
+  });
+}
+
+/** A proof that found every row under a usable KEK (nothing labelled with the KEK needs it). */
+export const nothingNeeded = (): Promise<ReturnType<typeof emptyProof>> => Promise.resolve(emptyProof());
+
+/** The registry of `target` as a rotation v1 → v2 leaves it: v2 active (registered with `fingerprints.v2`), v1 decrypt-only. */
+export async function rotatedRegistry(
+  db: Pool,
+  target: string,
+  fingerprints: { v1: string; v2: string },
+): Promise<KekRegistry> {
+  const registry = new KekRegistry(db, target);
+  await registry.seedActive('v1', fingerprints.v1);
+  await registry.register('v2', fingerprints.v2);
+  await registry.promote('v1', 'v2');
+  return registry;
+}
+
+/** v1 retired with a window that has ended already. */
+export async function retiredWindowEnded(db: Pool, registry: KekRegistry): Promise<void> {
+  await inTransaction(db, (client: PoolClient) => registry.retire('v1', 0, client));
+}
+
+/**
+ * A keyring of another keyspace than the one its store records for v1 refuses to retire and to destroy v1, naming both
+ * keyspaces, and writes nothing: the registry row stays as it was.
+ */
+export async function expectForeignRefused(
+  db: Pool,
+  keyring: Keyring,
+  registry: KekRegistry,
+  owner: string,
+): Promise<void> {
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+    KeyspaceMismatchError,
+  );
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+    `records it as keyspace ${owner}'s, and target 'rekey' is keyspace ${keyring.keyspace}`,
+  );
+  expect((await registry.require('v1')).state).toBe('decrypt_only');
+  await retiredWindowEnded(db, registry);
+  await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(KeyspaceMismatchError);
+  expect((await registry.require('v1')).state).toBe('retired');
+}
+
+/** `rotatedRegistry` for a store that holds v1 and v2. */
+export const rotatedOn = (db: Pool, store: { fingerprint(kekId: string): string }): Promise<KekRegistry> =>
+  rotatedRegistry(db, 'rekey', { v1: store.fingerprint('v1'), v2: store.fingerprint('v2') });
+
+/**
+ * For a store that records no owner: with another keyspace's registry (target `orders`) holding v1's key, the keyring
+ * refuses to retire v1 (the store's retire would stop it for orders too) and, with v1 retired in this registry alone,
+ * refuses to destroy it, naming that registry, and the registry keeps v1 retired.
+ */
+export async function expectDestroyRefusedWhileOthersHold(
+  db: Pool,
+  keyring: Keyring,
+  registry: KekRegistry,
+): Promise<void> {
+  await new KekRegistry(db, 'orders').seedActive('v1', (await registry.require('v1')).fingerprint);
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+    "not retiring it",
+  );
+  expect((await registry.require('v1')).state).toBe('decrypt_only');
+  await retiredWindowEnded(db, registry);
+  await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);
+  await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(
+    "'v1' of target 'orders'",
+  );
+  expect((await registry.require('v1')).state).toBe('retired');
+}
+
+/**
+ * The ciphers of v1 and v2 of a remote store: v1 passes its self-test, a new DEK under v1 opens again, moves to v2
+ * inside the store and opens there, bound to its tenant. The caller releases them and zeroizes `dek`.
+ */
+export async function expectRemoteRoundTrip(keyring: Keyring) {
+  const [v1, v2] = [await keyring.cipher('v1'), await keyring.cipher('v2')];
+  await v1.selfTest();
+  const { dek, wrapped } = await v1.newDek('tenant-1');
+  expect((await v1.open('tenant-1', wrapped)).equals(dek)).toBe(true);
+  const moved = await v1.moveTo(v2, 'tenant-1', wrapped);
+  expect((await v2.open('tenant-1', moved)).equals(dek)).toBe(true);
+  // Bound to its tenant: another tenant's context opens nothing.
+  await expect(v2.open('tenant-2', moved)).rejects.toThrow(DekUnwrapError);
+  return { v1, v2, dek, wrapped };
+}
