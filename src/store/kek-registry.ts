@@ -44,10 +44,13 @@ const toRecord = (row: KekRow): KekRecord => ({
   destroyedAt: row.destroyed_at,
 });
 
-/** A restore or a destruction, as the audit trail (rekey.kek_events) keeps it. */
+/** The actor of the events a rotation's own steps record (a restore or a destruction records who asked). */
+export const STEP_ACTOR = 'rekey (rotation step)';
+
+/** A step of a KEK's lifecycle, as the audit trail (rekey.kek_events) keeps it. */
 export interface KekEvent {
   kekId: string;
-  event: 'restored' | 'destroyed';
+  event: 'registered' | 'promoted' | 'superseded' | 'retired' | 'restored' | 'destroyed';
   reason: string;
   actor: string;
   at: Date;
@@ -105,11 +108,15 @@ export class KekRegistry {
    * different fingerprint is refused (a different key under a known name would make DEKs unreadable).
    */
   async register(kekId: string, fingerprint: string): Promise<KekRecord> {
-    await this.db.query(
-      `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ($1, $2, 'provisioned', $3)
-       ON CONFLICT (target, kek_id) DO NOTHING`,
-      [this.target, kekId, fingerprint],
-    );
+    await inTransaction(this.db, async (client) => {
+      const { rowCount } = await client.query(
+        `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ($1, $2, 'provisioned', $3)
+         ON CONFLICT (target, kek_id) DO NOTHING`,
+        [this.target, kekId, fingerprint],
+      );
+      // Once, by the step that made the row (a retried registration inserts nothing and records nothing).
+      if (rowCount === 1) await this.record(client, kekId, 'registered', `fingerprint ${fingerprint}`, STEP_ACTOR);
+    });
     const record = await this.require(kekId);
     if (record.fingerprint !== fingerprint) {
       throw new KekFingerprintMismatchError(kekId, record.fingerprint, fingerprint);
@@ -165,6 +172,8 @@ export class KekRegistry {
       assertTransition(to, target.state, 'active');
       await this.transition(from, 'decrypt_only', client);
       await this.transition(to, 'active', client);
+      await this.record(client, to, 'promoted', `active in place of '${from}'`, STEP_ACTOR);
+      await this.record(client, from, 'superseded', `decrypt-only: '${to}' is active`, STEP_ACTOR);
     });
   }
 
@@ -181,6 +190,14 @@ export class KekRegistry {
       `UPDATE rekey.keks SET restorable_until = retired_at + $3 * interval '1 millisecond'
        WHERE target = $1 AND kek_id = $2 RETURNING *`,
       [this.target, kekId, restoreWindowMs],
+    );
+    const until = rows[0]?.restorable_until;
+    await this.record(
+      client,
+      kekId,
+      'retired',
+      `every row proved off it; restorable until ${until ? until.toISOString() : 'unknown'}`,
+      STEP_ACTOR,
     );
     return rows[0] ? toRecord(rows[0]) : retired;
   }
@@ -248,7 +265,8 @@ export class KekRegistry {
     );
   }
 
-  async events(kekId: string): Promise<KekEvent[]> {
+  /** The KEK's audit trail, oldest first; `kinds` keeps only those events (e.g. the restores and destructions). */
+  async events(kekId: string, kinds?: readonly KekEvent['event'][]): Promise<KekEvent[]> {
     const { rows } = await this.db.query<{
       kek_id: string;
       event: KekEvent['event'];
@@ -259,7 +277,9 @@ export class KekRegistry {
       this.target,
       kekId,
     ]);
-    return rows.map((r) => ({ kekId: r.kek_id, event: r.event, reason: r.reason, actor: r.actor, at: r.at }));
+    return rows
+      .filter((r) => kinds === undefined || kinds.includes(r.event))
+      .map((r) => ({ kekId: r.kek_id, event: r.event, reason: r.reason, actor: r.actor, at: r.at }));
   }
 }
 

@@ -119,3 +119,6 @@ export async function expectRemoteRoundTrip(keyring: Keyring) {
   await expect(v2.open('tenant-2', moved)).rejects.toThrow(DekUnwrapError);
   return { v1, v2, dek, wrapped };
 }
+
+/** The audit events of the operator's restores and of destructions (a KEK's trail also holds each rotation step's). */
+export const RESTORES_AND_DESTRUCTIONS = ['restored', 'destroyed'] as const;

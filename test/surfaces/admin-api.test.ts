@@ -14,6 +14,7 @@ import { createTestKeys } from '../helpers/keys';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
 import { rotationWorkflowId } from '../../src/rotation/identity';
 import { keyspaceIn } from '../helpers/keyspace';
+import { RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -227,7 +228,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     const anonymous = await restore('v1', { reason: 'gateway-3 still reads v1' });
     expect(anonymous.statusCode).toBe(400);
     expect(anonymous.json<{ message: string }>().message).toMatch(/actor/);
-    expect(await registry.events('v1')).toEqual([]);
+    expect(await registry.events('v1', RESTORES_AND_DESTRUCTIONS)).toEqual([]);
 
     const restored = await restore('v1', { reason: 'gateway-3 still reads v1', actor: 'alice' });
     expect(restored.statusCode).toBe(200);
@@ -239,7 +240,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       actor: 'alice',
     });
     expect(await registry.get('v1')).toMatchObject({ state: 'decrypt_only', retiredAt: null });
-    expect(await registry.events('v1')).toMatchObject([
+    expect(await registry.events('v1', RESTORES_AND_DESTRUCTIONS)).toMatchObject([
       { event: 'restored', reason: 'gateway-3 still reads v1', actor: 'alice' },
     ]);
 
