@@ -20,6 +20,7 @@ describe('KEK registry', () => {
     await insert('talos', 'one');
     expect((await new KekRegistry(db.pool, 'talos').active())?.kekId).toBe('one');
     expect(await new KekRegistry(db.pool, 'mycelium').active()).toBeUndefined();
+    await db.pool.query(`DELETE FROM rekey.kek_events`);
     await db.pool.query(`DELETE FROM rekey.keks`);
   });
 

@@ -98,6 +98,7 @@ describe('migrations', () => {
         '1764500000000_kek-restore-window',
         '1764610000000_run-history',
         '1764620000000_database-identity',
+        '1764630000000_kek-step-events',
       ]);
     }));
 

@@ -73,6 +73,7 @@ describe('application API (TenantCrypto)', () => {
       await Promise.all([refreshing, stopping]);
     } finally {
       held.reload = reload;
+      await db.pool.query(`DELETE FROM rekey.kek_events WHERE kek_id = 'v9'`);
       await db.pool.query(`DELETE FROM rekey.keks WHERE kek_id = 'v9'`);
     }
 
