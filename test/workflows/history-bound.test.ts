@@ -124,7 +124,8 @@ describe('a rotation waiting for its operator keeps its history within maxHistor
   const server = useTimeSkippingEnv();
 
   it('Finding (history past maxHistoryEvents while the run waits for the operator): through grace and the wait for the retire confirmation, dozens of signals and queries leave every run within the bound, no signal is lost across a continue-as-new, and the rotation completes', () =>
-    waitThroughMessages(server.env, false));
+    // 7 s alone, 93 s once under the whole suite: its waits (each bounded, each failing with its reason) get room.
+    waitThroughMessages(server.env, false), 240_000);
 });
 
 describe('a rotation waiting for its operator keeps its history within maxHistoryEvents (dev server)', () => {
@@ -140,5 +141,5 @@ describe('a rotation waiting for its operator keeps its history within maxHistor
   });
 
   it('Finding (history past maxHistoryEvents while the run waits for the operator): through grace and the wait for the retire confirmation, dozens of signals, updates and queries leave every run within the bound, no message is lost across a continue-as-new, and the rotation completes', () =>
-    waitThroughMessages(env, true));
+    waitThroughMessages(env, true), 240_000);
 });
