@@ -87,6 +87,29 @@ const LISTED_TENANTS = 50;
 /** DEKs tried under the current key when the table, not the registry, says which generation it is. */
 const PROOF_SAMPLE = 20;
 
+/** What a part of a migration (by field or by row) is given: its range, its settings and where its last attempt got to. */
+function sliceInput<C>(args: Omit<FieldSliceArgs, 'field'>, context: Context) {
+  return {
+    after: args.range.after,
+    until: args.range.until,
+    ...(args.tenant !== undefined && { tenant: args.tenant }),
+    batchSize: args.batchSize,
+    dryRun: args.dryRun,
+    timeBudgetMs: args.timeBudgetMs,
+    progressKey: args.progressKey,
+    countExisting: args.countExisting,
+    resumeFrom: context.info.heartbeatDetails as C | undefined,
+  };
+}
+
+/** A part heartbeats each batch's checkpoint and stops at a batch boundary once cancelled (paused or aborted). */
+function sliceHooks<C>(context: Context) {
+  return {
+    onBatch: (checkpoint: C) => context.heartbeat(checkpoint),
+    shouldStop: () => context.cancellationSignal.aborted,
+  };
+}
+
 export function createMigrationActivities(deps: ActivityDependencies) {
   const targets = targetRuntimes(deps);
   const stores = new Map<string, Promise<FieldStore>>();
@@ -322,21 +345,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
             current: fields.current,
             keks,
           },
-          {
-            after: args.range.after,
-            until: args.range.until,
-            ...(args.tenant !== undefined && { tenant: args.tenant }),
-            batchSize: args.batchSize,
-            dryRun: args.dryRun,
-            timeBudgetMs: args.timeBudgetMs,
-            progressKey: args.progressKey,
-            countExisting: args.countExisting,
-            resumeFrom: context.info.heartbeatDetails as FieldCheckpoint | undefined,
-          },
-          {
-            onBatch: (checkpoint) => context.heartbeat(checkpoint),
-            shouldStop: () => context.cancellationSignal.aborted,
-          },
+          sliceInput<FieldCheckpoint>(args, context),
+          sliceHooks(context),
         );
         // Cancelled (paused or aborted): it stopped at a batch boundary and returns what it did (see rewrapSlice).
         return result;
@@ -360,21 +370,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
         const threads = crypto instanceof ThreadedRowCrypto ? crypto : undefined;
         return migrateRowSlice(
           { rows, fieldIndexes: args.fields, deks: runtime.store, keks, ...(threads && { threads }) },
-          {
-            after: args.range.after,
-            until: args.range.until,
-            ...(args.tenant !== undefined && { tenant: args.tenant }),
-            batchSize: args.batchSize,
-            dryRun: args.dryRun,
-            timeBudgetMs: args.timeBudgetMs,
-            progressKey: args.progressKey,
-            countExisting: args.countExisting,
-            resumeFrom: context.info.heartbeatDetails as RowCheckpoint | undefined,
-          },
-          {
-            onBatch: (checkpoint) => context.heartbeat(checkpoint),
-            shouldStop: () => context.cancellationSignal.aborted,
-          },
+          sliceInput<RowCheckpoint>(args, context),
+          sliceHooks(context),
         );
       });
     },
