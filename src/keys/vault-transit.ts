@@ -3,8 +3,17 @@ import { compileFormat, type Row, type TransitValues } from '../codec/sealed-for
 import { RemoteCipher, refusedMoveIn, type RemoteKeyStore } from '../keyring/cipher';
 import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
 import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../crypto/transit-row-crypto';
-import type { DestroyOutcome, GenerateOptions, HeldKey, KeyProvider, RecordedKek, RemoteDeks } from './key-provider';
+import type {
+  DestroyOutcome,
+  GenerateOptions,
+  HeldKey,
+  KeyOwners,
+  KeyProvider,
+  RecordedKek,
+  RemoteDeks,
+} from './key-provider';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from './vault-http';
+import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../keyring/transit-owner';
 import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../errors';
 
 const FINGERPRINT_PREFIX = 'vault-transit:';
@@ -17,6 +26,8 @@ export interface TransitSettings {
   limits: PacerLimits;
   /** Items per `rewrap` request (`batch_input`). */
   batch: number;
+  /** Where the key's owner record is (a KV v2 secret: Transit keys hold no metadata). */
+  owner: TransitOwnerPlace;
 }
 
 function whole(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -38,9 +49,11 @@ export function transitSettingsFromEnv(env: NodeJS.ProcessEnv): TransitSettings 
       'REKEY_VAULT_TRANSIT_KEY',
     );
   }
+  const mount = vaultPath(env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit', 'REKEY_VAULT_TRANSIT_MOUNT', 'transit');
   return {
-    mount: vaultPath(env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit', 'REKEY_VAULT_TRANSIT_MOUNT', 'transit'),
+    mount,
     key,
+    owner: transitOwnerPlace(env, { mount, key }),
     limits: {
       concurrency: whole(env, 'REKEY_VAULT_TRANSIT_CONCURRENCY', 4, 1, 64),
       ratePerSecond: whole(env, 'REKEY_VAULT_TRANSIT_RATE', 50, 0, 10_000),
@@ -91,6 +104,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
   private readonly values: TransitValues;
   private crypto: TransitRowCrypto | undefined;
   private remoteStore: RemoteKeyStore | undefined;
+  private readonly ownerRecord: TransitOwnerRecord;
 
   constructor(
     readonly http: VaultHttp,
@@ -98,7 +112,14 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
   ) {
     this.description = `Vault Transit key '${settings.mount}/${settings.key}' (${http.description})`;
     this.values = this.codec.transit!;
+    this.ownerRecord = new TransitOwnerRecord(http, settings.owner, this.description);
   }
+
+  /** The keyspace the key belongs to: its owner record (one key, one owner), claimed by the first keyspace to use it. */
+  readonly owners: KeyOwners = {
+    ownerOf: () => this.ownerRecord.ownerOf(),
+    adopt: (keyspace) => this.ownerRecord.adopt(keyspace),
+  };
 
   /** From VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE and REKEY_VAULT_TRANSIT_*. Nothing is read until `reload`. */
   static fromEnv(env: NodeJS.ProcessEnv, onRequest?: VaultRequestListener): VaultTransitKeys {
@@ -119,6 +140,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
       [`${this.api('keys')}/trim`]: ['update'],
       [this.api('rewrap')]: ['update'],
       [this.api('datakey/wrapped')]: ['update'],
+      ...this.ownerRecord.capabilities(),
     };
   }
 
@@ -348,7 +370,10 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
    * whose version exists is there (a retry after a lost answer finds the version its first attempt made); only the
    * next version can be made.
    */
-  async generate(kekId?: string, _options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+    // The key is the keyspace's by its owner record before a version is made (claimed now if nobody has).
+    if (options.owner !== undefined)
+      await this.ownerRecord.claim(options.owner, `make a version of ${this.description}`);
     await this.reload();
     const latest = this.state?.latest_version ?? 0;
     const id = kekId ?? kekIdOf(latest + 1);
@@ -424,6 +449,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
     if (version === undefined) throw new UnknownKekError(kekId, this.description);
     if (state.min_decryption_version > version) return;
     this.proveSameKey(registry, `retire '${kekId}'`);
+    await this.ownerRecord.requireRecorded(`retire '${kekId}'`);
     const recorded = registry.find((r) => r.kekId === kekId);
     if (recorded) this.versionFor(kekId, recorded.fingerprint);
     const blocking = this.needed(registry, kekId).filter((k) => k.version <= version);
@@ -451,6 +477,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
     }
     const before = state.min_decryption_version;
     if (before > version) {
+      await this.ownerRecord.requireRecorded(`restore '${kekId}'`);
       await this.configure({ min_decryption_version: version });
       await this.reload();
     }
@@ -478,6 +505,7 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
       return { destroyed: true, detail: `version ${version} of ${this.description} is already trimmed` };
     }
     this.proveSameKey(registry, `trim '${kekId}'`);
+    await this.ownerRecord.requireRecorded(`trim '${kekId}'`);
     if (state.min_decryption_version <= version) {
       throw new KeyStoreRefusedError(
         `${this.description}: version ${version} (KEK '${kekId}') is decryptable again (min_decryption_version ${state.min_decryption_version}), but retire left it below: perhaps restored for a reader, and rekey does not trim it`,
