@@ -205,7 +205,12 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     what: "true: Vault's certificate is not verified (logged as a warning; for a test server only)",
     readBy: ALL,
   },
-  { name: 'REKEY_VAULT_KV_MOUNT', default: 'secret', what: 'the KV v2 mount (REKEY_KEY_PROVIDER=vault)', readBy: ALL },
+  {
+    name: 'REKEY_VAULT_KV_MOUNT',
+    default: 'secret',
+    what: "the KV v2 mount (REKEY_KEY_PROVIDER=vault; with vault-transit, where the Transit key's owner record is)",
+    readBy: ALL,
+  },
   {
     name: 'REKEY_VAULT_KV_PATH',
     default: 'none',

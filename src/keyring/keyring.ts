@@ -275,6 +275,8 @@ export class Keyring {
       new KekRestoreRefusedError(`KEK '${kekId}' of target '${this.options.target}' cannot be restored: ${why}`);
     const registered = await registry.get(kekId);
     if (!registered) throw new UnknownKekError(kekId, `the registry of target '${this.options.target}'`);
+    // A store that stops a key for every reader (Transit's min_decryption_version) restarts it only for its owner.
+    await this.refuseForeign(kekId, 'restoring');
     await driver.reload();
     // Found by its fingerprint: a store that names its keys only inside a rotation holds it under no name here. A key
     // the store holds under the KEK's id with another fingerprint (a KMS alias moved to another key) is refused.

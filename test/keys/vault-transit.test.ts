@@ -254,7 +254,8 @@ describe('Vault Transit key store against a real Vault server', () => {
     const key = `rekey-${randomUUID()}`;
     const keys = VaultTransitKeys.fromEnv({ ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key });
     try {
-      for (const kekId of ['v1', 'v2', 'v3']) await keys.generate(kekId);
+      // Made for one keyspace, which its owner record names (retire and trim touch no key without one).
+      for (const kekId of ['v1', 'v2', 'v3']) await keys.generate(kekId, { owner: 'trim-test/public.tenant_deks' });
       const record = (kekId: string, state: KekState) => ({ kekId, fingerprint: keys.fingerprint(kekId), state });
       const [v1, v2, v3] = [record('v1', 'retired'), record('v2', 'retired'), record('v3', 'active')];
       await keys.retire('v1', [v1, record('v2', 'decrypt_only'), v3]);

@@ -8,7 +8,8 @@ import type { DekCipher } from '../cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
 import type { HeldKey } from '../local-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
-import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, OperatorMustActError, UnknownKekError } from '../../errors';
+import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../transit-owner';
+import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../../errors';
 
 const FINGERPRINT_PREFIX = 'vault-transit:';
 /** Transit's answers about an item that say "not this key, context or version": the row, not the call, is at fault. */
@@ -20,6 +21,8 @@ export interface TransitSettings {
   limits: PacerLimits;
   /** Items per `rewrap` request (`batch_input`). */
   batch: number;
+  /** Where the key's owner record is (a KV v2 secret: Transit keys hold no metadata). */
+  owner: TransitOwnerPlace;
 }
 
 function whole(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -41,9 +44,11 @@ export function transitSettingsFromEnv(env: NodeJS.ProcessEnv): TransitSettings 
       'REKEY_VAULT_TRANSIT_KEY',
     );
   }
+  const mount = vaultPath(env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit', 'REKEY_VAULT_TRANSIT_MOUNT', 'transit');
   return {
-    mount: vaultPath(env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit', 'REKEY_VAULT_TRANSIT_MOUNT', 'transit'),
+    mount,
     key,
+    owner: transitOwnerPlace(env, { mount, key }),
     limits: {
       concurrency: whole(env, 'REKEY_VAULT_TRANSIT_CONCURRENCY', 4, 1, 64),
       ratePerSecond: whole(env, 'REKEY_VAULT_TRANSIT_RATE', 50, 0, 10_000),
@@ -92,6 +97,7 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
   private readonly values: TransitValues;
   private crypto: TransitRowCrypto | undefined;
   private remoteStore: RemoteKeyStore | undefined;
+  private readonly ownerRecord: TransitOwnerRecord;
 
   constructor(
     readonly http: VaultHttp,
@@ -99,6 +105,7 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
   ) {
     this.description = `Vault Transit key '${settings.mount}/${settings.key}' (${http.description})`;
     this.values = this.codec.transit!;
+    this.ownerRecord = new TransitOwnerRecord(http, settings.owner, this.description);
   }
 
   /** From VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE and REKEY_VAULT_TRANSIT_*. Nothing is read until `reload`. */
@@ -120,6 +127,7 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
       [`${this.api('keys')}/trim`]: ['update'],
       [this.api('rewrap')]: ['update'],
       [this.api('datakey/wrapped')]: ['update'],
+      ...this.ownerRecord.capabilities(),
     };
   }
 
@@ -367,7 +375,10 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     await this.generate(kekId, options);
   }
 
-  async generate(kekId?: string, _options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+    // The key is the keyspace's by its owner record before a version is made (claimed now if nobody has).
+    if (options.owner !== undefined)
+      await this.ownerRecord.claim(options.owner, `make a version of ${this.description}`);
     await this.reload();
     const latest = this.state?.latest_version ?? 0;
     const id = kekId ?? kekIdOf(latest + 1);
@@ -424,18 +435,13 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
       .map((r) => ({ kekId: r.kekId, version: versionOfId(r.kekId) ?? 0 }));
   }
 
-  /** A Transit key carries no metadata to record an owner in. */
+  /** The keyspace the key belongs to: its owner record (one key, one owner), claimed by the first keyspace to use it. */
   ownerOf(_kekId: string): Promise<string | undefined> {
-    return Promise.resolve(undefined);
+    return this.ownerRecord.ownerOf();
   }
 
-  adopt(_keyspace: string): Promise<void> {
-    return Promise.reject(
-      new OperatorMustActError(
-        this.description,
-        `${this.description} records no owner: give each keyspace a store of its own`,
-      ),
-    );
+  adopt(keyspace: string): Promise<void> {
+    return this.ownerRecord.adopt(keyspace);
   }
 
   /** Transit encrypts with the latest version: the registry's promotion is the only mark. */
@@ -462,6 +468,7 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     if (version === undefined) throw new UnknownKekError(kekId, this.description);
     if (state.min_decryption_version > version) return;
     this.proveSameKey(registry, `retire '${kekId}'`);
+    await this.ownerRecord.requireRecorded(`retire '${kekId}'`);
     const recorded = registry.find((r) => r.kekId === kekId);
     if (recorded) this.versionFor(kekId, recorded.fingerprint);
     const blocking = this.needed(registry, kekId).filter((k) => k.version <= version);
@@ -489,6 +496,7 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     }
     const before = state.min_decryption_version;
     if (before > version) {
+      await this.ownerRecord.requireRecorded(`restore '${kekId}'`);
       await this.configure({ min_decryption_version: version });
       await this.reload();
     }
@@ -516,6 +524,7 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
       return { destroyed: true, detail: `version ${version} of ${this.description} is already trimmed` };
     }
     this.proveSameKey(registry, `trim '${kekId}'`);
+    await this.ownerRecord.requireRecorded(`trim '${kekId}'`);
     if (state.min_decryption_version <= version) {
       throw new KeyStoreRefusedError(
         `${this.description}: version ${version} (KEK '${kekId}') is decryptable again (min_decryption_version ${state.min_decryption_version}), but retire left it below: perhaps restored for a reader, and rekey does not trim it`,

@@ -1,0 +1,60 @@
+// Adversary of the keyring seam (issue 26) on issue 24's finding 2 ("two deployments use the default prefix
+// alias/rekey/"): provision refuses an alias prefix whose aliases the registry does not record, but a keyspace met for
+// the first time records the key `<prefix>current` names (TenantCrypto and the rotation's validate seed the registry
+// from it: src/tenant-crypto.ts, src/activities/kek.ts), and its first step, Keyring.adopt, tags every untagged key
+// under the prefix as its own. Another deployment's KEK made by `rekey keys generate` (no owner tag) is then this
+// keyspace's by both records: it provisions beside it, moves `current`, and disables it. Against moto and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { useMoto } from '../helpers/aws';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded } from '../helpers/keyring';
+
+describe('adversary: a second deployment on the same KMS alias prefix', () => {
+  const moto = useMoto();
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [dbA, dbB] = await Promise.all([createTestDatabase(), createTestDatabase()]);
+  });
+  afterAll(async () => {
+    await Promise.all([dbA.drop(), dbB.drop()]);
+  });
+
+  it("a keyspace does not adopt, rotate away from and disable another deployment's untagged KEK under the same alias prefix: B's DEK under v1 still opens", async () => {
+    const env = {
+      ...moto.server.env,
+      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
+      REKEY_AWS_KMS_RATE: '0',
+    };
+    // Deployment B: its KEK made by `rekey keys generate` (no owner), its registry and its tenants in database B.
+    const storeB = KmsKeys.fromEnv(env);
+    await storeB.generate('v1');
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+
+    // Deployment A, same prefix, database A, met for the first time: adopt (validate's first step), the registry
+    // seeded from the store's current KEK (as TenantCrypto and validate do), then a rotation v1 → v2 that retires v1.
+    const storeA = KmsKeys.fromEnv(env);
+    await storeA.reload();
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    const registryA = new KekRegistry(dbA.pool, 'rekey');
+    const rotation = async () => {
+      await keyringA.adopt();
+      await registryA.seedActive((await keyringA.configuredCurrent())!, storeA.fingerprint('v1'));
+      await keyringA.provision('v2', { generate: true });
+      await keyringA.promote('v1', 'v2');
+      await keyringA.retire('v1', { restoreWindowMs: 60_000, prove: nothingNeeded });
+    };
+    await expect(rotation()).rejects.toThrow();
+
+    await storeB.reload();
+    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
+    expect(opened.equals(dek)).toBe(true);
+    for (const buffer of [dek, opened]) buffer.fill(0);
+    keyringA.close();
+    storeB.close();
+  });
+});

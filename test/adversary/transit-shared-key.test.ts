@@ -1,0 +1,64 @@
+// Adversary of the keyring seam (issue 26) on issue 24's finding 1 for Vault Transit. Every other store rekey writes
+// records its owner (the keyring file's owner, the tag rekey:keyspace of Secrets Manager and KMS, Vault KV's
+// custom_metadata); Transit records none, and the other-registries check sees only the databases of this worker. Two
+// deployments (two databases) whose REKEY_VAULT_TRANSIT_KEY name the same key share its versions: one's retire raises
+// min_decryption_version past the version the other's rows are under, and its destroy trims it. Against the real Vault
+// and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+
+describe('adversary: a Transit key two keyspaces of different databases use', () => {
+  let vault: VaultServer;
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [vault, dbA, dbB] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      createTestDatabase(),
+      createTestDatabase(),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
+  });
+
+  it("Vault Transit records no owner: keyspace A's retire of v1 is refused while the key's v1 is keyspace B's active KEK (another database), and B's DEK under v1 still opens", async () => {
+    const key = `rekey-${randomUUID()}`;
+    const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    // Keyspace A (database A) made the key; keyspace B (database B, another deployment) met it as its current KEK.
+    const storeA = VaultTransitKeys.fromEnv(env);
+    await storeA.generate('v1');
+    const storeB = VaultTransitKeys.fromEnv(env);
+    await storeB.reload();
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    const keyringB = keyringFor(dbB.pool, storeB, 'db-b/public.tenant_deks');
+    await keyringB.adopt();
+    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+
+    // A rotates v1 → v2 and retires v1: its rows are all on v2.
+    await storeA.generate('v2');
+    const registryA = await rotatedOn(dbA.pool, storeA);
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    await keyringA.adopt();
+    await expect(keyringA.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow();
+    expect((await registryA.require('v1')).state).toBe('decrypt_only');
+
+    const state = await vaultRequest<{ data: { min_decryption_version: number; min_available_version: number } }>(
+      vault,
+      'GET',
+      `transit/keys/${key}`,
+    );
+    expect(state.data.min_decryption_version).toBe(1);
+    await storeB.reload();
+    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
+    expect(opened.equals(dek)).toBe(true);
+    for (const buffer of [dek, opened]) buffer.fill(0);
+    keyringA.close();
+    keyringB.close();
+  });
+});

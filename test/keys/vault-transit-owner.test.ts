@@ -1,0 +1,131 @@
+// The owner record of a Vault Transit key (issue 26's adversary finding: Transit recorded no owner). A Transit key has
+// no metadata, so its owner is a KV v2 secret written once with check-and-set 0. Against the real Vault and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
+import { KeyMaterialError, KeyspaceMismatchError, KeyStoreRefusedError } from '../../src/errors';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn } from '../helpers/keyring';
+import { readmePolicy, tokenWithPolicy } from '../helpers/vault';
+
+const KEYSPACE_A = 'db-a/public.tenant_deks';
+const KEYSPACE_B = 'db-b/public.tenant_deks';
+
+describe('the owner record of a Vault Transit key', () => {
+  let vault: VaultServer;
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [vault, dbA, dbB] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      createTestDatabase(),
+      createTestDatabase(),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
+  });
+
+  const envFor = (key: string, extra: NodeJS.ProcessEnv = {}) => ({
+    ...vault.env,
+    REKEY_VAULT_TRANSIT_KEY: key,
+    REKEY_VAULT_TRANSIT_RATE: '0',
+    ...extra,
+  });
+  const keyState = async (key: string) =>
+    (
+      await vaultRequest<{ data: { latest_version: number; min_decryption_version: number } }>(
+        vault,
+        'GET',
+        `transit/keys/${key}`,
+      )
+    ).data;
+  const recordOf = async (key: string) =>
+    (
+      await vaultRequest<{ data: { data: { keyspace: string }; metadata: { version: number } } }>(
+        vault,
+        'GET',
+        `secret/data/rekey/transit-keys/transit/${key}`,
+      )
+    ).data;
+
+  it('two keyspaces that claim one unrecorded key at the same moment: exactly one is recorded, and the other is refused a new version (KeyspaceMismatchError naming the owner), no version made', async () => {
+    const key = `rekey-${randomUUID()}`;
+    // A key made before owner records (no owner given), as existing deployments have.
+    const made = VaultTransitKeys.fromEnv(envFor(key));
+    await made.generate('v1');
+    const [storeA, storeB] = [VaultTransitKeys.fromEnv(envFor(key)), VaultTransitKeys.fromEnv(envFor(key))];
+    await Promise.all([storeA.adopt(KEYSPACE_A), storeB.adopt(KEYSPACE_B)]);
+    const record = await recordOf(key);
+    expect(record.metadata.version).toBe(1);
+    const owner = record.data.keyspace;
+    expect([KEYSPACE_A, KEYSPACE_B]).toContain(owner);
+    const [loser, loserKeyspace] = owner === KEYSPACE_A ? [storeB, KEYSPACE_B] : [storeA, KEYSPACE_A];
+
+    const refused = loser.generate('v2', { owner: loserKeyspace });
+    await expect(refused).rejects.toThrow(KeyspaceMismatchError);
+    await expect(loser.generate('v2', { owner: loserKeyspace })).rejects.toThrow(
+      `records keyspace ${owner} as its owner`,
+    );
+    expect((await keyState(key)).latest_version).toBe(1);
+    for (const store of [made, storeA, storeB]) store.close();
+  });
+
+  it('a keyspace that is not the recorded owner is refused restore (min_decryption_version is not lowered) and destroy (nothing trimmed), naming the owner', async () => {
+    const key = `rekey-${randomUUID()}`;
+    const owner = VaultTransitKeys.fromEnv(envFor(key));
+    await owner.generate('v1', { owner: KEYSPACE_A });
+    await owner.generate('v2', { owner: KEYSPACE_A });
+    // The owner retired v1 in Vault; keyspace B's registry (another database) holds v1 retired too.
+    const recordsA = await rotatedOn(dbA.pool, owner);
+    const registryB = await rotatedOn(dbB.pool, owner);
+    await owner.retire('v1', await recordsA.list());
+    const other = VaultTransitKeys.fromEnv(envFor(key));
+    await retiredWindowEnded(dbB.pool, registryB);
+    const keyringB = keyringFor(dbB.pool, other, KEYSPACE_B);
+
+    await expect(keyringB.restore('v1', 'a reader needs it', 'mallory')).rejects.toThrow(KeyspaceMismatchError);
+    await expect(keyringB.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(
+      `records it as keyspace ${KEYSPACE_A}'s`,
+    );
+    expect(await keyState(key)).toMatchObject({ min_decryption_version: 2 });
+    expect((await registryB.require('v1')).state).toBe('retired');
+    keyringB.close();
+    owner.close();
+  });
+
+  it('a key no keyspace has claimed is not retired or trimmed at the store (fail closed), saying how to claim it', async () => {
+    const key = `rekey-${randomUUID()}`;
+    const store = VaultTransitKeys.fromEnv(envFor(key));
+    await store.generate('v1');
+    await store.generate('v2');
+    const records = [
+      { kekId: 'v1', fingerprint: store.fingerprint('v1'), state: 'retired' as const },
+      { kekId: 'v2', fingerprint: store.fingerprint('v2'), state: 'active' as const },
+    ];
+    await expect(store.retire('v1', records)).rejects.toThrow(KeyStoreRefusedError);
+    await expect(store.retire('v1', records)).rejects.toThrow(/has no owner record .*rekey keys claim/);
+    expect(await keyState(key)).toMatchObject({ min_decryption_version: 1 });
+    store.close();
+  });
+
+  it("a token with a Transit-only policy (the documented policy without the owner record's path) is refused before anything is written, naming the record's path and capabilities", async () => {
+    const key = `rekey-${randomUUID()}`;
+    const policy = readmePolicy('vault-transit')
+      .replace(/^# The key's owner record[^\n]*\npath "secret\/data\/[^"]*" \{[^}]*\}\n/m, '')
+      .replaceAll('rekey-kek', key);
+    expect(policy).not.toContain('secret/');
+    const token = await tokenWithPolicy(vault, `rekey-transit-only-${randomUUID()}`, policy);
+    const store = VaultTransitKeys.fromEnv(envFor(key, { VAULT_TOKEN: token }));
+    const keyring = keyringFor(dbA.pool, store, KEYSPACE_A, `t${randomUUID().slice(0, 8)}`);
+    const provision = keyring.provision('v1', { generate: true });
+    await expect(provision).rejects.toThrow(KeyMaterialError);
+    await expect(keyring.provision('v1', { generate: true })).rejects.toThrow(
+      `lacks "create", "read" on "secret/data/rekey/transit-keys/transit/${key}"`,
+    );
+    const missing = await vaultRequest<unknown>(vault, 'GET', `transit/keys/${key}`).catch((err: Error) => err);
+    expect(missing).toBeInstanceOf(Error);
+    keyring.close();
+  });
+});
