@@ -246,7 +246,7 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
     const metadata = this.metadata;
     let version = metadata ? await this.writtenFor(id, metadata) : undefined;
     if (version === undefined) {
-      this.requireRoomFor(metadata);
+      this.requireRoomFor(metadata && (await this.ownLimit(metadata)));
       const key = randomBytes(KEY_BYTES);
       const value = key.toString('base64url');
       key.fill(0);
@@ -289,6 +289,24 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
       if (data?.[KV_KEK_FIELD] === kekId) return version;
     }
     return undefined;
+  }
+
+  /**
+   * A secret that sets no `max_versions` of its own keeps as many as its mount's configuration says, which rekey's
+   * token cannot read, and Vault destroys the oldest beyond that on the next write. So before a write the secret gets a
+   * limit of its own (which Vault applies over the mount's) that keeps every version written so far and the new one,
+   * at least Vault's default: the check below then counts with the limit Vault applies.
+   */
+  private async ownLimit(metadata: KvMetadata): Promise<KvMetadata> {
+    if (metadata.max_versions > 0) return metadata;
+    const limit = Math.max(VAULT_DEFAULT_MAX_VERSIONS, metadata.current_version + 1);
+    await this.http.send('PATCH', this.api('metadata'), {
+      operation: 'kv keep versions',
+      needs: ['patch'],
+      body: { max_versions: limit },
+      contentType: 'application/merge-patch+json',
+    });
+    return { ...metadata, max_versions: limit };
   }
 
   /**
