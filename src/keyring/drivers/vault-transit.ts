@@ -426,6 +426,11 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     }
   }
 
+  /** The start of the fingerprint of every version of this key. */
+  private get fingerprintPrefix(): string {
+    return `${FINGERPRINT_PREFIX}${this.settings.mount}/${this.settings.key}:`;
+  }
+
   /** The recorded KEKs of this key the registry still needs (not retired, not destroyed), by version. */
   private needed(registry: readonly RecordedKek[], except: string): { kekId: string; version: number }[] {
     const prefix = `${FINGERPRINT_PREFIX}${this.settings.mount}/${this.settings.key}:`;
@@ -472,6 +477,19 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     const recorded = registry.find((r) => r.kekId === kekId);
     if (recorded) this.versionFor(kekId, recorded.fingerprint);
     const blocking = this.needed(registry, kekId).filter((k) => k.version <= version);
+    // Versions Vault still decrypts that no registry records (made before rekey met the key, by hand or by
+    // auto_rotate_period): rows may be wrapped under them, and nothing proved otherwise. Raising the floor stops them.
+    const unrecorded: string[] = [];
+    for (let older = Math.max(1, state.min_decryption_version); older < version; older++) {
+      if (!registry.some((r) => r.kekId === kekIdOf(older) && r.fingerprint.startsWith(this.fingerprintPrefix))) {
+        unrecorded.push(kekIdOf(older));
+      }
+    }
+    if (unrecorded.length > 0) {
+      throw new KeyStoreRefusedError(
+        `${this.description}: retiring '${kekId}' raises min_decryption_version to ${version + 1}, which would also stop ${unrecorded.map((id) => `'${id}'`).join(', ')}: version(s) Vault still decrypts that the registry does not record, so no proof says no row is wrapped under them. Not retired. If rows use them, rotate from each to the active KEK first (rekey rotate --from <id>); if none does, raise min_decryption_version past them yourself (vault write ${this.api('keys')}/config min_decryption_version=<n>), then run the step again`,
+      );
+    }
     if (blocking.length > 0 || version >= state.latest_version) {
       throw new KeyStoreRefusedError(
         `${this.description}: retiring '${kekId}' raises min_decryption_version to ${version + 1}, which would also stop ${blocking.length > 0 ? blocking.map((k) => `'${k.kekId}'`).join(', ') : 'the latest version'}, still needed: not retired. Retire the older KEKs first`,
