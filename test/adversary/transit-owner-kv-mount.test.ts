@@ -1,0 +1,66 @@
+// Adversary of the Transit owner record (issue 26, branch gaps3). A Transit key's owner is a KV v2 secret beside it,
+// at `<REKEY_VAULT_KV_MOUNT>/rekey/transit-keys/<transit mount>/<key>`: its place depends on a setting of each
+// deployment, not on the key. Two deployments that share one Transit key but whose REKEY_VAULT_KV_MOUNT differ (one
+// keeps DevSkyy's KV secrets at secret/, the other at another mount) each find no record where they look, each claim
+// the key, and each is its owner: A's retire raises min_decryption_version past the version B's registry holds active.
+// Against the real Vault and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+
+describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT differ', () => {
+  let vault: VaultServer;
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [vault, dbA, dbB] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      createTestDatabase(),
+      createTestDatabase(),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
+  });
+
+  it("one Transit key has one owner whatever each deployment's REKEY_VAULT_KV_MOUNT: keyspace A's retire of v1 is refused while v1 is keyspace B's active KEK, and B's DEK under v1 still opens", async () => {
+    const key = `rekey-${randomUUID()}`;
+    const otherKv = `kv-${randomUUID().slice(0, 8)}`;
+    await vaultRequest(vault, 'POST', `sys/mounts/${otherKv}`, { type: 'kv', options: { version: '2' } });
+    const envA = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const envB = { ...envA, REKEY_VAULT_KV_MOUNT: otherKv };
+
+    // Keyspace B (database B) uses the key first: its rotation's first step records it as the key's owner.
+    const storeB = VaultTransitKeys.fromEnv(envB);
+    await storeB.generate('v1', { owner: 'db-b/public.tenant_deks' });
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    const keyringB = keyringFor(dbB.pool, storeB, 'db-b/public.tenant_deks');
+    await keyringB.adopt();
+    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+
+    // Keyspace A (database A, the same Transit key) rotates v1 → v2 and retires v1.
+    const storeA = VaultTransitKeys.fromEnv(envA);
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    const rotation = async () => {
+      await keyringA.adopt();
+      await storeA.reload();
+      await storeA.generate('v2', { owner: 'db-a/public.tenant_deks' });
+      await rotatedOn(dbA.pool, storeA);
+      await keyringA.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
+    };
+    await expect(rotation()).rejects.toThrow();
+
+    const state = await vaultRequest<{ data: { min_decryption_version: number } }>(vault, 'GET', `transit/keys/${key}`);
+    expect(state.data.min_decryption_version).toBe(1);
+    await storeB.reload();
+    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
+    expect(opened.equals(dek)).toBe(true);
+    for (const buffer of [dek, opened]) buffer.fill(0);
+    keyringA.close();
+    keyringB.close();
+  });
+});
