@@ -10,7 +10,7 @@ import type { RewrapRowsResult } from '../rewrap/rewrap-rows';
 import { RemoteCipher, type DekCipher, type RemoteKek, type RemoteKeyStore } from './cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
 import type { HeldKey } from './local-keys';
-import { KeyMaterialError } from '../errors';
+import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
 
 /** A whole number from the environment within [min, max], else `fallback`; a KeyMaterialError naming it otherwise. */
 export function wholeFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -106,14 +106,29 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
 
   /** This store as the keyring's remote ciphers use it (one object: two ciphers of it move DEKs inside the store). */
   remote(): RemoteKeyStore {
+    // The DEK operations name a KEK by its id, which the store resolves as it last read it (a KMS alias): each is
+    // given the id only while it still names the key with the cipher's fingerprint, checked in the same synchronous
+    // step as the operation reads it, so that no reload comes between.
+    const named = (kek: RemoteKek): string => {
+      const now = this.has(kek.kekId) ? this.fingerprint(kek.kekId) : '(no key under that id)';
+      if (now !== kek.fingerprint) {
+        throw new KekFingerprintMismatchError(
+          kek.kekId,
+          kek.fingerprint,
+          now,
+          `KEK '${kek.kekId}' of ${this.description} names ${now} now, not ${kek.fingerprint}, the key its cipher was handed out for: refused (ask the keyring for a new cipher)`,
+        );
+      }
+      return kek.kekId;
+    };
     this.remoteStore ??= {
       description: this.description,
       kind: this.kind,
       codec: this.codec,
-      newDek: (kek, tenantId) => this.newDek(kek.kekId, tenantId),
-      open: (kek, tenantId, wrapped) => this.unwrapDek(kek.kekId, tenantId, wrapped),
-      move: (from, to, tenantId, wrapped) => this.rewrapDek(from.kekId, to.kekId, tenantId, wrapped),
-      sealOpened: (to, tenantId, dek) => this.sealOpened(to, tenantId, dek),
+      newDek: (kek, tenantId) => this.newDek(named(kek), tenantId),
+      open: (kek, tenantId, wrapped) => this.unwrapDek(named(kek), tenantId, wrapped),
+      move: (from, to, tenantId, wrapped) => this.rewrapDek(named(from), named(to), tenantId, wrapped),
+      sealOpened: (to, tenantId, dek) => this.sealOpened({ kekId: named(to), fingerprint: to.fingerprint }, tenantId, dek),
       rowCrypto: () => this.rowCrypto(),
       importRows: (...args) => this.importRows(...args),
       probe: (kek, tenantId) => this.probe(kek, tenantId),
