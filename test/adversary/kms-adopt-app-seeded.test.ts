@@ -1,0 +1,62 @@
+// Adversary of the KMS owner rules (issue 26, branch gaps3: "a key is this keyspace's when its tag rekey:keyspace
+// names it, or when the keyspace's registry recorded its ARN"). The registry of a keyspace met for the first time is
+// seeded by the application before any rotation runs: TenantCrypto.start records the key `<prefix>current` names as
+// the active KEK, untagged or not. A second deployment's application started on a shared alias prefix therefore records
+// the first deployment's untagged KEK (made by an earlier `rekey keys generate`), and its first rotation's adopt finds
+// that ARN recorded, tags the key as its own, rotates away from it and disables it. Against moto and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantCrypto } from '../../src/tenant-crypto';
+import { useMoto } from '../helpers/aws';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded } from '../helpers/keyring';
+
+describe('adversary: a second deployment whose application started first on the same KMS alias prefix', () => {
+  const moto = useMoto();
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [dbA, dbB] = await Promise.all([createTestDatabase(), createTestDatabase()]);
+  });
+  afterAll(async () => {
+    await Promise.all([dbA.drop(), dbB.drop()]);
+  });
+
+  it("the application's first start does not make another deployment's untagged KEK this keyspace's: the rotation after it neither tags nor disables that key, and B's DEK under v1 still opens", async () => {
+    const env = {
+      ...moto.server.env,
+      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
+      REKEY_AWS_KMS_RATE: '0',
+    };
+    // Deployment B: its KEK made by an earlier `rekey keys generate` (no owner tag), its registry in database B.
+    const storeB = KmsKeys.fromEnv(env);
+    await storeB.generate('v1');
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+
+    // Deployment A, same prefix, database A: its application starts first (as the operator's guide has it), then the
+    // first rotation runs: adopt (its first step), provision v2, promote, retire v1.
+    const storeA = KmsKeys.fromEnv(env);
+    await storeA.reload();
+    const app = new TenantCrypto({ db: dbA.pool, keys: storeA });
+    await app.start().catch(() => undefined);
+    await app.stop();
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    const rotation = async () => {
+      await keyringA.adopt();
+      await keyringA.provision('v2', { generate: true });
+      await keyringA.promote('v1', 'v2');
+      await keyringA.retire('v1', { restoreWindowMs: 60_000, prove: nothingNeeded });
+    };
+    await expect(rotation()).rejects.toThrow();
+
+    await storeB.reload();
+    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
+    expect(opened.equals(dek)).toBe(true);
+    for (const buffer of [dek, opened]) buffer.fill(0);
+    keyringA.close();
+    storeB.close();
+  });
+});
