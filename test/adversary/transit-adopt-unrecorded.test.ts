@@ -1,0 +1,62 @@
+// Adversary of the Transit owner record (issue 26, branch gaps3: "a key made before owner records is claimed by the
+// first keyspace whose rotation starts with it"). KMS refuses to take an untagged key its registry does not record
+// (another deployment may use it); Transit claims any key without a record, whoever asks first. A Transit key that
+// deployment B has used since before owner records (B's registry holds v1 active; B has not rotated since) is claimed
+// by deployment A's first rotation, which met the key that moment: A's registry recorded none of its versions. A then
+// retires v1 and raises min_decryption_version past B's active KEK. Against the real Vault and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded } from '../helpers/keyring';
+
+describe('adversary: a Transit key from before owner records, used by another deployment', () => {
+  let vault: VaultServer;
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [vault, dbA, dbB] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      createTestDatabase(),
+      createTestDatabase(),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
+  });
+
+  it("a keyspace whose registry records none of a Transit key's versions does not claim the unrecorded key at its first rotation: keyspace B's v1 stays decryptable and B's DEK still opens", async () => {
+    const key = `rekey-${randomUUID()}`;
+    const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    // Deployment B, from before owner records: the key made (no owner), B's registry holds v1 active, a DEK under it.
+    const storeB = VaultTransitKeys.fromEnv(env);
+    await storeB.generate('v1');
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+
+    // Deployment A meets the key: its rotation's first step (adopt), the registry seeded from the key's current
+    // version, then v2 provisioned and promoted, v1 retired.
+    const storeA = VaultTransitKeys.fromEnv(env);
+    await storeA.reload();
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    const registryA = new KekRegistry(dbA.pool, 'rekey');
+    const rotation = async () => {
+      await keyringA.adopt();
+      await registryA.seedActive((await keyringA.configuredCurrent())!, storeA.fingerprint('v1'));
+      await keyringA.provision('v2', { generate: true });
+      await keyringA.promote('v1', 'v2');
+      await keyringA.retire('v1', { restoreWindowMs: 60_000, prove: nothingNeeded });
+    };
+    await expect(rotation()).rejects.toThrow();
+
+    const state = await vaultRequest<{ data: { min_decryption_version: number } }>(vault, 'GET', `transit/keys/${key}`);
+    expect(state.data.min_decryption_version).toBe(1);
+    await storeB.reload();
+    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
+    expect(opened.equals(dek)).toBe(true);
+    for (const buffer of [dek, opened]) buffer.fill(0);
+    keyringA.close();
+  });
+});
