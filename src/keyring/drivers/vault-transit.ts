@@ -9,7 +9,13 @@ import type { DestroyOutcome, RecordedKek } from '../driver';
 import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
-import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, OperatorMustActError, UnknownKekError } from '../../errors';
+import {
+  DekUnwrapError,
+  KeyMaterialError,
+  KeyStoreRefusedError,
+  OperatorMustActError,
+  UnknownKekError,
+} from '../../errors';
 
 const FINGERPRINT_PREFIX = 'vault-transit:';
 /** Transit's answers about an item that say "not this key, context or version": the row, not the call, is at fault. */
