@@ -27,7 +27,13 @@ import type { RemoteKek } from '../cipher';
 import type { DestroyOutcome, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
-import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, OperatorMustActError, UnknownKekError } from '../../errors';
+import {
+  DekUnwrapError,
+  KeyMaterialError,
+  KeyStoreRefusedError,
+  OperatorMustActError,
+  UnknownKekError,
+} from '../../errors';
 
 /** A KEK id a KMS alias can carry: no '.', which alias names refuse. */
 const KMS_KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
