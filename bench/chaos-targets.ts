@@ -14,7 +14,7 @@ import { failureMessage, startRotation } from '../src/client/rotations';
 import type { ScratchDatabase } from '../src/dev/databases';
 import type { DevServer } from '../src/dev/dev-server';
 import { startMoto } from '../src/dev/moto';
-import { KmsKeys } from '../src/keys/aws-kms';
+import { KmsKeys } from '../src/keyring/drivers/aws-kms';
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { PRESETS } from '../src/targets/presets';
 import { targetKeyspace } from '../src/targets/runtime';

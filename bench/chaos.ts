@@ -14,7 +14,7 @@ import { TargetRuntimes, targetKeyspace } from '../src/targets/runtime';
 import { failureMessage, startRotation, type StartOutcome } from '../src/client/rotations';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
-import { EnvKeyProvider } from '../src/keys/env-provider';
+import { EnvKeyProvider } from '../src/keyring/drivers/env';
 import { projectRoot } from '../src/project-paths';
 import type { RotationRequest } from '../src/rotation/rotation-input';
 import { KekRegistry } from '../src/store/kek-registry';

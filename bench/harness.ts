@@ -10,7 +10,7 @@ import { createDatabase, type ScratchDatabase } from '../src/dev/databases';
 import { startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { wrapDek } from '../src/envelope/dek-wrapping';
-import { EnvKeyProvider } from '../src/keys/env-provider';
+import { EnvKeyProvider } from '../src/keyring/drivers/env';
 import { projectRoot } from '../src/project-paths';
 
 export const TASK_QUEUE = 'rekey-harness';

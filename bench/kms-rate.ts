@@ -10,7 +10,7 @@ import type { Client as TemporalClient } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { startMoto } from '../src/dev/moto';
 import type { Toolchain } from '../src/dev/toolchain';
-import { KmsKeys } from '../src/keys/aws-kms';
+import { KmsKeys } from '../src/keyring/drivers/aws-kms';
 import { projectRoot } from '../src/project-paths';
 import type { RotationRequest } from '../src/rotation/rotation-input';
 import { KekRegistry } from '../src/store/kek-registry';

@@ -13,7 +13,7 @@ import { createDatabase } from './dev/databases';
 import { startDevServer } from './dev/dev-server';
 import { seedTenants, tenantIdFor } from './dev/tenants';
 import { readToolchain } from './dev/toolchain';
-import { FileKeyring } from './keys/file-keyring';
+import { FileKeyring } from './keyring/drivers/file';
 import { KekRegistry } from './store/kek-registry';
 import { TenantDekStore } from './store/tenant-deks';
 import { TenantCrypto } from './tenant-crypto';

@@ -9,7 +9,7 @@ import { aesGcmBackend } from './crypto/aes-gcm';
 import { createRowCrypto, cryptoThreadsFromEnv, type RowCrypto } from './crypto/row-crypto';
 import { ensureSearchAttributes } from './client/search-attributes';
 import { loadConfig, parseEnv } from './config';
-import { openKeyProvider, openTargetKeys, type KeyProvider } from './keys';
+import { openKeyProvider, openTargetKeys, type KeyStore } from './keys';
 import { processHelp } from './env-vars';
 import { KeyMaterialError } from './errors';
 import { createLogger, temporalLogger } from './observability/logger';
@@ -29,7 +29,7 @@ export interface RekeyWorkerOptions {
   taskQueue: string;
   db: Pool;
   /** The process's own key provider (targets whose keys are 'default'); a function opens it when first needed. */
-  keys: KeyProvider | (() => KeyProvider);
+  keys: KeyStore | (() => KeyStore);
   metrics?: RekeyMetrics;
   /** The targets it serves (REKEY_CONFIG); the presets alone when not given. */
   targets?: TargetRuntimes;
@@ -112,8 +112,8 @@ async function run(): Promise<void> {
   // The process's own key provider (REKEY_KEY_PROVIDER) serves the targets whose keys are 'default' (rekey's own
   // table): it is opened only if the worker serves one. The keys of every target it serves are read now: a missing
   // or malformed variable, wrong credentials or a missing permission stop the worker here, with the reason.
-  let keys: KeyProvider | undefined;
-  const processKeys = (): KeyProvider =>
+  let keys: KeyStore | undefined;
+  const processKeys = (): KeyStore =>
     (keys ??= openKeyProvider(
       { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
       process.env,
@@ -188,7 +188,7 @@ async function run(): Promise<void> {
 async function checkServedKeys(
   config: TargetsConfig,
   served: ServedTargets,
-  processKeys: () => KeyProvider,
+  processKeys: () => KeyStore,
 ): Promise<void> {
   for (const name of served.names) {
     const definition = config.targets.get(name)!;

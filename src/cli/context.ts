@@ -3,9 +3,8 @@ import { Client, Connection } from '@temporalio/client';
 import { Pool } from 'pg';
 import type { KeyspaceLookup } from '../client/rotations';
 import { checkDatabaseUrl, loadConfig, loadKeyConfig } from '../config';
-import { openKeyProvider } from '../keys';
-import { FileKeyring } from '../keys/file-keyring';
-import type { KeyProvider } from '../keys/key-provider';
+import { openKeyProvider, type KeyStore } from '../keys';
+import { FileKeyring } from '../keyring/drivers/file';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
 import { webUiBase, webUiLink } from '../rotation/web-ui-link';
@@ -109,7 +108,7 @@ export class CliContext {
    * (REKEY_KEY_PROVIDER; a keyring file when it is unset and REKEY_KEYRING_FILE is), read. `create: false` for the
    * commands that only read it (a missing keyring file is then an error, not made empty).
    */
-  async keyStore(file?: string, options: { create?: boolean } = {}): Promise<KeyProvider> {
+  async keyStore(file?: string, options: { create?: boolean } = {}): Promise<KeyStore> {
     if (file !== undefined) return this.keyring(file, options);
     const config = loadKeyConfig(this.env);
     if (

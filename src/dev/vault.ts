@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import https from 'node:https';
-import { vaultExchange } from '../keys/vault-http';
+import { vaultExchange } from '../keyring/vault-http';
 import { portToTry } from './ports';
 
 /** A HashiCorp Vault dev server (in memory, unsealed, KV v2 at `secret/`, Transit at `transit/`), for tests and trials. */

@@ -6,7 +6,7 @@
 // Callers ask for a DEK cipher by KEK id and never learn what a store can do.
 import type { Pool, PoolClient } from 'pg';
 import { canUnwrap } from '../envelope/kek-lifecycle';
-import { nextKekId } from '../keys/file-keyring';
+import { nextKekId } from './drivers/file';
 import type { LabelProof } from '../rotation/label-proof';
 import { inTransaction } from '../store/connect';
 import type { KekRecord, KekRegistry } from '../store/kek-registry';
@@ -24,7 +24,8 @@ import {
 } from '../errors';
 
 export interface KeyringOptions {
-  driver: StoreDriver;
+  /** The store's driver; a function opens it when a step first needs the store (a registry-only step never does). */
+  driver: StoreDriver | (() => StoreDriver);
   /** The keyspace's database, where its registry is. */
   db: Pool;
   registry: KekRegistry;
@@ -71,14 +72,18 @@ async function orInstruction(hook: () => Promise<unknown>): Promise<StepOutcome>
 }
 
 export class Keyring {
-  private readonly driver: StoreDriver;
+  private opened: StoreDriver | undefined;
   private readonly registry: KekRegistry;
   /** The names a rotation gives keys the store does not name (Mycelium's old and current token_secret). */
   private rotation: { from: string; to: string } | undefined;
 
   constructor(private readonly options: KeyringOptions) {
-    this.driver = options.driver;
     this.registry = options.registry;
+  }
+
+  private get driver(): StoreDriver {
+    const { driver } = this.options;
+    return (this.opened ??= typeof driver === 'function' ? driver() : driver);
   }
 
   get description(): string {
@@ -364,6 +369,6 @@ export class Keyring {
   }
 
   close(): void {
-    this.driver.close();
+    this.opened?.close();
   }
 }

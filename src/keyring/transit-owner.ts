@@ -5,7 +5,7 @@
 // check-and-set 0 (only while no such secret exists), so of two keyspaces that claim one key at the same moment exactly
 // one wins and the other reads the winner; rekey never writes it again (its policy grants `create` and `read`, not
 // `update`). Releasing a key is the operator's act: `vault kv metadata delete` of the record.
-import { vaultPath, type VaultCapability, type VaultHttp } from '../keys/vault-http';
+import { vaultPath, type VaultCapability, type VaultHttp } from './vault-http';
 import { KeyMaterialError, KeyStoreRefusedError, KeyspaceMismatchError } from '../errors';
 
 /** Where a Transit key's owner record is: the KV v2 mount and the secret's path within it. */

@@ -1,18 +1,22 @@
 import type { KeySourceSpec } from '../targets/target';
-import { EnvKeyProvider } from './env-provider';
-import { FileKeyring } from './file-keyring';
+import { EnvKeyProvider } from '../keyring/drivers/env';
+import { FileKeyring } from '../keyring/drivers/file';
 import type { KeyProvider } from './key-provider';
-import { MyceliumTokenSecrets } from './mycelium-token-secret';
+import type { StoreDriver } from '../keyring/driver';
+import { MyceliumTokenSecrets } from '../keyring/drivers/mycelium-token-secret';
 import type { KeyProviderName } from '../config';
-import { awsRegion } from './aws';
-import { SecretsManagerKeys } from './aws-secrets-manager';
-import { KmsKeys, type KmsRequestListener } from './aws-kms';
-import { KmsWithLocalKeys } from './kms-move-in';
-import { VaultKvKeys } from './vault-kv';
-import { VaultTransitKeys } from './vault-transit';
+import { awsRegion } from '../keyring/aws';
+import { SecretsManagerKeys } from '../keyring/drivers/aws-secrets-manager';
+import { KmsKeys, type KmsRequestListener } from '../keyring/drivers/aws-kms';
+import { KmsWithLocalKeys } from '../keyring/drivers/kms-move-in';
+import { VaultKvKeys } from '../keyring/drivers/vault-kv';
+import { VaultTransitKeys } from '../keyring/drivers/vault-transit';
 import { KeyMaterialError } from '../errors';
 
 export type { KeyProvider } from './key-provider';
+
+/** A store as a driver of its keyring, and as the callers not yet moved to the keyring take it. */
+export type KeyStore = StoreDriver & KeyProvider;
 
 export interface KeySource {
   provider: KeyProviderName;
@@ -45,7 +49,7 @@ export function openKeyProvider(
   env: NodeJS.ProcessEnv = process.env,
   onDetected?: (detected: { provider: string; why: string }) => void,
   onRequest?: KmsRequestListener,
-): KeyProvider {
+): KeyStore {
   let provider = source.provider;
   if (provider === 'auto') {
     const detected = detectKeyProvider(env);
@@ -78,9 +82,9 @@ function keyringFile(source: KeySource): string {
 /** The KEKs of one target, as its definition says; `fallback` is the process's own provider ('default'). */
 export function openTargetKeys(
   spec: KeySourceSpec,
-  fallback: () => KeyProvider,
+  fallback: () => KeyStore,
   env: NodeJS.ProcessEnv = process.env,
-): KeyProvider {
+): KeyStore {
   switch (spec.provider) {
     case 'default':
       return fallback();

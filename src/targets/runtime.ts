@@ -1,13 +1,10 @@
 import { Pool } from 'pg';
 import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
-import { openTargetKeys } from '../keys';
-import type { KeyProvider } from '../keys/key-provider';
+import { openTargetKeys, type KeyStore } from '../keys';
 import { AppInstances } from '../store/app-instances';
 import { KekRegistry, registryHolders } from '../store/kek-registry';
 import { Keyring } from '../keyring/keyring';
-import { providerDriver } from '../keyring/provider-driver';
-import { sharedRowCrypto } from '../crypto/row-crypto';
 import { keyspaceOf, type Keyspace } from '../rotation/identity';
 import { readDatabaseIdentity } from '../store/database-identity';
 import { migrate } from '../store/migrate';
@@ -27,7 +24,7 @@ export interface TargetRuntime {
   /** What the target rotates: its table in its database (by the database's identity). */
   keyspace: Keyspace;
   store: TargetStore;
-  keys: KeyProvider;
+  keys: KeyStore;
   /** The one owner of the lifecycle of the target's KEKs (provision, promote, retire, restore, destroy). */
   keyring: Keyring;
   registry: KekRegistry;
@@ -40,7 +37,7 @@ export interface TargetRuntimesOptions {
   /** The process's own database (DATABASE_URL), already migrated. */
   db: Pool;
   /** The process's own key provider, for targets whose keys are 'default' (a function: opened when first needed). */
-  keys: KeyProvider | (() => KeyProvider);
+  keys: KeyStore | (() => KeyStore);
   config?: TargetsConfig;
   env?: NodeJS.ProcessEnv;
   /** The targets this process serves (a worker: REKEY_TARGETS); every known target when not given. */
@@ -57,12 +54,12 @@ export class TargetRuntimes {
   private readonly pools = new Map<string, Promise<Pool>>();
   private readonly identities = new Map<Pool, Promise<string>>();
 
-  private ownKeys: KeyProvider | undefined;
+  private ownKeys: KeyStore | undefined;
 
   constructor(private readonly options: TargetRuntimesOptions) {}
 
   /** The process's own key provider. */
-  private processKeys(): KeyProvider {
+  private processKeys(): KeyStore {
     const { keys } = this.options;
     return (this.ownKeys ??= typeof keys === 'function' ? keys() : keys);
   }
@@ -152,7 +149,7 @@ export class TargetRuntimes {
     const store = new TargetStore(db, definition, compileFormat(definition.format));
     await store.inspect();
     // Key material is read when first needed: counts and the registry need none (kek-status, status).
-    let keys: KeyProvider | undefined;
+    let keys: KeyStore | undefined;
     const openKeys = () =>
       (keys ??= servesFormat(
         definition,
@@ -173,7 +170,8 @@ export class TargetRuntimes {
       },
       get keyring() {
         return (keyring ??= new Keyring({
-          driver: providerDriver(openKeys, sharedRowCrypto),
+          // Opened when first used: a registry-only step (an unknown KEK's restore) never reads the store.
+          driver: openKeys,
           db,
           registry,
           keyspace: keyspace.id,
@@ -369,7 +367,7 @@ export async function targetKeyspace(
  * values with key bytes is refused when its keys are first opened (the rotation's first step, before anything is
  * written), not at its first rewrap.
  */
-function servesFormat(definition: TargetDefinition, store: TargetStore, keys: KeyProvider): KeyProvider {
+function servesFormat(definition: TargetDefinition, store: TargetStore, keys: KeyStore): KeyStore {
   if (keys.rowCrypto === undefined || store.codec.kms !== undefined) return keys;
   throw new TargetConfigError(
     `target '${definition.name}': its KEKs are in ${keys.description}, which never hands out key bytes, but its format ` +

@@ -5,7 +5,7 @@
 // PostgreSQL.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsKeys } from '../../src/keys/aws-kms';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, rotatedOn, RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';

@@ -6,7 +6,7 @@
 // keyspace's by both records: it provisions beside it, moves `current`, and disables it. Against moto and PostgreSQL.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KmsKeys } from '../../src/keys/aws-kms';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';

@@ -5,8 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, type VaultServer } from '../../src/dev/vault';
-import { KmsKeys } from '../../src/keys/aws-kms';
-import { VaultTransitKeys } from '../../src/keys/vault-transit';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { RetireRefusedError } from '../../src/errors';
 import { useMoto } from '../helpers/aws';

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
-import { VaultTransitKeys } from '../../src/keys/vault-transit';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';

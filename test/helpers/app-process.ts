@@ -3,7 +3,7 @@
 // tenant and reads every tenant it made, every 50 ms; on SIGTERM it prints what it did and exits.
 //   DATABASE_URL, REKEY_KEYRING_FILE, APP_INSTANCE_ID
 import { Pool } from 'pg';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { TenantCrypto } from '../../src/tenant-crypto';
 
 async function main(): Promise<void> {

@@ -1,9 +1,7 @@
 import type { Pool, PoolClient } from 'pg';
 import { expect } from 'vitest';
-import { inlineRowCrypto } from '../../src/crypto/row-crypto';
-import type { KeyProvider } from '../../src/keys/key-provider';
+import type { KeyStore } from '../../src/keys';
 import { Keyring } from '../../src/keyring/keyring';
-import { providerDriver } from '../../src/keyring/provider-driver';
 import { emptyProof } from '../../src/rotation/label-proof';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
@@ -13,9 +11,9 @@ import { DekUnwrapError, KeyspaceMismatchError, RetireRefusedError } from '../..
  * A keyring over `provider` for keyspace `keyspace` (target `target`'s registry in `db`). The other-registries check
  * is the database's own: every registry row of another target, or of another KEK id, with the same fingerprint.
  */
-export function keyringFor(db: Pool, provider: KeyProvider, keyspace: string, target = 'rekey'): Keyring {
+export function keyringFor(db: Pool, provider: KeyStore, keyspace: string, target = 'rekey'): Keyring {
   return new Keyring({
-    driver: providerDriver(provider, () => inlineRowCrypto),
+    driver: provider,
     db,
     registry: new KekRegistry(db, target),
     keyspace,

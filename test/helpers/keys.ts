@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 
 /** Fresh random KEKs through the real env provider (prefix TEST), and their encodings for leak scans. */
 export function createTestKeys(

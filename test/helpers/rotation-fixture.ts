@@ -5,7 +5,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
-import type { EnvKeyProvider } from '../../src/keys/env-provider';
+import type { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';

@@ -9,11 +9,10 @@ import { compileFormat } from '../../src/codec/sealed-format';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { inlineRowCrypto } from '../../src/crypto/row-crypto';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
-import { FileKeyring } from '../../src/keys/file-keyring';
-import { MyceliumTokenSecrets } from '../../src/keys/mycelium-token-secret';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
+import { FileKeyring } from '../../src/keyring/drivers/file';
+import { MyceliumTokenSecrets } from '../../src/keyring/drivers/mycelium-token-secret';
 import { LocalCipher } from '../../src/keyring/cipher';
-import { providerDriver } from '../../src/keyring/provider-driver';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry } from '../../src/store/kek-registry';
 import {
@@ -56,7 +55,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
 
   it('a read-only driver (the environment) answers every hook with OperatorMustActError carrying the exact instruction, naming the variable', async () => {
     const { provider } = createTestKeys(['v1', 'v2']);
-    const driver = providerDriver(provider, () => inlineRowCrypto);
+    const driver = provider;
     const registry: never[] = [];
     const answers: [() => Promise<unknown>, string][] = [
       [
@@ -107,7 +106,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
       { current: { env: 'MYC_CURRENT' }, old: { env: 'MYC_OLD' } },
       { MYC_CURRENT: current, MYC_OLD: old },
     );
-    const driver = providerDriver(secrets, () => inlineRowCrypto);
+    const driver = secrets;
     for (const answer of [
       () => driver.provision('2', { owner: KEYSPACE }),
       () => driver.claim('2', []),
@@ -325,7 +324,7 @@ describe('the keyring and its drivers over keys held in this process', () => {
   it('EnvKeyProvider stays usable as a driver after a reload (a KEK added by another process)', async () => {
     const env: Record<string, string> = { TEST_KEK_v1: randomBytes(32).toString('base64url') };
     const provider = new EnvKeyProvider(env, 'TEST');
-    const driver = providerDriver(provider, () => inlineRowCrypto);
+    const driver = provider;
     env.TEST_KEK_v2 = randomBytes(32).toString('base64url');
     await driver.reload();
     expect((await driver.list()).map((k) => k.kekId).sort()).toEqual(['v1', 'v2']);

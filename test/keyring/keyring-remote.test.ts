@@ -3,10 +3,10 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
-import { KmsKeys } from '../../src/keys/aws-kms';
-import { SecretsManagerKeys } from '../../src/keys/aws-secrets-manager';
-import { VaultKvKeys } from '../../src/keys/vault-kv';
-import { VaultTransitKeys } from '../../src/keys/vault-transit';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
+import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { CipherReleasedError, KeyMaterialError, KeyStoreRefusedError } from '../../src/errors';
 import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';

@@ -8,9 +8,9 @@ import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { sharedRowCrypto } from '../../src/crypto/row-crypto';
 import { openKeyProvider } from '../../src/keys';
-import { awsClientConfig } from '../../src/keys/aws';
-import { kmsFingerprint, kmsSettingsFromEnv } from '../../src/keys/aws-kms';
-import type { KeyProvider } from '../../src/keys/key-provider';
+import { awsClientConfig } from '../../src/keyring/aws';
+import { kmsFingerprint, kmsSettingsFromEnv } from '../../src/keyring/drivers/aws-kms';
+import type { KeyStore } from '../../src/keys';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
@@ -45,7 +45,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
   it('a rotation from the local KEK to a new one moves every DEK into KMS while the application works: each row is then a KMS blob under the new KEK that KMS decrypts to the DEK it held, and the application reads everything', async () => {
     const { prefix, env: movingEnv } = movingIn();
     const env = { ...movingEnv, REKEY_AWS_KMS_RATE: '0', TEST_CURRENT_KEK_ID: 'v1' };
-    const open = async (endpoint?: string): Promise<KeyProvider> => {
+    const open = async (endpoint?: string): Promise<KeyStore> => {
       const keys = openKeyProvider(
         { provider: 'aws-kms' },
         endpoint === undefined ? env : { ...env, AWS_ENDPOINT_URL: endpoint },

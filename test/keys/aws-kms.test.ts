@@ -14,8 +14,8 @@ import {
 } from '@aws-sdk/client-kms';
 import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
-import { awsClientConfig } from '../../src/keys/aws';
-import { KMS_KEK_TAG, kmsFingerprint, kmsSettingsFromEnv, KmsKeys } from '../../src/keys/aws-kms';
+import { awsClientConfig } from '../../src/keyring/aws';
+import { KMS_KEK_TAG, kmsFingerprint, kmsSettingsFromEnv, KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { resolveKek } from '../../src/keys/kek-resolver';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';

@@ -10,9 +10,9 @@ import {
 import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
-import { awsClientConfig } from '../../src/keys/aws';
-import { SecretsManagerKeys, versionToken } from '../../src/keys/aws-secrets-manager';
-import { VaultKvKeys } from '../../src/keys/vault-kv';
+import { awsClientConfig } from '../../src/keyring/aws';
+import { SecretsManagerKeys, versionToken } from '../../src/keyring/drivers/aws-secrets-manager';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { detectKeyProvider, openKeyProvider } from '../../src/keys';
 import { resolveKek } from '../../src/keys/kek-resolver';
 import type { RotationRequest } from '../../src/rotation/rotation-input';

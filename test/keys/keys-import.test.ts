@@ -6,9 +6,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { SecretsManagerKeys } from '../../src/keys/aws-secrets-manager';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { runRekey } from '../helpers/cli';
 import { useMoto } from '../helpers/aws';
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { stagesAfterPromotion, unlabelledByPromotion } from '../../src/keys/aws-secrets-manager';
+import { stagesAfterPromotion, unlabelledByPromotion } from '../../src/keyring/drivers/aws-secrets-manager';
 
 const versions = (entries: Record<string, string[]>) => new Map(Object.entries(entries));
 

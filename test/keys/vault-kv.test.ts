@@ -5,7 +5,7 @@ import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault'
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import { detectKeyProvider, openKeyProvider } from '../../src/keys';
 import { resolveKek } from '../../src/keys/kek-resolver';
-import { VaultKvKeys } from '../../src/keys/vault-kv';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -260,17 +260,17 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     const env = { ...servers.vault.env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` };
     const keys = VaultKvKeys.fromEnv(env);
     try {
-      expect(await keys.owners.ownerOf('v1')).toBeUndefined();
+      expect(await keys.ownerOf('v1')).toBeUndefined();
       await keys.generate('v1', { owner: 'db-1/rekey.tenant_deks' });
-      expect(await keys.owners.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
-      await keys.owners.adopt('db-2/public.tenant');
-      expect(await keys.owners.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
+      expect(await keys.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
+      await keys.adopt('db-2/public.tenant');
+      expect(await keys.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
 
       const handMade = VaultKvKeys.fromEnv({ ...env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` });
       await vaultRequest(servers.vault, 'POST', `secret/data/${handMade.path}`, {
         data: { value: Buffer.alloc(32, 3).toString('base64url') },
       });
-      await handMade.owners.adopt('db-1/rekey.tenant_deks');
+      await handMade.adopt('db-1/rekey.tenant_deks');
       expect((await metadataOf(handMade.path)).custom_metadata).toEqual({ 'rekey:keyspace': 'db-1/rekey.tenant_deks' });
       handMade.close();
     } finally {

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
-import { VaultHttp } from '../../src/keys/vault-http';
-import { VaultKvKeys } from '../../src/keys/vault-kv';
+import { VaultHttp } from '../../src/keyring/vault-http';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { KeyMaterialError } from '../../src/errors';
 
 /** A KV store over `env` (the test's Vault and a secret of its own), its TLS warnings kept in `warnings`. */

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
-import { VaultTransitKeys } from '../../src/keys/vault-transit';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KeyMaterialError, KeyspaceMismatchError, KeyStoreRefusedError } from '../../src/errors';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn } from '../helpers/keyring';
@@ -56,7 +56,7 @@ describe('the owner record of a Vault Transit key', () => {
     const made = VaultTransitKeys.fromEnv(envFor(key));
     await made.generate('v1');
     const [storeA, storeB] = [VaultTransitKeys.fromEnv(envFor(key)), VaultTransitKeys.fromEnv(envFor(key))];
-    await Promise.all([storeA.owners.adopt(KEYSPACE_A), storeB.owners.adopt(KEYSPACE_B)]);
+    await Promise.all([storeA.adopt(KEYSPACE_A), storeB.adopt(KEYSPACE_B)]);
     const record = await recordOf(key);
     expect(record.metadata.version).toBe(1);
     const owner = record.data.keyspace;

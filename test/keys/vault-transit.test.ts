@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { vaultRequest } from '../../src/dev/vault';
-import { VaultTransitKeys } from '../../src/keys/vault-transit';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import type { KekState } from '../../src/envelope/kek-lifecycle';

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { AppInstances } from '../../src/store/app-instances';
 import { projectRoot } from '../../src/project-paths';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';

@@ -6,7 +6,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seedTenants } from '../../src/dev/tenants';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { RekeyMetrics, serveMetrics } from '../../src/observability/metrics';
 import { projectRoot } from '../../src/project-paths';
 import { AppInstances } from '../../src/store/app-instances';

@@ -14,7 +14,7 @@ import { findRotation, startRotation, type KeyspaceLookup } from '../../src/clie
 import { keyspaceOf as keyspaceNamed, migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { seedTenants } from '../../src/dev/tenants';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { parseTargetsConfig } from '../../src/targets/config';

@@ -12,7 +12,7 @@ import { createActivities } from '../../src/activities';
 import type { History } from '../../src/client/history';
 import { startRotation } from '../../src/client/rotations';
 import { seedTenants } from '../../src/dev/tenants';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { destroyWorkflowIdOf, rotationWorkflowId, shortDatabaseId } from '../../src/rotation/identity';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';

@@ -12,7 +12,7 @@ import type { History } from '../../src/client/history';
 import type { RotationStatus } from '../../src/client/rotations';
 import type { ScheduleSummary } from '../../src/client/schedules';
 import { seedTenants } from '../../src/dev/tenants';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';

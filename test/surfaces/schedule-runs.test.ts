@@ -10,7 +10,7 @@ import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { seedTenants } from '../../src/dev/tenants';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';

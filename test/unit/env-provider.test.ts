@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { KeyMaterialError } from '../../src/errors';
 
 const key = () => randomBytes(32).toString('base64url');

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { FileKeyring, nextKekId } from '../../src/keys/file-keyring';
+import { FileKeyring, nextKekId } from '../../src/keyring/drivers/file';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-keyring-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

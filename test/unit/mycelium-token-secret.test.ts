@@ -5,8 +5,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
 import { resolveKek } from '../../src/keys/kek-resolver';
-import { MyceliumTokenSecrets, myceliumKek } from '../../src/keys/mycelium-token-secret';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { MyceliumTokenSecrets, myceliumKek } from '../../src/keyring/drivers/mycelium-token-secret';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { MYCELIUM_PRESET } from '../../src/targets/presets';
 import { KekFingerprintMismatchError, KekNotHeldError, KeyMaterialError } from '../../src/errors';
 

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { WorkflowFailedError } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
-import { EnvKeyProvider } from '../../src/keys/env-provider';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';

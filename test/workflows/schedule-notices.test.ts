@@ -20,7 +20,7 @@ import {
   listRotationSchedules,
   noticeWorkflowId,
 } from '../../src/client/schedules';
-import { FileKeyring } from '../../src/keys/file-keyring';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { noticeRetryDelayMs, noticeStateQuery, scheduleNotices, type NoticeState } from '../../src/workflows';

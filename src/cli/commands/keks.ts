@@ -1,11 +1,9 @@
 import os from 'node:os';
 import { Command } from 'commander';
-import { inlineRowCrypto } from '../../crypto/row-crypto';
-import { EnvKeyProvider } from '../../keys/env-provider';
-import { nextKekId } from '../../keys/file-keyring';
-import { providerDriver } from '../../keyring/provider-driver';
+import { EnvKeyProvider } from '../../keyring/drivers/env';
+import { nextKekId } from '../../keyring/drivers/file';
 import { canImport, importKeks } from '../../keys/import-keks';
-import type { KeyProvider } from '../../keys/key-provider';
+import type { KeyStore } from '../../keys';
 import { rotationWorkflowId } from '../../rotation/identity';
 import { restoreKek } from '../../targets/restore-kek';
 import { targetKekStatus } from '../../targets/kek-status';
@@ -80,7 +78,7 @@ export function keysCommand(): Command {
         try {
           // A store rekey may not write answers what the operator must do (OperatorMustActError: exit 2).
           const id = options.id ?? nextKekId(store.kekIds());
-          await providerDriver(store, () => inlineRowCrypto).provision(id, {});
+          await store.provision(id, {});
           context.print({ kekId: id, fingerprint: store.fingerprint(id), store: store.description }, () => [
             `generated KEK '${id}' (${store.fingerprint(id)}) in ${store.description}`,
           ]);
@@ -117,7 +115,7 @@ export function keysCommand(): Command {
         const source = new EnvKeyProvider(process.env, options.prefix ?? (process.env.REKEY_ENV_PREFIX || 'REKEY'));
         const keyring = keys.opts<{ keyring?: string }>().keyring;
         const provider = process.env.REKEY_KEY_PROVIDER?.trim() || 'env';
-        let store: KeyProvider | undefined;
+        let store: KeyStore | undefined;
         try {
           if (keyring === undefined && provider === 'env' && !process.env.REKEY_KEYRING_FILE) {
             throw new CliError(

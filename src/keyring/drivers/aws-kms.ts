@@ -16,23 +16,18 @@ import {
   TagResourceCommand,
   UpdateAliasCommand,
 } from '@aws-sdk/client-kms';
-import { REKEY_DEK_FORMAT } from '../codec/formats';
-import { compileFormat, type KmsValues, type Row } from '../codec/sealed-format';
-import { RemoteCipher, type RemoteKeyStore } from '../keyring/cipher';
-import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../crypto/kms-row-crypto';
-import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
-import { awsCall, awsClientConfig, awsFind } from './aws';
-import { nextKekId } from './file-keyring';
-import type {
-  DestroyOutcome,
-  GenerateOptions,
-  HeldKey,
-  KeyOwners,
-  KeyProvider,
-  RecordedKek,
-  RemoteDeks,
-} from './key-provider';
-import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../errors';
+import { REKEY_DEK_FORMAT } from '../../codec/formats';
+import { compileFormat, type KmsValues, type Row } from '../../codec/sealed-format';
+import { RemoteCipher, type RemoteKeyStore } from '../cipher';
+import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../../crypto/kms-row-crypto';
+import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
+import { awsCall, awsClientConfig, awsFind } from '../aws';
+import { nextKekId } from './file';
+import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
+import type { DekCipher } from '../cipher';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import type { HeldKey } from '../local-keys';
+import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, OperatorMustActError, UnknownKekError } from '../../errors';
 
 /** A KEK id a KMS alias can carry: no '.', which alias names refuse. */
 const KMS_KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -133,7 +128,7 @@ function localKeysFromEnv(env: NodeJS.ProcessEnv): Pick<KmsSettings, 'localKeys'
  * No key bytes are held here: a KMS KEK's fingerprint is its key ARN, and the crypto is done by KMS through
  * `rowCrypto()` (the rewrap engine) and the async DEK operations (the application API).
  */
-export class KmsKeys implements KeyProvider, RemoteDeks {
+export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
   readonly description: string;
   configuredCurrentKekId: string | undefined;
   private keks = new Map<string, KmsKek>();
@@ -255,6 +250,23 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
 
   held(): HeldKey[] {
     return [...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) }));
+  }
+
+  get configuredCurrent(): string | undefined {
+    return this.configuredCurrentKekId;
+  }
+
+  list(): Promise<StoredKek[]> {
+    return Promise.resolve([...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) })));
+  }
+
+  private holds(fingerprint: string): boolean {
+    return [...this.keks.values()].some((kek) => kmsFingerprint(kek.arn) === fingerprint);
+  }
+
+  /** The KEK's cipher: every operation a request to KMS (no key bytes here). */
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
+    return this.holds(kek.fingerprint) ? new RemoteCipher(this.remote(), kek) : undefined;
   }
 
   /**
@@ -477,6 +489,10 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
    * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
@@ -716,6 +732,14 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
 
   /** Enables the key the registry recorded for the KEK again (its alias proven to name it). */
   async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    const recorded = registry.find((k) => k.kekId === kekId);
+    // Retire leaves the key in KMS (disabled): one KMS no longer lists (pending deletion) only the operator can bring back.
+    if (recorded !== undefined && !this.holds(recorded.fingerprint)) {
+      throw new OperatorMustActError(
+        this.description,
+        `put KEK '${kekId}' back into ${this.description}, the key the registry recorded`,
+      );
+    }
     const kek = await this.existing(kekId, registry, 'enable');
     if (kek.state !== 'Enabled') {
       await this.request('EnableKey', () => this.client.send(new EnableKeyCommand({ KeyId: kek.keyId })));
@@ -753,29 +777,30 @@ export class KmsKeys implements KeyProvider, RemoteDeks {
     };
   }
 
-  /** The keyspace each key belongs to: its tag `rekey:keyspace`. */
-  readonly owners: KeyOwners = {
-    // A KEK no alias names any more, or whose key is pending deletion (a destroy whose registry write was lost), has
-    // no owner to read here: the step's own checks act on the recorded ARN and refuse or find it already scheduled.
-    ownerOf: async (kekId) => {
-      const kek = await this.fresh(kekId).catch((err: unknown) => {
-        if (err instanceof UnknownKekError) return undefined;
-        throw err;
-      });
-      return kek === undefined ? undefined : (await this.keyspaceTag(kek.keyId)).owner;
-    },
-    adopt: async (keyspace) => {
-      await this.reload();
-      for (const kek of this.keks.values()) {
-        if ((await this.keyspaceTag(kek.keyId)).owner !== undefined) continue;
-        await this.request('TagResource', () =>
-          this.client.send(
-            new TagResourceCommand({ KeyId: kek.keyId, Tags: [{ TagKey: KMS_KEYSPACE_TAG, TagValue: keyspace }] }),
-          ),
-        );
-      }
-    },
-  };
+  /**
+   * The keyspace a key belongs to: its tag `rekey:keyspace`. A KEK no alias names any more, or whose key is pending
+   * deletion (a destroy whose registry write was lost), has no owner to read here: the step's own checks act on the
+   * recorded ARN and refuse or find it already scheduled.
+   */
+  async ownerOf(kekId: string): Promise<string | undefined> {
+    const kek = await this.fresh(kekId).catch((err: unknown) => {
+      if (err instanceof UnknownKekError) return undefined;
+      throw err;
+    });
+    return kek === undefined ? undefined : (await this.keyspaceTag(kek.keyId)).owner;
+  }
+
+  async adopt(keyspace: string): Promise<void> {
+    await this.reload();
+    for (const kek of this.keks.values()) {
+      if ((await this.keyspaceTag(kek.keyId)).owner !== undefined) continue;
+      await this.request('TagResource', () =>
+        this.client.send(
+          new TagResourceCommand({ KeyId: kek.keyId, Tags: [{ TagKey: KMS_KEYSPACE_TAG, TagValue: keyspace }] }),
+        ),
+      );
+    }
+  }
 
   /** The KEK as last read, read again first when another process made it since. */
   private async fresh(kekId: string): Promise<KmsKek> {

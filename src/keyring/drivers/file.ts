@@ -2,18 +2,11 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
-import {
-  decodeKek,
-  InMemoryKeys,
-  KEK_ID_PATTERN,
-  LocalKeyProvider,
-  type DestroyOutcome,
-  type GenerateOptions,
-  type KeyOwners,
-  type RecordedKek,
-} from './key-provider';
-import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
+import { KEY_BYTES, kekFingerprint } from '../../envelope/dek-wrapping';
+import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver } from '../local-keys';
+import { KekFingerprintMismatchError, KeyMaterialError } from '../../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),
@@ -34,7 +27,7 @@ type KeyringFile = z.infer<typeof KeyringFile>;
  * KEKs in a local JSON file with mode 0600: the embedded default for the demo and development.
  * A keyring that group or others can read is refused.
  */
-export class FileKeyring extends LocalKeyProvider {
+export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
 
   constructor(readonly file: string) {
@@ -71,18 +64,44 @@ export class FileKeyring extends LocalKeyProvider {
     return keys;
   }
 
-  /** Each KEK's owner, as the file records it (written durably, as every keyring write). */
-  readonly owners: KeyOwners = {
-    ownerOf: (kekId) => Promise.resolve(readKeyring(this.file).keks.find((k) => k.id === kekId)?.owner),
-    adopt: async (keyspace) => {
-      await withLock(this.file, () => {
-        const parsed = readKeyring(this.file);
-        if (parsed.keks.every((k) => k.owner !== undefined)) return;
-        const keks = parsed.keks.map((k) => (k.owner === undefined ? { ...k, owner: keyspace } : k));
-        writeKeyring(this.file, { ...parsed, keks }, 'replace');
-      });
-    },
-  };
+  /** The KEK's owner, as the file records it. */
+  ownerOf(kekId: string): Promise<string | undefined> {
+    return Promise.resolve(readKeyring(this.file).keks.find((k) => k.id === kekId)?.owner);
+  }
+
+  /** Records the keyspace as the owner of every KEK the file records none for (written durably, as every write). */
+  async adopt(keyspace: string): Promise<void> {
+    await withLock(this.file, () => {
+      const parsed = readKeyring(this.file);
+      if (parsed.keks.every((k) => k.owner !== undefined)) return;
+      const keks = parsed.keks.map((k) => (k.owner === undefined ? { ...k, owner: keyspace } : k));
+      writeKeyring(this.file, { ...parsed, keks }, 'replace');
+    });
+  }
+
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
+  /** The file holds rekey's own names only: nothing to claim. */
+  claim(_provisioning: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /** The file keeps no mark of its own: the registry's is the record (`current` only seeds an empty registry). */
+  promote(_from: string, _to: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /** The key stays in the file, readable, for the restore window. */
+  retire(_kekId: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return Promise.resolve();
+  }
+
+  restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    this.requireHeldForRestore(kekId, registry);
+    return Promise.resolve();
+  }
 
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {

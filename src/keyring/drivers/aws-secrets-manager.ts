@@ -8,20 +8,13 @@ import {
   TagResourceCommand,
   UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
-import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
-import { awsCall, awsClientConfig, awsFind } from './aws';
-import { nextKekId } from './file-keyring';
-import {
-  decodeKek,
-  InMemoryKeys,
-  KEK_ID_PATTERN,
-  LocalKeyProvider,
-  type DestroyOutcome,
-  type GenerateOptions,
-  type KeyOwners,
-  type RecordedKek,
-} from './key-provider';
-import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../errors';
+import { KEY_BYTES, kekFingerprint } from '../../envelope/dek-wrapping';
+import { awsCall, awsClientConfig, awsFind } from '../aws';
+import { nextKekId } from './file';
+import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver } from '../local-keys';
+import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
 /** The staging label that names a version's KEK while it may be used: `rekey-kek-v2`. */
 export const KEK_LABEL = 'rekey-kek-';
@@ -111,7 +104,7 @@ export function unlabelledByPromotion(
  * (a provision's `claim`, a promotion), rekey labels each one its registry records with the registry's name for it,
  * so that no promotion can take its last label; other unlabelled versions are not rekey's and are left alone.
  */
-export class SecretsManagerKeys extends LocalKeyProvider {
+export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
   private versions = new Map<string, Version>();
   /** Every version's stages at the last read, by VersionId, those rekey does not read included. */
@@ -221,6 +214,10 @@ export class SecretsManagerKeys extends LocalKeyProvider {
    * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
    * that id is used as it is: a retried provision creates nothing.
    */
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     await this.reload();
     const id = kekId ?? nextKekId([...this.versions.keys()]);
@@ -431,6 +428,7 @@ export class SecretsManagerKeys extends LocalKeyProvider {
 
   /** The version is named `rekey-kek-<id>` again (decrypt-only: AWSPREVIOUS stays where it is). */
   async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
+    this.requireHeldForRestore(kekId, registry);
     await this.reload();
     const version = this.requireRecorded(kekId, registry);
     if (!version.stages.includes(`${KEK_LABEL}${kekId}`)) {
@@ -477,18 +475,19 @@ export class SecretsManagerKeys extends LocalKeyProvider {
   }
 
   /** The keyspace the secret belongs to: its tag `rekey:keyspace` (one secret per keyspace, so one owner for all). */
-  readonly owners: KeyOwners = {
-    ownerOf: async () => (await this.keyspaceTag())?.owner,
-    adopt: async (keyspace) => {
-      const tag = await this.keyspaceTag();
-      if (tag === undefined || tag.owner !== undefined) return; // no secret yet: its first KEK creates it, tagged
-      await this.call('TagResource', () =>
-        this.client.send(
-          new TagResourceCommand({ SecretId: this.secretId, Tags: [{ Key: KEYSPACE_TAG, Value: keyspace }] }),
-        ),
-      );
-    },
-  };
+  async ownerOf(_kekId?: string): Promise<string | undefined> {
+    return (await this.keyspaceTag())?.owner;
+  }
+
+  async adopt(keyspace: string): Promise<void> {
+    const tag = await this.keyspaceTag();
+    if (tag === undefined || tag.owner !== undefined) return; // no secret yet: its first KEK creates it, tagged
+    await this.call('TagResource', () =>
+      this.client.send(
+        new TagResourceCommand({ SecretId: this.secretId, Tags: [{ Key: KEYSPACE_TAG, Value: keyspace }] }),
+      ),
+    );
+  }
 
   /** The secret's keyspace tag (`owner` undefined when it has none); undefined when there is no secret. */
   private async keyspaceTag(): Promise<{ owner?: string } | undefined> {

@@ -1,34 +1,31 @@
-// KEKs moving into AWS KMS. A deployment of rekey's own table whose KEKs are held locally (the environment or a
+// KEKs moving into AWS KMS: a driver over two drivers, the KMS one (where new KEKs are made) and the local one (the
+// environment or a keyring file: where KEKs move out of). A deployment of rekey's own table whose KEKs are held locally (the environment or a
 // keyring file) cannot switch to KMS keys at once: every row is still wrapped by a local KEK. With
 // REKEY_AWS_KMS_LOCAL_KEYS the process holds both: the local KEKs, to read rows (and, until the rotation promotes a
 // KMS key, wrap new ones), and the KMS keys, where new KEKs are made. An ordinary rotation from the local KEK to a new
 // one then moves every DEK into KMS (Encrypt), while the application reads each row with whichever KEK its label
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
-import type { RowCrypto } from '../crypto/row-crypto';
-import { createDek, moveDek, openDek } from '../envelope/dek-envelope';
-import { selfTestKek } from '../envelope/dek-wrapping';
-import type { RowKek } from '../rewrap/rewrap-rows';
+import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
+import { createDek, moveDek, openDek } from '../../envelope/dek-envelope';
+import { selfTestKek } from '../../envelope/dek-wrapping';
+import type { RowKek } from '../../rewrap/rewrap-rows';
 import { keyArnOf, type KmsKeys } from './aws-kms';
-import type {
-  DestroyOutcome,
-  GenerateOptions,
-  HeldKey,
-  KeyOwners,
-  KeyProvider,
-  RecordedKek,
-  RemoteDeks,
-} from './key-provider';
-import { ConfigError, KeyMaterialError } from '../errors';
+import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
+import { LocalCipher, type DekCipher } from '../cipher';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import type { HeldKey, LocalKeysDriver } from '../local-keys';
+import { ConfigError, KeyMaterialError, OperatorMustActError } from '../../errors';
 
 const OUT_OF_KMS =
   'rekey moves KEKs into AWS KMS, not out of it: rotate to a KMS KEK (to: new), or run without REKEY_KEY_PROVIDER=aws-kms';
 
-export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
+export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
   readonly description: string;
+  rows: () => RowCrypto = sharedRowCrypto;
 
   constructor(
     readonly kms: KmsKeys,
-    readonly local: KeyProvider,
+    readonly local: LocalKeysDriver,
   ) {
     this.description = `${kms.description}, with KEKs moving in from ${local.description}`;
   }
@@ -43,18 +40,34 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
   }
 
   /** The store that holds `kekId`: KMS for its keys, the local source for the rest. */
-  private of(kekId: string): KeyProvider {
+  private of(kekId: string): KmsKeys | LocalKeysDriver {
     return this.inKms(kekId) ? this.kms : this.local;
   }
 
+  get configuredCurrent(): string | undefined {
+    return this.configuredCurrentKekId;
+  }
+
+  async list(): Promise<StoredKek[]> {
+    return [...(await this.kms.list()), ...(await this.local.list())];
+  }
+
+  /** A KMS key's cipher asks KMS; a local KEK's holds its bytes. */
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
+    if (keyArnOf(kek.fingerprint) !== undefined) return this.kms.cipher(kek);
+    const key = this.local.copyByFingerprint(kek.fingerprint);
+    return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+  }
+
   /** Each KEK's owner as its own store records it (the environment records none). */
-  readonly owners: KeyOwners = {
-    ownerOf: (kekId) => this.of(kekId).owners?.ownerOf(kekId) ?? Promise.resolve(undefined),
-    adopt: async (keyspace) => {
-      await this.kms.owners.adopt(keyspace);
-      await this.local.owners?.adopt(keyspace);
-    },
-  };
+  ownerOf(kekId: string): Promise<string | undefined> {
+    return this.of(kekId).ownerOf(kekId);
+  }
+
+  async adopt(keyspace: string): Promise<void> {
+    await this.kms.adopt(keyspace);
+    await this.local.adopt(keyspace).catch(readOnlyIsDone);
+  }
 
   async reload(): Promise<void> {
     await Promise.all([this.kms.reload(), this.local.reload()]);
@@ -155,7 +168,7 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
   // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----
 
   /** The store that holds the key the registry recorded for `kekId`: KMS for a key ARN, the local source for bytes. */
-  private recordedIn(kekId: string, registry: readonly RecordedKek[]): KeyProvider {
+  private recordedIn(kekId: string, registry: readonly RecordedKek[]): KmsKeys | LocalKeysDriver {
     const recorded = registry.find((kek) => kek.kekId === kekId);
     if (recorded === undefined) return this.of(kekId);
     return keyArnOf(recorded.fingerprint) === undefined ? this.local : this.kms;
@@ -166,32 +179,48 @@ export class KmsWithLocalKeys implements KeyProvider, RemoteDeks {
     return this.kms.claim(provisioning, registry);
   }
 
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.kms.provision(kekId, options);
+  }
+
   generate(kekId?: string, options?: GenerateOptions): Promise<string> {
     return this.kms.generate(kekId, options);
   }
 
+  /** A local KEK keeps no mark in its store while it moves out: the registry's is the record. */
   async promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void> {
-    const store = this.recordedIn(to, registry);
-    await store.promote?.(from, to, registry);
+    await this.recordedIn(to, registry).promote(from, to, registry).catch(readOnlyIsDone);
   }
 
   async retire(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
-    await this.recordedIn(kekId, registry).retire?.(kekId, registry);
+    await this.recordedIn(kekId, registry).retire(kekId, registry).catch(readOnlyIsDone);
   }
 
+  /** KMS enables its key again; a local KEK left readable by retire must still be held. */
   async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
-    await this.recordedIn(kekId, registry).restore?.(kekId, registry);
+    const store = this.recordedIn(kekId, registry);
+    if (store === this.kms) return this.kms.restore(kekId, registry);
+    const recorded = registry.find((k) => k.kekId === kekId);
+    if (recorded !== undefined && this.local.copyByFingerprint(recorded.fingerprint) === undefined) {
+      throw new OperatorMustActError(
+        this.description,
+        `put KEK '${kekId}' back into ${this.description}, the key the registry recorded`,
+      );
+    }
   }
 
   /** Destroyed by the store that holds the key the registry recorded: KMS for a key ARN, else the local source. */
-  async destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
-    const store = this.recordedIn(kekId, registry);
-    if (store.destroy) return store.destroy(kekId, registry);
-    return { destroyed: false, detail: `${store.description} is read-only to rekey: remove KEK '${kekId}' from it` };
+  destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
+    return this.recordedIn(kekId, registry).destroy(kekId, registry);
   }
 
   close(): void {
     this.kms.close();
     this.local.close();
   }
+}
+
+/** A step a read-only local store leaves to the operator is, while its KEKs move out, one with nothing to do. */
+function readOnlyIsDone(err: unknown): void {
+  if (!(err instanceof OperatorMustActError)) throw err;
 }

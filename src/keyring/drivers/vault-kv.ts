@@ -1,17 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
-import { nextKekId } from './file-keyring';
-import {
-  decodeKek,
-  InMemoryKeys,
-  KEK_ID_PATTERN,
-  LocalKeyProvider,
-  type DestroyOutcome,
-  type GenerateOptions,
-  type RecordedKek,
-} from './key-provider';
-import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from './vault-http';
-import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../errors';
+import { KEY_BYTES, kekFingerprint } from '../../envelope/dek-wrapping';
+import { nextKekId } from './file';
+import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver } from '../local-keys';
+import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
+import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
 /** The secret's custom_metadata key naming a KEK's version: `rekey:kek:v2` = `"3"`. */
 export const KV_KEK_NAME = 'rekey:kek:';
@@ -46,12 +40,6 @@ export interface KvOptions extends GenerateOptions {
   owner?: string;
 }
 
-/** The owner record of a key store (the same shape as the keyspace branch's KeyOwners). */
-export interface VaultKeyOwners {
-  ownerOf(kekId: string): Promise<string | undefined>;
-  adopt(keyspace: string): Promise<void>;
-}
-
 /**
  * KEKs held as versions of one Vault KV v2 secret per keyspace, in DevSkyy's layout: the secret at `<mount>/<path>`
  * (REKEY_VAULT_KV_MOUNT, `secret` by default; REKEY_VAULT_KV_PATH), each version's data `{"value": "<KEK in
@@ -64,10 +52,8 @@ export interface VaultKeyOwners {
  * The secret's latest version without a rekey name (a secret written with `vault kv put <path> value=…`) is read as
  * KEK `kv-v<version>`, and named so before anything moves, when its key is one the registry records.
  */
-export class VaultKvKeys extends LocalKeyProvider {
+export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
-  /** Retire soft-deletes the version: a restore undeletes it before the registry is asked. */
-  readonly restoresUnreadable = true;
   private keks = new Map<string, KvKek>();
   private metadata: KvMetadata | undefined;
 
@@ -237,6 +223,10 @@ export class VaultKvKeys extends LocalKeyProvider {
    * KEK of a secret is also marked current. Idempotent: a retry finds a version an earlier attempt wrote but did not
    * name (its answer lost) by its `rekey_kek` field, and names that one.
    */
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   async generate(kekId?: string, options: KvOptions = {}): Promise<string> {
     await this.reload();
     const id = kekId ?? nextKekId([...this.keks.keys()]);
@@ -491,13 +481,14 @@ export class VaultKvKeys extends LocalKeyProvider {
   }
 
   /** The keyspace the secret belongs to: its custom_metadata `rekey:keyspace` (one secret, one owner). */
-  readonly owners: VaultKeyOwners = {
-    ownerOf: async () => (await this.readMetadata())?.custom_metadata?.[KV_KEYSPACE],
-    adopt: async (keyspace) => {
-      const metadata = await this.readMetadata();
-      // No secret yet: its first KEK records the owner (generate's `owner`).
-      if (metadata === undefined || metadata.custom_metadata?.[KV_KEYSPACE] !== undefined) return;
-      await this.patchMetadata({ [KV_KEYSPACE]: keyspace });
-    },
-  };
+  async ownerOf(_kekId?: string): Promise<string | undefined> {
+    return (await this.readMetadata())?.custom_metadata?.[KV_KEYSPACE];
+  }
+
+  async adopt(keyspace: string): Promise<void> {
+    const metadata = await this.readMetadata();
+    // No secret yet: its first KEK records the owner (provision's `owner`).
+    if (metadata === undefined || metadata.custom_metadata?.[KV_KEYSPACE] !== undefined) return;
+    await this.patchMetadata({ [KV_KEYSPACE]: keyspace });
+  }
 }

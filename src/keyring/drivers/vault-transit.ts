@@ -1,20 +1,15 @@
-import { REKEY_DEK_FORMAT } from '../codec/formats';
-import { compileFormat, type Row, type TransitValues } from '../codec/sealed-format';
-import { RemoteCipher, refusedMoveIn, type RemoteKeyStore } from '../keyring/cipher';
-import { RequestPacer, type PacerLimits } from '../crypto/request-pacer';
-import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../crypto/transit-row-crypto';
-import type {
-  DestroyOutcome,
-  GenerateOptions,
-  HeldKey,
-  KeyOwners,
-  KeyProvider,
-  RecordedKek,
-  RemoteDeks,
-} from './key-provider';
-import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from './vault-http';
-import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../keyring/transit-owner';
-import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../errors';
+import { REKEY_DEK_FORMAT } from '../../codec/formats';
+import { compileFormat, type Row, type TransitValues } from '../../codec/sealed-format';
+import { RemoteCipher, refusedMoveIn, type RemoteKeyStore } from '../cipher';
+import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
+import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../../crypto/transit-row-crypto';
+import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
+import type { DekCipher } from '../cipher';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import type { HeldKey } from '../local-keys';
+import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
+import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../transit-owner';
+import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../../errors';
 
 const FINGERPRINT_PREFIX = 'vault-transit:';
 /** Transit's answers about an item that say "not this key, context or version": the row, not the call, is at fault. */
@@ -94,10 +89,8 @@ const versionOfId = (kekId: string): number | undefined => {
  * removed for good). A KEK's fingerprint is `vault-transit:<mount>/<key>:v<n>@<creation time>`: a key deleted and
  * made again under the same name has other creation times, and is refused.
  */
-export class VaultTransitKeys implements KeyProvider, RemoteDeks {
+export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
   readonly description: string;
-  /** Retire makes the version unusable: a restore lowers min_decryption_version before the registry is asked. */
-  readonly restoresUnreadable = true;
   configuredCurrentKekId: string | undefined;
   private state: TransitKey | undefined;
   private readonly codec = compileFormat(REKEY_DEK_FORMAT);
@@ -114,12 +107,6 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
     this.values = this.codec.transit!;
     this.ownerRecord = new TransitOwnerRecord(http, settings.owner, this.description);
   }
-
-  /** The keyspace the key belongs to: its owner record (one key, one owner), claimed by the first keyspace to use it. */
-  readonly owners: KeyOwners = {
-    ownerOf: () => this.ownerRecord.ownerOf(),
-    adopt: (keyspace) => this.ownerRecord.adopt(keyspace),
-  };
 
   /** From VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE and REKEY_VAULT_TRANSIT_*. Nothing is read until `reload`. */
   static fromEnv(env: NodeJS.ProcessEnv, onRequest?: VaultRequestListener): VaultTransitKeys {
@@ -186,6 +173,22 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
 
   held(): HeldKey[] {
     return this.kekIds().map((kekId) => ({ kekId, fingerprint: this.fingerprint(kekId) }));
+  }
+
+  /** The key's latest version, which Transit encrypts with. */
+  get configuredCurrent(): string | undefined {
+    return this.configuredCurrentKekId;
+  }
+
+  list(): Promise<StoredKek[]> {
+    return Promise.resolve(this.kekIds().map((kekId) => ({ kekId, fingerprint: this.fingerprint(kekId) })));
+  }
+
+  /** The KEK's cipher: every operation a request to Transit (no key bytes here). */
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
+    return this.held().some((k) => k.fingerprint === kek.fingerprint)
+      ? new RemoteCipher(this.remote(), kek)
+      : undefined;
   }
 
   /** No bytes: a Transit KEK is used through Vault. An empty buffer says "held" to the resolver. */
@@ -370,6 +373,10 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
    * whose version exists is there (a retry after a lost answer finds the version its first attempt made); only the
    * next version can be made.
    */
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     // The key is the keyspace's by its owner record before a version is made (claimed now if nobody has).
     if (options.owner !== undefined)
@@ -428,6 +435,23 @@ export class VaultTransitKeys implements KeyProvider, RemoteDeks {
       .filter((r) => r.fingerprint.startsWith(prefix) && r.kekId !== except)
       .filter((r) => r.state !== 'retired' && r.state !== 'destroyed')
       .map((r) => ({ kekId: r.kekId, version: versionOfId(r.kekId) ?? 0 }));
+  }
+
+  /**
+   * The keyspace the key belongs to (one key, one owner): its owner record, a KV v2 secret beside it (a Transit key
+   * carries no metadata), claimed by the first keyspace to use it.
+   */
+  ownerOf(_kekId: string): Promise<string | undefined> {
+    return this.ownerRecord.ownerOf();
+  }
+
+  adopt(keyspace: string): Promise<void> {
+    return this.ownerRecord.adopt(keyspace);
+  }
+
+  /** Transit encrypts with the latest version: the registry's promotion is the only mark. */
+  promote(_from: string, _to: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return Promise.resolve();
   }
 
   /** Before a provision writes anything: the token's capabilities, and the key is the one the registry recorded. */

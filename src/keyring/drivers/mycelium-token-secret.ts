@@ -1,10 +1,14 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { kekFingerprint, unwrapDek, wrapDek } from '../envelope/dek-wrapping';
-import type { SecretSource } from '../targets/target';
-import type { HeldKey, KeyProvider } from './key-provider';
-import { VaultHttp } from './vault-http';
-import { KeyMaterialError, UnknownKekError } from '../errors';
+import { kekFingerprint, unwrapDek, wrapDek } from '../../envelope/dek-wrapping';
+import type { SecretSource } from '../../targets/target';
+import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
+import type { KeyProvider } from '../../keys/key-provider';
+import { LocalCipher, type DekCipher } from '../cipher';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import type { HeldKey } from '../local-keys';
+import { VaultHttp } from '../vault-http';
+import { KeyMaterialError, OperatorMustActError, UnknownKekError } from '../../errors';
 
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
@@ -74,8 +78,11 @@ interface Loaded {
  * is the old secret and its `to` the current one, as Mycelium's own `rotate-kek --from-version --to-version` does.
  * The registry then records each generation's fingerprint, and every later use is checked against it.
  */
-export class MyceliumTokenSecrets implements KeyProvider {
+export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
   readonly description: string;
+  /** The secrets carry no names: the keyring names the current one for the rotation under way. */
+  readonly configuredCurrent = undefined;
+  rows: () => RowCrypto = sharedRowCrypto;
   private loaded = new Map<Role, Loaded>();
   private readonly bound = new Map<string, Role>();
   /** The Vault the secrets are read from, when one of them is there. */
@@ -177,6 +184,59 @@ export class MyceliumTokenSecrets implements KeyProvider {
   /** The secrets held, by their place (old, current), whatever a rotation names them. */
   slots(): { slot: Role; fingerprint: string }[] {
     return [...this.loaded].map(([slot, { fingerprint }]) => ({ slot, fingerprint }));
+  }
+
+  list(): Promise<StoredKek[]> {
+    return Promise.resolve(this.slots());
+  }
+
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
+    const key = this.copyByFingerprint(kek.fingerprint);
+    return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+  }
+
+  // ---- The lifecycle: the gateway's secrets are the operator's to set and remove ----
+
+  private operator(instruction: string): Promise<never> {
+    return Promise.reject(new OperatorMustActError(this.description, instruction));
+  }
+
+  ownerOf(_kekId: string): Promise<string | undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  adopt(_keyspace: string): Promise<void> {
+    return this.operator(`Mycelium's token secrets record no owner: give each keyspace secrets of its own`);
+  }
+
+  provision(kekId: string, _options?: ProvisionOptions): Promise<void> {
+    return this.operator(
+      `rekey cannot make a token_secret for KEK '${kekId}': give the gateway its new token_secret and set the current secret of ${this.description} to it (the one before in the old secret)`,
+    );
+  }
+
+  claim(_provisioning: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return this.operator("Mycelium's token secrets carry no names: nothing to claim");
+  }
+
+  promote(_from: string, to: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return this.operator(`the gateway must use the new token_secret (KEK '${to}') as its current one`);
+  }
+
+  retire(kekId: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return this.operator(
+      `keep the old token_secret (KEK '${kekId}') until its restore window ends: rekey says when to remove it once it is destroyed`,
+    );
+  }
+
+  restore(kekId: string, _registry: readonly RecordedKek[]): Promise<void> {
+    return this.operator(`put the old token_secret (KEK '${kekId}') back where ${this.description} reads it`);
+  }
+
+  destroy(kekId: string, _registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
+    return this.operator(
+      `rekey cannot remove a token_secret: remove the old token_secret (KEK '${kekId}') from where ${this.description} reads it`,
+    );
   }
 
   copyByFingerprint(fingerprint: string): Buffer | undefined {

@@ -1,0 +1,205 @@
+// Keys held in this process's memory, and the base of every driver whose store hands rekey the key bytes (the
+// environment, the keyring file, AWS Secrets Manager, Vault KV): the keys are read into an InMemoryKeys on each
+// reload, zeroized when replaced or closed, and used through a LocalCipher the keyring hands out by fingerprint.
+import { randomBytes } from 'node:crypto';
+import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
+import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
+import { KEK_ID } from '../rotation/rotation-input';
+import { LocalCipher, type DekCipher } from './cipher';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
+import { KeyMaterialError, OperatorMustActError, UnknownKekError } from '../errors';
+
+export const KEK_ID_PATTERN = KEK_ID;
+
+/** One key held, by the id its store gives it (none for a key the store does not name). */
+export interface HeldKey {
+  kekId?: string;
+  fingerprint: string;
+}
+
+/** Keys held in this process's memory: the env and file providers load into one of these. */
+export class InMemoryKeys {
+  private readonly keys = new Map<string, { key: Buffer; fingerprint: string }>();
+
+  constructor(private readonly where: string) {}
+
+  add(kekId: string, key: Buffer, source: string): void {
+    if (!KEK_ID_PATTERN.test(kekId)) {
+      throw new KeyMaterialError(
+        `${source}: KEK id '${kekId}' must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit`,
+        source,
+      );
+    }
+    if (key.length !== KEY_BYTES) {
+      throw new KeyMaterialError(`${source}: a KEK is ${KEY_BYTES} bytes, got ${key.length}`, source);
+    }
+    this.keys.get(kekId)?.key.fill(0);
+    this.keys.set(kekId, { key, fingerprint: kekFingerprint(key) });
+  }
+
+  ids(): string[] {
+    return [...this.keys.keys()].sort();
+  }
+
+  has(kekId: string): boolean {
+    return this.keys.has(kekId);
+  }
+
+  fingerprint(kekId: string): string {
+    return this.entry(kekId).fingerprint;
+  }
+
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(WRAPPED_DEK_BYTES);
+    this.wrapInto(out, 0, kekId, tenantId, dek, randomBytes(12));
+    return out;
+  }
+
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
+    wrapDekInto(out, offset, this.entry(kekId).key, kekId, tenantId, dek, nonce);
+  }
+
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
+    return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
+  }
+
+  held(): HeldKey[] {
+    return [...this.keys].map(([kekId, { fingerprint }]) => ({ kekId, fingerprint }));
+  }
+
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    for (const entry of this.keys.values()) if (entry.fingerprint === fingerprint) return Buffer.from(entry.key);
+    return undefined;
+  }
+
+  /** Replaces the whole set (reload); old buffers are zeroized. */
+  replaceWith(other: InMemoryKeys): void {
+    this.clear();
+    for (const [id, entry] of other.keys) this.keys.set(id, entry);
+    other.keys.clear();
+  }
+
+  clear(): void {
+    for (const { key } of this.keys.values()) key.fill(0);
+    this.keys.clear();
+  }
+
+  private entry(kekId: string) {
+    const entry = this.keys.get(kekId);
+    if (!entry) throw new UnknownKekError(kekId, this.where);
+    return entry;
+  }
+}
+
+const BASE64URL_32_BYTES = /^[A-Za-z0-9_-]{43}$/;
+
+/** Decodes a 32-byte key written as base64url without padding; the message says exactly what is wrong. */
+export function decodeKek(value: string, source: string): Buffer {
+  const trimmed = value.trim();
+  let problem: string | undefined;
+  if (trimmed.length === 0) problem = 'it is empty';
+  else if (/[+/]/.test(trimmed))
+    problem = "it is standard base64: use base64url (replace '+' with '-' and '/' with '_')";
+  else if (trimmed.endsWith('=')) problem = "remove the '=' padding";
+  else if (!/^[A-Za-z0-9_-]+$/.test(trimmed)) problem = 'it contains characters outside the base64url alphabet';
+  else if (!BASE64URL_32_BYTES.test(trimmed)) {
+    problem = `it decodes to ${Buffer.from(trimmed, 'base64url').length} bytes (${trimmed.length} characters), not 32 bytes (43 characters)`;
+  }
+  if (problem) {
+    throw new KeyMaterialError(
+      `${source} must hold 32 random bytes as base64url without padding (openssl rand -base64 32 | tr '+/' '-_' | tr -d '='): ${problem}`,
+      source,
+    );
+  }
+  return Buffer.from(trimmed, 'base64url');
+}
+
+/**
+ * A driver whose keys are loaded into this process's memory; subclasses say where from (`load`) and how their store
+ * carries out each step of the lifecycle. `rows`: the crypto a LocalCipher rewraps and checks rows on (the worker's
+ * threads, made when first used).
+ */
+export abstract class LocalKeysDriver implements StoreDriver {
+  abstract readonly description: string;
+  configuredCurrentKekId: string | undefined;
+  rows: () => RowCrypto = sharedRowCrypto;
+  protected readonly keys: InMemoryKeys;
+
+  protected constructor(where: string) {
+    this.keys = new InMemoryKeys(where);
+  }
+
+  /** Reads every KEK from the source; sets configuredCurrentKekId. */
+  protected abstract load(): InMemoryKeys | Promise<InMemoryKeys>;
+
+  get configuredCurrent(): string | undefined {
+    return this.configuredCurrentKekId;
+  }
+
+  async reload(): Promise<void> {
+    this.keys.replaceWith(await this.load());
+  }
+
+  list(): Promise<StoredKek[]> {
+    return Promise.resolve(this.keys.held().map(({ kekId, fingerprint }) => ({ kekId: kekId!, fingerprint })));
+  }
+
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
+    const key = this.keys.copyByFingerprint(kek.fingerprint);
+    return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+  }
+
+  abstract ownerOf(kekId: string): Promise<string | undefined>;
+  abstract adopt(keyspace: string): Promise<void>;
+  abstract provision(kekId: string, options: ProvisionOptions): Promise<void>;
+  abstract claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract retire(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
+
+  /**
+   * The restore of a store whose retire leaves the key readable (the keyring file, Secrets Manager): nothing to undo
+   * while it holds the registered key; one it no longer holds only the operator can put back.
+   */
+  protected requireHeldForRestore(kekId: string, registry: readonly RecordedKek[]): void {
+    const recorded = registry.find((k) => k.kekId === kekId);
+    if (recorded !== undefined && !this.keys.held().some((k) => k.fingerprint === recorded.fingerprint)) {
+      throw new OperatorMustActError(
+        this.description,
+        `put KEK '${kekId}' back into ${this.description}, the key the registry recorded`,
+      );
+    }
+  }
+
+  close(): void {
+    this.keys.clear();
+  }
+
+  // ---- What the callers that still take a KeyProvider use (TenantCrypto, the rewrap's resolver, the fleet) ----
+
+  kekIds(): string[] {
+    return this.keys.ids();
+  }
+  has(kekId: string): boolean {
+    return this.keys.has(kekId);
+  }
+  fingerprint(kekId: string): string {
+    return this.keys.fingerprint(kekId);
+  }
+  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
+    return this.keys.wrap(kekId, tenantId, dek);
+  }
+  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
+    this.keys.wrapInto(out, offset, kekId, tenantId, dek, nonce);
+  }
+  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
+    return this.keys.unwrap(kekId, tenantId, wrapped);
+  }
+  held(): HeldKey[] {
+    return this.keys.held();
+  }
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    return this.keys.copyByFingerprint(fingerprint);
+  }
+}
