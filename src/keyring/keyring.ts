@@ -6,7 +6,7 @@
 // Callers ask for a DEK cipher by KEK id and never learn what a store can do.
 import type { Pool, PoolClient } from 'pg';
 import { canUnwrap } from '../envelope/kek-lifecycle';
-import { nextKekId } from './drivers/file';
+import { nextKekId } from './local-keys';
 import type { LabelProof } from '../rotation/label-proof';
 import { inTransaction } from '../store/connect';
 import type { KekRecord, KekRegistry } from '../store/kek-registry';

@@ -7,7 +7,13 @@ import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } 
 import { KEK_ID } from '../rotation/rotation-input';
 import { LocalCipher, type DekCipher } from './cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
-import { KeyMaterialError, OperatorMustActError, UnknownKekError } from '../errors';
+import {
+  KekFingerprintMismatchError,
+  KeyMaterialError,
+  KeyStoreRefusedError,
+  OperatorMustActError,
+  UnknownKekError,
+} from '../errors';
 
 export const KEK_ID_PATTERN = KEK_ID;
 
@@ -91,6 +97,30 @@ export class InMemoryKeys {
   }
 }
 
+/** The id after every `vN` of `existing`: v1, v2, ... */
+export function nextKekId(existing: string[]): string {
+  const numbers = existing.map((id) => /^v(\d+)$/.exec(id)?.[1]).filter((n): n is string => n !== undefined);
+  const highest = numbers.reduce((max, n) => Math.max(max, Number(n)), 0);
+  return `v${highest + 1}`;
+}
+
+/** The id of a new KEK: `kekId` (checked), else the next vN after `existing`. */
+export function newKekId(kekId: string | undefined, existing: string[], source: string): string {
+  const id = kekId ?? nextKekId(existing);
+  if (!KEK_ID_PATTERN.test(id)) {
+    throw new KeyMaterialError(`KEK id '${id}' must be 1-64 letters, digits, '_', '.' or '-'`, source);
+  }
+  return id;
+}
+
+/** A new random KEK as rekey stores it (base64url, unpadded); its bytes are zeroized once written out as text. */
+export function newKekText(): string {
+  const key = randomBytes(KEY_BYTES);
+  const text = key.toString('base64url');
+  key.fill(0);
+  return text;
+}
+
 const BASE64URL_32_BYTES = /^[A-Za-z0-9_-]{43}$/;
 
 /** Decodes a 32-byte key written as base64url without padding; the message says exactly what is wrong. */
@@ -168,6 +198,44 @@ export abstract class LocalKeysDriver implements StoreDriver {
       throw new OperatorMustActError(
         this.description,
         `put KEK '${kekId}' back into ${this.description}, the key the registry recorded`,
+      );
+    }
+  }
+
+  // ---- What a store of versions (Secrets Manager, Vault KV) proves before it moves a name or destroys a version ----
+
+  /** The key this store holds under `kekId` is the one the registry recorded for it (if it recorded one). */
+  protected requireRecordedKey(kekId: string, registry: readonly RecordedKek[]): void {
+    const recorded = registry.find((kek) => kek.kekId === kekId);
+    if (recorded !== undefined && recorded.fingerprint !== this.fingerprint(kekId)) {
+      throw new KekFingerprintMismatchError(kekId, recorded.fingerprint, this.fingerprint(kekId));
+    }
+  }
+
+  /**
+   * The registry's record of the key a version without a rekey name holds (read as `kekId`): the name to give it, or
+   * undefined when the registry does not record that key (or has destroyed it), or its name is another version's
+   * already (`named`), which the keyring then refuses by fingerprint.
+   */
+  protected recordOfUnnamed(
+    kekId: string,
+    registry: readonly RecordedKek[],
+    named: (kekId: string) => boolean,
+  ): RecordedKek | undefined {
+    const fingerprint = this.fingerprint(kekId);
+    const record = registry.find((kek) => kek.fingerprint === fingerprint && kek.state !== 'destroyed');
+    if (!record || (record.kekId !== kekId && named(record.kekId))) return undefined;
+    return record;
+  }
+
+  /** Before `where` (KEK `kekId`, holding `fingerprint`) is destroyed: no other KEK the registry still needs is that key. */
+  protected refuseSharedKey(where: string, kekId: string, fingerprint: string, registry: readonly RecordedKek[]): void {
+    const other = registry.find(
+      (kek) => kek.kekId !== kekId && kek.fingerprint === fingerprint && kek.state !== 'destroyed',
+    );
+    if (other) {
+      throw new KeyStoreRefusedError(
+        `${where} (KEK '${kekId}') holds the same key as KEK '${other.kekId}', which is ${other.state}: not destroyed`,
       );
     }
   }

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { FileKeyring, nextKekId } from '../../src/keyring/drivers/file';
+import { FileKeyring } from '../../src/keyring/drivers/file';
+import { nextKekId } from '../../src/keyring/local-keys';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-keyring-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

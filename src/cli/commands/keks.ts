@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { Command } from 'commander';
 import { EnvKeyProvider } from '../../keyring/drivers/env';
-import { nextKekId } from '../../keyring/drivers/file';
+import { nextKekId } from '../../keyring/local-keys';
 import { canImport, importKeks } from '../../keys/import-keks';
 import type { KeyStore } from '../../keys';
 import { rotationWorkflowId } from '../../rotation/identity';

@@ -17,16 +17,16 @@ import {
   UpdateAliasCommand,
 } from '@aws-sdk/client-kms';
 import { REKEY_DEK_FORMAT } from '../../codec/formats';
-import { compileFormat, type KmsValues, type Row } from '../../codec/sealed-format';
-import { RemoteCipher, type RemoteKeyStore } from '../cipher';
+import { compileFormat, type Codec, type KmsValues, type Row } from '../../codec/sealed-format';
 import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../../crypto/kms-row-crypto';
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
+import type { RewrapRowsOptions, RewrapRowsResult, RowKek } from '../../rewrap/rewrap-rows';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
-import { nextKekId } from './file';
-import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
-import type { DekCipher } from '../cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
-import type { HeldKey } from '../local-keys';
+import type { GenerateOptions } from '../../keys/key-provider';
+import type { RemoteKek } from '../cipher';
+import type { DestroyOutcome, RecordedKek } from '../driver';
+import { nextKekId, type HeldKey } from '../local-keys';
+import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { adoption } from '../kms-owner';
 import {
   DekUnwrapError,
@@ -84,16 +84,6 @@ export interface KmsSettings {
   localKeys?: 'env' | 'file';
 }
 
-function whole(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]?.trim();
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new KeyMaterialError(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`, name);
-  }
-  return value;
-}
-
 /** REKEY_AWS_KMS_* settings, checked. */
 export function kmsSettingsFromEnv(env: NodeJS.ProcessEnv): KmsSettings {
   const aliasPrefix = env.REKEY_AWS_KMS_ALIAS_PREFIX?.trim() || DEFAULT_ALIAS_PREFIX;
@@ -105,11 +95,8 @@ export function kmsSettingsFromEnv(env: NodeJS.ProcessEnv): KmsSettings {
   }
   return {
     aliasPrefix,
-    limits: {
-      concurrency: whole(env, 'REKEY_AWS_KMS_CONCURRENCY', 16, 1, 256),
-      ratePerSecond: whole(env, 'REKEY_AWS_KMS_RATE', 500, 0, 100_000),
-    },
-    deletionWindowDays: whole(env, 'REKEY_AWS_KMS_DELETION_WINDOW_DAYS', 30, 7, 30),
+    limits: pacerLimitsFromEnv(env, 'REKEY_AWS_KMS', { concurrency: [16, 1, 256], rate: [500, 0, 100_000] }),
+    deletionWindowDays: wholeFromEnv(env, 'REKEY_AWS_KMS_DELETION_WINDOW_DAYS', 30, 7, 30),
     ...localKeysFromEnv(env),
   };
 }
@@ -136,21 +123,21 @@ function localKeysFromEnv(env: NodeJS.ProcessEnv): Pick<KmsSettings, 'localKeys'
  * No key bytes are held here: a KMS KEK's fingerprint is its key ARN, and the crypto is done by KMS through
  * `rowCrypto()` (the rewrap engine) and the async DEK operations (the application API).
  */
-export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
+export class KmsKeys extends RemoteKeysDriver {
   readonly description: string;
-  configuredCurrentKekId: string | undefined;
-  private keks = new Map<string, KmsKek>();
+  protected readonly kind = 'KMS';
   /** rekey's own DEK format, whose KMS form this store writes. */
-  private readonly codec = compileFormat(REKEY_DEK_FORMAT);
+  protected readonly codec: Codec = compileFormat(REKEY_DEK_FORMAT);
+  private keks = new Map<string, KmsKek>();
   private readonly values: KmsValues;
   private crypto: KmsRowCrypto | undefined;
-  private remoteStore: RemoteKeyStore | undefined;
 
   constructor(
     private readonly client: KMSClient,
     readonly settings: KmsSettings,
     private readonly onRequest?: KmsRequestListener,
   ) {
+    super();
     this.description = `AWS KMS keys under ${settings.aliasPrefix}kek-*`;
     this.values = this.codec.kms!;
   }
@@ -244,10 +231,6 @@ export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
     this.configuredCurrentKekId = current === undefined ? undefined : byKeyId.get(current);
   }
 
-  kekIds(): string[] {
-    return [...this.keks.keys()].sort();
-  }
-
   has(kekId: string): boolean {
     return this.keks.has(kekId);
   }
@@ -258,32 +241,6 @@ export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
 
   held(): HeldKey[] {
     return [...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) }));
-  }
-
-  get configuredCurrent(): string | undefined {
-    return this.configuredCurrentKekId;
-  }
-
-  list(): Promise<StoredKek[]> {
-    return Promise.resolve([...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) })));
-  }
-
-  private holds(fingerprint: string): boolean {
-    return [...this.keks.values()].some((kek) => kmsFingerprint(kek.arn) === fingerprint);
-  }
-
-  /** The KEK's cipher: every operation a request to KMS (no key bytes here). */
-  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
-    return this.holds(kek.fingerprint) ? new RemoteCipher(this.remote(), kek) : undefined;
-  }
-
-  /**
-   * No bytes: a KMS KEK is used by its fingerprint (its ARN) through `rowCrypto()` and the DEK operations. An empty
-   * buffer says "held" to the resolver, which has checked the fingerprint; a local cipher given it fails.
-   */
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
-    for (const kek of this.keks.values()) if (kmsFingerprint(kek.arn) === fingerprint) return Buffer.alloc(0);
-    return undefined;
   }
 
   private kek(kekId: string): KmsKek {
@@ -342,10 +299,6 @@ export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
   }
 
   // ---- The application's DEK operations (TenantCrypto) ----
-
-  get deks(): RemoteDeks {
-    return this;
-  }
 
   /** A new DEK from GenerateDataKey under `kekId`: the plaintext (the caller zeroizes it) and its stored form. */
   async newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
@@ -432,26 +385,23 @@ export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
     return this.crypto;
   }
 
-  /** This store as the keyring's remote ciphers use it (one object: two ciphers of it move DEKs inside KMS). */
-  remote(): RemoteKeyStore {
-    this.remoteStore ??= {
-      description: this.description,
-      kind: 'KMS',
-      codec: this.codec,
-      newDek: (kek, tenantId) => this.newDek(kek.kekId, tenantId),
-      open: (kek, tenantId, wrapped) => this.unwrapDek(kek.kekId, tenantId, wrapped),
-      move: (from, to, tenantId, wrapped) => this.rewrapDek(from.kekId, to.kekId, tenantId, wrapped),
-      sealOpened: (to, tenantId, dek) => this.encryptDek(to.kekId, tenantId, dek),
-      rowCrypto: () => this.rowCrypto(),
-      importRows: (codec, from, to, rows, options) =>
-        this.rowCrypto().importRows(codec, from, { ...to, key: Buffer.alloc(0) }, rows, options),
-      probe: (kek, tenantId) => this.probe(kek, tenantId),
-    };
-    return this.remoteStore;
+  protected sealOpened(to: RemoteKek, tenantId: string, dek: Buffer): Promise<Buffer> {
+    return this.encryptDek(to.kekId, tenantId, dek);
+  }
+
+  /** Rows whose DEKs are under key bytes, moved into KMS (Encrypt): a move in from a local store. */
+  protected importRows(
+    codec: Codec,
+    from: RowKek,
+    to: RemoteKek,
+    rows: readonly Row[],
+    options: RewrapRowsOptions,
+  ): Promise<RewrapRowsResult> {
+    return this.rowCrypto().importRows(codec, from, { ...to, key: Buffer.alloc(0) }, rows, options);
   }
 
   /** A DEK made under the KEK without its plaintext (GenerateDataKeyWithoutPlaintext): the self-test's probe. */
-  private async probe(kek: { kekId: string; fingerprint: string }, tenantId: string): Promise<Row> {
+  protected async probe(kek: RemoteKek, tenantId: string): Promise<Row> {
     const row = { tenant_id: tenantId };
     const made = await this.request('GenerateDataKeyWithoutPlaintext', () =>
       this.client.send(
@@ -465,29 +415,6 @@ export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
     return { ...row, wrapped_dek: this.values.value(made.CiphertextBlob!) };
   }
 
-  /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
-  selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
-    return new RemoteCipher(this.remote(), kek).selfTest();
-  }
-
-  // ---- Local-key operations: not for keys that never leave KMS ----
-
-  wrap(): Buffer {
-    throw this.noBytes();
-  }
-  wrapInto(): void {
-    throw this.noBytes();
-  }
-  unwrap(): Buffer {
-    throw this.noBytes();
-  }
-  private noBytes(): KeyMaterialError {
-    return new KeyMaterialError(
-      `${this.description}: a KEK in KMS never leaves it; DEKs are wrapped and unwrapped by KMS (newDek, unwrapDek)`,
-      this.description,
-    );
-  }
-
   // ---- Lifecycle ----
 
   /**
@@ -497,10 +424,6 @@ export class KmsKeys implements StoreDriver, KeyProvider, RemoteDeks {
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
    * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
-  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
-    await this.generate(kekId, options);
-  }
-
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));

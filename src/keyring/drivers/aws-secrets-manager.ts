@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import {
   CreateSecretCommand,
   DescribeSecretCommand,
@@ -8,12 +8,11 @@ import {
   TagResourceCommand,
   UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
-import { KEY_BYTES, kekFingerprint } from '../../envelope/dek-wrapping';
+import { kekFingerprint } from '../../envelope/dek-wrapping';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
-import { nextKekId } from './file';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
-import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver } from '../local-keys';
+import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
 /** The staging label that names a version's KEK while it may be used: `rekey-kek-v2`. */
@@ -209,54 +208,23 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
     return keys;
   }
 
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   /**
    * A new random KEK as a new version: AWSPENDING with its rekey label, or, in a secret that does not exist yet,
    * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
    * that id is used as it is: a retried provision creates nothing.
    */
-  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
-    await this.generate(kekId, options);
-  }
-
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     await this.reload();
-    const id = kekId ?? nextKekId([...this.versions.keys()]);
-    if (!KEK_ID_PATTERN.test(id)) {
-      throw new KeyMaterialError(`KEK id '${id}' must be 1-64 letters, digits, '_', '.' or '-'`, this.description);
-    }
+    const id = newKekId(kekId, [...this.versions.keys()], this.description);
     if (this.versions.has(id)) return id;
     const token = versionToken(this.secretId, id);
     const existing = await this.versionById(token);
     if (existing === undefined) {
-      const key = randomBytes(KEY_BYTES);
-      const value = key.toString('base64url');
-      key.fill(0);
-      const label = `${KEK_LABEL}${id}`;
-      if (this.secretExists) {
-        await this.call('PutSecretValue', () =>
-          this.client.send(
-            new PutSecretValueCommand({
-              SecretId: this.secretId,
-              ClientRequestToken: token,
-              SecretString: value,
-              VersionStages: [PENDING, label],
-            }),
-          ),
-        );
-      } else {
-        await this.call('CreateSecret', () =>
-          this.client.send(
-            new CreateSecretCommand({
-              Name: this.secretId,
-              ClientRequestToken: token,
-              SecretString: value,
-              Description: 'KEKs of a rekey keyspace: one version per KEK, named by its rekey-kek-<id> label',
-              ...(options.owner !== undefined && { Tags: [{ Key: KEYSPACE_TAG, Value: options.owner }] }),
-            }),
-          ),
-        );
-        await this.moveLabel(label, { to: token });
-      }
+      await this.writeVersion(token, newKekText(), `${KEK_LABEL}${id}`, { pending: true, owner: options.owner });
     } else if (!existing.includes(`${KEK_LABEL}${id}`)) {
       // The value was stored, the label was not (a crash in between): label it now.
       await this.moveLabel(`${KEK_LABEL}${id}`, { to: token });
@@ -293,36 +261,50 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
     const label = `${KEK_LABEL}${kekId}`;
     const existing = await this.versionById(token);
     if (existing === undefined) {
-      const value = key.toString('base64url');
-      if (this.secretExists) {
-        await this.call('PutSecretValue', () =>
-          this.client.send(
-            new PutSecretValueCommand({
-              SecretId: this.secretId,
-              ClientRequestToken: token,
-              SecretString: value,
-              VersionStages: [label],
-            }),
-          ),
-        );
-      } else {
-        await this.call('CreateSecret', () =>
-          this.client.send(
-            new CreateSecretCommand({
-              Name: this.secretId,
-              ClientRequestToken: token,
-              SecretString: value,
-              Description: 'KEKs of a rekey keyspace: one version per KEK, named by its rekey-kek-<id> label',
-            }),
-          ),
-        );
-        await this.moveLabel(label, { to: token });
-      }
+      await this.writeVersion(token, key.toString('base64url'), label, { pending: false });
     } else if (!existing.includes(label)) {
       await this.moveLabel(label, { to: token });
     }
     await this.reload();
     return 'added';
+  }
+
+  /**
+   * Writes `value` as the version `token` labelled `label` (and AWSPENDING when `pending`: a KEK rekey made, not yet
+   * promoted), or, in a secret that does not exist yet, creates the secret with it as its first version (AWSCURRENT),
+   * tagged with `owner`.
+   */
+  private async writeVersion(
+    token: string,
+    value: string,
+    label: string,
+    { pending, owner }: { pending: boolean; owner?: string },
+  ): Promise<void> {
+    if (this.secretExists) {
+      await this.call('PutSecretValue', () =>
+        this.client.send(
+          new PutSecretValueCommand({
+            SecretId: this.secretId,
+            ClientRequestToken: token,
+            SecretString: value,
+            VersionStages: pending ? [PENDING, label] : [label],
+          }),
+        ),
+      );
+      return;
+    }
+    await this.call('CreateSecret', () =>
+      this.client.send(
+        new CreateSecretCommand({
+          Name: this.secretId,
+          ClientRequestToken: token,
+          SecretString: value,
+          Description: 'KEKs of a rekey keyspace: one version per KEK, named by its rekey-kek-<id> label',
+          ...(owner !== undefined && { Tags: [{ Key: KEYSPACE_TAG, Value: owner }] }),
+        }),
+      ),
+    );
+    await this.moveLabel(label, { to: token });
   }
 
   /**
@@ -344,10 +326,8 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
     let labelled = false;
     for (const [kekId, version] of this.versions) {
       if (!version.unlabelled) continue;
-      const fingerprint = this.fingerprint(kekId);
-      const record = registry.find((kek) => kek.fingerprint === fingerprint && kek.state !== 'destroyed');
-      // Not the registry's key; or its name is another version's already, which the resolver refuses by fingerprint.
-      if (!record || (record.kekId !== kekId && this.versions.has(record.kekId))) continue;
+      const record = this.recordOfUnnamed(kekId, registry, (id) => this.versions.has(id));
+      if (!record) continue;
       const label = `${record.state === 'retired' ? RETIRED_LABEL : KEK_LABEL}${record.kekId}`;
       await this.moveLabel(label, { to: version.versionId });
       labelled = true;
@@ -358,10 +338,7 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
   /** The version this store names `kekId` holds the key the registry recorded for it; refused otherwise. */
   private requireRecorded(kekId: string, registry: readonly RecordedKek[]): Version {
     const version = this.requireVersion(kekId);
-    const recorded = registry.find((kek) => kek.kekId === kekId);
-    if (recorded !== undefined && recorded.fingerprint !== this.fingerprint(kekId)) {
-      throw new KekFingerprintMismatchError(kekId, recorded.fingerprint, this.fingerprint(kekId));
-    }
+    this.requireRecordedKey(kekId, registry);
     return version;
   }
 
@@ -457,15 +434,7 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
         this.description,
       );
     }
-    const fingerprint = this.fingerprint(kekId);
-    const other = registry.find(
-      (kek) => kek.kekId !== kekId && kek.fingerprint === fingerprint && kek.state !== 'destroyed',
-    );
-    if (other) {
-      throw new KeyStoreRefusedError(
-        `${this.description}: version ${version.versionId} (KEK '${kekId}') holds the same key as KEK '${other.kekId}', which is ${other.state}: not destroyed`,
-      );
-    }
+    this.refuseSharedKey(`${this.description}: version ${version.versionId}`, kekId, this.fingerprint(kekId), registry);
     for (const stage of version.stages) await this.moveLabel(stage, { from: version.versionId });
     await this.reload();
     return {

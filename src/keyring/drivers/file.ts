@@ -2,10 +2,10 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { KEY_BYTES, kekFingerprint } from '../../envelope/dek-wrapping';
+import { kekFingerprint } from '../../envelope/dek-wrapping';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
-import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver } from '../local-keys';
+import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError } from '../../errors';
 
 const KeyringFile = z.object({
@@ -79,10 +79,6 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
     });
   }
 
-  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
-    await this.generate(kekId, options);
-  }
-
   /** The file holds rekey's own names only: nothing to claim. */
   claim(_provisioning: string, _registry: readonly RecordedKek[]): Promise<void> {
     return Promise.resolve();
@@ -103,25 +99,24 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
     return Promise.resolve();
   }
 
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
-      const id = kekId ?? nextKekId(parsed.keks.map((k) => k.id));
-      if (!KEK_ID_PATTERN.test(id)) {
-        throw new KeyMaterialError(`KEK id '${id}' must be 1-64 letters, digits, '_', '.' or '-'`, this.file);
-      }
+      const id = newKekId(kekId, parsed.keks.map((k) => k.id), this.file);
       if (parsed.keks.some((k) => k.id === id)) {
         throw new KeyMaterialError(`${this.file} already holds a KEK '${id}'`, this.file);
       }
-      const key = randomBytes(KEY_BYTES);
       parsed.keks.push({
         id,
-        key: key.toString('base64url'),
+        key: newKekText(),
         createdAt: new Date().toISOString(),
         ...(options.owner !== undefined && { owner: options.owner }),
       });
-      key.fill(0);
       parsed.current ??= id;
       writeKeyring(this.file, parsed, 'replace');
       return id;
@@ -193,12 +188,6 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
       detail: removed ? `removed from ${this.file}` : `already absent from ${this.file}`,
     };
   }
-}
-
-export function nextKekId(existing: string[]): string {
-  const numbers = existing.map((id) => /^v(\d+)$/.exec(id)?.[1]).filter((n): n is string => n !== undefined);
-  const highest = numbers.reduce((max, n) => Math.max(max, Number(n)), 0);
-  return `v${highest + 1}`;
 }
 
 function readKeyring(file: string): KeyringFile {

@@ -1,9 +1,7 @@
-import { randomBytes } from 'node:crypto';
-import { KEY_BYTES, kekFingerprint } from '../../envelope/dek-wrapping';
-import { nextKekId } from './file';
+import { kekFingerprint } from '../../envelope/dek-wrapping';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
-import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver } from '../local-keys';
+import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
@@ -217,22 +215,19 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
     });
   }
 
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
   /**
    * A new random KEK as a new version of the secret, written with check-and-set on the version last read (so it never
    * overwrites, and a concurrent writer makes this attempt fail and retry), then named in custom_metadata. The first
    * KEK of a secret is also marked current. Idempotent: a retry finds a version an earlier attempt wrote but did not
    * name (its answer lost) by its `rekey_kek` field, and names that one.
    */
-  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
-    await this.generate(kekId, options);
-  }
-
   async generate(kekId?: string, options: KvOptions = {}): Promise<string> {
     await this.reload();
-    const id = kekId ?? nextKekId([...this.keks.keys()]);
-    if (!KEK_ID_PATTERN.test(id)) {
-      throw new KeyMaterialError(`KEK id '${id}' must be 1-64 letters, digits, '_', '.' or '-'`, this.description);
-    }
+    const id = newKekId(kekId, [...this.keks.keys()], this.description);
     const existing = this.keks.get(id);
     if (existing && !existing.unnamed) {
       if (existing.state !== 'live') {
@@ -247,9 +242,7 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
     let version = metadata ? await this.writtenFor(id, metadata) : undefined;
     if (version === undefined) {
       this.requireRoomFor(metadata);
-      const key = randomBytes(KEY_BYTES);
-      const value = key.toString('base64url');
-      key.fill(0);
+      const value = newKekText();
       const written = await this.http.send<{ data: { version: number } }>('POST', this.api('data'), {
         operation: 'kv write',
         needs: metadata ? ['update'] : ['create'],
@@ -336,9 +329,8 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
   private async nameUnnamed(registry: readonly RecordedKek[]): Promise<void> {
     for (const [kekId, kek] of this.keks) {
       if (!kek.unnamed) continue;
-      const fingerprint = this.fingerprint(kekId);
-      const record = registry.find((r) => r.fingerprint === fingerprint && r.state !== 'destroyed');
-      if (!record || (record.kekId !== kekId && this.keks.has(record.kekId))) continue;
+      const record = this.recordOfUnnamed(kekId, registry, (id) => this.keks.has(id));
+      if (!record) continue;
       await this.patchMetadata({
         [`${KV_KEK_NAME}${record.kekId}`]: String(kek.version),
         ...(this.metadata?.custom_metadata?.[KV_CURRENT] === undefined && this.configuredCurrentKekId === kekId
@@ -359,10 +351,7 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
         this.description,
       );
     }
-    const recorded = registry.find((r) => r.kekId === kekId);
-    if (recorded !== undefined && recorded.fingerprint !== this.fingerprint(kekId)) {
-      throw new KekFingerprintMismatchError(kekId, recorded.fingerprint, this.fingerprint(kekId));
-    }
+    this.requireRecordedKey(kekId, registry);
     return kek;
   }
 
@@ -461,12 +450,7 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
         `${where} (KEK '${kekId}') holds ${fingerprint ? `the key ${fingerprint}` : 'no readable key'}, not the key the registry recorded (${recorded.fingerprint}): not destroyed`,
       );
     }
-    const other = registry.find((r) => r.kekId !== kekId && r.fingerprint === fingerprint && r.state !== 'destroyed');
-    if (other) {
-      throw new KeyStoreRefusedError(
-        `${where} (KEK '${kekId}') holds the same key as KEK '${other.kekId}', which is ${other.state}: not destroyed`,
-      );
-    }
+    this.refuseSharedKey(where, kekId, fingerprint, registry);
     await this.versionsCall('destroy', kek.version);
     await this.reload();
     return { destroyed: true, detail: `${where} is destroyed (KV destroy: its data is removed for good)` };

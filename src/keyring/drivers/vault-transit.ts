@@ -1,12 +1,13 @@
 import { REKEY_DEK_FORMAT } from '../../codec/formats';
-import { compileFormat, type Row, type TransitValues } from '../../codec/sealed-format';
-import { RemoteCipher, refusedMoveIn, type RemoteKeyStore } from '../cipher';
+import { compileFormat, type Codec, type Row, type TransitValues } from '../../codec/sealed-format';
+import { refusedMoveIn, type RemoteKek } from '../cipher';
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../../crypto/transit-row-crypto';
-import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
-import type { DekCipher } from '../cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import type { RewrapRowsResult } from '../../rewrap/rewrap-rows';
+import type { GenerateOptions } from '../../keys/key-provider';
+import type { DestroyOutcome, RecordedKek } from '../driver';
 import type { HeldKey } from '../local-keys';
+import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../transit-owner';
 import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../../errors';
@@ -25,16 +26,6 @@ export interface TransitSettings {
   owner: TransitOwnerPlace;
 }
 
-function whole(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]?.trim();
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new KeyMaterialError(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`, name);
-  }
-  return value;
-}
-
 /** REKEY_VAULT_TRANSIT_* settings, checked. */
 export function transitSettingsFromEnv(env: NodeJS.ProcessEnv): TransitSettings {
   const key = env.REKEY_VAULT_TRANSIT_KEY?.trim();
@@ -49,11 +40,8 @@ export function transitSettingsFromEnv(env: NodeJS.ProcessEnv): TransitSettings 
     mount,
     key,
     owner: transitOwnerPlace(env, { mount, key }),
-    limits: {
-      concurrency: whole(env, 'REKEY_VAULT_TRANSIT_CONCURRENCY', 4, 1, 64),
-      ratePerSecond: whole(env, 'REKEY_VAULT_TRANSIT_RATE', 50, 0, 10_000),
-    },
-    batch: whole(env, 'REKEY_VAULT_TRANSIT_BATCH', 250, 1, 10_000),
+    limits: pacerLimitsFromEnv(env, 'REKEY_VAULT_TRANSIT', { concurrency: [4, 1, 64], rate: [50, 0, 10_000] }),
+    batch: wholeFromEnv(env, 'REKEY_VAULT_TRANSIT_BATCH', 250, 1, 10_000),
   };
 }
 
@@ -89,20 +77,21 @@ const versionOfId = (kekId: string): number | undefined => {
  * removed for good). A KEK's fingerprint is `vault-transit:<mount>/<key>:v<n>@<creation time>`: a key deleted and
  * made again under the same name has other creation times, and is refused.
  */
-export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
+export class VaultTransitKeys extends RemoteKeysDriver {
   readonly description: string;
-  configuredCurrentKekId: string | undefined;
+  protected readonly kind = 'Transit';
+  /** rekey's own DEK format, whose Transit form this store writes. */
+  protected readonly codec: Codec = compileFormat(REKEY_DEK_FORMAT);
   private state: TransitKey | undefined;
-  private readonly codec = compileFormat(REKEY_DEK_FORMAT);
   private readonly values: TransitValues;
   private crypto: TransitRowCrypto | undefined;
-  private remoteStore: RemoteKeyStore | undefined;
   private readonly ownerRecord: TransitOwnerRecord;
 
   constructor(
     readonly http: VaultHttp,
     readonly settings: TransitSettings,
   ) {
+    super();
     this.description = `Vault Transit key '${settings.mount}/${settings.key}' (${http.description})`;
     this.values = this.codec.transit!;
     this.ownerRecord = new TransitOwnerRecord(http, settings.owner, this.description);
@@ -148,13 +137,6 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     this.configuredCurrentKekId = state ? kekIdOf(state.latest_version) : undefined;
   }
 
-  /** The versions Vault decrypts with (min_decryption_version to latest). */
-  kekIds(): string[] {
-    return Object.keys(this.state?.keys ?? {})
-      .map((v) => kekIdOf(Number(v)))
-      .sort();
-  }
-
   has(kekId: string): boolean {
     const version = versionOfId(kekId);
     return version !== undefined && this.state?.keys[String(version)] !== undefined;
@@ -171,29 +153,12 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     return version;
   }
 
+  /** The versions Vault decrypts with (min_decryption_version to latest). */
   held(): HeldKey[] {
-    return this.kekIds().map((kekId) => ({ kekId, fingerprint: this.fingerprint(kekId) }));
-  }
-
-  /** The key's latest version, which Transit encrypts with. */
-  get configuredCurrent(): string | undefined {
-    return this.configuredCurrentKekId;
-  }
-
-  list(): Promise<StoredKek[]> {
-    return Promise.resolve(this.kekIds().map((kekId) => ({ kekId, fingerprint: this.fingerprint(kekId) })));
-  }
-
-  /** The KEK's cipher: every operation a request to Transit (no key bytes here). */
-  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
-    return this.held().some((k) => k.fingerprint === kek.fingerprint)
-      ? new RemoteCipher(this.remote(), kek)
-      : undefined;
-  }
-
-  /** No bytes: a Transit KEK is used through Vault. An empty buffer says "held" to the resolver. */
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
-    return this.held().some((k) => k.fingerprint === fingerprint) ? Buffer.alloc(0) : undefined;
+    return Object.keys(this.state?.keys ?? {})
+      .map((v) => kekIdOf(Number(v)))
+      .sort()
+      .map((kekId) => ({ kekId, fingerprint: this.fingerprint(kekId) }));
   }
 
   /**
@@ -211,10 +176,6 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
   }
 
   // ---- The application's DEK operations (TenantCrypto) ----
-
-  get deks(): RemoteDeks {
-    return this;
-  }
 
   async newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
     const answer = await this.http.call<{ data: { plaintext: string; ciphertext: string } }>(
@@ -310,25 +271,17 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
     return this.crypto;
   }
 
-  /** This store as the keyring's remote ciphers use it (one object: two ciphers of it move DEKs inside Vault). */
-  remote(): RemoteKeyStore {
-    this.remoteStore ??= {
-      description: this.description,
-      kind: 'Transit',
-      codec: this.codec,
-      newDek: (kek, tenantId) => this.newDek(kek.kekId, tenantId),
-      open: (kek, tenantId, wrapped) => this.unwrapDek(kek.kekId, tenantId, wrapped),
-      move: (from, to, tenantId, wrapped) => this.rewrapDek(from.kekId, to.kekId, tenantId, wrapped),
-      sealOpened: () => Promise.reject(refusedMoveIn(this.description)),
-      rowCrypto: () => this.rowCrypto(),
-      importRows: () => Promise.reject(refusedMoveIn(this.description)),
-      probe: (kek, tenantId) => this.probe(kek, tenantId),
-    };
-    return this.remoteStore;
+  /** Transit takes no DEK opened elsewhere: a keyspace moves in by a rotation between its own versions. */
+  protected sealOpened(): Promise<Buffer> {
+    return Promise.reject(refusedMoveIn(this.description));
+  }
+
+  protected importRows(): Promise<RewrapRowsResult> {
+    return Promise.reject(refusedMoveIn(this.description));
   }
 
   /** A DEK made under the version without its plaintext (`datakey/wrapped`): the self-test's probe. */
-  private async probe(kek: { kekId: string; fingerprint: string }, tenantId: string): Promise<Row> {
+  protected async probe(kek: RemoteKek, tenantId: string): Promise<Row> {
     const row = { tenant_id: tenantId };
     const made = await this.http.call<{ data: { ciphertext: string } }>('POST', this.api('datakey/wrapped'), {
       operation: 'transit datakey',
@@ -336,29 +289,6 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
       body: { context: this.values.context(row), key_version: this.versionFor(kek.kekId, kek.fingerprint), bits: 256 },
     });
     return { ...row, wrapped_dek: this.values.value(made.data.ciphertext) };
-  }
-
-  /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
-  selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
-    return new RemoteCipher(this.remote(), kek).selfTest();
-  }
-
-  // ---- Local-key operations: not for keys that never leave Vault ----
-
-  wrap(): Buffer {
-    throw this.noBytes();
-  }
-  wrapInto(): void {
-    throw this.noBytes();
-  }
-  unwrap(): Buffer {
-    throw this.noBytes();
-  }
-  private noBytes(): KeyMaterialError {
-    return new KeyMaterialError(
-      `${this.description}: a KEK in Transit never leaves it; DEKs are wrapped and unwrapped by Vault (newDek, unwrapDek)`,
-      this.description,
-    );
   }
 
   // ---- Lifecycle ----
@@ -373,10 +303,6 @@ export class VaultTransitKeys implements StoreDriver, KeyProvider, RemoteDeks {
    * whose version exists is there (a retry after a lost answer finds the version its first attempt made); only the
    * next version can be made.
    */
-  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
-    await this.generate(kekId, options);
-  }
-
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     // The key is the keyspace's by its owner record before a version is made (claimed now if nobody has).
     if (options.owner !== undefined)

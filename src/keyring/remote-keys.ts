@@ -1,0 +1,165 @@
+// The base of the drivers whose KEKs never leave their store (AWS KMS, Vault Transit): no key bytes in this process,
+// a KEK's fingerprint names the key in the store (a KMS key's ARN, a Transit key version with its creation time), and
+// every cipher is a RemoteCipher over one RemoteKeyStore per driver, so that two ciphers of the store move DEKs inside
+// it. Each store says how it makes, opens and moves a DEK, its rewrap engine's crypto (paced requests), and its probe.
+import type { Codec, Row } from '../codec/sealed-format';
+import type { PacerLimits } from '../crypto/request-pacer';
+import type { RowCrypto } from '../crypto/row-crypto';
+import type { KeyProvider, RemoteDeks } from '../keys/key-provider';
+import type { RewrapRowsResult } from '../rewrap/rewrap-rows';
+import { RemoteCipher, type DekCipher, type RemoteKek, type RemoteKeyStore } from './cipher';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
+import type { HeldKey } from './local-keys';
+import { KeyMaterialError } from '../errors';
+
+/** A whole number from the environment within [min, max], else `fallback`; a KeyMaterialError naming it otherwise. */
+export function wholeFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name]?.trim();
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new KeyMaterialError(`${name} must be a whole number from ${min} to ${max}, got '${raw}'`, name);
+  }
+  return value;
+}
+
+/**
+ * The pace of a remote store's requests: `<prefix>_CONCURRENCY` requests in flight and `<prefix>_RATE` a second
+ * (0: unpaced), each with its default and range.
+ */
+export function pacerLimitsFromEnv(
+  env: NodeJS.ProcessEnv,
+  prefix: string,
+  limits: { concurrency: [number, number, number]; rate: [number, number, number] },
+): PacerLimits {
+  return {
+    concurrency: wholeFromEnv(env, `${prefix}_CONCURRENCY`, ...limits.concurrency),
+    ratePerSecond: wholeFromEnv(env, `${prefix}_RATE`, ...limits.rate),
+  };
+}
+
+export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, RemoteDeks {
+  abstract readonly description: string;
+  /** How messages name the store's crypto: 'KMS', 'Transit'. */
+  protected abstract readonly kind: string;
+  /** rekey's own DEK format, whose remote form the store writes. */
+  protected abstract readonly codec: Codec;
+  configuredCurrentKekId: string | undefined;
+  private remoteStore: RemoteKeyStore | undefined;
+
+  get configuredCurrent(): string | undefined {
+    return this.configuredCurrentKekId;
+  }
+
+  /** Every key the store holds (as last read), with its id and fingerprint. */
+  abstract held(): HeldKey[];
+  abstract reload(): Promise<void>;
+  abstract has(kekId: string): boolean;
+  abstract fingerprint(kekId: string): string;
+
+  list(): Promise<StoredKek[]> {
+    return Promise.resolve(this.held().map(({ kekId, fingerprint }) => ({ kekId: kekId!, fingerprint })));
+  }
+
+  kekIds(): string[] {
+    return this.held()
+      .map((k) => k.kekId!)
+      .sort();
+  }
+
+  protected holds(fingerprint: string): boolean {
+    return this.held().some((k) => k.fingerprint === fingerprint);
+  }
+
+  /** The KEK's cipher: every operation a request to the store (no key bytes here). */
+  cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
+    return this.holds(kek.fingerprint) ? new RemoteCipher(this.remote(), kek) : undefined;
+  }
+
+  /**
+   * No bytes: a remote KEK is used by its fingerprint through the cipher, `rowCrypto()` and the DEK operations. An
+   * empty buffer says "held" to the rewrap's resolver, which has checked the fingerprint; a local cipher given it fails.
+   */
+  copyByFingerprint(fingerprint: string): Buffer | undefined {
+    return this.holds(fingerprint) ? Buffer.alloc(0) : undefined;
+  }
+
+  // ---- What the store does with DEKs ----
+
+  get deks(): RemoteDeks {
+    return this;
+  }
+  /** A new DEK under `kekId`: the plaintext (the caller zeroizes it) and its stored form. */
+  abstract newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }>;
+  /** A stored DEK opened; DekUnwrapError when the store refuses it for this tenant and KEK. */
+  abstract unwrapDek(kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer>;
+  /** The stored form under `to` of a DEK under `from`, moved inside the store. */
+  abstract rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer>;
+  /** The stored form under `to` of a DEK opened elsewhere; a store that takes none refuses. */
+  protected abstract sealOpened(to: RemoteKek, tenantId: string, dek: Buffer): Promise<Buffer>;
+  /** The rewrap engine's crypto inside the store (paced and counted requests). */
+  abstract rowCrypto(): RowCrypto;
+  /** Rows whose DEKs are under key bytes, moved into the store (RemoteKeyStore.importRows); one that takes none refuses. */
+  protected abstract importRows(...args: Parameters<RemoteKeyStore['importRows']>): Promise<RewrapRowsResult>;
+  /** A DEK made under the KEK without its plaintext leaving the store, as a row of rekey's format (the self-test's). */
+  protected abstract probe(kek: RemoteKek, tenantId: string): Promise<Row>;
+
+  /** This store as the keyring's remote ciphers use it (one object: two ciphers of it move DEKs inside the store). */
+  remote(): RemoteKeyStore {
+    this.remoteStore ??= {
+      description: this.description,
+      kind: this.kind,
+      codec: this.codec,
+      newDek: (kek, tenantId) => this.newDek(kek.kekId, tenantId),
+      open: (kek, tenantId, wrapped) => this.unwrapDek(kek.kekId, tenantId, wrapped),
+      move: (from, to, tenantId, wrapped) => this.rewrapDek(from.kekId, to.kekId, tenantId, wrapped),
+      sealOpened: (to, tenantId, dek) => this.sealOpened(to, tenantId, dek),
+      rowCrypto: () => this.rowCrypto(),
+      importRows: (...args) => this.importRows(...args),
+      probe: (kek, tenantId) => this.probe(kek, tenantId),
+    };
+    return this.remoteStore;
+  }
+
+  /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
+  selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
+    return new RemoteCipher(this.remote(), kek).selfTest();
+  }
+
+  // ---- The lifecycle, each store's own ----
+
+  /** Makes the KEK in the store (the next key, or key version) and returns its id. Idempotent. */
+  abstract generate(kekId?: string, options?: ProvisionOptions): Promise<string>;
+
+  async provision(kekId: string, options: ProvisionOptions): Promise<void> {
+    await this.generate(kekId, options);
+  }
+
+  abstract ownerOf(kekId: string): Promise<string | undefined>;
+  abstract adopt(keyspace: string): Promise<void>;
+  abstract claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract retire(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
+  abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
+  abstract close(): void;
+
+  // ---- Local-key operations, for the callers that still take a KeyProvider: a remote KEK never leaves its store ----
+
+  wrap(): Buffer {
+    throw this.noBytes();
+  }
+  wrapInto(): void {
+    throw this.noBytes();
+  }
+  unwrap(): Buffer {
+    throw this.noBytes();
+  }
+  private noBytes(): KeyMaterialError {
+    const by = this.kind === 'KMS' ? 'KMS' : 'Vault';
+    return new KeyMaterialError(
+      `${this.description}: a KEK in ${this.kind} never leaves it; DEKs are wrapped and unwrapped by ${by} (newDek, unwrapDek)`,
+      this.description,
+    );
+  }
+}
