@@ -35,8 +35,10 @@ export function notFound(message: string): CliError {
 }
 
 /** `--target <name>`: the keyspace a command works on (REKEY_TARGET, else REKEY_DEFAULT_TARGET, else rekey). */
-export function targetOption(): Option {
-  return new Option('--target <name>', 'the keyspace: rekey (its own table), mycelium, talos, or one of REKEY_CONFIG')
+export function targetOption(
+  description = 'the keyspace: rekey (its own table), mycelium, talos, or one of REKEY_CONFIG',
+): Option {
+  return new Option('--target <name>', description)
     .env('REKEY_TARGET')
     .default(process.env.REKEY_DEFAULT_TARGET || 'rekey');
 }

@@ -62,9 +62,10 @@ export interface StoreDriver {
   /**
    * Records `keyspace` as the owner of every KEK of the store that records none yet (a store written before owner
    * records is adopted by the first keyspace that uses it), durably. Idempotent. A store that records no owners
-   * answers OperatorMustActError.
+   * answers OperatorMustActError. `registry`: the keyspace's records; a store that cannot tell its own keys from another
+   * deployment's by a record (KMS keys under a shared alias prefix) takes only those the registry recorded.
    */
-  adopt(keyspace: string): Promise<void>;
+  adopt(keyspace: string, registry?: readonly RecordedKek[]): Promise<void>;
   /** Creates the KEK `kekId` in the store, recording `options.owner`. Idempotent. */
   provision(kekId: string, options: ProvisionOptions): Promise<void>;
   /**

@@ -194,7 +194,7 @@ export class Keyring {
 
   /** The store records this keyspace as the owner of every KEK that has none yet (where it records owners at all). */
   async adopt(): Promise<StepOutcome> {
-    return orInstruction(() => this.driver.adopt(this.options.keyspace));
+    return orInstruction(async () => this.driver.adopt(this.options.keyspace, await this.registry.list()));
   }
 
   /**

@@ -10,6 +10,8 @@ import { targetKekStatus } from '../../targets/kek-status';
 import { formatDuration } from '../../rotation/durations';
 import type { KekRecord } from '../../store/kek-registry';
 import { targetOption, withContext } from '../options';
+import type { CliContext } from '../context';
+import { claimKek, recordsOwnerAtCreation } from '../../keyring/claim';
 import { CliError } from '../../errors';
 
 export function kekStatusCommand(): Command {
@@ -62,6 +64,20 @@ export function restoreWindow(kek: KekRecord, now: number): string | undefined {
     : `restore window ended ${kek.restorableUntil.toISOString()}; destroyed once no row needs it`;
 }
 
+/**
+ * The keyspace of `target` in the database DATABASE_URL names, for a command that records it on a key; without
+ * DATABASE_URL it is refused, saying what to set.
+ */
+async function keyspaceOf(context: CliContext, target: string, command: string): Promise<string> {
+  if (!process.env.DATABASE_URL?.trim()) {
+    throw new CliError(
+      `${command} records the keyspace the key belongs to (a target's table in its database): set DATABASE_URL to that database, and --target (or REKEY_TARGET) if the target is not 'rekey'`,
+      'invalid',
+    );
+  }
+  return (await context.targets().keyspace(target)).id;
+}
+
 export function keysCommand(): Command {
   const keys = new Command('keys')
     .description(
@@ -72,15 +88,57 @@ export function keysCommand(): Command {
     .command('generate')
     .description('add a new random KEK to the store; prints its id and fingerprint, never the key')
     .option('--id <id>', 'KEK id (default: the next vN)')
+    .addOption(
+      targetOption('the keyspace the KEK belongs to, recorded on it in AWS KMS and Vault Transit (with DATABASE_URL)'),
+    )
     .action(
-      withContext(async (context, options: { id?: string }) => {
+      withContext(async (context, options: { id?: string; target: string }) => {
         const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
         try {
           // A store rekey may not write answers what the operator must do (OperatorMustActError: exit 2).
           const id = options.id ?? nextKekId(store.kekIds());
-          await store.provision(id, {});
-          context.print({ kekId: id, fingerprint: store.fingerprint(id), store: store.description }, () => [
-            `generated KEK '${id}' (${store.fingerprint(id)}) in ${store.description}`,
+          // KMS and Transit refuse a key no keyspace owns: the key is made with its keyspace recorded.
+          const owner = recordsOwnerAtCreation(store)
+            ? await keyspaceOf(context, options.target, `rekey keys generate on ${store.description}`)
+            : undefined;
+          await store.provision(id, owner === undefined ? {} : { owner });
+          context.print(
+            {
+              kekId: id,
+              fingerprint: store.fingerprint(id),
+              store: store.description,
+              ...(owner && { keyspace: owner }),
+            },
+            () => [
+              `generated KEK '${id}' (${store.fingerprint(id)}) in ${store.description}${owner ? `, keyspace ${owner}` : ''}`,
+            ],
+          );
+        } finally {
+          store.close();
+        }
+      }),
+    );
+  keys
+    .command('claim')
+    .description(
+      "record a target's keyspace as the owner of a KEK that has none (an AWS KMS key made by hand or by an earlier keys generate, a Vault Transit key made before owner records), naming the key by its id and fingerprint",
+    )
+    .argument('<id>', 'KEK id')
+    .requiredOption(
+      '--fingerprint <fingerprint>',
+      'the key, as rekey keys list prints it (kms:<key ARN>, vault-transit:…)',
+    )
+    .addOption(targetOption('the keyspace that claims the KEK (with DATABASE_URL)'))
+    .action(
+      withContext(async (context, kekId: string, options: { fingerprint: string; target: string }) => {
+        const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring, { create: false });
+        try {
+          const keyspace = await keyspaceOf(context, options.target, `rekey keys claim on ${store.description}`);
+          const outcome = await claimKek(store, kekId, options.fingerprint.trim(), keyspace);
+          context.print({ kekId, fingerprint: options.fingerprint, keyspace, target: options.target, outcome }, () => [
+            outcome === 'claimed'
+              ? `KEK '${kekId}' (${options.fingerprint}) is keyspace ${keyspace}'s (target '${options.target}'): its rotations may use, retire and destroy it`
+              : `KEK '${kekId}' (${options.fingerprint}) was keyspace ${keyspace}'s already (target '${options.target}')`,
           ]);
         } finally {
           store.close();

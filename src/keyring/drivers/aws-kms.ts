@@ -27,9 +27,11 @@ import type { RemoteKek } from '../cipher';
 import type { DestroyOutcome, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
+import { adoption } from '../kms-owner';
 import {
   DekUnwrapError,
   KeyMaterialError,
+  KeyspaceMismatchError,
   KeyStoreRefusedError,
   OperatorMustActError,
   UnknownKekError,
@@ -719,16 +721,48 @@ export class KmsKeys extends RemoteKeysDriver {
     return kek === undefined ? undefined : (await this.keyspaceTag(kek.keyId)).owner;
   }
 
-  async adopt(keyspace: string): Promise<void> {
+  /**
+   * Tags as `keyspace`'s the untagged keys under the prefix that its registry recorded; an untagged key it does not
+   * record (another deployment's, perhaps) refuses the adoption before any tag is written (kms-owner.ts).
+   */
+  async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
     await this.reload();
-    for (const kek of this.keks.values()) {
-      if ((await this.keyspaceTag(kek.keyId)).owner !== undefined) continue;
-      await this.request('TagResource', () =>
-        this.client.send(
-          new TagResourceCommand({ KeyId: kek.keyId, Tags: [{ TagKey: KMS_KEYSPACE_TAG, TagValue: keyspace }] }),
-        ),
+    const recorded = new Set(registry.flatMap((kek) => keyArnOf(kek.fingerprint) ?? []));
+    const keys = [];
+    for (const [kekId, kek] of this.keks) {
+      const { owner } = await this.keyspaceTag(kek.keyId);
+      keys.push({ kekId, alias: this.aliasOf(kekId), arn: kek.arn, owner, keyId: kek.keyId });
+    }
+    for (const key of adoption(keys, keyspace, recorded, this.settings.aliasPrefix).tag) {
+      await this.tagOwner(keys.find((k) => k.arn === key.arn)!.keyId, keyspace);
+    }
+  }
+
+  /**
+   * The operator's claim of KEK `kekId` for `keyspace` (`rekey keys claim`): its alias must name the key `arn`, which
+   * must carry no owner tag (or this keyspace's already); then it is tagged. Another keyspace's key is refused.
+   */
+  async claimKey(kekId: string, arn: string, keyspace: string): Promise<'claimed' | 'already'> {
+    await this.reload();
+    const kek = this.kek(kekId);
+    if (kek.arn !== arn) throw this.aliasRefused(kekId, kmsFingerprint(arn), kek.arn, 'claim');
+    const { owner } = await this.keyspaceTag(kek.keyId);
+    if (owner === keyspace) return 'already';
+    if (owner !== undefined) {
+      throw new KeyspaceMismatchError(
+        `not claiming KEK '${kekId}': KMS key ${arn} carries the tag ${KMS_KEYSPACE_TAG}=${owner}, another keyspace's, and this is keyspace ${keyspace}. rekey does not take a key from another keyspace: give this keyspace an alias prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX)`,
       );
     }
+    await this.tagOwner(kek.keyId, keyspace);
+    return 'claimed';
+  }
+
+  private async tagOwner(keyId: string, keyspace: string): Promise<void> {
+    await this.request('TagResource', () =>
+      this.client.send(
+        new TagResourceCommand({ KeyId: keyId, Tags: [{ TagKey: KMS_KEYSPACE_TAG, TagValue: keyspace }] }),
+      ),
+    );
   }
 
   /** The KEK as last read, read again first when another process made it since. */

@@ -64,8 +64,8 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     return this.of(kekId).ownerOf(kekId);
   }
 
-  async adopt(keyspace: string): Promise<void> {
-    await this.kms.adopt(keyspace);
+  async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
+    await this.kms.adopt(keyspace, registry);
     await this.local.adopt(keyspace).catch(readOnlyIsDone);
   }
 

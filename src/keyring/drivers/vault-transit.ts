@@ -368,7 +368,10 @@ export class VaultTransitKeys extends RemoteKeysDriver {
       .map((r) => ({ kekId: r.kekId, version: versionOfId(r.kekId) ?? 0 }));
   }
 
-  /** The keyspace the key belongs to: its owner record (one key, one owner), claimed by the first keyspace to use it. */
+  /**
+   * The keyspace the key belongs to (one key, one owner): its owner record, a KV v2 secret beside it (a Transit key
+   * carries no metadata), claimed by the first keyspace to use it.
+   */
   ownerOf(_kekId: string): Promise<string | undefined> {
     return this.ownerRecord.ownerOf();
   }
