@@ -1,0 +1,69 @@
+// Adversary of the owner records (issue 24's finding 1 on Vault KV v2, issue 26). A KV secret's owner is its
+// custom_metadata rekey:keyspace, which the first keyspace whose rotation starts with it records (adopt), whatever its
+// registry knows of the secret's keys. DevSkyy keeps its KEK at one default path (secret/encryption/master_key): two
+// deployments on one Vault (staging and production, say) that both read it from before owner records share it, and
+// the first to rotate takes it, retires the version both wrap with (a KV soft delete), and destroys it after its
+// window. KMS refuses that case since gaps3 (an untagged key the registry does not record is claimed by the operator,
+// never adopted); KV does not. Against the real Vault and PostgreSQL.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor, nothingNeeded } from '../helpers/keyring';
+
+describe('adversary: a Vault KV secret from before owner records, read by two deployments', () => {
+  let vault: VaultServer;
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [vault, dbA, dbB] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      createTestDatabase(),
+      createTestDatabase(),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
+  });
+
+  it("a keyspace whose registry records none of a secret's keys does not take the secret at its first rotation: the version keyspace B wraps with is not soft-deleted, and B's DEK still opens", async () => {
+    const path = `encryption/${randomUUID()}`;
+    const env = { ...vault.env, REKEY_VAULT_KV_PATH: path };
+    // The secret as DevSkyy's operators made it (vault kv put … value=<KEK>), no rekey names, no owner.
+    await vaultRequest(vault, 'POST', `secret/data/${path}`, {
+      data: { value: randomBytes(32).toString('base64url') },
+    });
+    // Deployment B: its registry holds the key active, a DEK wrapped under it.
+    const storeB = VaultKvKeys.fromEnv(env);
+    await storeB.reload();
+    const currentB = storeB.configuredCurrent!;
+    await new KekRegistry(dbB.pool, 'rekey').seedActive(currentB, storeB.fingerprint(currentB));
+    const keyringB = keyringFor(dbB.pool, storeB, 'db-b/public.tenant_deks');
+    const { dek, wrapped } = await keyringB.withCiphers([currentB], ([kek]) => kek!.newDek('b-tenant'));
+
+    // Deployment A meets the secret: its rotation's first step (adopt), its registry seeded from the secret's current
+    // KEK, a new KEK provisioned and promoted, the old one retired.
+    const storeA = VaultKvKeys.fromEnv(env);
+    await storeA.reload();
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    const registryA = new KekRegistry(dbA.pool, 'rekey');
+    const rotation = async () => {
+      await keyringA.adopt();
+      const from = (await keyringA.configuredCurrent())!;
+      await registryA.seedActive(from, storeA.fingerprint(from));
+      await keyringA.provision('v2', { generate: true });
+      await keyringA.promote(from, 'v2');
+      await keyringA.retire(from, { restoreWindowMs: 60_000, prove: nothingNeeded });
+    };
+    await expect(rotation()).rejects.toThrow();
+
+    await storeB.reload();
+    const opened = await keyringB.withCiphers([currentB], ([kek]) => kek!.open('b-tenant', wrapped));
+    expect(opened.equals(dek)).toBe(true);
+    for (const buffer of [dek, opened]) buffer.fill(0);
+    keyringA.close();
+    keyringB.close();
+  });
+});
