@@ -1,0 +1,58 @@
+// Adversary of the keyring's provision (issue 26: each step checks, then writes the registry, then calls the store's
+// hook). Keyring.provision asks the store to make the new KEK first and checks the store's owner record afterwards:
+// a keyspace whose Vault KV secret (or Secrets Manager secret) another keyspace owns writes a new version into that
+// secret, names it there, and only then is refused. The other keyspace's store now holds a key its registry never
+// recorded as its latest version, the one DevSkyy's application reads and wraps with. Against the real Vault and
+// PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { KeyspaceMismatchError } from '../../src/errors';
+import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { keyringFor } from '../helpers/keyring';
+
+describe("adversary: a provision into another keyspace's Vault KV secret", () => {
+  let vault: VaultServer;
+  let dbA: TestDatabase;
+  let dbB: TestDatabase;
+  beforeAll(async () => {
+    [vault, dbA, dbB] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      createTestDatabase(),
+      createTestDatabase(),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
+  });
+
+  it("is refused before anything is written: the secret keyspace B owns gets no new version and no new name, and its latest version is still B's active KEK", async () => {
+    const path = `encryption/${randomUUID()}`;
+    const env = { ...vault.env, REKEY_VAULT_KV_PATH: path };
+    const storeB = VaultKvKeys.fromEnv(env);
+    await storeB.generate('v1', { owner: 'db-b/public.tenant_deks' });
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    const metadata = async () =>
+      (
+        await vaultRequest<{ data: { current_version: number; custom_metadata: Record<string, string> } }>(
+          vault,
+          'GET',
+          `secret/metadata/${path}`,
+        )
+      ).data;
+    const before = await metadata();
+
+    // Keyspace A, configured with the same path by mistake, starts a rotation to a new KEK.
+    const storeA = VaultKvKeys.fromEnv(env);
+    const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
+    await expect(keyringA.provision('v2', { generate: true })).rejects.toThrow(KeyspaceMismatchError);
+
+    const after = await metadata();
+    expect(after.current_version).toBe(before.current_version);
+    expect(after.custom_metadata).toEqual(before.custom_metadata);
+    keyringA.close();
+    storeB.close();
+  });
+});
