@@ -213,6 +213,9 @@ export class Keyring {
     await orInstruction(async () => driver.claim(kekId, await registry.list()));
     if (!(await this.held()).some((k) => k.kekId === kekId)) {
       if (!generate) throw new KeyMaterialError(`KEK '${kekId}' is not in ${driver.description}`, driver.description);
+      // Before anything is written: a store one owner records for all its keys (a Vault KV or Secrets Manager secret,
+      // a Transit key) that is another keyspace's gets no new KEK.
+      await this.refuseForeign(kekId, 'provisioning');
       await driver.provision(kekId, { ...attempt, owner: this.options.keyspace });
     }
     await this.refuseForeign(kekId, 'provisioning');
