@@ -16,7 +16,16 @@ import type { RotationRequest } from '../src/rotation/rotation-input';
 import { KekRegistry } from '../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import type { RotationReport } from '../src/workflows';
-import { CpuMeter, DatabaseCpu, freshDatabase, processCpuSeconds, provenance, settle, spawnWorker, untilIdle } from './harness';
+import {
+  CpuMeter,
+  DatabaseCpu,
+  freshDatabase,
+  processCpuSeconds,
+  provenance,
+  settle,
+  spawnWorker,
+  untilIdle,
+} from './harness';
 
 export type Measure = (
   client: TemporalClient,
@@ -38,7 +47,8 @@ export async function kmsBench(options: {
   const { tenants, client } = options;
   const rate = Number(process.env.REKEY_AWS_KMS_RATE ?? 500);
   const concurrency = Number(process.env.REKEY_AWS_KMS_CONCURRENCY ?? 16);
-  if (!(rate > 0)) throw new Error('the KMS bench measures the rate reached against REKEY_AWS_KMS_RATE: set it above 0');
+  if (!(rate > 0))
+    throw new Error('the KMS bench measures the rate reached against REKEY_AWS_KMS_RATE: set it above 0');
   const lines: string[] = [];
   const say = (line: string) => {
     lines.push(line);
@@ -112,7 +122,9 @@ export async function kmsBench(options: {
     say(`| tenants (KEKs in AWS KMS: moto) | ${tenants.toLocaleString('en-US')} |`);
     say(`| rewrap phase (workflow, wall) | ${run.seconds.toFixed(1)} s, ${run.report.outcome} |`);
     say(`| KMS requests during the rewrap phase (ReEncrypt, one per row) | ${n(requests)} |`);
-    say(`| configured rate (REKEY_AWS_KMS_RATE), concurrency (REKEY_AWS_KMS_CONCURRENCY) | ${n(rate)}/s, ${concurrency} |`);
+    say(
+      `| configured rate (REKEY_AWS_KMS_RATE), concurrency (REKEY_AWS_KMS_CONCURRENCY) | ${n(rate)}/s, ${concurrency} |`,
+    );
     say(`| requests per second reached | ${n(reached)}/s |`);
     say(`| **ratio reached / configured rate** | **${((reached / rate) * 100).toFixed(0)}%** |`);
     if (run.cpu) {

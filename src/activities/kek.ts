@@ -13,7 +13,7 @@ import type { RowCrypto } from '../crypto/row-crypto';
 import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { rowCryptoOf, withKeks, withProofKeys } from './keys';
+import { withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
 import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
 
@@ -173,8 +173,8 @@ async function proveUnderLock(
   crypto?: RowCrypto,
 ): Promise<LabelProof> {
   const context = activityContext();
-  const result = await withProofKeys(runtime, kekId, (keys) =>
-    proveLabelled(runtime.store, client, rowCryptoOf(runtime, crypto), keys, {
+  const result = await withProofKeys(runtime, kekId, crypto, (keys, rows) =>
+    proveLabelled(runtime.store, client, rows, keys, {
       after: '',
       batchSize: LOCKED_PROOF_BATCH,
       ...(progressKey !== undefined && { progressKey }),
@@ -248,9 +248,9 @@ export function createKekActivities(deps: ActivityDependencies) {
           runtime,
           rotation,
           [kekId],
-          async ([kek]) =>
-            (await rowCryptoOf(runtime, deps.crypto).check(store.codec, kek!, sample)).filter((r) => r === undefined)
-              .length,
+          deps.crypto,
+          async ([kek], crypto) =>
+            (await crypto.check(store.codec, kek!, sample)).filter((r) => r === undefined).length,
         );
       } catch {
         opens = undefined; // no key for this KEK here (or not the registered one): the census says so
@@ -371,8 +371,12 @@ export function createKekActivities(deps: ActivityDependencies) {
       // The fingerprints this worker holds must be the registry's before anything else happens: `from`'s, and `to`'s
       // where an earlier run registered it (a key of another worker's under that id is refused here, not at provision).
       const registeredTo = to !== 'new' && (resolved.to !== undefined || toRecord !== undefined);
-      await withKeks(runtime, { from: resolved.from, to }, [resolved.from, ...(registeredTo ? [to] : [])], () =>
-        Promise.resolve(),
+      await withKeks(
+        runtime,
+        { from: resolved.from, to },
+        [resolved.from, ...(registeredTo ? [to] : [])],
+        deps.crypto,
+        () => Promise.resolve(),
       );
       const age = active?.activatedAt ? Date.now() - active.activatedAt.getTime() : Infinity;
       if (age < settings.minKekAgeMs && !resolved.resumes) {
@@ -465,8 +469,8 @@ export function createKekActivities(deps: ActivityDependencies) {
       const runtime = await targets.forRequest(args);
       const context = activityContext();
       const resumeFrom = context?.info.heartbeatDetails as ProofCheckpoint | undefined;
-      const result = await withProofKeys(runtime, args.kekId, (keys) =>
-        proveLabelled(runtime.store, runtime.db, rowCryptoOf(runtime, deps.crypto), keys, {
+      const result = await withProofKeys(runtime, args.kekId, deps.crypto, (keys, crypto) =>
+        proveLabelled(runtime.store, runtime.db, crypto, keys, {
           after: args.after,
           batchSize: args.batchSize,
           timeBudgetMs: args.timeBudgetMs,

@@ -1,54 +1,43 @@
-import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
-import { resolveKek, type ResolvedKek } from '../keys/kek-resolver';
+import type { RowCrypto } from '../crypto/row-crypto';
+import { engineView, type DekCipher, type EngineKek } from '../keyring/cipher';
 import type { TargetRuntime } from '../targets/runtime';
 import type { ProofKeys } from '../rewrap/still-on';
 import type { KekRecord } from '../store/kek-registry';
 import { RetireRefusedError } from '../errors';
 
 /**
- * Runs `use` with the KEKs of a rotation, each checked against the fingerprint the target's registry recorded, and
- * zeroizes the copies afterwards, whatever happens.
+ * Runs `use` with the KEKs of a rotation as the rewrap engine takes them and the crypto their rows go through, from
+ * the target keyring's ciphers (each checked against the fingerprint the registry recorded), and releases the ciphers
+ * afterwards, whatever happens: their key bytes are zeroized. `local`: the caller's crypto threads for key bytes.
  */
 export async function withKeks<T>(
   runtime: TargetRuntime,
   rotation: { from: string; to: string },
   kekIds: string[],
-  use: (keks: ResolvedKek[]) => Promise<T>,
+  local: RowCrypto | undefined,
+  use: (keks: EngineKek[], crypto: RowCrypto) => Promise<T>,
 ): Promise<T> {
-  runtime.keys.bindRotation?.(rotation.from, rotation.to);
-  const resolved: ResolvedKek[] = [];
-  try {
-    for (const kekId of kekIds) {
-      const registered = await runtime.registry.get(kekId);
-      // A KEK another process provisioned, or a remote store not read yet: read the source again first.
-      if (!runtime.keys.has(kekId)) await runtime.keys.reload();
-      resolved.push(resolveKek(runtime.keys, kekId, registered));
-    }
-    return await use(resolved);
-  } finally {
-    for (const kek of resolved) kek.key.fill(0);
-  }
-}
-
-/** Where a target's row crypto runs: in its key store when the store does it (KMS), else `local` or the process's pool. */
-export function rowCryptoOf(runtime: TargetRuntime, local?: RowCrypto): RowCrypto {
-  // The process's pool is made only if something runs on it: a store that does the crypto may never need it.
-  const worker = () => local ?? sharedRowCrypto();
-  return runtime.keys.rowCrypto?.(worker) ?? worker();
+  runtime.keyring.nameRotation(rotation.from, rotation.to);
+  return runtime.keyring.withCiphers(kekIds, (ciphers) => {
+    const { keks, crypto } = engineView(ciphers, local);
+    return use(keks, crypto);
+  });
 }
 
 /**
  * Runs `use` with the KEKs a proof of the rows labelled `label` tries (see ProofKeys): the active KEK, then every
  * decrypt-only KEK this process holds, each checked against the registry's fingerprint; and `label`'s own KEK while
- * the registry lets it unwrap. Zeroizes every copy afterwards. No active KEK: nothing may take the rows.
+ * the registry lets it unwrap; and the crypto their rows go through. Releases every cipher afterwards. No active KEK:
+ * nothing may take the rows.
  */
 export async function withProofKeys<T>(
   runtime: TargetRuntime,
   label: string,
-  use: (keys: ProofKeys) => Promise<T>,
+  local: RowCrypto | undefined,
+  use: (keys: ProofKeys, crypto: RowCrypto) => Promise<T>,
 ): Promise<T> {
-  const { keys, registry, definition } = runtime;
-  await keys.reload();
+  const { keyring, registry, definition } = runtime;
+  await keyring.reload();
   const records = await registry.list();
   const active = records.find((r) => r.state === 'active');
   if (!active || active.kekId === label) {
@@ -56,25 +45,38 @@ export async function withProofKeys<T>(
       `target '${definition.name}' has no active KEK other than '${label}': no KEK can take the rows labelled with it`,
     );
   }
-  // Resolved by the registry's fingerprints alone: no rotation binds names to a source's keys here.
-  const resolved: ResolvedKek[] = [];
-  const held = (record: KekRecord): ResolvedKek | undefined => {
+  // By the registry's fingerprints: a KEK this process does not hold (or not as registered) proves nothing here.
+  const ciphers: DekCipher[] = [];
+  const held = async (record: KekRecord): Promise<DekCipher | undefined> => {
     try {
-      const kek = resolveKek(keys, record.kekId, record);
-      resolved.push(kek);
-      return kek;
+      const cipher = await keyring.cipher(record.kekId);
+      ciphers.push(cipher);
+      return cipher;
     } catch {
       return undefined; // not held here, or not the registered key: rows under it are not proved by it
     }
   };
   try {
-    const activeKek = resolveKek(keys, active.kekId, active);
-    resolved.push(activeKek);
-    const others = records.filter((r) => r.state === 'decrypt_only' && r.kekId !== label).flatMap((r) => held(r) ?? []);
+    ciphers.push(await keyring.cipher(active.kekId));
+    const others: DekCipher[] = [];
+    for (const record of records.filter((r) => r.state === 'decrypt_only' && r.kekId !== label)) {
+      const cipher = await held(record);
+      if (cipher) others.push(cipher);
+    }
     const own = records.find((r) => r.kekId === label && r.state === 'decrypt_only');
-    const labelKek = own && held(own);
-    return await use({ label, active: activeKek, others, ...(labelKek && { labelKek }) });
+    const labelCipher = own && (await held(own));
+    const { keks, crypto } = engineView(ciphers, local);
+    const kekOf = (cipher: DekCipher) => keks[ciphers.indexOf(cipher)]!;
+    return await use(
+      {
+        label,
+        active: kekOf(ciphers[0]!),
+        others: others.map(kekOf),
+        ...(labelCipher && { labelKek: kekOf(labelCipher) }),
+      },
+      crypto,
+    );
   } finally {
-    for (const kek of resolved) kek.key.fill(0);
+    for (const cipher of ciphers) cipher.release();
   }
 }

@@ -2,17 +2,17 @@
 // left. Every statement is in src/store (FieldStore, TargetStore); the crypto is in src/rewrap/migrate-fields.ts.
 import { Context } from '@temporalio/activity';
 import { canUnwrap } from '../envelope/kek-lifecycle';
-import type { ResolvedKek } from '../keys/kek-resolver';
+import type { EngineKek } from '../keyring/cipher';
 import { migrateFieldSlice, type FieldCheckpoint, type FieldFailure } from '../rewrap/migrate-fields';
 import { migrateRowSlice, type RowCheckpoint } from '../rewrap/migrate-rows';
-import { ThreadedRowCrypto } from '../crypto/row-crypto';
+import { ThreadedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
 import { RowFieldsStore, rowGroups } from '../store/row-fields-store';
 import { rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { FieldStore, type FieldCounters } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
 import { describeTable, GENERATION } from '../targets/target';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { rowCryptoOf, withKeks } from './keys';
+import { withKeks } from './keys';
 import { firstContact, legacyLeft, provesItReads, type LegacyLeft } from './target-checks';
 import { InvalidRotationError, KekNotWritableError, RotationUnderWayError, TargetConfigError } from '../errors';
 
@@ -182,8 +182,8 @@ export function createMigrationActivities(deps: ActivityDependencies) {
    */
   async function provesCurrent(runtime: TargetRuntime, kekId: string, why: string): Promise<void> {
     const sample = await runtime.store.sampleOnLabel(kekId, PROOF_SAMPLE);
-    const opened = await withKeks(runtime, { from: kekId, to: kekId }, [kekId], async ([kek]) =>
-      (await rowCryptoOf(runtime, deps.crypto).check(runtime.store.codec, kek!, sample)).filter((r) => r === undefined),
+    const opened = await withKeks(runtime, { from: kekId, to: kekId }, [kekId], deps.crypto, async ([kek], crypto) =>
+      (await crypto.check(runtime.store.codec, kek!, sample)).filter((r) => r === undefined),
     );
     if (sample.length > 0 && opened.length === 0) {
       throw new InvalidRotationError(
@@ -199,12 +199,13 @@ export function createMigrationActivities(deps: ActivityDependencies) {
   async function withMigrationKeks<T>(
     runtime: TargetRuntime,
     kekId: string,
-    use: (keks: ResolvedKek[]) => Promise<T>,
+    use: (keks: EngineKek[], crypto: RowCrypto) => Promise<T>,
   ): Promise<T> {
-    runtime.keys.bindRotation?.(kekId, kekId);
+    runtime.keyring.nameRotation(kekId, kekId);
     const retired = new Set((await runtime.registry.list()).filter((k) => !canUnwrap(k.state)).map((k) => k.kekId));
-    const others = runtime.keys.kekIds().filter((id) => id !== kekId && !retired.has(id));
-    return withKeks(runtime, { from: kekId, to: kekId }, [kekId, ...others], use);
+    const held = new Set((await runtime.keyring.held()).map((k) => k.kekId));
+    const others = [...held].sort().filter((id) => id !== kekId && !retired.has(id));
+    return withKeks(runtime, { from: kekId, to: kekId }, [kekId, ...others], deps.crypto, use);
   }
 
   return {
@@ -361,12 +362,11 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       const context = Context.current();
       const runtime = await targets.forRequest(args);
       const rows = new RowFieldsStore(await Promise.all(args.fields.map((index) => fieldStore(runtime, index))));
-      return withMigrationKeks(runtime, args.kekId, async (keks) => {
+      return withMigrationKeks(runtime, args.kekId, async (keks, crypto) => {
         const registered = await runtime.registry.get(args.kekId);
         if (!args.dryRun && registered?.state !== 'active')
           throw new KekNotWritableError(args.target, args.kekId, registered?.state ?? null);
         // The worker's crypto threads, as the rotation uses them (a store that does its own crypto has none here).
-        const crypto = rowCryptoOf(runtime, deps.crypto);
         const threads = crypto instanceof ThreadedRowCrypto ? crypto : undefined;
         return migrateRowSlice(
           { rows, fieldIndexes: args.fields, deks: runtime.store, keks, ...(threads && { threads }) },

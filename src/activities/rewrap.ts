@@ -4,7 +4,7 @@ import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewra
 import { rowsLabelled } from '../rewrap/still-on';
 import { passOfProgressKey, rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
-import { rowCryptoOf, withKeks } from './keys';
+import { withKeks } from './keys';
 
 export interface SlicePlan {
   /** Rows on `from` right now. */
@@ -95,7 +95,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       let previous: RewrapCounters = emptyCounters();
       const canary = args.tenantId !== undefined;
       const firstPass = (passOfProgressKey(args.progressKey) ?? 1) === 1;
-      const result = await withKeks(runtime, args, [args.from, args.to], ([from, to]) =>
+      const result = await withKeks(runtime, args, [args.from, args.to], deps.crypto, ([from, to], crypto) =>
         rewrapSlice(
           // A canary writes under the still-provisioned KEK; anything else only under the active one.
           {
@@ -103,7 +103,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
             from: from!,
             to: to!,
             writable: canary ? ['active', 'provisioned'] : ['active'],
-            crypto: rowCryptoOf(runtime, deps.crypto),
+            crypto,
           },
           {
             after: args.range.after,
@@ -153,12 +153,11 @@ export function createRewrapActivities(deps: ActivityDependencies) {
     }): Promise<VerifyOutcome> {
       const { from, to, sampleSize, tenantId } = args;
       const runtime = await targets.forRequest(args);
-      const { store, keys } = runtime;
-      await keys.reload();
+      const { store, keyring } = runtime;
+      await keyring.reload();
       const rows = await store.sampleOnLabel(to, sampleSize, tenantId);
       const unreadable: TenantFailure[] = [];
-      const crypto = rowCryptoOf(runtime, deps.crypto);
-      return withKeks(runtime, args, [to, from], async ([toKek, fromKek]) => {
+      return withKeks(runtime, args, [to, from], deps.crypto, async ([toKek, fromKek], crypto) => {
         (await crypto.check(store.codec, toKek!, rows)).forEach((reason, i) => {
           if (reason !== undefined) unreadable.push({ tenantId: rows[i]!.$id, reason });
         });

@@ -16,6 +16,9 @@ import {
   KeyStoreRefusedError,
 } from '../errors';
 
+/** A KEK as the rewrap engine takes it, with the registry's fingerprint (a remote KEK's bytes are empty). */
+export type EngineKek = RowKek & { fingerprint: string };
+
 export interface DekCipher {
   readonly kekId: string;
   /** The registry's fingerprint of the KEK (for a remote store, the key's ARN or version). */
@@ -43,6 +46,14 @@ export interface DekCipher {
   checkRows(codec: Codec, rows: readonly Row[]): Promise<(string | undefined)[]>;
   /** Proves the KEK wraps and opens: a KeyMaterialError naming the KEK and its store when it does not. */
   selfTest(): Promise<void>;
+  /** The KEK as the rewrap engine takes it: its bytes stay the cipher's, zeroized on release (none for a remote KEK). */
+  rowKek(): EngineKek;
+  /**
+   * Where rows under this KEK are rewrapped and checked: the worker's crypto threads for key bytes (`local` when the
+   * caller runs its own), with the rewrap by column (`rewrapColumns`) they have; the store's paced requests for a KEK
+   * that never leaves it.
+   */
+  rowCrypto(local?: RowCrypto): RowCrypto;
   /** Zeroizes the key bytes it holds; afterwards every use is refused. Idempotent. */
   release(): void;
 }
@@ -108,9 +119,14 @@ export class LocalCipher extends BaseCipher implements DekCipher {
   }
 
   /** The KEK as the rewrap engine takes it; the bytes stay this cipher's. */
-  rowKek(): RowKek {
+  rowKek(): EngineKek {
     this.live();
     return { kekId: this.kekId, fingerprint: this.fingerprint, key: this.key };
+  }
+
+  rowCrypto(local?: RowCrypto): RowCrypto {
+    this.live();
+    return local ?? this.rows();
   }
 
   seal(tenantId: string, dek: Buffer): Buffer {
@@ -225,8 +241,13 @@ export class RemoteCipher extends BaseCipher implements DekCipher {
   }
 
   /** The KEK as the rewrap engine takes it: no bytes, its fingerprint names the key in the store. */
-  private rowKek(): RowKek {
+  rowKek(): EngineKek {
     return { ...this.kek, key: Buffer.alloc(0) };
+  }
+
+  rowCrypto(): RowCrypto {
+    this.live();
+    return this.store.rowCrypto();
   }
 
   async newDek(tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
@@ -297,4 +318,39 @@ export function refusedMoveIn(store: string): KeyStoreRefusedError {
   return new KeyStoreRefusedError(
     `${store} does not take DEKs opened elsewhere: a keyspace moves into it by a rotation to one of its KEKs from a KEK of the same store`,
   );
+}
+
+/**
+ * The rewrap engine's view of a unit of work's ciphers: each KEK as the engine takes it, and one RowCrypto for all of
+ * them. Where every cipher's rows go to the same crypto (key bytes on the worker's threads, or KEKs of one remote
+ * store), that crypto itself, with its rewrap by column. Where they do not (KEKs moving from key bytes into KMS), a
+ * crypto that sends each KEK's rows where its cipher sends them, and moves rows between two KEKs as the ciphers do
+ * (into a remote store by its import; out of one is refused); it has no rewrap by column, so the engine goes by row.
+ * `local`: the caller's crypto threads for key bytes. The ciphers stay the caller's to release.
+ */
+export function engineView(ciphers: readonly DekCipher[], local?: RowCrypto): { keks: EngineKek[]; crypto: RowCrypto } {
+  const keks = ciphers.map((cipher) => cipher.rowKek());
+  const cryptos = ciphers.map((cipher) => cipher.rowCrypto(local));
+  const [first] = cryptos;
+  if (first !== undefined && cryptos.every((crypto) => crypto === first)) return { keks, crypto: first };
+  const at = (kek: RowKek): number => {
+    const i = ciphers.findIndex((cipher) => cipher.kekId === kek.kekId);
+    if (i < 0) throw new TypeError(`KEK '${kek.kekId}' is not one of this unit of work's ciphers`);
+    return i;
+  };
+  const threads = cryptos[ciphers.findIndex((cipher) => cipher instanceof LocalCipher)] ?? first;
+  return {
+    keks,
+    crypto: {
+      threads: threads?.threads ?? 0,
+      rewrap: (codec, from, to, rows, options) => {
+        const [f, t] = [at(from), at(to)];
+        if (cryptos[f] === cryptos[t]) return cryptos[f]!.rewrap(codec, from, to, rows, options);
+        return ciphers[f]!.rewrapRows(codec, ciphers[t]!, rows, options);
+      },
+      check: (codec, kek, rows) => cryptos[at(kek)]!.check(codec, kek, rows),
+      // The worker's threads are the worker's to close; a remote store's crypto holds nothing.
+      close: () => Promise.resolve(),
+    },
+  };
 }

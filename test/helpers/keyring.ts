@@ -90,9 +90,7 @@ export async function expectDestroyRefusedWhileOthersHold(
   registry: KekRegistry,
 ): Promise<void> {
   await new KekRegistry(db, 'orders').seedActive('v1', (await registry.require('v1')).fingerprint);
-  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
-    "not retiring it",
-  );
+  await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow('not retiring it');
   expect((await registry.require('v1')).state).toBe('decrypt_only');
   await retiredWindowEnded(db, registry);
   await expect(keyring.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(RetireRefusedError);

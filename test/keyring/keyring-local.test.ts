@@ -24,12 +24,15 @@ import {
 } from '../../src/errors';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
-import { expectDestroyRefusedWhileOthersHold,
+import {
+  expectDestroyRefusedWhileOthersHold,
   expectForeignRefused,
   keyringFor,
   nothingNeeded,
   retiredWindowEnded,
-  rotatedOn, RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';
+  rotatedOn,
+  RESTORES_AND_DESTRUCTIONS,
+} from '../helpers/keyring';
 import { kekOf } from '../helpers/mycelium';
 
 /** The KEK entries of a keyring file, as written. */

@@ -133,7 +133,9 @@ describe('a retired KEK is restorable within its window and destroyed after it',
 
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     expect((await registry.get('v2'))?.state).toBe('destroyed');
-    expect(await registry.events('v2', RESTORES_AND_DESTRUCTIONS)).toMatchObject([{ event: 'destroyed', actor: 'rekey' }]);
+    expect(await registry.events('v2', RESTORES_AND_DESTRUCTIONS)).toMatchObject([
+      { event: 'destroyed', actor: 'rekey' },
+    ]);
     const stored = JSON.parse(fs.readFileSync(keyringFile, 'utf8')) as { keks: { id: string }[] };
     expect(stored.keks.map((k) => k.id)).toEqual(['v1', 'v3']);
 

@@ -107,7 +107,11 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
-      const id = newKekId(kekId, parsed.keks.map((k) => k.id), this.file);
+      const id = newKekId(
+        kekId,
+        parsed.keks.map((k) => k.id),
+        this.file,
+      );
       if (parsed.keks.some((k) => k.id === id)) {
         throw new KeyMaterialError(`${this.file} already holds a KEK '${id}'`, this.file);
       }
