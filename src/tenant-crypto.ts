@@ -8,6 +8,10 @@ import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
 import type { KeyProvider } from './keys/key-provider';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry } from './store/kek-registry';
+import { readDatabaseIdentity } from './store/database-identity';
+import { keyspaceOf } from './rotation/identity';
+import { PRESETS } from './targets/presets';
+import { describeTable } from './targets/target';
 import { TenantDekStore } from './store/tenant-deks';
 import { KekFingerprintMismatchError, KekNotWritableError, UnknownKekError } from './errors';
 
@@ -64,9 +68,17 @@ export class TenantCrypto {
   async start(): Promise<void> {
     const seed = this.options.keys.configuredCurrentKekId;
     if (seed && !(await this.registry.active())) {
+      // A key another keyspace may own (an untagged KMS key under a shared alias prefix) is not taken as this one's.
+      await this.options.keys.refuseSeed?.(seed, await this.keyspace());
       await this.registry.seedActive(seed, this.options.keys.fingerprint(seed));
     }
     await this.presence.start(this.registryTtlMs);
+  }
+
+  /** The keyspace this application writes: rekey's own table in its database. */
+  private async keyspace(): Promise<string> {
+    const databaseId = await readDatabaseIdentity(this.options.db, "the application's database");
+    return keyspaceOf(databaseId, describeTable(PRESETS[BUILTIN_TARGET]!.table)).id;
   }
 
   /** Withdraws this instance from the fleet (after any announcement under way) and zeroizes the cached DEKs. */

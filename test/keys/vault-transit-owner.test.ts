@@ -4,7 +4,13 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
-import { KeyMaterialError, KeyspaceMismatchError, KeyStoreRefusedError } from '../../src/errors';
+import { claimKek } from '../../src/keyring/claim';
+import {
+  KekFingerprintMismatchError,
+  KeyMaterialError,
+  KeyspaceMismatchError,
+  KeyStoreRefusedError,
+} from '../../src/errors';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn } from '../helpers/keyring';
 import { readmePolicy, tokenWithPolicy } from '../helpers/vault';
@@ -107,6 +113,20 @@ describe('the owner record of a Vault Transit key', () => {
     await expect(store.retire('v1', records)).rejects.toThrow(KeyStoreRefusedError);
     await expect(store.retire('v1', records)).rejects.toThrow(/has no owner record .*rekey keys claim/);
     expect(await keyState(key)).toMatchObject({ min_decryption_version: 1 });
+    store.close();
+  });
+
+  it('rekey keys claim records the keyspace on a Transit key made before owner records, only for the key its fingerprint names; another keyspace is then refused', async () => {
+    const key = `rekey-${randomUUID()}`;
+    const store = VaultTransitKeys.fromEnv(envFor(key));
+    await store.generate('v1');
+    const fingerprint = store.fingerprint('v1');
+    await expect(claimKek(store, 'v1', `${fingerprint}0`, KEYSPACE_A)).rejects.toThrow(KekFingerprintMismatchError);
+    expect(await store.ownerOf('v1')).toBeUndefined();
+    expect(await claimKek(store, 'v1', fingerprint, KEYSPACE_A)).toBe('claimed');
+    expect(await claimKek(store, 'v1', fingerprint, KEYSPACE_A)).toBe('already');
+    await expect(claimKek(store, 'v1', fingerprint, KEYSPACE_B)).rejects.toThrow(KeyspaceMismatchError);
+    expect((await recordOf(key)).data.keyspace).toBe(KEYSPACE_A);
     store.close();
   });
 
