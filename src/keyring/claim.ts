@@ -1,12 +1,16 @@
 // The operator's side of the owner records that refuse what they cannot attribute: `rekey keys generate` records the
-// keyspace on a key it makes in AWS KMS or Vault Transit, and `rekey keys claim` records it on a key that has no owner
-// yet (a KMS key made by hand or by an earlier `keys generate`; a Transit key made before owner records), naming the
-// key by its KEK id and fingerprint, so that the claim is an explicit act on one key, never a guess.
+// keyspace on a key it makes in AWS KMS or Vault Transit, and `rekey keys claim` records it on a store's key that has no
+// owner yet (a KMS key made by hand or by an earlier `keys generate`; a Transit key, a Vault KV secret or a Secrets
+// Manager secret from before owner records, which a keyspace whose registry does not record its keys never takes by
+// itself: owner-rule.ts), naming the key by its KEK id and fingerprint, so that the claim is an explicit act on one
+// key, never a guess.
 import type { KeyStore } from '../keys';
 import { KmsKeys, keyArnOf } from './drivers/aws-kms';
 import { KmsWithLocalKeys } from './drivers/kms-move-in';
 import { VaultTransitKeys } from './drivers/vault-transit';
-import { CliError, KekFingerprintMismatchError, KeyspaceMismatchError, UnknownKekError } from '../errors';
+import { VaultKvKeys } from './drivers/vault-kv';
+import { SecretsManagerKeys } from './drivers/aws-secrets-manager';
+import { CliError } from '../errors';
 
 /** The stores whose KEKs must carry their keyspace from creation: an unrecorded key there is refused, not adopted. */
 export function recordsOwnerAtCreation(store: KeyStore): boolean {
@@ -34,29 +38,11 @@ export async function claimKek(
     }
     return kms.claimKey(kekId, arn, keyspace);
   }
-  if (store instanceof VaultTransitKeys) {
-    await store.reload();
-    if (!store.has(kekId)) throw new UnknownKekError(kekId, store.description);
-    if (store.fingerprint(kekId) !== fingerprint) {
-      throw new KekFingerprintMismatchError(
-        kekId,
-        fingerprint,
-        store.fingerprint(kekId),
-        `KEK '${kekId}' in ${store.description} is ${store.fingerprint(kekId)}, not the ${fingerprint} given: rekey claims only the key named`,
-      );
-    }
-    const before = await store.ownerOf(kekId);
-    await store.adopt(keyspace);
-    const owner = await store.ownerOf(kekId);
-    if (owner !== keyspace) {
-      throw new KeyspaceMismatchError(
-        `not claiming KEK '${kekId}': ${store.description} records keyspace ${owner ?? '(none)'} as its owner, and this is keyspace ${keyspace}. Give this keyspace a Transit key of its own (REKEY_VAULT_TRANSIT_KEY)`,
-      );
-    }
-    return before === keyspace ? 'already' : 'claimed';
+  if (store instanceof VaultTransitKeys || store instanceof VaultKvKeys || store instanceof SecretsManagerKeys) {
+    return store.claimKey(kekId, fingerprint, keyspace);
   }
   throw new CliError(
-    `${store.description} takes its first keyspace's ownership at that keyspace's first rotation: nothing to claim (rekey keys claim is for AWS KMS and Vault Transit)`,
+    `${store.description} takes its first keyspace's ownership at that keyspace's first rotation: nothing to claim (rekey keys claim is for the stores other deployments can reach: AWS KMS, Vault Transit, Vault KV and Secrets Manager)`,
     'invalid',
   );
 }

@@ -1,11 +1,13 @@
 // The owner record of a Vault Transit key (finding 1 of issue 24 for Transit). A Transit key carries no metadata of
 // its own, so its owner is recorded beside it: one KV v2 secret per Transit key, at
-// `<REKEY_VAULT_KV_MOUNT>/rekey/transit-keys/<transit mount>/<key>`, whose first version's data names the keyspace
-// (`{"keyspace": "<database id>/<schema.table>", "transit_key": "<mount>/<key>"}`). It is written once, with
-// check-and-set 0 (only while no such secret exists), so of two keyspaces that claim one key at the same moment exactly
-// one wins and the other reads the winner; rekey never writes it again (its policy grants `create` and `read`, not
-// `update`). Releasing a key is the operator's act: `vault kv metadata delete` of the record.
-import { vaultPath, type VaultCapability, type VaultHttp } from './vault-http';
+// `secret/rekey/transit-keys/<transit mount>/<key>`: a place derived from the Transit key alone, the same for every
+// deployment that uses the key (the KV v2 mount `secret`, whatever REKEY_VAULT_KV_MOUNT a deployment sets: a place that
+// followed a setting of each deployment let two deployments of one key each find no record and each claim it). Its
+// first version's data names the keyspace (`{"keyspace": "<database id>/<schema.table>", "transit_key": "<mount>/<key>"}`).
+// It is written once, with check-and-set 0 (only while no such secret exists), so of two keyspaces that claim one key
+// at the same moment exactly one wins and the other reads the winner; rekey never writes it again (its policy grants
+// `create` and `read`, not `update`). Releasing a key is the operator's act: `vault kv metadata delete` of the record.
+import type { VaultCapability, VaultHttp } from './vault-http';
 import { KeyMaterialError, KeyStoreRefusedError, KeyspaceMismatchError } from '../errors';
 
 /** Where a Transit key's owner record is: the KV v2 mount and the secret's path within it. */
@@ -14,12 +16,12 @@ export interface TransitOwnerPlace {
   path: string;
 }
 
-/** The record's place for the Transit key `<mount>/<key>`, in the KV v2 mount REKEY_VAULT_KV_MOUNT (default secret). */
-export function transitOwnerPlace(env: NodeJS.ProcessEnv, transit: { mount: string; key: string }): TransitOwnerPlace {
-  return {
-    kvMount: vaultPath(env.REKEY_VAULT_KV_MOUNT?.trim() || 'secret', 'REKEY_VAULT_KV_MOUNT', 'secret'),
-    path: `rekey/transit-keys/${transit.mount}/${transit.key}`,
-  };
+/** The KV v2 mount of every Transit key's owner record: fixed, so that every deployment of a key reads one record. */
+export const TRANSIT_OWNER_KV_MOUNT = 'secret';
+
+/** The record's place for the Transit key `<mount>/<key>`: derived from the key alone, never from a deployment's setting. */
+export function transitOwnerPlace(transit: { mount: string; key: string }): TransitOwnerPlace {
+  return { kvMount: TRANSIT_OWNER_KV_MOUNT, path: `rekey/transit-keys/${transit.mount}/${transit.key}` };
 }
 
 type Read = { owner: string } | { none: true } | { deleted: true };
@@ -72,8 +74,9 @@ export class TransitOwnerRecord {
 
   private noKvMount(said: string): KeyMaterialError {
     return new KeyMaterialError(
-      `${this.transit}: its owner record is the KV v2 secret ${this.name}, which rekey cannot read (${said}): REKEY_VAULT_KV_MOUNT must name a KV v2 mount (default secret; vault secrets enable -path=secret kv-v2)`,
-      'REKEY_VAULT_KV_MOUNT',
+      `${this.transit}: its owner record is the KV v2 secret ${this.name}, the same place for every deployment of the key (REKEY_VAULT_KV_MOUNT does not move it), which rekey cannot read (${said}). ` +
+        `Vault must serve a KV v2 mount at ${this.place.kvMount}/ (vault secrets enable -path=${this.place.kvMount} kv-v2, if none is there), and the worker's token needs "create" and "read" on ${this.dataPath} (docs/06-key-stores.md, Vault Transit's policy)`,
+      this.name,
     );
   }
 
@@ -115,9 +118,20 @@ export class TransitOwnerRecord {
     );
   }
 
-  /** Validate's first step: the key becomes `keyspace`'s if no keyspace has it yet; another's record is left as it is. */
-  async adopt(keyspace: string): Promise<void> {
-    await this.write(keyspace);
+  /**
+   * The key becomes `keyspace`'s if no keyspace has it yet; another's record is left as it is. Only for a key this
+   * keyspace has shown to be its own (its registry records a version, or the operator claims it by fingerprint).
+   * Returns the owner recorded afterwards.
+   */
+  record(keyspace: string): Promise<string> {
+    return this.write(keyspace);
+  }
+
+  /** The record as read: its owner, none (a key from before owner records), or a record deleted but not removed. */
+  async state(): Promise<{ owner: string } | { none: true }> {
+    const read = await this.read();
+    if ('deleted' in read) throw this.deletedRecord();
+    return read;
   }
 
   /** Before a new version is made for `keyspace`: the key is recorded as its own (claimed now if unrecorded). */

@@ -8,6 +8,7 @@ import { resolveKek } from '../../src/keys/kek-resolver';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
+import { KeyStoreRefusedError } from '../../src/errors';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { restoreKek } from '../../src/targets/restore-kek';
 import { TargetRuntimes } from '../../src/targets/runtime';
@@ -256,7 +257,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     auto.close();
   });
 
-  it('the owner record: the first KEK of a secret given its keyspace records it as custom_metadata rekey:keyspace; adopt records it on a secret without one and leaves one that has one', async () => {
+  it('the owner record: the first KEK of a secret given its keyspace records it as custom_metadata rekey:keyspace; adopt records it on a secret without one only when the registry records its key (else refused, naming rekey keys claim), and leaves one that has one', async () => {
     const env = { ...servers.vault.env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` };
     const keys = VaultKvKeys.fromEnv(env);
     try {
@@ -270,7 +271,11 @@ describe('Vault KV v2 key store against a real Vault server', () => {
       await vaultRequest(servers.vault, 'POST', `secret/data/${handMade.path}`, {
         data: { value: Buffer.alloc(32, 3).toString('base64url') },
       });
-      await handMade.adopt('db-1/rekey.tenant_deks');
+      await expect(handMade.adopt('db-1/rekey.tenant_deks', [])).rejects.toThrow(KeyStoreRefusedError);
+      await expect(handMade.adopt('db-1/rekey.tenant_deks', [])).rejects.toThrow(/rekey keys claim kv-v1 --fingerprint/);
+      expect((await metadataOf(handMade.path)).custom_metadata?.['rekey:keyspace']).toBeUndefined();
+      const fingerprint = handMade.fingerprint('kv-v1');
+      await handMade.adopt('db-1/rekey.tenant_deks', [{ kekId: 'kv-v1', fingerprint, state: 'active' }]);
       expect((await metadataOf(handMade.path)).custom_metadata).toEqual({ 'rekey:keyspace': 'db-1/rekey.tenant_deks' });
       handMade.close();
     } finally {

@@ -62,7 +62,9 @@ describe('the owner record of a Vault Transit key', () => {
     const made = VaultTransitKeys.fromEnv(envFor(key));
     await made.generate('v1');
     const [storeA, storeB] = [VaultTransitKeys.fromEnv(envFor(key)), VaultTransitKeys.fromEnv(envFor(key))];
-    await Promise.all([storeA.adopt(KEYSPACE_A), storeB.adopt(KEYSPACE_B)]);
+    // Each registry records v1 (each application's first start seeded it): each may take the key, and one does.
+    const recorded = [{ kekId: 'v1', fingerprint: made.fingerprint('v1'), state: 'active' as const }];
+    await Promise.all([storeA.adopt(KEYSPACE_A, recorded), storeB.adopt(KEYSPACE_B, recorded)]);
     const record = await recordOf(key);
     expect(record.metadata.version).toBe(1);
     const owner = record.data.keyspace;

@@ -12,6 +12,7 @@ import { kekFingerprint } from '../../envelope/dek-wrapping';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
@@ -314,6 +315,11 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
    */
   async claim(_provisioning: string, registry: readonly RecordedKek[]): Promise<void> {
     await this.reload();
+    // An untagged secret gets no new version from a keyspace whose registry records none of its keys (owner-rule.ts).
+    const tag = await this.keyspaceTag();
+    if (tag !== undefined && tag.owner === undefined) {
+      await adoptIfRecorded(this, undefined, registry, this.ownSecret, () => Promise.resolve());
+    }
     await this.labelUnlabelled(registry);
   }
 
@@ -448,9 +454,29 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
     return (await this.keyspaceTag())?.owner;
   }
 
-  async adopt(keyspace: string): Promise<void> {
+  /** What a keyspace that does not use this secret configures instead, for refusals. */
+  private get ownSecret(): string {
+    return 'a secret of its own (REKEY_AWS_SECRET_ID naming one that does not exist yet)';
+  }
+
+  /**
+   * The secret becomes `keyspace`'s when it carries no owner tag and the registry records one of its keys
+   * (owner-rule.ts): an untagged secret whose keys the registry does not record may be another deployment's, and is
+   * refused, naming the claim command. No secret yet: its first KEK creates it, tagged.
+   */
+  async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
     const tag = await this.keyspaceTag();
-    if (tag === undefined || tag.owner !== undefined) return; // no secret yet: its first KEK creates it, tagged
+    if (tag === undefined || tag.owner !== undefined) return;
+    await this.reload();
+    await adoptIfRecorded(this, keyspace, registry, this.ownSecret, () => this.tagOwner(keyspace));
+  }
+
+  /** `rekey keys claim`: the secret becomes `keyspace`'s, named by one of its KEKs and that KEK's fingerprint. */
+  claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    return claimByFingerprint(this, kekId, fingerprint, keyspace, this.ownSecret, () => this.tagOwner(keyspace));
+  }
+
+  private async tagOwner(keyspace: string): Promise<void> {
     await this.call('TagResource', () =>
       this.client.send(
         new TagResourceCommand({ SecretId: this.secretId, Tags: [{ Key: KEYSPACE_TAG, Value: keyspace }] }),

@@ -2,6 +2,7 @@ import { kekFingerprint } from '../../envelope/dek-wrapping';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
+import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
@@ -340,6 +341,10 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
         throw new KekFingerprintMismatchError(kekId, recorded.fingerprint, this.fingerprint(kekId));
       }
     }
+    // A secret from before owner records gets no new version from a keyspace whose registry records none of its keys.
+    if (this.metadata !== undefined && this.metadata.custom_metadata?.[KV_KEYSPACE] === undefined) {
+      await adoptIfRecorded(this, undefined, registry, this.ownSecret, () => Promise.resolve());
+    }
     await this.nameUnnamed(registry);
   }
 
@@ -487,10 +492,28 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
     return (await this.readMetadata())?.custom_metadata?.[KV_KEYSPACE];
   }
 
-  async adopt(keyspace: string): Promise<void> {
-    const metadata = await this.readMetadata();
-    // No secret yet: its first KEK records the owner (provision's `owner`).
-    if (metadata === undefined || metadata.custom_metadata?.[KV_KEYSPACE] !== undefined) return;
-    await this.patchMetadata({ [KV_KEYSPACE]: keyspace });
+  /** What a keyspace that does not use this secret configures instead, for refusals. */
+  private get ownSecret(): string {
+    return 'a secret of its own (REKEY_VAULT_KV_PATH naming one that does not exist yet)';
+  }
+
+  /**
+   * The secret becomes `keyspace`'s when it records no owner and the registry records one of its keys (owner-rule.ts):
+   * a secret from before owner records whose keys the registry does not record (DevSkyy's default path, read by
+   * another deployment) is refused, naming the claim command. No secret yet: its first KEK records the owner.
+   */
+  async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
+    await this.reload();
+    if (this.metadata === undefined || this.metadata.custom_metadata?.[KV_KEYSPACE] !== undefined) return;
+    await adoptIfRecorded(this, keyspace, registry, this.ownSecret, () =>
+      this.patchMetadata({ [KV_KEYSPACE]: keyspace }),
+    );
+  }
+
+  /** `rekey keys claim`: the secret becomes `keyspace`'s, named by one of its KEKs and that KEK's fingerprint. */
+  claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    return claimByFingerprint(this, kekId, fingerprint, keyspace, this.ownSecret, () =>
+      this.patchMetadata({ [KV_KEYSPACE]: keyspace }),
+    );
   }
 }

@@ -10,7 +10,15 @@ import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../transit-owner';
-import { DekUnwrapError, KeyMaterialError, KeyStoreRefusedError, UnknownKekError } from '../../errors';
+import { registryRecordsAny, unclaimedStore } from '../owner-rule';
+import {
+  DekUnwrapError,
+  KekFingerprintMismatchError,
+  KeyMaterialError,
+  KeyspaceMismatchError,
+  KeyStoreRefusedError,
+  UnknownKekError,
+} from '../../errors';
 
 const FINGERPRINT_PREFIX = 'vault-transit:';
 /** Transit's answers about an item that say "not this key, context or version": the row, not the call, is at fault. */
@@ -39,7 +47,7 @@ export function transitSettingsFromEnv(env: NodeJS.ProcessEnv): TransitSettings 
   return {
     mount,
     key,
-    owner: transitOwnerPlace(env, { mount, key }),
+    owner: transitOwnerPlace({ mount, key }),
     limits: pacerLimitsFromEnv(env, {
       concurrency: ['REKEY_VAULT_TRANSIT_CONCURRENCY', 4, 1, 64],
       rate: ['REKEY_VAULT_TRANSIT_RATE', 50, 0, 10_000],
@@ -379,8 +387,61 @@ export class VaultTransitKeys extends RemoteKeysDriver {
     return this.ownerRecord.ownerOf();
   }
 
-  adopt(keyspace: string): Promise<void> {
-    return this.ownerRecord.adopt(keyspace);
+  /**
+   * The key becomes `keyspace`'s when no keyspace has it yet and the registry records one of its versions (by
+   * fingerprint): a key from before owner records that the registry does not record may be another deployment's, and
+   * is refused, naming the claim command (owner-rule.ts). A key that does not exist yet is recorded as this keyspace's
+   * (its name reserved). Another keyspace's record is left as it is (the keyring refuses each step on its keys).
+   */
+  async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
+    await this.reload();
+    if (this.state === undefined) {
+      await this.ownerRecord.record(keyspace);
+      return;
+    }
+    if ('owner' in (await this.ownerRecord.state())) return;
+    this.refuseUnrecorded(registry, keyspace);
+    this.proveSameKey(registry, 'record this keyspace as its owner');
+    await this.ownerRecord.record(keyspace);
+  }
+
+  /** An existing key without an owner record whose versions the registry does not record: refused (owner-rule.ts). */
+  private refuseUnrecorded(registry: readonly RecordedKek[], keyspace: string | undefined): void {
+    const versions = this.held().map((k) => ({ kekId: k.kekId!, fingerprint: k.fingerprint }));
+    if (versions.length > 0 && !registryRecordsAny(versions, registry)) {
+      throw unclaimedStore(
+        this.description,
+        versions,
+        keyspace,
+        'a Transit key of its own (REKEY_VAULT_TRANSIT_KEY naming one that does not exist yet)',
+      );
+    }
+  }
+
+  /**
+   * The operator's claim of the key for `keyspace` (`rekey keys claim`), naming one version by KEK id and fingerprint:
+   * the version must be there with that fingerprint; then the owner record is written if there is none. Another
+   * keyspace's record is refused.
+   */
+  async claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    await this.reload();
+    if (!this.has(kekId)) throw new UnknownKekError(kekId, this.description);
+    if (this.fingerprint(kekId) !== fingerprint) {
+      throw new KekFingerprintMismatchError(
+        kekId,
+        fingerprint,
+        this.fingerprint(kekId),
+        `KEK '${kekId}' in ${this.description} is ${this.fingerprint(kekId)}, not the ${fingerprint} given: rekey claims only the key named`,
+      );
+    }
+    const before = await this.ownerRecord.state();
+    const owner = 'owner' in before ? before.owner : await this.ownerRecord.record(keyspace);
+    if (owner !== keyspace) {
+      throw new KeyspaceMismatchError(
+        `not claiming KEK '${kekId}': ${this.description} records keyspace ${owner} as its owner (${this.ownerRecord.name}), and this is keyspace ${keyspace}. Give this keyspace a Transit key of its own (REKEY_VAULT_TRANSIT_KEY)`,
+      );
+    }
+    return 'owner' in before ? 'already' : 'claimed';
   }
 
   /** Transit encrypts with the latest version: the registry's promotion is the only mark. */
@@ -393,6 +454,10 @@ export class VaultTransitKeys extends RemoteKeysDriver {
     await this.http.requireCapabilities(this.capabilitiesNeeded(), `rekey's lifecycle on ${this.description}`);
     await this.reload();
     this.proveSameKey(registry, 'provision a KEK in it');
+    // A key from before owner records gets no new version from a keyspace whose registry records none of its versions.
+    if (this.state !== undefined && !('owner' in (await this.ownerRecord.state()))) {
+      this.refuseUnrecorded(registry, undefined);
+    }
   }
 
   /**
