@@ -74,10 +74,10 @@ export class TenantCrypto {
   async start(): Promise<void> {
     const seed = this.options.keys.configuredCurrent;
     if (seed && !(await this.registry.active())) {
-      const held = (await this.keyring.held()).find((k) => k.kekId === seed);
-      if (!held) throw new UnknownKekError(seed, this.options.keys.description);
       // A key another keyspace may own (an untagged KMS key under a shared alias prefix) is not taken as this one's.
       await this.options.keys.refuseSeed?.(seed, await this.keyspace());
+      const held = (await this.keyring.held()).find((k) => k.kekId === seed);
+      if (!held) throw new UnknownKekError(seed, this.options.keys.description);
       await this.registry.seedActive(seed, held.fingerprint);
     }
     await this.presence.start(this.registryTtlMs);

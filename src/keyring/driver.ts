@@ -94,4 +94,10 @@ export interface StoreDriver {
   refuseSeed?(kekId: string, keyspace: string): Promise<void>;
   /** Zeroizes every key held in memory and closes connections. */
   close(): void;
+  /**
+   * Before an empty registry is seeded with `kekId`, the KEK the store's configuration names current (an application's
+   * first start): refuses a key that may be another keyspace's (AWS KMS: one whose owner tag does not name `keyspace`,
+   * an untagged one included, since another deployment's may share the alias prefix).
+   */
+  refuseSeed?(kekId: string, keyspace: string): Promise<void>;
 }

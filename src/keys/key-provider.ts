@@ -1,6 +1,6 @@
-// The interface the callers not yet moved to the keyring (TenantCrypto, the rewrap's resolver, the fleet's presence,
-// the dev engine) take a store by: every driver of src/keyring/drivers/ still answers it, until those callers ask the
-// keyring for a DekCipher instead.
+// The interface the callers not yet moved to the keyring (the dev engine and tenants, `rekey keys` list and import,
+// the KMS move-in's DEK operations, the benches) take a store by: every driver of src/keyring/drivers/ still answers
+// it, until those callers ask the keyring for a DekCipher instead.
 import type { RowCrypto } from '../crypto/row-crypto';
 import type { ProvisionOptions } from '../keyring/driver';
 import type { HeldKey } from '../keyring/local-keys';
@@ -48,12 +48,6 @@ export interface KeyProvider {
    * them, `from` for the old key and `to` for the current one.
    */
   bindRotation?(from: string, to: string): void;
-  /**
-   * Before an empty registry is seeded with `kekId`, the KEK the store's configuration names current (an application's
-   * first start): refuses a key that may be another keyspace's (AWS KMS: one whose owner tag does not name `keyspace`,
-   * an untagged one included, since another deployment's may share the alias prefix).
-   */
-  refuseSeed?(kekId: string, keyspace: string): Promise<void>;
 }
 
 /** DEK operations done by the key store: plaintext DEKs are returned to the caller, who zeroizes them. */

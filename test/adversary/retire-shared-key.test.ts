@@ -32,8 +32,9 @@ describe('adversary: a keyring retires a KEK another keyspace’s registry still
     const key = `rekey-${randomUUID()}`;
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     const store = VaultTransitKeys.fromEnv(env);
-    await store.generate('v1');
-    await store.generate('v2');
+    // Recorded as this keyspace's (a key no keyspace claimed is refused before the other-registries check is reached).
+    await store.generate('v1', { owner: KEYSPACE });
+    await store.generate('v2', { owner: KEYSPACE });
     const registry = await rotatedOn(db.pool, store);
     // Another keyspace's registry (target orders, same database, so the keyring's other-registries check sees it)
     // holds v1 as its active KEK, and one of its tenants has a DEK under it.

@@ -78,12 +78,12 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       expect(store.kekIds()).toEqual(['v1', 'v2']);
     });
 
-    it("Vault Transit (no owner record): destroy is refused while another keyspace's registry holds the version; it is not trimmed", async () => {
+    it("Vault Transit (its owner record names this keyspace): destroy is refused while another keyspace's registry holds the version; it is not trimmed", async () => {
       await fresh();
       const key = `rekey-${randomUUID()}`;
       const store = transit(key);
-      await store.generate('v1');
-      await store.generate('v2');
+      await store.generate('v1', { owner: KEYSPACE });
+      await store.generate('v2', { owner: KEYSPACE });
       const registry = await rotatedOn(db.pool, store);
       await expectDestroyRefusedWhileOthersHold(db.pool, keyringFor(db.pool, store, KEYSPACE), registry);
       // Retired (min_decryption_version raised), not trimmed: Vault keeps every version (trim would raise this).
