@@ -2,18 +2,20 @@ import { BUILTIN_TARGET } from './targets/builtin';
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Pool } from 'pg';
-import { createDek, moveDek, openDek } from './envelope/dek-envelope';
 import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cipher';
+import type { DekCipher } from './keyring/cipher';
+import type { StoreDriver } from './keyring/driver';
+import { KeyringCiphers } from './keyring/keyring';
 import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
-import type { KeyProvider } from './keys/key-provider';
 import { AppInstances } from './store/app-instances';
-import { KekRegistry } from './store/kek-registry';
+import { KekRegistry, type KekRecord } from './store/kek-registry';
 import { TenantDekStore } from './store/tenant-deks';
 import { KekFingerprintMismatchError, KekNotWritableError, UnknownKekError } from './errors';
 
 export interface TenantCryptoOptions {
   db: Pool;
-  keys: KeyProvider;
+  /** The key store (e.g. `new EnvKeyProvider()`): its KEKs are used through ciphers the registry's fingerprints prove. */
+  keys: StoreDriver;
   instanceId?: string;
   /** How stale this process's idea of the current KEK may be: a promotion reaches it within this time. */
   registryTtlMs?: number;
@@ -41,12 +43,16 @@ export class TenantCrypto {
   private readonly instances: AppInstances;
   private readonly cache = new Map<string, CachedDek>();
   private current: { kekId: string; readAt: number } | undefined;
+  /** The registry as last read: each KEK's cipher is proved by the fingerprint recorded here. */
+  private registered: KekRecord[] = [];
+  private readonly keyring: KeyringCiphers;
   private readonly presence: FleetPresence;
   private warnedMismatch = false;
 
   constructor(private readonly options: TenantCryptoOptions) {
     this.instanceId = options.instanceId ?? `${os.hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.registry = new KekRegistry(options.db, BUILTIN_TARGET);
+    this.keyring = new KeyringCiphers({ driver: options.keys, registry: this.registry, target: BUILTIN_TARGET });
     this.deks = new TenantDekStore(options.db);
     this.instances = new AppInstances(options.db, BUILTIN_TARGET);
     this.presence = new FleetPresence(
@@ -62,9 +68,11 @@ export class TenantCrypto {
 
   /** Seeds the registry's first active KEK from configuration if it has none, announces this instance, keeps both fresh. */
   async start(): Promise<void> {
-    const seed = this.options.keys.configuredCurrentKekId;
+    const seed = this.options.keys.configuredCurrent;
     if (seed && !(await this.registry.active())) {
-      await this.registry.seedActive(seed, this.options.keys.fingerprint(seed));
+      const held = (await this.keyring.held()).find((k) => k.kekId === seed);
+      if (!held) throw new UnknownKekError(seed, this.options.keys.description);
+      await this.registry.seedActive(seed, held.fingerprint);
     }
     await this.presence.start(this.registryTtlMs);
   }
@@ -85,16 +93,14 @@ export class TenantCrypto {
     const registered = await this.registry.list();
     const active = registered.find((k) => k.state === 'active');
     if (!active) throw new UnknownKekError('(none active)', 'the KEK registry: seed it with <PREFIX>_CURRENT_KEK_ID');
-    await reloadForRegistry(this.options.keys, registered);
-    if (this.options.keys.has(active.kekId) && this.options.keys.fingerprint(active.kekId) !== active.fingerprint) {
+    await reloadForRegistry(this.keyring, registered);
+    const held = (await this.keyring.held()).find((k) => k.kekId === active.kekId);
+    if (held !== undefined && held.fingerprint !== active.fingerprint) {
       // Same id, different key: wrapping with it would make every new DEK unreadable to the rest of the fleet.
-      throw new KekFingerprintMismatchError(
-        active.kekId,
-        active.fingerprint,
-        this.options.keys.fingerprint(active.kekId),
-      );
+      throw new KekFingerprintMismatchError(active.kekId, active.fingerprint, held.fingerprint);
     }
-    const configured = this.options.keys.configuredCurrentKekId;
+    this.registered = registered;
+    const configured = this.options.keys.configuredCurrent;
     if (configured && configured !== active.kekId && !this.warnedMismatch) {
       this.warnedMismatch = true;
       this.warn(
@@ -108,10 +114,11 @@ export class TenantCrypto {
   private async announce(): Promise<void> {
     await this.readRegistry();
     const { kekId } = this.current!;
+    const held = await heldKeys(this.keyring);
     await this.instances.announce({
       instanceId: this.instanceId,
-      ...heldKeys(this.options.keys),
-      wrapKekId: this.options.keys.has(kekId) ? kekId : null,
+      ...held,
+      wrapKekId: held.unwrapKekIds.includes(kekId) ? kekId : null,
     });
   }
 
@@ -160,7 +167,7 @@ export class TenantCrypto {
           tenantId,
           stored.version,
           kekId,
-          await moveDek(this.options.keys, stored.kekId, kekId, tenantId, stored.wrappedDek),
+          await this.withCiphers([stored.kekId, kekId], ([from, to]) => from!.moveTo(to!, tenantId, stored.wrappedDek)),
         ),
       );
       if (written) return;
@@ -197,7 +204,7 @@ export class TenantCrypto {
       try {
         created = await this.withCurrentKek(async (kekId) => {
           fresh?.fill(0);
-          const made = await createDek(this.options.keys, kekId, tenantId);
+          const made = await this.withCiphers([kekId], ([cipher]) => cipher!.newDek(tenantId));
           fresh = made.dek;
           return this.deks.insert(tenantId, kekId, made.wrapped);
         });
@@ -210,7 +217,25 @@ export class TenantCrypto {
       stored = await this.deks.find(tenantId);
       if (!stored) throw new Error(`tenant '${tenantId}' DEK vanished while being created`);
     }
-    return openDek(this.options.keys, stored.kekId, tenantId, stored.wrappedDek);
+    const { kekId, wrappedDek } = stored;
+    return this.withCiphers([kekId], ([cipher]) => cipher!.open(tenantId, wrappedDek));
+  }
+
+  /**
+   * Runs `use` with the ciphers of `kekIds`, each proved by the fingerprint the registry recorded when this process
+   * last read it (a KEK it did not list then: by the registry's current record), and releases them afterwards.
+   */
+  private async withCiphers<T>(kekIds: readonly string[], use: (ciphers: DekCipher[]) => Promise<T>): Promise<T> {
+    const ciphers: DekCipher[] = [];
+    try {
+      for (const kekId of kekIds) {
+        const record = this.registered.find((k) => k.kekId === kekId) ?? (await this.registry.get(kekId));
+        ciphers.push(await this.keyring.cipherFor(kekId, record));
+      }
+      return await use(ciphers);
+    } finally {
+      for (const cipher of ciphers) cipher.release();
+    }
   }
 
   /** Caches a DEK for the TTL, or zeroizes it at once when the TTL is 0. */

@@ -98,8 +98,8 @@ export function createApplicationActivities(deps: ActivityDependencies) {
       if (step === 'promote') {
         const configured = owner.currentKekEnv
           ? env[owner.currentKekEnv]?.trim() || undefined
-          : (runtime.keys.bindRotation?.(from, to), runtime.keys.configuredCurrentKekId);
-        const source = owner.currentKekEnv ?? runtime.keys.description;
+          : (runtime.keyring.nameRotation(from, to), await runtime.keyring.configuredCurrent());
+        const source = owner.currentKekEnv ?? runtime.keyring.description;
         if (configured === to) {
           return { satisfied: true, by: 'configuration', detail: `${source} names '${to}' as the current KEK` };
         }

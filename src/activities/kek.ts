@@ -288,7 +288,7 @@ export function createKekActivities(deps: ActivityDependencies) {
             `start it again under that id (rekey rotate and the admin API do; rekey kek-status prints it)`,
         );
       }
-      await keys.reload();
+      await runtime.keyring.reload();
       // A store written before owners existed belongs to the first keyspace that uses it: recorded before anything else.
       await runtime.keyring.adopt();
       let active = await registry.active();
@@ -313,15 +313,23 @@ export function createKekActivities(deps: ActivityDependencies) {
         keys.bindRotation?.(from, settings.to);
         runtime.keyring.nameRotation(from, settings.to);
       }
+      // The keys this worker holds, by the names this rotation gives them.
+      const held = new Map((await runtime.keyring.held()).reverse().map((k) => [k.kekId, k.fingerprint]));
       for (const kekId of [from, settings.to]) {
-        if (kekId !== undefined && kekId !== 'new' && keys.has(kekId))
+        if (kekId !== undefined && kekId !== 'new' && held.has(kekId))
           await runtime.keyring.refuseForeign(kekId, 'rotating with');
       }
       await firstContact(runtime);
       await refuseWhileLegacyValuesRemain(runtime, request.allowLegacyValues);
       // A target met for the first time: the KEK its rows use now is the active one.
-      if (!active && from !== undefined && keys.has(from) && definition.currentKek.owner === 'application') {
-        await registry.seedActive(from, keys.fingerprint(from));
+      const fromFingerprint = from === undefined ? undefined : held.get(from);
+      if (
+        !active &&
+        from !== undefined &&
+        fromFingerprint !== undefined &&
+        definition.currentKek.owner === 'application'
+      ) {
+        await registry.seedActive(from, fromFingerprint);
         active = await registry.active();
       }
       const unfinished = await unfinishedRotation(runtime);
@@ -352,8 +360,8 @@ export function createKekActivities(deps: ActivityDependencies) {
       const toRecord = settings.to === 'new' ? undefined : await registry.get(settings.to);
       const resolved = checkAgainstKeks(settings, {
         activeKekId: active?.kekId,
-        from: { registryState: fromRecord?.state, inProvider: from !== undefined && keys.has(from) },
-        to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: keys.has(settings.to) },
+        from: { registryState: fromRecord?.state, inProvider: from !== undefined && held.has(from) },
+        to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: held.has(settings.to) },
         providerCanGenerate: keys.generate !== undefined,
         providerDescription: keys.description,
         unfinished,

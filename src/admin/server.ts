@@ -442,7 +442,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       const status = await targetKekStatus(runtime);
       let loaded: string[] = [];
       try {
-        loaded = runtime.keys.kekIds();
+        loaded = [...new Set((await runtime.keyring.held()).map((k) => k.kekId))].sort();
       } catch (err) {
         if (!(err instanceof KeyMaterialError)) throw err; // this process holds no key for the target: none loaded
       }

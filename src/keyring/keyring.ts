@@ -23,16 +23,19 @@ import {
   UnknownKekError,
 } from '../errors';
 
-export interface KeyringOptions {
+export interface KeyringCiphersOptions {
   /** The store's driver; a function opens it when a step first needs the store (a registry-only step never does). */
   driver: StoreDriver | (() => StoreDriver);
-  /** The keyspace's database, where its registry is. */
-  db: Pool;
   registry: KekRegistry;
-  /** The keyspace this keyring belongs to (`<database id>/<schema.table>`). */
-  keyspace: string;
   /** The target's name, for messages. */
   target: string;
+}
+
+export interface KeyringOptions extends KeyringCiphersOptions {
+  /** The keyspace's database, where its registry is. */
+  db: Pool;
+  /** The keyspace this keyring belongs to (`<database id>/<schema.table>`). */
+  keyspace: string;
   /**
    * Before a KEK is retired (its store may stop it for every reader: KMS disables it, Transit raises
    * min_decryption_version, Vault KV soft-deletes it) or its material destroyed: throws (RetireRefusedError) while
@@ -71,27 +74,27 @@ async function orInstruction(hook: () => Promise<unknown>): Promise<StepOutcome>
   }
 }
 
-export class Keyring {
+/**
+ * The part of a keyring that reads keys: it names them, and hands out a KEK's cipher once the registry's fingerprint
+ * proves it. The application's (TenantCrypto) is this alone; the worker's Keyring adds the lifecycle.
+ */
+export class KeyringCiphers {
   private opened: StoreDriver | undefined;
-  private readonly registry: KekRegistry;
+  protected readonly registry: KekRegistry;
   /** The names a rotation gives keys the store does not name (Mycelium's old and current token_secret). */
   private rotation: { from: string; to: string } | undefined;
 
-  constructor(private readonly options: KeyringOptions) {
-    this.registry = options.registry;
+  constructor(private readonly base: KeyringCiphersOptions) {
+    this.registry = base.registry;
   }
 
-  private get driver(): StoreDriver {
-    const { driver } = this.options;
+  protected get driver(): StoreDriver {
+    const { driver } = this.base;
     return (this.opened ??= typeof driver === 'function' ? driver() : driver);
   }
 
   get description(): string {
     return this.driver.description;
-  }
-
-  get keyspace(): string {
-    return this.options.keyspace;
   }
 
   /**
@@ -125,16 +128,6 @@ export class Keyring {
     await this.driver.reload();
   }
 
-  /** The id a new KEK gets: the next vN after every id the store or the registry knows. */
-  async proposeKekId(): Promise<string> {
-    await this.driver.reload();
-    const known = new Set([
-      ...(await this.held()).map((k) => k.kekId),
-      ...(await this.registry.list()).map((k) => k.kekId),
-    ]);
-    return nextKekId([...known]);
-  }
-
   /**
    * The cipher of `kekId`, trusted by fingerprint, not by name: once the registry has recorded a KEK, only a key with
    * that fingerprint is used, and a key held under the same name with another fingerprint is refused. A KEK the
@@ -145,9 +138,10 @@ export class Keyring {
     return this.cipherFor(kekId, registered);
   }
 
-  private async cipherFor(kekId: string, registered: KekRecord | undefined): Promise<DekCipher> {
+  /** As `cipher`, given the registry's record of `kekId` (undefined: not recorded), as the caller last read it. */
+  async cipherFor(kekId: string, registered: KekRecord | undefined): Promise<DekCipher> {
     if (registered !== undefined && !canUnwrap(registered.state)) {
-      throw new KekRetiredError(kekId, this.options.target, registered.state);
+      throw new KekRetiredError(kekId, this.base.target, registered.state);
     }
     let held = await this.held();
     // A KEK another process provisioned, or a remote store not read yet: read the store again first.
@@ -175,6 +169,30 @@ export class Keyring {
     } finally {
       for (const cipher of ciphers) cipher.release();
     }
+  }
+
+  close(): void {
+    this.opened?.close();
+  }
+}
+
+export class Keyring extends KeyringCiphers {
+  constructor(private readonly options: KeyringOptions) {
+    super(options);
+  }
+
+  get keyspace(): string {
+    return this.options.keyspace;
+  }
+
+  /** The id a new KEK gets: the next vN after every id the store or the registry knows. */
+  async proposeKekId(): Promise<string> {
+    await this.driver.reload();
+    const known = new Set([
+      ...(await this.held()).map((k) => k.kekId),
+      ...(await this.registry.list()).map((k) => k.kekId),
+    ]);
+    return nextKekId([...known]);
   }
 
   /**
@@ -369,9 +387,5 @@ export class Keyring {
         ...(proof.relabelled > 0 && { proof }),
       };
     });
-  }
-
-  close(): void {
-    this.opened?.close();
   }
 }

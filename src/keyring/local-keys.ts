@@ -244,7 +244,7 @@ export abstract class LocalKeysDriver implements StoreDriver {
     this.keys.clear();
   }
 
-  // ---- What the callers that still take a KeyProvider use (TenantCrypto, the rewrap's resolver, the fleet) ----
+  // ---- What the callers that still take a KeyProvider use (the dev engine and tenants, `rekey keys`, the benches) ----
 
   kekIds(): string[] {
     return this.keys.ids();

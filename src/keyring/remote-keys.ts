@@ -24,17 +24,16 @@ export function wholeFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: num
 }
 
 /**
- * The pace of a remote store's requests: `<prefix>_CONCURRENCY` requests in flight and `<prefix>_RATE` a second
- * (0: unpaced), each with its default and range.
+ * The pace of a remote store's requests: how many in flight and how many a second (0: unpaced), each a variable with
+ * its default and range.
  */
 export function pacerLimitsFromEnv(
   env: NodeJS.ProcessEnv,
-  prefix: string,
-  limits: { concurrency: [number, number, number]; rate: [number, number, number] },
+  limits: { concurrency: [string, number, number, number]; rate: [string, number, number, number] },
 ): PacerLimits {
   return {
-    concurrency: wholeFromEnv(env, `${prefix}_CONCURRENCY`, ...limits.concurrency),
-    ratePerSecond: wholeFromEnv(env, `${prefix}_RATE`, ...limits.rate),
+    concurrency: wholeFromEnv(env, ...limits.concurrency),
+    ratePerSecond: wholeFromEnv(env, ...limits.rate),
   };
 }
 

@@ -1,23 +1,31 @@
 // What a process in a target's fleet (an application instance or a rekey worker) does with its keys against the
 // registry: learn the KEKs a rotation provisioned, and say which keys it holds, by fingerprint.
 import { canUnwrap } from '../envelope/kek-lifecycle';
+import type { KeyringCiphers } from '../keyring/keyring';
 import type { KekRecord } from '../store/kek-registry';
-import type { KeyProvider } from './key-provider';
 
 /**
- * Reloads the key source when the registry lists a KEK that is not retired and that this process lacks (a rotation
+ * Reloads the key store when the registry lists a KEK that is not retired and that this process lacks (a rotation
  * provisioned it, or made it active), so that the process holds it, and says so, before anything is wrapped with it.
  */
-export async function reloadForRegistry(keys: KeyProvider, registered: readonly KekRecord[]): Promise<void> {
-  if (registered.some((k) => canUnwrap(k.state) && !keys.has(k.kekId))) await keys.reload();
+export async function reloadForRegistry(keyring: KeyringCiphers, registered: readonly KekRecord[]): Promise<void> {
+  const held = new Set((await keyring.held()).map((k) => k.kekId));
+  if (registered.some((k) => canUnwrap(k.state) && !held.has(k.kekId))) await keyring.reload();
 }
 
 /** The keys this process holds, as it announces them: their ids, and the fingerprint of each. */
-export function heldKeys(keys: KeyProvider): { unwrapKekIds: string[]; kekFingerprints: Record<string, string> } {
-  const unwrapKekIds = keys.kekIds();
+export async function heldKeys(
+  keyring: KeyringCiphers,
+): Promise<{ unwrapKekIds: string[]; kekFingerprints: Record<string, string> }> {
+  // One entry per id: a store whose old and current key a step names alike (a migration's) announces the current one.
+  const byId = new Map<string, string>();
+  for (const kek of await keyring.held()) if (!byId.has(kek.kekId)) byId.set(kek.kekId, kek.fingerprint);
+  const held = [...byId]
+    .map(([kekId, fingerprint]) => ({ kekId, fingerprint }))
+    .sort((x, y) => (x.kekId < y.kekId ? -1 : x.kekId > y.kekId ? 1 : 0));
   return {
-    unwrapKekIds,
-    kekFingerprints: Object.fromEntries(unwrapKekIds.map((kekId) => [kekId, keys.fingerprint(kekId)])),
+    unwrapKekIds: held.map((k) => k.kekId),
+    kekFingerprints: Object.fromEntries(held.map((k) => [k.kekId, k.fingerprint])),
   };
 }
 

@@ -1,6 +1,6 @@
-// The interface the callers not yet moved to the keyring (TenantCrypto, the rewrap's resolver, the fleet's presence,
-// the dev engine) take a store by: every driver of src/keyring/drivers/ still answers it, until those callers ask the
-// keyring for a DekCipher instead.
+// The interface the callers not yet moved to the keyring (the dev engine and tenants, `rekey keys` list and import,
+// the KMS move-in's DEK operations, the benches) take a store by: every driver of src/keyring/drivers/ still answers
+// it, until those callers ask the keyring for a DekCipher instead.
 import type { RowCrypto } from '../crypto/row-crypto';
 import type { ProvisionOptions } from '../keyring/driver';
 import type { HeldKey } from '../keyring/local-keys';

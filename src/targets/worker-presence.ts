@@ -46,10 +46,10 @@ export class WorkerPresence {
       } catch {
         continue; // no keys or no table for it here: this worker does not serve it, and says nothing
       }
-      await reloadForRegistry(runtime.keys, await runtime.registry.list());
+      await reloadForRegistry(runtime.keyring, await runtime.registry.list());
       await runtime.instances.announce({
         instanceId: this.instanceId,
-        ...heldKeys(runtime.keys),
+        ...(await heldKeys(runtime.keyring)),
         wrapKekId: null,
         role: 'worker',
       });

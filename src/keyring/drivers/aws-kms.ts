@@ -95,7 +95,10 @@ export function kmsSettingsFromEnv(env: NodeJS.ProcessEnv): KmsSettings {
   }
   return {
     aliasPrefix,
-    limits: pacerLimitsFromEnv(env, 'REKEY_AWS_KMS', { concurrency: [16, 1, 256], rate: [500, 0, 100_000] }),
+    limits: pacerLimitsFromEnv(env, {
+      concurrency: ['REKEY_AWS_KMS_CONCURRENCY', 16, 1, 256],
+      rate: ['REKEY_AWS_KMS_RATE', 500, 0, 100_000],
+    }),
     deletionWindowDays: wholeFromEnv(env, 'REKEY_AWS_KMS_DELETION_WINDOW_DAYS', 30, 7, 30),
     ...localKeysFromEnv(env),
   };

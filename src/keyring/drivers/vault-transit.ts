@@ -40,7 +40,10 @@ export function transitSettingsFromEnv(env: NodeJS.ProcessEnv): TransitSettings 
     mount,
     key,
     owner: transitOwnerPlace(env, { mount, key }),
-    limits: pacerLimitsFromEnv(env, 'REKEY_VAULT_TRANSIT', { concurrency: [4, 1, 64], rate: [50, 0, 10_000] }),
+    limits: pacerLimitsFromEnv(env, {
+      concurrency: ['REKEY_VAULT_TRANSIT_CONCURRENCY', 4, 1, 64],
+      rate: ['REKEY_VAULT_TRANSIT_RATE', 50, 0, 10_000],
+    }),
     batch: wholeFromEnv(env, 'REKEY_VAULT_TRANSIT_BATCH', 250, 1, 10_000),
   };
 }
