@@ -9,6 +9,10 @@ import { KeyringCiphers } from './keyring/keyring';
 import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry, type KekRecord } from './store/kek-registry';
+import { readDatabaseIdentity } from './store/database-identity';
+import { keyspaceOf } from './rotation/identity';
+import { PRESETS } from './targets/presets';
+import { describeTable } from './targets/target';
 import { TenantDekStore } from './store/tenant-deks';
 import { KekFingerprintMismatchError, KekNotWritableError, UnknownKekError } from './errors';
 
@@ -72,9 +76,20 @@ export class TenantCrypto {
     if (seed && !(await this.registry.active())) {
       const held = (await this.keyring.held()).find((k) => k.kekId === seed);
       if (!held) throw new UnknownKekError(seed, this.options.keys.description);
+      // A key another keyspace may own (an untagged KMS key under a shared alias prefix) is not taken as this one's.
+      const seeding = this.options.keys as StoreDriver & {
+        refuseSeed?(kekId: string, keyspace: string): Promise<void>;
+      };
+      await seeding.refuseSeed?.(seed, await this.keyspace());
       await this.registry.seedActive(seed, held.fingerprint);
     }
     await this.presence.start(this.registryTtlMs);
+  }
+
+  /** The keyspace this application writes: rekey's own table in its database. */
+  private async keyspace(): Promise<string> {
+    const databaseId = await readDatabaseIdentity(this.options.db, "the application's database");
+    return keyspaceOf(databaseId, describeTable(PRESETS[BUILTIN_TARGET]!.table)).id;
   }
 
   /** Withdraws this instance from the fleet (after any announcement under way) and zeroizes the cached DEKs. */

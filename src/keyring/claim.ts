@@ -45,9 +45,9 @@ export async function claimKek(
         `KEK '${kekId}' in ${store.description} is ${store.fingerprint(kekId)}, not the ${fingerprint} given: rekey claims only the key named`,
       );
     }
-    const before = await store.ownerOf(kekId);
+    const before = await store.recordedOwner();
     await store.adopt(keyspace);
-    const owner = await store.ownerOf(kekId);
+    const owner = await store.recordedOwner();
     if (owner !== keyspace) {
       throw new KeyspaceMismatchError(
         `not claiming KEK '${kekId}': ${store.description} records keyspace ${owner ?? '(none)'} as its owner, and this is keyspace ${keyspace}. Give this keyspace a Transit key of its own (REKEY_VAULT_TRANSIT_KEY)`,

@@ -48,6 +48,12 @@ export interface KeyProvider {
    * them, `from` for the old key and `to` for the current one.
    */
   bindRotation?(from: string, to: string): void;
+  /**
+   * Before an empty registry is seeded with `kekId`, the KEK the store's configuration names current (an application's
+   * first start): refuses a key that may be another keyspace's (AWS KMS: one whose owner tag does not name `keyspace`,
+   * an untagged one included, since another deployment's may share the alias prefix).
+   */
+  refuseSeed?(kekId: string, keyspace: string): Promise<void>;
 }
 
 /** DEK operations done by the key store: plaintext DEKs are returned to the caller, who zeroizes them. */

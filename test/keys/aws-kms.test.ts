@@ -28,6 +28,7 @@ import {
   KekRestoreRefusedError,
   KekRetiredError,
   KeyMaterialError,
+  KeyspaceMismatchError,
   KeyStoreRefusedError,
   TargetConfigError,
 } from '../../src/errors';
@@ -372,16 +373,16 @@ describe('aws-kms key provider against a moto server', () => {
 
   it('finding 2: a provision refuses an alias prefix another deployment already uses, naming the alias its registry does not record, and creates nothing', async () => {
     // Deployment A: v1 and v2 under the prefix, in its registry.
-    const { prefix, settings, keys, activities, v2 } = await promotedToV2();
-    // Deployment B: its own database, the same prefix (both left the default). Its application seeds B's registry
-    // from `current`, which names A's v2.
+    const { prefix, settings, keys, activities } = await promotedToV2();
+    // Deployment B: its own database, the same prefix (both left the default). Its application does not seed B's
+    // registry from `current`, which names A's v2 (tagged A's): refused, naming both keyspaces.
     const other = await createTestDatabase();
     const otherKeys = KmsKeys.fromEnv(settings);
     const app = new TenantCrypto({ db: other.pool, keys: otherKeys, registryTtlMs: 100 });
     try {
       await otherKeys.reload();
-      await app.start();
-      expect((await new KekRegistry(other.pool, BUILTIN_TARGET).get('v2'))?.fingerprint).toBe(kmsFingerprint(v2.Arn!));
+      await expect(app.start()).rejects.toThrow(KeyspaceMismatchError);
+      expect(await new KekRegistry(other.pool, BUILTIN_TARGET).list()).toEqual([]);
       const refused = await createActivities({ db: other.pool, keys: otherKeys })
         .provisionKek({ kekId: 'v3', generate: true, from: 'v2' })
         .catch((err: unknown) => err);

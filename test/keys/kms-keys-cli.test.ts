@@ -13,6 +13,8 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { TenantCrypto } from '../../src/tenant-crypto';
 import { KeyStoreRefusedError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
 import { useMoto } from '../helpers/aws';
@@ -113,5 +115,32 @@ describe('rekey keys generate and keys claim on AWS KMS', () => {
     expect(other.stderr).toContain(`rekey:keyspace=${keyspaceA}, another keyspace's`);
     expect(await keyspaceTagOf(keyId!)).toBe(keyspaceA);
     keyring.close();
+  });
+
+  it("an application's first start does not seed its empty registry with an untagged KMS key under the prefix (another deployment's, made before keys were tagged): refused with the claim command, the registry left empty; a key tagged for its keyspace seeds it", async () => {
+    const prefix = prefixFor();
+    const made = await kms.send(new CreateKeyCommand({ Description: "another deployment's, untagged" }));
+    await kms.send(new CreateAliasCommand({ AliasName: `${prefix}kek-v1`, TargetKeyId: made.KeyMetadata!.KeyId }));
+    await kms.send(new CreateAliasCommand({ AliasName: `${prefix}current`, TargetKeyId: made.KeyMetadata!.KeyId }));
+    const store = KmsKeys.fromEnv(envFor(prefix));
+    await store.reload();
+    const app = new TenantCrypto({ db: dbB.pool, keys: store, registryTtlMs: 60_000 });
+    await expect(app.start()).rejects.toThrow(KeyStoreRefusedError);
+    await expect(app.start()).rejects.toThrow(`rekey keys claim v1 --fingerprint kms:${made.KeyMetadata!.Arn}`);
+    expect(await new KekRegistry(dbB.pool, 'rekey').list()).toEqual([]);
+    await app.stop();
+    store.close();
+
+    // Another prefix whose key keys generate made for database B's keyspace: it seeds the registry.
+    const own = prefixFor();
+    const generated = await runRekey(['keys', 'generate', '--id', 'v1'], envFor(own, dbB.url), 60_000);
+    expect(generated.code, generated.stderr).toBe(0);
+    const ownStore = KmsKeys.fromEnv(envFor(own));
+    await ownStore.reload();
+    const ownApp = new TenantCrypto({ db: dbB.pool, keys: ownStore, registryTtlMs: 60_000 });
+    await ownApp.start();
+    expect((await new KekRegistry(dbB.pool, 'rekey').active())?.fingerprint).toBe(ownStore.fingerprint('v1'));
+    await ownApp.stop();
+    ownStore.close();
   });
 });

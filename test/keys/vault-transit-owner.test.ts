@@ -4,9 +4,15 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
-import { KeyMaterialError, KeyspaceMismatchError, KeyStoreRefusedError } from '../../src/errors';
+import { claimKek } from '../../src/keyring/claim';
+import {
+  KekFingerprintMismatchError,
+  KeyMaterialError,
+  KeyspaceMismatchError,
+  KeyStoreRefusedError,
+} from '../../src/errors';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn } from '../helpers/keyring';
+import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn, rotatedRegistry } from '../helpers/keyring';
 import { readmePolicy, tokenWithPolicy } from '../helpers/vault';
 
 const KEYSPACE_A = 'db-a/public.tenant_deks';
@@ -95,7 +101,7 @@ describe('the owner record of a Vault Transit key', () => {
     owner.close();
   });
 
-  it('a key no keyspace has claimed is not retired or trimmed at the store (fail closed), saying how to claim it', async () => {
+  it('a key no keyspace has claimed is not retired (fail closed), neither at the store nor through the keyring, whose registry is left unwritten, saying how to claim it', async () => {
     const key = `rekey-${randomUUID()}`;
     const store = VaultTransitKeys.fromEnv(envFor(key));
     await store.generate('v1');
@@ -106,7 +112,32 @@ describe('the owner record of a Vault Transit key', () => {
     ];
     await expect(store.retire('v1', records)).rejects.toThrow(KeyStoreRefusedError);
     await expect(store.retire('v1', records)).rejects.toThrow(/has no owner record .*rekey keys claim/);
+    // Through the keyring (a rotation an older build started, retiring on this build): refused before the registry
+    // is written, so registry and Vault stay as they were.
+    const registry = await rotatedRegistry(dbA.pool, 'unclaimed', {
+      v1: store.fingerprint('v1'),
+      v2: store.fingerprint('v2'),
+    });
+    const keyring = keyringFor(dbA.pool, store, KEYSPACE_A, registry.target);
+    await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
+      KeyStoreRefusedError,
+    );
+    expect((await registry.require('v1')).state).toBe('decrypt_only');
     expect(await keyState(key)).toMatchObject({ min_decryption_version: 1 });
+    keyring.close();
+  });
+
+  it('rekey keys claim records the keyspace on a Transit key made before owner records, only for the key its fingerprint names; another keyspace is then refused', async () => {
+    const key = `rekey-${randomUUID()}`;
+    const store = VaultTransitKeys.fromEnv(envFor(key));
+    await store.generate('v1');
+    const fingerprint = store.fingerprint('v1');
+    await expect(claimKek(store, 'v1', `${fingerprint}0`, KEYSPACE_A)).rejects.toThrow(KekFingerprintMismatchError);
+    expect(await store.recordedOwner()).toBeUndefined();
+    expect(await claimKek(store, 'v1', fingerprint, KEYSPACE_A)).toBe('claimed');
+    expect(await claimKek(store, 'v1', fingerprint, KEYSPACE_A)).toBe('already');
+    await expect(claimKek(store, 'v1', fingerprint, KEYSPACE_B)).rejects.toThrow(KeyspaceMismatchError);
+    expect((await recordOf(key)).data.keyspace).toBe(KEYSPACE_A);
     store.close();
   });
 

@@ -27,7 +27,7 @@ import type { RemoteKek } from '../cipher';
 import type { DestroyOutcome, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
-import { adoption } from '../kms-owner';
+import { adoption, unclaimedKeys } from '../kms-owner';
 import {
   DekUnwrapError,
   KeyMaterialError,
@@ -758,6 +758,23 @@ export class KmsKeys extends RemoteKeysDriver {
     }
     await this.tagOwner(kek.keyId, keyspace);
     return 'claimed';
+  }
+
+  /** An empty registry is seeded only with a key this keyspace's tag names (else claimed first: rekey keys claim). */
+  async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    const owner = await this.ownerOf(kekId);
+    if (owner === keyspace) return;
+    const kek = this.kek(kekId);
+    if (owner === undefined) {
+      throw unclaimedKeys(
+        [{ kekId, alias: this.aliasOf(kekId), arn: kek.arn, owner }],
+        keyspace,
+        this.settings.aliasPrefix,
+      );
+    }
+    throw new KeyspaceMismatchError(
+      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': KMS key ${kek.arn} carries the tag ${KMS_KEYSPACE_TAG}=${owner}, another keyspace's. Give this keyspace an alias prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX)`,
+    );
   }
 
   private async tagOwner(keyId: string, keyspace: string): Promise<void> {

@@ -69,6 +69,11 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     await this.local.adopt(keyspace).catch(readOnlyIsDone);
   }
 
+  /** A KMS key seeds an empty registry only when its owner tag names the keyspace; a local key as its store says. */
+  async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    if (this.inKms(kekId)) await this.kms.refuseSeed(kekId, keyspace);
+  }
+
   async reload(): Promise<void> {
     await Promise.all([this.kms.reload(), this.local.reload()]);
     const both = this.kms.kekIds().filter((kekId) => this.local.has(kekId));

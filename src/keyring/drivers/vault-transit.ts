@@ -373,9 +373,18 @@ export class VaultTransitKeys extends RemoteKeysDriver {
 
   /**
    * The keyspace the key belongs to (one key, one owner): its owner record, a KV v2 secret beside it (a Transit key
-   * carries no metadata), claimed by the first keyspace to use it.
+   * carries no metadata), claimed by the first keyspace to use it (adopt, at a rotation's first step). A key with no
+   * record is refused here (KeyStoreRefusedError), before the keyring writes its registry: rekey does not retire,
+   * restore or trim a key no keyspace has claimed.
    */
-  ownerOf(_kekId: string): Promise<string | undefined> {
+  async ownerOf(kekId: string): Promise<string> {
+    const owner = await this.ownerRecord.ownerOf();
+    if (owner === undefined) await this.ownerRecord.requireRecorded(`act on KEK '${kekId}'`);
+    return owner!;
+  }
+
+  /** The keyspace the owner record names; undefined while there is none. */
+  recordedOwner(): Promise<string | undefined> {
     return this.ownerRecord.ownerOf();
   }
 
