@@ -208,7 +208,7 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   {
     name: 'REKEY_VAULT_KV_MOUNT',
     default: 'secret',
-    what: "the KV v2 mount (REKEY_KEY_PROVIDER=vault; with vault-transit, where the Transit key's owner record is)",
+    what: "the KV v2 mount (REKEY_KEY_PROVIDER=vault); a Transit key's owner record is at secret/ whatever it says",
     readBy: ALL,
   },
   {

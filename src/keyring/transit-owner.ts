@@ -149,8 +149,8 @@ export class TransitOwnerRecord {
     if ('owner' in read) return;
     if ('deleted' in read) throw this.deletedRecord();
     throw new KeyStoreRefusedError(
-      `${this.transit} has no owner record (${this.name}), so rekey does not ${step}: a keyspace records itself as the key's owner at its rotation's first step. ` +
-        `Start the keyspace's rotation again (rekey rotate), or record it by hand: rekey keys claim <KEK id> --target <target> --fingerprint <its fingerprint, from rekey kek-status>`,
+      `${this.transit} has no owner record (${this.name}), so rekey does not ${step}: a keyspace records itself as the key's owner at its rotation's first step when its registry records one of the key's versions. ` +
+        `Start the keyspace's rotation again (rekey rotate), or, if the key is this keyspace's, claim it: rekey keys claim <KEK id> --target <target> --fingerprint <its fingerprint, from rekey kek-status>`,
     );
   }
 

@@ -13,6 +13,7 @@ import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KeyMaterialError, KeyStoreRefusedError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
+import { pageFences } from '../helpers/doc-fences';
 import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor } from '../helpers/keyring';
@@ -33,6 +34,23 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
   afterAll(async () => {
     await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
   });
+
+  /**
+   * The claim command of docs/06-key-stores.md for a store (the block that contains `marker`), its placeholders filled
+   * in with `values`: the arguments the test runs, so the command runs as the page writes it.
+   */
+  const documentedClaim = (marker: string, values: Record<string, string>): string[] => {
+    const fence = pageFences('docs/06-key-stores.md').find(
+      (f) => f.marker?.kind === 'elsewhere' && f.text.includes(marker),
+    );
+    expect(fence, `docs/06-key-stores.md has a claim block with ${marker}`).toBeDefined();
+    let line = fence!.text.trim();
+    for (const [placeholder, value] of Object.entries(values)) line = line.replaceAll(placeholder, value);
+    expect(line).not.toMatch(/[<>]/);
+    const [command, ...args] = line.split(/\s+/);
+    expect(command).toBe('rekey');
+    return args;
+  };
 
   /** The CLI's environment: exactly what an operator sets, with DATABASE_URL naming the keyspace's database. */
   const cliEnv = (env: NodeJS.ProcessEnv, databaseUrl: string): NodeJS.ProcessEnv => ({
@@ -59,7 +77,12 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     expect(wrong.code, wrong.stderr).not.toBe(0);
     await expect(vaultRequest(vault, 'GET', record)).rejects.toThrow();
 
-    const claimed = await runRekey(['keys', 'claim', 'v1', '--fingerprint', fingerprint], cliEnv(env, dbA.url));
+    const documented = documentedClaim('vault-transit:', {
+      'rekey-kek': key,
+      '<creation time>': fingerprint.slice(fingerprint.lastIndexOf('@') + 1),
+    });
+    expect(documented).toEqual(['keys', 'claim', 'v1', '--fingerprint', fingerprint]);
+    const claimed = await runRekey(documented, cliEnv(env, dbA.url));
     expect(claimed.code, claimed.stderr).toBe(0);
     expect(claimed.stdout).toContain(`is keyspace ${keyspaceA}'s (target 'rekey')`);
     const written = await vaultRequest<{ data: { data: { keyspace: string } } }>(vault, 'GET', record);
@@ -97,7 +120,9 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     await expect(keyringA.adopt()).rejects.toThrow(`rekey keys claim kv-v1 --fingerprint ${fingerprint}`);
     expect(await ownerOf()).toBeUndefined();
 
-    const claimed = await runRekey(['keys', 'claim', 'kv-v1', '--fingerprint', fingerprint], cliEnv(env, dbA.url));
+    const documented = documentedClaim('kv-v1', { 'kcv1:<fingerprint>': fingerprint });
+    expect(documented).toEqual(['keys', 'claim', 'kv-v1', '--fingerprint', fingerprint]);
+    const claimed = await runRekey(documented, cliEnv(env, dbA.url));
     expect(claimed.code, claimed.stderr).toBe(0);
     expect(await ownerOf()).toBe(keyspaceA);
     await keyringA.adopt();
