@@ -1,33 +1,51 @@
 // The crypto of a batch of `rekey migrate-dek` rows (src/rewrap/migrate-rows.ts), apart from its SQL so that it runs in
 // the rotation's crypto threads (src/crypto/rewrap-thread.ts runs it as the task `migrateChunk`) or in the caller's
 // thread: each tenant's DEK unwrapped once under the KEKs, every legacy field of a row opened under the KEKs and sealed
-// under its tenant's DEK. AES-GCM through the native schedules when the addon is in use. DEKs never leave this
-// function: they are released before it returns.
+// under its tenant's DEK. Rows come and go by column (src/crypto/columns.ts), as the rotation's do: the batch's
+// tenants, its legacy values and its DEK rows packed as the binary COPY read them, the new values packed as the
+// compare-and-swap sends them; no object per row crosses between threads. AES-GCM through the native schedules when
+// the addon is in use. DEKs never leave this function: they are released before it returns.
 import { randomBytes } from 'node:crypto';
 import { NONCE_BYTES, type Codec, type Row, type SealedFormat } from '../codec/sealed-format';
 import { releaseKey, scheduleKey, type AeadKey } from '../crypto/aes-gcm';
-import type { FieldsRow, FieldsWrite } from '../store/row-fields-store';
+import { unpackColumn, unpackTextColumn, type ByteColumn, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
 
 /** A tenant's wrapped DEK as the target's table holds it (a TargetRow: its columns, `$id`, `$label`). */
 export type WrappedDek = Row & { $id: string; $label: string };
 
+/** A batch's (or a chunk's) rows by column. */
+export interface MigrateColumns {
+  count: number;
+  /** The tenant whose DEK each row's fields go under (text). */
+  tenants: ByteColumn;
+  /** By field of the group: the legacy value (text), or NULL where the field is not legacy. */
+  values: ByteColumn[];
+  /** Each row's tenant's DEK row, read with it: its id (NULL where there is no DEK to read), label and columns. */
+  dek: { ids: ByteColumn; labels: ByteColumn; columns: Columns };
+}
+
 export interface MigrateChunkInput {
   /** The KEKs to try, in order (the one new DEKs are wrapped with first). */
   keks: { kekId: string; key: Buffer }[];
-  rows: FieldsRow[];
-  /** Each tenant's DEK row, or why the tenant has none (WOULD_PROVISION in a dry run). */
+  rows: MigrateColumns;
+  /**
+   * For the rows whose DEK was not read with them (a DEK provisioned for this batch, or re-read after another writer
+   * provisioned it first), by tenant: the DEK row, or why the tenant has none (WOULD_PROVISION in a dry run).
+   */
   deks: Record<string, WrappedDek | string>;
   dryRun: boolean;
 }
 
 export interface MigrateChunkResult {
-  /** Rows with at least one field sealed, in the order read. */
-  writes: FieldsWrite[];
+  /** Rows with at least one field sealed, by index in the chunk, ascending. */
+  indexes: Int32Array;
+  /** By field of the group: the new value of each written row (NULL where that field is not written). */
+  values: ByteColumn[];
   /** By field of the group: values that could not be sealed. */
   unreadable: number[];
-  /** Why, by row and field of the group (bounded by the caller). */
-  failures: { row: string; field: number; reason: string }[];
+  /** Why, by row index and field of the group (bounded by the caller). */
+  failures: { index: number; field: number; reason: string }[];
 }
 
 /** In a dry run, a tenant without a DEK: the run would provision one, so its values only need to open. */
@@ -39,36 +57,95 @@ export interface MigrateCodecs {
   current: Codec[];
 }
 
+/** Text values packed one after another into a buffer that grows as needed. */
+class TextColumnWriter {
+  private bytes = Buffer.allocUnsafe(4096);
+  private at = 0;
+  readonly lengths: Int32Array;
+  private rows = 0;
+
+  constructor(capacity: number) {
+    this.lengths = new Int32Array(capacity);
+  }
+
+  push(value: string | null): void {
+    if (value === null) {
+      this.lengths[this.rows++] = -1;
+      return;
+    }
+    const size = Buffer.byteLength(value, 'utf8');
+    if (this.at + size > this.bytes.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.at + size, this.bytes.length * 2));
+      this.bytes.copy(bigger, 0, 0, this.at);
+      this.bytes = bigger;
+    }
+    this.bytes.write(value, this.at, 'utf8');
+    this.at += size;
+    this.lengths[this.rows++] = size;
+  }
+
+  /** The packed column, in buffers of its own (to be moved back to the caller's thread). */
+  done(): ByteColumn {
+    const bytes = new Uint8Array(this.at);
+    bytes.set(this.bytes.subarray(0, this.at));
+    return { lengths: this.lengths.slice(0, this.rows), bytes };
+  }
+}
+
 export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): MigrateChunkResult {
+  const { rows } = input;
+  const { count } = rows;
+  const fieldCount = codecs.legacy.length;
   const keks = input.keks.map((k) => ({ kekId: k.kekId, key: scheduleKey(k.key) }));
   const deks = new Map<string, AeadKey | string>();
-  const result: MigrateChunkResult = { writes: [], unreadable: codecs.legacy.map(() => 0), failures: [] };
+  const tenants = unpackTextColumn(rows.tenants);
+  const values = rows.values.map(unpackTextColumn);
+  const dekIds = unpackTextColumn(rows.dek.ids);
+  const dekLabels = unpackTextColumn(rows.dek.labels);
+  const dekColumns = Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpackColumn(column)]);
+  const out = Array.from({ length: fieldCount }, () => new TextColumnWriter(count));
+  const indexes = new Int32Array(count);
+  let written = 0;
+  const unreadable = codecs.legacy.map(() => 0);
+  const failures: MigrateChunkResult['failures'] = [];
   // The chunk's nonces from one call to the CSPRNG (one per value it may seal), each used once.
-  const nonces = new Nonces(input.rows.reduce((n, row) => n + row.values.filter((v) => v !== null).length, 0));
+  let sealable = 0;
+  for (const column of rows.values) for (const length of column.lengths) if (length >= 0) sealable++;
+  const nonces = new Nonces(sealable);
+  const sealed: (string | null)[] = new Array<string | null>(fieldCount);
   try {
-    for (const row of input.rows) {
-      let dek = deks.get(row.tenant);
+    for (let i = 0; i < count; i++) {
+      const tenant = tenants[i]!;
+      let dek = deks.get(tenant);
       if (dek === undefined) {
-        const stored = input.deks[row.tenant];
-        dek = stored === undefined ? `no DEK for tenant ${row.tenant}` : unwrap(codecs.dek, keks, stored);
-        deks.set(row.tenant, dek);
+        let stored: WrappedDek | string | undefined;
+        if (dekIds[i] !== null) {
+          const row: Record<string, unknown> = { $id: dekIds[i], $label: dekLabels[i] };
+          for (const [name, column] of dekColumns) row[name as string] = (column as unknown[])[i];
+          stored = row as WrappedDek;
+        } else stored = input.deks[tenant];
+        dek = stored === undefined ? `no DEK for tenant ${tenant}` : unwrap(codecs.dek, keks, stored);
+        deks.set(tenant, dek);
       }
-      const old: (string | null)[] = row.values.map(() => null);
-      const value: (string | null)[] = row.values.map(() => null);
-      row.values.forEach((stored, i) => {
-        if (stored === null) return;
-        const sealed = seal(codecs, keks, row, i, stored, dek, nonces);
-        if (typeof sealed === 'string') {
-          result.unreadable[i]! += 1;
-          result.failures.push({ row: row.id, field: i, reason: sealed });
-          return;
+      let any = false;
+      for (let f = 0; f < fieldCount; f++) {
+        sealed[f] = null;
+        const value = values[f]![i];
+        if (value === null || value === undefined) continue;
+        const result = seal(codecs, keks, f, tenant, value, dek, nonces);
+        if (typeof result === 'string') {
+          unreadable[f]! += 1;
+          failures.push({ index: i, field: f, reason: result });
+          continue;
         }
-        old[i] = stored;
-        value[i] = sealed.value;
-      });
-      if (value.some((v) => v !== null)) result.writes.push({ id: row.id, old, value });
+        sealed[f] = result.value;
+        any = true;
+      }
+      if (!any) continue;
+      indexes[written++] = i;
+      for (let f = 0; f < fieldCount; f++) out[f]!.push(sealed[f]!);
     }
-    return result;
+    return { indexes: indexes.slice(0, written), values: out.map((w) => w.done()), unreadable, failures };
   } finally {
     for (const dek of deks.values()) if (typeof dek !== 'string') release(dek);
     for (const kek of keks) releaseKey(kek.key);
@@ -98,19 +175,19 @@ function unwrap(codec: Codec, keks: { kekId: string; key: AeadKey }[], row: Wrap
 function seal(
   codecs: MigrateCodecs,
   keks: { kekId: string; key: AeadKey }[],
-  row: FieldsRow,
-  i: number,
+  field: number,
+  tenant: string,
   stored: string,
   dek: AeadKey | string,
   nonces: Nonces,
 ): { value: string } | string {
   if (typeof dek === 'string' && dek !== WOULD_PROVISION) return dek;
-  const plaintext = openLegacy(codecs.legacy[i]!, keks, row, stored);
+  const plaintext = openLegacy(codecs.legacy[field]!, keks, tenant, stored);
   if (typeof plaintext === 'string') return plaintext;
   try {
     // A dry run whose tenant has no DEK yet: the value only needs to open.
     if (typeof dek === 'string') return { value: '' };
-    const [sealed] = codecs.current[i]!.seal(dek, plaintext, { value: null, tenant: row.tenant }, '', nonces.next());
+    const [sealed] = codecs.current[field]!.seal(dek, plaintext, { value: null, tenant }, '', nonces.next());
     return { value: String(sealed) };
   } finally {
     plaintext.fill(0);
@@ -120,7 +197,7 @@ function seal(
 function openLegacy(
   legacy: Codec,
   keks: { kekId: string; key: AeadKey }[],
-  row: FieldsRow,
+  tenant: string,
   stored: string,
 ): Buffer | string {
   const problem = legacy.check({ value: stored });
@@ -128,7 +205,7 @@ function openLegacy(
   const reasons: string[] = [];
   for (const kek of keks) {
     try {
-      return legacy.open(kek.key, { value: stored, tenant: row.tenant }, kek.kekId);
+      return legacy.open(kek.key, { value: stored, tenant }, kek.kekId);
     } catch (err) {
       if (!(err instanceof UnreadableValueError)) throw err;
       reasons.push(`'${kek.kekId}': ${err.reason}`);
@@ -166,11 +243,11 @@ export interface MigrateFormats {
   current: SealedFormat[];
 }
 
-/** A chunk of a batch as it goes to a crypto thread: formats, key copies moved there, and the rows. */
+/** A chunk of a batch as it goes to a crypto thread: formats, key copies moved there, and the rows by column. */
 export interface MigrateChunkTask {
   formats: MigrateFormats;
   keks: { kekId: string; key: ArrayBuffer }[];
-  rows: FieldsRow[];
+  rows: MigrateColumns;
   deks: Record<string, WrappedDek | string>;
   dryRun: boolean;
 }
@@ -191,7 +268,8 @@ export function migrateChunkTask(task: MigrateChunkTask, compile: (format: Seale
       };
       compiled.set(name, codecs);
     }
-    // A Buffer crosses threads as a Uint8Array: bytea columns are Buffers again here.
+    // A Buffer crosses threads as a Uint8Array: the bytea columns of the few DEK rows given by tenant are Buffers
+    // again here (those of the packed columns become Buffers when unpacked).
     const deks: Record<string, WrappedDek | string> = {};
     for (const [tenant, dek] of Object.entries(task.deks)) {
       deks[tenant] =
