@@ -6,8 +6,16 @@
 // compare-and-swap sends them; no object per row crosses between threads. AES-GCM through the native schedules when
 // the addon is in use. DEKs never leave this function: they are released before it returns.
 import { randomBytes } from 'node:crypto';
-import { NONCE_BYTES, type Codec, type Row, type SealedFormat } from '../codec/sealed-format';
-import { releaseKey, scheduleKey, type AeadKey } from '../crypto/aes-gcm';
+import {
+  decodedLength,
+  NONCE_BYTES,
+  TAG_BYTES,
+  type Codec,
+  type InPlaceForm,
+  type Row,
+  type SealedFormat,
+} from '../codec/sealed-format';
+import { releaseKey, scheduleKey, type AeadKey, type KeySchedule } from '../crypto/aes-gcm';
 import { unpackColumn, unpackTextColumn, type ByteColumn, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
 
@@ -113,6 +121,7 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   for (const column of rows.values) for (const length of column.lengths) if (length >= 0) sealable++;
   const nonces = new Nonces(sealable);
   const sealed: (string | null)[] = new Array<string | null>(fieldCount);
+  const fast = new InPlace(codecs, keks);
   try {
     for (let i = 0; i < count; i++) {
       const tenant = tenants[i]!;
@@ -124,7 +133,10 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
           for (const [name, column] of dekColumns) row[name as string] = (column as unknown[])[i];
           stored = row as WrappedDek;
         } else stored = input.deks[tenant];
-        dek = stored === undefined ? `no DEK for tenant ${tenant}` : unwrap(codecs.dek, keks, stored);
+        dek =
+          stored === undefined
+            ? `no DEK for tenant ${tenant}`
+            : (fast.unwrap(stored) ?? unwrap(codecs.dek, keks, stored));
         deks.set(tenant, dek);
       }
       let any = false;
@@ -132,7 +144,7 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
         sealed[f] = null;
         const value = values[f]![i];
         if (value === null || value === undefined) continue;
-        const result = seal(codecs, keks, f, tenant, value, dek, nonces);
+        const result = fast.seal(f, tenant, value, dek, nonces) ?? seal(codecs, keks, f, tenant, value, dek, nonces);
         if (typeof result === 'string') {
           unreadable[f]! += 1;
           failures.push({ index: i, field: f, reason: result });
@@ -147,8 +159,146 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
     }
     return { indexes: indexes.slice(0, written), values: out.map((w) => w.done()), unreadable, failures };
   } finally {
+    fast.wipe();
     for (const dek of deks.values()) if (typeof dek !== 'string') release(dek);
     for (const kek of keks) releaseKey(kek.key);
+  }
+}
+
+const isNative = (key: AeadKey): key is KeySchedule => !Buffer.isBuffer(key);
+
+/**
+ * The common case without the codecs' objects: a value in its one-column text form (Codec.inPlace) decoded into a
+ * scratch buffer, opened under the first KEK straight into another, sealed under the DEK into a third, and encoded
+ * once; a DEK unwrapped the same way. Anything else (another form, a value or DEK that does not open under the first
+ * KEK, Node's AES-GCM) answers undefined, and the caller takes the codecs' way, which gives the same outcome and
+ * reason as before. Every scratch buffer that held a plaintext or a DEK is zeroized (wipe).
+ */
+class InPlace {
+  private readonly raw = Buffer.alloc(1024);
+  private readonly clear = Buffer.alloc(1024);
+  private readonly out = Buffer.alloc(1024);
+  private readonly scratch = Buffer.alloc(256);
+  private readonly view: Record<string, unknown> = {};
+  private readonly kek: { kekId: string; key: KeySchedule } | undefined;
+  private readonly dek: InPlaceForm | undefined;
+  private readonly legacy: (InPlaceForm | undefined)[];
+  private readonly current: { form: InPlaceForm; prefix: string }[] | undefined;
+
+  /** Each form's prefix as text. */
+  private readonly prefixes = new Map<InPlaceForm, string>();
+
+  constructor(codecs: MigrateCodecs, keks: { kekId: string; key: AeadKey }[]) {
+    const first = keks[0];
+    const text = (form: InPlaceForm | undefined) => (form && form.encoding !== 'bytea' ? form : undefined);
+    this.kek = first && isNative(first.key) ? { kekId: first.kekId, key: first.key } : undefined;
+    this.dek = text(codecs.dek.inPlace);
+    this.legacy = codecs.legacy.map((c) => text(c.inPlace));
+    const current = codecs.current.map((c) => text(c.inPlace));
+    this.current = current.every((f) => f !== undefined)
+      ? current.map((form) => ({ form, prefix: form.prefix.toString('utf8') }))
+      : undefined;
+    for (const form of [this.dek, ...this.legacy, ...current]) {
+      if (form) this.prefixes.set(form, form.prefix.toString('utf8'));
+    }
+  }
+
+  /** `encoded` (after its prefix) decoded into `raw`: its length, or -1 when it is not exactly the encoding. */
+  private decode(form: InPlaceForm, stored: string): number {
+    const prefix = this.prefixes.get(form)!;
+    if (!stored.startsWith(prefix)) return -1;
+    const encoded = prefix.length > 0 ? stored.slice(prefix.length) : stored;
+    const encoding = form.encoding as Exclude<InPlaceForm['encoding'], 'bytea'>;
+    const expected = decodedLength(encoded, encoding);
+    if (expected < NONCE_BYTES + TAG_BYTES || expected > this.raw.length) return -1;
+    return this.raw.write(encoded, 0, this.raw.length, encoding) === expected ? expected : -1;
+  }
+
+  /** Opens what `decode` put in `raw` under the first KEK into `clear`: the plaintext's length, or -1. */
+  private open(form: InPlaceForm, size: number, row: Row, kekId: string): number {
+    const n = size - NONCE_BYTES - TAG_BYTES;
+    if (form.plaintextBytes !== undefined && n !== form.plaintextBytes) return -1;
+    let aad: Buffer;
+    try {
+      aad = form.aad(row, kekId, this.scratch);
+    } catch (err) {
+      if (err instanceof UnreadableValueError) return -1;
+      throw err;
+    }
+    const { raw } = this;
+    const body = NONCE_BYTES + n;
+    const opened = this.kek!.key.openInto(
+      raw.subarray(0, NONCE_BYTES),
+      raw.subarray(NONCE_BYTES, body),
+      raw.subarray(body, body + TAG_BYTES),
+      aad,
+      this.clear.subarray(0, n),
+    );
+    return opened ? n : -1;
+  }
+
+  /** The tenant's DEK as a key schedule, or undefined to take the codecs' way. */
+  unwrap(row: WrappedDek | string): AeadKey | undefined {
+    const form = this.dek;
+    if (typeof row === 'string' || !form || !this.kek) return undefined;
+    const stored = row[form.column];
+    if (typeof stored !== 'string') return undefined;
+    const size = this.decode(form, stored);
+    if (size < 0) return undefined;
+    const n = this.open(form, size, row, row.$label);
+    if (n < 0) return undefined;
+    const dek = this.clear.subarray(0, n);
+    try {
+      // The schedule holds its own copy; the scratch bytes are zeroized here.
+      const schedule = scheduleKey(dek);
+      return isNative(schedule) ? schedule : undefined;
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  /** Field `f`'s legacy value opened under the first KEK and sealed under `dek`, or undefined. */
+  seal(
+    f: number,
+    tenant: string,
+    stored: string,
+    dek: AeadKey | string,
+    nonces: Nonces,
+  ): { value: string } | undefined {
+    const legacy = this.legacy[f];
+    const current = this.current?.[f];
+    if (!legacy || !current || !this.kek || typeof dek === 'string' || !isNative(dek)) return undefined;
+    const size = this.decode(legacy, stored);
+    if (size < 0) return undefined;
+    const view = this.view;
+    view.value = stored;
+    view.tenant = tenant;
+    const n = this.open(legacy, size, view, this.kek.kekId);
+    if (n < 0) return undefined;
+    const { clear, out } = this;
+    try {
+      if (current.form.plaintextBytes !== undefined && n !== current.form.plaintextBytes) return undefined;
+      view.value = null;
+      let aad: Buffer;
+      try {
+        aad = current.form.aad(view, '', this.scratch);
+      } catch (err) {
+        if (err instanceof UnreadableValueError) return undefined;
+        throw err;
+      }
+      nonces.next().copy(out, 0);
+      dek.sealInto(out.subarray(0, NONCE_BYTES), clear.subarray(0, n), aad, out.subarray(NONCE_BYTES, size));
+      return { value: current.prefix + out.toString(current.form.encoding as BufferEncoding, 0, size) };
+    } finally {
+      clear.fill(0, 0, n);
+    }
+  }
+
+  wipe(): void {
+    this.raw.fill(0);
+    this.clear.fill(0);
+    this.out.fill(0);
+    this.scratch.fill(0);
   }
 }
 

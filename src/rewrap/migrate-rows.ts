@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { PoolClient } from 'pg';
 import { KEY_BYTES, NONCE_BYTES } from '../codec/sealed-format';
 import { concatColumns, sliceColumn, transferables, type ByteColumn, type Column } from '../crypto/columns';
+import { releaseKey, scheduleKey } from '../crypto/aes-gcm';
 import type { ThreadedRowCrypto } from '../crypto/row-crypto';
 import type { ResolvedKek } from '../keys/kek-resolver';
 import { checkout } from '../store/connect';
@@ -374,28 +375,32 @@ class RowSliceRun {
       for (const tenant of wanted) deks[tenant] = WOULD_PROVISION;
       return deks;
     }
-    const fresh = new Map(wanted.map((t) => [t, randomBytes(KEY_BYTES)]));
+    // The batch's new DEKs and their nonces from one call to the CSPRNG each, sealed under one key schedule.
+    const fresh = randomBytes(KEY_BYTES * wanted.length);
+    const nonces = randomBytes(NONCE_BYTES * wanted.length);
     const current = keks[0]!;
+    const key = scheduleKey(current.key);
     let written: Set<string>;
     const writes: { id: string; values: ReturnType<TargetStore['codec']['seal']> }[] = [];
     try {
-      for (const id of wanted) {
+      wanted.forEach((id, k) => {
         writes.push({
           id,
           values: store.codec.seal(
-            current.key,
-            fresh.get(id)!,
+            key,
+            fresh.subarray(k * KEY_BYTES, (k + 1) * KEY_BYTES),
             { [store.target.id]: id },
             current.kekId,
-            randomBytes(NONCE_BYTES),
+            nonces.subarray(k * NONCE_BYTES, (k + 1) * NONCE_BYTES),
           ),
         });
-      }
+      });
       // Counted on the group's first field, in the same statement as the DEKs written.
       written = await store.provisionMissing(this.reader, current.kekId, writes, this.keys[0]!);
       this.counters[0]!.deksProvisioned += written.size;
     } finally {
-      for (const dek of fresh.values()) dek.fill(0);
+      fresh.fill(0);
+      releaseKey(key);
     }
     // The DEKs written here are the stored ones, as written; where another writer won (the application provisioning
     // lazily meanwhile), or there is no row, the table says.
