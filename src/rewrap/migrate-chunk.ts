@@ -16,7 +16,7 @@ import {
   type SealedFormat,
 } from '../codec/sealed-format';
 import { releaseKey, scheduleKey, type AeadKey, type KeySchedule } from '../crypto/aes-gcm';
-import { unpackColumn, unpackTextColumn, type ByteColumn, type Columns } from '../crypto/columns';
+import { unpackColumn, type ByteColumn, type Column, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
 
 /** A tenant's wrapped DEK as the target's table holds it (a TargetRow: its columns, `$id`, `$label`). */
@@ -106,11 +106,25 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   const fieldCount = codecs.legacy.length;
   const keks = input.keks.map((k) => ({ kekId: k.kekId, key: scheduleKey(k.key) }));
   const deks = new Map<string, AeadKey | string>();
-  const tenants = unpackTextColumn(rows.tenants);
-  const values = rows.values.map(unpackTextColumn);
-  const dekIds = unpackTextColumn(rows.dek.ids);
-  const dekLabels = unpackTextColumn(rows.dek.labels);
-  const dekColumns = Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpackColumn(column)]);
+  // A column given under two names (the DEK's id, which its codec reads too) is unpacked once.
+  const unpacked = new Map<unknown, unknown[]>();
+  const unpack = (column: Column): unknown[] => {
+    const key = column.kind === 'values' ? column : column.column;
+    let values = unpacked.get(key);
+    if (!values) {
+      values = unpackColumn(column);
+      unpacked.set(key, values);
+    }
+    return values;
+  };
+  const text = (column: ByteColumn) => unpack({ kind: 'text', column }) as (string | null)[];
+  const tenants = text(rows.tenants);
+  const values = rows.values.map(text);
+  const dekIds = text(rows.dek.ids);
+  const dekLabels = text(rows.dek.labels);
+  const dekColumns = Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpack(column)] as const);
+  // The DEK's row as its codec reads it, one object reused for every row (a row the codecs' way gets its own).
+  const dekView: Record<string, unknown> = {};
   const out = Array.from({ length: fieldCount }, () => new TextColumnWriter(count));
   const indexes = new Int32Array(count);
   let written = 0;
@@ -129,14 +143,16 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
       if (dek === undefined) {
         let stored: WrappedDek | string | undefined;
         if (dekIds[i] !== null) {
-          const row: Record<string, unknown> = { $id: dekIds[i], $label: dekLabels[i] };
-          for (const [name, column] of dekColumns) row[name as string] = (column as unknown[])[i];
-          stored = row as WrappedDek;
+          dekView.$id = dekIds[i];
+          dekView.$label = dekLabels[i];
+          for (const [name, column] of dekColumns) dekView[name] = column[i];
+          stored = dekView as WrappedDek;
         } else stored = input.deks[tenant];
         dek =
           stored === undefined
             ? `no DEK for tenant ${tenant}`
-            : (fast.unwrap(stored) ?? unwrap(codecs.dek, keks, stored));
+            : (fast.unwrap(stored) ??
+              unwrap(codecs.dek, keks, stored === dekView ? ({ ...dekView } as WrappedDek) : stored));
         deks.set(tenant, dek);
       }
       let any = false;
