@@ -24,6 +24,16 @@ export interface FieldsBatch {
   dek: { ids: PackedValues; labels: PackedValues; columns: Columns };
 }
 
+/**
+ * `sql` with each parameter `$n` outside a quoted literal replaced by `params[n - 1]` as a literal (a COPY takes no
+ * parameters; a literal already in the text, such as a fixed tenant, is left as it is).
+ */
+function withLiterals(sql: string, params: readonly string[]): string {
+  return sql.replace(/'(?:[^']|'')*'|\$(\d+)/g, (match, n: string | undefined) =>
+    n === undefined ? match : literal(params[Number(n) - 1]!),
+  );
+}
+
 /** The fields of a target that can be read and written together: same table, same id column, same tenant. */
 export function rowGroups(fields: readonly FieldStore[]): number[][] {
   const groups = new Map<string, number[]>();
@@ -73,7 +83,7 @@ export class RowFieldsStore {
     const anyLegacy = this.fields.map((f) => `(${f.legacySql})`).join(' OR ');
     const select = [`${first.id}::text`, first.tenantSql, ...values, ...dek.select];
     // A COPY takes no parameters: the range's values written in as literals.
-    const where = sql.replace(/\$(\d+)/g, (_, n: string) => literal(params[Number(n) - 1]!));
+    const where = withLiterals(sql, params);
     const data = await copyOutBinary(
       client,
       `SELECT ${select.join(', ')} FROM ${this.table} t ${own ? '' : dek.join(first.tenantSql)}
