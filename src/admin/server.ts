@@ -14,7 +14,7 @@ import {
   type StartOutcome,
 } from '../client/rotations';
 import { rotationWorkflowId } from '../rotation/identity';
-import { type RotationRequest } from '../rotation/rotation-input';
+import { describeTargetKek, type RotationRequest } from '../rotation/rotation-input';
 import { ENDED_WELL, type RunStatus } from '../rotation/run-status';
 import { targetKekStatus } from '../targets/kek-status';
 import { restoreKek } from '../targets/restore-kek';
@@ -60,7 +60,11 @@ const startedBody = {
     status_url: { type: 'string' },
     target: { type: 'string' },
     from: { type: 'string' },
-    to: { type: 'string', description: "'new' until the rotation provisions the generated KEK" },
+    to: {
+      type: 'string',
+      description:
+        "'new' for a KEK generated at provision (its id is in status_url's target_kek_id once provisioned), else its id",
+    },
     web_ui_url: { type: 'string', description: "the run's page in the Temporal Web UI (REKEY_WEB_UI_URL)" },
   },
   required: ['op_id', 'status_url'],
@@ -72,7 +76,11 @@ const rotationStatusBody = {
     // Talos's rotation-status fields, so that its scripts and dashboards keep working.
     id: { type: 'string' },
     status: { type: 'string', enum: ['running', 'completed', 'failed'] },
-    target_kek_id: { type: 'string' },
+    target_kek_id: {
+      type: 'string',
+      nullable: true,
+      description: 'the KEK the run rotates to; null until a run that generates its KEK has provisioned it',
+    },
     cursor: { type: 'string', nullable: true },
     stats: {
       type: 'object',
@@ -140,7 +148,8 @@ function toStatusBody(s: RotationStatus) {
   return {
     id: s.opId,
     status: talosStatus(run),
-    target_kek_id: progress?.to,
+    // A KEK id, or null while a run that generates its KEK has not provisioned it ('new' is no KEK's id).
+    target_kek_id: progress === undefined || progress.to === 'new' ? null : progress.to,
     stats: progress && {
       scanned: scanned(progress),
       rotated: progress.counters.rewrapped + (progress.counters.relabelled ?? 0),
@@ -319,7 +328,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         ...answer,
         status: 'running',
         message:
-          `rotation of target '${target}' started ('${kekFrom}' → '${kekTo}')` +
+          `rotation of target '${target}' started ('${kekFrom}' → ${describeTargetKek(kekTo)})` +
           (started.unanswered !== undefined ? `; not validated yet: ${started.unanswered}` : ''),
         ...(options.webUiUrl && { web_ui_url: options.webUiUrl(started.handle.workflowId) }),
       });
