@@ -24,7 +24,14 @@ import { rotateAllBody, rotationFromBody, type RotateAllBody } from './rotation-
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows/messages';
 import { runHistory } from '../client/history';
-import { errorKind, httpStatusFor, KeyMaterialError, RekeyError } from '../errors';
+import {
+  databaseUnreachable,
+  errorKind,
+  httpStatusFor,
+  KeyMaterialError,
+  RekeyError,
+  UNAVAILABLE_RETRY_AFTER_SECONDS,
+} from '../errors';
 
 export interface AdminServerOptions {
   client: Client;
@@ -248,10 +255,19 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   app.setErrorHandler((error: Error & { statusCode?: number; validation?: unknown }, _request, reply) => {
     // rekey's errors by their kind (src/errors.ts, the same mapping as the CLI's exit codes); Fastify's own (schema
     // validation, bad JSON) by the status Fastify gave them.
-    const status = errorKind(error) !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
+    const kind = errorKind(error);
+    if (kind === 'unavailable') {
+      // The database is unreachable: 503 at once, saying so (the driver's message names no secret), and when to ask again.
+      app.log.warn({ err: error.message }, 'the database is unreachable');
+      return reply
+        .status(httpStatusFor(error))
+        .header('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS))
+        .send({ error: 'database_unreachable', message: databaseUnreachable(error)!.message });
+    }
+    const status = kind !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
     if (status >= 500) app.log.error(error);
     // rekey's own errors say what failed and never carry a secret; anything else is not shown.
-    void reply.status(status).send({
+    return reply.status(status).send({
       error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
       message: status >= 500 && !(error instanceof RekeyError) ? 'internal error' : failureMessage(error),
     });
@@ -290,6 +306,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           409: errorBody,
           422: errorBody,
           500: errorBody,
+          503: errorBody,
         },
       },
     },
