@@ -1,95 +1,39 @@
 // `--to new` is a request, not a KEK: once provision has chosen the new KEK's id, every surface names that id (the CLI's
 // status, the `progress` query, the Web UI, the admin API), and the start answer, given before provision, says that
 // a new KEK is coming instead of printing 'new' as if it were one. Against the dev server and PostgreSQL.
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAdminServer } from '../../src/admin/server';
-import { seedTenants } from '../../src/dev/tenants';
-import { FileKeyring } from '../../src/keys/file-keyring';
 import { AppInstances } from '../../src/store/app-instances';
-import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import type { RotationReport } from '../../src/workflows';
-import { runRekey, type CliResult } from '../helpers/cli';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import type { CliResult } from '../helpers/cli';
 import { rotationIdIn } from '../helpers/keyspace';
-import {
-  createDevServerEnv,
-  progressUntil,
-  resultWithin,
-  workflowBundle,
-  type OwnServerEnvironment,
-} from '../helpers/temporal';
+import { startKeyringWorker, type KeyringWorker } from '../helpers/keyring-worker';
+import { createDevServerEnv, progressUntil, resultWithin, type OwnServerEnvironment } from '../helpers/temporal';
 
 const TOKEN = 'test-token-new-kek-0123456789';
 
 describe("a rotation to 'new' names the KEK it provisioned on every surface", () => {
   let env: OwnServerEnvironment;
-  let db: TestDatabase;
-  let keyring: FileKeyring;
-  let keyringFile: string;
-  let worker: Worker;
-  let running: Promise<void>;
+  let fixture: KeyringWorker;
   let api: FastifyInstance;
-  const taskQueue = 'rekey-new-kek-test';
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-new-kek-'));
-
-  function rekey(...args: string[]): Promise<CliResult> {
-    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-      PATH: process.env.PATH,
-      DATABASE_URL: db.url,
-      REKEY_KEYRING_FILE: keyringFile,
-    });
-  }
+  const rekey = (...args: string[]): Promise<CliResult> => fixture.rekey(...args);
 
   beforeAll(async () => {
     env = await createDevServerEnv();
-    db = await createTestDatabase();
-    keyringFile = path.join(scratch, 'keyring.json');
-    keyring = FileKeyring.open(keyringFile, { create: true });
-    await keyring.generate('v1');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
-    await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 50 });
-    const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys: keyring,
-      targets,
-      temporal: env.client,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
-    api = await buildAdminServer({
-      client: env.client,
-      targets: new TargetRuntimes({ db: db.pool, keys: keyring }),
-      defaultTarget: BUILTIN_TARGET,
-      taskQueue,
-      token: TOKEN,
-      configuredCurrentKekId: () => undefined,
-    });
+    // v1 alone in the keyring: 'new' generates the next KEK.
+    fixture = await startKeyringWorker(env, { taskQueue: 'rekey-new-kek-test', kekIds: ['v1'], tenants: 50 });
+    api = await fixture.adminApi(TOKEN);
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
-    keyring?.close();
-    await db?.drop();
+    await fixture?.stop();
     await env?.teardown();
-    fs.rmSync(scratch, { recursive: true, force: true });
   });
 
   it("rotate --to new: the start answer says a new KEK is coming (it printed 'new' as the KEK), and from the provision on the CLI's status, the progress query, the Web UI and the admin API name its id", async () => {
     // An instance that holds only v1 keeps the run at the fleet gate after provision, however fast this machine is.
-    const instances = new AppInstances(db.pool, BUILTIN_TARGET);
+    const instances = new AppInstances(fixture.db.pool, BUILTIN_TARGET);
     await instances.announce({ instanceId: 'old-gw', unwrapKekIds: ['v1'], wrapKekId: 'v1', kekFingerprints: {} });
     const auth = { authorization: `Bearer ${TOKEN}` };
     try {
@@ -98,7 +42,7 @@ describe("a rotation to 'new' names the KEK it provisioned on every surface", ()
       expect(start.stdout).toContain("of target 'rekey' ('v1' → a new KEK (id chosen at provision))");
       expect(start.stdout).not.toContain("'new'");
       const opId = /started rotation (\S+)/.exec(start.stdout)![1]!;
-      const handle = env.client.workflow.getHandle(await rotationIdIn(db.pool));
+      const handle = env.client.workflow.getHandle(await rotationIdIn(fixture.db.pool));
       const provisioned = await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
       expect(provisioned.to).toBe('v2');
 
