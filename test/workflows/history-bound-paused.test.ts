@@ -1,10 +1,24 @@
 // A rotation paused in the middle of a rewrap pass waits in the slice scheduler (src/workflows/slice-scheduler.ts), not
 // in the waits that honour the history bound since HISTORY_BOUND_PATCH (grace, the gates, a hold between steps): a run
-// paused there for days, sent signals meanwhile, grew by every one of them. Against the dev server and PostgreSQL.
+// paused there for days, sent signals meanwhile, grew by every one of them; so did a migration, whose every pause
+// waits there (or between passes). Against the dev server and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import { startMigration } from '../../src/client/migrations';
 import { startRotation } from '../../src/client/rotations';
-import { overrideFleetGateSignal, pauseSignal, resumeSignal, type RotationReport } from '../../src/workflows';
+import {
+  overrideFleetGateSignal,
+  pauseSignal,
+  resumeSignal,
+  type MigrationReport,
+  type RotationReport,
+} from '../../src/workflows';
+import { createApplicationDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
+import { createMyceliumSchema, kekOf, myceliumShape, seedLegacyInventory } from '../helpers/mycelium';
 import { RotationFixture, SLOW_ROTATION } from '../helpers/rotation-fixture';
 import {
   chainLengths,
@@ -13,6 +27,7 @@ import {
   progressUntil,
   resultWithin,
   type OwnServerEnvironment,
+  workflowBundle,
 } from '../helpers/temporal';
 
 /**
@@ -76,6 +91,62 @@ describe('a rotation paused mid-pass keeps its history within maxHistoryEvents (
       await fixture.expectNothingLost();
     } finally {
       await fixture.drop();
+    }
+  }, 240_000);
+
+  it('Finding (the slice scheduler’s paused wait ignored the history bound): a migration paused in the middle of a pass, sent dozens of signals and queries, continues as new within the bound while paused, and once resumed migrates every value exactly once and completes', async () => {
+    const { db } = await createApplicationDatabase(createMyceliumSchema, myceliumShape);
+    const tokenSecret = randomUUID();
+    const taskQueue = `history-bound-migration-${randomUUID()}`;
+    try {
+      const seeded = await seedLegacyInventory(db.pool, kekOf(tokenSecret), { tenants: 30, users: 20 });
+      const worker = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env: { MYC_TOKEN_SECRET: tokenSecret } }),
+      });
+      const { report, lengths, pausedRuns } = await worker.runUntil(async () => {
+        // One value per batch, one batch per part: many short parts, to pause in the first of them.
+        const { handle } = await startMigration(
+          env.client,
+          {
+            target: 'mycelium',
+            kekVersion: '1',
+            batchSize: 1,
+            parallelism: 1,
+            sliceTimeBudget: '1ms',
+            maxHistoryEvents: BOUND,
+          },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
+        );
+        await progressUntil<MigrationReport>(handle, (p) => p.totals.migrated >= 2, { withinMs: 60_000 });
+        await handle.signal(pauseSignal);
+        await progressUntil<MigrationReport>(handle, (p) => p.paused && p.partsRunning === 0, { withinMs: 60_000 });
+        const runsBefore = (await chainLengths(env.client, handle.workflowId)).length;
+        for (let i = 0; i < ROUNDS; i++) {
+          await handle.signal(pauseSignal);
+          await handle.signal(pauseSignal);
+          // A query adds no event; asked as every wait asks (an unanswered poll is cancelled and asked again).
+          const now = await progressUntil<MigrationReport>(handle, () => true, { withinMs: 60_000 });
+          expect(now.paused).toBe(true);
+        }
+        const pausedRuns = (await chainLengths(env.client, handle.workflowId)).length - runsBefore;
+        await handle.signal(resumeSignal);
+        const done = await resultWithin<MigrationReport>(env.client.workflow.getHandle(handle.workflowId), 120_000);
+        return { report: done, lengths: await chainLengths(env.client, handle.workflowId), pausedRuns };
+      });
+      expect(report.outcome).toBe('completed');
+      // Every value migrated once: counted once across the pause and every continue-as-new.
+      expect(report.totals).toMatchObject({ migrated: seeded.values.length, casConflicts: 0 });
+      expect(report.legacyLeft).toBe(0);
+      expect(
+        Math.max(...lengths),
+        `history lengths of the runs, latest first: ${lengths.join(', ')}`,
+      ).toBeLessThanOrEqual(BOUND + HISTORY_OVERSHOOT);
+      expect(pausedRuns, 'runs the paused wait continued into').toBeGreaterThan(0);
+    } finally {
+      await db.drop();
     }
   }, 240_000);
 });
