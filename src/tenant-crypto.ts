@@ -20,6 +20,11 @@ export interface TenantCryptoOptions {
   dekCacheTtlMs?: number;
   dekCacheMax?: number;
   warn?: (message: string) => void;
+  /**
+   * Who the audit trail (rekey.kek_events) names when this process seeds the registry's first KEK; by default
+   * `application (TenantCrypto <instanceId>)`.
+   */
+  actor?: string;
 }
 
 /** A write the database refuses this many times in a row (each after re-reading the registry) fails. */
@@ -64,7 +69,8 @@ export class TenantCrypto {
   async start(): Promise<void> {
     const seed = this.options.keys.configuredCurrentKekId;
     if (seed && !(await this.registry.active())) {
-      await this.registry.seedActive(seed, this.options.keys.fingerprint(seed));
+      const actor = this.options.actor ?? `application (TenantCrypto ${this.instanceId})`;
+      await this.registry.seedActive(seed, this.options.keys.fingerprint(seed), actor);
     }
     await this.presence.start(this.registryTtlMs);
   }
