@@ -17,7 +17,9 @@ export type ErrorKind =
   /** rekey refused a step that could lose data (a key that is not the registered one, a KEK still in use): exit 5, HTTP 422. */
   | 'refused'
   /** The operation failed; its message says why: exit 1, HTTP 500. */
-  | 'failed';
+  | 'failed'
+  /** The database is unreachable (down, refusing connections, or silent past the connect timeout): exit 1, HTTP 503. */
+  | 'unavailable';
 
 export const EXIT_CODES: Readonly<Record<ErrorKind | 'ok', number>> = {
   ok: 0,
@@ -26,6 +28,8 @@ export const EXIT_CODES: Readonly<Record<ErrorKind | 'ok', number>> = {
   'not-found': 3,
   conflict: 4,
   refused: 5,
+  // The operation failed, as 'failed' does: a script tells the two apart by the message (the API by its status).
+  unavailable: 1,
 };
 
 export const HTTP_STATUSES: Readonly<Record<ErrorKind, number>> = {
@@ -34,7 +38,11 @@ export const HTTP_STATUSES: Readonly<Record<ErrorKind, number>> = {
   conflict: 409,
   refused: 422,
   failed: 500,
+  unavailable: 503,
 };
+
+/** How long a caller told 503 (the database unreachable) waits before asking again: the admin API's Retry-After. */
+export const UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
 
 /** Base of rekey's errors: its kind, and whether retrying the same call could ever succeed. */
 export abstract class RekeyError extends Error {
@@ -346,6 +354,62 @@ export class CliError extends RekeyError {
   }
 }
 
+/**
+ * PostgreSQL could not be reached: down, refusing connections (or this role's login), ending them, or silent past the
+ * connect timeout. A retry can succeed once it answers, so unlike the classes below it is not a non-retryable type.
+ */
+export class DatabaseUnreachableError extends RekeyError {
+  static override readonly kind: ErrorKind = 'unavailable';
+  override readonly name = 'DatabaseUnreachableError';
+  constructor(detail: string) {
+    super(`the database is unreachable (${detail}): retry once it answers`);
+  }
+}
+
+/** Marks an error a PostgreSQL connection failed with (src/store/connect.ts's pools mark every one they open). */
+const UNREACHABLE_MARK = 'rekeyDatabaseUnreachable';
+export function markDatabaseUnreachable<E>(err: E): E {
+  if (typeof err === 'object' && err !== null) (err as Record<string, unknown>)[UNREACHABLE_MARK] = true;
+  return err;
+}
+
+/**
+ * SQLSTATEs of a database that cannot be used now (the server says so): connection exceptions (08), a server shutting
+ * down or starting (57P01 admin shutdown, as pg_terminate_backend ends a session, 57P02, 57P03), too many
+ * connections (53300), and a login refused (28: invalid authorization, e.g. a role set NOLOGIN).
+ */
+const UNREACHABLE_SQLSTATE = /^(08...|57P0[123]|53300|28...)$/;
+/** What the pg driver says, without a code, when a connection it held or was opening is gone. */
+const UNREACHABLE_PG_MESSAGE = /^(Connection terminated|timeout exceeded when trying to connect)/;
+
+/** Whether `e` (one error, not its causes) says the database is unreachable. */
+function saysUnreachable(e: object): boolean {
+  if (e instanceof DatabaseUnreachableError || (e as Record<string, unknown>)[UNREACHABLE_MARK] === true) return true;
+  const { code, severity, message } = e as { code?: unknown; severity?: unknown; message?: unknown };
+  // A PostgreSQL error has a severity beside its SQLSTATE (a Node socket error has a code, never a severity).
+  if (typeof severity === 'string' && typeof code === 'string' && UNREACHABLE_SQLSTATE.test(code)) return true;
+  return typeof message === 'string' && UNREACHABLE_PG_MESSAGE.test(message);
+}
+
+/**
+ * The error as the database's unreachability, when anything in its cause chain says so (the pg driver's errors, those
+ * of a connection a rekey pool opened, a PostgreSQL error of a class above); else undefined.
+ */
+export function databaseUnreachable(err: unknown): DatabaseUnreachableError | undefined {
+  for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 8; depth++) {
+    if (e instanceof DatabaseUnreachableError) return e;
+    if (saysUnreachable(e)) {
+      // A socket error's message names the address (`connect ECONNREFUSED 127.0.0.1:5432`); Node's error for a host
+      // of several addresses (an AggregateError) has none, only a code.
+      const { message, code } = e as { message?: unknown; code?: unknown };
+      const detail = typeof message === 'string' && message !== '' ? message : typeof code === 'string' ? code : '';
+      return new DatabaseUnreachableError(detail || 'no answer');
+    }
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
 /** The workflow's own failure types (ApplicationFailure.type), with their kinds. */
 export const WORKFLOW_FAILURES = {
   /** Some live application instance never held (or wrapped with) the new KEK within the fleet timeout. */
@@ -394,6 +458,7 @@ const CLASSES = [
 /** The kind of every error type by name: rekey's classes and the workflow's failure types. */
 const KIND_BY_TYPE: ReadonlyMap<string, ErrorKind> = new Map<string, ErrorKind>([
   ...CLASSES.map((c) => [c.name, c.kind] as [string, ErrorKind]),
+  [DatabaseUnreachableError.name, DatabaseUnreachableError.kind],
   ...(Object.entries(WORKFLOW_FAILURES) as [string, ErrorKind][]),
 ]);
 
@@ -402,7 +467,8 @@ export const NON_RETRYABLE: readonly string[] = CLASSES.map((c) => c.name);
 
 /**
  * The kind of any error: a rekey error, or a Temporal failure (workflow, activity or update) whose cause chain names
- * a rekey error type or a workflow failure type. Anything else failed.
+ * a rekey error type or a workflow failure type; else unavailable when it says the database is unreachable (see
+ * `databaseUnreachable`). Anything else failed.
  */
 export function errorKind(err: unknown): ErrorKind {
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
@@ -413,7 +479,8 @@ export function errorKind(err: unknown): ErrorKind {
     if (typeof name === 'string' && KIND_BY_TYPE.has(name)) return KIND_BY_TYPE.get(name)!;
     e = (e as { cause?: unknown }).cause;
   }
-  return 'failed';
+  // Of no other kind: the database's unreachability, when the chain says so.
+  return databaseUnreachable(err) !== undefined ? 'unavailable' : 'failed';
 }
 
 /** The innermost message of a failure (Temporal wraps an activity's in the workflow's): the one that says why. */

@@ -26,6 +26,11 @@ export interface TenantCryptoOptions {
   dekCacheTtlMs?: number;
   dekCacheMax?: number;
   warn?: (message: string) => void;
+  /**
+   * Who the audit trail (rekey.kek_events) names when this process seeds the registry's first KEK; by default
+   * `application (TenantCrypto <instanceId>)`.
+   */
+  actor?: string;
 }
 
 /** A write the database refuses this many times in a row (each after re-reading the registry) fails. */
@@ -78,7 +83,8 @@ export class TenantCrypto {
       await this.options.keys.refuseSeed?.(seed, await this.keyspace());
       const held = (await this.keyring.held()).find((k) => k.kekId === seed);
       if (!held) throw new UnknownKekError(seed, this.options.keys.description);
-      await this.registry.seedActive(seed, held.fingerprint);
+      const actor = this.options.actor ?? `application (TenantCrypto ${this.instanceId})`;
+      await this.registry.seedActive(seed, held.fingerprint, actor);
     }
     await this.presence.start(this.registryTtlMs);
   }

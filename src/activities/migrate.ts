@@ -1,5 +1,5 @@
 // The activities of `rekey migrate-dek` (the migrateDek workflow): plan the parts, migrate one part, count what is
-// left. Every statement is in src/store (FieldStore, TargetStore); the crypto is in src/rewrap/migrate-fields.ts.
+// left. Every statement is in src/store (RowFieldsStore, FieldStore, TargetStore); the engine is src/rewrap/migrate-rows.ts.
 import { Context } from '@temporalio/activity';
 import { canUnwrap } from '../envelope/kek-lifecycle';
 import type { EngineKek } from '../keyring/cipher';
@@ -339,13 +339,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
         if (!args.dryRun && registered?.state !== 'active')
           throw new KekNotWritableError(args.target, args.kekId, registered?.state ?? null);
         const result = await migrateFieldSlice(
-          {
-            fields,
-            deks: runtime.store,
-            legacy: fields.legacy,
-            current: fields.current,
-            keks,
-          },
+          { fields, deks: runtime.store, keks },
           sliceInput<FieldCheckpoint>(args, context),
           sliceHooks(context),
         );

@@ -1,5 +1,4 @@
 import { Client, Connection } from '@temporalio/client';
-import { Pool } from 'pg';
 import { z } from 'zod';
 import { loadConfig, parseEnv } from '../config';
 import { temporalConnectionOptions } from '../temporal-connection';
@@ -11,6 +10,7 @@ import { TargetRuntimes } from '../targets/runtime';
 import { configuredCurrentKekId } from '../targets/target';
 import { createLogger } from '../observability/logger';
 import { buildAdminServer } from './server';
+import { openPool } from '../store/connect';
 
 const AdminEnv = z.object({
   REKEY_ADMIN_TOKEN: z
@@ -27,7 +27,8 @@ async function run(): Promise<void> {
   const admin = parseEnv(AdminEnv);
   webUiBase(); // a malformed REKEY_WEB_UI_URL stops the API here, not in every answer
   const targetsConfig = loadTargetsConfig();
-  const db = new Pool({ connectionString: config.DATABASE_URL, max: 4 });
+  // Opening a connection is bounded (the URL's connect_timeout, else 10 s): a silent database answers 503, not a hang.
+  const db = openPool(config.DATABASE_URL, { max: 4 });
   // An idle connection the server ends (a failover, a restart, pg_terminate_backend) is dropped from the pool and
   // replaced on next use; without a listener its 'error' event ended the process (seen on a rotate-all under load).
   const log = createLogger();

@@ -97,6 +97,7 @@ export function registerMigrationRoutes(
           409: errorBody,
           422: errorBody,
           500: errorBody,
+          503: errorBody,
         },
       },
     },

@@ -14,7 +14,7 @@ import {
   type StartOutcome,
 } from '../client/rotations';
 import { rotationWorkflowId } from '../rotation/identity';
-import { type RotationRequest } from '../rotation/rotation-input';
+import { describeTargetKek, type RotationRequest } from '../rotation/rotation-input';
 import { ENDED_WELL, type RunStatus } from '../rotation/run-status';
 import { targetKekStatus } from '../targets/kek-status';
 import { restoreKek } from '../targets/restore-kek';
@@ -24,7 +24,14 @@ import { rotateAllBody, rotationFromBody, type RotateAllBody } from './rotation-
 import type { TargetRuntimes } from '../targets/runtime';
 import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../workflows/messages';
 import { runHistory } from '../client/history';
-import { errorKind, httpStatusFor, KeyMaterialError, RekeyError } from '../errors';
+import {
+  databaseUnreachable,
+  errorKind,
+  httpStatusFor,
+  KeyMaterialError,
+  RekeyError,
+  UNAVAILABLE_RETRY_AFTER_SECONDS,
+} from '../errors';
 
 export interface AdminServerOptions {
   client: Client;
@@ -60,7 +67,11 @@ const startedBody = {
     status_url: { type: 'string' },
     target: { type: 'string' },
     from: { type: 'string' },
-    to: { type: 'string', description: "'new' until the rotation provisions the generated KEK" },
+    to: {
+      type: 'string',
+      description:
+        "'new' for a KEK generated at provision (its id is in status_url's target_kek_id once provisioned), else its id",
+    },
     web_ui_url: { type: 'string', description: "the run's page in the Temporal Web UI (REKEY_WEB_UI_URL)" },
   },
   required: ['op_id', 'status_url'],
@@ -72,7 +83,11 @@ const rotationStatusBody = {
     // Talos's rotation-status fields, so that its scripts and dashboards keep working.
     id: { type: 'string' },
     status: { type: 'string', enum: ['running', 'completed', 'failed'] },
-    target_kek_id: { type: 'string' },
+    target_kek_id: {
+      type: 'string',
+      nullable: true,
+      description: 'the KEK the run rotates to; null until a run that generates its KEK has provisioned it',
+    },
     cursor: { type: 'string', nullable: true },
     stats: {
       type: 'object',
@@ -140,7 +155,8 @@ function toStatusBody(s: RotationStatus) {
   return {
     id: s.opId,
     status: talosStatus(run),
-    target_kek_id: progress?.to,
+    // A KEK id, or null while a run that generates its KEK has not provisioned it ('new' is no KEK's id).
+    target_kek_id: progress === undefined || progress.to === 'new' ? null : progress.to,
     stats: progress && {
       scanned: scanned(progress),
       rotated: progress.counters.rewrapped + (progress.counters.relabelled ?? 0),
@@ -239,10 +255,19 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   app.setErrorHandler((error: Error & { statusCode?: number; validation?: unknown }, _request, reply) => {
     // rekey's errors by their kind (src/errors.ts, the same mapping as the CLI's exit codes); Fastify's own (schema
     // validation, bad JSON) by the status Fastify gave them.
-    const status = errorKind(error) !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
+    const kind = errorKind(error);
+    if (kind === 'unavailable') {
+      // The database is unreachable: 503 at once, saying so (the driver's message names no secret), and when to ask again.
+      app.log.warn({ err: error.message }, 'the database is unreachable');
+      return reply
+        .status(httpStatusFor(error))
+        .header('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS))
+        .send({ error: 'database_unreachable', message: databaseUnreachable(error)!.message });
+    }
+    const status = kind !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
     if (status >= 500) app.log.error(error);
     // rekey's own errors say what failed and never carry a secret; anything else is not shown.
-    void reply.status(status).send({
+    return reply.status(status).send({
       error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
       message: status >= 500 && !(error instanceof RekeyError) ? 'internal error' : failureMessage(error),
     });
@@ -281,6 +306,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
           409: errorBody,
           422: errorBody,
           500: errorBody,
+          503: errorBody,
         },
       },
     },
@@ -319,7 +345,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         ...answer,
         status: 'running',
         message:
-          `rotation of target '${target}' started ('${kekFrom}' → '${kekTo}')` +
+          `rotation of target '${target}' started ('${kekFrom}' → ${describeTargetKek(kekTo)})` +
           (started.unanswered !== undefined ? `; not validated yet: ${started.unanswered}` : ''),
         ...(options.webUiUrl && { web_ui_url: options.webUiUrl(started.handle.workflowId) }),
       });

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { Client, Connection } from '@temporalio/client';
-import { Pool } from 'pg';
+import type { Pool } from 'pg';
+import { openPool } from '../store/connect';
 import type { KeyspaceLookup } from '../client/rotations';
 import { checkDatabaseUrl, loadConfig, loadKeyConfig } from '../config';
 import { openKeyProvider, type KeyStore } from '../keys';
@@ -54,7 +55,7 @@ export class CliContext {
       if (!this.env.DATABASE_URL)
         throw new CliError('DATABASE_URL is not set: point it at the database that holds the tenant DEKs', 'invalid');
       const url = checkDatabaseUrl(this.env.DATABASE_URL, 'DATABASE_URL');
-      this.pool = new Pool({ connectionString: url, max: 2 });
+      this.pool = openPool(url, { max: 2 });
       // An idle connection the server ends (`status --watch` across a failover) is replaced on next use, not a crash.
       this.pool.on('error', () => undefined);
     }

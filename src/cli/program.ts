@@ -6,7 +6,7 @@ import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
+import { databaseUnreachable, errorKind, EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('rekey')
@@ -51,7 +51,8 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.en
     }
     // One line, and the exit code of the error's kind (src/errors.ts): the same mapping as the admin API's statuses.
     // A configuration file's error keeps the excerpt that shows where the mistake is.
-    const message = err instanceof Error ? err.message : String(err);
+    const unreachable = errorKind(err) === 'unavailable' ? databaseUnreachable(err) : undefined;
+    const message = unreachable?.message ?? (err instanceof Error ? err.message : String(err));
     process.stderr.write(`rekey: ${err instanceof TargetConfigError ? message : message.split('\n')[0]}\n`);
     return exitCodeFor(err);
   }

@@ -120,22 +120,37 @@ export function scheduleKey(key: Buffer): AeadKey {
 }
 
 export function nativeSchedule(addon: NativeAddon, key: Buffer): KeySchedule {
-  const native = new addon.GcmKey(key);
-  return {
-    native: true,
-    seal(nonce, plaintext, aad) {
-      const sealed = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
-      native.sealInto(nonce, plaintext, aad, sealed);
-      return { ciphertext: sealed.subarray(0, plaintext.length), tag: sealed.subarray(plaintext.length) };
-    },
-    open(nonce, ciphertext, tag, aad) {
-      const plaintext = Buffer.allocUnsafe(ciphertext.length);
-      return native.openInto(nonce, ciphertext, tag, aad, plaintext) ? plaintext : undefined;
-    },
-    sealInto: (nonce, plaintext, aad, out) => native.sealInto(nonce, plaintext, aad, out),
-    openInto: (nonce, ciphertext, tag, aad, out) => native.openInto(nonce, ciphertext, tag, aad, out),
-    release: () => native.release(),
-  };
+  return new NativeSchedule(new addon.GcmKey(key));
+}
+
+/** A class, not an object of closures: a migration makes one per DEK, a few hundred thousand in a run. */
+class NativeSchedule implements KeySchedule {
+  readonly native = true as const;
+
+  constructor(private readonly key: NativeGcmKey) {}
+
+  seal(nonce: Buffer, plaintext: Buffer, aad: Buffer): { ciphertext: Buffer; tag: Buffer } {
+    const sealed = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
+    this.key.sealInto(nonce, plaintext, aad, sealed);
+    return { ciphertext: sealed.subarray(0, plaintext.length), tag: sealed.subarray(plaintext.length) };
+  }
+
+  open(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer): Buffer | undefined {
+    const plaintext = Buffer.allocUnsafe(ciphertext.length);
+    return this.key.openInto(nonce, ciphertext, tag, aad, plaintext) ? plaintext : undefined;
+  }
+
+  sealInto(nonce: Buffer, plaintext: Buffer, aad: Buffer, out: Buffer): void {
+    this.key.sealInto(nonce, plaintext, aad, out);
+  }
+
+  openInto(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer, out: Buffer): boolean {
+    return this.key.openInto(nonce, ciphertext, tag, aad, out);
+  }
+
+  release(): void {
+    this.key.release();
+  }
 }
 
 /** Releases a schedule made by scheduleKey (a Buffer is the caller's to zeroize). */

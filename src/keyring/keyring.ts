@@ -291,18 +291,19 @@ export class Keyring extends KeyringCiphers {
    * the store names the key again. A repeated restore changes nothing.
    */
   async restore(kekId: string, reason: string, actor: string): Promise<KekRecord & StepOutcome> {
-    const { registry, driver } = this;
+    // The store is opened only where a step needs it: an unknown KEK, or one not yet destroyable, never reads it.
+    const { registry } = this;
     const refuse = (why: string) =>
       new KekRestoreRefusedError(`KEK '${kekId}' of target '${this.options.target}' cannot be restored: ${why}`);
     const registered = await registry.get(kekId);
     if (!registered) throw new UnknownKekError(kekId, `the registry of target '${this.options.target}'`);
     // A store that stops a key for every reader (Transit's min_decryption_version) restarts it only for its owner.
     await this.refuseForeign(kekId, 'restoring');
-    await driver.reload();
+    await this.driver.reload();
     // Found by its fingerprint: a store that names its keys only inside a rotation holds it under no name here. A key
     // the store holds under the KEK's id with another fingerprint (a KMS alias moved to another key) is refused.
     const holds = async () => {
-      const held = await driver.list();
+      const held = await this.driver.list();
       const byName = held.find((k) => k.kekId === kekId);
       if (byName !== undefined && byName.fingerprint !== registered.fingerprint) {
         throw new KekFingerprintMismatchError(kekId, registered.fingerprint, byName.fingerprint);
@@ -314,24 +315,24 @@ export class Keyring extends KeyringCiphers {
       // A store whose retire makes the key unreadable (Vault KV's soft delete, Transit's min_decryption_version)
       // makes it readable first, proving it is the registered key; a store that cannot says what the operator must do.
       try {
-        await driver.restore(kekId, await registry.list());
+        await this.driver.restore(kekId, await registry.list());
       } catch (err) {
         if (err instanceof OperatorMustActError)
-          throw refuse(`${driver.description} no longer holds it: ${err.instruction}`);
+          throw refuse(`${this.driver.description} no longer holds it: ${err.instruction}`);
         throw err;
       }
       madeReadable = true;
-      await driver.reload();
-      if (!(await holds())) throw refuse(`${driver.description} no longer holds it`);
+      await this.driver.reload();
+      if (!(await holds())) throw refuse(`${this.driver.description} no longer holds it`);
     }
     let restored: KekRecord;
     try {
       restored = await registry.restore(kekId, reason.trim(), actor, refuse);
     } catch (err) {
-      if (madeReadable) await orInstruction(async () => driver.retire(kekId, await registry.list()));
+      if (madeReadable) await orInstruction(async () => this.driver.retire(kekId, await registry.list()));
       throw err;
     }
-    const step = await orInstruction(async () => driver.restore(kekId, await registry.list()));
+    const step = await orInstruction(async () => this.driver.restore(kekId, await registry.list()));
     return { ...restored, ...step };
   }
 
@@ -347,7 +348,8 @@ export class Keyring extends KeyringCiphers {
     kekId: string,
     { prove, reopenForMs }: { prove: (client: PoolClient) => Promise<LabelProof>; reopenForMs: number },
   ): Promise<DestroyStep> {
-    const { registry, driver } = this;
+    // The store is opened only where a step needs it: an unknown KEK, or one not yet destroyable, never reads it.
+    const { registry } = this;
     return inTransaction(this.options.db, async (client): Promise<DestroyStep> => {
       await registry.lock(kekId, client);
       const record = await registry.require(kekId, client);
@@ -372,7 +374,7 @@ export class Keyring extends KeyringCiphers {
       await registry.record(client, kekId, 'destroyed', 'restore window ended', 'rekey');
       let done: DestroyOutcome;
       try {
-        done = await driver.destroy(kekId, await registry.list());
+        done = await this.driver.destroy(kekId, await registry.list());
       } catch (err) {
         if (!(err instanceof OperatorMustActError)) throw err;
         done = { destroyed: false, detail: err.instruction };

@@ -1,33 +1,59 @@
 // The crypto of a batch of `rekey migrate-dek` rows (src/rewrap/migrate-rows.ts), apart from its SQL so that it runs in
 // the rotation's crypto threads (src/crypto/rewrap-thread.ts runs it as the task `migrateChunk`) or in the caller's
 // thread: each tenant's DEK unwrapped once under the KEKs, every legacy field of a row opened under the KEKs and sealed
-// under its tenant's DEK. AES-GCM through the native schedules when the addon is in use. DEKs never leave this
-// function: they are released before it returns.
+// under its tenant's DEK. Rows come and go by column (src/crypto/columns.ts), as the rotation's do: the batch's
+// tenants, its legacy values and its DEK rows packed as the binary COPY read them, the new values packed as the
+// compare-and-swap sends them; no object per row crosses between threads. AES-GCM through the native schedules when
+// the addon is in use. DEKs never leave this function: they are released before it returns.
 import { randomBytes } from 'node:crypto';
-import { NONCE_BYTES, type Codec, type Row, type SealedFormat } from '../codec/sealed-format';
-import { releaseKey, scheduleKey, type AeadKey } from '../crypto/aes-gcm';
-import type { FieldsRow, FieldsWrite } from '../store/row-fields-store';
+import {
+  decodedLength,
+  NONCE_BYTES,
+  TAG_BYTES,
+  type Codec,
+  type InPlaceForm,
+  type Row,
+  type SealedFormat,
+} from '../codec/sealed-format';
+import { releaseKey, scheduleKey, type AeadKey, type KeySchedule } from '../crypto/aes-gcm';
+import { unpackColumn, type ByteColumn, type Column, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
 
 /** A tenant's wrapped DEK as the target's table holds it (a TargetRow: its columns, `$id`, `$label`). */
 export type WrappedDek = Row & { $id: string; $label: string };
 
+/** A batch's (or a chunk's) rows by column. */
+export interface MigrateColumns {
+  count: number;
+  /** The tenant whose DEK each row's fields go under (text). */
+  tenants: ByteColumn;
+  /** By field of the group: the legacy value (text), or NULL where the field is not legacy. */
+  values: ByteColumn[];
+  /** Each row's tenant's DEK row, read with it: its id (NULL where there is no DEK to read), label and columns. */
+  dek: { ids: ByteColumn; labels: ByteColumn; columns: Columns };
+}
+
 export interface MigrateChunkInput {
   /** The KEKs to try, in order (the one new DEKs are wrapped with first). */
   keks: { kekId: string; key: Buffer }[];
-  rows: FieldsRow[];
-  /** Each tenant's DEK row, or why the tenant has none (WOULD_PROVISION in a dry run). */
+  rows: MigrateColumns;
+  /**
+   * For the rows whose DEK was not read with them (a DEK provisioned for this batch, or re-read after another writer
+   * provisioned it first), by tenant: the DEK row, or why the tenant has none (WOULD_PROVISION in a dry run).
+   */
   deks: Record<string, WrappedDek | string>;
   dryRun: boolean;
 }
 
 export interface MigrateChunkResult {
-  /** Rows with at least one field sealed, in the order read. */
-  writes: FieldsWrite[];
+  /** Rows with at least one field sealed, by index in the chunk, ascending. */
+  indexes: Int32Array;
+  /** By field of the group: the new value of each written row (NULL where that field is not written). */
+  values: ByteColumn[];
   /** By field of the group: values that could not be sealed. */
   unreadable: number[];
-  /** Why, by row and field of the group (bounded by the caller). */
-  failures: { row: string; field: number; reason: string }[];
+  /** Why, by row index and field of the group (bounded by the caller). */
+  failures: { index: number; field: number; reason: string }[];
 }
 
 /** In a dry run, a tenant without a DEK: the run would provision one, so its values only need to open. */
@@ -39,39 +65,256 @@ export interface MigrateCodecs {
   current: Codec[];
 }
 
+/** Text values packed one after another into a buffer that grows as needed. */
+class TextColumnWriter {
+  private bytes = Buffer.allocUnsafe(4096);
+  private at = 0;
+  readonly lengths: Int32Array;
+  private rows = 0;
+
+  constructor(capacity: number) {
+    this.lengths = new Int32Array(capacity);
+  }
+
+  push(value: string | null): void {
+    if (value === null) {
+      this.lengths[this.rows++] = -1;
+      return;
+    }
+    const size = Buffer.byteLength(value, 'utf8');
+    if (this.at + size > this.bytes.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.at + size, this.bytes.length * 2));
+      this.bytes.copy(bigger, 0, 0, this.at);
+      this.bytes = bigger;
+    }
+    this.bytes.write(value, this.at, 'utf8');
+    this.at += size;
+    this.lengths[this.rows++] = size;
+  }
+
+  /** The packed column, in buffers of its own (to be moved back to the caller's thread). */
+  done(): ByteColumn {
+    const bytes = new Uint8Array(this.at);
+    bytes.set(this.bytes.subarray(0, this.at));
+    return { lengths: this.lengths.slice(0, this.rows), bytes };
+  }
+}
+
 export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): MigrateChunkResult {
+  const { rows } = input;
+  const { count } = rows;
+  const fieldCount = codecs.legacy.length;
   const keks = input.keks.map((k) => ({ kekId: k.kekId, key: scheduleKey(k.key) }));
   const deks = new Map<string, AeadKey | string>();
-  const result: MigrateChunkResult = { writes: [], unreadable: codecs.legacy.map(() => 0), failures: [] };
-  // The chunk's nonces from one call to the CSPRNG (one per value it may seal), each used once.
-  const nonces = new Nonces(input.rows.reduce((n, row) => n + row.values.filter((v) => v !== null).length, 0));
-  try {
-    for (const row of input.rows) {
-      let dek = deks.get(row.tenant);
-      if (dek === undefined) {
-        const stored = input.deks[row.tenant];
-        dek = stored === undefined ? `no DEK for tenant ${row.tenant}` : unwrap(codecs.dek, keks, stored);
-        deks.set(row.tenant, dek);
-      }
-      const old: (string | null)[] = row.values.map(() => null);
-      const value: (string | null)[] = row.values.map(() => null);
-      row.values.forEach((stored, i) => {
-        if (stored === null) return;
-        const sealed = seal(codecs, keks, row, i, stored, dek, nonces);
-        if (typeof sealed === 'string') {
-          result.unreadable[i]! += 1;
-          result.failures.push({ row: row.id, field: i, reason: sealed });
-          return;
-        }
-        old[i] = stored;
-        value[i] = sealed.value;
-      });
-      if (value.some((v) => v !== null)) result.writes.push({ id: row.id, old, value });
+  // A column given under two names (the DEK's id, which its codec reads too) is unpacked once.
+  const unpacked = new Map<unknown, unknown[]>();
+  const unpack = (column: Column): unknown[] => {
+    const key = column.kind === 'values' ? column : column.column;
+    let values = unpacked.get(key);
+    if (!values) {
+      values = unpackColumn(column);
+      unpacked.set(key, values);
     }
-    return result;
+    return values;
+  };
+  const text = (column: ByteColumn) => unpack({ kind: 'text', column }) as (string | null)[];
+  const tenants = text(rows.tenants);
+  const values = rows.values.map(text);
+  const dekIds = text(rows.dek.ids);
+  const dekLabels = text(rows.dek.labels);
+  const dekColumns = Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpack(column)] as const);
+  // The DEK's row as its codec reads it, one object reused for every row (a row the codecs' way gets its own).
+  const dekView: Record<string, unknown> = {};
+  const out = Array.from({ length: fieldCount }, () => new TextColumnWriter(count));
+  const indexes = new Int32Array(count);
+  let written = 0;
+  const unreadable = codecs.legacy.map(() => 0);
+  const failures: MigrateChunkResult['failures'] = [];
+  // The chunk's nonces from one call to the CSPRNG (one per value it may seal), each used once.
+  let sealable = 0;
+  for (const column of rows.values) for (const length of column.lengths) if (length >= 0) sealable++;
+  const nonces = new Nonces(sealable);
+  const sealed: (string | null)[] = new Array<string | null>(fieldCount);
+  const fast = new InPlace(codecs, keks);
+  try {
+    for (let i = 0; i < count; i++) {
+      const tenant = tenants[i]!;
+      let dek = deks.get(tenant);
+      if (dek === undefined) {
+        let stored: WrappedDek | string | undefined;
+        if (dekIds[i] !== null) {
+          dekView.$id = dekIds[i];
+          dekView.$label = dekLabels[i];
+          for (const [name, column] of dekColumns) dekView[name] = column[i];
+          stored = dekView as WrappedDek;
+        } else stored = input.deks[tenant];
+        dek =
+          stored === undefined
+            ? `no DEK for tenant ${tenant}`
+            : (fast.unwrap(stored) ??
+              unwrap(codecs.dek, keks, stored === dekView ? ({ ...dekView } as WrappedDek) : stored));
+        deks.set(tenant, dek);
+      }
+      let any = false;
+      for (let f = 0; f < fieldCount; f++) {
+        sealed[f] = null;
+        const value = values[f]![i];
+        if (value === null || value === undefined) continue;
+        const result = fast.seal(f, tenant, value, dek, nonces) ?? seal(codecs, keks, f, tenant, value, dek, nonces);
+        if (typeof result === 'string') {
+          unreadable[f]! += 1;
+          failures.push({ index: i, field: f, reason: result });
+          continue;
+        }
+        sealed[f] = result.value;
+        any = true;
+      }
+      if (!any) continue;
+      indexes[written++] = i;
+      for (let f = 0; f < fieldCount; f++) out[f]!.push(sealed[f]!);
+    }
+    return { indexes: indexes.slice(0, written), values: out.map((w) => w.done()), unreadable, failures };
   } finally {
+    fast.wipe();
     for (const dek of deks.values()) if (typeof dek !== 'string') release(dek);
     for (const kek of keks) releaseKey(kek.key);
+  }
+}
+
+const isNative = (key: AeadKey): key is KeySchedule => !Buffer.isBuffer(key);
+
+/**
+ * The common case without the codecs' objects: a value in its one-column text form (Codec.inPlace) decoded into a
+ * scratch buffer, opened under the first KEK straight into another, sealed under the DEK into a third, and encoded
+ * once; a DEK unwrapped the same way. Anything else (another form, a value or DEK that does not open under the first
+ * KEK, Node's AES-GCM) answers undefined, and the caller takes the codecs' way, which gives the same outcome and
+ * reason as before. Every scratch buffer that held a plaintext or a DEK is zeroized (wipe).
+ */
+class InPlace {
+  private readonly raw = Buffer.alloc(1024);
+  private readonly clear = Buffer.alloc(1024);
+  private readonly out = Buffer.alloc(1024);
+  private readonly scratch = Buffer.alloc(256);
+  private readonly view: Record<string, unknown> = {};
+  private readonly kek: { kekId: string; key: KeySchedule } | undefined;
+  private readonly dek: InPlaceForm | undefined;
+  private readonly legacy: (InPlaceForm | undefined)[];
+  private readonly current: { form: InPlaceForm; prefix: string }[] | undefined;
+
+  /** Each form's prefix as text. */
+  private readonly prefixes = new Map<InPlaceForm, string>();
+
+  constructor(codecs: MigrateCodecs, keks: { kekId: string; key: AeadKey }[]) {
+    const first = keks[0];
+    const text = (form: InPlaceForm | undefined) => (form && form.encoding !== 'bytea' ? form : undefined);
+    this.kek = first && isNative(first.key) ? { kekId: first.kekId, key: first.key } : undefined;
+    this.dek = text(codecs.dek.inPlace);
+    this.legacy = codecs.legacy.map((c) => text(c.inPlace));
+    const current = codecs.current.map((c) => text(c.inPlace));
+    this.current = current.every((f) => f !== undefined)
+      ? current.map((form) => ({ form, prefix: form.prefix.toString('utf8') }))
+      : undefined;
+    for (const form of [this.dek, ...this.legacy, ...current]) {
+      if (form) this.prefixes.set(form, form.prefix.toString('utf8'));
+    }
+  }
+
+  /** `encoded` (after its prefix) decoded into `raw`: its length, or -1 when it is not exactly the encoding. */
+  private decode(form: InPlaceForm, stored: string): number {
+    const prefix = this.prefixes.get(form)!;
+    if (!stored.startsWith(prefix)) return -1;
+    const encoded = prefix.length > 0 ? stored.slice(prefix.length) : stored;
+    const encoding = form.encoding as Exclude<InPlaceForm['encoding'], 'bytea'>;
+    const expected = decodedLength(encoded, encoding);
+    if (expected < NONCE_BYTES + TAG_BYTES || expected > this.raw.length) return -1;
+    return this.raw.write(encoded, 0, this.raw.length, encoding) === expected ? expected : -1;
+  }
+
+  /** Opens what `decode` put in `raw` under the first KEK into `clear`: the plaintext's length, or -1. */
+  private open(form: InPlaceForm, size: number, row: Row, kekId: string): number {
+    const n = size - NONCE_BYTES - TAG_BYTES;
+    if (form.plaintextBytes !== undefined && n !== form.plaintextBytes) return -1;
+    let aad: Buffer;
+    try {
+      aad = form.aad(row, kekId, this.scratch);
+    } catch (err) {
+      if (err instanceof UnreadableValueError) return -1;
+      throw err;
+    }
+    const { raw } = this;
+    const body = NONCE_BYTES + n;
+    const opened = this.kek!.key.openInto(
+      raw.subarray(0, NONCE_BYTES),
+      raw.subarray(NONCE_BYTES, body),
+      raw.subarray(body, body + TAG_BYTES),
+      aad,
+      this.clear.subarray(0, n),
+    );
+    return opened ? n : -1;
+  }
+
+  /** The tenant's DEK as a key schedule, or undefined to take the codecs' way. */
+  unwrap(row: WrappedDek | string): AeadKey | undefined {
+    const form = this.dek;
+    if (typeof row === 'string' || !form || !this.kek) return undefined;
+    const stored = row[form.column];
+    if (typeof stored !== 'string') return undefined;
+    const size = this.decode(form, stored);
+    if (size < 0) return undefined;
+    const n = this.open(form, size, row, row.$label);
+    if (n < 0) return undefined;
+    const dek = this.clear.subarray(0, n);
+    try {
+      // The schedule holds its own copy; the scratch bytes are zeroized here.
+      const schedule = scheduleKey(dek);
+      return isNative(schedule) ? schedule : undefined;
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  /** Field `f`'s legacy value opened under the first KEK and sealed under `dek`, or undefined. */
+  seal(
+    f: number,
+    tenant: string,
+    stored: string,
+    dek: AeadKey | string,
+    nonces: Nonces,
+  ): { value: string } | undefined {
+    const legacy = this.legacy[f];
+    const current = this.current?.[f];
+    if (!legacy || !current || !this.kek || typeof dek === 'string' || !isNative(dek)) return undefined;
+    const size = this.decode(legacy, stored);
+    if (size < 0) return undefined;
+    const view = this.view;
+    view.value = stored;
+    view.tenant = tenant;
+    const n = this.open(legacy, size, view, this.kek.kekId);
+    if (n < 0) return undefined;
+    const { clear, out } = this;
+    try {
+      if (current.form.plaintextBytes !== undefined && n !== current.form.plaintextBytes) return undefined;
+      view.value = null;
+      let aad: Buffer;
+      try {
+        aad = current.form.aad(view, '', this.scratch);
+      } catch (err) {
+        if (err instanceof UnreadableValueError) return undefined;
+        throw err;
+      }
+      nonces.next().copy(out, 0);
+      dek.sealInto(out.subarray(0, NONCE_BYTES), clear.subarray(0, n), aad, out.subarray(NONCE_BYTES, size));
+      return { value: current.prefix + out.toString(current.form.encoding as BufferEncoding, 0, size) };
+    } finally {
+      clear.fill(0, 0, n);
+    }
+  }
+
+  wipe(): void {
+    this.raw.fill(0);
+    this.clear.fill(0);
+    this.out.fill(0);
+    this.scratch.fill(0);
   }
 }
 
@@ -98,19 +341,19 @@ function unwrap(codec: Codec, keks: { kekId: string; key: AeadKey }[], row: Wrap
 function seal(
   codecs: MigrateCodecs,
   keks: { kekId: string; key: AeadKey }[],
-  row: FieldsRow,
-  i: number,
+  field: number,
+  tenant: string,
   stored: string,
   dek: AeadKey | string,
   nonces: Nonces,
 ): { value: string } | string {
   if (typeof dek === 'string' && dek !== WOULD_PROVISION) return dek;
-  const plaintext = openLegacy(codecs.legacy[i]!, keks, row, stored);
+  const plaintext = openLegacy(codecs.legacy[field]!, keks, tenant, stored);
   if (typeof plaintext === 'string') return plaintext;
   try {
     // A dry run whose tenant has no DEK yet: the value only needs to open.
     if (typeof dek === 'string') return { value: '' };
-    const [sealed] = codecs.current[i]!.seal(dek, plaintext, { value: null, tenant: row.tenant }, '', nonces.next());
+    const [sealed] = codecs.current[field]!.seal(dek, plaintext, { value: null, tenant }, '', nonces.next());
     return { value: String(sealed) };
   } finally {
     plaintext.fill(0);
@@ -120,7 +363,7 @@ function seal(
 function openLegacy(
   legacy: Codec,
   keks: { kekId: string; key: AeadKey }[],
-  row: FieldsRow,
+  tenant: string,
   stored: string,
 ): Buffer | string {
   const problem = legacy.check({ value: stored });
@@ -128,7 +371,7 @@ function openLegacy(
   const reasons: string[] = [];
   for (const kek of keks) {
     try {
-      return legacy.open(kek.key, { value: stored, tenant: row.tenant }, kek.kekId);
+      return legacy.open(kek.key, { value: stored, tenant }, kek.kekId);
     } catch (err) {
       if (!(err instanceof UnreadableValueError)) throw err;
       reasons.push(`'${kek.kekId}': ${err.reason}`);
@@ -166,11 +409,11 @@ export interface MigrateFormats {
   current: SealedFormat[];
 }
 
-/** A chunk of a batch as it goes to a crypto thread: formats, key copies moved there, and the rows. */
+/** A chunk of a batch as it goes to a crypto thread: formats, key copies moved there, and the rows by column. */
 export interface MigrateChunkTask {
   formats: MigrateFormats;
   keks: { kekId: string; key: ArrayBuffer }[];
-  rows: FieldsRow[];
+  rows: MigrateColumns;
   deks: Record<string, WrappedDek | string>;
   dryRun: boolean;
 }
@@ -191,7 +434,8 @@ export function migrateChunkTask(task: MigrateChunkTask, compile: (format: Seale
       };
       compiled.set(name, codecs);
     }
-    // A Buffer crosses threads as a Uint8Array: bytea columns are Buffers again here.
+    // A Buffer crosses threads as a Uint8Array: the bytea columns of the few DEK rows given by tenant are Buffers
+    // again here (those of the packed columns become Buffers when unpacked).
     const deks: Record<string, WrappedDek | string> = {};
     for (const [tenant, dek] of Object.entries(task.deks)) {
       deks[tenant] =

@@ -3,6 +3,14 @@ import { parseDuration } from './durations';
 import { parseKeyspaceId } from './identity';
 import { InvalidRotationError } from '../errors';
 
+/**
+ * The target KEK as an operator is told it: its id, or, for a request that generates one (`to: 'new'`) before
+ * provision has chosen the id, that it is a new KEK. 'new' is a request, never a KEK's name.
+ */
+export function describeTargetKek(to: string, quote: (id: string) => string = (id) => `'${id}'`): string {
+  return to === 'new' ? 'a new KEK (id chosen at provision)' : quote(to);
+}
+
 /** What an operator asks for. KEK ids only: key bytes never travel in a workflow payload. */
 export interface RotationRequest {
   /** The keyspace to rotate: a target name (default 'rekey', rekey's own table). */

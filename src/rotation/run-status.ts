@@ -4,6 +4,7 @@
 // and retrying) into one state with its reason. Pure (no I/O, no Node APIs): the workflow bundle uses it too.
 import type { MigrationReport } from './migration-report';
 import { formatDuration } from './durations';
+import { describeTargetKek } from './rotation-input';
 import { percentComplete, rowsMoved, type RotationProgress } from './progress';
 
 /** Every state a run can be in, running or ended. */
@@ -210,7 +211,7 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
     percent: progress ? percentComplete(progress) : 0,
     rows,
   };
-  const kek = progress ? `'${progress.from}' → '${progress.to}'` : '';
+  const kek = progress ? `'${progress.from}' → ${describeTargetKek(progress.to)}` : '';
 
   const byTemporal = endedByTemporal(facts);
   if (byTemporal !== undefined) return make('failed', byTemporal, base);

@@ -4,6 +4,7 @@
 import { formatDuration } from './durations';
 import type { ProgressReport } from './progress';
 import { rotationRunStatus } from './run-status';
+import { describeTargetKek } from './rotation-input';
 
 /** Who started a rotation, as the Web UI says it: the surface, never a secret. */
 export type StartedBy = 'rekey CLI' | 'admin API' | 'schedule' | 'demo' | (string & {});
@@ -22,14 +23,14 @@ export interface RotationDescription {
 /** One line: `rotate talos: v1 → v2` (a dry run or a canary says so). */
 export function staticSummary(rotation: RotationDescription): string {
   const kind = rotation.dryRun ? 'dry run of the rotation' : rotation.tenantId ? 'canary rotation' : 'rotate';
-  return `${kind} ${rotation.target}: ${rotation.from} → ${rotation.to}`;
+  return `${kind} ${rotation.target}: ${rotation.from} → ${describeTargetKek(rotation.to, (id) => id)}`;
 }
 
 /** Markdown: the keyspace, the keys, the grace period, and who started it. */
 export function staticDetails(rotation: RotationDescription, startedBy: StartedBy): string {
   return [
     `**Keyspace:** \`${rotation.target}\`` + (rotation.keyspace !== undefined ? ` (\`${rotation.keyspace}\`)` : ''),
-    `**KEK:** \`${rotation.from}\` → \`${rotation.to}\``,
+    `**KEK:** \`${rotation.from}\` → ${describeTargetKek(rotation.to, (id) => `\`${id}\``)}`,
     `**Grace period:** ${rotation.gracePeriod ?? 'the default (7d)'}`,
     ...(rotation.tenantId !== undefined ? [`**Canary tenant:** \`${rotation.tenantId}\``] : []),
     ...(rotation.dryRun ? ['**Dry run:** counts and a census, writes nothing'] : []),
@@ -59,7 +60,8 @@ export function currentDetails(report: ProgressReport, workflowId: string): stri
     if (report.etaSeconds !== undefined) head.push(`ETA ${formatDuration(report.etaSeconds * 1000)}`);
     lines.push(head.join(' · '));
   }
-  lines.push(`**KEK:** \`${report.from}\` → \`${report.to}\`${report.target ? ` of \`${report.target}\`` : ''}`);
+  const to = describeTargetKek(report.to, (id) => `\`${id}\``);
+  lines.push(`**KEK:** \`${report.from}\` → ${to}${report.target ? ` of \`${report.target}\`` : ''}`);
   const { counters } = report;
   lines.push(
     `**Rewrapped:** ${n(counters.rewrapped)} of ${n(report.staleAtStart)} · CAS conflicts ${n(counters.casConflicts)} · unreadable ${n(counters.failed)}`,

@@ -105,9 +105,10 @@ export class KekRegistry {
 
   /**
    * Records a KEK as provisioned. Idempotent: registering the same key again is a no-op, but the same id with a
-   * different fingerprint is refused (a different key under a known name would make DEKs unreadable).
+   * different fingerprint is refused (a different key under a known name would make DEKs unreadable). `actor` is who
+   * the 'registered' event names: a rotation's step by default, the application that seeded it otherwise.
    */
-  async register(kekId: string, fingerprint: string): Promise<KekRecord> {
+  async register(kekId: string, fingerprint: string, actor: string = STEP_ACTOR): Promise<KekRecord> {
     await inTransaction(this.db, async (client) => {
       const { rowCount } = await client.query(
         `INSERT INTO rekey.keks (target, kek_id, state, fingerprint) VALUES ($1, $2, 'provisioned', $3)
@@ -115,7 +116,7 @@ export class KekRegistry {
         [this.target, kekId, fingerprint],
       );
       // Once, by the step that made the row (a retried registration inserts nothing and records nothing).
-      if (rowCount === 1) await this.record(client, kekId, 'registered', `fingerprint ${fingerprint}`, STEP_ACTOR);
+      if (rowCount === 1) await this.record(client, kekId, 'registered', `fingerprint ${fingerprint}`, actor);
     });
     const record = await this.require(kekId);
     if (record.fingerprint !== fingerprint) {
@@ -124,9 +125,12 @@ export class KekRegistry {
     return record;
   }
 
-  /** Seeds the first active KEK (from `<PREFIX>_CURRENT_KEK_ID`) when the registry has none. */
-  async seedActive(kekId: string, fingerprint: string): Promise<KekRecord> {
-    const record = await this.register(kekId, fingerprint);
+  /**
+   * Seeds the first active KEK (from `<PREFIX>_CURRENT_KEK_ID`) when the registry has none; `actor` (who seeded it)
+   * is recorded with its 'registered' event.
+   */
+  async seedActive(kekId: string, fingerprint: string, actor: string = STEP_ACTOR): Promise<KekRecord> {
+    const record = await this.register(kekId, fingerprint, actor);
     if (record.state !== 'provisioned' || (await this.active())) return record;
     try {
       return await this.transition(kekId, 'active');

@@ -3,22 +3,35 @@
 // one jsonb_set chain per row, one compare-and-swap on the values read, counted per field in the same statement into
 // each field's progress row (rekey.field_migration_progress, one per part and field, sharing the part's cursor).
 import type { Pool, PoolClient } from 'pg';
+import { packedArray, type PackedValues } from './binary-arrays';
+import { copyOutBinary, literal, parseBinaryCopyFields } from './copy-out';
 import type { FieldProgress, FieldRange, FieldStore } from './field-store';
 import { quoteIdent } from './migrate';
+import type { TargetStore } from './target-store';
+import type { Columns } from '../crypto/columns';
 
-/** A row holding at least one legacy value: its id, the tenant whose DEK they go under, each field's stored text. */
-export interface FieldsRow {
-  id: string;
-  tenant: string;
-  /** By field of the group, in its order: the stored text where it is legacy, else null. */
-  values: (string | null)[];
+/**
+ * A batch of rows holding at least one legacy value, by column as the binary COPY brought them (RowFieldsStore.readBatch):
+ * ids and tenants as text, each field's legacy value (NULL where that field is not legacy), each row's DEK row.
+ */
+export interface FieldsBatch {
+  count: number;
+  ids: PackedValues;
+  tenants: PackedValues;
+  /** By field of the group, in its order. */
+  values: PackedValues[];
+  /** The DEK row of each row's tenant: its id (NULL where it holds no DEK, or there is no row), label, read columns. */
+  dek: { ids: PackedValues; labels: PackedValues; columns: Columns };
 }
 
-/** A row's write: for each field of the group, the value read and the new one, or null where it is not written. */
-export interface FieldsWrite {
-  id: string;
-  old: (string | null)[];
-  value: (string | null)[];
+/**
+ * `sql` with each parameter `$n` outside a quoted literal replaced by `params[n - 1]` as a literal (a COPY takes no
+ * parameters; a literal already in the text, such as a fixed tenant, is left as it is).
+ */
+function withLiterals(sql: string, params: readonly string[]): string {
+  return sql.replace(/'(?:[^']|'')*'|\$(\d+)/g, (match, n: string | undefined) =>
+    n === undefined ? match : literal(params[Number(n) - 1]!),
+  );
 }
 
 /** The fields of a target that can be read and written together: same table, same id column, same tenant. */
@@ -54,22 +67,37 @@ export class RowFieldsStore {
     return `${partKey}/field-${field}`;
   }
 
-  /** The next rows of a range holding a legacy value in any field of the group, in id order (keyset pagination). */
-  async readLegacy(client: Pool | PoolClient, range: FieldRange, limit: number): Promise<FieldsRow[]> {
+  /**
+   * The next rows of a range holding a legacy value in any field of the group, in id order (keyset pagination), each
+   * with its tenant's DEK row (`deks`, the target's table): one statement, a binary COPY read by column (no object or
+   * string per row). A group whose rows are their own tenants (Mycelium's tenant.meta) reads the DEK from the same
+   * row; any other joins the DEK's row by the tenant's id.
+   */
+  async readBatch(client: PoolClient, range: FieldRange, limit: number, deks: TargetStore): Promise<FieldsBatch> {
     const { first } = this;
     const { sql, params } = first.range(range, 1);
-    const values = this.fields.map((f, i) => `CASE WHEN ${f.legacySql} THEN ${f.valueSql} END AS v${i}`).join(', ');
+    const tenant = first.field.tenant;
+    const own = 'column' in tenant && deks.isOwnId(first.field.table, tenant.column);
+    const dek = deks.dekFields(own ? 't' : 'd');
+    const values = this.fields.map((f) => `CASE WHEN ${f.legacySql} THEN ${f.valueSql} END`);
     const anyLegacy = this.fields.map((f) => `(${f.legacySql})`).join(' OR ');
-    const { rows } = await client.query<Record<string, string | null>>(
-      `SELECT ${first.id}::text AS id, ${first.tenantSql} AS tenant, ${values} FROM ${this.table} t
-       WHERE (${anyLegacy}) AND ${sql} ORDER BY ${first.id} LIMIT ${Math.trunc(limit)}`,
-      params,
+    const select = [`${first.id}::text`, first.tenantSql, ...values, ...dek.select];
+    // A COPY takes no parameters: the range's values written in as literals.
+    const where = withLiterals(sql, params);
+    const data = await copyOutBinary(
+      client,
+      `SELECT ${select.join(', ')} FROM ${this.table} t ${own ? '' : dek.join(first.tenantSql)}
+       WHERE (${anyLegacy}) AND ${where} ORDER BY ${first.id} LIMIT ${Math.trunc(limit)}`,
     );
-    return rows.map((row) => ({
-      id: row.id!,
-      tenant: row.tenant!,
-      values: this.fields.map((_, i) => row[`v${i}`] ?? null),
-    }));
+    const { count, fields } = parseBinaryCopyFields(data, select.length);
+    const n = this.fields.length;
+    return {
+      count,
+      ids: fields[0]!,
+      tenants: fields[1]!,
+      values: fields.slice(2, 2 + n),
+      dek: dek.packed(fields.slice(2 + n)),
+    };
   }
 
   /** Ids that split the rows holding a legacy value in any field of the group into parts of about equal size. */
@@ -86,16 +114,19 @@ export class RowFieldsStore {
   }
 
   /**
-   * One statement: writes each row where every field it writes still holds what was read (one compare-and-swap on
-   * the old values; a live writer that replaced any of them wins the whole row), and adds the batch to each field's
-   * progress row (migrated, lost to a live writer, unreadable, cursor). Returns the ids not written.
+   * One statement: writes each row `writes.indexes` of the batch where every field it writes still holds what was
+   * read (one compare-and-swap on the old values; a live writer that replaced any of them wins the whole row), and
+   * adds the batch to each field's progress row (migrated, lost to a live writer, unreadable, cursor). Ids, old and
+   * new values go as binary text arrays copied from the packed columns. Returns the ids not written.
    */
   async compareAndSwap(
     client: Pool | PoolClient,
-    writes: FieldsWrite[],
+    batch: FieldsBatch,
+    writes: { indexes: Int32Array; values: PackedValues[] },
     progress: { keys: string[]; unreadable: number[]; cursor: string },
   ): Promise<Set<string>> {
     const n = this.fields.length;
+    const count = writes.indexes.length;
     const columns = this.fields.map((_, i) => `old${i}, new${i}`).join(', ');
     const arrays = this.fields.map((_, i) => `$${2 + 2 * i}::text[], $${3 + 2 * i}::text[]`).join(', ');
     // One assignment per column: a chain of jsonb_set over the fields of that column, each only where it is written.
@@ -113,9 +144,10 @@ export class RowFieldsStore {
     const set = [...byColumn].map(([column, value]) => `${column} = ${value}`).join(', ');
     const unchanged = this.fields.map((f, i) => `(v.new${i} IS NULL OR ${f.valueSql} = v.old${i})`).join(' AND ');
     const written = this.fields.map((_, i) => `count(*) FILTER (WHERE v.new${i} IS NOT NULL)`).join(', ');
-    const attempted = this.fields.map((_, i) => writes.filter((w) => w.value[i] !== null).length);
+    const attempted = writes.values.map((column) => column.lengths.reduce((k, length) => k + (length >= 0 ? 1 : 0), 0));
+    const every = Int32Array.from({ length: count }, (_, i) => i);
     const p = 2 + 2 * n;
-    const { rows } = await client.query<{ id: string }>(
+    const { rows } = await client.query<{ lost: string[] | null }>(
       `WITH v AS (SELECT * FROM unnest($1::text[], ${arrays}) AS v(id, ${columns})),
        w AS (
          UPDATE ${this.table} t SET ${set} FROM v
@@ -130,18 +162,21 @@ export class RowFieldsStore {
            cas_conflicts = f.cas_conflicts + k.attempted - m.migrated[k.i],
            unreadable = f.unreadable + k.unreadable, cursor = $${p + 3}, updated_at = now()
          FROM k, m WHERE f.progress_key = k.key)
-       SELECT id FROM w`,
+       SELECT CASE WHEN (SELECT count(*) FROM w) = ${count} THEN NULL
+         ELSE (SELECT array_agg(x) FROM unnest($1::text[]) AS x WHERE x NOT IN (SELECT id FROM w)) END AS lost`,
       [
-        writes.map((w) => w.id),
-        ...this.fields.flatMap((_, i) => [writes.map((w) => w.old[i] ?? null), writes.map((w) => w.value[i] ?? null)]),
+        packedArray(batch.ids, writes.indexes, 'text'),
+        ...this.fields.flatMap((_, i) => [
+          packedArray(batch.values[i]!, writes.indexes, 'text'),
+          packedArray(writes.values[i]!, every, 'text'),
+        ]),
         progress.keys,
         attempted,
         progress.unreadable,
         progress.cursor,
       ],
     );
-    const done = new Set(rows.map((r) => r.id));
-    return new Set(writes.map((w) => w.id).filter((id) => !done.has(id)));
+    return new Set(rows[0]?.lost ?? []);
   }
 
   /** Each field's progress of a part, or undefined before its first attempt. */

@@ -347,6 +347,52 @@ export class TargetStore {
     return { count, ids, ...(tokens && { tokens }), columns: { count, columns } };
   }
 
+  /**
+   * For a read of another table's rows that brings each row's DEK with it (`rekey migrate-dek`: one statement, see
+   * RowFieldsStore.readBatch): the DEK row's fields over alias `alias` (its id, NULL where the row holds no wrapped DEK;
+   * its label; the codec's read columns but the id), how each is read from a binary COPY, and the join from a tenant
+   * id expression. `packed` makes the fields read back into the codec's read columns (the id's under its own name).
+   */
+  dekFields(alias: string): {
+    select: string[];
+    bytes: boolean[];
+    join: (tenant: string) => string;
+    packed: (fields: PackedValues[]) => { ids: PackedValues; labels: PackedValues; columns: Columns };
+  } {
+    const { target, codec } = this;
+    const a = (column: string) => `${alias}.${this.col(column)}`;
+    const bytea = target.format.value.encoding === 'bytea';
+    const read = codec.readColumns.filter((column) => column !== target.id);
+    const isBytea = read.map((column) => bytea && this.type(column) === 'bytea');
+    const select = [
+      `CASE WHEN ${a(this.valueColumn)} IS NOT NULL THEN ${a(target.id)}::text END`,
+      `${a(target.label.column)}::text`,
+      ...read.map((column, i) => (isBytea[i] ? a(column) : `${a(column)}::text`)),
+    ];
+    return {
+      select,
+      bytes: [false, false, ...isBytea],
+      join: (tenant) => `LEFT JOIN ${this.table} ${alias} ON ${a(target.id)} = ${this.idCast(`(${tenant})`)}`,
+      packed: (fields) => {
+        const columns: Columns['columns'] = {};
+        for (const column of codec.readColumns) {
+          const i = read.indexOf(column);
+          columns[column] =
+            i < 0
+              ? { kind: 'text', column: fields[0]! }
+              : { kind: isBytea[i] ? 'bytes' : 'text', column: fields[2 + i]! };
+        }
+        return { ids: fields[0]!, labels: fields[1]!, columns: { count: fields[0]!.lengths.length, columns } };
+      },
+    };
+  }
+
+  /** True when `table`.`column` is this table's id: its rows are their own tenants (Mycelium's tenant.meta). */
+  isOwnId(table: { schema: string; name: string }, column: string): boolean {
+    const { target } = this;
+    return table.schema === target.table.schema && table.name === target.table.name && column === target.id;
+  }
+
   /** The SELECT of a scan's next rows, in id order (keyset pagination), its values written in as literals. */
   private scanSelect(list: string, scan: Scan, range: IdRange, limit: number, onlyId?: string): string {
     const label = `t.${this.col(this.target.label.column)}`;

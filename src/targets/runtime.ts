@@ -1,4 +1,5 @@
-import { Pool } from 'pg';
+import type { Pool } from 'pg';
+import { openPool } from '../store/connect';
 import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
 import { openTargetKeys, type KeyStore } from '../keys';
@@ -315,7 +316,7 @@ export class TargetRuntimes {
     let pool = this.pools.get(url);
     if (!pool) {
       pool = (async () => {
-        const opened = new Pool({ connectionString: url, max: 8 });
+        const opened = openPool(url, { max: 8 });
         opened.on('error', () => undefined); // an idle connection dropped by the server is replaced on next use
         try {
           const client = await opened.connect();

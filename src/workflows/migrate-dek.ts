@@ -33,7 +33,7 @@ import {
   type MigrationSettings,
 } from './migration-state';
 import { recordEnd } from './run-record';
-import { runMigrationParts } from './slice-scheduler';
+import { PAUSED_BOUND_PATCH, runMigrationParts } from './slice-scheduler';
 import { migrationRunStatus } from '../rotation/run-status';
 import { ControlRefusedError } from '../errors';
 
@@ -133,8 +133,12 @@ async function migrate(state: MigrationState): Promise<MigrationReport> {
   const tenant = request.tenantId !== undefined ? { tenant: request.tenantId } : {};
   for (;;) {
     if (state.carried.pending.length === 0) {
-      await condition(() => !report.paused || state.aborted);
+      // Paused between passes: under PAUSED_BOUND_PATCH the wait continues as new once the history passes the bound.
+      const bounded = patched(PAUSED_BOUND_PATCH);
+      const full = () => bounded && state.shouldContinueAsNew();
+      await condition(() => !report.paused || state.aborted || full());
       if (state.aborted) return state.finish('aborted');
+      if (report.paused && full()) return state.continueAsNew();
       if (report.passes > 0) {
         const left = (await steps.legacyValuesLeft({ ...state.on, ...tenant })).reduce((n, f) => n + f.legacy, 0);
         report.legacyLeft = left;

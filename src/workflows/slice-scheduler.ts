@@ -2,7 +2,7 @@
 // abort, continue-as-new). A part cancelled by a pause or an abort goes back to the front of the queue and resumes
 // later from its committed progress, under the same key. One engine for the rotation's rewrap passes (runPending) and
 // the migration's (runMigrationParts); what differs between them is a parameter of PartSchedule.
-import { CancellationScope, condition, isCancellation } from '@temporalio/workflow';
+import { CancellationScope, condition, isCancellation, patched } from '@temporalio/workflow';
 import type { SliceOutcome } from '../activities/rewrap';
 import type { FieldSliceOutcome, RowSliceOutcome } from '../activities/migrate';
 import { addSliceResult } from '../rotation/progress';
@@ -11,6 +11,14 @@ import type { MigrationPart, MigrationState } from './migration-state';
 import type { PendingPart, RotationState } from './rotation-state';
 
 export type SchedulerStop = 'done' | 'aborted' | 'continue-as-new';
+
+/**
+ * Marks runs whose wait in a pass (a pass paused mid-way, and the migration's pause between passes) also ends once the
+ * history has passed the bound (`shouldContinueAsNew`), so that a run paused for days while signals and updates
+ * arrive continues as new, as the rotation's other waits do under HISTORY_BOUND_PATCH. Runs without it woke only when
+ * a part, a pause or an abort changed, and grew by every message sent to them meanwhile.
+ */
+export const PAUSED_BOUND_PATCH = 'hygiene3-paused-bound-1';
 
 /** What the engine needs of a run: its queue, its controls, and how one part runs and is taken in. */
 export interface PartSchedule<P, O> {
@@ -83,13 +91,17 @@ export async function runParts<P, O>(schedule: PartSchedule<P, O>): Promise<Sche
     const paused = schedule.paused();
     const aborted = schedule.aborted();
     const failed = failure !== undefined;
+    // Also once the history passes the bound (then, with no part in flight, the run continues as new at the top of
+    // the loop). Not when it has already: the run then only waits for its parts in flight to stop.
+    const bounded = !rotate && patched(PAUSED_BOUND_PATCH);
     await condition(
       () =>
         inFlight.size < started ||
         pending.length !== pendingBefore ||
         schedule.paused() !== paused ||
         schedule.aborted() !== aborted ||
-        (failure !== undefined) !== failed,
+        (failure !== undefined) !== failed ||
+        (bounded && schedule.shouldContinueAsNew()),
     );
   }
 }

@@ -4,30 +4,25 @@
 // active KEK's bytes (an operator rebuilt the file from a backup and named the keys again) loses the active key to
 // the destruction of the retired v1. Against PostgreSQL and a real keyring file.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekFingerprintMismatchError } from '../../src/errors';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn } from '../helpers/keyring';
-
-const KEYSPACE = 'db-a/public.tenant_deks';
+import { useScratchDirectory, useTestDatabase } from '../helpers/database';
+import {
+  keyringFor,
+  nothingNeeded,
+  retiredWindowEnded,
+  rotatedOn,
+  TEST_KEYSPACE as KEYSPACE,
+} from '../helpers/keyring';
 
 describe('adversary: a destruction acts on the key the registry recorded, never on whatever the id names now', () => {
-  let db: TestDatabase;
-  let scratch: string;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-adversary-'));
-  });
-  afterAll(async () => {
-    await db.drop();
-    fs.rmSync(scratch, { recursive: true, force: true });
-  });
+  const db = useTestDatabase();
+  const scratch = useScratchDirectory('rekey-adversary-');
 
   it("the keyring file: destroying retired v1 is refused when the file's entry 'v1' holds another key (the active v2's), and v2's DEKs still open", async () => {
-    const file = path.join(scratch, 'keyring.json');
+    const file = path.join(scratch.dir, 'keyring.json');
     const store = FileKeyring.open(file, { create: true });
     await store.generate('v1');
     await store.generate('v2');

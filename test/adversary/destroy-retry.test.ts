@@ -3,35 +3,24 @@
 // after KMS accepted ScheduleKeyDeletion but before the commit, the registry still says retired, and the retry must
 // find the key already scheduled (the driver's contract: "a KEK already gone is destroyed"). Against moto and
 // PostgreSQL.
-import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { keyringFor, nothingNeeded, rotatedOn, RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';
-
-const KEYSPACE = 'db-a/public.tenant_deks';
+import { useTestDatabase } from '../helpers/database';
+import {
+  keyringFor,
+  kmsRotated,
+  nothingNeeded,
+  RESTORES_AND_DESTRUCTIONS,
+  TEST_KEYSPACE as KEYSPACE,
+} from '../helpers/keyring';
 
 describe('adversary: a destruction retried after its store hook ran and its registry write was lost', () => {
   const moto = useMoto();
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await db.drop();
-  });
+  const db = useTestDatabase();
 
   it('AWS KMS: the retry of a destroy whose ScheduleKeyDeletion went through records the KEK destroyed (the key is already scheduled), instead of failing on the owner check of a key KMS no longer lists', async () => {
-    const env = {
-      ...moto.server.env,
-      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
-      REKEY_AWS_KMS_RATE: '0',
-    };
-    const store = KmsKeys.fromEnv(env);
-    await store.generate('v1', { owner: KEYSPACE });
-    await store.generate('v2', { owner: KEYSPACE });
-    const registry = await rotatedOn(db.pool, store);
+    const { env, store, registry } = await kmsRotated(db.pool, moto.server.env);
     const keyring = keyringFor(db.pool, store, KEYSPACE);
     await keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
 

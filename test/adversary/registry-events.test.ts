@@ -3,29 +3,19 @@
 // their event (rekey.kek_events); promote and retire change the registry with none, so the audit trail of a KEK that
 // a store then disabled (KMS), soft-deleted (Vault KV) or stopped (Transit) does not say when or by which step.
 // Against PostgreSQL and a real keyring file.
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useScratchDirectory, useTestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 
 describe('adversary: every registry step of the keyring writes its event', () => {
-  let db: TestDatabase;
-  let scratch: string;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-adversary-'));
-  });
-  afterAll(async () => {
-    await db.drop();
-    fs.rmSync(scratch, { recursive: true, force: true });
-  });
+  const db = useTestDatabase();
+  const scratch = useScratchDirectory('rekey-adversary-');
 
   it('promote and retire write an event each (rekey.kek_events), as restore and destroy do: a retired KEK’s trail says it was retired', async () => {
-    const store = FileKeyring.open(path.join(scratch, 'keyring.json'), { create: true });
+    const store = FileKeyring.open(path.join(scratch.dir, 'keyring.json'), { create: true });
     await store.generate('v1');
     const registry = new KekRegistry(db.pool, 'rekey');
     await registry.seedActive('v1', store.fingerprint('v1'));

@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { Pool } from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { createDatabase, type ScratchDatabase } from '../../src/dev/databases';
@@ -54,6 +57,23 @@ export function useTestDatabase(): { readonly pool: Pool; readonly url: string }
     get url() {
       if (!database) throw new Error('the test database is only available inside tests');
       return database.url;
+    },
+  };
+}
+
+/** A scratch directory (`prefix` + random) for the calling test file, removed after its last test. */
+export function useScratchDirectory(prefix: string): { readonly dir: string } {
+  let dir: string | undefined;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  });
+  afterAll(() => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    get dir() {
+      if (!dir) throw new Error('the scratch directory is only available inside tests');
+      return dir;
     },
   };
 }

@@ -1,6 +1,9 @@
+import { randomUUID } from 'node:crypto';
 import type { Pool, PoolClient } from 'pg';
 import { expect } from 'vitest';
 import type { KeyStore } from '../../src/keys';
+import type { RemoteDeks } from '../../src/keys/key-provider';
+import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { Keyring } from '../../src/keyring/keyring';
 import { emptyProof } from '../../src/rotation/label-proof';
 import { inTransaction } from '../../src/store/connect';
@@ -118,3 +121,52 @@ export async function expectRemoteRoundTrip(keyring: Keyring) {
 
 /** The audit events of the operator's restores and of destructions (a KEK's trail also holds each rotation step's). */
 export const RESTORES_AND_DESTRUCTIONS = ['restored', 'destroyed'] as const;
+
+/** The keyspace the keyring tests' registry (target rekey) is. */
+export const TEST_KEYSPACE = 'db-a/public.tenant_deks';
+
+/**
+ * With target `orders` of the same database holding v1 active and a tenant of orders with a DEK under v1 (made through
+ * `orders`, its own view of the store), the keyring of TEST_KEYSPACE refuses to retire v1; orders' DEK still opens
+ * and v1 stays decrypt-only in this registry. `store` holds v1 and v2, rotated v1 → v2 (`rotatedOn`).
+ */
+export async function expectRetireRefusedWhileOrdersHoldsV1(
+  db: Pool,
+  store: KeyStore,
+  registry: KekRegistry,
+  orders: KeyStore & RemoteDeks,
+): Promise<void> {
+  await new KekRegistry(db, 'orders').seedActive('v1', (await registry.require('v1')).fingerprint);
+  await orders.reload();
+  const { dek, wrapped } = await orders.newDek('v1', 'orders-tenant');
+
+  const keyring = keyringFor(db, store, TEST_KEYSPACE);
+  await expect(keyring.retire('v1', { restoreWindowMs: 60_000, prove: nothingNeeded })).rejects.toThrow(
+    RetireRefusedError,
+  );
+
+  await orders.reload();
+  const opened = await orders.unwrapDek('v1', 'orders-tenant', wrapped);
+  expect(opened.equals(dek)).toBe(true);
+  expect((await registry.require('v1')).state).toBe('decrypt_only');
+  for (const buffer of [dek, opened]) buffer.fill(0);
+}
+
+/**
+ * AWS KMS on moto (`motoEnv`) under a fresh alias prefix, unpaced: the environment a store of it is opened from, and
+ * one holding v1 and v2, both owned by TEST_KEYSPACE, in a registry rotated v1 → v2.
+ */
+export async function kmsRotated(
+  db: Pool,
+  motoEnv: Record<string, string>,
+): Promise<{ env: NodeJS.ProcessEnv; store: KmsKeys; registry: KekRegistry }> {
+  const env = {
+    ...motoEnv,
+    REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
+    REKEY_AWS_KMS_RATE: '0',
+  };
+  const store = KmsKeys.fromEnv(env);
+  await store.generate('v1', { owner: TEST_KEYSPACE });
+  await store.generate('v2', { owner: TEST_KEYSPACE });
+  return { env, store, registry: await rotatedOn(db, store) };
+}

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import type { WorkflowHandle } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterEach, beforeEach, inject } from 'vitest';
 import { ensureSearchAttributes } from '../../src/client/search-attributes';
@@ -271,3 +271,25 @@ export async function untilNoActivityPending(handle: WorkflowHandle, withinMs = 
 export function skipTime(env: TestWorkflowEnvironment, duration: string, withinMs = 30_000): Promise<void> {
   return within(env.sleep(duration), withinMs, () => `a time skip of ${duration} did not end within ${withinMs} ms`);
 }
+
+/** The history length of each run of a workflow's chain of continue-as-new, latest first. */
+export async function chainLengths(client: Client, workflowId: string): Promise<number[]> {
+  const lengths: number[] = [];
+  let runId: string | undefined;
+  do {
+    const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
+    lengths.push(history.events?.length ?? 0);
+    runId = history.events?.[0]?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId || undefined;
+  } while (runId !== undefined);
+  return lengths;
+}
+
+/** The history bound (maxHistoryEvents) the history-bound tests give a run: small, so that waits continue as new. */
+export const TEST_HISTORY_BOUND = 60;
+/**
+ * What a run may hold past the bound: the workflow task that sees it (its completion, the continue-as-new) and the
+ * messages that arrive before that task completes (each sends the task round again): on a loaded machine a slow task
+ * meets more of them (92 seen under the whole suite). Without the bound, every message adds four or five events: the
+ * run that waits for the retire confirmation in test/workflows/history-bound.test.ts held 199 to 256.
+ */
+export const HISTORY_OVERSHOOT = 50;

@@ -9,16 +9,8 @@ import { projectRoot } from '../../src/project-paths';
 import { createTestDatabase, type TestDatabase } from './database';
 import { useTimeSkippingEnv } from './temporal';
 
-/**
- * What a test file against Vault needs: a dev Vault server (KV v2 at secret/, Transit at transit/), a time-skipping
- * Temporal server and a test database, each stopped or dropped after the file's last test.
- */
-export function useVaultServers(): {
-  readonly vault: VaultServer;
-  readonly temporal: { readonly env: TestWorkflowEnvironment };
-  readonly db: TestDatabase;
-} {
-  const temporal = useTimeSkippingEnv();
+/** A dev Vault server (KV v2 at secret/, Transit at transit/) and a test database, stopped and dropped after the file's last test. */
+export function useVaultAndDatabase(): { readonly vault: VaultServer; readonly db: TestDatabase } {
   let vault: VaultServer | undefined;
   let db: TestDatabase | undefined;
   beforeAll(async () => {
@@ -32,12 +24,33 @@ export function useVaultServers(): {
     return value;
   };
   return {
-    temporal,
     get vault() {
       return ready(vault);
     },
     get db() {
       return ready(db);
+    },
+  };
+}
+
+/**
+ * What a test file against Vault needs: a dev Vault server (KV v2 at secret/, Transit at transit/), a time-skipping
+ * Temporal server and a test database, each stopped or dropped after the file's last test.
+ */
+export function useVaultServers(): {
+  readonly vault: VaultServer;
+  readonly temporal: { readonly env: TestWorkflowEnvironment };
+  readonly db: TestDatabase;
+} {
+  const temporal = useTimeSkippingEnv();
+  const servers = useVaultAndDatabase();
+  return {
+    temporal,
+    get vault() {
+      return servers.vault;
+    },
+    get db() {
+      return servers.db;
     },
   };
 }

@@ -1,10 +1,36 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { MYCELIUM_FIELDS } from '../../src/targets/presets';
+import { compileFormat } from '../../src/codec/sealed-format';
+import { unpackTextColumn, type ByteColumn } from '../../src/crypto/columns';
+import { MYCELIUM_FIELDS, MYCELIUM_PRESET } from '../../src/targets/presets';
 import { FieldStore } from '../../src/store/field-store';
-import { RowFieldsStore, rowGroups } from '../../src/store/row-fields-store';
+import { RowFieldsStore, rowGroups, type FieldsBatch } from '../../src/store/row-fields-store';
+import { TargetStore } from '../../src/store/target-store';
 import { createTestDatabase, migrateDatabase } from '../helpers/database';
-import { createMyceliumSchema, encryptV1, kekOf } from '../helpers/mycelium';
+import { createMyceliumSchema, encryptV1, kekOf, wrapDek } from '../helpers/mycelium';
+
+/** Text values packed as the crypto threads give them back. */
+function textColumn(values: (string | null)[]): ByteColumn {
+  const parts = values.map((v) => (v === null ? null : Buffer.from(v, 'utf8')));
+  const bytes = Buffer.concat(parts.flatMap((p) => (p === null ? [] : [p])));
+  return { lengths: Int32Array.from(parts.map((p) => (p === null ? -1 : p.length))), bytes: new Uint8Array(bytes) };
+}
+
+/** A batch read by column, as rows: id, tenant, each field's legacy value, and the DEK read with it. */
+function rowsOf(batch: FieldsBatch) {
+  const ids = unpackTextColumn(batch.ids);
+  const tenants = unpackTextColumn(batch.tenants);
+  const values = batch.values.map(unpackTextColumn);
+  const deks = unpackTextColumn(batch.dek.ids);
+  const labels = unpackTextColumn(batch.dek.labels);
+  const wrapped = unpackTextColumn((batch.dek.columns.columns.encrypted_dek as { column: ByteColumn }).column);
+  return ids.map((id, i) => ({
+    id,
+    tenant: tenants[i],
+    values: values.map((v) => v[i]),
+    dek: deks[i] === null ? null : { id: deks[i], label: labels[i], wrapped: wrapped[i] },
+  }));
+}
 
 describe('RowFieldsStore (the SQL of migrate-dek by row)', () => {
   it("a live writer that replaced one field of a row since it was read wins the whole row: neither field is written, each is counted as a CAS conflict of its own field, and the row's other fields are read again next time", async () => {
@@ -14,16 +40,22 @@ describe('RowFieldsStore (the SQL of migrate-dek by row)', () => {
       await migrateDatabase(db.pool);
       const kek = kekOf(randomUUID());
       const [kept, replaced, halfDone] = [randomUUID(), randomUUID(), randomUUID()].sort();
+      // One tenant without a DEK yet: the batch says so (its DEK's id NULL), the others bring theirs.
+      const deksOf = new Map([kept!, replaced!].map((id) => [id, wrapDek(kek, id, Buffer.alloc(32, 7))]));
       for (const id of [kept!, replaced!, halfDone!]) {
-        await db.pool.query(`INSERT INTO public.tenant (id, name, meta) VALUES ($1, 't', $2)`, [
+        await db.pool.query(`INSERT INTO public.tenant (id, name, meta, encrypted_dek) VALUES ($1, 't', $2, $3)`, [
           id,
           {
             telegram_bot_token: id === halfDone ? 'v2:already' : encryptV1(kek, `token of ${id}`),
             telegram_webhook_secret: encryptV1(kek, `hook of ${id}`),
             locale: 'pt-BR',
           },
+          deksOf.get(id) ?? null,
         ]);
       }
+      const deks = new TargetStore(db.pool, MYCELIUM_PRESET, compileFormat(MYCELIUM_PRESET.format));
+      await deks.inspect();
+      const client = await db.pool.connect();
       const stores = MYCELIUM_FIELDS.map((field) => new FieldStore(db.pool, 'mycelium', field));
       for (const store of stores) await store.inspect();
       // The two Telegram fields share tenant.meta, its id and its tenant: one group; TOTP and webhooks are others.
@@ -35,11 +67,19 @@ describe('RowFieldsStore (the SQL of migrate-dek by row)', () => {
       const keys = telegram.map((i) => RowFieldsStore.progressKey('run/part-0', i));
       await rows.createProgress(db.pool, keys, '', [0, 0]);
 
-      const read = await rows.readLegacy(db.pool, { after: '', until: null }, 10);
-      expect(read.map((r) => [r.id, r.values.map((v) => v?.startsWith('v2:') ?? null)])).toEqual([
-        [kept, [false, false]],
-        [replaced, [false, false]],
-        [halfDone, [null, false]],
+      const batch = await rows.readBatch(client, { after: '', until: null }, 10, deks);
+      const read = rowsOf(batch);
+      client.release();
+      expect(read.map((r) => [r.id, r.tenant, r.values.map((v) => v?.startsWith('v2:') ?? null)])).toEqual([
+        [kept, kept, [false, false]],
+        [replaced, replaced, [false, false]],
+        [halfDone, halfDone, [null, false]],
+      ]);
+      // Each row's DEK comes in the same statement: its id, its generation and the wrapped DEK as stored.
+      expect(read.map((r) => r.dek)).toEqual([
+        { id: kept, label: '1', wrapped: deksOf.get(kept!) },
+        { id: replaced, label: '1', wrapped: deksOf.get(replaced!) },
+        null,
       ]);
       // The gateway writes a new webhook secret into one of them meanwhile.
       await db.pool.query(
@@ -48,11 +88,13 @@ describe('RowFieldsStore (the SQL of migrate-dek by row)', () => {
       );
       const lost = await rows.compareAndSwap(
         db.pool,
-        read.map((r) => ({
-          id: r.id,
-          old: r.values,
-          value: r.values.map((v, i) => (v === null ? null : `v2:migrated-${i}-${r.id}`)),
-        })),
+        batch,
+        {
+          indexes: Int32Array.from([0, 1, 2]),
+          values: [0, 1].map((i) =>
+            textColumn(read.map((r) => (r.values[i] === null ? null : `v2:migrated-${i}-${r.id}`))),
+          ),
+        },
         { keys, unreadable: [0, 0], cursor: halfDone! },
       );
       expect([...lost]).toEqual([replaced]);
@@ -71,8 +113,19 @@ describe('RowFieldsStore (the SQL of migrate-dek by row)', () => {
         [halfDone, 2, 1],
       ]);
       // Next time, the row the writer won is read again for the field it left legacy, and only that one.
-      const again = await rows.readLegacy(db.pool, { after: '', until: null }, 10);
-      expect(again).toEqual([{ id: replaced, tenant: replaced, values: [read[1]!.values[0], null] }]);
+      const again = await db.pool.connect();
+      try {
+        expect(rowsOf(await rows.readBatch(again, { after: '', until: null }, 10, deks))).toEqual([
+          {
+            id: replaced,
+            tenant: replaced,
+            values: [read[1]!.values[0], null],
+            dek: { id: replaced, label: '1', wrapped: deksOf.get(replaced!) },
+          },
+        ]);
+      } finally {
+        again.release();
+      }
     } finally {
       await db.drop();
     }

@@ -4,7 +4,7 @@ import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { TenantCrypto } from '../../src/tenant-crypto';
-import { useTestDatabase } from '../helpers/database';
+import { createTestDatabase, useTestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 
 describe('application API (TenantCrypto)', () => {
@@ -114,5 +114,37 @@ describe('application API (TenantCrypto)', () => {
     await expect(impostor.start()).rejects.toThrow(
       /KEK 'v2' in the key provider has fingerprint kcv1:\w+, but the registry recorded/,
     );
+  });
+
+  it("the 'registered' event of the KEK an application seeds names the application, not 'rekey (rotation step)' (it named the rotation)", async () => {
+    const fresh = await createTestDatabase();
+    const app = new TenantCrypto({ db: fresh.pool, keys });
+    const configured = new TenantCrypto({ db: fresh.pool, keys: testKeys(['v1', 'v2'], 'v2'), actor: 'billing-api' });
+    try {
+      await app.start();
+      const registry = new KekRegistry(fresh.pool, BUILTIN_TARGET);
+      await registry.register('v2', keys.fingerprint('v2'));
+      const { rows } = await fresh.pool.query<{ kek_id: string; event: string; actor: string }>(
+        'SELECT kek_id, event, actor FROM rekey.kek_events WHERE target = $1 ORDER BY id',
+        [BUILTIN_TARGET],
+      );
+      expect(rows).toEqual([
+        { kek_id: 'v1', event: 'registered', actor: `application (TenantCrypto ${app.instanceId})` },
+        { kek_id: 'v2', event: 'registered', actor: 'rekey (rotation step)' },
+      ]);
+
+      await fresh.pool.query('DELETE FROM rekey.kek_events');
+      await fresh.pool.query('DELETE FROM rekey.keks');
+      await configured.start();
+      const seeded = await fresh.pool.query<{ kek_id: string; event: string; actor: string }>(
+        'SELECT kek_id, event, actor FROM rekey.kek_events WHERE target = $1 ORDER BY id',
+        [BUILTIN_TARGET],
+      );
+      expect(seeded.rows).toEqual([{ kek_id: 'v2', event: 'registered', actor: 'billing-api' }]);
+    } finally {
+      await app.stop();
+      await configured.stop();
+      await fresh.drop();
+    }
   });
 });

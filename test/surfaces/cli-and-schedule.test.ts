@@ -1,11 +1,8 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { RekeyMetrics, serveMetrics } from '../../src/observability/metrics';
 import { projectRoot } from '../../src/project-paths';
@@ -13,16 +10,15 @@ import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import type { RotationReport, rotateKek } from '../../src/workflows';
-import { runRekey, type CliResult } from '../helpers/cli';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import type { CliResult } from '../helpers/cli';
+import type { TestDatabase } from '../helpers/database';
+import { startKeyringWorker, type KeyringWorker } from '../helpers/keyring-worker';
 import { eventually } from '../helpers/eventually';
 import { rotationIdIn } from '../helpers/keyspace';
 import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
-import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
 
 const TENANTS = 3_000;
 
@@ -31,52 +27,30 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
   let db: TestDatabase;
   let keyring: FileKeyring;
   let keyringFile: string;
-  let worker: Worker;
-  let running: Promise<void>;
+  let scratch: string;
+  let fixture: KeyringWorker;
   const metrics = new RekeyMetrics();
   const taskQueue = 'rekey-cli-test';
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-cli-'));
 
   /** Runs the built CLI as a user would; never throws, returns what the user would see. */
-  function rekey(...args: string[]): Promise<CliResult> {
-    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-      PATH: process.env.PATH,
-      DATABASE_URL: db.url,
-      REKEY_KEYRING_FILE: keyringFile,
-    });
-  }
+  const rekey = (...args: string[]): Promise<CliResult> => fixture.rekey(...args);
 
   beforeAll(async () => {
     env = await createDevServerEnv();
-    db = await createTestDatabase();
-    keyringFile = path.join(scratch, 'keyring.json');
-    keyring = FileKeyring.open(keyringFile, { create: true });
-    await keyring.generate('v1');
-    await keyring.generate('v2');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
-    await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: TENANTS });
-    const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
-    metrics.watch(targets, env.client);
-    worker = await createWorker({
-      connection: env.nativeConnection,
+    fixture = await startKeyringWorker(env, {
       taskQueue,
-      db: db.pool,
-      keys: keyring,
+      kekIds: ['v1', 'v2'],
+      tenants: TENANTS,
       metrics,
-      targets,
-      temporal: env.client,
-      workflowBundle: workflowBundle(),
+      metricsInWorker: true,
+      scratchPrefix: 'rekey-cli-',
     });
-    running = worker.run();
+    ({ db, keyring, keyringFile, scratch } = fixture);
   });
 
   afterAll(async () => {
-    worker?.shutdown();
-    await running;
-    keyring?.close();
-    await db?.drop();
+    await fixture?.stop();
     await env?.teardown();
-    fs.rmSync(scratch, { recursive: true, force: true });
   });
 
   it("rotate --dry-run prints the rotate-kek counters (Tenants scanned, Migrated, Already done, Skipped) and rekey's, and writes nothing", async () => {

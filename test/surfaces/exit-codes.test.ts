@@ -427,8 +427,13 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'Temporal does not answer': {
       says: /cannot reach Temporal at 127\.0\.0\.1:1/,
     },
-    'a database that does not answer, or any failure of no other kind': {
-      says: /ECONNREFUSED|internal error/,
+    'the database unreachable: down, refusing connections or this login, or silent past the connect timeout': {
+      observed: 'the admin API answered 500 "internal error"',
+      says: /^the database is unreachable \(connect ECONNREFUSED 127\.0\.0\.1:1\): retry once it answers|rekey: the database is unreachable \(connect ECONNREFUSED 127\.0\.0\.1:1\)/,
+      http: (response) => {
+        expect(response.headers['retry-after']).toBe('5');
+        expect(response.json()).toMatchObject({ error: 'database_unreachable' });
+      },
     },
     'no valid bearer token (the example is sent without one)': {
       withoutToken: true,

@@ -1,55 +1,42 @@
 // Issue 25, "One status, the same on every surface": what the CLI (`rekey status`), the admin API (`rotation-status`)
 // and the metrics say of one run, read from the built CLI and the API against the dev server and PostgreSQL.
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAdminServer } from '../../src/admin/server';
 import type { History } from '../../src/client/history';
 import type { RotationStatus } from '../../src/client/rotations';
 import type { ScheduleSummary } from '../../src/client/schedules';
-import { seedTenants } from '../../src/dev/tenants';
-import { FileKeyring } from '../../src/keyring/drivers/file';
 import { RekeyMetrics } from '../../src/observability/metrics';
 import { AppInstances } from '../../src/store/app-instances';
-import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { rotationWorkflowId } from '../../src/rotation/identity';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import type { rotateKek, RotationReport } from '../../src/workflows';
-import { runRekey, type CliResult } from '../helpers/cli';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import type { CliResult } from '../helpers/cli';
+import type { TestDatabase } from '../helpers/database';
+import { startKeyringWorker, type KeyringWorker } from '../helpers/keyring-worker';
 import { eventually } from '../helpers/eventually';
 import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
-import { createDevServerEnv, progressUntil, resultWithin, within, workflowBundle } from '../helpers/temporal';
+import {
+  createDevServerEnv,
+  progressUntil,
+  resultWithin,
+  within,
+  type OwnServerEnvironment,
+} from '../helpers/temporal';
 
 const TENANTS = 500;
 const TOKEN = 'run-status-token-0123456789';
 
 describe('one status, the same on every surface: rekey status, rotation-status and the metrics of one run', () => {
-  let env: TestWorkflowEnvironment;
+  let env: OwnServerEnvironment;
+  let fixture: KeyringWorker;
   let db: TestDatabase;
-  let keyring: FileKeyring;
-  let keyringFile: string;
-  let worker: Worker;
-  let running: Promise<void>;
   let api: FastifyInstance;
   let targets: TargetRuntimes;
   const metrics = new RekeyMetrics();
   const taskQueue = 'rekey-run-status';
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-run-status-'));
 
-  function rekey(...args: string[]): Promise<CliResult> {
-    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-      PATH: process.env.PATH,
-      DATABASE_URL: db.url,
-      REKEY_KEYRING_FILE: keyringFile,
-    });
-  }
+  const rekey = (...args: string[]): Promise<CliResult> => fixture.rekey(...args);
 
   /**
    * `rekey --json status`, parsed; fails with what the CLI said if it did not answer with `code` (the README's exit
@@ -85,44 +72,21 @@ describe('one status, the same on every surface: rekey status, rotation-status a
 
   beforeAll(async () => {
     env = await createDevServerEnv();
-    db = await createTestDatabase();
-    keyringFile = path.join(scratch, 'keyring.json');
-    keyring = FileKeyring.open(keyringFile, { create: true });
-    for (const id of ['v1', 'v2', 'v3', 'v4']) await keyring.generate(id);
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
-    await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: TENANTS });
-    targets = new TargetRuntimes({ db: db.pool, keys: keyring });
+    fixture = await startKeyringWorker(env, {
+      taskQueue,
+      kekIds: ['v1', 'v2', 'v3', 'v4'],
+      tenants: TENANTS,
+      metrics,
+      scratchPrefix: 'rekey-run-status-',
+    });
+    ({ db, targets } = fixture);
     rotationId = rotationWorkflowId(BUILTIN_TARGET, await targets.keyspace(BUILTIN_TARGET));
-    metrics.watch(targets, env.client);
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys: keyring,
-      targets,
-      temporal: env.client,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
-    api = await buildAdminServer({
-      client: env.client,
-      targets,
-      defaultTarget: BUILTIN_TARGET,
-      taskQueue,
-      token: TOKEN,
-      configuredCurrentKekId: () => undefined,
-    });
+    api = await fixture.adminApi(TOKEN);
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
-    await targets?.close();
-    keyring?.close();
-    await db?.drop();
+    await fixture?.stop();
     await env?.teardown();
-    fs.rmSync(scratch, { recursive: true, force: true });
   });
 
   it('an aborted run reads Aborted, with its reason and 0% (no row moved), the same in rekey status and rotation-status', async () => {

@@ -21,8 +21,11 @@ describe('one errors module, one mapping to exit codes and HTTP statuses', () =>
   });
 
   it('an activity retries none of them: a retry cannot fix what they report', () => {
-    // The two that only clients raise (a CLI line, a run's failure read back) carry the kind they were given.
-    const names = classes.map((c) => c.name).filter((n) => n !== 'CliError' && n !== 'RunFailedError');
+    // The two that only clients raise (a CLI line, a run's failure read back) carry the kind they were given; the
+    // database's unreachability is the one a retry fixes (once it answers).
+    const names = classes
+      .map((c) => c.name)
+      .filter((n) => n !== 'CliError' && n !== 'RunFailedError' && n !== 'DatabaseUnreachableError');
     expect([...NON_RETRYABLE].sort()).toEqual(names.sort());
   });
 
@@ -44,6 +47,49 @@ describe('one errors module, one mapping to exit codes and HTTP statuses', () =>
       expect([err.name, exitCodeFor(err), httpStatusFor(err)]).toEqual([err.name, exit, status]);
     }
     expect(exitCodeFor(new Error('anything else'))).toBe(1);
+  });
+
+  it('a database that is unreachable (refused, ended, silent, a login refused) is 503 and exit 1, from the driver’s errors; any other database error is not', () => {
+    const refused = errors.markDatabaseUnreachable(
+      Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }),
+    );
+    const timedOut = new Error('Connection terminated due to connection timeout', {
+      cause: new Error('timeout expired'),
+    });
+    const pgError = (code: string, message: string) => Object.assign(new Error(message), { code, severity: 'FATAL' });
+    for (const err of [
+      refused,
+      timedOut,
+      new Error('Connection terminated unexpectedly'),
+      new Error('timeout exceeded when trying to connect'),
+      pgError('57P01', 'terminating connection due to administrator command'),
+      pgError('28000', 'role "admin" is not permitted to log in'),
+      pgError('08006', 'connection failure'),
+      new errors.DatabaseUnreachableError('no answer'),
+    ]) {
+      expect([err.message, errorKind(err), exitCodeFor(err), httpStatusFor(err)]).toEqual([
+        err.message,
+        'unavailable',
+        1,
+        503,
+      ]);
+      expect(errors.databaseUnreachable(err)?.message).toMatch(
+        /^the database is unreachable \(.+\): retry once it answers$/,
+      );
+    }
+    expect(errors.databaseUnreachable(refused)?.message).toBe(
+      'the database is unreachable (connect ECONNREFUSED 127.0.0.1:5432): retry once it answers',
+    );
+    // Unmarked socket errors (another service's) and PostgreSQL's other errors keep their kind.
+    for (const err of [
+      Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:4566'), { code: 'ECONNREFUSED' }),
+      pgError('42P01', 'relation "x" does not exist'),
+      Object.assign(new Error('57P01'), { code: '57P01' }),
+    ]) {
+      expect([err.message, errorKind(err), httpStatusFor(err)]).toEqual([err.message, 'failed', 500]);
+    }
+    // A rekey error of its own kind keeps it, whatever its cause says.
+    expect(errorKind(new errors.RunFailedError('refused', 'refused'))).toBe('refused');
   });
 
   it('a Temporal failure keeps the kind of the error it carries: activity errors and the workflow’s own types', () => {

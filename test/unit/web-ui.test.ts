@@ -5,6 +5,22 @@ import { currentDetails, staticDetails, staticSummary } from '../../src/rotation
 const at = Date.UTC(2026, 11, 1);
 
 describe('what the Web UI shows of a rotation', () => {
+  it("a rotation to 'new' is summarised as a new KEK whose id provision chooses, never as a KEK named 'new'", () => {
+    expect(staticSummary({ target: 'rekey', from: 'v1', to: 'new' })).toBe(
+      'rotate rekey: v1 → a new KEK (id chosen at provision)',
+    );
+    expect(staticDetails({ target: 'rekey', from: 'v1', to: 'new' }, 'rekey CLI')).toContain(
+      '**KEK:** `v1` → a new KEK (id chosen at provision)',
+    );
+    const before = initialProgress('v1', 'new', false, at, 'rekey');
+    expect(currentDetails(report(before, at), 'kek-rotation-rekey.x')).toContain(
+      '**KEK:** `v1` → a new KEK (id chosen at provision) of `rekey`',
+    );
+    expect(currentDetails(report({ ...before, to: 'v2' }, at), 'kek-rotation-rekey.x')).toContain(
+      '**KEK:** `v1` → `v2` of `rekey`',
+    );
+  });
+
   it('a one-line summary, and details that say who started it', () => {
     expect(staticSummary({ target: 'talos', from: 'v1', to: 'v2' })).toBe('rotate talos: v1 → v2');
     expect(staticSummary({ target: 'talos', from: 'v1', to: 'v2', dryRun: true })).toBe(

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import type { Client } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,33 +21,18 @@ import { testKeys } from '../helpers/keys';
 import { checkWithOneKek, createMyceliumSchema, kekOf, seedMyceliumTenants } from '../helpers/mycelium';
 import { keyspaceIn } from '../helpers/keyspace';
 import {
+  chainLengths,
   createDevServerEnv,
+  HISTORY_OVERSHOOT,
+  TEST_HISTORY_BOUND,
   progressUntil,
   resultWithin,
   type OwnServerEnvironment,
   workflowBundle,
 } from '../helpers/temporal';
 
-const BOUND = 60;
-/**
- * What a run may hold past the bound: the workflow task that sees it (its completion, the continue-as-new) and the
- * messages that arrive before that task completes (each sends the task round again): on a loaded machine a slow task
- * meets more of them (92 seen under the whole suite). Without the bound, every message adds four or five events: the
- * run that waits for the retire confirmation here held 199 to 256.
- */
-const OVERSHOOT = 50;
-
-/** The history length of each run of a workflow's chain of continue-as-new, latest first. */
-async function chainLengths(client: Client, workflowId: string): Promise<number[]> {
-  const lengths: number[] = [];
-  let runId: string | undefined;
-  do {
-    const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
-    lengths.push(history.events?.length ?? 0);
-    runId = history.events?.[0]?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId || undefined;
-  } while (runId !== undefined);
-  return lengths;
-}
+const BOUND = TEST_HISTORY_BOUND;
+const OVERSHOOT = HISTORY_OVERSHOOT;
 
 /**
  * A Mycelium rotation with a bound of 60 events, sent dozens of messages while in grace and while it waits for the

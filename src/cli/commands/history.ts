@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { runHistory, type HistoryEntry } from '../../client/history';
 import { positiveInteger, targetOption, withContext } from '../options';
+import { describeTargetKek } from '../../rotation/rotation-input';
 
 const n = (value: number) => value.toLocaleString('en-US');
 
@@ -9,7 +10,7 @@ function humanEntry(entry: HistoryEntry): string[] {
   const keks =
     entry.kind === 'migration'
       ? `v1 values → DEKs${entry.to !== undefined ? ` (KEK ${entry.to})` : ''}`
-      : `${entry.from ?? '?'} → ${entry.to ?? '?'}`;
+      : `${entry.from ?? '?'} → ${entry.to === undefined ? '?' : describeTargetKek(entry.to, (id) => id)}`;
   const noun = entry.kind === 'migration' ? 'values' : 'rows';
   const counts = `${n(entry.rows.moved)} of ${n(entry.rows.total)} ${noun} moved${entry.rows.unreadable > 0 ? `, ${n(entry.rows.unreadable)} unreadable` : ''}`;
   return [

@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { GENERATION } from '../../targets/target';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
-import { DEFAULTS, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
+import { DEFAULTS, describeTargetKek, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
 import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
@@ -123,7 +123,7 @@ export function rotateCommand(): Command {
             throw new CliError(`dry run failed: ${failureMessage(err)}`, errorKind(err));
           });
           context.print({ opId, dryRun: true, report }, () => [
-            `dry run of target '${options.target}', '${report.from}' → '${report.to}': nothing was written`,
+            `dry run of target '${options.target}', '${report.from}' → ${describeTargetKek(report.to)}: nothing was written`,
             ...header.map((line) => `  ${line}`),
             `  ${describeCounters(report)}`,
             ...describeCensus(report).map((line) => `  ${line}`),
@@ -143,7 +143,9 @@ export function rotateCommand(): Command {
         if (!context.options.json) {
           const kekFrom = validated?.from ?? from;
           const kekTo = validated?.to ?? to;
-          context.out(`started rotation ${opId} of target '${options.target}' ('${kekFrom}' → '${kekTo}')`);
+          context.out(
+            `started rotation ${opId} of target '${options.target}' ('${kekFrom}' → ${describeTargetKek(kekTo)})`,
+          );
           if (started.unanswered !== undefined) {
             context.out(`  not validated yet: the worker's build does not answer it (${started.unanswered})`);
           }

@@ -1,0 +1,105 @@
+// The fixture of the tests that drive rekey's own table through its surfaces (the built CLI, the admin API): a fresh
+// database whose registry has v1 active and `tenants` DEKs under it, a keyring file holding `kekIds`, and a worker
+// serving it on the test's Temporal server; the CLI runs as an operator runs it against them.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import type { FastifyInstance } from 'fastify';
+import { buildAdminServer } from '../../src/admin/server';
+import { seedTenants } from '../../src/dev/tenants';
+import { FileKeyring } from '../../src/keyring/drivers/file';
+import type { RekeyMetrics } from '../../src/observability/metrics';
+import { KekRegistry } from '../../src/store/kek-registry';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
+import { TargetRuntimes } from '../../src/targets/runtime';
+import { createWorker } from '../../src/worker';
+import { runRekey, type CliResult } from './cli';
+import { createTestDatabase, type TestDatabase } from './database';
+import { workflowBundle } from './temporal';
+
+export interface KeyringWorker {
+  db: TestDatabase;
+  keyring: FileKeyring;
+  keyringFile: string;
+  /** A scratch directory (the keyring file is in it), removed by `stop`. */
+  scratch: string;
+  targets: TargetRuntimes;
+  /** The built CLI against this database, keyring file, server and task queue; never throws. */
+  rekey(...args: string[]): Promise<CliResult>;
+  /** The admin API over the same targets (closed by `stop`). */
+  adminApi(token: string): Promise<FastifyInstance>;
+  /** Closes the admin APIs, stops the worker, closes the keyring and drops the database. */
+  stop(): Promise<void>;
+}
+
+export async function startKeyringWorker(
+  env: TestWorkflowEnvironment & { address: string },
+  options: {
+    taskQueue: string;
+    kekIds: string[];
+    tenants: number;
+    /** Watches the targets' rotations (and, with `metricsInWorker`, counts what the worker's activities do). */
+    metrics?: RekeyMetrics;
+    metricsInWorker?: boolean;
+    scratchPrefix?: string;
+  },
+): Promise<KeyringWorker> {
+  const { taskQueue } = options;
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), options.scratchPrefix ?? 'rekey-surfaces-'));
+  const db = await createTestDatabase();
+  const keyringFile = path.join(scratch, 'keyring.json');
+  const keyring = FileKeyring.open(keyringFile, { create: true });
+  for (const id of options.kekIds) await keyring.generate(id);
+  await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
+  await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: options.tenants });
+  const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
+  options.metrics?.watch(targets, env.client);
+  const worker: Worker = await createWorker({
+    connection: env.nativeConnection,
+    taskQueue,
+    db: db.pool,
+    keys: keyring,
+    ...(options.metrics && options.metricsInWorker && { metrics: options.metrics }),
+    targets,
+    temporal: env.client,
+    workflowBundle: workflowBundle(),
+  });
+  const running = worker.run();
+  const apis: FastifyInstance[] = [];
+  return {
+    db,
+    keyring,
+    keyringFile,
+    scratch,
+    targets,
+    rekey: (...args) =>
+      runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
+        PATH: process.env.PATH,
+        DATABASE_URL: db.url,
+        REKEY_KEYRING_FILE: keyringFile,
+      }),
+    adminApi: async (token) => {
+      const api = await buildAdminServer({
+        client: env.client,
+        targets,
+        defaultTarget: BUILTIN_TARGET,
+        taskQueue,
+        token,
+        configuredCurrentKekId: () => undefined,
+      });
+      apis.push(api);
+      return api;
+    },
+    stop: async () => {
+      for (const api of apis) await api.close();
+      worker.shutdown();
+      await running;
+      await targets.close();
+      keyring.close();
+      await db.drop();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    },
+  };
+}
