@@ -572,6 +572,11 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
               state: { type: 'string' },
               fingerprint: { type: 'string' },
               actor: { type: 'string' },
+              operator_must: {
+                type: 'string',
+                description:
+                  'what the operator must still do in a key store rekey may not write (the environment: set the key again in every process); absent when nothing',
+              },
             },
           },
           400: errorBody,
@@ -590,6 +595,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         state: restored.state,
         fingerprint: restored.fingerprint,
         actor: request.body.actor,
+        ...(restored.operatorMust !== undefined && { operator_must: restored.operatorMust }),
       };
     },
   );

@@ -1,3 +1,4 @@
+import type { StepOutcome } from '../keyring/keyring';
 import type { KekRecord } from '../store/kek-registry';
 import type { TargetRuntime } from './runtime';
 import { InvalidRotationError } from '../errors';
@@ -6,20 +7,21 @@ import { InvalidRotationError } from '../errors';
  * Brings a retired KEK back to decrypt-only within its restore window (the runbook's "re-add the old KEK
  * immediately to restore service"), through the target's keyring: the store must still hold the key the registry
  * recorded (or make it readable again), the registry records who asked and why in the same transaction, and then the
- * store names the key again. A repeated restore changes nothing.
+ * store names the key again. A repeated restore changes nothing. A store rekey may not write (the environment) answers
+ * what the operator must still do there (`operatorMust`, e.g. set the variable again in every process): every surface
+ * shows it in these words.
  */
 export async function restoreKek(
   runtime: TargetRuntime,
   kekId: string,
   reason: string,
   actor: string,
-): Promise<KekRecord> {
+): Promise<KekRecord & StepOutcome> {
   if (reason.trim() === '') {
     throw new InvalidRotationError(
       `give the reason (--reason) to restore KEK '${kekId}': it is recorded with the restore`,
     );
   }
   // The key source is opened only for a KEK the registry knows: an unknown one is answered without it.
-  const { operatorMust: _instruction, ...restored } = await runtime.keyring.restore(kekId, reason, actor);
-  return restored;
+  return runtime.keyring.restore(kekId, reason, actor);
 }

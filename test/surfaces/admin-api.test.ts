@@ -238,6 +238,9 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       state: 'decrypt_only',
       fingerprint: keys.fingerprint('v1'),
       actor: 'alice',
+      // The environment is read-only to rekey: the answer says what the operator sets again.
+      operator_must:
+        'set TEST_KEK_v1 again in every worker, admin API and application process, to the key the registry recorded',
     });
     expect(await registry.get('v1')).toMatchObject({ state: 'decrypt_only', retiredAt: null });
     expect(await registry.events('v1', RESTORES_AND_DESTRUCTIONS)).toMatchObject([

@@ -217,11 +217,21 @@ export function keysCommand(): Command {
         const runtime = await context.targets().get(options.target);
         const actor = options.actor ?? os.userInfo().username;
         const restored = await restoreKek(runtime, kekId, options.reason, actor);
+        const { operatorMust } = restored;
         context.print(
-          { target: options.target, kekId, state: restored.state, fingerprint: restored.fingerprint, actor },
+          {
+            target: options.target,
+            kekId,
+            state: restored.state,
+            fingerprint: restored.fingerprint,
+            actor,
+            ...(operatorMust !== undefined && { operatorMust }),
+          },
           () => [
             `KEK '${kekId}' of target '${options.target}' is ${restored.state} again (${restored.fingerprint}); recorded: ${actor}: ${options.reason}`,
             'It unwraps, and wraps nothing. Applications and workers load it on their next registry read; rotate again or retire it when you are done.',
+            // The store's part, which rekey may not do: a process that no longer holds the key cannot open its DEKs.
+            ...(operatorMust !== undefined ? [`The key store's part is yours: ${operatorMust}`] : []),
           ],
         );
       }),
