@@ -5,30 +5,20 @@
 // recorded as its latest version, the one DevSkyy's application reads and wraps with. Against the real Vault and
 // PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { KeyspaceMismatchError } from '../../src/errors';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useVaultAndDatabases } from '../helpers/vault';
 import { keyringFor } from '../helpers/keyring';
 
 describe("adversary: a provision into another keyspace's Vault KV secret", () => {
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   it("is refused before anything is written: the secret keyspace B owns gets no new version and no new name, and its latest version is still B's active KEK", async () => {
+    const { vault } = servers;
+    const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const path = `encryption/${randomUUID()}`;
     const env = { ...vault.env, REKEY_VAULT_KV_PATH: path };
     const storeB = VaultKvKeys.fromEnv(env);

@@ -5,29 +5,19 @@
 // by deployment A's first rotation, which met the key that moment: A's registry recorded none of its versions. A then
 // retires v1 and raises min_decryption_version past B's active KEK. Against the real Vault and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useVaultAndDatabases } from '../helpers/vault';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 
 describe('adversary: a Transit key from before owner records, used by another deployment', () => {
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   it("a keyspace whose registry records none of a Transit key's versions does not claim the unrecorded key at its first rotation: keyspace B's v1 stays decryptable and B's DEK still opens", async () => {
+    const { vault } = servers;
+    const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const key = `rekey-${randomUUID()}`;
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     // Deployment B, from before owner records: the key made (no owner), B's registry holds v1 active, a DEK under it.

@@ -5,29 +5,19 @@
 // the key, and each is its owner: A's retire raises min_decryption_version past the version B's registry holds active.
 // Against the real Vault and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useVaultAndDatabases } from '../helpers/vault';
 import { keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
 
 describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT differ', () => {
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   it("one Transit key has one owner whatever each deployment's REKEY_VAULT_KV_MOUNT: keyspace A's retire of v1 is refused while v1 is keyspace B's active KEK, and B's DEK under v1 still opens", async () => {
+    const { vault } = servers;
+    const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const key = `rekey-${randomUUID()}`;
     const otherKv = `kv-${randomUUID().slice(0, 8)}`;
     await vaultRequest(vault, 'POST', `sys/mounts/${otherKv}`, { type: 'kv', options: { version: '2' } });

@@ -5,29 +5,19 @@
 // min_decryption_version past the version the other's rows are under, and its destroy trims it. Against the real Vault
 // and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useVaultAndDatabases } from '../helpers/vault';
 import { keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
 
 describe('adversary: a Transit key two keyspaces of different databases use', () => {
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   it("Vault Transit records no owner: keyspace A's retire of v1 is refused while the key's v1 is keyspace B's active KEK (another database), and B's DEK under v1 still opens", async () => {
+    const { vault } = servers;
+    const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const key = `rekey-${randomUUID()}`;
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     // Keyspace A (database A) made the key; keyspace B (database B, another deployment) met it as its current KEK.

@@ -6,29 +6,19 @@
 // window. KMS refuses that case since gaps3 (an untagged key the registry does not record is claimed by the operator,
 // never adopted); KV does not. Against the real Vault and PostgreSQL.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useVaultAndDatabases } from '../helpers/vault';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 
 describe('adversary: a Vault KV secret from before owner records, read by two deployments', () => {
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   it("a keyspace whose registry records none of a secret's keys does not take the secret at its first rotation: the version keyspace B wraps with is not soft-deleted, and B's DEK still opens", async () => {
+    const { vault } = servers;
+    const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const path = `encryption/${randomUUID()}`;
     const env = { ...vault.env, REKEY_VAULT_KV_PATH: path };
     // The secret as DevSkyy's operators made it (vault kv put … value=<KEK>), no rekey names, no owner.

@@ -9,15 +9,24 @@ import { projectRoot } from '../../src/project-paths';
 import { createTestDatabase, type TestDatabase } from './database';
 import { useTimeSkippingEnv } from './temporal';
 
-/** A dev Vault server (KV v2 at secret/, Transit at transit/) and a test database, stopped and dropped after the file's last test. */
-export function useVaultAndDatabase(): { readonly vault: VaultServer; readonly db: TestDatabase } {
+/**
+ * A dev Vault server (KV v2 at secret/, Transit at transit/) and `count` test databases (two deployments sharing one
+ * Vault, for the tests of its owner records), stopped and dropped after the file's last test.
+ */
+export function useVaultAndDatabases(count: number): {
+  readonly vault: VaultServer;
+  db(index: number): TestDatabase;
+} {
   let vault: VaultServer | undefined;
-  let db: TestDatabase | undefined;
+  let dbs: TestDatabase[] | undefined;
   beforeAll(async () => {
-    [vault, db] = await Promise.all([startVault(inject('toolchain').vault), createTestDatabase()]);
+    [vault, ...dbs] = await Promise.all([
+      startVault(inject('toolchain').vault),
+      ...Array.from({ length: count }, () => createTestDatabase()),
+    ]);
   });
   afterAll(async () => {
-    await Promise.all([vault?.stop(), db?.drop()]);
+    await Promise.all([vault?.stop(), ...(dbs ?? []).map((db) => db.drop())]);
   });
   const ready = <T>(value: T | undefined): T => {
     if (value === undefined) throw new Error('the Vault test servers are only available inside tests');
@@ -27,8 +36,21 @@ export function useVaultAndDatabase(): { readonly vault: VaultServer; readonly d
     get vault() {
       return ready(vault);
     },
+    db(index: number) {
+      return ready(ready(dbs)[index]);
+    },
+  };
+}
+
+/** A dev Vault server (KV v2 at secret/, Transit at transit/) and a test database, stopped and dropped after the file's last test. */
+export function useVaultAndDatabase(): { readonly vault: VaultServer; readonly db: TestDatabase } {
+  const servers = useVaultAndDatabases(1);
+  return {
+    get vault() {
+      return servers.vault;
+    },
     get db() {
-      return ready(db);
+      return servers.db(0);
     },
   };
 }
