@@ -5,26 +5,20 @@
 // the first deployment's untagged KEK (made by an earlier `rekey keys generate`), and its first rotation's adopt finds
 // that ARN recorded, tags the key as its own, rotates away from it and disables it. Against moto and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useTestDatabases } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 
 describe('adversary: a second deployment whose application started first on the same KMS alias prefix', () => {
   const moto = useMoto();
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [dbA, dbB] = await Promise.all([createTestDatabase(), createTestDatabase()]);
-  });
-  afterAll(async () => {
-    await Promise.all([dbA.drop(), dbB.drop()]);
-  });
+  const databases = useTestDatabases(2);
 
   it("the application's first start does not make another deployment's untagged KEK this keyspace's: the rotation after it neither tags nor disables that key, and B's DEK under v1 still opens", async () => {
+    const [dbA, dbB] = [databases.db(0), databases.db(1)];
     const env = {
       ...moto.server.env,
       REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,

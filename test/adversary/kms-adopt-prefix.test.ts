@@ -5,25 +5,19 @@
 // under the prefix as its own. Another deployment's KEK made by `rekey keys generate` (no owner tag) is then this
 // keyspace's by both records: it provisions beside it, moves `current`, and disables it. Against moto and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { useTestDatabases } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 
 describe('adversary: a second deployment on the same KMS alias prefix', () => {
   const moto = useMoto();
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [dbA, dbB] = await Promise.all([createTestDatabase(), createTestDatabase()]);
-  });
-  afterAll(async () => {
-    await Promise.all([dbA.drop(), dbB.drop()]);
-  });
+  const databases = useTestDatabases(2);
 
   it("a keyspace does not adopt, rotate away from and disable another deployment's untagged KEK under the same alias prefix: B's DEK under v1 still opens", async () => {
+    const [dbA, dbB] = [databases.db(0), databases.db(1)];
     const env = {
       ...moto.server.env,
       REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,

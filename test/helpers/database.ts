@@ -61,6 +61,25 @@ export function useTestDatabase(): { readonly pool: Pool; readonly url: string }
   };
 }
 
+/** `count` fresh databases for the calling test file (deployments that share a key store), dropped after its last test. */
+export function useTestDatabases(count: number): { db(index: number): TestDatabase } {
+  let databases: TestDatabase[] | undefined;
+  beforeAll(async () => {
+    databases = await Promise.all(Array.from({ length: count }, () => createTestDatabase()));
+  });
+  afterAll(async () => {
+    await Promise.all((databases ?? []).map((database) => database.drop()));
+  });
+  return {
+    db(index: number) {
+      const database = databases?.[index];
+      if (!database)
+        throw new Error(`test database ${index} is only available inside tests (the file asked for ${count})`);
+      return database;
+    },
+  };
+}
+
 /** A scratch directory (`prefix` + random) for the calling test file, removed after its last test. */
 export function useScratchDirectory(prefix: string): { readonly dir: string } {
   let dir: string | undefined;

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, inject } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { projectRoot } from '../../src/project-paths';
-import { createTestDatabase, type TestDatabase } from './database';
+import { useTestDatabases, type TestDatabase } from './database';
 import { useTimeSkippingEnv } from './temporal';
 
 /**
@@ -18,27 +18,19 @@ export function useVaultAndDatabases(count: number): {
   db(index: number): TestDatabase;
 } {
   let vault: VaultServer | undefined;
-  let dbs: TestDatabase[] | undefined;
   beforeAll(async () => {
-    [vault, ...dbs] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      ...Array.from({ length: count }, () => createTestDatabase()),
-    ]);
+    vault = await startVault(inject('toolchain').vault);
   });
   afterAll(async () => {
-    await Promise.all([vault?.stop(), ...(dbs ?? []).map((db) => db.drop())]);
+    await vault?.stop();
   });
-  const ready = <T>(value: T | undefined): T => {
-    if (value === undefined) throw new Error('the Vault test servers are only available inside tests');
-    return value;
-  };
+  const databases = useTestDatabases(count);
   return {
     get vault() {
-      return ready(vault);
+      if (!vault) throw new Error('the Vault test server is only available inside tests');
+      return vault;
     },
-    db(index: number) {
-      return ready(ready(dbs)[index]);
-    },
+    db: (index: number) => databases.db(index),
   };
 }
 
