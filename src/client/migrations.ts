@@ -20,6 +20,7 @@ import { TARGET_NAME } from '../targets/target';
 import type { migrateDek, MigrationReport, MigrationRequest } from '../workflows';
 import { migrationPlannedUpdate, migrationProgressQuery } from '../workflows/messages';
 import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
+import { queryRunning } from './query-running';
 import { startAnswered } from './start-answered';
 import type { KeyspaceLookup } from './rotations';
 import {
@@ -176,7 +177,13 @@ export async function migrationStatus(
   let found: Omit<MigrationStatus, 'run'>;
   if (status === 'RUNNING') {
     const retrying = retryingSteps(description.raw.pendingActivities);
-    const report = await handle.query(migrationProgressQuery);
+    const report = await queryRunning(
+      handle,
+      migrationProgressQuery,
+      `migration ${workflowId}`,
+      description.taskQueue,
+      client.options.namespace,
+    );
     found = { workflowId, status, report, ...times, ...(retrying.length > 0 && { retrying }) };
   } else {
     const ended = await handle.result().then(

@@ -26,6 +26,7 @@ import { TARGET_NAME } from '../targets/target';
 import type { rotateKek, RotationReport } from '../workflows';
 import { progressQuery, validatedUpdate, type RotationValidated } from '../workflows/messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from '../workflows/search-attributes';
+import { queryRunning } from './query-running';
 import { startAnswered } from './start-answered';
 import {
   errorKind,
@@ -263,7 +264,13 @@ export async function rotationStatus(
   const times = { startedAt: description?.startTime, closedAt: description?.closeTime };
   let found: Omit<RotationStatus, 'run'>;
   if (status === 'RUNNING') {
-    const progress = await handle.query(progressQuery);
+    const progress = await queryRunning(
+      handle,
+      progressQuery,
+      `rotation ${opId}`,
+      description?.taskQueue,
+      client.options.namespace,
+    );
     const retrying = retryingSteps(description?.raw.pendingActivities);
     found = { workflowId, opId, status, progress, ...times, ...(retrying.length > 0 && { retrying }) };
   } else if (status === 'COMPLETED') {

@@ -424,6 +424,31 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
         ),
       timeoutMs: 180_000,
     },
+    'a run no worker answers for, read with `status` (no worker polls its task queue)': {
+      observed: 'rekey status said "Failed to query Workflow" and the admin API 500 "internal error"',
+      given: async () => {
+        // The row above leaves both runs started on 'idle'; started here too when this row runs alone.
+        for (const target of ['idle', 'idle-api']) {
+          const status = await findRotation(env.client, ids[target]!).then(
+            (found) => found.status,
+            () => undefined,
+          );
+          if (status !== 'RUNNING')
+            await env.client.workflow.start('rotateKek', {
+              taskQueue: 'idle',
+              workflowId: ids[target]!,
+              args: [{ target, from: 'v1', to: 'v2', keyspace: (await keyspaceOf(target))!.id }],
+            });
+        }
+      },
+      api: () => idleApi,
+      concurrent: true,
+      says: () =>
+        new RegExp(
+          `rotation (${idOf('idle')}|${idOf('idle-api')})@\\S+ is running, but no worker answered its progress query in time: is a rekey worker of this database polling task queue 'idle' in namespace 'default'\\?`,
+        ),
+      timeoutMs: 180_000,
+    },
     'Temporal does not answer': {
       says: /cannot reach Temporal at 127\.0\.0\.1:1/,
     },
