@@ -20,7 +20,7 @@ import { TARGET_NAME } from '../targets/target';
 import type { migrateDek, MigrationReport, MigrationRequest } from '../workflows';
 import { migrationPlannedUpdate, migrationProgressQuery } from '../workflows/messages';
 import { migrationRunStatus, retryingSteps, type RetryingStep, type RunStatus } from '../rotation/run-status';
-import { queryRunning } from './query-running';
+import { queryRunning, refuseControlWithoutWorker } from './query-running';
 import { startAnswered } from './start-answered';
 import type { KeyspaceLookup } from './rotations';
 import {
@@ -204,5 +204,7 @@ export async function runningMigration(
   const { status, workflowId } = await migrationStatus(client, reference, lookup);
   if (status !== 'RUNNING')
     throw new RotationNotRunningError(`migration ${workflowId} is ${status.toLowerCase()}, not running`);
-  return client.workflow.getHandle<typeof migrateDek>(workflowId);
+  const handle = client.workflow.getHandle<typeof migrateDek>(workflowId);
+  await refuseControlWithoutWorker(client, handle, `migration ${workflowId}`);
+  return handle;
 }

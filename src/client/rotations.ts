@@ -26,7 +26,7 @@ import { TARGET_NAME } from '../targets/target';
 import type { rotateKek, RotationReport } from '../workflows';
 import { progressQuery, validatedUpdate, type RotationValidated } from '../workflows/messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from '../workflows/search-attributes';
-import { queryRunning } from './query-running';
+import { queryRunning, refuseControlWithoutWorker } from './query-running';
 import { startAnswered } from './start-answered';
 import {
   errorKind,
@@ -233,6 +233,7 @@ export async function runningRotation(
   if (status !== 'RUNNING') {
     throw new RotationNotRunningError(`rotation ${opId} is ${status.toLowerCase()}, not running`);
   }
+  await refuseControlWithoutWorker(client, handle, `rotation ${opId}`);
   return handle;
 }
 

@@ -82,7 +82,7 @@ interface Scenario {
   api?: () => FastifyInstance;
   withoutToken?: boolean;
   /** More about the answers. */
-  cli?: (result: CliResult) => void;
+  cli?: (result: CliResult) => void | Promise<void>;
   http?: (response: LightMyRequestResponse) => void;
   /** The CLI line and the request at once (they name different runs); else one after the other. */
   concurrent?: boolean;
@@ -449,6 +449,34 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
         ),
       timeoutMs: 180_000,
     },
+    'a control of a run no worker polls for: refused, not sent': {
+      observed:
+        'rekey abort, which the answer of a run started without a verdict names, waited for ever; so did the admin API',
+      given: async () => {
+        await SCENARIOS['a run no worker answers for, read with `status` (no worker polls its task queue)']!.given!();
+      },
+      api: () => idleApi,
+      concurrent: true,
+      says: () =>
+        new RegExp(
+          `rotation (${idOf('idle')}|${idOf('idle-api')})@\\S+ is running, but no worker polls its task queue 'idle' in namespace 'default': nothing can take the control, and it was not sent`,
+        ),
+      cli: async () => {
+        // Not sent: both runs still run, with nothing of an abort in their histories.
+        for (const target of ['idle', 'idle-api']) {
+          const { status, handle } = await findRotation(env.client, ids[target]!);
+          expect(status).toBe('RUNNING');
+          const events = (await handle.fetchHistory()).events ?? [];
+          expect(
+            events.filter(
+              (e) =>
+                e.workflowExecutionUpdateAdmittedEventAttributes || e.workflowExecutionUpdateAcceptedEventAttributes,
+            ),
+          ).toEqual([]);
+        }
+      },
+      timeoutMs: 180_000,
+    },
     'Temporal does not answer': {
       says: /cannot reach Temporal at 127\.0\.0\.1:1/,
     },
@@ -576,7 +604,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
           const said = row.exit === 0 ? cli.stdout : cli.stderr;
           if (says) expect(said).toMatch(says);
           if (row.exit !== 0) expect(cli.stderr.trim().split('\n')[0]).toMatch(/^(rekey|error): /);
-          scenario.cli?.(cli);
+          await scenario.cli?.(cli);
         }
         if (http) {
           expect({ status: http.statusCode, body: http.body }).toMatchObject({ status: row.status });
