@@ -165,6 +165,8 @@ export interface KekFacts {
   providerDescription: string;
   /** A decrypt-only KEK that still wraps rows: a rotation to the active KEK that did not finish (aborted, failed). */
   unfinished?: { kekId: string; rows: number };
+  /** What records the target's first active KEK, for a registry that has none yet (its target's words). */
+  firstActive?: string;
 }
 
 /** How the registry resolves a request. */
@@ -198,7 +200,9 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): R
   }
   const from = settings.from === 'current' ? facts.activeKekId : settings.from;
   if (from === undefined) {
-    throw new InvalidRotationError('the KEK registry has no active KEK: seed it with <PREFIX>_CURRENT_KEK_ID first');
+    throw new InvalidRotationError(
+      `the KEK registry has no active KEK yet: ${facts.firstActive ?? 'seed it with <PREFIX>_CURRENT_KEK_ID first'}`,
+    );
   }
   if (!facts.from.registryState && !facts.from.inProvider) {
     throw new InvalidRotationError(
@@ -215,7 +219,9 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): R
     from !== facts.activeKekId && settings.to === facts.activeKekId && facts.from.registryState === 'decrypt_only';
   if (from !== facts.activeKekId && !resumes) {
     throw new InvalidRotationError(
-      `'${from}' is not the KEK in use (the active KEK is '${facts.activeKekId ?? 'none'}'): rotate from the active KEK`,
+      facts.activeKekId === undefined && facts.firstActive !== undefined
+        ? `'${from}' is not the KEK in use (the active KEK is 'none': the KEK registry has none yet): ${facts.firstActive}`
+        : `'${from}' is not the KEK in use (the active KEK is '${facts.activeKekId ?? 'none'}'): rotate from the active KEK`,
     );
   }
   if (settings.to === 'new') {
