@@ -479,8 +479,8 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
         workflow_id: rotationWorkflowId(status.target, keyspace),
         current_kek_id: status.currentKekId,
         loaded_kek_ids: loaded,
-        // As Talos counts: rows per key_id, the current one included.
-        stale_counts: status.counts,
+        // As Talos counts: rows per key_id, the current one included; every KEK the registry records, 0 once unused.
+        stale_counts: status.staleCounts,
         dek_counts: status.counts,
         rows_without_value: status.withoutValue,
         keks: status.keks.map((kek) => ({

@@ -8,6 +8,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
+import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
@@ -198,7 +199,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       workflow_id: rotationWorkflowId('rekey', keyspace),
       current_kek_id: 'v2',
       loaded_kek_ids: ['v1', 'v2'],
-      stale_counts: { v2: 4_000 },
+      stale_counts: { v1: 0, v2: 4_000 },
       dek_counts: { v2: 4_000 },
       rows_without_value: 0,
       keks: [
@@ -213,6 +214,16 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       headers: auth,
     });
     expect(afterwards.statusCode).toBe(409);
+  });
+
+  it('Finding: Talos\'s runbook step 5 reads "once stale_counts["v1"] is 0, remove TALOS_KEK_v1"; kek-status left v1 out once no row used it: the admin API\'s and rekey kek-status --json\'s stale_counts give every KEK the registry records, v1 at 0', async () => {
+    // The rotation above moved every row to v2 and retired v1.
+    const http = await api.inject({ method: 'GET', url: '/admin/v1/secrets/kek-status', headers: auth });
+    const answer = http.json<{ stale_counts: Record<string, number> }>();
+    expect(answer.stale_counts['v1']).toBe(0);
+    const cli = await runRekey(['--json', 'kek-status'], { PATH: process.env.PATH, DATABASE_URL: db.url });
+    expect(cli, cli.stderr).toMatchObject({ code: 0 });
+    expect(JSON.parse(cli.stdout)).toMatchObject({ stale_counts: answer.stale_counts });
   });
 
   it('restores the KEK the rotation above retired, with who and why recorded; refuses a restore without them, and answers 404 for a KEK the registry does not know', async () => {

@@ -146,7 +146,7 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
         workflow_id: rotationWorkflowId('talos', keyspace),
         current_kek_id: 'v2',
         loaded_kek_ids: ['v0', 'v1', 'v2'],
-        stale_counts: { v2: 250 },
+        stale_counts: { v1: 0, v2: 250 },
         dek_counts: { v2: 250 },
         rows_without_value: 0,
         keks: [

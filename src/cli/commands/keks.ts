@@ -32,7 +32,7 @@ export function kekStatusCommand(): Command {
             keyspace: { id: keyspace.id, database_id: keyspace.databaseId, table: keyspace.table },
             workflow_id: workflowId,
             current_kek_id: status.currentKekId,
-            stale_counts: status.counts,
+            stale_counts: status.staleCounts,
             rows_without_value: status.withoutValue,
             keks: status.keks,
           },
