@@ -1,4 +1,4 @@
-import { ScheduleAlreadyRunning, ScheduleNotFoundError } from '@temporalio/client';
+import { ScheduleAlreadyRunning, ScheduleNotFoundError, type Client } from '@temporalio/client';
 import { Command } from 'commander';
 import {
   checkNoticeOptions,
@@ -10,6 +10,8 @@ import {
 } from '../../client/schedules';
 import { duration, targetOption, withContext } from '../options';
 import { CliError, InvalidRotationError } from '../../errors';
+import type { Keyspace } from '../../rotation/identity';
+import type { RotationRequest } from '../../rotation/rotation-input';
 
 export function scheduleCommand(): Command {
   const schedule = new Command('schedule').description('a Temporal Schedule that rotates to a newly generated KEK');
@@ -65,7 +67,15 @@ export function scheduleCommand(): Command {
             ]);
           } catch (err) {
             if (err instanceof ScheduleAlreadyRunning)
-              throw new CliError(`schedule ${options.id} already exists`, 'conflict');
+              throw new CliError(
+                await alreadyExists(
+                  await context.temporal(),
+                  options.id,
+                  options.target,
+                  await context.targets().keyspace(options.target),
+                ),
+                'conflict',
+              );
             // The worker's answer: a target whose runs could never do their work.
             if (err instanceof InvalidRotationError) throw new CliError(err.message, 'invalid');
             throw err;
@@ -111,6 +121,35 @@ export function scheduleCommand(): Command {
       }),
     );
   return schedule;
+}
+
+/**
+ * Why `schedule create` is refused when the id is taken, and what to do: a schedule id is one per namespace, so a
+ * second target or a second database of the namespace needs its own `--id`. Names what the existing one rotates.
+ */
+async function alreadyExists(client: Client, id: string, ours: string, keyspace: Keyspace): Promise<string> {
+  const described = await client.schedule
+    .getHandle(id)
+    .describe()
+    .catch(() => undefined);
+  const request =
+    described?.action.type === 'startWorkflow'
+      ? (described.action.args?.[0] as RotationRequest | undefined)
+      : undefined;
+  const target = request?.target ?? 'rekey';
+  if (request?.keyspace === keyspace.id) {
+    return (
+      `schedule ${id} already exists for this keyspace (target '${target}', ${keyspace.id}): to change it, ` +
+      `delete it first (rekey schedule delete ${id}), then create it again`
+    );
+  }
+  const whose = request?.keyspace
+    ? `it rotates target '${target}' of keyspace ${request.keyspace}, not ${keyspace.id}`
+    : `it rotates target '${target}'`;
+  return (
+    `schedule ${id} already exists (${whose}): a schedule id is one per Temporal namespace; give this one its own, ` +
+    `e.g. --id ${id}-${ours}-${keyspace.databaseId.slice(0, 8)}`
+  );
 }
 
 async function notFoundAsExit(id: string, run: () => Promise<void>): Promise<void> {
