@@ -16,7 +16,8 @@ import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, RESTORES_AND_DESTRUCTIONS, TEST_KEYSPACE } from '../helpers/keyring';
 import { createTestKeys } from '../helpers/keys';
-import { createDevServerEnv } from '../helpers/temporal';
+import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { createWorker } from '../../src/worker';
 
 const TOKEN = 'restore-test-token-0123456789abcdef';
 /** The environment driver's answer to a restore: what the operator sets again. */
@@ -121,4 +122,37 @@ describe("a restore in a store rekey may not write: the store's part is in the C
       ['restored', 'bob'],
     ]);
   });
+
+  it('Finding: rekey keys restore ended with "rotate again or retire it when you are done", and no command retires a KEK by itself: it now names the rotation that moves what the KEK wraps and retires it again, which a worker accepts as printed', async () => {
+    const worker = await createWorker({
+      connection: env.nativeConnection,
+      taskQueue: 'restore-operator-must',
+      db: db.pool,
+      keys: keys.provider,
+      targets,
+      workflowBundle: workflowBundle(),
+    });
+    const running = worker.run();
+    try {
+      await retireV1();
+      const operator = { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEY_PROVIDER: 'env', ...keys.env };
+      const cli = await runRekey(['keys', 'restore', 'v1', '--reason', 'gateway-3 still reads v1'], operator, 60_000);
+      expect(cli, cli.stderr).toMatchObject({ code: 0, stderr: '' });
+      expect(cli.stdout).not.toContain('retire it when');
+      const command = /when you are done, (rekey rotate [^\n]+) moves what it wraps and retires it again\./.exec(
+        cli.stdout,
+      )?.[1];
+      expect(command).toBe('rekey rotate --target rekey --from v1 --to v2');
+      const rotate = await runRekey(
+        ['--address', env.address, '--task-queue', 'restore-operator-must', ...command!.split(' ').slice(1)],
+        operator,
+        90_000,
+      );
+      expect(rotate, rotate.stderr).toMatchObject({ code: 0, stderr: '' });
+      expect(rotate.stdout).toMatch(/^started rotation \S+ of target 'rekey' \('v1' → 'v2'\)/);
+    } finally {
+      worker.shutdown();
+      await running;
+    }
+  }, 180_000);
 });

@@ -218,6 +218,12 @@ export function keysCommand(): Command {
         const actor = options.actor ?? os.userInfo().username;
         const restored = await restoreKek(runtime, kekId, options.reason, actor);
         const { operatorMust } = restored;
+        // What ends the restore: a rotation from it to the active KEK moves what it wraps and retires it again.
+        const active = (await runtime.registry.active())?.kekId;
+        const whenDone =
+          active === undefined
+            ? 'rotate from it when you are done.'
+            : `when you are done, rekey rotate --target ${options.target} --from ${kekId} --to ${active} moves what it wraps and retires it again.`;
         context.print(
           {
             target: options.target,
@@ -229,7 +235,7 @@ export function keysCommand(): Command {
           },
           () => [
             `KEK '${kekId}' of target '${options.target}' is ${restored.state} again (${restored.fingerprint}); recorded: ${actor}: ${options.reason}`,
-            'It unwraps, and wraps nothing. Applications and workers load it on their next registry read; rotate again or retire it when you are done.',
+            `It unwraps, and wraps nothing. Applications and workers load it on their next registry read; ${whenDone}`,
             // The store's part, which rekey may not do: a process that no longer holds the key cannot open its DEKs.
             ...(operatorMust !== undefined ? [`The key store's part is yours: ${operatorMust}`] : []),
           ],
