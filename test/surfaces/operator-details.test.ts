@@ -112,6 +112,15 @@ describe('what an operator is told: at once, in one line, with what to fix', () 
     }
   });
 
+  it('Finding: keys claim --help named only AWS KMS and Vault Transit keys, where claim works on Vault KV and Secrets Manager secrets too (docs/04, docs/06): it names all four and their fingerprints', async () => {
+    const help = await runRekey(['keys', 'claim', '--help'], { PATH: process.env.PATH });
+    expect(help.code).toBe(0);
+    const text = help.stdout.replace(/\s+/g, ' ');
+    for (const store of ['AWS KMS key', 'Vault Transit key', 'Vault KV secret', 'Secrets Manager secret'])
+      expect(text).toContain(store);
+    expect(text).toContain('kcv1:… for Vault KV and Secrets Manager');
+  });
+
   it('Finding: the worker and the admin API answer --help with every environment variable they read and its default, where they had no --help', () => {
     const worker = node('worker.js', ['--help'], {});
     const admin = node('admin/main.js', ['--help'], {});

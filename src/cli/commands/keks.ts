@@ -121,12 +121,12 @@ export function keysCommand(): Command {
   keys
     .command('claim')
     .description(
-      "record a target's keyspace as the owner of a KEK that has none (an AWS KMS key made by hand or by an earlier keys generate, a Vault Transit key made before owner records), naming the key by its id and fingerprint",
+      "record a target's keyspace as the owner of a KEK that has none (an AWS KMS key made by hand or by an earlier keys generate; a Vault Transit key, a Vault KV secret or a Secrets Manager secret made before owner records), naming the key by its id and fingerprint",
     )
     .argument('<id>', 'KEK id')
     .requiredOption(
       '--fingerprint <fingerprint>',
-      'the key, as rekey keys list prints it (kms:<key ARN>, vault-transit:…)',
+      'the key, as rekey keys list prints it (kms:<key ARN>, vault-transit:…, kcv1:… for Vault KV and Secrets Manager)',
     )
     .addOption(targetOption('the keyspace that claims the KEK (with DATABASE_URL)'))
     .action(
