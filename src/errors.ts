@@ -41,6 +41,16 @@ export const HTTP_STATUSES: Readonly<Record<ErrorKind, number>> = {
   unavailable: 503,
 };
 
+/** The admin API's `error` field for each kind, which `rekey --json` gives its errors too. */
+export const ERROR_CODES: Readonly<Record<ErrorKind, string>> = {
+  invalid: 'bad_request',
+  'not-found': 'not_found',
+  conflict: 'conflict',
+  refused: 'refused',
+  failed: 'internal',
+  unavailable: 'database_unreachable',
+};
+
 /** How long a caller told 503 (the database unreachable) waits before asking again: the admin API's Retry-After. */
 export const UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
 

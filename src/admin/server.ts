@@ -26,8 +26,11 @@ import { abortUpdate, confirmStepUpdate, pauseUpdate, resumeUpdate } from '../wo
 import { runHistory } from '../client/history';
 import {
   databaseUnreachable,
+  ERROR_CODES as KIND_ERROR_CODES,
   errorKind,
+  HTTP_STATUSES,
   httpStatusFor,
+  type ErrorKind,
   KeyMaterialError,
   RekeyError,
   UNAVAILABLE_RETRY_AFTER_SECONDS,
@@ -226,12 +229,12 @@ function sameToken(given: string, expected: string): boolean {
   return timingSafeEqual(a, b);
 }
 
-const ERROR_CODES: Record<number, string> = {
-  400: 'bad_request',
-  404: 'not_found',
-  409: 'conflict',
-  422: 'refused',
-};
+/** The `error` of each status rekey's kinds map to (src/errors.ts), the 500s apart. */
+const ERROR_CODES: Record<number, string> = Object.fromEntries(
+  (Object.keys(KIND_ERROR_CODES) as ErrorKind[])
+    .filter((kind) => HTTP_STATUSES[kind] < 500)
+    .map((kind) => [HTTP_STATUSES[kind], KIND_ERROR_CODES[kind]]),
+);
 
 /** The admin API of the gateway runbook, on rekey: rotate-all, rotation-status, kek-status, and controls. */
 export async function buildAdminServer(options: AdminServerOptions): Promise<FastifyInstance> {

@@ -6,7 +6,7 @@ import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { databaseUnreachable, errorKind, EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
+import { databaseUnreachable, ERROR_CODES, errorKind, EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('rekey')
@@ -53,7 +53,12 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.en
     // A configuration file's error keeps the excerpt that shows where the mistake is.
     const unreachable = errorKind(err) === 'unavailable' ? databaseUnreachable(err) : undefined;
     const message = unreachable?.message ?? (err instanceof Error ? err.message : String(err));
-    process.stderr.write(`rekey: ${err instanceof TargetConfigError ? message : message.split('\n')[0]}\n`);
+    const line = err instanceof TargetConfigError ? message : message.split('\n')[0]!;
+    // With --json, the same line as JSON, with the admin API's error code and the exit code: a script reads both.
+    if (argv.includes('--json')) {
+      const kind = errorKind(err);
+      process.stderr.write(`${JSON.stringify({ error: ERROR_CODES[kind], message: line, exit: EXIT_CODES[kind] })}\n`);
+    } else process.stderr.write(`rekey: ${line}\n`);
     return exitCodeFor(err);
   }
 }

@@ -121,6 +121,38 @@ describe('what an operator is told: at once, in one line, with what to fix', () 
     expect(text).toContain('kcv1:… for Vault KV and Secrets Manager');
   });
 
+  it("Finding: with --json an error was still the text line 'rekey: …', which a script that reads JSON cannot parse: it is one JSON line on stderr, {error, message, exit}, error the admin API's code for the kind; nothing on stdout", async () => {
+    const missing = path.join(os.tmpdir(), `rekey-no-keyring-${process.pid}`, 'keyring.json');
+    for (const [args, env, expected] of [
+      [
+        ['--json', 'keys', 'list', '--keyring', missing],
+        {},
+        {
+          error: 'not_found',
+          message: `no keyring at ${missing}: check the path, or create it with 'rekey keys generate --keyring ${missing}'`,
+          exit: 3,
+        },
+      ],
+      [
+        ['--json', 'kek-status'],
+        { DATABASE_URL: 'not-a-url' },
+        {
+          error: 'bad_request',
+          message: expect.stringContaining('DATABASE_URL must start with postgres://') as unknown,
+          exit: 2,
+        },
+      ],
+    ] as const) {
+      const result = await runRekey([...args], { PATH: process.env.PATH, ...env });
+      expect({ code: result.code, stdout: result.stdout }).toEqual({ code: expected.exit, stdout: '' });
+      expect(result.stderr.endsWith('\n') && result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(JSON.parse(result.stderr)).toEqual(expected);
+    }
+    // Without --json, the line as before.
+    const text = await runRekey(['keys', 'list', '--keyring', missing], { PATH: process.env.PATH });
+    expect(text.stderr).toMatch(/^rekey: no keyring at /);
+  });
+
   it('Finding: the worker and the admin API answer --help with every environment variable they read and its default, where they had no --help', () => {
     const worker = node('worker.js', ['--help'], {});
     const admin = node('admin/main.js', ['--help'], {});
