@@ -3,6 +3,7 @@
 // TEST_KEK_v1 again in every worker, admin API and application process …") reached neither the CLI nor the admin API.
 // Against the built CLI, the admin API (over a dev server's client) and PostgreSQL; the registry's states reached
 // through the worker's keyring, as a rotation reaches them.
+import { spawnSync } from 'node:child_process';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +14,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { runRekey } from '../helpers/cli';
+import { docPage } from '../helpers/readme';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, RESTORES_AND_DESTRUCTIONS, TEST_KEYSPACE } from '../helpers/keyring';
 import { createTestKeys } from '../helpers/keys';
@@ -155,4 +157,20 @@ describe("a restore in a store rekey may not write: the store's part is in the C
       await running;
     }
   }, 180_000);
+
+  it("docs/06's command that reads a KEK's audit trail (psql … rekey.kek_events), run as written, lists v1's restores with who and why", () => {
+    const command = /`(psql "\$DATABASE_URL" -c "SELECT event, reason, actor, at FROM rekey\.kek_events[^`]+)`/.exec(
+      docPage('docs/06-key-stores.md'),
+    )?.[1];
+    expect(command, 'docs/06 gives the psql line').toBeDefined();
+    const run = spawnSync('bash', ['-c', command!], {
+      env: { PATH: process.env.PATH, DATABASE_URL: db.url },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^\s*event\s*\|\s*reason\s*\|\s*actor\s*\|\s*at/);
+    expect(run.stdout).toMatch(/restored\s*\|\s*gateway-3 still reads v1\s*\|\s*alice/);
+    expect(run.stdout).toMatch(/restored\s*\|\s*gateway-3 once more\s*\|\s*bob/);
+  });
 });
