@@ -2,7 +2,8 @@
 // where they never leave the store) and carries out one step of a KEK's lifecycle when the keyring asks; the keyring
 // (keyring.ts) decides whether a step may happen, records it in the registry first, and only then calls the hook.
 // Every hook is required: a store that cannot do a step answers what the operator must do instead (OperatorMustActError
-// with the exact instruction), so no caller ever asks what a store supports.
+// with the exact instruction) or a typed refusal (refuseClaim, refuseKeyBytes), and the few facts a caller needs before
+// a step (makesKeks, ownerAtCreation) are required members, so no caller probes a store for optional members.
 import type { Codec } from '../codec/sealed-format';
 import type { KekState } from '../envelope/kek-lifecycle';
 import type { DekCipher } from './cipher';
