@@ -6,7 +6,7 @@ import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cip
 import type { DekCipher } from './keyring/cipher';
 import type { StoreDriver } from './keyring/driver';
 import { KeyringCiphers } from './keyring/keyring';
-import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
+import { FleetPresence, heldKeys, reloadForRegistry } from './keyring/fleet-keys';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry, type KekRecord } from './store/kek-registry';
 import { readDatabaseIdentity } from './store/database-identity';
@@ -80,7 +80,7 @@ export class TenantCrypto {
     const seed = this.options.keys.configuredCurrent;
     if (seed && !(await this.registry.active())) {
       // A key another keyspace may own (an untagged KMS key under a shared alias prefix) is not taken as this one's.
-      await this.options.keys.refuseSeed?.(seed, await this.keyspace());
+      await this.options.keys.refuseSeed(seed, await this.keyspace());
       const held = (await this.keyring.held()).find((k) => k.kekId === seed);
       if (!held) throw new UnknownKekError(seed, this.options.keys.description);
       const actor = this.options.actor ?? `application (TenantCrypto ${this.instanceId})`;

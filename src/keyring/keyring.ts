@@ -63,6 +63,19 @@ export type DestroyStep =
   | { outcome: 'kept'; detail: string }
   | { outcome: 'refused'; proof: LabelProof; until: Date };
 
+/**
+ * The cipher of the key a store holds under `kekId` as it names it, checked against no registry: for seeding and
+ * reading a keyspace before its registry records anything (the dev tools, the benches). Everything else asks a keyring.
+ * The caller releases it.
+ */
+export async function storeCipher(driver: StoreDriver, kekId: string): Promise<DekCipher> {
+  const held = (await driver.list()).find((k) => k.kekId === kekId);
+  if (!held) throw new UnknownKekError(kekId, driver.description);
+  const cipher = driver.cipher({ kekId, fingerprint: held.fingerprint });
+  if (!cipher) throw new KekNotHeldError(kekId, held.fingerprint, driver.description);
+  return cipher;
+}
+
 /** Runs a driver's hook; an answer of what the operator must do is returned, not thrown. */
 async function orInstruction(hook: () => Promise<unknown>): Promise<StepOutcome> {
   try {
@@ -97,12 +110,23 @@ export class KeyringCiphers {
     return this.driver.description;
   }
 
+  /** Whether the store makes new KEKs (else the operator adds them, and a provision says what to add). */
+  get makesKeks(): boolean {
+    return this.driver.makesKeks;
+  }
+
   /**
    * The names of the rotation under way, for a store that does not name its keys: its old key is `from`, its current
    * one `to`. The one place that naming happens.
    */
   nameRotation(from: string, to: string): void {
     this.rotation = { from, to };
+  }
+
+  /** The place the rotation under way names `kekId` for (its `to` when both are one), if it names it. */
+  private slotOf(kekId: string): 'old' | 'current' | undefined {
+    if (this.rotation?.to === kekId) return 'current';
+    return this.rotation?.from === kekId ? 'old' : undefined;
   }
 
   /** The KEK the store's configuration names as current: for a store that does not name its keys, the rotation's `to`. */
@@ -122,6 +146,16 @@ export class KeyringCiphers {
       if (kekId !== undefined) named.push({ ...key, kekId });
     }
     return named;
+  }
+
+  /**
+   * The fingerprint of the key the store holds under `kekId` (as last read), by the names this keyspace uses: what an
+   * empty registry is seeded with. UnknownKekError when it holds none. Not a proof: `cipher` checks the registry's.
+   */
+  async fingerprintOf(kekId: string): Promise<string> {
+    const held = (await this.held()).find((k) => k.kekId === kekId);
+    if (!held) throw new UnknownKekError(kekId, this.driver.whereMissing(this.slotOf(kekId)));
+    return held.fingerprint;
   }
 
   async reload(): Promise<void> {
@@ -151,7 +185,7 @@ export class KeyringCiphers {
     }
     const byName = held.find((k) => k.kekId === kekId);
     const fingerprint = registered?.fingerprint ?? byName?.fingerprint;
-    if (fingerprint === undefined) throw new UnknownKekError(kekId, this.driver.description);
+    if (fingerprint === undefined) throw new UnknownKekError(kekId, this.driver.whereMissing(this.slotOf(kekId)));
     if (byName !== undefined && byName.fingerprint !== fingerprint) {
       throw new KekFingerprintMismatchError(kekId, fingerprint, byName.fingerprint);
     }

@@ -3,7 +3,7 @@
 // reload, zeroized when replaced or closed, and used through a LocalCipher the keyring hands out by fingerprint.
 import { randomBytes } from 'node:crypto';
 import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
-import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
+import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
 import { KEK_ID } from '../rotation/rotation-input';
 import { LocalCipher, type DekCipher } from './cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
@@ -53,20 +53,6 @@ export class InMemoryKeys {
 
   fingerprint(kekId: string): string {
     return this.entry(kekId).fingerprint;
-  }
-
-  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
-    const out = Buffer.allocUnsafe(WRAPPED_DEK_BYTES);
-    this.wrapInto(out, 0, kekId, tenantId, dek, randomBytes(12));
-    return out;
-  }
-
-  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
-    wrapDekInto(out, offset, this.entry(kekId).key, kekId, tenantId, dek, nonce);
-  }
-
-  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
-    return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
   }
 
   held(): HeldKey[] {
@@ -151,6 +137,9 @@ export function decodeKek(value: string, source: string): Buffer {
  */
 export abstract class LocalKeysDriver implements StoreDriver {
   abstract readonly description: string;
+  abstract readonly makesKeks: boolean;
+  /** A store of key bytes records its owner when a keyspace adopts it. */
+  readonly ownerAtCreation = false;
   configuredCurrentKekId: string | undefined;
   rows: () => RowCrypto = sharedRowCrypto;
   protected readonly keys: InMemoryKeys;
@@ -179,6 +168,18 @@ export abstract class LocalKeysDriver implements StoreDriver {
     return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
   }
 
+  /** Key bytes open every format. */
+  requireFormat(): void {}
+
+  whereMissing(): string {
+    return this.description;
+  }
+
+  /** A key this store holds under the configured name is the keyspace's by the store's own record (the owner rule). */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
+  }
+
   abstract ownerOf(kekId: string): Promise<string | undefined>;
   abstract adopt(keyspace: string): Promise<void>;
   abstract provision(kekId: string, options: ProvisionOptions): Promise<void>;
@@ -187,6 +188,8 @@ export abstract class LocalKeysDriver implements StoreDriver {
   abstract retire(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
+  abstract importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'>;
+  abstract claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'>;
 
   /**
    * The restore of a store whose retire leaves the key readable (the keyring file, Secrets Manager): nothing to undo
@@ -244,7 +247,7 @@ export abstract class LocalKeysDriver implements StoreDriver {
     this.keys.clear();
   }
 
-  // ---- What the callers that still take a KeyProvider use (the dev engine and tenants, `rekey keys`, the benches) ----
+  // ---- What the driver read, by the store's own names (as of the last reload): its hooks' checks, and the tests ----
 
   kekIds(): string[] {
     return this.keys.ids();
@@ -254,15 +257,6 @@ export abstract class LocalKeysDriver implements StoreDriver {
   }
   fingerprint(kekId: string): string {
     return this.keys.fingerprint(kekId);
-  }
-  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
-    return this.keys.wrap(kekId, tenantId, dek);
-  }
-  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
-    this.keys.wrapInto(out, offset, kekId, tenantId, dek, nonce);
-  }
-  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
-    return this.keys.unwrap(kekId, tenantId, wrapped);
   }
   held(): HeldKey[] {
     return this.keys.held();

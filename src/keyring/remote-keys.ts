@@ -5,12 +5,18 @@
 import type { Codec, Row } from '../codec/sealed-format';
 import type { PacerLimits } from '../crypto/request-pacer';
 import type { RowCrypto } from '../crypto/row-crypto';
-import type { KeyProvider, RemoteDeks } from '../keys/key-provider';
 import type { RewrapRowsResult } from '../rewrap/rewrap-rows';
 import { RemoteCipher, type DekCipher, type RemoteKek, type RemoteKeyStore } from './cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
+import {
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreDriver,
+  type StoredKek,
+} from './driver';
 import type { HeldKey } from './local-keys';
-import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
+import { KekFingerprintMismatchError, KeyMaterialError, TargetConfigError } from '../errors';
 
 /** A whole number from the environment within [min, max], else `fallback`; a KeyMaterialError naming it otherwise. */
 export function wholeFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -37,8 +43,25 @@ export function pacerLimitsFromEnv(
   };
 }
 
-export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, RemoteDeks {
+/**
+ * A store whose KEKs never leave it opens only values in its own form: a target whose format seals values with key
+ * bytes is refused when its keys are first opened (the rotation's first step, before anything is written), not at its
+ * first rewrap.
+ */
+export function requireOwnForm(description: string, codec: Codec, target: string): void {
+  if (codec.kms !== undefined) return;
+  throw new TargetConfigError(
+    `target '${target}': its KEKs are in ${description}, which never hands out key bytes, but its format ` +
+      `seals values with key bytes (only rekey's own table has a KMS form): give the target keys of its own ` +
+      `(keys.provider env or file in the file REKEY_CONFIG names), or run it with another REKEY_KEY_PROVIDER`,
+  );
+}
+
+export abstract class RemoteKeysDriver implements StoreDriver {
   abstract readonly description: string;
+  readonly makesKeks = true;
+  /** A key no keyspace records is refused, not adopted: a key rekey makes carries its keyspace (rekey keys generate). */
+  readonly ownerAtCreation = true;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
   protected abstract readonly kind: string;
   /** rekey's own DEK format, whose remote form the store writes. */
@@ -48,6 +71,19 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
 
   get configuredCurrent(): string | undefined {
     return this.configuredCurrentKekId;
+  }
+
+  requireFormat(codec: Codec, target: string): void {
+    requireOwnForm(this.description, codec, target);
+  }
+
+  whereMissing(): string {
+    return this.description;
+  }
+
+  /** A store whose keys carry no owner record of their own answers at once (KMS checks its tag). */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
   }
 
   /** Every key the store holds (as last read), with its id and fingerprint. */
@@ -75,19 +111,8 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
     return this.holds(kek.fingerprint) ? new RemoteCipher(this.remote(), kek) : undefined;
   }
 
-  /**
-   * No bytes: a remote KEK is used by its fingerprint through the cipher, `rowCrypto()` and the DEK operations. An
-   * empty buffer says "held" to the rewrap's resolver, which has checked the fingerprint; a local cipher given it fails.
-   */
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
-    return this.holds(fingerprint) ? Buffer.alloc(0) : undefined;
-  }
+  // ---- What the store does with DEKs (its RemoteKeyStore's requests, each given the id the cipher checked) ----
 
-  // ---- What the store does with DEKs ----
-
-  get deks(): RemoteDeks {
-    return this;
-  }
   /** A new DEK under `kekId`: the plaintext (the caller zeroizes it) and its stored form. */
   abstract newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }>;
   /** A stored DEK opened; DekUnwrapError when the store refuses it for this tenant and KEK. */
@@ -135,9 +160,9 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
     return this.remoteStore;
   }
 
-  /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
-  selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
-    return new RemoteCipher(this.remote(), kek).selfTest();
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   // ---- The lifecycle, each store's own ----
@@ -149,6 +174,7 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
     await this.generate(kekId, options);
   }
 
+  abstract claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'>;
   abstract ownerOf(kekId: string): Promise<string | undefined>;
   abstract adopt(keyspace: string): Promise<void>;
   abstract claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void>;
@@ -157,23 +183,4 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
   abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
   abstract close(): void;
-
-  // ---- Local-key operations, for the callers that still take a KeyProvider: a remote KEK never leaves its store ----
-
-  wrap(): Buffer {
-    throw this.noBytes();
-  }
-  wrapInto(): void {
-    throw this.noBytes();
-  }
-  unwrap(): Buffer {
-    throw this.noBytes();
-  }
-  private noBytes(): KeyMaterialError {
-    const by = this.kind === 'KMS' ? 'KMS' : 'Vault';
-    return new KeyMaterialError(
-      `${this.description}: a KEK in ${this.kind} never leaves it; DEKs are wrapped and unwrapped by ${by} (newDek, unwrapDek)`,
-      this.description,
-    );
-  }
 }

@@ -13,8 +13,8 @@ import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants
 import { awsClientConfig } from '../../src/keyring/aws';
 import { SecretsManagerKeys, versionToken } from '../../src/keyring/drivers/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
-import { detectKeyProvider, openKeyProvider } from '../../src/keys';
-import { resolveKek } from '../../src/keys/kek-resolver';
+import { detectKeyStore, openStoreDriver } from '../../src/keyring/open';
+import { resolveKek, unwrapUnder, wrapUnder } from '../helpers/store-keys';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -88,7 +88,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
         await keys.reload();
         expect(keys.has('v1')).toBe(true);
         const v1Record = await registry.get('v1');
-        expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
+        await expect(resolveKek(keys, 'v1', v1Record)).rejects.toThrow(KekRetiredError);
 
         // Within its window (30 days by default) v1 is restored: decrypt-only in the registry, named again in the store.
         const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
@@ -97,7 +97,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
         expect(
           (await versionsOf(aws.client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages,
         ).toEqual(['rekey-kek-v1']);
-        resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
+        (await resolveKek(keys, 'v1', await registry.get('v1'))).key.fill(0);
       });
     } finally {
       appKeys.close();
@@ -157,7 +157,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       // Today's code left it AWSPREVIOUS alone: not listed, KekNotHeldError for every slice and every restarted app.
       expect(await stagesOf(handMade)).toEqual(['AWSPREVIOUS', `rekey-kek-${handMade}`]);
       await fresh.reload();
-      resolveKek(fresh, handMade, await registry.get(handMade)).key.fill(0);
+      (await resolveKek(fresh, handMade, await registry.get(handMade))).key.fill(0);
       const after = await dekFingerprints(aws.db.pool, fresh);
       for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
 
@@ -210,7 +210,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
 
       await fresh.reload();
       expect(fresh.has(handMade)).toBe(true);
-      resolveKek(fresh, handMade, await registry.get(handMade)).key.fill(0);
+      (await resolveKek(fresh, handMade, await registry.get(handMade))).key.fill(0);
       const after = await dekFingerprints(aws.db.pool, fresh);
       for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
 
@@ -273,27 +273,27 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   });
 
   it('REKEY_KEY_PROVIDER=auto picks Secrets Manager from AWS_REGION or AWS_DEFAULT_REGION, then Vault KV from VAULT_ADDR, else the file keyring', () => {
-    expect(detectKeyProvider({ AWS_REGION: 'eu-west-1', VAULT_ADDR: 'http://vault:8200' })).toEqual({
+    expect(detectKeyStore({ AWS_REGION: 'eu-west-1', VAULT_ADDR: 'http://vault:8200' })).toEqual({
       provider: 'aws-secrets-manager',
       why: 'AWS_REGION is set',
     });
-    expect(detectKeyProvider({ AWS_DEFAULT_REGION: 'eu-west-1' }).why).toBe('AWS_DEFAULT_REGION is set');
-    expect(detectKeyProvider({ VAULT_ADDR: 'http://vault:8200' }).provider).toBe('vault');
-    expect(detectKeyProvider({}).provider).toBe('file');
+    expect(detectKeyStore({ AWS_DEFAULT_REGION: 'eu-west-1' }).why).toBe('AWS_DEFAULT_REGION is set');
+    expect(detectKeyStore({ VAULT_ADDR: 'http://vault:8200' }).provider).toBe('vault');
+    expect(detectKeyStore({}).provider).toBe('file');
     const heard: string[] = [];
-    const provider = openKeyProvider({ provider: 'auto' }, { ...moto.server.env, REKEY_AWS_SECRET_ID: 'x' }, (d) =>
+    const provider = openStoreDriver({ provider: 'auto' }, { ...moto.server.env, REKEY_AWS_SECRET_ID: 'x' }, (d) =>
       heard.push(d.provider),
     );
     expect(provider).toBeInstanceOf(SecretsManagerKeys);
     expect(heard).toEqual(['aws-secrets-manager']);
     provider.close();
-    const vault = openKeyProvider(
+    const vault = openStoreDriver(
       { provider: 'auto' },
       { VAULT_ADDR: 'http://vault:8200', VAULT_TOKEN: 't', REKEY_VAULT_KV_PATH: 'rekey/kek' },
     );
     expect(vault).toBeInstanceOf(VaultKvKeys);
     vault.close();
-    expect(() => openKeyProvider({ provider: 'aws-secrets-manager' }, { AWS_REGION: 'us-east-1' })).toThrow(
+    expect(() => openStoreDriver({ provider: 'aws-secrets-manager' }, { AWS_REGION: 'us-east-1' })).toThrow(
       KeyMaterialError,
     );
   });
@@ -328,7 +328,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   it('a KEK moved by hand from the environment into the secret (the README’s two commands) is the same KEK: the registry’s fingerprint holds, and it unwraps what the environment’s KEK wrapped', async () => {
     const secretId = `rekey/${randomUUID()}`;
     const { provider: envKeys, env } = createTestKeys(['v1']);
-    const wrapped = envKeys.wrap('v1', 'tenant-1', Buffer.alloc(32, 7));
+    const wrapped = await wrapUnder(envKeys, 'v1', 'tenant-1', Buffer.alloc(32, 7));
     // aws secretsmanager create-secret --secret-string "$REKEY_KEK_v1", then update-secret-version-stage.
     const created = await aws.client.send(new CreateSecretCommand({ Name: secretId, SecretString: env.TEST_KEK_v1 }));
     await aws.client.send(
@@ -343,9 +343,9 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       await keys.reload();
       expect(keys.kekIds()).toEqual(['v1']);
       expect(keys.configuredCurrentKekId).toBe('v1');
-      const kek = resolveKek(keys, 'v1', { fingerprint: envKeys.fingerprint('v1'), state: 'active' });
+      const kek = await resolveKek(keys, 'v1', { fingerprint: envKeys.fingerprint('v1'), state: 'active' });
       kek.key.fill(0);
-      expect(keys.unwrap('v1', 'tenant-1', wrapped).equals(Buffer.alloc(32, 7))).toBe(true);
+      expect((await unwrapUnder(keys, 'v1', 'tenant-1', wrapped)).equals(Buffer.alloc(32, 7))).toBe(true);
     } finally {
       keys.close();
       envKeys.close();

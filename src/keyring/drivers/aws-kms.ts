@@ -22,13 +22,13 @@ import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../../crypto/
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek } from '../../rewrap/rewrap-rows';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
-import type { GenerateOptions } from '../../keys/key-provider';
 import type { RemoteKek } from '../cipher';
-import type { DestroyOutcome, RecordedKek } from '../driver';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { adoption, unclaimedKeys } from '../kms-owner';
 import {
+  ConfigError,
   DekUnwrapError,
   KeyMaterialError,
   KeyspaceMismatchError,
@@ -427,7 +427,7 @@ export class KmsKeys extends RemoteKeysDriver {
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
    * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
-  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
     if (!KMS_KEK_ID.test(id)) {
@@ -742,10 +742,17 @@ export class KmsKeys extends RemoteKeysDriver {
   }
 
   /**
-   * The operator's claim of KEK `kekId` for `keyspace` (`rekey keys claim`): its alias must name the key `arn`, which
-   * must carry no owner tag (or this keyspace's already); then it is tagged. Another keyspace's key is refused.
+   * The operator's claim of KEK `kekId` for `keyspace` (`rekey keys claim`): its alias must name the key `fingerprint`
+   * names (kms:<key ARN>), which must carry no owner tag (or this keyspace's already); then it is tagged. Another
+   * keyspace's key is refused.
    */
-  async claimKey(kekId: string, arn: string, keyspace: string): Promise<'claimed' | 'already'> {
+  async claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    const arn = keyArnOf(fingerprint);
+    if (arn === undefined) {
+      throw new ConfigError(
+        `--fingerprint must name the KMS key as rekey prints it, kms:<key ARN> (rekey keys list), not '${fingerprint}'`,
+      );
+    }
     await this.reload();
     const kek = this.kek(kekId);
     if (kek.arn !== arn) throw this.aliasRefused(kekId, kmsFingerprint(arn), kek.arn, 'claim');
@@ -761,7 +768,7 @@ export class KmsKeys extends RemoteKeysDriver {
   }
 
   /** An empty registry is seeded only with a key this keyspace's tag names (else claimed first: rekey keys claim). */
-  async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
     const owner = await this.ownerOf(kekId);
     if (owner === keyspace) return;
     const kek = this.kek(kekId);

@@ -1,5 +1,4 @@
-import type { KeyProvider } from '../../keys/key-provider';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { refuseClaim, refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver } from '../local-keys';
 import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
@@ -13,8 +12,10 @@ const EVERYWHERE = 'in every worker, admin API and application process';
  * `<PREFIX>_CURRENT_KEK_ID` names the current one. With prefix TALOS, `TALOS_KEK_v2` works as it is.
  * The environment is read-only to rekey: every step of the lifecycle answers what the operator sets or removes.
  */
-export class EnvKeyProvider extends LocalKeysDriver implements KeyProvider {
+export class EnvKeyProvider extends LocalKeysDriver {
   readonly description: string;
+  /** The operator sets every variable: provision says which. */
+  readonly makesKeks = false;
 
   private readonly idPattern: RegExp | undefined;
 
@@ -82,6 +83,16 @@ export class EnvKeyProvider extends LocalKeysDriver implements KeyProvider {
     return this.operator(
       `rekey cannot remove an environment variable: remove ${this.variable(kekId)} from every worker, admin API and application process (and from wherever their environment is kept: compose files, secrets, CI)`,
     );
+  }
+
+  /** Its first keyspace takes it at that keyspace's first rotation: `rekey keys claim` is refused. */
+  claimKey(_kekId: string, _fingerprint: string, _keyspace: string): Promise<'claimed' | 'already'> {
+    return refuseClaim(this.description);
+  }
+
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   protected load(): InMemoryKeys {

@@ -3,8 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { refuseClaim, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError } from '../../errors';
 
@@ -27,8 +26,9 @@ type KeyringFile = z.infer<typeof KeyringFile>;
  * KEKs in a local JSON file with mode 0600: the embedded default for the demo and development.
  * A keyring that group or others can read is refused.
  */
-export class FileKeyring extends LocalKeysDriver implements KeyProvider {
+export class FileKeyring extends LocalKeysDriver {
   readonly description: string;
+  readonly makesKeks = true;
 
   constructor(readonly file: string) {
     const description = `keyring file ${file}`;
@@ -104,7 +104,7 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   }
 
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
-  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const id = newKekId(
@@ -134,6 +134,11 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
    * the same here. A KEK already there with these bytes is left as it is; another key under the id is refused.
    * `current` names it as current if the file names none yet.
    */
+  /** Its first keyspace takes it at that keyspace's first rotation: `rekey keys claim` is refused. */
+  claimKey(_kekId: string, _fingerprint: string, _keyspace: string): Promise<'claimed' | 'already'> {
+    return refuseClaim(this.description);
+  }
+
   async importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'> {
     const outcome = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
