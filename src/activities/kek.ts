@@ -365,7 +365,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         firstActive:
           owner.owner === 'application'
             ? `name the KEK its ${definition.noun} use now as from (--from; the run records it as the active KEK)`
-            : `the application's first start (TenantCrypto.start, docs/03) records the current KEK of ${keys.description} as the active one: start it, then rotate`,
+            : `the application's first start (TenantCrypto.start, docs/03) records the current KEK of ${keyring.description} as the active one: start it, then rotate`,
       });
       const to = resolved.to ?? settings.to;
       const facts: ValidatedRotation = {
