@@ -63,6 +63,19 @@ export type DestroyStep =
   | { outcome: 'kept'; detail: string }
   | { outcome: 'refused'; proof: LabelProof; until: Date };
 
+/**
+ * The cipher of the key a store holds under `kekId` as it names it, checked against no registry: for seeding and
+ * reading a keyspace before its registry records anything (the dev tools, the benches). Everything else asks a keyring.
+ * The caller releases it.
+ */
+export async function storeCipher(driver: StoreDriver, kekId: string): Promise<DekCipher> {
+  const held = (await driver.list()).find((k) => k.kekId === kekId);
+  if (!held) throw new UnknownKekError(kekId, driver.description);
+  const cipher = driver.cipher({ kekId, fingerprint: held.fingerprint });
+  if (!cipher) throw new KekNotHeldError(kekId, held.fingerprint, driver.description);
+  return cipher;
+}
+
 /** Runs a driver's hook; an answer of what the operator must do is returned, not thrown. */
 async function orInstruction(hook: () => Promise<unknown>): Promise<StepOutcome> {
   try {
@@ -97,6 +110,11 @@ export class KeyringCiphers {
     return this.driver.description;
   }
 
+  /** Whether the store makes new KEKs (else the operator adds them, and a provision says what to add). */
+  get makesKeks(): boolean {
+    return this.driver.makesKeks;
+  }
+
   /**
    * The names of the rotation under way, for a store that does not name its keys: its old key is `from`, its current
    * one `to`. The one place that naming happens.
@@ -122,6 +140,16 @@ export class KeyringCiphers {
       if (kekId !== undefined) named.push({ ...key, kekId });
     }
     return named;
+  }
+
+  /**
+   * The fingerprint of the key the store holds under `kekId` (as last read), by the names this keyspace uses: what an
+   * empty registry is seeded with. UnknownKekError when it holds none. Not a proof: `cipher` checks the registry's.
+   */
+  async fingerprintOf(kekId: string): Promise<string> {
+    const held = (await this.held()).find((k) => k.kekId === kekId);
+    if (!held) throw new UnknownKekError(kekId, this.driver.description);
+    return held.fingerprint;
   }
 
   async reload(): Promise<void> {

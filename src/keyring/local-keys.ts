@@ -151,6 +151,7 @@ export function decodeKek(value: string, source: string): Buffer {
  */
 export abstract class LocalKeysDriver implements StoreDriver {
   abstract readonly description: string;
+  abstract readonly makesKeks: boolean;
   configuredCurrentKekId: string | undefined;
   rows: () => RowCrypto = sharedRowCrypto;
   protected readonly keys: InMemoryKeys;
@@ -179,6 +180,14 @@ export abstract class LocalKeysDriver implements StoreDriver {
     return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
   }
 
+  /** Key bytes open every format. */
+  requireFormat(): void {}
+
+  /** A key this store holds under the configured name is the keyspace's by the store's own record (the owner rule). */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
+  }
+
   abstract ownerOf(kekId: string): Promise<string | undefined>;
   abstract adopt(keyspace: string): Promise<void>;
   abstract provision(kekId: string, options: ProvisionOptions): Promise<void>;
@@ -187,6 +196,7 @@ export abstract class LocalKeysDriver implements StoreDriver {
   abstract retire(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
+  abstract importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'>;
 
   /**
    * The restore of a store whose retire leaves the key readable (the keyring file, Secrets Manager): nothing to undo

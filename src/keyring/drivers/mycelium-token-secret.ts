@@ -5,7 +5,14 @@ import type { SecretSource } from '../../targets/target';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
 import type { KeyProvider } from '../../keys/key-provider';
 import { LocalCipher, type DekCipher } from '../cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import {
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreDriver,
+  type StoredKek,
+} from '../driver';
 import type { HeldKey } from '../local-keys';
 import { VaultHttp } from '../vault-http';
 import { KeyMaterialError, OperatorMustActError, UnknownKekError } from '../../errors';
@@ -82,6 +89,8 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
   readonly description: string;
   /** The secrets carry no names: the keyring names the current one for the rotation under way. */
   readonly configuredCurrent = undefined;
+  /** The gateway's secrets are the operator's: provision says what to set. */
+  readonly makesKeks = false;
   rows: () => RowCrypto = sharedRowCrypto;
   private loaded = new Map<Role, Loaded>();
   private readonly bound = new Map<string, Role>();
@@ -201,6 +210,14 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
     return Promise.reject(new OperatorMustActError(this.description, instruction));
   }
 
+  /** Key bytes open every format. */
+  requireFormat(): void {}
+
+  /** The secrets record no owner: a keyspace seeds from the one its gateway uses. */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
+  }
+
   ownerOf(_kekId: string): Promise<string | undefined> {
     return Promise.resolve(undefined);
   }
@@ -237,6 +254,11 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
     return this.operator(
       `rekey cannot remove a token_secret: remove the old token_secret (KEK '${kekId}') from where ${this.description} reads it`,
     );
+  }
+
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   copyByFingerprint(fingerprint: string): Buffer | undefined {
