@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
 import { refuseClaim, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
-import { KekFingerprintMismatchError, KeyMaterialError } from '../../errors';
+import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),
@@ -67,6 +67,19 @@ export class FileKeyring extends LocalKeysDriver {
   /** The KEK's owner, as the file records it. */
   ownerOf(kekId: string): Promise<string | undefined> {
     return Promise.resolve(readKeyring(this.file).keks.find((k) => k.id === kekId)?.owner);
+  }
+
+  /**
+   * An application's first seed: not from a KEK the file records as another keyspace's. A KEK the file records no
+   * owner for is taken: a keyring file has no claim (its first keyspace's rotation records itself, and two targets on
+   * one file are refused at load), so an unrecorded one is this deployment's file, as at a rotation's first step.
+   */
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    const owner = await this.ownerOf(kekId);
+    if (owner === undefined || owner === keyspace) return;
+    throw new KeyspaceMismatchError(
+      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records keyspace ${owner} as its owner. Give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
+    );
   }
 
   /** Records the keyspace as the owner of every KEK the file records none for (written durably, as every write). */
