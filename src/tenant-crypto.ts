@@ -80,7 +80,7 @@ export class TenantCrypto {
     const seed = this.options.keys.configuredCurrent;
     if (seed && !(await this.registry.active())) {
       // A key another keyspace may own (an untagged KMS key under a shared alias prefix) is not taken as this one's.
-      await this.options.keys.refuseSeed?.(seed, await this.keyspace());
+      await this.options.keys.refuseSeed(seed, await this.keyspace());
       const held = (await this.keyring.held()).find((k) => k.kekId === seed);
       if (!held) throw new UnknownKekError(seed, this.options.keys.description);
       const actor = this.options.actor ?? `application (TenantCrypto ${this.instanceId})`;

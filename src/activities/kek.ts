@@ -1,5 +1,5 @@
 import { activityInfo, Context } from '@temporalio/activity';
-import type { GenerateOptions } from '../keys/key-provider';
+import type { ProvisionOptions } from '../keyring/driver';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
 import { proveLabelled, type ProofCheckpoint } from '../rewrap/still-on';
@@ -133,7 +133,7 @@ async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: s
  * and until when it may look for it (half the attempt's time, so that the step still ends). Nothing outside an
  * activity (a test calling it directly).
  */
-function generateOptions(): GenerateOptions {
+function generateOptions(): ProvisionOptions {
   let info;
   try {
     info = activityInfo();
@@ -279,7 +279,7 @@ export function createKekActivities(deps: ActivityDependencies) {
     async validateRotation(request: RotationRequest, run?: { workflowId: string }): Promise<ValidatedRotation> {
       const settings = parseRotationRequest(request);
       const runtime = await targets.forRequest({ target: settings.target, keyspace: request.keyspace });
-      const { keys, registry, definition, keyspace } = runtime;
+      const { keyring, registry, definition, keyspace } = runtime;
       // Finding 9: a run of this build runs under its keyspace's workflow id, and no other.
       if (run !== undefined && !isRotationIdOf(run.workflowId, settings.target, keyspace, settings.dryRun)) {
         const expected = `${rotationWorkflowId(settings.target, keyspace)}${settings.dryRun ? '-dry-run-<ms>' : ''}`;
@@ -309,10 +309,7 @@ export function createKekActivities(deps: ActivityDependencies) {
           }
         }
       }
-      if (from !== undefined && settings.to !== 'new') {
-        keys.bindRotation?.(from, settings.to);
-        runtime.keyring.nameRotation(from, settings.to);
-      }
+      if (from !== undefined && settings.to !== 'new') keyring.nameRotation(from, settings.to);
       // The keys this worker holds, by the names this rotation gives them.
       const held = new Map((await runtime.keyring.held()).reverse().map((k) => [k.kekId, k.fingerprint]));
       for (const kekId of [from, settings.to]) {
@@ -362,8 +359,8 @@ export function createKekActivities(deps: ActivityDependencies) {
         activeKekId: active?.kekId,
         from: { registryState: fromRecord?.state, inProvider: from !== undefined && held.has(from) },
         to: settings.to === 'new' ? undefined : { registryState: toRecord?.state, inProvider: held.has(settings.to) },
-        providerCanGenerate: keys.generate !== undefined,
-        providerDescription: keys.description,
+        providerCanGenerate: keyring.makesKeks,
+        providerDescription: keyring.description,
         unfinished,
       });
       const to = resolved.to ?? settings.to;
@@ -375,7 +372,6 @@ export function createKekActivities(deps: ActivityDependencies) {
       };
       if (resolved.alreadyDone !== undefined) return { ...facts, nothingToDo: resolved.alreadyDone };
       if (settings.dryRun) facts.census = await census(runtime, { from: resolved.from, to });
-      if (to !== 'new') keys.bindRotation?.(resolved.from, to);
       // The fingerprints this worker holds must be the registry's before anything else happens: `from`'s, and `to`'s
       // where an earlier run registered it (a key of another worker's under that id is refused here, not at provision).
       const registeredTo = to !== 'new' && (resolved.to !== undefined || toRecord !== undefined);
@@ -412,11 +408,8 @@ export function createKekActivities(deps: ActivityDependencies) {
       keyspace,
       from,
     }: { kekId: string; generate: boolean; from?: string } & OnTarget): Promise<{ fingerprint: string }> {
-      const { keys, keyring } = await targets.forRequest({ target, keyspace });
-      if (from !== undefined) {
-        keys.bindRotation?.(from, kekId);
-        keyring.nameRotation(from, kekId);
-      }
+      const { keyring } = await targets.forRequest({ target, keyspace });
+      if (from !== undefined) keyring.nameRotation(from, kekId);
       // The keyring checks the store's names and owner, makes the KEK where asked (a store rekey may not write answers
       // what the operator must add), registers its fingerprint, and proves it wraps and opens.
       return keyring.provision(kekId, { generate, ...generateOptions() });

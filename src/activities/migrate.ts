@@ -187,7 +187,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
     );
     if (sample.length > 0 && opened.length === 0) {
       throw new InvalidRotationError(
-        `target '${runtime.definition.name}': ${why}, but none of ${sample.length} sampled ${runtime.definition.noun}s opens under the current key of ${runtime.keys.description}: that key is not generation ${kekId}; name the generation it is (--kek-version N), or give the worker generation ${kekId}'s key`,
+        `target '${runtime.definition.name}': ${why}, but none of ${sample.length} sampled ${runtime.definition.noun}s opens under the current key of ${runtime.keyring.description}: that key is not generation ${kekId}; name the generation it is (--kek-version N), or give the worker generation ${kekId}'s key`,
       );
     }
   }
@@ -225,9 +225,9 @@ export function createMigrationActivities(deps: ActivityDependencies) {
       byRow?: boolean;
     }): Promise<MigrationPlan> {
       const runtime = await targets.forRequest(args);
-      const { registry, keys, definition } = runtime;
+      const { registry, keyring, definition } = runtime;
       const fields = fieldsOf(runtime);
-      await keys.reload();
+      await keyring.reload();
       const registered = await registry.list();
       const rotating = registered.find((k) => k.state === 'provisioned' || k.state === 'decrypt_only');
       if (rotating) {
@@ -250,7 +250,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           `target '${definition.name}' labels KEKs with generations: '${kekId}' is not one`,
         );
       }
-      keys.bindRotation?.(kekId, kekId);
+      keyring.nameRotation(kekId, kekId);
       await firstContact(runtime);
       if (fromTable?.proveOn) await provesCurrent(runtime, kekId, fromTable.why);
       const { tenant } = args;
@@ -259,7 +259,7 @@ export function createMigrationActivities(deps: ActivityDependencies) {
           `target '${definition.name}' has no tenant '${tenant}' in ${describeTable(definition.table)}: check the tenant id`,
         );
       }
-      if (!active && !args.dryRun) await registry.seedActive(kekId, keys.fingerprint(kekId));
+      if (!active && !args.dryRun) await registry.seedActive(kekId, await keyring.fingerprintOf(kekId));
       // The fingerprint this worker holds must be the registry's before anything else happens.
       await withMigrationKeks(runtime, kekId, () => Promise.resolve());
 

@@ -36,14 +36,17 @@ export function createScheduleActivities(deps: ActivityDependencies) {
     async checkScheduledRotation(request: RotationRequest): Promise<{ keySource: string }> {
       const settings = parseRotationRequest(request);
       // The keyspace the schedule records: a worker of another database refuses it, as it would refuse each run.
-      const { keys, definition } = await targets.forRequest({ target: settings.target, keyspace: request.keyspace });
-      await keys.reload();
-      if (settings.to === 'new' && keys.generate === undefined) {
+      const { keyring, definition } = await targets.forRequest({
+        target: settings.target,
+        keyspace: request.keyspace,
+      });
+      await keyring.reload();
+      if (settings.to === 'new' && !keyring.makesKeks) {
         throw new InvalidRotationError(
-          `target '${definition.name}' takes its KEKs from ${keys.description}, where rekey cannot generate one, and every scheduled run rotates to a newly generated KEK: rotate it by hand (add the new KEK everywhere, then rekey rotate --target ${definition.name} --from current --to <id>), or give it a key source rekey generates in (a keyring file, AWS Secrets Manager, AWS KMS)`,
+          `target '${definition.name}' takes its KEKs from ${keyring.description}, where rekey cannot generate one, and every scheduled run rotates to a newly generated KEK: rotate it by hand (add the new KEK everywhere, then rekey rotate --target ${definition.name} --from current --to <id>), or give it a key source rekey generates in (a keyring file, AWS Secrets Manager, AWS KMS)`,
         );
       }
-      return { keySource: keys.description };
+      return { keySource: keyring.description };
     },
 
     /** When the schedule runs next; whether it still exists, and is paused. */

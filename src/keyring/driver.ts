@@ -3,6 +3,7 @@
 // (keyring.ts) decides whether a step may happen, records it in the registry first, and only then calls the hook.
 // Every hook is required: a store that cannot do a step answers what the operator must do instead (OperatorMustActError
 // with the exact instruction), so no caller ever asks what a store supports.
+import type { Codec } from '../codec/sealed-format';
 import type { KekState } from '../envelope/kek-lifecycle';
 import type { DekCipher } from './cipher';
 
@@ -49,6 +50,17 @@ export interface StoreDriver {
   readonly description: string;
   /** The KEK the store's configuration names as current (it seeds the registry's first active KEK), if any. */
   readonly configuredCurrent: string | undefined;
+  /**
+   * Whether `provision` makes a new KEK in the store; false for a store rekey only reads (the environment, Mycelium's
+   * token secrets), whose provision answers what the operator must add. Read before a rotation to a new KEK begins.
+   */
+  readonly makesKeks: boolean;
+  /**
+   * Refuses (TargetConfigError, naming `target` and what to change) a target whose stored form this store cannot open:
+   * a store whose KEKs never leave it opens only values in its own form. Asked when the target's keys are first
+   * opened, before anything is written; a store that hands out key bytes opens every format and answers at once.
+   */
+  requireFormat(codec: Codec, target: string): void;
   /** Re-reads the store, so that a KEK added by another process becomes usable without a restart. */
   reload(): Promise<void>;
   /** Every key the store holds, with its fingerprint (as of the last reload). */
@@ -86,18 +98,13 @@ export interface StoreDriver {
    * id `kekId`. Undefined when the store does not hold it.
    */
   cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined;
-  /**
-   * Before an empty registry is seeded with `kekId`, the KEK the store's configuration names current (an application's
-   * first start): refuses a key that may be another keyspace's (AWS KMS: one whose owner tag does not name `keyspace`,
-   * an untagged one included, since another deployment's may share the alias prefix).
-   */
-  refuseSeed?(kekId: string, keyspace: string): Promise<void>;
   /** Zeroizes every key held in memory and closes connections. */
   close(): void;
   /**
    * Before an empty registry is seeded with `kekId`, the KEK the store's configuration names current (an application's
    * first start): refuses a key that may be another keyspace's (AWS KMS: one whose owner tag does not name `keyspace`,
-   * an untagged one included, since another deployment's may share the alias prefix).
+   * an untagged one included, since another deployment's may share the alias prefix). A store whose keys cannot be
+   * another keyspace's by its own record answers at once.
    */
-  refuseSeed?(kekId: string, keyspace: string): Promise<void>;
+  refuseSeed(kekId: string, keyspace: string): Promise<void>;
 }

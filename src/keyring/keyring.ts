@@ -97,6 +97,11 @@ export class KeyringCiphers {
     return this.driver.description;
   }
 
+  /** Whether the store makes new KEKs (else the operator adds them, and a provision says what to add). */
+  get makesKeks(): boolean {
+    return this.driver.makesKeks;
+  }
+
   /**
    * The names of the rotation under way, for a store that does not name its keys: its old key is `from`, its current
    * one `to`. The one place that naming happens.
@@ -122,6 +127,16 @@ export class KeyringCiphers {
       if (kekId !== undefined) named.push({ ...key, kekId });
     }
     return named;
+  }
+
+  /**
+   * The fingerprint of the key the store holds under `kekId` (as last read), by the names this keyspace uses: what an
+   * empty registry is seeded with. UnknownKekError when it holds none. Not a proof: `cipher` checks the registry's.
+   */
+  async fingerprintOf(kekId: string): Promise<string> {
+    const held = (await this.held()).find((k) => k.kekId === kekId);
+    if (!held) throw new UnknownKekError(kekId, this.driver.description);
+    return held.fingerprint;
   }
 
   async reload(): Promise<void> {

@@ -151,6 +151,7 @@ export function decodeKek(value: string, source: string): Buffer {
  */
 export abstract class LocalKeysDriver implements StoreDriver {
   abstract readonly description: string;
+  abstract readonly makesKeks: boolean;
   configuredCurrentKekId: string | undefined;
   rows: () => RowCrypto = sharedRowCrypto;
   protected readonly keys: InMemoryKeys;
@@ -177,6 +178,14 @@ export abstract class LocalKeysDriver implements StoreDriver {
   cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
     const key = this.keys.copyByFingerprint(kek.fingerprint);
     return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+  }
+
+  /** Key bytes open every format. */
+  requireFormat(): void {}
+
+  /** A key this store holds under the configured name is the keyspace's by the store's own record (the owner rule). */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
   }
 
   abstract ownerOf(kekId: string): Promise<string | undefined>;

@@ -10,7 +10,7 @@ import type { RewrapRowsResult } from '../rewrap/rewrap-rows';
 import { RemoteCipher, type DekCipher, type RemoteKek, type RemoteKeyStore } from './cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
 import type { HeldKey } from './local-keys';
-import { KekFingerprintMismatchError, KeyMaterialError } from '../errors';
+import { KekFingerprintMismatchError, KeyMaterialError, TargetConfigError } from '../errors';
 
 /** A whole number from the environment within [min, max], else `fallback`; a KeyMaterialError naming it otherwise. */
 export function wholeFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -37,8 +37,23 @@ export function pacerLimitsFromEnv(
   };
 }
 
+/**
+ * A store whose KEKs never leave it opens only values in its own form: a target whose format seals values with key
+ * bytes is refused when its keys are first opened (the rotation's first step, before anything is written), not at its
+ * first rewrap.
+ */
+export function requireOwnForm(description: string, codec: Codec, target: string): void {
+  if (codec.kms !== undefined) return;
+  throw new TargetConfigError(
+    `target '${target}': its KEKs are in ${description}, which never hands out key bytes, but its format ` +
+      `seals values with key bytes (only rekey's own table has a KMS form): give the target keys of its own ` +
+      `(keys.provider env or file in the file REKEY_CONFIG names), or run it with another REKEY_KEY_PROVIDER`,
+  );
+}
+
 export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, RemoteDeks {
   abstract readonly description: string;
+  readonly makesKeks = true;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
   protected abstract readonly kind: string;
   /** rekey's own DEK format, whose remote form the store writes. */
@@ -48,6 +63,15 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
 
   get configuredCurrent(): string | undefined {
     return this.configuredCurrentKekId;
+  }
+
+  requireFormat(codec: Codec, target: string): void {
+    requireOwnForm(this.description, codec, target);
+  }
+
+  /** A store whose keys carry no owner record of their own answers at once (KMS checks its tag). */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
   }
 
   /** Every key the store holds (as last read), with its id and fingerprint. */

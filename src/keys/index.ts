@@ -82,9 +82,9 @@ function keyringFile(source: KeySource): string {
 /** The KEKs of one target, as its definition says; `fallback` is the process's own provider ('default'). */
 export function openTargetKeys(
   spec: KeySourceSpec,
-  fallback: () => KeyStore,
+  fallback: () => StoreDriver,
   env: NodeJS.ProcessEnv = process.env,
-): KeyStore {
+): StoreDriver {
   switch (spec.provider) {
     case 'default':
       return fallback();

@@ -2,7 +2,8 @@ import type { Pool } from 'pg';
 import { openPool } from '../store/connect';
 import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
-import { openTargetKeys, type KeyStore } from '../keys';
+import { openTargetKeys } from '../keys';
+import type { StoreDriver } from '../keyring/driver';
 import { AppInstances } from '../store/app-instances';
 import { KekRegistry, registryHolders } from '../store/kek-registry';
 import { Keyring } from '../keyring/keyring';
@@ -25,7 +26,6 @@ export interface TargetRuntime {
   /** What the target rotates: its table in its database (by the database's identity). */
   keyspace: Keyspace;
   store: TargetStore;
-  keys: KeyStore;
   /** The one owner of the lifecycle of the target's KEKs (provision, promote, retire, restore, destroy). */
   keyring: Keyring;
   registry: KekRegistry;
@@ -38,7 +38,7 @@ export interface TargetRuntimesOptions {
   /** The process's own database (DATABASE_URL), already migrated. */
   db: Pool;
   /** The process's own key provider, for targets whose keys are 'default' (a function: opened when first needed). */
-  keys: KeyStore | (() => KeyStore);
+  keys: StoreDriver | (() => StoreDriver);
   config?: TargetsConfig;
   env?: NodeJS.ProcessEnv;
   /** The targets this process serves (a worker: REKEY_TARGETS); every known target when not given. */
@@ -55,12 +55,12 @@ export class TargetRuntimes {
   private readonly pools = new Map<string, Promise<Pool>>();
   private readonly identities = new Map<Pool, Promise<string>>();
 
-  private ownKeys: KeyStore | undefined;
+  private ownKeys: StoreDriver | undefined;
 
   constructor(private readonly options: TargetRuntimesOptions) {}
 
   /** The process's own key provider. */
-  private processKeys(): KeyStore {
+  private processKeys(): StoreDriver {
     const { keys } = this.options;
     return (this.ownKeys ??= typeof keys === 'function' ? keys() : keys);
   }
@@ -150,13 +150,16 @@ export class TargetRuntimes {
     const store = new TargetStore(db, definition, compileFormat(definition.format));
     await store.inspect();
     // Key material is read when first needed: counts and the registry need none (kek-status, status).
-    let keys: KeyStore | undefined;
-    const openKeys = () =>
-      (keys ??= servesFormat(
-        definition,
-        store,
-        openTargetKeys(definition.keys, () => this.processKeys(), this.options.env),
-      ));
+    let keys: StoreDriver | undefined;
+    const openKeys = (): StoreDriver => {
+      if (keys === undefined) {
+        const opened = openTargetKeys(definition.keys, () => this.processKeys(), this.options.env);
+        // A store whose KEKs never leave it refuses a format sealed with key bytes here, before anything is written.
+        opened.requireFormat(store.codec, definition.name);
+        keys = opened;
+      }
+      return keys;
+    };
     const registry = new KekRegistry(db, name);
     const otherRegistries = (kekId: string, fingerprint: string, action: 'retiring' | 'destroying') =>
       this.refuseWhileOtherRegistriesHold(db, name, kekId, fingerprint, action);
@@ -166,9 +169,6 @@ export class TargetRuntimes {
       db,
       keyspace,
       store,
-      get keys() {
-        return openKeys();
-      },
       get keyring() {
         return (keyring ??= new Keyring({
           // Opened when first used: a registry-only step (an unknown KEK's restore) never reads the store.
@@ -360,19 +360,5 @@ export async function targetKeyspace(
   return keyspaceOf(
     await readDatabaseIdentity(db, `the database of target '${definition.name}'`),
     describeTable(definition.table),
-  );
-}
-
-/**
- * A key store whose KEKs never leave it (AWS KMS) opens only values in its own form: a target whose format seals
- * values with key bytes is refused when its keys are first opened (the rotation's first step, before anything is
- * written), not at its first rewrap.
- */
-function servesFormat(definition: TargetDefinition, store: TargetStore, keys: KeyStore): KeyStore {
-  if (keys.rowCrypto === undefined || store.codec.kms !== undefined) return keys;
-  throw new TargetConfigError(
-    `target '${definition.name}': its KEKs are in ${keys.description}, which never hands out key bytes, but its format ` +
-      `seals values with key bytes (only rekey's own table has a KMS form): give the target keys of its own ` +
-      `(keys.provider env or file in the file REKEY_CONFIG names), or run it with another REKEY_KEY_PROVIDER`,
   );
 }

@@ -761,7 +761,7 @@ export class KmsKeys extends RemoteKeysDriver {
   }
 
   /** An empty registry is seeded only with a key this keyspace's tag names (else claimed first: rekey keys claim). */
-  async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
     const owner = await this.ownerOf(kekId);
     if (owner === keyspace) return;
     const kek = this.kek(kekId);

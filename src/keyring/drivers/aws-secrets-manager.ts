@@ -106,6 +106,7 @@ export function unlabelledByPromotion(
  */
 export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
+  readonly makesKeks = true;
   private versions = new Map<string, Version>();
   /** Every version's stages at the last read, by VersionId, those rekey does not read included. */
   private stages = new Map<string, string[]>();

@@ -15,6 +15,8 @@ const EVERYWHERE = 'in every worker, admin API and application process';
  */
 export class EnvKeyProvider extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
+  /** The operator sets every variable: provision says which. */
+  readonly makesKeks = false;
 
   private readonly idPattern: RegExp | undefined;
 

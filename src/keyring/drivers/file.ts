@@ -29,6 +29,7 @@ type KeyringFile = z.infer<typeof KeyringFile>;
  */
 export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
+  readonly makesKeks = true;
 
   constructor(readonly file: string) {
     const description = `keyring file ${file}`;

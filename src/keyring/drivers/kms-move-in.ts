@@ -5,6 +5,7 @@
 // KMS key, wrap new ones), and the KMS keys, where new KEKs are made. An ordinary rotation from the local KEK to a new
 // one then moves every DEK into KMS (Encrypt), while the application reads each row with whichever KEK its label
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
+import type { Codec } from '../../codec/sealed-format';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
 import { createDek, moveDek, openDek } from '../../envelope/dek-envelope';
 import { selfTestKek } from '../../envelope/dek-wrapping';
@@ -14,6 +15,7 @@ import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-pr
 import { LocalCipher, type DekCipher } from '../cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
 import type { HeldKey, LocalKeysDriver } from '../local-keys';
+import { requireOwnForm } from '../remote-keys';
 import { ConfigError, KeyMaterialError, OperatorMustActError } from '../../errors';
 
 const OUT_OF_KMS =
@@ -21,6 +23,8 @@ const OUT_OF_KMS =
 
 export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
   readonly description: string;
+  /** New KEKs are made in KMS. */
+  readonly makesKeks = true;
   rows: () => RowCrypto = sharedRowCrypto;
 
   constructor(
@@ -57,6 +61,11 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     if (keyArnOf(kek.fingerprint) !== undefined) return this.kms.cipher(kek);
     const key = this.local.copyByFingerprint(kek.fingerprint);
     return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+  }
+
+  /** Values in KMS's form only, as the KMS store (every KEK ends there). */
+  requireFormat(codec: Codec, target: string): void {
+    requireOwnForm(this.description, codec, target);
   }
 
   /** Each KEK's owner as its own store records it (the environment records none). */

@@ -82,6 +82,8 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
   readonly description: string;
   /** The secrets carry no names: the keyring names the current one for the rotation under way. */
   readonly configuredCurrent = undefined;
+  /** The gateway's secrets are the operator's: provision says what to set. */
+  readonly makesKeks = false;
   rows: () => RowCrypto = sharedRowCrypto;
   private loaded = new Map<Role, Loaded>();
   private readonly bound = new Map<string, Role>();
@@ -199,6 +201,14 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
 
   private operator(instruction: string): Promise<never> {
     return Promise.reject(new OperatorMustActError(this.description, instruction));
+  }
+
+  /** Key bytes open every format. */
+  requireFormat(): void {}
+
+  /** The secrets record no owner: a keyspace seeds from the one its gateway uses. */
+  refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
+    return Promise.resolve();
   }
 
   ownerOf(_kekId: string): Promise<string | undefined> {

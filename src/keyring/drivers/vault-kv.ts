@@ -53,6 +53,7 @@ export interface KvOptions extends GenerateOptions {
  */
 export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
+  readonly makesKeks = true;
   private keks = new Map<string, KvKek>();
   private metadata: KvMetadata | undefined;
 
