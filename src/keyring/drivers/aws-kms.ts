@@ -27,7 +27,7 @@ import type { RemoteKek } from '../cipher';
 import type { DestroyOutcome, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
-import { adoption, unclaimedKeys } from '../kms-owner';
+import { type OwnerScope, refuseUnclaimed, unclaimedRefusal } from '../owner-rule';
 import {
   DekUnwrapError,
   KeyMaterialError,
@@ -726,19 +726,35 @@ export class KmsKeys extends RemoteKeysDriver {
 
   /**
    * Tags as `keyspace`'s the untagged keys under the prefix that its registry recorded; an untagged key it does not
-   * record (another deployment's, perhaps) refuses the adoption before any tag is written (kms-owner.ts).
+   * record (another deployment's, perhaps) refuses the adoption before any tag is written (owner-rule.ts, per key:
+   * each KMS key carries its own tag). Keys tagged for any keyspace are left as they are (the keyring refuses another
+   * keyspace's when a step would use it).
    */
   async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
     await this.reload();
-    const recorded = new Set(registry.flatMap((kek) => keyArnOf(kek.fingerprint) ?? []));
-    const keys = [];
+    const untagged = [];
     for (const [kekId, kek] of this.keks) {
-      const { owner } = await this.keyspaceTag(kek.keyId);
-      keys.push({ kekId, alias: this.aliasOf(kekId), arn: kek.arn, owner, keyId: kek.keyId });
+      if ((await this.keyspaceTag(kek.keyId)).owner === undefined) untagged.push({ ...this.unowned(kekId), kek });
     }
-    for (const key of adoption(keys, keyspace, recorded, this.settings.aliasPrefix).tag) {
-      await this.tagOwner(keys.find((k) => k.arn === key.arn)!.keyId, keyspace);
-    }
+    refuseUnclaimed(this.ownerScope, untagged, registry, keyspace);
+    for (const { kek } of untagged) await this.tagOwner(kek.keyId, keyspace);
+  }
+
+  /** How the owner rule names this store's keys: each its own tag, under the alias prefix. */
+  private get ownerScope(): OwnerScope {
+    const prefix = this.settings.aliasPrefix;
+    return {
+      recordPer: 'key',
+      subject: (listed) => `the alias prefix ${prefix} holds KMS key(s) ${listed} with no ${KMS_KEYSPACE_TAG} tag`,
+      mayBe: 'a KEK made by an earlier rekey keys generate, which did not tag it, or made by hand',
+      ownKeys: 'an alias prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX, e.g. alias/rekey/prod/)',
+    };
+  }
+
+  /** KEK `kekId` as the owner rule names it: its fingerprint (kms:<ARN>), alias and ARN. */
+  private unowned(kekId: string): { kekId: string; fingerprint: string; shown: string } {
+    const { arn } = this.kek(kekId);
+    return { kekId, fingerprint: kmsFingerprint(arn), shown: `${this.aliasOf(kekId)}, ${arn}` };
   }
 
   /**
@@ -766,11 +782,7 @@ export class KmsKeys extends RemoteKeysDriver {
     if (owner === keyspace) return;
     const kek = this.kek(kekId);
     if (owner === undefined) {
-      throw unclaimedKeys(
-        [{ kekId, alias: this.aliasOf(kekId), arn: kek.arn, owner }],
-        keyspace,
-        this.settings.aliasPrefix,
-      );
+      throw unclaimedRefusal(this.ownerScope, [this.unowned(kekId)], keyspace);
     }
     throw new KeyspaceMismatchError(
       `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': KMS key ${kek.arn} carries the tag ${KMS_KEYSPACE_TAG}=${owner}, another keyspace's. Give this keyspace an alias prefix of its own (REKEY_AWS_KMS_ALIAS_PREFIX)`,

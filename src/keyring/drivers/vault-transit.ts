@@ -10,7 +10,7 @@ import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../transit-owner';
-import { registryRecordsAny, unclaimedStore } from '../owner-rule';
+import { refuseUnclaimed, storeScope } from '../owner-rule';
 import {
   DekUnwrapError,
   KekFingerprintMismatchError,
@@ -417,14 +417,11 @@ export class VaultTransitKeys extends RemoteKeysDriver {
   /** An existing key without an owner record whose versions the registry does not record: refused (owner-rule.ts). */
   private refuseUnrecorded(registry: readonly RecordedKek[], keyspace: string | undefined): void {
     const versions = this.held().map((k) => ({ kekId: k.kekId!, fingerprint: k.fingerprint }));
-    if (versions.length > 0 && !registryRecordsAny(versions, registry)) {
-      throw unclaimedStore(
-        this.description,
-        versions,
-        keyspace,
-        'a Transit key of its own (REKEY_VAULT_TRANSIT_KEY naming one that does not exist yet)',
-      );
-    }
+    const scope = storeScope(
+      this.description,
+      'a Transit key of its own (REKEY_VAULT_TRANSIT_KEY naming one that does not exist yet)',
+    );
+    refuseUnclaimed(scope, versions, registry, keyspace);
   }
 
   /**
