@@ -6,7 +6,7 @@ import { kekFingerprint } from '../../envelope/dek-wrapping';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
-import { KekFingerprintMismatchError, KeyMaterialError } from '../../errors';
+import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),
@@ -68,6 +68,20 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   /** The KEK's owner, as the file records it. */
   ownerOf(kekId: string): Promise<string | undefined> {
     return Promise.resolve(readKeyring(this.file).keks.find((k) => k.id === kekId)?.owner);
+  }
+
+  /**
+   * An empty registry is not seeded with a KEK the file records as another keyspace's (an application pointed at
+   * another deployment's keyring file): that keyspace's rotations would destroy it. One with no owner yet is taken, as
+   * its first rotation's adopt takes it.
+   */
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    const owner = await this.ownerOf(kekId);
+    if (owner === undefined || owner === keyspace) return;
+    throw new KeyspaceMismatchError(
+      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records it as keyspace ${owner}'s. ` +
+        `A key store belongs to one keyspace: give this application a keyring file of its own (REKEY_KEYRING_FILE)`,
+    );
   }
 
   /** Records the keyspace as the owner of every KEK the file records none for (written durably, as every write). */
