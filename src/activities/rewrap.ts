@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import { emptyCounters, type RewrapCounters } from '../rewrap/counters';
 import { rewrapSlice, type RewrapCheckpoint, type TenantFailure } from '../rewrap/rewrap-slice';
 import { rowsLabelled } from '../rewrap/still-on';
+import { addChecks, emptyCheck, NAMED_CHECKED, type LabelCheck, type LabelCheckOutcome } from '../rotation/label-check';
 import { passOfProgressKey, rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
@@ -193,6 +194,71 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       });
     },
 
+    /**
+     * One part of the check before grace and retire: the rows labelled `to` after `after`, in id order, each tried under
+     * `to`; one that does not open is tried under `from` to say whether its label hides a value `from` still seals.
+     * Reads only. Heartbeats its checkpoint after every batch and resumes from it; stops at a batch boundary after
+     * `timeBudgetMs`, or when cancelled.
+     */
+    async checkLabelled(args: {
+      target?: string;
+      keyspace?: string;
+      from: string;
+      to: string;
+      after: string;
+      batchSize: number;
+      timeBudgetMs: number;
+    }): Promise<LabelCheckOutcome> {
+      const { from, to } = args;
+      const runtime = await targets.forRequest(args);
+      const { store, keyring } = runtime;
+      const context = activityContext();
+      const resumeFrom = context?.info.heartbeatDetails as { cursor: string; sum: LabelCheck } | undefined;
+      await keyring.reload();
+      return withKeks(runtime, args, [to, from], deps.crypto, async ([toKek, fromKek], crypto) => {
+        const started = Date.now();
+        let cursor = resumeFrom?.cursor ?? args.after;
+        let sum = resumeFrom?.sum ?? emptyCheck();
+        for (let batches = 0; ; batches++) {
+          const stop =
+            context?.cancellationSignal.aborted === true ||
+            (batches > 0 && Date.now() - started >= args.timeBudgetMs);
+          if (stop) return { ...sum, cursor, done: false };
+          const rows = await store.readBatch(
+            store.db,
+            { kind: 'label', kekId: to },
+            { after: cursor, until: null },
+            args.batchSize,
+          );
+          if (rows.length === 0) return { ...sum, cursor, done: true };
+          const underTo = await crypto.check(store.codec, toKek!, rows);
+          const unreadable = rows.flatMap((row, i) =>
+            underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }],
+          );
+          const underFrom = await crypto.check(
+            store.codec,
+            fromKek!,
+            unreadable.map(({ row }) => row),
+          );
+          const batch: LabelCheck = { ...emptyCheck(), checked: rows.length, unreadable: unreadable.length };
+          unreadable.forEach(({ row, reason }, i) => {
+            const sealedUnderFrom = underFrom[i] === undefined;
+            if (sealedUnderFrom) batch.underFrom += 1;
+            if (sum.named.length + batch.named.length >= NAMED_CHECKED) return;
+            batch.named.push({
+              tenantId: row.$id,
+              reason: sealedUnderFrom
+                ? `labelled '${to}', its value is under '${from}'`
+                : `opens under neither '${to}' (${reason}) nor '${from}'`,
+            });
+          });
+          sum = addChecks(sum, batch);
+          cursor = rows[rows.length - 1]!.$id;
+          context?.heartbeat({ cursor, sum });
+        }
+      });
+    },
+
     async staleTenants({
       from,
       limit,
@@ -207,4 +273,13 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       return store.idsOnLabel(from, limit);
     },
   };
+}
+
+/** The activity's context, or nothing outside an activity (a test calling it directly). */
+function activityContext(): Context | undefined {
+  try {
+    return Context.current();
+  } catch {
+    return undefined;
+  }
 }

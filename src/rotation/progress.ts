@@ -54,6 +54,8 @@ export interface RotationProgress {
   waiting?: Wait;
   /** A dry run's census: rows per KEK label, and how many of a sample the format reads and the KEK opens. */
   census?: { kekId: string; rows: number; sampled: number; readable: number; opens?: number }[];
+  /** Verify's check of every row labelled `to` under `to`: how many were checked, and whether it is done. */
+  labelCheck?: { checked: number; done: boolean };
   /** The latest proof of the rows labelled `from` before retirement (absent in runs that never reached it). */
   retireProof?: RetireProof;
   /**

@@ -80,6 +80,15 @@ export const proofs = proxyActivities<Activities>({
 });
 
 /**
+ * The check of every row labelled with the new KEK before grace and retire: parts bounded by their time budget, like
+ * slices, and resumed from their last heartbeat elsewhere when a worker is lost.
+ */
+export const labelChecks = proxyActivities<Activities>({
+  ...SLICE_OPTIONS,
+  summary: 'check the rows labelled with the new KEK',
+});
+
+/**
  * Retire and destroy: one transaction holding the KEK's registry row, in which every row still labelled with it is
  * proved (those written since the proof before it). They heartbeat per batch of rows.
  */

@@ -20,12 +20,13 @@ import { destroyRetiredKek } from './destroy-kek';
 import { destroyWorkflowIdOf, legacyDestroyWorkflowId } from '../rotation/identity';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { startProof, type LabelProof } from '../rotation/label-proof';
+import { addChecks, describeUnreadableLabels, startCheck, type LabelCheck } from '../rotation/label-check';
 import { addCounters, emptyCounters } from '../rewrap/counters';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
 import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
 import { rotationRunStatus } from '../rotation/run-status';
-import { explainFailure, lockedSteps, steps } from './activity-proxies';
+import { explainFailure, labelChecks, lockedSteps, steps } from './activity-proxies';
 import { proveInParts } from './label-proofs';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
@@ -76,6 +77,11 @@ export const DESTROY_DECIDED_PATCH = 'rekey-destroy-decided-at-start-1';
  * an application-owned target is asked to remove it, and again under the lock.
  */
 export const RETIRE_PROOF_PATCH = 'rekey-retire-proves-rows-1';
+/**
+ * Marks runs whose verify checks every row labelled `to` under `to` (in parts, carried across continue-as-new) before
+ * grace and retire: a row labelled `to` whose value is still sealed under `from` fails the run, with `from` kept.
+ */
+export const VERIFY_LABELS_PATCH = 'safety4-verify-labelled-to-1';
 
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
@@ -346,12 +352,41 @@ function anotherPass(run: RotationState): void {
 }
 
 async function verify(run: RotationState): Promise<RotationReport | undefined> {
+  const { carried } = run;
+  // A check of the rows labelled `to` under way (continued as new): the scans before it passed.
+  if (carried.labelCheck === undefined) {
+    // A full run checks every row labelled `to` after the scans, instead of a sample of them.
+    const checksAll = run.kind === 'full' && patched(VERIFY_LABELS_PATCH);
+    const scanned = await verifyLabels(run, checksAll ? 0 : VERIFY_SAMPLE);
+    if (scanned !== 'passed') return scanned;
+    if (!checksAll) {
+      run.advance();
+      return undefined;
+    }
+    carried.labelCheck = startCheck();
+  }
+  const checked = await checkLabelled(run);
+  if (checked === 'aborted') return run.finish('aborted');
+  if (checked === 'continue-as-new') return run.continueAsNew();
+  carried.labelCheck = undefined;
+  if (checked.unreadable > 0) {
+    throw rotationFailure('VerifyFailed', describeUnreadableLabels(checked, carried.from, carried.to));
+  }
+  run.advance();
+  return undefined;
+}
+
+/**
+ * Verify's scans (as every build ran them): rows labelled `from` tried, `sampleSize` rows labelled `to` opened, rows
+ * labelled with neither tried under `from`. 'passed' when nothing is left to move and the run is a full one.
+ */
+async function verifyLabels(run: RotationState, sampleSize: number): Promise<RotationReport | undefined | 'passed'> {
   const { carried, settings } = run;
   const verdict = await steps.verifyRotation({
     ...run.on,
     from: carried.from,
     to: carried.to,
-    sampleSize: VERIFY_SAMPLE,
+    sampleSize,
     tenantId: settings.tenantId,
   });
   if (verdict.unreadable.length > 0) {
@@ -385,8 +420,38 @@ async function verify(run: RotationState): Promise<RotationReport | undefined> {
     return undefined;
   }
   if (run.kind === 'canary') return run.finish('canary');
-  run.advance();
-  return undefined;
+  return 'passed';
+}
+
+/**
+ * Checks every row labelled `to` under `to`, in parts of a slice's time budget (each resumable), until none is left
+ * after its cursor; each part's sums are added once, as its result arrives. Holds while paused; stops for abort and
+ * for continue-as-new between parts, and goes on from the carried cursor in the next run.
+ */
+async function checkLabelled(run: RotationState): Promise<LabelCheck | 'aborted' | 'continue-as-new'> {
+  const { carried, settings } = run;
+  const state = carried.labelCheck!;
+  for (;;) {
+    run.progress = { ...run.progress, labelCheck: { checked: state.sum.checked, done: false } };
+    await run.holdIfPaused(`the check of the rows labelled '${carried.to}'`);
+    if (run.aborted) return 'aborted';
+    if (run.shouldContinueAsNew()) return 'continue-as-new';
+    const part = await labelChecks.checkLabelled({
+      ...run.on,
+      from: carried.from,
+      to: carried.to,
+      after: state.cursor,
+      batchSize: settings.batchSize,
+      timeBudgetMs: settings.sliceTimeBudgetMs,
+    });
+    state.sum = addChecks(state.sum, part);
+    state.cursor = part.cursor;
+    state.part += 1;
+    if (part.done) {
+      run.progress = { ...run.progress, labelCheck: { checked: state.sum.checked, done: true } };
+      return state.sum;
+    }
+  }
 }
 
 async function grace(run: RotationState): Promise<RotationReport | undefined> {

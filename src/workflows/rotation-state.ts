@@ -28,6 +28,7 @@ import type { RotationRequest, RotationSettings } from '../rotation/rotation-inp
 import { currentDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
 import type { ProofState } from '../rotation/label-proof';
+import type { LabelCheckState } from '../rotation/label-check';
 import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
@@ -78,6 +79,8 @@ export interface CarriedState {
   passBaseline?: number;
   /** A proof of the rows labelled `from` under way before retirement (see retire in rotate-kek.ts). */
   proof?: ProofState & { stage: RetireProof['stage'] };
+  /** A check of the rows labelled `to` under way in verify (see verify in rotate-kek.ts). */
+  labelCheck?: LabelCheckState;
   /** Proofs started so far: each names its progress rows by its round. */
   proofRounds?: number;
   /**
