@@ -14,7 +14,7 @@ import { engineFor } from '../src/dev/engine';
 import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
 import { EnvKeyProvider } from '../src/keyring/drivers/env';
-import type { KeyProvider } from '../src/keys/key-provider';
+import type { StoreDriver } from '../src/keyring/driver';
 import { MyceliumTokenSecrets } from '../src/keyring/drivers/mycelium-token-secret';
 import { rewrapSlice } from '../src/rewrap/rewrap-slice';
 import { KekRegistry } from '../src/store/kek-registry';
@@ -48,7 +48,7 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
   const database = await createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 4 * slices + 2);
   const db = database.pool;
   const [oldSecret, newSecret] = [randomUUID(), randomUUID()];
-  const keys: KeyProvider & { close(): void } = mycelium
+  const keys: StoreDriver = mycelium
     ? new MyceliumTokenSecrets(
         { current: { env: 'MYC_TOKEN_SECRET' }, old: { env: 'MYC_OLD_TOKEN_SECRET' } },
         { MYC_OLD_TOKEN_SECRET: oldSecret, MYC_TOKEN_SECRET: newSecret },
@@ -64,7 +64,7 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
     if (mycelium) {
       await seedMyceliumTable(db, count, oldSecret);
     } else {
-      await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+      await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', (await keys.list()).find((k) => k.kekId === 'v1')!.fingerprint);
       await seedTenants({ db, keys, kekId: 'v1', count });
     }
     await settle(db);
@@ -117,7 +117,7 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
     if (!copy) return { seconds, engineMicros, postgresMicros };
 
     const registry = new KekRegistry(copy.pool, BUILTIN_TARGET);
-    await registry.register(to, keys.fingerprint(to));
+    await registry.register(to, engine.to.fingerprint);
     await registry.promote(from, to);
     await settle(copy.pool);
     const statements = Math.max(slices, os.availableParallelism());

@@ -18,7 +18,9 @@ import { targetKeyspace } from '../src/targets/runtime';
 import type { RotationRequest } from '../src/rotation/rotation-input';
 import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
-import type { KeyProvider } from '../src/keys/key-provider';
+import type { DekCipher } from '../src/keyring/cipher';
+import type { StoreDriver } from '../src/keyring/driver';
+import { storeCipher } from '../src/keyring/keyring';
 import { projectRoot } from '../src/project-paths';
 import { KekRegistry } from '../src/store/kek-registry';
 import { TargetStore } from '../src/store/target-store';
@@ -48,7 +50,18 @@ import { seedMyceliumTable } from './mycelium';
 const NAIVE_SAMPLE = Number(process.env.NAIVE_SAMPLE ?? 50_000);
 
 /** What a user would write instead: a batch at a time, one tenant at a time, one UPDATE (and commit) per row. */
-async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: string, limit: number): Promise<number> {
+async function naiveRotation(db: Pool, keys: StoreDriver, from: string, to: string, limit: number): Promise<number> {
+  const [fromKek, toKek] = [await storeCipher(keys, from), await storeCipher(keys, to)];
+  try {
+    return await naiveRows(db, fromKek, toKek, limit);
+  } finally {
+    fromKek.release();
+    toKek.release();
+  }
+}
+
+async function naiveRows(db: Pool, fromKek: DekCipher, toKek: DekCipher, limit: number): Promise<number> {
+  const [from, to] = [fromKek.kekId, toKek.kekId];
   let cursor = '';
   let done = 0;
   while (done < limit) {
@@ -59,9 +72,7 @@ async function naiveRotation(db: Pool, keys: KeyProvider, from: string, to: stri
     if (rows.length === 0) break;
     for (const row of rows) {
       if (done >= limit) break;
-      const dek = keys.unwrap(from, row.tenant_id, row.wrapped_dek);
-      const wrapped = keys.wrap(to, row.tenant_id, dek);
-      dek.fill(0);
+      const wrapped = await fromKek.moveTo(toKek, row.tenant_id, row.wrapped_dek);
       await db.query(
         'UPDATE rekey.tenant_deks SET kek_id = $1, wrapped_dek = $2, version = version + 1 WHERE tenant_id = $3 AND version = $4',
         [to, wrapped, row.tenant_id, row.version],

@@ -9,7 +9,8 @@ import { aesGcmBackend } from './crypto/aes-gcm';
 import { createRowCrypto, cryptoThreadsFromEnv, type RowCrypto } from './crypto/row-crypto';
 import { ensureSearchAttributes } from './client/search-attributes';
 import { loadConfig, parseEnv } from './config';
-import { openKeyProvider, openTargetKeys, type KeyStore } from './keys';
+import { openStoreDriver, openTargetDriver } from './keyring/open';
+import type { StoreDriver } from './keyring/driver';
 import { processHelp } from './env-vars';
 import { KeyMaterialError } from './errors';
 import { createLogger, temporalLogger } from './observability/logger';
@@ -29,7 +30,7 @@ export interface RekeyWorkerOptions {
   taskQueue: string;
   db: Pool;
   /** The process's own key provider (targets whose keys are 'default'); a function opens it when first needed. */
-  keys: KeyStore | (() => KeyStore);
+  keys: StoreDriver | (() => StoreDriver);
   metrics?: RekeyMetrics;
   /** The targets it serves (REKEY_CONFIG); the presets alone when not given. */
   targets?: TargetRuntimes;
@@ -112,9 +113,9 @@ async function run(): Promise<void> {
   // The process's own key provider (REKEY_KEY_PROVIDER) serves the targets whose keys are 'default' (rekey's own
   // table): it is opened only if the worker serves one. The keys of every target it serves are read now: a missing
   // or malformed variable, wrong credentials or a missing permission stop the worker here, with the reason.
-  let keys: KeyStore | undefined;
-  const processKeys = (): KeyStore =>
-    (keys ??= openKeyProvider(
+  let keys: StoreDriver | undefined;
+  const processKeys = (): StoreDriver =>
+    (keys ??= openStoreDriver(
       { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
       process.env,
       (detected) => logger.info(detected, `key provider detected: ${detected.provider} (${detected.why})`),
@@ -161,7 +162,7 @@ async function run(): Promise<void> {
         metricsUrl: `http://${metricsAddress(metricsServer)}/metrics`,
         ...(keys && {
           keyProvider: keys.description,
-          keys: keys.kekIds().map((id) => ({ id, fingerprint: keys!.fingerprint(id) })),
+          keys: await namedKeys(keys),
         }),
       },
       'rekey worker started',
@@ -179,6 +180,13 @@ async function run(): Promise<void> {
   }
 }
 
+/** The keys a store names, as the startup log lists them: id and fingerprint, never the key. */
+async function namedKeys(keys: StoreDriver): Promise<{ id: string; fingerprint: string }[]> {
+  return (await keys.list())
+    .flatMap(({ kekId, fingerprint }) => (kekId === undefined ? [] : [{ id: kekId, fingerprint }]))
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
 /**
  * Reads the keys of every target the worker serves, before it starts: the process's own provider for the targets
  * whose keys are 'default', each target's own source for the others (when targets are named: a worker serving every
@@ -188,7 +196,7 @@ async function run(): Promise<void> {
 async function checkServedKeys(
   config: TargetsConfig,
   served: ServedTargets,
-  processKeys: () => KeyStore,
+  processKeys: () => StoreDriver,
 ): Promise<void> {
   for (const name of served.names) {
     const definition = config.targets.get(name)!;
@@ -196,7 +204,7 @@ async function checkServedKeys(
       await withServedTarget(name, served, () => processKeys().reload());
     } else if (served.source !== 'every target') {
       await withServedTarget(name, served, async () => {
-        const own = openTargetKeys(definition.keys, processKeys);
+        const own = openTargetDriver(definition.keys, processKeys);
         try {
           await own.reload();
         } finally {

@@ -1,7 +1,7 @@
 import type { Client } from '@temporalio/client';
 import type { Pool } from 'pg';
 import type { RowCrypto } from '../crypto/row-crypto';
-import type { KeyStore } from '../keys';
+import type { StoreDriver } from '../keyring/driver';
 import type { RewrapCounters } from '../rewrap/counters';
 import type { TargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
@@ -10,8 +10,8 @@ import { TargetRuntimes } from '../targets/runtime';
 export interface ActivityDependencies {
   /** The process's own database (DATABASE_URL), migrated: rekey's own target and any target naming no other. */
   db: Pool;
-  /** The process's own key provider (REKEY_KEY_PROVIDER), for targets whose keys are 'default'; a function opens it when first needed. */
-  keys: KeyStore | (() => KeyStore);
+  /** The process's own store's driver (REKEY_KEY_PROVIDER), for targets whose keys are 'default'; a function opens it when first needed. */
+  keys: StoreDriver | (() => StoreDriver);
   /** The targets served; the presets alone when not given. */
   targets?: TargetsConfig | TargetRuntimes;
   /** Where target key sources and database variables are read (default: process.env). */

@@ -4,7 +4,7 @@ import { loadConfig, parseEnv } from '../config';
 import { temporalConnectionOptions } from '../temporal-connection';
 import { processHelp } from '../env-vars';
 import { webUiBase, webUiLink } from '../rotation/web-ui-link';
-import { openKeyProvider } from '../keys';
+import { openStoreDriver } from '../keyring/open';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
 import { configuredCurrentKekId } from '../targets/target';
@@ -36,7 +36,7 @@ async function run(): Promise<void> {
   const connection = await Connection.connect(temporalConnectionOptions(config.TEMPORAL_ADDRESS));
   const targets = new TargetRuntimes({
     db,
-    keys: () => openKeyProvider({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE }),
+    keys: () => openStoreDriver({ provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE }),
     config: targetsConfig,
   });
   const server = await buildAdminServer({

@@ -4,7 +4,8 @@ import type { Pool } from 'pg';
 import { openPool } from '../store/connect';
 import type { KeyspaceLookup } from '../client/rotations';
 import { checkDatabaseUrl, loadConfig, loadKeyConfig } from '../config';
-import { openKeyProvider, type KeyStore } from '../keys';
+import { openStoreDriver } from '../keyring/open';
+import type { StoreDriver } from '../keyring/driver';
 import { FileKeyring } from '../keyring/drivers/file';
 import { loadTargetsConfig } from '../targets/config';
 import { TargetRuntimes } from '../targets/runtime';
@@ -68,7 +69,7 @@ export class CliContext {
       db: this.db(),
       keys: () => {
         const config = loadConfig(this.env);
-        return openKeyProvider(
+        return openStoreDriver(
           { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
           this.env,
         );
@@ -109,7 +110,7 @@ export class CliContext {
    * (REKEY_KEY_PROVIDER; a keyring file when it is unset and REKEY_KEYRING_FILE is), read. `create: false` for the
    * commands that only read it (a missing keyring file is then an error, not made empty).
    */
-  async keyStore(file?: string, options: { create?: boolean } = {}): Promise<KeyStore> {
+  async keyStore(file?: string, options: { create?: boolean } = {}): Promise<StoreDriver> {
     if (file !== undefined) return this.keyring(file, options);
     const config = loadKeyConfig(this.env);
     if (
@@ -118,7 +119,7 @@ export class CliContext {
     ) {
       return this.keyring(undefined, options);
     }
-    const keys = openKeyProvider(
+    const keys = openStoreDriver(
       { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
       this.env,
     );

@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { compileFormat } from '../codec/sealed-format';
-import type { KeyProvider } from '../keys/key-provider';
-import { resolveKek } from '../keys/kek-resolver';
+import type { StoreDriver } from '../keyring/driver';
+import { KeyringCiphers } from '../keyring/keyring';
 import type { RewrapDependencies } from '../rewrap/rewrap-slice';
 import { KekRegistry } from '../store/kek-registry';
 import { TargetStore } from '../store/target-store';
@@ -9,26 +9,29 @@ import type { TargetDefinition } from '../targets/target';
 
 /**
  * The rewrap engine's dependencies for one target, as a rotation has them after promotion: `from` decrypt-only,
- * `to` active in the target's registry, both keys resolved by their registered fingerprints.
+ * `to` active in the target's registry, both keys the keyring's ciphers checked against their registered
+ * fingerprints (named by the rotation where the store names none: Mycelium's token secrets). The ciphers are not
+ * released: the caller's engine holds their bytes for as long as it runs (a benchmark, a test).
  */
 export async function engineFor(
   db: Pool,
   target: TargetDefinition,
-  keys: KeyProvider,
+  keys: StoreDriver,
   from = 'v1',
   to = 'v2',
 ): Promise<RewrapDependencies> {
   const store = new TargetStore(db, target, compileFormat(target.format));
   await store.inspect();
   const registry = new KekRegistry(db, target.name);
-  keys.bindRotation?.(from, to);
-  await registry.seedActive(from, keys.fingerprint(from));
-  await registry.register(to, keys.fingerprint(to));
+  const keyring = new KeyringCiphers({ driver: keys, registry, target: target.name });
+  keyring.nameRotation(from, to);
+  await registry.seedActive(from, await keyring.fingerprintOf(from));
+  await registry.register(to, await keyring.fingerprintOf(to));
   await registry.promote(from, to);
   return {
     store,
-    from: resolveKek(keys, from, await registry.get(from)),
-    to: resolveKek(keys, to, await registry.get(to)),
+    from: (await keyring.cipher(from)).rowKek(),
+    to: (await keyring.cipher(to)).rowKek(),
     writable: ['active'],
   };
 }

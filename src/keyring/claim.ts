@@ -4,7 +4,7 @@
 // Manager secret from before owner records, which a keyspace whose registry does not record its keys never takes by
 // itself: owner-rule.ts), naming the key by its KEK id and fingerprint, so that the claim is an explicit act on one
 // key, never a guess.
-import type { KeyStore } from '../keys';
+import type { StoreDriver } from './driver';
 import { KmsKeys, keyArnOf } from './drivers/aws-kms';
 import { KmsWithLocalKeys } from './drivers/kms-move-in';
 import { VaultTransitKeys } from './drivers/vault-transit';
@@ -13,7 +13,7 @@ import { SecretsManagerKeys } from './drivers/aws-secrets-manager';
 import { CliError } from '../errors';
 
 /** The stores whose KEKs must carry their keyspace from creation: an unrecorded key there is refused, not adopted. */
-export function recordsOwnerAtCreation(store: KeyStore): boolean {
+export function recordsOwnerAtCreation(store: StoreDriver): boolean {
   return store instanceof KmsKeys || store instanceof KmsWithLocalKeys || store instanceof VaultTransitKeys;
 }
 
@@ -22,7 +22,7 @@ export function recordsOwnerAtCreation(store: KeyStore): boolean {
  * `already`: it was this keyspace's. Another keyspace's key is refused (KeyspaceMismatchError).
  */
 export async function claimKek(
-  store: KeyStore,
+  store: StoreDriver,
   kekId: string,
   fingerprint: string,
   keyspace: string,

@@ -6,6 +6,7 @@
 import type { Codec } from '../codec/sealed-format';
 import type { KekState } from '../envelope/kek-lifecycle';
 import type { DekCipher } from './cipher';
+import { ConfigError } from '../errors';
 
 /**
  * A KEK as its keyspace's registry records it. A driver's lifecycle hooks are given the registry's records, and act
@@ -98,6 +99,12 @@ export interface StoreDriver {
    * id `kekId`. Undefined when the store does not hold it.
    */
   cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined;
+  /**
+   * `rekey keys import`: writes a KEK's bytes under `kekId` unless the store holds them there already ('present');
+   * `current`: the store names it current if it names none yet. A different key under the id is refused. A store that
+   * takes no key bytes refuses (refuseKeyBytes), before anything is written.
+   */
+  importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'>;
   /** Zeroizes every key held in memory and closes connections. */
   close(): void;
   /**
@@ -107,4 +114,13 @@ export interface StoreDriver {
    * another keyspace's by its own record answers at once.
    */
   refuseSeed(kekId: string, keyspace: string): Promise<void>;
+}
+
+/** The answer of a store that takes no key bytes to `rekey keys import` (exit 2): where keys can be imported. */
+export function refuseKeyBytes(store: string): Promise<never> {
+  return Promise.reject(
+    new ConfigError(
+      `${store} cannot be given key bytes: import into a keyring file (--keyring <file>) or an AWS Secrets Manager secret (REKEY_KEY_PROVIDER=aws-secrets-manager, REKEY_AWS_SECRET_ID)`,
+    ),
+  );
 }

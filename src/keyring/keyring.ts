@@ -63,6 +63,19 @@ export type DestroyStep =
   | { outcome: 'kept'; detail: string }
   | { outcome: 'refused'; proof: LabelProof; until: Date };
 
+/**
+ * The cipher of the key a store holds under `kekId` as it names it, checked against no registry: for seeding and
+ * reading a keyspace before its registry records anything (the dev tools, the benches). Everything else asks a keyring.
+ * The caller releases it.
+ */
+export async function storeCipher(driver: StoreDriver, kekId: string): Promise<DekCipher> {
+  const held = (await driver.list()).find((k) => k.kekId === kekId);
+  if (!held) throw new UnknownKekError(kekId, driver.description);
+  const cipher = driver.cipher({ kekId, fingerprint: held.fingerprint });
+  if (!cipher) throw new KekNotHeldError(kekId, held.fingerprint, driver.description);
+  return cipher;
+}
+
 /** Runs a driver's hook; an answer of what the operator must do is returned, not thrown. */
 async function orInstruction(hook: () => Promise<unknown>): Promise<StepOutcome> {
   try {

@@ -196,6 +196,7 @@ export abstract class LocalKeysDriver implements StoreDriver {
   abstract retire(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
+  abstract importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'>;
 
   /**
    * The restore of a store whose retire leaves the key readable (the keyring file, Secrets Manager): nothing to undo

@@ -8,7 +8,14 @@ import type { RowCrypto } from '../crypto/row-crypto';
 import type { KeyProvider, RemoteDeks } from '../keys/key-provider';
 import type { RewrapRowsResult } from '../rewrap/rewrap-rows';
 import { RemoteCipher, type DekCipher, type RemoteKek, type RemoteKeyStore } from './cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
+import {
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreDriver,
+  type StoredKek,
+} from './driver';
 import type { HeldKey } from './local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, TargetConfigError } from '../errors';
 
@@ -162,6 +169,11 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
   /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
   selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
     return new RemoteCipher(this.remote(), kek).selfTest();
+  }
+
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   // ---- The lifecycle, each store's own ----

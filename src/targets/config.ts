@@ -5,7 +5,7 @@ import nodePath from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { compileFormat, ENCODINGS, type SealedFormat } from '../codec/sealed-format';
-import { detectKeyProvider } from '../keys';
+import { detectKeyStore } from '../keyring/open';
 import { PRESETS } from './presets';
 import {
   describeTable,
@@ -344,7 +344,7 @@ function processStores(env: NodeJS.ProcessEnv | undefined): StoreName[] {
   const own = { key: 'default', what: "the process's own key provider (keys: default)" };
   if (env === undefined) return [own];
   let provider = env.REKEY_KEY_PROVIDER?.trim() || 'env';
-  if (provider === 'auto') provider = detectKeyProvider(env).provider;
+  if (provider === 'auto') provider = detectKeyStore(env).provider;
   const envPrefix = env.REKEY_ENV_PREFIX || 'REKEY';
   const keyring = env.REKEY_KEYRING_FILE?.trim();
   const stores = [own];

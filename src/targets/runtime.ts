@@ -2,7 +2,7 @@ import type { Pool } from 'pg';
 import { openPool } from '../store/connect';
 import { checkDatabaseUrl } from '../config';
 import { compileFormat } from '../codec/sealed-format';
-import { openTargetKeys } from '../keys';
+import { openTargetDriver } from '../keyring/open';
 import type { StoreDriver } from '../keyring/driver';
 import { AppInstances } from '../store/app-instances';
 import { KekRegistry, registryHolders } from '../store/kek-registry';
@@ -153,7 +153,7 @@ export class TargetRuntimes {
     let keys: StoreDriver | undefined;
     const openKeys = (): StoreDriver => {
       if (keys === undefined) {
-        const opened = openTargetKeys(definition.keys, () => this.processKeys(), this.options.env);
+        const opened = openTargetDriver(definition.keys, () => this.processKeys(), this.options.env);
         // A store whose KEKs never leave it refuses a format sealed with key bytes here, before anything is written.
         opened.requireFormat(store.codec, definition.name);
         keys = opened;

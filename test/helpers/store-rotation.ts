@@ -6,7 +6,7 @@ import { expect } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
 import { KekRestoreRefusedError } from '../../src/errors';
-import type { KeyStore } from '../../src/keys';
+import type { HeldStore } from './keyring';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -17,7 +17,7 @@ import { startLiveWriter } from './live-writer';
 import { runRotation } from './rotation-run';
 
 /** A key store that makes KEKs. */
-type GeneratingStore = KeyStore & { generate(kekId?: string): Promise<string> };
+type GeneratingStore = HeldStore & { generate(kekId?: string): Promise<string> };
 
 /**
  * A keyspace of its own in the file's shared database: `keys` (a store of its own, empty) makes v1, and rekey's own
@@ -48,7 +48,7 @@ export function failureOf(err: unknown): string {
  */
 export async function refusalOf(
   servers: { env: TestWorkflowEnvironment; db: Pool },
-  keys: KeyStore,
+  keys: HeldStore,
   timeoutMs?: number,
 ): Promise<string> {
   const { env, db } = servers;
@@ -78,7 +78,7 @@ export interface RotatedUnderWriter {
  */
 export async function rotateUnderLiveWriter(
   servers: { env: TestWorkflowEnvironment; db: Pool },
-  stores: { keys: KeyStore; appKeys: KeyStore },
+  stores: { keys: HeldStore; appKeys: HeldStore },
   options: { tenantAt: (n: number) => string; batchSize?: number; pauseMs?: number; timeoutMs: number },
   then: (rotated: RotatedUnderWriter) => Promise<void>,
 ): Promise<void> {
@@ -117,7 +117,7 @@ export async function rotateUnderLiveWriter(
  */
 export async function destroyedAfterWindow(
   servers: { env: TestWorkflowEnvironment; db: Pool },
-  keys: KeyStore,
+  keys: HeldStore,
   options: { detail: RegExp; timeoutMs: number },
   inStore: () => Promise<void>,
 ): Promise<void> {

@@ -7,10 +7,10 @@ import { createActivities } from '../../src/activities';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { sharedRowCrypto } from '../../src/crypto/row-crypto';
-import { openKeyProvider } from '../../src/keys';
+import { openStoreDriver } from '../../src/keyring/open';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { kmsFingerprint, kmsSettingsFromEnv } from '../../src/keyring/drivers/aws-kms';
-import type { KeyStore } from '../../src/keys';
+import type { KmsWithLocalKeys } from '../../src/keyring/drivers/kms-move-in';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TenantCrypto } from '../../src/tenant-crypto';
@@ -45,11 +45,11 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
   it('a rotation from the local KEK to a new one moves every DEK into KMS while the application works: each row is then a KMS blob under the new KEK that KMS decrypts to the DEK it held, and the application reads everything', async () => {
     const { prefix, env: movingEnv } = movingIn();
     const env = { ...movingEnv, REKEY_AWS_KMS_RATE: '0', TEST_CURRENT_KEK_ID: 'v1' };
-    const open = async (endpoint?: string): Promise<KeyStore> => {
-      const keys = openKeyProvider(
+    const open = async (endpoint?: string): Promise<KmsWithLocalKeys> => {
+      const keys = openStoreDriver(
         { provider: 'aws-kms' },
         endpoint === undefined ? env : { ...env, AWS_ENDPOINT_URL: endpoint },
-      );
+      ) as KmsWithLocalKeys;
       await keys.reload();
       return keys;
     };
@@ -138,12 +138,12 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
       const local = { kekId: 'v1', key: randomBytes(32) };
       const onKms = { kekId: 'v2', key: Buffer.alloc(0), fingerprint: kmsFingerprint(v2.Arn!) };
       await expect(
-        workerKeys.rowCrypto!(sharedRowCrypto).rewrap(codec, onKms, local, [rows[0]!], {
+        workerKeys.rowCrypto(sharedRowCrypto).rewrap(codec, onKms, local, [rows[0]!], {
           others: false,
           dryRun: false,
         }),
       ).rejects.toThrow(ConfigError);
-      await expect(workerKeys.deks!.rewrapDek('v2', 'v1', rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
+      await expect(workerKeys.deks.rewrapDek('v2', 'v1', rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
         /into AWS KMS, not out of it/,
       );
     } finally {
@@ -159,10 +159,10 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     expect(() => kmsSettingsFromEnv({ REKEY_AWS_KMS_LOCAL_KEYS: 'vault' })).toThrow(
       /REKEY_AWS_KMS_LOCAL_KEYS must be 'env' \(REKEY_KEK_<id>\) or 'file'/,
     );
-    const keys = openKeyProvider({ provider: 'aws-kms' }, movingIn().env);
+    const keys = openStoreDriver({ provider: 'aws-kms' }, movingIn().env);
     try {
       await keys.reload();
-      await keys.generate!('v1');
+      await (keys as KmsWithLocalKeys).generate('v1');
       const refused = await keys.reload().catch((err: unknown) => err);
       expect(refused).toBeInstanceOf(KeyMaterialError);
       expect((refused as Error).message).toMatch(/KEK id\(s\) 'v1' name both a KMS key .* and a key in env/);

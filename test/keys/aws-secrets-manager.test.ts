@@ -13,7 +13,7 @@ import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants
 import { awsClientConfig } from '../../src/keyring/aws';
 import { SecretsManagerKeys, versionToken } from '../../src/keyring/drivers/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
-import { detectKeyProvider, openKeyProvider } from '../../src/keys';
+import { detectKeyStore, openStoreDriver } from '../../src/keyring/open';
 import { resolveKek } from '../../src/keys/kek-resolver';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -273,27 +273,27 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   });
 
   it('REKEY_KEY_PROVIDER=auto picks Secrets Manager from AWS_REGION or AWS_DEFAULT_REGION, then Vault KV from VAULT_ADDR, else the file keyring', () => {
-    expect(detectKeyProvider({ AWS_REGION: 'eu-west-1', VAULT_ADDR: 'http://vault:8200' })).toEqual({
+    expect(detectKeyStore({ AWS_REGION: 'eu-west-1', VAULT_ADDR: 'http://vault:8200' })).toEqual({
       provider: 'aws-secrets-manager',
       why: 'AWS_REGION is set',
     });
-    expect(detectKeyProvider({ AWS_DEFAULT_REGION: 'eu-west-1' }).why).toBe('AWS_DEFAULT_REGION is set');
-    expect(detectKeyProvider({ VAULT_ADDR: 'http://vault:8200' }).provider).toBe('vault');
-    expect(detectKeyProvider({}).provider).toBe('file');
+    expect(detectKeyStore({ AWS_DEFAULT_REGION: 'eu-west-1' }).why).toBe('AWS_DEFAULT_REGION is set');
+    expect(detectKeyStore({ VAULT_ADDR: 'http://vault:8200' }).provider).toBe('vault');
+    expect(detectKeyStore({}).provider).toBe('file');
     const heard: string[] = [];
-    const provider = openKeyProvider({ provider: 'auto' }, { ...moto.server.env, REKEY_AWS_SECRET_ID: 'x' }, (d) =>
+    const provider = openStoreDriver({ provider: 'auto' }, { ...moto.server.env, REKEY_AWS_SECRET_ID: 'x' }, (d) =>
       heard.push(d.provider),
     );
     expect(provider).toBeInstanceOf(SecretsManagerKeys);
     expect(heard).toEqual(['aws-secrets-manager']);
     provider.close();
-    const vault = openKeyProvider(
+    const vault = openStoreDriver(
       { provider: 'auto' },
       { VAULT_ADDR: 'http://vault:8200', VAULT_TOKEN: 't', REKEY_VAULT_KV_PATH: 'rekey/kek' },
     );
     expect(vault).toBeInstanceOf(VaultKvKeys);
     vault.close();
-    expect(() => openKeyProvider({ provider: 'aws-secrets-manager' }, { AWS_REGION: 'us-east-1' })).toThrow(
+    expect(() => openStoreDriver({ provider: 'aws-secrets-manager' }, { AWS_REGION: 'us-east-1' })).toThrow(
       KeyMaterialError,
     );
   });

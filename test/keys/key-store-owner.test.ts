@@ -11,7 +11,7 @@ import { createActivities } from '../../src/activities';
 import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
 import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { FileKeyring } from '../../src/keyring/drivers/file';
-import type { KeyProvider } from '../../src/keys/key-provider';
+import type { HeldStore } from '../helpers/keyring';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -22,7 +22,7 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyspaceIn } from '../helpers/keyspace';
 
 /** The state a rotation v1 → v2 leaves once the restore window has ended: v1 retired, restorable until the past. */
-async function retiredAndWindowEnded(db: Pool, keys: KeyProvider, target = BUILTIN_TARGET): Promise<void> {
+async function retiredAndWindowEnded(db: Pool, keys: HeldStore, target = BUILTIN_TARGET): Promise<void> {
   const registry = new KekRegistry(db, target);
   await registry.register('v2', keys.fingerprint('v2'));
   await registry.promote('v1', 'v2');
@@ -30,7 +30,7 @@ async function retiredAndWindowEnded(db: Pool, keys: KeyProvider, target = BUILT
 }
 
 /** A database of rekey's own table whose tenants are wrapped by `v1`, as an application on that keyring made them. */
-async function keyspaceOn(keys: KeyProvider, tenants: number): Promise<TestDatabase> {
+async function keyspaceOn(keys: HeldStore, tenants: number): Promise<TestDatabase> {
   const db = await createTestDatabase();
   await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
   await seedTenants({ db: db.pool, keys, kekId: 'v1', count: tenants, prefix: 'orders-' });

@@ -3,7 +3,7 @@ import { describe, expect, inject, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
-import { detectKeyProvider, openKeyProvider } from '../../src/keys';
+import { detectKeyStore, openStoreDriver } from '../../src/keyring/open';
 import { resolveKek } from '../../src/keys/kek-resolver';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
@@ -210,21 +210,21 @@ describe('Vault KV v2 key store against a real Vault server', () => {
   });
 
   it('REKEY_KEY_PROVIDER=auto picks AWS from AWS_REGION first, then Vault KV from VAULT_ADDR, else the keyring file; a hand-made secret (vault kv put … value=…) is read as KEK kv-v1 and named by the registry’s id before anything moves', async () => {
-    expect(detectKeyProvider({ AWS_REGION: 'eu-west-1', VAULT_ADDR: servers.vault.address }).provider).toBe(
+    expect(detectKeyStore({ AWS_REGION: 'eu-west-1', VAULT_ADDR: servers.vault.address }).provider).toBe(
       'aws-secrets-manager',
     );
-    expect(detectKeyProvider({ VAULT_ADDR: servers.vault.address })).toEqual({
+    expect(detectKeyStore({ VAULT_ADDR: servers.vault.address })).toEqual({
       provider: 'vault',
       why: 'VAULT_ADDR is set',
     });
-    expect(detectKeyProvider({}).provider).toBe('file');
+    expect(detectKeyStore({}).provider).toBe('file');
     const path = `rekey/${randomUUID()}`;
-    const auto = openKeyProvider({ provider: 'auto' }, { ...servers.vault.env, REKEY_VAULT_KV_PATH: path });
+    const auto = openStoreDriver({ provider: 'auto' }, { ...servers.vault.env, REKEY_VAULT_KV_PATH: path });
     expect(auto).toBeInstanceOf(VaultKvKeys);
     expect(() =>
-      openKeyProvider({ provider: 'auto' }, { VAULT_ADDR: servers.vault.address, REKEY_VAULT_KV_PATH: path }),
+      openStoreDriver({ provider: 'auto' }, { VAULT_ADDR: servers.vault.address, REKEY_VAULT_KV_PATH: path }),
     ).toThrow(/VAULT_TOKEN must/);
-    expect(() => openKeyProvider({ provider: 'vault' }, servers.vault.env)).toThrow(/REKEY_VAULT_KV_PATH must/);
+    expect(() => openStoreDriver({ provider: 'vault' }, servers.vault.env)).toThrow(/REKEY_VAULT_KV_PATH must/);
 
     const handMade = Buffer.alloc(32, 9).toString('base64url');
     await vaultRequest(servers.vault, 'POST', `secret/data/${path}`, { data: { value: handMade } });

@@ -2,8 +2,8 @@ import os from 'node:os';
 import { Command } from 'commander';
 import { EnvKeyProvider } from '../../keyring/drivers/env';
 import { nextKekId } from '../../keyring/local-keys';
-import { canImport, importKeks } from '../../keys/import-keks';
-import type { KeyStore } from '../../keys';
+import { importKeks } from '../../keyring/import-keks';
+import type { StoreDriver } from '../../keyring/driver';
 import { rotationWorkflowId } from '../../rotation/identity';
 import { restoreKek } from '../../targets/restore-kek';
 import { targetKekStatus } from '../../targets/kek-status';
@@ -12,7 +12,7 @@ import type { KekRecord } from '../../store/kek-registry';
 import { targetOption, withContext } from '../options';
 import type { CliContext } from '../context';
 import { claimKek, recordsOwnerAtCreation } from '../../keyring/claim';
-import { CliError } from '../../errors';
+import { CliError, UnknownKekError } from '../../errors';
 
 export function kekStatusCommand(): Command {
   return new Command('kek-status')
@@ -78,6 +78,17 @@ async function keyspaceOf(context: CliContext, target: string, command: string):
   return (await context.targets().keyspace(target)).id;
 }
 
+/** The keys a store names (as last read), by id, with their fingerprints: what keys list prints. */
+async function named(store: StoreDriver): Promise<{ kekId: string; fingerprint: string }[]> {
+  return (await store.list())
+    .flatMap(({ kekId, fingerprint }) => (kekId === undefined ? [] : [{ kekId, fingerprint }]))
+    .sort((a, b) => (a.kekId < b.kekId ? -1 : a.kekId > b.kekId ? 1 : 0));
+}
+
+async function namedIds(store: StoreDriver): Promise<string[]> {
+  return (await named(store)).map((k) => k.kekId);
+}
+
 export function keysCommand(): Command {
   const keys = new Command('keys')
     .description(
@@ -96,21 +107,23 @@ export function keysCommand(): Command {
         const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
         try {
           // A store rekey may not write answers what the operator must do (OperatorMustActError: exit 2).
-          const id = options.id ?? nextKekId(store.kekIds());
+          const id = options.id ?? nextKekId(await namedIds(store));
           // KMS and Transit refuse a key no keyspace owns: the key is made with its keyspace recorded.
           const owner = recordsOwnerAtCreation(store)
             ? await keyspaceOf(context, options.target, `rekey keys generate on ${store.description}`)
             : undefined;
           await store.provision(id, owner === undefined ? {} : { owner });
+          const fingerprint = (await named(store)).find((k) => k.kekId === id)?.fingerprint;
+          if (fingerprint === undefined) throw new UnknownKekError(id, store.description);
           context.print(
             {
               kekId: id,
-              fingerprint: store.fingerprint(id),
+              fingerprint,
               store: store.description,
               ...(owner && { keyspace: owner }),
             },
             () => [
-              `generated KEK '${id}' (${store.fingerprint(id)}) in ${store.description}${owner ? `, keyspace ${owner}` : ''}`,
+              `generated KEK '${id}' (${fingerprint}) in ${store.description}${owner ? `, keyspace ${owner}` : ''}`,
             ],
           );
         } finally {
@@ -152,7 +165,7 @@ export function keysCommand(): Command {
       withContext(async (context) => {
         const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring, { create: false });
         try {
-          const listed = store.kekIds().map((kekId) => ({ kekId, fingerprint: store.fingerprint(kekId) }));
+          const listed = await named(store);
           context.print(listed, () => listed.map((k) => `${k.kekId.padEnd(12)} ${k.fingerprint}`));
         } finally {
           store.close();
@@ -173,7 +186,7 @@ export function keysCommand(): Command {
         const source = new EnvKeyProvider(process.env, options.prefix ?? (process.env.REKEY_ENV_PREFIX || 'REKEY'));
         const keyring = keys.opts<{ keyring?: string }>().keyring;
         const provider = process.env.REKEY_KEY_PROVIDER?.trim() || 'env';
-        let store: KeyStore | undefined;
+        let store: StoreDriver | undefined;
         try {
           if (keyring === undefined && provider === 'env' && !process.env.REKEY_KEYRING_FILE) {
             throw new CliError(
@@ -181,13 +194,8 @@ export function keysCommand(): Command {
               'invalid',
             );
           }
+          // A store that takes no key bytes refuses at its first write, saying where to import (exit 2).
           store = await context.keyStore(keyring);
-          if (!canImport(store)) {
-            throw new CliError(
-              `${store.description} cannot be given key bytes: import into a keyring file (--keyring <file>) or an AWS Secrets Manager secret (REKEY_KEY_PROVIDER=aws-secrets-manager, REKEY_AWS_SECRET_ID)`,
-              'invalid',
-            );
-          }
           const destination = store;
           const imported = await importKeks(source, destination);
           context.print({ store: destination.description, keks: imported }, () => [

@@ -1,5 +1,5 @@
 import type { KeyProvider } from '../../keys/key-provider';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver } from '../local-keys';
 import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
@@ -84,6 +84,11 @@ export class EnvKeyProvider extends LocalKeysDriver implements KeyProvider {
     return this.operator(
       `rekey cannot remove an environment variable: remove ${this.variable(kekId)} from every worker, admin API and application process (and from wherever their environment is kept: compose files, secrets, CI)`,
     );
+  }
+
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   protected load(): InMemoryKeys {

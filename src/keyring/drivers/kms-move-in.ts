@@ -13,7 +13,14 @@ import type { RowKek } from '../../rewrap/rewrap-rows';
 import { keyArnOf, type KmsKeys } from './aws-kms';
 import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
 import { LocalCipher, type DekCipher } from '../cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import {
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreDriver,
+  type StoredKek,
+} from '../driver';
 import type { HeldKey, LocalKeysDriver } from '../local-keys';
 import { requireOwnForm } from '../remote-keys';
 import { ConfigError, KeyMaterialError, OperatorMustActError } from '../../errors';
@@ -61,6 +68,11 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     if (keyArnOf(kek.fingerprint) !== undefined) return this.kms.cipher(kek);
     const key = this.local.copyByFingerprint(kek.fingerprint);
     return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+  }
+
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   /** Values in KMS's form only, as the KMS store (every KEK ends there). */

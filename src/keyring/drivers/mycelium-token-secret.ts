@@ -5,7 +5,14 @@ import type { SecretSource } from '../../targets/target';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
 import type { KeyProvider } from '../../keys/key-provider';
 import { LocalCipher, type DekCipher } from '../cipher';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from '../driver';
+import {
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreDriver,
+  type StoredKek,
+} from '../driver';
 import type { HeldKey } from '../local-keys';
 import { VaultHttp } from '../vault-http';
 import { KeyMaterialError, OperatorMustActError, UnknownKekError } from '../../errors';
@@ -247,6 +254,11 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
     return this.operator(
       `rekey cannot remove a token_secret: remove the old token_secret (KEK '${kekId}') from where ${this.description} reads it`,
     );
+  }
+
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
   }
 
   copyByFingerprint(fingerprint: string): Buffer | undefined {

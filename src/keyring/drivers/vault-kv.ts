@@ -1,6 +1,6 @@
 import { kekFingerprint } from '../../envelope/dek-wrapping';
 import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
@@ -512,6 +512,11 @@ export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
   }
 
   /** `rekey keys claim`: the secret becomes `keyspace`'s, named by one of its KEKs and that KEK's fingerprint. */
+  /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
+  importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
+    return refuseKeyBytes(this.description);
+  }
+
   claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
     return claimByFingerprint(this, kekId, fingerprint, keyspace, this.ownSecret, () =>
       this.patchMetadata({ [KV_KEYSPACE]: keyspace }),

@@ -1,34 +1,41 @@
+// Which store a process's keys are in, and its driver: the process's own (REKEY_KEY_PROVIDER: the variable and its
+// values are the operator's words, unchanged since before the keyring) and a target's own (its definition's `keys`).
+// The one place that knows every driver; adding a store adds its line here and its driver file.
 import type { KeySourceSpec } from '../targets/target';
-import { EnvKeyProvider } from '../keyring/drivers/env';
-import { FileKeyring } from '../keyring/drivers/file';
-import type { KeyProvider } from './key-provider';
-import type { StoreDriver } from '../keyring/driver';
-import { MyceliumTokenSecrets } from '../keyring/drivers/mycelium-token-secret';
 import type { KeyProviderName } from '../config';
-import { awsRegion } from '../keyring/aws';
-import { SecretsManagerKeys } from '../keyring/drivers/aws-secrets-manager';
-import { KmsKeys, type KmsRequestListener } from '../keyring/drivers/aws-kms';
-import { KmsWithLocalKeys } from '../keyring/drivers/kms-move-in';
-import { VaultKvKeys } from '../keyring/drivers/vault-kv';
-import { VaultTransitKeys } from '../keyring/drivers/vault-transit';
+import type { StoreDriver } from './driver';
+import { EnvKeyProvider } from './drivers/env';
+import { FileKeyring } from './drivers/file';
+import { MyceliumTokenSecrets } from './drivers/mycelium-token-secret';
+import { awsRegion } from './aws';
+import { SecretsManagerKeys } from './drivers/aws-secrets-manager';
+import { KmsKeys, type KmsRequestListener } from './drivers/aws-kms';
+import { KmsWithLocalKeys } from './drivers/kms-move-in';
+import { VaultKvKeys } from './drivers/vault-kv';
+import { VaultTransitKeys } from './drivers/vault-transit';
 import { KeyMaterialError } from '../errors';
-
-export type { KeyProvider } from './key-provider';
-
-/** A store as a driver of its keyring, and as the callers not yet moved to the keyring take it. */
-export type KeyStore = StoreDriver & KeyProvider;
 
 export interface KeySource {
   provider: KeyProviderName;
   keyringFile?: string;
 }
 
+/** The drivers REKEY_KEY_PROVIDER opens. */
+export type ProcessStore =
+  | EnvKeyProvider
+  | FileKeyring
+  | SecretsManagerKeys
+  | KmsKeys
+  | KmsWithLocalKeys
+  | VaultKvKeys
+  | VaultTransitKeys;
+
 /**
  * The store `auto` picks, as the secrets-manager guide detects it: AWS Secrets Manager when AWS_REGION or
  * AWS_DEFAULT_REGION is set, else Vault when VAULT_ADDR is set, else the file keyring. The reason comes with it, to
  * be logged once.
  */
-export function detectKeyProvider(env: NodeJS.ProcessEnv): { provider: Exclude<KeyProviderName, 'auto'>; why: string } {
+export function detectKeyStore(env: NodeJS.ProcessEnv): { provider: Exclude<KeyProviderName, 'auto'>; why: string } {
   if (awsRegion(env)) {
     return {
       provider: 'aws-secrets-manager',
@@ -40,19 +47,19 @@ export function detectKeyProvider(env: NodeJS.ProcessEnv): { provider: Exclude<K
 }
 
 /**
- * The key provider a worker or application process is configured with (REKEY_KEY_PROVIDER). `onDetected` hears
- * which store `auto` picked, and why; `onRequest` each call made to AWS KMS or Vault. A remote store is read on the
- * provider's first `reload`.
+ * The driver of the store a worker or application process is configured with (REKEY_KEY_PROVIDER). `onDetected`
+ * hears which store `auto` picked, and why; `onRequest` each call made to AWS KMS or Vault. A remote store is read on
+ * the driver's first `reload`.
  */
-export function openKeyProvider(
+export function openStoreDriver(
   source: KeySource,
   env: NodeJS.ProcessEnv = process.env,
   onDetected?: (detected: { provider: string; why: string }) => void,
   onRequest?: KmsRequestListener,
-): KeyStore {
+): ProcessStore {
   let provider = source.provider;
   if (provider === 'auto') {
-    const detected = detectKeyProvider(env);
+    const detected = detectKeyStore(env);
     onDetected?.(detected);
     provider = detected.provider;
   }
@@ -79,8 +86,8 @@ function keyringFile(source: KeySource): string {
   return source.keyringFile;
 }
 
-/** The KEKs of one target, as its definition says; `fallback` is the process's own provider ('default'). */
-export function openTargetKeys(
+/** The driver of one target's store, as its definition says; `fallback` is the process's own ('default'). */
+export function openTargetDriver(
   spec: KeySourceSpec,
   fallback: () => StoreDriver,
   env: NodeJS.ProcessEnv = process.env,
