@@ -1,7 +1,13 @@
 import { activityInfo, Context } from '@temporalio/activity';
 import type { ProvisionOptions } from '../keyring/driver';
 import { formatDuration, parseDuration } from '../rotation/durations';
-import { checkAgainstKeks, DEFAULTS, parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import {
+  checkAgainstKeks,
+  DEFAULTS,
+  parseRotationRequest,
+  refuseShortRestoreWindow,
+  type RotationRequest,
+} from '../rotation/rotation-input';
 import { proveLabelled, type ProofCheckpoint } from '../rewrap/still-on';
 import { describeNeeded, type LabelProof } from '../rotation/label-proof';
 import { readProgress } from '../store/rewrap-progress';
@@ -278,6 +284,7 @@ export function createKekActivities(deps: ActivityDependencies) {
      */
     async validateRotation(request: RotationRequest, run?: { workflowId: string }): Promise<ValidatedRotation> {
       const settings = parseRotationRequest(request);
+      refuseShortRestoreWindow(request, settings);
       const runtime = await targets.forRequest({ target: settings.target, keyspace: request.keyspace });
       const { keyring, registry, definition, keyspace } = runtime;
       // Finding 9: a run of this build runs under its keyspace's workflow id, and no other.

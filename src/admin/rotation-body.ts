@@ -1,7 +1,7 @@
 // rotate-all's body and `rekey rotate`'s options, one to one: the same rotation request from either surface. The
 // body's JSON schema (and so the OpenAPI document) is generated from this table, and a test checks the CLI's options
 // against it, so that neither surface can gain a field the other lacks.
-import type { RotationRequest } from '../rotation/rotation-input';
+import { MIN_RESTORE_WINDOW, type RotationRequest } from '../rotation/rotation-input';
 import { InvalidRotationError } from '../errors';
 
 interface RotationField {
@@ -62,6 +62,16 @@ export const ROTATION_FIELDS: readonly RotationField[] = [
     schema: duration('the retired KEK stays restorable this long, then it is destroyed (default 30d)'),
   },
   {
+    api: 'allow_short_restore_window',
+    cli: '--allow-short-restore-window',
+    schema: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 1000,
+      description: `why to accept a restore_window shorter than ${MIN_RESTORE_WINDOW} (recorded)`,
+    },
+  },
+  {
     api: 'confirm_timeout',
     cli: '--confirm-timeout',
     schema: duration('a step the application owns waits this long for its evidence or a confirmation (default 3d)'),
@@ -103,6 +113,7 @@ export interface RotateAllBody {
   restore_window?: string;
   confirm_timeout?: string;
   allow_legacy_values?: string;
+  allow_short_restore_window?: string;
 }
 
 /** `from` or `from_version` (Mycelium's spelling), at most one of them. */
@@ -136,5 +147,8 @@ export async function rotationFromBody(
     ...(body.restore_window !== undefined && { restoreWindow: body.restore_window }),
     ...(body.confirm_timeout !== undefined && { confirmTimeout: body.confirm_timeout }),
     ...(body.allow_legacy_values !== undefined && { allowLegacyValues: body.allow_legacy_values }),
+    ...(body.allow_short_restore_window !== undefined && {
+      allowShortRestoreWindow: body.allow_short_restore_window,
+    }),
   };
 }

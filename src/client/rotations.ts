@@ -20,7 +20,7 @@ import {
   rotationWorkflowId,
   type Keyspace,
 } from '../rotation/identity';
-import { parseRotationRequest, type RotationRequest } from '../rotation/rotation-input';
+import { parseRotationRequest, refuseShortRestoreWindow, type RotationRequest } from '../rotation/rotation-input';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import { TARGET_NAME } from '../targets/target';
 import type { rotateKek, RotationReport } from '../workflows';
@@ -83,6 +83,7 @@ export async function startRotation(
   options: { taskQueue: string; keyspace: Keyspace; startedBy?: StartedBy; answerWithinMs?: number },
 ): Promise<StartOutcome> {
   const settings = parseRotationRequest(request);
+  refuseShortRestoreWindow(request, settings);
   const { keyspace } = options;
   if (request.keyspace !== undefined && request.keyspace !== keyspace.id) {
     throw new InvalidRotationError(`the request names keyspace ${request.keyspace}, not ${keyspace.id}`);

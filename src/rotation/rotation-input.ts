@@ -59,6 +59,11 @@ export interface RotationRequest {
    * durable step destroys it in its store afterwards.
    */
   restoreWindow?: string;
+  /**
+   * A restore window shorter than MIN_RESTORE_WINDOW (down to 0s: destroyed as soon as the window's step runs): the
+   * operator's reason, recorded in the run. Without it such a rotation is refused.
+   */
+  allowShortRestoreWindow?: string;
 }
 
 export interface RotationSettings {
@@ -92,6 +97,31 @@ export const DEFAULTS = {
   maxHistoryEvents: 10_000,
   restoreWindow: '30d',
 } as const;
+
+/**
+ * The shortest restore window a rotation that retires a KEK takes without the operator's reason: a retired KEK is
+ * destroyed once its window ends, with no way back, so the window is the time left to notice that something still
+ * needs it (an application failing to open its DEKs, a replica, a backup) and restore it (rekey keys restore).
+ */
+export const MIN_RESTORE_WINDOW = '1d';
+
+/**
+ * Refuses a rotation that retires a KEK (neither a dry run nor a canary) with a restore window below
+ * MIN_RESTORE_WINDOW, unless the request gives the reason to go below it (allowShortRestoreWindow). Checked where a
+ * rotation starts (startRotation, validate), never when a run is replayed or continues as new.
+ */
+export function refuseShortRestoreWindow(request: RotationRequest, settings: RotationSettings): void {
+  if (settings.dryRun || settings.tenantId !== undefined) return;
+  if (settings.restoreWindowMs >= parseDuration(MIN_RESTORE_WINDOW)!) return;
+  if (request.allowShortRestoreWindow !== undefined && request.allowShortRestoreWindow.trim() !== '') return;
+  const window = request.restoreWindow ?? DEFAULTS.restoreWindow;
+  const destroyed = settings.restoreWindowMs === 0 ? 'as soon as it is retired' : `${window} after it is retired`;
+  throw new InvalidRotationError(
+    `restore window '${window}' (rekey rotate --restore-window, restore_window in the admin API) is shorter than the minimum of ${MIN_RESTORE_WINDOW}: ` +
+      `the retired KEK would be destroyed ${destroyed}, with no time to restore it (rekey keys restore) if something still needs it. ` +
+      `Give a window of at least ${MIN_RESTORE_WINDOW}, or the reason to go below it: --allow-short-restore-window <reason> (allow_short_restore_window in the admin API), recorded in the run`,
+  );
+}
 
 export const KEK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 

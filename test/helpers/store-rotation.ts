@@ -126,7 +126,14 @@ export async function destroyedAfterWindow(
     env,
     createActivities({ db, keys }),
     db,
-    { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
+    {
+      from: 'v1',
+      to: 'new',
+      gracePeriod: '1d',
+      fleetLiveWithin: '1h',
+      restoreWindow: '0s',
+      allowShortRestoreWindow: 'test: destroy at once',
+    },
     { timeoutMs: options.timeoutMs, destroyKek: 'v1' },
   );
   expect(report?.outcome).toBe('destroyed');

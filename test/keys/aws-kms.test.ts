@@ -264,7 +264,14 @@ describe('aws-kms key provider against a moto server', () => {
         temporal.env,
         createActivities({ db: aws.db.pool, keys }),
         aws.db.pool,
-        { from: 'v1', to: 'new', gracePeriod: '1d', fleetLiveWithin: '1h', restoreWindow: '0s' },
+        {
+          from: 'v1',
+          to: 'new',
+          gracePeriod: '1d',
+          fleetLiveWithin: '1h',
+          restoreWindow: '0s',
+          allowShortRestoreWindow: 'test: destroy at once',
+        },
         { destroyKek: 'v1' },
       );
       expect(report?.outcome).toBe('destroyed');

@@ -80,7 +80,16 @@ describe('a retired KEK is restorable within its window and destroyed after it',
     const handle = await env.client.workflow.start(rotateKek, {
       taskQueue,
       workflowId: await rotationIdIn(db.pool),
-      args: [{ from, to: 'new', gracePeriod: '1s', fleetLiveWithin: '1h', restoreWindow }],
+      args: [
+        {
+          from,
+          to: 'new',
+          gracePeriod: '1s',
+          fleetLiveWithin: '1h',
+          restoreWindow,
+          allowShortRestoreWindow: 'test: a window a dev server sees end',
+        },
+      ],
     });
     const report = await resultWithin<RotationReport>(handle, 90_000);
     expect(report.outcome).toBe('completed');

@@ -265,6 +265,10 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     'a request of the wrong shape (the same KEK twice, a duration that is not one)': {
       says: /from and to are both 'v1': rotate to a different KEK/,
     },
+    'a restore window shorter than the minimum (1d), without a reason': {
+      observed: 'a restore window of 0s was accepted: a retired KEK could be destroyed as soon as it retired',
+      says: /restore window '0s' .* is shorter than the minimum of 1d: .*--allow-short-restore-window <reason> \(allow_short_restore_window in the admin API\)/,
+    },
     'a malformed value or an unknown option, in any command': {
       observed: '`--every 90x` exited 1, a missing `--note` 2',
       says: /argument '90x' is invalid|batch_size must be >= 1/,

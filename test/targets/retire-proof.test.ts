@@ -348,7 +348,14 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
       await running.runUntil(async () => {
         const { handle } = await startRotation(
           server.client,
-          { target: 'mycelium', from: '1', to: '2', gracePeriod: '1d', restoreWindow: '10s' },
+          {
+            target: 'mycelium',
+            from: '1',
+            to: '2',
+            gracePeriod: '1d',
+            restoreWindow: '10s',
+            allowShortRestoreWindow: 'test: destroy on a dev server',
+          },
           { taskQueue, keyspace: await keyspaceIn(db.pool, 'mycelium') },
         );
         await progressUntil(handle, (p) => p.phase === 'grace', { withinMs: 60_000 });

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { checkAgainstKeks, parseRotationRequest, type KekFacts } from '../../src/rotation/rotation-input';
+import {
+  checkAgainstKeks,
+  parseRotationRequest,
+  refuseShortRestoreWindow,
+  type KekFacts,
+  type RotationRequest,
+} from '../../src/rotation/rotation-input';
 import { InvalidRotationError } from '../../src/errors';
 
 const facts = (overrides: Partial<KekFacts> = {}): KekFacts => ({
@@ -45,6 +51,36 @@ describe('rotation request', () => {
   ])('refuses %j: %s', (request, message) => {
     expect(() => parseRotationRequest(request)).toThrow(InvalidRotationError);
     expect(() => parseRotationRequest(request)).toThrow(message);
+  });
+
+  const windowCheck = (request: RotationRequest) => () =>
+    refuseShortRestoreWindow(request, parseRotationRequest(request));
+
+  it.each([
+    ['0s', 'as soon as it is retired'],
+    ['23h', '23h after it is retired'],
+  ])(
+    'a rotation that retires a KEK refuses a restore window of %s, below the minimum of 1d (the KEK would be destroyed %s)',
+    (restoreWindow, when) => {
+      const check = windowCheck({ from: 'v1', to: 'v2', restoreWindow });
+      expect(check).toThrow(InvalidRotationError);
+      expect(check).toThrow(
+        `restore window '${restoreWindow}' (rekey rotate --restore-window, restore_window in the admin API) is shorter than the minimum of 1d: the retired KEK would be destroyed ${when}`,
+      );
+    },
+  );
+
+  it('a restore window of 1d or more, or below it with the reason (allowShortRestoreWindow), is accepted; a dry run and a canary retire nothing and are not checked', () => {
+    expect(windowCheck({ from: 'v1', to: 'v2', restoreWindow: '1d' })).not.toThrow();
+    expect(windowCheck({ from: 'v1', to: 'v2' })).not.toThrow();
+    expect(
+      windowCheck({ from: 'v1', to: 'v2', restoreWindow: '0s', allowShortRestoreWindow: 'staging' }),
+    ).not.toThrow();
+    expect(windowCheck({ from: 'v1', to: 'v2', restoreWindow: '0s', allowShortRestoreWindow: '  ' })).toThrow(
+      InvalidRotationError,
+    );
+    expect(windowCheck({ from: 'v1', to: 'v2', restoreWindow: '0s', dryRun: true })).not.toThrow();
+    expect(windowCheck({ from: 'v1', to: 'v2', restoreWindow: '0s', tenantId: 't-1' })).not.toThrow();
   });
 
   it('resolves from=current to the active KEK', () => {

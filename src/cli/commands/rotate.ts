@@ -1,7 +1,14 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { GENERATION } from '../../targets/target';
 import { failureMessage, startRotation, type StartOutcome } from '../../client/rotations';
-import { DEFAULTS, describeTargetKek, parseRotationRequest, type RotationRequest } from '../../rotation/rotation-input';
+import {
+  DEFAULTS,
+  describeTargetKek,
+  MIN_RESTORE_WINDOW,
+  parseRotationRequest,
+  refuseShortRestoreWindow,
+  type RotationRequest,
+} from '../../rotation/rotation-input';
 import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
@@ -22,6 +29,7 @@ interface RotateOptions {
   confirmTimeout?: string;
   wait?: boolean;
   allowLegacyValues?: string;
+  allowShortRestoreWindow?: string;
 }
 
 function generation(value: string): number {
@@ -75,6 +83,10 @@ export function rotateCommand(): Command {
       '--allow-legacy-values <reason>',
       'rotate although v1 values encrypted directly by the KEK remain (they become unreadable once it retires)',
     )
+    .option(
+      '--allow-short-restore-window <reason>',
+      `accept a --restore-window shorter than ${MIN_RESTORE_WINDOW} (down to 0s: destroyed as soon as the window's step runs), for this reason`,
+    )
     .option('--wait', 'watch the run until it ends')
     .action(
       withContext(async (context, options: RotateOptions) => {
@@ -92,10 +104,14 @@ export function rotateCommand(): Command {
           confirmTimeout: options.confirmTimeout,
           ...(options.restoreWindow !== undefined && { restoreWindow: options.restoreWindow }),
           ...(options.allowLegacyValues !== undefined && { allowLegacyValues: options.allowLegacyValues }),
+          ...(options.allowShortRestoreWindow !== undefined && {
+            allowShortRestoreWindow: options.allowShortRestoreWindow,
+          }),
         };
         let started: StartOutcome;
         try {
-          parseRotationRequest(request); // bad input is reported even when Temporal is unreachable
+          // Bad input is reported even when Temporal is unreachable.
+          refuseShortRestoreWindow(request, parseRotationRequest(request));
           // The keyspace of the database DATABASE_URL names: the rotation's id, and what every step checks.
           const keyspace = await context.targets().keyspace(options.target);
           started = await startRotation(await context.temporal(), request, {
