@@ -1,10 +1,11 @@
-// Adversary of the minimum restore window (issue 26's theme: every irreversible step leaves a way back). A window of 0
-// means the destruction may follow the retirement at once. Refusing it where the request is parsed (the CLI, the admin
-// API) does not reach every run that retires: a rotation started before the minimum existed carries its window in its
-// own state and replays with it after the upgrade, and a rotation started with `temporal workflow start` or from a
-// Schedule made earlier never passes the CLI. The retire step is where the window is written, and the only place every
-// run passes: given a window of 0 it must not leave the KEK destroyable the moment it is retired. Against PostgreSQL
-// and the keyring file, through the worker's activities.
+// Adversary of the minimum restore window (issue 26's theme: every irreversible step leaves a way back; safety4's
+// refuseShortRestoreWindow). A window of 0 means the destruction may follow the retirement at once. The minimum is
+// checked where a rotation starts (startRotation for the CLI and the admin API, and the validate step), never when a
+// run goes on: a rotation validated by an earlier build (in flight across the upgrade, continued as new, or reset past
+// its validate step) carries its window of 0 in its own state and retires with it, with no reason recorded anywhere.
+// The retire step is where the window is written, and the only place every run passes: given a window of 0 and no
+// reason it must not leave the KEK destroyable the moment it is retired. Against PostgreSQL and the keyring file,
+// through the worker's activities.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,7 +17,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { useScratchDirectory, useTestDatabase } from '../helpers/database';
 
-describe('adversary: the retire step given a restore window of 0 (a run that never passed the CLI or the admin API)', () => {
+describe('adversary: the retire step given a restore window of 0 and no reason (a run validated before the minimum existed)', () => {
   const db = useTestDatabase();
   const scratch = useScratchDirectory('rekey-window-');
 
