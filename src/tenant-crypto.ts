@@ -6,7 +6,7 @@ import { decryptTenantData, encryptTenantData } from './envelope/tenant-data-cip
 import type { DekCipher } from './keyring/cipher';
 import type { StoreDriver } from './keyring/driver';
 import { KeyringCiphers } from './keyring/keyring';
-import { FleetPresence, heldKeys, reloadForRegistry } from './keys/fleet-keys';
+import { FleetPresence, heldKeys, reloadForRegistry } from './keyring/fleet-keys';
 import { AppInstances } from './store/app-instances';
 import { KekRegistry, type KekRecord } from './store/kek-registry';
 import { readDatabaseIdentity } from './store/database-identity';

@@ -62,6 +62,12 @@ export interface StoreDriver {
    * opened, before anything is written; a store that hands out key bytes opens every format and answers at once.
    */
   requireFormat(codec: Codec, target: string): void;
+  /**
+   * Where a KEK the store does not hold is missing from, for the message that says so (UnknownKekError): the store's
+   * description, and for a store that does not name its keys, what to set for the key in `slot` (its place, as the
+   * rotation under way names it; undefined when no rotation names the KEK).
+   */
+  whereMissing(slot: 'old' | 'current' | undefined): string;
   /** Re-reads the store, so that a KEK added by another process becomes usable without a restart. */
   reload(): Promise<void>;
   /** Every key the store holds, with its fingerprint (as of the last reload). */

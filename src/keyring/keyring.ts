@@ -123,6 +123,12 @@ export class KeyringCiphers {
     this.rotation = { from, to };
   }
 
+  /** The place the rotation under way names `kekId` for (its `to` when both are one), if it names it. */
+  private slotOf(kekId: string): 'old' | 'current' | undefined {
+    if (this.rotation?.to === kekId) return 'current';
+    return this.rotation?.from === kekId ? 'old' : undefined;
+  }
+
   /** The KEK the store's configuration names as current: for a store that does not name its keys, the rotation's `to`. */
   async configuredCurrent(): Promise<string | undefined> {
     if (this.driver.configuredCurrent !== undefined) return this.driver.configuredCurrent;
@@ -148,7 +154,7 @@ export class KeyringCiphers {
    */
   async fingerprintOf(kekId: string): Promise<string> {
     const held = (await this.held()).find((k) => k.kekId === kekId);
-    if (!held) throw new UnknownKekError(kekId, this.driver.description);
+    if (!held) throw new UnknownKekError(kekId, this.driver.whereMissing(this.slotOf(kekId)));
     return held.fingerprint;
   }
 
@@ -179,7 +185,7 @@ export class KeyringCiphers {
     }
     const byName = held.find((k) => k.kekId === kekId);
     const fingerprint = registered?.fingerprint ?? byName?.fingerprint;
-    if (fingerprint === undefined) throw new UnknownKekError(kekId, this.driver.description);
+    if (fingerprint === undefined) throw new UnknownKekError(kekId, this.driver.whereMissing(this.slotOf(kekId)));
     if (byName !== undefined && byName.fingerprint !== fingerprint) {
       throw new KekFingerprintMismatchError(kekId, fingerprint, byName.fingerprint);
     }

@@ -3,7 +3,7 @@
 // reload, zeroized when replaced or closed, and used through a LocalCipher the keyring hands out by fingerprint.
 import { randomBytes } from 'node:crypto';
 import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
-import { KEY_BYTES, kekFingerprint, unwrapDek, wrapDekInto, WRAPPED_DEK_BYTES } from '../envelope/dek-wrapping';
+import { KEY_BYTES, kekFingerprint } from '../envelope/dek-wrapping';
 import { KEK_ID } from '../rotation/rotation-input';
 import { LocalCipher, type DekCipher } from './cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek, StoreDriver, StoredKek } from './driver';
@@ -53,20 +53,6 @@ export class InMemoryKeys {
 
   fingerprint(kekId: string): string {
     return this.entry(kekId).fingerprint;
-  }
-
-  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
-    const out = Buffer.allocUnsafe(WRAPPED_DEK_BYTES);
-    this.wrapInto(out, 0, kekId, tenantId, dek, randomBytes(12));
-    return out;
-  }
-
-  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
-    wrapDekInto(out, offset, this.entry(kekId).key, kekId, tenantId, dek, nonce);
-  }
-
-  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
-    return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
   }
 
   held(): HeldKey[] {
@@ -183,6 +169,10 @@ export abstract class LocalKeysDriver implements StoreDriver {
   /** Key bytes open every format. */
   requireFormat(): void {}
 
+  whereMissing(): string {
+    return this.description;
+  }
+
   /** A key this store holds under the configured name is the keyspace's by the store's own record (the owner rule). */
   refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
     return Promise.resolve();
@@ -254,7 +244,7 @@ export abstract class LocalKeysDriver implements StoreDriver {
     this.keys.clear();
   }
 
-  // ---- What the callers that still take a KeyProvider use (the dev engine and tenants, `rekey keys`, the benches) ----
+  // ---- What the driver read, by the store's own names (as of the last reload): its hooks' checks, and the tests ----
 
   kekIds(): string[] {
     return this.keys.ids();
@@ -264,15 +254,6 @@ export abstract class LocalKeysDriver implements StoreDriver {
   }
   fingerprint(kekId: string): string {
     return this.keys.fingerprint(kekId);
-  }
-  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
-    return this.keys.wrap(kekId, tenantId, dek);
-  }
-  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
-    this.keys.wrapInto(out, offset, kekId, tenantId, dek, nonce);
-  }
-  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
-    return this.keys.unwrap(kekId, tenantId, wrapped);
   }
   held(): HeldKey[] {
     return this.keys.held();

@@ -5,7 +5,6 @@
 import type { Codec, Row } from '../codec/sealed-format';
 import type { PacerLimits } from '../crypto/request-pacer';
 import type { RowCrypto } from '../crypto/row-crypto';
-import type { KeyProvider, RemoteDeks } from '../keys/key-provider';
 import type { RewrapRowsResult } from '../rewrap/rewrap-rows';
 import { RemoteCipher, type DekCipher, type RemoteKek, type RemoteKeyStore } from './cipher';
 import {
@@ -58,7 +57,7 @@ export function requireOwnForm(description: string, codec: Codec, target: string
   );
 }
 
-export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, RemoteDeks {
+export abstract class RemoteKeysDriver implements StoreDriver {
   abstract readonly description: string;
   readonly makesKeks = true;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
@@ -74,6 +73,10 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
 
   requireFormat(codec: Codec, target: string): void {
     requireOwnForm(this.description, codec, target);
+  }
+
+  whereMissing(): string {
+    return this.description;
   }
 
   /** A store whose keys carry no owner record of their own answers at once (KMS checks its tag). */
@@ -106,19 +109,8 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
     return this.holds(kek.fingerprint) ? new RemoteCipher(this.remote(), kek) : undefined;
   }
 
-  /**
-   * No bytes: a remote KEK is used by its fingerprint through the cipher, `rowCrypto()` and the DEK operations. An
-   * empty buffer says "held" to the rewrap's resolver, which has checked the fingerprint; a local cipher given it fails.
-   */
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
-    return this.holds(fingerprint) ? Buffer.alloc(0) : undefined;
-  }
+  // ---- What the store does with DEKs (its RemoteKeyStore's requests, each given the id the cipher checked) ----
 
-  // ---- What the store does with DEKs ----
-
-  get deks(): RemoteDeks {
-    return this;
-  }
   /** A new DEK under `kekId`: the plaintext (the caller zeroizes it) and its stored form. */
   abstract newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }>;
   /** A stored DEK opened; DekUnwrapError when the store refuses it for this tenant and KEK. */
@@ -166,11 +158,6 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
     return this.remoteStore;
   }
 
-  /** The calls a rotation makes, and no plaintext (RemoteCipher.selfTest). */
-  selfTest(kek: { kekId: string; fingerprint: string }): Promise<void> {
-    return new RemoteCipher(this.remote(), kek).selfTest();
-  }
-
   /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
   importKek(_kekId: string, _key: Buffer, _options: { current: boolean }): Promise<'added' | 'present'> {
     return refuseKeyBytes(this.description);
@@ -193,23 +180,4 @@ export abstract class RemoteKeysDriver implements StoreDriver, KeyProvider, Remo
   abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
   abstract close(): void;
-
-  // ---- Local-key operations, for the callers that still take a KeyProvider: a remote KEK never leaves its store ----
-
-  wrap(): Buffer {
-    throw this.noBytes();
-  }
-  wrapInto(): void {
-    throw this.noBytes();
-  }
-  unwrap(): Buffer {
-    throw this.noBytes();
-  }
-  private noBytes(): KeyMaterialError {
-    const by = this.kind === 'KMS' ? 'KMS' : 'Vault';
-    return new KeyMaterialError(
-      `${this.description}: a KEK in ${this.kind} never leaves it; DEKs are wrapped and unwrapped by ${by} (newDek, unwrapDek)`,
-      this.description,
-    );
-  }
 }

@@ -1,7 +1,7 @@
 // A part of one encrypted field (`rekey migrate-dek` runs planned before parts of rows, MIGRATION_ROWS_PATCH): the
 // same engine as a part of rows (src/rewrap/migrate-rows.ts), given a group of that one field and the part's own
 // progress row, with its checkpoint and counters in the one-field shape those runs heartbeat and report.
-import type { ResolvedKek } from '../keys/kek-resolver';
+import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import type { FieldStore } from '../store/field-store';
 import { RowFieldsStore } from '../store/row-fields-store';
 import type { TargetStore } from '../store/target-store';

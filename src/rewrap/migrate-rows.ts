@@ -13,7 +13,7 @@ import { KEY_BYTES, NONCE_BYTES } from '../codec/sealed-format';
 import { concatColumns, sliceColumn, transferables, type ByteColumn, type Column } from '../crypto/columns';
 import { releaseKey, scheduleKey } from '../crypto/aes-gcm';
 import type { ThreadedRowCrypto } from '../crypto/row-crypto';
-import type { ResolvedKek } from '../keys/kek-resolver';
+import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import { checkout } from '../store/connect';
 import { RowFieldsStore, type FieldsBatch } from '../store/row-fields-store';
 import type { TargetRow, TargetStore } from '../store/target-store';

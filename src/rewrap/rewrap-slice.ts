@@ -1,6 +1,6 @@
 import type { PoolClient } from 'pg';
 import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
-import type { ResolvedKek } from '../keys/kek-resolver';
+import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import { checkout } from '../store/connect';
 import { addToProgress, createProgress, markProgressDone, readProgress } from '../store/rewrap-progress';
 import {

@@ -1,5 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
-import type { ResolvedKek } from '../keys/kek-resolver';
+import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
 import { createProgress } from '../store/rewrap-progress';
 import type { TenantFailure } from './rewrap-slice';

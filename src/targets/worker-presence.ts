@@ -3,7 +3,7 @@
 // holds another key under the new KEK's id (or none) holds the promotion, instead of failing its slices halfway
 // through a rewrap. Like an application instance, it reloads its key source when the registry lists a KEK it lacks.
 import os from 'node:os';
-import { FleetPresence, heldKeys, reloadForRegistry } from '../keys/fleet-keys';
+import { FleetPresence, heldKeys, reloadForRegistry } from '../keyring/fleet-keys';
 import type { TargetRuntime, TargetRuntimes } from './runtime';
 
 const ANNOUNCE_EVERY_MS = 10_000;

@@ -22,6 +22,7 @@ import { pageFences } from '../helpers/doc-fences';
 import { rotationIdIn } from '../helpers/keyspace';
 import { runScript, type RunningProcess } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, type OwnServerEnvironment } from '../helpers/temporal';
+import { unwrapUnder } from '../helpers/store-keys';
 
 const PAGE = 'docs/03-connect-your-application.md';
 const KMS_PAGE = 'docs/06-key-stores.md';
@@ -149,7 +150,7 @@ describe("docs/03's application example, compiled and run as an application that
       );
       expect(written.rows.map((row) => [row.tenant_id, row.kek_id])).toEqual([['tenant-42', 'v1']]);
       const localKeys = new EnvKeyProvider(local);
-      const dek = localKeys.unwrap('v1', 'tenant-42', written.rows[0]!.wrapped_dek);
+      const dek = await unwrapUnder(localKeys, 'v1', 'tenant-42', written.rows[0]!.wrapped_dek);
       localKeys.close();
 
       // What names this machine's servers: Temporal, a task queue of its own, moto as AWS.

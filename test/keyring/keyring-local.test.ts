@@ -306,10 +306,10 @@ describe('the keyring and its drivers over keys held in this process', () => {
       );
       const keyring = keyringFor(db.pool, secrets, KEYSPACE);
       keyring.nameRotation('1', '2');
-      const [v1, v2] = ['1', '2'].map((id) => (secrets.bindRotation('1', '2'), secrets.fingerprint(id)));
+      const [v1, v2] = [await keyring.fingerprintOf('1'), await keyring.fingerprintOf('2')];
       const registry = new KekRegistry(db.pool, 'rekey');
-      await registry.seedActive('1', v1!);
-      await registry.register('2', v2!);
+      await registry.seedActive('1', v1);
+      await registry.register('2', v2);
       await registry.promote('1', '2');
       await new KekRegistry(db.pool, 'orders').seedActive('1', kekFingerprint(kekOf(old)));
       // Retire is refused as well (orders still needs the key); retired in this registry alone, destroy is refused.

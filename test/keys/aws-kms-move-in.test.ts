@@ -18,6 +18,7 @@ import { ConfigError, KeyMaterialError } from '../../src/errors';
 import { throttlingProxy, useAwsServers } from '../helpers/aws';
 import { startLiveWriter } from '../helpers/live-writer';
 import { runRotation } from '../helpers/rotation-run';
+import { wrapUnder } from '../helpers/store-keys';
 
 const TENANTS = 200;
 const tenantId = (n: number) => `tenant-${String(n % TENANTS).padStart(5, '0')}`;
@@ -59,11 +60,12 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', seeding.fingerprint('v1'));
     const deks = new Map<string, Buffer>();
     const ids = Array.from({ length: TENANTS }, (_, i) => tenantId(i));
-    const wrapped = ids.map((id) => {
+    const wrapped: Buffer[] = [];
+    for (const id of ids) {
       const dek = randomBytes(32);
       deks.set(id, dek);
-      return seeding.wrap('v1', id, dek);
-    });
+      wrapped.push(await wrapUnder(seeding, 'v1', id, dek));
+    }
     seeding.close();
     await aws.db.pool.query(
       `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) SELECT t, 'v1', w FROM unnest($1::text[], $2::bytea[]) AS u(t, w)`,
@@ -143,7 +145,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
           dryRun: false,
         }),
       ).rejects.toThrow(ConfigError);
-      await expect(workerKeys.deks.rewrapDek('v2', 'v1', rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
+      await expect(workerKeys.rewrapDek('v2', 'v1', rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
         /into AWS KMS, not out of it/,
       );
     } finally {

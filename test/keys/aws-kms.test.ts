@@ -16,7 +16,7 @@ import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { KMS_KEK_TAG, kmsFingerprint, kmsSettingsFromEnv, KmsKeys } from '../../src/keyring/drivers/aws-kms';
-import { resolveKek } from '../../src/keys/kek-resolver';
+import { resolveKek } from '../helpers/store-keys';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -187,7 +187,7 @@ describe('aws-kms key provider against a moto server', () => {
       await workerKeys.reload();
       const v1Record = await registry.get('v1');
       expect(workerKeys.has('v1')).toBe(true);
-      expect(() => resolveKek(workerKeys, 'v1', v1Record)).toThrow(KekRetiredError);
+      await expect(resolveKek(workerKeys, 'v1', v1Record)).rejects.toThrow(KekRetiredError);
 
       // Within its window v1 comes back: decrypt-only in the registry, enabled in KMS.
       const runtime = await new TargetRuntimes({ db: aws.db.pool, keys: workerKeys }).get();

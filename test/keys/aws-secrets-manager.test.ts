@@ -14,7 +14,7 @@ import { awsClientConfig } from '../../src/keyring/aws';
 import { SecretsManagerKeys, versionToken } from '../../src/keyring/drivers/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { detectKeyStore, openStoreDriver } from '../../src/keyring/open';
-import { resolveKek } from '../../src/keys/kek-resolver';
+import { resolveKek, unwrapUnder, wrapUnder } from '../helpers/store-keys';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -88,7 +88,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
         await keys.reload();
         expect(keys.has('v1')).toBe(true);
         const v1Record = await registry.get('v1');
-        expect(() => resolveKek(keys, 'v1', v1Record)).toThrow(KekRetiredError);
+        await expect(resolveKek(keys, 'v1', v1Record)).rejects.toThrow(KekRetiredError);
 
         // Within its window (30 days by default) v1 is restored: decrypt-only in the registry, named again in the store.
         const runtime = await new TargetRuntimes({ db: aws.db.pool, keys }).get();
@@ -97,7 +97,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
         expect(
           (await versionsOf(aws.client, secretId)).find((v) => v.id !== versionToken(secretId, 'v2'))?.stages,
         ).toEqual(['rekey-kek-v1']);
-        resolveKek(keys, 'v1', await registry.get('v1')).key.fill(0);
+        (await resolveKek(keys, 'v1', await registry.get('v1'))).key.fill(0);
       });
     } finally {
       appKeys.close();
@@ -157,7 +157,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       // Today's code left it AWSPREVIOUS alone: not listed, KekNotHeldError for every slice and every restarted app.
       expect(await stagesOf(handMade)).toEqual(['AWSPREVIOUS', `rekey-kek-${handMade}`]);
       await fresh.reload();
-      resolveKek(fresh, handMade, await registry.get(handMade)).key.fill(0);
+      (await resolveKek(fresh, handMade, await registry.get(handMade))).key.fill(0);
       const after = await dekFingerprints(aws.db.pool, fresh);
       for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
 
@@ -210,7 +210,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
 
       await fresh.reload();
       expect(fresh.has(handMade)).toBe(true);
-      resolveKek(fresh, handMade, await registry.get(handMade)).key.fill(0);
+      (await resolveKek(fresh, handMade, await registry.get(handMade))).key.fill(0);
       const after = await dekFingerprints(aws.db.pool, fresh);
       for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
 
@@ -328,7 +328,7 @@ describe('aws-secrets-manager key provider against a moto server', () => {
   it('a KEK moved by hand from the environment into the secret (the README’s two commands) is the same KEK: the registry’s fingerprint holds, and it unwraps what the environment’s KEK wrapped', async () => {
     const secretId = `rekey/${randomUUID()}`;
     const { provider: envKeys, env } = createTestKeys(['v1']);
-    const wrapped = envKeys.wrap('v1', 'tenant-1', Buffer.alloc(32, 7));
+    const wrapped = await wrapUnder(envKeys, 'v1', 'tenant-1', Buffer.alloc(32, 7));
     // aws secretsmanager create-secret --secret-string "$REKEY_KEK_v1", then update-secret-version-stage.
     const created = await aws.client.send(new CreateSecretCommand({ Name: secretId, SecretString: env.TEST_KEK_v1 }));
     await aws.client.send(
@@ -343,9 +343,9 @@ describe('aws-secrets-manager key provider against a moto server', () => {
       await keys.reload();
       expect(keys.kekIds()).toEqual(['v1']);
       expect(keys.configuredCurrentKekId).toBe('v1');
-      const kek = resolveKek(keys, 'v1', { fingerprint: envKeys.fingerprint('v1'), state: 'active' });
+      const kek = await resolveKek(keys, 'v1', { fingerprint: envKeys.fingerprint('v1'), state: 'active' });
       kek.key.fill(0);
-      expect(keys.unwrap('v1', 'tenant-1', wrapped).equals(Buffer.alloc(32, 7))).toBe(true);
+      expect((await unwrapUnder(keys, 'v1', 'tenant-1', wrapped)).equals(Buffer.alloc(32, 7))).toBe(true);
     } finally {
       keys.close();
       envKeys.close();

@@ -11,17 +11,19 @@ import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { runRekey } from '../helpers/cli';
 import { useMoto } from '../helpers/aws';
+import { unwrapUnder, wrapUnder } from '../helpers/store-keys';
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-import-'));
 const key = () => randomBytes(32).toString('base64url');
 
 /** The environment's KEKs as the application holds them, and a DEK each wrapped, to read back from the store. */
-function environment(prefix: string, ids: string[], current: string) {
+async function environment(prefix: string, ids: string[], current: string) {
   const env: Record<string, string> = { [`${prefix}_CURRENT_KEK_ID`]: current };
   for (const id of ids) env[`${prefix}_KEK_${id}`] = key();
   const keys = new EnvKeyProvider(env, prefix);
   const dek = randomBytes(32);
-  const wrapped = Object.fromEntries(ids.map((id) => [id, keys.wrap(id, 'tenant-1', dek)]));
+  const wrapped: Record<string, Buffer> = {};
+  for (const id of ids) wrapped[id] = await wrapUnder(keys, id, 'tenant-1', dek);
   const fingerprints = Object.fromEntries(ids.map((id) => [id, keys.fingerprint(id)]));
   keys.close();
   return { env, dek, wrapped, fingerprints };
@@ -35,7 +37,7 @@ describe('rekey keys import', () => {
 
   it('Finding: REKEY_KEK_<id> into a keyring file: the same fingerprints, the current one named, mode 0600; run again, nothing changes', async () => {
     const file = path.join(scratch, `keyring-${randomUUID()}.json`);
-    const { env, dek, wrapped, fingerprints } = environment('REKEY', ['v1', 'v2'], 'v2');
+    const { env, dek, wrapped, fingerprints } = await environment('REKEY', ['v1', 'v2'], 'v2');
     const rekey = () => runRekey(['keys', '--keyring', file, 'import'], { PATH: process.env.PATH, ...env });
     const first = await rekey();
     expect(first.stderr).toBe('');
@@ -55,7 +57,7 @@ describe('rekey keys import', () => {
     expect(keyring.configuredCurrentKekId).toBe('v2');
     for (const id of ['v1', 'v2']) {
       expect(keyring.fingerprint(id)).toBe(fingerprints[id]);
-      expect(keyring.unwrap(id, 'tenant-1', wrapped[id]!).equals(dek)).toBe(true);
+      expect((await unwrapUnder(keyring, id, 'tenant-1', wrapped[id]!)).equals(dek)).toBe(true);
     }
     for (const secret of [env.REKEY_KEK_v1!, env.REKEY_KEK_v2!]) expect(first.stdout).not.toContain(secret);
 
@@ -72,7 +74,7 @@ describe('rekey keys import', () => {
     opened.push(held);
     await held.generate('v1');
     const contents = fs.readFileSync(file, 'utf8');
-    const { env, fingerprints } = environment('REKEY', ['v1', 'v2'], 'v2');
+    const { env, fingerprints } = await environment('REKEY', ['v1', 'v2'], 'v2');
     const refused = await runRekey(['keys', '--keyring', file, 'import'], { PATH: process.env.PATH, ...env });
     expect(refused).toEqual({
       code: 5,
@@ -84,7 +86,7 @@ describe('rekey keys import', () => {
 
   it('Finding: TALOS_KEK_<id> into an AWS Secrets Manager secret (moto): the current KEK is AWSCURRENT, each is named rekey-kek-<id> with its fingerprint; again, nothing changes; another key under an id is refused', async () => {
     const secretId = `rekey/import-${randomUUID()}`;
-    const { env, dek, wrapped, fingerprints } = environment('TALOS', ['v1', 'v2'], 'v1');
+    const { env, dek, wrapped, fingerprints } = await environment('TALOS', ['v1', 'v2'], 'v1');
     const store = { ...moto.server.env, REKEY_KEY_PROVIDER: 'aws-secrets-manager', REKEY_AWS_SECRET_ID: secretId };
     const rekey = (variables: Record<string, string>) =>
       runRekey(['keys', 'import', '--prefix', 'TALOS'], { PATH: process.env.PATH, ...store, ...variables }, 60_000);
@@ -100,7 +102,7 @@ describe('rekey keys import', () => {
     expect(keys.configuredCurrentKekId).toBe('v1');
     for (const id of ['v1', 'v2']) {
       expect(keys.fingerprint(id)).toBe(fingerprints[id]);
-      expect(keys.unwrap(id, 'tenant-1', wrapped[id]!).equals(dek)).toBe(true);
+      expect((await unwrapUnder(keys, id, 'tenant-1', wrapped[id]!)).equals(dek)).toBe(true);
     }
     const again = await rekey(env);
     expect(again.code).toBe(0);
@@ -115,7 +117,7 @@ describe('rekey keys import', () => {
   });
 
   it('a store that cannot be given key bytes, or no store named, is refused (exit 2) with where to import', async () => {
-    const { env } = environment('REKEY', ['v1'], 'v1');
+    const { env } = await environment('REKEY', ['v1'], 'v1');
     const unnamed = await runRekey(['keys', 'import'], { PATH: process.env.PATH, ...env });
     expect(unnamed).toEqual({
       code: 2,

@@ -9,7 +9,7 @@ import { createActivities } from '../../src/activities';
 import type { DestroyReport } from '../../src/activities/kek';
 import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keyring/drivers/file';
-import { resolveKek } from '../../src/keys/kek-resolver';
+import { resolveKek } from '../helpers/store-keys';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { createWorker } from '../../src/worker';
@@ -102,7 +102,7 @@ describe('a retired KEK is restorable within its window and destroyed after it',
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     const destruction = await env.client.workflow.getHandle(await destroyIdIn(db.pool, 'v1')).describe();
     expect(destruction.status.name).toBe('RUNNING');
-    expect(() => resolveKek(keyring, 'v1', { fingerprint: keyring.fingerprint('v1'), state: 'retired' })).toThrow(
+    await expect(resolveKek(keyring, 'v1', { fingerprint: keyring.fingerprint('v1'), state: 'retired' })).rejects.toThrow(
       KekRetiredError,
     );
 
@@ -115,7 +115,7 @@ describe('a retired KEK is restorable within its window and destroyed after it',
       { event: 'restored', reason: 'gateway-3 still reads v1', actor: 'alice' },
     ]);
     // The registry lets it unwrap again: every DEK, rewrapped under the new KEK meanwhile, is unchanged.
-    resolveKek(keyring, 'v1', record).key.fill(0);
+    (await resolveKek(keyring, 'v1', record)).key.fill(0);
     const after = await dekFingerprints(db.pool, keyring);
     for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
 

@@ -4,7 +4,7 @@ import { createActivities, type Activities } from '../../src/activities';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import { detectKeyStore, openStoreDriver } from '../../src/keyring/open';
-import { resolveKek } from '../../src/keys/kek-resolver';
+import { resolveKek } from '../helpers/store-keys';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -104,7 +104,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
         await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
         expect(await statesOf(path)).toEqual({ 1: 'live', 2: 'live' });
         expect((await registry().get('v1'))?.state).toBe('decrypt_only');
-        resolveKek(keys, 'v1', await registry().get('v1')).key.fill(0);
+        (await resolveKek(keys, 'v1', await registry().get('v1'))).key.fill(0);
       });
     } finally {
       appKeys.close();

@@ -11,6 +11,7 @@ import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
+import { wrapUnder } from '../helpers/store-keys';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
 const WRAPPED = Buffer.alloc(60, 7);
@@ -138,7 +139,7 @@ describe('Finding 2: the database refuses a DEK written under a KEK that may not
         await writer.query('INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, $2, $3)', [
           'early',
           'v1',
-          keys.wrap('v1', 'early', Buffer.alloc(32, 1)),
+          await wrapUnder(keys, 'v1', 'early', Buffer.alloc(32, 1)),
         ]);
         await registry.register('v2', keys.fingerprint('v2'));
         const promoted = registry.promote('v1', 'v2');

@@ -2,11 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { KeyMaterialError } from '../../src/errors';
+import { unwrapUnder, wrapUnder } from '../helpers/store-keys';
 
 const key = () => randomBytes(32).toString('base64url');
 
 describe('env key provider', () => {
-  it("reads the gateway runbook's TALOS_ variables as they are", () => {
+  it("reads the gateway runbook's TALOS_ variables as they are", async () => {
     const provider = new EnvKeyProvider(
       { TALOS_KEK_v1: key(), TALOS_KEK_v2: key(), TALOS_CURRENT_KEK_ID: 'v2' },
       'TALOS',
@@ -14,7 +15,7 @@ describe('env key provider', () => {
     expect(provider.kekIds()).toEqual(['v1', 'v2']);
     expect(provider.configuredCurrentKekId).toBe('v2');
     const dek = randomBytes(32);
-    expect(provider.unwrap('v1', 't', provider.wrap('v1', 't', dek)).equals(dek)).toBe(true);
+    expect((await unwrapUnder(provider, 'v1', 't', await wrapUnder(provider, 'v1', 't', dek))).equals(dek)).toBe(true);
   });
 
   it('takes the prefix from REKEY_ENV_PREFIX, REKEY by default', () => {
@@ -73,9 +74,9 @@ describe('env key provider', () => {
     expect(() => new EnvKeyProvider({ TALOS_KEK_: key() }, 'TALOS')).toThrow(/KEK id '' must be 1-64/);
   });
 
-  it('asked for a KEK it does not hold, names the KEK and the provider', () => {
+  it('asked for a KEK it does not hold, names the KEK and the provider', async () => {
     const provider = new EnvKeyProvider({ TALOS_KEK_v1: key() }, 'TALOS');
-    expect(() => provider.wrap('v9', 't', randomBytes(32))).toThrow(
+    await expect(wrapUnder(provider, 'v9', 't', randomBytes(32))).rejects.toThrow(
       "KEK 'v9' is not known to environment variables TALOS_KEK_<id>",
     );
   });

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { resolveKek } from '../../src/keys/kek-resolver';
+import { heldIds, keyringOver, resolveKek } from '../helpers/store-keys';
 import { MyceliumTokenSecrets, myceliumKek } from '../../src/keyring/drivers/mycelium-token-secret';
 import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { MYCELIUM_PRESET } from '../../src/targets/presets';
@@ -19,30 +19,32 @@ describe("Mycelium's KEKs from token_secret UUIDs", () => {
     );
   });
 
-  it('a rotation names the generations: from is MYC_OLD_TOKEN_SECRET, to is MYC_TOKEN_SECRET, which is current', () => {
+  it('a rotation names the generations: from is MYC_OLD_TOKEN_SECRET, to is MYC_TOKEN_SECRET, which is current', async () => {
     const [oldSecret, newSecret] = [randomUUID(), randomUUID()];
     const keys = new MyceliumTokenSecrets(sources, { MYC_OLD_TOKEN_SECRET: oldSecret, MYC_TOKEN_SECRET: newSecret });
-    expect(keys.kekIds()).toEqual([]);
-    keys.bindRotation('1', '2');
-    expect(keys.kekIds()).toEqual(['1', '2']);
-    expect(keys.configuredCurrentKekId).toBe('2');
+    const keyring = keyringOver(keys);
+    expect(await heldIds(keyring)).toEqual([]);
+    keyring.nameRotation('1', '2');
+    expect(await heldIds(keyring)).toEqual(['1', '2']);
+    expect(await keyring.configuredCurrent()).toBe('2');
     const kek = (uuid: string) =>
       createHash('sha256')
         .update(Buffer.from(uuid.replace(/-/g, ''), 'hex'))
         .digest();
-    expect(keys.fingerprint('1')).toBe(kekFingerprint(kek(oldSecret)));
-    expect(keys.fingerprint('2')).toBe(kekFingerprint(kek(newSecret)));
+    expect(await keyring.fingerprintOf('1')).toBe(kekFingerprint(kek(oldSecret)));
+    expect(await keyring.fingerprintOf('2')).toBe(kekFingerprint(kek(newSecret)));
     keys.close();
   });
 
-  it('reads the current secret from a file the configuration names', () => {
+  it('reads the current secret from a file the configuration names', async () => {
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'myc-')), 'token_secret');
     const secret = randomUUID();
     fs.writeFileSync(file, `${secret}\n`);
     const keys = new MyceliumTokenSecrets({ current: { file }, old: { env: 'MYC_OLD_TOKEN_SECRET' } }, {});
-    keys.bindRotation('1', '2');
-    expect(keys.kekIds()).toEqual(['2']); // no old secret given: generation 1 is not held
-    expect(() => keys.wrap('1', 't', Buffer.alloc(32))).toThrow(/set MYC_OLD_TOKEN_SECRET to its token_secret/);
+    const keyring = keyringOver(keys);
+    keyring.nameRotation('1', '2');
+    expect(await heldIds(keyring)).toEqual(['2']); // no old secret given: generation 1 is not held
+    await expect(keyring.cipherFor('1', undefined)).rejects.toThrow(/set MYC_OLD_TOKEN_SECRET to its token_secret/);
   });
 
   it('one line naming the variable for a malformed UUID or a missing secret, never the value', () => {
@@ -65,24 +67,24 @@ describe("Mycelium's KEKs from token_secret UUIDs", () => {
 describe('keys are trusted by fingerprint, not by name', () => {
   const key = () => randomBytes(32).toString('base64url');
 
-  it('a key under the registered name with another fingerprint is refused, naming both fingerprints', () => {
+  it('a key under the registered name with another fingerprint is refused, naming both fingerprints', async () => {
     const mine = new EnvKeyProvider({ T_KEK_v2: key() }, 'T');
     const registered = { fingerprint: 'kcv1:00000000000000000000000000000000' };
-    expect(() => resolveKek(mine, 'v2', registered)).toThrow(KekFingerprintMismatchError);
-    expect(() => resolveKek(mine, 'v2', registered)).toThrow(
+    await expect(resolveKek(mine, 'v2', registered)).rejects.toThrow(KekFingerprintMismatchError);
+    await expect(resolveKek(mine, 'v2', registered)).rejects.toThrow(
       `KEK 'v2' in the key provider has fingerprint ${mine.fingerprint('v2')}, but the registry recorded kcv1:00000000000000000000000000000000`,
     );
   });
 
-  it('the registered key is found by its fingerprint whatever this process calls it, and handed out as a copy', () => {
+  it('the registered key is found by its fingerprint whatever this process calls it, and handed out as a copy', async () => {
     const secret = randomUUID();
     const keys = new MyceliumTokenSecrets(sources, { MYC_TOKEN_SECRET: secret });
     const fingerprint = kekFingerprint(myceliumKek(secret, 'test'));
-    const resolved = resolveKek(keys, '2', { fingerprint });
+    const resolved = await resolveKek(keys, '2', { fingerprint });
     expect(resolved.key.equals(myceliumKek(secret, 'test'))).toBe(true);
     resolved.key.fill(0);
-    expect(resolveKek(keys, '2', { fingerprint }).key.equals(myceliumKek(secret, 'test'))).toBe(true);
-    expect(() => resolveKek(keys, '1', { fingerprint: 'kcv1:ffffffffffffffffffffffffffffffff' })).toThrow(
+    expect((await resolveKek(keys, '2', { fingerprint })).key.equals(myceliumKek(secret, 'test'))).toBe(true);
+    await expect(resolveKek(keys, '1', { fingerprint: 'kcv1:ffffffffffffffffffffffffffffffff' })).rejects.toThrow(
       KekNotHeldError,
     );
   });

@@ -22,9 +22,8 @@ import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../../crypto/
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek } from '../../rewrap/rewrap-rows';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
-import type { GenerateOptions } from '../../keys/key-provider';
 import type { RemoteKek } from '../cipher';
-import type { DestroyOutcome, RecordedKek } from '../driver';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { type OwnerScope, refuseUnclaimed, unclaimedRefusal } from '../owner-rule';
@@ -427,7 +426,7 @@ export class KmsKeys extends RemoteKeysDriver {
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
    * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
-  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
     if (!KMS_KEK_ID.test(id)) {

@@ -10,7 +10,6 @@ import {
 } from '@aws-sdk/client-secrets-manager';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
-import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
@@ -104,7 +103,7 @@ export function unlabelledByPromotion(
  * (a provision's `claim`, a promotion), rekey labels each one its registry records with the registry's name for it,
  * so that no promotion can take its last label; other unlabelled versions are not rekey's and are left alone.
  */
-export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
+export class SecretsManagerKeys extends LocalKeysDriver {
   readonly description: string;
   readonly makesKeks = true;
   private versions = new Map<string, Version>();
@@ -219,7 +218,7 @@ export class SecretsManagerKeys extends LocalKeysDriver implements KeyProvider {
    * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
    * that id is used as it is: a retried provision creates nothing.
    */
-  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     await this.reload();
     const id = newKekId(kekId, [...this.versions.keys()], this.description);
     if (this.versions.has(id)) return id;

@@ -1,4 +1,3 @@
-import type { KeyProvider } from '../../keys/key-provider';
 import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver } from '../local-keys';
 import { KeyMaterialError, OperatorMustActError } from '../../errors';
@@ -13,7 +12,7 @@ const EVERYWHERE = 'in every worker, admin API and application process';
  * `<PREFIX>_CURRENT_KEK_ID` names the current one. With prefix TALOS, `TALOS_KEK_v2` works as it is.
  * The environment is read-only to rekey: every step of the lifecycle answers what the operator sets or removes.
  */
-export class EnvKeyProvider extends LocalKeysDriver implements KeyProvider {
+export class EnvKeyProvider extends LocalKeysDriver {
   readonly description: string;
   /** The operator sets every variable: provision says which. */
   readonly makesKeks = false;

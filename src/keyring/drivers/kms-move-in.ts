@@ -7,11 +7,8 @@
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
 import type { Codec } from '../../codec/sealed-format';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
-import { createDek, moveDek, openDek } from '../../envelope/dek-envelope';
-import { selfTestKek } from '../../envelope/dek-wrapping';
 import type { RowKek } from '../../rewrap/rewrap-rows';
 import { keyArnOf, type KmsKeys } from './aws-kms';
-import type { GenerateOptions, KeyProvider, RemoteDeks } from '../../keys/key-provider';
 import { LocalCipher, type DekCipher } from '../cipher';
 import {
   refuseKeyBytes,
@@ -28,7 +25,7 @@ import { ConfigError, KeyMaterialError, OperatorMustActError } from '../../error
 const OUT_OF_KMS =
   'rekey moves KEKs into AWS KMS, not out of it: rotate to a KMS KEK (to: new), or run without REKEY_KEY_PROVIDER=aws-kms';
 
-export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
+export class KmsWithLocalKeys implements StoreDriver {
   readonly description: string;
   /** New KEKs are made in KMS. */
   readonly makesKeks = true;
@@ -80,6 +77,10 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     requireOwnForm(this.description, codec, target);
   }
 
+  whereMissing(): string {
+    return this.description;
+  }
+
   /** Each KEK's owner as its own store records it (the environment records none). */
   ownerOf(kekId: string): Promise<string | undefined> {
     return this.of(kekId).ownerOf(kekId);
@@ -106,6 +107,8 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     }
   }
 
+  // ---- What the driver read, by the stores' own names (as of the last reload) ----
+
   kekIds(): string[] {
     return [...this.kms.kekIds(), ...this.local.kekIds()].sort();
   }
@@ -118,49 +121,36 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
   held(): HeldKey[] {
     return [...this.kms.held(), ...this.local.held()];
   }
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
-    return this.kms.copyByFingerprint(fingerprint) ?? this.local.copyByFingerprint(fingerprint);
-  }
 
-  // ---- Key bytes: the local KEKs' (a KMS KEK refuses) ----
+  // ---- Nothing moves out of KMS ----
 
-  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
-    return this.of(kekId).wrap(kekId, tenantId, dek);
-  }
-  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
-    this.of(kekId).wrapInto(out, offset, kekId, tenantId, dek, nonce);
-  }
-  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
-    return this.of(kekId).unwrap(kekId, tenantId, wrapped);
-  }
-
-  // ---- The application's DEK operations, by the KEK's store ----
-
-  get deks(): RemoteDeks {
-    return this;
-  }
-
-  newDek(kekId: string, tenantId: string): Promise<{ dek: Buffer; wrapped: Buffer }> {
-    return this.inKms(kekId) ? this.kms.newDek(kekId, tenantId) : createDek(this.local, kekId, tenantId);
-  }
-
-  unwrapDek(kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
-    return this.inKms(kekId)
-      ? this.kms.unwrapDek(kekId, tenantId, wrapped)
-      : openDek(this.local, kekId, tenantId, wrapped);
-  }
-
+  /**
+   * A DEK under `from` moved under `to`: between KMS keys inside KMS (ReEncrypt), from a local KEK into KMS opened here
+   * and encrypted there, never out of KMS. The keyring's ciphers do the same for the application and the engine.
+   */
   async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
     if (this.inKms(from)) {
       if (!this.inKms(to)) throw new KeyMaterialError(OUT_OF_KMS, this.description);
       return this.kms.rewrapDek(from, to, tenantId, wrapped);
     }
-    if (!this.inKms(to)) return moveDek(this.local, from, to, tenantId, wrapped);
-    const dek = this.local.unwrap(from, tenantId, wrapped);
+    const source = this.local.cipher({ kekId: from, fingerprint: this.local.fingerprint(from) })!;
     try {
-      return await this.kms.encryptDek(to, tenantId, dek);
+      if (!this.inKms(to)) {
+        const target = this.local.cipher({ kekId: to, fingerprint: this.local.fingerprint(to) })!;
+        try {
+          return await source.moveTo(target, tenantId, wrapped);
+        } finally {
+          target.release();
+        }
+      }
+      const dek = await source.open(tenantId, wrapped);
+      try {
+        return await this.kms.encryptDek(to, tenantId, dek);
+      } finally {
+        dek.fill(0);
+      }
     } finally {
-      dek.fill(0);
+      source.release();
     }
   }
 
@@ -186,11 +176,6 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     };
   }
 
-  async selfTest(kek: { kekId: string; fingerprint: string; key: Buffer }): Promise<void> {
-    if (this.inKms(kek.kekId)) return this.kms.selfTest(kek);
-    selfTestKek(kek.key, kek.kekId, this.local.description);
-  }
-
   // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----
 
   /** The store that holds the key the registry recorded for `kekId`: KMS for a key ARN, the local source for bytes. */
@@ -209,7 +194,8 @@ export class KmsWithLocalKeys implements StoreDriver, KeyProvider, RemoteDeks {
     await this.kms.provision(kekId, options);
   }
 
-  generate(kekId?: string, options?: GenerateOptions): Promise<string> {
+  /** A new KMS key (rekey keys generate, the tests). */
+  generate(kekId?: string, options?: ProvisionOptions): Promise<string> {
     return this.kms.generate(kekId, options);
   }
 

@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { kekFingerprint, unwrapDek, wrapDek } from '../../envelope/dek-wrapping';
+import { kekFingerprint } from '../../envelope/dek-wrapping';
 import type { SecretSource } from '../../targets/target';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
-import type { KeyProvider } from '../../keys/key-provider';
 import { LocalCipher, type DekCipher } from '../cipher';
 import {
   refuseKeyBytes,
@@ -13,9 +12,8 @@ import {
   type StoreDriver,
   type StoredKek,
 } from '../driver';
-import type { HeldKey } from '../local-keys';
 import { VaultHttp } from '../vault-http';
-import { KeyMaterialError, OperatorMustActError, UnknownKekError } from '../../errors';
+import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
 const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
@@ -85,7 +83,7 @@ interface Loaded {
  * is the old secret and its `to` the current one, as Mycelium's own `rotate-kek --from-version --to-version` does.
  * The registry then records each generation's fingerprint, and every later use is checked against it.
  */
-export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
+export class MyceliumTokenSecrets implements StoreDriver {
   readonly description: string;
   /** The secrets carry no names: the keyring names the current one for the rotation under way. */
   readonly configuredCurrent = undefined;
@@ -93,7 +91,6 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
   readonly makesKeks = false;
   rows: () => RowCrypto = sharedRowCrypto;
   private loaded = new Map<Role, Loaded>();
-  private readonly bound = new Map<string, Role>();
   /** The Vault the secrets are read from, when one of them is there. */
   private readonly vault: VaultHttp | undefined;
 
@@ -147,49 +144,6 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
     return loaded;
   }
 
-  get configuredCurrentKekId(): string | undefined {
-    for (const [kekId, role] of this.bound) if (role === 'current') return kekId;
-    return undefined;
-  }
-
-  bindRotation(from: string, to: string): void {
-    this.bound.clear();
-    if (this.loaded.has('old')) this.bound.set(from, 'old');
-    this.bound.set(to, 'current');
-  }
-
-  kekIds(): string[] {
-    return [...this.bound.keys()].sort();
-  }
-
-  has(kekId: string): boolean {
-    const role = this.bound.get(kekId);
-    return role !== undefined && this.loaded.has(role);
-  }
-
-  fingerprint(kekId: string): string {
-    return this.entry(kekId).fingerprint;
-  }
-
-  wrap(kekId: string, tenantId: string, dek: Buffer): Buffer {
-    return wrapDek(this.entry(kekId).key, kekId, tenantId, dek);
-  }
-
-  wrapInto(out: Buffer, offset: number, kekId: string, tenantId: string, dek: Buffer, nonce: Buffer): void {
-    wrapDek(this.entry(kekId).key, kekId, tenantId, dek, nonce).copy(out, offset);
-  }
-
-  unwrap(kekId: string, tenantId: string, wrapped: Buffer): Buffer {
-    return unwrapDek(this.entry(kekId).key, kekId, tenantId, wrapped);
-  }
-
-  held(): HeldKey[] {
-    return [...this.loaded].map(([role, { fingerprint }]) => ({
-      kekId: [...this.bound].find(([, r]) => r === role)?.[0],
-      fingerprint,
-    }));
-  }
-
   /** The secrets held, by their place (old, current), whatever a rotation names them. */
   slots(): { slot: Role; fingerprint: string }[] {
     return [...this.loaded].map(([slot, { fingerprint }]) => ({ slot, fingerprint }));
@@ -212,6 +166,12 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
 
   /** Key bytes open every format. */
   requireFormat(): void {}
+
+  /** A generation no secret holds: the old one (or one no rotation names) is set in the old secret. */
+  whereMissing(slot: 'old' | 'current' | undefined): string {
+    const hint = slot === 'current' ? '' : `; set ${describeSource(this.sources.old)} to its token_secret`;
+    return `${this.description}${hint}`;
+  }
 
   /** The secrets record no owner: a keyspace seeds from the one its gateway uses. */
   refuseSeed(_kekId: string, _keyspace: string): Promise<void> {
@@ -261,7 +221,7 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
     return refuseKeyBytes(this.description);
   }
 
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
+  private copyByFingerprint(fingerprint: string): Buffer | undefined {
     for (const { key, fingerprint: held } of this.loaded.values()) if (held === fingerprint) return Buffer.from(key);
     return undefined;
   }
@@ -275,16 +235,5 @@ export class MyceliumTokenSecrets implements StoreDriver, KeyProvider {
   close(): void {
     for (const { key } of this.loaded.values()) key.fill(0);
     this.loaded.clear();
-  }
-
-  private entry(kekId: string): Loaded {
-    const role = this.bound.get(kekId);
-    const entry = role && this.loaded.get(role);
-    if (!entry) {
-      const hint =
-        role === 'old' || role === undefined ? `; set ${describeSource(this.sources.old)} to its token_secret` : '';
-      throw new UnknownKekError(kekId, `${this.description}${hint}`);
-    }
-    return entry;
   }
 }

@@ -1,5 +1,4 @@
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
@@ -34,7 +33,7 @@ interface KvKek {
   unnamed?: boolean;
 }
 
-export interface KvOptions extends GenerateOptions {
+export interface KvOptions extends ProvisionOptions {
   /** The keyspace the KEK belongs to, recorded as the secret's `rekey:keyspace` when it has none. */
   owner?: string;
 }
@@ -51,7 +50,7 @@ export interface KvOptions extends GenerateOptions {
  * The secret's latest version without a rekey name (a secret written with `vault kv put <path> value=…`) is read as
  * KEK `kv-v<version>`, and named so before anything moves, when its key is one the registry records.
  */
-export class VaultKvKeys extends LocalKeysDriver implements KeyProvider {
+export class VaultKvKeys extends LocalKeysDriver {
   readonly description: string;
   readonly makesKeks = true;
   private keks = new Map<string, KvKek>();

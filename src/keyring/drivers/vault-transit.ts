@@ -4,8 +4,7 @@ import { refusedMoveIn, type RemoteKek } from '../cipher';
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../../crypto/transit-row-crypto';
 import type { RewrapRowsResult } from '../../rewrap/rewrap-rows';
-import type { GenerateOptions } from '../../keys/key-provider';
-import type { DestroyOutcome, RecordedKek } from '../driver';
+import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
@@ -314,7 +313,7 @@ export class VaultTransitKeys extends RemoteKeysDriver {
    * whose version exists is there (a retry after a lost answer finds the version its first attempt made); only the
    * next version can be made.
    */
-  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     // The key is the keyspace's by its owner record before a version is made (claimed now if nobody has).
     if (options.owner !== undefined)
       await this.ownerRecord.claim(options.owner, `make a version of ${this.description}`);

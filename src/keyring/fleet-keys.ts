@@ -1,7 +1,7 @@
 // What a process in a target's fleet (an application instance or a rekey worker) does with its keys against the
 // registry: learn the KEKs a rotation provisioned, and say which keys it holds, by fingerprint.
 import { canUnwrap } from '../envelope/kek-lifecycle';
-import type { KeyringCiphers } from '../keyring/keyring';
+import type { KeyringCiphers } from './keyring';
 import type { KekRecord } from '../store/kek-registry';
 
 /**
