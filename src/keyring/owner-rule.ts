@@ -89,6 +89,28 @@ export function refuseUnclaimed(
   if (unclaimed.length > 0) throw unclaimedRefusal(scope, unclaimed, keyspace);
 }
 
+/**
+ * Before an application's first start seeds an empty registry with KEK `kekId` (TenantCrypto): the owner rule with a
+ * registry that records nothing yet. The store's owner record naming `keyspace` lets it seed; another keyspace's is
+ * refused (KeyspaceMismatchError); a store with no record and keys is refused with the command that claims it, as a
+ * rotation's first step would be.
+ */
+export async function refuseSeedUnlessOwned(
+  store: { readonly description: string; list(): Promise<StoredKek[]> },
+  scope: OwnerScope,
+  kekId: string,
+  keyspace: string,
+  owner: string | undefined,
+): Promise<void> {
+  if (owner === keyspace) return;
+  if (owner !== undefined) {
+    throw new KeyspaceMismatchError(
+      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${store.description} records keyspace ${owner} as its owner. Give this keyspace ${scope.ownKeys}`,
+    );
+  }
+  refuseUnclaimed(scope, await store.list(), [], keyspace);
+}
+
 /** What the rule needs of a store whose owner record covers all its keys (a Vault KV or Secrets Manager secret). */
 interface OneOwnerStore {
   readonly description: string;

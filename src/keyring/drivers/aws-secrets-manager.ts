@@ -11,7 +11,7 @@ import {
 import { kekFingerprint } from '../../envelope/dek-wrapping';
 import { awsCall, awsClientConfig, awsFind } from '../aws';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
-import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
+import { adoptIfRecorded, claimByFingerprint, refuseSeedUnlessOwned, storeScope } from '../owner-rule';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
@@ -457,6 +457,13 @@ export class SecretsManagerKeys extends LocalKeysDriver {
   /** What a keyspace that does not use this secret configures instead, for refusals. */
   private get ownSecret(): string {
     return 'a secret of its own (REKEY_AWS_SECRET_ID naming one that does not exist yet)';
+  }
+
+  /** An application's first seed: only from a secret whose rekey:keyspace tag names this keyspace (owner-rule.ts). */
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    await this.reload();
+    const owner = await this.ownerOf(kekId);
+    await refuseSeedUnlessOwned(this, storeScope(this.description, this.ownSecret), kekId, keyspace, owner);
   }
 
   /**

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
+import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
@@ -26,7 +27,7 @@ type KeyringFile = z.infer<typeof KeyringFile>;
  * KEKs in a local JSON file with mode 0600: the embedded default for the demo and development.
  * A keyring that group or others can read is refused.
  */
-export class FileKeyring extends LocalKeysDriver {
+export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   readonly description: string;
   readonly makesKeks = true;
 
@@ -70,16 +71,15 @@ export class FileKeyring extends LocalKeysDriver {
   }
 
   /**
-   * An empty registry is not seeded with a KEK the file records as another keyspace's (an application pointed at
-   * another deployment's keyring file): that keyspace's rotations would destroy it. One with no owner yet is taken, as
-   * its first rotation's adopt takes it.
+   * An application's first seed: not from a KEK the file records as another keyspace's. A KEK the file records no
+   * owner for is taken: a keyring file has no claim (its first keyspace's rotation records itself, and two targets on
+   * one file are refused at load), so an unrecorded one is this deployment's file, as at a rotation's first step.
    */
   override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
     const owner = await this.ownerOf(kekId);
     if (owner === undefined || owner === keyspace) return;
     throw new KeyspaceMismatchError(
-      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records it as keyspace ${owner}'s. ` +
-        `A key store belongs to one keyspace: give this application a keyring file of its own (REKEY_KEYRING_FILE)`,
+      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records keyspace ${owner} as its owner. Give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
     );
   }
 
@@ -118,7 +118,7 @@ export class FileKeyring extends LocalKeysDriver {
   }
 
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const id = newKekId(

@@ -1,7 +1,7 @@
 import { kekFingerprint } from '../../envelope/dek-wrapping';
 import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
-import { adoptIfRecorded, claimByFingerprint } from '../owner-rule';
+import { adoptIfRecorded, claimByFingerprint, refuseSeedUnlessOwned, storeScope } from '../owner-rule';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
 
@@ -495,6 +495,13 @@ export class VaultKvKeys extends LocalKeysDriver {
   /** What a keyspace that does not use this secret configures instead, for refusals. */
   private get ownSecret(): string {
     return 'a secret of its own (REKEY_VAULT_KV_PATH naming one that does not exist yet)';
+  }
+
+  /** An application's first seed: only from a secret whose owner record names this keyspace (owner-rule.ts). */
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    await this.reload();
+    const owner = await this.ownerOf(kekId);
+    await refuseSeedUnlessOwned(this, storeScope(this.description, this.ownSecret), kekId, keyspace, owner);
   }
 
   /**

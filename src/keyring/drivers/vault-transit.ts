@@ -9,7 +9,7 @@ import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
 import { TransitOwnerRecord, transitOwnerPlace, type TransitOwnerPlace } from '../transit-owner';
-import { refuseUnclaimed, storeScope } from '../owner-rule';
+import { type OwnerScope, refuseSeedUnlessOwned, refuseUnclaimed, storeScope } from '../owner-rule';
 import {
   DekUnwrapError,
   KekFingerprintMismatchError,
@@ -416,11 +416,23 @@ export class VaultTransitKeys extends RemoteKeysDriver {
   /** An existing key without an owner record whose versions the registry does not record: refused (owner-rule.ts). */
   private refuseUnrecorded(registry: readonly RecordedKek[], keyspace: string | undefined): void {
     const versions = this.held().map((k) => ({ kekId: k.kekId!, fingerprint: k.fingerprint }));
-    const scope = storeScope(
+    refuseUnclaimed(this.ownerScope, versions, registry, keyspace);
+  }
+
+  /** How the owner rule names this key: one owner record for all its versions. */
+  private get ownerScope(): OwnerScope {
+    return storeScope(
       this.description,
       'a Transit key of its own (REKEY_VAULT_TRANSIT_KEY naming one that does not exist yet)',
     );
-    refuseUnclaimed(scope, versions, registry, keyspace);
+  }
+
+  /** An application's first seed: only from a key whose owner record names this keyspace (owner-rule.ts). */
+  override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
+    await this.reload();
+    const record = await this.ownerRecord.state();
+    const owner = 'owner' in record ? record.owner : undefined;
+    await refuseSeedUnlessOwned(this, this.ownerScope, kekId, keyspace, owner);
   }
 
   /**
