@@ -3,7 +3,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import type { GenerateOptions, KeyProvider } from '../../keys/key-provider';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
@@ -27,7 +26,7 @@ type KeyringFile = z.infer<typeof KeyringFile>;
  * KEKs in a local JSON file with mode 0600: the embedded default for the demo and development.
  * A keyring that group or others can read is refused.
  */
-export class FileKeyring extends LocalKeysDriver implements KeyProvider {
+export class FileKeyring extends LocalKeysDriver {
   readonly description: string;
   readonly makesKeks = true;
 
@@ -118,7 +117,7 @@ export class FileKeyring extends LocalKeysDriver implements KeyProvider {
   }
 
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
-  async generate(kekId?: string, options: GenerateOptions = {}): Promise<string> {
+  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const id = newKekId(
