@@ -2,7 +2,8 @@
 // where they never leave the store) and carries out one step of a KEK's lifecycle when the keyring asks; the keyring
 // (keyring.ts) decides whether a step may happen, records it in the registry first, and only then calls the hook.
 // Every hook is required: a store that cannot do a step answers what the operator must do instead (OperatorMustActError
-// with the exact instruction), so no caller ever asks what a store supports.
+// with the exact instruction) or a typed refusal (refuseClaim, refuseKeyBytes), and the few facts a caller needs before
+// a step (makesKeks, ownerAtCreation) are required members, so no caller probes a store for optional members.
 import type { Codec } from '../codec/sealed-format';
 import type { KekState } from '../envelope/kek-lifecycle';
 import type { DekCipher } from './cipher';
@@ -106,6 +107,17 @@ export interface StoreDriver {
    */
   cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined;
   /**
+   * Whether a KEK made here must carry its keyspace from creation (AWS KMS, Vault Transit: a key no keyspace records is
+   * refused, not adopted), so that `rekey keys generate` asks for the target's keyspace first.
+   */
+  readonly ownerAtCreation: boolean;
+  /**
+   * `rekey keys claim`: records `keyspace` as the owner of KEK `kekId`, the key with `fingerprint` (as `rekey keys list`
+   * prints it), an explicit act on one key; 'already' when it was this keyspace's. Another keyspace's key is refused
+   * (KeyspaceMismatchError); a store whose first keyspace takes it at its first rotation refuses (refuseClaim).
+   */
+  claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'>;
+  /**
    * `rekey keys import`: writes a KEK's bytes under `kekId` unless the store holds them there already ('present');
    * `current`: the store names it current if it names none yet. A different key under the id is refused. A store that
    * takes no key bytes refuses (refuseKeyBytes), before anything is written.
@@ -127,6 +139,15 @@ export function refuseKeyBytes(store: string): Promise<never> {
   return Promise.reject(
     new ConfigError(
       `${store} cannot be given key bytes: import into a keyring file (--keyring <file>) or an AWS Secrets Manager secret (REKEY_KEY_PROVIDER=aws-secrets-manager, REKEY_AWS_SECRET_ID)`,
+    ),
+  );
+}
+
+/** The answer of a store without owner records of its own to `rekey keys claim` (exit 2). */
+export function refuseClaim(store: string): Promise<never> {
+  return Promise.reject(
+    new ConfigError(
+      `${store} takes its first keyspace's ownership at that keyspace's first rotation: nothing to claim (rekey keys claim is for the stores other deployments can reach: AWS KMS, Vault Transit, Vault KV and Secrets Manager)`,
     ),
   );
 }

@@ -138,6 +138,8 @@ export function decodeKek(value: string, source: string): Buffer {
 export abstract class LocalKeysDriver implements StoreDriver {
   abstract readonly description: string;
   abstract readonly makesKeks: boolean;
+  /** A store of key bytes records its owner when a keyspace adopts it. */
+  readonly ownerAtCreation = false;
   configuredCurrentKekId: string | undefined;
   rows: () => RowCrypto = sharedRowCrypto;
   protected readonly keys: InMemoryKeys;
@@ -187,6 +189,7 @@ export abstract class LocalKeysDriver implements StoreDriver {
   abstract restore(kekId: string, registry: readonly RecordedKek[]): Promise<void>;
   abstract destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome>;
   abstract importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'>;
+  abstract claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'>;
 
   /**
    * The restore of a store whose retire leaves the key readable (the keyring file, Secrets Manager): nothing to undo

@@ -60,6 +60,8 @@ export function requireOwnForm(description: string, codec: Codec, target: string
 export abstract class RemoteKeysDriver implements StoreDriver {
   abstract readonly description: string;
   readonly makesKeks = true;
+  /** A key no keyspace records is refused, not adopted: a key rekey makes carries its keyspace (rekey keys generate). */
+  readonly ownerAtCreation = true;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
   protected abstract readonly kind: string;
   /** rekey's own DEK format, whose remote form the store writes. */
@@ -172,6 +174,7 @@ export abstract class RemoteKeysDriver implements StoreDriver {
     await this.generate(kekId, options);
   }
 
+  abstract claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'>;
   abstract ownerOf(kekId: string): Promise<string | undefined>;
   abstract adopt(keyspace: string): Promise<void>;
   abstract claim(provisioning: string, registry: readonly RecordedKek[]): Promise<void>;

@@ -10,7 +10,6 @@ import { describe, expect, it } from 'vitest';
 import { vaultRequest } from '../../src/dev/vault';
 import { KeyspaceMismatchError, KeyStoreRefusedError } from '../../src/errors';
 import { awsClientConfig } from '../../src/keyring/aws';
-import { claimKek } from '../../src/keyring/claim';
 import type { StoreDriver } from '../../src/keyring/driver';
 import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
@@ -57,7 +56,7 @@ describe("an application's first start seeds its registry only from a store whos
       expect((refused as Error).message).toContain(`rekey keys claim ${kekId} --fingerprint ${fingerprint}`);
       expect(await registryOf(a).list()).toEqual([]);
 
-      await claimKek(first, kekId, fingerprint, keyspaceA);
+      await first.claimKey(kekId, fingerprint, keyspaceA);
       await start(a, first);
       expect(await registryOf(a).active()).toMatchObject({ kekId, fingerprint });
     } finally {

@@ -4,7 +4,6 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
-import { claimKek } from '../../src/keyring/claim';
 import {
   KekFingerprintMismatchError,
   KeyMaterialError,
@@ -134,11 +133,11 @@ describe('the owner record of a Vault Transit key', () => {
     const store = VaultTransitKeys.fromEnv(envFor(key));
     await store.generate('v1');
     const fingerprint = store.fingerprint('v1');
-    await expect(claimKek(store, 'v1', `${fingerprint}0`, KEYSPACE_A)).rejects.toThrow(KekFingerprintMismatchError);
+    await expect(store.claimKey('v1', `${fingerprint}0`, KEYSPACE_A)).rejects.toThrow(KekFingerprintMismatchError);
     expect(await store.recordedOwner()).toBeUndefined();
-    expect(await claimKek(store, 'v1', fingerprint, KEYSPACE_A)).toBe('claimed');
-    expect(await claimKek(store, 'v1', fingerprint, KEYSPACE_A)).toBe('already');
-    await expect(claimKek(store, 'v1', fingerprint, KEYSPACE_B)).rejects.toThrow(KeyspaceMismatchError);
+    expect(await store.claimKey('v1', fingerprint, KEYSPACE_A)).toBe('claimed');
+    expect(await store.claimKey('v1', fingerprint, KEYSPACE_A)).toBe('already');
+    await expect(store.claimKey('v1', fingerprint, KEYSPACE_B)).rejects.toThrow(KeyspaceMismatchError);
     expect((await recordOf(key)).data.keyspace).toBe(KEYSPACE_A);
     store.close();
   });

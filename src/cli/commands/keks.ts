@@ -11,7 +11,6 @@ import { formatDuration } from '../../rotation/durations';
 import type { KekRecord } from '../../store/kek-registry';
 import { targetOption, withContext } from '../options';
 import type { CliContext } from '../context';
-import { claimKek, recordsOwnerAtCreation } from '../../keyring/claim';
 import { CliError, KeyspaceMismatchError, UnknownKekError } from '../../errors';
 
 export function kekStatusCommand(): Command {
@@ -137,7 +136,7 @@ export function keysCommand(): Command {
           // A store rekey may not write answers what the operator must do (OperatorMustActError: exit 2).
           const id = options.id ?? nextKekId(await namedIds(store));
           // KMS and Transit refuse a key no keyspace owns: the key is made with its keyspace recorded.
-          const owner = recordsOwnerAtCreation(store)
+          const owner = store.ownerAtCreation
             ? await keyspaceOf(context, options.target, `rekey keys generate on ${store.description}`)
             : undefined;
           // A store whose one owner record covers every key (Vault KV, Secrets Manager) is written only by its keyspace.
@@ -178,7 +177,7 @@ export function keysCommand(): Command {
         const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring, { create: false });
         try {
           const keyspace = await keyspaceOf(context, options.target, `rekey keys claim on ${store.description}`);
-          const outcome = await claimKek(store, kekId, options.fingerprint.trim(), keyspace);
+          const outcome = await store.claimKey(kekId, options.fingerprint.trim(), keyspace);
           context.print({ kekId, fingerprint: options.fingerprint, keyspace, target: options.target, outcome }, () => [
             outcome === 'claimed'
               ? `KEK '${kekId}' (${options.fingerprint}) is keyspace ${keyspace}'s (target '${options.target}'): its rotations may use, retire and destroy it`

@@ -28,6 +28,7 @@ import { nextKekId, type HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { type OwnerScope, refuseUnclaimed, unclaimedRefusal } from '../owner-rule';
 import {
+  ConfigError,
   DekUnwrapError,
   KeyMaterialError,
   KeyspaceMismatchError,
@@ -757,10 +758,17 @@ export class KmsKeys extends RemoteKeysDriver {
   }
 
   /**
-   * The operator's claim of KEK `kekId` for `keyspace` (`rekey keys claim`): its alias must name the key `arn`, which
-   * must carry no owner tag (or this keyspace's already); then it is tagged. Another keyspace's key is refused.
+   * The operator's claim of KEK `kekId` for `keyspace` (`rekey keys claim`): its alias must name the key `fingerprint`
+   * names (kms:<key ARN>), which must carry no owner tag (or this keyspace's already); then it is tagged. Another
+   * keyspace's key is refused.
    */
-  async claimKey(kekId: string, arn: string, keyspace: string): Promise<'claimed' | 'already'> {
+  async claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    const arn = keyArnOf(fingerprint);
+    if (arn === undefined) {
+      throw new ConfigError(
+        `--fingerprint must name the KMS key as rekey prints it, kms:<key ARN> (rekey keys list), not '${fingerprint}'`,
+      );
+    }
     await this.reload();
     const kek = this.kek(kekId);
     if (kek.arn !== arn) throw this.aliasRefused(kekId, kmsFingerprint(arn), kek.arn, 'claim');

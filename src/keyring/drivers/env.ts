@@ -1,4 +1,4 @@
-import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
+import { refuseClaim, refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver } from '../local-keys';
 import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
@@ -83,6 +83,11 @@ export class EnvKeyProvider extends LocalKeysDriver {
     return this.operator(
       `rekey cannot remove an environment variable: remove ${this.variable(kekId)} from every worker, admin API and application process (and from wherever their environment is kept: compose files, secrets, CI)`,
     );
+  }
+
+  /** Its first keyspace takes it at that keyspace's first rotation: `rekey keys claim` is refused. */
+  claimKey(_kekId: string, _fingerprint: string, _keyspace: string): Promise<'claimed' | 'already'> {
+    return refuseClaim(this.description);
   }
 
   /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { refuseClaim, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
 
@@ -147,6 +147,11 @@ export class FileKeyring extends LocalKeysDriver {
    * the same here. A KEK already there with these bytes is left as it is; another key under the id is refused.
    * `current` names it as current if the file names none yet.
    */
+  /** Its first keyspace takes it at that keyspace's first rotation: `rekey keys claim` is refused. */
+  claimKey(_kekId: string, _fingerprint: string, _keyspace: string): Promise<'claimed' | 'already'> {
+    return refuseClaim(this.description);
+  }
+
   async importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'> {
     const outcome = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);

@@ -29,6 +29,8 @@ export class KmsWithLocalKeys implements StoreDriver {
   readonly description: string;
   /** New KEKs are made in KMS. */
   readonly makesKeks = true;
+  /** New KEKs are KMS keys, which carry their keyspace from creation. */
+  readonly ownerAtCreation = true;
   rows: () => RowCrypto = sharedRowCrypto;
 
   constructor(
@@ -186,6 +188,11 @@ export class KmsWithLocalKeys implements StoreDriver {
     const recorded = registry.find((kek) => kek.kekId === kekId);
     if (recorded === undefined) return this.of(kekId);
     return keyArnOf(recorded.fingerprint) === undefined ? this.local : this.kms;
+  }
+
+  /** A KMS key is claimed in KMS; a local one moving out is the keyspace's by its registry. */
+  claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    return this.kms.claimKey(kekId, fingerprint, keyspace);
   }
 
   /** New KEKs are made in KMS: its prefix must be this keyspace's. */

@@ -5,6 +5,7 @@ import type { SecretSource } from '../../targets/target';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
 import { LocalCipher, type DekCipher } from '../cipher';
 import {
+  refuseClaim,
   refuseKeyBytes,
   type DestroyOutcome,
   type ProvisionOptions,
@@ -89,6 +90,7 @@ export class MyceliumTokenSecrets implements StoreDriver {
   readonly configuredCurrent = undefined;
   /** The gateway's secrets are the operator's: provision says what to set. */
   readonly makesKeks = false;
+  readonly ownerAtCreation = false;
   rows: () => RowCrypto = sharedRowCrypto;
   private loaded = new Map<Role, Loaded>();
   /** The Vault the secrets are read from, when one of them is there. */
@@ -214,6 +216,11 @@ export class MyceliumTokenSecrets implements StoreDriver {
     return this.operator(
       `rekey cannot remove a token_secret: remove the old token_secret (KEK '${kekId}') from where ${this.description} reads it`,
     );
+  }
+
+  /** The secrets record no owner: `rekey keys claim` is refused. */
+  claimKey(_kekId: string, _fingerprint: string, _keyspace: string): Promise<'claimed' | 'already'> {
+    return refuseClaim(this.description);
   }
 
   /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
