@@ -7,10 +7,9 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
-import { KekRegistry } from '../../src/store/kek-registry';
 import { useMoto } from '../helpers/aws';
 import { useTestDatabases } from '../helpers/database';
-import { keyringFor, nothingNeeded } from '../helpers/keyring';
+import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
 
 describe('adversary: a second deployment on the same KMS alias prefix', () => {
   const moto = useMoto();
@@ -26,28 +25,16 @@ describe('adversary: a second deployment on the same KMS alias prefix', () => {
     // Deployment B: its KEK made by `rekey keys generate` (no owner), its registry and its tenants in database B.
     const storeB = KmsKeys.fromEnv(env);
     await storeB.generate('v1');
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+    const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1');
 
     // Deployment A, same prefix, database A, met for the first time: adopt (validate's first step), the registry
     // seeded from the store's current KEK (as TenantCrypto and validate do), then a rotation v1 → v2 that retires v1.
     const storeA = KmsKeys.fromEnv(env);
     await storeA.reload();
     const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
-    const registryA = new KekRegistry(dbA.pool, 'rekey');
-    const rotation = async () => {
-      await keyringA.adopt();
-      await registryA.seedActive((await keyringA.configuredCurrent())!, storeA.fingerprint('v1'));
-      await keyringA.provision('v2', { generate: true });
-      await keyringA.promote('v1', 'v2');
-      await keyringA.retire('v1', { restoreWindowMs: 60_000, prove: nothingNeeded });
-    };
-    await expect(rotation()).rejects.toThrow();
+    await expect(firstRotation(keyringA, dbA.pool, storeA, true)).rejects.toThrow();
 
-    await storeB.reload();
-    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
-    expect(opened.equals(dek)).toBe(true);
-    for (const buffer of [dek, opened]) buffer.fill(0);
+    await deploymentB.stillOpens();
     keyringA.close();
     storeB.close();
   });

@@ -8,9 +8,8 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
-import { KekRegistry } from '../../src/store/kek-registry';
 import { useVaultAndDatabases } from '../helpers/vault';
-import { keyringFor, nothingNeeded } from '../helpers/keyring';
+import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
 
 describe('adversary: a Transit key from before owner records, used by another deployment', () => {
   const servers = useVaultAndDatabases(2);
@@ -23,30 +22,18 @@ describe('adversary: a Transit key from before owner records, used by another de
     // Deployment B, from before owner records: the key made (no owner), B's registry holds v1 active, a DEK under it.
     const storeB = VaultTransitKeys.fromEnv(env);
     await storeB.generate('v1');
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+    const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1');
 
     // Deployment A meets the key: its rotation's first step (adopt), the registry seeded from the key's current
     // version, then v2 provisioned and promoted, v1 retired.
     const storeA = VaultTransitKeys.fromEnv(env);
     await storeA.reload();
     const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
-    const registryA = new KekRegistry(dbA.pool, 'rekey');
-    const rotation = async () => {
-      await keyringA.adopt();
-      await registryA.seedActive((await keyringA.configuredCurrent())!, storeA.fingerprint('v1'));
-      await keyringA.provision('v2', { generate: true });
-      await keyringA.promote('v1', 'v2');
-      await keyringA.retire('v1', { restoreWindowMs: 60_000, prove: nothingNeeded });
-    };
-    await expect(rotation()).rejects.toThrow();
+    await expect(firstRotation(keyringA, dbA.pool, storeA, true)).rejects.toThrow();
 
     const state = await vaultRequest<{ data: { min_decryption_version: number } }>(vault, 'GET', `transit/keys/${key}`);
     expect(state.data.min_decryption_version).toBe(1);
-    await storeB.reload();
-    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
-    expect(opened.equals(dek)).toBe(true);
-    for (const buffer of [dek, opened]) buffer.fill(0);
+    await deploymentB.stillOpens();
     keyringA.close();
   });
 });

@@ -8,9 +8,8 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
-import { KekRegistry } from '../../src/store/kek-registry';
 import { useVaultAndDatabases } from '../helpers/vault';
-import { keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+import { deploymentWithDek, keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
 
 describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT differ', () => {
   const servers = useVaultAndDatabases(2);
@@ -27,10 +26,10 @@ describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT
     // Keyspace B (database B) uses the key first: its rotation's first step records it as the key's owner.
     const storeB = VaultTransitKeys.fromEnv(envB);
     await storeB.generate('v1', { owner: 'db-b/public.tenant_deks' });
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const keyringB = keyringFor(dbB.pool, storeB, 'db-b/public.tenant_deks');
-    await keyringB.adopt();
-    const { dek, wrapped } = await storeB.newDek('v1', 'b-tenant');
+    const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1', {
+      keyspace: 'db-b/public.tenant_deks',
+      adopt: true,
+    });
 
     // Keyspace A (database A, the same Transit key) rotates v1 → v2 and retires v1.
     const storeA = VaultTransitKeys.fromEnv(envA);
@@ -46,11 +45,8 @@ describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT
 
     const state = await vaultRequest<{ data: { min_decryption_version: number } }>(vault, 'GET', `transit/keys/${key}`);
     expect(state.data.min_decryption_version).toBe(1);
-    await storeB.reload();
-    const opened = await storeB.unwrapDek('v1', 'b-tenant', wrapped);
-    expect(opened.equals(dek)).toBe(true);
-    for (const buffer of [dek, opened]) buffer.fill(0);
+    await deploymentB.stillOpens();
     keyringA.close();
-    keyringB.close();
+    deploymentB.keyring!.close();
   });
 });

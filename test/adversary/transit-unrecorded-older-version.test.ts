@@ -6,26 +6,20 @@
 // Vault's own practice, which keeps old versions decryptable) has rows under v1 that no registry names: retiring v2
 // stops v1 for them, unproved. Against the real Vault and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
+import { useVaultAndDatabase } from '../helpers/vault';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
 
 describe('adversary: a Transit key with a version older than any the registry records', () => {
-  let vault: VaultServer;
-  let db: TestDatabase;
-  beforeAll(async () => {
-    [vault, db] = await Promise.all([startVault(inject('toolchain').vault), createTestDatabase()]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), db.drop()]);
-  });
+  const servers = useVaultAndDatabase();
 
   it("retiring v2 does not stop v1, a version the registry never recorded that still wraps a DEK: the retire is refused (or leaves v1 decryptable), and v1's DEK still opens", async () => {
+    const { vault, db } = servers;
     const key = `rekey-${randomUUID()}`;
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     // Before rekey: the key made, a DEK wrapped under v1, the key rotated in Vault (v2 latest, v1 still decryptable).

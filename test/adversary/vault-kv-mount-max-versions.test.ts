@@ -5,27 +5,21 @@
 // the next rotation's provision writes version 3 and Vault destroys version 1: a retired KEK inside its restore
 // window, which no restore brings back. Against the real Vault and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
+import { useVaultAndDatabase } from '../helpers/vault';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
 const HOUR = 3_600_000;
 
 describe('adversary: a Vault KV v2 mount that keeps fewer versions than Vault’s default', () => {
-  let vault: VaultServer;
-  let db: TestDatabase;
-  beforeAll(async () => {
-    [vault, db] = await Promise.all([startVault(inject('toolchain').vault), createTestDatabase()]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), db.drop()]);
-  });
+  const servers = useVaultAndDatabase();
 
   it("a provision does not make Vault destroy a retired KEK's version inside its restore window when the mount (not the secret) sets max_versions: v1 restored afterwards still opens its DEK", async () => {
+    const { vault, db } = servers;
     const mount = `kv-${randomUUID().slice(0, 8)}`;
     await vaultRequest(vault, 'POST', `sys/mounts/${mount}`, { type: 'kv', options: { version: '2' } });
     // The mount keeps two versions of each secret; the secret sets no limit of its own (max_versions 0).

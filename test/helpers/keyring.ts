@@ -181,3 +181,58 @@ export async function kmsRotated(
   await store.generate('v2', { owner: TEST_KEYSPACE });
   return { env, store, registry: await rotatedOn(db, store) };
 }
+
+/** The tenant whose DEK deployment B of an adversary test wraps. */
+const B_TENANT = 'b-tenant';
+
+/**
+ * Deployment B of the adversary tests, whose key another deployment (A) meets in the same store: B's registry in `db`
+ * holds `kekId` active (the store's fingerprint), and a DEK for B's tenant is wrapped under it, by the store itself or
+ * through B's keyring (`dekThroughKeyring`, for a store that hands out key bytes). With `keyspace`, B has a keyring of
+ * that keyspace, whose first step (adopt) has run when `adopt` says so. `stillOpens` reads the store afresh and proves
+ * the DEK opens to the same bytes (zeroized afterwards): what every adversary test checks at its end.
+ */
+export async function deploymentWithDek(
+  db: Pool,
+  store: HeldStore,
+  kekId: string,
+  options: { keyspace?: string; adopt?: boolean; dekThroughKeyring?: boolean } = {},
+): Promise<{ keyring: Keyring | undefined; stillOpens(): Promise<void> }> {
+  await new KekRegistry(db, 'rekey').seedActive(kekId, store.fingerprint(kekId));
+  const keyring = options.keyspace === undefined ? undefined : keyringFor(db, store, options.keyspace);
+  if (options.adopt) await keyring!.adopt();
+  const remote = store as unknown as RemoteKeysDriver;
+  const { dek, wrapped } = options.dekThroughKeyring
+    ? await keyring!.withCiphers([kekId], ([kek]) => kek!.newDek(B_TENANT))
+    : await remote.newDek(kekId, B_TENANT);
+  return {
+    keyring,
+    async stillOpens() {
+      await store.reload();
+      const opened = options.dekThroughKeyring
+        ? await keyring!.withCiphers([kekId], ([kek]) => kek!.open(B_TENANT, wrapped))
+        : await remote.unwrapDek(kekId, B_TENANT, wrapped);
+      expect(opened.equals(dek)).toBe(true);
+      for (const buffer of [dek, opened]) buffer.fill(0);
+    },
+  };
+}
+
+/**
+ * Keyspace A's first rotation on a store another deployment uses, as a run takes it: adopt (its first step); with
+ * `seedRegistry`, the registry of `db` seeded from the store's current KEK (as TenantCrypto and validate do); a new
+ * KEK `v2` provisioned and promoted; the old one retired.
+ */
+export async function firstRotation(
+  keyring: Keyring,
+  db: Pool,
+  store: HeldStore,
+  seedRegistry: boolean,
+): Promise<void> {
+  await keyring.adopt();
+  const from = (await keyring.configuredCurrent())!;
+  if (seedRegistry) await new KekRegistry(db, 'rekey').seedActive(from, store.fingerprint(from));
+  await keyring.provision('v2', { generate: true });
+  await keyring.promote(from, 'v2');
+  await keyring.retire(from, { restoreWindowMs: 60_000, prove: nothingNeeded });
+}
