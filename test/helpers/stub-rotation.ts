@@ -161,6 +161,10 @@ export class StubRotation {
         await this.enter('verifyRotation');
         return { stale: 0, sampled: 10, unreadable: [] };
       },
+      checkLabelled: async (args) => {
+        await this.enter('checkLabelled');
+        return { checked: 0, unreadable: 0, underFrom: 0, named: [], cursor: args.after, done: true };
+      },
       proveLabels: async (args) => {
         await this.enter('proveLabels');
         return { tried: 0, relabelled: 0, needed: 0, neededRows: [], contended: 0, cursor: args.after, done: true };
