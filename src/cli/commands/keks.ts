@@ -11,7 +11,7 @@ import { formatDuration } from '../../rotation/durations';
 import type { KekRecord } from '../../store/kek-registry';
 import { targetOption, withContext } from '../options';
 import type { CliContext } from '../context';
-import { CliError, UnknownKekError } from '../../errors';
+import { CliError, KeyspaceMismatchError, UnknownKekError } from '../../errors';
 
 export function kekStatusCommand(): Command {
   return new Command('kek-status')
@@ -77,6 +77,34 @@ async function keyspaceOf(context: CliContext, target: string, command: string):
   return (await context.targets().keyspace(target)).id;
 }
 
+/**
+ * Before `keys generate` or `keys import` writes into a store itself: a store whose owner record names another keyspace
+ * for one of `kekIds` (a Vault KV or Secrets Manager secret records one owner for all its keys) gets nothing, as the
+ * keyring's provision refuses it before a rotation writes (test/adversary/keys-cli-foreign-store). A store that
+ * records an owner is compared with the keyspace of `target` in the database DATABASE_URL names.
+ */
+async function refuseAnotherKeyspace(
+  context: CliContext,
+  store: StoreDriver,
+  kekIds: readonly string[],
+  target: string,
+  command: string,
+): Promise<void> {
+  const recorded: [string, string][] = [];
+  for (const kekId of kekIds) {
+    const owner = await store.ownerOf(kekId);
+    if (owner !== undefined) recorded.push([kekId, owner]);
+  }
+  if (recorded.length === 0) return;
+  const keyspace = await keyspaceOf(context, target, `${command} into ${store.description}, which records an owner,`);
+  const foreign = recorded.find(([, owner]) => owner !== keyspace);
+  if (foreign === undefined) return;
+  throw new KeyspaceMismatchError(
+    `${command}: ${store.description} records keyspace ${foreign[1]} as the owner of KEK '${foreign[0]}', and target '${target}' is keyspace ${keyspace}: nothing was written. ` +
+      `A key store belongs to one keyspace: two that share one destroy each other's keys. Give target '${target}' a store of its own`,
+  );
+}
+
 /** The keys a store names (as last read), by id, with their fingerprints: what keys list prints. */
 async function named(store: StoreDriver): Promise<{ kekId: string; fingerprint: string }[]> {
   return (await store.list())
@@ -111,6 +139,9 @@ export function keysCommand(): Command {
           const owner = store.ownerAtCreation
             ? await keyspaceOf(context, options.target, `rekey keys generate on ${store.description}`)
             : undefined;
+          // A store whose one owner record covers every key (Vault KV, Secrets Manager) is written only by its keyspace.
+          if (owner === undefined)
+            await refuseAnotherKeyspace(context, store, [id], options.target, 'rekey keys generate');
           await store.provision(id, owner === undefined ? {} : { owner });
           const fingerprint = (await named(store)).find((k) => k.kekId === id)?.fingerprint;
           if (fingerprint === undefined) throw new UnknownKekError(id, store.description);
@@ -180,8 +211,13 @@ export function keysCommand(): Command {
       '--prefix <prefix>',
       'the variables to read: <PREFIX>_KEK_<id> and <PREFIX>_CURRENT_KEK_ID (default: REKEY_ENV_PREFIX, else REKEY)',
     )
+    .addOption(
+      targetOption(
+        "the keyspace the KEKs are imported for, checked against the store's owner record where it has one (with DATABASE_URL)",
+      ),
+    )
     .action(
-      withContext(async (context, options: { prefix?: string }) => {
+      withContext(async (context, options: { prefix?: string; target: string }) => {
         const source = new EnvKeyProvider(process.env, options.prefix ?? (process.env.REKEY_ENV_PREFIX || 'REKEY'));
         const keyring = keys.opts<{ keyring?: string }>().keyring;
         const provider = process.env.REKEY_KEY_PROVIDER?.trim() || 'env';
@@ -196,6 +232,8 @@ export function keysCommand(): Command {
           // A store that takes no key bytes refuses at its first write, saying where to import (exit 2).
           store = await context.keyStore(keyring);
           const destination = store;
+          const ids = (await source.list()).flatMap((k) => (k.kekId === undefined ? [] : [k.kekId]));
+          await refuseAnotherKeyspace(context, destination, ids, options.target, 'rekey keys import');
           const imported = await importKeks(source, destination);
           context.print({ store: destination.description, keks: imported }, () => [
             `${destination.description} holds the KEKs of ${source.description}, with the same fingerprints:`,

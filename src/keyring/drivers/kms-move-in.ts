@@ -93,9 +93,12 @@ export class KmsWithLocalKeys implements StoreDriver {
     await this.local.adopt(keyspace).catch(readOnlyIsDone);
   }
 
-  /** A KMS key seeds an empty registry only when its owner tag names the keyspace; a local key as its store says. */
+  /**
+   * A KMS key seeds an empty registry only when its owner tag names the keyspace; a local key as its store says (a
+   * keyring file refuses one it records as another keyspace's; the environment records no owner).
+   */
   async refuseSeed(kekId: string, keyspace: string): Promise<void> {
-    if (this.inKms(kekId)) await this.kms.refuseSeed(kekId, keyspace);
+    await this.of(kekId).refuseSeed(kekId, keyspace);
   }
 
   async reload(): Promise<void> {
