@@ -328,6 +328,14 @@ async function main(): Promise<void> {
         `| Mycelium-format target (\`tenant.encrypted_dek\`: text, base64, compare on the stored value): rewrap phase | ${mycelium.seconds.toFixed(1)} s, ${n(mycelium.rate)} tenants/s (${mycelium.report.outcome}) |`,
       );
       say(`| ratio Mycelium-format / built-in | ${((mycelium.rate / builtin.rate) * 100).toFixed(0)}% |`);
+      const run = mycelium.cpu;
+      if (run) {
+        const perRow = (seconds: number | undefined) =>
+          `${(((seconds ?? 0) * 1e6) / mycelium.report.counters.rewrapped).toFixed(1)} µs`;
+        say(
+          `| CPU per rewrapped row during the Mycelium-format rewrap phase | worker ${perRow(run.cpu.worker)}, PostgreSQL ${perRow(run.cpu.postgres)} |`,
+        );
+      }
     }
     const cpuLine = (what: string, run: ReturnType<CpuMeter['end']> | undefined) => {
       if (!run) return;
