@@ -15,7 +15,14 @@ import {
   type Row,
   type SealedFormat,
 } from '../codec/sealed-format';
-import { releaseKey, scheduleKey, type AeadKey, type KeySchedule } from '../crypto/aes-gcm';
+import {
+  recycleKey,
+  releaseKey,
+  reusableSchedule,
+  scheduleKey,
+  type AeadKey,
+  type KeySchedule,
+} from '../crypto/aes-gcm';
 import { unpackColumn, type ByteColumn, type Column, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
 
@@ -176,7 +183,7 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
     return { indexes: indexes.slice(0, written), values: out.map((w) => w.done()), unreadable, failures };
   } finally {
     fast.wipe();
-    for (const dek of deks.values()) if (typeof dek !== 'string') release(dek);
+    for (const dek of deks.values()) if (typeof dek !== 'string') recycleKey(dek);
     for (const kek of keks) releaseKey(kek.key);
   }
 }
@@ -266,7 +273,7 @@ class InPlace {
     const dek = this.clear.subarray(0, n);
     try {
       // The schedule holds its own copy; the scratch bytes are zeroized here.
-      const schedule = scheduleKey(dek);
+      const schedule = reusableSchedule(dek);
       return isNative(schedule) ? schedule : undefined;
     } finally {
       dek.fill(0);
@@ -330,7 +337,7 @@ function unwrap(codec: Codec, keks: { kekId: string; key: AeadKey }[], row: Wrap
       reasons.push(`'${kek.kekId}': ${err.reason}`);
       continue;
     }
-    const schedule = scheduleKey(dek);
+    const schedule = reusableSchedule(dek);
     // A native schedule holds its own copy: the raw bytes go at once.
     if (schedule !== dek) dek.fill(0);
     return schedule;
@@ -395,11 +402,6 @@ class Nonces {
     this.used += NONCE_BYTES;
     return nonce;
   }
-}
-
-function release(key: AeadKey): void {
-  if (Buffer.isBuffer(key)) key.fill(0);
-  else releaseKey(key);
 }
 
 /** The formats a thread compiles its codecs from (codecs do not cross threads). */
