@@ -161,6 +161,8 @@ export interface InPlaceForm {
   aadPacked(row: Readonly<Record<string, PackedField>>, kekId: string, scratch: Buffer): Buffer | undefined;
   /** The text columns aadPacked reads. */
   readonly aadColumns: readonly string[];
+  /** Whether the associated data binds the KEK id. */
+  readonly aadKekId: boolean;
 }
 
 /** A text column's value for InPlaceForm.aadPacked: `length` bytes of `bytes` from `start` (-1: NULL). */
@@ -489,6 +491,7 @@ export function compileFormat(format: SealedFormat): Codec {
           aad: recipes[0]!,
           aadPacked: compilePackedRecipe(aad.read[0]!),
           aadColumns: recipeColumns(aad.read[0]!),
+          aadKekId: aad.read[0]!.some((part) => 'kekId' in part),
         }
       : undefined;
 

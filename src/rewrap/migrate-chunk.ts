@@ -154,9 +154,24 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   }));
   // The row's tenant as the current form's associated data reads it: its packed bytes.
   const tenantField: PackedField = { bytes: rows.tenants.bytes, start: 0, length: -1 };
-  const dekIds = text(rows.dek.ids);
-  const dekLabels = text(rows.dek.labels);
-  const dekColumns = Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpack(column)] as const);
+  // The DEK row's text columns where they lie (PackedField, moved along row by row): its value and what its associated
+  // data reads, opened from their bytes; made strings only where that does not do.
+  const dekFields: Record<string, PackedField> = {};
+  const dekCursors: { field: PackedField; lengths: Int32Array }[] = [];
+  for (const [name, column] of Object.entries(rows.dek.columns.columns)) {
+    if (column.kind !== 'text') continue;
+    const field = { bytes: column.column.bytes, start: 0, length: -1 };
+    dekFields[name] = field;
+    dekCursors.push({ field, lengths: column.column.lengths });
+  }
+  let dekStrings:
+    { ids: (string | null)[]; labels: (string | null)[]; columns: (readonly [string, unknown[]])[] } | undefined;
+  const dekRow = () =>
+    (dekStrings ??= {
+      ids: text(rows.dek.ids),
+      labels: text(rows.dek.labels),
+      columns: Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpack(column)] as const),
+    });
   // The DEK's row as its codec reads it, one object reused for every row (a row the codecs' way gets its own).
   const dekView: Record<string, unknown> = {};
   const out = Array.from({ length: fieldCount }, () => new TextColumnWriter(count));
@@ -175,20 +190,29 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
       const tenant = tenants[i]!;
       if (tenantField.length > 0) tenantField.start += tenantField.length;
       tenantField.length = rows.tenants.lengths[i]!;
+      for (const { field, lengths } of dekCursors) {
+        if (field.length > 0) field.start += field.length;
+        field.length = lengths[i]!;
+      }
       let dek = deks.get(tenant);
       if (dek === undefined) {
-        let stored: WrappedDek | string | undefined;
-        if (dekIds[i] !== null) {
-          dekView.$id = dekIds[i];
-          dekView.$label = dekLabels[i];
-          for (const [name, column] of dekColumns) dekView[name] = column[i];
-          stored = dekView as WrappedDek;
-        } else stored = input.deks[tenant];
-        dek =
-          stored === undefined
-            ? `no DEK for tenant ${tenant}`
-            : (fast.unwrap(stored) ??
-              unwrap(codecs.dek, keks, stored === dekView ? ({ ...dekView } as WrappedDek) : stored));
+        const read = rows.dek.ids.lengths[i]! >= 0;
+        dek = read ? fast.unwrapPacked(dekFields, () => dekRow().labels[i] ?? '') : undefined;
+        if (dek === undefined) {
+          let stored: WrappedDek | string | undefined;
+          if (read) {
+            const strings = dekRow();
+            dekView.$id = strings.ids[i];
+            dekView.$label = strings.labels[i];
+            for (const [name, column] of strings.columns) dekView[name] = column[i];
+            stored = dekView as WrappedDek;
+          } else stored = input.deks[tenant];
+          dek =
+            stored === undefined
+              ? `no DEK for tenant ${tenant}`
+              : (fast.unwrap(stored) ??
+                unwrap(codecs.dek, keks, stored === dekView ? ({ ...dekView } as WrappedDek) : stored));
+        }
         deks.set(tenant, dek);
       }
       let any = false;
@@ -298,6 +322,43 @@ class InPlace {
       this.clear.subarray(0, n),
     );
     return opened ? n : -1;
+  }
+
+  /**
+   * The tenant's DEK from the DEK row's packed text columns (its value in base64, what its associated data reads),
+   * opened under the first KEK: a key schedule, or undefined to take `unwrap`'s way with the row's strings.
+   */
+  unwrapPacked(row: Readonly<Record<string, PackedField>>, label: () => string): AeadKey | undefined {
+    const form = this.dek;
+    if (!form || !this.kek || form.encoding !== 'base64') return undefined;
+    const value = row[form.column];
+    if (!value || value.length < 0 || !form.aadColumns.every((column) => row[column] !== undefined)) return undefined;
+    const p = form.prefix.length;
+    if (value.length < p) return undefined;
+    for (let k = 0; k < p; k++) if (value.bytes[value.start + k] !== form.prefix[k]) return undefined;
+    const { raw, clear } = this;
+    const size = decodeBase64Into(value.bytes, value.start + p, value.start + value.length, raw);
+    const n = size - NONCE_BYTES - TAG_BYTES;
+    if (n < 0 || (form.plaintextBytes !== undefined && n !== form.plaintextBytes)) return undefined;
+    const aad = form.aadPacked(row, form.aadKekId ? label() : '', this.scratch);
+    if (!aad) return undefined;
+    const body = NONCE_BYTES + n;
+    const dek = clear.subarray(0, n);
+    try {
+      const opened = this.kek.key.openInto(
+        raw.subarray(0, NONCE_BYTES),
+        raw.subarray(NONCE_BYTES, body),
+        raw.subarray(body, body + TAG_BYTES),
+        aad,
+        dek,
+      );
+      if (!opened) return undefined;
+      // The schedule holds its own copy; the scratch bytes are zeroized here.
+      const schedule = reusableSchedule(dek);
+      return isNative(schedule) ? schedule : undefined;
+    } finally {
+      dek.fill(0);
+    }
   }
 
   /** The tenant's DEK as a key schedule, or undefined to take the codecs' way. */
