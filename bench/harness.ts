@@ -11,6 +11,7 @@ import { startDevServer, type DevServer } from '../src/dev/dev-server';
 import { readToolchain, type Toolchain } from '../src/dev/toolchain';
 import { wrapDek } from '../src/envelope/dek-wrapping';
 import { EnvKeyProvider } from '../src/keyring/drivers/env';
+import { WORKER_TUNING } from '../src/env-vars';
 import { projectRoot } from '../src/project-paths';
 
 export const TASK_QUEUE = 'rekey-harness';
@@ -173,11 +174,10 @@ export function spawnWorker(options: {
       REKEY_METRICS_PORT: '0',
       REKEY_TEMPORAL_METRICS_PORT: '0',
       LOG_LEVEL: 'warn',
-      // What the benchmark compares: the crypto backend and threads, as the caller's environment gives them.
+      // What the benchmark compares: every setting of how much or how fast the worker reads (src/env-vars.ts,
+      // WORKER_TUNING: crypto backend and threads, activities at once, rates, …), as the caller's environment gives it.
       ...Object.fromEntries(
-        ['REKEY_AES_GCM', 'REKEY_CRYPTO_THREADS', 'REKEY_AES_GCM_ADDON']
-          .filter((name) => process.env[name] !== undefined)
-          .map((name) => [name, process.env[name]!]),
+        WORKER_TUNING.filter((name) => process.env[name] !== undefined).map((name) => [name, process.env[name]!]),
       ),
       ...options.keyEnv,
     },
@@ -211,6 +211,29 @@ export function spawnWorker(options: {
 export async function temporalClient(address: string): Promise<{ client: TemporalClient; close: () => Promise<void> }> {
   const connection = await Connection.connect({ address });
   return { client: new TemporalClient({ connection }), close: () => connection.close() };
+}
+
+/**
+ * Where a bench writes its results: the path after `--out` on its command line, else bench/out/<name>, a directory git
+ * ignores, so that a run never overwrites the committed bench/results files (those are copied there by hand, with the
+ * run's provenance, when a run is kept). Made if missing; the path is printed.
+ */
+/** The bench's positional arguments (those not an option, nor the path after `--out`). */
+export function positionalArgs(): string[] {
+  const args = process.argv.slice(2);
+  return args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--out');
+}
+
+export function writeResults(name: string, text: string): string {
+  const at = process.argv.indexOf('--out');
+  const file =
+    at >= 0 && process.argv[at + 1]
+      ? path.resolve(process.argv[at + 1]!)
+      : path.join(projectRoot, 'bench', 'out', name);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, text);
+  process.stdout.write(`results written to ${file}\n`);
+  return file;
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,9 +1,8 @@
 // `npm run bench -- <tenants> --kms`: a keyspace whose KEKs never leave AWS KMS (here moto), rotated by the real
 // workflow through a worker process. Such a rotation is one ReEncrypt per row, paced by the worker's request pacer
 // (REKEY_AWS_KMS_RATE, REKEY_AWS_KMS_CONCURRENCY): what bounds it is the key store's quota, not CPU, and what the
-// bench reports is the request rate reached against the rate configured. Writes bench/results/kms-<tenants>.md.
+// bench reports is the request rate reached against the rate configured. Writes bench/out/kms-<tenants>.md (or --out <path>).
 import { randomUUID } from 'node:crypto';
-import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Client as TemporalClient } from '@temporalio/client';
@@ -11,7 +10,6 @@ import type { Pool } from 'pg';
 import { startMoto } from '../src/dev/moto';
 import type { Toolchain } from '../src/dev/toolchain';
 import { KmsKeys } from '../src/keyring/drivers/aws-kms';
-import { projectRoot } from '../src/project-paths';
 import type { RotationRequest } from '../src/rotation/rotation-input';
 import { KekRegistry } from '../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../src/targets/builtin';
@@ -24,6 +22,7 @@ import {
   provenance,
   settle,
   spawnWorker,
+  writeResults,
   untilIdle,
 } from './harness';
 
@@ -143,7 +142,7 @@ export async function kmsBench(options: {
         `; moto ${path.basename(options.toolchain.motoServer)} as AWS KMS, on the same machine`,
       ),
     );
-    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `kms-${tenants}.md`), `${lines.join('\n')}\n`);
+    writeResults(`kms-${tenants}.md`, `${lines.join('\n')}\n`);
   } finally {
     postgres.close();
     seeder.close();

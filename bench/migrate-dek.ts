@@ -3,15 +3,13 @@
 // a naive per-value script on the same data in the same run, and against the database's own floor: the same jsonb_set
 // writes of every field with no crypto, as many concurrent statements on disjoint id ranges as the migration writes
 // with (at least one per core), on an identical copy of the seeded table settled the same way. Writes
-// bench/results/migrate-dek-<fields>.md.
+// bench/out/migrate-dek-<fields>.md, or the path after --out.
 //
 // The fixture is written with node:crypto alone, from ../shared/seed-systems.md, not with rekey's codecs: v1 is
 // base64(nonce ‖ ciphertext ‖ tag) under the KEK with no associated data; a DEK is 'v2:' + the same under the KEK
 // bound to the tenant UUID's bytes; a v2 field is 'v2:' + the same under the DEK bound to the UUID bytes ‖ field name.
 import { randomBytes, randomUUID } from 'node:crypto';
-import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Client as TemporalClient } from '@temporalio/client';
@@ -21,7 +19,6 @@ import { startMigration } from '../src/client/migrations';
 import { MYCELIUM_PRESET } from '../src/targets/presets';
 import { targetKeyspace } from '../src/targets/runtime';
 import { readToolchain } from '../src/dev/toolchain';
-import { projectRoot } from '../src/project-paths';
 import type { MigrationReport } from '../src/workflows';
 import {
   cloneDatabase,
@@ -33,6 +30,8 @@ import {
   provenance,
   sleep,
   spawnWorker,
+  positionalArgs,
+  writeResults,
   startServer,
   TASK_QUEUE,
   temporalClient,
@@ -238,7 +237,7 @@ async function settle(db: Pool): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const fields = Number(process.argv[2] ?? 1_000_000);
+  const fields = Number(positionalArgs()[0] ?? 1_000_000);
   const tenants = Math.ceil(fields / FIELDS.length);
   const toolchain = readToolchain();
   const server = await startServer(toolchain);
@@ -362,7 +361,7 @@ async function main(): Promise<void> {
         `; batch ${options.batchSize}, parallelism ${options.parallelism}`,
       ),
     );
-    fs.writeFileSync(path.join(projectRoot, 'bench', 'results', `migrate-dek-${fields}.md`), `${lines.join('\n')}\n`);
+    writeResults(`migrate-dek-${fields}.md`, `${lines.join('\n')}\n`);
   } finally {
     await copy?.drop();
     await worker.kill();

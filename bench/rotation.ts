@@ -1,15 +1,13 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
 // the database's floors (the same UPDATE as one statement, and split over every core) and a naive one-off script on
-// the same data. Writes bench/results/rotation-<tenants>.md. `npm run bench -- [tenants] --kms`: a keyspace held in
+// the same data. Writes bench/out/rotation-<tenants>.md, or the path after --out. `npm run bench -- [tenants] --kms`: a keyspace held in
 // AWS KMS (moto) instead, its request rate against the configured one (bench/kms-rate.ts).
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
 import { compileFormat } from '../src/codec/sealed-format';
 import { ThreadedRowCrypto } from '../src/crypto/row-crypto';
-import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import type { Pool } from 'pg';
 import { WorkflowUpdateFailedError, type Client as TemporalClient } from '@temporalio/client';
 import { startRotation } from '../src/client/rotations';
@@ -21,7 +19,6 @@ import { readToolchain } from '../src/dev/toolchain';
 import type { DekCipher } from '../src/keyring/cipher';
 import type { StoreDriver } from '../src/keyring/driver';
 import { storeCipher } from '../src/keyring/keyring';
-import { projectRoot } from '../src/project-paths';
 import { KekRegistry } from '../src/store/kek-registry';
 import { TargetStore } from '../src/store/target-store';
 import { REKEY_PRESET } from '../src/targets/presets';
@@ -35,6 +32,8 @@ import {
   DatabaseCpu,
   processCpuSeconds,
   freshDatabase,
+  positionalArgs,
+  writeResults,
   provenance,
   settle,
   sleep,
@@ -168,7 +167,7 @@ async function cryptoAlone(count: number, aesGcm: 'native' | 'node'): Promise<{ 
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const tenants = Number(args.find((a) => !a.startsWith('--')) ?? 1_000_000);
+  const tenants = Number(positionalArgs()[0] ?? 1_000_000);
   const toolchain = readToolchain();
   const server = await startServer(toolchain);
   if (args.includes('--kms')) {
@@ -340,6 +339,14 @@ async function main(): Promise<void> {
         `| Mycelium-format target (\`tenant.encrypted_dek\`: text, base64, compare on the stored value): rewrap phase | ${mycelium.seconds.toFixed(1)} s, ${n(mycelium.rate)} tenants/s (${mycelium.report.outcome}) |`,
       );
       say(`| ratio Mycelium-format / built-in | ${((mycelium.rate / builtin.rate) * 100).toFixed(0)}% |`);
+      const run = mycelium.cpu;
+      if (run) {
+        const perRow = (seconds: number | undefined) =>
+          `${(((seconds ?? 0) * 1e6) / mycelium.report.counters.rewrapped).toFixed(1)} µs`;
+        say(
+          `| CPU per rewrapped row during the Mycelium-format rewrap phase | worker ${perRow(run.cpu.worker)}, PostgreSQL ${perRow(run.cpu.postgres)} |`,
+        );
+      }
     }
     const cpuLine = (what: string, run: ReturnType<CpuMeter['end']> | undefined) => {
       if (!run) return;
@@ -373,10 +380,7 @@ async function main(): Promise<void> {
         `; worker: AES-GCM ${backend}, crypto threads ${process.env.REKEY_CRYPTO_THREADS ?? 'one per core'}`,
       ),
     );
-    fs.writeFileSync(
-      path.join(projectRoot, 'bench', 'results', `rotation-${tenants}${backend === 'auto' ? '' : `-${backend}`}.md`),
-      `${lines.join('\n')}\n`,
-    );
+    writeResults(`rotation-${tenants}${backend === 'auto' ? '' : `-${backend}`}.md`, `${lines.join('\n')}\n`);
   } finally {
     postgresCpu?.close();
     await worker?.kill();

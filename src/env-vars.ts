@@ -9,6 +9,11 @@ export interface EnvironmentVariable {
   default: string;
   what: string;
   readBy: readonly Reader[];
+  /**
+   * A setting of how much or how fast a worker works (threads, rates, batches), not of where it connects or which
+   * keys it holds: the benchmarks pass it from their own environment to the workers they start (WORKER_TUNING).
+   */
+  tunes?: true;
 }
 
 const ALL: readonly Reader[] = ['worker', 'admin', 'cli'];
@@ -146,8 +151,14 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     what: 'the alias prefix of the KMS keys (REKEY_KEY_PROVIDER=aws-kms)',
     readBy: ALL,
   },
-  { name: 'REKEY_AWS_KMS_CONCURRENCY', default: '16', what: 'KMS calls at once', readBy: ALL },
-  { name: 'REKEY_AWS_KMS_RATE', default: '500', what: 'KMS calls started per second (0: no limit)', readBy: ALL },
+  { name: 'REKEY_AWS_KMS_CONCURRENCY', default: '16', what: 'KMS calls at once', readBy: ALL, tunes: true },
+  {
+    name: 'REKEY_AWS_KMS_RATE',
+    default: '500',
+    what: 'KMS calls started per second (0: no limit)',
+    readBy: ALL,
+    tunes: true,
+  },
   {
     name: 'REKEY_AWS_KMS_DELETION_WINDOW_DAYS',
     default: '30',
@@ -229,18 +240,26 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     what: "the keyspace's Transit key, e.g. rekey-prod (REKEY_KEY_PROVIDER=vault-transit)",
     readBy: ALL,
   },
-  { name: 'REKEY_VAULT_TRANSIT_CONCURRENCY', default: '4', what: 'Transit calls at once (1 to 64)', readBy: ALL },
+  {
+    name: 'REKEY_VAULT_TRANSIT_CONCURRENCY',
+    default: '4',
+    what: 'Transit calls at once (1 to 64)',
+    readBy: ALL,
+    tunes: true,
+  },
   {
     name: 'REKEY_VAULT_TRANSIT_RATE',
     default: '50',
     what: 'Transit calls started per second (0: no limit)',
     readBy: ALL,
+    tunes: true,
   },
   {
     name: 'REKEY_VAULT_TRANSIT_BATCH',
     default: '250',
     what: 'items per Transit rewrap request, batch_input (1 to 10,000)',
     readBy: ALL,
+    tunes: true,
   },
   { name: 'REKEY_METRICS_PORT', default: '9464', what: 'the port of /metrics (0: any free port)', readBy: ['worker'] },
   {
@@ -260,19 +279,28 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     default: 'one per core',
     what: "threads for the crypto of rewraps and of migrate-dek (0: in the activity's own thread)",
     readBy: ['worker'],
+    tunes: true,
   },
-  { name: 'REKEY_AES_GCM', default: 'auto', what: 'auto, native (the addon or an error) or node', readBy: ['worker'] },
+  {
+    name: 'REKEY_AES_GCM',
+    default: 'auto',
+    what: 'auto, native (the addon or an error) or node',
+    readBy: ['worker'],
+    tunes: true,
+  },
   {
     name: 'REKEY_AES_GCM_ADDON',
     default: 'where npm run setup built it',
     what: 'the native AES-GCM addon',
     readBy: ['worker'],
+    tunes: true,
   },
   {
     name: 'REKEY_MAX_CONCURRENT_ACTIVITIES',
     default: "the Temporal SDK's",
     what: 'activities this process runs at once',
     readBy: ['worker'],
+    tunes: true,
   },
   {
     name: 'REKEY_NOTIFY_SECRET',
@@ -302,6 +330,11 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   },
   { name: 'REKEY_TARGET', default: 'REKEY_DEFAULT_TARGET', what: "the CLI's --target", readBy: ['cli'] },
 ];
+
+/** The worker's settings of how much or how fast (`tunes`): what a benchmark passes on to the workers it starts. */
+export const WORKER_TUNING: readonly string[] = ENVIRONMENT.filter((v) => v.tunes && v.readBy.includes('worker')).map(
+  (v) => v.name,
+);
 
 /** `--help` of a server process: what it is, how it is run, and every variable it reads with its default. */
 export function processHelp(reader: Exclude<Reader, 'cli'>, summary: string, usage: string): string {

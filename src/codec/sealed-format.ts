@@ -153,6 +153,23 @@ export interface InPlaceForm {
   readonly plaintextBytes?: number;
   /** The associated data of the row under `kekId`, in `scratch` when it fits (a view of it). */
   aad(row: Row, kekId: string, scratch: Buffer): Buffer;
+  /**
+   * The same associated data from the row's text columns as packed UTF-8 bytes (one PackedField per column the recipe
+   * reads), in `scratch` when it fits; undefined where only `aad` can tell (a NULL, a UUID not in its 36- or
+   * 32-character form, bytes that are not ASCII): the caller then builds the row's strings and calls `aad`.
+   */
+  aadPacked(row: Readonly<Record<string, PackedField>>, kekId: string, scratch: Buffer): Buffer | undefined;
+  /** The text columns aadPacked reads. */
+  readonly aadColumns: readonly string[];
+  /** Whether the associated data binds the KEK id. */
+  readonly aadKekId: boolean;
+}
+
+/** A text column's value for InPlaceForm.aadPacked: `length` bytes of `bytes` from `start` (-1: NULL). */
+export interface PackedField {
+  bytes: Uint8Array;
+  start: number;
+  length: number;
 }
 
 const TEXT_PATTERN: Record<Exclude<Encoding, 'bytea'>, RegExp> = {
@@ -283,6 +300,86 @@ function compileRecipe(parts: AadPart[]): AadBuilder {
   };
 }
 
+/** A hex digit's value, or -1. */
+const HEX = new Int8Array(256).fill(-1);
+for (let i = 0; i < 16; i++) {
+  HEX['0123456789abcdef'.charCodeAt(i)] = i;
+  HEX['0123456789ABCDEF'.charCodeAt(i)] = i;
+}
+
+/**
+ * A UUID's 16 bytes from its text's packed bytes into `out` at `at`, as uuidHex and a hex write read it (36 characters
+ * with dashes at 8, 13, 18, 23, or 32 digits): false for anything else.
+ */
+function packedUuid(field: PackedField, out: Buffer, at: number): boolean {
+  const { bytes, start, length } = field;
+  const dashed = length === 36;
+  if (!dashed && length !== 32) return false;
+  if (
+    dashed &&
+    (bytes[start + 8] !== 45 || bytes[start + 13] !== 45 || bytes[start + 18] !== 45 || bytes[start + 23] !== 45)
+  ) {
+    return false;
+  }
+  let k = start;
+  for (let o = 0; o < 16; o++) {
+    if (dashed && (k - start === 8 || k - start === 13 || k - start === 18 || k - start === 23)) k++;
+    const hi = HEX[bytes[k]!]!;
+    const lo = HEX[bytes[k + 1]!]!;
+    if ((hi | lo) < 0) return false;
+    out[at + o] = (hi << 4) | lo;
+    k += 2;
+  }
+  return true;
+}
+
+/** A recipe over packed text columns (InPlaceForm.aadPacked): the same bytes compileRecipe's builder writes. */
+function compilePackedRecipe(parts: AadPart[]): InPlaceForm['aadPacked'] {
+  const pieces = parts.map((part) => {
+    if ('text' in part) return { fixed: Buffer.from(part.text, 'utf8') };
+    if ('hex' in part) return { fixed: Buffer.from(part.hex, 'hex') };
+    if ('column' in part)
+      return { column: part.column, uuid: part.as === 'uuid', prefixed: part.lengthPrefix === true };
+    return { kekId: true, prefixed: part.lengthPrefix === true };
+  });
+  return (row, kekId, scratch) => {
+    let total = 0;
+    for (const piece of pieces) {
+      if (piece.fixed) total += piece.fixed.length;
+      else if (piece.column !== undefined) {
+        const field = row[piece.column];
+        if (!field || field.length < 0) return undefined;
+        total += (piece.uuid ? 16 : field.length) + (piece.prefixed ? 4 : 0);
+      } else total += Buffer.byteLength(kekId, 'utf8') + (piece.prefixed ? 4 : 0);
+    }
+    const out = scratch.length >= total ? scratch.subarray(0, total) : Buffer.allocUnsafe(total);
+    let offset = 0;
+    for (const piece of pieces) {
+      if (piece.fixed) offset += piece.fixed.copy(out, offset);
+      else if (piece.column !== undefined) {
+        const field = row[piece.column]!;
+        if (piece.uuid) {
+          if (piece.prefixed) offset = out.writeUInt32BE(16, offset);
+          if (!packedUuid(field, out, offset)) return undefined;
+          offset += 16;
+        } else {
+          // The string's UTF-8 is these bytes when they are ASCII; anything else is left to the string's way.
+          const { bytes, start, length } = field;
+          for (let k = start; k < start + length; k++) if (bytes[k]! > 0x7f) return undefined;
+          if (piece.prefixed) offset = out.writeUInt32BE(length, offset);
+          for (let k = 0; k < length; k++) out[offset + k] = bytes[start + k]!;
+          offset += length;
+        }
+      } else {
+        const size = Buffer.byteLength(kekId, 'utf8');
+        if (piece.prefixed) offset = out.writeUInt32BE(size, offset);
+        offset += out.write(kekId, offset, 'utf8');
+      }
+    }
+    return out;
+  };
+}
+
 function recipeColumns(parts: AadPart[]): string[] {
   return parts.flatMap((part) => ('column' in part ? [part.column] : []));
 }
@@ -392,6 +489,9 @@ export function compileFormat(format: SealedFormat): Codec {
           prefix: Buffer.from(value.prefix ?? '', value.encoding === 'bytea' ? 'hex' : 'utf8'),
           ...(format.plaintextBytes !== undefined && { plaintextBytes: format.plaintextBytes }),
           aad: recipes[0]!,
+          aadPacked: compilePackedRecipe(aad.read[0]!),
+          aadColumns: recipeColumns(aad.read[0]!),
+          aadKekId: aad.read[0]!.some((part) => 'kekId' in part),
         }
       : undefined;
 

@@ -19,6 +19,8 @@ export interface KeySchedule {
   /** Writes the plaintext into `out` (the ciphertext's length): false, and `out` zeroized, when it does not open. */
   openInto(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer, out: Buffer): boolean;
   release(): void;
+  /** Expands another key in this schedule, the one it held zeroized first: false when the addon cannot. */
+  rekey(key: Buffer): boolean;
 }
 
 export type AeadKey = Buffer | KeySchedule;
@@ -55,6 +57,8 @@ export function gcmOpen(key: AeadKey, nonce: Buffer, ciphertext: Buffer, tag: Bu
 interface NativeGcmKey {
   sealInto(nonce: Buffer, plaintext: Buffer, aad: Buffer, out: Buffer): void;
   openInto(nonce: Buffer, ciphertext: Buffer, tag: Buffer, aad: Buffer, out: Buffer): boolean;
+  /** Absent from an addon built before it (REKEY_AES_GCM_ADDON naming an older build). */
+  rekey?(key: Buffer): void;
   release(): void;
 }
 interface NativeAddon {
@@ -151,6 +155,39 @@ class NativeSchedule implements KeySchedule {
   release(): void {
     this.key.release();
   }
+
+  /** `key` expanded in this object (a released one): false when the addon cannot. */
+  rekey(key: Buffer): boolean {
+    if (!this.key.rekey) return false;
+    this.key.rekey(key);
+    return true;
+  }
+}
+
+/** Released native schedules this thread may expand another key in (reusableSchedule), at most REUSED_MAX. */
+const reused: NativeSchedule[] = [];
+const REUSED_MAX = 4096;
+
+/**
+ * scheduleKey for one of many short-lived keys (a migration's DEKs, one per tenant): a schedule recycleKey released
+ * earlier in this thread, expanded again, when there is one. A new native schedule per key costs native memory that
+ * only the garbage collector's finalizer frees, which a crypto thread's small heap seldom runs: a worker's memory
+ * grew with the number of tenants it had seen.
+ */
+export function reusableSchedule(key: Buffer): AeadKey {
+  const schedule = reused.pop();
+  if (schedule?.rekey(key)) return schedule;
+  return scheduleKey(key);
+}
+
+/** Releases (zeroizes) a schedule from reusableSchedule and keeps it for the next; a Buffer is zeroized. */
+export function recycleKey(key: AeadKey): void {
+  if (Buffer.isBuffer(key)) {
+    key.fill(0);
+    return;
+  }
+  key.release();
+  if (key instanceof NativeSchedule && reused.length < REUSED_MAX) reused.push(key);
 }
 
 /** Releases a schedule made by scheduleKey (a Buffer is the caller's to zeroize). */

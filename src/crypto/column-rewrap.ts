@@ -6,7 +6,16 @@
 // `from`: a relabel or a failure) goes through rewrapOne with the row unpacked, and so gets exactly the outcome and
 // the reason rewrapRows gives; so does every row of any other format, of a scan of the others, and of a dry run.
 import { randomBytes } from 'node:crypto';
-import { decodedLength, NONCE_BYTES, TAG_BYTES, type Codec, type InPlaceForm, type Row } from '../codec/sealed-format';
+import { base64Length, decodeBase64Into, encodeBase64Into } from '../codec/base64-bytes';
+import {
+  decodedLength,
+  NONCE_BYTES,
+  TAG_BYTES,
+  type Codec,
+  type InPlaceForm,
+  type PackedField,
+  type Row,
+} from '../codec/sealed-format';
 import { UnreadableValueError } from '../errors';
 import { rewrapOne, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
 import type { KeySchedule } from './aes-gcm';
@@ -88,15 +97,38 @@ function inPlace(
   const input = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   const { prefix, encoding } = form;
   const p = prefix.length;
-  // A text format's value decoded into `raw`, and sealed into `sealed` before it is encoded.
+  // A text format's value decoded into `raw`, and sealed into `sealed` before it is encoded; standard base64 both ways
+  // from byte to byte (src/codec/base64-bytes.ts), the other alphabets through a string.
   const text = encoding !== 'bytea';
+  const base64 = encoding === 'base64';
   const raw = text ? Buffer.allocUnsafe(1024) : input;
   const sealed = Buffer.allocUnsafe(text ? 1024 : 0);
-  // The other columns (the associated data's) as the codec reads them, in one row object reused for every row.
-  const others = Object.entries(columns)
-    .filter(([name]) => name !== form.column)
-    .map(([name, column]) => [name, unpackColumn(column)] as const);
+  // The other columns (the associated data's): packed text read where it lies (PackedField, one per column, moved
+  // along row by row), and only where that cannot build the associated data, the row's strings in one object reused
+  // for every row.
+  const others = Object.entries(columns).filter(([name]) => name !== form.column);
+  const packed: Record<string, PackedField> = {};
+  const cursors: { field: PackedField; lengths: Int32Array }[] = [];
+  for (const [name, column] of others) {
+    if (column.kind !== 'text' || !form.aadColumns.includes(name)) continue;
+    const field = { bytes: column.column.bytes, start: 0, length: -1 };
+    packed[name] = field;
+    cursors.push({ field, lengths: column.column.lengths });
+  }
+  const allPacked = form.aadColumns.every((name) => packed[name] !== undefined);
+  let unpacked: (readonly [string, unknown[]])[] | undefined;
   const view: Record<string, unknown> = {};
+  let viewRow = -1;
+  const rowView = (i: number): Row => {
+    if (viewRow !== i) {
+      unpacked ??= others.map(([name, column]) => [name, unpackColumn(column)] as const);
+      for (const [name, column] of unpacked) view[name] = column[i];
+      viewRow = i;
+    }
+    return view;
+  };
+  const aad = (i: number, kekId: string): Buffer =>
+    (allPacked ? form.aadPacked(packed, kekId, scratch) : undefined) ?? form.aad(rowView(i), kekId, scratch);
 
   // Every write is as long as the value it replaces (same form, same plaintext): the input's size bounds the output.
   let out: Buffer = Buffer.alloc(input.length);
@@ -126,7 +158,10 @@ function inPlace(
       const length = lengths[i]!;
       const start = offset;
       if (length > 0) offset += length;
-      for (const [name, column] of others) view[name] = column[i];
+      for (const { field, lengths: fieldLengths } of cursors) {
+        if (field.length > 0) field.start += field.length;
+        field.length = fieldLengths[i]!;
+      }
       // Where the value's nonce ‖ ciphertext ‖ tag lie: in the packed bytes (bytea), or decoded into `raw` (text,
       // when it decodes exactly as the codec's own reading would: ASCII, every character used).
       let body = -1;
@@ -135,6 +170,9 @@ function inPlace(
         if (!text) {
           body = start + p;
           size = length - p;
+        } else if (base64) {
+          size = decodeBase64Into(input, start + p, start + length, raw);
+          if (size >= 0) body = 0;
         } else if (isAscii(input, start + p, start + length)) {
           const encoded = input.toString('latin1', start + p, start + length);
           const expected = decodedLength(encoded, encoding);
@@ -159,7 +197,7 @@ function inPlace(
             raw.subarray(body, ciphertext),
             raw.subarray(ciphertext, ciphertext + n),
             raw.subarray(ciphertext + n, ciphertext + n + TAG_BYTES),
-            form.aad(view, from.kekId, scratch),
+            aad(i, from.kekId),
             clear,
           );
         } catch (err) {
@@ -174,7 +212,7 @@ function inPlace(
             toKey.sealInto(
               out.subarray(at + p, at + p + NONCE_BYTES),
               clear,
-              form.aad(view, to.kekId, scratch),
+              aad(i, to.kekId),
               out.subarray(at + p + NONCE_BYTES, at + length),
             );
             clear.fill(0);
@@ -187,18 +225,27 @@ function inPlace(
             toKey.sealInto(
               sealed.subarray(0, NONCE_BYTES),
               clear,
-              form.aad(view, to.kekId, scratch),
+              aad(i, to.kekId),
               sealed.subarray(NONCE_BYTES, size),
             );
             clear.fill(0);
-            const encoded = sealed.toString(encoding, 0, size);
-            if (at + p + encoded.length > out.length) out = grow(out, at + p + encoded.length);
-            prefix.copy(out, at);
-            out.write(encoded, at + p, 'latin1');
+            let encodedLength: number;
+            if (base64) {
+              encodedLength = base64Length(size);
+              if (at + p + encodedLength > out.length) out = grow(out, at + p + encodedLength);
+              prefix.copy(out, at);
+              encodeBase64Into(sealed, 0, size, out, at + p);
+            } else {
+              const encoded = sealed.toString(encoding, 0, size);
+              encodedLength = encoded.length;
+              if (at + p + encodedLength > out.length) out = grow(out, at + p + encodedLength);
+              prefix.copy(out, at);
+              out.write(encoded, at + p, 'latin1');
+            }
             indexes[written] = i;
-            outLengths[written] = p + encoded.length;
+            outLengths[written] = p + encodedLength;
             written++;
-            at += p + encoded.length;
+            at += p + encodedLength;
           }
           continue;
         }
@@ -210,7 +257,7 @@ function inPlace(
           : text
             ? input.toString('utf8', start, start + length)
             : input.subarray(start, start + length);
-      const row: Row = { ...view, [form.column]: value };
+      const row: Row = { ...rowView(i), [form.column]: value };
       const outcome = rewrapOne(codec, from, to, row, options, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
       if (outcome === undefined) continue;
       if ('reason' in outcome) {
@@ -222,7 +269,10 @@ function inPlace(
   } finally {
     plaintext.fill(0);
     scratch.fill(0);
-    if (text) raw.fill(0);
+    if (text) {
+      raw.fill(0);
+      sealed.fill(0);
+    }
   }
   outLengths = outLengths.slice(0, written);
   return {

@@ -12,10 +12,19 @@ import {
   TAG_BYTES,
   type Codec,
   type InPlaceForm,
+  type PackedField,
   type Row,
   type SealedFormat,
 } from '../codec/sealed-format';
-import { releaseKey, scheduleKey, type AeadKey, type KeySchedule } from '../crypto/aes-gcm';
+import { base64Length, decodeBase64Into, encodeBase64Into } from '../codec/base64-bytes';
+import {
+  recycleKey,
+  releaseKey,
+  reusableSchedule,
+  scheduleKey,
+  type AeadKey,
+  type KeySchedule,
+} from '../crypto/aes-gcm';
 import { unpackColumn, type ByteColumn, type Column, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
 
@@ -65,7 +74,10 @@ export interface MigrateCodecs {
   current: Codec[];
 }
 
-/** Text values packed one after another into a buffer that grows as needed. */
+/**
+ * Text values packed one after another into a buffer that grows as needed. A row's value is staged after the last
+ * one kept (stage*), then kept or dropped with the row (keep): a row is kept once every field of it is sealed.
+ */
 class TextColumnWriter {
   private bytes = Buffer.allocUnsafe(4096);
   private at = 0;
@@ -76,20 +88,35 @@ class TextColumnWriter {
     this.lengths = new Int32Array(capacity);
   }
 
-  push(value: string | null): void {
-    if (value === null) {
-      this.lengths[this.rows++] = -1;
-      return;
-    }
+  private room(size: number): void {
+    if (this.at + size <= this.bytes.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(this.at + size, this.bytes.length * 2));
+    this.bytes.copy(bigger, 0, 0, this.at);
+    this.bytes.fill(0, 0, this.at);
+    this.bytes = bigger;
+  }
+
+  /** Stages `value`: its length in bytes. */
+  stageText(value: string): number {
     const size = Buffer.byteLength(value, 'utf8');
-    if (this.at + size > this.bytes.length) {
-      const bigger = Buffer.allocUnsafe(Math.max(this.at + size, this.bytes.length * 2));
-      this.bytes.copy(bigger, 0, 0, this.at);
-      this.bytes = bigger;
-    }
+    this.room(size);
     this.bytes.write(value, this.at, 'utf8');
-    this.at += size;
-    this.lengths[this.rows++] = size;
+    return size;
+  }
+
+  /** Stages `prefix` and the standard base64 of `raw[0, size)`: its length in bytes. */
+  stageBase64(prefix: Buffer, raw: Buffer, size: number): number {
+    const length = prefix.length + base64Length(size);
+    this.room(length);
+    prefix.copy(this.bytes, this.at);
+    encodeBase64Into(raw, 0, size, this.bytes, this.at + prefix.length);
+    return length;
+  }
+
+  /** Keeps the row: the value staged, `length` bytes long, or NULL (-1). */
+  keep(length: number): void {
+    this.lengths[this.rows++] = length;
+    if (length > 0) this.at += length;
   }
 
   /** The packed column, in buffers of its own (to be moved back to the caller's thread). */
@@ -119,10 +146,32 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   };
   const text = (column: ByteColumn) => unpack({ kind: 'text', column }) as (string | null)[];
   const tenants = text(rows.tenants);
-  const values = rows.values.map(text);
-  const dekIds = text(rows.dek.ids);
-  const dekLabels = text(rows.dek.labels);
-  const dekColumns = Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpack(column)] as const);
+  // Each field's legacy values where they lie in their packed column (made strings only for the codecs' way).
+  const values = rows.values.map((column) => ({
+    column,
+    bytes: Buffer.from(column.bytes.buffer, column.bytes.byteOffset, column.bytes.length),
+    offset: 0,
+  }));
+  // The row's tenant as the current form's associated data reads it: its packed bytes.
+  const tenantField: PackedField = { bytes: rows.tenants.bytes, start: 0, length: -1 };
+  // The DEK row's text columns where they lie (PackedField, moved along row by row): its value and what its associated
+  // data reads, opened from their bytes; made strings only where that does not do.
+  const dekFields: Record<string, PackedField> = {};
+  const dekCursors: { field: PackedField; lengths: Int32Array }[] = [];
+  for (const [name, column] of Object.entries(rows.dek.columns.columns)) {
+    if (column.kind !== 'text') continue;
+    const field = { bytes: column.column.bytes, start: 0, length: -1 };
+    dekFields[name] = field;
+    dekCursors.push({ field, lengths: column.column.lengths });
+  }
+  let dekStrings:
+    { ids: (string | null)[]; labels: (string | null)[]; columns: (readonly [string, unknown[]])[] } | undefined;
+  const dekRow = () =>
+    (dekStrings ??= {
+      ids: text(rows.dek.ids),
+      labels: text(rows.dek.labels),
+      columns: Object.entries(rows.dek.columns.columns).map(([name, column]) => [name, unpack(column)] as const),
+    });
   // The DEK's row as its codec reads it, one object reused for every row (a row the codecs' way gets its own).
   const dekView: Record<string, unknown> = {};
   const out = Array.from({ length: fieldCount }, () => new TextColumnWriter(count));
@@ -134,49 +183,70 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   let sealable = 0;
   for (const column of rows.values) for (const length of column.lengths) if (length >= 0) sealable++;
   const nonces = new Nonces(sealable);
-  const sealed: (string | null)[] = new Array<string | null>(fieldCount);
+  const staged = new Int32Array(fieldCount);
   const fast = new InPlace(codecs, keks);
   try {
     for (let i = 0; i < count; i++) {
       const tenant = tenants[i]!;
+      if (tenantField.length > 0) tenantField.start += tenantField.length;
+      tenantField.length = rows.tenants.lengths[i]!;
+      for (const { field, lengths } of dekCursors) {
+        if (field.length > 0) field.start += field.length;
+        field.length = lengths[i]!;
+      }
       let dek = deks.get(tenant);
       if (dek === undefined) {
-        let stored: WrappedDek | string | undefined;
-        if (dekIds[i] !== null) {
-          dekView.$id = dekIds[i];
-          dekView.$label = dekLabels[i];
-          for (const [name, column] of dekColumns) dekView[name] = column[i];
-          stored = dekView as WrappedDek;
-        } else stored = input.deks[tenant];
-        dek =
-          stored === undefined
-            ? `no DEK for tenant ${tenant}`
-            : (fast.unwrap(stored) ??
-              unwrap(codecs.dek, keks, stored === dekView ? ({ ...dekView } as WrappedDek) : stored));
+        const read = rows.dek.ids.lengths[i]! >= 0;
+        dek = read ? fast.unwrapPacked(dekFields, () => dekRow().labels[i] ?? '') : undefined;
+        if (dek === undefined) {
+          let stored: WrappedDek | string | undefined;
+          if (read) {
+            const strings = dekRow();
+            dekView.$id = strings.ids[i];
+            dekView.$label = strings.labels[i];
+            for (const [name, column] of strings.columns) dekView[name] = column[i];
+            stored = dekView as WrappedDek;
+          } else stored = input.deks[tenant];
+          dek =
+            stored === undefined
+              ? `no DEK for tenant ${tenant}`
+              : (fast.unwrap(stored) ??
+                unwrap(codecs.dek, keks, stored === dekView ? ({ ...dekView } as WrappedDek) : stored));
+        }
         deks.set(tenant, dek);
       }
       let any = false;
       for (let f = 0; f < fieldCount; f++) {
-        sealed[f] = null;
-        const value = values[f]![i];
-        if (value === null || value === undefined) continue;
+        staged[f] = -1;
+        const field = values[f]!;
+        const length = field.column.lengths[i]!;
+        const start = field.offset;
+        if (length > 0) field.offset += length;
+        if (length < 0) continue;
+        const bytes = fast.sealPacked(f, tenantField, field.bytes, start, length, dek, nonces, out[f]!);
+        if (bytes >= 0) {
+          staged[f] = bytes;
+          any = true;
+          continue;
+        }
+        const value = field.bytes.toString('utf8', start, start + length);
         const result = fast.seal(f, tenant, value, dek, nonces) ?? seal(codecs, keks, f, tenant, value, dek, nonces);
         if (typeof result === 'string') {
           unreadable[f]! += 1;
           failures.push({ index: i, field: f, reason: result });
           continue;
         }
-        sealed[f] = result.value;
+        staged[f] = out[f]!.stageText(result.value);
         any = true;
       }
       if (!any) continue;
       indexes[written++] = i;
-      for (let f = 0; f < fieldCount; f++) out[f]!.push(sealed[f]!);
+      for (let f = 0; f < fieldCount; f++) out[f]!.keep(staged[f]!);
     }
     return { indexes: indexes.slice(0, written), values: out.map((w) => w.done()), unreadable, failures };
   } finally {
     fast.wipe();
-    for (const dek of deks.values()) if (typeof dek !== 'string') release(dek);
+    for (const dek of deks.values()) if (typeof dek !== 'string') recycleKey(dek);
     for (const kek of keks) releaseKey(kek.key);
   }
 }
@@ -196,6 +266,7 @@ class InPlace {
   private readonly out = Buffer.alloc(1024);
   private readonly scratch = Buffer.alloc(256);
   private readonly view: Record<string, unknown> = {};
+  private readonly packed: Record<string, PackedField> = {};
   private readonly kek: { kekId: string; key: KeySchedule } | undefined;
   private readonly dek: InPlaceForm | undefined;
   private readonly legacy: (InPlaceForm | undefined)[];
@@ -253,6 +324,43 @@ class InPlace {
     return opened ? n : -1;
   }
 
+  /**
+   * The tenant's DEK from the DEK row's packed text columns (its value in base64, what its associated data reads),
+   * opened under the first KEK: a key schedule, or undefined to take `unwrap`'s way with the row's strings.
+   */
+  unwrapPacked(row: Readonly<Record<string, PackedField>>, label: () => string): AeadKey | undefined {
+    const form = this.dek;
+    if (!form || !this.kek || form.encoding !== 'base64') return undefined;
+    const value = row[form.column];
+    if (!value || value.length < 0 || !form.aadColumns.every((column) => row[column] !== undefined)) return undefined;
+    const p = form.prefix.length;
+    if (value.length < p) return undefined;
+    for (let k = 0; k < p; k++) if (value.bytes[value.start + k] !== form.prefix[k]) return undefined;
+    const { raw, clear } = this;
+    const size = decodeBase64Into(value.bytes, value.start + p, value.start + value.length, raw);
+    const n = size - NONCE_BYTES - TAG_BYTES;
+    if (n < 0 || (form.plaintextBytes !== undefined && n !== form.plaintextBytes)) return undefined;
+    const aad = form.aadPacked(row, form.aadKekId ? label() : '', this.scratch);
+    if (!aad) return undefined;
+    const body = NONCE_BYTES + n;
+    const dek = clear.subarray(0, n);
+    try {
+      const opened = this.kek.key.openInto(
+        raw.subarray(0, NONCE_BYTES),
+        raw.subarray(NONCE_BYTES, body),
+        raw.subarray(body, body + TAG_BYTES),
+        aad,
+        dek,
+      );
+      if (!opened) return undefined;
+      // The schedule holds its own copy; the scratch bytes are zeroized here.
+      const schedule = reusableSchedule(dek);
+      return isNative(schedule) ? schedule : undefined;
+    } finally {
+      dek.fill(0);
+    }
+  }
+
   /** The tenant's DEK as a key schedule, or undefined to take the codecs' way. */
   unwrap(row: WrappedDek | string): AeadKey | undefined {
     const form = this.dek;
@@ -266,11 +374,71 @@ class InPlace {
     const dek = this.clear.subarray(0, n);
     try {
       // The schedule holds its own copy; the scratch bytes are zeroized here.
-      const schedule = scheduleKey(dek);
+      const schedule = reusableSchedule(dek);
       return isNative(schedule) ? schedule : undefined;
     } finally {
       dek.fill(0);
     }
+  }
+
+  /**
+   * Field `f`'s legacy value, `length` bytes of `input` from `start`, opened under the first KEK and sealed under `dek`
+   * with no string: decoded from its bytes, the associated data built from the tenant's packed bytes, and staged in
+   * `writer` as its prefix and base64. The bytes staged, or -1 where only `seal` (a string) or the codecs can tell
+   * (another encoding or form, associated data that reads more than the tenant, a value that does not open).
+   */
+  sealPacked(
+    f: number,
+    tenant: PackedField,
+    input: Buffer,
+    start: number,
+    length: number,
+    dek: AeadKey | string,
+    nonces: Nonces,
+    writer: TextColumnWriter,
+  ): number {
+    const legacy = this.legacy[f];
+    const current = this.current?.[f];
+    if (!legacy || !current || !this.kek || typeof dek === 'string' || !isNative(dek)) return -1;
+    if (legacy.encoding !== 'base64' || current.form.encoding !== 'base64') return -1;
+    if (!this.tenantOnly(legacy) || !this.tenantOnly(current.form)) return -1;
+    const p = legacy.prefix.length;
+    if (length < p || !legacy.prefix.equals(input.subarray(start, start + p))) return -1;
+    const { raw, clear, out, packed } = this;
+    const size = decodeBase64Into(input, start + p, start + length, raw);
+    const n = size - NONCE_BYTES - TAG_BYTES;
+    if (n < 0) return -1;
+    if (legacy.plaintextBytes !== undefined && n !== legacy.plaintextBytes) return -1;
+    if (current.form.plaintextBytes !== undefined && n !== current.form.plaintextBytes) return -1;
+    packed.tenant = tenant;
+    const opening = legacy.aadPacked(packed, this.kek.kekId, this.scratch);
+    if (!opening) return -1;
+    const body = NONCE_BYTES + n;
+    try {
+      if (
+        !this.kek.key.openInto(
+          raw.subarray(0, NONCE_BYTES),
+          raw.subarray(NONCE_BYTES, body),
+          raw.subarray(body, body + TAG_BYTES),
+          opening,
+          clear.subarray(0, n),
+        )
+      ) {
+        return -1;
+      }
+      const sealing = current.form.aadPacked(packed, '', this.scratch);
+      if (!sealing) return -1;
+      nonces.next().copy(out, 0);
+      dek.sealInto(out.subarray(0, NONCE_BYTES), clear.subarray(0, n), sealing, out.subarray(NONCE_BYTES, size));
+      return writer.stageBase64(current.form.prefix, out, size);
+    } finally {
+      clear.fill(0, 0, n);
+    }
+  }
+
+  /** True when the form's associated data reads no column but the tenant (as `seal` gives it: its view's `tenant`). */
+  private tenantOnly(form: InPlaceForm): boolean {
+    return form.aadColumns.every((column) => column === 'tenant');
   }
 
   /** Field `f`'s legacy value opened under the first KEK and sealed under `dek`, or undefined. */
@@ -330,7 +498,7 @@ function unwrap(codec: Codec, keks: { kekId: string; key: AeadKey }[], row: Wrap
       reasons.push(`'${kek.kekId}': ${err.reason}`);
       continue;
     }
-    const schedule = scheduleKey(dek);
+    const schedule = reusableSchedule(dek);
     // A native schedule holds its own copy: the raw bytes go at once.
     if (schedule !== dek) dek.fill(0);
     return schedule;
@@ -395,11 +563,6 @@ class Nonces {
     this.used += NONCE_BYTES;
     return nonce;
   }
-}
-
-function release(key: AeadKey): void {
-  if (Buffer.isBuffer(key)) key.fill(0);
-  else releaseKey(key);
 }
 
 /** The formats a thread compiles its codecs from (codecs do not cross threads). */

@@ -154,4 +154,33 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
     schedule.release();
     expect(findInMemory([held, hMasked]).found).toEqual([]);
   });
+
+  it('a schedule expanded again with another key (rekey, as a migration reuses one per DEK) keeps no copy of the key it held, and release() leaves neither', () => {
+    const gcm = addon();
+    const first = randomBytes(32);
+    const second = randomBytes(32);
+    const firstKey = masked('the first key', first);
+    const secondKey = masked('the second key', second);
+    const schedule = nativeSchedule(gcm, first);
+    first.fill(0);
+    use(schedule);
+    expect(findInMemory([firstKey]).found.map((f) => f.what)).toContain('the first key');
+
+    expect(schedule.rekey(second)).toBe(true);
+    second.fill(0);
+    use(schedule);
+    const secrets = [
+      firstKey,
+      part(firstKey, 0, 16, "the first key's first half"),
+      part(firstKey, 16, 32, "the first key's second half"),
+    ];
+    const rekeyed = findInMemory([...secrets, secondKey]);
+    expect(rekeyed.found.map((f) => f.what)).toEqual(expect.arrayContaining(['the second key']));
+    expect(rekeyed.found.filter((f) => f.what.startsWith('the first key'))).toEqual([]);
+
+    schedule.release();
+    expect(findInMemory([...secrets, secondKey, part(secondKey, 0, 16, "the second key's first half")]).found).toEqual(
+      [],
+    );
+  });
 });

@@ -230,6 +230,52 @@ describe('rewrap by column, in place', () => {
     expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
   });
 
+  it("reads Mycelium's text from its bytes as the codec reads the string: upper-case and dashless ids, URL-safe characters, padding inside, a UUID it cannot read", () => {
+    const mycelium = compileFormat(MYCELIUM_DEK_FORMAT);
+    const deks: (Buffer | undefined)[] = [];
+    const rows: Row[] = Array.from({ length: 240 }, (_, i) => {
+      const uuid = randomUUID();
+      // The codec reads a UUID in upper case, or without its dashes; not with a dash out of place.
+      const misplaced = i % 37 === 0 && i % 5 > 1;
+      const id =
+        i % 5 === 0
+          ? uuid.toUpperCase()
+          : i % 5 === 1
+            ? uuid.replace(/-/g, '')
+            : misplaced
+              ? `${uuid.slice(0, 7)}-${uuid.slice(7, 8)}${uuid.slice(9)}`
+              : uuid;
+      const dek = randomBytes(32);
+      let stored = myceliumWrap(from.key, uuid, dek);
+      let readable = !misplaced;
+      if (i % 7 === 0) {
+        // Node's decoder takes '-' and '_' for '+' and '/': the codec opens such a value, and so must this path.
+        const plus = stored.indexOf('+', 3);
+        const slash = stored.indexOf('/', 3);
+        if (plus > 0) stored = `${stored.slice(0, plus)}-${stored.slice(plus + 1)}`;
+        else if (slash > 0) stored = `${stored.slice(0, slash)}_${stored.slice(slash + 1)}`;
+      } else if (i % 11 === 0) {
+        stored = `${stored.slice(0, 23)}=${stored.slice(24)}`; // padding inside: not base64
+        readable = false;
+      } else if (i % 13 === 0) {
+        stored = `${stored}==`; // padding past the end
+        readable = false;
+      }
+      deks.push(readable ? dek : undefined);
+      return { $id: id, $label: '1', id, encrypted_dek: stored };
+    });
+    const { result, expected, values } = compare(mycelium, rows);
+    expect(expected.failures.length).toBeGreaterThan(10);
+    expect(deks.filter((d) => d !== undefined)).toHaveLength(result.indexes.length);
+    result.indexes.forEach((index, i) => {
+      const value = values[i] as string;
+      expect(value).toMatch(/^v2:[A-Za-z0-9+/]{80}$/);
+      const uuid = (rows[index]!.id as string).replace(/-/g, '').toLowerCase();
+      const dashed = `${uuid.slice(0, 8)}-${uuid.slice(8, 12)}-${uuid.slice(12, 16)}-${uuid.slice(16, 20)}-${uuid.slice(20)}`;
+      expect(myceliumUnwrap(to.key, dashed, value).equals(deks[index]!)).toBe(true);
+    });
+  });
+
   it('is only taken for one column holding prefix, nonce, ciphertext and tag, with nothing else written', () => {
     expect(compileFormat(TALOS_SECRET_FORMAT).inPlace).toBeUndefined(); // three columns, and its AAD stored
     // Without a prefix, a KMS or Transit value could not be told apart from a sealed one by its first byte.
