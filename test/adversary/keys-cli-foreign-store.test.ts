@@ -5,18 +5,12 @@
 // names. An operator of keyspace A whose configuration names keyspace B's secret by mistake puts a key B's registry
 // never recorded into B's store; in Vault KV it becomes the secret's latest version, the one DevSkyy's application
 // reads and wraps every new DEK with. Against the real Vault, moto and PostgreSQL, through the built CLI.
-import { randomBytes, randomUUID } from 'node:crypto';
-import { DescribeSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { vaultRequest } from '../../src/dev/vault';
-import { awsClientConfig } from '../../src/keyring/aws';
-import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
-import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
-import { KekRegistry } from '../../src/store/kek-registry';
-import { useMoto } from '../helpers/aws';
+import { secretsManagerSecretOwnedBy, useMoto } from '../helpers/aws';
 import { runRekey } from '../helpers/cli';
 import { keyspaceIn } from '../helpers/keyspace';
-import { useVaultAndDatabases } from '../helpers/vault';
+import { useVaultAndDatabases, vaultSecretOwnedBy } from '../helpers/vault';
 
 describe('adversary: rekey keys generate and keys import into a store another keyspace owns', () => {
   const servers = useVaultAndDatabases(4);
@@ -30,22 +24,11 @@ describe('adversary: rekey keys generate and keys import into a store another ke
   });
 
   it("rekey keys generate into keyspace B's Vault KV secret is refused (exit 5) before anything is written: no new version, no new name, B's latest version is still B's active KEK", async () => {
-    const { vault } = servers;
     const [dbA, dbB] = [servers.db(0), servers.db(1)];
-    const path = `encryption/${randomUUID()}`;
-    const env = { ...vault.env, REKEY_KEY_PROVIDER: 'vault', REKEY_VAULT_KV_PATH: path };
     const keyspaceB = (await keyspaceIn(dbB.pool)).id;
-    const storeB = VaultKvKeys.fromEnv(env);
-    await storeB.generate('v1', { owner: keyspaceB });
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const metadata = async () =>
-      (
-        await vaultRequest<{ data: { current_version: number; custom_metadata: Record<string, string> } }>(
-          vault,
-          'GET',
-          `secret/metadata/${path}`,
-        )
-      ).data;
+    const { env, storeB, metadata } = await vaultSecretOwnedBy(servers.vault, dbB.pool, keyspaceB, {
+      REKEY_KEY_PROVIDER: 'vault',
+    });
     const before = await metadata();
     expect(before.custom_metadata['rekey:keyspace']).toBe(keyspaceB);
 
@@ -61,16 +44,8 @@ describe('adversary: rekey keys generate and keys import into a store another ke
 
   it("rekey keys generate into keyspace B's Secrets Manager secret is refused (exit 5) before anything is written: B's secret gets no new version", async () => {
     const dbA = servers.db(0);
-    const dbB = servers.db(2);
-    const secretId = `rekey/${randomUUID()}`;
-    const env = { ...moto.server.env, REKEY_KEY_PROVIDER: 'aws-secrets-manager', REKEY_AWS_SECRET_ID: secretId };
-    const keyspaceB = (await keyspaceIn(dbB.pool)).id;
-    const storeB = SecretsManagerKeys.fromEnv(env);
-    await storeB.generate('v1', { owner: keyspaceB });
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const client = new SecretsManagerClient(awsClientConfig(moto.server.env, 'SECRETS_MANAGER'));
-    const versions = async () =>
-      Object.keys((await client.send(new DescribeSecretCommand({ SecretId: secretId }))).VersionIdsToStages ?? {});
+    const secret = await secretsManagerSecretOwnedBy(moto.server, servers.db(2).pool);
+    const { env, keyspaceB, versions } = secret;
     const before = await versions();
 
     const generated = await runRekey(['keys', 'generate', '--id', 'v2'], cliEnv(env, dbA.url));
@@ -78,22 +53,13 @@ describe('adversary: rekey keys generate and keys import into a store another ke
     expect(generated.stderr).toContain(keyspaceB);
 
     expect((await versions()).sort()).toEqual(before.sort());
-    storeB.close();
-    client.destroy();
+    secret.close();
   });
 
   it("rekey keys import into keyspace B's Secrets Manager secret is refused (exit 5) before anything is written: B's secret gets none of A's keys", async () => {
     const dbA = servers.db(0);
-    const dbB = servers.db(3);
-    const secretId = `rekey/${randomUUID()}`;
-    const env = { ...moto.server.env, REKEY_KEY_PROVIDER: 'aws-secrets-manager', REKEY_AWS_SECRET_ID: secretId };
-    const keyspaceB = (await keyspaceIn(dbB.pool)).id;
-    const storeB = SecretsManagerKeys.fromEnv(env);
-    await storeB.generate('v1', { owner: keyspaceB });
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const client = new SecretsManagerClient(awsClientConfig(moto.server.env, 'SECRETS_MANAGER'));
-    const versions = async () =>
-      Object.keys((await client.send(new DescribeSecretCommand({ SecretId: secretId }))).VersionIdsToStages ?? {});
+    const secret = await secretsManagerSecretOwnedBy(moto.server, servers.db(3).pool);
+    const { env, keyspaceB, versions } = secret;
     const before = await versions();
 
     // Keyspace A's keys, in its environment: v7 is its current KEK (no id B's secret holds).
@@ -113,7 +79,6 @@ describe('adversary: rekey keys generate and keys import into a store another ke
     expect(imported.stderr).toContain(keyspaceB);
 
     expect((await versions()).sort()).toEqual(before.sort());
-    storeB.close();
-    client.destroy();
+    secret.close();
   });
 });

@@ -12,11 +12,9 @@ import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KmsWithLocalKeys } from '../../src/keyring/drivers/kms-move-in';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { TenantCrypto } from '../../src/tenant-crypto';
-import { KeyspaceMismatchError } from '../../src/errors';
 import { useMoto } from '../helpers/aws';
 import { useScratchDirectory, useTestDatabases } from '../helpers/database';
-import { keyspaceIn } from '../helpers/keyspace';
+import { expectFirstStartRefused, keyringFileOwnedBy } from '../helpers/keyring';
 
 describe("adversary: an application's first start on AWS KMS with local KEKs moving in from another keyspace's keyring file", () => {
   const moto = useMoto();
@@ -25,11 +23,9 @@ describe("adversary: an application's first start on AWS KMS with local KEKs mov
 
   it("is refused (KeyspaceMismatchError naming keyspace B) before the registry is seeded with B's local KEK", async () => {
     const [dbA, dbB] = [databases.db(0), databases.db(1)];
-    const keyspaceB = (await keyspaceIn(dbB.pool)).id;
     const file = path.join(scratch.dir, 'keyring.json');
     // Keyspace B's keyring file: v1, recorded as B's, current.
-    const storeB = FileKeyring.open(file, { create: true });
-    await storeB.generate('v1', { owner: keyspaceB });
+    const { keyspaceB, storeB } = await keyringFileOwnedBy(dbB.pool, file);
     expect(storeB.configuredCurrent).toBe('v1');
     await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', (await storeB.list())[0]!.fingerprint);
     expect(await storeB.ownerOf('v1')).toBe(keyspaceB);
@@ -42,13 +38,7 @@ describe("adversary: an application's first start on AWS KMS with local KEKs mov
     };
     const storeA = new KmsWithLocalKeys(KmsKeys.fromEnv(env), FileKeyring.open(file));
     await storeA.reload();
-    const app = new TenantCrypto({ db: dbA.pool, keys: storeA, dekCacheTtlMs: 0 });
-    const started = app.start();
-    await expect(started).rejects.toThrow(KeyspaceMismatchError);
-    await expect(started).rejects.toThrow(keyspaceB);
-    await app.stop();
-
-    expect(await new KekRegistry(dbA.pool, 'rekey').list()).toEqual([]);
+    await expectFirstStartRefused(dbA.pool, storeA, keyspaceB);
     storeA.close();
     storeB.close();
   });

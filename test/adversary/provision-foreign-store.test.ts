@@ -4,34 +4,18 @@
 // secret, names it there, and only then is refused. The other keyspace's store now holds a key its registry never
 // recorded as its latest version, the one DevSkyy's application reads and wraps with. Against the real Vault and
 // PostgreSQL.
-import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { vaultRequest } from '../../src/dev/vault';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
-import { KekRegistry } from '../../src/store/kek-registry';
 import { KeyspaceMismatchError } from '../../src/errors';
-import { useVaultAndDatabases } from '../helpers/vault';
+import { useVaultAndDatabases, vaultSecretOwnedBy } from '../helpers/vault';
 import { keyringFor } from '../helpers/keyring';
 
 describe("adversary: a provision into another keyspace's Vault KV secret", () => {
   const servers = useVaultAndDatabases(2);
 
   it("is refused before anything is written: the secret keyspace B owns gets no new version and no new name, and its latest version is still B's active KEK", async () => {
-    const { vault } = servers;
     const [dbA, dbB] = [servers.db(0), servers.db(1)];
-    const path = `encryption/${randomUUID()}`;
-    const env = { ...vault.env, REKEY_VAULT_KV_PATH: path };
-    const storeB = VaultKvKeys.fromEnv(env);
-    await storeB.generate('v1', { owner: 'db-b/public.tenant_deks' });
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
-    const metadata = async () =>
-      (
-        await vaultRequest<{ data: { current_version: number; custom_metadata: Record<string, string> } }>(
-          vault,
-          'GET',
-          `secret/metadata/${path}`,
-        )
-      ).data;
+    const { env, storeB, metadata } = await vaultSecretOwnedBy(servers.vault, dbB.pool, 'db-b/public.tenant_deks');
     const before = await metadata();
 
     // Keyspace A, configured with the same path by mistake, starts a rotation to a new KEK.

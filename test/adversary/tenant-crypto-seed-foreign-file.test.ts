@@ -10,10 +10,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
-import { TenantCrypto } from '../../src/tenant-crypto';
-import { KeyspaceMismatchError } from '../../src/errors';
 import { useScratchDirectory, useTestDatabases } from '../helpers/database';
-import { keyspaceIn } from '../helpers/keyspace';
+import { expectFirstStartRefused, keyringFileOwnedBy } from '../helpers/keyring';
 
 describe("adversary: an application's first start on a keyring file whose current KEK is another keyspace's", () => {
   const databases = useTestDatabases(2);
@@ -21,11 +19,9 @@ describe("adversary: an application's first start on a keyring file whose curren
 
   it("is refused (KeyspaceMismatchError naming keyspace B) before the registry is seeded: keyspace A's application wraps nothing under B's KEK", async () => {
     const [dbA, dbB] = [databases.db(0), databases.db(1)];
-    const keyspaceB = (await keyspaceIn(dbB.pool)).id;
     const file = path.join(scratch.dir, 'keyring.json');
     // Keyspace B's keyring file: its KEK v1, recorded as B's, current; B's registry has it active.
-    const storeB = FileKeyring.open(file, { create: true });
-    await storeB.generate('v1', { owner: keyspaceB });
+    const { keyspaceB, storeB } = await keyringFileOwnedBy(dbB.pool, file);
     const written = JSON.parse(fs.readFileSync(file, 'utf8')) as { current?: string; keks: { owner?: string }[] };
     expect(written.keks[0]?.owner).toBe(keyspaceB);
     fs.writeFileSync(file, JSON.stringify({ ...written, current: 'v1' }), { mode: 0o600 });
@@ -33,13 +29,7 @@ describe("adversary: an application's first start on a keyring file whose curren
 
     // Keyspace A's application, configured with the same file.
     const storeA = FileKeyring.open(file);
-    const app = new TenantCrypto({ db: dbA.pool, keys: storeA, dekCacheTtlMs: 0 });
-    const started = app.start();
-    await expect(started).rejects.toThrow(KeyspaceMismatchError);
-    await expect(started).rejects.toThrow(keyspaceB);
-    await app.stop();
-
-    expect(await new KekRegistry(dbA.pool, 'rekey').list()).toEqual([]);
+    await expectFirstStartRefused(dbA.pool, storeA, keyspaceB);
     storeA.close();
     storeB.close();
   });

@@ -1,7 +1,14 @@
+import { randomUUID } from 'node:crypto';
+import { DescribeSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import type { Pool } from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startMoto, type MotoServer } from '../../src/dev/moto';
+import { awsClientConfig } from '../../src/keyring/aws';
+import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
+import { KekRegistry } from '../../src/store/kek-registry';
 import { createTestDatabase, type TestDatabase } from './database';
+import { keyspaceIn } from './keyspace';
 import { useTimeSkippingEnv } from './temporal';
 
 // The throttling proxy needs no test runner: the chaos suite (bench/chaos-targets.ts) uses it too.
@@ -95,6 +102,42 @@ export function loseFirstAnswer(
   return {
     get lost() {
       return lost;
+    },
+  };
+}
+
+/**
+ * Keyspace B's Secrets Manager secret in moto, at an id of its own: `storeB` made v1 there with B (the keyspace of
+ * `dbB`) as its owner, and B's registry has v1 active. `env` names the secret as a misconfigured keyspace A would;
+ * `versions` lists the secret's version ids as Secrets Manager has them; `close` closes the store and the client.
+ */
+export async function secretsManagerSecretOwnedBy(
+  moto: MotoServer,
+  dbB: Pool,
+): Promise<{
+  keyspaceB: string;
+  env: Record<string, string>;
+  storeB: SecretsManagerKeys;
+  versions: () => Promise<string[]>;
+  close: () => void;
+}> {
+  const secretId = `rekey/${randomUUID()}`;
+  const env = { ...moto.env, REKEY_KEY_PROVIDER: 'aws-secrets-manager', REKEY_AWS_SECRET_ID: secretId };
+  const keyspaceB = (await keyspaceIn(dbB)).id;
+  const storeB = SecretsManagerKeys.fromEnv(env);
+  await storeB.generate('v1', { owner: keyspaceB });
+  await new KekRegistry(dbB, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+  const client = new SecretsManagerClient(awsClientConfig(moto.env, 'SECRETS_MANAGER'));
+  const versions = async () =>
+    Object.keys((await client.send(new DescribeSecretCommand({ SecretId: secretId }))).VersionIdsToStages ?? {});
+  return {
+    keyspaceB,
+    env,
+    storeB,
+    versions,
+    close: () => {
+      storeB.close();
+      client.destroy();
     },
   };
 }

@@ -7,9 +7,11 @@ import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
+import type { Pool } from 'pg';
 import { buildAdminServer } from '../../src/admin/server';
 import { seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keyring/drivers/file';
+import type { StoreDriver } from '../../src/keyring/driver';
 import type { RekeyMetrics } from '../../src/observability/metrics';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -18,6 +20,77 @@ import { createWorker } from '../../src/worker';
 import { runRekey, type CliResult } from './cli';
 import { createTestDatabase, type TestDatabase } from './database';
 import { workflowBundle } from './temporal';
+
+/** A worker running on the test's Temporal server, and the admin APIs a test opens beside it. */
+export interface ServedWorker {
+  worker: Worker;
+  /**
+   * An admin API on the worker's task queue with `token`, over the worker's targets (or, when it was given none, over
+   * targets of its own on the same database and keys); it names no configured current KEK unless told. Closed by `stop`.
+   */
+  adminApi(
+    token: string,
+    options?: {
+      defaultTarget?: string;
+      configuredCurrentKekId?: (target: string) => string | undefined;
+      webUiUrl?: (workflowId: string) => string;
+    },
+  ): Promise<FastifyInstance>;
+  /** Closes the admin APIs, stops the worker, waits for its run to end and closes the targets it was given. */
+  stop(): Promise<void>;
+}
+
+/**
+ * A worker of `taskQueue` over `db` and `keys` (and `targets`, when given) on `env`'s server, running; with `temporal`,
+ * its activities get the test's client (those that read schedules).
+ */
+export async function serveWorker(
+  env: TestWorkflowEnvironment,
+  options: {
+    taskQueue: string;
+    db: Pool;
+    keys: StoreDriver;
+    targets?: TargetRuntimes;
+    temporal?: boolean;
+    metrics?: RekeyMetrics;
+  },
+): Promise<ServedWorker> {
+  const { taskQueue, db, keys, targets } = options;
+  const worker = await createWorker({
+    connection: env.nativeConnection,
+    taskQueue,
+    db,
+    keys,
+    ...(options.metrics && { metrics: options.metrics }),
+    ...(targets && { targets }),
+    ...(options.temporal && { temporal: env.client }),
+    workflowBundle: workflowBundle(),
+  });
+  const running = worker.run();
+  const apis: FastifyInstance[] = [];
+  return {
+    worker,
+    adminApi: async (token, api = {}) => {
+      const server = await buildAdminServer({
+        client: env.client,
+        targets: targets ?? new TargetRuntimes({ db, keys }),
+        defaultTarget: api.defaultTarget ?? BUILTIN_TARGET,
+        taskQueue,
+        token,
+        configuredCurrentKekId: api.configuredCurrentKekId ?? (() => undefined),
+        ...(api.webUiUrl && { webUiUrl: api.webUiUrl }),
+      });
+      apis.push(server);
+      return server;
+    },
+    stop: async () => {
+      for (const api of apis) await api.close();
+      worker.shutdown();
+      await running;
+      await targets?.close();
+    },
+  };
+}
 
 export interface KeyringWorker {
   db: TestDatabase;
@@ -56,18 +129,14 @@ export async function startKeyringWorker(
   await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: options.tenants });
   const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
   options.metrics?.watch(targets, env.client);
-  const worker: Worker = await createWorker({
-    connection: env.nativeConnection,
+  const served = await serveWorker(env, {
     taskQueue,
     db: db.pool,
     keys: keyring,
     ...(options.metrics && options.metricsInWorker && { metrics: options.metrics }),
     targets,
-    temporal: env.client,
-    workflowBundle: workflowBundle(),
+    temporal: true,
   });
-  const running = worker.run();
-  const apis: FastifyInstance[] = [];
   return {
     db,
     keyring,
@@ -80,23 +149,9 @@ export async function startKeyringWorker(
         DATABASE_URL: db.url,
         REKEY_KEYRING_FILE: keyringFile,
       }),
-    adminApi: async (token) => {
-      const api = await buildAdminServer({
-        client: env.client,
-        targets,
-        defaultTarget: BUILTIN_TARGET,
-        taskQueue,
-        token,
-        configuredCurrentKekId: () => undefined,
-      });
-      apis.push(api);
-      return api;
-    },
+    adminApi: (token) => served.adminApi(token),
     stop: async () => {
-      for (const api of apis) await api.close();
-      worker.shutdown();
-      await running;
-      await targets.close();
+      await served.stop();
       keyring.close();
       await db.drop();
       fs.rmSync(scratch, { recursive: true, force: true });

@@ -4,11 +4,14 @@ import { expect } from 'vitest';
 import type { StoreDriver } from '../../src/keyring/driver';
 import type { RemoteKeysDriver } from '../../src/keyring/remote-keys';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
+import { FileKeyring } from '../../src/keyring/drivers/file';
 import { Keyring } from '../../src/keyring/keyring';
 import { emptyProof } from '../../src/rotation/label-proof';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
+import { TenantCrypto } from '../../src/tenant-crypto';
 import { DekUnwrapError, KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
+import { keyspaceIn } from './keyspace';
 
 /**
  * A store's driver as the tests read it: every driver class of src/keyring/drivers/ but Mycelium's (whose keys have no
@@ -235,4 +238,26 @@ export async function firstRotation(
   await keyring.provision('v2', { generate: true });
   await keyring.promote(from, 'v2');
   await keyring.retire(from, { restoreWindowMs: 60_000, prove: nothingNeeded });
+}
+
+/** Keyspace B's keyring file at `file`, new: v1 made there with B (the keyspace of `dbB`) recorded as its owner. */
+export async function keyringFileOwnedBy(dbB: Pool, file: string): Promise<{ keyspaceB: string; storeB: FileKeyring }> {
+  const keyspaceB = (await keyspaceIn(dbB)).id;
+  const storeB = FileKeyring.open(file, { create: true });
+  await storeB.generate('v1', { owner: keyspaceB });
+  return { keyspaceB, storeB };
+}
+
+/**
+ * Keyspace A's application (its database `dbA`) first started over `keys`, whose current KEK is keyspace B's: the
+ * start is refused with KeyspaceMismatchError naming B, and A's registry is still empty (nothing seeded).
+ */
+export async function expectFirstStartRefused(dbA: Pool, keys: StoreDriver, keyspaceB: string): Promise<void> {
+  const app = new TenantCrypto({ db: dbA, keys, dekCacheTtlMs: 0 });
+  const started = app.start();
+  await expect(started).rejects.toThrow(KeyspaceMismatchError);
+  await expect(started).rejects.toThrow(keyspaceB);
+  await app.stop();
+
+  expect(await new KekRegistry(dbA, 'rekey').list()).toEqual([]);
 }

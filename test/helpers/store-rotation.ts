@@ -118,7 +118,7 @@ export async function rotateUnderLiveWriter(
 export async function destroyedAfterWindow(
   servers: { env: TestWorkflowEnvironment; db: Pool },
   keys: HeldStore,
-  options: { detail: RegExp; timeoutMs: number },
+  options: { detail: RegExp; timeoutMs?: number },
   inStore: () => Promise<void>,
 ): Promise<void> {
   const { env, db } = servers;
@@ -134,7 +134,7 @@ export async function destroyedAfterWindow(
       restoreWindow: '0s',
       allowShortRestoreWindow: 'test: destroy at once',
     },
-    { timeoutMs: options.timeoutMs, destroyKek: 'v1' },
+    { ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }), destroyKek: 'v1' },
   );
   expect(report?.outcome).toBe('destroyed');
   expect(report?.detail).toMatch(options.detail);

@@ -1,11 +1,15 @@
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import type { Pool } from 'pg';
 import { afterAll, beforeAll, inject } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { projectRoot } from '../../src/project-paths';
+import { KekRegistry } from '../../src/store/kek-registry';
 import { useTestDatabases, type TestDatabase } from './database';
 import { useTimeSkippingEnv } from './temporal';
 
@@ -157,4 +161,36 @@ export async function lossyVaultProxy(
         server.close(() => resolve());
       }),
   };
+}
+
+/**
+ * Another keyspace's Vault KV secret, at a path of its own: `storeB` made v1 there with `owner` as the secret's owner,
+ * and keyspace B's registry (in `dbB`) has v1 active. `env` names the path (with `extra`), as a misconfigured keyspace
+ * A would; `metadata` reads the secret's metadata as Vault keeps it (current version, custom metadata).
+ */
+export async function vaultSecretOwnedBy(
+  vault: VaultServer,
+  dbB: Pool,
+  owner: string,
+  extra: Record<string, string> = {},
+): Promise<{
+  path: string;
+  env: Record<string, string>;
+  storeB: VaultKvKeys;
+  metadata: () => Promise<{ current_version: number; custom_metadata: Record<string, string> }>;
+}> {
+  const path = `encryption/${randomUUID()}`;
+  const env = { ...vault.env, ...extra, REKEY_VAULT_KV_PATH: path };
+  const storeB = VaultKvKeys.fromEnv(env);
+  await storeB.generate('v1', { owner });
+  await new KekRegistry(dbB, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+  const metadata = async () =>
+    (
+      await vaultRequest<{ data: { current_version: number; custom_metadata: Record<string, string> } }>(
+        vault,
+        'GET',
+        `secret/metadata/${path}`,
+      )
+    ).data;
+  return { path, env, storeB, metadata };
 }

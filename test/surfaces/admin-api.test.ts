@@ -1,18 +1,15 @@
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAdminServer } from '../../src/admin/server';
 import { seedTenants } from '../../src/dev/tenants';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
-import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
+import { createDevServerEnv } from '../helpers/temporal';
 import { rotationWorkflowId } from '../../src/rotation/identity';
 import { keyspaceIn } from '../helpers/keyspace';
 import { RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';
@@ -24,8 +21,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
   let api: FastifyInstance;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   const { provider: keys } = createTestKeys(['v1', 'v2'], 'v2');
 
   beforeAll(async () => {
@@ -33,29 +29,13 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     db = await createTestDatabase();
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 4_000 });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue: 'rekey-admin-test',
-      db: db.pool,
-      keys,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
+    served = await serveWorker(env, { taskQueue: 'rekey-admin-test', db: db.pool, keys });
     // As after the runbook's step 2: the configuration already names v2 as current.
-    api = await buildAdminServer({
-      client: env.client,
-      targets: new TargetRuntimes({ db: db.pool, keys }),
-      defaultTarget: BUILTIN_TARGET,
-      taskQueue: 'rekey-admin-test',
-      token: TOKEN,
-      configuredCurrentKekId: () => 'v2',
-    });
+    api = await served.adminApi(TOKEN, { configuredCurrentKekId: () => 'v2' });
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
+    await served?.stop();
     await db?.drop();
     await env?.teardown();
   });

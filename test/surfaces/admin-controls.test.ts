@@ -1,23 +1,20 @@
 // Issue 25: the admin API has what the CLI has. rotate-all takes every field `rekey rotate` takes; the grace and the
 // fleet override, which only the CLI had, are routes; the OpenAPI document comes from the same schemas.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_ONLY_OPTIONS, ROTATION_FIELDS } from '../../src/admin/rotation-body';
-import { buildAdminServer } from '../../src/admin/server';
 import { rotateCommand } from '../../src/cli/commands/rotate';
 import { seedTenants } from '../../src/dev/tenants';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import type { RotationReport } from '../../src/workflows';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { rotationIdIn } from '../helpers/keyspace';
-import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
 
 const TOKEN = 'controls-token-0123456789';
 const taskQueue = 'rekey-admin-controls';
@@ -26,8 +23,7 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
   let api: FastifyInstance;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   /** The workflow id rekey's own rotations run under in this database (its keyspace's). */
   let rotationId: string;
   const { provider: keys } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
@@ -40,30 +36,15 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
     db = await createTestDatabase();
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 500 });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
+    served = await serveWorker(env, { taskQueue, db: db.pool, keys });
     rotationId = await rotationIdIn(db.pool);
-    api = await buildAdminServer({
-      client: env.client,
-      targets: new TargetRuntimes({ db: db.pool, keys }),
-      defaultTarget: BUILTIN_TARGET,
-      taskQueue,
-      token: TOKEN,
-      configuredCurrentKekId: () => undefined,
+    api = await served.adminApi(TOKEN, {
       webUiUrl: (workflowId) => `https://temporal.example.com/namespaces/default/workflows/${workflowId}`,
     });
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
+    await served?.stop();
     await db?.drop();
     await env?.teardown();
   });

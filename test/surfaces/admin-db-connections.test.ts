@@ -6,17 +6,16 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seedTenants } from '../../src/dev/tenants';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { createWorker } from '../../src/worker';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
-import { createDevServerEnv, type OwnServerEnvironment, workflowBundle } from '../helpers/temporal';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
+import { createDevServerEnv, type OwnServerEnvironment } from '../helpers/temporal';
 
 /** How the admin API's connections are told from the worker's and the test's in pg_stat_activity. */
 const APP_NAME = `rekey-admin-${randomBytes(4).toString('hex')}`;
@@ -26,8 +25,7 @@ describe('the admin API when PostgreSQL ends its connections', () => {
   let env: OwnServerEnvironment;
   let db: TestDatabase;
   let keys: FileKeyring;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   let admin: ChildProcess;
   let output = '';
   let base: string;
@@ -65,15 +63,7 @@ describe('the admin API when PostgreSQL ends its connections', () => {
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 50 });
     const taskQueue = `admin-db-${randomBytes(4).toString('hex')}`;
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys,
-      temporal: env.client,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
+    served = await serveWorker(env, { taskQueue, db: db.pool, keys, temporal: true });
     admin = spawn(process.execPath, [path.join(projectRoot, 'dist', 'src', 'admin', 'main.js')], {
       env: {
         PATH: process.env.PATH,
@@ -106,8 +96,7 @@ describe('the admin API when PostgreSQL ends its connections', () => {
       admin.kill('SIGTERM');
       await exited;
     }
-    worker?.shutdown();
-    await running;
+    await served?.stop();
     keys?.close();
     await db?.drop();
     await env?.teardown();

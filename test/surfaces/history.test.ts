@@ -3,19 +3,17 @@
 // built CLI and the admin API against the dev server; and kek-status's restore deadline of the KEK it retired.
 import { randomUUID } from 'node:crypto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAdminServer } from '../../src/admin/server';
 import type { History } from '../../src/client/history';
 import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import type { rotateKek } from '../../src/workflows';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import {
   createMyceliumSchema,
   insertLegacyTotpUser,
@@ -23,7 +21,7 @@ import {
   seedMyceliumTenants,
   SYSTEM_TENANT,
 } from '../helpers/mycelium';
-import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, progressUntil } from '../helpers/temporal';
 
 const TOKEN = 'history-token-0123456789';
 const TENANTS = 60;
@@ -31,8 +29,7 @@ const TENANTS = 60;
 describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and migrations of a keyspace', () => {
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   let targets: TargetRuntimes;
   let api: FastifyInstance;
   const taskQueue = 'rekey-history';
@@ -62,35 +59,17 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
     await migrateDatabase(db.pool);
     const keys = testKeys(['v1']);
     targets = new TargetRuntimes({ db: db.pool, keys, env: { MYC_OLD_TOKEN_SECRET: gen1, MYC_TOKEN_SECRET: gen2 } });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys,
-      targets,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
+    served = await serveWorker(env, { taskQueue, db: db.pool, keys, targets });
     const keyspace = await targets.keyspace('mycelium');
     ids = {
       rotation: rotationWorkflowId('mycelium', keyspace),
       migration: migrationWorkflowIdOf('mycelium', keyspace),
     };
-    api = await buildAdminServer({
-      client: env.client,
-      targets,
-      defaultTarget: 'mycelium',
-      taskQueue,
-      token: TOKEN,
-      configuredCurrentKekId: () => undefined,
-    });
+    api = await served.adminApi(TOKEN, { defaultTarget: 'mycelium' });
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
-    await targets?.close();
+    await served?.stop();
     await db?.drop();
     await env?.teardown();
   });

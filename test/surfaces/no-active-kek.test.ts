@@ -7,17 +7,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAdminServer } from '../../src/admin/server';
 import { FileKeyring } from '../../src/keyring/drivers/file';
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
-import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
+import { createDevServerEnv } from '../helpers/temporal';
 
 const TASK_QUEUE = 'no-active-kek';
 const TOKEN = 'no-active-kek-token-0123456789';
@@ -30,8 +27,7 @@ describe('a rotation of rekey’s own table before its application first started
   let db: TestDatabase;
   let keyring: FileKeyring;
   let targets: TargetRuntimes;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   let api: FastifyInstance;
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-no-active-'));
   const keyringFile = path.join(scratch, 'keyring.json');
@@ -42,30 +38,12 @@ describe('a rotation of rekey’s own table before its application first started
     keyring = FileKeyring.open(keyringFile, { create: true });
     await keyring.generate('v1');
     targets = new TargetRuntimes({ db: db.pool, keys: keyring });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue: TASK_QUEUE,
-      db: db.pool,
-      keys: keyring,
-      targets,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
-    api = await buildAdminServer({
-      client: env.client,
-      targets,
-      defaultTarget: BUILTIN_TARGET,
-      taskQueue: TASK_QUEUE,
-      token: TOKEN,
-      configuredCurrentKekId: () => undefined,
-    });
+    served = await serveWorker(env, { taskQueue: TASK_QUEUE, db: db.pool, keys: keyring, targets });
+    api = await served.adminApi(TOKEN);
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
-    await targets?.close();
+    await served?.stop();
     keyring?.close();
     await db?.drop();
     await env?.teardown();

@@ -3,21 +3,18 @@
 // refused below MIN_RESTORE_WINDOW (1d) unless the operator gives the reason to go below it, which the run records.
 // Schedules take no restore window (their runs use the default, 30d): nothing to check there.
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
-import type { Worker } from '@temporalio/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAdminServer } from '../../src/admin/server';
 import { seedTenants } from '../../src/dev/tenants';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import { abortUpdate, rotateKek } from '../../src/workflows';
 import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
 import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
-import { createDevServerEnv, resultWithin, workflowBundle, type OwnServerEnvironment } from '../helpers/temporal';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
+import { createDevServerEnv, resultWithin, type OwnServerEnvironment } from '../helpers/temporal';
 
 const TOKEN = 'restore-window-token-0123456789';
 const taskQueue = 'rekey-restore-window-minimum';
@@ -28,8 +25,7 @@ describe('a restore window below the minimum (1d) is refused on every surface un
   let env: OwnServerEnvironment;
   let db: TestDatabase;
   let api: FastifyInstance;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   let rotationId: string;
   const keys = createTestKeys(['v1', 'v2', 'v3'], 'v1');
 
@@ -65,29 +61,13 @@ describe('a restore window below the minimum (1d) is refused on every surface un
     db = await createTestDatabase();
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.provider.fingerprint('v1'));
     await seedTenants({ db: db.pool, keys: keys.provider, kekId: 'v1', count: 50 });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys: keys.provider,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
+    served = await serveWorker(env, { taskQueue, db: db.pool, keys: keys.provider });
     rotationId = await rotationIdIn(db.pool);
-    api = await buildAdminServer({
-      client: env.client,
-      targets: new TargetRuntimes({ db: db.pool, keys: keys.provider }),
-      defaultTarget: BUILTIN_TARGET,
-      taskQueue,
-      token: TOKEN,
-      configuredCurrentKekId: () => undefined,
-    });
+    api = await served.adminApi(TOKEN);
   });
 
   afterAll(async () => {
-    await api?.close();
-    worker?.shutdown();
-    await running;
+    await served?.stop();
     keys.provider.close();
     await db?.drop();
     await env?.teardown();

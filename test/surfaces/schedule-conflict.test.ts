@@ -6,25 +6,23 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { keyspaceIn } from '../helpers/keyspace';
-import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv } from '../helpers/temporal';
 
 interface Deployment {
   db: TestDatabase;
   keyring: FileKeyring;
   keyringFile: string;
-  targets: TargetRuntimes;
-  worker: Worker;
-  running: Promise<void>;
+  /** Its worker, over its targets (closed with it). */
+  served: ServedWorker;
   taskQueue: string;
 }
 
@@ -43,24 +41,14 @@ describe('schedule create where another keyspace of the namespace holds the sche
       await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
       const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
       const taskQueue = `rekey-${name}`;
-      const worker = await createWorker({
-        connection: env.nativeConnection,
-        taskQueue,
-        db: db.pool,
-        keys: keyring,
-        targets,
-        temporal: env.client,
-        workflowBundle: workflowBundle(),
-      });
-      deployments.push({ db, keyring, keyringFile, targets, worker, running: worker.run(), taskQueue });
+      const served = await serveWorker(env, { taskQueue, db: db.pool, keys: keyring, targets, temporal: true });
+      deployments.push({ db, keyring, keyringFile, served, taskQueue });
     }
   });
 
   afterAll(async () => {
     for (const d of deployments) {
-      d.worker.shutdown();
-      await d.running;
-      await d.targets.close();
+      await d.served.stop();
       d.keyring.close();
       await d.db.drop();
     }

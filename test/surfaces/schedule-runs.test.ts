@@ -6,7 +6,6 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ScheduleNotFoundError } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { seedTenants } from '../../src/dev/tenants';
@@ -14,21 +13,20 @@ import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { rotationIdIn } from '../helpers/keyspace';
 import { createTalosSchema } from '../helpers/talos';
 import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
-import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
+import { createDevServerEnv, resultWithin } from '../helpers/temporal';
 
 describe('rotation schedules: refused at create when they cannot run, each run with its outcome', () => {
   let env: TestWorkflowEnvironment;
   let db: TestDatabase;
   let keyring: FileKeyring;
-  let worker: Worker;
-  let running: Promise<void>;
+  let served: ServedWorker;
   let targets: TargetRuntimes;
   const taskQueue = 'rekey-schedule-runs';
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-schedules-'));
@@ -57,22 +55,11 @@ describe('rotation schedules: refused at create when they cannot run, each run w
       keys: keyring,
       env: { TALOS_KEK_v1: randomBytes(32).toString('base64url') },
     });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue,
-      db: db.pool,
-      keys: keyring,
-      targets,
-      temporal: env.client,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
+    served = await serveWorker(env, { taskQueue, db: db.pool, keys: keyring, targets, temporal: true });
   });
 
   afterAll(async () => {
-    worker?.shutdown();
-    await running;
-    await targets?.close();
+    await served?.stop();
     keyring?.close();
     await db?.drop();
     await env?.teardown();
