@@ -240,3 +240,55 @@ async function countNeeded(
     proof.neededRows.push({ tenantId: row.$id, reason });
   });
 }
+
+/**
+ * The rows a label does not tie to `keys.label` that may still need it, proved under the registry row's lock at
+ * retire and at destroy: every row with a value NOT labelled `keys.label` (the active KEK's, another KEK's, the label
+ * column's constant default, NULL), in id order, streamed (no cap). Each is tried under the active KEK, then the other
+ * usable ones: one that opens under none of them may need `keys.label` (its value opens under it, or under nothing
+ * rekey may use) and is counted and named, with its label. Reads only: such a row is not rewritten here (its label
+ * may be the application's own, as Mycelium's column default is), so nothing is counted twice on a retry.
+ * Heartbeat in `onBatch`.
+ */
+export async function proveRowsNotLabelled(
+  store: TargetStore,
+  client: Pool | PoolClient,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  options: { batchSize: number; onBatch?(): void },
+): Promise<LabelProof> {
+  const proof = emptyProof();
+  const usable = [keys.active, ...keys.others];
+  let cursor = '';
+  for (;;) {
+    const rows = await store.readBatch(
+      client,
+      { kind: 'not-label', kekId: keys.label },
+      { after: cursor, until: null },
+      options.batchSize,
+    );
+    if (rows.length === 0) return proof;
+    let remaining = rows;
+    for (const kek of usable) {
+      if (remaining.length === 0) break;
+      const opened = await crypto.check(store.codec, kek, remaining);
+      remaining = remaining.filter((_, i) => opened[i] !== undefined);
+    }
+    if (remaining.length > 0) {
+      proof.needed += remaining.length;
+      const named = remaining.slice(0, Math.max(0, NAMED_ROWS - proof.neededRows.length));
+      const underLabel = keys.labelKek && named.length > 0 ? await crypto.check(store.codec, keys.labelKek, named) : [];
+      const ids = usable.map((k) => `'${k.kekId}'`).join(', ');
+      named.forEach((row, i) => {
+        const label = row.$label === null || row.$label === undefined ? 'no label (NULL)' : `label '${row.$label}'`;
+        const reason =
+          keys.labelKek && underLabel[i] === undefined
+            ? `its ${label} says otherwise, but its value is under '${keys.label}'`
+            : `${label}: it opens under none of ${ids}${keys.labelKek ? ` nor '${keys.label}' (${underLabel[i]})` : ''}`;
+        proof.neededRows.push({ tenantId: row.$id, reason });
+      });
+    }
+    cursor = rows[rows.length - 1]!.$id;
+    options.onBatch?.();
+  }
+}
