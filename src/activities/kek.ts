@@ -4,6 +4,8 @@ import { formatDuration, parseDuration } from '../rotation/durations';
 import {
   checkAgainstKeks,
   DEFAULTS,
+  effectiveRestoreWindowMs,
+  MIN_RESTORE_WINDOW,
   parseRotationRequest,
   refuseShortRestoreWindow,
   type RotationRequest,
@@ -521,16 +523,30 @@ export function createKekActivities(deps: ActivityDependencies) {
      */
     async retireKek({
       from,
-      restoreWindowMs = parseDuration(DEFAULTS.restoreWindow)!,
+      restoreWindowMs: asked = parseDuration(DEFAULTS.restoreWindow)!,
+      allowShortRestoreWindow,
       progressKey,
       ...on
-    }: { from: string; restoreWindowMs?: number; progressKey?: string } & OnTarget): Promise<{
+    }: {
+      from: string;
+      restoreWindowMs?: number;
+      /** The operator's reason for a window below MIN_RESTORE_WINDOW; without it a shorter window is raised to it. */
+      allowShortRestoreWindow?: string;
+      progressKey?: string;
+    } & OnTarget): Promise<{
       retiredAt: string;
       restorableUntil?: string;
       relabelled?: number;
     }> {
       const runtime = await targets.forRequest(on);
       const { db, registry, definition, keyring } = runtime;
+      // Finding (restore-window-activity): the minimum holds where the window is written, whatever validated the run.
+      const restoreWindowMs = effectiveRestoreWindowMs(asked, allowShortRestoreWindow);
+      if (restoreWindowMs !== asked) {
+        activityContext()?.log.warn(
+          `retiring KEK '${from}' of target '${definition.name}' with the minimum restore window of ${MIN_RESTORE_WINDOW}, not ${formatDuration(asked)}: the run gives no reason to go below it (--allow-short-restore-window)`,
+        );
+      }
       // The keyring checks the store's owner record first, proves the rows under the registry row's lock, retires the
       // KEK in the registry, and only then marks it in the store (KMS disables the key).
       const outcome = await keyring.retire(from, {
