@@ -191,8 +191,10 @@ async function proveUnderLock(
     });
     if (proved.proof.contended > 0) return { labelled: proved.proof };
     // A label can lie or be missing: every other row with a value is tried too (proveRowsNotLabelled).
+    const labelDefault = await runtime.store.labelDefault();
     const rest = await proveRowsNotLabelled(runtime.store, client, rows, keys, {
       batchSize: LOCKED_PROOF_BATCH,
+      ...(labelDefault !== undefined && { labelDefault }),
       onBatch: () => context?.heartbeat(),
     });
     return { labelled: proved.proof, others: rest };
