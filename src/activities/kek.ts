@@ -4,12 +4,14 @@ import { formatDuration, parseDuration } from '../rotation/durations';
 import {
   checkAgainstKeks,
   DEFAULTS,
+  effectiveRestoreWindowMs,
+  MIN_RESTORE_WINDOW,
   parseRotationRequest,
   refuseShortRestoreWindow,
   type RotationRequest,
 } from '../rotation/rotation-input';
-import { proveLabelled, type ProofCheckpoint } from '../rewrap/still-on';
-import { describeNeeded, type LabelProof } from '../rotation/label-proof';
+import { proveLabelled, proveRowsNotLabelled, type ProofCheckpoint } from '../rewrap/still-on';
+import { addProofs, describeNeeded, type LabelProof } from '../rotation/label-proof';
 import { readProgress } from '../store/rewrap-progress';
 import { isRotationIdOf, rotationWorkflowId } from '../rotation/identity';
 import { BUILTIN_TARGET } from '../targets/builtin';
@@ -169,7 +171,8 @@ function firstNeeded(proof: LabelProof): string {
 /**
  * Proves every row labelled `kekId` inside the caller's transaction, which holds the KEK's registry row: streamed,
  * no cap, heartbeating where it runs in an activity. Relabels are counted in `progressKey`'s row in the same
- * transaction.
+ * transaction. Then every other row with a value (labelled with another KEK, with the column's default, or not at
+ * all) is tried under the usable KEKs, reading only: one that opens under none of them may need `kekId` too.
  */
 async function proveUnderLock(
   runtime: TargetRuntime,
@@ -179,21 +182,31 @@ async function proveUnderLock(
   crypto?: RowCrypto,
 ): Promise<LabelProof> {
   const context = activityContext();
-  const result = await withProofKeys(runtime, kekId, crypto, (keys, rows) =>
-    proveLabelled(runtime.store, client, rows, keys, {
+  const { labelled, others } = await withProofKeys(runtime, kekId, crypto, async (keys, rows) => {
+    const proved = await proveLabelled(runtime.store, client, rows, keys, {
       after: '',
       batchSize: LOCKED_PROOF_BATCH,
       ...(progressKey !== undefined && { progressKey }),
       onBatch: () => context?.heartbeat(),
-    }),
-  );
-  if (result.proof.contended > 0) {
+    });
+    if (proved.proof.contended > 0) return { labelled: proved.proof };
+    // A label can lie or be missing: every other row with a value is tried too (proveRowsNotLabelled).
+    const labelDefault = await runtime.store.labelDefault();
+    const rest = await proveRowsNotLabelled(runtime.store, client, rows, keys, {
+      batchSize: LOCKED_PROOF_BATCH,
+      ...(labelDefault !== undefined && { labelDefault }),
+      onBatch: () => context?.heartbeat(),
+    });
+    return { labelled: proved.proof, others: rest };
+  });
+  if (labelled.contended > 0) {
     // Rows a writer kept changing while they were proved: not known either way. The step runs again (retried).
     throw new Error(
-      `${result.proof.contended} row(s) labelled '${kekId}' changed under every retry while they were proved; trying again`,
+      `${labelled.contended} row(s) labelled '${kekId}' changed under every retry while they were proved; trying again`,
     );
   }
-  return result.proof;
+  // `tried` stays the rows labelled `kekId`; the others add what may need it.
+  return others === undefined ? labelled : addProofs(labelled, { ...others, tried: 0 });
 }
 
 /** The report of a destruction refused for rows that may need the KEK: what they are and exactly what to do. */
@@ -211,11 +224,13 @@ function refusedDestruction(
     outcome: 'refused',
     detail:
       `KEK '${kekId}' of target '${name}' is not destroyed: ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)} ` +
-      `labelled '${kekId}' open under no KEK rekey may use, and may need it. ${firstNeeded(proof)}. ` +
+      `labelled '${kekId}', or with a label that does not name it (another KEK's, the column's default, none), ` +
+      `open under no KEK rekey may use, and may need it. ${firstNeeded(proof)}. ` +
       `Its restore window is open again until ${retryAt}. To keep those rows: run ` +
       `\`rekey keys restore ${kekId} --target ${name} --reason "<why>"\` before then, then ` +
       `\`rekey rotate --target ${name} --from ${kekId} --to ${active}\`, which moves them and retires '${kekId}' again ` +
-      `(its destruction then waits for the new window). Rows that are not needed: repair or delete them. ` +
+      `(its destruction then waits for the new window); a rotation moves only the rows labelled '${kekId}', so a row ` +
+      `labelled otherwise whose value is under it is labelled '${kekId}' first. Rows that are not needed: repair or delete them. ` +
       `This step tries again at ${retryAt}.`,
     needed: proof.needed,
     neededRows: proof.neededRows,
@@ -510,16 +525,30 @@ export function createKekActivities(deps: ActivityDependencies) {
      */
     async retireKek({
       from,
-      restoreWindowMs = parseDuration(DEFAULTS.restoreWindow)!,
+      restoreWindowMs: asked = parseDuration(DEFAULTS.restoreWindow)!,
+      allowShortRestoreWindow,
       progressKey,
       ...on
-    }: { from: string; restoreWindowMs?: number; progressKey?: string } & OnTarget): Promise<{
+    }: {
+      from: string;
+      restoreWindowMs?: number;
+      /** The operator's reason for a window below MIN_RESTORE_WINDOW; without it a shorter window is raised to it. */
+      allowShortRestoreWindow?: string;
+      progressKey?: string;
+    } & OnTarget): Promise<{
       retiredAt: string;
       restorableUntil?: string;
       relabelled?: number;
     }> {
       const runtime = await targets.forRequest(on);
       const { db, registry, definition, keyring } = runtime;
+      // Finding (restore-window-activity): the minimum holds where the window is written, whatever validated the run.
+      const restoreWindowMs = effectiveRestoreWindowMs(asked, allowShortRestoreWindow);
+      if (restoreWindowMs !== asked) {
+        activityContext()?.log.warn(
+          `retiring KEK '${from}' of target '${definition.name}' with the minimum restore window of ${MIN_RESTORE_WINDOW}, not ${formatDuration(asked)}: the run gives no reason to go below it (--allow-short-restore-window)`,
+        );
+      }
       // The keyring checks the store's owner record first, proves the rows under the registry row's lock, retires the
       // KEK in the registry, and only then marks it in the store (KMS disables the key).
       const outcome = await keyring.retire(from, {
@@ -531,7 +560,9 @@ export function createKekActivities(deps: ActivityDependencies) {
         throw new RetireRefusedError(
           `KEK '${from}' still wraps ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)}: not retiring it. ` +
             `${firstNeeded(proof)}. Rows under '${from}' move with a rotation to the active KEK ` +
-            `(rekey rotate --target ${definition.name} --from ${from} --to ${(await registry.active())?.kekId ?? '<the active KEK>'}); a row that opens under no KEK must be repaired or removed first`,
+            `(rekey rotate --target ${definition.name} --from ${from} --to ${(await registry.active())?.kekId ?? '<the active KEK>'}); ` +
+            `a rotation moves only the rows labelled '${from}', so a row labelled otherwise (another KEK, the column's default, none) whose value is under '${from}' is labelled '${from}' first; ` +
+            `a row that opens under no KEK must be repaired or removed first`,
         );
       }
       const { retired } = outcome;

@@ -65,6 +65,23 @@ export async function withProofKeys<T>(
     }
     const own = records.find((r) => r.kekId === label && r.state === 'decrypt_only');
     const labelCipher = own && (await held(own));
+    // Keys held here that the registry does not record: a row that opens under one is not under `label`'s key (its
+    // fingerprint is not `label`'s). Only the proof of the rows not labelled `label` tries them; they move nothing.
+    const labelFingerprint = records.find((r) => r.kekId === label)?.fingerprint;
+    const recorded = new Set(records.flatMap((r) => [r.kekId, r.fingerprint]));
+    const unrecorded: DekCipher[] = [];
+    for (const key of await keyring.held()) {
+      if (recorded.has(key.kekId) || recorded.has(key.fingerprint) || key.fingerprint === labelFingerprint) continue;
+      if (unrecorded.some((c) => c.fingerprint === key.fingerprint)) continue;
+      try {
+        const cipher = await keyring.cipher(key.kekId);
+        ciphers.push(cipher);
+        if (cipher.fingerprint === labelFingerprint) continue;
+        unrecorded.push(cipher);
+      } catch {
+        // not usable here: rows under it are not proved by it
+      }
+    }
     const { keks, crypto } = engineView(ciphers, local);
     const kekOf = (cipher: DekCipher) => keks[ciphers.indexOf(cipher)]!;
     return await use(
@@ -73,6 +90,7 @@ export async function withProofKeys<T>(
         active: kekOf(ciphers[0]!),
         others: others.map(kekOf),
         ...(labelCipher && { labelKek: kekOf(labelCipher) }),
+        ...(unrecorded.length > 0 && { unrecorded: unrecorded.map(kekOf) }),
       },
       crypto,
     );

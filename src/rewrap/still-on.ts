@@ -80,6 +80,12 @@ export interface ProofKeys {
   /** Other KEKs the registry lets unwrap (decrypt-only) that this worker holds, tried after `active`. */
   others: ResolvedKek[];
   labelKek?: ResolvedKek;
+  /**
+   * Keys this worker holds that the registry does not record (a KEK the application uses that rekey never rotated:
+   * Talos's third `key_id`, a generation rekey has not met), none with `label`'s registered fingerprint. Never used to
+   * move a row; a row that opens under one is under another key than `label`'s (proveRowsNotLabelled).
+   */
+  unrecorded?: ResolvedKek[];
 }
 
 export interface ProofOptions {
@@ -239,4 +245,69 @@ async function countNeeded(
         : `it opens under none of ${usable}${keys.labelKek ? ` nor '${keys.label}' (${underLabel[i]})` : ''}`;
     proof.neededRows.push({ tenantId: row.$id, reason });
   });
+}
+
+/**
+ * The rows a label does not tie to `keys.label` that may still need it, proved under the registry row's lock at
+ * retire and at destroy: every row with a value NOT labelled `keys.label` (the active KEK's, another KEK's, the label
+ * column's constant default, NULL), in id order, streamed (no cap). Each is tried under the active KEK, then the other
+ * usable ones, then the keys this worker holds that the registry does not record (`unrecorded`, none of them
+ * `keys.label`'s). One that opens under none of them needs `keys.label` when its value opens under `keys.label`
+ * (`labelKek`, while the KEK may still unwrap), or when nothing tells it apart from a row that does: its label is NULL,
+ * the column's default (`labelDefault`: Mycelium's gateway writes 1 whatever key wrapped the DEK), or a KEK whose key
+ * it was just tried under. A row labelled with a KEK this worker holds no key for that does not open under
+ * `keys.label` is that KEK's (a generation the application uses that rekey never held). Counted and named, with its
+ * label. Reads only: such a row is not rewritten here (its label may be the application's own), so nothing is counted
+ * twice on a retry. Heartbeat in `onBatch`.
+ */
+export async function proveRowsNotLabelled(
+  store: TargetStore,
+  client: Pool | PoolClient,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  options: { batchSize: number; labelDefault?: string; onBatch?(): void },
+): Promise<LabelProof> {
+  const proof = emptyProof();
+  // A key that is not `label`'s proves a row that opens under it does not need `label`, recorded or not.
+  const tried = [keys.active, ...keys.others, ...(keys.unrecorded ?? [])];
+  const triedIds = new Set(tried.map((k) => k.kekId));
+  const ids = tried.map((k) => `'${k.kekId}'`).join(', ');
+  const described = (row: TargetRow) =>
+    row.$label === null || row.$label === undefined ? 'no label (NULL)' : `label '${row.$label}'`;
+  let cursor = '';
+  for (;;) {
+    const rows = await store.readBatch(
+      client,
+      { kind: 'not-label', kekId: keys.label },
+      { after: cursor, until: null },
+      options.batchSize,
+    );
+    if (rows.length === 0) return proof;
+    let remaining = rows;
+    for (const kek of tried) {
+      if (remaining.length === 0) break;
+      const opened = await crypto.check(store.codec, kek, remaining);
+      remaining = remaining.filter((_, i) => opened[i] !== undefined);
+    }
+    const underLabel =
+      keys.labelKek && remaining.length > 0 ? await crypto.check(store.codec, keys.labelKek, remaining) : [];
+    const needed: { row: TargetRow; reason: string }[] = [];
+    remaining.forEach((row, i) => {
+      if (keys.labelKek && underLabel[i] === undefined) {
+        needed.push({ row, reason: `its ${described(row)} says otherwise, but its value is under '${keys.label}'` });
+        return;
+      }
+      const label = row.$label as string | null | undefined;
+      const unknown = label === null || label === undefined || label === options.labelDefault || triedIds.has(label);
+      if (!unknown) return; // labelled with a KEK held nowhere here, and not under `label`: that KEK's row
+      const why = keys.labelKek ? ` nor '${keys.label}' (${underLabel[i]})` : '';
+      needed.push({ row, reason: `${described(row)}: it opens under none of ${ids}${why}` });
+    });
+    proof.needed += needed.length;
+    for (const { row, reason } of needed.slice(0, Math.max(0, NAMED_ROWS - proof.neededRows.length))) {
+      proof.neededRows.push({ tenantId: row.$id, reason });
+    }
+    cursor = rows[rows.length - 1]!.$id;
+    options.onBatch?.();
+  }
 }

@@ -106,6 +106,18 @@ export const DEFAULTS = {
 export const MIN_RESTORE_WINDOW = '1d';
 
 /**
+ * The restore window the retire step applies: `restoreWindowMs`, raised to MIN_RESTORE_WINDOW unless `reason` (the
+ * request's allowShortRestoreWindow) is given. Where the window is written, for every run: one validated before the
+ * minimum existed (in flight across the upgrade, continued as new, reset past validate) carries a shorter window and
+ * no reason in its own state.
+ */
+export function effectiveRestoreWindowMs(restoreWindowMs: number, reason: string | undefined): number {
+  const minimum = parseDuration(MIN_RESTORE_WINDOW)!;
+  if (restoreWindowMs >= minimum || (reason !== undefined && reason.trim() !== '')) return restoreWindowMs;
+  return minimum;
+}
+
+/**
  * Refuses a rotation that retires a KEK (neither a dry run nor a canary) with a restore window below
  * MIN_RESTORE_WINDOW, unless the request gives the reason to go below it (allowShortRestoreWindow). Checked where a
  * rotation starts (startRotation, validate), never when a run is replayed or continues as new.

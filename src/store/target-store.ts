@@ -146,8 +146,15 @@ interface CasParams {
   news: ValueParam[];
 }
 
-/** Which rows a rewrap reads: those labelled with a KEK, or those labelled with neither KEK of the rotation. */
-export type Scan = { kind: 'label'; kekId: string } | { kind: 'others'; from: string; to: string };
+/**
+ * Which rows a scan reads: those labelled with a KEK; those labelled with neither KEK of the rotation (a rewrap of the
+ * others); or every row not labelled with a KEK, a NULL label included (the retire and destroy proofs' rows a label
+ * does not name: a label can lie, or be missing).
+ */
+export type Scan =
+  | { kind: 'label'; kekId: string }
+  | { kind: 'others'; from: string; to: string }
+  | { kind: 'not-label'; kekId: string };
 
 export interface IdRange {
   /** Exclusive lower bound; '' = from the start. */
@@ -292,8 +299,8 @@ export class TargetStore {
 
   /**
    * The next rows of a scan, in id order (keyset pagination): rows labelled `kekId`, or, for a scan of the others,
-   * rows labelled with neither `from` nor `to` (a label can lie: such a row may still be under `from`). Read with a
-   * binary COPY (src/store/copy-out.ts), its values written into the query as literals.
+   * rows labelled with neither `from` nor `to` (a label can lie: such a row may still be under `from`), or every row not
+   * labelled `kekId` (NULL included). Read with a binary COPY (src/store/copy-out.ts), its values written into the query as literals.
    */
   async readBatch(
     client: PoolClient | Pool,
@@ -402,7 +409,9 @@ export class TargetStore {
     const which =
       scan.kind === 'label'
         ? `${label} = ${literal(scan.kekId)}::${labelType}`
-        : `${label} IS NOT NULL AND ${label} <> ${literal(scan.from)}::${labelType} AND ${label} <> ${literal(scan.to)}::${labelType}`;
+        : scan.kind === 'not-label'
+          ? `(${label} IS NULL OR ${label} <> ${literal(scan.kekId)}::${labelType})`
+          : `${label} IS NOT NULL AND ${label} <> ${literal(scan.from)}::${labelType} AND ${label} <> ${literal(scan.to)}::${labelType}`;
     const bounds: string[] = [];
     if (onlyId !== undefined) bounds.push(`${id} = ${literal(onlyId)}::${idType}`);
     else {

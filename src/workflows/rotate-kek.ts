@@ -24,7 +24,12 @@ import { addChecks, describeUnreadableLabels, startCheck, type LabelCheck } from
 import { addCounters, emptyCounters } from '../rewrap/counters';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
-import { parseRotationRequest, type RotationRequest, type RotationSettings } from '../rotation/rotation-input';
+import {
+  effectiveRestoreWindowMs,
+  parseRotationRequest,
+  type RotationRequest,
+  type RotationSettings,
+} from '../rotation/rotation-input';
 import { rotationRunStatus } from '../rotation/run-status';
 import { explainFailure, labelChecks, lockedSteps, steps } from './activity-proxies';
 import { proveInParts } from './label-proofs';
@@ -82,6 +87,11 @@ export const RETIRE_PROOF_PATCH = 'rekey-retire-proves-rows-1';
  * grace and retire: a row labelled `to` whose value is still sealed under `from` fails the run, with `from` kept.
  */
 export const VERIFY_LABELS_PATCH = 'safety4-verify-labelled-to-1';
+/**
+ * Marks runs whose retire step is given the request's reason for a restore window below the minimum (the step raises
+ * a shorter window without one), and whose destruction waits for the window the step applied.
+ */
+export const RESTORE_WINDOW_PATCH = 'proofs4-retire-restore-window-1';
 
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
@@ -534,17 +544,23 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   const proof = await prove(run, 'before-retire');
   if (proof === 'aborted') return run.finish('aborted');
   if (proof === 'continue-as-new') return run.continueAsNew();
+  const reason = run.request.allowShortRestoreWindow;
+  const windowed = patched(RESTORE_WINDOW_PATCH);
   const retired = await run.commit('retire', () =>
     lockedSteps.retireKek({
       ...run.on,
       from: carried.from,
       restoreWindowMs: run.settings.restoreWindowMs,
+      ...(windowed && reason !== undefined && { allowShortRestoreWindow: reason }),
       progressKey: `${carried.runKey}/retire`,
     }),
   );
   if ((retired.relabelled ?? 0) > 0) addRelabelled(run, retired.relabelled ?? 0);
   if (run.progress.destruction?.scheduled) {
-    await scheduleDestruction(run, carried.from, run.settings.restoreWindowMs);
+    const window = windowed
+      ? effectiveRestoreWindowMs(run.settings.restoreWindowMs, reason)
+      : run.settings.restoreWindowMs;
+    await scheduleDestruction(run, carried.from, window);
   }
   return run.finish('completed');
 }

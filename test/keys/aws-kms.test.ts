@@ -295,7 +295,7 @@ describe('aws-kms key provider against a moto server', () => {
     const { prefix, keys, activities, v1, v2 } = await promotedToV2();
     const registry = new KekRegistry(aws.db.pool, BUILTIN_TARGET);
     try {
-      await activities.retireKek({ from: 'v1', restoreWindowMs: 0 });
+      await activities.retireKek({ from: 'v1', restoreWindowMs: 0, allowShortRestoreWindow: 'test: destroy at once' });
       expect((await arnOf(v1.KeyId!)).KeyState).toBe('Disabled');
       // By hand, or by a second deployment on the same prefix: v1's alias now names the active KEK's key.
       await pointAlias(`${prefix}kek-v1`, v2.KeyId!);

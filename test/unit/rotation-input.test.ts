@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   checkAgainstKeks,
+  effectiveRestoreWindowMs,
   parseRotationRequest,
   refuseShortRestoreWindow,
   type KekFacts,
@@ -51,6 +52,14 @@ describe('rotation request', () => {
   ])('refuses %j: %s', (request, message) => {
     expect(() => parseRotationRequest(request)).toThrow(InvalidRotationError);
     expect(() => parseRotationRequest(request)).toThrow(message);
+  });
+
+  it('the retire step raises a restore window below the minimum of 1d to 1d unless the reason is given; a window of 1d or more is kept', () => {
+    const day = 86_400_000;
+    expect(effectiveRestoreWindowMs(0, undefined)).toBe(day);
+    expect(effectiveRestoreWindowMs(23 * 3_600_000, '  ')).toBe(day);
+    expect(effectiveRestoreWindowMs(0, 'test: destroy at once')).toBe(0);
+    expect(effectiveRestoreWindowMs(30 * day, undefined)).toBe(30 * day);
   });
 
   const windowCheck = (request: RotationRequest) => () =>
