@@ -7,7 +7,6 @@
 // reason it must not leave the KEK destroyable the moment it is retired. Against PostgreSQL and the keyring file,
 // through the worker's activities.
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
@@ -16,6 +15,7 @@ import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { useScratchDirectory, useTestDatabase } from '../helpers/database';
+import { writeKeyringFile } from '../helpers/keyring';
 
 describe('adversary: the retire step given a restore window of 0 and no reason (a run validated before the minimum existed)', () => {
   const db = useTestDatabase();
@@ -25,19 +25,7 @@ describe('adversary: the retire step given a restore window of 0 and no reason (
     const v1 = randomBytes(32);
     const v2 = randomBytes(32);
     const file = path.join(scratch.dir, 'keyring.json');
-    const createdAt = new Date().toISOString();
-    fs.writeFileSync(
-      file,
-      JSON.stringify({
-        format: 'rekey-keyring/v1',
-        current: 'v2',
-        keks: [
-          { id: 'v1', key: v1.toString('base64url'), createdAt },
-          { id: 'v2', key: v2.toString('base64url'), createdAt },
-        ],
-      }),
-      { mode: 0o600 },
-    );
+    writeKeyringFile(file, 'v2', { v1, v2 });
     // A rotation v1 → v2 that moved every row: v2 active, v1 decrypt-only, no row under v1.
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     await registry.seedActive('v1', kekFingerprint(v1));

@@ -6,7 +6,6 @@
 // such a row written after it (or missed by it) passes retire, and the destruction at the end of the restore window
 // removes the only key that opens it. Against PostgreSQL and the keyring file, through the worker's activities.
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
@@ -16,6 +15,7 @@ import { inTransaction } from '../../src/store/connect';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { useScratchDirectory, useTestDatabases } from '../helpers/database';
+import { writeKeyringFile } from '../helpers/keyring';
 
 const TENANTS = 20;
 
@@ -32,19 +32,7 @@ describe('adversary: a row labelled with the active KEK but sealed under the KEK
     const v1 = randomBytes(32);
     const v2 = randomBytes(32);
     const file = path.join(scratch.dir, `keyring-${index}.json`);
-    const createdAt = new Date().toISOString();
-    fs.writeFileSync(
-      file,
-      JSON.stringify({
-        format: 'rekey-keyring/v1',
-        current: 'v2',
-        keks: [
-          { id: 'v1', key: v1.toString('base64url'), createdAt },
-          { id: 'v2', key: v2.toString('base64url'), createdAt },
-        ],
-      }),
-      { mode: 0o600 },
-    );
+    writeKeyringFile(file, 'v2', { v1, v2 });
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     await registry.seedActive('v1', kekFingerprint(v1));
     await registry.register('v2', kekFingerprint(v2));

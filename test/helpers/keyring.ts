@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
 import type { Pool, PoolClient } from 'pg';
 import { expect } from 'vitest';
 import type { StoreDriver } from '../../src/keyring/driver';
@@ -260,4 +261,21 @@ export async function expectFirstStartRefused(dbA: Pool, keys: StoreDriver, keys
   await app.stop();
 
   expect(await new KekRegistry(dbA, 'rekey').list()).toEqual([]);
+}
+
+/**
+ * Writes a keyring file as an operator's tooling would (format rekey-keyring/v1, keys in base64url, mode 0600),
+ * spelled out here rather than through FileKeyring, so a test's fixture does not depend on the code it tests.
+ */
+export function writeKeyringFile(file: string, current: string, keks: Record<string, Buffer>): void {
+  const createdAt = new Date().toISOString();
+  fs.writeFileSync(
+    file,
+    JSON.stringify({
+      format: 'rekey-keyring/v1',
+      current,
+      keks: Object.entries(keks).map(([id, key]) => ({ id, key: key.toString('base64url'), createdAt })),
+    }),
+    { mode: 0o600 },
+  );
 }
