@@ -140,6 +140,12 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   },
   { name: 'AWS_MAX_ATTEMPTS', default: '10', what: "the AWS SDK's attempts per call, with backoff", readBy: ALL },
   {
+    name: 'REKEY_AWS_TIMEOUT',
+    default: '60',
+    what: 'seconds one AWS call may take, connecting included, before it fails and is tried again (1 to 3600)',
+    readBy: ALL,
+  },
+  {
     name: 'AWS_ACCESS_KEY_ID',
     default: "the SDK's default chain",
     what: 'AWS credentials, with AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (or SSO, shared files, an instance or task role)',

@@ -10,6 +10,9 @@ export function awsRegion(env: NodeJS.ProcessEnv): string | undefined {
 /** How many times a throttled or failed AWS call is tried, with the SDK's backoff between (AWS_MAX_ATTEMPTS). */
 const DEFAULT_MAX_ATTEMPTS = 10;
 
+/** How long one AWS call may take, connection included, before it fails and is retried (REKEY_AWS_TIMEOUT). */
+const DEFAULT_TIMEOUT_SECONDS = 60;
+
 /**
  * The client settings for one service: region (required), the endpoint from AWS_ENDPOINT_URL_<SERVICE> or
  * AWS_ENDPOINT_URL (moto, LocalStack, a VPC endpoint), and credentials from this environment when it carries them,
@@ -31,11 +34,26 @@ export function awsClientConfig(env: NodeJS.ProcessEnv, service: 'SECRETS_MANAGE
       'AWS_MAX_ATTEMPTS',
     );
   }
+  // The SDK waits for ever for an answer by default: a call a network device swallowed would hold a locked step's
+  // transaction (and the KEK's registry row) until the worker dies. Bounded, it fails and is retried.
+  const rawTimeout = env.REKEY_AWS_TIMEOUT?.trim();
+  const seconds = rawTimeout ? Number(rawTimeout.replace(/s$/, '')) : DEFAULT_TIMEOUT_SECONDS;
+  if (!Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) {
+    throw new KeyMaterialError(
+      `REKEY_AWS_TIMEOUT must be a number of seconds from 1 to 3600, got '${rawTimeout}'`,
+      'REKEY_AWS_TIMEOUT',
+    );
+  }
   const accessKeyId = env.AWS_ACCESS_KEY_ID?.trim();
   const secretAccessKey = env.AWS_SECRET_ACCESS_KEY?.trim();
   return {
     region,
     maxAttempts: attempts,
+    requestHandler: {
+      connectionTimeout: seconds * 1000,
+      requestTimeout: seconds * 1000,
+      throwOnRequestTimeout: true,
+    },
     ...(endpoint !== undefined && { endpoint }),
     ...(accessKeyId &&
       secretAccessKey && {
@@ -81,6 +99,12 @@ export async function awsCall<T>(
     return await call();
   } catch (err) {
     const name = (err as { name?: string }).name ?? '';
+    if (name === 'TimeoutError') {
+      // Retryable (Temporal tries the step again), but saying where and which setting bounds it.
+      throw new Error(`${where}: ${action} got no answer in time (REKEY_AWS_TIMEOUT): ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
     if (!NOT_RETRYABLE.has(name) || callerHandles?.has(name)) throw err;
     const hint =
       name === 'AccessDeniedException'
