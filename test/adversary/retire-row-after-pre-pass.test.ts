@@ -20,6 +20,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { confirmStepUpdate, setGraceUpdate } from '../../src/workflows';
 import { createApplicationDatabase, createTestDatabase, type TestDatabase } from '../helpers/database';
+import { eventually } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { createMyceliumSchema, kekOf, seedMyceliumTenants, unwrapDek, wrapDek } from '../helpers/mycelium';
@@ -27,7 +28,10 @@ import { wrapRekeyDek } from '../helpers/rekey-format';
 import { createTalosSchema, decryptSecret, encryptSecret, seedSecrets } from '../helpers/talos';
 import { progressUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
-/** What a case does to the table: `early` before the run starts (may open a transaction), `late` inside the retire step. */
+/**
+ * What a case does to the table: `early` before the run starts (may open a transaction), `late` inside the retire step
+ * while it waits for the old KEK's registry row.
+ */
 interface BadWrite {
   early?(db: TestDatabase): Promise<void>;
   late(db: TestDatabase): Promise<void>;
@@ -75,11 +79,41 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
     const activities: Activities = {
       ...options.activities,
       retireKek: async (args) => {
-        if (!written) {
-          written = true;
+        if (written) return options.activities.retireKek(args);
+        written = true;
+        // The test holds the old KEK's registry row: rekey's retire step runs whatever it runs before taking that lock
+        // (a pre-pass), then waits for it; the bad row is written while it waits, and the row is let go after.
+        const holder = await db.pool.connect();
+        let settled = false;
+        let committed = false;
+        try {
+          await holder.query('BEGIN');
+          await holder.query('SELECT 1 FROM rekey.keks WHERE target = $1 AND kek_id = $2 FOR UPDATE', [target, from]);
+          const running = options.activities.retireKek(args);
+          void running.then(
+            () => (settled = true),
+            () => (settled = true),
+          );
+          await eventually(
+            "rekey's retire step waiting for the old KEK's registry row",
+            async () => {
+              const { rows } = await db.pool.query<{ n: string }>(
+                `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query ILIKE '%rekey.keks%FOR UPDATE%' AND pid <> $1`,
+                [(holder as unknown as { processID: number }).processID],
+              );
+              return Number(rows[0]!.n) > 0;
+            },
+            { within: 90_000, failIf: () => (settled ? 'the retire step ended without waiting for the lock' : undefined) },
+          );
           await bad.late(db);
+          await holder.query('COMMIT');
+          committed = true;
+          return await running;
+        } finally {
+          // A connection left inside its transaction is closed, not returned to the pool.
+          holder.release(!committed);
         }
-        return options.activities.retireKek(args);
       },
     };
     const taskQueue = `retire-after-pre-pass-${randomUUID()}`;
