@@ -62,6 +62,8 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   readonly makesKeks = true;
   /** A key no keyspace records is refused, not adopted: a key rekey makes carries its keyspace (rekey keys generate). */
   readonly ownerAtCreation = true;
+  /** The kind of store, as an operator names it: 'AWS KMS', 'Vault Transit'. */
+  protected abstract readonly product: string;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
   protected abstract readonly kind: string;
   /** rekey's own DEK format, whose remote form the store writes. */
@@ -147,6 +149,7 @@ export abstract class RemoteKeysDriver implements StoreDriver {
     };
     this.remoteStore ??= {
       description: this.description,
+      product: this.product,
       kind: this.kind,
       codec: this.codec,
       newDek: (kek, tenantId) => this.newDek(named(kek), tenantId),

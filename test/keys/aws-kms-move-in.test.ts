@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
-import { sharedRowCrypto } from '../../src/crypto/row-crypto';
+import { engineView } from '../../src/keyring/cipher';
+import { storeCipher } from '../../src/keyring/keyring';
 import { openStoreDriver } from '../../src/keyring/open';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { kmsFingerprint, kmsSettingsFromEnv } from '../../src/keyring/drivers/aws-kms';
@@ -135,19 +136,25 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
       const current = (await aws.client.send(new DescribeKeyCommand({ KeyId: `${prefix}current` }))).KeyMetadata!;
       expect(current.Arn).toBe(v2.Arn);
 
-      // Nothing moves out of KMS: a DEK under v2 is not re-wrapped under the local KEK, by the engine or the API.
+      // Nothing moves out of KMS: a DEK under v2 is not re-wrapped under the local KEK, by the engine or the API
+      // (the worker's ciphers of v2, in KMS, and of v1, still in the environment).
       const codec = compileFormat(REKEY_DEK_FORMAT);
-      const local = { kekId: 'v1', key: randomBytes(32) };
-      const onKms = { kekId: 'v2', key: Buffer.alloc(0), fingerprint: kmsFingerprint(v2.Arn!) };
-      await expect(
-        workerKeys.rowCrypto(sharedRowCrypto).rewrap(codec, onKms, local, [rows[0]!], {
-          others: false,
-          dryRun: false,
-        }),
-      ).rejects.toThrow(ConfigError);
-      await expect(workerKeys.rewrapDek('v2', 'v1', rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
-        /into AWS KMS, not out of it/,
-      );
+      const onKms = await storeCipher(workerKeys, 'v2');
+      const local = await storeCipher(workerKeys, 'v1');
+      try {
+        await expect(
+          engineView([onKms, local]).crypto.rewrap(codec, onKms.rowKek(), local.rowKek(), [rows[0]!], {
+            others: false,
+            dryRun: false,
+          }),
+        ).rejects.toThrow(ConfigError);
+        await expect(onKms.moveTo(local, rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
+          /into AWS KMS, not out of it/,
+        );
+      } finally {
+        onKms.release();
+        local.release();
+      }
     } finally {
       await writer.stop();
       await app.stop();

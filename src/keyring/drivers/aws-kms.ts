@@ -128,6 +128,7 @@ function localKeysFromEnv(env: NodeJS.ProcessEnv): Pick<KmsSettings, 'localKeys'
  */
 export class KmsKeys extends RemoteKeysDriver {
   readonly description: string;
+  protected readonly product = 'AWS KMS';
   protected readonly kind = 'KMS';
   /** rekey's own DEK format, whose KMS form this store writes. */
   protected readonly codec: Codec = compileFormat(REKEY_DEK_FORMAT);

@@ -7,7 +7,6 @@
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
 import type { Codec } from '../../codec/sealed-format';
 import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
-import type { RowKek } from '../../rewrap/rewrap-rows';
 import { keyArnOf, type KmsKeys } from './aws-kms';
 import { LocalCipher, type DekCipher } from '../cipher';
 import {
@@ -20,10 +19,7 @@ import {
 } from '../driver';
 import type { HeldKey, LocalKeysDriver } from '../local-keys';
 import { requireOwnForm } from '../remote-keys';
-import { ConfigError, KeyMaterialError, OperatorMustActError } from '../../errors';
-
-const OUT_OF_KMS =
-  'rekey moves KEKs into AWS KMS, not out of it: rotate to a KMS KEK (to: new), or run without REKEY_KEY_PROVIDER=aws-kms';
+import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
 export class KmsWithLocalKeys implements StoreDriver {
   readonly description: string;
@@ -125,60 +121,6 @@ export class KmsWithLocalKeys implements StoreDriver {
   }
   held(): HeldKey[] {
     return [...this.kms.held(), ...this.local.held()];
-  }
-
-  // ---- Nothing moves out of KMS ----
-
-  /**
-   * A DEK under `from` moved under `to`: between KMS keys inside KMS (ReEncrypt), from a local KEK into KMS opened here
-   * and encrypted there, never out of KMS. The keyring's ciphers do the same for the application and the engine.
-   */
-  async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
-    if (this.inKms(from)) {
-      if (!this.inKms(to)) throw new KeyMaterialError(OUT_OF_KMS, this.description);
-      return this.kms.rewrapDek(from, to, tenantId, wrapped);
-    }
-    const source = this.local.cipher({ kekId: from, fingerprint: this.local.fingerprint(from) })!;
-    try {
-      if (!this.inKms(to)) {
-        const target = this.local.cipher({ kekId: to, fingerprint: this.local.fingerprint(to) })!;
-        try {
-          return await source.moveTo(target, tenantId, wrapped);
-        } finally {
-          target.release();
-        }
-      }
-      const dek = await source.open(tenantId, wrapped);
-      try {
-        return await this.kms.encryptDek(to, tenantId, dek);
-      } finally {
-        dek.fill(0);
-      }
-    } finally {
-      source.release();
-    }
-  }
-
-  // ---- The rewrap engine ----
-
-  /** Local to local: the worker's threads (`local`); KMS to KMS: ReEncrypt; local to KMS: opened here, then Encrypt. */
-  rowCrypto(local: () => RowCrypto): RowCrypto {
-    const kms = this.kms.rowCrypto();
-    const inKms = (kek: RowKek) => this.inKms(kek.kekId);
-    return {
-      get threads() {
-        return local().threads;
-      },
-      rewrap: (codec, from, to, rows, options) => {
-        if (!inKms(from) && !inKms(to)) return local().rewrap(codec, from, to, rows, options);
-        if (inKms(from) && inKms(to)) return kms.rewrap(codec, from, to, rows, options);
-        if (inKms(to)) return kms.importRows(codec, from, to, rows, options);
-        return Promise.reject(new ConfigError(OUT_OF_KMS));
-      },
-      check: (codec, kek, rows) => (inKms(kek) ? kms.check(codec, kek, rows) : local().check(codec, kek, rows)),
-      // The worker's threads are the worker's to close; KMS's crypto holds nothing.
-      close: () => Promise.resolve(),
-    };
   }
 
   // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----

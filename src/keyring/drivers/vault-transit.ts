@@ -89,6 +89,7 @@ const versionOfId = (kekId: string): number | undefined => {
  */
 export class VaultTransitKeys extends RemoteKeysDriver {
   readonly description: string;
+  protected readonly product = 'Vault Transit';
   protected readonly kind = 'Transit';
   /** rekey's own DEK format, whose Transit form this store writes. */
   protected readonly codec: Codec = compileFormat(REKEY_DEK_FORMAT);
