@@ -296,13 +296,24 @@ export class Keyring extends KeyringCiphers {
    */
   async retire(
     kekId: string,
-    { restoreWindowMs, prove }: { restoreWindowMs: number; prove: (client: PoolClient) => Promise<LabelProof> },
+    {
+      restoreWindowMs,
+      prove,
+      prepare,
+    }: {
+      restoreWindowMs: number;
+      prove: (client: PoolClient) => Promise<LabelProof>;
+      /** Before the lock, once the checks pass, where the KEK is still to retire: the proof's pre-pass. */
+      prepare?: () => Promise<void>;
+    },
   ): Promise<RetireOutcome> {
     await this.refuseForeign(kekId, 'retiring');
     const { registry } = this;
     // Another keyspace's registry that holds the key still needs it: the store's retire would stop it for that
     // keyspace too. Asked before anything is written, and again on a retried step (before the store's hook).
-    await this.options.otherRegistries(kekId, (await registry.require(kekId)).fingerprint, 'retiring');
+    const before = await registry.require(kekId);
+    await this.options.otherRegistries(kekId, before.fingerprint, 'retiring');
+    if (prepare !== undefined && (before.state === 'decrypt_only' || before.state === 'provisioned')) await prepare();
     const outcome = await inTransaction(this.options.db, async (client) => {
       await registry.lock(kekId, client);
       const record = await registry.require(kekId, client);
