@@ -568,9 +568,11 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   );
   if ((retired.relabelled ?? 0) > 0) addRelabelled(run, retired.relabelled ?? 0);
   if (run.progress.destruction?.scheduled) {
-    const window = windowed
-      ? effectiveRestoreWindowMs(run.settings.restoreWindowMs, reason)
-      : run.settings.restoreWindowMs;
+    // The window the step applied, as it says; a step of a build before it says nothing, and the run computes the
+    // window as that build applied it (the same commands: histories recorded before it replay).
+    const window =
+      retired.restoreWindowMs ??
+      (windowed ? effectiveRestoreWindowMs(run.settings.restoreWindowMs, reason) : run.settings.restoreWindowMs);
     await scheduleDestruction(run, carried.from, window);
   }
   return run.finish('completed');
