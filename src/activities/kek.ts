@@ -608,6 +608,11 @@ export function createKekActivities(deps: ActivityDependencies) {
       retiredAt: string;
       restorableUntil?: string;
       relabelled?: number;
+      /**
+       * The restore window in force (the registry's `restorable_until` − `retired_at`): what the step applied, or what
+       * an earlier attempt applied; the rotation's destruction waits for it. Absent in results of builds before it.
+       */
+      restoreWindowMs?: number;
     }> {
       const runtime = await targets.forRequest(on);
       const { db, registry, definition, keyring } = runtime;
@@ -642,10 +647,15 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { retired } = outcome;
       const relabelled =
         progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
+      const applied =
+        retired.retiredAt && retired.restorableUntil
+          ? retired.restorableUntil.getTime() - retired.retiredAt.getTime()
+          : restoreWindowMs;
       return {
         retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
         ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
         ...(relabelled !== undefined && { relabelled }),
+        restoreWindowMs: applied,
       };
     },
 
