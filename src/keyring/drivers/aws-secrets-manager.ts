@@ -218,7 +218,7 @@ export class SecretsManagerKeys extends LocalKeysDriver {
    * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
    * that id is used as it is: a retried provision creates nothing.
    */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  private async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     await this.reload();
     const id = newKekId(kekId, [...this.versions.keys()], this.description);
     if (this.versions.has(id)) return id;

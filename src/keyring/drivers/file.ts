@@ -117,7 +117,7 @@ export class FileKeyring extends LocalKeysDriver {
   }
 
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  private async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const id = newKekId(

@@ -226,7 +226,7 @@ export class VaultKvKeys extends LocalKeysDriver {
    * KEK of a secret is also marked current. Idempotent: a retry finds a version an earlier attempt wrote but did not
    * name (its answer lost) by its `rekey_kek` field, and names that one.
    */
-  async generate(kekId?: string, options: KvOptions = {}): Promise<string> {
+  private async generate(kekId?: string, options: KvOptions = {}): Promise<string> {
     await this.reload();
     const id = newKekId(kekId, [...this.keks.keys()], this.description);
     const existing = this.keks.get(id);
