@@ -6,11 +6,14 @@
 // one then moves every DEK into KMS (Encrypt), while the application reads each row with whichever KEK its label
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
 import type { Codec } from '../../codec/sealed-format';
-import { keyArnOf, type KmsKeys } from './aws-kms';
+import { keyArnOf, KmsKeys } from './aws-kms';
+import { EnvKeyProvider, envStore } from './env';
+import { FileKeyring, fileStore, keyringFileOf } from './file';
 import type { DekCipher } from '../cipher';
 import {
   refuseKeyBytes,
   type DestroyOutcome,
+  type ProcessStore,
   type ProvisionOptions,
   type RecordedKek,
   type StoreDriver,
@@ -161,3 +164,28 @@ export class KmsWithLocalKeys implements StoreDriver {
 function readOnlyIsDone(err: unknown): void {
   if (!(err instanceof OperatorMustActError)) throw err;
 }
+
+/**
+ * REKEY_KEY_PROVIDER=aws-kms: the KMS keys under REKEY_AWS_KMS_ALIAS_PREFIX, and with REKEY_AWS_KMS_LOCAL_KEYS the local
+ * KEKs moving in (the environment's, or the keyring file REKEY_KEYRING_FILE names).
+ */
+export const kmsStore: ProcessStore<'aws-kms'> = {
+  value: 'aws-kms',
+  open: (context) => {
+    const kms = KmsKeys.fromEnv(context.env, context.onRequest);
+    const { localKeys } = kms.settings;
+    if (localKeys === undefined) return kms;
+    return new KmsWithLocalKeys(
+      kms,
+      localKeys === 'env' ? new EnvKeyProvider(context.env) : FileKeyring.open(keyringFileOf(context)),
+    );
+  },
+  reads: (env) => {
+    const prefix = env.REKEY_AWS_KMS_ALIAS_PREFIX?.trim() || 'alias/rekey/';
+    const local = env.REKEY_AWS_KMS_LOCAL_KEYS?.trim();
+    return [
+      { key: `aws-kms ${prefix}`, what: `AWS KMS keys under ${prefix}kek-*` },
+      ...(local === 'env' ? envStore.reads(env) : local === 'file' ? fileStore.reads(env) : []),
+    ];
+  },
+};

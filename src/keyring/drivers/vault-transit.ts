@@ -4,7 +4,7 @@ import { refusedMoveIn, type RemoteKek } from '../cipher';
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../../crypto/transit-row-crypto';
 import type { RewrapRowsResult } from '../../rewrap/rewrap-rows';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import type { DestroyOutcome, ProcessStore, ProvisionOptions, RecordedKek } from '../driver';
 import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
@@ -606,3 +606,14 @@ export class VaultTransitKeys extends RemoteKeysDriver {
     this.crypto = undefined;
   }
 }
+
+/** REKEY_KEY_PROVIDER=vault-transit: the Transit key REKEY_VAULT_TRANSIT_KEY names. */
+export const vaultTransitStore: ProcessStore<'vault-transit'> = {
+  value: 'vault-transit',
+  open: ({ env, onRequest }) => VaultTransitKeys.fromEnv(env, onRequest),
+  reads: (env) => {
+    if (!env.REKEY_VAULT_TRANSIT_KEY?.trim()) return [];
+    const at = `${env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit'}/keys/${env.REKEY_VAULT_TRANSIT_KEY.trim()}`;
+    return [{ key: `vault-transit ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault Transit key ${at}` }];
+  },
+};
