@@ -69,11 +69,40 @@ export type DestroyStep =
  * The caller releases it.
  */
 export async function storeCipher(driver: StoreDriver, kekId: string): Promise<DekCipher> {
-  const held = (await driver.list()).find((k) => k.kekId === kekId);
-  if (!held) throw new UnknownKekError(kekId, driver.description);
-  const cipher = driver.cipher({ kekId, fingerprint: held.fingerprint });
+  const held = await storedKek(driver, kekId);
+  const cipher = driver.cipher(held);
   if (!cipher) throw new KekNotHeldError(kekId, held.fingerprint, driver.description);
   return cipher;
+}
+
+/**
+ * The key a store names `kekId` (as last read), with its fingerprint, checked against no registry: what an empty
+ * registry is seeded with (the dev tools, `rekey keys generate`). UnknownKekError when it names none.
+ */
+export async function storedKek(driver: StoreDriver, kekId: string): Promise<{ kekId: string; fingerprint: string }> {
+  const held = (await driver.list()).find((k) => k.kekId === kekId);
+  if (!held) throw new UnknownKekError(kekId, driver.description);
+  return { kekId, fingerprint: held.fingerprint };
+}
+
+/** The id `rekey keys generate` gives a new KEK without --id: the next vN after every id the store names. */
+export async function nextStoredKekId(driver: StoreDriver): Promise<string> {
+  return nextKekId((await driver.list()).flatMap((k) => (k.kekId === undefined ? [] : [k.kekId])));
+}
+
+/**
+ * A new KEK made in the store outside any keyspace's lifecycle (`rekey keys generate`, the demo): under `kekId`, else
+ * the next vN (nextStoredKekId), by the driver's provision (a store rekey only reads answers what the operator must
+ * add). Its id and fingerprint.
+ */
+export async function generateKek(
+  driver: StoreDriver,
+  kekId?: string,
+  options: ProvisionOptions = {},
+): Promise<{ kekId: string; fingerprint: string }> {
+  const id = kekId ?? (await nextStoredKekId(driver));
+  await driver.provision(id, options);
+  return storedKek(driver, id);
 }
 
 /** Runs a driver's hook; an answer of what the operator must do is returned, not thrown. */

@@ -68,7 +68,8 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   protected abstract readonly kind: string;
   /** rekey's own DEK format, whose remote form the store writes. */
   protected abstract readonly codec: Codec;
-  configuredCurrentKekId: string | undefined;
+  /** What the store names current, as `reload` last read it (StoreDriver.configuredCurrent). */
+  protected configuredCurrentKekId: string | undefined;
   private remoteStore: RemoteKeyStore | undefined;
 
   get configuredCurrent(): string | undefined {
@@ -89,19 +90,15 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   }
 
   /** Every key the store holds (as last read), with its id and fingerprint. */
-  abstract held(): HeldKey[];
+  protected abstract held(): HeldKey[];
   abstract reload(): Promise<void>;
-  abstract has(kekId: string): boolean;
-  abstract fingerprint(kekId: string): string;
+  /** Whether the store names a key `kekId` (as last read). */
+  protected abstract has(kekId: string): boolean;
+  /** The fingerprint of the key the store names `kekId` (as last read); UnknownKekError when it names none. */
+  protected abstract fingerprint(kekId: string): string;
 
   list(): Promise<StoredKek[]> {
     return Promise.resolve(this.held().map(({ kekId, fingerprint }) => ({ kekId: kekId!, fingerprint })));
-  }
-
-  kekIds(): string[] {
-    return this.held()
-      .map((k) => k.kekId!)
-      .sort();
   }
 
   protected holds(fingerprint: string): boolean {
@@ -171,7 +168,7 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   // ---- The lifecycle, each store's own ----
 
   /** Makes the KEK in the store (the next key, or key version) and returns its id. Idempotent. */
-  abstract generate(kekId?: string, options?: ProvisionOptions): Promise<string>;
+  protected abstract generate(kekId?: string, options?: ProvisionOptions): Promise<string>;
 
   async provision(kekId: string, options: ProvisionOptions): Promise<void> {
     await this.generate(kekId, options);

@@ -7,7 +7,7 @@ import { createActivities } from '../../src/activities';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { engineView } from '../../src/keyring/cipher';
-import { storeCipher } from '../../src/keyring/keyring';
+import { storeCipher, generateKek } from '../../src/keyring/keyring';
 import { openStoreDriver } from '../../src/keyring/open';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { kmsFingerprint, kmsSettingsFromEnv } from '../../src/keyring/drivers/aws-kms';
@@ -19,7 +19,7 @@ import { ConfigError, KeyMaterialError } from '../../src/errors';
 import { throttlingProxy, useAwsServers } from '../helpers/aws';
 import { startLiveWriter } from '../helpers/live-writer';
 import { runRotation } from '../helpers/rotation-run';
-import { wrapUnder } from '../helpers/store-keys';
+import { wrapUnder, fingerprintIn, storedIds } from '../helpers/store-keys';
 
 const TENANTS = 200;
 const tenantId = (n: number) => `tenant-${String(n % TENANTS).padStart(5, '0')}`;
@@ -57,8 +57,8 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     };
     // Every tenant's DEK under v1, as the application wrote them before KMS: the plaintexts are kept to compare.
     const seeding = await open();
-    expect(seeding.kekIds()).toEqual(['v1']);
-    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', seeding.fingerprint('v1'));
+    expect(await storedIds(seeding)).toEqual(['v1']);
+    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(seeding, 'v1'));
     const deks = new Map<string, Buffer>();
     const ids = Array.from({ length: TENANTS }, (_, i) => tenantId(i));
     const wrapped: Buffer[] = [];
@@ -171,7 +171,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     const keys = openStoreDriver({ provider: 'aws-kms' }, movingIn().env);
     try {
       await keys.reload();
-      await (keys as KmsWithLocalKeys).generate('v1');
+      await generateKek(keys, 'v1');
       const refused = await keys.reload().catch((err: unknown) => err);
       expect(refused).toBeInstanceOf(KeyMaterialError);
       expect((refused as Error).message).toMatch(/KEK id\(s\) 'v1' name both a KMS key .* and a key in env/);

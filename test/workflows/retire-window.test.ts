@@ -9,6 +9,7 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import type { DestroyKekInput } from '../../src/workflows/destroy-kek';
 import { createTestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
+import { fingerprintIn } from '../helpers/store-keys';
 import { destroyIdIn } from '../helpers/keyspace';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { useTimeSkippingEnv } from '../helpers/temporal';
@@ -27,8 +28,8 @@ describe('the retire step says which restore window it applied, and the destruct
       try {
         const { provider } = createTestKeys(['v1', 'v2'], 'v1');
         const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-        await registry.seedActive('v1', provider.fingerprint('v1'));
-        await registry.register('v2', provider.fingerprint('v2'));
+        await registry.seedActive('v1', await fingerprintIn(provider, 'v1'));
+        await registry.register('v2', await fingerprintIn(provider, 'v2'));
         await registry.promote('v1', 'v2');
         const activities = createActivities({ db: db.pool, keys: provider });
         const result = await activities.retireKek({

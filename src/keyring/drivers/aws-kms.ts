@@ -235,15 +235,15 @@ export class KmsKeys extends RemoteKeysDriver {
     this.configuredCurrentKekId = current === undefined ? undefined : byKeyId.get(current);
   }
 
-  has(kekId: string): boolean {
+  protected has(kekId: string): boolean {
     return this.keks.has(kekId);
   }
 
-  fingerprint(kekId: string): string {
+  protected fingerprint(kekId: string): string {
     return kmsFingerprint(this.kek(kekId).arn);
   }
 
-  held(): HeldKey[] {
+  protected held(): HeldKey[] {
     return [...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) }));
   }
 
@@ -428,7 +428,7 @@ export class KmsKeys extends RemoteKeysDriver {
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
    * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  protected async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
     if (!KMS_KEK_ID.test(id)) {
