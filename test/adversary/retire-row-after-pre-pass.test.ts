@@ -98,8 +98,9 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
             "rekey's retire step waiting for the old KEK's registry row",
             async () => {
               const { rows } = await db.pool.query<{ n: string }>(
-                `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-                   AND query ILIKE '%rekey.keks%FOR UPDATE%' AND pid <> $1`,
+                // A backend waiting for a lock the holder has: only the registry row it holds.
+                `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()
+                   AND $1 = ANY(pg_blocking_pids(pid))`,
                 [(holder as unknown as { processID: number }).processID],
               );
               return Number(rows[0]!.n) > 0;
