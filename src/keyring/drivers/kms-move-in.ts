@@ -51,7 +51,7 @@ export class KmsWithLocalKeys implements StoreDriver {
     return [...(await this.kms.list()), ...(await this.local.list())];
   }
 
-  /** A KMS key's cipher asks KMS; a local KEK's holds its bytes. */
+  /** A KMS key's cipher asks KMS; a local KEK's is its own store's, over its bytes. */
   cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
     return keyArnOf(kek.fingerprint) !== undefined ? this.kms.cipher(kek) : this.local.cipher(kek);
   }
