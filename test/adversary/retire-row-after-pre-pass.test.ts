@@ -305,6 +305,35 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
         transaction.release();
       }
     });
+    it("a secret under v1 written in a savepoint of a transaction that began before the rotation and committed after the pre-pass keeps v1 from retiring (the row's xmin is the savepoint's own transaction id, which no snapshot lists as running)", async () => {
+      const { db, activities } = await talos();
+      const transaction = new LongTransaction();
+      let late: { id: string; name: string; value: Buffer } | undefined;
+      try {
+        const state = await rotateWithBadWrite({
+          db,
+          target: 'talos',
+          from: 'v1',
+          to: 'v2',
+          activities,
+          bad: {
+            early: async () =>
+              transaction.begin(db, async (client) => {
+                // The transaction's own id first (an ORM's first statement), then the write inside a savepoint.
+                await client.query('SELECT pg_current_xact_id()');
+                await client.query('SAVEPOINT late_secret');
+                late = await insertUnderV1(client, 'v1');
+                await client.query('RELEASE SAVEPOINT late_secret');
+              }),
+            late: async () => transaction.commit(),
+          },
+        });
+        expect(await opensUnderV1(db, late!.id, late!.name, late!.value)).toBe(true);
+        expect(state).toBe('decrypt_only');
+      } finally {
+        transaction.release();
+      }
+    });
   });
 
   describe("Mycelium (kek_version NOT NULL DEFAULT 1, no version column, token_secret generations): '1' → '2'", () => {
