@@ -46,6 +46,7 @@ import {
   temporalClient,
   type WorkerProcess,
 } from './harness';
+import { generateKek, storedKek } from '../src/keyring/keyring';
 
 export interface TargetScenarioOptions {
   tenants: number;
@@ -488,8 +489,8 @@ export async function kmsScenario(options: TargetScenarioOptions): Promise<Targe
   let writer: ReturnType<typeof startLiveWriter> | undefined;
   try {
     await world.start(() => Promise.resolve()); // rekey's own table: its migrations alone
-    await provisioner.generate('v1');
-    await new KekRegistry(world.db, BUILTIN_TARGET).seedActive('v1', provisioner.fingerprint('v1'));
+    await generateKek(provisioner, 'v1');
+    await new KekRegistry(world.db, BUILTIN_TARGET).seedActive('v1', (await storedKek(provisioner, 'v1')).fingerprint);
     const v1 = await keyOf(`${prefix}kek-v1`);
     const ids = Array.from({ length: tenants }, (_, i) => `tenant-${String(i).padStart(6, '0')}`);
     const deks = new Map<string, Buffer>();

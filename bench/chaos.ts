@@ -33,6 +33,7 @@ import {
   type WorkerProcess,
 } from './harness';
 import { kmsScenario, myceliumScenario, talosScenario, type TargetVerdict } from './chaos-targets';
+import { storedKek } from '../src/keyring/keyring';
 
 interface Options {
   tenants: number;
@@ -94,7 +95,7 @@ class World {
   async start(): Promise<void> {
     this.server = await startServer(readToolchain(), path.join(this.dir, 'temporal.db'));
     this.database = await freshDatabase('rekey_chaos');
-    await new KekRegistry(this.db, BUILTIN_TARGET).seedActive('v1', this.keys.fingerprint('v1'));
+    await new KekRegistry(this.db, BUILTIN_TARGET).seedActive('v1', (await storedKek(this.keys, 'v1')).fingerprint);
     await seedTenants({ db: this.db, keys: this.keys, kekId: 'v1', count: this.tenants });
     const app = new TenantCrypto({ db: this.db, keys: this.keys, instanceId: 'chaos-seeder' });
     await app.start();
@@ -376,7 +377,7 @@ const SCENARIOS: Record<string, Scenario> = {
         (report) => `completed (${report.outcome})`,
         (err: unknown) => failureMessage(err),
       );
-      const named = outcome.includes(world.keys.fingerprint('v2'));
+      const named = outcome.includes((await storedKek(world.keys, 'v2')).fingerprint);
       const midway = await world.losses({ retired: false });
       if (!named || midway.losses > 0) {
         return {

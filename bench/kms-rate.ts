@@ -25,6 +25,7 @@ import {
   writeResults,
   untilIdle,
 } from './harness';
+import { generateKek, storedKek } from '../src/keyring/keyring';
 
 export type Measure = (
   client: TemporalClient,
@@ -66,8 +67,8 @@ export async function kmsBench(options: {
   const postgres = new DatabaseCpu([new URL(database.url).pathname.slice(1)]);
   const seeder = KmsKeys.fromEnv({ ...keyEnv, REKEY_AWS_KMS_RATE: '0', REKEY_AWS_KMS_CONCURRENCY: '64' });
   try {
-    await seeder.generate('v1');
-    await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', seeder.fingerprint('v1'));
+    await generateKek(seeder, 'v1');
+    await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', (await storedKek(seeder, 'v1')).fingerprint);
     let t = Date.now();
     const chunk = 1_000;
     for (let start = 0; start < tenants; start += chunk) {

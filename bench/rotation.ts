@@ -18,7 +18,7 @@ import { seedTenants } from '../src/dev/tenants';
 import { readToolchain } from '../src/dev/toolchain';
 import type { DekCipher } from '../src/keyring/cipher';
 import type { StoreDriver } from '../src/keyring/driver';
-import { storeCipher } from '../src/keyring/keyring';
+import { storeCipher, storedKek } from '../src/keyring/keyring';
 import { KekRegistry } from '../src/store/kek-registry';
 import { TargetStore } from '../src/store/target-store';
 import { REKEY_PRESET } from '../src/targets/presets';
@@ -206,7 +206,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${line}\n`);
   };
   try {
-    await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', (await storedKek(keys, 'v1')).fingerprint);
     let t = Date.now();
     await seedTenants({ db: database.pool, keys, kekId: 'v1', count: tenants });
     say(`seeded ${tenants.toLocaleString('en-US')} tenants with COPY in ${((Date.now() - t) / 1000).toFixed(1)} s`);
@@ -241,7 +241,7 @@ async function main(): Promise<void> {
     // just after the rotation, so that a machine whose load drifts weighs on the ratios as little as it can.
     const floor = async (copy: (typeof copies)[number], statements: number) => {
       const registry = new KekRegistry(copy.pool, BUILTIN_TARGET);
-      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.register('v2', (await storedKek(keys, 'v2')).fingerprint);
       await registry.promote('v1', 'v2');
       await settle(copy.pool);
       return databaseFloor(copy.pool, 'v2', statements, meter);
@@ -288,7 +288,7 @@ async function main(): Promise<void> {
     // The database refuses a DEK written under a KEK its registry does not let wrap: the naive script's v3 is made
     // the active KEK first, as any rotation's would be.
     const registry = new KekRegistry(database.pool, BUILTIN_TARGET);
-    await registry.register('v3', keys.fingerprint('v3'));
+    await registry.register('v3', (await storedKek(keys, 'v3')).fingerprint);
     await registry.promote('v2', 'v3');
     await settle(database.pool);
     t = Date.now();

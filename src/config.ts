@@ -1,17 +1,9 @@
 import { z } from 'zod';
 import { ConfigError } from './errors';
+import { KEY_PROVIDERS } from './keyring/stores';
 
-/** REKEY_KEY_PROVIDER: where the process's KEKs are (`auto` detects it as the secrets-manager guide does). */
-export const KEY_PROVIDERS = [
-  'env',
-  'file',
-  'aws-secrets-manager',
-  'aws-kms',
-  'vault',
-  'vault-transit',
-  'auto',
-] as const;
-export type KeyProviderName = (typeof KEY_PROVIDERS)[number];
+/** REKEY_KEY_PROVIDER: where the process's KEKs are; its values are the stores' own (src/keyring/stores.ts). */
+export { KEY_PROVIDERS, type KeyProviderName } from './keyring/stores';
 
 /** Where the process's KEKs are: needed by the commands that touch keys, without a database or Temporal. */
 const KeyEnvSchema = z.object({

@@ -14,6 +14,7 @@ import { startDevServer } from './dev/dev-server';
 import { seedTenants, tenantIdFor } from './dev/tenants';
 import { readToolchain } from './dev/toolchain';
 import { FileKeyring } from './keyring/drivers/file';
+import { generateKek } from './keyring/keyring';
 import { KekRegistry } from './store/kek-registry';
 import { TenantDekStore } from './store/tenant-deks';
 import { TenantCrypto } from './tenant-crypto';
@@ -115,8 +116,8 @@ async function main(): Promise<void> {
   let application: TenantCrypto | undefined;
   let simulated: SimulatedApplication | undefined;
   try {
-    const from = await keys.generate();
-    await new KekRegistry(db, BUILTIN_TARGET).seedActive(from, keys.fingerprint(from));
+    const { kekId: from, fingerprint } = await generateKek(keys);
+    await new KekRegistry(db, BUILTIN_TARGET).seedActive(from, fingerprint);
 
     say(`seeding ${TENANTS.toLocaleString('en-US')} tenants with DEKs under KEK '${from}' ...`);
     await seedTenants({ db, keys, kekId: from, count: TENANTS });

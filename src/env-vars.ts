@@ -1,5 +1,7 @@
 // Every environment variable a rekey process reads, with its default: what `--help` of the worker and of the admin
 // API prints. test/surfaces/process-help.test.ts checks that every variable the sources read is listed here.
+import { KEY_PROVIDERS } from './keyring/stores';
+
 export type Reader = 'worker' | 'admin' | 'cli';
 
 export interface EnvironmentVariable {
@@ -85,7 +87,7 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   {
     name: 'REKEY_KEY_PROVIDER',
     default: 'env',
-    what: "where the KEKs of targets with 'keys: default' (rekey's own table) are: env, file, aws-secrets-manager, aws-kms, vault, vault-transit, auto",
+    what: `where the KEKs of targets with 'keys: default' (rekey's own table) are: ${KEY_PROVIDERS.join(', ')}`,
     readBy: ALL,
   },
   { name: 'REKEY_KEYRING_FILE', default: 'none', what: 'the keyring file (REKEY_KEY_PROVIDER=file)', readBy: ALL },

@@ -11,8 +11,10 @@ import {
   type RotationRequest,
 } from '../rotation/rotation-input';
 import { proveLabelled, proveRowsNotLabelled, type ProofCheckpoint } from '../rewrap/still-on';
-import { addProofs, describeNeeded, type LabelProof } from '../rotation/label-proof';
+import { addProofs, describeNeeded, emptyProof, type LabelProof } from '../rotation/label-proof';
+import { prePassCheckpointOf, runPrePass, type PrePassCheckpoint } from '../rewrap/pre-pass';
 import { readProgress } from '../store/rewrap-progress';
+import { inTransaction } from '../store/connect';
 import { isRotationIdOf, rotationWorkflowId } from '../rotation/identity';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
@@ -169,25 +171,80 @@ function firstNeeded(proof: LabelProof): string {
 }
 
 /**
- * Proves every row labelled `kekId` inside the caller's transaction, which holds the KEK's registry row: streamed,
- * no cap, heartbeating where it runs in an activity. Relabels are counted in `progressKey`'s row in the same
- * transaction. Then every other row with a value (labelled with another KEK, with the column's default, or not at
- * all) is tried under the usable KEKs, reading only: one that opens under none of them may need `kekId` too.
+ * The pre-pass of a retire or destroy step, outside the registry row's lock (src/rewrap/pre-pass.ts): every row is
+ * proved in batches whose checkpoint rides this activity's heartbeat, so that a retried attempt goes on from the
+ * last one it recorded, and the locked step proves only what was written since it began. Undefined where the step
+ * cannot prove anything (no active KEK other than `kekId`): the locked step refuses as it always did.
+ */
+async function prePass(
+  runtime: TargetRuntime,
+  kekId: string,
+  progressKey: string | undefined,
+  crypto: RowCrypto | undefined,
+): Promise<PrePassCheckpoint | undefined> {
+  const context = activityContext();
+  const resumeFrom = prePassCheckpointOf(context?.info.heartbeatDetails, kekId);
+  const labelDefault = await runtime.store.labelDefault();
+  let done: PrePassCheckpoint;
+  try {
+    done = await withProofKeys(runtime, kekId, crypto, (keys, rows) =>
+      runPrePass(runtime.store, runtime.db, rows, keys, {
+        batchSize: LOCKED_PROOF_BATCH,
+        ...(progressKey !== undefined && { progressKey }),
+        ...(labelDefault !== undefined && { labelDefault }),
+        ...(resumeFrom !== undefined && { resumeFrom }),
+        onCheckpoint: (checkpoint) => context?.heartbeat(checkpoint),
+      }),
+    );
+  } catch (err) {
+    if (err instanceof RetireRefusedError) return undefined;
+    throw err;
+  }
+  const name = runtime.definition.name;
+  const resumed =
+    resumeFrom === undefined
+      ? ''
+      : ` (attempt ${context?.info.attempt}, resumed at stage '${resumeFrom.stage}' after id '${resumeFrom.cursor}')`;
+  if (done.stage === 'whole') {
+    context?.log.warn(
+      `proof of KEK '${kekId}' of target '${name}': every row is proved under the registry row's lock, not only those written since a pre-pass: ${done.why}${resumed}`,
+    );
+  } else {
+    context?.log.info(
+      `proof of KEK '${kekId}' of target '${name}': the pre-pass outside the lock proved ${done.labelled.tried} row(s) labelled with it (${done.labelled.relabelled} relabelled) and read ${done.others.tried} other row(s)${resumed}; under the lock, the rows written since`,
+    );
+  }
+  return done;
+}
+
+/**
+ * Proves the rows that may need `kekId` inside the caller's transaction, which holds the KEK's registry row: streamed,
+ * no cap, heartbeating where it runs in an activity. After a pre-pass that ended at stage 'done', only the rows written
+ * since it began (the rest were proved by it, as they still are); otherwise every row. The rows labelled `kekId`
+ * first: relabels are counted in `progressKey`'s row in the same transaction. Then every other row with a value
+ * (labelled with another KEK, with the column's default, or not at all) is tried under the usable KEKs, reading only:
+ * one that opens under none of them may need `kekId` too.
  */
 async function proveUnderLock(
   runtime: TargetRuntime,
   client: PoolClient,
   kekId: string,
   progressKey: string | undefined,
-  crypto?: RowCrypto,
+  crypto: RowCrypto | undefined,
+  before: PrePassCheckpoint | undefined,
 ): Promise<LabelProof> {
   const context = activityContext();
+  // The heartbeat keeps the pre-pass's checkpoint: a retry of the locked step does not prove the rows again.
+  const heartbeat = () => context?.heartbeat(before);
+  const since = before?.stage === 'done' ? before.since : undefined;
+  const changed = since === undefined ? {} : { changedSince: since };
   const { labelled, others } = await withProofKeys(runtime, kekId, crypto, async (keys, rows) => {
     const proved = await proveLabelled(runtime.store, client, rows, keys, {
       after: '',
       batchSize: LOCKED_PROOF_BATCH,
       ...(progressKey !== undefined && { progressKey }),
-      onBatch: () => context?.heartbeat(),
+      ...changed,
+      onBatch: heartbeat,
     });
     if (proved.proof.contended > 0) return { labelled: proved.proof };
     // A label can lie or be missing: every other row with a value is tried too (proveRowsNotLabelled).
@@ -195,7 +252,8 @@ async function proveUnderLock(
     const rest = await proveRowsNotLabelled(runtime.store, client, rows, keys, {
       batchSize: LOCKED_PROOF_BATCH,
       ...(labelDefault !== undefined && { labelDefault }),
-      onBatch: () => context?.heartbeat(),
+      ...changed,
+      onBatch: heartbeat,
     });
     return { labelled: proved.proof, others: rest };
   });
@@ -205,8 +263,19 @@ async function proveUnderLock(
       `${labelled.contended} row(s) labelled '${kekId}' changed under every retry while they were proved; trying again`,
     );
   }
+  if (since !== undefined) {
+    context?.log.info(
+      `proof of KEK '${kekId}' of target '${runtime.definition.name}' under the lock: ${labelled.tried + (others?.tried ?? 0)} row(s) written since the pre-pass began`,
+    );
+  }
+  // What the pre-pass relabelled counts with what the lock relabelled; what it found needed, the locked step found
+  // again (stage 'whole' proves every row), and what it found contended was written since (proved here).
+  const withPrePass =
+    before === undefined
+      ? labelled
+      : addProofs({ ...emptyProof(), tried: before.labelled.tried, relabelled: before.labelled.relabelled }, labelled);
   // `tried` stays the rows labelled `kekId`; the others add what may need it.
-  return others === undefined ? labelled : addProofs(labelled, { ...others, tried: 0 });
+  return others === undefined ? withPrePass : addProofs(withPrePass, { ...others, tried: 0 });
 }
 
 /** The report of a destruction refused for rows that may need the KEK: what they are and exactly what to do. */
@@ -521,7 +590,8 @@ export function createKekActivities(deps: ActivityDependencies) {
      * Retires `from` only if no row needs it, under a lock on its registry row. There every row still labelled
      * `from` is proved (streamed, no cap): one whose value opens under a usable KEK is sealed again under the active
      * KEK and relabelled; one that opens under `from`, or under nothing, refuses the retirement, naming the first few.
-     * The rotation proved the rows outside the lock just before (proveLabels): what is left is what was written since.
+     * Every row is proved first outside the lock, in a pre-pass that a retried attempt goes on from (its checkpoint
+     * rides the heartbeat); under the lock, only the rows written since it began (see proveUnderLock).
      */
     async retireKek({
       from,
@@ -539,6 +609,11 @@ export function createKekActivities(deps: ActivityDependencies) {
       retiredAt: string;
       restorableUntil?: string;
       relabelled?: number;
+      /**
+       * The restore window in force (the registry's `restorable_until` − `retired_at`): what the step applied, or what
+       * an earlier attempt applied; the rotation's destruction waits for it. Absent in results of builds before it.
+       */
+      restoreWindowMs?: number;
     }> {
       const runtime = await targets.forRequest(on);
       const { db, registry, definition, keyring } = runtime;
@@ -551,9 +626,14 @@ export function createKekActivities(deps: ActivityDependencies) {
       }
       // The keyring checks the store's owner record first, proves the rows under the registry row's lock, retires the
       // KEK in the registry, and only then marks it in the store (KMS disables the key).
+      // Every row is proved first outside the lock (resumable); under it, the rows written since.
+      let before: PrePassCheckpoint | undefined;
       const outcome = await keyring.retire(from, {
         restoreWindowMs,
-        prove: (client) => proveUnderLock(runtime, client, from, progressKey, deps.crypto),
+        prepare: async () => {
+          before = await prePass(runtime, from, progressKey, deps.crypto);
+        },
+        prove: (client) => proveUnderLock(runtime, client, from, progressKey, deps.crypto, before),
       });
       if ('refused' in outcome) {
         const proof = outcome.refused;
@@ -565,13 +645,34 @@ export function createKekActivities(deps: ActivityDependencies) {
             `a row that opens under no KEK must be repaired or removed first`,
         );
       }
-      const { retired } = outcome;
+      let { retired } = outcome;
+      // Finding (restore-window-retry): a KEK an earlier attempt retired with a shorter window than this step holds (a
+      // build before the minimum) gets this step's window too, counted from now: the registry, the restore and the
+      // destruction all read it there.
+      if (
+        retired.retiredAt &&
+        retired.restorableUntil &&
+        retired.restorableUntil.getTime() - retired.retiredAt.getTime() < restoreWindowMs
+      ) {
+        retired = await inTransaction(db, async (client) => {
+          await registry.lock(from, client);
+          if ((await registry.require(from, client)).state === 'retired') {
+            await registry.reopen(from, restoreWindowMs, client);
+          }
+          return registry.require(from, client);
+        });
+      }
       const relabelled =
         progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
+      const applied =
+        retired.retiredAt && retired.restorableUntil
+          ? retired.restorableUntil.getTime() - retired.retiredAt.getTime()
+          : restoreWindowMs;
       return {
         retiredAt: (retired.retiredAt ?? new Date()).toISOString(),
         ...(retired.restorableUntil && { restorableUntil: retired.restorableUntil.toISOString() }),
         ...(relabelled !== undefined && { relabelled }),
+        restoreWindowMs: applied,
       };
     },
 
@@ -593,8 +694,14 @@ export function createKekActivities(deps: ActivityDependencies) {
       const { db, registry, keyring } = runtime;
       // One transaction holding the KEK's registry row: the window, the proof of its rows, the store's owner record and
       // every registry this worker can see; the registry marks it destroyed with its event, then the store destroys it.
+      // Every row is proved first outside the lock (resumable), once the window has ended; under it, the rows written
+      // since.
+      const record = await registry.get(kekId);
+      const due =
+        record?.state === 'retired' && (!record.restorableUntil || record.restorableUntil <= (await registry.now()));
+      const before = due ? await prePass(runtime, kekId, progressKey, deps.crypto) : undefined;
       const step = await keyring.destroy(kekId, {
-        prove: (client) => proveUnderLock(runtime, client, kekId, progressKey, deps.crypto),
+        prove: (client) => proveUnderLock(runtime, client, kekId, progressKey, deps.crypto, before),
         reopenForMs,
       });
       let report: DestroyReport;

@@ -59,8 +59,8 @@ export interface DekCipher {
 }
 
 /** The message of a move out of a store whose KEKs never leave it (as before the keyring: refused). */
-export const OUT_OF_REMOTE = (where: string) =>
-  `rekey moves KEKs into ${where}, not out of it: rotate to a KEK of that store (to: new), or keep the keyspace's KEKs where they are`;
+export const OUT_OF_REMOTE = (store: Pick<RemoteKeyStore, 'product' | 'description'>) =>
+  `rekey moves KEKs into ${store.product}, not out of it (${store.description}): rotate to a KEK of that store (to: new), or keep the keyspace's KEKs where they are`;
 
 abstract class BaseCipher {
   private done = false;
@@ -202,6 +202,8 @@ export interface RemoteKek {
  */
 export interface RemoteKeyStore {
   readonly description: string;
+  /** The kind of store, as an operator names it: 'AWS KMS', 'Vault Transit'. */
+  readonly product: string;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
   readonly kind: string;
   /** The codec of the store's stored form (rekey's own format), which the self-test checks its probe with. */
@@ -276,7 +278,7 @@ export class RemoteCipher extends BaseCipher implements DekCipher {
     if (target instanceof RemoteCipher && target.store === this.store) {
       return this.store.move(from, target.kek, tenantId, wrapped);
     }
-    throw new KeyMaterialError(OUT_OF_REMOTE(this.where), this.where);
+    throw new KeyMaterialError(OUT_OF_REMOTE(this.store), this.where);
   }
 
   async rewrapRows(
@@ -289,7 +291,7 @@ export class RemoteCipher extends BaseCipher implements DekCipher {
     if (target instanceof RemoteCipher && target.store === this.store) {
       return this.store.rowCrypto().rewrap(codec, from, target.rowKek(), rows, options);
     }
-    throw new ConfigError(OUT_OF_REMOTE(this.where));
+    throw new ConfigError(OUT_OF_REMOTE(this.store));
   }
 
   async checkRows(codec: Codec, rows: readonly Row[]): Promise<(string | undefined)[]> {

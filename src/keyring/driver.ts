@@ -151,3 +151,39 @@ export function refuseClaim(store: string): Promise<never> {
     ),
   );
 }
+
+/** One key store a target's KEKs come from, as targets are compared: `key` compares, `what` names it in messages. */
+export interface StoreName {
+  key: string;
+  what: string;
+}
+
+/** What a process's store is opened with. */
+export interface ProcessStoreContext {
+  env: NodeJS.ProcessEnv;
+  /** REKEY_KEYRING_FILE (or --keyring), for a store that reads a keyring file. */
+  keyringFile: string | undefined;
+  /** Hears each request made to a remote store (AWS KMS, Vault). */
+  onRequest?: (operation: string, outcome: 'ok' | 'error') => void;
+}
+
+/**
+ * A store a process can be configured with (REKEY_KEY_PROVIDER=`value`): everything rekey knows of it outside its
+ * driver, exported by the driver's module and listed once in stores.ts.
+ */
+export interface ProcessStore<Value extends string = string> {
+  /** REKEY_KEY_PROVIDER's value for this store. */
+  readonly value: Value;
+  /**
+   * How `auto` detects it (stores are asked by `order`, lowest first): `why` says which variable of `variables` points
+   * at it, or undefined; the store without `why` is the fallback, picked when no other is pointed at.
+   */
+  readonly auto?: { order: number; variables: readonly string[]; why?: (env: NodeJS.ProcessEnv) => string | undefined };
+  /**
+   * The driver, from the store's settings in the environment, checked at once (a KeyMaterialError naming the variable
+   * to fix). A remote store is read on the driver's first `reload`.
+   */
+  open(context: ProcessStoreContext): StoreDriver;
+  /** The stores it reads, as far as the environment names them (two targets must not share one). */
+  reads(env: NodeJS.ProcessEnv): StoreName[];
+}

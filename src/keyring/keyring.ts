@@ -69,11 +69,40 @@ export type DestroyStep =
  * The caller releases it.
  */
 export async function storeCipher(driver: StoreDriver, kekId: string): Promise<DekCipher> {
-  const held = (await driver.list()).find((k) => k.kekId === kekId);
-  if (!held) throw new UnknownKekError(kekId, driver.description);
-  const cipher = driver.cipher({ kekId, fingerprint: held.fingerprint });
+  const held = await storedKek(driver, kekId);
+  const cipher = driver.cipher(held);
   if (!cipher) throw new KekNotHeldError(kekId, held.fingerprint, driver.description);
   return cipher;
+}
+
+/**
+ * The key a store names `kekId` (as last read), with its fingerprint, checked against no registry: what an empty
+ * registry is seeded with (the dev tools, `rekey keys generate`). UnknownKekError when it names none.
+ */
+export async function storedKek(driver: StoreDriver, kekId: string): Promise<{ kekId: string; fingerprint: string }> {
+  const held = (await driver.list()).find((k) => k.kekId === kekId);
+  if (!held) throw new UnknownKekError(kekId, driver.description);
+  return { kekId, fingerprint: held.fingerprint };
+}
+
+/** The id `rekey keys generate` gives a new KEK without --id: the next vN after every id the store names. */
+export async function nextStoredKekId(driver: StoreDriver): Promise<string> {
+  return nextKekId((await driver.list()).flatMap((k) => (k.kekId === undefined ? [] : [k.kekId])));
+}
+
+/**
+ * A new KEK made in the store outside any keyspace's lifecycle (`rekey keys generate`, the demo): under `kekId`, else
+ * the next vN (nextStoredKekId), by the driver's provision (a store rekey only reads answers what the operator must
+ * add). Its id and fingerprint.
+ */
+export async function generateKek(
+  driver: StoreDriver,
+  kekId?: string,
+  options: ProvisionOptions = {},
+): Promise<{ kekId: string; fingerprint: string }> {
+  const id = kekId ?? (await nextStoredKekId(driver));
+  await driver.provision(id, options);
+  return storedKek(driver, id);
 }
 
 /** Runs a driver's hook; an answer of what the operator must do is returned, not thrown. */
@@ -296,13 +325,24 @@ export class Keyring extends KeyringCiphers {
    */
   async retire(
     kekId: string,
-    { restoreWindowMs, prove }: { restoreWindowMs: number; prove: (client: PoolClient) => Promise<LabelProof> },
+    {
+      restoreWindowMs,
+      prove,
+      prepare,
+    }: {
+      restoreWindowMs: number;
+      prove: (client: PoolClient) => Promise<LabelProof>;
+      /** Before the lock, once the checks pass, where the KEK is still to retire: the proof's pre-pass. */
+      prepare?: () => Promise<void>;
+    },
   ): Promise<RetireOutcome> {
     await this.refuseForeign(kekId, 'retiring');
     const { registry } = this;
     // Another keyspace's registry that holds the key still needs it: the store's retire would stop it for that
     // keyspace too. Asked before anything is written, and again on a retried step (before the store's hook).
-    await this.options.otherRegistries(kekId, (await registry.require(kekId)).fingerprint, 'retiring');
+    const before = await registry.require(kekId);
+    await this.options.otherRegistries(kekId, before.fingerprint, 'retiring');
+    if (prepare !== undefined && (before.state === 'decrypt_only' || before.state === 'provisioned')) await prepare();
     const outcome = await inTransaction(this.options.db, async (client) => {
       await registry.lock(kekId, client);
       const record = await registry.require(kekId, client);

@@ -140,7 +140,8 @@ export abstract class LocalKeysDriver implements StoreDriver {
   abstract readonly makesKeks: boolean;
   /** A store of key bytes records its owner when a keyspace adopts it. */
   readonly ownerAtCreation = false;
-  configuredCurrentKekId: string | undefined;
+  /** What the store's configuration names current, as `load` last read it (StoreDriver.configuredCurrent). */
+  protected configuredCurrentKekId: string | undefined;
   rows: () => RowCrypto = sharedRowCrypto;
   protected readonly keys: InMemoryKeys;
 
@@ -247,21 +248,15 @@ export abstract class LocalKeysDriver implements StoreDriver {
     this.keys.clear();
   }
 
-  // ---- What the driver read, by the store's own names (as of the last reload): its hooks' checks, and the tests ----
+  // ---- What the driver read, by the store's own names (as of the last reload): its hooks' checks ----
 
-  kekIds(): string[] {
+  protected kekIds(): string[] {
     return this.keys.ids();
   }
-  has(kekId: string): boolean {
+  protected has(kekId: string): boolean {
     return this.keys.has(kekId);
   }
-  fingerprint(kekId: string): string {
+  protected fingerprint(kekId: string): string {
     return this.keys.fingerprint(kekId);
-  }
-  held(): HeldKey[] {
-    return this.keys.held();
-  }
-  copyByFingerprint(fingerprint: string): Buffer | undefined {
-    return this.keys.copyByFingerprint(fingerprint);
   }
 }

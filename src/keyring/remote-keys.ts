@@ -62,11 +62,14 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   readonly makesKeks = true;
   /** A key no keyspace records is refused, not adopted: a key rekey makes carries its keyspace (rekey keys generate). */
   readonly ownerAtCreation = true;
+  /** The kind of store, as an operator names it: 'AWS KMS', 'Vault Transit'. */
+  protected abstract readonly product: string;
   /** How messages name the store's crypto: 'KMS', 'Transit'. */
   protected abstract readonly kind: string;
   /** rekey's own DEK format, whose remote form the store writes. */
   protected abstract readonly codec: Codec;
-  configuredCurrentKekId: string | undefined;
+  /** What the store names current, as `reload` last read it (StoreDriver.configuredCurrent). */
+  protected configuredCurrentKekId: string | undefined;
   private remoteStore: RemoteKeyStore | undefined;
 
   get configuredCurrent(): string | undefined {
@@ -87,19 +90,15 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   }
 
   /** Every key the store holds (as last read), with its id and fingerprint. */
-  abstract held(): HeldKey[];
+  protected abstract held(): HeldKey[];
   abstract reload(): Promise<void>;
-  abstract has(kekId: string): boolean;
-  abstract fingerprint(kekId: string): string;
+  /** Whether the store names a key `kekId` (as last read). */
+  protected abstract has(kekId: string): boolean;
+  /** The fingerprint of the key the store names `kekId` (as last read); UnknownKekError when it names none. */
+  protected abstract fingerprint(kekId: string): string;
 
   list(): Promise<StoredKek[]> {
     return Promise.resolve(this.held().map(({ kekId, fingerprint }) => ({ kekId: kekId!, fingerprint })));
-  }
-
-  kekIds(): string[] {
-    return this.held()
-      .map((k) => k.kekId!)
-      .sort();
   }
 
   protected holds(fingerprint: string): boolean {
@@ -147,6 +146,7 @@ export abstract class RemoteKeysDriver implements StoreDriver {
     };
     this.remoteStore ??= {
       description: this.description,
+      product: this.product,
       kind: this.kind,
       codec: this.codec,
       newDek: (kek, tenantId) => this.newDek(named(kek), tenantId),
@@ -168,7 +168,7 @@ export abstract class RemoteKeysDriver implements StoreDriver {
   // ---- The lifecycle, each store's own ----
 
   /** Makes the KEK in the store (the next key, or key version) and returns its id. Idempotent. */
-  abstract generate(kekId?: string, options?: ProvisionOptions): Promise<string>;
+  protected abstract generate(kekId?: string, options?: ProvisionOptions): Promise<string>;
 
   async provision(kekId: string, options: ProvisionOptions): Promise<void> {
     await this.generate(kekId, options);

@@ -102,6 +102,8 @@ export interface ProofOptions {
   onBatch?(checkpoint: ProofCheckpoint): void;
   /** Checked before every batch: true stops at this batch boundary. */
   shouldStop?(): boolean;
+  /** Only the rows written since this mark (TargetStore.changeMark): the locked step after a pre-pass. */
+  changedSince?: string;
 }
 
 export interface ProofCheckpoint {
@@ -144,7 +146,11 @@ export async function proveLabelled(
     }
     const rows = await store.readBatch(
       client,
-      { kind: 'label', kekId: keys.label },
+      {
+        kind: 'label',
+        kekId: keys.label,
+        ...(options.changedSince !== undefined && { changedSince: options.changedSince }),
+      },
       { after: cursor, until: null },
       options.batchSize,
     );
@@ -265,24 +271,57 @@ export async function proveRowsNotLabelled(
   client: Pool | PoolClient,
   crypto: RowCrypto,
   keys: ProofKeys,
-  options: { batchSize: number; labelDefault?: string; onBatch?(): void },
+  options: NotLabelledOptions,
 ): Promise<LabelProof> {
-  const proof = emptyProof();
+  return (await proveRowsNotLabelledFrom(store, client, crypto, keys, options)).proof;
+}
+
+export interface NotLabelledOptions {
+  batchSize: number;
+  labelDefault?: string;
+  /** Exclusive lower bound of the ids still to prove ('' or absent = from the start). */
+  after?: string;
+  /** What the proof found before `after` (a resumed pre-pass): added to. */
+  resumeFrom?: LabelProof;
+  /** Only the rows written since this mark (TargetStore.changeMark): the locked step after a pre-pass. */
+  changedSince?: string;
+  /** Stop after the first batch that finds a row that needs `keys.label` (a pre-pass: the locked step proves all). */
+  stopWhenNeeded?: boolean;
+  /** After every batch (heartbeat here), with the cursor and the sums so far (`tried`: the rows read). */
+  onBatch?(checkpoint: ProofCheckpoint): void;
+}
+
+/** proveRowsNotLabelled, with where it stopped: `done` unless stopWhenNeeded stopped it. */
+export async function proveRowsNotLabelledFrom(
+  store: TargetStore,
+  client: Pool | PoolClient,
+  crypto: RowCrypto,
+  keys: ProofKeys,
+  options: NotLabelledOptions,
+): Promise<ProofResult> {
+  const proof = options.resumeFrom
+    ? { ...options.resumeFrom, neededRows: [...options.resumeFrom.neededRows] }
+    : emptyProof();
   // A key that is not `label`'s proves a row that opens under it does not need `label`, recorded or not.
   const tried = [keys.active, ...keys.others, ...(keys.unrecorded ?? [])];
   const triedIds = new Set(tried.map((k) => k.kekId));
   const ids = tried.map((k) => `'${k.kekId}'`).join(', ');
   const described = (row: TargetRow) =>
     row.$label === null || row.$label === undefined ? 'no label (NULL)' : `label '${row.$label}'`;
-  let cursor = '';
+  let cursor = options.after ?? '';
   for (;;) {
     const rows = await store.readBatch(
       client,
-      { kind: 'not-label', kekId: keys.label },
+      {
+        kind: 'not-label',
+        kekId: keys.label,
+        ...(options.changedSince !== undefined && { changedSince: options.changedSince }),
+      },
       { after: cursor, until: null },
       options.batchSize,
     );
-    if (rows.length === 0) return proof;
+    if (rows.length === 0) return { cursor, proof, done: true };
+    proof.tried += rows.length;
     let remaining = rows;
     for (const kek of tried) {
       if (remaining.length === 0) break;
@@ -308,6 +347,7 @@ export async function proveRowsNotLabelled(
       proof.neededRows.push({ tenantId: row.$id, reason });
     }
     cursor = rows[rows.length - 1]!.$id;
-    options.onBatch?.();
+    options.onBatch?.({ cursor, proof });
+    if (options.stopWhenNeeded && proof.needed > 0) return { cursor, proof, done: false };
   }
 }

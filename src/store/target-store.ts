@@ -152,9 +152,20 @@ interface CasParams {
  * does not name: a label can lie, or be missing).
  */
 export type Scan =
-  | { kind: 'label'; kekId: string }
+  | { kind: 'label'; kekId: string; changedSince?: string }
   | { kind: 'others'; from: string; to: string }
-  | { kind: 'not-label'; kekId: string };
+  | { kind: 'not-label'; kekId: string; changedSince?: string };
+
+/**
+ * What a scan restricted to the rows written since a mark (TargetStore.changeMark) adds to its WHERE: the row's xmin
+ * (the 32-bit id of the transaction that wrote its current version) is at or after the mark's, modulo 2^32, as
+ * PostgreSQL itself compares transaction ids. Over-inclusive only: a frozen row whose raw xmin happens to fall in the
+ * window is read again, never a row written since left out.
+ */
+export function changedSinceSql(alias: string, mark: string): string {
+  const low = BigInt(mark) % 4294967296n;
+  return `((${alias}.xmin::text::bigint - ${low.toString()} + 4294967296) % 4294967296) < 2147483648`;
+}
 
 export interface IdRange {
   /** Exclusive lower bound; '' = from the start. */
@@ -413,6 +424,7 @@ export class TargetStore {
           ? `(${label} IS NULL OR ${label} <> ${literal(scan.kekId)}::${labelType})`
           : `${label} IS NOT NULL AND ${label} <> ${literal(scan.from)}::${labelType} AND ${label} <> ${literal(scan.to)}::${labelType}`;
     const bounds: string[] = [];
+    if (scan.kind !== 'others' && scan.changedSince !== undefined) bounds.push(changedSinceSql('t', scan.changedSince));
     if (onlyId !== undefined) bounds.push(`${id} = ${literal(onlyId)}::${idType}`);
     else {
       if (range.after !== '') bounds.push(`${id} > ${literal(range.after)}::${idType}`);
@@ -935,6 +947,39 @@ export class TargetStore {
   }
 
   /** The database's clock (ISO 8601): evidence is compared with times the database wrote, never a worker's. */
+  /**
+   * The mark from which a later scan (Scan.changedSince) reads only the rows written since: the oldest transaction
+   * still running now (pg_current_snapshot's xmin, 64 bits, as text). A transaction that had not ended by now, its
+   * subtransactions included, has an id at or after it, so every row version it writes (an insert, an update, a
+   * relabel) carries an xmin at or after it; a row version with an older xmin was committed before now and is still
+   * the one a read made after now sees, if nothing wrote the row since. Reads nothing of the table and adds nothing
+   * to it. Where the table's row versions carry no such id (a view, a foreign table, a table access method other
+   * than heap), says why instead.
+   */
+  async changeMark(): Promise<{ mark: string } | { why: string }> {
+    const { rows } = await this.db.query<{ relkind: string | null; heap: boolean | null; mark: string }>(
+      `SELECT c.relkind::text AS relkind,
+              CASE WHEN c.relkind = 'p'
+                THEN (SELECT coalesce(bool_and(am.amname = 'heap'), true) FROM pg_partition_tree(c.oid) pt
+                      JOIN pg_class l ON l.oid = pt.relid LEFT JOIN pg_am am ON am.oid = l.relam WHERE pt.isleaf)
+                ELSE (SELECT am.amname = 'heap' FROM pg_am am WHERE am.oid = c.relam) END AS heap,
+              pg_snapshot_xmin(pg_current_snapshot())::text AS mark
+       FROM pg_class c WHERE c.oid = to_regclass($1)`,
+      [this.table],
+    );
+    const row = rows[0];
+    if (row === undefined) return { why: `${this.table} is not a table this connection can see` };
+    if (row.relkind !== 'r' && row.relkind !== 'p') {
+      return { why: `${this.table} is not a table (relkind '${row.relkind}'): its rows carry no transaction id` };
+    }
+    if (row.heap !== true) {
+      return {
+        why: `${this.table} is not stored by PostgreSQL's heap: its rows' xmin may not say when they were written`,
+      };
+    }
+    return { mark: row.mark };
+  }
+
   async now(): Promise<string> {
     const { rows } = await this.db.query<{ now: Date }>('SELECT now() AS now');
     return rows[0]!.now.toISOString();

@@ -1,11 +1,13 @@
 // The targets configuration file (REKEY_CONFIG): YAML or JSON, checked when a process starts; every error names the
 // key and says what to fix. docs/12-configuration-file.md points at a complete example (examples/rekey.yaml).
 import fs from 'node:fs';
-import nodePath from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { compileFormat, ENCODINGS, type SealedFormat } from '../codec/sealed-format';
-import { detectKeyStore } from '../keyring/open';
+import type { StoreName } from '../keyring/driver';
+import { envStoreName } from '../keyring/drivers/env';
+import { fileStoreName } from '../keyring/drivers/file';
+import { detectKeyStore, PROCESS_STORES } from '../keyring/stores';
 import { PRESETS } from './presets';
 import {
   describeTable,
@@ -333,57 +335,14 @@ function refuseSharedTables(targets: Map<string, TargetDefinition>, source: stri
   }
 }
 
-/** One key store a target's KEKs come from: `key` compares, `what` names it in messages. */
-interface StoreName {
-  key: string;
-  what: string;
-}
-
 /** The store the process's own provider (REKEY_KEY_PROVIDER) reads, as far as the environment says. */
 function processStores(env: NodeJS.ProcessEnv | undefined): StoreName[] {
   const own = { key: 'default', what: "the process's own key provider (keys: default)" };
   if (env === undefined) return [own];
-  let provider = env.REKEY_KEY_PROVIDER?.trim() || 'env';
-  if (provider === 'auto') provider = detectKeyStore(env).provider;
-  const envPrefix = env.REKEY_ENV_PREFIX || 'REKEY';
-  const keyring = env.REKEY_KEYRING_FILE?.trim();
-  const stores = [own];
-  if (provider === 'env') stores.push(envStore(envPrefix));
-  if (provider === 'file' && keyring) stores.push(fileStore(keyring));
-  if (provider === 'aws-secrets-manager' && env.REKEY_AWS_SECRET_ID?.trim()) {
-    const secret = env.REKEY_AWS_SECRET_ID.trim();
-    stores.push({ key: `aws-secrets-manager ${secret}`, what: `AWS Secrets Manager secret '${secret}'` });
-  }
-  if (provider === 'aws-kms') {
-    const prefix = env.REKEY_AWS_KMS_ALIAS_PREFIX?.trim() || 'alias/rekey/';
-    stores.push({ key: `aws-kms ${prefix}`, what: `AWS KMS keys under ${prefix}kek-*` });
-    const local = env.REKEY_AWS_KMS_LOCAL_KEYS?.trim();
-    if (local === 'env') stores.push(envStore(envPrefix));
-    if (local === 'file' && keyring) stores.push(fileStore(keyring));
-  }
-  if (provider === 'vault' && env.REKEY_VAULT_KV_PATH?.trim()) {
-    const at = `${env.REKEY_VAULT_KV_MOUNT?.trim() || 'secret'}/${env.REKEY_VAULT_KV_PATH.trim()}`;
-    stores.push({ key: `vault-kv ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault KV v2 secret ${at}` });
-  }
-  if (provider === 'vault-transit' && env.REKEY_VAULT_TRANSIT_KEY?.trim()) {
-    const at = `${env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit'}/keys/${env.REKEY_VAULT_TRANSIT_KEY.trim()}`;
-    stores.push({ key: `vault-transit ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault Transit key ${at}` });
-  }
-  return stores;
-}
-
-function envStore(prefix: string): StoreName {
-  return { key: `env ${prefix}`, what: `the environment variables ${prefix}_KEK_<id>` };
-}
-
-function fileStore(file: string): StoreName {
-  let resolved = nodePath.resolve(file);
-  try {
-    resolved = fs.realpathSync(resolved);
-  } catch {
-    // not there yet: its path as given
-  }
-  return { key: `file ${resolved}`, what: `the keyring file ${resolved}` };
+  const value = env.REKEY_KEY_PROVIDER?.trim() || 'env';
+  const provider = value === 'auto' ? detectKeyStore(env).provider : value;
+  const store = PROCESS_STORES.find((s) => s.value === provider);
+  return [own, ...(store?.reads(env) ?? [])];
 }
 
 function secretStore(secret: SecretSource): StoreName {
@@ -395,7 +354,7 @@ function secretStore(secret: SecretSource): StoreName {
       what: `the Vault KV secret ${mount}/${path} (field ${field})`,
     };
   }
-  const { key, what } = fileStore(secret.file);
+  const { key, what } = fileStoreName(secret.file);
   return { key: `secret-${key}`, what: what.replace('keyring file', 'secret file') };
 }
 
@@ -406,10 +365,10 @@ function storesOf(definition: TargetDefinition, env: NodeJS.ProcessEnv | undefin
     case 'default':
       return processStores(env);
     case 'env':
-      return [envStore(keys.prefix)];
+      return [envStoreName(keys.prefix)];
     case 'file': {
       const file = keys.file ?? (keys.fileEnv ? env?.[keys.fileEnv]?.trim() : undefined);
-      if (file) return [fileStore(file)];
+      if (file) return [fileStoreName(file)];
       return [{ key: `file-variable ${keys.fileEnv}`, what: `the keyring file ${keys.fileEnv} names` }];
     }
     case 'mycelium-token-secret':

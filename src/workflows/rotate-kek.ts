@@ -20,7 +20,13 @@ import { destroyRetiredKek } from './destroy-kek';
 import { destroyWorkflowIdOf, legacyDestroyWorkflowId } from '../rotation/identity';
 import { formatDuration, parseDuration } from '../rotation/durations';
 import { startProof, type LabelProof } from '../rotation/label-proof';
-import { addChecks, describeUnreadableLabels, startCheck, type LabelCheck } from '../rotation/label-check';
+import {
+  addChecks,
+  describeUnreadableLabels,
+  startCheck,
+  type LabelCheck,
+  type LabelCheckOutcome,
+} from '../rotation/label-check';
 import { addCounters, emptyCounters } from '../rewrap/counters';
 import type { RotationProgress } from '../rotation/progress';
 import type { TenantRange } from '../rotation/slices';
@@ -32,7 +38,7 @@ import {
 } from '../rotation/rotation-input';
 import { rotationRunStatus } from '../rotation/run-status';
 import { explainFailure, labelChecks, lockedSteps, steps } from './activity-proxies';
-import { proveInParts } from './label-proofs';
+import { proveInParts, runInParts } from './label-proofs';
 import { waitForApplication, waitForFleet } from './gates';
 import { rotateKekLegacy, type LegacyCarriedState } from './legacy/rotate-kek-47ef157';
 import {
@@ -441,27 +447,32 @@ async function verifyLabels(run: RotationState, sampleSize: number): Promise<Rot
 async function checkLabelled(run: RotationState): Promise<LabelCheck | 'aborted' | 'continue-as-new'> {
   const { carried, settings } = run;
   const state = carried.labelCheck!;
-  for (;;) {
-    run.progress = { ...run.progress, labelCheck: { checked: state.sum.checked, done: false } };
-    await run.holdIfPaused(`the check of the rows labelled '${carried.to}'`);
-    if (run.aborted) return 'aborted';
-    if (run.shouldContinueAsNew()) return 'continue-as-new';
-    const part = await labelChecks.checkLabelled({
-      ...run.on,
-      from: carried.from,
-      to: carried.to,
-      after: state.cursor,
-      batchSize: settings.batchSize,
-      timeBudgetMs: settings.sliceTimeBudgetMs,
-    });
-    state.sum = addChecks(state.sum, part);
-    state.cursor = part.cursor;
-    state.part += 1;
-    if (part.done) {
-      run.progress = { ...run.progress, labelCheck: { checked: state.sum.checked, done: true } };
-      return state.sum;
-    }
-  }
+  let stopped: 'aborted' | 'continue-as-new' | undefined;
+  const checked = await runInParts<LabelCheck, LabelCheckOutcome>(
+    state,
+    (after) =>
+      labelChecks.checkLabelled({
+        ...run.on,
+        from: carried.from,
+        to: carried.to,
+        after,
+        batchSize: settings.batchSize,
+        timeBudgetMs: settings.sliceTimeBudgetMs,
+      }),
+    addChecks,
+    {
+      beforePart: async () => {
+        run.progress = { ...run.progress, labelCheck: { checked: state.sum.checked, done: false } };
+        await run.holdIfPaused(`the check of the rows labelled '${carried.to}'`);
+        if (run.aborted) stopped = 'aborted';
+        else if (run.shouldContinueAsNew()) stopped = 'continue-as-new';
+        return stopped && 'stop';
+      },
+    },
+  );
+  if (checked === 'stopped') return stopped!;
+  run.progress = { ...run.progress, labelCheck: { checked: checked.checked, done: true } };
+  return checked;
 }
 
 async function grace(run: RotationState): Promise<RotationReport | undefined> {
@@ -557,9 +568,11 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   );
   if ((retired.relabelled ?? 0) > 0) addRelabelled(run, retired.relabelled ?? 0);
   if (run.progress.destruction?.scheduled) {
-    const window = windowed
-      ? effectiveRestoreWindowMs(run.settings.restoreWindowMs, reason)
-      : run.settings.restoreWindowMs;
+    // The window the step applied, as it says; a step of a build before it says nothing, and the run computes the
+    // window as that build applied it (the same commands: histories recorded before it replay).
+    const window =
+      retired.restoreWindowMs ??
+      (windowed ? effectiveRestoreWindowMs(run.settings.restoreWindowMs, reason) : run.settings.restoreWindowMs);
     await scheduleDestruction(run, carried.from, window);
   }
   return run.finish('completed');

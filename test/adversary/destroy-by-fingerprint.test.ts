@@ -16,6 +16,7 @@ import {
   rotatedOn,
   TEST_KEYSPACE as KEYSPACE,
 } from '../helpers/keyring';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a destruction acts on the key the registry recorded, never on whatever the id names now', () => {
   const db = useTestDatabase();
@@ -24,8 +25,8 @@ describe('adversary: a destruction acts on the key the registry recorded, never 
   it("the keyring file: destroying retired v1 is refused when the file's entry 'v1' holds another key (the active v2's), and v2's DEKs still open", async () => {
     const file = path.join(scratch.dir, 'keyring.json');
     const store = FileKeyring.open(file, { create: true });
-    await store.generate('v1');
-    await store.generate('v2');
+    await generateKek(store, 'v1');
+    await generateKek(store, 'v2');
     const registry = await rotatedOn(db.pool, store);
     await retiredWindowEnded(db.pool, registry);
 

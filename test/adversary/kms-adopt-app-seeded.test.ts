@@ -11,6 +11,7 @@ import { TenantCrypto } from '../../src/tenant-crypto';
 import { useMoto } from '../helpers/aws';
 import { useTestDatabases } from '../helpers/database';
 import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a second deployment whose application started first on the same KMS alias prefix', () => {
   const moto = useMoto();
@@ -25,7 +26,7 @@ describe('adversary: a second deployment whose application started first on the 
     };
     // Deployment B: its KEK made by an earlier `rekey keys generate` (no owner tag), its registry in database B.
     const storeB = KmsKeys.fromEnv(env);
-    await storeB.generate('v1');
+    await generateKek(storeB, 'v1');
     const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1');
 
     // Deployment A, same prefix, database A: its application starts first (as the operator's guide has it), then the

@@ -10,6 +10,7 @@ import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { useMoto } from '../helpers/aws';
 import { useTestDatabases } from '../helpers/database';
 import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a second deployment on the same KMS alias prefix', () => {
   const moto = useMoto();
@@ -24,7 +25,7 @@ describe('adversary: a second deployment on the same KMS alias prefix', () => {
     };
     // Deployment B: its KEK made by `rekey keys generate` (no owner), its registry and its tenants in database B.
     const storeB = KmsKeys.fromEnv(env);
-    await storeB.generate('v1');
+    await generateKek(storeB, 'v1');
     const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1');
 
     // Deployment A, same prefix, database A, met for the first time: adopt (validate's first step), the registry

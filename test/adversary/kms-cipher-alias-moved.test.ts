@@ -13,6 +13,8 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor } from '../helpers/keyring';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
 
@@ -30,9 +32,9 @@ describe('adversary: a KMS cipher uses the key its fingerprint names, not the on
     const prefix = `alias/rekey-adversary/${randomUUID()}/`;
     const env = { ...moto.server.env, REKEY_AWS_KMS_ALIAS_PREFIX: prefix, REKEY_AWS_KMS_RATE: '0' };
     const store = KmsKeys.fromEnv(env);
-    await store.generate('v1', { owner: KEYSPACE });
-    const recordedArn = store.fingerprint('v1').slice('kms:'.length);
-    await new KekRegistry(db.pool, 'rekey').seedActive('v1', store.fingerprint('v1'));
+    await generateKek(store, 'v1', { owner: KEYSPACE });
+    const recordedArn = (await fingerprintIn(store, 'v1')).slice('kms:'.length);
+    await new KekRegistry(db.pool, 'rekey').seedActive('v1', await fingerprintIn(store, 'v1'));
     const keyring = keyringFor(db.pool, store, KEYSPACE);
     const cipher = await keyring.cipher('v1');
 

@@ -9,6 +9,8 @@ import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useScratchDirectory, useTestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: every registry step of the keyring writes its event', () => {
   const db = useTestDatabase();
@@ -16,9 +18,9 @@ describe('adversary: every registry step of the keyring writes its event', () =>
 
   it('promote and retire write an event each (rekey.kek_events), as restore and destroy do: a retired KEK’s trail says it was retired', async () => {
     const store = FileKeyring.open(path.join(scratch.dir, 'keyring.json'), { create: true });
-    await store.generate('v1');
+    await generateKek(store, 'v1');
     const registry = new KekRegistry(db.pool, 'rekey');
-    await registry.seedActive('v1', store.fingerprint('v1'));
+    await registry.seedActive('v1', await fingerprintIn(store, 'v1'));
     const keyring = keyringFor(db.pool, store, 'db-a/public.tenant_deks');
     await keyring.provision('v2', { generate: true });
     await keyring.promote('v1', 'v2');

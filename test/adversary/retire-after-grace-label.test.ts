@@ -18,6 +18,7 @@ import { createTestKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { wrapRekeyDek } from '../helpers/rekey-format';
 import { progressUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 describe("adversary: a row labelled 'to' but sealed under 'from' that appears during the grace period", () => {
   const server = useTimeSkippingEnv();
@@ -27,7 +28,7 @@ describe("adversary: a row labelled 'to' but sealed under 'from' that appears du
     const { provider, env } = createTestKeys(['v1', 'v2'], 'v1');
     const taskQueue = `retire-after-grace-${randomUUID()}`;
     try {
-      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', provider.fingerprint('v1'));
+      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(provider, 'v1'));
       await seedTenants({ db: db.pool, keys: provider, kekId: 'v1', count: 200 });
       const v1 = Buffer.from(env.TEST_KEK_v1!, 'base64url');
       const bad = wrapRekeyDek(v1, 'v1', 'c-restored', randomBytes(32));

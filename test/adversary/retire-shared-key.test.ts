@@ -9,6 +9,7 @@ import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useMoto } from '../helpers/aws';
 import { expectRetireRefusedWhileOrdersHoldsV1, kmsRotated, rotatedOn, TEST_KEYSPACE } from '../helpers/keyring';
 import { useVaultAndDatabase } from '../helpers/vault';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a keyring retires a KEK another keyspace’s registry still holds active', () => {
   const moto = useMoto();
@@ -21,8 +22,8 @@ describe('adversary: a keyring retires a KEK another keyspace’s registry still
     const env = { ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     const store = VaultTransitKeys.fromEnv(env);
     // Recorded as this keyspace's (a key no keyspace claimed is refused before the other-registries check is reached).
-    await store.generate('v1', { owner: TEST_KEYSPACE });
-    await store.generate('v2', { owner: TEST_KEYSPACE });
+    await generateKek(store, 'v1', { owner: TEST_KEYSPACE });
+    await generateKek(store, 'v2', { owner: TEST_KEYSPACE });
     const registry = await rotatedOn(servers.db.pool, store);
     // Another keyspace's registry (target orders, same database, so the keyring's other-registries check sees it)
     // holds v1 as its active KEK, and one of its tenants has a DEK under it.

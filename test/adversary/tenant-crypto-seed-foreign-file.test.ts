@@ -12,6 +12,7 @@ import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useScratchDirectory, useTestDatabases } from '../helpers/database';
 import { expectFirstStartRefused, keyringFileOwnedBy } from '../helpers/keyring';
+import { fingerprintIn } from '../helpers/store-keys';
 
 describe("adversary: an application's first start on a keyring file whose current KEK is another keyspace's", () => {
   const databases = useTestDatabases(2);
@@ -25,7 +26,7 @@ describe("adversary: an application's first start on a keyring file whose curren
     const written = JSON.parse(fs.readFileSync(file, 'utf8')) as { current?: string; keks: { owner?: string }[] };
     expect(written.keks[0]?.owner).toBe(keyspaceB);
     fs.writeFileSync(file, JSON.stringify({ ...written, current: 'v1' }), { mode: 0o600 });
-    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+    await new KekRegistry(dbB.pool, 'rekey').seedActive('v1', await fingerprintIn(storeB, 'v1'));
 
     // Keyspace A's application, configured with the same file.
     const storeA = FileKeyring.open(file);

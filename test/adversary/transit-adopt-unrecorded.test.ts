@@ -10,6 +10,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useVaultAndDatabases } from '../helpers/vault';
 import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a Transit key from before owner records, used by another deployment', () => {
   const servers = useVaultAndDatabases(2);
@@ -21,7 +22,7 @@ describe('adversary: a Transit key from before owner records, used by another de
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     // Deployment B, from before owner records: the key made (no owner), B's registry holds v1 active, a DEK under it.
     const storeB = VaultTransitKeys.fromEnv(env);
-    await storeB.generate('v1');
+    await generateKek(storeB, 'v1');
     const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1');
 
     // Deployment A meets the key: its rotation's first step (adopt), the registry seeded from the key's current

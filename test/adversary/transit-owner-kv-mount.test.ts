@@ -10,6 +10,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useVaultAndDatabases } from '../helpers/vault';
 import { deploymentWithDek, keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT differ', () => {
   const servers = useVaultAndDatabases(2);
@@ -25,7 +26,7 @@ describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT
 
     // Keyspace B (database B) uses the key first: its rotation's first step records it as the key's owner.
     const storeB = VaultTransitKeys.fromEnv(envB);
-    await storeB.generate('v1', { owner: 'db-b/public.tenant_deks' });
+    await generateKek(storeB, 'v1', { owner: 'db-b/public.tenant_deks' });
     const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1', {
       keyspace: 'db-b/public.tenant_deks',
       adopt: true,
@@ -37,7 +38,7 @@ describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT
     const rotation = async () => {
       await keyringA.adopt();
       await storeA.reload();
-      await storeA.generate('v2', { owner: 'db-a/public.tenant_deks' });
+      await generateKek(storeA, 'v2', { owner: 'db-a/public.tenant_deks' });
       await rotatedOn(dbA.pool, storeA);
       await keyringA.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded });
     };

@@ -10,6 +10,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useVaultAndDatabases } from '../helpers/vault';
 import { deploymentWithDek, keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a Transit key two keyspaces of different databases use', () => {
   const servers = useVaultAndDatabases(2);
@@ -21,7 +22,7 @@ describe('adversary: a Transit key two keyspaces of different databases use', ()
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     // Keyspace A (database A) made the key; keyspace B (database B, another deployment) met it as its current KEK.
     const storeA = VaultTransitKeys.fromEnv(env);
-    await storeA.generate('v1');
+    await generateKek(storeA, 'v1');
     const storeB = VaultTransitKeys.fromEnv(env);
     await storeB.reload();
     const deploymentB = await deploymentWithDek(dbB.pool, storeB, 'v1', {
@@ -30,7 +31,7 @@ describe('adversary: a Transit key two keyspaces of different databases use', ()
     });
 
     // A rotates v1 → v2 and retires v1: its rows are all on v2.
-    await storeA.generate('v2');
+    await generateKek(storeA, 'v2');
     const registryA = await rotatedOn(dbA.pool, storeA);
     const keyringA = keyringFor(dbA.pool, storeA, 'db-a/public.tenant_deks');
     await keyringA.adopt();

@@ -12,6 +12,8 @@ import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 import { useVaultAndDatabase } from '../helpers/vault';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
 
@@ -24,7 +26,7 @@ describe('adversary: a Transit key with a version older than any the registry re
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
     // Before rekey: the key made, a DEK wrapped under v1, the key rotated in Vault (v2 latest, v1 still decryptable).
     const store = VaultTransitKeys.fromEnv(env);
-    await store.generate('v1', { owner: KEYSPACE });
+    await generateKek(store, 'v1', { owner: KEYSPACE });
     const { dek, wrapped } = await store.newDek('v1', 'tenant-old');
     await vaultRequest(vault, 'POST', `transit/keys/${key}/rotate`);
     await store.reload();
@@ -33,7 +35,7 @@ describe('adversary: a Transit key with a version older than any the registry re
     // rekey meets the keyspace: its registry is seeded with the configured current KEK, v2 (as TenantCrypto.start and
     // validate do); a rotation v2 → v3 moves the rows labelled v2 and retires v2.
     const registry = new KekRegistry(db.pool, 'rekey');
-    await registry.seedActive('v2', store.fingerprint('v2'));
+    await registry.seedActive('v2', await fingerprintIn(store, 'v2'));
     const keyring = keyringFor(db.pool, store, KEYSPACE);
     await keyring.adopt();
     await keyring.provision('v3', { generate: true });

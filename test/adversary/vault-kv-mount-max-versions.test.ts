@@ -11,6 +11,8 @@ import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 import { useVaultAndDatabase } from '../helpers/vault';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
 const HOUR = 3_600_000;
@@ -27,9 +29,9 @@ describe('adversary: a Vault KV v2 mount that keeps fewer versions than Vault’
     const env = { ...vault.env, REKEY_VAULT_KV_MOUNT: mount, REKEY_VAULT_KV_PATH: 'encryption/master_key' };
 
     const store = VaultKvKeys.fromEnv(env);
-    await store.generate('v1', { owner: KEYSPACE });
+    await generateKek(store, 'v1', { owner: KEYSPACE });
     const registry = new KekRegistry(db.pool, 'rekey');
-    await registry.seedActive('v1', store.fingerprint('v1'));
+    await registry.seedActive('v1', await fingerprintIn(store, 'v1'));
     const keyring = keyringFor(db.pool, store, KEYSPACE);
     const { dek, wrapped } = await keyring.withCiphers(['v1'], ([v1]) => v1!.newDek('tenant-1'));
 

@@ -10,6 +10,8 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { createTestDatabase, type TestDatabase } from './database';
 import { keyspaceIn } from './keyspace';
 import { useTimeSkippingEnv } from './temporal';
+import { fingerprintIn } from './store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 // The throttling proxy needs no test runner: the chaos suite (bench/chaos-targets.ts) uses it too.
 export { throttlingProxy } from './throttling-proxy';
@@ -125,8 +127,8 @@ export async function secretsManagerSecretOwnedBy(
   const env = { ...moto.env, REKEY_KEY_PROVIDER: 'aws-secrets-manager', REKEY_AWS_SECRET_ID: secretId };
   const keyspaceB = (await keyspaceIn(dbB)).id;
   const storeB = SecretsManagerKeys.fromEnv(env);
-  await storeB.generate('v1', { owner: keyspaceB });
-  await new KekRegistry(dbB, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+  await generateKek(storeB, 'v1', { owner: keyspaceB });
+  await new KekRegistry(dbB, 'rekey').seedActive('v1', await fingerprintIn(storeB, 'v1'));
   const client = new SecretsManagerClient(awsClientConfig(moto.env, 'SECRETS_MANAGER'));
   const versions = async () =>
     Object.keys((await client.send(new DescribeSecretCommand({ SecretId: secretId }))).VersionIdsToStages ?? {});

@@ -20,6 +20,8 @@ import { createWorker } from '../../src/worker';
 import { runRekey, type CliResult } from './cli';
 import { createTestDatabase, type TestDatabase } from './database';
 import { workflowBundle } from './temporal';
+import { fingerprintIn } from './store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 /** A worker running on the test's Temporal server, and the admin APIs a test opens beside it. */
 export interface ServedWorker {
@@ -124,8 +126,8 @@ export async function startKeyringWorker(
   const db = await createTestDatabase();
   const keyringFile = path.join(scratch, 'keyring.json');
   const keyring = FileKeyring.open(keyringFile, { create: true });
-  for (const id of options.kekIds) await keyring.generate(id);
-  await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
+  for (const id of options.kekIds) await generateKek(keyring, id);
+  await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keyring, 'v1'));
   await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: options.tenants });
   const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
   options.metrics?.watch(targets, env.client);

@@ -6,24 +6,14 @@ import type { StoreDriver } from '../../src/keyring/driver';
 import type { RemoteKeysDriver } from '../../src/keyring/remote-keys';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { FileKeyring } from '../../src/keyring/drivers/file';
-import { Keyring } from '../../src/keyring/keyring';
+import { Keyring, generateKek } from '../../src/keyring/keyring';
 import { emptyProof } from '../../src/rotation/label-proof';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { DekUnwrapError, KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
 import { keyspaceIn } from './keyspace';
-
-/**
- * A store's driver as the tests read it: every driver class of src/keyring/drivers/ but Mycelium's (whose keys have no
- * names of their own) also says what it read by the store's own names.
- */
-export type HeldStore = StoreDriver & {
-  configuredCurrentKekId: string | undefined;
-  kekIds(): string[];
-  has(kekId: string): boolean;
-  fingerprint(kekId: string): string;
-};
+import { fingerprintIn } from './store-keys';
 
 /**
  * A keyring over `provider` for keyspace `keyspace` (target `target`'s registry in `db`). The other-registries check
@@ -94,8 +84,8 @@ export async function expectForeignRefused(
 }
 
 /** `rotatedRegistry` for a store that holds v1 and v2. */
-export const rotatedOn = (db: Pool, store: { fingerprint(kekId: string): string }): Promise<KekRegistry> =>
-  rotatedRegistry(db, 'rekey', { v1: store.fingerprint('v1'), v2: store.fingerprint('v2') });
+export const rotatedOn = async (db: Pool, store: StoreDriver): Promise<KekRegistry> =>
+  rotatedRegistry(db, 'rekey', { v1: await fingerprintIn(store, 'v1'), v2: await fingerprintIn(store, 'v2') });
 
 /**
  * For a store that records no owner: with another keyspace's registry (target `orders`) holding v1's key, the keyring
@@ -147,7 +137,7 @@ export const TEST_KEYSPACE = 'db-a/public.tenant_deks';
  */
 export async function expectRetireRefusedWhileOrdersHoldsV1(
   db: Pool,
-  store: HeldStore,
+  store: StoreDriver,
   registry: KekRegistry,
   orders: RemoteKeysDriver,
 ): Promise<void> {
@@ -181,8 +171,8 @@ export async function kmsRotated(
     REKEY_AWS_KMS_RATE: '0',
   };
   const store = KmsKeys.fromEnv(env);
-  await store.generate('v1', { owner: TEST_KEYSPACE });
-  await store.generate('v2', { owner: TEST_KEYSPACE });
+  await generateKek(store, 'v1', { owner: TEST_KEYSPACE });
+  await generateKek(store, 'v2', { owner: TEST_KEYSPACE });
   return { env, store, registry: await rotatedOn(db, store) };
 }
 
@@ -198,11 +188,11 @@ const B_TENANT = 'b-tenant';
  */
 export async function deploymentWithDek(
   db: Pool,
-  store: HeldStore,
+  store: StoreDriver,
   kekId: string,
   options: { keyspace?: string; adopt?: boolean; dekThroughKeyring?: boolean } = {},
 ): Promise<{ keyring: Keyring | undefined; stillOpens(): Promise<void> }> {
-  await new KekRegistry(db, 'rekey').seedActive(kekId, store.fingerprint(kekId));
+  await new KekRegistry(db, 'rekey').seedActive(kekId, await fingerprintIn(store, kekId));
   const keyring = options.keyspace === undefined ? undefined : keyringFor(db, store, options.keyspace);
   if (options.adopt) await keyring!.adopt();
   const remote = store as unknown as RemoteKeysDriver;
@@ -230,12 +220,12 @@ export async function deploymentWithDek(
 export async function firstRotation(
   keyring: Keyring,
   db: Pool,
-  store: HeldStore,
+  store: StoreDriver,
   seedRegistry: boolean,
 ): Promise<void> {
   await keyring.adopt();
   const from = (await keyring.configuredCurrent())!;
-  if (seedRegistry) await new KekRegistry(db, 'rekey').seedActive(from, store.fingerprint(from));
+  if (seedRegistry) await new KekRegistry(db, 'rekey').seedActive(from, await fingerprintIn(store, from));
   await keyring.provision('v2', { generate: true });
   await keyring.promote(from, 'v2');
   await keyring.retire(from, { restoreWindowMs: 60_000, prove: nothingNeeded });
@@ -245,7 +235,7 @@ export async function firstRotation(
 export async function keyringFileOwnedBy(dbB: Pool, file: string): Promise<{ keyspaceB: string; storeB: FileKeyring }> {
   const keyspaceB = (await keyspaceIn(dbB)).id;
   const storeB = FileKeyring.open(file, { create: true });
-  await storeB.generate('v1', { owner: keyspaceB });
+  await generateKek(storeB, 'v1', { owner: keyspaceB });
   return { keyspaceB, storeB };
 }
 

@@ -17,6 +17,7 @@ import { createTestDatabase, type TestDatabase } from './database';
 import { keyspaceIn } from './keyspace';
 import { createTestKeys } from './keys';
 import { resultWithin, workflowBundle } from './temporal';
+import { fingerprintIn } from './store-keys';
 
 /** A fresh database with `v1` active, tenants on it, some tenant data, and `v2` in the key provider only. */
 /** Small batches and short slice parts: a rotation of a few thousand rows that takes seconds, to stop midway. */
@@ -46,7 +47,7 @@ export class RotationFixture {
     const db = await createTestDatabase();
     const { provider, secrets, env } = createTestKeys(['v1', 'v2', 'v3'], 'v1');
     const fixture = new RotationFixture(db, provider, secrets, env);
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', provider.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(provider, 'v1'));
     await seedTenants({ db: db.pool, keys: provider, kekId: 'v1', count: options.tenants });
     const app = new TenantCrypto({ db: db.pool, keys: provider });
     await app.start();

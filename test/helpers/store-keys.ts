@@ -4,7 +4,7 @@ import type { Pool } from 'pg';
 import { wrapDek } from '../../src/envelope/dek-wrapping';
 import type { KekState } from '../../src/envelope/kek-lifecycle';
 import type { StoreDriver } from '../../src/keyring/driver';
-import { KeyringCiphers, storeCipher } from '../../src/keyring/keyring';
+import { KeyringCiphers, storeCipher, storedKek } from '../../src/keyring/keyring';
 import { KekRegistry, type KekRecord } from '../../src/store/kek-registry';
 
 /**
@@ -20,6 +20,16 @@ export async function heldIds(keyring: KeyringCiphers): Promise<string[]> {
   return (await keyring.held()).map((k) => k.kekId).sort();
 }
 
+/** The ids of the keys a store names (as last read), sorted: `keyring.held()` of a keyring over it. */
+export async function storedIds(store: StoreDriver): Promise<string[]> {
+  return heldIds(keyringOver(store));
+}
+
+/** The fingerprint of the key a store names `kekId` (as last read); UnknownKekError when it names none. */
+export async function fingerprintIn(store: StoreDriver, kekId: string): Promise<string> {
+  return (await storedKek(store, kekId)).fingerprint;
+}
+
 /** `dek` stored under the key `store` names `kekId`, as an application of rekey's own format wraps it. */
 export async function wrapUnder(store: StoreDriver, kekId: string, tenantId: string, dek: Buffer): Promise<Buffer> {
   const cipher = await storeCipher(store, kekId);
@@ -31,7 +41,12 @@ export async function wrapUnder(store: StoreDriver, kekId: string, tenantId: str
 }
 
 /** The DEK stored as `wrapped` under the key `store` names `kekId`; the caller zeroizes it. */
-export async function unwrapUnder(store: StoreDriver, kekId: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
+export async function unwrapUnder(
+  store: StoreDriver,
+  kekId: string,
+  tenantId: string,
+  wrapped: Buffer,
+): Promise<Buffer> {
   const cipher = await storeCipher(store, kekId);
   try {
     return await cipher.open(tenantId, wrapped);

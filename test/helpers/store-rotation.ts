@@ -6,7 +6,7 @@ import { expect } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
 import { dekFingerprints, seedTenants } from '../../src/dev/tenants';
 import { KekRestoreRefusedError } from '../../src/errors';
-import type { HeldStore } from './keyring';
+import type { StoreDriver } from '../../src/keyring/driver';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
@@ -15,22 +15,21 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { startLiveWriter } from './live-writer';
 import { runRotation } from './rotation-run';
-
-/** A key store that makes KEKs. */
-type GeneratingStore = HeldStore & { generate(kekId?: string): Promise<string> };
+import { fingerprintIn } from './store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 /**
  * A keyspace of its own in the file's shared database: `keys` (a store of its own, empty) makes v1, and rekey's own
  * tables start again with v1 active in the registry.
  */
-export async function freshKeyspace(db: Pool, keys: GeneratingStore): Promise<void> {
-  await keys.generate('v1');
+export async function freshKeyspace(db: Pool, keys: StoreDriver): Promise<void> {
+  await generateKek(keys, 'v1');
   await db.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-  await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+  await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
 }
 
 /** `freshKeyspace` with `tenants` tenants wrapped by v1; returns each tenant's DEK fingerprint before anything moves. */
-export async function seededKeyspace(db: Pool, keys: GeneratingStore, tenants: number): Promise<Map<string, string>> {
+export async function seededKeyspace(db: Pool, keys: StoreDriver, tenants: number): Promise<Map<string, string>> {
   await freshKeyspace(db, keys);
   await seedTenants({ db, keys, kekId: 'v1', count: tenants });
   return dekFingerprints(db, keys);
@@ -48,7 +47,7 @@ export function failureOf(err: unknown): string {
  */
 export async function refusalOf(
   servers: { env: TestWorkflowEnvironment; db: Pool },
-  keys: HeldStore,
+  keys: StoreDriver,
   timeoutMs?: number,
 ): Promise<string> {
   const { env, db } = servers;
@@ -78,7 +77,7 @@ export interface RotatedUnderWriter {
  */
 export async function rotateUnderLiveWriter(
   servers: { env: TestWorkflowEnvironment; db: Pool },
-  stores: { keys: HeldStore; appKeys: HeldStore },
+  stores: { keys: StoreDriver; appKeys: StoreDriver },
   options: { tenantAt: (n: number) => string; batchSize?: number; pauseMs?: number; timeoutMs: number },
   then: (rotated: RotatedUnderWriter) => Promise<void>,
 ): Promise<void> {
@@ -117,7 +116,7 @@ export async function rotateUnderLiveWriter(
  */
 export async function destroyedAfterWindow(
   servers: { env: TestWorkflowEnvironment; db: Pool },
-  keys: HeldStore,
+  keys: StoreDriver,
   options: { detail: RegExp; timeoutMs?: number },
   inStore: () => Promise<void>,
 ): Promise<void> {

@@ -12,6 +12,8 @@ import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useTestDatabases, type TestDatabase } from './database';
 import { useTimeSkippingEnv } from './temporal';
+import { fingerprintIn } from './store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 /**
  * A dev Vault server (KV v2 at secret/, Transit at transit/) and `count` test databases (two deployments sharing one
@@ -182,8 +184,8 @@ export async function vaultSecretOwnedBy(
   const path = `encryption/${randomUUID()}`;
   const env = { ...vault.env, ...extra, REKEY_VAULT_KV_PATH: path };
   const storeB = VaultKvKeys.fromEnv(env);
-  await storeB.generate('v1', { owner });
-  await new KekRegistry(dbB, 'rekey').seedActive('v1', storeB.fingerprint('v1'));
+  await generateKek(storeB, 'v1', { owner });
+  await new KekRegistry(dbB, 'rekey').seedActive('v1', await fingerprintIn(storeB, 'v1'));
   const metadata = async () =>
     (
       await vaultRequest<{ data: { current_version: number; custom_metadata: Record<string, string> } }>(

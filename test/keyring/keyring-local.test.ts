@@ -34,6 +34,8 @@ import {
   RESTORES_AND_DESTRUCTIONS,
 } from '../helpers/keyring';
 import { kekOf } from '../helpers/mycelium';
+import { fingerprintIn, storedIds } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 /** The KEK entries of a keyring file, as written. */
 const keksIn = (file: string) =>
@@ -172,14 +174,15 @@ describe('the keyring and its drivers over keys held in this process', () => {
     await fresh();
     const { provider } = createTestKeys(['v1', 'v2']);
     const registry = new KekRegistry(db.pool, 'rekey');
-    await registry.seedActive('v1', provider.fingerprint('v1'));
+    await registry.seedActive('v1', await fingerprintIn(provider, 'v1'));
     await registry.register('v2', kekFingerprint(randomBytes(32)));
     const keyring = keyringFor(db.pool, provider, KEYSPACE);
     await expect(keyring.cipher('v2')).rejects.toThrow(KekFingerprintMismatchError);
     // The cipher checks the bytes it is given, whatever its caller says.
-    expect(
-      () => new LocalCipher('v1', provider.fingerprint('v2'), randomBytes(32), 'x', () => inlineRowCrypto),
-    ).toThrow(KekFingerprintMismatchError);
+    const v2Fingerprint = await fingerprintIn(provider, 'v2');
+    expect(() => new LocalCipher('v1', v2Fingerprint, randomBytes(32), 'x', () => inlineRowCrypto)).toThrow(
+      KekFingerprintMismatchError,
+    );
     await registry.promote('v1', 'v2').catch(() => undefined);
     await db.pool.query(`UPDATE rekey.keks SET state = 'retired', retired_at = now() WHERE kek_id = 'v1'`);
     await expect(keyring.cipher('v1')).rejects.toThrow(KekRetiredError);
@@ -219,8 +222,8 @@ describe('the keyring and its drivers over keys held in this process', () => {
     await fresh();
     const file = path.join(scratch, `${randomUUID()}.json`);
     const store = FileKeyring.open(file, { create: true });
-    await store.generate('v1', { owner: KEYSPACE });
-    await store.generate('v2', { owner: KEYSPACE });
+    await generateKek(store, 'v1', { owner: KEYSPACE });
+    await generateKek(store, 'v2', { owner: KEYSPACE });
     const registry = await rotatedOn(db.pool, store);
     await retiredWindowEnded(db.pool, registry);
     const keyring = keyringFor(db.pool, store, KEYSPACE);
@@ -283,11 +286,11 @@ describe('the keyring and its drivers over keys held in this process', () => {
       await fresh();
       const file = path.join(scratch, `${randomUUID()}.json`);
       const store = FileKeyring.open(file, { create: true });
-      await store.generate('v1', { owner: OTHER });
-      await store.generate('v2', { owner: OTHER });
+      await generateKek(store, 'v1', { owner: OTHER });
+      await generateKek(store, 'v2', { owner: OTHER });
       const registry = await rotatedOn(db.pool, store);
       await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
-      expect(FileKeyring.open(file).kekIds()).toEqual(['v1', 'v2']);
+      expect(await storedIds(FileKeyring.open(file))).toEqual(['v1', 'v2']);
     });
 
     it('the environment (no owner record): destroy is refused while another keyspace’s registry holds the same key', async () => {

@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
-import { sharedRowCrypto } from '../../src/crypto/row-crypto';
+import { engineView } from '../../src/keyring/cipher';
+import { storeCipher, generateKek } from '../../src/keyring/keyring';
 import { openStoreDriver } from '../../src/keyring/open';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { kmsFingerprint, kmsSettingsFromEnv } from '../../src/keyring/drivers/aws-kms';
@@ -18,7 +19,7 @@ import { ConfigError, KeyMaterialError } from '../../src/errors';
 import { throttlingProxy, useAwsServers } from '../helpers/aws';
 import { startLiveWriter } from '../helpers/live-writer';
 import { runRotation } from '../helpers/rotation-run';
-import { wrapUnder } from '../helpers/store-keys';
+import { wrapUnder, fingerprintIn, storedIds } from '../helpers/store-keys';
 
 const TENANTS = 200;
 const tenantId = (n: number) => `tenant-${String(n % TENANTS).padStart(5, '0')}`;
@@ -56,8 +57,8 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     };
     // Every tenant's DEK under v1, as the application wrote them before KMS: the plaintexts are kept to compare.
     const seeding = await open();
-    expect(seeding.kekIds()).toEqual(['v1']);
-    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', seeding.fingerprint('v1'));
+    expect(await storedIds(seeding)).toEqual(['v1']);
+    await new KekRegistry(aws.db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(seeding, 'v1'));
     const deks = new Map<string, Buffer>();
     const ids = Array.from({ length: TENANTS }, (_, i) => tenantId(i));
     const wrapped: Buffer[] = [];
@@ -135,19 +136,25 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
       const current = (await aws.client.send(new DescribeKeyCommand({ KeyId: `${prefix}current` }))).KeyMetadata!;
       expect(current.Arn).toBe(v2.Arn);
 
-      // Nothing moves out of KMS: a DEK under v2 is not re-wrapped under the local KEK, by the engine or the API.
+      // Nothing moves out of KMS: a DEK under v2 is not re-wrapped under the local KEK, by the engine or the API
+      // (the worker's ciphers of v2, in KMS, and of v1, still in the environment).
       const codec = compileFormat(REKEY_DEK_FORMAT);
-      const local = { kekId: 'v1', key: randomBytes(32) };
-      const onKms = { kekId: 'v2', key: Buffer.alloc(0), fingerprint: kmsFingerprint(v2.Arn!) };
-      await expect(
-        workerKeys.rowCrypto(sharedRowCrypto).rewrap(codec, onKms, local, [rows[0]!], {
-          others: false,
-          dryRun: false,
-        }),
-      ).rejects.toThrow(ConfigError);
-      await expect(workerKeys.rewrapDek('v2', 'v1', rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
-        /into AWS KMS, not out of it/,
-      );
+      const onKms = await storeCipher(workerKeys, 'v2');
+      const local = await storeCipher(workerKeys, 'v1');
+      try {
+        await expect(
+          engineView([onKms, local]).crypto.rewrap(codec, onKms.rowKek(), local.rowKek(), [rows[0]!], {
+            others: false,
+            dryRun: false,
+          }),
+        ).rejects.toThrow(ConfigError);
+        await expect(onKms.moveTo(local, rows[0]!.tenant_id, rows[0]!.wrapped_dek)).rejects.toThrow(
+          /into AWS KMS, not out of it/,
+        );
+      } finally {
+        onKms.release();
+        local.release();
+      }
     } finally {
       await writer.stop();
       await app.stop();
@@ -164,7 +171,7 @@ describe('moving a keyspace into AWS KMS from a KEK held in the environment, aga
     const keys = openStoreDriver({ provider: 'aws-kms' }, movingIn().env);
     try {
       await keys.reload();
-      await (keys as KmsWithLocalKeys).generate('v1');
+      await generateKek(keys, 'v1');
       const refused = await keys.reload().catch((err: unknown) => err);
       expect(refused).toBeInstanceOf(KeyMaterialError);
       expect((refused as Error).message).toMatch(/KEK id\(s\) 'v1' name both a KMS key .* and a key in env/);

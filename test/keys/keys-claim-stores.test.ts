@@ -18,6 +18,8 @@ import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor } from '../helpers/keyring';
 import { keyspaceIn } from '../helpers/keyspace';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('rekey keys claim on the stores other deployments reach: Vault Transit, Vault KV, Secrets Manager', () => {
   const moto = useMoto();
@@ -63,8 +65,8 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     const key = `rekey-${randomUUID()}`;
     const env = { ...vault.env, REKEY_KEY_PROVIDER: 'vault-transit', REKEY_VAULT_TRANSIT_KEY: key };
     const made = VaultTransitKeys.fromEnv(env);
-    await made.generate('v1');
-    const fingerprint = made.fingerprint('v1');
+    await generateKek(made, 'v1');
+    const fingerprint = await fingerprintIn(made, 'v1');
     const keyspaceA = (await keyspaceIn(dbA.pool)).id;
     const keyringA = keyringFor(dbA.pool, VaultTransitKeys.fromEnv(env), keyspaceA);
     const record = `secret/data/rekey/transit-keys/transit/${key}`;
@@ -104,7 +106,7 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     });
     const store = VaultKvKeys.fromEnv(env);
     await store.reload();
-    const fingerprint = store.fingerprint('kv-v1');
+    const fingerprint = await fingerprintIn(store, 'kv-v1');
     const keyspaceA = (await keyspaceIn(dbA.pool)).id;
     const keyringA = keyringFor(dbA.pool, store, keyspaceA);
     const ownerOf = async () =>
@@ -143,7 +145,7 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     const env = { ...moto.server.env, REKEY_KEY_PROVIDER: 'aws-secrets-manager', REKEY_AWS_SECRET_ID: secretId };
     const store = SecretsManagerKeys.fromEnv(env);
     await store.reload();
-    const fingerprint = store.fingerprint(kekId);
+    const fingerprint = await fingerprintIn(store, kekId);
     const keyspaceA = (await keyspaceIn(dbA.pool)).id;
     const keyringA = keyringFor(dbA.pool, store, keyspaceA);
     const tagOf = async () =>
@@ -174,7 +176,7 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     await vaultRequest(vault, 'POST', `sys/mounts/${otherKv}`, { type: 'kv', options: { version: '2' } });
     const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_KV_MOUNT: otherKv };
     const made = VaultTransitKeys.fromEnv(env);
-    await made.generate('v1');
+    await generateKek(made, 'v1');
     await vaultRequest(vault, 'DELETE', 'sys/mounts/secret');
     const keyring = keyringFor(dbA.pool, VaultTransitKeys.fromEnv(env), (await keyspaceIn(dbA.pool)).id);
     await expect(keyring.adopt()).rejects.toThrow(KeyMaterialError);

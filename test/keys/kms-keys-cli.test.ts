@@ -21,6 +21,7 @@ import { useMoto } from '../helpers/aws';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor } from '../helpers/keyring';
 import { keyspaceIn } from '../helpers/keyspace';
+import { fingerprintIn } from '../helpers/store-keys';
 
 describe('rekey keys generate and keys claim on AWS KMS', () => {
   const moto = useMoto();
@@ -139,7 +140,7 @@ describe('rekey keys generate and keys claim on AWS KMS', () => {
     await ownStore.reload();
     const ownApp = new TenantCrypto({ db: dbB.pool, keys: ownStore, registryTtlMs: 60_000 });
     await ownApp.start();
-    expect((await new KekRegistry(dbB.pool, 'rekey').active())?.fingerprint).toBe(ownStore.fingerprint('v1'));
+    expect((await new KekRegistry(dbB.pool, 'rekey').active())?.fingerprint).toBe(await fingerprintIn(ownStore, 'v1'));
     await ownApp.stop();
     ownStore.close();
   });

@@ -21,6 +21,8 @@ import { useMoto } from '../helpers/aws';
 import type { TestDatabase } from '../helpers/database';
 import { keyspaceIn } from '../helpers/keyspace';
 import { useVaultAndDatabases } from '../helpers/vault';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe("an application's first start seeds its registry only from a store whose owner record names its keyspace", () => {
   // Two databases (keyspaces A and B) for each store.
@@ -76,8 +78,8 @@ describe("an application's first start seeds its registry only from a store whos
   it('Finding: a Vault Transit key without an owner record is not taken as the first KEK of an application’s registry (refused with rekey keys claim), nor one another keyspace owns', async () => {
     const env = { ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: `rekey-${randomUUID()}` };
     const made = VaultTransitKeys.fromEnv(env);
-    await made.generate('v1');
-    const fingerprint = made.fingerprint('v1');
+    await generateKek(made, 'v1');
+    const fingerprint = await fingerprintIn(made, 'v1');
     made.close();
     await ownerRuleAtFirstStart(0, () => VaultTransitKeys.fromEnv(env), 'v1', fingerprint);
   });
@@ -90,7 +92,7 @@ describe("an application's first start seeds its registry only from a store whos
     const env = { ...servers.vault.env, REKEY_VAULT_KV_PATH: path };
     const read = VaultKvKeys.fromEnv(env);
     await read.reload();
-    const fingerprint = read.fingerprint('kv-v1');
+    const fingerprint = await fingerprintIn(read, 'kv-v1');
     read.close();
     await ownerRuleAtFirstStart(1, () => VaultKvKeys.fromEnv(env), 'kv-v1', fingerprint);
   });
@@ -105,7 +107,7 @@ describe("an application's first start seeds its registry only from a store whos
     const env = { ...moto.server.env, REKEY_AWS_SECRET_ID: secretId };
     const read = SecretsManagerKeys.fromEnv(env);
     await read.reload();
-    const fingerprint = read.fingerprint(created.VersionId!);
+    const fingerprint = await fingerprintIn(read, created.VersionId!);
     read.close();
     await ownerRuleAtFirstStart(2, () => SecretsManagerKeys.fromEnv(env), created.VersionId!, fingerprint);
   });

@@ -4,7 +4,7 @@ import { createActivities, type Activities } from '../../src/activities';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { dekFingerprints, seedTenants, tenantIdFor } from '../../src/dev/tenants';
 import { detectKeyStore, openStoreDriver } from '../../src/keyring/open';
-import { resolveKek } from '../helpers/store-keys';
+import { resolveKek, fingerprintIn, storedIds } from '../helpers/store-keys';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import type { RotationRequest } from '../../src/rotation/rotation-input';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -15,6 +15,7 @@ import { TargetRuntimes } from '../../src/targets/runtime';
 import { runRotation } from '../helpers/rotation-run';
 import { lossyVaultProxy, readmePolicy, tokenWithPolicy, useVaultServers } from '../helpers/vault';
 import { destroyedAfterWindow, refusalOf, rotateUnderLiveWriter, seededKeyspace } from '../helpers/store-rotation';
+import { generateKek } from '../../src/keyring/keyring';
 
 const TENANTS = 1_000;
 /** The path the README's policy names. */
@@ -87,9 +88,9 @@ describe('Vault KV v2 key store against a real Vault server', () => {
 
         const fresh = VaultKvKeys.fromEnv(env);
         await fresh.reload();
-        expect(fresh.kekIds()).toEqual(['v2']);
-        expect(fresh.configuredCurrentKekId).toBe('v2');
-        expect(fresh.fingerprint('v2')).toBe((await registry().get('v2'))?.fingerprint);
+        expect(await storedIds(fresh)).toEqual(['v2']);
+        expect(fresh.configuredCurrent).toBe('v2');
+        expect(await fingerprintIn(fresh, 'v2')).toBe((await registry().get('v2'))?.fingerprint);
         const after = await dekFingerprints(servers.db.pool, fresh);
         for (const [tenantId, fingerprint] of before) expect(after.get(tenantId)).toBe(fingerprint);
         for (const [tenant, ciphertext] of writer.written)
@@ -100,7 +101,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
         const runtime = await new TargetRuntimes({ db: servers.db.pool, keys }).get();
         // Soft-deleted: no reader gets its bytes (Vault answers 404 for the version) until it is restored.
         await keys.reload();
-        expect(keys.has('v1')).toBe(false);
+        expect((await storedIds(keys)).includes('v1')).toBe(false);
         await restoreKek(runtime, 'v1', 'an old replica still reads v1', 'bob');
         expect(await statesOf(path)).toEqual({ 1: 'live', 2: 'live' });
         expect((await registry().get('v1'))?.state).toBe('decrypt_only');
@@ -119,7 +120,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
       await destroyedAfterWindow(onServers(), keys, destroyed, async () => {
         expect(await statesOf(path)).toEqual({ 1: 'destroyed', 2: 'live' });
         await keys.reload();
-        expect(keys.has('v1')).toBe(false);
+        expect((await storedIds(keys)).includes('v1')).toBe(false);
       });
     } finally {
       keys.close();
@@ -181,7 +182,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
       const metadata = await metadataOf(path);
       expect(metadata.current_version).toBe(2);
       expect(metadata.custom_metadata).toMatchObject({ 'rekey:kek:v2': '2', 'rekey:current': 'v2' });
-      expect((await registry().get('v2'))?.fingerprint).toBe(keys.fingerprint('v2'));
+      expect((await registry().get('v2'))?.fingerprint).toBe(await fingerprintIn(keys, 'v2'));
     } finally {
       keys.close();
       await proxy.close();
@@ -229,10 +230,10 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     const handMade = Buffer.alloc(32, 9).toString('base64url');
     await vaultRequest(servers.vault, 'POST', `secret/data/${path}`, { data: { value: handMade } });
     await auto.reload();
-    expect(auto.kekIds()).toEqual(['kv-v1']);
-    expect(auto.configuredCurrentKekId).toBe('kv-v1');
+    expect(await storedIds(auto)).toEqual(['kv-v1']);
+    expect(auto.configuredCurrent).toBe('kv-v1');
     await servers.db.pool.query('TRUNCATE rekey.tenant_deks, rekey.kek_events, rekey.keks, rekey.rewrap_progress');
-    await registry().seedActive('kv-v1', auto.fingerprint('kv-v1'));
+    await registry().seedActive('kv-v1', await fingerprintIn(auto, 'kv-v1'));
     await seedTenants({ db: servers.db.pool, keys: auto, kekId: 'kv-v1', count: 20 });
     const before = await dekFingerprints(servers.db.pool, auto);
     const report = await rotate(createActivities({ db: servers.db.pool, keys: auto }), {
@@ -262,7 +263,7 @@ describe('Vault KV v2 key store against a real Vault server', () => {
     const keys = VaultKvKeys.fromEnv(env);
     try {
       expect(await keys.ownerOf('v1')).toBeUndefined();
-      await keys.generate('v1', { owner: 'db-1/rekey.tenant_deks' });
+      await generateKek(keys, 'v1', { owner: 'db-1/rekey.tenant_deks' });
       expect(await keys.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
       await keys.adopt('db-2/public.tenant');
       expect(await keys.ownerOf('v1')).toBe('db-1/rekey.tenant_deks');
@@ -272,9 +273,11 @@ describe('Vault KV v2 key store against a real Vault server', () => {
         data: { value: Buffer.alloc(32, 3).toString('base64url') },
       });
       await expect(handMade.adopt('db-1/rekey.tenant_deks', [])).rejects.toThrow(KeyStoreRefusedError);
-      await expect(handMade.adopt('db-1/rekey.tenant_deks', [])).rejects.toThrow(/rekey keys claim kv-v1 --fingerprint/);
+      await expect(handMade.adopt('db-1/rekey.tenant_deks', [])).rejects.toThrow(
+        /rekey keys claim kv-v1 --fingerprint/,
+      );
       expect((await metadataOf(handMade.path)).custom_metadata?.['rekey:keyspace']).toBeUndefined();
-      const fingerprint = handMade.fingerprint('kv-v1');
+      const fingerprint = await fingerprintIn(handMade, 'kv-v1');
       await handMade.adopt('db-1/rekey.tenant_deks', [{ kekId: 'kv-v1', fingerprint, state: 'active' }]);
       expect((await metadataOf(handMade.path)).custom_metadata).toEqual({ 'rekey:keyspace': 'db-1/rekey.tenant_deks' });
       handMade.close();

@@ -13,6 +13,8 @@ import {
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn, rotatedRegistry } from '../helpers/keyring';
 import { readmePolicy, tokenWithPolicy } from '../helpers/vault';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 const KEYSPACE_A = 'db-a/public.tenant_deks';
 const KEYSPACE_B = 'db-b/public.tenant_deks';
@@ -59,10 +61,10 @@ describe('the owner record of a Vault Transit key', () => {
     const key = `rekey-${randomUUID()}`;
     // A key made before owner records (no owner given), as existing deployments have.
     const made = VaultTransitKeys.fromEnv(envFor(key));
-    await made.generate('v1');
+    await generateKek(made, 'v1');
     const [storeA, storeB] = [VaultTransitKeys.fromEnv(envFor(key)), VaultTransitKeys.fromEnv(envFor(key))];
     // Each registry records v1 (each application's first start seeded it): each may take the key, and one does.
-    const recorded = [{ kekId: 'v1', fingerprint: made.fingerprint('v1'), state: 'active' as const }];
+    const recorded = [{ kekId: 'v1', fingerprint: await fingerprintIn(made, 'v1'), state: 'active' as const }];
     await Promise.all([storeA.adopt(KEYSPACE_A, recorded), storeB.adopt(KEYSPACE_B, recorded)]);
     const record = await recordOf(key);
     expect(record.metadata.version).toBe(1);
@@ -70,9 +72,9 @@ describe('the owner record of a Vault Transit key', () => {
     expect([KEYSPACE_A, KEYSPACE_B]).toContain(owner);
     const [loser, loserKeyspace] = owner === KEYSPACE_A ? [storeB, KEYSPACE_B] : [storeA, KEYSPACE_A];
 
-    const refused = loser.generate('v2', { owner: loserKeyspace });
+    const refused = generateKek(loser, 'v2', { owner: loserKeyspace });
     await expect(refused).rejects.toThrow(KeyspaceMismatchError);
-    await expect(loser.generate('v2', { owner: loserKeyspace })).rejects.toThrow(
+    await expect(generateKek(loser, 'v2', { owner: loserKeyspace })).rejects.toThrow(
       `records keyspace ${owner} as its owner`,
     );
     expect((await keyState(key)).latest_version).toBe(1);
@@ -82,8 +84,8 @@ describe('the owner record of a Vault Transit key', () => {
   it('a keyspace that is not the recorded owner is refused restore (min_decryption_version is not lowered) and destroy (nothing trimmed), naming the owner', async () => {
     const key = `rekey-${randomUUID()}`;
     const owner = VaultTransitKeys.fromEnv(envFor(key));
-    await owner.generate('v1', { owner: KEYSPACE_A });
-    await owner.generate('v2', { owner: KEYSPACE_A });
+    await generateKek(owner, 'v1', { owner: KEYSPACE_A });
+    await generateKek(owner, 'v2', { owner: KEYSPACE_A });
     // The owner retired v1 in Vault; keyspace B's registry (another database) holds v1 retired too.
     const recordsA = await rotatedOn(dbA.pool, owner);
     const registryB = await rotatedOn(dbB.pool, owner);
@@ -105,19 +107,19 @@ describe('the owner record of a Vault Transit key', () => {
   it('a key no keyspace has claimed is not retired (fail closed), neither at the store nor through the keyring, whose registry is left unwritten, saying how to claim it', async () => {
     const key = `rekey-${randomUUID()}`;
     const store = VaultTransitKeys.fromEnv(envFor(key));
-    await store.generate('v1');
-    await store.generate('v2');
+    await generateKek(store, 'v1');
+    await generateKek(store, 'v2');
     const records = [
-      { kekId: 'v1', fingerprint: store.fingerprint('v1'), state: 'retired' as const },
-      { kekId: 'v2', fingerprint: store.fingerprint('v2'), state: 'active' as const },
+      { kekId: 'v1', fingerprint: await fingerprintIn(store, 'v1'), state: 'retired' as const },
+      { kekId: 'v2', fingerprint: await fingerprintIn(store, 'v2'), state: 'active' as const },
     ];
     await expect(store.retire('v1', records)).rejects.toThrow(KeyStoreRefusedError);
     await expect(store.retire('v1', records)).rejects.toThrow(/has no owner record .*rekey keys claim/);
     // Through the keyring (a rotation an older build started, retiring on this build): refused before the registry
     // is written, so registry and Vault stay as they were.
     const registry = await rotatedRegistry(dbA.pool, 'unclaimed', {
-      v1: store.fingerprint('v1'),
-      v2: store.fingerprint('v2'),
+      v1: await fingerprintIn(store, 'v1'),
+      v2: await fingerprintIn(store, 'v2'),
     });
     const keyring = keyringFor(dbA.pool, store, KEYSPACE_A, registry.target);
     await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
@@ -131,8 +133,8 @@ describe('the owner record of a Vault Transit key', () => {
   it('rekey keys claim records the keyspace on a Transit key made before owner records, only for the key its fingerprint names; another keyspace is then refused', async () => {
     const key = `rekey-${randomUUID()}`;
     const store = VaultTransitKeys.fromEnv(envFor(key));
-    await store.generate('v1');
-    const fingerprint = store.fingerprint('v1');
+    await generateKek(store, 'v1');
+    const fingerprint = await fingerprintIn(store, 'v1');
     await expect(store.claimKey('v1', `${fingerprint}0`, KEYSPACE_A)).rejects.toThrow(KekFingerprintMismatchError);
     expect(await store.recordedOwner()).toBeUndefined();
     expect(await store.claimKey('v1', fingerprint, KEYSPACE_A)).toBe('claimed');

@@ -14,6 +14,8 @@ import { DekUnwrapError } from '../../src/errors';
 import { runRotation } from '../helpers/rotation-run';
 import { lossyVaultProxy, readmePolicy, tokenWithPolicy, useVaultServers } from '../helpers/vault';
 import { destroyedAfterWindow, freshKeyspace, refusalOf, rotateUnderLiveWriter } from '../helpers/store-rotation';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 const TENANTS = 600;
 /** The key the README's policy names. */
@@ -165,7 +167,7 @@ describe('Vault Transit key store against a real Vault server', () => {
   it("a DEK copied into another tenant's row opens under no context but its own: the derived key binds it to its tenant, in decrypt and in rewrap alike", async () => {
     const { keys, deks } = await keyspace();
     try {
-      await keys.generate('v2');
+      await generateKek(keys, 'v2');
       const { rows } = await servers.db.pool.query<{ wrapped_dek: Buffer }>(
         'SELECT wrapped_dek FROM rekey.tenant_deks WHERE tenant_id = $1',
         [tenantAt(1)],
@@ -255,8 +257,10 @@ describe('Vault Transit key store against a real Vault server', () => {
     const keys = VaultTransitKeys.fromEnv({ ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key });
     try {
       // Made for one keyspace, which its owner record names (retire and trim touch no key without one).
-      for (const kekId of ['v1', 'v2', 'v3']) await keys.generate(kekId, { owner: 'trim-test/public.tenant_deks' });
-      const record = (kekId: string, state: KekState) => ({ kekId, fingerprint: keys.fingerprint(kekId), state });
+      for (const kekId of ['v1', 'v2', 'v3']) await generateKek(keys, kekId, { owner: 'trim-test/public.tenant_deks' });
+      const fingerprints = new Map<string, string>();
+      for (const kekId of ['v1', 'v2', 'v3']) fingerprints.set(kekId, await fingerprintIn(keys, kekId));
+      const record = (kekId: string, state: KekState) => ({ kekId, fingerprint: fingerprints.get(kekId)!, state });
       const [v1, v2, v3] = [record('v1', 'retired'), record('v2', 'retired'), record('v3', 'active')];
       await keys.retire('v1', [v1, record('v2', 'decrypt_only'), v3]);
       await keys.retire('v2', [v1, v2, v3]);

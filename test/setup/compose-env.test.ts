@@ -15,6 +15,7 @@ import { projectRoot } from '../../src/project-paths';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { createDevServerEnv, within } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 /** The minimal .env of the compose file's header: one KEK, its id, the admin token, the database password. */
 const DOT_ENV = {
@@ -111,7 +112,7 @@ describe('the compose services, started with exactly their compose environment',
       expect(metrics.status).toBe(200);
       expect(await metrics.text()).toContain('rekey_deks_rewrapped_total');
       // It is part of the fleet of rekey's own table, with the fingerprint of the one key it holds.
-      const fingerprint = new EnvKeyProvider(DOT_ENV, 'REKEY').fingerprint('v1');
+      const fingerprint = await fingerprintIn(new EnvKeyProvider(DOT_ENV, 'REKEY'), 'v1');
       const fleet = await new AppInstances(db.pool, 'rekey').live(60_000);
       expect(fleet).toEqual([
         expect.objectContaining({ role: 'worker', unwrapKekIds: ['v1'], kekFingerprints: { v1: fingerprint } }),

@@ -10,6 +10,7 @@ import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { REKEY_PRESET } from '../../src/targets/presets';
 import { useTestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const keys = testKeys(['v1', 'v2'], 'v1');
 
@@ -32,14 +33,12 @@ async function store(db: { pool: Pool }): Promise<TargetStore> {
 
 /** One row per awkward id on `v1`, each wrapped DEK holding every byte value, each version beyond 2^53. */
 async function seedAwkward(pool: Pool): Promise<void> {
-  await new KekRegistry(pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+  await new KekRegistry(pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
   for (const [i, id] of AWKWARD_IDS.entries()) {
-    await pool.query('INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek, version) VALUES ($1, $2, $3, $4)', [
-      id,
-      'v1',
-      Buffer.concat([EVERY_BYTE, Buffer.from([i])]),
-      9_007_199_254_740_993n + BigInt(i),
-    ]);
+    await pool.query(
+      'INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek, version) VALUES ($1, $2, $3, $4)',
+      [id, 'v1', Buffer.concat([EVERY_BYTE, Buffer.from([i])]), 9_007_199_254_740_993n + BigInt(i)],
+    );
   }
 }
 
@@ -182,7 +181,7 @@ describe('the batch compare-and-swap', () => {
   it('writes the rows still as read, returns the ones another writer changed, and never writes a row outside the first and last id it was given', async () => {
     const s = await store(db);
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-    await registry.register('v2', keys.fingerprint('v2'));
+    await registry.register('v2', await fingerprintIn(keys, 'v2'));
     await registry.promote('v1', 'v2');
     const rows = await s.readBatch(db.pool, { kind: 'label', kekId: 'v1' }, { after: '', until: null }, 100);
     expect(rows.length).toBe(AWKWARD_IDS.length);
@@ -219,7 +218,7 @@ describe('the batch compare-and-swap built from columns', () => {
   it('writes every byte value into the rows still as read, counts the relabelled ones with their progress in the same statement, and returns the ones another writer changed', async () => {
     const s = await store(db);
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-    await registry.register('v2', keys.fingerprint('v2'));
+    await registry.register('v2', await fingerprintIn(keys, 'v2'));
     await registry.promote('v1', 'v2');
     await db.pool.query(
       `INSERT INTO rekey.rewrap_progress (target, progress_key, cursor) VALUES ('rekey', 'columns/slice-0', '')`,

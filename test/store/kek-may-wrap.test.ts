@@ -11,7 +11,7 @@ import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { testKeys } from '../helpers/keys';
-import { wrapUnder } from '../helpers/store-keys';
+import { wrapUnder, fingerprintIn } from '../helpers/store-keys';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
 const WRAPPED = Buffer.alloc(60, 7);
@@ -20,7 +20,7 @@ async function withDatabase(fn: (db: TestDatabase, registry: KekRegistry) => Pro
   const db = await createTestDatabase();
   try {
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-    await registry.seedActive('v1', keys.fingerprint('v1'));
+    await registry.seedActive('v1', await fingerprintIn(keys, 'v1'));
     await fn(db, registry);
   } finally {
     await db.drop();
@@ -51,9 +51,9 @@ async function blockedOnLock(db: Pool): Promise<void> {
 
 async function registryInState(registry: KekRegistry): Promise<void> {
   // v1 decrypt-only, v2 active, v3 provisioned: a rotation v1 → v2 after promotion, with a next KEK provisioned.
-  await registry.register('v2', keys.fingerprint('v2'));
+  await registry.register('v2', await fingerprintIn(keys, 'v2'));
   await registry.promote('v1', 'v2');
-  await registry.register('v3', keys.fingerprint('v3'));
+  await registry.register('v3', await fingerprintIn(keys, 'v3'));
 }
 
 describe('Finding 2: the database refuses a DEK written under a KEK that may not wrap', () => {
@@ -111,7 +111,7 @@ describe('Finding 2: the database refuses a DEK written under a KEK that may not
 
   it('a write that stalled across a retirement waits for it and is then refused', () =>
     withDatabase(async (db, registry) => {
-      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.register('v2', await fingerprintIn(keys, 'v2'));
       await registry.promote('v1', 'v2');
       // Retirement holds v1's registry row, as retireKek does, while a stalled request's insert under v1 arrives.
       const retire = await db.pool.connect();
@@ -141,7 +141,7 @@ describe('Finding 2: the database refuses a DEK written under a KEK that may not
           'v1',
           await wrapUnder(keys, 'v1', 'early', Buffer.alloc(32, 1)),
         ]);
-        await registry.register('v2', keys.fingerprint('v2'));
+        await registry.register('v2', await fingerprintIn(keys, 'v2'));
         const promoted = registry.promote('v1', 'v2');
         await blockedOnLock(db.pool);
         await writer.query('COMMIT');
@@ -161,7 +161,7 @@ describe('Finding 2: the database refuses a DEK written under a KEK that may not
       const app = new TenantCrypto({ db: db.pool, keys, registryTtlMs: 3_600_000, warn: (m) => warnings.push(m) });
       await app.start();
       try {
-        await registry.register('v2', keys.fingerprint('v2'));
+        await registry.register('v2', await fingerprintIn(keys, 'v2'));
         await registry.promote('v1', 'v2');
         await registry.transition('v1', 'retired');
 

@@ -12,6 +12,7 @@ import { engineFor } from '../../src/dev/engine';
 import { testKeys } from '../helpers/keys';
 import { within } from '../helpers/temporal';
 import { startLiveWriter } from '../helpers/live-writer';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const keys = testKeys(['v1', 'v2', 'v3'], 'v1');
 const fullRange = {
@@ -121,7 +122,7 @@ describe('rewrapSlice', () => {
   it('a corrupt DEK is reported with its tenant and reason, and left untouched', () =>
     withDatabase(async (db) => {
       await seedPast(db.pool, { keys, kekId: 'v1', count: 50 });
-      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
       await db.pool.query(
         `UPDATE rekey.tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000007'`,
       );

@@ -12,6 +12,7 @@ import { TenantDekStore } from '../../src/store/tenant-deks';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { createTestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const TENANTS = 2_000;
 
@@ -21,9 +22,9 @@ describe('the rewrapSlice activity in a MockActivityEnvironment', () => {
     const keys = testKeys(['v1', 'v2'], 'v1');
     try {
       const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-      await registry.seedActive('v1', keys.fingerprint('v1'));
+      await registry.seedActive('v1', await fingerprintIn(keys, 'v1'));
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: TENANTS });
-      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.register('v2', await fingerprintIn(keys, 'v2'));
       await registry.promote('v1', 'v2');
       const metrics = new RekeyMetrics();
       const activities = createActivities({ db: db.pool, keys, metrics });
@@ -78,12 +79,12 @@ describe('the rewrapSlice activity in a MockActivityEnvironment', () => {
     const keys = testKeys(['v1', 'v2'], 'v1');
     try {
       const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-      await registry.seedActive('v1', keys.fingerprint('v1'));
+      await registry.seedActive('v1', await fingerprintIn(keys, 'v1'));
       await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 300 });
       await db.pool.query(
         `UPDATE rekey.tenant_deks SET wrapped_dek = set_byte(wrapped_dek, 30, get_byte(wrapped_dek, 30) # 1) WHERE tenant_id = 'tenant-00000042'`,
       );
-      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.register('v2', await fingerprintIn(keys, 'v2'));
       await registry.promote('v1', 'v2');
       const metrics = new RekeyMetrics();
       const activities = createActivities({ db: db.pool, keys, metrics });

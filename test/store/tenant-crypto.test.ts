@@ -6,6 +6,7 @@ import { TenantDekStore } from '../../src/store/tenant-deks';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { createTestDatabase, useTestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
+import { fingerprintIn } from '../helpers/store-keys';
 
 describe('application API (TenantCrypto)', () => {
   const db = useTestDatabase();
@@ -21,7 +22,7 @@ describe('application API (TenantCrypto)', () => {
       expect((await new TenantDekStore(db.pool).find('acme'))?.kekId).toBe('v1');
 
       const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.register('v2', await fingerprintIn(keys, 'v2'));
       await registry.promote('v1', 'v2');
       await new Promise((resolve) => setTimeout(resolve, 120));
 
@@ -123,7 +124,7 @@ describe('application API (TenantCrypto)', () => {
     try {
       await app.start();
       const registry = new KekRegistry(fresh.pool, BUILTIN_TARGET);
-      await registry.register('v2', keys.fingerprint('v2'));
+      await registry.register('v2', await fingerprintIn(keys, 'v2'));
       const { rows } = await fresh.pool.query<{ kek_id: string; event: string; actor: string }>(
         'SELECT kek_id, event, actor FROM rekey.kek_events WHERE target = $1 ORDER BY id',
         [BUILTIN_TARGET],

@@ -13,6 +13,7 @@ import { createDevServerEnv } from '../helpers/temporal';
 import { rotationWorkflowId } from '../../src/rotation/identity';
 import { keyspaceIn } from '../helpers/keyspace';
 import { RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -27,7 +28,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 4_000 });
     served = await serveWorker(env, { taskQueue: 'rekey-admin-test', db: db.pool, keys });
     // As after the runbook's step 2: the configuration already names v2 as current.
@@ -227,7 +228,7 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
       target: 'rekey',
       kek_id: 'v1',
       state: 'decrypt_only',
-      fingerprint: keys.fingerprint('v1'),
+      fingerprint: await fingerprintIn(keys, 'v1'),
       actor: 'alice',
       // The environment is read-only to rekey: the answer says what the operator sets again.
       operator_must:

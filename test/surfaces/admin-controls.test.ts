@@ -15,6 +15,7 @@ import { createTestKeys } from '../helpers/keys';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { rotationIdIn } from '../helpers/keyspace';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const TOKEN = 'controls-token-0123456789';
 const taskQueue = 'rekey-admin-controls';
@@ -34,7 +35,7 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 500 });
     served = await serveWorker(env, { taskQueue, db: db.pool, keys });
     rotationId = await rotationIdIn(db.pool);
@@ -80,7 +81,7 @@ describe('the admin API has what the CLI has, against the dev server and Postgre
       instanceId: 'gw-old',
       unwrapKekIds: ['v1'],
       wrapKekId: 'v1',
-      kekFingerprints: { v1: keys.fingerprint('v1') },
+      kekFingerprints: { v1: await fingerprintIn(keys, 'v1') },
     });
     const started = await post('/admin/v1/secrets/rotate-all', { from: 'v1', to: 'v2', grace_period: '1s' });
     expect(started.statusCode).toBe(202);

@@ -16,6 +16,8 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { createDevServerEnv, type OwnServerEnvironment } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 /** How the admin API's connections are told from the worker's and the test's in pg_stat_activity. */
 const APP_NAME = `rekey-admin-${randomBytes(4).toString('hex')}`;
@@ -58,9 +60,9 @@ describe('the admin API when PostgreSQL ends its connections', () => {
     db = await createTestDatabase();
     const keyringFile = path.join(scratch, 'keyring.json');
     keys = FileKeyring.open(keyringFile, { create: true });
-    await keys.generate('v1');
-    await keys.generate('v2');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await generateKek(keys, 'v1');
+    await generateKek(keys, 'v2');
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 50 });
     const taskQueue = `admin-db-${randomBytes(4).toString('hex')}`;
     served = await serveWorker(env, { taskQueue, db: db.pool, keys, temporal: true });

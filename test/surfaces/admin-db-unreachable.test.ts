@@ -17,6 +17,7 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { eventually, within } from '../helpers/eventually';
 import { createTestKeys } from '../helpers/keys';
 import { createDevServerEnv, type OwnServerEnvironment } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const TOKEN = randomBytes(24).toString('hex');
 /** "At once": well inside a request's patience, on a loaded machine (the silent case includes a 2 s connect bound). */
@@ -103,7 +104,7 @@ describe('the admin API when its database is unreachable', () => {
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
     const database = new URL(db.url).pathname.slice(1);
     await db.pool.query(`CREATE ROLE ${role} LOGIN PASSWORD '${password}'`);
     for (const grant of [

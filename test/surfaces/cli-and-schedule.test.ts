@@ -19,6 +19,8 @@ import { eventually } from '../helpers/eventually';
 import { rotationIdIn } from '../helpers/keyspace';
 import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
 import { createDevServerEnv, progressUntil, resultWithin } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 const TENANTS = 3_000;
 
@@ -209,8 +211,8 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       if (kek.state === 'decrypt_only' && (await deks.countOnKek(kek.kekId)) > 0) unfinished = kek.kekId;
     }
     if (unfinished === undefined) {
-      const next = await keyring.generate();
-      await registry.register(next, keyring.fingerprint(next));
+      const { kekId: next } = await generateKek(keyring);
+      await registry.register(next, await fingerprintIn(keyring, next));
       await registry.promote(active, next);
       [unfinished, active] = [active, next];
     }
@@ -341,7 +343,7 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       const fleet = await new AppInstances(db.pool, BUILTIN_TARGET).live(60_000);
       expect(fleet.find((i) => i.instanceId === 'gw-1')).toMatchObject({
         wrapKekId: to,
-        kekFingerprints: expect.objectContaining({ [to]: keyring.fingerprint(to) }) as unknown,
+        kekFingerprints: expect.objectContaining({ [to]: await fingerprintIn(keyring, to) }) as unknown,
       });
       const wrappedWithTo = async () =>
         Number(

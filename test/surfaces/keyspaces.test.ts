@@ -27,6 +27,8 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyspaceIn } from '../helpers/keyspace';
 import { eventually } from '../helpers/eventually';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 /** One deployment: its own database, keyring file and task queue, and a worker of its own on them. */
 interface Deployment {
@@ -50,9 +52,9 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
     const db = await createTestDatabase();
     const keyringFile = path.join(scratch, `${name}.json`);
     const keys = FileKeyring.open(keyringFile, { create: true });
-    await keys.generate('v1');
-    await keys.generate('v2');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await generateKek(keys, 'v1');
+    await generateKek(keys, 'v2');
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 200 });
     const taskQueue = `keyspaces-${name}`;
     const worker = await createWorker({

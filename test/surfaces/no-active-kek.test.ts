@@ -15,6 +15,7 @@ import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { createDevServerEnv } from '../helpers/temporal';
+import { generateKek } from '../../src/keyring/keyring';
 
 const TASK_QUEUE = 'no-active-kek';
 const TOKEN = 'no-active-kek-token-0123456789';
@@ -36,7 +37,7 @@ describe('a rotation of rekey’s own table before its application first started
     env = await createDevServerEnv();
     db = await createTestDatabase();
     keyring = FileKeyring.open(keyringFile, { create: true });
-    await keyring.generate('v1');
+    await generateKek(keyring, 'v1');
     targets = new TargetRuntimes({ db: db.pool, keys: keyring });
     served = await serveWorker(env, { taskQueue: TASK_QUEUE, db: db.pool, keys: keyring, targets });
     api = await served.adminApi(TOKEN);

@@ -20,6 +20,7 @@ import { keyringFor, nothingNeeded, RESTORES_AND_DESTRUCTIONS, TEST_KEYSPACE } f
 import { createTestKeys } from '../helpers/keys';
 import { createDevServerEnv, workflowBundle } from '../helpers/temporal';
 import { createWorker } from '../../src/worker';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const TOKEN = 'restore-test-token-0123456789abcdef';
 /** The environment driver's answer to a restore: what the operator sets again. */
@@ -39,7 +40,7 @@ describe("a restore in a store rekey may not write: the store's part is in the C
     env = await createDevServerEnv();
     db = await createTestDatabase();
     registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-    await registry.seedActive('v1', keys.provider.fingerprint('v1'));
+    await registry.seedActive('v1', await fingerprintIn(keys.provider, 'v1'));
     // Rotation v1 → v2 through the worker's keyring: v2 provisioned from the environment, promoted; v1 decrypt-only.
     keyring = keyringFor(db.pool, new EnvKeyProvider(keys.env, 'TEST'), TEST_KEYSPACE);
     await keyring.provision('v2', { generate: false });
@@ -95,7 +96,7 @@ describe("a restore in a store rekey may not write: the store's part is in the C
       target: 'rekey',
       kekId: 'v1',
       state: 'decrypt_only',
-      fingerprint: keys.provider.fingerprint('v1'),
+      fingerprint: await fingerprintIn(keys.provider, 'v1'),
       actor: 'alice',
       operatorMust: INSTRUCTION,
     });
@@ -113,7 +114,7 @@ describe("a restore in a store rekey may not write: the store's part is in the C
       target: 'rekey',
       kek_id: 'v1',
       state: 'decrypt_only',
-      fingerprint: keys.provider.fingerprint('v1'),
+      fingerprint: await fingerprintIn(keys.provider, 'v1'),
       actor: 'bob',
       operator_must: INSTRUCTION,
     });

@@ -15,6 +15,7 @@ import { createTestKeys } from '../helpers/keys';
 import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { createDevServerEnv, resultWithin, type OwnServerEnvironment } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const TOKEN = 'restore-window-token-0123456789';
 const taskQueue = 'rekey-restore-window-minimum';
@@ -59,7 +60,7 @@ describe('a restore window below the minimum (1d) is refused on every surface un
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.provider.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys.provider, 'v1'));
     await seedTenants({ db: db.pool, keys: keys.provider, kekId: 'v1', count: 50 });
     served = await serveWorker(env, { taskQueue, db: db.pool, keys: keys.provider });
     rotationId = await rotationIdIn(db.pool);

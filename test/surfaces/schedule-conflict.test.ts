@@ -16,6 +16,8 @@ import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { keyspaceIn } from '../helpers/keyspace';
 import { createDevServerEnv } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 interface Deployment {
   db: TestDatabase;
@@ -37,8 +39,8 @@ describe('schedule create where another keyspace of the namespace holds the sche
       const db = await createTestDatabase();
       const keyringFile = path.join(scratch, `${name}-keyring.json`);
       const keyring = FileKeyring.open(keyringFile, { create: true });
-      await keyring.generate('v1');
-      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
+      await generateKek(keyring, 'v1');
+      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keyring, 'v1'));
       const targets = new TargetRuntimes({ db: db.pool, keys: keyring });
       const taskQueue = `rekey-${name}`;
       const served = await serveWorker(env, { taskQueue, db: db.pool, keys: keyring, targets, temporal: true });

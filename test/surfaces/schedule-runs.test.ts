@@ -21,6 +21,8 @@ import { rotationIdIn } from '../helpers/keyspace';
 import { createTalosSchema } from '../helpers/talos';
 import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
 import { createDevServerEnv, resultWithin } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
+import { generateKek } from '../../src/keyring/keyring';
 
 describe('rotation schedules: refused at create when they cannot run, each run with its outcome', () => {
   let env: TestWorkflowEnvironment;
@@ -46,8 +48,8 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     db = await createTestDatabase();
     await createTalosSchema(db.pool);
     keyring = FileKeyring.open(keyringFile, { create: true });
-    await keyring.generate('v1');
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keyring.fingerprint('v1'));
+    await generateKek(keyring, 'v1');
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keyring, 'v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 200 });
     // rekey's own table with a keyring file (rekey generates KEKs there); Talos with its TALOS_KEK_<id> (it cannot).
     targets = new TargetRuntimes({
@@ -92,7 +94,7 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     const other = await createTestDatabase();
     try {
       const keys = testKeys(['v1']);
-      await new KekRegistry(other.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+      await new KekRegistry(other.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
       const validated = await createActivities({ db: other.pool, keys }).validateRotation({
         from: 'current',
         to: 'new',

@@ -13,6 +13,7 @@ import { createTestKeys } from '../helpers/keys';
 import { rotationIdIn } from '../helpers/keyspace';
 import { docSection } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 /** The `temporal …` lines of the guide's section on the plain temporal CLI (docs/04), continuation lines joined. */
 function readmeTemporalLines(): string[] {
@@ -43,14 +44,14 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
-    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', keys.fingerprint('v1'));
+    await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keys, 'v1'));
     await seedTenants({ db: db.pool, keys, kekId: 'v1', count: 20_000 });
     // An instance that does not hold 'v2' yet: the run waits at the fleet gate, which the README's override lets go.
     await new AppInstances(db.pool, BUILTIN_TARGET).announce({
       instanceId: 'old-pod',
       unwrapKekIds: ['v1'],
       wrapKekId: 'v1',
-      kekFingerprints: { v1: keys.fingerprint('v1') },
+      kekFingerprints: { v1: await fingerprintIn(keys, 'v1') },
     });
     worker = await createWorker({
       connection: env.nativeConnection,

@@ -22,6 +22,7 @@ import { createMyceliumSchema, kekOf, seedMyceliumTenants, unwrapDek as mycelium
 import { createTalosSchema, decryptSecret, seedSecrets, type StoredSecret } from '../helpers/talos';
 import { wrapRekeyDek } from '../helpers/rekey-format';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { fingerprintIn } from '../helpers/store-keys';
 
 /** Good rows labelled `to`: far more than verify's sample of 200, so that a sample all but never meets the bad row. */
 const GOOD_ON_TO = 10_000;
@@ -79,7 +80,7 @@ describe("verify fails a rotation, before grace and retire, on a row labelled 't
     const db = await createTestDatabase();
     const { provider, env } = createTestKeys(['v1', 'v2'], 'v1');
     try {
-      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', provider.fingerprint('v1'));
+      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(provider, 'v1'));
       // The rotation moves every row to v2; rekey's table refuses a label its registry does not know, so the
       // application's bad write comes once v2 is active: just before verify, sealed under v1 (its AAD binds v1) and
       // labelled v2.

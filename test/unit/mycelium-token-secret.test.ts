@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { heldIds, keyringOver, resolveKek } from '../helpers/store-keys';
+import { heldIds, keyringOver, resolveKek, fingerprintIn } from '../helpers/store-keys';
 import { MyceliumTokenSecrets, myceliumKek } from '../../src/keyring/drivers/mycelium-token-secret';
 import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { MYCELIUM_PRESET } from '../../src/targets/presets';
@@ -72,7 +72,7 @@ describe('keys are trusted by fingerprint, not by name', () => {
     const registered = { fingerprint: 'kcv1:00000000000000000000000000000000' };
     await expect(resolveKek(mine, 'v2', registered)).rejects.toThrow(KekFingerprintMismatchError);
     await expect(resolveKek(mine, 'v2', registered)).rejects.toThrow(
-      `KEK 'v2' in the key provider has fingerprint ${mine.fingerprint('v2')}, but the registry recorded kcv1:00000000000000000000000000000000`,
+      `KEK 'v2' in the key provider has fingerprint ${await fingerprintIn(mine, 'v2')}, but the registry recorded kcv1:00000000000000000000000000000000`,
     );
   });
 

@@ -14,6 +14,7 @@ import { rotateKek } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { resultWithin, useTimeSkippingEnv } from '../helpers/temporal';
 import { rotationIdIn } from '../helpers/keyspace';
+import { fingerprintIn } from '../helpers/store-keys';
 
 /** The fixture's own 'v1', and a 'v2' of its own making: another key under the registered id. */
 function impostorKeys(fixture: RotationFixture): EnvKeyProvider {
@@ -40,13 +41,13 @@ describe('Finding 1: keys are trusted by fingerprint, not by id', () => {
     const impostor = impostorKeys(fixture);
     try {
       // 'v2' was registered (by a worker holding the real one); this worker holds a different 'v2'.
-      await new KekRegistry(fixture.db.pool, BUILTIN_TARGET).register('v2', fixture.keys.fingerprint('v2'));
+      await new KekRegistry(fixture.db.pool, BUILTIN_TARGET).register('v2', await fingerprintIn(fixture.keys, 'v2'));
       const activities = createActivities({ db: fixture.db.pool, keys: impostor });
       const message = await failureOf(
         fixture.execute(server.env, { from: 'v1', to: 'v2', gracePeriod: '1h' }, activities),
       );
-      expect(message).toContain(fixture.keys.fingerprint('v2'));
-      expect(message).toContain(impostor.fingerprint('v2'));
+      expect(message).toContain(await fingerprintIn(fixture.keys, 'v2'));
+      expect(message).toContain(await fingerprintIn(impostor, 'v2'));
       expect(await fixture.staleOn('v1')).toBe(500);
       expect(await fixture.kekState('v1')).toBe('active');
       expect(await fixture.kekState('v2')).toBe('provisioned');
@@ -74,7 +75,7 @@ describe('Finding 1: keys are trusted by fingerprint, not by id', () => {
       });
       expect(message).toMatch(/^fleet not ready after 1h 0m: 1 of 1 live instance\(s\) cannot unwrap with 'v2'/);
       expect(message).toContain(
-        `pod-with-other-v2 (holds ${impostor.fingerprint('v2')}, registry ${fixture.keys.fingerprint('v2')})`,
+        `pod-with-other-v2 (holds ${await fingerprintIn(impostor, 'v2')}, registry ${await fingerprintIn(fixture.keys, 'v2')})`,
       );
       expect(await fixture.kekState('v2')).toBe('provisioned');
       expect(await fixture.staleOn('v1')).toBe(100);
@@ -104,7 +105,7 @@ describe('Finding 1: keys are trusted by fingerprint, not by id', () => {
         return failureOf(resultWithin(handle));
       });
       expect(message).toContain(
-        `worker-other-host (holds ${impostor.fingerprint('v2')}, registry ${fixture.keys.fingerprint('v2')})`,
+        `worker-other-host (holds ${await fingerprintIn(impostor, 'v2')}, registry ${await fingerprintIn(fixture.keys, 'v2')})`,
       );
       expect(await fixture.kekState('v2')).toBe('provisioned');
       expect(await fixture.staleOn('v1')).toBe(100);

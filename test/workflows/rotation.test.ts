@@ -14,6 +14,7 @@ import { RotationFixture } from '../helpers/rotation-fixture';
 import { startLiveWriter } from '../helpers/live-writer';
 import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
+import { fingerprintIn } from '../helpers/store-keys';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -157,7 +158,7 @@ describe('rotateKek on the time-skipping server, with real activities on real Po
     beforeAll(async () => {
       fixture = await RotationFixture.create({ tenants: 10 });
       const registry = new KekRegistry(fixture.db.pool, BUILTIN_TARGET);
-      await registry.register('v3', fixture.keys.fingerprint('v3'));
+      await registry.register('v3', await fingerprintIn(fixture.keys, 'v3'));
       await registry.transition('v3', 'retired');
     });
     afterAll(async () => {

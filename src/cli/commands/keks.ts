@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { Command } from 'commander';
 import { EnvKeyProvider } from '../../keyring/drivers/env';
-import { nextKekId } from '../../keyring/local-keys';
+import { generateKek, nextStoredKekId } from '../../keyring/keyring';
 import { importKeks } from '../../keyring/import-keks';
 import type { StoreDriver } from '../../keyring/driver';
 import { rotationWorkflowId } from '../../rotation/identity';
@@ -11,7 +11,7 @@ import { formatDuration } from '../../rotation/durations';
 import type { KekRecord } from '../../store/kek-registry';
 import { targetOption, withContext } from '../options';
 import type { CliContext } from '../context';
-import { CliError, KeyspaceMismatchError, UnknownKekError } from '../../errors';
+import { CliError, KeyspaceMismatchError } from '../../errors';
 
 export function kekStatusCommand(): Command {
   return new Command('kek-status')
@@ -112,10 +112,6 @@ async function named(store: StoreDriver): Promise<{ kekId: string; fingerprint: 
     .sort((a, b) => (a.kekId < b.kekId ? -1 : a.kekId > b.kekId ? 1 : 0));
 }
 
-async function namedIds(store: StoreDriver): Promise<string[]> {
-  return (await named(store)).map((k) => k.kekId);
-}
-
 export function keysCommand(): Command {
   const keys = new Command('keys')
     .description(
@@ -134,7 +130,7 @@ export function keysCommand(): Command {
         const store = await context.keyStore(keys.opts<{ keyring?: string }>().keyring);
         try {
           // A store rekey may not write answers what the operator must do (OperatorMustActError: exit 2).
-          const id = options.id ?? nextKekId(await namedIds(store));
+          const id = options.id ?? (await nextStoredKekId(store));
           // KMS and Transit refuse a key no keyspace owns: the key is made with its keyspace recorded.
           const owner = store.ownerAtCreation
             ? await keyspaceOf(context, options.target, `rekey keys generate on ${store.description}`)
@@ -142,9 +138,7 @@ export function keysCommand(): Command {
           // A store whose one owner record covers every key (Vault KV, Secrets Manager) is written only by its keyspace.
           if (owner === undefined)
             await refuseAnotherKeyspace(context, store, [id], options.target, 'rekey keys generate');
-          await store.provision(id, owner === undefined ? {} : { owner });
-          const fingerprint = (await named(store)).find((k) => k.kekId === id)?.fingerprint;
-          if (fingerprint === undefined) throw new UnknownKekError(id, store.description);
+          const { fingerprint } = await generateKek(store, id, owner === undefined ? {} : { owner });
           context.print(
             {
               kekId: id,

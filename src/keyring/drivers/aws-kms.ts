@@ -128,6 +128,7 @@ function localKeysFromEnv(env: NodeJS.ProcessEnv): Pick<KmsSettings, 'localKeys'
  */
 export class KmsKeys extends RemoteKeysDriver {
   readonly description: string;
+  protected readonly product = 'AWS KMS';
   protected readonly kind = 'KMS';
   /** rekey's own DEK format, whose KMS form this store writes. */
   protected readonly codec: Codec = compileFormat(REKEY_DEK_FORMAT);
@@ -234,15 +235,15 @@ export class KmsKeys extends RemoteKeysDriver {
     this.configuredCurrentKekId = current === undefined ? undefined : byKeyId.get(current);
   }
 
-  has(kekId: string): boolean {
+  protected has(kekId: string): boolean {
     return this.keks.has(kekId);
   }
 
-  fingerprint(kekId: string): string {
+  protected fingerprint(kekId: string): string {
     return kmsFingerprint(this.kek(kekId).arn);
   }
 
-  held(): HeldKey[] {
+  protected held(): HeldKey[] {
     return [...this.keks].map(([kekId, kek]) => ({ kekId, fingerprint: kmsFingerprint(kek.arn) }));
   }
 
@@ -427,7 +428,7 @@ export class KmsKeys extends RemoteKeysDriver {
    * search reads the tags of every key the role sees, which in a large account takes longer than the step may. The
    * first KEK also gets the `current` alias, unless KEKs are moving in from a local source (promote names it).
    */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  protected async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const aliases = await this.aliases();
     const id = kekId ?? nextKekId([...aliases.keys()].map((alias) => alias.slice(this.aliasOf('').length)));
     if (!KMS_KEK_ID.test(id)) {

@@ -9,8 +9,8 @@ import {
   UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import { awsCall, awsClientConfig, awsFind } from '../aws';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import { awsCall, awsClientConfig, awsFind, awsRegion } from '../aws';
+import type { DestroyOutcome, ProcessStore, ProvisionOptions, RecordedKek } from '../driver';
 import { adoptIfRecorded, claimByFingerprint, refuseSeedUnlessOwned, storeScope } from '../owner-rule';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyStoreRefusedError } from '../../errors';
@@ -218,7 +218,7 @@ export class SecretsManagerKeys extends LocalKeysDriver {
    * the secret's first version (AWSCURRENT). Its VersionId comes from the KEK id, and a version already there under
    * that id is used as it is: a retried provision creates nothing.
    */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  private async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     await this.reload();
     const id = newKekId(kekId, [...this.versions.keys()], this.description);
     if (this.versions.has(id)) return id;
@@ -533,3 +533,22 @@ export class SecretsManagerKeys extends LocalKeysDriver {
     this.client.destroy();
   }
 }
+
+/**
+ * REKEY_KEY_PROVIDER=aws-secrets-manager: the secret REKEY_AWS_SECRET_ID names; `auto` picks it first, when
+ * AWS_REGION or AWS_DEFAULT_REGION is set.
+ */
+export const secretsManagerStore: ProcessStore<'aws-secrets-manager'> = {
+  value: 'aws-secrets-manager',
+  auto: {
+    order: 1,
+    variables: ['AWS_REGION', 'AWS_DEFAULT_REGION'],
+    why: (env) =>
+      awsRegion(env) ? `${env.AWS_REGION?.trim() ? 'AWS_REGION' : 'AWS_DEFAULT_REGION'} is set` : undefined,
+  },
+  open: ({ env }) => SecretsManagerKeys.fromEnv(env),
+  reads: (env) => {
+    const secret = env.REKEY_AWS_SECRET_ID?.trim();
+    return secret ? [{ key: `aws-secrets-manager ${secret}`, what: `AWS Secrets Manager secret '${secret}'` }] : [];
+  },
+};

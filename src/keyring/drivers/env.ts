@@ -1,4 +1,12 @@
-import { refuseClaim, refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
+import {
+  refuseClaim,
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProcessStore,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreName,
+} from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver } from '../local-keys';
 import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
@@ -130,3 +138,15 @@ export class EnvKeyProvider extends LocalKeysDriver {
     }
   }
 }
+
+/** The environment variables `<prefix>_KEK_<id>`, as targets' stores are compared. */
+export function envStoreName(prefix: string): StoreName {
+  return { key: `env ${prefix}`, what: `the environment variables ${prefix}_KEK_<id>` };
+}
+
+/** REKEY_KEY_PROVIDER=env (the default): REKEY_KEK_<id> (or REKEY_ENV_PREFIX's) and REKEY_CURRENT_KEK_ID. */
+export const envStore: ProcessStore<'env'> = {
+  value: 'env',
+  open: ({ env }) => new EnvKeyProvider(env),
+  reads: (env) => [envStoreName(env.REKEY_ENV_PREFIX || 'REKEY')],
+};

@@ -3,7 +3,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import { refuseClaim, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
+import {
+  refuseClaim,
+  type DestroyOutcome,
+  type ProcessStore,
+  type ProcessStoreContext,
+  type ProvisionOptions,
+  type RecordedKek,
+  type StoreName,
+} from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
 
@@ -117,7 +125,7 @@ export class FileKeyring extends LocalKeysDriver {
   }
 
   /** Adds a new random KEK to the file (ids v1, v2, ... by default), owned by `options.owner` if given, and loads it. */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  private async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     const updated = await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const id = newKekId(
@@ -310,3 +318,33 @@ async function withLock<T>(file: string, fn: () => T): Promise<T> {
     fs.rmSync(lock, { force: true });
   }
 }
+
+/** The keyring file a process reads (REKEY_KEYRING_FILE, or --keyring), or a KeyMaterialError saying to name it. */
+export function keyringFileOf(context: ProcessStoreContext): string {
+  if (!context.keyringFile) {
+    throw new KeyMaterialError('REKEY_KEYRING_FILE must name the keyring file', 'REKEY_KEYRING_FILE');
+  }
+  return context.keyringFile;
+}
+
+/** A keyring file by its real path (as given while it does not exist), as targets' stores are compared. */
+export function fileStoreName(file: string): StoreName {
+  let resolved = path.resolve(file);
+  try {
+    resolved = fs.realpathSync(resolved);
+  } catch {
+    // not there yet: its path as given
+  }
+  return { key: `file ${resolved}`, what: `the keyring file ${resolved}` };
+}
+
+/** REKEY_KEY_PROVIDER=file: the keyring file REKEY_KEYRING_FILE names, created if absent; `auto`'s fallback. */
+export const fileStore: ProcessStore<'file'> = {
+  value: 'file',
+  auto: { order: 3, variables: [] },
+  open: (context) => FileKeyring.open(keyringFileOf(context), { create: true }),
+  reads: (env) => {
+    const file = env.REKEY_KEYRING_FILE?.trim();
+    return file ? [fileStoreName(file)] : [];
+  },
+};

@@ -6,24 +6,22 @@
 // one then moves every DEK into KMS (Encrypt), while the application reads each row with whichever KEK its label
 // names; later rotations are between KMS keys (ReEncrypt) and never see a plaintext DEK.
 import type { Codec } from '../../codec/sealed-format';
-import { sharedRowCrypto, type RowCrypto } from '../../crypto/row-crypto';
-import type { RowKek } from '../../rewrap/rewrap-rows';
-import { keyArnOf, type KmsKeys } from './aws-kms';
-import { LocalCipher, type DekCipher } from '../cipher';
+import { keyArnOf, KmsKeys } from './aws-kms';
+import { EnvKeyProvider, envStore } from './env';
+import { FileKeyring, fileStore, keyringFileOf } from './file';
+import type { DekCipher } from '../cipher';
 import {
   refuseKeyBytes,
   type DestroyOutcome,
+  type ProcessStore,
   type ProvisionOptions,
   type RecordedKek,
   type StoreDriver,
   type StoredKek,
 } from '../driver';
-import type { HeldKey, LocalKeysDriver } from '../local-keys';
+import type { LocalKeysDriver } from '../local-keys';
 import { requireOwnForm } from '../remote-keys';
-import { ConfigError, KeyMaterialError, OperatorMustActError } from '../../errors';
-
-const OUT_OF_KMS =
-  'rekey moves KEKs into AWS KMS, not out of it: rotate to a KMS KEK (to: new), or run without REKEY_KEY_PROVIDER=aws-kms';
+import { KeyMaterialError, OperatorMustActError } from '../../errors';
 
 export class KmsWithLocalKeys implements StoreDriver {
   readonly description: string;
@@ -31,7 +29,6 @@ export class KmsWithLocalKeys implements StoreDriver {
   readonly makesKeks = true;
   /** New KEKs are KMS keys, which carry their keyspace from creation. */
   readonly ownerAtCreation = true;
-  rows: () => RowCrypto = sharedRowCrypto;
 
   constructor(
     readonly kms: KmsKeys,
@@ -41,32 +38,22 @@ export class KmsWithLocalKeys implements StoreDriver {
   }
 
   /** The KMS `current` alias once there is one; until then, what the local source names. */
-  get configuredCurrentKekId(): string | undefined {
-    return this.kms.configuredCurrentKekId ?? this.local.configuredCurrentKekId;
-  }
-
-  inKms(kekId: string): boolean {
-    return this.kms.has(kekId);
-  }
-
-  /** The store that holds `kekId`: KMS for its keys, the local source for the rest. */
-  private of(kekId: string): KmsKeys | LocalKeysDriver {
-    return this.inKms(kekId) ? this.kms : this.local;
-  }
-
   get configuredCurrent(): string | undefined {
-    return this.configuredCurrentKekId;
+    return this.kms.configuredCurrent ?? this.local.configuredCurrent;
+  }
+
+  /** The store that holds `kekId` (as last read): KMS for its keys, the local source for the rest. */
+  private async of(kekId: string): Promise<KmsKeys | LocalKeysDriver> {
+    return (await this.kms.list()).some((k) => k.kekId === kekId) ? this.kms : this.local;
   }
 
   async list(): Promise<StoredKek[]> {
     return [...(await this.kms.list()), ...(await this.local.list())];
   }
 
-  /** A KMS key's cipher asks KMS; a local KEK's holds its bytes. */
+  /** A KMS key's cipher asks KMS; a local KEK's is its own store's, over its bytes. */
   cipher(kek: { kekId: string; fingerprint: string }): DekCipher | undefined {
-    if (keyArnOf(kek.fingerprint) !== undefined) return this.kms.cipher(kek);
-    const key = this.local.copyByFingerprint(kek.fingerprint);
-    return key && new LocalCipher(kek.kekId, kek.fingerprint, key, this.description, this.rows);
+    return keyArnOf(kek.fingerprint) !== undefined ? this.kms.cipher(kek) : this.local.cipher(kek);
   }
 
   /** Takes no key bytes: `rekey keys import` is refused, saying where to import. */
@@ -84,8 +71,8 @@ export class KmsWithLocalKeys implements StoreDriver {
   }
 
   /** Each KEK's owner as its own store records it (the environment records none). */
-  ownerOf(kekId: string): Promise<string | undefined> {
-    return this.of(kekId).ownerOf(kekId);
+  async ownerOf(kekId: string): Promise<string | undefined> {
+    return (await this.of(kekId)).ownerOf(kekId);
   }
 
   async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
@@ -98,12 +85,16 @@ export class KmsWithLocalKeys implements StoreDriver {
    * keyring file refuses one it records as another keyspace's; the environment records no owner).
    */
   async refuseSeed(kekId: string, keyspace: string): Promise<void> {
-    await this.of(kekId).refuseSeed(kekId, keyspace);
+    await (await this.of(kekId)).refuseSeed(kekId, keyspace);
   }
 
   async reload(): Promise<void> {
     await Promise.all([this.kms.reload(), this.local.reload()]);
-    const both = this.kms.kekIds().filter((kekId) => this.local.has(kekId));
+    const local = new Set((await this.local.list()).map((k) => k.kekId));
+    const both = (await this.kms.list())
+      .map((k) => k.kekId!)
+      .filter((kekId) => local.has(kekId))
+      .sort();
     if (both.length > 0) {
       throw new KeyMaterialError(
         `KEK id(s) ${both.map((id) => `'${id}'`).join(', ')} name both a KMS key (${this.kms.description}) and a key in ${this.local.description}: a KEK id names one key; remove the local one once no row uses it`,
@@ -112,79 +103,10 @@ export class KmsWithLocalKeys implements StoreDriver {
     }
   }
 
-  // ---- What the driver read, by the stores' own names (as of the last reload) ----
-
-  kekIds(): string[] {
-    return [...this.kms.kekIds(), ...this.local.kekIds()].sort();
-  }
-  has(kekId: string): boolean {
-    return this.kms.has(kekId) || this.local.has(kekId);
-  }
-  fingerprint(kekId: string): string {
-    return this.of(kekId).fingerprint(kekId);
-  }
-  held(): HeldKey[] {
-    return [...this.kms.held(), ...this.local.held()];
-  }
-
-  // ---- Nothing moves out of KMS ----
-
-  /**
-   * A DEK under `from` moved under `to`: between KMS keys inside KMS (ReEncrypt), from a local KEK into KMS opened here
-   * and encrypted there, never out of KMS. The keyring's ciphers do the same for the application and the engine.
-   */
-  async rewrapDek(from: string, to: string, tenantId: string, wrapped: Buffer): Promise<Buffer> {
-    if (this.inKms(from)) {
-      if (!this.inKms(to)) throw new KeyMaterialError(OUT_OF_KMS, this.description);
-      return this.kms.rewrapDek(from, to, tenantId, wrapped);
-    }
-    const source = this.local.cipher({ kekId: from, fingerprint: this.local.fingerprint(from) })!;
-    try {
-      if (!this.inKms(to)) {
-        const target = this.local.cipher({ kekId: to, fingerprint: this.local.fingerprint(to) })!;
-        try {
-          return await source.moveTo(target, tenantId, wrapped);
-        } finally {
-          target.release();
-        }
-      }
-      const dek = await source.open(tenantId, wrapped);
-      try {
-        return await this.kms.encryptDek(to, tenantId, dek);
-      } finally {
-        dek.fill(0);
-      }
-    } finally {
-      source.release();
-    }
-  }
-
-  // ---- The rewrap engine ----
-
-  /** Local to local: the worker's threads (`local`); KMS to KMS: ReEncrypt; local to KMS: opened here, then Encrypt. */
-  rowCrypto(local: () => RowCrypto): RowCrypto {
-    const kms = this.kms.rowCrypto();
-    const inKms = (kek: RowKek) => this.inKms(kek.kekId);
-    return {
-      get threads() {
-        return local().threads;
-      },
-      rewrap: (codec, from, to, rows, options) => {
-        if (!inKms(from) && !inKms(to)) return local().rewrap(codec, from, to, rows, options);
-        if (inKms(from) && inKms(to)) return kms.rewrap(codec, from, to, rows, options);
-        if (inKms(to)) return kms.importRows(codec, from, to, rows, options);
-        return Promise.reject(new ConfigError(OUT_OF_KMS));
-      },
-      check: (codec, kek, rows) => (inKms(kek) ? kms.check(codec, kek, rows) : local().check(codec, kek, rows)),
-      // The worker's threads are the worker's to close; KMS's crypto holds nothing.
-      close: () => Promise.resolve(),
-    };
-  }
-
   // ---- Lifecycle: new KEKs are KMS keys; each KEK's own store retires, restores and destroys it ----
 
   /** The store that holds the key the registry recorded for `kekId`: KMS for a key ARN, the local source for bytes. */
-  private recordedIn(kekId: string, registry: readonly RecordedKek[]): KmsKeys | LocalKeysDriver {
+  private async recordedIn(kekId: string, registry: readonly RecordedKek[]): Promise<KmsKeys | LocalKeysDriver> {
     const recorded = registry.find((kek) => kek.kekId === kekId);
     if (recorded === undefined) return this.of(kekId);
     return keyArnOf(recorded.fingerprint) === undefined ? this.local : this.kms;
@@ -204,26 +126,22 @@ export class KmsWithLocalKeys implements StoreDriver {
     await this.kms.provision(kekId, options);
   }
 
-  /** A new KMS key (rekey keys generate, the tests). */
-  generate(kekId?: string, options?: ProvisionOptions): Promise<string> {
-    return this.kms.generate(kekId, options);
-  }
-
   /** A local KEK keeps no mark in its store while it moves out: the registry's is the record. */
   async promote(from: string, to: string, registry: readonly RecordedKek[]): Promise<void> {
-    await this.recordedIn(to, registry).promote(from, to, registry).catch(readOnlyIsDone);
+    await (await this.recordedIn(to, registry)).promote(from, to, registry).catch(readOnlyIsDone);
   }
 
   async retire(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
-    await this.recordedIn(kekId, registry).retire(kekId, registry).catch(readOnlyIsDone);
+    await (await this.recordedIn(kekId, registry)).retire(kekId, registry).catch(readOnlyIsDone);
   }
 
   /** KMS enables its key again; a local KEK left readable by retire must still be held. */
   async restore(kekId: string, registry: readonly RecordedKek[]): Promise<void> {
-    const store = this.recordedIn(kekId, registry);
+    const store = await this.recordedIn(kekId, registry);
     if (store === this.kms) return this.kms.restore(kekId, registry);
     const recorded = registry.find((k) => k.kekId === kekId);
-    if (recorded !== undefined && this.local.copyByFingerprint(recorded.fingerprint) === undefined) {
+    const held = await this.local.list();
+    if (recorded !== undefined && !held.some((k) => k.fingerprint === recorded.fingerprint)) {
       throw new OperatorMustActError(
         this.description,
         `put KEK '${kekId}' back into ${this.description}, the key the registry recorded`,
@@ -232,8 +150,8 @@ export class KmsWithLocalKeys implements StoreDriver {
   }
 
   /** Destroyed by the store that holds the key the registry recorded: KMS for a key ARN, else the local source. */
-  destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
-    return this.recordedIn(kekId, registry).destroy(kekId, registry);
+  async destroy(kekId: string, registry: readonly RecordedKek[]): Promise<DestroyOutcome> {
+    return (await this.recordedIn(kekId, registry)).destroy(kekId, registry);
   }
 
   close(): void {
@@ -246,3 +164,28 @@ export class KmsWithLocalKeys implements StoreDriver {
 function readOnlyIsDone(err: unknown): void {
   if (!(err instanceof OperatorMustActError)) throw err;
 }
+
+/**
+ * REKEY_KEY_PROVIDER=aws-kms: the KMS keys under REKEY_AWS_KMS_ALIAS_PREFIX, and with REKEY_AWS_KMS_LOCAL_KEYS the local
+ * KEKs moving in (the environment's, or the keyring file REKEY_KEYRING_FILE names).
+ */
+export const kmsStore: ProcessStore<'aws-kms'> = {
+  value: 'aws-kms',
+  open: (context) => {
+    const kms = KmsKeys.fromEnv(context.env, context.onRequest);
+    const { localKeys } = kms.settings;
+    if (localKeys === undefined) return kms;
+    return new KmsWithLocalKeys(
+      kms,
+      localKeys === 'env' ? new EnvKeyProvider(context.env) : FileKeyring.open(keyringFileOf(context)),
+    );
+  },
+  reads: (env) => {
+    const prefix = env.REKEY_AWS_KMS_ALIAS_PREFIX?.trim() || 'alias/rekey/';
+    const local = env.REKEY_AWS_KMS_LOCAL_KEYS?.trim();
+    return [
+      { key: `aws-kms ${prefix}`, what: `AWS KMS keys under ${prefix}kek-*` },
+      ...(local === 'env' ? envStore.reads(env) : local === 'file' ? fileStore.reads(env) : []),
+    ];
+  },
+};

@@ -1,5 +1,11 @@
 import { kekFingerprint } from '../../envelope/dek-wrapping';
-import { refuseKeyBytes, type DestroyOutcome, type ProvisionOptions, type RecordedKek } from '../driver';
+import {
+  refuseKeyBytes,
+  type DestroyOutcome,
+  type ProcessStore,
+  type ProvisionOptions,
+  type RecordedKek,
+} from '../driver';
 import { decodeKek, InMemoryKeys, KEK_ID_PATTERN, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
 import { adoptIfRecorded, claimByFingerprint, refuseSeedUnlessOwned, storeScope } from '../owner-rule';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
@@ -226,7 +232,7 @@ export class VaultKvKeys extends LocalKeysDriver {
    * KEK of a secret is also marked current. Idempotent: a retry finds a version an earlier attempt wrote but did not
    * name (its answer lost) by its `rekey_kek` field, and names that one.
    */
-  async generate(kekId?: string, options: KvOptions = {}): Promise<string> {
+  private async generate(kekId?: string, options: KvOptions = {}): Promise<string> {
     await this.reload();
     const id = newKekId(kekId, [...this.keks.keys()], this.description);
     const existing = this.keks.get(id);
@@ -529,3 +535,19 @@ export class VaultKvKeys extends LocalKeysDriver {
     );
   }
 }
+
+/** REKEY_KEY_PROVIDER=vault: the KV v2 secret REKEY_VAULT_KV_PATH names; `auto` picks it when VAULT_ADDR is set. */
+export const vaultKvStore: ProcessStore<'vault'> = {
+  value: 'vault',
+  auto: {
+    order: 2,
+    variables: ['VAULT_ADDR'],
+    why: (env) => (env.VAULT_ADDR?.trim() ? 'VAULT_ADDR is set' : undefined),
+  },
+  open: ({ env, onRequest }) => VaultKvKeys.fromEnv(env, onRequest),
+  reads: (env) => {
+    if (!env.REKEY_VAULT_KV_PATH?.trim()) return [];
+    const at = `${env.REKEY_VAULT_KV_MOUNT?.trim() || 'secret'}/${env.REKEY_VAULT_KV_PATH.trim()}`;
+    return [{ key: `vault-kv ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault KV v2 secret ${at}` }];
+  },
+};

@@ -4,7 +4,7 @@ import { refusedMoveIn, type RemoteKek } from '../cipher';
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import { TransitRowCrypto, type TransitItem, type TransitOutcome } from '../../crypto/transit-row-crypto';
 import type { RewrapRowsResult } from '../../rewrap/rewrap-rows';
-import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
+import type { DestroyOutcome, ProcessStore, ProvisionOptions, RecordedKek } from '../driver';
 import type { HeldKey } from '../local-keys';
 import { pacerLimitsFromEnv, RemoteKeysDriver, wholeFromEnv } from '../remote-keys';
 import { VaultHttp, vaultPath, type VaultCapability, type VaultRequestListener } from '../vault-http';
@@ -89,6 +89,7 @@ const versionOfId = (kekId: string): number | undefined => {
  */
 export class VaultTransitKeys extends RemoteKeysDriver {
   readonly description: string;
+  protected readonly product = 'Vault Transit';
   protected readonly kind = 'Transit';
   /** rekey's own DEK format, whose Transit form this store writes. */
   protected readonly codec: Codec = compileFormat(REKEY_DEK_FORMAT);
@@ -147,12 +148,12 @@ export class VaultTransitKeys extends RemoteKeysDriver {
     this.configuredCurrentKekId = state ? kekIdOf(state.latest_version) : undefined;
   }
 
-  has(kekId: string): boolean {
+  protected has(kekId: string): boolean {
     const version = versionOfId(kekId);
     return version !== undefined && this.state?.keys[String(version)] !== undefined;
   }
 
-  fingerprint(kekId: string): string {
+  protected fingerprint(kekId: string): string {
     const version = this.version(kekId);
     return `${FINGERPRINT_PREFIX}${this.settings.mount}/${this.settings.key}:v${version}@${this.state!.keys[String(version)]}`;
   }
@@ -164,7 +165,7 @@ export class VaultTransitKeys extends RemoteKeysDriver {
   }
 
   /** The versions Vault decrypts with (min_decryption_version to latest). */
-  held(): HeldKey[] {
+  protected held(): HeldKey[] {
     return Object.keys(this.state?.keys ?? {})
       .map((v) => kekIdOf(Number(v)))
       .sort()
@@ -313,7 +314,7 @@ export class VaultTransitKeys extends RemoteKeysDriver {
    * whose version exists is there (a retry after a lost answer finds the version its first attempt made); only the
    * next version can be made.
    */
-  async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
+  protected async generate(kekId?: string, options: ProvisionOptions = {}): Promise<string> {
     // The key is the keyspace's by its owner record before a version is made (claimed now if nobody has).
     if (options.owner !== undefined)
       await this.ownerRecord.claim(options.owner, `make a version of ${this.description}`);
@@ -605,3 +606,14 @@ export class VaultTransitKeys extends RemoteKeysDriver {
     this.crypto = undefined;
   }
 }
+
+/** REKEY_KEY_PROVIDER=vault-transit: the Transit key REKEY_VAULT_TRANSIT_KEY names. */
+export const vaultTransitStore: ProcessStore<'vault-transit'> = {
+  value: 'vault-transit',
+  open: ({ env, onRequest }) => VaultTransitKeys.fromEnv(env, onRequest),
+  reads: (env) => {
+    if (!env.REKEY_VAULT_TRANSIT_KEY?.trim()) return [];
+    const at = `${env.REKEY_VAULT_TRANSIT_MOUNT?.trim() || 'transit'}/keys/${env.REKEY_VAULT_TRANSIT_KEY.trim()}`;
+    return [{ key: `vault-transit ${env.VAULT_ADDR ?? ''} ${at}`, what: `the Vault Transit key ${at}` }];
+  },
+};
