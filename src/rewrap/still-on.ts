@@ -347,7 +347,8 @@ export async function proveRowsNotLabelledFrom(
       proof.neededRows.push({ tenantId: row.$id, reason });
     }
     cursor = rows[rows.length - 1]!.$id;
-    options.onBatch?.({ cursor, proof });
+    // A copy: a heartbeat may be sent after this batch, and the next batch adds to `proof`.
+    options.onBatch?.({ cursor, proof: { ...proof, neededRows: [...proof.neededRows] } });
     if (options.stopWhenNeeded && proof.needed > 0) return { cursor, proof, done: false };
   }
 }
