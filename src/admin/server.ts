@@ -297,7 +297,7 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       schema: {
         summary: 'Start re-wrapping every row of a target under a new KEK',
         description:
-          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current when it is not active yet (as after the runbook's step 2), else a newly generated one. The answer comes once the rotation's validate step has decided: 202 with the KEKs it resolved; 200 when there is nothing to do; a refusal with the status of its kind (400 an unknown KEK, target or table, 422 legacy values left or a key that is not the registered one), and nothing was written. At most one rotation runs per target: a second request answers 409 with the running op_id.",
+          "Rotates a target (default: the API's default target) from its active KEK (default 'current') to `to`: by default the KEK the configuration names as current (as after the runbook's step 2; once every row is on it, 200: nothing left to rotate), else a newly generated one. The answer comes once the rotation's validate step has decided: 202 with the KEKs it resolved; 200 when there is nothing to do; a refusal with the status of its kind (400 an unknown KEK, target or table, 422 legacy values left or a key that is not the registered one), and nothing was written. At most one rotation runs per target: a second request answers 409 with the running op_id.",
         // The same fields as `rekey rotate`'s options (src/admin/rotation-body.ts).
         body: rotateAllBody,
         response: {
@@ -317,11 +317,12 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
       const body = request.body ?? {};
       const target = body.target ?? options.defaultTarget;
       const runtime = await targets.get(target);
-      const rotation: RotationRequest = await rotationFromBody(body, target, async () => {
-        const configured = options.configuredCurrentKekId(target);
-        const active = (await runtime.registry.active())?.kekId;
-        return configured !== undefined && configured !== active ? configured : 'new';
-      });
+      // As in the runbook: to the KEK the configuration names as current, also once it is the active one (then
+      // validate answers that nothing is left to rotate, or takes up rows an earlier run left); where the
+      // configuration names none, to a newly generated one.
+      const rotation: RotationRequest = await rotationFromBody(body, target, () =>
+        Promise.resolve(options.configuredCurrentKekId(target) ?? 'new'),
+      );
       const { from, to } = rotation;
       const started: StartOutcome = await startRotation(client, rotation, {
         taskQueue,

@@ -11,6 +11,7 @@ import type { Keyspace } from '../rotation/identity';
 import type { RunState } from '../rotation/run-status';
 import type { RotationRequest } from '../rotation/rotation-input';
 import { parseDuration } from '../rotation/durations';
+import { BUILTIN_TARGET } from '../targets/builtin';
 import type { checkRotationSchedule, scheduledRotation, scheduleNotices, ScheduledRotationResult } from '../workflows';
 import { noticeStateQuery } from '../workflows/messages';
 import { failureMessage, opIdOf, rotationStatus } from './rotations';
@@ -167,6 +168,10 @@ export function checkNoticeOptions(options: { notifyBefore?: string; notifyUrl?:
 
 export interface ScheduleSummary {
   scheduleId: string;
+  /** The target each run rotates, from the schedule's recorded request ('rekey' where it records none). */
+  target: string;
+  /** The keyspace recorded when the schedule was created (every run rotates that one), if it records one. */
+  keyspace?: string;
   spec: string;
   nextRuns: string[];
   /** The launchers of the recent runs (see `runs` for what came of each). */
@@ -203,8 +208,14 @@ export async function listRotationSchedules(client: Client): Promise<ScheduleSum
   const summaries: ScheduleSummary[] = [];
   for await (const listed of rotationSchedules(client)) {
     const described = await client.schedule.getHandle(listed.scheduleId).describe();
+    const request =
+      described.action.type === 'startWorkflow'
+        ? (described.action.args?.[0] as Partial<RotationRequest> | undefined)
+        : undefined;
     summaries.push({
       scheduleId: listed.scheduleId,
+      target: request?.target ?? BUILTIN_TARGET,
+      ...(request?.keyspace !== undefined && { keyspace: request.keyspace }),
       spec: typeof described.memo?.spec === 'string' ? described.memo.spec : 'see the Web UI',
       nextRuns: described.info.nextActionTimes.slice(0, 3).map((d) => d.toISOString()),
       recentRuns: described.info.recentActions.map((a) => a.action.workflow.workflowId),

@@ -274,6 +274,14 @@ export function checkAgainstKeks(settings: RotationSettings, facts: KekFacts): R
     }
     return { from };
   }
+  // `current` to the active KEK, with no older KEK left wrapping a row (else the branch above takes that one up):
+  // every row is where it was asked to go, as the runbook's rotate-all finds it run again after it completed.
+  if (settings.from === 'current' && from === settings.to) {
+    return {
+      from,
+      alreadyDone: `'${from}' is already the active KEK and no older KEK still wraps a row: nothing left to rotate`,
+    };
+  }
   if (from === settings.to) throw new InvalidRotationError(`from and to are both '${from}': rotate to a different KEK`);
   if (facts.to?.registryState === 'retired' || facts.to?.registryState === 'destroyed') {
     throw new InvalidRotationError(

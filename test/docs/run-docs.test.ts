@@ -4,10 +4,13 @@
 // (marked `<!-- docs: background, ready when "…" -->`) in the background until their output says they are ready,
 // commands an operator repeats until a run gets somewhere (`<!-- docs: until "…" -->`) until their output says so.
 // The shell gets PATH, HOME, and an npm prefix of its own (so `npm link` puts `rekey` in a scratch bin, not the
-// machine's); nothing else of this process's environment. It starts from fresh databases: those the pages create
+// machine's), and REKEY_METRICS_PORT=0 and REKEY_TEMPORAL_METRICS_PORT=0 (docs/08: any free port, off), so that the
+// guide's workers need no fixed port free on a machine that runs other tests; nothing else of this process's
+// environment. It starts from fresh databases: those the pages create
 // (`createdb … <name>`) are dropped first.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -51,6 +54,21 @@ const notRunYet = (fence: Fence) =>
  * does not start (moto for AWS KMS).
  */
 const runElsewhere = (fence: Fence) => fence.marker?.kind === 'elsewhere';
+
+/** What the guide's shell is given beside PATH and HOME: settings docs/08 documents, no fixed port for /metrics. */
+const GUIDE_ENV = { REKEY_METRICS_PORT: '0', REKEY_TEMPORAL_METRICS_PORT: '0' };
+
+/**
+ * Holds `port` on 127.0.0.1 while the guide runs, as another process on a busy machine may (the worker's defaults
+ * 9464 and 9465): a port someone else already holds is held too, and is left to them.
+ */
+function holdPort(port: number): Promise<net.Server | undefined> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once('error', () => resolve(undefined));
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
+}
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'rekey-docs-'));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
@@ -132,6 +150,7 @@ function runGuide(script: string, withinMs: number): Promise<{ code: number | nu
         PATH: `${path.join(prefix, 'bin')}:${process.env.PATH}`,
         HOME: process.env.HOME,
         npm_config_prefix: prefix,
+        ...GUIDE_ENV,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
@@ -200,11 +219,15 @@ describe('every shell command of the README and docs/, as written', () => {
   });
 
   it(
-    "the operator's guide, page 01 on, in one shell on fresh databases: every command exits 0",
+    "the operator's guide, page 01 on, in one shell on fresh databases: every command exits 0, with the worker's " +
+      'default metrics ports 9464 and 9465 held by another process',
     async () => {
       const fences = GUIDE.flatMap(runnable).filter((fence) => !notRunYet(fence) && !runElsewhere(fence));
       await dropCreatedDatabases(fences);
-      const { code, output } = await runGuide(guideScript(fences), 20 * 60_000);
+      const held = await Promise.all([9464, 9465].map(holdPort));
+      const { code, output } = await runGuide(guideScript(fences), 20 * 60_000).finally(() =>
+        held.forEach((server) => server?.close()),
+      );
       // What the operator would have seen, for whoever reads a run: test-results/docs-guide.log.
       fs.mkdirSync(path.join(projectRoot, 'test-results'), { recursive: true });
       fs.writeFileSync(path.join(projectRoot, 'test-results', 'docs-guide.log'), output);

@@ -207,6 +207,42 @@ describe('admin HTTP API (the runbook drop-in), against the dev server and Postg
     expect(JSON.parse(cli.stdout)).toMatchObject({ stale_counts: answer.stale_counts });
   });
 
+  it('Finding: the runbook\'s rotate-all run again once every row is on the KEK the configuration names current answers 200 "nothing left to rotate", and rekey rotate --from current --to it exits 0 in the same words, where rotate-all was refused (400) for a key source that cannot generate one', async () => {
+    // The rotation above moved every row to v2 (the configuration's current KEK) and retired v1.
+    const words = "'v2' is already the active KEK and no older KEK still wraps a row: nothing left to rotate";
+    const again = await api.inject({ method: 'POST', url: '/admin/v1/secrets/rotate-all', headers: auth });
+    expect(again.statusCode, again.body).toBe(200);
+    expect(again.json()).toMatchObject({ status: 'completed', target: 'rekey', from: 'v2', to: 'v2' });
+    expect(again.json<{ message: string }>().message).toBe(`nothing to do: ${words}`);
+
+    const cliEnv = { PATH: process.env.PATH, DATABASE_URL: db.url };
+    const cli = await runRekey(
+      ['--address', env.address, '--task-queue', 'rekey-admin-test', 'rotate', '--from', 'current', '--to', 'v2'],
+      cliEnv,
+    );
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.stdout).toContain(`: Nothing to do: ${words}\n`);
+    const json = await runRekey(
+      [
+        '--address',
+        env.address,
+        '--task-queue',
+        'rekey-admin-test',
+        '--json',
+        'rotate',
+        '--from',
+        'current',
+        '--to',
+        'v2',
+      ],
+      cliEnv,
+    );
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      validated: { outcome: 'nothing-to-do', note: `nothing to do: ${words}` },
+    });
+  });
+
   it('restores the KEK the rotation above retired, with who and why recorded; refuses a restore without them, and answers 404 for a KEK the registry does not know', async () => {
     const registry = new KekRegistry(db.pool, BUILTIN_TARGET);
     // The rotation of the test above ended by retiring v1 (the default restore window: 30 days).

@@ -271,7 +271,9 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
       },
       { describe: () => `last line: ${line}` },
     );
-    expect(line).toMatch(/^rekey-notice: every 90d; next rotation (\S+); announced \1$/);
+    expect(line).toMatch(
+      /^rekey-notice: every 90d; next rotation (\S+); announced \1; rotates target 'rekey' of keyspace [0-9a-f-]{36}\/\S+$/,
+    );
     expect((await rekey('schedule', 'delete', 'rekey-notice')).code).toBe(0);
   });
 

@@ -332,6 +332,12 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       observed: 'an unknown KEK to restore answered 422 (exit 5)',
       says: /KEK 'v9' is not known to the registry of target 'rekey'/,
     },
+    'a retired KEK whose restore window has ended (its destruction is under way)': {
+      // The same refusal, in the same words, on both surfaces: the step that cannot be undone is not undone. The
+      // CLI reads rekey's own KEKs where the worker does (the keyring file).
+      cliEnv: { REKEY_KEY_PROVIDER: 'file' },
+      says: /^(rekey: )?KEK 'v0' of target 'rekey' cannot be restored: its restore window ended at \S+; it is being destroyed$/m,
+    },
     'a rotation of the target already running': {
       given: heldRotation,
       says: () => new RegExp(`a rotation of target 'held' is already running: ${idOf('held')}@`),
@@ -513,6 +519,13 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     foreignKeyring.close();
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keyring, 'v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 50 });
+    // A KEK retired before v1 whose restore window has ended; the keyring file still holds it.
+    await keyring.generate('v0');
+    await db.pool.query(
+      `INSERT INTO rekey.keks (target, kek_id, state, fingerprint, retired_at, restorable_until)
+       VALUES ($1, 'v0', 'retired', $2, now() - interval '40 days', now() - interval '10 days')`,
+      [BUILTIN_TARGET, keyring.fingerprint('v0')],
+    );
     await createTalosSchema(db.pool);
     await seedSecrets(db.pool, talosKeys.v1, 'v1', 20, 'v1');
     for (const table of TALOS_COPIES) {
@@ -606,7 +619,7 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
           ? await Promise.all([runCli(), send()])
           : [await runCli(), await send()];
         if (cli) {
-          expect({ exit: cli.code, stderr: cli.stderr }).toMatchObject({ exit: row.exit });
+          expect({ exit: cli.code, stderr: cli.stderr }, cli.stderr).toMatchObject({ exit: row.exit });
           const said = row.exit === 0 ? cli.stdout : cli.stderr;
           if (says) expect(said).toMatch(says);
           if (row.exit !== 0) expect(cli.stderr.trim().split('\n')[0]).toMatch(/^(rekey|error): /);

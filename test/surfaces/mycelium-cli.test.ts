@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAdminServer } from '../../src/admin/server';
+import { projectRoot } from '../../src/project-paths';
 import type { MigrationReport } from '../../src/workflows';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
@@ -158,6 +161,26 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
     );
     expect(rows[0]!.v.startsWith('v2:')).toBe(true);
     expect(await gatewayReads(db.pool, kekOf(gen2), totp)).toBe(totp.plaintext);
+  });
+
+  it("Finding: docs/02 said migrate-dek provisions missing DEKs, and rotate-kek's Skipped was not explained: migrate-dek provisions a DEK only for a tenant whose v1 values it moves, a tenant with neither keeps none, and a rotation counts those tenants as Skipped, writing nothing to them", async () => {
+    // The migration above provisioned the system tenant's DEK (DEKs provisioned: 1) and no other: the 7 tenants
+    // seeded without a DEK had no v1 value, and the gateway provisions theirs when it first needs one.
+    const withoutDek = tenants.filter((tenant) => tenant.dek === null).map((tenant) => tenant.id);
+    expect(withoutDek).toHaveLength(7);
+    const { rows } = await db.pool.query<{ id: string; encrypted_dek: string | null }>(
+      'SELECT id::text, encrypted_dek FROM public.tenant WHERE id = ANY($1::uuid[]) OR id = $2 ORDER BY id',
+      [withoutDek, SYSTEM_TENANT],
+    );
+    expect(rows.filter((row) => row.encrypted_dek === null).map((row) => row.id)).toEqual([...withoutDek].sort());
+    expect(rows.find((row) => row.id === SYSTEM_TENANT)?.encrypted_dek).not.toBeNull();
+    // The rotation above counted them as Skipped (7), beside the 130 with a DEK: docs/02 says what Skipped counts.
+    const page = fs.readFileSync(path.join(projectRoot, 'docs/02-worker-per-database.md'), 'utf8').replace(/\s+/g, ' ');
+    expect(page).toContain(
+      '`Skipped` counts the tenants the run wrote nothing to: those with no DEK yet (`encrypted_dek` NULL) and those whose DEK is on a generation other than the two named',
+    );
+    expect(page).toContain('A tenant that has v1 values and no DEK gets one');
+    expect(page).not.toContain('Missing DEKs are provisioned');
   });
 
   it("migrate-dek through the admin API, for the system tenant only; then the CLI's status of it, and its refusals", async () => {

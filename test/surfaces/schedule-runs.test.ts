@@ -17,7 +17,7 @@ import { runRekey, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
-import { rotationIdIn } from '../helpers/keyspace';
+import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 import { createTalosSchema } from '../helpers/talos';
 import { ROTATES_WHEN_TRIGGERED, scheduledRun } from '../helpers/schedules';
 import { createDevServerEnv, resultWithin } from '../helpers/temporal';
@@ -143,5 +143,29 @@ describe('rotation schedules: refused at create when they cannot run, each run w
     }[];
     expect(json.find((s) => s.scheduleId === 'rekey-runs')?.runs.map((r) => r.state)).toEqual(['failed', 'succeeded']);
     expect((await rekey('schedule', 'delete', 'rekey-runs')).code).toBe(0);
+  });
+
+  it('Finding: schedule list names the target and keyspace each schedule rotates (text and --json), where it showed only the id and its timing', async () => {
+    // Two schedules in one namespace, as docs/05 gives a second target its own --id: which one rotates what?
+    const created = await rekey('schedule', 'create', '--id', 'rekey-which', '--every', '90d', '--target', 'rekey');
+    expect(created.code, created.stderr).toBe(0);
+    try {
+      const keyspace = await keyspaceIn(db.pool);
+      const listed = await rekey('schedule', 'list');
+      expect(listed.stderr).toBe('');
+      expect(listed.stdout.split('\n').find((line) => line.startsWith('rekey-which: '))).toMatch(
+        new RegExp(
+          `^rekey-which: every 90d; next rotation \\S+; rotates target 'rekey' of keyspace ${keyspace.id.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`,
+        ),
+      );
+      const json = JSON.parse((await rekey('--json', 'schedule', 'list')).stdout) as {
+        scheduleId: string;
+        target: string;
+        keyspace?: string;
+      }[];
+      expect(json.find((s) => s.scheduleId === 'rekey-which')).toMatchObject({ target: 'rekey', keyspace: keyspace.id });
+    } finally {
+      expect((await rekey('schedule', 'delete', 'rekey-which')).code).toBe(0);
+    }
   });
 });

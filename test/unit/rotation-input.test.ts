@@ -92,6 +92,22 @@ describe('rotation request', () => {
     expect(windowCheck({ from: 'v1', to: 'v2', restoreWindow: '0s', tenantId: 't-1' })).not.toThrow();
   });
 
+  it('from=current to the active KEK is already done when no older KEK still wraps a row, and takes up the rows an earlier run left otherwise', () => {
+    const request = parseRotationRequest({ from: 'current', to: 'v2' });
+    const onV2 = { activeKekId: 'v2', to: { registryState: 'active' as const, inProvider: true } };
+    expect(checkAgainstKeks(request, facts(onV2))).toEqual({
+      from: 'v2',
+      alreadyDone: "'v2' is already the active KEK and no older KEK still wraps a row: nothing left to rotate",
+    });
+    expect(checkAgainstKeks(request, facts({ ...onV2, unfinished: { kekId: 'v1', rows: 3 } }))).toEqual({
+      from: 'v1',
+      to: 'v2',
+      resumes: true,
+    });
+    // Named explicitly, the same KEK twice is still bad input.
+    expect(() => parseRotationRequest({ from: 'v2', to: 'v2' })).toThrow("from and to are both 'v2'");
+  });
+
   it('resolves from=current to the active KEK', () => {
     expect(checkAgainstKeks(parseRotationRequest({ from: 'current', to: 'v2' }), facts())).toEqual({ from: 'v1' });
   });

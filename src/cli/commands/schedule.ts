@@ -94,7 +94,10 @@ export function scheduleCommand(): Command {
             ? ['no rotation schedules']
             : schedules.flatMap((s) => [
                 `${s.scheduleId}: ${s.spec}${s.paused ? ' (paused)' : ''}; next rotation ${s.nextRuns[0] ?? '-'}` +
-                  (s.nextNotice ? `; notice ${s.nextNotice}` : s.noticedFor ? `; announced ${s.noticedFor}` : ''),
+                  (s.nextNotice ? `; notice ${s.nextNotice}` : s.noticedFor ? `; announced ${s.noticedFor}` : '') +
+                  // What it rotates: a namespace holds the schedules of every target and database it serves.
+                  `; rotates target '${s.target}'` +
+                  (s.keyspace ? ` of keyspace ${s.keyspace}` : ''),
                 // Each recent run, in the words of rekey status.
                 ...s.runs.map((run) => `  ${run.at}  ${run.rotation ?? run.launcher}: ${run.line}`),
               ]),
