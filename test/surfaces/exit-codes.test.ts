@@ -520,11 +520,11 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
     await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(keyring, 'v1'));
     await seedTenants({ db: db.pool, keys: keyring, kekId: 'v1', count: 50 });
     // A KEK retired before v1 whose restore window has ended; the keyring file still holds it.
-    await keyring.generate('v0');
+    await generateKek(keyring, 'v0');
     await db.pool.query(
       `INSERT INTO rekey.keks (target, kek_id, state, fingerprint, retired_at, restorable_until)
        VALUES ($1, 'v0', 'retired', $2, now() - interval '40 days', now() - interval '10 days')`,
-      [BUILTIN_TARGET, keyring.fingerprint('v0')],
+      [BUILTIN_TARGET, await fingerprintIn(keyring, 'v0')],
     );
     await createTalosSchema(db.pool);
     await seedSecrets(db.pool, talosKeys.v1, 'v1', 20, 'v1');

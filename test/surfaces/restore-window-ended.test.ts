@@ -14,6 +14,7 @@ import { runRekey } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { RESTORES_AND_DESTRUCTIONS } from '../helpers/keyring';
 import { createTestKeys, testKeys } from '../helpers/keys';
+import { fingerprintIn } from '../helpers/store-keys';
 import { createDevServerEnv } from '../helpers/temporal';
 
 const TOKEN = 'restore-window-token-0123456789abcdef';
@@ -26,13 +27,14 @@ describe('a restore after the restore window has ended', () => {
   let registry: KekRegistry;
   // The environment holds v1 only: v0, retired long ago, was removed from it as the run asked.
   const keys = createTestKeys(['v1'], 'v1');
-  const v0 = testKeys(['v0']).fingerprint('v0');
+  let v0: string;
 
   beforeAll(async () => {
     env = await createDevServerEnv();
     db = await createTestDatabase();
     registry = new KekRegistry(db.pool, BUILTIN_TARGET);
-    await registry.seedActive('v1', keys.provider.fingerprint('v1'));
+    v0 = await fingerprintIn(testKeys(['v0']), 'v0');
+    await registry.seedActive('v1', await fingerprintIn(keys.provider, 'v1'));
     await db.pool.query(
       `INSERT INTO rekey.keks (target, kek_id, state, fingerprint, retired_at, restorable_until)
        VALUES ($1, 'v0', 'retired', $2, now() - interval '40 days', now() - interval '10 days')`,
