@@ -92,11 +92,12 @@ export function uuidArray(values: readonly string[]): Buffer {
   return out;
 }
 
-function hexDigit(c: number): number {
-  if (c >= 48 && c <= 57) return c - 48; // 0-9
+/** Each byte's value as a hex digit (0-9, a-f, A-F), -1 for any other byte. */
+const HEX = Int8Array.from({ length: 256 }, (_, c) => {
+  if (c >= 48 && c <= 57) return c - 48;
   const lower = c | 0x20;
-  return lower >= 97 && lower <= 102 ? lower - 87 : -1; // a-f, A-F
-}
+  return lower >= 97 && lower <= 102 ? lower - 87 : -1;
+});
 
 /** A UUID's canonical text (36 bytes at `start`) as its 16 bytes at `out[offset]`; RangeError for anything else. */
 function uuidInto(source: Uint8Array, start: number, length: number, out: Uint8Array, offset: number): void {
@@ -111,8 +112,8 @@ function uuidInto(source: Uint8Array, start: number, length: number, out: Uint8A
       if (source[at] !== 45) throw refuse(); // '-'
       at++;
     }
-    const high = hexDigit(source[at]!);
-    const low = hexDigit(source[at + 1]!);
+    const high = HEX[source[at]!]!;
+    const low = HEX[source[at + 1]!]!;
     if (high < 0 || low < 0) throw refuse();
     out[offset + k] = (high << 4) | low;
     at += 2;
@@ -168,14 +169,22 @@ export function packedArray(
   }
   const out = Buffer.allocUnsafe(total);
   let offset = header(out, which.length, oid, hasNull);
+  // Plain typed arrays, not Buffer methods, in the loop: a byte-by-byte copy into a Buffer and writeInt32BE per
+  // element made this 6% of a Mycelium rewrap's worker CPU (text values of 84 bytes, three columns a row).
+  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.length);
+  const view = new DataView(out.buffer, out.byteOffset, out.length);
   const source = values.bytes;
+  const lengths = values.lengths;
   for (let i = 0; i < which.length; i++) {
     const index = which[i]!;
-    const length = values.lengths[index]!;
-    offset = out.writeInt32BE(length, offset);
-    const start = at[index]!;
-    for (let k = 0; k < length; k++) out[offset + k] = source[start + k]!;
-    if (length > 0) offset += length;
+    const length = lengths[index]!;
+    view.setInt32(offset, length);
+    offset += 4;
+    if (length > 0) {
+      const start = at[index]!;
+      bytes.set(source.subarray(start, start + length), offset);
+      offset += length;
+    }
   }
   return out;
 }
@@ -184,11 +193,14 @@ function packedUuidArray(values: PackedValues, which: ArrayLike<number>): Buffer
   const at = starts(values.lengths);
   const out = Buffer.allocUnsafe(headerBytes(which.length) + which.length * (4 + UUID_BYTES));
   let offset = header(out, which.length, UUID_OID, false);
+  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.length);
+  const view = new DataView(out.buffer, out.byteOffset, out.length);
+  const { lengths } = values;
   for (let i = 0; i < which.length; i++) {
     const index = which[i]!;
-    offset = out.writeInt32BE(UUID_BYTES, offset);
-    uuidInto(values.bytes, at[index]!, values.lengths[index]!, out, offset);
-    offset += UUID_BYTES;
+    view.setInt32(offset, UUID_BYTES);
+    uuidInto(values.bytes, at[index]!, lengths[index]!, bytes, offset + 4);
+    offset += 4 + UUID_BYTES;
   }
   return out;
 }
