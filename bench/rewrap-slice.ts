@@ -1,10 +1,11 @@
 // Measures rewrapSlice alone (no Temporal) on N tenants: `npm run bench:slice -- [N] [slices] [--trigger-cost]
-// [--mycelium [--sequential]]`. Each slice commits its progress with its writes, as a rotation's do. It prints the wall time, and the
-// CPU this process (the engine and its crypto threads) and PostgreSQL spent per row.
+// [--mycelium [--sequential]]`. Each slice commits its progress with its writes, as a rotation's do. It prints the
+// wall time, and the CPU this process (the engine and its crypto threads) and PostgreSQL spent per row.
 // With --trigger-cost it measures, in one run, what the database's check of every DEK write (the kek-may-wrap
 // trigger) costs the rewrap: the same rewrap on identically seeded databases, with the trigger and without it,
-// alternating twice, and prints the ratio. With --mycelium it rotates a Mycelium-format `tenant` table instead (random UUIDs, as Mycelium makes them; with
-// --sequential, UUIDs that grow with insertion, as rekey's own benchmark ids do: the same format, the other layout).
+// alternating twice, and prints the ratio. With --mycelium it rotates a Mycelium-format `tenant` table instead
+// (random UUIDs, as Mycelium makes them; with --sequential, UUIDs that grow with insertion, as rekey's own benchmark
+// ids do: the same format, the other layout).
 import { randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
