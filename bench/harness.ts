@@ -164,6 +164,9 @@ export function spawnWorker(options: {
   const log = fs.openSync(path.join(projectRoot, 'bench', 'results', 'worker.log.tmp'), 'a');
   // BENCH_CPU_PROF=<dir>: the worker writes a V8 CPU profile of each of its threads there when it exits.
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  // BENCH_PERF_MAP=1: the worker writes /tmp/perf-<pid>.map, so that Linux perf (which samples CPU, not wall time)
+  // names its JavaScript functions.
+  if (process.env.BENCH_PERF_MAP === '1') profile.push('--perf-basic-prof');
   const child = spawn(process.execPath, [...profile, path.join(projectRoot, 'dist', 'src', 'worker.js')], {
     env: {
       PATH: process.env.PATH,

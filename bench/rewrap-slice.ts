@@ -1,9 +1,11 @@
 // Measures rewrapSlice alone (no Temporal) on N tenants: `npm run bench:slice -- [N] [slices] [--trigger-cost]
-// [--mycelium]`. Each slice commits its progress with its writes, as a rotation's do. It prints the wall time, and the
-// CPU this process (the engine and its crypto threads) and PostgreSQL spent per row.
+// [--mycelium [--sequential]]`. Each slice commits its progress with its writes, as a rotation's do. It prints the
+// wall time, and the CPU this process (the engine and its crypto threads) and PostgreSQL spent per row.
 // With --trigger-cost it measures, in one run, what the database's check of every DEK write (the kek-may-wrap
 // trigger) costs the rewrap: the same rewrap on identically seeded databases, with the trigger and without it,
-// alternating twice, and prints the ratio. With --mycelium it rotates a Mycelium-format `tenant` table instead.
+// alternating twice, and prints the ratio. With --mycelium it rotates a Mycelium-format `tenant` table instead
+// (random UUIDs, as Mycelium makes them; with --sequential, UUIDs that grow with insertion, as rekey's own benchmark
+// ids do: the same format, the other layout).
 import { randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
@@ -42,7 +44,14 @@ interface Run {
   floorSeconds?: number;
 }
 
-async function once(count: number, slices: number, trigger: boolean, mycelium: boolean, floor = false): Promise<Run> {
+async function once(
+  count: number,
+  slices: number,
+  trigger: boolean,
+  mycelium: boolean,
+  floor = false,
+  order: 'random' | 'sequential' = 'random',
+): Promise<Run> {
   const batchSize = Number(process.env.BATCH ?? 2_000);
   const name = `rekey_bench_${Date.now()}`;
   const database = await createDatabase(process.env.DATABASE_URL ?? readToolchain().databaseUrl, name, 4 * slices + 2);
@@ -62,7 +71,7 @@ async function once(count: number, slices: number, trigger: boolean, mycelium: b
   try {
     const t = Date.now();
     if (mycelium) {
-      await seedMyceliumTable(db, count, oldSecret);
+      await seedMyceliumTable(db, count, oldSecret, order);
     } else {
       await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', (await keys.list()).find((k) => k.kekId === 'v1')!.fingerprint);
       await seedTenants({ db, keys, kekId: 'v1', count });
@@ -153,7 +162,8 @@ async function main(): Promise<void> {
   const slices = Number(args[1] ?? 1);
   const mycelium = process.argv.includes('--mycelium');
   if (!process.argv.includes('--trigger-cost')) {
-    await once(count, slices, true, mycelium, !mycelium && !process.argv.includes('--no-floor'));
+    const order = process.argv.includes('--sequential') ? 'sequential' : 'random';
+    await once(count, slices, true, mycelium, !mycelium && !process.argv.includes('--no-floor'), order);
     process.exit(0); // the crypto threads do not hold the process, but end it at once
   }
   const on: number[] = [];

@@ -5,6 +5,8 @@
 
 /** The element types rekey sends (pg_type OIDs) and the byte width of each fixed-size one. */
 const TEXT_OID = 25;
+const UUID_OID = 2950;
+const UUID_BYTES = 16;
 const INTEGER_OIDS = { int2: { oid: 21, bytes: 2 }, int4: { oid: 23, bytes: 4 }, int8: { oid: 20, bytes: 8 } } as const;
 export type IntegerType = keyof typeof INTEGER_OIDS;
 
@@ -73,6 +75,51 @@ export function integerArray(values: readonly string[], type: IntegerType): Buff
   return out;
 }
 
+/**
+ * A uuid[] parameter from UUIDs in the text form PostgreSQL writes them (`uuid_out`: 8-4-4-4-12 hex digits), to be
+ * written in SQL as `$n::uuid[]`: each element its 16 bytes, so that the server parses no text per element (`uuid_in`
+ * calls strtoul for each of a UUID's 16 bytes). Anything else is refused.
+ */
+export function uuidArray(values: readonly string[]): Buffer {
+  const out = Buffer.allocUnsafe(headerBytes(values.length) + values.length * (4 + UUID_BYTES));
+  let offset = header(out, values.length, UUID_OID, false);
+  for (const text of values) {
+    offset = out.writeInt32BE(UUID_BYTES, offset);
+    const source = Buffer.from(text, 'utf8');
+    uuidInto(source, 0, source.length, out, offset);
+    offset += UUID_BYTES;
+  }
+  return out;
+}
+
+/** Each byte's value as a hex digit (0-9, a-f, A-F), -1 for any other byte. */
+const HEX = Int8Array.from({ length: 256 }, (_, c) => {
+  if (c >= 48 && c <= 57) return c - 48;
+  const lower = c | 0x20;
+  return lower >= 97 && lower <= 102 ? lower - 87 : -1;
+});
+
+/** A UUID's canonical text (36 bytes at `start`) as its 16 bytes at `out[offset]`; RangeError for anything else. */
+function uuidInto(source: Uint8Array, start: number, length: number, out: Uint8Array, offset: number): void {
+  const refuse = () =>
+    new RangeError(
+      `'${Buffer.from(source.subarray(start, start + Math.max(0, length))).toString('utf8')}' is not a UUID as PostgreSQL writes one`,
+    );
+  if (length !== 36) throw refuse();
+  let at = start;
+  for (let k = 0; k < UUID_BYTES; k++) {
+    if (k === 4 || k === 6 || k === 8 || k === 10) {
+      if (source[at] !== 45) throw refuse(); // '-'
+      at++;
+    }
+    const high = HEX[source[at]!]!;
+    const low = HEX[source[at + 1]!]!;
+    if (high < 0 || low < 0) throw refuse();
+    out[offset + k] = (high << 4) | low;
+    at += 2;
+  }
+}
+
 export function isIntegerType(type: string): type is IntegerType {
   return type in INTEGER_OIDS;
 }
@@ -97,9 +144,15 @@ function starts(lengths: Int32Array): Int32Array {
 /**
  * An array parameter of the elements `which` (indexes, in order) of packed values whose bytes are already each
  * element's binary form: UTF-8 text for a text[] (a binary COPY's text field), big-endian integers of the type's width
- * for an integer array (a binary COPY's integer field). No string, no number per element.
+ * for an integer array (a binary COPY's integer field). No string, no number per element. For a uuid[], the packed
+ * values are UUIDs as text (a uuid column read as `::text`), each written as its 16 bytes (uuidArray's rule).
  */
-export function packedArray(values: PackedValues, which: ArrayLike<number>, type: 'text' | IntegerType): Buffer {
+export function packedArray(
+  values: PackedValues,
+  which: ArrayLike<number>,
+  type: 'text' | 'uuid' | IntegerType,
+): Buffer {
+  if (type === 'uuid') return packedUuidArray(values, which);
   const { oid, bytes: width } = type === 'text' ? { oid: TEXT_OID, bytes: 0 } : INTEGER_OIDS[type];
   const at = starts(values.lengths);
   let total = headerBytes(which.length);
@@ -116,14 +169,38 @@ export function packedArray(values: PackedValues, which: ArrayLike<number>, type
   }
   const out = Buffer.allocUnsafe(total);
   let offset = header(out, which.length, oid, hasNull);
+  // Plain typed arrays, not Buffer methods, in the loop: a byte-by-byte copy into a Buffer and writeInt32BE per
+  // element made this 6% of a Mycelium rewrap's worker CPU (text values of 84 bytes, three columns a row).
+  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.length);
+  const view = new DataView(out.buffer, out.byteOffset, out.length);
   const source = values.bytes;
+  const lengths = values.lengths;
   for (let i = 0; i < which.length; i++) {
     const index = which[i]!;
-    const length = values.lengths[index]!;
-    offset = out.writeInt32BE(length, offset);
-    const start = at[index]!;
-    for (let k = 0; k < length; k++) out[offset + k] = source[start + k]!;
-    if (length > 0) offset += length;
+    const length = lengths[index]!;
+    view.setInt32(offset, length);
+    offset += 4;
+    if (length > 0) {
+      const start = at[index]!;
+      bytes.set(source.subarray(start, start + length), offset);
+      offset += length;
+    }
+  }
+  return out;
+}
+
+function packedUuidArray(values: PackedValues, which: ArrayLike<number>): Buffer {
+  const at = starts(values.lengths);
+  const out = Buffer.allocUnsafe(headerBytes(which.length) + which.length * (4 + UUID_BYTES));
+  let offset = header(out, which.length, UUID_OID, false);
+  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.length);
+  const view = new DataView(out.buffer, out.byteOffset, out.length);
+  const { lengths } = values;
+  for (let i = 0; i < which.length; i++) {
+    const index = which[i]!;
+    view.setInt32(offset, UUID_BYTES);
+    uuidInto(values.bytes, at[index]!, lengths[index]!, bytes, offset + 4);
+    offset += 4 + UUID_BYTES;
   }
   return out;
 }

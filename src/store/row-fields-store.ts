@@ -117,7 +117,8 @@ export class RowFieldsStore {
    * One statement: writes each row `writes.indexes` of the batch where every field it writes still holds what was
    * read (one compare-and-swap on the old values; a live writer that replaced any of them wins the whole row), and
    * adds the batch to each field's progress row (migrated, lost to a live writer, unreadable, cursor). Ids, old and
-   * new values go as binary text arrays copied from the packed columns. Returns the ids not written.
+   * new values go as binary arrays copied from the packed columns (text, and a uuid id as its 16 bytes). Returns the
+   * ids not written.
    */
   async compareAndSwap(
     client: Pool | PoolClient,
@@ -147,12 +148,15 @@ export class RowFieldsStore {
     const attempted = writes.values.map((column) => column.lengths.reduce((k, length) => k + (length >= 0 ? 1 : 0), 0));
     const every = Int32Array.from({ length: count }, (_, i) => i);
     const p = 2 + 2 * n;
+    // A uuid id goes as a binary uuid[] (no uuid_in per row in the server); the rows that lost come back as text.
+    const uuid = this.first.idSqlType === 'uuid';
+    const ids = uuid ? '$1::uuid[]' : '$1::text[]';
     const { rows } = await client.query<{ lost: string[] | null }>(
-      `WITH v AS (SELECT * FROM unnest($1::text[], ${arrays}) AS v(id, ${columns})),
+      `WITH v AS (SELECT * FROM unnest(${ids}, ${arrays}) AS v(id, ${columns})),
        w AS (
          UPDATE ${this.table} t SET ${set} FROM v
-         WHERE ${this.first.id} = v.id::${this.first.idSqlType} AND ${unchanged}
-         RETURNING ${this.first.id}::text AS id),
+         WHERE ${this.first.id} = ${uuid ? 'v.id' : `v.id::${this.first.idSqlType}`} AND ${unchanged}
+         RETURNING ${this.first.id}${uuid ? '' : '::text'} AS id),
        m AS (SELECT ARRAY[${written}]::bigint[] AS migrated FROM w JOIN v ON v.id = w.id),
        k AS (SELECT * FROM unnest($${p}::text[], $${p + 1}::bigint[], $${p + 2}::bigint[])
              WITH ORDINALITY AS k(key, attempted, unreadable, i)),
@@ -163,9 +167,9 @@ export class RowFieldsStore {
            unreadable = f.unreadable + k.unreadable, cursor = $${p + 3}, updated_at = now()
          FROM k, m WHERE f.progress_key = k.key)
        SELECT CASE WHEN (SELECT count(*) FROM w) = ${count} THEN NULL
-         ELSE (SELECT array_agg(x) FROM unnest($1::text[]) AS x WHERE x NOT IN (SELECT id FROM w)) END AS lost`,
+         ELSE (SELECT array_agg(x::text) FROM unnest(${ids}) AS x WHERE x NOT IN (SELECT id FROM w)) END AS lost`,
       [
-        packedArray(batch.ids, writes.indexes, 'text'),
+        packedArray(batch.ids, writes.indexes, uuid ? 'uuid' : 'text'),
         ...this.fields.flatMap((_, i) => [
           packedArray(batch.values[i]!, writes.indexes, 'text'),
           packedArray(writes.values[i]!, every, 'text'),

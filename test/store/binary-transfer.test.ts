@@ -1,16 +1,19 @@
+import { randomUUID } from 'node:crypto';
 import type { Pool, QueryConfig } from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { unpackTextColumn, type ByteColumn } from '../../src/crypto/columns';
-import { integerArray, packedArray, textArray } from '../../src/store/binary-arrays';
+import { integerArray, packedArray, textArray, uuidArray } from '../../src/store/binary-arrays';
 import { literal } from '../../src/store/copy-out';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { batchId, TargetStore } from '../../src/store/target-store';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { REKEY_PRESET } from '../../src/targets/presets';
+import { MYCELIUM_PRESET, REKEY_PRESET } from '../../src/targets/presets';
+import { KekNotWritableError } from '../../src/errors';
 import { useTestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { fingerprintIn } from '../helpers/store-keys';
+import { createMyceliumSchema, kekOf, seedMyceliumTenants } from '../helpers/mycelium';
 
 const keys = testKeys(['v1', 'v2'], 'v1');
 
@@ -106,6 +109,41 @@ describe('binary transfer between the rewrap engine and PostgreSQL', () => {
     expect(result.rows.map((r) => r.v)).toEqual([wide[4], wide[0], wide[2]].map(String));
     expect(() => packedArray(packedWide, [0], 'int4')).toThrow(RangeError);
     expect(() => packedArray(pack([null]), [0], 'int8')).toThrow(RangeError);
+  });
+
+  it('a binary uuid[] parameter arrives as the UUIDs it was built from, from strings or packed text, and refuses what PostgreSQL would not have written', async () => {
+    const uuids = [
+      randomUUID(),
+      '00000000-0000-0000-0000-000000000000',
+      'ffffffff-ffff-ffff-ffff-ffffffffffff',
+      randomUUID(),
+    ];
+    const { rows } = await db.pool.query<{ v: string }>('SELECT x::text AS v FROM unnest($1::uuid[]) x', [
+      uuidArray(uuids),
+    ]);
+    expect(rows.map((r) => r.v)).toEqual(uuids);
+    const packed = pack(uuids.map((u) => Buffer.from(u, 'utf8')));
+    const picked = await db.pool.query<{ v: string }>('SELECT x::text AS v FROM unnest($1::uuid[]) x', [
+      packedArray(packed, [3, 1], 'uuid'),
+    ]);
+    expect(picked.rows.map((r) => r.v)).toEqual([uuids[3], uuids[1]]);
+    const empty = await db.pool.query<{ n: number }>('SELECT cardinality($1::uuid[]) AS n', [uuidArray([])]);
+    expect(empty.rows[0]!.n).toBe(0);
+    const upper = uuids[0]!.toUpperCase();
+    const fromUpper = await db.pool.query<{ v: string }>('SELECT ($1::uuid[])[1]::text AS v', [uuidArray([upper])]);
+    expect(fromUpper.rows[0]!.v).toBe(uuids[0]);
+    for (const bad of [
+      uuids[0]!.replace(/-/g, ''),
+      `{${uuids[0]}}`,
+      `${uuids[0]!.slice(0, 35)}g`,
+      `${uuids[0]!.slice(0, 8)}_${uuids[0]!.slice(9)}`,
+      `${uuids[0]!.slice(0, 35)}š`,
+      '',
+    ]) {
+      expect(() => uuidArray([bad]), bad).toThrow(RangeError);
+      expect(() => packedArray(pack([Buffer.from(bad, 'utf8')]), [0], 'uuid'), bad).toThrow(RangeError);
+    }
+    expect(() => packedArray(pack([null]), [0], 'uuid')).toThrow(RangeError);
   });
 
   it('a rewrap read by column holds every byte of a bytea, every character of an id and every version as the table does', async () => {
@@ -262,5 +300,81 @@ describe('the batch compare-and-swap built from columns', () => {
       cas_conflicts: 1,
       failed: 1,
     });
+  });
+});
+
+describe("the compare-and-swap of a table keyed by uuid (Mycelium's tenant), its ids sent as binary uuids", () => {
+  const db = useTestDatabase();
+  const text = (values: string[]) => ({
+    kind: 'text' as const,
+    column: pack(values.map((v) => Buffer.from(v, 'utf8'))),
+  });
+
+  async function myceliumStore(): Promise<{ s: TargetStore; registry: KekRegistry }> {
+    await createMyceliumSchema(db.pool);
+    await seedMyceliumTenants(db.pool, 8, kekOf(randomUUID()), 1);
+    const registry = new KekRegistry(db.pool, 'mycelium');
+    await registry.seedActive('1', 'fingerprint-1');
+    await registry.register('2', 'fingerprint-2');
+    const s = new TargetStore(db.pool, MYCELIUM_PRESET, compileFormat(MYCELIUM_PRESET.format));
+    await s.inspect();
+    return { s, registry };
+  }
+
+  const stored = async () =>
+    (
+      await db.pool.query<{ id: string; encrypted_dek: string; kek_version: number }>(
+        'SELECT id::text, encrypted_dek, kek_version FROM public.tenant ORDER BY id',
+      )
+    ).rows;
+
+  it('refuses to write while the registry does not let the new generation wrap, writes the rows whose stored value is as read (by column and by row), counts a relabel by its uuid, and returns the ones another writer changed as the read spelled them', async () => {
+    const { s, registry } = await myceliumStore();
+    const before = await stored();
+    const ids = before.map((r) => r.id);
+    const half = { after: '', until: ids[3]! };
+    const batch = await s.readColumns(db.pool, '1', half, 100);
+    expect(unpackTextColumn(batch.ids)).toEqual(ids.slice(0, 4));
+    const indexes = Int32Array.from([0, 1, 2, 3]);
+    const news = (from: number) => [0, 1, 2, 3].map((i) => `v2:new-${from + i}`);
+    const byColumn = () =>
+      s.compareAndSwapColumns(
+        db.pool,
+        '1',
+        '2',
+        batch,
+        // The last row's value was already under generation 2: a relabel, counted as one.
+        { indexes, relabel: Uint8Array.from([0, 0, 0, 1]), values: [text(news(0))] },
+        ['active'],
+      );
+
+    // Generation 2 is only provisioned: nothing is written.
+    await expect(byColumn()).rejects.toBeInstanceOf(KekNotWritableError);
+    expect(await stored()).toEqual(before);
+
+    await registry.promote('1', '2');
+    // The application rewrites the second row's DEK after the read, and renames the third tenant (its DEK as read).
+    await db.pool.query(`UPDATE public.tenant SET encrypted_dek = 'v2:the-application' WHERE id = $1`, [ids[1]]);
+    await db.pool.query(`UPDATE public.tenant SET name = 'renamed' WHERE id = $1`, [ids[2]]);
+    const columns = await byColumn();
+    expect([...columns.lost]).toEqual([ids[1]]);
+    expect(columns).toMatchObject({ written: 3, relabelled: 1 });
+
+    // The other half by row, the last row changed by the application after the read.
+    const rows = await s.readBatch(db.pool, { kind: 'label', kekId: '1' }, { after: ids[3]!, until: null }, 100);
+    expect(rows.map((r) => r.$id)).toEqual(ids.slice(4));
+    await db.pool.query(`UPDATE public.tenant SET encrypted_dek = 'v2:the-application' WHERE id = $1`, [ids[7]]);
+    const writes = rows.map((row, i) => ({ id: row.$id, row, values: [news(4)[i]!], relabel: false }));
+    const byRow = await s.compareAndSwap(db.pool, '1', '2', writes, ['active']);
+    expect([...byRow.lost]).toEqual([ids[7]]);
+    expect(byRow.written).toBe(3);
+
+    expect(await stored()).toEqual(
+      before.map((row, i) =>
+        i === 1 || i === 7
+          ? { ...row, encrypted_dek: 'v2:the-application' }
+          : { ...row, encrypted_dek: `v2:new-${i}`, kek_version: 2 },
+      ),
+    );
   });
 });
