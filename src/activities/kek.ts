@@ -194,6 +194,9 @@ async function prePass(
         ...(labelDefault !== undefined && { labelDefault }),
         ...(resumeFrom !== undefined && { resumeFrom }),
         onCheckpoint: (checkpoint) => context?.heartbeat(checkpoint),
+        onMarkNote: (note) => {
+          context?.log.warn(`proof of KEK '${kekId}' of target '${runtime.definition.name}': ${note}`);
+        },
       }),
     );
   } catch (err) {
