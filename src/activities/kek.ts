@@ -22,6 +22,7 @@ import type { PoolClient } from 'pg';
 import type { RowCrypto } from '../crypto/row-crypto';
 import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
+import { legacyValuesUnder, legacyWhere, type LegacyProof } from './legacy-proof';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
@@ -139,6 +140,48 @@ async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: s
 }
 
 /**
+ * Under the retire step's lock on `from`'s registry row: a legacy value that opens under `from` (restored from a
+ * backup, written by a gateway of a build before envelope encryption since the rotation began) becomes unreadable once
+ * `from` retires. Refused as the rotation's start refuses, unless the run carries the operator's reason
+ * (allowLegacyValues): then the step says how many and why it goes on, and retires.
+ */
+async function refuseLegacyValuesUnder(
+  runtime: TargetRuntime,
+  client: PoolClient,
+  from: string,
+  override: string | undefined,
+): Promise<void> {
+  if ((runtime.definition.fields ?? []).length === 0) return;
+  let cipher;
+  try {
+    cipher = await runtime.keyring.cipher(from);
+  } catch {
+    cipher = undefined; // not held here: every legacy value counts as needing it
+  }
+  let legacy: LegacyProof;
+  try {
+    legacy = await legacyValuesUnder(runtime, client, from, cipher);
+  } finally {
+    cipher?.release();
+  }
+  if (legacy.needed === 0) return;
+  const name = runtime.definition.name;
+  if (override !== undefined && override.trim() !== '') {
+    activityContext()?.log.warn(
+      `retiring KEK '${from}' of target '${name}' although ${legacy.needed} legacy value(s) encrypted directly by it remain (${legacyWhere(legacy)}): they become unreadable once it is destroyed; the run's reason (--allow-legacy-values): ${override.trim()}`,
+    );
+    return;
+  }
+  throw new LegacyValuesRemainError(
+    `target '${name}' still holds ${legacy.needed} legacy value(s) encrypted directly by its KEK '${from}' (${legacyWhere(
+      legacy,
+    )}): they would become unreadable once the KEK retires; not retiring it. The first ${legacy.neededRows.length}: ${legacy.neededRows
+      .map((row) => `${row.tenantId} (${row.reason})`)
+      .join(', ')}. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
+  );
+}
+
+/**
  * What a provision tells the key store of this attempt: on a retry, that an earlier attempt may have created the KEK,
  * and until when it may look for it (half the attempt's time, so that the step still ends). Nothing outside an
  * activity (a test calling it directly).
@@ -194,6 +237,9 @@ async function prePass(
         ...(labelDefault !== undefined && { labelDefault }),
         ...(resumeFrom !== undefined && { resumeFrom }),
         onCheckpoint: (checkpoint) => context?.heartbeat(checkpoint),
+        onMarkNote: (note) => {
+          context?.log.warn(`proof of KEK '${kekId}' of target '${runtime.definition.name}': ${note}`);
+        },
       }),
     );
   } catch (err) {
@@ -285,21 +331,41 @@ function refusedDestruction(
   active: string,
   proof: LabelProof,
   until: Date,
+  legacy?: LegacyProof,
 ): DestroyReport {
   const { definition } = runtime;
   const name = definition.name;
   const retryAt = until.toISOString();
+  const legacyNeeded = legacy?.needed ?? 0;
+  const rows = proof.needed - legacyNeeded;
+  const restore = `\`rekey keys restore ${kekId} --target ${name} --reason "<why>"\``;
+  const rowsPart =
+    rows === 0
+      ? ''
+      : `${rows} ${definition.noun}(s) in ${describeTable(definition.table)} ` +
+        `labelled '${kekId}', or with a label that does not name it (another KEK's, the column's default, none), ` +
+        `open under no KEK rekey may use, and may need it. `;
+  const legacyPart =
+    legacy === undefined || legacyNeeded === 0
+      ? ''
+      : `${legacyNeeded} legacy value(s) encrypted directly by '${kekId}' (no DEK: ${legacyWhere(legacy)}) still open under it, or could not be tried: destroying it loses them for good. `;
+  const rowsTodo =
+    rows === 0
+      ? ''
+      : `To keep those rows: run ${restore} before then, then ` +
+        `\`rekey rotate --target ${name} --from ${kekId} --to ${active}\`, which moves them and retires '${kekId}' again ` +
+        `(its destruction then waits for the new window); a rotation moves only the rows labelled '${kekId}', so a row ` +
+        `labelled otherwise whose value is under it is labelled '${kekId}' first. `;
+  const legacyTodo =
+    legacyNeeded === 0
+      ? ''
+      : `To keep those legacy values: run ${restore} before then, then \`rekey migrate-dek --target ${name}\`, which moves them under DEKs. `;
   return {
     outcome: 'refused',
     detail:
-      `KEK '${kekId}' of target '${name}' is not destroyed: ${proof.needed} ${definition.noun}(s) in ${describeTable(definition.table)} ` +
-      `labelled '${kekId}', or with a label that does not name it (another KEK's, the column's default, none), ` +
-      `open under no KEK rekey may use, and may need it. ${firstNeeded(proof)}. ` +
-      `Its restore window is open again until ${retryAt}. To keep those rows: run ` +
-      `\`rekey keys restore ${kekId} --target ${name} --reason "<why>"\` before then, then ` +
-      `\`rekey rotate --target ${name} --from ${kekId} --to ${active}\`, which moves them and retires '${kekId}' again ` +
-      `(its destruction then waits for the new window); a rotation moves only the rows labelled '${kekId}', so a row ` +
-      `labelled otherwise whose value is under it is labelled '${kekId}' first. Rows that are not needed: repair or delete them. ` +
+      `KEK '${kekId}' of target '${name}' is not destroyed: ${rowsPart}${legacyPart}${firstNeeded(proof)}. ` +
+      `Its restore window is open again until ${retryAt}. ${rowsTodo}${legacyTodo}` +
+      `${legacyNeeded === 0 ? 'Rows' : 'Rows or legacy values'} that are not needed: repair or delete them. ` +
       `This step tries again at ${retryAt}.`,
     needed: proof.needed,
     neededRows: proof.neededRows,
@@ -597,6 +663,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       from,
       restoreWindowMs: asked = parseDuration(DEFAULTS.restoreWindow)!,
       allowShortRestoreWindow,
+      allowLegacyValues,
       progressKey,
       ...on
     }: {
@@ -604,6 +671,11 @@ export function createKekActivities(deps: ActivityDependencies) {
       restoreWindowMs?: number;
       /** The operator's reason for a window below MIN_RESTORE_WINDOW; without it a shorter window is raised to it. */
       allowShortRestoreWindow?: string;
+      /**
+       * The operator's reason to retire although legacy values under `from` remain (--allow-legacy-values); absent
+       * in inputs of builds before it: no override.
+       */
+      allowLegacyValues?: string;
       progressKey?: string;
     } & OnTarget): Promise<{
       retiredAt: string;
@@ -633,7 +705,10 @@ export function createKekActivities(deps: ActivityDependencies) {
         prepare: async () => {
           before = await prePass(runtime, from, progressKey, deps.crypto);
         },
-        prove: (client) => proveUnderLock(runtime, client, from, progressKey, deps.crypto, before),
+        prove: async (client) => {
+          await refuseLegacyValuesUnder(runtime, client, from, allowLegacyValues);
+          return proveUnderLock(runtime, client, from, progressKey, deps.crypto, before);
+        },
       });
       if ('refused' in outcome) {
         const proof = outcome.refused;
@@ -700,14 +775,32 @@ export function createKekActivities(deps: ActivityDependencies) {
       const due =
         record?.state === 'retired' && (!record.restorableUntil || record.restorableUntil <= (await registry.now()));
       const before = due ? await prePass(runtime, kekId, progressKey, deps.crypto) : undefined;
+      // Legacy values (the target's `fields`) that still open under the KEK: destroying it loses them for good,
+      // whatever a run's override said at retire. One that opens under no KEK is lost already and holds nothing back.
+      let legacy: LegacyProof | undefined;
       const step = await keyring.destroy(kekId, {
-        prove: (client) => proveUnderLock(runtime, client, kekId, progressKey, deps.crypto, before),
+        prove: async (client) => {
+          const proof = await proveUnderLock(runtime, client, kekId, progressKey, deps.crypto, before);
+          if ((runtime.definition.fields ?? []).length === 0) return proof;
+          const cipher = await keyring.retiredCipher(kekId);
+          try {
+            legacy = await legacyValuesUnder(runtime, client, kekId, cipher);
+          } finally {
+            cipher?.release();
+          }
+          if (legacy.needed === 0) return proof;
+          return {
+            ...proof,
+            needed: proof.needed + legacy.needed,
+            neededRows: [...proof.neededRows, ...legacy.neededRows],
+          };
+        },
         reopenForMs,
       });
       let report: DestroyReport;
       if (step.outcome === 'refused') {
         const active = (await registry.active())?.kekId ?? '<the active KEK>';
-        report = refusedDestruction(runtime, kekId, active, step.proof, step.until);
+        report = refusedDestruction(runtime, kekId, active, step.proof, step.until, legacy);
       } else if (step.outcome === 'destroyed') {
         report = {
           outcome: 'destroyed',

@@ -223,6 +223,21 @@ export class KeyringCiphers {
     return cipher;
   }
 
+  /**
+   * The cipher of a KEK the registry records as retired, trusted by its recorded fingerprint, for a read-only trial
+   * and nothing else (the destroy step's proof of the legacy values only it may open); undefined where the store no
+   * longer gives it (Vault KV's soft delete, Transit's minimum version, a key gone). The caller releases it.
+   */
+  async retiredCipher(kekId: string): Promise<DekCipher | undefined> {
+    const registered = await this.registry.get(kekId);
+    if (registered?.state !== 'retired') return undefined;
+    try {
+      return await this.cipherFor(kekId, { ...registered, state: 'decrypt_only' });
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Runs `use` with the ciphers of `kekIds` (registry-checked), releasing every one afterwards, whatever happens. */
   async withCiphers<T>(kekIds: readonly string[], use: (ciphers: DekCipher[]) => Promise<T>): Promise<T> {
     const ciphers: DekCipher[] = [];

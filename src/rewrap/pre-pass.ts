@@ -40,6 +40,8 @@ export interface PrePassOptions {
   resumeFrom?: PrePassCheckpoint;
   /** After every batch and every change of stage (heartbeat here). */
   onCheckpoint(checkpoint: PrePassCheckpoint): void;
+  /** What the change mark says of itself when it is coarser than it could be (TargetStore.changeMark's note). */
+  onMarkNote?(note: string): void;
 }
 
 /** A heartbeat's details as a pre-pass checkpoint of `kekId`'s step, or undefined (none, or another shape). */
@@ -77,6 +79,7 @@ export async function runPrePass(
     if ('why' in mark) {
       return report({ ...base, stage: 'whole', labelled: emptyProof(), others: emptyProof(), why: mark.why });
     }
+    if (mark.note !== undefined) options.onMarkNote?.(mark.note);
     report({ ...base, since: mark.mark, stage: 'labelled', labelled: emptyProof(), others: emptyProof() });
   }
   let current = checkpoint!;

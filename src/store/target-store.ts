@@ -168,6 +168,22 @@ export function changedSinceSql(alias: string, mark: string): string {
   return `((${alias}.xmin::text::bigint - ${low.toString()} + 4294967296) % 4294967296) < 2147483648`;
 }
 
+/**
+ * The least of `next` (a 64-bit transaction id) and the 64-bit ids of `running` (32-bit ids, as pg_stat_activity and
+ * pg_prepared_xacts show them), each read as the id in the 2^31 before `next` it stands for; one at or after `next`
+ * (assigned after `next` was read) does not lower it.
+ */
+export function oldestRunning(next: bigint, running: string[]): bigint {
+  let oldest = next;
+  const low = next % 4294967296n;
+  for (const xid of running) {
+    const behind = (low - BigInt(xid) + 4294967296n) % 4294967296n;
+    if (behind === 0n || behind > 2147483648n) continue;
+    if (next - behind < oldest) oldest = next - behind;
+  }
+  return oldest;
+}
+
 export interface IdRange {
   /** Exclusive lower bound; '' = from the start. */
   after: string;
@@ -957,24 +973,40 @@ export class TargetStore {
     return rows[0]?.boundaries ?? [];
   }
 
-  /** The database's clock (ISO 8601): evidence is compared with times the database wrote, never a worker's. */
   /**
-   * The mark from which a later scan (Scan.changedSince) reads only the rows written since: the oldest transaction
-   * still running now (pg_current_snapshot's xmin, 64 bits, as text). A transaction that had not ended by now, its
-   * subtransactions included, has an id at or after it, so every row version it writes (an insert, an update, a
-   * relabel) carries an xmin at or after it; a row version with an older xmin was committed before now and is still
-   * the one a read made after now sees, if nothing wrote the row since. Reads nothing of the table and adds nothing
-   * to it. Where the table's row versions carry no such id (a view, a foreign table, a table access method other
-   * than heap), says why instead.
+   * The mark from which a later scan (Scan.changedSince) reads only the rows written since (64 bits, as text): the
+   * oldest transaction id that may still write to this database. Every row version a transaction not ended by now
+   * writes (an insert, an update, a relabel, in a subtransaction too) carries an xmin at or after it; a row version
+   * with an older xmin was committed before now and is still the one a read made after now sees, if nothing wrote
+   * the row since. Read in three statements, in this order (docs/13-retire-proof.md, "The change mark"):
+   * 1. the current snapshot's xmax: every transaction id not below it was assigned after this statement's snapshot,
+   *    and every id below it that was still running had its PGPROC's xid set before it (under XidGenLock);
+   * 2. backend_xid of every session of this database (pg_stat_activity): a session's top-level id, never above the
+   *    id of one of its subtransactions; a session that ended between 1 and 2 committed or aborted before the scans;
+   * 3. the ids of this database's prepared transactions (read after 2: a transaction that prepares between them is
+   *    in 2 or in 3).
+   * The least of them, or of (1) alone when none is below it. Transactions of other databases cannot write this
+   * database's tables and do not drag the mark back. Where this role cannot see other sessions' backend_xid (neither
+   * a superuser nor a member of pg_read_all_stats), the server-wide mark (pg_current_snapshot's xmin), and `note`
+   * says so. Reads nothing of the table and adds nothing to it. Where the table's row versions carry no such id (a
+   * view, a foreign table, a table access method other than heap), says why instead.
    */
-  async changeMark(): Promise<{ mark: string } | { why: string }> {
-    const { rows } = await this.db.query<{ relkind: string | null; heap: boolean | null; mark: string }>(
+  async changeMark(): Promise<{ mark: string; note?: string } | { why: string }> {
+    const { rows } = await this.db.query<{
+      relkind: string | null;
+      heap: boolean | null;
+      next: string;
+      oldest: string;
+      sees: boolean;
+    }>(
       `SELECT c.relkind::text AS relkind,
               CASE WHEN c.relkind = 'p'
                 THEN (SELECT coalesce(bool_and(am.amname = 'heap'), true) FROM pg_partition_tree(c.oid) pt
                       JOIN pg_class l ON l.oid = pt.relid LEFT JOIN pg_am am ON am.oid = l.relam WHERE pt.isleaf)
                 ELSE (SELECT am.amname = 'heap' FROM pg_am am WHERE am.oid = c.relam) END AS heap,
-              pg_snapshot_xmin(pg_current_snapshot())::text AS mark
+              pg_snapshot_xmax(pg_current_snapshot())::text AS next,
+              pg_snapshot_xmin(pg_current_snapshot())::text AS oldest,
+              pg_has_role('pg_read_all_stats', 'USAGE') AS sees
        FROM pg_class c WHERE c.oid = to_regclass($1)`,
       [this.table],
     );
@@ -988,8 +1020,32 @@ export class TargetStore {
         why: `${this.table} is not stored by PostgreSQL's heap: its rows' xmin may not say when they were written`,
       };
     }
-    return { mark: row.mark };
+    if (!row.sees) {
+      return {
+        mark: row.oldest,
+        note: `role ${JSON.stringify(await this.currentUser())} cannot read other sessions' transaction ids (pg_read_all_stats): the change mark is the oldest transaction running anywhere on the server, and a transaction left open in another database makes the rows proved under the lock more`,
+      };
+    }
+    const sessions = await this.db.query<{ xid: string }>(
+      `SELECT backend_xid::text AS xid FROM pg_stat_activity WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND backend_xid IS NOT NULL`,
+    );
+    const prepared = await this.db.query<{ xid: string }>(
+      `SELECT transaction::text AS xid FROM pg_prepared_xacts WHERE database = current_database()`,
+    );
+    return {
+      mark: oldestRunning(
+        BigInt(row.next),
+        [...sessions.rows, ...prepared.rows].map((r) => r.xid),
+      ).toString(),
+    };
   }
+
+  private async currentUser(): Promise<string> {
+    const { rows } = await this.db.query<{ name: string }>('SELECT current_user AS name');
+    return rows[0]!.name;
+  }
+
+  /** The database's clock (ISO 8601): evidence is compared with times the database wrote, never a worker's. */
 
   async now(): Promise<string> {
     const { rows } = await this.db.query<{ now: Date }>('SELECT now() AS now');

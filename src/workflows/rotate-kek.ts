@@ -98,6 +98,11 @@ export const VERIFY_LABELS_PATCH = 'safety4-verify-labelled-to-1';
  * a shorter window without one), and whose destruction waits for the window the step applied.
  */
 export const RESTORE_WINDOW_PATCH = 'proofs4-retire-restore-window-1';
+/**
+ * Marks runs whose retire step is given the request's reason to go on while legacy values under `from` remain
+ * (--allow-legacy-values): the step refuses without it. Asked only of runs that carry a reason.
+ */
+export const LEGACY_VALUES_PATCH = 'legacy5-retire-legacy-values-1';
 
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
@@ -557,12 +562,15 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   if (proof === 'continue-as-new') return run.continueAsNew();
   const reason = run.request.allowShortRestoreWindow;
   const windowed = patched(RESTORE_WINDOW_PATCH);
+  const legacyReason = run.request.allowLegacyValues;
+  const legacyAllowed = legacyReason !== undefined && patched(LEGACY_VALUES_PATCH);
   const retired = await run.commit('retire', () =>
     lockedSteps.retireKek({
       ...run.on,
       from: carried.from,
       restoreWindowMs: run.settings.restoreWindowMs,
       ...(windowed && reason !== undefined && { allowShortRestoreWindow: reason }),
+      ...(legacyAllowed && { allowLegacyValues: legacyReason }),
       progressKey: `${carried.runKey}/retire`,
     }),
   );
