@@ -14,7 +14,6 @@ import { proveLabelled, proveRowsNotLabelled, type ProofCheckpoint } from '../re
 import { addProofs, describeNeeded, emptyProof, type LabelProof } from '../rotation/label-proof';
 import { prePassCheckpointOf, runPrePass, type PrePassCheckpoint } from '../rewrap/pre-pass';
 import { readProgress } from '../store/rewrap-progress';
-import { inTransaction } from '../store/connect';
 import { isRotationIdOf, rotationWorkflowId } from '../rotation/identity';
 import { BUILTIN_TARGET } from '../targets/builtin';
 import type { TargetRuntime } from '../targets/runtime';
@@ -720,23 +719,8 @@ export function createKekActivities(deps: ActivityDependencies) {
             `a row that opens under no KEK must be repaired or removed first`,
         );
       }
-      let { retired } = outcome;
-      // Finding (restore-window-retry): a KEK an earlier attempt retired with a shorter window than this step holds (a
-      // build before the minimum) gets this step's window too, counted from now: the registry, the restore and the
-      // destruction all read it there.
-      if (
-        retired.retiredAt &&
-        retired.restorableUntil &&
-        retired.restorableUntil.getTime() - retired.retiredAt.getTime() < restoreWindowMs
-      ) {
-        retired = await inTransaction(db, async (client) => {
-          await registry.lock(from, client);
-          if ((await registry.require(from, client)).state === 'retired') {
-            await registry.reopen(from, restoreWindowMs, client);
-          }
-          return registry.require(from, client);
-        });
-      }
+      // A KEK an earlier attempt retired with a shorter window has this step's window (KekRegistry.retire).
+      const { retired } = outcome;
       const relabelled =
         progressKey === undefined ? undefined : (await readProgress(db, progressKey))?.counters.relabelled;
       const applied =

@@ -186,9 +186,18 @@ export class KekRegistry {
    * transaction, which holds the row's lock (see `lock`).
    */
   async retire(kekId: string, restoreWindowMs: number, client: PoolClient): Promise<KekRecord> {
-    // Already retired (a retried step): its window stays where the first retirement put it.
+    // Already retired (a retried step): its window stays where the first retirement put it, unless that is shorter
+    // than this step's (an attempt of a build before the minimum window: finding restore-window-retry); then it is
+    // open again for this step's window from now, so the restore and the destruction read the longer one.
     const current = await this.require(kekId, client);
-    if (current.state === 'retired') return current;
+    if (current.state === 'retired') {
+      const { retiredAt, restorableUntil } = current;
+      if (!retiredAt || !restorableUntil || restorableUntil.getTime() - retiredAt.getTime() >= restoreWindowMs) {
+        return current;
+      }
+      await this.reopen(kekId, restoreWindowMs, client);
+      return this.require(kekId, client);
+    }
     const retired = await this.transition(kekId, 'retired', client);
     const { rows } = await client.query<KekRow>(
       `UPDATE rekey.keks SET restorable_until = retired_at + $3 * interval '1 millisecond'
