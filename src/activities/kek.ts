@@ -151,18 +151,10 @@ async function refuseLegacyValuesUnder(
   override: string | undefined,
 ): Promise<void> {
   if ((runtime.definition.fields ?? []).length === 0) return;
-  let cipher;
-  try {
-    cipher = await runtime.keyring.cipher(from);
-  } catch {
-    cipher = undefined; // not held here: every legacy value counts as needing it
-  }
-  let legacy: LegacyProof;
-  try {
-    legacy = await legacyValuesUnder(runtime, client, from, cipher);
-  } finally {
-    cipher?.release();
-  }
+  // Not held here: every legacy value counts as needing it.
+  const legacy: LegacyProof = await runtime.keyring.withTrialCipher(from, (cipher) =>
+    legacyValuesUnder(runtime, client, from, cipher),
+  );
   if (legacy.needed === 0) return;
   const name = runtime.definition.name;
   if (override !== undefined && override.trim() !== '') {
@@ -766,12 +758,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         prove: async (client) => {
           const proof = await proveUnderLock(runtime, client, kekId, progressKey, deps.crypto, before);
           if ((runtime.definition.fields ?? []).length === 0) return proof;
-          const cipher = await keyring.retiredCipher(kekId);
-          try {
-            legacy = await legacyValuesUnder(runtime, client, kekId, cipher);
-          } finally {
-            cipher?.release();
-          }
+          legacy = await keyring.withTrialCipher(kekId, (cipher) => legacyValuesUnder(runtime, client, kekId, cipher));
           if (legacy.needed === 0) return proof;
           return {
             ...proof,

@@ -221,8 +221,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
         let sum = resumeFrom?.sum ?? emptyCheck();
         for (let batches = 0; ; batches++) {
           const stop =
-            context?.cancellationSignal.aborted === true ||
-            (batches > 0 && Date.now() - started >= args.timeBudgetMs);
+            context?.cancellationSignal.aborted === true || (batches > 0 && Date.now() - started >= args.timeBudgetMs);
           if (stop) return { ...sum, cursor, done: false };
           const rows = await store.readBatch(
             store.db,
@@ -232,9 +231,7 @@ export function createRewrapActivities(deps: ActivityDependencies) {
           );
           if (rows.length === 0) return { ...sum, cursor, done: true };
           const underTo = await crypto.check(store.codec, toKek!, rows);
-          const unreadable = rows.flatMap((row, i) =>
-            underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }],
-          );
+          const unreadable = rows.flatMap((row, i) => (underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }]));
           const underFrom = await crypto.check(
             store.codec,
             fromKek!,
