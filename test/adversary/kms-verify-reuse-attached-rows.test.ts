@@ -54,10 +54,10 @@ describe('quota6 adversary: retire after verify in a KMS keyspace, rows that joi
     const victim = 'tenant-restored';
     await aws.db.pool.query('DROP TABLE IF EXISTS rekey.tenant_deks_staged');
     await aws.db.pool.query('CREATE TABLE rekey.tenant_deks_staged (LIKE rekey.tenant_deks INCLUDING ALL)');
-    await aws.db.pool.query(`INSERT INTO rekey.tenant_deks_staged (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
-      victim,
-      await sealUnder(v1, victim, 'v1'),
-    ]);
+    await aws.db.pool.query(
+      `INSERT INTO rekey.tenant_deks_staged (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`,
+      [victim, await sealUnder(v1, victim, 'v1')],
+    );
 
     const proxy = await throttlingProxy(moto.server.endpoint, 0);
     const keys = KmsKeys.fromEnv({ ...settings, AWS_ENDPOINT_URL: proxy.endpoint });

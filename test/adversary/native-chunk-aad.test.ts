@@ -177,11 +177,16 @@ describe('native6 adversary: a chunk rewrapped natively binds exactly the associ
       const key = i % 9 === 0 ? keks.to : keks.from;
       const shown = i % 3 === 0 ? id.toUpperCase() : i % 3 === 1 ? id.replace(/-/g, '') : id;
       let value: string | null = `v2:${seal(key.key, dek, uuid(id)).toString('base64')}`;
-      if (i % 17 === 5) value = value.slice(0, -1); // not a multiple of four
-      else if (i % 19 === 5) value = `${value}=`; // padding past the end
-      else if (i % 23 === 5) value = `v2:${value.slice(3).replace(/=+$/, '')}`; // (60 bytes: no padding to drop)
-      else if (i % 29 === 5) value = `V2:${value.slice(3)}`; // another prefix
-      else if (i % 31 === 5) value = `v2:${Buffer.from(value.slice(3), 'base64').toString('base64url')}`; // URL-safe
+      if (i % 17 === 5)
+        value = value.slice(0, -1); // not a multiple of four
+      else if (i % 19 === 5)
+        value = `${value}=`; // padding past the end
+      else if (i % 23 === 5)
+        value = `v2:${value.slice(3).replace(/=+$/, '')}`; // (60 bytes: no padding to drop)
+      else if (i % 29 === 5)
+        value = `V2:${value.slice(3)}`; // another prefix
+      else if (i % 31 === 5)
+        value = `v2:${Buffer.from(value.slice(3), 'base64').toString('base64url')}`; // URL-safe
       else if (i % 37 === 5) value = null;
       deks.push(dek);
       ids.push(shown);
