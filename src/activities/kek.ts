@@ -21,11 +21,11 @@ import type { PoolClient } from 'pg';
 import type { RowCrypto } from '../crypto/row-crypto';
 import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
-import { legacyValuesUnder, legacyWhere, type LegacyProof } from './legacy-proof';
+import { legacyValuesRemain, legacyValuesUnder, legacyWhere, type LegacyProof } from './legacy-proof';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
-import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
+import { InvalidRotationError, KeyMaterialError, RetireRefusedError } from '../errors';
 
 export interface FleetReadiness {
   live: number;
@@ -125,17 +125,12 @@ export interface OnTarget {
  */
 async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: string | undefined): Promise<void> {
   if (override !== undefined && override.trim() !== '') return;
-  const left = (await legacyLeft(runtime)).filter((field) => field.legacy > 0);
-  if (left.length === 0) return;
-  const total = left.reduce((sum, field) => sum + field.legacy, 0);
-  const name = runtime.definition.name;
-  throw new LegacyValuesRemainError(
-    `target '${name}' still holds ${total} legacy value(s) encrypted directly by its KEK (${left
-      .map((field) => `${field.legacy} in ${field.where}`)
-      .join(
-        ', ',
-      )}): they would become unreadable once the KEK retires. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
-  );
+  const fields = (await legacyLeft(runtime))
+    .filter((field) => field.legacy > 0)
+    .map((field) => ({ name: field.name, where: field.where, needed: field.legacy }));
+  if (fields.length === 0) return;
+  const needed = fields.reduce((sum, field) => sum + field.needed, 0);
+  throw legacyValuesRemain(runtime.definition.name, { needed, fields }, 'not starting the rotation');
 }
 
 /**
@@ -163,13 +158,7 @@ async function refuseLegacyValuesUnder(
     );
     return;
   }
-  throw new LegacyValuesRemainError(
-    `target '${name}' still holds ${legacy.needed} legacy value(s) encrypted directly by its KEK '${from}' (${legacyWhere(
-      legacy,
-    )}): they would become unreadable once the KEK retires; not retiring it. The first ${legacy.neededRows.length}: ${legacy.neededRows
-      .map((row) => `${row.tenantId} (${row.reason})`)
-      .join(', ')}. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
-  );
+  throw legacyValuesRemain(name, legacy, 'not retiring it', from);
 }
 
 /**

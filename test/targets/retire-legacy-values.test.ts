@@ -7,7 +7,7 @@ import { createCipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { LegacyValuesRemainError } from '../../src/errors';
+import { exitCodeFor, httpStatusFor, LegacyValuesRemainError } from '../../src/errors';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { parseTargetsConfig } from '../../src/targets/config';
@@ -81,6 +81,42 @@ describe("retire and destroy prove the legacy values of a target's configured fi
       );
       await expect(refused).rejects.toThrow('`rekey migrate-dek --target rekey`');
       expect((await registry.require('v1')).state).toBe('decrypt_only');
+    } finally {
+      close();
+    }
+  });
+
+  it("the rotation's start and its retire step refuse legacy values in the same words (what is left, where, why, both ways on: rekey migrate-dek, or the reason by the CLI's flag or the admin API's field), with one exit code and HTTP status", async () => {
+    const { activities, schema, close } = await setUp('v1');
+    try {
+      const refusal = async (step: Promise<unknown>) => {
+        const err = await step.then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(LegacyValuesRemainError);
+        expect([exitCodeFor(err), httpStatusFor(err)]).toEqual([5, 422]);
+        return (err as Error).message;
+      };
+      const atStart = await refusal(activities.validateRotation({ target: 'rekey', from: 'v1', to: 'v2' }));
+      const atRetire = await refusal(
+        activities.retireKek({ target: 'rekey', from: 'v1', restoreWindowMs: 86_400_000 }),
+      );
+      const where = `1 in ${schema}.payment_methods`;
+      const ways =
+        'Run `rekey migrate-dek --target rekey` first, or give the reason to go on when the rotation starts: --allow-legacy-values <reason> (allow_legacy_values in the admin API), recorded in the run';
+      expect(atStart).toMatch(
+        new RegExp(
+          `^target 'rekey' still holds 1 legacy value\\(s\\) encrypted directly by its KEK \\(${where}[^)]*\\): they would become unreadable once the KEK retires; not starting the rotation\\. `,
+        ),
+      );
+      expect(atRetire).toMatch(
+        new RegExp(
+          `^target 'rekey' still holds 1 legacy value\\(s\\) encrypted directly by its KEK 'v1' \\(${where}[^)]*\\): they would become unreadable once the KEK retires; not retiring it\\. The first 1: pm-1 \\(`,
+        ),
+      );
+      expect(atStart.endsWith(ways)).toBe(true);
+      expect(atRetire.endsWith(ways)).toBe(true);
     } finally {
       close();
     }
