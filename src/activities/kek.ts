@@ -26,6 +26,9 @@ import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
 import { InvalidRotationError, KeyMaterialError, RetireRefusedError } from '../errors';
+import type { EngineKek } from '../keyring/cipher';
+import type { ProvedUnder } from '../store/target-store';
+import { verifiedFails, type VerifiedUnder } from '../rotation/verified-mark';
 
 export interface FleetReadiness {
   live: number;
@@ -204,14 +207,17 @@ async function prePass(
   kekId: string,
   progressKey: string | undefined,
   crypto: RowCrypto | undefined,
+  verified?: VerifiedUnder,
 ): Promise<PrePassCheckpoint | undefined> {
   const context = activityContext();
   const resumeFrom = prePassCheckpointOf(context?.info.heartbeatDetails, kekId);
   const labelDefault = await runtime.store.labelDefault();
   let done: PrePassCheckpoint;
   try {
-    done = await withProofKeys(runtime, kekId, crypto, (keys, rows) =>
-      runPrePass(runtime.store, runtime.db, rows, keys, {
+    done = await withProofKeys(runtime, kekId, crypto, async (keys, rows) => {
+      const provedUnder = verified && (await verifiedStillProves(runtime, kekId, keys.active, verified));
+      return runPrePass(runtime.store, runtime.db, rows, keys, {
+        ...(provedUnder && { provedUnder }),
         batchSize: LOCKED_PROOF_BATCH,
         ...(progressKey !== undefined && { progressKey }),
         ...(labelDefault !== undefined && { labelDefault }),
@@ -220,8 +226,8 @@ async function prePass(
         onMarkNote: (note) => {
           context?.log.warn(`proof of KEK '${kekId}' of target '${runtime.definition.name}': ${note}`);
         },
-      }),
-    );
+      });
+    });
   } catch (err) {
     if (err instanceof RetireRefusedError) return undefined;
     throw err;
@@ -241,6 +247,33 @@ async function prePass(
     );
   }
   return done;
+}
+
+/**
+ * Where the active KEK is in a remote store (AWS KMS, Vault Transit: a trial is a request against the quota), the rows
+ * verify proved under it that the database shows unchanged since (src/rotation/verified-mark.ts): the pre-pass leaves
+ * them out. Undefined for key bytes (a trial costs the worker microseconds, no quota) or where the proof no longer
+ * stands (the log says why).
+ */
+async function verifiedStillProves(
+  runtime: TargetRuntime,
+  kekId: string,
+  active: EngineKek,
+  verified: VerifiedUnder,
+): Promise<ProvedUnder | undefined> {
+  if (active.key.length > 0) return undefined;
+  const why = verifiedFails(verified, active, await runtime.store.markNow());
+  const about = `proof of KEK '${kekId}' of target '${runtime.definition.name}'`;
+  if (why !== undefined) {
+    activityContext()?.log.info(
+      `${about}: every row labelled '${active.kekId}' is tried again, not taken from verify: ${why}`,
+    );
+    return undefined;
+  }
+  activityContext()?.log.info(
+    `${about}: the rows labelled '${active.kekId}' unchanged since verify opened them under it are not tried again`,
+  );
+  return { label: active.kekId, mark: verified.mark };
 }
 
 /**
@@ -644,6 +677,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       restoreWindowMs: asked = parseDuration(DEFAULTS.restoreWindow)!,
       allowShortRestoreWindow,
       allowLegacyValues,
+      verified,
       progressKey,
       ...on
     }: {
@@ -656,6 +690,8 @@ export function createKekActivities(deps: ActivityDependencies) {
        * in inputs of builds before it: no override.
        */
       allowLegacyValues?: string;
+      /** What verify's check of the rows labelled `to` proved (absent in inputs of builds before it). */
+      verified?: VerifiedUnder;
       progressKey?: string;
     } & OnTarget): Promise<{
       retiredAt: string;
@@ -683,7 +719,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       const outcome = await keyring.retire(from, {
         restoreWindowMs,
         prepare: async () => {
-          before = await prePass(runtime, from, progressKey, deps.crypto);
+          before = await prePass(runtime, from, progressKey, deps.crypto, verified);
         },
         prove: async (client) => {
           await refuseLegacyValuesUnder(runtime, client, from, allowLegacyValues);

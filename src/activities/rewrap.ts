@@ -6,6 +6,9 @@ import { addChecks, emptyCheck, NAMED_CHECKED, type LabelCheck, type LabelCheckO
 import { passOfProgressKey, rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
+import type { EngineKek } from '../keyring/cipher';
+import type { TargetStore } from '../store/target-store';
+import type { VerifiedUnder } from '../rotation/verified-mark';
 
 export interface SlicePlan {
   /** Rows on `from` right now. */
@@ -218,7 +221,11 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       return withKeks(runtime, args, [to, from], deps.crypto, async ([toKek, fromKek], crypto) => {
         const started = Date.now();
         let cursor = resumeFrom?.cursor ?? args.after;
-        let sum = resumeFrom?.sum ?? emptyCheck();
+        // What this check proves for retire's pre-pass (verified-mark.ts): the mark is read before the first row, and a
+        // resumed attempt keeps its first attempt's (in the heartbeat; none in an older build's heartbeat).
+        let sum: LabelCheck = resumeFrom
+          ? { ...resumeFrom.sum, verified: resumeFrom.sum.verified ?? null }
+          : { ...emptyCheck(), verified: await verifiedMark(store, toKek!) };
         for (let batches = 0; ; batches++) {
           const stop =
             context?.cancellationSignal.aborted === true || (batches > 0 && Date.now() - started >= args.timeBudgetMs);
@@ -237,7 +244,12 @@ export function createRewrapActivities(deps: ActivityDependencies) {
             fromKek!,
             unreadable.map(({ row }) => row),
           );
-          const batch: LabelCheck = { ...emptyCheck(), checked: rows.length, unreadable: unreadable.length };
+          const batch: LabelCheck = {
+            ...emptyCheck(),
+            checked: rows.length,
+            unreadable: unreadable.length,
+            verified: sum.verified ?? null,
+          };
           unreadable.forEach(({ row, reason }, i) => {
             const sealedUnderFrom = underFrom[i] === undefined;
             if (sealedUnderFrom) batch.underFrom += 1;
@@ -270,6 +282,18 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       return store.idsOnLabel(from, limit);
     },
   };
+}
+
+/**
+ * The mark of a check of the rows labelled `to` (VerifiedUnder), read before it reads a row; null where the target's
+ * rows carry no transaction id (TargetStore.changeMark) or the database does not say where it is.
+ */
+async function verifiedMark(store: TargetStore, to: EngineKek): Promise<VerifiedUnder | null> {
+  if (to.fingerprint === undefined) return null;
+  const now = await store.markNow();
+  const mark = await store.changeMark();
+  if (now === undefined || 'why' in mark) return null;
+  return { kekId: to.kekId, fingerprint: to.fingerprint, mark: mark.mark, scope: now.scope };
 }
 
 /** The activity's context, or nothing outside an activity (a test calling it directly). */
