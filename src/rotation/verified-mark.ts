@@ -63,7 +63,7 @@ export function verifiedFails(
   }
   if (now === undefined) return 'the database does not say which cluster and timeline it is';
   if (now.scope !== verified.scope) {
-    return `the database is not the one verify read (cluster, timeline or database changed: ${verified.scope} → ${now.scope})`;
+    return `the database is not the one verify read (cluster, timeline, database or the relations its table reads changed: ${verified.scope} → ${now.scope})`;
   }
   const since = BigInt(now.next) - BigInt(verified.mark);
   if (since < 0n) return 'the database assigns transaction ids behind verify’s mark (restored to an earlier point)';

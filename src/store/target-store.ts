@@ -1054,21 +1054,36 @@ export class TargetStore {
   }
 
   /**
-   * Where a change mark is read (MarkNow): the cluster (its system identifier), the timeline of its last checkpoint
-   * and this database's oid, with the next transaction id (64 bits). A mark read elsewhere, or one the id counter
-   * is now behind, says nothing of these rows (verifiedFails). Undefined where the server does not say (a role
-   * refused pg_control_system).
+   * Where a change mark is read (MarkNow): the cluster (its system identifier), the timeline of its last checkpoint,
+   * this database's oid and the relations a scan of the table reads (the table's oid, and each table attached to it by
+   * inheritance or as a partition, with the xmin of its pg_inherits row: an attachment made again is another), with
+   * the next transaction id (64 bits). A mark read elsewhere, or one the id counter is now behind, says nothing of
+   * these rows (verifiedFails); nor does one read before a table joined the scan (ALTER TABLE … INHERIT, ATTACH
+   * PARTITION, a table renamed into place), whose rows keep the xmin of whatever wrote them, unread by the check.
+   * Undefined where the server does not say (a role refused pg_control_system).
    */
   async markNow(): Promise<{ scope: string; next: string } | undefined> {
     try {
-      const { rows } = await this.db.query<{ system: string; timeline: number; db: string; next: string }>(
-        `SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system,
+      const { rows } = await this.db.query<{
+        system: string;
+        timeline: number;
+        db: string;
+        relations: string | null;
+        next: string;
+      }>(
+        `WITH RECURSIVE rel(oid, attached) AS (
+           SELECT to_regclass($1)::oid, ''::text
+           UNION ALL
+           SELECT i.inhrelid, i.xmin::text FROM pg_inherits i JOIN rel ON i.inhparent = rel.oid)
+         SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system,
                 (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
                 (SELECT oid::text FROM pg_database WHERE datname = current_database()) AS db,
+                (SELECT string_agg(oid::text || ':' || attached, ',' ORDER BY oid, attached) FROM rel) AS relations,
                 pg_snapshot_xmax(pg_current_snapshot())::text AS next`,
+        [this.table],
       );
       const row = rows[0]!;
-      return { scope: `${row.system}/${row.timeline}/${row.db}`, next: row.next };
+      return { scope: `${row.system}/${row.timeline}/${row.db}/${row.relations ?? ''}`, next: row.next };
     } catch (err) {
       // 42501: insufficient_privilege. Anything else is the database's trouble, retried with the step.
       if ((err as { code?: string }).code === '42501') return undefined;
