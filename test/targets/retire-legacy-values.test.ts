@@ -4,6 +4,8 @@
 // opens under it whatever the reason, and a value that opens under no KEK (lost already) holds nothing back. Here
 // rekey's own table with a billing application's card tokens as its field, written by the fixture's own AES-GCM.
 import { createCipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { DefaultLogger } from '@temporalio/worker';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
@@ -122,16 +124,31 @@ describe("retire and destroy prove the legacy values of a target's configured fi
     }
   });
 
-  it("retire of v1 goes on with the run's reason (allowLegacyValues) although a legacy value opens under v1", async () => {
-    const { registry, activities, close } = await setUp('v1');
+  it("retire of v1 goes on with the run's reason (allowLegacyValues) although a legacy value opens under v1, and the step's log warns how many, where and the reason", async () => {
+    const { registry, activities, schema, close } = await setUp('v1');
     try {
-      await activities.retireKek({
-        target: 'rekey',
-        from: 'v1',
-        restoreWindowMs: 86_400_000,
-        allowLegacyValues: 'card tokens reissued by the processor',
+      // Run as Temporal runs it, with the activity's logger: the warning is the worker's log line.
+      const warnings: string[] = [];
+      const logger = new DefaultLogger('WARN', (entry) => {
+        if (entry.level === 'WARN') warnings.push(entry.message);
       });
+      await new MockActivityEnvironment(undefined, { logger }).run(
+        (args: Parameters<typeof activities.retireKek>[0]) => activities.retireKek(args),
+        {
+          target: 'rekey',
+          from: 'v1',
+          restoreWindowMs: 86_400_000,
+          allowLegacyValues: 'card tokens reissued by the processor',
+        },
+      );
       expect((await registry.require('v1')).state).toBe('retired');
+      expect(warnings.filter((w) => w.includes('legacy value'))).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^retiring KEK 'v1' of target 'rekey' although 1 legacy value\\(s\\) encrypted directly by it remain \\(1 in ${schema}\\.payment_methods[^)]*\\): they become unreadable once it is destroyed; the run's reason \\(--allow-legacy-values\\): card tokens reissued by the processor$`,
+          ),
+        ),
+      ]);
     } finally {
       close();
     }
