@@ -269,15 +269,20 @@ fn build_aad(parts: &[Part], fields: &[Option<&[u8]>], kek_id: &[u8], out: &mut 
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_value(c: u8) -> i32 {
-    match c {
-        b'A'..=b'Z' => (c - b'A') as i32,
-        b'a'..=b'z' => (c - b'a' + 26) as i32,
-        b'0'..=b'9' => (c - b'0' + 52) as i32,
-        b'+' => 62,
-        b'/' => 63,
-        _ => -1,
+/// Each byte's value in the standard alphabet, or -1.
+const BASE64_VALUES: [i8; 256] = {
+    let mut table = [-1i8; 256];
+    let mut k = 0;
+    while k < 64 {
+        table[ALPHABET[k] as usize] = k as i8;
+        k += 1;
     }
+    table
+};
+
+#[inline(always)]
+fn base64_value(c: u8) -> i32 {
+    BASE64_VALUES[c as usize] as i32
 }
 
 /// Standard base64 with padding, only as Node's encoder writes it (src/codec/base64-bytes.ts decodeBase64Into):
