@@ -226,44 +226,57 @@ export function createRewrapActivities(deps: ActivityDependencies) {
         let sum: LabelCheck = resumeFrom
           ? { ...resumeFrom.sum, verified: resumeFrom.sum.verified ?? null }
           : { ...emptyCheck(), verified: await verifiedMark(store, toKek!) };
-        for (let batches = 0; ; batches++) {
-          const stop =
-            context?.cancellationSignal.aborted === true || (batches > 0 && Date.now() - started >= args.timeBudgetMs);
-          if (stop) return { ...sum, cursor, done: false };
-          const rows = await store.readBatch(
-            store.db,
-            { kind: 'label', kekId: to },
-            { after: cursor, until: null },
-            args.batchSize,
-          );
-          if (rows.length === 0) return { ...sum, cursor, done: true };
-          const underTo = await crypto.check(store.codec, toKek!, rows);
-          const unreadable = rows.flatMap((row, i) => (underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }]));
-          const underFrom = await crypto.check(
-            store.codec,
-            fromKek!,
-            unreadable.map(({ row }) => row),
-          );
-          const batch: LabelCheck = {
-            ...emptyCheck(),
-            checked: rows.length,
-            unreadable: unreadable.length,
-            verified: sum.verified ?? null,
-          };
-          unreadable.forEach(({ row, reason }, i) => {
-            const sealedUnderFrom = underFrom[i] === undefined;
-            if (sealedUnderFrom) batch.underFrom += 1;
-            if (sum.named.length + batch.named.length >= NAMED_CHECKED) return;
-            batch.named.push({
-              tenantId: row.$id,
-              reason: sealedUnderFrom
-                ? `labelled '${to}', its value is under '${from}'`
-                : `opens under neither '${to}' (${reason}) nor '${from}'`,
+        // A batch paced by a remote key store (a KMS call per row) may outlast the heartbeat timeout: the last
+        // checkpoint again meanwhile, or the attempt is taken for lost and its rows tried again (the quota spent twice).
+        const alive = context && setInterval(() => context.heartbeat({ cursor, sum }), CHECK_ALIVE_EVERY_MS);
+        try {
+          return await checkBatches();
+        } finally {
+          if (alive) clearInterval(alive);
+        }
+        async function checkBatches(): Promise<LabelCheckOutcome> {
+          for (let batches = 0; ; batches++) {
+            const stop =
+              context?.cancellationSignal.aborted === true ||
+              (batches > 0 && Date.now() - started >= args.timeBudgetMs);
+            if (stop) return { ...sum, cursor, done: false };
+            const rows = await store.readBatch(
+              store.db,
+              { kind: 'label', kekId: to },
+              { after: cursor, until: null },
+              args.batchSize,
+            );
+            if (rows.length === 0) return { ...sum, cursor, done: true };
+            const underTo = await crypto.check(store.codec, toKek!, rows);
+            const unreadable = rows.flatMap((row, i) =>
+              underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }],
+            );
+            const underFrom = await crypto.check(
+              store.codec,
+              fromKek!,
+              unreadable.map(({ row }) => row),
+            );
+            const batch: LabelCheck = {
+              ...emptyCheck(),
+              checked: rows.length,
+              unreadable: unreadable.length,
+              verified: sum.verified ?? null,
+            };
+            unreadable.forEach(({ row, reason }, i) => {
+              const sealedUnderFrom = underFrom[i] === undefined;
+              if (sealedUnderFrom) batch.underFrom += 1;
+              if (sum.named.length + batch.named.length >= NAMED_CHECKED) return;
+              batch.named.push({
+                tenantId: row.$id,
+                reason: sealedUnderFrom
+                  ? `labelled '${to}', its value is under '${from}'`
+                  : `opens under neither '${to}' (${reason}) nor '${from}'`,
+              });
             });
-          });
-          sum = addChecks(sum, batch);
-          cursor = rows[rows.length - 1]!.$id;
-          context?.heartbeat({ cursor, sum });
+            sum = addChecks(sum, batch);
+            cursor = rows[rows.length - 1]!.$id;
+            context?.heartbeat({ cursor, sum });
+          }
         }
       });
     },
@@ -283,6 +296,9 @@ export function createRewrapActivities(deps: ActivityDependencies) {
     },
   };
 }
+
+/** How often a check of the rows labelled `to` says it is alive while a batch waits on a paced key store. */
+const CHECK_ALIVE_EVERY_MS = 5_000;
 
 /**
  * The mark of a check of the rows labelled `to` (VerifiedUnder), read before it reads a row; null where the target's

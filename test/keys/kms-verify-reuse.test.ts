@@ -4,6 +4,7 @@
 // that counts what the worker asks KMS.
 import { randomUUID } from 'node:crypto';
 import { DescribeKeyCommand, GenerateDataKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { awsClientConfig } from '../../src/keyring/aws';
@@ -12,6 +13,7 @@ import { generateKek } from '../../src/keyring/keyring';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { RetireRefusedError } from '../../src/errors';
+import type { LabelCheckOutcome } from '../../src/rotation/label-check';
 import { fingerprintIn } from '../helpers/store-keys';
 import { throttlingProxy, useAwsServers } from '../helpers/aws';
 import { runRotation } from '../helpers/rotation-run';
@@ -182,5 +184,37 @@ describe('retire after verify in a KMS keyspace', () => {
     // Tried: the pre-pass found it needs v1, so the step proved every row under the lock, as without the reuse.
     expect(seen.retireCalls).toBeGreaterThanOrEqual(TENANTS);
     expect((await new KekRegistry(aws.db.pool, BUILTIN_TARGET).get('v1'))?.state).not.toBe('retired');
+  }, 240_000);
+
+  it('verify’s check heartbeats while a batch waits on a paced KMS, so that its attempt is not taken for lost and its rows tried again', async () => {
+    const { settings, v1 } = await keyspace();
+    const victim = 'tenant-00001';
+    const wrong = await sealUnderV1(v1, victim);
+    // A rotation refused at retire leaves v2 active, v1 decrypt-only and every row labelled v2.
+    await rotateWith(settings, async () => {
+      await aws.db.pool.query(`UPDATE rekey.tenant_deks SET wrapped_dek = $2 WHERE tenant_id = $1`, [victim, wrong]);
+    });
+    // One batch of every row at 8 calls a second: about 7.5 s, past the check's keep-alive interval (5 s).
+    const keys = KmsKeys.fromEnv({ ...settings, REKEY_AWS_KMS_RATE: '8' });
+    await keys.reload();
+    try {
+      const activities = createActivities({ db: aws.db.pool, keys });
+      const env = new MockActivityEnvironment();
+      const beats: unknown[] = [];
+      env.on('heartbeat', (details: unknown) => beats.push(details));
+      const outcome: LabelCheckOutcome = await env.run(activities.checkLabelled.bind(activities), {
+        from: 'v1',
+        to: 'v2',
+        after: '',
+        batchSize: TENANTS,
+        timeBudgetMs: 600_000,
+      });
+      expect(outcome.checked).toBe(TENANTS);
+      expect(outcome.underFrom).toBe(1);
+      // The batch's own heartbeat at its end, and at least one while its paced calls ran.
+      expect(beats.length).toBeGreaterThanOrEqual(2);
+    } finally {
+      keys.close();
+    }
   }, 240_000);
 });
