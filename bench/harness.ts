@@ -167,6 +167,8 @@ export function spawnWorker(options: {
   // BENCH_PERF_MAP=1: the worker writes /tmp/perf-<pid>.map, so that Linux perf (which samples CPU, not wall time)
   // names its JavaScript functions.
   if (process.env.BENCH_PERF_MAP === '1') profile.push('--perf-basic-prof');
+  // BENCH_NODE_FLAGS: more of node's own flags for the worker (--trace-deopt, --trace-gc, …), split on spaces.
+  if (process.env.BENCH_NODE_FLAGS) profile.push(...process.env.BENCH_NODE_FLAGS.split(' ').filter(Boolean));
   const child = spawn(process.execPath, [...profile, path.join(projectRoot, 'dist', 'src', 'worker.js')], {
     env: {
       PATH: process.env.PATH,

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Client as TemporalClient } from '@temporalio/client';
 import type { Pool } from 'pg';
 import { startMoto } from '../src/dev/moto';
+import { throttlingProxy } from '../test/helpers/throttling-proxy';
 import type { Toolchain } from '../src/dev/toolchain';
 import { KmsKeys } from '../src/keyring/drivers/aws-kms';
 import type { RotationRequest } from '../src/rotation/rotation-input';
@@ -33,6 +34,7 @@ export type Measure = (
   db: Pool,
   request: RotationRequest,
   meter: CpuMeter,
+  onPhase?: (phase: string) => void,
 ) => Promise<{ report: RotationReport; seconds: number; cpu: ReturnType<CpuMeter['end']> | undefined }>;
 
 /** Seeds `tenants` DEKs under the KMS KEK `v1` (GenerateDataKey, many at once, unpaced), then rotates them. */
@@ -55,9 +57,13 @@ export async function kmsBench(options: {
     process.stdout.write(`${line}\n`);
   };
   const moto = await startMoto(options.toolchain.motoServer);
+  // The worker reaches moto through a proxy that forwards every request and counts them by operation (it throttles
+  // none): the requests of each phase of the whole rotation, not only the rewrap's.
+  const proxy = await throttlingProxy(moto.endpoint, 0);
   const database = await freshDatabase('rekey_bench_kms');
   const keyEnv: Record<string, string> = {
     ...moto.env,
+    AWS_ENDPOINT_URL: proxy.endpoint,
     REKEY_KEY_PROVIDER: 'aws-kms',
     REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-bench/${randomUUID()}/`,
     REKEY_AWS_KMS_RATE: String(rate),
@@ -65,7 +71,12 @@ export async function kmsBench(options: {
   };
   let worker: ReturnType<typeof spawnWorker> | undefined;
   const postgres = new DatabaseCpu([new URL(database.url).pathname.slice(1)]);
-  const seeder = KmsKeys.fromEnv({ ...keyEnv, REKEY_AWS_KMS_RATE: '0', REKEY_AWS_KMS_CONCURRENCY: '64' });
+  const seeder = KmsKeys.fromEnv({
+    ...keyEnv,
+    AWS_ENDPOINT_URL: moto.endpoint,
+    REKEY_AWS_KMS_RATE: '0',
+    REKEY_AWS_KMS_CONCURRENCY: '64',
+  });
   try {
     await generateKek(seeder, 'v1');
     await new KekRegistry(database.pool, BUILTIN_TARGET).seedActive('v1', (await storedKek(seeder, 'v1')).fingerprint);
@@ -107,11 +118,17 @@ export async function kmsBench(options: {
       moto: () => processCpuSeconds(moto.pid, true),
     });
     t = Date.now();
+    // The requests the proxy had forwarded when the run was first seen in each phase (polled every 100 ms: a call
+    // in flight at a phase's end may count in the next).
+    const forwarded = () => [...proxy.forwarded.values()].reduce((a, b) => a + b, 0);
+    const byOperation = () => new Map(proxy.forwarded);
+    const seen: { phase: string; requests: number; operations: Map<string, number> }[] = [];
     const run = await options.measure(
       client,
       database.pool,
       { from: 'v1', to: 'new', gracePeriod: '1s', ...options.rotation },
       meter,
+      (phase) => seen.push({ phase, requests: forwarded(), operations: byOperation() }),
     );
     const requests = run.report.counters.keyStoreRequests ?? 0;
     const reached = requests / run.seconds;
@@ -127,6 +144,26 @@ export async function kmsBench(options: {
     );
     say(`| requests per second reached | ${n(reached)}/s |`);
     say(`| **ratio reached / configured rate** | **${((reached / rate) * 100).toFixed(0)}%** |`);
+    // Each phase's requests (all operations, as the proxy saw them), per row, and its wall time (the workflow's own
+    // phase times).
+    const perPhase = seen.slice(0, -1).map((entry, i) => {
+      const next = seen[i + 1]!;
+      const ops = [...next.operations]
+        .map(([op, count]) => [op, count - (entry.operations.get(op) ?? 0)] as const)
+        .filter(([, count]) => count > 0)
+        .map(([op, count]) => `${op} ${count}`)
+        .join(', ');
+      const times = run.report.phases[entry.phase as keyof RotationReport['phases']];
+      const wall = times?.endedAt !== undefined ? `${((times.endedAt - times.startedAt) / 1000).toFixed(1)} s` : '–';
+      return { phase: entry.phase, requests: next.requests - entry.requests, ops, wall };
+    });
+    for (const p of perPhase) {
+      say(
+        `| phase ${p.phase}: KMS requests, per row, wall time | ${n(p.requests)}, ${(p.requests / tenants).toFixed(2)}/row, ${p.wall}${p.ops ? ` (${p.ops})` : ''} |`,
+      );
+    }
+    const rowCalls = perPhase.reduce((sum, p) => sum + p.requests, 0);
+    say(`| **whole rotation: KMS requests per row** | **${(rowCalls / tenants).toFixed(2)}** (${n(rowCalls)}) |`);
     if (run.cpu) {
       const parts = Object.entries(run.cpu.cpu).map(([name, seconds]) => `${name} ${seconds.toFixed(1)} s`);
       say(
@@ -149,6 +186,7 @@ export async function kmsBench(options: {
     seeder.close();
     await worker?.kill();
     await database.drop();
+    await proxy.close();
     await moto.stop();
   }
 }

@@ -73,7 +73,10 @@ async function once(
     if (mycelium) {
       await seedMyceliumTable(db, count, oldSecret, order);
     } else {
-      await new KekRegistry(db, BUILTIN_TARGET).seedActive('v1', (await keys.list()).find((k) => k.kekId === 'v1')!.fingerprint);
+      await new KekRegistry(db, BUILTIN_TARGET).seedActive(
+        'v1',
+        (await keys.list()).find((k) => k.kekId === 'v1')!.fingerprint,
+      );
       await seedTenants({ db, keys, kekId: 'v1', count });
     }
     await settle(db);

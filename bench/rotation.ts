@@ -89,6 +89,8 @@ async function measure(
   db: Pool,
   request: RotationRequest,
   meter: CpuMeter,
+  /** Called with each phase as the run is first seen in it (polled every 100 ms while it watches). */
+  onPhase?: (phase: string) => void,
 ): Promise<{
   report: RotationReport;
   seconds: number;
@@ -105,10 +107,15 @@ async function measure(
   // The processes' CPU over the rewrap phase, read when the run is first seen in it and when first seen past it.
   let inRewrap = false;
   let cpu: ReturnType<CpuMeter['end']> | undefined;
+  let seenPhase: string | undefined;
   for (;;) {
     // A run that failed keeps answering its last progress: its status says it ended (result() then says why).
     if ((await started.handle.describe()).status.name !== 'RUNNING') break;
     const progress = await started.handle.query(progressQuery);
+    if (onPhase && progress.phase !== seenPhase) {
+      seenPhase = progress.phase;
+      onPhase(progress.phase);
+    }
     if (!inRewrap && progress.phase === 'rewrap') {
       inRewrap = true;
       meter.begin();
@@ -132,9 +139,10 @@ async function measure(
           if (!(err instanceof WorkflowUpdateFailedError)) throw err;
         });
     }
-    await sleep(inRewrap && cpu === undefined ? 100 : 500);
+    await sleep((inRewrap && cpu === undefined) || onPhase ? 100 : 500);
   }
   const report = await started.handle.result();
+  onPhase?.('ended');
   const phase = report.phases.rewrap!;
   const seconds = ((phase.endedAt ?? 0) - phase.startedAt) / 1000;
   return { report, seconds, rate: report.counters.rewrapped / seconds, workflowId: started.handle.workflowId, cpu };

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ConfigError } from './errors';
-import { KEY_PROVIDERS } from './keyring/stores';
+import { KEY_PROVIDERS, type KeyProviderName } from './keyring/stores';
 
 /** REKEY_KEY_PROVIDER: where the process's KEKs are; its values are the stores' own (src/keyring/stores.ts). */
 export { KEY_PROVIDERS, type KeyProviderName } from './keyring/stores';
@@ -9,9 +9,27 @@ export { KEY_PROVIDERS, type KeyProviderName } from './keyring/stores';
 const KeyEnvSchema = z.object({
   REKEY_KEY_PROVIDER: z
     .enum(KEY_PROVIDERS, { error: `REKEY_KEY_PROVIDER must be one of ${KEY_PROVIDERS.join(', ')}` })
-    .default('env'),
+    .optional(),
   REKEY_KEYRING_FILE: z.string().min(1).optional(),
 });
+
+/**
+ * The store a process's own keys are in, the one rule of every rekey process (worker, admin API, CLI, `rekey keys`):
+ * REKEY_KEY_PROVIDER when it is set; else the keyring file when REKEY_KEYRING_FILE is set; else the environment.
+ */
+export function keyProviderOf(settings: {
+  REKEY_KEY_PROVIDER?: KeyProviderName | undefined;
+  REKEY_KEYRING_FILE?: string | undefined;
+}): KeyProviderName {
+  return settings.REKEY_KEY_PROVIDER ?? (settings.REKEY_KEYRING_FILE !== undefined ? 'file' : 'env');
+}
+
+/** The key settings with REKEY_KEY_PROVIDER decided (keyProviderOf). */
+function withKeyProvider<T extends z.infer<typeof KeyEnvSchema>>(
+  settings: T,
+): Omit<T, 'REKEY_KEY_PROVIDER'> & { REKEY_KEY_PROVIDER: KeyProviderName } {
+  return { ...settings, REKEY_KEY_PROVIDER: keyProviderOf(settings) };
+}
 
 /**
  * Why `value` is not a PostgreSQL connection URL (postgres://user:password@host:5432/database, or a socket given as
@@ -62,7 +80,7 @@ const EnvSchema = z
   })
   .extend(KeyEnvSchema.shape);
 
-export type Config = z.infer<typeof EnvSchema>;
+export type Config = ReturnType<typeof withKeyProvider<z.infer<typeof EnvSchema>>>;
 
 /** Validates environment variables against `schema`; the message names every variable to fix. */
 export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv = process.env): z.infer<S> {
@@ -75,11 +93,11 @@ export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv 
 }
 
 /** The key provider settings alone (REKEY_KEY_PROVIDER, REKEY_KEYRING_FILE). */
-export function loadKeyConfig(env: NodeJS.ProcessEnv = process.env): z.infer<typeof KeyEnvSchema> {
-  return parseEnv(KeyEnvSchema, env);
+export function loadKeyConfig(env: NodeJS.ProcessEnv = process.env) {
+  return withKeyProvider(parseEnv(KeyEnvSchema, env));
 }
 
 /** The configuration every rekey process shares: database, Temporal, task queue, key provider. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  return parseEnv(EnvSchema, env);
+  return withKeyProvider(parseEnv(EnvSchema, env));
 }

@@ -21,11 +21,14 @@ import type { PoolClient } from 'pg';
 import type { RowCrypto } from '../crypto/row-crypto';
 import { describeTable, GENERATION } from '../targets/target';
 import { firstContact, legacyLeft } from './target-checks';
-import { legacyValuesUnder, legacyWhere, type LegacyProof } from './legacy-proof';
+import { legacyValuesRemain, legacyValuesUnder, legacyWhere, type LegacyProof } from './legacy-proof';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks, withProofKeys } from './keys';
 import type { AppInstance } from '../store/app-instances';
-import { InvalidRotationError, KeyMaterialError, LegacyValuesRemainError, RetireRefusedError } from '../errors';
+import { InvalidRotationError, KeyMaterialError, RetireRefusedError } from '../errors';
+import type { EngineKek } from '../keyring/cipher';
+import type { ProvedUnder } from '../store/target-store';
+import { verifiedFails, type VerifiedUnder } from '../rotation/verified-mark';
 
 export interface FleetReadiness {
   live: number;
@@ -125,17 +128,12 @@ export interface OnTarget {
  */
 async function refuseWhileLegacyValuesRemain(runtime: TargetRuntime, override: string | undefined): Promise<void> {
   if (override !== undefined && override.trim() !== '') return;
-  const left = (await legacyLeft(runtime)).filter((field) => field.legacy > 0);
-  if (left.length === 0) return;
-  const total = left.reduce((sum, field) => sum + field.legacy, 0);
-  const name = runtime.definition.name;
-  throw new LegacyValuesRemainError(
-    `target '${name}' still holds ${total} legacy value(s) encrypted directly by its KEK (${left
-      .map((field) => `${field.legacy} in ${field.where}`)
-      .join(
-        ', ',
-      )}): they would become unreadable once the KEK retires. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
-  );
+  const fields = (await legacyLeft(runtime))
+    .filter((field) => field.legacy > 0)
+    .map((field) => ({ name: field.name, where: field.where, needed: field.legacy }));
+  if (fields.length === 0) return;
+  const needed = fields.reduce((sum, field) => sum + field.needed, 0);
+  throw legacyValuesRemain(runtime.definition.name, { needed, fields }, 'not starting the rotation');
 }
 
 /**
@@ -151,18 +149,10 @@ async function refuseLegacyValuesUnder(
   override: string | undefined,
 ): Promise<void> {
   if ((runtime.definition.fields ?? []).length === 0) return;
-  let cipher;
-  try {
-    cipher = await runtime.keyring.cipher(from);
-  } catch {
-    cipher = undefined; // not held here: every legacy value counts as needing it
-  }
-  let legacy: LegacyProof;
-  try {
-    legacy = await legacyValuesUnder(runtime, client, from, cipher);
-  } finally {
-    cipher?.release();
-  }
+  // Not held here: every legacy value counts as needing it.
+  const legacy: LegacyProof = await runtime.keyring.withTrialCipher(from, (cipher) =>
+    legacyValuesUnder(runtime, client, from, cipher),
+  );
   if (legacy.needed === 0) return;
   const name = runtime.definition.name;
   if (override !== undefined && override.trim() !== '') {
@@ -171,13 +161,7 @@ async function refuseLegacyValuesUnder(
     );
     return;
   }
-  throw new LegacyValuesRemainError(
-    `target '${name}' still holds ${legacy.needed} legacy value(s) encrypted directly by its KEK '${from}' (${legacyWhere(
-      legacy,
-    )}): they would become unreadable once the KEK retires; not retiring it. The first ${legacy.neededRows.length}: ${legacy.neededRows
-      .map((row) => `${row.tenantId} (${row.reason})`)
-      .join(', ')}. Run \`rekey migrate-dek --target ${name}\` first, or give a reason with --allow-legacy-values`,
-  );
+  throw legacyValuesRemain(name, legacy, 'not retiring it', from);
 }
 
 /**
@@ -223,14 +207,17 @@ async function prePass(
   kekId: string,
   progressKey: string | undefined,
   crypto: RowCrypto | undefined,
+  verified?: VerifiedUnder,
 ): Promise<PrePassCheckpoint | undefined> {
   const context = activityContext();
   const resumeFrom = prePassCheckpointOf(context?.info.heartbeatDetails, kekId);
   const labelDefault = await runtime.store.labelDefault();
   let done: PrePassCheckpoint;
   try {
-    done = await withProofKeys(runtime, kekId, crypto, (keys, rows) =>
-      runPrePass(runtime.store, runtime.db, rows, keys, {
+    done = await withProofKeys(runtime, kekId, crypto, async (keys, rows) => {
+      const provedUnder = verified && (await verifiedStillProves(runtime, kekId, keys.active, verified));
+      return runPrePass(runtime.store, runtime.db, rows, keys, {
+        ...(provedUnder && { provedUnder }),
         batchSize: LOCKED_PROOF_BATCH,
         ...(progressKey !== undefined && { progressKey }),
         ...(labelDefault !== undefined && { labelDefault }),
@@ -239,8 +226,8 @@ async function prePass(
         onMarkNote: (note) => {
           context?.log.warn(`proof of KEK '${kekId}' of target '${runtime.definition.name}': ${note}`);
         },
-      }),
-    );
+      });
+    });
   } catch (err) {
     if (err instanceof RetireRefusedError) return undefined;
     throw err;
@@ -260,6 +247,33 @@ async function prePass(
     );
   }
   return done;
+}
+
+/**
+ * Where the active KEK is in a remote store (AWS KMS, Vault Transit: a trial is a request against the quota), the rows
+ * verify proved under it that the database shows unchanged since (src/rotation/verified-mark.ts): the pre-pass leaves
+ * them out. Undefined for key bytes (a trial costs the worker microseconds, no quota) or where the proof no longer
+ * stands (the log says why).
+ */
+async function verifiedStillProves(
+  runtime: TargetRuntime,
+  kekId: string,
+  active: EngineKek,
+  verified: VerifiedUnder,
+): Promise<ProvedUnder | undefined> {
+  if (active.key.length > 0) return undefined;
+  const why = verifiedFails(verified, active, await runtime.store.markNow());
+  const about = `proof of KEK '${kekId}' of target '${runtime.definition.name}'`;
+  if (why !== undefined) {
+    activityContext()?.log.info(
+      `${about}: every row labelled '${active.kekId}' is tried again, not taken from verify: ${why}`,
+    );
+    return undefined;
+  }
+  activityContext()?.log.info(
+    `${about}: the rows labelled '${active.kekId}' unchanged since verify opened them under it are not tried again`,
+  );
+  return { label: active.kekId, mark: verified.mark };
 }
 
 /**
@@ -663,6 +677,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       restoreWindowMs: asked = parseDuration(DEFAULTS.restoreWindow)!,
       allowShortRestoreWindow,
       allowLegacyValues,
+      verified,
       progressKey,
       ...on
     }: {
@@ -675,6 +690,8 @@ export function createKekActivities(deps: ActivityDependencies) {
        * in inputs of builds before it: no override.
        */
       allowLegacyValues?: string;
+      /** What verify's check of the rows labelled `to` proved (absent in inputs of builds before it). */
+      verified?: VerifiedUnder;
       progressKey?: string;
     } & OnTarget): Promise<{
       retiredAt: string;
@@ -702,7 +719,7 @@ export function createKekActivities(deps: ActivityDependencies) {
       const outcome = await keyring.retire(from, {
         restoreWindowMs,
         prepare: async () => {
-          before = await prePass(runtime, from, progressKey, deps.crypto);
+          before = await prePass(runtime, from, progressKey, deps.crypto, verified);
         },
         prove: async (client) => {
           await refuseLegacyValuesUnder(runtime, client, from, allowLegacyValues);
@@ -766,12 +783,7 @@ export function createKekActivities(deps: ActivityDependencies) {
         prove: async (client) => {
           const proof = await proveUnderLock(runtime, client, kekId, progressKey, deps.crypto, before);
           if ((runtime.definition.fields ?? []).length === 0) return proof;
-          const cipher = await keyring.retiredCipher(kekId);
-          try {
-            legacy = await legacyValuesUnder(runtime, client, kekId, cipher);
-          } finally {
-            cipher?.release();
-          }
+          legacy = await keyring.withTrialCipher(kekId, (cipher) => legacyValuesUnder(runtime, client, kekId, cipher));
           if (legacy.needed === 0) return proof;
           return {
             ...proof,

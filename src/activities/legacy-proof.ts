@@ -4,6 +4,7 @@
 // or with the operator's reason (validateRotation), and `rekey migrate-dek` moves them, so they are few by nature
 // (docs/13-irreversible-steps.md, "Legacy values").
 import type { PoolClient } from 'pg';
+import { LegacyValuesRemainError } from '../errors';
 import type { DekCipher } from '../keyring/cipher';
 import { FieldStore } from '../store/field-store';
 import type { TargetRuntime } from '../targets/runtime';
@@ -84,6 +85,28 @@ export async function legacyValuesUnder(
 }
 
 /** `3 in public."user" (mfa), 1 in …` */
-export function legacyWhere(proof: LegacyProof): string {
+export function legacyWhere(proof: Pick<LegacyProof, 'fields'>): string {
   return proof.fields.map((field) => `${field.needed} in ${field.where}`).join(', ');
+}
+
+/**
+ * The one refusal for legacy values that a KEK's retirement would make unreadable, in the same words wherever it is
+ * raised: at the rotation's start (`legacy`: every legacy value of the target's fields, `kekId` unknown yet) and at
+ * its retire step (those that open under `kekId`, the first few named). What is left, where, why, and both ways on.
+ */
+export function legacyValuesRemain(
+  target: string,
+  legacy: Pick<LegacyProof, 'needed' | 'fields'> & Partial<Pick<LegacyProof, 'neededRows'>>,
+  refusing: string,
+  kekId?: string,
+): LegacyValuesRemainError {
+  const first = legacy.neededRows ?? [];
+  return new LegacyValuesRemainError(
+    `target '${target}' still holds ${legacy.needed} legacy value(s) encrypted directly by its KEK${kekId === undefined ? '' : ` '${kekId}'`} (${legacyWhere(legacy)}): ` +
+      `they would become unreadable once the KEK retires; ${refusing}. ` +
+      (first.length === 0
+        ? ''
+        : `The first ${first.length}: ${first.map((row) => `${row.tenantId} (${row.reason})`).join(', ')}. `) +
+      `Run \`rekey migrate-dek --target ${target}\` first, or give the reason to go on when the rotation starts: --allow-legacy-values <reason> (allow_legacy_values in the admin API), recorded in the run`,
+  );
 }

@@ -6,6 +6,9 @@ import { addChecks, emptyCheck, NAMED_CHECKED, type LabelCheck, type LabelCheckO
 import { passOfProgressKey, rangesFromBoundaries, type TenantRange } from '../rotation/slices';
 import { targetRuntimes, type ActivityDependencies } from './dependencies';
 import { withKeks } from './keys';
+import type { EngineKek } from '../keyring/cipher';
+import type { TargetStore } from '../store/target-store';
+import type { VerifiedUnder } from '../rotation/verified-mark';
 
 export interface SlicePlan {
   /** Rows on `from` right now. */
@@ -218,43 +221,62 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       return withKeks(runtime, args, [to, from], deps.crypto, async ([toKek, fromKek], crypto) => {
         const started = Date.now();
         let cursor = resumeFrom?.cursor ?? args.after;
-        let sum = resumeFrom?.sum ?? emptyCheck();
-        for (let batches = 0; ; batches++) {
-          const stop =
-            context?.cancellationSignal.aborted === true ||
-            (batches > 0 && Date.now() - started >= args.timeBudgetMs);
-          if (stop) return { ...sum, cursor, done: false };
-          const rows = await store.readBatch(
-            store.db,
-            { kind: 'label', kekId: to },
-            { after: cursor, until: null },
-            args.batchSize,
-          );
-          if (rows.length === 0) return { ...sum, cursor, done: true };
-          const underTo = await crypto.check(store.codec, toKek!, rows);
-          const unreadable = rows.flatMap((row, i) =>
-            underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }],
-          );
-          const underFrom = await crypto.check(
-            store.codec,
-            fromKek!,
-            unreadable.map(({ row }) => row),
-          );
-          const batch: LabelCheck = { ...emptyCheck(), checked: rows.length, unreadable: unreadable.length };
-          unreadable.forEach(({ row, reason }, i) => {
-            const sealedUnderFrom = underFrom[i] === undefined;
-            if (sealedUnderFrom) batch.underFrom += 1;
-            if (sum.named.length + batch.named.length >= NAMED_CHECKED) return;
-            batch.named.push({
-              tenantId: row.$id,
-              reason: sealedUnderFrom
-                ? `labelled '${to}', its value is under '${from}'`
-                : `opens under neither '${to}' (${reason}) nor '${from}'`,
+        // What this check proves for retire's pre-pass (verified-mark.ts): the mark is read before the first row, and a
+        // resumed attempt keeps its first attempt's (in the heartbeat; none in an older build's heartbeat).
+        let sum: LabelCheck = resumeFrom
+          ? { ...resumeFrom.sum, verified: resumeFrom.sum.verified ?? null }
+          : { ...emptyCheck(), verified: await verifiedMark(store, toKek!) };
+        // A batch paced by a remote key store (a KMS call per row) may outlast the heartbeat timeout: the last
+        // checkpoint again meanwhile, or the attempt is taken for lost and its rows tried again (the quota spent twice).
+        const alive = context && setInterval(() => context.heartbeat({ cursor, sum }), CHECK_ALIVE_EVERY_MS);
+        try {
+          return await checkBatches();
+        } finally {
+          if (alive) clearInterval(alive);
+        }
+        async function checkBatches(): Promise<LabelCheckOutcome> {
+          for (let batches = 0; ; batches++) {
+            const stop =
+              context?.cancellationSignal.aborted === true ||
+              (batches > 0 && Date.now() - started >= args.timeBudgetMs);
+            if (stop) return { ...sum, cursor, done: false };
+            const rows = await store.readBatch(
+              store.db,
+              { kind: 'label', kekId: to },
+              { after: cursor, until: null },
+              args.batchSize,
+            );
+            if (rows.length === 0) return { ...sum, cursor, done: true };
+            const underTo = await crypto.check(store.codec, toKek!, rows);
+            const unreadable = rows.flatMap((row, i) =>
+              underTo[i] === undefined ? [] : [{ row, reason: underTo[i] }],
+            );
+            const underFrom = await crypto.check(
+              store.codec,
+              fromKek!,
+              unreadable.map(({ row }) => row),
+            );
+            const batch: LabelCheck = {
+              ...emptyCheck(),
+              checked: rows.length,
+              unreadable: unreadable.length,
+              verified: sum.verified ?? null,
+            };
+            unreadable.forEach(({ row, reason }, i) => {
+              const sealedUnderFrom = underFrom[i] === undefined;
+              if (sealedUnderFrom) batch.underFrom += 1;
+              if (sum.named.length + batch.named.length >= NAMED_CHECKED) return;
+              batch.named.push({
+                tenantId: row.$id,
+                reason: sealedUnderFrom
+                  ? `labelled '${to}', its value is under '${from}'`
+                  : `opens under neither '${to}' (${reason}) nor '${from}'`,
+              });
             });
-          });
-          sum = addChecks(sum, batch);
-          cursor = rows[rows.length - 1]!.$id;
-          context?.heartbeat({ cursor, sum });
+            sum = addChecks(sum, batch);
+            cursor = rows[rows.length - 1]!.$id;
+            context?.heartbeat({ cursor, sum });
+          }
         }
       });
     },
@@ -273,6 +295,21 @@ export function createRewrapActivities(deps: ActivityDependencies) {
       return store.idsOnLabel(from, limit);
     },
   };
+}
+
+/** How often a check of the rows labelled `to` says it is alive while a batch waits on a paced key store. */
+const CHECK_ALIVE_EVERY_MS = 5_000;
+
+/**
+ * The mark of a check of the rows labelled `to` (VerifiedUnder), read before it reads a row; null where the target's
+ * rows carry no transaction id (TargetStore.changeMark) or the database does not say where it is.
+ */
+async function verifiedMark(store: TargetStore, to: EngineKek): Promise<VerifiedUnder | null> {
+  if (to.fingerprint === undefined) return null;
+  const now = await store.markNow();
+  const mark = await store.changeMark();
+  if (now === undefined || 'why' in mark) return null;
+  return { kekId: to.kekId, fingerprint: to.fingerprint, mark: mark.mark, scope: now.scope };
 }
 
 /** The activity's context, or nothing outside an activity (a test calling it directly). */

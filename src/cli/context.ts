@@ -106,19 +106,16 @@ export class CliContext {
   }
 
   /**
-   * The key store `rekey keys` works on: the keyring file given with --keyring, else the process's provider
-   * (REKEY_KEY_PROVIDER; a keyring file when it is unset and REKEY_KEYRING_FILE is), read. `create: false` for the
+   * The key store `rekey keys` works on: the keyring file given with --keyring, else the process's provider, decided
+   * as every rekey process decides it (keyProviderOf: REKEY_KEY_PROVIDER, else the keyring file when REKEY_KEYRING_FILE
+   * is set, else the environment), read. `create: false` for the
    * commands that only read it (a missing keyring file is then an error, not made empty).
    */
   async keyStore(file?: string, options: { create?: boolean } = {}): Promise<StoreDriver> {
     if (file !== undefined) return this.keyring(file, options);
     const config = loadKeyConfig(this.env);
-    if (
-      config.REKEY_KEY_PROVIDER === 'file' ||
-      (config.REKEY_KEY_PROVIDER === 'env' && this.env.REKEY_KEY_PROVIDER === undefined && this.env.REKEY_KEYRING_FILE)
-    ) {
-      return this.keyring(undefined, options);
-    }
+    // The store the worker reads with the same environment (keyProviderOf): a keyring file opened here as a file.
+    if (config.REKEY_KEY_PROVIDER === 'file') return this.keyring(undefined, options);
     const keys = openStoreDriver(
       { provider: config.REKEY_KEY_PROVIDER, keyringFile: config.REKEY_KEYRING_FILE },
       this.env,

@@ -63,7 +63,28 @@ interface NativeGcmKey {
 }
 interface NativeAddon {
   GcmKey: new (key: Buffer) => NativeGcmKey;
+  /** A chunk rewrapped in one call (src/crypto/native-chunk.ts); absent from an addon built before it. */
+  rewrapChunk?: NativeRewrapChunk;
 }
+
+/** native/aes-gcm `rewrap_chunk`: the arguments after the two keys, as src/crypto/native-chunk.ts passes them. */
+export type NativeRewrapChunk = (
+  from: unknown,
+  to: unknown,
+  form: Uint8Array,
+  recipe: Uint8Array,
+  fromKekId: Uint8Array,
+  toKekId: Uint8Array,
+  valueLengths: Int32Array,
+  valueBytes: Uint8Array,
+  aadLengths: readonly Int32Array[],
+  aadBytes: readonly Uint8Array[],
+  nonces: Uint8Array,
+  out: Uint8Array,
+  outLengths: Int32Array,
+  indexes: Int32Array,
+  outcomes: Uint8Array,
+) => number;
 
 export interface AesGcmBackend {
   name: 'native' | 'node';
@@ -124,14 +145,41 @@ export function scheduleKey(key: Buffer): AeadKey {
 }
 
 export function nativeSchedule(addon: NativeAddon, key: Buffer): KeySchedule {
-  return new NativeSchedule(new addon.GcmKey(key));
+  return new NativeSchedule(new addon.GcmKey(key), addon);
+}
+
+/**
+ * The addon's one call for a chunk (native/aes-gcm `rewrap_chunk`) bound to two schedules, when both are native ones
+ * of an addon that has it: undefined otherwise (Node's AES-GCM, or an addon built before it).
+ */
+export function nativeChunkCall(
+  from: AeadKey,
+  to: AeadKey,
+):
+  | ((...args: Parameters<NativeRewrapChunk> extends [unknown, unknown, ...infer Rest] ? Rest : never) => number)
+  | undefined {
+  if (!(from instanceof NativeSchedule) || !(to instanceof NativeSchedule)) return undefined;
+  const call = from.addon?.rewrapChunk;
+  if (!call || from.addon !== to.addon) return undefined;
+  const fromKey = from.nativeKey;
+  const toKey = to.nativeKey;
+  return (...args) => call(fromKey, toKey, ...args);
 }
 
 /** A class, not an object of closures: a migration makes one per DEK, a few hundred thousand in a run. */
 class NativeSchedule implements KeySchedule {
   readonly native = true as const;
 
-  constructor(private readonly key: NativeGcmKey) {}
+  constructor(
+    private readonly key: NativeGcmKey,
+    /** The addon that made it, for its chunk call (nativeChunkCall). */
+    readonly addon?: NativeAddon,
+  ) {}
+
+  /** The addon's object, for its chunk call. */
+  get nativeKey(): NativeGcmKey {
+    return this.key;
+  }
 
   seal(nonce: Buffer, plaintext: Buffer, aad: Buffer): { ciphertext: Buffer; tag: Buffer } {
     const sealed = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);

@@ -20,6 +20,7 @@ import { UnreadableValueError } from '../errors';
 import { rewrapOne, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
 import type { KeySchedule } from './aes-gcm';
 import { packColumn, unpackColumn, type Column, type Columns } from './columns';
+import { rewrapChunkNative } from './native-chunk';
 
 /** A chunk's result by column: the written rows' indexes, relabel flags and each write column's new values. */
 export interface RewrapChunkResult {
@@ -42,7 +43,8 @@ export function rewrapColumns(
   const value = form && rows.columns[form.column];
   const kind = form?.encoding === 'bytea' ? 'bytes' : 'text';
   if (form && value?.kind === kind && !options.others && !options.dryRun && isNative(from.key) && isNative(to.key)) {
-    return inPlace(codec, form, from, to, rows, options);
+    // One native call for the chunk where the addon has it (src/crypto/native-chunk.ts), else row by row here.
+    return rewrapChunkNative(codec, from, to, rows, options)?.result ?? inPlace(codec, form, from, to, rows, options);
   }
   return byRow(codec, from, to, rows, options);
 }

@@ -224,17 +224,26 @@ export class KeyringCiphers {
   }
 
   /**
-   * The cipher of a KEK the registry records as retired, trusted by its recorded fingerprint, for a read-only trial
-   * and nothing else (the destroy step's proof of the legacy values only it may open); undefined where the store no
-   * longer gives it (Vault KV's soft delete, Transit's minimum version, a key gone). The caller releases it.
+   * Runs `use` with the cipher of `kekId` for a read-only trial and nothing else (the retire and destroy steps' proof of
+   * the legacy values only it may open), releasing (zeroizing) it afterwards, whatever happens. Trusted by the
+   * registry's recorded fingerprint whatever its state short of destroyed, so a retired KEK is tried too; `use` gets
+   * undefined where there is nothing to try: not recorded, destroyed, or the store no longer gives it (Vault KV's soft
+   * delete, Transit's minimum version, a key gone). The caller decides what undefined means (fail closed).
    */
-  async retiredCipher(kekId: string): Promise<DekCipher | undefined> {
+  async withTrialCipher<T>(kekId: string, use: (cipher: DekCipher | undefined) => Promise<T>): Promise<T> {
     const registered = await this.registry.get(kekId);
-    if (registered?.state !== 'retired') return undefined;
+    let cipher: DekCipher | undefined;
+    if (registered !== undefined && registered.state !== 'destroyed') {
+      try {
+        cipher = await this.cipherFor(kekId, { ...registered, state: 'decrypt_only' });
+      } catch {
+        cipher = undefined;
+      }
+    }
     try {
-      return await this.cipherFor(kekId, { ...registered, state: 'decrypt_only' });
-    } catch {
-      return undefined;
+      return await use(cipher);
+    } finally {
+      cipher?.release();
     }
   }
 

@@ -152,7 +152,8 @@ export abstract class RemoteKeysDriver implements StoreDriver {
       newDek: (kek, tenantId) => this.newDek(named(kek), tenantId),
       open: (kek, tenantId, wrapped) => this.unwrapDek(named(kek), tenantId, wrapped),
       move: (from, to, tenantId, wrapped) => this.rewrapDek(named(from), named(to), tenantId, wrapped),
-      sealOpened: (to, tenantId, dek) => this.sealOpened({ kekId: named(to), fingerprint: to.fingerprint }, tenantId, dek),
+      sealOpened: (to, tenantId, dek) =>
+        this.sealOpened({ kekId: named(to), fingerprint: to.fingerprint }, tenantId, dek),
       rowCrypto: () => this.rowCrypto(),
       importRows: (...args) => this.importRows(...args),
       probe: (kek, tenantId) => this.probe(kek, tenantId),

@@ -253,6 +253,16 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
 
 const isNative = (key: AeadKey): key is KeySchedule => !Buffer.isBuffer(key);
 
+/** Views of InPlace's scratch buffers for one plaintext length: the sealed value's parts, in `raw` and in `out`. */
+interface Spans {
+  nonce: Buffer;
+  body: Buffer;
+  tag: Buffer;
+  clear: Buffer;
+  outNonce: Buffer;
+  sealed: Buffer;
+}
+
 /**
  * The common case without the codecs' objects: a value in its one-column text form (Codec.inPlace) decoded into a
  * scratch buffer, opened under the first KEK straight into another, sealed under the DEK into a third, and encoded
@@ -262,6 +272,8 @@ const isNative = (key: AeadKey): key is KeySchedule => !Buffer.isBuffer(key);
  */
 class InPlace {
   private readonly raw = Buffer.alloc(1024);
+  /** The views of the scratch buffers for a value of `n` plaintext bytes, made once per length (see spans). */
+  private readonly byLength: (Spans | undefined)[] = [];
   private readonly clear = Buffer.alloc(1024);
   private readonly out = Buffer.alloc(1024);
   private readonly scratch = Buffer.alloc(256);
@@ -290,6 +302,27 @@ class InPlace {
     }
   }
 
+  /**
+   * The scratch buffers' views for `n` plaintext bytes, made on first use and kept: each value would otherwise make
+   * seven typed arrays to hand the native calls their ranges.
+   */
+  private spans(n: number): Spans {
+    let spans = this.byLength[n];
+    if (!spans) {
+      const body = NONCE_BYTES + n;
+      spans = {
+        nonce: this.raw.subarray(0, NONCE_BYTES),
+        body: this.raw.subarray(NONCE_BYTES, body),
+        tag: this.raw.subarray(body, body + TAG_BYTES),
+        clear: this.clear.subarray(0, n),
+        outNonce: this.out.subarray(0, NONCE_BYTES),
+        sealed: this.out.subarray(NONCE_BYTES, body + TAG_BYTES),
+      };
+      this.byLength[n] = spans;
+    }
+    return spans;
+  }
+
   /** `encoded` (after its prefix) decoded into `raw`: its length, or -1 when it is not exactly the encoding. */
   private decode(form: InPlaceForm, stored: string): number {
     const prefix = this.prefixes.get(form)!;
@@ -312,16 +345,8 @@ class InPlace {
       if (err instanceof UnreadableValueError) return -1;
       throw err;
     }
-    const { raw } = this;
-    const body = NONCE_BYTES + n;
-    const opened = this.kek!.key.openInto(
-      raw.subarray(0, NONCE_BYTES),
-      raw.subarray(NONCE_BYTES, body),
-      raw.subarray(body, body + TAG_BYTES),
-      aad,
-      this.clear.subarray(0, n),
-    );
-    return opened ? n : -1;
+    const { nonce, body, tag, clear } = this.spans(n);
+    return this.kek!.key.openInto(nonce, body, tag, aad, clear) ? n : -1;
   }
 
   /**
@@ -336,23 +361,14 @@ class InPlace {
     const p = form.prefix.length;
     if (value.length < p) return undefined;
     for (let k = 0; k < p; k++) if (value.bytes[value.start + k] !== form.prefix[k]) return undefined;
-    const { raw, clear } = this;
-    const size = decodeBase64Into(value.bytes, value.start + p, value.start + value.length, raw);
+    const size = decodeBase64Into(value.bytes, value.start + p, value.start + value.length, this.raw);
     const n = size - NONCE_BYTES - TAG_BYTES;
     if (n < 0 || (form.plaintextBytes !== undefined && n !== form.plaintextBytes)) return undefined;
     const aad = form.aadPacked(row, form.aadKekId ? label() : '', this.scratch);
     if (!aad) return undefined;
-    const body = NONCE_BYTES + n;
-    const dek = clear.subarray(0, n);
+    const { nonce, body, tag, clear: dek } = this.spans(n);
     try {
-      const opened = this.kek.key.openInto(
-        raw.subarray(0, NONCE_BYTES),
-        raw.subarray(NONCE_BYTES, body),
-        raw.subarray(body, body + TAG_BYTES),
-        aad,
-        dek,
-      );
-      if (!opened) return undefined;
+      if (!this.kek.key.openInto(nonce, body, tag, aad, dek)) return undefined;
       // The schedule holds its own copy; the scratch bytes are zeroized here.
       const schedule = reusableSchedule(dek);
       return isNative(schedule) ? schedule : undefined;
@@ -371,7 +387,7 @@ class InPlace {
     if (size < 0) return undefined;
     const n = this.open(form, size, row, row.$label);
     if (n < 0) return undefined;
-    const dek = this.clear.subarray(0, n);
+    const dek = this.spans(n).clear;
     try {
       // The schedule holds its own copy; the scratch bytes are zeroized here.
       const schedule = reusableSchedule(dek);
@@ -403,9 +419,10 @@ class InPlace {
     if (legacy.encoding !== 'base64' || current.form.encoding !== 'base64') return -1;
     if (!this.tenantOnly(legacy) || !this.tenantOnly(current.form)) return -1;
     const p = legacy.prefix.length;
-    if (length < p || !legacy.prefix.equals(input.subarray(start, start + p))) return -1;
-    const { raw, clear, out, packed } = this;
-    const size = decodeBase64Into(input, start + p, start + length, raw);
+    if (length < p) return -1;
+    for (let k = 0; k < p; k++) if (input[start + k] !== legacy.prefix[k]) return -1;
+    const { clear, out, packed } = this;
+    const size = decodeBase64Into(input, start + p, start + length, this.raw);
     const n = size - NONCE_BYTES - TAG_BYTES;
     if (n < 0) return -1;
     if (legacy.plaintextBytes !== undefined && n !== legacy.plaintextBytes) return -1;
@@ -413,23 +430,13 @@ class InPlace {
     packed.tenant = tenant;
     const opening = legacy.aadPacked(packed, this.kek.kekId, this.scratch);
     if (!opening) return -1;
-    const body = NONCE_BYTES + n;
+    const spans = this.spans(n);
     try {
-      if (
-        !this.kek.key.openInto(
-          raw.subarray(0, NONCE_BYTES),
-          raw.subarray(NONCE_BYTES, body),
-          raw.subarray(body, body + TAG_BYTES),
-          opening,
-          clear.subarray(0, n),
-        )
-      ) {
-        return -1;
-      }
+      if (!this.kek.key.openInto(spans.nonce, spans.body, spans.tag, opening, spans.clear)) return -1;
       const sealing = current.form.aadPacked(packed, '', this.scratch);
       if (!sealing) return -1;
-      nonces.next().copy(out, 0);
-      dek.sealInto(out.subarray(0, NONCE_BYTES), clear.subarray(0, n), sealing, out.subarray(NONCE_BYTES, size));
+      nonces.copyNext(out);
+      dek.sealInto(spans.outNonce, spans.clear, sealing, spans.sealed);
       return writer.stageBase64(current.form.prefix, out, size);
     } finally {
       clear.fill(0, 0, n);
@@ -470,8 +477,9 @@ class InPlace {
         if (err instanceof UnreadableValueError) return undefined;
         throw err;
       }
-      nonces.next().copy(out, 0);
-      dek.sealInto(out.subarray(0, NONCE_BYTES), clear.subarray(0, n), aad, out.subarray(NONCE_BYTES, size));
+      nonces.copyNext(out);
+      const spans = this.spans(n);
+      dek.sealInto(spans.outNonce, spans.clear, aad, spans.sealed);
       return { value: current.prefix + out.toString(current.form.encoding as BufferEncoding, 0, size) };
     } finally {
       clear.fill(0, 0, n);
@@ -562,6 +570,16 @@ class Nonces {
     const nonce = this.pool.subarray(this.used, this.used + NONCE_BYTES);
     this.used += NONCE_BYTES;
     return nonce;
+  }
+
+  /** The next nonce written into the first bytes of `out`, with no view made of it. */
+  copyNext(out: Buffer): void {
+    if (this.used + NONCE_BYTES > this.pool.length) {
+      randomBytes(NONCE_BYTES).copy(out, 0);
+      return;
+    }
+    this.pool.copy(out, 0, this.used, this.used + NONCE_BYTES);
+    this.used += NONCE_BYTES;
   }
 }
 

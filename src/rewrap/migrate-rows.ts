@@ -155,6 +155,26 @@ function chunkTransferables(rows: MigrateColumns): ArrayBuffer[] {
   return [...buffers];
 }
 
+/**
+ * The DEKs given by tenant (`deks`: provisioned for this batch, or re-read) that rows `start` to `end` need: those of
+ * its rows whose DEK did not come with the batch. A chunk's message carries these alone, not the whole batch's.
+ */
+export function chunkDeks(
+  rows: MigrateColumns,
+  deks: Record<string, WrappedDek | string>,
+  start: number,
+  end: number,
+): Record<string, WrappedDek | string> {
+  const without: number[] = [];
+  for (let i = start; i < end; i++) if (rows.dek.ids.lengths[i]! < 0) without.push(i);
+  const own: Record<string, WrappedDek | string> = {};
+  if (without.length === 0) return own;
+  for (const tenant of textsAt(rows.tenants, without).values()) {
+    if (tenant !== null && Object.hasOwn(deks, tenant)) own[tenant] = deks[tenant]!;
+  }
+  return own;
+}
+
 /** The crypto of one batch: in this thread, or split over the crypto threads by column (key copies moved to each). */
 async function sealBatch(
   deps: RowSliceDependencies,
@@ -181,12 +201,13 @@ async function sealBatch(
       const start = c * size;
       const end = Math.min(rows.count, start + size);
       const chunk = sliceRows(rows, start, end);
+      const own = chunkDeks(rows, deks, start, end);
       const copies = keks.map((k) => {
         const key = new ArrayBuffer(k.key.length);
         new Uint8Array(key).set(k.key);
         return { kekId: k.kekId, key };
       });
-      const task: MigrateChunkTask = { formats, keks: copies, rows: chunk, deks, dryRun };
+      const task: MigrateChunkTask = { formats, keks: copies, rows: chunk, deks: own, dryRun };
       try {
         const result = await threads.runTask<MigrateChunkResult>('migrateChunk', task, [
           ...copies.map((k) => k.key),

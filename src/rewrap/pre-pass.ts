@@ -3,7 +3,7 @@
 // since the pre-pass began (TargetStore.changeMark), and a retried attempt goes on from where the last one stopped.
 import type { Pool } from 'pg';
 import type { RowCrypto } from '../crypto/row-crypto';
-import type { TargetStore } from '../store/target-store';
+import type { ProvedUnder, TargetStore } from '../store/target-store';
 import { emptyProof, type LabelProof } from '../rotation/label-proof';
 import { proveLabelled, proveRowsNotLabelledFrom, type ProofKeys } from './still-on';
 
@@ -38,6 +38,11 @@ export interface PrePassOptions {
   labelDefault?: string;
   /** An earlier attempt's last checkpoint. */
   resumeFrom?: PrePassCheckpoint;
+  /**
+   * Rows labelled with the active KEK that verify proved under it and the database shows unchanged since (KMS and
+   * Transit keyspaces: src/rotation/verified-mark.ts): the stage 'others' leaves them out.
+   */
+  provedUnder?: ProvedUnder;
   /** After every batch and every change of stage (heartbeat here). */
   onCheckpoint(checkpoint: PrePassCheckpoint): void;
   /** What the change mark says of itself when it is coarser than it could be (TargetStore.changeMark's note). */
@@ -104,6 +109,7 @@ export async function runPrePass(
       ...(options.labelDefault !== undefined && { labelDefault: options.labelDefault }),
       after: from.cursor,
       resumeFrom: from.others,
+      ...(options.provedUnder !== undefined && { provedUnder: options.provedUnder }),
       stopWhenNeeded: true,
       onBatch: ({ cursor, proof }) => report({ ...from, cursor, others: proof }),
     });

@@ -1,6 +1,6 @@
 import type { Pool, PoolClient } from 'pg';
 import type { EngineKek as ResolvedKek } from '../keyring/cipher';
-import type { RowWrite, TargetRow, TargetStore } from '../store/target-store';
+import type { ProvedUnder, RowWrite, TargetRow, TargetStore } from '../store/target-store';
 import { createProgress } from '../store/rewrap-progress';
 import type { TenantFailure } from './rewrap-slice';
 import type { RowCrypto } from '../crypto/row-crypto';
@@ -285,6 +285,11 @@ export interface NotLabelledOptions {
   resumeFrom?: LabelProof;
   /** Only the rows written since this mark (TargetStore.changeMark): the locked step after a pre-pass. */
   changedSince?: string;
+  /**
+   * Rows an earlier check proved under the active KEK and unchanged since (Scan's provedUnder): left out (retire's
+   * pre-pass of a KMS or Transit keyspace after verify).
+   */
+  provedUnder?: ProvedUnder;
   /** Stop after the first batch that finds a row that needs `keys.label` (a pre-pass: the locked step proves all). */
   stopWhenNeeded?: boolean;
   /** After every batch (heartbeat here), with the cursor and the sums so far (`tried`: the rows read). */
@@ -316,6 +321,7 @@ export async function proveRowsNotLabelledFrom(
         kind: 'not-label',
         kekId: keys.label,
         ...(options.changedSince !== undefined && { changedSince: options.changedSince }),
+        ...(options.provedUnder !== undefined && { provedUnder: options.provedUnder }),
       },
       { after: cursor, until: null },
       options.batchSize,

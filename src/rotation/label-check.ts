@@ -4,6 +4,7 @@
 // tries (rows labelled `from`): unchecked, it would be lost with `from`. Plain data and its sums, shared by the activity
 // that checks (src/activities/rewrap.ts) and the workflow that carries it across parts (src/workflows/rotate-kek.ts).
 import type { TenantFailure } from '../rewrap/counters';
+import { mergeVerified, type VerifiedUnder } from './verified-mark';
 
 /** What a check of the rows labelled `to` found. */
 export interface LabelCheck {
@@ -15,6 +16,11 @@ export interface LabelCheck {
   underFrom: number;
   /** The first few unreadable rows, with why. */
   named: TenantFailure[];
+  /**
+   * What the check proved, for retire's pre-pass to reuse (verified-mark.ts): absent before the first part's result,
+   * null when a part had none (a part of a build before it).
+   */
+  verified?: VerifiedUnder | null;
 }
 
 /** How many unreadable rows a check names. */
@@ -28,6 +34,7 @@ export function addChecks(a: LabelCheck, b: LabelCheck): LabelCheck {
     unreadable: a.unreadable + b.unreadable,
     underFrom: a.underFrom + b.underFrom,
     named: [...a.named, ...b.named].slice(0, NAMED_CHECKED),
+    verified: mergeVerified(a, b),
   };
 }
 

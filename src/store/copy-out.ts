@@ -86,6 +86,11 @@ export interface CopyField {
   bytes: Uint8Array;
 }
 
+/** parseBinaryCopyFields's first pass: where each field starts and its length, row by row. */
+let scratch = { starts: new Int32Array(0), lengths: new Int32Array(0) };
+/** Entries: 4 MiB a scratch array at most. */
+const SCRATCH_LIMIT = 1 << 20;
+
 /**
  * The fields of a binary COPY of `fields` columns by column, each packed (src/crypto/columns.ts's ByteColumn): what
  * the rewrap hands its crypto threads and builds its compare-and-swap from, with no object or string per row. Text
@@ -96,10 +101,12 @@ export function parseBinaryCopyFields(data: Buffer, fields: number): { count: nu
     throw new Error('COPY … (FORMAT binary) returned something else than binary COPY data');
   }
   const first = HEADER_BYTES + data.readUInt32BE(SIGNATURE.length + 4); // after the header extension
-  // First pass: where each field is, and each column's total size.
-  let capacity = 256;
-  let starts = new Int32Array(capacity * fields);
-  let lengths = new Int32Array(capacity * fields);
+  // First pass: where each field is, and each column's total size (in scratch arrays kept from call to call: this
+  // function is synchronous, and what it returns is copied out of them).
+  let capacity = Math.max(256, Math.floor(scratch.starts.length / fields));
+  if (scratch.starts.length < capacity * fields)
+    scratch = { starts: new Int32Array(capacity * fields), lengths: new Int32Array(capacity * fields) };
+  let { starts, lengths } = scratch;
   const totals = new Array<number>(fields).fill(0);
   let count = 0;
   let offset = first;
@@ -116,6 +123,7 @@ export function parseBinaryCopyFields(data: Buffer, fields: number): { count: nu
       const moreLengths = new Int32Array(capacity * fields);
       moreLengths.set(lengths);
       lengths = moreLengths;
+      scratch = { starts, lengths };
     }
     for (let f = 0; f < fields; f++) {
       const length = data.readInt32BE(offset);
@@ -131,6 +139,8 @@ export function parseBinaryCopyFields(data: Buffer, fields: number): { count: nu
     }
     count++;
   }
+  // Kept for the next call only if it is a batch's size (a read of a whole table does not stay).
+  if (starts.length > SCRATCH_LIMIT) scratch = { starts: new Int32Array(0), lengths: new Int32Array(0) };
   // Second pass: each column's bytes, packed.
   const out: CopyField[] = [];
   for (let f = 0; f < fields; f++) {

@@ -34,6 +34,13 @@ function withLiterals(sql: string, params: readonly string[]): string {
   );
 }
 
+/** The text of packed value `index` of a column that holds no NULL (a batch's ids). */
+function textOf({ lengths, bytes }: PackedValues, index: number): string {
+  let offset = 0;
+  for (let i = 0; i < index; i++) offset += Math.max(0, lengths[i]!);
+  return Buffer.from(bytes.buffer, bytes.byteOffset + offset, lengths[index]).toString('utf8');
+}
+
 /** The fields of a target that can be read and written together: same table, same id column, same tenant. */
 export function rowGroups(fields: readonly FieldStore[]): number[][] {
   const groups = new Map<string, number[]>();
@@ -151,11 +158,16 @@ export class RowFieldsStore {
     // A uuid id goes as a binary uuid[] (no uuid_in per row in the server); the rows that lost come back as text.
     const uuid = this.first.idSqlType === 'uuid';
     const ids = uuid ? '$1::uuid[]' : '$1::text[]';
+    // The batch's first and last id (it was read in id order), so that the rows are found by one range scan of the
+    // primary key joined by hash, as the floor's UPDATE finds them, rather than one index lookup per row: the same
+    // rows, since every id written lies between them.
+    const type = this.first.idSqlType;
+    const within = `${this.first.id} >= $${p + 4}::${type} AND ${this.first.id} <= $${p + 5}::${type}`;
     const { rows } = await client.query<{ lost: string[] | null }>(
       `WITH v AS (SELECT * FROM unnest(${ids}, ${arrays}) AS v(id, ${columns})),
        w AS (
          UPDATE ${this.table} t SET ${set} FROM v
-         WHERE ${this.first.id} = ${uuid ? 'v.id' : `v.id::${this.first.idSqlType}`} AND ${unchanged}
+         WHERE ${this.first.id} = ${uuid ? 'v.id' : `v.id::${this.first.idSqlType}`} AND ${within} AND ${unchanged}
          RETURNING ${this.first.id}${uuid ? '' : '::text'} AS id),
        m AS (SELECT ARRAY[${written}]::bigint[] AS migrated FROM w JOIN v ON v.id = w.id),
        k AS (SELECT * FROM unnest($${p}::text[], $${p + 1}::bigint[], $${p + 2}::bigint[])
@@ -178,6 +190,8 @@ export class RowFieldsStore {
         attempted,
         progress.unreadable,
         progress.cursor,
+        textOf(batch.ids, 0),
+        textOf(batch.ids, batch.count - 1),
       ],
     );
     return new Set(rows[0]?.lost ?? []);

@@ -155,7 +155,16 @@ interface CasParams {
 export type Scan =
   | { kind: 'label'; kekId: string; changedSince?: string }
   | { kind: 'others'; from: string; to: string }
-  | { kind: 'not-label'; kekId: string; changedSince?: string };
+  | { kind: 'not-label'; kekId: string; changedSince?: string; provedUnder?: ProvedUnder };
+
+/**
+ * Rows an earlier check proved: those labelled `label` whose current version was written before `mark` (a change
+ * mark) are left out of a scan (verify's proof of the rows labelled `to`, reused by retire's pre-pass: docs/13).
+ */
+export interface ProvedUnder {
+  label: string;
+  mark: string;
+}
 
 /**
  * What a scan restricted to the rows written since a mark (TargetStore.changeMark) adds to its WHERE: the row's xmin
@@ -450,6 +459,10 @@ export class TargetStore {
           : `${label} IS NOT NULL AND ${label} <> ${literal(scan.from)}::${labelType} AND ${label} <> ${literal(scan.to)}::${labelType}`;
     const bounds: string[] = [];
     if (scan.kind !== 'others' && scan.changedSince !== undefined) bounds.push(changedSinceSql('t', scan.changedSince));
+    if (scan.kind === 'not-label' && scan.provedUnder !== undefined) {
+      const proved = `${literal(scan.provedUnder.label)}::${labelType}`;
+      bounds.push(`(${label} IS NULL OR ${label} <> ${proved} OR ${changedSinceSql('t', scan.provedUnder.mark)})`);
+    }
     if (onlyId !== undefined) bounds.push(`${id} = ${literal(onlyId)}::${idType}`);
     else {
       if (range.after !== '') bounds.push(`${id} > ${literal(range.after)}::${idType}`);
@@ -1038,6 +1051,44 @@ export class TargetStore {
         [...sessions.rows, ...prepared.rows].map((r) => r.xid),
       ).toString(),
     };
+  }
+
+  /**
+   * Where a change mark is read (MarkNow): the cluster (its system identifier), the timeline of its last checkpoint,
+   * this database's oid and the relations a scan of the table reads (the table's oid, and each table attached to it by
+   * inheritance or as a partition, with the xmin of its pg_inherits row: an attachment made again is another), with
+   * the next transaction id (64 bits). A mark read elsewhere, or one the id counter is now behind, says nothing of
+   * these rows (verifiedFails); nor does one read before a table joined the scan (ALTER TABLE … INHERIT, ATTACH
+   * PARTITION, a table renamed into place), whose rows keep the xmin of whatever wrote them, unread by the check.
+   * Undefined where the server does not say (a role refused pg_control_system).
+   */
+  async markNow(): Promise<{ scope: string; next: string } | undefined> {
+    try {
+      const { rows } = await this.db.query<{
+        system: string;
+        timeline: number;
+        db: string;
+        relations: string | null;
+        next: string;
+      }>(
+        `WITH RECURSIVE rel(oid, attached) AS (
+           SELECT to_regclass($1)::oid, ''::text
+           UNION ALL
+           SELECT i.inhrelid, i.xmin::text FROM pg_inherits i JOIN rel ON i.inhparent = rel.oid)
+         SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system,
+                (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
+                (SELECT oid::text FROM pg_database WHERE datname = current_database()) AS db,
+                (SELECT string_agg(oid::text || ':' || attached, ',' ORDER BY oid, attached) FROM rel) AS relations,
+                pg_snapshot_xmax(pg_current_snapshot())::text AS next`,
+        [this.table],
+      );
+      const row = rows[0]!;
+      return { scope: `${row.system}/${row.timeline}/${row.db}/${row.relations ?? ''}`, next: row.next };
+    } catch (err) {
+      // 42501: insufficient_privilege. Anything else is the database's trouble, retried with the step.
+      if ((err as { code?: string }).code === '42501') return undefined;
+      throw err;
+    }
   }
 
   private async currentUser(): Promise<string> {

@@ -21,6 +21,7 @@ import {
   type TargetDefinition,
 } from './target';
 import { FormatError, TargetConfigError } from '../errors';
+import { keyProviderOf } from '../config';
 
 const identifier = z.string().regex(IDENTIFIER, 'must be a plain SQL identifier (letters, digits, _; at most 63)');
 const tableName = z
@@ -339,7 +340,8 @@ function refuseSharedTables(targets: Map<string, TargetDefinition>, source: stri
 function processStores(env: NodeJS.ProcessEnv | undefined): StoreName[] {
   const own = { key: 'default', what: "the process's own key provider (keys: default)" };
   if (env === undefined) return [own];
-  const value = env.REKEY_KEY_PROVIDER?.trim() || 'env';
+  const value =
+    env.REKEY_KEY_PROVIDER?.trim() || keyProviderOf({ REKEY_KEYRING_FILE: env.REKEY_KEYRING_FILE || undefined });
   const provider = value === 'auto' ? detectKeyStore(env).provider : value;
   const store = PROCESS_STORES.find((s) => s.value === provider);
   return [own, ...(store?.reads(env) ?? [])];

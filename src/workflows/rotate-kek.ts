@@ -103,6 +103,11 @@ export const RESTORE_WINDOW_PATCH = 'proofs4-retire-restore-window-1';
  * (--allow-legacy-values): the step refuses without it. Asked only of runs that carry a reason.
  */
 export const LEGACY_VALUES_PATCH = 'legacy5-retire-legacy-values-1';
+/**
+ * The retire step is given what verify's check of the rows labelled `to` proved (VerifiedUnder), so that its pre-pass
+ * does not try again, under the same remote KEK, the rows the database shows unchanged since (issue 27, quota6).
+ */
+export const VERIFIED_REUSE_PATCH = 'quota6-retire-reuses-verify-1';
 
 const VERIFY_SAMPLE = 200;
 const LISTED_TENANTS = 20;
@@ -369,6 +374,7 @@ function passParts(run: RotationState, ranges: TenantRange[]): PendingPart[] {
 /** Back to rewrap for one more pass (the caller checked the bound): planned afresh, whatever the last pass moved. */
 function anotherPass(run: RotationState): void {
   run.carried.passBaseline = undefined;
+  run.carried.verified = undefined;
   run.enter('rewrap');
 }
 
@@ -393,6 +399,8 @@ async function verify(run: RotationState): Promise<RotationReport | undefined> {
   if (checked.unreadable > 0) {
     throw rotationFailure('VerifyFailed', describeUnreadableLabels(checked, carried.from, carried.to));
   }
+  // What the check proved, for retire (none from a check of a build before it).
+  if (checked.verified) carried.verified = checked.verified;
   run.advance();
   return undefined;
 }
@@ -564,6 +572,8 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
   const windowed = patched(RESTORE_WINDOW_PATCH);
   const legacyReason = run.request.allowLegacyValues;
   const legacyAllowed = legacyReason !== undefined && patched(LEGACY_VALUES_PATCH);
+  const verified = carried.verified;
+  const reusesVerify = verified !== undefined && patched(VERIFIED_REUSE_PATCH);
   const retired = await run.commit('retire', () =>
     lockedSteps.retireKek({
       ...run.on,
@@ -571,6 +581,7 @@ async function retire(run: RotationState): Promise<RotationReport | undefined> {
       restoreWindowMs: run.settings.restoreWindowMs,
       ...(windowed && reason !== undefined && { allowShortRestoreWindow: reason }),
       ...(legacyAllowed && { allowLegacyValues: legacyReason }),
+      ...(reusesVerify && { verified }),
       progressKey: `${carried.runKey}/retire`,
     }),
   );

@@ -29,6 +29,7 @@ import { currentDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
 import type { ProofState } from '../rotation/label-proof';
 import type { LabelCheckState } from '../rotation/label-check';
+import type { VerifiedUnder } from '../rotation/verified-mark';
 import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
 
@@ -81,6 +82,8 @@ export interface CarriedState {
   proof?: ProofState & { stage: RetireProof['stage'] };
   /** A check of the rows labelled `to` under way in verify (see verify in rotate-kek.ts). */
   labelCheck?: LabelCheckState;
+  /** What verify's completed check proved, for retire's pre-pass (src/rotation/verified-mark.ts). */
+  verified?: VerifiedUnder;
   /** Proofs started so far: each names its progress rows by its round. */
   proofRounds?: number;
   /**

@@ -189,6 +189,43 @@ describe('the keyring and its drivers over keys held in this process', () => {
     keyring.close();
   });
 
+  it("a trial cipher (retire's and destroy's proof of legacy values) opens under a decrypt-only or retired KEK by its recorded fingerprint, is released after its use, even a failed one, and is none for a destroyed KEK", async () => {
+    await fresh();
+    const { provider } = createTestKeys(['v1', 'v2']);
+    const registry = new KekRegistry(db.pool, 'rekey');
+    await registry.seedActive('v1', await fingerprintIn(provider, 'v1'));
+    await registry.register('v2', await fingerprintIn(provider, 'v2'));
+    await registry.promote('v1', 'v2');
+    const keyring = keyringFor(db.pool, provider, KEYSPACE);
+    const { dek, wrapped } = await keyring.withCiphers(['v1'], ([v1]) => v1!.newDek('tenant-1'));
+    const kept: LocalCipher[] = [];
+    const tried = async () =>
+      keyring.withTrialCipher('v1', async (cipher) => {
+        if (cipher === undefined) return undefined;
+        kept.push(cipher as LocalCipher);
+        return (await cipher.open('tenant-1', wrapped)).equals(dek);
+      });
+    expect(await tried()).toBe(true); // decrypt-only
+    await db.pool.query(`UPDATE rekey.keks SET state = 'retired', retired_at = now() WHERE kek_id = 'v1'`);
+    expect(await tried()).toBe(true); // retired: keyring.cipher refuses it, a trial does not
+    await expect(
+      keyring.withTrialCipher('v1', (cipher) => {
+        kept.push(cipher as LocalCipher);
+        return Promise.reject(new Error('the trial failed'));
+      }),
+    ).rejects.toThrow('the trial failed');
+    expect(kept).toHaveLength(3);
+    for (const cipher of kept) {
+      expect(cipher.released).toBe(true);
+      await expect(cipher.open('tenant-1', wrapped)).rejects.toThrow(CipherReleasedError);
+    }
+    await db.pool.query(`UPDATE rekey.keks SET state = 'destroyed' WHERE kek_id = 'v1'`);
+    expect(await tried()).toBeUndefined();
+    expect(await keyring.withTrialCipher('v9', (cipher) => Promise.resolve(cipher))).toBeUndefined();
+    dek.fill(0);
+    keyring.close();
+  });
+
   it('the keyring owns the lifecycle of a keyring file: provision writes the file and registers the fingerprint, promote, retire, restore (recorded with its reason) and destroy after the window, which removes the key from the file', async () => {
     await fresh();
     const file = path.join(scratch, `${randomUUID()}.json`);

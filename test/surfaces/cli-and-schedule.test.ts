@@ -134,6 +134,15 @@ describe('the rekey CLI, the quarterly schedule and the metrics, against the dev
     }
   });
 
+  it("Finding: rotate --wait with nothing to do printed 'rekey · done' twice (the watch's line while the run records its end, then its status): its end is printed once", async () => {
+    // After the test above: 'v1' is retired and 'v2' active, so this run ends in validate with nothing to do.
+    const again = await rekey('rotate', '--from', 'v1', '--to', 'v2', '--wait');
+    expect(again).toMatchObject({ code: 0, stderr: '' });
+    const lines = again.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^rotation \S+: Nothing to do: already done: 'v1' is retired and 'v2' is the active KEK$/);
+    expect(lines.filter((line) => line.includes('rekey · done'))).toEqual(['  rekey · done']);
+  });
+
   it('pause answers with how far it got and what it holds before, resume and abort steer a running rotation', async () => {
     // An instance that does not hold the new KEK keeps the run at the fleet gate: the controls below meet it there
     // however fast or slow this machine is (a run left to itself could be past the rewrap before `rekey pause`).

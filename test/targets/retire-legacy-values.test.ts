@@ -4,10 +4,12 @@
 // opens under it whatever the reason, and a value that opens under no KEK (lost already) holds nothing back. Here
 // rekey's own table with a billing application's card tokens as its field, written by the fixture's own AES-GCM.
 import { createCipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { DefaultLogger } from '@temporalio/worker';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
-import { LegacyValuesRemainError } from '../../src/errors';
+import { exitCodeFor, httpStatusFor, LegacyValuesRemainError } from '../../src/errors';
 import { inTransaction } from '../../src/store/connect';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { parseTargetsConfig } from '../../src/targets/config';
@@ -86,16 +88,67 @@ describe("retire and destroy prove the legacy values of a target's configured fi
     }
   });
 
-  it("retire of v1 goes on with the run's reason (allowLegacyValues) although a legacy value opens under v1", async () => {
-    const { registry, activities, close } = await setUp('v1');
+  it("the rotation's start and its retire step refuse legacy values in the same words (what is left, where, why, both ways on: rekey migrate-dek, or the reason by the CLI's flag or the admin API's field), with one exit code and HTTP status", async () => {
+    const { activities, schema, close } = await setUp('v1');
     try {
-      await activities.retireKek({
-        target: 'rekey',
-        from: 'v1',
-        restoreWindowMs: 86_400_000,
-        allowLegacyValues: 'card tokens reissued by the processor',
+      const refusal = async (step: Promise<unknown>) => {
+        const err = await step.then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(LegacyValuesRemainError);
+        expect([exitCodeFor(err), httpStatusFor(err)]).toEqual([5, 422]);
+        return (err as Error).message;
+      };
+      const atStart = await refusal(activities.validateRotation({ target: 'rekey', from: 'v1', to: 'v2' }));
+      const atRetire = await refusal(
+        activities.retireKek({ target: 'rekey', from: 'v1', restoreWindowMs: 86_400_000 }),
+      );
+      const where = `1 in ${schema}.payment_methods`;
+      const ways =
+        'Run `rekey migrate-dek --target rekey` first, or give the reason to go on when the rotation starts: --allow-legacy-values <reason> (allow_legacy_values in the admin API), recorded in the run';
+      expect(atStart).toMatch(
+        new RegExp(
+          `^target 'rekey' still holds 1 legacy value\\(s\\) encrypted directly by its KEK \\(${where}[^)]*\\): they would become unreadable once the KEK retires; not starting the rotation\\. `,
+        ),
+      );
+      expect(atRetire).toMatch(
+        new RegExp(
+          `^target 'rekey' still holds 1 legacy value\\(s\\) encrypted directly by its KEK 'v1' \\(${where}[^)]*\\): they would become unreadable once the KEK retires; not retiring it\\. The first 1: pm-1 \\(`,
+        ),
+      );
+      expect(atStart.endsWith(ways)).toBe(true);
+      expect(atRetire.endsWith(ways)).toBe(true);
+    } finally {
+      close();
+    }
+  });
+
+  it("retire of v1 goes on with the run's reason (allowLegacyValues) although a legacy value opens under v1, and the step's log warns how many, where and the reason", async () => {
+    const { registry, activities, schema, close } = await setUp('v1');
+    try {
+      // Run as Temporal runs it, with the activity's logger: the warning is the worker's log line.
+      const warnings: string[] = [];
+      const logger = new DefaultLogger('WARN', (entry) => {
+        if (entry.level === 'WARN') warnings.push(entry.message);
       });
+      await new MockActivityEnvironment(undefined, { logger }).run(
+        (args: Parameters<typeof activities.retireKek>[0]) => activities.retireKek(args),
+        {
+          target: 'rekey',
+          from: 'v1',
+          restoreWindowMs: 86_400_000,
+          allowLegacyValues: 'card tokens reissued by the processor',
+        },
+      );
       expect((await registry.require('v1')).state).toBe('retired');
+      expect(warnings.filter((w) => w.includes('legacy value'))).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^retiring KEK 'v1' of target 'rekey' although 1 legacy value\\(s\\) encrypted directly by it remain \\(1 in ${schema}\\.payment_methods[^)]*\\): they become unreadable once it is destroyed; the run's reason \\(--allow-legacy-values\\): card tokens reissued by the processor$`,
+          ),
+        ),
+      ]);
     } finally {
       close();
     }

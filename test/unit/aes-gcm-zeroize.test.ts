@@ -9,7 +9,10 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
+import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
+import { compileFormat } from '../../src/codec/sealed-format';
 import { loadAesGcmBackend, nativeSchedule } from '../../src/crypto/aes-gcm';
+import { rewrapChunkNative } from '../../src/crypto/native-chunk';
 
 /** A secret as `masked` XOR `mask`, neither of which is the secret. */
 interface Masked {
@@ -182,5 +185,91 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
     expect(findInMemory([...secrets, secondKey, part(secondKey, 0, 16, "the second key's first half")]).found).toEqual(
       [],
     );
+  });
+
+  it('a chunk rewrapped in one native call leaves no plaintext DEK anywhere in the process, and neither KEK once released', () => {
+    const gcm = addon();
+    const fromBytes = randomBytes(32);
+    const toBytes = randomBytes(32);
+    const keks = [masked('the KEK rewrapped from', fromBytes), masked('the KEK rewrapped to', toBytes)];
+    const from = nativeSchedule(gcm, fromBytes);
+    const to = nativeSchedule(gcm, toBytes);
+    fromBytes.fill(0);
+    toBytes.fill(0);
+    // Each wrapped DEK is made without its plaintext ever existing here: GCM's ciphertext is the plaintext XOR a
+    // keystream and its tag is linear in the ciphertext, so sealing three random shares under one nonce and XORing the
+    // three ciphertexts and the three tags gives a valid value whose plaintext is the XOR of the shares.
+    const count = 64;
+    const deks: Masked[] = [];
+    const tenants: string[] = [];
+    const values: Buffer[] = [];
+    const xor = (a: Buffer, b: Buffer) => Buffer.from(a.map((x, k) => x ^ b[k]!));
+    const aadOf = (tenant: string, kekId: string) =>
+      Buffer.concat([
+        Buffer.from('rekey/dek/v1\0'),
+        Buffer.from([0, 0, 0, tenant.length]),
+        Buffer.from(tenant),
+        Buffer.from([0, 0, 0, kekId.length]),
+        Buffer.from(kekId),
+      ]);
+    for (let i = 0; i < count; i++) {
+      const tenant = `tenant-${i}`;
+      const nonce = randomBytes(12);
+      const shares = [randomBytes(32), randomBytes(32), randomBytes(32)];
+      const sealed = shares.map((share) => from.seal(nonce, share, aadOf(tenant, 'v1')));
+      const ciphertext = xor(xor(sealed[0]!.ciphertext, sealed[1]!.ciphertext), sealed[2]!.ciphertext);
+      const tag = xor(xor(sealed[0]!.tag, sealed[1]!.tag), sealed[2]!.tag);
+      values.push(Buffer.concat([Buffer.from([1]), nonce, ciphertext, tag]));
+      tenants.push(tenant);
+      deks.push({ what: `DEK ${i}`, masked: xor(shares[0]!, shares[1]!), mask: shares[2]! });
+    }
+    const columns = {
+      count,
+      columns: {
+        wrapped_dek: {
+          kind: 'bytes' as const,
+          column: { lengths: Int32Array.from(values, (v) => v.length), bytes: new Uint8Array(Buffer.concat(values)) },
+        },
+        tenant_id: {
+          kind: 'text' as const,
+          column: {
+            lengths: Int32Array.from(tenants, (t) => t.length),
+            bytes: new Uint8Array(Buffer.from(tenants.join(''))),
+          },
+        },
+      },
+    };
+    const chunk = rewrapChunkNative(
+      compileFormat(REKEY_DEK_FORMAT),
+      { kekId: 'v1', key: from },
+      { kekId: 'v2', key: to },
+      columns,
+      { others: false, dryRun: false },
+    );
+    // Every row opened and was sealed in the one call.
+    expect(chunk?.nativeRows).toBe(count);
+
+    const after = findInMemory([...deks, ...keks]);
+    expect(after.found.filter((f) => f.what.startsWith('DEK'))).toEqual([]);
+    // The scan sees the live schedules, and would see a DEK where one is: the first, opened here from what was written.
+    expect(after.found.map((f) => f.what)).toEqual(expect.arrayContaining(keks.map((k) => k.what)));
+    const column = chunk!.result.values[0]!;
+    const written = Buffer.from(column.kind === 'bytes' ? column.column.bytes.subarray(0, 61) : []);
+    const opened = to.open(
+      written.subarray(1, 13),
+      written.subarray(13, 45),
+      written.subarray(45, 61),
+      aadOf('tenant-0', 'v2'),
+    );
+    expect(findInMemory([deks[0]!]).found.map((f) => f.what)).toContain('DEK 0');
+    opened!.fill(0);
+
+    from.release();
+    to.release();
+    const halves = keks.flatMap((k) => [
+      part(k, 0, 16, `${k.what}, first half`),
+      part(k, 16, 32, `${k.what}, second half`),
+    ]);
+    expect(findInMemory([...keks, ...halves]).found).toEqual([]);
   });
 });

@@ -99,8 +99,10 @@ export async function watchRotation(context: CliContext, reference: string): Pro
   while (status.status === 'RUNNING') {
     const line =
       status.run.state === 'running' && status.progress ? describeProgress(status.progress) : status.run.line;
+    // A run that has its outcome is only recording its end (still RUNNING to Temporal): its end is printed once, below.
+    const ending = status.progress !== undefined && status.progress.outcome !== 'running';
     if (bar) bar.update(status.run.percent, { line });
-    else if (line !== last && !context.options.json) context.out(`  ${line}`);
+    else if (line !== last && !ending && !context.options.json) context.out(`  ${line}`);
     last = line;
     await new Promise((resolve) => setTimeout(resolve, tty ? 500 : 2_000));
     status = await statusOf(context, reference);
