@@ -182,6 +182,7 @@ export async function rotateKek(
     await handlersFinished();
     if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
       await recordRotationEnd(run, (failure as Error).message ?? String(failure));
+      run.ended(failure);
     }
     throw failure;
   }
