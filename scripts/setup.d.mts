@@ -5,6 +5,8 @@ export interface Toolchain {
   cacheDir: string;
   /** moto's standalone server (AWS Secrets Manager and KMS for the tests), in a virtual environment. */
   motoServer: string;
+  /** The AWS CLI (v1, pinned), in a virtual environment of its own: the docs tests run the pages' `aws` lines with it. */
+  awsCli: string;
   /** HashiCorp Vault built from source, for the Vault tests' dev servers (src/dev/vault.ts). */
   vault: string;
   /** tctl built from source, Temporal's older CLI as operators use it. */
@@ -20,7 +22,7 @@ export interface Toolchain {
   aesGcmAddonMissing?: string;
 }
 export type SetupStep =
-  'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'moto' | 'vault' | 'tctl' | 'chromium' | 'promtool' | 'aes-gcm';
+  'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'moto' | 'awscli' | 'vault' | 'tctl' | 'chromium' | 'promtool' | 'aes-gcm';
 export const TEMPORAL_CLI_VERSION: string;
 export const VAULT_VERSION: string;
 export const TCTL_VERSION: string;

@@ -747,20 +747,20 @@ function findPython() {
 }
 
 /**
- * moto's standalone server, the AWS Secrets Manager and KMS the tests run against: pip installs the pinned
- * scripts/moto-requirements.txt into a virtual environment in the tool cache, keyed by that file and the Python
- * version. The environment counts only once its last step wrote `.complete`; a half-built one is removed and rebuilt.
+ * A virtual environment in the tool cache with the pinned requirements file `scripts/<requirements>` installed, keyed
+ * by that file and the Python version; returns the path of its `bin/<binary>`. The environment counts only once its
+ * last step wrote `.complete`; a half-built one is removed and rebuilt.
  */
-export function ensureMoto() {
+function ensureVenv(name, requirementsFile, binary) {
   const { python, version } = findPython();
-  const requirements = path.join(projectRoot, 'scripts', 'moto-requirements.txt');
+  const requirements = path.join(projectRoot, 'scripts', requirementsFile);
   const hash = createHash('sha256').update(fs.readFileSync(requirements)).update(version).digest('hex').slice(0, 16);
-  const dir = path.join(cacheRoot(), 'moto', hash);
-  const server = path.join(dir, 'bin', 'moto_server');
+  const dir = path.join(cacheRoot(), name, hash);
+  const tool = path.join(dir, 'bin', binary);
   const complete = path.join(dir, '.complete');
-  if (fs.existsSync(complete) && fs.existsSync(server)) return server;
+  if (fs.existsSync(complete) && fs.existsSync(tool)) return tool;
   fs.rmSync(dir, { recursive: true, force: true });
-  log('installing moto (the AWS server for the tests) from PyPI (first time only)');
+  log(`installing ${name} from PyPI (first time only)`);
   const venv = run(python, ['-m', 'venv', dir]);
   if (venv.status !== 0) {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -785,13 +785,29 @@ export function ensureMoto() {
       /ConnectionError|NewConnectionError|Temporary failure in name resolution|No matching distribution/.test(output);
     throw new SetupError(
       unreachable
-        ? `cannot download moto from PyPI (check the network, or PIP_INDEX_URL for a mirror): ${lastLines(pip.stderr, 2)}`
-        : `pip install of moto failed: ${lastLines(pip.stderr || pip.stdout, 2)}`,
+        ? `cannot download ${name} from PyPI (check the network, or PIP_INDEX_URL for a mirror): ${lastLines(pip.stderr, 2)}`
+        : `pip install of ${name} failed: ${lastLines(pip.stderr || pip.stdout, 2)}`,
     );
   }
-  if (!fs.existsSync(server)) throw new SetupError(`pip installed moto, but ${server} is missing`);
+  if (!fs.existsSync(tool)) throw new SetupError(`pip installed ${name}, but ${tool} is missing`);
   fs.writeFileSync(complete, `${new Date().toISOString()}\n`);
-  return server;
+  return tool;
+}
+
+/**
+ * moto's standalone server, the AWS Secrets Manager and KMS the tests run against: the pinned
+ * scripts/moto-requirements.txt in a virtual environment of the tool cache.
+ */
+export function ensureMoto() {
+  return ensureVenv('moto', 'moto-requirements.txt', 'moto_server');
+}
+
+/**
+ * The AWS CLI, for the docs tests that run the pages' `aws …` lines against moto: the pinned
+ * scripts/awscli-requirements.txt in a virtual environment of its own (its botocore is not moto's).
+ */
+export function ensureAwsCli() {
+  return ensureVenv('awscli', 'awscli-requirements.txt', 'aws');
 }
 
 // ---------------------------------------------------------------- main
@@ -806,6 +822,7 @@ const steps = [
   'test-server',
   'postgres',
   'moto',
+  'awscli',
   'vault',
   'tctl',
   'chromium',
@@ -823,6 +840,7 @@ export async function setup(only = steps) {
     manifest.databaseUrl = pg.databaseUrl;
   }
   if (only.includes('moto')) manifest.motoServer = ensureMoto();
+  if (only.includes('awscli')) manifest.awsCli = ensureAwsCli();
   if (only.includes('vault')) manifest.vault = ensureVault();
   if (only.includes('tctl')) manifest.tctl = ensureTctl();
   for (const [step, ensure, key] of [

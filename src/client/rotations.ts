@@ -284,8 +284,10 @@ export async function rotationStatus(
     );
     found = { workflowId, opId, status, ...failed, ...times };
   }
+  // A run that failed leaves no progress to read without a worker: the step it failed in is its RekeyPhase.
+  const phase = description?.typedSearchAttributes.get(RekeyPhase);
   return {
     ...found,
-    run: rotationRunStatus({ execution: status, ...found }, Date.now()),
+    run: rotationRunStatus({ execution: status, ...found, ...(phase !== undefined && { phase }) }, Date.now()),
   };
 }

@@ -110,6 +110,8 @@ export interface RunFacts {
   failure?: string;
   /** Steps that failed and are retried now (running runs). */
   retrying?: RetryingStep[];
+  /** The phase the run was last in, as its RekeyPhase search attribute says (a failed run has no progress to read). */
+  phase?: string;
 }
 
 /** The one status of a run. */
@@ -207,7 +209,7 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
   const noun = progress?.noun === 'secret' ? 'secret' : 'row';
   const rows = { moved: progress ? rowsMoved(progress) : 0, total: progress?.staleAtStart ?? 0 };
   const base = {
-    step: progress?.phase ?? 'validate',
+    step: progress?.phase ?? facts.phase ?? 'validate',
     percent: progress ? percentComplete(progress) : 0,
     rows,
   };

@@ -40,6 +40,17 @@ export function staticDetails(rotation: RotationDescription, startedBy: StartedB
 
 const n = (value: number) => Math.round(value).toLocaleString('en-US');
 
+/**
+ * Markdown for the Web UI's current details of a run that failed (the reason rekey status gives): the keys and what
+ * moved, and no command, since none of those of a running run (confirm, resume, grace) can act on it any more.
+ */
+export function failedDetails(report: ProgressReport, reason: string, workflowId: string): string {
+  const kept = currentDetails(report, workflowId)
+    .split('\n\n')
+    .filter((line) => line.startsWith('**KEK:**') || line.startsWith('**Rewrapped:**'));
+  return [`**Failed:** ${reason}`, ...kept].join('\n\n');
+}
+
 /** Markdown for the Web UI's current details; `workflowId` goes into the commands it suggests. */
 export function currentDetails(report: ProgressReport, workflowId: string): string {
   const lines: string[] = [];

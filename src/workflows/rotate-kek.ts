@@ -187,6 +187,7 @@ export async function rotateKek(
     await handlersFinished();
     if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
       await recordRotationEnd(run, (failure as Error).message ?? String(failure));
+      run.ended(failure);
     }
     throw failure;
   }

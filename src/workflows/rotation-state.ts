@@ -25,7 +25,7 @@ import {
   type Wait,
 } from '../rotation/progress';
 import type { RotationRequest, RotationSettings } from '../rotation/rotation-input';
-import { currentDetails } from '../rotation/web-ui';
+import { currentDetails, failedDetails } from '../rotation/web-ui';
 import type { TenantRange } from '../rotation/slices';
 import type { ProofState } from '../rotation/label-proof';
 import type { LabelCheckState } from '../rotation/label-check';
@@ -195,6 +195,16 @@ export class RotationState {
       outcome: progress.outcome,
       ...(progress.outcome !== 'running' && progress.note !== undefined && { note: progress.note }),
     };
+  }
+
+  /**
+   * The run failed: what it waited for goes from the progress (its command can no longer act), and the Web UI's
+   * current details say failed, with the reason rekey status gives, instead of the phase it was in. No command.
+   */
+  ended(failure: unknown): void {
+    const reason = failure instanceof Error ? failure.message : String(failure);
+    this.current = { ...this.current, waiting: undefined, paused: false, heldBefore: undefined };
+    setCurrentDetails(failedDetails(this.report(), reason, workflowInfo().workflowId));
   }
 
   /** A failure before validate decided is its refusal: the `validated` update answers with it. */

@@ -1,13 +1,12 @@
 // docs/02's controls of a Mycelium migration with the plain `temporal` CLI, as an operator types them: the lines are
 // read from the page, `<db>` filled in from what `rekey kek-status --target mycelium` prints, as the page says, and run
-// with the toolchain's `temporal` against a worker on the task queue the page names (`rekey`).
-import { execFile } from 'node:child_process';
+// in bash with the toolchain's `temporal` against a worker on the task queue the page names (`rekey`), the server named
+// by TEMPORAL_ADDRESS (test/docs/as-typed.ts).
 import { randomUUID } from 'node:crypto';
-import { promisify } from 'node:util';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import type { PoolClient } from 'pg';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { runRekey } from '../helpers/cli';
@@ -16,6 +15,7 @@ import { testKeys } from '../helpers/keys';
 import { createMyceliumSchema, insertLegacyTotpUser, kekOf, SYSTEM_TENANT } from '../helpers/mycelium';
 import { docPage } from '../helpers/readme';
 import { createDevServerEnv, queryUntil, workflowBundle } from '../helpers/temporal';
+import { asTyped, operatorEnv, runLine } from './as-typed';
 
 /** The page's inline `temporal …` commands of the migration's controls, line breaks inside them joined. */
 function migrationTemporalLines(): string[] {
@@ -89,12 +89,12 @@ describe("docs/02's temporal CLI lines for a migration, as written", () => {
     const dbId = /rotations run under the workflow id kek-rotation-mycelium\.([0-9a-f]{12})$/m.exec(status.stdout)?.[1];
     expect(dbId, status.stdout).toBeDefined();
 
-    const temporal = (line: string) =>
-      promisify(execFile)(
-        inject('toolchain').temporalCli,
-        [...shellWords(line.replaceAll('<db>', dbId!)).slice(1), '--address', env.address],
-        { timeout: 60_000 },
-      );
+    const temporal = async (line: string) => {
+      const servers = { temporalAddress: env.address };
+      const result = await runLine(asTyped(line, { '<db>': dbId! }, servers), operatorEnv(servers));
+      expect(result.code, `${line}\n${result.stderr}`).toBe(0);
+      return result;
+    };
     const started = await temporal(lines[0]!);
     expect(started.stdout).toContain(`dek-migration-mycelium.${dbId}`);
     const handle = env.client.workflow.getHandle(`dek-migration-mycelium.${dbId}`);

@@ -17,6 +17,7 @@ export default async function globalSetup(project: TestProject): Promise<void> {
     'test-server',
     'postgres',
     'moto',
+    'awscli',
     'vault',
     'tctl',
     'chromium',

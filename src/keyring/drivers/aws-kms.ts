@@ -708,7 +708,7 @@ export class KmsKeys extends RemoteKeysDriver {
     const when = scheduled.DeletionDate?.toISOString() ?? `in ${this.settings.deletionWindowDays} days`;
     return {
       destroyed: true,
-      detail: `KMS key ${arn} is scheduled for deletion on ${when} (until then 'aws kms cancel-key-deletion' can still stop it)`,
+      detail: `KMS key ${arn} is scheduled for deletion on ${when} (until then 'aws kms cancel-key-deletion --key-id ${arn}' can still stop it)`,
     };
   }
 

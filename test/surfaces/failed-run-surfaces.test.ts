@@ -1,0 +1,105 @@
+// A rotation that failed at a step tells the same truth on every surface at once: `rekey status`, the `progress` query
+// (what `temporal workflow query` and tctl answer) and the Web UI's current details of its page.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Worker } from '@temporalio/worker';
+import { describe, expect, it } from 'vitest';
+import { createActivities } from '../../src/activities';
+import { startRotation } from '../../src/client/rotations';
+import type { ProgressReport } from '../../src/rotation/progress';
+import { RekeyPhase } from '../../src/workflows/search-attributes';
+import { runRekey } from '../helpers/cli';
+import { createApplicationDatabase } from '../helpers/database';
+import { testKeys } from '../helpers/keys';
+import { keyspaceIn } from '../helpers/keyspace';
+import { createTalosSchema, seedSecrets } from '../helpers/talos';
+import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+
+describe('a failed rotation, on every surface at once', () => {
+  const server = useTimeSkippingEnv();
+
+  it("Finding: a rotation that failed waiting for the application to promote (--confirm-timeout) still said 'Waiting for the application: promote' with the rekey confirm command in the Web UI's current details, and its progress query still offered that command, while rekey status said failed; now the details say Failed with rekey status's reason, and neither offers a command", async () => {
+    const { db } = await createApplicationDatabase(createTalosSchema);
+    const taskQueue = `failed-run-${randomUUID()}`;
+    const [v1, v2] = [randomBytes(32), randomBytes(32)];
+    const env = { TALOS_KEK_v1: v1.toString('base64url'), TALOS_KEK_v2: v2.toString('base64url') };
+    try {
+      await seedSecrets(db.pool, v1, 'v1', 3, 'v1');
+      const worker = await Worker.create({
+        connection: server.env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+      });
+      // Every surface asked while the worker runs: a closed run's query is answered by replaying it on a worker.
+      const seen = await worker.runUntil(async () => {
+        const { handle } = await startRotation(
+          server.env.client,
+          { target: 'talos', from: 'v1', to: 'v2', confirmTimeout: '1s' },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'talos') },
+        );
+        await expect(resultWithin(handle, 60_000)).rejects.toThrow('Workflow execution failed');
+        const status = await runRekey(
+          ['--address', server.env.address, '--task-queue', taskQueue, '--json', 'status', handle.workflowId],
+          { PATH: process.env.PATH, DATABASE_URL: db.url, ...env },
+        );
+        const progress = await handle.query<ProgressReport>('progress');
+        const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+        return { status: status.stdout, progress, details: metadata.currentDetails ?? '' };
+      });
+      const status = JSON.parse(seen.status) as {
+        status: string;
+        run: { state: string; reason: string; step: string };
+      };
+      expect(status.status).toBe('FAILED');
+      expect(status.run.state).toBe('failed');
+      expect(status.run.reason).toMatch(/^waited 1s for the application to promote/);
+      // The Web UI's page said "Waiting for the application: promote" with the confirm command beside Temporal's
+      // "Failed", and the query offered the same command: a run that failed takes no confirmation.
+      expect(seen.details.split('\n\n')).toEqual([
+        `**Failed:** ${status.run.reason}`,
+        '**KEK:** `v1` → `v2` of `talos`',
+        '**Rewrapped:** 0 of 0 · CAS conflicts 0 · unreadable 0',
+      ]);
+      expect(seen.progress.waiting).toBeUndefined();
+    } finally {
+      await db.drop();
+    }
+  });
+
+  it("Finding: rekey status of a rotation that failed in promote said step 'validate' (it had no progress to read and took the first step), where the run's RekeyPhase search attribute, the Web UI's column, says promote; it now names the step the run failed in", async () => {
+    const { db } = await createApplicationDatabase(createTalosSchema);
+    const taskQueue = `failed-run-step-${randomUUID()}`;
+    const [v1, v2] = [randomBytes(32), randomBytes(32)];
+    const env = { TALOS_KEK_v1: v1.toString('base64url'), TALOS_KEK_v2: v2.toString('base64url') };
+    try {
+      await seedSecrets(db.pool, v1, 'v1', 3, 'v1');
+      const worker = await Worker.create({
+        connection: server.env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+      });
+      const handle = await worker.runUntil(async () => {
+        const started = await startRotation(
+          server.env.client,
+          { target: 'talos', from: 'v1', to: 'v2', confirmTimeout: '1s' },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'talos') },
+        );
+        await expect(resultWithin(started.handle, 60_000)).rejects.toThrow('Workflow execution failed');
+        return started.handle;
+      });
+      // No worker now, as after a failure an operator may have none: rekey status reads what Temporal keeps.
+      expect((await handle.describe()).typedSearchAttributes.get(RekeyPhase)).toBe('promote');
+      const status = await runRekey(
+        ['--address', server.env.address, '--task-queue', taskQueue, '--json', 'status', handle.workflowId],
+        { PATH: process.env.PATH, DATABASE_URL: db.url, ...env },
+      );
+      expect((JSON.parse(status.stdout) as { run: { state: string; step: string } }).run).toMatchObject({
+        state: 'failed',
+        step: 'promote',
+      });
+    } finally {
+      await db.drop();
+    }
+  });
+});
