@@ -295,7 +295,17 @@ async function proveUnderLock(
   const context = activityContext();
   // The heartbeat keeps the pre-pass's checkpoint: a retry of the locked step does not prove the rows again.
   const heartbeat = () => context?.heartbeat(before);
-  const since = before?.stage === 'done' ? before.since : undefined;
+  const name = runtime.definition.name;
+  // The tables the scan reads, now and after the proof: rows of a table that joined it since the pre-pass began (or
+  // while the rows are proved) carry older xmins than any mark, so they are proved with every other row.
+  const scope = await runtime.store.scanScope();
+  let since = before?.stage === 'done' ? before.since : undefined;
+  if (since !== undefined && before?.scope !== scope) {
+    since = undefined;
+    context?.log.warn(
+      `proof of KEK '${kekId}' of target '${name}' under the lock: every row is proved, not only those written since the pre-pass began: ${before?.scope === undefined ? 'the pre-pass recorded no tables (an older build)' : `the tables ${describeTable(runtime.definition.table)} reads changed since (a table attached, detached or put in its place)`}`,
+    );
+  }
   const changed = since === undefined ? {} : { changedSince: since };
   const { labelled, others } = await withProofKeys(runtime, kekId, crypto, async (keys, rows) => {
     const proved = await proveLabelled(runtime.store, client, rows, keys, {
@@ -322,9 +332,15 @@ async function proveUnderLock(
       `${labelled.contended} row(s) labelled '${kekId}' changed under every retry while they were proved; trying again`,
     );
   }
+  if ((await runtime.store.scanScope()) !== scope) {
+    // A table joined or left the scan while it ran: rows it read past may be missing. Not known either way: again.
+    throw new Error(
+      `the tables ${describeTable(runtime.definition.table)} reads changed while KEK '${kekId}' of target '${name}' was proved under the lock (a table attached, detached or put in its place); trying again`,
+    );
+  }
   if (since !== undefined) {
     context?.log.info(
-      `proof of KEK '${kekId}' of target '${runtime.definition.name}' under the lock: ${labelled.tried + (others?.tried ?? 0)} row(s) written since the pre-pass began`,
+      `proof of KEK '${kekId}' of target '${name}' under the lock: ${labelled.tried + (others?.tried ?? 0)} row(s) written since the pre-pass began`,
     );
   }
   // What the pre-pass relabelled counts with what the lock relabelled; what it found needed, the locked step found

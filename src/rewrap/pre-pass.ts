@@ -18,6 +18,12 @@ export interface PrePassCheckpoint {
   /** The target's change mark when the pre-pass began (TargetStore.changeMark); absent at stage 'whole'. */
   since?: string;
   /**
+   * The relations the scan read when the pre-pass began (TargetStore.scanScope): the locked step reads only the rows
+   * written since `since` when they are still the same, and every row otherwise. Absent in a checkpoint of an older
+   * build: every row.
+   */
+  scope?: string;
+  /**
    * 'labelled': the rows labelled `kekId` (relabelled where a usable KEK opens them); 'others': the rows labelled
    * otherwise, NULL included (reads only); 'done': the locked step proves the rows written since `since`; 'whole':
    * the locked step proves every row, as without a pre-pass (`why` says why).
@@ -80,12 +86,14 @@ export async function runPrePass(
   };
   if (checkpoint === undefined) {
     const base = { kind: 'proof-pre-pass' as const, kekId: keys.label, cursor: '' };
+    // The scope before the mark and before any row is read: a table attached after this shows under the lock.
+    const scope = await store.scanScope();
     const mark = await store.changeMark();
     if ('why' in mark) {
       return report({ ...base, stage: 'whole', labelled: emptyProof(), others: emptyProof(), why: mark.why });
     }
     if (mark.note !== undefined) options.onMarkNote?.(mark.note);
-    report({ ...base, since: mark.mark, stage: 'labelled', labelled: emptyProof(), others: emptyProof() });
+    report({ ...base, since: mark.mark, scope, stage: 'labelled', labelled: emptyProof(), others: emptyProof() });
   }
   let current = checkpoint!;
   if (current.stage === 'labelled') {

@@ -1054,41 +1054,49 @@ export class TargetStore {
   }
 
   /**
+   * The relations a scan of the table reads, as text: the table's oid, and each table attached to it by inheritance or
+   * as a partition, with the xmin of its pg_inherits row (an attachment made again is another). Rows in a table that
+   * joins the scan (ALTER TABLE … INHERIT, ATTACH PARTITION, a table renamed into place) keep the xmin of whatever
+   * wrote them, older than any change mark read before: a proof that reads only the rows written since a mark holds
+   * only while this is what it was when the mark was read.
+   */
+  async scanScope(): Promise<string> {
+    const { rows } = await this.db.query<{ relations: string | null }>(
+      `WITH RECURSIVE rel(oid, attached) AS (
+         SELECT to_regclass($1)::oid, ''::text
+         UNION ALL
+         SELECT i.inhrelid, i.xmin::text FROM pg_inherits i JOIN rel ON i.inhparent = rel.oid)
+       SELECT string_agg(oid::text || ':' || attached, ',' ORDER BY oid, attached) AS relations FROM rel`,
+      [this.table],
+    );
+    return rows[0]?.relations ?? '';
+  }
+
+  /**
    * Where a change mark is read (MarkNow): the cluster (its system identifier), the timeline of its last checkpoint,
-   * this database's oid and the relations a scan of the table reads (the table's oid, and each table attached to it by
-   * inheritance or as a partition, with the xmin of its pg_inherits row: an attachment made again is another), with
-   * the next transaction id (64 bits). A mark read elsewhere, or one the id counter is now behind, says nothing of
-   * these rows (verifiedFails); nor does one read before a table joined the scan (ALTER TABLE … INHERIT, ATTACH
-   * PARTITION, a table renamed into place), whose rows keep the xmin of whatever wrote them, unread by the check.
+   * this database's oid and the relations a scan of the table reads (scanScope), with the next transaction id (64
+   * bits). A mark read elsewhere, or one the id counter is now behind, says nothing of these rows (verifiedFails); nor
+   * does one read before a table joined the scan, whose rows keep the xmin of whatever wrote them, unread by the check.
    * Undefined where the server does not say (a role refused pg_control_system).
    */
   async markNow(): Promise<{ scope: string; next: string } | undefined> {
+    let row: { system: string; timeline: number; db: string; next: string };
     try {
-      const { rows } = await this.db.query<{
-        system: string;
-        timeline: number;
-        db: string;
-        relations: string | null;
-        next: string;
-      }>(
-        `WITH RECURSIVE rel(oid, attached) AS (
-           SELECT to_regclass($1)::oid, ''::text
-           UNION ALL
-           SELECT i.inhrelid, i.xmin::text FROM pg_inherits i JOIN rel ON i.inhparent = rel.oid)
-         SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system,
+      const { rows } = await this.db.query<typeof row>(
+        `SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system,
                 (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
                 (SELECT oid::text FROM pg_database WHERE datname = current_database()) AS db,
-                (SELECT string_agg(oid::text || ':' || attached, ',' ORDER BY oid, attached) FROM rel) AS relations,
                 pg_snapshot_xmax(pg_current_snapshot())::text AS next`,
-        [this.table],
       );
-      const row = rows[0]!;
-      return { scope: `${row.system}/${row.timeline}/${row.db}/${row.relations ?? ''}`, next: row.next };
+      row = rows[0]!;
     } catch (err) {
       // 42501: insufficient_privilege. Anything else is the database's trouble, retried with the step.
       if ((err as { code?: string }).code === '42501') return undefined;
       throw err;
     }
+    // Read after the id counter: a table attached in between shows here, and the mark is not reused.
+    const relations = await this.scanScope();
+    return { scope: `${row.system}/${row.timeline}/${row.db}/${relations}`, next: row.next };
   }
 
   private async currentUser(): Promise<string> {

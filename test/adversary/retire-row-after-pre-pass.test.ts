@@ -105,7 +105,10 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
               );
               return Number(rows[0]!.n) > 0;
             },
-            { within: 90_000, failIf: () => (settled ? 'the retire step ended without waiting for the lock' : undefined) },
+            {
+              within: 90_000,
+              failIf: () => (settled ? 'the retire step ended without waiting for the lock' : undefined),
+            },
           );
           await bad.late(db);
           await holder.query('COMMIT');
@@ -256,9 +259,10 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
     it('a secret restored from a backup taken before the rotation (its v1 value, key_id, version and timestamps as they were) after the pre-pass keeps v1 from retiring', async () => {
       const { db, secrets, activities } = await talos();
       const victim = secrets[5]!;
-      const { rows: backup } = await db.pool.query<Record<string, unknown>>('SELECT * FROM public.secrets WHERE id = $1', [
-        victim.id,
-      ]);
+      const { rows: backup } = await db.pool.query<Record<string, unknown>>(
+        'SELECT * FROM public.secrets WHERE id = $1',
+        [victim.id],
+      );
       const old = backup[0]!;
       const state = await rotateWithBadWrite({
         db,
@@ -271,7 +275,17 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
             await db.pool.query(
               `UPDATE public.secrets SET ciphertext = $2, nonce = $3, tag = $4, aad = $5, key_id = $6, version = $7,
                  rotated_at = $8, updated_at = $9 WHERE id = $1`,
-              [victim.id, old.ciphertext, old.nonce, old.tag, old.aad, old.key_id, old.version, old.rotated_at, old.updated_at],
+              [
+                victim.id,
+                old.ciphertext,
+                old.nonce,
+                old.tag,
+                old.aad,
+                old.key_id,
+                old.version,
+                old.rotated_at,
+                old.updated_at,
+              ],
             );
           },
         },
@@ -514,10 +528,37 @@ describe('adversary: a row that needs the old KEK, written after the proof outsi
         activities,
         bad: {
           late: async () => {
-            await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
-              id,
-              wrapRekeyDek(keks.v1, 'v1', id, randomBytes(32)),
-            ]);
+            await db.pool.query(
+              `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`,
+              [id, wrapRekeyDek(keks.v1, 'v1', id, randomBytes(32))],
+            );
+          },
+        },
+      });
+      expect(await opensUnderV1(db, id)).toBe(true);
+      expect(state).toBe('decrypt_only');
+    });
+
+    it("a DEK labelled 'v2' but sealed under v1, in a table written before the rotation and attached to rekey's table (ALTER TABLE … INHERIT) after the pre-pass, keeps v1 from retiring (its row's xmin is older than the change mark)", async () => {
+      const { db, activities } = await own();
+      const id = 'tenant-staged';
+      const state = await rotateWithBadWrite({
+        db,
+        target: BUILTIN_TARGET,
+        from: 'v1',
+        to: 'v2',
+        activities,
+        bad: {
+          early: async () => {
+            // A table restored beside the live one (from a backup, a staging copy), written before the rotation began.
+            await db.pool.query('CREATE TABLE rekey.tenant_deks_staged (LIKE rekey.tenant_deks INCLUDING ALL)');
+            await db.pool.query(
+              `INSERT INTO rekey.tenant_deks_staged (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`,
+              [id, wrapRekeyDek(keks.v1, 'v1', id, randomBytes(32))],
+            );
+          },
+          late: async () => {
+            await db.pool.query('ALTER TABLE rekey.tenant_deks_staged INHERIT rekey.tenant_deks');
           },
         },
       });
