@@ -5,7 +5,6 @@
 // with a random mask (the pair reveals the secret only when combined, byte by byte, at a candidate), and the key
 // Buffer the addon was given is zeroed at once. Only the first 4 bytes of a secret are ever plain (the needle that
 // finds candidates); each candidate is then compared in full.
-import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
@@ -13,24 +12,7 @@ import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { loadAesGcmBackend, nativeSchedule } from '../../src/crypto/aes-gcm';
 import { rewrapChunkNative } from '../../src/crypto/native-chunk';
-
-/** A secret as `masked` XOR `mask`, neither of which is the secret. */
-interface Masked {
-  what: string;
-  masked: Buffer;
-  mask: Buffer;
-}
-
-function masked(what: string, secret: Buffer): Masked {
-  const mask = randomBytes(secret.length);
-  const out = Buffer.alloc(secret.length);
-  for (let i = 0; i < secret.length; i++) out[i] = secret[i]! ^ mask[i]!;
-  return { what, masked: out, mask };
-}
-
-function part(secret: Masked, start: number, end: number, what: string): Masked {
-  return { what, masked: secret.masked.subarray(start, end), mask: secret.mask.subarray(start, end) };
-}
+import { findInMemory, masked, part, type Masked } from '../helpers/memory-scan';
 
 /** GF(2)-linear maps on 16-byte blocks apply to the masked value and the mask alike, so the secret stays masked. */
 function mapBoth(secret: Masked, what: string, f: (block: Buffer) => Buffer): Masked {
@@ -45,58 +27,6 @@ function mulx(block: Buffer): Buffer {
   v = (v << 1n) & ((1n << 128n) - 1n);
   v ^= high ^ (high << 127n) ^ (high << 126n) ^ (high << 121n);
   return Buffer.from(v.toString(16).padStart(32, '0'), 'hex').reverse();
-}
-
-interface Found {
-  what: string;
-  address: string;
-  mapping: string;
-}
-
-/**
- * Every place in the process's readable private memory (heap, stacks, anonymous mappings, the addon's data) that
- * holds one of the secrets. Throws if a readable mapping cannot be read, rather than skip it.
- */
-function findInMemory(secrets: Masked[]): { found: Found[]; bytesRead: number } {
-  const mappings = fs.readFileSync('/proc/self/maps', 'utf8').trim().split('\n');
-  const memory = fs.openSync('/proc/self/mem', 'r');
-  const window = Buffer.alloc(1 << 20);
-  const overlap = Math.max(...secrets.map((s) => s.masked.length)) - 1;
-  const found: Found[] = [];
-  let bytesRead = 0;
-  try {
-    for (const line of mappings) {
-      const [range, perms, , , , ...rest] = line.split(/\s+/);
-      const mapping = rest.join(' ');
-      // Readable and private; the kernel's vvar/vsyscall pages hold no process data (and some cannot be read).
-      if (!perms?.startsWith('r') || perms[3] !== 'p' || /^\[(vvar|vvar_vclock|vsyscall)\]$/.test(mapping)) continue;
-      const [start, end] = range!.split('-').map((hex) => BigInt(`0x${hex}`)) as [bigint, bigint];
-      for (let at = start; at < end; at += BigInt(window.length - overlap)) {
-        const length = Number(end - at < BigInt(window.length) ? end - at : BigInt(window.length));
-        const got = fs.readSync(memory, window, 0, length, at);
-        if (got !== length) throw new Error(`read ${got} of ${length} bytes at 0x${at.toString(16)} (${line})`);
-        bytesRead += got;
-        const view = window.subarray(0, got);
-        for (const secret of secrets) {
-          const needle = Buffer.alloc(4);
-          for (let j = 0; j < 4; j++) needle[j] = secret.masked[j]! ^ secret.mask[j]!;
-          for (let i = view.indexOf(needle); i !== -1; i = view.indexOf(needle, i + 1)) {
-            let same = i + secret.masked.length <= got;
-            for (let j = 0; same && j < secret.masked.length; j++) {
-              same = view[i + j] === (secret.masked[j]! ^ secret.mask[j]!);
-            }
-            if (same) found.push({ what: secret.what, address: `0x${(at + BigInt(i)).toString(16)}`, mapping });
-          }
-          needle.fill(0);
-        }
-        if (got < window.length) break;
-      }
-    }
-  } finally {
-    window.fill(0);
-    fs.closeSync(memory);
-  }
-  return { found, bytesRead };
 }
 
 function addon() {
