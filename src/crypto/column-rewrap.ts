@@ -17,7 +17,7 @@ import {
   type Row,
 } from '../codec/sealed-format';
 import { UnreadableValueError } from '../errors';
-import { rewrapOne, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
+import { rewrapOne, rewrapOneAt, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
 import type { KeySchedule } from './aes-gcm';
 import { packColumn, unpackColumn, type Column, type Columns } from './columns';
 import { rewrapChunkNative } from './native-chunk';
@@ -64,9 +64,7 @@ function byRow(
   const values: unknown[][] = [];
   const failures: RewrapRowsResult['failures'] = [];
   for (let i = 0; i < count; i++) {
-    const row: Record<string, unknown> = {};
-    for (const [name, column] of unpacked) row[name] = column[i];
-    const outcome = rewrapOne(codec, from, to, row, options, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+    const outcome = rewrapOneAt(codec, from, to, unpacked, i, options, nonces);
     if (outcome === undefined) continue;
     if ('reason' in outcome) {
       failures.push({ index: i, reason: outcome.reason });

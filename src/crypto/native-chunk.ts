@@ -8,7 +8,7 @@
 // with the same nonce, and so gets exactly the outcome, the reason and the bytes the codec gives.
 import { randomFillSync } from 'node:crypto';
 import { NONCE_BYTES, type Codec } from '../codec/sealed-format';
-import { rewrapOne, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
+import { rewrapOneAt, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
 import { nativeChunkCall } from './aes-gcm';
 import { unpackColumn, type ByteColumn, type Column, type Columns } from './columns';
 
@@ -182,9 +182,7 @@ function merge(
       k++;
       continue;
     }
-    const row: Record<string, unknown> = {};
-    for (const [name, column] of unpacked) row[name] = column[i];
-    const outcome = rewrapOne(codec, from, to, row, options, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+    const outcome = rewrapOneAt(codec, from, to, unpacked, i, options, nonces);
     if (outcome === undefined) continue;
     if ('reason' in outcome) {
       failures.push({ index: i, reason: outcome.reason });

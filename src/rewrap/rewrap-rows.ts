@@ -89,6 +89,25 @@ export interface ScheduledKek {
 export type RowOutcome = { values: ColumnValue[]; relabel: boolean } | { reason: string } | undefined;
 
 /**
+ * Row `i` of a chunk whose columns are unpacked by name (crypto/columns.ts `unpackColumn`), through rewrapOne with the
+ * row's own nonce, the `i`-th 12 bytes of `nonces`: the by-row path of the column rewraps (src/crypto/column-rewrap.ts,
+ * and the rows the native chunk call leaves, src/crypto/native-chunk.ts).
+ */
+export function rewrapOneAt(
+  codec: Codec,
+  from: ScheduledKek,
+  to: ScheduledKek,
+  unpacked: readonly (readonly [string, readonly unknown[]])[],
+  i: number,
+  options: RewrapRowsOptions,
+  nonces: Buffer,
+): RowOutcome {
+  const row: Record<string, unknown> = {};
+  for (const [name, column] of unpacked) row[name] = column[i];
+  return rewrapOne(codec, from, to, row, options, nonces.subarray(i * NONCE_BYTES, (i + 1) * NONCE_BYTES));
+}
+
+/**
  * One row of a rewrap: opened with `from` (or found already under `to`), sealed with `to` under `nonce`; the
  * plaintext is zeroized once sealed.
  */
