@@ -22,7 +22,17 @@ export interface Toolchain {
   aesGcmAddonMissing?: string;
 }
 export type SetupStep =
-  'npm' | 'temporal-cli' | 'test-server' | 'postgres' | 'moto' | 'awscli' | 'vault' | 'tctl' | 'chromium' | 'promtool' | 'aes-gcm';
+  | 'npm'
+  | 'temporal-cli'
+  | 'test-server'
+  | 'postgres'
+  | 'moto'
+  | 'awscli'
+  | 'vault'
+  | 'tctl'
+  | 'chromium'
+  | 'promtool'
+  | 'aes-gcm';
 export const TEMPORAL_CLI_VERSION: string;
 export const VAULT_VERSION: string;
 export const TCTL_VERSION: string;

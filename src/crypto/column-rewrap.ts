@@ -17,7 +17,13 @@ import {
   type Row,
 } from '../codec/sealed-format';
 import { UnreadableValueError } from '../errors';
-import { rewrapOne, rewrapOneAt, type RewrapRowsOptions, type RewrapRowsResult, type ScheduledKek } from '../rewrap/rewrap-rows';
+import {
+  rewrapOne,
+  rewrapOneAt,
+  type RewrapRowsOptions,
+  type RewrapRowsResult,
+  type ScheduledKek,
+} from '../rewrap/rewrap-rows';
 import type { KeySchedule } from './aes-gcm';
 import { packColumn, unpackColumn, type Column, type Columns } from './columns';
 import { rewrapChunkNative } from './native-chunk';

@@ -4,44 +4,16 @@
 // the largest label Mycelium's integer column holds), and must write, relabel and fail exactly the rows the
 // TypeScript codec does on Node's own AES-GCM. Each written value is opened by fixture code of its own (node:crypto,
 // not rekey's codecs), and its nonce is checked against every other nonce the chunks used.
-import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { MYCELIUM_DEK_FORMAT, REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat, type Row, type SealedFormat } from '../../src/codec/sealed-format';
 import { aesGcmBackend } from '../../src/crypto/aes-gcm';
-import { unpackColumn, type ByteColumn, type Columns } from '../../src/crypto/columns';
+import { unpackColumn, type Columns } from '../../src/crypto/columns';
 import { rewrapChunk } from '../../src/crypto/rewrap-thread';
 import { rewrapOne } from '../../src/rewrap/rewrap-rows';
-
-function lengthPrefixed(bytes: Buffer): Buffer {
-  const length = Buffer.alloc(4);
-  length.writeUInt32BE(bytes.length);
-  return Buffer.concat([length, bytes]);
-}
-
-/** nonce ‖ ciphertext ‖ tag (node:crypto). */
-function seal(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(aad);
-  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]);
-}
-
-function open(key: Buffer, sealed: Buffer, aad: Buffer): Buffer {
-  const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, 12));
-  decipher.setAAD(aad);
-  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
-  return Buffer.concat([decipher.update(sealed.subarray(12, sealed.length - 16)), decipher.final()]);
-}
-
-/** Text or bytea values packed as the store's binary COPY hands them to a crypto thread. */
-function packed(values: (string | Buffer | null)[]): ByteColumn {
-  const parts = values.map((v) => (v === null ? null : typeof v === 'string' ? Buffer.from(v, 'utf8') : v));
-  return {
-    lengths: Int32Array.from(parts, (p) => (p === null ? -1 : p.length)),
-    bytes: new Uint8Array(Buffer.concat(parts.filter((p): p is Buffer => p !== null))),
-  };
-}
+import { lengthPrefixed, open, seal, uuidBytes } from '../helpers/gcm';
+import { packed } from '../helpers/packed-columns';
 
 interface Keks {
   from: { kekId: string; key: Buffer };
@@ -117,11 +89,7 @@ describe('native6 adversary: a chunk rewrapped natively binds exactly the associ
     ] as const) {
       const keks: Keks = { from: { kekId: fromId, key: randomBytes(32) }, to: { kekId: toId, key: randomBytes(32) } };
       const aad = (tenant: string, kekId: string) =>
-        Buffer.concat([
-          Buffer.from('rekey/dek/v1\0', 'utf8'),
-          lengthPrefixed(Buffer.from(tenant, 'utf8')),
-          lengthPrefixed(Buffer.from(kekId, 'utf8')),
-        ]);
+        Buffer.concat([Buffer.from('rekey/dek/v1\0', 'utf8'), lengthPrefixed(tenant), lengthPrefixed(kekId)]);
       const deks: Buffer[] = [];
       const rows: Row[] = [];
       const tenants: string[] = [];
@@ -165,7 +133,6 @@ describe('native6 adversary: a chunk rewrapped natively binds exactly the associ
       from: { kekId: '2147483646', key: randomBytes(32) },
       to: { kekId: '2147483647', key: randomBytes(32) },
     };
-    const uuid = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');
     const deks: Buffer[] = [];
     const ids: string[] = [];
     const values: (string | null)[] = [];
@@ -176,7 +143,7 @@ describe('native6 adversary: a chunk rewrapped natively binds exactly the associ
       const dek = randomBytes(32);
       const key = i % 9 === 0 ? keks.to : keks.from;
       const shown = i % 3 === 0 ? id.toUpperCase() : i % 3 === 1 ? id.replace(/-/g, '') : id;
-      let value: string | null = `v2:${seal(key.key, dek, uuid(id)).toString('base64')}`;
+      let value: string | null = `v2:${seal(key.key, dek, uuidBytes(id)).toString('base64')}`;
       if (i % 17 === 5)
         value = value.slice(0, -1); // not a multiple of four
       else if (i % 19 === 5)
@@ -206,7 +173,7 @@ describe('native6 adversary: a chunk rewrapped natively binds exactly the associ
       expect(value).toMatch(/^v2:[A-Za-z0-9+/]{80}$/);
       const sealed = Buffer.from(value.slice(3), 'base64');
       fresh(sealed.subarray(0, 12));
-      expect(open(keks.to.key, sealed, uuid(canonical[index]!)).equals(deks[index]!)).toBe(true);
+      expect(open(keks.to.key, sealed, uuidBytes(canonical[index]!)).equals(deks[index]!)).toBe(true);
     });
   });
 
@@ -221,7 +188,7 @@ describe('native6 adversary: a chunk rewrapped natively binds exactly the associ
     const aad = (owner: string, kekId: string) =>
       Buffer.concat([
         Buffer.from('00ff', 'hex'),
-        lengthPrefixed(Buffer.from(owner.replace(/-/g, ''), 'hex')),
+        lengthPrefixed(uuidBytes(owner)),
         Buffer.from('/'),
         Buffer.from(kekId),
       ]);

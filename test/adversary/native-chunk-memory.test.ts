@@ -3,40 +3,17 @@
 // failed to open, not after a chunk that threw half-way. Read from the process's own memory (test/helpers/memory-scan):
 // its own file, so that its process holds no other test's keys. The chunks run in this thread (rewrapChunk is what a
 // crypto thread runs per task), so the scan sees every byte the rewrap touched.
-import { createCipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { MYCELIUM_DEK_FORMAT, REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import type { SealedFormat } from '../../src/codec/sealed-format';
 import { aesGcmBackend } from '../../src/crypto/aes-gcm';
 import type { ByteColumn, Columns } from '../../src/crypto/columns';
 import { rewrapChunk } from '../../src/crypto/rewrap-thread';
+import { seal, uuidBytes } from '../helpers/gcm';
 import { findInMemory, masked, part, type Masked } from '../helpers/memory-scan';
-
-const uuidBytes = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');
-
-function lengthPrefixed(text: string): Buffer {
-  const bytes = Buffer.from(text, 'utf8');
-  const length = Buffer.alloc(4);
-  length.writeUInt32BE(bytes.length);
-  return Buffer.concat([length, bytes]);
-}
-
-/** nonce ‖ ciphertext ‖ tag of `plaintext` under `key`, bound to `aad` (node:crypto, not rekey's codecs). */
-function seal(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(aad);
-  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]);
-}
-
-/** A text or bytea column packed as the store's binary COPY gives it to a crypto thread. */
-function packed(values: (string | Buffer | null)[]): ByteColumn {
-  const parts = values.map((v) => (v === null ? null : typeof v === 'string' ? Buffer.from(v, 'utf8') : v));
-  return {
-    lengths: Int32Array.from(parts, (p) => (p === null ? -1 : p.length)),
-    bytes: new Uint8Array(Buffer.concat(parts.filter((p): p is Buffer => p !== null))),
-  };
-}
+import { packed } from '../helpers/packed-columns';
+import { wrapRekeyDek } from '../helpers/rekey-format';
 
 interface Chunk {
   format: SealedFormat;
@@ -78,8 +55,7 @@ function builtinChunk(count: number): Chunk {
     const kekId = key === to ? 'v2' : key === third ? 'v0' : 'v1';
     // Every 11th value is another tenant's: it does not open for this row.
     const boundTo = i % 11 === 5 ? `someone-else-${i}` : tenant;
-    const aad = Buffer.concat([Buffer.from('rekey/dek/v1\0'), lengthPrefixed(boundTo), lengthPrefixed(kekId)]);
-    values.push(Buffer.concat([Buffer.from([1]), seal(key.bytes, dek, aad)]));
+    values.push(wrapRekeyDek(key.bytes, kekId, boundTo, dek));
     if (key !== third && boundTo === tenant) deks.push(masked(`tenant ${i}'s DEK`, dek));
     dek.fill(0);
     tenants.push(tenant);

@@ -57,7 +57,6 @@ describe("adversary: the retire step's pre-pass while a transaction of another d
 
     const holder: PoolClient = await db.pool.connect();
     try {
-
       // The test holds v1's registry row: the step's pre-pass runs, then the step waits for the lock.
       await holder.query('BEGIN');
       await holder.query(`SELECT 1 FROM rekey.keks WHERE target = 'rekey' AND kek_id = 'v1' FOR UPDATE`);

@@ -27,7 +27,10 @@ const BUILD_BEFORE = '34ce2b88168871b03b508f8cd73f46efb594ffce';
 
 /** Every run of a workflow's chain, from the first: its run id and history. */
 async function chain(client: Client, workflowId: string) {
-  const runs: { runId: string | undefined; history: Awaited<ReturnType<ReturnType<Client['workflow']['getHandle']>['fetchHistory']>> }[] = [];
+  const runs: {
+    runId: string | undefined;
+    history: Awaited<ReturnType<ReturnType<Client['workflow']['getHandle']>['fetchHistory']>>;
+  }[] = [];
   let runId: string | undefined;
   do {
     const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
@@ -38,7 +41,10 @@ async function chain(client: Client, workflowId: string) {
 }
 
 /** The activity types a history scheduled, each with how many times. */
-function scheduled(history: { events?: { activityTaskScheduledEventAttributes?: { activityType?: { name?: string | null } | null } | null }[] | null }) {
+function scheduled(history: {
+  events?:
+    { activityTaskScheduledEventAttributes?: { activityType?: { name?: string | null } | null } | null }[] | null;
+}) {
   const counts: Record<string, number> = {};
   for (const event of history.events ?? []) {
     const name = event.activityTaskScheduledEventAttributes?.activityType?.name;

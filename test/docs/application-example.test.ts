@@ -188,7 +188,9 @@ describe("docs/03's application example, compiled and run as an application that
         env: { ...env, ...local, ...here, PATH: `${bin}:${process.env.PATH}` },
       });
       expect(moved, moved.stderr).toMatchObject({ code: 0 });
-      expect(moved.stdout).toMatch(/started rotation kek-rotation-rekey\.\S+ of target 'rekey' \('v1' → a new KEK \(id chosen at provision\)\)/);
+      expect(moved.stdout).toMatch(
+        /started rotation kek-rotation-rekey\.\S+ of target 'rekey' \('v1' → a new KEK \(id chosen at provision\)\)/,
+      );
 
       // Promoted, moved and verified: the run is in its grace period, v2 a KMS key, every DEK the same under it.
       const handle = temporal.client.workflow.getHandle(await rotationIdIn(db.pool));

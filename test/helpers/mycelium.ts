@@ -1,7 +1,8 @@
 // A stand-in for Mycelium's database and gateway, written from ../shared/seed-systems.md with node:crypto alone: it
 // shares no code with rekey's codecs, so a test that passes proves rekey reads and writes Mycelium's real formats.
-import { createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Pool } from 'pg';
+import { open, seal, uuidBytes as uuid } from './gcm';
 
 export const SYSTEM_TENANT = '00000000-0000-0000-0000-000000000000';
 
@@ -10,22 +11,6 @@ export function kekOf(tokenSecret: string): Buffer {
   return createHash('sha256')
     .update(Buffer.from(tokenSecret.replace(/-/g, ''), 'hex'))
     .digest();
-}
-
-const uuid = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');
-
-function seal(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(aad);
-  return Buffer.concat([nonce, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]);
-}
-
-function open(key: Buffer, sealed: Buffer, aad: Buffer): Buffer {
-  const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, 12));
-  decipher.setAAD(aad);
-  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
-  return Buffer.concat([decipher.update(sealed.subarray(12, sealed.length - 16)), decipher.final()]);
 }
 
 /** A tenant's wrapped DEK: 'v2:' + base64(nonce ‖ ciphertext ‖ tag), bound to the tenant id's 16 bytes. */

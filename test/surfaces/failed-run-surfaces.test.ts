@@ -8,7 +8,7 @@ import { startRotation } from '../../src/client/rotations';
 import type { ProgressReport } from '../../src/rotation/progress';
 import { RekeyPhase } from '../../src/workflows/search-attributes';
 import { runRekey } from '../helpers/cli';
-import { createApplicationDatabase } from '../helpers/database';
+import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
@@ -17,34 +17,51 @@ import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/tem
 describe('a failed rotation, on every surface at once', () => {
   const server = useTimeSkippingEnv();
 
-  it("Finding: a rotation that failed waiting for the application to promote (--confirm-timeout) still said 'Waiting for the application: promote' with the rekey confirm command in the Web UI's current details, and its progress query still offered that command, while rekey status said failed; now the details say Failed with rekey status's reason, and neither offers a command", async () => {
-    const { db } = await createApplicationDatabase(createTalosSchema);
+  /**
+   * A worker for `db` (Talos's, 3 secrets under v1) and how to start a rotation v1 → v2 with a confirmation timeout of
+   * 1 s, which fails waiting for the application to promote (Talos's settings name no current KEK); `statusOf` runs
+   * `rekey status --json` of a run, with or without the worker.
+   */
+  async function failingInPromote(db: TestDatabase) {
     const taskQueue = `failed-run-${randomUUID()}`;
     const [v1, v2] = [randomBytes(32), randomBytes(32)];
     const env = { TALOS_KEK_v1: v1.toString('base64url'), TALOS_KEK_v2: v2.toString('base64url') };
-    try {
-      await seedSecrets(db.pool, v1, 'v1', 3, 'v1');
-      const worker = await Worker.create({
-        connection: server.env.nativeConnection,
-        taskQueue,
-        workflowBundle: workflowBundle(),
-        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+    await seedSecrets(db.pool, v1, 'v1', 3, 'v1');
+    const worker = await Worker.create({
+      connection: server.env.nativeConnection,
+      taskQueue,
+      workflowBundle: workflowBundle(),
+      activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+    });
+    const start = async () => {
+      const { handle } = await startRotation(
+        server.env.client,
+        { target: 'talos', from: 'v1', to: 'v2', confirmTimeout: '1s' },
+        { taskQueue, keyspace: await keyspaceIn(db.pool, 'talos') },
+      );
+      await expect(resultWithin(handle, 60_000)).rejects.toThrow('Workflow execution failed');
+      return handle;
+    };
+    const statusOf = (workflowId: string) =>
+      runRekey(['--address', server.env.address, '--task-queue', taskQueue, '--json', 'status', workflowId], {
+        PATH: process.env.PATH,
+        DATABASE_URL: db.url,
+        ...env,
       });
+    return { worker, start, statusOf };
+  }
+
+  it("Finding: a rotation that failed waiting for the application to promote (--confirm-timeout) still said 'Waiting for the application: promote' with the rekey confirm command in the Web UI's current details, and its progress query still offered that command, while rekey status said failed; now the details say Failed with rekey status's reason, and neither offers a command", async () => {
+    const { db } = await createApplicationDatabase(createTalosSchema);
+    try {
+      const { worker, start, statusOf } = await failingInPromote(db);
       // Every surface asked while the worker runs: a closed run's query is answered by replaying it on a worker.
       const seen = await worker.runUntil(async () => {
-        const { handle } = await startRotation(
-          server.env.client,
-          { target: 'talos', from: 'v1', to: 'v2', confirmTimeout: '1s' },
-          { taskQueue, keyspace: await keyspaceIn(db.pool, 'talos') },
-        );
-        await expect(resultWithin(handle, 60_000)).rejects.toThrow('Workflow execution failed');
-        const status = await runRekey(
-          ['--address', server.env.address, '--task-queue', taskQueue, '--json', 'status', handle.workflowId],
-          { PATH: process.env.PATH, DATABASE_URL: db.url, ...env },
-        );
+        const handle = await start();
+        const asked = await statusOf(handle.workflowId);
         const progress = await handle.query<ProgressReport>('progress');
         const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
-        return { status: status.stdout, progress, details: metadata.currentDetails ?? '' };
+        return { status: asked.stdout, progress, details: metadata.currentDetails ?? '' };
       });
       const status = JSON.parse(seen.status) as {
         status: string;
@@ -68,33 +85,13 @@ describe('a failed rotation, on every surface at once', () => {
 
   it("Finding: rekey status of a rotation that failed in promote said step 'validate' (it had no progress to read and took the first step), where the run's RekeyPhase search attribute, the Web UI's column, says promote; it now names the step the run failed in", async () => {
     const { db } = await createApplicationDatabase(createTalosSchema);
-    const taskQueue = `failed-run-step-${randomUUID()}`;
-    const [v1, v2] = [randomBytes(32), randomBytes(32)];
-    const env = { TALOS_KEK_v1: v1.toString('base64url'), TALOS_KEK_v2: v2.toString('base64url') };
     try {
-      await seedSecrets(db.pool, v1, 'v1', 3, 'v1');
-      const worker = await Worker.create({
-        connection: server.env.nativeConnection,
-        taskQueue,
-        workflowBundle: workflowBundle(),
-        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
-      });
-      const handle = await worker.runUntil(async () => {
-        const started = await startRotation(
-          server.env.client,
-          { target: 'talos', from: 'v1', to: 'v2', confirmTimeout: '1s' },
-          { taskQueue, keyspace: await keyspaceIn(db.pool, 'talos') },
-        );
-        await expect(resultWithin(started.handle, 60_000)).rejects.toThrow('Workflow execution failed');
-        return started.handle;
-      });
+      const { worker, start, statusOf } = await failingInPromote(db);
+      const handle = await worker.runUntil(start);
       // No worker now, as after a failure an operator may have none: rekey status reads what Temporal keeps.
       expect((await handle.describe()).typedSearchAttributes.get(RekeyPhase)).toBe('promote');
-      const status = await runRekey(
-        ['--address', server.env.address, '--task-queue', taskQueue, '--json', 'status', handle.workflowId],
-        { PATH: process.env.PATH, DATABASE_URL: db.url, ...env },
-      );
-      expect((JSON.parse(status.stdout) as { run: { state: string; step: string } }).run).toMatchObject({
+      const asked = await statusOf(handle.workflowId);
+      expect((JSON.parse(asked.stdout) as { run: { state: string; step: string } }).run).toMatchObject({
         state: 'failed',
         step: 'promote',
       });

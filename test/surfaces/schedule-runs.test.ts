@@ -163,7 +163,10 @@ describe('rotation schedules: refused at create when they cannot run, each run w
         target: string;
         keyspace?: string;
       }[];
-      expect(json.find((s) => s.scheduleId === 'rekey-which')).toMatchObject({ target: 'rekey', keyspace: keyspace.id });
+      expect(json.find((s) => s.scheduleId === 'rekey-which')).toMatchObject({
+        target: 'rekey',
+        keyspace: keyspace.id,
+      });
     } finally {
       expect((await rekey('schedule', 'delete', 'rekey-which')).code).toBe(0);
     }

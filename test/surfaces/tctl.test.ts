@@ -1,7 +1,7 @@
 // Issue 25, "tctl, as the operators in the design use it": with tctl v1 alone (no update command), an operator takes a
 // Mycelium rotation to its end (its confirmation included) and pauses and resumes a migration. The tctl lines run here
-// are the guide's (docs/04), read from its fenced block, so the guide cannot drift; no update is sent by this test.
-import { execFile } from 'node:child_process';
+// are the guide's (docs/04), read from its fenced block and run as typed (test/docs/as-typed.ts: in bash, the server
+// in TEMPORAL_CLI_ADDRESS, WF and MIG set as the page sets them), so the guide cannot drift; no update is sent here.
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Pool, PoolClient } from 'pg';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import type { ProgressReport } from '../../src/rotation/progress';
@@ -32,6 +32,7 @@ import {
 import { eventually } from '../helpers/eventually';
 import { docPage } from '../helpers/readme';
 import { createDevServerEnv, resultWithin, untilNoActivityPending, within, workflowBundle } from '../helpers/temporal';
+import { asTyped, operatorEnv, runLine } from '../docs/as-typed';
 
 const PAGE = 'docs/04-rotate-watch-pause-confirm.md';
 
@@ -60,12 +61,6 @@ async function operatorIds(target: string, db: Pool): Promise<{ WF: string; MIG:
   const ids = { WF: rotationWorkflowId(target, keyspace), MIG: migrationWorkflowIdOf(target, keyspace) };
   expect(ids.MIG).toBe(ids.WF.replace(/^kek-rotation-/, 'dek-migration-'));
   return ids;
-}
-
-/** Splits a README line into arguments, `"$WF"` and `"$MIG"` replaced by the ids (single quotes only, as it uses). */
-function shellWords(line: string, ids: { WF: string; MIG: string }): string[] {
-  const expanded = line.replaceAll('"$WF"', ids.WF).replaceAll('"$MIG"', ids.MIG);
-  return [...expanded.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
 }
 
 /** The JSON a `tctl workflow query` prints after its heading (`Query result:` then the answers as a JSON array). */
@@ -107,19 +102,18 @@ describe('tctl alone drives a Mycelium rotation to its end and pauses a migratio
     return found[0]!;
   }
 
-  /** Runs a README line with the built tctl against the dev server; it must exit 0 and print no error. */
+  /** Runs a README line as typed with the built tctl against the dev server; it must exit 0 and print no error. */
   async function tctl(readmeLine: string): Promise<string> {
-    const [command, ...args] = shellWords(readmeLine, ids);
-    expect(command).toBe('tctl');
-    const result = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
-      execFile(
-        inject('toolchain').tctl,
-        // A busy machine may take longer than tctl's default 5 s for an RPC.
-        ['--address', env.address, '--context_timeout', '30', ...args],
-        { env: { PATH: process.env.PATH, HOME: home }, timeout: 40_000 },
-        (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-      ),
-    );
+    expect(readmeLine.split(' ')[0]).toBe('tctl');
+    const servers = { temporalAddress: env.address };
+    const shell = {
+      ...operatorEnv(servers),
+      ...ids,
+      HOME: home,
+      // A busy machine may take longer than tctl's default 5 s for an RPC: its --context_timeout, from the environment.
+      TEMPORAL_CONTEXT_TIMEOUT: '30',
+    };
+    const result = await runLine(asTyped(readmeLine, {}, servers), shell, 40_000);
     expect({ readmeLine, code: result.code, stderr: result.stderr }).toEqual({ readmeLine, code: 0, stderr: '' });
     return result.stdout;
   }

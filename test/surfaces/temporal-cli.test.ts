@@ -1,9 +1,11 @@
-import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { execFile } from 'node:child_process';
+// docs/04's plain `temporal` CLI lines, as an operator types them: read from the page's block, run in bash with the
+// toolchain's `temporal` against a worker on the task queue the page names (`rekey`), the server named by
+// TEMPORAL_ADDRESS and the run by WF, as the page sets it (test/docs/as-typed.ts); the lines are not edited.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seedTenants } from '../../src/dev/tenants';
+import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { AppInstances } from '../../src/store/app-instances';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { createWorker } from '../../src/worker';
@@ -14,6 +16,7 @@ import { rotationIdIn } from '../helpers/keyspace';
 import { docSection } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
 import { fingerprintIn } from '../helpers/store-keys';
+import { asTyped, operatorEnv, runLine } from '../docs/as-typed';
 
 /** The `temporal …` lines of the guide's section on the plain temporal CLI (docs/04), continuation lines joined. */
 function readmeTemporalLines(): string[] {
@@ -29,10 +32,12 @@ function readmeTemporalLines(): string[] {
     .filter((line) => line.startsWith('temporal '));
 }
 
-/** Splits a shell line into arguments (single quotes, and "$WF", the workflow id kek-status printed, as the README uses). */
-function shellWords(line: string, workflowId: string): string[] {
-  return [...line.replaceAll('"$WF"', workflowId).matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
-}
+/** A shell line's first words (single-quoted words kept whole). */
+const firstWords = (line: string, n: number) =>
+  [...line.matchAll(/'([^']*)'|(\S+)/g)]
+    .map((m) => m[1] ?? m[2]!)
+    .slice(0, n)
+    .join(' ');
 
 describe("the README's plain temporal CLI lines work against a real worker", () => {
   let env: TestWorkflowEnvironment;
@@ -73,7 +78,7 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
     const lines = readmeTemporalLines();
     // The README sets WF to the id `rekey kek-status` prints: the rotation's of this database's keyspace.
     const workflowId = await rotationIdIn(db.pool);
-    expect(lines.map((l) => shellWords(l, workflowId).slice(0, 3).join(' '))).toEqual([
+    expect(lines.map((l) => firstWords(l, 3))).toEqual([
       'temporal workflow start',
       'temporal workflow query',
       'temporal workflow update',
@@ -82,21 +87,16 @@ describe("the README's plain temporal CLI lines work against a real worker", () 
       'temporal workflow update',
       'temporal workflow list',
     ]);
+    // The operator's shell: the server in TEMPORAL_ADDRESS, WF set as the page's first line sets it.
+    const servers = { temporalAddress: env.address };
+    const shell = { ...operatorEnv(servers), WF: workflowId };
     const outputs: string[] = [];
     for (const line of lines) {
-      const [, ...args] = shellWords(line, workflowId);
       if (line.includes('overrideFleetGate')) {
         const handle = env.client.workflow.getHandle<typeof rotateKek>(workflowId);
         await progressUntil(handle, (p) => p.waiting?.kind === 'fleet');
       }
-      const result = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
-        execFile(
-          inject('toolchain').temporalCli,
-          [...args, '--address', env.address],
-          { timeout: 30_000 },
-          (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-        ),
-      );
+      const result = await runLine(asTyped(line, {}, servers), shell, 30_000);
       expect({ line, code: result.code, stderr: result.stderr }).toEqual({ line, code: 0, stderr: '' });
       outputs.push(result.stdout);
     }

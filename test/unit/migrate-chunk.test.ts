@@ -74,9 +74,7 @@ describe("migrate-dek's crypto by column", () => {
     // Only the good tenant's row is written, both fields, each read back by the fixture code under its DEK.
     expect([...result.indexes]).toEqual([0]);
     const sealed = result.values.map((column) => unpackTextColumn(column)[0]!);
-    FIELDS.forEach((field, f) =>
-      expect(decryptField(deks.get(good)!, good, field, sealed[f]!)).toBe(plain(good, f)),
-    );
+    FIELDS.forEach((field, f) => expect(decryptField(deks.get(good)!, good, field, sealed[f]!)).toBe(plain(good, f)));
     expect(result.unreadable).toEqual([2, 2]);
     const dekReason = `tenant ${dekElsewhere}'s DEK does not unwrap under any KEK held ('1': ${(() => {
       try {

@@ -6,35 +6,17 @@ import { MYCELIUM_DEK_FORMAT, REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat, type Codec, type Row } from '../../src/codec/sealed-format';
 import { aesGcmBackend, nativeChunkCall, nativeSchedule, releaseKey, scheduleKey } from '../../src/crypto/aes-gcm';
 import { rewrapColumns } from '../../src/crypto/column-rewrap';
-import { packRows, unpackColumn, unpackRows, type Columns } from '../../src/crypto/columns';
+import { packRows, unpackColumn, unpackRows } from '../../src/crypto/columns';
 import { rewrapChunkNative, ROW_NOT_FORM, ROW_NOT_OPENED, ROW_WRITTEN } from '../../src/crypto/native-chunk';
 import { wrapDek } from '../../src/envelope/dek-wrapping';
 import { rewrapOne, type ScheduledKek } from '../../src/rewrap/rewrap-rows';
 import { wrapDek as myceliumWrap } from '../helpers/mycelium';
+import { asRead } from '../helpers/packed-columns';
 
 const from = { kekId: 'v1', key: randomBytes(32) };
 const to = { kekId: 'v2-ü', key: randomBytes(32) };
 const third = { kekId: 'v0', key: randomBytes(32) };
 const options = { others: false, dryRun: false };
-
-/** Text columns packed as their UTF-8 bytes, as TargetStore.readColumns gives them. */
-function asRead(rows: Columns): Columns {
-  const columns: Columns['columns'] = {};
-  for (const [name, column] of Object.entries(rows.columns)) {
-    if (column.kind !== 'values') columns[name] = column;
-    else {
-      const texts = column.values as (string | null)[];
-      columns[name] = {
-        kind: 'text',
-        column: {
-          lengths: Int32Array.from(texts, (t) => (t === null ? -1 : Buffer.byteLength(t))),
-          bytes: new Uint8Array(Buffer.from(texts.filter((t) => t !== null).join(''), 'utf8')),
-        },
-      };
-    }
-  }
-  return { count: rows.count, columns };
-}
 
 /** A random id of 1 to 40 characters from ASCII, Latin-1, CJK and astral planes. */
 function randomId(): string {
@@ -119,6 +101,11 @@ function byCodec(codec: Codec, fromKek: ScheduledKek, toKek: ScheduledKek, rows:
   return { writes, failures };
 }
 
+/** `rows` packed as read, through the one native call with `nonces`. */
+function nativeChunk(codec: Codec, fromKek: ScheduledKek, toKek: ScheduledKek, rows: Row[], nonces: Buffer) {
+  return rewrapChunkNative(codec, fromKek, toKek, asRead(packRows(rows, codec.readColumns)), options, nonces);
+}
+
 function schedules() {
   const fromKey = scheduleKey(Buffer.from(from.key));
   const toKey = scheduleKey(Buffer.from(to.key));
@@ -144,14 +131,7 @@ describe('one native call per chunk', () => {
       const nonces = randomBytes(12 * rows.length);
       const { fromKek, toKek, release } = schedules();
       try {
-        const chunk = rewrapChunkNative(
-          codec,
-          fromKek,
-          toKek,
-          asRead(packRows(rows, codec.readColumns)),
-          options,
-          nonces,
-        );
+        const chunk = nativeChunk(codec, fromKek, toKek, rows, nonces);
         expect(chunk, 'the native call applies').toBeDefined();
         const expected = byCodec(codec, fromKek, toKek, rows, nonces);
         const { result, nativeRows } = chunk!;
@@ -185,14 +165,7 @@ describe('one native call per chunk', () => {
     const nonces = randomBytes(12 * rows.length);
     const { fromKek, toKek, release } = schedules();
     try {
-      const chunk = rewrapChunkNative(
-        codec,
-        fromKek,
-        toKek,
-        asRead(packRows(rows, codec.readColumns)),
-        options,
-        nonces,
-      );
+      const chunk = nativeChunk(codec, fromKek, toKek, rows, nonces);
       expect(chunk!.nativeRows).toBe(300);
       const expected = byCodec(codec, fromKek, toKek, rows, nonces);
       const values = unpackColumn(chunk!.result.values[0]!) as Buffer[];

@@ -4,7 +4,7 @@ import { MYCELIUM_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat, type Row } from '../../src/codec/sealed-format';
 import { aesGcmBackend, releaseKey, scheduleKey } from '../../src/crypto/aes-gcm';
 import { rewrapColumns } from '../../src/crypto/column-rewrap';
-import { packRows, unpackColumn, unpackRows, type Columns } from '../../src/crypto/columns';
+import { packRows, unpackColumn, unpackRows } from '../../src/crypto/columns';
 import { rewrapChunk } from '../../src/crypto/rewrap-thread';
 import { cryptoThreadsFromEnv, inlineRowCrypto, ThreadedRowCrypto } from '../../src/crypto/row-crypto';
 import { unwrapDek, wrapDek } from '../../src/envelope/dek-wrapping';
@@ -12,6 +12,7 @@ import { REKEY_DEK_FORMAT, TALOS_SECRET_FORMAT } from '../../src/codec/formats';
 import { ConfigError } from '../../src/errors';
 import { rewrapRows } from '../../src/rewrap/rewrap-rows';
 import { unwrapDek as myceliumUnwrap, wrapDek as myceliumWrap } from '../helpers/mycelium';
+import { asRead } from '../helpers/packed-columns';
 
 const from = { kekId: 'v1', key: randomBytes(32) };
 const to = { kekId: 'v2', key: randomBytes(32) };
@@ -138,25 +139,6 @@ describe('rewrap by column, in place', () => {
       rows.push({ $id: id, $label: 'v1', tenant_id: tenant, wrapped_dek: wrapped });
     }
     return { rows, deks };
-  }
-
-  /** Columns as TargetStore.readColumns gives them: text packed as its UTF-8 bytes. */
-  function asRead(rows: Columns): Columns {
-    const columns: Columns['columns'] = {};
-    for (const [name, column] of Object.entries(rows.columns)) {
-      if (column.kind !== 'values') columns[name] = column;
-      else {
-        const texts = column.values as (string | null)[];
-        columns[name] = {
-          kind: 'text',
-          column: {
-            lengths: Int32Array.from(texts, (t) => (t === null ? -1 : Buffer.byteLength(t))),
-            bytes: new Uint8Array(Buffer.from(texts.filter((t) => t !== null).join(''), 'utf8')),
-          },
-        };
-      }
-    }
-    return { count: rows.count, columns };
   }
 
   /** rewrapColumns against rewrapRows on the same rows: the same outcome for each, and the values written. */

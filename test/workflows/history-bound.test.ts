@@ -116,9 +116,15 @@ describe('a rotation waiting for its operator keeps its history within maxHistor
     await env?.teardown();
   });
 
-  it('Finding (history past maxHistoryEvents while the run waits for the operator): through grace and the wait for the retire confirmation, dozens of signals and queries leave every run within the bound, no signal is lost across a continue-as-new, and the rotation completes', () =>
-    waitThroughMessages(env, false), 240_000);
+  it(
+    'Finding (history past maxHistoryEvents while the run waits for the operator): through grace and the wait for the retire confirmation, dozens of signals and queries leave every run within the bound, no signal is lost across a continue-as-new, and the rotation completes',
+    () => waitThroughMessages(env, false),
+    240_000,
+  );
 
-  it('Finding (history past maxHistoryEvents while the run waits for the operator): through grace and the wait for the retire confirmation, dozens of signals, updates and queries leave every run within the bound, no message is lost across a continue-as-new, and the rotation completes', () =>
-    waitThroughMessages(env, true), 240_000);
+  it(
+    'Finding (history past maxHistoryEvents while the run waits for the operator): through grace and the wait for the retire confirmation, dozens of signals, updates and queries leave every run within the bound, no message is lost across a continue-as-new, and the rotation completes',
+    () => waitThroughMessages(env, true),
+    240_000,
+  );
 });

@@ -1,11 +1,6 @@
 import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
-import {
-  overrideFleetGateUpdate,
-  progressQuery,
-  setGraceUpdate,
-  type RotationReport,
-} from '../../src/workflows';
+import { overrideFleetGateUpdate, progressQuery, setGraceUpdate, type RotationReport } from '../../src/workflows';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { progressUntil, resultWithin, skipTime, useTimeSkippingEnv } from '../helpers/temporal';
 
