@@ -182,7 +182,7 @@ async function replay(
             'QUERY PLAN': [
               {
                 Plan: Record<string, number>;
-                Triggers?: { Time: number }[];
+                Triggers?: { Time?: number }[];
                 'Planning Time': number;
                 'Execution Time': number;
               },
@@ -192,7 +192,6 @@ async function replay(
           const plan = top.Plan;
           sums['planning ms'] = (sums['planning ms'] ?? 0) + top['Planning Time'];
           sums['execution ms'] = (sums['execution ms'] ?? 0) + top['Execution Time'];
-          sums['trigger ms'] = (sums['trigger ms'] ?? 0) + (top.Triggers ?? []).reduce((a, t) => a + t.Time, 0);
           for (const k of [
             'Shared Hit Blocks',
             'Shared Read Blocks',
