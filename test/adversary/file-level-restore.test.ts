@@ -9,8 +9,10 @@ import { DescribeKeyCommand, GenerateDataKeyCommand, KMSClient } from '@aws-sdk/
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { randomBytes } from 'node:crypto';
 import type { Pool } from 'pg';
-import { describe, expect, it } from 'vitest';
-import { createActivities } from '../../src/activities';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createActivities, type Activities } from '../../src/activities';
+import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { createDatabase } from '../../src/dev/databases';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
 import { awsClientConfig } from '../../src/keyring/aws';
@@ -52,10 +54,61 @@ async function burnXidsPast(db: Pool, past: bigint): Promise<void> {
   expect(await nextXid(db)).toBeGreaterThan(past);
 }
 
+/**
+ * `activities` with `beforeVerify` run once before verify's first part and `beforeRetire` once before the retire
+ * step's first attempt; what the retire step threw is kept.
+ */
+function restoredBetweenVerifyAndRetire(
+  activities: Activities,
+  hooks: { beforeVerify(): Promise<void>; beforeRetire(): Promise<void> },
+): { copied?: boolean; restored?: boolean; refused?: unknown } {
+  const seen: { copied?: boolean; restored?: boolean; refused?: unknown } = {};
+  const checkLabelled = activities.checkLabelled.bind(activities);
+  activities.checkLabelled = async (args) => {
+    if (!seen.copied) {
+      await hooks.beforeVerify();
+      seen.copied = true;
+    }
+    return checkLabelled(args);
+  };
+  const retireKek = activities.retireKek.bind(activities);
+  activities.retireKek = async (args) => {
+    if (!seen.restored) {
+      await hooks.beforeRetire();
+      seen.restored = true;
+    }
+    try {
+      return await retireKek(args);
+    } catch (err) {
+      seen.refused = err;
+      throw err;
+    }
+  };
+  return seen;
+}
+
+/** A dev Vault server (Transit at transit/) for the file, stopped after its last test. */
+function useVault(): { readonly server: VaultServer } {
+  let server: VaultServer | undefined;
+  beforeAll(async () => {
+    server = await startVault(inject('toolchain').vault);
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+  return {
+    get server() {
+      if (!server) throw new Error('Vault is only available inside tests');
+      return server;
+    },
+  };
+}
+
 describe('adversary7: a file-level restore of the whole cluster (same system identifier and timeline)', () => {
   const cluster = useOwnCluster();
   const moto = useMoto();
   const temporal = useTimeSkippingEnv();
+  const vault = useVault();
 
   it("Finding 1: a row a file-level restore between verify and retire put back to an older content (labelled v2, sealed under v1), once the transaction counter passed verify's mark, is tried by retire's pre-pass and keeps v1 from retiring (KMS)", async () => {
     const db = await createDatabase(cluster.url, `rekey_restore_${randomBytes(4).toString('hex')}`, 8);
@@ -86,43 +139,29 @@ describe('adversary7: a file-level restore of the whole cluster (same system ide
       await keys.reload();
       const activities = createActivities({ db: db.pool, keys });
       const victim = 'tenant-stale';
-      const seen: { copied?: boolean; restored?: boolean; refused?: unknown } = {};
-      const checkLabelled = activities.checkLabelled.bind(activities);
-      activities.checkLabelled = async (args) => {
-        if (!seen.copied) {
-          // After the rewrap, before verify: a stale instance writes a row labelled v2 with its DEK sealed under v1.
+      const seen = restoredBetweenVerifyAndRetire(activities, {
+        // After the rewrap, before verify: a stale instance writes a row labelled v2 with its DEK sealed under v1; the
+        // nightly file-level backup of the cluster is taken; the row is repaired (sealed under v2, as its label says)
+        // before verify reads it.
+        beforeVerify: async () => {
           await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
             victim,
             await sealUnder('v1', victim),
           ]);
-          // The nightly file-level backup of the cluster is taken.
           await cluster.takeCopy();
-          // The row is repaired (sealed under v2, as its label says) before verify reads it.
           await db.pool.query('UPDATE rekey.tenant_deks SET wrapped_dek = $2 WHERE tenant_id = $1', [
             victim,
             await sealUnder('v2', victim),
           ]);
-          seen.copied = true;
-        }
-        return checkLabelled(args);
-      };
-      const retireKek = activities.retireKek.bind(activities);
-      activities.retireKek = async (args) => {
-        if (!seen.restored) {
-          // During the grace period: the cluster is restored from that backup (same system identifier, timeline,
-          // database and table oids), and the application's traffic carries the transaction counter past where it was.
+        },
+        // During the grace period: the cluster is restored from that backup (same system identifier, timeline,
+        // database and table oids), and the application's traffic carries the transaction counter past where it was.
+        beforeRetire: async () => {
           const before = await nextXid(db.pool);
           await cluster.restoreCopy();
           await burnXidsPast(db.pool, before);
-          seen.restored = true;
-        }
-        try {
-          return await retireKek(args);
-        } catch (err) {
-          seen.refused = err;
-          throw err;
-        }
-      };
+        },
+      });
       await runRotation(
         temporal.env,
         activities,
@@ -142,6 +181,81 @@ describe('adversary7: a file-level restore of the whole cluster (same system ide
     } finally {
       keys.close();
       kms.destroy();
+      await db.drop();
+    }
+  }, 300_000);
+
+  it("Finding 1, Vault Transit: a row a file-level restore between verify and retire put back to an older content (labelled v2, sealed under Transit v1), once the transaction counter passed verify's mark, is tried by retire's pre-pass and keeps v1 from retiring", async () => {
+    const db = await createDatabase(cluster.url, `rekey_restore_${randomBytes(4).toString('hex')}`, 8);
+    const key = `rekey-${randomUUID()}`;
+    const env = { ...vault.server.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const contextOf = (tenantId: string) => Buffer.from(`rekey/transit-dek/v1\0${tenantId}`).toString('base64');
+    // The stored form written with Vault's API alone: format byte 0x03, then Transit's ciphertext.
+    const sealUnder = async (version: number, ids: string[]) => {
+      const encrypted = await vaultRequest<{ data: { batch_results: { ciphertext: string }[] } }>(
+        vault.server,
+        'POST',
+        `transit/encrypt/${key}`,
+        // The version in each item: Vault's batch encrypt takes no key_version of the request's own.
+        {
+          batch_input: ids.map((id) => ({
+            plaintext: randomBytes(32).toString('base64'),
+            context: contextOf(id),
+            key_version: version,
+          })),
+        },
+      );
+      return encrypted.data.batch_results.map((r) => Buffer.concat([Buffer.from([0x03]), Buffer.from(r.ciphertext)]));
+    };
+    const seeding = VaultTransitKeys.fromEnv(env);
+    const keys = VaultTransitKeys.fromEnv(env);
+    try {
+      await generateKek(seeding, 'v1');
+      await new KekRegistry(db.pool, BUILTIN_TARGET).seedActive('v1', await fingerprintIn(seeding, 'v1'));
+      const ids = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(5, '0')}`);
+      await db.pool.query(
+        `INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) SELECT t, 'v1', w FROM unnest($1::text[], $2::bytea[]) AS u(t, w)`,
+        [ids, await sealUnder(1, ids)],
+      );
+      await keys.reload();
+      const activities = createActivities({ db: db.pool, keys });
+      const victim = 'tenant-stale';
+      const seen = restoredBetweenVerifyAndRetire(activities, {
+        beforeVerify: async () => {
+          await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
+            victim,
+            (await sealUnder(1, [victim]))[0],
+          ]);
+          await cluster.takeCopy();
+          await db.pool.query('UPDATE rekey.tenant_deks SET wrapped_dek = $2 WHERE tenant_id = $1', [
+            victim,
+            (await sealUnder(2, [victim]))[0],
+          ]);
+        },
+        beforeRetire: async () => {
+          const before = await nextXid(db.pool);
+          await cluster.restoreCopy();
+          await burnXidsPast(db.pool, before);
+        },
+      });
+      await runRotation(
+        temporal.env,
+        activities,
+        db.pool,
+        { from: 'v1', to: 'new', batchSize: 20, gracePeriod: '1d' },
+        { timeoutMs: 200_000 },
+      ).catch((err: unknown) => ({ failed: err }));
+      expect(seen.copied && seen.restored).toBe(true);
+      const { rows } = await db.pool.query<{ kek_id: string }>(
+        'SELECT kek_id FROM rekey.tenant_deks WHERE tenant_id = $1',
+        [victim],
+      );
+      expect(rows).toEqual([{ kek_id: 'v2' }]);
+      expect((await new KekRegistry(db.pool, BUILTIN_TARGET).get('v1'))?.state).not.toBe('retired');
+      expect(String(seen.refused)).toContain(victim);
+    } finally {
+      seeding.close();
+      keys.close();
       await db.drop();
     }
   }, 300_000);
