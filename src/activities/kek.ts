@@ -296,14 +296,15 @@ async function proveUnderLock(
   // The heartbeat keeps the pre-pass's checkpoint: a retry of the locked step does not prove the rows again.
   const heartbeat = () => context?.heartbeat(before);
   const name = runtime.definition.name;
-  // The tables the scan reads, now and after the proof: rows of a table that joined it since the pre-pass began (or
-  // while the rows are proved) carry older xmins than any mark, so they are proved with every other row.
+  // The tables the scan reads and the server's start, now and after the proof: rows of a table that joined it since the
+  // pre-pass began (or while the rows are proved), and rows a file-level restore put back, carry older xmins than any
+  // mark, so they are proved with every other row.
   const scope = await runtime.store.scanScope();
   let since = before?.stage === 'done' ? before.since : undefined;
   if (since !== undefined && before?.scope !== scope) {
     since = undefined;
     context?.log.warn(
-      `proof of KEK '${kekId}' of target '${name}' under the lock: every row is proved, not only those written since the pre-pass began: ${before?.scope === undefined ? 'the pre-pass recorded no tables (an older build)' : `the tables ${describeTable(runtime.definition.table)} reads changed since (a table attached, detached or put in its place)`}`,
+      `proof of KEK '${kekId}' of target '${name}' under the lock: every row is proved, not only those written since the pre-pass began: ${before?.scope === undefined ? 'the pre-pass recorded no tables (an older build)' : `the server restarted (a file-level restore keeps every oid) or the tables ${describeTable(runtime.definition.table)} reads changed since (a table attached, detached or put in its place)`}`,
     );
   }
   const changed = since === undefined ? {} : { changedSince: since };

@@ -344,8 +344,9 @@ export class Keyring extends KeyringCiphers {
 
   /**
    * Retires `kekId` if no row needs it: the store's owner record is checked first; under a lock on its registry row,
-   * `prove` proves every row labelled with it (a KEK already retired was proved then); only then the registry retires
-   * it (restorable for `restoreWindowMs`), and after that the store marks it.
+   * `prove` proves every row labelled with it (a KEK already retired was proved then) and the other registries are
+   * asked again; only then the registry retires it (restorable for `restoreWindowMs`), and after that the store marks
+   * it.
    */
   async retire(
     kekId: string,
@@ -374,6 +375,9 @@ export class Keyring extends KeyringCiphers {
         const proof = await prove(client);
         // Refused after the transaction commits: the rows it relabelled stay relabelled.
         if (proof.needed > 0) return { refused: proof };
+        // Asked again at the act: a registry that came to hold the key while the pre-pass ran (outside the lock,
+        // minutes to hours) needs it as much as one that held it before.
+        await this.options.otherRegistries(kekId, record.fingerprint, 'retiring');
       }
       return { retired: await registry.retire(kekId, restoreWindowMs, client) };
     });

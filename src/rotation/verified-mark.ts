@@ -12,7 +12,10 @@ export interface VerifiedUnder {
   fingerprint: string;
   /** 64-bit transaction id, as text: rows whose xmin is before it were read by the check as they are now. */
   mark: string;
-  /** The cluster, timeline and database the mark was read in (TargetStore.markScope). */
+  /**
+   * The cluster, timeline, database, server start and relations the mark was read in (TargetStore.markNow); a mark of
+   * a build before the server's start was part of it never equals one read now.
+   */
   scope: string;
 }
 
@@ -49,7 +52,7 @@ export const MARK_REACH = 2n ** 30n;
 /**
  * Why verify's proof can no longer stand for a row's trial under `active` now, or undefined when it can: another KEK
  * or key, another database (restored from a backup into another cluster, failed over to another timeline, dropped and
- * made again), a transaction counter behind the mark (a point-in-time recovery to before it), or so many transactions
+ * made again), a server started since (a file-level restore of the cluster keeps its identifier, timeline and oids), a transaction counter behind the mark (a point-in-time recovery to before it), or so many transactions
  * since that a row's 32-bit xmin could wrap past it.
  */
 export function verifiedFails(
@@ -63,7 +66,7 @@ export function verifiedFails(
   }
   if (now === undefined) return 'the database does not say which cluster and timeline it is';
   if (now.scope !== verified.scope) {
-    return `the database is not the one verify read (cluster, timeline, database or the relations its table reads changed: ${verified.scope} → ${now.scope})`;
+    return `the database is not the one verify read (cluster, timeline, database, the server restarted since or the relations its table reads changed: ${verified.scope} → ${now.scope})`;
   }
   const since = BigInt(now.next) - BigInt(verified.mark);
   if (since < 0n) return 'the database assigns transaction ids behind verify’s mark (restored to an earlier point)';

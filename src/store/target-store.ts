@@ -1059,23 +1059,29 @@ export class TargetStore {
    * joins the scan (ALTER TABLE … INHERIT, ATTACH PARTITION, a table renamed into place) keep the xmin of whatever
    * wrote them, older than any change mark read before: a proof that reads only the rows written since a mark holds
    * only while this is what it was when the mark was read.
+   * Prefixed with when the server last started (pg_postmaster_start_time, in microseconds): a file-level restore of
+   * the cluster (the server stopped, an older data directory put back, started) keeps the system identifier, the
+   * timeline and every oid, while rows go back to older versions whose xmin is older than any mark, and the id counter
+   * is behind the mark and soon past it again. No such restore happens without a start, so a start since the mark
+   * turns its use off (any restart costs one proof of every row, never a row left out).
    */
   async scanScope(): Promise<string> {
-    const { rows } = await this.db.query<{ relations: string | null }>(
+    const { rows } = await this.db.query<{ started: string; relations: string | null }>(
       `WITH RECURSIVE rel(oid, attached) AS (
          SELECT to_regclass($1)::oid, ''::text
          UNION ALL
          SELECT i.inhrelid, i.xmin::text FROM pg_inherits i JOIN rel ON i.inhparent = rel.oid)
-       SELECT string_agg(oid::text || ':' || attached, ',' ORDER BY oid, attached) AS relations FROM rel`,
+       SELECT (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint::text AS started,
+              string_agg(oid::text || ':' || attached, ',' ORDER BY oid, attached) AS relations FROM rel`,
       [this.table],
     );
-    return rows[0]?.relations ?? '';
+    return `started ${rows[0]!.started};${rows[0]!.relations ?? ''}`;
   }
 
   /**
    * Where a change mark is read (MarkNow): the cluster (its system identifier), the timeline of its last checkpoint,
-   * this database's oid and the relations a scan of the table reads (scanScope), with the next transaction id (64
-   * bits). A mark read elsewhere, or one the id counter is now behind, says nothing of these rows (verifiedFails); nor
+   * this database's oid, the server's last start and the relations a scan of the table reads (scanScope), with the
+   * next transaction id (64 bits). A mark read elsewhere, or one the id counter is now behind, says nothing of these rows (verifiedFails); nor
    * does one read before a table joined the scan, whose rows keep the xmin of whatever wrote them, unread by the check.
    * Undefined where the server does not say (a role refused pg_control_system).
    */

@@ -3,11 +3,20 @@
 // Keyring.retire does not, and a store's retire is not harmless to another keyspace: Transit raises the key's
 // min_decryption_version and KMS disables the key, for every reader. Against the real Vault, moto and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { RetireRefusedError } from '../../src/errors';
+import { KekRegistry } from '../../src/store/kek-registry';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useMoto } from '../helpers/aws';
-import { expectRetireRefusedWhileOrdersHoldsV1, kmsRotated, rotatedOn, TEST_KEYSPACE } from '../helpers/keyring';
+import {
+  expectRetireRefusedWhileOrdersHoldsV1,
+  keyringFor,
+  kmsRotated,
+  nothingNeeded,
+  rotatedOn,
+  TEST_KEYSPACE,
+} from '../helpers/keyring';
 import { useVaultAndDatabase } from '../helpers/vault';
 import { generateKek } from '../../src/keyring/keyring';
 
@@ -37,5 +46,37 @@ describe('adversary: a keyring retires a KEK another keyspace’s registry still
     await expectRetireRefusedWhileOrdersHoldsV1(servers.db.pool, store, registry, orders);
     orders.close();
     store.close();
+  });
+
+  it('AWS KMS: a registry of another keyspace that comes to hold v1 while the retire step proves its rows outside the lock (the pre-pass) refuses the retirement, and the key stays Enabled for its DEKs (no DisableKey)', async () => {
+    await fresh();
+    const { env, store, registry } = await kmsRotated(servers.db.pool, moto.server.env);
+    const orders = KmsKeys.fromEnv(env);
+    const made: { dek?: Buffer; wrapped?: Buffer } = {};
+    try {
+      const keyring = keyringFor(servers.db.pool, store, TEST_KEYSPACE);
+      // The checks before the pre-pass pass: no other registry holds v1 yet. While the pre-pass runs (minutes to hours
+      // on a large table), target orders's registry comes to hold v1 active (another surface's start, after a claim)
+      // and orders wraps a tenant's DEK under it.
+      const retired = keyring.retire('v1', {
+        restoreWindowMs: 60_000,
+        prepare: async () => {
+          await new KekRegistry(servers.db.pool, 'orders').seedActive('v1', (await registry.require('v1')).fingerprint);
+          await orders.reload();
+          Object.assign(made, await orders.newDek('v1', 'orders-tenant'));
+        },
+        prove: nothingNeeded,
+      });
+      await expect(retired).rejects.toThrow(RetireRefusedError);
+      expect((await registry.require('v1')).state).toBe('decrypt_only');
+      await orders.reload();
+      const opened = await orders.unwrapDek('v1', 'orders-tenant', made.wrapped!);
+      expect(opened.equals(made.dek!)).toBe(true);
+      opened.fill(0);
+    } finally {
+      made.dek?.fill(0);
+      orders.close();
+      store.close();
+    }
   });
 });
