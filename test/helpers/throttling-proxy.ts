@@ -19,6 +19,9 @@ export async function throttlingProxy(
   throttleEvery: number;
   /** Requests whose connection was reset during an outage. */
   refused: number;
+  /** Requests forwarded whose answer has not yet been sent back, now and at most. */
+  inFlight: number;
+  mostInFlight: number;
   forwarded: Map<string, number>;
   outage(ms: number, untilRefused?: boolean): Promise<void>;
   close(): Promise<void>;
@@ -26,7 +29,7 @@ export async function throttlingProxy(
   let seen = 0;
   let down = false;
   let every = throttleEvery;
-  const state = { throttled: 0, refused: 0, forwarded: new Map<string, number>() };
+  const state = { throttled: 0, refused: 0, inFlight: 0, mostInFlight: 0, forwarded: new Map<string, number>() };
   const server = http.createServer((request, response) => {
     if (down) {
       state.refused++;
@@ -50,6 +53,15 @@ export async function throttlingProxy(
         .split('.')
         .pop()!;
       state.forwarded.set(operation, (state.forwarded.get(operation) ?? 0) + 1);
+      state.inFlight++;
+      state.mostInFlight = Math.max(state.mostInFlight, state.inFlight);
+      let answered = false;
+      const done = () => {
+        if (answered) return;
+        answered = true;
+        state.inFlight--;
+      };
+      response.on('close', done);
       const target = new URL(request.url ?? '/', upstream);
       const forward = http.request(
         target,
@@ -87,6 +99,12 @@ export async function throttlingProxy(
     },
     get refused() {
       return state.refused;
+    },
+    get inFlight() {
+      return state.inFlight;
+    },
+    get mostInFlight() {
+      return state.mostInFlight;
     },
     forwarded: state.forwarded,
     async outage(ms: number, untilRefused = false) {
