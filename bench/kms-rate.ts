@@ -57,9 +57,11 @@ export async function kmsBench(options: {
     process.stdout.write(`${line}\n`);
   };
   const moto = await startMoto(options.toolchain.motoServer);
-  // The worker reaches moto through a proxy that forwards every request and counts them by operation (it throttles
-  // none): the requests of each phase of the whole rotation, not only the rewrap's.
-  const proxy = await throttlingProxy(moto.endpoint, 0);
+  // The worker reaches moto through a proxy that forwards every request and counts them by operation: the requests of
+  // each phase of the whole rotation, not only the rewrap's. THROTTLE_EVERY=n answers every nth request as AWS does
+  // when it throttles (ThrottlingException), as test/keys/aws-kms.test.ts does with 3; default none.
+  const throttleEvery = Number(process.env.THROTTLE_EVERY ?? 0);
+  const proxy = await throttlingProxy(moto.endpoint, throttleEvery);
   const database = await freshDatabase('rekey_bench_kms');
   const keyEnv: Record<string, string> = {
     ...moto.env,
@@ -143,6 +145,11 @@ export async function kmsBench(options: {
       `| configured rate (REKEY_AWS_KMS_RATE), concurrency (REKEY_AWS_KMS_CONCURRENCY) | ${n(rate)}/s, ${concurrency} |`,
     );
     say(`| requests per second reached | ${n(reached)}/s |`);
+    if (throttleEvery > 0) {
+      say(
+        `| requests throttled by the proxy (THROTTLE_EVERY=${throttleEvery}; each retried by the SDK after its backoff) | ${n(proxy.throttled)} |`,
+      );
+    }
     say(`| **ratio reached / configured rate** | **${((reached / rate) * 100).toFixed(0)}%** |`);
     // Each phase's requests (all operations, as the proxy saw them), per row, and its wall time (the workflow's own
     // phase times).
@@ -176,7 +183,7 @@ export async function kmsBench(options: {
     say('');
     say(
       provenance(
-        `REKEY_AWS_KMS_RATE=${rate} npm run bench -- ${tenants} --kms`,
+        `REKEY_AWS_KMS_RATE=${rate}${throttleEvery > 0 ? ` THROTTLE_EVERY=${throttleEvery}` : ''}${process.env.BATCH ? ` BATCH=${process.env.BATCH}` : ''} npm run bench -- ${tenants} --kms`,
         `; moto ${path.basename(options.toolchain.motoServer)} as AWS KMS, on the same machine`,
       ),
     );
