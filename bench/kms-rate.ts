@@ -63,6 +63,8 @@ export interface BenchStore {
   seeder(env: Record<string, string>): RemoteKeysDriver;
   /** What the results add to the command's provenance. */
   provenance: string;
+  /** More of the worker's variables the command line names when they are set (REKEY_VAULT_TRANSIT_BATCH). */
+  named?: string[];
 }
 
 /** Seeds `tenants` DEKs under the store's KEK `v1` (newDek, many at once, unpaced), then rotates them. */
@@ -244,7 +246,12 @@ export async function storeBench(
     say('');
     say(
       provenance(
-        `${store.rate[0]}=${rate}${throttleEvery > 0 ? ` THROTTLE_EVERY=${throttleEvery}` : ''}${process.env.BATCH ? ` BATCH=${process.env.BATCH}` : ''} npm run bench -- ${tenants} ${store.flag}`,
+        `${[
+          `${store.rate[0]}=${rate}`,
+          ...['THROTTLE_EVERY', 'BATCH', store.concurrency[0], ...(store.named ?? [])]
+            .filter((name) => process.env[name] !== undefined)
+            .map((name) => `${name}=${process.env[name]}`),
+        ].join(' ')} npm run bench -- ${tenants} ${store.flag}`,
         store.provenance,
       ),
     );

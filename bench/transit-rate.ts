@@ -30,6 +30,7 @@ export function transitBench(options: {
     },
     keyEnv: (endpoint) => ({ VAULT_ADDR: endpoint, REKEY_KEY_PROVIDER: 'vault-transit', REKEY_VAULT_TRANSIT_KEY: key }),
     seeder: (env) => VaultTransitKeys.fromEnv({ ...env, REKEY_VAULT_TRANSIT_RATE: '0' }),
+    named: ['REKEY_VAULT_TRANSIT_BATCH'],
     provenance: `; Vault ${path.basename(path.dirname(options.toolchain.vault))} dev server (in memory) as the key store, on the same machine`,
   });
 }
