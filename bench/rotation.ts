@@ -1,7 +1,8 @@
 // `npm run bench -- [tenants]`: the real rotation workflow through the dev server and a worker process, against
 // the database's floors (the same UPDATE as one statement, and split over every core) and a naive one-off script on
 // the same data. Writes bench/out/rotation-<tenants>.md, or the path after --out. `npm run bench -- [tenants] --kms`: a keyspace held in
-// AWS KMS (moto) instead, its request rate against the configured one (bench/kms-rate.ts).
+// AWS KMS (moto) instead, its request rate against the configured one (bench/kms-rate.ts); `--transit` one held in Vault
+// Transit (bench/transit-rate.ts).
 import { BUILTIN_TARGET } from '../src/targets/builtin';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { REKEY_DEK_FORMAT } from '../src/codec/formats';
@@ -44,6 +45,7 @@ import {
   temporalClient,
 } from './harness';
 import { kmsBench } from './kms-rate';
+import { transitBench } from './transit-rate';
 import { seedMyceliumTable } from './mycelium';
 
 const NAIVE_SAMPLE = Number(process.env.NAIVE_SAMPLE ?? 50_000);
@@ -178,14 +180,15 @@ async function main(): Promise<void> {
   const tenants = Number(positionalArgs()[0] ?? 1_000_000);
   const toolchain = readToolchain();
   const server = await startServer(toolchain);
-  if (args.includes('--kms')) {
+  if (args.includes('--kms') || args.includes('--transit')) {
     const { client, close } = await temporalClient(server.address);
     try {
       const rotation = {
         batchSize: Number(process.env.BATCH ?? 2_000),
         parallelism: Number(process.env.PARALLELISM ?? 2),
       };
-      await kmsBench({ tenants, toolchain, server, client, measure, rotation });
+      const bench = args.includes('--transit') ? transitBench : kmsBench;
+      await bench({ tenants, toolchain, server, client, measure, rotation });
     } finally {
       await close();
       await server.stop();

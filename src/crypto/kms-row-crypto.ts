@@ -7,7 +7,7 @@ import { EncryptCommand, ReEncryptCommand, type KMSClient } from '@aws-sdk/clien
 import type { Codec, KmsValues, Row } from '../codec/sealed-format';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
 import { releaseKey, scheduleKey } from './aes-gcm';
-import type { RequestPacer } from './request-pacer';
+import { BATCHES_AHEAD, type CallWindow, type RequestPacer } from './request-pacer';
 import type { RowCrypto } from './row-crypto';
 import { ConfigError, UnreadableValueError } from '../errors';
 
@@ -66,7 +66,7 @@ export class KmsRowCrypto implements RowCrypto {
     const source = kmsKey(from.kekId, this.arnFor(from));
     const target = kmsKey(to.kekId, this.arnFor(to));
     let requests = 0;
-    const outcomes = await this.pacer.map(rows, async (row, index): Promise<Outcome> => {
+    const outcomes = await this.pacer.mapIn(options.calls, rows, async (row, index): Promise<Outcome> => {
       let blob: Buffer;
       try {
         blob = kms.blob(row);
@@ -110,7 +110,7 @@ export class KmsRowCrypto implements RowCrypto {
     const key = scheduleKey(from.key);
     let requests = 0;
     try {
-      const outcomes = await this.pacer.map(rows, async (row, index): Promise<Outcome> => {
+      const outcomes = await this.pacer.mapIn(options.calls, rows, async (row, index): Promise<Outcome> => {
         if (kms.is(row)) {
           // A KMS blob is under no local KEK: on a third KEK, or (labelled `from`) already under `to`.
           if (options.others) return undefined;
@@ -172,6 +172,11 @@ export class KmsRowCrypto implements RowCrypto {
   ): Promise<Outcome> {
     if (!(await this.reEncrypt(kms, row, blob, target, target))) return undefined;
     return { write: { index, relabel: true, values: dryRun ? [] : [kms.value(blob)] } };
+  }
+
+  /** A slice's batches run their calls in one window of REKEY_AWS_KMS_CONCURRENCY (RowCrypto.pipeline). */
+  pipeline(): { calls: CallWindow; batches: number } {
+    return { calls: this.pacer.window(), batches: BATCHES_AHEAD };
   }
 
   async check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {

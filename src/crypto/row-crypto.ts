@@ -18,6 +18,7 @@ import {
 import { releaseKey, scheduleKey } from './aes-gcm';
 import { rewrapColumns } from './column-rewrap';
 import { concatColumns, packRows, sliceColumn, transferables, type Columns } from './columns';
+import type { CallWindow } from './request-pacer';
 import { chunkResult, type RewrapChunk, type RewrapChunkResult } from './rewrap-thread';
 import { ConfigError } from '../errors';
 
@@ -43,6 +44,12 @@ export interface RowCrypto {
     rows: Columns,
     options: RewrapRowsOptions,
   ): Promise<RewrapChunkResult>;
+  /**
+   * A remote key store's (KMS, Transit): a slice lets the calls of up to `batches` batches run at once, in one window
+   * of calls (`calls`, given to each batch's rewrap), so that a call backing off does not hold the calls of the
+   * batches after it; the batches are still written one after another, in order. Absent: one batch at a time.
+   */
+  pipeline?(): { calls: CallWindow; batches: number };
   /** For each row, undefined if it opens under `kek`, else why not (verification: nothing is written). */
   check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]>;
   close(): Promise<void>;

@@ -4,7 +4,7 @@
 // context; it drops associated data). Requests are paced (bounded concurrency, a steady rate) and counted.
 import type { Codec, Row, TransitValues } from '../codec/sealed-format';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
-import type { RequestPacer } from './request-pacer';
+import { BATCHES_AHEAD, type CallWindow, type RequestPacer } from './request-pacer';
 import type { RowCrypto } from './row-crypto';
 import { ConfigError, KeyMaterialError, UnreadableValueError } from '../errors';
 
@@ -80,7 +80,10 @@ export class TransitRowCrypto implements RowCrypto {
       };
     });
     const asked = planned.filter((p): p is Extract<Planned, { item: TransitItem }> => 'item' in p);
-    const { outcomes, requests } = await this.send(asked.map((p) => p.item));
+    const { outcomes, requests } = await this.send(
+      asked.map((p) => p.item),
+      options.calls,
+    );
     const result: RewrapRowsResult = { writes: [], failures: [], requests };
     const byIndex = new Map<number, RowRewrap | { failure: string }>();
     asked.forEach((p, i) => {
@@ -104,6 +107,11 @@ export class TransitRowCrypto implements RowCrypto {
       else result.writes.push(outcome);
     }
     return result;
+  }
+
+  /** A slice's batches run their requests in one window of REKEY_VAULT_TRANSIT_CONCURRENCY (RowCrypto.pipeline). */
+  pipeline(): { calls: CallWindow; batches: number } {
+    return { calls: this.pacer.window(), batches: BATCHES_AHEAD };
   }
 
   async check(codec: Codec, kek: RowKek, rows: readonly Row[]): Promise<(string | undefined)[]> {
@@ -136,10 +144,13 @@ export class TransitRowCrypto implements RowCrypto {
   }
 
   /** The items in batches of `batchSize`, one paced `rewrap` request each; outcomes in item order. */
-  private async send(items: readonly TransitItem[]): Promise<{ outcomes: TransitOutcome[]; requests: number }> {
+  private async send(
+    items: readonly TransitItem[],
+    calls?: CallWindow,
+  ): Promise<{ outcomes: TransitOutcome[]; requests: number }> {
     const batches: TransitItem[][] = [];
     for (let i = 0; i < items.length; i += this.batchSize) batches.push(items.slice(i, i + this.batchSize));
-    const answered = await this.pacer.map(batches, async (batch) => {
+    const answered = await this.pacer.mapIn(calls, batches, async (batch) => {
       const outcomes = await this.rewrapBatch(batch);
       if (outcomes.length !== batch.length) {
         throw new KeyMaterialError(

@@ -13,6 +13,8 @@ export interface VaultServer {
   address: string;
   /** The root token, random for each server. */
   rootToken: string;
+  /** The server's process (its CPU, read by the benchmark). */
+  pid: number | undefined;
   /** What a process needs in its environment to talk to this server: VAULT_ADDR and VAULT_TOKEN (and VAULT_CACERT). */
   env: Record<string, string>;
   /** With `tls`: the PEM file of the CA that signed the server's certificate (Vault's `-dev-tls` writes it). */
@@ -239,6 +241,7 @@ function serverOf(
   return {
     address,
     rootToken,
+    pid: child.pid,
     env: { VAULT_ADDR: address, VAULT_TOKEN: rootToken, ...(caCert && { VAULT_CACERT: caCert }) },
     ...(caCert && { caCert }),
     async stop() {

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { NONCE_BYTES, type Codec, type ColumnValue, type Row } from '../codec/sealed-format';
 import { releaseKey, scheduleKey, type AeadKey } from '../crypto/aes-gcm';
 import { UnreadableValueError } from '../errors';
+import type { CallWindow } from '../crypto/request-pacer';
 
 /** A KEK for one unit of work: its bytes are the caller's, who zeroizes them. */
 export interface RowKek {
@@ -20,6 +21,11 @@ export interface RewrapRowsOptions {
   others: boolean;
   /** Decrypt only: nothing is sealed, `values` stay empty. */
   dryRun: boolean;
+  /**
+   * A remote key store's calls: the slots they take, shared with the slice's other batches in flight
+   * (RowCrypto.pipeline). Without it the batch's calls have a window of their own.
+   */
+  calls?: CallWindow;
 }
 
 export interface RowRewrap {

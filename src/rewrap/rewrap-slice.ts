@@ -1,4 +1,5 @@
 import type { PoolClient } from 'pg';
+import { CallsStoppedError, type CallWindow } from '../crypto/request-pacer';
 import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
 import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import { checkout } from '../store/connect';
@@ -163,18 +164,28 @@ class SliceRun {
     this.hooks.onStart?.(this.counters);
     if (finished) return this.result(true);
 
+    // A remote key store's batches run their calls at once, up to `ahead` batches in one window of calls, so that a
+    // call backing off does not hold the calls after it; they are written one after another, in order.
+    const pipeline = this.input.rowId === undefined ? this.crypto().pipeline?.() : undefined;
+    const calls = pipeline?.calls;
+    const ahead = pipeline?.batches ?? 1;
+    const queue: { prepared: Promise<PreparedBatch>; last: string }[] = [];
+    let readCursor = this.cursor;
     let pendingWrite: Promise<void> = Promise.resolve();
     let done = false;
+    let stopped = false;
     let checkpoint: RewrapCheckpoint = { cursor: this.cursor, counters: this.counters };
     let lastBeat = Date.now();
     const aliveEveryMs = this.hooks.aliveEveryMs ?? 5_000;
     const alive =
-      this.hooks.onAlive &&
+      (this.hooks.onAlive || calls) &&
       setInterval(
         () => {
-          if (Date.now() - lastBeat < aliveEveryMs) return;
+          // Stopped (pause, abort) while batches are under way: no call of theirs starts after this.
+          if (calls && !calls.closed && this.hooks.shouldStop?.()) calls.close();
+          if (!this.hooks.onAlive || Date.now() - lastBeat < aliveEveryMs) return;
           lastBeat = Date.now();
-          this.hooks.onAlive?.(checkpoint);
+          this.hooks.onAlive(checkpoint);
         },
         Math.max(10, aliveEveryMs / 4),
       );
@@ -185,31 +196,74 @@ class SliceRun {
     };
     try {
       // At least one batch per attempt, whatever the budget (a slow resume must not leave the slice where it was).
-      for (let batches = 0; ; batches++) {
-        if (this.hooks.shouldStop?.()) break;
-        const spent = Date.now() - started;
-        if (batches > 0 && this.input.timeBudgetMs !== undefined && spent >= this.input.timeBudgetMs) break;
-        const read = await this.read();
-        if (read === undefined) {
-          done = true;
+      for (let batches = 0; ;) {
+        // The next batch is read when none is under way, or, pipelined, while the window has a slot no call waits for.
+        if (!done && !stopped && (queue.length === 0 || (queue.length < ahead && calls?.hasSlack === true))) {
+          const spent = Date.now() - started;
+          if (this.hooks.shouldStop?.()) {
+            stopped = true;
+            calls?.close();
+            continue;
+          }
+          if (batches > 0 && this.input.timeBudgetMs !== undefined && spent >= this.input.timeBudgetMs) {
+            stopped = true;
+            continue;
+          }
+          const read = await this.read(readCursor);
+          if (read === undefined) {
+            done = true;
+            continue;
+          }
+          batches++;
+          readCursor = read.last;
+          const prepared = read.rows ? this.prepare(read.rows, calls) : this.prepareColumns(read.batch!);
+          // A batch that fails fails the slice: no call of the batches after it starts. Until it is awaited, its
+          // failure must not count as unhandled.
+          prepared.catch(() => calls?.close());
+          queue.push({ prepared, last: read.last });
+          if (this.input.rowId !== undefined) done = true;
+          continue;
+        }
+        const head = queue[0];
+        if (head === undefined) break;
+        if (calls && !done && !stopped && queue.length < ahead) {
+          // Wait for the first batch, or for a slot to free up (then read another).
+          const settled = await Promise.race([
+            head.prepared.then(
+              () => true,
+              () => true,
+            ),
+            calls.slack().then(() => false),
+          ]);
+          if (!settled) continue;
+        }
+        queue.shift();
+        let prepared: PreparedBatch;
+        try {
+          prepared = await head.prepared;
+        } catch (err) {
+          if (!(err instanceof CallsStoppedError)) throw err;
+          // The window closed before all of this batch's calls started: neither it nor any batch after it is written.
+          // A batch after it that failed is the slice's failure; otherwise the slice stopped here.
+          for (const settled of await Promise.allSettled(queue.map((q) => q.prepared))) {
+            if (settled.status === 'rejected' && !(settled.reason instanceof CallsStoppedError)) throw settled.reason;
+          }
+          queue.length = 0;
+          done = false;
           break;
         }
-        const { last } = read;
-        // The previous batch's write overlaps this batch's read and crypto; writes themselves stay in order.
-        const prepared = read.rows ? await this.prepare(read.rows) : await this.prepareColumns(read.batch!);
         await pendingWrite;
         batchEnded();
-        pendingWrite = this.write(prepared, last);
+        pendingWrite = this.write(prepared, head.last);
         // Awaited before the next write or at the end; until then a failure must not count as unhandled.
         pendingWrite.catch(() => undefined);
-        this.cursor = last;
-        if (this.input.rowId !== undefined) {
-          done = true;
-          break;
-        }
+        this.cursor = head.last;
       }
     } finally {
       try {
+        // Nothing of the slice is in flight once it returns or fails: no call starts, those under way answer.
+        calls?.close();
+        await Promise.allSettled(queue.map((q) => q.prepared));
         await pendingWrite;
       } finally {
         if (alive) clearInterval(alive);
@@ -226,9 +280,9 @@ class SliceRun {
    * The next batch after the cursor, with its last id; undefined when the range holds no more. By column when the
    * crypto can rewrap by column and the scan is of the rows on `from` (not a dry run): no object per row.
    */
-  private async read(): Promise<{ last: string; rows?: TargetRow[]; batch?: ColumnBatch } | undefined> {
+  private async read(after: string): Promise<{ last: string; rows?: TargetRow[]; batch?: ColumnBatch } | undefined> {
     const { store, from, to } = this.deps;
-    const range = { after: this.cursor, until: this.input.until };
+    const range = { after, until: this.input.until };
     if (!this.others && !this.input.dryRun && this.crypto().rewrapColumns) {
       const batch = await store.readColumns(this.reader, from.kekId, range, this.input.batchSize, this.input.rowId);
       return batch.count === 0 ? undefined : { last: batchId(batch, batch.count - 1), batch };
@@ -286,10 +340,14 @@ class SliceRun {
   }
 
   /** Decrypts with `from` (or finds the value already under `to`) and seals with `to`; unreadable rows are left. */
-  private async prepare(rows: TargetRow[]): Promise<PreparedBatch> {
+  private async prepare(rows: TargetRow[], calls?: CallWindow): Promise<PreparedBatch> {
     const { store, from, to } = this.deps;
     const crypto = this.crypto();
-    const result = await crypto.rewrap(store.codec, from, to, rows, { others: this.others, dryRun: this.input.dryRun });
+    const result = await crypto.rewrap(store.codec, from, to, rows, {
+      others: this.others,
+      dryRun: this.input.dryRun,
+      ...(calls && { calls }),
+    });
     if (result.requests !== undefined) {
       this.counters = addCounters(this.counters, { ...emptyCounters(), keyStoreRequests: result.requests });
     }

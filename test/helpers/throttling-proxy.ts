@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
  * An HTTP proxy in front of moto that answers some requests as AWS does when it throttles (HTTP 400,
  * ThrottlingException) instead of forwarding them: `throttleEvery` = 2 throttles every second request (0: none; the
  * setter `throttleEvery` changes it while the proxy runs, e.g. to throttle for a while mid-run). Counts what
- * it throttled and what it forwarded, by the operation the SDK named (X-Amz-Target). `outage(ms)` makes the endpoint
+ * it throttled and what it forwarded, by the operation the SDK named (X-Amz-Target), or else by method and path. `outage(ms)` makes the endpoint
  * unreachable for `ms` (every connection is reset, as a server that went away does) and, with `untilRefused`, until it
  * has turned away a request (at most a minute), then serves again.
  */
@@ -19,6 +19,9 @@ export async function throttlingProxy(
   throttleEvery: number;
   /** Requests whose connection was reset during an outage. */
   refused: number;
+  /** Requests forwarded whose answer has not yet been sent back, now and at most. */
+  inFlight: number;
+  mostInFlight: number;
   forwarded: Map<string, number>;
   outage(ms: number, untilRefused?: boolean): Promise<void>;
   close(): Promise<void>;
@@ -26,7 +29,7 @@ export async function throttlingProxy(
   let seen = 0;
   let down = false;
   let every = throttleEvery;
-  const state = { throttled: 0, refused: 0, forwarded: new Map<string, number>() };
+  const state = { throttled: 0, refused: 0, inFlight: 0, mostInFlight: 0, forwarded: new Map<string, number>() };
   const server = http.createServer((request, response) => {
     if (down) {
       state.refused++;
@@ -46,10 +49,21 @@ export async function throttlingProxy(
         response.end(JSON.stringify({ __type: 'ThrottlingException', message: 'Rate exceeded' }));
         return;
       }
-      const operation = String(request.headers['x-amz-target'] ?? '?')
-        .split('.')
-        .pop()!;
+      // AWS names its operation (X-Amz-Target); another HTTP API (Vault) is named by method and path.
+      const amzTarget = request.headers['x-amz-target'];
+      const operation = amzTarget
+        ? String(amzTarget).split('.').pop()!
+        : `${request.method} ${(request.url ?? '/').split('?')[0]!.replace(/^\/v1\//, '')}`;
       state.forwarded.set(operation, (state.forwarded.get(operation) ?? 0) + 1);
+      state.inFlight++;
+      state.mostInFlight = Math.max(state.mostInFlight, state.inFlight);
+      let answered = false;
+      const done = () => {
+        if (answered) return;
+        answered = true;
+        state.inFlight--;
+      };
+      response.on('close', done);
       const target = new URL(request.url ?? '/', upstream);
       const forward = http.request(
         target,
@@ -87,6 +101,12 @@ export async function throttlingProxy(
     },
     get refused() {
       return state.refused;
+    },
+    get inFlight() {
+      return state.inFlight;
+    },
+    get mostInFlight() {
+      return state.mostInFlight;
     },
     forwarded: state.forwarded,
     async outage(ms: number, untilRefused = false) {

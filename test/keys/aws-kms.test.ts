@@ -131,10 +131,9 @@ describe('aws-kms key provider against a moto server', () => {
       const report = await rotate(createActivities({ db: aws.db.pool, keys: workerKeys }), {
         from: 'v1',
         to: 'new',
-        // Batches of 100: each batch waits for its slowest call, and a call the proxy throttles three or four times
-        // running backs off for seconds (the SDK's throttling backoff), so fewer batches keep the run within its bound
-        // on a loaded machine (CI ran batches of 50 past 200 s).
-        batchSize: 100,
+        // Batches of 50: a call the proxy throttles three or four times running backs off for seconds (the SDK's
+        // throttling backoff) while the calls of the batches after it go on (test/keys/kms-batch-tail.test.ts).
+        batchSize: 50,
         gracePeriod: '1d',
         fleetLiveWithin: '1h',
       });

@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
-import { RateSchedule, RequestPacer } from '../../src/crypto/request-pacer';
+import { CallsStoppedError, CallWindow, RateSchedule, RequestPacer } from '../../src/crypto/request-pacer';
 import { addCounters, emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
 import { describeCounters } from '../../src/cli/format';
 import { initialProgress, type ProgressReport } from '../../src/rotation/progress';
@@ -93,12 +93,89 @@ describe('pacing of key store calls', () => {
         started.push(n);
         return n === 0 ? Promise.reject(new Error('AccessDenied')) : Promise.resolve(n);
       });
-      await expect(mapped).rejects.toThrow('AccessDenied');
+      const rejected = expect(mapped).rejects.toThrow('AccessDenied');
       await vi.advanceTimersByTimeAsync(100); // past the second lane's turn
+      await rejected;
       expect(started).toEqual([0]);
     } finally {
       vi.useRealTimers();
     }
+  });
+
+  /** A call that answers when the test says so. */
+  const held = () => {
+    let answer!: () => void;
+    const promise = new Promise<void>((resolve) => (answer = resolve));
+    return { promise, answer };
+  };
+
+  it('a failed batch rejects only once its calls in flight have answered: nothing of it is left running', async () => {
+    const pacer = new RequestPacer({ concurrency: 2, ratePerSecond: 0 });
+    const slow = held();
+    let answered = false;
+    let settled = false;
+    const mapped = pacer
+      .map([0, 1], async (n) => {
+        if (n === 1) throw new Error('AccessDenied');
+        await slow.promise;
+        answered = true;
+        return n;
+      })
+      .finally(() => (settled = true));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(settled).toBe(false);
+    slow.answer();
+    await expect(mapped).rejects.toThrow('AccessDenied');
+    expect(answered).toBe(true);
+  });
+
+  it('batches sharing a call window: a slow call of the first holds one slot, the next batch runs its calls in the others, never more in flight than the window', async () => {
+    const pacer = new RequestPacer({ concurrency: 3, ratePerSecond: 0 });
+    const window = pacer.window();
+    let running = 0;
+    let most = 0;
+    const slow = held();
+    const call = (batch: string) => async (n: number) => {
+      running++;
+      most = Math.max(most, running);
+      if (batch === 'first' && n === 0) await slow.promise;
+      else await new Promise((resolve) => setImmediate(resolve));
+      running--;
+      return `${batch}-${n}`;
+    };
+    const first = pacer.mapIn(window, [0, 1, 2, 3, 4], call('first'));
+    const second = pacer.mapIn(window, [0, 1, 2, 3, 4, 5, 6], call('second'));
+    // The second batch completes while the first one's call 0 has not answered.
+    expect(await second).toEqual([0, 1, 2, 3, 4, 5, 6].map((n) => `second-${n}`));
+    expect(window.calls).toBe(1);
+    slow.answer();
+    expect(await first).toEqual([0, 1, 2, 3, 4].map((n) => `first-${n}`));
+    expect(most).toBe(3);
+    expect(window.calls).toBe(0);
+  });
+
+  it('a closed window starts no call again: a batch with calls not started rejects with CallsStoppedError once those in flight answered, a batch whose calls all started completes', async () => {
+    const pacer = new RequestPacer({ concurrency: 2, ratePerSecond: 0 });
+    const window = pacer.window();
+    const slow = held();
+    const started: string[] = [];
+    const call = (batch: string) => async (n: number) => {
+      started.push(`${batch}-${n}`);
+      await slow.promise;
+      return n;
+    };
+    const whole = pacer.mapIn(window, [0], call('whole'));
+    const cut = pacer.mapIn(window, [0, 1, 2], call('cut'));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(started).toEqual(['whole-0', 'cut-0']);
+    window.close();
+    expect(await window.acquire()).toBe(false);
+    slow.answer();
+    expect(await whole).toEqual([0]);
+    await expect(cut).rejects.toThrow(CallsStoppedError);
+    expect(started).toEqual(['whole-0', 'cut-0']);
+    expect(window.calls).toBe(0);
+    expect(() => new CallWindow(0)).toThrow(RangeError);
   });
 
   it('counts key store calls in the progress only where there were any', () => {
