@@ -503,6 +503,36 @@ export function failureMessage(err: unknown): string {
 export const exitCodeFor = (err: unknown): number => EXIT_CODES[errorKind(err)];
 export const httpStatusFor = (err: unknown): number => HTTP_STATUSES[errorKind(err)];
 
+/**
+ * A run's failure as the run itself holds it (the `progress` query of a failed rotation or migration, what tctl and
+ * `temporal workflow query` answer): the error's type (a class of this module, one of WORKFLOW_FAILURES, or the
+ * type Temporal gave an error of no known type), its kind, and its message.
+ */
+export interface RunFailure {
+  type: string;
+  kind: ErrorKind;
+  message: string;
+}
+
+/** The first error type of a failure's cause chain that this module knows, else the innermost type or name given. */
+export function errorType(err: unknown): string | undefined {
+  let given: string | undefined;
+  for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 8; depth++) {
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string' && KIND_BY_TYPE.has(type)) return type;
+    const name = (e as { name?: unknown }).name;
+    if (typeof name === 'string' && KIND_BY_TYPE.has(name)) return name;
+    if (typeof type === 'string' && type !== '') given = type;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return given ?? (err instanceof Error ? err.name : undefined);
+}
+
+/** What a run holds of the failure it ends with. Pure: the workflows call it as they fail. */
+export function runFailure(err: unknown): RunFailure {
+  return { type: errorType(err) ?? 'Error', kind: errorKind(err), message: failureMessage(err) };
+}
+
 /** The workflow's failure of one of its own types: non-retryable, with a message that says what to do. */
 export function rotationFailure(type: WorkflowFailureType, message: string): ApplicationFailure {
   return ApplicationFailure.nonRetryable(message, type);

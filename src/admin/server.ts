@@ -107,7 +107,12 @@ const rotationStatusBody = {
       description: 'Temporal execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ...',
     },
     phase: { type: 'string' },
-    outcome: { type: 'string' },
+    outcome: {
+      type: 'string',
+      enum: ['running', 'completed', 'aborted', 'dry-run', 'canary', 'nothing-to-do', 'failed'],
+      description:
+        "how the run ended, as its progress query says: 'running' until it has; 'failed' for a run that failed (then `failure` says with what)",
+    },
     from: { type: 'string' },
     to: { type: 'string' },
     percent: { type: 'number' },
@@ -187,6 +192,8 @@ function toStatusBody(s: RotationStatus) {
       waiting: progress.waiting,
       note: progress.note,
     }),
+    // A failed run's progress is not read (no worker needed): its outcome is what the run's progress query says.
+    ...(s.status === 'FAILED' && { outcome: 'failed' }),
     ...(s.failure !== undefined && { failure: s.failure }),
     ...runStatusFields(run),
   };
