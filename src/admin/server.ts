@@ -1,7 +1,15 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
-import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
+import {
+  errorBody,
+  failureFields,
+  failureProperties,
+  opIdParams,
+  retryingBody,
+  runStatusBody,
+  runStatusFields,
+} from './schemas';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { scanned } from '../cli/format';
 import { COUNTER_NAMES } from '../rewrap/counters';
@@ -27,6 +35,7 @@ import { runHistory } from '../client/history';
 import {
   databaseUnreachable,
   ERROR_CODES as KIND_ERROR_CODES,
+  errorAnswer,
   errorKind,
   HTTP_STATUSES,
   httpStatusFor,
@@ -139,6 +148,7 @@ const rotationStatusBody = {
     },
     note: { type: 'string' },
     failure: { type: 'string' },
+    ...failureProperties,
     run_status: runStatusBody,
     grace_ends_at: { type: 'string', description: 'in grace: when the old KEK retires (ISO 8601)' },
     grace_remaining_seconds: {
@@ -195,6 +205,7 @@ function toStatusBody(s: RotationStatus) {
     // A failed run's progress is not read (no worker needed): its outcome is what the run's progress query says.
     ...(s.status === 'FAILED' && { outcome: 'failed' }),
     ...(s.failure !== undefined && { failure: s.failure }),
+    ...failureFields(s),
     ...runStatusFields(run),
   };
 }
@@ -276,6 +287,10 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
     }
     const status = kind !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
     if (status >= 500) app.log.error(error);
+    // A run's failure of one of the workflow's types is named by its code, with what to do next (errorAnswer), as the
+    // CLI names it.
+    const { error: code, next } = errorAnswer(error);
+    if (next !== undefined) return reply.status(status).send({ error: code, message: failureMessage(error), next });
     // rekey's own errors say what failed and never carry a secret; anything else is not shown.
     return reply.status(status).send({
       error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),

@@ -6,7 +6,7 @@ import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { databaseUnreachable, ERROR_CODES, errorKind, EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
+import { databaseUnreachable, errorAnswer, errorKind, EXIT_CODES, plainErrorLine, TargetConfigError } from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('rekey')
@@ -54,11 +54,13 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.en
     const unreachable = errorKind(err) === 'unavailable' ? databaseUnreachable(err) : undefined;
     const message = unreachable?.message ?? (err instanceof Error ? err.message : String(err));
     const line = err instanceof TargetConfigError ? message : message.split('\n')[0]!;
-    // With --json, the same line as JSON, with the admin API's error code and the exit code: a script reads both.
+    // With --json, the same line as JSON, with the admin API's error code, the kind, what to do next (a run's failure
+    // of a workflow failure type) and the exit code: a script reads them all. Both say the one answer (errorAnswer).
+    const answer = errorAnswer(err, line);
     if (argv.includes('--json')) {
-      const kind = errorKind(err);
-      process.stderr.write(`${JSON.stringify({ error: ERROR_CODES[kind], message: line, exit: EXIT_CODES[kind] })}\n`);
-    } else process.stderr.write(`rekey: ${line}\n`);
-    return exitCodeFor(err);
+      const { error, kind, message, next, exit } = answer;
+      process.stderr.write(`${JSON.stringify({ error, kind, message, ...(next !== undefined && { next }), exit })}\n`);
+    } else process.stderr.write(`rekey: ${plainErrorLine(answer)}\n`);
+    return answer.exit;
   }
 }

@@ -205,16 +205,16 @@ export class RotationState {
    * instead of the phase it was in. State only: no command.
    */
   ended(failure: unknown): void {
-    const reason = failure instanceof Error ? failure.message : String(failure);
+    const answer = runFailure(failure);
     this.current = {
       ...this.current,
       outcome: 'failed',
-      failure: runFailure(failure),
+      failure: answer,
       waiting: undefined,
       paused: false,
       heldBefore: undefined,
     };
-    setCurrentDetails(failedDetails(this.report(), reason, workflowInfo().workflowId));
+    setCurrentDetails(failedDetails(this.report(), answer, workflowInfo().workflowId));
   }
 
   /** A failure before validate decided is its refusal: the `validated` update answers with it. */

@@ -65,7 +65,7 @@ async function watchMigration(context: CliContext, reference: string): Promise<v
  */
 function runEnd(
   what: string,
-  status: { status: string; failure?: string; failureKind?: ErrorKind },
+  status: { status: string; failure?: string; failureKind?: ErrorKind; failureType?: string },
   aborted: string | undefined,
 ): CliError | undefined {
   if (status.status === 'RUNNING') return undefined;
@@ -73,6 +73,7 @@ function runEnd(
   return new CliError(
     `${what} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
     status.failureKind ?? 'failed',
+    status.failureType,
   );
 }
 
