@@ -6,6 +6,7 @@ import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
+import { setProgramEnv } from './options';
 import { databaseUnreachable, errorAnswer, errorKind, EXIT_CODES, plainErrorLine, TargetConfigError } from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
@@ -17,6 +18,7 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .option('--json', 'machine-readable output')
     .showHelpAfterError()
     .exitOverride();
+  setProgramEnv(program, env);
   for (const command of [
     rotateCommand(),
     migrateDekCommand(),
