@@ -614,6 +614,12 @@ export function errorType(err: unknown): string | undefined {
   return given ?? (err instanceof Error ? err.name : undefined);
 }
 
+/** Whether a failure's cause chain names an error type of this module or a workflow failure type: rekey's own. */
+export function hasKnownType(err: unknown): boolean {
+  const type = errorType(err);
+  return type !== undefined && KIND_BY_TYPE.has(type);
+}
+
 /** What a run holds of the failure it ends with. Pure: the workflows call it as they fail. */
 export function runFailure(err: unknown): RunFailure {
   const { error, kind, message, next } = errorAnswer(err);
