@@ -337,6 +337,8 @@ export class RunFailedError extends RekeyError {
   constructor(
     message: string,
     private readonly failureKind: ErrorKind,
+    /** The type of the error the run failed with (errorType), so that its answer names it. */
+    readonly failureType?: string,
   ) {
     super(message);
   }
@@ -356,6 +358,8 @@ export class CliError extends RekeyError {
   constructor(
     message: string,
     private readonly cliKind: ErrorKind = 'failed',
+    /** The type of the error it reports (a run's failure), so that its answer names it (see errorAnswer). */
+    readonly failureType?: string,
   ) {
     super(message);
   }
@@ -435,6 +439,64 @@ export const WORKFLOW_FAILURES = {
 } as const satisfies Record<string, ErrorKind>;
 export type WorkflowFailureType = keyof typeof WORKFLOW_FAILURES;
 
+/**
+ * How every surface names each workflow failure type (their kind alone, 'failed' = 'internal', read as a bug in rekey)
+ * and what the operator does next. None of them retired or destroyed anything: the old KEK still opens every row.
+ */
+export const WORKFLOW_FAILURE_ANSWERS: Readonly<Record<WorkflowFailureType, { error: string; next: string }>> = {
+  FleetNotReady: {
+    error: 'fleet_not_ready',
+    next: "give the instances the message names the registered key (or drain them), then run the rotation again; the old KEK was not retired (while a run waits at the fleet gate, 'rekey override-fleet' lets it go once they are drained)",
+  },
+  ApplicationNotReady: {
+    error: 'application_not_ready',
+    next: 'do on the application the step the message names (or give it longer with --confirm-timeout), then run the rotation again; the old KEK was not retired',
+  },
+  VerifyFailed: {
+    error: 'verify_failed',
+    next: 'do not retire the old KEK by hand: it was kept, and still opens every row; find out why the rows the message names do not open under the new KEK before running the rotation again',
+  },
+  RewrapIncomplete: {
+    error: 'rewrap_incomplete',
+    next: 'the rows the message names are still on the old KEK, which was kept: make them readable (or remove them), then run the rotation again',
+  },
+  RotationFailed: {
+    error: 'rotation_failed',
+    next: "a step failed with an error rekey has no type for: read the message and the run's page in the Web UI, and check the KEKs with 'rekey kek-status' before running the rotation again",
+  },
+};
+
+/**
+ * What every surface says of an error (the CLI's line and --json, the admin API's body, a failed run's status, the
+ * Web UI's details): `error` is the workflow failure type's code (application_not_ready) where it is one, else the
+ * kind's (ERROR_CODES, 'internal' only for an error of no known type); `next`, for those types, what to do next.
+ */
+export interface ErrorAnswer {
+  error: string;
+  kind: ErrorKind;
+  message: string;
+  next?: string;
+  exit: number;
+  http: number;
+}
+
+export function errorAnswer(err: unknown, message = failureMessage(err)): ErrorAnswer {
+  const kind = errorKind(err);
+  const type = errorType(err);
+  const known =
+    type !== undefined && Object.hasOwn(WORKFLOW_FAILURE_ANSWERS, type)
+      ? WORKFLOW_FAILURE_ANSWERS[type as WorkflowFailureType]
+      : undefined;
+  return {
+    error: known?.error ?? ERROR_CODES[kind],
+    kind,
+    message,
+    ...(known && { next: known.next }),
+    exit: EXIT_CODES[kind],
+    http: HTTP_STATUSES[kind],
+  };
+}
+
 const CLASSES = [
   InvalidRotationError,
   TargetConfigError,
@@ -500,8 +562,69 @@ export function failureMessage(err: unknown): string {
   return current instanceof Error ? current.message : String(current);
 }
 
+/** The CLI's line of an answer: its message, and, where it has one, its code and what to do next. */
+export function plainErrorLine(answer: ErrorAnswer): string {
+  return answer.next === undefined ? answer.message : `${answer.message} (${answer.error}; next: ${answer.next})`;
+}
+
+/** A failed run's failure as a status gives it (rekey status --json, the admin API): message, kind, type, code, next. */
+export function failureOf(err: unknown): {
+  failure: string;
+  failureKind: ErrorKind;
+  failureType?: string;
+  error: string;
+  next?: string;
+} {
+  const { error, kind, message, next } = errorAnswer(err);
+  const type = errorType(err);
+  return {
+    failure: message,
+    failureKind: kind,
+    ...(type !== undefined && { failureType: type }),
+    error,
+    ...(next !== undefined && { next }),
+  };
+}
+
 export const exitCodeFor = (err: unknown): number => EXIT_CODES[errorKind(err)];
 export const httpStatusFor = (err: unknown): number => HTTP_STATUSES[errorKind(err)];
+
+/**
+ * A run's failure as the run itself holds it (the `progress` query of a failed rotation or migration, what tctl and
+ * `temporal workflow query` answer): the error's type (a class of this module, one of WORKFLOW_FAILURES, or the
+ * type Temporal gave an error of no known type), its kind, and its message.
+ */
+export interface RunFailure extends Pick<ErrorAnswer, 'error' | 'kind' | 'message' | 'next'> {
+  type: string;
+}
+
+/** The first error type of a failure's cause chain that this module knows, else the innermost type or name given. */
+export function errorType(err: unknown): string | undefined {
+  let given: string | undefined;
+  for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 8; depth++) {
+    const carried = (e as { failureType?: unknown }).failureType;
+    if (typeof carried === 'string') return carried;
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string' && KIND_BY_TYPE.has(type)) return type;
+    const name = (e as { name?: unknown }).name;
+    if (typeof name === 'string' && KIND_BY_TYPE.has(name)) return name;
+    if (typeof type === 'string' && type !== '') given = type;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return given ?? (err instanceof Error ? err.name : undefined);
+}
+
+/** Whether a failure's cause chain names an error type of this module or a workflow failure type: rekey's own. */
+export function hasKnownType(err: unknown): boolean {
+  const type = errorType(err);
+  return type !== undefined && KIND_BY_TYPE.has(type);
+}
+
+/** What a run holds of the failure it ends with. Pure: the workflows call it as they fail. */
+export function runFailure(err: unknown): RunFailure {
+  const { error, kind, message, next } = errorAnswer(err);
+  return { type: errorType(err) ?? 'Error', error, kind, message, ...(next !== undefined && { next }) };
+}
 
 /** The workflow's failure of one of its own types: non-retryable, with a message that says what to do. */
 export function rotationFailure(type: WorkflowFailureType, message: string): ApplicationFailure {

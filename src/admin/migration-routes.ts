@@ -2,7 +2,15 @@
 // client functions as the CLI's (src/client/migrations.ts), so both surfaces start the same one-per-target workflow.
 import type { Client } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
-import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
+import {
+  errorBody,
+  failureFields,
+  failureProperties,
+  opIdParams,
+  retryingBody,
+  runStatusBody,
+  runStatusFields,
+} from './schemas';
 import { migrationStatus, runningMigration, startMigration, type MigrationStatus } from '../client/migrations';
 import type { KeyspaceLookup } from '../client/rotations';
 import type { Keyspace } from '../rotation/identity';
@@ -19,6 +27,7 @@ const migrationStatusBody = {
     completed_at: { type: 'string', nullable: true },
     report: { type: 'object', additionalProperties: true, description: 'phase, outcome, per-field counters, totals' },
     failure: { type: 'string' },
+    ...failureProperties,
     run_status: runStatusBody,
     retrying: retryingBody,
   },
@@ -33,6 +42,7 @@ function toBody(s: MigrationStatus) {
     completed_at: s.closedAt?.toISOString() ?? null,
     ...(s.report && { report: s.report }),
     ...(s.failure !== undefined && { failure: s.failure }),
+    ...failureFields(s),
     ...runStatusFields(s.run),
   };
 }

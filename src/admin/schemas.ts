@@ -59,6 +59,27 @@ export const retryingBody = {
   },
 } as const;
 
+/** A failed run's failure as every surface names it (errorAnswer): its code, kind and type, and what to do next. */
+export const failureProperties = {
+  error: {
+    type: 'string',
+    description:
+      "a failed run: its failure's code, as rekey --json names it (application_not_ready, fleet_not_ready, verify_failed, rewrap_incomplete, rotation_failed; else the kind's: bad_request, refused, …)",
+  },
+  error_kind: { type: 'string', description: 'a failed run: the kind of its failure (invalid, refused, failed, …)' },
+  error_type: { type: 'string', description: 'a failed run: the type of its failure (ApplicationNotReady, …)' },
+  next: { type: 'string', description: 'a failed run of a workflow failure type: what to do next' },
+} as const;
+
+export function failureFields(s: { error?: string; failureKind?: string; failureType?: string; next?: string }) {
+  return {
+    ...(s.error !== undefined && { error: s.error }),
+    ...(s.failureKind !== undefined && { error_kind: s.failureKind }),
+    ...(s.failureType !== undefined && { error_type: s.failureType }),
+    ...(s.next !== undefined && { next: s.next }),
+  };
+}
+
 /** The fields every route that shows a run adds: its one status, the grace countdown, a retrying step. */
 export function runStatusFields(run: RunStatus) {
   return {

@@ -1,7 +1,15 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { Client } from '@temporalio/client';
-import { errorBody, opIdParams, retryingBody, runStatusBody, runStatusFields } from './schemas';
+import {
+  errorBody,
+  failureFields,
+  failureProperties,
+  opIdParams,
+  retryingBody,
+  runStatusBody,
+  runStatusFields,
+} from './schemas';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { scanned } from '../cli/format';
 import { COUNTER_NAMES } from '../rewrap/counters';
@@ -27,7 +35,9 @@ import { runHistory } from '../client/history';
 import {
   databaseUnreachable,
   ERROR_CODES as KIND_ERROR_CODES,
+  errorAnswer,
   errorKind,
+  hasKnownType,
   HTTP_STATUSES,
   httpStatusFor,
   type ErrorKind,
@@ -107,7 +117,12 @@ const rotationStatusBody = {
       description: 'Temporal execution status: RUNNING, COMPLETED, FAILED, TERMINATED, ...',
     },
     phase: { type: 'string' },
-    outcome: { type: 'string' },
+    outcome: {
+      type: 'string',
+      enum: ['running', 'completed', 'aborted', 'dry-run', 'canary', 'nothing-to-do', 'failed'],
+      description:
+        "how the run ended, as its progress query says: 'running' until it has; 'failed' for a run that failed (then `failure` says with what)",
+    },
     from: { type: 'string' },
     to: { type: 'string' },
     percent: { type: 'number' },
@@ -134,6 +149,7 @@ const rotationStatusBody = {
     },
     note: { type: 'string' },
     failure: { type: 'string' },
+    ...failureProperties,
     run_status: runStatusBody,
     grace_ends_at: { type: 'string', description: 'in grace: when the old KEK retires (ISO 8601)' },
     grace_remaining_seconds: {
@@ -187,7 +203,10 @@ function toStatusBody(s: RotationStatus) {
       waiting: progress.waiting,
       note: progress.note,
     }),
+    // A failed run's progress is not read (no worker needed): its outcome is what the run's progress query says.
+    ...(s.status === 'FAILED' && { outcome: 'failed' }),
     ...(s.failure !== undefined && { failure: s.failure }),
+    ...failureFields(s),
     ...runStatusFields(run),
   };
 }
@@ -236,6 +255,42 @@ const ERROR_CODES: Record<number, string> = Object.fromEntries(
     .map((kind) => [HTTP_STATUSES[kind], KIND_ERROR_CODES[kind]]),
 );
 
+/**
+ * The admin API's answer to an error: rekey's errors by their kind (src/errors.ts, the same mapping as the CLI's exit
+ * codes), Fastify's own (schema validation, bad JSON) by the status Fastify gave them.
+ */
+export function errorReply(error: Error & { statusCode?: number }): {
+  status: number;
+  body: { error: string; message: string; next?: string };
+  retryAfter?: number;
+} {
+  const kind = errorKind(error);
+  if (kind === 'unavailable') {
+    // The database is unreachable: 503 at once, saying so (the driver's message names no secret), and when to ask
+    // again. A run's failure read back (its type says so, no driver error in it) says its own message.
+    return {
+      status: httpStatusFor(error),
+      body: { error: 'database_unreachable', message: databaseUnreachable(error)?.message ?? failureMessage(error) },
+      retryAfter: UNAVAILABLE_RETRY_AFTER_SECONDS,
+    };
+  }
+  const status = kind !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
+  // A run's failure of one of the workflow's types is named by its code, with what to do next (errorAnswer), as the
+  // CLI names it.
+  const { error: code, next } = errorAnswer(error);
+  if (next !== undefined) return { status, body: { error: code, message: failureMessage(error), next } };
+  // rekey's own errors (and Temporal failures carrying one) say what failed and never carry a secret; anything else
+  // is not shown.
+  const own = error instanceof RekeyError || hasKnownType(error);
+  return {
+    status,
+    body: {
+      error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
+      message: status >= 500 && !own ? 'internal error' : failureMessage(error),
+    },
+  };
+}
+
 /** The admin API of the gateway runbook, on rekey: rotate-all, rotation-status, kek-status, and controls. */
 export async function buildAdminServer(options: AdminServerOptions): Promise<FastifyInstance> {
   const { client, targets, taskQueue, token } = options;
@@ -256,24 +311,12 @@ export async function buildAdminServer(options: AdminServerOptions): Promise<Fas
   });
 
   app.setErrorHandler((error: Error & { statusCode?: number; validation?: unknown }, _request, reply) => {
-    // rekey's errors by their kind (src/errors.ts, the same mapping as the CLI's exit codes); Fastify's own (schema
-    // validation, bad JSON) by the status Fastify gave them.
-    const kind = errorKind(error);
-    if (kind === 'unavailable') {
-      // The database is unreachable: 503 at once, saying so (the driver's message names no secret), and when to ask again.
+    const answer = errorReply(error);
+    if (answer.retryAfter !== undefined) {
       app.log.warn({ err: error.message }, 'the database is unreachable');
-      return reply
-        .status(httpStatusFor(error))
-        .header('retry-after', String(UNAVAILABLE_RETRY_AFTER_SECONDS))
-        .send({ error: 'database_unreachable', message: databaseUnreachable(error)!.message });
-    }
-    const status = kind !== 'failed' ? httpStatusFor(error) : (error.statusCode ?? 500);
-    if (status >= 500) app.log.error(error);
-    // rekey's own errors say what failed and never carry a secret; anything else is not shown.
-    return reply.status(status).send({
-      error: ERROR_CODES[status] ?? (status >= 500 ? 'internal' : 'error'),
-      message: status >= 500 && !(error instanceof RekeyError) ? 'internal error' : failureMessage(error),
-    });
+      reply.header('retry-after', String(answer.retryAfter));
+    } else if (answer.status >= 500) app.log.error(error);
+    return reply.status(answer.status).send(answer.body);
   });
 
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {

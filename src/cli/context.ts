@@ -29,7 +29,8 @@ export class CliContext {
 
   constructor(
     readonly options: GlobalOptions,
-    private readonly env: NodeJS.ProcessEnv = process.env,
+    /** The environment the command runs with: every setting it reads comes from here, never process.env. */
+    readonly env: NodeJS.ProcessEnv = process.env,
     readonly out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   ) {
     // A malformed REKEY_WEB_UI_URL is said before a command does anything, not after it started a rotation.

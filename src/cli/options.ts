@@ -15,13 +15,30 @@ export function duration(value: string): string {
   return value;
 }
 
-/** Runs a command's action with a context built from the global options, closing connections afterwards. */
+/** The environment each program runs with (createProgram's), by its root command. */
+const programEnv = new WeakMap<Command, NodeJS.ProcessEnv>();
+
+/** Gives every command of `program` the environment it runs with (runCli's `env`, else process.env). */
+export function setProgramEnv(program: Command, env: NodeJS.ProcessEnv): void {
+  programEnv.set(program, env);
+}
+
+function envOf(command: Command): NodeJS.ProcessEnv {
+  let root = command;
+  while (root.parent) root = root.parent;
+  return programEnv.get(root) ?? process.env;
+}
+
+/**
+ * Runs a command's action with a context built from the global options and the program's environment (runCli's, so
+ * that an embedding caller or a test gives one without touching process.env), closing connections afterwards.
+ */
 export function withContext<A extends unknown[]>(
   action: (context: CliContext, ...args: A) => Promise<void> | void,
 ): (...args: [...A, Command]) => Promise<void> {
   return async (...args) => {
     const command = args[args.length - 1] as Command;
-    const context = new CliContext(command.optsWithGlobals<GlobalOptions>());
+    const context = new CliContext(command.optsWithGlobals<GlobalOptions>(), envOf(command));
     try {
       await action(context, ...(args.slice(0, -1) as A));
     } finally {

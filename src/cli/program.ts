@@ -6,7 +6,18 @@ import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { databaseUnreachable, ERROR_CODES, errorKind, EXIT_CODES, exitCodeFor, TargetConfigError } from '../errors';
+import { setProgramEnv } from './options';
+import {
+  databaseUnreachable,
+  errorAnswer,
+  errorKind,
+  EXIT_CODES,
+  failureMessage,
+  hasKnownType,
+  plainErrorLine,
+  RekeyError,
+  TargetConfigError,
+} from '../errors';
 
 export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('rekey')
@@ -17,6 +28,7 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .option('--json', 'machine-readable output')
     .showHelpAfterError()
     .exitOverride();
+  setProgramEnv(program, env);
   for (const command of [
     rotateCommand(),
     migrateDekCommand(),
@@ -49,16 +61,29 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.en
       // Commander has printed its own message (or the help, which is not an error).
       return err.exitCode === 0 ? EXIT_CODES.ok : EXIT_CODES.invalid;
     }
-    // One line, and the exit code of the error's kind (src/errors.ts): the same mapping as the admin API's statuses.
-    // A configuration file's error keeps the excerpt that shows where the mistake is.
-    const unreachable = errorKind(err) === 'unavailable' ? databaseUnreachable(err) : undefined;
-    const message = unreachable?.message ?? (err instanceof Error ? err.message : String(err));
-    const line = err instanceof TargetConfigError ? message : message.split('\n')[0]!;
-    // With --json, the same line as JSON, with the admin API's error code and the exit code: a script reads both.
-    if (argv.includes('--json')) {
-      const kind = errorKind(err);
-      process.stderr.write(`${JSON.stringify({ error: ERROR_CODES[kind], message: line, exit: EXIT_CODES[kind] })}\n`);
-    } else process.stderr.write(`rekey: ${line}\n`);
-    return exitCodeFor(err);
+    const { stderr, exit } = cliErrorOutput(err, argv.includes('--json'));
+    process.stderr.write(stderr);
+    return exit;
   }
+}
+
+/**
+ * What the CLI says of an error: one line on stderr, and the exit code of the error's kind (src/errors.ts), the same
+ * mapping as the admin API's statuses. With --json the same line as JSON, with the admin API's error code, the kind,
+ * what to do next (a run's failure of a workflow failure type) and the exit code: both say the one answer
+ * (errorAnswer). A configuration file's error keeps the excerpt that shows where the mistake is.
+ */
+export function cliErrorOutput(err: unknown, json: boolean): { stderr: string; exit: number } {
+  const unreachable = errorKind(err) === 'unavailable' ? databaseUnreachable(err) : undefined;
+  // A Temporal failure that carries one of rekey's errors says that error's message, not Temporal's wrapper's.
+  const own = err instanceof RekeyError || !hasKnownType(err) ? undefined : failureMessage(err);
+  const message = unreachable?.message ?? own ?? (err instanceof Error ? err.message : String(err));
+  const line = err instanceof TargetConfigError ? message : message.split('\n')[0]!;
+  const answer = errorAnswer(err, line);
+  if (!json) return { stderr: `rekey: ${plainErrorLine(answer)}\n`, exit: answer.exit };
+  const { error, kind, next, exit } = answer;
+  return {
+    stderr: `${JSON.stringify({ error, kind, message: line, ...(next !== undefined && { next }), exit })}\n`,
+    exit,
+  };
 }

@@ -24,8 +24,7 @@ import { queryRunning, refuseControlWithoutWorker } from './query-running';
 import { startAnswered } from './start-answered';
 import type { KeyspaceLookup } from './rotations';
 import {
-  errorKind,
-  failureMessage,
+  failureOf,
   InvalidRotationError,
   RotationNotFoundError,
   RotationNotRunningError,
@@ -148,6 +147,11 @@ export interface MigrationStatus {
   failure?: string;
   /** The kind of the error the run failed with (its exit code and HTTP status). */
   failureKind?: ErrorKind;
+  /** The type of that error (ApplicationNotReady, RetireRefusedError, …). */
+  failureType?: string;
+  /** What every surface names it by (errorAnswer: application_not_ready, or the kind's code), and what to do next. */
+  error?: string;
+  next?: string;
   startedAt?: Date;
   closedAt?: Date;
   /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
@@ -188,7 +192,7 @@ export async function migrationStatus(
   } else {
     const ended = await handle.result().then(
       (report) => ({ report }),
-      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+      (err: unknown) => failureOf(err),
     );
     found = { workflowId, status, ...ended, ...times };
   }

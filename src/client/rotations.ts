@@ -29,7 +29,7 @@ import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from '../workflows/
 import { queryRunning, refuseControlWithoutWorker } from './query-running';
 import { startAnswered } from './start-answered';
 import {
-  errorKind,
+  failureOf,
   failureMessage,
   InvalidRotationError,
   RotationNotFoundError,
@@ -247,6 +247,11 @@ export interface RotationStatus {
   failure?: string;
   /** The kind of the error the run failed with (its exit code and HTTP status). */
   failureKind?: ErrorKind;
+  /** The type of that error (ApplicationNotReady, RetireRefusedError, …). */
+  failureType?: string;
+  /** What every surface names it by (errorAnswer: application_not_ready, or the kind's code), and what to do next. */
+  error?: string;
+  next?: string;
   startedAt?: Date;
   closedAt?: Date;
   /** Steps that failed and are being retried now (describe()'s pending activities past their first attempt). */
@@ -280,7 +285,7 @@ export async function rotationStatus(
   } else {
     const failed = await handle.result().then(
       () => undefined,
-      (err: unknown) => ({ failure: failureMessage(err), failureKind: errorKind(err) }),
+      (err: unknown) => failureOf(err),
     );
     found = { workflowId, opId, status, ...failed, ...times };
   }

@@ -10,7 +10,7 @@ import {
 } from '@temporalio/client';
 import type { UpdateDefinition } from '@temporalio/common';
 import { formatDuration } from '../rotation/durations';
-import { errorKind, failureMessage, RunFailedError } from '../errors';
+import { errorKind, errorType, failureMessage, RunFailedError } from '../errors';
 
 /** How long a client waits for the verdict before it says the run started without one, and why. */
 export const ANSWER_WITHIN_MS = 60_000;
@@ -63,7 +63,7 @@ export async function startAnswered<W extends Workflow, R>(
             .catch(() => undefined),
         )
         .catch(() => undefined);
-      throw new RunFailedError(failureMessage(err), errorKind(err));
+      throw new RunFailedError(failureMessage(err), errorKind(err), errorType(err));
     }
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError || err instanceof RunFailedError) throw err;

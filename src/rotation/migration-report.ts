@@ -3,6 +3,7 @@
 // importing the workflow.
 import type { FieldCounters } from '../rewrap/field-counters';
 import type { FieldFailure } from '../rewrap/migrate-fields';
+import type { RunFailure } from '../errors';
 
 export interface FieldReport {
   name: string;
@@ -28,7 +29,9 @@ export interface MigrationReport {
   /** Rows of the target's table of DEKs when the run planned ("Tenants scanned"). */
   tenants?: number;
   phase: 'planning' | 'migrating' | 'done';
-  outcome?: 'completed' | 'aborted' | 'dry-run';
+  /** How the run ended; 'failed': it failed (in `phase`), and `failure` says with what, set before it is thrown. */
+  outcome?: 'completed' | 'aborted' | 'dry-run' | 'failed';
+  failure?: RunFailure;
   paused: boolean;
   /** Parts running now: paused with none running, nothing is being written. */
   partsRunning?: number;

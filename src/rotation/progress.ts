@@ -1,9 +1,11 @@
 import { addCounters, emptyCounters, type RewrapCounters, type TenantFailure } from '../rewrap/counters';
 import type { LabelProof } from './label-proof';
+import type { RunFailure } from '../errors';
 
 export const PHASES = ['validate', 'provision', 'promote', 'rewrap', 'verify', 'grace', 'retire', 'done'] as const;
 export type Phase = (typeof PHASES)[number];
-export type Outcome = 'running' | 'completed' | 'aborted' | 'dry-run' | 'canary' | 'nothing-to-do';
+/** How the run ended ('running' until it has); 'failed': it failed, and `failure` says with what. */
+export type Outcome = 'running' | 'completed' | 'aborted' | 'dry-run' | 'canary' | 'nothing-to-do' | 'failed';
 
 export type { TenantFailure } from '../rewrap/counters';
 
@@ -64,6 +66,8 @@ export interface RotationProgress {
    */
   destruction?: { scheduled: boolean; why: string };
   note?: string;
+  /** Set as the run fails (outcome 'failed'), before the failure is thrown: its type, kind and message. */
+  failure?: RunFailure;
 }
 
 /** Where a proof of the rows labelled `from` stands: every row tried, in parts, before retirement. */

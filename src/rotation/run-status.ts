@@ -221,6 +221,10 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
     return make('failed', facts.failure ?? 'the run failed; see its page in the Web UI', base);
   }
   if (!progress) return make('running', 'starting', base);
+  // The run failed and is recording its end (still RUNNING to Temporal), or its progress is all there is of it.
+  if (progress.outcome === 'failed') {
+    return make('failed', facts.failure ?? progress.failure?.message ?? 'the run failed; see its page in the Web UI', base);
+  }
 
   if (facts.execution !== 'RUNNING' && progress.outcome === 'running') {
     return make('failed', `the run ended in ${progress.phase} without an outcome; see its page in the Web UI`, base);
@@ -338,6 +342,9 @@ export function migrationRunStatus(facts: RunFacts & { report?: MigrationReport 
     return make('failed', facts.failure ?? 'the migration failed; see its page in the Web UI', base);
   }
   if (!report) return make('running', 'starting', base);
+  if (report.outcome === 'failed') {
+    return make('failed', facts.failure ?? report.failure?.message ?? 'the migration failed; see its page in the Web UI', base);
+  }
 
   const values = rowsText(rows.moved, rows.total, 'value');
   const unreadable = report.totals.unreadable > 0 ? `, ${n(report.totals.unreadable)} unreadable` : '';

@@ -3,6 +3,7 @@
 // command that moves it on). Pure functions: the workflow and the client call them; nothing here has I/O.
 import { formatDuration } from './durations';
 import type { ProgressReport } from './progress';
+import type { RunFailure } from '../errors';
 import { rotationRunStatus } from './run-status';
 import { describeTargetKek } from './rotation-input';
 
@@ -44,11 +45,16 @@ const n = (value: number) => Math.round(value).toLocaleString('en-US');
  * Markdown for the Web UI's current details of a run that failed (the reason rekey status gives): the keys and what
  * moved, and no command, since none of those of a running run (confirm, resume, grace) can act on it any more.
  */
-export function failedDetails(report: ProgressReport, reason: string, workflowId: string): string {
+export function failedDetails(report: ProgressReport, failure: RunFailure, workflowId: string): string {
   const kept = currentDetails(report, workflowId)
     .split('\n\n')
     .filter((line) => line.startsWith('**KEK:**') || line.startsWith('**Rewrapped:**'));
-  return [`**Failed:** ${reason}`, ...kept].join('\n\n');
+  // The failure's code and kind, and what to do next, as the CLI and the admin API name them (errorAnswer).
+  const named = [
+    `**Error:** \`${failure.error}\` (${failure.kind})`,
+    ...(failure.next ? [`**Next:** ${failure.next}`] : []),
+  ];
+  return [`**Failed:** ${failure.message}`, ...named, ...kept].join('\n\n');
 }
 
 /** Markdown for the Web UI's current details; `workflowId` goes into the commands it suggests. */

@@ -80,6 +80,8 @@ export async function migrateDek(request: MigrationRequest, carried?: MigrationC
     state.failed(failure);
     await handlersFinished();
     if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
+      // The report says how the run ended (the `progress` query's answer) before anything else happens. No command.
+      state.ended(failure);
       await recordMigrationEnd(state, (failure as Error).message ?? String(failure));
     }
     throw failure;

@@ -6,6 +6,7 @@ import type { FieldPlan, FieldSliceOutcome, MigrationPlan, RowSliceOutcome } fro
 import { addFieldCounters, emptyFieldCounters } from '../rewrap/field-counters';
 import type { MigrationReport } from '../rotation/migration-report';
 import type { TenantRange } from '../rotation/slices';
+import { runFailure } from '../errors';
 
 export interface MigrationRequest {
   target: string;
@@ -118,19 +119,26 @@ export class MigrationState {
     this.refusal = failure instanceof Error ? failure : new Error(String(failure));
   }
 
+  /** The run failed: its report says so, with the failure's type, kind and message, and it holds no pause. */
+  ended(failure: unknown): void {
+    this.report.outcome = 'failed';
+    this.report.failure = runFailure(failure);
+    this.report.paused = false;
+  }
+
   /** Why a pause cannot be honoured now, or undefined when it can. */
   refusesPause(): string | undefined {
-    return this.ended();
+    return this.hasEnded();
   }
 
   /** Why an abort cannot be honoured now, or undefined when it can. */
   refusesAbort(): string | undefined {
-    return this.ended();
+    return this.hasEnded();
   }
 
-  private ended(): string | undefined {
+  private hasEnded(): string | undefined {
     const { phase, outcome } = this.report;
-    return phase === 'done' ? `the migration has ended (${outcome ?? 'done'})` : undefined;
+    return phase === 'done' || outcome === 'failed' ? `the migration has ended (${outcome ?? 'done'})` : undefined;
   }
 
   pause(): void {

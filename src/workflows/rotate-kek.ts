@@ -186,8 +186,9 @@ export async function rotateKek(
     run.failed(failure);
     await handlersFinished();
     if (!(err instanceof ContinueAsNew) && !isCancellation(err)) {
-      await recordRotationEnd(run, (failure as Error).message ?? String(failure));
+      // The progress says how the run ended before anything else happens (the record's activity included).
       run.ended(failure);
+      await recordRotationEnd(run, (failure as Error).message ?? String(failure));
     }
     throw failure;
   }

@@ -32,6 +32,7 @@ import type { LabelCheckState } from '../rotation/label-check';
 import type { VerifiedUnder } from '../rotation/verified-mark';
 import type { GraceAnswer, GraceChange, RotationValidated, StepConfirmation } from './messages';
 import { RekeyFromKek, RekeyPhase, RekeyTarget, RekeyToKek } from './search-attributes';
+import { runFailure } from '../errors';
 
 /**
  * Marks runs whose every wait (grace, the fleet and application gates, a pause) continues as new once the history has
@@ -198,13 +199,22 @@ export class RotationState {
   }
 
   /**
-   * The run failed: what it waited for goes from the progress (its command can no longer act), and the Web UI's
-   * current details say failed, with the reason rekey status gives, instead of the phase it was in. No command.
+   * The run failed: its progress says so (outcome 'failed', with the failure's type, kind and message: what the
+   * `progress` query answers tctl and `temporal workflow query` from now on), what it waited for goes from it (its
+   * command can no longer act), and the Web UI's current details say failed, with the reason rekey status gives,
+   * instead of the phase it was in. State only: no command.
    */
   ended(failure: unknown): void {
-    const reason = failure instanceof Error ? failure.message : String(failure);
-    this.current = { ...this.current, waiting: undefined, paused: false, heldBefore: undefined };
-    setCurrentDetails(failedDetails(this.report(), reason, workflowInfo().workflowId));
+    const answer = runFailure(failure);
+    this.current = {
+      ...this.current,
+      outcome: 'failed',
+      failure: answer,
+      waiting: undefined,
+      paused: false,
+      heldBefore: undefined,
+    };
+    setCurrentDetails(failedDetails(this.report(), answer, workflowInfo().workflowId));
   }
 
   /** A failure before validate decided is its refusal: the `validated` update answers with it. */

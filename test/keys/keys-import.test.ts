@@ -10,6 +10,7 @@ import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manage
 import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { runRekey } from '../helpers/cli';
+import { runCli } from '../../src/cli/program';
 import { useMoto } from '../helpers/aws';
 import { unwrapUnder, wrapUnder, fingerprintIn, storedIds } from '../helpers/store-keys';
 import { generateKek } from '../../src/keyring/keyring';
@@ -68,6 +69,20 @@ describe('rekey keys import', () => {
     expect(again.code).toBe(0);
     expect(again.stdout).toContain(`  v1           ${fingerprints.v1}  already there`);
     expect(fs.readFileSync(file, 'utf8')).toBe(contents);
+  });
+
+  it("Finding: rekey keys import read process.env instead of the CLI's environment: runCli(argv, env), as a test or an embedding program calls it, imported the KEKs of process.env (here none) and not those of env; it imports env's, and process.env is not read", async () => {
+    const file = path.join(scratch, `keyring-${randomUUID()}.json`);
+    // A prefix process.env has no variable of.
+    const prefix = `EMBED${randomUUID().slice(0, 8).toUpperCase()}`;
+    expect(Object.keys(process.env).filter((name) => name.startsWith(prefix))).toEqual([]);
+    const { env, fingerprints } = await environment(prefix, ['v1', 'v2'], 'v2');
+    const code = await runCli(['keys', '--keyring', file, 'import'], { ...env, [`REKEY_ENV_PREFIX`]: prefix });
+    expect(code).toBe(0);
+    const keyring = FileKeyring.open(file);
+    opened.push(keyring);
+    expect(keyring.configuredCurrent).toBe('v2');
+    for (const id of ['v1', 'v2']) expect(await fingerprintIn(keyring, id)).toBe(fingerprints[id]);
   });
 
   it('Finding: a different key under an id the keyring already holds is refused (exit 5), naming both fingerprints, and nothing is written', async () => {

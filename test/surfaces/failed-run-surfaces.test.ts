@@ -7,6 +7,10 @@ import { createActivities } from '../../src/activities';
 import { startRotation } from '../../src/client/rotations';
 import type { ProgressReport } from '../../src/rotation/progress';
 import { RekeyPhase } from '../../src/workflows/search-attributes';
+import { buildAdminServer } from '../../src/admin/server';
+import { WORKFLOW_FAILURE_ANSWERS } from '../../src/errors';
+import { loadTargetsConfig } from '../../src/targets/config';
+import { TargetRuntimes } from '../../src/targets/runtime';
 import { runRekey } from '../helpers/cli';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
@@ -74,6 +78,8 @@ describe('a failed rotation, on every surface at once', () => {
       // "Failed", and the query offered the same command: a run that failed takes no confirmation.
       expect(seen.details.split('\n\n')).toEqual([
         `**Failed:** ${status.run.reason}`,
+        '**Error:** `application_not_ready` (failed)',
+        `**Next:** ${WORKFLOW_FAILURE_ANSWERS.ApplicationNotReady.next}`,
         '**KEK:** `v1` → `v2` of `talos`',
         '**Rewrapped:** 0 of 0 · CAS conflicts 0 · unreadable 0',
       ]);
@@ -96,6 +102,91 @@ describe('a failed rotation, on every surface at once', () => {
         step: 'promote',
       });
     } finally {
+      await db.drop();
+    }
+  });
+  it("Finding: rekey status of a run that failed on ApplicationNotReady exited 1 with error 'internal' (the 'failed' kind's code, which reads as a bug in rekey); every surface names it application_not_ready, kind failed, with the same message and what to do next: the CLI's --json and plain lines, status --json, the admin API and the Web UI's details", async () => {
+    const { db } = await createApplicationDatabase(createTalosSchema);
+    const taskQueue = `failed-run-named-${randomUUID()}`;
+    const [v1, v2] = [randomBytes(32), randomBytes(32)];
+    const env = { TALOS_KEK_v1: v1.toString('base64url'), TALOS_KEK_v2: v2.toString('base64url') };
+    const targets = new TargetRuntimes({ db: db.pool, keys: testKeys(['v1']), config: loadTargetsConfig({}), env });
+    const api = await buildAdminServer({
+      client: server.env.client,
+      targets,
+      defaultTarget: 'talos',
+      taskQueue,
+      token: 'failed-run-named-token',
+      configuredCurrentKekId: () => undefined,
+    });
+    try {
+      await seedSecrets(db.pool, v1, 'v1', 3, 'v1');
+      const worker = await Worker.create({
+        connection: server.env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env }),
+      });
+      const { handle, details } = await worker.runUntil(async () => {
+        const started = await startRotation(
+          server.env.client,
+          { target: 'talos', from: 'v1', to: 'v2', confirmTimeout: '1s' },
+          { taskQueue, keyspace: await keyspaceIn(db.pool, 'talos') },
+        );
+        await expect(resultWithin(started.handle, 60_000)).rejects.toThrow('Workflow execution failed');
+        const metadata = await started.handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+        return { handle: started.handle, details: metadata.currentDetails ?? '' };
+      });
+      const cliEnv = { PATH: process.env.PATH, DATABASE_URL: db.url, ...env };
+      const global = ['--address', server.env.address, '--task-queue', taskQueue];
+      const json = await runRekey([...global, '--json', 'status', handle.workflowId], cliEnv);
+      const plain = await runRekey([...global, 'status', handle.workflowId], cliEnv);
+      const { next } = WORKFLOW_FAILURE_ANSWERS.ApplicationNotReady;
+
+      const status = JSON.parse(json.stdout) as { failure: string; run: { reason: string } };
+      expect(status.failure).toMatch(/^waited 1s for the application to promote/);
+      expect(status).toMatchObject({
+        failureKind: 'failed',
+        failureType: 'ApplicationNotReady',
+        error: 'application_not_ready',
+        next,
+      });
+      const message = `rotation ${handle.workflowId}@${(await handle.describe()).runId} failed: ${status.failure}`;
+      expect({ code: json.code, stderr: JSON.parse(json.stderr) as unknown }).toEqual({
+        code: 1,
+        stderr: { error: 'application_not_ready', kind: 'failed', message, next, exit: 1 },
+      });
+      expect({ code: plain.code, stderr: plain.stderr }).toEqual({
+        code: 1,
+        stderr: `rekey: ${message} (application_not_ready; next: ${next})\n`,
+      });
+      expect(plain.stdout).toContain(`Failed: ${status.failure}`);
+
+      const answer = await api.inject({
+        method: 'GET',
+        url: `/admin/v1/secrets/rotation-status/${encodeURIComponent(handle.workflowId)}`,
+        headers: { authorization: 'Bearer failed-run-named-token' },
+      });
+      expect(answer.statusCode).toBe(200);
+      expect(answer.json()).toMatchObject({
+        status: 'failed',
+        outcome: 'failed',
+        failure: status.failure,
+        last_error: status.failure,
+        error: 'application_not_ready',
+        error_kind: 'failed',
+        error_type: 'ApplicationNotReady',
+        next,
+      });
+
+      expect(details.split('\n\n').slice(0, 3)).toEqual([
+        `**Failed:** ${status.failure}`,
+        '**Error:** `application_not_ready` (failed)',
+        `**Next:** ${next}`,
+      ]);
+    } finally {
+      await api.close();
+      await targets.close();
       await db.drop();
     }
   });

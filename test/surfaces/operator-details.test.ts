@@ -129,6 +129,7 @@ describe('what an operator is told: at once, in one line, with what to fix', () 
         {},
         {
           error: 'not_found',
+          kind: 'not-found',
           message: `no keyring at ${missing}: check the path, or create it with 'rekey keys generate --keyring ${missing}'`,
           exit: 3,
         },
@@ -138,6 +139,7 @@ describe('what an operator is told: at once, in one line, with what to fix', () 
         { DATABASE_URL: 'not-a-url' },
         {
           error: 'bad_request',
+          kind: 'invalid',
           message: expect.stringContaining('DATABASE_URL must start with postgres://') as unknown,
           exit: 2,
         },

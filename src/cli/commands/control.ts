@@ -17,7 +17,7 @@ import type { MigrationReport, RotationReport } from '../../workflows';
 import type { CliContext } from '../context';
 import { describeMigrationProgress, describeProgress } from '../format';
 import { duration, withContext } from '../options';
-import { CliError, errorKind } from '../../errors';
+import { CliError, errorKind, errorType } from '../../errors';
 
 async function handleFor(context: CliContext, reference: string) {
   return runningRotation(await context.temporal(), reference, context.keyspaceOf);
@@ -28,7 +28,7 @@ async function update<T>(run: () => Promise<T>): Promise<T> {
     return await run();
   } catch (err) {
     // A validator's refusal: its message, and the exit code of its kind (bad input, or not possible now).
-    if (err instanceof WorkflowUpdateFailedError) throw new CliError(failureMessage(err), errorKind(err));
+    if (err instanceof WorkflowUpdateFailedError) throw new CliError(failureMessage(err), errorKind(err), errorType(err));
     throw err;
   }
 }

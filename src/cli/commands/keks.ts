@@ -68,7 +68,7 @@ export function restoreWindow(kek: KekRecord, now: number): string | undefined {
  * DATABASE_URL it is refused, saying what to set.
  */
 async function keyspaceOf(context: CliContext, target: string, command: string): Promise<string> {
-  if (!process.env.DATABASE_URL?.trim()) {
+  if (!context.env.DATABASE_URL?.trim()) {
     throw new CliError(
       `${command} records the keyspace the key belongs to (a target's table in its database): set DATABASE_URL to that database, and --target (or REKEY_TARGET) if the target is not 'rekey'`,
       'invalid',
@@ -212,12 +212,14 @@ export function keysCommand(): Command {
     )
     .action(
       withContext(async (context, options: { prefix?: string; target: string }) => {
-        const source = new EnvKeyProvider(process.env, options.prefix ?? (process.env.REKEY_ENV_PREFIX || 'REKEY'));
+        // The command's environment (runCli's), as every other command reads it: not process.env.
+        const { env } = context;
+        const source = new EnvKeyProvider(env, options.prefix ?? (env.REKEY_ENV_PREFIX || 'REKEY'));
         const keyring = keys.opts<{ keyring?: string }>().keyring;
-        const provider = process.env.REKEY_KEY_PROVIDER?.trim() || 'env';
+        const provider = env.REKEY_KEY_PROVIDER?.trim() || 'env';
         let store: StoreDriver | undefined;
         try {
-          if (keyring === undefined && provider === 'env' && !process.env.REKEY_KEYRING_FILE) {
+          if (keyring === undefined && provider === 'env' && !env.REKEY_KEYRING_FILE) {
             throw new CliError(
               'name where to import: --keyring <file> (or REKEY_KEYRING_FILE), or REKEY_KEY_PROVIDER=aws-secrets-manager with REKEY_AWS_SECRET_ID',
               'invalid',

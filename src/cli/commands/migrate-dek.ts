@@ -2,7 +2,7 @@ import { Command } from 'commander';
 import { startMigration } from '../../client/migrations';
 import { describeMigration } from '../format';
 import { positiveInteger, targetOption, withContext } from '../options';
-import { CliError, errorKind, failureMessage, InvalidRotationError } from '../../errors';
+import { CliError, errorKind, errorType, failureMessage, InvalidRotationError } from '../../errors';
 
 interface MigrateOptions {
   target: string;
@@ -75,7 +75,7 @@ export function migrateDekCommand(): Command {
           return;
         }
         const report = await started.handle.result().catch((err: unknown) => {
-          throw new CliError(`migration failed: ${failureMessage(err)}`, errorKind(err));
+          throw new CliError(`migration failed: ${failureMessage(err)}`, errorKind(err), errorType(err));
         });
         context.print({ workflowId, report }, () => [
           report.dryRun

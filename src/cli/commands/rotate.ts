@@ -12,7 +12,7 @@ import {
 import { describeCensus, describeCounters } from '../format';
 import { duration, positiveInteger, targetOption, withContext } from '../options';
 import { watchRotation } from './status';
-import { CliError, errorKind, InvalidRotationError } from '../../errors';
+import { CliError, errorKind, errorType, InvalidRotationError } from '../../errors';
 
 interface RotateOptions {
   target: string;
@@ -136,7 +136,7 @@ export function rotateCommand(): Command {
         const { validated } = started;
         if (options.dryRun) {
           const report = await started.handle.result().catch((err: unknown) => {
-            throw new CliError(`dry run failed: ${failureMessage(err)}`, errorKind(err));
+            throw new CliError(`dry run failed: ${failureMessage(err)}`, errorKind(err), errorType(err));
           });
           context.print({ opId, dryRun: true, report }, () => [
             `dry run of target '${options.target}', '${report.from}' → ${describeTargetKek(report.to)}: nothing was written`,

@@ -1,7 +1,8 @@
 import { SingleBar } from 'cli-progress';
 import { Command } from 'commander';
 import { isMigrationReference, migrationStatus, type MigrationStatus } from '../../client/migrations';
-import { rotationStatus, type RotationStatus } from '../../client/rotations';
+import { rotationStatus, type KeyspaceLookup, type RotationStatus } from '../../client/rotations';
+import type { RunStatus } from '../../rotation/run-status';
 import type { CliContext } from '../context';
 import { describeCounters, describeMigration, describeMigrationProgress, describeProgress } from '../format';
 import { withContext } from '../options';
@@ -39,22 +40,62 @@ function humanMigrationStatus(s: MigrationStatus): string[] {
   return lines;
 }
 
-/** Follows a migration until it ends: its progress line whenever it changes, then its report. */
-async function watchMigration(context: CliContext, reference: string): Promise<void> {
+/** Follows a migration until it ends: its progress line whenever it changes, then its status once. */
+export async function watchMigration(context: CliContext, reference: string): Promise<void> {
   const temporal = await context.temporal();
-  let status = await migrationStatus(temporal, reference, context.keyspaceOf);
-  const { workflowId } = status;
+  // The first read resolves the reference (a target's shorthand); the next ones ask for the workflow it found.
+  let id = reference;
+  let lookup: KeyspaceLookup | undefined = context.keyspaceOf;
+  await watchRun(
+    context,
+    async () => {
+      const status = await migrationStatus(temporal, id, lookup);
+      id = status.workflowId;
+      lookup = undefined;
+      return status;
+    },
+    {
+      line: (s) => (s.run.state === 'running' && s.report ? describeMigrationProgress(s.report) : s.run.line),
+      ending: (s) => s.report !== undefined && (s.report.phase === 'done' || s.report.outcome !== undefined),
+      human: humanMigrationStatus,
+      end: migrationEnd,
+    },
+  );
+}
+
+/**
+ * Follows a run until it ends, for rotations and migrations alike: its line whenever it changes (a live bar on a
+ * terminal where `bar` is asked), then its status, once. A run that has its outcome is only recording its end (still
+ * RUNNING to Temporal): its line is not printed then, since its status says it once the run has closed.
+ */
+async function watchRun<S extends { status: string; run: RunStatus }>(
+  context: CliContext,
+  read: () => Promise<S>,
+  shape: {
+    line: (status: S) => string;
+    ending: (status: S) => boolean;
+    human: (status: S) => string[];
+    end: (status: S) => CliError | undefined;
+    bar?: boolean;
+  },
+): Promise<void> {
+  const tty = shape.bar === true && process.stdout.isTTY && !context.options.json;
+  const bar = tty ? new SingleBar({ format: ' {bar} {percentage}% | {line}', hideCursor: true }) : undefined;
+  let status = await read();
+  bar?.start(100, 0, { line: '' });
   let last = '';
   while (status.status === 'RUNNING') {
-    const line =
-      status.run.state === 'running' && status.report ? describeMigrationProgress(status.report) : status.run.line;
-    if (line !== last && !context.options.json) context.out(`  ${line}`);
+    const line = shape.line(status);
+    if (bar) bar.update(status.run.percent, { line });
+    else if (line !== last && !shape.ending(status) && !context.options.json) context.out(`  ${line}`);
     last = line;
-    await new Promise((resolve) => setTimeout(resolve, 2_000));
-    status = await migrationStatus(temporal, workflowId);
+    await new Promise((resolve) => setTimeout(resolve, tty ? 500 : 2_000));
+    status = await read();
   }
-  context.print(status, () => humanMigrationStatus(status));
-  const ended = migrationEnd(status);
+  bar?.update(status.run.percent, { line: status.run.label });
+  bar?.stop();
+  context.print(status, () => shape.human(status));
+  const ended = shape.end(status);
   if (ended) throw ended;
 }
 
@@ -65,7 +106,7 @@ async function watchMigration(context: CliContext, reference: string): Promise<v
  */
 function runEnd(
   what: string,
-  status: { status: string; failure?: string; failureKind?: ErrorKind },
+  status: { status: string; failure?: string; failureKind?: ErrorKind; failureType?: string },
   aborted: string | undefined,
 ): CliError | undefined {
   if (status.status === 'RUNNING') return undefined;
@@ -73,6 +114,7 @@ function runEnd(
   return new CliError(
     `${what} ${status.status.toLowerCase()}: ${status.failure ?? 'see the Web UI'}`,
     status.failureKind ?? 'failed',
+    status.failureType,
   );
 }
 
@@ -91,27 +133,13 @@ async function statusOf(context: CliContext, reference: string): Promise<Rotatio
 
 /** Follows a rotation until it ends: a live bar on a terminal, a line every few seconds otherwise. */
 export async function watchRotation(context: CliContext, reference: string): Promise<void> {
-  const tty = process.stdout.isTTY && !context.options.json;
-  const bar = tty ? new SingleBar({ format: ' {bar} {percentage}% | {line}', hideCursor: true }) : undefined;
-  let status = await statusOf(context, reference);
-  bar?.start(100, 0, { line: '' });
-  let last = '';
-  while (status.status === 'RUNNING') {
-    const line =
-      status.run.state === 'running' && status.progress ? describeProgress(status.progress) : status.run.line;
-    // A run that has its outcome is only recording its end (still RUNNING to Temporal): its end is printed once, below.
-    const ending = status.progress !== undefined && status.progress.outcome !== 'running';
-    if (bar) bar.update(status.run.percent, { line });
-    else if (line !== last && !ending && !context.options.json) context.out(`  ${line}`);
-    last = line;
-    await new Promise((resolve) => setTimeout(resolve, tty ? 500 : 2_000));
-    status = await statusOf(context, reference);
-  }
-  bar?.update(status.run.percent, { line: status.run.label });
-  bar?.stop();
-  context.print(status, () => humanStatus(status));
-  const ended = rotationEnd(status);
-  if (ended) throw ended;
+  await watchRun(context, () => statusOf(context, reference), {
+    line: (s) => (s.run.state === 'running' && s.progress ? describeProgress(s.progress) : s.run.line),
+    ending: (s) => s.progress !== undefined && s.progress.outcome !== 'running',
+    human: humanStatus,
+    end: rotationEnd,
+    bar: true,
+  });
 }
 
 export function statusCommand(): Command {
