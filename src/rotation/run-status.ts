@@ -223,7 +223,11 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
   if (!progress) return make('running', 'starting', base);
   // The run failed and is recording its end (still RUNNING to Temporal), or its progress is all there is of it.
   if (progress.outcome === 'failed') {
-    return make('failed', facts.failure ?? progress.failure?.message ?? 'the run failed; see its page in the Web UI', base);
+    return make(
+      'failed',
+      facts.failure ?? progress.failure?.message ?? 'the run failed; see its page in the Web UI',
+      base,
+    );
   }
 
   if (facts.execution !== 'RUNNING' && progress.outcome === 'running') {
@@ -343,7 +347,11 @@ export function migrationRunStatus(facts: RunFacts & { report?: MigrationReport 
   }
   if (!report) return make('running', 'starting', base);
   if (report.outcome === 'failed') {
-    return make('failed', facts.failure ?? report.failure?.message ?? 'the migration failed; see its page in the Web UI', base);
+    return make(
+      'failed',
+      facts.failure ?? report.failure?.message ?? 'the migration failed; see its page in the Web UI',
+      base,
+    );
   }
 
   const values = rowsText(rows.moved, rows.total, 'value');

@@ -28,7 +28,8 @@ async function update<T>(run: () => Promise<T>): Promise<T> {
     return await run();
   } catch (err) {
     // A validator's refusal: its message, and the exit code of its kind (bad input, or not possible now).
-    if (err instanceof WorkflowUpdateFailedError) throw new CliError(failureMessage(err), errorKind(err), errorType(err));
+    if (err instanceof WorkflowUpdateFailedError)
+      throw new CliError(failureMessage(err), errorKind(err), errorType(err));
     throw err;
   }
 }
