@@ -159,7 +159,13 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
     what: 'the alias prefix of the KMS keys (REKEY_KEY_PROVIDER=aws-kms)',
     readBy: ALL,
   },
-  { name: 'REKEY_AWS_KMS_CONCURRENCY', default: '16', what: 'KMS calls at once', readBy: ALL, tunes: true },
+  {
+    name: 'REKEY_AWS_KMS_CONCURRENCY',
+    default: '16',
+    what: 'KMS calls in flight at once, a slice',
+    readBy: ALL,
+    tunes: true,
+  },
   {
     name: 'REKEY_AWS_KMS_RATE',
     default: '500',
@@ -251,7 +257,7 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
   {
     name: 'REKEY_VAULT_TRANSIT_CONCURRENCY',
     default: '4',
-    what: 'Transit calls at once (1 to 64)',
+    what: 'Transit calls in flight at once, a slice (1 to 64)',
     readBy: ALL,
     tunes: true,
   },
