@@ -68,14 +68,7 @@ export interface BenchStore {
 }
 
 /** Seeds `tenants` DEKs under the store's KEK `v1` (newDek, many at once, unpaced), then rotates them. */
-export async function kmsBench(options: {
-  tenants: number;
-  toolchain: Toolchain;
-  server: { address: string; process: { pid?: number } };
-  client: TemporalClient;
-  measure: Measure;
-  rotation: { batchSize: number; parallelism: number };
-}): Promise<void> {
+export async function kmsBench(options: StoreBenchOptions & { toolchain: Toolchain }): Promise<void> {
   const prefix = `alias/rekey-bench/${randomUUID()}/`;
   return storeBench(options, {
     kind: 'KMS',
@@ -104,16 +97,16 @@ export async function kmsBench(options: {
 }
 
 /** The rotation of a keyspace held in `store`: requests a row by phase, the rate reached against the one set. */
-export async function storeBench(
-  options: {
-    tenants: number;
-    server: { address: string; process: { pid?: number } };
-    client: TemporalClient;
-    measure: Measure;
-    rotation: { batchSize: number; parallelism: number };
-  },
-  store: BenchStore,
-): Promise<void> {
+/** What a key-store bench (--kms, --transit) is given: the tenants to seed, the Temporal server, how to measure. */
+export interface StoreBenchOptions {
+  tenants: number;
+  server: { address: string; process: { pid?: number } };
+  client: TemporalClient;
+  measure: Measure;
+  rotation: { batchSize: number; parallelism: number };
+}
+
+export async function storeBench(options: StoreBenchOptions, store: BenchStore): Promise<void> {
   const { tenants, client } = options;
   const rate = Number(process.env[store.rate[0]] ?? store.rate[1]);
   const concurrency = Number(process.env[store.concurrency[0]] ?? store.concurrency[1]);

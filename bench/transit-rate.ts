@@ -3,20 +3,12 @@
 // each phase's requests a row and wall time, and the rate of `rewrap` requests reached against
 // REKEY_VAULT_TRANSIT_RATE (each request is REKEY_VAULT_TRANSIT_BATCH rows). Writes bench/out/transit-<tenants>.md.
 import path from 'node:path';
-import type { Client as TemporalClient } from '@temporalio/client';
 import { startVault } from '../src/dev/vault';
 import type { Toolchain } from '../src/dev/toolchain';
 import { VaultTransitKeys } from '../src/keyring/drivers/vault-transit';
-import { storeBench, type Measure } from './kms-rate';
+import { storeBench, type StoreBenchOptions } from './kms-rate';
 
-export function transitBench(options: {
-  tenants: number;
-  toolchain: Toolchain;
-  server: { address: string; process: { pid?: number } };
-  client: TemporalClient;
-  measure: Measure;
-  rotation: { batchSize: number; parallelism: number };
-}): Promise<void> {
+export function transitBench(options: StoreBenchOptions & { toolchain: Toolchain }): Promise<void> {
   const key = 'rekey-bench';
   return storeBench(options, {
     kind: 'Transit',
