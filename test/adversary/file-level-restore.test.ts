@@ -6,7 +6,7 @@
 // its own (initdb, a Unix socket in its own directory) so that it can stop it and put a copy back.
 import { randomUUID } from 'node:crypto';
 import { DescribeKeyCommand, GenerateDataKeyCommand, KMSClient } from '@aws-sdk/client-kms';
-import { MockActivityEnvironment } from '@temporalio/testing';
+import { MockActivityEnvironment, type TestWorkflowEnvironment } from '@temporalio/testing';
 import { randomBytes } from 'node:crypto';
 import type { Pool } from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -87,6 +87,59 @@ function restoredBetweenVerifyAndRetire(
   return seen;
 }
 
+/**
+ * The scenario of finding 1 on a seeded keyspace: after the rewrap, before verify, a stale instance writes a row
+ * labelled v2 with its DEK sealed under v1; the nightly file-level backup of the cluster is taken; the row is repaired
+ * (sealed under v2, as its label says) before verify reads it. During the grace period the cluster is restored from
+ * that backup (same system identifier, timeline, database and table oids), and the application's traffic carries the
+ * transaction counter past where it was. The rotation must not retire v1, and its retire step names the row.
+ */
+async function restoredRowKeepsV1(
+  context: {
+    cluster: ReturnType<typeof useOwnCluster>;
+    env: TestWorkflowEnvironment;
+    db: Pool;
+    activities: Activities;
+  },
+  sealVictim: (under: 'v1' | 'v2', tenantId: string) => Promise<Buffer>,
+): Promise<void> {
+  const { cluster, db, activities } = context;
+  const victim = 'tenant-stale';
+  const seen = restoredBetweenVerifyAndRetire(activities, {
+    beforeVerify: async () => {
+      await db.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
+        victim,
+        await sealVictim('v1', victim),
+      ]);
+      await cluster.takeCopy();
+      await db.query('UPDATE rekey.tenant_deks SET wrapped_dek = $2 WHERE tenant_id = $1', [
+        victim,
+        await sealVictim('v2', victim),
+      ]);
+    },
+    beforeRetire: async () => {
+      const before = await nextXid(db);
+      await cluster.restoreCopy();
+      await burnXidsPast(db, before);
+    },
+  });
+  await runRotation(
+    context.env,
+    activities,
+    db,
+    { from: 'v1', to: 'new', batchSize: 20, gracePeriod: '1d' },
+    { timeoutMs: 200_000 },
+  ).catch((err: unknown) => ({ failed: err }));
+  expect(seen.copied && seen.restored).toBe(true);
+  // The restored row: labelled v2, its DEK opens only under v1.
+  const { rows } = await db.query<{ kek_id: string }>('SELECT kek_id FROM rekey.tenant_deks WHERE tenant_id = $1', [
+    victim,
+  ]);
+  expect(rows).toEqual([{ kek_id: 'v2' }]);
+  expect((await new KekRegistry(db, BUILTIN_TARGET).get('v1'))?.state).not.toBe('retired');
+  expect(String(seen.refused)).toContain(victim);
+}
+
 /** A dev Vault server (Transit at transit/) for the file, stopped after its last test. */
 function useVault(): { readonly server: VaultServer } {
   let server: VaultServer | undefined;
@@ -138,46 +191,7 @@ describe('adversary7: a file-level restore of the whole cluster (same system ide
       );
       await keys.reload();
       const activities = createActivities({ db: db.pool, keys });
-      const victim = 'tenant-stale';
-      const seen = restoredBetweenVerifyAndRetire(activities, {
-        // After the rewrap, before verify: a stale instance writes a row labelled v2 with its DEK sealed under v1; the
-        // nightly file-level backup of the cluster is taken; the row is repaired (sealed under v2, as its label says)
-        // before verify reads it.
-        beforeVerify: async () => {
-          await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
-            victim,
-            await sealUnder('v1', victim),
-          ]);
-          await cluster.takeCopy();
-          await db.pool.query('UPDATE rekey.tenant_deks SET wrapped_dek = $2 WHERE tenant_id = $1', [
-            victim,
-            await sealUnder('v2', victim),
-          ]);
-        },
-        // During the grace period: the cluster is restored from that backup (same system identifier, timeline,
-        // database and table oids), and the application's traffic carries the transaction counter past where it was.
-        beforeRetire: async () => {
-          const before = await nextXid(db.pool);
-          await cluster.restoreCopy();
-          await burnXidsPast(db.pool, before);
-        },
-      });
-      await runRotation(
-        temporal.env,
-        activities,
-        db.pool,
-        { from: 'v1', to: 'new', batchSize: 20, gracePeriod: '1d' },
-        { timeoutMs: 200_000 },
-      ).catch((err: unknown) => ({ failed: err }));
-      expect(seen.copied && seen.restored).toBe(true);
-      // The restored row: labelled v2, its DEK opens only under v1.
-      const { rows } = await db.pool.query<{ kek_id: string }>(
-        'SELECT kek_id FROM rekey.tenant_deks WHERE tenant_id = $1',
-        [victim],
-      );
-      expect(rows).toEqual([{ kek_id: 'v2' }]);
-      expect((await new KekRegistry(db.pool, BUILTIN_TARGET).get('v1'))?.state).not.toBe('retired');
-      expect(String(seen.refused)).toContain(victim);
+      await restoredRowKeepsV1({ cluster, env: temporal.env, db: db.pool, activities }, sealUnder);
     } finally {
       keys.close();
       kms.destroy();
@@ -219,40 +233,10 @@ describe('adversary7: a file-level restore of the whole cluster (same system ide
       );
       await keys.reload();
       const activities = createActivities({ db: db.pool, keys });
-      const victim = 'tenant-stale';
-      const seen = restoredBetweenVerifyAndRetire(activities, {
-        beforeVerify: async () => {
-          await db.pool.query(`INSERT INTO rekey.tenant_deks (tenant_id, kek_id, wrapped_dek) VALUES ($1, 'v2', $2)`, [
-            victim,
-            (await sealUnder(1, [victim]))[0],
-          ]);
-          await cluster.takeCopy();
-          await db.pool.query('UPDATE rekey.tenant_deks SET wrapped_dek = $2 WHERE tenant_id = $1', [
-            victim,
-            (await sealUnder(2, [victim]))[0],
-          ]);
-        },
-        beforeRetire: async () => {
-          const before = await nextXid(db.pool);
-          await cluster.restoreCopy();
-          await burnXidsPast(db.pool, before);
-        },
-      });
-      await runRotation(
-        temporal.env,
-        activities,
-        db.pool,
-        { from: 'v1', to: 'new', batchSize: 20, gracePeriod: '1d' },
-        { timeoutMs: 200_000 },
-      ).catch((err: unknown) => ({ failed: err }));
-      expect(seen.copied && seen.restored).toBe(true);
-      const { rows } = await db.pool.query<{ kek_id: string }>(
-        'SELECT kek_id FROM rekey.tenant_deks WHERE tenant_id = $1',
-        [victim],
+      await restoredRowKeepsV1(
+        { cluster, env: temporal.env, db: db.pool, activities },
+        async (under, tenantId) => (await sealUnder(under === 'v1' ? 1 : 2, [tenantId]))[0]!,
       );
-      expect(rows).toEqual([{ kek_id: 'v2' }]);
-      expect((await new KekRegistry(db.pool, BUILTIN_TARGET).get('v1'))?.state).not.toBe('retired');
-      expect(String(seen.refused)).toContain(victim);
     } finally {
       seeding.close();
       keys.close();
