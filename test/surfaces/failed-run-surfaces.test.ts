@@ -16,7 +16,7 @@ import { createApplicationDatabase, type TestDatabase } from '../helpers/databas
 import { testKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
-import { resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
+import { progressUntil, resultWithin, useTimeSkippingEnv, workflowBundle } from '../helpers/temporal';
 
 describe('a failed rotation, on every surface at once', () => {
   const server = useTimeSkippingEnv();
@@ -46,13 +46,14 @@ describe('a failed rotation, on every surface at once', () => {
       await expect(resultWithin(handle, 60_000)).rejects.toThrow('Workflow execution failed');
       return handle;
     };
-    const statusOf = (workflowId: string) =>
-      runRekey(['--address', server.env.address, '--task-queue', taskQueue, '--json', 'status', workflowId], {
+    const rekey = (...args: string[]) =>
+      runRekey(['--address', server.env.address, '--task-queue', taskQueue, ...args], {
         PATH: process.env.PATH,
         DATABASE_URL: db.url,
         ...env,
       });
-    return { worker, start, statusOf };
+    const statusOf = (workflowId: string) => rekey('--json', 'status', workflowId);
+    return { worker, start, statusOf, rekey };
   }
 
   it("Finding: a rotation that failed waiting for the application to promote (--confirm-timeout) still said 'Waiting for the application: promote' with the rekey confirm command in the Web UI's current details, and its progress query still offered that command, while rekey status said failed; now the details say Failed with rekey status's reason, and neither offers a command", async () => {
@@ -187,6 +188,46 @@ describe('a failed rotation, on every surface at once', () => {
     } finally {
       await api.close();
       await targets.close();
+      await db.drop();
+    }
+  });
+
+  it("ApplicationNotReady's next step works as typed: given longer with --confirm-timeout, the rotation run again (rekey rotate --target talos --from v1 --to v2 --confirm-timeout 1h) starts under the same id, waits for the application to promote, and rekey confirm --step promote moves it on to the rewrap", async () => {
+    const { db } = await createApplicationDatabase(createTalosSchema);
+    try {
+      const { worker, start, rekey } = await failingInPromote(db);
+      await worker.runUntil(async () => {
+        const failed = await start();
+        const again = await rekey(
+          'rotate',
+          '--target',
+          'talos',
+          '--from',
+          'v1',
+          '--to',
+          'v2',
+          '--confirm-timeout',
+          '1h',
+        );
+        expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
+        expect(again.stdout).toMatch(
+          new RegExp(`^started rotation ${failed.workflowId}@\\S+ of target 'talos' \\('v1' → 'v2'\\)`),
+        );
+        const rerun = server.env.client.workflow.getHandle(failed.workflowId);
+        await progressUntil(rerun, (p) => p.waiting?.step === 'promote');
+        const confirmed = await rekey(
+          'confirm',
+          failed.workflowId,
+          '--step',
+          'promote',
+          '--note',
+          'TALOS_CURRENT_KEK_ID=v2 on every gateway',
+        );
+        expect({ code: confirmed.code, stderr: confirmed.stderr }).toEqual({ code: 0, stderr: '' });
+        const moved = await progressUntil(rerun, (p) => p.phases.rewrap !== undefined);
+        expect(moved.outcome).not.toBe('failed');
+      });
+    } finally {
       await db.drop();
     }
   });
