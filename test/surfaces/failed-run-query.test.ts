@@ -1,10 +1,9 @@
 // What an operator with only the temporal CLI (or tctl) sees of a run that failed: its `progress` query, answered by a
 // worker that replays the closed run, says how it ended, as rekey status and the admin API do.
-import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
 import { startMigration } from '../../src/client/migrations';
 import { startRotation } from '../../src/client/rotations';
@@ -14,21 +13,23 @@ import { testKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
 import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
+import { asTyped, documentedLine, operatorEnv, runLine } from '../docs/as-typed';
 
-/** `temporal workflow query --name progress` of a workflow, as an operator runs it: its answer, parsed. */
-function temporalQuery(address: string, workflowId: string): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) =>
-    execFile(
-      inject('toolchain').temporalCli,
-      ['workflow', 'query', '--workflow-id', workflowId, '--name', 'progress', '--address', address, '-o', 'json'],
-      { timeout: 30_000 },
-      (error, stdout, stderr) => {
-        if (error) return reject(new Error(`temporal workflow query failed: ${stderr || error.message}`));
-        const answer = JSON.parse(stdout) as { queryResult: Record<string, unknown>[] };
-        resolve(answer.queryResult[0]!);
-      },
-    ),
+/**
+ * docs/04's `temporal workflow query` line, run as an operator types it (test/docs/as-typed.ts): in bash, the server in
+ * TEMPORAL_ADDRESS and WF in the shell, as the page's lines set them. Its answer, parsed from the CLI's plain output.
+ */
+async function temporalQuery(address: string, workflowId: string): Promise<Record<string, unknown>> {
+  const line = documentedLine(
+    'docs/04-rotate-watch-pause-confirm.md',
+    'temporal workflow query  --workflow-id "$WF" --name progress',
   );
+  const servers = { temporalAddress: address };
+  const result = await runLine(asTyped(line, {}, servers), { ...operatorEnv(servers), WF: workflowId }, 30_000);
+  expect({ line, code: result.code, stderr: result.stderr }).toEqual({ line, code: 0, stderr: '' });
+  const json = result.stdout.slice(result.stdout.search(/[[{]/));
+  const parsed = JSON.parse(json) as Record<string, unknown> | Record<string, unknown>[];
+  return Array.isArray(parsed) ? parsed[0]! : parsed;
 }
 
 describe('the progress query of a failed run, through the temporal CLI', () => {
