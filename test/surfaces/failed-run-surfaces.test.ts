@@ -4,7 +4,9 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { Worker } from '@temporalio/worker';
 import { describe, expect, it } from 'vitest';
 import { createActivities } from '../../src/activities';
+import { startMigration } from '../../src/client/migrations';
 import { startRotation } from '../../src/client/rotations';
+import { migrationWorkflowIdOf } from '../../src/rotation/identity';
 import type { ProgressReport } from '../../src/rotation/progress';
 import { RekeyPhase } from '../../src/workflows/search-attributes';
 import { buildAdminServer } from '../../src/admin/server';
@@ -228,6 +230,58 @@ describe('a failed rotation, on every surface at once', () => {
         expect(moved.outcome).not.toBe('failed');
       });
     } finally {
+      await db.drop();
+    }
+  });
+
+  it("Finding: docs/11 gave a migration's status as {op_id, execution_status, started_at, completed_at, report} or failure, where a failed migration's also says error, error_kind and error_type (as rotation-status does) and run_status; the admin API's status of a migration its plan step refused (Talos: no fields to migrate) gives them: error bad_request (the kind invalid's code), kind invalid", async () => {
+    const { db } = await createApplicationDatabase(createTalosSchema);
+    const taskQueue = `failed-migration-${randomUUID()}`;
+    const targets = new TargetRuntimes({ db: db.pool, keys: testKeys(['v1']), config: loadTargetsConfig({}), env: {} });
+    const api = await buildAdminServer({
+      client: server.env.client,
+      targets,
+      defaultTarget: 'talos',
+      taskQueue,
+      token: 'failed-migration-token',
+      configuredCurrentKekId: () => undefined,
+    });
+    try {
+      const worker = await Worker.create({
+        connection: server.env.nativeConnection,
+        taskQueue,
+        workflowBundle: workflowBundle(),
+        activities: createActivities({ db: db.pool, keys: testKeys(['v1']), env: {} }),
+      });
+      const keyspace = await keyspaceIn(db.pool, 'talos');
+      const workflowId = migrationWorkflowIdOf('talos', keyspace);
+      await worker.runUntil(async () => {
+        await expect(startMigration(server.env.client, { target: 'talos' }, { taskQueue, keyspace })).rejects.toThrow(
+          /field/,
+        );
+        await expect(resultWithin(server.env.client.workflow.getHandle(workflowId), 60_000)).rejects.toThrow(
+          'Workflow execution failed',
+        );
+      });
+      const answer = await api.inject({
+        method: 'GET',
+        url: `/admin/v1/migrations/${encodeURIComponent(workflowId)}`,
+        headers: { authorization: 'Bearer failed-migration-token' },
+      });
+      expect(answer.statusCode).toBe(200);
+      const body = answer.json<Record<string, unknown>>();
+      expect(body).toMatchObject({
+        op_id: workflowId,
+        execution_status: 'FAILED',
+        failure: expect.stringContaining('field') as unknown,
+        error: 'bad_request',
+        error_kind: 'invalid',
+        error_type: expect.stringMatching(/Error$/) as unknown,
+        run_status: expect.objectContaining({ state: 'failed' }) as unknown,
+      });
+    } finally {
+      await api.close();
+      await targets.close();
       await db.drop();
     }
   });
