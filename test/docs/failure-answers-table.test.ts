@@ -3,28 +3,45 @@
 // admin API, the Web UI's details, the progress query). The page's table must say exactly what the code gives, so
 // that the line an operator reads at the terminal is the line the page explains.
 import { describe, expect, it } from 'vitest';
-import { WORKFLOW_FAILURE_ANSWERS, WORKFLOW_FAILURES, type WorkflowFailureType } from '../../src/errors';
+import {
+  ERROR_CODES,
+  EXIT_CODES,
+  HTTP_STATUSES,
+  WORKFLOW_FAILURE_ANSWERS,
+  WORKFLOW_FAILURES,
+  type ErrorKind,
+  type WorkflowFailureType,
+} from '../../src/errors';
 import { docPage } from '../helpers/readme';
 
 const PAGE = 'docs/10-exit-codes-and-statuses.md';
 
-/** The rows of the page's table headed `| type | code | kind | next |`, as written. */
-function pageRows(): { type: string; code: string; kind: string; next: string }[] {
+/** The cells of each row of the page's table whose header is `header`, as written. */
+function tableRows(header: string): string[][] {
   const lines = docPage(PAGE).split('\n');
   const cells = (line: string) =>
     line
       .slice(1, -1)
       .split('|')
       .map((cell) => cell.trim());
-  const header = lines.findIndex((line) => line.startsWith('|') && cells(line).join(',') === 'type,code,kind,next');
-  if (header < 0) throw new Error(`${PAGE} has no table headed 'type | code | kind | next'`);
+  const at = lines.findIndex((line) => line.startsWith('|') && cells(line).join(' | ') === header);
+  if (at < 0) throw new Error(`${PAGE} has no table headed '${header}'`);
   const rows = [];
-  for (const line of lines.slice(header + 2)) {
+  for (const line of lines.slice(at + 2)) {
     if (!line.startsWith('|')) break;
-    const [type, code, kind, next] = cells(line) as [string, string, string, string];
-    rows.push({ type, code, kind, next });
+    rows.push(cells(line));
   }
   return rows;
+}
+
+/** The rows of the page's table of workflow failure types. */
+function pageRows(): { type: string; code: string; kind: string; next: string }[] {
+  return tableRows('type | code | kind | next').map(([type, code, kind, next]) => ({
+    type: type!,
+    code: code!,
+    kind: kind!,
+    next: next!,
+  }));
 }
 
 describe(`the workflow failure types' table in ${PAGE}`, () => {
@@ -36,6 +53,25 @@ describe(`the workflow failure types' table in ${PAGE}`, () => {
         code: `\`${WORKFLOW_FAILURE_ANSWERS[type].error}\``,
         kind: WORKFLOW_FAILURES[type],
         next: WORKFLOW_FAILURE_ANSWERS[type].next,
+      })),
+    );
+  });
+
+  it("Finding: the page's table of kinds gave each kind's exit code and HTTP status but not its code, the `error` an operator's script reads from the CLI's --json line and the admin API (bad_request, not_found, …); each row now gives the code, exit code and HTTP status src/errors.ts maps the kind to", () => {
+    const kinds = Object.keys(ERROR_CODES) as ErrorKind[];
+    expect(
+      tableRows('kind | code | examples | exit | HTTP').map(([kind, code, , exit, http]) => ({
+        kind,
+        code,
+        exit,
+        http,
+      })),
+    ).toEqual(
+      kinds.map((kind) => ({
+        kind,
+        code: `\`${ERROR_CODES[kind]}\``,
+        exit: String(EXIT_CODES[kind]),
+        http: String(HTTP_STATUSES[kind]),
       })),
     );
   });
