@@ -2,7 +2,8 @@
 // the docs harness (test/docs/run-docs.test.ts) does not run: it runs fenced shell blocks only. For each, whether a
 // test file holds the exact text (`exact`), only its first three words (`prefix`: a test runs that command, perhaps
 // not as written), or neither (`none`). A report to read, not a test: a placeholder (`<id>`) or a table row that a
-// test reads from the page (docs/10 by test/surfaces/exit-codes.test.ts) shows as `prefix` or `none`.
+// test reads from the page (docs/10 by test/surfaces/exit-codes.test.ts, docs/02's migration controls by
+// test/docs/migration-cli-controls.test.ts) shows as `prefix` or `none`.
 //
 //   node scripts/docs-inline-commands.mjs [--only none|prefix|exact]
 import fs from 'node:fs';
