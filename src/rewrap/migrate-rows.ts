@@ -15,7 +15,7 @@ import { releaseKey, scheduleKey } from '../crypto/aes-gcm';
 import type { ThreadedRowCrypto } from '../crypto/row-crypto';
 import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import { checkout } from '../store/connect';
-import { RowFieldsStore, type FieldsBatch, type InRowDeks } from '../store/row-fields-store';
+import { RowFieldsStore, type FieldsBatch } from '../store/row-fields-store';
 import type { TargetRow, TargetStore } from '../store/target-store';
 import { addFieldCounters, emptyFieldCounters, type FieldCounters } from './field-counters';
 import {
@@ -288,8 +288,7 @@ class RowSliceRun {
           values: batch.values,
           dek: batch.dek,
         };
-        const { deks: given, inRow } = await this.missingDeks(batch);
-        const sealed = await sealBatch(this.deps, rows, given, input.dryRun);
+        const sealed = await sealBatch(this.deps, rows, await this.missingDeks(batch), input.dryRun);
         if (sealed.failures.length > 0) {
           const ids = textsAt(
             batch.ids,
@@ -310,7 +309,7 @@ class RowSliceRun {
         // cursor a checkpoint gives is always one a write committed.
         await pendingWrite;
         this.hooks.onBatch?.({ cursor: this.cursor, counters: this.counters });
-        pendingWrite = this.write(batch, sealed, last, inRow);
+        pendingWrite = this.write(batch, sealed, last);
         pendingWrite.catch(() => undefined);
       }
     } finally {
@@ -321,16 +320,8 @@ class RowSliceRun {
     return this.result(done);
   }
 
-  /**
-   * One batch's compare-and-swap and its counts; the cursor moves past the batch once it is committed. `inRow`: the
-   * DEKs provisioned for rows that are their own tenants, by row index in the batch, written by the same statement.
-   */
-  private async write(
-    batch: FieldsBatch,
-    sealed: MigrateChunkResult,
-    last: string,
-    inRow?: Map<number, string[]>,
-  ): Promise<void> {
+  /** One batch's compare-and-swap and its counts; the cursor moves past the batch once it is committed. */
+  private async write(batch: FieldsBatch, sealed: MigrateChunkResult, last: string): Promise<void> {
     const { rows: store } = this.deps;
     const { unreadable } = sealed;
     if (this.input.dryRun) {
@@ -338,29 +329,12 @@ class RowSliceRun {
         for (const length of column.lengths) if (length >= 0) this.counters[f]!.migrated += 1;
       });
     } else {
-      let provision: InRowDeks | undefined;
-      const given: number[] = [];
-      if (inRow && inRow.size > 0) {
-        const columns = this.deps.deks.codec.writeColumns.map(() => [] as (string | null)[]);
-        sealed.indexes.forEach((index) => {
-          const values = inRow.get(index);
-          if (values) given.push(index);
-          columns.forEach((column, k) => column.push(values?.[k] ?? null));
-        });
-        if (given.length > 0) provision = { deks: this.deps.deks, kekId: this.deps.keks[0]!.kekId, values: columns };
-      }
-      const lost = await store.compareAndSwap(
-        this.writer,
-        batch,
-        sealed,
-        { keys: this.keys, unreadable, cursor: last },
-        provision,
-      );
+      const lost = await store.compareAndSwap(this.writer, batch, sealed, {
+        keys: this.keys,
+        unreadable,
+        cursor: last,
+      });
       this.count(batch, sealed, lost);
-      if (provision) {
-        const ids = lost.size > 0 ? textsAt(batch.ids, given) : undefined;
-        this.counters[0]!.deksProvisioned += given.filter((i) => !ids || !lost.has(ids.get(i)!)).length;
-      }
     }
     unreadable.forEach((n, i) => (this.counters[i]!.unreadable += n));
     this.cursor = last;
@@ -411,19 +385,16 @@ class RowSliceRun {
    * now (not in a dry run), or re-read where another writer provisioned first; or why a tenant has none. Only wrapped
    * DEKs leave this thread: they are unwrapped where the values are sealed.
    */
-  private async missingDeks(
-    batch: FieldsBatch,
-  ): Promise<{ deks: Record<string, WrappedDek | string>; inRow?: Map<number, string[]> }> {
+  private async missingDeks(batch: FieldsBatch): Promise<Record<string, WrappedDek | string>> {
     const { deks: store, keks } = this.deps;
     const without: number[] = [];
     for (let i = 0; i < batch.count; i++) if (batch.dek.ids.lengths[i]! < 0) without.push(i);
     const deks: Record<string, WrappedDek | string> = {};
-    if (without.length === 0) return { deks };
-    const tenantOf = textsAt(batch.tenants, without);
-    const wanted = [...new Set(tenantOf.values())].filter((t): t is string => t !== null);
+    if (without.length === 0) return deks;
+    const wanted = [...new Set(textsAt(batch.tenants, without).values())].filter((t): t is string => t !== null);
     if (this.input.dryRun) {
       for (const tenant of wanted) deks[tenant] = WOULD_PROVISION;
-      return { deks };
+      return deks;
     }
     // The batch's new DEKs and their nonces from one call to the CSPRNG each, sealed under one key schedule.
     const fresh = randomBytes(KEY_BYTES * wanted.length);
@@ -445,19 +416,6 @@ class RowSliceRun {
           ),
         });
       });
-      // Rows that are their own tenants, with a codec that writes text: each DEK goes in its row with the row's
-      // fields, by the compare-and-swap (one write of the row, not two); counted there.
-      if (this.deps.rows.ownTenants(store) && writes.every((w) => w.values.every((v) => typeof v === 'string'))) {
-        const byTenant = new Map(writes.map((w) => [w.id, w.values as string[]]));
-        const inRow = new Map<number, string[]>();
-        for (const [index, tenant] of tenantOf) if (tenant !== null) inRow.set(index, byTenant.get(tenant)!);
-        for (const { id, values } of writes) {
-          const row: Record<string, unknown> = { [store.target.id]: id, $id: id, $label: current.kekId };
-          store.codec.writeColumns.forEach((column, k) => (row[column] = values[k]));
-          deks[id] = row as WrappedDek;
-        }
-        return { deks, inRow };
-      }
       // Counted on the group's first field, in the same statement as the DEKs written.
       written = await store.provisionMissing(this.reader, current.kekId, writes, this.keys[0]!);
       this.counters[0]!.deksProvisioned += written.size;
@@ -483,7 +441,7 @@ class RowSliceRun {
           : `tenant ${tenant} has no row in ${store.table}: there is no DEK to encrypt it under`;
       }
     }
-    return { deks };
+    return deks;
   }
 
   private result(done: boolean): RowSliceResult {

@@ -9,18 +9,6 @@ import type { FieldProgress, FieldRange, FieldStore } from './field-store';
 import { quoteIdent } from './migrate';
 import type { TargetStore } from './target-store';
 import type { Columns } from '../crypto/columns';
-import { KekNotWritableError } from '../errors';
-
-/**
- * DEKs a compare-and-swap writes into the rows it migrates (rows that are their own tenants, their DEK provisioned for
- * this batch; see TargetStore.provisionInRow): by write column of the DEK's codec, the value for each row written, in
- * the order of the writes (NULL where the row had its DEK).
- */
-export interface InRowDeks {
-  deks: TargetStore;
-  kekId: string;
-  values: (string | null)[][];
-}
 
 /**
  * A batch of rows holding at least one legacy value, by column as the binary COPY brought them (RowFieldsStore.readBatch):
@@ -86,12 +74,6 @@ export class RowFieldsStore {
     return `${partKey}/field-${field}`;
   }
 
-  /** True when the group's rows are their own tenants in the DEKs' table (Mycelium's tenant.meta). */
-  ownTenants(deks: TargetStore): boolean {
-    const tenant = this.first.field.tenant;
-    return 'column' in tenant && deks.isOwnId(this.first.field.table, tenant.column);
-  }
-
   /**
    * The next rows of a range holding a legacy value in any field of the group, in id order (keyset pagination), each
    * with its tenant's DEK row (`deks`, the target's table): one statement, a binary COPY read by column (no object or
@@ -101,7 +83,8 @@ export class RowFieldsStore {
   async readBatch(client: PoolClient, range: FieldRange, limit: number, deks: TargetStore): Promise<FieldsBatch> {
     const { first } = this;
     const { sql, params } = first.range(range, 1);
-    const own = this.ownTenants(deks);
+    const tenant = first.field.tenant;
+    const own = 'column' in tenant && deks.isOwnId(first.field.table, tenant.column);
     const dek = deks.dekFields(own ? 't' : 'd');
     const values = this.fields.map((f) => `CASE WHEN ${f.legacySql} THEN ${f.valueSql} END`);
     const anyLegacy = this.fields.map((f) => `(${f.legacySql})`).join(' OR ');
@@ -143,33 +126,17 @@ export class RowFieldsStore {
    * adds the batch to each field's progress row (migrated, lost to a live writer, unreadable, cursor). Ids, old and
    * new values go as binary arrays copied from the packed columns (text, and a uuid id as its 16 bytes). Returns the
    * ids not written.
-   *
-   * With `provision` (rows that are their own tenants), a row given a DEK is also written only if it still holds
-   * none, and gets that DEK in the same statement, the KEK's row locked as provisionMissing locks it (nothing is
-   * written unless the KEK is active: KekNotWritableError); the DEKs written are counted on the first field's
-   * progress row. A row another writer gave a DEK meanwhile is not written (counted as a conflict), and is read again
-   * by the next pass with the DEK that writer stored.
    */
   async compareAndSwap(
     client: Pool | PoolClient,
     batch: FieldsBatch,
     writes: { indexes: Int32Array; values: PackedValues[] },
     progress: { keys: string[]; unreadable: number[]; cursor: string },
-    provision?: InRowDeks,
   ): Promise<Set<string>> {
     const n = this.fields.length;
     const count = writes.indexes.length;
-    const d = provision?.values.length ?? 0;
-    const dekColumns = Array.from({ length: d }, (_, k) => `, dek${k}`).join('');
-    const columns = this.fields.map((_, i) => `old${i}, new${i}`).join(', ') + dekColumns;
-    // The DEK's columns after the fields' and the progress's parameters; then the KEK and the target's name.
-    const q = 2 + 2 * n + 6;
-    const dekArrays = Array.from({ length: d }, (_, k) => `, $${q + k}::text[]`).join('');
-    const arrays = this.fields.map((_, i) => `$${2 + 2 * i}::text[], $${3 + 2 * i}::text[]`).join(', ') + dekArrays;
-    const inRow = provision
-      ? provision.deks.provisionInRow(`$${q + d}`, `$${q + d + 1}`, (k) => `v.dek${k}`, 'v.dek0 IS NOT NULL')
-      : undefined;
-    if (provision && !inRow) throw new Error(`target '${provision.deks.target.name}': its DEKs cannot go in the row`);
+    const columns = this.fields.map((_, i) => `old${i}, new${i}`).join(', ');
+    const arrays = this.fields.map((_, i) => `$${2 + 2 * i}::text[], $${3 + 2 * i}::text[]`).join(', ');
     // One assignment per column: a chain of jsonb_set over the fields of that column, each only where it is written.
     const byColumn = new Map<string, string>();
     this.fields.forEach((f, i) => {
@@ -182,10 +149,8 @@ export class RowFieldsStore {
           : `COALESCE(v.new${i}, ${current})`,
       );
     });
-    const set = [...[...byColumn].map(([column, value]) => `${column} = ${value}`), ...(inRow?.sets ?? [])].join(', ');
-    let unchanged = this.fields.map((f, i) => `(v.new${i} IS NULL OR ${f.valueSql} = v.old${i})`).join(' AND ');
-    // A row given a DEK still holds none; and nothing is written unless the KEK is still active.
-    if (inRow) unchanged += ` AND (v.dek0 IS NULL OR ${inRow.empty}) AND (SELECT state FROM guard) = 'active'`;
+    const set = [...byColumn].map(([column, value]) => `${column} = ${value}`).join(', ');
+    const unchanged = this.fields.map((f, i) => `(v.new${i} IS NULL OR ${f.valueSql} = v.old${i})`).join(' AND ');
     const written = this.fields.map((_, i) => `count(*) FILTER (WHERE v.new${i} IS NOT NULL)`).join(', ');
     const attempted = writes.values.map((column) => column.lengths.reduce((k, length) => k + (length >= 0 ? 1 : 0), 0));
     const every = Int32Array.from({ length: count }, (_, i) => i);
@@ -198,30 +163,23 @@ export class RowFieldsStore {
     // rows, since every id written lies between them.
     const type = this.first.idSqlType;
     const within = `${this.first.id} >= $${p + 4}::${type} AND ${this.first.id} <= $${p + 5}::${type}`;
-    const { rows } = await client.query<{ lost: string[] | null; kek_state?: string | null }>(
-      `WITH ${inRow ? `guard AS (${inRow.guard}),` : ''}
-       v AS (SELECT * FROM unnest(${ids}, ${arrays}) AS v(id, ${columns})),
+    const { rows } = await client.query<{ lost: string[] | null }>(
+      `WITH v AS (SELECT * FROM unnest(${ids}, ${arrays}) AS v(id, ${columns})),
        w AS (
          UPDATE ${this.table} t SET ${set} FROM v
          WHERE ${this.first.id} = ${uuid ? 'v.id' : `v.id::${this.first.idSqlType}`} AND ${within} AND ${unchanged}
          RETURNING ${this.first.id}${uuid ? '' : '::text'} AS id),
-       m AS (SELECT ARRAY[${written}]::bigint[] AS migrated${
-         inRow ? ', count(*) FILTER (WHERE v.dek0 IS NOT NULL) AS provisioned' : ''
-       } FROM w JOIN v ON v.id = w.id),
+       m AS (SELECT ARRAY[${written}]::bigint[] AS migrated FROM w JOIN v ON v.id = w.id),
        k AS (SELECT * FROM unnest($${p}::text[], $${p + 1}::bigint[], $${p + 2}::bigint[])
              WITH ORDINALITY AS k(key, attempted, unreadable, i)),
        p AS (
          UPDATE rekey.field_migration_progress f SET
            migrated = f.migrated + m.migrated[k.i],
            cas_conflicts = f.cas_conflicts + k.attempted - m.migrated[k.i],
-           unreadable = f.unreadable + k.unreadable, cursor = $${p + 3}, updated_at = now()${
-             inRow ? ', deks_provisioned = f.deks_provisioned + CASE WHEN k.i = 1 THEN m.provisioned ELSE 0 END' : ''
-           }
-         FROM k, m WHERE f.progress_key = k.key${inRow ? ` AND (SELECT state FROM guard) = 'active'` : ''})
+           unreadable = f.unreadable + k.unreadable, cursor = $${p + 3}, updated_at = now()
+         FROM k, m WHERE f.progress_key = k.key)
        SELECT CASE WHEN (SELECT count(*) FROM w) = ${count} THEN NULL
-         ELSE (SELECT array_agg(x::text) FROM unnest(${ids}) AS x WHERE x NOT IN (SELECT id FROM w)) END AS lost${
-           inRow ? ', (SELECT state FROM guard) AS kek_state' : ''
-         }`,
+         ELSE (SELECT array_agg(x::text) FROM unnest(${ids}) AS x WHERE x NOT IN (SELECT id FROM w)) END AS lost`,
       [
         packedArray(batch.ids, writes.indexes, uuid ? 'uuid' : 'text'),
         ...this.fields.flatMap((_, i) => [
@@ -234,12 +192,8 @@ export class RowFieldsStore {
         progress.cursor,
         textOf(batch.ids, 0),
         textOf(batch.ids, batch.count - 1),
-        ...(provision ? [...provision.values, provision.kekId, provision.deks.target.name] : []),
       ],
     );
-    if (provision && rows[0]?.kek_state !== 'active') {
-      throw new KekNotWritableError(provision.deks.target.name, provision.kekId, rows[0]?.kek_state ?? null);
-    }
     return new Set(rows[0]?.lost ?? []);
   }
 

@@ -439,35 +439,6 @@ export class TargetStore {
     };
   }
 
-  /**
-   * For a compare-and-swap on rows that are their own tenants (`rekey migrate-dek`, RowFieldsStore.compareAndSwap),
-   * which writes the DEK it provisioned for a row in the same statement as the row's fields sealed under it: where
-   * `given` (SQL) holds, each write column takes `value(i)`, the label `kekParam` and every setOnWrite column now();
-   * elsewhere each keeps what it holds. `empty`: the row still holds no DEK (no other writer provisioned one since it
-   * was read). `guard`: the KEK's state, its row locked against a change until the statement commits, as
-   * provisionMissing's. Undefined for a codec that writes a bytea column: its DEKs go first, by provisionMissing.
-   */
-  provisionInRow(
-    kekParam: string,
-    targetParam: string,
-    value: (i: number) => string,
-    given: string,
-  ): { sets: string[]; empty: string; guard: string } | undefined {
-    const { target, codec } = this;
-    if (target.format.value.encoding === 'bytea') return undefined;
-    const keep = (column: string, to: string) =>
-      `${this.col(column)} = CASE WHEN ${given} THEN ${to} ELSE t.${this.col(column)} END`;
-    return {
-      sets: [
-        ...codec.writeColumns.map((column, i) => keep(column, value(i))),
-        keep(target.label.column, `${kekParam}::${this.type(target.label.column)}`),
-        ...Object.keys(target.setOnWrite).map((column) => keep(column, 'now()')),
-      ],
-      empty: `t.${this.col(this.valueColumn)} IS NULL`,
-      guard: `SELECT state FROM rekey.keks WHERE target = ${targetParam} AND kek_id = ${kekParam} FOR SHARE`,
-    };
-  }
-
   /** True when `table`.`column` is this table's id: its rows are their own tenants (Mycelium's tenant.meta). */
   isOwnId(table: { schema: string; name: string }, column: string): boolean {
     const { target } = this;
