@@ -3,20 +3,12 @@
 // target's migration in the database DATABASE_URL names), the server in TEMPORAL_ADDRESS, against a worker on the task
 // queue the page names (`rekey`) while a migration runs. No other test ran these lines as written on a running
 // migration (node scripts/docs-inline-commands.mjs listed them as run by none).
-import { randomUUID } from 'node:crypto';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
-import type { PoolClient } from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MigrationReport } from '../../src/rotation/migration-report';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
 import { runRekey } from '../helpers/cli';
-import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
-import { testKeys } from '../helpers/keys';
-import { createMyceliumSchema, insertLegacyTotpUser, kekOf, SYSTEM_TENANT } from '../helpers/mycelium';
 import { docPage } from '../helpers/readme';
-import { createDevServerEnv, queryUntil, workflowBundle } from '../helpers/temporal';
+import { queryUntil } from '../helpers/temporal';
+import { useMyceliumMigrationWorker } from './mycelium-migration-worker';
 
 /** The `rekey …` lines of docs/02's table of a migration's controls, as the page writes them. */
 function controlLines(): string[] {
@@ -39,42 +31,7 @@ function documentedStatusLine(): RegExp {
 const words = (line: string) => [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!);
 
 describe("docs/02's rekey CLI controls of a migration, as written", () => {
-  let env: TestWorkflowEnvironment;
-  let db: TestDatabase;
-  let worker: Worker;
-  let running: Promise<void>;
-  let targets: TargetRuntimes;
-  let lock: PoolClient | undefined;
-  const tokenSecret = randomUUID();
-
-  beforeAll(async () => {
-    env = await createDevServerEnv();
-    db = await createTestDatabase({ migrate: false });
-    await createMyceliumSchema(db.pool);
-    await migrateDatabase(db.pool);
-    await db.pool.query(`INSERT INTO public.tenant (id, name) VALUES ($1, 'system')`, [SYSTEM_TENANT]);
-    const keys = testKeys(['v1']);
-    targets = new TargetRuntimes({ db: db.pool, keys, env: { MYC_TOKEN_SECRET: tokenSecret } });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue: 'rekey',
-      db: db.pool,
-      keys,
-      targets,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
-  });
-
-  afterAll(async () => {
-    await lock?.query('ROLLBACK').catch(() => undefined);
-    lock?.release();
-    worker?.shutdown();
-    await running;
-    await targets?.close();
-    await db?.drop();
-    await env?.teardown();
-  });
+  const fixture = useMyceliumMigrationWorker();
 
   it("Finding (lines no test ran): docs/02's rekey status, pause, resume and abort of dek-migration-mycelium run as written on a running migration: status names it with the line the page shows (it showed 'v1 values done' where rekey status says 'v1 values moved'), pause and resume answer, and abort ends it with its report, aborted", async () => {
     const lines = controlLines();
@@ -88,21 +45,17 @@ describe("docs/02's rekey CLI controls of a migration, as written", () => {
     const rekey = (line: string) =>
       runRekey(words(line).slice(1), {
         PATH: process.env.PATH,
-        DATABASE_URL: db.url,
-        TEMPORAL_ADDRESS: env.address,
+        DATABASE_URL: fixture.db.url,
+        TEMPORAL_ADDRESS: fixture.env.address,
       });
 
-    // A v1 value the migration must write, held by an open transaction (an application's, say): the run cannot end
-    // before the controls reach it, however fast it is.
-    const value = await insertLegacyTotpUser(db.pool, kekOf(tokenSecret), 'ops@example.com', 'JBSWY3DPEHPK3PXP');
-    lock = await db.pool.connect();
-    await lock.query('BEGIN');
-    await lock.query(`SELECT 1 FROM public."user" WHERE id = $1 FOR UPDATE`, [value.row]);
+    // A v1 value the migration must write, held by an application's open transaction (see the fixture).
+    await fixture.holdValue();
     const started = await rekey('rekey migrate-dek --target mycelium');
     expect({ code: started.code, stderr: started.stderr }).toEqual({ code: 0, stderr: '' });
     const id = /started migration (dek-migration-mycelium\.[0-9a-f]{12})/.exec(started.stdout)?.[1];
     expect(id, started.stdout).toBeDefined();
-    const handle = env.client.workflow.getHandle(id!);
+    const handle = fixture.env.client.workflow.getHandle(id!);
 
     const asked = await rekey(status);
     expect({ line: status, code: asked.code, stderr: asked.stderr }).toEqual({ line: status, code: 0, stderr: '' });
@@ -113,9 +66,7 @@ describe("docs/02's rekey CLI controls of a migration, as written", () => {
       expect({ line, code: answer.code, stderr: answer.stderr }).toEqual({ line, code: 0, stderr: '' });
     }
     // Paused: the part held by the lock stops at its batch once the application's transaction ends.
-    await lock.query('ROLLBACK');
-    lock.release();
-    lock = undefined;
+    await fixture.releaseValue();
     await queryUntil<MigrationReport>(handle, 'progress', (p) => p.paused && p.partsRunning === 0, {
       withinMs: 60_000,
     });

@@ -2,19 +2,11 @@
 // read from the page, `<db>` filled in from what `rekey kek-status --target mycelium` prints, as the page says, and run
 // in bash with the toolchain's `temporal` against a worker on the task queue the page names (`rekey`), the server named
 // by TEMPORAL_ADDRESS (test/docs/as-typed.ts).
-import { randomUUID } from 'node:crypto';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
-import type { PoolClient } from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TargetRuntimes } from '../../src/targets/runtime';
-import { createWorker } from '../../src/worker';
+import { describe, expect, it } from 'vitest';
 import { runRekey } from '../helpers/cli';
-import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
-import { testKeys } from '../helpers/keys';
-import { createMyceliumSchema, insertLegacyTotpUser, kekOf, SYSTEM_TENANT } from '../helpers/mycelium';
 import { docPage } from '../helpers/readme';
-import { createDevServerEnv, queryUntil, workflowBundle } from '../helpers/temporal';
+import { queryUntil } from '../helpers/temporal';
+import { useMyceliumMigrationWorker } from './mycelium-migration-worker';
 import { asTyped, operatorEnv, runLine } from './as-typed';
 
 /** The page's inline `temporal …` commands of the migration's controls, line breaks inside them joined. */
@@ -30,42 +22,7 @@ function migrationTemporalLines(): string[] {
 const shellWords = (line: string) => [...line.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
 
 describe("docs/02's temporal CLI lines for a migration, as written", () => {
-  let env: TestWorkflowEnvironment;
-  let db: TestDatabase;
-  let worker: Worker;
-  let running: Promise<void>;
-  let targets: TargetRuntimes;
-  let lock: PoolClient | undefined;
-  const tokenSecret = randomUUID();
-
-  beforeAll(async () => {
-    env = await createDevServerEnv();
-    db = await createTestDatabase({ migrate: false });
-    await createMyceliumSchema(db.pool);
-    await migrateDatabase(db.pool);
-    await db.pool.query(`INSERT INTO public.tenant (id, name) VALUES ($1, 'system')`, [SYSTEM_TENANT]);
-    const keys = testKeys(['v1']);
-    targets = new TargetRuntimes({ db: db.pool, keys, env: { MYC_TOKEN_SECRET: tokenSecret } });
-    worker = await createWorker({
-      connection: env.nativeConnection,
-      taskQueue: 'rekey',
-      db: db.pool,
-      keys,
-      targets,
-      workflowBundle: workflowBundle(),
-    });
-    running = worker.run();
-  });
-
-  afterAll(async () => {
-    await lock?.query('ROLLBACK').catch(() => undefined);
-    lock?.release();
-    worker?.shutdown();
-    await running;
-    await targets?.close();
-    await db?.drop();
-    await env?.teardown();
-  });
+  const fixture = useMyceliumMigrationWorker();
 
   it("Finding (lines no test ran): docs/02's `temporal workflow start --type migrateDek …` and `temporal workflow update execute … --name pauseMigration` run as written, <db> from rekey kek-status: the migration starts and the pause answers with its report, paused", async () => {
     const lines = migrationTemporalLines();
@@ -73,31 +30,27 @@ describe("docs/02's temporal CLI lines for a migration, as written", () => {
       'temporal workflow start',
       'temporal workflow update',
     ]);
-    // A v1 value the migration must write, held by an open transaction (an application's, say): the run cannot end
-    // before the pause reaches it, however fast it is.
-    const value = await insertLegacyTotpUser(db.pool, kekOf(tokenSecret), 'ops@example.com', 'JBSWY3DPEHPK3PXP');
-    lock = await db.pool.connect();
-    await lock.query('BEGIN');
-    await lock.query(`SELECT 1 FROM public."user" WHERE id = $1 FOR UPDATE`, [value.row]);
+    // A v1 value the migration must write, held by an application's open transaction (see the fixture).
+    await fixture.holdValue();
 
     // <db>: the 12 hex digits after the '.' of the workflow id rekey kek-status --target mycelium prints.
     const status = await runRekey(['kek-status', '--target', 'mycelium'], {
       PATH: process.env.PATH,
-      DATABASE_URL: db.url,
+      DATABASE_URL: fixture.db.url,
     });
     expect(status.code, status.stderr).toBe(0);
     const dbId = /rotations run under the workflow id kek-rotation-mycelium\.([0-9a-f]{12})$/m.exec(status.stdout)?.[1];
     expect(dbId, status.stdout).toBeDefined();
 
     const temporal = async (line: string) => {
-      const servers = { temporalAddress: env.address };
+      const servers = { temporalAddress: fixture.env.address };
       const result = await runLine(asTyped(line, { '<db>': dbId! }, servers), operatorEnv(servers));
       expect(result.code, `${line}\n${result.stderr}`).toBe(0);
       return result;
     };
     const started = await temporal(lines[0]!);
     expect(started.stdout).toContain(`dek-migration-mycelium.${dbId}`);
-    const handle = env.client.workflow.getHandle(`dek-migration-mycelium.${dbId}`);
+    const handle = fixture.env.client.workflow.getHandle(`dek-migration-mycelium.${dbId}`);
     // The run is under way (its plan made) before the pause, as an operator pauses one.
     await queryUntil<{ phase: string }>(handle, 'progress', (p) => p.phase !== 'planning', { withinMs: 60_000 });
     const paused = await temporal(lines[1]!);
