@@ -114,7 +114,7 @@ export interface StoreDriver {
   /**
    * `rekey keys claim`: records `keyspace` as the owner of KEK `kekId`, the key with `fingerprint` (as `rekey keys list`
    * prints it), an explicit act on one key; 'already' when it was this keyspace's. Another keyspace's key is refused
-   * (KeyspaceMismatchError); a store whose first keyspace takes it at its first rotation refuses (refuseClaim).
+   * (KeyspaceMismatchError); a store that records no owners refuses (refuseClaim).
    */
   claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'>;
   /**
@@ -128,8 +128,9 @@ export interface StoreDriver {
   /**
    * Before an empty registry is seeded with `kekId`, the KEK the store's configuration names current (an application's
    * first start): refuses a key that may be another keyspace's (AWS KMS: one whose owner tag does not name `keyspace`,
-   * an untagged one included, since another deployment's may share the alias prefix). A store whose keys cannot be
-   * another keyspace's by its own record answers at once.
+   * an untagged one included, since another deployment's may share the alias prefix). The keyring file, whose KEKs only
+   * rekey makes, records `keyspace` as the owner of a KEK it records none for, before the seed (a second deployment on
+   * the same file is then refused). A store that records no owners answers at once.
    */
   refuseSeed(kekId: string, keyspace: string): Promise<void>;
 }
@@ -143,11 +144,11 @@ export function refuseKeyBytes(store: string): Promise<never> {
   );
 }
 
-/** The answer of a store without owner records of its own to `rekey keys claim` (exit 2). */
+/** The answer of a store without owner records (the environment, Mycelium's token secrets) to `rekey keys claim` (exit 2). */
 export function refuseClaim(store: string): Promise<never> {
   return Promise.reject(
     new ConfigError(
-      `${store} takes its first keyspace's ownership at that keyspace's first rotation: nothing to claim (rekey keys claim is for the stores other deployments can reach: AWS KMS, Vault Transit, Vault KV and Secrets Manager)`,
+      `${store} records no owners: nothing to claim (rekey keys claim is for the stores that record their keys' owners: a keyring file, AWS KMS, Vault Transit, Vault KV and Secrets Manager)`,
     ),
   );
 }

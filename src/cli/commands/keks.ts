@@ -158,7 +158,7 @@ export function keysCommand(): Command {
   keys
     .command('claim')
     .description(
-      "record a target's keyspace as the owner of a KEK that has none (an AWS KMS key made by hand or by an earlier keys generate; a Vault Transit key, a Vault KV secret or a Secrets Manager secret made before owner records), naming the key by its id and fingerprint",
+      "record a target's keyspace as the owner of a KEK that has none (an AWS KMS key made by hand or by an earlier keys generate; a Vault Transit key, a Vault KV secret or a Secrets Manager secret made before owner records; a keyring file's KEK an application could not record), naming the key by its id and fingerprint",
     )
     .argument('<id>', 'KEK id')
     .requiredOption(

@@ -4,7 +4,6 @@ import path from 'node:path';
 import { z } from 'zod';
 import { kekFingerprint } from '../../envelope/dek-wrapping';
 import {
-  refuseClaim,
   type DestroyOutcome,
   type ProcessStore,
   type ProcessStoreContext,
@@ -13,7 +12,13 @@ import {
   type StoreName,
 } from '../driver';
 import { decodeKek, InMemoryKeys, LocalKeysDriver, newKekId, newKekText } from '../local-keys';
-import { KekFingerprintMismatchError, KeyMaterialError, KeyspaceMismatchError } from '../../errors';
+import {
+  KekFingerprintMismatchError,
+  KeyMaterialError,
+  KeyspaceMismatchError,
+  KeyStoreRefusedError,
+  UnknownKekError,
+} from '../../errors';
 
 const KeyringFile = z.object({
   format: z.literal('rekey-keyring/v1'),
@@ -79,11 +84,37 @@ export class FileKeyring extends LocalKeysDriver {
 
   /**
    * An application's first seed: not from a KEK the file records as another keyspace's. A KEK the file records no
-   * owner for is taken: a keyring file has no claim (its first keyspace's rotation records itself, and two targets on
-   * one file are refused at load), so an unrecorded one is this deployment's file, as at a rotation's first step.
+   * owner for (made by `rekey keys generate` or imported) is this keyspace's from now on: the file records it, under
+   * its lock, before the registry is seeded. Else a second deployment pointed at the same file (another database, a
+   * registry this one cannot see) seeded from it too, and its first rotation's adopt took the KEK, retired and
+   * destroyed it, proving only its own rows (test/adversary/file-keyring-unowned-shared.test.ts).
    */
   override async refuseSeed(kekId: string, keyspace: string): Promise<void> {
-    const owner = await this.ownerOf(kekId);
+    const entry = readKeyring(this.file).keks.find((k) => k.id === kekId);
+    if (entry === undefined) return;
+    let owner = entry.owner;
+    if (owner === undefined) {
+      try {
+        owner = await withLock(this.file, () => {
+          const parsed = readKeyring(this.file);
+          const now = parsed.keks.find((k) => k.id === kekId);
+          if (now === undefined || now.owner !== undefined) return now?.owner;
+          const keks = parsed.keks.map((k) => (k === now ? { ...k, owner: keyspace } : k));
+          writeKeyring(this.file, { ...parsed, keks }, 'replace');
+          return keyspace;
+        });
+      } catch (err) {
+        // A file mounted read-only for the application: not seeded from a KEK no keyspace has taken. The cause names
+        // the file and the failed write only (never its content).
+        const key = decodeKek(entry.key, `${this.file} (KEK '${kekId}')`);
+        const fingerprint = kekFingerprint(key);
+        key.fill(0);
+        throw new KeyStoreRefusedError(
+          `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records no keyspace as its owner, and this process cannot record this one there (${err instanceof Error ? err.message : String(err)}); another deployment on the same file may use the KEK. ` +
+            `If the KEK is this keyspace's, claim it (with this keyspace's DATABASE_URL): rekey keys claim ${kekId} --fingerprint ${fingerprint}. If it is not, give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
+        );
+      }
+    }
     if (owner === undefined || owner === keyspace) return;
     throw new KeyspaceMismatchError(
       `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records keyspace ${owner} as its owner. Give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
@@ -155,9 +186,37 @@ export class FileKeyring extends LocalKeysDriver {
    * the same here. A KEK already there with these bytes is left as it is; another key under the id is refused.
    * `current` names it as current if the file names none yet.
    */
-  /** Its first keyspace takes it at that keyspace's first rotation: `rekey keys claim` is refused. */
-  claimKey(_kekId: string, _fingerprint: string, _keyspace: string): Promise<'claimed' | 'already'> {
-    return refuseClaim(this.description);
+  /**
+   * `rekey keys claim <id> --fingerprint <fp>`: records `keyspace` as the owner of the KEK the file holds under `kekId`
+   * with that fingerprint, if it records none (for an application that cannot write the file at its first start).
+   * Another keyspace's KEK is refused.
+   */
+  async claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
+    const owner = await withLock(this.file, () => {
+      const parsed = readKeyring(this.file);
+      const entry = parsed.keks.find((k) => k.id === kekId);
+      if (entry === undefined) throw new UnknownKekError(kekId, this.description);
+      const key = decodeKek(entry.key, `${this.file} (KEK '${kekId}')`);
+      const held = kekFingerprint(key);
+      key.fill(0);
+      if (held !== fingerprint) {
+        throw new KekFingerprintMismatchError(
+          kekId,
+          fingerprint,
+          held,
+          `KEK '${kekId}' in ${this.description} is ${held}, not the ${fingerprint} given: rekey claims only the key named`,
+        );
+      }
+      if (entry.owner !== undefined) return { before: entry.owner };
+      const keks = parsed.keks.map((k) => (k === entry ? { ...k, owner: keyspace } : k));
+      writeKeyring(this.file, { ...parsed, keks }, 'replace');
+      return { before: undefined };
+    });
+    if (owner.before === undefined) return 'claimed';
+    if (owner.before === keyspace) return 'already';
+    throw new KeyspaceMismatchError(
+      `not claiming KEK '${kekId}': ${this.description} records keyspace ${owner.before} as its owner, and this is keyspace ${keyspace}. Give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
+    );
   }
 
   async importKek(kekId: string, key: Buffer, options: { current: boolean }): Promise<'added' | 'present'> {
