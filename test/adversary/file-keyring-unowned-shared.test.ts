@@ -5,9 +5,11 @@
 // staging copy given production's keyring volume) thereby took A's v1 as its own, rotated away from it, retired it and
 // destroyed it (removed from the file), proving only B's rows: every DEK of A under v1 was lost. Against PostgreSQL and
 // the keyring file.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { EnvKeyProvider } from '../../src/keyring/drivers/env';
 import { FileKeyring } from '../../src/keyring/drivers/file';
 import { generateKek } from '../../src/keyring/keyring';
 import { KekRegistry } from '../../src/store/kek-registry';
@@ -20,7 +22,7 @@ import { keyspaceIn } from '../helpers/keyspace';
 import { fingerprintIn } from '../helpers/store-keys';
 
 describe('adversary: one keyring file shared by two deployments on different databases, its KEK made with no owner', () => {
-  const databases = useTestDatabases(6);
+  const databases = useTestDatabases(8);
   const scratch = useScratchDirectory('rekey-file-unowned-');
 
   /** Deployment A (database `index`): v1 made by `rekey keys generate` (no owner), A's application started first and wrote a record. */
@@ -122,5 +124,45 @@ describe('adversary: one keyring file shared by two deployments on different dat
     await again.stop();
     expect((await new KekRegistry(dbA.pool, 'rekey').require('v1')).fingerprint).toBe(fingerprint);
     keys.close();
+  });
+
+  it("Finding 2: KEKs A's registry recorded from the environment, moved into a keyring file B is given (rekey keys import), are taken by neither B's first start nor B's rotation: refused with rekey keys claim, and A's record still opens", async () => {
+    const file = path.join(scratch.dir, 'import.json');
+    const [dbA, dbB] = [databases.db(6), databases.db(7)];
+    // Deployment A on the environment: its application seeded v1 and wrote a record under it.
+    const env = { REKEY_CURRENT_KEK_ID: 'v1', REKEY_KEK_v1: randomBytes(32).toString('base64url') };
+    const envKeys = new EnvKeyProvider(env);
+    const appA = new TenantCrypto({ db: dbA.pool, keys: envKeys, dekCacheTtlMs: 0 });
+    await appA.start();
+    const sealed = await appA.encrypt('a-tenant', 'record of deployment A');
+    await appA.stop();
+    envKeys.close();
+    // A's operator moves the KEKs into the keyring file (docs/06), with the built CLI.
+    const imported = await runRekey(['keys', 'import', '--keyring', file], { PATH: process.env.PATH, ...env });
+    expect(imported.code, imported.stderr).toBe(0);
+
+    // Deployment B, another database, given the same file.
+    const keysB = FileKeyring.open(file);
+    const appB = new TenantCrypto({ db: dbB.pool, keys: keysB, dekCacheTtlMs: 0 });
+    const started = appB.start();
+    await expect(started).rejects.toThrow(KeyStoreRefusedError);
+    await expect(started).rejects.toThrow(`rekey keys claim v1 --fingerprint ${await fingerprintIn(keysB, 'v1')}`);
+    await appB.stop();
+    // B's rotation's first step (adopt) does not take it either: B's registry records none of its keys.
+    await keyringFor(dbB.pool, keysB, (await keyspaceIn(dbB.pool)).id).adopt();
+    expect(await keysB.ownerOf('v1')).toBeUndefined();
+    // A's own rotation takes it (A's registry records v1): B's first start is then refused as another keyspace's.
+    const keysA = FileKeyring.open(file);
+    await keyringFor(dbA.pool, keysA, (await keyspaceIn(dbA.pool)).id).adopt();
+    expect(await keysA.ownerOf('v1')).toBe((await keyspaceIn(dbA.pool)).id);
+    await expect(new TenantCrypto({ db: dbB.pool, keys: keysB, dekCacheTtlMs: 0 }).start()).rejects.toThrow(
+      KeyspaceMismatchError,
+    );
+    const reader = new TenantCrypto({ db: dbA.pool, keys: keysA, dekCacheTtlMs: 0 });
+    await reader.start();
+    expect((await reader.decrypt('a-tenant', sealed)).toString()).toBe('record of deployment A');
+    await reader.stop();
+    keysA.close();
+    keysB.close();
   });
 });

@@ -30,6 +30,11 @@ const KeyringFile = z.object({
       createdAt: z.string(),
       /** The keyspace (`<database id>/<schema.table>`) the KEK belongs to; absent in files written before owners. */
       owner: z.string().optional(),
+      /**
+       * Written by `rekey keys import`: bytes another store held, which registries may record already. Taken without an
+       * owner only by a keyspace whose registry records it, or by `rekey keys claim`.
+       */
+      imported: z.boolean().optional(),
     }),
   ),
 });
@@ -93,6 +98,15 @@ export class FileKeyring extends LocalKeysDriver {
     const entry = readKeyring(this.file).keks.find((k) => k.id === kekId);
     if (entry === undefined) return;
     let owner = entry.owner;
+    // Imported bytes may be recorded by another registry already (the deployment that imported them): not taken.
+    if (owner === undefined && entry.imported === true) {
+      throw this.unclaimed(
+        kekId,
+        keyspace,
+        entry.key,
+        'it was imported (rekey keys import): the registry of the deployment that imported it may record it already',
+      );
+    }
     if (owner === undefined) {
       try {
         owner = await withLock(this.file, () => {
@@ -106,13 +120,8 @@ export class FileKeyring extends LocalKeysDriver {
       } catch (err) {
         // A file mounted read-only for the application: not seeded from a KEK no keyspace has taken. The cause names
         // the file and the failed write only (never its content).
-        const key = decodeKek(entry.key, `${this.file} (KEK '${kekId}')`);
-        const fingerprint = kekFingerprint(key);
-        key.fill(0);
-        throw new KeyStoreRefusedError(
-          `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records no keyspace as its owner, and this process cannot record this one there (${err instanceof Error ? err.message : String(err)}); another deployment on the same file may use the KEK. ` +
-            `If the KEK is this keyspace's, claim it (with this keyspace's DATABASE_URL): rekey keys claim ${kekId} --fingerprint ${fingerprint}. If it is not, give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
-        );
+        const cause = err instanceof Error ? err.message : String(err);
+        throw this.unclaimed(kekId, keyspace, entry.key, `this process cannot record this keyspace there (${cause})`);
       }
     }
     if (owner === undefined || owner === keyspace) return;
@@ -121,12 +130,39 @@ export class FileKeyring extends LocalKeysDriver {
     );
   }
 
-  /** Records the keyspace as the owner of every KEK the file records none for (written durably, as every write). */
-  async adopt(keyspace: string): Promise<void> {
+  /** The refusal of a seed from KEK `kekId` (its `key` as the file holds it) no keyspace owns, with its claim. */
+  private unclaimed(kekId: string, keyspace: string, text: string, why: string): KeyStoreRefusedError {
+    const key = decodeKek(text, `${this.file} (KEK '${kekId}')`);
+    const fingerprint = kekFingerprint(key);
+    key.fill(0);
+    return new KeyStoreRefusedError(
+      `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records no keyspace as its owner, and ${why}; another deployment on the same file may use the KEK. ` +
+        `If the KEK is this keyspace's, claim it (with this keyspace's DATABASE_URL): rekey keys claim ${kekId} --fingerprint ${fingerprint}. If it is not, give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
+    );
+  }
+
+  /**
+   * Records the keyspace as the owner of every KEK the file records none for (written durably, as every write), but
+   * an imported one (`rekey keys import`) only where `registry` records its key: another deployment's registry may
+   * record it (test/adversary/file-keyring-unowned-shared.test.ts, finding 2).
+   */
+  async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
+    const recorded = new Set(registry.filter((r) => r.state !== 'destroyed').map((r) => r.fingerprint));
+    const takes = (k: KeyringFile['keks'][number]): boolean => {
+      if (k.owner !== undefined) return false;
+      if (k.imported !== true) return true;
+      const key = decodeKek(k.key, `${this.file} (KEK '${k.id}')`);
+      try {
+        return recorded.has(kekFingerprint(key));
+      } finally {
+        key.fill(0);
+      }
+    };
     await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
-      if (parsed.keks.every((k) => k.owner !== undefined)) return;
-      const keks = parsed.keks.map((k) => (k.owner === undefined ? { ...k, owner: keyspace } : k));
+      const taken = new Set(parsed.keks.filter(takes).map((k) => k.id));
+      if (taken.size === 0) return;
+      const keks = parsed.keks.map((k) => (taken.has(k.id) ? { ...k, owner: keyspace } : k));
       writeKeyring(this.file, { ...parsed, keks }, 'replace');
     });
   }
@@ -232,7 +268,12 @@ export class FileKeyring extends LocalKeysDriver {
           stored.fill(0);
         }
       }
-      parsed.keks.push({ id: kekId, key: key.toString('base64url'), createdAt: new Date().toISOString() });
+      parsed.keks.push({
+        id: kekId,
+        key: key.toString('base64url'),
+        createdAt: new Date().toISOString(),
+        imported: true,
+      });
       if (options.current) parsed.current ??= kekId;
       writeKeyring(this.file, parsed, 'replace');
       return 'added';
