@@ -120,6 +120,14 @@ export function enterPhase(progress: RotationProgress, phase: Phase, now: number
   return { ...progress, phase, phases, ...(rewrapMs !== undefined && { rewrapMs }) };
 }
 
+/**
+ * The progress of a run that failed with `failure`: outcome 'failed' (what the `progress` query answers tctl and
+ * `temporal workflow query` from then on), and nothing it waited for or held before, since no command can act now.
+ */
+export function failedProgress(progress: RotationProgress, failure: RunFailure): RotationProgress {
+  return { ...progress, outcome: 'failed', failure, waiting: undefined, paused: false, heldBefore: undefined };
+}
+
 /** Adds a finished slice's counters and failures: called exactly once per finished slice. */
 export function addSliceResult(
   progress: RotationProgress,
