@@ -14,7 +14,7 @@ export interface Wait {
   /** fleet: every live application instance; application: the application's own configuration (an operator). */
   kind: 'fleet' | 'application';
   step: 'promote' | 'retire' | 'last-passes';
-  /** What must happen, e.g. "set TALOS_CURRENT_KEK_ID=v2 on every gateway and restart it; then confirm". */
+  /** What must happen, e.g. "set TALOS_CURRENT_KEK_ID=v2 on every gateway and restart it" (`command` follows it). */
   instructions: string;
   /** The command that moves the run on once it has. */
   command?: string;
