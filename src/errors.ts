@@ -347,6 +347,15 @@ export class RunFailedError extends RekeyError {
   }
 }
 
+/**
+ * A run started whose first step gave no verdict in time (no worker polls its task queue, or the step keeps retrying
+ * a database that does not answer): it stays started, and may still go on. The message says what it is doing and
+ * names its id; its answer has a code (`no_verdict`) and a next step of its own (CLIENT_ERROR_ANSWERS).
+ */
+export class NoVerdictError extends RekeyError {
+  override readonly name = 'NoVerdictError';
+}
+
 /** No worker polls a task queue that a request needs one on (`rekey schedule create` asks a worker first). */
 export class NoWorkerError extends RekeyError {
   override readonly name = 'NoWorkerError';
@@ -467,6 +476,23 @@ export const WORKFLOW_FAILURE_ANSWERS: Readonly<Record<WorkflowFailureType, { er
 };
 
 /**
+ * Errors a client raises that every surface names by a code of their own, not their kind's (as a workflow failure
+ * type is named), with what the operator does next.
+ */
+export const CLIENT_ERROR_ANSWERS: Readonly<Record<'NoVerdictError', { error: string; next: string }>> = {
+  NoVerdictError: {
+    error: 'no_verdict',
+    next: "the run stays started and goes on once a worker takes it up: follow it with 'rekey status <id>' (the message names it); if no worker has taken it up, start a rekey worker of this database on the task queue the message names; to stop it instead, 'rekey abort <id>' (of a run no worker ever took up, that refusal gives the line that ends it)",
+  },
+};
+
+/** Every error type named by a code of its own, with its next step: the workflow's failure types and the client's. */
+export const ERROR_ANSWERS: Readonly<Record<string, { error: string; next: string }>> = {
+  ...WORKFLOW_FAILURE_ANSWERS,
+  ...CLIENT_ERROR_ANSWERS,
+};
+
+/**
  * What every surface says of an error (the CLI's line and --json, the admin API's body, a failed run's status, the
  * Web UI's details): `error` is the workflow failure type's code (application_not_ready) where it is one, else the
  * kind's (ERROR_CODES, 'internal' only for an error of no known type); `next`, for those types, what to do next.
@@ -483,10 +509,7 @@ export interface ErrorAnswer {
 export function errorAnswer(err: unknown, message = failureMessage(err)): ErrorAnswer {
   const kind = errorKind(err);
   const type = errorType(err);
-  const known =
-    type !== undefined && Object.hasOwn(WORKFLOW_FAILURE_ANSWERS, type)
-      ? WORKFLOW_FAILURE_ANSWERS[type as WorkflowFailureType]
-      : undefined;
+  const known = type !== undefined && Object.hasOwn(ERROR_ANSWERS, type) ? ERROR_ANSWERS[type] : undefined;
   return {
     error: known?.error ?? ERROR_CODES[kind],
     kind,
@@ -525,6 +548,7 @@ const CLASSES = [
   ControlRefusedError,
   RotationUnderWayError,
   NoWorkerError,
+  NoVerdictError,
 ] as const;
 
 /** The kind of every error type by name: rekey's classes and the workflow's failure types. */

@@ -3,7 +3,13 @@ import type { RunStatus } from '../rotation/run-status';
 // Schema pieces every admin route shares.
 export const errorBody = {
   type: 'object',
-  properties: { error: { type: 'string' }, message: { type: 'string' }, op_id: { type: 'string' } },
+  properties: {
+    error: { type: 'string' },
+    message: { type: 'string' },
+    /** Dropped by the serializer while the schema lacked it: an error named by a code of its own says what next. */
+    next: { type: 'string', description: 'an error named by a code of its own (ERROR_ANSWERS): what to do next' },
+    op_id: { type: 'string' },
+  },
   required: ['error', 'message'],
 } as const;
 

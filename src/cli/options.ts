@@ -51,11 +51,25 @@ export function notFound(message: string): CliError {
   return new CliError(message, 'not-found');
 }
 
-/** `--target <name>`: the keyspace a command works on (REKEY_TARGET, else REKEY_DEFAULT_TARGET, else rekey). */
+/**
+ * `--target <name>`: the keyspace a command works on. Not given, it is REKEY_TARGET, else REKEY_DEFAULT_TARGET, else
+ * rekey, read from the program's environment (runCli's) by targetFromEnv, not by commander's .env(), which reads
+ * process.env.
+ */
 export function targetOption(
   description = 'the keyspace: rekey (its own table), mycelium, talos, or one of REKEY_CONFIG',
 ): Option {
-  return new Option('--target <name>', description)
-    .env('REKEY_TARGET')
-    .default(process.env.REKEY_DEFAULT_TARGET || 'rekey');
+  return new Option('--target <name>', `${description} (env: REKEY_TARGET, else REKEY_DEFAULT_TARGET; default: rekey)`);
+}
+
+/**
+ * The program's preAction hook: a command with --target that was not given it takes REKEY_TARGET, else
+ * REKEY_DEFAULT_TARGET, else rekey, from the environment the program runs with, like every other setting.
+ */
+export function targetFromEnv(_program: Command, command: Command): void {
+  if (!command.options.some((option) => option.attributeName() === 'target')) return;
+  if (command.getOptionValueSource('target') === 'cli') return;
+  const env = envOf(command);
+  if (env.REKEY_TARGET) command.setOptionValueWithSource('target', env.REKEY_TARGET, 'env');
+  else command.setOptionValueWithSource('target', env.REKEY_DEFAULT_TARGET || 'rekey', 'default');
 }

@@ -6,7 +6,7 @@ import { migrateDekCommand } from './commands/migrate-dek';
 import { rotateCommand } from './commands/rotate';
 import { scheduleCommand } from './commands/schedule';
 import { statusCommand } from './commands/status';
-import { setProgramEnv } from './options';
+import { setProgramEnv, targetFromEnv } from './options';
 import {
   databaseUnreachable,
   errorAnswer,
@@ -27,7 +27,8 @@ export function createProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .option('--task-queue <name>', 'task queue of the rekey workers', env.REKEY_TASK_QUEUE ?? 'rekey')
     .option('--json', 'machine-readable output')
     .showHelpAfterError()
-    .exitOverride();
+    .exitOverride()
+    .hook('preAction', targetFromEnv);
   setProgramEnv(program, env);
   for (const command of [
     rotateCommand(),

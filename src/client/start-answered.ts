@@ -10,7 +10,7 @@ import {
 } from '@temporalio/client';
 import type { UpdateDefinition } from '@temporalio/common';
 import { formatDuration } from '../rotation/durations';
-import { errorKind, errorType, failureMessage, RunFailedError } from '../errors';
+import { errorKind, errorType, failureMessage, NoVerdictError, RunFailedError } from '../errors';
 
 /** How long a client waits for the verdict before it says the run started without one, and why. */
 export const ANSWER_WITHIN_MS = 60_000;
@@ -28,8 +28,8 @@ export type Answered<R> =
  * Starts `start` and asks it `update`, which answers once the run's first step has decided. The step's refusal is
  * thrown as a RunFailedError (its message, the kind of its error type) once the refused run has closed; a run of that id already running throws
  * WorkflowExecutionAlreadyStartedError and starts nothing. No answer within `withinMs` (no worker polls the task
- * queue, or the step keeps retrying) throws a RunFailedError of kind `failed` that says what the run is doing: it
- * stays started.
+ * queue, or the step keeps retrying) throws a NoVerdictError (kind `failed`, code `no_verdict`) that says what the run
+ * is doing: it stays started.
  */
 export async function startAnswered<W extends Workflow, R>(
   client: Client,
@@ -85,7 +85,7 @@ async function notAnswered(
   workflowId: string,
   taskQueue: string,
   withinMs: number,
-): Promise<RunFailedError> {
+): Promise<NoVerdictError> {
   let started = `${workflowId} started`;
   let why = 'its first step has not decided yet';
   try {
@@ -124,9 +124,8 @@ async function notAnswered(
   } catch (err) {
     why = `and describing it failed: ${(err as Error).message}`;
   }
-  return new RunFailedError(
+  return new NoVerdictError(
     `${started}, but gave no verdict within ${formatDuration(withinMs)}: ${why}; it stays started: ` +
       `'rekey status ${workflowId}' follows it, 'rekey abort ${workflowId}' stops it`,
-    'failed',
   );
 }

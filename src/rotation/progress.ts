@@ -14,7 +14,7 @@ export interface Wait {
   /** fleet: every live application instance; application: the application's own configuration (an operator). */
   kind: 'fleet' | 'application';
   step: 'promote' | 'retire' | 'last-passes';
-  /** What must happen, e.g. "set TALOS_CURRENT_KEK_ID=v2 on every gateway and restart it; then confirm". */
+  /** What must happen, e.g. "set TALOS_CURRENT_KEK_ID=v2 on every gateway and restart it" (`command` follows it). */
   instructions: string;
   /** The command that moves the run on once it has. */
   command?: string;
@@ -118,6 +118,14 @@ export function enterPhase(progress: RotationProgress, phase: Phase, now: number
   }
   phases[phase] = { startedAt: now, ...(phase === 'done' ? { endedAt: now } : {}) };
   return { ...progress, phase, phases, ...(rewrapMs !== undefined && { rewrapMs }) };
+}
+
+/**
+ * The progress of a run that failed with `failure`: outcome 'failed' (what the `progress` query answers tctl and
+ * `temporal workflow query` from then on), and nothing it waited for or held before, since no command can act now.
+ */
+export function failedProgress(progress: RotationProgress, failure: RunFailure): RotationProgress {
+  return { ...progress, outcome: 'failed', failure, waiting: undefined, paused: false, heldBefore: undefined };
 }
 
 /** Adds a finished slice's counters and failures: called exactly once per finished slice. */

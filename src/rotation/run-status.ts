@@ -186,6 +186,28 @@ function endedByTemporal(facts: RunFacts): string | undefined {
   }
 }
 
+/**
+ * The status of a run (a rotation or a migration) that failed, else undefined: ended by Temporal, failed to Temporal
+ * (its failure read from the close event), ended with no report to read, or failed by its own report (it is recording
+ * its end, still RUNNING to Temporal, or its report is all there is of it).
+ */
+function failedStatus(
+  facts: RunFacts,
+  report: { outcome?: string; failure?: { message: string } } | undefined,
+  noun: 'run' | 'migration',
+  base: Omit<RunStatus, 'state' | 'label' | 'reason' | 'line' | 'ended'>,
+): RunStatus | undefined {
+  const byTemporal = endedByTemporal(facts);
+  if (byTemporal !== undefined) return make('failed', byTemporal, base);
+  const unexplained = `the ${noun} failed; see its page in the Web UI`;
+  if (facts.execution === 'FAILED' || (facts.execution !== 'RUNNING' && !report)) {
+    return make('failed', facts.failure ?? unexplained, base);
+  }
+  if (report?.outcome === 'failed')
+    return make('failed', facts.failure ?? report.failure?.message ?? unexplained, base);
+  return undefined;
+}
+
 function rowsText(moved: number, total: number, noun: string, verb = 'moved'): string {
   return `${n(moved)} of ${n(total)} ${noun}s ${verb}`;
 }
@@ -215,20 +237,9 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
   };
   const kek = progress ? `'${progress.from}' → ${describeTargetKek(progress.to)}` : '';
 
-  const byTemporal = endedByTemporal(facts);
-  if (byTemporal !== undefined) return make('failed', byTemporal, base);
-  if (facts.execution === 'FAILED' || (facts.execution !== 'RUNNING' && !progress)) {
-    return make('failed', facts.failure ?? 'the run failed; see its page in the Web UI', base);
-  }
+  const failed = failedStatus(facts, progress, 'run', base);
+  if (failed) return failed;
   if (!progress) return make('running', 'starting', base);
-  // The run failed and is recording its end (still RUNNING to Temporal), or its progress is all there is of it.
-  if (progress.outcome === 'failed') {
-    return make(
-      'failed',
-      facts.failure ?? progress.failure?.message ?? 'the run failed; see its page in the Web UI',
-      base,
-    );
-  }
 
   if (facts.execution !== 'RUNNING' && progress.outcome === 'running') {
     return make('failed', `the run ended in ${progress.phase} without an outcome; see its page in the Web UI`, base);
@@ -294,12 +305,12 @@ export function rotationRunStatus(facts: RunFacts & { progress?: RotationProgres
         : waiting.confirmationOnly
           ? 'Waiting for confirmation'
           : 'Waiting for the application';
-    return make(
-      'waiting',
-      waiting.instructions,
-      { ...running, ...(waiting.command && { command: waiting.command }) },
-      label,
-    );
+    // The application's step, then the exact command that tells the run it is done: the line every surface prints.
+    const reason =
+      waiting.kind === 'application' && waiting.command
+        ? `${waiting.instructions}; then ${waiting.command}`
+        : waiting.instructions;
+    return make('waiting', reason, { ...running, ...(waiting.command && { command: waiting.command }) }, label);
   }
   const parts: string[] = [progress.phase];
   if (progress.passes > 0) parts.push(`pass ${progress.passes}`);
@@ -340,19 +351,9 @@ export function migrationRunStatus(facts: RunFacts & { report?: MigrationReport 
     rows.total === 0 ? (done ? 100 : 0) : Math.min(100, Math.floor((rows.moved / rows.total) * 1000) / 10);
   const base = { step: report?.phase ?? 'planning', percent, rows };
 
-  const byTemporal = endedByTemporal(facts);
-  if (byTemporal !== undefined) return make('failed', byTemporal, base);
-  if (facts.execution === 'FAILED' || (facts.execution !== 'RUNNING' && !report)) {
-    return make('failed', facts.failure ?? 'the migration failed; see its page in the Web UI', base);
-  }
+  const failed = failedStatus(facts, report, 'migration', base);
+  if (failed) return failed;
   if (!report) return make('running', 'starting', base);
-  if (report.outcome === 'failed') {
-    return make(
-      'failed',
-      facts.failure ?? report.failure?.message ?? 'the migration failed; see its page in the Web UI',
-      base,
-    );
-  }
 
   const values = rowsText(rows.moved, rows.total, 'value');
   const unreadable = report.totals.unreadable > 0 ? `, ${n(report.totals.unreadable)} unreadable` : '';

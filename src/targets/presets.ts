@@ -105,11 +105,11 @@ export const MYCELIUM_PRESET: TargetDefinition = {
     owner: 'application',
     promote: {
       instructions:
-        "set the new token_secret (generation {to}) in every gateway's settings (or Vault) and restart them; then confirm",
+        "set the new token_secret (generation {to}) in every gateway's settings (or Vault) and restart them",
     },
     retire: {
       instructions:
-        'discard the old token_secret (generation {from}) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
+        'discard the old token_secret (generation {from}) from Vault, the environment and MYC_OLD_TOKEN_SECRET',
     },
   },
   noun: 'DEK',
@@ -135,11 +135,11 @@ export const TALOS_PRESET: TargetDefinition = {
     owner: 'application',
     currentKekEnv: 'TALOS_CURRENT_KEK_ID',
     promote: {
-      instructions: 'set TALOS_CURRENT_KEK_ID={to} on every gateway and restart it; then confirm',
+      instructions: 'set TALOS_CURRENT_KEK_ID={to} on every gateway and restart it',
       probe: { kind: 'rows-written', timestampColumn: 'updated_at' },
     },
     retire: {
-      instructions: "remove TALOS_KEK_{from} from every gateway's environment and restart it; then confirm",
+      instructions: "remove TALOS_KEK_{from} from every gateway's environment and restart it",
     },
   },
   noun: 'secret',

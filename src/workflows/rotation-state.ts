@@ -14,6 +14,7 @@ import { formatDuration, parseDuration } from '../rotation/durations';
 import { nextPhase, runKind, type RunKind } from '../rotation/phase-plan';
 import {
   enterPhase,
+  failedProgress,
   initialProgress,
   report,
   setPaused,
@@ -206,14 +207,7 @@ export class RotationState {
    */
   ended(failure: unknown): void {
     const answer = runFailure(failure);
-    this.current = {
-      ...this.current,
-      outcome: 'failed',
-      failure: answer,
-      waiting: undefined,
-      paused: false,
-      heldBefore: undefined,
-    };
+    this.current = failedProgress(this.current, answer);
     setCurrentDetails(failedDetails(this.report(), answer, workflowInfo().workflowId));
   }
 

@@ -3,15 +3,7 @@
 // admin API, the Web UI's details, the progress query). The page's table must say exactly what the code gives, so
 // that the line an operator reads at the terminal is the line the page explains.
 import { describe, expect, it } from 'vitest';
-import {
-  ERROR_CODES,
-  EXIT_CODES,
-  HTTP_STATUSES,
-  WORKFLOW_FAILURE_ANSWERS,
-  WORKFLOW_FAILURES,
-  type ErrorKind,
-  type WorkflowFailureType,
-} from '../../src/errors';
+import { ERROR_ANSWERS, ERROR_CODES, errorKind, EXIT_CODES, HTTP_STATUSES, type ErrorKind } from '../../src/errors';
 import { docPage } from '../helpers/readme';
 
 const PAGE = 'docs/10-exit-codes-and-statuses.md';
@@ -46,13 +38,13 @@ function pageRows(): { type: string; code: string; kind: string; next: string }[
 
 describe(`the workflow failure types' table in ${PAGE}`, () => {
   it("Finding: the page's next column paraphrased what every surface says after 'next:' (FleetNotReady's without rekey override-fleet, VerifyFailed's without 'do not retire the old KEK by hand'); each row is now the type, code, kind and next step src/errors.ts gives, word for word", () => {
-    const types = Object.keys(WORKFLOW_FAILURES) as WorkflowFailureType[];
+    // The workflow's failure types, then the client's errors named by a code of their own (NoVerdictError).
     expect(pageRows()).toEqual(
-      types.map((type) => ({
+      Object.entries(ERROR_ANSWERS).map(([type, answer]) => ({
         type: `\`${type}\``,
-        code: `\`${WORKFLOW_FAILURE_ANSWERS[type].error}\``,
-        kind: WORKFLOW_FAILURES[type],
-        next: WORKFLOW_FAILURE_ANSWERS[type].next,
+        code: `\`${answer.error}\``,
+        kind: errorKind({ type }),
+        next: answer.next,
       })),
     );
   });

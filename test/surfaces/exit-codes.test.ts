@@ -21,7 +21,7 @@ import { parseTargetsConfig } from '../../src/targets/config';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
 import { abortUpdate, migrateDek, pauseSignal, type RotationReport } from '../../src/workflows';
-import { EXIT_CODES, HTTP_STATUSES, RunFailedError, type ErrorKind } from '../../src/errors';
+import { CLIENT_ERROR_ANSWERS, EXIT_CODES, HTTP_STATUSES, RunFailedError, type ErrorKind } from '../../src/errors';
 import { runRekey, type CliResult } from '../helpers/cli';
 import { createApplicationDatabase, createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createMyceliumSchema, kekOf, seedLegacyInventory, seedMyceliumTenants } from '../helpers/mycelium';
@@ -428,12 +428,19 @@ describe("the README's table of exit codes and HTTP statuses, row by row, agains
       http: (response) => expect(response.json()).toMatchObject({ status: 'failed', outcome: 'aborted' }),
     },
     'no verdict within a minute: the run stays started': {
+      observed: "the answer's code was 'internal', the kind's (read as a bug in rekey), with no next step",
       api: () => idleApi,
       concurrent: true,
       says: () =>
         new RegExp(
           `(${idOf('idle')}|${idOf('idle-api')})@\\S+ started, but gave no verdict within 1m 0s: no worker has taken it up \\(is a rekey worker polling task queue 'idle'\\?\\)`,
         ),
+      cli: (result) => {
+        const suffix = `(no_verdict; next: ${CLIENT_ERROR_ANSWERS.NoVerdictError.next})`;
+        expect(result.stderr.trimEnd().slice(-suffix.length)).toBe(suffix);
+      },
+      http: (response) =>
+        expect(response.json()).toMatchObject({ error: 'no_verdict', next: CLIENT_ERROR_ANSWERS.NoVerdictError.next }),
       timeoutMs: 180_000,
     },
     'a run no worker answers for, read with `status` (no worker polls its task queue)': {

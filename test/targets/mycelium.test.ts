@@ -70,7 +70,7 @@ describe('the mycelium preset on a Mycelium-shaped database, through Temporal', 
         expect(waiting.waiting).toMatchObject({
           kind: 'application',
           instructions:
-            'discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET; then confirm',
+            'discard the old token_secret (generation 1) from Vault, the environment and MYC_OLD_TOKEN_SECRET',
           command: `rekey confirm ${started.handle.workflowId} --step retire --note "…"`,
         });
         await started.handle.executeUpdate(confirmStepUpdate, {

@@ -113,7 +113,7 @@ describe("the talos preset, driven as the gateway's runbook says, on a Talos-sha
           status: 'running',
           waiting: {
             kind: 'application',
-            instructions: "remove TALOS_KEK_v1 from every gateway's environment and restart it; then confirm",
+            instructions: "remove TALOS_KEK_v1 from every gateway's environment and restart it",
           },
         });
         const confirmed = await api.inject({

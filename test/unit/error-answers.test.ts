@@ -11,7 +11,7 @@ import * as errors from '../../src/errors';
 import { initialProgress, report } from '../../src/rotation/progress';
 import { failedDetails } from '../../src/rotation/web-ui';
 
-const { RekeyError, ERROR_CODES, EXIT_CODES, HTTP_STATUSES, WORKFLOW_FAILURES, WORKFLOW_FAILURE_ANSWERS } = errors;
+const { RekeyError, ERROR_ANSWERS, ERROR_CODES, EXIT_CODES, HTTP_STATUSES, WORKFLOW_FAILURES } = errors;
 
 type ErrorClass = (new (...args: string[]) => errors.RekeyError) & { name: string; kind: errors.ErrorKind };
 // Every class of the module but the two that only clients raise, with the kind they were given (CliError, RunFailedError).
@@ -52,6 +52,7 @@ describe('what every surface says of each error a rotation can end with', () => 
         'FleetNotReady',
         'RetireRefusedError',
         'DatabaseUnreachableError',
+        'NoVerdictError',
       ]),
     );
     expect(cases.length).toBe(classes.length + Object.keys(WORKFLOW_FAILURES).length);
@@ -60,10 +61,9 @@ describe('what every surface says of each error a rotation can end with', () => 
   it.each(cases.map((c) => [c.type, c] as const))(
     '%s: the same code, kind, message and next step on the CLI (plain and --json), rekey status, the admin API, the Web UI and the progress query',
     (_type, { type, kind, message, thrown }) => {
-      const named = Object.hasOwn(WORKFLOW_FAILURE_ANSWERS, type)
-        ? WORKFLOW_FAILURE_ANSWERS[type as errors.WorkflowFailureType]
-        : undefined;
-      // A workflow failure type is named by its own code; every other error by its kind's.
+      const named = Object.hasOwn(ERROR_ANSWERS, type) ? ERROR_ANSWERS[type] : undefined;
+      // A workflow failure type (and a client's error of ERROR_ANSWERS) is named by its own code; every other error by
+      // its kind's.
       const code = named?.error ?? ERROR_CODES[kind];
       const next = named?.next;
       const withNext = next === undefined ? {} : { next };

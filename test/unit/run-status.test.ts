@@ -107,10 +107,22 @@ describe('one status for a rotation, from what is known of it', () => {
       command: 'rekey override-fleet kek-rotation-talos --reason "…"',
       ended: false,
     });
-    const application = rotation({ phase: 'retire', waiting: { ...wait, kind: 'application', instructions: 'x' } });
-    expect(rotationRunStatus({ execution: 'RUNNING', progress: application }, t0).label).toBe(
-      'Waiting for the application',
-    );
+    const application = rotation({
+      phase: 'retire',
+      waiting: {
+        ...wait,
+        kind: 'application',
+        instructions: "remove TALOS_KEK_v1 from every gateway's environment and restart it",
+        command: 'rekey confirm kek-rotation-talos --step retire --note "…"',
+      },
+    });
+    // Finding: Talos's and Mycelium's instructions ended "; then confirm", naming no command; the line every surface
+    // prints now ends with the exact one.
+    expect(rotationRunStatus({ execution: 'RUNNING', progress: application }, t0)).toMatchObject({
+      label: 'Waiting for the application',
+      line: `Waiting for the application: remove TALOS_KEK_v1 from every gateway's environment and restart it; then rekey confirm kek-rotation-talos --step retire --note "…"`,
+      command: 'rekey confirm kek-rotation-talos --step retire --note "…"',
+    });
     const confirmation = rotation({
       phase: 'retire',
       waiting: { ...wait, kind: 'application', instructions: 'x', confirmationOnly: true },

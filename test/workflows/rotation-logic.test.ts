@@ -5,7 +5,7 @@ import { ApplicationFailure, type Client, WorkflowFailedError, WorkflowUpdateFai
 import { startRotation } from '../../src/client/rotations';
 import { keyspaceOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
-import { LegacyValuesRemainError, RunFailedError } from '../../src/errors';
+import { errorAnswer, LegacyValuesRemainError, NoVerdictError, RunFailedError } from '../../src/errors';
 import { Pool } from 'pg';
 import { buildAdminServer } from '../../src/admin/server';
 import { TargetRuntimes } from '../../src/targets/runtime';
@@ -97,9 +97,9 @@ describe('rotation workflow logic, with stub activities on the time-skipping ser
       ).catch((err: unknown) => err);
       await validating.entered();
       const unanswered = await asked;
-      expect(unanswered).toBeInstanceOf(RunFailedError);
-      expect(unanswered).toMatchObject({ kind: 'failed' });
-      expect((unanswered as RunFailedError).message).toMatch(
+      expect(unanswered).toBeInstanceOf(NoVerdictError);
+      expect(errorAnswer(unanswered)).toMatchObject({ error: 'no_verdict', kind: 'failed', exit: 1, http: 500 });
+      expect((unanswered as NoVerdictError).message).toMatch(
         new RegExp(
           `^${workflowId.replaceAll('.', '\\.')}@\\S+ started, but gave no verdict within 10s: validateRotation is (running|at attempt 1); it stays started`,
         ),

@@ -16,7 +16,8 @@ export function humanStatus(s: RotationStatus): string[] {
     lines.push(`  ${describeProgress(s.progress)}`, `  ${describeCounters(s.progress)}`);
     // An ended run's note is its reason, already on the first line.
     if (s.progress.note && !run.ended) lines.push(`  note: ${s.progress.note}`);
-    if (run.command) lines.push(`  then: ${run.command}`);
+    // An application's step names its command on the first line already; the fleet's override is offered here.
+    if (run.command && !run.line.endsWith(run.command)) lines.push(`  then: ${run.command}`);
     for (const f of s.progress.failedTenants.slice(0, 5)) lines.push(`  unreadable: ${f.tenantId} (${f.reason})`);
   }
   if (run.retrying) {

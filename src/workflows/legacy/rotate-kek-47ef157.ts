@@ -1,6 +1,7 @@
 // FROZEN: the rotation workflow as build 47ef157 ran it, before targets. Rotations that build started (and their
 // continue-as-new runs) replay and finish on this code after an upgrade; test/workflows/histories/47ef157 proves it.
-// Do not change what it schedules or in which order. Remove it, with its patch check in ../rotate-kek.ts, once no
+// Do not change what it schedules or in which order (what it answers may change: ended() says how a failed run ended,
+// state only). Remove it, with its patch check in ../rotate-kek.ts, once no
 // rotation started before the upgrade is running (see "Deploys during a rotation" in the README).
 import {
   ActivityCancellationType,
@@ -8,10 +9,12 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
+  ContinueAsNew,
   continueAsNew,
   allHandlersFinished,
   isCancellation,
   proxyActivities,
+  setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -22,6 +25,7 @@ import { formatDuration, parseDuration } from '../../rotation/durations';
 import {
   addSliceResult,
   enterPhase,
+  failedProgress,
   initialProgress,
   report,
   setPaused,
@@ -44,7 +48,8 @@ import {
   type GraceChange,
 } from '../messages';
 import { RekeyFromKek, RekeyPhase, RekeyToKek } from '../search-attributes';
-import { InvalidRotationError } from '../../errors';
+import { InvalidRotationError, runFailure } from '../../errors';
+import { failedDetails } from '../../rotation/web-ui';
 
 /** Errors no retry can fix: the activity fails at once and the workflow reports why. */
 const NON_RETRYABLE = [
@@ -158,7 +163,11 @@ export async function rotateKekLegacy(request: RotationRequest, carried?: Legacy
   try {
     return await run.execute();
   } catch (err) {
-    throw explain(err);
+    const failure = explain(err);
+    // Added after the freeze, state only (no command): the progress query and the Web UI's details of a run this
+    // build failed say so, with its code, as this build's runs do, once a later worker replays it.
+    if (!(err instanceof ContinueAsNew) && !isCancellation(err)) run.ended(failure);
+    throw failure;
   }
 }
 
@@ -210,6 +219,13 @@ class RotationRun {
 
   report(): ProgressReport {
     return report(this.progress, Date.now());
+  }
+
+  /** Added after the freeze: the run failed with `failure` (see rotateKekLegacy). State only: no command. */
+  ended(failure: unknown): void {
+    const answer = runFailure(failure);
+    this.progress = failedProgress(this.progress, answer);
+    setCurrentDetails(failedDetails(this.report(), answer, workflowInfo().workflowId));
   }
 
   pause(): void {
