@@ -15,6 +15,23 @@ import { useTimeSkippingEnv } from './temporal';
 import { fingerprintIn } from './store-keys';
 import { generateKek } from '../../src/keyring/keyring';
 
+/** A dev Vault server (KV v2 at secret/, Transit at transit/) for the calling test file, stopped after its last test. */
+export function useVault(): { readonly server: VaultServer } {
+  let server: VaultServer | undefined;
+  beforeAll(async () => {
+    server = await startVault(inject('toolchain').vault);
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+  return {
+    get server() {
+      if (!server) throw new Error('the Vault test server is only available inside tests');
+      return server;
+    },
+  };
+}
+
 /**
  * A dev Vault server (KV v2 at secret/, Transit at transit/) and `count` test databases (two deployments sharing one
  * Vault, for the tests of its owner records), stopped and dropped after the file's last test.
@@ -23,18 +40,11 @@ export function useVaultAndDatabases(count: number): {
   readonly vault: VaultServer;
   db(index: number): TestDatabase;
 } {
-  let vault: VaultServer | undefined;
-  beforeAll(async () => {
-    vault = await startVault(inject('toolchain').vault);
-  });
-  afterAll(async () => {
-    await vault?.stop();
-  });
+  const vault = useVault();
   const databases = useTestDatabases(count);
   return {
     get vault() {
-      if (!vault) throw new Error('the Vault test server is only available inside tests');
-      return vault;
+      return vault.server;
     },
     db: (index: number) => databases.db(index),
   };
