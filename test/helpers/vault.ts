@@ -4,32 +4,21 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import { afterAll, beforeAll, inject } from 'vitest';
+import { inject } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useTestDatabases, type TestDatabase } from './database';
+import { useFileServer } from './file-server';
 import { useTimeSkippingEnv } from './temporal';
 import { fingerprintIn } from './store-keys';
 import { generateKek } from '../../src/keyring/keyring';
 
 /** A dev Vault server (KV v2 at secret/, Transit at transit/) for the calling test file, stopped after its last test. */
 export function useVault(): { readonly server: VaultServer } {
-  let server: VaultServer | undefined;
-  beforeAll(async () => {
-    server = await startVault(inject('toolchain').vault);
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
-  return {
-    get server() {
-      if (!server) throw new Error('the Vault test server is only available inside tests');
-      return server;
-    },
-  };
+  return useFileServer(() => startVault(inject('toolchain').vault), 'the Vault test server');
 }
 
 /**
