@@ -9,9 +9,9 @@ import { DescribeKeyCommand, GenerateDataKeyCommand, KMSClient } from '@aws-sdk/
 import { MockActivityEnvironment, type TestWorkflowEnvironment } from '@temporalio/testing';
 import { randomBytes } from 'node:crypto';
 import type { Pool } from 'pg';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createActivities, type Activities } from '../../src/activities';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { createDatabase } from '../../src/dev/databases';
 import { kekFingerprint } from '../../src/envelope/dek-wrapping';
@@ -34,6 +34,8 @@ import { runRotation } from '../helpers/rotation-run';
 import { fingerprintIn } from '../helpers/store-keys';
 import { checkSecrets, createTalosSchema, encryptSecret, seedSecrets } from '../helpers/talos';
 import { useTimeSkippingEnv } from '../helpers/temporal';
+import { transitEnv } from '../helpers/store-env';
+import { useVault } from '../helpers/vault';
 
 const TENANTS = 40;
 const KMS_FORMAT_BYTE = Buffer.from([0x02]);
@@ -140,23 +142,6 @@ async function restoredRowKeepsV1(
   expect(String(seen.refused)).toContain(victim);
 }
 
-/** A dev Vault server (Transit at transit/) for the file, stopped after its last test. */
-function useVault(): { readonly server: VaultServer } {
-  let server: VaultServer | undefined;
-  beforeAll(async () => {
-    server = await startVault(inject('toolchain').vault);
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
-  return {
-    get server() {
-      if (!server) throw new Error('Vault is only available inside tests');
-      return server;
-    },
-  };
-}
-
 describe('adversary7: a file-level restore of the whole cluster (same system identifier and timeline)', () => {
   const cluster = useOwnCluster();
   const moto = useMoto();
@@ -202,7 +187,7 @@ describe('adversary7: a file-level restore of the whole cluster (same system ide
   it("Finding 1, Vault Transit: a row a file-level restore between verify and retire put back to an older content (labelled v2, sealed under Transit v1), once the transaction counter passed verify's mark, is tried by retire's pre-pass and keeps v1 from retiring", async () => {
     const db = await createDatabase(cluster.url, `rekey_restore_${randomBytes(4).toString('hex')}`, 8);
     const key = `rekey-${randomUUID()}`;
-    const env = { ...vault.server.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const env = transitEnv(vault.server.env, key);
     const contextOf = (tenantId: string) => Buffer.from(`rekey/transit-dek/v1\0${tenantId}`).toString('base64');
     // The stored form written with Vault's API alone: format byte 0x03, then Transit's ciphertext.
     const sealUnder = async (version: number, ids: string[]) => {

@@ -4,13 +4,13 @@
 // the active KEK, untagged or not. A second deployment's application started on a shared alias prefix therefore records
 // the first deployment's untagged KEK (made by an earlier `rekey keys generate`), and its first rotation's adopt finds
 // that ARN recorded, tags the key as its own, rotates away from it and disables it. Against moto and PostgreSQL.
-import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { useMoto } from '../helpers/aws';
 import { useTestDatabases } from '../helpers/database';
 import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
+import { kmsEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a second deployment whose application started first on the same KMS alias prefix', () => {
@@ -19,11 +19,7 @@ describe('adversary: a second deployment whose application started first on the 
 
   it("the application's first start does not make another deployment's untagged KEK this keyspace's: the rotation after it neither tags nor disables that key, and B's DEK under v1 still opens", async () => {
     const [dbA, dbB] = [databases.db(0), databases.db(1)];
-    const env = {
-      ...moto.server.env,
-      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
-      REKEY_AWS_KMS_RATE: '0',
-    };
+    const env = kmsEnv(moto.server.env, 'rekey-adversary');
     // Deployment B: its KEK made by an earlier `rekey keys generate` (no owner tag), its registry in database B.
     const storeB = KmsKeys.fromEnv(env);
     await generateKek(storeB, 'v1');

@@ -4,12 +4,12 @@
 // from it: src/tenant-crypto.ts, src/activities/kek.ts), and its first step, Keyring.adopt, tags every untagged key
 // under the prefix as its own. Another deployment's KEK made by `rekey keys generate` (no owner tag) is then this
 // keyspace's by both records: it provisions beside it, moves `current`, and disables it. Against moto and PostgreSQL.
-import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { useMoto } from '../helpers/aws';
 import { useTestDatabases } from '../helpers/database';
 import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
+import { kmsEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a second deployment on the same KMS alias prefix', () => {
@@ -18,11 +18,7 @@ describe('adversary: a second deployment on the same KMS alias prefix', () => {
 
   it("a keyspace does not adopt, rotate away from and disable another deployment's untagged KEK under the same alias prefix: B's DEK under v1 still opens", async () => {
     const [dbA, dbB] = [databases.db(0), databases.db(1)];
-    const env = {
-      ...moto.server.env,
-      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
-      REKEY_AWS_KMS_RATE: '0',
-    };
+    const env = kmsEnv(moto.server.env, 'rekey-adversary');
     // Deployment B: its KEK made by `rekey keys generate` (no owner), its registry and its tenants in database B.
     const storeB = KmsKeys.fromEnv(env);
     await generateKek(storeB, 'v1');

@@ -5,7 +5,6 @@
 // but the store is never asked). An application pointed at another deployment's keyring file therefore seeds its
 // registry with that deployment's KEK, which the file records as the other keyspace's, and wraps its DEKs under it.
 // Against moto, the keyring file and PostgreSQL.
-import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
@@ -15,6 +14,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { useMoto } from '../helpers/aws';
 import { useScratchDirectory, useTestDatabases } from '../helpers/database';
 import { expectFirstStartRefused, keyringFileOwnedBy } from '../helpers/keyring';
+import { kmsEnv } from '../helpers/store-env';
 
 describe("adversary: an application's first start on AWS KMS with local KEKs moving in from another keyspace's keyring file", () => {
   const moto = useMoto();
@@ -31,11 +31,7 @@ describe("adversary: an application's first start on AWS KMS with local KEKs mov
     expect(await storeB.ownerOf('v1')).toBe(keyspaceB);
 
     // Keyspace A's application, moving into KMS, with B's file as its local keys.
-    const env = {
-      ...moto.server.env,
-      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
-      REKEY_AWS_KMS_RATE: '0',
-    };
+    const env = kmsEnv(moto.server.env, 'rekey-adversary');
     const storeA = new KmsWithLocalKeys(KmsKeys.fromEnv(env), FileKeyring.open(file));
     await storeA.reload();
     await expectFirstStartRefused(dbA.pool, storeA, keyspaceB);

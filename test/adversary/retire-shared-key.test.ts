@@ -18,6 +18,7 @@ import {
   TEST_KEYSPACE,
 } from '../helpers/keyring';
 import { useVaultAndDatabase } from '../helpers/vault';
+import { transitEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a keyring retires a KEK another keyspace’s registry still holds active', () => {
@@ -28,7 +29,7 @@ describe('adversary: a keyring retires a KEK another keyspace’s registry still
   it('Vault Transit: retire is refused while target orders holds v1 active, and orders’ DEK under v1 still opens (min_decryption_version is not raised past it)', async () => {
     await fresh();
     const key = `rekey-${randomUUID()}`;
-    const env = { ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const env = transitEnv(servers.vault.env, key);
     const store = VaultTransitKeys.fromEnv(env);
     // Recorded as this keyspace's (a key no keyspace claimed is refused before the other-registries check is reached).
     await generateKek(store, 'v1', { owner: TEST_KEYSPACE });

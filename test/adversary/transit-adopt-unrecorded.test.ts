@@ -10,6 +10,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useVaultAndDatabases } from '../helpers/vault';
 import { deploymentWithDek, firstRotation, keyringFor } from '../helpers/keyring';
+import { transitEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a Transit key from before owner records, used by another deployment', () => {
@@ -19,7 +20,7 @@ describe('adversary: a Transit key from before owner records, used by another de
     const { vault } = servers;
     const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const key = `rekey-${randomUUID()}`;
-    const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const env = transitEnv(vault.env, key);
     // Deployment B, from before owner records: the key made (no owner), B's registry holds v1 active, a DEK under it.
     const storeB = VaultTransitKeys.fromEnv(env);
     await generateKek(storeB, 'v1');

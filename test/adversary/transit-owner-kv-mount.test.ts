@@ -10,6 +10,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useVaultAndDatabases } from '../helpers/vault';
 import { deploymentWithDek, keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+import { transitEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT differ', () => {
@@ -21,7 +22,7 @@ describe('adversary: one Transit key, two deployments whose REKEY_VAULT_KV_MOUNT
     const key = `rekey-${randomUUID()}`;
     const otherKv = `kv-${randomUUID().slice(0, 8)}`;
     await vaultRequest(vault, 'POST', `sys/mounts/${otherKv}`, { type: 'kv', options: { version: '2' } });
-    const envA = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const envA = transitEnv(vault.env, key);
     const envB = { ...envA, REKEY_VAULT_KV_MOUNT: otherKv };
 
     // Keyspace B (database B) uses the key first: its rotation's first step records it as the key's owner.

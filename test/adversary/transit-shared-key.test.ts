@@ -10,6 +10,7 @@ import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { useVaultAndDatabases } from '../helpers/vault';
 import { deploymentWithDek, keyringFor, nothingNeeded, rotatedOn } from '../helpers/keyring';
+import { transitEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('adversary: a Transit key two keyspaces of different databases use', () => {
@@ -19,7 +20,7 @@ describe('adversary: a Transit key two keyspaces of different databases use', ()
     const { vault } = servers;
     const [dbA, dbB] = [servers.db(0), servers.db(1)];
     const key = `rekey-${randomUUID()}`;
-    const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const env = transitEnv(vault.env, key);
     // Keyspace A (database A) made the key; keyspace B (database B, another deployment) met it as its current KEK.
     const storeA = VaultTransitKeys.fromEnv(env);
     await generateKek(storeA, 'v1');

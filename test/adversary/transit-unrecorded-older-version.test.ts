@@ -13,6 +13,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { keyringFor, nothingNeeded } from '../helpers/keyring';
 import { useVaultAndDatabase } from '../helpers/vault';
 import { fingerprintIn } from '../helpers/store-keys';
+import { transitEnv } from '../helpers/store-env';
 import { generateKek } from '../../src/keyring/keyring';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
@@ -23,7 +24,7 @@ describe('adversary: a Transit key with a version older than any the registry re
   it("retiring v2 does not stop v1, a version the registry never recorded that still wraps a DEK: the retire is refused (or leaves v1 decryptable), and v1's DEK still opens", async () => {
     const { vault, db } = servers;
     const key = `rekey-${randomUUID()}`;
-    const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const env = transitEnv(vault.env, key);
     // Before rekey: the key made, a DEK wrapped under v1, the key rotated in Vault (v2 latest, v1 still decryptable).
     const store = VaultTransitKeys.fromEnv(env);
     await generateKek(store, 'v1', { owner: KEYSPACE });

@@ -23,6 +23,7 @@ import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import type { Activities } from '../../src/activities';
 import { freshKeyspace } from '../helpers/store-rotation';
 import { useVaultServers } from '../helpers/vault';
+import { transitEnv } from '../helpers/store-env';
 
 const TENANTS = 40;
 const KMS_FORMAT_BYTE = Buffer.from([0x02]);
@@ -148,7 +149,7 @@ describe('quota6 adversary: retire after verify in a Vault Transit keyspace, row
 
   it('a row labelled v2 but sealed under Transit v1, in a table attached to the target after verify, is tried by the retire step and keeps v1 from retiring', async () => {
     const key = `rekey-${randomUUID()}`;
-    const env = { ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' };
+    const env = transitEnv(servers.vault.env, key);
     const seeding = VaultTransitKeys.fromEnv(env);
     await freshKeyspace(servers.db.pool, seeding);
     seeding.close();

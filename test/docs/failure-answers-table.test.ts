@@ -4,31 +4,13 @@
 // that the line an operator reads at the terminal is the line the page explains.
 import { describe, expect, it } from 'vitest';
 import { ERROR_ANSWERS, ERROR_CODES, errorKind, EXIT_CODES, HTTP_STATUSES, type ErrorKind } from '../../src/errors';
-import { docPage } from '../helpers/readme';
+import { docTable } from '../helpers/readme';
 
 const PAGE = 'docs/10-exit-codes-and-statuses.md';
 
-/** The cells of each row of the page's table whose header is `header`, as written. */
-function tableRows(header: string): string[][] {
-  const lines = docPage(PAGE).split('\n');
-  const cells = (line: string) =>
-    line
-      .slice(1, -1)
-      .split('|')
-      .map((cell) => cell.trim());
-  const at = lines.findIndex((line) => line.startsWith('|') && cells(line).join(' | ') === header);
-  if (at < 0) throw new Error(`${PAGE} has no table headed '${header}'`);
-  const rows = [];
-  for (const line of lines.slice(at + 2)) {
-    if (!line.startsWith('|')) break;
-    rows.push(cells(line));
-  }
-  return rows;
-}
-
 /** The rows of the page's table of workflow failure types. */
 function pageRows(): { type: string; code: string; kind: string; next: string }[] {
-  return tableRows('type | code | kind | next').map(([type, code, kind, next]) => ({
+  return docTable(PAGE, 'type | code | kind | next').map(([type, code, kind, next]) => ({
     type: type!,
     code: code!,
     kind: kind!,
@@ -52,7 +34,7 @@ describe(`the workflow failure types' table in ${PAGE}`, () => {
   it("Finding: the page's table of kinds gave each kind's exit code and HTTP status but not its code, the `error` an operator's script reads from the CLI's --json line and the admin API (bad_request, not_found, …); each row now gives the code, exit code and HTTP status src/errors.ts maps the kind to", () => {
     const kinds = Object.keys(ERROR_CODES) as ErrorKind[];
     expect(
-      tableRows('kind | code | examples | exit | HTTP').map(([kind, code, , exit, http]) => ({
+      docTable(PAGE, 'kind | code | examples | exit | HTTP').map(([kind, code, , exit, http]) => ({
         kind,
         code,
         exit,

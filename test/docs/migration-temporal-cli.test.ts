@@ -1,13 +1,13 @@
 // docs/02's controls of a Mycelium migration with the plain `temporal` CLI, as an operator types them: the lines are
 // read from the page, `<db>` filled in from what `rekey kek-status --target mycelium` prints, as the page says, and run
 // in bash with the toolchain's `temporal` against a worker on the task queue the page names (`rekey`), the server named
-// by TEMPORAL_ADDRESS (test/docs/as-typed.ts).
+// by TEMPORAL_ADDRESS (test/helpers/as-typed.ts).
 import { describe, expect, it } from 'vitest';
 import { runRekey } from '../helpers/cli';
 import { docPage } from '../helpers/readme';
 import { queryUntil } from '../helpers/temporal';
 import { useMyceliumMigrationWorker } from './mycelium-migration-worker';
-import { asTyped, operatorEnv, runLine } from './as-typed';
+import { asTyped, operatorEnv, runLine } from '../helpers/as-typed';
 
 /** The page's inline `temporal …` commands of the migration's controls, line breaks inside them joined. */
 function migrationTemporalLines(): string[] {

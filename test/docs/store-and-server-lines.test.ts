@@ -1,6 +1,6 @@
 // The lines the pages give in their prose for the operator's own tools (the AWS CLI, the `vault` CLI, psql, the
 // `temporal` CLI and tctl), which no test ran: each is read from its page, made to fit this machine by the one helper
-// (test/docs/as-typed.ts: the servers through the variables the pages document, the placeholders filled) and run in
+// (test/helpers/as-typed.ts: the servers through the variables the pages document, the placeholders filled) and run in
 // bash as an operator types it, against moto, a Vault dev server, PostgreSQL and a Temporal dev server; then what the
 // page says it does is checked.
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -28,7 +28,7 @@ import { keyringFor } from '../helpers/keyring';
 import { keyspaceIn } from '../helpers/keyspace';
 import { fingerprintIn } from '../helpers/store-keys';
 import { createDevServerEnv, type OwnServerEnvironment } from '../helpers/temporal';
-import { asTyped, documentedLine, operatorEnv, runLine, type TestServers } from './as-typed';
+import { asTyped, documentedLine, operatorEnv, runLine, type TestServers } from '../helpers/as-typed';
 
 const STORES = 'docs/06-key-stores.md';
 

@@ -8,6 +8,7 @@ import { awsClientConfig } from '../../src/keyring/aws';
 import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { createTestDatabase, type TestDatabase } from './database';
+import { useFileServer } from './file-server';
 import { keyspaceIn } from './keyspace';
 import { useTimeSkippingEnv } from './temporal';
 import { fingerprintIn } from './store-keys';
@@ -18,19 +19,7 @@ export { throttlingProxy } from './throttling-proxy';
 
 /** One moto server (AWS Secrets Manager and KMS) for the calling test file, stopped after its last test. */
 export function useMoto(): { readonly server: MotoServer } {
-  let server: MotoServer | undefined;
-  beforeAll(async () => {
-    server = await startMoto(inject('toolchain').motoServer);
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
-  return {
-    get server() {
-      if (!server) throw new Error('moto is only available inside tests');
-      return server;
-    },
-  };
+  return useFileServer(() => startMoto(inject('toolchain').motoServer), 'moto');
 }
 
 /**

@@ -19,3 +19,21 @@ export function runRekey(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 90_
     );
   });
 }
+
+/**
+ * The built `rekey` CLI against one Temporal server and task queue (`--address`, `--task-queue` before `args`), as an
+ * operator runs it with PATH and `env`; never throws, returns what they would see.
+ */
+export function runRekeyAt(
+  address: string,
+  taskQueue: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs?: number,
+): Promise<CliResult> {
+  return runRekey(
+    ['--address', address, '--task-queue', taskQueue, ...args],
+    { PATH: process.env.PATH, ...env },
+    timeoutMs,
+  );
+}

@@ -17,7 +17,7 @@ import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import { runRekey, type CliResult } from './cli';
+import { runRekeyAt, type CliResult } from './cli';
 import { createTestDatabase, type TestDatabase } from './database';
 import { workflowBundle } from './temporal';
 import { fingerprintIn } from './store-keys';
@@ -146,8 +146,7 @@ export async function startKeyringWorker(
     scratch,
     targets,
     rekey: (...args) =>
-      runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-        PATH: process.env.PATH,
+      runRekeyAt(env.address, taskQueue, args, {
         DATABASE_URL: db.url,
         REKEY_KEYRING_FILE: keyringFile,
       }),

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import type { Pool, PoolClient } from 'pg';
 import { expect } from 'vitest';
@@ -13,6 +12,7 @@ import { KekRegistry, registryHolders } from '../../src/store/kek-registry';
 import { TenantCrypto } from '../../src/tenant-crypto';
 import { DekUnwrapError, KeyspaceMismatchError, RetireRefusedError } from '../../src/errors';
 import { keyspaceIn } from './keyspace';
+import { kmsEnv } from './store-env';
 import { fingerprintIn } from './store-keys';
 
 /**
@@ -165,11 +165,7 @@ export async function kmsRotated(
   db: Pool,
   motoEnv: Record<string, string>,
 ): Promise<{ env: NodeJS.ProcessEnv; store: KmsKeys; registry: KekRegistry }> {
-  const env = {
-    ...motoEnv,
-    REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-adversary/${randomUUID()}/`,
-    REKEY_AWS_KMS_RATE: '0',
-  };
+  const env = kmsEnv(motoEnv, 'rekey-adversary');
   const store = KmsKeys.fromEnv(env);
   await generateKek(store, 'v1', { owner: TEST_KEYSPACE });
   await generateKek(store, 'v2', { owner: TEST_KEYSPACE });

@@ -19,6 +19,27 @@ export function docSection(page: string, heading: string): string {
 }
 
 /**
+ * The cells of each row of `page`'s table whose header row is `header` (its cells joined by ' | '), trimmed, as
+ * written; the separator row under the header is passed over.
+ */
+export function docTable(page: string, header: string): string[][] {
+  const lines = docPage(page).split('\n');
+  const cells = (line: string) =>
+    line
+      .slice(1, -1)
+      .split('|')
+      .map((cell) => cell.trim());
+  const at = lines.findIndex((line) => line.startsWith('|') && cells(line).join(' | ') === header);
+  if (at < 0) throw new Error(`${page} has no table headed '${header}'`);
+  const rows: string[][] = [];
+  for (const line of lines.slice(at + 2)) {
+    if (!line.startsWith('|')) break;
+    rows.push(cells(line));
+  }
+  return rows;
+}
+
+/**
  * The shell commands of the first ```sh block under `heading` of `page` (the first that contains `containing`, if
  * given), continued lines (a trailing `\`) joined.
  */

@@ -4,16 +4,22 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import { afterAll, beforeAll, inject } from 'vitest';
+import { inject } from 'vitest';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { projectRoot } from '../../src/project-paths';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { useTestDatabases, type TestDatabase } from './database';
+import { useFileServer } from './file-server';
 import { useTimeSkippingEnv } from './temporal';
 import { fingerprintIn } from './store-keys';
 import { generateKek } from '../../src/keyring/keyring';
+
+/** A dev Vault server (KV v2 at secret/, Transit at transit/) for the calling test file, stopped after its last test. */
+export function useVault(): { readonly server: VaultServer } {
+  return useFileServer(() => startVault(inject('toolchain').vault), 'the Vault test server');
+}
 
 /**
  * A dev Vault server (KV v2 at secret/, Transit at transit/) and `count` test databases (two deployments sharing one
@@ -23,18 +29,11 @@ export function useVaultAndDatabases(count: number): {
   readonly vault: VaultServer;
   db(index: number): TestDatabase;
 } {
-  let vault: VaultServer | undefined;
-  beforeAll(async () => {
-    vault = await startVault(inject('toolchain').vault);
-  });
-  afterAll(async () => {
-    await vault?.stop();
-  });
+  const vault = useVault();
   const databases = useTestDatabases(count);
   return {
     get vault() {
-      if (!vault) throw new Error('the Vault test server is only available inside tests');
-      return vault;
+      return vault.server;
     },
     db: (index: number) => databases.db(index),
   };

@@ -1,15 +1,14 @@
 // The keyring seam (issue 26) over the remote stores, against the real servers their drivers talk to: moto (AWS
 // Secrets Manager, AWS KMS), the Vault server the setup builds (KV v2, Transit) and PostgreSQL (the registry).
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { KmsKeys } from '../../src/keyring/drivers/aws-kms';
 import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import { CipherReleasedError, KeyMaterialError, KeyStoreRefusedError } from '../../src/errors';
 import { useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
 import {
   expectDestroyRefusedWhileOthersHold,
@@ -19,6 +18,8 @@ import {
   rotatedOn,
 } from '../helpers/keyring';
 import { storedIds } from '../helpers/store-keys';
+import { kmsEnv, transitEnv } from '../helpers/store-env';
+import { useVaultAndDatabase } from '../helpers/vault';
 import { generateKek } from '../../src/keyring/keyring';
 
 const KEYSPACE = 'db-a/public.tenant_deks';
@@ -26,23 +27,10 @@ const OTHER = 'db-b/public.orders';
 
 describe('the keyring and its drivers over remote key stores, against moto, Vault and PostgreSQL', () => {
   const moto = useMoto();
-  let vault: VaultServer;
-  let db: TestDatabase;
-  beforeAll(async () => {
-    [vault, db] = await Promise.all([startVault(inject('toolchain').vault), createTestDatabase()]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), db.drop()]);
-  });
-  const fresh = () => db.pool.query('TRUNCATE rekey.kek_events, rekey.keks');
-  const kms = () =>
-    KmsKeys.fromEnv({
-      ...moto.server.env,
-      REKEY_AWS_KMS_ALIAS_PREFIX: `alias/rekey-keyring/${randomUUID()}/`,
-      REKEY_AWS_KMS_RATE: '0',
-    });
-  const transit = (key = `rekey-${randomUUID()}`) =>
-    VaultTransitKeys.fromEnv({ ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_TRANSIT_RATE: '0' });
+  const servers = useVaultAndDatabase();
+  const fresh = () => servers.db.pool.query('TRUNCATE rekey.kek_events, rekey.keks');
+  const kms = () => KmsKeys.fromEnv(kmsEnv(moto.server.env, 'rekey-keyring'));
+  const transit = (key?: string) => VaultTransitKeys.fromEnv(transitEnv(servers.vault.env, key));
 
   describe('a keyring refuses to retire or destroy a KEK its keyspace does not own', () => {
     it("AWS Secrets Manager: the secret's tag rekey:keyspace names another keyspace; both versions stay", async () => {
@@ -51,8 +39,8 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
       await generateKek(store, 'v1', { owner: OTHER });
       await generateKek(store, 'v2', { owner: OTHER });
-      const registry = await rotatedOn(db.pool, store);
-      await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
+      const registry = await rotatedOn(servers.db.pool, store);
+      await expectForeignRefused(servers.db.pool, keyringFor(servers.db.pool, store, KEYSPACE), registry, OTHER);
       const after = SecretsManagerKeys.fromEnv({ ...moto.server.env, REKEY_AWS_SECRET_ID: secretId });
       await after.reload();
       expect(await storedIds(after)).toEqual(['v1', 'v2']);
@@ -63,19 +51,19 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = kms();
       await generateKek(store, 'v1', { owner: OTHER });
       await generateKek(store, 'v2', { owner: OTHER });
-      const registry = await rotatedOn(db.pool, store);
-      await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
+      const registry = await rotatedOn(servers.db.pool, store);
+      await expectForeignRefused(servers.db.pool, keyringFor(servers.db.pool, store, KEYSPACE), registry, OTHER);
       await store.reload();
       expect((await storedIds(store)).includes('v1')).toBe(true);
     });
 
     it("Vault KV v2: the secret's custom_metadata rekey:keyspace names another keyspace; no version is deleted", async () => {
       await fresh();
-      const store = VaultKvKeys.fromEnv({ ...vault.env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` });
+      const store = VaultKvKeys.fromEnv({ ...servers.vault.env, REKEY_VAULT_KV_PATH: `rekey/${randomUUID()}` });
       await generateKek(store, 'v1', { owner: OTHER });
       await generateKek(store, 'v2', { owner: OTHER });
-      const registry = await rotatedOn(db.pool, store);
-      await expectForeignRefused(db.pool, keyringFor(db.pool, store, KEYSPACE), registry, OTHER);
+      const registry = await rotatedOn(servers.db.pool, store);
+      await expectForeignRefused(servers.db.pool, keyringFor(servers.db.pool, store, KEYSPACE), registry, OTHER);
       await store.reload();
       expect(await storedIds(store)).toEqual(['v1', 'v2']);
     });
@@ -86,11 +74,15 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
       const store = transit(key);
       await generateKek(store, 'v1', { owner: KEYSPACE });
       await generateKek(store, 'v2', { owner: KEYSPACE });
-      const registry = await rotatedOn(db.pool, store);
-      await expectDestroyRefusedWhileOthersHold(db.pool, keyringFor(db.pool, store, KEYSPACE), registry);
+      const registry = await rotatedOn(servers.db.pool, store);
+      await expectDestroyRefusedWhileOthersHold(
+        servers.db.pool,
+        keyringFor(servers.db.pool, store, KEYSPACE),
+        registry,
+      );
       // Retired (min_decryption_version raised), not trimmed: Vault keeps every version (trim would raise this).
       const state = await vaultRequest<{ data: { min_available_version: number } }>(
-        vault,
+        servers.vault,
         'GET',
         `transit/keys/${key}`,
       );
@@ -103,11 +95,11 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
     const store = kms();
     await generateKek(store, 'v1', { owner: KEYSPACE });
     await generateKek(store, 'v2', { owner: KEYSPACE });
-    await rotatedOn(db.pool, store);
-    const { v1, v2, dek, wrapped } = await expectRemoteRoundTrip(keyringFor(db.pool, store, KEYSPACE));
+    await rotatedOn(servers.db.pool, store);
+    const { v1, v2, dek, wrapped } = await expectRemoteRoundTrip(keyringFor(servers.db.pool, store, KEYSPACE));
 
     const local = createTestKeys(['l1']);
-    const localRing = keyringFor(db.pool, local.provider, 'db-c/public.local', 'local');
+    const localRing = keyringFor(servers.db.pool, local.provider, 'db-c/public.local', 'local');
     const l1 = await localRing.cipher('l1');
     const under = await l1.newDek('tenant-3');
     const movedIn = await l1.moveTo(v2, 'tenant-3', under.wrapped);
@@ -127,11 +119,11 @@ describe('the keyring and its drivers over remote key stores, against moto, Vaul
     const store = transit();
     await generateKek(store, 'v1');
     await generateKek(store, 'v2');
-    await rotatedOn(db.pool, store);
-    const { v1, v2, dek } = await expectRemoteRoundTrip(keyringFor(db.pool, store, KEYSPACE));
+    await rotatedOn(servers.db.pool, store);
+    const { v1, v2, dek } = await expectRemoteRoundTrip(keyringFor(servers.db.pool, store, KEYSPACE));
 
     const local = createTestKeys(['l1']);
-    const l1 = await keyringFor(db.pool, local.provider, 'db-c/public.local', 'local').cipher('l1');
+    const l1 = await keyringFor(servers.db.pool, local.provider, 'db-c/public.local', 'local').cipher('l1');
     const under = await l1.newDek('tenant-3');
     await expect(l1.moveTo(v2, 'tenant-3', under.wrapped)).rejects.toThrow(KeyStoreRefusedError);
 

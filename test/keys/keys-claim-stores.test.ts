@@ -5,8 +5,8 @@
 // writes it) is the operator's explicit act that makes it the keyspace's. Against the real Vault, moto and PostgreSQL.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { CreateSecretCommand, DescribeSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { awsClientConfig } from '../../src/keyring/aws';
 import { SecretsManagerKeys } from '../../src/keyring/drivers/aws-secrets-manager';
 import { VaultKvKeys } from '../../src/keyring/drivers/vault-kv';
@@ -15,27 +15,15 @@ import { KeyMaterialError, KeyStoreRefusedError } from '../../src/errors';
 import { runRekey } from '../helpers/cli';
 import { pageFences } from '../helpers/doc-fences';
 import { useMoto } from '../helpers/aws';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor } from '../helpers/keyring';
 import { keyspaceIn } from '../helpers/keyspace';
 import { fingerprintIn } from '../helpers/store-keys';
+import { useVaultAndDatabases } from '../helpers/vault';
 import { generateKek } from '../../src/keyring/keyring';
 
 describe('rekey keys claim on the stores other deployments reach: Vault Transit, Vault KV, Secrets Manager', () => {
   const moto = useMoto();
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   /**
    * The claim command of docs/06-key-stores.md for a store (the block that contains `marker`), its placeholders filled
@@ -63,35 +51,38 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
 
   it("a Vault Transit key from before owner records: the rotation's first step is refused with the claim command, no record written; rekey keys claim (id and fingerprint) records the keyspace at secret/rekey/transit-keys/<mount>/<key>, and another keyspace's claim is refused (exit 5)", async () => {
     const key = `rekey-${randomUUID()}`;
-    const env = { ...vault.env, REKEY_KEY_PROVIDER: 'vault-transit', REKEY_VAULT_TRANSIT_KEY: key };
+    const env = { ...servers.vault.env, REKEY_KEY_PROVIDER: 'vault-transit', REKEY_VAULT_TRANSIT_KEY: key };
     const made = VaultTransitKeys.fromEnv(env);
     await generateKek(made, 'v1');
     const fingerprint = await fingerprintIn(made, 'v1');
-    const keyspaceA = (await keyspaceIn(dbA.pool)).id;
-    const keyringA = keyringFor(dbA.pool, VaultTransitKeys.fromEnv(env), keyspaceA);
+    const keyspaceA = (await keyspaceIn(servers.db(0).pool)).id;
+    const keyringA = keyringFor(servers.db(0).pool, VaultTransitKeys.fromEnv(env), keyspaceA);
     const record = `secret/data/rekey/transit-keys/transit/${key}`;
 
     await expect(keyringA.adopt()).rejects.toThrow(KeyStoreRefusedError);
     await expect(keyringA.adopt()).rejects.toThrow(`rekey keys claim v1 --fingerprint ${fingerprint}`);
-    await expect(vaultRequest(vault, 'GET', record)).rejects.toThrow();
+    await expect(vaultRequest(servers.vault, 'GET', record)).rejects.toThrow();
 
-    const wrong = await runRekey(['keys', 'claim', 'v1', '--fingerprint', `${fingerprint}0`], cliEnv(env, dbA.url));
+    const wrong = await runRekey(
+      ['keys', 'claim', 'v1', '--fingerprint', `${fingerprint}0`],
+      cliEnv(env, servers.db(0).url),
+    );
     expect(wrong.code, wrong.stderr).not.toBe(0);
-    await expect(vaultRequest(vault, 'GET', record)).rejects.toThrow();
+    await expect(vaultRequest(servers.vault, 'GET', record)).rejects.toThrow();
 
     const documented = documentedClaim('vault-transit:', {
       'rekey-kek': key,
       '<creation time>': fingerprint.slice(fingerprint.lastIndexOf('@') + 1),
     });
     expect(documented).toEqual(['keys', 'claim', 'v1', '--fingerprint', fingerprint]);
-    const claimed = await runRekey(documented, cliEnv(env, dbA.url));
+    const claimed = await runRekey(documented, cliEnv(env, servers.db(0).url));
     expect(claimed.code, claimed.stderr).toBe(0);
     expect(claimed.stdout).toContain(`is keyspace ${keyspaceA}'s (target 'rekey')`);
-    const written = await vaultRequest<{ data: { data: { keyspace: string } } }>(vault, 'GET', record);
+    const written = await vaultRequest<{ data: { data: { keyspace: string } } }>(servers.vault, 'GET', record);
     expect(written.data.data.keyspace).toBe(keyspaceA);
     await keyringA.adopt();
 
-    const other = await runRekey(['keys', 'claim', 'v1', '--fingerprint', fingerprint], cliEnv(env, dbB.url));
+    const other = await runRekey(['keys', 'claim', 'v1', '--fingerprint', fingerprint], cliEnv(env, servers.db(1).url));
     expect(other.code, other.stderr).toBe(5);
     expect(other.stderr).toContain(`records keyspace ${keyspaceA} as its owner`);
     keyringA.close();
@@ -100,19 +91,19 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
 
   it("a Vault KV secret from before owner records (vault kv put … value=…): the rotation's first step is refused with the claim command, no owner written; rekey keys claim kv-v1 records custom_metadata rekey:keyspace, and another keyspace's claim is refused (exit 5)", async () => {
     const path = `encryption/${randomUUID()}`;
-    const env = { ...vault.env, REKEY_KEY_PROVIDER: 'vault', REKEY_VAULT_KV_PATH: path };
-    await vaultRequest(vault, 'POST', `secret/data/${path}`, {
+    const env = { ...servers.vault.env, REKEY_KEY_PROVIDER: 'vault', REKEY_VAULT_KV_PATH: path };
+    await vaultRequest(servers.vault, 'POST', `secret/data/${path}`, {
       data: { value: randomBytes(32).toString('base64url') },
     });
     const store = VaultKvKeys.fromEnv(env);
     await store.reload();
     const fingerprint = await fingerprintIn(store, 'kv-v1');
-    const keyspaceA = (await keyspaceIn(dbA.pool)).id;
-    const keyringA = keyringFor(dbA.pool, store, keyspaceA);
+    const keyspaceA = (await keyspaceIn(servers.db(0).pool)).id;
+    const keyringA = keyringFor(servers.db(0).pool, store, keyspaceA);
     const ownerOf = async () =>
       (
         await vaultRequest<{ data: { custom_metadata: Record<string, string> | null } }>(
-          vault,
+          servers.vault,
           'GET',
           `secret/metadata/${path}`,
         )
@@ -124,12 +115,15 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
 
     const documented = documentedClaim('kv-v1', { 'kcv1:<fingerprint>': fingerprint });
     expect(documented).toEqual(['keys', 'claim', 'kv-v1', '--fingerprint', fingerprint]);
-    const claimed = await runRekey(documented, cliEnv(env, dbA.url));
+    const claimed = await runRekey(documented, cliEnv(env, servers.db(0).url));
     expect(claimed.code, claimed.stderr).toBe(0);
     expect(await ownerOf()).toBe(keyspaceA);
     await keyringA.adopt();
 
-    const other = await runRekey(['keys', 'claim', 'kv-v1', '--fingerprint', fingerprint], cliEnv(env, dbB.url));
+    const other = await runRekey(
+      ['keys', 'claim', 'kv-v1', '--fingerprint', fingerprint],
+      cliEnv(env, servers.db(1).url),
+    );
     expect(other.code, other.stderr).toBe(5);
     expect(await ownerOf()).toBe(keyspaceA);
     keyringA.close();
@@ -146,8 +140,8 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     const store = SecretsManagerKeys.fromEnv(env);
     await store.reload();
     const fingerprint = await fingerprintIn(store, kekId);
-    const keyspaceA = (await keyspaceIn(dbA.pool)).id;
-    const keyringA = keyringFor(dbA.pool, store, keyspaceA);
+    const keyspaceA = (await keyspaceIn(servers.db(0).pool)).id;
+    const keyringA = keyringFor(servers.db(0).pool, store, keyspaceA);
     const tagOf = async () =>
       (await client.send(new DescribeSecretCommand({ SecretId: secretId }))).Tags?.find(
         (t) => t.Key === 'rekey:keyspace',
@@ -157,12 +151,18 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
     await expect(keyringA.adopt()).rejects.toThrow(`rekey keys claim ${kekId} --fingerprint ${fingerprint}`);
     expect(await tagOf()).toBeUndefined();
 
-    const claimed = await runRekey(['keys', 'claim', kekId, '--fingerprint', fingerprint], cliEnv(env, dbA.url));
+    const claimed = await runRekey(
+      ['keys', 'claim', kekId, '--fingerprint', fingerprint],
+      cliEnv(env, servers.db(0).url),
+    );
     expect(claimed.code, claimed.stderr).toBe(0);
     expect(await tagOf()).toBe(keyspaceA);
     await keyringA.adopt();
 
-    const other = await runRekey(['keys', 'claim', kekId, '--fingerprint', fingerprint], cliEnv(env, dbB.url));
+    const other = await runRekey(
+      ['keys', 'claim', kekId, '--fingerprint', fingerprint],
+      cliEnv(env, servers.db(1).url),
+    );
     expect(other.code, other.stderr).toBe(5);
     expect(await tagOf()).toBe(keyspaceA);
     keyringA.close();
@@ -173,12 +173,16 @@ describe('rekey keys claim on the stores other deployments reach: Vault Transit,
   it("a Transit key's owner record that Vault cannot serve (no KV v2 mount at secret/) stops the rotation's first step, saying which mount to enable and which path and capabilities to grant, whatever REKEY_VAULT_KV_MOUNT says", async () => {
     const key = `rekey-${randomUUID()}`;
     const otherKv = `kv-${randomUUID().slice(0, 8)}`;
-    await vaultRequest(vault, 'POST', `sys/mounts/${otherKv}`, { type: 'kv', options: { version: '2' } });
-    const env = { ...vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_KV_MOUNT: otherKv };
+    await vaultRequest(servers.vault, 'POST', `sys/mounts/${otherKv}`, { type: 'kv', options: { version: '2' } });
+    const env = { ...servers.vault.env, REKEY_VAULT_TRANSIT_KEY: key, REKEY_VAULT_KV_MOUNT: otherKv };
     const made = VaultTransitKeys.fromEnv(env);
     await generateKek(made, 'v1');
-    await vaultRequest(vault, 'DELETE', 'sys/mounts/secret');
-    const keyring = keyringFor(dbA.pool, VaultTransitKeys.fromEnv(env), (await keyspaceIn(dbA.pool)).id);
+    await vaultRequest(servers.vault, 'DELETE', 'sys/mounts/secret');
+    const keyring = keyringFor(
+      servers.db(0).pool,
+      VaultTransitKeys.fromEnv(env),
+      (await keyspaceIn(servers.db(0).pool)).id,
+    );
     await expect(keyring.adopt()).rejects.toThrow(KeyMaterialError);
     await expect(keyring.adopt()).rejects.toThrow(
       `vault secrets enable -path=secret kv-v2, if none is there), and the worker's token needs "create" and "read" on secret/data/rekey/transit-keys/transit/${key}`,

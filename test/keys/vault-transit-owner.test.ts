@@ -1,8 +1,8 @@
 // The owner record of a Vault Transit key (issue 26's adversary finding: Transit recorded no owner). A Transit key has
 // no metadata, so its owner is a KV v2 secret written once with check-and-set 0. Against the real Vault and PostgreSQL.
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startVault, vaultRequest, type VaultServer } from '../../src/dev/vault';
+import { describe, expect, it } from 'vitest';
+import { vaultRequest } from '../../src/dev/vault';
 import { VaultTransitKeys } from '../../src/keyring/drivers/vault-transit';
 import {
   KekFingerprintMismatchError,
@@ -10,9 +10,8 @@ import {
   KeyspaceMismatchError,
   KeyStoreRefusedError,
 } from '../../src/errors';
-import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyringFor, nothingNeeded, retiredWindowEnded, rotatedOn, rotatedRegistry } from '../helpers/keyring';
-import { readmePolicy, tokenWithPolicy } from '../helpers/vault';
+import { readmePolicy, tokenWithPolicy, useVaultAndDatabases } from '../helpers/vault';
 import { fingerprintIn } from '../helpers/store-keys';
 import { generateKek } from '../../src/keyring/keyring';
 
@@ -20,22 +19,10 @@ const KEYSPACE_A = 'db-a/public.tenant_deks';
 const KEYSPACE_B = 'db-b/public.tenant_deks';
 
 describe('the owner record of a Vault Transit key', () => {
-  let vault: VaultServer;
-  let dbA: TestDatabase;
-  let dbB: TestDatabase;
-  beforeAll(async () => {
-    [vault, dbA, dbB] = await Promise.all([
-      startVault(inject('toolchain').vault),
-      createTestDatabase(),
-      createTestDatabase(),
-    ]);
-  });
-  afterAll(async () => {
-    await Promise.all([vault.stop(), dbA.drop(), dbB.drop()]);
-  });
+  const servers = useVaultAndDatabases(2);
 
   const envFor = (key: string, extra: NodeJS.ProcessEnv = {}) => ({
-    ...vault.env,
+    ...servers.vault.env,
     REKEY_VAULT_TRANSIT_KEY: key,
     REKEY_VAULT_TRANSIT_RATE: '0',
     ...extra,
@@ -43,7 +30,7 @@ describe('the owner record of a Vault Transit key', () => {
   const keyState = async (key: string) =>
     (
       await vaultRequest<{ data: { latest_version: number; min_decryption_version: number } }>(
-        vault,
+        servers.vault,
         'GET',
         `transit/keys/${key}`,
       )
@@ -51,7 +38,7 @@ describe('the owner record of a Vault Transit key', () => {
   const recordOf = async (key: string) =>
     (
       await vaultRequest<{ data: { data: { keyspace: string }; metadata: { version: number } } }>(
-        vault,
+        servers.vault,
         'GET',
         `secret/data/rekey/transit-keys/transit/${key}`,
       )
@@ -87,12 +74,12 @@ describe('the owner record of a Vault Transit key', () => {
     await generateKek(owner, 'v1', { owner: KEYSPACE_A });
     await generateKek(owner, 'v2', { owner: KEYSPACE_A });
     // The owner retired v1 in Vault; keyspace B's registry (another database) holds v1 retired too.
-    const recordsA = await rotatedOn(dbA.pool, owner);
-    const registryB = await rotatedOn(dbB.pool, owner);
+    const recordsA = await rotatedOn(servers.db(0).pool, owner);
+    const registryB = await rotatedOn(servers.db(1).pool, owner);
     await owner.retire('v1', await recordsA.list());
     const other = VaultTransitKeys.fromEnv(envFor(key));
-    await retiredWindowEnded(dbB.pool, registryB);
-    const keyringB = keyringFor(dbB.pool, other, KEYSPACE_B);
+    await retiredWindowEnded(servers.db(1).pool, registryB);
+    const keyringB = keyringFor(servers.db(1).pool, other, KEYSPACE_B);
 
     await expect(keyringB.restore('v1', 'a reader needs it', 'mallory')).rejects.toThrow(KeyspaceMismatchError);
     await expect(keyringB.destroy('v1', { prove: nothingNeeded, reopenForMs: 0 })).rejects.toThrow(
@@ -117,11 +104,11 @@ describe('the owner record of a Vault Transit key', () => {
     await expect(store.retire('v1', records)).rejects.toThrow(/has no owner record .*rekey keys claim/);
     // Through the keyring (a rotation an older build started, retiring on this build): refused before the registry
     // is written, so registry and Vault stay as they were.
-    const registry = await rotatedRegistry(dbA.pool, 'unclaimed', {
+    const registry = await rotatedRegistry(servers.db(0).pool, 'unclaimed', {
       v1: await fingerprintIn(store, 'v1'),
       v2: await fingerprintIn(store, 'v2'),
     });
-    const keyring = keyringFor(dbA.pool, store, KEYSPACE_A, registry.target);
+    const keyring = keyringFor(servers.db(0).pool, store, KEYSPACE_A, registry.target);
     await expect(keyring.retire('v1', { restoreWindowMs: 0, prove: nothingNeeded })).rejects.toThrow(
       KeyStoreRefusedError,
     );
@@ -150,15 +137,15 @@ describe('the owner record of a Vault Transit key', () => {
       .replace(/^# The key's owner record[^\n]*\npath "secret\/data\/[^"]*" \{[^}]*\}\n/m, '')
       .replaceAll('rekey-kek', key);
     expect(policy).not.toContain('secret/');
-    const token = await tokenWithPolicy(vault, `rekey-transit-only-${randomUUID()}`, policy);
+    const token = await tokenWithPolicy(servers.vault, `rekey-transit-only-${randomUUID()}`, policy);
     const store = VaultTransitKeys.fromEnv(envFor(key, { VAULT_TOKEN: token }));
-    const keyring = keyringFor(dbA.pool, store, KEYSPACE_A, `t${randomUUID().slice(0, 8)}`);
+    const keyring = keyringFor(servers.db(0).pool, store, KEYSPACE_A, `t${randomUUID().slice(0, 8)}`);
     const provision = keyring.provision('v1', { generate: true });
     await expect(provision).rejects.toThrow(KeyMaterialError);
     await expect(keyring.provision('v1', { generate: true })).rejects.toThrow(
       `lacks "create", "read" on "secret/data/rekey/transit-keys/transit/${key}"`,
     );
-    const missing = await vaultRequest<unknown>(vault, 'GET', `transit/keys/${key}`).catch((err: Error) => err);
+    const missing = await vaultRequest<unknown>(servers.vault, 'GET', `transit/keys/${key}`).catch((err: Error) => err);
     expect(missing).toBeInstanceOf(Error);
     keyring.close();
   });

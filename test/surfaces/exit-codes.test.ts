@@ -26,7 +26,7 @@ import { runRekey, type CliResult } from '../helpers/cli';
 import { createApplicationDatabase, createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createMyceliumSchema, kekOf, seedLegacyInventory, seedMyceliumTenants } from '../helpers/mycelium';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
-import { docPage } from '../helpers/readme';
+import { docTable } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, resultWithin, workflowBundle } from '../helpers/temporal';
 import { fingerprintIn, storedIds } from '../helpers/store-keys';
 import { generateKek } from '../../src/keyring/keyring';
@@ -44,25 +44,12 @@ const PAGE = 'docs/10-exit-codes-and-statuses.md';
 
 /** The rows of the table in docs/10 whose header is `| case | kind | CLI | exit | admin API | HTTP |`. */
 function readmeRows(): Row[] {
-  const lines = docPage(PAGE).split('\n');
-  const cells = (line: string) =>
-    line
-      .slice(1, -1)
-      .split('|')
-      .map((cell) => cell.trim());
-  const header = lines.findIndex(
-    (line) => line.startsWith('|') && cells(line).join(',') === 'case,kind,CLI,exit,admin API,HTTP',
-  );
-  if (header < 0) throw new Error(`${PAGE} has no table headed 'case | kind | CLI | exit | admin API | HTTP'`);
-  const rows: Row[] = [];
-  for (const line of lines.slice(header + 2)) {
-    if (!line.startsWith('|')) break;
-    const [label, kind, cli, exit, http, status] = cells(line) as [string, string, string, string, string, string];
-    const example = (cell: string) => (cell === '–' ? undefined : /^`(.+)`$/.exec(cell)?.[1]);
-    const code = (cell: string) => (cell === '–' ? undefined : Number(cell));
-    rows.push({ case: label, kind, cli: example(cli), exit: code(exit), http: example(http), status: code(status) });
-  }
-  return rows;
+  const example = (cell: string) => (cell === '–' ? undefined : /^`(.+)`$/.exec(cell)?.[1]);
+  const code = (cell: string) => (cell === '–' ? undefined : Number(cell));
+  return docTable(PAGE, 'case | kind | CLI | exit | admin API | HTTP').map((cells) => {
+    const [label, kind, cli, exit, http, status] = cells as [string, string, string, string, string, string];
+    return { case: label, kind, cli: example(cli), exit: code(exit), http: example(http), status: code(status) };
+  });
 }
 
 /** Splits a command line as a shell does for these examples: words, "quoted words", and `$NAME` from `env`. */

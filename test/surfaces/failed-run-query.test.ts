@@ -17,7 +17,7 @@ import { testKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
 import { createTalosSchema, seedSecrets } from '../helpers/talos';
 import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
-import { asTyped, documentedLine, operatorEnv, runLine } from '../docs/as-typed';
+import { asTyped, documentedLine, operatorEnv, runLine } from '../helpers/as-typed';
 
 /** The answer's JSON, after whatever heading the CLI prints (tctl: `Query result:`), the first if it is an array. */
 function parsedAnswer(stdout: string): Record<string, unknown> {
@@ -27,8 +27,8 @@ function parsedAnswer(stdout: string): Record<string, unknown> {
 }
 
 /**
- * docs/04's `temporal workflow query` line, run as an operator types it (test/docs/as-typed.ts): in bash, the server in
- * TEMPORAL_ADDRESS and WF in the shell, as the page's lines set them. Its answer, parsed from the CLI's plain output.
+ * docs/04's `temporal workflow query` line, run as an operator types it (test/helpers/as-typed.ts): in bash, the server
+ * in TEMPORAL_ADDRESS and WF in the shell, as the page's lines set them. Its answer, parsed from the CLI's plain output.
  */
 async function temporalQuery(address: string, workflowId: string): Promise<Record<string, unknown>> {
   const line = documentedLine(

@@ -13,7 +13,7 @@ import { buildAdminServer } from '../../src/admin/server';
 import { WORKFLOW_FAILURE_ANSWERS } from '../../src/errors';
 import { loadTargetsConfig } from '../../src/targets/config';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { runRekey } from '../helpers/cli';
+import { runRekey, runRekeyAt } from '../helpers/cli';
 import { createApplicationDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { keyspaceIn } from '../helpers/keyspace';
@@ -49,8 +49,7 @@ describe('a failed rotation, on every surface at once', () => {
       return handle;
     };
     const rekey = (...args: string[]) =>
-      runRekey(['--address', server.env.address, '--task-queue', taskQueue, ...args], {
-        PATH: process.env.PATH,
+      runRekeyAt(server.env.address, taskQueue, args, {
         DATABASE_URL: db.url,
         ...env,
       });

@@ -9,7 +9,7 @@ import type { History } from '../../src/client/history';
 import { migrationWorkflowIdOf, rotationWorkflowId } from '../../src/rotation/identity';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import type { rotateKek } from '../../src/workflows';
-import { runRekey, type CliResult } from '../helpers/cli';
+import { runRekeyAt, type CliResult } from '../helpers/cli';
 import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
@@ -40,8 +40,7 @@ describe('rekey history and GET /admin/v1/secrets/rotations: the rotations and m
   }
 
   function rekeyAt(address: string, ...args: string[]): Promise<CliResult> {
-    return runRekey(['--address', address, '--task-queue', taskQueue, ...args], {
-      PATH: process.env.PATH,
+    return runRekeyAt(address, taskQueue, args, {
       DATABASE_URL: db.url,
     });
   }

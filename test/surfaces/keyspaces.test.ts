@@ -22,7 +22,7 @@ import { createWorker } from '../../src/worker';
 import { destroyRetiredKek, rotateKek, type RotationReport } from '../../src/workflows';
 import { RekeyTarget } from '../../src/workflows/search-attributes';
 import { RunFailedError, TargetConfigError } from '../../src/errors';
-import { runRekey, type CliResult } from '../helpers/cli';
+import { runRekeyAt, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { keyspaceIn } from '../helpers/keyspace';
 import { eventually } from '../helpers/eventually';
@@ -72,8 +72,7 @@ describe('keyspaces: two databases with a target rekey in one Temporal namespace
 
   /** The built CLI as that deployment's operator runs it: DATABASE_URL names its database (unless `withoutDatabase`). */
   function rekey(at: Deployment, args: string[], options: { withoutDatabase?: boolean } = {}): Promise<CliResult> {
-    return runRekey(['--address', env.address, '--task-queue', at.taskQueue, ...args], {
-      PATH: process.env.PATH,
+    return runRekeyAt(env.address, at.taskQueue, args, {
       ...(!options.withoutDatabase && { DATABASE_URL: at.db.url }),
       REKEY_KEY_PROVIDER: 'file',
       REKEY_KEYRING_FILE: at.keyringFile,

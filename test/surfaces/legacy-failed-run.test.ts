@@ -15,7 +15,7 @@ import { runRekey } from '../helpers/cli';
 import { workflowBundleOf } from '../helpers/old-build';
 import { RotationFixture } from '../helpers/rotation-fixture';
 import { createDevServerEnv, resultWithin, workflowBundle } from '../helpers/temporal';
-import { asTyped, documentedLine, operatorEnv, runLine } from '../docs/as-typed';
+import { asTyped, documentedLine, operatorEnv, runLine } from '../helpers/as-typed';
 
 /** The build before targets, whose rotation code this build keeps in src/workflows/legacy/rotate-kek-47ef157.ts. */
 const LEGACY_BUILD = '47ef157e6e3371b4d36283448205981c45125c6d';

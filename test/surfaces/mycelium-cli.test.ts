@@ -9,7 +9,7 @@ import { projectRoot } from '../../src/project-paths';
 import type { MigrationReport } from '../../src/workflows';
 import { TargetRuntimes } from '../../src/targets/runtime';
 import { createWorker } from '../../src/worker';
-import { runRekey, type CliResult } from '../helpers/cli';
+import { runRekeyAt, type CliResult } from '../helpers/cli';
 import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, migrateDatabase, type TestDatabase } from '../helpers/database';
 import { eventually } from '../helpers/eventually';
@@ -40,8 +40,7 @@ describe("Mycelium's own command, on rekey: rekey rotate --target mycelium --fro
 
   /** The built CLI, as an operator runs it: DATABASE_URL names the Mycelium database. */
   function rekey(...args: string[]): Promise<CliResult> {
-    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-      PATH: process.env.PATH,
+    return runRekeyAt(env.address, taskQueue, args, {
       DATABASE_URL: db.url,
     });
   }

@@ -4,7 +4,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runRekey, type CliResult } from '../helpers/cli';
+import { runRekeyAt, type CliResult } from '../helpers/cli';
 import { confirmRetireWhenAsked, MYCELIUM_ROTATE_1_TO_2 } from '../helpers/confirm';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { rotationIdIn } from '../helpers/keyspace';
@@ -71,8 +71,7 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
     const taskQueue = `readme-mycelium-${randomUUID()}`;
     let legacy: InventoryValue[];
     const rekey = (...args: string[]): Promise<CliResult> =>
-      runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-        PATH: process.env.PATH,
+      runRekeyAt(env.address, taskQueue, args, {
         DATABASE_URL: db.url,
       });
 
@@ -164,8 +163,7 @@ describe("the guide's Mycelium and Talos commands (docs/02), on fresh databases 
       expect(worker.output()).toContain('"targets":["talos"]');
       // The operator's CLI names the database (a target's keyspace, and so its rotations' id, is there).
       const rekey = (...args: string[]) =>
-        runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-          PATH: process.env.PATH,
+        runRekeyAt(env.address, taskQueue, args, {
           DATABASE_URL: db.url,
         });
       const started = await rekey('rotate', '--target', 'talos', '--from', 'v1', '--to', 'v2', '--grace', '1s');

@@ -9,7 +9,7 @@ import { seedTenants } from '../../src/dev/tenants';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { abortUpdate, rotateKek } from '../../src/workflows';
-import { runRekey } from '../helpers/cli';
+import { runRekeyAt } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { createTestKeys } from '../helpers/keys';
 import { keyspaceIn, rotationIdIn } from '../helpers/keyspace';
@@ -38,11 +38,7 @@ describe('a restore window below the minimum (1d) is refused on every surface un
       payload,
     });
   const rekey = (...args: string[]) =>
-    runRekey(
-      ['--address', env.address, '--task-queue', taskQueue, ...args],
-      { PATH: process.env.PATH, DATABASE_URL: db.url, REKEY_KEY_PROVIDER: 'env', ...keys.env },
-      60_000,
-    );
+    runRekeyAt(env.address, taskQueue, args, { DATABASE_URL: db.url, REKEY_KEY_PROVIDER: 'env', ...keys.env }, 60_000);
 
   /** The input the rotation's latest run was started with. */
   async function startedWith(): Promise<Record<string, unknown>> {

@@ -11,7 +11,7 @@ import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { runRekey, type CliResult } from '../helpers/cli';
+import { runRekeyAt, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
 import { keyspaceIn } from '../helpers/keyspace';
@@ -60,8 +60,7 @@ describe('schedule create where another keyspace of the namespace holds the sche
 
   /** The operator of `d`, with docs/05's environment. */
   const rekey = (d: Deployment, ...args: string[]): Promise<CliResult> =>
-    runRekey(['--address', env.address, '--task-queue', d.taskQueue, ...args], {
-      PATH: process.env.PATH,
+    runRekeyAt(env.address, d.taskQueue, args, {
       DATABASE_URL: d.db.url,
       REKEY_KEY_PROVIDER: 'file',
       REKEY_KEYRING_FILE: d.keyringFile,

@@ -13,7 +13,7 @@ import { FileKeyring } from '../../src/keyring/drivers/file';
 import { KekRegistry } from '../../src/store/kek-registry';
 import { BUILTIN_TARGET } from '../../src/targets/builtin';
 import { TargetRuntimes } from '../../src/targets/runtime';
-import { runRekey, type CliResult } from '../helpers/cli';
+import { runRekey, runRekeyAt, type CliResult } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { testKeys } from '../helpers/keys';
 import { serveWorker, type ServedWorker } from '../helpers/keyring-worker';
@@ -35,8 +35,7 @@ describe('rotation schedules: refused at create when they cannot run, each run w
   const keyringFile = path.join(scratch, 'keyring.json');
 
   function rekey(...args: string[]): Promise<CliResult> {
-    return runRekey(['--address', env.address, '--task-queue', taskQueue, ...args], {
-      PATH: process.env.PATH,
+    return runRekeyAt(env.address, taskQueue, args, {
       DATABASE_URL: db.url,
       REKEY_KEYRING_FILE: keyringFile,
       REKEY_WEB_UI_URL: 'https://temporal.example.com/',

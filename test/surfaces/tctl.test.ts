@@ -1,6 +1,6 @@
 // Issue 25, "tctl, as the operators in the design use it": with tctl v1 alone (no update command), an operator takes a
 // Mycelium rotation to its end (its confirmation included) and pauses and resumes a migration. The tctl lines run here
-// are the guide's (docs/04), read from its fenced block and run as typed (test/docs/as-typed.ts: in bash, the server
+// are the guide's (docs/04), read from its fenced block and run as typed (test/helpers/as-typed.ts: in bash, the server
 // in TEMPORAL_CLI_ADDRESS, WF and MIG set as the page sets them), so the guide cannot drift; no update is sent here.
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -32,7 +32,7 @@ import {
 import { eventually } from '../helpers/eventually';
 import { docPage } from '../helpers/readme';
 import { createDevServerEnv, resultWithin, untilNoActivityPending, within, workflowBundle } from '../helpers/temporal';
-import { asTyped, operatorEnv, runLine } from '../docs/as-typed';
+import { asTyped, operatorEnv, runLine } from '../helpers/as-typed';
 
 const PAGE = 'docs/04-rotate-watch-pause-confirm.md';
 

@@ -1,6 +1,6 @@
 // docs/04's plain `temporal` CLI lines, as an operator types them: read from the page's block, run in bash with the
 // toolchain's `temporal` against a worker on the task queue the page names (`rekey`), the server named by
-// TEMPORAL_ADDRESS and the run by WF, as the page sets it (test/docs/as-typed.ts); the lines are not edited.
+// TEMPORAL_ADDRESS and the run by WF, as the page sets it (test/helpers/as-typed.ts); the lines are not edited.
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,7 @@ import { rotationIdIn } from '../helpers/keyspace';
 import { docSection } from '../helpers/readme';
 import { createDevServerEnv, progressUntil, workflowBundle } from '../helpers/temporal';
 import { fingerprintIn } from '../helpers/store-keys';
-import { asTyped, operatorEnv, runLine } from '../docs/as-typed';
+import { asTyped, operatorEnv, runLine } from '../helpers/as-typed';
 
 /** The `temporal …` lines of the guide's section on the plain temporal CLI (docs/04), continuation lines joined. */
 function readmeTemporalLines(): string[] {

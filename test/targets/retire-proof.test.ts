@@ -29,7 +29,7 @@ import {
   wrapDek,
   type SeededTenant,
 } from '../helpers/mycelium';
-import { runRekey } from '../helpers/cli';
+import { runRekeyAt } from '../helpers/cli';
 import { destroyIdIn, keyspaceIn, rotationIdIn } from '../helpers/keyspace';
 import {
   createDevServerEnv,
@@ -334,8 +334,7 @@ describe('a destruction refused for a row only the retired KEK opens, on a Mycel
     const { db } = await createApplicationDatabase(createMyceliumSchema);
     const taskQueue = `destroy-refused-${randomUUID()}`;
     const cli = (...args: string[]) =>
-      runRekey(['--address', server.address, '--task-queue', taskQueue, ...args], {
-        PATH: process.env.PATH,
+      runRekeyAt(server.address, taskQueue, args, {
         DATABASE_URL: db.url,
         ...env,
       });

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { expect, inject } from 'vitest';
 import { projectRoot } from '../../src/project-paths';
-import { docPage } from '../helpers/readme';
+import { docPage } from './readme';
 
 /** The servers a test runs a page's line against, where they are not the page's. */
 export interface TestServers {
