@@ -1,8 +1,8 @@
 // The rewrap engine's crypto for KEKs that never leave AWS KMS: each row's DEK moves from one KMS key to another
 // with ReEncrypt, inside KMS, so no plaintext DEK exists in the worker. The one exception is the move of a keyspace
 // into KMS (importRows): a DEK under a KEK held locally is opened here and given to KMS with Encrypt. Calls are paced
-// (bounded concurrency, a steady rate); a throttled call gives its slot back and is tried again by the pacer, which
-// slows while KMS goes on throttling (RequestPacer), then Temporal's retry.
+// (bounded concurrency, a steady rate); throttling is ridden out by the SDK's backoff (AWS_MAX_ATTEMPTS), then by
+// Temporal's retry.
 import { EncryptCommand, ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import type { Codec, KmsValues, Row } from '../codec/sealed-format';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek, RowRewrap } from '../rewrap/rewrap-rows';
@@ -48,16 +48,11 @@ type Outcome = { write: RowRewrap } | { failure: string } | undefined;
 export class KmsRowCrypto implements RowCrypto {
   readonly threads = 0;
 
-  /**
-   * @param client for calls made outside the pacer (encrypt: the application API's), the SDK riding out throttling
-   * @param pacedClient for the calls the pacer starts, whose throttled answers come back to it at once (KmsKeys)
-   */
   constructor(
     private readonly client: KMSClient,
     private readonly pacer: RequestPacer,
     private readonly arnFor: ArnFor,
     private readonly request: KmsRequest,
-    private readonly pacedClient: KMSClient = client,
   ) {}
 
   async rewrap(
@@ -80,18 +75,16 @@ export class KmsRowCrypto implements RowCrypto {
         return options.others ? undefined : { failure: err.reason };
       }
       // A dry run moves nothing: it asks KMS whether the row opens under `from`, re-encrypting it to `from` itself.
-      // A call is counted once answered: a throttled one (tried again by the pacer) is not.
-      const moved = await this.reEncrypt(kms, row, blob, source, options.dryRun ? source : target);
       requests++;
+      const moved = await this.reEncrypt(kms, row, blob, source, options.dryRun ? source : target);
       if (moved) {
         return { write: { index, relabel: options.others, values: options.dryRun ? [] : [kms.value(moved)] } };
       }
       // A row on a third KEK that says so is left alone.
       if (options.others) return undefined;
-      const under = await this.alreadyUnder(kms, row, blob, target, index, options.dryRun);
       requests++;
       return (
-        under ?? {
+        (await this.alreadyUnder(kms, row, blob, target, index, options.dryRun)) ?? {
           failure: `KMS opens it under neither '${from.kekId}' nor '${to.kekId}' (wrong key, context or tampered)`,
         }
       );
@@ -121,10 +114,9 @@ export class KmsRowCrypto implements RowCrypto {
         if (kms.is(row)) {
           // A KMS blob is under no local KEK: on a third KEK, or (labelled `from`) already under `to`.
           if (options.others) return undefined;
-          const under = await this.alreadyUnder(kms, row, kms.blob(row), target, index, options.dryRun);
           requests++;
           return (
-            under ?? {
+            (await this.alreadyUnder(kms, row, kms.blob(row), target, index, options.dryRun)) ?? {
               failure: `KMS does not open it under '${to.kekId}' and '${from.kekId}' is no KMS key`,
             }
           );
@@ -138,9 +130,8 @@ export class KmsRowCrypto implements RowCrypto {
         }
         try {
           if (options.dryRun) return { write: { index, relabel: options.others, values: [] } };
-          const sealed = await this.encryptWith(this.pacedClient, kms, row, dek, target);
           requests++;
-          return { write: { index, relabel: options.others, values: [sealed] } };
+          return { write: { index, relabel: options.others, values: [await this.encrypt(kms, row, dek, target)] } };
         } finally {
           dek.fill(0);
         }
@@ -155,15 +146,11 @@ export class KmsRowCrypto implements RowCrypto {
    * The stored value of a plaintext DEK given to KMS with Encrypt under `target`, bound by the row's context under
    * its KEK id: the one call by which a DEK under key bytes enters KMS. The caller zeroizes `dek`.
    */
-  encrypt(kms: KmsValues, row: Row, dek: Buffer, target: KmsKey): Promise<Buffer> {
-    return this.encryptWith(this.client, kms, row, dek, target);
-  }
-
-  private async encryptWith(client: KMSClient, kms: KmsValues, row: Row, dek: Buffer, target: KmsKey) {
+  async encrypt(kms: KmsValues, row: Row, dek: Buffer, target: KmsKey): Promise<Buffer> {
     const sealed = await this.request(
       'Encrypt',
       () =>
-        client.send(
+        this.client.send(
           new EncryptCommand({ KeyId: target.arn, Plaintext: dek, EncryptionContext: kms.context(row, target.kekId) }),
         ),
       { iam: 'kms:Encrypt' },
@@ -225,7 +212,7 @@ export class KmsRowCrypto implements RowCrypto {
       // Access, state and configuration errors fail the activity at once, naming the IAM actions; the rest retries.
       answer = await this.request(
         'ReEncrypt',
-        () => this.pacedClient.send(new ReEncryptCommand(reEncryptInput(kms, row, blob, source, target))),
+        () => this.client.send(new ReEncryptCommand(reEncryptInput(kms, row, blob, source, target))),
         { iam: 'kms:ReEncryptFrom and kms:ReEncryptTo', callerHandles: KMS_REFUSED },
       );
     } catch (err) {

@@ -14,42 +14,17 @@ export interface PacerLimits {
  */
 export class RateSchedule {
   private next = 0;
-  /** Throttled answers since the last answer that was not: each one doubles the pause after it. */
-  private throttledRunning = 0;
 
   constructor(private readonly ratePerSecond: number) {}
 
   /** How long the call asked for at `now` (ms) waits before it starts. */
   delay(now: number): number {
+    if (this.ratePerSecond <= 0) return 0;
     const start = Math.max(now, this.next);
-    if (this.ratePerSecond > 0) this.next = start + 1000 / this.ratePerSecond;
+    this.next = start + 1000 / this.ratePerSecond;
     return start - now;
   }
-
-  /**
-   * The store throttled a call at `now`: the call is tried again in a slot of its own (it is a request like any
-   * other), and when the store throttles again before any call went through, no call starts for a pause that doubles
-   * each time (THROTTLE_PAUSE_MS, up to THROTTLE_PAUSE_MAX_MS), as the SDK's backoff did for one call: the store is
-   * asked to take less, not the same again. A throttle now and then (others going through) costs only its retry.
-   */
-  throttled(now: number): void {
-    this.throttledRunning++;
-    if (this.throttledRunning < 2) return;
-    const pause = Math.min(THROTTLE_PAUSE_MAX_MS, THROTTLE_PAUSE_MS * 2 ** (this.throttledRunning - 2));
-    this.next = Math.max(this.next, now + pause);
-  }
-
-  /** A call went through: the throttled run is over. */
-  answered(): void {
-    this.throttledRunning = 0;
-  }
 }
-
-/** The first pause after two throttled answers running (RateSchedule.throttled); it doubles with each more. */
-export const THROTTLE_PAUSE_MS = 50;
-export const THROTTLE_PAUSE_MAX_MS = 5_000;
-/** How often one call is tried again after a throttled answer before its batch fails with it (Temporal retries). */
-export const THROTTLE_RETRIES = 10;
 
 /**
  * The slots of calls in flight that several batches share (a slice's batches whose calls run at once): a call takes a
@@ -132,19 +107,11 @@ export class CallsStoppedError extends Error {
   }
 }
 
-/**
- * Runs `work` on every item, at most `concurrency` at a time, each started on the rate schedule; results in order.
- * With `throttled`, a call the store throttled gives its slot back at once and is tried again in a new slot and a new
- * turn of the schedule, which slows down while the store goes on throttling (RateSchedule.throttled): the other calls
- * keep the slots, where the SDK's own backoff held the slot for the whole wait.
- */
+/** Runs `work` on every item, at most `concurrency` at a time, each started on the rate schedule; results in order. */
 export class RequestPacer {
   private readonly schedule: RateSchedule;
 
-  constructor(
-    readonly limits: PacerLimits,
-    private readonly throttled: (error: unknown) => boolean = () => false,
-  ) {
+  constructor(readonly limits: PacerLimits) {
     if (!Number.isInteger(limits.concurrency) || limits.concurrency < 1) {
       throw new RangeError(`concurrency must be ≥ 1, got ${limits.concurrency}`);
     }
@@ -177,31 +144,19 @@ export class RequestPacer {
     let done = 0;
     let failure: { error: unknown } | undefined;
     const lane = async () => {
-      // The item this lane's last call was throttled on: tried again before a new one.
-      let again: { index: number; throttles: number } | undefined;
-      while (failure === undefined && (again !== undefined || next < items.length)) {
+      while (failure === undefined && next < items.length) {
         if (!(await slots.acquire())) return;
-        let index = -1;
         try {
-          if (failure !== undefined || (again === undefined && next >= items.length)) return;
-          index = again?.index ?? next++;
+          if (failure !== undefined || next >= items.length) return;
+          const index = next++;
           const wait = this.schedule.delay(Date.now());
           if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
           // The batch failed, or its window closed, while this call waited its turn: it does not start.
           if (failure !== undefined || slots.closed) return;
           results[index] = await work(items[index]!, index);
-          this.schedule.answered();
-          again = undefined;
           done++;
         } catch (error) {
-          const throttles = (again?.index === index ? again.throttles : 0) + 1;
-          if (index >= 0 && throttles <= THROTTLE_RETRIES && this.throttled(error)) {
-            // Its slot goes back (to the call waiting longest), and it waits for another like any call.
-            this.schedule.throttled(Date.now());
-            again = { index, throttles };
-          } else {
-            failure ??= { error }; // the other lanes stop taking items; the first error is the batch's
-          }
+          failure ??= { error }; // the other lanes stop taking items; the first error is the batch's
         } finally {
           slots.release();
         }

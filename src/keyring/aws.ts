@@ -1,6 +1,5 @@
 // What rekey's AWS clients share: region, endpoint and credentials from the environment rekey is given, retries that
 // ride out throttling, and the translation of the AWS errors a retry cannot fix into rekey's own.
-import type { KMSClientConfig } from '@aws-sdk/client-kms';
 import { KeyMaterialError } from '../errors';
 
 /** The AWS region from AWS_REGION, else AWS_DEFAULT_REGION (as the AWS CLI and boto3 read it). */
@@ -129,43 +128,4 @@ export async function awsFind<T>(where: string, action: string, call: () => Prom
     }),
   );
   return missing ? undefined : result;
-}
-
-/** The AWS SDK's retry strategy, in its current form (the one its clients resolve by default). */
-type RetryStrategyV2 = Extract<NonNullable<KMSClientConfig['retryStrategy']>, { acquireInitialRetryToken: unknown }>;
-
-/**
- * The SDK's retry strategy of a client, except that a throttled call (ThrottlingException, 429) is not retried by the
- * SDK but comes back to the caller at once: the rewrap's calls (RequestPacer) try it again in a slot and a turn of
- * their own, instead of holding a slot of the window while the SDK backs off. Other failures retry as before.
- */
-export function throttlesToCaller(inner: () => Promise<object>): RetryStrategyV2 {
-  let strategy: RetryStrategyV2 | undefined;
-  return {
-    async acquireInitialRetryToken(scope) {
-      const resolved = await inner();
-      if (!('acquireInitialRetryToken' in resolved))
-        throw new Error('the AWS SDK gave a retry strategy of its old form');
-      strategy = resolved as RetryStrategyV2;
-      return strategy.acquireInitialRetryToken(scope);
-    },
-    refreshRetryTokenForRetry(token, info) {
-      if (info.errorType === 'THROTTLING') return Promise.reject(info.error ?? new Error('throttled'));
-      return strategy!.refreshRetryTokenForRetry(token, info);
-    },
-    recordSuccess(token) {
-      strategy!.recordSuccess(token);
-    },
-  };
-}
-
-/** Whether an AWS call's error is the store throttling it (the answer throttlesToCaller gives back). */
-export function isThrottled(error: unknown): boolean {
-  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
-  return (
-    e?.name === 'ThrottlingException' ||
-    e?.name === 'TooManyRequestsException' ||
-    e?.name === 'RequestLimitExceeded' ||
-    e?.$metadata?.httpStatusCode === 429
-  );
 }

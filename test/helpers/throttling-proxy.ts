@@ -8,8 +8,7 @@ import type { AddressInfo } from 'node:net';
  * setter `throttleEvery` changes it while the proxy runs, e.g. to throttle for a while mid-run). Counts what
  * it throttled and what it forwarded, by the operation the SDK named (X-Amz-Target), or else by method and path. `outage(ms)` makes the endpoint
  * unreachable for `ms` (every connection is reset, as a server that went away does) and, with `untilRefused`, until it
- * has turned away a request (at most a minute), then serves again. `answerAs` answers those requests with another AWS
- * error instead (KMSInternalException, 500: a failure that is not throttling).
+ * has turned away a request (at most a minute), then serves again.
  */
 export async function throttlingProxy(
   upstream: string,
@@ -18,7 +17,6 @@ export async function throttlingProxy(
   endpoint: string;
   throttled: number;
   throttleEvery: number;
-  answerAs: { status: number; type: string };
   /** Requests whose connection was reset during an outage. */
   refused: number;
   /** Requests forwarded whose answer has not yet been sent back, now and at most. */
@@ -31,7 +29,6 @@ export async function throttlingProxy(
   let seen = 0;
   let down = false;
   let every = throttleEvery;
-  let answerAs = { status: 400, type: 'ThrottlingException' };
   const state = { throttled: 0, refused: 0, inFlight: 0, mostInFlight: 0, forwarded: new Map<string, number>() };
   const server = http.createServer((request, response) => {
     if (down) {
@@ -45,11 +42,11 @@ export async function throttlingProxy(
       seen++;
       if (every > 0 && seen % every === 0) {
         state.throttled++;
-        response.writeHead(answerAs.status, {
+        response.writeHead(400, {
           'content-type': 'application/x-amz-json-1.1',
-          'x-amzn-errortype': answerAs.type,
+          'x-amzn-errortype': 'ThrottlingException',
         });
-        response.end(JSON.stringify({ __type: answerAs.type, message: 'Rate exceeded' }));
+        response.end(JSON.stringify({ __type: 'ThrottlingException', message: 'Rate exceeded' }));
         return;
       }
       // AWS names its operation (X-Amz-Target); another HTTP API (Vault) is named by method and path.
@@ -101,12 +98,6 @@ export async function throttlingProxy(
     },
     set throttleEvery(n: number) {
       every = n;
-    },
-    get answerAs() {
-      return answerAs;
-    },
-    set answerAs(answer: { status: number; type: string }) {
-      answerAs = answer;
     },
     get refused() {
       return state.refused;

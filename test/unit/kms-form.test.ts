@@ -1,14 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
-import {
-  CallsStoppedError,
-  CallWindow,
-  RateSchedule,
-  RequestPacer,
-  THROTTLE_PAUSE_MS,
-  THROTTLE_RETRIES,
-} from '../../src/crypto/request-pacer';
+import { CallsStoppedError, CallWindow, RateSchedule, RequestPacer } from '../../src/crypto/request-pacer';
 import { addCounters, emptyCounters, type RewrapCounters } from '../../src/rewrap/counters';
 import { describeCounters } from '../../src/cli/format';
 import { initialProgress, type ProgressReport } from '../../src/rotation/progress';
@@ -183,74 +176,6 @@ describe('pacing of key store calls', () => {
     expect(started).toEqual(['whole-0', 'cut-0']);
     expect(window.calls).toBe(0);
     expect(() => new CallWindow(0)).toThrow(RangeError);
-  });
-
-  it('a throttled call gives its slot back at once: a call of another batch waiting for it starts, then the throttled one is tried again; each item answered once, in order', async () => {
-    const throttle = Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
-    const pacer = new RequestPacer({ concurrency: 1, ratePerSecond: 0 }, (e) => e === throttle);
-    const window = pacer.window();
-    const started: string[] = [];
-    let throttles = 1;
-    const first = pacer.mapIn(window, [0, 1], (n) => {
-      started.push(`first-${n}`);
-      if (n === 0 && throttles-- > 0) return Promise.reject(throttle);
-      return Promise.resolve(`first-${n}`);
-    });
-    const second = pacer.mapIn(window, [0], (n) => {
-      started.push(`second-${n}`);
-      return Promise.resolve(`second-${n}`);
-    });
-    expect(await first).toEqual(['first-0', 'first-1']);
-    expect(await second).toEqual(['second-0']);
-    // The one slot went from the throttled call to the second batch's, which was waiting, before the retry.
-    expect(started).toEqual(['first-0', 'second-0', 'first-0', 'first-1']);
-  });
-
-  it(`a call throttled more than ${THROTTLE_RETRIES} times running fails its batch with the throttle; another error is never retried`, async () => {
-    const throttle = Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
-    const pacer = new RequestPacer({ concurrency: 2, ratePerSecond: 0 }, (e) => e === throttle);
-    let calls = 0;
-    vi.useFakeTimers();
-    try {
-      const mapped = pacer.map([0], () => {
-        calls++;
-        return Promise.reject(throttle);
-      });
-      const rejected = expect(mapped).rejects.toBe(throttle);
-      await vi.advanceTimersByTimeAsync(120_000); // past every pause
-      await rejected;
-    } finally {
-      vi.useRealTimers();
-    }
-    expect(calls).toBe(THROTTLE_RETRIES + 1);
-    let other = 0;
-    await expect(
-      pacer.map([0], () => {
-        other++;
-        return Promise.reject(new Error('AccessDenied'));
-      }),
-    ).rejects.toThrow('AccessDenied');
-    expect(other).toBe(1);
-  });
-
-  it('the schedule pauses only when the store throttles twice running, doubling each time, until a call goes through', () => {
-    const schedule = new RateSchedule(100); // 10 ms apart
-    expect(schedule.delay(1_000)).toBe(0);
-    schedule.throttled(1_000); // one throttle, others going through: only its retry's own turn
-    expect(schedule.delay(1_000)).toBe(10);
-    schedule.throttled(1_000); // twice running: a pause
-    expect(schedule.delay(1_000)).toBe(THROTTLE_PAUSE_MS);
-    schedule.throttled(1_000); // three times: twice the pause
-    expect(schedule.delay(1_000)).toBe(2 * THROTTLE_PAUSE_MS);
-    schedule.answered();
-    schedule.throttled(5_000);
-    expect(schedule.delay(5_000)).toBe(0);
-    // With no rate, the pauses still hold.
-    const unpaced = new RateSchedule(0);
-    unpaced.throttled(0);
-    unpaced.throttled(0);
-    expect(unpaced.delay(0)).toBe(THROTTLE_PAUSE_MS);
-    expect(unpaced.delay(THROTTLE_PAUSE_MS)).toBe(0);
   });
 
   it('counts key store calls in the progress only where there were any', () => {

@@ -21,7 +21,7 @@ import { compileFormat, type Codec, type KmsValues, type Row } from '../../codec
 import { KMS_REFUSED, kmsKey, KmsRowCrypto, reEncryptInput } from '../../crypto/kms-row-crypto';
 import { RequestPacer, type PacerLimits } from '../../crypto/request-pacer';
 import type { RewrapRowsOptions, RewrapRowsResult, RowKek } from '../../rewrap/rewrap-rows';
-import { awsCall, awsClientConfig, awsFind, isThrottled, throttlesToCaller } from '../aws';
+import { awsCall, awsClientConfig, awsFind } from '../aws';
 import type { RemoteKek } from '../cipher';
 import type { DestroyOutcome, ProvisionOptions, RecordedKek } from '../driver';
 import { nextKekId, type HeldKey } from '../local-keys';
@@ -136,15 +136,10 @@ export class KmsKeys extends RemoteKeysDriver {
   private readonly values: KmsValues;
   private crypto: KmsRowCrypto | undefined;
 
-  /**
-   * @param rowClient the client of the rewrap's calls (a ReEncrypt per row): one whose throttled calls come back at
-   * once (throttlesToCaller), retried by the rewrap's pacer; `client` when not given.
-   */
   constructor(
     private readonly client: KMSClient,
     readonly settings: KmsSettings,
     private readonly onRequest?: KmsRequestListener,
-    private readonly rowClient: KMSClient = client,
   ) {
     super();
     this.description = `AWS KMS keys under ${settings.aliasPrefix}kek-*`;
@@ -154,10 +149,7 @@ export class KmsKeys extends RemoteKeysDriver {
   /** From REKEY_AWS_KMS_* and the AWS settings of `env`. Nothing is read until `reload`. */
   static fromEnv(env: NodeJS.ProcessEnv, onRequest?: KmsRequestListener): KmsKeys {
     const settings = kmsSettingsFromEnv(env);
-    const config = awsClientConfig(env, 'KMS');
-    const client = new KMSClient(config);
-    const rowClient = new KMSClient({ ...config, retryStrategy: throttlesToCaller(client.config.retryStrategy) });
-    return new KmsKeys(client, settings, onRequest, rowClient);
+    return new KmsKeys(new KMSClient(awsClientConfig(env, 'KMS')), settings, onRequest);
   }
 
   aliasOf(kekId: string): string {
@@ -390,10 +382,9 @@ export class KmsKeys extends RemoteKeysDriver {
   rowCrypto(): KmsRowCrypto {
     this.crypto ??= new KmsRowCrypto(
       this.client,
-      new RequestPacer(this.settings.limits, isThrottled),
+      new RequestPacer(this.settings.limits),
       (kek) => this.arnFor(kek.kekId, kek.fingerprint),
       (operation, run, options) => this.request(operation, run, options),
-      this.rowClient,
     );
     return this.crypto;
   }
