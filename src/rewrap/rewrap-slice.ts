@@ -1,5 +1,5 @@
 import type { PoolClient } from 'pg';
-import { CallsStoppedError, type CallWindow } from '../crypto/request-pacer';
+import type { CallWindow } from '../crypto/request-pacer';
 import { sharedRowCrypto, type RowCrypto } from '../crypto/row-crypto';
 import type { EngineKek as ResolvedKek } from '../keyring/cipher';
 import { checkout } from '../store/connect';
@@ -12,6 +12,7 @@ import {
   type TargetRow,
   type TargetStore,
 } from '../store/target-store';
+import { runBatchPipeline } from './batch-pipeline';
 import { addCounters, emptyCounters, type RewrapCounters, type TenantFailure } from './counters';
 
 export interface RewrapSliceInput {
@@ -168,12 +169,8 @@ class SliceRun {
     // call backing off does not hold the calls after it; they are written one after another, in order.
     const pipeline = this.input.rowId === undefined ? this.crypto().pipeline?.() : undefined;
     const calls = pipeline?.calls;
-    const ahead = pipeline?.batches ?? 1;
-    const queue: { prepared: Promise<PreparedBatch>; last: string }[] = [];
     let readCursor = this.cursor;
-    let pendingWrite: Promise<void> = Promise.resolve();
-    let done = false;
-    let stopped = false;
+    let readOnce = false;
     let checkpoint: RewrapCheckpoint = { cursor: this.cursor, counters: this.counters };
     let lastBeat = Date.now();
     const aliveEveryMs = this.hooks.aliveEveryMs ?? 5_000;
@@ -189,85 +186,41 @@ class SliceRun {
         },
         Math.max(10, aliveEveryMs / 4),
       );
-    const batchEnded = () => {
-      checkpoint = { cursor: this.cursor, counters: this.counters };
-      lastBeat = Date.now();
-      this.hooks.onBatch?.(checkpoint);
-    };
+    type Read = NonNullable<Awaited<ReturnType<SliceRun['read']>>>;
+    let done: boolean;
     try {
-      // At least one batch per attempt, whatever the budget (a slow resume must not leave the slice where it was).
-      for (let batches = 0; ;) {
-        // The next batch is read when none is under way, or, pipelined, while the window has a slot no call waits for.
-        if (!done && !stopped && (queue.length === 0 || (queue.length < ahead && calls?.hasSlack === true))) {
-          const spent = Date.now() - started;
-          if (this.hooks.shouldStop?.()) {
-            stopped = true;
-            calls?.close();
-            continue;
-          }
-          if (batches > 0 && this.input.timeBudgetMs !== undefined && spent >= this.input.timeBudgetMs) {
-            stopped = true;
-            continue;
-          }
-          const read = await this.read(readCursor);
-          if (read === undefined) {
-            done = true;
-            continue;
-          }
-          batches++;
-          readCursor = read.last;
-          const prepared = read.rows ? this.prepare(read.rows, calls) : this.prepareColumns(read.batch!);
-          // A batch that fails fails the slice: no call of the batches after it starts. Until it is awaited, its
-          // failure must not count as unhandled.
-          prepared.catch(() => calls?.close());
-          queue.push({ prepared, last: read.last });
-          if (this.input.rowId !== undefined) done = true;
-          continue;
-        }
-        const head = queue[0];
-        if (head === undefined) break;
-        if (calls && !done && !stopped && queue.length < ahead) {
-          // Wait for the first batch, or for a slot to free up (then read another).
-          const settled = await Promise.race([
-            head.prepared.then(
-              () => true,
-              () => true,
-            ),
-            calls.slack().then(() => false),
-          ]);
-          if (!settled) continue;
-        }
-        queue.shift();
-        let prepared: PreparedBatch;
-        try {
-          prepared = await head.prepared;
-        } catch (err) {
-          if (!(err instanceof CallsStoppedError)) throw err;
-          // The window closed before all of this batch's calls started: neither it nor any batch after it is written.
-          // A batch after it that failed is the slice's failure; otherwise the slice stopped here.
-          for (const settled of await Promise.allSettled(queue.map((q) => q.prepared))) {
-            if (settled.status === 'rejected' && !(settled.reason instanceof CallsStoppedError)) throw settled.reason;
-          }
-          queue.length = 0;
-          done = false;
-          break;
-        }
-        await pendingWrite;
-        batchEnded();
-        pendingWrite = this.write(prepared, head.last);
-        // Awaited before the next write or at the end; until then a failure must not count as unhandled.
-        pendingWrite.catch(() => undefined);
-        this.cursor = head.last;
-      }
+      ({ done } = await runBatchPipeline<Read, PreparedBatch>(
+        {
+          next: (batchesRead) => {
+            if (this.input.rowId !== undefined && readOnce) return 'read'; // a canary's one batch was read: done
+            if (this.hooks.shouldStop?.()) return 'stop';
+            // At least one batch per attempt, whatever the budget (a slow resume must not leave the slice where it was).
+            const spent = Date.now() - started;
+            const budgetSpent = this.input.timeBudgetMs !== undefined && spent >= this.input.timeBudgetMs;
+            return batchesRead > 0 && budgetSpent ? 'finish' : 'read';
+          },
+          read: async () => {
+            // A canary is one row: one batch, and then the slice is done.
+            if (this.input.rowId !== undefined && readOnce) return undefined;
+            readOnce = true;
+            const read = await this.read(readCursor);
+            if (read !== undefined) readCursor = read.last;
+            return read;
+          },
+          start: (read, window) => (read.rows ? this.prepare(read.rows, window) : this.prepareColumns(read.batch!)),
+          take: (prepared, read) => {
+            checkpoint = { cursor: this.cursor, counters: this.counters };
+            lastBeat = Date.now();
+            this.hooks.onBatch?.(checkpoint);
+            const written = this.write(prepared, read.last);
+            this.cursor = read.last;
+            return written;
+          },
+        },
+        { ...(calls && { calls }), ahead: pipeline?.batches ?? 1 },
+      ));
     } finally {
-      try {
-        // Nothing of the slice is in flight once it returns or fails: no call starts, those under way answer.
-        calls?.close();
-        await Promise.allSettled(queue.map((q) => q.prepared));
-        await pendingWrite;
-      } finally {
-        if (alive) clearInterval(alive);
-      }
+      if (alive) clearInterval(alive);
     }
     if (done && this.input.progressKey !== undefined && !this.input.dryRun) {
       await markProgressDone(this.writer, this.input.progressKey, this.cursor);
