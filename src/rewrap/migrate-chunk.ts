@@ -165,7 +165,7 @@ export function migrateChunk(
   let native: NativeMigrated | undefined;
   try {
     if (!input.dryRun && options.native !== false && keks[0] && sealable > 0) {
-      native = migrateChunkNative(codecs, keks[0], rows, nonces.pool);
+      native = migrateChunkNative(codecs, keks[0], rows, nonces.pool, input.deks);
     }
   } catch (err) {
     for (const kek of keks) releaseKey(kek.key);

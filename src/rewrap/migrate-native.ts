@@ -19,7 +19,8 @@ interface MigrateColumns {
   count: number;
   tenants: ByteColumn;
   values: ByteColumn[];
-  dek: { columns: Columns };
+  /** The DEK row read with each row: its id (NULL where none was read) and columns. */
+  dek: { ids: ByteColumn; columns: Columns };
 }
 
 /** The addon's outcome of a row (native/aes-gcm MIGRATE_*). */
@@ -93,19 +94,28 @@ export function migrateChunkNative(
   kek: { kekId: string; key: AeadKey },
   rows: MigrateColumns,
   nonces: Buffer,
+  given?: Readonly<Record<string, Readonly<Record<string, unknown>> | string>>,
 ): NativeMigrated | undefined {
   const plan = planFor(codecs);
   if (!plan) return undefined;
   const call = nativeMigrateCall(kek.key);
   if (!call) return undefined;
   const dekColumns = rows.dek.columns.columns;
-  const value = dekColumns[plan.dek.value];
-  if (value?.kind !== 'text') return undefined;
+  const read = dekColumns[plan.dek.value];
+  if (read?.kind !== 'text') return undefined;
+  let value = read.column;
   const aad: ByteColumn[] = [];
   for (const name of plan.dek.columns) {
     const column = dekColumns[name];
     if (column?.kind !== 'text') return undefined;
     aad.push(column.column);
+  }
+  if (given) {
+    const merged = withGiven(rows, given, [plan.dek.value, ...plan.dek.columns], [value, ...aad]);
+    if (merged) {
+      value = merged[0]!;
+      aad.splice(0, aad.length, ...merged.slice(1));
+    }
   }
   const { count } = rows;
   // A new value is as long as the legacy one and the current prefix (the same bytes, in the same base64). Zeroed,
@@ -117,8 +127,8 @@ export function migrateChunkNative(
     Buffer.from(kek.kekId, 'utf8'),
     plan.dek.form,
     plan.dek.recipe,
-    value.column.lengths,
-    value.column.bytes,
+    value.lengths,
+    value.bytes,
     aad.map((c) => c.lengths),
     aad.map((c) => c.bytes),
     plan.legacyForms,
@@ -141,4 +151,62 @@ export function migrateChunkNative(
     return { lengths, bytes: bytes.subarray(0, total) };
   });
   return { outcomes, values, written };
+}
+
+/**
+ * The DEK row's columns with, for each row read without one (its tenant's DEK provisioned for the batch, or re-read),
+ * the text of the DEK row given by tenant in its place; undefined when no row needs it. A given DEK row whose columns
+ * are not text stays NULL: the per-field path takes that row.
+ */
+function withGiven(
+  rows: MigrateColumns,
+  given: Readonly<Record<string, Readonly<Record<string, unknown>> | string>>,
+  names: string[],
+  columns: ByteColumn[],
+): ByteColumn[] | undefined {
+  const { count } = rows;
+  const ids = rows.dek.ids;
+  let missing = false;
+  for (let i = 0; i < count && !missing; i++) if (ids.lengths[i]! < 0) missing = true;
+  if (!missing) return undefined;
+  const tenants = rows.tenants;
+  const starts = new Int32Array(count);
+  for (let i = 0, at = 0; i < count; i++) {
+    starts[i] = at;
+    if (tenants.lengths[i]! > 0) at += tenants.lengths[i]!;
+  }
+  const tenantBytes = Buffer.from(tenants.bytes.buffer, tenants.bytes.byteOffset, tenants.bytes.length);
+  return columns.map((column, c) => {
+    const parts: Uint8Array[] = [];
+    const lengths = new Int32Array(count);
+    let at = 0;
+    let total = 0;
+    for (let i = 0; i < count; i++) {
+      const length = column.lengths[i]!;
+      if (length >= 0) {
+        parts.push(column.bytes.subarray(at, at + length));
+        at += length;
+        lengths[i] = length;
+        total += length;
+        continue;
+      }
+      lengths[i] = -1;
+      if (ids.lengths[i]! >= 0 || tenants.lengths[i]! < 0) continue;
+      const tenant = tenantBytes.toString('utf8', starts[i]!, starts[i]! + tenants.lengths[i]!);
+      const row = given[tenant];
+      const text = typeof row === 'object' ? row[names[c]!] : undefined;
+      if (typeof text !== 'string') continue;
+      const bytes = Buffer.from(text, 'utf8');
+      parts.push(bytes);
+      lengths[i] = bytes.length;
+      total += bytes.length;
+    }
+    const bytes = new Uint8Array(total);
+    let offset = 0;
+    for (const part of parts) {
+      bytes.set(part, offset);
+      offset += part.length;
+    }
+    return { lengths, bytes };
+  });
 }

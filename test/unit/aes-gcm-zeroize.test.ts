@@ -263,6 +263,7 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
         tenants: ids,
         values: values.map((column) => packed(column)),
         dek: {
+          ids,
           columns: {
             count,
             columns: { encrypted_dek: { kind: 'text', column: packed(dekValues) }, id: { kind: 'text', column: ids } },

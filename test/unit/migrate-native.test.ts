@@ -199,7 +199,7 @@ describe("migrate-dek's chunk in one native call", () => {
     // The addon took most rows whole, and left each kind of other row to the per-field path.
     const key = scheduleKey(Buffer.from(kek));
     try {
-      const call = migrateChunkNative(codecs, { kekId: '1', key }, input(rows, byTenant).rows, nonces)!;
+      const call = migrateChunkNative(codecs, { kekId: '1', key }, input(rows, byTenant).rows, nonces, byTenant)!;
       expect(call).toBeDefined();
       const outcomes = [...call.outcomes];
       expect(outcomes.filter((o) => o === MIGRATE_WRITTEN).length).toBeGreaterThan(600);
