@@ -192,7 +192,7 @@ function withGiven(
       }
       lengths[i] = -1;
       if (ids.lengths[i]! >= 0 || tenants.lengths[i]! < 0) continue;
-      const tenant = tenantBytes.toString('utf8', starts[i]!, starts[i]! + tenants.lengths[i]!);
+      const tenant = tenantBytes.toString('utf8', starts[i], starts[i]! + tenants.lengths[i]!);
       const row = given[tenant];
       const text = typeof row === 'object' ? row[names[c]!] : undefined;
       if (typeof text !== 'string') continue;
