@@ -65,7 +65,33 @@ interface NativeAddon {
   GcmKey: new (key: Buffer) => NativeGcmKey;
   /** A chunk rewrapped in one call (src/crypto/native-chunk.ts); absent from an addon built before it. */
   rewrapChunk?: NativeRewrapChunk;
+  /** A chunk of a migration in one call (src/rewrap/migrate-native.ts); absent from an addon built before it. */
+  migrateChunk?: NativeMigrateChunk;
 }
+
+/** native/aes-gcm `migrate_chunk`: the arguments after the KEK, as src/rewrap/migrate-native.ts passes them. */
+export type NativeMigrateChunk = (
+  kek: unknown,
+  kekId: Uint8Array,
+  dekForm: Uint8Array,
+  dekRecipe: Uint8Array,
+  dekValueLengths: Int32Array,
+  dekValueBytes: Uint8Array,
+  dekAadLengths: readonly Int32Array[],
+  dekAadBytes: readonly Uint8Array[],
+  legacyForms: readonly Uint8Array[],
+  legacyRecipes: readonly Uint8Array[],
+  currentForms: readonly Uint8Array[],
+  currentRecipes: readonly Uint8Array[],
+  tenantLengths: Int32Array,
+  tenantBytes: Uint8Array,
+  valueLengths: readonly Int32Array[],
+  valueBytes: readonly Uint8Array[],
+  nonces: Uint8Array,
+  out: readonly Uint8Array[],
+  outLengths: readonly Int32Array[],
+  outcomes: Uint8Array,
+) => number;
 
 /** native/aes-gcm `rewrap_chunk`: the arguments after the two keys, as src/crypto/native-chunk.ts passes them. */
 export type NativeRewrapChunk = (
@@ -164,6 +190,20 @@ export function nativeChunkCall(
   const fromKey = from.nativeKey;
   const toKey = to.nativeKey;
   return (...args) => call(fromKey, toKey, ...args);
+}
+
+/**
+ * The addon's one call for a chunk of a migration (native/aes-gcm `migrate_chunk`) bound to the KEK's schedule, when
+ * it is a native one of an addon that has it: undefined otherwise.
+ */
+export function nativeMigrateCall(
+  kek: AeadKey,
+): ((...args: Parameters<NativeMigrateChunk> extends [unknown, ...infer Rest] ? Rest : never) => number) | undefined {
+  if (!(kek instanceof NativeSchedule)) return undefined;
+  const call = kek.addon?.migrateChunk;
+  if (!call) return undefined;
+  const key = kek.nativeKey;
+  return (...args) => call(key, ...args);
 }
 
 /** A class, not an object of closures: a migration makes one per DEK, a few hundred thousand in a run. */

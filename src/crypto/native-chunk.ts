@@ -26,7 +26,7 @@ export interface NativeChunkResult {
 }
 
 /** How the addon reads the format: encoding, fixed plaintext length and prefix; and the recipe's program. */
-interface Program {
+export interface Program {
   form: Uint8Array;
   recipe: Uint8Array;
   /** The packed text columns the recipe reads, in the order it names them. */
@@ -36,7 +36,7 @@ interface Program {
 const programs = new WeakMap<Codec, Program | null>();
 
 /** The format as the addon reads it, or null where it reads only through the codec. */
-function programFor(codec: Codec): Program | null {
+export function programFor(codec: Codec): Program | null {
   let program = programs.get(codec);
   if (program !== undefined) return program;
   program = compileProgram(codec);

@@ -27,6 +27,14 @@ import {
 } from '../crypto/aes-gcm';
 import { unpackColumn, type ByteColumn, type Column, type Columns } from '../crypto/columns';
 import { UnreadableValueError } from '../errors';
+import {
+  MIGRATE_EMPTY,
+  MIGRATE_LEFT,
+  MIGRATE_WRITTEN,
+  migrateChunkNative,
+  type MigrateCodecs,
+  type NativeMigrated,
+} from './migrate-native';
 
 /** A tenant's wrapped DEK as the target's table holds it (a TargetRow: its columns, `$id`, `$label`). */
 export type WrappedDek = Row & { $id: string; $label: string };
@@ -68,11 +76,7 @@ export interface MigrateChunkResult {
 /** In a dry run, a tenant without a DEK: the run would provision one, so its values only need to open. */
 export const WOULD_PROVISION = 'would provision';
 
-export interface MigrateCodecs {
-  dek: Codec;
-  legacy: Codec[];
-  current: Codec[];
-}
+export type { MigrateCodecs };
 
 /**
  * Text values packed one after another into a buffer that grows as needed. A row's value is staged after the last
@@ -104,6 +108,13 @@ class TextColumnWriter {
     return size;
   }
 
+  /** Stages `length` bytes of `input` from `start`: its length. */
+  stageBytes(input: Uint8Array, start: number, length: number): number {
+    this.room(length);
+    this.bytes.set(input.subarray(start, start + length), this.at);
+    return length;
+  }
+
   /** Stages `prefix` and the standard base64 of `raw[0, size)`: its length in bytes. */
   stageBase64(prefix: Buffer, raw: Buffer, size: number): number {
     const length = prefix.length + base64Length(size);
@@ -127,11 +138,46 @@ class TextColumnWriter {
   }
 }
 
-export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): MigrateChunkResult {
+/** For tests: the chunk's nonces (12 bytes for each non-NULL value), and whether to try the addon's one call. */
+export interface MigrateChunkOptions {
+  nonces?: Buffer;
+  native?: boolean;
+}
+
+/**
+ * The chunk's crypto. Each non-NULL value has its own nonce, its slot in row order, field by field, whichever way it
+ * goes: the addon's one call for the chunk (migrate-native.ts) takes every row it can whole, and the rest go the way
+ * below, value by value, with the same outcome, reason and bytes as if the addon had not been called.
+ */
+export function migrateChunk(
+  codecs: MigrateCodecs,
+  input: MigrateChunkInput,
+  options: MigrateChunkOptions = {},
+): MigrateChunkResult {
   const { rows } = input;
   const { count } = rows;
   const fieldCount = codecs.legacy.length;
   const keks = input.keks.map((k) => ({ kekId: k.kekId, key: scheduleKey(k.key) }));
+  // The chunk's nonces from one call to the CSPRNG (one per value it may seal), each used once.
+  let sealable = 0;
+  for (const column of rows.values) for (const length of column.lengths) if (length >= 0) sealable++;
+  const nonces = new Nonces(sealable, options.nonces);
+  let native: NativeMigrated | undefined;
+  try {
+    if (!input.dryRun && options.native !== false && keks[0] && sealable > 0) {
+      native = migrateChunkNative(codecs, keks[0], rows, nonces.pool, input.deks);
+    }
+  } catch (err) {
+    for (const kek of keks) releaseKey(kek.key);
+    throw err;
+  }
+  if (native && native.outcomes.every((outcome) => outcome !== MIGRATE_LEFT)) {
+    for (const kek of keks) releaseKey(kek.key);
+    const indexes = new Int32Array(native.written);
+    let k = 0;
+    for (let i = 0; i < count; i++) if (native.outcomes[i] === MIGRATE_WRITTEN) indexes[k++] = i;
+    return { indexes, values: native.values, unreadable: codecs.legacy.map(() => 0), failures: [] };
+  }
   const deks = new Map<string, AeadKey | string>();
   // A column given under two names (the DEK's id, which its codec reads too) is unpacked once.
   const unpacked = new Map<unknown, unknown[]>();
@@ -145,7 +191,7 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
     return values;
   };
   const text = (column: ByteColumn) => unpack({ kind: 'text', column }) as (string | null)[];
-  const tenants = text(rows.tenants);
+  let tenantStrings: (string | null)[] | undefined;
   // Each field's legacy values where they lie in their packed column (made strings only for the codecs' way).
   const values = rows.values.map((column) => ({
     column,
@@ -179,21 +225,42 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
   let written = 0;
   const unreadable = codecs.legacy.map(() => 0);
   const failures: MigrateChunkResult['failures'] = [];
-  // The chunk's nonces from one call to the CSPRNG (one per value it may seal), each used once.
-  let sealable = 0;
-  for (const column of rows.values) for (const length of column.lengths) if (length >= 0) sealable++;
-  const nonces = new Nonces(sealable);
+  // Where the addon's next value of each field lies in its output.
+  const nativeAt = native?.values.map(() => ({ row: 0, offset: 0 }));
+  let slot = 0;
   const staged = new Int32Array(fieldCount);
   const fast = new InPlace(codecs, keks);
   try {
     for (let i = 0; i < count; i++) {
-      const tenant = tenants[i]!;
       if (tenantField.length > 0) tenantField.start += tenantField.length;
       tenantField.length = rows.tenants.lengths[i]!;
       for (const { field, lengths } of dekCursors) {
         if (field.length > 0) field.start += field.length;
         field.length = lengths[i]!;
       }
+      const outcome = native?.outcomes[i];
+      if (outcome === MIGRATE_WRITTEN || outcome === MIGRATE_EMPTY) {
+        // Taken by the addon (or nothing to take): its values staged as they are, the cursors moved past the row.
+        for (let f = 0; f < fieldCount; f++) {
+          const length = values[f]!.column.lengths[i]!;
+          if (length > 0) values[f]!.offset += length;
+          if (length >= 0) slot++;
+        }
+        if (outcome === MIGRATE_EMPTY) continue;
+        indexes[written++] = i;
+        for (let f = 0; f < fieldCount; f++) {
+          const at = nativeAt![f]!;
+          const column = native!.values[f]!;
+          const length = column.lengths[at.row++]!;
+          if (length >= 0) {
+            out[f]!.stageBytes(column.bytes, at.offset, length);
+            at.offset += length;
+          }
+          out[f]!.keep(length);
+        }
+        continue;
+      }
+      const tenant = (tenantStrings ??= text(rows.tenants))[i]!;
       let dek = deks.get(tenant);
       if (dek === undefined) {
         const read = rows.dek.ids.lengths[i]! >= 0;
@@ -223,6 +290,7 @@ export function migrateChunk(codecs: MigrateCodecs, input: MigrateChunkInput): M
         const start = field.offset;
         if (length > 0) field.offset += length;
         if (length < 0) continue;
+        nonces.seek(slot++);
         const bytes = fast.sealPacked(f, tenantField, field.bytes, start, length, dek, nonces, out[f]!);
         if (bytes >= 0) {
           staged[f] = bytes;
@@ -556,13 +624,19 @@ function openLegacy(
   return `does not decrypt under any KEK held (${reasons.join('; ')})`;
 }
 
-/** Fresh random nonces cut from one buffer: never the same bytes twice. */
+/** Fresh random nonces cut from one buffer, one slot per value (seek): never the same bytes twice. */
 class Nonces {
-  private readonly pool: Buffer;
+  readonly pool: Buffer;
   private used = 0;
 
-  constructor(count: number) {
-    this.pool = randomBytes(Math.max(1, count) * NONCE_BYTES);
+  constructor(count: number, given?: Buffer) {
+    if (given && given.length !== count * NONCE_BYTES) throw new Error(`the nonces given are not ${count} × 12 bytes`);
+    this.pool = given ?? randomBytes(count * NONCE_BYTES);
+  }
+
+  /** The next nonce is slot `slot`'s. */
+  seek(slot: number): void {
+    this.used = slot * NONCE_BYTES;
   }
 
   next(): Buffer {

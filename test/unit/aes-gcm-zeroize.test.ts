@@ -5,13 +5,20 @@
 // with a random mask (the pair reveals the secret only when combined, byte by byte, at a candidate), and the key
 // Buffer the addon was given is zeroed at once. Only the first 4 bytes of a secret are ever plain (the needle that
 // finds candidates); each candidate is then compared in full.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
-import { REKEY_DEK_FORMAT } from '../../src/codec/formats';
+import {
+  MYCELIUM_DEK_FORMAT,
+  MYCELIUM_V1_FIELD_FORMAT,
+  myceliumV2FieldFormat,
+  REKEY_DEK_FORMAT,
+} from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
 import { loadAesGcmBackend, nativeSchedule } from '../../src/crypto/aes-gcm';
 import { rewrapChunkNative } from '../../src/crypto/native-chunk';
+import { migrateChunkNative } from '../../src/rewrap/migrate-native';
+import { packed } from '../helpers/packed-columns';
 import { findInMemory, masked, part, type Masked } from '../helpers/memory-scan';
 
 /** GF(2)-linear maps on 16-byte blocks apply to the masked value and the mask alike, so the secret stays masked. */
@@ -201,5 +208,81 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
       part(k, 16, 32, `${k.what}, second half`),
     ]);
     expect(findInMemory([...keks, ...halves]).found).toEqual([]);
+  });
+
+  it("a migration's chunk in one native call leaves no DEK (whole or by halves) and no field's plaintext anywhere in the process", () => {
+    const gcm = addon();
+    const kekBytes = randomBytes(32);
+    const kekSecret = masked('the KEK', kekBytes);
+    const kek = nativeSchedule(gcm, kekBytes);
+    kekBytes.fill(0);
+    const xor = (a: Buffer, b: Buffer) => Buffer.from(a.map((x, k) => x ^ b[k]!));
+    // As above: each value sealed from three random shares, so its plaintext never exists here.
+    const sealShares = (aad: Buffer, what: string): { stored: string; secret: Masked } => {
+      const nonce = randomBytes(12);
+      const shares = [randomBytes(32), randomBytes(32), randomBytes(32)];
+      const sealed = shares.map((share) => kek.seal(nonce, share, aad));
+      const ciphertext = xor(xor(sealed[0]!.ciphertext, sealed[1]!.ciphertext), sealed[2]!.ciphertext);
+      const tag = xor(xor(sealed[0]!.tag, sealed[1]!.tag), sealed[2]!.tag);
+      const stored = Buffer.concat([nonce, ciphertext, tag]).toString('base64');
+      return { stored, secret: { what, masked: xor(shares[0]!, shares[1]!), mask: shares[2]! } };
+    };
+    const count = 64;
+    const fields = ['telegram_bot_token', 'telegram_webhook_secret'];
+    const tenants: string[] = [];
+    const dekValues: string[] = [];
+    const values: string[][] = fields.map(() => []);
+    const secrets: Masked[] = [];
+    for (let i = 0; i < count; i++) {
+      const tenant = randomUUID();
+      tenants.push(tenant);
+      const dek = sealShares(Buffer.from(tenant.replace(/-/g, ''), 'hex'), `DEK ${i}`);
+      dekValues.push(`v2:${dek.stored}`);
+      secrets.push(
+        dek.secret,
+        part(dek.secret, 0, 16, `DEK ${i}, first half`),
+        part(dek.secret, 16, 32, `DEK ${i}, second half`),
+      );
+      fields.forEach((_, f) => {
+        const value = sealShares(Buffer.alloc(0), `field ${f} of row ${i}`);
+        values[f]!.push(value.stored);
+        secrets.push(value.secret);
+      });
+    }
+    const ids = packed(tenants);
+    const codecs = {
+      dek: compileFormat(MYCELIUM_DEK_FORMAT),
+      legacy: fields.map(() => compileFormat(MYCELIUM_V1_FIELD_FORMAT)),
+      current: fields.map((f) => compileFormat(myceliumV2FieldFormat(f))),
+    };
+    const chunk = migrateChunkNative(
+      codecs,
+      { kekId: '1', key: kek },
+      {
+        count,
+        tenants: ids,
+        values: values.map((column) => packed(column)),
+        dek: {
+          ids,
+          columns: {
+            count,
+            columns: { encrypted_dek: { kind: 'text', column: packed(dekValues) }, id: { kind: 'text', column: ids } },
+          },
+        },
+      },
+      randomBytes(12 * count * fields.length),
+    );
+    // Every row was taken in the one call.
+    expect(chunk?.written).toBe(count);
+
+    const after = findInMemory([...secrets, kekSecret]);
+    expect(after.found.filter((f) => f.what !== 'the KEK')).toEqual([]);
+    // The scan sees the live schedule, and would see a secret where one is: the first field, opened here again.
+    expect(after.found.map((f) => f.what)).toContain('the KEK');
+    const first = Buffer.from(values[0]![0]!, 'base64');
+    const opened = kek.open(first.subarray(0, 12), first.subarray(12, 44), first.subarray(44), Buffer.alloc(0));
+    expect(findInMemory([secrets[3]!]).found.map((f) => f.what)).toContain('field 0 of row 0');
+    opened!.fill(0);
+    kek.release();
   });
 });

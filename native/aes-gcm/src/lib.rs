@@ -556,3 +556,337 @@ pub fn rewrap_chunk(
     }
     Ok(written as u32)
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// A chunk of `rekey migrate-dek` rows in one call (src/rewrap/migrate-chunk.ts): per row, the tenant's DEK is opened
+// under the KEK from the DEK row's packed text columns, then each legacy field of the row is opened under the KEK and
+// sealed under that DEK, the associated data of all three built here from the recipes as the codecs build it, with
+// nonces from the caller (one per non-NULL value of the chunk, in row order, field by field: the slot the caller's
+// per-field path gives the same value). A row is taken whole or not at all: any of its values not in the form, not
+// opening, or its DEK not read with it or not opening, and the row is marked and left to the caller's per-field path,
+// which gives its outcome and reason. The DEK, its key schedule and every plaintext only ever lie in this call's
+// stack, zeroized after each row and on every way out; the stack the call used is overwritten before it returns.
+
+/// The row's fields were all sealed: their new values are the next ones in the output columns.
+const MIGRATE_WRITTEN: u8 = 0;
+/// The row is left to the caller's per-field path.
+const MIGRATE_LEFT: u8 = 1;
+/// The row has no value to migrate (every field NULL).
+const MIGRATE_EMPTY: u8 = 2;
+
+/// A format's header as src/crypto/native-chunk.ts writes it: encoding, fixed plaintext length, prefix.
+struct Form<'a> {
+    fixed: usize,
+    prefix: &'a [u8],
+}
+
+/// Only standard base64 text (encoding 1) is read here; anything else is the caller's to refuse.
+fn parse_form(form: &[u8]) -> Result<Form<'_>> {
+    if form.len() < 6 {
+        return Err(invalid("the form is too short"));
+    }
+    if form[0] != 1 {
+        return Err(invalid("a migration's form is base64 text (1)"));
+    }
+    let fixed = u32::from_le_bytes([form[1], form[2], form[3], form[4]]) as usize;
+    let prefix_length = form[5] as usize;
+    let prefix = form.get(6..6 + prefix_length).ok_or_else(|| invalid("the form's prefix is cut short"))?;
+    Ok(Form { fixed, prefix })
+}
+
+/// `value` after the form's prefix, decoded into `raw`: `nonce ‖ ciphertext ‖ tag` and the ciphertext's length.
+fn decode_value<'r>(form: &Form, value: &[u8], raw: &'r mut [u8; BODY_MAX]) -> Option<(&'r [u8], usize)> {
+    if value.len() < form.prefix.len() || &value[..form.prefix.len()] != form.prefix {
+        return None;
+    }
+    let size = decode_base64(&value[form.prefix.len()..], raw)?;
+    if size < NONCE_BYTES + TAG_BYTES {
+        return None;
+    }
+    let n = size - NONCE_BYTES - TAG_BYTES;
+    if form.fixed != 0 && n != form.fixed {
+        return None;
+    }
+    Some((&raw[..size], n))
+}
+
+/// Opens `body` under `key` into `work[..n]`; zeroizes what was deciphered when it does not open.
+fn open_body(key: &Aes256Gcm, body: &[u8], n: usize, aad: &[u8], work: &mut Work) -> bool {
+    let clear = &mut work.0[..n];
+    clear.copy_from_slice(&body[NONCE_BYTES..NONCE_BYTES + n]);
+    let opened = key.decrypt_in_place_detached(
+        Nonce::from_slice(&body[..NONCE_BYTES]),
+        aad,
+        clear,
+        Tag::from_slice(&body[NONCE_BYTES + n..]),
+    );
+    if opened.is_err() {
+        clear.zeroize();
+    }
+    opened.is_ok()
+}
+
+/// The packed columns of one chunk, split (see rewrap_chunk).
+struct MigrateInput<'a> {
+    kek: &'a Aes256Gcm,
+    kek_id: &'a [u8],
+    dek_form: Form<'a>,
+    dek_parts: Vec<Part>,
+    dek_values: Vec<Option<&'a [u8]>>,
+    dek_fields: Vec<Vec<Option<&'a [u8]>>>,
+    legacy: Vec<(Form<'a>, Vec<Part>)>,
+    current: Vec<(Form<'a>, Vec<Part>)>,
+    tenants: Vec<Option<&'a [u8]>>,
+    values: Vec<Vec<Option<&'a [u8]>>>,
+    nonces: &'a [u8],
+}
+
+/// The rows, with every secret in this frame or its callees'; kept out of line so that the caller can overwrite the
+/// stack it used (scrub_stack) once it returns.
+#[inline(never)]
+fn migrate_rows(
+    input: &MigrateInput,
+    out: &mut [&mut [u8]],
+    out_lengths: &mut [&mut [i32]],
+    outcomes: &mut [u8],
+) -> Result<u32> {
+    let count = input.tenants.len();
+    let fields = input.values.len();
+    let mut work = Work([0u8; BODY_MAX]);
+    let mut dek = Work([0u8; BODY_MAX]);
+    let mut raw = [0u8; BODY_MAX];
+    let mut sealed = [0u8; BODY_MAX];
+    let mut aad = Vec::with_capacity(256);
+    let mut dek_row: Vec<Option<&[u8]>> = vec![None; input.dek_fields.len()];
+    let mut at = vec![0usize; fields];
+    let mut written = 0usize;
+    let mut slot = 0usize;
+    for i in 0..count {
+        let row_slot = slot;
+        let present = input.values.iter().filter(|column| column[i].is_some()).count();
+        slot += present;
+        outcomes[i] = MIGRATE_LEFT;
+        if present == 0 {
+            outcomes[i] = MIGRATE_EMPTY;
+            continue;
+        }
+        // The tenant's DEK, from the DEK row read with this row.
+        let Some(wrapped) = input.dek_values[i] else { continue };
+        let Some((body, n)) = decode_value(&input.dek_form, wrapped, &mut raw) else { continue };
+        if n != KEY_BYTES {
+            continue;
+        }
+        for (c, column) in input.dek_fields.iter().enumerate() {
+            dek_row[c] = column[i];
+        }
+        if build_aad(&input.dek_parts, &dek_row, input.kek_id, &mut aad).is_none() {
+            continue;
+        }
+        if !open_body(input.kek, body, n, &aad, &mut dek) {
+            continue;
+        }
+        let Ok(cipher) = Aes256Gcm::new_from_slice(&dek.0[..KEY_BYTES]) else {
+            dek.0[..KEY_BYTES].zeroize();
+            continue;
+        };
+        dek.0[..KEY_BYTES].zeroize();
+        let cipher = Wiped(ManuallyDrop::new(cipher));
+        let tenant = [input.tenants[i]];
+        let start = at.clone();
+        let mut taken = true;
+        let mut k = row_slot;
+        for f in 0..fields {
+            let Some(value) = input.values[f][i] else {
+                continue;
+            };
+            let nonce = &input.nonces[k * NONCE_BYTES..(k + 1) * NONCE_BYTES];
+            k += 1;
+            let (legacy, legacy_parts) = &input.legacy[f];
+            let (current, current_parts) = &input.current[f];
+            let Some((body, n)) = decode_value(legacy, value, &mut raw) else {
+                taken = false;
+                break;
+            };
+            if current.fixed != 0 && n != current.fixed {
+                taken = false;
+                break;
+            }
+            if build_aad(legacy_parts, &tenant, input.kek_id, &mut aad).is_none() || !open_body(input.kek, body, n, &aad, &mut work) {
+                taken = false;
+                break;
+            }
+            let size = current.prefix.len() + body.len().div_ceil(3) * 4;
+            if at[f] + size > out[f].len() {
+                work.0[..n].zeroize();
+                return Err(invalid("an output column is too short for the chunk"));
+            }
+            if build_aad(current_parts, &tenant, b"", &mut aad).is_none() {
+                work.0[..n].zeroize();
+                taken = false;
+                break;
+            }
+            let clear = &mut work.0[..n];
+            let tag = match cipher.0.encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, clear) {
+                Ok(tag) => tag,
+                Err(_) => {
+                    clear.zeroize();
+                    return Err(Error::from_reason("AES-GCM refused to seal"));
+                }
+            };
+            // `clear` now holds the new ciphertext: nothing secret is left in `work`, zeroized all the same.
+            sealed[..NONCE_BYTES].copy_from_slice(nonce);
+            sealed[NONCE_BYTES..NONCE_BYTES + n].copy_from_slice(clear);
+            sealed[NONCE_BYTES + n..NONCE_BYTES + n + TAG_BYTES].copy_from_slice(&tag);
+            clear.zeroize();
+            let target = &mut out[f][at[f]..at[f] + size];
+            target[..current.prefix.len()].copy_from_slice(current.prefix);
+            encode_base64(&sealed[..body.len()], &mut target[current.prefix.len()..]);
+            out_lengths[f][written] = size as i32;
+            at[f] += size;
+        }
+        drop(cipher);
+        if !taken {
+            // Nothing of the row is kept: its values go the per-field way. What was staged is not secret.
+            at.copy_from_slice(&start);
+            continue;
+        }
+        for f in 0..fields {
+            if input.values[f][i].is_none() {
+                out_lengths[f][written] = -1;
+            }
+        }
+        outcomes[i] = MIGRATE_WRITTEN;
+        written += 1;
+    }
+    Ok(written as u32)
+}
+
+/// Overwrites the stack below the caller's frame, where migrate_rows and the cipher's code kept their temporaries
+/// (a key schedule moved by value leaves its bytes where it was).
+#[inline(never)]
+fn scrub_stack() {
+    let mut stack = [0xa5u8; 64 * 1024];
+    stack.zeroize();
+    std::hint::black_box(&mut stack);
+}
+
+/// Migrates a chunk (see above). `dek_form` and `dek_recipe` read the DEK's value and its associated data (from the
+/// DEK row's packed text columns `dek_aad_*`, under `kek_id`); `legacy_*` and `current_*` the fields' formats and
+/// recipes, which read one column, the tenant (index 0); the current recipes take an empty KEK id. Writes the rows
+/// taken (in order) into `out` and `out_lengths`, field by field (-1: NULL), and every row's outcome (MIGRATE_*);
+/// returns how many rows it took. The outputs may share no memory with each other or with any input.
+#[napi]
+#[allow(clippy::too_many_arguments)]
+pub fn migrate_chunk(
+    kek: &GcmKey,
+    kek_id: Uint8Array,
+    dek_form: Uint8Array,
+    dek_recipe: Uint8Array,
+    dek_value_lengths: Int32Array,
+    dek_value_bytes: Uint8Array,
+    dek_aad_lengths: Vec<Int32Array>,
+    dek_aad_bytes: Vec<Uint8Array>,
+    legacy_forms: Vec<Uint8Array>,
+    legacy_recipes: Vec<Uint8Array>,
+    current_forms: Vec<Uint8Array>,
+    current_recipes: Vec<Uint8Array>,
+    tenant_lengths: Int32Array,
+    tenant_bytes: Uint8Array,
+    value_lengths: Vec<Int32Array>,
+    value_bytes: Vec<Uint8Array>,
+    nonces: Uint8Array,
+    mut out: Vec<Uint8Array>,
+    mut out_lengths: Vec<Int32Array>,
+    mut outcomes: Uint8Array,
+) -> Result<u32> {
+    let mut outputs: Vec<(usize, usize)> = vec![span(&outcomes)];
+    outputs.extend(out.iter().map(|a| span(a)));
+    outputs.extend(out_lengths.iter().map(|a| span(a)));
+    let mut inputs = vec![
+        span(&kek_id),
+        span(&dek_form),
+        span(&dek_recipe),
+        span(&dek_value_lengths),
+        span(&dek_value_bytes),
+        span(&tenant_lengths),
+        span(&tenant_bytes),
+        span(&nonces),
+    ];
+    for list in [&dek_aad_bytes, &legacy_forms, &legacy_recipes, &current_forms, &current_recipes, &value_bytes] {
+        inputs.extend(list.iter().map(|a| span(a)));
+    }
+    inputs.extend(dek_aad_lengths.iter().map(|a| span(a)));
+    inputs.extend(value_lengths.iter().map(|a| span(a)));
+    for (i, o) in outputs.iter().enumerate() {
+        let others = outputs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s).chain(inputs.iter());
+        for s in others {
+            if o.0 < o.1 && s.0 < s.1 && o.0 < s.1 && s.0 < o.1 {
+                return Err(invalid("an output shares memory with another argument"));
+            }
+        }
+    }
+    let count = tenant_lengths.len();
+    let fields = value_lengths.len();
+    if fields == 0
+        || value_bytes.len() != fields
+        || legacy_forms.len() != fields
+        || legacy_recipes.len() != fields
+        || current_forms.len() != fields
+        || current_recipes.len() != fields
+        || out.len() != fields
+        || out_lengths.len() != fields
+    {
+        return Err(invalid("every field has its values, forms, recipes and outputs"));
+    }
+    if dek_aad_lengths.len() != dek_aad_bytes.len() {
+        return Err(invalid("the DEK's associated-data columns have lengths and bytes in pairs"));
+    }
+    if dek_value_lengths.len() != count
+        || outcomes.len() < count
+        || value_lengths.iter().any(|l| l.len() != count)
+        || dek_aad_lengths.iter().any(|l| l.len() != count)
+        || out_lengths.iter().any(|l| l.len() < count)
+    {
+        return Err(invalid("a column is not as long as the chunk"));
+    }
+    let present: usize = value_lengths.iter().map(|l| l.iter().filter(|&&v| v >= 0).count()).sum();
+    if nonces.len() != present * NONCE_BYTES {
+        return Err(invalid("the nonces are not 12 bytes a value"));
+    }
+    let dek_parts = parse_recipe(&dek_recipe, dek_aad_lengths.len())?;
+    if dek_parts.iter().any(|p| matches!(p, Part::KekId { .. })) {
+        return Err(invalid("a DEK's associated data bound to its label is the caller's"));
+    }
+    let mut legacy = Vec::with_capacity(fields);
+    let mut current = Vec::with_capacity(fields);
+    for f in 0..fields {
+        legacy.push((parse_form(&legacy_forms[f])?, parse_recipe(&legacy_recipes[f], 1)?));
+        current.push((parse_form(&current_forms[f])?, parse_recipe(&current_recipes[f], 1)?));
+    }
+    let mut dek_fields = Vec::with_capacity(dek_aad_lengths.len());
+    for (lengths, bytes) in dek_aad_lengths.iter().zip(dek_aad_bytes.iter()) {
+        dek_fields.push(split_column(lengths, bytes)?);
+    }
+    let mut values = Vec::with_capacity(fields);
+    for (lengths, bytes) in value_lengths.iter().zip(value_bytes.iter()) {
+        values.push(split_column(lengths, bytes)?);
+    }
+    let input = MigrateInput {
+        kek: kek.cipher()?,
+        kek_id: kek_id.as_ref(),
+        dek_form: parse_form(&dek_form)?,
+        dek_parts,
+        dek_values: split_column(&dek_value_lengths, &dek_value_bytes)?,
+        dek_fields,
+        legacy,
+        current,
+        tenants: split_column(&tenant_lengths, &tenant_bytes)?,
+        values,
+        nonces: nonces.as_ref(),
+    };
+    let mut out: Vec<&mut [u8]> = out.iter_mut().map(|a| a.as_mut()).collect();
+    let mut out_lengths: Vec<&mut [i32]> = out_lengths.iter_mut().map(|a| a.as_mut()).collect();
+    let result = migrate_rows(&input, &mut out, &mut out_lengths, outcomes.as_mut());
+    scrub_stack();
+    result
+}
