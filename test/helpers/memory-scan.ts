@@ -132,3 +132,26 @@ export function findInMemory(secrets: Masked[]): { found: Found[]; bytesRead: nu
     bytesRead,
   };
 }
+
+/** What seals a value under a key that lies only in native memory (a KeySchedule's seal). */
+type Seal = (nonce: Buffer, plaintext: Buffer, aad: Buffer) => { ciphertext: Buffer; tag: Buffer };
+
+const xorBytes = (a: Buffer, b: Buffer): Buffer => Buffer.from(a.map((x, k) => x ^ b[k]!));
+
+/**
+ * A sealer of 32-byte secrets that never exist in this process: each value is sealed from three random shares under
+ * one nonce (AES-GCM is a stream cipher, and GHASH is linear, so XORing the three ciphertexts and the three tags gives
+ * a valid value whose plaintext is the XOR of the shares). Returns the stored form (nonce ‖ ciphertext ‖ tag, base64)
+ * and the secret masked, for `findInMemory`.
+ */
+export function sealFromShares(seal: Seal): (aad: Buffer, what: string) => { stored: string; secret: Masked } {
+  return (aad, what) => {
+    const nonce = randomBytes(12);
+    const shares = [randomBytes(32), randomBytes(32), randomBytes(32)];
+    const sealed = shares.map((share) => seal(nonce, share, aad));
+    const ciphertext = xorBytes(xorBytes(sealed[0]!.ciphertext, sealed[1]!.ciphertext), sealed[2]!.ciphertext);
+    const tag = xorBytes(xorBytes(sealed[0]!.tag, sealed[1]!.tag), sealed[2]!.tag);
+    const stored = Buffer.concat([nonce, ciphertext, tag]).toString('base64');
+    return { stored, secret: { what, masked: xorBytes(shares[0]!, shares[1]!), mask: shares[2]! } };
+  };
+}

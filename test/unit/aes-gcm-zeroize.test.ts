@@ -7,7 +7,7 @@
 // finds candidates); each candidate is then compared in full.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { inject } from 'vitest';
+import { testAddon } from '../helpers/native-addon';
 import {
   MYCELIUM_DEK_FORMAT,
   MYCELIUM_V1_FIELD_FORMAT,
@@ -15,11 +15,11 @@ import {
   REKEY_DEK_FORMAT,
 } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
-import { loadAesGcmBackend, nativeSchedule } from '../../src/crypto/aes-gcm';
+import { nativeSchedule } from '../../src/crypto/aes-gcm';
 import { rewrapChunkNative } from '../../src/crypto/native-chunk';
 import { migrateChunkNative } from '../../src/rewrap/migrate-native';
 import { packed } from '../helpers/packed-columns';
-import { findInMemory, masked, part, type Masked } from '../helpers/memory-scan';
+import { findInMemory, masked, part, sealFromShares, type Masked } from '../helpers/memory-scan';
 
 /** GF(2)-linear maps on 16-byte blocks apply to the masked value and the mask alike, so the secret stays masked. */
 function mapBoth(secret: Masked, what: string, f: (block: Buffer) => Buffer): Masked {
@@ -36,13 +36,6 @@ function mulx(block: Buffer): Buffer {
   return Buffer.from(v.toString(16).padStart(32, '0'), 'hex').reverse();
 }
 
-function addon() {
-  const toolchain = inject('toolchain');
-  if (!toolchain.aesGcmAddon)
-    throw new Error(`no native AES-GCM addon: ${toolchain.aesGcmAddonMissing ?? 'not built'}`);
-  return loadAesGcmBackend({ REKEY_AES_GCM: 'native', REKEY_AES_GCM_ADDON: toolchain.aesGcmAddon }).addon!;
-}
-
 /** Seals and opens values of several sizes under the schedule, as a rewrap chunk does. */
 function use(schedule: ReturnType<typeof nativeSchedule>): void {
   for (let i = 0; i < 200; i++) {
@@ -56,7 +49,7 @@ function use(schedule: ReturnType<typeof nativeSchedule>): void {
 
 describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived from a key when released', () => {
   it('after release() no copy of a KEK (neither half) is left anywhere in the process, where one was while in use', () => {
-    const gcm = addon();
+    const gcm = testAddon();
     const key = randomBytes(32);
     const kek = masked('the KEK', key);
     const schedule = nativeSchedule(gcm, key);
@@ -77,7 +70,7 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
   });
 
   it("after release() GHASH's key (H, the key's encryption of the zero block) is left nowhere in the process", () => {
-    const gcm = addon();
+    const gcm = testAddon();
     // GCM's published test case 16 (McGrew and Viega): its key and, from the same paper, H = E(K, 0^128).
     const key = Buffer.from('feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308', 'hex');
     const h = Buffer.from('acbef20579b4b8ebce889bac8732dad7', 'hex');
@@ -96,7 +89,7 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
   });
 
   it('a schedule expanded again with another key (rekey, as a migration reuses one per DEK) keeps no copy of the key it held, and release() leaves neither', () => {
-    const gcm = addon();
+    const gcm = testAddon();
     const first = randomBytes(32);
     const second = randomBytes(32);
     const firstKey = masked('the first key', first);
@@ -125,7 +118,7 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
   });
 
   it('a chunk rewrapped in one native call leaves no plaintext DEK anywhere in the process, and neither KEK once released', () => {
-    const gcm = addon();
+    const gcm = testAddon();
     const fromBytes = randomBytes(32);
     const toBytes = randomBytes(32);
     const keks = [masked('the KEK rewrapped from', fromBytes), masked('the KEK rewrapped to', toBytes)];
@@ -211,22 +204,13 @@ describe('issue 24, finding 5: the native AES-GCM addon zeroizes what it derived
   });
 
   it("a migration's chunk in one native call leaves no DEK (whole or by halves) and no field's plaintext anywhere in the process", () => {
-    const gcm = addon();
+    const gcm = testAddon();
     const kekBytes = randomBytes(32);
     const kekSecret = masked('the KEK', kekBytes);
     const kek = nativeSchedule(gcm, kekBytes);
     kekBytes.fill(0);
-    const xor = (a: Buffer, b: Buffer) => Buffer.from(a.map((x, k) => x ^ b[k]!));
-    // As above: each value sealed from three random shares, so its plaintext never exists here.
-    const sealShares = (aad: Buffer, what: string): { stored: string; secret: Masked } => {
-      const nonce = randomBytes(12);
-      const shares = [randomBytes(32), randomBytes(32), randomBytes(32)];
-      const sealed = shares.map((share) => kek.seal(nonce, share, aad));
-      const ciphertext = xor(xor(sealed[0]!.ciphertext, sealed[1]!.ciphertext), sealed[2]!.ciphertext);
-      const tag = xor(xor(sealed[0]!.tag, sealed[1]!.tag), sealed[2]!.tag);
-      const stored = Buffer.concat([nonce, ciphertext, tag]).toString('base64');
-      return { stored, secret: { what, masked: xor(shares[0]!, shares[1]!), mask: shares[2]! } };
-    };
+    // Each value sealed from three random shares, so its plaintext never exists here.
+    const sealShares = sealFromShares((nonce, plaintext, aad) => kek.seal(nonce, plaintext, aad));
     const count = 64;
     const fields = ['telegram_bot_token', 'telegram_webhook_secret'];
     const tenants: string[] = [];

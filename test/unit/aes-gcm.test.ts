@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { testAddon } from '../helpers/native-addon';
 import { inject } from 'vitest';
 import { gcmOpen, gcmSeal, loadAesGcmBackend, nativeSchedule, type AeadKey } from '../../src/crypto/aes-gcm';
 import { ConfigError } from '../../src/errors';
@@ -42,19 +43,10 @@ const VECTORS = [
   },
 ];
 
-/** The addon `npm run setup` built; a missing one fails here with the setup's reason. */
-function addon() {
-  const toolchain = inject('toolchain');
-  if (!toolchain.aesGcmAddon)
-    throw new Error(`no native AES-GCM addon: ${toolchain.aesGcmAddonMissing ?? 'not built'}`);
-  const backend = loadAesGcmBackend({ REKEY_AES_GCM: 'native', REKEY_AES_GCM_ADDON: toolchain.aesGcmAddon });
-  return backend.addon!;
-}
-
 describe('AES-256-GCM: the native addon and Node give the same bytes', () => {
   for (const v of VECTORS) {
     it(`published vector (${v.name}), both ways, on both`, () => {
-      const native = nativeSchedule(addon(), hex(v.key));
+      const native = nativeSchedule(testAddon(), hex(v.key));
       for (const key of [hex(v.key), native] as AeadKey[]) {
         const sealed = gcmSeal(key, hex(v.iv), hex(v.pt), hex(v.aad));
         expect(sealed.ciphertext.toString('hex')).toBe(v.ct);
@@ -69,7 +61,7 @@ describe('AES-256-GCM: the native addon and Node give the same bytes', () => {
   }
 
   it("what one seals the other opens, over random keys, sizes and associated data, and both match OpenSSL's own", () => {
-    const gcm = addon();
+    const gcm = testAddon();
     for (let i = 0; i < 300; i++) {
       const key = randomBytes(32);
       const nonce = randomBytes(12);
@@ -96,7 +88,7 @@ describe('AES-256-GCM: the native addon and Node give the same bytes', () => {
   });
 
   it('a released schedule refuses to work; a wrong-sized key, nonce or tag is refused, not truncated', () => {
-    const gcm = addon();
+    const gcm = testAddon();
     const native = nativeSchedule(gcm, randomBytes(32));
     native.release();
     expect(() => native.seal(randomBytes(12), Buffer.alloc(32), Buffer.alloc(0))).toThrow(/released/);

@@ -4,39 +4,24 @@
 // Its own file, so that its process holds no other test's keys; the technique of aes-gcm-zeroize.test.ts
 // (test/helpers/memory-scan.ts: each secret held XORed with a mask, never plain).
 import { randomBytes, randomUUID } from 'node:crypto';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { testAddon } from '../helpers/native-addon';
 import { MYCELIUM_DEK_FORMAT, MYCELIUM_V1_FIELD_FORMAT, myceliumV2FieldFormat } from '../../src/codec/formats';
 import { compileFormat } from '../../src/codec/sealed-format';
-import { loadAesGcmBackend, nativeSchedule } from '../../src/crypto/aes-gcm';
+import { nativeSchedule } from '../../src/crypto/aes-gcm';
 import { MIGRATE_LEFT, migrateChunkNative } from '../../src/rewrap/migrate-native';
 import { packed } from '../helpers/packed-columns';
-import { findInMemory, masked, part, type Masked } from '../helpers/memory-scan';
-
-function addon() {
-  const toolchain = inject('toolchain');
-  if (!toolchain.aesGcmAddon)
-    throw new Error(`no native AES-GCM addon: ${toolchain.aesGcmAddonMissing ?? 'not built'}`);
-  return loadAesGcmBackend({ REKEY_AES_GCM: 'native', REKEY_AES_GCM_ADDON: toolchain.aesGcmAddon }).addon!;
-}
+import { findInMemory, masked, part, sealFromShares, type Masked } from '../helpers/memory-scan';
 
 describe('adversary9: a migration chunk whose rows the addon starts and leaves', () => {
   it('leaves no DEK (whole or by halves) and no plaintext of the field it had sealed before the row was left', () => {
-    const gcm = addon();
+    const gcm = testAddon();
     const kekBytes = randomBytes(32);
     const kekSecret = masked('the KEK', kekBytes);
     const kek = nativeSchedule(gcm, kekBytes);
     kekBytes.fill(0);
-    const xor = (a: Buffer, b: Buffer) => Buffer.from(a.map((x, k) => x ^ b[k]!));
     // Each value sealed from three random shares, so its plaintext never exists here.
-    const sealShares = (aad: Buffer, what: string): { stored: string; secret: Masked } => {
-      const nonce = randomBytes(12);
-      const shares = [randomBytes(32), randomBytes(32), randomBytes(32)];
-      const sealed = shares.map((share) => kek.seal(nonce, share, aad));
-      const ciphertext = xor(xor(sealed[0]!.ciphertext, sealed[1]!.ciphertext), sealed[2]!.ciphertext);
-      const tag = xor(xor(sealed[0]!.tag, sealed[1]!.tag), sealed[2]!.tag);
-      const stored = Buffer.concat([nonce, ciphertext, tag]).toString('base64');
-      return { stored, secret: { what, masked: xor(shares[0]!, shares[1]!), mask: shares[2]! } };
-    };
+    const sealShares = sealFromShares((nonce, plaintext, aad) => kek.seal(nonce, plaintext, aad));
     const count = 64;
     const fields = ['telegram_bot_token', 'telegram_webhook_secret'];
     const tenants: string[] = [];
