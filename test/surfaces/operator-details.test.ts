@@ -100,7 +100,7 @@ describe('what an operator is told: at once, in one line, with what to fix', () 
     expect(help.code).toBe(0);
     const text = help.stdout.replace(/\s+/g, ' ');
     for (const [option, shown] of [
-      ['--target <name>', '(default: "rekey", env: REKEY_TARGET)'],
+      ['--target <name>', '(env: REKEY_TARGET, else REKEY_DEFAULT_TARGET; default: rekey)'],
       ['--batch-size <n>', 'rows per batch (default: 2000)'],
       ['--parallelism <n>', 'slices rewrapped at once (default: 2)'],
       ['--grace <duration>', '(default: "7d")'],
