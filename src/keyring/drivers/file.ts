@@ -39,6 +39,7 @@ const KeyringFile = z.object({
   ),
 });
 type KeyringFile = z.infer<typeof KeyringFile>;
+type KeyringEntry = KeyringFile['keks'][number];
 
 /**
  * KEKs in a local JSON file with mode 0600: the embedded default for the demo and development.
@@ -101,27 +102,20 @@ export class FileKeyring extends LocalKeysDriver {
     // Imported bytes may be recorded by another registry already (the deployment that imported them): not taken.
     if (owner === undefined && entry.imported === true) {
       throw this.unclaimed(
-        kekId,
+        entry,
         keyspace,
-        entry.key,
         'it was imported (rekey keys import): the registry of the deployment that imported it may record it already',
       );
     }
     if (owner === undefined) {
       try {
-        owner = await withLock(this.file, () => {
-          const parsed = readKeyring(this.file);
-          const now = parsed.keks.find((k) => k.id === kekId);
-          if (now === undefined || now.owner !== undefined) return now?.owner;
-          const keks = parsed.keks.map((k) => (k === now ? { ...k, owner: keyspace } : k));
-          writeKeyring(this.file, { ...parsed, keks }, 'replace');
-          return keyspace;
-        });
+        const recorded = await this.recordOwner(kekId, keyspace);
+        owner = recorded.held ? (recorded.before ?? keyspace) : undefined;
       } catch (err) {
         // A file mounted read-only for the application: not seeded from a KEK no keyspace has taken. The cause names
         // the file and the failed write only (never its content).
         const cause = err instanceof Error ? err.message : String(err);
-        throw this.unclaimed(kekId, keyspace, entry.key, `this process cannot record this keyspace there (${cause})`);
+        throw this.unclaimed(entry, keyspace, `this process cannot record this keyspace there (${cause})`);
       }
     }
     if (owner === undefined || owner === keyspace) return;
@@ -130,11 +124,41 @@ export class FileKeyring extends LocalKeysDriver {
     );
   }
 
-  /** The refusal of a seed from KEK `kekId` (its `key` as the file holds it) no keyspace owns, with its claim. */
-  private unclaimed(kekId: string, keyspace: string, text: string, why: string): KeyStoreRefusedError {
-    const key = decodeKek(text, `${this.file} (KEK '${kekId}')`);
-    const fingerprint = kekFingerprint(key);
-    key.fill(0);
+  /** The fingerprint of the key an entry of the file holds (its bytes zeroized once read). */
+  private fingerprintOf(entry: KeyringEntry): string {
+    const key = decodeKek(entry.key, `${this.file} (KEK '${entry.id}')`);
+    try {
+      return kekFingerprint(key);
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  /**
+   * Under the file's lock: records `keyspace` as the owner of KEK `kekId` where the file records none. `check` sees the
+   * entry first (and may refuse). Answers whether the file holds the KEK, and the owner it recorded before (undefined:
+   * recorded now).
+   */
+  private recordOwner(
+    kekId: string,
+    keyspace: string,
+    check: (entry: KeyringEntry | undefined) => void = () => {},
+  ): Promise<{ held: boolean; before: string | undefined }> {
+    return withLock(this.file, () => {
+      const parsed = readKeyring(this.file);
+      const entry = parsed.keks.find((k) => k.id === kekId);
+      check(entry);
+      if (entry === undefined || entry.owner !== undefined) return { held: entry !== undefined, before: entry?.owner };
+      const keks = parsed.keks.map((k) => (k === entry ? { ...k, owner: keyspace } : k));
+      writeKeyring(this.file, { ...parsed, keks }, 'replace');
+      return { held: true, before: undefined };
+    });
+  }
+
+  /** The refusal of a seed from KEK `entry` no keyspace owns, with its claim. */
+  private unclaimed(entry: KeyringEntry, keyspace: string, why: string): KeyStoreRefusedError {
+    const kekId = entry.id;
+    const fingerprint = this.fingerprintOf(entry);
     return new KeyStoreRefusedError(
       `not seeding the registry of keyspace ${keyspace} with KEK '${kekId}': ${this.description} records no keyspace as its owner, and ${why}; another deployment on the same file may use the KEK. ` +
         `If the KEK is this keyspace's, claim it (with this keyspace's DATABASE_URL): rekey keys claim ${kekId} --fingerprint ${fingerprint}. If it is not, give this keyspace a keyring file of its own (REKEY_KEYRING_FILE)`,
@@ -148,16 +172,8 @@ export class FileKeyring extends LocalKeysDriver {
    */
   async adopt(keyspace: string, registry: readonly RecordedKek[] = []): Promise<void> {
     const recorded = new Set(registry.filter((r) => r.state !== 'destroyed').map((r) => r.fingerprint));
-    const takes = (k: KeyringFile['keks'][number]): boolean => {
-      if (k.owner !== undefined) return false;
-      if (k.imported !== true) return true;
-      const key = decodeKek(k.key, `${this.file} (KEK '${k.id}')`);
-      try {
-        return recorded.has(kekFingerprint(key));
-      } finally {
-        key.fill(0);
-      }
-    };
+    const takes = (k: KeyringEntry): boolean =>
+      k.owner === undefined && (k.imported !== true || recorded.has(this.fingerprintOf(k)));
     await withLock(this.file, () => {
       const parsed = readKeyring(this.file);
       const taken = new Set(parsed.keks.filter(takes).map((k) => k.id));
@@ -228,13 +244,9 @@ export class FileKeyring extends LocalKeysDriver {
    * Another keyspace's KEK is refused.
    */
   async claimKey(kekId: string, fingerprint: string, keyspace: string): Promise<'claimed' | 'already'> {
-    const owner = await withLock(this.file, () => {
-      const parsed = readKeyring(this.file);
-      const entry = parsed.keks.find((k) => k.id === kekId);
+    const owner = await this.recordOwner(kekId, keyspace, (entry) => {
       if (entry === undefined) throw new UnknownKekError(kekId, this.description);
-      const key = decodeKek(entry.key, `${this.file} (KEK '${kekId}')`);
-      const held = kekFingerprint(key);
-      key.fill(0);
+      const held = this.fingerprintOf(entry);
       if (held !== fingerprint) {
         throw new KekFingerprintMismatchError(
           kekId,
@@ -243,10 +255,6 @@ export class FileKeyring extends LocalKeysDriver {
           `KEK '${kekId}' in ${this.description} is ${held}, not the ${fingerprint} given: rekey claims only the key named`,
         );
       }
-      if (entry.owner !== undefined) return { before: entry.owner };
-      const keks = parsed.keks.map((k) => (k === entry ? { ...k, owner: keyspace } : k));
-      writeKeyring(this.file, { ...parsed, keks }, 'replace');
-      return { before: undefined };
     });
     if (owner.before === undefined) return 'claimed';
     if (owner.before === keyspace) return 'already';
@@ -293,9 +301,7 @@ export class FileKeyring extends LocalKeysDriver {
       const entry = parsed.keks.find((k) => k.id === kekId);
       const recorded = registry.find((r) => r.kekId === kekId);
       if (entry !== undefined && recorded !== undefined) {
-        const key = decodeKek(entry.key, `${this.file} (KEK '${kekId}')`);
-        const held = kekFingerprint(key);
-        key.fill(0);
+        const held = this.fingerprintOf(entry);
         if (held !== recorded.fingerprint) {
           throw new KekFingerprintMismatchError(
             kekId,
